@@ -1,0 +1,30 @@
+//! weir-agent: the node agent. It loads weir's kernel programs, attaches
+//! them to every pod interface, and (in later stages) programs the maps
+//! from cluster state read from Kubernetes or a directory of YAML files.
+
+mod args;
+mod links;
+mod pods;
+mod run;
+mod source;
+
+use clap::Parser as _;
+
+fn main() -> anyhow::Result<()> {
+    let args = args::Args::parse();
+    init_tracing(args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run::run(args))
+}
+
+fn init_tracing(format: args::LogFormat) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match format {
+        args::LogFormat::Text => fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        args::LogFormat::Json => fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+    }
+}

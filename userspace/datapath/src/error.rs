@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+
+/// Errors from loading, attaching and reading weir's datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path} is not on a bpf filesystem (mount it with `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs { path: PathBuf },
+    #[error("no pins under {path}: is weir-agent running, or has it ever run with --bpffs {path}?")]
+    NoPins { path: PathBuf },
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    #[error("loading the {object} object: {source}")]
+    Load { object: &'static str, #[source] source: aya::EbpfError },
+    #[error("program {name} is missing from the {object} object")]
+    MissingProgram { object: &'static str, name: &'static str },
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, #[source] source: aya::programs::ProgramError },
+    #[error("attaching {name} to {ifname}: {source}")]
+    Attach { name: &'static str, ifname: String, #[source] source: aya::programs::ProgramError },
+    #[error("pinned link {path}: {source}")]
+    Link { path: PathBuf, #[source] source: aya::programs::links::LinkError },
+    #[error("pinning {path}: {source}")]
+    Pin { path: PathBuf, #[source] source: aya::pin::PinError },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, #[source] source: aya::maps::MapError },
+}
+
+impl DatapathError {
+    /// A short, stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotBpffs { .. } => "not_bpffs",
+            Self::NoPins { .. } => "no_pins",
+            Self::Io { .. } => "io",
+            Self::Load { .. } => "load",
+            Self::MissingProgram { .. } => "missing_program",
+            Self::Program { .. } => "program",
+            Self::Attach { .. } => "attach",
+            Self::Link { .. } => "link",
+            Self::Pin { .. } => "pin",
+            Self::Map { .. } => "map",
+        }
+    }
+}
+
+/// Formats an error with all its sources, `a: b: c`, for logs.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}

@@ -1,0 +1,14 @@
+//! weir's datapath access from userspace: the embedded kernel objects, the
+//! bpffs pin layout, loading and attaching programs (adopting pins left by an
+//! earlier agent), and typed reads and writes of the pinned maps.
+
+pub mod attach;
+pub mod error;
+pub mod loader;
+pub mod objects;
+pub mod pins;
+pub mod stats;
+
+pub use error::DatapathError;
+pub use loader::PodDatapath;
+pub use pins::PinLayout;

@@ -1,0 +1,113 @@
+//! Loading the pod object with its maps pinned under `--bpffs`. Maps that
+//! are already pinned are reused, so a restarted agent keeps all state.
+
+use std::collections::HashMap;
+
+use aya::{
+    maps::PerCpuHashMap,
+    programs::SchedClassifier,
+    Ebpf, EbpfLoader,
+};
+use weir_common::{
+    maps::IF_STATS,
+    stats::{Direction, IfStats, IfStatsKey},
+};
+
+use crate::{
+    attach::{attach_pinned, remove_pin, AttachOutcome, Hook},
+    objects::POD_OBJECT,
+    pins::PinLayout,
+    DatapathError,
+};
+
+/// The loaded pod object.
+pub struct PodDatapath {
+    ebpf: Ebpf,
+    layout: PinLayout,
+}
+
+impl PodDatapath {
+    /// Loads the pod object, creating or reusing the pinned maps.
+    pub fn load(layout: &PinLayout) -> Result<Self, DatapathError> {
+        layout.ensure_dirs()?;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(layout.maps_dir())
+            .load(POD_OBJECT)
+            .map_err(|source| DatapathError::Load { object: "pod", source })?;
+        let mut dp = Self { ebpf, layout: layout.clone() };
+        for hook in Hook::ALL {
+            dp.program_mut(hook)?
+                .load()
+                .map_err(|source| DatapathError::Program { name: hook.as_str(), source })?;
+        }
+        Ok(dp)
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// The program for `hook`, for attaching or for BPF_PROG_TEST_RUN.
+    pub fn program(&self, hook: Hook) -> Result<&SchedClassifier, DatapathError> {
+        let name = hook.as_str();
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram { object: "pod", name })?;
+        prog.try_into().map_err(|source| DatapathError::Program { name, source })
+    }
+
+    fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {
+        let name = hook.as_str();
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram { object: "pod", name })?;
+        prog.try_into().map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// Attaches both pod programs to a host-side pod veth.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
+        let layout = self.layout.clone();
+        let mut out = [AttachOutcome::Created; 2];
+        for (i, hook) in Hook::ALL.into_iter().enumerate() {
+            out[i] = attach_pinned(self.program_mut(hook)?, &layout, ifname, ifindex, hook)?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets an interface that is gone: removes its link pins and counters.
+    pub fn release(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        for hook in Hook::ALL {
+            remove_pin(&self.layout.link(ifname, ifindex, hook))?;
+        }
+        let map = self
+            .ebpf
+            .map_mut(IF_STATS)
+            .ok_or(DatapathError::Map { name: IF_STATS, source: aya::maps::MapError::InvalidName { name: IF_STATS.into() } })?;
+        let mut stats: PerCpuHashMap<_, IfStatsKey, IfStats> =
+            PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name: IF_STATS, source })?;
+        for dir in [Direction::FromPod, Direction::ToPod] {
+            let key = IfStatsKey { ifindex, direction: dir as u32 };
+            match stats.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { name: IF_STATS, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every pinned interface that is not in `live` (ifindex → name).
+    /// Returns the pins that were pruned.
+    pub fn prune(&mut self, live: &HashMap<u32, String>) -> Result<Vec<String>, DatapathError> {
+        let mut pruned = Vec::new();
+        for pin in self.layout.link_pins()? {
+            if live.get(&pin.ifindex) != Some(&pin.ifname) {
+                self.release(&pin.ifname, pin.ifindex)?;
+                pruned.push(format!("{}@{}", pin.ifname, pin.ifindex));
+            }
+        }
+        pruned.dedup();
+        Ok(pruned)
+    }
+}

@@ -1,0 +1,4 @@
+//! The kernel objects, built by build.rs (aya-build) and embedded here.
+
+/// The pod object: `from_pod` (tc ingress) and `to_pod` (tc egress) on host-side pod veths.
+pub static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod"));

@@ -1,0 +1,52 @@
+//! Reading the interface counters from the pinned maps (no agent needed).
+
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
+use weir_common::{
+    maps::{DP_ERRORS, IF_STATS},
+    stats::{Direction, DpError, IfStats, IfStatsKey},
+};
+use weir_logic::counters::sum;
+
+use crate::{pins::PinLayout, DatapathError};
+
+/// One interface and direction, summed over all CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfStatsRow {
+    pub ifindex: u32,
+    pub direction: Direction,
+    pub stats: IfStats,
+}
+
+fn open(layout: &PinLayout, name: &'static str) -> Result<Map, DatapathError> {
+    layout.require_existing()?;
+    let data = MapData::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
+    Map::from_map_data(data).map_err(|source| DatapathError::Map { name, source })
+}
+
+/// Reads every interface counter, sorted by ifindex then direction.
+pub fn read_if_stats(layout: &PinLayout) -> Result<Vec<IfStatsRow>, DatapathError> {
+    let map = open(layout, IF_STATS)?;
+    let map: PerCpuHashMap<_, IfStatsKey, IfStats> =
+        PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name: IF_STATS, source })?;
+    let mut rows = Vec::new();
+    for item in map.iter() {
+        let (key, values) = item.map_err(|source| DatapathError::Map { name: IF_STATS, source })?;
+        let Some(direction) = Direction::from_u32(key.direction) else { continue };
+        rows.push(IfStatsRow { ifindex: key.ifindex, direction, stats: sum(values.iter()) });
+    }
+    rows.sort_by_key(|r| (r.ifindex, r.direction as u32));
+    Ok(rows)
+}
+
+/// Reads the datapath error counters, summed over all CPUs.
+pub fn read_dp_errors(layout: &PinLayout) -> Result<Vec<(DpError, u64)>, DatapathError> {
+    let map = open(layout, DP_ERRORS)?;
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name: DP_ERRORS, source })?;
+    let mut out = Vec::new();
+    for err in DpError::ALL {
+        let values = map.get(&(err as u32), 0).map_err(|source| DatapathError::Map { name: DP_ERRORS, source })?;
+        out.push((err, values.iter().sum()));
+    }
+    Ok(out)
+}
