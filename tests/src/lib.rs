@@ -1,1 +1,23 @@
-#![no_std]
+//! weir's test harness. Every topology lives inside a dedicated "node"
+//! network namespace with no route out of the machine; pods hang off it as
+//! network namespaces wired exactly as weir-cni wires them; the agent runs
+//! inside the node namespace with its own bpffs directory.
+//!
+//! Everything created here is owned by an RAII guard, so namespaces, links,
+//! pins and processes are removed even when a test panics.
+
+pub mod agent;
+pub mod bins;
+pub mod cmd;
+pub mod names;
+pub mod netns;
+pub mod node;
+pub mod pod;
+pub mod privileged;
+pub mod stats;
+pub mod testrun;
+pub mod traffic;
+
+pub use agent::Agent;
+pub use node::Node;
+pub use pod::Pod;

@@ -1,0 +1,153 @@
+//! weir-agent running inside a node namespace, stopped on drop.
+
+use std::{
+    fs::File,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{bins, node::Node};
+
+pub struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+    bpffs: PathBuf,
+    netns: PathBuf,
+    source_dir: PathBuf,
+    node_name: String,
+}
+
+impl Agent {
+    pub fn start(node: &Node) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.agent.log", node.ns().name()));
+        let mut agent = Self {
+            child: None,
+            log,
+            bpffs: node.bpffs().to_path_buf(),
+            netns: node.ns().path(),
+            source_dir: node.source_dir().to_path_buf(),
+            node_name: node.ns().name().to_string(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg(bins::path("weir-agent"))
+            .arg("--source")
+            .arg(format!("dir:{}", self.source_dir.display()))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--node-name")
+            .arg(&self.node_name)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning weir-agent");
+        self.child = Some(child);
+        self.wait_log_count("weir-agent ready", self.ready_count() + 1, Duration::from_secs(20));
+    }
+
+    fn ready_count(&self) -> usize {
+        self.log_text().matches("weir-agent ready").count()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log_text().matches(needle).count() >= count {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("weir-agent exited ({status}) before `{needle}`:\n{}", self.log_text());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("weir-agent did not log `{needle}` within {timeout:?}:\n{}", self.log_text());
+    }
+
+    /// The pin paths of an interface's links.
+    pub fn link_pins(&self, ifname: &str, ifindex: u32) -> [PathBuf; 2] {
+        let links = self.bpffs.join("links");
+        [
+            links.join(format!("{ifname}@{ifindex}@from_pod")),
+            links.join(format!("{ifname}@{ifindex}@to_pod")),
+        ]
+    }
+
+    /// Waits until both pod programs are pinned for the interface.
+    pub fn wait_attached(&self, ifname: &str, ifindex: u32) {
+        let pins = self.link_pins(ifname, ifindex);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if pins.iter().all(|p| p.exists()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{ifname} not attached within 10s:\n{}", self.log_text());
+    }
+
+    /// Sends `signal` and waits for the agent to exit; returns its status.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent is not running");
+        // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("weir-agent ignored signal {signal} for 10s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the agent again after [`Agent::stop_with`].
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.spawn();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- weir-agent log ({}) ---\n{}", self.log.display(), self.log_text());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

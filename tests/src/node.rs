@@ -1,0 +1,113 @@
+//! A simulated node: a network namespace with no route out of the machine,
+//! its own bpffs pin directory, and the pods wired to it.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use crate::{agent::Agent, bins, cmd, names, netns::NetNs, pod::Pod};
+
+/// The node namespace. It has no default route, so a service packet that
+/// weir failed to translate can never leave the machine.
+pub struct Node {
+    // Field order matters: pins are removed before the namespace goes.
+    bpffs: BpffsDir,
+    ns: NetNs,
+    source_dir: tempdir::TempDir,
+}
+
+impl Node {
+    pub fn new() -> Self {
+        crate::privileged::require();
+        let ns = NetNs::new("wn");
+        ns.sysctl("net.ipv4.ip_forward", "1");
+        let routes = ns.ip(&["route", "show", "default"]);
+        assert!(routes.trim().is_empty(), "node namespace must have no default route: {routes}");
+        let bpffs = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirt")));
+        let source_dir = tempdir::TempDir::new("weir-src");
+        Self { bpffs, ns, source_dir }
+    }
+
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// The agent's --bpffs directory for this node.
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs.path
+    }
+
+    /// The agent's standalone source directory for this node.
+    pub fn source_dir(&self) -> &Path {
+        self.source_dir.path()
+    }
+
+    /// Wires a new pod with `ip` to this node (see [`Pod`]).
+    pub fn pod(&self, name: &str, ip: Ipv4Addr) -> Pod {
+        Pod::new(self, name, ip)
+    }
+
+    /// Starts weir-agent inside the node namespace.
+    pub fn start_agent(&self) -> Agent {
+        Agent::start(self)
+    }
+
+    /// Runs the `weir` CLI inside the node namespace against this node's pins.
+    pub fn weir(&self, args: &[&str]) -> std::process::Output {
+        let weir = bins::path("weir");
+        let net = format!("--net={}", self.ns.path().display());
+        let bpffs = self.bpffs().display().to_string();
+        let mut argv = vec!["nsenter", &net, weir.to_str().expect("utf-8 path"), "--bpffs", &bpffs];
+        argv.extend_from_slice(args);
+        cmd::output(&argv)
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A pin directory on bpffs, removed on drop (which detaches pinned links).
+pub struct BpffsDir {
+    pub path: PathBuf,
+}
+
+impl BpffsDir {
+    pub fn new(path: &str) -> Self {
+        Self { path: PathBuf::from(path) }
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A minimal temporary directory guard (no extra dependency).
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(prefix: &str) -> Self {
+            let p = std::env::temp_dir().join(crate::names::unique(prefix));
+            std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+            Self(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! TCP and UDP servers and clients that run inside a namespace, each
+//! bounded in time. Servers stop when their guard drops.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::netns::NetNs;
+
+/// Upper bound for any single client operation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a server answers.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// TCP: `<name> <bytes received>\n` after the client half-closes.
+    /// UDP: `<name>` for each datagram.
+    Name(String),
+    /// Echo each UDP datagram back unchanged (TCP: echo everything).
+    Echo,
+}
+
+/// A running server; stops on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// Connections (TCP) or datagrams (UDP) served so far.
+    pub served: Arc<AtomicU64>,
+}
+
+impl Server {
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts a TCP server on 0.0.0.0:`port` inside `ns`. Returns once it listens.
+pub fn tcp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop2, served2) = (stop.clone(), served.clone());
+    let handle = ns.spawn(move || {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("tcp bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let _ = ready_tx.send(());
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    served2.fetch_add(1, Ordering::Relaxed);
+                    let reply = reply.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve_tcp(conn, &reply);
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("tcp server did not start");
+    Server { stop, handle: Some(handle), served }
+}
+
+fn serve_tcp(mut conn: TcpStream, reply: &Reply) -> io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        if let Reply::Echo = reply {
+            conn.write_all(&buf[..n])?;
+        }
+    }
+    if let Reply::Name(name) = reply {
+        conn.write_all(format!("{name} {total}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Starts a UDP server on 0.0.0.0:`port` inside `ns`.
+pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop2, served2) = (stop.clone(), served.clone());
+    let handle = ns.spawn(move || {
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("udp bind");
+        sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 65536];
+        while !stop2.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                served2.fetch_add(1, Ordering::Relaxed);
+                let _ = match &reply {
+                    Reply::Echo => sock.send_to(&buf[..n], peer),
+                    Reply::Name(name) => sock.send_to(name.as_bytes(), peer),
+                };
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp server did not start");
+    Server { stop, handle: Some(handle), served }
+}
+
+/// Connects from `ns` to `dst:port`, sends `payload`, half-closes and
+/// returns everything the server answered.
+pub fn tcp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    ns.run(move || {
+        let addr = SocketAddr::V4(SocketAddrV4::new(dst, port));
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(&payload)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    })
+}
+
+/// Sends one datagram from `ns` to `dst:port` and waits for one answer.
+pub fn udp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    ns.run(move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.connect((dst, port))?;
+        s.send(&payload)?;
+        let mut buf = vec![0u8; 65536];
+        let n = s.recv(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    })
+}
+
+/// Sends `count` datagrams on one socket, each waiting for its answer.
+/// Returns how many were answered.
+pub fn udp_exchange(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, count: usize, timeout: Duration) -> io::Result<usize> {
+    ns.run(move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.connect((dst, port))?;
+        let mut buf = vec![0u8; 65536];
+        let mut answered = 0;
+        for _ in 0..count {
+            s.send(&payload)?;
+            if s.recv(&mut buf).is_ok() {
+                answered += 1;
+            }
+        }
+        Ok(answered)
+    })
+}

@@ -1,0 +1,58 @@
+//! The agent attaches to pod interfaces that appear after it started
+//! (rtnetlink link events), and releases them when they go away.
+
+use std::net::Ipv4Addr;
+
+use weir_tests::{
+    stats::counters,
+    traffic::{udp_exchange, udp_server, Reply, DEFAULT_TIMEOUT},
+    Node,
+};
+
+#[test]
+fn a_link_created_after_the_agent_started_gets_the_programs() {
+    let node = Node::new();
+    let agent = node.start_agent();
+    // Both pods are created after the agent is ready.
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 1, 2));
+    let b = node.pod("b", Ipv4Addr::new(10, 244, 1, 3));
+    agent.wait_attached(&a.host_if, a.host_ifindex);
+    agent.wait_attached(&b.host_if, b.host_ifindex);
+
+    let _udp = udp_server(b.ns(), 9000, Reply::Echo);
+    let answered = udp_exchange(a.ns(), b.ip, 9000, vec![0u8; 64], 5, DEFAULT_TIMEOUT).expect("udp");
+    assert_eq!(answered, 5);
+    let ca = counters(&node, &a.host_if);
+    let cb = counters(&node, &b.host_if);
+    assert!(ca.from_pod_packets >= 5 && ca.to_pod_packets >= 5, "a: {ca:?}");
+    assert!(cb.from_pod_packets >= 5 && cb.to_pod_packets >= 5, "b: {cb:?}");
+}
+
+#[test]
+fn a_deleted_pod_interface_loses_its_pins_and_counters() {
+    let node = Node::new();
+    let agent = node.start_agent();
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 2, 2));
+    let b = node.pod("b", Ipv4Addr::new(10, 244, 2, 3));
+    agent.wait_attached(&a.host_if, a.host_ifindex);
+    agent.wait_attached(&b.host_if, b.host_ifindex);
+    let _udp = udp_server(b.ns(), 9000, Reply::Echo);
+    assert_eq!(udp_exchange(a.ns(), b.ip, 9000, vec![0u8; 64], 3, DEFAULT_TIMEOUT).expect("udp"), 3);
+
+    let (a_if, a_idx) = (a.host_if.clone(), a.host_ifindex);
+    drop(a); // deleting the pod namespace deletes the veth pair
+    let pins = agent.link_pins(&a_if, a_idx);
+    let start = std::time::Instant::now();
+    while pins.iter().any(|p| p.exists()) && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(pins.iter().all(|p| !p.exists()), "pins of a deleted interface are removed:\n{}", agent.log_text());
+    let doc = weir_tests::stats::weir_stats_json(&node);
+    let ifaces = doc["interfaces"].as_array().expect("interfaces");
+    assert!(
+        ifaces.iter().all(|i| i["ifindex"] != a_idx),
+        "counters of a deleted interface are removed: {doc}"
+    );
+    // The other pod is untouched.
+    assert!(agent.link_pins(&b.host_if, b.host_ifindex).iter().all(|p| p.exists()));
+}
