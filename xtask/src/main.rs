@@ -1,1 +1,90 @@
-fn main(){}
+//! weir's developer tasks. Every task that needs the toolchain or the
+//! machine runs `setup` first, so a fresh machine needs no third step.
+//!
+//! ```text
+//! cargo xtask setup     install what this machine lacks (idempotent, seconds when nothing is missing)
+//! cargo xtask build     setup + cargo build --release
+//! cargo xtask test      setup + build + every test layer
+//! cargo xtask demo      setup + build + the standalone demo
+//! ```
+
+mod setup;
+mod sh;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "weir developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker, bpffs mount.
+    Setup,
+    /// Setup, then build every binary in release mode.
+    Build,
+    /// Setup, build, then run every test layer (extra args go to `cargo test`).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then run the standalone demo in its own network namespaces.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build()
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            build()?;
+            test(&root, &args)
+        }
+        Task::Demo => {
+            setup::run()?;
+            build()?;
+            sh::run("cargo", &["run", "--release", "--quiet", "-p", "weir-tests", "--bin", "weir-demo"])
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build() -> anyhow::Result<()> {
+    sh::step("building (cargo build --release)");
+    sh::run("cargo", &["build", "--release"])
+}
+
+fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
+    sh::step("running every test layer (cargo test --release)");
+    let bin_dir = root.join("target/release");
+    let mut args: Vec<&str> = vec!["test", "--release"];
+    args.extend(extra.iter().map(String::as_str));
+    let (ok, summary) = sh::run_tests("cargo", &args, &[("WEIR_BIN_DIR", bin_dir.to_string_lossy().as_ref())])?;
+    // One closing line for the whole run, after cargo's per-binary lines.
+    println!("summary: {} passed, {} failed, {} skipped", summary.passed, summary.failed, summary.ignored);
+    if !ok || summary.failed > 0 {
+        anyhow::bail!("tests failed");
+    }
+    if summary.passed == 0 {
+        anyhow::bail!("no test ran");
+    }
+    Ok(())
+}
