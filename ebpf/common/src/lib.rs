@@ -5,6 +5,14 @@
 //! [`aya::Pod`] so userspace can read and write the pinned maps.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate std;
+
+pub mod addr;
+pub mod config;
+pub mod ct;
+pub mod drop;
+pub mod lb;
 pub mod maps;
 pub mod stats;
 

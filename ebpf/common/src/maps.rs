@@ -12,3 +12,31 @@ pub const IF_STATS_MAX_ENTRIES: u32 = 16_384;
 pub const DP_ERRORS: &str = "WEIR_DP_ERRORS";
 /// Capacity of [`DP_ERRORS`].
 pub const DP_ERRORS_MAX_ENTRIES: u32 = 64;
+
+/// Service frontends: FrontendKey → Service (hash).
+pub const FRONTENDS: &str = "WEIR_FRONTENDS";
+pub const FRONTENDS_MAX_ENTRIES: u32 = 65_536;
+
+/// Backends: backend id (u32) → Backend (hash).
+pub const BACKENDS: &str = "WEIR_BACKENDS";
+pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
+
+/// Selection slots of every service: slot → backend id (array of u32).
+/// Each service owns `[table_base, table_base + table_len)`.
+pub const LB_TABLE: &str = "WEIR_LB_TABLE";
+pub const LB_TABLE_MAX_ENTRIES: u32 = 4 * 1024 * 1024;
+
+/// ClientIP session affinity: AffinityKey → AffinityValue (LRU hash).
+pub const AFFINITY: &str = "WEIR_AFFINITY";
+pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
+
+/// Conntrack: CtKey → CtEntry (LRU hash).
+pub const CT: &str = "WEIR_CT";
+pub const CT_MAX_ENTRIES: u32 = 262_144;
+
+/// Runtime configuration: index 0 → DatapathConfig (array).
+pub const CONFIG: &str = "WEIR_CONFIG";
+
+/// Drops and rejects per reason (per-CPU array of u64), indexed by DropReason.
+pub const DROPS: &str = "WEIR_DROPS";
+pub const DROPS_MAX_ENTRIES: u32 = 64;

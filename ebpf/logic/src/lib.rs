@@ -1,8 +1,17 @@
 //! Decision code shared by the kernel programs and the `weir` CLI.
 //!
-//! Everything here is `no_std`, allocation-free and generic over how maps are
-//! read, so the same function runs in the verifier-checked kernel program and
-//! in `weir explain` against the pinned maps.
+//! Everything here is `no_std` and generic over how maps are read, so the
+//! same function runs in the verifier-checked kernel program and in
+//! userspace against the pinned maps. Builders that allocate (the Maglev
+//! table) sit behind the `alloc` feature; the kernel only looks up.
 #![no_std]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod counters;
+pub mod csum;
+pub mod ct;
+pub mod hash;
+pub mod maglev;
+pub mod select;

@@ -1,0 +1,84 @@
+//! Addresses in map keys and values: always 16 bytes, so every key has
+//! room for IPv6. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`).
+
+/// An IPv4-mapped or IPv6 address, in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr {
+    pub bytes: [u8; 16],
+}
+
+impl Addr {
+    pub const ZERO: Addr = Addr { bytes: [0; 16] };
+
+    /// From an IPv4 address as the 4 bytes found on the wire.
+    #[inline(always)]
+    pub const fn from_v4_octets(o: [u8; 4]) -> Self {
+        Addr { bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]] }
+    }
+
+    /// From an IPv4 address as a u32 loaded from the packet (network order in memory).
+    #[inline(always)]
+    pub const fn from_v4_raw(raw: u32) -> Self {
+        Self::from_v4_octets(raw.to_ne_bytes())
+    }
+
+    #[inline(always)]
+    pub const fn is_v4(&self) -> bool {
+        let b = &self.bytes;
+        b[0] == 0 && b[1] == 0 && b[2] == 0 && b[3] == 0 && b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0
+            && b[8] == 0 && b[9] == 0 && b[10] == 0xff && b[11] == 0xff
+    }
+
+    /// The IPv4 address as it sits in a packet (a u32 in network order in memory).
+    #[inline(always)]
+    pub const fn v4_raw(&self) -> u32 {
+        u32::from_ne_bytes([self.bytes[12], self.bytes[13], self.bytes[14], self.bytes[15]])
+    }
+
+    #[inline(always)]
+    pub const fn v4_octets(&self) -> [u8; 4] {
+        [self.bytes[12], self.bytes[13], self.bytes[14], self.bytes[15]]
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Addr>() == 16);
+
+crate::user_pod!(Addr);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::Addr;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    impl From<IpAddr> for Addr {
+        fn from(ip: IpAddr) -> Self {
+            match ip {
+                IpAddr::V4(v4) => Addr::from_v4_octets(v4.octets()),
+                IpAddr::V6(v6) => Addr { bytes: v6.octets() },
+            }
+        }
+    }
+
+    impl From<Ipv4Addr> for Addr {
+        fn from(ip: Ipv4Addr) -> Self {
+            Addr::from_v4_octets(ip.octets())
+        }
+    }
+
+    impl From<Addr> for IpAddr {
+        fn from(a: Addr) -> Self {
+            if a.is_v4() {
+                IpAddr::V4(Ipv4Addr::from(a.v4_octets()))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(a.bytes))
+            }
+        }
+    }
+
+    impl core::fmt::Display for Addr {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            IpAddr::from(*self).fmt(f)
+        }
+    }
+}

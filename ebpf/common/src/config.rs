@@ -1,0 +1,42 @@
+//! Runtime configuration the agent writes into `WEIR_CONFIG[0]`; the
+//! kernel reads it per packet, so changing it needs no reload.
+
+use crate::addr::Addr;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    pub ct_syn_timeout_s: u32,
+    pub ct_established_timeout_s: u32,
+    pub ct_closing_timeout_s: u32,
+    pub ct_closed_timeout_s: u32,
+    pub ct_udp_timeout_s: u32,
+    pub _pad: u32,
+    /// Source address used when a pod reaches itself through a service.
+    pub hairpin_addr: Addr,
+}
+
+impl DatapathConfig {
+    /// Defaults close to Cilium's and the kernel's conntrack: SYN 60 s,
+    /// established 6 h, closing 10 s, closed 10 s, UDP 60 s. Hairpin source
+    /// 169.254.42.1, as Cilium uses.
+    pub const DEFAULT: DatapathConfig = DatapathConfig {
+        ct_syn_timeout_s: 60,
+        ct_established_timeout_s: 21_600,
+        ct_closing_timeout_s: 10,
+        ct_closed_timeout_s: 10,
+        ct_udp_timeout_s: 60,
+        _pad: 0,
+        hairpin_addr: Addr::from_v4_octets([169, 254, 42, 1]),
+    };
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 40);
+
+crate::user_pod!(DatapathConfig);

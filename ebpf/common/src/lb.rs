@@ -1,0 +1,90 @@
+//! Service load-balancing maps: frontends, services, backends, the shared
+//! selection table, and ClientIP affinity.
+//!
+//! Lookup path: FRONTENDS[(vip, port, proto)] → Service → LB_TABLE[base +
+//! slot] → backend id → BACKENDS[id]. Ports are stored in network byte
+//! order, as they appear in packets.
+
+use crate::addr::Addr;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of `WEIR_FRONTENDS`. A key with port 0 and proto 0 marks an
+/// address as a service IP (see [`SVC_F_VIP_MARKER`]): traffic to a port
+/// it does not serve is rejected, as kube-proxy's nftables mode does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// Reserved for frontend scopes (cluster, node port, external); 0 today.
+    pub scope: u8,
+}
+
+/// Sessions from one client IP stick to one backend.
+pub const SVC_F_AFFINITY: u32 = 1 << 0;
+/// Random backend selection instead of Maglev.
+pub const SVC_F_RANDOM: u32 = 1 << 1;
+/// The entry only marks its address as a service IP; it serves no port.
+pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
+
+/// Value of `WEIR_FRONTENDS`: one service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Stable id of this service port (affinity and conntrack refer to it).
+    pub id: u32,
+    pub flags: u32,
+    /// Backends eligible for new connections. 0 means: reject at once.
+    pub backend_count: u32,
+    /// Start of this service's slots in `WEIR_LB_TABLE`.
+    pub table_base: u32,
+    /// Number of slots: a prime ≥ 100 × backend_count for Maglev, or
+    /// backend_count for random selection.
+    pub table_len: u32,
+    /// ClientIP affinity timeout, seconds.
+    pub affinity_timeout_s: u32,
+}
+
+/// The backend is terminating: no new connections unless nothing is ready.
+pub const BACKEND_F_TERMINATING: u8 = 1 << 0;
+
+/// Value of `WEIR_BACKENDS`, keyed by backend id (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// Key of `WEIR_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub svc_id: u32,
+    pub client: Addr,
+}
+
+/// Value of `WEIR_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last new connection.
+    pub last_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FrontendKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Service>() == 24);
+const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+crate::user_pod!(FrontendKey, Service, Backend, AffinityKey, AffinityValue);
