@@ -31,6 +31,10 @@ pub const SVC_F_RANDOM: u32 = 1 << 1;
 /// The entry only marks its address as a service IP; it serves no port.
 pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
 
+/// No endpoint is ready: the table holds the serving, terminating ones
+/// (kube-proxy's fallback), and affinity may point at them.
+pub const SVC_F_TERMINATING_FALLBACK: u32 = 1 << 3;
+
 /// Value of `WEIR_FRONTENDS`: one service port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -52,14 +52,17 @@ pub struct IfStats {
 pub enum DpError {
     /// An interface counter could not be created because IF_STATS is full.
     IfStatsFull = 0,
+    /// A conntrack entry could not be created (WEIR_CT full).
+    CtFull = 1,
 }
 
 impl DpError {
-    pub const ALL: [DpError; 1] = [DpError::IfStatsFull];
+    pub const ALL: [DpError; 2] = [DpError::IfStatsFull, DpError::CtFull];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::IfStatsFull => "if_stats_full",
+            Self::CtFull => "ct_full",
         }
     }
 }

@@ -2,6 +2,12 @@
 //! The objects themselves (one per attach site) live in `src/bin/`.
 #![no_std]
 
+pub mod conntrack;
 pub mod errors;
+pub mod fwd;
+pub mod hdr;
+pub mod lb;
 pub mod maps;
+pub mod nat;
+pub mod reject;
 pub mod stats;

@@ -3,16 +3,70 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use weir_common::{
-    maps::{DP_ERRORS_MAX_ENTRIES, IF_STATS_MAX_ENTRIES},
+    config::DatapathConfig,
+    ct::{CtEntry, CtKey},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
+    maps::*,
     stats::{IfStats, IfStatsKey},
 };
 
 #[map(name = "WEIR_IF_STATS")]
-pub static IF_STATS: PerCpuHashMap<IfStatsKey, IfStats> =
-    PerCpuHashMap::pinned(IF_STATS_MAX_ENTRIES, 0);
+pub static IF_STATS: PerCpuHashMap<IfStatsKey, IfStats> = PerCpuHashMap::pinned(IF_STATS_MAX_ENTRIES, 0);
 
 #[map(name = "WEIR_DP_ERRORS")]
 pub static DP_ERRORS: PerCpuArray<u64> = PerCpuArray::pinned(DP_ERRORS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_DROPS")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROPS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_FRONTENDS")]
+pub static FRONTENDS: HashMap<FrontendKey, Service> = HashMap::pinned(FRONTENDS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_BACKENDS")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_LB_TABLE")]
+pub static LB_TABLE: Array<u32> = Array::pinned(LB_TABLE_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_CT")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_CONFIG")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Copies a map value out of a lookup result.
+#[inline(always)]
+pub fn read<V: Copy>(p: Option<*const V>) -> Option<V> {
+    // SAFETY: the pointer comes from a successful map lookup and is valid
+    // for this program run; the value is plain data.
+    p.map(|p| unsafe { *p })
+}
+
+/// Per-CPU scratch space for the large structures of the service path,
+/// which would not fit the 512-byte BPF stack alongside the call chain.
+#[repr(C)]
+pub struct Scratch {
+    pub fkey: CtKey,
+    pub rkey: CtKey,
+    pub fwd: CtEntry,
+    pub rev: CtEntry,
+    pub frontend: FrontendKey,
+    pub backend: Backend,
+}
+
+#[map(name = "WEIR_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU value; a program run never migrates CPU and does not
+    // nest with itself on one CPU for the same hook.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}

@@ -1,0 +1,135 @@
+//! Refusing a connection at once: TCP gets a RST, UDP gets ICMP port
+//! unreachable. The packet is rewritten in place into the answer and sent
+//! back out of the interface it came in on, to the pod that sent it.
+
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use weir_common::{
+    drop::DropReason,
+    lb::{PROTO_TCP, PROTO_UDP},
+};
+use weir_logic::{
+    csum::{add_words, finish},
+    ct::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+use crate::{
+    errors::drop_reason,
+    hdr::{Ipv4Pkt, ETH_HLEN, IP_OFF},
+};
+
+const IPPROTO_ICMP: u8 = 1;
+
+/// Counts `reason` and answers the sender; drops if no answer can be made.
+#[inline(never)]
+pub fn reject(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason) -> i32 {
+    drop_reason(reason);
+    let built = if pkt.proto == PROTO_TCP {
+        tcp_rst(ctx, pkt)
+    } else if pkt.proto == PROTO_UDP {
+        icmp_port_unreachable(ctx, pkt)
+    } else {
+        Err(())
+    };
+    if built.is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    // SAFETY: the context pointer is valid; plain helper call.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+}
+
+#[inline(always)]
+fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
+    let macs: [u8; 12] = ctx.load(0).map_err(|_| ())?;
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &swapped, 0).map_err(|_| ())
+}
+
+#[inline(always)]
+fn ipv4_header(tot_len: u16, proto: u8, saddr: u32, daddr: u32) -> [u8; 20] {
+    let (s, d) = (saddr.to_ne_bytes(), daddr.to_ne_bytes());
+    let len = tot_len.to_be_bytes();
+    let mut h = [
+        0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, proto, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3],
+    ];
+    let c = finish(add_words(0, &h)).to_be_bytes();
+    h[10] = c[0];
+    h[11] = c[1];
+    h
+}
+
+#[inline(never)]
+fn tcp_rst(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
+    if pkt.tcp_flags & TCP_RST != 0 {
+        return Err(()); // never answer a RST
+    }
+    let seq = u32::from_be(ctx.load::<u32>(pkt.l4_off + 4).map_err(|_| ())?);
+    let ack = u32::from_be(ctx.load::<u32>(pkt.l4_off + 8).map_err(|_| ())?);
+    let doff = ((ctx.load::<u8>(pkt.l4_off + 12).map_err(|_| ())? >> 4) as u32) * 4;
+    let payload = (pkt.tot_len as u32).saturating_sub(pkt.ihl_bytes as u32 + doff);
+    let (rst_seq, rst_ack, flags) = if pkt.tcp_flags & TCP_ACK != 0 {
+        (ack, 0u32, TCP_RST)
+    } else {
+        let mut a = seq.wrapping_add(payload);
+        if pkt.tcp_flags & TCP_SYN != 0 {
+            a = a.wrapping_add(1);
+        }
+        if pkt.tcp_flags & TCP_FIN != 0 {
+            a = a.wrapping_add(1);
+        }
+        (0u32, a, TCP_RST | TCP_ACK)
+    };
+    let ip = ipv4_header(40, PROTO_TCP, pkt.daddr, pkt.saddr);
+    let (sp, dp) = (pkt.dport.to_ne_bytes(), pkt.sport.to_ne_bytes());
+    let (sq, ak) = (rst_seq.to_be_bytes(), rst_ack.to_be_bytes());
+    let mut tcp = [
+        sp[0], sp[1], dp[0], dp[1], sq[0], sq[1], sq[2], sq[3], ak[0], ak[1], ak[2], ak[3], 0x50, flags, 0, 0, 0, 0, 0, 0,
+    ];
+    // Pseudo-header: saddr, daddr, zero, proto, TCP length.
+    let pseudo = [ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]];
+    let mut sum = add_words(0, &pseudo);
+    sum += PROTO_TCP as u32 + 20;
+    let c = finish(add_words(sum, &tcp)).to_be_bytes();
+    tcp[16] = c[0];
+    tcp[17] = c[1];
+    // SAFETY: valid skb pointer; plain helper call.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + 40) as u32, 0) } != 0 {
+        return Err(());
+    }
+    swap_macs(ctx)?;
+    ctx.store(IP_OFF, &ip, 0).map_err(|_| ())?;
+    ctx.store(IP_OFF + 20, &tcp, 0).map_err(|_| ())
+}
+
+#[inline(never)]
+fn icmp_port_unreachable(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
+    if pkt.ihl_bytes != 20 {
+        return Err(()); // the quoted header must be whole; options are rare
+    }
+    // ICMP quotes the original IP header and the first 8 bytes of UDP.
+    let quoted: [u8; 28] = ctx.load(IP_OFF).map_err(|_| ())?;
+    let ip = ipv4_header(20 + 8 + 28, IPPROTO_ICMP, pkt.daddr, pkt.saddr);
+    let mut icmp = [0u8; 36];
+    icmp[0] = 3; // destination unreachable
+    icmp[1] = 3; // port unreachable
+    let mut i = 0;
+    while i < 28 {
+        icmp[8 + i] = quoted[i];
+        i += 1;
+    }
+    let c = finish(add_words(0, &icmp)).to_be_bytes();
+    icmp[2] = c[0];
+    icmp[3] = c[1];
+    // SAFETY: valid skb pointer; plain helper call.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + 20 + 36) as u32, 0) } != 0 {
+        return Err(());
+    }
+    swap_macs(ctx)?;
+    ctx.store(IP_OFF, &ip, 0).map_err(|_| ())?;
+    ctx.store(IP_OFF + 20, &icmp, 0).map_err(|_| ())
+}
