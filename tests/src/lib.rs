@@ -14,6 +14,7 @@ pub mod netns;
 pub mod node;
 pub mod pod;
 pub mod privileged;
+pub mod services;
 pub mod stats;
 pub mod testrun;
 pub mod traffic;

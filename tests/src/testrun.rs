@@ -79,3 +79,59 @@ pub fn icmp6_echo(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
     v
 }
 
+
+/// One's-complement sum of 16-bit big-endian words.
+fn sum16(data: &[u8]) -> u32 {
+    let mut s = 0u32;
+    for c in data.chunks(2) {
+        s += (u32::from(c[0]) << 8) | u32::from(*c.get(1).unwrap_or(&0));
+    }
+    s
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// Fields of an Ethernet + IPv4 (no options) packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub l4: Vec<u8>,
+}
+
+/// Parses an Ethernet + IPv4 packet and checks its IPv4 and L4 checksums
+/// (a zero UDP checksum is accepted: "no checksum").
+pub fn parse_checked_v4(p: &[u8]) -> V4 {
+    assert!(p.len() >= 34, "short packet: {p:02x?}");
+    assert_eq!(&p[12..14], &[0x08, 0x00], "not IPv4");
+    let ip = &p[14..34];
+    assert_eq!(ip[0], 0x45, "IPv4 without options expected");
+    assert_eq!(fold(sum16(ip)), 0xffff, "bad IPv4 header checksum: {ip:02x?}");
+    let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &p[34..14 + tot];
+    let proto = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let (sport, dport) = match proto {
+        6 | 17 => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        _ => (0, 0),
+    };
+    let udp_zero = proto == 17 && l4[6] == 0 && l4[7] == 0;
+    if (proto == 6 || proto == 17) && !udp_zero {
+        let mut s = sum16(&ip[12..20]) + u32::from(proto) + l4.len() as u32;
+        s += sum16(l4);
+        assert_eq!(fold(s), 0xffff, "bad L4 checksum (proto {proto})");
+    }
+    if proto == 1 {
+        assert_eq!(fold(sum16(l4)), 0xffff, "bad ICMP checksum");
+    }
+    V4 { src, dst, proto, sport, dport, l4: l4.to_vec() }
+}

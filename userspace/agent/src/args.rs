@@ -24,6 +24,30 @@ pub struct Args {
     #[arg(long)]
     pub cleanup: bool,
 
+    /// Conntrack timeout of TCP flows still in the handshake, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ct_tcp_syn_timeout: u32,
+
+    /// Conntrack timeout of established TCP flows, seconds.
+    #[arg(long, default_value_t = 21_600)]
+    pub ct_tcp_established_timeout: u32,
+
+    /// Conntrack timeout of TCP flows after a FIN, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub ct_tcp_closing_timeout: u32,
+
+    /// Conntrack timeout of TCP flows after a RST, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub ct_tcp_closed_timeout: u32,
+
+    /// Conntrack timeout of UDP flows, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ct_udp_timeout: u32,
+
+    /// How often stale conntrack entries are collected, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub ct_gc_interval: u64,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -33,4 +57,18 @@ pub struct Args {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl Args {
+    /// The datapath configuration these flags ask for.
+    pub fn datapath_config(&self) -> weir_datapath::DatapathConfig {
+        weir_datapath::DatapathConfig {
+            ct_syn_timeout_s: self.ct_tcp_syn_timeout.max(1),
+            ct_established_timeout_s: self.ct_tcp_established_timeout.max(1),
+            ct_closing_timeout_s: self.ct_tcp_closing_timeout.max(1),
+            ct_closed_timeout_s: self.ct_tcp_closed_timeout.max(1),
+            ct_udp_timeout_s: self.ct_udp_timeout.max(1),
+            ..weir_datapath::DatapathConfig::DEFAULT
+        }
+    }
 }

@@ -2,7 +2,10 @@
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
-use weir_datapath::{PinLayout, PodDatapath};
+use weir_datapath::{
+    ct::{monotonic_ns, Conntrack},
+    PinLayout, PodDatapath,
+};
 
 use crate::{args::Args, links::LinkWatcher, pods::PodInterfaces, source::SourceSpec};
 
@@ -29,7 +32,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-    let dp = PodDatapath::load(&layout).context("loading the pod datapath")?;
+    let mut dp = PodDatapath::load(&layout).context("loading the pod datapath")?;
+    dp.set_config(&args.datapath_config()).context("writing the datapath configuration")?;
+    let mut ct = Conntrack::open(&layout).context("opening conntrack")?;
+    let mut gc_tick = tokio::time::interval(std::time::Duration::from_secs(args.ct_gc_interval.max(1)));
     let mut pods = PodInterfaces::new(dp);
 
     let mut watcher = LinkWatcher::subscribe().context("subscribing to rtnetlink link events")?;
@@ -46,6 +52,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Some(ev) => pods.apply(&ev),
                 None => anyhow::bail!("rtnetlink connection closed"),
             },
+            _ = gc_tick.tick() => {
+                let n = ct.gc(monotonic_ns());
+                if n > 0 {
+                    tracing::debug!(deleted = n, "conntrack gc");
+                }
+            }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: exiting, pins stay in place");
                 return Ok(());

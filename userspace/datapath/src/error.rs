@@ -23,6 +23,21 @@ pub enum DatapathError {
     Pin { path: PathBuf, #[source] source: aya::pin::PinError },
     #[error("map {name}: {source}")]
     Map { name: &'static str, #[source] source: aya::maps::MapError },
+    #[error("map {name} is full ({capacity} entries): {what} was not written")]
+    MapFull { name: &'static str, capacity: u32, what: String },
+    #[error("WEIR_LB_TABLE has no free range of {needed} slots for {frontend} ({used} of {capacity} in use)")]
+    LbTableFull { frontend: String, needed: u32, used: u32, capacity: u32 },
+}
+
+/// Maps an update error to [`DatapathError::MapFull`] when the kernel said
+/// the map is full (E2BIG), else to [`DatapathError::Map`].
+pub(crate) fn update_error(name: &'static str, capacity: u32, what: impl FnOnce() -> String, source: aya::maps::MapError) -> DatapathError {
+    if let aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) = &source {
+        if io_error.raw_os_error() == Some(libc::E2BIG) {
+            return DatapathError::MapFull { name, capacity, what: what() };
+        }
+    }
+    DatapathError::Map { name, source }
 }
 
 impl DatapathError {
@@ -39,6 +54,8 @@ impl DatapathError {
             Self::Link { .. } => "link",
             Self::Pin { .. } => "pin",
             Self::Map { .. } => "map",
+            Self::MapFull { .. } => "map_full",
+            Self::LbTableFull { .. } => "lb_table_full",
         }
     }
 }

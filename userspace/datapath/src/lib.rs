@@ -3,12 +3,16 @@
 //! earlier agent), and typed reads and writes of the pinned maps.
 
 pub mod attach;
+pub mod ct;
 pub mod error;
+pub mod lb;
 pub mod loader;
 pub mod objects;
+pub mod pinned;
 pub mod pins;
 pub mod stats;
 
 pub use error::DatapathError;
 pub use loader::PodDatapath;
 pub use pins::PinLayout;
+pub use weir_common::config::DatapathConfig;

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 
 use aya::{
-    maps::PerCpuHashMap,
+    maps::{Array, PerCpuHashMap},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 use weir_common::{
-    maps::IF_STATS,
+    config::DatapathConfig,
+    maps::{CONFIG, IF_STATS},
     stats::{Direction, IfStats, IfStatsKey},
 };
 
@@ -41,6 +42,17 @@ impl PodDatapath {
                 .map_err(|source| DatapathError::Program { name: hook.as_str(), source })?;
         }
         Ok(dp)
+    }
+
+    /// Writes the runtime configuration the kernel reads per packet.
+    pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(CONFIG)
+            .ok_or(DatapathError::Map { name: CONFIG, source: aya::maps::MapError::InvalidName { name: CONFIG.into() } })?;
+        let mut arr: Array<_, DatapathConfig> =
+            Array::try_from(map).map_err(|source| DatapathError::Map { name: CONFIG, source })?;
+        arr.set(0, cfg, 0).map_err(|source| DatapathError::Map { name: CONFIG, source })
     }
 
     pub fn layout(&self) -> &PinLayout {

@@ -1,8 +1,9 @@
 //! Reading the interface counters from the pinned maps (no agent needed).
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{PerCpuArray, PerCpuHashMap};
 use weir_common::{
-    maps::{DP_ERRORS, IF_STATS},
+    drop::DropReason,
+    maps::{DP_ERRORS, DROPS, IF_STATS},
     stats::{Direction, DpError, IfStats, IfStatsKey},
 };
 use weir_logic::counters::sum;
@@ -17,11 +18,7 @@ pub struct IfStatsRow {
     pub stats: IfStats,
 }
 
-fn open(layout: &PinLayout, name: &'static str) -> Result<Map, DatapathError> {
-    layout.require_existing()?;
-    let data = MapData::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
-    Map::from_map_data(data).map_err(|source| DatapathError::Map { name, source })
-}
+use crate::pinned::open;
 
 /// Reads every interface counter, sorted by ifindex then direction.
 pub fn read_if_stats(layout: &PinLayout) -> Result<Vec<IfStatsRow>, DatapathError> {
@@ -47,6 +44,19 @@ pub fn read_dp_errors(layout: &PinLayout) -> Result<Vec<(DpError, u64)>, Datapat
     for err in DpError::ALL {
         let values = map.get(&(err as u32), 0).map_err(|source| DatapathError::Map { name: DP_ERRORS, source })?;
         out.push((err, values.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// Reads the drop and reject counters per reason, summed over all CPUs.
+pub fn read_drops(layout: &PinLayout) -> Result<Vec<(DropReason, u64)>, DatapathError> {
+    let map = open(layout, DROPS)?;
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name: DROPS, source })?;
+    let mut out = Vec::new();
+    for reason in DropReason::ALL {
+        let values = map.get(&(reason as u32), 0).map_err(|source| DatapathError::Map { name: DROPS, source })?;
+        out.push((reason, values.iter().sum()));
     }
     Ok(out)
 }

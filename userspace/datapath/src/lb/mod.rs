@@ -1,0 +1,432 @@
+//! Programming services into the pinned maps.
+//!
+//! [`Lb`] upserts and removes a service port with all its backends in one
+//! step. Writes are ordered so that a packet never sees a half-written
+//! service: backends first, then the selection table, then the frontend;
+//! removal runs in reverse. A change costs only the writes it needs: an
+//! unchanged service costs none, and with an unchanged table size only
+//! the slots that changed are rewritten in place.
+//!
+//! State is rebuilt from the maps on [`Lb::open`], so a restarted agent
+//! adopts what the previous one programmed.
+
+pub mod dump;
+pub mod slab;
+pub mod spec;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
+
+use aya::maps::{Array, HashMap, MapData};
+use weir_common::{
+    addr::Addr,
+    lb::{
+        AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SVC_F_AFFINITY,
+        SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER,
+    },
+    maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE},
+};
+use weir_logic::maglev;
+
+use crate::{ct::Conntrack, error::update_error, pinned, pins::PinLayout, DatapathError};
+use self::{
+    slab::Slab,
+    spec::{eligible, Frontend, Protocol, Selection, ServiceSpec},
+};
+
+/// A backend's identity: address, port (network order), protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Ident {
+    addr: Addr,
+    port: u16,
+    proto: u8,
+}
+
+impl Ident {
+    fn bytes(&self) -> [u8; 19] {
+        let mut b = [0u8; 19];
+        b[..16].copy_from_slice(&self.addr.bytes);
+        b[16..18].copy_from_slice(&self.port.to_ne_bytes());
+        b[18] = self.proto;
+        b
+    }
+}
+
+struct SvcState {
+    service: Service,
+    /// Backend ids of every endpoint of the service (any condition).
+    members: BTreeSet<u32>,
+    /// Slot → backend id, as written to WEIR_LB_TABLE.
+    table: Vec<u32>,
+}
+
+struct BackendState {
+    value: Backend,
+    /// Services that list this backend.
+    refs: u32,
+}
+
+/// What one upsert or removal wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub map_writes: usize,
+    pub ct_purged: usize,
+}
+
+/// The service programmer. One per agent.
+pub struct Lb {
+    frontends: HashMap<MapData, FrontendKey, Service>,
+    backends_map: HashMap<MapData, u32, Backend>,
+    table_map: Array<MapData, u32>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    ct: Conntrack,
+    services: BTreeMap<FrontendKey, SvcState>,
+    backends: StdHashMap<Ident, (u32, BackendState)>,
+    ids: StdHashMap<u32, Ident>,
+    vips: BTreeMap<Addr, u32>,
+    slab: Slab,
+    next_svc_id: u32,
+    next_backend_id: u32,
+}
+
+fn frontend_key(f: &Frontend) -> FrontendKey {
+    FrontendKey { addr: f.addr.into(), port: f.port.to_be(), proto: f.protocol.number(), scope: 0 }
+}
+
+fn marker_key(addr: Addr) -> FrontendKey {
+    FrontendKey { addr, port: 0, proto: 0, scope: 0 }
+}
+
+/// The frontend a key stands for (for messages and dumps).
+pub fn frontend_of(k: &FrontendKey) -> Option<Frontend> {
+    Some(Frontend { addr: k.addr.into(), port: u16::from_be(k.port), protocol: Protocol::from_number(k.proto)? })
+}
+
+impl Lb {
+    /// Opens the pinned LB maps and adopts the services already programmed.
+    pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
+        let frontends: HashMap<MapData, FrontendKey, Service> = pinned::hash(layout, FRONTENDS)?;
+        let backends_map: HashMap<MapData, u32, Backend> = pinned::hash(layout, BACKENDS)?;
+        let table_map: Array<MapData, u32> = pinned::array(layout, LB_TABLE)?;
+        let affinity = pinned::hash(layout, AFFINITY)?;
+        let ct = Conntrack::open(layout)?;
+
+        let mut backends = StdHashMap::new();
+        let mut ids = StdHashMap::new();
+        let mut next_backend_id = 1;
+        for (id, b) in backends_map.iter().filter_map(Result::ok) {
+            let ident = Ident { addr: b.addr, port: b.port, proto: b.proto };
+            backends.insert(ident, (id, BackendState { value: b, refs: 0 }));
+            ids.insert(id, ident);
+            next_backend_id = next_backend_id.max(id.wrapping_add(1));
+        }
+        let mut services = BTreeMap::new();
+        let mut vips = BTreeMap::new();
+        let mut used = Vec::new();
+        let mut next_svc_id = 1;
+        for (k, svc) in frontends.iter().filter_map(Result::ok) {
+            if svc.flags & SVC_F_VIP_MARKER != 0 {
+                continue;
+            }
+            next_svc_id = next_svc_id.max(svc.id.wrapping_add(1));
+            used.push((svc.table_base, svc.table_len));
+            let mut table = Vec::with_capacity(svc.table_len as usize);
+            for slot in 0..svc.table_len {
+                let id = table_map
+                    .get(&(svc.table_base + slot), 0)
+                    .map_err(|source| DatapathError::Map { name: LB_TABLE, source })?;
+                table.push(id);
+            }
+            let members: BTreeSet<u32> = table.iter().copied().filter(|id| ids.contains_key(id)).collect();
+            for id in &members {
+                if let Some((_, st)) = ids.get(id).and_then(|i| backends.get_mut(i)) {
+                    st.refs += 1;
+                }
+            }
+            *vips.entry(k.addr).or_insert(0) += 1;
+            services.insert(k, SvcState { service: svc, members, table });
+        }
+        let slab = Slab::new(table_map.len(), &used);
+        Ok(Self {
+            frontends,
+            backends_map,
+            table_map,
+            affinity,
+            ct,
+            services,
+            backends,
+            ids,
+            vips,
+            slab,
+            next_svc_id,
+            next_backend_id,
+        })
+    }
+
+    /// The frontends programmed now.
+    pub fn frontends(&self) -> Vec<Frontend> {
+        self.services.keys().filter_map(frontend_of).collect()
+    }
+
+    /// Slots in use and capacity of WEIR_LB_TABLE.
+    pub fn table_usage(&self) -> (u32, u32) {
+        (self.slab.used(), self.slab.capacity())
+    }
+
+    /// Conntrack access (GC, flush).
+    pub fn conntrack(&mut self) -> &mut Conntrack {
+        &mut self.ct
+    }
+
+    /// Creates or updates one service port with all its endpoints.
+    pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<WriteStats, DatapathError> {
+        let key = frontend_key(&spec.frontend);
+        let proto = spec.frontend.protocol.number();
+        let mut stats = WriteStats::default();
+
+        // 1. Backends for every endpoint, eligible or not (established flows
+        //    to terminating endpoints keep their translation).
+        let mut members = BTreeSet::new();
+        for ep in &spec.endpoints {
+            let ident = Ident { addr: ep.addr.into(), port: ep.port.to_be(), proto };
+            let flags = if ep.terminating { BACKEND_F_TERMINATING } else { 0 };
+            members.insert(self.ensure_backend(ident, flags, &mut stats)?);
+        }
+        let (elig, fallback) = eligible(&spec.endpoints);
+        let mut elig_idents: Vec<Ident> = elig
+            .iter()
+            .map(|e| Ident { addr: e.addr.into(), port: e.port.to_be(), proto })
+            .collect();
+        elig_idents.sort();
+        elig_idents.dedup();
+        let elig_ids: Vec<u32> = elig_idents.iter().filter_map(|i| self.backends.get(i).map(|(id, _)| *id)).collect();
+
+        // 2. The selection table.
+        let old = self.services.get(&key);
+        let random = spec.selection == Selection::Random;
+        let old_len = old.map_or(0, |o| o.service.table_len);
+        let old_random = old.is_some_and(|o| o.service.flags & SVC_F_RANDOM != 0);
+        let n = elig_ids.len() as u32;
+        let table: Vec<u32> = if n == 0 {
+            Vec::new()
+        } else if random {
+            elig_ids.clone()
+        } else {
+            let m = maglev::resize(if old_random { 0 } else { old_len }, n);
+            let idents: Vec<[u8; 19]> = elig_idents.iter().map(Ident::bytes).collect();
+            let refs: Vec<&[u8]> = idents.iter().map(|b| b.as_slice()).collect();
+            let prev: Option<Vec<Option<u32>>> = old.filter(|o| o.table.len() == m as usize && !old_random).map(|o| {
+                o.table.iter().map(|id| elig_ids.iter().position(|e| e == id).map(|p| p as u32)).collect()
+            });
+            maglev::build_stable(&refs, m, prev.as_deref())
+                .into_iter()
+                .map(|i| elig_ids[i as usize])
+                .collect()
+        };
+        let len = table.len() as u32;
+        let (base, moved) = match old {
+            Some(o) if o.service.table_len == len && len > 0 => (o.service.table_base, false),
+            _ if len == 0 => (0, old_len > 0),
+            _ => {
+                let base = self.slab.alloc(len).ok_or_else(|| DatapathError::LbTableFull {
+                    frontend: spec.frontend.to_string(),
+                    needed: len,
+                    used: self.slab.used(),
+                    capacity: self.slab.capacity(),
+                })?;
+                (base, true)
+            }
+        };
+        let in_place = old.filter(|_| !moved).map(|o| o.table.clone());
+        for (slot, id) in table.iter().enumerate() {
+            if in_place.as_ref().is_some_and(|t| t.get(slot) == Some(id)) {
+                continue;
+            }
+            self.table_map
+                .set(base + slot as u32, *id, 0)
+                .map_err(|source| DatapathError::Map { name: LB_TABLE, source })?;
+            stats.map_writes += 1;
+        }
+
+        // 3. The frontend.
+        let id = match old {
+            Some(o) => o.service.id,
+            None => {
+                let id = self.next_svc_id;
+                self.next_svc_id = self.next_svc_id.wrapping_add(1).max(1);
+                id
+            }
+        };
+        let mut flags = 0;
+        if random {
+            flags |= SVC_F_RANDOM;
+        }
+        if fallback {
+            flags |= SVC_F_TERMINATING_FALLBACK;
+        }
+        let affinity_timeout_s = spec.affinity_timeout_s.unwrap_or(0);
+        if affinity_timeout_s > 0 {
+            flags |= SVC_F_AFFINITY;
+        }
+        let service = Service { id, flags, backend_count: n, table_base: base, table_len: len, affinity_timeout_s };
+        if old.map(|o| o.service) != Some(service) {
+            self.frontends.insert(key, service, 0).map_err(|source| {
+                update_error(FRONTENDS, FRONTENDS_MAX_ENTRIES, || format!("service {}", spec.frontend), source)
+            })?;
+            stats.map_writes += 1;
+        }
+        let was_new = old.is_none();
+        let old_range = old.filter(|_| moved).map(|o| (o.service.table_base, o.service.table_len));
+        let old_members = old.map(|o| o.members.clone()).unwrap_or_default();
+        if let Some((b, l)) = old_range {
+            self.slab.free(b, l);
+        }
+        if was_new {
+            self.add_vip(key.addr, &mut stats)?;
+        }
+        self.services.insert(key, SvcState { service, members: members.clone(), table });
+
+        // 4. Backends this service no longer lists.
+        for added in members.difference(&old_members) {
+            self.add_ref(*added);
+        }
+        let dropped: HashSet<u32> = old_members.difference(&members).copied().collect();
+        if !dropped.is_empty() {
+            stats.ct_purged += self.ct.purge(Some(id), &dropped);
+            self.purge_affinity(id, &dropped);
+            for b in dropped {
+                self.release_backend(b, &mut stats)?;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Removes one service port. Frontend first, then its table and backends.
+    pub fn remove(&mut self, frontend: &Frontend) -> Result<WriteStats, DatapathError> {
+        let key = frontend_key(frontend);
+        let mut stats = WriteStats::default();
+        let Some(old) = self.services.remove(&key) else { return Ok(stats) };
+        match self.frontends.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(DatapathError::Map { name: FRONTENDS, source }),
+        }
+        stats.map_writes += 1;
+        self.slab.free(old.service.table_base, old.service.table_len);
+        self.release_vip(key.addr, &mut stats)?;
+        stats.ct_purged += self.ct.purge(Some(old.service.id), &old.members.iter().copied().collect());
+        self.purge_affinity(old.service.id, &old.members.iter().copied().collect());
+        for b in old.members {
+            self.release_backend(b, &mut stats)?;
+        }
+        Ok(stats)
+    }
+
+    /// Makes the programmed services exactly `specs`: upserts each, and
+    /// removes every other service.
+    pub fn sync(&mut self, specs: &[ServiceSpec]) -> Result<WriteStats, DatapathError> {
+        let mut total = WriteStats::default();
+        let wanted: BTreeSet<FrontendKey> = specs.iter().map(|s| frontend_key(&s.frontend)).collect();
+        for spec in specs {
+            let s = self.upsert(spec)?;
+            total.map_writes += s.map_writes;
+            total.ct_purged += s.ct_purged;
+        }
+        let stale: Vec<Frontend> = self.services.keys().filter(|k| !wanted.contains(k)).filter_map(frontend_of).collect();
+        for f in stale {
+            let s = self.remove(&f)?;
+            total.map_writes += s.map_writes;
+            total.ct_purged += s.ct_purged;
+        }
+        Ok(total)
+    }
+
+    fn ensure_backend(&mut self, ident: Ident, flags: u8, stats: &mut WriteStats) -> Result<u32, DatapathError> {
+        let value = Backend { addr: ident.addr, port: ident.port, proto: ident.proto, flags };
+        if let Some((id, st)) = self.backends.get_mut(&ident) {
+            if st.value != value {
+                self.backends_map
+                    .insert(*id, value, 0)
+                    .map_err(|source| DatapathError::Map { name: BACKENDS, source })?;
+                st.value = value;
+                stats.map_writes += 1;
+            }
+            return Ok(*id);
+        }
+        let mut id = self.next_backend_id.max(1);
+        while self.ids.contains_key(&id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        self.next_backend_id = id.wrapping_add(1).max(1);
+        self.backends_map.insert(id, value, 0).map_err(|source| {
+            update_error(BACKENDS, BACKENDS_MAX_ENTRIES, || format!("backend {}:{}", ident.addr, u16::from_be(ident.port)), source)
+        })?;
+        stats.map_writes += 1;
+        self.backends.insert(ident, (id, BackendState { value, refs: 0 }));
+        self.ids.insert(id, ident);
+        Ok(id)
+    }
+
+    fn add_ref(&mut self, id: u32) {
+        if let Some((_, st)) = self.ids.get(&id).and_then(|i| self.backends.get_mut(i)) {
+            st.refs += 1;
+        }
+    }
+
+    /// Drops one reference; deletes the backend (and its flows) at zero.
+    fn release_backend(&mut self, id: u32, stats: &mut WriteStats) -> Result<(), DatapathError> {
+        let Some(ident) = self.ids.get(&id).copied() else { return Ok(()) };
+        let Some((_, st)) = self.backends.get_mut(&ident) else { return Ok(()) };
+        st.refs = st.refs.saturating_sub(1);
+        if st.refs > 0 {
+            return Ok(());
+        }
+        self.backends.remove(&ident);
+        self.ids.remove(&id);
+        match self.backends_map.remove(&id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(DatapathError::Map { name: BACKENDS, source }),
+        }
+        stats.map_writes += 1;
+        stats.ct_purged += self.ct.purge(None, &HashSet::from([id]));
+        Ok(())
+    }
+
+    fn add_vip(&mut self, addr: Addr, stats: &mut WriteStats) -> Result<(), DatapathError> {
+        let count = self.vips.entry(addr).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            let marker = Service { flags: SVC_F_VIP_MARKER, ..Service::default() };
+            self.frontends.insert(marker_key(addr), marker, 0).map_err(|source| {
+                update_error(FRONTENDS, FRONTENDS_MAX_ENTRIES, || format!("service IP {addr}"), source)
+            })?;
+            stats.map_writes += 1;
+        }
+        Ok(())
+    }
+
+    fn release_vip(&mut self, addr: Addr, stats: &mut WriteStats) -> Result<(), DatapathError> {
+        let Some(count) = self.vips.get_mut(&addr) else { return Ok(()) };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.vips.remove(&addr);
+            match self.frontends.remove(&marker_key(addr)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { name: FRONTENDS, source }),
+            }
+            stats.map_writes += 1;
+        }
+        Ok(())
+    }
+
+    fn purge_affinity(&mut self, svc_id: u32, backends: &HashSet<u32>) {
+        let doomed: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| k.svc_id == svc_id && backends.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in doomed {
+            let _ = self.affinity.remove(&k);
+        }
+    }
+}
