@@ -25,6 +25,8 @@ pub enum Reply {
     Name(String),
     /// Echo each UDP datagram back unchanged (TCP: echo everything).
     Echo,
+    /// TCP: `<name>\n` for every line received, on a long-lived connection.
+    NamePerLine(String),
 }
 
 /// A running server; stops on drop.
@@ -91,8 +93,14 @@ fn serve_tcp(mut conn: TcpStream, reply: &Reply) -> io::Result<()> {
             break;
         }
         total += n;
-        if let Reply::Echo = reply {
-            conn.write_all(&buf[..n])?;
+        match reply {
+            Reply::Echo => conn.write_all(&buf[..n])?,
+            Reply::NamePerLine(name) => {
+                for _ in buf[..n].iter().filter(|b| **b == b'\n') {
+                    conn.write_all(format!("{name}\n").as_bytes())?;
+                }
+            }
+            Reply::Name(_) => {}
         }
     }
     if let Reply::Name(name) = reply {
@@ -117,7 +125,7 @@ pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
                 served2.fetch_add(1, Ordering::Relaxed);
                 let _ = match &reply {
                     Reply::Echo => sock.send_to(&buf[..n], peer),
-                    Reply::Name(name) => sock.send_to(name.as_bytes(), peer),
+                    Reply::Name(name) | Reply::NamePerLine(name) => sock.send_to(name.as_bytes(), peer),
                 };
             }
         }
@@ -173,4 +181,67 @@ pub fn udp_exchange(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, coun
         }
         Ok(answered)
     })
+}
+
+/// Connects from `ns` and returns the stream; it stays in `ns` and can be
+/// used from any thread.
+pub fn tcp_connect(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    ns.run(move || {
+        let s = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(dst, port)), timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(s)
+    })
+}
+
+/// Sends one line on a [`Reply::NamePerLine`] connection and returns the answer.
+pub fn ask_name(s: &mut TcpStream) -> io::Result<String> {
+    s.write_all(b"who\n")?;
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = s.read(&mut byte)?;
+        if n == 0 || byte[0] == b'\n' {
+            break;
+        }
+        out.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// One TCP request to a [`Reply::Name`] server; returns the server's name.
+pub fn tcp_name(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<String> {
+    let r = tcp_request(ns, dst, port, b"hello".to_vec(), timeout)?;
+    Ok(String::from_utf8_lossy(&r).split_whitespace().next().unwrap_or_default().to_string())
+}
+
+/// One UDP request from a fresh unconnected socket (a new flow each time);
+/// returns the answer and the address it came from.
+pub fn udp_name_from(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<(String, SocketAddr)> {
+    ns.run(move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(b"who", (dst, port))?;
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+}
+
+/// A connected UDP socket in `ns` (one flow), usable from any thread.
+pub fn udp_connect(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<UdpSocket> {
+    ns.run(move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.connect((dst, port))?;
+        Ok(s)
+    })
+}
+
+/// Sends on a connected UDP socket and returns the answer as text.
+pub fn udp_ask(s: &UdpSocket) -> io::Result<String> {
+    s.send(b"who")?;
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }

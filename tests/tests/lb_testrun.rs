@@ -149,3 +149,112 @@ fn a_vip_dialled_on_a_port_it_does_not_serve_is_rejected() {
         assert_eq!((run.verdict, run.packet), (TC_ACT_OK, other));
     });
 }
+
+fn ct_states(lb: &mut Lb) -> Vec<(u8, u8, u64)> {
+    use weir_datapath::ct::monotonic_ns;
+    let now = monotonic_ns();
+    let mut v: Vec<(u8, u8, u64)> = lb
+        .conntrack()
+        .entries()
+        .into_iter()
+        .map(|(k, e)| (k.kind, e.state, e.expires_ns.saturating_sub(now) / 1_000_000_000))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn tcp_flows_move_through_states_with_their_own_timeouts() {
+    use weir_common::ct::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CT_SVC_FWD, CT_SVC_REV};
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        testrun::run(prog, &testrun::tcp4((CLIENT, 40010), (VIP, 80), true, b"")).expect("syn");
+        let s = ct_states(lb);
+        assert_eq!(s.len(), 2, "a forward and a reverse entry: {s:?}");
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_SYN && (58..=60).contains(ttl)), "SYN, 60 s: {s:?}");
+
+        // SYN-ACK from the backend establishes the reverse direction...
+        let mut synack = testrun::tcp4((BACKEND, 8080), (CLIENT, 40010), false, b"");
+        synack[14 + 20 + 13] = 0x12;
+        testrun::run(prog, &synack).expect("syn-ack");
+        // ...and the client's ACK the forward one.
+        testrun::run(prog, &testrun::tcp4((CLIENT, 40010), (VIP, 80), false, b"")).expect("ack");
+        let s = ct_states(lb);
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_ESTABLISHED && *ttl > 21_000), "established, 6 h: {s:?}");
+
+        // A FIN closes both directions with the short closing timeout.
+        let mut fin = testrun::tcp4((CLIENT, 40010), (VIP, 80), false, b"");
+        fin[14 + 20 + 13] = 0x11;
+        testrun::run(prog, &fin).expect("fin");
+        let s = ct_states(lb);
+        assert_eq!(s.iter().map(|x| x.0).collect::<Vec<_>>(), [CT_SVC_FWD, CT_SVC_REV]);
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_CLOSING && *ttl <= 10), "closing, 10 s: {s:?}");
+    });
+}
+
+#[test]
+fn stale_conntrack_entries_are_collected() {
+    use weir_datapath::{ct::monotonic_ns, DatapathConfig};
+    privileged::require();
+    let ns = NetNs::new("wlt");
+    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirlt")));
+    let path = dir.path.clone();
+    ns.run(move || {
+        let layout = PinLayout::new(&path);
+        let mut dp = PodDatapath::load(&layout).expect("load");
+        dp.set_config(&DatapathConfig { ct_udp_timeout_s: 1, ..DatapathConfig::DEFAULT }).expect("config");
+        let mut lb = Lb::open(&layout).expect("lb");
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        testrun::run(prog, &testrun::udp4((CLIENT, 41100), (VIP, 53), b"q")).expect("run");
+        let mut ct = weir_datapath::ct::Conntrack::open(&layout).expect("ct");
+        assert_eq!(ct.entries().len(), 2);
+        assert_eq!(ct.gc(monotonic_ns()), 0, "live flows are kept");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(ct.gc(monotonic_ns()), 2, "both entries of the dead flow are collected");
+        assert!(ct.entries().is_empty());
+    });
+}
+
+#[test]
+fn the_datapath_dump_is_stable_text() {
+    with_datapath(|_, lb, layout| {
+        let b = |last| (Ipv4Addr::new(10, 244, 0, last), 8080);
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[b(3), b(1), b(2)])).expect("upsert");
+        let mut udp = cluster_ip(VIP, 53, Protocol::Udp, &[]);
+        udp.affinity_timeout_s = Some(30);
+        lb.upsert(&udp).expect("upsert");
+        let dump = weir_datapath::lb::dump::dump(layout).expect("dump");
+        assert_eq!(
+            dump,
+            "service 10.96.0.10:80/tcp maglev slots=307 affinity=none fallback=no\n\
+             \x20 backend 10.244.0.1:8080 slots=103\n\
+             \x20 backend 10.244.0.2:8080 slots=102\n\
+             \x20 backend 10.244.0.3:8080 slots=102\n\
+             service 10.96.0.10:53/udp maglev slots=0 affinity=clientip/30s fallback=no\n\
+             vip 10.96.0.10\n"
+        );
+    });
+}
+
+#[test]
+fn maglev_and_random_selection_both_spread_new_flows() {
+    use weir_datapath::lb::spec::Selection;
+    with_datapath(|dp, lb, _| {
+        let backends: Vec<(Ipv4Addr, u16)> = (1..=3).map(|i| (Ipv4Addr::new(10, 244, 0, 10 + i), 8080)).collect();
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        for (port, selection) in [(80u16, Selection::Maglev), (81, Selection::Random)] {
+            let mut spec = cluster_ip(VIP, port, Protocol::Tcp, &backends);
+            spec.selection = selection;
+            lb.upsert(&spec).expect("upsert");
+            let mut seen = std::collections::BTreeMap::new();
+            for sport in 0..90u16 {
+                let out = testrun::run(prog, &testrun::tcp4((CLIENT, 30000 + sport), (VIP, port), true, b"")).expect("run");
+                *seen.entry(parse_checked_v4(&out.packet).dst).or_insert(0) += 1;
+            }
+            assert_eq!(seen.len(), 3, "{selection:?} uses every backend: {seen:?}");
+            assert!(seen.values().all(|n| *n >= 10), "{selection:?} spreads flows: {seen:?}");
+        }
+    });
+}

@@ -1,0 +1,218 @@
+//! ClusterIP load balancing with real traffic: one client pod and three
+//! backend pods on a node namespace, the real agent attaching the pod
+//! programs, and services programmed through weir-datapath's Lb API.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use weir_datapath::lb::{spec::Protocol, Lb};
+use weir_tests::{
+    services::{cluster_ip, endpoint},
+    traffic::{
+        ask_name, tcp_connect, tcp_name, tcp_server, udp_ask, udp_connect, udp_name_from, udp_server, Reply, Server,
+        DEFAULT_TIMEOUT,
+    },
+    Agent, Node, Pod,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// Backend ports: Reply::Name on TCP 8080 and UDP 5353, Reply::NamePerLine on TCP 9000.
+const NAME_TCP: u16 = 8080;
+const NAME_UDP: u16 = 5353;
+const LINES_TCP: u16 = 9000;
+
+struct Topo {
+    lb: Lb,
+    client: Pod,
+    backends: Vec<Pod>,
+    _servers: Vec<Server>,
+    _agent: Agent,
+    node: Node,
+}
+
+fn topo() -> Topo {
+    let node = Node::new();
+    let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
+    let backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
+    let agent = node.start_agent();
+    agent.wait_attached(&client.host_if, client.host_ifindex);
+    let mut servers = Vec::new();
+    for b in &backends {
+        agent.wait_attached(&b.host_if, b.host_ifindex);
+        servers.push(tcp_server(b.ns(), NAME_TCP, Reply::Name(b.name.clone())));
+        servers.push(udp_server(b.ns(), NAME_UDP, Reply::Name(b.name.clone())));
+        servers.push(tcp_server(b.ns(), LINES_TCP, Reply::NamePerLine(b.name.clone())));
+    }
+    let lb = Lb::open(&weir_datapath::PinLayout::new(node.bpffs())).expect("open lb maps");
+    Topo { lb, client, backends, _servers: servers, _agent: agent, node }
+}
+
+impl Topo {
+    fn ips(&self, port: u16, which: &[usize]) -> Vec<(Ipv4Addr, u16)> {
+        which.iter().map(|&i| (self.backends[i].ip, port)).collect()
+    }
+
+    fn count_tcp(&self, port: u16, n: usize) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let name = tcp_name(self.client.ns(), VIP, port, DEFAULT_TIMEOUT).expect("tcp via the VIP");
+            *seen.entry(name).or_insert(0) += 1;
+        }
+        seen
+    }
+}
+
+#[test]
+fn every_backend_receives_tcp_and_udp_and_replies_come_from_the_vip() {
+    let mut t = topo();
+    t.lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &t.ips(NAME_TCP, &[0, 1, 2]))).expect("upsert tcp");
+    t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &t.ips(NAME_UDP, &[0, 1, 2]))).expect("upsert udp");
+
+    let tcp = t.count_tcp(80, 60);
+    assert_eq!(tcp.len(), 3, "every backend gets TCP connections: {tcp:?}");
+
+    let mut udp = BTreeMap::new();
+    for _ in 0..60 {
+        let (name, from) = udp_name_from(t.client.ns(), VIP, 53, DEFAULT_TIMEOUT).expect("udp via the VIP");
+        assert_eq!(from, SocketAddr::from((VIP, 53)), "the reply's source is the VIP");
+        *udp.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(udp.len(), 3, "every backend gets UDP flows: {udp:?}");
+
+    let s = tcp_connect(t.client.ns(), VIP, 80, DEFAULT_TIMEOUT).expect("connect");
+    assert_eq!(s.peer_addr().expect("peer"), SocketAddr::from((VIP, 80)), "TCP peer is the VIP");
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_own_service() {
+    let mut t = topo();
+    t.lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &t.ips(NAME_TCP, &[0]))).expect("upsert");
+    t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &t.ips(NAME_UDP, &[0]))).expect("upsert");
+    let me = &t.backends[0];
+    for _ in 0..5 {
+        assert_eq!(tcp_name(me.ns(), VIP, 80, DEFAULT_TIMEOUT).expect("hairpin tcp"), me.name);
+        let (name, from) = udp_name_from(me.ns(), VIP, 53, DEFAULT_TIMEOUT).expect("hairpin udp");
+        assert_eq!((name.as_str(), from), (me.name.as_str(), SocketAddr::from((VIP, 53))));
+    }
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_to_one_backend() {
+    let mut t = topo();
+    let mut spec = cluster_ip(VIP, 80, Protocol::Tcp, &t.ips(NAME_TCP, &[0, 1, 2]));
+    spec.affinity_timeout_s = Some(10_800);
+    t.lb.upsert(&spec).expect("upsert");
+    let seen = t.count_tcp(80, 30);
+    assert_eq!(seen.len(), 1, "all connections of one client go to one backend: {seen:?}");
+}
+
+#[test]
+fn terminating_endpoints_follow_kube_proxy_rules() {
+    let mut t = topo();
+    let (b1, b2, b3) = (t.backends[0].ip, t.backends[1].ip, t.backends[2].ip);
+    let mut spec = cluster_ip(VIP, 80, Protocol::Tcp, &[]);
+
+    // Ready endpoints take every new connection.
+    spec.endpoints = vec![
+        endpoint(b1, NAME_TCP, true, true, false),
+        endpoint(b2, NAME_TCP, false, true, true),
+        endpoint(b3, NAME_TCP, false, false, false),
+    ];
+    t.lb.upsert(&spec).expect("upsert");
+    let seen = t.count_tcp(80, 20);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["b1"], "only the ready endpoint: {seen:?}");
+
+    // No ready endpoint: serving + terminating ones take them; non-serving never.
+    spec.endpoints = vec![
+        endpoint(b2, NAME_TCP, false, true, true),
+        endpoint(b3, NAME_TCP, false, false, true),
+    ];
+    t.lb.upsert(&spec).expect("upsert");
+    let seen = t.count_tcp(80, 20);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["b2"], "serving+terminating fallback only: {seen:?}");
+
+    // An established flow to an endpoint that starts terminating continues.
+    let mut lines = cluster_ip(VIP, 90, Protocol::Tcp, &[(b1, LINES_TCP), (b2, LINES_TCP)]);
+    t.lb.upsert(&lines).expect("upsert");
+    let mut conn_to_b2 = None;
+    for _ in 0..40 {
+        let mut s = tcp_connect(t.client.ns(), VIP, 90, DEFAULT_TIMEOUT).expect("connect");
+        if ask_name(&mut s).expect("ask") == "b2" {
+            conn_to_b2 = Some(s);
+            break;
+        }
+    }
+    let mut conn = conn_to_b2.expect("one of 40 connections lands on b2");
+    lines.endpoints = vec![endpoint(b1, LINES_TCP, true, true, false), endpoint(b2, LINES_TCP, false, true, true)];
+    t.lb.upsert(&lines).expect("upsert");
+    assert_eq!(ask_name(&mut conn).expect("established flow continues"), "b2");
+    for _ in 0..10 {
+        let mut s = tcp_connect(t.client.ns(), VIP, 90, DEFAULT_TIMEOUT).expect("connect");
+        assert_eq!(ask_name(&mut s).expect("ask"), "b1", "new connections avoid the terminating endpoint");
+    }
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_at_once() {
+    let mut t = topo();
+    t.lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[])).expect("upsert");
+    t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[])).expect("upsert");
+
+    let start = Instant::now();
+    let err = tcp_connect(t.client.ns(), VIP, 80, Duration::from_secs(3)).expect_err("refused");
+    let took = start.elapsed();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(took < Duration::from_millis(100), "TCP refused in {took:?}");
+
+    let sock = udp_connect(t.client.ns(), VIP, 53, Duration::from_secs(3)).expect("udp socket");
+    let start = Instant::now();
+    let err = udp_ask(&sock).expect_err("refused");
+    let took = start.elapsed();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(took < Duration::from_millis(100), "UDP refused in {took:?}");
+
+    // A port the VIP does not serve is refused too.
+    let err = tcp_connect(t.client.ns(), VIP, 8443, Duration::from_secs(3)).expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let _ = &t.node;
+}
+
+#[test]
+fn removing_a_backend_moves_its_udp_flow() {
+    let mut t = topo();
+    let all = t.ips(NAME_UDP, &[0, 1, 2]);
+    t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &all)).expect("upsert");
+    let sock = udp_connect(t.client.ns(), VIP, 53, DEFAULT_TIMEOUT).expect("udp socket");
+    let first = udp_ask(&sock).expect("first answer");
+    assert_eq!(udp_ask(&sock).expect("second answer"), first, "a UDP flow sticks to its backend");
+
+    let idx = t.backends.iter().position(|b| b.name == first).expect("known backend");
+    let rest: Vec<(Ipv4Addr, u16)> = all.iter().copied().filter(|(a, _)| *a != t.backends[idx].ip).collect();
+    let stats = t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &rest)).expect("upsert");
+    assert!(stats.ct_purged >= 2, "the flow's conntrack entries are purged: {stats:?}");
+    let moved = udp_ask(&sock).expect("answer after removal");
+    assert_ne!(moved, first, "the flow moved off the removed backend");
+}
+
+#[test]
+fn changing_the_backend_set_does_not_move_established_tcp_connections() {
+    let mut t = topo();
+    t.lb.upsert(&cluster_ip(VIP, 90, Protocol::Tcp, &t.ips(LINES_TCP, &[0, 1]))).expect("upsert");
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        let mut s = tcp_connect(t.client.ns(), VIP, 90, DEFAULT_TIMEOUT).expect("connect");
+        let name = ask_name(&mut s).expect("ask");
+        conns.push((s, name));
+    }
+    t.lb.upsert(&cluster_ip(VIP, 90, Protocol::Tcp, &t.ips(LINES_TCP, &[0, 1, 2]))).expect("grow");
+    for (s, name) in conns.iter_mut() {
+        assert_eq!(&ask_name(s).expect("established flow"), name, "the connection kept its backend");
+    }
+    t.lb.upsert(&cluster_ip(VIP, 90, Protocol::Tcp, &t.ips(LINES_TCP, &[1, 0, 2]))).expect("reorder");
+    for (s, name) in conns.iter_mut() {
+        assert_eq!(&ask_name(s).expect("established flow"), name);
+    }
+}
