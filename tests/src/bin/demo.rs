@@ -5,8 +5,13 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
+use weir_datapath::{
+    lb::{dump::dump, spec::Protocol, Lb},
+    PinLayout,
+};
 use weir_tests::{
-    traffic::{tcp_request, tcp_server, udp_exchange, udp_server, Reply},
+    services::cluster_ip,
+    traffic::{tcp_name, tcp_request, tcp_server, udp_exchange, udp_server, Reply},
     Node,
 };
 
@@ -16,15 +21,18 @@ fn main() {
     let node = Node::new();
     let a = node.pod("a", Ipv4Addr::new(10, 244, 0, 2));
     let b = node.pod("b", Ipv4Addr::new(10, 244, 0, 3));
+    let c = node.pod("c", Ipv4Addr::new(10, 244, 0, 4));
     println!("    node netns {}  bpffs {}", node.ns().name(), node.bpffs().display());
     println!("    pod a {}  host veth {}", a.ip, a.host_if);
     println!("    pod b {}  host veth {}", b.ip, b.host_if);
+    println!("    pod c {}  host veth {}", c.ip, c.host_if);
 
     println!("==> starting weir-agent --source dir:{}", node.source_dir().display());
     let agent = node.start_agent();
     agent.wait_attached(&a.host_if, a.host_ifindex);
     agent.wait_attached(&b.host_if, b.host_ifindex);
-    println!("    pod programs attached at tc ingress and egress of both host veths");
+    agent.wait_attached(&c.host_if, c.host_ifindex);
+    println!("    pod programs attached at tc ingress and egress of every host veth");
 
     let _udp = udp_server(b.ns(), 5353, Reply::Echo);
     let _tcp = tcp_server(b.ns(), 8080, Reply::Name("pod-b".into()));
@@ -40,7 +48,32 @@ fn main() {
         Err(e) => println!("    TCP failed: {e}"),
     }
 
-    println!("==> weir stats (read straight from the pinned map)");
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    println!("==> ClusterIP {vip}:80/tcp -> pods b and c on :8081 (Maglev)");
+    let _web_b = tcp_server(b.ns(), 8081, Reply::Name("pod-b".into()));
+    let _web_c = tcp_server(c.ns(), 8081, Reply::Name("pod-c".into()));
+    match Lb::open(&PinLayout::new(node.bpffs())) {
+        Ok(mut lb) => {
+            if let Err(e) = lb.upsert(&cluster_ip(vip, 80, Protocol::Tcp, &[(b.ip, 8081), (c.ip, 8081)])) {
+                println!("    programming the service failed: {e}");
+            }
+            let (mut nb, mut nc, mut failed) = (0, 0, 0);
+            for _ in 0..20 {
+                match tcp_name(a.ns(), vip, 80, timeout).as_deref() {
+                    Ok("pod-b") => nb += 1,
+                    Ok("pod-c") => nc += 1,
+                    _ => failed += 1,
+                }
+            }
+            println!("    20 connections from pod a: {nb} to pod-b, {nc} to pod-c, {failed} failed");
+            if let Ok(d) = dump(&PinLayout::new(node.bpffs())) {
+                print!("{}", d.lines().map(|l| format!("    {l}\n")).collect::<String>());
+            }
+        }
+        Err(e) => println!("    opening the service maps failed: {e}"),
+    }
+
+    println!("==> weir stats (read straight from the pinned maps)");
     let out = node.weir(&["stats"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));

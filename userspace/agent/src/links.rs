@@ -38,7 +38,7 @@ impl LinkWatcher {
     /// Every interface that exists now.
     pub async fn dump(&self) -> Result<Vec<LinkEvent>, rtnetlink::Error> {
         let links: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
-        Ok(links.iter().filter_map(|m| present(m)).collect())
+        Ok(links.iter().filter_map(present).collect())
     }
 
     /// The next link event; `None` when the netlink connection is gone.

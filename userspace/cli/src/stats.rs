@@ -26,6 +26,8 @@ struct InterfaceStats {
 #[derive(Debug, Serialize)]
 struct StatsReport {
     interfaces: Vec<InterfaceStats>,
+    /// Packets dropped or rejected, per reason.
+    drops: BTreeMap<&'static str, u64>,
     datapath_errors: BTreeMap<&'static str, u64>,
 }
 
@@ -46,8 +48,10 @@ pub fn run(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
         }
     }
     let errors = stats::read_dp_errors(layout)?;
+    let drops = stats::read_drops(layout)?;
     let report = StatsReport {
         interfaces: by_if.into_values().collect(),
+        drops: drops.into_iter().map(|(r, n)| (r.as_str(), n)).collect(),
         datapath_errors: errors.into_iter().map(|(e, n)| (e.as_str(), n)).collect(),
     };
     match format {
@@ -76,6 +80,11 @@ pub fn run(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
                 .collect();
             if !errs.is_empty() {
                 println!("\ndatapath errors: {}", errs.join(" "));
+            }
+            let drops: Vec<String> =
+                report.drops.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+            if !drops.is_empty() {
+                println!("\ndrops and rejects: {}", drops.join(" "));
             }
         }
     }

@@ -33,7 +33,7 @@ impl Hook {
         }
     }
 
-    pub fn from_str(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|h| h.as_str() == s)
     }
 

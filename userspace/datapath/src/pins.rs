@@ -111,7 +111,7 @@ fn parse_link_pin(name: &str) -> Option<LinkPin> {
     Some(LinkPin {
         ifname: ifname.to_string(),
         ifindex: ifindex.parse().ok()?,
-        hook: Hook::from_str(hook)?,
+        hook: Hook::parse(hook)?,
         path: PathBuf::new(),
     })
 }
