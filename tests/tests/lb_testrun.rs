@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use weir_common::drop::DropReason;
-use weir_datapath::{attach::Hook, lb::spec::Protocol, lb::Lb, stats::read_drops, PinLayout, PodDatapath};
+use weir_datapath::{attach::Hook, lb::spec::Protocol, lb::Lb, stats::read_drops, DatapathConfig, PinLayout, PodDatapath};
 use weir_tests::{
     names,
     netns::NetNs,
@@ -23,13 +23,19 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 
 fn with_datapath(f: impl FnOnce(&PodDatapath, &mut Lb, &PinLayout) + Send + 'static) {
+    with_config(DatapathConfig::DEFAULT, f);
+}
+
+/// Loads the pod object with `cfg` in a fresh namespace and bpffs directory.
+fn with_config(cfg: DatapathConfig, f: impl FnOnce(&PodDatapath, &mut Lb, &PinLayout) + Send + 'static) {
     privileged::require();
     let ns = NetNs::new("wlt");
     let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirlt")));
     let path = dir.path.clone();
     ns.run(move || {
         let layout = PinLayout::new(&path);
-        let dp = PodDatapath::load(&layout).expect("load pod object");
+        let mut dp = PodDatapath::load(&layout).expect("load pod object");
+        dp.set_config(&cfg).expect("config");
         let mut lb = Lb::open(&layout).expect("open lb maps");
         f(&dp, &mut lb, &layout);
     });
@@ -195,20 +201,12 @@ fn tcp_flows_move_through_states_with_their_own_timeouts() {
 
 #[test]
 fn stale_conntrack_entries_are_collected() {
-    use weir_datapath::{ct::monotonic_ns, DatapathConfig};
-    privileged::require();
-    let ns = NetNs::new("wlt");
-    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirlt")));
-    let path = dir.path.clone();
-    ns.run(move || {
-        let layout = PinLayout::new(&path);
-        let mut dp = PodDatapath::load(&layout).expect("load");
-        dp.set_config(&DatapathConfig { ct_udp_timeout_s: 1, ..DatapathConfig::DEFAULT }).expect("config");
-        let mut lb = Lb::open(&layout).expect("lb");
+    use weir_datapath::ct::{monotonic_ns, Conntrack};
+    with_config(DatapathConfig { ct_udp_timeout_s: 1, ..DatapathConfig::DEFAULT }, |dp, lb, layout| {
         lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
         testrun::run(prog, &testrun::udp4((CLIENT, 41100), (VIP, 53), b"q")).expect("run");
-        let mut ct = weir_datapath::ct::Conntrack::open(&layout).expect("ct");
+        let mut ct = Conntrack::open(layout).expect("ct");
         assert_eq!(ct.entries().len(), 2);
         assert_eq!(ct.gc(monotonic_ns()), 0, "live flows are kept");
         std::thread::sleep(std::time::Duration::from_millis(1100));

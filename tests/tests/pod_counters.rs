@@ -6,20 +6,26 @@ use std::net::Ipv4Addr;
 use weir_tests::{
     stats::counters,
     traffic::{tcp_request, tcp_server, udp_exchange, udp_server, Reply, DEFAULT_TIMEOUT},
-    Node,
+    Agent, Node, Pod,
 };
 
 /// Ethernet + IPv4 + UDP headers.
 const UDP_OVERHEAD: u64 = 14 + 20 + 8;
 
-#[test]
-fn udp_between_pods_is_counted_exactly_per_interface_and_direction() {
+/// A node with pods a and b and the agent attached to both.
+fn two_pods() -> (Node, Pod, Pod, Agent) {
     let node = Node::new();
     let a = node.pod("a", Ipv4Addr::new(10, 244, 0, 2));
     let b = node.pod("b", Ipv4Addr::new(10, 244, 0, 3));
     let agent = node.start_agent();
     agent.wait_attached(&a.host_if, a.host_ifindex);
     agent.wait_attached(&b.host_if, b.host_ifindex);
+    (node, a, b, agent)
+}
+
+#[test]
+fn udp_between_pods_is_counted_exactly_per_interface_and_direction() {
+    let (node, a, b, _agent) = two_pods();
     let _udp = udp_server(b.ns(), 5353, Reply::Echo);
 
     let (a0, b0) = (counters(&node, &a.host_if), counters(&node, &b.host_if));
@@ -41,12 +47,7 @@ fn udp_between_pods_is_counted_exactly_per_interface_and_direction() {
 
 #[test]
 fn tcp_between_pods_is_counted_in_both_directions() {
-    let node = Node::new();
-    let a = node.pod("a", Ipv4Addr::new(10, 244, 0, 2));
-    let b = node.pod("b", Ipv4Addr::new(10, 244, 0, 3));
-    let agent = node.start_agent();
-    agent.wait_attached(&a.host_if, a.host_ifindex);
-    agent.wait_attached(&b.host_if, b.host_ifindex);
+    let (node, a, b, _agent) = two_pods();
     let _tcp = tcp_server(b.ns(), 8080, Reply::Name("b".into()));
 
     let (a0, b0) = (counters(&node, &a.host_if), counters(&node, &b.host_if));

@@ -35,28 +35,29 @@ pub fn read_if_stats(layout: &PinLayout) -> Result<Vec<IfStatsRow>, DatapathErro
     Ok(rows)
 }
 
+/// Reads per-CPU u64 counters at `indices` of the array map `name`, summed over CPUs.
+fn read_counters<T: Copy>(
+    layout: &PinLayout,
+    name: &'static str,
+    indices: impl IntoIterator<Item = (T, u32)>,
+) -> Result<Vec<(T, u64)>, DatapathError> {
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(open(layout, name)?).map_err(|source| DatapathError::Map { name, source })?;
+    indices
+        .into_iter()
+        .map(|(t, i)| {
+            let values = map.get(&i, 0).map_err(|source| DatapathError::Map { name, source })?;
+            Ok((t, values.iter().sum()))
+        })
+        .collect()
+}
+
 /// Reads the datapath error counters, summed over all CPUs.
 pub fn read_dp_errors(layout: &PinLayout) -> Result<Vec<(DpError, u64)>, DatapathError> {
-    let map = open(layout, DP_ERRORS)?;
-    let map: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name: DP_ERRORS, source })?;
-    let mut out = Vec::new();
-    for err in DpError::ALL {
-        let values = map.get(&(err as u32), 0).map_err(|source| DatapathError::Map { name: DP_ERRORS, source })?;
-        out.push((err, values.iter().sum()));
-    }
-    Ok(out)
+    read_counters(layout, DP_ERRORS, DpError::ALL.map(|e| (e, e as u32)))
 }
 
 /// Reads the drop and reject counters per reason, summed over all CPUs.
 pub fn read_drops(layout: &PinLayout) -> Result<Vec<(DropReason, u64)>, DatapathError> {
-    let map = open(layout, DROPS)?;
-    let map: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name: DROPS, source })?;
-    let mut out = Vec::new();
-    for reason in DropReason::ALL {
-        let values = map.get(&(reason as u32), 0).map_err(|source| DatapathError::Map { name: DROPS, source })?;
-        out.push((reason, values.iter().sum()));
-    }
-    Ok(out)
+    read_counters(layout, DROPS, DropReason::ALL.map(|r| (r, r as u32)))
 }
