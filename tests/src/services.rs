@@ -7,6 +7,7 @@ use weir_datapath::lb::spec::{Endpoint, Frontend, Protocol, Selection, ServiceSp
 /// A Maglev ClusterIP service with ready endpoints.
 pub fn cluster_ip(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(Ipv4Addr, u16)]) -> ServiceSpec {
     ServiceSpec {
+        origin: String::new(),
         frontend: Frontend { addr: IpAddr::V4(vip), port, protocol },
         endpoints: backends.iter().map(|(a, p)| Endpoint::ready(IpAddr::V4(*a), *p)).collect(),
         selection: Selection::Maglev,

@@ -12,7 +12,9 @@
 
 pub mod dump;
 pub mod slab;
-pub mod spec;
+
+/// The desired-state types `Lb` consumes.
+pub use weir_desired::spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
 

@@ -81,6 +81,9 @@ pub enum Selection {
 /// One service port and everything the datapath needs to serve it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
+    /// The Kubernetes service and port this frontend comes from
+    /// (`namespace/name:port-name`); empty when programmed directly.
+    pub origin: String,
     pub frontend: Frontend,
     pub endpoints: Vec<Endpoint>,
     pub selection: Selection,

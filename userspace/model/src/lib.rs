@@ -1,0 +1,18 @@
+//! weir's model of the cluster: the Kubernetes objects weir reads, checked
+//! field by field, kept in a [`state::ClusterState`], and translated — by a
+//! pure function — into desired datapath state (`weir_desired`).
+//!
+//! Both sources (the Kubernetes API and a directory of YAML files) feed the
+//! same [`state::Change`]s; nothing downstream knows which one is in use.
+
+pub mod load;
+pub mod object;
+pub mod service;
+pub mod state;
+pub mod translate;
+pub mod validate;
+pub mod warning;
+
+pub use object::{Kind, Object, ObjectKey};
+pub use state::{Change, ClusterState};
+pub use warning::Warning;

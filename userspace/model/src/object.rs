@@ -1,0 +1,133 @@
+//! The object kinds weir reads, in their upstream Kubernetes types.
+
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
+};
+use serde::de::DeserializeOwned;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Pod,
+    Namespace,
+    Node,
+    NetworkPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] =
+        [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Namespace, Kind::Node, Kind::NetworkPolicy];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
+            Self::Pod => "Pod",
+            Self::Namespace => "Namespace",
+            Self::Node => "Node",
+            Self::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+
+    /// The apiVersion weir reads this kind in.
+    pub const fn api_version(self) -> &'static str {
+        match self {
+            Self::Service | Self::Pod | Self::Namespace | Self::Node => "v1",
+            Self::EndpointSlice => "discovery.k8s.io/v1",
+            Self::NetworkPolicy => "networking.k8s.io/v1",
+        }
+    }
+
+    pub const fn namespaced(self) -> bool {
+        !matches!(self, Self::Namespace | Self::Node)
+    }
+
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+}
+
+/// Identity of an object: kind, namespace (for namespaced kinds), name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind.namespaced() {
+            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        } else {
+            write!(f, "{} {}", self.kind.as_str(), self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Pod(Pod),
+    Namespace(Namespace),
+    Node(Node),
+    NetworkPolicy(NetworkPolicy),
+}
+
+fn key_of(kind: Kind, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
+    let namespace = if kind.namespaced() { meta.namespace.clone().unwrap_or_else(|| "default".into()) } else { String::new() };
+    ObjectKey { kind, namespace, name: meta.name.clone().unwrap_or_default() }
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Service(_) => Kind::Service,
+            Self::EndpointSlice(_) => Kind::EndpointSlice,
+            Self::Pod(_) => Kind::Pod,
+            Self::Namespace(_) => Kind::Namespace,
+            Self::Node(_) => Kind::Node,
+            Self::NetworkPolicy(_) => Kind::NetworkPolicy,
+        }
+    }
+
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Self::Service(o) => &o.metadata,
+            Self::EndpointSlice(o) => &o.metadata,
+            Self::Pod(o) => &o.metadata,
+            Self::Namespace(o) => &o.metadata,
+            Self::Node(o) => &o.metadata,
+            Self::NetworkPolicy(o) => &o.metadata,
+        }
+    }
+
+    /// The object's key; objects without a namespace live in `default`,
+    /// as `kubectl apply` would put them.
+    pub fn key(&self) -> ObjectKey {
+        key_of(self.kind(), self.meta())
+    }
+
+    /// Decodes one object from JSON, naming the failing field.
+    pub fn from_value(kind: Kind, v: serde_json::Value) -> Result<Self, (Option<String>, String)> {
+        fn de<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, (Option<String>, String)> {
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                let field = (path != ".").then_some(path);
+                (field, e.into_inner().to_string())
+            })
+        }
+        Ok(match kind {
+            Kind::Service => Self::Service(de(v)?),
+            Kind::EndpointSlice => Self::EndpointSlice(de(v)?),
+            Kind::Pod => Self::Pod(de(v)?),
+            Kind::Namespace => Self::Namespace(de(v)?),
+            Kind::Node => Self::Node(de(v)?),
+            Kind::NetworkPolicy => Self::NetworkPolicy(de(v)?),
+        })
+    }
+}
