@@ -29,7 +29,9 @@ pub static FRONTENDS: HashMap<FrontendKey, Service> = HashMap::pinned(FRONTENDS_
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
 
 #[map(name = "WEIR_LB_TABLE")]
-pub static LB_TABLE: Array<u32> = Array::pinned(LB_TABLE_MAX_ENTRIES, 0);
+/// Memory-mappable, so userspace writes and verifies slots without a
+/// syscall per slot.
+pub static LB_TABLE: Array<u32> = Array::pinned(LB_TABLE_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 #[map(name = "WEIR_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);

@@ -7,6 +7,7 @@ pub mod ct;
 pub mod error;
 pub mod lb;
 pub mod loader;
+pub mod mmap;
 pub mod objects;
 pub mod pinned;
 pub mod pins;

@@ -12,20 +12,20 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{HashMap, MapData};
 use weir_common::{
     addr::Addr,
     lb::{Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SVC_F_AFFINITY, SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER},
     maps::{BACKENDS, FRONTENDS, LB_TABLE},
 };
 
-use crate::{lb::frontend_of, pinned, pins::PinLayout, DatapathError};
+use crate::{lb::frontend_of, mmap::MmapU32Array, pinned, pins::PinLayout, DatapathError};
 
 /// Dumps FRONTENDS, BACKENDS and LB_TABLE under `layout`.
 pub fn dump(layout: &PinLayout) -> Result<String, DatapathError> {
     let frontends: HashMap<MapData, FrontendKey, Service> = pinned::hash(layout, FRONTENDS)?;
     let backends: HashMap<MapData, u32, Backend> = pinned::hash(layout, BACKENDS)?;
-    let table: Array<MapData, u32> = pinned::array(layout, LB_TABLE)?;
+    let table = MmapU32Array::open(layout, LB_TABLE)?;
     let backends: BTreeMap<u32, Backend> = backends.iter().filter_map(Result::ok).collect();
     let mut services: Vec<(FrontendKey, Service)> = frontends.iter().filter_map(Result::ok).collect();
     services.sort_by_key(|(k, _)| (k.addr, k.proto, u16::from_be(k.port)));
@@ -43,7 +43,7 @@ pub fn dump(layout: &PinLayout) -> Result<String, DatapathError> {
         let _ = writeln!(out, "service {f} {mode} slots={} affinity={affinity} fallback={fallback}", s.table_len);
         let mut slots: BTreeMap<(Addr, u16), (usize, u8)> = BTreeMap::new();
         for slot in 0..s.table_len {
-            let id = table.get(&(s.table_base + slot), 0).map_err(|source| DatapathError::Map { name: LB_TABLE, source })?;
+            let id = table.get(s.table_base + slot).unwrap_or(0);
             match backends.get(&id) {
                 Some(b) => {
                     let e = slots.entry((b.addr, u16::from_be(b.port))).or_insert((0, b.flags));

@@ -18,7 +18,7 @@ pub use weir_desired::spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{HashMap, MapData};
 use weir_common::{
     addr::Addr,
     lb::{
@@ -29,7 +29,7 @@ use weir_common::{
 };
 use weir_logic::maglev;
 
-use crate::{ct::Conntrack, error::update_error, pinned, pins::PinLayout, DatapathError};
+use crate::{ct::Conntrack, error::update_error, mmap::MmapU32Array, pinned, pins::PinLayout, DatapathError};
 use self::{
     slab::Slab,
     spec::{eligible, Frontend, Protocol, Selection, ServiceSpec},
@@ -78,7 +78,7 @@ pub struct WriteStats {
 pub struct Lb {
     frontends: HashMap<MapData, FrontendKey, Service>,
     backends_map: HashMap<MapData, u32, Backend>,
-    table_map: Array<MapData, u32>,
+    table_map: MmapU32Array,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     ct: Conntrack,
     services: BTreeMap<FrontendKey, SvcState>,
@@ -108,7 +108,7 @@ impl Lb {
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
         let frontends: HashMap<MapData, FrontendKey, Service> = pinned::hash(layout, FRONTENDS)?;
         let backends_map: HashMap<MapData, u32, Backend> = pinned::hash(layout, BACKENDS)?;
-        let table_map: Array<MapData, u32> = pinned::array(layout, LB_TABLE)?;
+        let table_map = MmapU32Array::open(layout, LB_TABLE)?;
         let affinity = pinned::hash(layout, AFFINITY)?;
         let ct = Conntrack::open(layout)?;
 
@@ -133,10 +133,7 @@ impl Lb {
             used.push((svc.table_base, svc.table_len));
             let mut table = Vec::with_capacity(svc.table_len as usize);
             for slot in 0..svc.table_len {
-                let id = table_map
-                    .get(&(svc.table_base + slot), 0)
-                    .map_err(|source| DatapathError::Map { name: LB_TABLE, source })?;
-                table.push(id);
+                table.push(table_map.get(svc.table_base + slot).unwrap_or(0));
             }
             let members: BTreeSet<u32> = table.iter().copied().filter(|id| ids.contains_key(id)).collect();
             for id in &members {
@@ -243,9 +240,7 @@ impl Lb {
             if in_place.as_ref().is_some_and(|t| t.get(slot) == Some(id)) {
                 continue;
             }
-            self.table_map
-                .set(base + slot as u32, *id, 0)
-                .map_err(|source| DatapathError::Map { name: LB_TABLE, source })?;
+            self.table_map.set(base + slot as u32, *id);
             stats.map_writes += 1;
         }
 
