@@ -11,6 +11,7 @@ use crate::{bins, node::Node};
 
 pub struct Agent {
     child: Option<Child>,
+    extra_args: Vec<String>,
     log: PathBuf,
     bpffs: PathBuf,
     netns: PathBuf,
@@ -20,9 +21,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(node: &Node) -> Self {
+        Self::start_with(node, &[])
+    }
+
+    /// Starts the agent with extra command-line arguments.
+    pub fn start_with(node: &Node, extra_args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.agent.log", node.ns().name()));
         let mut agent = Self {
             child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log,
             bpffs: node.bpffs().to_path_buf(),
             netns: node.ns().path(),
@@ -48,6 +55,7 @@ impl Agent {
             .arg(&self.bpffs)
             .arg("--node-name")
             .arg(&self.node_name)
+            .args(&self.extra_args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
@@ -80,6 +88,18 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("weir-agent did not log `{needle}` within {timeout:?}:\n{}", self.log_text());
+    }
+
+    /// Waits until the agent has programmed its initial state (the source
+    /// delivered everything and the first full sync ran).
+    pub fn wait_synced(&mut self) {
+        let n = self.log_text().matches("initial sync").count();
+        self.wait_log_count("initial sync", n.max(1), Duration::from_secs(20));
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize) {
+        self.wait_log_count(needle, count, Duration::from_secs(20));
     }
 
     /// The pin paths of an interface's links.
@@ -127,6 +147,11 @@ impl Agent {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "agent still running");
         self.spawn();
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

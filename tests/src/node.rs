@@ -53,6 +53,26 @@ impl Node {
         Agent::start(self)
     }
 
+    /// Starts weir-agent with extra arguments.
+    pub fn start_agent_with(&self, args: &[&str]) -> Agent {
+        Agent::start_with(self, args)
+    }
+
+    /// Writes a file into the agent's source directory atomically (temp
+    /// file + rename), as a careful editor or `kubectl`-style tool would.
+    pub fn write_source(&self, name: &str, content: &[u8]) {
+        let tmp = self.source_dir().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        let dst = self.source_dir().join(name);
+        std::fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("rename to {}: {e}", dst.display()));
+    }
+
+    /// Removes a file from the agent's source directory.
+    pub fn remove_source(&self, name: &str) {
+        let p = self.source_dir().join(name);
+        std::fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+    }
+
     /// Runs the `weir` CLI inside the node namespace against this node's pins.
     pub fn weir(&self, args: &[&str]) -> std::process::Output {
         let weir = bins::path("weir");

@@ -19,3 +19,23 @@ pub fn cluster_ip(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(Ipv
 pub fn endpoint(addr: Ipv4Addr, port: u16, ready: bool, serving: bool, terminating: bool) -> Endpoint {
     Endpoint { addr: IpAddr::V4(addr), port, ready, serving, terminating }
 }
+
+/// A Service and its EndpointSlice as YAML, the way a cluster would hold
+/// them: `endpoints` are (address, ready, serving, terminating).
+pub fn yaml_service(name: &str, vip: Ipv4Addr, port: u16, protocol: &str, target_port: u32, endpoints: &[(Ipv4Addr, bool, bool, bool)]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: p, port: {port}, protocol: {protocol}}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: p, port: {target_port}, protocol: {protocol}}}]\n"
+    );
+    y.push_str(if endpoints.is_empty() { "endpoints: []\n" } else { "endpoints:\n" });
+    for (a, ready, serving, terminating) in endpoints {
+        y.push_str(&format!("- addresses: [{a}]\n  conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}\n"));
+    }
+    y
+}
+
+/// Ready endpoints for [`yaml_service`].
+pub fn ready(addrs: &[Ipv4Addr]) -> Vec<(Ipv4Addr, bool, bool, bool)> {
+    addrs.iter().map(|a| (*a, true, true, false)).collect()
+}

@@ -20,6 +20,22 @@ pub struct Args {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Address of /metrics (Prometheus) and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9965")]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// Seconds between full resyncs (desired state vs maps, repairing drift).
+    #[arg(long, default_value_t = 60)]
+    pub resync_interval: u64,
+
+    /// Slots in the service selection table (a pinned table keeps its size).
+    #[arg(long, default_value_t = weir_datapath::LoadOptions::default().lb_table_slots)]
+    pub lb_table_slots: u32,
+
+    /// Conntrack entries (two per service flow).
+    #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct_entries)]
+    pub ct_max_entries: u32,
+
     /// Remove every pin under --bpffs (detaching weir's programs) and exit.
     #[arg(long)]
     pub cleanup: bool,

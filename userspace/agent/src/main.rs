@@ -4,7 +4,9 @@
 
 mod args;
 mod links;
+mod metrics;
 mod pods;
+mod reconcile;
 mod run;
 mod source;
 

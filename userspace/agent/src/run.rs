@@ -1,13 +1,30 @@
-//! The agent's main loop.
+//! The agent's main loop: source events → cluster state → reconcile →
+//! maps; link events → program attachment; timers → conntrack GC and full
+//! resync; signals → exit with every pin left in place.
+
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use weir_common::maps::{BACKENDS_MAX_ENTRIES, FRONTENDS_MAX_ENTRIES};
 use weir_datapath::{
     ct::{monotonic_ns, Conntrack},
-    PinLayout, PodDatapath,
+    lb::Lb,
+    LoadOptions, PinLayout, PodDatapath,
 };
+use weir_model::{state::Affected, ClusterState, Warning};
 
-use crate::{args::Args, links::LinkWatcher, pods::PodInterfaces, source::SourceSpec};
+use crate::{
+    args::Args,
+    links::LinkWatcher,
+    metrics::{self, KindLabels, Metrics},
+    pods::PodInterfaces,
+    reconcile::{Outcome, Reconciler},
+    source::{self, SourceEvent},
+};
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let layout = PinLayout::new(&args.bpffs);
@@ -16,46 +33,93 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(bpffs = %args.bpffs.display(), "removed all pins; weir's programs are detached");
         return Ok(());
     }
-
-    match &args.source {
-        SourceSpec::Dir(dir) => {
-            if !dir.is_dir() {
-                anyhow::bail!("--source dir:{}: not a directory", dir.display());
-            }
-            tracing::info!(dir = %dir.display(), "standalone source (object loading arrives with the control plane)");
-        }
-        SourceSpec::Kube => {
-            anyhow::bail!("--source kube is not available in this build yet; use --source dir:<DIR>");
-        }
-    }
-
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-    let mut dp = PodDatapath::load(&layout).context("loading the pod datapath")?;
+    let metrics = Metrics::new();
+    metrics::serve(args.metrics_addr, metrics.clone())
+        .await
+        .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+
+    let opts = LoadOptions { lb_table_slots: args.lb_table_slots, ct_entries: args.ct_max_entries };
+    let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
     dp.set_config(&args.datapath_config()).context("writing the datapath configuration")?;
     let mut ct = Conntrack::open(&layout).context("opening conntrack")?;
-    let mut gc_tick = tokio::time::interval(std::time::Duration::from_secs(args.ct_gc_interval.max(1)));
     let mut pods = PodInterfaces::new(dp);
-
     let mut watcher = LinkWatcher::subscribe().context("subscribing to rtnetlink link events")?;
     let existing = watcher.dump().await.context("listing links")?;
     pods.prune_missing(&existing);
     for ev in &existing {
         pods.apply(ev);
     }
-    tracing::info!(bpffs = %args.bpffs.display(), node = ?args.node_name, "weir-agent ready");
+
+    // Adopt what an earlier agent programmed; nothing is flushed.
+    let lb = Lb::open(&layout).context("opening the service maps")?;
+    let mut reconciler = Reconciler::new(lb, args.node_name.clone());
+    let (tx, mut rx) = mpsc::channel(1024);
+    source::spawn(&args.source, tx).context("starting the object source")?;
+
+    let mut state = ClusterState::new();
+    let mut synced = false;
+    let mut pending = Affected::default();
+    let mut pending_since: Option<Instant> = None;
+    let mut gc_tick = tokio::time::interval(Duration::from_secs(args.ct_gc_interval.max(1)));
+    let mut resync_tick = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
+    resync_tick.tick().await; // the first tick fires at once
+    tracing::info!(bpffs = %args.bpffs.display(), node = ?args.node_name, source = ?args.source, "weir-agent ready");
 
     loop {
         tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { anyhow::bail!("the object source stopped") };
+                let mut next = Some(ev);
+                // Batch everything already queued into one reconcile.
+                while let Some(ev) = next {
+                    match ev {
+                        SourceEvent::Changes { changes, warnings, at } => {
+                            report_warnings(&metrics, &warnings);
+                            for c in changes {
+                                pending.merge(state.apply(c));
+                            }
+                            pending_since = Some(pending_since.map_or(at, |p| p.min(at)));
+                        }
+                        SourceEvent::Synced if !synced => {
+                            synced = true;
+                            let start = Instant::now();
+                            let out = reconciler.full_sync(&state);
+                            log_outcome("initial sync", &out, start.elapsed(), &metrics);
+                            pending = Affected::default();
+                            pending_since = None;
+                            metrics.set_ready();
+                        }
+                        SourceEvent::Synced => {}
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if synced && !pending.is_empty() {
+                    let out = reconciler.apply(&state, &std::mem::take(&mut pending));
+                    if let Some(at) = pending_since.take() {
+                        metrics.programming_latency.observe(at.elapsed().as_secs_f64());
+                        log_outcome("reconciled", &out, at.elapsed(), &metrics);
+                    }
+                }
+                update_gauges(&metrics, &state, &mut reconciler);
+            }
             ev = watcher.next() => match ev {
                 Some(ev) => pods.apply(&ev),
                 None => anyhow::bail!("rtnetlink connection closed"),
             },
             _ = gc_tick.tick() => {
                 let n = ct.gc(monotonic_ns());
-                if n > 0 {
-                    tracing::debug!(deleted = n, "conntrack gc");
+                metrics.ct_collected.inc_by(n as u64);
+                metrics.set_map("WEIR_CT", ct.entries().len() as u64, u64::from(args.ct_max_entries));
+            }
+            _ = resync_tick.tick(), if synced => {
+                let start = Instant::now();
+                let out = reconciler.resync(&state);
+                metrics.repairs.inc_by(out.repairs as u64);
+                if out.repairs > 0 || !out.errors.is_empty() || out.map_writes > 0 {
+                    log_outcome("resync", &out, start.elapsed(), &metrics);
                 }
             }
             _ = sigterm.recv() => {
@@ -68,4 +132,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn report_warnings(metrics: &Metrics, warnings: &[Warning]) {
+    for w in warnings {
+        tracing::warn!(input = %w, "rejected input");
+        metrics.input_warnings.get_or_create(&KindLabels { kind: w.kind().into() }).inc();
+    }
+}
+
+fn log_outcome(what: &str, out: &Outcome, took: Duration, metrics: &Metrics) {
+    for (object, e) in &out.errors {
+        tracing::error!(%object, error = %weir_datapath::error::chain(e), kind = e.kind(), "programming failed");
+        metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
+    }
+    tracing::info!(
+        services = out.services,
+        writes = out.map_writes,
+        ct_purged = out.ct_purged,
+        repairs = out.repairs,
+        errors = out.errors.len(),
+        took_us = took.as_micros() as u64,
+        "{what}"
+    );
+}
+
+fn update_gauges(metrics: &Metrics, state: &ClusterState, reconciler: &mut Reconciler) {
+    for (kind, n) in state.counts() {
+        metrics.objects.get_or_create(&KindLabels { kind: kind.as_str().into() }).set(n as i64);
+    }
+    let (frontends, backends, slots) = reconciler.lb().entry_counts();
+    let (_, slot_capacity) = reconciler.lb().table_usage();
+    metrics.set_map("WEIR_FRONTENDS", frontends as u64, u64::from(FRONTENDS_MAX_ENTRIES));
+    metrics.set_map("WEIR_BACKENDS", backends as u64, u64::from(BACKENDS_MAX_ENTRIES));
+    metrics.set_map("WEIR_LB_TABLE", u64::from(slots), u64::from(slot_capacity));
 }

@@ -14,6 +14,6 @@ pub mod pins;
 pub mod stats;
 
 pub use error::DatapathError;
-pub use loader::PodDatapath;
+pub use loader::{LoadOptions, PodDatapath};
 pub use pins::PinLayout;
 pub use weir_common::config::DatapathConfig;

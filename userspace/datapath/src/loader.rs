@@ -10,7 +10,7 @@ use aya::{
 };
 use weir_common::{
     config::DatapathConfig,
-    maps::{CONFIG, IF_STATS},
+    maps::{CONFIG, CT, CT_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES},
     stats::{Direction, IfStats, IfStatsKey},
 };
 
@@ -21,6 +21,22 @@ use crate::{
     DatapathError,
 };
 
+/// Map sizes chosen at load time (a pinned map keeps the size it was
+/// created with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Slots in WEIR_LB_TABLE (each service takes a prime ≥ 100 × backends).
+    pub lb_table_slots: u32,
+    /// Entries in WEIR_CT (two per service flow).
+    pub ct_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES }
+    }
+}
+
 /// The loaded pod object.
 pub struct PodDatapath {
     ebpf: Ebpf,
@@ -28,11 +44,18 @@ pub struct PodDatapath {
 }
 
 impl PodDatapath {
-    /// Loads the pod object, creating or reusing the pinned maps.
+    /// Loads the pod object with default map sizes.
     pub fn load(layout: &PinLayout) -> Result<Self, DatapathError> {
+        Self::load_with(layout, &LoadOptions::default())
+    }
+
+    /// Loads the pod object, creating or reusing the pinned maps.
+    pub fn load_with(layout: &PinLayout, opts: &LoadOptions) -> Result<Self, DatapathError> {
         layout.ensure_dirs()?;
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(layout.maps_dir())
+            .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
+            .map_max_entries(CT, opts.ct_entries.max(2))
             .load(POD_OBJECT)
             .map_err(|source| DatapathError::Load { object: "pod", source })?;
         let mut dp = Self { ebpf, layout: layout.clone() };

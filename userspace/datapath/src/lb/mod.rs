@@ -336,6 +336,59 @@ impl Lb {
         Ok(total)
     }
 
+    /// Compares the maps with what this programmer wrote and repairs any
+    /// drift: entries deleted or changed behind its back, and stray entries.
+    /// Backends first, then table slots, then frontends. Returns the number
+    /// of entries repaired.
+    pub fn repair(&mut self) -> Result<usize, DatapathError> {
+        let mut repairs = 0;
+        let actual: StdHashMap<u32, Backend> = self.backends_map.iter().filter_map(Result::ok).collect();
+        let wanted: Vec<(u32, Backend)> = self.backends.values().map(|(id, st)| (*id, st.value)).collect();
+        for (id, value) in &wanted {
+            if actual.get(id) != Some(value) {
+                self.backends_map.insert(*id, *value, 0).map_err(|source| {
+                    update_error(BACKENDS, BACKENDS_MAX_ENTRIES, || format!("backend {id}"), source)
+                })?;
+                repairs += 1;
+            }
+        }
+        for id in actual.keys().filter(|id| !self.ids.contains_key(id)) {
+            let _ = self.backends_map.remove(id);
+            repairs += 1;
+        }
+        for svc in self.services.values() {
+            for (i, id) in svc.table.iter().enumerate() {
+                let slot = svc.service.table_base + i as u32;
+                if self.table_map.get(slot) != Some(*id) {
+                    self.table_map.set(slot, *id);
+                    repairs += 1;
+                }
+            }
+        }
+        let actual: StdHashMap<FrontendKey, Service> = self.frontends.iter().filter_map(Result::ok).collect();
+        let mut wanted: Vec<(FrontendKey, Service)> = self.services.iter().map(|(k, s)| (*k, s.service)).collect();
+        wanted.extend(self.vips.keys().map(|a| (marker_key(*a), Service { flags: SVC_F_VIP_MARKER, ..Service::default() })));
+        for (k, v) in &wanted {
+            if actual.get(k) != Some(v) {
+                self.frontends.insert(*k, *v, 0).map_err(|source| {
+                    update_error(FRONTENDS, FRONTENDS_MAX_ENTRIES, || "a repaired frontend".to_string(), source)
+                })?;
+                repairs += 1;
+            }
+        }
+        let wanted_keys: BTreeSet<FrontendKey> = wanted.iter().map(|(k, _)| *k).collect();
+        for k in actual.keys().filter(|k| !wanted_keys.contains(k)) {
+            let _ = self.frontends.remove(k);
+            repairs += 1;
+        }
+        Ok(repairs)
+    }
+
+    /// Entries this programmer holds: (frontends incl. VIP markers, backends, table slots).
+    pub fn entry_counts(&self) -> (usize, usize, u32) {
+        (self.services.len() + self.vips.len(), self.backends.len(), self.slab.used())
+    }
+
     fn ensure_backend(&mut self, ident: Ident, flags: u8, stats: &mut WriteStats) -> Result<u32, DatapathError> {
         let value = Backend { addr: ident.addr, port: ident.port, proto: ident.proto, flags };
         if let Some((id, st)) = self.backends.get_mut(&ident) {

@@ -1,0 +1,211 @@
+//! Standalone mode end to end: Kubernetes YAML in a directory → the agent →
+//! the maps → real traffic. Edits, deletions, bad input, restarts and drift.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use weir_tests::{
+    services::{ready, yaml_service},
+    traffic::{tcp_name, tcp_server, Reply, Server, DEFAULT_TIMEOUT},
+    Agent, Node, Pod,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+struct Topo {
+    client: Pod,
+    backends: Vec<Pod>,
+    _servers: Vec<Server>,
+    node: Node,
+}
+
+fn topo(n: u8) -> Topo {
+    let node = Node::new();
+    let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
+    let backends: Vec<Pod> = (1..=n).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
+    let servers = backends.iter().map(|b| tcp_server(b.ns(), 8080, Reply::Name(b.name.clone()))).collect();
+    Topo { client, backends, _servers: servers, node }
+}
+
+impl Topo {
+    fn start(&self, args: &[&str]) -> Agent {
+        let mut agent = self.node.start_agent_with(args);
+        agent.wait_synced();
+        for p in std::iter::once(&self.client).chain(&self.backends) {
+            agent.wait_attached(&p.host_if, p.host_ifindex);
+        }
+        agent
+    }
+
+    fn names(&self, n: usize) -> BTreeSet<String> {
+        (0..n).filter_map(|_| tcp_name(self.client.ns(), VIP, 80, DEFAULT_TIMEOUT).ok()).collect()
+    }
+
+    /// Polls until every connection lands on exactly `want` (the agent
+    /// applies file edits asynchronously).
+    fn eventually_names(&self, want: &[&str]) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let start = Instant::now();
+        let mut got = BTreeSet::new();
+        while start.elapsed() < Duration::from_secs(10) {
+            got = self.names(20);
+            if got == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("connections went to {got:?}, wanted {want:?}");
+    }
+}
+
+#[test]
+fn a_service_from_yaml_is_load_balanced_and_follows_file_edits() {
+    let t = topo(2);
+    let ips: Vec<Ipv4Addr> = t.backends.iter().map(|b| b.ip).collect();
+    t.node.write_source("web.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&ips)).as_bytes());
+    let _agent = t.start(&[]);
+    t.eventually_names(&["b1", "b2"]);
+
+    // Edit: b1 goes away.
+    t.node.write_source("web.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&ips[1..])).as_bytes());
+    t.eventually_names(&["b2"]);
+
+    // Edit: b1 back, b2 terminating → only b1 takes new connections.
+    let eps = vec![(ips[0], true, true, false), (ips[1], false, true, true)];
+    t.node.write_source("web.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &eps).as_bytes());
+    t.eventually_names(&["b1"]);
+
+    // Deleting the file deletes the service: the VIP stops answering.
+    t.node.remove_source("web.yaml");
+    let start = Instant::now();
+    while tcp_name(t.client.ns(), VIP, 80, Duration::from_millis(300)).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(10), "service still answers after its file was deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_input_is_reported_and_everything_else_keeps_working() {
+    let t = topo(1);
+    let ips = [t.backends[0].ip];
+    t.node.write_source("good.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&ips)).as_bytes());
+    t.node.write_source("syntax.yaml", b"apiVersion: v1\nkind: Service\nmetadata: {name: x\n  spec: [\n");
+    t.node.write_source("binary.yaml", &[0xff, 0xfe, 0x00, 0x41]);
+    t.node.write_source("port.yaml", yaml_service("bad-port", Ipv4Addr::new(10, 96, 0, 11), 80, "TCP", 70000, &ready(&ips)).as_bytes());
+    t.node.write_source("proto.yaml", yaml_service("bad-proto", Ipv4Addr::new(10, 96, 0, 12), 80, "ICMP", 8080, &ready(&ips)).as_bytes());
+    t.node.write_source("ip.json", br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"bad-ip"},"spec":{"clusterIP":"10.96.0.300","ports":[{"port":80}]}}"#);
+    t.node.write_source("missing.yaml", b"apiVersion: v1\nkind: Service\nmetadata: {namespace: default}\nspec: {clusterIP: 10.96.0.13, ports: [{port: 80}]}\n");
+    let mut agent = t.start(&[]);
+    t.eventually_names(&["b1"]);
+    let log = agent.log_text();
+    // One warning per bad file or bad object, naming file, object and field.
+    let expect: [(&str, &[&str]); 6] = [
+        ("syntax.yaml", &["YAML syntax error"]),
+        ("binary.yaml", &["not UTF-8"]),
+        ("port.yaml", &["EndpointSlice default/bad-port-1: field ports[0].port: 70000 is outside 1-65535"]),
+        ("proto.yaml", &[
+            "Service default/bad-proto: field spec.ports[0].protocol: unknown protocol",
+            "EndpointSlice default/bad-proto-1: field ports[0].protocol: unknown protocol",
+        ]),
+        ("ip.json", &["Service default/bad-ip: field spec.clusterIP"]),
+        ("missing.yaml", &["field metadata.name: missing"]),
+    ];
+    for (file, whats) in expect {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(file) && l.contains("rejected input")).collect();
+        assert_eq!(lines.len(), whats.len(), "one warning per bad object in {file}:\n{log}");
+        for what in whats {
+            assert!(lines.iter().any(|l| l.contains(what)), "a warning naming {file} and {what:?}:\n{log}");
+        }
+    }
+    // A bad edit of the good file keeps the service as it was.
+    t.node.write_source("good.yaml", yaml_service("web", VIP, 80, "TCP", 0, &ready(&ips)).as_bytes());
+    agent.wait_for_log("good.yaml", 1);
+    t.eventually_names(&["b1"]);
+    assert!(agent.is_running(), "the agent never crashes on input");
+}
+
+#[test]
+fn restarts_lose_no_traffic() {
+    let t = topo(2);
+    let ips: Vec<Ipv4Addr> = t.backends.iter().map(|b| b.ip).collect();
+    t.node.write_source("web.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&ips)).as_bytes());
+    let mut agent = t.start(&[]);
+    t.eventually_names(&["b1", "b2"]);
+
+    // One long-lived connection across everything, and a loop of short ones.
+    let mut long = weir_tests::traffic::tcp_connect(t.client.ns(), VIP, 80, DEFAULT_TIMEOUT).expect("long-lived connection");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let looper = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        t.client.ns().spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                let addr = std::net::SocketAddr::from((VIP, 80));
+                let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
+                    use std::io::{Read as _, Write as _};
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(b"x")?;
+                    s.shutdown(std::net::Shutdown::Write)?;
+                    let mut v = Vec::new();
+                    s.read_to_end(&mut v)?;
+                    if v.is_empty() { Err(std::io::Error::other("empty reply")) } else { Ok(()) }
+                });
+                match r {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let pause = || std::thread::sleep(Duration::from_millis(700));
+    pause();
+    agent.stop_with(libc::SIGTERM);
+    pause();
+    agent.restart();
+    agent.wait_synced();
+    pause();
+    agent.stop_with(libc::SIGKILL);
+    pause();
+    agent.restart();
+    agent.wait_synced();
+    pause();
+    stop.store(true, Ordering::Relaxed);
+    looper.join().expect("client loop");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 50, "the client kept connecting: {ok} connections");
+    assert_eq!(failed, 0, "zero failed connections across SIGTERM, SIGKILL and restarts ({ok} succeeded)");
+    // The long-lived connection survived too.
+    use std::io::{Read as _, Write as _};
+    long.write_all(b"still here").expect("write on the established connection");
+    long.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut reply = String::new();
+    long.read_to_string(&mut reply).expect("the established connection still answers");
+    assert!(reply.starts_with('b'), "{reply}");
+    assert!(agent.log_text().contains("adopted pod programs"));
+}
+
+#[test]
+fn full_resync_repairs_drift() {
+    use weir_common::lb::{FrontendKey, Service};
+    let t = topo(1);
+    t.node.write_source("web.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&[t.backends[0].ip])).as_bytes());
+    let mut agent = t.start(&["--resync-interval", "1"]);
+    t.eventually_names(&["b1"]);
+    let layout = weir_datapath::PinLayout::new(t.node.bpffs());
+    let mut frontends: aya::maps::HashMap<aya::maps::MapData, FrontendKey, Service> =
+        weir_datapath::pinned::hash(&layout, "WEIR_FRONTENDS").expect("frontends");
+    let key = FrontendKey { addr: VIP.into(), port: 80u16.to_be(), proto: 6, scope: 0 };
+    frontends.remove(&key).expect("delete the frontend behind the agent's back");
+    assert!(tcp_name(t.client.ns(), VIP, 80, Duration::from_millis(500)).is_err(), "the service is broken");
+    agent.wait_for_log("resync", 1);
+    t.eventually_names(&["b1"]);
+    assert!(frontends.get(&key, 0).is_ok(), "the frontend came back");
+}

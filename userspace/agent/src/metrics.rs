@@ -1,0 +1,144 @@
+//! `/metrics` (Prometheus text, prometheus-client) and `/healthz`, served
+//! on `--metrics-addr` by a deliberately small HTTP/1.1 responder.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// From the moment the agent sees an event to the moment the maps are written.
+    pub programming_latency: Histogram,
+    pub map_entries: Family<MapLabels, Gauge>,
+    pub map_capacity: Family<MapLabels, Gauge>,
+    pub reconcile_errors: Family<KindLabels, Counter>,
+    pub objects: Family<KindLabels, Gauge>,
+    pub input_warnings: Family<KindLabels, Counter>,
+    pub ct_collected: Counter,
+    pub repairs: Counter,
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("weir");
+        let programming_latency =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(25e-6, 2.0, 18));
+        let map_entries = Family::<MapLabels, Gauge>::default();
+        let map_capacity = Family::<MapLabels, Gauge>::default();
+        let reconcile_errors = Family::<KindLabels, Counter>::default();
+        let objects = Family::<KindLabels, Gauge>::default();
+        let input_warnings = Family::<KindLabels, Counter>::default();
+        let ct_collected = Counter::default();
+        let repairs = Counter::default();
+        registry.register(
+            "programming_latency_seconds",
+            "Time from an object event to the datapath maps being written",
+            programming_latency.clone(),
+        );
+        registry.register("map_entries", "Entries in each BPF map", map_entries.clone());
+        registry.register("map_capacity", "Capacity of each BPF map", map_capacity.clone());
+        registry.register("reconcile_errors", "Reconcile errors by kind", reconcile_errors.clone());
+        registry.register("objects", "Cluster objects known, by kind", objects.clone());
+        registry.register("input_warnings", "Rejected input (bad files, objects, fields)", input_warnings.clone());
+        registry.register("conntrack_collected", "Stale conntrack entries collected", ct_collected.clone());
+        registry.register("drift_repairs", "Map entries repaired by full resync", repairs.clone());
+        Arc::new(Self {
+            registry,
+            programming_latency,
+            map_entries,
+            map_capacity,
+            reconcile_errors,
+            objects,
+            input_warnings,
+            ct_collected,
+            repairs,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_map(&self, map: &str, entries: u64, capacity: u64) {
+        let l = MapLabels { map: map.to_string() };
+        self.map_entries.get_or_create(&l).set(entries as i64);
+        self.map_capacity.get_or_create(&l).set(capacity as i64);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process exits.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { continue };
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), handle(conn, m)).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn handle(mut conn: tokio::net::TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let req = String::from_utf8_lossy(&buf);
+    let mut parts = req.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", m.encode()),
+        ("GET", "/healthz") if m.ready.load(Ordering::Acquire) => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/healthz") => ("503 Service Unavailable", "text/plain", "starting\n".to_string()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+    };
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    conn.shutdown().await
+}

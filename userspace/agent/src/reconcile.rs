@@ -1,0 +1,164 @@
+//! Reconcile: desired state (the pure translation of the cluster state)
+//! against what is programmed, as the smallest set of map writes.
+//!
+//! - `apply` re-translates only the services a change touched and writes
+//!   only the frontends whose spec changed: one changed endpoint costs a
+//!   handful of writes, never a rebuild.
+//! - `full_sync` makes the maps exactly the desired state (used once the
+//!   source has delivered everything, so a restart never flushes first).
+//! - `resync` also repairs drift: entries changed or deleted behind the
+//!   agent's back come back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use weir_datapath::{lb::Lb, DatapathError};
+use weir_desired::{Frontend, ServiceSpec};
+use weir_model::{
+    state::{Affected, ServiceKey},
+    translate::{translate_all, translate_key, NodeContext},
+    ClusterState,
+};
+
+/// What one reconcile did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub services: usize,
+    pub map_writes: usize,
+    pub ct_purged: usize,
+    pub repairs: usize,
+    pub errors: Vec<(String, DatapathError)>,
+}
+
+pub struct Reconciler {
+    lb: Lb,
+    node_name: Option<String>,
+    ctx: NodeContext,
+    /// Programmed specs per service.
+    programmed: BTreeMap<ServiceKey, Vec<ServiceSpec>>,
+    /// Which service owns each frontend (two services claiming one
+    /// frontend is bad input: the first keeps it).
+    owners: HashMap<Frontend, ServiceKey>,
+}
+
+impl Reconciler {
+    pub fn new(lb: Lb, node_name: Option<String>) -> Self {
+        Self { lb, node_name, ctx: NodeContext::default(), programmed: BTreeMap::new(), owners: HashMap::new() }
+    }
+
+    pub fn lb(&mut self) -> &mut Lb {
+        &mut self.lb
+    }
+
+    /// Re-translates the services `affected` names and programs the difference.
+    pub fn apply(&mut self, state: &ClusterState, affected: &Affected) -> Outcome {
+        let mut out = Outcome::default();
+        let keys: BTreeSet<ServiceKey> = if affected.all {
+            self.ctx = NodeContext::from_state(state, self.node_name.as_deref());
+            state.service_keys().into_iter().chain(self.programmed.keys().cloned()).collect()
+        } else {
+            affected.services.clone()
+        };
+        for key in keys {
+            let specs = translate_key(state, &key, &self.ctx);
+            self.program(&key, specs, &mut out);
+        }
+        out
+    }
+
+    /// Makes the maps exactly the desired state of `state`, removing
+    /// anything programmed (by this or an earlier agent) that is not desired.
+    pub fn full_sync(&mut self, state: &ClusterState) -> Outcome {
+        self.ctx = NodeContext::from_state(state, self.node_name.as_deref());
+        let mut out = Outcome::default();
+        let desired = translate_all(state, &self.ctx);
+        let stale: Vec<ServiceKey> = self.programmed.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        for k in stale {
+            self.program(&k, Vec::new(), &mut out);
+        }
+        for (k, specs) in desired {
+            self.program(&k, specs, &mut out);
+        }
+        // Frontends in the maps that no service wants (left by an earlier agent).
+        let wanted: BTreeSet<Frontend> = self.owners.keys().copied().collect();
+        for f in self.lb.frontends() {
+            if !wanted.contains(&f) {
+                match self.lb.remove(&f) {
+                    Ok(s) => {
+                        out.map_writes += s.map_writes;
+                        out.ct_purged += s.ct_purged;
+                    }
+                    Err(e) => out.errors.push((f.to_string(), e)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Repairs drift between the maps and what was programmed, then
+    /// re-checks the desired state.
+    pub fn resync(&mut self, state: &ClusterState) -> Outcome {
+        let repairs = match self.lb.repair() {
+            Ok(n) => n,
+            Err(e) => {
+                let mut out = Outcome::default();
+                out.errors.push(("repair".into(), e));
+                return out;
+            }
+        };
+        let mut out = self.full_sync(state);
+        out.repairs = repairs;
+        out
+    }
+
+    fn program(&mut self, key: &ServiceKey, mut specs: Vec<ServiceSpec>, out: &mut Outcome) {
+        let old = self.programmed.get(key).cloned().unwrap_or_default();
+        // Frontend conflicts: the first owner keeps the frontend.
+        specs.retain(|s| match self.owners.get(&s.frontend) {
+            Some(owner) if owner != key => {
+                tracing::warn!(service = %format!("{}/{}", key.0, key.1), frontend = %s.frontend, owner = %format!("{}/{}", owner.0, owner.1), "frontend already belongs to another service; ignored");
+                false
+            }
+            _ => true,
+        });
+        if specs == old {
+            return;
+        }
+        out.services += 1;
+        let new_frontends: BTreeSet<Frontend> = specs.iter().map(|s| s.frontend).collect();
+        let mut kept = Vec::new();
+        // Upsert new and changed frontends first, then remove vanished ones.
+        for spec in &specs {
+            if old.iter().any(|o| o == spec) {
+                kept.push(spec.clone());
+                continue;
+            }
+            match self.lb.upsert(spec) {
+                Ok(s) => {
+                    out.map_writes += s.map_writes;
+                    out.ct_purged += s.ct_purged;
+                    self.owners.insert(spec.frontend, key.clone());
+                    kept.push(spec.clone());
+                }
+                Err(e) => out.errors.push((spec.frontend.to_string(), e)),
+            }
+        }
+        for o in old.iter().filter(|o| !new_frontends.contains(&o.frontend)) {
+            match self.lb.remove(&o.frontend) {
+                Ok(s) => {
+                    out.map_writes += s.map_writes;
+                    out.ct_purged += s.ct_purged;
+                    self.owners.remove(&o.frontend);
+                }
+                Err(e) => {
+                    out.errors.push((o.frontend.to_string(), e));
+                    kept.push(o.clone());
+                }
+            }
+        }
+        if kept.is_empty() {
+            self.programmed.remove(key);
+        } else {
+            self.programmed.insert(key.clone(), kept);
+        }
+    }
+}
