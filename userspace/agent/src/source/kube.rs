@@ -121,3 +121,151 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The kube source against recorded API-server responses: a scripted
+    //! HTTP server plays list, watch, a 410 Gone watch error (the watch
+    //! gap), and a relist in which an object has disappeared.
+
+    use std::{
+        collections::BTreeSet,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+        sync::mpsc,
+    };
+    use weir_model::{ClusterState, Kind};
+
+    use super::*;
+
+    fn service(name: &str, ip: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}","namespace":"default","resourceVersion":"5"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":80}}]}}}}"#
+        )
+    }
+
+    fn list(kind: &str, api_version: &str, rv: &str, items: &[String]) -> String {
+        format!(r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{{"resourceVersion":"{rv}"}},"items":[{}]}}"#, items.join(","))
+    }
+
+    /// Recorded responses: the services list shrinks across a watch gap.
+    struct Script {
+        service_lists: usize,
+        requests: Vec<String>,
+    }
+
+    async fn respond(mut conn: tokio::net::TcpStream, script: Arc<Mutex<Script>>) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let req = String::from_utf8_lossy(&buf).to_string();
+        let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
+        let is_watch = target.contains("watch=true");
+        let path = target.split('?').next().unwrap_or("").to_string();
+        let (list_body, watch_gone) = {
+            let mut s = script.lock().expect("script");
+            s.requests.push(target.clone());
+            match (path.as_str(), is_watch) {
+                ("/api/v1/services", false) => {
+                    s.service_lists += 1;
+                    let items = if s.service_lists == 1 {
+                        vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]
+                    } else {
+                        vec![service("a", "10.96.0.1")]
+                    };
+                    (Some(list("ServiceList", "v1", &format!("{}", s.service_lists * 10), &items)), false)
+                }
+                // The first services watch hits a compacted history: 410 Gone.
+                ("/api/v1/services", true) => (None, s.service_lists == 1),
+                ("/api/v1/pods", false) => (Some(list("PodList", "v1", "1", &[])), false),
+                ("/api/v1/namespaces", false) => (Some(list("NamespaceList", "v1", "1", &[])), false),
+                ("/api/v1/nodes", false) => (Some(list("NodeList", "v1", "1", &[])), false),
+                ("/apis/discovery.k8s.io/v1/endpointslices", false) => {
+                    (Some(list("EndpointSliceList", "discovery.k8s.io/v1", "1", &[])), false)
+                }
+                ("/apis/networking.k8s.io/v1/networkpolicies", false) => {
+                    (Some(list("NetworkPolicyList", "networking.k8s.io/v1", "1", &[])), false)
+                }
+                _ => (None, false),
+            }
+        };
+        if let Some(body) = list_body {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            return;
+        }
+        if !is_watch {
+            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+            return;
+        }
+        let _ = conn
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .await;
+        if watch_gone {
+            let ev = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version","reason":"Expired","code":410}}"#.to_string() + "\n";
+            let _ = conn.write_all(format!("{:x}\r\n{ev}\r\n0\r\n\r\n", ev.len()).as_bytes()).await;
+            return;
+        }
+        // Any other watch: open and quiet.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_deleted_during_a_watch_gap_is_gone_after_the_relist() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let script = Arc::new(Mutex::new(Script { service_lists: 0, requests: Vec::new() }));
+        let s2 = script.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(respond(conn, s2.clone()));
+            }
+        });
+        let url: http::Uri = format!("http://{addr}").parse().expect("url");
+        let client = Client::try_from(kube::Config::new(url)).expect("client");
+        let (tx, mut rx) = mpsc::channel(64);
+        run(client, tx);
+
+        let mut state = ClusterState::new();
+        let mut seen_b = false;
+        let mut synced = false;
+        let names = |st: &ClusterState| -> BTreeSet<String> { st.service_keys().into_iter().map(|(_, n)| n).collect() };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, rx.recv()).await;
+            let Ok(Some(ev)) = ev else {
+                let s = script.lock().expect("script");
+                panic!("no relist within 20 s; state {:?}; requests {:?}", names(&state), s.requests);
+            };
+            match ev {
+                SourceEvent::Changes { changes, .. } => {
+                    for c in changes {
+                        state.apply(c);
+                    }
+                }
+                SourceEvent::Synced => synced = true,
+            }
+            let n = names(&state);
+            if n.contains("b") {
+                seen_b = true;
+            }
+            if seen_b && synced && n == BTreeSet::from(["a".to_string()]) {
+                break;
+            }
+        }
+        assert_eq!(state.counts()[&Kind::Service], 1);
+        let s = script.lock().expect("script");
+        assert!(s.service_lists >= 2, "the watcher relisted after the 410: {:?}", s.requests);
+    }
+}
