@@ -209,3 +209,45 @@ fn full_resync_repairs_drift() {
     t.eventually_names(&["b1"]);
     assert!(frontends.get(&key, 0).is_ok(), "the frontend came back");
 }
+
+/// A plain HTTP GET from inside the node namespace.
+fn http_get(node: &Node, path: &str) -> String {
+    let path = path.to_string();
+    node.ns().run(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect_timeout(&"127.0.0.1:9965".parse().expect("addr"), Duration::from_secs(2))
+            .expect("connect to --metrics-addr");
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    })
+}
+
+#[test]
+fn metrics_and_healthz_describe_the_agent() {
+    let t = topo(2);
+    let ips: Vec<Ipv4Addr> = t.backends.iter().map(|b| b.ip).collect();
+    t.node.write_source("web.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&ips)).as_bytes());
+    let mut agent = t.start(&[]);
+    assert!(http_get(&t.node, "/healthz").starts_with("HTTP/1.1 200"), "healthy once synced");
+    // One endpoint change, so the programming-latency histogram has a sample.
+    t.node.write_source("web.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&ips[..1])).as_bytes());
+    agent.wait_for_log("reconciled", 1);
+    t.node.write_source("bad.yaml", b"kind: [");
+    agent.wait_for_log("bad.yaml", 1);
+    let m = http_get(&t.node, "/metrics");
+    for needle in [
+        "weir_programming_latency_seconds_count 1",
+        "weir_map_entries{map=\"WEIR_FRONTENDS\"} 2",
+        "weir_map_capacity{map=\"WEIR_FRONTENDS\"} 65536",
+        "weir_map_entries{map=\"WEIR_BACKENDS\"} 1",
+        "weir_objects{kind=\"Service\"} 1",
+        "weir_objects{kind=\"EndpointSlice\"} 1",
+        "weir_input_warnings_total{kind=\"file\"} 1",
+    ] {
+        assert!(m.contains(needle), "/metrics has {needle:?}:\n{m}");
+    }
+    assert!(http_get(&t.node, "/nope").starts_with("HTTP/1.1 404"));
+}
