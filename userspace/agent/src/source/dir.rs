@@ -157,7 +157,6 @@ async fn run(dir: PathBuf, tx: Sender, mut rx: mpsc::UnboundedReceiver<PathBuf>,
         return;
     }
     while let Some(first) = rx.recv().await {
-        let at = Instant::now();
         let mut paths = BTreeSet::from([first]);
         // Debounce: wait until changes settle.
         loop {
@@ -169,6 +168,9 @@ async fn run(dir: PathBuf, tx: Sender, mut rx: mpsc::UnboundedReceiver<PathBuf>,
                 Err(_) => break,
             }
         }
+        // Programming latency is measured from here: the debounce above is
+        // a deliberate wait for writers to finish, not processing.
+        let at = Instant::now();
         let (mut changes, mut warnings) = (Vec::new(), Vec::new());
         for p in paths.iter().filter(|p| is_object_file(p)) {
             let (c, w) = state.reload(p);
