@@ -38,11 +38,16 @@ fn service_yaml(i: u32, endpoints: u32, not_ready: Option<u32>) -> String {
     y
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A field of /proc/PID/status, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
 }
 
 fn took_us(line: &str) -> Option<u64> {
@@ -83,6 +88,7 @@ fn main() {
     let initial_us = log.lines().find(|l| l.contains("initial sync")).and_then(took_us).unwrap_or(0);
     let pid = agent.pid().unwrap_or(0);
     let rss_cold = rss_kib(pid);
+    let (anon, shmem) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssShmem:"));
 
     let mut lat = Vec::new();
     for k in 0..changes {
@@ -105,6 +111,8 @@ fn main() {
     println!("| one endpoint change, event → maps written, p99 | {:.2} ms |", percentile(&lat, 0.99) as f64 / 1e3);
     println!("| changes measured | {} |", lat.len());
     println!("| agent RSS after cold sync | {:.0} MiB |", rss_cold as f64 / 1024.0);
+    println!("| of which the mapped LB table (RssShmem; kernel map memory) | {:.0} MiB |", shmem as f64 / 1024.0);
+    println!("| of which the agent's own heap (RssAnon) | {:.0} MiB |", anon as f64 / 1024.0);
     println!("| agent RSS after the changes | {:.0} MiB |", rss_after as f64 / 1024.0);
     println!("| LB table slots | {slots} |");
 }

@@ -88,6 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let start = Instant::now();
                             let out = reconciler.full_sync(&state);
                             log_outcome("initial sync", &out, start.elapsed(), &metrics);
+                            release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
                             metrics.set_ready();
@@ -166,4 +167,10 @@ fn update_gauges(metrics: &Metrics, state: &ClusterState, reconciler: &mut Recon
     metrics.set_map("WEIR_FRONTENDS", frontends as u64, u64::from(FRONTENDS_MAX_ENTRIES));
     metrics.set_map("WEIR_BACKENDS", backends as u64, u64::from(BACKENDS_MAX_ENTRIES));
     metrics.set_map("WEIR_LB_TABLE", u64::from(slots), u64::from(slot_capacity));
+}
+
+/// Returns memory freed after the initial load (parsing garbage) to the OS.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap structures.
+    unsafe { libc::malloc_trim(0) };
 }

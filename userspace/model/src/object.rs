@@ -106,6 +106,24 @@ impl Object {
         }
     }
 
+    /// Drops what weir never reads and clusters fill generously:
+    /// managedFields and the last-applied-configuration annotation.
+    pub fn slim(mut self) -> Self {
+        let meta = match &mut self {
+            Self::Service(o) => &mut o.metadata,
+            Self::EndpointSlice(o) => &mut o.metadata,
+            Self::Pod(o) => &mut o.metadata,
+            Self::Namespace(o) => &mut o.metadata,
+            Self::Node(o) => &mut o.metadata,
+            Self::NetworkPolicy(o) => &mut o.metadata,
+        };
+        meta.managed_fields = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+        self
+    }
+
     /// The object's key; objects without a namespace live in `default`,
     /// as `kubectl apply` would put them.
     pub fn key(&self) -> ObjectKey {

@@ -113,6 +113,7 @@ impl ClusterState {
     }
 
     fn upsert(&mut self, o: Object) -> Affected {
+        let o = o.slim();
         let key = o.key();
         let id = (key.namespace.clone(), key.name.clone());
         if self.objects.get(&key.kind).and_then(|m| m.get(&id)) == Some(&o) {

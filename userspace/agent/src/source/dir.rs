@@ -27,10 +27,12 @@ use super::{SourceEvent, Sender};
 
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// The objects each file holds, and which file owns each object.
+/// Which objects each file holds, and which file owns each object. Only
+/// keys are kept: the objects themselves live once, in the cluster state,
+/// which ignores upserts of unchanged objects.
 #[derive(Default)]
 pub struct DirState {
-    files: HashMap<PathBuf, BTreeMap<ObjectKey, Object>>,
+    files: HashMap<PathBuf, BTreeSet<ObjectKey>>,
     owner: HashMap<ObjectKey, PathBuf>,
 }
 
@@ -60,6 +62,7 @@ impl DirState {
     pub fn reload(&mut self, path: &Path) -> (Vec<Change>, Vec<Warning>) {
         let mut warnings = Vec::new();
         let previous = self.files.get(path).cloned().unwrap_or_default();
+        let mut rejected_kept: BTreeSet<ObjectKey> = BTreeSet::new();
         let current: BTreeMap<ObjectKey, Object> = match std::fs::read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => {
@@ -86,19 +89,17 @@ impl DirState {
                         }
                         m.insert(k, o);
                     }
-                    // Objects that failed to validate keep their previous version.
-                    for k in loaded.rejected {
-                        if let Some(prev) = previous.get(&k) {
-                            m.insert(k, prev.clone());
-                        }
-                    }
+                    // Objects that failed to validate keep their previous
+                    // version: they stay listed, and no change is sent.
+                    rejected_kept = loaded.rejected.into_iter().filter(|k| previous.contains(k)).collect();
                     m
                 }
             },
         };
         let mut changes = Vec::new();
-        for (k, o) in &current {
-            if let Some(other) = self.owner.get(k).filter(|p| p.as_path() != path) {
+        let mut keys: BTreeSet<ObjectKey> = rejected_kept;
+        for (k, o) in current {
+            if let Some(other) = self.owner.get(&k).filter(|p| p.as_path() != path) {
                 warnings.push(Warning {
                     file: Some(path.to_path_buf()),
                     object: Some(k.to_string()),
@@ -106,22 +107,21 @@ impl DirState {
                     message: format!("also defined in {}; this file's definition wins", other.display()),
                 });
             }
-            if previous.get(k) != Some(o) || self.owner.get(k).map(PathBuf::as_path) != Some(path) {
-                changes.push(Change::Upsert(o.clone()));
-            }
             self.owner.insert(k.clone(), path.to_path_buf());
+            keys.insert(k);
+            changes.push(Change::Upsert(o));
         }
-        for k in previous.keys().filter(|k| !current.contains_key(*k)) {
+        for k in previous.iter().filter(|k| !keys.contains(*k)) {
             // Only the owning file's removal deletes the object.
             if self.owner.get(k).map(PathBuf::as_path) == Some(path) {
                 self.owner.remove(k);
                 changes.push(Change::Delete(k.clone()));
             }
         }
-        if current.is_empty() {
+        if keys.is_empty() {
             self.files.remove(path);
         } else {
-            self.files.insert(path.to_path_buf(), current);
+            self.files.insert(path.to_path_buf(), keys);
         }
         (changes, warnings)
     }
@@ -207,12 +207,15 @@ mod tests {
         let mut st = DirState::default();
         let (c, w) = st.load_all(&d);
         assert_eq!((c.len(), w.len()), (2, 0));
+        let deletes = |c: &[Change]| -> Vec<String> {
+            c.iter().filter_map(|c| match c { Change::Delete(k) => Some(k.name.clone()), _ => None }).collect()
+        };
         std::fs::write(&f, SVC).expect("write");
         let (c, _) = st.reload(&f);
-        assert!(matches!(c.as_slice(), [Change::Delete(k)] if k.name == "api"), "{c:?}");
+        assert_eq!(deletes(&c), ["api"], "{c:?}");
         std::fs::remove_file(&f).expect("rm");
         let (c, _) = st.reload(&f);
-        assert!(matches!(c.as_slice(), [Change::Delete(k)] if k.name == "web"), "{c:?}");
+        assert_eq!(deletes(&c), ["web"], "{c:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

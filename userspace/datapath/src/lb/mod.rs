@@ -57,8 +57,9 @@ struct SvcState {
     service: Service,
     /// Backend ids of every endpoint of the service (any condition).
     members: BTreeSet<u32>,
-    /// Slot → backend id, as written to WEIR_LB_TABLE.
-    table: Vec<u32>,
+    /// Backend ids eligible for new connections: what the table holds.
+    /// (The table itself is read from the mapped map, not copied here.)
+    eligible: Vec<u32>,
 }
 
 struct BackendState {
@@ -131,18 +132,18 @@ impl Lb {
             }
             next_svc_id = next_svc_id.max(svc.id.wrapping_add(1));
             used.push((svc.table_base, svc.table_len));
-            let mut table = Vec::with_capacity(svc.table_len as usize);
-            for slot in 0..svc.table_len {
-                table.push(table_map.get(svc.table_base + slot).unwrap_or(0));
-            }
-            let members: BTreeSet<u32> = table.iter().copied().filter(|id| ids.contains_key(id)).collect();
+            let members: BTreeSet<u32> = (0..svc.table_len)
+                .filter_map(|slot| table_map.get(svc.table_base + slot))
+                .filter(|id| ids.contains_key(id))
+                .collect();
+            let eligible: Vec<u32> = members.iter().copied().collect();
             for id in &members {
                 if let Some((_, st)) = ids.get(id).and_then(|i| backends.get_mut(i)) {
                     st.refs += 1;
                 }
             }
             *vips.entry(k.addr).or_insert(0) += 1;
-            services.insert(k, SvcState { service: svc, members, table });
+            services.insert(k, SvcState { service: svc, members, eligible });
         }
         let slab = Slab::new(table_map.len(), &used);
         Ok(Self {
@@ -213,8 +214,11 @@ impl Lb {
             let m = maglev::resize(if old_random { 0 } else { old_len }, n);
             let idents: Vec<[u8; 19]> = elig_idents.iter().map(Ident::bytes).collect();
             let refs: Vec<&[u8]> = idents.iter().map(|b| b.as_slice()).collect();
-            let prev: Option<Vec<Option<u32>>> = old.filter(|o| o.table.len() == m as usize && !old_random).map(|o| {
-                o.table.iter().map(|id| elig_ids.iter().position(|e| e == id).map(|p| p as u32)).collect()
+            let index: StdHashMap<u32, u32> = elig_ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
+            let prev: Option<Vec<Option<u32>>> = old.filter(|o| o.service.table_len == m && !old_random).map(|o| {
+                (0..m)
+                    .map(|i| self.table_map.get(o.service.table_base + i).and_then(|id| index.get(&id).copied()))
+                    .collect()
             });
             maglev::build_stable(&refs, m, prev.as_deref())
                 .into_iter()
@@ -235,9 +239,9 @@ impl Lb {
                 (base, true)
             }
         };
-        let in_place = old.filter(|_| !moved).map(|o| o.table.clone());
+        let in_place = old.is_some() && !moved;
         for (slot, id) in table.iter().enumerate() {
-            if in_place.as_ref().is_some_and(|t| t.get(slot) == Some(id)) {
+            if in_place && self.table_map.get(base + slot as u32) == Some(*id) {
                 continue;
             }
             self.table_map.set(base + slot as u32, *id);
@@ -280,7 +284,7 @@ impl Lb {
         if was_new {
             self.add_vip(key.addr, &mut stats)?;
         }
-        self.services.insert(key, SvcState { service, members: members.clone(), table });
+        self.services.insert(key, SvcState { service, members: members.clone(), eligible: elig_ids });
 
         // 4. Backends this service no longer lists.
         for added in members.difference(&old_members) {
@@ -356,11 +360,17 @@ impl Lb {
             let _ = self.backends_map.remove(id);
             repairs += 1;
         }
+        // A slot naming anything but an eligible backend is drift: rewrite it
+        // with an eligible backend, spreading in slot order.
         for svc in self.services.values() {
-            for (i, id) in svc.table.iter().enumerate() {
-                let slot = svc.service.table_base + i as u32;
-                if self.table_map.get(slot) != Some(*id) {
-                    self.table_map.set(slot, *id);
+            if svc.eligible.is_empty() {
+                continue;
+            }
+            for i in 0..svc.service.table_len {
+                let slot = svc.service.table_base + i;
+                let ok = self.table_map.get(slot).is_some_and(|id| svc.eligible.contains(&id));
+                if !ok {
+                    self.table_map.set(slot, svc.eligible[i as usize % svc.eligible.len()]);
                     repairs += 1;
                 }
             }
