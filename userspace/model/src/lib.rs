@@ -8,6 +8,7 @@
 pub mod load;
 pub mod object;
 pub mod service;
+pub mod slice;
 pub mod state;
 pub mod translate;
 pub mod validate;

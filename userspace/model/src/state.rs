@@ -1,11 +1,10 @@
 //! The cluster state weir has seen, from whichever source, and which
-//! services a change affects.
+//! services a change affects. Services and EndpointSlices are kept as
+//! compact models (only what translation reads); other kinds as objects.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-
-use crate::{Kind, Object, ObjectKey};
+use crate::{service::ServiceModel, slice::SliceModel, Kind, Object, ObjectKey};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -43,21 +42,37 @@ impl Affected {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct ClusterState {
-    objects: BTreeMap<Kind, BTreeMap<(String, String), Object>>,
-    /// (namespace, service) → slice names.
-    slices_by_service: BTreeMap<ServiceKey, BTreeSet<String>>,
+/// One stored object.
+#[derive(Clone, Debug, PartialEq)]
+enum Stored {
+    Service(ServiceModel),
+    Slice(SliceModel),
+    Other(Object),
 }
 
-fn slice_service(o: &Object) -> Option<ServiceKey> {
-    match o {
-        Object::EndpointSlice(s) => {
-            let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-            Some((s.metadata.namespace.clone().unwrap_or_else(|| "default".into()), svc.clone()))
+impl Stored {
+    fn from_object(o: Object) -> Self {
+        match o {
+            Object::Service(s) => Self::Service(ServiceModel::from_k8s(&s)),
+            Object::EndpointSlice(s) => Self::Slice(SliceModel::from_k8s(&s)),
+            other => Self::Other(other.slim()),
         }
-        _ => None,
     }
+
+    /// The service a slice belongs to.
+    fn slice_service(&self) -> Option<ServiceKey> {
+        match self {
+            Self::Slice(s) => Some((s.namespace.clone(), s.service.clone()?)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    objects: BTreeMap<Kind, BTreeMap<(String, String), Stored>>,
+    /// (namespace, service) → slice names.
+    slices_by_service: BTreeMap<ServiceKey, BTreeSet<String>>,
 }
 
 impl ClusterState {
@@ -72,7 +87,13 @@ impl ClusterState {
             Change::Delete(k) => self.delete(&k),
             Change::Replace { kind, objects } => {
                 let mut affected = Affected::default();
-                let keep: BTreeSet<(String, String)> = objects.iter().map(|o| { let k = o.key(); (k.namespace, k.name) }).collect();
+                let keep: BTreeSet<(String, String)> = objects
+                    .iter()
+                    .map(|o| {
+                        let k = o.key();
+                        (k.namespace, k.name)
+                    })
+                    .collect();
                 let stale: Vec<ObjectKey> = self
                     .objects
                     .get(&kind)
@@ -94,15 +115,14 @@ impl ClusterState {
         }
     }
 
-    fn touched(&self, o: &Object) -> Affected {
+    fn touched(kind: Kind, key: &ObjectKey, stored: &Stored) -> Affected {
         let mut a = Affected::default();
-        match o.kind() {
+        match kind {
             Kind::Service => {
-                let k = o.key();
-                a.services.insert((k.namespace, k.name));
+                a.services.insert((key.namespace.clone(), key.name.clone()));
             }
             Kind::EndpointSlice => {
-                if let Some(s) = slice_service(o) {
+                if let Some(s) = stored.slice_service() {
                     a.services.insert(s);
                 }
             }
@@ -113,26 +133,34 @@ impl ClusterState {
     }
 
     fn upsert(&mut self, o: Object) -> Affected {
-        let o = o.slim();
         let key = o.key();
+        let stored = Stored::from_object(o);
         let id = (key.namespace.clone(), key.name.clone());
-        if self.objects.get(&key.kind).and_then(|m| m.get(&id)) == Some(&o) {
+        if self.objects.get(&key.kind).and_then(|m| m.get(&id)) == Some(&stored) {
             return Affected::default();
         }
-        let mut affected = self.touched(&o);
-        let old = self.objects.entry(key.kind).or_default().insert(id, o.clone());
+        let mut affected = Self::touched(key.kind, &key, &stored);
+        let new_svc = stored.slice_service();
+        let old = self.objects.entry(key.kind).or_default().insert(id, stored);
         if let Some(old) = old {
-            affected.merge(self.touched(&old));
-            if let Some(s) = slice_service(&old) {
-                if let Some(set) = self.slices_by_service.get_mut(&s) {
-                    set.remove(&key.name);
-                }
+            affected.merge(Self::touched(key.kind, &key, &old));
+            if let Some(s) = old.slice_service() {
+                self.unlink_slice(&s, &key.name);
             }
         }
-        if let Some(s) = slice_service(&o) {
+        if let Some(s) = new_svc {
             self.slices_by_service.entry(s).or_default().insert(key.name);
         }
         affected
+    }
+
+    fn unlink_slice(&mut self, service: &ServiceKey, slice: &str) {
+        if let Some(set) = self.slices_by_service.get_mut(service) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.slices_by_service.remove(service);
+            }
+        }
     }
 
     fn delete(&mut self, key: &ObjectKey) -> Affected {
@@ -140,36 +168,32 @@ impl ClusterState {
         else {
             return Affected::default();
         };
-        if let Some(s) = slice_service(&old) {
-            if let Some(set) = self.slices_by_service.get_mut(&s) {
-                set.remove(&key.name);
-                if set.is_empty() {
-                    self.slices_by_service.remove(&s);
-                }
-            }
+        if let Some(s) = old.slice_service() {
+            self.unlink_slice(&s, &key.name);
         }
-        self.touched(&old)
+        Self::touched(key.kind, key, &old)
     }
 
-    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(&key.kind)?.get(&(key.namespace.clone(), key.name.clone()))
+    /// Whether an object is known.
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.objects.get(&key.kind).is_some_and(|m| m.contains_key(&(key.namespace.clone(), key.name.clone())))
     }
 
-    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceModel> {
         match self.objects.get(&Kind::Service)?.get(key)? {
-            Object::Service(s) => Some(s),
+            Stored::Service(s) => Some(s),
             _ => None,
         }
     }
 
     /// The EndpointSlices labelled for a service.
-    pub fn slices_for(&self, key: &ServiceKey) -> Vec<&EndpointSlice> {
+    pub fn slices_for(&self, key: &ServiceKey) -> Vec<&SliceModel> {
         let Some(names) = self.slices_by_service.get(key) else { return Vec::new() };
         let Some(slices) = self.objects.get(&Kind::EndpointSlice) else { return Vec::new() };
         names
             .iter()
             .filter_map(|n| match slices.get(&(key.0.clone(), n.clone())) {
-                Some(Object::EndpointSlice(s)) => Some(s),
+                Some(Stored::Slice(s)) => Some(s),
                 _ => None,
             })
             .collect()
@@ -188,7 +212,7 @@ impl ClusterState {
     /// The zone label of the named node, if known.
     pub fn node_zone(&self, node: &str) -> Option<String> {
         match self.objects.get(&Kind::Node)?.get(&(String::new(), node.to_string()))? {
-            Object::Node(n) => n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned(),
+            Stored::Other(Object::Node(n)) => n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned(),
             _ => None,
         }
     }

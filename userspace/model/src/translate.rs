@@ -5,11 +5,11 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use weir_desired::{Endpoint, Frontend, Protocol, ServiceSpec};
 
 use crate::{
     service::{PortModel, PortProtocol, ServiceModel, ServiceType},
+    slice::SliceModel,
     state::{ClusterState, ServiceKey},
 };
 
@@ -43,7 +43,7 @@ fn family_matches(address_type: &str, ip: &IpAddr) -> bool {
 }
 
 /// Endpoints of `slices` for one service port and address family.
-fn candidates(port: &PortModel, family_of: &IpAddr, slices: &[&EndpointSlice]) -> Vec<Candidate> {
+fn candidates(port: &PortModel, family_of: &IpAddr, slices: &[&SliceModel]) -> Vec<Candidate> {
     let mut out: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
     for slice in slices {
         if !family_matches(&slice.address_type, family_of) {
@@ -51,27 +51,24 @@ fn candidates(port: &PortModel, family_of: &IpAddr, slices: &[&EndpointSlice]) -
         }
         // The slice port for this service port: matched by name (the empty
         // name matches the unnamed port) and protocol.
-        let Some(target) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port.name && PortProtocol::parse(p.protocol.as_deref()) == port.protocol
-        }) else {
+        let Some(target) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
             continue;
         };
-        let Some(tport) = target.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else { continue };
-        for e in slice.endpoints.iter().flatten() {
+        let Some(tport) = target.port else { continue };
+        for e in &slice.endpoints {
             // kube-proxy uses the first address; the rest are fungible.
-            let Some(addr) = e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
+            let Some(addr) = e.addr else { continue };
             if !family_matches(&slice.address_type, &addr) {
                 continue;
             }
-            let c = e.conditions.clone().unwrap_or_default();
             // API semantics: ready nil = ready; serving nil = ready; terminating nil = false.
-            let ready = c.ready.unwrap_or(true);
-            let serving = c.serving.unwrap_or(ready);
-            let terminating = c.terminating.unwrap_or(false);
+            let ready = e.ready.unwrap_or(true);
+            let serving = e.serving.unwrap_or(ready);
+            let terminating = e.terminating.unwrap_or(false);
             let cand = Candidate {
                 ep: Endpoint { addr, port: tport, ready, serving, terminating },
                 node: e.node_name.clone(),
-                zones: e.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(|z| z.iter().map(|z| z.name.clone()).collect()),
+                zones: e.zones.clone(),
             };
             // The same endpoint in two slices (mid-update): prefer the ready one.
             match out.get(&(addr, tport)) {
@@ -103,7 +100,7 @@ fn prefer_close(cands: Vec<Candidate>, zone: Option<&str>) -> Vec<Candidate> {
 
 /// Translates one service. Headless and ExternalName services, services
 /// left to another proxy, and SCTP ports get no frontend.
-pub fn translate_service(svc: &ServiceModel, slices: &[&EndpointSlice], ctx: &NodeContext) -> Vec<ServiceSpec> {
+pub fn translate_service(svc: &ServiceModel, slices: &[&SliceModel], ctx: &NodeContext) -> Vec<ServiceSpec> {
     if svc.proxy_name.is_some() || svc.ty == ServiceType::ExternalName || svc.cluster_ips.is_empty() {
         return Vec::new();
     }
@@ -138,7 +135,7 @@ pub fn translate_service(svc: &ServiceModel, slices: &[&EndpointSlice], ctx: &No
 /// Translates the service `key` as the state holds it now.
 pub fn translate_key(state: &ClusterState, key: &ServiceKey, ctx: &NodeContext) -> Vec<ServiceSpec> {
     let Some(svc) = state.service(key) else { return Vec::new() };
-    translate_service(&ServiceModel::from_k8s(svc), &state.slices_for(key), ctx)
+    translate_service(svc, &state.slices_for(key), ctx)
 }
 
 /// Translates every service.

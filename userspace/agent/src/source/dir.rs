@@ -38,19 +38,10 @@ pub struct DirState {
 
 impl DirState {
     /// Reads every object file of `dir`.
+    #[cfg(test)]
     pub fn load_all(&mut self, dir: &Path) -> (Vec<Change>, Vec<Warning>) {
-        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.flatten().map(|e| e.path()).filter(|p| is_object_file(p)).collect(),
-            Err(e) => {
-                return (
-                    Vec::new(),
-                    vec![Warning { file: Some(dir.to_path_buf()), object: None, field: None, message: format!("cannot list: {e}") }],
-                )
-            }
-        };
-        paths.sort();
         let (mut changes, mut warnings) = (Vec::new(), Vec::new());
-        for p in paths {
+        for p in list_object_files(dir) {
             let (c, w) = self.reload(&p);
             changes.extend(c);
             warnings.extend(w);
@@ -127,6 +118,19 @@ impl DirState {
     }
 }
 
+/// The object files of `dir`, sorted.
+fn list_object_files(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).filter(|p| is_object_file(p)).collect(),
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot list the source directory");
+            Vec::new()
+        }
+    };
+    paths.sort();
+    paths
+}
+
 /// Starts watching `dir` and sends its objects, then every change.
 pub fn spawn(dir: PathBuf, tx: Sender) -> anyhow::Result<()> {
     if !dir.is_dir() {
@@ -151,9 +155,15 @@ pub fn spawn(dir: PathBuf, tx: Sender) -> anyhow::Result<()> {
 
 async fn run(dir: PathBuf, tx: Sender, mut rx: mpsc::UnboundedReceiver<PathBuf>, _watcher: notify::RecommendedWatcher) {
     let mut state = DirState::default();
-    let at = Instant::now();
-    let (changes, warnings) = state.load_all(&dir);
-    if tx.send(SourceEvent::Changes { changes, warnings, at }).await.is_err() || tx.send(SourceEvent::Synced).await.is_err() {
+    // File by file, so the typed objects of one file at a time are in flight.
+    for path in list_object_files(&dir) {
+        let at = Instant::now();
+        let (changes, warnings) = state.reload(&path);
+        if tx.send(SourceEvent::Changes { changes, warnings, at }).await.is_err() {
+            return;
+        }
+    }
+    if tx.send(SourceEvent::Synced).await.is_err() {
         return;
     }
     while let Some(first) = rx.recv().await {

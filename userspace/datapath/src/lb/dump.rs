@@ -42,8 +42,9 @@ pub fn dump(layout: &PinLayout) -> Result<String, DatapathError> {
         let fallback = if s.flags & SVC_F_TERMINATING_FALLBACK != 0 { "yes" } else { "no" };
         let _ = writeln!(out, "service {f} {mode} slots={} affinity={affinity} fallback={fallback}", s.table_len);
         let mut slots: BTreeMap<(Addr, u16), (usize, u8)> = BTreeMap::new();
+        let w = table.window(s.table_base, s.table_len)?;
         for slot in 0..s.table_len {
-            let id = table.get(s.table_base + slot).unwrap_or(0);
+            let id = w.get(s.table_base + slot).unwrap_or(0);
             match backends.get(&id) {
                 Some(b) => {
                     let e = slots.entry((b.addr, u16::from_be(b.port))).or_insert((0, b.flags));

@@ -132,8 +132,9 @@ impl Lb {
             }
             next_svc_id = next_svc_id.max(svc.id.wrapping_add(1));
             used.push((svc.table_base, svc.table_len));
+            let w = table_map.window(svc.table_base, svc.table_len)?;
             let members: BTreeSet<u32> = (0..svc.table_len)
-                .filter_map(|slot| table_map.get(svc.table_base + slot))
+                .filter_map(|slot| w.get(svc.table_base + slot))
                 .filter(|id| ids.contains_key(id))
                 .collect();
             let eligible: Vec<u32> = members.iter().copied().collect();
@@ -215,11 +216,13 @@ impl Lb {
             let idents: Vec<[u8; 19]> = elig_idents.iter().map(Ident::bytes).collect();
             let refs: Vec<&[u8]> = idents.iter().map(|b| b.as_slice()).collect();
             let index: StdHashMap<u32, u32> = elig_ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
-            let prev: Option<Vec<Option<u32>>> = old.filter(|o| o.service.table_len == m && !old_random).map(|o| {
-                (0..m)
-                    .map(|i| self.table_map.get(o.service.table_base + i).and_then(|id| index.get(&id).copied()))
-                    .collect()
-            });
+            let prev: Option<Vec<Option<u32>>> = match old.filter(|o| o.service.table_len == m && !old_random) {
+                Some(o) => {
+                    let w = self.table_map.window(o.service.table_base, m)?;
+                    Some((0..m).map(|i| w.get(o.service.table_base + i).and_then(|id| index.get(&id).copied())).collect())
+                }
+                None => None,
+            };
             maglev::build_stable(&refs, m, prev.as_deref())
                 .into_iter()
                 .map(|i| elig_ids[i as usize])
@@ -240,12 +243,16 @@ impl Lb {
             }
         };
         let in_place = old.is_some() && !moved;
-        for (slot, id) in table.iter().enumerate() {
-            if in_place && self.table_map.get(base + slot as u32) == Some(*id) {
-                continue;
+        if len > 0 {
+            let w = self.table_map.window(base, len)?;
+            for (slot, id) in table.iter().enumerate() {
+                let slot = base + slot as u32;
+                if in_place && w.get(slot) == Some(*id) {
+                    continue;
+                }
+                w.set(slot, *id);
+                stats.map_writes += 1;
             }
-            self.table_map.set(base + slot as u32, *id);
-            stats.map_writes += 1;
         }
 
         // 3. The frontend.
@@ -366,11 +373,12 @@ impl Lb {
             if svc.eligible.is_empty() {
                 continue;
             }
+            let w = self.table_map.window(svc.service.table_base, svc.service.table_len)?;
             for i in 0..svc.service.table_len {
                 let slot = svc.service.table_base + i;
-                let ok = self.table_map.get(slot).is_some_and(|id| svc.eligible.contains(&id));
+                let ok = w.get(slot).is_some_and(|id| svc.eligible.contains(&id));
                 if !ok {
-                    self.table_map.set(slot, svc.eligible[i as usize % svc.eligible.len()]);
+                    w.set(slot, svc.eligible[i as usize % svc.eligible.len()]);
                     repairs += 1;
                 }
             }
