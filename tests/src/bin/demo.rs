@@ -5,12 +5,9 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use weir_datapath::{
-    lb::{dump::dump, spec::Protocol, Lb},
-    PinLayout,
-};
+use weir_datapath::{lb::dump::dump, PinLayout};
 use weir_tests::{
-    services::cluster_ip,
+    services::{ready, yaml_service},
     traffic::{tcp_name, tcp_request, tcp_server, udp_exchange, udp_server, Reply},
     Node,
 };
@@ -28,7 +25,7 @@ fn main() {
     println!("    pod c {}  host veth {}", c.ip, c.host_if);
 
     println!("==> starting weir-agent --source dir:{}", node.source_dir().display());
-    let agent = node.start_agent();
+    let mut agent = node.start_agent();
     agent.wait_attached(&a.host_if, a.host_ifindex);
     agent.wait_attached(&b.host_if, b.host_ifindex);
     agent.wait_attached(&c.host_if, c.host_ifindex);
@@ -49,28 +46,27 @@ fn main() {
     }
 
     let vip = Ipv4Addr::new(10, 96, 0, 10);
-    println!("==> ClusterIP {vip}:80/tcp -> pods b and c on :8081 (Maglev)");
+    println!("==> a Service + EndpointSlice (ClusterIP {vip}:80/tcp -> pods b and c on :8081) written to the agent's directory");
     let _web_b = tcp_server(b.ns(), 8081, Reply::Name("pod-b".into()));
     let _web_c = tcp_server(c.ns(), 8081, Reply::Name("pod-c".into()));
-    match Lb::open(&PinLayout::new(node.bpffs())) {
-        Ok(mut lb) => {
-            if let Err(e) = lb.upsert(&cluster_ip(vip, 80, Protocol::Tcp, &[(b.ip, 8081), (c.ip, 8081)])) {
-                println!("    programming the service failed: {e}");
-            }
-            let (mut nb, mut nc, mut failed) = (0, 0, 0);
-            for _ in 0..20 {
-                match tcp_name(a.ns(), vip, 80, timeout).as_deref() {
-                    Ok("pod-b") => nb += 1,
-                    Ok("pod-c") => nc += 1,
-                    _ => failed += 1,
-                }
-            }
-            println!("    20 connections from pod a: {nb} to pod-b, {nc} to pod-c, {failed} failed");
-            if let Ok(d) = dump(&PinLayout::new(node.bpffs())) {
-                print!("{}", d.lines().map(|l| format!("    {l}\n")).collect::<String>());
-            }
+    let yaml = yaml_service("web", vip, 80, "TCP", 8081, &ready(&[b.ip, c.ip]));
+    node.write_source("web.yaml", yaml.as_bytes());
+    print!("{}", yaml.lines().map(|l| format!("    | {l}\n")).collect::<String>());
+    let start = std::time::Instant::now();
+    agent.wait_for_log("reconciled", 1);
+    println!("    the agent programmed it {:?} after the file was written (50 ms of that is the save debounce)", start.elapsed());
+    let (mut nb, mut nc, mut failed) = (0, 0, 0);
+    for _ in 0..20 {
+        match tcp_name(a.ns(), vip, 80, timeout).as_deref() {
+            Ok("pod-b") => nb += 1,
+            Ok("pod-c") => nc += 1,
+            _ => failed += 1,
         }
-        Err(e) => println!("    opening the service maps failed: {e}"),
+    }
+    println!("    20 connections from pod a: {nb} to pod-b, {nc} to pod-c, {failed} failed");
+    if let Ok(d) = dump(&PinLayout::new(node.bpffs())) {
+        println!("    the service maps now hold:");
+        print!("{}", d.lines().map(|l| format!("    {l}\n")).collect::<String>());
     }
 
     println!("==> weir stats (read straight from the pinned maps)");

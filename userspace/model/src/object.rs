@@ -68,6 +68,9 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// One object in its upstream type. Objects are transient (parsed, then
+/// modelled into the cluster state), so the variants are not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Service),

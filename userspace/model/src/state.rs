@@ -10,6 +10,7 @@ use crate::{service::ServiceModel, slice::SliceModel, Kind, Object, ObjectKey};
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A change from a source.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Change {
     Upsert(Object),
@@ -47,7 +48,7 @@ impl Affected {
 enum Stored {
     Service(ServiceModel),
     Slice(SliceModel),
-    Other(Object),
+    Other(Box<Object>),
 }
 
 impl Stored {
@@ -55,7 +56,7 @@ impl Stored {
         match o {
             Object::Service(s) => Self::Service(ServiceModel::from_k8s(&s)),
             Object::EndpointSlice(s) => Self::Slice(SliceModel::from_k8s(&s)),
-            other => Self::Other(other.slim()),
+            other => Self::Other(Box::new(other.slim())),
         }
     }
 
@@ -212,7 +213,10 @@ impl ClusterState {
     /// The zone label of the named node, if known.
     pub fn node_zone(&self, node: &str) -> Option<String> {
         match self.objects.get(&Kind::Node)?.get(&(String::new(), node.to_string()))? {
-            Stored::Other(Object::Node(n)) => n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned(),
+            Stored::Other(o) => match o.as_ref() {
+                Object::Node(n) => n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned(),
+                _ => None,
+            },
             _ => None,
         }
     }
