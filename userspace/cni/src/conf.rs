@@ -1,0 +1,194 @@
+//! The CNI environment and network configuration, checked the spec's way.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::{CniError, SUPPORTED_VERSIONS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Version,
+    Status,
+    Gc,
+}
+
+/// The CNI_* environment.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    pub container_id: Option<String>,
+    pub netns: Option<String>,
+    pub ifname: Option<String>,
+    pub args: Vec<(String, String)>,
+    pub path: Vec<PathBuf>,
+}
+
+pub fn command_from(v: Option<&str>) -> Result<Command, CniError> {
+    match v {
+        Some("ADD") => Ok(Command::Add),
+        Some("DEL") => Ok(Command::Del),
+        Some("CHECK") => Ok(Command::Check),
+        Some("VERSION") => Ok(Command::Version),
+        Some("STATUS") => Ok(Command::Status),
+        Some("GC") => Ok(Command::Gc),
+        Some(other) => Err(CniError::InvalidEnv { var: "CNI_COMMAND", why: format!("unknown command {other:?}") }),
+        None => Err(CniError::InvalidEnv { var: "CNI_COMMAND", why: "not set".into() }),
+    }
+}
+
+impl Env {
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        Self {
+            container_id: nonempty("CNI_CONTAINERID"),
+            netns: nonempty("CNI_NETNS"),
+            ifname: nonempty("CNI_IFNAME"),
+            args: nonempty("CNI_ARGS")
+                .map(|a| a.split(';').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+                .unwrap_or_default(),
+            path: nonempty("CNI_PATH").map(|p| p.split(':').map(PathBuf::from).collect()).unwrap_or_default(),
+        }
+    }
+
+    pub fn require(&self, var: &'static str) -> Result<&str, CniError> {
+        let v = match var {
+            "CNI_CONTAINERID" => &self.container_id,
+            "CNI_NETNS" => &self.netns,
+            "CNI_IFNAME" => &self.ifname,
+            _ => &None,
+        };
+        v.as_deref().ok_or(CniError::InvalidEnv { var, why: "not set".into() })
+    }
+
+    /// Checks the variables ADD/CHECK need (and that they are sane).
+    pub fn require_attachment(&self) -> Result<(&str, &str, &str), CniError> {
+        let id = self.require("CNI_CONTAINERID")?;
+        let netns = self.require("CNI_NETNS")?;
+        let ifname = self.require("CNI_IFNAME")?;
+        if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
+            return Err(CniError::InvalidEnv { var: "CNI_IFNAME", why: format!("{ifname:?} is not a valid interface name") });
+        }
+        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(CniError::InvalidEnv { var: "CNI_CONTAINERID", why: format!("{id:?} has characters outside [A-Za-z0-9._-]") });
+        }
+        Ok((id, netns, ifname))
+    }
+
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Fields of other plugins' configs that weir-cni does not support; a
+/// copied bridge conflist gets a clear error rather than silent surprises.
+const UNSUPPORTED: [&str; 4] = ["ipMasq", "hairpinMode", "promiscMode", "isGateway"];
+
+/// The network configuration on stdin.
+#[derive(Clone, Debug)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub ipam: Option<Value>,
+    pub mtu: Option<u32>,
+    pub data_dir: PathBuf,
+    pub prev_result: Option<Value>,
+    pub valid_attachments: Option<Vec<(String, String)>>,
+}
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weir/cni";
+
+impl NetConf {
+    /// Parses and checks a configuration. `needs_ipam` is false for VERSION.
+    pub fn parse(bytes: &[u8]) -> Result<Self, CniError> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| CniError::Decode(e.to_string()))?;
+        let obj = v.as_object().ok_or_else(|| CniError::Decode("the configuration is not a JSON object".into()))?;
+        let cni_version = obj
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CniError::InvalidConfig("cniVersion is missing".into()))?
+            .to_string();
+        if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+            return Err(CniError::IncompatibleVersion(format!("{cni_version} (weir-cni supports {})", SUPPORTED_VERSIONS.join(", "))));
+        }
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| CniError::InvalidConfig("name is missing".into()))?
+            .to_string();
+        match obj.get("type").and_then(Value::as_str) {
+            Some("weir-cni") => {}
+            other => return Err(CniError::InvalidConfig(format!("type is {other:?}, expected \"weir-cni\""))),
+        }
+        if let Some(f) = UNSUPPORTED.iter().find(|f| obj.get(**f).is_some_and(|v| v != &Value::Bool(false))) {
+            return Err(CniError::UnsupportedField((*f).to_string()));
+        }
+        let mtu = match obj.get("mtu") {
+            None => None,
+            Some(m) => match m.as_u64() {
+                Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+                _ => return Err(CniError::InvalidConfig(format!("mtu {m} is outside 68-65535"))),
+            },
+        };
+        let ipam = obj.get("ipam").cloned();
+        if let Some(i) = &ipam {
+            if i.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+                return Err(CniError::InvalidConfig("ipam.type is missing".into()));
+            }
+        }
+        let data_dir = obj.get("dataDir").and_then(Value::as_str).map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
+        let valid_attachments = obj.get("cni.dev/valid-attachments").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(|x| Some((x.get("containerID")?.as_str()?.to_string(), x.get("ifname")?.as_str()?.to_string())))
+                .collect()
+        });
+        Ok(Self { cni_version, name, ipam, mtu, data_dir, prev_result: obj.get("prevResult").cloned(), valid_attachments })
+    }
+
+    pub fn ipam_type(&self) -> Result<&str, CniError> {
+        self.ipam
+            .as_ref()
+            .and_then(|i| i.get("type"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| CniError::InvalidConfig("ipam section is missing".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn each_bad_config_gets_its_code() {
+        assert_eq!(conf("{").map_err(|e| e.code()).err(), Some(6));
+        assert_eq!(conf(r#"{"cniVersion":"0.3.1","name":"n","type":"weir-cni"}"#).map_err(|e| e.code()).err(), Some(1));
+        assert_eq!(conf(r#"{"cniVersion":"1.0.0","type":"weir-cni"}"#).map_err(|e| e.code()).err(), Some(7));
+        assert_eq!(conf(r#"{"cniVersion":"1.1.0","name":"n","type":"bridge"}"#).map_err(|e| e.code()).err(), Some(7));
+        assert_eq!(conf(r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","ipMasq":true}"#).map_err(|e| e.code()).err(), Some(2));
+        assert_eq!(conf(r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","mtu":9}"#).map_err(|e| e.code()).err(), Some(7));
+        let ok = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","mtu":1400,"ipam":{"type":"host-local"}}"#).expect("ok");
+        assert_eq!((ok.mtu, ok.ipam_type().ok()), (Some(1400), Some("host-local")));
+    }
+
+    #[test]
+    fn env_problems_are_code_4() {
+        assert_eq!(command_from(None).map_err(|e| e.code()).err(), Some(4));
+        assert_eq!(command_from(Some("FROB")).map_err(|e| e.code()).err(), Some(4));
+        let e = Env::from_vars(|k| match k {
+            "CNI_CONTAINERID" => Some("abc".into()),
+            "CNI_NETNS" => Some("/var/run/netns/x".into()),
+            "CNI_IFNAME" => Some("this-name-is-too-long".into()),
+            "CNI_ARGS" => Some("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0".into()),
+            _ => None,
+        });
+        assert_eq!(e.require_attachment().map_err(|e| e.code()).err(), Some(4));
+        assert_eq!(e.arg("K8S_POD_NAME"), Some("web-0"));
+    }
+}

@@ -1,0 +1,57 @@
+//! Installing the plugin on a node: the binary into the CNI bin dir and
+//! `05-weir.conflist` into the CNI conf dir, both atomically.
+
+use std::path::{Path, PathBuf};
+
+use crate::CniError;
+
+pub const CONFLIST_NAME: &str = "05-weir.conflist";
+
+/// The conflist weir installs: weir-cni with host-local IPAM for `pod_cidr`.
+pub fn conflist(pod_cidr: &str, mtu: Option<u32>) -> String {
+    let mut plugin = serde_json::json!({
+        "type": "weir-cni",
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "dataDir": "/var/lib/cni/networks"},
+    });
+    if let (Some(m), Some(o)) = (mtu, plugin.as_object_mut()) {
+        o.insert("mtu".into(), m.into());
+    }
+    serde_json::to_string_pretty(&serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "weir",
+        "plugins": [plugin],
+    }))
+    .unwrap_or_default()
+}
+
+fn atomic_write(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), CniError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = dst.parent().ok_or_else(|| CniError::Io(format!("{} has no parent", dst.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| CniError::Io(format!("creating {}: {e}", dir.display())))?;
+    let tmp = dir.join(format!(".{}.tmp", dst.file_name().and_then(|n| n.to_str()).unwrap_or("weir")));
+    std::fs::write(&tmp, bytes).map_err(|e| CniError::Io(format!("writing {}: {e}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| CniError::Io(format!("chmod {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, dst).map_err(|e| CniError::Io(format!("renaming to {}: {e}", dst.display())))
+}
+
+/// Copies `plugin_binary` to `<bin_dir>/weir-cni` and writes the conflist.
+pub fn install(plugin_binary: &Path, bin_dir: &Path, conf_dir: &Path, pod_cidr: &str, mtu: Option<u32>) -> Result<Vec<PathBuf>, CniError> {
+    let bin = std::fs::read(plugin_binary).map_err(|e| CniError::Io(format!("reading {}: {e}", plugin_binary.display())))?;
+    let bin_dst = bin_dir.join("weir-cni");
+    atomic_write(&bin_dst, &bin, 0o755)?;
+    let conf_dst = conf_dir.join(CONFLIST_NAME);
+    atomic_write(&conf_dst, conflist(pod_cidr, mtu).as_bytes(), 0o644)?;
+    Ok(vec![bin_dst, conf_dst])
+}
+
+/// Removes what [`install`] wrote; missing files are fine.
+pub fn uninstall(bin_dir: &Path, conf_dir: &Path) -> Result<(), CniError> {
+    for p in [bin_dir.join("weir-cni"), conf_dir.join(CONFLIST_NAME)] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CniError::Io(format!("removing {}: {e}", p.display()))),
+        }
+    }
+    Ok(())
+}
