@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod bins;
 pub mod cmd;
+pub mod containerd;
 pub mod names;
 pub mod netns;
 pub mod node;

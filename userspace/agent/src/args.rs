@@ -36,6 +36,34 @@ pub struct Args {
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct_entries)]
     pub ct_max_entries: u32,
 
+    /// Install the CNI plugin (binary + 05-weir.conflist) and exit.
+    #[arg(long, requires = "pod_cidr", conflicts_with = "uninstall_cni")]
+    pub install_cni: bool,
+
+    /// Remove what --install-cni wrote and exit.
+    #[arg(long)]
+    pub uninstall_cni: bool,
+
+    /// This node's pod CIDR, for the conflist's host-local IPAM range.
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+
+    /// The host's CNI plugin directory (Debian's containerd uses /usr/lib/cni).
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: std::path::PathBuf,
+
+    /// The host's CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: std::path::PathBuf,
+
+    /// The weir-cni binary to install (default: next to weir-agent).
+    #[arg(long)]
+    pub cni_plugin: Option<std::path::PathBuf>,
+
+    /// MTU written into the conflist.
+    #[arg(long)]
+    pub cni_mtu: Option<u32>,
+
     /// Remove every pin under --bpffs (detaching weir's programs) and exit.
     #[arg(long)]
     pub cleanup: bool,

@@ -28,6 +28,9 @@ use crate::{
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let layout = PinLayout::new(&args.bpffs);
+    if args.install_cni || args.uninstall_cni {
+        return cni_install(&args);
+    }
     if args.cleanup {
         layout.remove_all()?;
         tracing::info!(bpffs = %args.bpffs.display(), "removed all pins; weir's programs are detached");
@@ -173,4 +176,41 @@ fn update_gauges(metrics: &Metrics, state: &ClusterState, reconciler: &mut Recon
 fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own heap structures.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// `--install-cni` / `--uninstall-cni`: an init step, then exit.
+fn cni_install(args: &Args) -> anyhow::Result<()> {
+    if args.uninstall_cni {
+        weir_cni::install::uninstall(&args.cni_bin_dir, &args.cni_conf_dir)?;
+        tracing::info!(bin_dir = %args.cni_bin_dir.display(), conf_dir = %args.cni_conf_dir.display(), "removed weir-cni and its conflist");
+        return Ok(());
+    }
+    let plugin = match &args.cni_plugin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("weir-cni"),
+    };
+    let cidr = args.pod_cidr.as_deref().context("--install-cni needs --pod-cidr")?;
+    if cidr.parse::<ipnet_check::Cidr>().is_err() {
+        anyhow::bail!("--pod-cidr {cidr:?} is not a CIDR (like 10.244.1.0/24)");
+    }
+    let written = weir_cni::install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir, cidr, args.cni_mtu)?;
+    tracing::info!(?written, "installed weir-cni");
+    Ok(())
+}
+
+/// A minimal CIDR check (address/prefix) for flags.
+mod ipnet_check {
+    pub struct Cidr;
+
+    impl std::str::FromStr for Cidr {
+        type Err = ();
+
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let (addr, len) = s.split_once('/').ok_or(())?;
+            let addr: std::net::IpAddr = addr.parse().map_err(|_| ())?;
+            let len: u8 = len.parse().map_err(|_| ())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if len <= max { Ok(Cidr) } else { Err(()) }
+        }
+    }
 }

@@ -1,0 +1,279 @@
+//! A real containerd (Debian's package) running inside a node namespace,
+//! with a busybox image built locally (no registry is reachable), and
+//! `ctr run --cni` containers whose network comes from weir-cni.
+//!
+//! ctr reads CNI configuration from /etc/cni/net.d and plugins from
+//! /usr/lib/cni on Debian; tests that use them hold [`global_cni_lock`].
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+use crate::{cmd, names, node::Node};
+
+pub const IMAGE: &str = "docker.io/weir/busybox:test";
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Where weir-cni keeps attachment records (its default).
+pub const RECORDS_DIR: &str = "/var/lib/weir/cni";
+/// host-local's lease directory for the network "weir" (from the conflist).
+pub const LEASES_DIR: &str = "/var/lib/cni/networks/weir";
+
+static CNI_LOCK: Mutex<()> = Mutex::new(());
+
+/// Serialises tests that use the host's CNI directories.
+pub fn global_cni_lock() -> MutexGuard<'static, ()> {
+    CNI_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn sh(script: &str) {
+    cmd::run(&["sh", "-ec", script]);
+}
+
+/// An OCI image archive of busybox-static, built once per test process.
+pub fn image_tarball() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let w = std::env::temp_dir().join(names::unique("weir-img"));
+        let w = w.display();
+        sh(&format!(
+            r#"mkdir -p {w}/img/blobs/sha256 {w}/rootfs/bin
+cp /bin/busybox {w}/rootfs/bin/busybox
+for a in sh ip nc sleep cat echo true ls; do ln -s busybox {w}/rootfs/bin/$a; done
+tar -C {w}/rootfs -cf {w}/layer.tar bin
+L=$(sha256sum {w}/layer.tar | cut -d' ' -f1); LS=$(stat -c %s {w}/layer.tar); cp {w}/layer.tar {w}/img/blobs/sha256/$L
+printf '{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:%s"]}}}}' $L > {w}/config.json
+C=$(sha256sum {w}/config.json | cut -d' ' -f1); CS=$(stat -c %s {w}/config.json); cp {w}/config.json {w}/img/blobs/sha256/$C
+printf '{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}}]}}' $C $CS $L $LS > {w}/manifest.json
+M=$(sha256sum {w}/manifest.json | cut -d' ' -f1); MS=$(stat -c %s {w}/manifest.json); cp {w}/manifest.json {w}/img/blobs/sha256/$M
+printf '{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{{"io.containerd.image.name":"{IMAGE}","org.opencontainers.image.ref.name":"test"}}}}]}}' $M $MS > {w}/img/index.json
+echo '{{"imageLayoutVersion":"1.0.0"}}' > {w}/img/oci-layout
+tar -C {w}/img -cf {w}/image.tar ."#
+        ));
+        PathBuf::from(format!("{w}/image.tar"))
+    })
+}
+
+/// containerd inside a node namespace, with its own root, state and socket.
+pub struct Containerd {
+    child: Option<Child>,
+    dir: PathBuf,
+    netns: PathBuf,
+}
+
+impl Containerd {
+    pub fn start(node: &Node) -> Self {
+        crate::privileged::require();
+        let dir = std::env::temp_dir().join(names::unique("weir-ctrd"));
+        fs::create_dir_all(&dir).expect("containerd dir");
+        let config = dir.join("containerd.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{d}/containerd.sock\"\n",
+                d = dir.display()
+            ),
+        )
+        .expect("containerd config");
+        let log = fs::File::create(dir.join("containerd.log")).expect("log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", node.ns().path().display()))
+            .arg("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning containerd (Debian package containerd)");
+        let c = Self { child: Some(child), dir, netns: node.ns().path() };
+        let start = Instant::now();
+        while !c.socket().exists() {
+            assert!(start.elapsed() < Duration::from_secs(15), "containerd did not start:\n{}", c.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let img = image_tarball().display().to_string();
+        c.ctr(&["images", "import", &img]);
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr_argv(&self) -> Vec<String> {
+        vec![
+            "nsenter".into(),
+            format!("--net={}", self.netns.display()),
+            "ctr".into(),
+            "--address".into(),
+            self.socket().display().to_string(),
+            "-n".into(),
+            "weir".into(),
+        ]
+    }
+
+    /// Runs `ctr ARGS` in the node namespace, panicking on failure.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let mut argv = self.ctr_argv();
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        cmd::run(&argv)
+    }
+
+    /// `ctr run --cni --rm IMAGE ID sh -c SCRIPT` to completion; returns
+    /// (success, stdout + stderr).
+    pub fn run_to_end(&self, id: &str, script: &str, timeout: Duration) -> (bool, String) {
+        let mut c = self.spawn(id, script);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                let out = c.output();
+                c.done = true;
+                return (status.success(), out);
+            }
+            if start.elapsed() > timeout {
+                let out = c.output();
+                drop(c);
+                return (false, format!("timed out after {timeout:?}: {out}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `ctr run --cni --rm` in the background (in the foreground of
+    /// ctr, so ctr calls CNI DEL when the task ends, as a runtime would).
+    pub fn spawn(&self, id: &str, script: &str) -> Container {
+        let out_path = self.dir.join(format!("{id}.out"));
+        let out = fs::File::create(&out_path).expect("container output");
+        let mut argv = self.ctr_argv();
+        argv.extend(["run", "--cni", "--rm", IMAGE, id, "sh", "-c", script].iter().map(|s| s.to_string()));
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawning ctr");
+        Container { child, id: id.to_string(), out_path, kill: self.ctr_argv(), done: false }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- containerd log ---\n{}", self.log());
+        }
+        let root = self.dir.join("root");
+        cmd::run_quiet(&["umount", "-R", "-l", &root.display().to_string()]);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `ctr run --cni --rm` container; killed (and so CNI DEL'd) on drop.
+pub struct Container {
+    child: Child,
+    id: String,
+    out_path: PathBuf,
+    kill: Vec<String>,
+    done: bool,
+}
+
+impl Container {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    /// Kills the task and waits for ctr to exit (after CNI DEL).
+    pub fn stop(mut self) {
+        self.kill_and_wait();
+    }
+
+    fn kill_and_wait(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut argv = self.kill.clone();
+        argv.extend(["task", "kill", "-s", "SIGKILL", self.id.as_str()].iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        cmd::run_quiet(&argv);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.kill_and_wait();
+    }
+}
+
+/// The weir-cni record of a container's eth0, once ADD has written it.
+pub fn wait_record(c: &Container) -> serde_json::Value {
+    let id = c.id();
+    // ctr passes "<namespace>-<id>" as CNI_CONTAINERID.
+    let p = Path::new(RECORDS_DIR).join(format!("weir-{id}_eth0.json"));
+    let start = Instant::now();
+    loop {
+        if let Ok(b) = fs::read(&p) {
+            if let Ok(v) = serde_json::from_slice(&b) {
+                return v;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no weir-cni record for {id}; ctr said:\n{}", c.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Installs weir-cni into the host's CNI dirs through the agent's
+/// `--install-cni`, and uninstalls (plus leases and records) on drop.
+pub struct CniInstall;
+
+impl CniInstall {
+    pub fn new(pod_cidr: &str) -> Self {
+        let agent = crate::bins::path("weir-agent").display().to_string();
+        cmd::run(&[&agent, "--install-cni", "--pod-cidr", pod_cidr, "--cni-bin-dir", CNI_BIN_DIR, "--cni-conf-dir", CNI_CONF_DIR]);
+        Self
+    }
+}
+
+impl Drop for CniInstall {
+    fn drop(&mut self) {
+        let agent = crate::bins::path("weir-agent").display().to_string();
+        cmd::run_quiet(&[&agent, "--uninstall-cni", "--cni-bin-dir", CNI_BIN_DIR, "--cni-conf-dir", CNI_CONF_DIR]);
+        let _ = fs::remove_dir_all(LEASES_DIR);
+        let _ = fs::remove_dir_all(RECORDS_DIR);
+    }
+}

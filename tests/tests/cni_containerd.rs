@@ -1,0 +1,107 @@
+//! weir-cni under a real containerd: `ctr run --cni` containers get their
+//! network from weir-cni (installed by `weir-agent --install-cni`), reach
+//! each other and a ClusterIP that weir-agent load-balances, and leave
+//! nothing behind when they are deleted.
+
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use weir_tests::{
+    cmd,
+    containerd::{global_cni_lock, wait_record, CniInstall, Containerd, LEASES_DIR, RECORDS_DIR},
+    services::yaml_service,
+    Node,
+};
+
+const POD_CIDR: &str = "10.244.40.0/24";
+const T: Duration = Duration::from_secs(20);
+
+fn ip_of(record: &serde_json::Value) -> String {
+    record["ips"][0].as_str().expect("record has an IP").to_string()
+}
+
+fn weir_links(node: &Node) -> Vec<String> {
+    node.ns().ip(&["-o", "link", "show"]).lines().filter_map(|l| l.split(':').nth(1)).map(|s| s.trim().split('@').next().unwrap_or("").to_string()).filter(|n| n.starts_with("weir")).collect()
+}
+
+fn pod_routes(node: &Node) -> Vec<String> {
+    node.ns().ip(&["route", "show"]).lines().filter(|l| l.starts_with("10.244.40.")).map(str::to_string).collect()
+}
+
+fn leases() -> Vec<String> {
+    std::fs::read_dir(LEASES_DIR)
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("10.")).collect())
+        .unwrap_or_default()
+}
+
+fn records() -> usize {
+    std::fs::read_dir(RECORDS_DIR).map(|rd| rd.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_container_gets_its_ip_and_routes_and_deleting_it_removes_veth_route_and_lease() {
+    let _lock = global_cni_lock();
+    let node = Node::new();
+    let _cni = CniInstall::new(POD_CIDR);
+    let ctrd = Containerd::start(&node);
+    let c = ctrd.spawn("c1", "ip addr show eth0; ip route; sleep 30");
+    let rec = wait_record(&c);
+    let ip = ip_of(&rec);
+    let host = rec["hostVeth"].as_str().expect("host veth").to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = c.output();
+    assert!(out.contains(&format!("inet {ip}/32")), "the pod IP as /32 on eth0:\n{out}");
+    assert!(out.contains("default via 169.254.1.1 dev eth0 onlink"), "default route via 169.254.1.1:\n{out}");
+    assert!(weir_links(&node).contains(&host), "host veth {host} exists");
+    assert!(pod_routes(&node).iter().any(|r| r.starts_with(&format!("{ip} dev {host}"))), "{:?}", pod_routes(&node));
+    assert!(leases().contains(&ip), "host-local leased {ip}: {:?}", leases());
+
+    c.stop();
+    assert!(weir_links(&node).is_empty(), "veth removed: {:?}", weir_links(&node));
+    assert!(pod_routes(&node).is_empty(), "route removed: {:?}", pod_routes(&node));
+    assert!(!leases().contains(&ip), "lease released: {:?}", leases());
+    assert_eq!(records(), 0, "record removed");
+}
+
+#[test]
+fn containers_reach_each_other_and_a_clusterip_served_by_weir_agent() {
+    let _lock = global_cni_lock();
+    let node = Node::new();
+    let _cni = CniInstall::new(POD_CIDR);
+    let ctrd = Containerd::start(&node);
+    let mut agent = node.start_agent();
+    let server = ctrd.spawn("srv", "while true; do echo hello-from-srv | nc -l -p 8080; done");
+    let srv_ip: Ipv4Addr = ip_of(&wait_record(&server)).parse().expect("ip");
+    let host = wait_record(&server)["hostVeth"].as_str().expect("veth").to_string();
+    let ifindex = node.ns().ifindex(&host);
+    agent.wait_attached(&host, ifindex);
+
+    let (ok, out) = ctrd.run_to_end("cli1", &format!("nc -w 3 {srv_ip} 8080 </dev/null"), T);
+    assert!(ok && out.contains("hello-from-srv"), "container to container:\n{out}");
+
+    let vip = Ipv4Addr::new(10, 96, 40, 10);
+    node.write_source("srv.yaml", yaml_service("srv", vip, 80, "TCP", 8080, &[(srv_ip, true, true, false)]).as_bytes());
+    agent.wait_for_log("reconciled", 1);
+    let (ok, out) = ctrd.run_to_end("cli2", &format!("nc -w 3 {vip} 80 </dev/null"), T);
+    assert!(ok && out.contains("hello-from-srv"), "container to ClusterIP:\n{out}");
+    server.stop();
+}
+
+#[test]
+fn twenty_containers_created_and_deleted_leak_nothing() {
+    let _lock = global_cni_lock();
+    let node = Node::new();
+    let _cni = CniInstall::new(POD_CIDR);
+    let ctrd = Containerd::start(&node);
+    for i in 0..20 {
+        let (ok, out) = ctrd.run_to_end(&format!("loop{i}"), "ip addr show eth0 | grep -q 'inet 10.244.40.'", T);
+        assert!(ok, "container {i} got an address:\n{out}");
+    }
+    assert!(weir_links(&node).is_empty(), "no links left: {:?}", weir_links(&node));
+    assert!(pod_routes(&node).is_empty(), "no routes left: {:?}", pod_routes(&node));
+    assert!(leases().is_empty(), "no leases left: {:?}", leases());
+    assert_eq!(records(), 0, "no records left");
+    let containers = ctrd.ctr(&["containers", "ls", "-q"]);
+    assert!(containers.trim().is_empty(), "no containers left: {containers}");
+    assert!(!Path::new("/var/run/netns").read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("cni-")))), "no CNI netns left");
+    let _ = cmd::output(&["true"]);
+}
