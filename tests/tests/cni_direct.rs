@@ -109,6 +109,10 @@ fn add_check_del_follow_the_contract() {
     let rec: Value = serde_json::from_slice(&std::fs::read(e.records.path().join(format!("{id}_eth0.json"))).expect("record")).expect("json");
     assert_eq!((rec["podNamespace"].as_str(), rec["podName"].as_str()), (Some("shop"), Some("web-0")), "pod recorded from CNI_ARGS");
 
+    let (ok, err) = e.run("ADD", &id, &conf);
+    assert!(!ok && err["code"].as_u64() == Some(11), "ADD of an attachment that still exists: try again later: {err}");
+    assert_eq!(e.leases().len(), 1, "the repeated ADD took no second lease");
+
     let mut check = conf.clone();
     check["prevResult"] = res.clone();
     assert!(e.run("CHECK", &id, &check).0, "CHECK passes on a fresh attachment");

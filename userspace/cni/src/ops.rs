@@ -38,7 +38,9 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     }
     let host = host_veth_name(id, ifname);
     if link::exists(&host) {
-        return Err(CniError::InvalidConfig(format!("attachment {id}/{ifname} already exists ({host}); DEL it first")));
+        // A previous attachment with this ID is still there (a DEL in
+        // flight, or one the runtime has yet to send): transient.
+        return Err(CniError::TryAgainLater(format!("attachment {id}/{ifname} still exists ({host})")));
     }
     let ipam_result = ipam::delegate(conf, env, "ADD", None)?;
     let ips = ipam_ips(&ipam_result);
