@@ -7,6 +7,7 @@
 //! pins and processes are removed even when a test panics.
 
 pub mod agent;
+pub mod bench;
 pub mod bins;
 pub mod cmd;
 pub mod containerd;

@@ -60,21 +60,19 @@ pub fn tcp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
     let (stop2, served2) = (stop.clone(), served.clone());
     let handle = ns.spawn(move || {
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("tcp bind");
-        listener.set_nonblocking(true).expect("nonblocking");
         let _ = ready_tx.send(());
         while !stop2.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => {
-                    served2.fetch_add(1, Ordering::Relaxed);
-                    let reply = reply.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve_tcp(conn, &reply);
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            // Wait for a connection without busy polling; wake every 20 ms
+            // to notice the stop flag.
+            if !readable(&listener, 20) {
+                continue;
+            }
+            if let Ok((conn, _)) = listener.accept() {
+                served2.fetch_add(1, Ordering::Relaxed);
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_tcp(conn, &reply);
+                });
             }
         }
     });
@@ -82,7 +80,16 @@ pub fn tcp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
     Server { stop, handle: Some(handle), served }
 }
 
+/// Whether `listener` has a pending connection within `timeout_ms`.
+fn readable(listener: &TcpListener, timeout_ms: i32) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, owned by this frame.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
+}
+
 fn serve_tcp(mut conn: TcpStream, reply: &Reply) -> io::Result<()> {
+    let _ = conn.set_nodelay(true);
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = [0u8; 16 * 1024];

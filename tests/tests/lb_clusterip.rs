@@ -216,3 +216,43 @@ fn changing_the_backend_set_does_not_move_established_tcp_connections() {
         assert_eq!(&ask_name(s).expect("established flow"), name);
     }
 }
+
+/// Connects from a fixed source port (SO_REUSEADDR), as heavy traffic
+/// eventually does by reusing ephemeral ports.
+fn connect_from_port(ns: &weir_tests::netns::NetNs, src_port: u16, dst: Ipv4Addr, port: u16) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt::{ReuseAddr, SendTimeout}, AddressFamily, SockFlag, SockType, SockaddrIn};
+    ns.run(move || {
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).map_err(std::io::Error::from)?;
+        setsockopt(&fd, ReuseAddr, &true).map_err(std::io::Error::from)?;
+        // The handshake must complete on its first SYN-ACK: a SYN-ACK
+        // rewritten by a stale entry would leave connect() to retransmit.
+        setsockopt(&fd, SendTimeout, &nix::sys::time::TimeVal::new(0, 500_000)).map_err(std::io::Error::from)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, src_port))).map_err(std::io::Error::from)?;
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(dst, port))).map_err(std::io::Error::from)?;
+        let s = std::net::TcpStream::from(fd);
+        s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+        Ok(s)
+    })
+}
+
+fn request(mut s: std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    s.write_all(b"x")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn a_direct_connection_reusing_a_finished_service_flows_ports_is_not_rewritten() {
+    let mut t = topo();
+    let b = t.backends[0].ip;
+    t.lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(b, NAME_TCP)])).expect("upsert");
+    let via_vip = request(connect_from_port(t.client.ns(), 40123, VIP, 80).expect("connect via VIP")).expect("request via VIP");
+    assert!(via_vip.starts_with("b1"), "{via_vip}");
+    // Same client port, straight to the backend, while the service flow's
+    // conntrack entries are still within their closing timeout.
+    let direct = request(connect_from_port(t.client.ns(), 40123, b, NAME_TCP).expect("connect directly")).expect("direct request");
+    assert!(direct.starts_with("b1"), "the direct connection's replies keep the backend's address: {direct}");
+}

@@ -35,6 +35,13 @@ enum Task {
     },
     /// Setup, build, then run the standalone demo in its own network namespaces.
     Demo,
+    /// Setup, build, then benchmark weir against kube-proxy-style iptables
+    /// and nftables rules (writes target/bench/).
+    Bench {
+        /// A few minutes: fewer scales, one run, shorter measurements.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +58,15 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             build()?;
             test(&root, &args)
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            build()?;
+            let mut args = vec!["run", "--release", "--quiet", "-p", "weir-tests", "--bin", "weir-bench", "--"];
+            if quick {
+                args.push("--quick");
+            }
+            sh::run("cargo", &args)
         }
         Task::Demo => {
             setup::run()?;

@@ -21,12 +21,14 @@ pub fn next_state(proto: u8, current: u8, tcp_flags: u8) -> u8 {
     }
     if tcp_flags & TCP_RST != 0 {
         CT_STATE_CLOSED
+    } else if is_syn(tcp_flags) {
+        // A SYN opens a connection, also over a closing or closed entry
+        // whose tuple is being reused.
+        CT_STATE_SYN
     } else if tcp_flags & TCP_FIN != 0 {
         CT_STATE_CLOSING
     } else if current == CT_STATE_CLOSING || current == CT_STATE_CLOSED {
         current
-    } else if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 {
-        if current == CT_STATE_ESTABLISHED { CT_STATE_ESTABLISHED } else { CT_STATE_SYN }
     } else if tcp_flags & TCP_ACK != 0 && current != 0 {
         // SYN-ACK or any ACK once the flow exists.
         CT_STATE_ESTABLISHED
@@ -83,6 +85,7 @@ mod tests {
         assert_eq!(s, CT_STATE_CLOSING);
         assert_eq!(next_state(PROTO_TCP, s, TCP_ACK), CT_STATE_CLOSING);
         assert_eq!(next_state(PROTO_TCP, CT_STATE_ESTABLISHED, TCP_RST), CT_STATE_CLOSED);
+        assert_eq!(next_state(PROTO_TCP, CT_STATE_CLOSING, TCP_SYN), CT_STATE_SYN, "a reused tuple opens again");
         assert_eq!(next_state(PROTO_UDP, 0, 0), CT_STATE_UDP);
     }
 

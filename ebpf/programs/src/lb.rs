@@ -141,6 +141,22 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     translate(ctx, pkt, &s.fwd, cfg)
 }
 
+/// A packet that is not service traffic, between addresses and ports that
+/// a finished service flow used: its reverse entry would rewrite the
+/// replies of this new, direct connection. Forget it, as kernel conntrack
+/// forgets a TIME_WAIT entry when the tuple is reused. Only TCP SYNs and
+/// UDP packets pay the lookup.
+#[inline(never)]
+pub fn forget_stale_reverse(pkt: &Ipv4Pkt) {
+    let syn = pkt.proto == weir_common::lb::PROTO_TCP && weir_logic::ct::is_syn(pkt.tcp_flags);
+    if !syn && pkt.proto != weir_common::lb::PROTO_UDP {
+        return;
+    }
+    let Some(s) = scratch() else { return };
+    s.rkey = key(Addr::from_v4_raw(pkt.daddr), Addr::from_v4_raw(pkt.saddr), pkt.dport, pkt.sport, pkt.proto, CT_SVC_REV);
+    let _ = crate::maps::CT.remove(&s.rkey);
+}
+
 /// The reverse-entry key of a forward entry: backend → client (or → the
 /// hairpin address).
 #[inline(always)]

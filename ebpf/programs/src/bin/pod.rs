@@ -35,6 +35,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     if verdict != lb::NOT_HANDLED {
         return verdict;
     }
+    lb::forget_stale_reverse(&pkt);
     TC_ACT_OK as i32
 }
 

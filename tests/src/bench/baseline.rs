@@ -1,0 +1,201 @@
+//! Generators for the rules kube-proxy itself would write for the same
+//! Services and EndpointSlices (ClusterIP, TCP).
+//!
+//! - iptables mode: `KUBE-SERVICES` (jumped to from PREROUTING and OUTPUT)
+//!   matches each cluster IP:port and jumps to `KUBE-SVC-*`, which picks an
+//!   endpoint with `statistic --mode random --probability 1/(n-i)` jumps to
+//!   `KUBE-SEP-*`, which marks hairpin traffic for masquerade and DNATs.
+//!   Loaded with iptables-restore. Chain-name hashes are weir's (FNV), not
+//!   kube-proxy's (SHA-256, base32); the structure is the same.
+//! - nftables mode: table `ip kube-proxy`, a `service-ips` verdict map
+//!   keyed by `ipv4_addr . inet_proto . inet_service`, per-service chains
+//!   choosing with `numgen random mod n vmap`, per-endpoint chains that
+//!   mark hairpin traffic and DNAT. Loaded with `nft -f`.
+//! Left out (not on the ClusterIP pod-to-pod path): NodePorts, external
+//! IPs, load balancers, masquerade rules in POSTROUTING, firewall and
+//! reject chains for services without endpoints.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+/// One ClusterIP TCP service port and its endpoints.
+#[derive(Clone, Debug)]
+pub struct Svc {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+fn h(s: &str) -> String {
+    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        x ^= u64::from(b);
+        x = x.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{x:016X}")
+}
+
+fn svc_chain(s: &Svc) -> String {
+    format!("KUBE-SVC-{}", h(&format!("{}:{}/tcp", s.name, s.port)))
+}
+
+fn sep_chain(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
+    format!("KUBE-SEP-{}", h(&format!("{}:{}/tcp{}:{}", s.name, s.port, ep.0, ep.1)))
+}
+
+/// The `nat` table as kube-proxy's iptables mode would restore it.
+pub fn iptables_restore(services: &[Svc]) -> String {
+    let mut o = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+    for s in services {
+        let _ = writeln!(o, ":{} - [0:0]", svc_chain(s));
+        for ep in &s.endpoints {
+            let _ = writeln!(o, ":{} - [0:0]", sep_chain(s, ep));
+        }
+    }
+    o.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+    o.push_str("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+    o.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
+    o.push_str(&iptables_service_rules(services));
+    o.push_str("COMMIT\n");
+    o
+}
+
+/// KUBE-SERVICES jumps and every service's chains (the part a sync rewrites).
+fn iptables_service_rules(services: &[Svc]) -> String {
+    let mut o = String::new();
+    for s in services {
+        let _ = writeln!(
+            o,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j {}",
+            s.vip, s.name, s.port, svc_chain(s)
+        );
+    }
+    for s in services {
+        o.push_str(&iptables_chain_rules(s));
+    }
+    o
+}
+
+fn iptables_chain_rules(s: &Svc) -> String {
+    let mut o = String::new();
+    let n = s.endpoints.len();
+    for (i, ep) in s.endpoints.iter().enumerate() {
+        let sep = sep_chain(s, ep);
+        if i + 1 < n {
+            let p = 1.0 / (n - i) as f64;
+            let _ = writeln!(o, "-A {} -m comment --comment \"{} -> {}:{}\" -m statistic --mode random --probability {p:.11} -j {sep}", svc_chain(s), s.name, ep.0, ep.1);
+        } else {
+            let _ = writeln!(o, "-A {} -m comment --comment \"{} -> {}:{}\" -j {sep}", svc_chain(s), s.name, ep.0, ep.1);
+        }
+        let _ = writeln!(o, "-A {sep} -s {}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ", ep.0, s.name);
+        let _ = writeln!(o, "-A {sep} -p tcp -m comment --comment \"{}\" -m tcp -j DNAT --to-destination {}:{}", s.name, ep.0, ep.1);
+    }
+    o
+}
+
+/// What a kube-proxy partial sync restores when one service changed
+/// (`iptables-restore --noflush`): KUBE-SERVICES in full, plus the changed
+/// service's chains.
+pub fn iptables_one_change(services: &[Svc], changed: &Svc) -> String {
+    let mut o = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
+    let _ = writeln!(o, ":{} - [0:0]", svc_chain(changed));
+    for ep in &changed.endpoints {
+        let _ = writeln!(o, ":{} - [0:0]", sep_chain(changed, ep));
+    }
+    for s in services {
+        let _ = writeln!(o, "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j {}", s.vip, s.name, s.port, svc_chain(s));
+    }
+    o.push_str(&iptables_chain_rules(changed));
+    o.push_str("COMMIT\n");
+    o
+}
+
+fn nft_svc(s: &Svc) -> String {
+    format!("service-{}", h(&format!("{}:{}/tcp", s.name, s.port)))
+}
+
+fn nft_ep(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
+    format!("endpoint-{}", h(&format!("{}:{}/tcp{}:{}", s.name, s.port, ep.0, ep.1)))
+}
+
+fn nft_service_chains(s: &Svc, o: &mut String) {
+    for ep in &s.endpoints {
+        let _ = writeln!(o, "add chain ip kube-proxy {}", nft_ep(s, ep));
+        let _ = writeln!(o, "add rule ip kube-proxy {} ip saddr {} jump mark-for-masquerade", nft_ep(s, ep), ep.0);
+        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto tcp dnat to {}:{}", nft_ep(s, ep), ep.0, ep.1);
+    }
+    let _ = writeln!(o, "add chain ip kube-proxy {}", nft_svc(s));
+    let arms: Vec<String> = s.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_ep(s, ep))).collect();
+    let _ = writeln!(o, "add rule ip kube-proxy {} numgen random mod {} vmap {{ {} }}", nft_svc(s), s.endpoints.len(), arms.join(", "));
+}
+
+/// The `ip kube-proxy` table as kube-proxy's nftables mode would write it.
+pub fn nft_script(services: &[Svc]) -> String {
+    let mut o = String::from(
+        "add table ip kube-proxy\n\
+         add chain ip kube-proxy mark-for-masquerade\n\
+         add rule ip kube-proxy mark-for-masquerade meta mark set meta mark or 0x4000\n\
+         add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\n\
+         add chain ip kube-proxy services\n\
+         add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n\
+         add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }\n\
+         add rule ip kube-proxy nat-prerouting jump services\n\
+         add chain ip kube-proxy nat-output { type nat hook output priority -100 ; policy accept ; }\n\
+         add rule ip kube-proxy nat-output jump services\n",
+    );
+    for s in services {
+        nft_service_chains(s, &mut o);
+        let _ = writeln!(o, "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {} }}", s.vip, s.port, nft_svc(s));
+    }
+    o
+}
+
+/// What kube-proxy's nftables mode sends when one service's endpoints
+/// changed: the service chain rewritten, new endpoint chains added.
+pub fn nft_one_change(changed: &Svc) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "flush chain ip kube-proxy {}", nft_svc(changed));
+    for ep in &changed.endpoints {
+        let _ = writeln!(o, "add chain ip kube-proxy {}", nft_ep(changed, ep));
+        let _ = writeln!(o, "flush chain ip kube-proxy {}", nft_ep(changed, ep));
+        let _ = writeln!(o, "add rule ip kube-proxy {} ip saddr {} jump mark-for-masquerade", nft_ep(changed, ep), ep.0);
+        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto tcp dnat to {}:{}", nft_ep(changed, ep), ep.0, ep.1);
+    }
+    let arms: Vec<String> = changed.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_ep(changed, ep))).collect();
+    let _ = writeln!(o, "add rule ip kube-proxy {} numgen random mod {} vmap {{ {} }}", nft_svc(changed), changed.endpoints.len(), arms.join(", "));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> Svc {
+        Svc {
+            name: "default/web:http".into(),
+            vip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            endpoints: vec![(Ipv4Addr::new(10, 244, 0, 11), 8080), (Ipv4Addr::new(10, 244, 0, 12), 8080), (Ipv4Addr::new(10, 244, 0, 13), 8080)],
+        }
+    }
+
+    #[test]
+    fn iptables_rules_follow_kube_proxy_probabilities() {
+        let r = iptables_restore(&[svc()]);
+        assert!(r.contains("-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp"));
+        assert!(r.contains("--probability 0.33333333333"));
+        assert!(r.contains("--probability 0.50000000000"));
+        assert_eq!(r.matches("-j DNAT --to-destination").count(), 3);
+        assert!(r.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn nft_script_uses_a_verdict_map_and_numgen() {
+        let s = nft_script(&[svc()]);
+        assert!(s.contains("vmap @service-ips"));
+        assert!(s.contains("numgen random mod 3 vmap { 0 : goto endpoint-"));
+        assert!(s.contains("add element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 : goto service-"));
+        assert_eq!(s.matches("dnat to").count(), 3);
+        assert!(nft_one_change(&svc()).starts_with("flush chain ip kube-proxy service-"));
+    }
+}

@@ -1,0 +1,227 @@
+//! One benchmark topology: a node namespace, a client pod and three
+//! backend pods (TCP servers, an iperf3 server), and N services, served by
+//! one of the three dataplanes.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::baseline::{self, Svc};
+use crate::{
+    agent::Agent,
+    cmd,
+    traffic::{tcp_server, Reply, Server},
+    Node, Pod,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    Weir,
+    Iptables,
+    Nftables,
+}
+
+impl Dataplane {
+    pub const ALL: [Dataplane; 3] = [Dataplane::Weir, Dataplane::Iptables, Dataplane::Nftables];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Weir => "weir",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+        }
+    }
+}
+
+/// The target services' address; load services live elsewhere.
+pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 255, 1);
+pub const SHORT_PORT: u16 = 80;
+pub const KEEPALIVE_PORT: u16 = 90;
+pub const IPERF_PORT: u16 = 5201;
+
+/// Programming times of one dataplane at one scale.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ProgramTimes {
+    pub cold_ms: f64,
+    pub one_change_ms: f64,
+}
+
+pub struct BenchTopo {
+    pub client: Pod,
+    pub backends: Vec<Pod>,
+    _servers: Vec<Server>,
+    iperf: Option<Child>,
+    pub agent: Option<Agent>,
+    pub node: Node,
+}
+
+/// N services: N - 3 load services (three fake endpoints each), then the
+/// three target service ports, last (the worst place for a linear scan).
+pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
+    let load = n.saturating_sub(3);
+    let mut v: Vec<Svc> = (0..load)
+        .map(|i| Svc {
+            name: format!("load/svc-{i}:http"),
+            vip: Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8),
+            port: 80,
+            endpoints: (0..3u32).map(|j| {
+                let k = i as u32 * 3 + j;
+                (Ipv4Addr::new(10, 245, (k / 250 % 250) as u8, (k % 250 + 1) as u8), 8080)
+            }).collect(),
+        })
+        .collect();
+    let eps = |p: u16| backends.iter().map(|b| (*b, p)).collect::<Vec<_>>();
+    v.push(Svc { name: "bench/target:short".into(), vip: TARGET_VIP, port: SHORT_PORT, endpoints: eps(8080) });
+    v.push(Svc { name: "bench/target:keepalive".into(), vip: TARGET_VIP, port: KEEPALIVE_PORT, endpoints: eps(9000) });
+    v.push(Svc { name: "bench/target:iperf".into(), vip: TARGET_VIP, port: IPERF_PORT, endpoints: vec![(backends[0], IPERF_PORT)] });
+    v
+}
+
+/// Kubernetes YAML (Service + EndpointSlice) for weir's standalone source.
+pub fn yaml(s: &Svc, idx: usize) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{idx}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: p, port: {}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{idx}-1, namespace: bench, labels: {{kubernetes.io/service-name: s{idx}}}}}\naddressType: IPv4\nports: [{{name: p, port: {}}}]\nendpoints:\n",
+        s.vip, s.port, s.endpoints.first().map_or(0, |e| e.1)
+    );
+    for (a, _) in &s.endpoints {
+        let _ = writeln!(y, "- addresses: [{a}]");
+    }
+    y.push_str("---\n");
+    y
+}
+
+fn took_us(line: &str) -> Option<f64> {
+    line.split_whitespace().find_map(|w| w.strip_prefix("took_us=")).and_then(|v| v.parse().ok())
+}
+
+impl BenchTopo {
+    pub fn new() -> Self {
+        let node = Node::new();
+        let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
+        let backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
+        let mut servers = Vec::new();
+        for b in &backends {
+            servers.push(tcp_server(b.ns(), 8080, Reply::Name(b.name.clone())));
+            servers.push(tcp_server(b.ns(), 9000, Reply::NamePerLine(b.name.clone())));
+        }
+        let iperf = Command::new("nsenter")
+            .arg(format!("--net={}", backends[0].ns().path().display()))
+            .args(["iperf3", "-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        std::thread::sleep(Duration::from_millis(200));
+        Self { client, backends, _servers: servers, iperf, agent: None, node }
+    }
+
+    pub fn backend_ips(&self) -> Vec<Ipv4Addr> {
+        self.backends.iter().map(|b| b.ip).collect()
+    }
+
+    /// Programs `svcs` with `dp`; returns cold and one-change times.
+    pub fn program(&mut self, dp: Dataplane, svcs: &[Svc]) -> ProgramTimes {
+        match dp {
+            Dataplane::Weir => self.program_weir(svcs),
+            Dataplane::Iptables => self.program_iptables(svcs),
+            Dataplane::Nftables => self.program_nft(svcs),
+        }
+    }
+
+    fn program_weir(&mut self, svcs: &[Svc]) -> ProgramTimes {
+        // Load services in files of 100; the target services in a file of their own.
+        let (load, targets) = svcs.split_at(svcs.len() - 3);
+        for (f, chunk) in load.chunks(100).enumerate() {
+            let body: String = chunk.iter().enumerate().map(|(i, s)| yaml(s, f * 100 + i)).collect();
+            self.node.write_source(&format!("load-{f:04}.yaml"), body.as_bytes());
+        }
+        let body: String = targets.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
+        self.node.write_source("targets.yaml", body.as_bytes());
+        let slots = (svcs.len() as u64 * 307 + 4096).max(1 << 20).to_string();
+        let mut agent = self.node.start_agent_with(&["--lb-table-slots", &slots, "--resync-interval", "3600"]);
+        agent.wait_synced();
+        for p in std::iter::once(&self.client).chain(&self.backends) {
+            agent.wait_attached(&p.host_if, p.host_ifindex);
+        }
+        let log = agent.log_text();
+        let cold_ms = log.lines().find(|l| l.contains("initial sync")).and_then(took_us).unwrap_or(0.0) / 1e3;
+        // One change: a target endpoint's readiness flips in its file.
+        let mut changed = targets.to_vec();
+        changed[0].endpoints.pop();
+        let before = log.matches("reconciled").count();
+        let body: String = changed.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
+        self.node.write_source("targets.yaml", body.as_bytes());
+        agent.wait_for_log("reconciled", before + 1);
+        let one_change_ms = agent.log_text().lines().filter(|l| l.contains("reconciled")).nth(before).and_then(took_us).unwrap_or(0.0) / 1e3;
+        // Restore the target set.
+        let body: String = targets.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
+        self.node.write_source("targets.yaml", body.as_bytes());
+        agent.wait_for_log("reconciled", before + 2);
+        self.agent = Some(agent);
+        ProgramTimes { cold_ms, one_change_ms }
+    }
+
+    fn timed_stdin(&self, argv: &[&str], input: &str) -> f64 {
+        let net = format!("--net={}", self.node.ns().path().display());
+        let mut c = Command::new("nsenter");
+        c.arg(&net).args(argv).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = c.spawn().expect("spawn");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(input.as_bytes()).expect("write rules");
+        }
+        let out = child.wait_with_output().expect("wait");
+        let took = start.elapsed().as_secs_f64() * 1e3;
+        assert!(out.status.success(), "`{}` failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr));
+        took
+    }
+
+    fn program_iptables(&mut self, svcs: &[Svc]) -> ProgramTimes {
+        let cold_ms = self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs));
+        let mut changed = svcs[svcs.len() - 3].clone();
+        changed.endpoints.pop();
+        let one_change_ms = self.timed_stdin(&["iptables-legacy-restore", "--noflush"], &baseline::iptables_one_change(svcs, &changed));
+        // Back to the full target set (not timed).
+        self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs));
+        ProgramTimes { cold_ms, one_change_ms }
+    }
+
+    fn program_nft(&mut self, svcs: &[Svc]) -> ProgramTimes {
+        let cold_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_script(svcs));
+        let mut changed = svcs[svcs.len() - 3].clone();
+        changed.endpoints.pop();
+        let one_change_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&changed));
+        self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&svcs[svcs.len() - 3]));
+        ProgramTimes { cold_ms, one_change_ms }
+    }
+
+    /// The agent's resident memory, if weir is the dataplane.
+    pub fn agent_rss_mib(&self) -> Option<f64> {
+        let pid = self.agent.as_ref()?.pid()?;
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Default for BenchTopo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BenchTopo {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.iperf.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = cmd::output(&["true"]);
+    }
+}
