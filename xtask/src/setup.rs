@@ -24,6 +24,8 @@ const DEB_PACKAGES: &[&str] = &[
     "iperf3",
     "wrk",
     "hyperfine",
+    // Text in the benchmark plots.
+    "fonts-dejavu-core",
     // Container runtime for the CNI tests.
     "containerd",
     "runc",

@@ -4,5 +4,6 @@
 
 pub mod baseline;
 pub mod measure;
+pub mod plot;
 pub mod report;
 pub mod topo;

@@ -9,6 +9,7 @@ use std::{path::PathBuf, time::Duration};
 
 use weir_tests::bench::{
     measure::{iperf, keepalive, short_connections},
+    plot,
     report::{self, Sample},
     topo::{services, BenchTopo, Dataplane, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT, TARGET_VIP},
 };
@@ -74,7 +75,11 @@ fn main() {
     match report::write(&out_dir, &samples, &machine()) {
         Ok(md) => {
             println!("{md}");
-            println!("written to {}", out_dir.display());
+            if let Err(e) = plot::write(&out_dir, &samples) {
+                eprintln!("plots: {e}");
+                std::process::exit(1);
+            }
+            println!("written to {} (results.json, results.md, *.png)", out_dir.display());
         }
         Err(e) => {
             eprintln!("writing results to {}: {e}", out_dir.display());
