@@ -1,16 +1,18 @@
 //! Generators for the rules kube-proxy itself would write for the same
 //! Services and EndpointSlices (ClusterIP, TCP).
 //!
-//! - iptables mode: `KUBE-SERVICES` (jumped to from PREROUTING and OUTPUT)
-//!   matches each cluster IP:port and jumps to `KUBE-SVC-*`, which picks an
-//!   endpoint with `statistic --mode random --probability 1/(n-i)` jumps to
-//!   `KUBE-SEP-*`, which marks hairpin traffic for masquerade and DNATs.
-//!   Loaded with iptables-restore. Chain-name hashes are weir's (FNV), not
-//!   kube-proxy's (SHA-256, base32); the structure is the same.
-//! - nftables mode: table `ip kube-proxy`, a `service-ips` verdict map
-//!   keyed by `ipv4_addr . inet_proto . inet_service`, per-service chains
-//!   choosing with `numgen random mod n vmap`, per-endpoint chains that
-//!   mark hairpin traffic and DNAT. Loaded with `nft -f`.
+//! iptables mode: `KUBE-SERVICES` (jumped to from PREROUTING and OUTPUT)
+//! matches each cluster IP:port and jumps to `KUBE-SVC-*`, which picks an
+//! endpoint with `statistic --mode random --probability 1/(n-i)` jumps to
+//! `KUBE-SEP-*`, which marks hairpin traffic for masquerade and DNATs.
+//! Loaded with iptables-restore. Chain-name hashes are weir's (FNV), not
+//! kube-proxy's (SHA-256, base32); the structure is the same.
+//!
+//! nftables mode: table `ip kube-proxy`, a `service-ips` verdict map keyed
+//! by `ipv4_addr . inet_proto . inet_service`, per-service chains choosing
+//! with `numgen random mod n vmap`, per-endpoint chains that mark hairpin
+//! traffic and DNAT. Loaded with `nft -f`.
+//!
 //! Left out (not on the ClusterIP pod-to-pod path): NodePorts, external
 //! IPs, load balancers, masquerade rules in POSTROUTING, firewall and
 //! reject chains for services without endpoints.
