@@ -163,17 +163,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: as above.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(3) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::cmd::stop_child(&mut child, libc::SIGTERM, Duration::from_secs(3));
         }
         if std::thread::panicking() {
             eprintln!("--- weir-agent log ({}) ---\n{}", self.log.display(), self.log_text());

@@ -30,3 +30,19 @@ pub fn output(argv: &[&str]) -> Output {
 pub fn run_quiet(argv: &[&str]) {
     let _ = output(argv);
 }
+
+/// Stops a child we spawned: `signal` by PID, up to `grace` to exit, then
+/// SIGKILL. Never matches processes by name.
+pub fn stop_child(child: &mut std::process::Child, signal: i32, grace: std::time::Duration) {
+    // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let start = std::time::Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

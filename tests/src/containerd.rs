@@ -169,17 +169,7 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child by PID.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            cmd::stop_child(&mut c, libc::SIGTERM, Duration::from_secs(5));
         }
         if std::thread::panicking() {
             eprintln!("--- containerd log ---\n{}", self.log());

@@ -68,6 +68,17 @@ impl NetNs {
             .unwrap_or_else(|| panic!("no ifindex for {ifname} in {}: {out}", self.name))
     }
 
+    /// Names of the links in this namespace that start with `prefix`
+    /// (without the `@peer` suffix `ip` prints for veths).
+    pub fn links_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+
     /// The MAC address of `ifname` inside this namespace.
     pub fn mac(&self, ifname: &str) -> String {
         let out = self.ip(&["-o", "link", "show", "dev", ifname]);

@@ -20,7 +20,7 @@ fn ip_of(record: &serde_json::Value) -> String {
 }
 
 fn weir_links(node: &Node) -> Vec<String> {
-    node.ns().ip(&["-o", "link", "show"]).lines().filter_map(|l| l.split(':').nth(1)).map(|s| s.trim().split('@').next().unwrap_or("").to_string()).filter(|n| n.starts_with("weir")).collect()
+    node.ns().links_with_prefix("weir")
 }
 
 fn pod_routes(node: &Node) -> Vec<String> {

@@ -69,7 +69,7 @@ impl Env {
     }
 
     fn weir_links(&self) -> Vec<String> {
-        self.node.ns().ip(&["-o", "link", "show"]).lines().filter_map(|l| l.split(':').nth(1)).map(|s| s.trim().split('@').next().unwrap_or("").to_string()).filter(|n| n.starts_with("weir")).collect()
+        self.node.ns().links_with_prefix("weir")
     }
 
     fn leases(&self) -> Vec<String> {
