@@ -11,7 +11,9 @@ pub struct DatapathConfig {
     pub ct_closing_timeout_s: u32,
     pub ct_closed_timeout_s: u32,
     pub ct_udp_timeout_s: u32,
-    pub _pad: u32,
+    /// Policy allow events: 0 none, N one in N allowed flows (denials
+    /// are always reported).
+    pub allow_event_sample: u32,
     /// Source address used when a pod reaches itself through a service.
     pub hairpin_addr: Addr,
 }
@@ -26,7 +28,7 @@ impl DatapathConfig {
         ct_closing_timeout_s: 10,
         ct_closed_timeout_s: 10,
         ct_udp_timeout_s: 60,
-        _pad: 0,
+        allow_event_sample: 0,
         hairpin_addr: Addr::from_v4_octets([169, 254, 42, 1]),
     };
 }

@@ -13,6 +13,9 @@ use crate::addr::Addr;
 
 pub const CT_SVC_FWD: u8 = 1;
 pub const CT_SVC_REV: u8 = 2;
+/// A flow the policy allowed, keyed by its original-direction tuple as the
+/// pods see it (after service DNAT). Replies match it reversed.
+pub const CT_POLICY: u8 = 3;
 
 /// Key of `WEIR_CT`.
 #[repr(C)]

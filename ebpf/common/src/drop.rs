@@ -14,15 +14,18 @@ pub enum DropReason {
     Malformed = 4,
     /// A conntrack entry could not be created (map full).
     CtFull = 5,
+    /// A network policy does not allow the flow.
+    PolicyDenied = 6,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
         DropReason::Malformed,
         DropReason::CtFull,
+        DropReason::PolicyDenied,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -32,6 +35,7 @@ impl DropReason {
             Self::UnsupportedProtoToVip => "unsupported_proto_to_vip",
             Self::Malformed => "malformed",
             Self::CtFull => "ct_full",
+            Self::PolicyDenied => "policy_denied",
         }
     }
 }

@@ -12,8 +12,10 @@ pub mod addr;
 pub mod config;
 pub mod ct;
 pub mod drop;
+pub mod event;
 pub mod lb;
 pub mod maps;
+pub mod policy;
 pub mod stats;
 
 /// Implements `aya::Pod` for map types when building for userspace.

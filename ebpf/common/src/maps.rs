@@ -40,3 +40,20 @@ pub const CONFIG: &str = "WEIR_CONFIG";
 /// Drops and rejects per reason (per-CPU array of u64), indexed by DropReason.
 pub const DROPS: &str = "WEIR_DROPS";
 pub const DROPS_MAX_ENTRIES: u32 = 64;
+
+/// Local endpoints: pod Addr → EndpointInfo (hash).
+pub const ENDPOINTS: &str = "WEIR_ENDPOINTS";
+pub const ENDPOINTS_MAX_ENTRIES: u32 = 16_384;
+
+/// IP/CIDR → identity: LPM trie over 16-byte addresses.
+pub const IPCACHE: &str = "WEIR_IPCACHE";
+pub const IPCACHE_MAX_ENTRIES: u32 = 262_144;
+
+/// Policy entries: LPM trie keyed by (endpoint, direction, identity,
+/// proto, port). A port range costs at most 30 aligned blocks.
+pub const POLICY: &str = "WEIR_POLICY";
+pub const POLICY_MAX_ENTRIES: u32 = 1_048_576;
+
+/// Datapath events (ring buffer), bytes.
+pub const EVENTS: &str = "WEIR_EVENTS";
+pub const EVENTS_BYTES: u32 = 1 << 20;

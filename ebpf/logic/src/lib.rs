@@ -14,4 +14,5 @@ pub mod csum;
 pub mod ct;
 pub mod hash;
 pub mod maglev;
+pub mod policy;
 pub mod select;

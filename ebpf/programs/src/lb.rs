@@ -24,10 +24,18 @@ use crate::{
     hdr::Ipv4Pkt,
     maps::{read, scratch, AFFINITY, BACKENDS, FRONTENDS, LB_TABLE},
     nat::{dnat, snat},
+    policy::Tuple,
 };
 
 /// Returned by [`reverse`] and [`forward`] when the packet is not theirs.
 pub const NOT_HANDLED: i32 = i32::MIN;
+
+/// Returned by [`forward`] for a new connection: the backend is chosen and
+/// the conntrack entries are prepared in scratch space, but nothing is
+/// written until the caller has asked the policy and called [`commit`].
+/// (Keeping the policy call out of `forward` keeps the BPF call chain
+/// within its 512-byte stack.)
+pub const NEW_FLOW: i32 = i32::MIN + 1000;
 
 /// [`forward`] asks its caller to reject the packet with a reason. The
 /// caller runs `reject` at the top of the call chain, where its stack
@@ -132,6 +140,22 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     s.rev.nat_addr = vip;
     s.rev.nat_port = pkt.dport;
     s.rkey = rev_key(&s.fwd, client, cfg, pkt);
+    NEW_FLOW
+}
+
+/// The tuple a new flow prepared by [`forward`] will have once translated
+/// (client → backend), for the policy decision.
+#[inline(always)]
+pub fn new_flow_tuple(pkt: &Ipv4Pkt) -> Option<Tuple> {
+    let s = scratch()?;
+    Some(Tuple { saddr: pkt.saddr, daddr: s.fwd.nat_addr.v4_raw(), sport: pkt.sport, dport: s.fwd.nat_port, proto: pkt.proto, tcp_flags: pkt.tcp_flags })
+}
+
+/// Creates the conntrack entries of the new flow [`forward`] prepared and
+/// translates its first packet. Runs only once the policy allowed it.
+#[inline(never)]
+pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
+    let Some(s) = scratch() else { return aya_ebpf::bindings::TC_ACT_SHOT as i32 };
     // Reverse first: a reply must never arrive before its translation exists.
     if conntrack::insert(&s.rkey, &s.rev).is_err() || conntrack::insert(&s.fkey, &s.fwd).is_err() {
         errors::record(DpError::CtFull);

@@ -4,10 +4,12 @@
 
 pub mod conntrack;
 pub mod errors;
+pub mod events;
 pub mod fwd;
 pub mod hdr;
 pub mod lb;
 pub mod maps;
 pub mod nat;
+pub mod policy;
 pub mod reject;
 pub mod stats;

@@ -3,13 +3,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use weir_common::{
+    addr::Addr,
     config::DatapathConfig,
     ct::{CtEntry, CtKey},
+    event::PolicyEvent,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
     maps::*,
+    policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue},
     stats::{IfStats, IfStatsKey},
 };
 
@@ -42,6 +45,18 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0
 #[map(name = "WEIR_CONFIG")]
 pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 
+#[map(name = "WEIR_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<Addr, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_IPCACHE")]
+pub static IPCACHE: LpmTrie<IpcacheKeyData, IpInfo> = LpmTrie::pinned(IPCACHE_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_POLICY")]
+pub static POLICY: LpmTrie<PolicyKeyData, PolicyValue> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
 /// Copies a map value out of a lookup result.
 #[inline(always)]
 pub fn read<V: Copy>(p: Option<*const V>) -> Option<V> {
@@ -60,6 +75,10 @@ pub struct Scratch {
     pub rev: CtEntry,
     pub frontend: FrontendKey,
     pub backend: Backend,
+    /// The policy path's conntrack key and entry.
+    pub pkey: CtKey,
+    pub pentry: CtEntry,
+    pub event: PolicyEvent,
 }
 
 #[map(name = "WEIR_SCRATCH")]

@@ -3,13 +3,15 @@
 //!
 //! from_pod: count, reverse-NAT replies of service flows, load-balance
 //! packets to service frontends (DNAT + redirect), reject what a service
-//! cannot take. to_pod: count (the pod's ingress policy comes here).
+//! cannot take, and judge new flows by network policy (egress of the
+//! sender, ingress of a local receiver). to_pod: count, and judge the
+//! pod's ingress for flows no local from_pod judged.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
 use weir_common::stats::Direction;
-use weir_ebpf::{conntrack, hdr, lb, reject, stats};
+use weir_ebpf::{conntrack, hdr, lb, policy, reject, stats};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
@@ -29,6 +31,18 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         return verdict;
     }
     let verdict = lb::forward(&ctx, &mut pkt, cfg, now);
+    if verdict == lb::NEW_FLOW {
+        // Policy sees the real backend: the client's egress and the
+        // backend's ingress are judged on the translated tuple, before any
+        // state exists.
+        let Some(t) = lb::new_flow_tuple(&pkt) else {
+            return TC_ACT_SHOT as i32;
+        };
+        if !policy::allow_new(&ctx, &t, policy::CHECK_EGRESS | policy::CHECK_INGRESS) {
+            return TC_ACT_SHOT as i32;
+        }
+        return lb::commit(&ctx, &mut pkt, cfg);
+    }
     if let Some(reason) = lb::rejected(verdict) {
         return reject::reject(&ctx, &pkt, reason);
     }
@@ -36,13 +50,19 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         return verdict;
     }
     lb::forget_stale_reverse(&pkt);
-    TC_ACT_OK as i32
+    policy::from_pod(&ctx, &pkt, now)
 }
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     count(&ctx, Direction::ToPod);
-    TC_ACT_OK as i32
+    let Some(pkt) = hdr::parse_v4(&ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    if !pkt.is_tcp_udp() {
+        return TC_ACT_OK as i32;
+    }
+    policy::to_pod(&ctx, &pkt, conntrack::now_ns())
 }
 
 #[inline(always)]

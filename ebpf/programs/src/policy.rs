@@ -1,0 +1,236 @@
+//! Network policy in the pod object.
+//!
+//! Only the first packet of a flow is judged (`weir_logic::policy::decide`,
+//! the code `weir explain` runs too); an allowed flow gets a `CT_POLICY`
+//! conntrack entry keyed by its original tuple, and every later packet in
+//! either direction rides it, so return traffic always passes. Service
+//! flows are judged in `lb::forward`, after the backend is chosen, and
+//! then ride the service's own conntrack entries.
+//!
+//! - from_pod judges both ends of a flow between local pods: the sender's
+//!   egress and the receiver's ingress.
+//! - to_pod judges the receiver's ingress for flows that did not come
+//!   through a local from_pod. Flows the node itself opens (kubelet
+//!   probes) are allowed, as Cilium and Calico allow them.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_get_prandom_u32,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use weir_common::{
+    addr::Addr,
+    ct::{CtEntry, CT_POLICY, CT_SVC_FWD, CT_SVC_REV},
+    drop::DropReason,
+    event::{ALLOW_HOST, ALLOW_NOT_ISOLATED, ALLOW_RULE},
+    policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, DIR_EGRESS, DIR_INGRESS, POLICY_PREFIX_FULL},
+    stats::DpError,
+};
+use weir_logic::{
+    ct::{expiry, next_state},
+    policy::{decide, Decision, PolicyMaps},
+};
+
+use crate::{
+    conntrack::{self, key, touch},
+    errors, events,
+    hdr::Ipv4Pkt,
+    maps::{read, scratch, ENDPOINTS, IPCACHE, POLICY},
+};
+
+/// Judge the sender's egress.
+pub const CHECK_EGRESS: u32 = 1 << 0;
+/// Judge the receiver's ingress.
+pub const CHECK_INGRESS: u32 = 1 << 1;
+/// The flow comes from the local node itself.
+pub const FROM_HOST: u32 = 1 << 2;
+
+/// A flow's tuple as the pods see it (after service DNAT), wire order.
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+}
+
+impl Tuple {
+    #[inline(always)]
+    pub fn of(pkt: &Ipv4Pkt) -> Self {
+        Tuple { saddr: pkt.saddr, daddr: pkt.daddr, sport: pkt.sport, dport: pkt.dport, proto: pkt.proto, tcp_flags: pkt.tcp_flags }
+    }
+}
+
+struct KernelMaps;
+
+impl PolicyMaps for KernelMaps {
+    #[inline(always)]
+    fn ipcache(&self, addr: &Addr) -> Option<IpInfo> {
+        let k = Key::new(128, *addr);
+        IPCACHE.get(&k).copied()
+    }
+
+    #[inline(always)]
+    fn policy(&self, key: &PolicyKeyData) -> Option<PolicyValue> {
+        let k = Key::new(POLICY_PREFIX_FULL, *key);
+        POLICY.get(&k).copied()
+    }
+}
+
+#[inline(always)]
+fn endpoint(raw: u32) -> Option<EndpointInfo> {
+    read(ENDPOINTS.get_ptr(&Addr::from_v4_raw(raw)))
+}
+
+/// Whether either end of the tuple is a local endpoint under some policy.
+#[inline(always)]
+fn enforced(t: &Tuple) -> bool {
+    endpoint(t.saddr).is_some_and(|e| e.flags != 0) || endpoint(t.daddr).is_some_and(|e| e.flags != 0)
+}
+
+/// Judges a new flow for the checks in `mode`. Denials are counted and
+/// reported; the caller drops the packet.
+#[inline(never)]
+pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
+    let src = endpoint(t.saddr);
+    let dst = endpoint(t.daddr);
+    // A pod may always reach itself (through its own service).
+    if let (Some(s), Some(d)) = (src, dst) {
+        if s.id == d.id {
+            return true;
+        }
+    }
+    let port = u16::from_be(t.dport);
+    if mode & CHECK_EGRESS != 0 {
+        if let Some(ep) = src {
+            let d = decide(&KernelMaps, &ep, DIR_EGRESS, &Addr::from_v4_raw(t.daddr), t.proto, port);
+            if !report(ctx, t, &d, ep.id, DIR_EGRESS as u32) {
+                return false;
+            }
+        }
+    }
+    if mode & CHECK_INGRESS != 0 {
+        if let Some(ep) = dst {
+            let mut d = decide(&KernelMaps, &ep, DIR_INGRESS, &Addr::from_v4_raw(t.saddr), t.proto, port);
+            let mut reason = DIR_INGRESS as u32;
+            if mode & FROM_HOST != 0 {
+                d.allowed = true;
+                reason |= (ALLOW_HOST as u32) << 8;
+            }
+            if !report(ctx, t, &d, ep.id, reason) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Counts and reports one decision; returns whether it allowed.
+/// `code` is the direction, with an allow reason in bits 8..16.
+#[inline(always)]
+fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool {
+    if !d.allowed {
+        errors::drop_reason(DropReason::PolicyDenied);
+        events::policy_verdict(ctx, t, d, ep, code | ((DropReason::PolicyDenied as u32) << 8));
+        return false;
+    }
+    let sample = conntrack::config().map_or(0, |c| c.allow_event_sample);
+    // SAFETY: plain helper call.
+    if sample != 0 && (sample == 1 || unsafe { bpf_get_prandom_u32() } % sample == 0) {
+        let why = if code >> 8 != 0 {
+            code >> 8
+        } else if d.isolated {
+            ALLOW_RULE as u32
+        } else {
+            ALLOW_NOT_ISOLATED as u32
+        };
+        events::policy_verdict(ctx, t, d, ep, (code & 0xff) | (why << 8));
+    }
+    true
+}
+
+/// Whether the packet belongs to a flow the policy already allowed, in
+/// either direction; refreshes the flow's entry.
+#[inline(never)]
+fn tracked(t: &Tuple, now: u64) -> bool {
+    let Some(cfg) = conntrack::config() else { return false };
+    let Some(s) = scratch() else { return false };
+    let (sa, da) = (Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr));
+    s.pkey = key(sa, da, t.sport, t.dport, t.proto, CT_POLICY);
+    if let Some(e) = conntrack::lookup(&s.pkey) {
+        touch(e, cfg, t.proto, t.tcp_flags, now);
+        return true;
+    }
+    s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_POLICY);
+    if let Some(e) = conntrack::lookup(&s.pkey) {
+        touch(e, cfg, t.proto, t.tcp_flags, now);
+        return true;
+    }
+    false
+}
+
+/// Whether a packet arriving at a pod belongs to a service flow (the
+/// service path judged it when the flow began): a request after DNAT
+/// matches the flow's reverse entry reversed; a reply after reverse NAT
+/// matches its forward entry reversed.
+#[inline(never)]
+fn service_flow(t: &Tuple, now: u64) -> bool {
+    let Some(s) = scratch() else { return false };
+    let (sa, da) = (Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr));
+    s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_SVC_REV);
+    if conntrack::alive(&s.pkey, now) {
+        return true;
+    }
+    s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_SVC_FWD);
+    conntrack::alive(&s.pkey, now)
+}
+
+/// Records an allowed flow so the rest of it, and its replies, pass.
+#[inline(never)]
+fn track(t: &Tuple, now: u64) {
+    let Some(cfg) = conntrack::config() else { return };
+    let Some(s) = scratch() else { return };
+    let state = next_state(t.proto, 0, t.tcp_flags);
+    s.pentry = CtEntry::default();
+    s.pentry.state = state;
+    s.pentry.created_ns = now;
+    s.pentry.expires_ns = expiry(cfg, state, now);
+    s.pkey = key(Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr), t.sport, t.dport, t.proto, CT_POLICY);
+    if conntrack::insert(&s.pkey, &s.pentry).is_err() {
+        errors::record(DpError::CtFull);
+    }
+}
+
+/// from_pod, for traffic that is not a service flow.
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
+    let t = Tuple::of(pkt);
+    if !enforced(&t) || tracked(&t, now) {
+        return TC_ACT_OK as i32;
+    }
+    if !allow_new(ctx, &t, CHECK_EGRESS | CHECK_INGRESS) {
+        return TC_ACT_SHOT as i32;
+    }
+    track(&t, now);
+    TC_ACT_OK as i32
+}
+
+/// to_pod: the receiver's ingress, for flows no local from_pod judged.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
+    let t = Tuple::of(pkt);
+    if !endpoint(t.daddr).is_some_and(|e| e.flags != 0) || tracked(&t, now) || service_flow(&t, now) {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let from_host = unsafe { (*ctx.skb.skb).ingress_ifindex } == 0;
+    let mode = if from_host { CHECK_INGRESS | FROM_HOST } else { CHECK_INGRESS };
+    if !allow_new(ctx, &t, mode) {
+        return TC_ACT_SHOT as i32;
+    }
+    track(&t, now);
+    TC_ACT_OK as i32
+}
