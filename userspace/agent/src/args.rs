@@ -92,6 +92,11 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub ct_gc_interval: u64,
 
+    /// Report allowed flows as policy verdict events too: 0 never, N one in
+    /// N (denials are always reported).
+    #[arg(long, default_value_t = 0)]
+    pub policy_allow_events: u32,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -112,6 +117,7 @@ impl Args {
             ct_closing_timeout_s: self.ct_tcp_closing_timeout.max(1),
             ct_closed_timeout_s: self.ct_tcp_closed_timeout.max(1),
             ct_udp_timeout_s: self.ct_udp_timeout.max(1),
+            allow_event_sample: self.policy_allow_events,
             ..weir_datapath::DatapathConfig::DEFAULT
         }
     }

@@ -3,9 +3,11 @@
 //! from cluster state read from Kubernetes or a directory of YAML files.
 
 mod args;
+mod events;
 mod links;
 mod metrics;
 mod pods;
+mod policy;
 mod reconcile;
 mod run;
 mod source;

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub input_warnings: Family<KindLabels, Counter>,
     pub ct_collected: Counter,
     pub repairs: Counter,
+    pub policy_verdicts: Family<crate::events::VerdictLabels, Counter>,
     pub ready: AtomicBool,
 }
 
@@ -56,6 +57,7 @@ impl Metrics {
         let input_warnings = Family::<KindLabels, Counter>::default();
         let ct_collected = Counter::default();
         let repairs = Counter::default();
+        let policy_verdicts = Family::<crate::events::VerdictLabels, Counter>::default();
         registry.register(
             "programming_latency_seconds",
             "Time from an object event to the datapath maps being written",
@@ -68,6 +70,11 @@ impl Metrics {
         registry.register("input_warnings", "Rejected input (bad files, objects, fields)", input_warnings.clone());
         registry.register("conntrack_collected", "Stale conntrack entries collected", ct_collected.clone());
         registry.register("drift_repairs", "Map entries repaired by full resync", repairs.clone());
+        registry.register(
+            "policy_verdicts",
+            "Policy verdicts on new flows reported by the datapath (denials always, allows when sampled)",
+            policy_verdicts.clone(),
+        );
         Arc::new(Self {
             registry,
             programming_latency,
@@ -78,6 +85,7 @@ impl Metrics {
             input_warnings,
             ct_collected,
             repairs,
+            policy_verdicts,
             ready: AtomicBool::new(false),
         })
     }

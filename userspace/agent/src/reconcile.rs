@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use weir_datapath::{lb::Lb, DatapathError};
+
+use crate::policy::{PolicyOutcome, PolicyReconciler};
 use weir_desired::{Frontend, ServiceSpec};
 use weir_model::{
     state::{Affected, ServiceKey},
@@ -26,11 +28,21 @@ pub struct Outcome {
     pub map_writes: usize,
     pub ct_purged: usize,
     pub repairs: usize,
+    /// Policy map writes (endpoints, ipcache, entries).
+    pub policy_writes: usize,
     pub errors: Vec<(String, DatapathError)>,
+}
+
+impl Outcome {
+    fn add_policy(&mut self, p: PolicyOutcome) {
+        self.policy_writes += p.map_writes;
+        self.errors.extend(p.errors);
+    }
 }
 
 pub struct Reconciler {
     lb: Lb,
+    policy: PolicyReconciler,
     node_name: Option<String>,
     ctx: NodeContext,
     /// Programmed specs per service.
@@ -41,12 +53,16 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(lb: Lb, node_name: Option<String>) -> Self {
-        Self { lb, node_name, ctx: NodeContext::default(), programmed: BTreeMap::new(), owners: HashMap::new() }
+    pub fn new(lb: Lb, policy: PolicyReconciler, node_name: Option<String>) -> Self {
+        Self { lb, policy, node_name, ctx: NodeContext::default(), programmed: BTreeMap::new(), owners: HashMap::new() }
     }
 
     pub fn lb(&mut self) -> &mut Lb {
         &mut self.lb
+    }
+
+    pub fn policy(&self) -> &PolicyReconciler {
+        &self.policy
     }
 
     /// Re-translates the services `affected` names and programs the difference.
@@ -61,6 +77,9 @@ impl Reconciler {
         for key in keys {
             let specs = translate_key(state, &key, &self.ctx);
             self.program(&key, specs, &mut out);
+        }
+        if affected.policy {
+            out.add_policy(self.policy.reconcile(state));
         }
         out
     }
@@ -91,6 +110,7 @@ impl Reconciler {
                 }
             }
         }
+        out.add_policy(self.policy.reconcile(state));
         out
     }
 
@@ -105,8 +125,11 @@ impl Reconciler {
                 return out;
             }
         };
+        let policy = self.policy.repair();
+        let policy_repairs = policy.map_writes;
         let mut out = self.full_sync(state);
-        out.repairs = repairs;
+        out.add_policy(policy);
+        out.repairs = repairs + policy_repairs;
         out
     }
 

@@ -21,7 +21,9 @@ use crate::{
     args::Args,
     links::LinkWatcher,
     metrics::{self, KindLabels, Metrics},
+    events,
     pods::PodInterfaces,
+    policy::PolicyReconciler,
     reconcile::{Outcome, Reconciler},
     source::{self, SourceEvent},
 };
@@ -58,7 +60,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Adopt what an earlier agent programmed; nothing is flushed.
     let lb = Lb::open(&layout).context("opening the service maps")?;
-    let mut reconciler = Reconciler::new(lb, args.node_name.clone());
+    let policy = PolicyReconciler::open(&layout, args.node_name.clone()).context("opening the policy maps")?;
+    let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone());
+    events::spawn(&layout, metrics.clone()).context("starting the event reader")?;
     let (tx, mut rx) = mpsc::channel(1024);
     source::spawn(&args.source, tx).context("starting the object source")?;
 
@@ -154,6 +158,7 @@ fn log_outcome(what: &str, out: &Outcome, took: Duration, metrics: &Metrics) {
         services = out.services,
         writes = out.map_writes,
         ct_purged = out.ct_purged,
+        policy_writes = out.policy_writes,
         repairs = out.repairs,
         errors = out.errors.len(),
         took_us = took.as_micros() as u64,
@@ -170,6 +175,10 @@ fn update_gauges(metrics: &Metrics, state: &ClusterState, reconciler: &mut Recon
     metrics.set_map("WEIR_FRONTENDS", frontends as u64, u64::from(FRONTENDS_MAX_ENTRIES));
     metrics.set_map("WEIR_BACKENDS", backends as u64, u64::from(BACKENDS_MAX_ENTRIES));
     metrics.set_map("WEIR_LB_TABLE", u64::from(slots), u64::from(slot_capacity));
+    let (eps, ipcache, entries) = reconciler.policy().entry_counts();
+    metrics.set_map("WEIR_ENDPOINTS", eps as u64, u64::from(weir_common::maps::ENDPOINTS_MAX_ENTRIES));
+    metrics.set_map("WEIR_IPCACHE", ipcache as u64, u64::from(weir_common::maps::IPCACHE_MAX_ENTRIES));
+    metrics.set_map("WEIR_POLICY", entries as u64, u64::from(weir_common::maps::POLICY_MAX_ENTRIES));
 }
 
 /// Returns memory freed after the initial load (parsing garbage) to the OS.

@@ -30,10 +30,10 @@ pub enum DatapathError {
 }
 
 /// Maps an update error to [`DatapathError::MapFull`] when the kernel said
-/// the map is full (E2BIG), else to [`DatapathError::Map`].
+/// the map is full (E2BIG for hashes, ENOSPC for LPM tries), else to [`DatapathError::Map`].
 pub(crate) fn update_error(name: &'static str, capacity: u32, what: impl FnOnce() -> String, source: aya::maps::MapError) -> DatapathError {
     if let aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) = &source {
-        if io_error.raw_os_error() == Some(libc::E2BIG) {
+        if matches!(io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)) {
             return DatapathError::MapFull { name, capacity, what: what() };
         }
     }

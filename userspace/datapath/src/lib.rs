@@ -10,6 +10,7 @@ pub mod loader;
 pub mod mmap;
 pub mod objects;
 pub mod pinned;
+pub mod policy;
 pub mod pins;
 pub mod stats;
 

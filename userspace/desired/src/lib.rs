@@ -3,6 +3,7 @@
 //! depends on neither Kubernetes types nor aya, so both sides stay small.
 
 pub mod dump;
+pub mod policy;
 pub mod spec;
 
 pub use spec::{eligible, Endpoint, Frontend, Protocol, Selection, ServiceSpec};

@@ -7,6 +7,7 @@
 
 pub mod load;
 pub mod object;
+pub mod policy;
 pub mod service;
 pub mod slice;
 pub mod state;

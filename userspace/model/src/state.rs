@@ -30,16 +30,19 @@ pub struct Affected {
     pub services: BTreeSet<ServiceKey>,
     /// Something every service's translation depends on changed (a Node).
     pub all: bool,
+    /// A Pod, Namespace or NetworkPolicy changed: policy needs translating.
+    pub policy: bool,
 }
 
 impl Affected {
     pub fn merge(&mut self, other: Affected) {
         self.services.extend(other.services);
         self.all |= other.all;
+        self.policy |= other.policy;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && !self.all
+        self.services.is_empty() && !self.all && !self.policy
     }
 }
 
@@ -128,7 +131,7 @@ impl ClusterState {
                 }
             }
             Kind::Node => a.all = true,
-            _ => {}
+            Kind::Pod | Kind::Namespace | Kind::NetworkPolicy => a.policy = true,
         }
         a
     }
@@ -203,6 +206,31 @@ impl ClusterState {
     /// Every service key.
     pub fn service_keys(&self) -> Vec<ServiceKey> {
         self.objects.get(&Kind::Service).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The stored objects of a kind weir keeps whole (not Services or
+    /// EndpointSlices).
+    pub fn objects_of(&self, kind: Kind) -> impl Iterator<Item = &Object> + '_ {
+        self.objects.get(&kind).into_iter().flat_map(|m| m.values()).filter_map(|s| match s {
+            Stored::Other(o) => Some(o.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The pods and namespaces policy reads.
+    pub fn policy_world(&self) -> crate::policy::World {
+        crate::policy::World::from_objects(self.objects_of(Kind::Namespace).chain(self.objects_of(Kind::Pod)))
+    }
+
+    /// Every NetworkPolicy, compiled (files are validated on load, so a
+    /// stored policy compiles; one that does not is skipped).
+    pub fn policies(&self) -> Vec<crate::policy::CompiledPolicy> {
+        self.objects_of(Kind::NetworkPolicy)
+            .filter_map(|o| match o {
+                Object::NetworkPolicy(np) => crate::policy::compile(np).ok(),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Objects per kind.

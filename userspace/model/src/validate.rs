@@ -21,6 +21,8 @@ pub fn validate(obj: &Object) -> Result<(), FieldError> {
     match obj {
         Object::Service(s) => service(s),
         Object::EndpointSlice(e) => endpoint_slice(e),
+        Object::NetworkPolicy(np) => crate::policy::compile(np).map(|_| ()),
+        Object::Pod(p) => pod(p),
         _ => Ok(()),
     }
 }
@@ -113,6 +115,24 @@ fn endpoint_slice(e: &EndpointSlice) -> Result<(), FieldError> {
             if addr.is_ipv4() != (family == "IPv4") {
                 return Err(err(field, format!("{a} is not an {family} address")));
             }
+        }
+    }
+    Ok(())
+}
+
+fn pod(p: &k8s_openapi::api::core::v1::Pod) -> Result<(), FieldError> {
+    if let Some(status) = &p.status {
+        if let Some(ip_s) = status.pod_ip.as_deref() {
+            ip("status.podIP", ip_s)?;
+        }
+        for (i, a) in status.pod_ips.iter().flatten().enumerate() {
+            ip(&format!("status.podIPs[{i}].ip"), &a.ip)?;
+        }
+    }
+    for (i, c) in p.spec.iter().flat_map(|s| s.containers.iter()).enumerate() {
+        for (j, cp) in c.ports.iter().flatten().enumerate() {
+            port(&format!("spec.containers[{i}].ports[{j}].containerPort"), cp.container_port)?;
+            protocol(&format!("spec.containers[{i}].ports[{j}].protocol"), cp.protocol.as_deref())?;
         }
     }
     Ok(())

@@ -1,0 +1,87 @@
+//! Reads the datapath's ring buffer of events and counts them in
+//! /metrics. Denials are always in it; allows when `--policy-allow-events`
+//! samples them.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use prometheus_client::encoding::EncodeLabelSet;
+use tokio::io::unix::AsyncFd;
+use weir_common::{
+    drop::DropReason,
+    event::{PolicyEvent, EVENT_POLICY_VERDICT, VERDICT_DENY},
+    maps::EVENTS,
+    policy::DIR_INGRESS,
+};
+use weir_datapath::PinLayout;
+
+use crate::metrics::Metrics;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub direction: String,
+    pub verdict: String,
+    pub reason: String,
+}
+
+/// Decodes one record; `None` for what is not a whole policy event.
+pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
+    if bytes.len() < std::mem::size_of::<PolicyEvent>() {
+        return None;
+    }
+    // SAFETY: the record holds at least one PolicyEvent, a plain-data
+    // repr(C) type; read_unaligned copes with any alignment.
+    let e: PolicyEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    (e.kind == EVENT_POLICY_VERDICT).then_some(e)
+}
+
+pub fn labels(e: &PolicyEvent) -> VerdictLabels {
+    let direction = if e.direction == DIR_INGRESS { "ingress" } else { "egress" };
+    let (verdict, reason) = if e.verdict == VERDICT_DENY {
+        let r = DropReason::ALL.into_iter().find(|r| *r as u32 == e.reason).map_or("unknown", DropReason::as_str);
+        ("deny", r)
+    } else {
+        let r = match e.reason as u8 {
+            weir_common::event::ALLOW_RULE => "rule",
+            weir_common::event::ALLOW_HOST => "host",
+            _ => "not_isolated",
+        };
+        ("allow", r)
+    };
+    VerdictLabels { direction: direction.into(), verdict: verdict.into(), reason: reason.into() }
+}
+
+/// Spawns the reader. It runs until the process exits.
+pub fn spawn(layout: &PinLayout, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let map = weir_datapath::pinned::open(layout, EVENTS).context("opening the event ring buffer")?;
+    let ring: RingBuf<MapData> = RingBuf::try_from(map).context("WEIR_EVENTS is not a ring buffer")?;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns
+    // the RingBuf, and always returns that same fd.
+    let mut afd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1).context("registering the event ring buffer with tokio")?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = afd.readable_mut().await else {
+                tracing::error!("event ring buffer: readiness failed; events are no longer counted");
+                return;
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                let bytes: &[u8] = &item;
+                if let Some(e) = decode(bytes) {
+                    let l = labels(&e);
+                    if e.verdict == VERDICT_DENY {
+                        tracing::debug!(
+                            src = %e.saddr, dst = %e.daddr, sport = u16::from_be(e.sport), dport = u16::from_be(e.dport),
+                            proto = e.proto, direction = %l.direction, endpoint = e.endpoint, peer_identity = e.peer_identity,
+                            "policy denied a flow"
+                        );
+                    }
+                    metrics.policy_verdicts.get_or_create(&l).inc();
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Policy reconcile: the cluster's NetworkPolicies, pods and namespaces →
+//! ids → the pure translation → an ordered transition of the policy maps
+//! (see `weir_datapath::policy` for why the order never opens a window).
+
+use std::collections::BTreeSet;
+
+use weir_common::policy::ID_CIDR_FIRST;
+use weir_datapath::{policy::PolicyMaps, DatapathError, PinLayout};
+use weir_desired::policy::Prefix;
+use weir_model::{
+    policy::{
+        translate::{assign, is_local, label_key, translate},
+        CompiledPolicy, Ids,
+    },
+    ClusterState,
+};
+
+/// What one policy reconcile did.
+#[derive(Debug, Default)]
+pub struct PolicyOutcome {
+    pub map_writes: usize,
+    pub errors: Vec<(String, DatapathError)>,
+}
+
+pub struct PolicyReconciler {
+    maps: PolicyMaps,
+    ids: Ids,
+    node: Option<String>,
+    /// The policies and CIDRs last programmed; `None` before the first
+    /// reconcile (the maps then hold what an earlier agent programmed).
+    last: Option<(Vec<CompiledPolicy>, BTreeSet<Prefix>)>,
+}
+
+fn cidrs_of(policies: &[CompiledPolicy]) -> BTreeSet<Prefix> {
+    policies.iter().flat_map(CompiledPolicy::cidrs).collect()
+}
+
+impl PolicyReconciler {
+    pub fn open(layout: &PinLayout, node: Option<String>) -> Result<Self, DatapathError> {
+        Ok(Self { maps: PolicyMaps::open(layout)?, ids: Ids::new(), node, last: None })
+    }
+
+    /// Reuses the ids an earlier agent left in the maps, so a restart
+    /// rewrites nothing.
+    fn adopt(&mut self, state: &ClusterState, cidrs: &BTreeSet<Prefix>) {
+        let world = state.policy_world();
+        let current = self.maps.current().clone();
+        for pod in &world.pods {
+            for ip in &pod.ips {
+                if let Some(info) = current.ipcache.get(&Prefix::host(*ip)) {
+                    self.ids.adopt_pod(label_key(&world, pod), info.identity);
+                }
+                if let Some(ep) = current.endpoints.get(ip).filter(|_| is_local(pod, self.node.as_deref())) {
+                    self.ids.adopt_endpoint((pod.namespace.clone(), pod.name.clone()), ep.id);
+                }
+            }
+        }
+        for (p, info) in &current.ipcache {
+            if cidrs.contains(p) {
+                let id = if info.identity >= ID_CIDR_FIRST { info.identity } else { info.cidr_identity };
+                self.ids.adopt_cidr(*p, id);
+            }
+        }
+    }
+
+    /// Programs the policy state of `state`.
+    pub fn reconcile(&mut self, state: &ClusterState) -> PolicyOutcome {
+        let node = self.node.clone();
+        let node = node.as_deref();
+        let policies = state.policies();
+        let world = state.policy_world();
+        let new_cidrs = cidrs_of(&policies);
+        if self.last.is_none() {
+            self.adopt(state, &new_cidrs);
+        }
+        let (old_policies, old_cidrs) = self.last.take().unwrap_or_else(|| (policies.clone(), new_cidrs.clone()));
+        let union: BTreeSet<Prefix> = old_cidrs.union(&new_cidrs).copied().collect();
+        assign(&mut self.ids, &old_policies, &world, &union, node);
+        assign(&mut self.ids, &policies, &world, &union, node);
+        let old_rules = translate(&old_policies, &world, &self.ids, &union, node);
+        let new_rules = translate(&policies, &world, &self.ids, &union, node);
+        let fin = translate(&policies, &world, &self.ids, &new_cidrs, node);
+        let w = self.maps.transition(&old_rules, &new_rules, &fin);
+        self.retain_ids(&world, &fin, &new_cidrs);
+        tracing::debug!(endpoints = fin.endpoints.len(), entries = fin.entries.len(), ipcache = fin.ipcache.len(), writes = w.map_writes, "policy translated");
+        let out = PolicyOutcome { map_writes: w.map_writes, errors: w.errors };
+        self.last = Some((policies, new_cidrs));
+        out
+    }
+
+    fn retain_ids(&mut self, world: &weir_model::policy::World, fin: &weir_desired::policy::PolicyState, cidrs: &BTreeSet<Prefix>) {
+        let _ = fin;
+        let pods = world.pods.iter().map(|p| label_key(world, p)).collect();
+        let eps = world.pods.iter().filter(|p| is_local(p, self.node.as_deref())).map(|p| (p.namespace.clone(), p.name.clone())).collect();
+        self.ids.retain(&pods, cidrs, &eps);
+    }
+
+    /// Repairs drift in the policy maps.
+    pub fn repair(&mut self) -> PolicyOutcome {
+        let w = self.maps.repair();
+        PolicyOutcome { map_writes: w.map_writes, errors: w.errors }
+    }
+
+    /// Entries per map, for gauges: (endpoints, ipcache, policy).
+    pub fn entry_counts(&self) -> (usize, usize, usize) {
+        let c = self.maps.current();
+        (c.endpoints.len(), c.ipcache.len(), c.entries.len())
+    }
+}

@@ -1,0 +1,232 @@
+//! Programming policy into the pinned maps: local endpoints, the ipcache
+//! and the policy entries.
+//!
+//! [`PolicyMaps::transition`] moves the maps from what they hold to a new
+//! desired state without ever allowing, even for an instant, a flow that
+//! both the old and the new state deny:
+//! 1. entries the *old* rules give identities that are about to appear;
+//! 2. the ipcache (every identity that can now be resolved already has
+//!    entries consistent with its prefix);
+//! 3. the new rules' entries are added: the maps allow the union of old
+//!    and new, never more;
+//! 4. endpoint isolation flags take their new values;
+//! 5. the old rules' entries are deleted;
+//! 6. ipcache entries and identities that are gone are deleted last.
+//!
+//! What is programmed is read back on [`PolicyMaps::open`], so a restarted
+//! agent adopts it.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::maps::{lpm_trie::{Key, LpmTrie}, HashMap, MapData};
+use weir_common::{
+    addr::Addr,
+    maps::{ENDPOINTS, ENDPOINTS_MAX_ENTRIES, IPCACHE, IPCACHE_MAX_ENTRIES, POLICY, POLICY_MAX_ENTRIES},
+    policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, V4_PREFIX_BASE},
+};
+use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
+
+use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
+
+/// What a transition wrote.
+#[derive(Debug, Default)]
+pub struct PolicyWrites {
+    pub map_writes: usize,
+    pub errors: Vec<(String, DatapathError)>,
+}
+
+pub struct PolicyMaps {
+    endpoints: HashMap<MapData, Addr, EndpointInfo>,
+    ipcache: LpmTrie<MapData, Addr, IpInfo>,
+    policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    current: PolicyState,
+}
+
+fn endpoint_info(s: &EndpointSpec) -> EndpointInfo {
+    let mut flags = 0;
+    if s.ingress_isolated {
+        flags |= EP_F_INGRESS_ISOLATED;
+    }
+    if s.egress_isolated {
+        flags |= EP_F_EGRESS_ISOLATED;
+    }
+    EndpointInfo { id: s.id, identity: s.identity, flags, _pad: 0 }
+}
+
+fn endpoint_spec(i: &EndpointInfo) -> EndpointSpec {
+    EndpointSpec {
+        id: i.id,
+        identity: i.identity,
+        ingress_isolated: i.flags & EP_F_INGRESS_ISOLATED != 0,
+        egress_isolated: i.flags & EP_F_EGRESS_ISOLATED != 0,
+    }
+}
+
+/// The prefix an ipcache key stands for.
+pub fn prefix_of(key_len: u32, addr: &Addr) -> Prefix {
+    let ip = IpAddr::from(*addr);
+    if ip.is_ipv4() {
+        Prefix::new(ip, key_len.saturating_sub(V4_PREFIX_BASE) as u8)
+    } else {
+        Prefix::new(ip, key_len.min(128) as u8)
+    }
+}
+
+impl PolicyMaps {
+    pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
+        let endpoints = pinned::hash(layout, ENDPOINTS)?;
+        let ipcache = LpmTrie::try_from(pinned::open(layout, IPCACHE)?).map_err(|source| DatapathError::Map { name: IPCACHE, source })?;
+        let policy = LpmTrie::try_from(pinned::open(layout, POLICY)?).map_err(|source| DatapathError::Map { name: POLICY, source })?;
+        let mut me = Self { endpoints, ipcache, policy, current: PolicyState::default() };
+        me.current = me.read();
+        Ok(me)
+    }
+
+    /// What the maps hold, in desired-state terms.
+    pub fn read(&self) -> PolicyState {
+        let mut s = PolicyState::default();
+        for (a, i) in self.endpoints.iter().filter_map(Result::ok) {
+            s.endpoints.insert(IpAddr::from(a), endpoint_spec(&i));
+        }
+        for (k, v) in self.ipcache.iter().filter_map(Result::ok) {
+            s.ipcache.insert(prefix_of(k.prefix_len(), &k.data()), v);
+        }
+        for (k, v) in self.policy.iter().filter_map(Result::ok) {
+            s.entries.insert(PolicyEntry::from_key(k.prefix_len(), &k.data()), v.rule);
+        }
+        s
+    }
+
+    /// What this programmer last wrote (or adopted).
+    pub fn current(&self) -> &PolicyState {
+        &self.current
+    }
+
+    /// Moves the maps to `fin` (module docs): `old_rules` and `new_rules`
+    /// are the old and new policies translated over the union of old and
+    /// new identities; `fin` is the new policies over the new identities.
+    pub fn transition(&mut self, old_rules: &PolicyState, new_rules: &PolicyState, fin: &PolicyState) -> PolicyWrites {
+        let mut w = PolicyWrites::default();
+        // 1. Entries for identities about to appear, under the old rules.
+        let known: std::collections::BTreeSet<u32> = self.current.ipcache.values().map(|i| i.identity).collect();
+        let pre: BTreeMap<PolicyEntry, u32> =
+            old_rules.entries.iter().filter(|(e, _)| !known.contains(&e.identity)).map(|(e, r)| (*e, *r)).collect();
+        self.put_entries(&pre, &mut w);
+        // 2. The ipcache over the union of identities.
+        self.put_ipcache(&new_rules.ipcache, &mut w);
+        // 3. The new rules, on top of the old.
+        self.put_entries(&new_rules.entries, &mut w);
+        // 4. Isolation flags and new endpoints.
+        self.put_endpoints(&fin.endpoints, &mut w);
+        // 5. The old rules go.
+        self.remove_entries(&new_rules.entries, &mut w);
+        // 6. Gone addresses, prefixes, identities and endpoints.
+        self.put_ipcache(&fin.ipcache, &mut w);
+        self.remove_ipcache(&fin.ipcache, &mut w);
+        self.remove_entries(&fin.entries, &mut w);
+        self.remove_endpoints(&fin.endpoints, &mut w);
+        w
+    }
+
+    /// Rewrites anything in the maps that differs from what was programmed
+    /// (drift), and deletes what should not be there. Returns repairs.
+    pub fn repair(&mut self) -> PolicyWrites {
+        let want = self.current.clone();
+        self.current = self.read();
+        let mut w = PolicyWrites::default();
+        self.put_ipcache(&want.ipcache, &mut w);
+        self.put_entries(&want.entries, &mut w);
+        self.put_endpoints(&want.endpoints, &mut w);
+        self.remove_entries(&want.entries, &mut w);
+        self.remove_ipcache(&want.ipcache, &mut w);
+        self.remove_endpoints(&want.endpoints, &mut w);
+        w
+    }
+
+    fn put_entries(&mut self, want: &BTreeMap<PolicyEntry, u32>, w: &mut PolicyWrites) {
+        for (e, rule) in want {
+            if self.current.entries.get(e) == Some(rule) {
+                continue;
+            }
+            let (len, data) = e.key();
+            match self.policy.insert(&Key::new(len, data), PolicyValue { rule: *rule, flags: 0 }, 0) {
+                Ok(()) => {
+                    self.current.entries.insert(*e, *rule);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((format!("{e:?}"), update_error(POLICY, POLICY_MAX_ENTRIES, || format!("{e:?}"), source))),
+            }
+        }
+    }
+
+    fn remove_entries(&mut self, keep: &BTreeMap<PolicyEntry, u32>, w: &mut PolicyWrites) {
+        let doomed: Vec<PolicyEntry> = self.current.entries.keys().filter(|e| !keep.contains_key(e)).copied().collect();
+        for e in doomed {
+            let (len, data) = e.key();
+            match self.policy.remove(&Key::new(len, data)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    self.current.entries.remove(&e);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((format!("{e:?}"), DatapathError::Map { name: POLICY, source })),
+            }
+        }
+    }
+
+    fn put_ipcache(&mut self, want: &BTreeMap<Prefix, IpInfo>, w: &mut PolicyWrites) {
+        for (p, info) in want {
+            if self.current.ipcache.get(p) == Some(info) {
+                continue;
+            }
+            let key = Key::new(p.key_len(), Addr::from(p.addr));
+            match self.ipcache.insert(&key, info, 0) {
+                Ok(()) => {
+                    self.current.ipcache.insert(*p, *info);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((p.to_string(), update_error(IPCACHE, IPCACHE_MAX_ENTRIES, || p.to_string(), source))),
+            }
+        }
+    }
+
+    fn remove_ipcache(&mut self, keep: &BTreeMap<Prefix, IpInfo>, w: &mut PolicyWrites) {
+        let doomed: Vec<Prefix> = self.current.ipcache.keys().filter(|p| !keep.contains_key(p)).copied().collect();
+        for p in doomed {
+            match self.ipcache.remove(&Key::new(p.key_len(), Addr::from(p.addr))) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    self.current.ipcache.remove(&p);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((p.to_string(), DatapathError::Map { name: IPCACHE, source })),
+            }
+        }
+    }
+
+    fn put_endpoints(&mut self, want: &BTreeMap<IpAddr, EndpointSpec>, w: &mut PolicyWrites) {
+        for (ip, spec) in want {
+            if self.current.endpoints.get(ip) == Some(spec) {
+                continue;
+            }
+            match self.endpoints.insert(Addr::from(*ip), endpoint_info(spec), 0) {
+                Ok(()) => {
+                    self.current.endpoints.insert(*ip, *spec);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((ip.to_string(), update_error(ENDPOINTS, ENDPOINTS_MAX_ENTRIES, || ip.to_string(), source))),
+            }
+        }
+    }
+
+    fn remove_endpoints(&mut self, keep: &BTreeMap<IpAddr, EndpointSpec>, w: &mut PolicyWrites) {
+        let doomed: Vec<IpAddr> = self.current.endpoints.keys().filter(|ip| !keep.contains_key(ip)).copied().collect();
+        for ip in doomed {
+            match self.endpoints.remove(&Addr::from(ip)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    self.current.endpoints.remove(&ip);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((ip.to_string(), DatapathError::Map { name: ENDPOINTS, source })),
+            }
+        }
+    }
+}

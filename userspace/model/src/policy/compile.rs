@@ -1,0 +1,234 @@
+//! A NetworkPolicy compiled into rules weir evaluates, with the API's
+//! exact meaning for every omitted or empty field:
+//! - `policyTypes` omitted: Ingress, plus Egress when `egress` has rules;
+//! - a selected direction with no rules denies everything;
+//! - a rule with no (or empty) `from`/`to` matches every peer;
+//! - a rule with no (or empty) `ports` matches every port and protocol;
+//! - a peer with only `podSelector` means pods of the policy's namespace;
+//!   `namespaceSelector` and `podSelector` in one peer must both match;
+//! - `protocol` defaults to TCP; `endPort` makes a range.
+
+use std::net::IpAddr;
+
+use k8s_openapi::{
+    api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use weir_desired::policy::Prefix;
+
+use super::selector::Selector;
+use crate::validate::FieldError;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub subject: Selector,
+    /// `Some` when the policy isolates its pods for ingress.
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `None`: every peer.
+    pub peers: Option<Vec<Peer>>,
+    /// `None`: every port of every protocol.
+    pub ports: Option<Vec<PortRule>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Pods {
+        /// `None`: the policy's own namespace.
+        namespaces: Option<Selector>,
+        pods: Selector,
+    },
+    Block { cidr: Prefix, except: Vec<Prefix> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortRule {
+    pub proto: u8,
+    pub port: PortSel,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSel {
+    Any,
+    /// Inclusive.
+    Range(u16, u16),
+    /// A container port name, resolved against the destination pod.
+    Named(String),
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
+}
+
+/// Parses `a.b.c.d/n` (or IPv6) into a prefix; host bits must be zero, as
+/// the API server requires.
+pub fn parse_cidr(s: &str, field: &str) -> Result<Prefix, FieldError> {
+    let (a, l) = s.split_once('/').ok_or_else(|| err(field, format!("{s:?} is not a CIDR (like 10.0.0.0/8)")))?;
+    let addr: IpAddr = a.parse().map_err(|_| err(field, format!("{s:?}: {a:?} is not an IP address")))?;
+    let len: u8 = l.parse().map_err(|_| err(field, format!("{s:?}: {l:?} is not a prefix length")))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(err(field, format!("{s:?}: prefix length {len} is over {max}")));
+    }
+    let p = Prefix::new(addr, len);
+    if p.addr != addr {
+        return Err(err(field, format!("{s:?} has host bits set (did you mean {p}?)")));
+    }
+    Ok(p)
+}
+
+fn block(b: &IPBlock, field: &str) -> Result<Peer, FieldError> {
+    let cidr = parse_cidr(&b.cidr, &format!("{field}.cidr"))?;
+    let mut except = Vec::new();
+    for (i, e) in b.except.iter().flatten().enumerate() {
+        let f = format!("{field}.except[{i}]");
+        let p = parse_cidr(e, &f)?;
+        if !cidr.contains(&p) || p == cidr {
+            return Err(err(f, format!("{p} is not strictly inside {cidr}")));
+        }
+        except.push(p);
+    }
+    Ok(Peer::Block { cidr, except })
+}
+
+fn peer(p: &NetworkPolicyPeer, field: &str) -> Result<Peer, FieldError> {
+    if let Some(b) = &p.ip_block {
+        if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            return Err(err(field, "ipBlock cannot be combined with podSelector or namespaceSelector"));
+        }
+        return block(b, &format!("{field}.ipBlock"));
+    }
+    if p.pod_selector.is_none() && p.namespace_selector.is_none() {
+        return Err(err(field, "a peer needs podSelector, namespaceSelector or ipBlock"));
+    }
+    let namespaces = p.namespace_selector.as_ref().map(|s| Selector::from_k8s(s, &format!("{field}.namespaceSelector"))).transpose()?;
+    let pods = match &p.pod_selector {
+        Some(s) => Selector::from_k8s(s, &format!("{field}.podSelector"))?,
+        None => Selector::everything(),
+    };
+    Ok(Peer::Pods { namespaces, pods })
+}
+
+fn port(p: &NetworkPolicyPort, field: &str) -> Result<PortRule, FieldError> {
+    let proto = match p.protocol.as_deref() {
+        None | Some("TCP") => PROTO_TCP,
+        Some("UDP") => PROTO_UDP,
+        Some("SCTP") => PROTO_SCTP,
+        Some(other) => return Err(err(format!("{field}.protocol"), format!("unknown protocol {other:?} (TCP, UDP or SCTP)"))),
+    };
+    let in_range = |n: i32, f: &str| -> Result<u16, FieldError> {
+        u16::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| err(format!("{field}.{f}"), format!("{n} is outside 1-65535")))
+    };
+    let sel = match (&p.port, p.end_port) {
+        (None, Some(_)) => return Err(err(format!("{field}.endPort"), "endPort needs a numeric port")),
+        (None, None) => PortSel::Any,
+        (Some(IntOrString::Int(n)), end) => {
+            let start = in_range(*n, "port")?;
+            let end = match end {
+                Some(e) => in_range(e, "endPort")?,
+                None => start,
+            };
+            if end < start {
+                return Err(err(format!("{field}.endPort"), format!("{end} is below port {start}")));
+            }
+            PortSel::Range(start, end)
+        }
+        (Some(IntOrString::String(name)), end) => {
+            if end.is_some() {
+                return Err(err(format!("{field}.endPort"), "endPort needs a numeric port, not a named one"));
+            }
+            if let Ok(n) = name.parse::<i32>() {
+                let n = in_range(n, "port")?;
+                PortSel::Range(n, n)
+            } else if name.is_empty() || name.len() > 15 {
+                return Err(err(format!("{field}.port"), format!("{name:?} is not a valid port name (1-15 characters)")));
+            } else {
+                PortSel::Named(name.clone())
+            }
+        }
+    };
+    Ok(PortRule { proto, port: sel })
+}
+
+fn rule(peers: Option<&Vec<NetworkPolicyPeer>>, ports: Option<&Vec<NetworkPolicyPort>>, field: &str, peer_field: &str) -> Result<Rule, FieldError> {
+    let peers = match peers {
+        Some(v) if !v.is_empty() => {
+            Some(v.iter().enumerate().map(|(i, p)| peer(p, &format!("{field}.{peer_field}[{i}]"))).collect::<Result<Vec<_>, _>>()?)
+        }
+        _ => None,
+    };
+    let ports = match ports {
+        Some(v) if !v.is_empty() => Some(v.iter().enumerate().map(|(i, p)| port(p, &format!("{field}.ports[{i}]"))).collect::<Result<Vec<_>, _>>()?),
+        _ => None,
+    };
+    Ok(Rule { peers, ports })
+}
+
+/// Compiles a NetworkPolicy; errors name the offending field.
+pub fn compile(np: &NetworkPolicy) -> Result<CompiledPolicy, FieldError> {
+    let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = np.metadata.name.clone().unwrap_or_default();
+    let Some(spec) = &np.spec else { return Err(err("spec", "missing")) };
+    let subject = match &spec.pod_selector {
+        Some(s) => Selector::from_k8s(s, "spec.podSelector")?,
+        None => Selector::everything(),
+    };
+    let (mut ingress_on, mut egress_on) = (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()));
+    if let Some(types) = &spec.policy_types {
+        ingress_on = false;
+        egress_on = false;
+        for (i, t) in types.iter().enumerate() {
+            match t.as_str() {
+                "Ingress" => ingress_on = true,
+                "Egress" => egress_on = true,
+                other => return Err(err(format!("spec.policyTypes[{i}]"), format!("unknown value {other:?} (Ingress or Egress)"))),
+            }
+        }
+    }
+    let ingress_rules = spec
+        .ingress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| rule(r.from.as_ref(), r.ports.as_ref(), &format!("spec.ingress[{i}]"), "from"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let egress_rules = spec
+        .egress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| rule(r.to.as_ref(), r.ports.as_ref(), &format!("spec.egress[{i}]"), "to"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CompiledPolicy {
+        namespace,
+        name,
+        subject,
+        ingress: ingress_on.then_some(ingress_rules),
+        egress: egress_on.then_some(egress_rules),
+    })
+}
+
+impl CompiledPolicy {
+    /// Every CIDR the policy names (blocks and their exceptions).
+    pub fn cidrs(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.ingress
+            .iter()
+            .chain(self.egress.iter())
+            .flatten()
+            .flat_map(|r| r.peers.iter().flatten())
+            .flat_map(|p| match p {
+                Peer::Block { cidr, except } => std::iter::once(*cidr).chain(except.iter().copied()).collect::<Vec<_>>(),
+                Peer::Pods { .. } => Vec::new(),
+            })
+    }
+}

@@ -1,0 +1,184 @@
+//! The pure policy translation: compiled policies + pods and namespaces →
+//! the endpoints, ipcache and policy entries the datapath serves. Ids come
+//! from [`Ids`], assigned beforehand by [`assign`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use weir_common::policy::{IpInfo, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD};
+use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
+use weir_logic::policy::port_blocks;
+
+use super::{
+    compile::{CompiledPolicy, Peer, PortRule, PortSel, Rule},
+    ids::{Ids, LabelKey, RuleRef},
+    world::{NamedPort, PodInfo, World},
+};
+
+/// Whether a pod runs on this node (every pod, without a node name).
+pub fn is_local(pod: &PodInfo, node: Option<&str>) -> bool {
+    node.is_none_or(|n| pod.node.as_deref() == Some(n))
+}
+
+pub fn label_key(world: &World, pod: &PodInfo) -> LabelKey {
+    LabelKey { namespace: pod.namespace.clone(), namespace_labels: world.namespace_labels(&pod.namespace), labels: pod.labels.clone() }
+}
+
+fn rule_refs(p: &CompiledPolicy) -> impl Iterator<Item = (u8, usize, &Rule, RuleRef)> + '_ {
+    let ing = p.ingress.iter().flatten().enumerate().map(move |(i, r)| {
+        (DIR_INGRESS, i, r, RuleRef { namespace: p.namespace.clone(), policy: p.name.clone(), direction: "ingress", index: i })
+    });
+    let eg = p.egress.iter().flatten().enumerate().map(move |(i, r)| {
+        (DIR_EGRESS, i, r, RuleRef { namespace: p.namespace.clone(), policy: p.name.clone(), direction: "egress", index: i })
+    });
+    ing.chain(eg)
+}
+
+/// Gives every label set, CIDR, local pod and rule an id.
+pub fn assign(ids: &mut Ids, policies: &[CompiledPolicy], world: &World, cidrs: &BTreeSet<Prefix>, node: Option<&str>) {
+    for pod in &world.pods {
+        ids.pod(&label_key(world, pod));
+        if is_local(pod, node) {
+            ids.endpoint(&pod.namespace, &pod.name);
+        }
+    }
+    for c in cidrs {
+        ids.cidr(*c);
+    }
+    for p in policies {
+        for (_, _, _, r) in rule_refs(p) {
+            ids.rule(r);
+        }
+    }
+}
+
+struct PodIdentity<'a> {
+    key: LabelKey,
+    ports: BTreeSet<&'a NamedPort>,
+}
+
+/// Translates; everything it needs must have an id (see [`assign`]).
+pub fn translate(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &BTreeSet<Prefix>, node: Option<&str>) -> PolicyState {
+    let mut out = PolicyState::default();
+    let cidr_ids: Vec<(Prefix, u32)> = cidrs.iter().filter_map(|c| Some((*c, ids.lookup_cidr(c)?))).collect();
+    for (p, id) in &cidr_ids {
+        out.ipcache.insert(*p, IpInfo { identity: *id, cidr_identity: *id });
+    }
+    let longest_cidr = |ip: &IpAddr| {
+        cidr_ids.iter().filter(|(p, _)| p.contains_addr(ip)).max_by_key(|(p, _)| p.len).map_or(ID_WORLD, |(_, id)| *id)
+    };
+
+    // Pod identities and their named ports (the union over pods sharing
+    // the identity).
+    let mut pod_ids: BTreeMap<u32, PodIdentity> = BTreeMap::new();
+    let mut seen_ips = BTreeSet::new();
+    for pod in &world.pods {
+        let key = label_key(world, pod);
+        let Some(id) = ids.lookup_pod(&key) else { continue };
+        pod_ids.entry(id).or_insert_with(|| PodIdentity { key, ports: BTreeSet::new() }).ports.extend(pod.ports.iter());
+        for ip in &pod.ips {
+            // Two pods claiming one address: the first keeps it.
+            if seen_ips.insert(*ip) {
+                out.ipcache.insert(Prefix::host(*ip), IpInfo { identity: id, cidr_identity: longest_cidr(ip) });
+            }
+        }
+    }
+
+    for pod in world.pods.iter().filter(|p| is_local(p, node)) {
+        let (Some(ep_id), Some(identity)) = (ids.lookup_endpoint(&pod.namespace, &pod.name), ids.lookup_pod(&label_key(world, pod))) else {
+            continue;
+        };
+        let selecting: Vec<&CompiledPolicy> =
+            policies.iter().filter(|p| p.namespace == pod.namespace && p.subject.matches(&pod.labels)).collect();
+        let spec = EndpointSpec {
+            id: ep_id,
+            identity,
+            ingress_isolated: selecting.iter().any(|p| p.ingress.is_some()),
+            egress_isolated: selecting.iter().any(|p| p.egress.is_some()),
+        };
+        for ip in &pod.ips {
+            out.endpoints.entry(*ip).or_insert(spec);
+        }
+        for p in &selecting {
+            for (dir, _, rule, rref) in rule_refs(p) {
+                let Some(rule_id) = ids.lookup_rule(&rref) else { continue };
+                let mut emit = |identity: u32, proto: u8, port: u16, port_bits: u8| {
+                    let e = PolicyEntry { endpoint: ep_id, direction: dir, identity, proto, port, port_bits };
+                    let v = out.entries.entry(e).or_insert(rule_id);
+                    *v = (*v).min(rule_id);
+                };
+                let peers = peer_identities(rule, &p.namespace, &pod_ids, &cidr_ids);
+                for peer in peers {
+                    rule_ports(rule, dir, pod, peer, &pod_ids, &mut emit);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The identities a rule's peers cover; `[ID_ANY]` for every peer.
+fn peer_identities(rule: &Rule, policy_ns: &str, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Vec<u32> {
+    let Some(peers) = &rule.peers else { return vec![ID_ANY] };
+    let mut out = BTreeSet::new();
+    for peer in peers {
+        match peer {
+            Peer::Pods { namespaces, pods: sel } => {
+                for (id, p) in pods {
+                    let ns_ok = match namespaces {
+                        None => p.key.namespace == policy_ns,
+                        Some(ns) => ns.matches(&p.key.namespace_labels),
+                    };
+                    if ns_ok && sel.matches(&p.key.labels) {
+                        out.insert(*id);
+                    }
+                }
+            }
+            Peer::Block { cidr, except } => {
+                for (p, id) in cidrs {
+                    if cidr.contains(p) && !except.iter().any(|e| e.contains(p)) {
+                        out.insert(*id);
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Emits the (identity, protocol, port block) entries of one rule for one
+/// peer identity. Named ports resolve against the destination pod: the
+/// local pod for ingress, the peer's pods for egress.
+fn rule_ports(rule: &Rule, dir: u8, local: &PodInfo, peer: u32, pods: &BTreeMap<u32, PodIdentity>, emit: &mut impl FnMut(u32, u8, u16, u8)) {
+    let Some(ports) = &rule.ports else {
+        emit(peer, 0, 0, 0);
+        return;
+    };
+    for PortRule { proto, port } in ports {
+        match port {
+            PortSel::Any => emit(peer, *proto, 0, 0),
+            PortSel::Range(a, b) => port_blocks(*a, *b, |base, bits| emit(peer, *proto, base, bits)),
+            PortSel::Named(name) => {
+                let named = |np: &NamedPort| np.name == *name && np.proto == *proto;
+                if dir == DIR_INGRESS {
+                    for np in local.ports.iter().filter(|np| named(np)) {
+                        emit(peer, *proto, np.port, 16);
+                    }
+                } else if peer == ID_ANY {
+                    // Any destination: every pod identity with the name.
+                    for (id, p) in pods {
+                        for np in p.ports.iter().filter(|np| named(np)) {
+                            emit(*id, *proto, np.port, 16);
+                        }
+                    }
+                } else if let Some(p) = pods.get(&peer) {
+                    for np in p.ports.iter().filter(|np| named(np)) {
+                        emit(peer, *proto, np.port, 16);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The pods and namespaces policy translation reads, extracted from the
+//! cluster state.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::selector::Labels;
+use crate::{Kind, Object};
+
+/// The label the API server puts on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NamedPort {
+    pub name: String,
+    pub proto: u8,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    pub node: Option<String>,
+    pub ports: Vec<NamedPort>,
+}
+
+/// Pods with addresses, and namespace labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct World {
+    pub pods: Vec<PodInfo>,
+    pub namespaces: BTreeMap<String, Labels>,
+}
+
+impl World {
+    /// The labels of namespace `ns` (with the name label the API server
+    /// sets, also when the Namespace object is not known).
+    pub fn namespace_labels(&self, ns: &str) -> Labels {
+        let mut l = self.namespaces.get(ns).cloned().unwrap_or_default();
+        l.insert(NAMESPACE_NAME_LABEL.into(), ns.into());
+        l
+    }
+
+    pub fn from_objects<'a>(objects: impl Iterator<Item = &'a Object>) -> Self {
+        let mut w = World::default();
+        for o in objects {
+            match o {
+                Object::Namespace(n) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    w.namespaces.insert(name, n.metadata.labels.clone().unwrap_or_default());
+                }
+                Object::Pod(p) => {
+                    if let Some(info) = pod_info(p) {
+                        w.pods.push(info);
+                    }
+                }
+                _ => {}
+            }
+        }
+        w
+    }
+}
+
+/// Pods that own an address: not host-network, not finished, with an IP.
+fn pod_info(p: &Pod) -> Option<PodInfo> {
+    let spec = p.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = p.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
+        return None;
+    }
+    let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|i| i.ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.as_deref().and_then(|i| i.parse::<IpAddr>().ok()));
+    }
+    if ips.is_empty() {
+        return None;
+    }
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| {
+            let name = cp.name.clone()?;
+            let proto = match cp.protocol.as_deref() {
+                None | Some("TCP") => super::compile::PROTO_TCP,
+                Some("UDP") => super::compile::PROTO_UDP,
+                Some("SCTP") => super::compile::PROTO_SCTP,
+                _ => return None,
+            };
+            Some(NamedPort { name, proto, port: u16::try_from(cp.container_port).ok()? })
+        })
+        .collect();
+    Some(PodInfo {
+        namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ips,
+        node: spec.node_name.clone(),
+        ports,
+    })
+}
+
+/// The kinds policy translation depends on.
+pub fn is_policy_kind(kind: Kind) -> bool {
+    matches!(kind, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy)
+}
