@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod containerd;
 pub mod names;
 pub mod netns;
+pub mod netpol;
 pub mod node;
 pub mod pod;
 pub mod privileged;

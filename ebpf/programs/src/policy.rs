@@ -21,14 +21,15 @@ use aya_ebpf::{
 };
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CT_POLICY, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CT_POLICY, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV},
+    lb::PROTO_TCP,
     drop::DropReason,
     event::{ALLOW_HOST, ALLOW_NOT_ISOLATED, ALLOW_RULE},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, DIR_EGRESS, DIR_INGRESS, POLICY_PREFIX_FULL},
     stats::DpError,
 };
 use weir_logic::{
-    ct::{expiry, next_state},
+    ct::{expiry, is_alive, is_syn, next_state},
     policy::{decide, Decision, PolicyMaps},
 };
 
@@ -152,24 +153,37 @@ fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool 
     true
 }
 
-/// Whether the packet belongs to a flow the policy already allowed, in
-/// either direction; refreshes the flow's entry.
+/// Whether the packet belongs to a live flow the policy already allowed,
+/// in either direction; refreshes the flow's entry. A SYN over a closing
+/// or closed entry is a new connection reusing the tuple: judged again.
 #[inline(never)]
 fn tracked(t: &Tuple, now: u64) -> bool {
     let Some(cfg) = conntrack::config() else { return false };
     let Some(s) = scratch() else { return false };
     let (sa, da) = (Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr));
+    let reopen = t.proto == PROTO_TCP && is_syn(t.tcp_flags);
     s.pkey = key(sa, da, t.sport, t.dport, t.proto, CT_POLICY);
     if let Some(e) = conntrack::lookup(&s.pkey) {
-        touch(e, cfg, t.proto, t.tcp_flags, now);
-        return true;
+        if usable(e, now, reopen) {
+            touch(e, cfg, t.proto, t.tcp_flags, now);
+            return true;
+        }
     }
     s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_POLICY);
     if let Some(e) = conntrack::lookup(&s.pkey) {
-        touch(e, cfg, t.proto, t.tcp_flags, now);
-        return true;
+        if usable(e, now, reopen) {
+            touch(e, cfg, t.proto, t.tcp_flags, now);
+            return true;
+        }
     }
     false
+}
+
+#[inline(always)]
+fn usable(e: *mut CtEntry, now: u64, reopen: bool) -> bool {
+    // SAFETY: map value pointer, read only.
+    let entry = unsafe { &*e };
+    is_alive(entry, now) && !(reopen && (entry.state == CT_STATE_CLOSING || entry.state == CT_STATE_CLOSED))
 }
 
 /// Whether a packet arriving at a pod belongs to a service flow (the
