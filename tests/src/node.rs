@@ -73,6 +73,22 @@ impl Node {
         std::fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
     }
 
+    /// A plain HTTP GET to the agent's default --metrics-addr, from inside
+    /// the node namespace; returns the whole response.
+    pub fn agent_http(&self, path: &str) -> String {
+        let path = path.to_string();
+        self.ns.run(move || {
+            use std::io::{Read as _, Write as _};
+            let addr = "127.0.0.1:9965".parse().expect("addr");
+            let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).expect("connect to --metrics-addr");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2))).expect("timeout");
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read");
+            out
+        })
+    }
+
     /// Runs the `weir` CLI inside the node namespace against this node's pins.
     pub fn weir(&self, args: &[&str]) -> std::process::Output {
         let weir = bins::path("weir");

@@ -210,19 +210,8 @@ fn full_resync_repairs_drift() {
     assert!(frontends.get(&key, 0).is_ok(), "the frontend came back");
 }
 
-/// A plain HTTP GET from inside the node namespace.
 fn http_get(node: &Node, path: &str) -> String {
-    let path = path.to_string();
-    node.ns().run(move || {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect_timeout(&"127.0.0.1:9965".parse().expect("addr"), Duration::from_secs(2))
-            .expect("connect to --metrics-addr");
-        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    })
+    node.agent_http(path)
 }
 
 #[test]

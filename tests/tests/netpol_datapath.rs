@@ -1,0 +1,203 @@
+//! NetworkPolicy beyond the truth tables, with real traffic: service
+//! traffic judged against the real backend, traffic from the node, return
+//! traffic, zero transient allows while policies churn, bad policies, an
+//! agent restart, and denials counted in /metrics.
+
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use weir_tests::{
+    netpol::{ip_of, probe_ip, NetpolCluster, Proto, P},
+    services::{ready, yaml_service},
+    traffic::tcp_request,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+fn p(ns: &'static str, pod: &'static str) -> P {
+    P { ns, pod }
+}
+
+fn np(ns: &str, name: &str, spec: &str) -> String {
+    let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}---\n")
+}
+
+fn via_vip(c: &NetpolCluster, from: P) -> bool {
+    probe_ip(c.pod(from), VIP, 80, Proto::Tcp, "x/a")
+}
+
+#[test]
+fn policy_judges_service_traffic_by_the_real_backend() {
+    let mut c = NetpolCluster::new();
+    c.node.write_source("svc.yaml", yaml_service("web", VIP, 80, "TCP", 80, &ready(&[ip_of(p("x", "a"))])).as_bytes());
+    c.apply(
+        &(np("x", "a-from-yb", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n    podSelector:\n      matchLabels: {pod: b}")
+            // y/c may only talk to z: the VIP is none of x's addresses, but its backend is.
+            + &np("y", "c-to-z", "podSelector:\n  matchLabels: {pod: c}\npolicyTypes: [Egress]\negress:\n- to:\n  - namespaceSelector:\n      matchLabels: {ns: z}")),
+    );
+    assert!(via_vip(&c, p("y", "b")), "y/b is admitted by x/a's ingress policy through the ClusterIP");
+    assert!(!via_vip(&c, p("y", "a")), "y/a is not admitted by x/a's ingress policy");
+    assert!(!via_vip(&c, p("z", "a")), "nor is z/a");
+    // y/c's egress allows only z; after DNAT the destination is x/a.
+    c.apply(
+        &(np("x", "a-open", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- {}")
+            + &np("y", "c-to-z", "podSelector:\n  matchLabels: {pod: c}\npolicyTypes: [Egress]\negress:\n- to:\n  - namespaceSelector:\n      matchLabels: {ns: z}")),
+    );
+    assert!(via_vip(&c, p("y", "a")), "x/a is open now");
+    assert!(!via_vip(&c, p("y", "c")), "y/c's egress policy sees the real backend in x");
+}
+
+#[test]
+fn the_node_reaches_isolated_pods_and_their_replies_return() {
+    let mut c = NetpolCluster::new();
+    c.node.ns().ip(&["addr", "add", "192.168.100.1/32", "dev", "lo"]);
+    c.apply(&np("x", "deny", "podSelector: {}\npolicyTypes: [Ingress, Egress]"));
+    assert!(!c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp), "pods are denied");
+    // The node itself (kubelet probes): allowed, as Cilium and Calico do.
+    let answer = tcp_request(c.node.ns(), ip_of(p("x", "a")), 80, Vec::new(), Duration::from_secs(2));
+    let answer = answer.expect("the node reaches an isolated pod");
+    assert!(String::from_utf8_lossy(&answer).starts_with("x/a"), "{answer:?}");
+}
+
+#[test]
+fn replies_of_allowed_flows_pass_isolation_in_both_directions() {
+    let mut c = NetpolCluster::new();
+    // x/a is isolated both ways; it may open flows to y/a only.
+    c.apply(&np("x", "a", "podSelector:\n  matchLabels: {pod: a}\npolicyTypes: [Ingress, Egress]\negress:\n- to:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n    podSelector:\n      matchLabels: {pod: a}"));
+    for proto in [Proto::Tcp, Proto::Udp] {
+        assert!(c.probe(p("x", "a"), p("y", "a"), 80, proto), "{proto:?}: the reply comes back through x/a's ingress isolation");
+        assert!(!c.probe(p("y", "a"), p("x", "a"), 80, proto), "{proto:?}: y/a cannot open a flow to x/a");
+        assert!(!c.probe(p("x", "a"), p("y", "b"), 80, proto), "{proto:?}: x/a cannot reach y/b");
+    }
+}
+
+#[test]
+fn policy_churn_never_lets_a_denied_flow_through() {
+    let mut c = NetpolCluster::new();
+    // Every policy set below denies y/a → x/a on TCP 81 and allows y/b → x/a on TCP 80.
+    let sets = [
+        np("x", "p", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n  ports:\n  - port: 80"),
+        np("x", "p", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - podSelector:\n      matchLabels: {pod: b}\n    namespaceSelector: {}\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: z}\n  ports:\n  - port: 81"),
+        np("x", "p", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.0.0/16\n      except: [10.244.2.10/32]\n- from:\n  - ipBlock:\n      cidr: 10.244.2.0/24\n  ports:\n  - port: serve-80-tcp"),
+        np("x", "p", "podSelector: {}\ningress:\n- ports:\n  - port: 80\n  - port: 79\n    endPort: 79")
+            + &np("x", "q", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.2.11/32\n  ports:\n  - port: 81"),
+        np("x", "p", "podSelector:\n  matchExpressions:\n  - {key: pod, operator: In, values: [a]}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: In, values: [y, z]}\n  ports:\n  - port: 80\n    endPort: 80"),
+    ];
+    c.apply(&sets[0]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (denied_ok, denied_tries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (allowed_ok, allowed_tries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let x_a = ip_of(p("x", "a"));
+    let mut probers = Vec::new();
+    for (from, port, ok, tries) in [
+        (p("y", "a"), 81u16, denied_ok.clone(), denied_tries.clone()),
+        (p("y", "a"), 81, denied_ok.clone(), denied_tries.clone()),
+        (p("y", "b"), 80, allowed_ok.clone(), allowed_tries.clone()),
+    ] {
+        let ns = c.pod(from).ns().path();
+        let stop = stop.clone();
+        probers.push(std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("netns");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            // A dropped SYN is retransmitted after 1 s, so any timeout
+            // under that sees a policy drop as a failure. The allowed
+            // prober paces itself so the server's accept queue never
+            // overflows (which would drop SYNs for reasons of its own).
+            let (timeout, pause) = if port == 80 { (Duration::from_millis(500), Duration::from_millis(5)) } else { (Duration::from_millis(100), Duration::ZERO) };
+            while !stop.load(Ordering::Relaxed) {
+                tries.fetch_add(1, Ordering::Relaxed);
+                let addr = std::net::SocketAddr::from((x_a, port));
+                if std::net::TcpStream::connect_timeout(&addr, timeout).is_ok() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(pause);
+            }
+        }));
+    }
+    let start = Instant::now();
+    let mut changes = 0;
+    while changes < 40 {
+        changes += 1;
+        c.apply(&sets[changes % sets.len()]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in probers {
+        t.join().expect("prober");
+    }
+    eprintln!(
+        "{changes} policy changes in {:?}: denied port {} of {} probes got through; allowed port {} of {}",
+        start.elapsed(),
+        denied_ok.load(Ordering::Relaxed),
+        denied_tries.load(Ordering::Relaxed),
+        allowed_ok.load(Ordering::Relaxed),
+        allowed_tries.load(Ordering::Relaxed)
+    );
+    assert!(denied_tries.load(Ordering::Relaxed) > 20, "the denied port was probed throughout");
+    assert_eq!(denied_ok.load(Ordering::Relaxed), 0, "a flow denied before and after a change got through during it");
+    assert_eq!(allowed_ok.load(Ordering::Relaxed), allowed_tries.load(Ordering::Relaxed), "a flow allowed before and after a change was refused during it");
+}
+
+#[test]
+fn a_bad_policy_is_rejected_by_field_and_the_rest_keep_working() {
+    let mut c = NetpolCluster::new();
+    c.apply(&np("x", "deny", "podSelector: {}\npolicyTypes: [Ingress]"));
+    let bad = np("y", "bad", "podSelector: {}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.300.0/24");
+    c.node.write_source("bad.yaml", bad.as_bytes());
+    c.agent.wait_for_log("spec.ingress[0].from[0].ipBlock.cidr", 1);
+    let log = c.agent.log_text();
+    assert!(log.contains("NetworkPolicy y/bad"), "the warning names the object:\n{log}");
+    assert!(!c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp), "the good policy still holds");
+    assert!(c.probe(p("x", "a"), p("y", "a"), 80, Proto::Tcp), "the bad one enforces nothing");
+    let bad_port = np("y", "bad2", "podSelector: {}\ningress:\n- ports:\n  - port: 90\n    endPort: 80");
+    c.node.write_source("bad2.yaml", bad_port.as_bytes());
+    c.agent.wait_for_log("spec.ingress[0].ports[0].endPort", 1);
+    assert!(c.agent.is_running());
+}
+
+#[test]
+fn policies_hold_while_the_agent_is_down_and_a_restart_rewrites_nothing() {
+    let mut c = NetpolCluster::new();
+    c.apply(&np("x", "a-from-y", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n  ports:\n  - port: 80"));
+    let check = |c: &NetpolCluster| {
+        assert!(c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp));
+        assert!(!c.probe(p("y", "b"), p("x", "a"), 81, Proto::Tcp));
+        assert!(!c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp));
+    };
+    check(&c);
+    c.agent.stop_with(libc::SIGTERM);
+    check(&c);
+    c.agent.restart();
+    c.agent.wait_for_log("initial sync", 2);
+    let log = c.agent.log_text();
+    let last = log.lines().rfind(|l| l.contains("initial sync")).expect("sync line");
+    assert!(last.contains("policy_writes=0"), "a restart adopts the programmed policy: {last}");
+    check(&c);
+}
+
+#[test]
+fn denials_are_counted_in_metrics() {
+    let mut c = NetpolCluster::with_agent_args(&["--policy-allow-events", "1"]);
+    c.apply(&np("x", "a", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}"));
+    for _ in 0..3 {
+        assert!(!c.probe(p("z", "a"), p("x", "a"), 80, Proto::Udp));
+    }
+    assert!(c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp));
+    let want_deny = "weir_policy_verdicts_total{direction=\"ingress\",verdict=\"deny\",reason=\"policy_denied\"} 3";
+    let want_allow = "weir_policy_verdicts_total{direction=\"ingress\",verdict=\"allow\",reason=\"rule\"} 1";
+    let start = Instant::now();
+    loop {
+        let m = c.node.agent_http("/metrics");
+        if m.contains(want_deny) && m.contains(want_allow) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "missing `{want_deny}` or `{want_allow}` in:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
