@@ -36,7 +36,8 @@ enum Task {
     /// Setup, build, then run the standalone demo in its own network namespaces.
     Demo,
     /// Setup, build, then benchmark weir against kube-proxy-style iptables
-    /// and nftables rules (writes target/bench/).
+    /// and nftables rules, and policy cost at 0, 100 and 10,000 rules
+    /// (writes target/bench/).
     Bench {
         /// A few minutes: fewer scales, one run, shorter measurements.
         #[arg(long)]
@@ -62,11 +63,14 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { quick } => {
             setup::run()?;
             build()?;
-            let mut args = vec!["run", "--release", "--quiet", "-p", "weir-tests", "--bin", "weir-bench", "--"];
-            if quick {
-                args.push("--quick");
+            for bin in ["weir-bench", "weir-policy-bench"] {
+                let mut args = vec!["run", "--release", "--quiet", "-p", "weir-tests", "--bin", bin, "--"];
+                if quick {
+                    args.push("--quick");
+                }
+                sh::run("cargo", &args)?;
             }
-            sh::run("cargo", &args)
+            Ok(())
         }
         Task::Demo => {
             setup::run()?;

@@ -5,5 +5,6 @@
 pub mod baseline;
 pub mod measure;
 pub mod plot;
+pub mod policy;
 pub mod report;
 pub mod topo;
