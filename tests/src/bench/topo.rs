@@ -102,6 +102,10 @@ impl BenchTopo {
     pub fn new() -> Self {
         let node = Node::new();
         let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
+        // Short connections leave the client's ports in TIME_WAIT; without
+        // reuse, connect() ends up searching for a free port for
+        // milliseconds, which would measure the port allocator.
+        client.ns().sysctl("net.ipv4.tcp_tw_reuse", "1");
         let backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
         let mut servers = Vec::new();
         for b in &backends {

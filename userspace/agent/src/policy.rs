@@ -36,6 +36,7 @@ fn cidrs_of(policies: &[CompiledPolicy]) -> BTreeSet<Prefix> {
 }
 
 impl PolicyReconciler {
+    #[allow(clippy::result_large_err)] // once, at start-up
     pub fn open(layout: &PinLayout, node: Option<String>) -> Result<Self, DatapathError> {
         Ok(Self { maps: PolicyMaps::open(layout)?, ids: Ids::new(), node, last: None })
     }
@@ -81,15 +82,14 @@ impl PolicyReconciler {
         let new_rules = translate(&policies, &world, &self.ids, &union, node);
         let fin = translate(&policies, &world, &self.ids, &new_cidrs, node);
         let w = self.maps.transition(&old_rules, &new_rules, &fin);
-        self.retain_ids(&world, &fin, &new_cidrs);
+        self.retain_ids(&world, &new_cidrs);
         tracing::debug!(endpoints = fin.endpoints.len(), entries = fin.entries.len(), ipcache = fin.ipcache.len(), writes = w.map_writes, "policy translated");
         let out = PolicyOutcome { map_writes: w.map_writes, errors: w.errors };
         self.last = Some((policies, new_cidrs));
         out
     }
 
-    fn retain_ids(&mut self, world: &weir_model::policy::World, fin: &weir_desired::policy::PolicyState, cidrs: &BTreeSet<Prefix>) {
-        let _ = fin;
+    fn retain_ids(&mut self, world: &weir_model::policy::World, cidrs: &BTreeSet<Prefix>) {
         let pods = world.pods.iter().map(|p| label_key(world, p)).collect();
         let eps = world.pods.iter().filter(|p| is_local(p, self.node.as_deref())).map(|p| (p.namespace.clone(), p.name.clone())).collect();
         self.ids.retain(&pods, cidrs, &eps);

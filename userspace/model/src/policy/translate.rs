@@ -182,3 +182,96 @@ fn rule_ports(rule: &Rule, dir: u8, local: &PodInfo, peer: u32, pods: &BTreeMap<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{compile, world::NamedPort};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use weir_common::policy::ID_CIDR_FIRST;
+
+    fn pod(ns: &str, name: &str, app: &str, ip: &str, ports: &[(&str, u8, u16)]) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![ip.parse().unwrap()],
+            node: Some("n1".into()),
+            ports: ports.iter().map(|(n, p, port)| NamedPort { name: n.to_string(), proto: *p, port: *port }).collect(),
+        }
+    }
+
+    fn policy(yaml: &str) -> CompiledPolicy {
+        let np: NetworkPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        compile(&np).unwrap()
+    }
+
+    fn run(policies: &[CompiledPolicy], world: &World) -> (Ids, PolicyState) {
+        let mut ids = Ids::new();
+        let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+        assign(&mut ids, policies, world, &cidrs, Some("n1"));
+        let s = translate(policies, world, &ids, &cidrs, Some("n1"));
+        (ids, s)
+    }
+
+    fn world() -> World {
+        World {
+            pods: vec![
+                pod("x", "web", "web", "10.0.0.1", &[("http", 6, 8080)]),
+                pod("x", "cli", "cli", "10.0.0.2", &[]),
+                pod("y", "cli", "cli", "10.0.1.2", &[]),
+                PodInfo { node: Some("other".into()), ..pod("x", "remote", "web", "10.0.9.9", &[]) },
+            ],
+            namespaces: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn pods_sharing_labels_share_an_identity_and_only_local_pods_are_endpoints() {
+        let (_, s) = run(&[], &world());
+        let id = |ip: &str| s.ipcache[&Prefix::host(ip.parse().unwrap())].identity;
+        assert_eq!(id("10.0.0.1"), id("10.0.9.9"), "same namespace and labels");
+        assert_ne!(id("10.0.0.2"), id("10.0.1.2"), "same labels, other namespace");
+        assert_eq!(s.endpoints.len(), 3, "the remote pod is not an endpoint here");
+        assert!(s.endpoints.values().all(|e| !e.ingress_isolated && !e.egress_isolated));
+        assert!(s.entries.is_empty());
+    }
+
+    #[test]
+    fn a_rule_becomes_entries_for_the_selected_endpoint_only() {
+        let p = policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: cli}}}]\n    ports: [{port: http}, {port: 9000, endPort: 9003, protocol: UDP}]");
+        let (_, s) = run(&[p], &world());
+        let web = s.endpoints[&"10.0.0.1".parse().unwrap()];
+        assert!(web.ingress_isolated && !web.egress_isolated);
+        let cli_x = s.ipcache[&Prefix::host("10.0.0.2".parse().unwrap())].identity;
+        let got: Vec<(u32, u8, u16, u8)> = s.entries.keys().map(|e| (e.identity, e.proto, e.port, e.port_bits)).collect();
+        // x/cli only (the peer is in the policy's namespace); the named
+        // port resolves to web's 8080; 9000-9003 is one aligned block.
+        assert_eq!(got, vec![(cli_x, 6, 8080, 16), (cli_x, 17, 9000, 14)]);
+        assert!(s.entries.keys().all(|e| e.endpoint == web.id && e.direction == weir_common::policy::DIR_INGRESS));
+    }
+
+    #[test]
+    fn ip_blocks_get_cidr_identities_and_pods_inside_carry_them() {
+        let p = policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24]}}]");
+        let (ids, s) = run(&[p], &world());
+        let block = ids.lookup_cidr(&Prefix::new("10.0.0.0".parse().unwrap(), 16)).unwrap();
+        let except = ids.lookup_cidr(&Prefix::new("10.0.1.0".parse().unwrap(), 24)).unwrap();
+        assert!(block >= ID_CIDR_FIRST && except >= ID_CIDR_FIRST);
+        assert_eq!(s.ipcache[&Prefix::host("10.0.0.2".parse().unwrap())].cidr_identity, block);
+        assert_eq!(s.ipcache[&Prefix::host("10.0.1.2".parse().unwrap())].cidr_identity, except);
+        let peers: BTreeSet<u32> = s.entries.keys().map(|e| e.identity).collect();
+        assert_eq!(peers, [block].into(), "the except block is not allowed");
+        let ep = |ip: &str| s.endpoints[&ip.parse().unwrap()];
+        assert!(ep("10.0.0.1").egress_isolated && !ep("10.0.0.1").ingress_isolated);
+        assert!(!ep("10.0.1.2").egress_isolated, "y's pod is not selected");
+    }
+
+    #[test]
+    fn policy_types_default_from_the_sections_present() {
+        let p = policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  egress: [{}]");
+        assert!(p.ingress.is_some() && p.egress.is_some(), "egress rules add Egress; Ingress is always there");
+        let p = policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  egress: []");
+        assert!(p.ingress.is_some() && p.egress.is_none(), "an empty egress list does not add Egress");
+    }
+}
