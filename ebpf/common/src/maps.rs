@@ -54,6 +54,11 @@ pub const IPCACHE_MAX_ENTRIES: u32 = 262_144;
 pub const POLICY: &str = "WEIR_POLICY";
 pub const POLICY_MAX_ENTRIES: u32 = 1_048_576;
 
+/// (kind, id) → name of a rule, endpoint or identity (hash, not
+/// preallocated), for the CLI.
+pub const NAMES: &str = "WEIR_NAMES";
+pub const NAMES_MAX_ENTRIES: u32 = 131_072;
+
 /// Datapath events (ring buffer), bytes.
 pub const EVENTS: &str = "WEIR_EVENTS";
 pub const EVENTS_BYTES: u32 = 1 << 20;

@@ -131,9 +131,58 @@ pub struct PolicyValue {
     pub flags: u32,
 }
 
+/// What a `WEIR_NAMES` entry names.
+pub const NAME_RULE: u32 = 1;
+pub const NAME_ENDPOINT: u32 = 2;
+pub const NAME_IDENTITY: u32 = 3;
+
+/// Key of `WEIR_NAMES`: a rule id, endpoint id or identity, by kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NameKey {
+    pub kind: u32,
+    pub id: u32,
+}
+
+/// Value of `WEIR_NAMES` (written by the agent, read by the CLI; the
+/// kernel only carries ids): `ns/policy ingress[0]` for a rule,
+/// `ns/pod` for an endpoint, `ns {labels}` for an identity; UTF-8,
+/// NUL-padded, cut at 120 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleName {
+    pub bytes: [u8; 120],
+}
+
+impl Default for RuleName {
+    fn default() -> Self {
+        RuleName { bytes: [0; 120] }
+    }
+}
+
+impl RuleName {
+    /// The name, cut at 120 bytes on a character boundary.
+    pub fn new(name: &str) -> Self {
+        let mut r = RuleName::default();
+        let mut end = name.len().min(r.bytes.len());
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        r.bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        r
+    }
+
+    pub fn as_str(&self) -> &str {
+        let end = self.bytes.iter().position(|b| *b == 0).unwrap_or(self.bytes.len());
+        core::str::from_utf8(&self.bytes[..end]).unwrap_or("")
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<RuleName>() == 120);
+const _: () = assert!(core::mem::size_of::<NameKey>() == 8);
 const _: () = assert!(core::mem::size_of::<IpInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyKeyData>() == 12);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
 
-crate::user_pod!(EndpointInfo, IpInfo, PolicyKeyData, PolicyValue);
+crate::user_pod!(EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, RuleName, NameKey);

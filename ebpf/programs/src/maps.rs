@@ -12,7 +12,7 @@ use weir_common::{
     event::PolicyEvent,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
     maps::*,
-    policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue},
+    policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue, RuleName, NameKey},
     stats::{IfStats, IfStatsKey},
 };
 
@@ -53,6 +53,11 @@ pub static IPCACHE: LpmTrie<IpcacheKeyData, IpInfo> = LpmTrie::pinned(IPCACHE_MA
 
 #[map(name = "WEIR_POLICY")]
 pub static POLICY: LpmTrie<PolicyKeyData, PolicyValue> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
+
+/// Written by the agent and read by the CLI only; defined here so that
+/// loading the object creates and pins it with the others.
+#[map(name = "WEIR_NAMES")]
+pub static NAMES: HashMap<NameKey, RuleName> = HashMap::pinned(NAMES_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 #[map(name = "WEIR_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

@@ -4,6 +4,7 @@
 
 pub mod baseline;
 pub mod measure;
+pub mod memory;
 pub mod plot;
 pub mod policy;
 pub mod report;

@@ -26,6 +26,8 @@ pub struct Sample {
     pub direct_keepalive: Latency,
     pub direct_throughput_gbps: f64,
     pub agent_rss_mib: Option<f64>,
+    /// Kernel memory for held flows (see `memory`).
+    pub memory: super::memory::FlowMemory,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -85,6 +87,19 @@ pub fn write(dir: &Path, samples: &[Sample], machine: &str) -> std::io::Result<S
             change[&k],
             fails[&k],
         );
+    }
+    let rss = medians(samples, |s| s.agent_rss_mib.unwrap_or(0.0));
+    let per_flow = medians(samples, |s| s.memory.bytes_per_flow);
+    let entries = medians(samples, |s| s.memory.entries as f64);
+    let maps = medians(samples, |s| s.memory.bpf_maps_mib);
+    let flows = samples.first().map_or(0, |s| s.memory.flows);
+    let _ = writeln!(md, "\nMemory with {flows} connections held open through the ClusterIP:\n");
+    let _ = writeln!(md, "| services | dataplane | tracking entries | kernel bytes per flow | agent RSS MiB | BPF maps MiB (preallocated) |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|");
+    for &(n, dp) in conn.keys() {
+        let k = (n, dp);
+        let opt = |v: f64| if v > 0.0 { format!("{v:.1}") } else { "-".into() };
+        let _ = writeln!(md, "| {n} | {dp} | {:.0} | {:.0} | {} | {} |", entries[&k], per_flow[&k], opt(rss[&k]), opt(maps[&k]));
     }
     std::fs::write(dir.join("results.md"), &md)?;
     Ok(md)

@@ -9,6 +9,7 @@ use std::{path::PathBuf, time::Duration};
 
 use weir_tests::bench::{
     measure::{iperf, keepalive, short_connections},
+    memory,
     plot,
     report::{self, Sample},
     topo::{services, BenchTopo, Dataplane, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT, TARGET_VIP},
@@ -23,6 +24,9 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cores} vCPU {cpu}, Linux {}", kernel.trim())
 }
+
+/// Connections held open for the memory measurement.
+const FLOWS: usize = 1000;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -51,6 +55,11 @@ fn main() {
                 let direct_keep = keepalive(ns, b0, 9000, ka);
                 let throughput_gbps = iperf(ns, TARGET_VIP, IPERF_PORT, secs);
                 let direct_throughput_gbps = iperf(ns, b0, 5201, secs);
+                let is_weir = dp == Dataplane::Weir;
+                let before = memory::tracked(is_weir, t.node.bpffs(), t.node.ns());
+                let held = memory::hold(ns, TARGET_VIP, KEEPALIVE_PORT, FLOWS);
+                let memory = memory::measure(before, memory::tracked(is_weir, t.node.bpffs(), t.node.ns()), held.len());
+                drop(held);
                 let s = Sample {
                     dataplane: dp,
                     services: n,
@@ -63,7 +72,9 @@ fn main() {
                     direct_keepalive: direct_keep,
                     direct_throughput_gbps,
                     agent_rss_mib: t.agent_rss_mib(),
+                    memory,
                 };
+                eprintln!("    memory: {} flows, {} entries, {:.0} B/flow, maps {:.1} MiB", s.memory.flows, s.memory.entries, s.memory.bytes_per_flow, s.memory.bpf_maps_mib);
                 eprintln!(
                     "    {:.0} conn/s (direct {:.0}), ka p50 {:.0} µs, {:.2} Gbit/s (direct {:.2}), program {:.1} ms, change {:.2} ms",
                     s.short.per_s, s.direct_short.per_s, s.keepalive.p50_us, s.throughput_gbps, s.direct_throughput_gbps, s.program.cold_ms, s.program.one_change_ms

@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 
 use weir_common::policy::ID_CIDR_FIRST;
-use weir_datapath::{policy::PolicyMaps, DatapathError, PinLayout};
+use weir_datapath::{policy::{PolicyMaps, PolicyWrites}, DatapathError, PinLayout};
 use weir_desired::policy::Prefix;
 use weir_model::{
     policy::{
-        translate::{assign, is_local, label_key, translate},
+        translate::{assign, is_local, label_key, names, translate},
         CompiledPolicy, Ids,
     },
     ClusterState,
@@ -81,7 +81,11 @@ impl PolicyReconciler {
         let old_rules = translate(&old_policies, &world, &self.ids, &union, node);
         let new_rules = translate(&policies, &world, &self.ids, &union, node);
         let fin = translate(&policies, &world, &self.ids, &new_cidrs, node);
-        let w = self.maps.transition(&old_rules, &new_rules, &fin);
+        let names = names(&policies, &world, &self.ids, node);
+        let mut w = PolicyWrites::default();
+        self.maps.set_names(&names, &mut w);
+        self.maps.transition_into(&old_rules, &new_rules, &fin, &mut w);
+        self.maps.prune_names(&names, &mut w);
         self.retain_ids(&world, &new_cidrs);
         tracing::debug!(endpoints = fin.endpoints.len(), entries = fin.entries.len(), ipcache = fin.ipcache.len(), writes = w.map_writes, "policy translated");
         let out = PolicyOutcome { map_writes: w.map_writes, errors: w.errors };

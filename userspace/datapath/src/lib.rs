@@ -5,6 +5,8 @@
 pub mod attach;
 pub mod ct;
 pub mod error;
+pub mod explain;
+pub mod inventory;
 pub mod lb;
 pub mod loader;
 pub mod mmap;

@@ -18,3 +18,8 @@ pub fn hash<K: aya::Pod, V: aya::Pod>(layout: &PinLayout, name: &'static str) ->
 pub fn array<V: aya::Pod>(layout: &PinLayout, name: &'static str) -> Result<Array<MapData, V>, DatapathError> {
     Array::try_from(open(layout, name)?).map_err(|source| DatapathError::Map { name, source })
 }
+
+/// Opens the pinned map `name` as any typed aya map.
+pub fn typed<M: TryFrom<Map, Error = aya::maps::MapError>>(layout: &PinLayout, name: &'static str) -> Result<M, DatapathError> {
+    M::try_from(open(layout, name)?).map_err(|source| DatapathError::Map { name, source })
+}

@@ -21,8 +21,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use aya::maps::{lpm_trie::{Key, LpmTrie}, HashMap, MapData};
 use weir_common::{
     addr::Addr,
-    maps::{ENDPOINTS, ENDPOINTS_MAX_ENTRIES, IPCACHE, IPCACHE_MAX_ENTRIES, POLICY, POLICY_MAX_ENTRIES},
-    policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, V4_PREFIX_BASE},
+    maps::{ENDPOINTS, ENDPOINTS_MAX_ENTRIES, IPCACHE, IPCACHE_MAX_ENTRIES, POLICY, POLICY_MAX_ENTRIES, NAMES, NAMES_MAX_ENTRIES},
+    policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, RuleName, NameKey, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, V4_PREFIX_BASE},
 };
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 
@@ -36,6 +36,8 @@ pub struct PolicyWrites {
 }
 
 pub struct PolicyMaps {
+    names: HashMap<MapData, NameKey, RuleName>,
+    name_cache: BTreeMap<NameKey, String>,
     endpoints: HashMap<MapData, Addr, EndpointInfo>,
     ipcache: LpmTrie<MapData, Addr, IpInfo>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
@@ -77,7 +79,9 @@ impl PolicyMaps {
         let endpoints = pinned::hash(layout, ENDPOINTS)?;
         let ipcache = LpmTrie::try_from(pinned::open(layout, IPCACHE)?).map_err(|source| DatapathError::Map { name: IPCACHE, source })?;
         let policy = LpmTrie::try_from(pinned::open(layout, POLICY)?).map_err(|source| DatapathError::Map { name: POLICY, source })?;
-        let mut me = Self { endpoints, ipcache, policy, current: PolicyState::default() };
+        let names: HashMap<MapData, NameKey, RuleName> = pinned::hash(layout, NAMES)?;
+        let name_cache = names.iter().filter_map(Result::ok).map(|(k, n)| (k, n.as_str().to_string())).collect();
+        let mut me = Self { names, name_cache, endpoints, ipcache, policy, current: PolicyState::default() };
         me.current = me.read();
         Ok(me)
     }
@@ -107,25 +111,30 @@ impl PolicyMaps {
     /// new identities; `fin` is the new policies over the new identities.
     pub fn transition(&mut self, old_rules: &PolicyState, new_rules: &PolicyState, fin: &PolicyState) -> PolicyWrites {
         let mut w = PolicyWrites::default();
+        self.transition_into(old_rules, new_rules, fin, &mut w);
+        w
+    }
+
+    /// [`PolicyMaps::transition`], adding to `w`.
+    pub fn transition_into(&mut self, old_rules: &PolicyState, new_rules: &PolicyState, fin: &PolicyState, w: &mut PolicyWrites) {
         // 1. Entries for identities about to appear, under the old rules.
         let known: std::collections::BTreeSet<u32> = self.current.ipcache.values().map(|i| i.identity).collect();
         let pre: BTreeMap<PolicyEntry, u32> =
             old_rules.entries.iter().filter(|(e, _)| !known.contains(&e.identity)).map(|(e, r)| (*e, *r)).collect();
-        self.put_entries(&pre, &mut w);
+        self.put_entries(&pre, w);
         // 2. The ipcache over the union of identities.
-        self.put_ipcache(&new_rules.ipcache, &mut w);
+        self.put_ipcache(&new_rules.ipcache, w);
         // 3. The new rules, on top of the old.
-        self.put_entries(&new_rules.entries, &mut w);
+        self.put_entries(&new_rules.entries, w);
         // 4. Isolation flags and new endpoints.
-        self.put_endpoints(&fin.endpoints, &mut w);
+        self.put_endpoints(&fin.endpoints, w);
         // 5. The old rules go.
-        self.remove_entries(&new_rules.entries, &mut w);
+        self.remove_entries(&new_rules.entries, w);
         // 6. Gone addresses, prefixes, identities and endpoints.
-        self.put_ipcache(&fin.ipcache, &mut w);
-        self.remove_ipcache(&fin.ipcache, &mut w);
-        self.remove_entries(&fin.entries, &mut w);
-        self.remove_endpoints(&fin.endpoints, &mut w);
-        w
+        self.put_ipcache(&fin.ipcache, w);
+        self.remove_ipcache(&fin.ipcache, w);
+        self.remove_entries(&fin.entries, w);
+        self.remove_endpoints(&fin.endpoints, w);
     }
 
     /// Rewrites anything in the maps that differs from what was programmed
@@ -141,6 +150,37 @@ impl PolicyMaps {
         self.remove_ipcache(&want.ipcache, &mut w);
         self.remove_endpoints(&want.endpoints, &mut w);
         w
+    }
+
+    /// Writes the names of rules, endpoints and identities the CLI shows
+    /// (before the entries that refer to them).
+    pub fn set_names(&mut self, names: &BTreeMap<NameKey, String>, w: &mut PolicyWrites) {
+        for (k, name) in names {
+            if self.name_cache.get(k) == Some(name) {
+                continue;
+            }
+            match self.names.insert(*k, RuleName::new(name), 0) {
+                Ok(()) => {
+                    self.name_cache.insert(*k, name.clone());
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((name.clone(), update_error(NAMES, NAMES_MAX_ENTRIES, || name.clone(), source))),
+            }
+        }
+    }
+
+    /// Deletes names not in `keep`.
+    pub fn prune_names(&mut self, keep: &BTreeMap<NameKey, String>, w: &mut PolicyWrites) {
+        let doomed: Vec<NameKey> = self.name_cache.keys().filter(|k| !keep.contains_key(k)).copied().collect();
+        for k in doomed {
+            match self.names.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    self.name_cache.remove(&k);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((format!("name {k:?}"), DatapathError::Map { name: NAMES, source })),
+            }
+        }
     }
 
     fn put_entries(&mut self, want: &BTreeMap<PolicyEntry, u32>, w: &mut PolicyWrites) {

@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use weir_common::policy::{IpInfo, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD};
+use weir_common::policy::{IpInfo, NameKey, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE};
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 use weir_logic::policy::port_blocks;
 
@@ -52,6 +52,29 @@ pub fn assign(ids: &mut Ids, policies: &[CompiledPolicy], world: &World, cidrs: 
             ids.rule(r);
         }
     }
+}
+
+/// Names for the CLI: every rule of `policies`, every local endpoint and
+/// every pod identity, by (kind, id).
+pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, node: Option<&str>) -> BTreeMap<NameKey, String> {
+    let mut out: BTreeMap<NameKey, String> = policies
+        .iter()
+        .flat_map(rule_refs)
+        .filter_map(|(_, _, _, r)| Some((NameKey { kind: NAME_RULE, id: ids.lookup_rule(&r)? }, r.to_string())))
+        .collect();
+    for pod in &world.pods {
+        let key = label_key(world, pod);
+        if let Some(id) = ids.lookup_pod(&key) {
+            let labels: Vec<String> = key.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.insert(NameKey { kind: NAME_IDENTITY, id }, format!("{} {{{}}}", key.namespace, labels.join(",")));
+        }
+        if is_local(pod, node) {
+            if let Some(id) = ids.lookup_endpoint(&pod.namespace, &pod.name) {
+                out.insert(NameKey { kind: NAME_ENDPOINT, id }, format!("{}/{}", pod.namespace, pod.name));
+            }
+        }
+    }
+    out
 }
 
 struct PodIdentity<'a> {

@@ -1,0 +1,92 @@
+//! Memory per tracked flow: weir's conntrack map entries against the
+//! kernel's nf_conntrack entries for the same flows, plus weir's whole
+//! BPF map footprint (its maps are preallocated).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use crate::{cmd, netns::NetNs};
+
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct FlowMemory {
+    /// Connections held open through the ClusterIP while measuring.
+    pub flows: usize,
+    /// Tracking entries the dataplane holds (WEIR_CT entries for weir,
+    /// nf_conntrack entries in the node namespace for the baselines).
+    pub entries: u64,
+    /// Kernel memory per flow for that tracking, bytes.
+    pub bytes_per_flow: f64,
+    /// weir only: memory of all its BPF maps (preallocated whether used or
+    /// not), MiB.
+    pub bpf_maps_mib: f64,
+}
+
+/// Opens `n` connections from `ns` to `dst:port` and exchanges one line
+/// on each, so every flow is established in both directions.
+pub fn hold(ns: &NetNs, dst: Ipv4Addr, port: u16, n: usize) -> Vec<TcpStream> {
+    ns.run(move || {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), Duration::from_secs(2)) else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            if s.write_all(b"hi\n").is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            let Ok(clone) = s.try_clone() else { continue };
+            if BufReader::new(clone).read_line(&mut line).is_ok() && !line.is_empty() {
+                held.push(s);
+            }
+        }
+        held
+    })
+}
+
+/// `bytes_memlock` and `max_entries` of a pinned map, from bpftool.
+fn map_memory(pin: &Path) -> Option<(f64, f64)> {
+    let out = cmd::output(&["bpftool", "-j", "map", "show", "pinned", pin.to_str()?]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mem = v.get("bytes_memlock")?.as_f64()?;
+    let max = v.get("max_entries")?.as_f64()?;
+    Some((mem, max))
+}
+
+/// What one dataplane tracks right now: (entries, kernel bytes per entry,
+/// BPF map MiB).
+pub fn tracked(dataplane_is_weir: bool, bpffs: &Path, node: &NetNs) -> (u64, f64, f64) {
+    if dataplane_is_weir {
+        let maps = bpffs.join("maps");
+        let layout = weir_datapath::PinLayout::new(bpffs);
+        let entries = weir_datapath::ct::Conntrack::open(&layout).map_or(0, |c| c.entries().len() as u64);
+        let per_entry = map_memory(&maps.join("WEIR_CT")).map_or(0.0, |(mem, max)| mem / max.max(1.0));
+        let total: f64 = std::fs::read_dir(&maps)
+            .map(|d| d.filter_map(Result::ok).filter_map(|e| map_memory(&e.path())).map(|(m, _)| m).sum())
+            .unwrap_or(0.0);
+        (entries, per_entry, total / (1024.0 * 1024.0))
+    } else {
+        let entries: u64 = node.exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]).trim().parse().unwrap_or(0);
+        (entries, conntrack_objsize().unwrap_or(0.0), 0.0)
+    }
+}
+
+/// Memory for `flows` held flows, from what was tracked before and after
+/// opening them (earlier measurements leave closing entries behind).
+pub fn measure(before: (u64, f64, f64), after: (u64, f64, f64), flows: usize) -> FlowMemory {
+    let entries = after.0.saturating_sub(before.0);
+    FlowMemory {
+        flows,
+        entries,
+        bytes_per_flow: if flows > 0 { entries as f64 * after.1 / flows as f64 } else { 0.0 },
+        bpf_maps_mib: after.2,
+    }
+}
+
+/// The object size of the nf_conntrack slab cache.
+fn conntrack_objsize() -> Option<f64> {
+    let slab = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    slab.lines().find(|l| l.split_whitespace().next() == Some("nf_conntrack"))?.split_whitespace().nth(3)?.parse().ok()
+}

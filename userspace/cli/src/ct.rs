@@ -1,0 +1,138 @@
+//! `weir ct list [filters]` and `weir ct flush [filters]`.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use weir_common::ct::{CtEntry, CtKey, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CT_STATE_UDP};
+use weir_datapath::{
+    ct::{monotonic_ns, Conntrack},
+    explain::proto_name,
+    PinLayout,
+};
+
+use crate::output::{print_table, Format};
+
+/// Filters shared by list and flush; every given one must match.
+#[derive(Debug, Default, clap::Args)]
+pub struct Filter {
+    /// Either address of the entry's tuple.
+    #[arg(long)]
+    pub addr: Option<IpAddr>,
+    /// Either port of the entry's tuple.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// tcp or udp.
+    #[arg(long)]
+    pub proto: Option<String>,
+    /// service-forward, service-reverse or policy.
+    #[arg(long)]
+    pub kind: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, k: &CtKey) -> bool {
+        self.addr.is_none_or(|a| IpAddr::from(k.saddr) == a || IpAddr::from(k.daddr) == a)
+            && self.port.is_none_or(|p| u16::from_be(k.sport) == p || u16::from_be(k.dport) == p)
+            && self.proto.as_deref().is_none_or(|p| p.eq_ignore_ascii_case(proto_name(k.proto)))
+            && self.kind.as_deref().is_none_or(|kind| kind == kind_name(k.kind))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.addr.is_none() && self.port.is_none() && self.proto.is_none() && self.kind.is_none()
+    }
+}
+
+fn kind_name(k: u8) -> &'static str {
+    match k {
+        CT_SVC_FWD => "service-forward",
+        CT_SVC_REV => "service-reverse",
+        CT_POLICY => "policy",
+        _ => "unknown",
+    }
+}
+
+fn state_name(s: u8) -> &'static str {
+    match s {
+        CT_STATE_SYN => "syn",
+        CT_STATE_ESTABLISHED => "established",
+        CT_STATE_CLOSING => "closing",
+        CT_STATE_CLOSED => "closed",
+        CT_STATE_UDP => "udp",
+        _ => "unknown",
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    kind: &'static str,
+    protocol: &'static str,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    state: &'static str,
+    /// Seconds until the entry goes stale (negative: stale, awaiting GC).
+    expires_in_s: f64,
+    /// Service entries: the translation (backend, or the service address on replies).
+    nat: Option<String>,
+    service_id: Option<u32>,
+    backend_id: Option<u32>,
+}
+
+fn row(k: &CtKey, e: &CtEntry, now: u64) -> Row {
+    let service = k.kind != CT_POLICY;
+    Row {
+        kind: kind_name(k.kind),
+        protocol: proto_name(k.proto),
+        src: IpAddr::from(k.saddr),
+        sport: u16::from_be(k.sport),
+        dst: IpAddr::from(k.daddr),
+        dport: u16::from_be(k.dport),
+        state: state_name(e.state),
+        expires_in_s: (e.expires_ns as f64 - now as f64) / 1e9,
+        nat: service.then(|| format!("{}:{}", IpAddr::from(e.nat_addr), u16::from_be(e.nat_port))),
+        service_id: service.then_some(e.svc_id),
+        backend_id: service.then_some(e.backend_id),
+    }
+}
+
+pub fn list(layout: &PinLayout, filter: &Filter, format: Format) -> anyhow::Result<()> {
+    let ct = Conntrack::open(layout)?;
+    let now = monotonic_ns();
+    let mut rows: Vec<Row> = ct.entries().iter().filter(|(k, _)| filter.matches(k)).map(|(k, e)| row(k, e, now)).collect();
+    rows.sort_by(|a, b| (a.src, a.sport, a.dst, a.dport).cmp(&(b.src, b.sport, b.dst, b.dport)));
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.kind.into(),
+                r.protocol.into(),
+                format!("{}:{}", r.src, r.sport),
+                format!("{}:{}", r.dst, r.dport),
+                r.state.into(),
+                format!("{:.0}s", r.expires_in_s),
+                r.nat.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(&["KIND", "PROTO", "SOURCE", "DESTINATION", "STATE", "EXPIRES", "NAT"], &table);
+    Ok(())
+}
+
+pub fn flush(layout: &PinLayout, filter: &Filter, all: bool, format: Format) -> anyhow::Result<()> {
+    if filter.is_empty() && !all {
+        anyhow::bail!("refusing to flush every conntrack entry without --all (established connections through services and policies would be judged again)");
+    }
+    let mut ct = Conntrack::open(layout)?;
+    let n = ct.flush(|k, _| filter.matches(k));
+    if format == Format::Json {
+        println!("{}", serde_json::json!({ "flushed": n }));
+    } else {
+        println!("flushed {n} conntrack entries");
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `weir service list` and `weir backend list`: the service maps as the
+//! kernel reads them.
+
+use std::net::IpAddr;
+
+use aya::maps::{HashMap, MapData};
+use serde::Serialize;
+use weir_common::{
+    lb::{Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SVC_F_AFFINITY, SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER},
+    maps::{BACKENDS, FRONTENDS},
+};
+use weir_datapath::{explain::proto_name, pinned, PinLayout};
+
+use crate::output::{print_table, Format};
+
+#[derive(Debug, Serialize)]
+struct ServiceRow {
+    id: u32,
+    address: IpAddr,
+    port: u16,
+    protocol: &'static str,
+    selection: &'static str,
+    eligible_backends: u32,
+    table_base: u32,
+    table_len: u32,
+    affinity_timeout_s: Option<u32>,
+    terminating_fallback: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct BackendRow {
+    id: u32,
+    address: IpAddr,
+    port: u16,
+    protocol: &'static str,
+    terminating: bool,
+}
+
+pub fn services(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
+    let map: HashMap<MapData, FrontendKey, Service> = pinned::hash(layout, FRONTENDS)?;
+    let mut rows: Vec<ServiceRow> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, s)| s.flags & SVC_F_VIP_MARKER == 0)
+        .map(|(k, s)| ServiceRow {
+            id: s.id,
+            address: IpAddr::from(k.addr),
+            port: u16::from_be(k.port),
+            protocol: proto_name(k.proto),
+            selection: if s.flags & SVC_F_RANDOM != 0 { "random" } else { "maglev" },
+            eligible_backends: s.backend_count,
+            table_base: s.table_base,
+            table_len: s.table_len,
+            affinity_timeout_s: (s.flags & SVC_F_AFFINITY != 0).then_some(s.affinity_timeout_s),
+            terminating_fallback: s.flags & SVC_F_TERMINATING_FALLBACK != 0,
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.address, r.port, r.protocol));
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                format!("{}:{}/{}", r.address, r.port, r.protocol),
+                r.selection.into(),
+                r.eligible_backends.to_string(),
+                format!("{}+{}", r.table_base, r.table_len),
+                r.affinity_timeout_s.map_or("-".into(), |t| format!("{t}s")),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "FRONTEND", "SELECTION", "BACKENDS", "SLOTS", "AFFINITY"], &table);
+    Ok(())
+}
+
+pub fn backends(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
+    let map: HashMap<MapData, u32, Backend> = pinned::hash(layout, BACKENDS)?;
+    let mut rows: Vec<BackendRow> = map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(id, b)| BackendRow { id, address: IpAddr::from(b.addr), port: u16::from_be(b.port), protocol: proto_name(b.proto), terminating: b.flags & BACKEND_F_TERMINATING != 0 })
+        .collect();
+    rows.sort_by_key(|r| r.id);
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![r.id.to_string(), format!("{}:{}/{}", r.address, r.port, r.protocol), if r.terminating { "terminating".into() } else { "-".into() }])
+        .collect();
+    print_table(&["ID", "BACKEND", "STATE"], &table);
+    Ok(())
+}
