@@ -142,3 +142,57 @@ fn a_missing_datapath_is_an_error_a_person_can_act_on() {
         assert!(err.contains("is weir-agent running"), "{cmd:?}: {err}");
     }
 }
+
+/// Runs `weir monitor -o json` for `secs` while `traffic` runs; returns the
+/// parsed lines.
+fn monitor_while(node: &Node, secs: f64, traffic: impl FnOnce()) -> Vec<Value> {
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", node.ns().path().display()))
+        .arg(weir_tests::bins::path("weir"))
+        .args(["--bpffs", node.bpffs().to_str().expect("utf-8"), "monitor", "-o", "json", "--duration", &secs.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn weir monitor");
+    // The lease is taken at start; give the process a moment to get there.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    traffic();
+    let out = child.wait_with_output().expect("weir monitor");
+    assert!(out.status.success(), "weir monitor: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect()
+}
+
+#[test]
+fn monitor_streams_drops_verdicts_and_traces_with_or_without_the_agent() {
+    let mut c = cluster();
+    let empty = Ipv4Addr::new(10, 96, 0, 31);
+    c.node.write_source("empty.yaml", yaml_service("empty", empty, 80, "TCP", 80, &[]).as_bytes());
+    let before = c.agent.log_text().matches("reconciled").count();
+    c.agent.wait_for_log("reconciled", before + 1);
+    let (za, xa) = (ip_of(p("z", "a")).to_string(), ip_of(p("x", "a")).to_string());
+    let lines = monitor_while(&c.node, 3.0, || {
+        assert!(!c.probe(p("z", "a"), p("x", "a"), 80, Proto::Tcp));
+        assert!(weir_tests::netpol::probe_ip(c.pod(p("y", "b")), VIP, 80, Proto::Tcp, "x/a"));
+        assert!(weir_tests::traffic::tcp_request(c.pod(p("z", "b")).ns(), empty, 80, Vec::new(), std::time::Duration::from_secs(1)).is_err());
+    });
+    let find = |pred: &dyn Fn(&Value) -> bool, what: &str| lines.iter().find(|l| pred(l)).unwrap_or_else(|| panic!("no {what} in {lines:#?}")).clone();
+    let deny = find(&|l| l["kind"] == "verdict" && l["verdict"] == "deny", "denial");
+    assert_eq!((deny["src"].as_str(), deny["dst"].as_str(), deny["dport"].as_u64()), (Some(za.as_str()), Some(xa.as_str()), Some(80)));
+    assert_eq!((deny["direction"].as_str(), deny["endpoint"].as_str(), deny["peer"].as_str()), (Some("ingress"), Some("x/a"), Some("z {pod=a}")));
+    assert_eq!(deny["reason"], "policy_denied");
+    let allow = find(&|l| l["kind"] == "verdict" && l["verdict"] == "allow" && l["reason"] == "rule", "allow verdict by a rule");
+    assert_eq!(allow["rule"], "x/a-from-y ingress[0]");
+    let trace = find(&|l| l["kind"] == "trace", "trace");
+    assert_eq!((trace["dst"].as_str(), trace["translated"].as_str()), (Some(VIP.to_string().as_str()), Some(format!("{xa}:80").as_str())));
+    let drop = find(&|l| l["kind"] == "drop", "drop");
+    assert_eq!((drop["dst"].as_str(), drop["reason"].as_str()), (Some(empty.to_string().as_str()), Some("no_endpoints")));
+
+    // Without the agent: the datapath still reports to the monitor.
+    c.agent.stop_with(libc::SIGTERM);
+    let lines = monitor_while(&c.node, 2.0, || assert!(!c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp)));
+    assert!(lines.iter().any(|l| l["verdict"] == "deny" && l["src"] == ip_of(p("z", "b")).to_string()), "{lines:#?}");
+
+    // Filters: only traces, none here.
+    let out = c.node.weir(&["monitor", "--type", "trace", "--duration", "1"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -8,7 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use weir_common::{
     config::DatapathConfig,
     drop::DropReason,
-    event::{PolicyEvent, ALLOW_RULE, EVENT_POLICY_VERDICT, VERDICT_ALLOW, VERDICT_DENY},
+    event::{DatapathEvent, ALLOW_RULE, EVENT_POLICY_VERDICT, VERDICT_ALLOW, VERDICT_DENY},
     maps::EVENTS,
     policy::{IpInfo, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD},
 };
@@ -62,15 +62,15 @@ fn run(d: &Dp, hook: Hook, pkt: &[u8]) -> i32 {
     testrun::run(d.dp.program(hook).expect("program"), pkt).expect("test_run").verdict
 }
 
-fn events(d: &Dp) -> Vec<PolicyEvent> {
+fn events(d: &Dp) -> Vec<DatapathEvent> {
     let map = pinned::open(&d.layout, EVENTS).expect("events map");
     let mut ring: RingBuf<MapData> = RingBuf::try_from(map).expect("ring buffer");
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         let bytes: &[u8] = &item;
-        assert!(bytes.len() >= std::mem::size_of::<PolicyEvent>());
-        // SAFETY: a whole PolicyEvent record, read unaligned.
-        out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PolicyEvent>()) });
+        assert!(bytes.len() >= std::mem::size_of::<DatapathEvent>());
+        // SAFETY: a whole DatapathEvent record, read unaligned.
+        out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DatapathEvent>()) });
     }
     out
 }

@@ -62,3 +62,11 @@ pub const NAMES_MAX_ENTRIES: u32 = 131_072;
 /// Datapath events (ring buffer), bytes.
 pub const EVENTS: &str = "WEIR_EVENTS";
 pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Events for `weir monitor` (ring buffer), bytes.
+pub const MON_EVENTS: &str = "WEIR_MON_EVENTS";
+pub const MON_EVENTS_BYTES: u32 = 1 << 20;
+
+/// `weir monitor`'s lease: index 0 → CLOCK_MONOTONIC ns until which the
+/// kernel writes `MON_EVENTS` (array of u64).
+pub const MON_LEASE: &str = "WEIR_MON_LEASE";

@@ -9,7 +9,7 @@ use weir_common::{
     addr::Addr,
     config::DatapathConfig,
     ct::{CtEntry, CtKey},
-    event::PolicyEvent,
+    event::DatapathEvent,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
     maps::*,
     policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue, RuleName, NameKey},
@@ -62,6 +62,13 @@ pub static NAMES: HashMap<NameKey, RuleName> = HashMap::pinned(NAMES_MAX_ENTRIES
 #[map(name = "WEIR_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+#[map(name = "WEIR_MON_EVENTS")]
+pub static MON_EVENTS: RingBuf = RingBuf::pinned(MON_EVENTS_BYTES, 0);
+
+/// CLOCK_MONOTONIC ns until which `weir monitor` is watching.
+#[map(name = "WEIR_MON_LEASE")]
+pub static MON_LEASE: Array<u64> = Array::pinned(1, 0);
+
 /// Copies a map value out of a lookup result.
 #[inline(always)]
 pub fn read<V: Copy>(p: Option<*const V>) -> Option<V> {
@@ -83,7 +90,7 @@ pub struct Scratch {
     /// The policy path's conntrack key and entry.
     pub pkey: CtKey,
     pub pentry: CtEntry,
-    pub event: PolicyEvent,
+    pub event: DatapathEvent,
 }
 
 #[map(name = "WEIR_SCRATCH")]

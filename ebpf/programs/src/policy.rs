@@ -130,17 +130,20 @@ pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
 }
 
 /// Counts and reports one decision; returns whether it allowed.
-/// `code` is the direction, with an allow reason in bits 8..16.
+/// `code` is the direction, with an allow reason in bits 8..16. Denials
+/// go to the agent and any monitor; allows to the agent when sampled and
+/// to a monitor while one watches.
 #[inline(always)]
 fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool {
     if !d.allowed {
         errors::drop_reason(DropReason::PolicyDenied);
-        events::policy_verdict(ctx, t, d, ep, code | ((DropReason::PolicyDenied as u32) << 8));
+        events::policy_verdict(ctx, t, d, ep, code | ((DropReason::PolicyDenied as u32) << 8) | events::TO_AGENT);
         return false;
     }
     let sample = conntrack::config().map_or(0, |c| c.allow_event_sample);
     // SAFETY: plain helper call.
-    if sample != 0 && (sample == 1 || unsafe { bpf_get_prandom_u32() } % sample == 0) {
+    let to_agent = sample != 0 && (sample == 1 || unsafe { bpf_get_prandom_u32() } % sample == 0);
+    if to_agent || events::monitoring(conntrack::now_ns()) {
         let why = if code >> 8 != 0 {
             code >> 8
         } else if d.isolated {
@@ -148,7 +151,8 @@ fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool 
         } else {
             ALLOW_NOT_ISOLATED as u32
         };
-        events::policy_verdict(ctx, t, d, ep, (code & 0xff) | (why << 8));
+        let flag = if to_agent { events::TO_AGENT } else { 0 };
+        events::policy_verdict(ctx, t, d, ep, (code & 0xff) | (why << 8) | flag);
     }
     true
 }

@@ -10,7 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use tokio::io::unix::AsyncFd;
 use weir_common::{
     drop::DropReason,
-    event::{PolicyEvent, EVENT_POLICY_VERDICT, VERDICT_DENY},
+    event::{DatapathEvent, EVENT_POLICY_VERDICT, VERDICT_DENY},
     maps::EVENTS,
     policy::DIR_INGRESS,
 };
@@ -26,17 +26,17 @@ pub struct VerdictLabels {
 }
 
 /// Decodes one record; `None` for what is not a whole policy event.
-pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
-    if bytes.len() < std::mem::size_of::<PolicyEvent>() {
+pub fn decode(bytes: &[u8]) -> Option<DatapathEvent> {
+    if bytes.len() < std::mem::size_of::<DatapathEvent>() {
         return None;
     }
-    // SAFETY: the record holds at least one PolicyEvent, a plain-data
+    // SAFETY: the record holds at least one DatapathEvent, a plain-data
     // repr(C) type; read_unaligned copes with any alignment.
-    let e: PolicyEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let e: DatapathEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     (e.kind == EVENT_POLICY_VERDICT).then_some(e)
 }
 
-pub fn labels(e: &PolicyEvent) -> VerdictLabels {
+pub fn labels(e: &DatapathEvent) -> VerdictLabels {
     let direction = if e.direction == DIR_INGRESS { "ingress" } else { "egress" };
     let (verdict, reason) = if e.verdict == VERDICT_DENY {
         let r = DropReason::ALL.into_iter().find(|r| *r as u32 == e.reason).map_or("unknown", DropReason::as_str);

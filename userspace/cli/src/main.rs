@@ -5,6 +5,7 @@ mod ct;
 mod explain;
 mod ifnames;
 mod lb;
+mod monitor;
 mod output;
 mod policy;
 mod stats;
@@ -65,6 +66,12 @@ enum Command {
         #[command(subcommand)]
         verb: PolicyVerb,
     },
+    /// Datapath events as they happen: drops, policy verdicts, new service
+    /// flows. Works with or without the agent.
+    Monitor {
+        #[command(flatten)]
+        args: monitor::Args,
+    },
     /// What the datapath will do with a new flow, and why, using the
     /// kernel's own decision code on the live maps.
     Explain {
@@ -115,6 +122,7 @@ fn main() -> std::process::ExitCode {
         Command::Ct { verb: CtVerb::Flush { filter, all } } => ct::flush(&layout, &filter, all, f),
         Command::Identity { verb: ListVerb::List } => policy::identities(&layout, f),
         Command::Policy { verb: PolicyVerb::Show { pod } } => policy::show(&layout, &pod, f),
+        Command::Monitor { args } => monitor::run(&layout, &args, f),
         Command::Explain { src, dst } => explain::run(&layout, &src, &dst, f),
     };
     match result {

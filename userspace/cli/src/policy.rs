@@ -17,15 +17,15 @@ use weir_desired::policy::PolicyEntry;
 
 use crate::output::{print_table, Format};
 
-struct Names(BTreeMap<NameKey, String>);
+pub(crate) struct Names(BTreeMap<NameKey, String>);
 
 impl Names {
-    fn load(layout: &PinLayout) -> anyhow::Result<Self> {
+    pub(crate) fn load(layout: &PinLayout) -> anyhow::Result<Self> {
         let m: HashMap<MapData, NameKey, RuleName> = pinned::hash(layout, NAMES)?;
         Ok(Names(m.iter().filter_map(Result::ok).map(|(k, v)| (k, v.as_str().to_string())).collect()))
     }
 
-    fn get(&self, kind: u32, id: u32) -> Option<&str> {
+    pub(crate) fn get(&self, kind: u32, id: u32) -> Option<&str> {
         self.0.get(&NameKey { kind, id }).map(String::as_str)
     }
 

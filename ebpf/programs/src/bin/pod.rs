@@ -11,7 +11,7 @@
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
 use weir_common::stats::Direction;
-use weir_ebpf::{conntrack, hdr, lb, policy, reject, stats};
+use weir_ebpf::{conntrack, events, hdr, lb, policy, reject, stats};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
@@ -41,9 +41,11 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         if !policy::allow_new(&ctx, &t, policy::CHECK_EGRESS | policy::CHECK_INGRESS) {
             return TC_ACT_SHOT as i32;
         }
+        events::trace(&ctx, &pkt, &t);
         return lb::commit(&ctx, &mut pkt, cfg);
     }
     if let Some(reason) = lb::rejected(verdict) {
+        events::drop(&ctx, &pkt, reason as u32);
         return reject::reject(&ctx, &pkt, reason);
     }
     if verdict != lb::NOT_HANDLED {

@@ -1,0 +1,219 @@
+//! `weir monitor`: datapath events as they happen, as lines for people or
+//! JSON lines. It reads its own ring buffer (`WEIR_MON_EVENTS`), which the
+//! kernel fills only while this command renews its lease, so it works
+//! with or without the agent and never takes events from it.
+
+use std::{
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData, RingBuf};
+use serde::Serialize;
+use weir_common::{
+    drop::DropReason,
+    event::{DatapathEvent, ALLOW_HOST, ALLOW_RULE, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, VERDICT_DENY},
+    maps::{MON_EVENTS, MON_LEASE},
+    policy::{DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE},
+};
+use weir_datapath::{ct::monotonic_ns, explain::proto_name, pinned, PinLayout};
+
+use crate::{output::Format, policy::Names};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Packets dropped or rejected, policy denials included.
+    Drop,
+    /// Policy verdicts on new flows (allows and denials).
+    Verdict,
+    /// New service flows and their translation.
+    Trace,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Event types to show (repeatable); all when omitted.
+    #[arg(long = "type", value_enum)]
+    pub types: Vec<Kind>,
+    /// Only events with this address as source, destination or translation.
+    #[arg(long)]
+    pub addr: Option<IpAddr>,
+    /// Only events with this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Line {
+    ts_ns: u64,
+    kind: &'static str,
+    protocol: &'static str,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    translated: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
+    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_identity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    ifindex: u32,
+}
+
+fn drop_reason(r: u32) -> &'static str {
+    DropReason::ALL.into_iter().find(|d| *d as u32 == r).map_or("unknown", DropReason::as_str)
+}
+
+fn line(e: &DatapathEvent, names: &Names) -> Option<Line> {
+    let mut l = Line {
+        ts_ns: e.ts_ns,
+        kind: "",
+        protocol: proto_name(e.proto),
+        src: IpAddr::from(e.saddr),
+        sport: u16::from_be(e.sport),
+        dst: IpAddr::from(e.daddr),
+        dport: u16::from_be(e.dport),
+        translated: None,
+        verdict: None,
+        direction: None,
+        reason: String::new(),
+        endpoint: None,
+        peer_identity: None,
+        peer: None,
+        rule: None,
+        ifindex: e.ifindex,
+    };
+    match e.kind {
+        EVENT_POLICY_VERDICT => {
+            l.kind = "verdict";
+            let deny = e.verdict == VERDICT_DENY;
+            l.verdict = Some(if deny { "deny" } else { "allow" });
+            l.direction = Some(if e.direction == DIR_INGRESS { "ingress" } else { "egress" });
+            l.reason = if deny {
+                drop_reason(e.reason).to_string()
+            } else {
+                match e.reason as u8 {
+                    ALLOW_RULE => "rule".into(),
+                    ALLOW_HOST => "host".into(),
+                    _ => "not_isolated".into(),
+                }
+            };
+            l.endpoint = Some(names.get(NAME_ENDPOINT, e.endpoint).map_or_else(|| format!("endpoint {}", e.endpoint), str::to_string));
+            l.peer_identity = Some(e.peer_identity);
+            l.peer = names.get(NAME_IDENTITY, e.peer_identity).map(str::to_string);
+            l.rule = (e.rule != 0).then(|| names.get(NAME_RULE, e.rule).map_or_else(|| format!("rule {}", e.rule), str::to_string));
+        }
+        EVENT_DROP => {
+            l.kind = "drop";
+            l.verdict = Some("deny");
+            l.reason = drop_reason(e.reason).to_string();
+        }
+        EVENT_TRACE => {
+            l.kind = "trace";
+            l.translated = Some(format!("{}:{}", IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)));
+            l.reason = "new service flow".into();
+        }
+        _ => return None,
+    }
+    Some(l)
+}
+
+fn wanted(l: &Line, a: &Args) -> bool {
+    let kind_ok = a.types.is_empty()
+        || a.types.iter().any(|k| match k {
+            Kind::Drop => l.kind == "drop" || l.verdict == Some("deny"),
+            Kind::Verdict => l.kind == "verdict",
+            Kind::Trace => l.kind == "trace",
+        });
+    let addr_ok = a.addr.is_none_or(|x| l.src == x || l.dst == x || l.translated.as_deref().is_some_and(|t| t.starts_with(&format!("{x}:"))));
+    let port_ok = a.port.is_none_or(|p| l.sport == p || l.dport == p || l.translated.as_deref().is_some_and(|t| t.ends_with(&format!(":{p}"))));
+    kind_ok && addr_ok && port_ok
+}
+
+fn print(l: &Line, format: Format) {
+    if format == Format::Json {
+        if let Ok(s) = serde_json::to_string(l) {
+            println!("{s}");
+        }
+        return;
+    }
+    let mut s = format!("{:>14.6} {:<7} {} {}:{} -> {}:{}", l.ts_ns as f64 / 1e9, l.kind.to_uppercase(), l.protocol, l.src, l.sport, l.dst, l.dport);
+    if let Some(t) = &l.translated {
+        s.push_str(&format!(" => {t}"));
+    }
+    if let Some(v) = l.verdict {
+        s.push_str(&format!(" {v}"));
+    }
+    if let Some(d) = l.direction {
+        s.push_str(&format!(" {d}"));
+    }
+    s.push_str(&format!(" ({})", l.reason));
+    if let Some(ep) = &l.endpoint {
+        s.push_str(&format!(" endpoint {ep}"));
+    }
+    if let Some(id) = l.peer_identity {
+        s.push_str(&format!(" peer {}", l.peer.clone().unwrap_or_else(|| format!("identity {id}"))));
+    }
+    if let Some(r) = &l.rule {
+        s.push_str(&format!(" by {r}"));
+    }
+    println!("{s}");
+}
+
+/// How long a lease lasts; renewed twice as often.
+const LEASE: Duration = Duration::from_secs(3);
+
+pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()> {
+    let mut lease: Array<MapData, u64> = pinned::array(layout, MON_LEASE)?;
+    let mut ring: RingBuf<MapData> = pinned::typed(layout, MON_EVENTS)?;
+    let names = Names::load(layout)?;
+    let start = Instant::now();
+    let mut renewed = Instant::now() - LEASE;
+    let mut shown = 0u64;
+    let done = |shown: u64| args.count.is_some_and(|c| shown >= c) || args.duration.is_some_and(|d| start.elapsed().as_secs_f64() >= d);
+    while !done(shown) {
+        if renewed.elapsed() >= LEASE / 2 {
+            lease.set(0, monotonic_ns() + LEASE.as_nanos() as u64, 0)?;
+            renewed = Instant::now();
+        }
+        let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd on the ring buffer's fd, owned by this frame.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        while let Some(item) = ring.next() {
+            let bytes: &[u8] = &item;
+            if bytes.len() < std::mem::size_of::<DatapathEvent>() {
+                continue;
+            }
+            // SAFETY: a whole DatapathEvent record (plain data), read unaligned.
+            let e: DatapathEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            if let Some(l) = line(&e, &names).filter(|l| wanted(l, args)) {
+                print(&l, format);
+                shown += 1;
+                if done(shown) {
+                    break;
+                }
+            }
+        }
+    }
+    // Stop the kernel writing for no one (it would stop by itself when
+    // the lease runs out).
+    let _ = lease.set(0, 0, 0);
+    Ok(())
+}
