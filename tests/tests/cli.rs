@@ -196,3 +196,51 @@ fn monitor_streams_drops_verdicts_and_traces_with_or_without_the_agent() {
     let out = c.node.weir(&["monitor", "--type", "trace", "--duration", "1"]);
     assert!(out.status.success() && out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn diff_compares_the_files_with_the_maps_and_exits_1_on_drift() {
+    let mut c = cluster();
+    let source = format!("dir:{}", c.node.source_dir().display());
+    let node_name = c.node.ns().name().to_string();
+    let diff = |c: &NetpolCluster| {
+        let out = c.node.weir(&["diff", "--source", &source, "--node-name", &node_name, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let (code, v) = diff(&c);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["in_sync"], true);
+    let svc = v["services"].as_array().expect("services").iter().find(|s| s["frontend"] == format!("{VIP}:80/tcp")).expect("the service").clone();
+    assert_eq!((svc["status"].as_str(), svc["origin"].as_str()), (Some("in-sync"), Some("default/web:p")));
+    assert!(svc["last_programmed"].as_u64().is_some(), "the agent records when it programmed the service");
+
+    // While the agent is down, the files change: drift, named.
+    c.agent.stop_with(libc::SIGTERM);
+    let (xa, xb) = (ip_of(p("x", "a")), ip_of(p("x", "b")));
+    c.node.write_source("svc.yaml", yaml_service("web", VIP, 80, "TCP", 80, &ready(&[xa, xb])).as_bytes());
+    c.node.write_source(
+        "policies.yaml",
+        b"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{port: 80}, {port: 81}]\n",
+    );
+    let (code, v) = diff(&c);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["in_sync"], false);
+    let svc = v["services"].as_array().expect("services").iter().find(|s| s["frontend"] == format!("{VIP}:80/tcp")).expect("the service").clone();
+    assert_eq!(svc["status"], "differs");
+    assert_eq!(svc["details"][0], format!("backend {xb}:80 not programmed"));
+    let missing = v["policy_missing"].as_array().expect("policy_missing");
+    assert_eq!(missing.len(), 3, "port 81 from each of y's three identities: {missing:?}");
+    assert!(missing.iter().all(|l| l["endpoint"] == xa.to_string() && l["port"] == 81 && l["direction"] == "ingress"));
+    let text = c.node.weir(&["diff", "--source", &source, "--node-name", &node_name]);
+    assert_eq!(text.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("DRIFT"));
+
+    // The agent comes back and programs the files: in sync again.
+    c.agent.restart();
+    c.agent.wait_for_log("initial sync", 2);
+    let (code, v) = diff(&c);
+    assert_eq!(code, Some(0), "{v:#}");
+
+    let bad = c.node.weir(&["diff", "--source", "kube"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -70,3 +70,8 @@ pub const MON_EVENTS_BYTES: u32 = 1 << 20;
 /// `weir monitor`'s lease: index 0 → CLOCK_MONOTONIC ns until which the
 /// kernel writes `MON_EVENTS` (array of u64).
 pub const MON_LEASE: &str = "WEIR_MON_LEASE";
+
+/// Service id → when the agent last programmed it, unix seconds (hash,
+/// not preallocated; written by the agent, read by `weir diff`).
+pub const SVC_TIMES: &str = "WEIR_SVC_TIMES";
+pub const SVC_TIMES_MAX_ENTRIES: u32 = 65_536;

@@ -59,6 +59,10 @@ pub static POLICY: LpmTrie<PolicyKeyData, PolicyValue> = LpmTrie::pinned(POLICY_
 #[map(name = "WEIR_NAMES")]
 pub static NAMES: HashMap<NameKey, RuleName> = HashMap::pinned(NAMES_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+/// Written by the agent and read by the CLI only (see [`NAMES`]).
+#[map(name = "WEIR_SVC_TIMES")]
+pub static SVC_TIMES: HashMap<u32, u64> = HashMap::pinned(SVC_TIMES_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
 #[map(name = "WEIR_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 

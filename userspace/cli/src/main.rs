@@ -2,6 +2,7 @@
 //! whether or not weir-agent is running.
 
 mod ct;
+mod diff;
 mod explain;
 mod ifnames;
 mod lb;
@@ -72,6 +73,12 @@ enum Command {
         #[command(flatten)]
         args: monitor::Args,
     },
+    /// Compares the desired state (loaded here, from the agent's kind of
+    /// source) with the pinned maps; exits 1 on drift.
+    Diff {
+        #[command(flatten)]
+        args: diff::Args,
+    },
     /// What the datapath will do with a new flow, and why, using the
     /// kernel's own decision code on the live maps.
     Explain {
@@ -123,6 +130,11 @@ fn main() -> std::process::ExitCode {
         Command::Identity { verb: ListVerb::List } => policy::identities(&layout, f),
         Command::Policy { verb: PolicyVerb::Show { pod } } => policy::show(&layout, &pod, f),
         Command::Monitor { args } => monitor::run(&layout, &args, f),
+        Command::Diff { args } => match diff::run(&layout, &args, f) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Explain { src, dst } => explain::run(&layout, &src, &dst, f),
     };
     match result {

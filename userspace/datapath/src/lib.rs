@@ -13,6 +13,7 @@ pub mod mmap;
 pub mod objects;
 pub mod pinned;
 pub mod policy;
+pub mod programmed;
 pub mod pins;
 pub mod stats;
 

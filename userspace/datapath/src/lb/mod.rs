@@ -25,7 +25,7 @@ use weir_common::{
         AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SVC_F_AFFINITY,
         SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER,
     },
-    maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE},
+    maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SVC_TIMES},
 };
 use weir_logic::maglev;
 
@@ -81,6 +81,8 @@ pub struct Lb {
     backends_map: HashMap<MapData, u32, Backend>,
     table_map: MmapU32Array,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    /// Service id → when it was last programmed (unix seconds).
+    times: HashMap<MapData, u32, u64>,
     ct: Conntrack,
     services: BTreeMap<FrontendKey, SvcState>,
     backends: StdHashMap<Ident, (u32, BackendState)>,
@@ -111,6 +113,7 @@ impl Lb {
         let backends_map: HashMap<MapData, u32, Backend> = pinned::hash(layout, BACKENDS)?;
         let table_map = MmapU32Array::open(layout, LB_TABLE)?;
         let affinity = pinned::hash(layout, AFFINITY)?;
+        let times = pinned::hash(layout, SVC_TIMES)?;
         let ct = Conntrack::open(layout)?;
 
         let mut backends = StdHashMap::new();
@@ -152,6 +155,7 @@ impl Lb {
             backends_map,
             table_map,
             affinity,
+            times,
             ct,
             services,
             backends,
@@ -305,7 +309,20 @@ impl Lb {
                 self.release_backend(b, &mut stats)?;
             }
         }
+        if stats.map_writes > 0 {
+            self.stamp(id);
+        }
         Ok(stats)
+    }
+
+    /// Records when service `id` was last programmed (for `weir diff`);
+    /// not counted as a map write, and best effort: the timestamp is
+    /// information, never state the datapath depends on.
+    fn stamp(&mut self, id: u32) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Err(e) = self.times.insert(id, now, 0) {
+            tracing::debug!(service_id = id, error = %e, "could not record the programming time");
+        }
     }
 
     /// Removes one service port. Frontend first, then its table and backends.
@@ -317,6 +334,7 @@ impl Lb {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(DatapathError::Map { name: FRONTENDS, source }),
         }
+        let _ = self.times.remove(&old.service.id);
         stats.map_writes += 1;
         self.slab.free(old.service.table_base, old.service.table_len);
         self.release_vip(key.addr, &mut stats)?;

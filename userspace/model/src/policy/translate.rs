@@ -54,6 +54,12 @@ pub fn assign(ids: &mut Ids, policies: &[CompiledPolicy], world: &World, cidrs: 
     }
 }
 
+/// A pod identity's name: `ns {k=v,...}`.
+pub fn identity_name(key: &LabelKey) -> String {
+    let labels: Vec<String> = key.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{} {{{}}}", key.namespace, labels.join(","))
+}
+
 /// Names for the CLI: every rule of `policies`, every local endpoint and
 /// every pod identity, by (kind, id).
 pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, node: Option<&str>) -> BTreeMap<NameKey, String> {
@@ -65,8 +71,7 @@ pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, node: Option
     for pod in &world.pods {
         let key = label_key(world, pod);
         if let Some(id) = ids.lookup_pod(&key) {
-            let labels: Vec<String> = key.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            out.insert(NameKey { kind: NAME_IDENTITY, id }, format!("{} {{{}}}", key.namespace, labels.join(",")));
+            out.insert(NameKey { kind: NAME_IDENTITY, id }, identity_name(&key));
         }
         if is_local(pod, node) {
             if let Some(id) = ids.lookup_endpoint(&pod.namespace, &pod.name) {

@@ -1,0 +1,225 @@
+//! `weir diff --source dir:<DIR> [--node-name N]`: loads the desired state
+//! itself (the same files and the same pure translation the agent uses),
+//! compares it with the pinned maps, prints each difference and exits 1
+//! on drift. Works while the agent is down.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use weir_common::policy::{ID_ANY, ID_CIDR_FIRST};
+use weir_datapath::{
+    programmed::{self, policy_lines, PolicyLine, ServiceView},
+    PinLayout,
+};
+use weir_desired::policy::Prefix;
+use weir_model::{
+    load::{is_object_file, parse_file},
+    policy::{
+        translate::{assign, identity_name, translate},
+        CompiledPolicy, Ids,
+    },
+    translate::{translate_all, NodeContext},
+    Change, ClusterState,
+};
+
+use crate::output::{print_table, Format};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the desired state comes from: dir:<DIR> (standalone mode's files).
+    #[arg(long)]
+    pub source: String,
+    /// The node to compare for (internalTrafficPolicy, local pods); the
+    /// agent's --node-name.
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceDiff {
+    frontend: String,
+    origin: Option<String>,
+    /// "in-sync", "missing" (desired, not programmed), "extra" (programmed,
+    /// not desired) or "differs".
+    status: &'static str,
+    details: Vec<String>,
+    /// Unix seconds of the agent's last write to this service.
+    last_programmed: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    in_sync: bool,
+    services: Vec<ServiceDiff>,
+    /// Policy lines desired but not programmed, and programmed but not desired.
+    policy_missing: Vec<PolicyLine>,
+    policy_extra: Vec<PolicyLine>,
+    /// Endpoints whose isolation differs: (address, desired, programmed).
+    isolation: Vec<(IpAddr, Option<(bool, bool)>, Option<(bool, bool)>)>,
+    warnings: Vec<String>,
+}
+
+fn load_dir(dir: &PathBuf) -> anyhow::Result<(ClusterState, Vec<String>)> {
+    let mut state = ClusterState::new();
+    let mut warnings = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| is_object_file(p))
+        .collect();
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        match parse_file(&f, &bytes) {
+            Ok(loaded) => {
+                warnings.extend(loaded.warnings.iter().map(ToString::to_string));
+                for o in loaded.objects {
+                    state.apply(Change::Upsert(o));
+                }
+            }
+            Err(w) => warnings.push(w.to_string()),
+        }
+    }
+    Ok((state, warnings))
+}
+
+fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{}s ago", now.saturating_sub(unix))
+}
+
+/// The desired policy, named like the programmed one.
+fn desired_policy(state: &ClusterState, node: Option<&str>) -> programmed::PolicyView {
+    let policies = state.policies();
+    let world = state.policy_world();
+    let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+    let mut ids = Ids::new();
+    assign(&mut ids, &policies, &world, &cidrs, node);
+    let s = translate(&policies, &world, &ids, &cidrs, node);
+    let by_id: BTreeMap<u32, IpAddr> = s.endpoints.iter().map(|(ip, e)| (e.id, *ip)).collect();
+    let cidr_names: BTreeMap<u32, String> = cidrs.iter().filter_map(|c| Some((ids.lookup_cidr(c)?, format!("cidr {c}")))).collect();
+    let lines = policy_lines(
+        s.entries.keys(),
+        |id| by_id.get(&id).copied(),
+        |id| match id {
+            ID_ANY => "any".into(),
+            id if id >= ID_CIDR_FIRST => cidr_names.get(&id).cloned().unwrap_or_else(|| format!("identity {id}")),
+            id => ids.pod_labels(id).map_or_else(|| format!("identity {id}"), identity_name),
+        },
+    );
+    let isolation = s.endpoints.iter().map(|(ip, e)| (*ip, (e.ingress_isolated, e.egress_isolated))).collect();
+    programmed::PolicyView { isolation, lines }
+}
+
+/// Returns whether the maps match the desired state.
+pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<bool> {
+    let Some(dir) = args.source.strip_prefix("dir:") else {
+        bail!("--source {:?}: weir diff reads dir:<DIR> (the standalone files); --source kube is not supported yet", args.source);
+    };
+    let (state, warnings) = load_dir(&PathBuf::from(dir))?;
+    let node = args.node_name.as_deref();
+    let ctx = NodeContext::from_state(&state, node);
+    let mut want = BTreeMap::new();
+    for specs in translate_all(&state, &ctx).into_values() {
+        for s in specs {
+            want.insert(s.frontend, (s.origin.clone(), ServiceView::of_spec(&s)));
+        }
+    }
+    let have = programmed::services(layout)?;
+    let mut services = Vec::new();
+    for f in want.keys().chain(have.keys()).copied().collect::<BTreeSet<_>>() {
+        let (w, h) = (want.get(&f), have.get(&f));
+        let mut details = Vec::new();
+        let status = match (w, h) {
+            (Some(_), None) => "missing",
+            (None, Some(_)) => "extra",
+            (Some((_, w)), Some((h, _))) if w == h => "in-sync",
+            (Some((_, w)), Some((h, _))) => {
+                for b in w.backends.difference(&h.backends) {
+                    details.push(format!("backend {b} not programmed"));
+                }
+                for b in h.backends.difference(&w.backends) {
+                    details.push(format!("backend {b} programmed but not desired"));
+                }
+                if w.selection != h.selection {
+                    details.push(format!("selection {} desired, {} programmed", w.selection, h.selection));
+                }
+                if w.affinity_timeout_s != h.affinity_timeout_s {
+                    details.push(format!("affinity {:?} desired, {:?} programmed", w.affinity_timeout_s, h.affinity_timeout_s));
+                }
+                "differs"
+            }
+            (None, None) => continue,
+        };
+        services.push(ServiceDiff {
+            frontend: f.to_string(),
+            origin: w.map(|(o, _)| o.clone()),
+            status,
+            details,
+            last_programmed: h.and_then(|(_, t)| *t),
+        });
+    }
+    let want_pol = desired_policy(&state, node);
+    let have_pol = programmed::policy(layout)?;
+    let policy_missing: Vec<PolicyLine> = want_pol.lines.difference(&have_pol.lines).cloned().collect();
+    let policy_extra: Vec<PolicyLine> = have_pol.lines.difference(&want_pol.lines).cloned().collect();
+    let isolation: Vec<_> = want_pol
+        .isolation
+        .keys()
+        .chain(have_pol.isolation.keys())
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|ip| (ip, want_pol.isolation.get(&ip).copied(), have_pol.isolation.get(&ip).copied()))
+        .filter(|(_, w, h)| w != h)
+        .collect();
+    let in_sync = services.iter().all(|s| s.status == "in-sync") && policy_missing.is_empty() && policy_extra.is_empty() && isolation.is_empty();
+    let report = Report { in_sync, services, policy_missing, policy_extra, isolation, warnings };
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(in_sync);
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    let rows: Vec<Vec<String>> = report
+        .services
+        .iter()
+        .map(|s| {
+            vec![
+                s.frontend.clone(),
+                s.origin.clone().unwrap_or_else(|| "-".into()),
+                s.status.to_uppercase(),
+                s.last_programmed.map_or_else(|| "-".into(), ago),
+                s.details.join("; "),
+            ]
+        })
+        .collect();
+    print_table(&["FRONTEND", "SERVICE", "STATUS", "PROGRAMMED", "DETAILS"], &rows);
+    let fmt_line = |l: &PolicyLine| {
+        let ports = match (l.protocol, l.port_bits) {
+            (0, _) => "any".to_string(),
+            (p, 0) => format!("{}/any", weir_datapath::explain::proto_name(p)),
+            (p, 16) => format!("{}/{}", weir_datapath::explain::proto_name(p), l.port),
+            (p, b) => format!("{}/{}-{}", weir_datapath::explain::proto_name(p), l.port, u32::from(l.port) + (1u32 << (16 - b)) - 1),
+        };
+        format!("{} {} {} {ports}", l.endpoint, l.direction, l.peer)
+    };
+    for l in &report.policy_missing {
+        println!("policy missing: {}", fmt_line(l));
+    }
+    for l in &report.policy_extra {
+        println!("policy extra:   {}", fmt_line(l));
+    }
+    for (ip, w, h) in &report.isolation {
+        println!("isolation of {ip}: desired {w:?} (ingress, egress), programmed {h:?}");
+    }
+    println!("{}", if in_sync { "in sync" } else { "DRIFT" });
+    Ok(in_sync)
+}
