@@ -100,7 +100,7 @@ pub fn list(layout: &PinLayout, filter: &Filter, format: Format) -> anyhow::Resu
     let ct = Conntrack::open(layout)?;
     let now = monotonic_ns();
     let mut rows: Vec<Row> = ct.entries().iter().filter(|(k, _)| filter.matches(k)).map(|(k, e)| row(k, e, now)).collect();
-    rows.sort_by(|a, b| (a.src, a.sport, a.dst, a.dport).cmp(&(b.src, b.sport, b.dst, b.dport)));
+    rows.sort_by_key(|r| (r.src, r.sport, r.dst, r.dport));
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -52,6 +52,16 @@ struct ServiceDiff {
     last_programmed: Option<u64>,
 }
 
+/// (ingress, egress) isolation; `None` when the endpoint is absent.
+type Isolation = Option<(bool, bool)>;
+
+#[derive(Debug, Serialize)]
+struct IsolationDiff {
+    endpoint: IpAddr,
+    desired: Isolation,
+    programmed: Isolation,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     in_sync: bool,
@@ -59,8 +69,8 @@ struct Report {
     /// Policy lines desired but not programmed, and programmed but not desired.
     policy_missing: Vec<PolicyLine>,
     policy_extra: Vec<PolicyLine>,
-    /// Endpoints whose isolation differs: (address, desired, programmed).
-    isolation: Vec<(IpAddr, Option<(bool, bool)>, Option<(bool, bool)>)>,
+    /// Endpoints whose isolation differs.
+    isolation: Vec<IsolationDiff>,
     warnings: Vec<String>,
 }
 
@@ -176,8 +186,8 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<bo
         .copied()
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .map(|ip| (ip, want_pol.isolation.get(&ip).copied(), have_pol.isolation.get(&ip).copied()))
-        .filter(|(_, w, h)| w != h)
+        .map(|ip| IsolationDiff { endpoint: ip, desired: want_pol.isolation.get(&ip).copied(), programmed: have_pol.isolation.get(&ip).copied() })
+        .filter(|d| d.desired != d.programmed)
         .collect();
     let in_sync = services.iter().all(|s| s.status == "in-sync") && policy_missing.is_empty() && policy_extra.is_empty() && isolation.is_empty();
     let report = Report { in_sync, services, policy_missing, policy_extra, isolation, warnings };
@@ -217,8 +227,8 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<bo
     for l in &report.policy_extra {
         println!("policy extra:   {}", fmt_line(l));
     }
-    for (ip, w, h) in &report.isolation {
-        println!("isolation of {ip}: desired {w:?} (ingress, egress), programmed {h:?}");
+    for d in &report.isolation {
+        println!("isolation of {}: desired {:?} (ingress, egress), programmed {:?}", d.endpoint, d.desired, d.programmed);
     }
     println!("{}", if in_sync { "in sync" } else { "DRIFT" });
     Ok(in_sync)
