@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::source::SourceSpec;
+use weir_source::SourceSpec;
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "weir-agent", version, about = "weir node agent: eBPF service load balancing and policy")]

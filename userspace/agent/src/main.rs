@@ -10,7 +10,6 @@ mod pods;
 mod policy;
 mod reconcile;
 mod run;
-mod source;
 
 use clap::Parser as _;
 

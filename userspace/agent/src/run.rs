@@ -16,6 +16,7 @@ use weir_datapath::{
     LoadOptions, PinLayout, PodDatapath,
 };
 use weir_model::{state::Affected, ClusterState, Warning};
+use weir_source::{self as source, SourceEvent};
 
 use crate::{
     args::Args,
@@ -25,7 +26,6 @@ use crate::{
     pods::PodInterfaces,
     policy::PolicyReconciler,
     reconcile::{Outcome, Reconciler},
-    source::{self, SourceEvent},
 };
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

@@ -1,15 +1,15 @@
-//! `weir diff --source dir:<DIR> [--node-name N]`: loads the desired state
-//! itself (the same files and the same pure translation the agent uses),
+//! `weir diff [--source kube|dir:<DIR>] [--node-name N]`: loads the
+//! desired state itself (the agent's own source code, run until it has
+//! listed everything, and the same pure translation),
 //! compares it with the pinned maps, prints each difference and exits 1
 //! on drift. Works while the agent is down.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    path::PathBuf,
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use serde::Serialize;
 use weir_common::policy::{ID_ANY, ID_CIDR_FIRST};
 use weir_datapath::{
@@ -18,21 +18,22 @@ use weir_datapath::{
 };
 use weir_desired::policy::Prefix;
 use weir_model::{
-    load::{is_object_file, parse_file},
     policy::{
         translate::{assign, identity_name, translate},
         CompiledPolicy, Ids,
     },
     translate::{translate_all, NodeContext},
-    Change, ClusterState,
+    ClusterState,
 };
+use weir_source::{SourceEvent, SourceSpec};
 
 use crate::output::{print_table, Format};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where the desired state comes from: dir:<DIR> (standalone mode's files).
-    #[arg(long)]
+    /// Where the desired state comes from, as the agent's --source: `kube`
+    /// (kube::Config::infer) or `dir:<DIR>` (standalone mode's files).
+    #[arg(long, default_value = "kube")]
     pub source: String,
     /// The node to compare for (internalTrafficPolicy, local pods); the
     /// agent's --node-name.
@@ -74,30 +75,34 @@ struct Report {
     warnings: Vec<String>,
 }
 
-fn load_dir(dir: &PathBuf) -> anyhow::Result<(ClusterState, Vec<String>)> {
-    let mut state = ClusterState::new();
-    let mut warnings = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| is_object_file(p))
-        .collect();
-    files.sort();
-    for f in files {
-        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-        match parse_file(&f, &bytes) {
-            Ok(loaded) => {
-                warnings.extend(loaded.warnings.iter().map(ToString::to_string));
-                for o in loaded.objects {
-                    state.apply(Change::Upsert(o));
+/// Runs the agent's own source until it has delivered everything that
+/// exists (`Synced`), and returns the cluster state it built.
+fn load(spec: &SourceSpec) -> anyhow::Result<(ClusterState, Vec<String>)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        weir_source::spawn(spec, tx)?;
+        let mut state = ClusterState::new();
+        let mut warnings = Vec::new();
+        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(SourceEvent::Changes { changes, warnings: w, .. })) => {
+                    warnings.extend(w.iter().map(ToString::to_string));
+                    for c in changes {
+                        state.apply(c);
+                    }
                 }
+                Ok(Some(SourceEvent::Synced)) => return Ok((state, warnings)),
+                Ok(None) => bail!("the {spec:?} source stopped before it had listed everything"),
+                Err(_) => bail!("the {spec:?} source did not list everything within {SYNC_TIMEOUT:?} (for kube: is the API server reachable with this kubeconfig?)"),
             }
-            Err(w) => warnings.push(w.to_string()),
         }
-    }
-    Ok((state, warnings))
+    })
 }
+
+/// How long `weir diff` waits for the source's first full listing.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn ago(unix: u64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -129,10 +134,8 @@ fn desired_policy(state: &ClusterState, node: Option<&str>) -> programmed::Polic
 
 /// Returns whether the maps match the desired state.
 pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<bool> {
-    let Some(dir) = args.source.strip_prefix("dir:") else {
-        bail!("--source {:?}: weir diff reads dir:<DIR> (the standalone files); --source kube is not supported yet", args.source);
-    };
-    let (state, warnings) = load_dir(&PathBuf::from(dir))?;
+    let spec: SourceSpec = args.source.parse()?;
+    let (state, warnings) = load(&spec)?;
     let node = args.node_name.as_deref();
     let ctx = NodeContext::from_state(&state, node);
     let mut want = BTreeMap::new();

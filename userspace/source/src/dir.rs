@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use weir_model::{
@@ -23,7 +22,7 @@ use weir_model::{
     Change, Object, ObjectKey, Warning,
 };
 
-use super::{SourceEvent, Sender};
+use super::{SourceError, SourceEvent, Sender};
 
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -132,9 +131,9 @@ fn list_object_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Starts watching `dir` and sends its objects, then every change.
-pub fn spawn(dir: PathBuf, tx: Sender) -> anyhow::Result<()> {
+pub fn spawn(dir: PathBuf, tx: Sender) -> Result<(), SourceError> {
     if !dir.is_dir() {
-        anyhow::bail!("--source dir:{}: not a directory", dir.display());
+        return Err(SourceError::NotADirectory(dir));
     }
     let (ntx, nrx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -147,8 +146,8 @@ pub fn spawn(dir: PathBuf, tx: Sender) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "file watch error"),
     })
-    .context("creating the file watcher")?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).with_context(|| format!("watching {}", dir.display()))?;
+    .map_err(|source| SourceError::Watch { path: dir.clone(), source })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| SourceError::Watch { path: dir.clone(), source })?;
     tokio::spawn(run(dir, tx, nrx, watcher));
     Ok(())
 }

@@ -44,14 +44,13 @@ impl SyncTracker {
 }
 
 /// Connects with `kube::Config::infer` and starts the watchers.
-pub fn spawn(tx: Sender) -> anyhow::Result<()> {
+pub fn spawn(tx: Sender) {
     tokio::spawn(async move {
         match Client::try_default().await {
             Ok(client) => run(client, tx),
             Err(error) => tracing::error!(%error, "cannot reach the Kubernetes API (kube::Config::infer)"),
         }
     });
-    Ok(())
 }
 
 /// Starts one watcher per kind on `client`.

@@ -1,0 +1,47 @@
+//! Where cluster objects come from: the Kubernetes API (kube-rs watchers)
+//! or a directory of YAML/JSON files. Both produce the same
+//! [`SourceEvent`]s; nothing downstream knows which one is in use. The
+//! agent runs a source for as long as it lives; `weir diff` runs one until
+//! it is `Synced`, so both read desired state with the same code.
+
+pub mod dir;
+pub mod kube;
+pub mod spec;
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use weir_model::{Change, Warning};
+
+pub use spec::SourceSpec;
+
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Object changes, and the input problems found on the way.
+    Changes { changes: Vec<Change>, warnings: Vec<Warning>, at: Instant },
+    /// Everything that existed at start has been delivered.
+    Synced,
+}
+
+pub type Sender = mpsc::Sender<SourceEvent>;
+
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("--source dir:{}: not a directory", .0.display())]
+    NotADirectory(std::path::PathBuf),
+    #[error("watching {}: {source}", path.display())]
+    Watch { path: std::path::PathBuf, #[source] source: notify::Error },
+}
+
+/// Starts the source (on the current tokio runtime); it runs until the
+/// receiver is dropped.
+pub fn spawn(spec: &SourceSpec, tx: Sender) -> Result<(), SourceError> {
+    match spec {
+        SourceSpec::Dir(dir) => dir::spawn(dir.clone(), tx),
+        SourceSpec::Kube => {
+            kube::spawn(tx);
+            Ok(())
+        }
+    }
+}
