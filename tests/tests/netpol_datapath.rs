@@ -201,3 +201,28 @@ fn denials_are_counted_in_metrics() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One ICMP echo from `from` to `to`, one second to answer.
+fn ping(c: &NetpolCluster, from: P, to: P) -> bool {
+    let net = format!("--net={}", c.pod(from).ns().path().display());
+    let ip = ip_of(to).to_string();
+    weir_tests::cmd::output(&["nsenter", &net, "ping", "-c", "1", "-W", "1", "-q", &ip]).status.success()
+}
+
+#[test]
+fn icmp_is_judged_by_rules_without_ports_and_echo_replies_return() {
+    let mut c = NetpolCluster::new();
+    assert!(ping(&c, p("y", "a"), p("x", "a")), "no policy: ping works");
+    c.apply(&np("x", "deny", "podSelector: {}\npolicyTypes: [Ingress]"));
+    assert!(!ping(&c, p("y", "a"), p("x", "a")), "an isolated pod does not answer pings");
+    c.apply(&np("x", "tcp80", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n  ports:\n  - port: 80"));
+    assert!(!ping(&c, p("y", "a"), p("x", "a")), "a rule naming TCP ports does not allow ICMP");
+    c.apply(&np("x", "from-y", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}"));
+    assert!(ping(&c, p("y", "a"), p("x", "a")), "a rule without ports allows every protocol");
+    assert!(!ping(&c, p("z", "a"), p("x", "a")), "but only from its peers");
+    // x/a isolated both ways, egress to y allowed: its own pings come back.
+    c.apply(&np("x", "a", "podSelector:\n  matchLabels: {pod: a}\npolicyTypes: [Ingress, Egress]\negress:\n- to:\n  - namespaceSelector:\n      matchLabels: {ns: y}"));
+    assert!(ping(&c, p("x", "a"), p("y", "b")), "the echo reply rides the echo's conntrack entry");
+    assert!(!ping(&c, p("x", "a"), p("z", "b")), "egress to z is not allowed");
+    assert!(!ping(&c, p("y", "b"), p("x", "a")), "y still cannot ping x/a");
+}

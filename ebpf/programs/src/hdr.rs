@@ -5,6 +5,12 @@ use aya_ebpf::programs::TcContext;
 use weir_common::lb::{PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
+pub const PROTO_ICMP: u8 = 1;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const IP_OFF: usize = ETH_HLEN;
 pub const IP_CSUM_OFF: usize = IP_OFF + 10;
@@ -29,12 +35,21 @@ pub struct Ipv4Pkt {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// ICMP: the message type.
+    pub icmp_type: u8,
 }
 
 impl Ipv4Pkt {
     #[inline(always)]
     pub fn is_tcp_udp(&self) -> bool {
         (self.proto == PROTO_TCP || self.proto == PROTO_UDP) && !self.later_fragment
+    }
+
+    /// An ICMP error: it answers a packet of some other flow.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == PROTO_ICMP
+            && (self.icmp_type == ICMP_DEST_UNREACH || self.icmp_type == ICMP_TIME_EXCEEDED || self.icmp_type == ICMP_PARAMETER_PROBLEM)
     }
 
     /// Offset of the L4 checksum.
@@ -77,12 +92,22 @@ pub fn parse_v4(ctx: &TcContext) -> Option<Ipv4Pkt> {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        icmp_type: 0,
     };
     if !later_fragment && (proto == PROTO_TCP || proto == PROTO_UDP) {
         pkt.sport = ctx.load(l4_off).ok()?;
         pkt.dport = ctx.load(l4_off + 2).ok()?;
         if proto == PROTO_TCP {
             pkt.tcp_flags = ctx.load(l4_off + 13).ok()?;
+        }
+    } else if !later_fragment && proto == PROTO_ICMP {
+        pkt.icmp_type = ctx.load(l4_off).ok()?;
+        // An echo and its reply share the identifier: it stands in for
+        // both ports, so conntrack matches the reply reversed.
+        if pkt.icmp_type == ICMP_ECHO_REQUEST || pkt.icmp_type == ICMP_ECHO_REPLY {
+            let id: u16 = ctx.load(l4_off + 4).ok()?;
+            pkt.sport = id;
+            pkt.dport = id;
         }
     }
     Some(pkt)

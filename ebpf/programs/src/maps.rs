@@ -95,6 +95,9 @@ pub struct Scratch {
     pub pkey: CtKey,
     pub pentry: CtEntry,
     pub event: DatapathEvent,
+    /// The policy decision's inputs (see `policy::judge`).
+    pub judge_tuple: crate::policy::Tuple,
+    pub judge_ep: EndpointInfo,
 }
 
 #[map(name = "WEIR_SCRATCH")]

@@ -22,7 +22,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     ct::{CtEntry, CT_POLICY, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV},
-    lb::PROTO_TCP,
+    lb::{PROTO_TCP, PROTO_UDP},
     drop::DropReason,
     event::{ALLOW_HOST, ALLOW_NOT_ISOLATED, ALLOW_RULE},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, DIR_EGRESS, DIR_INGRESS, POLICY_PREFIX_FULL},
@@ -104,29 +104,49 @@ pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
             return true;
         }
     }
-    let port = u16::from_be(t.dport);
+    let Some(s) = scratch() else { return false };
+    s.judge_tuple = *t;
     if mode & CHECK_EGRESS != 0 {
         if let Some(ep) = src {
-            let d = decide(&KernelMaps, &ep, DIR_EGRESS, &Addr::from_v4_raw(t.daddr), t.proto, port);
-            if !report(ctx, t, &d, ep.id, DIR_EGRESS as u32) {
+            s.judge_ep = ep;
+            if !judge(ctx, DIR_EGRESS as u32) {
                 return false;
             }
         }
     }
     if mode & CHECK_INGRESS != 0 {
         if let Some(ep) = dst {
-            let mut d = decide(&KernelMaps, &ep, DIR_INGRESS, &Addr::from_v4_raw(t.saddr), t.proto, port);
-            let mut reason = DIR_INGRESS as u32;
-            if mode & FROM_HOST != 0 {
-                d.allowed = true;
-                reason |= (ALLOW_HOST as u32) << 8;
-            }
-            if !report(ctx, t, &d, ep.id, reason) {
+            s.judge_ep = ep;
+            let host = if mode & FROM_HOST != 0 { (ALLOW_HOST as u32) << 8 } else { 0 };
+            if !judge(ctx, DIR_INGRESS as u32 | host) {
                 return false;
             }
         }
     }
     true
+}
+
+/// One end's decision, for the tuple and endpoint `allow_new` left in
+/// scratch space. `code`: the direction, and `ALLOW_HOST << 8` for a flow
+/// the node itself opens (always allowed). A frame of its own keeps the
+/// BPF call chain within its 512-byte stack; inputs travel through scratch
+/// space because LLVM would otherwise promote them into more than the
+/// five argument registers a BPF call has.
+#[inline(never)]
+fn judge(ctx: &TcContext, code: u32) -> bool {
+    let Some(s) = scratch() else { return false };
+    let (t, ep) = (s.judge_tuple, s.judge_ep);
+    let (t, ep) = (&t, &ep);
+    let direction = (code & 0xff) as u8;
+    let peer = if direction == DIR_EGRESS { t.daddr } else { t.saddr };
+    // Rules name ports of TCP and UDP only; any other protocol is matched
+    // by rules that name no port.
+    let port = if t.proto == PROTO_TCP || t.proto == PROTO_UDP { u16::from_be(t.dport) } else { 0 };
+    let mut d = decide(&KernelMaps, ep, direction, &Addr::from_v4_raw(peer), t.proto, port);
+    if code >> 8 == ALLOW_HOST as u32 {
+        d.allowed = true;
+    }
+    report(ctx, t, &d, ep.id, code)
 }
 
 /// Counts and reports one decision; returns whether it allowed.
@@ -222,8 +242,9 @@ fn track(t: &Tuple, now: u64) {
     }
 }
 
-/// from_pod, for traffic that is not a service flow.
-#[inline(always)]
+/// from_pod, for traffic that is not a service flow. (Not inlined: its
+/// locals stay out of the program's top frame, which `reject` stacks on.)
+#[inline(never)]
 pub fn from_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
     let t = Tuple::of(pkt);
     if !enforced(&t) || tracked(&t, now) {
@@ -236,8 +257,23 @@ pub fn from_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
     TC_ACT_OK as i32
 }
 
+/// Traffic that is neither TCP nor UDP (ICMP, SCTP, ...), in either
+/// hook: ICMP errors pass (they answer packets of other flows, like the
+/// "related" state of kernel conntrack); fragments after the first carry
+/// no header to judge and pass; everything else is judged like a flow,
+/// with no port (so only rules that name no port allow it), and tracked
+/// by (addresses, protocol, ICMP echo identifier), so replies pass.
+#[inline(never)]
+pub fn other(ctx: &TcContext, pkt: &Ipv4Pkt, to_pod_side: bool) -> i32 {
+    if pkt.later_fragment || pkt.is_icmp_error() {
+        return TC_ACT_OK as i32;
+    }
+    let now = conntrack::now_ns();
+    if to_pod_side { to_pod(ctx, pkt, now) } else { from_pod(ctx, pkt, now) }
+}
+
 /// to_pod: the receiver's ingress, for flows no local from_pod judged.
-#[inline(always)]
+#[inline(never)]
 pub fn to_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
     let t = Tuple::of(pkt);
     if !endpoint(t.daddr).is_some_and(|e| e.flags != 0) || tracked(&t, now) || service_flow(&t, now) {

@@ -20,7 +20,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     if !pkt.is_tcp_udp() {
-        return TC_ACT_OK as i32;
+        return policy::other(&ctx, &pkt, false);
     }
     let Some(cfg) = conntrack::config() else {
         return TC_ACT_OK as i32;
@@ -62,7 +62,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     if !pkt.is_tcp_udp() {
-        return TC_ACT_OK as i32;
+        return policy::other(&ctx, &pkt, true);
     }
     policy::to_pod(&ctx, &pkt, conntrack::now_ns())
 }
