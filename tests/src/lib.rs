@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bins;
 pub mod cmd;
 pub mod containerd;
+pub mod kubeapi;
 pub mod names;
 pub mod netns;
 pub mod netpol;

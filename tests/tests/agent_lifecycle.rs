@@ -61,6 +61,12 @@ fn cleanup_removes_every_pin_and_detaches_the_programs() {
     cmd::run(&["nsenter", &net, agent_bin.to_str().expect("utf-8"), "--cleanup", "--bpffs", &bpffs]);
 
     assert!(!node.bpffs().exists(), "--cleanup removes the pin directory");
+    // The kernel releases an unpinned link from a work queue: detaching
+    // completes shortly after the pin is gone, not at once.
+    let start = std::time::Instant::now();
+    while tcx_programs(&node, &a.host_if) != 0 && start.elapsed() < std::time::Duration::from_secs(3) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(tcx_programs(&node, &a.host_if), 0, "--cleanup detaches the programs");
     let out = node.weir(&["stats"]);
     assert!(!out.status.success());

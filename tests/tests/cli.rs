@@ -246,94 +246,21 @@ fn diff_compares_the_files_with_the_maps_and_exits_1_on_drift() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected `kube` or `dir:<DIR>`"));
 }
 
-/// Serves the objects of `dir`'s YAML files as a Kubernetes API server
-/// would list them (watches stay open and quiet), inside `node`.
-fn api_server(node: &Node, dir: &std::path::Path) -> u16 {
-    use std::io::{Read as _, Write as _};
-    let mut by_kind: std::collections::BTreeMap<String, Vec<Value>> = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(dir).expect("source dir") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
-        for doc in text.split("\n---") {
-            let Ok(v) = serde_yaml_ng::from_str::<Value>(doc) else { continue };
-            if let Some(kind) = v["kind"].as_str() {
-                by_kind.entry(kind.to_string()).or_default().push(v.clone());
-            }
-        }
-    }
-    let paths = [
-        ("/api/v1/services", "Service", "v1"),
-        ("/api/v1/pods", "Pod", "v1"),
-        ("/api/v1/namespaces", "Namespace", "v1"),
-        ("/api/v1/nodes", "Node", "v1"),
-        ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
-        ("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
-    ];
-    let lists: std::collections::BTreeMap<&'static str, String> = paths
-        .iter()
-        .map(|(path, kind, api)| {
-            let items = by_kind.get(*kind).cloned().unwrap_or_default();
-            (*path, serde_json::json!({"apiVersion": api, "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items}).to_string())
-        })
-        .collect();
-    let (ptx, prx) = std::sync::mpsc::channel();
-    node.ns().spawn(move || {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let _ = ptx.send(listener.local_addr().expect("addr").port());
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let lists = lists.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let req = String::from_utf8_lossy(&buf).to_string();
-                let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
-                let path = target.split('?').next().unwrap_or("");
-                if target.contains("watch=true") {
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-                    std::thread::sleep(std::time::Duration::from_secs(10));
-                    return;
-                }
-                match lists.get(path) {
-                    Some(body) => {
-                        let _ = conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
-                    }
-                    None => {
-                        let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    }
-                }
-            });
-        }
-    });
-    prx.recv_timeout(std::time::Duration::from_secs(5)).expect("API server port")
-}
-
 #[test]
 fn diff_reads_the_kubernetes_api_with_the_agents_source() {
     let c = cluster();
-    let port = api_server(&c.node, c.node.source_dir());
-    let kubeconfig = std::env::temp_dir().join(weir_tests::names::unique("kubeconfig"));
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"),
-    )
-    .expect("kubeconfig");
+    let port = weir_tests::kubeapi::serve(c.node.ns(), weir_tests::kubeapi::objects_in(c.node.source_dir()));
+    let kubeconfig = weir_tests::kubeapi::Kubeconfig::new(port);
     let run = || {
         std::process::Command::new("nsenter")
             .arg(format!("--net={}", c.node.ns().path().display()))
             .arg(weir_tests::bins::path("weir"))
             .args(["--bpffs", c.node.bpffs().to_str().expect("utf-8"), "diff", "--source", "kube", "--node-name", c.node.ns().name(), "-o", "json"])
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", &kubeconfig.0)
             .output()
             .expect("weir diff")
     };
     let out = run();
-    let _ = std::fs::remove_file(&kubeconfig);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(out.status.code(), Some(0), "{v:#}");
     assert_eq!(v["in_sync"], true);

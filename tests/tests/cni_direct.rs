@@ -253,3 +253,32 @@ fn the_agent_installs_and_uninstalls_the_plugin() {
     let out = weir_tests::cmd::output(&[&agent, "--install-cni", "--pod-cidr", "not-a-cidr", "--cni-bin-dir", &b, "--cni-conf-dir", &c]);
     assert!(!out.status.success(), "a bad --pod-cidr is refused");
 }
+
+#[test]
+fn the_installer_reads_the_nodes_pod_cidr_from_the_api() {
+    let node = weir_tests::Node::new();
+    let objects = vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.7.0/24"}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bare"}, "spec": {}}),
+    ];
+    let port = weir_tests::kubeapi::serve(node.ns(), objects);
+    let kubeconfig = weir_tests::kubeapi::Kubeconfig::new(port);
+    let (bin, conf) = (TempDir::new("weir-cnibin"), TempDir::new("weir-cniconf"));
+    let (b, c) = (bin.path().display().to_string(), conf.path().display().to_string());
+    let install = |name: &str| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", node.ns().path().display()))
+            .arg(bins::path("weir-agent"))
+            .args(["--install-cni", "--pod-cidr", "node", "--node-name", name, "--cni-bin-dir", &b, "--cni-conf-dir", &c])
+            .env("KUBECONFIG", &kubeconfig.0)
+            .output()
+            .expect("weir-agent --install-cni")
+    };
+    let out = install("n1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&std::fs::read(conf.path().join("05-weir.conflist")).expect("conflist")).expect("json");
+    assert_eq!(list["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
+    let out = install("bare");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no spec.podCIDR"), "{}", String::from_utf8_lossy(&out.stderr));
+}

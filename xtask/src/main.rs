@@ -43,6 +43,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Regenerate the CRD YAML under manifests/crds/ from the Rust types.
+    Codegen,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Task::Codegen => sh::run("cargo", &["run", "--release", "--quiet", "-p", "weir-crds", "--bin", "weir-crdgen"]),
         Task::Demo => {
             setup::run()?;
             build()?;

@@ -44,7 +44,8 @@ pub struct Args {
     #[arg(long)]
     pub uninstall_cni: bool,
 
-    /// This node's pod CIDR, for the conflist's host-local IPAM range.
+    /// This node's pod CIDR, for the conflist's host-local IPAM range, or
+    /// `node` to read this node's spec.podCIDR from the API (needs --node-name).
     #[arg(long)]
     pub pod_cidr: Option<String>,
 

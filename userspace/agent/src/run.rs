@@ -31,7 +31,7 @@ use crate::{
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let layout = PinLayout::new(&args.bpffs);
     if args.install_cni || args.uninstall_cni {
-        return cni_install(&args);
+        return cni_install(&args).await;
     }
     if args.cleanup {
         layout.remove_all()?;
@@ -188,7 +188,7 @@ fn release_freed_memory() {
 }
 
 /// `--install-cni` / `--uninstall-cni`: an init step, then exit.
-fn cni_install(args: &Args) -> anyhow::Result<()> {
+async fn cni_install(args: &Args) -> anyhow::Result<()> {
     if args.uninstall_cni {
         weir_cni::install::uninstall(&args.cni_bin_dir, &args.cni_conf_dir)?;
         tracing::info!(bin_dir = %args.cni_bin_dir.display(), conf_dir = %args.cni_conf_dir.display(), "removed weir-cni and its conflist");
@@ -198,13 +198,28 @@ fn cni_install(args: &Args) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("weir-cni"),
     };
-    let cidr = args.pod_cidr.as_deref().context("--install-cni needs --pod-cidr")?;
+    let cidr = match args.pod_cidr.as_deref().context("--install-cni needs --pod-cidr")? {
+        "node" => node_pod_cidr(args.node_name.as_deref().context("--pod-cidr node needs --node-name")?).await?,
+        c => c.to_string(),
+    };
+    let cidr = cidr.as_str();
     if cidr.parse::<ipnet_check::Cidr>().is_err() {
         anyhow::bail!("--pod-cidr {cidr:?} is not a CIDR (like 10.244.1.0/24)");
     }
     let written = weir_cni::install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir, cidr, args.cni_mtu)?;
     tracing::info!(?written, "installed weir-cni");
     Ok(())
+}
+
+/// `--pod-cidr node`: this node's `spec.podCIDR`, from the API server
+/// (in a DaemonSet: the init container, with NODE_NAME from the downward API).
+async fn node_pod_cidr(name: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::Node;
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (kube::Config::infer)")?;
+    let node = kube::Api::<Node>::all(client).get(name).await.with_context(|| format!("reading Node {name}"))?;
+    node.spec.and_then(|s| s.pod_cidr).with_context(|| {
+        format!("Node {name} has no spec.podCIDR: let the controller-manager allocate node CIDRs (--allocate-node-cidrs), or pass --pod-cidr <CIDR>")
+    })
 }
 
 /// A minimal CIDR check (address/prefix) for flags.

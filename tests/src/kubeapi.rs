@@ -1,0 +1,119 @@
+//! A scripted Kubernetes API server for tests (there is no real one
+//! here): it lists the objects it is given, serves single objects by
+//! name, and keeps watches open and quiet. It runs inside a namespace,
+//! on that namespace's loopback.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::netns::NetNs;
+
+/// The list path of each kind weir reads, with its apiVersion.
+const KINDS: [(&str, &str, &str); 6] = [
+    ("/api/v1/services", "Service", "v1"),
+    ("/api/v1/pods", "Pod", "v1"),
+    ("/api/v1/namespaces", "Namespace", "v1"),
+    ("/api/v1/nodes", "Node", "v1"),
+    ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
+    ("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
+];
+
+/// Every object of the YAML files in `dir`.
+pub fn objects_in(dir: &std::path::Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("source dir") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        for doc in text.split("\n---") {
+            if let Ok(v) = serde_yaml_ng::from_str::<Value>(doc) {
+                if v["kind"].is_string() {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Serves `objects` inside `ns`; returns the port on 127.0.0.1.
+pub fn serve(ns: &NetNs, objects: Vec<Value>) -> u16 {
+    let mut responses: BTreeMap<String, String> = BTreeMap::new();
+    for (path, kind, api) in KINDS {
+        let items: Vec<Value> = objects.iter().filter(|o| o["kind"] == kind).cloned().collect();
+        for o in &items {
+            if let Some(name) = o["metadata"]["name"].as_str() {
+                let item_path = match o["metadata"]["namespace"].as_str() {
+                    Some(n) if kind != "Namespace" && kind != "Node" => path.replacen("/v1/", &format!("/v1/namespaces/{n}/"), 1) + "/" + name,
+                    _ => format!("{path}/{name}"),
+                };
+                responses.insert(item_path, o.to_string());
+            }
+        }
+        let list = serde_json::json!({"apiVersion": api, "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items});
+        responses.insert(path.to_string(), list.to_string());
+    }
+    let (ptx, prx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _ = ptx.send(listener.local_addr().expect("addr").port());
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let responses = responses.clone();
+            std::thread::spawn(move || respond(conn, &responses));
+        }
+    });
+    prx.recv_timeout(Duration::from_secs(5)).expect("API server port")
+}
+
+fn respond(mut conn: std::net::TcpStream, responses: &BTreeMap<String, String>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let req = String::from_utf8_lossy(&buf).to_string();
+    let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
+    let path = target.split('?').next().unwrap_or("");
+    if target.contains("watch=true") {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+        std::thread::sleep(Duration::from_secs(10));
+        return;
+    }
+    let reply = match responses.get(path) {
+        Some(body) => format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+        None => {
+            let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404}"#;
+            format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        }
+    };
+    let _ = conn.write_all(reply.as_bytes());
+}
+
+/// A kubeconfig file for the server on `port` (removed on drop).
+pub struct Kubeconfig(pub PathBuf);
+
+impl Kubeconfig {
+    pub fn new(port: u16) -> Self {
+        let p = std::env::temp_dir().join(crate::names::unique("kubeconfig"));
+        std::fs::write(
+            &p,
+            format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"),
+        )
+        .expect("kubeconfig");
+        Kubeconfig(p)
+    }
+}
+
+impl Drop for Kubeconfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,119 @@
+//! The install manifests: `kubectl kustomize manifests/` renders them
+//! offline, every document decodes into its upstream Kubernetes type, and
+//! the fields that matter for a node agent are what the README promises.
+//! (kubectl comes with the machine; without it this test fails, loudly.)
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{ConfigMap, Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use serde_json::Value;
+
+fn render() -> Vec<Value> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize", dir.to_str().expect("utf-8")])
+        .output()
+        .unwrap_or_else(|e| panic!("running `kubectl kustomize` (kubectl is needed to render manifests/): {e}"));
+    assert!(out.status.success(), "kubectl kustomize failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    text.split("\n---\n").map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}: {d}"))).collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_path_to_error::deserialize(v.clone()).unwrap_or_else(|e| panic!("{} at {}: {v}", e.inner(), e.path()))
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[test]
+fn kustomize_renders_every_object_into_its_upstream_type() {
+    let docs = render();
+    let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    let want: BTreeSet<&str> = ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"].into();
+    assert_eq!(kinds, want);
+    for d in &docs {
+        match d["kind"].as_str() {
+            Some("Namespace") => drop(typed::<Namespace>(d)),
+            Some("CustomResourceDefinition") => drop(typed::<CustomResourceDefinition>(d)),
+            Some("ServiceAccount") => drop(typed::<ServiceAccount>(d)),
+            Some("ClusterRole") => drop(typed::<ClusterRole>(d)),
+            Some("ClusterRoleBinding") => drop(typed::<ClusterRoleBinding>(d)),
+            Some("ConfigMap") => drop(typed::<ConfigMap>(d)),
+            Some("DaemonSet") => drop(typed::<DaemonSet>(d)),
+            other => panic!("unexpected {other:?}"),
+        }
+        if ["ServiceAccount", "ConfigMap", "DaemonSet"].contains(&d["kind"].as_str().unwrap_or("")) {
+            assert_eq!(d["metadata"]["namespace"], "weir-system", "{d}");
+        }
+    }
+    let crds: BTreeSet<&str> = docs.iter().filter(|d| d["kind"] == "CustomResourceDefinition").filter_map(|d| d["metadata"]["name"].as_str()).collect();
+    assert_eq!(crds, ["clusternetworkpolicies.policy.weir.dev", "weirnetworkpolicies.policy.weir.dev"].into());
+}
+
+#[test]
+fn the_daemonset_runs_a_privileged_host_network_agent_on_every_node() {
+    let docs = render();
+    let ds: DaemonSet = typed(one(&docs, "DaemonSet"));
+    let pod = ds.spec.template.spec.expect("pod spec");
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("weir-agent"));
+    assert!(pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()), "tolerates every taint");
+    let agent = pod.containers.iter().find(|c| c.name == "agent").expect("agent container");
+    assert_eq!(agent.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    let probe = agent.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("readiness probe");
+    assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    assert_eq!(probe.host.as_deref(), Some("127.0.0.1"), "the agent serves /healthz on the node's loopback");
+    let args = agent.args.clone().unwrap_or_default();
+    assert!(args.contains(&"--source=kube".to_string()) && args.contains(&"--bpffs=/sys/fs/bpf/weir".to_string()), "{args:?}");
+    let mounts: BTreeSet<String> = agent.volume_mounts.iter().flatten().map(|m| m.mount_path.clone()).collect();
+    for m in ["/sys/fs/bpf", "/run/netns", "/host/opt/cni/bin", "/host/etc/cni/net.d"] {
+        assert!(mounts.contains(m), "{m} not mounted: {mounts:?}");
+    }
+    let bpffs = agent.volume_mounts.iter().flatten().find(|m| m.mount_path == "/sys/fs/bpf").expect("bpffs");
+    assert_eq!(bpffs.mount_propagation.as_deref(), Some("Bidirectional"), "pins must reach the host's bpffs");
+    let init = pod.init_containers.iter().flatten().find(|c| c.name == "install-cni").expect("install-cni init container");
+    let init_args = init.args.clone().unwrap_or_default();
+    assert!(init_args.contains(&"--install-cni".to_string()) && init_args.contains(&"--pod-cidr=node".to_string()), "{init_args:?}");
+    // Every referenced ConfigMap key exists.
+    let cm: ConfigMap = typed(one(&docs, "ConfigMap"));
+    let keys: BTreeSet<String> = cm.data.unwrap_or_default().into_keys().collect();
+    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+        for e in c.env.iter().flatten() {
+            if let Some(r) = e.value_from.as_ref().and_then(|v| v.config_map_key_ref.as_ref()) {
+                assert!(keys.contains(&r.key), "{} refers to missing ConfigMap key {}", c.name, r.key);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cluster_role_only_reads_the_kinds_the_agent_watches() {
+    let docs = render();
+    let role: ClusterRole = typed(one(&docs, "ClusterRole"));
+    let mut granted = BTreeSet::new();
+    for r in role.rules.unwrap_or_default() {
+        for v in &r.verbs {
+            assert!(["get", "list", "watch"].contains(&v.as_str()), "write verb {v} granted: least privilege");
+        }
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                granted.insert(format!("{g}/{res}"));
+            }
+        }
+    }
+    let watched: BTreeSet<String> =
+        ["/services", "/pods", "/namespaces", "/nodes", "discovery.k8s.io/endpointslices", "networking.k8s.io/networkpolicies"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(granted, watched, "exactly the kinds weir-agent reads");
+    let binding: ClusterRoleBinding = typed(one(&docs, "ClusterRoleBinding"));
+    let subject = &binding.subjects.expect("subjects")[0];
+    assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), ("weir-agent", Some("weir-system")));
+}
