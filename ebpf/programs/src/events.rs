@@ -61,50 +61,42 @@ pub fn policy_verdict(ctx: &TcContext, t: &Tuple, d: &Decision, endpoint: u32, c
     }
 }
 
-/// Reports a packet dropped or rejected for `reason` (monitor only; the
-/// drop is counted in `WEIR_DROPS` either way).
-#[inline(never)]
-pub fn drop(ctx: &TcContext, pkt: &Ipv4Pkt, reason: u32) {
+/// The monitor's event for `pkt`, started in scratch space, or `None`
+/// when no monitor watches.
+#[inline(always)]
+fn monitor_event(ctx: &TcContext, pkt: &Ipv4Pkt, kind: u8, verdict: u8) -> Option<&'static mut DatapathEvent> {
     let now = now_ns();
     if !monitoring(now) {
-        return;
+        return None;
     }
-    let Some(s) = scratch() else { return };
-    let e = &mut s.event;
+    let e = &mut scratch()?.event;
     *e = DatapathEvent::default();
     e.ts_ns = now;
     e.saddr = Addr::from_v4_raw(pkt.saddr);
     e.daddr = Addr::from_v4_raw(pkt.daddr);
     e.sport = pkt.sport;
     e.dport = pkt.dport;
-    e.kind = EVENT_DROP;
+    e.kind = kind;
     e.proto = pkt.proto;
-    e.verdict = VERDICT_DENY;
-    e.reason = reason;
+    e.verdict = verdict;
     e.ifindex = ifindex(ctx);
-    let _ = MON_EVENTS.output::<DatapathEvent>(&s.event, 0);
+    Some(e)
+}
+
+/// Reports a packet dropped or rejected for `reason` (monitor only; the
+/// drop is counted in `WEIR_DROPS` either way).
+#[inline(never)]
+pub fn drop(ctx: &TcContext, pkt: &Ipv4Pkt, reason: u32) {
+    let Some(e) = monitor_event(ctx, pkt, EVENT_DROP, VERDICT_DENY) else { return };
+    e.reason = reason;
+    let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
 }
 
 /// Reports a new service flow and its translation (monitor only).
 #[inline(never)]
 pub fn trace(ctx: &TcContext, pkt: &Ipv4Pkt, t: &Tuple) {
-    let now = now_ns();
-    if !monitoring(now) {
-        return;
-    }
-    let Some(s) = scratch() else { return };
-    let e = &mut s.event;
-    *e = DatapathEvent::default();
-    e.ts_ns = now;
-    e.saddr = Addr::from_v4_raw(pkt.saddr);
-    e.daddr = Addr::from_v4_raw(pkt.daddr);
+    let Some(e) = monitor_event(ctx, pkt, EVENT_TRACE, VERDICT_ALLOW) else { return };
     e.nat_addr = Addr::from_v4_raw(t.daddr);
-    e.sport = pkt.sport;
-    e.dport = pkt.dport;
     e.nat_port = t.dport;
-    e.kind = EVENT_TRACE;
-    e.proto = pkt.proto;
-    e.verdict = VERDICT_ALLOW;
-    e.ifindex = ifindex(ctx);
-    let _ = MON_EVENTS.output::<DatapathEvent>(&s.event, 0);
+    let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
 }

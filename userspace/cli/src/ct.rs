@@ -10,7 +10,7 @@ use weir_datapath::{
     PinLayout,
 };
 
-use crate::output::{print_table, Format};
+use crate::output::{print_rows, Format};
 
 /// Filters shared by list and flush; every given one must match.
 #[derive(Debug, Default, clap::Args)]
@@ -101,26 +101,17 @@ pub fn list(layout: &PinLayout, filter: &Filter, format: Format) -> anyhow::Resu
     let now = monotonic_ns();
     let mut rows: Vec<Row> = ct.entries().iter().filter(|(k, _)| filter.matches(k)).map(|(k, e)| row(k, e, now)).collect();
     rows.sort_by_key(|r| (r.src, r.sport, r.dst, r.dport));
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.kind.into(),
-                r.protocol.into(),
-                format!("{}:{}", r.src, r.sport),
-                format!("{}:{}", r.dst, r.dport),
-                r.state.into(),
-                format!("{:.0}s", r.expires_in_s),
-                r.nat.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    print_table(&["KIND", "PROTO", "SOURCE", "DESTINATION", "STATE", "EXPIRES", "NAT"], &table);
-    Ok(())
+    print_rows(format, &rows, &["KIND", "PROTO", "SOURCE", "DESTINATION", "STATE", "EXPIRES", "NAT"], |r| {
+        vec![
+            r.kind.into(),
+            r.protocol.into(),
+            format!("{}:{}", r.src, r.sport),
+            format!("{}:{}", r.dst, r.dport),
+            r.state.into(),
+            format!("{:.0}s", r.expires_in_s),
+            r.nat.clone().unwrap_or_else(|| "-".into()),
+        ]
+    })
 }
 
 pub fn flush(layout: &PinLayout, filter: &Filter, all: bool, format: Format) -> anyhow::Result<()> {

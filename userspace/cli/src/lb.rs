@@ -11,7 +11,7 @@ use weir_common::{
 };
 use weir_datapath::{explain::proto_name, pinned, PinLayout};
 
-use crate::output::{print_table, Format};
+use crate::output::{print_rows, Format};
 
 #[derive(Debug, Serialize)]
 struct ServiceRow {
@@ -56,25 +56,16 @@ pub fn services(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
         })
         .collect();
     rows.sort_by_key(|r| (r.address, r.port, r.protocol));
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.to_string(),
-                format!("{}:{}/{}", r.address, r.port, r.protocol),
-                r.selection.into(),
-                r.eligible_backends.to_string(),
-                format!("{}+{}", r.table_base, r.table_len),
-                r.affinity_timeout_s.map_or("-".into(), |t| format!("{t}s")),
-            ]
-        })
-        .collect();
-    print_table(&["ID", "FRONTEND", "SELECTION", "BACKENDS", "SLOTS", "AFFINITY"], &table);
-    Ok(())
+    print_rows(format, &rows, &["ID", "FRONTEND", "SELECTION", "BACKENDS", "SLOTS", "AFFINITY"], |r| {
+        vec![
+            r.id.to_string(),
+            format!("{}:{}/{}", r.address, r.port, r.protocol),
+            r.selection.into(),
+            r.eligible_backends.to_string(),
+            format!("{}+{}", r.table_base, r.table_len),
+            r.affinity_timeout_s.map_or("-".into(), |t| format!("{t}s")),
+        ]
+    })
 }
 
 pub fn backends(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
@@ -85,14 +76,7 @@ pub fn backends(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
         .map(|(id, b)| BackendRow { id, address: IpAddr::from(b.addr), port: u16::from_be(b.port), protocol: proto_name(b.proto), terminating: b.flags & BACKEND_F_TERMINATING != 0 })
         .collect();
     rows.sort_by_key(|r| r.id);
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| vec![r.id.to_string(), format!("{}:{}/{}", r.address, r.port, r.protocol), if r.terminating { "terminating".into() } else { "-".into() }])
-        .collect();
-    print_table(&["ID", "BACKEND", "STATE"], &table);
-    Ok(())
+    print_rows(format, &rows, &["ID", "BACKEND", "STATE"], |r| {
+        vec![r.id.to_string(), format!("{}:{}/{}", r.address, r.port, r.protocol), if r.terminating { "terminating".into() } else { "-".into() }]
+    })
 }

@@ -23,3 +23,15 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+/// Prints `rows` as pretty JSON, or as a table: `header`, then `line` of
+/// each row.
+pub fn print_rows<T: serde::Serialize>(format: Format, rows: &[T], header: &[&str], line: impl Fn(&T) -> Vec<String>) -> anyhow::Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows.iter().map(line).collect();
+    print_table(header, &table);
+    Ok(())
+}

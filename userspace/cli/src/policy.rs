@@ -15,7 +15,7 @@ use weir_common::{
 use weir_datapath::{explain::proto_name, pinned, policy::prefix_of, PinLayout};
 use weir_desired::policy::PolicyEntry;
 
-use crate::output::{print_table, Format};
+use crate::output::{print_rows, print_table, Format};
 
 pub(crate) struct Names(BTreeMap<NameKey, String>);
 
@@ -76,13 +76,7 @@ pub fn identities(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
         .iter()
         .map(|(id, addrs)| IdentityRow { identity: *id, kind: kind_of(*id), name: names.identity(*id, &prefixes), addresses: addrs.clone() })
         .collect();
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    let table: Vec<Vec<String>> = rows.iter().map(|r| vec![r.identity.to_string(), r.kind.into(), r.name.clone(), r.addresses.join(",")]).collect();
-    print_table(&["IDENTITY", "KIND", "NAME", "ADDRESSES"], &table);
-    Ok(())
+    print_rows(format, &rows, &["IDENTITY", "KIND", "NAME", "ADDRESSES"], |r| vec![r.identity.to_string(), r.kind.into(), r.name.clone(), r.addresses.join(",")])
 }
 
 #[derive(Debug, Serialize)]
