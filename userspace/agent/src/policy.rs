@@ -78,9 +78,11 @@ impl PolicyReconciler {
         let union: BTreeSet<Prefix> = old_cidrs.union(&new_cidrs).copied().collect();
         assign(&mut self.ids, &old_policies, &world, &union, node);
         assign(&mut self.ids, &policies, &world, &union, node);
-        let old_rules = translate(&old_policies, &world, &self.ids, &union, node);
+        // Three translations in general (see weir_datapath::policy); one
+        // when only pods or namespaces changed and the CIDR set is the same.
         let new_rules = translate(&policies, &world, &self.ids, &union, node);
-        let fin = translate(&policies, &world, &self.ids, &new_cidrs, node);
+        let old_rules = if old_policies == policies { new_rules.clone() } else { translate(&old_policies, &world, &self.ids, &union, node) };
+        let fin = if union == new_cidrs { new_rules.clone() } else { translate(&policies, &world, &self.ids, &new_cidrs, node) };
         let names = names(&policies, &world, &self.ids, node);
         let mut w = PolicyWrites::default();
         self.maps.set_names(&names, &mut w);
