@@ -31,56 +31,53 @@ fn ifindex(ctx: &TcContext) -> u32 {
 /// In a verdict's `code`: also write it to the agent's ring buffer.
 pub const TO_AGENT: u32 = 1 << 16;
 
+/// Starts an event for the flow `t` in scratch space (every field the
+/// kinds share); the caller fills in the rest.
+#[inline(always)]
+fn start(ctx: &TcContext, t: &Tuple, kind: u8, verdict: u8, now: u64) -> Option<&'static mut DatapathEvent> {
+    let e = &mut scratch()?.event;
+    *e = DatapathEvent::default();
+    e.ts_ns = now;
+    e.saddr = Addr::from_v4_raw(t.saddr);
+    e.daddr = Addr::from_v4_raw(t.daddr);
+    e.sport = t.sport;
+    e.dport = t.dport;
+    e.kind = kind;
+    e.proto = t.proto;
+    e.verdict = verdict;
+    e.ifindex = ifindex(ctx);
+    Some(e)
+}
+
 /// Reports a policy verdict. `code`: direction in bits 0..8, the drop or
 /// allow reason in bits 8..16, [`TO_AGENT`]. A full ring buffer loses the
 /// event (a denial is still counted in `WEIR_DROPS`).
 #[inline(never)]
 pub fn policy_verdict(ctx: &TcContext, t: &Tuple, d: &Decision, endpoint: u32, code: u32) {
-    let Some(s) = scratch() else { return };
-    let e = &mut s.event;
-    *e = DatapathEvent::default();
-    e.ts_ns = now_ns();
-    e.saddr = Addr::from_v4_raw(t.saddr);
-    e.daddr = Addr::from_v4_raw(t.daddr);
-    e.sport = t.sport;
-    e.dport = t.dport;
-    e.kind = EVENT_POLICY_VERDICT;
-    e.proto = t.proto;
+    let now = now_ns();
+    let verdict = if d.allowed { VERDICT_ALLOW } else { VERDICT_DENY };
+    let Some(e) = start(ctx, t, EVENT_POLICY_VERDICT, verdict, now) else { return };
     e.direction = (code & 0xff) as u8;
-    e.verdict = if d.allowed { VERDICT_ALLOW } else { VERDICT_DENY };
     e.endpoint = endpoint;
     e.peer_identity = d.peer_identity;
     e.rule = d.rule;
     e.reason = (code >> 8) & 0xff;
-    e.ifindex = ifindex(ctx);
     if code & TO_AGENT != 0 {
-        let _ = EVENTS.output::<DatapathEvent>(&s.event, 0);
+        let _ = EVENTS.output::<DatapathEvent>(&*e, 0);
     }
-    if monitoring(s.event.ts_ns) {
-        let _ = MON_EVENTS.output::<DatapathEvent>(&s.event, 0);
+    if monitoring(now) {
+        let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
     }
 }
 
-/// The monitor's event for `pkt`, started in scratch space, or `None`
-/// when no monitor watches.
+/// The monitor's event for `pkt`, or `None` when no monitor watches.
 #[inline(always)]
 fn monitor_event(ctx: &TcContext, pkt: &Ipv4Pkt, kind: u8, verdict: u8) -> Option<&'static mut DatapathEvent> {
     let now = now_ns();
     if !monitoring(now) {
         return None;
     }
-    let e = &mut scratch()?.event;
-    *e = DatapathEvent::default();
-    e.ts_ns = now;
-    e.saddr = Addr::from_v4_raw(pkt.saddr);
-    e.daddr = Addr::from_v4_raw(pkt.daddr);
-    e.sport = pkt.sport;
-    e.dport = pkt.dport;
-    e.kind = kind;
-    e.proto = pkt.proto;
-    e.verdict = verdict;
-    e.ifindex = ifindex(ctx);
-    Some(e)
+    start(ctx, &Tuple::of(pkt), kind, verdict, now)
 }
 
 /// Reports a packet dropped or rejected for `reason` (monitor only; the

@@ -10,17 +10,13 @@ use weir_datapath::{
     PinLayout,
 };
 
-use crate::output::{print_rows, Format};
+use crate::output::{print_rows, AddrPort, Format};
 
 /// Filters shared by list and flush; every given one must match.
 #[derive(Debug, Default, clap::Args)]
 pub struct Filter {
-    /// Either address of the entry's tuple.
-    #[arg(long)]
-    pub addr: Option<IpAddr>,
-    /// Either port of the entry's tuple.
-    #[arg(long)]
-    pub port: Option<u16>,
+    #[command(flatten)]
+    pub at: AddrPort,
     /// tcp or udp.
     #[arg(long)]
     pub proto: Option<String>,
@@ -31,14 +27,13 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, k: &CtKey) -> bool {
-        self.addr.is_none_or(|a| IpAddr::from(k.saddr) == a || IpAddr::from(k.daddr) == a)
-            && self.port.is_none_or(|p| u16::from_be(k.sport) == p || u16::from_be(k.dport) == p)
+        self.at.matches(&[IpAddr::from(k.saddr), IpAddr::from(k.daddr)], &[u16::from_be(k.sport), u16::from_be(k.dport)])
             && self.proto.as_deref().is_none_or(|p| p.eq_ignore_ascii_case(proto_name(k.proto)))
             && self.kind.as_deref().is_none_or(|kind| kind == kind_name(k.kind))
     }
 
     fn is_empty(&self) -> bool {
-        self.addr.is_none() && self.port.is_none() && self.proto.is_none() && self.kind.is_none()
+        self.at.is_empty() && self.proto.is_none() && self.kind.is_none()
     }
 }
 

@@ -19,7 +19,7 @@ use weir_common::{
 };
 use weir_datapath::{ct::monotonic_ns, explain::proto_name, pinned, PinLayout};
 
-use crate::{output::Format, policy::Names};
+use crate::{output::{AddrPort, Format}, policy::Names};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -36,12 +36,8 @@ pub struct Args {
     /// Event types to show (repeatable); all when omitted.
     #[arg(long = "type", value_enum)]
     pub types: Vec<Kind>,
-    /// Only events with this address as source, destination or translation.
-    #[arg(long)]
-    pub addr: Option<IpAddr>,
-    /// Only events with this port.
-    #[arg(long)]
-    pub port: Option<u16>,
+    #[command(flatten)]
+    pub at: AddrPort,
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,
@@ -142,9 +138,14 @@ fn wanted(l: &Line, a: &Args) -> bool {
             Kind::Verdict => l.kind == "verdict",
             Kind::Trace => l.kind == "trace",
         });
-    let addr_ok = a.addr.is_none_or(|x| l.src == x || l.dst == x || l.translated.as_deref().is_some_and(|t| t.starts_with(&format!("{x}:"))));
-    let port_ok = a.port.is_none_or(|p| l.sport == p || l.dport == p || l.translated.as_deref().is_some_and(|t| t.ends_with(&format!(":{p}"))));
-    kind_ok && addr_ok && port_ok
+    let translated: Option<std::net::SocketAddr> = l.translated.as_deref().and_then(|t| t.parse().ok());
+    let mut addrs = vec![l.src, l.dst];
+    let mut ports = vec![l.sport, l.dport];
+    if let Some(t) = translated {
+        addrs.push(t.ip());
+        ports.push(t.port());
+    }
+    kind_ok && a.at.matches(&addrs, &ports)
 }
 
 fn print(l: &Line, format: Format) {

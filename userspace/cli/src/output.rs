@@ -35,3 +35,25 @@ pub fn print_rows<T: serde::Serialize>(format: Format, rows: &[T], header: &[&st
     print_table(header, &table);
     Ok(())
 }
+
+/// `--addr` / `--port` filters shared by `ct` and `monitor`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct AddrPort {
+    /// Only what has this address (as source, destination or translation).
+    #[arg(long)]
+    pub addr: Option<std::net::IpAddr>,
+    /// Only what has this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+impl AddrPort {
+    /// Whether any of `addrs` and any of `ports` match (a filter not given matches).
+    pub fn matches(&self, addrs: &[std::net::IpAddr], ports: &[u16]) -> bool {
+        self.addr.is_none_or(|a| addrs.contains(&a)) && self.port.is_none_or(|p| ports.contains(&p))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addr.is_none() && self.port.is_none()
+    }
+}
