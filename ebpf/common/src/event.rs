@@ -44,7 +44,8 @@ pub struct DatapathEvent {
     /// `DIR_INGRESS` or `DIR_EGRESS`, seen from `endpoint`.
     pub direction: u8,
     pub verdict: u8,
-    pub _pad: u16,
+    /// Policy verdicts: `PV_LOG` / `PV_AUDIT` bits of the deciding entry.
+    pub flags: u16,
     /// The local endpoint whose policy decided (0: none).
     pub endpoint: u32,
     pub peer_identity: u32,
@@ -54,8 +55,12 @@ pub struct DatapathEvent {
     pub reason: u32,
     /// The host-side veth the program ran on.
     pub ifindex: u32,
+    /// With `flags`: the `Log` rule, or the audited rule (whose verdict
+    /// is the opposite of `verdict`).
+    pub note_rule: u32,
+    pub _pad: [u32; 1],
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 96);
 
 crate::user_pod!(DatapathEvent);

@@ -5,8 +5,11 @@
 //! `WEIR_ENDPOINTS[local pod IP]` → isolated in this direction? →
 //! `WEIR_IPCACHE[peer IP]` (longest prefix) → peer identity and CIDR
 //! identity → `WEIR_POLICY[(endpoint, direction, identity, proto, port)]`
-//! (longest prefix, so a rule may leave the port or the protocol open),
-//! tried for the peer identity, its CIDR identity and [`ID_ANY`].
+//! (longest prefix, so an entry may leave the port or the protocol open),
+//! tried for the peer identity, its CIDR identity and [`ID_ANY`]; the
+//! first hit is the verdict (the agent evaluates every tier beforehand
+//! and writes an identity's entries only where they differ from the
+//! fallbacks after it).
 
 use crate::addr::Addr;
 
@@ -24,8 +27,9 @@ pub const ID_CIDR_FIRST: u32 = 1 << 24;
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;
 
-/// Some policy selects the endpoint for ingress: only allowed peers may
-/// open flows to it.
+/// Some policy (NetworkPolicy, WeirNetworkPolicy or a cluster policy)
+/// selects the endpoint for ingress: new flows are judged by its
+/// `WEIR_POLICY` entries.
 pub const EP_F_INGRESS_ISOLATED: u32 = 1 << 0;
 /// Some policy selects the endpoint for egress.
 pub const EP_F_EGRESS_ISOLATED: u32 = 1 << 1;
@@ -120,15 +124,45 @@ impl PolicyKeyData {
     }
 }
 
-/// Value of `WEIR_POLICY`.
+/// The entry denies (otherwise it allows).
+pub const PV_DENY: u32 = 1 << 0;
+/// A `Log` rule matched: report the flow (`note_rule` names it).
+pub const PV_LOG: u32 = 1 << 1;
+/// A policy in audit mode would decide the other way: report the flow
+/// (`note_rule` names the audited rule, 0 for the default verdict).
+pub const PV_AUDIT: u32 = 1 << 2;
+/// With `PV_AUDIT`: the audited verdict is deny (otherwise allow).
+pub const PV_AUDIT_DENY: u32 = 1 << 3;
+
+/// Value of `WEIR_POLICY`: the fully evaluated verdict of every cell the
+/// key covers (cluster tiers, NetworkPolicy, baseline, default), so the
+/// kernel never walks rules.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyValue {
-    /// The rule that allows the flow (the agent's rule table names its
-    /// policy); used by verdict events and `weir explain`.
+    /// The deciding rule (the agent's rule table names its policy), 0 for
+    /// a default verdict; used by verdict events and `weir explain`.
     pub rule: u32,
-    /// Reserved for rule actions (deny, audit).
+    /// `PV_*` bits.
     pub flags: u32,
+    /// The `Log` or audited rule that `PV_LOG` / `PV_AUDIT` refer to.
+    pub note_rule: u32,
+    pub _pad: u32,
+}
+
+impl PolicyValue {
+    pub const fn allow(rule: u32) -> Self {
+        PolicyValue { rule, flags: 0, note_rule: 0, _pad: 0 }
+    }
+
+    pub const fn deny(rule: u32) -> Self {
+        PolicyValue { rule, flags: PV_DENY, note_rule: 0, _pad: 0 }
+    }
+
+    #[inline(always)]
+    pub const fn allows(&self) -> bool {
+        self.flags & PV_DENY == 0
+    }
 }
 
 /// What a `WEIR_NAMES` entry names.
@@ -183,6 +217,6 @@ const _: () = assert!(core::mem::size_of::<RuleName>() == 120);
 const _: () = assert!(core::mem::size_of::<NameKey>() == 8);
 const _: () = assert!(core::mem::size_of::<IpInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyKeyData>() == 12);
-const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 16);
 
 crate::user_pod!(EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, RuleName, NameKey);

@@ -5,7 +5,7 @@
 //! the peer's identities and at most three LPM lookups for the verdict.
 
 use weir_common::policy::{
-    EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, ID_ANY, ID_WORLD,
+    EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, ID_ANY, ID_WORLD, PV_AUDIT, PV_LOG,
 };
 
 /// How the decision reads the maps.
@@ -20,14 +20,18 @@ pub trait PolicyMaps {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// The endpoint is isolated in this direction (some policy selects it).
+    /// Some policy selects the endpoint in this direction.
     pub isolated: bool,
     /// The peer's identity (as the ipcache resolved it).
     pub peer_identity: u32,
     /// The identity the matching entry was keyed by (peer, its CIDR, or any).
     pub matched_identity: u32,
-    /// The allowing rule, 0 when none.
+    /// The deciding rule, 0 for a default verdict.
     pub rule: u32,
+    /// `PV_LOG` / `PV_AUDIT` of the matching entry.
+    pub flags: u32,
+    /// The rule those flags refer to.
+    pub note_rule: u32,
 }
 
 /// The peer's identities: its own and its CIDR identity.
@@ -40,11 +44,13 @@ pub fn peer_info(maps: &impl PolicyMaps, peer: &weir_common::addr::Addr) -> IpIn
 }
 
 /// Decides whether `ep` may talk to `peer` in `direction` on `proto`/`port`
-/// (`port` in host order).
+/// (`port` in host order): the first of the peer's identity, its CIDR
+/// identity and [`ID_ANY`] with an entry covering the port gives the
+/// verdict; none denies (the endpoint is isolated).
 #[inline(always)]
 pub fn decide(maps: &impl PolicyMaps, ep: &EndpointInfo, direction: u8, peer: &weir_common::addr::Addr, proto: u8, port: u16) -> Decision {
     let info = peer_info(maps, peer);
-    let mut d = Decision { allowed: true, isolated: false, peer_identity: info.identity, matched_identity: 0, rule: 0 };
+    let mut d = Decision { allowed: true, isolated: false, peer_identity: info.identity, matched_identity: 0, rule: 0, flags: 0, note_rule: 0 };
     if !ep.isolated(direction) {
         return d;
     }
@@ -59,9 +65,11 @@ pub fn decide(maps: &impl PolicyMaps, ep: &EndpointInfo, direction: u8, peer: &w
         if i == 0 || id != ids[i - 1] {
             let key = PolicyKeyData::new(ep.id, direction, id, proto, port);
             if let Some(v) = maps.policy(&key) {
-                d.allowed = true;
+                d.allowed = v.allows();
                 d.matched_identity = id;
                 d.rule = v.rule;
+                d.flags = v.flags & (PV_LOG | PV_AUDIT);
+                d.note_rule = v.note_rule;
                 return d;
             }
         }
@@ -139,7 +147,7 @@ mod tests {
         let mut f = Fake::default();
         f.ipcache.push((v4(10, 0, 0, 5), 128, IpInfo { identity: 400, cidr_identity: ID_WORLD }));
         assert!(!decide(&f, &EP, DIR_INGRESS, &v4(10, 0, 0, 5), 6, 80).allowed);
-        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, 400, 6, 80), POLICY_PREFIX_FULL), PolicyValue { rule: 9, flags: 0 });
+        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, 400, 6, 80), POLICY_PREFIX_FULL), PolicyValue::allow(9));
         let d = decide(&f, &EP, DIR_INGRESS, &v4(10, 0, 0, 5), 6, 80);
         assert!(d.allowed);
         assert_eq!((d.rule, d.matched_identity, d.peer_identity), (9, 400, 400));
@@ -151,10 +159,10 @@ mod tests {
     #[test]
     fn wildcards_cover_ports_protocols_and_peers() {
         let mut f = Fake::default();
-        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, ID_WORLD, 6, 0), POLICY_PREFIX_ANY_PORT), PolicyValue { rule: 1, flags: 0 });
+        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, ID_WORLD, 6, 0), POLICY_PREFIX_ANY_PORT), PolicyValue::allow(1));
         assert!(decide(&f, &EP, DIR_INGRESS, &v4(8, 8, 8, 8), 6, 5000).allowed);
         assert!(!decide(&f, &EP, DIR_INGRESS, &v4(8, 8, 8, 8), 17, 5000).allowed);
-        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, ID_ANY, 0, 0), POLICY_PREFIX_ANY_PROTO), PolicyValue { rule: 2, flags: 0 });
+        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, ID_ANY, 0, 0), POLICY_PREFIX_ANY_PROTO), PolicyValue::allow(2));
         assert!(decide(&f, &EP, DIR_INGRESS, &v4(8, 8, 8, 8), 17, 5000).allowed);
         assert!(!decide(&f, &EP, DIR_EGRESS, &v4(8, 8, 8, 8), 17, 5000).allowed || !EP.isolated(DIR_EGRESS));
     }
@@ -165,11 +173,24 @@ mod tests {
         let cidr = ID_CIDR_FIRST + 1;
         f.ipcache.push((v4(10, 0, 0, 0), 96 + 8, IpInfo { identity: cidr, cidr_identity: cidr }));
         f.ipcache.push((v4(10, 0, 0, 5), 128, IpInfo { identity: 400, cidr_identity: cidr }));
-        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, cidr, 0, 0), POLICY_PREFIX_ANY_PROTO), PolicyValue { rule: 3, flags: 0 });
+        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, cidr, 0, 0), POLICY_PREFIX_ANY_PROTO), PolicyValue::allow(3));
         let d = decide(&f, &EP, DIR_INGRESS, &v4(10, 0, 0, 5), 6, 80);
         assert!(d.allowed && d.matched_identity == cidr && d.peer_identity == 400);
         assert!(decide(&f, &EP, DIR_INGRESS, &v4(10, 9, 9, 9), 6, 80).allowed);
         assert!(!decide(&f, &EP, DIR_INGRESS, &v4(11, 0, 0, 1), 6, 80).allowed);
+    }
+
+    #[test]
+    fn the_first_identity_with_an_entry_decides_and_deny_entries_deny() {
+        let mut f = Fake::default();
+        f.ipcache.push((v4(10, 0, 0, 5), 128, IpInfo { identity: 400, cidr_identity: ID_WORLD }));
+        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, ID_ANY, 0, 0), POLICY_PREFIX_ANY_PROTO), PolicyValue::allow(1));
+        f.policy.insert((PolicyKeyData::new(7, DIR_INGRESS, 400, 6, 80), POLICY_PREFIX_FULL), PolicyValue { rule: 2, flags: PV_DENY | PV_AUDIT, note_rule: 5, _pad: 0 });
+        let d = decide(&f, &EP, DIR_INGRESS, &v4(10, 0, 0, 5), 6, 80);
+        assert!(!d.allowed && d.rule == 2 && d.flags == PV_AUDIT && d.note_rule == 5);
+        // 400 has no entry for port 81: the ANY entry decides.
+        let d = decide(&f, &EP, DIR_INGRESS, &v4(10, 0, 0, 5), 6, 81);
+        assert!(d.allowed && d.rule == 1 && d.matched_identity == ID_ANY);
     }
 
     #[test]

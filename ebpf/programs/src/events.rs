@@ -61,6 +61,8 @@ pub fn policy_verdict(ctx: &TcContext, t: &Tuple, d: &Decision, endpoint: u32, c
     e.endpoint = endpoint;
     e.peer_identity = d.peer_identity;
     e.rule = d.rule;
+    e.flags = d.flags as u16;
+    e.note_rule = d.note_rule;
     e.reason = (code >> 8) & 0xff;
     if code & TO_AGENT != 0 {
         let _ = EVENTS.output::<DatapathEvent>(&*e, 0);

@@ -150,9 +150,9 @@ fn judge(ctx: &TcContext, code: u32) -> bool {
 }
 
 /// Counts and reports one decision; returns whether it allowed.
-/// `code` is the direction, with an allow reason in bits 8..16. Denials
-/// go to the agent and any monitor; allows to the agent when sampled and
-/// to a monitor while one watches.
+/// `code` is the direction, with an allow reason in bits 8..16. Denials,
+/// logged and audited flows go to the agent and any monitor; other
+/// allows to the agent when sampled and to a monitor while one watches.
 #[inline(always)]
 fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool {
     if !d.allowed {
@@ -161,8 +161,9 @@ fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool 
         return false;
     }
     let sample = conntrack::config().map_or(0, |c| c.allow_event_sample);
+    // Log rules and audited verdicts are always reported.
     // SAFETY: plain helper call.
-    let to_agent = sample != 0 && (sample == 1 || unsafe { bpf_get_prandom_u32() } % sample == 0);
+    let to_agent = d.flags != 0 || (sample != 0 && (sample == 1 || unsafe { bpf_get_prandom_u32() } % sample == 0));
     if to_agent || events::monitoring(conntrack::now_ns()) {
         let why = if code >> 8 != 0 {
             code >> 8

@@ -1,4 +1,5 @@
-//! Policy reconcile: the cluster's NetworkPolicies, pods and namespaces →
+//! Policy reconcile: the cluster's NetworkPolicies, weir policies, pods
+//! and namespaces →
 //! ids → the pure translation → an ordered transition of the policy maps
 //! (see `weir_datapath::policy` for why the order never opens a window).
 
@@ -49,7 +50,7 @@ impl PolicyReconciler {
         for pod in &world.pods {
             for ip in &pod.ips {
                 if let Some(info) = current.ipcache.get(&Prefix::host(*ip)) {
-                    self.ids.adopt_pod(label_key(&world, pod), info.identity);
+                    self.ids.adopt_pod(label_key(&world, pod, cidrs), info.identity);
                 }
                 if let Some(ep) = current.endpoints.get(ip).filter(|_| is_local(pod, self.node.as_deref())) {
                     self.ids.adopt_endpoint((pod.namespace.clone(), pod.name.clone()), ep.id);
@@ -78,12 +79,14 @@ impl PolicyReconciler {
         let union: BTreeSet<Prefix> = old_cidrs.union(&new_cidrs).copied().collect();
         assign(&mut self.ids, &old_policies, &world, &union, node);
         assign(&mut self.ids, &policies, &world, &union, node);
+        // Pod identities depend on the CIDR set (translate::label_key).
+        assign(&mut self.ids, &policies, &world, &new_cidrs, node);
         // Three translations in general (see weir_datapath::policy); one
         // when only pods or namespaces changed and the CIDR set is the same.
         let new_rules = translate(&policies, &world, &self.ids, &union, node);
         let old_rules = if old_policies == policies { new_rules.clone() } else { translate(&old_policies, &world, &self.ids, &union, node) };
         let fin = if union == new_cidrs { new_rules.clone() } else { translate(&policies, &world, &self.ids, &new_cidrs, node) };
-        let names = names(&policies, &world, &self.ids, node);
+        let names = names(&policies, &world, &self.ids, &new_cidrs, node);
         let mut w = PolicyWrites::default();
         self.maps.set_names(&names, &mut w);
         self.maps.transition_into(&old_rules, &new_rules, &fin, &mut w);
@@ -96,7 +99,7 @@ impl PolicyReconciler {
     }
 
     fn retain_ids(&mut self, world: &weir_model::policy::World, cidrs: &BTreeSet<Prefix>) {
-        let pods = world.pods.iter().map(|p| label_key(world, p)).collect();
+        let pods = world.pods.iter().map(|p| label_key(world, p, cidrs)).collect();
         let eps = world.pods.iter().filter(|p| is_local(p, self.node.as_deref())).map(|p| (p.namespace.clone(), p.name.clone())).collect();
         self.ids.retain(&pods, cidrs, &eps);
     }

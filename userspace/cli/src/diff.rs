@@ -120,7 +120,7 @@ fn desired_policy(state: &ClusterState, node: Option<&str>) -> programmed::Polic
     let by_id: BTreeMap<u32, IpAddr> = s.endpoints.iter().map(|(ip, e)| (e.id, *ip)).collect();
     let cidr_names: BTreeMap<u32, String> = cidrs.iter().filter_map(|c| Some((ids.lookup_cidr(c)?, format!("cidr {c}")))).collect();
     let lines = policy_lines(
-        s.entries.keys(),
+        s.entries.iter(),
         |id| by_id.get(&id).copied(),
         |id| match id {
             ID_ANY => "any".into(),
@@ -222,7 +222,7 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<bo
             (p, 16) => format!("{}/{}", weir_datapath::explain::proto_name(p), l.port),
             (p, b) => format!("{}/{}-{}", weir_datapath::explain::proto_name(p), l.port, u32::from(l.port) + (1u32 << (16 - b)) - 1),
         };
-        format!("{} {} {} {ports}", l.endpoint, l.direction, l.peer)
+        format!("{} {} {} {ports} {}", l.endpoint, l.direction, l.peer, l.verdict)
     };
     for l in &report.policy_missing {
         println!("policy missing: {}", fmt_line(l));

@@ -130,6 +130,7 @@ pub struct ClusterRule {
     version = "v1alpha1",
     kind = "ClusterNetworkPolicy",
     shortname = "wcnp",
+    derive = "PartialEq",
     printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier"),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
@@ -174,7 +175,7 @@ pub struct NamespacedRule {
 /// isolates the pods it selects like a NetworkPolicy; within the namespace
 /// tier a Deny wins over any Allow.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(group = "policy.weir.dev", version = "v1alpha1", kind = "WeirNetworkPolicy", namespaced, shortname = "wnp")]
+#[kube(group = "policy.weir.dev", version = "v1alpha1", kind = "WeirNetworkPolicy", namespaced, shortname = "wnp", derive = "PartialEq")]
 #[serde(rename_all = "camelCase")]
 pub struct WeirNetworkPolicySpec {
     /// The pods of this namespace the policy applies to ({} = all).

@@ -2,16 +2,17 @@
 //! and the policy entries.
 //!
 //! [`PolicyMaps::transition`] moves the maps from what they hold to a new
-//! desired state without ever allowing, even for an instant, a flow that
-//! both the old and the new state deny:
+//! desired state so that every lookup meets either the old or the new
+//! verdict of its cell, never a third one:
 //! 1. entries the *old* rules give identities that are about to appear;
 //! 2. the ipcache (every identity that can now be resolved already has
 //!    entries consistent with its prefix);
-//! 3. the new rules' entries are added: the maps allow the union of old
-//!    and new, never more;
+//! 3. the new rules' entries are written, most specific keys first (a
+//!    cell keeps its old entry until its own new one lands);
 //! 4. endpoint isolation flags take their new values;
-//! 5. the old rules' entries are deleted;
-//! 6. ipcache entries and identities that are gone are deleted last.
+//! 5. the old rules' entries are deleted, broadest keys first;
+//! 6. the final identities' entries, then the ipcache; entries, prefixes,
+//!    identities and endpoints that are gone are deleted last.
 //!
 //! What is programmed is read back on [`PolicyMaps::open`], so a restarted
 //! agent adopts it.
@@ -96,7 +97,7 @@ impl PolicyMaps {
             s.ipcache.insert(prefix_of(k.prefix_len(), &k.data()), v);
         }
         for (k, v) in self.policy.iter().filter_map(Result::ok) {
-            s.entries.insert(PolicyEntry::from_key(k.prefix_len(), &k.data()), v.rule);
+            s.entries.insert(PolicyEntry::from_key(k.prefix_len(), &k.data()), v);
         }
         s
     }
@@ -119,7 +120,7 @@ impl PolicyMaps {
     pub fn transition_into(&mut self, old_rules: &PolicyState, new_rules: &PolicyState, fin: &PolicyState, w: &mut PolicyWrites) {
         // 1. Entries for identities about to appear, under the old rules.
         let known: std::collections::BTreeSet<u32> = self.current.ipcache.values().map(|i| i.identity).collect();
-        let pre: BTreeMap<PolicyEntry, u32> =
+        let pre: BTreeMap<PolicyEntry, PolicyValue> =
             old_rules.entries.iter().filter(|(e, _)| !known.contains(&e.identity)).map(|(e, r)| (*e, *r)).collect();
         self.put_entries(&pre, w);
         // 2. The ipcache over the union of identities.
@@ -130,7 +131,10 @@ impl PolicyMaps {
         self.put_endpoints(&fin.endpoints, w);
         // 5. The old rules go.
         self.remove_entries(&new_rules.entries, w);
-        // 6. Gone addresses, prefixes, identities and endpoints.
+        // 6. Gone addresses, prefixes, identities and endpoints; pods whose
+        //    identity changes with the CIDR set get their final identity's
+        //    entries before the ipcache points at it.
+        self.put_entries(&fin.entries, w);
         self.put_ipcache(&fin.ipcache, w);
         self.remove_ipcache(&fin.ipcache, w);
         self.remove_entries(&fin.entries, w);
@@ -183,15 +187,16 @@ impl PolicyMaps {
         }
     }
 
-    fn put_entries(&mut self, want: &BTreeMap<PolicyEntry, u32>, w: &mut PolicyWrites) {
-        for (e, rule) in want {
-            if self.current.entries.get(e) == Some(rule) {
-                continue;
-            }
+    /// Writes `want`, most specific keys first: until a broader key of an
+    /// identity is written, its cells fall back to what they were.
+    fn put_entries(&mut self, want: &BTreeMap<PolicyEntry, PolicyValue>, w: &mut PolicyWrites) {
+        let mut order: Vec<(&PolicyEntry, &PolicyValue)> = want.iter().filter(|(e, v)| self.current.entries.get(e) != Some(v)).collect();
+        order.sort_by_key(|(e, _)| std::cmp::Reverse(e.key().0));
+        for (e, value) in order {
             let (len, data) = e.key();
-            match self.policy.insert(&Key::new(len, data), PolicyValue { rule: *rule, flags: 0 }, 0) {
+            match self.policy.insert(&Key::new(len, data), value, 0) {
                 Ok(()) => {
-                    self.current.entries.insert(*e, *rule);
+                    self.current.entries.insert(*e, *value);
                     w.map_writes += 1;
                 }
                 Err(source) => w.errors.push((format!("{e:?}"), update_error(POLICY, POLICY_MAX_ENTRIES, || format!("{e:?}"), source))),
@@ -199,8 +204,11 @@ impl PolicyMaps {
         }
     }
 
-    fn remove_entries(&mut self, keep: &BTreeMap<PolicyEntry, u32>, w: &mut PolicyWrites) {
-        let doomed: Vec<PolicyEntry> = self.current.entries.keys().filter(|e| !keep.contains_key(e)).copied().collect();
+    /// Deletes entries not in `keep`, broadest keys first: a cell whose
+    /// specific entry is still there keeps it until it goes too.
+    fn remove_entries(&mut self, keep: &BTreeMap<PolicyEntry, PolicyValue>, w: &mut PolicyWrites) {
+        let mut doomed: Vec<PolicyEntry> = self.current.entries.keys().filter(|e| !keep.contains_key(e)).copied().collect();
+        doomed.sort_by_key(|e| e.key().0);
         for e in doomed {
             let (len, data) = e.key();
             match self.policy.remove(&Key::new(len, data)) {

@@ -71,8 +71,9 @@ pub fn services(layout: &PinLayout) -> Result<BTreeMap<Frontend, (ServiceView, O
     Ok(out)
 }
 
-/// One allowed (endpoint, direction, peer, protocol, ports) with peers by
-/// name: `any`, `cidr <prefix>`, or a pod identity's `ns {labels}`.
+/// One policy entry (endpoint, direction, peer, protocol, ports, verdict)
+/// with peers by name: `any`, `cidr <prefix>`, or a pod identity's
+/// `ns {labels}`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct PolicyLine {
     pub endpoint: IpAddr,
@@ -81,6 +82,8 @@ pub struct PolicyLine {
     pub protocol: u8,
     pub port: u16,
     pub port_bits: u8,
+    /// "allow" or "deny".
+    pub verdict: &'static str,
 }
 
 /// Endpoint isolation (ingress, egress) and policy lines, by address.
@@ -93,12 +96,12 @@ pub struct PolicyView {
 /// Builds comparable policy lines from entries whose identities `peer`
 /// can name and whose endpoint ids `endpoint` can place.
 pub fn policy_lines<'a>(
-    entries: impl Iterator<Item = &'a PolicyEntry>,
+    entries: impl Iterator<Item = (&'a PolicyEntry, &'a PolicyValue)>,
     endpoint: impl Fn(u32) -> Option<IpAddr>,
     peer: impl Fn(u32) -> String,
 ) -> BTreeSet<PolicyLine> {
     entries
-        .filter_map(|e| {
+        .filter_map(|(e, v)| {
             Some(PolicyLine {
                 endpoint: endpoint(e.endpoint)?,
                 direction: if e.direction == DIR_INGRESS { "ingress" } else { "egress" },
@@ -106,6 +109,7 @@ pub fn policy_lines<'a>(
                 protocol: e.proto,
                 port: e.port,
                 port_bits: e.port_bits,
+                verdict: if v.allows() { "allow" } else { "deny" },
             })
         })
         .collect()
@@ -124,9 +128,9 @@ pub fn policy(layout: &PinLayout) -> Result<PolicyView, DatapathError> {
         .filter(|(_, v)| v.identity >= ID_CIDR_FIRST)
         .map(|(k, v)| (v.identity, prefix_of(k.prefix_len(), &k.data()).to_string()))
         .collect();
-    let entries: Vec<PolicyEntry> = trie.iter().filter_map(Result::ok).map(|(k, _)| PolicyEntry::from_key(k.prefix_len(), &k.data())).collect();
+    let entries: Vec<(PolicyEntry, PolicyValue)> = trie.iter().filter_map(Result::ok).map(|(k, v)| (PolicyEntry::from_key(k.prefix_len(), &k.data()), v)).collect();
     let lines = policy_lines(
-        entries.iter(),
+        entries.iter().map(|(e, v)| (e, v)),
         |id| eps.iter().find(|(_, e)| e.id == id).map(|(a, _)| IpAddr::from(*a)),
         |id| match id {
             ID_ANY => "any".into(),

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use weir_common::policy::{
-    IpInfo, PolicyKeyData, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, V4_PREFIX_BASE,
+    IpInfo, PolicyKeyData, PolicyValue, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, V4_PREFIX_BASE,
 };
 
 /// An address prefix, in the address's own family (IPv4 /0../32).
@@ -101,8 +101,8 @@ impl PolicyEntry {
 pub struct PolicyState {
     pub endpoints: BTreeMap<IpAddr, EndpointSpec>,
     pub ipcache: BTreeMap<Prefix, IpInfo>,
-    /// Entry → the id of the first rule that allows it.
-    pub entries: BTreeMap<PolicyEntry, u32>,
+    /// Entry → the verdict of every cell it covers.
+    pub entries: BTreeMap<PolicyEntry, PolicyValue>,
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ fn load_value(path: &Path, v: Value, out: &mut Loaded) {
     let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_string();
     let Some(kind) = Kind::from_kind(&kind_s) else {
         let what = if kind_s.is_empty() { "a document without kind".to_string() } else { format!("{kind_s} {}", name.clone().unwrap_or_default()) };
-        out.warnings.push(warn(Some(what), Some("kind"), "not a kind weir reads (Service, EndpointSlice, Pod, Namespace, Node, NetworkPolicy)".into()));
+        out.warnings.push(warn(Some(what), Some("kind"), "not a kind weir reads (Service, EndpointSlice, Pod, Namespace, Node, NetworkPolicy, ClusterNetworkPolicy, WeirNetworkPolicy)".into()));
         return;
     };
     let Some(name) = name.filter(|n| !n.is_empty()) else {

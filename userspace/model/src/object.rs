@@ -6,6 +6,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use serde::de::DeserializeOwned;
+use weir_crds::{ClusterNetworkPolicy, WeirNetworkPolicy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -15,11 +16,31 @@ pub enum Kind {
     Namespace,
     Node,
     NetworkPolicy,
+    ClusterNetworkPolicy,
+    WeirNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Namespace, Kind::Node, Kind::NetworkPolicy];
+    pub const ALL: [Kind; 8] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::Node,
+        Kind::NetworkPolicy,
+        Kind::ClusterNetworkPolicy,
+        Kind::WeirNetworkPolicy,
+    ];
+
+    /// weir's own kinds: a cluster may not have their CRDs installed.
+    pub const fn is_crd(self) -> bool {
+        matches!(self, Self::ClusterNetworkPolicy | Self::WeirNetworkPolicy)
+    }
+
+    /// Kinds that feed policy translation.
+    pub const fn is_policy_input(self) -> bool {
+        matches!(self, Self::Pod | Self::Namespace | Self::NetworkPolicy | Self::ClusterNetworkPolicy | Self::WeirNetworkPolicy)
+    }
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -29,6 +50,8 @@ impl Kind {
             Self::Namespace => "Namespace",
             Self::Node => "Node",
             Self::NetworkPolicy => "NetworkPolicy",
+            Self::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Self::WeirNetworkPolicy => "WeirNetworkPolicy",
         }
     }
 
@@ -38,11 +61,12 @@ impl Kind {
             Self::Service | Self::Pod | Self::Namespace | Self::Node => "v1",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::NetworkPolicy => "networking.k8s.io/v1",
+            Self::ClusterNetworkPolicy | Self::WeirNetworkPolicy => "policy.weir.dev/v1alpha1",
         }
     }
 
     pub const fn namespaced(self) -> bool {
-        !matches!(self, Self::Namespace | Self::Node)
+        !matches!(self, Self::Namespace | Self::Node | Self::ClusterNetworkPolicy)
     }
 
     pub fn from_kind(kind: &str) -> Option<Self> {
@@ -79,6 +103,8 @@ pub enum Object {
     Namespace(Namespace),
     Node(Node),
     NetworkPolicy(NetworkPolicy),
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
+    WeirNetworkPolicy(WeirNetworkPolicy),
 }
 
 fn key_of(kind: Kind, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
@@ -95,6 +121,8 @@ impl Object {
             Self::Namespace(_) => Kind::Namespace,
             Self::Node(_) => Kind::Node,
             Self::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Self::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
+            Self::WeirNetworkPolicy(_) => Kind::WeirNetworkPolicy,
         }
     }
 
@@ -106,6 +134,8 @@ impl Object {
             Self::Namespace(o) => &o.metadata,
             Self::Node(o) => &o.metadata,
             Self::NetworkPolicy(o) => &o.metadata,
+            Self::ClusterNetworkPolicy(o) => &o.metadata,
+            Self::WeirNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -119,6 +149,8 @@ impl Object {
             Self::Namespace(o) => &mut o.metadata,
             Self::Node(o) => &mut o.metadata,
             Self::NetworkPolicy(o) => &mut o.metadata,
+            Self::ClusterNetworkPolicy(o) => &mut o.metadata,
+            Self::WeirNetworkPolicy(o) => &mut o.metadata,
         };
         meta.managed_fields = None;
         if let Some(a) = meta.annotations.as_mut() {
@@ -149,6 +181,8 @@ impl Object {
             Kind::Namespace => Self::Namespace(de(v)?),
             Kind::Node => Self::Node(de(v)?),
             Kind::NetworkPolicy => Self::NetworkPolicy(de(v)?),
+            Kind::ClusterNetworkPolicy => Self::ClusterNetworkPolicy(de(v)?),
+            Kind::WeirNetworkPolicy => Self::WeirNetworkPolicy(de(v)?),
         })
     }
 }

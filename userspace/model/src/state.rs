@@ -131,7 +131,7 @@ impl ClusterState {
                 }
             }
             Kind::Node => a.all = true,
-            Kind::Pod | Kind::Namespace | Kind::NetworkPolicy => a.policy = true,
+            Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy => a.policy = true,
         }
         a
     }
@@ -222,14 +222,14 @@ impl ClusterState {
         crate::policy::World::from_objects(self.objects_of(Kind::Namespace).chain(self.objects_of(Kind::Pod)))
     }
 
-    /// Every NetworkPolicy, compiled (files are validated on load, so a
-    /// stored policy compiles; one that does not is skipped).
+    /// Every NetworkPolicy, WeirNetworkPolicy and ClusterNetworkPolicy,
+    /// compiled (objects are validated on load, so a stored policy
+    /// compiles; one that does not is skipped).
     pub fn policies(&self) -> Vec<crate::policy::CompiledPolicy> {
-        self.objects_of(Kind::NetworkPolicy)
-            .filter_map(|o| match o {
-                Object::NetworkPolicy(np) => crate::policy::compile(np).ok(),
-                _ => None,
-            })
+        [Kind::ClusterNetworkPolicy, Kind::NetworkPolicy, Kind::WeirNetworkPolicy]
+            .into_iter()
+            .flat_map(|k| self.objects_of(k))
+            .filter_map(|o| crate::policy::compile_object(o)?.ok())
             .collect()
     }
 

@@ -21,7 +21,9 @@ pub fn validate(obj: &Object) -> Result<(), FieldError> {
     match obj {
         Object::Service(s) => service(s),
         Object::EndpointSlice(e) => endpoint_slice(e),
-        Object::NetworkPolicy(np) => crate::policy::compile(np).map(|_| ()),
+        Object::NetworkPolicy(_) | Object::ClusterNetworkPolicy(_) | Object::WeirNetworkPolicy(_) => {
+            crate::policy::compile_object(obj).map_or(Ok(()), |r| r.map(|_| ()))
+        }
         Object::Pod(p) => pod(p),
         _ => Ok(()),
     }

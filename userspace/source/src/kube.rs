@@ -1,6 +1,11 @@
 //! The Kubernetes source: kube-rs watchers over Service, EndpointSlice,
-//! Pod, Namespace, Node and NetworkPolicy (k8s-openapi types), with
-//! in-cluster config or kubeconfig through `kube::Config::infer`.
+//! Pod, Namespace, Node and NetworkPolicy (k8s-openapi types) and weir's
+//! ClusterNetworkPolicy and WeirNetworkPolicy, with in-cluster config or
+//! kubeconfig through `kube::Config::infer`.
+//!
+//! A cluster without weir's CRDs answers their list with 404: the kind
+//! counts as listed and empty (so the agent still becomes ready), and the
+//! watcher keeps retrying, so installing the CRDs later takes effect.
 //!
 //! Every (re)list is delivered as one `Change::Replace` of the whole kind,
 //! so an object deleted while the watch was down is deleted here too: a
@@ -25,6 +30,7 @@ use kube::{
     runtime::{watcher, WatchStreamExt as _},
     Api, Client,
 };
+use weir_crds::{ClusterNetworkPolicy, WeirNetworkPolicy};
 use weir_model::{validate::validate, Change, Kind, Object, Warning};
 
 use super::{SourceEvent, Sender};
@@ -61,7 +67,20 @@ pub fn run(client: Client, tx: Sender) {
     tokio::spawn(watch(Api::<Pod>::all(client.clone()), Kind::Pod, Object::Pod, tx.clone(), tracker.clone()));
     tokio::spawn(watch(Api::<Namespace>::all(client.clone()), Kind::Namespace, Object::Namespace, tx.clone(), tracker.clone()));
     tokio::spawn(watch(Api::<Node>::all(client.clone()), Kind::Node, Object::Node, tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<NetworkPolicy>::all(client), Kind::NetworkPolicy, Object::NetworkPolicy, tx, tracker));
+    tokio::spawn(watch(Api::<NetworkPolicy>::all(client.clone()), Kind::NetworkPolicy, Object::NetworkPolicy, tx.clone(), tracker.clone()));
+    tokio::spawn(watch(Api::<ClusterNetworkPolicy>::all(client.clone()), Kind::ClusterNetworkPolicy, Object::ClusterNetworkPolicy, tx.clone(), tracker.clone()));
+    tokio::spawn(watch(Api::<WeirNetworkPolicy>::all(client), Kind::WeirNetworkPolicy, Object::WeirNetworkPolicy, tx, tracker));
+}
+
+/// The API does not serve the kind at all (its CRD is not installed).
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => {
+            // A real API server answers an unserved group with a plain-text 404.
+            s.is_not_found() || s.code == 404
+        }
+        _ => false,
+    }
 }
 
 /// Validates an object from the API; invalid ones become a warning.
@@ -104,6 +123,14 @@ where
             }
             Ok(watcher::Event::InitDone) => {
                 (vec![Change::Replace { kind, objects: buffer.take().unwrap_or_default() }], true)
+            }
+            Err(error) if kind.is_crd() && not_served(&error) => {
+                if first_list {
+                    tracing::warn!(kind = kind.as_str(), "the API does not serve this kind (CRD not installed?): treating it as empty; retrying with backoff");
+                    first_list = false;
+                    tracker.listed(&tx).await;
+                }
+                continue;
             }
             Err(error) => {
                 tracing::warn!(kind = kind.as_str(), %error, "watch error; retrying with backoff");
@@ -195,6 +222,12 @@ mod tests {
                 ("/apis/networking.k8s.io/v1/networkpolicies", false) => {
                     (Some(list("NetworkPolicyList", "networking.k8s.io/v1", "1", &[])), false)
                 }
+                // weir's cluster policy CRD is installed; WeirNetworkPolicy
+                // is not (404 below): the source must still sync.
+                ("/apis/policy.weir.dev/v1alpha1/clusternetworkpolicies", false) => {
+                    let cnp = serde_json::json!({"apiVersion": "policy.weir.dev/v1alpha1", "kind": "ClusterNetworkPolicy", "metadata": {"name": "deny-db", "resourceVersion": "1"}, "spec": {"priority": 10, "subject": {}, "ingress": [{"name": "no-web", "action": "Deny", "peers": [{"pods": {}}]}]}});
+                    (Some(list("ClusterNetworkPolicyList", "policy.weir.dev/v1alpha1", "1", &[cnp.to_string()])), false)
+                }
                 _ => (None, false),
             }
         };
@@ -264,6 +297,9 @@ mod tests {
             }
         }
         assert_eq!(state.counts()[&Kind::Service], 1);
+        assert_eq!(state.counts()[&Kind::ClusterNetworkPolicy], 1, "the cluster policy was listed");
+        assert_eq!(state.counts()[&Kind::WeirNetworkPolicy], 0, "a kind without its CRD counts as empty");
+        assert_eq!(state.policies().len(), 1, "and compiles");
         let s = script.lock().expect("script");
         assert!(s.service_lists >= 2, "the watcher relisted after the 410: {:?}", s.requests);
     }

@@ -23,18 +23,63 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_SCTP: u8 = 132;
 
+/// Which object a policy came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    NetworkPolicy,
+    WeirNetworkPolicy,
+    ClusterNetworkPolicy,
+}
+
+/// Where a policy's rules are evaluated; tiers run in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// Cluster policies above NetworkPolicy, by priority.
+    Admin,
+    /// NetworkPolicy and WeirNetworkPolicy: a Deny wins over any Allow;
+    /// a pod they select in a direction is denied what they do not allow.
+    Namespace,
+    /// Cluster policies below NetworkPolicy, for pods it does not isolate.
+    Baseline,
+}
+
+/// What a matching rule does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+    /// Skip the rest of the Admin tier.
+    Pass,
+    /// Report the flow; evaluation goes on.
+    Log,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPolicy {
+    pub kind: PolicyKind,
+    /// Empty for a cluster policy.
     pub namespace: String,
     pub name: String,
+    pub tier: Tier,
+    /// Lower first, within a tier.
+    pub priority: i32,
+    /// Evaluated and reported, not enforced.
+    pub audit: bool,
+    /// The namespaces of the pods the policy applies to; `None`: its own.
+    pub namespaces: Option<Selector>,
+    /// The pods it applies to, within those namespaces.
     pub subject: Selector,
-    /// `Some` when the policy isolates its pods for ingress.
+    /// `Some` when the policy has a say in ingress (for the namespace
+    /// tier: isolates its pods for ingress).
     pub ingress: Option<Vec<Rule>>,
     pub egress: Option<Vec<Rule>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// The rule's own name (weir's CRDs).
+    pub name: Option<String>,
+    pub action: Action,
     /// `None`: every peer.
     pub peers: Option<Vec<Peer>>,
     /// `None`: every port of every protocol.
@@ -66,7 +111,7 @@ pub enum PortSel {
     Named(String),
 }
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+pub(super) fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { field: field.into(), message: message.into() }
 }
 
@@ -171,7 +216,7 @@ fn rule(peers: Option<&Vec<NetworkPolicyPeer>>, ports: Option<&Vec<NetworkPolicy
         Some(v) if !v.is_empty() => Some(v.iter().enumerate().map(|(i, p)| port(p, &format!("{field}.ports[{i}]"))).collect::<Result<Vec<_>, _>>()?),
         _ => None,
     };
-    Ok(Rule { peers, ports })
+    Ok(Rule { name: None, action: Action::Allow, peers, ports })
 }
 
 /// Compiles a NetworkPolicy; errors name the offending field.
@@ -210,8 +255,13 @@ pub fn compile(np: &NetworkPolicy) -> Result<CompiledPolicy, FieldError> {
         .map(|(i, r)| rule(r.to.as_ref(), r.ports.as_ref(), &format!("spec.egress[{i}]"), "to"))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(CompiledPolicy {
+        kind: PolicyKind::NetworkPolicy,
         namespace,
         name,
+        tier: Tier::Namespace,
+        priority: 0,
+        audit: false,
+        namespaces: None,
         subject,
         ingress: ingress_on.then_some(ingress_rules),
         egress: egress_on.then_some(egress_rules),
@@ -219,6 +269,21 @@ pub fn compile(np: &NetworkPolicy) -> Result<CompiledPolicy, FieldError> {
 }
 
 impl CompiledPolicy {
+    /// Whether the policy applies to a pod of namespace `ns` (labelled
+    /// `ns_labels`) with `labels`.
+    pub fn selects(&self, ns: &str, ns_labels: &super::selector::Labels, labels: &super::selector::Labels) -> bool {
+        let ns_ok = match &self.namespaces {
+            None => self.namespace == ns,
+            Some(sel) => sel.matches(ns_labels),
+        };
+        ns_ok && self.subject.matches(labels)
+    }
+
+    /// The rules of a direction (`DIR_INGRESS` / `DIR_EGRESS`).
+    pub fn rules(&self, direction: u8) -> Option<&Vec<Rule>> {
+        if direction == weir_common::policy::DIR_INGRESS { self.ingress.as_ref() } else { self.egress.as_ref() }
+    }
+
     /// Every CIDR the policy names (blocks and their exceptions).
     pub fn cidrs(&self) -> impl Iterator<Item = Prefix> + '_ {
         self.ingress

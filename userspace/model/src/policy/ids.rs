@@ -9,29 +9,49 @@ use std::collections::{BTreeMap, BTreeSet};
 use weir_common::policy::{ID_CIDR_FIRST, ID_POD_FIRST};
 use weir_desired::policy::Prefix;
 
-use super::selector::Labels;
+use super::{compile::PolicyKind, selector::Labels};
 
-/// What a pod identity stands for.
+/// What a pod identity stands for: its namespace and labels, and the most
+/// specific policy CIDR holding the pod's address, so that every pod of an
+/// identity gets one verdict from rules that name pods and rules that name
+/// networks alike.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LabelKey {
     pub namespace: String,
     pub namespace_labels: Labels,
     pub labels: Labels,
+    pub cidr: Option<Prefix>,
 }
 
 /// Which policy rule a rule id names.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleRef {
+    pub kind: PolicyKind,
+    /// Empty for a cluster policy.
     pub namespace: String,
     pub policy: String,
     /// "ingress" or "egress".
     pub direction: &'static str,
     pub index: usize,
+    /// The rule's own name (weir's CRDs).
+    pub name: Option<String>,
 }
 
 impl std::fmt::Display for RuleRef {
+    /// `ns/policy ingress[0]` for a NetworkPolicy; `wnp ns/policy
+    /// ingress[0] name` and `wcnp policy ingress[0] name` for weir's own
+    /// (their kubectl short names).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} {}[{}]", self.namespace, self.policy, self.direction, self.index)
+        match self.kind {
+            PolicyKind::NetworkPolicy => write!(f, "{}/{}", self.namespace, self.policy)?,
+            PolicyKind::WeirNetworkPolicy => write!(f, "wnp {}/{}", self.namespace, self.policy)?,
+            PolicyKind::ClusterNetworkPolicy => write!(f, "wcnp {}", self.policy)?,
+        }
+        write!(f, " {}[{}]", self.direction, self.index)?;
+        if let Some(n) = &self.name {
+            write!(f, " {n}")?;
+        }
+        Ok(())
     }
 }
 

@@ -7,12 +7,12 @@ use std::{
     net::IpAddr,
 };
 
-use weir_common::policy::{IpInfo, NameKey, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE};
-use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
-use weir_logic::policy::port_blocks;
+use weir_common::policy::{IpInfo, NameKey, DIR_EGRESS, DIR_INGRESS, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE};
+use weir_desired::policy::{EndpointSpec, PolicyState, Prefix};
 
 use super::{
-    compile::{CompiledPolicy, Peer, PortRule, PortSel, Rule},
+    compile::{CompiledPolicy, Peer, PortRule, PortSel, Rule, Tier},
+    evaluate::{Endpoint, Ranked},
     ids::{Ids, LabelKey, RuleRef},
     world::{NamedPort, PodInfo, World},
 };
@@ -22,24 +22,39 @@ pub fn is_local(pod: &PodInfo, node: Option<&str>) -> bool {
     node.is_none_or(|n| pod.node.as_deref() == Some(n))
 }
 
-pub fn label_key(world: &World, pod: &PodInfo) -> LabelKey {
-    LabelKey { namespace: pod.namespace.clone(), namespace_labels: world.namespace_labels(&pod.namespace), labels: pod.labels.clone() }
+/// The most specific of `cidrs` holding `ip`.
+pub fn longest_cidr(cidrs: &BTreeSet<Prefix>, ip: &IpAddr) -> Option<Prefix> {
+    cidrs.iter().filter(|p| p.contains_addr(ip)).max_by_key(|p| p.len).copied()
+}
+
+/// A pod's identity key under the policy CIDRs `cidrs`.
+pub fn label_key(world: &World, pod: &PodInfo, cidrs: &BTreeSet<Prefix>) -> LabelKey {
+    LabelKey {
+        namespace: pod.namespace.clone(),
+        namespace_labels: world.namespace_labels(&pod.namespace),
+        labels: pod.labels.clone(),
+        cidr: pod.ips.first().and_then(|ip| longest_cidr(cidrs, ip)),
+    }
 }
 
 fn rule_refs(p: &CompiledPolicy) -> impl Iterator<Item = (u8, usize, &Rule, RuleRef)> + '_ {
-    let ing = p.ingress.iter().flatten().enumerate().map(move |(i, r)| {
-        (DIR_INGRESS, i, r, RuleRef { namespace: p.namespace.clone(), policy: p.name.clone(), direction: "ingress", index: i })
-    });
-    let eg = p.egress.iter().flatten().enumerate().map(move |(i, r)| {
-        (DIR_EGRESS, i, r, RuleRef { namespace: p.namespace.clone(), policy: p.name.clone(), direction: "egress", index: i })
-    });
+    let r = move |dir: &'static str, i: usize, rule: &Rule| RuleRef {
+        kind: p.kind,
+        namespace: p.namespace.clone(),
+        policy: p.name.clone(),
+        direction: dir,
+        index: i,
+        name: rule.name.clone(),
+    };
+    let ing = p.ingress.iter().flatten().enumerate().map(move |(i, rule)| (DIR_INGRESS, i, rule, r("ingress", i, rule)));
+    let eg = p.egress.iter().flatten().enumerate().map(move |(i, rule)| (DIR_EGRESS, i, rule, r("egress", i, rule)));
     ing.chain(eg)
 }
 
 /// Gives every label set, CIDR, local pod and rule an id.
 pub fn assign(ids: &mut Ids, policies: &[CompiledPolicy], world: &World, cidrs: &BTreeSet<Prefix>, node: Option<&str>) {
     for pod in &world.pods {
-        ids.pod(&label_key(world, pod));
+        ids.pod(&label_key(world, pod, cidrs));
         if is_local(pod, node) {
             ids.endpoint(&pod.namespace, &pod.name);
         }
@@ -54,22 +69,26 @@ pub fn assign(ids: &mut Ids, policies: &[CompiledPolicy], world: &World, cidrs: 
     }
 }
 
-/// A pod identity's name: `ns {k=v,...}`.
+/// A pod identity's name: `ns {k=v,...}`, and ` in <cidr>` when a policy
+/// CIDR holds its pods.
 pub fn identity_name(key: &LabelKey) -> String {
     let labels: Vec<String> = key.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{} {{{}}}", key.namespace, labels.join(","))
+    match &key.cidr {
+        Some(c) => format!("{} {{{}}} in {c}", key.namespace, labels.join(",")),
+        None => format!("{} {{{}}}", key.namespace, labels.join(",")),
+    }
 }
 
 /// Names for the CLI: every rule of `policies`, every local endpoint and
 /// every pod identity, by (kind, id).
-pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, node: Option<&str>) -> BTreeMap<NameKey, String> {
+pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &BTreeSet<Prefix>, node: Option<&str>) -> BTreeMap<NameKey, String> {
     let mut out: BTreeMap<NameKey, String> = policies
         .iter()
         .flat_map(rule_refs)
         .filter_map(|(_, _, _, r)| Some((NameKey { kind: NAME_RULE, id: ids.lookup_rule(&r)? }, r.to_string())))
         .collect();
     for pod in &world.pods {
-        let key = label_key(world, pod);
+        let key = label_key(world, pod, cidrs);
         if let Some(id) = ids.lookup_pod(&key) {
             out.insert(NameKey { kind: NAME_IDENTITY, id }, identity_name(&key));
         }
@@ -82,9 +101,10 @@ pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, node: Option
     out
 }
 
-struct PodIdentity<'a> {
-    key: LabelKey,
-    ports: BTreeSet<&'a NamedPort>,
+pub struct PodIdentity<'a> {
+    pub key: LabelKey,
+    pub cidr_id: Option<u32>,
+    pub ports: BTreeSet<&'a NamedPort>,
 }
 
 /// Translates; everything it needs must have an id (see [`assign`]).
@@ -94,62 +114,86 @@ pub fn translate(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &
     for (p, id) in &cidr_ids {
         out.ipcache.insert(*p, IpInfo { identity: *id, cidr_identity: *id });
     }
-    let longest_cidr = |ip: &IpAddr| {
-        cidr_ids.iter().filter(|(p, _)| p.contains_addr(ip)).max_by_key(|(p, _)| p.len).map_or(ID_WORLD, |(_, id)| *id)
-    };
+    let cidr_id = |p: Option<Prefix>| p.and_then(|p| ids.lookup_cidr(&p));
 
     // Pod identities and their named ports (the union over pods sharing
     // the identity).
     let mut pod_ids: BTreeMap<u32, PodIdentity> = BTreeMap::new();
     let mut seen_ips = BTreeSet::new();
     for pod in &world.pods {
-        let key = label_key(world, pod);
+        let key = label_key(world, pod, cidrs);
         let Some(id) = ids.lookup_pod(&key) else { continue };
-        pod_ids.entry(id).or_insert_with(|| PodIdentity { key, ports: BTreeSet::new() }).ports.extend(pod.ports.iter());
+        let cid = cidr_id(key.cidr);
+        pod_ids.entry(id).or_insert_with(|| PodIdentity { key, cidr_id: cid, ports: BTreeSet::new() }).ports.extend(pod.ports.iter());
         for ip in &pod.ips {
             // Two pods claiming one address: the first keeps it.
             if seen_ips.insert(*ip) {
-                out.ipcache.insert(Prefix::host(*ip), IpInfo { identity: id, cidr_identity: longest_cidr(ip) });
+                let cidr_identity = cidr_id(longest_cidr(cidrs, ip)).unwrap_or(ID_WORLD);
+                out.ipcache.insert(Prefix::host(*ip), IpInfo { identity: id, cidr_identity });
             }
         }
     }
 
+    let ranked = ranked_rules(policies, ids, &pod_ids, &cidr_ids);
     for pod in world.pods.iter().filter(|p| is_local(p, node)) {
-        let (Some(ep_id), Some(identity)) = (ids.lookup_endpoint(&pod.namespace, &pod.name), ids.lookup_pod(&label_key(world, pod))) else {
+        let key = label_key(world, pod, cidrs);
+        let (Some(ep_id), Some(identity)) = (ids.lookup_endpoint(&pod.namespace, &pod.name), ids.lookup_pod(&key)) else {
             continue;
         };
-        let selecting: Vec<&CompiledPolicy> =
-            policies.iter().filter(|p| p.namespace == pod.namespace && p.subject.matches(&pod.labels)).collect();
-        let spec = EndpointSpec {
-            id: ep_id,
-            identity,
-            ingress_isolated: selecting.iter().any(|p| p.ingress.is_some()),
-            egress_isolated: selecting.iter().any(|p| p.egress.is_some()),
-        };
+        let selected: Vec<bool> = policies.iter().map(|p| p.selects(&pod.namespace, &key.namespace_labels, &pod.labels)).collect();
+        let mut spec = EndpointSpec { id: ep_id, identity, ingress_isolated: false, egress_isolated: false };
+        for dir in [DIR_INGRESS, DIR_EGRESS] {
+            let rules: Vec<&Ranked> = ranked.iter().filter(|r| r.dir == dir && selected[r.policy]).collect();
+            // The namespace tier isolates like NetworkPolicy: a pod it
+            // selects in a direction is denied what it does not allow.
+            let isolated = policies.iter().zip(&selected).any(|(p, s)| *s && p.tier == Tier::Namespace && p.rules(dir).is_some());
+            if rules.is_empty() && !isolated {
+                continue;
+            }
+            if dir == DIR_INGRESS {
+                spec.ingress_isolated = true;
+            } else {
+                spec.egress_isolated = true;
+            }
+            let ctx = Endpoint { id: ep_id, dir, local: pod, isolated, pods: &pod_ids };
+            for (e, v) in ctx.entries(&rules) {
+                out.entries.insert(e, v);
+            }
+        }
         for ip in &pod.ips {
             out.endpoints.entry(*ip).or_insert(spec);
-        }
-        for p in &selecting {
-            for (dir, _, rule, rref) in rule_refs(p) {
-                let Some(rule_id) = ids.lookup_rule(&rref) else { continue };
-                let mut emit = |identity: u32, proto: u8, port: u16, port_bits: u8| {
-                    let e = PolicyEntry { endpoint: ep_id, direction: dir, identity, proto, port, port_bits };
-                    let v = out.entries.entry(e).or_insert(rule_id);
-                    *v = (*v).min(rule_id);
-                };
-                let peers = peer_identities(rule, &p.namespace, &pod_ids, &cidr_ids);
-                for peer in peers {
-                    rule_ports(rule, dir, pod, peer, &pod_ids, &mut emit);
-                }
-            }
         }
     }
     out
 }
 
-/// The identities a rule's peers cover; `[ID_ANY]` for every peer.
-fn peer_identities(rule: &Rule, policy_ns: &str, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Vec<u32> {
-    let Some(peers) = &rule.peers else { return vec![ID_ANY] };
+/// Every rule with an id, in evaluation order (tier, priority, policy,
+/// rule), with the identities its peers cover.
+fn ranked_rules<'a>(policies: &'a [CompiledPolicy], ids: &Ids, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Vec<Ranked<'a>> {
+    let mut out: Vec<Ranked> = policies
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| rule_refs(p).map(move |(dir, index, rule, r)| (i, p, dir, index, rule, r)))
+        .filter_map(|(i, p, dir, index, rule, r)| {
+            Some(Ranked {
+                policy: i,
+                tier: p.tier,
+                audit: p.audit,
+                dir,
+                rule,
+                id: ids.lookup_rule(&r)?,
+                peers: peer_identities(rule, &p.namespace, pods, cidrs),
+                order: (p.tier, p.priority, p.namespace.clone(), p.name.clone(), index),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.order.cmp(&b.order));
+    out
+}
+
+/// The identities a rule's peers cover; `None` for every peer.
+fn peer_identities(rule: &Rule, policy_ns: &str, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Option<BTreeSet<u32>> {
+    let peers = rule.peers.as_ref()?;
     let mut out = BTreeSet::new();
     for peer in peers {
         match peer {
@@ -173,42 +217,30 @@ fn peer_identities(rule: &Rule, policy_ns: &str, pods: &BTreeMap<u32, PodIdentit
             }
         }
     }
-    out.into_iter().collect()
+    Some(out)
 }
 
-/// Emits the (identity, protocol, port block) entries of one rule for one
-/// peer identity. Named ports resolve against the destination pod: the
-/// local pod for ingress, the peer's pods for egress.
-fn rule_ports(rule: &Rule, dir: u8, local: &PodInfo, peer: u32, pods: &BTreeMap<u32, PodIdentity>, emit: &mut impl FnMut(u32, u8, u16, u8)) {
-    let Some(ports) = &rule.ports else {
-        emit(peer, 0, 0, 0);
-        return;
-    };
+/// A rule's ports as (protocol, first, last) for one peer (`None`: every
+/// port of every protocol). Named ports resolve against the destination
+/// pod: the local pod for ingress, the peer identity's pods for egress.
+pub(super) fn resolve_ports(rule: &Rule, dir: u8, local: &PodInfo, peer: Option<&PodIdentity>) -> Option<Vec<(u8, u16, u16)>> {
+    let ports = rule.ports.as_ref()?;
+    let mut out = Vec::new();
     for PortRule { proto, port } in ports {
         match port {
-            PortSel::Any => emit(peer, *proto, 0, 0),
-            PortSel::Range(a, b) => port_blocks(*a, *b, |base, bits| emit(peer, *proto, base, bits)),
+            PortSel::Any => out.push((*proto, 0, u16::MAX)),
+            PortSel::Range(a, b) => out.push((*proto, *a, *b)),
             PortSel::Named(name) => {
                 let named = |np: &NamedPort| np.name == *name && np.proto == *proto;
                 if dir == DIR_INGRESS {
-                    for np in local.ports.iter().filter(|np| named(np)) {
-                        emit(peer, *proto, np.port, 16);
-                    }
-                } else if peer == ID_ANY {
-                    // Any destination: every pod identity with the name.
-                    for (id, p) in pods {
-                        for np in p.ports.iter().filter(|np| named(np)) {
-                            emit(*id, *proto, np.port, 16);
-                        }
-                    }
-                } else if let Some(p) = pods.get(&peer) {
-                    for np in p.ports.iter().filter(|np| named(np)) {
-                        emit(peer, *proto, np.port, 16);
-                    }
+                    out.extend(local.ports.iter().filter(|np| named(np)).map(|np| (*proto, np.port, np.port)));
+                } else if let Some(p) = peer {
+                    out.extend(p.ports.iter().filter(|np| named(np)).map(|np| (*proto, np.port, np.port)));
                 }
             }
         }
     }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -108,5 +108,5 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
 
 /// The kinds policy translation depends on.
 pub fn is_policy_kind(kind: Kind) -> bool {
-    matches!(kind, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy)
+    kind.is_policy_input()
 }

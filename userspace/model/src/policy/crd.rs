@@ -1,0 +1,226 @@
+//! weir's policy CRDs compiled into the same rules as NetworkPolicy.
+//!
+//! The API server enforces the CRD schemas (ranges, enums, CEL rules);
+//! objects from files skip it, so every check is made again here, with
+//! the field named.
+//!
+//! - ClusterNetworkPolicy: `tier` Admin (above NetworkPolicy) or
+//!   Baseline (below it), `priority` 0–1000, `mode: Audit` evaluates and
+//!   reports only. An omitted subject or peer selector matches every
+//!   namespace / pod. A policy with no rules in a direction has no say in
+//!   it.
+//! - WeirNetworkPolicy: the namespace tier, like NetworkPolicy: a peer
+//!   with no `namespaces` means the policy's own namespace; a direction
+//!   with rules isolates the selected pods in it.
+
+use weir_crds::{Action as NsAction, ClusterAction, ClusterNetworkPolicy, ClusterRule, Mode, NamespacedRule, PortRange, Protocol, Tier as CrdTier, WeirNetworkPolicy};
+
+use super::{
+    compile::{err, parse_cidr, Action, CompiledPolicy, Peer, PolicyKind, PortRule, PortSel, Rule, Tier, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+    selector::Selector,
+};
+use crate::{validate::FieldError, Object};
+
+/// Compiles a policy object of any kind; `None` for other kinds.
+pub fn compile_object(o: &Object) -> Option<Result<CompiledPolicy, FieldError>> {
+    match o {
+        Object::NetworkPolicy(np) => Some(super::compile(np)),
+        Object::ClusterNetworkPolicy(p) => Some(compile_cluster(p)),
+        Object::WeirNetworkPolicy(p) => Some(compile_namespaced(p)),
+        _ => None,
+    }
+}
+
+fn selector(s: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>, field: &str) -> Result<Selector, FieldError> {
+    s.map_or(Ok(Selector::everything()), |s| Selector::from_k8s(s, field))
+}
+
+fn ports(v: Option<&Vec<PortRange>>, field: &str) -> Result<Option<Vec<PortRule>>, FieldError> {
+    let Some(v) = v else { return Ok(None) };
+    if v.is_empty() {
+        return Err(err(field, "an empty list matches nothing; omit ports to match every port"));
+    }
+    let mut out = Vec::new();
+    for (i, p) in v.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let proto = match p.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Sctp => PROTO_SCTP,
+        };
+        let in_range = |n: i32, what: &str| u16::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| err(format!("{f}.{what}"), format!("{n} is outside 1-65535")));
+        let start = in_range(p.port, "port")?;
+        let end = match p.end_port {
+            Some(e) => in_range(e, "endPort")?,
+            None => start,
+        };
+        if end < start {
+            return Err(err(format!("{f}.endPort"), format!("{end} is below port {start}")));
+        }
+        out.push(PortRule { proto, port: PortSel::Range(start, end) });
+    }
+    Ok(Some(out))
+}
+
+/// `own_namespace`: what an omitted `namespaces` means (`None`: the
+/// policy's namespace, for namespaced policies).
+fn peers(v: &[weir_crds::Peer], field: &str, cluster: bool) -> Result<Vec<Peer>, FieldError> {
+    let mut out = Vec::new();
+    for (i, p) in v.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        match &p.networks {
+            Some(nets) => {
+                if p.namespaces.is_some() || p.pods.is_some() {
+                    return Err(err(&f, "a peer selects pods (namespaces/pods) or networks, not both"));
+                }
+                if nets.is_empty() {
+                    return Err(err(format!("{f}.networks"), "at least one CIDR"));
+                }
+                for (j, n) in nets.iter().enumerate() {
+                    out.push(Peer::Block { cidr: parse_cidr(n, &format!("{f}.networks[{j}]"))?, except: Vec::new() });
+                }
+            }
+            None => {
+                let namespaces = match &p.namespaces {
+                    Some(s) => Some(Selector::from_k8s(s, &format!("{f}.namespaces"))?),
+                    None if cluster => Some(Selector::everything()),
+                    None => None,
+                };
+                out.push(Peer::Pods { namespaces, pods: selector(p.pods.as_ref(), &format!("{f}.pods"))? });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cluster_rule(r: &ClusterRule, field: &str, tier: Tier) -> Result<Rule, FieldError> {
+    if r.name.is_empty() {
+        return Err(err(format!("{field}.name"), "every rule needs a name (verdict events report it)"));
+    }
+    let action = match r.action {
+        ClusterAction::Allow => Action::Allow,
+        ClusterAction::Deny => Action::Deny,
+        ClusterAction::Pass if tier == Tier::Baseline => {
+            return Err(err(format!("{field}.action"), "Pass is only meaningful in the Admin tier"));
+        }
+        ClusterAction::Pass => Action::Pass,
+        ClusterAction::Log => Action::Log,
+    };
+    if r.peers.is_empty() {
+        return Err(err(format!("{field}.peers"), "at least one peer (an empty namespaces selector `{}` selects every pod)"));
+    }
+    Ok(Rule {
+        name: Some(r.name.clone()),
+        action,
+        peers: Some(peers(&r.peers, &format!("{field}.peers"), true)?),
+        ports: ports(r.ports.as_ref(), &format!("{field}.ports"))?,
+    })
+}
+
+pub fn compile_cluster(p: &ClusterNetworkPolicy) -> Result<CompiledPolicy, FieldError> {
+    let s = &p.spec;
+    if !(0..=1000).contains(&s.priority) {
+        return Err(err("spec.priority", format!("{} is outside 0-1000", s.priority)));
+    }
+    let tier = match s.tier {
+        CrdTier::Admin => Tier::Admin,
+        CrdTier::Baseline => Tier::Baseline,
+    };
+    let rules = |v: &[ClusterRule], dir: &str| -> Result<Option<Vec<Rule>>, FieldError> {
+        let out = v.iter().enumerate().map(|(i, r)| cluster_rule(r, &format!("spec.{dir}[{i}]"), tier)).collect::<Result<Vec<_>, _>>()?;
+        Ok((!out.is_empty()).then_some(out))
+    };
+    Ok(CompiledPolicy {
+        kind: PolicyKind::ClusterNetworkPolicy,
+        namespace: String::new(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        tier,
+        priority: s.priority,
+        audit: s.mode == Mode::Audit,
+        namespaces: Some(selector(s.subject.namespaces.as_ref(), "spec.subject.namespaces")?),
+        subject: selector(s.subject.pods.as_ref(), "spec.subject.pods")?,
+        ingress: rules(&s.ingress, "ingress")?,
+        egress: rules(&s.egress, "egress")?,
+    })
+}
+
+fn namespaced_rule(r: &NamespacedRule, field: &str) -> Result<Rule, FieldError> {
+    if r.name.is_empty() {
+        return Err(err(format!("{field}.name"), "every rule needs a name (verdict events report it)"));
+    }
+    let action = match r.action {
+        NsAction::Allow => Action::Allow,
+        NsAction::Deny => Action::Deny,
+    };
+    let peers = if r.peers.is_empty() { None } else { Some(peers(&r.peers, &format!("{field}.peers"), false)?) };
+    Ok(Rule { name: Some(r.name.clone()), action, peers, ports: ports(r.ports.as_ref(), &format!("{field}.ports"))? })
+}
+
+pub fn compile_namespaced(p: &WeirNetworkPolicy) -> Result<CompiledPolicy, FieldError> {
+    let s = &p.spec;
+    let rules = |v: &[NamespacedRule], dir: &str| -> Result<Option<Vec<Rule>>, FieldError> {
+        let out = v.iter().enumerate().map(|(i, r)| namespaced_rule(r, &format!("spec.{dir}[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+        Ok((!out.is_empty()).then_some(out))
+    };
+    Ok(CompiledPolicy {
+        kind: PolicyKind::WeirNetworkPolicy,
+        namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        tier: Tier::Namespace,
+        priority: 0,
+        audit: false,
+        namespaces: None,
+        subject: Selector::from_k8s(&s.pod_selector, "spec.podSelector")?,
+        ingress: rules(&s.ingress, "ingress")?,
+        egress: rules(&s.egress, "egress")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cnp(yaml: &str) -> Result<CompiledPolicy, FieldError> {
+        compile_cluster(&serde_yaml_ng::from_str(yaml).expect("parse"))
+    }
+
+    #[test]
+    fn a_cluster_policy_compiles_with_its_tier_order_and_peers() {
+        let p = cnp("metadata: {name: a}\nspec:\n  priority: 5\n  subject: {namespaces: {matchLabels: {team: db}}}\n  ingress:\n  - {name: no-web, action: Deny, peers: [{namespaces: {matchLabels: {team: web}}}, {networks: [10.0.0.0/8]}], ports: [{port: 5432}, {protocol: UDP, port: 1000, endPort: 2000}]}\n").expect("compiles");
+        assert_eq!((p.tier, p.priority, p.audit, p.kind), (Tier::Admin, 5, false, PolicyKind::ClusterNetworkPolicy));
+        assert!(p.egress.is_none(), "no egress rules: no say in egress");
+        let r = &p.ingress.as_ref().expect("ingress")[0];
+        assert_eq!((r.action, r.name.as_deref()), (Action::Deny, Some("no-web")));
+        assert_eq!(r.peers.as_ref().map(Vec::len), Some(2));
+        assert_eq!(r.ports.as_ref().map(|v| v[1].port.clone()), Some(PortSel::Range(1000, 2000)));
+    }
+
+    #[test]
+    fn bad_cluster_policies_name_the_field() {
+        let base = "metadata: {name: a}\nspec:\n  subject: {}\n";
+        for (extra, field) in [
+            ("  priority: 1001\n", "spec.priority"),
+            ("  priority: 1\n  tier: Baseline\n  ingress: [{name: p, action: Pass, peers: [{}]}]\n", "spec.ingress[0].action"),
+            ("  priority: 1\n  egress: [{name: p, action: Deny, peers: [{networks: [10.0.0.1/8]}]}]\n", "spec.egress[0].peers[0].networks[0]"),
+            ("  priority: 1\n  egress: [{name: p, action: Deny, peers: [{pods: {}, networks: [10.0.0.0/8]}]}]\n", "spec.egress[0].peers[0]"),
+            ("  priority: 1\n  ingress: [{name: p, action: Deny, peers: []}]\n", "spec.ingress[0].peers"),
+            ("  priority: 1\n  ingress: [{name: p, action: Deny, peers: [{}], ports: [{port: 80, endPort: 79}]}]\n", "spec.ingress[0].ports[0].endPort"),
+            ("  priority: 1\n  ingress: [{name: p, action: Allow, peers: [{pods: {matchExpressions: [{key: a, operator: In}]}}]}]\n", "spec.ingress[0].peers[0].pods.matchExpressions[0].values"),
+        ] {
+            let e = cnp(&format!("{base}{extra}")).expect_err(extra);
+            assert_eq!(e.field, field, "{extra}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_namespaced_policy_keeps_its_namespace_for_peers() {
+        let p: WeirNetworkPolicy = serde_yaml_ng::from_str("metadata: {name: w, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{name: no-b, action: Deny, peers: [{pods: {matchLabels: {pod: b}}}]}]\n").expect("parse");
+        let c = compile_namespaced(&p).expect("compiles");
+        assert_eq!((c.tier, c.namespace.as_str()), (Tier::Namespace, "x"));
+        assert!(c.egress.is_none());
+        match &c.ingress.as_ref().expect("ingress")[0].peers.as_ref().expect("peers")[0] {
+            Peer::Pods { namespaces, .. } => assert!(namespaces.is_none(), "the policy's own namespace"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
