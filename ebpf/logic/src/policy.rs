@@ -5,7 +5,7 @@
 //! the peer's identities and at most three LPM lookups for the verdict.
 
 use weir_common::policy::{
-    EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, ID_ANY, ID_WORLD, PV_AUDIT, PV_LOG,
+    EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, ID_ANY, ID_WORLD, PV_AUDIT, PV_AUDIT_DENY, PV_LOG,
 };
 
 /// How the decision reads the maps.
@@ -28,7 +28,7 @@ pub struct Decision {
     pub matched_identity: u32,
     /// The deciding rule, 0 for a default verdict.
     pub rule: u32,
-    /// `PV_LOG` / `PV_AUDIT` of the matching entry.
+    /// `PV_LOG` / `PV_AUDIT` / `PV_AUDIT_DENY` of the matching entry.
     pub flags: u32,
     /// The rule those flags refer to.
     pub note_rule: u32,
@@ -68,7 +68,7 @@ pub fn decide(maps: &impl PolicyMaps, ep: &EndpointInfo, direction: u8, peer: &w
                 d.allowed = v.allows();
                 d.matched_identity = id;
                 d.rule = v.rule;
-                d.flags = v.flags & (PV_LOG | PV_AUDIT);
+                d.flags = v.flags & (PV_LOG | PV_AUDIT | PV_AUDIT_DENY);
                 d.note_rule = v.note_rule;
                 return d;
             }

@@ -284,3 +284,219 @@ fn has_named_port(r: &Rule) -> bool {
 fn rule_names_port(r: &Rule, name: &str, proto: u8) -> bool {
     r.ports.iter().flatten().any(|p| p.proto == proto && matches!(&p.port, PortSel::Named(n) if n == name))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Translated state read back through `weir_logic::policy::decide` (the
+    //! kernel's and `weir explain`'s decision), with longest-prefix lookups
+    //! done the slow way: what a packet would meet.
+
+    use std::{collections::BTreeSet, net::IpAddr};
+
+    use weir_common::{
+        addr::Addr,
+        policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, PV_AUDIT, PV_AUDIT_DENY, PV_LOG},
+    };
+    use weir_desired::policy::{PolicyState, Prefix};
+    use weir_logic::policy::{decide, Decision, PolicyMaps};
+
+    use crate::{
+        policy::{
+            compile_object,
+            translate::{assign, translate},
+            world::{NamedPort, PodInfo, World},
+            CompiledPolicy, Ids,
+        },
+        Kind, Object,
+    };
+
+    struct Maps<'a>(&'a PolicyState);
+
+    fn bit(b: &[u8], i: u32) -> bool {
+        b[(i / 8) as usize] & (0x80 >> (i % 8)) != 0
+    }
+
+    fn prefix_eq(a: &[u8], b: &[u8], len: u32) -> bool {
+        (0..len).all(|i| bit(a, i) == bit(b, i))
+    }
+
+    impl PolicyMaps for Maps<'_> {
+        fn ipcache(&self, addr: &Addr) -> Option<IpInfo> {
+            self.0.ipcache.iter().filter(|(p, _)| prefix_eq(&Addr::from(p.addr).bytes, &addr.bytes, p.key_len())).max_by_key(|(p, _)| p.len).map(|(_, v)| *v)
+        }
+        fn policy(&self, key: &PolicyKeyData) -> Option<PolicyValue> {
+            self.0.entries.iter().map(|(e, v)| (e.key(), v)).filter(|((len, k), _)| prefix_eq(&k.bytes, &key.bytes, *len)).max_by_key(|((len, _), _)| *len).map(|(_, v)| *v)
+        }
+    }
+
+    fn pod(ns: &str, name: &str, app: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![ip.parse().expect("ip")],
+            node: None,
+            ports: vec![NamedPort { name: "http".into(), proto: 6, port: 80 }],
+        }
+    }
+
+    /// x/a 10.0.0.1, x/b 10.0.0.2, y/a 10.0.1.1, y/b 10.0.1.2.
+    fn world() -> World {
+        World {
+            pods: vec![pod("x", "a", "a", "10.0.0.1"), pod("x", "b", "b", "10.0.0.2"), pod("y", "a", "a", "10.0.1.1"), pod("y", "b", "b", "10.0.1.2")],
+            namespaces: [("x".to_string(), [("ns".to_string(), "x".to_string())].into()), ("y".to_string(), [("ns".to_string(), "y".to_string())].into())].into(),
+        }
+    }
+
+    fn compile(docs: &[&str]) -> Vec<CompiledPolicy> {
+        docs.iter()
+            .map(|y| {
+                let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("yaml");
+                let kind = Kind::from_kind(v["kind"].as_str().expect("kind")).expect("known kind");
+                let o = Object::from_value(kind, v).expect("decodes");
+                compile_object(&o).expect("a policy").expect("compiles")
+            })
+            .collect()
+    }
+
+    struct Judge {
+        state: PolicyState,
+    }
+
+    impl Judge {
+        fn new(policies: &[CompiledPolicy]) -> Self {
+            let w = world();
+            let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+            let mut ids = Ids::new();
+            assign(&mut ids, policies, &w, &cidrs, None);
+            Judge { state: translate(policies, &w, &ids, &cidrs, None) }
+        }
+
+        /// The flow src → dst:port/TCP as the kernel judges it: the
+        /// sender's egress, then the receiver's ingress; the deciding one.
+        fn flow(&self, src: &str, dst: &str, port: u16) -> Decision {
+            let (s, d): (IpAddr, IpAddr) = (src.parse().expect("ip"), dst.parse().expect("ip"));
+            let ep = |ip: &IpAddr| {
+                self.state.endpoints.get(ip).map(|e| EndpointInfo {
+                    id: e.id,
+                    identity: e.identity,
+                    flags: if e.ingress_isolated { EP_F_INGRESS_ISOLATED } else { 0 } | if e.egress_isolated { EP_F_EGRESS_ISOLATED } else { 0 },
+                    _pad: 0,
+                })
+            };
+            let m = Maps(&self.state);
+            let eg = decide(&m, &ep(&s).expect("src endpoint"), DIR_EGRESS, &Addr::from(d), 6, port);
+            if !eg.allowed {
+                return eg;
+            }
+            let ing = decide(&m, &ep(&d).expect("dst endpoint"), DIR_INGRESS, &Addr::from(s), 6, port);
+            if ing.flags != 0 || !ing.allowed { ing } else { eg }
+        }
+
+        fn allowed(&self, src: &str, dst: &str, port: u16) -> bool {
+            self.flow(src, dst, port).allowed
+        }
+    }
+
+    const NP_ALLOW_A_TO_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-a, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]\n";
+
+    fn cnp(name: &str, priority: i32, extra: &str, rules: &str) -> String {
+        format!("apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  priority: {priority}\n{extra}  subject: {{namespaces: {{matchLabels: {{ns: x}}}}, pods: {{matchLabels: {{app: b}}}}}}\n  ingress:\n{rules}")
+    }
+
+    #[test]
+    fn a_cluster_deny_beats_a_networkpolicy_allow() {
+        let deny = cnp("deny-a", 10, "", "  - {name: no-a, action: Deny, peers: [{pods: {matchLabels: {app: a}}}], ports: [{port: 80}]}\n");
+        let j = Judge::new(&compile(&[NP_ALLOW_A_TO_B, &deny]));
+        assert!(!j.allowed("10.0.0.1", "10.0.0.2", 80), "the admin Deny wins on 80");
+        assert!(j.allowed("10.0.0.1", "10.0.0.2", 81), "NetworkPolicy still allows other ports");
+        assert!(!j.allowed("10.0.1.2", "10.0.0.2", 81), "NetworkPolicy isolation still denies y/b");
+        assert_eq!(j.flow("10.0.0.1", "10.0.0.2", 80).rule, j.flow("10.0.1.1", "10.0.0.2", 80).rule, "both a pods meet the same rule");
+    }
+
+    #[test]
+    fn lower_priority_numbers_decide_first_and_rules_in_order() {
+        let allow = cnp("allow-a", 5, "", "  - {name: yes-a, action: Allow, peers: [{pods: {matchLabels: {app: a}}}]}\n");
+        let deny = cnp("deny-all", 6, "", "  - {name: no-one, action: Deny, peers: [{namespaces: {}}]}\n");
+        let j = Judge::new(&compile(&[&allow, &deny]));
+        assert!(j.allowed("10.0.1.1", "10.0.0.2", 80), "priority 5 Allow before priority 6 Deny");
+        assert!(!j.allowed("10.0.1.2", "10.0.0.2", 80), "others meet the Deny");
+        let deny_first = cnp("deny-all", 4, "", "  - {name: no-one, action: Deny, peers: [{namespaces: {}}]}\n");
+        let j = Judge::new(&compile(&[&allow, &deny_first]));
+        assert!(!j.allowed("10.0.1.1", "10.0.0.2", 80), "now the Deny comes first");
+        let in_order = cnp("one", 1, "", "  - {name: no-a-80, action: Deny, peers: [{pods: {matchLabels: {app: a}}}], ports: [{port: 80}]}\n  - {name: yes-a, action: Allow, peers: [{pods: {matchLabels: {app: a}}}]}\n");
+        let j = Judge::new(&compile(&[&in_order, &deny]));
+        assert!(!j.allowed("10.0.0.1", "10.0.0.2", 80) && j.allowed("10.0.0.1", "10.0.0.2", 81), "rule order within a policy");
+    }
+
+    #[test]
+    fn pass_defers_to_networkpolicy_and_skips_the_rest_of_the_tier() {
+        let pass = cnp("pass-a", 1, "", "  - {name: to-np, action: Pass, peers: [{pods: {matchLabels: {app: a}}}]}\n");
+        let deny = cnp("deny-all", 2, "", "  - {name: no-one, action: Deny, peers: [{namespaces: {}}]}\n");
+        let j = Judge::new(&compile(&[&pass, &deny, NP_ALLOW_A_TO_B]));
+        assert!(j.allowed("10.0.0.1", "10.0.0.2", 80), "passed, NetworkPolicy allows x/a");
+        assert!(!j.allowed("10.0.1.1", "10.0.0.2", 80), "passed, NetworkPolicy does not allow y/a");
+        let j = Judge::new(&compile(&[&pass, &deny]));
+        assert!(j.allowed("10.0.1.1", "10.0.0.2", 80), "passed, no NetworkPolicy: allowed");
+    }
+
+    #[test]
+    fn the_baseline_applies_only_where_networkpolicy_does_not_isolate() {
+        let base = cnp("baseline", 1, "  tier: Baseline\n", "  - {name: no-one, action: Deny, peers: [{namespaces: {}}]}\n");
+        let j = Judge::new(&compile(&[&base]));
+        assert!(!j.allowed("10.0.0.1", "10.0.0.2", 80), "baseline Deny with no NetworkPolicy");
+        let j = Judge::new(&compile(&[&base, NP_ALLOW_A_TO_B]));
+        assert!(j.allowed("10.0.0.1", "10.0.0.2", 80), "NetworkPolicy allows above the baseline");
+        assert!(!j.allowed("10.0.1.2", "10.0.0.2", 80), "isolation denies the rest");
+        assert_eq!(j.flow("10.0.1.2", "10.0.0.2", 80).rule, 0, "by NetworkPolicy's default deny, not the baseline rule");
+    }
+
+    #[test]
+    fn audit_mode_allows_and_reports_the_rule_it_would_apply() {
+        let deny = cnp("try-deny", 1, "  mode: Audit\n", "  - {name: no-a, action: Deny, peers: [{pods: {matchLabels: {app: a}}}]}\n");
+        let j = Judge::new(&compile(&[&deny]));
+        let d = j.flow("10.0.0.1", "10.0.0.2", 80);
+        assert!(d.allowed, "not enforced");
+        assert_eq!(d.flags, PV_AUDIT | PV_AUDIT_DENY, "reported as an audited deny");
+        assert_ne!(d.note_rule, 0);
+        let d = j.flow("10.0.0.2", "10.0.0.2", 80);
+        assert_eq!(d.flags, 0, "x/b is not a peer of the audited rule");
+        let allow = cnp("try-allow", 1, "  mode: Audit\n", "  - {name: yes-a, action: Allow, peers: [{pods: {matchLabels: {app: a}}}]}\n");
+        let j = Judge::new(&compile(&[&allow, NP_ALLOW_A_TO_B]));
+        let d = j.flow("10.0.1.1", "10.0.0.2", 80);
+        assert!(!d.allowed && d.flags == PV_AUDIT, "denied by isolation; the audited policy would allow: {d:?}");
+        let d = j.flow("10.0.1.2", "10.0.0.2", 80);
+        assert!(!d.allowed && d.flags == 0, "{d:?}");
+        let deny_allowed = cnp("try-deny", 1, "  mode: Audit\n", "  - {name: no-a, action: Deny, peers: [{pods: {matchLabels: {app: a}}}]}\n");
+        let j = Judge::new(&compile(&[&deny_allowed, NP_ALLOW_A_TO_B]));
+        let d = j.flow("10.0.0.1", "10.0.0.2", 80);
+        assert!(d.allowed && d.flags == PV_AUDIT | PV_AUDIT_DENY, "allowed by NetworkPolicy; the audit would deny: {d:?}");
+    }
+
+    #[test]
+    fn log_rules_report_and_evaluation_goes_on() {
+        let log = cnp("log", 1, "", "  - {name: see-a, action: Log, peers: [{pods: {matchLabels: {app: a}}}]}\n  - {name: no-a, action: Deny, peers: [{pods: {matchLabels: {app: a}}}], ports: [{port: 81}]}\n");
+        let j = Judge::new(&compile(&[&log]));
+        let d = j.flow("10.0.0.1", "10.0.0.2", 80);
+        assert!(d.allowed && d.flags == PV_LOG && d.note_rule != 0, "{d:?}");
+        let d = j.flow("10.0.0.1", "10.0.0.2", 81);
+        assert!(!d.allowed && d.flags == PV_LOG, "{d:?}");
+    }
+
+    #[test]
+    fn a_weir_deny_wins_over_a_networkpolicy_allow_in_the_namespace_tier() {
+        let wnp = "apiVersion: policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress: [{name: no-a-range, action: Deny, peers: [{pods: {matchLabels: {app: a}}}], ports: [{port: 80, endPort: 90}]}]\n";
+        let j = Judge::new(&compile(&[NP_ALLOW_A_TO_B, wnp]));
+        assert!(!j.allowed("10.0.0.1", "10.0.0.2", 85), "the range's Deny wins");
+        assert!(j.allowed("10.0.0.1", "10.0.0.2", 91), "NetworkPolicy allows outside it");
+    }
+
+    #[test]
+    fn networks_match_pod_addresses_alongside_pod_rules() {
+        let mixed = cnp("mixed", 1, "", "  - {name: yes-a, action: Allow, peers: [{pods: {matchLabels: {app: a}}, namespaces: {matchLabels: {ns: x}}}]}\n  - {name: no-net, action: Deny, peers: [{networks: [10.0.0.0/16]}]}\n");
+        let j = Judge::new(&compile(&[&mixed]));
+        assert!(j.allowed("10.0.0.1", "10.0.0.2", 80), "x/a: allowed before the network rule");
+        assert!(!j.allowed("10.0.1.1", "10.0.0.2", 80), "y/a: only the network rule matches");
+        assert!(j.allowed("10.0.0.1", "10.0.0.2", 80) && !j.allowed("10.0.1.2", "10.0.0.2", 80), "y/b: the network rule");
+    }
+}

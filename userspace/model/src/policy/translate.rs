@@ -248,7 +248,7 @@ mod tests {
     use super::*;
     use crate::policy::{compile, world::NamedPort};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
-    use weir_common::policy::ID_CIDR_FIRST;
+    use weir_common::policy::{ID_ANY, ID_CIDR_FIRST};
 
     fn pod(ns: &str, name: &str, app: &str, ip: &str, ports: &[(&str, u8, u16)]) -> PodInfo {
         PodInfo {
@@ -304,10 +304,11 @@ mod tests {
         let web = s.endpoints[&"10.0.0.1".parse().unwrap()];
         assert!(web.ingress_isolated && !web.egress_isolated);
         let cli_x = s.ipcache[&Prefix::host("10.0.0.2".parse().unwrap())].identity;
-        let got: Vec<(u32, u8, u16, u8)> = s.entries.keys().map(|e| (e.identity, e.proto, e.port, e.port_bits)).collect();
-        // x/cli only (the peer is in the policy's namespace); the named
-        // port resolves to web's 8080; 9000-9003 is one aligned block.
-        assert_eq!(got, vec![(cli_x, 6, 8080, 16), (cli_x, 17, 9000, 14)]);
+        let got: Vec<(u32, u8, u16, u8, bool)> = s.entries.iter().map(|(e, v)| (e.identity, e.proto, e.port, e.port_bits, v.allows())).collect();
+        // Any peer: denied (isolation); x/cli only (the peer is in the
+        // policy's namespace); the named port resolves to web's 8080;
+        // 9000-9003 is one aligned block.
+        assert_eq!(got, vec![(ID_ANY, 0, 0, 0, false), (cli_x, 6, 8080, 16, true), (cli_x, 17, 9000, 14, true)]);
         assert!(s.entries.keys().all(|e| e.endpoint == web.id && e.direction == weir_common::policy::DIR_INGRESS));
     }
 
@@ -320,7 +321,7 @@ mod tests {
         assert!(block >= ID_CIDR_FIRST && except >= ID_CIDR_FIRST);
         assert_eq!(s.ipcache[&Prefix::host("10.0.0.2".parse().unwrap())].cidr_identity, block);
         assert_eq!(s.ipcache[&Prefix::host("10.0.1.2".parse().unwrap())].cidr_identity, except);
-        let peers: BTreeSet<u32> = s.entries.keys().map(|e| e.identity).collect();
+        let peers: BTreeSet<u32> = s.entries.iter().filter(|(_, v)| v.allows()).map(|(e, _)| e.identity).collect();
         assert_eq!(peers, [block].into(), "the except block is not allowed");
         let ep = |ip: &str| s.endpoints[&ip.parse().unwrap()];
         assert!(ep("10.0.0.1").egress_isolated && !ep("10.0.0.1").ingress_isolated);
