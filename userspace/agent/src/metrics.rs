@@ -42,6 +42,7 @@ pub struct Metrics {
     pub ct_collected: Counter,
     pub repairs: Counter,
     pub policy_verdicts: Family<crate::events::VerdictLabels, Counter>,
+    pub policy_reports: Family<crate::events::ReportLabels, Counter>,
     pub ready: AtomicBool,
 }
 
@@ -58,6 +59,7 @@ impl Metrics {
         let ct_collected = Counter::default();
         let repairs = Counter::default();
         let policy_verdicts = Family::<crate::events::VerdictLabels, Counter>::default();
+        let policy_reports = Family::<crate::events::ReportLabels, Counter>::default();
         registry.register(
             "programming_latency_seconds",
             "Time from an object event to the datapath maps being written",
@@ -75,6 +77,11 @@ impl Metrics {
             "Policy verdicts on new flows reported by the datapath (denials always, allows when sampled)",
             policy_verdicts.clone(),
         );
+        registry.register(
+            "policy_reports",
+            "Flows reported by Log rules (kind=log) and by audit-mode policies that would decide otherwise (kind=audit, would=allow|deny), by rule",
+            policy_reports.clone(),
+        );
         Arc::new(Self {
             registry,
             programming_latency,
@@ -86,6 +93,7 @@ impl Metrics {
             ct_collected,
             repairs,
             policy_verdicts,
+            policy_reports,
             ready: AtomicBool::new(false),
         })
     }

@@ -64,10 +64,22 @@ pub fn run(layout: &PinLayout, src: &str, dst: &str, format: Format) -> anyhow::
     for s in &x.policy {
         let state = if !s.isolated {
             "not isolated".to_string()
+        } else if s.allowed && s.rule == 0 {
+            format!("allowed by default (peer identity {}, matched {})", s.peer_identity, s.matched_identity)
         } else if s.allowed {
             format!("allowed by rule {} (peer identity {}, matched {})", s.rule, s.peer_identity, s.matched_identity)
+        } else if s.rule != 0 {
+            format!("DENIED by rule {} (peer identity {}, matched {})", s.rule, s.peer_identity, s.matched_identity)
         } else {
             format!("DENIED (peer identity {})", s.peer_identity)
+        };
+        let state = if s.flags & weir_common::policy::PV_AUDIT != 0 {
+            let would = if s.flags & weir_common::policy::PV_AUDIT_DENY != 0 { "deny" } else { "allow" };
+            format!("{state}; audit: rule {} would {would}", s.note_rule)
+        } else if s.flags & weir_common::policy::PV_LOG != 0 {
+            format!("{state}; logged by rule {}", s.note_rule)
+        } else {
+            state
         };
         println!("policy   {} of {} (endpoint {}): {state}", s.direction, s.endpoint, s.endpoint_id);
     }

@@ -15,7 +15,7 @@ use weir_common::{
     drop::DropReason,
     event::{DatapathEvent, ALLOW_HOST, ALLOW_RULE, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, VERDICT_DENY},
     maps::{MON_EVENTS, MON_LEASE},
-    policy::{DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE},
+    policy::{DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE, PV_AUDIT, PV_AUDIT_DENY, PV_LOG},
 };
 use weir_datapath::{ct::monotonic_ns, explain::proto_name, pinned, PinLayout};
 
@@ -70,6 +70,12 @@ struct Line {
     peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<String>,
+    /// A Log rule matched: its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logged_by: Option<String>,
+    /// An audit-mode policy would decide otherwise: "allow by <rule>" / "deny by <rule>".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit: Option<String>,
     ifindex: u32,
 }
 
@@ -94,6 +100,8 @@ fn line(e: &DatapathEvent, names: &Names) -> Option<Line> {
         peer_identity: None,
         peer: None,
         rule: None,
+        logged_by: None,
+        audit: None,
         ifindex: e.ifindex,
     };
     match e.kind {
@@ -114,7 +122,15 @@ fn line(e: &DatapathEvent, names: &Names) -> Option<Line> {
             l.endpoint = Some(names.get(NAME_ENDPOINT, e.endpoint).map_or_else(|| format!("endpoint {}", e.endpoint), str::to_string));
             l.peer_identity = Some(e.peer_identity);
             l.peer = names.get(NAME_IDENTITY, e.peer_identity).map(str::to_string);
-            l.rule = (e.rule != 0).then(|| names.get(NAME_RULE, e.rule).map_or_else(|| format!("rule {}", e.rule), str::to_string));
+            let rule_name = |id: u32| names.get(NAME_RULE, id).map_or_else(|| format!("rule {id}"), str::to_string);
+            l.rule = (e.rule != 0).then(|| rule_name(e.rule));
+            let flags = u32::from(e.flags);
+            let note = if e.note_rule == 0 { "default".to_string() } else { rule_name(e.note_rule) };
+            if flags & PV_AUDIT != 0 {
+                l.audit = Some(format!("{} by {note}", if flags & PV_AUDIT_DENY != 0 { "deny" } else { "allow" }));
+            } else if flags & PV_LOG != 0 {
+                l.logged_by = Some(note);
+            }
         }
         EVENT_DROP => {
             l.kind = "drop";
@@ -174,6 +190,12 @@ fn print(l: &Line, format: Format) {
     }
     if let Some(r) = &l.rule {
         s.push_str(&format!(" by {r}"));
+    }
+    if let Some(r) = &l.logged_by {
+        s.push_str(&format!(" [logged by {r}]"));
+    }
+    if let Some(a) = &l.audit {
+        s.push_str(&format!(" [audit: would {a}]"));
     }
     println!("{s}");
 }

@@ -73,8 +73,12 @@ pub struct PolicyStep {
     pub allowed: bool,
     pub peer_identity: u32,
     pub matched_identity: u32,
-    /// The allowing rule id (0 when none).
+    /// The deciding rule id (0: a default verdict).
     pub rule: u32,
+    /// `PV_LOG` / `PV_AUDIT` / `PV_AUDIT_DENY` of the deciding entry.
+    pub flags: u32,
+    /// The Log or audited rule those flags refer to.
+    pub note_rule: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -230,10 +234,13 @@ impl Maps {
                 peer_identity: d.peer_identity,
                 matched_identity: d.matched_identity,
                 rule: d.rule,
+                flags: d.flags,
+                note_rule: d.note_rule,
             });
             if !d.allowed {
                 x.verdict = "drop";
-                x.reason = format!("denied by the {} policy of {} (no rule allows identity {} on {}/{to_port})", x.policy.last().map_or("", |s| s.direction), IpAddr::from(ep_addr), d.peer_identity, proto_name(p.proto));
+                let why = if d.rule == 0 { "no rule allows".to_string() } else { format!("rule {} denies", d.rule) };
+                x.reason = format!("denied by the {} policy of {} ({why} identity {} on {}/{to_port})", x.policy.last().map_or("", |s| s.direction), IpAddr::from(ep_addr), d.peer_identity, proto_name(p.proto));
                 return Ok(x);
             }
         }
