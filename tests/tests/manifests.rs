@@ -110,8 +110,21 @@ fn the_cluster_role_only_reads_the_kinds_the_agent_watches() {
             }
         }
     }
-    let watched: BTreeSet<String> =
-        ["/services", "/pods", "/namespaces", "/nodes", "discovery.k8s.io/endpointslices", "networking.k8s.io/networkpolicies"].iter().map(|s| s.to_string()).collect();
+    // Every kind the agent's source watches (weir_model::Kind::ALL), as
+    // group/plural.
+    let watched: BTreeSet<String> = weir_model::Kind::ALL
+        .iter()
+        .map(|k| {
+            let group = k.api_version().rsplit_once('/').map_or("", |(g, _)| g);
+            let lower = k.as_str().to_lowercase();
+            let plural = match lower.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{lower}s"),
+            };
+            format!("{group}/{plural}")
+        })
+        .collect();
+    assert!(watched.contains("policy.weir.dev/clusternetworkpolicies") && watched.contains("/services"), "{watched:?}");
     assert_eq!(granted, watched, "exactly the kinds weir-agent reads");
     let binding: ClusterRoleBinding = typed(one(&docs, "ClusterRoleBinding"));
     let subject = &binding.subjects.expect("subjects")[0];
