@@ -75,9 +75,11 @@ fn policy_show_names_the_rules_by_ip_and_by_pod_name() {
         assert_eq!(v["name"], "x/a");
         assert_eq!((v["ingress_isolated"].as_bool(), v["egress_isolated"].as_bool()), (Some(true), Some(false)));
         let rules = v["rules"].as_array().expect("rules");
-        assert_eq!(rules.len(), 3, "one entry per pod identity of y: {rules:?}");
-        assert!(rules.iter().all(|r| r["rule"] == "x/a-from-y ingress[0]" && r["ports"] == "80" && r["protocol"] == "tcp"), "{rules:?}");
-        assert!(rules.iter().any(|r| r["peer"] == "y {pod=b}"));
+        assert_eq!(rules.len(), 4, "any peer denied, and one allow per pod identity of y: {rules:?}");
+        let (allows, denies): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = rules.iter().partition(|r| r["verdict"] == "allow");
+        assert!(allows.iter().all(|r| r["rule"] == "x/a-from-y ingress[0]" && r["ports"] == "80" && r["protocol"] == "tcp"), "{rules:?}");
+        assert!(allows.iter().any(|r| r["peer"] == "y {pod=b}"));
+        assert!(denies.len() == 1 && denies[0]["peer"] == "any" && denies[0]["rule"] == "default", "the isolation default: {denies:?}");
     }
     let open = json(&c.node, &["policy", "show", "y/a"]);
     assert_eq!((open["ingress_isolated"].as_bool(), open["rules"].as_array().map(Vec::len)), (Some(false), Some(0)));

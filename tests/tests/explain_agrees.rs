@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use weir_common::policy::{IpInfo, DIR_EGRESS, DIR_INGRESS, ID_WORLD};
+use weir_common::policy::{IpInfo, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD};
 use weir_datapath::{
     attach::Hook,
     ct::monotonic_ns,
@@ -65,9 +65,11 @@ fn policy() -> PolicyState {
         s.ipcache.insert(Prefix::host(IpAddr::V4(ip)), IpInfo { identity: ident(ip), cidr_identity: ID_WORLD });
     }
     for b in &B[..2] {
-        s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_EGRESS, identity: ident(*b), proto: 6, port: 8080, port_bits: 16 }, 1);
+        s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_EGRESS, identity: ident(*b), proto: 6, port: 8080, port_bits: 16 }, PolicyValue::allow(1));
     }
-    s.entries.insert(PolicyEntry { endpoint: 3, direction: DIR_INGRESS, identity: ident(C2), proto: 0, port: 0, port_bits: 0 }, 2);
+    s.entries.insert(PolicyEntry { endpoint: 3, direction: DIR_INGRESS, identity: ident(C2), proto: 0, port: 0, port_bits: 0 }, PolicyValue::allow(2));
+    // An explicit Deny entry (a cluster policy's): C1's UDP to anyone.
+    s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_EGRESS, identity: ID_ANY, proto: 17, port: 0, port_bits: 0 }, PolicyValue::deny(3));
     s
 }
 

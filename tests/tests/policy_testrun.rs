@@ -10,7 +10,7 @@ use weir_common::{
     drop::DropReason,
     event::{DatapathEvent, ALLOW_RULE, EVENT_POLICY_VERDICT, VERDICT_ALLOW, VERDICT_DENY},
     maps::EVENTS,
-    policy::{IpInfo, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD},
+    policy::{IpInfo, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD, PV_AUDIT, PV_DENY, PV_LOG},
 };
 use weir_datapath::{attach::Hook, pinned, policy::PolicyMaps, stats::read_drops, PinLayout, PodDatapath};
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
@@ -46,11 +46,15 @@ fn setup(cfg: DatapathConfig) -> Dp {
     s.endpoints.insert(IpAddr::V4(CLIENT), EndpointSpec { id: 2, identity: CLIENT_ID, ingress_isolated: false, egress_isolated: true });
     s.ipcache.insert(Prefix::host(IpAddr::V4(SERVER)), IpInfo { identity: SERVER_ID, cidr_identity: ID_WORLD });
     s.ipcache.insert(Prefix::host(IpAddr::V4(CLIENT)), IpInfo { identity: CLIENT_ID, cidr_identity: ID_WORLD });
-    s.entries.insert(entry(1, DIR_INGRESS, CLIENT_ID, 6, 80, 16), 7);
+    s.entries.insert(entry(1, DIR_INGRESS, CLIENT_ID, 6, 80, 16), PolicyValue::allow(7));
     weir_logic::policy::port_blocks(1000, 2000, |base, bits| {
-        s.entries.insert(entry(1, DIR_INGRESS, ID_ANY, 6, base, bits), 8);
+        s.entries.insert(entry(1, DIR_INGRESS, ID_ANY, 6, base, bits), PolicyValue::allow(8));
     });
-    s.entries.insert(entry(2, DIR_EGRESS, SERVER_ID, 0, 0, 0), 9);
+    // Port 1500 is carved out by a Deny (rule 10), which an audit-mode
+    // policy (rule 11) would allow; port 1600 is allowed and logged (rule 12).
+    s.entries.insert(entry(1, DIR_INGRESS, ID_ANY, 6, 1500, 16), PolicyValue { rule: 10, flags: PV_DENY | PV_AUDIT, note_rule: 11, _pad: 0 });
+    s.entries.insert(entry(1, DIR_INGRESS, ID_ANY, 6, 1600, 16), PolicyValue { rule: 8, flags: PV_LOG, note_rule: 12, _pad: 0 });
+    s.entries.insert(entry(2, DIR_EGRESS, SERVER_ID, 0, 0, 0), PolicyValue::allow(9));
     let mut maps = PolicyMaps::open(&layout).expect("open policy maps");
     let w = maps.transition(&s, &s, &s);
     assert!(w.errors.is_empty(), "{:?}", w.errors);
@@ -119,7 +123,7 @@ fn a_denied_flow_is_dropped_counted_and_reported_with_its_tuple() {
 #[test]
 fn port_ranges_cover_exactly_their_ports() {
     let d = setup(DatapathConfig::DEFAULT);
-    for (port, want) in [(999u16, testrun::TC_ACT_SHOT), (1000, testrun::TC_ACT_OK), (1500, testrun::TC_ACT_OK), (2000, testrun::TC_ACT_OK), (2001, testrun::TC_ACT_SHOT)] {
+    for (port, want) in [(999u16, testrun::TC_ACT_SHOT), (1000, testrun::TC_ACT_OK), (1499, testrun::TC_ACT_OK), (1501, testrun::TC_ACT_OK), (2000, testrun::TC_ACT_OK), (2001, testrun::TC_ACT_SHOT)] {
         let syn = testrun::tcp4((OUTSIDE, 40000 + port), (SERVER, port), true, b"");
         // OUTSIDE is not a local pod: only the server's ingress applies.
         assert_eq!(run(&d, Hook::FromPod, &syn), want, "port {port}");
@@ -135,4 +139,17 @@ fn sampled_allows_are_reported_with_the_rule() {
     // Both ends judged: the client's egress (rule 9), the server's ingress (rule 7).
     let got: Vec<(u8, u8, u32, u32)> = ev.iter().map(|e| (e.direction, e.verdict, e.rule, e.reason)).collect();
     assert_eq!(got, vec![(DIR_EGRESS, VERDICT_ALLOW, 9, ALLOW_RULE as u32), (DIR_INGRESS, VERDICT_ALLOW, 7, ALLOW_RULE as u32)]);
+}
+
+#[test]
+fn deny_entries_drop_and_log_and_audit_flags_are_always_reported() {
+    // Allow events are not sampled: only the flags make these reported.
+    let d = setup(DatapathConfig::DEFAULT);
+    let syn = testrun::tcp4((OUTSIDE, 41500), (SERVER, 1500), true, b"");
+    assert_eq!(run(&d, Hook::FromPod, &syn), testrun::TC_ACT_SHOT, "a deny entry inside an allowed range");
+    let syn = testrun::tcp4((OUTSIDE, 41600), (SERVER, 1600), true, b"");
+    assert_eq!(run(&d, Hook::FromPod, &syn), testrun::TC_ACT_OK, "a logged allow");
+    let got: Vec<(u8, u32, u16, u32)> = events(&d).iter().map(|e| (e.verdict, e.rule, e.flags, e.note_rule)).collect();
+    assert_eq!(got, vec![(VERDICT_DENY, 10, PV_AUDIT as u16, 11), (VERDICT_ALLOW, 8, PV_LOG as u16, 12)]);
+    assert_eq!(policy_drops(&d), 1);
 }

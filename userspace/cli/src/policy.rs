@@ -10,7 +10,7 @@ use serde::Serialize;
 use weir_common::{
     addr::Addr,
     maps::{ENDPOINTS, IPCACHE, NAMES, POLICY},
-    policy::{EndpointInfo, IpInfo, NameKey, PolicyKeyData, PolicyValue, RuleName, DIR_INGRESS, ID_ANY, ID_CIDR_FIRST, ID_HOST, ID_POD_FIRST, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE},
+    policy::{EndpointInfo, IpInfo, NameKey, PolicyKeyData, PolicyValue, RuleName, DIR_INGRESS, ID_ANY, ID_CIDR_FIRST, ID_HOST, ID_POD_FIRST, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE, PV_AUDIT, PV_AUDIT_DENY, PV_LOG},
 };
 use weir_datapath::{explain::proto_name, pinned, policy::prefix_of, PinLayout};
 use weir_desired::policy::PolicyEntry;
@@ -87,8 +87,14 @@ struct Rule {
     protocol: &'static str,
     /// "any", one port, or an aligned block `first-last`.
     ports: String,
+    /// "allow" or "deny": the final verdict of every cell the entry covers.
+    verdict: &'static str,
+    /// The deciding rule (0: a default verdict).
     rule_id: u32,
     rule: String,
+    /// A Log rule or an audit-mode policy's verdict on these cells.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +106,18 @@ struct PolicyView {
     ingress_isolated: bool,
     egress_isolated: bool,
     rules: Vec<Rule>,
+}
+
+/// "log: <rule>" or "audit: would deny by <rule>", from an entry's flags.
+fn report(v: &PolicyValue, names: &Names) -> Option<String> {
+    let rule = if v.note_rule == 0 { "default".to_string() } else { names.get(NAME_RULE, v.note_rule).unwrap_or("?").to_string() };
+    if v.flags & PV_AUDIT != 0 {
+        Some(format!("audit: would {} by {rule}", if v.flags & PV_AUDIT_DENY != 0 { "deny" } else { "allow" }))
+    } else if v.flags & PV_LOG != 0 {
+        Some(format!("log: {rule}"))
+    } else {
+        None
+    }
 }
 
 pub fn show(layout: &PinLayout, target: &str, format: Format) -> anyhow::Result<()> {
@@ -130,8 +148,10 @@ pub fn show(layout: &PinLayout, target: &str, format: Format) -> anyhow::Result<
                 peer: names.identity(e.identity, &prefixes),
                 protocol: if e.proto == 0 { "any" } else { proto_name(e.proto) },
                 ports,
+                verdict: if v.allows() { "allow" } else { "deny" },
                 rule_id: v.rule,
-                rule: names.get(NAME_RULE, v.rule).unwrap_or("?").to_string(),
+                rule: if v.rule == 0 { "default".to_string() } else { names.get(NAME_RULE, v.rule).unwrap_or("?").to_string() },
+                report: report(&v, &names),
             }
         })
         .collect();
@@ -149,14 +169,16 @@ pub fn show(layout: &PinLayout, target: &str, format: Format) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    let iso = |b: bool| if b { "isolated" } else { "open (no policy selects it)" };
+    let iso = |b: bool| if b { "judged by the entries below" } else { "open (no policy selects it)" };
     println!("endpoint {} {} (id {}, identity {})", view.endpoint, view.name.as_deref().unwrap_or(""), view.endpoint_id, view.identity);
     println!("ingress  {}\negress   {}\n", iso(view.ingress_isolated), iso(view.egress_isolated));
     let table: Vec<Vec<String>> = view
         .rules
         .iter()
-        .map(|r| vec![r.direction.into(), r.peer.clone(), r.protocol.into(), r.ports.clone(), r.rule.clone()])
+        .map(|r| {
+            vec![r.direction.into(), r.peer.clone(), r.protocol.into(), r.ports.clone(), r.verdict.into(), r.rule.clone(), r.report.clone().unwrap_or_default()]
+        })
         .collect();
-    print_table(&["DIRECTION", "PEER", "PROTO", "PORTS", "ALLOWED BY"], &table);
+    print_table(&["DIRECTION", "PEER", "PROTO", "PORTS", "VERDICT", "BY", "REPORT"], &table);
     Ok(())
 }
