@@ -79,7 +79,7 @@ fn policy_show_names_the_rules_by_ip_and_by_pod_name() {
         let (allows, denies): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = rules.iter().partition(|r| r["verdict"] == "allow");
         assert!(allows.iter().all(|r| r["rule"] == "x/a-from-y ingress[0]" && r["ports"] == "80" && r["protocol"] == "tcp"), "{rules:?}");
         assert!(allows.iter().any(|r| r["peer"] == "y {pod=b}"));
-        assert!(denies.len() == 1 && denies[0]["peer"] == "any" && denies[0]["rule"] == "default", "the isolation default: {denies:?}");
+        assert!(denies.len() == 1 && denies[0]["peer"] == "any peer" && denies[0]["rule"] == "default", "the isolation default: {denies:?}");
     }
     let open = json(&c.node, &["policy", "show", "y/a"]);
     assert_eq!((open["ingress_isolated"].as_bool(), open["rules"].as_array().map(Vec::len)), (Some(false), Some(0)));
@@ -231,8 +231,12 @@ fn diff_compares_the_files_with_the_maps_and_exits_1_on_drift() {
     assert_eq!(svc["status"], "differs");
     assert_eq!(svc["details"][0], format!("backend {xb}:80 not programmed"));
     let missing = v["policy_missing"].as_array().expect("policy_missing");
-    assert_eq!(missing.len(), 3, "port 81 from each of y's three identities: {missing:?}");
-    assert!(missing.iter().all(|l| l["endpoint"] == xa.to_string() && l["port"] == 81 && l["direction"] == "ingress"));
+    // Ports 80 and 81 now form one aligned block (80/15) per identity of
+    // y, which replaces the programmed port-80 entries.
+    assert_eq!(missing.len(), 3, "ports 80-81 from each of y's three identities: {missing:?}");
+    assert!(missing.iter().all(|l| l["endpoint"] == xa.to_string() && l["port"] == 80 && l["port_bits"] == 15 && l["direction"] == "ingress" && l["verdict"] == "allow"), "{missing:?}");
+    let extra = v["policy_extra"].as_array().expect("policy_extra");
+    assert!(extra.len() == 3 && extra.iter().all(|l| l["port"] == 80 && l["port_bits"] == 16), "{extra:?}");
     let text = c.node.weir(&["diff", "--source", &source, "--node-name", &node_name]);
     assert_eq!(text.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&text.stdout).contains("DRIFT"));
