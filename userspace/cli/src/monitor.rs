@@ -15,11 +15,11 @@ use weir_common::{
     drop::DropReason,
     event::{DatapathEvent, ALLOW_HOST, ALLOW_RULE, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, VERDICT_DENY},
     maps::{MON_EVENTS, MON_LEASE},
-    policy::{DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE, PV_AUDIT, PV_AUDIT_DENY, PV_LOG},
+    policy::{DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE},
 };
 use weir_datapath::{ct::monotonic_ns, explain::proto_name, pinned, PinLayout};
 
-use crate::{output::{AddrPort, Format}, policy::Names};
+use crate::{output::{AddrPort, Format}, policy::{Names, Report}};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -124,12 +124,10 @@ fn line(e: &DatapathEvent, names: &Names) -> Option<Line> {
             l.peer = names.get(NAME_IDENTITY, e.peer_identity).map(str::to_string);
             let rule_name = |id: u32| names.get(NAME_RULE, id).map_or_else(|| format!("rule {id}"), str::to_string);
             l.rule = (e.rule != 0).then(|| rule_name(e.rule));
-            let flags = u32::from(e.flags);
-            let note = if e.note_rule == 0 { "default".to_string() } else { rule_name(e.note_rule) };
-            if flags & PV_AUDIT != 0 {
-                l.audit = Some(format!("{} by {note}", if flags & PV_AUDIT_DENY != 0 { "deny" } else { "allow" }));
-            } else if flags & PV_LOG != 0 {
-                l.logged_by = Some(note);
+            match Report::of(u32::from(e.flags), e.note_rule, names) {
+                Some(Report::Audit(what)) => l.audit = Some(what),
+                Some(Report::Log(rule)) => l.logged_by = Some(rule),
+                None => {}
             }
         }
         EVENT_DROP => {

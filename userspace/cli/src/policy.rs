@@ -108,16 +108,31 @@ struct PolicyView {
     rules: Vec<Rule>,
 }
 
-/// "log: <rule>" or "audit: would deny by <rule>", from an entry's flags.
-fn report(v: &PolicyValue, names: &Names) -> Option<String> {
-    let rule = if v.note_rule == 0 { "default".to_string() } else { names.get(NAME_RULE, v.note_rule).unwrap_or("?").to_string() };
-    if v.flags & PV_AUDIT != 0 {
-        Some(format!("audit: would {} by {rule}", if v.flags & PV_AUDIT_DENY != 0 { "deny" } else { "allow" }))
-    } else if v.flags & PV_LOG != 0 {
-        Some(format!("log: {rule}"))
-    } else {
-        None
+/// What a Log rule or an audit-mode policy reports about a verdict, from
+/// its `PV_*` flags: `Log(rule)` or `Audit("deny by <rule>")`.
+pub enum Report {
+    Log(String),
+    Audit(String),
+}
+
+impl Report {
+    pub fn of(flags: u32, note_rule: u32, names: &Names) -> Option<Self> {
+        let rule = if note_rule == 0 { "default".to_string() } else { names.get(NAME_RULE, note_rule).unwrap_or("?").to_string() };
+        if flags & PV_AUDIT != 0 {
+            Some(Report::Audit(format!("{} by {rule}", if flags & PV_AUDIT_DENY != 0 { "deny" } else { "allow" })))
+        } else if flags & PV_LOG != 0 {
+            Some(Report::Log(rule))
+        } else {
+            None
+        }
     }
+}
+
+fn report(v: &PolicyValue, names: &Names) -> Option<String> {
+    Report::of(v.flags, v.note_rule, names).map(|r| match r {
+        Report::Log(rule) => format!("log: {rule}"),
+        Report::Audit(what) => format!("audit: would {what}"),
+    })
 }
 
 pub fn show(layout: &PinLayout, target: &str, format: Format) -> anyhow::Result<()> {
