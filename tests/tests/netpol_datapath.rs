@@ -29,6 +29,13 @@ fn np(ns: &str, name: &str, spec: &str) -> String {
     format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}---\n")
 }
 
+/// A ClusterNetworkPolicy on x/a's ingress.
+fn cnp(name: &str, priority: u32, extra: &str, rules: &str) -> String {
+    let extra: String = extra.lines().map(|l| format!("  {l}\n")).collect();
+    let rules: String = rules.lines().map(|l| format!("  {l}\n")).collect();
+    format!("apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata:\n  name: {name}\nspec:\n  priority: {priority}\n{extra}  subject:\n    namespaces: {{matchLabels: {{ns: x}}}}\n    pods: {{matchLabels: {{pod: a}}}}\n  ingress:\n{rules}---\n")
+}
+
 fn via_vip(c: &NetpolCluster, from: P) -> bool {
     probe_ip(c.pod(from), VIP, 80, Proto::Tcp, "x/a")
 }
@@ -81,7 +88,8 @@ fn replies_of_allowed_flows_pass_isolation_in_both_directions() {
 #[test]
 fn policy_churn_never_lets_a_denied_flow_through() {
     let mut c = NetpolCluster::new();
-    // Every policy set below denies y/a → x/a on TCP 81 and allows y/b → x/a on TCP 80.
+    // Every policy set below denies y/a → x/a on TCP 81 and allows y/b → x/a
+    // on TCP 80 (NetworkPolicy alone, then weir's CRDs).
     let sets = [
         np("x", "p", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n  ports:\n  - port: 80"),
         np("x", "p", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - podSelector:\n      matchLabels: {pod: b}\n    namespaceSelector: {}\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: z}\n  ports:\n  - port: 81"),
@@ -89,6 +97,15 @@ fn policy_churn_never_lets_a_denied_flow_through() {
         np("x", "p", "podSelector: {}\ningress:\n- ports:\n  - port: 80\n  - port: 79\n    endPort: 79")
             + &np("x", "q", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.2.11/32\n  ports:\n  - port: 81"),
         np("x", "p", "podSelector:\n  matchExpressions:\n  - {key: pod, operator: In, values: [a]}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: In, values: [y, z]}\n  ports:\n  - port: 80\n    endPort: 80"),
+        // weir's CRDs: deny entries, tiers, Pass, audit.
+        cnp("c", 10, "", "- {name: no-ya-81, action: Deny, peers: [{namespaces: {matchLabels: {ns: y}}, pods: {matchLabels: {pod: a}}}], ports: [{port: 81}]}\n- {name: y-80, action: Allow, peers: [{namespaces: {matchLabels: {ns: y}}}], ports: [{port: 80}]}"),
+        cnp("base", 1, "tier: Baseline\n", "- {name: no-one, action: Deny, peers: [{namespaces: {}}]}")
+            + &np("x", "p", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - podSelector:\n      matchLabels: {pod: b}\n    namespaceSelector: {}\n  ports:\n  - port: 80"),
+        cnp("pass", 1, "", "- {name: y-to-np, action: Pass, peers: [{namespaces: {matchLabels: {ns: y}}}]}")
+            + &cnp("deny", 2, "", "- {name: no-one, action: Deny, peers: [{namespaces: {}}]}")
+            + &np("x", "p", "podSelector: {}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n  ports:\n  - port: 80"),
+        cnp("audit", 1, "mode: Audit\n", "- {name: no-one, action: Deny, peers: [{namespaces: {}}]}")
+            + "apiVersion: policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - {name: no-ya, action: Deny, peers: [{pods: {matchLabels: {pod: a}}, namespaces: {matchLabels: {ns: y}}}], ports: [{port: 81, endPort: 90}]}\n  - {name: all, action: Allow}\n---\n",
     ];
     c.apply(&sets[0]);
     let stop = Arc::new(AtomicBool::new(false));
