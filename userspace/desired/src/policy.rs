@@ -60,6 +60,8 @@ impl fmt::Display for Prefix {
 pub struct EndpointSpec {
     pub id: u32,
     pub identity: u32,
+    /// Some policy (of any tier) has a say in this direction: new flows
+    /// are judged by the endpoint's entries.
     pub ingress_isolated: bool,
     pub egress_isolated: bool,
 }
