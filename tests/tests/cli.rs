@@ -272,3 +272,41 @@ fn diff_reads_the_kubernetes_api_with_the_agents_source() {
     assert_eq!(v["in_sync"], true);
     assert!(v["services"].as_array().is_some_and(|s| s.iter().any(|s| s["frontend"] == format!("{VIP}:80/tcp") && s["status"] == "in-sync")));
 }
+
+#[test]
+fn monitor_policy_show_and_explain_name_cluster_rules_logs_and_audits() {
+    let mut c = cluster();
+    // Admin tier: y/b may not reach x/a on 80 (over the NetworkPolicy's
+    // Allow); y/c is logged; an audit-mode policy would deny z.
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{port: 80}]\n---\n\
+apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec:\n  priority: 1\n  subject: {pods: {matchLabels: {pod: a}}, namespaces: {matchLabels: {ns: x}}}\n  ingress:\n  - {name: no-yb, action: Deny, peers: [{namespaces: {matchLabels: {ns: y}}, pods: {matchLabels: {pod: b}}}]}\n  - {name: see-yc, action: Log, peers: [{namespaces: {matchLabels: {ns: y}}, pods: {matchLabels: {pod: c}}}]}\n---\n\
+apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: trial}\nspec:\n  priority: 2\n  mode: Audit\n  subject: {pods: {matchLabels: {pod: a}}, namespaces: {matchLabels: {ns: x}}}\n  ingress:\n  - {name: allow-z, action: Allow, peers: [{namespaces: {matchLabels: {ns: z}}}]}\n",
+    );
+    let lines = monitor_while(&c.node, 3.0, || {
+        assert!(!c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "the cluster Deny wins");
+        assert!(c.probe(p("y", "c"), p("x", "a"), 80, Proto::Tcp), "logged, then allowed by the NetworkPolicy");
+        assert!(!c.probe(p("z", "c"), p("x", "a"), 80, Proto::Tcp), "audit enforces nothing: isolation denies");
+    });
+    let find = |src: P, what: &str| {
+        let ip = ip_of(src).to_string();
+        lines.iter().find(|l| l["kind"] == "verdict" && l["direction"] == "ingress" && l["src"] == ip.as_str()).unwrap_or_else(|| panic!("no {what} in {lines:#?}")).clone()
+    };
+    let deny = find(p("y", "b"), "cluster denial");
+    assert_eq!((deny["verdict"].as_str(), deny["rule"].as_str()), (Some("deny"), Some("wcnp guard ingress[0] no-yb")));
+    let logged = find(p("y", "c"), "logged allow");
+    assert_eq!((logged["verdict"].as_str(), logged["logged_by"].as_str()), (Some("allow"), Some("wcnp guard ingress[1] see-yc")));
+    assert_eq!(logged["rule"], "x/a-from-y ingress[0]");
+    let audited = find(p("z", "c"), "audited denial");
+    assert_eq!((audited["verdict"].as_str(), audited["audit"].as_str()), (Some("deny"), Some("allow by wcnp trial ingress[0] allow-z")));
+
+    let show = json(&c.node, &["policy", "show", "x/a"]);
+    let rules = show["rules"].as_array().expect("rules");
+    assert!(rules.iter().any(|r| r["verdict"] == "deny" && r["rule"] == "wcnp guard ingress[0] no-yb" && r["peer"] == "y {pod=b}"), "{rules:#?}");
+    assert!(rules.iter().any(|r| r["report"] == "audit: would allow by wcnp trial ingress[0] allow-z"), "{rules:#?}");
+
+    let x = json(&c.node, &["explain", &ip_of(p("y", "b")).to_string(), &format!("{}:80/tcp", ip_of(p("x", "a")))]);
+    assert_eq!(x["verdict"], "drop", "{x:#}");
+    let reason = x["reason"].as_str().expect("reason");
+    assert!(reason.contains("denies"), "names a denying rule, not a missing allow: {reason}");
+}
