@@ -190,91 +190,96 @@ impl PolicyMaps {
     /// Writes `want`, most specific keys first: until a broader key of an
     /// identity is written, its cells fall back to what they were.
     fn put_entries(&mut self, want: &BTreeMap<PolicyEntry, PolicyValue>, w: &mut PolicyWrites) {
-        let mut order: Vec<(&PolicyEntry, &PolicyValue)> = want.iter().filter(|(e, v)| self.current.entries.get(e) != Some(v)).collect();
+        let mut order: Vec<(PolicyEntry, PolicyValue)> = want.iter().map(|(e, v)| (*e, *v)).collect();
         order.sort_by_key(|(e, _)| std::cmp::Reverse(e.key().0));
-        for (e, value) in order {
+        let policy = &mut self.policy;
+        put_changed(&mut self.current.entries, order, (POLICY, POLICY_MAX_ENTRIES), |e| format!("{e:?}"), w, |e, v| {
             let (len, data) = e.key();
-            match self.policy.insert(&Key::new(len, data), value, 0) {
-                Ok(()) => {
-                    self.current.entries.insert(*e, *value);
-                    w.map_writes += 1;
-                }
-                Err(source) => w.errors.push((format!("{e:?}"), update_error(POLICY, POLICY_MAX_ENTRIES, || format!("{e:?}"), source))),
-            }
-        }
+            policy.insert(&Key::new(len, data), v, 0)
+        });
     }
 
     /// Deletes entries not in `keep`, broadest keys first: a cell whose
     /// specific entry is still there keeps it until it goes too.
     fn remove_entries(&mut self, keep: &BTreeMap<PolicyEntry, PolicyValue>, w: &mut PolicyWrites) {
-        let mut doomed: Vec<PolicyEntry> = self.current.entries.keys().filter(|e| !keep.contains_key(e)).copied().collect();
-        doomed.sort_by_key(|e| e.key().0);
-        for e in doomed {
+        let policy = &mut self.policy;
+        remove_missing(&mut self.current.entries, keep, |e| e.key().0, POLICY, |e| format!("{e:?}"), w, |e| {
             let (len, data) = e.key();
-            match self.policy.remove(&Key::new(len, data)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
-                    self.current.entries.remove(&e);
-                    w.map_writes += 1;
-                }
-                Err(source) => w.errors.push((format!("{e:?}"), DatapathError::Map { name: POLICY, source })),
-            }
-        }
+            policy.remove(&Key::new(len, data))
+        });
     }
 
     fn put_ipcache(&mut self, want: &BTreeMap<Prefix, IpInfo>, w: &mut PolicyWrites) {
-        for (p, info) in want {
-            if self.current.ipcache.get(p) == Some(info) {
-                continue;
-            }
-            let key = Key::new(p.key_len(), Addr::from(p.addr));
-            match self.ipcache.insert(&key, info, 0) {
-                Ok(()) => {
-                    self.current.ipcache.insert(*p, *info);
-                    w.map_writes += 1;
-                }
-                Err(source) => w.errors.push((p.to_string(), update_error(IPCACHE, IPCACHE_MAX_ENTRIES, || p.to_string(), source))),
-            }
-        }
+        let ipcache = &mut self.ipcache;
+        put_changed(&mut self.current.ipcache, want.iter().map(|(p, i)| (*p, *i)), (IPCACHE, IPCACHE_MAX_ENTRIES), Prefix::to_string, w, |p, info| {
+            ipcache.insert(&Key::new(p.key_len(), Addr::from(p.addr)), info, 0)
+        });
     }
 
     fn remove_ipcache(&mut self, keep: &BTreeMap<Prefix, IpInfo>, w: &mut PolicyWrites) {
-        let doomed: Vec<Prefix> = self.current.ipcache.keys().filter(|p| !keep.contains_key(p)).copied().collect();
-        for p in doomed {
-            match self.ipcache.remove(&Key::new(p.key_len(), Addr::from(p.addr))) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
-                    self.current.ipcache.remove(&p);
-                    w.map_writes += 1;
-                }
-                Err(source) => w.errors.push((p.to_string(), DatapathError::Map { name: IPCACHE, source })),
-            }
-        }
+        let ipcache = &mut self.ipcache;
+        remove_missing(&mut self.current.ipcache, keep, |_| 0, IPCACHE, Prefix::to_string, w, |p| ipcache.remove(&Key::new(p.key_len(), Addr::from(p.addr))));
     }
 
     fn put_endpoints(&mut self, want: &BTreeMap<IpAddr, EndpointSpec>, w: &mut PolicyWrites) {
-        for (ip, spec) in want {
-            if self.current.endpoints.get(ip) == Some(spec) {
-                continue;
-            }
-            match self.endpoints.insert(Addr::from(*ip), endpoint_info(spec), 0) {
-                Ok(()) => {
-                    self.current.endpoints.insert(*ip, *spec);
-                    w.map_writes += 1;
-                }
-                Err(source) => w.errors.push((ip.to_string(), update_error(ENDPOINTS, ENDPOINTS_MAX_ENTRIES, || ip.to_string(), source))),
-            }
-        }
+        let endpoints = &mut self.endpoints;
+        put_changed(&mut self.current.endpoints, want.iter().map(|(ip, s)| (*ip, *s)), (ENDPOINTS, ENDPOINTS_MAX_ENTRIES), IpAddr::to_string, w, |ip, spec| {
+            endpoints.insert(Addr::from(*ip), endpoint_info(spec), 0)
+        });
     }
 
     fn remove_endpoints(&mut self, keep: &BTreeMap<IpAddr, EndpointSpec>, w: &mut PolicyWrites) {
-        let doomed: Vec<IpAddr> = self.current.endpoints.keys().filter(|ip| !keep.contains_key(ip)).copied().collect();
-        for ip in doomed {
-            match self.endpoints.remove(&Addr::from(ip)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
-                    self.current.endpoints.remove(&ip);
-                    w.map_writes += 1;
-                }
-                Err(source) => w.errors.push((ip.to_string(), DatapathError::Map { name: ENDPOINTS, source })),
+        let endpoints = &mut self.endpoints;
+        remove_missing(&mut self.current.endpoints, keep, |_| 0, ENDPOINTS, IpAddr::to_string, w, |ip| endpoints.remove(&Addr::from(*ip)));
+    }
+}
+
+/// Writes every `(key, value)` of `want` that `current` does not already
+/// hold, in `want`'s order, recording each write in `current`; a failed
+/// write is reported by key (a full map as such), and `current` keeps
+/// what the map holds.
+fn put_changed<K: Ord + Copy, V: PartialEq + Copy>(
+    current: &mut BTreeMap<K, V>,
+    want: impl IntoIterator<Item = (K, V)>,
+    (map, capacity): (&'static str, u32),
+    describe: impl Fn(&K) -> String,
+    w: &mut PolicyWrites,
+    mut write: impl FnMut(&K, &V) -> Result<(), aya::maps::MapError>,
+) {
+    for (k, v) in want {
+        if current.get(&k) == Some(&v) {
+            continue;
+        }
+        match write(&k, &v) {
+            Ok(()) => {
+                current.insert(k, v);
+                w.map_writes += 1;
             }
+            Err(source) => w.errors.push((describe(&k), update_error(map, capacity, || describe(&k), source))),
+        }
+    }
+}
+
+/// Deletes every key of `current` that `keep` lacks, in ascending
+/// `order`; a key already gone counts as deleted.
+fn remove_missing<K: Ord + Copy, V, W>(
+    current: &mut BTreeMap<K, V>,
+    keep: &BTreeMap<K, W>,
+    order: impl Fn(&K) -> u32,
+    map: &'static str,
+    describe: impl Fn(&K) -> String,
+    w: &mut PolicyWrites,
+    mut remove: impl FnMut(&K) -> Result<(), aya::maps::MapError>,
+) {
+    let mut doomed: Vec<K> = current.keys().filter(|k| !keep.contains_key(k)).copied().collect();
+    doomed.sort_by_key(|k| order(k));
+    for k in doomed {
+        match remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                current.remove(&k);
+                w.map_writes += 1;
+            }
+            Err(source) => w.errors.push((describe(&k), DatapathError::Map { name: map, source })),
         }
     }
 }
