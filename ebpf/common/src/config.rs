@@ -14,6 +14,12 @@ pub struct DatapathConfig {
     /// Policy allow events: 0 none, N one in N allowed flows (denials
     /// are always reported).
     pub allow_event_sample: u32,
+    /// Conntrack entries one pod link may hold (its own flows, and flows
+    /// opened towards it from outside the node); new flows beyond it are
+    /// refused (`ct_quota`) instead of evicting other pods' entries.
+    /// 0: no limit.
+    pub ct_max_per_endpoint: u32,
+    pub _pad: u32,
     /// Source address used when a pod reaches itself through a service.
     pub hairpin_addr: Addr,
 }
@@ -29,6 +35,8 @@ impl DatapathConfig {
         ct_closed_timeout_s: 10,
         ct_udp_timeout_s: 60,
         allow_event_sample: 0,
+        ct_max_per_endpoint: 32_768,
+        _pad: 0,
         hairpin_addr: Addr::from_v4_octets([169, 254, 42, 1]),
     };
 }
@@ -39,6 +47,6 @@ impl Default for DatapathConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 48);
 
 crate::user_pod!(DatapathConfig);

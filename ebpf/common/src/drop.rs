@@ -1,5 +1,5 @@
 //! Why the datapath dropped or rejected a packet. Counted per reason in
-//! `WEIR_DROPS`; later also carried by drop events.
+//! `WEIR_DROPS`, and carried by drop events (`weir monitor --type drop`).
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -8,24 +8,50 @@ pub enum DropReason {
     NoEndpoints = 1,
     /// A service IP was dialled on a port no service has: rejected.
     UnknownServicePort = 2,
-    /// A non-TCP/UDP packet to a service IP.
+    /// A packet that is neither TCP nor UDP (ICMP echo, ...) to a service
+    /// IP: rejected with ICMP port unreachable, as kube-proxy's nftables
+    /// mode rejects it.
     UnsupportedProtoToVip = 3,
-    /// A packet the program could not parse or rewrite.
+    /// A packet the program could not parse or rewrite (truncated headers,
+    /// bad lengths, a first fragment too short for its L4 header).
     Malformed = 4,
     /// A conntrack entry could not be created (map full).
     CtFull = 5,
     /// A network policy does not allow the flow.
     PolicyDenied = 6,
+    /// A pod sent from an address the node does not route to its link.
+    SpoofedSource = 7,
+    /// IPv6 to or from a policy-isolated pod (IPv6 is not enforced yet).
+    Ipv6Isolated = 8,
+    /// A frame from a pod that is neither IPv4, IPv6 nor ARP.
+    UnsupportedEthertype = 9,
+    /// A later fragment whose first fragment was not seen or not allowed.
+    FragmentUnknown = 10,
+    /// An ICMP error quoting no tracked flow of its destination.
+    IcmpUnrelated = 11,
+    /// The pod already holds its share of the conntrack table
+    /// (`--ct-max-per-endpoint`): its new flow is refused.
+    CtQuota = 12,
+    /// A new service flow's reply tuple is taken and no free source port
+    /// was found to remap it.
+    TupleCollision = 13,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
         DropReason::Malformed,
         DropReason::CtFull,
         DropReason::PolicyDenied,
+        DropReason::SpoofedSource,
+        DropReason::Ipv6Isolated,
+        DropReason::UnsupportedEthertype,
+        DropReason::FragmentUnknown,
+        DropReason::IcmpUnrelated,
+        DropReason::CtQuota,
+        DropReason::TupleCollision,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -36,6 +62,18 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::CtFull => "ct_full",
             Self::PolicyDenied => "policy_denied",
+            Self::SpoofedSource => "spoofed_source",
+            Self::Ipv6Isolated => "ipv6_isolated",
+            Self::UnsupportedEthertype => "unsupported_ethertype",
+            Self::FragmentUnknown => "fragment_unknown",
+            Self::IcmpUnrelated => "icmp_unrelated",
+            Self::CtQuota => "ct_quota",
+            Self::TupleCollision => "tuple_collision",
         }
+    }
+
+    /// The reason with this number (as carried in events and counters).
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| *r as u32 == v)
     }
 }

@@ -55,6 +55,10 @@ pub struct Service {
 
 /// The backend is terminating: no new connections unless nothing is ready.
 pub const BACKEND_F_TERMINATING: u8 = 1 << 0;
+/// The endpoint is not ready (`conditions.ready: false`).
+pub const BACKEND_F_UNREADY: u8 = 1 << 1;
+/// The endpoint is not serving (`conditions.serving: false`).
+pub const BACKEND_F_UNSERVING: u8 = 1 << 2;
 
 /// Value of `WEIR_BACKENDS`, keyed by backend id (u32).
 #[repr(C)]

@@ -75,3 +75,21 @@ pub const MON_LEASE: &str = "WEIR_MON_LEASE";
 /// not preallocated; written by the agent, read by `weir diff`).
 pub const SVC_TIMES: &str = "WEIR_SVC_TIMES";
 pub const SVC_TIMES_MAX_ENTRIES: u32 = 65_536;
+
+/// Pod links: host-side veth ifindex → the addresses routed to it (hash).
+pub const LINKS: &str = "WEIR_LINKS";
+pub const LINKS_MAX_ENTRIES: u32 = 16_384;
+
+/// Fragments in flight: (saddr, daddr, IP id, proto) → ports (LRU hash).
+pub const FRAGS: &str = "WEIR_FRAGS";
+pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
+
+/// Conntrack counters (per-CPU array of u64), indexed by CtStat.
+pub const CT_STATS: &str = "WEIR_CT_STATS";
+pub const CT_STATS_MAX_ENTRIES: u32 = 16;
+
+/// Conntrack entries charged to each pod link: ifindex → count (hash).
+/// The kernel adds as it creates; the agent's collector rewrites the
+/// counts from its scan.
+pub const CT_OWNERS: &str = "WEIR_CT_OWNERS";
+pub const CT_OWNERS_MAX_ENTRIES: u32 = 16_384;

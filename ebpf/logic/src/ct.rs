@@ -1,9 +1,24 @@
 //! Conntrack state machine and timeouts, shared by the kernel (which
 //! advances states) and userspace (which collects stale entries).
+//!
+//! TCP, per flow (both entries of a service flow carry the same state):
+//! - SYN: opened (or picked up mid-stream), no reply with ACK seen yet;
+//! - ESTABLISHED: the responder answered; stays so while only one side
+//!   has sent a FIN (half-closed), so the established timeout applies;
+//! - CLOSING: both sides sent FIN;
+//! - CLOSED: a plausible RST was seen.
+//!
+//! An RST is plausible when it comes from the opener, or from the
+//! responder once the responder has been seen (or as the RST|ACK that
+//! refuses the opening SYN). Anything else leaves the state alone: an
+//! off-path RST cannot shorten a flow's life.
 
 use weir_common::{
     config::DatapathConfig,
-    ct::{CtEntry, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CT_STATE_UDP},
+    ct::{
+        CtEntry, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_SEEN_REPLY, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+        CT_STATE_SYN, CT_STATE_UDP, DIR_REPLY,
+    },
     lb::PROTO_TCP,
 };
 
@@ -13,28 +28,67 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// The state after a packet with `tcp_flags` (ignored for UDP).
+/// A flow's state and state bits (`CT_F_FIN_*`, `CT_F_SEEN_REPLY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State {
+    pub state: u8,
+    pub flags: u8,
+}
+
+/// The state after a packet with `tcp_flags` travelling in `dir`
+/// (`DIR_ORIG` from the opener, `DIR_REPLY` towards it). `cur.state` 0
+/// means a new flow. A TCP packet with no flags at all (a later fragment)
+/// changes nothing.
 #[inline(always)]
-pub fn next_state(proto: u8, current: u8, tcp_flags: u8) -> u8 {
+pub fn advance(proto: u8, cur: State, tcp_flags: u8, dir: u8) -> State {
+    let reply = dir == DIR_REPLY;
+    let seen = if reply { cur.flags | CT_F_SEEN_REPLY } else { cur.flags };
     if proto != PROTO_TCP {
-        return CT_STATE_UDP;
+        return State { state: CT_STATE_UDP, flags: seen };
+    }
+    let s = cur.state;
+    if tcp_flags == 0 {
+        return State { state: if s == 0 { CT_STATE_SYN } else { s }, flags: cur.flags };
     }
     if tcp_flags & TCP_RST != 0 {
-        CT_STATE_CLOSED
-    } else if is_syn(tcp_flags) {
+        let plausible = !reply || cur.flags & CT_F_SEEN_REPLY != 0 || (s == CT_STATE_SYN && tcp_flags & TCP_ACK != 0) || s == 0;
+        return if plausible { State { state: CT_STATE_CLOSED, flags: seen } } else { cur };
+    }
+    if is_syn(tcp_flags) {
         // A SYN opens a connection, also over a closing or closed entry
-        // whose tuple is being reused.
-        CT_STATE_SYN
-    } else if tcp_flags & TCP_FIN != 0 {
+        // whose tuple is being reused: the old FINs are forgotten.
+        return State { state: CT_STATE_SYN, flags: seen & !(CT_F_FIN_ORIG | CT_F_FIN_REPLY) };
+    }
+    let mut flags = seen;
+    if tcp_flags & TCP_FIN != 0 {
+        flags |= if reply { CT_F_FIN_REPLY } else { CT_F_FIN_ORIG };
+    }
+    let state = if s == CT_STATE_CLOSED {
+        s
+    } else if flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY) == (CT_F_FIN_ORIG | CT_F_FIN_REPLY) {
         CT_STATE_CLOSING
-    } else if current == CT_STATE_CLOSING || current == CT_STATE_CLOSED {
-        current
-    } else if tcp_flags & TCP_ACK != 0 && current != 0 {
-        // SYN-ACK or any ACK once the flow exists.
+    } else if s == CT_STATE_CLOSING {
+        s
+    } else if s == CT_STATE_ESTABLISHED || (tcp_flags & TCP_ACK != 0 && flags & CT_F_SEEN_REPLY != 0) {
         CT_STATE_ESTABLISHED
     } else {
         CT_STATE_SYN
-    }
+    };
+    State { state, flags }
+}
+
+/// The state of a new flow after its first packet (from the opener).
+#[inline(always)]
+pub fn first(proto: u8, tcp_flags: u8) -> State {
+    advance(proto, State { state: 0, flags: 0 }, tcp_flags, weir_common::ct::DIR_ORIG)
+}
+
+/// Whether a packet with `tcp_flags` starts a new connection over an
+/// entry in `state` that is closing or closed (a reused tuple): it gets a
+/// backend and a policy verdict afresh.
+#[inline(always)]
+pub fn reopens(proto: u8, state: u8, tcp_flags: u8) -> bool {
+    proto == PROTO_TCP && is_syn(tcp_flags) && (state == CT_STATE_CLOSING || state == CT_STATE_CLOSED)
 }
 
 /// Lifetime of a state, in seconds.
@@ -60,9 +114,7 @@ pub fn is_alive(e: &CtEntry, now_ns: u64) -> bool {
     now_ns < e.expires_ns
 }
 
-/// Whether a packet may open a new connection over a stale entry: any UDP
-/// packet, or a TCP SYN. Other TCP packets of unknown flows are still
-/// load-balanced (the backend answers with a RST), as kube-proxy does.
+/// A TCP SYN without ACK: the first packet of a connection.
 #[inline(always)]
 pub fn is_syn(tcp_flags: u8) -> bool {
     tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0
@@ -71,22 +123,63 @@ pub fn is_syn(tcp_flags: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_common::lb::PROTO_UDP;
+    use weir_common::{ct::DIR_ORIG, lb::PROTO_UDP};
+
+    fn step(s: State, flags: u8, dir: u8) -> State {
+        advance(PROTO_TCP, s, flags, dir)
+    }
 
     #[test]
     fn tcp_states_follow_the_handshake_and_teardown() {
-        let s = next_state(PROTO_TCP, 0, TCP_SYN);
-        assert_eq!(s, CT_STATE_SYN);
-        let s = next_state(PROTO_TCP, s, TCP_SYN | TCP_ACK);
-        assert_eq!(s, CT_STATE_ESTABLISHED);
-        let s = next_state(PROTO_TCP, s, TCP_ACK);
-        assert_eq!(s, CT_STATE_ESTABLISHED);
-        let s = next_state(PROTO_TCP, s, TCP_FIN | TCP_ACK);
-        assert_eq!(s, CT_STATE_CLOSING);
-        assert_eq!(next_state(PROTO_TCP, s, TCP_ACK), CT_STATE_CLOSING);
-        assert_eq!(next_state(PROTO_TCP, CT_STATE_ESTABLISHED, TCP_RST), CT_STATE_CLOSED);
-        assert_eq!(next_state(PROTO_TCP, CT_STATE_CLOSING, TCP_SYN), CT_STATE_SYN, "a reused tuple opens again");
-        assert_eq!(next_state(PROTO_UDP, 0, 0), CT_STATE_UDP);
+        let s = first(PROTO_TCP, TCP_SYN);
+        assert_eq!(s.state, CT_STATE_SYN);
+        let s = step(s, TCP_SYN | TCP_ACK, DIR_REPLY);
+        assert_eq!(s.state, CT_STATE_ESTABLISHED);
+        let s = step(s, TCP_ACK, DIR_ORIG);
+        assert_eq!(s.state, CT_STATE_ESTABLISHED);
+        let s = step(s, TCP_FIN | TCP_ACK, DIR_ORIG);
+        assert_eq!(s.state, CT_STATE_ESTABLISHED, "half-closed keeps the established timeout");
+        let s = step(s, TCP_ACK, DIR_REPLY);
+        assert_eq!(s.state, CT_STATE_ESTABLISHED, "the other side keeps sending");
+        let s = step(s, TCP_FIN | TCP_ACK, DIR_REPLY);
+        assert_eq!(s.state, CT_STATE_CLOSING, "both sides closed");
+        assert_eq!(step(s, TCP_ACK, DIR_ORIG).state, CT_STATE_CLOSING);
+        let est = State { state: CT_STATE_ESTABLISHED, flags: CT_F_SEEN_REPLY };
+        assert_eq!(step(est, TCP_RST, DIR_REPLY).state, CT_STATE_CLOSED);
+        assert_eq!(step(s, TCP_SYN, DIR_ORIG).state, CT_STATE_SYN, "a reused tuple opens again");
+        assert_eq!(step(s, TCP_SYN, DIR_ORIG).flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY), 0);
+        assert_eq!(first(PROTO_UDP, 0).state, CT_STATE_UDP);
+    }
+
+    #[test]
+    fn the_opener_alone_cannot_establish_a_flow() {
+        let s = first(PROTO_TCP, TCP_ACK);
+        assert_eq!(s.state, CT_STATE_SYN, "picked up mid-stream");
+        assert_eq!(step(s, TCP_ACK, DIR_ORIG).state, CT_STATE_SYN, "no reply seen: still the SYN timeout");
+        assert_eq!(step(s, TCP_ACK, DIR_REPLY).state, CT_STATE_ESTABLISHED);
+    }
+
+    #[test]
+    fn an_rst_from_an_unseen_responder_is_ignored() {
+        let syn = first(PROTO_TCP, TCP_SYN);
+        assert_eq!(step(syn, TCP_RST, DIR_REPLY), syn, "a bare RST before any reply");
+        assert_eq!(step(syn, TCP_RST | TCP_ACK, DIR_REPLY).state, CT_STATE_CLOSED, "the refusal of the SYN");
+        assert_eq!(step(syn, TCP_RST, DIR_ORIG).state, CT_STATE_CLOSED, "the opener gives up");
+    }
+
+    #[test]
+    fn a_fragment_without_flags_changes_nothing() {
+        let est = State { state: CT_STATE_ESTABLISHED, flags: CT_F_SEEN_REPLY };
+        assert_eq!(step(est, 0, DIR_ORIG), est);
+    }
+
+    #[test]
+    fn reopening_needs_a_syn_over_a_finished_flow() {
+        assert!(reopens(PROTO_TCP, CT_STATE_CLOSING, TCP_SYN));
+        assert!(reopens(PROTO_TCP, CT_STATE_CLOSED, TCP_SYN));
+        assert!(!reopens(PROTO_TCP, CT_STATE_ESTABLISHED, TCP_SYN));
+        assert!(!reopens(PROTO_TCP, CT_STATE_CLOSING, TCP_ACK));
+        assert!(!reopens(PROTO_UDP, CT_STATE_CLOSING, TCP_SYN));
     }
 
     #[test]

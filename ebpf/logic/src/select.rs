@@ -1,7 +1,10 @@
 //! Backend selection for a new connection: which slot of the service's
 //! range in `WEIR_LB_TABLE` to read.
 
-use weir_common::lb::{Service, SVC_F_AFFINITY, SVC_F_RANDOM};
+use weir_common::lb::{
+    Backend, Service, BACKEND_F_TERMINATING, BACKEND_F_UNREADY, BACKEND_F_UNSERVING, SVC_F_AFFINITY, SVC_F_RANDOM,
+    SVC_F_TERMINATING_FALLBACK,
+};
 
 use crate::maglev;
 
@@ -47,9 +50,37 @@ pub fn affinity_valid(svc: &Service, last_ns: u64, now_ns: u64) -> bool {
     now_ns.saturating_sub(last_ns) < (svc.affinity_timeout_s as u64) * 1_000_000_000
 }
 
+/// Whether `b` may take a new connection of `svc` (kube-proxy's rule):
+/// ready endpoints do; serving, terminating ones only while the service
+/// has no ready endpoint (its table then holds the fallback). ClientIP
+/// affinity never overrides this.
+#[inline(always)]
+pub fn eligible(b: &Backend, svc: &Service) -> bool {
+    if b.flags & (BACKEND_F_UNREADY | BACKEND_F_TERMINATING) == 0 {
+        return true;
+    }
+    svc.flags & SVC_F_TERMINATING_FALLBACK != 0 && b.flags & BACKEND_F_TERMINATING != 0 && b.flags & BACKEND_F_UNSERVING == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affinity_follows_the_endpoint_rules() {
+        let svc = Service::default();
+        let fallback = Service { flags: SVC_F_TERMINATING_FALLBACK, ..Default::default() };
+        let ready = Backend::default();
+        let unready = Backend { flags: BACKEND_F_UNREADY, ..Default::default() };
+        let terminating = Backend { flags: BACKEND_F_UNREADY | BACKEND_F_TERMINATING, ..Default::default() };
+        let gone = Backend { flags: BACKEND_F_UNREADY | BACKEND_F_TERMINATING | BACKEND_F_UNSERVING, ..Default::default() };
+        assert!(eligible(&ready, &svc));
+        assert!(!eligible(&unready, &svc), "an unready endpoint takes no new connection");
+        assert!(!eligible(&unready, &fallback));
+        assert!(!eligible(&terminating, &svc));
+        assert!(eligible(&terminating, &fallback), "serving + terminating is the fallback");
+        assert!(!eligible(&gone, &fallback));
+    }
 
     #[test]
     fn maglev_and_random_choose_within_range() {

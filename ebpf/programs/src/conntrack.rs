@@ -1,15 +1,29 @@
-//! Service conntrack: lookups, state updates and entry creation. The state
-//! machine and timeouts are `weir_logic::ct`, shared with userspace GC.
+//! Conntrack: lookups, state updates, and entry creation with the
+//! per-endpoint quota and the counters that make a full table visible.
+//! The state machine and timeouts are `weir_logic::ct`, shared with the
+//! userspace collector.
+//!
+//! Every key that enters the table through [`create`] counts in
+//! `CtStat::Created`, every key the kernel deletes in `CtStat::Deleted`
+//! (the agent counts its own deletes in the same slots), so userspace
+//! reads the LRU's evictions as `created - deleted - entries`.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CT_STATE_CLOSED, CT_STATE_CLOSING},
+    ct::{CtEntry, CtKey, CtStat, CT_F_STATE_BITS},
+    drop::DropReason,
 };
-use weir_logic::ct::{expiry, is_alive, next_state};
+use weir_logic::ct::{advance, expiry, is_alive, State};
 
-use crate::maps::{CONFIG, CT};
+use crate::{
+    errors,
+    maps::{CONFIG, CT, CT_OWNERS, CT_STATS},
+};
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -47,33 +61,117 @@ pub fn alive(k: &CtKey, now: u64) -> bool {
     CT.get_ptr(k).is_some_and(|e| is_alive(unsafe { &*e }, now))
 }
 
-/// Advances the entry's state for one packet and pushes its expiry.
-/// Returns true when the flow entered closing or closed.
 #[inline(always)]
-pub fn touch(e: *mut CtEntry, cfg: &DatapathConfig, proto: u8, tcp_flags: u8, now: u64) -> bool {
-    // SAFETY: `e` points into the CT map; entries are only written here and
-    // by userspace GC (which deletes, never writes).
-    let entry = unsafe { &mut *e };
-    let old = entry.state;
-    let new = next_state(proto, old, tcp_flags);
-    entry.state = new;
-    entry.expires_ns = expiry(cfg, new, now);
-    new != old && (new == CT_STATE_CLOSING || new == CT_STATE_CLOSED)
-}
-
-/// Sets the state of the entry behind `k` (the other direction of a flow
-/// that is closing), if it exists.
-#[inline(always)]
-pub fn close_twin(k: &CtKey, cfg: &DatapathConfig, state: u8, now: u64) {
-    if let Some(e) = CT.get_ptr_mut(k) {
-        // SAFETY: as in `touch`.
-        let entry = unsafe { &mut *e };
-        entry.state = state;
-        entry.expires_ns = expiry(cfg, state, now);
+pub fn stat(s: CtStat) {
+    if let Some(p) = CT_STATS.get_ptr_mut(s as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *p = (*p).wrapping_add(1) };
     }
 }
 
+/// Advances the entry's state for one packet travelling in `dir` and
+/// pushes its expiry. Returns whether the state (or its bits) changed, so
+/// the caller copies it to the flow's other entry.
 #[inline(always)]
-pub fn insert(k: &CtKey, e: &CtEntry) -> Result<(), i32> {
-    CT.insert(k, e, BPF_ANY as u64).map_err(|e| e as i32)
+pub fn touch(e: *mut CtEntry, cfg: &DatapathConfig, proto: u8, tcp_flags: u8, dir: u8, now: u64) -> bool {
+    // SAFETY: `e` points into the CT map; the kernel writes entries only
+    // here and at creation, userspace only deletes.
+    let entry = unsafe { &mut *e };
+    let cur = State { state: entry.state, flags: entry.flags & CT_F_STATE_BITS };
+    let next = advance(proto, cur, tcp_flags, dir);
+    entry.state = next.state;
+    entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
+    entry.expires_ns = expiry(cfg, next.state, now);
+    next != cur
+}
+
+/// Copies the state of `from` to the entry behind `k` (the flow's other
+/// half), if it exists.
+#[inline(always)]
+pub fn sync_twin(k: &CtKey, from: *const CtEntry) {
+    if let Some(t) = CT.get_ptr_mut(k) {
+        // SAFETY: map value pointers, valid for the program run.
+        let (t, f) = unsafe { (&mut *t, &*from) };
+        t.state = f.state;
+        t.flags = (t.flags & !CT_F_STATE_BITS) | (f.flags & CT_F_STATE_BITS);
+        t.expires_ns = f.expires_ns;
+    }
+}
+
+/// Whether the link `owner` may create `n` more entries.
+#[inline(always)]
+pub fn within_quota(cfg: &DatapathConfig, owner: u32) -> bool {
+    if cfg.ct_max_per_endpoint == 0 || owner == 0 {
+        return true;
+    }
+    // SAFETY: map value reference, read only.
+    let used = unsafe { CT_OWNERS.get(&owner) }.copied().unwrap_or(0);
+    if used < cfg.ct_max_per_endpoint as u64 {
+        return true;
+    }
+    stat(CtStat::QuotaRefused);
+    errors::drop_reason(DropReason::CtQuota);
+    false
+}
+
+/// Charges one new entry to `owner`. The count is a quota, not a ledger:
+/// two CPUs adding at once may lose one increment (the bpfel target has
+/// no atomic fetch-add in Rust), and the agent's collector rewrites every
+/// count from its scan of the table.
+#[inline(always)]
+fn charge(owner: u32) {
+    if owner == 0 {
+        return;
+    }
+    if let Some(p) = CT_OWNERS.get_ptr_mut(&owner) {
+        // SAFETY: map value pointer, valid for the program run.
+        unsafe { *p = (*p).wrapping_add(1) };
+        return;
+    }
+    let _ = CT_OWNERS.insert(&owner, &1, BPF_NOEXIST as u64);
+}
+
+/// Inserts a new key. `Err` when the key exists (the caller decides) or
+/// the table refused it (counted).
+#[inline(always)]
+pub fn create(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
+    match CT.insert(k, e, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            stat(CtStat::Created);
+            charge(e.owner);
+            Ok(())
+        }
+        Err(rc) if rc == -17 => Err(Exists::Yes), // -EEXIST
+        Err(_) => {
+            stat(CtStat::InsertFailed);
+            Err(Exists::No)
+        }
+    }
+}
+
+/// Why [`create`] did not insert.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Exists {
+    /// The key is taken.
+    Yes,
+    /// The table refused the insert (full).
+    No,
+}
+
+/// Overwrites an existing key (a stale entry of the same tuple); creates
+/// it if it vanished meanwhile.
+#[inline(always)]
+pub fn replace(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
+    if CT.insert(k, e, BPF_EXIST as u64).is_ok() {
+        return Ok(());
+    }
+    create(k, e)
+}
+
+/// Deletes a key the kernel decided is stale.
+#[inline(always)]
+pub fn remove(k: &CtKey) {
+    if CT.remove(k).is_ok() {
+        stat(CtStat::Deleted);
+    }
 }

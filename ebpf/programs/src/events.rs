@@ -5,6 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use weir_common::{
     addr::Addr,
+    drop::DropReason,
     event::{DatapathEvent, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, VERDICT_ALLOW, VERDICT_DENY},
 };
 use weir_logic::policy::Decision;
@@ -89,6 +90,43 @@ pub fn drop(ctx: &TcContext, pkt: &Ipv4Pkt, reason: u32) {
     let Some(e) = monitor_event(ctx, pkt, EVENT_DROP, VERDICT_DENY) else { return };
     e.reason = reason;
     let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
+}
+
+/// Counts and reports a packet dropped for `reason`; returns the verdict.
+#[inline(never)]
+pub fn dropped(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason) -> i32 {
+    crate::errors::drop_reason(reason);
+    drop(ctx, pkt, reason as u32);
+    aya_ebpf::bindings::TC_ACT_SHOT as i32
+}
+
+/// Counts and reports a frame that is not a readable IPv4 packet dropped
+/// for `reason` (with its IPv6 addresses, if it has them); returns the
+/// verdict.
+#[inline(never)]
+pub fn dropped_frame(ctx: &TcContext, reason: DropReason) -> i32 {
+    crate::errors::drop_reason(reason);
+    let now = now_ns();
+    if monitoring(now) {
+        if let Some(s) = scratch() {
+            let e = &mut s.event;
+            *e = DatapathEvent::default();
+            e.ts_ns = now;
+            if let Ok(eth) = ctx.load::<u16>(12) {
+                if u16::from_be(eth) == crate::hdr::ETH_P_IPV6 {
+                    let (s, d) = crate::hdr::v6_addrs(ctx);
+                    e.saddr = s;
+                    e.daddr = d;
+                }
+            }
+            e.kind = EVENT_DROP;
+            e.verdict = VERDICT_DENY;
+            e.ifindex = ifindex(ctx);
+            e.reason = reason as u32;
+            let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
+        }
+    }
+    aya_ebpf::bindings::TC_ACT_SHOT as i32
 }
 
 /// Reports a new service flow and its translation (monitor only).

@@ -3,6 +3,13 @@
 //! (routing, netfilter, rp_filter). The destination veth's tc egress
 //! program still runs, so the pod's ingress policy sees the packet. When
 //! the lookup cannot answer, the packet goes up the stack as usual.
+//!
+//! As the kernel's forwarding does, a redirected packet's TTL is
+//! decremented, and a packet whose TTL would run out goes up the stack,
+//! which answers with ICMP time exceeded. The lookup is given no length,
+//! so the kernel checks the skb itself against the egress MTU (GSO
+//! super-packets pass whole); a packet too big for it goes up the stack,
+//! which fragments it or answers with ICMP fragmentation needed.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
@@ -10,19 +17,21 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::hdr::Ipv4Pkt;
+use crate::hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_TTL_OFF};
 
 const AF_INET: u8 = 2;
 
 #[inline(never)]
 pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
+    if pkt.ttl <= 1 {
+        return TC_ACT_OK as i32;
+    }
     // SAFETY: zeroed is a valid bpf_fib_lookup (plain integers and unions of them).
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
     p.dport = pkt.dport;
-    p.__bindgen_anon_1.tot_len = pkt.tot_len;
     // SAFETY: the context pointer is valid for the program's lifetime.
     p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     p.__bindgen_anon_3.ipv4_src = pkt.saddr;
@@ -36,16 +45,29 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
             0,
         )
     };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        if ctx.store(0, &p.dmac, 0).is_err() || ctx.store(6, &p.smac, 0).is_err() {
-            return TC_ACT_OK as i32;
-        }
-        // SAFETY: plain helper call.
-        return unsafe { bpf_redirect(p.ifindex, 0) } as i32;
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return TC_ACT_OK as i32;
+    }
+    if decrement_ttl(ctx).is_err() {
+        return TC_ACT_OK as i32;
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // SAFETY: plain helper call; no neighbour params.
         return unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     }
-    TC_ACT_OK as i32
+    if ctx.store(0, &p.dmac, 0).is_err() || ctx.store(6, &p.smac, 0).is_err() {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+}
+
+/// TTL - 1, with the header checksum updated (the TTL shares its 16-bit
+/// word with the protocol).
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
+    let old: u16 = ctx.load(IP_TTL_OFF).map_err(|_| ())?;
+    let new = u16::from_be(old).wrapping_sub(0x0100).to_be();
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2).map_err(|_| ())?;
+    ctx.store(IP_TTL_OFF, &new, 0).map_err(|_| ())
 }

@@ -1,24 +1,33 @@
 //! Service load balancing: frontend match, backend selection (conntrack,
 //! ClientIP affinity, Maglev or random), DNAT, and reverse NAT of replies.
 //! Selection logic is `weir_logic::select`, shared with `weir explain`.
+//!
+//! A new flow's two entries are created with `BPF_NOEXIST`:
+//! - the reverse entry first: if its tuple (backend → client) is taken by
+//!   another live flow (the same client port to two VIPs that share a
+//!   backend), the client's source port is remapped to a free one, as
+//!   kernel NAT does;
+//! - then the forward entry, which elects one winner when two CPUs create
+//!   the same flow: the loser drops its reverse entry and uses the
+//!   winner's backend.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcContext};
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CT_F_HAIRPIN, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SVC_F_TERMINATING_FALLBACK},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP},
     stats::DpError,
 };
 use weir_logic::{
-    ct::{is_alive, next_state},
+    ct::{first, is_alive, is_syn, reopens, TCP_ACK, TCP_SYN},
     hash::flow_hash,
-    select::{affinity_valid, choose_slot, has_affinity},
+    select::{affinity_valid, choose_slot, eligible, has_affinity},
 };
 
 use crate::{
-    conntrack::{self, close_twin, key, touch},
+    conntrack::{self, alive, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
     errors,
     fwd::redirect_v4,
     hdr::Ipv4Pkt,
@@ -37,14 +46,20 @@ pub const NOT_HANDLED: i32 = i32::MIN;
 /// within its 512-byte stack.)
 pub const NEW_FLOW: i32 = i32::MIN + 1000;
 
-/// [`forward`] asks its caller to reject the packet with a reason. The
-/// caller runs `reject` at the top of the call chain, where its stack
-/// frame fits the 512-byte combined BPF limit.
+/// [`forward`] and [`commit`] ask their caller to reject (answer) or drop
+/// the packet with a reason. The caller runs `reject` at the top of the
+/// call chain, where its stack frame fits the 512-byte combined BPF limit.
 const REJECT_BASE: i32 = i32::MIN + 1;
+const DROP_BASE: i32 = i32::MIN + 100;
 
 #[inline(always)]
 fn reject_with(reason: DropReason) -> i32 {
     REJECT_BASE + reason as i32
+}
+
+#[inline(always)]
+fn drop_with(reason: DropReason) -> i32 {
+    DROP_BASE + reason as i32
 }
 
 /// The reason [`forward`] asked to reject with, if it did.
@@ -58,29 +73,94 @@ pub fn rejected(verdict: i32) -> Option<DropReason> {
     }
 }
 
+/// The reason [`forward`] or [`commit`] asked to drop with, if they did.
+#[inline(always)]
+pub fn dropped(verdict: i32) -> Option<DropReason> {
+    let r = verdict.wrapping_sub(DROP_BASE);
+    match r {
+        x if x == DropReason::FragmentUnknown as i32 => Some(DropReason::FragmentUnknown),
+        x if x == DropReason::CtQuota as i32 => Some(DropReason::CtQuota),
+        x if x == DropReason::CtFull as i32 => Some(DropReason::CtFull),
+        x if x == DropReason::TupleCollision as i32 => Some(DropReason::TupleCollision),
+        x if x == DropReason::Malformed as i32 => Some(DropReason::Malformed),
+        _ => None,
+    }
+}
+
+/// Whether `addr` is a service IP (any port).
+#[inline(never)]
+pub fn is_vip(addr: u32) -> bool {
+    let k = FrontendKey { addr: Addr::from_v4_raw(addr), port: 0, proto: 0, scope: 0 };
+    FRONTENDS.get_ptr(&k).is_some()
+}
+
+/// The forward key of the flow a reverse entry belongs to.
+#[inline(always)]
+fn fwd_key_of(rev: &CtEntry, proto: u8) -> CtKey {
+    key(rev.orig_addr, rev.nat_addr, rev.orig_port, rev.nat_port, proto, CT_SVC_FWD)
+}
+
 /// A reply from a backend: restore the service address as the source
-/// (and, for hairpin flows, the client's own address as destination).
+/// (and the client's own port and, for hairpin flows, address as the
+/// destination). The caller has validated the source: only the backend's
+/// own link can send from the backend's address.
 #[inline(never)]
 pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64) -> i32 {
-    let (src, dst) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
-    let rkey = key(src, dst, pkt.sport, pkt.dport, pkt.proto, CT_SVC_REV);
-    let Some(e) = conntrack::lookup(&rkey) else { return NOT_HANDLED };
-    // SAFETY: map value pointer; copied out before any other map call.
-    let entry: CtEntry = unsafe { *e };
-    let fkey = key(entry.orig_addr, entry.nat_addr, pkt.dport, entry.nat_port, pkt.proto, CT_SVC_FWD);
-    if !is_alive(&entry, now) && !conntrack::alive(&fkey, now) {
+    // A SYN opens a connection; it is never a reply.
+    if pkt.proto == PROTO_TCP && is_syn(pkt.tcp_flags) {
         return NOT_HANDLED;
     }
-    if touch(e, cfg, pkt.proto, pkt.tcp_flags, now) {
-        close_twin(&fkey, cfg, next_state(pkt.proto, entry.state, pkt.tcp_flags), now);
+    let Some(s) = scratch() else { return NOT_HANDLED };
+    let (src, dst) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
+    s.rkey = key(src, dst, pkt.sport, pkt.dport, pkt.proto, CT_SVC_REV);
+    let Some(e) = conntrack::lookup(&s.rkey) else { return NOT_HANDLED };
+    // SAFETY: map value pointer; copied out before any other map call.
+    s.rev = unsafe { *e };
+    s.fkey = fwd_key_of(&s.rev, pkt.proto);
+    let twin = conntrack::lookup(&s.fkey);
+    // SAFETY: map value pointer, read only.
+    let twin_alive = twin.is_some_and(|t| is_alive(unsafe { &*t }, now));
+    if !is_alive(&s.rev, now) && !twin_alive {
+        return NOT_HANDLED;
     }
-    if snat(ctx, pkt, entry.nat_addr.v4_raw(), entry.nat_port).is_err() {
+    // A SYN-ACK over a finished flow answers a new handshake that did not
+    // go through the service (a direct connection reusing the tuple): the
+    // stale entry must not rewrite it. Only the backend can send this.
+    let synack = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
+    if synack && (s.rev.state == CT_STATE_CLOSING || s.rev.state == CT_STATE_CLOSED) {
+        remove(&s.rkey);
+        return NOT_HANDLED;
+    }
+    let changed = touch(e, cfg, pkt.proto, pkt.tcp_flags, DIR_REPLY, now);
+    match twin {
+        Some(_) if changed => sync_twin(&s.fkey, e),
+        Some(_) => {}
+        None => rebuild_fwd(e, pkt),
+    }
+    if snat(ctx, pkt, s.rev.nat_addr.v4_raw(), s.rev.nat_port).is_err() {
         return reject_malformed();
     }
-    if entry.flags & CT_F_HAIRPIN != 0 && dnat(ctx, pkt, entry.orig_addr.v4_raw(), pkt.dport).is_err() {
+    let to = if s.rev.flags & CT_F_HAIRPIN != 0 { s.rev.orig_addr.v4_raw() } else { pkt.daddr };
+    if dnat(ctx, pkt, to, s.rev.orig_port).is_err() {
         return reject_malformed();
     }
     redirect_v4(ctx, pkt)
+}
+
+/// The forward half of a live flow is gone (evicted): rebuild it from
+/// the reverse half, so the client's next packet keeps its backend.
+#[inline(never)]
+fn rebuild_fwd(rev: *const CtEntry, pkt: &Ipv4Pkt) {
+    let Some(s) = scratch() else { return };
+    // SAFETY: map value pointer, read only.
+    let r = unsafe { *rev };
+    s.fwd = r;
+    s.fwd.nat_addr = Addr::from_v4_raw(pkt.saddr);
+    s.fwd.nat_port = pkt.sport;
+    s.fwd.orig_port = pkt.dport;
+    if create(&s.fkey, &s.fwd).is_ok() {
+        stat(CtStat::HalfRebuilt);
+    }
 }
 
 /// A packet to a service frontend: pick (or recall) the backend and DNAT.
@@ -103,21 +183,36 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     };
     s.fkey = key(client, vip, pkt.sport, pkt.dport, pkt.proto, CT_SVC_FWD);
 
-    // An existing flow keeps its backend while the backend exists.
+    // An existing flow keeps its backend while the backend exists, unless
+    // a SYN reopens a finished flow.
     if let Some(e) = conntrack::lookup(&s.fkey) {
         // SAFETY: map value pointer; copied out.
         s.fwd = unsafe { *e };
-        s.rkey = rev_key(&s.fwd, client, cfg, pkt);
-        let live = is_alive(&s.fwd, now) || conntrack::alive(&s.rkey, now);
-        if live && s.fwd.svc_id == svc.id && backend_matches(s.fwd.backend_id, &s.fwd) {
-            if touch(e, cfg, pkt.proto, pkt.tcp_flags, now) {
-                close_twin(&s.rkey, cfg, next_state(pkt.proto, s.fwd.state, pkt.tcp_flags), now);
+        s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
+        let twin = conntrack::lookup(&s.rkey);
+        // SAFETY: map value pointer, read only.
+        let live = is_alive(&s.fwd, now) || twin.is_some_and(|t| is_alive(unsafe { &*t }, now));
+        let reuse = live
+            && s.fwd.svc_id == svc.id
+            && backend_matches(s.fwd.backend_id, &s.fwd)
+            && !reopens(pkt.proto, s.fwd.state, pkt.tcp_flags);
+        if reuse {
+            let changed = touch(e, cfg, pkt.proto, pkt.tcp_flags, DIR_ORIG, now);
+            match twin {
+                Some(_) if changed => sync_twin(&s.rkey, e),
+                Some(_) => {}
+                None => rebuild_rev(e, vip, pkt.dport, pkt.sport),
             }
-            return translate(ctx, pkt, &s.fwd, cfg);
+            // SAFETY: map value pointer; copied out.
+            s.fwd = unsafe { *e };
+            return translate(ctx, pkt, cfg);
         }
     }
 
-    // A new connection.
+    // A new connection. Later fragments never create one.
+    if pkt.later_fragment() {
+        return drop_with(DropReason::FragmentUnknown);
+    }
     if svc.backend_count == 0 {
         return reject_with(DropReason::NoEndpoints);
     }
@@ -125,22 +220,40 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if backend_id == NO_BACKEND {
         return reject_with(DropReason::NoEndpoints);
     }
-    let state = next_state(pkt.proto, 0, pkt.tcp_flags);
-    s.fwd.expires_ns = weir_logic::ct::expiry(cfg, state, now);
+    let st = first(pkt.proto, pkt.tcp_flags);
+    s.fwd = CtEntry::default();
+    s.fwd.expires_ns = weir_logic::ct::expiry(cfg, st.state, now);
     s.fwd.created_ns = now;
     s.fwd.nat_addr = s.backend.addr;
     s.fwd.orig_addr = client;
     s.fwd.backend_id = backend_id;
     s.fwd.svc_id = svc.id;
     s.fwd.nat_port = s.backend.port;
-    s.fwd.state = state;
-    s.fwd.flags = if s.backend.addr == client { CT_F_HAIRPIN } else { 0 };
-    s.fwd._pad = 0;
+    s.fwd.orig_port = pkt.sport;
+    s.fwd.state = st.state;
+    s.fwd.flags = st.flags | if s.backend.addr == client { CT_F_HAIRPIN } else { 0 };
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    s.fwd.owner = unsafe { (*ctx.skb.skb).ifindex };
     s.rev = s.fwd;
     s.rev.nat_addr = vip;
     s.rev.nat_port = pkt.dport;
-    s.rkey = rev_key(&s.fwd, client, cfg, pkt);
+    s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
     NEW_FLOW
+}
+
+/// The reverse half of a live flow is gone (evicted): rebuild it from the
+/// forward half, so the backend's replies are still translated.
+#[inline(never)]
+fn rebuild_rev(fwd: *const CtEntry, vip: Addr, vport: u16, cport: u16) {
+    let Some(s) = scratch() else { return };
+    // SAFETY: map value pointer, read only.
+    s.rev = unsafe { *fwd };
+    s.rev.nat_addr = vip;
+    s.rev.nat_port = vport;
+    s.rev.orig_port = cport;
+    if create(&s.rkey, &s.rev).is_ok() {
+        stat(CtStat::HalfRebuilt);
+    }
 }
 
 /// The tuple a new flow prepared by [`forward`] will have once translated
@@ -155,38 +268,114 @@ pub fn new_flow_tuple(pkt: &Ipv4Pkt) -> Option<Tuple> {
 /// translates its first packet. Runs only once the policy allowed it.
 #[inline(never)]
 pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
-    let Some(s) = scratch() else { return aya_ebpf::bindings::TC_ACT_SHOT as i32 };
-    // Reverse first: a reply must never arrive before its translation exists.
-    if conntrack::insert(&s.rkey, &s.rev).is_err() || conntrack::insert(&s.fkey, &s.fwd).is_err() {
-        errors::record(DpError::CtFull);
-        errors::drop_reason(DropReason::CtFull);
-        return aya_ebpf::bindings::TC_ACT_SHOT as i32;
+    let Some(s) = scratch() else { return drop_with(DropReason::CtFull) };
+    if !within_quota(cfg, s.fwd.owner) {
+        return drop_with(DropReason::CtQuota);
     }
-    translate(ctx, pkt, &s.fwd, cfg)
+    // Reverse first: a reply must never arrive before its translation exists.
+    match claim_rev(cfg) {
+        CLAIM_OK => {}
+        CLAIM_FULL => return ct_full(),
+        _ => return drop_with(DropReason::TupleCollision),
+    }
+    match create(&s.fkey, &s.fwd) {
+        Ok(()) => {}
+        Err(Exists::No) => {
+            remove(&s.rkey);
+            return ct_full();
+        }
+        Err(Exists::Yes) => {
+            // Another CPU created this flow first, or a stale entry of the
+            // same tuple is in the way.
+            let Some(e) = conntrack::lookup(&s.fkey) else { return ct_full() };
+            // SAFETY: map value pointer; copied out.
+            s.other = unsafe { *e };
+            let now = s.fwd.created_ns;
+            let stale = !is_alive(&s.other, now)
+                || s.other.svc_id != s.fwd.svc_id
+                || reopens(pkt.proto, s.other.state, pkt.tcp_flags)
+                || !backend_matches(s.other.backend_id, &s.other);
+            if stale {
+                if replace(&s.fkey, &s.fwd).is_err() {
+                    remove(&s.rkey);
+                    return ct_full();
+                }
+            } else {
+                // The winner's flow stands: ours goes.
+                let theirs = rev_key(&s.other, cfg, pkt.proto);
+                if theirs != s.rkey {
+                    remove(&s.rkey);
+                }
+                s.fwd = s.other;
+            }
+        }
+    }
+    translate(ctx, pkt, cfg)
 }
 
-/// A packet that is not service traffic, between addresses and ports that
-/// a finished service flow used: its reverse entry would rewrite the
-/// replies of this new, direct connection. Forget it, as kernel conntrack
-/// forgets a TIME_WAIT entry when the tuple is reused. Only TCP SYNs and
-/// UDP packets pay the lookup.
+const CLAIM_OK: u32 = 0;
+const CLAIM_FULL: u32 = 1;
+const CLAIM_COLLISION: u32 = 2;
+
+/// How many free source ports a colliding flow tries.
+const REMAP_TRIES: u32 = 8;
+
+/// Creates the prepared reverse entry. A stale entry of the same tuple,
+/// or one of this very flow (a retransmitted first packet), is replaced;
+/// a live entry of another flow is a collision, resolved by remapping the
+/// client's source port.
 #[inline(never)]
-pub fn forget_stale_reverse(pkt: &Ipv4Pkt) {
-    let syn = pkt.proto == weir_common::lb::PROTO_TCP && weir_logic::ct::is_syn(pkt.tcp_flags);
-    if !syn && pkt.proto != weir_common::lb::PROTO_UDP {
-        return;
+fn claim_rev(cfg: &DatapathConfig) -> u32 {
+    let Some(s) = scratch() else { return CLAIM_FULL };
+    match create(&s.rkey, &s.rev) {
+        Ok(()) => return CLAIM_OK,
+        Err(Exists::No) => return CLAIM_FULL,
+        Err(Exists::Yes) => {}
     }
-    let Some(s) = scratch() else { return };
-    s.rkey = key(Addr::from_v4_raw(pkt.daddr), Addr::from_v4_raw(pkt.saddr), pkt.dport, pkt.sport, pkt.proto, CT_SVC_REV);
-    let _ = crate::maps::CT.remove(&s.rkey);
+    let Some(e) = conntrack::lookup(&s.rkey) else { return CLAIM_FULL };
+    // SAFETY: map value pointer; copied out.
+    s.other = unsafe { *e };
+    let same_flow = s.other.orig_addr == s.rev.orig_addr
+        && s.other.nat_addr == s.rev.nat_addr
+        && s.other.nat_port == s.rev.nat_port
+        && s.other.orig_port == s.rev.orig_port;
+    if same_flow || !is_alive(&s.other, s.rev.created_ns) {
+        return if replace(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
+    }
+    let _ = cfg;
+    let mut i = 0;
+    while i < REMAP_TRIES {
+        // SAFETY: plain helper call.
+        let port = (1024 + unsafe { bpf_get_prandom_u32() } % (65536 - 1024)) as u16;
+        s.rkey.dport = port.to_be();
+        match create(&s.rkey, &s.rev) {
+            Ok(()) => {
+                s.fwd.orig_port = s.rkey.dport;
+                s.fwd.flags |= CT_F_REMAPPED;
+                s.rev.flags |= CT_F_REMAPPED;
+                stat(CtStat::PortRemapped);
+                return CLAIM_OK;
+            }
+            Err(Exists::No) => return CLAIM_FULL,
+            Err(Exists::Yes) => {}
+        }
+        i += 1;
+    }
+    CLAIM_COLLISION
+}
+
+#[inline(always)]
+fn ct_full() -> i32 {
+    errors::record(DpError::CtFull);
+    drop_with(DropReason::CtFull)
 }
 
 /// The reverse-entry key of a forward entry: backend → client (or → the
-/// hairpin address).
+/// hairpin address), at the client port the backend sees.
 #[inline(always)]
-fn rev_key(fwd: &CtEntry, client: Addr, cfg: &DatapathConfig, pkt: &Ipv4Pkt) -> weir_common::ct::CtKey {
-    let dst = if fwd.flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr } else { client };
-    key(fwd.nat_addr, dst, fwd.nat_port, pkt.sport, pkt.proto, CT_SVC_REV)
+fn rev_key(fwd: &CtEntry, cfg: &DatapathConfig, proto: u8) -> CtKey {
+    let dst = if fwd.flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr } else { fwd.orig_addr };
+    key(fwd.nat_addr, dst, fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
 }
 
 #[inline(always)]
@@ -197,13 +386,17 @@ fn backend_matches(id: u32, entry: &CtEntry) -> bool {
     }
 }
 
-/// Applies the forward translation of `fwd` and forwards the packet.
+/// Applies the forward translation of the flow in `scratch().fwd` and
+/// forwards the packet.
 #[inline(never)]
-fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, fwd: &CtEntry, cfg: &DatapathConfig) -> i32 {
-    if dnat(ctx, pkt, fwd.nat_addr.v4_raw(), fwd.nat_port).is_err() {
+fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
+    let Some(s) = scratch() else { return reject_malformed() };
+    let (to, to_port, from_port, flags) = (s.fwd.nat_addr.v4_raw(), s.fwd.nat_port, s.fwd.orig_port, s.fwd.flags);
+    if dnat(ctx, pkt, to, to_port).is_err() {
         return reject_malformed();
     }
-    if fwd.flags & CT_F_HAIRPIN != 0 && snat(ctx, pkt, cfg.hairpin_addr.v4_raw(), pkt.sport).is_err() {
+    let from = if flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr.v4_raw() } else { pkt.saddr };
+    if snat(ctx, pkt, from, from_port).is_err() {
         return reject_malformed();
     }
     redirect_v4(ctx, pkt)
@@ -211,16 +404,16 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, fwd: &CtEntry, cfg: &DatapathCo
 
 #[inline(always)]
 fn reject_malformed() -> i32 {
-    errors::drop_reason(DropReason::Malformed);
-    aya_ebpf::bindings::TC_ACT_SHOT as i32
+    drop_with(DropReason::Malformed)
 }
 
 /// Backend ids start at 1.
 const NO_BACKEND: u32 = 0;
 
-/// Chooses a backend for a new connection: ClientIP affinity first, then
-/// the service's selection table. Writes the backend to `out` and returns
-/// its id, or [`NO_BACKEND`]. (BPF subprograms cannot return aggregates.)
+/// Chooses a backend for a new connection: ClientIP affinity first (only
+/// while its backend may take new connections), then the service's
+/// selection table. Writes the backend to `out` and returns its id, or
+/// [`NO_BACKEND`]. (BPF subprograms cannot return aggregates.)
 #[inline(never)]
 fn select(svc: &Service, pkt: &Ipv4Pkt, now: u64, out: &mut Backend) -> u32 {
     let (client, vip) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
@@ -231,8 +424,7 @@ fn select(svc: &Service, pkt: &Ipv4Pkt, now: u64, out: &mut Backend) -> u32 {
             let a = unsafe { &mut *a };
             if affinity_valid(svc, a.last_ns, now) {
                 if let Some(b) = read(BACKENDS.get_ptr(&a.backend_id)) {
-                    let eligible = b.flags & BACKEND_F_TERMINATING == 0 || svc.flags & SVC_F_TERMINATING_FALLBACK != 0;
-                    if eligible {
+                    if eligible(&b, svc) {
                         a.last_ns = now;
                         *out = b;
                         return a.backend_id;
@@ -252,4 +444,11 @@ fn select(svc: &Service, pkt: &Ipv4Pkt, now: u64, out: &mut Backend) -> u32 {
     }
     *out = backend;
     id
+}
+
+/// Whether the flow's two ends are known to conntrack at `now` (used by
+/// the policy path for packets arriving at a pod).
+#[inline(always)]
+pub fn flow_alive(k: &CtKey, now: u64) -> bool {
+    alive(k, now)
 }

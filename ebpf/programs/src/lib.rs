@@ -5,11 +5,14 @@
 pub mod conntrack;
 pub mod errors;
 pub mod events;
+pub mod frag;
 pub mod fwd;
 pub mod hdr;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod policy;
 pub mod reject;
+pub mod source;
 pub mod stats;

@@ -10,6 +10,8 @@ use weir_common::{
     config::DatapathConfig,
     ct::{CtEntry, CtKey},
     event::DatapathEvent,
+    frag::{FragKey, FragValue},
+    link::LinkInfo,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
     maps::*,
     policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue, RuleName, NameKey},
@@ -41,6 +43,18 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned
 
 #[map(name = "WEIR_CT")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_CT_STATS")]
+pub static CT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CT_STATS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_CT_OWNERS")]
+pub static CT_OWNERS: HashMap<u32, u64> = HashMap::pinned(CT_OWNERS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_LINKS")]
+pub static LINKS: HashMap<u32, LinkInfo> = HashMap::pinned(LINKS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX_ENTRIES, 0);
 
 #[map(name = "WEIR_CONFIG")]
 pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
@@ -98,6 +112,13 @@ pub struct Scratch {
     /// The policy decision's inputs (see `policy::judge`).
     pub judge_tuple: crate::policy::Tuple,
     pub judge_ep: EndpointInfo,
+    /// The first fragment's key and ports, recorded once it passed.
+    pub frag_key: FragKey,
+    pub frag_val: FragValue,
+    /// A conntrack entry read back (races, collisions, ICMP errors).
+    pub other: CtEntry,
+    /// The header an ICMP error quotes.
+    pub icmp_inner: crate::icmp::Inner,
 }
 
 #[map(name = "WEIR_SCRATCH")]

@@ -1,6 +1,8 @@
 //! Address and port rewrites with incremental checksum updates. UDP with a
 //! zero checksum stays zero (BPF_F_MARK_MANGLED_0); CHECKSUM_PARTIAL skbs
-//! are handled by the helpers (pseudo-header only).
+//! are handled by the helpers (pseudo-header only). A later fragment has
+//! no L4 header: only its IP header changes (the datagram's L4 checksum
+//! lives in the first fragment, which is rewritten for the whole).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -21,8 +23,10 @@ fn rewrite_addr(ctx: &TcContext, pkt: &Ipv4Pkt, off: usize, old: u32, new: u32) 
     if old == new {
         return Ok(());
     }
-    ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, BPF_F_PSEUDO_HDR as u64 | l4_flags(pkt) | 4)
-        .map_err(|_| ())?;
+    if !pkt.later_fragment() {
+        ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, BPF_F_PSEUDO_HDR as u64 | l4_flags(pkt) | 4)
+            .map_err(|_| ())?;
+    }
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4).map_err(|_| ())?;
     ctx.store(off, &new, 0).map_err(|_| ())
 }
@@ -30,11 +34,11 @@ fn rewrite_addr(ctx: &TcContext, pkt: &Ipv4Pkt, off: usize, old: u32, new: u32) 
 /// Rewrites an L4 port (`port_off` 0 = source, 2 = destination).
 #[inline(always)]
 fn rewrite_port(ctx: &TcContext, pkt: &Ipv4Pkt, port_off: usize, old: u16, new: u16) -> Result<(), ()> {
-    if old == new {
+    if old == new || pkt.later_fragment() {
         return Ok(());
     }
     ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, l4_flags(pkt) | 2).map_err(|_| ())?;
-    ctx.store(pkt.l4_off + port_off, &new, 0).map_err(|_| ())
+    ctx.store(pkt.l4() + port_off, &new, 0).map_err(|_| ())
 }
 
 /// Destination NAT: daddr:dport → addr:port (wire order).

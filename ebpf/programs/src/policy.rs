@@ -2,8 +2,9 @@
 //!
 //! Only the first packet of a flow is judged (`weir_logic::policy::decide`,
 //! the code `weir explain` runs too); an allowed flow gets a `CT_POLICY`
-//! conntrack entry keyed by its original tuple, and every later packet in
-//! either direction rides it, so return traffic always passes. Service
+//! conntrack entry keyed by its opener's tuple: later packets of the
+//! opener ride it, and so do replies (the reversed tuple, never a TCP
+//! SYN), so return traffic always passes. Service
 //! flows are judged in `lb::forward`, after the backend is chosen, and
 //! then ride the service's own conntrack entries.
 //!
@@ -21,7 +22,7 @@ use aya_ebpf::{
 };
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CT_POLICY, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     lb::{PROTO_TCP, PROTO_UDP},
     drop::DropReason,
     event::{ALLOW_HOST, ALLOW_NOT_ISOLATED, ALLOW_RULE},
@@ -29,12 +30,12 @@ use weir_common::{
     stats::DpError,
 };
 use weir_logic::{
-    ct::{expiry, is_alive, is_syn, next_state},
+    ct::{expiry, first, is_alive, is_syn, reopens},
     policy::{decide, Decision, PolicyMaps},
 };
 
 use crate::{
-    conntrack::{self, key, touch},
+    conntrack::{self, create, key, replace, touch, within_quota, Exists},
     errors, events,
     hdr::Ipv4Pkt,
     maps::{read, scratch, ENDPOINTS, IPCACHE, POLICY},
@@ -178,37 +179,40 @@ fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool 
     true
 }
 
-/// Whether the packet belongs to a live flow the policy already allowed,
-/// in either direction; refreshes the flow's entry. A SYN over a closing
-/// or closed entry is a new connection reusing the tuple: judged again.
+/// Whether the packet belongs to a live flow the policy already allowed;
+/// refreshes the flow's entry. The entry's key is the opener's tuple:
+/// a packet with that tuple travels in the original direction, a packet
+/// with the reversed tuple is a reply. A TCP SYN is never a reply (a new
+/// connection from the responder is judged on its own), and a SYN over a
+/// closing or closed entry is a new connection reusing the tuple: judged
+/// again.
 #[inline(never)]
 fn tracked(t: &Tuple, now: u64) -> bool {
     let Some(cfg) = conntrack::config() else { return false };
     let Some(s) = scratch() else { return false };
     let (sa, da) = (Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr));
-    let reopen = t.proto == PROTO_TCP && is_syn(t.tcp_flags);
+    let syn = t.proto == PROTO_TCP && is_syn(t.tcp_flags);
     s.pkey = key(sa, da, t.sport, t.dport, t.proto, CT_POLICY);
     if let Some(e) = conntrack::lookup(&s.pkey) {
-        if usable(e, now, reopen) {
-            touch(e, cfg, t.proto, t.tcp_flags, now);
+        // SAFETY: map value pointer, read only.
+        let entry = unsafe { &*e };
+        if is_alive(entry, now) && !reopens(t.proto, entry.state, t.tcp_flags) {
+            touch(e, cfg, t.proto, t.tcp_flags, DIR_ORIG, now);
             return true;
         }
     }
+    if syn {
+        return false;
+    }
     s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_POLICY);
     if let Some(e) = conntrack::lookup(&s.pkey) {
-        if usable(e, now, reopen) {
-            touch(e, cfg, t.proto, t.tcp_flags, now);
+        // SAFETY: map value pointer, read only.
+        if is_alive(unsafe { &*e }, now) {
+            touch(e, cfg, t.proto, t.tcp_flags, DIR_REPLY, now);
             return true;
         }
     }
     false
-}
-
-#[inline(always)]
-fn usable(e: *mut CtEntry, now: u64, reopen: bool) -> bool {
-    // SAFETY: map value pointer, read only.
-    let entry = unsafe { &*e };
-    is_alive(entry, now) && !(reopen && (entry.state == CT_STATE_CLOSING || entry.state == CT_STATE_CLOSED))
 }
 
 /// Whether a packet arriving at a pod belongs to a service flow (the
@@ -227,48 +231,85 @@ fn service_flow(t: &Tuple, now: u64) -> bool {
     conntrack::alive(&s.pkey, now)
 }
 
-/// Records an allowed flow so the rest of it, and its replies, pass.
+/// Whether an ICMP error quoting the flow `inner` (the tuple of the
+/// packet that caused it) relates to a flow the policy allowed, in
+/// either direction.
 #[inline(never)]
-fn track(t: &Tuple, now: u64) {
-    let Some(cfg) = conntrack::config() else { return };
-    let Some(s) = scratch() else { return };
-    let state = next_state(t.proto, 0, t.tcp_flags);
-    s.pentry = CtEntry::default();
-    s.pentry.state = state;
-    s.pentry.created_ns = now;
-    s.pentry.expires_ns = expiry(cfg, state, now);
-    s.pkey = key(Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr), t.sport, t.dport, t.proto, CT_POLICY);
-    if conntrack::insert(&s.pkey, &s.pentry).is_err() {
-        errors::record(DpError::CtFull);
+pub fn related(inner: &Tuple, now: u64) -> bool {
+    let Some(s) = scratch() else { return false };
+    let (sa, da) = (Addr::from_v4_raw(inner.saddr), Addr::from_v4_raw(inner.daddr));
+    s.pkey = key(sa, da, inner.sport, inner.dport, inner.proto, CT_POLICY);
+    if conntrack::alive(&s.pkey, now) {
+        return true;
     }
+    s.pkey = key(da, sa, inner.dport, inner.sport, inner.proto, CT_POLICY);
+    conntrack::alive(&s.pkey, now)
+}
+
+/// Records an allowed flow so the rest of it, and its replies, pass.
+/// The entry is charged to the pod link `owner`; over its quota the flow
+/// is refused (false).
+#[inline(never)]
+fn track(t: &Tuple, now: u64, owner: u32) -> bool {
+    let Some(cfg) = conntrack::config() else { return false };
+    let Some(s) = scratch() else { return false };
+    if !within_quota(cfg, owner) {
+        return false;
+    }
+    let st = first(t.proto, t.tcp_flags);
+    s.pentry = CtEntry::default();
+    s.pentry.state = st.state;
+    s.pentry.flags = st.flags;
+    s.pentry.created_ns = now;
+    s.pentry.expires_ns = expiry(cfg, st.state, now);
+    s.pentry.owner = owner;
+    s.pkey = key(Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr), t.sport, t.dport, t.proto, CT_POLICY);
+    match create(&s.pkey, &s.pentry) {
+        Ok(()) => true,
+        // A stale entry of the tuple (or another CPU's): take it over.
+        Err(Exists::Yes) => replace(&s.pkey, &s.pentry).is_ok() || fail_full(),
+        Err(Exists::No) => fail_full(),
+    }
+}
+
+#[inline(always)]
+fn fail_full() -> bool {
+    errors::record(DpError::CtFull);
+    errors::drop_reason(DropReason::CtFull);
+    false
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).ifindex }
 }
 
 /// from_pod, for traffic that is not a service flow. (Not inlined: its
 /// locals stay out of the program's top frame, which `reject` stacks on.)
+/// Later fragments never create state: one whose flow is not tracked
+/// under a policy is dropped.
 #[inline(never)]
 pub fn from_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
     let t = Tuple::of(pkt);
     if !enforced(&t) || tracked(&t, now) {
         return TC_ACT_OK as i32;
     }
-    if !allow_new(ctx, &t, CHECK_EGRESS | CHECK_INGRESS) {
+    if pkt.later_fragment() {
+        return events::dropped(ctx, pkt, DropReason::FragmentUnknown);
+    }
+    if !allow_new(ctx, &t, CHECK_EGRESS | CHECK_INGRESS) || !track(&t, now, ifindex(ctx)) {
         return TC_ACT_SHOT as i32;
     }
-    track(&t, now);
     TC_ACT_OK as i32
 }
 
-/// Traffic that is neither TCP nor UDP (ICMP, SCTP, ...), in either
-/// hook: ICMP errors pass (they answer packets of other flows, like the
-/// "related" state of kernel conntrack); fragments after the first carry
-/// no header to judge and pass; everything else is judged like a flow,
-/// with no port (so only rules that name no port allow it), and tracked
-/// by (addresses, protocol, ICMP echo identifier), so replies pass.
+/// Traffic that is neither TCP nor UDP and not an ICMP error (ICMP echo,
+/// SCTP, ...), in either hook: judged like a flow, with no port (so only
+/// rules that name no port allow it), and tracked by (addresses,
+/// protocol, ICMP echo identifier), so replies pass.
 #[inline(never)]
 pub fn other(ctx: &TcContext, pkt: &Ipv4Pkt, to_pod_side: bool) -> i32 {
-    if pkt.later_fragment || pkt.is_icmp_error() {
-        return TC_ACT_OK as i32;
-    }
     let now = conntrack::now_ns();
     if to_pod_side { to_pod(ctx, pkt, now) } else { from_pod(ctx, pkt, now) }
 }
@@ -280,12 +321,20 @@ pub fn to_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
     if !endpoint(t.daddr).is_some_and(|e| e.flags != 0) || tracked(&t, now) || service_flow(&t, now) {
         return TC_ACT_OK as i32;
     }
+    if pkt.later_fragment() {
+        return events::dropped(ctx, pkt, DropReason::FragmentUnknown);
+    }
     // SAFETY: the context pointer is valid for the program's lifetime.
     let from_host = unsafe { (*ctx.skb.skb).ingress_ifindex } == 0;
     let mode = if from_host { CHECK_INGRESS | FROM_HOST } else { CHECK_INGRESS };
-    if !allow_new(ctx, &t, mode) {
+    if !allow_new(ctx, &t, mode) || !track(&t, now, ifindex(ctx)) {
         return TC_ACT_SHOT as i32;
     }
-    track(&t, now);
     TC_ACT_OK as i32
+}
+
+/// Whether either end of the ICMP error's outer tuple is under a policy.
+#[inline(always)]
+pub fn error_enforced(pkt: &Ipv4Pkt) -> bool {
+    enforced(&Tuple::of(pkt))
 }

@@ -1,15 +1,18 @@
-//! Refusing a connection at once: TCP gets a RST, UDP gets ICMP port
-//! unreachable. The packet is rewritten in place into the answer and sent
-//! back out of the interface it came in on, to the pod that sent it.
+//! Refusing a connection at once: TCP gets a RST, UDP (and anything else
+//! sent to a service IP, such as an ICMP echo) gets ICMP port
+//! unreachable. The packet is rewritten in place into the answer and
+//! delivered straight into the sending pod (`bpf_redirect_peer`), so the
+//! pod's own ingress policy never sees the answer to its own packet: a
+//! client under default-deny ingress still fails at once.
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
+    helpers::generated::{bpf_redirect_peer, bpf_skb_change_tail},
     programs::TcContext,
 };
 use weir_common::{
     drop::DropReason,
-    lb::{PROTO_TCP, PROTO_UDP},
+    lb::PROTO_TCP,
 };
 use weir_logic::{
     csum::{add_words, finish},
@@ -29,16 +32,17 @@ pub fn reject(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason) -> i32 {
     drop_reason(reason);
     let built = if pkt.proto == PROTO_TCP {
         tcp_rst(ctx, pkt)
-    } else if pkt.proto == PROTO_UDP {
-        icmp_port_unreachable(ctx, pkt)
+    } else if pkt.is_icmp_error() || pkt.later_fragment() {
+        Err(()) // never answer an error, nor a packet with no header
     } else {
-        Err(())
+        icmp_port_unreachable(ctx, pkt)
     };
     if built.is_err() {
         return TC_ACT_SHOT as i32;
     }
-    // SAFETY: the context pointer is valid; plain helper call.
-    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+    // SAFETY: the context pointer is valid; plain helper call (from tc
+    // ingress of the host-side veth: into its peer, the pod's eth0).
+    unsafe { bpf_redirect_peer((*ctx.skb.skb).ifindex, 0) as i32 }
 }
 
 #[inline(always)]
@@ -68,9 +72,9 @@ fn tcp_rst(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
     if pkt.tcp_flags & TCP_RST != 0 {
         return Err(()); // never answer a RST
     }
-    let seq = u32::from_be(ctx.load::<u32>(pkt.l4_off + 4).map_err(|_| ())?);
-    let ack = u32::from_be(ctx.load::<u32>(pkt.l4_off + 8).map_err(|_| ())?);
-    let doff = ((ctx.load::<u8>(pkt.l4_off + 12).map_err(|_| ())? >> 4) as u32) * 4;
+    let seq = u32::from_be(ctx.load::<u32>(pkt.l4() + 4).map_err(|_| ())?);
+    let ack = u32::from_be(ctx.load::<u32>(pkt.l4() + 8).map_err(|_| ())?);
+    let doff = ((ctx.load::<u8>(pkt.l4() + 12).map_err(|_| ())? >> 4) as u32) * 4;
     let payload = (pkt.tot_len as u32).saturating_sub(pkt.ihl_bytes as u32 + doff);
     let (rst_seq, rst_ack, flags) = if pkt.tcp_flags & TCP_ACK != 0 {
         (ack, 0u32, TCP_RST)

@@ -36,6 +36,13 @@ pub struct Args {
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct_entries)]
     pub ct_max_entries: u32,
 
+    /// Conntrack entries one pod may hold (its flows, and flows opened
+    /// towards it from outside the node); its new flows beyond that are
+    /// refused (drop reason ct_quota) instead of evicting other pods'
+    /// entries. 0: no limit.
+    #[arg(long, default_value_t = weir_datapath::DatapathConfig::DEFAULT.ct_max_per_endpoint)]
+    pub ct_max_per_endpoint: u32,
+
     /// Install the CNI plugin (binary + 05-weir.conflist) and exit.
     #[arg(long, requires = "pod_cidr", conflicts_with = "uninstall_cni")]
     pub install_cni: bool,
@@ -119,6 +126,7 @@ impl Args {
             ct_closed_timeout_s: self.ct_tcp_closed_timeout.max(1),
             ct_udp_timeout_s: self.ct_udp_timeout.max(1),
             allow_event_sample: self.policy_allow_events,
+            ct_max_per_endpoint: self.ct_max_per_endpoint,
             ..weir_datapath::DatapathConfig::DEFAULT
         }
     }

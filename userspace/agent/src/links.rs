@@ -1,13 +1,16 @@
-//! Network interfaces of this node, from rtnetlink: a dump of what exists
-//! now, followed by live link events.
+//! Network interfaces and host routes of this node, from rtnetlink: a dump
+//! of what exists now, followed by live events.
+
+use std::net::IpAddr;
 
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
     RouteNetlinkMessage,
 };
-use rtnetlink::{new_multicast_connection, Handle, MulticastGroup};
+use rtnetlink::{new_multicast_connection, Handle, MulticastGroup, RouteMessageBuilder};
 
 /// Something happened to an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,19 +21,43 @@ pub enum LinkEvent {
     Gone { ifindex: u32, name: String },
 }
 
+/// A host route (`<addr>/32` or `/128`) through one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostRoute {
+    pub table: u32,
+    pub addr: IpAddr,
+    pub ifindex: u32,
+}
+
+/// Something happened to a host route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// Added, or replaced (possibly through another interface).
+    Present(HostRoute),
+    Gone(HostRoute),
+}
+
+/// A link or host-route event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    Link(LinkEvent),
+    Route(RouteEvent),
+}
+
 type Messages = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>;
 
-/// A subscription to link events plus a handle for dumps.
+/// A subscription to link and route events plus a handle for dumps.
 pub struct LinkWatcher {
     handle: Handle,
     messages: Messages,
 }
 
 impl LinkWatcher {
-    /// Subscribes to link events. Subscribe before dumping, so that no link
-    /// created in between is missed.
+    /// Subscribes to link and route events. Subscribe before dumping, so
+    /// that nothing created in between is missed.
     pub fn subscribe() -> std::io::Result<Self> {
-        let (conn, handle, messages) = new_multicast_connection(&[MulticastGroup::Link])?;
+        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
+        let (conn, handle, messages) = new_multicast_connection(&groups)?;
         tokio::spawn(conn);
         Ok(Self { handle, messages })
     }
@@ -41,20 +68,39 @@ impl LinkWatcher {
         Ok(links.iter().filter_map(present).collect())
     }
 
-    /// The next link event; `None` when the netlink connection is gone.
-    pub async fn next(&mut self) -> Option<LinkEvent> {
+    /// Every host route that exists now, IPv4 and IPv6.
+    pub async fn dump_routes(&self) -> Result<Vec<HostRoute>, rtnetlink::Error> {
+        let v4: Vec<RouteMessage> =
+            self.handle.route().get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()).execute().try_collect().await?;
+        let v6: Vec<RouteMessage> =
+            self.handle.route().get(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()).execute().try_collect().await?;
+        Ok(v4.iter().chain(&v6).filter_map(host_route).collect())
+    }
+
+    /// The next event; `None` when the netlink connection is gone.
+    pub async fn next(&mut self) -> Option<NetEvent> {
         loop {
             let (msg, _) = self.messages.next().await?;
             if let NetlinkPayload::InnerMessage(inner) = msg.payload {
                 match inner {
                     RouteNetlinkMessage::NewLink(m) => {
                         if let Some(ev) = present(&m) {
-                            return Some(ev);
+                            return Some(NetEvent::Link(ev));
                         }
                     }
                     RouteNetlinkMessage::DelLink(m) => {
                         if let Some(name) = ifname(&m) {
-                            return Some(LinkEvent::Gone { ifindex: m.header.index, name });
+                            return Some(NetEvent::Link(LinkEvent::Gone { ifindex: m.header.index, name }));
+                        }
+                    }
+                    RouteNetlinkMessage::NewRoute(m) => {
+                        if let Some(r) = host_route(&m) {
+                            return Some(NetEvent::Route(RouteEvent::Present(r)));
+                        }
+                    }
+                    RouteNetlinkMessage::DelRoute(m) => {
+                        if let Some(r) = host_route(&m) {
+                            return Some(NetEvent::Route(RouteEvent::Gone(r)));
                         }
                     }
                     _ => {}
@@ -73,4 +119,29 @@ fn ifname(m: &LinkMessage) -> Option<String> {
 
 fn present(m: &LinkMessage) -> Option<LinkEvent> {
     ifname(m).map(|name| LinkEvent::Present { ifindex: m.header.index, name })
+}
+
+/// A unicast route to one address (/32, /128) through one interface.
+pub fn host_route(m: &RouteMessage) -> Option<HostRoute> {
+    if m.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut addr = None;
+    let mut oif = None;
+    let mut table = u32::from(m.header.table);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => addr = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => addr = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    let addr = addr?;
+    let full = if addr.is_ipv4() { 32 } else { 128 };
+    if m.header.destination_prefix_length != full {
+        return None;
+    }
+    Some(HostRoute { table, addr, ifindex: oif? })
 }

@@ -3,9 +3,11 @@
 //! from cluster state read from Kubernetes or a directory of YAML files.
 
 mod args;
+mod dp_metrics;
 mod events;
 mod links;
 mod metrics;
+mod pod_addrs;
 mod pods;
 mod policy;
 mod reconcile;

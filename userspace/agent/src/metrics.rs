@@ -44,11 +44,14 @@ pub struct Metrics {
     pub policy_verdicts: Family<crate::events::VerdictLabels, Counter>,
     pub policy_reports: Family<crate::events::ReportLabels, Counter>,
     pub ready: AtomicBool,
+    pub datapath: Arc<crate::dp_metrics::DatapathCollector>,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
+    pub fn new(layout: weir_datapath::PinLayout) -> Arc<Self> {
         let mut registry = Registry::with_prefix("weir");
+        let datapath = Arc::new(crate::dp_metrics::DatapathCollector::new(layout));
+        registry.register_collector(Box::new(datapath.clone()));
         let programming_latency =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(25e-6, 2.0, 18));
         let map_entries = Family::<MapLabels, Gauge>::default();
@@ -95,6 +98,7 @@ impl Metrics {
             policy_verdicts,
             policy_reports,
             ready: AtomicBool::new(false),
+            datapath,
         })
     }
 

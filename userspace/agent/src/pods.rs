@@ -1,10 +1,16 @@
-//! Keeps the pod programs attached to every host-side pod veth (`weir*`).
+//! Keeps the pod programs attached to every host-side pod veth (`weir*`),
+//! and each pod link's routed addresses in `WEIR_LINKS` (the source
+//! addresses the kernel accepts from it).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use weir_datapath::{attach::AttachOutcome, DatapathError, PodDatapath};
+use weir_datapath::{attach::AttachOutcome, links::LinkAddrs, DatapathError, PodDatapath};
 
-use crate::links::LinkEvent;
+use crate::{
+    links::{HostRoute, LinkEvent, NetEvent},
+    metrics::{KindLabels, Metrics},
+    pod_addrs::PodAddresses,
+};
 
 /// Host-side pod veths are named `weir` + 11 hex characters.
 pub const POD_IFNAME_PREFIX: &str = "weir";
@@ -13,15 +19,73 @@ pub fn is_pod_interface(name: &str) -> bool {
     name.starts_with(POD_IFNAME_PREFIX)
 }
 
-/// Tracks which pod interfaces have the programs.
+/// Tracks which pod interfaces have the programs, and their addresses.
 pub struct PodInterfaces {
     dp: PodDatapath,
     attached: HashMap<u32, String>,
+    /// Every present `weir*` link (attached or not).
+    pod_links: HashMap<u32, String>,
+    addrs: PodAddresses,
+    links: LinkAddrs,
+    metrics: Arc<Metrics>,
 }
 
 impl PodInterfaces {
-    pub fn new(dp: PodDatapath) -> Self {
-        Self { dp, attached: HashMap::new() }
+    pub fn new(dp: PodDatapath, links: LinkAddrs, metrics: Arc<Metrics>) -> Self {
+        Self { dp, attached: HashMap::new(), pod_links: HashMap::new(), addrs: PodAddresses::default(), links, metrics }
+    }
+
+    /// Applies one link or route event.
+    pub fn apply_net(&mut self, ev: &NetEvent) {
+        match ev {
+            NetEvent::Link(l) => self.apply(l),
+            NetEvent::Route(r) => {
+                for ifindex in self.addrs.apply(r) {
+                    self.write_addrs(ifindex);
+                }
+            }
+        }
+    }
+
+    /// Takes a dump of the host routes as the whole truth (at start-up,
+    /// and on every resync, so a lost netlink event is repaired), and
+    /// removes `WEIR_LINKS` entries of links that are no pod links.
+    pub fn routes(&mut self, dump: &[HostRoute]) {
+        for ifindex in self.addrs.replace(dump) {
+            self.write_addrs(ifindex);
+        }
+        let stale: Vec<u32> = self.links.all().into_keys().filter(|i| !self.pod_links.contains_key(i)).collect();
+        for ifindex in stale {
+            self.write_addrs(ifindex);
+        }
+    }
+
+    /// Writes the addresses of `ifindex` if it is a pod link, removes its
+    /// entry otherwise.
+    fn write_addrs(&mut self, ifindex: u32) {
+        let addrs = if self.pod_links.contains_key(&ifindex) { self.addrs.of(ifindex) } else { Vec::new() };
+        match self.links.set(ifindex, &addrs) {
+            Ok(()) => {
+                if let Some(name) = self.pod_links.get(&ifindex) {
+                    tracing::debug!(ifname = %name, ifindex, ?addrs, "pod link addresses");
+                }
+            }
+            Err(error) => {
+                let name = self.pod_links.get(&ifindex).cloned().unwrap_or_default();
+                log_error(&name, ifindex, &error);
+                self.metrics.reconcile_errors.get_or_create(&KindLabels { kind: error.kind().into() }).inc();
+            }
+        }
+    }
+
+    /// Notes a present pod link without attaching (start-up: addresses
+    /// are written before programs are attached).
+    pub fn note_link(&mut self, ev: &LinkEvent) {
+        if let LinkEvent::Present { ifindex, name } = ev {
+            if is_pod_interface(name) {
+                self.pod_links.insert(*ifindex, name.clone());
+            }
+        }
     }
 
     /// Applies one link event. Errors are logged; one bad interface never
@@ -30,7 +94,15 @@ impl PodInterfaces {
         match ev {
             LinkEvent::Present { ifindex, name } => {
                 if !is_pod_interface(name) {
+                    if self.pod_links.remove(ifindex).is_some() {
+                        self.write_addrs(*ifindex);
+                    }
                     return;
+                }
+                if self.pod_links.insert(*ifindex, name.clone()).is_none() {
+                    // Addresses first: the programs drop every source the
+                    // link does not own.
+                    self.write_addrs(*ifindex);
                 }
                 if self.attached.get(ifindex) == Some(name) {
                     return;
@@ -49,6 +121,9 @@ impl PodInterfaces {
                 }
             }
             LinkEvent::Gone { ifindex, name } => {
+                self.pod_links.remove(ifindex);
+                self.addrs.forget_link(*ifindex);
+                self.write_addrs(*ifindex);
                 if self.attached.remove(ifindex).is_some() || is_pod_interface(name) {
                     self.release(*ifindex, name);
                 }

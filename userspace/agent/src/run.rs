@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(layout.clone());
     metrics::serve(args.metrics_addr, metrics.clone())
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
@@ -50,10 +50,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
     dp.set_config(&args.datapath_config()).context("writing the datapath configuration")?;
     let mut ct = Conntrack::open(&layout).context("opening conntrack")?;
-    let mut pods = PodInterfaces::new(dp);
-    let mut watcher = LinkWatcher::subscribe().context("subscribing to rtnetlink link events")?;
+    let link_addrs = weir_datapath::links::LinkAddrs::open(&layout).context("opening the pod link map")?;
+    let mut pods = PodInterfaces::new(dp, link_addrs, metrics.clone());
+    let mut watcher = LinkWatcher::subscribe().context("subscribing to rtnetlink link and route events")?;
     let existing = watcher.dump().await.context("listing links")?;
+    let routes = watcher.dump_routes().await.context("listing routes")?;
     pods.prune_missing(&existing);
+    // Addresses before programs: a pod link's programs drop every source
+    // address the link does not own.
+    for ev in &existing {
+        pods.note_link(ev);
+    }
+    pods.routes(&routes);
     for ev in &existing {
         pods.apply(ev);
     }
@@ -114,15 +122,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 update_gauges(&metrics, &state, &mut reconciler);
             }
             ev = watcher.next() => match ev {
-                Some(ev) => pods.apply(&ev),
+                Some(ev) => pods.apply_net(&ev),
                 None => anyhow::bail!("rtnetlink connection closed"),
             },
             _ = gc_tick.tick() => {
-                let n = ct.gc(monotonic_ns());
-                metrics.ct_collected.inc_by(n as u64);
-                metrics.set_map("WEIR_CT", ct.entries().len() as u64, u64::from(args.ct_max_entries));
+                let out = ct.gc(monotonic_ns());
+                metrics.ct_collected.inc_by(out.deleted as u64);
+                let before = metrics.datapath.ct_evicted();
+                metrics.datapath.set_ct(&out.account);
+                metrics.set_map("WEIR_CT", out.account.entries, out.account.capacity);
+                if out.account.evicted > before {
+                    tracing::warn!(
+                        evicted = out.account.evicted - before,
+                        entries = out.account.entries,
+                        capacity = out.account.capacity,
+                        "conntrack table full: the LRU evicted entries (raise --ct-max-entries, or lower --ct-max-per-endpoint)"
+                    );
+                }
             }
             _ = resync_tick.tick(), if synced => {
+                match watcher.dump_routes().await {
+                    Ok(routes) => pods.routes(&routes),
+                    Err(error) => tracing::warn!(%error, "listing routes for the pod link resync"),
+                }
                 let start = Instant::now();
                 let out = reconciler.resync(&state);
                 metrics.repairs.inc_by(out.repairs as u64);

@@ -1,14 +1,24 @@
-//! Conntrack housekeeping from userspace: collecting stale entries and
-//! purging the flows of removed backends. The liveness rule is
-//! `weir_logic::ct`, the one the kernel uses.
+//! Conntrack housekeeping from userspace: collecting stale entries,
+//! purging the flows of removed backends, rewriting the per-endpoint
+//! counts the kernel's quota reads, and the accounting that makes a full
+//! table visible. The liveness rule is `weir_logic::ct`, the one the
+//! kernel uses.
+//!
+//! Deleting never races with the kernel: an entry is taken out with
+//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns what was really there,
+//! and put back (`BPF_NOEXIST`) if the kernel revived or replaced it after
+//! the scan saw it dead.
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use weir_common::{
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CT_F_HAIRPIN, CT_SVC_FWD, CT_SVC_REV},
-    maps::{CONFIG, CT},
+    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_SVC_FWD, CT_SVC_REV},
+    maps::{CONFIG, CT, CT_OWNERS, CT_STATS},
 };
 use weir_logic::ct::is_alive;
 
@@ -27,12 +37,12 @@ pub fn twin_key(key: &CtKey, e: &CtEntry, cfg: &DatapathConfig) -> Option<CtKey>
     match key.kind {
         CT_SVC_FWD => {
             let dst = if e.flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr } else { key.saddr };
-            Some(CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: key.sport, proto: key.proto, kind: CT_SVC_REV, _pad: 0 })
+            Some(CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: e.orig_port, proto: key.proto, kind: CT_SVC_REV, _pad: 0 })
         }
         CT_SVC_REV => Some(CtKey {
             saddr: e.orig_addr,
             daddr: e.nat_addr,
-            sport: key.dport,
+            sport: e.orig_port,
             dport: e.nat_port,
             proto: key.proto,
             kind: CT_SVC_FWD,
@@ -42,21 +52,59 @@ pub fn twin_key(key: &CtKey, e: &CtEntry, cfg: &DatapathConfig) -> Option<CtKey>
     }
 }
 
-/// The pinned conntrack map.
+/// The table's fill level and what happened to it, from the pinned
+/// counters (no agent needed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CtAccount {
+    pub entries: u64,
+    /// Entries whose flow is alive.
+    pub live: u64,
+    pub capacity: u64,
+    pub created: u64,
+    pub deleted: u64,
+    /// Keys the LRU dropped to make room: `created - deleted - entries`
+    /// (live entries, or expired ones the collector had not reached yet).
+    pub evicted: u64,
+    pub insert_failed: u64,
+    pub quota_refused: u64,
+    pub half_rebuilt: u64,
+    pub port_remapped: u64,
+}
+
+/// What one collection did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcOutcome {
+    pub deleted: usize,
+    /// Entries found dead by the scan but alive again when taken out
+    /// (the kernel revived them): put back.
+    pub restored: usize,
+    pub account: CtAccount,
+}
+
+/// The pinned conntrack map and its counters.
 pub struct Conntrack {
     map: HashMap<MapData, CtKey, CtEntry>,
+    raw: MapData,
+    stats: PerCpuArray<MapData, u64>,
+    owners: HashMap<MapData, u32, u64>,
+    capacity: u64,
     cfg: DatapathConfig,
 }
 
 impl Conntrack {
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
         let map = pinned::hash(layout, CT)?;
+        layout.require_existing()?;
+        let raw = MapData::from_pin(layout.map(CT)).map_err(|source| DatapathError::Map { name: CT, source })?;
+        let capacity = MapInfo::from_pin(layout.map(CT)).map_err(|source| DatapathError::Map { name: CT, source })?.max_entries();
+        let stats = pinned::typed::<PerCpuArray<MapData, u64>>(layout, CT_STATS)?;
+        let owners = pinned::hash(layout, CT_OWNERS)?;
         let cfg_map = pinned::array::<DatapathConfig>(layout, CONFIG)?;
         let cfg = match cfg_map.get(&0, 0) {
             Ok(c) if c.ct_udp_timeout_s != 0 => c,
             _ => DatapathConfig::DEFAULT,
         };
-        Ok(Self { map, cfg })
+        Ok(Self { map, raw, stats, owners, capacity: u64::from(capacity), cfg })
     }
 
     /// Every entry (key, value).
@@ -64,22 +112,136 @@ impl Conntrack {
         self.map.iter().filter_map(Result::ok).collect()
     }
 
-    /// Deletes entries whose flow is dead: the entry and its twin are both
-    /// past their expiry at `now_ns`. Returns how many were deleted.
-    pub fn gc(&mut self, now_ns: u64) -> usize {
-        let entries = self.entries();
-        let alive: HashSet<CtKey> = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).map(|(k, _)| *k).collect();
-        let mut deleted = 0;
-        for (k, e) in &entries {
-            if alive.contains(k) {
-                continue;
-            }
-            let twin_alive = twin_key(k, e, &self.cfg).is_some_and(|t| alive.contains(&t));
-            if !twin_alive && self.map.remove(k).is_ok() {
-                deleted += 1;
+    fn stat(&self, s: CtStat) -> u64 {
+        self.stats.get(&(s as u32), 0).map_or(0, |v| v.iter().sum())
+    }
+
+    /// Adds `n` to the agent's own delete counter (CPU 0's slot; the
+    /// kernel never writes this index).
+    fn count_deleted(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let idx = CtStat::AgentDeleted as u32;
+        let Ok(mut values) = self.stats.get(&idx, 0) else { return };
+        let mut v: Vec<u64> = values.iter().copied().collect();
+        if let Some(first) = v.first_mut() {
+            *first += n;
+        }
+        if let Ok(pv) = PerCpuValues::try_from(v) {
+            values = pv;
+            let _ = self.stats.set(idx, values, 0);
+        }
+    }
+
+    /// Takes `k` out atomically; returns what was there.
+    fn take(&self, k: &CtKey) -> Option<CtEntry> {
+        let mut value = CtEntry::default();
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let attr = Attr {
+            map_fd: self.raw.fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: k as *const CtKey as u64,
+            value: &mut value as *mut CtEntry as u64,
+            flags: 0,
+        };
+        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+        // SAFETY: the attribute points at a key and a value buffer of the
+        // map's sizes, both alive for the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr, std::mem::size_of::<Attr>()) };
+        (rc == 0).then_some(value)
+    }
+
+    /// Deletes `k` unless its entry is alive at `now_ns` (or its twin is).
+    /// Returns whether it was deleted.
+    fn delete_if_dead(&mut self, k: &CtKey, now_ns: u64) -> (bool, bool) {
+        let Some(v) = self.take(k) else { return (false, false) };
+        let twin_alive = twin_key(k, &v, &self.cfg).and_then(|t| self.map.get(&t, 0).ok()).is_some_and(|t| is_alive(&t, now_ns));
+        if is_alive(&v, now_ns) || twin_alive {
+            // Revived meanwhile: put it back, unless the kernel already
+            // created the key again.
+            if self.map.insert(k, v, 1 /* BPF_NOEXIST */).is_ok() {
+                return (false, true);
             }
         }
-        deleted
+        (true, false)
+    }
+
+    /// Deletes entries whose flow is dead: the entry and its twin are both
+    /// past their expiry at `now_ns` (checked again on the entry taken
+    /// out). Rewrites the per-endpoint counts from what stays.
+    pub fn gc(&mut self, now_ns: u64) -> GcOutcome {
+        let created_before = self.stat(CtStat::Created);
+        let entries = self.entries();
+        let alive: HashSet<CtKey> = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).map(|(k, _)| *k).collect();
+        let mut out = GcOutcome::default();
+        let mut owners: StdHashMap<u32, u64> = StdHashMap::new();
+        let mut live = 0u64;
+        for (k, e) in &entries {
+            let twin_alive = twin_key(k, e, &self.cfg).is_some_and(|t| alive.contains(&t));
+            if alive.contains(k) || twin_alive {
+                live += 1;
+                *owners.entry(e.owner).or_default() += 1;
+                continue;
+            }
+            match self.delete_if_dead(k, now_ns) {
+                (true, _) => out.deleted += 1,
+                (false, true) => {
+                    out.restored += 1;
+                    live += 1;
+                    *owners.entry(e.owner).or_default() += 1;
+                }
+                (false, false) => {}
+            }
+        }
+        self.count_deleted(out.deleted as u64);
+        self.write_owners(&owners);
+        let remaining = (entries.len() - out.deleted) as u64;
+        out.account = self.account_with(created_before, remaining, live);
+        out
+    }
+
+    fn write_owners(&mut self, owners: &StdHashMap<u32, u64>) {
+        let stale: Vec<u32> = self.owners.keys().filter_map(Result::ok).filter(|o| !owners.contains_key(o)).collect();
+        for o in stale {
+            let _ = self.owners.remove(&o);
+        }
+        for (o, n) in owners {
+            if *o != 0 {
+                let _ = self.owners.insert(o, n, 0);
+            }
+        }
+    }
+
+    fn account_with(&self, created: u64, entries: u64, live: u64) -> CtAccount {
+        let deleted = self.stat(CtStat::Deleted) + self.stat(CtStat::AgentDeleted);
+        CtAccount {
+            entries,
+            live,
+            capacity: self.capacity,
+            created,
+            deleted,
+            evicted: created.saturating_sub(deleted).saturating_sub(entries),
+            insert_failed: self.stat(CtStat::InsertFailed),
+            quota_refused: self.stat(CtStat::QuotaRefused),
+            half_rebuilt: self.stat(CtStat::HalfRebuilt),
+            port_remapped: self.stat(CtStat::PortRemapped),
+        }
+    }
+
+    /// The table's accounting now (one scan).
+    pub fn account(&self, now_ns: u64) -> CtAccount {
+        let created = self.stat(CtStat::Created);
+        let entries = self.entries();
+        let live = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).count() as u64;
+        self.account_with(created, entries.len() as u64, live)
     }
 
     /// Deletes the flows of `(svc_id, backend_id)` pairs; `svc_id` None
@@ -88,18 +250,14 @@ impl Conntrack {
         if backend_ids.is_empty() {
             return 0;
         }
-        let doomed: Vec<CtKey> = self
-            .entries()
-            .into_iter()
-            .filter(|(_, e)| backend_ids.contains(&e.backend_id) && svc_id.is_none_or(|s| s == e.svc_id))
-            .map(|(k, _)| k)
-            .collect();
-        doomed.iter().filter(|k| self.map.remove(k).is_ok()).count()
+        self.flush(|_, e| backend_ids.contains(&e.backend_id) && svc_id.is_none_or(|s| s == e.svc_id))
     }
 
     /// Deletes matching entries; returns how many.
     pub fn flush(&mut self, mut pred: impl FnMut(&CtKey, &CtEntry) -> bool) -> usize {
         let doomed: Vec<CtKey> = self.entries().into_iter().filter(|(k, e)| pred(k, e)).map(|(k, _)| k).collect();
-        doomed.iter().filter(|k| self.map.remove(k).is_ok()).count()
+        let n = doomed.iter().filter(|k| self.map.remove(k).is_ok()).count();
+        self.count_deleted(n as u64);
+        n
     }
 }

@@ -25,6 +25,8 @@ pub enum DatapathError {
     Map { name: &'static str, #[source] source: aya::maps::MapError },
     #[error("map {name} is full ({capacity} entries): {what} was not written")]
     MapFull { name: &'static str, capacity: u32, what: String },
+    #[error("pod link {ifindex} has {count} routed addresses; at most {max} fit in WEIR_LINKS: the link keeps its previous addresses")]
+    LinkAddrsFull { ifindex: u32, count: usize, max: usize },
     #[error("WEIR_LB_TABLE has no free range of {needed} slots for {frontend} ({used} of {capacity} in use)")]
     LbTableFull { frontend: String, needed: u32, used: u32, capacity: u32 },
 }
@@ -56,6 +58,7 @@ impl DatapathError {
             Self::Map { .. } => "map",
             Self::MapFull { .. } => "map_full",
             Self::LbTableFull { .. } => "lb_table_full",
+            Self::LinkAddrsFull { .. } => "link_addrs_full",
         }
     }
 }

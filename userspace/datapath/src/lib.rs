@@ -8,6 +8,7 @@ pub mod error;
 pub mod explain;
 pub mod inventory;
 pub mod lb;
+pub mod links;
 pub mod loader;
 pub mod mmap;
 pub mod objects;

@@ -61,3 +61,9 @@ pub fn read_dp_errors(layout: &PinLayout) -> Result<Vec<(DpError, u64)>, Datapat
 pub fn read_drops(layout: &PinLayout) -> Result<Vec<(DropReason, u64)>, DatapathError> {
     read_counters(layout, DROPS, DropReason::ALL.map(|r| (r, r as u32)))
 }
+
+/// Reads the conntrack counters (`WEIR_CT_STATS`), summed over all CPUs.
+pub fn read_ct_stats(layout: &PinLayout) -> Result<Vec<(weir_common::ct::CtStat, u64)>, DatapathError> {
+    use weir_common::ct::CtStat;
+    read_counters(layout, weir_common::maps::CT_STATS, CtStat::ALL.map(|s| (s, s as u32)))
+}

@@ -1,77 +1,162 @@
 //! The pod object: attached at tc ingress ("from pod") and tc egress ("to
 //! pod") of every host-side pod veth (`weir*`).
 //!
-//! from_pod: count, reverse-NAT replies of service flows, load-balance
-//! packets to service frontends (DNAT + redirect), reject what a service
-//! cannot take, and judge new flows by network policy (egress of the
+//! from_pod: count; drop what a pod may not send (a source address the
+//! node does not route to its link, an unreadable header, an EtherType
+//! other than IPv4, IPv6 and ARP, IPv6 while the pod is under a policy);
+//! take back the ports of later fragments; translate ICMP errors of
+//! tracked flows; reverse-NAT replies of service flows; load-balance
+//! packets to service frontends (DNAT + redirect); reject what a service
+//! cannot take; and judge new flows by network policy (egress of the
 //! sender, ingress of a local receiver). to_pod: count, and judge the
-//! pod's ingress for flows no local from_pod judged.
+//! pod's ingress for flows no local from_pod judged (and ICMP errors
+//! towards it).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
-use weir_common::stats::Direction;
-use weir_ebpf::{conntrack, events, hdr, lb, policy, reject, stats};
+use weir_common::{addr::Addr, drop::DropReason, stats::Direction};
+use weir_ebpf::{
+    conntrack, events, frag,
+    hdr::{self, Ipv4Pkt, FRAG_FIRST, FRAME_ARP, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
+    icmp, lb, policy, reject, source, stats,
+};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    count(&ctx, Direction::FromPod);
-    let Some(mut pkt) = hdr::parse_v4(&ctx) else {
-        return TC_ACT_OK as i32;
-    };
+    let ifindex = ifindex(&ctx);
+    stats::count(ifindex, Direction::FromPod, ctx.len());
+    let mut pkt = Ipv4Pkt::EMPTY;
+    match hdr::parse(&ctx, &mut pkt) {
+        FRAME_V4 => {}
+        FRAME_V6 => return v6_from_pod(&ctx, ifindex),
+        FRAME_ARP => return TC_ACT_OK as i32,
+        FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
+        _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
+    }
+    if !source::owns(ifindex, &Addr::from_v4_raw(pkt.saddr)) {
+        return events::dropped(&ctx, &pkt, DropReason::SpoofedSource);
+    }
+    if pkt.later_fragment() && !frag::recover(&mut pkt) {
+        return events::dropped(&ctx, &pkt, DropReason::FragmentUnknown);
+    }
+    frag::prepare(&pkt);
+    let first = pkt.frag == FRAG_FIRST;
+    let verdict = v4_from_pod(&ctx, &mut pkt);
+    if verdict != TC_ACT_SHOT as i32 {
+        frag::commit(first);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
+    if pkt.is_icmp_error() {
+        return icmp::error_from_pod(ctx, pkt, conntrack::now_ns());
+    }
     if !pkt.is_tcp_udp() {
-        return policy::other(&ctx, &pkt, false);
+        if lb::is_vip(pkt.daddr) {
+            events::drop(ctx, pkt, DropReason::UnsupportedProtoToVip as u32);
+            return reject::reject(ctx, pkt, DropReason::UnsupportedProtoToVip);
+        }
+        return policy::other(ctx, pkt, false);
     }
     let Some(cfg) = conntrack::config() else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_SHOT as i32;
     };
     let now = conntrack::now_ns();
-    let verdict = lb::reverse(&ctx, &mut pkt, cfg, now);
+    let verdict = lb::reverse(ctx, pkt, cfg, now);
     if verdict != lb::NOT_HANDLED {
-        return verdict;
+        return settle(ctx, pkt, verdict);
     }
-    let verdict = lb::forward(&ctx, &mut pkt, cfg, now);
+    let verdict = lb::forward(ctx, pkt, cfg, now);
     if verdict == lb::NEW_FLOW {
         // Policy sees the real backend: the client's egress and the
         // backend's ingress are judged on the translated tuple, before any
         // state exists.
-        let Some(t) = lb::new_flow_tuple(&pkt) else {
+        let Some(t) = lb::new_flow_tuple(pkt) else {
             return TC_ACT_SHOT as i32;
         };
-        if !policy::allow_new(&ctx, &t, policy::CHECK_EGRESS | policy::CHECK_INGRESS) {
+        if !policy::allow_new(ctx, &t, policy::CHECK_EGRESS | policy::CHECK_INGRESS) {
             return TC_ACT_SHOT as i32;
         }
-        events::trace(&ctx, &pkt, &t);
-        return lb::commit(&ctx, &mut pkt, cfg);
+        events::trace(ctx, pkt, &t);
+        let verdict = lb::commit(ctx, pkt, cfg);
+        return settle(ctx, pkt, verdict);
     }
     if let Some(reason) = lb::rejected(verdict) {
-        events::drop(&ctx, &pkt, reason as u32);
-        return reject::reject(&ctx, &pkt, reason);
+        events::drop(ctx, pkt, reason as u32);
+        return reject::reject(ctx, pkt, reason);
     }
     if verdict != lb::NOT_HANDLED {
-        return verdict;
+        return settle(ctx, pkt, verdict);
     }
-    lb::forget_stale_reverse(&pkt);
-    policy::from_pod(&ctx, &pkt, now)
+    policy::from_pod(ctx, pkt, now)
+}
+
+/// Turns a "drop with reason" code of the service path into the drop.
+#[inline(always)]
+fn settle(ctx: &TcContext, pkt: &hdr::Ipv4Pkt, verdict: i32) -> i32 {
+    match lb::dropped(verdict) {
+        Some(reason) => events::dropped(ctx, pkt, reason),
+        None => verdict,
+    }
+}
+
+/// IPv6 from a pod: dropped while the pod is under a policy (IPv6 policy
+/// is not enforced yet), and unless it comes from an address routed to
+/// the link or from link-local scope.
+#[inline(never)]
+fn v6_from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
+    if source::link_isolated(ifindex) {
+        return events::dropped_frame(ctx, DropReason::Ipv6Isolated);
+    }
+    let (saddr, _) = hdr::v6_addrs(ctx);
+    if !source::v6_link_scope(&saddr) && !source::owns(ifindex, &saddr) {
+        return events::dropped_frame(ctx, DropReason::SpoofedSource);
+    }
+    TC_ACT_OK as i32
 }
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    count(&ctx, Direction::ToPod);
-    let Some(pkt) = hdr::parse_v4(&ctx) else {
-        return TC_ACT_OK as i32;
-    };
-    if !pkt.is_tcp_udp() {
-        return policy::other(&ctx, &pkt, true);
+    let ifindex = ifindex(&ctx);
+    stats::count(ifindex, Direction::ToPod, ctx.len());
+    let mut pkt = Ipv4Pkt::EMPTY;
+    match hdr::parse(&ctx, &mut pkt) {
+        FRAME_V4 => {}
+        FRAME_V6 => {
+            if source::link_isolated(ifindex) {
+                return events::dropped_frame(&ctx, DropReason::Ipv6Isolated);
+            }
+            return TC_ACT_OK as i32;
+        }
+        FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
+        _ => return TC_ACT_OK as i32,
     }
-    policy::to_pod(&ctx, &pkt, conntrack::now_ns())
+    if pkt.later_fragment() && !frag::recover(&mut pkt) {
+        return events::dropped(&ctx, &pkt, DropReason::FragmentUnknown);
+    }
+    frag::prepare(&pkt);
+    let first = pkt.frag == FRAG_FIRST;
+    let now = conntrack::now_ns();
+    let verdict = if pkt.is_icmp_error() {
+        icmp::error_to_pod(&ctx, &mut pkt, now)
+    } else if pkt.is_tcp_udp() {
+        policy::to_pod(&ctx, &pkt, now)
+    } else {
+        policy::other(&ctx, &pkt, true)
+    };
+    if verdict != TC_ACT_SHOT as i32 {
+        frag::commit(first);
+    }
+    verdict
 }
 
 #[inline(always)]
-fn count(ctx: &TcContext, dir: Direction) {
+fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's lifetime.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    stats::count(ifindex, dir, ctx.len());
+    unsafe { (*ctx.skb.skb).ifindex }
 }
 
 #[cfg(not(test))]

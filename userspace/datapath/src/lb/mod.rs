@@ -22,7 +22,7 @@ use aya::maps::{HashMap, MapData};
 use weir_common::{
     addr::Addr,
     lb::{
-        AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SVC_F_AFFINITY,
+        AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, BACKEND_F_UNREADY, BACKEND_F_UNSERVING, SVC_F_AFFINITY,
         SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER,
     },
     maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SVC_TIMES},
@@ -193,7 +193,7 @@ impl Lb {
         let mut members = BTreeSet::new();
         for ep in &spec.endpoints {
             let ident = Ident { addr: ep.addr.into(), port: ep.port.to_be(), proto };
-            let flags = if ep.terminating { BACKEND_F_TERMINATING } else { 0 };
+            let flags = backend_flags(ep);
             members.insert(self.ensure_backend(ident, flags, &mut stats)?);
         }
         let (elig, fallback) = eligible(&spec.endpoints);
@@ -515,4 +515,21 @@ impl Lb {
             let _ = self.affinity.remove(&k);
         }
     }
+}
+
+/// The endpoint's conditions as backend flags, for the kernel's
+/// eligibility rule (`weir_logic::select::eligible`), which ClientIP
+/// affinity obeys too.
+fn backend_flags(ep: &weir_desired::Endpoint) -> u8 {
+    let mut f = 0;
+    if ep.terminating {
+        f |= BACKEND_F_TERMINATING;
+    }
+    if !ep.ready {
+        f |= BACKEND_F_UNREADY;
+    }
+    if !ep.serving {
+        f |= BACKEND_F_UNSERVING;
+    }
+    f
 }

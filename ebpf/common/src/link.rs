@@ -1,0 +1,39 @@
+//! Pod links and the addresses the node routes to them: the source
+//! addresses a pod may send from. Filled by the agent from the node's
+//! host routes (`<podIP>/32 dev <host veth>`, `/128` for IPv6), learned and
+//! followed over rtnetlink, so it holds for pods wired by weir-cni and by
+//! hand alike, with or without a Pod object.
+
+use crate::addr::Addr;
+
+/// Addresses one pod link may hold (dual-stack pods hold two).
+pub const LINK_ADDRS_MAX: usize = 8;
+
+/// Value of `WEIR_LINKS`, keyed by the host-side veth's ifindex (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The first `count` entries are the link's addresses.
+    pub addrs: [Addr; LINK_ADDRS_MAX],
+    pub count: u32,
+    pub _pad: u32,
+}
+
+impl LinkInfo {
+    /// Whether `a` is one of the link's addresses.
+    #[inline(always)]
+    pub fn owns(&self, a: &Addr) -> bool {
+        let mut i = 0;
+        while i < LINK_ADDRS_MAX {
+            if (i as u32) < self.count && self.addrs[i] == *a {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<LinkInfo>() == 136);
+
+crate::user_pod!(LinkInfo);

@@ -1,0 +1,240 @@
+//! ICMP errors (destination unreachable, time exceeded, parameter
+//! problem). An error is accepted only when the header it quotes belongs
+//! to a tracked flow, and then it is translated like that flow: the outer
+//! addresses and the quoted inner header are reverse-NATed, with the inner
+//! IP checksum and the ICMP checksum fixed, so that path-MTU discovery and
+//! port unreachables work through service addresses. Under no policy,
+//! errors of untracked flows pass as before; under a policy they are
+//! dropped (`icmp_unrelated`).
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use weir_common::{
+    addr::Addr,
+    ct::{CtEntry, CT_F_HAIRPIN, CT_SVC_FWD, CT_SVC_REV},
+    drop::DropReason,
+    lb::{PROTO_TCP, PROTO_UDP},
+};
+use weir_logic::ct::is_alive;
+
+use crate::{
+    conntrack::{self, key},
+    events,
+    fwd::redirect_v4,
+    hdr::{Ipv4Pkt, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, PROTO_ICMP},
+    maps::scratch,
+    policy::{self, Tuple},
+};
+
+/// The header an ICMP error quotes: the packet that caused it.
+#[derive(Clone, Copy)]
+pub struct Inner {
+    pub t: Tuple,
+    /// Offset of the quoted IP header.
+    pub ip_off: u32,
+    /// Offset of the quoted L4 header.
+    pub l4_off: u32,
+}
+
+/// Reads the quoted header into scratch space; false when it cannot be
+/// read whole (IPv4 header and 8 bytes of L4, within the packet).
+#[inline(never)]
+fn parse_inner(ctx: &TcContext, pkt: &Ipv4Pkt) -> bool {
+    let Some(s) = scratch() else { return false };
+    let off = pkt.l4() + 8;
+    let Ok(vihl) = ctx.load::<u8>(off) else { return false };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return false;
+    }
+    let l4 = off + ihl;
+    if l4 + 8 > IP_OFF + pkt.tot_len as usize {
+        return false;
+    }
+    let (Ok(proto), Ok(saddr), Ok(daddr)) = (ctx.load::<u8>(off + 9), ctx.load::<u32>(off + 12), ctx.load::<u32>(off + 16)) else {
+        return false;
+    };
+    let (sport, dport) = if proto == PROTO_TCP || proto == PROTO_UDP {
+        let (Ok(a), Ok(b)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else { return false };
+        (a, b)
+    } else if proto == PROTO_ICMP {
+        let (Ok(ty), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else { return false };
+        if ty != ICMP_ECHO_REQUEST && ty != ICMP_ECHO_REPLY {
+            return false; // an error about an error does not exist (RFC 1122)
+        }
+        (id, id)
+    } else {
+        (0, 0)
+    };
+    s.icmp_inner = Inner {
+        t: Tuple { saddr, daddr, sport, dport, proto, tcp_flags: 0 },
+        ip_off: off as u32,
+        l4_off: l4 as u32,
+    };
+    true
+}
+
+/// An ICMP error sent by a pod (tc ingress of its veth).
+/// - It quotes a packet the pod received as a service backend (client →
+///   backend): the client must see it come from the service.
+/// - It quotes a reply the pod received as a service client (VIP →
+///   client): the backend must see it about its own packet.
+/// - Otherwise it must relate to a flow the policy allowed, when either
+///   end is under a policy.
+#[inline(never)]
+pub fn error_from_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
+    if !parse_inner(ctx, pkt) {
+        return events::dropped(ctx, pkt, DropReason::Malformed);
+    }
+    let Some(s) = scratch() else { return TC_ACT_OK as i32 };
+    let i = s.icmp_inner;
+    if i.t.proto == PROTO_TCP || i.t.proto == PROTO_UDP {
+        let (is, id) = (Addr::from_v4_raw(i.t.saddr), Addr::from_v4_raw(i.t.daddr));
+        s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_REV);
+        if live(now) {
+            return match to_client(ctx, pkt) {
+                Ok(()) => redirect_v4(ctx, pkt),
+                Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
+            };
+        }
+        s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_FWD);
+        if live(now) {
+            return match to_backend(ctx, pkt) {
+                Ok(()) => redirect_v4(ctx, pkt),
+                Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
+            };
+        }
+    }
+    if policy::error_enforced(pkt) && !policy::related(&i.t, now) {
+        return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
+    }
+    TC_ACT_OK as i32
+}
+
+/// An ICMP error on its way to a pod (tc egress of its veth): from the
+/// node (a router on the path: fragmentation needed, TTL exceeded), or
+/// already translated by [`error_from_pod`].
+#[inline(never)]
+pub fn error_to_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
+    if !parse_inner(ctx, pkt) {
+        return events::dropped(ctx, pkt, DropReason::Malformed);
+    }
+    let Some(s) = scratch() else { return TC_ACT_OK as i32 };
+    let i = s.icmp_inner;
+    if i.t.proto == PROTO_TCP || i.t.proto == PROTO_UDP {
+        let (is, id) = (Addr::from_v4_raw(i.t.saddr), Addr::from_v4_raw(i.t.daddr));
+        // It quotes the pod's own packet after DNAT (client → backend).
+        s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_REV);
+        if live(now) {
+            return match to_client(ctx, pkt) {
+                Ok(()) => TC_ACT_OK as i32,
+                Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
+            };
+        }
+        // It quotes the pod's packet to a service, already translated.
+        s.pkey = key(is, id, i.t.sport, i.t.dport, i.t.proto, CT_SVC_FWD);
+        if conntrack::alive(&s.pkey, now) {
+            return TC_ACT_OK as i32;
+        }
+    }
+    if policy::error_enforced(pkt) && !policy::related(&i.t, now) {
+        return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
+    }
+    TC_ACT_OK as i32
+}
+
+/// Whether the entry behind `scratch().pkey` is alive; copies it to
+/// `scratch().other`.
+#[inline(always)]
+fn live(now: u64) -> bool {
+    let Some(s) = scratch() else { return false };
+    let Some(e) = conntrack::lookup(&s.pkey) else { return false };
+    // SAFETY: map value pointer; copied out.
+    s.other = unsafe { *e };
+    is_alive(&s.other, now)
+}
+
+/// The error quotes client → backend (the reverse entry in
+/// `scratch().other`): make it quote client → VIP, from the VIP when the
+/// backend sent it, to the client's own address and port.
+#[inline(never)]
+fn to_client(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
+    let s = scratch().ok_or(())?;
+    let (i, rev) = (s.icmp_inner, s.other);
+    let vip = rev.nat_addr.v4_raw();
+    let hairpin = rev.flags & CT_F_HAIRPIN != 0;
+    if pkt.saddr == i.t.daddr {
+        outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, vip)?;
+        pkt.saddr = vip;
+    }
+    if hairpin && pkt.daddr == i.t.saddr {
+        let client = rev.orig_addr.v4_raw();
+        outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, client)?;
+        pkt.daddr = client;
+    }
+    let icmp_csum = pkt.l4() + 2;
+    let (ip, l4) = (i.ip_off as usize, i.l4_off as usize);
+    inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr, vip)?;
+    inner_port(ctx, l4 + 2, icmp_csum, i.t.dport, rev.nat_port)?;
+    if hairpin {
+        inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, rev.orig_addr.v4_raw())?;
+    }
+    inner_port(ctx, l4, icmp_csum, i.t.sport, rev.orig_port)
+}
+
+/// The error quotes VIP → client (the forward entry in
+/// `scratch().other`): make it quote backend → client (at the port the
+/// backend sees), addressed to the backend.
+#[inline(never)]
+fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
+    let s = scratch().ok_or(())?;
+    let (i, fwd): (Inner, CtEntry) = (s.icmp_inner, s.other);
+    if fwd.flags & CT_F_HAIRPIN != 0 {
+        return Ok(()); // the pod is both ends; nothing to hide
+    }
+    let backend = fwd.nat_addr.v4_raw();
+    if pkt.daddr == i.t.saddr {
+        outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, backend)?;
+        pkt.daddr = backend;
+    }
+    let icmp_csum = pkt.l4() + 2;
+    let (ip, l4) = (i.ip_off as usize, i.l4_off as usize);
+    inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, backend)?;
+    inner_port(ctx, l4, icmp_csum, i.t.sport, fwd.nat_port)?;
+    inner_port(ctx, l4 + 2, icmp_csum, i.t.dport, fwd.orig_port)
+}
+
+/// Rewrites an address of the outer IP header (ICMP has no pseudo-header).
+#[inline(always)]
+fn outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4).map_err(|_| ())?;
+    ctx.store(off, &new, 0).map_err(|_| ())
+}
+
+/// Rewrites an address of the quoted IP header at `off`: its header
+/// checksum at `csum_off`, and the ICMP checksum over both changes.
+#[inline(always)]
+fn inner_addr(ctx: &TcContext, off: usize, csum_off: usize, icmp_csum: usize, old: u32, new: u32) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    let old_sum: u16 = ctx.load(csum_off).map_err(|_| ())?;
+    ctx.l3_csum_replace(csum_off, old as u64, new as u64, 4).map_err(|_| ())?;
+    let new_sum: u16 = ctx.load(csum_off).map_err(|_| ())?;
+    ctx.store(off, &new, 0).map_err(|_| ())?;
+    ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 4).map_err(|_| ())?;
+    ctx.l4_csum_replace(icmp_csum, old_sum as u64, new_sum as u64, 2).map_err(|_| ())
+}
+
+/// Rewrites a port of the quoted L4 header (its own checksum is left as
+/// it is: it covers a datagram nobody has, and no receiver checks it).
+#[inline(always)]
+fn inner_port(ctx: &TcContext, off: usize, icmp_csum: usize, old: u16, new: u16) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.store(off, &new, 0).map_err(|_| ())?;
+    ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 2).map_err(|_| ())
+}

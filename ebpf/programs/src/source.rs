@@ -1,0 +1,48 @@
+//! Source validation and what a pod link may carry. A pod may only send
+//! from the addresses the node routes to its link (`WEIR_LINKS`, filled by
+//! the agent from the node's host routes). IPv6 to or from a
+//! policy-isolated pod is dropped until IPv6 policy exists; IPv6 from a
+//! pod must come from its routed addresses or link-local scope.
+
+use weir_common::{addr::Addr, link::LinkInfo};
+
+use crate::maps::{ENDPOINTS, LINKS};
+
+#[inline(always)]
+fn link(ifindex: u32) -> Option<&'static LinkInfo> {
+    // SAFETY: map value reference, valid for the program run; read only.
+    unsafe { LINKS.get(&ifindex) }
+}
+
+/// Whether the pod on `ifindex` may send from `saddr`.
+#[inline(never)]
+pub fn owns(ifindex: u32, saddr: &Addr) -> bool {
+    link(ifindex).is_some_and(|l| l.owns(saddr))
+}
+
+/// Whether any pod address of the link is under a policy (isolated for
+/// ingress or egress).
+#[inline(never)]
+pub fn link_isolated(ifindex: u32) -> bool {
+    let Some(l) = link(ifindex) else { return false };
+    let mut i = 0;
+    while i < weir_common::link::LINK_ADDRS_MAX {
+        if (i as u32) < l.count {
+            // SAFETY: map value reference, read only.
+            if unsafe { ENDPOINTS.get(&l.addrs[i]) }.is_some_and(|e| e.flags != 0) {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// IPv6 source addresses a pod may use without owning them: the
+/// unspecified address (duplicate address detection) and link-local
+/// scope (neighbour discovery), which never leave the link.
+#[inline(always)]
+pub fn v6_link_scope(a: &Addr) -> bool {
+    let b = &a.bytes;
+    (b[0] == 0xfe && b[1] & 0xc0 == 0x80) || *a == Addr::ZERO
+}
