@@ -111,17 +111,25 @@ impl Agent {
         ]
     }
 
-    /// Waits until both pod programs are pinned for the interface.
+    /// Waits until both pod programs are pinned for the interface and the
+    /// agent has learned the addresses routed to it (without them the
+    /// programs drop everything the pod sends as spoofed).
     pub fn wait_attached(&self, ifname: &str, ifindex: u32) {
         let pins = self.link_pins(ifname, ifindex);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
-            if pins.iter().all(|p| p.exists()) {
+            if pins.iter().all(|p| p.exists()) && !self.link_addrs(ifindex).is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("{ifname} not attached within 10s:\n{}", self.log_text());
+        panic!("{ifname} not attached (programs and addresses) within 10s:\n{}", self.log_text());
+    }
+
+    /// The addresses the agent wrote to `WEIR_LINKS` for `ifindex`.
+    pub fn link_addrs(&self, ifindex: u32) -> Vec<std::net::IpAddr> {
+        let layout = weir_datapath::PinLayout::new(&self.bpffs);
+        weir_datapath::links::LinkAddrs::open(&layout).ok().and_then(|l| l.all().remove(&ifindex)).unwrap_or_default()
     }
 
     /// Sends `signal` and waits for the agent to exit; returns its status.

@@ -21,16 +21,60 @@ pub struct Run {
     pub packet: Vec<u8>,
 }
 
-/// Runs `prog` once on `packet`.
+/// BPF_PROG_TEST_RUN runs tc programs on the loopback device of the
+/// caller's namespace unless told otherwise ([`run_on`]).
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Runs `prog` once on `packet`, on the loopback device.
 pub fn run(prog: &SchedClassifier, packet: &[u8]) -> Result<Run, ProgramError> {
+    run_on(prog, packet, TEST_RUN_IFINDEX)
+}
+
+/// Offset of `ifindex` in `struct __sk_buff` (the test run's context).
+const SKB_IFINDEX_OFF: usize = 40;
+
+/// Runs `prog` once on `packet` as if it arrived on `ifindex` (a device of
+/// the caller's namespace).
+pub fn run_on(prog: &SchedClassifier, packet: &[u8], ifindex: u32) -> Result<Run, ProgramError> {
     let mut out = vec![0u8; packet.len() + 256];
+    let mut ctx = [0u8; SKB_IFINDEX_OFF + 4];
+    if ifindex > 1 {
+        ctx[SKB_IFINDEX_OFF..].copy_from_slice(&ifindex.to_ne_bytes());
+    }
     let res = prog.test_run(TestRunOptions {
         data_in: Some(packet),
         data_out: Some(&mut out),
+        ctx_in: (ifindex > 1).then_some(&ctx[..]),
         ..TestRunOptions::default()
     })?;
     out.truncate(res.data_size_out as usize);
     Ok(Run { verdict: res.return_value as i32, packet: out })
+}
+
+/// Makes `addrs` the addresses routed to `ifindex` (`WEIR_LINKS`, as the
+/// agent writes it from host routes): the sources from_pod accepts there.
+pub fn own_sources(layout: &weir_datapath::PinLayout, ifindex: u32, addrs: &[std::net::IpAddr]) {
+    let mut links = weir_datapath::links::LinkAddrs::open(layout).expect("open WEIR_LINKS");
+    links.set(ifindex, addrs).expect("write WEIR_LINKS");
+}
+
+/// A packet with its IPv4 header's flags/fragment-offset word and total
+/// length rewritten (checksum fixed), e.g. to make fragments.
+pub fn with_ipv4_frag(mut p: Vec<u8>, id: u16, more: bool, offset_units: u16) -> Vec<u8> {
+    let word = (if more { 0x2000 } else { 0 }) | (offset_units & 0x1fff);
+    p[18..20].copy_from_slice(&id.to_be_bytes());
+    p[20..22].copy_from_slice(&word.to_be_bytes());
+    fix_ipv4_csum(&mut p);
+    p
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet + IPv4 frame.
+pub fn fix_ipv4_csum(p: &mut [u8]) {
+    let ihl = usize::from(p[14] & 0x0f) * 4;
+    p[24] = 0;
+    p[25] = 0;
+    let c = !fold(sum16(&p[14..14 + ihl]));
+    p[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
 
@@ -134,4 +178,79 @@ pub fn parse_checked_v4(p: &[u8]) -> V4 {
         assert_eq!(fold(sum16(l4)), 0xffff, "bad ICMP checksum");
     }
     V4 { src, dst, proto, sport, dport, l4: l4.to_vec() }
+}
+
+/// Splits an Ethernet + IPv4 (no options) frame into two fragments: the
+/// first carries `first_payload` bytes of the IP payload (a multiple of
+/// 8), the second the rest. Both get IP id `id`.
+pub fn fragments(p: &[u8], id: u16, first_payload: usize) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(first_payload % 8, 0, "fragment payloads come in units of 8 bytes");
+    let (head, payload) = (&p[..34], &p[34..]);
+    let mut a = head.to_vec();
+    a.extend_from_slice(&payload[..first_payload]);
+    let mut b = head.to_vec();
+    b.extend_from_slice(&payload[first_payload..]);
+    for (f, more, off) in [(&mut a, true, 0u16), (&mut b, false, (first_payload / 8) as u16)] {
+        let len = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&len.to_be_bytes());
+        let word = (if more { 0x2000u16 } else { 0 }) | off;
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[20..22].copy_from_slice(&word.to_be_bytes());
+        fix_ipv4_csum(f);
+    }
+    (a, b)
+}
+
+/// An ICMPv4 error (`ty`/`code`, e.g. 3/4 fragmentation needed) from
+/// `src` to `dst` quoting the IP header and the first 8 bytes of L4 of the
+/// Ethernet frame `about`.
+pub fn icmp4_error(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, rest: u32, about: &[u8]) -> Vec<u8> {
+    let quoted = &about[14..14 + 28];
+    let mut icmp = vec![ty, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    let c = !fold(sum16(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC).ipv4(src.octets(), dst.octets(), 64);
+    let mut ip = Vec::new();
+    b.write(&mut ip, etherparse::IpNumber::ICMP, &icmp).expect("icmp error packet");
+    ip
+}
+
+/// A frame with the EtherType `ethertype` and `payload`.
+pub fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(14 + payload.len());
+    v.extend_from_slice(&SERVER_MAC);
+    v.extend_from_slice(&CLIENT_MAC);
+    v.extend_from_slice(&ethertype.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// The tuple an ICMP error quotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quoted {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Parses an Ethernet + IPv4 ICMP error, checking the outer IP checksum,
+/// the ICMP checksum and the quoted IP header's checksum.
+pub fn parse_checked_icmp_error(p: &[u8]) -> (V4, Quoted) {
+    let outer = parse_checked_v4(p);
+    assert_eq!(outer.proto, 1, "not ICMP");
+    let inner = &outer.l4[8..];
+    let ihl = usize::from(inner[0] & 0x0f) * 4;
+    assert_eq!(fold(sum16(&inner[..ihl])), 0xffff, "bad quoted IPv4 header checksum");
+    let q = Quoted {
+        src: Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
+        dst: Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+        proto: inner[9],
+        sport: u16::from_be_bytes([inner[ihl], inner[ihl + 1]]),
+        dport: u16::from_be_bytes([inner[ihl + 2], inner[ihl + 3]]),
+    };
+    (outer, q)
 }

@@ -90,6 +90,7 @@ fn explain_matches_the_kernel_on_random_flows() {
         let s = policy();
         let w = PolicyMaps::open(&layout).expect("policy maps").transition(&s, &s, &s);
         assert!(w.errors.is_empty(), "{:?}", w.errors);
+        testrun::own_sources(&layout, testrun::TEST_RUN_IFINDEX, &[C1.into(), C2.into(), STRANGER.into(), B[1].into()]);
         let maps = Maps::open(&layout).expect("explain maps");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
 

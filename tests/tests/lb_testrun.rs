@@ -37,6 +37,9 @@ fn with_config(cfg: DatapathConfig, f: impl FnOnce(&PodDatapath, &mut Lb, &PinLa
         let mut dp = PodDatapath::load(&layout).expect("load pod object");
         dp.set_config(&cfg).expect("config");
         let mut lb = Lb::open(&layout).expect("open lb maps");
+        let sources: Vec<std::net::IpAddr> =
+            [CLIENT, BACKEND, Ipv4Addr::new(10, 244, 0, 11), Ipv4Addr::new(10, 244, 0, 12), Ipv4Addr::new(10, 244, 0, 13)].map(Into::into).to_vec();
+        testrun::own_sources(&layout, testrun::TEST_RUN_IFINDEX, &sources);
         f(&dp, &mut lb, &layout);
     });
 }
@@ -189,10 +192,21 @@ fn tcp_flows_move_through_states_with_their_own_timeouts() {
         let s = ct_states(lb);
         assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_ESTABLISHED && *ttl > 21_000), "established, 6 h: {s:?}");
 
-        // A FIN closes both directions with the short closing timeout.
+        // One FIN half-closes the connection: the other side may keep
+        // sending for as long as it likes, so the established timeout stays.
         let mut fin = testrun::tcp4((CLIENT, 40010), (VIP, 80), false, b"");
         fin[14 + 20 + 13] = 0x11;
         testrun::run(prog, &fin).expect("fin");
+        let s = ct_states(lb);
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_ESTABLISHED && *ttl > 21_000), "half-closed keeps 6 h: {s:?}");
+        testrun::run(prog, &testrun::tcp4((BACKEND, 8080), (CLIENT, 40010), false, b"more data")).expect("data after the FIN");
+        let s = ct_states(lb);
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_ESTABLISHED && *ttl > 21_000), "still half-closed: {s:?}");
+
+        // The other side's FIN closes both directions with the short timeout.
+        let mut fin2 = testrun::tcp4((BACKEND, 8080), (CLIENT, 40010), false, b"");
+        fin2[14 + 20 + 13] = 0x11;
+        testrun::run(prog, &fin2).expect("fin");
         let s = ct_states(lb);
         assert_eq!(s.iter().map(|x| x.0).collect::<Vec<_>>(), [CT_SVC_FWD, CT_SVC_REV]);
         assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_CLOSING && *ttl <= 10), "closing, 10 s: {s:?}");

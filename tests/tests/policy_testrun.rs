@@ -59,6 +59,7 @@ fn setup(cfg: DatapathConfig) -> Dp {
     let w = maps.transition(&s, &s, &s);
     assert!(w.errors.is_empty(), "{:?}", w.errors);
     assert_eq!(maps.read(), s, "the maps hold exactly the desired state");
+    testrun::own_sources(&layout, testrun::TEST_RUN_IFINDEX, &[SERVER.into(), CLIENT.into(), OUTSIDE.into()]);
     Dp { _dir: dir, dp, layout }
 }
 

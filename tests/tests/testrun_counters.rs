@@ -7,14 +7,14 @@ use weir_common::stats::Direction;
 use weir_datapath::{attach::Hook, stats::read_if_stats, PinLayout, PodDatapath};
 use weir_tests::{names, node::BpffsDir, privileged, testrun};
 
-/// BPF_PROG_TEST_RUN runs tc programs on the loopback device of the
-/// caller's namespace.
-const TEST_RUN_IFINDEX: u32 = 1;
+use testrun::TEST_RUN_IFINDEX;
 
 fn load() -> (BpffsDir, PodDatapath) {
     privileged::require();
     let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirtr")));
-    let dp = PodDatapath::load(&PinLayout::new(&dir.path)).expect("load pod object");
+    let layout = PinLayout::new(&dir.path);
+    let dp = PodDatapath::load(&layout).expect("load pod object");
+    testrun::own_sources(&layout, TEST_RUN_IFINDEX, &[Ipv4Addr::new(10, 244, 0, 2).into()]);
     (dir, dp)
 }
 

@@ -180,6 +180,17 @@ impl Conntrack {
     pub fn gc(&mut self, now_ns: u64) -> GcOutcome {
         let created_before = self.stat(CtStat::Created);
         let entries = self.entries();
+        self.collect_scanned(created_before, entries, now_ns)
+    }
+
+    /// [`Conntrack::gc`] on a scan taken earlier: whatever happened to the
+    /// table since, only entries that are still dead when taken out go.
+    pub fn collect(&mut self, scan: Vec<(CtKey, CtEntry)>, now_ns: u64) -> GcOutcome {
+        let created_before = self.stat(CtStat::Created);
+        self.collect_scanned(created_before, scan, now_ns)
+    }
+
+    fn collect_scanned(&mut self, created_before: u64, entries: Vec<(CtKey, CtEntry)>, now_ns: u64) -> GcOutcome {
         let alive: HashSet<CtKey> = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).map(|(k, _)| *k).collect();
         let mut out = GcOutcome::default();
         let mut owners: StdHashMap<u32, u64> = StdHashMap::new();

@@ -12,15 +12,16 @@ use weir_common::{
     addr::Addr,
     config::DatapathConfig,
     ct::{CtEntry, CtKey, CT_F_HAIRPIN, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, CT_STATE_CLOSED, CT_STATE_CLOSING},
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, PROTO_TCP, SVC_F_TERMINATING_FALLBACK},
-    maps::{AFFINITY, BACKENDS, CONFIG, CT, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, POLICY},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP},
+    link::LinkInfo,
+    maps::{AFFINITY, BACKENDS, CONFIG, CT, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POLICY},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, DIR_EGRESS, DIR_INGRESS, POLICY_PREFIX_FULL},
 };
 use weir_logic::{
     ct::is_alive,
     hash::flow_hash,
     policy::{decide, PolicyMaps},
-    select::{affinity_valid, choose_slot, has_affinity, SlotChoice},
+    select::{affinity_valid, choose_slot, eligible, has_affinity, SlotChoice},
 };
 
 use crate::{mmap::MmapU32Array, pinned, pins::PinLayout, DatapathError};
@@ -91,6 +92,9 @@ pub struct Explanation {
     pub backend: Option<BackendChoice>,
     /// Address and port after translation, when translated.
     pub nat: Option<(IpAddr, u16)>,
+    /// The pod link (host-side ifindex) whose routed addresses include the
+    /// source; `None`: no pod link owns it, and from_pod drops it.
+    pub link: Option<u32>,
     /// The flow is already allowed by the policy's conntrack.
     pub policy_conntrack: bool,
     pub policy: Vec<PolicyStep>,
@@ -107,6 +111,7 @@ pub struct Maps {
     endpoints: HashMap<MapData, Addr, EndpointInfo>,
     ipcache: LpmTrie<MapData, Addr, IpInfo>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    links: HashMap<MapData, u32, LinkInfo>,
 }
 
 impl PolicyMaps for Maps {
@@ -143,6 +148,7 @@ impl Maps {
             endpoints: pinned::hash(layout, ENDPOINTS)?,
             ipcache: lpm(layout, IPCACHE)?,
             policy: lpm(layout, POLICY)?,
+            links: pinned::hash(layout, LINKS)?,
         })
     }
 
@@ -165,11 +171,22 @@ impl Maps {
     pub fn explain(&self, p: &Packet, now_ns: u64) -> Result<Explanation, DatapathError> {
         let (src, dst) = (Addr::from(p.src), Addr::from(p.dst));
         let cfg = self.config();
-        let mut x = Explanation { verdict: "forward", reason: String::new(), service: None, backend: None, nat: None, policy_conntrack: false, policy: Vec::new() };
+        let mut x = Explanation { verdict: "forward", reason: String::new(), service: None, backend: None, nat: None, link: None, policy_conntrack: false, policy: Vec::new() };
 
-        // A reply of a service flow: reverse NAT, no policy (return traffic).
-        if let Ok(e) = self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV), 0) {
-            let twin = ct_key(e.orig_addr, e.nat_addr, p.dport, u16::from_be(e.nat_port), p.proto, CT_SVC_FWD);
+        // Source validation: only the link the node routes the source to
+        // may send from it.
+        x.link = self.links.iter().filter_map(Result::ok).find(|(_, l)| l.owns(&src)).map(|(i, _)| i);
+        if x.link.is_none() {
+            x.verdict = "drop";
+            x.reason = format!("no pod link owns the source {}: a spoofed source is dropped", p.src);
+            return Ok(x);
+        }
+
+        // A reply of a service flow: reverse NAT, no policy (return
+        // traffic). A TCP SYN is never a reply.
+        let rev = if p.proto == PROTO_TCP { None } else { self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV), 0).ok() };
+        if let Some(e) = rev {
+            let twin = ct_key(e.orig_addr, e.nat_addr, u16::from_be(e.orig_port), u16::from_be(e.nat_port), p.proto, CT_SVC_FWD);
             if is_alive(&e, now_ns) || self.ct_alive(&twin, now_ns).is_some() {
                 x.nat = Some((IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)));
                 x.reason = format!("reply of a service flow: source rewritten to the service address {}", IpAddr::from(e.nat_addr));
@@ -255,11 +272,15 @@ impl Maps {
         Ok(x)
     }
 
+    /// As `policy::tracked` for a first packet (a TCP SYN): the opener's
+    /// own entry unless a SYN reopens it; a reply only for UDP.
     fn policy_tracked(&self, src: Addr, dst: Addr, p: &Packet, now: u64) -> bool {
-        let reopen = p.proto == PROTO_TCP;
-        [ct_key(src, dst, p.sport, p.dport, p.proto, CT_POLICY), ct_key(dst, src, p.dport, p.sport, p.proto, CT_POLICY)].iter().any(|k| {
-            self.ct_alive(k, now).is_some_and(|e| !(reopen && (e.state == CT_STATE_CLOSING || e.state == CT_STATE_CLOSED)))
-        })
+        let tcp = p.proto == PROTO_TCP;
+        let own = self.ct_alive(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_POLICY), now);
+        if own.is_some_and(|e| !(tcp && (e.state == CT_STATE_CLOSING || e.state == CT_STATE_CLOSED))) {
+            return true;
+        }
+        !tcp && self.ct_alive(&ct_key(dst, src, p.dport, p.sport, p.proto, CT_POLICY), now).is_some()
     }
 
     /// The backend for a new packet of `p`, as `lb::forward` chooses it.
@@ -269,9 +290,10 @@ impl Maps {
         let fkey = ct_key(client, vip, p.sport, p.dport, p.proto, CT_SVC_FWD);
         if let Ok(e) = self.ct.get(&fkey, 0) {
             let dst = if e.flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr } else { client };
-            let rkey = CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: p.sport.to_be(), proto: p.proto, kind: CT_SVC_REV, _pad: 0 };
+            let rkey = CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: e.orig_port, proto: p.proto, kind: CT_SVC_REV, _pad: 0 };
             let live = is_alive(&e, now) || self.ct_alive(&rkey, now).is_some();
-            if live && e.svc_id == svc.id {
+            let reopened = p.proto == PROTO_TCP && (e.state == CT_STATE_CLOSING || e.state == CT_STATE_CLOSED);
+            if live && e.svc_id == svc.id && !reopened {
                 if let Some(b) = self.backend(e.backend_id).filter(|b| b.addr == e.nat_addr && b.port == e.nat_port) {
                     return Ok(Some(choice(e.backend_id, &b, Why::ExistingConntrack)));
                 }
@@ -284,7 +306,7 @@ impl Maps {
             if let Ok(a) = self.affinity.get(&AffinityKey { svc_id: svc.id, client }, 0) {
                 if affinity_valid(svc, a.last_ns, now) {
                     if let Some(b) = self.backend(a.backend_id) {
-                        if b.flags & BACKEND_F_TERMINATING == 0 || svc.flags & SVC_F_TERMINATING_FALLBACK != 0 {
+                        if eligible(&b, svc) {
                             return Ok(Some(choice(a.backend_id, &b, Why::Affinity)));
                         }
                     }
