@@ -33,18 +33,29 @@ pub fn run(prog: &SchedClassifier, packet: &[u8]) -> Result<Run, ProgramError> {
 /// Offset of `ifindex` in `struct __sk_buff` (the test run's context).
 const SKB_IFINDEX_OFF: usize = 40;
 
+/// Offset of `ingress_ifindex` in `struct __sk_buff`.
+const SKB_INGRESS_IFINDEX_OFF: usize = 36;
+
 /// Runs `prog` once on `packet` as if it arrived on `ifindex` (a device of
 /// the caller's namespace).
 pub fn run_on(prog: &SchedClassifier, packet: &[u8], ifindex: u32) -> Result<Run, ProgramError> {
+    run_from(prog, packet, ifindex, 0)
+}
+
+/// Runs `prog` once on `packet` on `ifindex`, as a packet that entered the
+/// node on `ingress_ifindex` (0: the node itself sent it).
+pub fn run_from(prog: &SchedClassifier, packet: &[u8], ifindex: u32, ingress_ifindex: u32) -> Result<Run, ProgramError> {
     let mut out = vec![0u8; packet.len() + 256];
     let mut ctx = [0u8; SKB_IFINDEX_OFF + 4];
     if ifindex > 1 {
         ctx[SKB_IFINDEX_OFF..].copy_from_slice(&ifindex.to_ne_bytes());
     }
+    ctx[SKB_INGRESS_IFINDEX_OFF..SKB_IFINDEX_OFF].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    let with_ctx = ifindex > 1 || ingress_ifindex != 0;
     let res = prog.test_run(TestRunOptions {
         data_in: Some(packet),
         data_out: Some(&mut out),
-        ctx_in: (ifindex > 1).then_some(&ctx[..]),
+        ctx_in: with_ctx.then_some(&ctx[..]),
         ..TestRunOptions::default()
     })?;
     out.truncate(res.data_size_out as usize);
@@ -164,17 +175,21 @@ pub fn parse_checked_v4(p: &[u8]) -> V4 {
     let proto = ip[9];
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let (first, whole) = (frag & 0x1fff == 0, frag & 0x3fff == 0);
     let (sport, dport) = match proto {
-        6 | 17 => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        6 | 17 if first => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
         _ => (0, 0),
     };
-    let udp_zero = proto == 17 && l4[6] == 0 && l4[7] == 0;
-    if (proto == 6 || proto == 17) && !udp_zero {
+    // A fragment's L4 checksum covers the whole datagram: checked by the
+    // caller after reassembly.
+    let udp_zero = proto == 17 && first && l4[6] == 0 && l4[7] == 0;
+    if whole && (proto == 6 || proto == 17) && !udp_zero {
         let mut s = sum16(&ip[12..20]) + u32::from(proto) + l4.len() as u32;
         s += sum16(l4);
         assert_eq!(fold(s), 0xffff, "bad L4 checksum (proto {proto})");
     }
-    if proto == 1 {
+    if whole && proto == 1 {
         assert_eq!(fold(sum16(l4)), 0xffff, "bad ICMP checksum");
     }
     V4 { src, dst, proto, sport, dport, l4: l4.to_vec() }

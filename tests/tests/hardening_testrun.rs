@@ -40,6 +40,8 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const EVIL: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 66);
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+/// The "uplink" packets for to_pod runs came in on (any ifindex but 0).
+const UPLINK_IFINDEX: u32 = 1;
 
 /// One test's datapath: the pod object loaded in a fresh namespace.
 struct Fx {
@@ -54,20 +56,24 @@ impl Fx {
         self.dp.program(hook).expect("program")
     }
 
-    /// Runs `hook` on `pkt` as if it arrived on `ifindex`.
+    /// Runs `hook` on `pkt` on `ifindex`. to_pod runs see the packet as
+    /// one that entered the node on another interface (not from the node
+    /// itself, whose own traffic to pods is allowed).
     fn run(&self, hook: Hook, ifindex: u32, pkt: &[u8]) -> testrun::Run {
-        testrun::run_on(self.prog(hook), pkt, ifindex).expect("test_run")
+        let ingress = if hook == Hook::ToPod { UPLINK_IFINDEX } else { 0 };
+        testrun::run_from(self.prog(hook), pkt, ifindex, ingress).expect("test_run")
     }
 
-    /// A dummy device standing in for another pod link, owning `addrs`
-    /// (created in the test's namespace: this thread's, which `ip`
-    /// inherits).
+    /// A veth standing in for another pod link, owning `addrs` (created
+    /// in the test's namespace: this thread's, which `ip` inherits; this
+    /// kernel has no dummy devices).
     fn link(&self, name: &str, addrs: &[IpAddr]) -> u32 {
-        weir_tests::cmd::output(&["ip", "link", "add", name, "type", "dummy"]);
+        let peer = format!("{name}p");
+        weir_tests::cmd::output(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
         let c = std::ffi::CString::new(name).expect("name");
         // SAFETY: a valid C string; the call only reads it.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert_ne!(ifindex, 0, "dummy {name} was not created");
+        assert_ne!(ifindex, 0, "veth {name} was not created");
         testrun::own_sources(&self.layout, ifindex, addrs);
         ifindex
     }
@@ -126,7 +132,7 @@ fn a_pod_cannot_send_from_an_address_not_routed_to_its_link() {
         let spoofed = testrun::udp4((BACKEND, 4000), (CLIENT, 53), b"not mine");
         let run = fx.run(Hook::FromPod, fx.ns_lo, &spoofed);
         assert_eq!(run.verdict, TC_ACT_SHOT, "a source the node routes to another link");
-        let unknown = fx.link("weirdummy0", &[]);
+        let unknown = fx.link("weirnoaddr", &[]);
         assert_eq!(fx.run(Hook::FromPod, unknown, &own).verdict, TC_ACT_SHOT, "a link with no routed address sends nothing");
         assert_eq!(fx.drops(DropReason::SpoofedSource), 2);
     });
