@@ -10,6 +10,7 @@ pub mod agent;
 pub mod bench;
 pub mod bins;
 pub mod cmd;
+pub mod hostile;
 pub mod containerd;
 pub mod kubeapi;
 pub mod names;

@@ -4,7 +4,12 @@
 use std::{io::{Read as _, Write as _}, net::SocketAddr, time::Duration};
 
 use serde::Serialize;
-use weir_datapath::{inventory::{self, MapFill}, PinLayout};
+use weir_datapath::{
+    ct::{monotonic_ns, Conntrack, CtAccount},
+    inventory::{self, MapFill},
+    links::LinkAddrs as LinkMap,
+    PinLayout,
+};
 
 use crate::{ifnames, output::{print_table, Format}};
 
@@ -18,10 +23,20 @@ struct Attachment {
 }
 
 #[derive(Debug, Serialize)]
+struct LinkAddrs {
+    ifindex: u32,
+    ifname: Option<String>,
+    /// The addresses routed to the link: the only sources it may send from.
+    addrs: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Serialize)]
 struct Status {
     /// "ready", "starting" or "not running" (nothing answers on the metrics address).
     agent: &'static str,
     attachments: Vec<Attachment>,
+    links: Vec<LinkAddrs>,
+    conntrack: CtAccount,
     maps: Vec<MapFill>,
 }
 
@@ -53,7 +68,13 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
             hook: p.hook.as_str().to_string(),
         })
         .collect();
-    let st = Status { agent: agent_health(metrics_addr), attachments, maps };
+    let links = LinkMap::open(layout)?
+        .all()
+        .into_iter()
+        .map(|(ifindex, addrs)| LinkAddrs { ifindex, ifname: ifnames::name_of(ifindex), addrs })
+        .collect();
+    let conntrack = Conntrack::open(layout)?.account(monotonic_ns());
+    let st = Status { agent: agent_health(metrics_addr), attachments, links, conntrack, maps };
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
@@ -65,6 +86,33 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
         .map(|a| vec![a.ifname.clone(), a.ifindex.to_string(), a.hook.clone(), if a.present { "yes".into() } else { "GONE".into() }])
         .collect();
     print_table(&["INTERFACE", "IFINDEX", "PROGRAM", "PRESENT"], &rows);
+    println!();
+    let rows: Vec<Vec<String>> = st
+        .links
+        .iter()
+        .map(|l| {
+            let addrs: Vec<String> = l.addrs.iter().map(ToString::to_string).collect();
+            vec![l.ifname.clone().unwrap_or_else(|| "?".into()), l.ifindex.to_string(), addrs.join(",")]
+        })
+        .collect();
+    print_table(&["POD LINK", "IFINDEX", "SOURCES ALLOWED"], &rows);
+    println!();
+    let c = &st.conntrack;
+    println!(
+        "conntrack: {} entries ({} live) of {} ({:.1}%); evicted {}, insert failures {}, refused by quota {}, halves rebuilt {}, ports remapped {}",
+        c.entries,
+        c.live,
+        c.capacity,
+        c.entries as f64 * 100.0 / c.capacity.max(1) as f64,
+        c.evicted,
+        c.insert_failed,
+        c.quota_refused,
+        c.half_rebuilt,
+        c.port_remapped
+    );
+    if c.evicted > 0 {
+        println!("  the table filled up: raise --ct-max-entries, or lower --ct-max-per-endpoint");
+    }
     println!();
     let rows: Vec<Vec<String>> = st
         .maps

@@ -7,6 +7,8 @@ use aya::maps::{
 use weir_common::{
     addr::Addr,
     ct::{CtEntry, CtKey},
+    frag::{FragKey, FragValue},
+    link::LinkInfo,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
     maps::*,
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue},
@@ -31,7 +33,10 @@ fn count<I: Iterator<Item = Result<T, E>>, T, E>(it: I) -> u64 {
 /// Every pinned map weir knows, in a stable order.
 pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
     layout.require_existing()?;
-    let names = [IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT, CONFIG, ENDPOINTS, IPCACHE, POLICY, EVENTS];
+    let names = [
+        IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
+        FRAGS, EVENTS,
+    ];
     let mut out = Vec::new();
     for name in names {
         let info = MapInfo::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
@@ -42,6 +47,9 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
             n if n == BACKENDS => Some(count(pinned::typed::<HashMap<MapData, u32, Backend>>(layout, n)?.keys())),
             n if n == AFFINITY => Some(count(pinned::typed::<HashMap<MapData, AffinityKey, AffinityValue>>(layout, n)?.keys())),
             n if n == CT => Some(count(pinned::typed::<HashMap<MapData, CtKey, CtEntry>>(layout, n)?.keys())),
+            n if n == CT_OWNERS => Some(count(pinned::typed::<HashMap<MapData, u32, u64>>(layout, n)?.keys())),
+            n if n == LINKS => Some(count(pinned::typed::<HashMap<MapData, u32, LinkInfo>>(layout, n)?.keys())),
+            n if n == FRAGS => Some(count(pinned::typed::<HashMap<MapData, FragKey, FragValue>>(layout, n)?.keys())),
             n if n == ENDPOINTS => Some(count(pinned::typed::<HashMap<MapData, Addr, EndpointInfo>>(layout, n)?.keys())),
             n if n == IPCACHE => Some(count(pinned::typed::<LpmTrie<MapData, Addr, IpInfo>>(layout, n)?.keys())),
             n if n == POLICY => Some(count(pinned::typed::<LpmTrie<MapData, PolicyKeyData, PolicyValue>>(layout, n)?.keys())),
