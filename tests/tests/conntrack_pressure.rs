@@ -1,0 +1,106 @@
+//! Conntrack under pressure, with real traffic through the real agent: a
+//! pod spraying new tuples cannot evict another pod's connections (the
+//! per-endpoint quota), and a table that fills up anyway is reported in
+//! /metrics, `weir status` and the log, never silently.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use weir_tests::{
+    hostile::{connect, read_line, spray_udp, PushServer},
+    services::{ready, yaml_service},
+    Node,
+};
+
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
+const SINK: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
+const SINK_PORTS: [u16; 5] = [53, 54, 55, 56, 57];
+
+/// A UDP Service on SINK with five ports, all to `backend`:9.
+fn sink_service(backend: Ipv4Addr) -> String {
+    let ports: Vec<String> = SINK_PORTS.iter().map(|p| format!("{{name: p{p}, port: {p}, targetPort: 9, protocol: UDP}}")).collect();
+    let slice_ports: Vec<String> = SINK_PORTS.iter().map(|p| format!("{{name: p{p}, port: 9, protocol: UDP}}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: sink, namespace: default}}\nspec:\n  clusterIP: {SINK}\n  ports: [{}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: sink-1, namespace: default, labels: {{kubernetes.io/service-name: sink}}}}\n\
+         addressType: IPv4\nports: [{}]\nendpoints:\n- addresses: [{backend}]\n  conditions: {{ready: true}}\n",
+        ports.join(", "),
+        slice_ports.join(", ")
+    )
+}
+
+fn metric(node: &Node, prefix: &str) -> u64 {
+    node.agent_http("/metrics")
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_pod_spraying_new_tuples_cannot_evict_another_pods_connection() {
+    let node = Node::new();
+    let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
+    let server = node.pod("server", Ipv4Addr::new(10, 244, 0, 3));
+    let sprayer = node.pod("sprayer", Ipv4Addr::new(10, 244, 0, 4));
+    let sink = node.pod("sink", Ipv4Addr::new(10, 244, 0, 5));
+    node.write_source("web.yaml", yaml_service("web", WEB, 80, "TCP", 8080, &ready(&[server.ip])).as_bytes());
+    node.write_source("sink.yaml", sink_service(sink.ip).as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    for p in [&client, &server, &sprayer, &sink] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    // The server speaks first, after the spray: its packet needs the
+    // flow's reverse entry, which is what an eviction would take.
+    let push = PushServer::start(server.ns(), 8080, "push\n");
+    let mut stream = connect(client.ns(), WEB, 80, Duration::from_secs(3)).expect("connect through the VIP");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+
+    let start = Instant::now();
+    let sent = spray_udp(sprayer.ns(), sprayer.ip, SINK, SINK_PORTS.to_vec(), 300_000).expect("spray");
+    eprintln!("sprayed {sent} UDP tuples in {:?}", start.elapsed());
+    assert!(sent >= 290_000, "the spray went out: {sent}");
+
+    push.push();
+    assert_eq!(read_line(&mut stream).expect("the server's line reaches the client"), "push", "the idle connection survived the spray");
+
+    let out = node.weir(&["stats", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats json");
+    let refused = v["drops"]["ct_quota"].as_u64().unwrap_or(0);
+    assert!(refused > 200_000, "the sprayer's flows beyond its quota were refused, not admitted: {refused}");
+    assert!(metric(&node, "weir_conntrack_events_total{event=\"quota_refused\"}") > 0, "and /metrics says so");
+}
+
+#[test]
+fn a_full_conntrack_table_is_reported_not_silent() {
+    let node = Node::new();
+    let sprayer = node.pod("sprayer", Ipv4Addr::new(10, 244, 0, 4));
+    let sink = node.pod("sink", Ipv4Addr::new(10, 244, 0, 5));
+    node.write_source("sink.yaml", sink_service(sink.ip).as_bytes());
+    let mut agent = node.start_agent_with(&["--ct-max-entries", "4096", "--ct-max-per-endpoint", "0", "--ct-gc-interval", "1"]);
+    agent.wait_synced();
+    agent.wait_attached(&sprayer.host_if, sprayer.host_ifindex);
+    agent.wait_attached(&sink.host_if, sink.host_ifindex);
+    let sent = spray_udp(sprayer.ns(), sprayer.ip, SINK, SINK_PORTS.to_vec(), 20_000).expect("spray");
+    assert!(sent >= 19_000, "{sent}");
+
+    let start = Instant::now();
+    let mut evicted = 0;
+    while start.elapsed() < Duration::from_secs(10) && evicted == 0 {
+        std::thread::sleep(Duration::from_millis(200));
+        evicted = metric(&node, "weir_conntrack_evictions_total");
+    }
+    assert!(evicted > 10_000, "/metrics counts the evictions of a full table: {evicted}");
+    let out = node.weir(&["status", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert!(v["conntrack"]["evicted"].as_u64().unwrap_or(0) > 10_000, "weir status shows them: {}", v["conntrack"]);
+    assert_eq!(v["conntrack"]["capacity"].as_u64(), Some(4096));
+    let text = node.weir(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("the table filled up"), "{}", String::from_utf8_lossy(&text.stdout));
+    agent.wait_for_log("conntrack table full", 1);
+}
