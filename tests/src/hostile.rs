@@ -58,8 +58,10 @@ pub fn udp_with_ttl(ns: &NetNs, dst: Ipv4Addr, port: u16, ttl: u32, timeout: Dur
 
 /// Sends `count` UDP datagrams from `src` through a raw socket, cycling
 /// through source ports 1024..61024 and then the destination ports in
-/// `dports`: `count` distinct tuples. Returns how many were sent.
-pub fn spray_udp(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, dports: Vec<u16>, count: usize) -> io::Result<usize> {
+/// `dports`: `count / rounds` distinct tuples, each sent `rounds` times
+/// in a row (a tuple seen twice looks like a flow in use to an LRU).
+/// Returns how many were sent.
+pub fn spray_udp(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, dports: Vec<u16>, count: usize, rounds: usize) -> io::Result<usize> {
     ns.run(move || {
         // SAFETY: plain socket(2) call; the fd is owned below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
@@ -76,7 +78,8 @@ pub fn spray_udp(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, dports: Vec<u16>, cou
         };
         let mut sent = 0;
         let mut pkt = Vec::with_capacity(64);
-        for i in 0..count {
+        for n in 0..count {
+            let i = n / rounds.max(1);
             let sport = 1024 + (i % 60_000) as u16;
             let dport = dports[(i / 60_000) % dports.len()];
             pkt.clear();
@@ -96,6 +99,12 @@ pub fn spray_udp(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, dports: Vec<u16>, cou
                 sent += 1;
             } else if io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
                 std::thread::sleep(Duration::from_micros(50));
+            }
+            // The veth hands packets to a per-CPU backlog of
+            // netdev_max_backlog (1,000) packets: pace the bursts so the
+            // packets reach the host side's tc hook instead of overflowing it.
+            if n % 256 == 255 {
+                std::thread::sleep(Duration::from_micros(300));
             }
         }
         Ok(sent)
