@@ -80,8 +80,9 @@ pub fn with_ipv4_frag(mut p: Vec<u8>, id: u16, more: bool, offset_units: u16) ->
 }
 
 /// Recomputes the IPv4 header checksum of an Ethernet + IPv4 frame.
+/// (A header length beyond the frame is summed as far as the frame goes.)
 pub fn fix_ipv4_csum(p: &mut [u8]) {
-    let ihl = usize::from(p[14] & 0x0f) * 4;
+    let ihl = (usize::from(p[14] & 0x0f) * 4).min(p.len() - 14);
     p[24] = 0;
     p[25] = 0;
     let c = !fold(sum16(&p[14..14 + ihl]));

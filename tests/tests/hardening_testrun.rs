@@ -173,6 +173,19 @@ fn no_other_pod_can_delete_a_live_reverse_entry() {
     });
 }
 
+#[test]
+fn a_packet_into_a_pod_must_be_addressed_to_it() {
+    with(DatapathConfig::DEFAULT, |fx| {
+        let to_me = testrun::udp4((EVIL, 4000), (CLIENT, 53), b"hi");
+        assert_eq!(fx.run(Hook::ToPod, fx.ns_lo, &to_me).verdict, TC_ACT_OK);
+        for dst in [BACKEND, Ipv4Addr::new(224, 0, 0, 1), Ipv4Addr::BROADCAST] {
+            let p = testrun::udp4((EVIL, 4000), (dst, 53), b"not for this pod");
+            assert_eq!(fx.run(Hook::ToPod, fx.ns_lo, &p).verdict, TC_ACT_SHOT, "{dst} on the client's link");
+        }
+        assert_eq!(fx.drops(DropReason::NotForPod), 3);
+    });
+}
+
 // ------------------------------------------------------ policy conntrack
 
 /// V (endpoint 1) admits nothing; A (endpoint 2) admits anyone on 5555.
@@ -349,13 +362,15 @@ fn a_fragmented_syn_to_a_denied_port_never_passes_and_orphans_are_dropped() {
         s.endpoints.insert(IpAddr::V4(BACKEND), EndpointSpec { id: 1, identity: 401, ingress_isolated: true, egress_isolated: false });
         s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_INGRESS, identity: ID_ANY, proto: 6, port: 80, port_bits: 16 }, PolicyValue::allow(1));
         fx.policy(&s);
+        let backend_link = fx.link("weirbackend", &[BACKEND.into()]);
         let syn = testrun::tcp4((CLIENT, 40000), (BACKEND, 22), true, &[0x41; 40]);
         let (f1, f2) = testrun::fragments(&syn, 0x77, 24);
-        for hook in [Hook::FromPod, Hook::ToPod] {
-            assert_eq!(fx.run(hook, fx.ns_lo, &f1).verdict, TC_ACT_SHOT, "{hook:?}: the first fragment is judged and denied");
-            assert_eq!(fx.run(hook, fx.ns_lo, &f2).verdict, TC_ACT_SHOT, "{hook:?}: its later fragment has nothing to ride");
+        for (hook, link) in [(Hook::FromPod, fx.ns_lo), (Hook::ToPod, backend_link)] {
+            assert_eq!(fx.run(hook, link, &f1).verdict, TC_ACT_SHOT, "{hook:?}: the first fragment is judged and denied");
+            assert_eq!(fx.run(hook, link, &f2).verdict, TC_ACT_SHOT, "{hook:?}: its later fragment has nothing to ride");
         }
-        assert!(fx.drops(DropReason::FragmentUnknown) >= 2);
+        assert_eq!(fx.drops(DropReason::PolicyDenied), 2);
+        assert_eq!(fx.drops(DropReason::FragmentUnknown), 2);
         // An allowed port: both fragments pass.
         let ok = testrun::tcp4((CLIENT, 40001), (BACKEND, 80), true, &[0x41; 40]);
         let (g1, g2) = testrun::fragments(&ok, 0x78, 24);
@@ -363,7 +378,8 @@ fn a_fragmented_syn_to_a_denied_port_never_passes_and_orphans_are_dropped() {
         assert_eq!(fx.run(Hook::FromPod, fx.ns_lo, &g2).verdict, TC_ACT_OK);
         // A later fragment of a datagram never seen.
         let (_, orphan) = testrun::fragments(&testrun::udp4((CLIENT, 4), (BACKEND, 80), &[0; 64]), 0x99, 32);
-        assert_eq!(fx.run(Hook::ToPod, fx.ns_lo, &orphan).verdict, TC_ACT_SHOT);
+        assert_eq!(fx.run(Hook::ToPod, backend_link, &orphan).verdict, TC_ACT_SHOT);
+        assert_eq!(fx.drops(DropReason::FragmentUnknown), 3);
     });
 }
 

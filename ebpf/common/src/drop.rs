@@ -35,10 +35,13 @@ pub enum DropReason {
     /// A new service flow's reply tuple is taken and no free source port
     /// was found to remap it.
     TupleCollision = 13,
+    /// A packet on its way into a pod whose destination is not one of the
+    /// pod's addresses (the mirror of source validation).
+    NotForPod = 14,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -52,6 +55,7 @@ impl DropReason {
         DropReason::IcmpUnrelated,
         DropReason::CtQuota,
         DropReason::TupleCollision,
+        DropReason::NotForPod,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -69,6 +73,7 @@ impl DropReason {
             Self::IcmpUnrelated => "icmp_unrelated",
             Self::CtQuota => "ct_quota",
             Self::TupleCollision => "tuple_collision",
+            Self::NotForPod => "not_for_pod",
         }
     }
 

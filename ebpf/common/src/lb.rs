@@ -8,6 +8,13 @@
 use crate::addr::Addr;
 
 pub const PROTO_TCP: u8 = 6;
+
+/// skb mark bit the pod program sets on packets it translated (service
+/// DNAT, reverse NAT, translated ICMP errors). Only the node's own
+/// datapath can set it: marks are scrubbed when a packet crosses network
+/// namespaces, so neither a pod nor a packet from outside the node
+/// carries it. to_pod lets a packet ride a service flow only with it.
+pub const MARK_TRANSLATED: u32 = 0x0000_0200;
 pub const PROTO_UDP: u8 = 17;
 
 /// Key of `WEIR_FRONTENDS`. A key with port 0 and proto 0 marks an

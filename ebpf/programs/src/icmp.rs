@@ -92,19 +92,19 @@ pub fn error_from_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
         s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_REV);
         if live(now) {
             return match to_client(ctx, pkt) {
-                Ok(()) => redirect_v4(ctx, pkt),
+                Ok(()) => translated(ctx, pkt),
                 Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
             };
         }
         s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_FWD);
         if live(now) {
             return match to_backend(ctx, pkt) {
-                Ok(()) => redirect_v4(ctx, pkt),
+                Ok(()) => translated(ctx, pkt),
                 Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
             };
         }
     }
-    if policy::error_enforced(pkt) && !policy::related(&i.t, now) {
+    if policy::error_enforced(pkt) && !policy::related(pkt.daddr, &i.t, now) {
         return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
     }
     TC_ACT_OK as i32
@@ -130,16 +130,23 @@ pub fn error_to_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
                 Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
             };
         }
-        // It quotes the pod's packet to a service, already translated.
+        // It quotes the pod's packet to a service, already translated
+        // (by this datapath: marked).
         s.pkey = key(is, id, i.t.sport, i.t.dport, i.t.proto, CT_SVC_FWD);
-        if conntrack::alive(&s.pkey, now) {
+        if crate::nat::take_translated(ctx) && conntrack::alive(&s.pkey, now) {
             return TC_ACT_OK as i32;
         }
     }
-    if policy::error_enforced(pkt) && !policy::related(&i.t, now) {
+    if policy::error_enforced(pkt) && !policy::related(pkt.daddr, &i.t, now) {
         return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
     }
     TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn translated(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
+    crate::nat::mark_translated(ctx);
+    redirect_v4(ctx, pkt)
 }
 
 /// Whether the entry behind `scratch().pkey` is alive; copies it to

@@ -32,7 +32,7 @@ use crate::{
     fwd::redirect_v4,
     hdr::Ipv4Pkt,
     maps::{read, scratch, AFFINITY, BACKENDS, FRONTENDS, LB_TABLE},
-    nat::{dnat, snat},
+    nat::{dnat, mark_translated, snat},
     policy::Tuple,
 };
 
@@ -144,6 +144,7 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if dnat(ctx, pkt, to, s.rev.orig_port).is_err() {
         return reject_malformed();
     }
+    mark_translated(ctx);
     redirect_v4(ctx, pkt)
 }
 
@@ -399,6 +400,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
     if snat(ctx, pkt, from, from_port).is_err() {
         return reject_malformed();
     }
+    mark_translated(ctx);
     redirect_v4(ctx, pkt)
 }
 

@@ -60,3 +60,22 @@ pub fn snat(ctx: &TcContext, pkt: &mut Ipv4Pkt, addr: u32, port: u16) -> Result<
     pkt.sport = port;
     Ok(())
 }
+
+/// Marks the packet as translated by this datapath (see
+/// `weir_common::lb::MARK_TRANSLATED`).
+#[inline(always)]
+pub fn mark_translated(ctx: &TcContext) {
+    // SAFETY: the context pointer is valid; tc programs may write the mark.
+    unsafe { (*ctx.skb.skb).mark |= weir_common::lb::MARK_TRANSLATED };
+}
+
+/// Whether the packet carries the mark, clearing it.
+#[inline(always)]
+pub fn take_translated(ctx: &TcContext) -> bool {
+    // SAFETY: as above.
+    unsafe {
+        let m = (*ctx.skb.skb).mark;
+        (*ctx.skb.skb).mark = m & !weir_common::lb::MARK_TRANSLATED;
+        m & weir_common::lb::MARK_TRANSLATED != 0
+    }
+}

@@ -99,9 +99,11 @@ fn enforced(t: &Tuple) -> bool {
 pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
     let src = endpoint(t.saddr);
     let dst = endpoint(t.daddr);
-    // A pod may always reach itself (through its own service).
+    // A pod may always reach itself (through its own service). Only its
+    // own link can send such a flow: at to_pod, a packet claiming to come
+    // from the pod itself came from somewhere else.
     if let (Some(s), Some(d)) = (src, dst) {
-        if s.id == d.id {
+        if s.id == d.id && mode & CHECK_EGRESS != 0 {
             return true;
         }
     }
@@ -218,7 +220,9 @@ fn tracked(t: &Tuple, now: u64) -> bool {
 /// Whether a packet arriving at a pod belongs to a service flow (the
 /// service path judged it when the flow began): a request after DNAT
 /// matches the flow's reverse entry reversed; a reply after reverse NAT
-/// matches its forward entry reversed.
+/// matches its forward entry reversed. Only packets this datapath
+/// translated (marked) are asked: one that merely looks like a
+/// translated packet came from somewhere else.
 #[inline(never)]
 fn service_flow(t: &Tuple, now: u64) -> bool {
     let Some(s) = scratch() else { return false };
@@ -231,11 +235,14 @@ fn service_flow(t: &Tuple, now: u64) -> bool {
     conntrack::alive(&s.pkey, now)
 }
 
-/// Whether an ICMP error quoting the flow `inner` (the tuple of the
-/// packet that caused it) relates to a flow the policy allowed, in
-/// either direction.
+/// Whether an ICMP error to `to` quoting the flow `inner` (the tuple of
+/// the packet that caused it) relates to a flow the policy allowed, in
+/// either direction. An error goes to the quoted packet's sender.
 #[inline(never)]
-pub fn related(inner: &Tuple, now: u64) -> bool {
+pub fn related(to: u32, inner: &Tuple, now: u64) -> bool {
+    if to != inner.saddr {
+        return false;
+    }
     let Some(s) = scratch() else { return false };
     let (sa, da) = (Addr::from_v4_raw(inner.saddr), Addr::from_v4_raw(inner.daddr));
     s.pkey = key(sa, da, inner.sport, inner.dport, inner.proto, CT_POLICY);
@@ -251,6 +258,10 @@ pub fn related(inner: &Tuple, now: u64) -> bool {
 /// is refused (false).
 #[inline(never)]
 fn track(t: &Tuple, now: u64, owner: u32) -> bool {
+    // A pod reaching itself is always allowed: nothing to remember.
+    if t.saddr == t.daddr {
+        return true;
+    }
     let Some(cfg) = conntrack::config() else { return false };
     let Some(s) = scratch() else { return false };
     if !within_quota(cfg, owner) {
@@ -318,7 +329,8 @@ pub fn other(ctx: &TcContext, pkt: &Ipv4Pkt, to_pod_side: bool) -> i32 {
 #[inline(never)]
 pub fn to_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
     let t = Tuple::of(pkt);
-    if !endpoint(t.daddr).is_some_and(|e| e.flags != 0) || tracked(&t, now) || service_flow(&t, now) {
+    let translated = crate::nat::take_translated(ctx);
+    if !endpoint(t.daddr).is_some_and(|e| e.flags != 0) || tracked(&t, now) || (translated && service_flow(&t, now)) {
         return TC_ACT_OK as i32;
     }
     if pkt.later_fragment() {

@@ -8,9 +8,9 @@
 //! tracked flows; reverse-NAT replies of service flows; load-balance
 //! packets to service frontends (DNAT + redirect); reject what a service
 //! cannot take; and judge new flows by network policy (egress of the
-//! sender, ingress of a local receiver). to_pod: count, and judge the
-//! pod's ingress for flows no local from_pod judged (and ICMP errors
-//! towards it).
+//! sender, ingress of a local receiver). to_pod: count, drop what is not
+//! addressed to the pod, and judge the pod's ingress for flows no local
+//! from_pod judged (and ICMP errors towards it).
 #![no_std]
 #![no_main]
 
@@ -132,7 +132,17 @@ pub fn to_pod(ctx: TcContext) -> i32 {
             return TC_ACT_OK as i32;
         }
         FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
-        _ => return TC_ACT_OK as i32,
+        FRAME_ARP => return TC_ACT_OK as i32,
+        _ => {
+            // Anything else (VLAN tags, ...) would carry IP past policy.
+            if source::link_isolated(ifindex) {
+                return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype);
+            }
+            return TC_ACT_OK as i32;
+        }
+    }
+    if !source::owns(ifindex, &Addr::from_v4_raw(pkt.daddr)) {
+        return events::dropped(&ctx, &pkt, DropReason::NotForPod);
     }
     if pkt.later_fragment() && !frag::recover(&mut pkt) {
         return events::dropped(&ctx, &pkt, DropReason::FragmentUnknown);
