@@ -100,6 +100,30 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Runs `weir monitor -o json` for `secs` while `traffic` runs; returns
+    /// the parsed lines.
+    pub fn monitor_while(&self, secs: f64, traffic: impl FnOnce()) -> Vec<serde_json::Value> {
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.ns().path().display()))
+            .arg(bins::path("weir"))
+            .args(["--bpffs", self.bpffs().to_str().expect("utf-8"), "monitor", "-o", "json", "--duration", &secs.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn weir monitor");
+        // The lease is taken at start; give the process a moment to get there.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        traffic();
+        let out = child.wait_with_output().expect("weir monitor");
+        assert!(out.status.success(), "weir monitor: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+            .collect()
+    }
+}
+
 impl Default for Node {
     fn default() -> Self {
         Self::new()

@@ -145,23 +145,8 @@ fn a_missing_datapath_is_an_error_a_person_can_act_on() {
     }
 }
 
-/// Runs `weir monitor -o json` for `secs` while `traffic` runs; returns the
-/// parsed lines.
 fn monitor_while(node: &Node, secs: f64, traffic: impl FnOnce()) -> Vec<Value> {
-    let child = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", node.ns().path().display()))
-        .arg(weir_tests::bins::path("weir"))
-        .args(["--bpffs", node.bpffs().to_str().expect("utf-8"), "monitor", "-o", "json", "--duration", &secs.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn weir monitor");
-    // The lease is taken at start; give the process a moment to get there.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    traffic();
-    let out = child.wait_with_output().expect("weir monitor");
-    assert!(out.status.success(), "weir monitor: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect()
+    node.monitor_while(secs, traffic)
 }
 
 #[test]

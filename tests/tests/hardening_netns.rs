@@ -50,8 +50,13 @@ fn a_pod_sends_only_from_the_addresses_the_node_routes_to_it() {
     a.ns().ip(&["addr", "add", "10.244.0.99/32", "dev", "eth0"]);
     a.ns().ip(&["addr", "add", "10.244.0.3/32", "dev", "eth0"]);
     let (nb, nc) = (srv_b.served(), srv_c.served());
-    let _ = udp_from(a.ns(), extra, c.ip, 5353, b"spoofed".to_vec(), Duration::from_millis(300));
-    let _ = udp_from(a.ns(), b.ip, c.ip, 5353, b"as b".to_vec(), Duration::from_millis(300));
+    let lines = node.monitor_while(2.0, || {
+        let _ = udp_from(a.ns(), extra, c.ip, 5353, b"spoofed".to_vec(), Duration::from_millis(300));
+        let _ = udp_from(a.ns(), b.ip, c.ip, 5353, b"as b".to_vec(), Duration::from_millis(300));
+    });
+    let spoofed: Vec<_> = lines.iter().filter(|l| l["kind"] == "drop" && l["reason"] == "spoofed_source").collect();
+    assert!(spoofed.iter().any(|l| l["src"] == extra.to_string()), "weir monitor --type drop shows it: {lines:#?}");
+    assert!(spoofed.iter().any(|l| l["src"] == b.ip.to_string() && l["dst"] == c.ip.to_string()), "{lines:#?}");
     assert!(!served_after(&srv_c, nc), "c never saw what a sent from an address it does not own, nor as b");
     assert!(!served_after(&srv_b, nb), "nor did b see replies to its name");
     let n = drops(&node, "spoofed_source");

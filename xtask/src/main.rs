@@ -35,9 +35,10 @@ enum Task {
     },
     /// Setup, build, then run the standalone demo in its own network namespaces.
     Demo,
-    /// Setup, build, then benchmark weir against kube-proxy-style iptables
-    /// and nftables rules, and policy cost at 0, 100 and 10,000 rules
-    /// (writes target/bench/).
+    /// Setup, build, then measure the per-packet cost of the pod programs
+    /// (BPF_PROG_TEST_RUN), benchmark weir against kube-proxy-style
+    /// iptables and nftables rules, and policy cost at 0, 100 and 10,000
+    /// rules (writes target/bench/).
     Bench {
         /// A few minutes: fewer scales, one run, shorter measurements.
         #[arg(long)]
@@ -65,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { quick } => {
             setup::run()?;
             build()?;
-            for bin in ["weir-bench", "weir-policy-bench"] {
+            for bin in ["weir-pktcost", "weir-bench", "weir-policy-bench"] {
                 let mut args = vec!["run", "--release", "--quiet", "-p", "weir-tests", "--bin", bin, "--"];
                 if quick {
                     args.push("--quick");

@@ -1,0 +1,140 @@
+//! weir-pktcost: what one packet costs the pod programs, measured in the
+//! kernel with BPF_PROG_TEST_RUN (the kernel's own per-run time, no
+//! syscall in it): the first packet of a service flow, a packet of an
+//! established service flow, a service reply, pod-to-pod traffic with and
+//! without a policy, and a packet delivered to a pod. Routes and
+//! neighbours exist for the pods, so the FIB lookup and redirect are paid
+//! as in real traffic.
+//!
+//! ```text
+//! weir-pktcost [--quick] [--out target/bench/pkt_cost.json]
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use weir_common::policy::{IpInfo, PolicyValue, DIR_INGRESS, ID_ANY, ID_WORLD};
+use weir_datapath::{attach::Hook, lb::{spec::Protocol, Lb}, policy::PolicyMaps, PinLayout, PodDatapath};
+use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
+use weir_tests::{names, netns::NetNs, node::BpffsDir, services::cluster_ip, testrun};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
+const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 6);
+
+#[derive(serde::Serialize)]
+struct Case {
+    case: &'static str,
+    median_ns: u64,
+    min_ns: u64,
+    max_ns: u64,
+}
+
+/// Kernel-measured ns per run of `prog` on `pkt`, `repeat` times in one
+/// test run, on `ifindex`.
+fn ns_per_run(prog: &SchedClassifier, pkt: &[u8], repeat: u32, ifindex: u32) -> u64 {
+    let mut out = vec![0u8; pkt.len() + 256];
+    let mut ctx = [0u8; 44];
+    ctx[40..].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
+    let r = prog
+        .test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ctx_in: Some(&ctx), repeat, ..TestRunOptions::default() })
+        .expect("test_run");
+    r.duration.as_nanos() as u64
+}
+
+fn summarize(case: &'static str, mut v: Vec<u64>) -> Case {
+    v.sort_unstable();
+    Case { case, median_ns: v[v.len() / 2], min_ns: v[0], max_ns: v[v.len() - 1] }
+}
+
+fn veth(ns: &NetNs, name: &str, addr: Ipv4Addr) -> u32 {
+    let peer = format!("{name}p");
+    ns.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    ns.ip(&["link", "set", name, "up"]);
+    ns.ip(&["link", "set", &peer, "up"]);
+    let a = addr.to_string();
+    ns.ip(&["route", "add", &format!("{a}/32"), "dev", name]);
+    ns.ip(&["neigh", "replace", &a, "lladdr", "02:00:00:00:00:09", "dev", name, "nud", "permanent"]);
+    ns.ifindex(name)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out_path = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| "target/bench/pkt_cost.json".into());
+    weir_tests::privileged::require();
+    let ns = NetNs::new("wpc");
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    let (client_if, backend_if, guarded_if) = (veth(&ns, "weirc", CLIENT), veth(&ns, "weirb", BACKEND), veth(&ns, "weirg", GUARDED));
+    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirpc")));
+    let path = dir.path.clone();
+    let (reps, repeat, flows) = if quick { (3, 2_000, 300) } else { (9, 20_000, 2_000) };
+    let cases = ns.run(move || -> anyhow::Result<Vec<Case>> {
+        let layout = PinLayout::new(&path);
+        let dp = PodDatapath::load(&layout)?;
+        own(&layout, client_if, CLIENT);
+        own(&layout, backend_if, BACKEND);
+        own(&layout, guarded_if, GUARDED);
+        let mut lb = Lb::open(&layout)?;
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)]))?;
+        // GUARDED admits anyone on TCP 9000: its flows are judged and tracked.
+        let mut s = PolicyState::default();
+        s.endpoints.insert(IpAddr::V4(GUARDED), EndpointSpec { id: 1, identity: 600, ingress_isolated: true, egress_isolated: false });
+        s.ipcache.insert(Prefix::host(IpAddr::V4(GUARDED)), IpInfo { identity: 600, cidr_identity: ID_WORLD });
+        s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_INGRESS, identity: ID_ANY, proto: 6, port: 9000, port_bits: 16 }, PolicyValue::allow(1));
+        let w = PolicyMaps::open(&layout)?.transition(&s, &s, &s);
+        anyhow::ensure!(w.errors.is_empty(), "policy: {:?}", w.errors);
+        let (from_pod, to_pod) = (dp.program(Hook::FromPod)?, dp.program(Hook::ToPod)?);
+
+        let mut out = Vec::new();
+        let mut sport = 10_000u16;
+        let mut new_flow = Vec::new();
+        for _ in 0..reps {
+            let mut v = Vec::new();
+            for _ in 0..flows / reps.max(1) {
+                sport = sport.wrapping_add(1).max(10_000);
+                v.push(ns_per_run(from_pod, &testrun::tcp4((CLIENT, sport), (VIP, 80), true, b""), 1, client_if));
+            }
+            v.sort_unstable();
+            new_flow.push(v[v.len() / 2]);
+        }
+        out.push(summarize("new service flow (SYN to a VIP: select, policy, two entries, DNAT, redirect)", new_flow));
+
+        // One established flow, both directions.
+        ns_per_run(from_pod, &testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""), 1, client_if);
+        let mut synack = testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, b"");
+        synack[14 + 20 + 13] = 0x12;
+        ns_per_run(from_pod, &synack, 1, backend_if);
+        let data = testrun::tcp4((CLIENT, 9999), (VIP, 80), false, &[0x61; 64]);
+        let reply = testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, &[0x62; 64]);
+        out.push(summarize("established service flow (client → VIP)", (0..reps).map(|_| ns_per_run(from_pod, &data, repeat, client_if)).collect()));
+        out.push(summarize("service reply (backend → client, reverse NAT)", (0..reps).map(|_| ns_per_run(from_pod, &reply, repeat, backend_if)).collect()));
+        let direct = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
+        out.push(summarize("pod to pod, no policy (from_pod)", (0..reps).map(|_| ns_per_run(from_pod, &direct, repeat, client_if)).collect()));
+        ns_per_run(from_pod, &testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), true, b""), 1, client_if);
+        let guarded = testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), false, &[0x64; 64]);
+        out.push(summarize("pod to pod under a policy, tracked flow (from_pod)", (0..reps).map(|_| ns_per_run(from_pod, &guarded, repeat, client_if)).collect()));
+        let delivered = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
+        out.push(summarize("delivered to a pod, no policy (to_pod)", (0..reps).map(|_| ns_per_run(to_pod, &delivered, repeat, backend_if)).collect()));
+        Ok(out)
+    })?;
+    drop(dir);
+    println!("{:<80} {:>10} {:>10} {:>10}", "case", "median ns", "min", "max");
+    for c in &cases {
+        println!("{:<80} {:>10} {:>10} {:>10}", c.case, c.median_ns, c.min_ns, c.max_ns);
+    }
+    if let Some(parent) = std::path::Path::new(&out_path).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out_path, serde_json::to_string_pretty(&cases)?)?;
+    eprintln!("wrote {out_path}");
+    Ok(())
+}
+
+/// The pod link `ifindex` owns `addr` (what the agent learns from the
+/// host route), so from_pod accepts its packets.
+fn own(layout: &PinLayout, ifindex: u32, addr: Ipv4Addr) {
+    testrun::own_sources(layout, ifindex, &[addr.into()]);
+}
