@@ -3,9 +3,24 @@
 
 /// An IPv4-mapped or IPv6 address, in network byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr {
     pub bytes: [u8; 16],
+}
+
+/// Equality as two 64-bit compares: a derived one compiles to a byte-wise
+/// `bcmp` loop in BPF, paid on every packet (source validation, backend
+/// checks). Same bytes ⇔ same halves, so this agrees with `Hash` and `Ord`.
+impl PartialEq for Addr {
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.bytes, &other.bytes);
+        let a0 = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+        let a1 = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+        let b0 = u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let b1 = u64::from_ne_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+        a0 == b0 && a1 == b1
+    }
 }
 
 impl Addr {

@@ -70,7 +70,6 @@ pub const DIR_REPLY: u8 = 1;
 pub struct CtEntry {
     /// CLOCK_MONOTONIC ns after which the entry is stale.
     pub expires_ns: u64,
-    pub created_ns: u64,
     /// Forward: the backend address. Reverse: the VIP.
     pub nat_addr: Addr,
     /// Reverse: the client's real address (differs from the reply's
@@ -89,11 +88,10 @@ pub struct CtEntry {
     /// The pod link (ifindex) the entry is charged to, for the
     /// per-endpoint quota; 0 for none.
     pub owner: u32,
-    pub _pad2: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
 /// Conntrack counters (`WEIR_CT_STATS`, per-CPU array), indexed by this.
 /// `Created` and `Deleted` count every key that entered or left the table

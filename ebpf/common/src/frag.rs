@@ -14,7 +14,8 @@ pub struct FragKey {
     /// IP identification (IPv4: 16 bits; room for IPv6's 32).
     pub id: u32,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// Value of `WEIR_FRAGS`: the datagram's ports (network order).

@@ -25,7 +25,10 @@ impl LinkInfo {
     pub fn owns(&self, a: &Addr) -> bool {
         let mut i = 0;
         while i < LINK_ADDRS_MAX {
-            if (i as u32) < self.count && self.addrs[i] == *a {
+            if (i as u32) >= self.count {
+                return false;
+            }
+            if self.addrs[i] == *a {
                 return true;
             }
             i += 1;

@@ -9,7 +9,7 @@ use aya_ebpf::bindings::BPF_ANY;
 use weir_common::{addr::Addr, frag::FragKey};
 
 use crate::{
-    hdr::{Ipv4Pkt, FRAG_FIRST},
+    hdr::Ipv4Pkt,
     maps::{scratch, FRAGS},
 };
 
@@ -20,7 +20,8 @@ fn key(pkt: &Ipv4Pkt) -> FragKey {
         daddr: Addr::from_v4_raw(pkt.daddr),
         id: pkt.id as u32,
         proto: pkt.proto,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 
@@ -41,12 +42,10 @@ pub fn recover(pkt: &mut Ipv4Pkt) -> bool {
     }
 }
 
-/// Remembers a first fragment as it arrived, before any translation.
+/// Remembers a first fragment (`FRAG_FIRST`) as it arrived, before any
+/// translation.
 #[inline(never)]
 pub fn prepare(pkt: &Ipv4Pkt) {
-    if pkt.frag != FRAG_FIRST {
-        return;
-    }
     if let Some(s) = scratch() {
         s.frag_key = key(pkt);
         s.frag_val.sport = pkt.sport;
@@ -57,10 +56,7 @@ pub fn prepare(pkt: &Ipv4Pkt) {
 
 /// Records the first fragment [`prepare`] remembered: it passed.
 #[inline(never)]
-pub fn commit(first: bool) {
-    if !first {
-        return;
-    }
+pub fn commit() {
     if let Some(s) = scratch() {
         let _ = FRAGS.insert(&s.frag_key, &s.frag_val, BPF_ANY as u64);
     }

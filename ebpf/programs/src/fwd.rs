@@ -26,8 +26,10 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if pkt.ttl <= 1 {
         return TC_ACT_OK as i32;
     }
-    // SAFETY: zeroed is a valid bpf_fib_lookup (plain integers and unions of them).
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    zero_params(&mut params);
+    // SAFETY: every byte was written; zero is valid for its integers and unions.
+    let p = unsafe { params.assume_init_mut() };
     p.family = AF_INET;
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
@@ -40,7 +42,7 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     let rc = unsafe {
         fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut p,
+            p,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -48,7 +50,7 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return TC_ACT_OK as i32;
     }
-    if decrement_ttl(ctx).is_err() {
+    if decrement_ttl(ctx, pkt).is_err() {
         return TC_ACT_OK as i32;
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
@@ -63,11 +65,28 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
 }
 
 /// TTL - 1, with the header checksum updated (the TTL shares its 16-bit
-/// word with the protocol).
+/// word with the protocol; both are known from the parse).
 #[inline(always)]
-fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
-    let old: u16 = ctx.load(IP_TTL_OFF).map_err(|_| ())?;
-    let new = u16::from_be(old).wrapping_sub(0x0100).to_be();
+fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
+    let old = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
+    let new = u16::from_ne_bytes([pkt.ttl.wrapping_sub(1), pkt.proto]);
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2).map_err(|_| ())?;
     ctx.store(IP_TTL_OFF, &new, 0).map_err(|_| ())
 }
+
+/// Zeroes the lookup parameters in place, as 32-bit words (`mem::zeroed`
+/// is a byte-wise `memset` call in BPF).
+#[inline(always)]
+fn zero_params(p: &mut core::mem::MaybeUninit<bpf_fib_lookup>) {
+    const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 4;
+    let w = p.as_mut_ptr() as *mut u32;
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: in bounds of the 4-aligned struct; volatile keeps LLVM
+        // from turning the loop into memset.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        i += 1;
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() % 4 == 0);

@@ -34,8 +34,10 @@ pub const FRAG_FIRST: u8 = 1;
 pub const FRAG_LATER: u8 = 2;
 
 /// A parsed IPv4 packet. Addresses and ports are kept exactly as on the
-/// wire (network order in memory).
+/// wire (network order in memory). 8-aligned, so it is set up with word
+/// stores (see [`Ipv4Pkt::zeroed`]).
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Ipv4Pkt {
     pub saddr: u32,
     pub daddr: u32,
@@ -99,22 +101,26 @@ impl Ipv4Pkt {
         self.l4_off as usize
     }
 
-    pub const EMPTY: Ipv4Pkt = Ipv4Pkt {
-        saddr: 0,
-        daddr: 0,
-        proto: 0,
-        frag: FRAG_NONE,
-        ttl: 0,
-        tcp_flags: 0,
-        l4_off: 0,
-        tot_len: 0,
-        id: 0,
-        ihl_bytes: 0,
-        sport: 0,
-        dport: 0,
-        icmp_type: 0,
-    };
+    /// An all-zero packet, written as 64-bit words: copying a constant
+    /// in would be a byte-wise `memcpy` call in BPF, on every packet.
+    #[inline(always)]
+    pub fn zeroed() -> Ipv4Pkt {
+        const WORDS: usize = core::mem::size_of::<Ipv4Pkt>() / 8;
+        let mut p = core::mem::MaybeUninit::<Ipv4Pkt>::uninit();
+        let w = p.as_mut_ptr() as *mut u64;
+        let mut i = 0;
+        while i < WORDS {
+            // SAFETY: in bounds of the 8-aligned value; volatile keeps
+            // LLVM from turning the loop into memset.
+            unsafe { core::ptr::write_volatile(w.add(i), 0) };
+            i += 1;
+        }
+        // SAFETY: every byte was written; all-zero is a valid Ipv4Pkt.
+        unsafe { p.assume_init() }
+    }
 }
+
+const _: () = assert!(core::mem::size_of::<Ipv4Pkt>() % 8 == 0);
 
 /// The IPv6 source and destination of the frame (for IPv6 frames).
 #[inline(always)]
@@ -160,24 +166,24 @@ fn min_l4(proto: u8) -> usize {
     }
 }
 
-/// Parses an IPv4 packet into `pkt`; `None` when it is malformed.
+/// Parses an IPv4 packet into `pkt`; `None` when it is malformed. Each
+/// header is read with one `bpf_skb_load_bytes` (a helper call per field
+/// would cost more than the rest of the parse).
 #[inline(always)]
 fn parse_v4(ctx: &TcContext, out: &mut Ipv4Pkt) -> Option<()> {
-    let vihl: u8 = ctx.load(IP_OFF).ok()?;
+    let h: [u32; 5] = ctx.load(IP_OFF).ok()?;
+    let [vihl, _tos, len_hi, len_lo] = h[0].to_ne_bytes();
+    let [id_hi, id_lo, frag_hi, frag_lo] = h[1].to_ne_bytes();
+    let [ttl, proto, _, _] = h[2].to_ne_bytes();
     if vihl >> 4 != 4 {
         return None;
     }
     let ihl_bytes = ((vihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2).ok()?);
+    let tot_len = u16::from_be_bytes([len_hi, len_lo]);
     if ihl_bytes < 20 || (tot_len as usize) < ihl_bytes || tot_len as usize + ETH_HLEN > ctx.len() as usize {
         return None;
     }
-    let id: u16 = ctx.load(IP_OFF + 4).ok()?;
-    let frag_field = u16::from_be(ctx.load::<u16>(IP_OFF + 6).ok()?);
-    let ttl: u8 = ctx.load(IP_OFF + 8).ok()?;
-    let proto: u8 = ctx.load(IP_OFF + 9).ok()?;
-    let saddr: u32 = ctx.load(IP_SADDR_OFF).ok()?;
-    let daddr: u32 = ctx.load(IP_DADDR_OFF).ok()?;
+    let frag_field = u16::from_be_bytes([frag_hi, frag_lo]);
     let offset = frag_field & 0x1fff;
     let more = frag_field & 0x2000 != 0;
     let frag = if offset != 0 {
@@ -194,44 +200,45 @@ fn parse_v4(ctx: &TcContext, out: &mut Ipv4Pkt) -> Option<()> {
     }
     let l4_off = IP_OFF + ihl_bytes;
     let payload = tot_len as usize - ihl_bytes;
-    *out = Ipv4Pkt {
-        saddr,
-        daddr,
-        proto,
-        frag,
-        ttl,
-        tcp_flags: 0,
-        l4_off: l4_off as u16,
-        tot_len,
-        id,
-        ihl_bytes: ihl_bytes as u16,
-        sport: 0,
-        dport: 0,
-        icmp_type: 0,
-    };
     let pkt = out;
+    pkt.saddr = h[3];
+    pkt.daddr = h[4];
+    pkt.proto = proto;
+    pkt.frag = frag;
+    pkt.ttl = ttl;
+    pkt.l4_off = l4_off as u16;
+    pkt.tot_len = tot_len;
+    pkt.id = u16::from_ne_bytes([id_hi, id_lo]);
+    pkt.ihl_bytes = ihl_bytes as u16;
     if frag == FRAG_LATER {
         return Some(());
     }
     if payload < min_l4(proto) {
         return None;
     }
-    if proto == PROTO_TCP || proto == PROTO_UDP {
-        pkt.sport = ctx.load(l4_off).ok()?;
-        pkt.dport = ctx.load(l4_off + 2).ok()?;
-        if proto == PROTO_TCP {
-            let doff = ((ctx.load::<u8>(l4_off + 12).ok()? >> 4) as usize) * 4;
-            if doff < 20 || doff > payload {
-                return None;
-            }
-            pkt.tcp_flags = ctx.load(l4_off + 13).ok()?;
+    if proto == PROTO_TCP {
+        // Ports, sequence, acknowledgment, data offset and flags.
+        let t: [u32; 4] = ctx.load(l4_off).ok()?;
+        let [sp_hi, sp_lo, dp_hi, dp_lo] = t[0].to_ne_bytes();
+        let [doff, flags, _, _] = t[3].to_ne_bytes();
+        let doff = ((doff >> 4) as usize) * 4;
+        if doff < 20 || doff > payload {
+            return None;
         }
+        pkt.sport = u16::from_ne_bytes([sp_hi, sp_lo]);
+        pkt.dport = u16::from_ne_bytes([dp_hi, dp_lo]);
+        pkt.tcp_flags = flags;
+    } else if proto == PROTO_UDP {
+        let [sp_hi, sp_lo, dp_hi, dp_lo] = ctx.load::<u32>(l4_off).ok()?.to_ne_bytes();
+        pkt.sport = u16::from_ne_bytes([sp_hi, sp_lo]);
+        pkt.dport = u16::from_ne_bytes([dp_hi, dp_lo]);
     } else if proto == PROTO_ICMP {
-        pkt.icmp_type = ctx.load(l4_off).ok()?;
+        let [ty, _code, _, _, id_hi, id_lo, _, _] = ctx.load::<u64>(l4_off).ok()?.to_ne_bytes();
+        pkt.icmp_type = ty;
         // An echo and its reply share the identifier: it stands in for
         // both ports, so conntrack matches the reply reversed.
-        if pkt.icmp_type == ICMP_ECHO_REQUEST || pkt.icmp_type == ICMP_ECHO_REPLY {
-            let id: u16 = ctx.load(l4_off + 4).ok()?;
+        if ty == ICMP_ECHO_REQUEST || ty == ICMP_ECHO_REPLY {
+            let id = u16::from_ne_bytes([id_hi, id_lo]);
             pkt.sport = id;
             pkt.dport = id;
         }

@@ -155,8 +155,7 @@ fn translated(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
 fn live(now: u64) -> bool {
     let Some(s) = scratch() else { return false };
     let Some(e) = conntrack::lookup(&s.pkey) else { return false };
-    // SAFETY: map value pointer; copied out.
-    s.other = unsafe { *e };
+    conntrack::copy_entry(&mut s.other, e);
     is_alive(&s.other, now)
 }
 

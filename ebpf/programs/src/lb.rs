@@ -27,7 +27,7 @@ use weir_logic::{
 };
 
 use crate::{
-    conntrack::{self, alive, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
+    conntrack::{self, alive, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
     errors,
     fwd::redirect_v4,
     hdr::Ipv4Pkt,
@@ -115,7 +115,7 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     s.rkey = key(src, dst, pkt.sport, pkt.dport, pkt.proto, CT_SVC_REV);
     let Some(e) = conntrack::lookup(&s.rkey) else { return NOT_HANDLED };
     // SAFETY: map value pointer; copied out before any other map call.
-    s.rev = unsafe { *e };
+    copy_entry(&mut s.rev, e);
     s.fkey = fwd_key_of(&s.rev, pkt.proto);
     let twin = conntrack::lookup(&s.fkey);
     // SAFETY: map value pointer, read only.
@@ -153,9 +153,7 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
 #[inline(never)]
 fn rebuild_fwd(rev: *const CtEntry, pkt: &Ipv4Pkt) {
     let Some(s) = scratch() else { return };
-    // SAFETY: map value pointer, read only.
-    let r = unsafe { *rev };
-    s.fwd = r;
+    copy_entry(&mut s.fwd, rev);
     s.fwd.nat_addr = Addr::from_v4_raw(pkt.saddr);
     s.fwd.nat_port = pkt.sport;
     s.fwd.orig_port = pkt.dport;
@@ -187,8 +185,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     // An existing flow keeps its backend while the backend exists, unless
     // a SYN reopens a finished flow.
     if let Some(e) = conntrack::lookup(&s.fkey) {
-        // SAFETY: map value pointer; copied out.
-        s.fwd = unsafe { *e };
+        copy_entry(&mut s.fwd, e);
         s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
         let twin = conntrack::lookup(&s.rkey);
         // SAFETY: map value pointer, read only.
@@ -204,8 +201,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
                 Some(_) => {}
                 None => rebuild_rev(e, vip, pkt.dport, pkt.sport),
             }
-            // SAFETY: map value pointer; copied out.
-            s.fwd = unsafe { *e };
+            // `s.fwd` still holds the translation (only the state moved).
             return translate(ctx, pkt, cfg);
         }
     }
@@ -222,9 +218,8 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         return reject_with(DropReason::NoEndpoints);
     }
     let st = first(pkt.proto, pkt.tcp_flags);
-    s.fwd = CtEntry::default();
+    clear_entry(&mut s.fwd);
     s.fwd.expires_ns = weir_logic::ct::expiry(cfg, st.state, now);
-    s.fwd.created_ns = now;
     s.fwd.nat_addr = s.backend.addr;
     s.fwd.orig_addr = client;
     s.fwd.backend_id = backend_id;
@@ -235,7 +230,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     s.fwd.flags = st.flags | if s.backend.addr == client { CT_F_HAIRPIN } else { 0 };
     // SAFETY: the context pointer is valid for the program's lifetime.
     s.fwd.owner = unsafe { (*ctx.skb.skb).ifindex };
-    s.rev = s.fwd;
+    copy_entry(&mut s.rev, &s.fwd);
     s.rev.nat_addr = vip;
     s.rev.nat_port = pkt.dport;
     s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
@@ -247,8 +242,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
 #[inline(never)]
 fn rebuild_rev(fwd: *const CtEntry, vip: Addr, vport: u16, cport: u16) {
     let Some(s) = scratch() else { return };
-    // SAFETY: map value pointer, read only.
-    s.rev = unsafe { *fwd };
+    copy_entry(&mut s.rev, fwd);
     s.rev.nat_addr = vip;
     s.rev.nat_port = vport;
     s.rev.orig_port = cport;
@@ -289,9 +283,8 @@ pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
             // Another CPU created this flow first, or a stale entry of the
             // same tuple is in the way.
             let Some(e) = conntrack::lookup(&s.fkey) else { return ct_full() };
-            // SAFETY: map value pointer; copied out.
-            s.other = unsafe { *e };
-            let now = s.fwd.created_ns;
+            copy_entry(&mut s.other, e);
+            let now = conntrack::now_ns();
             let stale = !is_alive(&s.other, now)
                 || s.other.svc_id != s.fwd.svc_id
                 || reopens(pkt.proto, s.other.state, pkt.tcp_flags)
@@ -307,7 +300,7 @@ pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
                 if theirs != s.rkey {
                     remove(&s.rkey);
                 }
-                s.fwd = s.other;
+                copy_entry(&mut s.fwd, &s.other);
             }
         }
     }
@@ -334,13 +327,12 @@ fn claim_rev(cfg: &DatapathConfig) -> u32 {
         Err(Exists::Yes) => {}
     }
     let Some(e) = conntrack::lookup(&s.rkey) else { return CLAIM_FULL };
-    // SAFETY: map value pointer; copied out.
-    s.other = unsafe { *e };
+    copy_entry(&mut s.other, e);
     let same_flow = s.other.orig_addr == s.rev.orig_addr
         && s.other.nat_addr == s.rev.nat_addr
         && s.other.nat_port == s.rev.nat_port
         && s.other.orig_port == s.rev.orig_port;
-    if same_flow || !is_alive(&s.other, s.rev.created_ns) {
+    if same_flow || !is_alive(&s.other, conntrack::now_ns()) {
         return if replace(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
     }
     let _ = cfg;

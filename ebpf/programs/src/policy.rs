@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
+    ct::{CT_POLICY, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     lb::{PROTO_TCP, PROTO_UDP},
     drop::DropReason,
     event::{ALLOW_HOST, ALLOW_NOT_ISOLATED, ALLOW_RULE},
@@ -268,10 +268,9 @@ fn track(t: &Tuple, now: u64, owner: u32) -> bool {
         return false;
     }
     let st = first(t.proto, t.tcp_flags);
-    s.pentry = CtEntry::default();
+    conntrack::clear_entry(&mut s.pentry);
     s.pentry.state = st.state;
     s.pentry.flags = st.flags;
-    s.pentry.created_ns = now;
     s.pentry.expires_ns = expiry(cfg, st.state, now);
     s.pentry.owner = owner;
     s.pkey = key(Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr), t.sport, t.dport, t.proto, CT_POLICY);

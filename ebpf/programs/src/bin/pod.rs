@@ -26,7 +26,7 @@ use weir_ebpf::{
 pub fn from_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex(&ctx);
     stats::count(ifindex, Direction::FromPod, ctx.len());
-    let mut pkt = Ipv4Pkt::EMPTY;
+    let mut pkt = Ipv4Pkt::zeroed();
     match hdr::parse(&ctx, &mut pkt) {
         FRAME_V4 => {}
         FRAME_V6 => return v6_from_pod(&ctx, ifindex),
@@ -40,11 +40,13 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     if pkt.later_fragment() && !frag::recover(&mut pkt) {
         return events::dropped(&ctx, &pkt, DropReason::FragmentUnknown);
     }
-    frag::prepare(&pkt);
     let first = pkt.frag == FRAG_FIRST;
+    if first {
+        frag::prepare(&pkt);
+    }
     let verdict = v4_from_pod(&ctx, &mut pkt);
-    if verdict != TC_ACT_SHOT as i32 {
-        frag::commit(first);
+    if first && verdict != TC_ACT_SHOT as i32 {
+        frag::commit();
     }
     verdict
 }
@@ -122,7 +124,7 @@ fn v6_from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
 pub fn to_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex(&ctx);
     stats::count(ifindex, Direction::ToPod, ctx.len());
-    let mut pkt = Ipv4Pkt::EMPTY;
+    let mut pkt = Ipv4Pkt::zeroed();
     match hdr::parse(&ctx, &mut pkt) {
         FRAME_V4 => {}
         FRAME_V6 => {
@@ -147,8 +149,10 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     if pkt.later_fragment() && !frag::recover(&mut pkt) {
         return events::dropped(&ctx, &pkt, DropReason::FragmentUnknown);
     }
-    frag::prepare(&pkt);
     let first = pkt.frag == FRAG_FIRST;
+    if first {
+        frag::prepare(&pkt);
+    }
     let now = conntrack::now_ns();
     let verdict = if pkt.is_icmp_error() {
         icmp::error_to_pod(&ctx, &mut pkt, now)
@@ -157,8 +161,8 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     } else {
         policy::other(&ctx, &pkt, true)
     };
-    if verdict != TC_ACT_SHOT as i32 {
-        frag::commit(first);
+    if first && verdict != TC_ACT_SHOT as i32 {
+        frag::commit();
     }
     verdict
 }
