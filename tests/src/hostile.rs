@@ -16,20 +16,7 @@ use etherparse::PacketBuilder;
 
 use crate::netns::NetNs;
 
-/// Sends one datagram from `src` (an address the pod holds) and waits for
-/// an answer; `Err` when none comes within `timeout`.
-pub fn udp_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
-    ns.run(move || {
-        let s = UdpSocket::bind((src, 0))?;
-        s.set_read_timeout(Some(timeout))?;
-        s.connect((dst, port))?;
-        s.send(&payload)?;
-        let mut buf = vec![0u8; 65536];
-        let n = s.recv(&mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
-    })
-}
+pub use crate::traffic::udp_request_from as udp_from;
 
 /// Sends one datagram with IP TTL `ttl` on a connected socket that asks
 /// for ICMP errors (IP_RECVERR); returns the answer or the error the

@@ -159,8 +159,13 @@ pub fn tcp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeo
 
 /// Sends one datagram from `ns` to `dst:port` and waits for one answer.
 pub fn udp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    udp_request_from(ns, Ipv4Addr::UNSPECIFIED, dst, port, payload, timeout)
+}
+
+/// [`udp_request`] from the source address `src` (one the namespace holds).
+pub fn udp_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
     ns.run(move || {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let s = UdpSocket::bind((src, 0))?;
         s.set_read_timeout(Some(timeout))?;
         s.connect((dst, port))?;
         s.send(&payload)?;

@@ -94,7 +94,7 @@ fn packet(r: &mut Rng) -> Vec<u8> {
             testrun::icmp4_error(src, dst, r.pick(&[3, 11, 12]), r.below(16) as u8, r.next() as u32, &about)
         }
         8 => {
-            let big = testrun::udp4((src, port(r)), (dst, port(r)), &vec![0x44; 200]);
+            let big = testrun::udp4((src, port(r)), (dst, port(r)), &[0x44; 200]);
             let (a, b) = testrun::fragments(&big, r.next() as u16, 8 * (1 + r.below(20) as usize));
             if r.chance(50) { a } else { b }
         }
@@ -232,7 +232,7 @@ fn may_pass(hook: Hook, link: &str, v: i32, out: &Seen) -> Result<(), String> {
     if !out.ipv4 {
         return Err(format!("a non-IPv4 frame (EtherType {:#06x}) passed an isolated pod's link", out.ethertype));
     }
-    let tcp_ok = out.proto == 6 && allowed_tcp((out.src, out.sport), (out.dst, out.dport)) || out.proto == 6 && allowed_tcp((out.dst, out.dport), (out.src, out.sport));
+    let tcp_ok = out.proto == 6 && (allowed_tcp((out.src, out.sport), (out.dst, out.dport)) || allowed_tcp((out.dst, out.dport), (out.src, out.sport)));
     let later = !out.first && ((out.src == A && (out.dst == V || out.dst == VIP)) || (out.dst == A && (out.src == V || out.src == VIP)));
     let err_ok = out.proto == 1 && quoted_allowed(out.quoted);
     match (hook, link) {
@@ -264,7 +264,7 @@ fn random_and_mutated_packets_never_get_past_policy() {
     let seed = std::env::var("WEIR_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
     });
-    let count: usize = std::env::var("WEIR_FUZZ_PACKETS").ok().and_then(|s| s.parse().ok()).unwrap_or(30_000);
+    let count: usize = std::env::var("WEIR_FUZZ_PACKETS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     eprintln!("fuzz seed {seed} ({count} packets); replay with WEIR_FUZZ_SEED={seed}");
     let ns = NetNs::new("wfz");
     let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirfz")));

@@ -19,6 +19,8 @@ use weir_tests::{
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+/// Default-deny ingress for every pod in namespace x.
+const DENY_INGRESS_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n---\n";
 /// An address of the node itself, so its own ICMP errors have a source.
 const NODE_ADDR: &str = "192.168.0.2/32";
 
@@ -134,7 +136,7 @@ fn ipv6_does_not_get_around_a_network_policy() {
     });
     wait_for(|| c.agent.link_addrs(c.pod(ya).host_ifindex).contains(&IpAddr::V6(v6_ya)), "the agent learns y/a's IPv6 route");
     assert!(udp6_probe(c.pod(ya), v6_xa, 7001), "IPv6 between pods no policy isolates");
-    c.apply(&format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: x}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n---\n"));
+    c.apply(DENY_INGRESS_X);
     for _ in 0..5 {
         assert!(!udp6_probe(c.pod(ya), v6_xa, 7001), "x/a is isolated: IPv6 must not reach it");
     }
@@ -240,7 +242,7 @@ fn a_client_under_default_deny_ingress_is_refused_at_once() {
     let mut c = NetpolCluster::new();
     c.node.write_source("empty.yaml", yaml_service("empty", VIP, 80, "TCP", 80, &[]).as_bytes());
     c.node.write_source("empty-udp.yaml", yaml_service("emptyu", VIP, 53, "UDP", 53, &[]).as_bytes());
-    c.apply(&format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: x}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n---\n"));
+    c.apply(DENY_INGRESS_X);
     let client = c.pod(P { ns: "x", pod: "a" });
     let start = Instant::now();
     let err = connect(client.ns(), VIP, 80, DEFAULT_TIMEOUT).expect_err("no endpoints");

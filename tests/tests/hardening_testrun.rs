@@ -529,8 +529,8 @@ fn two_cpus_creating_the_same_flow_end_with_one_backend() {
             threads.into_iter().map(|t| t.join().expect("thread")).collect()
         });
         let ct = fx.ct().entries();
-        for i in 0..flows as usize {
-            assert_eq!(seen[0][i], seen[1][i], "flow {i}: both CPUs sent it to one backend");
+        for (i, (a, b)) in seen[0].iter().zip(&seen[1]).enumerate() {
+            assert_eq!(a, b, "flow {i}: both CPUs sent it to one backend");
             let port = (20000 + i as u16).to_be();
             let revs = ct.iter().filter(|(k, _)| k.kind == CT_SVC_REV && k.dport == port).count();
             assert_eq!(revs, 1, "flow {i}: exactly one reverse entry");

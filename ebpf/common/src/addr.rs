@@ -3,9 +3,15 @@
 
 /// An IPv4-mapped or IPv6 address, in network byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialOrd, Ord)]
 pub struct Addr {
     pub bytes: [u8; 16],
+}
+
+impl core::hash::Hash for Addr {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state);
+    }
 }
 
 /// Equality as two 64-bit compares: a derived one compiles to a byte-wise

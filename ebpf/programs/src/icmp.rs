@@ -85,29 +85,20 @@ pub fn error_from_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
     if !parse_inner(ctx, pkt) {
         return events::dropped(ctx, pkt, DropReason::Malformed);
     }
-    let Some(s) = scratch() else { return TC_ACT_OK as i32 };
-    let i = s.icmp_inner;
-    if i.t.proto == PROTO_TCP || i.t.proto == PROTO_UDP {
-        let (is, id) = (Addr::from_v4_raw(i.t.saddr), Addr::from_v4_raw(i.t.daddr));
-        s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_REV);
-        if live(now) {
-            return match to_client(ctx, pkt) {
-                Ok(()) => translated(ctx, pkt),
-                Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
-            };
-        }
-        s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_FWD);
-        if live(now) {
-            return match to_backend(ctx, pkt) {
-                Ok(()) => translated(ctx, pkt),
-                Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
-            };
-        }
+    // A pod's error is about a packet it received, and goes back to that
+    // packet's sender.
+    if !answers_quoted(pkt, true) {
+        return unrelated(ctx, pkt);
     }
-    if policy::error_enforced(pkt) && !policy::related(pkt.daddr, &i.t, now) {
-        return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
+    if service_entry(CT_SVC_REV, now) {
+        let r = to_client(ctx, pkt);
+        return outcome(ctx, pkt, r, true);
     }
-    TC_ACT_OK as i32
+    if service_entry(CT_SVC_FWD, now) {
+        let r = to_backend(ctx, pkt);
+        return outcome(ctx, pkt, r, true);
+    }
+    related_or_drop(ctx, pkt, now)
 }
 
 /// An ICMP error on its way to a pod (tc egress of its veth): from the
@@ -118,31 +109,84 @@ pub fn error_to_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
     if !parse_inner(ctx, pkt) {
         return events::dropped(ctx, pkt, DropReason::Malformed);
     }
+    // It goes to the pod, which sent the quoted packet.
+    if !answers_quoted(pkt, false) {
+        return unrelated(ctx, pkt);
+    }
+    // It quotes the pod's own packet after DNAT (client → backend).
+    if service_entry(CT_SVC_REV, now) {
+        let r = to_client(ctx, pkt);
+        return outcome(ctx, pkt, r, false);
+    }
+    // It quotes the pod's packet to a service, already translated (by
+    // this datapath: marked).
     let Some(s) = scratch() else { return TC_ACT_OK as i32 };
     let i = s.icmp_inner;
     if i.t.proto == PROTO_TCP || i.t.proto == PROTO_UDP {
-        let (is, id) = (Addr::from_v4_raw(i.t.saddr), Addr::from_v4_raw(i.t.daddr));
-        // It quotes the pod's own packet after DNAT (client → backend).
-        s.pkey = key(id, is, i.t.dport, i.t.sport, i.t.proto, CT_SVC_REV);
-        if live(now) {
-            return match to_client(ctx, pkt) {
-                Ok(()) => TC_ACT_OK as i32,
-                Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
-            };
-        }
-        // It quotes the pod's packet to a service, already translated
-        // (by this datapath: marked).
-        s.pkey = key(is, id, i.t.sport, i.t.dport, i.t.proto, CT_SVC_FWD);
+        s.pkey = key(Addr::from_v4_raw(i.t.saddr), Addr::from_v4_raw(i.t.daddr), i.t.sport, i.t.dport, i.t.proto, CT_SVC_FWD);
         if crate::nat::take_translated(ctx) && conntrack::alive(&s.pkey, now) {
             return TC_ACT_OK as i32;
         }
     }
-    if policy::error_enforced(pkt) && !policy::related(pkt.daddr, &i.t, now) {
+    related_or_drop(ctx, pkt, now)
+}
+
+/// Whether the quoted TCP/UDP header, reversed, names a live service
+/// entry of `kind` (copied to `scratch().other`): the quoted packet is
+/// the reply-side view of a service flow.
+#[inline(always)]
+fn service_entry(kind: u8, now: u64) -> bool {
+    let Some(s) = scratch() else { return false };
+    let i = s.icmp_inner;
+    if i.t.proto != PROTO_TCP && i.t.proto != PROTO_UDP {
+        return false;
+    }
+    s.pkey = key(Addr::from_v4_raw(i.t.daddr), Addr::from_v4_raw(i.t.saddr), i.t.dport, i.t.sport, i.t.proto, kind);
+    live(now)
+}
+
+/// The verdict for a translated error: sent on (redirected, when it left
+/// a pod) or dropped when the rewrite failed.
+#[inline(always)]
+fn outcome(ctx: &TcContext, pkt: &Ipv4Pkt, rewritten: Result<(), ()>, redirect: bool) -> i32 {
+    match rewritten {
+        Ok(()) if redirect => translated(ctx, pkt),
+        Ok(()) => TC_ACT_OK as i32,
+        Err(()) => events::dropped(ctx, pkt, DropReason::Malformed),
+    }
+}
+
+/// Whether the error goes to the quoted packet's sender (and, with
+/// `from_receiver`, comes from its receiver).
+#[inline(always)]
+fn answers_quoted(pkt: &Ipv4Pkt, from_receiver: bool) -> bool {
+    let Some(s) = scratch() else { return false };
+    let t = s.icmp_inner.t;
+    pkt.daddr == t.saddr && (!from_receiver || pkt.saddr == t.daddr)
+}
+
+/// An error that answers nothing its ends did: dropped under a policy.
+#[inline(always)]
+fn unrelated(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
+    if policy::error_enforced(pkt) {
         return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
     }
     TC_ACT_OK as i32
 }
 
+/// Under a policy an error must relate to an allowed flow of its
+/// destination; without one it passes.
+#[inline(always)]
+fn related_or_drop(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
+    let Some(s) = scratch() else { return TC_ACT_OK as i32 };
+    let t = s.icmp_inner.t;
+    if policy::error_enforced(pkt) && !policy::related(pkt.daddr, &t, now) {
+        return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
+    }
+    TC_ACT_OK as i32
+}
+
+/// A translated error leaving a pod: marked, and forwarded.
 #[inline(always)]
 fn translated(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     crate::nat::mark_translated(ctx);
