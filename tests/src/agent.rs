@@ -26,6 +26,12 @@ impl Agent {
 
     /// Starts the agent with extra command-line arguments.
     pub fn start_with(node: &Node, extra_args: &[&str]) -> Self {
+        Self::start_reading(node, node.source_dir(), extra_args)
+    }
+
+    /// Starts the agent reading `source_dir` (several nodes' agents read one
+    /// directory, as every agent of a cluster watches one API server).
+    pub fn start_reading(node: &Node, source_dir: &std::path::Path, extra_args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.agent.log", node.ns().name()));
         let mut agent = Self {
             child: None,
@@ -33,7 +39,7 @@ impl Agent {
             log,
             bpffs: node.bpffs().to_path_buf(),
             netns: node.ns().path(),
-            source_dir: node.source_dir().to_path_buf(),
+            source_dir: source_dir.to_path_buf(),
             node_name: node.ns().name().to_string(),
         };
         agent.spawn();

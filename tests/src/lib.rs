@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bins;
+pub mod cluster;
 pub mod cmd;
 pub mod hostile;
 pub mod containerd;

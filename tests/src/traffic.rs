@@ -27,6 +27,9 @@ pub enum Reply {
     Echo,
     /// TCP: `<name>\n` for every line received, on a long-lived connection.
     NamePerLine(String),
+    /// `<name> <peer ip>:<peer port>`: who the server saw (TCP: after the
+    /// client half-closes; UDP: for each datagram).
+    Peer(String),
 }
 
 /// A running server; stops on drop.
@@ -89,6 +92,7 @@ fn readable(listener: &TcpListener, timeout_ms: i32) -> bool {
 }
 
 fn serve_tcp(mut conn: TcpStream, reply: &Reply) -> io::Result<()> {
+    let peer = conn.peer_addr()?;
     let _ = conn.set_nodelay(true);
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -107,11 +111,13 @@ fn serve_tcp(mut conn: TcpStream, reply: &Reply) -> io::Result<()> {
                     conn.write_all(format!("{name}\n").as_bytes())?;
                 }
             }
-            Reply::Name(_) => {}
+            Reply::Name(_) | Reply::Peer(_) => {}
         }
     }
-    if let Reply::Name(name) = reply {
-        conn.write_all(format!("{name} {total}\n").as_bytes())?;
+    match reply {
+        Reply::Name(name) => conn.write_all(format!("{name} {total}\n").as_bytes())?,
+        Reply::Peer(name) => conn.write_all(format!("{name} {peer}\n").as_bytes())?,
+        _ => {}
     }
     Ok(())
 }
@@ -133,6 +139,7 @@ pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
                 let _ = match &reply {
                     Reply::Echo => sock.send_to(&buf[..n], peer),
                     Reply::Name(name) | Reply::NamePerLine(name) => sock.send_to(name.as_bytes(), peer),
+                    Reply::Peer(name) => sock.send_to(format!("{name} {peer}").as_bytes(), peer),
                 };
             }
         }

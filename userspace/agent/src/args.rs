@@ -108,6 +108,18 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How pods reach pods on other nodes. native: one route per remote
+    /// node's pod CIDR via its InternalIP (nodes share a network, or the
+    /// network routes pod CIDRs); none: this agent installs no routes.
+    #[arg(long, value_enum, default_value_t = Routing::Native)]
+    pub routing: Routing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    Native,
+    None,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -62,6 +62,11 @@ impl LinkWatcher {
         Ok(Self { handle, messages })
     }
 
+    /// A handle for requests (route changes) on the same connection.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
     /// Every interface that exists now.
     pub async fn dump(&self) -> Result<Vec<LinkEvent>, rtnetlink::Error> {
         let links: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;

@@ -11,6 +11,7 @@ mod pod_addrs;
 mod pods;
 mod policy;
 mod reconcile;
+mod routing;
 mod run;
 
 use clap::Parser as _;

@@ -24,6 +24,7 @@ use crate::{
     metrics::{self, KindLabels, Metrics},
     events,
     pods::PodInterfaces,
+    routing,
     policy::PolicyReconciler,
     reconcile::{Outcome, Reconciler},
 };
@@ -65,6 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for ev in &existing {
         pods.apply(ev);
     }
+    let node_routes = (args.routing == crate::args::Routing::Native).then(|| routing::RouteProgrammer::new(watcher.handle()));
 
     // Adopt what an earlier agent programmed; nothing is flushed.
     let lb = Lb::open(&layout).context("opening the service maps")?;
@@ -103,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let start = Instant::now();
                             let out = reconciler.full_sync(&state);
                             log_outcome("initial sync", &out, start.elapsed(), &metrics);
+                            sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
                             release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
@@ -113,6 +116,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     next = rx.try_recv().ok();
                 }
                 if synced && !pending.is_empty() {
+                    if pending.nodes {
+                        sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
+                    }
                     let out = reconciler.apply(&state, &std::mem::take(&mut pending));
                     if let Some(at) = pending_since.take() {
                         metrics.programming_latency.observe(at.elapsed().as_secs_f64());
@@ -145,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     Ok(routes) => pods.routes(&routes),
                     Err(error) => tracing::warn!(%error, "listing routes for the pod link resync"),
                 }
+                sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
                 let start = Instant::now();
                 let out = reconciler.resync(&state);
                 metrics.repairs.inc_by(out.repairs as u64);
@@ -161,6 +168,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Makes the routes to other nodes' pods match the Node objects.
+async fn sync_node_routes(programmer: Option<&routing::RouteProgrammer>, state: &ClusterState, node: Option<&str>, metrics: &Metrics) {
+    let Some(p) = programmer else { return };
+    let nodes: Vec<_> = state.nodes().collect();
+    let out = p.sync(&routing::desired(&nodes, node)).await;
+    for e in &out.errors {
+        tracing::error!(error = %weir_datapath::error::chain(e), kind = e.kind(), "node route");
+        metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
+    }
+    if out.added > 0 || out.removed > 0 {
+        tracing::info!(added = out.added, removed = out.removed, "node routes");
     }
 }
 

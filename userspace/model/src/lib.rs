@@ -6,6 +6,7 @@
 //! same [`state::Change`]s; nothing downstream knows which one is in use.
 
 pub mod load;
+pub mod node;
 pub mod object;
 pub mod policy;
 pub mod service;

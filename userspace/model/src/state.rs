@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{service::ServiceModel, slice::SliceModel, Kind, Object, ObjectKey};
+use crate::{node::NodeModel, service::ServiceModel, slice::SliceModel, Kind, Object, ObjectKey};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -32,6 +32,8 @@ pub struct Affected {
     pub all: bool,
     /// A Pod, Namespace or NetworkPolicy changed: policy needs translating.
     pub policy: bool,
+    /// A Node's routing-relevant fields changed (pod CIDRs, addresses).
+    pub nodes: bool,
 }
 
 impl Affected {
@@ -39,10 +41,11 @@ impl Affected {
         self.services.extend(other.services);
         self.all |= other.all;
         self.policy |= other.policy;
+        self.nodes |= other.nodes;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && !self.all && !self.policy
+        self.services.is_empty() && !self.all && !self.policy && !self.nodes
     }
 }
 
@@ -51,6 +54,7 @@ impl Affected {
 enum Stored {
     Service(ServiceModel),
     Slice(SliceModel),
+    Node(NodeModel),
     Other(Box<Object>),
 }
 
@@ -59,6 +63,7 @@ impl Stored {
         match o {
             Object::Service(s) => Self::Service(ServiceModel::from_k8s(&s)),
             Object::EndpointSlice(s) => Self::Slice(SliceModel::from_k8s(&s)),
+            Object::Node(n) => Self::Node(NodeModel::from_k8s(&n)),
             other => Self::Other(Box::new(other.slim())),
         }
     }
@@ -130,7 +135,12 @@ impl ClusterState {
                     a.services.insert(s);
                 }
             }
-            Kind::Node => a.all = true,
+            // Only a changed model gets here (an equal one returns early):
+            // services read zones, routing reads CIDRs and addresses.
+            Kind::Node => {
+                a.all = true;
+                a.nodes = true;
+            }
             Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy => a.policy = true,
         }
         a
@@ -240,12 +250,22 @@ impl ClusterState {
 
     /// The zone label of the named node, if known.
     pub fn node_zone(&self, node: &str) -> Option<String> {
-        match self.objects.get(&Kind::Node)?.get(&(String::new(), node.to_string()))? {
-            Stored::Other(o) => match o.as_ref() {
-                Object::Node(n) => n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned(),
-                _ => None,
-            },
+        self.node(node)?.zone.clone()
+    }
+
+    /// The named node's model.
+    pub fn node(&self, name: &str) -> Option<&NodeModel> {
+        match self.objects.get(&Kind::Node)?.get(&(String::new(), name.to_string()))? {
+            Stored::Node(n) => Some(n),
             _ => None,
         }
+    }
+
+    /// Every node's model.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeModel> + '_ {
+        self.objects.get(&Kind::Node).into_iter().flat_map(|m| m.values()).filter_map(|s| match s {
+            Stored::Node(n) => Some(n),
+            _ => None,
+        })
     }
 }

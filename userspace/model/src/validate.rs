@@ -25,6 +25,7 @@ pub fn validate(obj: &Object) -> Result<(), FieldError> {
             crate::policy::compile_object(obj).map_or(Ok(()), |r| r.map(|_| ()))
         }
         Object::Pod(p) => pod(p),
+        Object::Node(n) => crate::node::validate(n),
         _ => Ok(()),
     }
 }

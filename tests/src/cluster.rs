@@ -1,0 +1,171 @@
+//! A simulated cluster on one kernel: N node namespaces, each with an
+//! uplink `eth0` holding its InternalIP on one /24 (192.168.0.0/24), joined
+//! by a bridge in a "fabric" namespace, plus an "outside" namespace on the
+//! same fabric for clients outside the cluster. Every node runs its own
+//! weir-agent (`--node-name`, `--bpffs`), and every agent reads one shared
+//! object directory, as every agent of a cluster watches one API server.
+//! No namespace has a default route: nothing leaves the machine.
+//!
+//! Node `i` (0-based) is `192.168.0.(11 + i)` with pod CIDR
+//! `10.244.(i + 1).0/24`; the outside namespace is `192.168.0.200`.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use crate::{agent::Agent, netns::NetNs, node::tempdir::TempDir, node::Node, pod::Pod};
+
+/// The fabric's bridge.
+const BRIDGE: &str = "br0";
+
+/// One node of the cluster.
+pub struct ClusterNode {
+    // Field order: the agent stops before the node's namespace goes.
+    agent: Option<Agent>,
+    pub node: Node,
+    pub index: usize,
+    pub ip: Ipv4Addr,
+}
+
+impl ClusterNode {
+    /// The Node object's name (the node namespace's name).
+    pub fn name(&self) -> &str {
+        self.node.ns().name()
+    }
+
+    /// The i-th pod address of this node's pod CIDR.
+    pub fn pod_ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, self.index as u8 + 1, host)
+    }
+
+    pub fn pod_cidr(&self) -> String {
+        format!("10.244.{}.0/24", self.index + 1)
+    }
+
+    /// Wires pod `host` of this node's CIDR.
+    pub fn pod(&self, name: &str, host: u8) -> Pod {
+        let pod = self.node.pod(name, self.pod_ip(host));
+        if let Some(a) = &self.agent {
+            a.wait_attached(&pod.host_if, pod.host_ifindex);
+        }
+        pod
+    }
+
+    pub fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("the node's agent runs")
+    }
+
+    /// The Node object, as YAML.
+    pub fn object(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\nspec:\n  podCIDR: {cidr}\n  podCIDRs: [{cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {ip}}}\n  - {{type: Hostname, address: {name}}}\n---\n",
+            name = self.name(),
+            cidr = self.pod_cidr(),
+            ip = self.ip
+        )
+    }
+
+    /// The routes of this node's namespace installed by weir (`proto 87`).
+    pub fn weir_routes(&self) -> String {
+        self.node.ns().ip(&["route", "show", "proto", "87"])
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<ClusterNode>,
+    pub outside: NetNs,
+    pub outside_ip: Ipv4Addr,
+    agent_args: Vec<String>,
+    // Dropped last: the agents read it.
+    fabric: NetNs,
+    objects: TempDir,
+}
+
+impl Cluster {
+    /// `n` nodes with their agents started with `agent_args` (each also
+    /// gets `--node-name` and its own `--bpffs`), and the outside.
+    pub fn new(n: usize, agent_args: &[&str]) -> Self {
+        crate::privileged::require();
+        let fabric = NetNs::new("wf");
+        fabric.ip(&["link", "add", BRIDGE, "type", "bridge"]);
+        fabric.ip(&["link", "set", BRIDGE, "up"]);
+        let outside = NetNs::new("wo");
+        let outside_ip = Ipv4Addr::new(192, 168, 0, 200);
+        plug(&fabric, &outside, "fo", outside_ip);
+        let objects = TempDir::new("weir-cluster");
+        let mut c = Self { nodes: Vec::new(), outside, outside_ip, agent_args: agent_args.iter().map(|s| s.to_string()).collect(), fabric, objects };
+        for _ in 0..n {
+            c.add_node_ns();
+        }
+        for i in 0..n {
+            c.write_node_object(i);
+        }
+        for i in 0..n {
+            c.start_agent(i);
+        }
+        c
+    }
+
+    /// The shared object directory every agent reads.
+    pub fn objects(&self) -> &Path {
+        self.objects.path()
+    }
+
+    /// Writes a file into the shared object directory atomically.
+    pub fn write(&self, name: &str, content: &str) {
+        let tmp = self.objects().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, self.objects().join(name)).unwrap_or_else(|e| panic!("rename {name}: {e}"));
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.objects().join(name)).unwrap_or_else(|e| panic!("remove {name}: {e}"));
+    }
+
+    /// A new node namespace on the fabric (no Node object, no agent yet).
+    pub fn add_node_ns(&mut self) -> usize {
+        let index = self.nodes.len();
+        let node = Node::new();
+        let ip = Ipv4Addr::new(192, 168, 0, 11 + index as u8);
+        plug(&self.fabric, node.ns(), &format!("fn{index}"), ip);
+        self.nodes.push(ClusterNode { agent: None, node, index, ip });
+        index
+    }
+
+    /// Writes node `i`'s Node object (its own file, so it can be removed).
+    pub fn write_node_object(&self, i: usize) {
+        self.write(&format!("node-{i}.yaml"), &self.nodes[i].object());
+    }
+
+    pub fn remove_node_object(&self, i: usize) {
+        self.remove(&format!("node-{i}.yaml"));
+    }
+
+    /// Starts node `i`'s agent and waits for its initial sync.
+    pub fn start_agent(&mut self, i: usize) {
+        let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+        let mut agent = Agent::start_reading(&self.nodes[i].node, self.objects.path(), &args);
+        agent.wait_synced();
+        self.nodes[i].agent = Some(agent);
+    }
+
+    /// Waits until `f` holds (10 s at most).
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(10) {
+            if f() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("timed out waiting for: {what}");
+    }
+}
+
+/// Plugs `ns` into the fabric bridge: `eth0` in `ns` with `ip/24`, its
+/// peer `port` on the bridge.
+fn plug(fabric: &NetNs, ns: &NetNs, port: &str, ip: Ipv4Addr) {
+    fabric.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
+    fabric.ip(&["link", "set", port, "master", BRIDGE]);
+    fabric.ip(&["link", "set", port, "up"]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+}

@@ -1,0 +1,60 @@
+//! Pods across nodes over native routing: three node namespaces on one
+//! fabric, each with its own agent reading one object directory; the
+//! agents route every other node's pod CIDR via its InternalIP (learned
+//! from the Node objects), follow Nodes added and removed at runtime, and
+//! a pod's address is preserved end to end.
+
+use std::time::Duration;
+
+use weir_tests::{
+    cluster::Cluster,
+    traffic::{tcp_request, udp_request, udp_server, tcp_server, Reply, DEFAULT_TIMEOUT},
+};
+
+#[test]
+fn pods_reach_pods_on_other_nodes_with_their_own_address() {
+    let c = Cluster::new(3, &["--routing", "native"]);
+    let a = c.nodes[0].pod("a", 10);
+    let b = c.nodes[2].pod("b", 20);
+    let _servers = [tcp_server(b.ns(), 8080, Reply::Peer("b".into())), udp_server(b.ns(), 5353, Reply::Peer("b".into()))];
+    for (i, n) in c.nodes.iter().enumerate() {
+        let routes = n.weir_routes();
+        for (j, other) in c.nodes.iter().enumerate() {
+            let want = format!("{} via {}", other.pod_cidr(), other.ip);
+            assert_eq!(routes.contains(&want), i != j, "node {i} route to node {j}'s pods: {routes}");
+        }
+    }
+    let tcp = String::from_utf8(tcp_request(a.ns(), b.ip, 8080, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("TCP across nodes")).expect("utf-8");
+    assert!(tcp.starts_with(&format!("b {}:", a.ip)), "the server saw the client pod's own address: {tcp}");
+    let udp = String::from_utf8(udp_request(a.ns(), b.ip, 5353, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("UDP across nodes")).expect("utf-8");
+    assert!(udp.starts_with(&format!("b {}:", a.ip)), "{udp}");
+    let back = udp_server(a.ns(), 5353, Reply::Peer("a".into()));
+    let reply = String::from_utf8(udp_request(b.ns(), a.ip, 5353, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("the other way")).expect("utf-8");
+    assert!(reply.starts_with(&format!("a {}:", b.ip)), "{reply}");
+    drop(back);
+}
+
+#[test]
+fn nodes_added_and_removed_at_runtime_gain_and_lose_their_routes() {
+    let mut c = Cluster::new(2, &["--routing", "native"]);
+    let a = c.nodes[0].pod("a", 10);
+    // A third node joins: its Node object appears, its agent starts.
+    let i = c.add_node_ns();
+    c.write_node_object(i);
+    c.start_agent(i);
+    let d = c.nodes[i].pod("d", 30);
+    let _srv = udp_server(d.ns(), 5353, Reply::Name("d".into()));
+    let want = format!("{} via {}", c.nodes[i].pod_cidr(), c.nodes[i].ip);
+    c.wait_for("node 0 routes to the new node's pods", || c.nodes[0].weir_routes().contains(&want));
+    assert_eq!(udp_request(a.ns(), d.ip, 5353, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("the new node's pod is reachable"), b"d");
+    // The node leaves: its routes go, its pods are unreachable from elsewhere.
+    c.remove_node_object(i);
+    c.wait_for("node 0 drops the route", || !c.nodes[0].weir_routes().contains(&want));
+    assert!(udp_request(a.ns(), d.ip, 5353, b"hi".to_vec(), Duration::from_millis(500)).is_err());
+    // Its agent restarts and adopts without touching other routes.
+    c.nodes[0].agent().stop_with(libc::SIGTERM);
+    c.nodes[0].agent().restart();
+    c.nodes[0].agent().wait_synced();
+    let other = format!("{} via {}", c.nodes[1].pod_cidr(), c.nodes[1].ip);
+    assert!(c.nodes[0].weir_routes().contains(&other), "{}", c.nodes[0].weir_routes());
+}
