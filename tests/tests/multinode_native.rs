@@ -58,3 +58,48 @@ fn nodes_added_and_removed_at_runtime_gain_and_lose_their_routes() {
     let other = format!("{} via {}", c.nodes[1].pod_cidr(), c.nodes[1].ip);
     assert!(c.nodes[0].weir_routes().contains(&other), "{}", c.nodes[0].weir_routes());
 }
+
+#[test]
+fn a_clusterip_with_remote_backends_answers_from_its_vip_and_keeps_the_client_address() {
+    use std::net::Ipv4Addr;
+    use weir_tests::services::{ready, yaml_service};
+    let c = Cluster::new(3, &["--routing", "native"]);
+    let vip = Ipv4Addr::new(10, 96, 0, 60);
+    let a = c.nodes[0].pod("a", 10);
+    let local = c.nodes[0].pod("local", 11);
+    let (b, d) = (c.nodes[1].pod("b", 20), c.nodes[2].pod("d", 30));
+    let mut servers = Vec::new();
+    for (p, name) in [(&b, "b"), (&d, "d"), (&local, "local")] {
+        servers.push(tcp_server(p.ns(), 8080, Reply::Peer(name.into())));
+        servers.push(udp_server(p.ns(), 8080, Reply::Peer(name.into())));
+    }
+    // All backends remote first.
+    c.write("svc.yaml", &(yaml_service("web", vip, 80, "TCP", 8080, &ready(&[b.ip, d.ip])) + "---\n" + &yaml_service("dns", vip, 53, "UDP", 8080, &ready(&[b.ip, d.ip]))));
+    c.wait_for("every agent programs the service", || {
+        c.nodes.iter().all(|n| String::from_utf8_lossy(&n.node.weir(&["service", "list"]).stdout).contains(&vip.to_string()))
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let r = String::from_utf8(tcp_request(a.ns(), vip, 80, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("TCP {i} via the VIP: {e}"))).expect("utf-8");
+        let (name, peer) = r.trim().split_once(' ').expect("name peer");
+        assert!(peer.starts_with(&format!("{}:", a.ip)), "the backend on another node saw the client's own address: {r}");
+        seen.insert(name.to_string());
+    }
+    assert_eq!(seen.len(), 2, "both remote backends served: {seen:?}");
+    // UDP: the reply comes from the VIP (a connected socket would drop anything else).
+    for _ in 0..10 {
+        let r = udp_request(a.ns(), vip, 53, b"q".to_vec(), DEFAULT_TIMEOUT).expect("UDP via the VIP, answered from the VIP");
+        assert!(String::from_utf8_lossy(&r).contains(&a.ip.to_string()));
+    }
+    // Mixed local and remote backends.
+    c.write("svc.yaml", &yaml_service("web", vip, 80, "TCP", 8080, &ready(&[b.ip, local.ip, d.ip])));
+    c.wait_for("three backends", || {
+        String::from_utf8_lossy(&c.nodes[0].node.weir(&["backend", "list"]).stdout).contains(&local.ip.to_string())
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let r = String::from_utf8(tcp_request(a.ns(), vip, 80, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("TCP via the VIP")).expect("utf-8");
+        seen.insert(r.split_whitespace().next().unwrap_or_default().to_string());
+    }
+    assert_eq!(seen.len(), 3, "local and remote backends all served: {seen:?}");
+}

@@ -80,6 +80,11 @@ pub const SVC_TIMES_MAX_ENTRIES: u32 = 65_536;
 pub const LINKS: &str = "WEIR_LINKS";
 pub const LINKS_MAX_ENTRIES: u32 = 16_384;
 
+/// Local pod addresses: address → the pod link (ifindex) routed to it
+/// (hash; the same facts as [`LINKS`], keyed the other way).
+pub const POD_ADDRS: &str = "WEIR_POD_ADDRS";
+pub const POD_ADDRS_MAX_ENTRIES: u32 = 32_768;
+
 /// Fragments in flight: (saddr, daddr, IP id, proto) → ports (LRU hash).
 pub const FRAGS: &str = "WEIR_FRAGS";
 pub const FRAGS_MAX_ENTRIES: u32 = 8_192;

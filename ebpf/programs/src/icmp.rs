@@ -131,6 +131,22 @@ pub fn error_to_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
     related_or_drop(ctx, pkt, now)
 }
 
+/// An ICMP error arriving from the network (the node's uplink): about a
+/// local client's service flow whose backend is on another node (quoting
+/// client → backend), it is translated and delivered; anything else goes
+/// up the stack and meets the pod's own to_pod checks.
+#[inline(never)]
+pub fn error_from_net(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
+    if !parse_inner(ctx, pkt) {
+        return events::dropped(ctx, pkt, DropReason::Malformed);
+    }
+    if answers_quoted(pkt, false) && service_entry(CT_SVC_REV, now) {
+        let r = to_client(ctx, pkt);
+        return outcome(ctx, pkt, r, true);
+    }
+    TC_ACT_OK as i32
+}
+
 /// Whether the quoted TCP/UDP header, reversed, names a live service
 /// entry of `kind` (copied to `scratch().other`): the quoted packet is
 /// the reply-side view of a service flow.

@@ -53,6 +53,9 @@ pub static CT_OWNERS: HashMap<u32, u64> = HashMap::pinned(CT_OWNERS_MAX_ENTRIES,
 #[map(name = "WEIR_LINKS")]
 pub static LINKS: HashMap<u32, LinkInfo> = HashMap::pinned(LINKS_MAX_ENTRIES, 0);
 
+#[map(name = "WEIR_POD_ADDRS")]
+pub static POD_ADDRS: HashMap<Addr, u32> = HashMap::pinned(POD_ADDRS_MAX_ENTRIES, 0);
+
 #[map(name = "WEIR_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX_ENTRIES, 0);
 

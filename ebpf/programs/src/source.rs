@@ -6,7 +6,7 @@
 
 use weir_common::{addr::Addr, link::LinkInfo};
 
-use crate::maps::{ENDPOINTS, LINKS};
+use crate::maps::{ENDPOINTS, LINKS, POD_ADDRS};
 
 #[inline(always)]
 fn link(ifindex: u32) -> Option<&'static LinkInfo> {
@@ -14,10 +14,20 @@ fn link(ifindex: u32) -> Option<&'static LinkInfo> {
     unsafe { LINKS.get(&ifindex) }
 }
 
-/// Whether the pod on `ifindex` may send from `saddr`.
+/// Whether the pod on `ifindex` may send from `saddr`: the node routes
+/// `saddr` to that link.
 #[inline(never)]
 pub fn owns(ifindex: u32, saddr: &Addr) -> bool {
-    link(ifindex).is_some_and(|l| l.owns(saddr))
+    // SAFETY: map value reference, read only.
+    unsafe { POD_ADDRS.get(saddr) }.is_some_and(|i| *i == ifindex)
+}
+
+/// Whether `addr` belongs to a pod of this node (a packet from outside
+/// the node claiming it is forged).
+#[inline(never)]
+pub fn is_local_pod(addr: &Addr) -> bool {
+    // SAFETY: map value reference, read only.
+    unsafe { POD_ADDRS.get(addr) }.is_some()
 }
 
 /// Whether any pod address of the link is under a policy (isolated for

@@ -114,6 +114,12 @@ pub struct Args {
     /// network routes pod CIDRs); none: this agent installs no routes.
     #[arg(long, value_enum, default_value_t = Routing::Native)]
     pub routing: Routing,
+
+    /// The node's uplink devices, comma-separated (default: the device
+    /// holding the Node's InternalIP). The node programs (reverse NAT of
+    /// replies from backends on other nodes) attach there.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -73,6 +73,21 @@ impl LinkWatcher {
         Ok(links.iter().filter_map(present).collect())
     }
 
+    /// Every address of every interface: (ifindex, address).
+    pub async fn dump_addrs(&self) -> Result<Vec<(u32, IpAddr)>, rtnetlink::Error> {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        let msgs: Vec<AddressMessage> = self.handle.address().get().execute().try_collect().await?;
+        Ok(msgs
+            .iter()
+            .flat_map(|m| {
+                m.attributes.iter().filter_map(move |a| match a {
+                    AddressAttribute::Address(ip) => Some((m.header.index, *ip)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// Every host route that exists now, IPv4 and IPv6.
     pub async fn dump_routes(&self) -> Result<Vec<HostRoute>, rtnetlink::Error> {
         let v4: Vec<RouteMessage> =

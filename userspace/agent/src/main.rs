@@ -3,6 +3,7 @@
 //! from cluster state read from Kubernetes or a directory of YAML files.
 
 mod args;
+mod devices;
 mod dp_metrics;
 mod events;
 mod links;

@@ -66,6 +66,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for ev in &existing {
         pods.apply(ev);
     }
+    let node_dp = weir_datapath::NodeDatapath::load(&layout).context("loading the node datapath")?;
+    let mut devices = crate::devices::NodeDevices::new(node_dp, args.devices.clone());
+    if !devices.automatic() {
+        devices.ensure(&devices.choose(&[], &[]));
+    }
     let node_routes = (args.routing == crate::args::Routing::Native).then(|| routing::RouteProgrammer::new(watcher.handle()));
 
     // Adopt what an earlier agent programmed; nothing is flushed.
@@ -106,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let out = reconciler.full_sync(&state);
                             log_outcome("initial sync", &out, start.elapsed(), &metrics);
                             sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
+                            sync_devices(&mut devices, &watcher, &state, args.node_name.as_deref()).await;
                             release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
@@ -118,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if synced && !pending.is_empty() {
                     if pending.nodes {
                         sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
+                        sync_devices(&mut devices, &watcher, &state, args.node_name.as_deref()).await;
                     }
                     let out = reconciler.apply(&state, &std::mem::take(&mut pending));
                     if let Some(at) = pending_since.take() {
@@ -168,6 +175,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Attaches the node programs to the uplink devices (chosen from this
+/// node's InternalIP unless `--devices` names them).
+async fn sync_devices(devices: &mut crate::devices::NodeDevices, watcher: &LinkWatcher, state: &ClusterState, node: Option<&str>) {
+    if !devices.automatic() {
+        return;
+    }
+    let ips = node.and_then(|n| state.node(n)).map(|n| n.internal_ips.clone()).unwrap_or_default();
+    if ips.is_empty() {
+        return;
+    }
+    match watcher.dump_addrs().await {
+        Ok(addrs) => {
+            let chosen = devices.choose(&ips, &addrs);
+            devices.ensure(&chosen);
+        }
+        Err(error) => tracing::warn!(%error, "listing addresses to find the node's devices"),
     }
 }
 

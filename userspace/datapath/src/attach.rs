@@ -13,23 +13,30 @@ use aya::programs::{
 
 use crate::{pins::PinLayout, DatapathError};
 
-/// Where on a host-side pod veth a program sits.
+/// Where a program sits: on a host-side pod veth, or on a node device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
-    /// tc ingress: packets the pod sends.
+    /// Pod veth, tc ingress: packets the pod sends.
     FromPod,
-    /// tc egress: packets delivered to the pod.
+    /// Pod veth, tc egress: packets delivered to the pod.
     ToPod,
+    /// Node device (uplink), tc ingress: packets from the network.
+    FromNet,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+    pub const ALL: [Hook; 3] = [Hook::FromPod, Hook::ToPod, Hook::FromNet];
+    /// The pod object's hooks.
+    pub const POD: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+    /// The node object's hooks.
+    pub const NODE: [Hook; 1] = [Hook::FromNet];
 
-    /// The program name in the pod object, and the pin suffix.
+    /// The program name in its object, and the pin suffix.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::FromPod => "from_pod",
             Self::ToPod => "to_pod",
+            Self::FromNet => "from_net",
         }
     }
 
@@ -39,7 +46,7 @@ impl Hook {
 
     pub const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::FromPod => TcAttachType::Ingress,
+            Self::FromPod | Self::FromNet => TcAttachType::Ingress,
             Self::ToPod => TcAttachType::Egress,
         }
     }

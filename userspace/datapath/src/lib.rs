@@ -19,6 +19,6 @@ pub mod pins;
 pub mod stats;
 
 pub use error::DatapathError;
-pub use loader::{LoadOptions, PodDatapath};
+pub use loader::{LoadOptions, NodeDatapath, PodDatapath};
 pub use pins::PinLayout;
 pub use weir_common::config::DatapathConfig;

@@ -1,5 +1,9 @@
-//! `WEIR_LINKS`: the addresses routed to each pod link, which are the only
-//! source addresses the kernel accepts from that link.
+//! `WEIR_LINKS` (pod link → the addresses routed to it) and
+//! `WEIR_POD_ADDRS` (address → its pod link): the only source addresses
+//! the kernel accepts from a pod link, and the addresses a packet from
+//! outside the node may never claim. Written in an order where a lookup
+//! meets the old or the new owner of an address, never nothing while it
+//! stays on its link.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -7,19 +11,47 @@ use aya::maps::{HashMap, MapData};
 use weir_common::{
     addr::Addr,
     link::{LinkInfo, LINK_ADDRS_MAX},
-    maps::{LINKS, LINKS_MAX_ENTRIES},
+    maps::{LINKS, LINKS_MAX_ENTRIES, POD_ADDRS, POD_ADDRS_MAX_ENTRIES},
 };
 
 use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
 
-/// The pinned link map.
+/// The pinned link maps.
 pub struct LinkAddrs {
     map: HashMap<MapData, u32, LinkInfo>,
+    by_addr: HashMap<MapData, Addr, u32>,
+}
+
+fn addrs_of(info: &LinkInfo) -> Vec<Addr> {
+    info.addrs[..(info.count as usize).min(LINK_ADDRS_MAX)].to_vec()
+}
+
+fn is_missing(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 impl LinkAddrs {
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
-        Ok(Self { map: pinned::hash(layout, LINKS)? })
+        Ok(Self { map: pinned::hash(layout, LINKS)?, by_addr: pinned::hash(layout, POD_ADDRS)? })
+    }
+
+    /// Forgets the addresses `old` of `ifindex` that are not in `keep`
+    /// (unless another link owns them by now).
+    fn drop_addrs(&mut self, ifindex: u32, old: &[Addr], keep: &[Addr]) -> Result<(), DatapathError> {
+        for a in old.iter().filter(|a| !keep.contains(a)) {
+            if self.by_addr.get(a, 0).ok() == Some(ifindex) {
+                match self.by_addr.remove(a) {
+                    Ok(()) => {}
+                    Err(e) if is_missing(&e) => {}
+                    Err(source) => return Err(DatapathError::Map { name: POD_ADDRS, source }),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets the addresses of `ifindex` (sorted, so the value is stable);
@@ -38,25 +70,31 @@ impl LinkAddrs {
         for (slot, a) in info.addrs.iter_mut().zip(&sorted) {
             *slot = Addr::from(*a);
         }
-        if self.map.get(&ifindex, 0).ok() == Some(info) {
+        let old = self.map.get(&ifindex, 0).ok();
+        if old == Some(info) && addrs_of(&info).iter().all(|a| self.by_addr.get(a, 0).ok() == Some(ifindex)) {
             return Ok(());
+        }
+        let new = addrs_of(&info);
+        for a in &new {
+            self.by_addr
+                .insert(a, ifindex, 0)
+                .map_err(|source| update_error(POD_ADDRS, POD_ADDRS_MAX_ENTRIES, || format!("address {} of pod link {ifindex}", std::net::IpAddr::from(*a)), source))?;
         }
         self.map
             .insert(ifindex, info, 0)
-            .map_err(|source| update_error(LINKS, LINKS_MAX_ENTRIES, || format!("pod link {ifindex}"), source))
+            .map_err(|source| update_error(LINKS, LINKS_MAX_ENTRIES, || format!("pod link {ifindex}"), source))?;
+        self.drop_addrs(ifindex, &old.map(|o| addrs_of(&o)).unwrap_or_default(), &new)
     }
 
     /// Forgets `ifindex`.
     pub fn remove(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let old = self.map.get(&ifindex, 0).ok();
         match self.map.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(DatapathError::Map { name: LINKS, source }),
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(source) => return Err(DatapathError::Map { name: LINKS, source }),
         }
+        self.drop_addrs(ifindex, &old.map(|o| addrs_of(&o)).unwrap_or_default(), &[])
     }
 
     /// Every link and its addresses.

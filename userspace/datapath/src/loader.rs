@@ -59,7 +59,7 @@ impl PodDatapath {
             .load(POD_OBJECT)
             .map_err(|source| DatapathError::Load { object: "pod", source })?;
         let mut dp = Self { ebpf, layout: layout.clone() };
-        for hook in Hook::ALL {
+        for hook in Hook::POD {
             dp.program_mut(hook)?
                 .load()
                 .map_err(|source| DatapathError::Program { name: hook.as_str(), source })?;
@@ -105,7 +105,7 @@ impl PodDatapath {
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
         let layout = self.layout.clone();
         let mut out = [AttachOutcome::Created; 2];
-        for (i, hook) in Hook::ALL.into_iter().enumerate() {
+        for (i, hook) in Hook::POD.into_iter().enumerate() {
             out[i] = attach_pinned(self.program_mut(hook)?, &layout, ifname, ifindex, hook)?;
         }
         Ok(out)
@@ -144,5 +144,50 @@ impl PodDatapath {
         }
         pruned.dedup();
         Ok(pruned)
+    }
+}
+
+/// The loaded node object (`from_net` on the node's uplink devices),
+/// sharing the pod object's pinned maps.
+pub struct NodeDatapath {
+    ebpf: Ebpf,
+    layout: PinLayout,
+}
+
+impl NodeDatapath {
+    /// Loads the node object over the maps the pod object pinned (load
+    /// the pod object first).
+    pub fn load(layout: &PinLayout) -> Result<Self, DatapathError> {
+        layout.ensure_dirs()?;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(layout.maps_dir())
+            .load(crate::objects::NODE_OBJECT)
+            .map_err(|source| DatapathError::Load { object: "node", source })?;
+        let mut dp = Self { ebpf, layout: layout.clone() };
+        for hook in Hook::NODE {
+            dp.program_mut(hook)?
+                .load()
+                .map_err(|source| DatapathError::Program { name: hook.as_str(), source })?;
+        }
+        Ok(dp)
+    }
+
+    /// The program for `hook`, for attaching or for BPF_PROG_TEST_RUN.
+    pub fn program(&self, hook: Hook) -> Result<&SchedClassifier, DatapathError> {
+        let name = hook.as_str();
+        let prog = self.ebpf.program(name).ok_or(DatapathError::MissingProgram { object: "node", name })?;
+        prog.try_into().map_err(|source| DatapathError::Program { name, source })
+    }
+
+    fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {
+        let name = hook.as_str();
+        let prog = self.ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { object: "node", name })?;
+        prog.try_into().map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// Attaches the node programs to an uplink device.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<AttachOutcome, DatapathError> {
+        let layout = self.layout.clone();
+        attach_pinned(self.program_mut(Hook::FromNet)?, &layout, ifname, ifindex, Hook::FromNet)
     }
 }

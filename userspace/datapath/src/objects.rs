@@ -2,3 +2,6 @@
 
 /// The pod object: `from_pod` (tc ingress) and `to_pod` (tc egress) on host-side pod veths.
 pub static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod"));
+
+/// The node object: `from_net` (tc ingress) on the node's uplink devices.
+pub static NODE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node"));
