@@ -160,6 +160,19 @@ impl Cluster {
     }
 }
 
+/// A Namespace object labelled `ns=<name>`.
+pub fn namespace_object(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{ns: {name}, kubernetes.io/metadata.name: {name}}}\n---\n")
+}
+
+/// A running Pod object in `namespace` on `node` with `ip`, labelled
+/// `app=<app>`.
+pub fn pod_object(namespace: &str, name: &str, app: &str, node: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{app: {app}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: x}}]\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n---\n"
+    )
+}
+
 /// Plugs `ns` into the fabric bridge: `eth0` in `ns` with `ip/24`, its
 /// peer `port` on the bridge.
 fn plug(fabric: &NetNs, ns: &NetNs, port: &str, ip: Ipv4Addr) {

@@ -103,3 +103,34 @@ fn a_clusterip_with_remote_backends_answers_from_its_vip_and_keeps_the_client_ad
     }
     assert_eq!(seen.len(), 3, "local and remote backends all served: {seen:?}");
 }
+
+#[test]
+fn network_policy_selects_pods_on_other_nodes_both_ways_directly_and_through_a_service() {
+    use std::net::Ipv4Addr;
+    use weir_tests::{
+        cluster::{namespace_object, pod_object},
+        services::{ready, yaml_service},
+    };
+    let c = Cluster::new(3, &["--routing", "native"]);
+    let vip = Ipv4Addr::new(10, 96, 0, 61);
+    let (client, intruder, server) = (c.nodes[0].pod("client", 10), c.nodes[1].pod("intruder", 20), c.nodes[2].pod("server", 30));
+    let _srv = [tcp_server(server.ns(), 8080, Reply::Name("server".into())), tcp_server(client.ns(), 8080, Reply::Name("client".into()))];
+    let mut objects = namespace_object("app");
+    objects += &pod_object("app", "client", "client", c.nodes[0].name(), client.ip);
+    objects += &pod_object("app", "intruder", "intruder", c.nodes[1].name(), intruder.ip);
+    objects += &pod_object("app", "server", "server", c.nodes[2].name(), server.ip);
+    objects += &yaml_service("server", vip, 80, "TCP", 8080, &ready(&[server.ip]));
+    objects += "---\n";
+    // The server admits only the client; the intruder may send nowhere but DNS.
+    objects += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-from-client, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n---\n";
+    objects += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: intruder-egress, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: intruder}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: 53, protocol: UDP}]\n---\n";
+    c.write("app.yaml", &objects);
+    let reach = |from: &weir_tests::Pod, to: Ipv4Addr, port: u16| tcp_request(from.ns(), to, port, b"hi".to_vec(), Duration::from_millis(700)).is_ok();
+    c.wait_for("the server's node enforces the policy", || !reach(&intruder, server.ip, 8080));
+    assert!(reach(&client, server.ip, 8080), "a pod on node 0 admitted by the server's ingress on node 2");
+    assert!(reach(&client, vip, 80), "and through the ClusterIP (DNAT on node 0, judged on node 2)");
+    assert!(!reach(&intruder, server.ip, 8080), "the server's ingress denies a pod on node 1");
+    assert!(!reach(&intruder, vip, 80), "also through the ClusterIP");
+    assert!(!reach(&intruder, client.ip, 8080), "the intruder's egress (node 1) denies a pod on node 0");
+    assert!(reach(&server, client.ip, 8080), "the server's egress is open");
+}
