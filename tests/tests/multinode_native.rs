@@ -134,3 +134,26 @@ fn network_policy_selects_pods_on_other_nodes_both_ways_directly_and_through_a_s
     assert!(!reach(&intruder, client.ip, 8080), "the intruder's egress (node 1) denies a pod on node 0");
     assert!(reach(&server, client.ip, 8080), "the server's egress is open");
 }
+
+#[test]
+fn a_service_with_host_network_endpoints_works_from_every_pod() {
+    use std::net::Ipv4Addr;
+    use weir_tests::services::{ready, yaml_service};
+    let c = Cluster::new(3, &["--routing", "native"]);
+    let vip = Ipv4Addr::new(10, 96, 0, 1);
+    // The `kubernetes` Service: endpoints are node addresses, the servers
+    // run in the nodes' own network namespaces.
+    let _apis = [tcp_server(c.nodes[0].node.ns(), 6443, Reply::Peer("api0".into())), tcp_server(c.nodes[2].node.ns(), 6443, Reply::Peer("api2".into()))];
+    let (a, b) = (c.nodes[0].pod("a", 10), c.nodes[1].pod("b", 20));
+    for (name, ip) in [("local", c.nodes[0].ip), ("remote", c.nodes[2].ip)] {
+        c.write("kubernetes.yaml", &yaml_service("kubernetes", vip, 443, "TCP", 6443, &ready(&[ip])));
+        let want = format!("{ip}:6443");
+        c.wait_for("every agent programs the endpoint", || {
+            c.nodes.iter().all(|n| String::from_utf8_lossy(&n.node.weir(&["backend", "list"]).stdout).contains(&want))
+        });
+        for pod in [&a, &b] {
+            let r = String::from_utf8(tcp_request(pod.ns(), vip, 443, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("{name} host endpoint {ip} from {}: {e}", pod.ip))).expect("utf-8");
+            assert!(r.contains(&format!(" {}:", pod.ip)), "{name} host endpoint saw the pod's address: {r}");
+        }
+    }
+}

@@ -102,10 +102,13 @@ fn fwd_key_of(rev: &CtEntry, proto: u8) -> CtKey {
 
 /// A reply from a backend: restore the service address as the source
 /// (and the client's own port and, for hairpin flows, address as the
-/// destination). The caller has validated the source: only the backend's
-/// own link can send from the backend's address.
+/// destination), then forward it (`REVERSE_REDIRECT`) or let it go on
+/// where it is (`REVERSE_IN_PLACE`: at to_pod, for replies of backends
+/// in the node's own network namespace). The caller has validated the
+/// source: only the backend's own link (or the node itself) can send from
+/// the backend's address.
 #[inline(never)]
-pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64) -> i32 {
+pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64, how: u32) -> i32 {
     // A SYN opens a connection; it is never a reply.
     if pkt.proto == PROTO_TCP && is_syn(pkt.tcp_flags) {
         return NOT_HANDLED;
@@ -145,8 +148,16 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         return reject_malformed();
     }
     mark_translated(ctx);
+    if how == REVERSE_IN_PLACE {
+        return aya_ebpf::bindings::TC_ACT_OK as i32;
+    }
     redirect_v4(ctx, pkt)
 }
+
+/// [`reverse`]: forward the translated reply (from a pod or the network).
+pub const REVERSE_REDIRECT: u32 = 0;
+/// [`reverse`]: translate in place (a reply already on its way to the pod).
+pub const REVERSE_IN_PLACE: u32 = 1;
 
 /// The forward half of a live flow is gone (evicted): rebuild it from
 /// the reverse half, so the client's next packet keeps its backend.

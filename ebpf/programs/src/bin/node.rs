@@ -53,7 +53,7 @@ fn v4_from_net(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
         return TC_ACT_OK as i32;
     }
     let Some(cfg) = conntrack::config() else { return TC_ACT_OK as i32 };
-    let verdict = lb::reverse(ctx, pkt, cfg, now);
+    let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
     if verdict == lb::NOT_HANDLED {
         return TC_ACT_OK as i32;
     }

@@ -67,7 +67,7 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
         return TC_ACT_SHOT as i32;
     };
     let now = conntrack::now_ns();
-    let verdict = lb::reverse(ctx, pkt, cfg, now);
+    let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
     if verdict != lb::NOT_HANDLED {
         return settle(ctx, pkt, verdict);
     }
@@ -157,6 +157,16 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     let verdict = if pkt.is_icmp_error() {
         icmp::error_to_pod(&ctx, &mut pkt, now)
     } else if pkt.is_tcp_udp() {
+        // A reply from a backend in the node's own network namespace
+        // (host-network endpoints) is reverse-NATed here: no from_pod saw it.
+        if from_host(&ctx) {
+            if let Some(cfg) = conntrack::config() {
+                let v = lb::reverse(&ctx, &mut pkt, cfg, now, lb::REVERSE_IN_PLACE);
+                if let Some(reason) = lb::dropped(v) {
+                    return events::dropped(&ctx, &pkt, reason);
+                }
+            }
+        }
         policy::to_pod(&ctx, &pkt, now)
     } else {
         policy::other(&ctx, &pkt, true)
@@ -165,6 +175,13 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         frag::commit();
     }
     verdict
+}
+
+/// The node's own stack sent the packet (no ingress device).
+#[inline(always)]
+fn from_host(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
 }
 
 #[inline(always)]
