@@ -157,3 +157,34 @@ fn a_service_with_host_network_endpoints_works_from_every_pod() {
         }
     }
 }
+
+#[test]
+fn killing_one_nodes_agent_breaks_no_flow() {
+    use std::net::Ipv4Addr;
+    use weir_tests::{
+        services::{ready, yaml_service},
+        traffic::{ask_name, tcp_connect},
+    };
+    let mut c = Cluster::new(3, &["--routing", "native"]);
+    let vip = Ipv4Addr::new(10, 96, 0, 62);
+    let a = c.nodes[0].pod("a", 10);
+    let (b, d) = (c.nodes[1].pod("b", 20), c.nodes[2].pod("d", 30));
+    let _srv = [tcp_server(b.ns(), 9000, Reply::NamePerLine("b".into())), tcp_server(d.ns(), 9000, Reply::NamePerLine("d".into()))];
+    c.write("svc.yaml", &yaml_service("lines", vip, 90, "TCP", 9000, &ready(&[b.ip])));
+    c.wait_for("node 0 programs the service", || String::from_utf8_lossy(&c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&vip.to_string()));
+    let mut via_vip = tcp_connect(a.ns(), vip, 90, DEFAULT_TIMEOUT).expect("through the VIP to node 1");
+    let mut direct = tcp_connect(a.ns(), d.ip, 9000, DEFAULT_TIMEOUT).expect("directly to node 2");
+    assert_eq!(ask_name(&mut via_vip).expect("ask"), "b");
+    assert_eq!(ask_name(&mut direct).expect("ask"), "d");
+    for victim in [2usize, 1, 0] {
+        c.nodes[victim].agent().stop_with(libc::SIGKILL);
+        for _ in 0..5 {
+            assert_eq!(ask_name(&mut via_vip).expect("the service flow survives"), "b", "after killing node {victim}'s agent");
+            assert_eq!(ask_name(&mut direct).expect("the direct flow survives"), "d", "after killing node {victim}'s agent");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let fresh = tcp_connect(a.ns(), vip, 90, DEFAULT_TIMEOUT).map(|mut s| ask_name(&mut s));
+        assert!(matches!(fresh, Ok(Ok(ref n)) if n == "b"), "new connections still work with node {victim}'s agent down: {fresh:?}");
+        c.nodes[victim].agent().restart();
+    }
+}
