@@ -23,6 +23,8 @@ pub struct ClusterNode {
     pub node: Node,
     pub index: usize,
     pub ip: Ipv4Addr,
+    /// The MTU pods of this node get (a tunnel's overhead off the uplink).
+    pub pod_mtu: Option<u32>,
 }
 
 impl ClusterNode {
@@ -43,6 +45,11 @@ impl ClusterNode {
     /// Wires pod `host` of this node's CIDR.
     pub fn pod(&self, name: &str, host: u8) -> Pod {
         let pod = self.node.pod(name, self.pod_ip(host));
+        if let Some(mtu) = self.pod_mtu {
+            let mtu = mtu.to_string();
+            pod.ns().ip(&["link", "set", "eth0", "mtu", &mtu]);
+            self.node.ns().ip(&["link", "set", &pod.host_if, "mtu", &mtu]);
+        }
         if let Some(a) = &self.agent {
             a.wait_attached(&pod.host_if, pod.host_ifindex);
         }
@@ -71,6 +78,7 @@ impl ClusterNode {
 
 pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
+    pub pod_mtu: Option<u32>,
     pub outside: NetNs,
     pub outside_ip: Ipv4Addr,
     agent_args: Vec<String>,
@@ -91,7 +99,10 @@ impl Cluster {
         let outside_ip = Ipv4Addr::new(192, 168, 0, 200);
         plug(&fabric, &outside, "fo", outside_ip);
         let objects = TempDir::new("weir-cluster");
-        let mut c = Self { nodes: Vec::new(), outside, outside_ip, agent_args: agent_args.iter().map(|s| s.to_string()).collect(), fabric, objects };
+        // With a tunnel, pods get the uplink's MTU less its overhead, as
+        // the agent tells weir-cni.
+        let pod_mtu = agent_args.windows(2).any(|w| w == ["--routing", "vxlan"]).then_some(1500 - 50);
+        let mut c = Self { nodes: Vec::new(), pod_mtu, outside, outside_ip, agent_args: agent_args.iter().map(|s| s.to_string()).collect(), fabric, objects };
         for _ in 0..n {
             c.add_node_ns();
         }
@@ -126,7 +137,7 @@ impl Cluster {
         let node = Node::new();
         let ip = Ipv4Addr::new(192, 168, 0, 11 + index as u8);
         plug(&self.fabric, node.ns(), &format!("fn{index}"), ip);
-        self.nodes.push(ClusterNode { agent: None, node, index, ip });
+        self.nodes.push(ClusterNode { agent: None, node, index, ip, pod_mtu: self.pod_mtu });
         index
     }
 
@@ -147,6 +158,22 @@ impl Cluster {
         self.nodes[i].agent = Some(agent);
     }
 
+    /// Runs `traffic` while capturing every frame on node 0's port of the
+    /// fabric (a raw packet socket on the bridge port); returns the IPv4
+    /// frames seen as (source, destination, protocol, UDP destination port
+    /// or 0).
+    pub fn capture(&self, traffic: impl FnOnce()) -> Vec<(Ipv4Addr, Ipv4Addr, u8, u16)> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let h = self.fabric.spawn(move || sniff("fn0", &stop2, ready_tx));
+        ready_rx.recv_timeout(std::time::Duration::from_secs(5)).expect("capture started");
+        traffic();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().expect("capture thread")
+    }
+
     /// Waits until `f` holds (10 s at most).
     pub fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
         let start = std::time::Instant::now();
@@ -158,6 +185,46 @@ impl Cluster {
         }
         panic!("timed out waiting for: {what}");
     }
+}
+
+/// Captures IPv4 frames on `dev` (this thread's namespace) until `stop`.
+fn sniff(dev: &str, stop: &std::sync::atomic::AtomicBool, ready: std::sync::mpsc::Sender<()>) -> Vec<(Ipv4Addr, Ipv4Addr, u8, u16)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(dev).expect("name");
+    // SAFETY: a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: a valid fd and sockaddr_ll of the right size.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+    // SAFETY: a valid fd and a timeval option.
+    unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32) };
+    let _ = ready.send(());
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: the buffer is ours and as long as we say.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 34 || buf[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let p = &buf[..n as usize];
+        let ihl = usize::from(p[14] & 0x0f) * 4;
+        let dport = if p[23] == 17 && p.len() >= 14 + ihl + 4 { u16::from_be_bytes([p[14 + ihl + 2], p[14 + ihl + 3]]) } else { 0 };
+        out.push((Ipv4Addr::new(p[26], p[27], p[28], p[29]), Ipv4Addr::new(p[30], p[31], p[32], p[33]), p[23], dport));
+    }
+    out
 }
 
 /// A Namespace object labelled `ns=<name>`.

@@ -38,10 +38,15 @@ pub enum DropReason {
     /// A packet on its way into a pod whose destination is not one of the
     /// pod's addresses (the mirror of source validation).
     NotForPod = 14,
+    /// A packet for the tunnel whose destination no node's pod CIDR holds.
+    NoTunnelEndpoint = 15,
+    /// Encapsulated traffic from an outer source that is no node, or with
+    /// an inner source that node does not hold.
+    TunnelSpoofed = 16,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -56,6 +61,8 @@ impl DropReason {
         DropReason::CtQuota,
         DropReason::TupleCollision,
         DropReason::NotForPod,
+        DropReason::NoTunnelEndpoint,
+        DropReason::TunnelSpoofed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -74,6 +81,8 @@ impl DropReason {
             Self::CtQuota => "ct_quota",
             Self::TupleCollision => "tuple_collision",
             Self::NotForPod => "not_for_pod",
+            Self::NoTunnelEndpoint => "no_tunnel_endpoint",
+            Self::TunnelSpoofed => "tunnel_spoofed",
         }
     }
 

@@ -19,6 +19,7 @@ pub mod link;
 pub mod maps;
 pub mod policy;
 pub mod stats;
+pub mod tunnel;
 
 /// Implements `aya::Pod` for map types when building for userspace.
 macro_rules! user_pod {

@@ -98,3 +98,13 @@ pub const CT_STATS_MAX_ENTRIES: u32 = 16;
 /// counts from its scan.
 pub const CT_OWNERS: &str = "WEIR_CT_OWNERS";
 pub const CT_OWNERS_MAX_ENTRIES: u32 = 16_384;
+
+/// Pod CIDRs of other nodes → the node holding each (LPM trie over
+/// 16-byte addresses), for `--routing vxlan`.
+pub const TUNNEL: &str = "WEIR_TUNNEL";
+pub const TUNNEL_MAX_ENTRIES: u32 = 16_384;
+
+/// Addresses of the cluster's nodes (InternalIPs) → 1 (hash): the only
+/// outer sources encapsulated traffic is accepted from.
+pub const NODES: &str = "WEIR_NODES";
+pub const NODES_MAX_ENTRIES: u32 = 16_384;

@@ -12,6 +12,7 @@ use weir_common::{
     event::DatapathEvent,
     frag::{FragKey, FragValue},
     link::LinkInfo,
+    tunnel::TunnelEndpoint,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
     maps::*,
     policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue, RuleName, NameKey},
@@ -55,6 +56,12 @@ pub static LINKS: HashMap<u32, LinkInfo> = HashMap::pinned(LINKS_MAX_ENTRIES, 0)
 
 #[map(name = "WEIR_POD_ADDRS")]
 pub static POD_ADDRS: HashMap<Addr, u32> = HashMap::pinned(POD_ADDRS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_TUNNEL")]
+pub static TUNNEL: LpmTrie<Addr, TunnelEndpoint> = LpmTrie::pinned(TUNNEL_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_NODES")]
+pub static NODES: HashMap<Addr, u32> = HashMap::pinned(NODES_MAX_ENTRIES, 0);
 
 #[map(name = "WEIR_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX_ENTRIES, 0);

@@ -109,11 +109,18 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// How pods reach pods on other nodes. native: one route per remote
-    /// node's pod CIDR via its InternalIP (nodes share a network, or the
-    /// network routes pod CIDRs); none: this agent installs no routes.
-    #[arg(long, value_enum, default_value_t = Routing::Native)]
+    /// How pods reach pods on other nodes. vxlan (default): encapsulated
+    /// to the node holding the destination's pod CIDR, over any network
+    /// that carries UDP between the nodes' InternalIPs; native: one route
+    /// per remote node's pod CIDR via its InternalIP (the nodes share a
+    /// network, or the network routes pod CIDRs; no overhead); none: this
+    /// agent installs no routes.
+    #[arg(long, value_enum, default_value_t = Routing::Vxlan)]
     pub routing: Routing,
+
+    /// The UDP port of the VXLAN tunnel (`--routing vxlan`).
+    #[arg(long, default_value_t = 8472)]
+    pub tunnel_port: u16,
 
     /// The node's uplink devices, comma-separated (default: the device
     /// holding the Node's InternalIP). The node programs (reverse NAT of
@@ -124,6 +131,7 @@ pub struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Routing {
+    Vxlan,
     Native,
     None,
 }

@@ -52,13 +52,18 @@ impl NodeDevices {
         }
     }
 
+    /// Attaches the tunnel programs to the VXLAN device.
+    pub fn attach_tunnel(&mut self, name: &str, ifindex: u32) -> Result<(), weir_datapath::DatapathError> {
+        self.dp.attach_tunnel(name, ifindex).map(|_| tracing::info!(ifname = %name, ifindex, "tunnel programs attached"))
+    }
+
     /// Whether the explicit list names no device (devices come from the Node).
     pub fn automatic(&self) -> bool {
         self.explicit.is_empty()
     }
 }
 
-fn ifindex(name: &str) -> Option<u32> {
+pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: a valid C string; the call only reads it.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };

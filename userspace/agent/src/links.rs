@@ -88,6 +88,16 @@ impl LinkWatcher {
             .collect())
     }
 
+    /// The MTU of `ifindex`.
+    pub async fn link_mtu(&self, ifindex: u32) -> Option<u32> {
+        let mut links = self.handle.link().get().match_index(ifindex).execute();
+        let m = links.try_next().await.ok()??;
+        m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(v) => Some(*v),
+            _ => None,
+        })
+    }
+
     /// Every host route that exists now, IPv4 and IPv6.
     pub async fn dump_routes(&self) -> Result<Vec<HostRoute>, rtnetlink::Error> {
         let v4: Vec<RouteMessage> =

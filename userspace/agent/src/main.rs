@@ -8,6 +8,7 @@ mod dp_metrics;
 mod events;
 mod links;
 mod metrics;
+mod node_net;
 mod pod_addrs;
 mod pods;
 mod policy;

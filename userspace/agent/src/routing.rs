@@ -1,13 +1,14 @@
-//! Routes to the other nodes' pods (`--routing native`): one route per
-//! remote node's pod CIDR via that node's InternalIP, installed over
-//! rtnetlink with weir's own route protocol number, so that the agent
+//! Routes to the other nodes' pods: one route per remote node's pod CIDR,
+//! via that node's InternalIP (`--routing native`) or through the VXLAN
+//! device (`--routing vxlan`, where the datapath picks the node), installed
+//! over rtnetlink with weir's own route protocol number, so that the agent
 //! finds its routes again after a restart, removes the ones whose Node is
 //! gone, and never touches anyone else's.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use weir_desired::policy::Prefix;
 use weir_model::node::NodeModel;
@@ -15,28 +16,56 @@ use weir_model::node::NodeModel;
 /// The route protocol (`proto 87` in `ip route`) marking weir's routes.
 pub const RTPROT_WEIR: u8 = 87;
 
+/// Where a route to a remote node's pods goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Next {
+    /// Via the node's InternalIP (native routing).
+    Via(IpAddr),
+    /// Out of the tunnel device (its ifindex), on-link.
+    Dev(u32),
+}
+
 /// One route to a remote node's pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NodeRoute {
     pub dst: Prefix,
-    pub via: IpAddr,
+    pub next: Next,
 }
 
-/// The routes this node needs: every other node's pod CIDRs via its
-/// InternalIP of the same family. Pure.
-pub fn desired(nodes: &[&NodeModel], self_name: Option<&str>) -> BTreeSet<NodeRoute> {
-    let mut out = BTreeSet::new();
+impl std::fmt::Display for NodeRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.next {
+            Next::Via(v) => write!(f, "{} via {v}", self.dst),
+            Next::Dev(i) => write!(f, "{} dev #{i}", self.dst),
+        }
+    }
+}
+
+/// Every other node's pod CIDRs with its InternalIP of the same family
+/// (a CIDR with no such address is left out). Pure.
+pub fn remote_cidrs<'a>(nodes: &[&'a NodeModel], self_name: Option<&str>) -> Vec<(Prefix, IpAddr)> {
+    let mut out = Vec::new();
     for n in nodes {
         if Some(n.name.as_str()) == self_name {
             continue;
         }
         for cidr in &n.pod_cidrs {
-            if let Some(via) = n.internal_ip(cidr.addr.is_ipv4()) {
-                out.insert(NodeRoute { dst: *cidr, via });
+            if let Some(ip) = n.internal_ip(cidr.addr.is_ipv4()) {
+                out.push((*cidr, ip));
             }
         }
     }
+    out.sort();
     out
+}
+
+/// The routes this node needs: via each node's InternalIP, or through
+/// `tunnel` when given. Pure.
+pub fn desired(nodes: &[&NodeModel], self_name: Option<&str>, tunnel: Option<u32>) -> BTreeSet<NodeRoute> {
+    remote_cidrs(nodes, self_name)
+        .into_iter()
+        .map(|(dst, ip)| NodeRoute { dst, next: tunnel.map_or(Next::Via(ip), Next::Dev) })
+        .collect()
 }
 
 /// Errors programming routes.
@@ -44,10 +73,10 @@ pub fn desired(nodes: &[&NodeModel], self_name: Option<&str>) -> BTreeSet<NodeRo
 pub enum RouteError {
     #[error("listing routes: {0}")]
     Dump(#[source] rtnetlink::Error),
-    #[error("adding the route to {dst} via {via}: {source}")]
-    Add { dst: String, via: IpAddr, #[source] source: rtnetlink::Error },
-    #[error("removing the route to {dst} via {via}: {source}")]
-    Del { dst: String, via: IpAddr, #[source] source: rtnetlink::Error },
+    #[error("adding the route {route}: {source}")]
+    Add { route: String, #[source] source: rtnetlink::Error },
+    #[error("removing the route {route}: {source}")]
+    Del { route: String, #[source] source: rtnetlink::Error },
 }
 
 impl RouteError {
@@ -69,13 +98,26 @@ pub struct RouteSync {
 }
 
 fn message(r: &NodeRoute) -> RouteMessage {
-    match (r.dst.addr, r.via) {
-        (IpAddr::V4(d), IpAddr::V4(v)) => {
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(d, r.dst.len).gateway(v).protocol(RouteProtocol::Other(RTPROT_WEIR)).build()
+    let proto = RouteProtocol::Other(RTPROT_WEIR);
+    match (r.dst.addr, r.next) {
+        (IpAddr::V4(d), Next::Via(IpAddr::V4(v))) => {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(d, r.dst.len).gateway(v).protocol(proto).build()
         }
-        (IpAddr::V6(d), IpAddr::V6(v)) => {
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().destination_prefix(d, r.dst.len).gateway(v).protocol(RouteProtocol::Other(RTPROT_WEIR)).build()
+        (IpAddr::V6(d), Next::Via(IpAddr::V6(v))) => {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().destination_prefix(d, r.dst.len).gateway(v).protocol(proto).build()
         }
+        (IpAddr::V4(d), Next::Dev(i)) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(d, r.dst.len)
+            .output_interface(i)
+            .scope(RouteScope::Link)
+            .protocol(proto)
+            .build(),
+        (IpAddr::V6(d), Next::Dev(i)) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(d, r.dst.len)
+            .output_interface(i)
+            .scope(RouteScope::Link)
+            .protocol(proto)
+            .build(),
         // `desired` pairs a CIDR only with a gateway of its family.
         _ => RouteMessage::default(),
     }
@@ -86,17 +128,23 @@ fn ours(m: &RouteMessage) -> Option<NodeRoute> {
     if m.header.protocol != RouteProtocol::Other(RTPROT_WEIR) || m.header.kind != RouteType::Unicast {
         return None;
     }
-    let (mut dst, mut via) = (None, None);
+    let (mut dst, mut via, mut oif) = (None, None, None);
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(v4)) => dst = Some(IpAddr::V4(*v4)),
             RouteAttribute::Destination(RouteAddress::Inet6(v6)) => dst = Some(IpAddr::V6(*v6)),
             RouteAttribute::Gateway(RouteAddress::Inet(v4)) => via = Some(IpAddr::V4(*v4)),
             RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => via = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
-    Some(NodeRoute { dst: Prefix::new(dst?, m.header.destination_prefix_length), via: via? })
+    let next = match (via, oif) {
+        (Some(v), _) => Next::Via(v),
+        (None, Some(i)) => Next::Dev(i),
+        (None, None) => return None,
+    };
+    Some(NodeRoute { dst: Prefix::new(dst?, m.header.destination_prefix_length), next })
 }
 
 /// Installs and removes node routes over rtnetlink.
@@ -145,13 +193,13 @@ impl RouteProgrammer {
         for r in want.difference(&have) {
             match self.handle.route().add(message(r)).replace().execute().await {
                 Ok(()) => out.added += 1,
-                Err(source) => out.errors.push(RouteError::Add { dst: r.dst.to_string(), via: r.via, source }),
+                Err(source) => out.errors.push(RouteError::Add { route: r.to_string(), source }),
             }
         }
         for r in have.difference(want) {
             match self.handle.route().del(message(r)).execute().await {
                 Ok(()) => out.removed += 1,
-                Err(source) => out.errors.push(RouteError::Del { dst: r.dst.to_string(), via: r.via, source }),
+                Err(source) => out.errors.push(RouteError::Del { route: r.to_string(), source }),
             }
         }
         out
@@ -176,16 +224,18 @@ mod tests {
     #[test]
     fn every_other_node_gets_a_route_via_its_internal_ip() {
         let (a, b, c) = (node("a", "10.244.1.0/24", "192.168.0.11"), node("b", "10.244.2.0/24", "192.168.0.12"), node("c", "10.244.3.0/24", "192.168.0.13"));
-        let r = desired(&[&a, &b, &c], Some("a"));
-        let dsts: Vec<String> = r.iter().map(|r| format!("{} via {}", r.dst, r.via)).collect();
+        let r = desired(&[&a, &b, &c], Some("a"), None);
+        let dsts: Vec<String> = r.iter().map(ToString::to_string).collect();
         assert_eq!(dsts, ["10.244.2.0/24 via 192.168.0.12", "10.244.3.0/24 via 192.168.0.13"]);
+        let t: Vec<String> = desired(&[&a, &b, &c], Some("a"), Some(9)).iter().map(ToString::to_string).collect();
+        assert_eq!(t, ["10.244.2.0/24 dev #9", "10.244.3.0/24 dev #9"]);
     }
 
     #[test]
     fn a_cidr_without_an_address_of_its_family_gets_no_route() {
         let mut b = node("b", "fd00:2::/64", "192.168.0.12");
         b.pod_cidrs.push(Prefix::new("10.244.2.0".parse().expect("addr"), 24));
-        let r = desired(&[&b], Some("a"));
+        let r = desired(&[&b], Some("a"), None);
         assert_eq!(r.len(), 1, "only the IPv4 CIDR has an IPv4 gateway: {r:?}");
     }
 }

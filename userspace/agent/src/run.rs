@@ -24,7 +24,6 @@ use crate::{
     metrics::{self, KindLabels, Metrics},
     events,
     pods::PodInterfaces,
-    routing,
     policy::PolicyReconciler,
     reconcile::{Outcome, Reconciler},
 };
@@ -67,11 +66,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pods.apply(ev);
     }
     let node_dp = weir_datapath::NodeDatapath::load(&layout).context("loading the node datapath")?;
-    let mut devices = crate::devices::NodeDevices::new(node_dp, args.devices.clone());
-    if !devices.automatic() {
-        devices.ensure(&devices.choose(&[], &[]));
-    }
-    let node_routes = (args.routing == crate::args::Routing::Native).then(|| routing::RouteProgrammer::new(watcher.handle()));
+    let tunnel_maps = weir_datapath::tunnel::TunnelMaps::open(&layout).context("opening the tunnel maps")?;
+    let mut node_net = crate::node_net::NodeNetwork::new(
+        args.routing,
+        args.node_name.clone(),
+        args.tunnel_port,
+        watcher.handle(),
+        node_dp,
+        args.devices.clone(),
+        Some(tunnel_maps),
+    );
 
     // Adopt what an earlier agent programmed; nothing is flushed.
     let lb = Lb::open(&layout).context("opening the service maps")?;
@@ -110,8 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let start = Instant::now();
                             let out = reconciler.full_sync(&state);
                             log_outcome("initial sync", &out, start.elapsed(), &metrics);
-                            sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
-                            sync_devices(&mut devices, &watcher, &state, args.node_name.as_deref()).await;
+                            node_net.sync(&state, &watcher, &metrics).await;
                             release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
@@ -123,8 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 if synced && !pending.is_empty() {
                     if pending.nodes {
-                        sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
-                        sync_devices(&mut devices, &watcher, &state, args.node_name.as_deref()).await;
+                        node_net.sync(&state, &watcher, &metrics).await;
                     }
                     let out = reconciler.apply(&state, &std::mem::take(&mut pending));
                     if let Some(at) = pending_since.take() {
@@ -158,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     Ok(routes) => pods.routes(&routes),
                     Err(error) => tracing::warn!(%error, "listing routes for the pod link resync"),
                 }
-                sync_node_routes(node_routes.as_ref(), &state, args.node_name.as_deref(), &metrics).await;
+                node_net.sync(&state, &watcher, &metrics).await;
                 let start = Instant::now();
                 let out = reconciler.resync(&state);
                 metrics.repairs.inc_by(out.repairs as u64);
@@ -175,39 +177,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-    }
-}
-
-/// Attaches the node programs to the uplink devices (chosen from this
-/// node's InternalIP unless `--devices` names them).
-async fn sync_devices(devices: &mut crate::devices::NodeDevices, watcher: &LinkWatcher, state: &ClusterState, node: Option<&str>) {
-    if !devices.automatic() {
-        return;
-    }
-    let ips = node.and_then(|n| state.node(n)).map(|n| n.internal_ips.clone()).unwrap_or_default();
-    if ips.is_empty() {
-        return;
-    }
-    match watcher.dump_addrs().await {
-        Ok(addrs) => {
-            let chosen = devices.choose(&ips, &addrs);
-            devices.ensure(&chosen);
-        }
-        Err(error) => tracing::warn!(%error, "listing addresses to find the node's devices"),
-    }
-}
-
-/// Makes the routes to other nodes' pods match the Node objects.
-async fn sync_node_routes(programmer: Option<&routing::RouteProgrammer>, state: &ClusterState, node: Option<&str>, metrics: &Metrics) {
-    let Some(p) = programmer else { return };
-    let nodes: Vec<_> = state.nodes().collect();
-    let out = p.sync(&routing::desired(&nodes, node)).await;
-    for e in &out.errors {
-        tracing::error!(error = %weir_datapath::error::chain(e), kind = e.kind(), "node route");
-        metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
-    }
-    if out.added > 0 || out.removed > 0 {
-        tracing::info!(added = out.added, removed = out.removed, "node routes");
     }
 }
 

@@ -22,14 +22,18 @@ pub enum Hook {
     ToPod,
     /// Node device (uplink), tc ingress: packets from the network.
     FromNet,
+    /// The VXLAN device, tc egress: packets for other nodes' pods.
+    ToTunnel,
+    /// The VXLAN device, tc ingress: decapsulated packets.
+    FromTunnel,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::FromPod, Hook::ToPod, Hook::FromNet];
+    pub const ALL: [Hook; 5] = [Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToTunnel, Hook::FromTunnel];
     /// The pod object's hooks.
     pub const POD: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
     /// The node object's hooks.
-    pub const NODE: [Hook; 1] = [Hook::FromNet];
+    pub const NODE: [Hook; 3] = [Hook::FromNet, Hook::ToTunnel, Hook::FromTunnel];
 
     /// The program name in its object, and the pin suffix.
     pub const fn as_str(self) -> &'static str {
@@ -37,6 +41,8 @@ impl Hook {
             Self::FromPod => "from_pod",
             Self::ToPod => "to_pod",
             Self::FromNet => "from_net",
+            Self::ToTunnel => "to_tunnel",
+            Self::FromTunnel => "from_tunnel",
         }
     }
 
@@ -46,8 +52,8 @@ impl Hook {
 
     pub const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::FromPod | Self::FromNet => TcAttachType::Ingress,
-            Self::ToPod => TcAttachType::Egress,
+            Self::FromPod | Self::FromNet | Self::FromTunnel => TcAttachType::Ingress,
+            Self::ToPod | Self::ToTunnel => TcAttachType::Egress,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod programmed;
 pub mod pins;
 pub mod stats;
+pub mod tunnel;
 
 pub use error::DatapathError;
 pub use loader::{LoadOptions, NodeDatapath, PodDatapath};

@@ -190,4 +190,12 @@ impl NodeDatapath {
         let layout = self.layout.clone();
         attach_pinned(self.program_mut(Hook::FromNet)?, &layout, ifname, ifindex, Hook::FromNet)
     }
+
+    /// Attaches the tunnel programs to the VXLAN device.
+    pub fn attach_tunnel(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
+        let layout = self.layout.clone();
+        let to = attach_pinned(self.program_mut(Hook::ToTunnel)?, &layout, ifname, ifindex, Hook::ToTunnel)?;
+        let from = attach_pinned(self.program_mut(Hook::FromTunnel)?, &layout, ifname, ifindex, Hook::FromTunnel)?;
+        Ok([to, from])
+    }
 }

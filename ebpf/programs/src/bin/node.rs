@@ -1,66 +1,61 @@
-//! The node object: attached at tc ingress ("from net") of the node's
-//! uplink devices (`--devices`).
+//! The node object, on the node's own devices:
+//! - `from_net`: tc ingress of the uplink devices (`--devices`);
+//! - `to_tunnel` / `from_tunnel`: tc egress / ingress of the VXLAN device
+//!   (`--routing vxlan`).
 //!
-//! from_net: reverse-NAT replies of service flows whose backend is on
-//! another node (the reply arrives here, from the backend's node, with the
-//! backend's address), translate ICMP errors about them, and drop packets
-//! from outside that claim the address of one of this node's pods.
-//! Everything else goes up the stack as before.
+//! from_net and from_tunnel reverse-NAT replies of service flows whose
+//! backend is on another node, translate ICMP errors about them, and drop
+//! packets from outside that claim the address of one of this node's
+//! pods; from_tunnel first checks that encapsulated traffic comes from a
+//! node and carries that node's own addresses. to_tunnel sets the outer
+//! destination: the node holding the destination's pod CIDR.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
-use weir_common::{addr::Addr, drop::DropReason};
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use weir_common::drop::DropReason;
 use weir_ebpf::{
-    conntrack, events, frag,
-    hdr::{self, Ipv4Pkt, FRAG_FIRST, FRAME_MALFORMED, FRAME_V4},
-    icmp, lb, source,
+    events,
+    hdr::{self, Ipv4Pkt, FRAME_MALFORMED, FRAME_V4},
+    ingress, tunnel,
 };
 
 #[classifier]
 pub fn from_net(ctx: TcContext) -> i32 {
     let mut pkt = Ipv4Pkt::zeroed();
     match hdr::parse(&ctx, &mut pkt) {
-        FRAME_V4 => {}
-        FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
-        _ => return TC_ACT_OK as i32,
+        FRAME_V4 => ingress::from_outside(&ctx, &mut pkt),
+        FRAME_MALFORMED => events::dropped_frame(&ctx, DropReason::Malformed),
+        _ => TC_ACT_OK as i32,
     }
-    // Only a local pod's own link sends from its address.
-    if source::is_local_pod(&Addr::from_v4_raw(pkt.saddr)) {
-        return events::dropped(&ctx, &pkt, DropReason::SpoofedSource);
-    }
-    if pkt.later_fragment() && !frag::recover(&mut pkt) {
-        return TC_ACT_OK as i32; // not ours: the stack reassembles or drops it
-    }
-    let first = pkt.frag == FRAG_FIRST;
-    if first {
-        frag::prepare(&pkt);
-    }
-    let verdict = v4_from_net(&ctx, &mut pkt);
-    if first && verdict != TC_ACT_SHOT as i32 && verdict != TC_ACT_OK as i32 {
-        frag::commit();
-    }
-    verdict
 }
 
-#[inline(always)]
-fn v4_from_net(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
-    let now = conntrack::now_ns();
-    if pkt.is_icmp_error() {
-        return icmp::error_from_net(ctx, pkt, now);
+#[classifier]
+pub fn from_tunnel(ctx: TcContext) -> i32 {
+    let mut pkt = Ipv4Pkt::zeroed();
+    match hdr::parse(&ctx, &mut pkt) {
+        FRAME_V4 => {}
+        FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
+        _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
     }
-    if !pkt.is_tcp_udp() {
-        return TC_ACT_OK as i32;
+    if !tunnel::from_peer(&ctx, pkt.saddr) {
+        return events::dropped(&ctx, &pkt, DropReason::TunnelSpoofed);
     }
-    let Some(cfg) = conntrack::config() else { return TC_ACT_OK as i32 };
-    let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
-    if verdict == lb::NOT_HANDLED {
-        return TC_ACT_OK as i32;
+    ingress::from_outside(&ctx, &mut pkt)
+}
+
+#[classifier]
+pub fn to_tunnel(ctx: TcContext) -> i32 {
+    let mut pkt = Ipv4Pkt::zeroed();
+    match hdr::parse(&ctx, &mut pkt) {
+        FRAME_V4 => {}
+        FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
+        _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
     }
-    match lb::dropped(verdict) {
-        Some(reason) => events::dropped(ctx, pkt, reason),
-        None => verdict,
+    if !tunnel::encapsulate(&ctx, pkt.daddr) {
+        return events::dropped(&ctx, &pkt, DropReason::NoTunnelEndpoint);
     }
+    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

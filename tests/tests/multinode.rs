@@ -1,27 +1,25 @@
-//! Pods across nodes over native routing: three node namespaces on one
-//! fabric, each with its own agent reading one object directory; the
-//! agents route every other node's pod CIDR via its InternalIP (learned
-//! from the Node objects), follow Nodes added and removed at runtime, and
-//! a pod's address is preserved end to end.
+//! Pods, services and policy across nodes, in both routing modes: three
+//! node namespaces on one fabric, each with its own agent reading one
+//! object directory. Native: the agents route every other node's pod CIDR
+//! via its InternalIP; VXLAN: through the agent's tunnel device, the
+//! datapath choosing the node. Each case runs in both (`both!`).
 
 use std::time::Duration;
 
 use weir_tests::{
-    cluster::Cluster,
+    cluster::{Cluster, ClusterNode},
     traffic::{tcp_request, udp_request, udp_server, tcp_server, Reply, DEFAULT_TIMEOUT},
 };
 
-#[test]
-fn pods_reach_pods_on_other_nodes_with_their_own_address() {
-    let c = Cluster::new(3, &["--routing", "native"]);
+fn pods_reach_pods_on_other_nodes_with_their_own_address(mode: &str) {
+    let c = Cluster::new(3, &["--routing", mode]);
     let a = c.nodes[0].pod("a", 10);
     let b = c.nodes[2].pod("b", 20);
     let _servers = [tcp_server(b.ns(), 8080, Reply::Peer("b".into())), udp_server(b.ns(), 5353, Reply::Peer("b".into()))];
     for (i, n) in c.nodes.iter().enumerate() {
         let routes = n.weir_routes();
         for (j, other) in c.nodes.iter().enumerate() {
-            let want = format!("{} via {}", other.pod_cidr(), other.ip);
-            assert_eq!(routes.contains(&want), i != j, "node {i} route to node {j}'s pods: {routes}");
+            assert_eq!(routes.contains(&route_to(mode, other)), i != j, "node {i} route to node {j}'s pods: {routes}");
         }
     }
     let tcp = String::from_utf8(tcp_request(a.ns(), b.ip, 8080, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("TCP across nodes")).expect("utf-8");
@@ -34,9 +32,8 @@ fn pods_reach_pods_on_other_nodes_with_their_own_address() {
     drop(back);
 }
 
-#[test]
-fn nodes_added_and_removed_at_runtime_gain_and_lose_their_routes() {
-    let mut c = Cluster::new(2, &["--routing", "native"]);
+fn nodes_added_and_removed_at_runtime_gain_and_lose_their_routes(mode: &str) {
+    let mut c = Cluster::new(2, &["--routing", mode]);
     let a = c.nodes[0].pod("a", 10);
     // A third node joins: its Node object appears, its agent starts.
     let i = c.add_node_ns();
@@ -44,7 +41,7 @@ fn nodes_added_and_removed_at_runtime_gain_and_lose_their_routes() {
     c.start_agent(i);
     let d = c.nodes[i].pod("d", 30);
     let _srv = udp_server(d.ns(), 5353, Reply::Name("d".into()));
-    let want = format!("{} via {}", c.nodes[i].pod_cidr(), c.nodes[i].ip);
+    let want = route_to(mode, &c.nodes[i]);
     c.wait_for("node 0 routes to the new node's pods", || c.nodes[0].weir_routes().contains(&want));
     assert_eq!(udp_request(a.ns(), d.ip, 5353, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("the new node's pod is reachable"), b"d");
     // The node leaves: its routes go, its pods are unreachable from elsewhere.
@@ -55,15 +52,14 @@ fn nodes_added_and_removed_at_runtime_gain_and_lose_their_routes() {
     c.nodes[0].agent().stop_with(libc::SIGTERM);
     c.nodes[0].agent().restart();
     c.nodes[0].agent().wait_synced();
-    let other = format!("{} via {}", c.nodes[1].pod_cidr(), c.nodes[1].ip);
+    let other = route_to(mode, &c.nodes[1]);
     assert!(c.nodes[0].weir_routes().contains(&other), "{}", c.nodes[0].weir_routes());
 }
 
-#[test]
-fn a_clusterip_with_remote_backends_answers_from_its_vip_and_keeps_the_client_address() {
+fn a_clusterip_with_remote_backends_answers_from_its_vip_and_keeps_the_client_address(mode: &str) {
     use std::net::Ipv4Addr;
     use weir_tests::services::{ready, yaml_service};
-    let c = Cluster::new(3, &["--routing", "native"]);
+    let c = Cluster::new(3, &["--routing", mode]);
     let vip = Ipv4Addr::new(10, 96, 0, 60);
     let a = c.nodes[0].pod("a", 10);
     let local = c.nodes[0].pod("local", 11);
@@ -104,14 +100,13 @@ fn a_clusterip_with_remote_backends_answers_from_its_vip_and_keeps_the_client_ad
     assert_eq!(seen.len(), 3, "local and remote backends all served: {seen:?}");
 }
 
-#[test]
-fn network_policy_selects_pods_on_other_nodes_both_ways_directly_and_through_a_service() {
+fn network_policy_selects_pods_on_other_nodes_both_ways_directly_and_through_a_service(mode: &str) {
     use std::net::Ipv4Addr;
     use weir_tests::{
         cluster::{namespace_object, pod_object},
         services::{ready, yaml_service},
     };
-    let c = Cluster::new(3, &["--routing", "native"]);
+    let c = Cluster::new(3, &["--routing", mode]);
     let vip = Ipv4Addr::new(10, 96, 0, 61);
     let (client, intruder, server) = (c.nodes[0].pod("client", 10), c.nodes[1].pod("intruder", 20), c.nodes[2].pod("server", 30));
     let _srv = [tcp_server(server.ns(), 8080, Reply::Name("server".into())), tcp_server(client.ns(), 8080, Reply::Name("client".into()))];
@@ -135,11 +130,10 @@ fn network_policy_selects_pods_on_other_nodes_both_ways_directly_and_through_a_s
     assert!(reach(&server, client.ip, 8080), "the server's egress is open");
 }
 
-#[test]
-fn a_service_with_host_network_endpoints_works_from_every_pod() {
+fn a_service_with_host_network_endpoints_works_from_every_pod(mode: &str) {
     use std::net::Ipv4Addr;
     use weir_tests::services::{ready, yaml_service};
-    let c = Cluster::new(3, &["--routing", "native"]);
+    let c = Cluster::new(3, &["--routing", mode]);
     let vip = Ipv4Addr::new(10, 96, 0, 1);
     // The `kubernetes` Service: endpoints are node addresses, the servers
     // run in the nodes' own network namespaces.
@@ -158,14 +152,13 @@ fn a_service_with_host_network_endpoints_works_from_every_pod() {
     }
 }
 
-#[test]
-fn killing_one_nodes_agent_breaks_no_flow() {
+fn killing_one_nodes_agent_breaks_no_flow(mode: &str) {
     use std::net::Ipv4Addr;
     use weir_tests::{
         services::{ready, yaml_service},
         traffic::{ask_name, tcp_connect},
     };
-    let mut c = Cluster::new(3, &["--routing", "native"]);
+    let mut c = Cluster::new(3, &["--routing", mode]);
     let vip = Ipv4Addr::new(10, 96, 0, 62);
     let a = c.nodes[0].pod("a", 10);
     let (b, d) = (c.nodes[1].pod("b", 20), c.nodes[2].pod("d", 30));
@@ -188,3 +181,67 @@ fn killing_one_nodes_agent_breaks_no_flow() {
         c.nodes[victim].agent().restart();
     }
 }
+
+fn big_transfers_and_datagrams_cross_nodes(mode: &str) {
+    let c = Cluster::new(2, &["--routing", mode]);
+    let (a, b) = (c.nodes[0].pod("a", 10), c.nodes[1].pod("b", 20));
+    let _srv = [tcp_server(b.ns(), 8080, Reply::Echo), udp_server(b.ns(), 5353, Reply::Echo)];
+    let mib: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let back = tcp_request(a.ns(), b.ip, 8080, mib.clone(), Duration::from_secs(20)).expect("1 MiB over TCP across nodes");
+    assert_eq!(back, mib, "echoed whole");
+    let dgram: Vec<u8> = (0..4000u32).map(|i| (i % 241) as u8).collect();
+    assert_eq!(udp_request(a.ns(), b.ip, 5353, dgram.clone(), DEFAULT_TIMEOUT).expect("4,000-byte UDP across nodes"), dgram);
+}
+
+fn the_fabric_carries_pod_traffic_only_as_the_mode_says(mode: &str) {
+    let c = Cluster::new(2, &["--routing", mode]);
+    let (a, b) = (c.nodes[0].pod("a", 10), c.nodes[1].pod("b", 20));
+    let _srv = udp_server(b.ns(), 5353, Reply::Echo);
+    let frames = c.capture(|| {
+        for _ in 0..5 {
+            udp_request(a.ns(), b.ip, 5353, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("across nodes");
+        }
+    });
+    let pod = |ip: std::net::Ipv4Addr| ip.octets()[..2] == [10, 244];
+    let plain = frames.iter().filter(|(s, d, _, _)| pod(*s) || pod(*d)).count();
+    let tunnel = frames.iter().filter(|(s, d, p, port)| (*s == c.nodes[0].ip || *d == c.nodes[0].ip) && *p == 17 && *port == 8472).count();
+    if mode == "vxlan" {
+        assert_eq!(plain, 0, "no pod address on the fabric: {frames:?}");
+        assert!(tunnel >= 10, "the requests and answers went encapsulated: {frames:?}");
+    } else {
+        assert!(plain >= 10, "native routing carries pod addresses: {frames:?}");
+        assert_eq!(tunnel, 0, "{frames:?}");
+    }
+}
+
+/// How a node's route to `to`'s pods reads in `ip route`.
+fn route_to(mode: &str, to: &ClusterNode) -> String {
+    if mode == "vxlan" {
+        format!("{} dev vx-weir", to.pod_cidr())
+    } else {
+        format!("{} via {}", to.pod_cidr(), to.ip)
+    }
+}
+
+/// Each case, once per routing mode.
+macro_rules! both {
+    ($($case:ident),+ $(,)?) => {
+        mod native {
+            $(#[test] fn $case() { super::$case("native") })+
+        }
+        mod vxlan {
+            $(#[test] fn $case() { super::$case("vxlan") })+
+        }
+    };
+}
+
+both!(
+    pods_reach_pods_on_other_nodes_with_their_own_address,
+    nodes_added_and_removed_at_runtime_gain_and_lose_their_routes,
+    a_clusterip_with_remote_backends_answers_from_its_vip_and_keeps_the_client_address,
+    network_policy_selects_pods_on_other_nodes_both_ways_directly_and_through_a_service,
+    a_service_with_host_network_endpoints_works_from_every_pod,
+    killing_one_nodes_agent_breaks_no_flow,
+    big_transfers_and_datagrams_cross_nodes,
+    the_fabric_carries_pod_traffic_only_as_the_mode_says,
+);

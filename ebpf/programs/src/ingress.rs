@@ -1,0 +1,54 @@
+//! What the node does with a packet arriving from outside it (on an
+//! uplink device, or decapsulated from the tunnel): refuse one that
+//! claims a local pod's address, reverse-NAT replies from backends on
+//! other nodes (and translate ICMP errors about those flows), and leave
+//! everything else to the stack, where the pods' own to_pod checks run.
+
+use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, programs::TcContext};
+use weir_common::{addr::Addr, drop::DropReason};
+
+use crate::{
+    conntrack, events, frag,
+    hdr::{Ipv4Pkt, FRAG_FIRST},
+    icmp, lb, source,
+};
+
+/// An IPv4 packet from outside the node.
+#[inline(always)]
+pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
+    if source::is_local_pod(&Addr::from_v4_raw(pkt.saddr)) {
+        return events::dropped(ctx, pkt, DropReason::SpoofedSource);
+    }
+    if pkt.later_fragment() && !frag::recover(pkt) {
+        return TC_ACT_OK as i32; // not a flow of ours: the stack reassembles or drops it
+    }
+    let first = pkt.frag == FRAG_FIRST;
+    if first {
+        frag::prepare(pkt);
+    }
+    let verdict = translate(ctx, pkt);
+    if first && verdict != TC_ACT_SHOT as i32 && verdict != TC_ACT_OK as i32 {
+        frag::commit();
+    }
+    verdict
+}
+
+#[inline(always)]
+fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
+    let now = conntrack::now_ns();
+    if pkt.is_icmp_error() {
+        return icmp::error_from_net(ctx, pkt, now);
+    }
+    if !pkt.is_tcp_udp() {
+        return TC_ACT_OK as i32;
+    }
+    let Some(cfg) = conntrack::config() else { return TC_ACT_OK as i32 };
+    let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
+    if verdict == lb::NOT_HANDLED {
+        return TC_ACT_OK as i32;
+    }
+    match lb::dropped(verdict) {
+        Some(reason) => events::dropped(ctx, pkt, reason),
+        None => verdict,
+    }
+}

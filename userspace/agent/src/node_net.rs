@@ -1,0 +1,153 @@
+//! How this node reaches the others, from the Node objects: the uplink
+//! devices and their programs, the routes to other nodes' pod CIDRs, and
+//! in VXLAN mode the tunnel device (external / collect_md, owned by the
+//! agent), its programs and the map of which node holds which pod CIDR.
+
+use std::collections::BTreeMap;
+
+use rtnetlink::{Handle, LinkVxlan, LinkUnspec};
+use weir_common::tunnel::TUNNEL_MAC;
+use weir_datapath::{tunnel::TunnelMaps, NodeDatapath};
+use weir_model::ClusterState;
+
+use crate::{
+    args::Routing,
+    devices::NodeDevices,
+    links::LinkWatcher,
+    metrics::{KindLabels, Metrics},
+    routing::{self, RouteProgrammer},
+};
+
+/// The agent's VXLAN device (not `weir*`: that prefix means a pod link).
+pub const TUNNEL_DEV: &str = "vx-weir";
+/// What VXLAN adds to a packet: outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+pub struct NodeNetwork {
+    routing: Routing,
+    node: Option<String>,
+    tunnel_port: u16,
+    handle: Handle,
+    devices: NodeDevices,
+    routes: RouteProgrammer,
+    tunnel_maps: Option<TunnelMaps>,
+    tunnel_ifindex: Option<u32>,
+}
+
+impl NodeNetwork {
+    pub fn new(
+        routing: Routing,
+        node: Option<String>,
+        tunnel_port: u16,
+        handle: Handle,
+        dp: NodeDatapath,
+        explicit_devices: Vec<String>,
+        tunnel_maps: Option<TunnelMaps>,
+    ) -> Self {
+        Self {
+            routing,
+            node,
+            tunnel_port,
+            routes: RouteProgrammer::new(handle.clone()),
+            handle,
+            devices: NodeDevices::new(dp, explicit_devices),
+            tunnel_maps,
+            tunnel_ifindex: None,
+        }
+    }
+
+    /// Makes devices, tunnel and routes match the Node objects. Errors are
+    /// logged and counted; nothing here stops the agent.
+    pub async fn sync(&mut self, state: &ClusterState, watcher: &LinkWatcher, metrics: &Metrics) {
+        let node = self.node.as_deref().and_then(|n| state.node(n));
+        let ips = node.map(|n| n.internal_ips.clone()).unwrap_or_default();
+        let addrs = if self.devices.automatic() {
+            match watcher.dump_addrs().await {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "listing addresses to find the node's devices");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let uplinks = self.devices.choose(&ips, &addrs);
+        self.devices.ensure(&uplinks);
+        if self.routing == Routing::None {
+            return;
+        }
+        let nodes: Vec<_> = state.nodes().collect();
+        if self.routing == Routing::Vxlan {
+            let mtu = match uplinks.first() {
+                Some((_, i)) => watcher.link_mtu(*i).await.unwrap_or(1500),
+                None => 1500,
+            };
+            self.ensure_tunnel(mtu.saturating_sub(VXLAN_OVERHEAD), metrics).await;
+            if let Some(maps) = self.tunnel_maps.as_mut() {
+                let cidrs: BTreeMap<_, _> = routing::remote_cidrs(&nodes, self.node.as_deref()).into_iter().collect();
+                let peers: Vec<_> = nodes.iter().filter(|n| Some(n.name.as_str()) != self.node.as_deref()).flat_map(|n| n.internal_ips.iter().copied()).collect();
+                if let Err(e) = maps.sync(&cidrs, &peers) {
+                    tracing::error!(error = %weir_datapath::error::chain(&e), kind = e.kind(), "tunnel maps");
+                    metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
+                }
+            }
+            if self.tunnel_ifindex.is_none() {
+                return;
+            }
+        }
+        let out = self.routes.sync(&routing::desired(&nodes, self.node.as_deref(), self.tunnel_ifindex)).await;
+        for e in &out.errors {
+            tracing::error!(error = %weir_datapath::error::chain(e), kind = e.kind(), "node route");
+            metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
+        }
+        if out.added > 0 || out.removed > 0 {
+            tracing::info!(added = out.added, removed = out.removed, "node routes");
+        }
+    }
+
+    /// Creates the VXLAN device if it is missing (external mode: the
+    /// datapath sets each packet's outer destination), keeps it up with
+    /// weir's MAC, no ARP and `mtu`, and attaches the tunnel programs.
+    async fn ensure_tunnel(&mut self, mtu: u32, metrics: &Metrics) {
+        let ifindex = match crate::devices::ifindex(TUNNEL_DEV) {
+            Some(i) => i,
+            None => {
+                // External (collect_md) devices take every VNI: the kernel
+                // looks them up with VNI 0, so the device itself has none.
+                let msg = LinkVxlan::new(TUNNEL_DEV, 0)
+                    .port(self.tunnel_port)
+                    .learning(false)
+                    .collect_metadata(true)
+                    .build();
+                if let Err(error) = self.handle.link().add(msg).execute().await {
+                    tracing::error!(%error, dev = TUNNEL_DEV, "creating the VXLAN device");
+                    metrics.reconcile_errors.get_or_create(&KindLabels { kind: "tunnel_device".into() }).inc();
+                    return;
+                }
+                match crate::devices::ifindex(TUNNEL_DEV) {
+                    Some(i) => {
+                        tracing::info!(dev = TUNNEL_DEV, ifindex = i, port = self.tunnel_port, mtu, "created the VXLAN device");
+                        i
+                    }
+                    None => return,
+                }
+            }
+        };
+        let set = LinkUnspec::new_with_index(ifindex).arp(false).address(TUNNEL_MAC.to_vec()).mtu(mtu).up().build();
+        if let Err(error) = self.handle.link().set(set).execute().await {
+            tracing::error!(%error, dev = TUNNEL_DEV, "setting up the VXLAN device");
+            metrics.reconcile_errors.get_or_create(&KindLabels { kind: "tunnel_device".into() }).inc();
+            return;
+        }
+        if self.tunnel_ifindex != Some(ifindex) {
+            match self.devices.attach_tunnel(TUNNEL_DEV, ifindex) {
+                Ok(()) => self.tunnel_ifindex = Some(ifindex),
+                Err(error) => {
+                    tracing::error!(error = %weir_datapath::error::chain(&error), kind = error.kind(), "tunnel programs");
+                    metrics.reconcile_errors.get_or_create(&KindLabels { kind: error.kind().into() }).inc();
+                }
+            }
+        }
+    }
+}

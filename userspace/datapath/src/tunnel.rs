@@ -1,0 +1,72 @@
+//! `WEIR_TUNNEL` (another node's pod CIDR → that node's InternalIP) and
+//! `WEIR_NODES` (the nodes' addresses), for `--routing vxlan`. Writes
+//! only what differs; new entries before removals, so a packet meets the
+//! old or the new endpoint of a CIDR.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::maps::{lpm_trie::{Key, LpmTrie}, HashMap, MapData};
+use weir_common::{
+    addr::Addr,
+    maps::{NODES, NODES_MAX_ENTRIES, TUNNEL, TUNNEL_MAX_ENTRIES},
+    policy::V4_PREFIX_BASE,
+    tunnel::TunnelEndpoint,
+};
+use weir_desired::policy::Prefix;
+
+use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
+
+pub struct TunnelMaps {
+    tunnel: LpmTrie<MapData, Addr, TunnelEndpoint>,
+    nodes: HashMap<MapData, Addr, u32>,
+}
+
+fn key(p: &Prefix) -> Key<Addr> {
+    let bits = if p.addr.is_ipv4() { V4_PREFIX_BASE + u32::from(p.len) } else { u32::from(p.len) };
+    Key::new(bits, Addr::from(p.addr))
+}
+
+impl TunnelMaps {
+    pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
+        Ok(Self {
+            tunnel: LpmTrie::try_from(pinned::open(layout, TUNNEL)?).map_err(|source| DatapathError::Map { name: TUNNEL, source })?,
+            nodes: pinned::hash(layout, NODES)?,
+        })
+    }
+
+    /// Makes the maps hold exactly `cidrs` (pod CIDR → node) and `nodes`.
+    pub fn sync(&mut self, cidrs: &BTreeMap<Prefix, IpAddr>, nodes: &[IpAddr]) -> Result<usize, DatapathError> {
+        let mut writes = 0;
+        for n in nodes {
+            let a = Addr::from(*n);
+            if self.nodes.get(&a, 0).is_err() {
+                self.nodes.insert(a, 1, 0).map_err(|source| update_error(NODES, NODES_MAX_ENTRIES, || format!("node {n}"), source))?;
+                writes += 1;
+            }
+        }
+        let have: Vec<(Key<Addr>, TunnelEndpoint)> = self.tunnel.iter().filter_map(Result::ok).collect();
+        for (p, node) in cidrs {
+            let k = key(p);
+            let v = TunnelEndpoint { node: Addr::from(*node) };
+            if have.iter().any(|(hk, hv)| hk.prefix_len() == k.prefix_len() && hk.data() == k.data() && *hv == v) {
+                continue;
+            }
+            self.tunnel.insert(&k, v, 0).map_err(|source| update_error(TUNNEL, TUNNEL_MAX_ENTRIES, || format!("pod CIDR {p} of node {node}"), source))?;
+            writes += 1;
+        }
+        let wanted: Vec<Key<Addr>> = cidrs.keys().map(key).collect();
+        for (hk, _) in &have {
+            if !wanted.iter().any(|k| k.prefix_len() == hk.prefix_len() && k.data() == hk.data()) {
+                let _ = self.tunnel.remove(hk);
+                writes += 1;
+            }
+        }
+        let keep: Vec<Addr> = nodes.iter().map(|n| Addr::from(*n)).collect();
+        let stale: Vec<Addr> = self.nodes.keys().filter_map(Result::ok).filter(|a| !keep.contains(a)).collect();
+        for a in stale {
+            let _ = self.nodes.remove(&a);
+            writes += 1;
+        }
+        Ok(writes)
+    }
+}
