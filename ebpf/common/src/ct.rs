@@ -19,6 +19,10 @@ pub const CT_SVC_REV: u8 = 2;
 /// Only packets in the opposite direction ride it as replies, and never a
 /// TCP SYN (a new connection from the responder is judged on its own).
 pub const CT_POLICY: u8 = 3;
+/// A masqueraded flow, as the pod sent it (in `WEIR_SNAT`, see `crate::masq`).
+pub const CT_SNAT_OUT: u8 = 4;
+/// A masqueraded flow, as its replies arrive at the node (in `WEIR_SNAT`).
+pub const CT_SNAT_IN: u8 = 5;
 
 /// Key of `WEIR_CT`.
 #[repr(C)]

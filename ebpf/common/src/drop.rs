@@ -43,10 +43,16 @@ pub enum DropReason {
     /// Encapsulated traffic from an outer source that is no node, or with
     /// an inner source that node does not hold.
     TunnelSpoofed = 16,
+    /// A pod's new flow out of the cluster found the masquerade table
+    /// full (`--masquerade-max-entries`).
+    MasqueradeFull = 17,
+    /// Every masquerade port towards that remote address and port was
+    /// taken (no free port found in the tries the kernel makes).
+    MasqueradePortsExhausted = 18,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -63,6 +69,8 @@ impl DropReason {
         DropReason::NotForPod,
         DropReason::NoTunnelEndpoint,
         DropReason::TunnelSpoofed,
+        DropReason::MasqueradeFull,
+        DropReason::MasqueradePortsExhausted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -83,6 +91,8 @@ impl DropReason {
             Self::NotForPod => "not_for_pod",
             Self::NoTunnelEndpoint => "no_tunnel_endpoint",
             Self::TunnelSpoofed => "tunnel_spoofed",
+            Self::MasqueradeFull => "masquerade_full",
+            Self::MasqueradePortsExhausted => "masquerade_ports_exhausted",
         }
     }
 

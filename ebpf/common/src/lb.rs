@@ -16,6 +16,7 @@ pub const PROTO_TCP: u8 = 6;
 /// carries it. to_pod lets a packet ride a service flow only with it.
 pub const MARK_TRANSLATED: u32 = 0x0000_0200;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
 
 /// Key of `WEIR_FRONTENDS`. A key with port 0 and proto 0 marks an
 /// address as a service IP (see [`SVC_F_VIP_MARKER`]): traffic to a port

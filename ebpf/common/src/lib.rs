@@ -17,6 +17,7 @@ pub mod frag;
 pub mod lb;
 pub mod link;
 pub mod maps;
+pub mod masq;
 pub mod policy;
 pub mod stats;
 pub mod tunnel;

@@ -108,3 +108,21 @@ pub const TUNNEL_MAX_ENTRIES: u32 = 16_384;
 /// outer sources encapsulated traffic is accepted from.
 pub const NODES: &str = "WEIR_NODES";
 pub const NODES_MAX_ENTRIES: u32 = 16_384;
+
+/// Uplink ifindex → how it masquerades pod egress (hash).
+pub const MASQ: &str = "WEIR_MASQ";
+pub const MASQ_MAX_ENTRIES: u32 = 64;
+
+/// Destinations pod egress keeps its source towards (LPM trie over
+/// 16-byte addresses): every pod CIDR, every node, link-local, and
+/// `--non-masquerade-cidrs`.
+pub const NO_MASQ: &str = "WEIR_NO_MASQ";
+pub const NO_MASQ_MAX_ENTRIES: u32 = 16_384;
+
+/// Masqueraded flows: CtKey (kind `CT_SNAT_OUT` / `CT_SNAT_IN`) → CtEntry
+/// (hash; two entries per flow).
+pub const SNAT: &str = "WEIR_SNAT";
+pub const SNAT_MAX_ENTRIES: u32 = 131_072;
+
+/// Counters of [`SNAT`] (per-CPU array of u64), indexed by CtStat.
+pub const SNAT_STATS: &str = "WEIR_SNAT_STATS";

@@ -14,5 +14,6 @@ pub mod csum;
 pub mod ct;
 pub mod hash;
 pub mod maglev;
+pub mod masq;
 pub mod policy;
 pub mod select;

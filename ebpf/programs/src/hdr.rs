@@ -9,9 +9,9 @@ use weir_common::{
     addr::Addr,
     lb::{PROTO_TCP, PROTO_UDP},
 };
+pub use weir_common::lb::PROTO_ICMP;
 
 pub const ETH_HLEN: usize = 14;
-pub const PROTO_ICMP: u8 = 1;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;

@@ -12,6 +12,7 @@ pub mod icmp;
 pub mod ingress;
 pub mod lb;
 pub mod maps;
+pub mod masq;
 pub mod nat;
 pub mod policy;
 pub mod reject;

@@ -12,6 +12,7 @@ use weir_common::{
     event::DatapathEvent,
     frag::{FragKey, FragValue},
     link::LinkInfo,
+    masq::MasqDevice,
     tunnel::TunnelEndpoint,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
     maps::*,
@@ -62,6 +63,18 @@ pub static TUNNEL: LpmTrie<Addr, TunnelEndpoint> = LpmTrie::pinned(TUNNEL_MAX_EN
 
 #[map(name = "WEIR_NODES")]
 pub static NODES: HashMap<Addr, u32> = HashMap::pinned(NODES_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_MASQ")]
+pub static MASQ: HashMap<u32, MasqDevice> = HashMap::pinned(MASQ_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_NO_MASQ")]
+pub static NO_MASQ: LpmTrie<Addr, u32> = LpmTrie::pinned(NO_MASQ_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_SNAT")]
+pub static SNAT: HashMap<CtKey, CtEntry> = HashMap::pinned(SNAT_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_SNAT_STATS")]
+pub static SNAT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CT_STATS_MAX_ENTRIES, 0);
 
 #[map(name = "WEIR_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX_ENTRIES, 0);

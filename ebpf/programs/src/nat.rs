@@ -2,13 +2,15 @@
 //! zero checksum stays zero (BPF_F_MARK_MANGLED_0); CHECKSUM_PARTIAL skbs
 //! are handled by the helpers (pseudo-header only). A later fragment has
 //! no L4 header: only its IP header changes (the datagram's L4 checksum
-//! lives in the first fragment, which is rewritten for the whole).
+//! lives in the first fragment, which is rewritten for the whole). An
+//! ICMP echo's identifier stands in for both ports (as `hdr` parses it);
+//! its checksum covers no pseudo-header.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use weir_common::lb::PROTO_UDP;
+use weir_common::lb::{PROTO_ICMP, PROTO_UDP};
 
 use crate::hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
 
@@ -23,7 +25,7 @@ fn rewrite_addr(ctx: &TcContext, pkt: &Ipv4Pkt, off: usize, old: u32, new: u32) 
     if old == new {
         return Ok(());
     }
-    if !pkt.later_fragment() {
+    if !pkt.later_fragment() && pkt.is_tcp_udp() {
         ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, BPF_F_PSEUDO_HDR as u64 | l4_flags(pkt) | 4)
             .map_err(|_| ())?;
     }
@@ -37,8 +39,9 @@ fn rewrite_port(ctx: &TcContext, pkt: &Ipv4Pkt, port_off: usize, old: u16, new: 
     if old == new || pkt.later_fragment() {
         return Ok(());
     }
-    ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, l4_flags(pkt) | 2).map_err(|_| ())?;
-    ctx.store(pkt.l4() + port_off, &new, 0).map_err(|_| ())
+    let (csum_off, field_off) = if pkt.proto == PROTO_ICMP { (pkt.l4() + 2, pkt.l4() + 4) } else { (pkt.l4_csum_off(), pkt.l4() + port_off) };
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, l4_flags(pkt) | 2).map_err(|_| ())?;
+    ctx.store(field_off, &new, 0).map_err(|_| ())
 }
 
 /// Destination NAT: daddr:dport → addr:port (wire order).
@@ -48,6 +51,9 @@ pub fn dnat(ctx: &TcContext, pkt: &mut Ipv4Pkt, addr: u32, port: u16) -> Result<
     rewrite_port(ctx, pkt, 2, pkt.dport, port)?;
     pkt.daddr = addr;
     pkt.dport = port;
+    if pkt.proto == PROTO_ICMP {
+        pkt.sport = port;
+    }
     Ok(())
 }
 
@@ -58,6 +64,9 @@ pub fn snat(ctx: &TcContext, pkt: &mut Ipv4Pkt, addr: u32, port: u16) -> Result<
     rewrite_port(ctx, pkt, 0, pkt.sport, port)?;
     pkt.saddr = addr;
     pkt.sport = port;
+    if pkt.proto == PROTO_ICMP {
+        pkt.dport = port;
+    }
     Ok(())
 }
 

@@ -68,7 +68,9 @@ pub struct Args {
     #[arg(long)]
     pub cni_plugin: Option<std::path::PathBuf>,
 
-    /// MTU written into the conflist.
+    /// Pod MTU written into the conflist. Default: the uplink's MTU
+    /// (the first of --devices, else the default route's device), less
+    /// the VXLAN overhead (50 bytes) with --routing vxlan.
     #[arg(long)]
     pub cni_mtu: Option<u32>,
 
@@ -127,6 +129,27 @@ pub struct Args {
     /// replies from backends on other nodes) attach there.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+
+    /// Masquerade pod traffic leaving the cluster: a pod's packets to an
+    /// address outside every pod CIDR and node address leave the uplink
+    /// with the node's address (eBPF SNAT, ports 61000-65535).
+    /// `--masquerade=false` keeps pod addresses on the wire.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
+
+    /// More destinations pod traffic keeps its source address towards,
+    /// comma-separated CIDRs (ip-masq-agent's nonMasqueradeCIDRs).
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
+    pub non_masquerade_cidrs: Vec<weir_desired::policy::Prefix>,
+
+    /// Entries in the masquerade table (two per masqueraded flow); a
+    /// full table refuses new flows (drop reason masquerade_full).
+    #[arg(long, default_value_t = weir_datapath::LoadOptions::default().snat_entries)]
+    pub masquerade_max_entries: u32,
+}
+
+fn parse_cidr(s: &str) -> Result<weir_desired::policy::Prefix, String> {
+    weir_model::policy::compile::parse_cidr(s, "--non-masquerade-cidrs").map_err(|e| e.message)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

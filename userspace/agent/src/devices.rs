@@ -43,7 +43,7 @@ impl NodeDevices {
             }
             match self.dp.attach(name, *ifindex) {
                 Ok(o) => {
-                    let how = if o == AttachOutcome::Created { "attached" } else { "adopted" };
+                    let how = if o.iter().all(|o| *o == AttachOutcome::Created) { "attached" } else { "adopted" };
                     tracing::info!(ifname = %name, ifindex, "{how} node programs");
                     self.attached.insert(name.clone(), *ifindex);
                 }
@@ -55,11 +55,6 @@ impl NodeDevices {
     /// Attaches the tunnel programs to the VXLAN device.
     pub fn attach_tunnel(&mut self, name: &str, ifindex: u32) -> Result<(), weir_datapath::DatapathError> {
         self.dp.attach_tunnel(name, ifindex).map(|_| tracing::info!(ifname = %name, ifindex, "tunnel programs attached"))
-    }
-
-    /// Whether the explicit list names no device (devices come from the Node).
-    pub fn automatic(&self) -> bool {
-        self.explicit.is_empty()
     }
 }
 

@@ -90,12 +90,7 @@ impl LinkWatcher {
 
     /// The MTU of `ifindex`.
     pub async fn link_mtu(&self, ifindex: u32) -> Option<u32> {
-        let mut links = self.handle.link().get().match_index(ifindex).execute();
-        let m = links.try_next().await.ok()??;
-        m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Mtu(v) => Some(*v),
-            _ => None,
-        })
+        link_mtu(&self.handle, ifindex).await
     }
 
     /// Every host route that exists now, IPv4 and IPv6.
@@ -138,6 +133,28 @@ impl LinkWatcher {
             }
         }
     }
+}
+
+/// The MTU of `ifindex`.
+pub async fn link_mtu(handle: &Handle, ifindex: u32) -> Option<u32> {
+    let mut links = handle.link().get().match_index(ifindex).execute();
+    let m = links.try_next().await.ok()??;
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(v) => Some(*v),
+        _ => None,
+    })
+}
+
+/// The interface of the main table's IPv4 default route.
+pub async fn default_route_dev(handle: &Handle) -> Option<u32> {
+    let routes: Vec<RouteMessage> =
+        handle.route().get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()).execute().try_collect().await.ok()?;
+    routes.iter().filter(|m| m.header.destination_prefix_length == 0 && m.header.kind == RouteType::Unicast).find_map(|m| {
+        m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        })
+    })
 }
 
 fn ifname(m: &LinkMessage) -> Option<String> {

@@ -7,6 +7,7 @@ mod devices;
 mod dp_metrics;
 mod events;
 mod links;
+mod masquerade;
 mod metrics;
 mod node_net;
 mod pod_addrs;

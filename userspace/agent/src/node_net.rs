@@ -1,13 +1,15 @@
 //! How this node reaches the others, from the Node objects: the uplink
 //! devices and their programs, the routes to other nodes' pod CIDRs, and
 //! in VXLAN mode the tunnel device (external / collect_md, owned by the
-//! agent), its programs and the map of which node holds which pod CIDR.
+//! agent), its programs and the map of which node holds which pod CIDR;
+//! and the masquerade of pod egress on the uplinks (`masquerade`).
 
 use std::collections::BTreeMap;
 
 use rtnetlink::{Handle, LinkVxlan, LinkUnspec};
 use weir_common::tunnel::TUNNEL_MAC;
-use weir_datapath::{tunnel::TunnelMaps, NodeDatapath};
+use weir_datapath::{masq::MasqMaps, tunnel::TunnelMaps, NodeDatapath};
+use weir_desired::policy::Prefix;
 use weir_model::ClusterState;
 
 use crate::{
@@ -15,13 +17,30 @@ use crate::{
     devices::NodeDevices,
     links::LinkWatcher,
     metrics::{KindLabels, Metrics},
+    masquerade,
     routing::{self, RouteProgrammer},
 };
+
+/// `--masquerade` and `--non-masquerade-cidrs`, with the maps they fill.
+pub struct MasqSettings {
+    pub enabled: bool,
+    pub extra_inside: Vec<Prefix>,
+    pub maps: MasqMaps,
+}
 
 /// The agent's VXLAN device (not `weir*`: that prefix means a pod link).
 pub const TUNNEL_DEV: &str = "vx-weir";
 /// What VXLAN adds to a packet: outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8.
 pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The MTU pods get over an uplink of `uplink_mtu`: all of it with native
+/// routing, less the encapsulation with VXLAN.
+pub fn pod_mtu(uplink_mtu: u32, routing: Routing) -> u32 {
+    match routing {
+        Routing::Vxlan => uplink_mtu.saturating_sub(VXLAN_OVERHEAD),
+        Routing::Native | Routing::None => uplink_mtu,
+    }
+}
 
 pub struct NodeNetwork {
     routing: Routing,
@@ -32,6 +51,7 @@ pub struct NodeNetwork {
     routes: RouteProgrammer,
     tunnel_maps: Option<TunnelMaps>,
     tunnel_ifindex: Option<u32>,
+    masq: Option<MasqSettings>,
 }
 
 impl NodeNetwork {
@@ -43,6 +63,7 @@ impl NodeNetwork {
         dp: NodeDatapath,
         explicit_devices: Vec<String>,
         tunnel_maps: Option<TunnelMaps>,
+        masq: Option<MasqSettings>,
     ) -> Self {
         Self {
             routing,
@@ -53,6 +74,7 @@ impl NodeNetwork {
             devices: NodeDevices::new(dp, explicit_devices),
             tunnel_maps,
             tunnel_ifindex: None,
+            masq,
         }
     }
 
@@ -61,29 +83,26 @@ impl NodeNetwork {
     pub async fn sync(&mut self, state: &ClusterState, watcher: &LinkWatcher, metrics: &Metrics) {
         let node = self.node.as_deref().and_then(|n| state.node(n));
         let ips = node.map(|n| n.internal_ips.clone()).unwrap_or_default();
-        let addrs = if self.devices.automatic() {
-            match watcher.dump_addrs().await {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(%error, "listing addresses to find the node's devices");
-                    Vec::new()
-                }
+        let addrs = match watcher.dump_addrs().await {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::warn!(%error, "listing addresses to find the node's devices");
+                Vec::new()
             }
-        } else {
-            Vec::new()
         };
         let uplinks = self.devices.choose(&ips, &addrs);
         self.devices.ensure(&uplinks);
+        let nodes: Vec<_> = state.nodes().collect();
+        self.sync_masquerade(&nodes, &uplinks, &ips, &addrs, metrics);
         if self.routing == Routing::None {
             return;
         }
-        let nodes: Vec<_> = state.nodes().collect();
         if self.routing == Routing::Vxlan {
             let mtu = match uplinks.first() {
                 Some((_, i)) => watcher.link_mtu(*i).await.unwrap_or(1500),
                 None => 1500,
             };
-            self.ensure_tunnel(mtu.saturating_sub(VXLAN_OVERHEAD), metrics).await;
+            self.ensure_tunnel(pod_mtu(mtu, Routing::Vxlan), metrics).await;
             if let Some(maps) = self.tunnel_maps.as_mut() {
                 let cidrs: BTreeMap<_, _> = routing::remote_cidrs(&nodes, self.node.as_deref()).into_iter().collect();
                 let peers: Vec<_> = nodes.iter().filter(|n| Some(n.name.as_str()) != self.node.as_deref()).flat_map(|n| n.internal_ips.iter().copied()).collect();
@@ -103,6 +122,29 @@ impl NodeNetwork {
         }
         if out.added > 0 || out.removed > 0 {
             tracing::info!(added = out.added, removed = out.removed, "node routes");
+        }
+    }
+
+    /// Writes the masquerade maps: the uplinks' addresses and the
+    /// destinations inside the cluster (nothing on the devices when off).
+    fn sync_masquerade(
+        &mut self,
+        nodes: &[&weir_model::node::NodeModel],
+        uplinks: &[(String, u32)],
+        ips: &[std::net::IpAddr],
+        addrs: &[(u32, std::net::IpAddr)],
+        metrics: &Metrics,
+    ) {
+        let Some(m) = self.masq.as_mut() else { return };
+        let devices = if m.enabled { masquerade::devices(uplinks, ips, addrs) } else { BTreeMap::new() };
+        let inside = masquerade::inside(nodes, &m.extra_inside);
+        match m.maps.sync(&devices, &inside) {
+            Ok(0) => {}
+            Ok(writes) => tracing::info!(writes, devices = devices.len(), inside = inside.len(), "masquerade maps"),
+            Err(e) => {
+                tracing::error!(error = %weir_datapath::error::chain(&e), kind = e.kind(), "masquerade maps");
+                metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
+            }
         }
     }
 
@@ -149,5 +191,18 @@ impl NodeNetwork {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_get_the_uplink_mtu_less_what_the_mode_adds() {
+        assert_eq!(pod_mtu(1500, Routing::Vxlan), 1450);
+        assert_eq!(pod_mtu(9000, Routing::Vxlan), 8950);
+        assert_eq!(pod_mtu(1500, Routing::Native), 1500);
+        assert_eq!(pod_mtu(1500, Routing::None), 1500);
     }
 }

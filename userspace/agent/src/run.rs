@@ -46,10 +46,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
 
-    let opts = LoadOptions { lb_table_slots: args.lb_table_slots, ct_entries: args.ct_max_entries };
+    let opts = LoadOptions { lb_table_slots: args.lb_table_slots, ct_entries: args.ct_max_entries, snat_entries: args.masquerade_max_entries };
     let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
     dp.set_config(&args.datapath_config()).context("writing the datapath configuration")?;
     let mut ct = Conntrack::open(&layout).context("opening conntrack")?;
+    let mut snat = Conntrack::open_table(&layout, weir_datapath::ct::Table::SNAT).context("opening the masquerade table")?;
+    let mut snat_refused = 0u64;
     let link_addrs = weir_datapath::links::LinkAddrs::open(&layout).context("opening the pod link map")?;
     let mut pods = PodInterfaces::new(dp, link_addrs, metrics.clone());
     let mut watcher = LinkWatcher::subscribe().context("subscribing to rtnetlink link and route events")?;
@@ -65,7 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for ev in &existing {
         pods.apply(ev);
     }
-    let node_dp = weir_datapath::NodeDatapath::load(&layout).context("loading the node datapath")?;
+    let node_dp = weir_datapath::NodeDatapath::load(&layout, &opts).context("loading the node datapath")?;
     let tunnel_maps = weir_datapath::tunnel::TunnelMaps::open(&layout).context("opening the tunnel maps")?;
     let mut node_net = crate::node_net::NodeNetwork::new(
         args.routing,
@@ -75,6 +77,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node_dp,
         args.devices.clone(),
         Some(tunnel_maps),
+        Some(crate::node_net::MasqSettings {
+            enabled: args.masquerade,
+            extra_inside: args.non_masquerade_cidrs.clone(),
+            maps: weir_datapath::masq::MasqMaps::open(&layout).context("opening the masquerade maps")?,
+        }),
     );
 
     // Adopt what an earlier agent programmed; nothing is flushed.
@@ -153,6 +160,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         capacity = out.account.capacity,
                         "conntrack table full: the LRU evicted entries (raise --ct-max-entries, or lower --ct-max-per-endpoint)"
                     );
+                }
+                let out = snat.gc(monotonic_ns());
+                metrics.set_map("WEIR_SNAT", out.account.entries, out.account.capacity);
+                if out.account.insert_failed > snat_refused {
+                    tracing::warn!(
+                        refused = out.account.insert_failed - snat_refused,
+                        entries = out.account.entries,
+                        capacity = out.account.capacity,
+                        "masquerade table full: new flows out of the cluster were dropped (raise --masquerade-max-entries)"
+                    );
+                    snat_refused = out.account.insert_failed;
                 }
             }
             _ = resync_tick.tick(), if synced => {
@@ -244,9 +262,40 @@ async fn cni_install(args: &Args) -> anyhow::Result<()> {
     if cidr.parse::<ipnet_check::Cidr>().is_err() {
         anyhow::bail!("--pod-cidr {cidr:?} is not a CIDR (like 10.244.1.0/24)");
     }
-    let written = weir_cni::install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir, cidr, args.cni_mtu)?;
-    tracing::info!(?written, "installed weir-cni");
+    let mtu = match args.cni_mtu {
+        Some(m) => Some(m),
+        None => derived_pod_mtu(args).await,
+    };
+    let written = weir_cni::install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir, cidr, mtu)?;
+    tracing::info!(?written, ?mtu, "installed weir-cni");
     Ok(())
+}
+
+/// The pod MTU for the conflist when `--cni-mtu` is not given: the
+/// uplink's (the first of `--devices`, else the default route's device)
+/// less what `--routing` adds. `None` (the plugin's default) when no
+/// uplink is found, with a warning.
+async fn derived_pod_mtu(args: &Args) -> Option<u32> {
+    let (conn, handle, _) = match rtnetlink::new_connection() {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%error, "no rtnetlink connection to read the uplink MTU; pass --cni-mtu");
+            return None;
+        }
+    };
+    tokio::spawn(conn);
+    let dev = match args.devices.first() {
+        Some(name) => crate::devices::ifindex(name),
+        None => crate::links::default_route_dev(&handle).await,
+    };
+    let Some(ifindex) = dev else {
+        tracing::warn!(devices = ?args.devices, "no uplink device (no --devices, no default route) to derive the pod MTU from; pass --cni-mtu");
+        return None;
+    };
+    let uplink = crate::links::link_mtu(&handle, ifindex).await?;
+    let mtu = crate::node_net::pod_mtu(uplink, args.routing);
+    tracing::info!(ifindex, uplink_mtu = uplink, pod_mtu = mtu, routing = ?args.routing, "derived the pod MTU");
+    Some(mtu)
 }
 
 /// `--pod-cidr node`: this node's `spec.podCIDR`, from the API server

@@ -22,6 +22,8 @@ pub enum Hook {
     ToPod,
     /// Node device (uplink), tc ingress: packets from the network.
     FromNet,
+    /// Node device (uplink), tc egress: packets leaving the node.
+    ToNet,
     /// The VXLAN device, tc egress: packets for other nodes' pods.
     ToTunnel,
     /// The VXLAN device, tc ingress: decapsulated packets.
@@ -29,11 +31,11 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToTunnel, Hook::FromTunnel];
+    pub const ALL: [Hook; 6] = [Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToNet, Hook::ToTunnel, Hook::FromTunnel];
     /// The pod object's hooks.
     pub const POD: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
     /// The node object's hooks.
-    pub const NODE: [Hook; 3] = [Hook::FromNet, Hook::ToTunnel, Hook::FromTunnel];
+    pub const NODE: [Hook; 4] = [Hook::FromNet, Hook::ToNet, Hook::ToTunnel, Hook::FromTunnel];
 
     /// The program name in its object, and the pin suffix.
     pub const fn as_str(self) -> &'static str {
@@ -41,6 +43,7 @@ impl Hook {
             Self::FromPod => "from_pod",
             Self::ToPod => "to_pod",
             Self::FromNet => "from_net",
+            Self::ToNet => "to_net",
             Self::ToTunnel => "to_tunnel",
             Self::FromTunnel => "from_tunnel",
         }
@@ -53,7 +56,7 @@ impl Hook {
     pub const fn attach_type(self) -> TcAttachType {
         match self {
             Self::FromPod | Self::FromNet | Self::FromTunnel => TcAttachType::Ingress,
-            Self::ToPod | Self::ToTunnel => TcAttachType::Egress,
+            Self::ToPod | Self::ToNet | Self::ToTunnel => TcAttachType::Egress,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! purging the flows of removed backends, rewriting the per-endpoint
 //! counts the kernel's quota reads, and the accounting that makes a full
 //! table visible. The liveness rule is `weir_logic::ct`, the one the
-//! kernel uses.
+//! kernel uses. The masquerade table (`WEIR_SNAT`) has the same types and
+//! is collected by the same code ([`Table::SNAT`]).
 //!
 //! Deleting never races with the kernel: an entry is taken out with
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns what was really there,
@@ -17,8 +18,8 @@ use std::{
 use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use weir_common::{
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_SVC_FWD, CT_SVC_REV},
-    maps::{CONFIG, CT, CT_OWNERS, CT_STATS},
+    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
+    maps::{CONFIG, CT, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS},
 };
 use weir_logic::ct::is_alive;
 
@@ -48,8 +49,23 @@ pub fn twin_key(key: &CtKey, e: &CtEntry, cfg: &DatapathConfig) -> Option<CtKey>
             kind: CT_SVC_FWD,
             _pad: 0,
         }),
+        CT_SNAT_OUT | CT_SNAT_IN => weir_logic::masq::twin(key, e),
         _ => None,
     }
+}
+
+/// Which of the two tables of flows: their map, its counters and the
+/// per-endpoint counts (conntrack only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub map: &'static str,
+    pub stats: &'static str,
+    pub owners: Option<&'static str>,
+}
+
+impl Table {
+    pub const CT: Table = Table { map: CT, stats: CT_STATS, owners: Some(CT_OWNERS) };
+    pub const SNAT: Table = Table { map: SNAT, stats: SNAT_STATS, owners: None };
 }
 
 /// The table's fill level and what happened to it, from the pinned
@@ -86,19 +102,27 @@ pub struct Conntrack {
     map: HashMap<MapData, CtKey, CtEntry>,
     raw: MapData,
     stats: PerCpuArray<MapData, u64>,
-    owners: HashMap<MapData, u32, u64>,
+    owners: Option<HashMap<MapData, u32, u64>>,
     capacity: u64,
     cfg: DatapathConfig,
 }
 
 impl Conntrack {
+    /// The conntrack table.
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
-        let map = pinned::hash(layout, CT)?;
+        Self::open_table(layout, Table::CT)
+    }
+
+    pub fn open_table(layout: &PinLayout, t: Table) -> Result<Self, DatapathError> {
+        let map = pinned::hash(layout, t.map)?;
         layout.require_existing()?;
-        let raw = MapData::from_pin(layout.map(CT)).map_err(|source| DatapathError::Map { name: CT, source })?;
-        let capacity = MapInfo::from_pin(layout.map(CT)).map_err(|source| DatapathError::Map { name: CT, source })?.max_entries();
-        let stats = pinned::typed::<PerCpuArray<MapData, u64>>(layout, CT_STATS)?;
-        let owners = pinned::hash(layout, CT_OWNERS)?;
+        let raw = MapData::from_pin(layout.map(t.map)).map_err(|source| DatapathError::Map { name: t.map, source })?;
+        let capacity = MapInfo::from_pin(layout.map(t.map)).map_err(|source| DatapathError::Map { name: t.map, source })?.max_entries();
+        let stats = pinned::typed::<PerCpuArray<MapData, u64>>(layout, t.stats)?;
+        let owners = match t.owners {
+            Some(name) => Some(pinned::hash(layout, name)?),
+            None => None,
+        };
         let cfg_map = pinned::array::<DatapathConfig>(layout, CONFIG)?;
         let cfg = match cfg_map.get(&0, 0) {
             Ok(c) if c.ct_udp_timeout_s != 0 => c,
@@ -220,13 +244,14 @@ impl Conntrack {
     }
 
     fn write_owners(&mut self, owners: &StdHashMap<u32, u64>) {
-        let stale: Vec<u32> = self.owners.keys().filter_map(Result::ok).filter(|o| !owners.contains_key(o)).collect();
+        let Some(map) = self.owners.as_mut() else { return };
+        let stale: Vec<u32> = map.keys().filter_map(Result::ok).filter(|o| !owners.contains_key(o)).collect();
         for o in stale {
-            let _ = self.owners.remove(&o);
+            let _ = map.remove(&o);
         }
         for (o, n) in owners {
             if *o != 0 {
-                let _ = self.owners.insert(o, n, 0);
+                let _ = map.insert(o, n, 0);
             }
         }
     }

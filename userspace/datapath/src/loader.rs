@@ -10,7 +10,7 @@ use aya::{
 };
 use weir_common::{
     config::DatapathConfig,
-    maps::{CONFIG, CT, CT_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES},
+    maps::{CONFIG, CT, CT_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES, SNAT, SNAT_MAX_ENTRIES},
     stats::{Direction, IfStats, IfStatsKey},
 };
 
@@ -29,11 +29,13 @@ pub struct LoadOptions {
     pub lb_table_slots: u32,
     /// Entries in WEIR_CT (two per service flow).
     pub ct_entries: u32,
+    /// Entries in WEIR_SNAT (two per masqueraded flow).
+    pub snat_entries: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES }
+        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES, snat_entries: SNAT_MAX_ENTRIES }
     }
 }
 
@@ -56,6 +58,7 @@ impl PodDatapath {
             .default_map_pin_directory(layout.maps_dir())
             .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
             .map_max_entries(CT, opts.ct_entries.max(2))
+            .map_max_entries(SNAT, opts.snat_entries.max(2))
             .load(POD_OBJECT)
             .map_err(|source| DatapathError::Load { object: "pod", source })?;
         let mut dp = Self { ebpf, layout: layout.clone() };
@@ -156,11 +159,14 @@ pub struct NodeDatapath {
 
 impl NodeDatapath {
     /// Loads the node object over the maps the pod object pinned (load
-    /// the pod object first).
-    pub fn load(layout: &PinLayout) -> Result<Self, DatapathError> {
+    /// the pod object first; `opts` sizes a map only it would create).
+    pub fn load(layout: &PinLayout, opts: &LoadOptions) -> Result<Self, DatapathError> {
         layout.ensure_dirs()?;
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(layout.maps_dir())
+            .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
+            .map_max_entries(CT, opts.ct_entries.max(2))
+            .map_max_entries(SNAT, opts.snat_entries.max(2))
             .load(crate::objects::NODE_OBJECT)
             .map_err(|source| DatapathError::Load { object: "node", source })?;
         let mut dp = Self { ebpf, layout: layout.clone() };
@@ -186,9 +192,11 @@ impl NodeDatapath {
     }
 
     /// Attaches the node programs to an uplink device.
-    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<AttachOutcome, DatapathError> {
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
         let layout = self.layout.clone();
-        attach_pinned(self.program_mut(Hook::FromNet)?, &layout, ifname, ifindex, Hook::FromNet)
+        let from = attach_pinned(self.program_mut(Hook::FromNet)?, &layout, ifname, ifindex, Hook::FromNet)?;
+        let to = attach_pinned(self.program_mut(Hook::ToNet)?, &layout, ifname, ifindex, Hook::ToNet)?;
+        Ok([from, to])
     }
 
     /// Attaches the tunnel programs to the VXLAN device.

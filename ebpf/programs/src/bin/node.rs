@@ -1,5 +1,6 @@
 //! The node object, on the node's own devices:
-//! - `from_net`: tc ingress of the uplink devices (`--devices`);
+//! - `from_net` / `to_net`: tc ingress / egress of the uplink devices
+//!   (`--devices`);
 //! - `to_tunnel` / `from_tunnel`: tc egress / ingress of the VXLAN device
 //!   (`--routing vxlan`).
 //!
@@ -8,7 +9,9 @@
 //! packets from outside that claim the address of one of this node's
 //! pods; from_tunnel first checks that encapsulated traffic comes from a
 //! node and carries that node's own addresses. to_tunnel sets the outer
-//! destination: the node holding the destination's pod CIDR.
+//! destination: the node holding the destination's pod CIDR. to_net
+//! masquerades pod egress leaving the cluster; from_net first restores
+//! the pod's address on its replies.
 #![no_std]
 #![no_main]
 
@@ -17,15 +20,29 @@ use weir_common::drop::DropReason;
 use weir_ebpf::{
     events,
     hdr::{self, Ipv4Pkt, FRAME_MALFORMED, FRAME_V4},
-    ingress, tunnel,
+    ingress, masq, tunnel,
 };
 
 #[classifier]
 pub fn from_net(ctx: TcContext) -> i32 {
     let mut pkt = Ipv4Pkt::zeroed();
     match hdr::parse(&ctx, &mut pkt) {
-        FRAME_V4 => ingress::from_outside(&ctx, &mut pkt),
+        FRAME_V4 => {
+            if masq::ingress(&ctx, &mut pkt).is_err() {
+                return events::dropped(&ctx, &pkt, DropReason::Malformed);
+            }
+            ingress::from_outside(&ctx, &mut pkt)
+        }
         FRAME_MALFORMED => events::dropped_frame(&ctx, DropReason::Malformed),
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+#[classifier]
+pub fn to_net(ctx: TcContext) -> i32 {
+    let mut pkt = Ipv4Pkt::zeroed();
+    match hdr::parse(&ctx, &mut pkt) {
+        FRAME_V4 => masq::egress(&ctx, &mut pkt),
         _ => TC_ACT_OK as i32,
     }
 }

@@ -1,0 +1,38 @@
+//! Masquerade of pod egress leaving the node (`--masquerade`): which
+//! uplink devices translate, to which address and port range, and which
+//! destinations are inside the cluster (never translated).
+//!
+//! A masqueraded flow has two entries in `WEIR_SNAT` (a hash, not an LRU:
+//! a full table refuses new flows, counted, instead of evicting live
+//! ones), with `WEIR_CT`'s key and value types:
+//! - out (`CT_SNAT_OUT`): pod → remote as the pod sent it; holds the node
+//!   address and port it leaves with;
+//! - in (`CT_SNAT_IN`): remote → node address and port, as the replies
+//!   arrive; holds the pod's address and port to restore.
+//!
+//! `weir_logic::masq::twin` derives one key from the other.
+
+use crate::addr::Addr;
+
+/// Value of `WEIR_MASQ` (uplink ifindex → how it masquerades). A device
+/// without an entry translates nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasqDevice {
+    /// The source address masqueraded flows leave with.
+    pub addr: Addr,
+    /// The source ports they are given, host order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub _pad: u32,
+}
+
+/// The default source port range: above Linux's default ephemeral range
+/// (32768–60999), so the node's own connections never take a port a
+/// masqueraded flow holds, and outside the NodePort range.
+pub const PORT_MIN: u16 = 61_000;
+pub const PORT_MAX: u16 = 65_535;
+
+const _: () = assert!(core::mem::size_of::<MasqDevice>() == 24);
+
+crate::user_pod!(MasqDevice);

@@ -1,0 +1,216 @@
+//! Masquerade of pod egress (see `weir_common::masq`): a pod's TCP, UDP or
+//! ICMP echo leaving an uplink towards an address outside the cluster
+//! (`WEIR_NO_MASQ` holds what is inside) leaves from the device's address
+//! and a port of its range; replies arriving on the device are restored to
+//! the pod's address and port before the stack routes them to the pod.
+//!
+//! Ports are allocated per remote (address, port, protocol): a random
+//! start and a bounded number of tries, each an insert of the in key with
+//! BPF_NOEXIST, so two CPUs never take the same port. A full table and a
+//! range with no free port found are drops with their own reasons.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK},
+    helpers::bpf_get_prandom_u32,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use weir_common::{
+    addr::Addr,
+    config::DatapathConfig,
+    ct::{CtEntry, CtKey, CtStat, CT_F_STATE_BITS, CT_SNAT_IN, CT_SNAT_OUT, DIR_ORIG, DIR_REPLY},
+    drop::DropReason,
+    masq::MasqDevice,
+};
+use weir_logic::{
+    ct::{advance, expiry, State},
+    masq::twin,
+};
+
+use crate::{
+    conntrack::{self, clear_entry, now_ns},
+    events,
+    hdr::{Ipv4Pkt, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP},
+    maps::{scratch, MASQ, NO_MASQ, SNAT, SNAT_STATS},
+    nat, source,
+};
+
+/// Ports tried before a new flow is refused (`masquerade_ports_exhausted`).
+const TRIES: u32 = 16;
+
+#[inline(always)]
+fn stat(s: CtStat) {
+    if let Some(p) = SNAT_STATS.get_ptr_mut(s as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *p = (*p).wrapping_add(1) };
+    }
+}
+
+#[inline(always)]
+fn device(ctx: &TcContext) -> Option<&'static MasqDevice> {
+    // SAFETY: the context pointer is valid for the program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: map value reference, valid for the program run; read only.
+    unsafe { MASQ.get(&ifindex) }
+}
+
+/// Whether `pkt` is of a kind masquerade translates, as sent by the pod
+/// (`reply` false) or as its reply arrives.
+#[inline(always)]
+fn translatable(pkt: &Ipv4Pkt, reply: bool) -> bool {
+    if pkt.later_fragment() {
+        return false;
+    }
+    if pkt.proto == PROTO_ICMP {
+        return pkt.icmp_type == if reply { ICMP_ECHO_REPLY } else { ICMP_ECHO_REQUEST };
+    }
+    pkt.is_tcp_udp()
+}
+
+/// Advances the entry's state for one packet and copies it to its twin.
+#[inline(always)]
+fn touch(k: &CtKey, e: *mut CtEntry, cfg: &DatapathConfig, pkt: &Ipv4Pkt, dir: u8, now: u64) {
+    // SAFETY: `e` points into the SNAT map for this program run.
+    let entry = unsafe { &mut *e };
+    let cur = State { state: entry.state, flags: entry.flags & CT_F_STATE_BITS };
+    let next = advance(pkt.proto, cur, pkt.tcp_flags, dir);
+    entry.state = next.state;
+    entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
+    entry.expires_ns = expiry(cfg, next.state, now);
+    let Some(tk) = twin(k, entry) else { return };
+    if let Some(t) = SNAT.get_ptr_mut(&tk) {
+        // SAFETY: map value pointer, valid for the program run.
+        let t = unsafe { &mut *t };
+        t.state = entry.state;
+        t.flags = entry.flags;
+        t.expires_ns = entry.expires_ns;
+    }
+}
+
+/// tc egress of an uplink: masquerades a pod's packet leaving the cluster.
+#[inline(always)]
+pub fn egress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
+    let ok = TC_ACT_OK as i32;
+    if !translatable(pkt, false) {
+        return ok;
+    }
+    let Some(dev) = device(ctx) else { return ok };
+    let src = Addr::from_v4_raw(pkt.saddr);
+    if !source::is_local_pod(&src) {
+        return ok;
+    }
+    let dst = Addr::from_v4_raw(pkt.daddr);
+    if NO_MASQ.get(&Key::new(128, dst)).is_some() {
+        return ok;
+    }
+    let (Some(cfg), Some(s)) = (conntrack::config(), scratch()) else { return ok };
+    let now = now_ns();
+    s.fkey = conntrack::key(src, dst, pkt.sport, pkt.dport, pkt.proto, CT_SNAT_OUT);
+    let port = match existing(&s.fkey, dev, cfg, pkt, now) {
+        Some(port) => port,
+        None => match allocate(s, dev, cfg, pkt, now) {
+            Ok(port) => port,
+            Err(reason) => return events::dropped(ctx, pkt, reason),
+        },
+    };
+    if nat::snat(ctx, pkt, dev.addr.v4_raw(), port).is_err() {
+        return events::dropped(ctx, pkt, DropReason::Malformed);
+    }
+    ok
+}
+
+/// The port of the flow's live mapping: its out entry exists, leaves from
+/// this device's address, and its in entry still points back at it.
+#[inline(always)]
+fn existing(k: &CtKey, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &Ipv4Pkt, now: u64) -> Option<u16> {
+    let e = SNAT.get_ptr_mut(k)?;
+    // SAFETY: map value pointer, valid for the program run.
+    let entry = unsafe { &*e };
+    if entry.nat_addr != dev.addr {
+        return None;
+    }
+    let tk = twin(k, entry)?;
+    // SAFETY: map value reference, read only.
+    let back = unsafe { SNAT.get(&tk) }?;
+    if back.nat_addr != k.saddr || back.nat_port != k.sport {
+        return None;
+    }
+    let port = entry.nat_port;
+    touch(k, e, cfg, pkt, DIR_ORIG, now);
+    Some(port)
+}
+
+/// Creates the flow's two entries on a free port; returns it (wire order).
+#[inline(always)]
+fn allocate(s: &mut crate::maps::Scratch, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &Ipv4Pkt, now: u64) -> Result<u16, DropReason> {
+    let first = advance(pkt.proto, State { state: 0, flags: 0 }, pkt.tcp_flags, DIR_ORIG);
+    clear_entry(&mut s.fwd);
+    s.fwd.nat_addr = dev.addr;
+    s.fwd.orig_addr = s.fkey.saddr;
+    s.fwd.orig_port = s.fkey.sport;
+    s.fwd.state = first.state;
+    s.fwd.flags = first.flags;
+    s.fwd.expires_ns = expiry(cfg, first.state, now);
+    clear_entry(&mut s.rev);
+    s.rev.nat_addr = s.fkey.saddr;
+    s.rev.nat_port = s.fkey.sport;
+    s.rev.orig_addr = s.fkey.daddr;
+    s.rev.orig_port = s.fkey.dport;
+    s.rev.state = first.state;
+    s.rev.flags = first.flags;
+    s.rev.expires_ns = s.fwd.expires_ns;
+    let (lo, hi) = (dev.port_min as u32, dev.port_max as u32);
+    let span = if hi >= lo { hi - lo + 1 } else { 1 };
+    // SAFETY: plain helper call.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let mut i = 0;
+    while i < TRIES {
+        let port = ((lo + (start + i * 7919) % span) as u16).to_be();
+        s.fwd.nat_port = port;
+        let Some(rk) = twin(&s.fkey, &s.fwd) else { return Err(DropReason::MasqueradeFull) };
+        match SNAT.insert(&rk, &s.rev, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                stat(CtStat::Created);
+                // The out key may hold a stale mapping (its in half gone):
+                // this one replaces it.
+                if SNAT.insert(&s.fkey, &s.fwd, BPF_ANY as u64).is_err() {
+                    stat(CtStat::InsertFailed);
+                    if SNAT.remove(&rk).is_ok() {
+                        stat(CtStat::Deleted);
+                    }
+                    return Err(DropReason::MasqueradeFull);
+                }
+                stat(CtStat::Created);
+                return Ok(port);
+            }
+            Err(rc) if rc == -17 => {} // -EEXIST: the port is taken towards this remote
+            Err(_) => {
+                stat(CtStat::InsertFailed);
+                return Err(DropReason::MasqueradeFull);
+            }
+        }
+        i += 1;
+    }
+    Err(DropReason::MasqueradePortsExhausted)
+}
+
+/// tc ingress of an uplink, before anything else: restores the pod's
+/// address and port on a reply to a masqueraded flow. Anything else is
+/// left as it is.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
+    if !translatable(pkt, true) {
+        return Ok(());
+    }
+    let Some(dev) = device(ctx) else { return Ok(()) };
+    if pkt.daddr != dev.addr.v4_raw() {
+        return Ok(());
+    }
+    let (Some(cfg), Some(s)) = (conntrack::config(), scratch()) else { return Ok(()) };
+    s.rkey = conntrack::key(Addr::from_v4_raw(pkt.saddr), dev.addr, pkt.sport, pkt.dport, pkt.proto, CT_SNAT_IN);
+    let Some(e) = SNAT.get_ptr_mut(&s.rkey) else { return Ok(()) };
+    // SAFETY: map value pointer, valid for the program run.
+    let (to, port) = unsafe { ((*e).nat_addr.v4_raw(), (*e).nat_port) };
+    touch(&s.rkey, e, cfg, pkt, DIR_REPLY, now_ns());
+    nat::dnat(ctx, pkt, to, port)
+}
