@@ -249,3 +249,17 @@ fn plug(fabric: &NetNs, ns: &NetNs, port: &str, ip: Ipv4Addr) {
     ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
     ns.ip(&["link", "set", "eth0", "up"]);
 }
+
+/// Runs each named case `fn case(mode: &str)` once per routing mode, as
+/// `native::case` and `vxlan::case`.
+#[macro_export]
+macro_rules! both_routing_modes {
+    ($($case:ident),+ $(,)?) => {
+        mod native {
+            $(#[test] fn $case() { super::$case("native") })+
+        }
+        mod vxlan {
+            $(#[test] fn $case() { super::$case("vxlan") })+
+        }
+    };
+}

@@ -2,7 +2,7 @@
 //! node namespaces on one fabric, each with its own agent reading one
 //! object directory. Native: the agents route every other node's pod CIDR
 //! via its InternalIP; VXLAN: through the agent's tunnel device, the
-//! datapath choosing the node. Each case runs in both (`both!`).
+//! datapath choosing the node. Each case runs in both (`both_routing_modes!`).
 
 use std::time::Duration;
 
@@ -224,18 +224,7 @@ fn route_to(mode: &str, to: &ClusterNode) -> String {
 }
 
 /// Each case, once per routing mode.
-macro_rules! both {
-    ($($case:ident),+ $(,)?) => {
-        mod native {
-            $(#[test] fn $case() { super::$case("native") })+
-        }
-        mod vxlan {
-            $(#[test] fn $case() { super::$case("vxlan") })+
-        }
-    };
-}
-
-both!(
+weir_tests::both_routing_modes!(
     pods_reach_pods_on_other_nodes_with_their_own_address,
     nodes_added_and_removed_at_runtime_gain_and_lose_their_routes,
     a_clusterip_with_remote_backends_answers_from_its_vip_and_keeps_the_client_address,
