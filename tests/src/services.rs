@@ -12,6 +12,7 @@ pub fn cluster_ip(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(Ipv
         endpoints: backends.iter().map(|(a, p)| Endpoint::ready(IpAddr::V4(*a), *p)).collect(),
         selection: Selection::Maglev,
         affinity_timeout_s: None,
+        local_only: false,
     }
 }
 

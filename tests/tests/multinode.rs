@@ -224,6 +224,120 @@ fn route_to(mode: &str, to: &ClusterNode) -> String {
 }
 
 /// Each case, once per routing mode.
+fn drops(n: &ClusterNode, reason: &str) -> u64 {
+    let out = n.node.weir(&["stats", "-o", "json"]);
+    assert!(out.status.success(), "weir stats: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats json");
+    v["drops"][reason].as_u64().unwrap_or(0)
+}
+
+/// A Service with internalTrafficPolicy: Local and endpoints on the named nodes.
+fn local_service(name: &str, vip: std::net::Ipv4Addr, endpoints: &[(std::net::Ipv4Addr, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {vip}\n  internalTrafficPolicy: Local\n  ports: [{{name: p, port: 80, protocol: TCP}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}]\nendpoints:\n"
+    );
+    for (a, node) in endpoints {
+        y.push_str(&format!("- addresses: [{a}]\n  nodeName: {node}\n  conditions: {{ready: true}}\n"));
+    }
+    y
+}
+
+fn internal_traffic_policy_local_keeps_traffic_on_the_clients_node_and_drops_without_local_endpoints(mode: &str) {
+    use weir_tests::traffic::{tcp_connect, tcp_name};
+    let c = Cluster::new(2, &["--routing", mode]);
+    let vip = std::net::Ipv4Addr::new(10, 96, 0, 63);
+    let (a, here) = (c.nodes[0].pod("a", 10), c.nodes[0].pod("here", 11));
+    let (b, there) = (c.nodes[1].pod("b", 20), c.nodes[1].pod("there", 21));
+    let _srv = [tcp_server(here.ns(), 8080, Reply::Name("here".into())), tcp_server(there.ns(), 8080, Reply::Name("there".into()))];
+    c.write("local.yaml", &local_service("local", vip, &[(here.ip, c.nodes[0].name()), (there.ip, c.nodes[1].name())]));
+    c.wait_for("both agents program the service", || {
+        c.nodes.iter().all(|n| String::from_utf8_lossy(&n.node.weir(&["service", "list"]).stdout).contains(&vip.to_string()))
+    });
+    for _ in 0..10 {
+        assert_eq!(tcp_name(a.ns(), vip, 80, DEFAULT_TIMEOUT).expect("node 0's client"), "here", "only node 0's endpoint serves node 0");
+        assert_eq!(tcp_name(b.ns(), vip, 80, DEFAULT_TIMEOUT).expect("node 1's client"), "there", "only node 1's endpoint serves node 1");
+    }
+    // Only a remote endpoint: node 0 drops (kube-proxy drops, it does not
+    // reject), node 1 serves.
+    c.write("local.yaml", &local_service("local", vip, &[(there.ip, c.nodes[1].name())]));
+    c.wait_for("node 0 has no local endpoint", || !String::from_utf8_lossy(&c.nodes[0].node.weir(&["backend", "list"]).stdout).contains(&here.ip.to_string()));
+    let before = drops(&c.nodes[0], "no_local_endpoints");
+    let err = tcp_connect(a.ns(), vip, 80, Duration::from_millis(700)).expect_err("no local endpoint: no connection");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::TimedOut,
+        "dropped, not refused: {err}; node 0 services: {}; stats: {}",
+        String::from_utf8_lossy(&c.nodes[0].node.weir(&["service", "list"]).stdout),
+        String::from_utf8_lossy(&c.nodes[0].node.weir(&["stats", "-o", "json"]).stdout)
+    );
+    assert!(drops(&c.nodes[0], "no_local_endpoints") > before, "counted under its own reason");
+    assert_eq!(drops(&c.nodes[0], "no_endpoints"), 0, "not a reject");
+    assert_eq!(tcp_name(b.ns(), vip, 80, DEFAULT_TIMEOUT).expect("node 1 still serves its own pods"), "there");
+}
+
+fn a_pod_cannot_inject_encapsulated_traffic_as_another_pod(mode: &str) {
+    use weir_common::tunnel::{TUNNEL_MAC, TUNNEL_VNI};
+    use weir_tests::{
+        cluster::{namespace_object, pod_object},
+        hostile::vxlan_payload,
+    };
+    let c = Cluster::new(3, &["--routing", mode]);
+    let (attacker, friend, victim) = (c.nodes[0].pod("attacker", 10), c.nodes[2].pod("friend", 30), c.nodes[1].pod("victim", 20));
+    let srv = udp_server(victim.ns(), 5353, Reply::Name("victim".into()));
+    let mut objects = namespace_object("app");
+    for (p, name, node) in [(&attacker, "attacker", 0), (&friend, "friend", 2), (&victim, "victim", 1)] {
+        objects += &pod_object("app", name, name, c.nodes[node].name(), p.ip);
+    }
+    objects += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: victim-from-friend, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: victim}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: friend}}}]\n";
+    c.write("app.yaml", &objects);
+    c.wait_for("the policy refuses the attacker", || udp_request(attacker.ns(), victim.ip, 5353, b"hi".to_vec(), Duration::from_millis(300)).is_err());
+    udp_request(friend.ns(), victim.ip, 5353, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("the friend reaches the victim");
+    let served = srv.served();
+    let spoofed_before = drops(&c.nodes[1], "tunnel_spoofed");
+    // The attacker wraps a packet "from the friend" in VXLAN, straight to
+    // the victim's node on the tunnel port, from the pod's own socket.
+    let frame = vxlan_payload(TUNNEL_VNI, TUNNEL_MAC, friend.ip, victim.ip, 40_000, 5353, b"injected");
+    let node1 = c.nodes[1].ip;
+    attacker.ns().run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..5 {
+            s.send_to(&frame, (node1, 8472)).expect("send");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(srv.served(), served, "no injected packet reached the victim");
+    if mode == "vxlan" {
+        assert!(drops(&c.nodes[1], "tunnel_spoofed") >= spoofed_before + 5, "node 1 refused every injected frame as tunnel_spoofed");
+    }
+}
+
+fn the_pod_mtu_written_for_weir_cni_leaves_room_for_the_tunnel(mode: &str) {
+    let c = Cluster::new(1, &["--routing", mode]);
+    let ns = c.nodes[0].node.ns();
+    ns.ip(&["link", "set", "eth0", "mtu", "9000"]);
+    ns.ip(&["route", "add", "default", "via", &c.outside_ip.to_string()]);
+    let install = |extra: &[&str]| -> u64 {
+        let dir = weir_tests::node::tempdir::TempDir::new("weir-cni-mtu");
+        let d = dir.path().display().to_string();
+        let net = format!("--net={}", ns.path().display());
+        let agent = weir_tests::bins::path("weir-agent").display().to_string();
+        let plugin = weir_tests::bins::path("weir-cni").display().to_string();
+        let mut argv = vec![net.as_str(), agent.as_str(), "--install-cni", "--pod-cidr", "10.244.1.0/24", "--routing", mode];
+        argv.extend_from_slice(&["--cni-bin-dir", &d, "--cni-conf-dir", &d, "--cni-plugin", &plugin]);
+        argv.extend_from_slice(extra);
+        let out = std::process::Command::new("nsenter").args(&argv).output().expect("weir-agent --install-cni");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let conf: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("05-weir.conflist")).expect("conflist")).expect("json");
+        conf["plugins"][0]["mtu"].as_u64().unwrap_or_else(|| panic!("no mtu in {conf}"))
+    };
+    let want = if mode == "vxlan" { 9000 - 50 } else { 9000 };
+    assert_eq!(install(&["--devices", "eth0"]), want, "from the named uplink");
+    assert_eq!(install(&[]), want, "from the default route's device");
+    assert_eq!(install(&["--cni-mtu", "1400"]), 1400, "--cni-mtu overrides");
+}
+
 weir_tests::both_routing_modes!(
     pods_reach_pods_on_other_nodes_with_their_own_address,
     nodes_added_and_removed_at_runtime_gain_and_lose_their_routes,
@@ -233,4 +347,7 @@ weir_tests::both_routing_modes!(
     killing_one_nodes_agent_breaks_no_flow,
     big_transfers_and_datagrams_cross_nodes,
     the_fabric_carries_pod_traffic_only_as_the_mode_says,
+    internal_traffic_policy_local_keeps_traffic_on_the_clients_node_and_drops_without_local_endpoints,
+    a_pod_cannot_inject_encapsulated_traffic_as_another_pod,
+    the_pod_mtu_written_for_weir_cni_leaves_room_for_the_tunnel,
 );

@@ -49,10 +49,13 @@ pub enum DropReason {
     /// Every masquerade port towards that remote address and port was
     /// taken (no free port found in the tries the kernel makes).
     MasqueradePortsExhausted = 18,
+    /// A new flow to an internalTrafficPolicy: Local service with no
+    /// endpoint on this node (dropped, not rejected, as kube-proxy does).
+    NoLocalEndpoints = 19,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -71,6 +74,7 @@ impl DropReason {
         DropReason::TunnelSpoofed,
         DropReason::MasqueradeFull,
         DropReason::MasqueradePortsExhausted,
+        DropReason::NoLocalEndpoints,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -93,6 +97,7 @@ impl DropReason {
             Self::TunnelSpoofed => "tunnel_spoofed",
             Self::MasqueradeFull => "masquerade_full",
             Self::MasqueradePortsExhausted => "masquerade_ports_exhausted",
+            Self::NoLocalEndpoints => "no_local_endpoints",
         }
     }
 

@@ -42,6 +42,10 @@ pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
 /// No endpoint is ready: the table holds the serving, terminating ones
 /// (kube-proxy's fallback), and affinity may point at them.
 pub const SVC_F_TERMINATING_FALLBACK: u32 = 1 << 3;
+/// The backends are this node's own only (internalTrafficPolicy: Local):
+/// with none, new flows are dropped (`no_local_endpoints`), not rejected,
+/// as kube-proxy does.
+pub const SVC_F_LOCAL_ONLY: u32 = 1 << 4;
 
 /// Value of `WEIR_FRONTENDS`: one service port.
 #[repr(C)]

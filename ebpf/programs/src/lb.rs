@@ -17,7 +17,7 @@ use weir_common::{
     config::DatapathConfig,
     ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP, SVC_F_LOCAL_ONLY},
     stats::DpError,
 };
 use weir_logic::{
@@ -76,15 +76,13 @@ pub fn rejected(verdict: i32) -> Option<DropReason> {
 /// The reason [`forward`] or [`commit`] asked to drop with, if they did.
 #[inline(always)]
 pub fn dropped(verdict: i32) -> Option<DropReason> {
+    // Any reason, not a list: a drop verdict never reaches tc as a raw
+    // action code (one that was missing here once let packets through).
     let r = verdict.wrapping_sub(DROP_BASE);
-    match r {
-        x if x == DropReason::FragmentUnknown as i32 => Some(DropReason::FragmentUnknown),
-        x if x == DropReason::CtQuota as i32 => Some(DropReason::CtQuota),
-        x if x == DropReason::CtFull as i32 => Some(DropReason::CtFull),
-        x if x == DropReason::TupleCollision as i32 => Some(DropReason::TupleCollision),
-        x if x == DropReason::Malformed as i32 => Some(DropReason::Malformed),
-        _ => None,
+    if !(0..64).contains(&r) {
+        return None;
     }
+    DropReason::from_u32(r as u32)
 }
 
 /// Whether `addr` is a service IP (any port).
@@ -222,6 +220,9 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         return drop_with(DropReason::FragmentUnknown);
     }
     if svc.backend_count == 0 {
+        if svc.flags & SVC_F_LOCAL_ONLY != 0 {
+            return drop_with(DropReason::NoLocalEndpoints);
+        }
         return reject_with(DropReason::NoEndpoints);
     }
     let backend_id = select(&svc, pkt, now, &mut s.backend);

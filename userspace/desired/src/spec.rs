@@ -89,6 +89,9 @@ pub struct ServiceSpec {
     pub selection: Selection,
     /// sessionAffinity: ClientIP with this timeout, in seconds.
     pub affinity_timeout_s: Option<u32>,
+    /// internalTrafficPolicy: Local: the endpoints are this node's only;
+    /// with none, new flows are dropped instead of rejected.
+    pub local_only: bool,
 }
 
 /// Which endpoints take new connections, as kube-proxy decides: the ready

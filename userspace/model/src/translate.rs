@@ -126,6 +126,7 @@ pub fn translate_service(svc: &ServiceModel, slices: &[&SliceModel], ctx: &NodeC
                 endpoints: cands.into_iter().map(|c| c.ep).collect(),
                 selection: svc.selection,
                 affinity_timeout_s: svc.affinity_timeout_s,
+                local_only: svc.internal_traffic_policy_local,
             });
         }
     }

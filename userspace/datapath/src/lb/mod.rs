@@ -23,7 +23,7 @@ use weir_common::{
     addr::Addr,
     lb::{
         AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, BACKEND_F_UNREADY, BACKEND_F_UNSERVING, SVC_F_AFFINITY,
-        SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER,
+        SVC_F_LOCAL_ONLY, SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER,
     },
     maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SVC_TIMES},
 };
@@ -274,6 +274,9 @@ impl Lb {
         }
         if fallback {
             flags |= SVC_F_TERMINATING_FALLBACK;
+        }
+        if spec.local_only {
+            flags |= SVC_F_LOCAL_ONLY;
         }
         let affinity_timeout_s = spec.affinity_timeout_s.unwrap_or(0);
         if affinity_timeout_s > 0 {
