@@ -58,15 +58,86 @@ tar -C {w}/img -cf {w}/image.tar ."#
     })
 }
 
+/// The CNI directories of one node of several: a persistent mount
+/// namespace in which the node's own directories are bound over the
+/// host's CNI configuration, host-local leases and weir-cni records, so
+/// that containerd and ctr on each node see only that node's network
+/// (ctr reads CNI configuration from fixed paths). Plugins stay shared.
+pub struct NodeMounts {
+    dir: PathBuf,
+    ns_file: PathBuf,
+}
+
+/// Where the mount namespace files live: a private bind mount, as
+/// `unshare --mount=FILE` requires.
+const MOUNT_NS_DIR: &str = "/run/weir-test-mntns";
+
+impl NodeMounts {
+    pub fn new() -> Self {
+        crate::privileged::require();
+        let dir = std::env::temp_dir().join(names::unique("weir-node-cni"));
+        for sub in ["conf", "lib-cni", "lib-weir"] {
+            fs::create_dir_all(dir.join(sub)).expect("node CNI dirs");
+        }
+        sh(&format!("mkdir -p {MOUNT_NS_DIR}; mountpoint -q {MOUNT_NS_DIR} || {{ mount --bind {MOUNT_NS_DIR} {MOUNT_NS_DIR} && mount --make-private {MOUNT_NS_DIR}; }}"));
+        let ns_file = Path::new(MOUNT_NS_DIR).join(names::unique("node"));
+        fs::write(&ns_file, b"").expect("mount ns file");
+        let m = Self { dir, ns_file };
+        cmd::run(&["unshare", &format!("--mount={}", m.ns_file.display()), "--propagation", "private", "true"]);
+        for (sub, target) in [("conf", CNI_CONF_DIR), ("lib-cni", "/var/lib/cni"), ("lib-weir", "/var/lib/weir")] {
+            fs::create_dir_all(target).expect("mount target");
+            let src = m.dir.join(sub).display().to_string();
+            cmd::run(&["nsenter", &m.mount_arg(), "mount", "--bind", &src, target]);
+        }
+        m
+    }
+
+    /// `--mount=FILE` for nsenter.
+    pub fn mount_arg(&self) -> String {
+        format!("--mount={}", self.ns_file.display())
+    }
+
+    /// The node's CNI configuration directory (seen as /etc/cni/net.d
+    /// inside its mount namespace).
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("conf")
+    }
+
+    /// The weir-cni record of a container's eth0 on this node, once ADD
+    /// has written it.
+    pub fn wait_record(&self, c: &Container) -> serde_json::Value {
+        wait_record_at(&self.dir.join("lib-weir/cni"), c)
+    }
+}
+
+impl Drop for NodeMounts {
+    fn drop(&mut self) {
+        cmd::run_quiet(&["umount", &self.ns_file.display().to_string()]);
+        let _ = fs::remove_file(&self.ns_file);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// containerd inside a node namespace, with its own root, state and socket.
 pub struct Containerd {
     child: Option<Child>,
     dir: PathBuf,
     netns: PathBuf,
+    /// `--mount=FILE` when the node has its own CNI directories.
+    mount: Option<String>,
 }
 
 impl Containerd {
     pub fn start(node: &Node) -> Self {
+        Self::start_with(node, None)
+    }
+
+    /// containerd (and every ctr call) in the node's mount namespace too.
+    pub fn start_in(node: &Node, mounts: &NodeMounts) -> Self {
+        Self::start_with(node, Some(mounts.mount_arg()))
+    }
+
+    fn start_with(node: &Node, mount: Option<String>) -> Self {
         crate::privileged::require();
         let dir = std::env::temp_dir().join(names::unique("weir-ctrd"));
         fs::create_dir_all(&dir).expect("containerd dir");
@@ -82,6 +153,7 @@ impl Containerd {
         let log = fs::File::create(dir.join("containerd.log")).expect("log");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", node.ns().path().display()))
+            .args(mount.iter())
             .arg("containerd")
             .arg("--config")
             .arg(&config)
@@ -89,7 +161,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("spawning containerd (Debian package containerd)");
-        let c = Self { child: Some(child), dir, netns: node.ns().path() };
+        let c = Self { child: Some(child), dir, netns: node.ns().path(), mount };
         let start = Instant::now();
         while !c.socket().exists() {
             assert!(start.elapsed() < Duration::from_secs(15), "containerd did not start:\n{}", c.log());
@@ -109,15 +181,16 @@ impl Containerd {
     }
 
     fn ctr_argv(&self) -> Vec<String> {
-        vec![
-            "nsenter".into(),
-            format!("--net={}", self.netns.display()),
+        let mut v = vec!["nsenter".to_string(), format!("--net={}", self.netns.display())];
+        v.extend(self.mount.iter().cloned());
+        v.extend([
             "ctr".into(),
             "--address".into(),
             self.socket().display().to_string(),
             "-n".into(),
             "weir".into(),
-        ]
+        ]);
+        v
     }
 
     /// Runs `ctr ARGS` in the node namespace, panicking on failure.
@@ -174,8 +247,11 @@ impl Drop for Containerd {
         if std::thread::panicking() {
             eprintln!("--- containerd log ---\n{}", self.log());
         }
-        let root = self.dir.join("root");
-        cmd::run_quiet(&["umount", "-R", "-l", &root.display().to_string()]);
+        let root = self.dir.join("root").display().to_string();
+        match &self.mount {
+            Some(m) => cmd::run_quiet(&["nsenter", m, "umount", "-R", "-l", &root]),
+            None => cmd::run_quiet(&["umount", "-R", "-l", &root]),
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -232,9 +308,13 @@ impl Drop for Container {
 
 /// The weir-cni record of a container's eth0, once ADD has written it.
 pub fn wait_record(c: &Container) -> serde_json::Value {
+    wait_record_at(Path::new(RECORDS_DIR), c)
+}
+
+fn wait_record_at(dir: &Path, c: &Container) -> serde_json::Value {
     let id = c.id();
     // ctr passes "<namespace>-<id>" as CNI_CONTAINERID.
-    let p = Path::new(RECORDS_DIR).join(format!("weir-{id}_eth0.json"));
+    let p = dir.join(format!("weir-{id}_eth0.json"));
     let start = Instant::now();
     loop {
         if let Ok(b) = fs::read(&p) {
