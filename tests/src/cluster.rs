@@ -91,6 +91,17 @@ impl Cluster {
     /// `n` nodes with their agents started with `agent_args` (each also
     /// gets `--node-name` and its own `--bpffs`), and the outside.
     pub fn new(n: usize, agent_args: &[&str]) -> Self {
+        let mut c = Self::bare(n, agent_args);
+        for i in 0..n {
+            c.start_agent(i);
+        }
+        c
+    }
+
+    /// The same topology with no agent running (a baseline wires its own
+    /// routes); `agent_args` only decide the pod MTU and what a later
+    /// `start_agent` passes.
+    pub fn bare(n: usize, agent_args: &[&str]) -> Self {
         crate::privileged::require();
         let fabric = NetNs::new("wf");
         fabric.ip(&["link", "add", BRIDGE, "type", "bridge"]);
@@ -99,18 +110,16 @@ impl Cluster {
         let outside_ip = Ipv4Addr::new(192, 168, 0, 200);
         plug(&fabric, &outside, "fo", outside_ip);
         let objects = TempDir::new("weir-cluster");
-        // With a tunnel, pods get the uplink's MTU less its overhead, as
-        // the agent tells weir-cni.
-        let pod_mtu = agent_args.windows(2).any(|w| w == ["--routing", "vxlan"]).then_some(1500 - 50);
+        // With a tunnel (the agent's default), pods get the uplink's MTU
+        // less its overhead, as the agent tells weir-cni.
+        let routing = agent_args.windows(2).find(|w| w[0] == "--routing").map_or("vxlan", |w| w[1]);
+        let pod_mtu = (routing == "vxlan").then_some(1500 - 50);
         let mut c = Self { nodes: Vec::new(), pod_mtu, outside, outside_ip, agent_args: agent_args.iter().map(|s| s.to_string()).collect(), fabric, objects };
         for _ in 0..n {
             c.add_node_ns();
         }
         for i in 0..n {
             c.write_node_object(i);
-        }
-        for i in 0..n {
-            c.start_agent(i);
         }
         c
     }

@@ -1,7 +1,7 @@
 //! Pod traffic out of the cluster, in both routing modes: masqueraded in
 //! eBPF to the node's address on its uplink (to_net), restored on the
-//! replies (from_net), turned off or narrowed by flag, and a full table
-//! reported as a drop with its reason, never silent.
+//! replies and ICMP errors (from_net), turned off or narrowed by flag,
+//! and a full table reported as a drop with its reason, never silent.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -60,6 +60,11 @@ fn pods_reach_the_outside_from_their_nodes_address_and_get_the_replies(mode: &st
     let to_outside: Vec<_> = frames.iter().filter(|f| f.1 == c.outside_ip).collect();
     assert!(!to_outside.is_empty(), "node 0's traffic to the outside crossed its fabric port");
     assert!(to_outside.iter().all(|f| f.0 == c.nodes[0].ip), "nothing left node 0 from a pod address: {to_outside:?}");
+    // An ICMP error about a masqueraded flow (the outside's port
+    // unreachable, quoting the node's address and port) reaches the pod
+    // quoting the pod's own packet: its connected socket is refused.
+    let err = udp_request(a.ns(), c.outside_ip, 5999, b"x".to_vec(), DEFAULT_TIMEOUT).expect_err("nothing listens on 5999");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the outside's ICMP error reached the pod's socket: {err}");
     // A whole MiB through the translation (checksums of offloaded segments).
     let mib: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(tcp_request(a.ns(), c.outside_ip, 8081, mib.clone(), Duration::from_secs(20)).expect("1 MiB out and back"), mib);

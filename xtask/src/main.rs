@@ -37,8 +37,9 @@ enum Task {
     Demo,
     /// Setup, build, then measure the per-packet cost of the pod programs
     /// (BPF_PROG_TEST_RUN), benchmark weir against kube-proxy-style
-    /// iptables and nftables rules, and policy cost at 0, 100 and 10,000
-    /// rules (writes target/bench/).
+    /// iptables and nftables rules, policy cost at 0, 100 and 10,000
+    /// rules, and cross-node traffic in both routing modes against kernel
+    /// routing and kernel VXLAN (writes target/bench/).
     Bench {
         /// A few minutes: fewer scales, one run, shorter measurements.
         #[arg(long)]
@@ -66,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { quick } => {
             setup::run()?;
             build()?;
-            for bin in ["weir-pktcost", "weir-bench", "weir-policy-bench"] {
+            for bin in ["weir-pktcost", "weir-bench", "weir-policy-bench", "weir-xnode-bench"] {
                 let mut args = vec!["run", "--release", "--quiet", "-p", "weir-tests", "--bin", bin, "--"];
                 if quick {
                     args.push("--quick");

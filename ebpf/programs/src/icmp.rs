@@ -3,14 +3,16 @@
 //! to a tracked flow, and then it is translated like that flow: the outer
 //! addresses and the quoted inner header are reverse-NATed, with the inner
 //! IP checksum and the ICMP checksum fixed, so that path-MTU discovery and
-//! port unreachables work through service addresses. Under no policy,
+//! port unreachables work through service addresses, and through the
+//! masquerade of pod egress (an error about a masqueraded flow reaches
+//! the pod quoting the pod's own packet). Under no policy,
 //! errors of untracked flows pass as before; under a policy they are
 //! dropped (`icmp_unrelated`).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CT_F_HAIRPIN, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CT_F_HAIRPIN, CT_SNAT_IN, CT_SVC_FWD, CT_SVC_REV},
     drop::DropReason,
     lb::{PROTO_TCP, PROTO_UDP},
 };
@@ -21,7 +23,7 @@ use crate::{
     events,
     fwd::redirect_v4,
     hdr::{Ipv4Pkt, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, PROTO_ICMP},
-    maps::scratch,
+    maps::{scratch, SNAT},
     policy::{self, Tuple},
 };
 
@@ -132,15 +134,23 @@ pub fn error_to_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
 }
 
 /// An ICMP error arriving from the network (the node's uplink): about a
-/// local client's service flow whose backend is on another node (quoting
-/// client → backend), it is translated and delivered; anything else goes
-/// up the stack and meets the pod's own to_pod checks.
+/// local pod's masqueraded flow (quoting node → remote) or a local
+/// client's service flow whose backend is on another node (quoting client
+/// → backend), it is translated and delivered; anything else goes up the
+/// stack and meets the pod's own to_pod checks.
 #[inline(never)]
 pub fn error_from_net(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
     if !parse_inner(ctx, pkt) {
         return events::dropped(ctx, pkt, DropReason::Malformed);
     }
-    if answers_quoted(pkt, false) && service_entry(CT_SVC_REV, now) {
+    if !answers_quoted(pkt, false) {
+        return TC_ACT_OK as i32;
+    }
+    if masqueraded(now) {
+        let r = to_masqueraded_pod(ctx, pkt);
+        return outcome(ctx, pkt, r, false);
+    }
+    if service_entry(CT_SVC_REV, now) {
         let r = to_client(ctx, pkt);
         return outcome(ctx, pkt, r, true);
     }
@@ -159,6 +169,35 @@ fn service_entry(kind: u8, now: u64) -> bool {
     }
     s.pkey = key(Addr::from_v4_raw(i.t.daddr), Addr::from_v4_raw(i.t.saddr), i.t.dport, i.t.sport, i.t.proto, kind);
     live(now)
+}
+
+/// Whether the quoted packet, reversed, names a live masquerade in entry
+/// (copied to `scratch().other`): it is a pod's packet as it left the node.
+#[inline(always)]
+fn masqueraded(now: u64) -> bool {
+    let Some(s) = scratch() else { return false };
+    let i = s.icmp_inner;
+    s.pkey = key(Addr::from_v4_raw(i.t.daddr), Addr::from_v4_raw(i.t.saddr), i.t.dport, i.t.sport, i.t.proto, CT_SNAT_IN);
+    let Some(e) = SNAT.get_ptr(&s.pkey) else { return false };
+    conntrack::copy_entry(&mut s.other, e);
+    is_alive(&s.other, now)
+}
+
+/// The error quotes node:port → remote (the in entry in `scratch().other`):
+/// make it quote the pod's own address and port, addressed to the pod.
+#[inline(never)]
+fn to_masqueraded_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
+    let s = scratch().ok_or(())?;
+    let (i, e) = (s.icmp_inner, s.other);
+    let pod = e.nat_addr.v4_raw();
+    outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, pod)?;
+    pkt.daddr = pod;
+    let icmp_csum = pkt.l4() + 2;
+    let (ip, l4) = (i.ip_off as usize, i.l4_off as usize);
+    inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, pod)?;
+    // An echo's identifier is at +4; a port at +0.
+    let port_off = if i.t.proto == PROTO_ICMP { l4 + 4 } else { l4 };
+    inner_port(ctx, port_off, icmp_csum, i.t.sport, e.nat_port)
 }
 
 /// The verdict for a translated error: sent on (redirected, when it left

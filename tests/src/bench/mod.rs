@@ -9,3 +9,4 @@ pub mod plot;
 pub mod policy;
 pub mod report;
 pub mod topo;
+pub mod xnode;

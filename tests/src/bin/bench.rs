@@ -11,19 +11,9 @@ use weir_tests::bench::{
     measure::{iperf, keepalive, short_connections},
     memory,
     plot,
-    report::{self, Sample},
+    report::{self, machine, Sample},
     topo::{services, BenchTopo, Dataplane, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT, TARGET_VIP},
 };
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} vCPU {cpu}, Linux {}", kernel.trim())
-}
 
 /// Connections held open for the memory measurement.
 const FLOWS: usize = 1000;

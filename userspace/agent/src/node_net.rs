@@ -98,13 +98,19 @@ impl NodeNetwork {
             return;
         }
         if self.routing == Routing::Vxlan {
+            let cidrs: BTreeMap<_, _> = routing::remote_cidrs(&nodes, self.node.as_deref()).into_iter().collect();
+            // The device comes with the first remote node: a lone node
+            // (or one that knows no other yet) has nothing to tunnel. One
+            // left by an earlier agent is adopted (its routes cleaned).
+            if cidrs.is_empty() && self.tunnel_ifindex.is_none() && crate::devices::ifindex(TUNNEL_DEV).is_none() {
+                return;
+            }
             let mtu = match uplinks.first() {
                 Some((_, i)) => watcher.link_mtu(*i).await.unwrap_or(1500),
                 None => 1500,
             };
             self.ensure_tunnel(pod_mtu(mtu, Routing::Vxlan), metrics).await;
             if let Some(maps) = self.tunnel_maps.as_mut() {
-                let cidrs: BTreeMap<_, _> = routing::remote_cidrs(&nodes, self.node.as_deref()).into_iter().collect();
                 let peers: Vec<_> = nodes.iter().filter(|n| Some(n.name.as_str()) != self.node.as_deref()).flat_map(|n| n.internal_ips.iter().copied()).collect();
                 if let Err(e) = maps.sync(&cidrs, &peers) {
                     tracing::error!(error = %weir_datapath::error::chain(&e), kind = e.kind(), "tunnel maps");

@@ -1,0 +1,110 @@
+//! `cargo xtask bench` (cross-node part): pod to pod and pod to a
+//! ClusterIP whose backend is on the other node, with weir in each routing
+//! mode and the kernel-only baseline of the same mode, on the same
+//! two-node topology, interleaved rep by rep. Writes
+//! target/bench/xnode.{json,md}: medians, min–max over reps, and
+//! weir/kernel ratios.
+//!
+//! Usage: weir-xnode-bench [--quick]
+
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
+
+use serde::Serialize;
+use weir_tests::bench::{
+    measure::{iperf, keepalive, short_connections, Latency},
+    report::{machine, median},
+    xnode::{Setup, XnodeTopo, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT, VIP},
+};
+
+#[derive(Clone, Debug, Serialize)]
+struct Path {
+    throughput_gbps: f64,
+    short: Latency,
+    keepalive: Latency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Sample {
+    setup: Setup,
+    rep: usize,
+    pod_to_pod: Path,
+    pod_to_clusterip: Path,
+}
+
+/// (name, higher is better, value of a path).
+type Metric = (&'static str, bool, fn(&Path) -> f64);
+
+const METRICS: [Metric; 4] = [
+    ("throughput Gbit/s", true, |p| p.throughput_gbps),
+    ("new connections/s", true, |p| p.short.per_s),
+    ("request p50 µs (kept-alive)", false, |p| p.keepalive.p50_us),
+    ("request p99 µs (kept-alive)", false, |p| p.keepalive.p99_us),
+];
+
+fn stats(samples: &[Sample], setup: Setup, path: fn(&Sample) -> &Path, f: fn(&Path) -> f64) -> (f64, f64, f64) {
+    let v: Vec<f64> = samples.iter().filter(|s| s.setup == setup).map(|s| f(path(s))).collect();
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(v), lo, hi)
+}
+
+fn report(samples: &[Sample], machine: &str, reps: usize) -> String {
+    let mut o = format!("# Cross-node benchmark\n\nMachine: {machine}. {reps} reps, setups interleaved in each rep. Median (min–max over reps); ratio = weir / kernel baseline of the same mode (throughput and connections: higher is better; latency: lower is better).\n\n");
+    let paths: [(&str, fn(&Sample) -> &Path); 2] = [("pod → pod", |s| &s.pod_to_pod), ("pod → ClusterIP (remote backend)", |s| &s.pod_to_clusterip)];
+    for (pname, path) in paths {
+        let _ = writeln!(o, "## {pname}\n\n| metric | weir native | kernel native | ratio | weir vxlan | kernel vxlan | ratio |\n|---|---|---|---|---|---|---|");
+        for (mname, _, f) in METRICS {
+            let mut row = format!("| {mname} |");
+            for (weir, kernel) in [(Setup::WeirNative, Setup::KernelNative), (Setup::WeirVxlan, Setup::KernelVxlan)] {
+                let (w, wl, wh) = stats(samples, weir, path, f);
+                let (k, kl, kh) = stats(samples, kernel, path, f);
+                let ratio = if k > 0.0 { w / k } else { 0.0 };
+                let _ = write!(row, " {w:.1} ({wl:.1}–{wh:.1}) | {k:.1} ({kl:.1}–{kh:.1}) | {ratio:.2} |");
+            }
+            let _ = writeln!(o, "{row}");
+        }
+        o.push('\n');
+    }
+    let failures: u64 = samples.iter().map(|s| s.pod_to_pod.short.failures + s.pod_to_clusterip.short.failures + s.pod_to_pod.keepalive.failures + s.pod_to_clusterip.keepalive.failures).sum();
+    let _ = writeln!(o, "Failed requests across all samples: {failures}.");
+    o
+}
+
+fn measure(t: &XnodeTopo, dst: std::net::Ipv4Addr, ports: (u16, u16, u16), dur: Duration, ka: usize, secs: u32) -> Path {
+    let ns = t.client.ns();
+    Path { short: short_connections(ns, dst, ports.0, dur), keepalive: keepalive(ns, dst, ports.1, ka), throughput_gbps: iperf(ns, dst, ports.2, secs) }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (reps, dur, ka, secs): (usize, Duration, usize, u32) =
+        if quick { (1, Duration::from_millis(1500), 1000, 1) } else { (3, Duration::from_secs(3), 3000, 3) };
+    let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"), PathBuf::from);
+    let mut samples = Vec::new();
+    for rep in 0..reps {
+        for setup in Setup::ALL {
+            eprintln!("==> rep {rep} {}", setup.as_str());
+            let t = XnodeTopo::new(setup);
+            let pod_to_pod = measure(&t, t.server.ip, (8080, 9000, 5201), dur, ka, secs);
+            let pod_to_clusterip = measure(&t, VIP, (SHORT_PORT, KEEPALIVE_PORT, IPERF_PORT), dur, ka, secs);
+            eprintln!(
+                "    pod→pod {:.2} Gbit/s {:.0} conn/s p50 {:.0} µs; pod→VIP {:.2} Gbit/s {:.0} conn/s p50 {:.0} µs",
+                pod_to_pod.throughput_gbps, pod_to_pod.short.per_s, pod_to_pod.keepalive.p50_us,
+                pod_to_clusterip.throughput_gbps, pod_to_clusterip.short.per_s, pod_to_clusterip.keepalive.p50_us
+            );
+            samples.push(Sample { setup, rep, pod_to_pod, pod_to_clusterip });
+        }
+    }
+    let md = report(&samples, &machine(), reps);
+    let by_setup: BTreeMap<&str, Vec<&Sample>> = samples.iter().fold(BTreeMap::new(), |mut m, s| {
+        m.entry(s.setup.as_str()).or_default().push(s);
+        m
+    });
+    let _ = std::fs::create_dir_all(&out_dir);
+    let json = serde_json::to_string_pretty(&by_setup).unwrap_or_default();
+    if let Err(e) = std::fs::write(out_dir.join("xnode.json"), json).and_then(|_| std::fs::write(out_dir.join("xnode.md"), &md)) {
+        eprintln!("writing {}: {e}", out_dir.display());
+        std::process::exit(1);
+    }
+    println!("{md}");
+}
