@@ -18,13 +18,14 @@ const T: Duration = Duration::from_secs(20);
 
 /// Installs weir-cni for node `i` (plugin into the shared plugin
 /// directory, conflist into the node's own), from inside the node's
-/// network namespace so the MTU comes from its uplink.
+/// network namespace so the MTU comes from its uplink (named: the node
+/// namespaces have no default route).
 fn install(c: &Cluster, i: usize, mounts: &NodeMounts, mode: &str) {
     let agent = weir_tests::bins::path("weir-agent").display().to_string();
     let net = format!("--net={}", c.nodes[i].node.ns().path().display());
     let conf = mounts.conf_dir().display().to_string();
     let cidr = c.nodes[i].pod_cidr();
-    cmd::run(&["nsenter", &net, &agent, "--install-cni", "--pod-cidr", &cidr, "--routing", mode, "--cni-bin-dir", CNI_BIN_DIR, "--cni-conf-dir", &conf]);
+    cmd::run(&["nsenter", &net, &agent, "--install-cni", "--pod-cidr", &cidr, "--routing", mode, "--devices", "eth0", "--cni-bin-dir", CNI_BIN_DIR, "--cni-conf-dir", &conf]);
 }
 
 struct Uninstall(String);

@@ -37,8 +37,11 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
         IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
         FRAGS, EVENTS,
     ];
+    // The node object's maps: pinned once an agent loaded it.
+    let node_names = [POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT];
+    let node_names = node_names.into_iter().filter(|n| layout.map(n).exists());
     let mut out = Vec::new();
-    for name in names {
+    for name in names.into_iter().chain(node_names) {
         let info = MapInfo::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
         let capacity = info.max_entries();
         let entries = match name {
@@ -46,7 +49,11 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
             n if n == FRONTENDS => Some(count(pinned::typed::<HashMap<MapData, FrontendKey, Service>>(layout, n)?.keys())),
             n if n == BACKENDS => Some(count(pinned::typed::<HashMap<MapData, u32, Backend>>(layout, n)?.keys())),
             n if n == AFFINITY => Some(count(pinned::typed::<HashMap<MapData, AffinityKey, AffinityValue>>(layout, n)?.keys())),
-            n if n == CT => Some(count(pinned::typed::<HashMap<MapData, CtKey, CtEntry>>(layout, n)?.keys())),
+            n if n == CT || n == SNAT => Some(count(pinned::typed::<HashMap<MapData, CtKey, CtEntry>>(layout, n)?.keys())),
+            n if n == POD_ADDRS || n == NODES => Some(count(pinned::typed::<HashMap<MapData, Addr, u32>>(layout, n)?.keys())),
+            n if n == MASQ => Some(count(pinned::typed::<HashMap<MapData, u32, weir_common::masq::MasqDevice>>(layout, n)?.keys())),
+            n if n == NO_MASQ => Some(count(pinned::typed::<LpmTrie<MapData, Addr, u32>>(layout, n)?.keys())),
+            n if n == TUNNEL => Some(count(pinned::typed::<LpmTrie<MapData, Addr, weir_common::tunnel::TunnelEndpoint>>(layout, n)?.keys())),
             n if n == CT_OWNERS => Some(count(pinned::typed::<HashMap<MapData, u32, u64>>(layout, n)?.keys())),
             n if n == LINKS => Some(count(pinned::typed::<HashMap<MapData, u32, LinkInfo>>(layout, n)?.keys())),
             n if n == FRAGS => Some(count(pinned::typed::<HashMap<MapData, FragKey, FragValue>>(layout, n)?.keys())),

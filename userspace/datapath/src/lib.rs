@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod lb;
 pub mod links;
 pub mod loader;
+pub mod lpm;
 pub mod masq;
 pub mod mmap;
 pub mod objects;

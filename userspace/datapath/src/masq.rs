@@ -10,24 +10,20 @@ use weir_common::{
     addr::Addr,
     maps::{MASQ, MASQ_MAX_ENTRIES, NO_MASQ, NO_MASQ_MAX_ENTRIES},
     masq::MasqDevice,
-    policy::V4_PREFIX_BASE,
 };
 use weir_desired::policy::Prefix;
 
-use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
+use crate::{
+    error::update_error,
+    lpm::{key, same},
+    pinned,
+    pins::PinLayout,
+    DatapathError,
+};
 
 pub struct MasqMaps {
     devices: HashMap<MapData, u32, MasqDevice>,
     inside: LpmTrie<MapData, Addr, u32>,
-}
-
-fn key(p: &Prefix) -> Key<Addr> {
-    let bits = if p.addr.is_ipv4() { V4_PREFIX_BASE + u32::from(p.len) } else { u32::from(p.len) };
-    Key::new(bits, Addr::from(p.addr))
-}
-
-fn same(a: &Key<Addr>, b: &Key<Addr>) -> bool {
-    a.prefix_len() == b.prefix_len() && a.data() == b.data()
 }
 
 impl MasqMaps {

@@ -9,21 +9,21 @@ use aya::maps::{lpm_trie::{Key, LpmTrie}, HashMap, MapData};
 use weir_common::{
     addr::Addr,
     maps::{NODES, NODES_MAX_ENTRIES, TUNNEL, TUNNEL_MAX_ENTRIES},
-    policy::V4_PREFIX_BASE,
     tunnel::TunnelEndpoint,
 };
 use weir_desired::policy::Prefix;
 
-use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
+use crate::{
+    error::update_error,
+    lpm::{key, same},
+    pinned,
+    pins::PinLayout,
+    DatapathError,
+};
 
 pub struct TunnelMaps {
     tunnel: LpmTrie<MapData, Addr, TunnelEndpoint>,
     nodes: HashMap<MapData, Addr, u32>,
-}
-
-fn key(p: &Prefix) -> Key<Addr> {
-    let bits = if p.addr.is_ipv4() { V4_PREFIX_BASE + u32::from(p.len) } else { u32::from(p.len) };
-    Key::new(bits, Addr::from(p.addr))
 }
 
 impl TunnelMaps {
@@ -48,7 +48,7 @@ impl TunnelMaps {
         for (p, node) in cidrs {
             let k = key(p);
             let v = TunnelEndpoint { node: Addr::from(*node) };
-            if have.iter().any(|(hk, hv)| hk.prefix_len() == k.prefix_len() && hk.data() == k.data() && *hv == v) {
+            if have.iter().any(|(hk, hv)| same(hk, &k) && *hv == v) {
                 continue;
             }
             self.tunnel.insert(&k, v, 0).map_err(|source| update_error(TUNNEL, TUNNEL_MAX_ENTRIES, || format!("pod CIDR {p} of node {node}"), source))?;
@@ -56,7 +56,7 @@ impl TunnelMaps {
         }
         let wanted: Vec<Key<Addr>> = cidrs.keys().map(key).collect();
         for (hk, _) in &have {
-            if !wanted.iter().any(|k| k.prefix_len() == hk.prefix_len() && k.data() == hk.data()) {
+            if !wanted.iter().any(|k| same(k, hk)) {
                 let _ = self.tunnel.remove(hk);
                 writes += 1;
             }
