@@ -224,6 +224,23 @@ fn route_to(mode: &str, to: &ClusterNode) -> String {
 }
 
 /// Each case, once per routing mode.
+fn only_this_nodes_own_traffic_gets_the_from_the_node_allowance(mode: &str) {
+    use weir_tests::cluster::{namespace_object, pod_object};
+    let c = Cluster::new(2, &["--routing", mode]);
+    let server = c.nodes[1].pod("server", 20);
+    let _srv = tcp_server(server.ns(), 8080, Reply::Name("server".into()));
+    let reach = |ns: &weir_tests::netns::NetNs| tcp_request(ns, server.ip, 8080, b"hi".to_vec(), Duration::from_millis(700)).is_ok();
+    let (here, there) = (c.nodes[1].node.ns(), c.nodes[0].node.ns());
+    assert!(reach(there), "before any policy, node 0's own stack reaches the pod on node 1");
+    let mut objects = namespace_object("app");
+    objects += &pod_object("app", "server", "server", c.nodes[1].name(), server.ip);
+    objects += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-from-client, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n";
+    c.write("app.yaml", &objects);
+    c.wait_for("node 1 enforces the server's ingress", || !reach(there));
+    assert!(reach(here), "the server's own node (kubelet probes) keeps the from-the-node allowance");
+    assert!(!reach(there), "another node's own traffic is judged by its address, not allowed as the node");
+}
+
 fn drops(n: &ClusterNode, reason: &str) -> u64 {
     let out = n.node.weir(&["stats", "-o", "json"]);
     assert!(out.status.success(), "weir stats: {}", String::from_utf8_lossy(&out.stderr));
@@ -350,4 +367,5 @@ weir_tests::both_routing_modes!(
     internal_traffic_policy_local_keeps_traffic_on_the_clients_node_and_drops_without_local_endpoints,
     a_pod_cannot_inject_encapsulated_traffic_as_another_pod,
     the_pod_mtu_written_for_weir_cni_leaves_room_for_the_tunnel,
+    only_this_nodes_own_traffic_gets_the_from_the_node_allowance,
 );
