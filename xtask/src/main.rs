@@ -100,7 +100,9 @@ fn build() -> anyhow::Result<()> {
 fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
     sh::step("running every test layer (cargo test --release)");
     let bin_dir = root.join("target/release");
-    let mut args: Vec<&str> = vec!["test", "--release"];
+    // Every test binary runs even after one fails, so one run shows every
+    // failure.
+    let mut args: Vec<&str> = vec!["test", "--release", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     let (ok, summary) = sh::run_tests("cargo", &args, &[("WEIR_BIN_DIR", bin_dir.to_string_lossy().as_ref())])?;
     // One closing line for the whole run, after cargo's per-binary lines.
