@@ -2,7 +2,13 @@
 //! room for IPv6. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`).
 
 /// An IPv4-mapped or IPv6 address, in network byte order.
-#[repr(C)]
+///
+/// 4-aligned (every Addr in weir's keys and values sits at a 4-aligned
+/// offset, and an LPM key's data follows its u32 prefix length), so that
+/// building one is word stores: at alignment 1, BPF has no unaligned
+/// stores and LLVM zeroes the v4-mapped prefix with a call to
+/// compiler-builtins' byte-wise `memset`, on every Addr-keyed lookup.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, Eq, PartialOrd, Ord)]
 pub struct Addr {
     pub bytes: [u8; 16],
@@ -41,7 +47,12 @@ impl Addr {
     /// From an IPv4 address as a u32 loaded from the packet (network order in memory).
     #[inline(always)]
     pub const fn from_v4_raw(raw: u32) -> Self {
-        Self::from_v4_octets(raw.to_ne_bytes())
+        // Four word stores; a byte array literal here lowers to a memset
+        // call for the ten zero bytes.
+        let words: [u32; 4] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), raw];
+        // SAFETY: Addr is 16 plain bytes, 4-aligned, like [u32; 4]; every
+        // bit pattern is a valid Addr.
+        unsafe { core::mem::transmute::<[u32; 4], Addr>(words) }
     }
 
     #[inline(always)]

@@ -101,13 +101,13 @@ impl Ipv4Pkt {
         self.l4_off as usize
     }
 
-    /// An all-zero packet, written as 64-bit words: copying a constant
-    /// in would be a byte-wise `memcpy` call in BPF, on every packet.
+    /// An all-zero packet written in place, as 64-bit words: returning
+    /// one by value would copy it out, and LLVM turns a copy of known
+    /// zeroes back into a byte-wise `memset` call, on every packet.
     #[inline(always)]
-    pub fn zeroed() -> Ipv4Pkt {
+    pub fn zero_in(slot: &mut core::mem::MaybeUninit<Ipv4Pkt>) -> &mut Ipv4Pkt {
         const WORDS: usize = core::mem::size_of::<Ipv4Pkt>() / 8;
-        let mut p = core::mem::MaybeUninit::<Ipv4Pkt>::uninit();
-        let w = p.as_mut_ptr() as *mut u64;
+        let w = slot.as_mut_ptr() as *mut u64;
         let mut i = 0;
         while i < WORDS {
             // SAFETY: in bounds of the 8-aligned value; volatile keeps
@@ -116,7 +116,7 @@ impl Ipv4Pkt {
             i += 1;
         }
         // SAFETY: every byte was written; all-zero is a valid Ipv4Pkt.
-        unsafe { p.assume_init() }
+        unsafe { slot.assume_init_mut() }
     }
 }
 

@@ -20,9 +20,10 @@ fn node_of(addr: &Addr) -> Option<Addr> {
     TUNNEL.get(&k).map(|e| e.node)
 }
 
+/// A zeroed tunnel key, written in place (a key returned by value is
+/// copied out, and that copy of known zeroes becomes a `memset` call).
 #[inline(always)]
-fn zeroed_key() -> bpf_tunnel_key {
-    let mut k = core::mem::MaybeUninit::<bpf_tunnel_key>::uninit();
+fn zeroed_key(k: &mut core::mem::MaybeUninit<bpf_tunnel_key>) -> &mut bpf_tunnel_key {
     let w = k.as_mut_ptr() as *mut u32;
     let mut i = 0;
     while i < core::mem::size_of::<bpf_tunnel_key>() / 4 {
@@ -32,7 +33,7 @@ fn zeroed_key() -> bpf_tunnel_key {
         i += 1;
     }
     // SAFETY: every byte was written; zero is valid for its integers.
-    unsafe { k.assume_init() }
+    unsafe { k.assume_init_mut() }
 }
 
 /// Sets the outer destination of a packet to the node holding `daddr`
@@ -40,12 +41,13 @@ fn zeroed_key() -> bpf_tunnel_key {
 #[inline(never)]
 pub fn encapsulate(ctx: &TcContext, daddr: u32) -> bool {
     let Some(node) = node_of(&Addr::from_v4_raw(daddr)) else { return false };
-    let mut key = zeroed_key();
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let key = zeroed_key(&mut slot);
     key.tunnel_id = TUNNEL_VNI;
     key.tunnel_ttl = 64;
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(node.v4_raw());
     // SAFETY: valid skb and key pointers, the key's size.
-    let rc = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
+    let rc = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     rc == 0 && ctx.store(0, &TUNNEL_MACS, 0).is_ok()
 }
 
@@ -54,9 +56,10 @@ pub fn encapsulate(ctx: &TcContext, daddr: u32) -> bool {
 /// node or one of its pods.
 #[inline(never)]
 pub fn from_peer(ctx: &TcContext, saddr: u32) -> bool {
-    let mut key = zeroed_key();
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let key = zeroed_key(&mut slot);
     // SAFETY: valid skb and key pointers, the key's size.
-    let rc = unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
+    let rc = unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     // SAFETY: the helper filled the IPv4 member (flags 0).
     let remote = Addr::from_v4_raw(unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be());
     if rc != 0 || key.tunnel_id != TUNNEL_VNI {

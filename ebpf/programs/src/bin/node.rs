@@ -25,13 +25,14 @@ use weir_ebpf::{
 
 #[classifier]
 pub fn from_net(ctx: TcContext) -> i32 {
-    let mut pkt = Ipv4Pkt::zeroed();
-    match hdr::parse(&ctx, &mut pkt) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = Ipv4Pkt::zero_in(&mut slot);
+    match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {
-            if masq::ingress(&ctx, &mut pkt).is_err() {
-                return events::dropped(&ctx, &pkt, DropReason::Malformed);
+            if masq::ingress(&ctx, pkt).is_err() {
+                return events::dropped(&ctx, pkt, DropReason::Malformed);
             }
-            ingress::from_outside(&ctx, &mut pkt)
+            ingress::from_outside(&ctx, pkt)
         }
         FRAME_MALFORMED => events::dropped_frame(&ctx, DropReason::Malformed),
         _ => TC_ACT_OK as i32,
@@ -40,37 +41,40 @@ pub fn from_net(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn to_net(ctx: TcContext) -> i32 {
-    let mut pkt = Ipv4Pkt::zeroed();
-    match hdr::parse(&ctx, &mut pkt) {
-        FRAME_V4 => masq::egress(&ctx, &mut pkt),
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = Ipv4Pkt::zero_in(&mut slot);
+    match hdr::parse(&ctx, pkt) {
+        FRAME_V4 => masq::egress(&ctx, pkt),
         _ => TC_ACT_OK as i32,
     }
 }
 
 #[classifier]
 pub fn from_tunnel(ctx: TcContext) -> i32 {
-    let mut pkt = Ipv4Pkt::zeroed();
-    match hdr::parse(&ctx, &mut pkt) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = Ipv4Pkt::zero_in(&mut slot);
+    match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {}
         FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
         _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
     }
     if !tunnel::from_peer(&ctx, pkt.saddr) {
-        return events::dropped(&ctx, &pkt, DropReason::TunnelSpoofed);
+        return events::dropped(&ctx, pkt, DropReason::TunnelSpoofed);
     }
-    ingress::from_outside(&ctx, &mut pkt)
+    ingress::from_outside(&ctx, pkt)
 }
 
 #[classifier]
 pub fn to_tunnel(ctx: TcContext) -> i32 {
-    let mut pkt = Ipv4Pkt::zeroed();
-    match hdr::parse(&ctx, &mut pkt) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = Ipv4Pkt::zero_in(&mut slot);
+    match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {}
         FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
         _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
     }
     if !tunnel::encapsulate(&ctx, pkt.daddr) {
-        return events::dropped(&ctx, &pkt, DropReason::NoTunnelEndpoint);
+        return events::dropped(&ctx, pkt, DropReason::NoTunnelEndpoint);
     }
     TC_ACT_OK as i32
 }

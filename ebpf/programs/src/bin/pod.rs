@@ -26,8 +26,9 @@ use weir_ebpf::{
 pub fn from_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex(&ctx);
     stats::count(ifindex, Direction::FromPod, ctx.len());
-    let mut pkt = Ipv4Pkt::zeroed();
-    match hdr::parse(&ctx, &mut pkt) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = Ipv4Pkt::zero_in(&mut slot);
+    match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {}
         FRAME_V6 => return v6_from_pod(&ctx, ifindex),
         FRAME_ARP => return TC_ACT_OK as i32,
@@ -35,16 +36,16 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
     }
     if !source::owns(ifindex, &Addr::from_v4_raw(pkt.saddr)) {
-        return events::dropped(&ctx, &pkt, DropReason::SpoofedSource);
+        return events::dropped(&ctx, pkt, DropReason::SpoofedSource);
     }
-    if pkt.later_fragment() && !frag::recover(&mut pkt) {
-        return events::dropped(&ctx, &pkt, DropReason::FragmentUnknown);
+    if pkt.later_fragment() && !frag::recover(pkt) {
+        return events::dropped(&ctx, pkt, DropReason::FragmentUnknown);
     }
     let first = pkt.frag == FRAG_FIRST;
     if first {
-        frag::prepare(&pkt);
+        frag::prepare(pkt);
     }
-    let verdict = v4_from_pod(&ctx, &mut pkt);
+    let verdict = v4_from_pod(&ctx, pkt);
     if first && verdict != TC_ACT_SHOT as i32 {
         frag::commit();
     }
@@ -124,8 +125,9 @@ fn v6_from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
 pub fn to_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex(&ctx);
     stats::count(ifindex, Direction::ToPod, ctx.len());
-    let mut pkt = Ipv4Pkt::zeroed();
-    match hdr::parse(&ctx, &mut pkt) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = Ipv4Pkt::zero_in(&mut slot);
+    match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {}
         FRAME_V6 => {
             if source::link_isolated(ifindex) {
@@ -144,32 +146,32 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         }
     }
     if !source::owns(ifindex, &Addr::from_v4_raw(pkt.daddr)) {
-        return events::dropped(&ctx, &pkt, DropReason::NotForPod);
+        return events::dropped(&ctx, pkt, DropReason::NotForPod);
     }
-    if pkt.later_fragment() && !frag::recover(&mut pkt) {
-        return events::dropped(&ctx, &pkt, DropReason::FragmentUnknown);
+    if pkt.later_fragment() && !frag::recover(pkt) {
+        return events::dropped(&ctx, pkt, DropReason::FragmentUnknown);
     }
     let first = pkt.frag == FRAG_FIRST;
     if first {
-        frag::prepare(&pkt);
+        frag::prepare(pkt);
     }
     let now = conntrack::now_ns();
     let verdict = if pkt.is_icmp_error() {
-        icmp::error_to_pod(&ctx, &mut pkt, now)
+        icmp::error_to_pod(&ctx, pkt, now)
     } else if pkt.is_tcp_udp() {
         // A reply from a backend in the node's own network namespace
         // (host-network endpoints) is reverse-NATed here: no from_pod saw it.
         if from_host(&ctx) {
             if let Some(cfg) = conntrack::config() {
-                let v = lb::reverse(&ctx, &mut pkt, cfg, now, lb::REVERSE_IN_PLACE);
+                let v = lb::reverse(&ctx, pkt, cfg, now, lb::REVERSE_IN_PLACE);
                 if let Some(reason) = lb::dropped(v) {
-                    return events::dropped(&ctx, &pkt, reason);
+                    return events::dropped(&ctx, pkt, reason);
                 }
             }
         }
-        policy::to_pod(&ctx, &pkt, now)
+        policy::to_pod(&ctx, pkt, now)
     } else {
-        policy::other(&ctx, &pkt, true)
+        policy::other(&ctx, pkt, true)
     };
     if first && verdict != TC_ACT_SHOT as i32 {
         frag::commit();
