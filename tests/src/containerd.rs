@@ -63,6 +63,7 @@ tar -C {w}/img -cf {w}/image.tar ."#
 /// host's CNI configuration, host-local leases and weir-cni records, so
 /// that containerd and ctr on each node see only that node's network
 /// (ctr reads CNI configuration from fixed paths). Plugins stay shared.
+/// Hold [`global_cni_lock`] while one exists.
 pub struct NodeMounts {
     dir: PathBuf,
     ns_file: PathBuf,
@@ -115,6 +116,12 @@ impl Drop for NodeMounts {
         cmd::run_quiet(&["umount", &self.ns_file.display().to_string()]);
         let _ = fs::remove_file(&self.ns_file);
         let _ = fs::remove_dir_all(&self.dir);
+        // The last one out takes the private bind mount with it (users
+        // hold the CNI lock, so none is being made meanwhile).
+        if fs::read_dir(MOUNT_NS_DIR).is_ok_and(|mut d| d.next().is_none()) {
+            cmd::run_quiet(&["umount", MOUNT_NS_DIR]);
+            let _ = fs::remove_dir(MOUNT_NS_DIR);
+        }
     }
 }
 
