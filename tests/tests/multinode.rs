@@ -241,6 +241,24 @@ fn only_this_nodes_own_traffic_gets_the_from_the_node_allowance(mode: &str) {
     assert!(!reach(there), "another node's own traffic is judged by its address, not allowed as the node");
 }
 
+/// `--devices` unset and no device holding the Node's InternalIP (it is
+/// NATed, say): the default route's device is the uplink.
+#[test]
+fn without_a_device_holding_the_internal_ip_the_default_routes_device_is_the_uplink() {
+    let mut c = Cluster::bare(1, &["--routing", "native"]);
+    let ns = c.nodes[0].node.ns();
+    ns.ip(&["route", "add", "default", "via", &c.outside_ip.to_string()]);
+    let object = c.nodes[0].object().replace(&format!("address: {}", c.nodes[0].ip), "address: 203.0.113.7");
+    c.write("node-0.yaml", &object);
+    c.start_agent(0);
+    let on_eth0 = |c: &Cluster| {
+        let out = c.nodes[0].node.weir(&["status", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["attachments"].as_array().is_some_and(|a| a.iter().any(|x| x["ifname"] == "eth0" && x["hook"] == "from_net"))
+    };
+    c.wait_for("the node programs on eth0", || on_eth0(&c));
+}
+
 fn drops(n: &ClusterNode, reason: &str) -> u64 {
     let out = n.node.weir(&["stats", "-o", "json"]);
     assert!(out.status.success(), "weir stats: {}", String::from_utf8_lossy(&out.stderr));

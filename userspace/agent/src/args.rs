@@ -125,7 +125,7 @@ pub struct Args {
     pub tunnel_port: u16,
 
     /// The node's uplink devices, comma-separated (default: the device
-    /// holding the Node's InternalIP). The node programs (reverse NAT of
+    /// holding the Node's InternalIP, else the default route's device). The node programs (reverse NAT of
     /// replies from backends on other nodes) attach there.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,

@@ -18,20 +18,9 @@ impl NodeDevices {
         Self { dp, explicit, attached: BTreeMap::new() }
     }
 
-    /// The devices to use: the explicit ones, else those holding one of
-    /// `internal_ips` (from `addrs`, every (ifindex, address) of the node).
-    pub fn choose(&self, internal_ips: &[std::net::IpAddr], addrs: &[(u32, std::net::IpAddr)]) -> Vec<(String, u32)> {
-        if !self.explicit.is_empty() {
-            return self.explicit.iter().filter_map(|n| ifindex(n).map(|i| (n.clone(), i))).collect();
-        }
-        let mut out: Vec<(String, u32)> = addrs
-            .iter()
-            .filter(|(_, a)| internal_ips.contains(a))
-            .filter_map(|(i, _)| name_of(*i).map(|n| (n, *i)))
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+    /// The devices to use (see [`choose`]).
+    pub fn choose(&self, internal_ips: &[std::net::IpAddr], addrs: &[(u32, std::net::IpAddr)], default_route: Option<u32>) -> Vec<(String, u32)> {
+        choose(&self.explicit, internal_ips, addrs, default_route)
     }
 
     /// Attaches `from_net` to each device not attached yet (an adopted pin
@@ -58,6 +47,26 @@ impl NodeDevices {
     }
 }
 
+/// The uplinks: the explicit ones (that exist), else those holding one of
+/// the Node's `internal_ips` (`addrs`: every (ifindex, address) of the
+/// node), else the default route's device.
+pub fn choose(explicit: &[String], internal_ips: &[std::net::IpAddr], addrs: &[(u32, std::net::IpAddr)], default_route: Option<u32>) -> Vec<(String, u32)> {
+    if !explicit.is_empty() {
+        return explicit.iter().filter_map(|n| ifindex(n).map(|i| (n.clone(), i))).collect();
+    }
+    let mut out: Vec<(String, u32)> = addrs
+        .iter()
+        .filter(|(_, a)| internal_ips.contains(a))
+        .filter_map(|(i, _)| name_of(*i).map(|n| (n, *i)))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        out.extend(default_route.and_then(|i| name_of(i).map(|n| (n, i))));
+    }
+    out
+}
+
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: a valid C string; the call only reads it.
@@ -74,4 +83,33 @@ fn name_of(ifindex: u32) -> Option<String> {
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into `buf`.
     Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LO: u32 = 1;
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_device_holding_the_internal_ip_wins_over_the_default_route() {
+        let addrs = [(LO, ip("127.0.0.1"))];
+        assert_eq!(choose(&[], &[ip("127.0.0.1")], &addrs, Some(9999)), vec![("lo".to_string(), LO)]);
+    }
+
+    #[test]
+    fn without_it_the_default_routes_device_is_the_uplink() {
+        let addrs = [(LO, ip("127.0.0.1"))];
+        assert_eq!(choose(&[], &[ip("10.9.9.9")], &addrs, Some(LO)), vec![("lo".to_string(), LO)]);
+        assert!(choose(&[], &[ip("10.9.9.9")], &addrs, None).is_empty());
+    }
+
+    #[test]
+    fn explicit_devices_are_taken_as_named_when_they_exist() {
+        assert_eq!(choose(&["lo".into(), "no-such-dev0".into()], &[], &[], Some(LO)), vec![("lo".to_string(), LO)]);
+    }
 }

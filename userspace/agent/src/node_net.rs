@@ -90,7 +90,8 @@ impl NodeNetwork {
                 Vec::new()
             }
         };
-        let uplinks = self.devices.choose(&ips, &addrs);
+        let default_route = crate::links::default_route_dev(&self.handle).await;
+        let uplinks = self.devices.choose(&ips, &addrs, default_route);
         self.devices.ensure(&uplinks);
         let nodes: Vec<_> = state.nodes().collect();
         self.sync_masquerade(&nodes, &uplinks, &ips, &addrs, metrics);
