@@ -109,8 +109,26 @@ fn a_full_masquerade_table_refuses_new_flows_with_a_reason_and_frees_up(mode: &s
     ask(DEFAULT_TIMEOUT).expect("a new flow after the old ones expired");
 }
 
+fn a_clusterip_whose_backend_is_outside_the_cluster_is_masqueraded_and_answers_from_its_vip(mode: &str) {
+    use weir_tests::services::{ready, yaml_service};
+    let c = Cluster::new(1, &["--routing", mode]);
+    let a = c.nodes[0].pod("a", 10);
+    let _srv = [tcp_server(&c.outside, 8080, Reply::Peer("out".into())), udp_server(&c.outside, 8080, Reply::Peer("out".into()))];
+    let vip = Ipv4Addr::new(10, 96, 0, 70);
+    c.write("ext.yaml", &(yaml_service("ext", vip, 80, "TCP", 8080, &ready(&[c.outside_ip])) + "---\n" + &yaml_service("extu", vip, 53, "UDP", 8080, &ready(&[c.outside_ip]))));
+    let want = format!("{}:8080", c.outside_ip);
+    c.wait_for("the agent programs the external backend", || String::from_utf8_lossy(&c.nodes[0].node.weir(&["backend", "list"]).stdout).contains(&want));
+    // DNAT to the outside, redirected to the uplink, masqueraded there.
+    let r = tcp_request(a.ns(), vip, 80, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("TCP through the VIP to the outside");
+    assert_eq!(peer(&r).ip(), std::net::IpAddr::V4(c.nodes[0].ip), "the outside backend saw the node's address");
+    // The reply comes back from the VIP (a connected UDP socket takes nothing else).
+    let r = udp_request(a.ns(), vip, 53, b"q".to_vec(), DEFAULT_TIMEOUT).expect("UDP through the VIP, answered from the VIP");
+    assert_eq!(peer(&r).ip(), std::net::IpAddr::V4(c.nodes[0].ip));
+}
+
 weir_tests::both_routing_modes!(
     pods_reach_the_outside_from_their_nodes_address_and_get_the_replies,
     masquerade_is_turned_off_or_narrowed_by_flag,
     a_full_masquerade_table_refuses_new_flows_with_a_reason_and_frees_up,
+    a_clusterip_whose_backend_is_outside_the_cluster_is_masqueraded_and_answers_from_its_vip,
 );
