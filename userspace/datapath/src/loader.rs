@@ -39,6 +39,29 @@ impl Default for LoadOptions {
     }
 }
 
+/// Loads an object over the pinned maps, sizing the maps `opts` sizes
+/// (whichever object loads first creates and pins them).
+fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(layout.maps_dir())
+        .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
+        .map_max_entries(CT, opts.ct_entries.max(2))
+        .map_max_entries(SNAT, opts.snat_entries.max(2))
+        .load(bytes)
+        .map_err(|source| DatapathError::Load { object, source })
+}
+
+/// Loads the object's programs for `hooks` into the kernel.
+fn load_programs(ebpf: &mut Ebpf, hooks: &[Hook], object: &'static str) -> Result<(), DatapathError> {
+    for hook in hooks {
+        let name = hook.as_str();
+        let prog: &mut SchedClassifier =
+            ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { object, name })?.try_into().map_err(|source| DatapathError::Program { name, source })?;
+        prog.load().map_err(|source| DatapathError::Program { name, source })?;
+    }
+    Ok(())
+}
+
 /// The loaded pod object.
 pub struct PodDatapath {
     ebpf: Ebpf,
@@ -54,20 +77,9 @@ impl PodDatapath {
     /// Loads the pod object, creating or reusing the pinned maps.
     pub fn load_with(layout: &PinLayout, opts: &LoadOptions) -> Result<Self, DatapathError> {
         layout.ensure_dirs()?;
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(layout.maps_dir())
-            .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
-            .map_max_entries(CT, opts.ct_entries.max(2))
-            .map_max_entries(SNAT, opts.snat_entries.max(2))
-            .load(POD_OBJECT)
-            .map_err(|source| DatapathError::Load { object: "pod", source })?;
-        let mut dp = Self { ebpf, layout: layout.clone() };
-        for hook in Hook::POD {
-            dp.program_mut(hook)?
-                .load()
-                .map_err(|source| DatapathError::Program { name: hook.as_str(), source })?;
-        }
-        Ok(dp)
+        let mut ebpf = load_object(layout, opts, POD_OBJECT, "pod")?;
+        load_programs(&mut ebpf, &Hook::POD, "pod")?;
+        Ok(Self { ebpf, layout: layout.clone() })
     }
 
     /// Writes the runtime configuration the kernel reads per packet.
@@ -162,20 +174,9 @@ impl NodeDatapath {
     /// the pod object first; `opts` sizes a map only it would create).
     pub fn load(layout: &PinLayout, opts: &LoadOptions) -> Result<Self, DatapathError> {
         layout.ensure_dirs()?;
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(layout.maps_dir())
-            .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
-            .map_max_entries(CT, opts.ct_entries.max(2))
-            .map_max_entries(SNAT, opts.snat_entries.max(2))
-            .load(crate::objects::NODE_OBJECT)
-            .map_err(|source| DatapathError::Load { object: "node", source })?;
-        let mut dp = Self { ebpf, layout: layout.clone() };
-        for hook in Hook::NODE {
-            dp.program_mut(hook)?
-                .load()
-                .map_err(|source| DatapathError::Program { name: hook.as_str(), source })?;
-        }
-        Ok(dp)
+        let mut ebpf = load_object(layout, opts, crate::objects::NODE_OBJECT, "node")?;
+        load_programs(&mut ebpf, &Hook::NODE, "node")?;
+        Ok(Self { ebpf, layout: layout.clone() })
     }
 
     /// The program for `hook`, for attaching or for BPF_PROG_TEST_RUN.

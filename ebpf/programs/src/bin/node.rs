@@ -49,15 +49,25 @@ pub fn to_net(ctx: TcContext) -> i32 {
     }
 }
 
+/// The IPv4 packet on the tunnel device; anything else is dropped (the
+/// tunnel carries only IPv4 pod traffic), with its verdict as `Err`.
+#[inline(always)]
+fn tunnel_packet<'a>(ctx: &TcContext, slot: &'a mut core::mem::MaybeUninit<Ipv4Pkt>) -> Result<&'a mut Ipv4Pkt, i32> {
+    let pkt = Ipv4Pkt::zero_in(slot);
+    match hdr::parse(ctx, pkt) {
+        FRAME_V4 => Ok(pkt),
+        FRAME_MALFORMED => Err(events::dropped_frame(ctx, DropReason::Malformed)),
+        _ => Err(events::dropped_frame(ctx, DropReason::UnsupportedEthertype)),
+    }
+}
+
 #[classifier]
 pub fn from_tunnel(ctx: TcContext) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
-    let pkt = Ipv4Pkt::zero_in(&mut slot);
-    match hdr::parse(&ctx, pkt) {
-        FRAME_V4 => {}
-        FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
-        _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
-    }
+    let pkt = match tunnel_packet(&ctx, &mut slot) {
+        Ok(p) => p,
+        Err(verdict) => return verdict,
+    };
     if !tunnel::from_peer(&ctx, pkt.saddr) {
         return events::dropped(&ctx, pkt, DropReason::TunnelSpoofed);
     }
@@ -67,12 +77,10 @@ pub fn from_tunnel(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_tunnel(ctx: TcContext) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
-    let pkt = Ipv4Pkt::zero_in(&mut slot);
-    match hdr::parse(&ctx, pkt) {
-        FRAME_V4 => {}
-        FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
-        _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
-    }
+    let pkt = match tunnel_packet(&ctx, &mut slot) {
+        Ok(p) => p,
+        Err(verdict) => return verdict,
+    };
     if !tunnel::encapsulate(&ctx, pkt.daddr) {
         return events::dropped(&ctx, pkt, DropReason::NoTunnelEndpoint);
     }
