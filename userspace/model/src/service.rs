@@ -65,7 +65,6 @@ pub struct ServiceModel {
     pub health_check_node_port: Option<u16>,
     /// sessionAffinity ClientIP, with its timeout.
     pub affinity_timeout_s: Option<u32>,
-    pub traffic_distribution_prefer_close: bool,
     /// The proxy this service is left to (label), if any.
     pub proxy_name: Option<String>,
     pub selection: Selection,
@@ -136,7 +135,6 @@ impl ServiceModel {
             internal_traffic_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             health_check_node_port: spec.health_check_node_port.and_then(port_u16),
             affinity_timeout_s,
-            traffic_distribution_prefer_close: spec.traffic_distribution.as_deref() == Some("PreferClose"),
             proxy_name: labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)).cloned(),
             selection: match annotations.and_then(|a| a.get(LB_ALGORITHM_ANNOTATION)).map(String::as_str) {
                 Some("random") => Selection::Random,

@@ -25,6 +25,8 @@ pub struct EndpointModel {
     pub node_name: Option<String>,
     /// hints.forZones
     pub zones: Option<Vec<String>>,
+    /// hints.forNodes
+    pub hint_nodes: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +71,7 @@ impl SliceModel {
                         terminating: c.terminating,
                         node_name: e.node_name.clone(),
                         zones: e.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(|z| z.iter().map(|z| z.name.clone()).collect()),
+                        hint_nodes: e.hints.as_ref().and_then(|h| h.for_nodes.as_ref()).map(|n| n.iter().map(|n| n.name.clone()).collect()),
                     }
                 })
                 .collect(),

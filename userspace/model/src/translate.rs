@@ -18,7 +18,7 @@ use crate::{
 pub struct NodeContext {
     /// `--node-name`: for internalTrafficPolicy: Local.
     pub node_name: Option<String>,
-    /// The node's `topology.kubernetes.io/zone`: for trafficDistribution: PreferClose.
+    /// The node's `topology.kubernetes.io/zone`: for zone hints.
     pub zone: Option<String>,
 }
 
@@ -32,6 +32,7 @@ struct Candidate {
     ep: Endpoint,
     node: Option<String>,
     zones: Option<Vec<String>>,
+    hint_nodes: Option<Vec<String>>,
 }
 
 fn family_matches(address_type: &str, ip: &IpAddr) -> bool {
@@ -61,14 +62,16 @@ fn candidates(port: &PortModel, family_of: &IpAddr, slices: &[&SliceModel]) -> V
             if !family_matches(&slice.address_type, &addr) {
                 continue;
             }
-            // API semantics: ready nil = ready; serving nil = ready; terminating nil = false.
+            // kube-proxy's reading: ready nil = ready, serving nil =
+            // serving, terminating nil = not terminating.
             let ready = e.ready.unwrap_or(true);
-            let serving = e.serving.unwrap_or(ready);
+            let serving = e.serving.unwrap_or(true);
             let terminating = e.terminating.unwrap_or(false);
             let cand = Candidate {
                 ep: Endpoint { addr, port: tport, ready, serving, terminating },
                 node: e.node_name.clone(),
                 zones: e.zones.clone(),
+                hint_nodes: e.hint_nodes.clone(),
             };
             // The same endpoint in two slices (mid-update): prefer the ready one.
             match out.get(&(addr, tport)) {
@@ -82,20 +85,57 @@ fn candidates(port: &PortModel, family_of: &IpAddr, slices: &[&SliceModel]) -> V
     out.into_values().collect()
 }
 
-/// kube-proxy's topology rule for PreferClose: use zone hints only when
-/// every ready endpoint has them, and only if some endpoint is hinted for
-/// this node's zone.
-fn prefer_close(cands: Vec<Candidate>, zone: Option<&str>) -> Vec<Candidate> {
-    let Some(zone) = zone else { return cands };
+/// Which topology hints kube-proxy (1.33+) follows for a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// Every endpoint.
+    Any,
+    /// Endpoints hinted for this node (`hints.forNodes`).
+    SameNode,
+    /// Endpoints hinted for this node's zone (`hints.forZones`).
+    SameZone,
+}
+
+fn hinted(hints: &Option<Vec<String>>, want: Option<&str>) -> bool {
+    match (hints, want) {
+        (Some(h), Some(w)) => h.iter().any(|h| h == w),
+        _ => false,
+    }
+}
+
+fn has_hints(hints: &Option<Vec<String>>) -> bool {
+    hints.as_ref().is_some_and(|h| !h.is_empty())
+}
+
+/// kube-proxy's `topologyModeFromHints`: the hints decide, not the
+/// service's `trafficDistribution` (the EndpointSlice controller writes
+/// hints from it). Node hints are used when every ready endpoint has one
+/// and one names this node; otherwise zone hints, when every ready
+/// endpoint has one and one names this node's zone; otherwise none.
+fn topology(cands: &[Candidate], ctx: &NodeContext) -> Topology {
     let ready: Vec<&Candidate> = cands.iter().filter(|c| c.ep.ready).collect();
-    if ready.is_empty() || ready.iter().any(|c| c.zones.is_none()) {
-        return cands;
+    if ready.is_empty() {
+        return Topology::Any;
     }
-    let in_zone = |c: &Candidate| c.zones.as_ref().is_some_and(|z| z.iter().any(|z| z == zone));
-    if !ready.iter().any(|c| in_zone(c)) {
-        return cands;
+    let node = ctx.node_name.as_deref();
+    if ready.iter().all(|c| has_hints(&c.hint_nodes)) && ready.iter().any(|c| hinted(&c.hint_nodes, node)) {
+        return Topology::SameNode;
     }
-    cands.into_iter().filter(|c| !c.ep.ready || in_zone(c)).collect()
+    let zone = ctx.zone.as_deref();
+    if ready.iter().all(|c| has_hints(&c.zones)) && ready.iter().any(|c| hinted(&c.zones, zone)) {
+        return Topology::SameZone;
+    }
+    Topology::Any
+}
+
+/// The endpoints the topology mode leaves: for ready endpoints and for
+/// the terminating fallback alike (kube-proxy's `availableForTopology`).
+fn by_topology(cands: Vec<Candidate>, ctx: &NodeContext) -> Vec<Candidate> {
+    match topology(&cands, ctx) {
+        Topology::Any => cands,
+        Topology::SameNode => cands.into_iter().filter(|c| hinted(&c.hint_nodes, ctx.node_name.as_deref())).collect(),
+        Topology::SameZone => cands.into_iter().filter(|c| hinted(&c.zones, ctx.zone.as_deref())).collect(),
+    }
 }
 
 /// Translates one service. Headless and ExternalName services, services
@@ -115,9 +155,8 @@ pub fn translate_service(svc: &ServiceModel, slices: &[&SliceModel], ctx: &NodeC
             let mut cands = candidates(port, vip, slices);
             if svc.internal_traffic_policy_local {
                 cands.retain(|c| c.node.is_some() && c.node == ctx.node_name);
-            }
-            if svc.traffic_distribution_prefer_close {
-                cands = prefer_close(cands, ctx.zone.as_deref());
+            } else {
+                cands = by_topology(cands, ctx);
             }
             let port_label = if port.name.is_empty() { port.port.to_string() } else { port.name.clone() };
             out.push(ServiceSpec {
