@@ -2,17 +2,21 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use weir_datapath::lb::spec::{Endpoint, Frontend, Protocol, Selection, ServiceSpec};
+use weir_datapath::lb::spec::{Endpoint, Frontend, Kind, Masquerade, Protocol, Selection, ServiceSpec};
 
 /// A Maglev ClusterIP service with ready endpoints.
 pub fn cluster_ip(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(Ipv4Addr, u16)]) -> ServiceSpec {
     ServiceSpec {
         origin: String::new(),
-        frontend: Frontend { addr: IpAddr::V4(vip), port, protocol },
+        frontend: Frontend::new(IpAddr::V4(vip), port, protocol),
         endpoints: backends.iter().map(|(a, p)| Endpoint::ready(IpAddr::V4(*a), *p)).collect(),
         selection: Selection::Maglev,
         affinity_timeout_s: None,
         local_only: false,
+        kind: Kind::ClusterIp,
+        // As the translation programs a ClusterIP.
+        masquerade: Masquerade { from_pods: false, from_outside: true },
+        split: false,
     }
 }
 

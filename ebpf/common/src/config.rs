@@ -22,6 +22,9 @@ pub struct DatapathConfig {
     pub _pad: u32,
     /// Source address used when a pod reaches itself through a service.
     pub hairpin_addr: Addr,
+    /// The node address masqueraded service flows come from (the Node's
+    /// InternalIP); unset (zero): service flows are never masqueraded.
+    pub node_addr: Addr,
 }
 
 impl DatapathConfig {
@@ -38,6 +41,7 @@ impl DatapathConfig {
         ct_max_per_endpoint: 32_768,
         _pad: 0,
         hairpin_addr: Addr::from_v4_octets([169, 254, 42, 1]),
+        node_addr: Addr::ZERO,
     };
 }
 
@@ -47,6 +51,6 @@ impl Default for DatapathConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 64);
 
 crate::user_pod!(DatapathConfig);

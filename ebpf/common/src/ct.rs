@@ -60,6 +60,9 @@ pub const CT_F_FIN_REPLY: u8 = 1 << 2;
 pub const CT_F_SEEN_REPLY: u8 = 1 << 3;
 /// The client's source port was remapped (reply tuple collision).
 pub const CT_F_REMAPPED: u8 = 1 << 4;
+/// The flow is masqueraded: the backend sees the node address
+/// (`DatapathConfig::node_addr`) and a port of the masquerade range.
+pub const CT_F_MASQ: u8 = 1 << 5;
 /// The bits that describe the TCP state and are kept equal in both
 /// entries of a service flow.
 pub const CT_F_STATE_BITS: u8 = CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_SEEN_REPLY;
@@ -77,7 +80,8 @@ pub struct CtEntry {
     /// Forward: the backend address. Reverse: the VIP.
     pub nat_addr: Addr,
     /// Reverse: the client's real address (differs from the reply's
-    /// destination for hairpin flows). Forward: the client address.
+    /// destination for hairpin and masqueraded flows). Forward: the
+    /// client address.
     pub orig_addr: Addr,
     pub backend_id: u32,
     pub svc_id: u32,

@@ -28,9 +28,17 @@ pub struct FrontendKey {
     /// Network byte order.
     pub port: u16,
     pub proto: u8,
-    /// Reserved for frontend scopes (cluster, node port, external); 0 today.
+    /// Who the entry serves: [`SCOPE_INTERNAL`] or [`SCOPE_EXTERNAL`].
     pub scope: u8,
 }
+
+/// The entry serves everyone: pods, the node, and traffic from outside
+/// the node unless a [`SCOPE_EXTERNAL`] entry of the same frontend exists.
+pub const SCOPE_INTERNAL: u8 = 0;
+/// The entry serves only traffic from outside the node (a NodePort, LB IP
+/// or externalIP of an externalTrafficPolicy: Local service: this node's
+/// endpoints only, and the client's address kept).
+pub const SCOPE_EXTERNAL: u8 = 1;
 
 /// Sessions from one client IP stick to one backend.
 pub const SVC_F_AFFINITY: u32 = 1 << 0;
@@ -46,6 +54,32 @@ pub const SVC_F_TERMINATING_FALLBACK: u32 = 1 << 3;
 /// with none, new flows are dropped (`no_local_endpoints`), not rejected,
 /// as kube-proxy does.
 pub const SVC_F_LOCAL_ONLY: u32 = 1 << 4;
+/// New flows from this node's pods are masqueraded to the node address
+/// (a NodePort, LB IP or externalIP of an externalTrafficPolicy: Cluster
+/// service, as kube-proxy does).
+pub const SVC_F_MASQ_LOCAL: u32 = 1 << 5;
+/// New flows from outside the node are masqueraded to the node address,
+/// so that replies come back through this node (every internal-scope
+/// entry: ClusterIPs reached from outside, and externalTrafficPolicy:
+/// Cluster frontends).
+pub const SVC_F_MASQ_REMOTE: u32 = 1 << 6;
+/// The frontend also has a [`SCOPE_EXTERNAL`] entry, which serves traffic
+/// from outside the node.
+pub const SVC_F_SPLIT: u32 = 1 << 7;
+
+/// What kind of frontend the entry is (bits 8–9 of the flags), for
+/// counters and listings.
+pub const SVC_KIND_SHIFT: u32 = 8;
+pub const SVC_KIND_MASK: u32 = 0b11 << SVC_KIND_SHIFT;
+pub const KIND_CLUSTER_IP: u32 = 0;
+pub const KIND_NODE_PORT: u32 = 1;
+pub const KIND_LOAD_BALANCER: u32 = 2;
+pub const KIND_EXTERNAL_IP: u32 = 3;
+
+/// The frontend kind in `flags`.
+pub const fn svc_kind(flags: u32) -> u32 {
+    (flags & SVC_KIND_MASK) >> SVC_KIND_SHIFT
+}
 
 /// Value of `WEIR_FRONTENDS`: one service port.
 #[repr(C)]

@@ -21,6 +21,7 @@ use weir_common::{
     },
     lb::PROTO_TCP,
 };
+use weir_common::{addr::Addr, ct::{CT_F_HAIRPIN, CT_F_MASQ}};
 
 /// TCP flags as found in byte 13 of the TCP header.
 pub const TCP_FIN: u8 = 0x01;
@@ -120,6 +121,28 @@ pub fn is_syn(tcp_flags: u8) -> bool {
     tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0
 }
 
+/// The source address a service flow's backend sees, and so the
+/// destination of its replies: the hairpin address when a pod reaches
+/// itself, the node address when the flow is masqueraded, else the
+/// client's own (`client`).
+#[inline(always)]
+pub fn backend_sees(flags: u8, cfg: &DatapathConfig, client: Addr) -> Addr {
+    if flags & CT_F_HAIRPIN != 0 {
+        cfg.hairpin_addr
+    } else if flags & CT_F_MASQ != 0 {
+        cfg.node_addr
+    } else {
+        client
+    }
+}
+
+/// Whether a service flow's source address is replaced (hairpin or
+/// masquerade), so its replies must be sent back to the client's own.
+#[inline(always)]
+pub const fn source_translated(flags: u8) -> bool {
+    flags & (CT_F_HAIRPIN | CT_F_MASQ) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,3 +216,4 @@ mod tests {
         assert_eq!(expiry(&cfg, CT_STATE_UDP, 5), 5 + 60_000_000_000);
     }
 }
+

@@ -12,11 +12,11 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CT_F_HAIRPIN, CT_SNAT_IN, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CT_F_HAIRPIN, CT_F_MASQ, CT_SNAT_IN, CT_SVC_FWD, CT_SVC_REV},
     drop::DropReason,
     lb::{PROTO_TCP, PROTO_UDP},
 };
-use weir_logic::ct::is_alive;
+use weir_logic::ct::{is_alive, source_translated};
 
 use crate::{
     conntrack::{self, key},
@@ -260,13 +260,14 @@ fn live(now: u64) -> bool {
 
 /// The error quotes client → backend (the reverse entry in
 /// `scratch().other`): make it quote client → VIP, from the VIP when the
-/// backend sent it, to the client's own address and port.
+/// backend sent it, to the client's own address and port (for hairpin
+/// and masqueraded flows the backend saw another source).
 #[inline(never)]
 fn to_client(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     let s = scratch().ok_or(())?;
     let (i, rev) = (s.icmp_inner, s.other);
     let vip = rev.nat_addr.v4_raw();
-    let hairpin = rev.flags & CT_F_HAIRPIN != 0;
+    let hairpin = source_translated(rev.flags);
     if pkt.saddr == i.t.daddr {
         outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, vip)?;
         pkt.saddr = vip;
@@ -287,8 +288,8 @@ fn to_client(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
 }
 
 /// The error quotes VIP → client (the forward entry in
-/// `scratch().other`): make it quote backend → client (at the port the
-/// backend sees), addressed to the backend.
+/// `scratch().other`): make it quote backend → client (at the address
+/// and port the backend sees), addressed to the backend.
 #[inline(never)]
 fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     let s = scratch().ok_or(())?;
@@ -305,6 +306,10 @@ fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     let (ip, l4) = (i.ip_off as usize, i.l4_off as usize);
     inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, backend)?;
     inner_port(ctx, l4, icmp_csum, i.t.sport, fwd.nat_port)?;
+    if fwd.flags & CT_F_MASQ != 0 {
+        let cfg = conntrack::config().ok_or(())?;
+        inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr, cfg.node_addr.v4_raw())?;
+    }
     inner_port(ctx, l4 + 2, icmp_csum, i.t.dport, fwd.orig_port)
 }
 

@@ -1,8 +1,12 @@
 //! What the node does with a packet arriving from outside it (on an
 //! uplink device, or decapsulated from the tunnel): refuse one that
 //! claims a local pod's address, reverse-NAT replies from backends on
-//! other nodes (and translate ICMP errors about those flows), and leave
-//! everything else to the stack, where the pods' own to_pod checks run.
+//! other nodes (and translate ICMP errors about those flows),
+//! load-balance new and established flows to service frontends
+//! (NodePorts, LB IPs, externalIPs, and ClusterIPs routed to the node),
+//! with the backend's ingress policy judged on the client's own address
+//! before any state exists, and leave everything else to the stack, where
+//! the pods' own to_pod checks run.
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, programs::TcContext};
 use weir_common::{addr::Addr, drop::DropReason};
@@ -10,7 +14,7 @@ use weir_common::{addr::Addr, drop::DropReason};
 use crate::{
     conntrack, events, frag,
     hdr::{Ipv4Pkt, FRAG_FIRST},
-    icmp, lb, source,
+    icmp, lb, policy, reject, source,
 };
 
 /// An IPv4 packet from outside the node.
@@ -44,11 +48,26 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     }
     let Some(cfg) = conntrack::config() else { return TC_ACT_OK as i32 };
     let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
+    if verdict != lb::NOT_HANDLED {
+        return lb::settle(ctx, pkt, verdict);
+    }
+    let verdict = lb::forward(ctx, pkt, cfg, now, lb::FROM_OUTSIDE);
+    if verdict == lb::NEW_FLOW {
+        let Some(t) = lb::new_flow_tuple(pkt) else { return TC_ACT_SHOT as i32 };
+        if !policy::allow_new(ctx, &t, policy::CHECK_INGRESS) {
+            return TC_ACT_SHOT as i32;
+        }
+        events::trace(ctx, pkt, &t);
+        let verdict = lb::commit(ctx, pkt, cfg);
+        return lb::settle(ctx, pkt, verdict);
+    }
+    if let Some(reason) = lb::rejected(verdict) {
+        events::drop(ctx, pkt, reason as u32);
+        return reject::reject(ctx, pkt, reason, reject::BACK_OUT);
+    }
     if verdict == lb::NOT_HANDLED {
         return TC_ACT_OK as i32;
     }
-    match lb::dropped(verdict) {
-        Some(reason) => events::dropped(ctx, pkt, reason),
-        None => verdict,
-    }
+    lb::settle(ctx, pkt, verdict)
 }
+

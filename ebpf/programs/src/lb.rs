@@ -15,13 +15,17 @@ use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcCont
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
+    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_MASQ, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP, SVC_F_LOCAL_ONLY},
+    lb::{
+        AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL,
+        SVC_F_MASQ_REMOTE, SVC_F_SPLIT,
+    },
+    masq::{PORT_MAX, PORT_MIN},
     stats::DpError,
 };
 use weir_logic::{
-    ct::{first, is_alive, is_syn, reopens, TCP_ACK, TCP_SYN},
+    ct::{backend_sees, first, is_alive, is_syn, reopens, source_translated, TCP_ACK, TCP_SYN},
     hash::flow_hash,
     select::{affinity_valid, choose_slot, eligible, has_affinity},
 };
@@ -85,10 +89,20 @@ pub fn dropped(verdict: i32) -> Option<DropReason> {
     DropReason::from_u32(r as u32)
 }
 
+/// Turns a "drop with reason" code of the service path into the drop
+/// (counted and reported); any other verdict passes through.
+#[inline(always)]
+pub fn settle(ctx: &TcContext, pkt: &Ipv4Pkt, verdict: i32) -> i32 {
+    match dropped(verdict) {
+        Some(reason) => crate::events::dropped(ctx, pkt, reason),
+        None => verdict,
+    }
+}
+
 /// Whether `addr` is a service IP (any port).
 #[inline(never)]
 pub fn is_vip(addr: u32) -> bool {
-    let k = FrontendKey { addr: Addr::from_v4_raw(addr), port: 0, proto: 0, scope: 0 };
+    let k = FrontendKey { addr: Addr::from_v4_raw(addr), port: 0, proto: 0, scope: SCOPE_INTERNAL };
     FRONTENDS.get_ptr(&k).is_some()
 }
 
@@ -141,7 +155,7 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if snat(ctx, pkt, s.rev.nat_addr.v4_raw(), s.rev.nat_port).is_err() {
         return reject_malformed();
     }
-    let to = if s.rev.flags & CT_F_HAIRPIN != 0 { s.rev.orig_addr.v4_raw() } else { pkt.daddr };
+    let to = if source_translated(s.rev.flags) { s.rev.orig_addr.v4_raw() } else { pkt.daddr };
     if dnat(ctx, pkt, to, s.rev.orig_port).is_err() {
         return reject_malformed();
     }
@@ -171,14 +185,35 @@ fn rebuild_fwd(rev: *const CtEntry, pkt: &Ipv4Pkt) {
     }
 }
 
+/// [`forward`]: the packet comes from one of this node's pods.
+pub const FROM_POD: u32 = 0;
+/// [`forward`]: the packet comes from outside the node (an uplink, or the
+/// tunnel).
+pub const FROM_OUTSIDE: u32 = 1;
+
 /// A packet to a service frontend: pick (or recall) the backend and DNAT.
 /// Traffic to a service IP on a port it does not serve is rejected.
+/// `origin` ([`FROM_POD`], [`FROM_OUTSIDE`]) decides which entry of a
+/// split frontend serves it and whether a new flow is masqueraded.
 #[inline(never)]
-pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64) -> i32 {
+pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64, origin: u32) -> i32 {
     let Some(s) = scratch() else { return NOT_HANDLED };
     let (client, vip) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
-    s.frontend = FrontendKey { addr: vip, port: pkt.dport, proto: pkt.proto, scope: 0 };
-    let svc: Service = match read(FRONTENDS.get_ptr(&s.frontend)) {
+    s.frontend = FrontendKey { addr: vip, port: pkt.dport, proto: pkt.proto, scope: SCOPE_INTERNAL };
+    let found = read(FRONTENDS.get_ptr(&s.frontend));
+    // A split frontend (externalTrafficPolicy: Local) serves traffic from
+    // outside the node from its external entry.
+    let found = match found {
+        Some(svc) if origin == FROM_OUTSIDE && svc.flags & SVC_F_SPLIT != 0 => {
+            s.frontend.scope = SCOPE_EXTERNAL;
+            match read(FRONTENDS.get_ptr(&s.frontend)) {
+                Some(ext) => Some(ext),
+                None => Some(svc),
+            }
+        }
+        other => other,
+    };
+    let svc: Service = match found {
         Some(svc) => svc,
         None => {
             s.frontend.port = 0;
@@ -239,14 +274,42 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     s.fwd.nat_port = s.backend.port;
     s.fwd.orig_port = pkt.sport;
     s.fwd.state = st.state;
-    s.fwd.flags = st.flags | if s.backend.addr == client { CT_F_HAIRPIN } else { 0 };
+    s.fwd.flags = st.flags;
+    if s.backend.addr == client {
+        s.fwd.flags |= CT_F_HAIRPIN;
+    } else if masquerades(&svc, cfg, &s.backend.addr, origin) {
+        s.fwd.flags |= CT_F_MASQ;
+        s.fwd.orig_port = masq_port().to_be();
+    }
+    // Flows from outside are charged to no pod link: the quota bounds
+    // what one pod can open.
     // SAFETY: the context pointer is valid for the program's lifetime.
-    s.fwd.owner = unsafe { (*ctx.skb.skb).ifindex };
+    s.fwd.owner = if origin == FROM_OUTSIDE { 0 } else { unsafe { (*ctx.skb.skb).ifindex } };
     copy_entry(&mut s.rev, &s.fwd);
     s.rev.nat_addr = vip;
     s.rev.nat_port = pkt.dport;
+    s.rev.orig_port = pkt.sport;
     s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
     NEW_FLOW
+}
+
+/// Whether a new flow of `svc` to `backend` is masqueraded: where
+/// kube-proxy masquerades (see `SVC_F_MASQ_*`), once the node address is
+/// known, and never to a backend in the node's own network namespace
+/// (the stack delivers that locally, where a local source is a martian).
+#[inline(always)]
+fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: u32) -> bool {
+    let want = if origin == FROM_OUTSIDE { SVC_F_MASQ_REMOTE } else { SVC_F_MASQ_LOCAL };
+    svc.flags & want != 0 && cfg.node_addr != Addr::ZERO && *backend != cfg.node_addr
+}
+
+/// A port of the masquerade range (above the kernel's ephemeral ports, so
+/// the node's own connections never hold it), host order.
+#[inline(always)]
+fn masq_port() -> u16 {
+    // SAFETY: plain helper call.
+    let r = unsafe { bpf_get_prandom_u32() };
+    (PORT_MIN as u32 + r % (PORT_MAX as u32 - PORT_MIN as u32 + 1)) as u16
 }
 
 /// The reverse half of a live flow is gone (evicted): rebuild it from the
@@ -348,10 +411,15 @@ fn claim_rev(cfg: &DatapathConfig) -> u32 {
         return if replace(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
     }
     let _ = cfg;
+    let masq = s.fwd.flags & CT_F_MASQ != 0;
     let mut i = 0;
     while i < REMAP_TRIES {
-        // SAFETY: plain helper call.
-        let port = (1024 + unsafe { bpf_get_prandom_u32() } % (65536 - 1024)) as u16;
+        let port = if masq {
+            masq_port()
+        } else {
+            // SAFETY: plain helper call.
+            (1024 + unsafe { bpf_get_prandom_u32() } % (65536 - 1024)) as u16
+        };
         s.rkey.dport = port.to_be();
         match create(&s.rkey, &s.rev) {
             Ok(()) => {
@@ -379,8 +447,7 @@ fn ct_full() -> i32 {
 /// hairpin address), at the client port the backend sees.
 #[inline(always)]
 fn rev_key(fwd: &CtEntry, cfg: &DatapathConfig, proto: u8) -> CtKey {
-    let dst = if fwd.flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr } else { fwd.orig_addr };
-    key(fwd.nat_addr, dst, fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
+    key(fwd.nat_addr, backend_sees(fwd.flags, cfg, fwd.orig_addr), fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
 }
 
 #[inline(always)]
@@ -400,7 +467,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
     if dnat(ctx, pkt, to, to_port).is_err() {
         return reject_malformed();
     }
-    let from = if flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr.v4_raw() } else { pkt.saddr };
+    let from = if source_translated(flags) { backend_sees(flags, cfg, Addr::ZERO).v4_raw() } else { pkt.saddr };
     if snat(ctx, pkt, from, from_port).is_err() {
         return reject_malformed();
     }

@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod egress;
 pub mod errors;
 pub mod events;
 pub mod frag;

@@ -7,7 +7,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::generated::{bpf_redirect_peer, bpf_skb_change_tail},
+    helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
     programs::TcContext,
 };
 use weir_common::{
@@ -26,9 +26,16 @@ use crate::{
 
 const IPPROTO_ICMP: u8 = 1;
 
-/// Counts `reason` and answers the sender; drops if no answer can be made.
+/// [`reject`]: answer into the pod behind the host veth the packet came
+/// from (past the pod's own ingress hook).
+pub const BACK_TO_POD: u32 = 0;
+/// [`reject`]: answer out of the device the packet came in on.
+pub const BACK_OUT: u32 = 1;
+
+/// Counts `reason` and answers the sender (`back`: [`BACK_TO_POD`],
+/// [`BACK_OUT`]); drops if no answer can be made.
 #[inline(never)]
-pub fn reject(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason) -> i32 {
+pub fn reject(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason, back: u32) -> i32 {
     drop_reason(reason);
     let built = if pkt.proto == PROTO_TCP {
         tcp_rst(ctx, pkt)
@@ -42,7 +49,14 @@ pub fn reject(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason) -> i32 {
     }
     // SAFETY: the context pointer is valid; plain helper call (from tc
     // ingress of the host-side veth: into its peer, the pod's eth0).
-    unsafe { bpf_redirect_peer((*ctx.skb.skb).ifindex, 0) as i32 }
+    unsafe {
+        let ifindex = (*ctx.skb.skb).ifindex;
+        if back == BACK_OUT {
+            bpf_redirect(ifindex, 0) as i32
+        } else {
+            bpf_redirect_peer(ifindex, 0) as i32
+        }
+    }
 }
 
 #[inline(always)]

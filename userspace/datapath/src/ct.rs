@@ -18,7 +18,7 @@ use std::{
 use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use weir_common::{
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CtKey, CtStat, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
     maps::{CONFIG, CT, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS},
 };
 use weir_logic::ct::is_alive;
@@ -37,7 +37,7 @@ pub fn monotonic_ns() -> u64 {
 pub fn twin_key(key: &CtKey, e: &CtEntry, cfg: &DatapathConfig) -> Option<CtKey> {
     match key.kind {
         CT_SVC_FWD => {
-            let dst = if e.flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr } else { key.saddr };
+            let dst = weir_logic::ct::backend_sees(e.flags, cfg, key.saddr);
             Some(CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: e.orig_port, proto: key.proto, kind: CT_SVC_REV, _pad: 0 })
         }
         CT_SVC_REV => Some(CtKey {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CT_F_HAIRPIN, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, CT_STATE_CLOSED, CT_STATE_CLOSING},
+    ct::{CtEntry, CtKey, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, CT_STATE_CLOSED, CT_STATE_CLOSING},
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP},
     link::LinkInfo,
     maps::{AFFINITY, BACKENDS, CONFIG, CT, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POLICY},
@@ -289,7 +289,7 @@ impl Maps {
         // An existing flow keeps its backend while the backend exists.
         let fkey = ct_key(client, vip, p.sport, p.dport, p.proto, CT_SVC_FWD);
         if let Ok(e) = self.ct.get(&fkey, 0) {
-            let dst = if e.flags & CT_F_HAIRPIN != 0 { cfg.hairpin_addr } else { client };
+            let dst = weir_logic::ct::backend_sees(e.flags, cfg, client);
             let rkey = CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: e.orig_port, proto: p.proto, kind: CT_SVC_REV, _pad: 0 };
             let live = is_alive(&e, now) || self.ct_alive(&rkey, now).is_some();
             let reopened = p.proto == PROTO_TCP && (e.state == CT_STATE_CLOSING || e.state == CT_STATE_CLOSED);

@@ -4,13 +4,16 @@
 //! 10.96.0.10:80/tcp maglev affinity=none  <- default/web:http
 //!   -> 10.244.1.2:8080 ready
 //!   .. 10.244.1.9:8080 terminating serving
+//! 192.0.2.1:30080/tcp NodePort masquerade=pods,outside maglev affinity=none  <- default/web:http
 //! ```
 //! `->` marks endpoints that take new connections, `..` endpoints kept only
-//! for established flows. Frontends are sorted; endpoints are sorted.
+//! for established flows. Frontends other than ClusterIPs name their kind
+//! and masquerade (and `local-only`, `split`). Frontends are sorted;
+//! endpoints are sorted.
 
 use std::fmt::Write as _;
 
-use crate::spec::{eligible, Endpoint, Selection, ServiceSpec};
+use crate::spec::{eligible, Endpoint, Kind, Masquerade, Selection, ServiceSpec};
 
 fn conditions(e: &Endpoint) -> String {
     let mut c = Vec::new();
@@ -27,6 +30,15 @@ fn conditions(e: &Endpoint) -> String {
         c.push("not-serving");
     }
     c.join(" ")
+}
+
+fn masquerade(m: Masquerade) -> &'static str {
+    match (m.from_pods, m.from_outside) {
+        (true, true) => "pods,outside",
+        (true, false) => "pods",
+        (false, true) => "outside",
+        (false, false) => "none",
+    }
 }
 
 fn endpoint(e: &Endpoint) -> String {
@@ -50,7 +62,17 @@ pub fn dump(specs: &[ServiceSpec]) -> String {
             Selection::Random => "random",
         };
         let aff = s.affinity_timeout_s.map_or("none".to_string(), |t| format!("clientip/{t}s"));
-        let _ = write!(out, "{} {sel} affinity={aff}", s.frontend);
+        let _ = write!(out, "{}", s.frontend);
+        if s.kind != Kind::ClusterIp {
+            let _ = write!(out, " {} masquerade={}", s.kind.as_str(), masquerade(s.masquerade));
+            if s.split {
+                out.push_str(" split");
+            }
+        }
+        if s.local_only {
+            out.push_str(" local-only");
+        }
+        let _ = write!(out, " {sel} affinity={aff}");
         if !s.origin.is_empty() {
             let _ = write!(out, "  <- {}", s.origin);
         }
@@ -59,7 +81,9 @@ pub fn dump(specs: &[ServiceSpec]) -> String {
         let mut eps: Vec<&Endpoint> = s.endpoints.iter().collect();
         eps.sort();
         eps.dedup();
-        if eps.is_empty() {
+        if eps.is_empty() && s.local_only {
+            out.push_str("  (no local endpoints: new connections are dropped)\n");
+        } else if eps.is_empty() {
             out.push_str("  (no endpoints: connections are refused)\n");
         }
         for e in eps {

@@ -6,4 +6,4 @@ pub mod dump;
 pub mod policy;
 pub mod spec;
 
-pub use spec::{eligible, Endpoint, Frontend, Protocol, Selection, ServiceSpec};
+pub use spec::{eligible, Endpoint, Frontend, Kind, Masquerade, Protocol, Scope, Selection, ServiceSpec};

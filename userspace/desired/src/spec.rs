@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use weir_common::lb::{PROTO_TCP, PROTO_UDP};
+use weir_common::lb::{KIND_CLUSTER_IP, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -35,21 +35,110 @@ impl Protocol {
     }
 }
 
-/// A service frontend: address, port, protocol.
+/// Whom a frontend entry serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Everyone: pods, the node, and traffic from outside the node
+    /// unless the frontend also has an [`Scope::External`] entry.
+    #[default]
+    Internal,
+    /// Only traffic from outside the node (externalTrafficPolicy: Local).
+    External,
+}
+
+impl Scope {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Internal => SCOPE_INTERNAL,
+            Self::External => SCOPE_EXTERNAL,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            SCOPE_INTERNAL => Some(Self::Internal),
+            SCOPE_EXTERNAL => Some(Self::External),
+            _ => None,
+        }
+    }
+}
+
+/// A service frontend: address, port, protocol, and whom it serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
     pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scope: Scope,
+}
+
+impl Frontend {
+    /// An internal-scope frontend.
+    pub const fn new(addr: IpAddr, port: u16, protocol: Protocol) -> Self {
+        Self { addr, port, protocol, scope: Scope::Internal }
+    }
 }
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.addr {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol.as_str()),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol.as_str()),
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol.as_str())?,
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol.as_str())?,
+        }
+        if self.scope == Scope::External {
+            f.write_str(" (external)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a frontend comes from in the Service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    #[default]
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+impl Kind {
+    pub const fn number(self) -> u32 {
+        match self {
+            Self::ClusterIp => KIND_CLUSTER_IP,
+            Self::NodePort => KIND_NODE_PORT,
+            Self::LoadBalancer => KIND_LOAD_BALANCER,
+            Self::ExternalIp => KIND_EXTERNAL_IP,
         }
     }
+
+    pub const fn from_number(n: u32) -> Self {
+        match n {
+            KIND_NODE_PORT => Self::NodePort,
+            KIND_LOAD_BALANCER => Self::LoadBalancer,
+            KIND_EXTERNAL_IP => Self::ExternalIp,
+            _ => Self::ClusterIp,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+            Self::ExternalIp => "ExternalIP",
+        }
+    }
+}
+
+/// Which new flows through a frontend are masqueraded to the node
+/// address (kube-proxy's rules; see docs/architecture.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Masquerade {
+    /// Flows from this node's pods.
+    pub from_pods: bool,
+    /// Flows from outside the node.
+    pub from_outside: bool,
 }
 
 /// An endpoint with its EndpointSlice conditions.
@@ -89,9 +178,15 @@ pub struct ServiceSpec {
     pub selection: Selection,
     /// sessionAffinity: ClientIP with this timeout, in seconds.
     pub affinity_timeout_s: Option<u32>,
-    /// internalTrafficPolicy: Local: the endpoints are this node's only;
-    /// with none, new flows are dropped instead of rejected.
+    /// The endpoints are this node's only (internalTrafficPolicy: Local,
+    /// or the external entry of externalTrafficPolicy: Local); with none,
+    /// new flows are dropped instead of rejected.
     pub local_only: bool,
+    pub kind: Kind,
+    pub masquerade: Masquerade,
+    /// The frontend also has an external-scope entry (programmed first),
+    /// which serves traffic from outside the node.
+    pub split: bool,
 }
 
 /// Which endpoints take new connections, as kube-proxy decides: the ready

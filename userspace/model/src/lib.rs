@@ -7,6 +7,7 @@
 
 pub mod load;
 pub mod node;
+pub mod nodeport;
 pub mod object;
 pub mod policy;
 pub mod service;

@@ -1,6 +1,6 @@
 //! A Service as weir models it: every field kube-proxy acts on, typed,
 //! including the north-south ones (NodePort, LoadBalancer, externalIPs,
-//! externalTrafficPolicy) that later datapath work will program.
+//! externalTrafficPolicy).
 
 use std::net::IpAddr;
 
@@ -58,7 +58,8 @@ pub struct ServiceModel {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortModel>,
     pub external_ips: Vec<IpAddr>,
-    /// status.loadBalancer.ingress[].ip
+    /// status.loadBalancer.ingress[].ip, except `ipMode: Proxy` (the load
+    /// balancer proxies to the nodes itself; kube-proxy skips those too).
     pub load_balancer_ips: Vec<IpAddr>,
     pub external_traffic_policy_local: bool,
     pub internal_traffic_policy_local: bool,
@@ -111,7 +112,13 @@ impl ServiceModel {
             .as_ref()
             .and_then(|st| st.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref())
-            .map(|ing| ing.iter().filter_map(|i| i.ip.as_ref()).filter_map(|ip| ip.parse().ok()).collect())
+            .map(|ing| {
+                ing.iter()
+                    .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                    .filter_map(|i| i.ip.as_ref())
+                    .filter_map(|ip| ip.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let affinity_timeout_s = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             spec.session_affinity_config

@@ -5,9 +5,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use weir_desired::{Endpoint, Frontend, Protocol, ServiceSpec};
+use weir_desired::{Endpoint, Frontend, Kind, Masquerade, Protocol, Scope, ServiceSpec};
 
 use crate::{
+    nodeport::NodePortAddresses,
     service::{PortModel, PortProtocol, ServiceModel, ServiceType},
     slice::SliceModel,
     state::{ClusterState, ServiceKey},
@@ -20,11 +21,25 @@ pub struct NodeContext {
     pub node_name: Option<String>,
     /// The node's `topology.kubernetes.io/zone`: for zone hints.
     pub zone: Option<String>,
+    /// The node addresses NodePorts are served on (`--nodeport-addresses`).
+    pub nodeport_addrs: Vec<IpAddr>,
 }
 
 impl NodeContext {
+    /// The context of `node_name` with NodePorts on its primary addresses.
     pub fn from_state(state: &ClusterState, node_name: Option<&str>) -> Self {
-        Self { node_name: node_name.map(str::to_string), zone: node_name.and_then(|n| state.node_zone(n)) }
+        Self::with_nodeports(state, node_name, &NodePortAddresses::Primary, &[])
+    }
+
+    /// The context of `node_name`, NodePorts on the addresses `sel`
+    /// chooses among the Node's and `device_addrs`.
+    pub fn with_nodeports(state: &ClusterState, node_name: Option<&str>, sel: &NodePortAddresses, device_addrs: &[IpAddr]) -> Self {
+        let node = node_name.and_then(|n| state.node(n));
+        Self {
+            node_name: node_name.map(str::to_string),
+            zone: node_name.and_then(|n| state.node_zone(n)),
+            nodeport_addrs: sel.select(node, device_addrs),
+        }
     }
 }
 
@@ -138,35 +153,96 @@ fn by_topology(cands: Vec<Candidate>, ctx: &NodeContext) -> Vec<Candidate> {
     }
 }
 
+/// The frontends of one service port that are reached from outside the
+/// cluster, with their kind: externalIPs, load-balancer IPs, and the
+/// NodePort on every NodePort address, of one address family.
+fn external_frontends(svc: &ServiceModel, port: &PortModel, ctx: &NodeContext, v4: bool) -> Vec<(IpAddr, u16, Kind)> {
+    let mut out = Vec::new();
+    let family = |a: &&IpAddr| a.is_ipv4() == v4;
+    out.extend(svc.external_ips.iter().filter(family).map(|a| (*a, port.port, Kind::ExternalIp)));
+    if svc.ty == ServiceType::LoadBalancer {
+        out.extend(svc.load_balancer_ips.iter().filter(family).map(|a| (*a, port.port, Kind::LoadBalancer)));
+    }
+    // A NodePort is served wherever the API server put one (with
+    // allocateLoadBalancerNodePorts: false there is none unless the user
+    // set it), at any port number: the API server's range is configurable.
+    if matches!(svc.ty, ServiceType::NodePort | ServiceType::LoadBalancer) {
+        if let Some(np) = port.node_port {
+            out.extend(ctx.nodeport_addrs.iter().filter(family).map(|a| (*a, np, Kind::NodePort)));
+        }
+    }
+    out
+}
+
+fn is_local(c: &Candidate, ctx: &NodeContext) -> bool {
+    c.node.is_some() && c.node == ctx.node_name
+}
+
 /// Translates one service. Headless and ExternalName services, services
 /// left to another proxy, and SCTP ports get no frontend.
+///
+/// kube-proxy's rules (nftables mode):
+/// - a ClusterIP serves the endpoints internalTrafficPolicy allows;
+///   traffic from outside the node to it is masqueraded;
+/// - a NodePort, LB IP or externalIP serves every endpoint to pods and the
+///   node; with externalTrafficPolicy: Cluster everything through it is
+///   masqueraded (pods included), with Local traffic from outside the
+///   node gets this node's endpoints only (an external-scope entry,
+///   dropped when there are none) and keeps its source address.
 pub fn translate_service(svc: &ServiceModel, slices: &[&SliceModel], ctx: &NodeContext) -> Vec<ServiceSpec> {
     if svc.proxy_name.is_some() || svc.ty == ServiceType::ExternalName || svc.cluster_ips.is_empty() {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for vip in &svc.cluster_ips {
-        for port in &svc.ports {
-            let protocol = match port.protocol {
-                PortProtocol::Tcp => Protocol::Tcp,
-                PortProtocol::Udp => Protocol::Udp,
-                PortProtocol::Sctp => continue,
-            };
+    for port in &svc.ports {
+        let protocol = match port.protocol {
+            PortProtocol::Tcp => Protocol::Tcp,
+            PortProtocol::Udp => Protocol::Udp,
+            PortProtocol::Sctp => continue,
+        };
+        let port_label = if port.name.is_empty() { port.port.to_string() } else { port.name.clone() };
+        let origin = format!("{}/{}:{port_label}", svc.namespace, svc.name);
+        let spec = |frontend: Frontend, endpoints: Vec<Candidate>, kind: Kind| ServiceSpec {
+            origin: origin.clone(),
+            frontend,
+            endpoints: endpoints.into_iter().map(|c| c.ep).collect(),
+            selection: svc.selection,
+            affinity_timeout_s: svc.affinity_timeout_s,
+            local_only: false,
+            kind,
+            masquerade: Masquerade::default(),
+            split: false,
+        };
+        for vip in &svc.cluster_ips {
             let mut cands = candidates(port, vip, slices);
             if svc.internal_traffic_policy_local {
-                cands.retain(|c| c.node.is_some() && c.node == ctx.node_name);
+                cands.retain(|c| is_local(c, ctx));
             } else {
                 cands = by_topology(cands, ctx);
             }
-            let port_label = if port.name.is_empty() { port.port.to_string() } else { port.name.clone() };
-            out.push(ServiceSpec {
-                origin: format!("{}/{}:{port_label}", svc.namespace, svc.name),
-                frontend: Frontend { addr: *vip, port: port.port, protocol },
-                endpoints: cands.into_iter().map(|c| c.ep).collect(),
-                selection: svc.selection,
-                affinity_timeout_s: svc.affinity_timeout_s,
-                local_only: svc.internal_traffic_policy_local,
-            });
+            let mut s = spec(Frontend::new(*vip, port.port, protocol), cands, Kind::ClusterIp);
+            s.local_only = svc.internal_traffic_policy_local;
+            s.masquerade = Masquerade { from_pods: false, from_outside: true };
+            out.push(s);
+        }
+        for v4 in [true, false] {
+            let externals = external_frontends(svc, port, ctx, v4);
+            let Some((first, _, _)) = externals.first() else { continue };
+            let local = svc.external_traffic_policy_local;
+            for (addr, p, kind) in &externals {
+                let frontend = Frontend::new(*addr, *p, protocol);
+                if local {
+                    // The external entry first: the internal one points at it.
+                    let mine: Vec<Candidate> = candidates(port, first, slices).into_iter().filter(|c| is_local(c, ctx)).collect();
+                    let mut s = spec(Frontend { scope: Scope::External, ..frontend }, mine, *kind);
+                    s.local_only = true;
+                    out.push(s);
+                }
+                let mut s = spec(frontend, by_topology(candidates(port, first, slices), ctx), *kind);
+                s.masquerade = Masquerade { from_pods: !local, from_outside: true };
+                s.split = local;
+                out.push(s);
+            }
         }
     }
     out

@@ -1,6 +1,9 @@
 //! The node object, on the node's own devices:
 //! - `from_net` / `to_net`: tc ingress / egress of the uplink devices
-//!   (`--devices`);
+//!   (`--devices`): north-south load balancing (NodePorts, LB IPs,
+//!   externalIPs, ClusterIPs routed to the node) on the way in, the
+//!   replies of backends in the node's own network namespace on the way
+//!   out;
 //! - `to_tunnel` / `from_tunnel`: tc egress / ingress of the VXLAN device
 //!   (`--routing vxlan`).
 //!
@@ -20,7 +23,7 @@ use weir_common::drop::DropReason;
 use weir_ebpf::{
     events,
     hdr::{self, Ipv4Pkt, FRAME_MALFORMED, FRAME_V4},
-    ingress, masq, tunnel,
+    egress, ingress, masq, tunnel,
 };
 
 #[classifier]
@@ -44,9 +47,21 @@ pub fn to_net(ctx: TcContext) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = Ipv4Pkt::zero_in(&mut slot);
     match hdr::parse(&ctx, pkt) {
-        FRAME_V4 => masq::egress(&ctx, pkt),
+        FRAME_V4 => {
+            if from_host(&ctx) && egress::host_reply(&ctx, pkt).is_err() {
+                return events::dropped(&ctx, pkt, DropReason::Malformed);
+            }
+            masq::egress(&ctx, pkt)
+        }
         _ => TC_ACT_OK as i32,
     }
+}
+
+/// The node's own stack sent the packet (no ingress device).
+#[inline(always)]
+fn from_host(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
 }
 
 /// The IPv4 packet on the tunnel device; anything else is dropped (the

@@ -60,7 +60,7 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     if !pkt.is_tcp_udp() {
         if lb::is_vip(pkt.daddr) {
             events::drop(ctx, pkt, DropReason::UnsupportedProtoToVip as u32);
-            return reject::reject(ctx, pkt, DropReason::UnsupportedProtoToVip);
+            return reject::reject(ctx, pkt, DropReason::UnsupportedProtoToVip, reject::BACK_TO_POD);
         }
         return policy::other(ctx, pkt, false);
     }
@@ -70,9 +70,9 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     let now = conntrack::now_ns();
     let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
     if verdict != lb::NOT_HANDLED {
-        return settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict);
     }
-    let verdict = lb::forward(ctx, pkt, cfg, now);
+    let verdict = lb::forward(ctx, pkt, cfg, now, lb::FROM_POD);
     if verdict == lb::NEW_FLOW {
         // Policy sees the real backend: the client's egress and the
         // backend's ingress are judged on the translated tuple, before any
@@ -85,25 +85,16 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
         }
         events::trace(ctx, pkt, &t);
         let verdict = lb::commit(ctx, pkt, cfg);
-        return settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict);
     }
     if let Some(reason) = lb::rejected(verdict) {
         events::drop(ctx, pkt, reason as u32);
-        return reject::reject(ctx, pkt, reason);
+        return reject::reject(ctx, pkt, reason, reject::BACK_TO_POD);
     }
     if verdict != lb::NOT_HANDLED {
-        return settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict);
     }
     policy::from_pod(ctx, pkt, now)
-}
-
-/// Turns a "drop with reason" code of the service path into the drop.
-#[inline(always)]
-fn settle(ctx: &TcContext, pkt: &hdr::Ipv4Pkt, verdict: i32) -> i32 {
-    match lb::dropped(verdict) {
-        Some(reason) => events::dropped(ctx, pkt, reason),
-        None => verdict,
-    }
 }
 
 /// IPv6 from a pod: dropped while the pod is under a policy (IPv6 policy

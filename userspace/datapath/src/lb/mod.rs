@@ -22,8 +22,9 @@ use aya::maps::{HashMap, MapData};
 use weir_common::{
     addr::Addr,
     lb::{
-        AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, BACKEND_F_UNREADY, BACKEND_F_UNSERVING, SVC_F_AFFINITY,
-        SVC_F_LOCAL_ONLY, SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER,
+        svc_kind, AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, BACKEND_F_UNREADY, BACKEND_F_UNSERVING,
+        KIND_CLUSTER_IP, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_RANDOM, SVC_F_SPLIT,
+        SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER, SVC_KIND_SHIFT,
     },
     maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SVC_TIMES},
 };
@@ -32,7 +33,7 @@ use weir_logic::maglev;
 use crate::{ct::Conntrack, error::update_error, mmap::MmapU32Array, pinned, pins::PinLayout, DatapathError};
 use self::{
     slab::Slab,
-    spec::{eligible, Frontend, Protocol, Selection, ServiceSpec},
+    spec::{eligible, Frontend, Protocol, Scope, Selection, ServiceSpec},
 };
 
 /// A backend's identity: address, port (network order), protocol.
@@ -94,16 +95,28 @@ pub struct Lb {
 }
 
 fn frontend_key(f: &Frontend) -> FrontendKey {
-    FrontendKey { addr: f.addr.into(), port: f.port.to_be(), proto: f.protocol.number(), scope: 0 }
+    FrontendKey { addr: f.addr.into(), port: f.port.to_be(), proto: f.protocol.number(), scope: f.scope.number() }
 }
 
 fn marker_key(addr: Addr) -> FrontendKey {
-    FrontendKey { addr, port: 0, proto: 0, scope: 0 }
+    FrontendKey { addr, port: 0, proto: 0, scope: SCOPE_INTERNAL }
 }
 
 /// The frontend a key stands for (for messages and dumps).
 pub fn frontend_of(k: &FrontendKey) -> Option<Frontend> {
-    Some(Frontend { addr: k.addr.into(), port: u16::from_be(k.port), protocol: Protocol::from_number(k.proto)? })
+    Some(Frontend {
+        addr: k.addr.into(),
+        port: u16::from_be(k.port),
+        protocol: Protocol::from_number(k.proto)?,
+        scope: Scope::from_number(k.scope)?,
+    })
+}
+
+/// Only ClusterIPs mark their address as a service IP: traffic to a
+/// ClusterIP on a port it does not serve is rejected (nftables mode),
+/// while a node address, LB IP or externalIP on another port is left alone.
+fn marks_vip(flags: u32) -> bool {
+    svc_kind(flags) == KIND_CLUSTER_IP
 }
 
 impl Lb {
@@ -146,7 +159,9 @@ impl Lb {
                     st.refs += 1;
                 }
             }
-            *vips.entry(k.addr).or_insert(0) += 1;
+            if marks_vip(svc.flags) {
+                *vips.entry(k.addr).or_insert(0) += 1;
+            }
             services.insert(k, SvcState { service: svc, members, eligible });
         }
         let slab = Slab::new(table_map.len(), &used);
@@ -278,6 +293,16 @@ impl Lb {
         if spec.local_only {
             flags |= SVC_F_LOCAL_ONLY;
         }
+        if spec.masquerade.from_pods {
+            flags |= SVC_F_MASQ_LOCAL;
+        }
+        if spec.masquerade.from_outside {
+            flags |= SVC_F_MASQ_REMOTE;
+        }
+        if spec.split {
+            flags |= SVC_F_SPLIT;
+        }
+        flags |= spec.kind.number() << SVC_KIND_SHIFT;
         let affinity_timeout_s = spec.affinity_timeout_s.unwrap_or(0);
         if affinity_timeout_s > 0 {
             flags |= SVC_F_AFFINITY;
@@ -295,7 +320,7 @@ impl Lb {
         if let Some((b, l)) = old_range {
             self.slab.free(b, l);
         }
-        if was_new {
+        if was_new && marks_vip(flags) {
             self.add_vip(key.addr, &mut stats)?;
         }
         self.services.insert(key, SvcState { service, members: members.clone(), eligible: elig_ids });
@@ -340,7 +365,9 @@ impl Lb {
         let _ = self.times.remove(&old.service.id);
         stats.map_writes += 1;
         self.slab.free(old.service.table_base, old.service.table_len);
-        self.release_vip(key.addr, &mut stats)?;
+        if marks_vip(old.service.flags) {
+            self.release_vip(key.addr, &mut stats)?;
+        }
         stats.ct_purged += self.ct.purge(Some(old.service.id), &old.members.iter().copied().collect());
         self.purge_affinity(old.service.id, &old.members.iter().copied().collect());
         for b in old.members {
