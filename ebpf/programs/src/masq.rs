@@ -197,7 +197,7 @@ fn allocate(s: &mut crate::maps::Scratch, dev: &MasqDevice, cfg: &DatapathConfig
 /// tc ingress of an uplink, before anything else: restores the pod's
 /// address and port on a reply to a masqueraded flow. Anything else is
 /// left as it is.
-#[inline(always)]
+#[inline(never)]
 pub fn ingress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     if !translatable(pkt, true) {
         return Ok(());
