@@ -125,8 +125,9 @@ pub struct Args {
     pub tunnel_port: u16,
 
     /// The node's uplink devices, comma-separated (default: the device
-    /// holding the Node's InternalIP, else the default route's device). The node programs (reverse NAT of
-    /// replies from backends on other nodes) attach there.
+    /// holding the Node's InternalIP, else the default route's device). The node programs (NodePorts, LB
+    /// IPs and externalIPs from outside, reverse NAT of replies from backends on other nodes, masquerade)
+    /// attach there.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
 
@@ -142,10 +143,21 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
     pub non_masquerade_cidrs: Vec<weir_desired::policy::Prefix>,
 
+    /// Which node addresses serve NodePorts: `primary` (the Node's
+    /// InternalIP of each family), or comma-separated CIDRs selecting
+    /// among the Node's addresses and those on the uplink devices
+    /// (kube-proxy's flag and meaning).
+    #[arg(long, default_value = "primary", value_parser = parse_nodeport_addresses)]
+    pub nodeport_addresses: weir_model::nodeport::NodePortAddresses,
+
     /// Entries in the masquerade table (two per masqueraded flow); a
     /// full table refuses new flows (drop reason masquerade_full).
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().snat_entries)]
     pub masquerade_max_entries: u32,
+}
+
+fn parse_nodeport_addresses(s: &str) -> Result<weir_model::nodeport::NodePortAddresses, String> {
+    s.parse().map_err(|e: weir_model::nodeport::BadNodePortAddresses| e.to_string())
 }
 
 fn parse_cidr(s: &str) -> Result<weir_desired::policy::Prefix, String> {

@@ -37,11 +37,13 @@ pub enum RouteEvent {
     Gone(HostRoute),
 }
 
-/// A link or host-route event.
+/// A link, host-route or address event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetEvent {
     Link(LinkEvent),
     Route(RouteEvent),
+    /// An address was added or removed somewhere on the node.
+    Addr,
 }
 
 type Messages = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>;
@@ -53,10 +55,16 @@ pub struct LinkWatcher {
 }
 
 impl LinkWatcher {
-    /// Subscribes to link and route events. Subscribe before dumping, so
-    /// that nothing created in between is missed.
+    /// Subscribes to link, route and address events. Subscribe before
+    /// dumping, so that nothing created in between is missed.
     pub fn subscribe() -> std::io::Result<Self> {
-        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ];
         let (conn, handle, messages) = new_multicast_connection(&groups)?;
         tokio::spawn(conn);
         Ok(Self { handle, messages })
@@ -128,6 +136,7 @@ impl LinkWatcher {
                             return Some(NetEvent::Route(RouteEvent::Gone(r)));
                         }
                     }
+                    RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => return Some(NetEvent::Addr),
                     _ => {}
                 }
             }

@@ -2,13 +2,15 @@
 //! devices and their programs, the routes to other nodes' pod CIDRs, and
 //! in VXLAN mode the tunnel device (external / collect_md, owned by the
 //! agent), its programs and the map of which node holds which pod CIDR;
-//! and the masquerade of pod egress on the uplinks (`masquerade`).
+//! the masquerade of pod egress on the uplinks (`masquerade`); and the
+//! node address masqueraded service flows come from (the Node's IPv4
+//! InternalIP, in the datapath configuration).
 
 use std::collections::BTreeMap;
 
 use rtnetlink::{Handle, LinkVxlan, LinkUnspec};
 use weir_common::tunnel::TUNNEL_MAC;
-use weir_datapath::{masq::MasqMaps, tunnel::TunnelMaps, NodeDatapath};
+use weir_datapath::{config::ConfigMap, masq::MasqMaps, tunnel::TunnelMaps, DatapathConfig, NodeDatapath};
 use weir_desired::policy::Prefix;
 use weir_model::ClusterState;
 
@@ -26,6 +28,13 @@ pub struct MasqSettings {
     pub enabled: bool,
     pub extra_inside: Vec<Prefix>,
     pub maps: MasqMaps,
+}
+
+/// The datapath configuration, whose node address this module keeps.
+pub struct NodeAddrConfig {
+    pub map: ConfigMap,
+    /// What was written last.
+    pub cfg: DatapathConfig,
 }
 
 /// The agent's VXLAN device (not `weir*`: that prefix means a pod link).
@@ -52,6 +61,7 @@ pub struct NodeNetwork {
     tunnel_maps: Option<TunnelMaps>,
     tunnel_ifindex: Option<u32>,
     masq: Option<MasqSettings>,
+    config: Option<NodeAddrConfig>,
 }
 
 impl NodeNetwork {
@@ -64,6 +74,7 @@ impl NodeNetwork {
         explicit_devices: Vec<String>,
         tunnel_maps: Option<TunnelMaps>,
         masq: Option<MasqSettings>,
+        config: Option<NodeAddrConfig>,
     ) -> Self {
         Self {
             routing,
@@ -75,12 +86,43 @@ impl NodeNetwork {
             tunnel_maps,
             tunnel_ifindex: None,
             masq,
+            config,
         }
     }
 
     /// Makes devices, tunnel and routes match the Node objects. Errors are
-    /// logged and counted; nothing here stops the agent.
-    pub async fn sync(&mut self, state: &ClusterState, watcher: &LinkWatcher, metrics: &Metrics) {
+    /// logged and counted; nothing here stops the agent. Returns the
+    /// addresses on the uplink devices (NodePort candidates).
+    pub async fn sync(&mut self, state: &ClusterState, watcher: &LinkWatcher, metrics: &Metrics) -> Vec<std::net::IpAddr> {
+        let uplink_addrs = self.sync_devices(state, watcher, metrics).await;
+        self.sync_node_addr(state, metrics);
+        uplink_addrs
+    }
+
+    /// Writes the node address service flows are masqueraded to: the
+    /// Node's IPv4 InternalIP. Without one the address written before
+    /// (by this or an earlier agent) stays, so established flows keep it.
+    fn sync_node_addr(&mut self, state: &ClusterState, metrics: &Metrics) {
+        let Some(c) = self.config.as_mut() else { return };
+        let Some(ip) = self.node.as_deref().and_then(|n| state.node(n)).and_then(|n| n.internal_ip(true)) else { return };
+        let want = weir_common::addr::Addr::from(ip);
+        if c.cfg.node_addr == want {
+            return;
+        }
+        let cfg = DatapathConfig { node_addr: want, ..c.cfg };
+        match c.map.set(&cfg) {
+            Ok(()) => {
+                tracing::info!(node_addr = %ip, "service flows are masqueraded to the node address");
+                c.cfg = cfg;
+            }
+            Err(e) => {
+                tracing::error!(error = %weir_datapath::error::chain(&e), kind = e.kind(), "writing the node address");
+                metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
+            }
+        }
+    }
+
+    async fn sync_devices(&mut self, state: &ClusterState, watcher: &LinkWatcher, metrics: &Metrics) -> Vec<std::net::IpAddr> {
         let node = self.node.as_deref().and_then(|n| state.node(n));
         let ips = node.map(|n| n.internal_ips.clone()).unwrap_or_default();
         let addrs = match watcher.dump_addrs().await {
@@ -93,10 +135,12 @@ impl NodeNetwork {
         let default_route = crate::links::default_route_dev(&self.handle).await;
         let uplinks = self.devices.choose(&ips, &addrs, default_route);
         self.devices.ensure(&uplinks);
+        let uplink_addrs: Vec<std::net::IpAddr> =
+            addrs.iter().filter(|(i, _)| uplinks.iter().any(|(_, u)| u == i)).map(|(_, a)| *a).collect();
         let nodes: Vec<_> = state.nodes().collect();
         self.sync_masquerade(&nodes, &uplinks, &ips, &addrs, metrics);
         if self.routing == Routing::None {
-            return;
+            return uplink_addrs;
         }
         if self.routing == Routing::Vxlan {
             let cidrs: BTreeMap<_, _> = routing::remote_cidrs(&nodes, self.node.as_deref()).into_iter().collect();
@@ -104,7 +148,7 @@ impl NodeNetwork {
             // (or one that knows no other yet) has nothing to tunnel. One
             // left by an earlier agent is adopted (its routes cleaned).
             if cidrs.is_empty() && self.tunnel_ifindex.is_none() && crate::devices::ifindex(TUNNEL_DEV).is_none() {
-                return;
+                return uplink_addrs;
             }
             let mtu = match uplinks.first() {
                 Some((_, i)) => watcher.link_mtu(*i).await.unwrap_or(1500),
@@ -119,7 +163,7 @@ impl NodeNetwork {
                 }
             }
             if self.tunnel_ifindex.is_none() {
-                return;
+                return uplink_addrs;
             }
         }
         let out = self.routes.sync(&routing::desired(&nodes, self.node.as_deref(), self.tunnel_ifindex)).await;
@@ -130,6 +174,7 @@ impl NodeNetwork {
         if out.added > 0 || out.removed > 0 {
             tracing::info!(added = out.added, removed = out.removed, "node routes");
         }
+        uplink_addrs
     }
 
     /// Writes the masquerade maps: the uplinks' addresses and the

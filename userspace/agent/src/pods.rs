@@ -44,6 +44,7 @@ impl PodInterfaces {
                     self.write_addrs(ifindex);
                 }
             }
+            NetEvent::Addr => {}
         }
     }
 

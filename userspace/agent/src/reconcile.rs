@@ -17,6 +17,7 @@ use crate::policy::{PolicyOutcome, PolicyReconciler};
 use weir_desired::{Frontend, ServiceSpec};
 use weir_model::{
     state::{Affected, ServiceKey},
+    nodeport::NodePortAddresses,
     translate::{translate_all, translate_key, NodeContext},
     ClusterState,
 };
@@ -44,6 +45,10 @@ pub struct Reconciler {
     lb: Lb,
     policy: PolicyReconciler,
     node_name: Option<String>,
+    /// `--nodeport-addresses`.
+    nodeport: NodePortAddresses,
+    /// The addresses on the uplink devices (NodePort candidates).
+    device_addrs: Vec<std::net::IpAddr>,
     ctx: NodeContext,
     /// Programmed specs per service.
     programmed: BTreeMap<ServiceKey, Vec<ServiceSpec>>,
@@ -53,9 +58,35 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(lb: Lb, policy: PolicyReconciler, node_name: Option<String>) -> Self {
-        Self { lb, policy, node_name, ctx: NodeContext::default(), programmed: BTreeMap::new(), owners: HashMap::new() }
+    pub fn new(lb: Lb, policy: PolicyReconciler, node_name: Option<String>, nodeport: NodePortAddresses) -> Self {
+        Self {
+            lb,
+            policy,
+            node_name,
+            nodeport,
+            device_addrs: Vec::new(),
+            ctx: NodeContext::default(),
+            programmed: BTreeMap::new(),
+            owners: HashMap::new(),
+        }
     }
+
+    /// Records the addresses on the uplinks; true when they changed, and
+    /// every service needs translating again (NodePorts may move).
+    pub fn set_device_addrs(&mut self, mut addrs: Vec<std::net::IpAddr>) -> bool {
+        addrs.sort();
+        addrs.dedup();
+        if addrs == self.device_addrs {
+            return false;
+        }
+        self.device_addrs = addrs;
+        true
+    }
+
+    fn node_context(&self, state: &ClusterState) -> NodeContext {
+        NodeContext::with_nodeports(state, self.node_name.as_deref(), &self.nodeport, &self.device_addrs)
+    }
+
 
     pub fn lb(&mut self) -> &mut Lb {
         &mut self.lb
@@ -69,7 +100,7 @@ impl Reconciler {
     pub fn apply(&mut self, state: &ClusterState, affected: &Affected) -> Outcome {
         let mut out = Outcome::default();
         let keys: BTreeSet<ServiceKey> = if affected.all {
-            self.ctx = NodeContext::from_state(state, self.node_name.as_deref());
+            self.ctx = self.node_context(state);
             state.service_keys().into_iter().chain(self.programmed.keys().cloned()).collect()
         } else {
             affected.services.clone()
@@ -87,7 +118,7 @@ impl Reconciler {
     /// Makes the maps exactly the desired state of `state`, removing
     /// anything programmed (by this or an earlier agent) that is not desired.
     pub fn full_sync(&mut self, state: &ClusterState) -> Outcome {
-        self.ctx = NodeContext::from_state(state, self.node_name.as_deref());
+        self.ctx = self.node_context(state);
         let mut out = Outcome::default();
         let desired = translate_all(state, &self.ctx);
         let stale: Vec<ServiceKey> = self.programmed.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();

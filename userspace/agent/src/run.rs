@@ -19,6 +19,7 @@ use weir_model::{state::Affected, ClusterState, Warning};
 use weir_source::{self as source, SourceEvent};
 
 use crate::{
+    links::NetEvent,
     args::Args,
     links::LinkWatcher,
     metrics::{self, KindLabels, Metrics},
@@ -48,7 +49,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let opts = LoadOptions { lb_table_slots: args.lb_table_slots, ct_entries: args.ct_max_entries, snat_entries: args.masquerade_max_entries };
     let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
-    dp.set_config(&args.datapath_config()).context("writing the datapath configuration")?;
+    let config_map = weir_datapath::config::ConfigMap::open(&layout).context("opening the datapath configuration")?;
+    let mut cfg = args.datapath_config();
+    // The node address an earlier agent wrote stays until this one reads
+    // the Node: established masqueraded flows are translated with it.
+    if let Some(old) = config_map.get() {
+        cfg.node_addr = old.node_addr;
+    }
+    dp.set_config(&cfg).context("writing the datapath configuration")?;
     let mut ct = Conntrack::open(&layout).context("opening conntrack")?;
     let mut snat = Conntrack::open_table(&layout, weir_datapath::ct::Table::SNAT).context("opening the masquerade table")?;
     let mut snat_refused = 0u64;
@@ -82,12 +90,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             extra_inside: args.non_masquerade_cidrs.clone(),
             maps: weir_datapath::masq::MasqMaps::open(&layout).context("opening the masquerade maps")?,
         }),
+        Some(crate::node_net::NodeAddrConfig { map: config_map, cfg }),
     );
 
     // Adopt what an earlier agent programmed; nothing is flushed.
     let lb = Lb::open(&layout).context("opening the service maps")?;
     let policy = PolicyReconciler::open(&layout, args.node_name.clone()).context("opening the policy maps")?;
-    let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone());
+    let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone(), args.nodeport_addresses.clone());
     events::spawn(&layout, metrics.clone()).context("starting the event reader")?;
     let (tx, mut rx) = mpsc::channel(1024);
     source::spawn(&args.source, tx).context("starting the object source")?;
@@ -119,9 +128,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         SourceEvent::Synced if !synced => {
                             synced = true;
                             let start = Instant::now();
+                            let addrs = node_net.sync(&state, &watcher, &metrics).await;
+                            reconciler.set_device_addrs(addrs);
                             let out = reconciler.full_sync(&state);
                             log_outcome("initial sync", &out, start.elapsed(), &metrics);
-                            node_net.sync(&state, &watcher, &metrics).await;
                             release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
@@ -133,7 +143,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 if synced && !pending.is_empty() {
                     if pending.nodes {
-                        node_net.sync(&state, &watcher, &metrics).await;
+                        let addrs = node_net.sync(&state, &watcher, &metrics).await;
+                        pending.all |= reconciler.set_device_addrs(addrs);
                     }
                     let out = reconciler.apply(&state, &std::mem::take(&mut pending));
                     if let Some(at) = pending_since.take() {
@@ -144,6 +155,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 update_gauges(&metrics, &state, &mut reconciler);
             }
             ev = watcher.next() => match ev {
+                Some(NetEvent::Addr) if synced => {
+                    // An uplink's addresses changed: NodePorts follow.
+                    let addrs = node_net.sync(&state, &watcher, &metrics).await;
+                    if reconciler.set_device_addrs(addrs) {
+                        let start = Instant::now();
+                        let out = reconciler.apply(&state, &Affected { all: true, ..Affected::default() });
+                        log_outcome("node addresses changed", &out, start.elapsed(), &metrics);
+                    }
+                }
                 Some(ev) => pods.apply_net(&ev),
                 None => anyhow::bail!("rtnetlink connection closed"),
             },
@@ -178,7 +198,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     Ok(routes) => pods.routes(&routes),
                     Err(error) => tracing::warn!(%error, "listing routes for the pod link resync"),
                 }
-                node_net.sync(&state, &watcher, &metrics).await;
+                let addrs = node_net.sync(&state, &watcher, &metrics).await;
+                reconciler.set_device_addrs(addrs);
                 let start = Instant::now();
                 let out = reconciler.resync(&state);
                 metrics.repairs.inc_by(out.repairs as u64);

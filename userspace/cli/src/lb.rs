@@ -6,10 +6,13 @@ use std::net::IpAddr;
 use aya::maps::{HashMap, MapData};
 use serde::Serialize;
 use weir_common::{
-    lb::{Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SVC_F_AFFINITY, SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER},
+    lb::{
+        svc_kind, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, SCOPE_EXTERNAL, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL,
+        SVC_F_MASQ_REMOTE, SVC_F_RANDOM, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER,
+    },
     maps::{BACKENDS, FRONTENDS},
 };
-use weir_datapath::{explain::proto_name, pinned, PinLayout};
+use weir_datapath::{explain::proto_name, lb::spec::Kind, pinned, PinLayout};
 
 use crate::output::{print_rows, Format};
 
@@ -19,6 +22,16 @@ struct ServiceRow {
     address: IpAddr,
     port: u16,
     protocol: &'static str,
+    /// ClusterIP, NodePort, LoadBalancer or ExternalIP.
+    kind: &'static str,
+    /// Whom the entry serves: `all`, or `outside` (the external entry of
+    /// an externalTrafficPolicy: Local frontend).
+    serves: &'static str,
+    /// `local`: this node's endpoints only (internal or external traffic
+    /// policy Local); `cluster`: every endpoint.
+    endpoints: &'static str,
+    /// Whose new flows are masqueraded to the node address.
+    masquerade: &'static str,
     selection: &'static str,
     eligible_backends: u32,
     table_base: u32,
@@ -47,6 +60,15 @@ pub fn services(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
             address: IpAddr::from(k.addr),
             port: u16::from_be(k.port),
             protocol: proto_name(k.proto),
+            kind: Kind::from_number(svc_kind(s.flags)).as_str(),
+            serves: if k.scope == SCOPE_EXTERNAL { "outside" } else { "all" },
+            endpoints: if s.flags & SVC_F_LOCAL_ONLY != 0 { "local" } else { "cluster" },
+            masquerade: match (s.flags & SVC_F_MASQ_LOCAL != 0, s.flags & SVC_F_MASQ_REMOTE != 0) {
+                (true, true) => "pods,outside",
+                (true, false) => "pods",
+                (false, true) => "outside",
+                (false, false) => "none",
+            },
             selection: if s.flags & SVC_F_RANDOM != 0 { "random" } else { "maglev" },
             eligible_backends: s.backend_count,
             table_base: s.table_base,
@@ -55,11 +77,16 @@ pub fn services(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
             terminating_fallback: s.flags & SVC_F_TERMINATING_FALLBACK != 0,
         })
         .collect();
-    rows.sort_by_key(|r| (r.address, r.port, r.protocol));
-    print_rows(format, &rows, &["ID", "FRONTEND", "SELECTION", "BACKENDS", "SLOTS", "AFFINITY"], |r| {
+    rows.sort_by_key(|r| (r.address, r.port, r.protocol, r.serves));
+    let headers = ["ID", "FRONTEND", "KIND", "SERVES", "ENDPOINTS", "MASQUERADE", "SELECTION", "BACKENDS", "SLOTS", "AFFINITY"];
+    print_rows(format, &rows, &headers, |r| {
         vec![
             r.id.to_string(),
             format!("{}:{}/{}", r.address, r.port, r.protocol),
+            r.kind.into(),
+            r.serves.into(),
+            r.endpoints.into(),
+            r.masquerade.into(),
             r.selection.into(),
             r.eligible_backends.to_string(),
             format!("{}+{}", r.table_base, r.table_len),

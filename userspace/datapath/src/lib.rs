@@ -3,6 +3,7 @@
 //! earlier agent), and typed reads and writes of the pinned maps.
 
 pub mod attach;
+pub mod config;
 pub mod ct;
 pub mod error;
 pub mod explain;
