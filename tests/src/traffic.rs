@@ -164,6 +164,23 @@ pub fn tcp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeo
     })
 }
 
+/// [`tcp_request`] from the source address `src` (one the namespace holds).
+pub fn tcp_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    ns.run(move || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
+        sock.connect_timeout(&SocketAddr::V4(SocketAddrV4::new(dst, port)).into(), timeout)?;
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(&payload)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    })
+}
+
 /// Sends one datagram from `ns` to `dst:port` and waits for one answer.
 pub fn udp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
     udp_request_from(ns, Ipv4Addr::UNSPECIFIED, dst, port, payload, timeout)

@@ -1,0 +1,225 @@
+//! North-south traffic, in both routing modes: clients outside the
+//! cluster (the outside namespace, several source addresses in
+//! 203.0.113.0/24, routing LB IPs, externalIPs and the service CIDR to
+//! node 0 as a cloud network would) reach NodePorts, LB IPs, externalIPs
+//! and ClusterIPs through the node programs on the uplink; pods reach the
+//! same frontends. Each case asserts where the connection lands and the
+//! address the backend saw: the client's own exactly where kube-proxy
+//! keeps it, the node's where it masquerades.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use weir_tests::{
+    cluster::Cluster,
+    traffic::{tcp_request, tcp_request_from, tcp_server, udp_request_from, udp_server, Reply, Server, DEFAULT_TIMEOUT},
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const CLIENT2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+const BACKEND_PORT: u16 = 8080;
+
+/// The backend's name and the peer it saw, from a `Reply::Peer` answer.
+fn landed(reply: &[u8]) -> (String, SocketAddr) {
+    let s = String::from_utf8_lossy(reply);
+    let mut w = s.split_whitespace();
+    let name = w.next().unwrap_or_default().to_string();
+    let peer = w.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no peer in {s:?}"));
+    (name, peer)
+}
+
+/// A Service of `ty` with its EndpointSlice; `endpoints` are (address,
+/// node name). `extra` goes under `spec:`; `lb_ip` into the status.
+fn service(name: &str, ty: &str, cluster_ip: &str, node_port: u16, extra: &str, lb_ip: Option<&str>, endpoints: &[(Ipv4Addr, &str)], proto: &str) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: {ty}\n  clusterIP: {cluster_ip}\n  ports: [{{port: 80, targetPort: {BACKEND_PORT}, nodePort: {node_port}, protocol: {proto}}}]\n{extra}"
+    );
+    if let Some(ip) = lb_ip {
+        y += &format!("status:\n  loadBalancer: {{ingress: [{{ip: {ip}}}]}}\n");
+    }
+    y += &format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: {BACKEND_PORT}, protocol: {proto}}}]\n"
+    );
+    y += if endpoints.is_empty() { "endpoints: []\n" } else { "endpoints:\n" };
+    for (a, node) in endpoints {
+        y += &format!("- addresses: [{a}]\n  nodeName: {node}\n");
+    }
+    y + "---\n"
+}
+
+/// Two nodes with a backend pod each (`a` on node 0, `b` on node 1) and a
+/// client pod on node 0; the outside holds CLIENT and CLIENT2 and routes
+/// the LB, externalIP and service ranges to node 0; the nodes route the
+/// clients' range back through the outside.
+struct World {
+    c: Cluster,
+    client: weir_tests::pod::Pod,
+    _pods: Vec<weir_tests::pod::Pod>,
+    _servers: Vec<Server>,
+}
+
+fn world(mode: &str, agent_args: &[&str]) -> World {
+    let mut args = vec!["--routing", mode];
+    args.extend_from_slice(agent_args);
+    let c = Cluster::new(2, &args);
+    let a = c.nodes[0].pod("a", 10);
+    let b = c.nodes[1].pod("b", 20);
+    let client = c.nodes[0].pod("client", 30);
+    let servers = vec![
+        tcp_server(a.ns(), BACKEND_PORT, Reply::Peer("a".into())),
+        tcp_server(b.ns(), BACKEND_PORT, Reply::Peer("b".into())),
+        udp_server(a.ns(), BACKEND_PORT, Reply::Peer("a".into())),
+        udp_server(b.ns(), BACKEND_PORT, Reply::Peer("b".into())),
+    ];
+    for addr in [CLIENT, CLIENT2] {
+        c.outside.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    }
+    let node0 = c.nodes[0].ip.to_string();
+    for range in ["10.96.0.0/16", "198.51.100.0/24", "192.0.2.0/24"] {
+        c.outside.ip(&["route", "add", range, "via", &node0]);
+    }
+    for n in &c.nodes {
+        n.node.ns().ip(&["route", "add", "203.0.113.0/24", "via", &c.outside_ip.to_string()]);
+    }
+    let (n0, n1) = (c.nodes[0].name().to_string(), c.nodes[1].name().to_string());
+    let both = [(a.ip, n0.as_str()), (b.ip, n1.as_str())];
+    let mut y = String::new();
+    y += &service("cluster", "LoadBalancer", "10.96.0.80", 30080, "  externalIPs: [192.0.2.80]\n", Some("198.51.100.80"), &both, "TCP");
+    y += &service("cluster-udp", "LoadBalancer", "10.96.0.82", 30082, "  externalIPs: [192.0.2.82]\n", Some("198.51.100.82"), &both, "UDP");
+    y += &service(
+        "local",
+        "LoadBalancer",
+        "10.96.0.81",
+        30081,
+        "  externalTrafficPolicy: Local\n  externalIPs: [192.0.2.81]\n",
+        Some("198.51.100.81"),
+        &both,
+        "TCP",
+    );
+    y += &service("remote-only", "NodePort", "10.96.0.83", 30083, "  externalTrafficPolicy: Local\n", None, &[(b.ip, n1.as_str())], "TCP");
+    y += &service("empty", "NodePort", "10.96.0.84", 30084, "", None, &[], "TCP");
+    y += &service("empty-udp", "NodePort", "10.96.0.85", 30085, "", None, &[], "UDP");
+    c.write("services.yaml", &y);
+    let want = format!("{node0}:30085");
+    c.wait_for("node 0 programs the NodePorts", || String::from_utf8_lossy(&c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want));
+    let want = format!("{}:30081", c.nodes[1].ip);
+    c.wait_for("node 1 programs the NodePorts", || String::from_utf8_lossy(&c.nodes[1].node.weir(&["service", "list"]).stdout).contains(&want));
+    World { c, client, _pods: vec![a, b], _servers: servers }
+}
+
+/// Connects `tries` times from `src` in the outside to `dst:port`;
+/// returns the backends reached and every peer address they saw.
+fn from_outside(w: &World, src: Ipv4Addr, dst: Ipv4Addr, port: u16, tries: usize) -> (Vec<String>, Vec<IpAddr>) {
+    let mut names = Vec::new();
+    let mut seen = Vec::new();
+    for i in 0..tries {
+        let r = tcp_request_from(&w.c.outside, src, dst, port, b"hi".to_vec(), DEFAULT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("try {i}: {src} -> {dst}:{port}: {e}"));
+        let (name, peer) = landed(&r);
+        names.push(name);
+        seen.push(peer.ip());
+    }
+    names.sort();
+    names.dedup();
+    seen.sort();
+    seen.dedup();
+    (names, seen)
+}
+
+fn external_traffic_policy_cluster_spreads_and_masquerades_to_the_node(mode: &str) {
+    let w = world(mode, &[]);
+    let node0 = IpAddr::V4(w.c.nodes[0].ip);
+    for (dst, port, what) in [
+        (w.c.nodes[0].ip, 30080, "NodePort"),
+        (Ipv4Addr::new(198, 51, 100, 80), 80, "LB IP"),
+        (Ipv4Addr::new(192, 0, 2, 80), 80, "externalIP"),
+        (Ipv4Addr::new(10, 96, 0, 80), 80, "ClusterIP routed to the node"),
+    ] {
+        let (names, seen) = from_outside(&w, CLIENT, dst, port, 16);
+        assert_eq!(names, ["a", "b"], "{what}: an external client reaches the backends on both nodes");
+        assert_eq!(seen, [node0], "{what}: the backends saw node 0's address (masquerade, so replies return through it)");
+    }
+    // UDP: the answer comes back from the frontend (the socket is connected).
+    for (dst, port) in [(w.c.nodes[0].ip, 30082), (Ipv4Addr::new(198, 51, 100, 82), 80)] {
+        for i in 0..4 {
+            let r = udp_request_from(&w.c.outside, CLIENT2, dst, port, b"q".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("UDP {i} to {dst}:{port}: {e}"));
+            assert_eq!(landed(&r).1.ip(), node0, "UDP to {dst}:{port} is masqueraded too");
+        }
+    }
+    // A pod reaching an eTP Cluster NodePort or LB IP is masqueraded as
+    // well (kube-proxy's rule); to the ClusterIP it keeps its address.
+    for (dst, port, masq) in [(w.c.nodes[0].ip, 30080, true), (Ipv4Addr::new(198, 51, 100, 80), 80, true), (Ipv4Addr::new(10, 96, 0, 80), 80, false)] {
+        for i in 0..6 {
+            let r = tcp_request(w.client.ns(), dst, port, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("pod try {i} to {dst}:{port}: {e}"));
+            let want = if masq { node0 } else { IpAddr::V4(w.client.ip) };
+            assert_eq!(landed(&r).1.ip(), want, "pod to {dst}:{port}");
+        }
+    }
+}
+
+fn external_traffic_policy_local_keeps_the_client_address_on_local_endpoints(mode: &str) {
+    let w = world(mode, &[]);
+    for (dst, port, what) in [
+        (w.c.nodes[0].ip, 30081, "NodePort on node 0"),
+        (Ipv4Addr::new(198, 51, 100, 81), 80, "LB IP"),
+        (Ipv4Addr::new(192, 0, 2, 81), 80, "externalIP"),
+    ] {
+        let (names, seen) = from_outside(&w, CLIENT, dst, port, 10);
+        assert_eq!(names, ["a"], "{what}: only node 0's endpoint");
+        assert_eq!(seen, [IpAddr::V4(CLIENT)], "{what}: the backend saw the client's own address");
+    }
+    let (names, seen) = from_outside(&w, CLIENT2, w.c.nodes[1].ip, 30081, 10);
+    assert_eq!((names, seen), (vec!["b".to_string()], vec![IpAddr::V4(CLIENT2)]), "node 1's NodePort: node 1's endpoint, the client's address");
+    // No local endpoint: external traffic is dropped (it times out), and
+    // the drop is counted under its reason.
+    let err = tcp_request_from(&w.c.outside, CLIENT, w.c.nodes[0].ip, 30083, b"hi".to_vec(), std::time::Duration::from_secs(1))
+        .expect_err("node 0 has no endpoint of remote-only");
+    assert!(matches!(err.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock), "dropped, not refused: {err}");
+    assert!(drops(&w.c, 0, "no_local_endpoints") >= 1, "counted as no_local_endpoints");
+    // Pods use every endpoint of an eTP Local frontend, without masquerade.
+    let mut names = Vec::new();
+    for i in 0..16 {
+        let r = tcp_request(w.client.ns(), w.c.nodes[0].ip, 30081, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("pod try {i}: {e}"));
+        let (name, peer) = landed(&r);
+        assert_eq!(peer.ip(), IpAddr::V4(w.client.ip), "the pod keeps its address");
+        names.push(name);
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names, ["a", "b"], "a pod reaches both endpoints of an eTP Local NodePort");
+    let r = tcp_request(w.client.ns(), w.c.nodes[0].ip, 30083, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("a pod reaches remote-only's remote endpoint");
+    assert_eq!(landed(&r).0, "b");
+}
+
+fn frontends_without_endpoints_refuse_and_other_node_ports_are_untouched(mode: &str) {
+    let w = world(mode, &[]);
+    let node0 = w.c.nodes[0].ip;
+    let err = tcp_request_from(&w.c.outside, CLIENT, node0, 30084, b"hi".to_vec(), DEFAULT_TIMEOUT).expect_err("no endpoints");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "TCP to a NodePort without endpoints is reset: {err}");
+    let err = udp_request_from(&w.c.outside, CLIENT, node0, 30085, b"q".to_vec(), DEFAULT_TIMEOUT).expect_err("no endpoints");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "UDP gets ICMP port unreachable: {err}");
+    assert!(drops(&w.c, 0, "no_endpoints") >= 2, "both counted as no_endpoints");
+    // A server of the node itself on a port that is no NodePort sees the
+    // client's own address: weir leaves that traffic alone.
+    let _host = tcp_server(w.c.nodes[0].node.ns(), 9999, Reply::Peer("host".into()));
+    let r = tcp_request_from(&w.c.outside, CLIENT, node0, 9999, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("the node's own server");
+    assert_eq!(landed(&r), ("host".to_string(), landed(&r).1));
+    assert_eq!(landed(&r).1.ip(), IpAddr::V4(CLIENT));
+    // `weir service list` names every frontend's kind.
+    let out = String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).to_string();
+    for want in ["NodePort", "LoadBalancer", "ExternalIP", "ClusterIP", "outside"] {
+        assert!(out.contains(want), "service list shows {want}:\n{out}");
+    }
+}
+
+fn drops(c: &Cluster, node: usize, reason: &str) -> u64 {
+    let out = c.nodes[node].node.weir(&["stats", "-o", "json"]);
+    assert!(out.status.success(), "weir stats: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats json");
+    v["drops"][reason].as_u64().unwrap_or(0)
+}
+
+weir_tests::both_routing_modes!(
+    external_traffic_policy_cluster_spreads_and_masquerades_to_the_node,
+    external_traffic_policy_local_keeps_the_client_address_on_local_endpoints,
+    frontends_without_endpoints_refuse_and_other_node_ports_are_untouched,
+);
