@@ -17,6 +17,7 @@ pub fn cluster_ip(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(Ipv
         // As the translation programs a ClusterIP.
         masquerade: Masquerade { from_pods: false, from_outside: true },
         split: false,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -17,6 +17,8 @@ use weir_tests::{
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const CLIENT2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const BACKEND_PORT: u16 = 8080;
+/// Where the backends answer one line per line asked (long-lived flows).
+const LINES_PORT: u16 = 9000;
 
 /// The backend's name and the peer it saw, from a `Reply::Peer` answer.
 fn landed(reply: &[u8]) -> (String, SocketAddr) {
@@ -69,6 +71,8 @@ fn world(mode: &str, agent_args: &[&str]) -> World {
         tcp_server(b.ns(), BACKEND_PORT, Reply::Peer("b".into())),
         udp_server(a.ns(), BACKEND_PORT, Reply::Peer("a".into())),
         udp_server(b.ns(), BACKEND_PORT, Reply::Peer("b".into())),
+        tcp_server(a.ns(), LINES_PORT, Reply::NamePerLine("a".into())),
+        tcp_server(b.ns(), LINES_PORT, Reply::NamePerLine("b".into())),
     ];
     for addr in [CLIENT, CLIENT2] {
         c.outside.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
@@ -96,7 +100,18 @@ fn world(mode: &str, agent_args: &[&str]) -> World {
         "TCP",
     );
     y += &service("remote-only", "NodePort", "10.96.0.83", 30083, "  externalTrafficPolicy: Local\n", None, &[(b.ip, n1.as_str())], "TCP");
+    y += &service(
+        "ranged",
+        "LoadBalancer",
+        "10.96.0.86",
+        30086,
+        &format!("  loadBalancerSourceRanges: [\" {CLIENT}/32 \"]\n"),
+        Some("198.51.100.86"),
+        &both,
+        "TCP",
+    );
     y += &service("empty", "NodePort", "10.96.0.84", 30084, "", None, &[], "TCP");
+    y += &service("lines", "NodePort", "10.96.0.87", 30087, "", None, &both, "TCP").replace(&format!("targetPort: {BACKEND_PORT}"), &format!("targetPort: {LINES_PORT}")).replace(&format!("port: {BACKEND_PORT}, protocol"), &format!("port: {LINES_PORT}, protocol"));
     y += &service("empty-udp", "NodePort", "10.96.0.85", 30085, "", None, &[], "UDP");
     c.write("services.yaml", &y);
     let want = format!("{node0}:30085");
@@ -211,6 +226,130 @@ fn frontends_without_endpoints_refuse_and_other_node_ports_are_untouched(mode: &
     }
 }
 
+fn load_balancer_source_ranges_restrict_the_lb_ip_only(mode: &str) {
+    let w = world(mode, &[]);
+    let lb = Ipv4Addr::new(198, 51, 100, 86);
+    let (names, _) = from_outside(&w, CLIENT, lb, 80, 6);
+    assert!(!names.is_empty(), "a client inside the range reaches the LB IP");
+    let short = std::time::Duration::from_secs(1);
+    let err = tcp_request_from(&w.c.outside, CLIENT2, lb, 80, b"hi".to_vec(), short).expect_err("outside the range");
+    assert!(matches!(err.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock), "dropped: {err}");
+    assert!(drops(&w.c, 0, "not_in_source_ranges") >= 1, "counted as not_in_source_ranges");
+    // A pod is a source too, and it is outside the range.
+    assert!(tcp_request(w.client.ns(), lb, 80, b"hi".to_vec(), short).is_err(), "a pod outside the range is dropped too");
+    // The same service's NodePort is not restricted.
+    let (names, _) = from_outside(&w, CLIENT2, w.c.nodes[0].ip, 30086, 4);
+    assert!(!names.is_empty(), "the NodePort takes any source");
+}
+
+/// GETs `path` from `ip:port` from the outside; returns the status code
+/// and the body.
+fn http_get(w: &World, ip: Ipv4Addr, port: u16, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\n\r\n").into_bytes();
+    let r = tcp_request_from(&w.c.outside, CLIENT, ip, port, req, DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("GET {ip}:{port}{path}: {e}"));
+    let text = String::from_utf8_lossy(&r).to_string();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+fn health_checks_answer_for_local_endpoints_as_they_come_and_go(mode: &str) {
+    let w = world(mode, &[]);
+    let (n0, n1) = (w.c.nodes[0].ip, w.c.nodes[1].ip);
+    // kube-proxy's node health check on 10256.
+    for ip in [n0, n1] {
+        for path in ["/healthz", "/livez"] {
+            let (code, body) = http_get(&w, ip, 10256, path);
+            assert_eq!(code, 200, "{ip}:10256{path}: {body}");
+            assert!(body.contains("\"nodeEligible\": true"), "{body}");
+        }
+    }
+    let hc = |endpoints: &[(Ipv4Addr, &str)]| {
+        service("hc", "LoadBalancer", "10.96.0.88", 30088, "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32088\n", Some("198.51.100.88"), endpoints, "TCP")
+    };
+    let (a_ip, b_ip) = (w.c.nodes[0].pod_ip(10), w.c.nodes[1].pod_ip(20));
+    let (name0, name1) = (w.c.nodes[0].name().to_string(), w.c.nodes[1].name().to_string());
+    w.c.write("hc.yaml", &hc(&[(a_ip, &name0)]));
+    let served = |ip| tcp_request_from(&w.c.outside, CLIENT, ip, 32088, b"GET / HTTP/1.1\r\n\r\n".to_vec(), DEFAULT_TIMEOUT).is_ok();
+    w.c.wait_for("both nodes serve the health-check node port", || served(n0) && served(n1));
+    let state = |ip| http_get(&w, ip, 32088, "/");
+    w.c.wait_for("node 0 has the endpoint", || state(n0).0 == 200);
+    let (code, body) = state(n0);
+    assert!(code == 200 && body.contains("\"localEndpoints\": 1"), "node 0: {code} {body}");
+    assert!(body.contains("\"name\": \"hc\""), "names the service: {body}");
+    assert_eq!(state(n1).0, 503, "node 1 has no local endpoint");
+    // The endpoint moves to node 1: the answers follow.
+    w.c.write("hc.yaml", &hc(&[(b_ip, &name1)]));
+    w.c.wait_for("node 0 says 503 and node 1 says 200", || state(n0).0 == 503 && state(n1).0 == 200);
+    // The service goes: so does its port.
+    w.c.remove("hc.yaml");
+    w.c.wait_for("the health-check port closes", || !served(n0) && !served(n1));
+}
+
+fn an_agent_restart_breaks_no_north_south_connection(mode: &str) {
+    use std::sync::{atomic::{AtomicBool, AtomicUsize, Ordering}, Arc};
+    use weir_tests::traffic::ask_name;
+    let mut w = world(mode, &[]);
+    let node0 = w.c.nodes[0].ip;
+    // A long-lived connection through the NodePort...
+    let mut held = w.c.outside.run(move || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::from((CLIENT, 0)).into())?;
+        sock.connect_timeout(&SocketAddr::from((node0, 30087)).into(), DEFAULT_TIMEOUT)?;
+        let s: std::net::TcpStream = sock.into();
+        s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+        Ok::<_, std::io::Error>(s)
+    }).expect("a long-lived connection through the NodePort");
+    let first = ask_name(&mut held).expect("ask");
+    // ...and new connections all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let looper = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        // A thread of the outside namespace: its sockets are the outside's.
+        w.c.outside.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match request_here(CLIENT2, node0, 30080) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    w.c.nodes[0].agent().stop_with(libc::SIGKILL);
+    for _ in 0..5 {
+        assert_eq!(ask_name(&mut held).expect("the held connection survives the agent's death"), first);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    w.c.nodes[0].agent().restart();
+    w.c.nodes[0].agent().wait_synced();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    looper.join().expect("loop");
+    assert_eq!(ask_name(&mut held).expect("the held connection survives the restart"), first);
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok >= 20, "the loop ran: {ok} connections");
+    assert_eq!(failed, 0, "no new connection failed across the SIGKILL and restart ({ok} succeeded)");
+}
+
+/// One request and its answer from `src` to `dst:port`, on this thread
+/// (whose namespace is the caller's).
+fn request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read as _, Write as _};
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::from((src, 0)).into())?;
+    sock.connect_timeout(&SocketAddr::from((dst, port)).into(), DEFAULT_TIMEOUT)?;
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+    s.write_all(b"hi")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 fn drops(c: &Cluster, node: usize, reason: &str) -> u64 {
     let out = c.nodes[node].node.weir(&["stats", "-o", "json"]);
     assert!(out.status.success(), "weir stats: {}", String::from_utf8_lossy(&out.stderr));
@@ -222,4 +361,7 @@ weir_tests::both_routing_modes!(
     external_traffic_policy_cluster_spreads_and_masquerades_to_the_node,
     external_traffic_policy_local_keeps_the_client_address_on_local_endpoints,
     frontends_without_endpoints_refuse_and_other_node_ports_are_untouched,
+    load_balancer_source_ranges_restrict_the_lb_ip_only,
+    health_checks_answer_for_local_endpoints_as_they_come_and_go,
+    an_agent_restart_breaks_no_north_south_connection,
 );

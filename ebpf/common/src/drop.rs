@@ -52,10 +52,13 @@ pub enum DropReason {
     /// A new flow to an internalTrafficPolicy: Local service with no
     /// endpoint on this node (dropped, not rejected, as kube-proxy does).
     NoLocalEndpoints = 19,
+    /// A new flow to a load-balancer IP from a source outside the
+    /// service's loadBalancerSourceRanges.
+    NotInSourceRanges = 20,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -75,6 +78,7 @@ impl DropReason {
         DropReason::MasqueradeFull,
         DropReason::MasqueradePortsExhausted,
         DropReason::NoLocalEndpoints,
+        DropReason::NotInSourceRanges,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl DropReason {
             Self::MasqueradeFull => "masquerade_full",
             Self::MasqueradePortsExhausted => "masquerade_ports_exhausted",
             Self::NoLocalEndpoints => "no_local_endpoints",
+            Self::NotInSourceRanges => "not_in_source_ranges",
         }
     }
 

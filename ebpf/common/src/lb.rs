@@ -67,6 +67,10 @@ pub const SVC_F_MASQ_REMOTE: u32 = 1 << 6;
 /// from outside the node.
 pub const SVC_F_SPLIT: u32 = 1 << 7;
 
+/// Only sources inside the service's `WEIR_SOURCE_RANGES` prefixes may
+/// open flows (loadBalancerSourceRanges, on LB IPs only).
+pub const SVC_F_SOURCE_RANGES: u32 = 1 << 10;
+
 /// What kind of frontend the entry is (bits 8–9 of the flags), for
 /// counters and listings.
 pub const SVC_KIND_SHIFT: u32 = 8;
@@ -79,6 +83,16 @@ pub const KIND_EXTERNAL_IP: u32 = 3;
 /// The frontend kind in `flags`.
 pub const fn svc_kind(flags: u32) -> u32 {
     (flags & SVC_KIND_MASK) >> SVC_KIND_SHIFT
+}
+
+/// Key data of `WEIR_SOURCE_RANGES` (an LPM trie): the service id, always
+/// matched whole, then the source prefix. The prefix length of a key is
+/// 32 + the address's (IPv4 offset by 96, as everywhere).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    pub svc_id: u32,
+    pub addr: Addr,
 }
 
 /// Value of `WEIR_FRONTENDS`: one service port.
@@ -140,5 +154,6 @@ const _: () = assert!(core::mem::size_of::<Service>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
 
-crate::user_pod!(FrontendKey, Service, Backend, AffinityKey, AffinityValue);
+crate::user_pod!(FrontendKey, Service, Backend, AffinityKey, AffinityValue, SourceRangeKey);

@@ -119,6 +119,10 @@ pub const MASQ_MAX_ENTRIES: u32 = 64;
 pub const NO_MASQ: &str = "WEIR_NO_MASQ";
 pub const NO_MASQ_MAX_ENTRIES: u32 = 16_384;
 
+/// loadBalancerSourceRanges: (service id, source prefix) → 1.
+pub const SOURCE_RANGES: &str = "WEIR_SOURCE_RANGES";
+pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;
+
 /// Masqueraded flows: CtKey (kind `CT_SNAT_OUT` / `CT_SNAT_IN`) → CtEntry
 /// (hash; two entries per flow).
 pub const SNAT: &str = "WEIR_SNAT";

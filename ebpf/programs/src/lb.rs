@@ -18,8 +18,8 @@ use weir_common::{
     ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_MASQ, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
     lb::{
-        AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL,
-        SVC_F_MASQ_REMOTE, SVC_F_SPLIT,
+        AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_LOCAL_ONLY,
+        SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_SOURCE_RANGES, SVC_F_SPLIT,
     },
     masq::{PORT_MAX, PORT_MIN},
     stats::DpError,
@@ -35,7 +35,7 @@ use crate::{
     errors,
     fwd::redirect_v4,
     hdr::Ipv4Pkt,
-    maps::{read, scratch, AFFINITY, BACKENDS, FRONTENDS, LB_TABLE},
+    maps::{read, scratch, AFFINITY, BACKENDS, FRONTENDS, LB_TABLE, SOURCE_RANGES},
     nat::{dnat, mark_translated, snat},
     policy::Tuple,
 };
@@ -254,6 +254,9 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if pkt.later_fragment() {
         return drop_with(DropReason::FragmentUnknown);
     }
+    if svc.flags & SVC_F_SOURCE_RANGES != 0 && !in_source_ranges(svc.id, pkt.saddr) {
+        return drop_with(DropReason::NotInSourceRanges);
+    }
     if svc.backend_count == 0 {
         if svc.flags & SVC_F_LOCAL_ONLY != 0 {
             return drop_with(DropReason::NoLocalEndpoints);
@@ -291,6 +294,14 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     s.rev.orig_port = pkt.sport;
     s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
     NEW_FLOW
+}
+
+/// Whether `client` is inside one of service `svc_id`'s source ranges.
+#[inline(never)]
+fn in_source_ranges(svc_id: u32, client: u32) -> bool {
+    // The service id (32 bits) and the whole v4-mapped address (128).
+    let k = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, SourceRangeKey { svc_id, addr: Addr::from_v4_raw(client) });
+    SOURCE_RANGES.get(&k).is_some()
 }
 
 /// Whether a new flow of `svc` to `backend` is masqueraded: where

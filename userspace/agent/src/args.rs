@@ -24,6 +24,11 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:9965")]
     pub metrics_addr: std::net::SocketAddr,
 
+    /// Address of kube-proxy's node health check for cloud load balancers
+    /// (`/healthz`, `/livez`).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: std::net::SocketAddr,
+
     /// Seconds between full resyncs (desired state vs maps, repairing drift).
     #[arg(long, default_value_t = 60)]
     pub resync_interval: u64,

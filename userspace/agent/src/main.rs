@@ -6,6 +6,8 @@ mod args;
 mod devices;
 mod dp_metrics;
 mod events;
+mod health;
+mod http;
 mod links;
 mod masquerade;
 mod metrics;

@@ -1,5 +1,5 @@
 //! `/metrics` (Prometheus text, prometheus-client) and `/healthz`, served
-//! on `--metrics-addr` by a deliberately small HTTP/1.1 responder.
+//! on `--metrics-addr` by the agent's small HTTP/1.1 responder (`http`).
 
 use std::{
     net::SocketAddr,
@@ -7,7 +7,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
 };
 
 use prometheus_client::{
@@ -15,10 +14,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
+
+use crate::http::Response;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
@@ -123,42 +120,18 @@ impl Metrics {
 
 /// Serves `/metrics` and `/healthz` until the process exits.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = crate::http::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics and /healthz");
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else { continue };
-            let m = metrics.clone();
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), handle(conn, m)).await;
-            });
+    crate::http::spawn(listener, move |path: String| {
+        let m = metrics.clone();
+        async move {
+            match path.as_str() {
+                "/metrics" => Response::new("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", m.encode()),
+                "/healthz" if m.ready.load(Ordering::Acquire) => Response::new("200 OK", "text/plain", "ok\n"),
+                "/healthz" => Response::new("503 Service Unavailable", "text/plain", "starting\n"),
+                _ => Response::new("404 Not Found", "text/plain", "not found\n"),
+            }
         }
     });
     Ok(())
-}
-
-async fn handle(mut conn: tokio::net::TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let req = String::from_utf8_lossy(&buf);
-    let mut parts = req.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", m.encode()),
-        ("GET", "/healthz") if m.ready.load(Ordering::Acquire) => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/healthz") => ("503 Service Unavailable", "text/plain", "starting\n".to_string()),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
-    };
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    conn.write_all(head.as_bytes()).await?;
-    conn.write_all(body.as_bytes()).await?;
-    conn.shutdown().await
 }

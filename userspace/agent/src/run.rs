@@ -46,6 +46,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     metrics::serve(args.metrics_addr, metrics.clone())
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+    if let Err(error) = crate::health::serve_node(args.healthz_bind_address, metrics.clone()).await {
+        tracing::error!(%error, addr = %args.healthz_bind_address, "cannot serve the node health check; going on without it");
+    }
+    let mut svc_health = crate::health::ServiceHealth::default();
 
     let opts = LoadOptions { lb_table_slots: args.lb_table_slots, ct_entries: args.ct_max_entries, snat_entries: args.masquerade_max_entries };
     let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
@@ -132,6 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             reconciler.set_device_addrs(addrs);
                             let out = reconciler.full_sync(&state);
                             log_outcome("initial sync", &out, start.elapsed(), &metrics);
+                            svc_health.sync(weir_model::health::health_checks(&state, args.node_name.as_deref()), &metrics).await;
                             release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
@@ -147,6 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         pending.all |= reconciler.set_device_addrs(addrs);
                     }
                     let out = reconciler.apply(&state, &std::mem::take(&mut pending));
+                    svc_health.sync(weir_model::health::health_checks(&state, args.node_name.as_deref()), &metrics).await;
                     if let Some(at) = pending_since.take() {
                         metrics.programming_latency.observe(at.elapsed().as_secs_f64());
                         log_outcome("reconciled", &out, at.elapsed(), &metrics);

@@ -35,7 +35,7 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
     layout.require_existing()?;
     let names = [
         IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
-        FRAGS, EVENTS,
+        FRAGS, EVENTS, SOURCE_RANGES,
     ];
     // The node object's maps: pinned once an agent loaded it.
     let node_names = [POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT];
@@ -53,6 +53,7 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
             n if n == POD_ADDRS || n == NODES => Some(count(pinned::typed::<HashMap<MapData, Addr, u32>>(layout, n)?.keys())),
             n if n == MASQ => Some(count(pinned::typed::<HashMap<MapData, u32, weir_common::masq::MasqDevice>>(layout, n)?.keys())),
             n if n == NO_MASQ => Some(count(pinned::typed::<LpmTrie<MapData, Addr, u32>>(layout, n)?.keys())),
+            n if n == SOURCE_RANGES => Some(count(pinned::typed::<LpmTrie<MapData, weir_common::lb::SourceRangeKey, u32>>(layout, n)?.keys())),
             n if n == TUNNEL => Some(count(pinned::typed::<LpmTrie<MapData, Addr, weir_common::tunnel::TunnelEndpoint>>(layout, n)?.keys())),
             n if n == CT_OWNERS => Some(count(pinned::typed::<HashMap<MapData, u32, u64>>(layout, n)?.keys())),
             n if n == LINKS => Some(count(pinned::typed::<HashMap<MapData, u32, LinkInfo>>(layout, n)?.keys())),

@@ -72,6 +72,10 @@ pub fn dump(specs: &[ServiceSpec]) -> String {
         if s.local_only {
             out.push_str(" local-only");
         }
+        if !s.source_ranges.is_empty() {
+            let r: Vec<String> = s.source_ranges.iter().map(ToString::to_string).collect();
+            let _ = write!(out, " sources={}", r.join(","));
+        }
         let _ = write!(out, " {sel} affinity={aff}");
         if !s.origin.is_empty() {
             let _ = write!(out, "  <- {}", s.origin);

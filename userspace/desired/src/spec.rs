@@ -187,6 +187,9 @@ pub struct ServiceSpec {
     /// The frontend also has an external-scope entry (programmed first),
     /// which serves traffic from outside the node.
     pub split: bool,
+    /// Only these sources may open flows (loadBalancerSourceRanges, on LB
+    /// IPs); empty: any source.
+    pub source_ranges: Vec<crate::policy::Prefix>,
 }
 
 /// Which endpoints take new connections, as kube-proxy decides: the ready

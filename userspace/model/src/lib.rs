@@ -5,6 +5,7 @@
 //! Both sources (the Kubernetes API and a directory of YAML files) feed the
 //! same [`state::Change`]s; nothing downstream knows which one is in use.
 
+pub mod health;
 pub mod load;
 pub mod node;
 pub mod nodeport;

@@ -11,6 +11,8 @@ use weir_desired::Selection;
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// weir's per-service backend selection: `maglev` (default) or `random`.
 pub const LB_ALGORITHM_ANNOTATION: &str = "weir.dev/lb-algorithm";
+/// The legacy annotation kube-proxy reads when loadBalancerSourceRanges is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
@@ -61,6 +63,11 @@ pub struct ServiceModel {
     /// status.loadBalancer.ingress[].ip, except `ipMode: Proxy` (the load
     /// balancer proxies to the nodes itself; kube-proxy skips those too).
     pub load_balancer_ips: Vec<IpAddr>,
+    /// loadBalancerSourceRanges (or, when the field is empty, the legacy
+    /// `service.beta.kubernetes.io/load-balancer-source-ranges`
+    /// annotation), entries trimmed of whitespace: only these sources
+    /// reach the LB IPs.
+    pub load_balancer_source_ranges: Vec<weir_desired::policy::Prefix>,
     pub external_traffic_policy_local: bool,
     pub internal_traffic_policy_local: bool,
     pub health_check_node_port: Option<u16>,
@@ -138,6 +145,7 @@ impl ServiceModel {
             ports,
             external_ips: ips(spec.external_ips.iter().flatten()),
             load_balancer_ips: lb_ips,
+            load_balancer_source_ranges: source_ranges(s).into_iter().filter_map(|(_, r)| r.ok()).collect(),
             external_traffic_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             internal_traffic_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             health_check_node_port: spec.health_check_node_port.and_then(port_u16),
@@ -149,4 +157,25 @@ impl ServiceModel {
             },
         }
     }
+}
+
+/// The Service's source ranges as written, each with the field it came
+/// from and its parse (trimmed of whitespace, as upstream requires).
+pub fn source_ranges(s: &Service) -> Vec<(String, Result<weir_desired::policy::Prefix, crate::validate::FieldError>)> {
+    let spec = s.spec.as_ref();
+    let field: Vec<String> = spec.and_then(|s| s.load_balancer_source_ranges.clone()).unwrap_or_default();
+    let (raw, name): (Vec<String>, &dyn Fn(usize) -> String) = if !field.is_empty() {
+        (field, &|i| format!("spec.loadBalancerSourceRanges[{i}]"))
+    } else {
+        let ann = s.metadata.annotations.as_ref().and_then(|a| a.get(SOURCE_RANGES_ANNOTATION)).cloned().unwrap_or_default();
+        (ann.split(',').map(str::to_string).filter(|r| !r.trim().is_empty()).collect(), &|_| format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"))
+    };
+    raw.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let f = name(i);
+            let parsed = crate::policy::compile::parse_cidr(r.trim(), &f);
+            (f, parsed)
+        })
+        .collect()
 }

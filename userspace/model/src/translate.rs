@@ -212,6 +212,8 @@ pub fn translate_service(svc: &ServiceModel, slices: &[&SliceModel], ctx: &NodeC
             kind,
             masquerade: Masquerade::default(),
             split: false,
+            // kube-proxy restricts the LB IPs only, never the NodePorts.
+            source_ranges: if kind == Kind::LoadBalancer { svc.load_balancer_source_ranges.clone() } else { Vec::new() },
         };
         for vip in &svc.cluster_ips {
             let mut cands = candidates(port, vip, slices);

@@ -87,6 +87,9 @@ fn service(s: &Service) -> Result<(), FieldError> {
             return Err(err("spec.sessionAffinity", format!("unknown value {a:?} (None or ClientIP)")));
         }
     }
+    for (_, r) in crate::service::source_ranges(s) {
+        r?;
+    }
     for (f, v) in [("spec.internalTrafficPolicy", &spec.internal_traffic_policy), ("spec.externalTrafficPolicy", &spec.external_traffic_policy)] {
         if let Some(v) = v.as_deref() {
             if !matches!(v, "Cluster" | "Local") {

@@ -18,15 +18,15 @@ pub use weir_desired::spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{lpm_trie::{Key as LpmKey, LpmTrie}, HashMap, MapData};
 use weir_common::{
     addr::Addr,
     lb::{
-        svc_kind, AffinityKey, AffinityValue, Backend, FrontendKey, Service, BACKEND_F_TERMINATING, BACKEND_F_UNREADY, BACKEND_F_UNSERVING,
+        svc_kind, AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, BACKEND_F_TERMINATING, BACKEND_F_UNREADY, BACKEND_F_UNSERVING,
         KIND_CLUSTER_IP, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_RANDOM, SVC_F_SPLIT,
-        SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER, SVC_KIND_SHIFT,
+        SVC_F_SOURCE_RANGES, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER, SVC_KIND_SHIFT,
     },
-    maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SVC_TIMES},
+    maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SOURCE_RANGES, SOURCE_RANGES_MAX_ENTRIES, SVC_TIMES},
 };
 use weir_logic::maglev;
 
@@ -61,6 +61,21 @@ struct SvcState {
     /// Backend ids eligible for new connections: what the table holds.
     /// (The table itself is read from the mapped map, not copied here.)
     eligible: Vec<u32>,
+    /// The service's `WEIR_SOURCE_RANGES` keys.
+    ranges: BTreeSet<RangeKey>,
+}
+
+/// A `WEIR_SOURCE_RANGES` key: (prefix length, address bytes); the
+/// service id is the owner's.
+type RangeKey = (u32, [u8; 16]);
+
+fn range_key(p: &weir_desired::policy::Prefix) -> RangeKey {
+    let k = crate::lpm::key(p);
+    (32 + k.prefix_len(), k.data().bytes)
+}
+
+fn lpm_range(svc_id: u32, r: &RangeKey) -> LpmKey<SourceRangeKey> {
+    LpmKey::new(r.0, SourceRangeKey { svc_id, addr: Addr { bytes: r.1 } })
 }
 
 struct BackendState {
@@ -82,6 +97,7 @@ pub struct Lb {
     backends_map: HashMap<MapData, u32, Backend>,
     table_map: MmapU32Array,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Service id → when it was last programmed (unix seconds).
     times: HashMap<MapData, u32, u64>,
     ct: Conntrack,
@@ -126,6 +142,11 @@ impl Lb {
         let backends_map: HashMap<MapData, u32, Backend> = pinned::hash(layout, BACKENDS)?;
         let table_map = MmapU32Array::open(layout, LB_TABLE)?;
         let affinity = pinned::hash(layout, AFFINITY)?;
+        let source_ranges: LpmTrie<MapData, SourceRangeKey, u32> = pinned::typed(layout, SOURCE_RANGES)?;
+        let mut ranges_by_id: StdHashMap<u32, BTreeSet<RangeKey>> = StdHashMap::new();
+        for k in source_ranges.keys().filter_map(Result::ok) {
+            ranges_by_id.entry(k.data().svc_id).or_default().insert((k.prefix_len(), k.data().addr.bytes));
+        }
         let times = pinned::hash(layout, SVC_TIMES)?;
         let ct = Conntrack::open(layout)?;
 
@@ -162,7 +183,8 @@ impl Lb {
             if marks_vip(svc.flags) {
                 *vips.entry(k.addr).or_insert(0) += 1;
             }
-            services.insert(k, SvcState { service: svc, members, eligible });
+            let ranges = ranges_by_id.remove(&svc.id).unwrap_or_default();
+            services.insert(k, SvcState { service: svc, members, eligible, ranges });
         }
         let slab = Slab::new(table_map.len(), &used);
         Ok(Self {
@@ -170,6 +192,7 @@ impl Lb {
             backends_map,
             table_map,
             affinity,
+            source_ranges,
             times,
             ct,
             services,
@@ -274,7 +297,8 @@ impl Lb {
             }
         }
 
-        // 3. The frontend.
+        // 3. Source ranges the service gains (before the frontend names
+        //    them), then the frontend.
         let id = match old {
             Some(o) => o.service.id,
             None => {
@@ -283,6 +307,14 @@ impl Lb {
                 id
             }
         };
+        let ranges: BTreeSet<RangeKey> = spec.source_ranges.iter().map(range_key).collect();
+        let old_ranges = old.map(|o| o.ranges.clone()).unwrap_or_default();
+        for r in ranges.difference(&old_ranges) {
+            self.source_ranges.insert(&lpm_range(id, r), 1, 0).map_err(|source| {
+                update_error(SOURCE_RANGES, SOURCE_RANGES_MAX_ENTRIES, || format!("a source range of {}", spec.frontend), source)
+            })?;
+            stats.map_writes += 1;
+        }
         let mut flags = 0;
         if random {
             flags |= SVC_F_RANDOM;
@@ -301,6 +333,9 @@ impl Lb {
         }
         if spec.split {
             flags |= SVC_F_SPLIT;
+        }
+        if !ranges.is_empty() {
+            flags |= SVC_F_SOURCE_RANGES;
         }
         flags |= spec.kind.number() << SVC_KIND_SHIFT;
         let affinity_timeout_s = spec.affinity_timeout_s.unwrap_or(0);
@@ -323,7 +358,12 @@ impl Lb {
         if was_new && marks_vip(flags) {
             self.add_vip(key.addr, &mut stats)?;
         }
-        self.services.insert(key, SvcState { service, members: members.clone(), eligible: elig_ids });
+        // Ranges the service lost, now that the frontend no longer needs them.
+        for r in old_ranges.difference(&ranges) {
+            let _ = self.source_ranges.remove(&lpm_range(id, r));
+            stats.map_writes += 1;
+        }
+        self.services.insert(key, SvcState { service, members: members.clone(), eligible: elig_ids, ranges });
 
         // 4. Backends this service no longer lists.
         for added in members.difference(&old_members) {
@@ -367,6 +407,10 @@ impl Lb {
         self.slab.free(old.service.table_base, old.service.table_len);
         if marks_vip(old.service.flags) {
             self.release_vip(key.addr, &mut stats)?;
+        }
+        for r in &old.ranges {
+            let _ = self.source_ranges.remove(&lpm_range(old.service.id, r));
+            stats.map_writes += 1;
         }
         stats.ct_purged += self.ct.purge(Some(old.service.id), &old.members.iter().copied().collect());
         self.purge_affinity(old.service.id, &old.members.iter().copied().collect());
