@@ -334,6 +334,91 @@ fn an_agent_restart_breaks_no_north_south_connection(mode: &str) {
     assert_eq!(failed, 0, "no new connection failed across the SIGKILL and restart ({ok} succeeded)");
 }
 
+fn host_processes_reach_frontends_through_the_socket_programs(mode: &str) {
+    use std::io::{Read as _, Write as _};
+    let w = world(mode, &[]);
+    let host0 = w.c.nodes[0].node.ns();
+    let vip = Ipv4Addr::new(10, 96, 0, 80);
+    // TCP to a ClusterIP, a NodePort on the node's address and an LB IP:
+    // the socket is pointed at a backend at connect, and its peer is
+    // still the frontend.
+    for (dst, port) in [(vip, 80), (w.c.nodes[0].ip, 30080), (Ipv4Addr::new(198, 51, 100, 80), 80)] {
+        let mut names = Vec::new();
+        for i in 0..12 {
+            let (peer, reply) = host0
+                .run(move || {
+                    let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::from((dst, port)), DEFAULT_TIMEOUT)?;
+                    s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+                    let peer = s.peer_addr()?;
+                    s.write_all(b"hi")?;
+                    s.shutdown(std::net::Shutdown::Write)?;
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out)?;
+                    Ok::<_, std::io::Error>((peer, out))
+                })
+                .unwrap_or_else(|e| panic!("host try {i} to {dst}:{port}: {e}"));
+            assert_eq!(peer, SocketAddr::from((dst, port)), "getpeername names the frontend");
+            names.push(landed(&reply).0);
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names, ["a", "b"], "the node's processes reach both backends of {dst}:{port}");
+    }
+    // UDP, connected and not: the answers come from the frontend.
+    let uvip = Ipv4Addr::new(10, 96, 0, 82);
+    for i in 0..4 {
+        udp_request_from(host0, Ipv4Addr::UNSPECIFIED, uvip, 80, b"q".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("connected UDP {i}: {e}"));
+        let from = host0
+            .run(move || {
+                let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+                s.send_to(b"q", (uvip, 80))?;
+                let mut buf = [0u8; 512];
+                let (_, from) = s.recv_from(&mut buf)?;
+                Ok::<_, std::io::Error>(from)
+            })
+            .unwrap_or_else(|e| panic!("unconnected UDP {i}: {e}"));
+        assert_eq!(from, SocketAddr::from((uvip, 80)), "the reply seems to come from the VIP");
+    }
+    // A frontend without endpoints refuses at once.
+    let t = std::time::Instant::now();
+    assert!(tcp_request(host0, Ipv4Addr::new(10, 96, 0, 84), 80, b"hi".to_vec(), DEFAULT_TIMEOUT).is_err(), "no endpoints: refused");
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "refused at connect, not timed out");
+    // Each agent acts only on its own node's processes: an
+    // internalTrafficPolicy: Local service whose only endpoint is on node
+    // 1 is refused to node 0's processes and served to node 1's.
+    let b_ip = w.c.nodes[1].pod_ip(20);
+    let name1 = w.c.nodes[1].name().to_string();
+    w.c.write("itp.yaml", &service("itp", "ClusterIP", "10.96.0.89", 0, "  internalTrafficPolicy: Local\n", None, &[(b_ip, &name1)], "TCP").replace(", nodePort: 0", ""));
+    let itp = Ipv4Addr::new(10, 96, 0, 89);
+    let host1 = w.c.nodes[1].node.ns();
+    w.c.wait_for("node 1's processes reach the local endpoint", || tcp_request(host1, itp, 80, b"hi".to_vec(), DEFAULT_TIMEOUT).is_ok());
+    assert_eq!(landed(&tcp_request(host1, itp, 80, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("node 1")).0, "b");
+    assert!(tcp_request(host0, itp, 80, b"hi".to_vec(), DEFAULT_TIMEOUT).is_err(), "node 0 has no local endpoint: node 1's programs did not act on node 0's socket");
+}
+
+fn nodeport_addresses_choose_the_node_addresses_that_serve(mode: &str) {
+    let secondary = Ipv4Addr::new(192, 168, 0, 111);
+    let served = |w: &World| String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&format!("{secondary}:30080"));
+    // Default (`primary`): the Node's InternalIP only; a second address
+    // on the uplink is the node's own business.
+    let w = world(mode, &[]);
+    w.c.nodes[0].node.ns().ip(&["addr", "add", &format!("{secondary}/24"), "dev", "eth0"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!served(&w), "primary: the secondary address serves no NodePort");
+    let err = tcp_request_from(&w.c.outside, CLIENT, secondary, 30080, b"hi".to_vec(), DEFAULT_TIMEOUT).expect_err("not a NodePort there");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the node's stack answers: nothing listens ({err})");
+    drop(w);
+    // A CIDR covering it: the address is followed live as it comes and goes.
+    let w = world(mode, &["--nodeport-addresses", "192.168.0.0/24"]);
+    w.c.nodes[0].node.ns().ip(&["addr", "add", &format!("{secondary}/24"), "dev", "eth0"]);
+    w.c.wait_for("the new address serves the NodePorts", || served(&w));
+    let (names, seen) = from_outside(&w, CLIENT, secondary, 30080, 8);
+    assert!(!names.is_empty() && seen == [IpAddr::V4(w.c.nodes[0].ip)], "served on the secondary address, masqueraded: {names:?} {seen:?}");
+    w.c.nodes[0].node.ns().ip(&["addr", "del", &format!("{secondary}/24"), "dev", "eth0"]);
+    w.c.wait_for("the removed address stops serving", || !served(&w));
+}
+
 /// One request and its answer from `src` to `dst:port`, on this thread
 /// (whose namespace is the caller's).
 fn request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> std::io::Result<Vec<u8>> {
@@ -364,4 +449,6 @@ weir_tests::both_routing_modes!(
     load_balancer_source_ranges_restrict_the_lb_ip_only,
     health_checks_answer_for_local_endpoints_as_they_come_and_go,
     an_agent_restart_breaks_no_north_south_connection,
+    host_processes_reach_frontends_through_the_socket_programs,
+    nodeport_addresses_choose_the_node_addresses_that_serve,
 );

@@ -25,6 +25,11 @@ pub struct DatapathConfig {
     /// The node address masqueraded service flows come from (the Node's
     /// InternalIP); unset (zero): service flows are never masqueraded.
     pub node_addr: Addr,
+    /// The cookie of the node's network namespace: the socket-level
+    /// programs act only on sockets of that namespace (several agents on
+    /// one kernel, each in its own node namespace, share the cgroup
+    /// hierarchy). 0: they act nowhere.
+    pub netns_cookie: u64,
 }
 
 impl DatapathConfig {
@@ -42,6 +47,7 @@ impl DatapathConfig {
         _pad: 0,
         hairpin_addr: Addr::from_v4_octets([169, 254, 42, 1]),
         node_addr: Addr::ZERO,
+        netns_cookie: 0,
     };
 }
 
@@ -51,6 +57,6 @@ impl Default for DatapathConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 72);
 
 crate::user_pod!(DatapathConfig);

@@ -95,6 +95,32 @@ pub struct SourceRangeKey {
     pub addr: Addr,
 }
 
+/// Key of `WEIR_SOCK_REVNAT`: a socket the socket-level programs pointed
+/// at a backend, and that backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    /// bpf_get_socket_cookie.
+    pub cookie: u64,
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad0: u8,
+    pub _pad1: u32,
+}
+
+/// Value of `WEIR_SOCK_REVNAT`: the frontend the socket asked for, which
+/// recvmsg and getpeername report instead of the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// Value of `WEIR_FRONTENDS`: one service port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -155,5 +181,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 20);
 
-crate::user_pod!(FrontendKey, Service, Backend, AffinityKey, AffinityValue, SourceRangeKey);
+crate::user_pod!(FrontendKey, Service, Backend, AffinityKey, AffinityValue, SourceRangeKey, SockRevKey, SockRevValue);

@@ -119,6 +119,11 @@ pub const MASQ_MAX_ENTRIES: u32 = 64;
 pub const NO_MASQ: &str = "WEIR_NO_MASQ";
 pub const NO_MASQ_MAX_ENTRIES: u32 = 16_384;
 
+/// Sockets the socket-level programs translated: (socket cookie, backend)
+/// → the frontend it stands for (LRU).
+pub const SOCK_REVNAT: &str = "WEIR_SOCK_REVNAT";
+pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
+
 /// loadBalancerSourceRanges: (service id, source prefix) → 1.
 pub const SOURCE_RANGES: &str = "WEIR_SOURCE_RANGES";
 pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;

@@ -498,9 +498,19 @@ const NO_BACKEND: u32 = 0;
 /// while its backend may take new connections), then the service's
 /// selection table. Writes the backend to `out` and returns its id, or
 /// [`NO_BACKEND`]. (BPF subprograms cannot return aggregates.)
-#[inline(never)]
+#[inline(always)]
 fn select(svc: &Service, pkt: &Ipv4Pkt, now: u64, out: &mut Backend) -> u32 {
     let (client, vip) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
+    let hash = flow_hash(&client, &vip, pkt.sport, pkt.dport, pkt.proto);
+    select_backend(svc, pkt.saddr, hash, now, out)
+}
+
+/// [`select`] for a client address (IPv4, network order) and a flow hash:
+/// also used by the socket-level path, which hashes nothing (no source
+/// port exists at connect time) and passes a random value.
+#[inline(never)]
+pub fn select_backend(svc: &Service, client_v4: u32, hash: u32, now: u64, out: &mut Backend) -> u32 {
+    let client = Addr::from_v4_raw(client_v4);
     let akey = AffinityKey { svc_id: svc.id, client };
     if has_affinity(svc) {
         if let Some(a) = AFFINITY.get_ptr_mut(&akey) {
@@ -517,7 +527,6 @@ fn select(svc: &Service, pkt: &Ipv4Pkt, now: u64, out: &mut Backend) -> u32 {
             }
         }
     }
-    let hash = flow_hash(&client, &vip, pkt.sport, pkt.dport, pkt.proto);
     // SAFETY: plain helper call.
     let random = unsafe { bpf_get_prandom_u32() };
     let slot = choose_slot(svc, hash, random).slot();

@@ -17,6 +17,7 @@ pub mod masq;
 pub mod nat;
 pub mod policy;
 pub mod reject;
+pub mod sock_lb;
 pub mod source;
 pub mod stats;
 pub mod tunnel;

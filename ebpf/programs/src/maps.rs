@@ -14,7 +14,7 @@ use weir_common::{
     link::LinkInfo,
     masq::MasqDevice,
     tunnel::TunnelEndpoint,
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SockRevKey, SockRevValue, SourceRangeKey},
     maps::*,
     policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue, RuleName, NameKey},
     stats::{IfStats, IfStatsKey},
@@ -69,6 +69,9 @@ pub static MASQ: HashMap<u32, MasqDevice> = HashMap::pinned(MASQ_MAX_ENTRIES, 0)
 
 #[map(name = "WEIR_NO_MASQ")]
 pub static NO_MASQ: LpmTrie<Addr, u32> = LpmTrie::pinned(NO_MASQ_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_SOCK_REVNAT")]
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
 
 #[map(name = "WEIR_SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX_ENTRIES, 0);

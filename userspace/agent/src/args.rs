@@ -143,10 +143,24 @@ pub struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
 
+    /// Masquerade every service flow from a pod to the node address, as
+    /// kube-proxy's `--masquerade-all` does (by default a pod keeps its
+    /// address towards ClusterIPs and eTP Local frontends).
+    #[arg(long)]
+    pub masquerade_all: bool,
+
     /// More destinations pod traffic keeps its source address towards,
     /// comma-separated CIDRs (ip-masq-agent's nonMasqueradeCIDRs).
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
     pub non_masquerade_cidrs: Vec<weir_desired::policy::Prefix>,
+
+    /// The cgroup v2 hierarchy the socket-level load balancer attaches to
+    /// (the node's processes reaching ClusterIPs, NodePorts, LB IPs and
+    /// externalIPs). Default: the cgroup2 mount found in
+    /// /proc/self/mountinfo (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+    /// on a hybrid layout).
+    #[arg(long)]
+    pub cgroup_root: Option<std::path::PathBuf>,
 
     /// Which node addresses serve NodePorts: `primary` (the Node's
     /// InternalIP of each family), or comma-separated CIDRs selecting

@@ -49,6 +49,8 @@ pub struct Reconciler {
     nodeport: NodePortAddresses,
     /// The addresses on the uplink devices (NodePort candidates).
     device_addrs: Vec<std::net::IpAddr>,
+    /// `--masquerade-all`.
+    masquerade_all: bool,
     ctx: NodeContext,
     /// Programmed specs per service.
     programmed: BTreeMap<ServiceKey, Vec<ServiceSpec>>,
@@ -58,13 +60,14 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(lb: Lb, policy: PolicyReconciler, node_name: Option<String>, nodeport: NodePortAddresses) -> Self {
+    pub fn new(lb: Lb, policy: PolicyReconciler, node_name: Option<String>, nodeport: NodePortAddresses, masquerade_all: bool) -> Self {
         Self {
             lb,
             policy,
             node_name,
             nodeport,
             device_addrs: Vec::new(),
+            masquerade_all,
             ctx: NodeContext::default(),
             programmed: BTreeMap::new(),
             owners: HashMap::new(),
@@ -84,7 +87,9 @@ impl Reconciler {
     }
 
     fn node_context(&self, state: &ClusterState) -> NodeContext {
-        NodeContext::with_nodeports(state, self.node_name.as_deref(), &self.nodeport, &self.device_addrs)
+        let mut ctx = NodeContext::with_nodeports(state, self.node_name.as_deref(), &self.nodeport, &self.device_addrs);
+        ctx.masquerade_all = self.masquerade_all;
+        ctx
     }
 
 

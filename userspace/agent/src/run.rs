@@ -60,6 +60,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(old) = config_map.get() {
         cfg.node_addr = old.node_addr;
     }
+    // The socket-level programs act only on this namespace's sockets.
+    cfg.netns_cookie = netns_cookie().context("reading this network namespace's cookie")?;
     dp.set_config(&cfg).context("writing the datapath configuration")?;
     let mut ct = Conntrack::open(&layout).context("opening conntrack")?;
     let mut snat = Conntrack::open_table(&layout, weir_datapath::ct::Table::SNAT).context("opening the masquerade table")?;
@@ -80,6 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pods.apply(ev);
     }
     let node_dp = weir_datapath::NodeDatapath::load(&layout, &opts).context("loading the node datapath")?;
+    let _sock_dp = attach_socket_lb(&layout, &opts, args.cgroup_root.clone())?;
     let tunnel_maps = weir_datapath::tunnel::TunnelMaps::open(&layout).context("opening the tunnel maps")?;
     let mut node_net = crate::node_net::NodeNetwork::new(
         args.routing,
@@ -100,7 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Adopt what an earlier agent programmed; nothing is flushed.
     let lb = Lb::open(&layout).context("opening the service maps")?;
     let policy = PolicyReconciler::open(&layout, args.node_name.clone()).context("opening the policy maps")?;
-    let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone(), args.nodeport_addresses.clone());
+    let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone(), args.nodeport_addresses.clone(), args.masquerade_all);
     events::spawn(&layout, metrics.clone()).context("starting the event reader")?;
     let (tx, mut rx) = mpsc::channel(1024);
     source::spawn(&args.source, tx).context("starting the object source")?;
@@ -223,6 +226,45 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Loads the socket object and attaches it to the cgroup hierarchy
+/// (`--cgroup-root`, else the cgroup2 mount found). Without a cgroup2
+/// hierarchy the node's own processes get no service translation; the
+/// rest works.
+fn attach_socket_lb(
+    layout: &PinLayout,
+    opts: &LoadOptions,
+    root: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<weir_datapath::cgroup::SockDatapath>> {
+    let Some(root) = root.or_else(weir_datapath::cgroup::default_cgroup_root) else {
+        tracing::warn!("no cgroup v2 hierarchy found: the node's own processes cannot reach services (pass --cgroup-root)");
+        return Ok(None);
+    };
+    let mut sock = weir_datapath::cgroup::SockDatapath::load(layout, opts).context("loading the socket object")?;
+    sock.attach(&root).with_context(|| format!("attaching the socket-level load balancer to {}", root.display()))?;
+    tracing::info!(cgroup = %root.display(), "socket-level load balancing attached");
+    Ok(Some(sock))
+}
+
+/// The cookie of the network namespace the agent runs in.
+fn netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid fd, and an out buffer of the size we pass.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 fn report_warnings(metrics: &Metrics, warnings: &[Warning]) {

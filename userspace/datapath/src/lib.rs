@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod cgroup;
 pub mod ct;
 pub mod error;
 pub mod explain;

@@ -41,7 +41,7 @@ impl Default for LoadOptions {
 
 /// Loads an object over the pinned maps, sizing the maps `opts` sizes
 /// (whichever object loads first creates and pins them).
-fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
+pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
     EbpfLoader::new()
         .default_map_pin_directory(layout.maps_dir())
         .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))

@@ -5,3 +5,7 @@ pub static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The node object: `from_net` (tc ingress) on the node's uplink devices.
 pub static NODE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node"));
+
+/// The socket object: cgroup `connect4`, `sendmsg4`, `recvmsg4` and
+/// `getpeername4` (socket-level load balancing for the node's processes).
+pub static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock"));

@@ -23,6 +23,9 @@ pub struct NodeContext {
     pub zone: Option<String>,
     /// The node addresses NodePorts are served on (`--nodeport-addresses`).
     pub nodeport_addrs: Vec<IpAddr>,
+    /// `--masquerade-all`: every service flow from a pod is masqueraded
+    /// too (kube-proxy's flag).
+    pub masquerade_all: bool,
 }
 
 impl NodeContext {
@@ -39,6 +42,7 @@ impl NodeContext {
             node_name: node_name.map(str::to_string),
             zone: node_name.and_then(|n| state.node_zone(n)),
             nodeport_addrs: sel.select(node, device_addrs),
+            masquerade_all: false,
         }
     }
 }
@@ -224,7 +228,7 @@ pub fn translate_service(svc: &ServiceModel, slices: &[&SliceModel], ctx: &NodeC
             }
             let mut s = spec(Frontend::new(*vip, port.port, protocol), cands, Kind::ClusterIp);
             s.local_only = svc.internal_traffic_policy_local;
-            s.masquerade = Masquerade { from_pods: false, from_outside: true };
+            s.masquerade = Masquerade { from_pods: ctx.masquerade_all, from_outside: true };
             out.push(s);
         }
         for v4 in [true, false] {
@@ -241,7 +245,7 @@ pub fn translate_service(svc: &ServiceModel, slices: &[&SliceModel], ctx: &NodeC
                     out.push(s);
                 }
                 let mut s = spec(frontend, by_topology(candidates(port, first, slices), ctx), *kind);
-                s.masquerade = Masquerade { from_pods: !local, from_outside: true };
+                s.masquerade = Masquerade { from_pods: !local || ctx.masquerade_all, from_outside: true };
                 s.split = local;
                 out.push(s);
             }

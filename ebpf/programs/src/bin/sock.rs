@@ -1,0 +1,33 @@
+//! The socket object: cgroup sock_addr programs on the cgroup hierarchy
+//! (`--cgroup-root`), for the node's own processes (see `sock_lb`).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use weir_ebpf::sock_lb;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::restore(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_lb::restore(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,119 @@
+//! Socket-level load balancing for the node's own processes (kubelet,
+//! hostNetwork pods, node daemons): at connect and at every unconnected
+//! UDP send, a socket asking for a service frontend (a ClusterIP, a
+//! NodePort on a node address, an LB IP or an externalIP) is pointed at a
+//! backend instead, so no packet of it is ever NATed; receive and
+//! getpeername report the frontend again, so a UDP reply seems to come
+//! from the frontend and a connected socket's peer is the frontend.
+//!
+//! Only sockets of the node's own network namespace are touched (the
+//! netns cookie in `WEIR_CONFIG`): several agents on one kernel, each in
+//! its own node namespace, share the cgroup hierarchy their programs are
+//! attached to.
+//!
+//! The backend is chosen as the tc path chooses it (`lb::select_backend`,
+//! Maglev table or random, ClientIP affinity keyed by the node address),
+//! with a random hash: no source port exists yet. A frontend that cannot
+//! take the connection refuses it at once (the syscall fails with EPERM;
+//! a cgroup program has no other way to say no), counted under the same
+//! drop reasons as the tc path.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_prandom_u32, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie}},
+    programs::SockAddrContext,
+    EbpfContext as _,
+};
+use weir_common::{
+    addr::Addr,
+    config::DatapathConfig,
+    drop::DropReason,
+    lb::{FrontendKey, SockRevKey, SockRevValue, SCOPE_INTERNAL, SVC_F_LOCAL_ONLY},
+};
+
+use crate::{
+    conntrack,
+    errors::drop_reason,
+    lb,
+    maps::{read, scratch, FRONTENDS, SOCK_REVNAT},
+};
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+/// Whether the socket belongs to this node's network namespace.
+#[inline(always)]
+fn ours(ctx: &SockAddrContext, cfg: &DatapathConfig) -> bool {
+    // SAFETY: plain helper call on the program's own context.
+    cfg.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.netns_cookie
+}
+
+#[inline(always)]
+fn proto(ctx: &SockAddrContext) -> u8 {
+    // SAFETY: the context pointer is valid for the program run.
+    unsafe { (*ctx.sock_addr).protocol as u8 }
+}
+
+/// connect4 and sendmsg4: points the socket at a backend of the frontend
+/// it asks for.
+#[inline(always)]
+pub fn translate(ctx: &SockAddrContext) -> i32 {
+    let Some(cfg) = conntrack::config() else { return ALLOW };
+    if !ours(ctx, cfg) {
+        return ALLOW;
+    }
+    // SAFETY: the context pointer is valid for the program run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let (vip, vport, proto) = (sa.user_ip4, sa.user_port as u16, proto(ctx));
+    let key = FrontendKey { addr: Addr::from_v4_raw(vip), port: vport, proto, scope: SCOPE_INTERNAL };
+    let Some(svc) = read(FRONTENDS.get_ptr(&key)) else {
+        // A ClusterIP on a port it does not serve is refused, as on the
+        // tc path; any other address is not a frontend.
+        let marker = FrontendKey { addr: key.addr, port: 0, proto: 0, scope: SCOPE_INTERNAL };
+        if FRONTENDS.get_ptr(&marker).is_some() {
+            drop_reason(DropReason::UnknownServicePort);
+            return REFUSE;
+        }
+        return ALLOW;
+    };
+    if svc.backend_count == 0 {
+        drop_reason(if svc.flags & SVC_F_LOCAL_ONLY != 0 { DropReason::NoLocalEndpoints } else { DropReason::NoEndpoints });
+        return REFUSE;
+    }
+    let Some(s) = scratch() else { return ALLOW };
+    // SAFETY: plain helper call.
+    let hash = unsafe { bpf_get_prandom_u32() };
+    if lb::select_backend(&svc, cfg.node_addr.v4_raw(), hash, conntrack::now_ns(), &mut s.backend) == 0 {
+        drop_reason(DropReason::NoEndpoints);
+        return REFUSE;
+    }
+    let (baddr, bport) = (s.backend.addr, s.backend.port);
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rk = SockRevKey { cookie, addr: baddr, port: bport, proto, _pad0: 0, _pad1: 0 };
+    let rv = SockRevValue { addr: key.addr, port: vport, _pad: 0 };
+    let _ = SOCK_REVNAT.insert(&rk, &rv, BPF_ANY as u64);
+    sa.user_ip4 = baddr.v4_raw();
+    sa.user_port = u32::from(bport);
+    ALLOW
+}
+
+/// recvmsg4 and getpeername4: reports the frontend a translated socket
+/// asked for instead of its backend.
+#[inline(always)]
+pub fn restore(ctx: &SockAddrContext) -> i32 {
+    let Some(cfg) = conntrack::config() else { return ALLOW };
+    if !ours(ctx, cfg) {
+        return ALLOW;
+    }
+    // SAFETY: the context pointer is valid for the program run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rk = SockRevKey { cookie, addr: Addr::from_v4_raw(sa.user_ip4), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };
+    if let Some(v) = read(SOCK_REVNAT.get_ptr(&rk)) {
+        sa.user_ip4 = v.addr.v4_raw();
+        sa.user_port = u32::from(v.port);
+    }
+    ALLOW
+}

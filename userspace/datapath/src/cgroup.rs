@@ -1,0 +1,88 @@
+//! The socket object on the cgroup hierarchy: its programs load over the
+//! pinned maps and attach to `--cgroup-root` through links pinned under
+//! the bpffs (`links/cgroup-<program>`), in multi-attach mode (other
+//! programs, and other agents' on the same kernel, stay attached).
+//!
+//! A restarted or upgraded agent attaches its new programs first, then
+//! replaces the old pin with the new link (a rename on the bpffs), which
+//! detaches the old program: at every moment at least one runs. Two
+//! running at once is harmless: the second sees a backend address, which
+//! is no frontend.
+
+use std::{fs::File, path::{Path, PathBuf}};
+
+use aya::{
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    Ebpf,
+};
+
+use crate::{loader::{load_object, LoadOptions}, objects::SOCK_OBJECT, pins::PinLayout, DatapathError};
+
+/// The socket object's programs.
+pub const SOCK_PROGRAMS: [&str; 4] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
+
+/// The loaded socket object.
+pub struct SockDatapath {
+    ebpf: Ebpf,
+    layout: PinLayout,
+}
+
+impl SockDatapath {
+    /// Loads the socket object over the pinned maps.
+    pub fn load(layout: &PinLayout, opts: &LoadOptions) -> Result<Self, DatapathError> {
+        layout.ensure_dirs()?;
+        let mut ebpf = load_object(layout, opts, SOCK_OBJECT, "sock")?;
+        for name in SOCK_PROGRAMS {
+            program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        Ok(Self { ebpf, layout: layout.clone() })
+    }
+
+    /// Attaches every program to the cgroup at `root`.
+    pub fn attach(&mut self, root: &Path) -> Result<(), DatapathError> {
+        let cgroup = File::open(root).map_err(|source| DatapathError::Io { op: "opening", path: root.to_path_buf(), source })?;
+        for name in SOCK_PROGRAMS {
+            let prog = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .map_err(|source| DatapathError::Attach { name, ifname: root.display().to_string(), source })?;
+            let link = prog.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
+            let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link { path: pin_path(&self.layout, name), source })?;
+            let pin = pin_path(&self.layout, name);
+            let fresh = pin.with_extension("new");
+            crate::attach::remove_pin(&fresh)?;
+            fd_link.pin(&fresh).map_err(|source| DatapathError::Pin { path: fresh.clone(), source })?;
+            // The rename drops the old link's last reference: its program detaches.
+            std::fs::rename(&fresh, &pin).map_err(|source| DatapathError::Io { op: "renaming", path: fresh.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { object: "sock", name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Where the link of program `name` is pinned.
+pub fn pin_path(layout: &PinLayout, name: &str) -> PathBuf {
+    layout.links_dir().join(format!("cgroup-{name}"))
+}
+
+/// The cgroup v2 hierarchy of this machine: `/sys/fs/cgroup` when it is
+/// cgroup2 (unified layout), else the cgroup2 mount of a hybrid layout
+/// (`/sys/fs/cgroup/unified`), as found in /proc/self/mountinfo.
+pub fn default_cgroup_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(pre.split_whitespace().nth(4)?))
+        })
+        .collect();
+    let preferred = [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/unified")];
+    preferred.into_iter().find(|p| mounts.contains(p)).or_else(|| mounts.into_iter().next())
+}
