@@ -1,7 +1,8 @@
 //! The socket object on the cgroup hierarchy: its programs load over the
 //! pinned maps and attach to `--cgroup-root` through links pinned under
-//! the bpffs (`links/cgroup-<program>`), in multi-attach mode (other
-//! programs, and other agents' on the same kernel, stay attached).
+//! the bpffs (`links/cgroup-<program>`); a cgroup link always joins the
+//! cgroup's program list (other programs, and other agents' on the same
+//! kernel, stay attached).
 //!
 //! A restarted or upgraded agent attaches its new programs first, then
 //! replaces the old pin with the new link (a rename on the bpffs), which
@@ -43,13 +44,17 @@ impl SockDatapath {
         let cgroup = File::open(root).map_err(|source| DatapathError::Io { op: "opening", path: root.to_path_buf(), source })?;
         for name in SOCK_PROGRAMS {
             let prog = program(&mut self.ebpf, name)?;
+            // A cgroup bpf_link takes no attach flags (the kernel rejects
+            // any with EINVAL) and always joins the cgroup's program list as
+            // multi-attach does; `Single` is aya's "no flags".
             let id = prog
-                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| DatapathError::Attach { name, ifname: root.display().to_string(), source })?;
             let link = prog.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
             let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link { path: pin_path(&self.layout, name), source })?;
             let pin = pin_path(&self.layout, name);
-            let fresh = pin.with_extension("new");
+            // (bpffs refuses names with a dot.)
+            let fresh = self.layout.links_dir().join(format!("cgroup-{name}-new"));
             crate::attach::remove_pin(&fresh)?;
             fd_link.pin(&fresh).map_err(|source| DatapathError::Pin { path: fresh.clone(), source })?;
             // The rename drops the old link's last reference: its program detaches.
@@ -80,7 +85,8 @@ pub fn default_cgroup_root() -> Option<PathBuf> {
         .lines()
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(pre.split_whitespace().nth(4)?))
+            let point = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
         })
         .collect();
     let preferred = [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/unified")];
