@@ -156,9 +156,10 @@ pub struct Args {
 
     /// The cgroup v2 hierarchy the socket-level load balancer attaches to
     /// (the node's processes reaching ClusterIPs, NodePorts, LB IPs and
-    /// externalIPs). Default: the cgroup2 mount found in
-    /// /proc/self/mountinfo (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
-    /// on a hybrid layout).
+    /// externalIPs): a cgroup2 mount, or a directory whose `unified` child
+    /// is one (a host's /sys/fs/cgroup mounted into the container, on a
+    /// hybrid layout). Default: `/sys/fs/cgroup` or
+    /// `/sys/fs/cgroup/unified`, whichever is cgroup2.
     #[arg(long)]
     pub cgroup_root: Option<std::path::PathBuf>,
 

@@ -237,8 +237,12 @@ fn attach_socket_lb(
     opts: &LoadOptions,
     root: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Option<weir_datapath::cgroup::SockDatapath>> {
-    let Some(root) = root.or_else(weir_datapath::cgroup::default_cgroup_root) else {
-        tracing::warn!("no cgroup v2 hierarchy found: the node's own processes cannot reach services (pass --cgroup-root)");
+    let found = match &root {
+        Some(r) => weir_datapath::cgroup::resolve_cgroup_root(r),
+        None => weir_datapath::cgroup::default_cgroup_root(),
+    };
+    let Some(root) = found else {
+        tracing::warn!(cgroup_root = ?root, "no cgroup v2 hierarchy found: the node's own processes cannot reach services (pass --cgroup-root)");
         return Ok(None);
     };
     let mut sock = weir_datapath::cgroup::SockDatapath::load(layout, opts).context("loading the socket object")?;

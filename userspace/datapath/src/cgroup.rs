@@ -76,19 +76,28 @@ pub fn pin_path(layout: &PinLayout, name: &str) -> PathBuf {
     layout.links_dir().join(format!("cgroup-{name}"))
 }
 
-/// The cgroup v2 hierarchy of this machine: `/sys/fs/cgroup` when it is
-/// cgroup2 (unified layout), else the cgroup2 mount of a hybrid layout
-/// (`/sys/fs/cgroup/unified`), as found in /proc/self/mountinfo.
-pub fn default_cgroup_root() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mounts: Vec<PathBuf> = info
-        .lines()
+fn cgroup2_mounts() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
             let point = pre.split_whitespace().nth(4)?;
             (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
         })
-        .collect();
-    let preferred = [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/unified")];
-    preferred.into_iter().find(|p| mounts.contains(p)).or_else(|| mounts.into_iter().next())
+        .collect()
+}
+
+/// The cgroup v2 hierarchy of this machine: `/sys/fs/cgroup` when it is
+/// cgroup2 (unified layout), else the cgroup2 mount of a hybrid layout
+/// (`/sys/fs/cgroup/unified`), as found in /proc/self/mountinfo.
+pub fn default_cgroup_root() -> Option<PathBuf> {
+    resolve_cgroup_root(Path::new("/sys/fs/cgroup")).or_else(|| cgroup2_mounts().into_iter().next())
+}
+
+/// `path` if it is a cgroup2 mount, else its `unified` child if that is
+/// one (a host's /sys/fs/cgroup mounted into the agent's container, on a
+/// unified or a hybrid layout alike).
+pub fn resolve_cgroup_root(path: &Path) -> Option<PathBuf> {
+    let mounts = cgroup2_mounts();
+    [path.to_path_buf(), path.join("unified")].into_iter().find(|p| mounts.contains(p))
 }
