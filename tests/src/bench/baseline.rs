@@ -13,9 +13,17 @@
 //! with `numgen random mod n vmap`, per-endpoint chains that mark hairpin
 //! traffic and DNAT. Loaded with `nft -f`.
 //!
-//! Left out (not on the ClusterIP pod-to-pod path): NodePorts, external
-//! IPs, load balancers, masquerade rules in POSTROUTING, firewall and
-//! reject chains for services without endpoints.
+//! NodePorts (a service with `node_port`), as kube-proxy writes them for
+//! externalTrafficPolicy: Cluster: iptables `KUBE-NODEPORTS` (the last
+//! rule of `KUBE-SERVICES`, for local destinations) → `KUBE-EXT-*` (mark
+//! for masquerade, then the service chain), and `KUBE-POSTROUTING`
+//! masquerading marked traffic; nftables a `service-nodeports` verdict map
+//! over `nodeport-ips`, `external-*` chains and the `masquerading` chain
+//! in nat postrouting. Those masquerade rules are written only when a
+//! NodePort exists, so the ClusterIP-only figures keep their rule set.
+//!
+//! Left out: external IPs, load balancers, firewall and reject chains for
+//! services without endpoints.
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
@@ -26,6 +34,8 @@ pub struct Svc {
     pub vip: Ipv4Addr,
     pub port: u16,
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// The service's NodePort, if it has one (TCP, eTP Cluster).
+    pub node_port: Option<u16>,
 }
 
 fn h(s: &str) -> String {
@@ -41,6 +51,10 @@ fn svc_chain(s: &Svc) -> String {
     format!("KUBE-SVC-{}", h(&format!("{}:{}/tcp", s.name, s.port)))
 }
 
+fn ext_chain(s: &Svc) -> String {
+    format!("KUBE-EXT-{}", h(&format!("{}:{}/tcp", s.name, s.port)))
+}
+
 fn sep_chain(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
     format!("KUBE-SEP-{}", h(&format!("{}:{}/tcp{}:{}", s.name, s.port, ep.0, ep.1)))
 }
@@ -48,8 +62,15 @@ fn sep_chain(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
 /// The `nat` table as kube-proxy's iptables mode would restore it.
 pub fn iptables_restore(services: &[Svc]) -> String {
     let mut o = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+    let node_ports: Vec<&Svc> = services.iter().filter(|s| s.node_port.is_some()).collect();
+    if !node_ports.is_empty() {
+        o.push_str(":KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+    }
     for s in services {
         let _ = writeln!(o, ":{} - [0:0]", svc_chain(s));
+        if s.node_port.is_some() {
+            let _ = writeln!(o, ":{} - [0:0]", ext_chain(s));
+        }
         for ep in &s.endpoints {
             let _ = writeln!(o, ":{} - [0:0]", sep_chain(s, ep));
         }
@@ -57,7 +78,22 @@ pub fn iptables_restore(services: &[Svc]) -> String {
     o.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
     o.push_str("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
     o.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
+    if !node_ports.is_empty() {
+        o.push_str("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n");
+        o.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
+        o.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
+        o.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
+    }
     o.push_str(&iptables_service_rules(services));
+    if !node_ports.is_empty() {
+        o.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
+    }
+    for s in node_ports {
+        let np = s.node_port.unwrap_or_default();
+        let _ = writeln!(o, "-A KUBE-NODEPORTS -p tcp -m comment --comment \"{}\" -m tcp --dport {np} -j {}", s.name, ext_chain(s));
+        let _ = writeln!(o, "-A {} -m comment --comment \"masquerade traffic for {} external destinations\" -j KUBE-MARK-MASQ", ext_chain(s), s.name);
+        let _ = writeln!(o, "-A {} -j {}", ext_chain(s), svc_chain(s));
+    }
     o.push_str("COMMIT\n");
     o
 }
@@ -152,6 +188,33 @@ pub fn nft_script(services: &[Svc]) -> String {
     o
 }
 
+/// [`nft_script`] plus the NodePorts of `services` on `node_ips`, with
+/// the masquerade kube-proxy's nftables mode adds for them.
+pub fn nft_script_with_node_ports(services: &[Svc], node_ips: &[Ipv4Addr]) -> String {
+    let mut o = nft_script(services);
+    let ips: Vec<String> = node_ips.iter().map(Ipv4Addr::to_string).collect();
+    o.push_str(
+        "add chain ip kube-proxy masquerading\n\
+         add rule ip kube-proxy masquerading meta mark & 0x4000 == 0 return\n\
+         add rule ip kube-proxy masquerading meta mark set meta mark ^ 0x4000\n\
+         add rule ip kube-proxy masquerading masquerade fully-random\n\
+         add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority 100 ; policy accept ; }\n\
+         add rule ip kube-proxy nat-postrouting jump masquerading\n\
+         add set ip kube-proxy nodeport-ips { type ipv4_addr ; }\n\
+         add map ip kube-proxy service-nodeports { type inet_proto . inet_service : verdict ; }\n\
+         add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports\n",
+    );
+    let _ = writeln!(o, "add element ip kube-proxy nodeport-ips {{ {} }}", ips.join(", "));
+    for s in services.iter().filter(|s| s.node_port.is_some()) {
+        let ext = format!("external-{}", h(&format!("{}:{}/tcp", s.name, s.port)));
+        let _ = writeln!(o, "add chain ip kube-proxy {ext}");
+        let _ = writeln!(o, "add rule ip kube-proxy {ext} jump mark-for-masquerade");
+        let _ = writeln!(o, "add rule ip kube-proxy {ext} goto {}", nft_svc(s));
+        let _ = writeln!(o, "add element ip kube-proxy service-nodeports {{ tcp . {} : goto {ext} }}", s.node_port.unwrap_or_default());
+    }
+    o
+}
+
 /// What kube-proxy's nftables mode sends when one service's endpoints
 /// changed: the service chain rewritten, new endpoint chains added.
 pub fn nft_one_change(changed: &Svc) -> String {
@@ -178,6 +241,7 @@ mod tests {
             vip: Ipv4Addr::new(10, 96, 0, 10),
             port: 80,
             endpoints: vec![(Ipv4Addr::new(10, 244, 0, 11), 8080), (Ipv4Addr::new(10, 244, 0, 12), 8080), (Ipv4Addr::new(10, 244, 0, 13), 8080)],
+            node_port: None,
         }
     }
 
@@ -199,5 +263,20 @@ mod tests {
         assert!(s.contains("add element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 : goto service-"));
         assert_eq!(s.matches("dnat to").count(), 3);
         assert!(nft_one_change(&svc()).starts_with("flush chain ip kube-proxy service-"));
+    }
+
+    #[test]
+    fn node_ports_jump_from_the_last_services_rule_and_masquerade() {
+        let np = Svc { node_port: Some(30080), ..svc() };
+        let r = iptables_restore(&[np.clone()]);
+        let last_services = r.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last().unwrap_or_default();
+        assert!(last_services.contains("--dst-type LOCAL -j KUBE-NODEPORTS"), "{last_services}");
+        assert!(r.contains("--dport 30080 -j KUBE-EXT-"));
+        assert!(r.contains("-j MASQUERADE --random-fully"));
+        assert!(!iptables_restore(&[svc()]).contains("KUBE-POSTROUTING"), "no NodePort, no masquerade rules");
+        let n = nft_script_with_node_ports(&[np], &[Ipv4Addr::new(192, 168, 0, 11)]);
+        assert!(n.contains("add element ip kube-proxy service-nodeports { tcp . 30080 : goto external-"));
+        assert!(n.contains("nodeport-ips { 192.168.0.11 }"));
+        assert!(n.contains("masquerade fully-random"));
     }
 }

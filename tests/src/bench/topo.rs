@@ -72,12 +72,13 @@ pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
                 let k = i as u32 * 3 + j;
                 (Ipv4Addr::new(10, 245, (k / 250 % 250) as u8, (k % 250 + 1) as u8), 8080)
             }).collect(),
+            node_port: None,
         })
         .collect();
     let eps = |p: u16| backends.iter().map(|b| (*b, p)).collect::<Vec<_>>();
-    v.push(Svc { name: "bench/target:short".into(), vip: TARGET_VIP, port: SHORT_PORT, endpoints: eps(8080) });
-    v.push(Svc { name: "bench/target:keepalive".into(), vip: TARGET_VIP, port: KEEPALIVE_PORT, endpoints: eps(9000) });
-    v.push(Svc { name: "bench/target:iperf".into(), vip: TARGET_VIP, port: IPERF_PORT, endpoints: vec![(backends[0], IPERF_PORT)] });
+    v.push(Svc { name: "bench/target:short".into(), vip: TARGET_VIP, port: SHORT_PORT, endpoints: eps(8080), node_port: None });
+    v.push(Svc { name: "bench/target:keepalive".into(), vip: TARGET_VIP, port: KEEPALIVE_PORT, endpoints: eps(9000), node_port: None });
+    v.push(Svc { name: "bench/target:iperf".into(), vip: TARGET_VIP, port: IPERF_PORT, endpoints: vec![(backends[0], IPERF_PORT)], node_port: None });
     v
 }
 

@@ -1,12 +1,14 @@
 //! Cross-node benchmark topology: the multi-node harness with a client
-//! pod on node 0 and a server pod on node 1 (TCP servers, an iperf3
-//! server), served by weir in either routing mode or by a kernel-only
-//! baseline of the same mode on the same topology:
+//! pod on node 0, a server pod on node 1 (TCP servers, an iperf3 server)
+//! and the outside namespace as an external client, served by weir in
+//! either routing mode or by a kernel-only baseline of the same mode on
+//! the same topology:
 //! - kernel native: one route per remote pod CIDR via the node, and
-//!   kube-proxy-style iptables rules for the ClusterIP;
+//!   kube-proxy-style rules (iptables or nftables mode) for the ClusterIP
+//!   and its NodePorts (eTP Cluster: masqueraded);
 //! - kernel VXLAN: a kernel VXLAN device per node (same VNI port and MTU
 //!   as weir's), a route, a permanent neighbour and an fdb entry per
-//!   remote node (as Flannel programs them), and the same iptables rules.
+//!   remote node (as Flannel programs them), and the same rules.
 
 use std::{
     net::Ipv4Addr,
@@ -25,27 +27,33 @@ use crate::{
 #[serde(rename_all = "kebab-case")]
 pub enum Setup {
     WeirNative,
+    /// Kernel routes and kube-proxy's iptables mode.
     KernelNative,
+    /// Kernel routes and kube-proxy's nftables mode.
+    NftNative,
     WeirVxlan,
     KernelVxlan,
+    NftVxlan,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 4] = [Setup::WeirNative, Setup::KernelNative, Setup::WeirVxlan, Setup::KernelVxlan];
+    pub const ALL: [Setup; 6] = [Setup::WeirNative, Setup::KernelNative, Setup::NftNative, Setup::WeirVxlan, Setup::KernelVxlan, Setup::NftVxlan];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WeirNative => "weir-native",
             Self::KernelNative => "kernel-native",
+            Self::NftNative => "nftables-native",
             Self::WeirVxlan => "weir-vxlan",
             Self::KernelVxlan => "kernel-vxlan",
+            Self::NftVxlan => "nftables-vxlan",
         }
     }
 
     pub fn mode(self) -> &'static str {
         match self {
-            Self::WeirNative | Self::KernelNative => "native",
-            Self::WeirVxlan | Self::KernelVxlan => "vxlan",
+            Self::WeirNative | Self::KernelNative | Self::NftNative => "native",
+            Self::WeirVxlan | Self::KernelVxlan | Self::NftVxlan => "vxlan",
         }
     }
 
@@ -53,11 +61,15 @@ impl Setup {
         matches!(self, Self::WeirNative | Self::WeirVxlan)
     }
 
-    /// The kernel baseline weir in the same mode is compared with.
-    pub fn baseline(self) -> Setup {
-        match self {
-            Self::WeirNative | Self::KernelNative => Self::KernelNative,
-            Self::WeirVxlan | Self::KernelVxlan => Self::KernelVxlan,
+    fn nftables(self) -> bool {
+        matches!(self, Self::NftNative | Self::NftVxlan)
+    }
+
+    /// The kernel routing of the baselines (Kernel* and Nft* alike).
+    fn kernel_routing(self) -> Setup {
+        match self.mode() {
+            "native" => Self::KernelNative,
+            _ => Self::KernelVxlan,
         }
     }
 }
@@ -66,6 +78,10 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 250, 1);
 pub const SHORT_PORT: u16 = 80;
 pub const KEEPALIVE_PORT: u16 = 90;
 pub const IPERF_PORT: u16 = 5201;
+/// The services' NodePorts on node 0 (eTP Cluster), for the outside.
+pub const SHORT_NODE_PORT: u16 = 30080;
+pub const KEEPALIVE_NODE_PORT: u16 = 30090;
+pub const IPERF_NODE_PORT: u16 = 30201;
 
 pub struct XnodeTopo {
     pub client: Pod,
@@ -77,10 +93,23 @@ pub struct XnodeTopo {
 
 fn services(server: Ipv4Addr) -> Vec<Svc> {
     vec![
-        Svc { name: "bench/xnode:short".into(), vip: VIP, port: SHORT_PORT, endpoints: vec![(server, 8080)] },
-        Svc { name: "bench/xnode:keepalive".into(), vip: VIP, port: KEEPALIVE_PORT, endpoints: vec![(server, 9000)] },
-        Svc { name: "bench/xnode:iperf".into(), vip: VIP, port: IPERF_PORT, endpoints: vec![(server, 5201)] },
+        Svc { name: "bench/xnode:short".into(), vip: VIP, port: SHORT_PORT, endpoints: vec![(server, 8080)], node_port: Some(SHORT_NODE_PORT) },
+        Svc { name: "bench/xnode:keepalive".into(), vip: VIP, port: KEEPALIVE_PORT, endpoints: vec![(server, 9000)], node_port: Some(KEEPALIVE_NODE_PORT) },
+        Svc { name: "bench/xnode:iperf".into(), vip: VIP, port: IPERF_PORT, endpoints: vec![(server, 5201)], node_port: Some(IPERF_NODE_PORT) },
     ]
+}
+
+/// A NodePort Service and its EndpointSlice, for weir.
+fn node_port_yaml(s: &Svc, idx: usize) -> String {
+    let (ep, tport) = s.endpoints.first().copied().unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: x{idx}, namespace: bench}}\nspec:\n  type: NodePort\n  clusterIP: {}\n  ports: [{{name: p, port: {}, nodePort: {}}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: x{idx}-1, namespace: bench, labels: {{kubernetes.io/service-name: x{idx}}}}}\n\
+         addressType: IPv4\nports: [{{name: p, port: {tport}}}]\nendpoints:\n- addresses: [{ep}]\n---\n",
+        s.vip,
+        s.port,
+        s.node_port.unwrap_or_default()
+    )
 }
 
 fn vtep_mac(i: usize) -> String {
@@ -96,10 +125,11 @@ impl XnodeTopo {
                 cluster.start_agent(i);
             }
         } else {
-            kernel_routes(&cluster, setup);
+            kernel_routes(&cluster, setup.kernel_routing());
         }
         let client = cluster.nodes[0].pod("client", 10);
         client.ns().sysctl("net.ipv4.tcp_tw_reuse", "1");
+        cluster.outside.sysctl("net.ipv4.tcp_tw_reuse", "1");
         let server = cluster.nodes[1].pod("server", 20);
         let servers = vec![tcp_server(server.ns(), 8080, Reply::Name("server".into())), tcp_server(server.ns(), 9000, Reply::NamePerLine("server".into()))];
         let iperf = Command::new("nsenter")
@@ -111,12 +141,24 @@ impl XnodeTopo {
             .ok();
         let svcs = services(server.ip);
         if setup.is_weir() {
-            let body: String = svcs.iter().enumerate().map(|(i, s)| super::topo::yaml(s, i)).collect();
+            let body: String = svcs.iter().enumerate().map(|(i, s)| node_port_yaml(s, i)).collect();
             cluster.write("xnode.yaml", &body);
-            let want = format!("{}:8080", server.ip);
-            cluster.wait_for("node 0 programs the service", || {
-                String::from_utf8_lossy(&cluster.nodes[0].node.weir(&["backend", "list"]).stdout).contains(&want)
+            let want = format!("{}:{IPERF_NODE_PORT}", cluster.nodes[0].ip);
+            cluster.wait_for("node 0 programs the services and their NodePorts", || {
+                String::from_utf8_lossy(&cluster.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want)
             });
+        } else if setup.nftables() {
+            let script = baseline::nft_script_with_node_ports(&svcs, &[cluster.nodes[0].ip]);
+            let net = format!("--net={}", cluster.nodes[0].node.ns().path().display());
+            let mut c = Command::new("nsenter");
+            c.args([net.as_str(), "nft", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+            let mut child = c.spawn().expect("nft");
+            {
+                use std::io::Write as _;
+                child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("rules");
+            }
+            let out = child.wait_with_output().expect("wait");
+            assert!(out.status.success(), "nft -f: {}", String::from_utf8_lossy(&out.stderr));
         } else {
             let net = format!("--net={}", cluster.nodes[0].node.ns().path().display());
             let mut c = Command::new("nsenter");

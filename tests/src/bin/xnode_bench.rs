@@ -1,9 +1,11 @@
-//! `cargo xtask bench` (cross-node part): pod to pod and pod to a
-//! ClusterIP whose backend is on the other node, with weir in each routing
-//! mode and the kernel-only baseline of the same mode, on the same
-//! two-node topology, interleaved rep by rep. Writes
+//! `cargo xtask bench` (cross-node part): pod to pod, pod to a ClusterIP
+//! whose backend is on the other node, and an external client to a
+//! NodePort of node 0 whose backend is on node 1 (eTP Cluster, so
+//! masqueraded), with weir in each routing mode and the kernel-only
+//! baselines of the same mode (kube-proxy's iptables and nftables modes),
+//! on the same two-node topology, interleaved rep by rep. Writes
 //! target/bench/xnode.{json,md}: medians, min–max over reps, and
-//! weir/kernel ratios.
+//! weir/baseline ratios.
 //!
 //! Usage: weir-xnode-bench [--quick]
 
@@ -13,7 +15,7 @@ use serde::Serialize;
 use weir_tests::bench::{
     measure::{iperf, keepalive, short_connections, Latency},
     report::{machine, median},
-    xnode::{Setup, XnodeTopo, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT, VIP},
+    xnode::{Setup, XnodeTopo, IPERF_NODE_PORT, IPERF_PORT, KEEPALIVE_NODE_PORT, KEEPALIVE_PORT, SHORT_NODE_PORT, SHORT_PORT, VIP},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -29,6 +31,7 @@ struct Sample {
     rep: usize,
     pod_to_pod: Path,
     pod_to_clusterip: Path,
+    outside_to_nodeport: Path,
 }
 
 /// (name, higher is better, value of a path).
@@ -49,29 +52,38 @@ fn stats(samples: &[Sample], setup: Setup, path: fn(&Sample) -> &Path, f: fn(&Pa
 }
 
 fn report(samples: &[Sample], machine: &str, reps: usize) -> String {
-    let mut o = format!("# Cross-node benchmark\n\nMachine: {machine}. {reps} reps, setups interleaved in each rep. Median (min–max over reps); ratio = weir / kernel baseline of the same mode (throughput and connections: higher is better; latency: lower is better).\n\n");
-    let paths: [(&str, fn(&Sample) -> &Path); 2] = [("pod → pod", |s| &s.pod_to_pod), ("pod → ClusterIP (remote backend)", |s| &s.pod_to_clusterip)];
+    let mut o = format!("# Cross-node benchmark\n\nMachine: {machine}. {reps} reps, setups interleaved in each rep. Median (min–max over reps); ratio = weir / baseline of the same mode (throughput and connections: higher is better; latency: lower is better). Baselines: kernel routing of the mode plus kube-proxy's iptables (`ipt`) or nftables (`nft`) rules.\n\n");
+    let paths: [(&str, fn(&Sample) -> &Path); 3] = [
+        ("pod → pod", |s| &s.pod_to_pod),
+        ("pod → ClusterIP (remote backend)", |s| &s.pod_to_clusterip),
+        ("outside → NodePort (remote backend, masqueraded)", |s| &s.outside_to_nodeport),
+    ];
     for (pname, path) in paths {
-        let _ = writeln!(o, "## {pname}\n\n| metric | weir native | kernel native | ratio | weir vxlan | kernel vxlan | ratio |\n|---|---|---|---|---|---|---|");
-        for (mname, _, f) in METRICS {
-            let mut row = format!("| {mname} |");
-            for (weir, kernel) in [(Setup::WeirNative, Setup::KernelNative), (Setup::WeirVxlan, Setup::KernelVxlan)] {
+        for (mode, weir, ipt, nft) in [("native", Setup::WeirNative, Setup::KernelNative, Setup::NftNative), ("vxlan", Setup::WeirVxlan, Setup::KernelVxlan, Setup::NftVxlan)] {
+            let _ = writeln!(o, "## {pname}, {mode}\n\n| metric | weir | ipt | weir/ipt | nft | weir/nft |\n|---|---|---|---|---|---|");
+            for (mname, _, f) in METRICS {
                 let (w, wl, wh) = stats(samples, weir, path, f);
-                let (k, kl, kh) = stats(samples, kernel, path, f);
-                let ratio = if k > 0.0 { w / k } else { 0.0 };
-                let _ = write!(row, " {w:.1} ({wl:.1}–{wh:.1}) | {k:.1} ({kl:.1}–{kh:.1}) | {ratio:.2} |");
+                let mut row = format!("| {mname} | {w:.1} ({wl:.1}–{wh:.1}) |");
+                for base in [ipt, nft] {
+                    let (k, kl, kh) = stats(samples, base, path, f);
+                    let ratio = if k > 0.0 { w / k } else { 0.0 };
+                    let _ = write!(row, " {k:.1} ({kl:.1}–{kh:.1}) | {ratio:.2} |");
+                }
+                let _ = writeln!(o, "{row}");
             }
-            let _ = writeln!(o, "{row}");
+            o.push('\n');
         }
-        o.push('\n');
     }
-    let failures: u64 = samples.iter().map(|s| s.pod_to_pod.short.failures + s.pod_to_clusterip.short.failures + s.pod_to_pod.keepalive.failures + s.pod_to_clusterip.keepalive.failures).sum();
+    let failures: u64 = samples
+        .iter()
+        .flat_map(|s| [&s.pod_to_pod, &s.pod_to_clusterip, &s.outside_to_nodeport])
+        .map(|p| p.short.failures + p.keepalive.failures)
+        .sum();
     let _ = writeln!(o, "Failed requests across all samples: {failures}.");
     o
 }
 
-fn measure(t: &XnodeTopo, dst: std::net::Ipv4Addr, ports: (u16, u16, u16), dur: Duration, ka: usize, secs: u32) -> Path {
-    let ns = t.client.ns();
+fn measure(ns: &weir_tests::netns::NetNs, dst: std::net::Ipv4Addr, ports: (u16, u16, u16), dur: Duration, ka: usize, secs: u32) -> Path {
     Path { short: short_connections(ns, dst, ports.0, dur), keepalive: keepalive(ns, dst, ports.1, ka), throughput_gbps: iperf(ns, dst, ports.2, secs) }
 }
 
@@ -85,14 +97,17 @@ fn main() {
         for setup in Setup::ALL {
             eprintln!("==> rep {rep} {}", setup.as_str());
             let t = XnodeTopo::new(setup);
-            let pod_to_pod = measure(&t, t.server.ip, (8080, 9000, 5201), dur, ka, secs);
-            let pod_to_clusterip = measure(&t, VIP, (SHORT_PORT, KEEPALIVE_PORT, IPERF_PORT), dur, ka, secs);
+            let pod_to_pod = measure(t.client.ns(), t.server.ip, (8080, 9000, 5201), dur, ka, secs);
+            let pod_to_clusterip = measure(t.client.ns(), VIP, (SHORT_PORT, KEEPALIVE_PORT, IPERF_PORT), dur, ka, secs);
+            let node0 = t.cluster.nodes[0].ip;
+            let outside_to_nodeport = measure(&t.cluster.outside, node0, (SHORT_NODE_PORT, KEEPALIVE_NODE_PORT, IPERF_NODE_PORT), dur, ka, secs);
             eprintln!(
-                "    pod→pod {:.2} Gbit/s {:.0} conn/s p50 {:.0} µs; pod→VIP {:.2} Gbit/s {:.0} conn/s p50 {:.0} µs",
-                pod_to_pod.throughput_gbps, pod_to_pod.short.per_s, pod_to_pod.keepalive.p50_us,
-                pod_to_clusterip.throughput_gbps, pod_to_clusterip.short.per_s, pod_to_clusterip.keepalive.p50_us
+                "    pod→pod {:.2} Gbit/s {:.0} conn/s; pod→VIP {:.2} Gbit/s {:.0} conn/s; outside→NodePort {:.2} Gbit/s {:.0} conn/s p50 {:.0} µs",
+                pod_to_pod.throughput_gbps, pod_to_pod.short.per_s,
+                pod_to_clusterip.throughput_gbps, pod_to_clusterip.short.per_s,
+                outside_to_nodeport.throughput_gbps, outside_to_nodeport.short.per_s, outside_to_nodeport.keepalive.p50_us
             );
-            samples.push(Sample { setup, rep, pod_to_pod, pod_to_clusterip });
+            samples.push(Sample { setup, rep, pod_to_pod, pod_to_clusterip, outside_to_nodeport });
         }
     }
     let md = report(&samples, &machine(), reps);
