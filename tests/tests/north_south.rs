@@ -419,6 +419,27 @@ fn nodeport_addresses_choose_the_node_addresses_that_serve(mode: &str) {
     w.c.wait_for("the removed address stops serving", || !served(&w));
 }
 
+fn short_connections_reuse_the_masquerade_tuples_of_finished_ones(mode: &str) {
+    // 12,000 serial connections through an eTP Cluster NodePort: more
+    // than the masquerade range holds per backend (4,536 ports each, two
+    // backends), all finished within the closing timeout. A finished
+    // flow's tuple is free for the next SYN, so none collides and none
+    // waits for a SYN retransmission.
+    let w = world(mode, &[]);
+    let node0 = w.c.nodes[0].ip;
+    let slowest = w.c.outside.run(move || {
+        let mut slowest = std::time::Duration::ZERO;
+        for i in 0..12_000 {
+            let t = std::time::Instant::now();
+            request_here(CLIENT2, node0, 30080).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            slowest = slowest.max(t.elapsed());
+        }
+        slowest
+    });
+    assert_eq!(drops(&w.c, 0, "tuple_collision"), 0, "no new flow found its masquerade tuple taken");
+    assert!(slowest < std::time::Duration::from_millis(900), "no connection waited for a SYN retransmission: slowest {slowest:?}");
+}
+
 /// One request and its answer from `src` to `dst:port`, on this thread
 /// (whose namespace is the caller's).
 fn request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> std::io::Result<Vec<u8>> {
@@ -451,4 +472,5 @@ weir_tests::both_routing_modes!(
     an_agent_restart_breaks_no_north_south_connection,
     host_processes_reach_frontends_through_the_socket_programs,
     nodeport_addresses_choose_the_node_addresses_that_serve,
+    short_connections_reuse_the_masquerade_tuples_of_finished_ones,
 );

@@ -15,7 +15,7 @@ use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcCont
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_MASQ, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
+    ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_MASQ, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_SYN, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
     lb::{
         AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_LOCAL_ONLY,
@@ -418,7 +418,12 @@ fn claim_rev(cfg: &DatapathConfig) -> u32 {
         && s.other.nat_addr == s.rev.nat_addr
         && s.other.nat_port == s.rev.nat_port
         && s.other.orig_port == s.rev.orig_port;
-    if same_flow || !is_alive(&s.other, conntrack::now_ns()) {
+    // A TCP flow that has finished (both FINs, or a RST) leaves its tuple
+    // to a new connection's SYN, as a TIME_WAIT socket does: without this
+    // a tuple space (the masquerade range is 4,536 ports per backend) is
+    // held for the closing timeout after every short connection.
+    let finished = s.rkey.proto == PROTO_TCP && s.fwd.state == CT_STATE_SYN && (s.other.state == CT_STATE_CLOSING || s.other.state == CT_STATE_CLOSED);
+    if same_flow || finished || !is_alive(&s.other, conntrack::now_ns()) {
         return if replace(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
     }
     let _ = cfg;
