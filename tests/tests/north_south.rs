@@ -213,6 +213,15 @@ fn frontends_without_endpoints_refuse_and_other_node_ports_are_untouched(mode: &
     let err = udp_request_from(&w.c.outside, CLIENT, node0, 30085, b"q".to_vec(), DEFAULT_TIMEOUT).expect_err("no endpoints");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "UDP gets ICMP port unreachable: {err}");
     assert!(drops(&w.c, 0, "no_endpoints") >= 2, "both counted as no_endpoints");
+    // /metrics counts north-south flows by frontend kind and verdict.
+    let _ = from_outside(&w, CLIENT, node0, 30080, 2);
+    let metrics = w.c.nodes[0].node.agent_http("/metrics");
+    let count = |kind: &str, verdict: &str| -> u64 {
+        let want = format!("weir_north_south_flows_total{{kind=\"{kind}\",verdict=\"{verdict}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&want)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    assert!(count("NodePort", "rejected") >= 2, "rejected NodePort flows counted:\n{metrics}");
+    assert!(count("NodePort", "new") >= 2, "new NodePort flows counted:\n{metrics}");
     // A server of the node itself on a port that is no NodePort sees the
     // client's own address: weir leaves that traffic alone.
     let _host = tcp_server(w.c.nodes[0].node.ns(), 9999, Reply::Peer("host".into()));

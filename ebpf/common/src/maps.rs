@@ -124,6 +124,11 @@ pub const NO_MASQ_MAX_ENTRIES: u32 = 16_384;
 pub const SOCK_REVNAT: &str = "WEIR_SOCK_REVNAT";
 pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
 
+/// North-south flows by frontend kind and verdict (per-CPU array of u64,
+/// see `stats::NS_VERDICTS`).
+pub const NS_FLOWS: &str = "WEIR_NS_FLOWS";
+pub const NS_FLOWS_MAX_ENTRIES: u32 = 16;
+
 /// loadBalancerSourceRanges: (service id, source prefix) → 1.
 pub const SOURCE_RANGES: &str = "WEIR_SOURCE_RANGES";
 pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;

@@ -71,3 +71,23 @@ const _: () = assert!(core::mem::size_of::<IfStatsKey>() == 8);
 const _: () = assert!(core::mem::size_of::<IfStats>() == 16);
 
 crate::user_pod!(IfStatsKey, IfStats);
+
+/// North-south flow counters (`WEIR_NS_FLOWS`, per-CPU array of u64):
+/// new flows from outside the node to a frontend, by frontend kind
+/// (`lb::KIND_*`) and verdict, at index `kind * NS_VERDICTS + verdict`.
+pub const NS_VERDICTS: u32 = 3;
+/// The flow was load-balanced.
+pub const NS_NEW: u32 = 0;
+/// The flow was dropped (policy, no local endpoint, source ranges, ...).
+pub const NS_DROPPED: u32 = 1;
+/// The flow was rejected (no endpoints).
+pub const NS_REJECTED: u32 = 2;
+
+/// The verdict's name, for metrics.
+pub const fn ns_verdict_name(v: u32) -> &'static str {
+    match v {
+        NS_NEW => "new",
+        NS_DROPPED => "dropped",
+        _ => "rejected",
+    }
+}

@@ -9,12 +9,16 @@
 //! the pods' own to_pod checks run.
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, programs::TcContext};
-use weir_common::{addr::Addr, drop::DropReason};
+use weir_common::{
+    addr::Addr,
+    drop::DropReason,
+    stats::{NS_DROPPED, NS_NEW, NS_REJECTED},
+};
 
 use crate::{
     conntrack, events, frag,
     hdr::{Ipv4Pkt, FRAG_FIRST},
-    icmp, lb, policy, reject, source,
+    icmp, lb, policy, reject, source, stats,
 };
 
 /// An IPv4 packet from outside the node.
@@ -55,18 +59,24 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     if verdict == lb::NEW_FLOW {
         let Some(t) = lb::new_flow_tuple(pkt) else { return TC_ACT_SHOT as i32 };
         if !policy::allow_new(ctx, &t, policy::CHECK_INGRESS) {
+            stats::north_south(NS_DROPPED);
             return TC_ACT_SHOT as i32;
         }
         events::trace(ctx, pkt, &t);
         let verdict = lb::commit(ctx, pkt, cfg);
+        stats::north_south(if lb::dropped(verdict).is_some() { NS_DROPPED } else { NS_NEW });
         return lb::settle(ctx, pkt, verdict);
     }
     if let Some(reason) = lb::rejected(verdict) {
+        stats::north_south(NS_REJECTED);
         events::drop(ctx, pkt, reason as u32);
         return reject::reject(ctx, pkt, reason, reject::BACK_OUT);
     }
     if verdict == lb::NOT_HANDLED {
         return TC_ACT_OK as i32;
+    }
+    if lb::dropped(verdict).is_some() {
+        stats::north_south(NS_DROPPED);
     }
     lb::settle(ctx, pkt, verdict)
 }

@@ -219,11 +219,13 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
             s.frontend.port = 0;
             s.frontend.proto = 0;
             if FRONTENDS.get_ptr(&s.frontend).is_some() {
+                s.svc_flags = 0; // only ClusterIPs mark their address
                 return reject_with(DropReason::UnknownServicePort);
             }
             return NOT_HANDLED;
         }
     };
+    s.svc_flags = svc.flags;
     s.fkey = key(client, vip, pkt.sport, pkt.dport, pkt.proto, CT_SVC_FWD);
 
     // An existing flow keeps its backend while the backend exists, unless

@@ -70,6 +70,9 @@ pub static MASQ: HashMap<u32, MasqDevice> = HashMap::pinned(MASQ_MAX_ENTRIES, 0)
 #[map(name = "WEIR_NO_MASQ")]
 pub static NO_MASQ: LpmTrie<Addr, u32> = LpmTrie::pinned(NO_MASQ_MAX_ENTRIES, 0);
 
+#[map(name = "WEIR_NS_FLOWS")]
+pub static NS_FLOWS: PerCpuArray<u64> = PerCpuArray::pinned(NS_FLOWS_MAX_ENTRIES, 0);
+
 #[map(name = "WEIR_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
 
@@ -148,6 +151,8 @@ pub struct Scratch {
     pub other: CtEntry,
     /// The header an ICMP error quotes.
     pub icmp_inner: crate::icmp::Inner,
+    /// The flags of the frontend `lb::forward` matched last.
+    pub svc_flags: u32,
 }
 
 #[map(name = "WEIR_SCRATCH")]

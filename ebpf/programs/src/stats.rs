@@ -1,10 +1,28 @@
-//! Per-interface packet and byte counters.
+//! Per-interface packet and byte counters, and north-south flow counters.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use weir_common::stats::{Direction, DpError, IfStats, IfStatsKey};
+use weir_common::{
+    lb::svc_kind,
+    stats::{Direction, DpError, IfStats, IfStatsKey, NS_VERDICTS},
+};
 use weir_logic::counters::account;
 
-use crate::{errors, maps::IF_STATS};
+use crate::{
+    errors,
+    maps::{scratch, IF_STATS, NS_FLOWS},
+};
+
+/// Counts a new north-south flow's `verdict` (`stats::NS_*`) under the
+/// kind of the frontend `lb::forward` matched.
+#[inline(always)]
+pub fn north_south(verdict: u32) {
+    let Some(s) = scratch() else { return };
+    let i = svc_kind(s.svc_flags) * NS_VERDICTS + verdict;
+    if let Some(p) = NS_FLOWS.get_ptr_mut(i) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *p = (*p).wrapping_add(1) };
+    }
+}
 
 /// Counts one packet of `len` bytes on `ifindex` in direction `dir`.
 #[inline(always)]

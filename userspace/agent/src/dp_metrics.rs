@@ -27,6 +27,12 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NorthSouthLabels {
+    kind: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -79,6 +85,18 @@ impl Collector for DatapathCollector {
             let mut m = encoder.encode_descriptor("datapath_errors", "Things the datapath could not do, by error", None, MetricType::Counter)?;
             for (e, n) in errors {
                 ConstCounter::new(n).encode(m.encode_family(&ErrorLabels { error: e.as_str().into() })?)?;
+            }
+        }
+        // Pinned once the node object is loaded.
+        if let Ok(flows) = stats::read_north_south(&self.layout) {
+            let mut m = encoder.encode_descriptor(
+                "north_south_flows",
+                "New flows from outside the node to a frontend, by frontend kind and verdict (new, dropped, rejected)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, verdict, n) in flows {
+                ConstCounter::new(n).encode(m.encode_family(&NorthSouthLabels { kind: kind.as_str().into(), verdict: verdict.into() })?)?;
             }
         }
         if let Ok(events) = stats::read_ct_stats(&self.layout) {

@@ -62,6 +62,15 @@ pub fn read_drops(layout: &PinLayout) -> Result<Vec<(DropReason, u64)>, Datapath
     read_counters(layout, DROPS, DropReason::ALL.map(|r| (r, r as u32)))
 }
 
+/// Reads the north-south flow counters (`WEIR_NS_FLOWS`), summed over all
+/// CPUs: (frontend kind, verdict name, count) for every kind and verdict.
+pub fn read_north_south(layout: &PinLayout) -> Result<Vec<(weir_desired::Kind, &'static str, u64)>, DatapathError> {
+    use weir_common::stats::{ns_verdict_name, NS_VERDICTS};
+    let kinds = [weir_desired::Kind::ClusterIp, weir_desired::Kind::NodePort, weir_desired::Kind::LoadBalancer, weir_desired::Kind::ExternalIp];
+    let idx = kinds.iter().flat_map(|k| (0..NS_VERDICTS).map(move |v| ((*k, ns_verdict_name(v)), k.number() * NS_VERDICTS + v)));
+    Ok(read_counters(layout, weir_common::maps::NS_FLOWS, idx)?.into_iter().map(|((k, v), n)| (k, v, n)).collect())
+}
+
 /// Reads the conntrack counters (`WEIR_CT_STATS`), summed over all CPUs.
 pub fn read_ct_stats(layout: &PinLayout) -> Result<Vec<(weir_common::ct::CtStat, u64)>, DatapathError> {
     use weir_common::ct::CtStat;
