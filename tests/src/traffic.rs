@@ -151,34 +151,28 @@ pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
 /// Connects from `ns` to `dst:port`, sends `payload`, half-closes and
 /// returns everything the server answered.
 pub fn tcp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
-    ns.run(move || {
-        let addr = SocketAddr::V4(SocketAddrV4::new(dst, port));
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.write_all(&payload)?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
-        Ok(out)
-    })
+    tcp_request_from(ns, Ipv4Addr::UNSPECIFIED, dst, port, payload, timeout)
 }
 
 /// [`tcp_request`] from the source address `src` (one the namespace holds).
 pub fn tcp_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
-    ns.run(move || {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-        sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
-        sock.connect_timeout(&SocketAddr::V4(SocketAddrV4::new(dst, port)).into(), timeout)?;
-        let mut s: TcpStream = sock.into();
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.write_all(&payload)?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
-        Ok(out)
-    })
+    ns.run(move || tcp_request_here(src, dst, port, &payload, timeout))
+}
+
+/// [`tcp_request_from`] on the calling thread, in whatever namespace the
+/// thread is in (for loops that run inside a namespace's thread).
+pub fn tcp_request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
+    sock.connect_timeout(&SocketAddr::V4(SocketAddrV4::new(dst, port)).into(), timeout)?;
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(payload)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Sends one datagram from `ns` to `dst:port` and waits for one answer.

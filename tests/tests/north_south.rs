@@ -452,17 +452,7 @@ fn short_connections_reuse_the_masquerade_tuples_of_finished_ones(mode: &str) {
 /// One request and its answer from `src` to `dst:port`, on this thread
 /// (whose namespace is the caller's).
 fn request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read as _, Write as _};
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::from((src, 0)).into())?;
-    sock.connect_timeout(&SocketAddr::from((dst, port)).into(), DEFAULT_TIMEOUT)?;
-    let mut s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
-    s.write_all(b"hi")?;
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    Ok(out)
+    weir_tests::traffic::tcp_request_here(src, dst, port, b"hi", DEFAULT_TIMEOUT)
 }
 
 fn drops(c: &Cluster, node: usize, reason: &str) -> u64 {
