@@ -19,7 +19,7 @@
 //! drop reasons as the tc path.
 
 use aya_ebpf::{
-    bindings::BPF_ANY,
+    bindings::{bpf_sock_addr, BPF_ANY},
     helpers::{bpf_get_prandom_u32, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie}},
     programs::SockAddrContext,
     EbpfContext as _,
@@ -41,11 +41,17 @@ use crate::{
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
-/// Whether the socket belongs to this node's network namespace.
+/// The configuration and the socket address, when the socket belongs to
+/// this node's network namespace (else the programs leave it alone).
 #[inline(always)]
-fn ours(ctx: &SockAddrContext, cfg: &DatapathConfig) -> bool {
+fn ours(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, &mut bpf_sock_addr)> {
+    let cfg = conntrack::config()?;
     // SAFETY: plain helper call on the program's own context.
-    cfg.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.netns_cookie
+    if cfg.netns_cookie == 0 || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.netns_cookie {
+        return None;
+    }
+    // SAFETY: the context pointer is valid for the program run.
+    Some((cfg, unsafe { &mut *ctx.sock_addr }))
 }
 
 #[inline(always)]
@@ -58,12 +64,7 @@ fn proto(ctx: &SockAddrContext) -> u8 {
 /// it asks for.
 #[inline(always)]
 pub fn translate(ctx: &SockAddrContext) -> i32 {
-    let Some(cfg) = conntrack::config() else { return ALLOW };
-    if !ours(ctx, cfg) {
-        return ALLOW;
-    }
-    // SAFETY: the context pointer is valid for the program run.
-    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some((cfg, sa)) = ours(ctx) else { return ALLOW };
     let (vip, vport, proto) = (sa.user_ip4, sa.user_port as u16, proto(ctx));
     let key = FrontendKey { addr: Addr::from_v4_raw(vip), port: vport, proto, scope: SCOPE_INTERNAL };
     let Some(svc) = read(FRONTENDS.get_ptr(&key)) else {
@@ -102,12 +103,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
 /// asked for instead of its backend.
 #[inline(always)]
 pub fn restore(ctx: &SockAddrContext) -> i32 {
-    let Some(cfg) = conntrack::config() else { return ALLOW };
-    if !ours(ctx, cfg) {
-        return ALLOW;
-    }
-    // SAFETY: the context pointer is valid for the program run.
-    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some((_, sa)) = ours(ctx) else { return ALLOW };
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rk = SockRevKey { cookie, addr: Addr::from_v4_raw(sa.user_ip4), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };
