@@ -9,6 +9,7 @@
 //! the pods' own to_pod checks run.
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, programs::TcContext};
+use weir_logic::frontend::Origin;
 use weir_common::{
     addr::Addr,
     drop::DropReason,
@@ -55,7 +56,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     if verdict != lb::NOT_HANDLED {
         return lb::settle(ctx, pkt, verdict);
     }
-    let verdict = lb::forward(ctx, pkt, cfg, now, lb::FROM_OUTSIDE);
+    let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Outside);
     if verdict == lb::NEW_FLOW {
         let Some(t) = lb::new_flow_tuple(pkt) else { return TC_ACT_SHOT as i32 };
         if !policy::allow_new(ctx, &t, policy::CHECK_INGRESS) {

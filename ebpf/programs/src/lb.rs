@@ -18,14 +18,13 @@ use weir_common::{
     ct::{CtEntry, CtKey, CtStat, CT_F_HAIRPIN, CT_F_MASQ, CT_F_REMAPPED, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_SYN, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
     lb::{
-        AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_LOCAL_ONLY,
-        SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_SOURCE_RANGES, SVC_F_SPLIT,
-    },
+        AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL},
     masq::{PORT_MAX, PORT_MIN},
     stats::DpError,
 };
 use weir_logic::{
     ct::{backend_sees, first, is_alive, is_syn, reopens, source_translated, TCP_ACK, TCP_SYN},
+    frontend::{external_entry, masquerades, refuse_new, Origin, Refusal},
     hash::flow_hash,
     select::{affinity_valid, choose_slot, eligible, has_affinity},
 };
@@ -185,18 +184,12 @@ fn rebuild_fwd(rev: *const CtEntry, pkt: &Ipv4Pkt) {
     }
 }
 
-/// [`forward`]: the packet comes from one of this node's pods.
-pub const FROM_POD: u32 = 0;
-/// [`forward`]: the packet comes from outside the node (an uplink, or the
-/// tunnel).
-pub const FROM_OUTSIDE: u32 = 1;
-
 /// A packet to a service frontend: pick (or recall) the backend and DNAT.
 /// Traffic to a service IP on a port it does not serve is rejected.
-/// `origin` ([`FROM_POD`], [`FROM_OUTSIDE`]) decides which entry of a
+/// `origin` (a pod, or outside the node) decides which entry of a
 /// split frontend serves it and whether a new flow is masqueraded.
 #[inline(never)]
-pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64, origin: u32) -> i32 {
+pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64, origin: Origin) -> i32 {
     let Some(s) = scratch() else { return NOT_HANDLED };
     let (client, vip) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
     s.frontend = FrontendKey { addr: vip, port: pkt.dport, proto: pkt.proto, scope: SCOPE_INTERNAL };
@@ -204,7 +197,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     // A split frontend (externalTrafficPolicy: Local) serves traffic from
     // outside the node from its external entry.
     let found = match found {
-        Some(svc) if origin == FROM_OUTSIDE && svc.flags & SVC_F_SPLIT != 0 => {
+        Some(svc) if external_entry(&svc, origin) => {
             s.frontend.scope = SCOPE_EXTERNAL;
             match read(FRONTENDS.get_ptr(&s.frontend)) {
                 Some(ext) => Some(ext),
@@ -256,14 +249,10 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if pkt.later_fragment() {
         return drop_with(DropReason::FragmentUnknown);
     }
-    if svc.flags & SVC_F_SOURCE_RANGES != 0 && !in_source_ranges(svc.id, pkt.saddr) {
-        return drop_with(DropReason::NotInSourceRanges);
-    }
-    if svc.backend_count == 0 {
-        if svc.flags & SVC_F_LOCAL_ONLY != 0 {
-            return drop_with(DropReason::NoLocalEndpoints);
-        }
-        return reject_with(DropReason::NoEndpoints);
+    match refuse_new(&svc, || in_source_ranges(svc.id, pkt.saddr)) {
+        Some(Refusal::Drop(reason)) => return drop_with(reason),
+        Some(Refusal::Reject(reason)) => return reject_with(reason),
+        None => {}
     }
     let backend_id = select(&svc, pkt, now, &mut s.backend);
     if backend_id == NO_BACKEND {
@@ -289,7 +278,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     // Flows from outside are charged to no pod link: the quota bounds
     // what one pod can open.
     // SAFETY: the context pointer is valid for the program's lifetime.
-    s.fwd.owner = if origin == FROM_OUTSIDE { 0 } else { unsafe { (*ctx.skb.skb).ifindex } };
+    s.fwd.owner = if origin == Origin::Outside { 0 } else { unsafe { (*ctx.skb.skb).ifindex } };
     copy_entry(&mut s.rev, &s.fwd);
     s.rev.nat_addr = vip;
     s.rev.nat_port = pkt.dport;
@@ -304,16 +293,6 @@ fn in_source_ranges(svc_id: u32, client: u32) -> bool {
     // The service id (32 bits) and the whole v4-mapped address (128).
     let k = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, SourceRangeKey { svc_id, addr: Addr::from_v4_raw(client) });
     SOURCE_RANGES.get(&k).is_some()
-}
-
-/// Whether a new flow of `svc` to `backend` is masqueraded: where
-/// kube-proxy masquerades (see `SVC_F_MASQ_*`), once the node address is
-/// known, and never to a backend in the node's own network namespace
-/// (the stack delivers that locally, where a local source is a martian).
-#[inline(always)]
-fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: u32) -> bool {
-    let want = if origin == FROM_OUTSIDE { SVC_F_MASQ_REMOTE } else { SVC_F_MASQ_LOCAL };
-    svc.flags & want != 0 && cfg.node_addr != Addr::ZERO && *backend != cfg.node_addr
 }
 
 /// A port of the masquerade range (above the kernel's ephemeral ports, so

@@ -28,8 +28,9 @@ use weir_common::{
     addr::Addr,
     config::DatapathConfig,
     drop::DropReason,
-    lb::{FrontendKey, SockRevKey, SockRevValue, SCOPE_INTERNAL, SVC_F_LOCAL_ONLY},
+    lb::{FrontendKey, SockRevKey, SockRevValue, SCOPE_INTERNAL},
 };
+use weir_logic::frontend::{refuse_new, Refusal};
 
 use crate::{
     conntrack,
@@ -77,8 +78,10 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         }
         return ALLOW;
     };
-    if svc.backend_count == 0 {
-        drop_reason(if svc.flags & SVC_F_LOCAL_ONLY != 0 { DropReason::NoLocalEndpoints } else { DropReason::NoEndpoints });
+    // Source ranges restrict LB IPs for clients outside the node; the node
+    // itself is allowed, as kube-proxy allows it.
+    if let Some(Refusal::Drop(reason) | Refusal::Reject(reason)) = refuse_new(&svc, || true) {
+        drop_reason(reason);
         return REFUSE;
     }
     let Some(s) = scratch() else { return ALLOW };

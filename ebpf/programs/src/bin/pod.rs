@@ -16,6 +16,7 @@
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
 use weir_common::{addr::Addr, drop::DropReason, stats::Direction};
+use weir_logic::frontend::Origin;
 use weir_ebpf::{
     conntrack, events, frag,
     hdr::{self, Ipv4Pkt, FRAG_FIRST, FRAME_ARP, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
@@ -72,7 +73,7 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     if verdict != lb::NOT_HANDLED {
         return lb::settle(ctx, pkt, verdict);
     }
-    let verdict = lb::forward(ctx, pkt, cfg, now, lb::FROM_POD);
+    let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Pod);
     if verdict == lb::NEW_FLOW {
         // Policy sees the real backend: the client's egress and the
         // backend's ingress are judged on the translated tuple, before any

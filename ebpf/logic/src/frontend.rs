@@ -1,0 +1,121 @@
+//! What a service frontend does with a flow, by where the flow comes from:
+//! which entry of a split frontend serves it, whether a new flow is
+//! refused (source ranges, no endpoints), and whether it is masqueraded.
+//! The tc path (`lb::forward`), the socket path and `weir explain` share
+//! these decisions.
+
+use weir_common::{
+    addr::Addr,
+    config::DatapathConfig,
+    drop::DropReason,
+    lb::{Service, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_SOURCE_RANGES, SVC_F_SPLIT},
+};
+
+/// Where a flow comes from, as the service path tells them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Origin {
+    /// One of this node's pods (from_pod).
+    Pod = 0,
+    /// Outside the node: an uplink device, or the tunnel (from_net,
+    /// from_tunnel).
+    Outside = 1,
+    /// The node's own processes (the socket programs): no packet is
+    /// translated, so nothing is masqueraded.
+    Host = 2,
+}
+
+/// Whether a flow from `origin` is served by the external entry of the
+/// frontend whose internal entry is `internal`: only traffic from outside
+/// the node, and only for a split frontend (externalTrafficPolicy: Local).
+#[inline(always)]
+pub fn external_entry(internal: &Service, origin: Origin) -> bool {
+    origin == Origin::Outside && internal.flags & SVC_F_SPLIT != 0
+}
+
+/// Why a new flow is not let in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Dropped silently (the client times out).
+    Drop(DropReason),
+    /// Answered: TCP RST or ICMP port unreachable (EPERM at connect on the
+    /// socket path).
+    Reject(DropReason),
+}
+
+/// Whether a new flow to `svc` is refused before a backend is chosen:
+/// outside the source ranges (`in_ranges` is asked only when the service
+/// has some), or no endpoint (dropped when only local endpoints count, as
+/// kube-proxy drops; rejected otherwise).
+#[inline(always)]
+pub fn refuse_new(svc: &Service, in_ranges: impl FnOnce() -> bool) -> Option<Refusal> {
+    if svc.flags & SVC_F_SOURCE_RANGES != 0 && !in_ranges() {
+        return Some(Refusal::Drop(DropReason::NotInSourceRanges));
+    }
+    if svc.backend_count == 0 {
+        if svc.flags & SVC_F_LOCAL_ONLY != 0 {
+            return Some(Refusal::Drop(DropReason::NoLocalEndpoints));
+        }
+        return Some(Refusal::Reject(DropReason::NoEndpoints));
+    }
+    None
+}
+
+/// Whether a new flow of `svc` from `origin` to `backend` is masqueraded
+/// to the node address: where kube-proxy masquerades (see `SVC_F_MASQ_*`),
+/// once the node address is known, and never to a backend in the node's
+/// own network namespace (the stack delivers that locally, where a local
+/// source is a martian). The node's own processes are never masqueraded:
+/// their sockets already carry a node address.
+#[inline(always)]
+pub fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: Origin) -> bool {
+    let want = match origin {
+        Origin::Pod => SVC_F_MASQ_LOCAL,
+        Origin::Outside => SVC_F_MASQ_REMOTE,
+        Origin::Host => return false,
+    };
+    svc.flags & want != 0 && cfg.node_addr != Addr::ZERO && *backend != cfg.node_addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(flags: u32, backends: u32) -> Service {
+        Service { flags, backend_count: backends, ..Service::default() }
+    }
+
+    #[test]
+    fn only_outside_traffic_takes_the_external_entry_of_a_split_frontend() {
+        let split = svc(SVC_F_SPLIT, 1);
+        assert!(external_entry(&split, Origin::Outside));
+        assert!(!external_entry(&split, Origin::Pod));
+        assert!(!external_entry(&split, Origin::Host));
+        assert!(!external_entry(&svc(0, 1), Origin::Outside));
+    }
+
+    #[test]
+    fn refusals_follow_kube_proxy() {
+        assert_eq!(refuse_new(&svc(0, 0), || true), Some(Refusal::Reject(DropReason::NoEndpoints)));
+        assert_eq!(refuse_new(&svc(SVC_F_LOCAL_ONLY, 0), || true), Some(Refusal::Drop(DropReason::NoLocalEndpoints)));
+        assert_eq!(refuse_new(&svc(SVC_F_SOURCE_RANGES, 2), || false), Some(Refusal::Drop(DropReason::NotInSourceRanges)));
+        assert_eq!(refuse_new(&svc(SVC_F_SOURCE_RANGES, 2), || true), None);
+        // Ranges are not asked for a service without them.
+        assert_eq!(refuse_new(&svc(0, 2), || panic!("asked")), None);
+    }
+
+    #[test]
+    fn masquerade_by_origin() {
+        let node = Addr::from_v4_raw(u32::from_ne_bytes([192, 168, 0, 1]));
+        let backend = Addr::from_v4_raw(u32::from_ne_bytes([10, 244, 1, 5]));
+        let cfg = DatapathConfig { node_addr: node, ..DatapathConfig::DEFAULT };
+        let both = svc(SVC_F_MASQ_LOCAL | SVC_F_MASQ_REMOTE, 1);
+        assert!(masquerades(&both, &cfg, &backend, Origin::Pod));
+        assert!(masquerades(&both, &cfg, &backend, Origin::Outside));
+        assert!(!masquerades(&both, &cfg, &backend, Origin::Host));
+        assert!(!masquerades(&both, &cfg, &node, Origin::Outside), "a host-network backend on this node");
+        assert!(!masquerades(&svc(SVC_F_MASQ_REMOTE, 1), &cfg, &backend, Origin::Pod));
+        let unknown = DatapathConfig { node_addr: Addr::ZERO, ..cfg };
+        assert!(!masquerades(&both, &unknown, &backend, Origin::Outside));
+    }
+}
