@@ -17,6 +17,7 @@ pub mod kubeapi;
 pub mod names;
 pub mod netns;
 pub mod netpol;
+pub mod north_south;
 pub mod node;
 pub mod pod;
 pub mod privileged;

@@ -9,7 +9,7 @@ use weir_common::policy::{IpInfo, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_ANY, 
 use weir_datapath::{
     attach::Hook,
     ct::monotonic_ns,
-    explain::{Maps, Packet},
+    explain::{Entry, Maps, Packet},
     lb::{spec::Protocol, Lb},
     policy::PolicyMaps,
     PinLayout, PodDatapath,
@@ -111,7 +111,7 @@ fn explain_matches_the_kernel_on_random_flows() {
             let sport = 1024 + (rng.next() % 60000) as u16;
             let (dst, dport, proto) = rng.pick(&dsts);
             let p = Packet { src: IpAddr::V4(src), sport, dst: IpAddr::V4(dst), dport, proto };
-            let x = maps.explain(&p, monotonic_ns()).expect("explain");
+            let x = maps.explain(&p, &Entry::Pod, monotonic_ns()).expect("explain");
             let pkt = if proto == 6 { testrun::tcp4((src, sport), (dst, dport), true, b"") } else { testrun::udp4((src, sport), (dst, dport), b"q") };
             let run = testrun::run(prog, &pkt).expect("test_run");
             let ctx = format!("flow {i}: {src}:{sport} -> {dst}:{dport}/{proto}: explain said {x:?}");
@@ -130,7 +130,7 @@ fn explain_matches_the_kernel_on_random_flows() {
                     assert_eq!((IpAddr::V4(out.dst), out.dport), want, "{ctx}");
                     // The next packet rides conntrack to the same place, and explain says so.
                     if x.backend.is_some() {
-                        let again = maps.explain(&p, monotonic_ns()).expect("explain");
+                        let again = maps.explain(&p, &Entry::Pod, monotonic_ns()).expect("explain");
                         assert_eq!(again.nat, x.nat, "{ctx}");
                         assert!(again.reason.contains("conntrack"), "{ctx}: {again:?}");
                     }

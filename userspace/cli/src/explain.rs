@@ -1,17 +1,39 @@
-//! `weir explain <src>[:port] <dst>:<port>/<tcp|udp>`: what the datapath
-//! will do with the first packet of that flow, and why, computed by
-//! `weir_datapath::explain` with the kernel's own decision code.
+//! `weir explain [--from-device DEV | --from-host] [<src>[:port]] <dst>:<port>/<tcp|udp>`:
+//! what the datapath will do with the first packet of that flow, and why,
+//! computed by `weir_datapath::explain` with the kernel's own decision
+//! code. By default the packet comes from a local pod; `--from-device`
+//! takes it as arriving on a node device weir is attached to, and
+//! `--from-host` as sent by one of the node's own processes.
 
 use std::net::IpAddr;
 
 use anyhow::{bail, Context as _};
 use weir_datapath::{
+    attach::Hook,
     ct::monotonic_ns,
-    explain::{Maps, Packet, Why},
+    explain::{Entry, Maps, Packet, Why},
     PinLayout,
 };
 
 use crate::output::Format;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The packet arrives on this node device (an uplink in --devices, or
+    /// the tunnel device), from outside the node.
+    #[arg(long, value_name = "DEVICE", conflicts_with = "from_host")]
+    from_device: Option<String>,
+    /// The packet is sent by one of the node's own processes (kubelet,
+    /// hostNetwork pods): the socket programs decide. The source may then
+    /// be left out.
+    #[arg(long)]
+    from_host: bool,
+    /// `[src] dst`: the source address with an optional port
+    /// (10.244.0.2 or 10.244.0.2:40000), then the destination address,
+    /// port and protocol (10.96.0.10:80/tcp).
+    #[arg(required = true, num_args = 1..=2, value_name = "ADDR")]
+    addrs: Vec<String>,
+}
 
 /// Parses `ip[:port]` (IPv6 as `[ip]:port`).
 fn endpoint(s: &str, what: &str, port_required: bool) -> anyhow::Result<(IpAddr, Option<u16>)> {
@@ -37,17 +59,42 @@ pub fn parse(src: &str, dst: &str) -> anyhow::Result<Packet> {
     Ok(Packet { src: src_ip, sport: sport.unwrap_or(40000), dst: dst_ip, dport: dport.unwrap_or(0), proto })
 }
 
-pub fn run(layout: &PinLayout, src: &str, dst: &str, format: Format) -> anyhow::Result<()> {
-    let p = parse(src, dst)?;
+/// The device must carry weir's ingress program (from_net or
+/// from_tunnel): elsewhere the kernel's own stack decides alone.
+fn attached_device(layout: &PinLayout, dev: &str) -> anyhow::Result<Entry> {
+    let pins = layout.link_pins()?;
+    if pins.iter().any(|l| l.ifname == dev && matches!(l.hook, Hook::FromNet | Hook::FromTunnel)) {
+        return Ok(Entry::Device(dev.to_string()));
+    }
+    let mut attached: Vec<&str> = pins.iter().filter(|l| matches!(l.hook, Hook::FromNet | Hook::FromTunnel)).map(|l| l.ifname.as_str()).collect();
+    attached.dedup();
+    let list = if attached.is_empty() { "none".to_string() } else { attached.join(", ") };
+    bail!("weir has no ingress program on device {dev:?}, so the kernel's stack alone decides there (devices weir is attached to: {list})")
+}
+
+pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()> {
+    let entry = match (&args.from_device, args.from_host) {
+        (Some(dev), _) => attached_device(layout, dev)?,
+        (None, true) => Entry::Host,
+        (None, false) => Entry::Pod,
+    };
     let maps = Maps::open(layout)?;
-    let x = maps.explain(&p, monotonic_ns())?;
+    let (src, dst) = match args.addrs.as_slice() {
+        [src, dst] => (src.clone(), dst.clone()),
+        [dst] if entry == Entry::Host => (maps.node_addr().map_or_else(|| "0.0.0.0".into(), |a| a.to_string()), dst.clone()),
+        _ => bail!("give a source and a destination (only --from-host may leave out the source)"),
+    };
+    let p = parse(&src, &dst)?;
+    let x = maps.explain(&p, &entry, monotonic_ns())?;
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&x)?);
         return Ok(());
     }
+    println!("entry    {}", x.entry);
     println!("packet   {}:{} -> {}:{} {}", p.src, p.sport, p.dst, p.dport, weir_datapath::explain::proto_name(p.proto));
     if let Some(s) = &x.service {
-        println!("service  {} (id {}, {} eligible backends)", s.frontend, s.service_id, s.eligible_backends);
+        let entry = if s.entry == "external" { ", external entry (externalTrafficPolicy: Local)" } else { "" };
+        println!("service  {} {} (id {}, endpoints: {}{entry}, {} eligible backends)", s.kind, s.frontend, s.service_id, s.endpoints, s.eligible_backends);
     }
     if let Some(b) = &x.backend {
         let why = match &b.why {
@@ -61,8 +108,13 @@ pub fn run(layout: &PinLayout, src: &str, dst: &str, format: Format) -> anyhow::
     if let Some((a, port)) = x.nat {
         println!("nat      destination -> {a}:{port}");
     }
+    if let Some(m) = x.masquerade {
+        println!("masq     source -> {m} (a port of 61000-65535)");
+    }
     for s in &x.policy {
-        let state = if !s.isolated {
+        let state = if s.from_node {
+            "the node's own flow: always admitted".to_string()
+        } else if !s.isolated {
             "not isolated".to_string()
         } else if s.allowed && s.rule == 0 {
             format!("allowed by default (peer identity {}, matched {})", s.peer_identity, s.matched_identity)

@@ -82,10 +82,8 @@ enum Command {
     /// What the datapath will do with a new flow, and why, using the
     /// kernel's own decision code on the live maps.
     Explain {
-        /// Source address, with an optional port: 10.244.0.2 or 10.244.0.2:40000.
-        src: String,
-        /// Destination address, port and protocol: 10.96.0.10:80/tcp.
-        dst: String,
+        #[command(flatten)]
+        args: explain::Args,
     },
 }
 
@@ -135,7 +133,7 @@ fn main() -> std::process::ExitCode {
             Ok(false) => return std::process::ExitCode::from(1),
             Err(e) => Err(e),
         },
-        Command::Explain { src, dst } => explain::run(&layout, &src, &dst, f),
+        Command::Explain { args } => explain::run(&layout, &args, f),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

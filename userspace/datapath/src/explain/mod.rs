@@ -1,30 +1,39 @@
-//! What the pod datapath will do with a packet, and why — computed with
-//! the kernel's own decision code (`weir_logic`) against the live pinned
-//! maps. It follows `from_pod`'s order: reply of a service flow (reverse
-//! NAT), service frontend (existing flow, affinity, selection slot, or
-//! rejection), then the policy of the flow's two ends.
+//! What the datapath will do with the first packet of a flow, and why —
+//! computed with the kernel's own decision code (`weir_logic`) against the
+//! live pinned maps. Three entries, as the kernel has them:
+//! - from a pod (`from_pod`): source validation, reply of a service flow
+//!   (reverse NAT), service frontend (existing flow, affinity, selection
+//!   slot, or refusal), then the policy of the flow's two ends;
+//! - from a device (`from_net` on an uplink, `from_tunnel`): a forged
+//!   local pod source, the frontend's external entry for
+//!   externalTrafficPolicy: Local, source ranges, the backend, the
+//!   masquerade, and the backend's ingress policy on the client's address;
+//! - from the node's own processes (the socket programs): the frontend's
+//!   internal entry, the backend the socket is pointed at (no packet is
+//!   translated), and the backend pod's ingress, which always admits the
+//!   node's own flows.
+
+mod policy;
+mod service;
 
 use std::net::IpAddr;
 
-use aya::maps::{lpm_trie::{Key, LpmTrie}, Array, HashMap, MapData};
+use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, MapData};
 use serde::Serialize;
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, CT_STATE_CLOSED, CT_STATE_CLOSING},
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, PROTO_TCP},
+    ct::{CtEntry, CtKey, CT_SVC_FWD, CT_SVC_REV},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP},
     link::LinkInfo,
-    maps::{AFFINITY, BACKENDS, CONFIG, CT, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POLICY},
-    policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, DIR_EGRESS, DIR_INGRESS, POLICY_PREFIX_FULL},
+    maps::{AFFINITY, BACKENDS, CONFIG, CT, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POD_ADDRS, POLICY, SOURCE_RANGES},
+    policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue},
 };
-use weir_logic::{
-    ct::is_alive,
-    hash::flow_hash,
-    policy::{decide, PolicyMaps},
-    select::{affinity_valid, choose_slot, eligible, has_affinity, SlotChoice},
-};
+use weir_logic::{ct::is_alive, frontend::Origin};
 
 use crate::{mmap::MmapU32Array, pinned, pins::PinLayout, DatapathError};
+
+use service::Frontend;
 
 /// The packet to explain: the first packet of a flow (a TCP SYN).
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +43,36 @@ pub struct Packet {
     pub dst: IpAddr,
     pub dport: u16,
     pub proto: u8,
+}
+
+/// Where the packet enters weir's datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Sent by a local pod (from_pod on its veth).
+    Pod,
+    /// Arrives on a node device weir is attached to (an uplink's from_net,
+    /// or the tunnel's from_tunnel), named for the output.
+    Device(String),
+    /// Sent by a process of the node itself (the socket programs).
+    Host,
+}
+
+impl Entry {
+    fn origin(&self) -> Origin {
+        match self {
+            Entry::Pod => Origin::Pod,
+            Entry::Device(_) => Origin::Outside,
+            Entry::Host => Origin::Host,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Entry::Pod => "a local pod".into(),
+            Entry::Device(d) => format!("device {d}"),
+            Entry::Host => "the node's own processes (socket programs)".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,6 +92,13 @@ pub enum Why {
 pub struct ServiceMatch {
     pub frontend: String,
     pub service_id: u32,
+    /// ClusterIP, NodePort, LoadBalancer or ExternalIP.
+    pub kind: &'static str,
+    /// The entry that serves this flow: `external` (the outside-only entry
+    /// of an externalTrafficPolicy: Local frontend) or `internal`.
+    pub entry: &'static str,
+    /// `local` (this node's endpoints only) or `cluster`.
+    pub endpoints: &'static str,
     pub eligible_backends: u32,
 }
 
@@ -80,11 +126,16 @@ pub struct PolicyStep {
     pub flags: u32,
     /// The Log or audited rule those flags refer to.
     pub note_rule: u32,
+    /// The node's own flow, admitted whatever the policy says.
+    pub from_node: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Explanation {
-    /// "forward", "drop" or "reject".
+    /// Where the packet entered, in words.
+    pub entry: String,
+    /// "forward", "drop", "reject" or "pass" (not weir's: the node's
+    /// stack decides).
     pub verdict: &'static str,
     /// Why, in words.
     pub reason: String,
@@ -92,12 +143,39 @@ pub struct Explanation {
     pub backend: Option<BackendChoice>,
     /// Address and port after translation, when translated.
     pub nat: Option<(IpAddr, u16)>,
+    /// The source address the backend sees when the flow is masqueraded
+    /// (the node address, with a port of the masquerade range).
+    pub masquerade: Option<IpAddr>,
     /// The pod link (host-side ifindex) whose routed addresses include the
-    /// source; `None`: no pod link owns it, and from_pod drops it.
+    /// source, for a packet from a pod; `None` there: no pod link owns it,
+    /// and from_pod drops it.
     pub link: Option<u32>,
     /// The flow is already allowed by the policy's conntrack.
     pub policy_conntrack: bool,
     pub policy: Vec<PolicyStep>,
+}
+
+impl Explanation {
+    fn new(entry: &Entry) -> Self {
+        Self {
+            entry: entry.describe(),
+            verdict: "forward",
+            reason: String::new(),
+            service: None,
+            backend: None,
+            nat: None,
+            masquerade: None,
+            link: None,
+            policy_conntrack: false,
+            policy: Vec::new(),
+        }
+    }
+
+    fn end(mut self, verdict: &'static str, reason: impl Into<String>) -> Self {
+        self.verdict = verdict;
+        self.reason = reason.into();
+        self
+    }
 }
 
 /// The pinned maps explain reads.
@@ -112,19 +190,11 @@ pub struct Maps {
     ipcache: LpmTrie<MapData, Addr, IpInfo>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
     links: HashMap<MapData, u32, LinkInfo>,
+    pod_addrs: HashMap<MapData, Addr, u32>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
 }
 
-impl PolicyMaps for Maps {
-    fn ipcache(&self, addr: &Addr) -> Option<IpInfo> {
-        self.ipcache.get(&Key::new(128, *addr), 0).ok()
-    }
-
-    fn policy(&self, key: &PolicyKeyData) -> Option<PolicyValue> {
-        self.policy.get(&Key::new(POLICY_PREFIX_FULL, *key), 0).ok()
-    }
-}
-
-fn lru<K: aya::Pod, V: aya::Pod>(layout: &PinLayout, name: &'static str) -> Result<HashMap<MapData, K, V>, DatapathError> {
+fn hash<K: aya::Pod, V: aya::Pod>(layout: &PinLayout, name: &'static str) -> Result<HashMap<MapData, K, V>, DatapathError> {
     HashMap::try_from(pinned::open(layout, name)?).map_err(|source| DatapathError::Map { name, source })
 }
 
@@ -142,13 +212,15 @@ impl Maps {
             frontends: pinned::hash(layout, FRONTENDS)?,
             backends: pinned::hash(layout, BACKENDS)?,
             table: MmapU32Array::open(layout, LB_TABLE)?,
-            affinity: lru(layout, AFFINITY)?,
-            ct: lru(layout, CT)?,
+            affinity: hash(layout, AFFINITY)?,
+            ct: hash(layout, CT)?,
             config: pinned::array(layout, CONFIG)?,
             endpoints: pinned::hash(layout, ENDPOINTS)?,
             ipcache: lpm(layout, IPCACHE)?,
             policy: lpm(layout, POLICY)?,
             links: pinned::hash(layout, LINKS)?,
+            pod_addrs: hash(layout, POD_ADDRS)?,
+            source_ranges: lpm(layout, SOURCE_RANGES)?,
         })
     }
 
@@ -159,6 +231,13 @@ impl Maps {
         }
     }
 
+    /// The node address the datapath masquerades to (the Node's
+    /// InternalIP), once the agent has set it.
+    pub fn node_addr(&self) -> Option<IpAddr> {
+        let a = self.config().node_addr;
+        (a != Addr::ZERO).then(|| IpAddr::from(a))
+    }
+
     fn ct_alive(&self, k: &CtKey, now: u64) -> Option<CtEntry> {
         self.ct.get(k, 0).ok().filter(|e| is_alive(e, now))
     }
@@ -167,161 +246,140 @@ impl Maps {
         self.backends.get(&id, 0).ok()
     }
 
-    /// Explains `p` at monotonic time `now_ns`.
-    pub fn explain(&self, p: &Packet, now_ns: u64) -> Result<Explanation, DatapathError> {
+    /// Explains `p` entering at `entry`, at monotonic time `now_ns`.
+    pub fn explain(&self, p: &Packet, entry: &Entry, now_ns: u64) -> Result<Explanation, DatapathError> {
         let (src, dst) = (Addr::from(p.src), Addr::from(p.dst));
-        let cfg = self.config();
-        let mut x = Explanation { verdict: "forward", reason: String::new(), service: None, backend: None, nat: None, link: None, policy_conntrack: false, policy: Vec::new() };
-
-        // Source validation: only the link the node routes the source to
-        // may send from it.
-        x.link = self.links.iter().filter_map(Result::ok).find(|(_, l)| l.owns(&src)).map(|(i, _)| i);
-        if x.link.is_none() {
-            x.verdict = "drop";
-            x.reason = format!("no pod link owns the source {}: a spoofed source is dropped", p.src);
-            return Ok(x);
-        }
-
-        // A reply of a service flow: reverse NAT, no policy (return
-        // traffic). A TCP SYN is never a reply.
-        let rev = if p.proto == PROTO_TCP { None } else { self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV), 0).ok() };
-        if let Some(e) = rev {
-            let twin = ct_key(e.orig_addr, e.nat_addr, u16::from_be(e.orig_port), u16::from_be(e.nat_port), p.proto, CT_SVC_FWD);
-            if is_alive(&e, now_ns) || self.ct_alive(&twin, now_ns).is_some() {
-                x.nat = Some((IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)));
-                x.reason = format!("reply of a service flow: source rewritten to the service address {}", IpAddr::from(e.nat_addr));
-                return Ok(x);
-            }
-        }
-
-        let mut fk = FrontendKey { addr: dst, port: p.dport.to_be(), proto: p.proto, scope: 0 };
-        let (mut to, mut to_port) = (dst, p.dport);
-        match self.frontends.get(&fk, 0) {
-            Ok(svc) => {
-                x.service = Some(ServiceMatch { frontend: format!("{}:{}/{}", p.dst, p.dport, proto_name(p.proto)), service_id: svc.id, eligible_backends: svc.backend_count });
-                let Some(choice) = self.select(&svc, p, src, dst, now_ns, &cfg)? else {
-                    x.verdict = "reject";
-                    x.reason = "the service has no usable endpoint: TCP RST / ICMP port unreachable".into();
-                    return Ok(x);
-                };
-                to = Addr::from(choice.addr);
-                to_port = choice.port;
-                x.nat = Some((choice.addr, choice.port));
-                let existing = choice.why == Why::ExistingConntrack;
-                x.backend = Some(choice);
-                if existing {
-                    x.reason = "an existing service flow keeps its backend (conntrack)".into();
-                    return Ok(x);
+        let mut x = Explanation::new(entry);
+        match entry {
+            Entry::Pod => {
+                // Source validation: only the link the node routes the
+                // source to may send from it.
+                x.link = self.links.iter().filter_map(Result::ok).find(|(_, l)| l.owns(&src)).map(|(i, _)| i);
+                if x.link.is_none() {
+                    return Ok(x.end("drop", format!("no pod link owns the source {}: a spoofed source is dropped", p.src)));
                 }
             }
-            Err(_) => {
-                fk.port = 0;
-                fk.proto = 0;
-                if self.frontends.get(&fk, 0).is_ok() {
-                    x.verdict = "reject";
-                    x.reason = format!("{} is a service address but no service has port {}/{}", p.dst, p.dport, proto_name(p.proto));
-                    return Ok(x);
-                }
-                if self.policy_tracked(src, dst, p, now_ns) {
-                    x.policy_conntrack = true;
-                    x.reason = "the flow is already allowed (policy conntrack)".into();
-                    return Ok(x);
+            Entry::Device(d) => {
+                if self.pod_addrs.get(&src, 0).is_ok() {
+                    return Ok(x.end("drop", format!("{} is a pod of this node: a packet from {d} claiming it is forged (spoofed_source)", p.src)));
                 }
             }
+            Entry::Host => {}
         }
-
-        // Policy on the translated tuple: the sender's egress, the receiver's ingress.
-        let src_ep = self.endpoints.get(&src, 0).ok();
-        let dst_ep = self.endpoints.get(&to, 0).ok();
-        if let (Some(s), Some(d)) = (src_ep, dst_ep) {
-            if s.id == d.id {
-                x.reason = "a pod may always reach itself".into();
-                return Ok(x);
+        // The socket programs see no replies: only the packet paths do.
+        if *entry != Entry::Host {
+            if let Some(nat) = self.reply_of_service_flow(p, src, dst, now_ns) {
+                x.nat = Some(nat);
+                return Ok(x.end("forward", format!("reply of a service flow: source rewritten to the service address {}", nat.0)));
             }
         }
-        for (direction, ep, ep_addr, peer) in [(DIR_EGRESS, src_ep, src, to), (DIR_INGRESS, dst_ep, to, src)] {
-            let Some(ep) = ep else { continue };
-            let d = decide(self, &ep, direction, &peer, p.proto, to_port);
-            x.policy.push(PolicyStep {
-                direction: if direction == DIR_EGRESS { "egress" } else { "ingress" },
-                endpoint: IpAddr::from(ep_addr),
-                endpoint_id: ep.id,
-                isolated: d.isolated,
-                allowed: d.allowed,
-                peer_identity: d.peer_identity,
-                matched_identity: d.matched_identity,
-                rule: d.rule,
-                flags: d.flags,
-                note_rule: d.note_rule,
-            });
-            if !d.allowed {
-                x.verdict = "drop";
-                let why = if d.rule == 0 { "no rule allows".to_string() } else { format!("rule {} denies", d.rule) };
-                x.reason = format!("denied by the {} policy of {} ({why} identity {} on {}/{to_port})", x.policy.last().map_or("", |s| s.direction), IpAddr::from(ep_addr), d.peer_identity, proto_name(p.proto));
-                return Ok(x);
+        match self.service_step(&mut x, p, entry, now_ns)? {
+            Step::Done => return Ok(x),
+            Step::NotAService if *entry == Entry::Host => {
+                return Ok(x.end("pass", format!("{}:{} is not a service frontend: the socket is left alone and the node's routing decides", p.dst, p.dport)));
             }
+            Step::NotAService if self.policy_tracked(src, dst, p, now_ns) => {
+                x.policy_conntrack = true;
+                return Ok(x.end("forward", "the flow is already allowed (policy conntrack)"));
+            }
+            Step::NotAService | Step::Translated => {}
+        }
+        let to = x.nat.map_or(dst, |(a, _)| Addr::from(a));
+        let to_port = x.nat.map_or(p.dport, |(_, port)| port);
+        if let Some(denied) = self.policy_steps(&mut x, p, entry, src, to, to_port) {
+            return Ok(x.end("drop", denied));
         }
         if x.reason.is_empty() {
-            x.reason = match (&x.backend, x.policy.iter().any(|s| s.isolated)) {
-                (Some(_), true) => "load-balanced to a backend the policy allows".into(),
-                (Some(_), false) => "load-balanced; no policy isolates either end".into(),
-                (None, true) => "allowed by policy".into(),
-                (None, false) => "not service traffic, and no policy isolates either end".into(),
-            };
+            x.reason = self.forward_reason(&x, entry, p);
+            if *entry != Entry::Pod && x.service.is_none() && self.endpoints.get(&dst, 0).is_err() {
+                x.verdict = "pass";
+            }
         }
         Ok(x)
     }
 
-    /// As `policy::tracked` for a first packet (a TCP SYN): the opener's
-    /// own entry unless a SYN reopens it; a reply only for UDP.
-    fn policy_tracked(&self, src: Addr, dst: Addr, p: &Packet, now: u64) -> bool {
-        let tcp = p.proto == PROTO_TCP;
-        let own = self.ct_alive(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_POLICY), now);
-        if own.is_some_and(|e| !(tcp && (e.state == CT_STATE_CLOSING || e.state == CT_STATE_CLOSED))) {
-            return true;
+    /// The reverse entry of a service flow this packet replies to (a TCP
+    /// SYN is never a reply), with the address and port it is rewritten to.
+    fn reply_of_service_flow(&self, p: &Packet, src: Addr, dst: Addr, now: u64) -> Option<(IpAddr, u16)> {
+        if p.proto == PROTO_TCP {
+            return None;
         }
-        !tcp && self.ct_alive(&ct_key(dst, src, p.dport, p.sport, p.proto, CT_POLICY), now).is_some()
+        let e = self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV), 0).ok()?;
+        let twin = ct_key(e.orig_addr, e.nat_addr, u16::from_be(e.orig_port), u16::from_be(e.nat_port), p.proto, CT_SVC_FWD);
+        (is_alive(&e, now) || self.ct_alive(&twin, now).is_some()).then(|| (IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)))
     }
 
-    /// The backend for a new packet of `p`, as `lb::forward` chooses it.
-    fn select(&self, svc: &Service, p: &Packet, client: Addr, vip: Addr, now: u64, cfg: &DatapathConfig) -> Result<Option<BackendChoice>, DatapathError> {
-        let choice = |id: u32, b: &Backend, why: Why| BackendChoice { backend_id: id, addr: IpAddr::from(b.addr), port: u16::from_be(b.port), why };
-        // An existing flow keeps its backend while the backend exists.
-        let fkey = ct_key(client, vip, p.sport, p.dport, p.proto, CT_SVC_FWD);
-        if let Ok(e) = self.ct.get(&fkey, 0) {
-            let dst = weir_logic::ct::backend_sees(e.flags, cfg, client);
-            let rkey = CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: e.orig_port, proto: p.proto, kind: CT_SVC_REV, _pad: 0 };
-            let live = is_alive(&e, now) || self.ct_alive(&rkey, now).is_some();
-            let reopened = p.proto == PROTO_TCP && (e.state == CT_STATE_CLOSING || e.state == CT_STATE_CLOSED);
-            if live && e.svc_id == svc.id && !reopened {
-                if let Some(b) = self.backend(e.backend_id).filter(|b| b.addr == e.nat_addr && b.port == e.nat_port) {
-                    return Ok(Some(choice(e.backend_id, &b, Why::ExistingConntrack)));
-                }
+    /// The service half: frontend, refusal or backend, masquerade.
+    fn service_step(&self, x: &mut Explanation, p: &Packet, entry: &Entry, now: u64) -> Result<Step, DatapathError> {
+        let (src, dst) = (Addr::from(p.src), Addr::from(p.dst));
+        let origin = entry.origin();
+        let (svc, external) = match self.frontend(dst, p, origin) {
+            Frontend::None => return Ok(Step::NotAService),
+            Frontend::UnknownPort => {
+                let how = if origin == Origin::Host { "refused at connect() (EPERM)" } else { "rejected (TCP RST / ICMP port unreachable)" };
+                x.verdict = "reject";
+                x.reason = format!("{} is a service address but no service has port {}/{}: {how}", p.dst, p.dport, proto_name(p.proto));
+                return Ok(Step::Done);
             }
-        }
-        if svc.backend_count == 0 {
-            return Ok(None);
-        }
-        if has_affinity(svc) {
-            if let Ok(a) = self.affinity.get(&AffinityKey { svc_id: svc.id, client }, 0) {
-                if affinity_valid(svc, a.last_ns, now) {
-                    if let Some(b) = self.backend(a.backend_id) {
-                        if eligible(&b, svc) {
-                            return Ok(Some(choice(a.backend_id, &b, Why::Affinity)));
-                        }
-                    }
-                }
-            }
-        }
-        let hash = flow_hash(&client, &vip, p.sport.to_be(), p.dport.to_be(), p.proto);
-        let (slot, why) = match choose_slot(svc, hash, 0) {
-            SlotChoice::Maglev { slot } => (slot, Why::Maglev { hash, slot, table_len: svc.table_len }),
-            SlotChoice::Random { slot } => (slot, Why::Random { candidates: svc.backend_count }),
+            Frontend::Service { svc, external } => (svc, external),
         };
-        let window = self.table.window(svc.table_base, svc.table_len)?;
-        let Some(id) = window.get(svc.table_base + slot) else { return Ok(None) };
-        Ok(self.backend(id).map(|b| choice(id, &b, why)))
+        x.service = Some(service::describe(&svc, p, external));
+        let etp = if external { " (externalTrafficPolicy: Local, traffic from outside: this node's endpoints only, the client's address kept)" } else { "" };
+        let client = if origin == Origin::Host { self.config().node_addr } else { src };
+        // The socket programs keep no conntrack: each connect() chooses.
+        if let Some(existing) = self.existing_flow(&svc, p, client, dst, now).filter(|_| origin != Origin::Host) {
+            x.nat = Some((existing.addr, existing.port));
+            x.backend = Some(existing);
+            x.reason = "an existing service flow keeps its backend (conntrack)".into();
+            return Ok(Step::Done);
+        }
+        if let Some(r) = self.refusal(&svc, client, origin) {
+            let (verdict, what) = service::refusal_words(r, origin);
+            x.verdict = verdict;
+            x.reason = format!("{what}{etp}");
+            return Ok(Step::Done);
+        }
+        let Some(choice) = self.select(&svc, p, client, dst, now, origin)? else {
+            x.verdict = "reject";
+            x.reason = "the service has no usable endpoint: TCP RST / ICMP port unreachable".into();
+            return Ok(Step::Done);
+        };
+        x.nat = (origin != Origin::Host).then_some((choice.addr, choice.port));
+        if weir_logic::frontend::masquerades(&svc, &self.config(), &Addr::from(choice.addr), origin) {
+            x.masquerade = Some(IpAddr::from(self.config().node_addr));
+        }
+        x.backend = Some(choice);
+        Ok(Step::Translated)
     }
+
+    fn forward_reason(&self, x: &Explanation, entry: &Entry, p: &Packet) -> String {
+        let isolated = x.policy.iter().any(|s| s.isolated);
+        let how = match (&x.masquerade, entry) {
+            (Some(m), _) => format!(", masqueraded: the backend sees {m} (a port of 61000-65535)"),
+            (None, Entry::Host) => ": connect() goes straight to the backend (no packet is translated); getpeername() and UDP replies report the frontend".into(),
+            (None, Entry::Device(_)) if x.backend.is_some() => format!(", not masqueraded: the backend sees the client's address {}", p.src),
+            (None, _) => String::new(),
+        };
+        match (&x.backend, isolated) {
+            (Some(_), true) => format!("load-balanced to a backend the policy allows{how}"),
+            (Some(_), false) => format!("load-balanced; no policy isolates either end{how}"),
+            (None, true) => "allowed by policy".into(),
+            (None, false) if *entry != Entry::Pod && self.endpoints.get(&Addr::from(p.dst), 0).is_err() => {
+                format!("{}:{} is no service frontend and no local pod: weir leaves it to the node's stack", p.dst, p.dport)
+            }
+            (None, false) => "not service traffic, and no policy isolates either end".into(),
+        }
+    }
+}
+
+/// How far the service half took the explanation.
+enum Step {
+    /// The explanation is complete (a refusal, or an existing flow).
+    Done,
+    /// A new service flow: the backend is chosen, the policy comes next.
+    Translated,
+    /// Not a frontend: the policy of the flow's ends decides.
+    NotAService,
 }
 
 pub fn proto_name(p: u8) -> &'static str {
