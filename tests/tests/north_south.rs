@@ -10,135 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use weir_tests::{
-    cluster::Cluster,
-    traffic::{tcp_request, tcp_request_from, tcp_server, udp_request_from, udp_server, Reply, Server, DEFAULT_TIMEOUT},
+    north_south::{drops, from_outside, landed, request_here, service, world, World, CLIENT, CLIENT2},
+    traffic::{tcp_request, tcp_request_from, tcp_server, udp_request_from, Reply, DEFAULT_TIMEOUT},
 };
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const CLIENT2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
-const BACKEND_PORT: u16 = 8080;
-/// Where the backends answer one line per line asked (long-lived flows).
-const LINES_PORT: u16 = 9000;
-
-/// The backend's name and the peer it saw, from a `Reply::Peer` answer.
-fn landed(reply: &[u8]) -> (String, SocketAddr) {
-    let s = String::from_utf8_lossy(reply);
-    let mut w = s.split_whitespace();
-    let name = w.next().unwrap_or_default().to_string();
-    let peer = w.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no peer in {s:?}"));
-    (name, peer)
-}
-
-/// A Service of `ty` with its EndpointSlice; `endpoints` are (address,
-/// node name). `extra` goes under `spec:`; `lb_ip` into the status.
-fn service(name: &str, ty: &str, cluster_ip: &str, node_port: u16, extra: &str, lb_ip: Option<&str>, endpoints: &[(Ipv4Addr, &str)], proto: &str) -> String {
-    let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: {ty}\n  clusterIP: {cluster_ip}\n  ports: [{{port: 80, targetPort: {BACKEND_PORT}, nodePort: {node_port}, protocol: {proto}}}]\n{extra}"
-    );
-    if let Some(ip) = lb_ip {
-        y += &format!("status:\n  loadBalancer: {{ingress: [{{ip: {ip}}}]}}\n");
-    }
-    y += &format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: {BACKEND_PORT}, protocol: {proto}}}]\n"
-    );
-    y += if endpoints.is_empty() { "endpoints: []\n" } else { "endpoints:\n" };
-    for (a, node) in endpoints {
-        y += &format!("- addresses: [{a}]\n  nodeName: {node}\n");
-    }
-    y + "---\n"
-}
-
-/// Two nodes with a backend pod each (`a` on node 0, `b` on node 1) and a
-/// client pod on node 0; the outside holds CLIENT and CLIENT2 and routes
-/// the LB, externalIP and service ranges to node 0; the nodes route the
-/// clients' range back through the outside.
-struct World {
-    c: Cluster,
-    client: weir_tests::pod::Pod,
-    _pods: Vec<weir_tests::pod::Pod>,
-    _servers: Vec<Server>,
-}
-
-fn world(mode: &str, agent_args: &[&str]) -> World {
-    let mut args = vec!["--routing", mode];
-    args.extend_from_slice(agent_args);
-    let c = Cluster::new(2, &args);
-    let a = c.nodes[0].pod("a", 10);
-    let b = c.nodes[1].pod("b", 20);
-    let client = c.nodes[0].pod("client", 30);
-    let servers = vec![
-        tcp_server(a.ns(), BACKEND_PORT, Reply::Peer("a".into())),
-        tcp_server(b.ns(), BACKEND_PORT, Reply::Peer("b".into())),
-        udp_server(a.ns(), BACKEND_PORT, Reply::Peer("a".into())),
-        udp_server(b.ns(), BACKEND_PORT, Reply::Peer("b".into())),
-        tcp_server(a.ns(), LINES_PORT, Reply::NamePerLine("a".into())),
-        tcp_server(b.ns(), LINES_PORT, Reply::NamePerLine("b".into())),
-    ];
-    for addr in [CLIENT, CLIENT2] {
-        c.outside.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-    }
-    let node0 = c.nodes[0].ip.to_string();
-    for range in ["10.96.0.0/16", "198.51.100.0/24", "192.0.2.0/24"] {
-        c.outside.ip(&["route", "add", range, "via", &node0]);
-    }
-    for n in &c.nodes {
-        n.node.ns().ip(&["route", "add", "203.0.113.0/24", "via", &c.outside_ip.to_string()]);
-    }
-    let (n0, n1) = (c.nodes[0].name().to_string(), c.nodes[1].name().to_string());
-    let both = [(a.ip, n0.as_str()), (b.ip, n1.as_str())];
-    let mut y = String::new();
-    y += &service("cluster", "LoadBalancer", "10.96.0.80", 30080, "  externalIPs: [192.0.2.80]\n", Some("198.51.100.80"), &both, "TCP");
-    y += &service("cluster-udp", "LoadBalancer", "10.96.0.82", 30082, "  externalIPs: [192.0.2.82]\n", Some("198.51.100.82"), &both, "UDP");
-    y += &service(
-        "local",
-        "LoadBalancer",
-        "10.96.0.81",
-        30081,
-        "  externalTrafficPolicy: Local\n  externalIPs: [192.0.2.81]\n",
-        Some("198.51.100.81"),
-        &both,
-        "TCP",
-    );
-    y += &service("remote-only", "NodePort", "10.96.0.83", 30083, "  externalTrafficPolicy: Local\n", None, &[(b.ip, n1.as_str())], "TCP");
-    y += &service(
-        "ranged",
-        "LoadBalancer",
-        "10.96.0.86",
-        30086,
-        &format!("  loadBalancerSourceRanges: [\" {CLIENT}/32 \"]\n"),
-        Some("198.51.100.86"),
-        &both,
-        "TCP",
-    );
-    y += &service("empty", "NodePort", "10.96.0.84", 30084, "", None, &[], "TCP");
-    y += &service("lines", "NodePort", "10.96.0.87", 30087, "", None, &both, "TCP").replace(&format!("targetPort: {BACKEND_PORT}"), &format!("targetPort: {LINES_PORT}")).replace(&format!("port: {BACKEND_PORT}, protocol"), &format!("port: {LINES_PORT}, protocol"));
-    y += &service("empty-udp", "NodePort", "10.96.0.85", 30085, "", None, &[], "UDP");
-    c.write("services.yaml", &y);
-    let want = format!("{node0}:30085");
-    c.wait_for("node 0 programs the NodePorts", || String::from_utf8_lossy(&c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want));
-    let want = format!("{}:30081", c.nodes[1].ip);
-    c.wait_for("node 1 programs the NodePorts", || String::from_utf8_lossy(&c.nodes[1].node.weir(&["service", "list"]).stdout).contains(&want));
-    World { c, client, _pods: vec![a, b], _servers: servers }
-}
-
-/// Connects `tries` times from `src` in the outside to `dst:port`;
-/// returns the backends reached and every peer address they saw.
-fn from_outside(w: &World, src: Ipv4Addr, dst: Ipv4Addr, port: u16, tries: usize) -> (Vec<String>, Vec<IpAddr>) {
-    let mut names = Vec::new();
-    let mut seen = Vec::new();
-    for i in 0..tries {
-        let r = tcp_request_from(&w.c.outside, src, dst, port, b"hi".to_vec(), DEFAULT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("try {i}: {src} -> {dst}:{port}: {e}"));
-        let (name, peer) = landed(&r);
-        names.push(name);
-        seen.push(peer.ip());
-    }
-    names.sort();
-    names.dedup();
-    seen.sort();
-    seen.dedup();
-    (names, seen)
-}
 
 fn external_traffic_policy_cluster_spreads_and_masquerades_to_the_node(mode: &str) {
     let w = world(mode, &[]);
@@ -406,6 +280,72 @@ fn host_processes_reach_frontends_through_the_socket_programs(mode: &str) {
     assert!(tcp_request(host0, itp, 80, b"hi".to_vec(), DEFAULT_TIMEOUT).is_err(), "node 0 has no local endpoint: node 1's programs did not act on node 0's socket");
 }
 
+/// A connected UDP socket of the node's own processes, pointed at backend
+/// `X` by the socket programs: when `X` leaves the service, the socket is
+/// destroyed (it is disconnected: the next send fails), while a socket on
+/// the backend that stays keeps working; a reconnect reaches the one left.
+fn a_connected_udp_socket_whose_backend_leaves_is_destroyed(mode: &str) {
+    use std::net::UdpSocket;
+    let w = world(mode, &[]);
+    let host0 = w.c.nodes[0].node.ns();
+    let vip = Ipv4Addr::new(10, 96, 0, 92);
+    let (a_ip, b_ip) = (w.c.nodes[0].pod_ip(10), w.c.nodes[1].pod_ip(20));
+    let (n0, n1) = (w.c.nodes[0].name().to_string(), w.c.nodes[1].name().to_string());
+    let udp = |eps: &[(Ipv4Addr, &str)]| service("udp", "ClusterIP", &vip.to_string(), 0, "", None, eps, "UDP").replace(", nodePort: 0", "");
+    w.c.write("udp.yaml", &udp(&[(a_ip, &n0), (b_ip, &n1)]));
+    let try_connect = || {
+        host0.run(move || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+            s.connect((vip, 80))?;
+            Ok::<_, std::io::Error>(s)
+        })
+    };
+    let connect = || try_connect().expect("a connected UDP socket");
+    let ask = |s: &UdpSocket| -> std::io::Result<String> {
+        s.send(b"q")?;
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf)?;
+        Ok(landed(&buf[..n]).0)
+    };
+    w.c.wait_for("node 0's processes reach the UDP service", || try_connect().and_then(|s| ask(&s)).is_ok());
+    // One socket on each backend.
+    let (mut on_a, mut on_b) = (None, None);
+    for _ in 0..40 {
+        let s = connect();
+        match ask(&s).expect("ask").as_str() {
+            "a" if on_a.is_none() => on_a = Some(s),
+            "b" if on_b.is_none() => on_b = Some(s),
+            _ => {}
+        }
+        if on_a.is_some() && on_b.is_some() {
+            break;
+        }
+    }
+    let (on_a, on_b) = (on_a.expect("a socket on a"), on_b.expect("a socket on b"));
+    // a leaves the service (its pod still answers: without the sweep, the
+    // socket would go on talking to it).
+    w.c.write("udp.yaml", &udp(&[(b_ip, &n1)]));
+    let start = std::time::Instant::now();
+    let err = loop {
+        match ask(&on_a) {
+            Ok(name) => assert_eq!(name, "a", "the socket is connected to a"),
+            Err(e) => break e,
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "the socket on the gone backend was never destroyed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Destroyed: the socket is disconnected, so a send fails (EDESTADDRREQ)
+    // and a pending receive reports the abort (ECONNABORTED).
+    assert!(matches!(err.raw_os_error(), Some(libc::EDESTADDRREQ | libc::ECONNABORTED)), "destroyed: {err}");
+    assert_eq!(ask(&on_b).expect("the socket on the backend that stays"), "b");
+    for _ in 0..6 {
+        assert_eq!(ask(&connect()).expect("a reconnect"), "b", "a new socket reaches the backend left");
+    }
+    let metrics = w.c.nodes[0].node.agent_http("/metrics");
+    assert!(metrics.lines().any(|l| l.starts_with("weir_udp_sockets_destroyed_total ") && !l.ends_with(" 0")), "counted:\n{metrics}");
+}
+
 fn nodeport_addresses_choose_the_node_addresses_that_serve(mode: &str) {
     let secondary = Ipv4Addr::new(192, 168, 0, 111);
     let served = |w: &World| String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&format!("{secondary}:30080"));
@@ -449,19 +389,6 @@ fn short_connections_reuse_the_masquerade_tuples_of_finished_ones(mode: &str) {
     assert!(slowest < std::time::Duration::from_millis(900), "no connection waited for a SYN retransmission: slowest {slowest:?}");
 }
 
-/// One request and its answer from `src` to `dst:port`, on this thread
-/// (whose namespace is the caller's).
-fn request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> std::io::Result<Vec<u8>> {
-    weir_tests::traffic::tcp_request_here(src, dst, port, b"hi", DEFAULT_TIMEOUT)
-}
-
-fn drops(c: &Cluster, node: usize, reason: &str) -> u64 {
-    let out = c.nodes[node].node.weir(&["stats", "-o", "json"]);
-    assert!(out.status.success(), "weir stats: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats json");
-    v["drops"][reason].as_u64().unwrap_or(0)
-}
-
 weir_tests::both_routing_modes!(
     external_traffic_policy_cluster_spreads_and_masquerades_to_the_node,
     external_traffic_policy_local_keeps_the_client_address_on_local_endpoints,
@@ -470,6 +397,7 @@ weir_tests::both_routing_modes!(
     health_checks_answer_for_local_endpoints_as_they_come_and_go,
     an_agent_restart_breaks_no_north_south_connection,
     host_processes_reach_frontends_through_the_socket_programs,
+    a_connected_udp_socket_whose_backend_leaves_is_destroyed,
     nodeport_addresses_choose_the_node_addresses_that_serve,
     short_connections_reuse_the_masquerade_tuples_of_finished_ones,
 );

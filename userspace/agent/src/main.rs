@@ -18,6 +18,7 @@ mod policy;
 mod reconcile;
 mod routing;
 mod run;
+mod stale_sockets;
 
 use clap::Parser as _;
 

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub input_warnings: Family<KindLabels, Counter>,
     pub ct_collected: Counter,
     pub repairs: Counter,
+    pub udp_sockets_destroyed: Counter,
     pub policy_verdicts: Family<crate::events::VerdictLabels, Counter>,
     pub policy_reports: Family<crate::events::ReportLabels, Counter>,
     pub ready: AtomicBool,
@@ -58,6 +59,7 @@ impl Metrics {
         let input_warnings = Family::<KindLabels, Counter>::default();
         let ct_collected = Counter::default();
         let repairs = Counter::default();
+        let udp_sockets_destroyed = Counter::default();
         let policy_verdicts = Family::<crate::events::VerdictLabels, Counter>::default();
         let policy_reports = Family::<crate::events::ReportLabels, Counter>::default();
         registry.register(
@@ -72,6 +74,11 @@ impl Metrics {
         registry.register("input_warnings", "Rejected input (bad files, objects, fields)", input_warnings.clone());
         registry.register("conntrack_collected", "Stale conntrack entries collected", ct_collected.clone());
         registry.register("drift_repairs", "Map entries repaired by full resync", repairs.clone());
+        registry.register(
+            "udp_sockets_destroyed",
+            "Connected UDP sockets of the node's processes destroyed because their backend left its service",
+            udp_sockets_destroyed.clone(),
+        );
         registry.register(
             "policy_verdicts",
             "Policy verdicts on new flows reported by the datapath (denials always, allows when sampled)",
@@ -92,6 +99,7 @@ impl Metrics {
             input_warnings,
             ct_collected,
             repairs,
+            udp_sockets_destroyed,
             policy_verdicts,
             policy_reports,
             ready: AtomicBool::new(false),

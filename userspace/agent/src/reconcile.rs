@@ -28,6 +28,9 @@ pub struct Outcome {
     pub services: usize,
     pub map_writes: usize,
     pub ct_purged: usize,
+    /// Backends services stopped listing (connected UDP sockets of the
+    /// node's processes may point at them).
+    pub members_dropped: usize,
     pub repairs: usize,
     /// Policy map writes (endpoints, ipcache, entries).
     pub policy_writes: usize,
@@ -141,6 +144,7 @@ impl Reconciler {
                     Ok(s) => {
                         out.map_writes += s.map_writes;
                         out.ct_purged += s.ct_purged;
+                        out.members_dropped += s.members_dropped;
                     }
                     Err(e) => out.errors.push((f.to_string(), e)),
                 }
@@ -195,6 +199,7 @@ impl Reconciler {
                 Ok(s) => {
                     out.map_writes += s.map_writes;
                     out.ct_purged += s.ct_purged;
+                    out.members_dropped += s.members_dropped;
                     self.owners.insert(spec.frontend, key.clone());
                     kept.push(spec.clone());
                 }
@@ -206,6 +211,7 @@ impl Reconciler {
                 Ok(s) => {
                     out.map_writes += s.map_writes;
                     out.ct_purged += s.ct_purged;
+                    out.members_dropped += s.members_dropped;
                     self.owners.remove(&o.frontend);
                 }
                 Err(e) => {

@@ -83,6 +83,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let node_dp = weir_datapath::NodeDatapath::load(&layout, &opts).context("loading the node datapath")?;
     let _sock_dp = attach_socket_lb(&layout, &opts, args.cgroup_root.clone())?;
+    // Connected UDP sockets the socket programs translated, swept when
+    // their backends leave (only with the programs attached).
+    let revnat = match &_sock_dp {
+        Some(_) => Some(weir_datapath::cgroup::SockRevNat::open(&layout).context("opening the socket reverse-translation map")?),
+        None => None,
+    };
     let tunnel_maps = weir_datapath::tunnel::TunnelMaps::open(&layout).context("opening the tunnel maps")?;
     let mut node_net = crate::node_net::NodeNetwork::new(
         args.routing,
@@ -139,6 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             reconciler.set_device_addrs(addrs);
                             let out = reconciler.full_sync(&state);
                             log_outcome("initial sync", &out, start.elapsed(), &metrics);
+                            sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
                             svc_health.sync(weir_model::health::health_checks(&state, args.node_name.as_deref()), &metrics).await;
                             release_freed_memory();
                             pending = Affected::default();
@@ -155,6 +162,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         pending.all |= reconciler.set_device_addrs(addrs);
                     }
                     let out = reconciler.apply(&state, &std::mem::take(&mut pending));
+                    if out.members_dropped > 0 {
+                        sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
+                    }
                     svc_health.sync(weir_model::health::health_checks(&state, args.node_name.as_deref()), &metrics).await;
                     if let Some(at) = pending_since.take() {
                         metrics.programming_latency.observe(at.elapsed().as_secs_f64());
@@ -171,6 +181,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         let start = Instant::now();
                         let out = reconciler.apply(&state, &Affected { all: true, ..Affected::default() });
                         log_outcome("node addresses changed", &out, start.elapsed(), &metrics);
+                        if out.members_dropped > 0 {
+                            sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
+                        }
                     }
                 }
                 Some(ev) => pods.apply_net(&ev),
@@ -211,6 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 reconciler.set_device_addrs(addrs);
                 let start = Instant::now();
                 let out = reconciler.resync(&state);
+                sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
                 metrics.repairs.inc_by(out.repairs as u64);
                 if out.repairs > 0 || !out.errors.is_empty() || out.map_writes > 0 {
                     log_outcome("resync", &out, start.elapsed(), &metrics);
@@ -269,6 +283,24 @@ fn netns_cookie() -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// Destroys the node's connected UDP sockets whose backend left their
+/// frontend (`stale_sockets`). Failures are reported, never fatal.
+fn sweep_udp_sockets(revnat: Option<&weir_datapath::cgroup::SockRevNat>, reconciler: &mut Reconciler, metrics: &Metrics) {
+    let Some(revnat) = revnat else { return };
+    let lb = reconciler.lb();
+    let proto = weir_common::lb::PROTO_UDP;
+    let result = crate::stale_sockets::sweep(
+        |cookie, peer, port| revnat.frontend_of(cookie, peer, port, proto),
+        |frontend, port, backend, bport| lb.lists(frontend, port, proto, backend, bport),
+    );
+    match result {
+        Ok(s) => {
+            metrics.udp_sockets_destroyed.inc_by(s.destroyed as u64);
+        }
+        Err(e) => tracing::warn!(error = %weir_datapath::error::chain(&e), "sweeping connected UDP sockets of gone backends"),
+    }
 }
 
 fn report_warnings(metrics: &Metrics, warnings: &[Warning]) {

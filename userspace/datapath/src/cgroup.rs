@@ -101,3 +101,23 @@ pub fn resolve_cgroup_root(path: &Path) -> Option<PathBuf> {
     let mounts = cgroup2_mounts();
     [path.to_path_buf(), path.join("unified")].into_iter().find(|p| mounts.contains(p))
 }
+
+/// `WEIR_SOCK_REVNAT`, read: the frontend a socket the programs pointed
+/// at a backend asked for.
+pub struct SockRevNat {
+    map: aya::maps::HashMap<aya::maps::MapData, weir_common::lb::SockRevKey, weir_common::lb::SockRevValue>,
+}
+
+impl SockRevNat {
+    pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
+        Ok(Self { map: crate::pinned::hash(layout, weir_common::maps::SOCK_REVNAT)? })
+    }
+
+    /// The frontend (address, port in network order) that socket `cookie`
+    /// asked for before it was pointed at `backend:port` (network order),
+    /// if the programs translated it.
+    pub fn frontend_of(&self, cookie: u64, backend: weir_common::addr::Addr, port: u16, proto: u8) -> Option<(weir_common::addr::Addr, u16)> {
+        let k = weir_common::lb::SockRevKey { cookie, addr: backend, port, proto, _pad0: 0, _pad1: 0 };
+        self.map.get(&k, 0).ok().map(|v| (v.addr, v.port))
+    }
+}

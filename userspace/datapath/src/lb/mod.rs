@@ -89,6 +89,9 @@ struct BackendState {
 pub struct WriteStats {
     pub map_writes: usize,
     pub ct_purged: usize,
+    /// Backends that a service no longer lists (its sockets' connected
+    /// UDP peers may now be stale).
+    pub members_dropped: usize,
 }
 
 /// The service programmer. One per agent.
@@ -211,6 +214,15 @@ impl Lb {
     }
 
     /// Slots in use and capacity of WEIR_LB_TABLE.
+    /// Whether the frontend `addr:port/proto` (its internal entry, the one
+    /// the socket programs use; ports in network order) lists the backend
+    /// `backend:backend_port` among its endpoints, in any condition.
+    pub fn lists(&self, addr: Addr, port: u16, proto: u8, backend: Addr, backend_port: u16) -> bool {
+        let key = FrontendKey { addr, port, proto, scope: SCOPE_INTERNAL };
+        let Some(s) = self.services.get(&key) else { return false };
+        s.members.iter().any(|id| self.ids.get(id).is_some_and(|i| i.addr == backend && i.port == backend_port))
+    }
+
     pub fn table_usage(&self) -> (u32, u32) {
         (self.slab.used(), self.slab.capacity())
     }
@@ -370,6 +382,7 @@ impl Lb {
             self.add_ref(*added);
         }
         let dropped: HashSet<u32> = old_members.difference(&members).copied().collect();
+        stats.members_dropped += dropped.len();
         if !dropped.is_empty() {
             stats.ct_purged += self.ct.purge(Some(id), &dropped);
             self.purge_affinity(id, &dropped);
@@ -412,6 +425,7 @@ impl Lb {
             let _ = self.source_ranges.remove(&lpm_range(old.service.id, r));
             stats.map_writes += 1;
         }
+        stats.members_dropped += old.members.len();
         stats.ct_purged += self.ct.purge(Some(old.service.id), &old.members.iter().copied().collect());
         self.purge_affinity(old.service.id, &old.members.iter().copied().collect());
         for b in old.members {
@@ -429,12 +443,14 @@ impl Lb {
             let s = self.upsert(spec)?;
             total.map_writes += s.map_writes;
             total.ct_purged += s.ct_purged;
+            total.members_dropped += s.members_dropped;
         }
         let stale: Vec<Frontend> = self.services.keys().filter(|k| !wanted.contains(k)).filter_map(frontend_of).collect();
         for f in stale {
             let s = self.remove(&f)?;
             total.map_writes += s.map_writes;
             total.ct_purged += s.ct_purged;
+            total.members_dropped += s.members_dropped;
         }
         Ok(total)
     }
