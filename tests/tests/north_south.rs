@@ -364,6 +364,22 @@ fn nodeport_addresses_choose_the_node_addresses_that_serve(mode: &str) {
     w.c.wait_for("the new address serves the NodePorts", || served(&w));
     let (names, seen) = from_outside(&w, CLIENT, secondary, 30080, 8);
     assert!(!names.is_empty() && seen == [IpAddr::V4(w.c.nodes[0].ip)], "served on the secondary address, masqueraded: {names:?} {seen:?}");
+    // `weir diff` computes NodePorts as the agent does when told its flags.
+    let source = format!("dir:{}", w.c.objects().display());
+    let node = w.c.nodes[0].name().to_string();
+    let diff = |extra: &[&str]| {
+        let mut args = vec!["diff", "--source", &source, "--node-name", &node, "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = w.c.nodes[0].node.weir(&args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let (code, v) = diff(&["--nodeport-addresses", "192.168.0.0/24", "--devices", "eth0"]);
+    assert_eq!((code, &v["in_sync"]), (Some(0), &serde_json::Value::Bool(true)), "the same flags: in sync: {v:#}");
+    let (code, v) = diff(&[]);
+    let extra = format!("{secondary}:30080/tcp");
+    assert_eq!(code, Some(1), "primary only: the secondary address's NodePorts are extra: {v:#}");
+    assert!(v["services"].as_array().expect("services").iter().any(|s| s["frontend"] == extra.as_str() && s["status"] == "extra"), "{extra} extra: {v:#}");
     w.c.nodes[0].node.ns().ip(&["addr", "del", &format!("{secondary}/24"), "dev", "eth0"]);
     w.c.wait_for("the removed address stops serving", || !served(&w));
 }

@@ -22,6 +22,7 @@ use weir_model::{
         translate::{assign, identity_name, translate},
         CompiledPolicy, Ids,
     },
+    nodeport::NodePortAddresses,
     translate::{translate_all, NodeContext},
     ClusterState,
 };
@@ -39,6 +40,39 @@ pub struct Args {
     /// agent's --node-name.
     #[arg(long)]
     pub node_name: Option<String>,
+    /// The agent's --nodeport-addresses: `primary` (the Node's InternalIP
+    /// of each family) or CIDRs, which select among the Node's addresses
+    /// and the addresses on --devices.
+    #[arg(long, default_value = "primary", value_parser = parse_nodeport_addresses)]
+    pub nodeport_addresses: NodePortAddresses,
+    /// The agent's --devices (comma-separated): whose addresses
+    /// --nodeport-addresses CIDRs may select. Unset: every interface of
+    /// this network namespace but loopback.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// The agent's --masquerade-all.
+    #[arg(long)]
+    pub masquerade_all: bool,
+}
+
+fn parse_nodeport_addresses(s: &str) -> Result<NodePortAddresses, String> {
+    s.parse().map_err(|e: weir_model::nodeport::BadNodePortAddresses| e.to_string())
+}
+
+/// The addresses on `devices` (every non-loopback interface when empty),
+/// in this network namespace, as the agent follows them over netlink.
+fn device_addrs(devices: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let wanted = if devices.is_empty() { ifa.interface_name != "lo" } else { devices.contains(&ifa.interface_name) };
+        let Some(addr) = ifa.address.filter(|_| wanted) else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +171,8 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<bo
     let spec: SourceSpec = args.source.parse()?;
     let (state, warnings) = load(&spec)?;
     let node = args.node_name.as_deref();
-    let ctx = NodeContext::from_state(&state, node);
+    let mut ctx = NodeContext::with_nodeports(&state, node, &args.nodeport_addresses, &device_addrs(&args.devices)?);
+    ctx.masquerade_all = args.masquerade_all;
     let mut want = BTreeMap::new();
     for specs in translate_all(&state, &ctx).into_values() {
         for s in specs {
