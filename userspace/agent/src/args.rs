@@ -116,6 +116,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// How much the kernel's BPF verifier reports when it loads weir's
+    /// programs (the report is part of a load error): off, debug (the
+    /// failing instructions and statistics), verbose (every instruction's
+    /// state), stats.
+    #[arg(long, value_enum, default_value_t = BpfLogLevel::Debug)]
+    pub bpf_log_level: BpfLogLevel,
+
     /// How pods reach pods on other nodes. vxlan (default): encapsulated
     /// to the node holding the destination's pod CIDR, over any network
     /// that carries UDP between the nodes' InternalIPs; native: one route
@@ -209,6 +216,26 @@ impl Args {
             allow_event_sample: self.policy_allow_events,
             ct_max_per_endpoint: self.ct_max_per_endpoint,
             ..weir_datapath::DatapathConfig::DEFAULT
+        }
+    }
+}
+
+/// `--bpf-log-level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BpfLogLevel {
+    Off,
+    Debug,
+    Verbose,
+    Stats,
+}
+
+impl From<BpfLogLevel> for weir_datapath::VerifierLog {
+    fn from(l: BpfLogLevel) -> Self {
+        match l {
+            BpfLogLevel::Off => Self::Off,
+            BpfLogLevel::Debug => Self::Debug,
+            BpfLogLevel::Verbose => Self::Verbose,
+            BpfLogLevel::Stats => Self::Stats,
         }
     }
 }

@@ -51,7 +51,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut svc_health = crate::health::ServiceHealth::default();
 
-    let opts = LoadOptions { lb_table_slots: args.lb_table_slots, ct_entries: args.ct_max_entries, snat_entries: args.masquerade_max_entries };
+    let opts = LoadOptions {
+        lb_table_slots: args.lb_table_slots,
+        ct_entries: args.ct_max_entries,
+        snat_entries: args.masquerade_max_entries,
+        verifier_log: args.bpf_log_level.into(),
+    };
     let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
     let config_map = weir_datapath::config::ConfigMap::open(&layout).context("opening the datapath configuration")?;
     let mut cfg = args.datapath_config();

@@ -24,6 +24,6 @@ pub mod stats;
 pub mod tunnel;
 
 pub use error::DatapathError;
-pub use loader::{LoadOptions, NodeDatapath, PodDatapath};
+pub use loader::{LoadOptions, NodeDatapath, PodDatapath, VerifierLog};
 pub use pins::PinLayout;
 pub use weir_common::config::DatapathConfig;

@@ -31,11 +31,39 @@ pub struct LoadOptions {
     pub ct_entries: u32,
     /// Entries in WEIR_SNAT (two per masqueraded flow).
     pub snat_entries: u32,
+    /// How much the kernel's verifier says when it loads the programs (its
+    /// log ends up in a load error).
+    pub verifier_log: VerifierLog,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES, snat_entries: SNAT_MAX_ENTRIES }
+        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES, snat_entries: SNAT_MAX_ENTRIES, verifier_log: VerifierLog::default() }
+    }
+}
+
+/// The verifier's log level (`--bpf-log-level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifierLog {
+    /// No log.
+    Off,
+    /// The instructions that failed, and statistics (aya's default).
+    #[default]
+    Debug,
+    /// Every instruction's verifier state, and statistics.
+    Verbose,
+    /// Statistics only.
+    Stats,
+}
+
+impl From<VerifierLog> for aya::VerifierLogLevel {
+    fn from(v: VerifierLog) -> Self {
+        match v {
+            VerifierLog::Off => Self::DISABLE,
+            VerifierLog::Debug => Self::DEBUG | Self::STATS,
+            VerifierLog::Verbose => Self::VERBOSE | Self::STATS,
+            VerifierLog::Stats => Self::STATS,
+        }
     }
 }
 
@@ -43,6 +71,7 @@ impl Default for LoadOptions {
 /// (whichever object loads first creates and pins them).
 pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
     EbpfLoader::new()
+        .verifier_log_level(opts.verifier_log.into())
         .default_map_pin_directory(layout.maps_dir())
         .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
         .map_max_entries(CT, opts.ct_entries.max(2))
