@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod hostile;
 pub mod containerd;
 pub mod kubeapi;
+pub mod manifests;
 pub mod names;
 pub mod netns;
 pub mod netpol;

@@ -14,24 +14,10 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use serde_json::Value;
+use weir_tests::manifests::{kustomize, one, typed};
 
 fn render() -> Vec<Value> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let out = std::process::Command::new("kubectl")
-        .args(["kustomize", dir.to_str().expect("utf-8")])
-        .output()
-        .unwrap_or_else(|e| panic!("running `kubectl kustomize` (kubectl is needed to render manifests/): {e}"));
-    assert!(out.status.success(), "kubectl kustomize failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    text.split("\n---\n").map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}: {d}"))).collect()
-}
-
-fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
-    serde_path_to_error::deserialize(v.clone()).unwrap_or_else(|e| panic!("{} at {}: {v}", e.inner(), e.path()))
-}
-
-fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+    kustomize()
 }
 
 #[test]

@@ -31,7 +31,16 @@ const DEB_PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "busybox-static",
+    // The Helm chart tests run Helm's own SDK from Python (a virtualenv).
+    "python3",
+    "python3-venv",
 ];
+
+/// helm-python-sdk (Helm v4's Go SDK as a shared library): the chart tests
+/// render and lint with it, no helm binary. Installed into its own
+/// virtualenv, which `weir_tests::manifests::helm_python` finds.
+const HELM_SDK: &str = "helm-python-sdk==0.2.2";
+const HELM_SDK_VENV: &str = ".cache/weir/helm-sdk-0.2.2";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -77,6 +86,14 @@ pub fn run() -> anyhow::Result<()> {
             &["install", "--force", &spec, "--no-default-features", "--features", "llvm-22"],
             &[("LLVM_PREFIX", LLVM_PREFIX)],
         )?;
+    }
+    let venv = helm_sdk_venv();
+    if !has_helm_sdk(&venv) {
+        sh::step(&format!("setup: installing {HELM_SDK} into {}", venv.display()));
+        let dir = venv.to_str().unwrap_or_default();
+        sh::run("python3", &["-m", "venv", dir])?;
+        let pip = venv.join("bin/pip");
+        sh::run(pip.to_str().unwrap_or_default(), &["install", "--quiet", HELM_SDK])?;
     }
     if !bpffs {
         sh::step("setup: mounting bpffs at /sys/fs/bpf");
@@ -125,4 +142,14 @@ fn bpffs_mounted() -> bool {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
         }))
+}
+
+fn helm_sdk_venv() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| std::path::PathBuf::from("/root"), std::path::PathBuf::from);
+    home.join(HELM_SDK_VENV)
+}
+
+fn has_helm_sdk(venv: &std::path::Path) -> bool {
+    let py = venv.join("bin/python");
+    sh::output(py.to_str().unwrap_or_default(), &["-c", "import helm_python"]).is_some()
 }

@@ -200,15 +200,18 @@ pub fn crd_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml_ng::Error> {
 mod tests {
     use super::*;
 
-    fn committed(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds").join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e} (run `cargo run -p weir-crds --bin weir-crdgen`)", p.display()))
+    fn committed(dir: &str, name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests").join(dir).join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask codegen`)", p.display()))
     }
 
     #[test]
     fn the_committed_crd_yaml_is_what_the_types_generate() {
-        for (name, yaml) in crd_yaml().expect("yaml") {
-            assert!(committed(name) == yaml, "manifests/crds/{name} is stale: run `cargo run -p weir-crds --bin weir-crdgen`");
+        // The kustomization's copy and the Helm chart's.
+        for dir in ["crds", "helm/weir/crds"] {
+            for (name, yaml) in crd_yaml().expect("yaml") {
+                assert!(committed(dir, name) == yaml, "manifests/{dir}/{name} is stale: run `cargo xtask codegen`");
+            }
         }
     }
 
