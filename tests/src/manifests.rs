@@ -89,3 +89,29 @@ pub fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
 pub fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
 }
+
+/// Decodes an install object into its upstream Kubernetes type (panicking
+/// with the path of any mismatch); any other kind panics.
+pub fn decode_install_object(d: &Value) {
+    use k8s_openapi::{
+        api::{
+            apps::v1::DaemonSet,
+            core::v1::{ConfigMap, Namespace, Service, ServiceAccount},
+            rbac::v1::{ClusterRole, ClusterRoleBinding},
+        },
+        apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    };
+    match d["kind"].as_str() {
+        Some("Namespace") => drop(typed::<Namespace>(d)),
+        Some("CustomResourceDefinition") => drop(typed::<CustomResourceDefinition>(d)),
+        Some("ServiceAccount") => drop(typed::<ServiceAccount>(d)),
+        Some("ClusterRole") => drop(typed::<ClusterRole>(d)),
+        Some("ClusterRoleBinding") => drop(typed::<ClusterRoleBinding>(d)),
+        Some("ConfigMap") => drop(typed::<ConfigMap>(d)),
+        Some("DaemonSet") => drop(typed::<DaemonSet>(d)),
+        Some("Service") => drop(typed::<Service>(d)),
+        // The Prometheus Operator's type, not in k8s-openapi.
+        Some("ServiceMonitor") => assert_eq!(d["apiVersion"], "monitoring.coreos.com/v1", "{d}"),
+        other => panic!("unexpected {other:?}: {d}"),
+    }
+}

@@ -11,33 +11,19 @@ use std::{collections::BTreeSet, path::PathBuf};
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{ConfigMap, Service, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding},
+        core::v1::{ConfigMap, Service},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use serde_json::Value;
-use weir_tests::manifests::{documents, helm, helm_render, kustomize, one, typed};
+use weir_tests::manifests::{decode_install_object, documents, helm, helm_render, kustomize, one, typed};
 
 fn custom_values() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/values-custom.yaml")
 }
 
 fn decode_all(docs: &[Value]) {
-    for d in docs {
-        match d["kind"].as_str() {
-            Some("ServiceAccount") => drop(typed::<ServiceAccount>(d)),
-            Some("ClusterRole") => drop(typed::<ClusterRole>(d)),
-            Some("ClusterRoleBinding") => drop(typed::<ClusterRoleBinding>(d)),
-            Some("ConfigMap") => drop(typed::<ConfigMap>(d)),
-            Some("DaemonSet") => drop(typed::<DaemonSet>(d)),
-            Some("Service") => drop(typed::<Service>(d)),
-            // The Prometheus Operator's type, not in k8s-openapi: its fields
-            // are checked where it is rendered.
-            Some("ServiceMonitor") => assert_eq!(d["apiVersion"], "monitoring.coreos.com/v1"),
-            other => panic!("unexpected {other:?}: {d}"),
-        }
-    }
+    docs.iter().for_each(decode_install_object);
 }
 
 fn kinds(docs: &[Value]) -> BTreeSet<String> {

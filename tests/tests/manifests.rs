@@ -8,13 +8,12 @@ use std::collections::BTreeSet;
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{ConfigMap, Namespace, ServiceAccount},
+        core::v1::ConfigMap,
         rbac::v1::{ClusterRole, ClusterRoleBinding},
     },
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use serde_json::Value;
-use weir_tests::manifests::{kustomize, one, typed};
+use weir_tests::manifests::{decode_install_object, kustomize, one, typed};
 
 fn render() -> Vec<Value> {
     kustomize()
@@ -27,16 +26,7 @@ fn kustomize_renders_every_object_into_its_upstream_type() {
     let want: BTreeSet<&str> = ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"].into();
     assert_eq!(kinds, want);
     for d in &docs {
-        match d["kind"].as_str() {
-            Some("Namespace") => drop(typed::<Namespace>(d)),
-            Some("CustomResourceDefinition") => drop(typed::<CustomResourceDefinition>(d)),
-            Some("ServiceAccount") => drop(typed::<ServiceAccount>(d)),
-            Some("ClusterRole") => drop(typed::<ClusterRole>(d)),
-            Some("ClusterRoleBinding") => drop(typed::<ClusterRoleBinding>(d)),
-            Some("ConfigMap") => drop(typed::<ConfigMap>(d)),
-            Some("DaemonSet") => drop(typed::<DaemonSet>(d)),
-            other => panic!("unexpected {other:?}"),
-        }
+        decode_install_object(d);
         if ["ServiceAccount", "ConfigMap", "DaemonSet"].contains(&d["kind"].as_str().unwrap_or("")) {
             assert_eq!(d["metadata"]["namespace"], "weir-system", "{d}");
         }
