@@ -163,6 +163,16 @@ impl Agent {
         self.spawn();
     }
 
+    /// Stops the agent (SIGTERM) and starts it again with other extra
+    /// arguments: a reconfiguration.
+    pub fn restart_with(&mut self, extra_args: &[&str]) {
+        if self.child.is_some() {
+            self.stop_with(libc::SIGTERM);
+        }
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
+
     /// The agent's PID, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

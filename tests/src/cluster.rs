@@ -150,6 +150,28 @@ impl Cluster {
         index
     }
 
+    /// Makes the fabric behave like a wire for XDP: a veth delivers frames
+    /// sent back out by XDP (`XDP_TX`) only to a peer in NAPI mode, which
+    /// GRO on the fabric ports enables; and frames on a wire carry
+    /// complete checksums, while a veth passes a sending stack's partial
+    /// (offloaded) ones on, which XDP cannot tell apart: the senders'
+    /// uplinks compute them (tx checksumming off), as a NIC would.
+    pub fn fabric_like_a_wire(&self) {
+        for n in &self.nodes {
+            self.fabric.exec(&["ethtool", "-K", &format!("fn{}", n.index), "gro", "on", "tx", "off"]);
+            n.node.ns().exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        }
+        // The bridge re-segments what GRO merged: without checksum offload
+        // on its ports, the segments carry complete checksums too.
+        self.fabric.exec(&["ethtool", "-K", "fo", "tx", "off"]);
+        self.outside.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+    }
+
+    /// Runs a command in the fabric namespace (diagnostics).
+    pub fn fabric_exec(&self, argv: &[&str]) -> String {
+        self.fabric.exec(argv)
+    }
+
     /// Writes node `i`'s Node object (its own file, so it can be removed).
     pub fn write_node_object(&self, i: usize) {
         self.write(&format!("node-{i}.yaml"), &self.nodes[i].object());

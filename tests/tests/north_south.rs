@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use weir_tests::{
-    north_south::{drops, from_outside, landed, request_here, service, world, World, CLIENT, CLIENT2},
+    north_south::{drops, from_outside, landed, request_here, service, world, World, BACKEND_PORT, CLIENT, CLIENT2, LINES_PORT},
     traffic::{tcp_request, tcp_request_from, tcp_server, udp_request_from, Reply, DEFAULT_TIMEOUT},
 };
 
@@ -346,6 +346,61 @@ fn a_connected_udp_socket_whose_backend_leaves_is_destroyed(mode: &str) {
     assert!(metrics.lines().any(|l| l.starts_with("weir_udp_sockets_destroyed_total ") && !l.ends_with(" 0")), "counted:\n{metrics}");
 }
 
+/// `--xdp`: established flows from outside to a NodePort whose backend is
+/// on the other node are translated by the XDP fast path in native
+/// routing (they leave by the uplink they came in on), both ways; under
+/// VXLAN the client's packets leave by the tunnel, so tc carries them. Either way every
+/// connection works as without XDP, and an agent restarted without
+/// `--xdp` takes the fast path off the device.
+fn the_xdp_fast_path_carries_established_flows_that_leave_by_the_uplink(mode: &str) {
+    let mut w = world(mode, &["--xdp"]);
+    w.c.fabric_like_a_wire();
+    let node0 = w.c.nodes[0].ip;
+    let xdp = |w: &World| -> (u64, u64) {
+        let m = w.c.nodes[0].node.agent_http("/metrics");
+        let get = |d: &str| m.lines().find_map(|l| l.strip_prefix(&format!("weir_xdp_packets_total{{direction=\"{d}\"}} "))).and_then(|v| v.trim().parse().ok());
+        (get("forward").unwrap_or_else(|| panic!("no XDP counter:\n{m}")), get("reply").unwrap_or(0))
+    };
+    let attached = |w: &World| w.c.nodes[0].node.ns().ip(&["-d", "link", "show", "eth0"]).contains("xdp");
+    assert!(attached(&w), "the XDP program is on node 0's uplink");
+    let dumps: Vec<std::process::Child> = [(w.c.outside.name().to_string(), "eth0", "out"), (w.c.nodes[1].node.ns().name().to_string(), "eth0", "n1"), (w.c.nodes[0].node.ns().name().to_string(), "eth0", "n0")].iter().map(|(ns, dev, tag)| std::process::Command::new("ip").args(["netns", "exec", ns, "tcpdump", "-i", dev, "-nn", "-s", "200", "-w", &format!("/tmp/xdp-{tag}.pcap"), "tcp"]).stderr(std::process::Stdio::null()).spawn().unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let _k = scopeguard(dumps);
+    let before = xdp(&w);
+    let (names, seen) = from_outside(&w, CLIENT, node0, 30080, 24);
+    assert_eq!(names, ["a", "b"], "both backends reached");
+    assert_eq!(seen, [IpAddr::V4(node0)], "masqueraded as without XDP");
+    // Longer flows to the remote backend: 5,000 lines asked, each answered.
+    let b_ip = w.c.nodes[1].pod_ip(20);
+    let n1 = w.c.nodes[1].name().to_string();
+    let remote_lines = service("remote-lines", "NodePort", "10.96.0.93", 30093, "", None, &[(b_ip, &n1)], "TCP")
+        .replace(&format!("targetPort: {BACKEND_PORT}"), &format!("targetPort: {LINES_PORT}"))
+        .replace(&format!("port: {BACKEND_PORT}, protocol"), &format!("port: {LINES_PORT}, protocol"));
+    w.c.write("remote-lines.yaml", &remote_lines);
+    let want = format!("{node0}:30093");
+    w.c.wait_for("node 0 programs the NodePort", || String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want));
+    for i in 0..3 {
+        let asked = b"q\n".repeat(5_000);
+        let answers = tcp_request_from(&w.c.outside, CLIENT, node0, 30093, asked, DEFAULT_TIMEOUT).unwrap_or_else(|e| { for n in 0..2 { eprintln!("NODE {n} xdp={:?} stats={}", weir_datapath::xdp::packets(&weir_datapath::PinLayout::new(w.c.nodes[n].node.bpffs())), String::from_utf8_lossy(&w.c.nodes[n].node.weir(&["stats"]).stdout)); eprintln!("CT {}", String::from_utf8_lossy(&w.c.nodes[n].node.weir(&["ct", "list"]).stdout)); eprintln!("NSTAT{n} {}", w.c.nodes[n].node.ns().exec(&["nstat", "-az", "TcpInCsumErrors", "IpInHdrErrors", "IpInAddrErrors", "IpForwDatagrams", "IpOutNoRoutes"])); } eprintln!("{}", w.c.nodes[0].node.ns().exec(&["ip", "-s", "link", "show", "eth0"])); for n in 0..2 { eprintln!("ETH{n} {}", w.c.nodes[n].node.ns().exec(&["ethtool", "-S", "eth0"])); } eprintln!("FABRIC {}", w.c.fabric_exec(&["ip", "-s", "link"])); for ns in String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).lines() { let name = ns.split_whitespace().next().unwrap_or(""); let o = std::process::Command::new("ip").args(["netns", "exec", name, "nstat", "-az", "TcpInCsumErrors", "TcpInSegs", "TcpExtTCPACKSkippedSeq", "IpInDelivers", "TcpExtListenDrops", "IpInDiscards"]).output().unwrap(); eprintln!("NS {name}: {}", String::from_utf8_lossy(&o.stdout).replace('\n', " | ")); } eprintln!("FN1 {}", w.c.fabric_exec(&["ethtool", "-S", "fn1"])); eprintln!("{}", w.c.outside.exec(&["nstat", "-az", "TcpExtTCPCsumErrors", "TcpInCsumErrors", "IpExtInCsumErrors", "TcpRetransSegs"])); panic!("long flow {i} to the remote backend: {e}") });
+        assert_eq!(answers.iter().filter(|&&c| c == b'\n').count(), 5_000, "every line answered");
+    }
+    let after = xdp(&w);
+    if mode == "native" {
+        assert!(after.0 > before.0 && after.1 > before.1, "native routing: XDP translated both directions ({before:?} -> {after:?})");
+    } else {
+        // The client's packets leave by the tunnel: tc's. (The remote
+        // backend's replies to the node address come back over the fabric
+        // natively, and XDP may translate those.)
+        assert_eq!(after.0, before.0, "vxlan: packets to remote backends go through the tunnel, tc carries them");
+    }
+    // Restarted without --xdp: the fast path is removed, traffic goes on.
+    w.c.nodes[0].agent().restart_with(&["--routing", mode]);
+    w.c.nodes[0].agent().wait_synced();
+    assert!(!attached(&w), "no --xdp: the XDP program is gone from the uplink");
+    let (names, _) = from_outside(&w, CLIENT, node0, 30080, 8);
+    assert!(!names.is_empty(), "served by tc alone");
+}
+
 fn nodeport_addresses_choose_the_node_addresses_that_serve(mode: &str) {
     let secondary = Ipv4Addr::new(192, 168, 0, 111);
     let served = |w: &World| String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&format!("{secondary}:30080"));
@@ -414,6 +469,11 @@ weir_tests::both_routing_modes!(
     an_agent_restart_breaks_no_north_south_connection,
     host_processes_reach_frontends_through_the_socket_programs,
     a_connected_udp_socket_whose_backend_leaves_is_destroyed,
+    the_xdp_fast_path_carries_established_flows_that_leave_by_the_uplink,
     nodeport_addresses_choose_the_node_addresses_that_serve,
     short_connections_reuse_the_masquerade_tuples_of_finished_ones,
 );
+
+struct Dumps(Vec<std::process::Child>);
+impl Drop for Dumps { fn drop(&mut self) { std::thread::sleep(std::time::Duration::from_millis(500)); for c in &mut self.0 { unsafe { libc::kill(c.id() as i32, libc::SIGINT); } let _ = c.wait(); } } }
+fn scopeguard(v: Vec<std::process::Child>) -> Dumps { Dumps(v) }

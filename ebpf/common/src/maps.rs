@@ -129,6 +129,11 @@ pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
 pub const NS_FLOWS: &str = "WEIR_NS_FLOWS";
 pub const NS_FLOWS_MAX_ENTRIES: u32 = 16;
 
+/// Packets the XDP fast path translated and sent back out (per-CPU array
+/// of u64: 0 a client's packet to its backend, 1 a backend's reply).
+pub const XDP_STATS: &str = "WEIR_XDP_STATS";
+pub const XDP_STATS_MAX_ENTRIES: u32 = 2;
+
 /// loadBalancerSourceRanges: (service id, source prefix) → 1.
 pub const SOURCE_RANGES: &str = "WEIR_SOURCE_RANGES";
 pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;

@@ -77,7 +77,7 @@ fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
 /// Zeroes the lookup parameters in place, as 32-bit words (`mem::zeroed`
 /// is a byte-wise `memset` call in BPF).
 #[inline(always)]
-fn zero_params(p: &mut core::mem::MaybeUninit<bpf_fib_lookup>) {
+pub(crate) fn zero_params(p: &mut core::mem::MaybeUninit<bpf_fib_lookup>) {
     const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 4;
     let w = p.as_mut_ptr() as *mut u32;
     let mut i = 0;

@@ -447,8 +447,9 @@ fn rev_key(fwd: &CtEntry, cfg: &DatapathConfig, proto: u8) -> CtKey {
     key(fwd.nat_addr, backend_sees(fwd.flags, cfg, fwd.orig_addr), fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
 }
 
+/// Whether backend `id` still exists with the entry's address and port.
 #[inline(always)]
-fn backend_matches(id: u32, entry: &CtEntry) -> bool {
+pub(crate) fn backend_matches(id: u32, entry: &CtEntry) -> bool {
     match read(BACKENDS.get_ptr(&id)) {
         Some(b) => b.addr == entry.nat_addr && b.port == entry.nat_port,
         None => false,

@@ -21,3 +21,4 @@ pub mod sock_lb;
 pub mod source;
 pub mod stats;
 pub mod tunnel;
+pub mod xdp;

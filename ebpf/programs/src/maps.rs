@@ -73,6 +73,9 @@ pub static NO_MASQ: LpmTrie<Addr, u32> = LpmTrie::pinned(NO_MASQ_MAX_ENTRIES, 0)
 #[map(name = "WEIR_NS_FLOWS")]
 pub static NS_FLOWS: PerCpuArray<u64> = PerCpuArray::pinned(NS_FLOWS_MAX_ENTRIES, 0);
 
+#[map(name = "WEIR_XDP_STATS")]
+pub static XDP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(XDP_STATS_MAX_ENTRIES, 0);
+
 #[map(name = "WEIR_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
 

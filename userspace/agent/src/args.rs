@@ -112,6 +112,15 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub policy_allow_events: u32,
 
+    /// Also attach the XDP fast path (native mode) to the uplinks: packets
+    /// of established north-south flows that leave by the device they came
+    /// in on (backends on other nodes under native routing, and their
+    /// replies) are translated and sent back out before an skb exists;
+    /// everything else takes tc as without it. Off by default: see
+    /// docs/performance.md for when it pays.
+    #[arg(long)]
+    pub xdp: bool,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

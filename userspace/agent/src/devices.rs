@@ -10,12 +10,19 @@ pub struct NodeDevices {
     dp: NodeDatapath,
     /// Named on the command line; otherwise chosen from the Node object.
     explicit: Vec<String>,
+    /// `--xdp`: the XDP fast path on every device too.
+    xdp: bool,
     attached: BTreeMap<String, u32>,
 }
 
 impl NodeDevices {
     pub fn new(dp: NodeDatapath, explicit: Vec<String>) -> Self {
-        Self { dp, explicit, attached: BTreeMap::new() }
+        Self { dp, explicit, xdp: false, attached: BTreeMap::new() }
+    }
+
+    /// `--xdp`: attach the XDP fast path to every device as well.
+    pub fn set_xdp(&mut self, on: bool) {
+        self.xdp = on;
     }
 
     /// The devices to use (see [`choose`]).
@@ -36,8 +43,31 @@ impl NodeDevices {
                     tracing::info!(ifname = %name, ifindex, "{how} node programs");
                     self.attached.insert(name.clone(), *ifindex);
                 }
-                Err(error) => tracing::error!(ifname = %name, ifindex, error = %weir_datapath::error::chain(&error), kind = error.kind(), "node device"),
+                Err(error) => {
+                    tracing::error!(ifname = %name, ifindex, error = %weir_datapath::error::chain(&error), kind = error.kind(), "node device");
+                    continue;
+                }
             }
+            self.ensure_xdp(name, *ifindex);
+        }
+    }
+
+    /// The XDP fast path on `name` exactly when `--xdp` asks for it (an
+    /// earlier agent's is removed otherwise). A device without native XDP
+    /// keeps tc alone, with an error logged.
+    fn ensure_xdp(&mut self, name: &str, ifindex: u32) {
+        let layout = self.dp.layout().clone();
+        if !self.xdp {
+            match weir_datapath::xdp::detach(&layout, name, ifindex) {
+                Ok(true) => tracing::info!(ifname = %name, ifindex, "XDP fast path removed (no --xdp)"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(ifname = %name, ifindex, error = %weir_datapath::error::chain(&error), "removing the XDP fast path"),
+            }
+            return;
+        }
+        match self.dp.attach_xdp(name, ifindex) {
+            Ok(o) => tracing::info!(ifname = %name, ifindex, outcome = ?o, "XDP fast path attached"),
+            Err(error) => tracing::error!(ifname = %name, ifindex, error = %weir_datapath::error::chain(&error), kind = error.kind(), "XDP fast path (the device keeps tc alone)"),
         }
     }
 

@@ -27,6 +27,11 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NorthSouthLabels {
     kind: String,
     verdict: String,
@@ -97,6 +102,18 @@ impl Collector for DatapathCollector {
             )?;
             for (kind, verdict, n) in flows {
                 ConstCounter::new(n).encode(m.encode_family(&NorthSouthLabels { kind: kind.as_str().into(), verdict: verdict.into() })?)?;
+            }
+        }
+        // Pinned once the node object is loaded (counted only with --xdp).
+        if let Ok((forward, reply)) = weir_datapath::xdp::packets(&self.layout) {
+            let mut m = encoder.encode_descriptor(
+                "xdp_packets",
+                "Packets of established north-south flows the XDP fast path translated and sent back out, by direction",
+                None,
+                MetricType::Counter,
+            )?;
+            for (direction, n) in [("forward", forward), ("reply", reply)] {
+                ConstCounter::new(n).encode(m.encode_family(&DirectionLabels { direction: direction.into() })?)?;
             }
         }
         if let Ok(events) = stats::read_ct_stats(&self.layout) {

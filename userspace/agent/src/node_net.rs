@@ -90,6 +90,11 @@ impl NodeNetwork {
         }
     }
 
+    /// `--xdp`: the XDP fast path on the uplinks too.
+    pub fn set_xdp(&mut self, on: bool) {
+        self.devices.set_xdp(on);
+    }
+
     /// Makes devices, tunnel and routes match the Node objects. Errors are
     /// logged and counted; nothing here stops the agent. Returns the
     /// addresses on the uplink devices (NodePort candidates).

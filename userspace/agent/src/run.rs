@@ -110,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }),
         Some(crate::node_net::NodeAddrConfig { map: config_map, cfg }),
     );
+    node_net.set_xdp(args.xdp);
 
     // Adopt what an earlier agent programmed; nothing is flushed.
     let lb = Lb::open(&layout).context("opening the service maps")?;

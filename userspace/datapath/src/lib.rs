@@ -22,6 +22,7 @@ pub mod programmed;
 pub mod pins;
 pub mod stats;
 pub mod tunnel;
+pub mod xdp;
 
 pub use error::DatapathError;
 pub use loader::{LoadOptions, NodeDatapath, PodDatapath, VerifierLog};

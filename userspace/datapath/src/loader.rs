@@ -221,6 +221,10 @@ impl NodeDatapath {
         prog.try_into().map_err(|source| DatapathError::Program { name, source })
     }
 
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
     /// Attaches the node programs to an uplink device.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
         let layout = self.layout.clone();
@@ -235,5 +239,17 @@ impl NodeDatapath {
         let to = attach_pinned(self.program_mut(Hook::ToTunnel)?, &layout, ifname, ifindex, Hook::ToTunnel)?;
         let from = attach_pinned(self.program_mut(Hook::FromTunnel)?, &layout, ifname, ifindex, Hook::FromTunnel)?;
         Ok([to, from])
+    }
+
+    /// Attaches the XDP fast path to an uplink in native (driver) mode,
+    /// loading it on first use.
+    pub fn attach_xdp(&mut self, ifname: &str, ifindex: u32) -> Result<AttachOutcome, DatapathError> {
+        let name = crate::xdp::XDP_PROGRAM;
+        let prog: &mut aya::programs::Xdp =
+            self.ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { object: "node", name })?.try_into().map_err(|source| DatapathError::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        crate::xdp::attach_pinned(prog, &self.layout, ifname, ifindex)
     }
 }

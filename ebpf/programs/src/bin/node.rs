@@ -5,7 +5,10 @@
 //!   replies of backends in the node's own network namespace on the way
 //!   out;
 //! - `to_tunnel` / `from_tunnel`: tc egress / ingress of the VXLAN device
-//!   (`--routing vxlan`).
+//!   (`--routing vxlan`);
+//! - `xdp_from_net`: XDP on the uplinks (`--xdp`): the fast path of
+//!   established north-south flows that leave by the device they came in
+//!   on (`weir_ebpf::xdp`); everything else goes on to `from_net`.
 //!
 //! from_net and from_tunnel reverse-NAT replies of service flows whose
 //! backend is on another node, translate ICMP errors about them, and drop
@@ -18,13 +21,22 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use weir_common::drop::DropReason;
 use weir_ebpf::{
     events,
     hdr::{self, Ipv4Pkt, FRAME_MALFORMED, FRAME_V4},
     egress, ingress, masq, tunnel,
 };
+
+#[xdp]
+pub fn xdp_from_net(ctx: XdpContext) -> u32 {
+    weir_ebpf::xdp::fast_path(&ctx)
+}
 
 #[classifier]
 pub fn from_net(ctx: TcContext) -> i32 {
