@@ -84,6 +84,8 @@ pub struct Cluster {
     agent_args: Vec<String>,
     // Dropped last: the agents read it.
     fabric: NetNs,
+    /// The fabric ports' XDP pass programs (`fabric_like_a_wire`).
+    xdp_links: Vec<std::os::fd::OwnedFd>,
     objects: TempDir,
 }
 
@@ -114,7 +116,7 @@ impl Cluster {
         // less its overhead, as the agent tells weir-cni.
         let routing = agent_args.windows(2).find(|w| w[0] == "--routing").map_or("vxlan", |w| w[1]);
         let pod_mtu = (routing == "vxlan").then_some(1500 - 50);
-        let mut c = Self { nodes: Vec::new(), pod_mtu, outside, outside_ip, agent_args: agent_args.iter().map(|s| s.to_string()).collect(), fabric, objects };
+        let mut c = Self { nodes: Vec::new(), pod_mtu, outside, outside_ip, agent_args: agent_args.iter().map(|s| s.to_string()).collect(), fabric, xdp_links: Vec::new(), objects };
         for _ in 0..n {
             c.add_node_ns();
         }
@@ -150,26 +152,22 @@ impl Cluster {
         index
     }
 
-    /// Makes the fabric behave like a wire for XDP: a veth delivers frames
-    /// sent back out by XDP (`XDP_TX`) only to a peer in NAPI mode, which
-    /// GRO on the fabric ports enables; and frames on a wire carry
-    /// complete checksums, while a veth passes a sending stack's partial
-    /// (offloaded) ones on, which XDP cannot tell apart: the senders'
-    /// uplinks compute them (tx checksumming off), as a NIC would.
-    pub fn fabric_like_a_wire(&self) {
+    /// Makes the fabric behave like a wire for XDP on the nodes' uplinks:
+    /// a veth delivers frames sent back out by XDP (`XDP_TX`) only to a
+    /// peer running XDP itself, so the fabric ports get a pass program;
+    /// and frames on a wire carry complete checksums, while a veth passes
+    /// a sending stack's partial (offloaded) ones on, which XDP cannot
+    /// tell apart, so every sender computes them (tx checksumming off), as
+    /// a NIC would.
+    pub fn fabric_like_a_wire(&mut self) {
         for n in &self.nodes {
-            self.fabric.exec(&["ethtool", "-K", &format!("fn{}", n.index), "gro", "on", "tx", "off"]);
+            let port = format!("fn{}", n.index);
+            self.xdp_links.push(crate::xdp_pass::attach(&self.fabric, &port));
+            self.fabric.exec(&["ethtool", "-K", &port, "tx", "off"]);
             n.node.ns().exec(&["ethtool", "-K", "eth0", "tx", "off"]);
         }
-        // The bridge re-segments what GRO merged: without checksum offload
-        // on its ports, the segments carry complete checksums too.
         self.fabric.exec(&["ethtool", "-K", "fo", "tx", "off"]);
         self.outside.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-    }
-
-    /// Runs a command in the fabric namespace (diagnostics).
-    pub fn fabric_exec(&self, argv: &[&str]) -> String {
-        self.fabric.exec(argv)
     }
 
     /// Writes node `i`'s Node object (its own file, so it can be removed).

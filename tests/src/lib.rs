@@ -26,6 +26,7 @@ pub mod services;
 pub mod stats;
 pub mod testrun;
 pub mod traffic;
+pub mod xdp_pass;
 
 pub use agent::Agent;
 pub use node::Node;

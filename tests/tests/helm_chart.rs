@@ -90,6 +90,7 @@ fn a_values_file_reaches_the_agents_flags_and_the_monitoring_hooks() {
         "--nodeport-addresses=192.168.0.0/16,10.0.0.0/8",
         "--masquerade=false",
         "--masquerade-all",
+        "--xdp",
         "--non-masquerade-cidrs=100.64.0.0/10",
         "--masquerade-max-entries=262144",
         "--lb-table-slots=8388608",

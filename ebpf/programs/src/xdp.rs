@@ -28,6 +28,7 @@ use weir_common::{
     lb::{FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL},
 };
 use weir_logic::{
+    csum::{replace16, replace32},
     ct::{backend_sees, is_alive, source_translated, TCP_SYN},
     frontend::{external_entry, Origin},
 };
@@ -275,15 +276,15 @@ fn apply(ctx: &XdpContext, ip: &mut Ipv4Hdr, proto: u8, rw: &Rewrite, slot: u32)
     let mut ipsum = ip.csum;
     let mut sum = *l4sum;
     let udp_without_sum = proto == PROTO_UDP && sum == 0;
-    ipsum = replace4(ipsum, ip.saddr, rw.saddr);
-    ipsum = replace4(ipsum, ip.daddr, rw.daddr);
-    sum = replace4(sum, ip.saddr, rw.saddr);
-    sum = replace4(sum, ip.daddr, rw.daddr);
-    sum = replace2(sum, ports[0], rw.sport);
-    sum = replace2(sum, ports[1], rw.dport);
+    ipsum = replace32(ipsum, ip.saddr, rw.saddr);
+    ipsum = replace32(ipsum, ip.daddr, rw.daddr);
+    sum = replace32(sum, ip.saddr, rw.saddr);
+    sum = replace32(sum, ip.daddr, rw.daddr);
+    sum = replace16(sum, ports[0], rw.sport);
+    sum = replace16(sum, ports[1], rw.dport);
     let old_ttl = u16::from_ne_bytes([ip.ttl, ip.proto]);
     let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);
-    ip.csum = replace2(ipsum, old_ttl, new_ttl);
+    ip.csum = replace16(ipsum, old_ttl, new_ttl);
     ip.ttl -= 1;
     ip.saddr = rw.saddr;
     ip.daddr = rw.daddr;
@@ -300,21 +301,4 @@ fn apply(ctx: &XdpContext, ip: &mut Ipv4Hdr, proto: u8, rw: &Rewrite, slot: u32)
         unsafe { *c = (*c).wrapping_add(1) };
     }
     xdp_action::XDP_TX
-}
-
-/// RFC 1624 incremental update of a one's-complement checksum for a
-/// 16-bit word changing from `old` to `new` (as stored: byte order does
-/// not matter as long as all three are alike).
-#[inline(always)]
-fn replace2(sum: u16, old: u16, new: u16) -> u16 {
-    let mut s = u32::from(!sum) + u32::from(!old) + u32::from(new);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
-}
-
-#[inline(always)]
-fn replace4(sum: u16, old: u32, new: u32) -> u16 {
-    let sum = replace2(sum, old as u16, new as u16);
-    replace2(sum, (old >> 16) as u16, (new >> 16) as u16)
 }

@@ -34,10 +34,17 @@ pub enum Setup {
     WeirVxlan,
     KernelVxlan,
     NftVxlan,
+    /// weir in native routing on a fabric made to behave like a wire for
+    /// XDP (see `Cluster::fabric_like_a_wire`), tc only: the XDP row's
+    /// baseline.
+    WeirWire,
+    /// The same with `--xdp`.
+    WeirXdp,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 6] = [Setup::WeirNative, Setup::KernelNative, Setup::NftNative, Setup::WeirVxlan, Setup::KernelVxlan, Setup::NftVxlan];
+    pub const ALL: [Setup; 8] =
+        [Setup::WeirNative, Setup::KernelNative, Setup::NftNative, Setup::WeirVxlan, Setup::KernelVxlan, Setup::NftVxlan, Setup::WeirWire, Setup::WeirXdp];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,18 +54,25 @@ impl Setup {
             Self::WeirVxlan => "weir-vxlan",
             Self::KernelVxlan => "kernel-vxlan",
             Self::NftVxlan => "nftables-vxlan",
+            Self::WeirWire => "weir-native-wire",
+            Self::WeirXdp => "weir-native-xdp",
         }
     }
 
     pub fn mode(self) -> &'static str {
         match self {
-            Self::WeirNative | Self::KernelNative | Self::NftNative => "native",
+            Self::WeirNative | Self::KernelNative | Self::NftNative | Self::WeirWire | Self::WeirXdp => "native",
             Self::WeirVxlan | Self::KernelVxlan | Self::NftVxlan => "vxlan",
         }
     }
 
     pub fn is_weir(self) -> bool {
-        matches!(self, Self::WeirNative | Self::WeirVxlan)
+        matches!(self, Self::WeirNative | Self::WeirVxlan | Self::WeirWire | Self::WeirXdp)
+    }
+
+    /// The XDP comparison's setups, measured on the NodePort path only.
+    pub fn is_xdp_pair(self) -> bool {
+        matches!(self, Self::WeirWire | Self::WeirXdp)
     }
 
     fn nftables(self) -> bool {
@@ -118,8 +132,14 @@ fn vtep_mac(i: usize) -> String {
 
 impl XnodeTopo {
     pub fn new(setup: Setup) -> Self {
-        let args = ["--routing", setup.mode(), "--resync-interval", "3600"];
+        let mut args = vec!["--routing", setup.mode(), "--resync-interval", "3600"];
+        if setup == Setup::WeirXdp {
+            args.push("--xdp");
+        }
         let mut cluster = Cluster::bare(2, &args);
+        if setup.is_xdp_pair() {
+            cluster.fabric_like_a_wire();
+        }
         if setup.is_weir() {
             for i in 0..2 {
                 cluster.start_agent(i);

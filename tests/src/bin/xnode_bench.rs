@@ -7,7 +7,10 @@
 //! target/bench/xnode.{json,md}: medians, min–max over reps, and
 //! weir/baseline ratios.
 //!
-//! Usage: weir-xnode-bench [--quick]
+//! The XDP pair (weir tc against weir tc + `--xdp`, on a fabric made to
+//! behave like a wire) measures the NodePort path only.
+//!
+//! Usage: weir-xnode-bench [--quick] [--xdp-only]
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -74,6 +77,19 @@ fn report(samples: &[Sample], machine: &str, reps: usize) -> String {
             o.push('\n');
         }
     }
+    // XDP: the same weir, tc alone against tc + XDP, on the wire-like fabric.
+    let _ = writeln!(
+        o,
+        "## outside → NodePort (remote backend, masqueraded), native, XDP\n\nBoth on a fabric made to behave like a wire for XDP (pass programs on the fabric ports, checksums computed by every sender), so only `--xdp` differs.\n\n| metric | weir tc + XDP | weir tc | xdp/tc |\n|---|---|---|---|"
+    );
+    for (mname, _, f) in METRICS {
+        let path: fn(&Sample) -> &Path = |s| &s.outside_to_nodeport;
+        let (x, xl, xh) = stats(samples, Setup::WeirXdp, path, f);
+        let (t, tl, th) = stats(samples, Setup::WeirWire, path, f);
+        let ratio = if t > 0.0 { x / t } else { 0.0 };
+        let _ = writeln!(o, "| {mname} | {x:.1} ({xl:.1}–{xh:.1}) | {t:.1} ({tl:.1}–{th:.1}) | {ratio:.2} |");
+    }
+    o.push('\n');
     let failures: u64 = samples
         .iter()
         .flat_map(|s| [&s.pod_to_pod, &s.pod_to_clusterip, &s.outside_to_nodeport])
@@ -83,22 +99,32 @@ fn report(samples: &[Sample], machine: &str, reps: usize) -> String {
     o
 }
 
+impl Path {
+    /// A path not measured in a setup.
+    fn none() -> Self {
+        Path { throughput_gbps: 0.0, short: Latency::default(), keepalive: Latency::default() }
+    }
+}
+
 fn measure(ns: &weir_tests::netns::NetNs, dst: std::net::Ipv4Addr, ports: (u16, u16, u16), dur: Duration, ka: usize, secs: u32) -> Path {
     Path { short: short_connections(ns, dst, ports.0, dur), keepalive: keepalive(ns, dst, ports.1, ka), throughput_gbps: iperf(ns, dst, ports.2, secs) }
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let setups: Vec<Setup> = if std::env::args().any(|a| a == "--xdp-only") { vec![Setup::WeirWire, Setup::WeirXdp] } else { Setup::ALL.to_vec() };
     let (reps, dur, ka, secs): (usize, Duration, usize, u32) =
         if quick { (1, Duration::from_millis(1500), 1000, 1) } else { (3, Duration::from_secs(3), 3000, 3) };
     let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"), PathBuf::from);
     let mut samples = Vec::new();
     for rep in 0..reps {
-        for setup in Setup::ALL {
+        for &setup in &setups {
             eprintln!("==> rep {rep} {}", setup.as_str());
             let t = XnodeTopo::new(setup);
-            let pod_to_pod = measure(t.client.ns(), t.server.ip, (8080, 9000, 5201), dur, ka, secs);
-            let pod_to_clusterip = measure(t.client.ns(), VIP, (SHORT_PORT, KEEPALIVE_PORT, IPERF_PORT), dur, ka, secs);
+            // The XDP pair is about the NodePort path only.
+            let pod_paths = !setup.is_xdp_pair();
+            let pod_to_pod = if pod_paths { measure(t.client.ns(), t.server.ip, (8080, 9000, 5201), dur, ka, secs) } else { Path::none() };
+            let pod_to_clusterip = if pod_paths { measure(t.client.ns(), VIP, (SHORT_PORT, KEEPALIVE_PORT, IPERF_PORT), dur, ka, secs) } else { Path::none() };
             let node0 = t.cluster.nodes[0].ip;
             let outside_to_nodeport = measure(&t.cluster.outside, node0, (SHORT_NODE_PORT, KEEPALIVE_NODE_PORT, IPERF_NODE_PORT), dur, ka, secs);
             eprintln!(
