@@ -393,7 +393,9 @@ fn the_xdp_fast_path_carries_established_flows_that_leave_by_the_uplink(mode: &s
     // Restarted without --xdp: the fast path is removed, traffic goes on.
     w.c.nodes[0].agent().restart_with(&["--routing", mode]);
     w.c.nodes[0].agent().wait_synced();
-    assert!(!attached(&w), "no --xdp: the XDP program is gone from the uplink");
+    // (Unpinning drops the link's last reference; the kernel detaches it
+    // from a work queue, so it goes a moment later.)
+    w.c.wait_for("no --xdp: the XDP program is gone from the uplink", || !attached(&w));
     let (names, _) = from_outside(&w, CLIENT, node0, 30080, 8);
     assert!(!names.is_empty(), "served by tc alone");
 }

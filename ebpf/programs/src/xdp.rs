@@ -24,7 +24,8 @@ use aya_ebpf::{
 };
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CT_STATE_SYN, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
+    config::DatapathConfig,
+    ct::{CtEntry, CtKey, CT_STATE_SYN, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     lb::{FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL},
 };
 use weir_logic::{
@@ -176,21 +177,11 @@ fn reply(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
         return false;
     }
     let fkey = key(rev.orig_addr, rev.nat_addr, rev.orig_port, rev.nat_port, f.proto, CT_SVC_FWD);
-    // The forward half must exist (tc rebuilds it otherwise).
-    if lookup(&fkey).is_none() {
-        return false;
-    }
     rw.saddr = rev.nat_addr.v4_raw();
     rw.daddr = if source_translated(rev.flags) { rev.orig_addr.v4_raw() } else { f.dst.v4_raw() };
     rw.sport = rev.nat_port;
     rw.dport = rev.orig_port;
-    if !leaves_by(ctx, rw, f) {
-        return false;
-    }
-    if touch(e, cfg, f.proto, f.tcp_flags, DIR_REPLY, now) {
-        sync_twin(&fkey, e);
-    }
-    true
+    take(ctx, f, rw, e, &fkey, DIR_REPLY, cfg, now)
 }
 
 /// A client's packet of an established flow opened from outside: the
@@ -220,18 +211,25 @@ fn forward(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
         return false;
     }
     let rkey = key(fwd.nat_addr, backend_sees(fwd.flags, cfg, fwd.orig_addr), fwd.nat_port, fwd.orig_port, f.proto, CT_SVC_REV);
-    if lookup(&rkey).is_none() {
-        return false;
-    }
     rw.saddr = if source_translated(fwd.flags) { backend_sees(fwd.flags, cfg, Addr::ZERO).v4_raw() } else { f.src.v4_raw() };
     rw.daddr = fwd.nat_addr.v4_raw();
     rw.sport = fwd.orig_port;
     rw.dport = fwd.nat_port;
-    if !leaves_by(ctx, rw, f) {
+    take(ctx, f, rw, e, &rkey, DIR_ORIG, cfg, now)
+}
+
+/// Takes the packet of entry `e` (travelling in `dir`) onto the fast path
+/// when the flow's other half `twin` exists (tc rebuilds a missing one)
+/// and the rewritten packet `rw` leaves by the ingress device: the state
+/// advances and the twin follows, as on tc.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn take(ctx: &XdpContext, f: &Flow, rw: &Rewrite, e: *mut CtEntry, twin: &CtKey, dir: u8, cfg: &DatapathConfig, now: u64) -> bool {
+    if lookup(twin).is_none() || !leaves_by(ctx, rw, f) {
         return false;
     }
-    if touch(e, cfg, f.proto, f.tcp_flags, DIR_ORIG, now) {
-        sync_twin(&rkey, e);
+    if touch(e, cfg, f.proto, f.tcp_flags, dir, now) {
+        sync_twin(twin, e);
     }
     true
 }
