@@ -194,6 +194,41 @@ pub fn udp_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, pay
     })
 }
 
+/// One datagram with Don't Fragment set from `src` in `ns` to `dst:port`,
+/// sent whatever path MTU the namespace learnt before (`IP_PMTUDISC_PROBE`): the answer, or the error the socket reported (an
+/// ICMP fragmentation needed matched to it is `EMSGSIZE`), and the path
+/// MTU the socket knows afterwards (`IP_MTU`).
+pub fn udp_df_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> (io::Result<Vec<u8>>, Option<u32>) {
+    ns.run(move || {
+        let s = match UdpSocket::bind((src, 0)) {
+            Ok(s) => s,
+            Err(e) => return (Err(e), None),
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        let sockopt = |opt: libc::c_int, v: libc::c_int| {
+            // SAFETY: a valid socket and a c_int option value.
+            unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, opt, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) }
+        };
+        if sockopt(libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE) != 0 {
+            return (Err(io::Error::last_os_error()), None);
+        }
+        let answer = (|| {
+            s.set_read_timeout(Some(timeout))?;
+            s.connect((dst, port))?;
+            s.send(&payload)?;
+            let mut buf = vec![0u8; 65536];
+            let n = s.recv(&mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        })();
+        let mut mtu: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket, and an out value of the length given.
+        let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU, (&mut mtu as *mut libc::c_int).cast(), &mut len) };
+        (answer, (rc == 0).then_some(mtu as u32))
+    })
+}
+
 /// Sends `count` datagrams on one socket, each waiting for its answer.
 /// Returns how many were answered.
 pub fn udp_exchange(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, count: usize, timeout: Duration) -> io::Result<usize> {

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use weir_tests::{
     north_south::{drops, from_outside, landed, request_here, service, world, World, BACKEND_PORT, CLIENT, CLIENT2, LINES_PORT},
-    traffic::{tcp_request, tcp_request_from, tcp_server, udp_request_from, Reply, DEFAULT_TIMEOUT},
+    traffic::{tcp_request, tcp_request_from, tcp_server, udp_df_request_from, udp_request_from, Reply, DEFAULT_TIMEOUT},
 };
 
 fn external_traffic_policy_cluster_spreads_and_masquerades_to_the_node(mode: &str) {
@@ -400,6 +400,78 @@ fn the_xdp_fast_path_carries_established_flows_that_leave_by_the_uplink(mode: &s
     assert!(!names.is_empty(), "served by tc alone");
 }
 
+/// The hardening guarantees on the uplink: a datagram fragmented on its
+/// way from outside is load-balanced whole (the later fragments ride the
+/// first one's translation; under VXLAN each 1,500-byte fragment is too
+/// big for the pods' 1,450 bytes, and the stack fragments it further
+/// after translation), and a packet from outside that claims a local
+/// pod's address or the node's own is dropped (`spoofed_source`), never
+/// translated.
+fn hostile_or_fragmented_traffic_from_outside_is_handled_as_on_pod_links(mode: &str) {
+    let w = world(mode, &[]);
+    let node0 = w.c.nodes[0].ip;
+    // 4,000 bytes of UDP: three fragments on a 1,500-byte link.
+    for (dst, port) in [(node0, 30082), (Ipv4Addr::new(198, 51, 100, 82), 80)] {
+        for i in 0..4 {
+            let r = udp_request_from(&w.c.outside, CLIENT, dst, port, vec![b'f'; 4000], DEFAULT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("fragmented UDP {i} to {dst}:{port}: {e}"));
+            assert_eq!(landed(&r).1.ip(), IpAddr::V4(node0), "answered, and masqueraded as a whole datagram is");
+        }
+    }
+    // The outside forges pod a's address.
+    let a_ip = w.c.nodes[0].pod_ip(10);
+    w.c.outside.ip(&["addr", "add", &format!("{a_ip}/32"), "dev", "eth0"]);
+    let before = drops(&w.c, 0, "spoofed_source");
+    let err = tcp_request_from(&w.c.outside, a_ip, node0, 30080, b"hi".to_vec(), std::time::Duration::from_secs(1)).expect_err("a forged pod source");
+    assert!(matches!(err.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock), "dropped: {err}");
+    assert!(drops(&w.c, 0, "spoofed_source") > before, "counted as spoofed_source");
+    w.c.outside.ip(&["addr", "del", &format!("{a_ip}/32"), "dev", "eth0"]);
+    // The outside forges the node's own address (which the stack takes
+    // from the uplink, `accept_local`, for the masqueraded packets it
+    // fragments): dropped before any translation.
+    let before = drops(&w.c, 0, "spoofed_source");
+    let sent = weir_tests::hostile::spray_udp(&w.c.outside, node0, node0, vec![30082], 5, 1).expect("raw socket");
+    assert_eq!(sent, 5);
+    w.c.wait_for("the forged node address is dropped as spoofed_source", || drops(&w.c, 0, "spoofed_source") >= before + 5);
+    // The real clients are unaffected.
+    let (names, _) = from_outside(&w, CLIENT, node0, 30080, 4);
+    assert!(!names.is_empty());
+}
+
+/// Path-MTU discovery through a frontend: a datagram with Don't Fragment
+/// set, too big for the link its translation leaves by (a backend's veth
+/// or the tunnel under VXLAN, 1,450 bytes), is answered with ICMP
+/// fragmentation needed carrying that MTU and quoting the client's own
+/// packet, so the client's socket learns the path MTU (`EMSGSIZE`, then
+/// `IP_MTU`); a datagram that fits is answered by a backend. Natively the
+/// pods' links are as large as the uplink and nothing is too big.
+fn a_datagram_too_big_for_the_backends_link_gets_fragmentation_needed(mode: &str) {
+    let w = world(mode, &[]);
+    let node0 = w.c.nodes[0].ip;
+    let pod_mtu: usize = if mode == "vxlan" { 1450 } else { 1500 };
+    for (dst, port) in [(node0, 30082), (Ipv4Addr::new(198, 51, 100, 82), 80), (Ipv4Addr::new(192, 0, 2, 82), 80)] {
+        for i in 0..4 {
+            let before = drops(&w.c, 0, "frag_needed");
+            // A full 1,500-byte packet (20 of IP, 8 of UDP).
+            let (answer, mtu) = udp_df_request_from(&w.c.outside, CLIENT, dst, port, vec![b'd'; 1472], DEFAULT_TIMEOUT);
+            if pod_mtu < 1500 {
+                let err = answer.expect_err("too big for the backend's link");
+                assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE), "{dst}:{port} try {i}: the socket matched the ICMP to itself: {err}");
+                assert_eq!(mtu, Some(pod_mtu as u32), "{dst}:{port}: the path MTU the ICMP carried");
+                let after = drops(&w.c, 0, "frag_needed");
+                assert!(after > before, "{dst}:{port} try {i}: counted as frag_needed ({before} -> {after})");
+            } else {
+                let r = answer.unwrap_or_else(|e| panic!("{dst}:{port} try {i}: a 1,500-byte datagram fits: {e}"));
+                assert_eq!(landed(&r).1.ip(), IpAddr::V4(node0), "answered, masqueraded");
+            }
+            // What fits the backend's link is answered.
+            let (answer, _) = udp_df_request_from(&w.c.outside, CLIENT, dst, port, vec![b'd'; pod_mtu - 28], DEFAULT_TIMEOUT);
+            let r = answer.unwrap_or_else(|e| panic!("{dst}:{port} try {i}: {} bytes fit: {e}", pod_mtu));
+            assert_eq!(landed(&r).1.ip(), IpAddr::V4(node0));
+        }
+    }
+}
+
 fn nodeport_addresses_choose_the_node_addresses_that_serve(mode: &str) {
     let secondary = Ipv4Addr::new(192, 168, 0, 111);
     let served = |w: &World| String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&format!("{secondary}:30080"));
@@ -469,6 +541,8 @@ weir_tests::both_routing_modes!(
     host_processes_reach_frontends_through_the_socket_programs,
     a_connected_udp_socket_whose_backend_leaves_is_destroyed,
     the_xdp_fast_path_carries_established_flows_that_leave_by_the_uplink,
+    hostile_or_fragmented_traffic_from_outside_is_handled_as_on_pod_links,
+    a_datagram_too_big_for_the_backends_link_gets_fragmentation_needed,
     nodeport_addresses_choose_the_node_addresses_that_serve,
     short_connections_reuse_the_masquerade_tuples_of_finished_ones,
 );

@@ -55,10 +55,14 @@ pub enum DropReason {
     /// A new flow to a load-balancer IP from a source outside the
     /// service's loadBalancerSourceRanges.
     NotInSourceRanges = 20,
+    /// A packet with Don't Fragment set, too big for the link its
+    /// translation leaves by: answered with ICMP fragmentation needed
+    /// (the link's MTU), quoting the sender's own packet.
+    FragNeeded = 21,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -79,6 +83,7 @@ impl DropReason {
         DropReason::MasqueradePortsExhausted,
         DropReason::NoLocalEndpoints,
         DropReason::NotInSourceRanges,
+        DropReason::FragNeeded,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -103,6 +108,7 @@ impl DropReason {
             Self::MasqueradePortsExhausted => "masquerade_ports_exhausted",
             Self::NoLocalEndpoints => "no_local_endpoints",
             Self::NotInSourceRanges => "not_in_source_ranges",
+            Self::FragNeeded => "frag_needed",
         }
     }
 

@@ -6,13 +6,25 @@
 //!
 //! As the kernel's forwarding does, a redirected packet's TTL is
 //! decremented, and a packet whose TTL would run out goes up the stack,
-//! which answers with ICMP time exceeded. The lookup is given no length,
-//! so the kernel checks the skb itself against the egress MTU (GSO
-//! super-packets pass whole); a packet too big for it goes up the stack,
-//! which fragments it or answers with ICMP fragmentation needed.
+//! which answers with ICMP time exceeded. The lookup is given the
+//! packet's length, so the kernel checks it against the route's MTU
+//! before any neighbour (with no length, it checks the skb only when the
+//! neighbour is known: a packet to a new neighbour would be redirected
+//! whole); a GSO super-packet is given no length (its segments fit the
+//! MTU, and the kernel then checks the skb, which passes it). A packet
+//! too big:
+//! - with Don't Fragment set, is handed back to the caller
+//!   ([`too_big`]: the egress MTU), which answers the sender with ICMP
+//!   fragmentation needed quoting the sender's own, untranslated packet
+//!   (the stack would quote the translated one, which matches no socket
+//!   of the sender's);
+//! - without it, goes up the stack, which fragments it to fit (a
+//!   masqueraded packet from outside carries the node's own address as
+//!   its source, which the stack takes from an uplink only because the
+//!   agent sets `accept_local` there; see `ingress`).
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -20,6 +32,21 @@ use aya_ebpf::{
 use crate::hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_TTL_OFF};
 
 const AF_INET: u8 = 2;
+
+/// [`redirect_v4`]'s answer for a packet with Don't Fragment set that is
+/// too big for its egress: this base plus the egress MTU.
+const TOO_BIG_BASE: i32 = i32::MIN + 2000;
+
+/// The egress MTU, when `verdict` says the packet is too big for it.
+#[inline(always)]
+pub fn too_big(verdict: i32) -> Option<u16> {
+    let m = verdict.wrapping_sub(TOO_BIG_BASE);
+    if (0..=u16::MAX as i32).contains(&m) {
+        Some(m as u16)
+    } else {
+        None
+    }
+}
 
 #[inline(never)]
 pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
@@ -36,6 +63,10 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     p.dport = pkt.dport;
     // SAFETY: the context pointer is valid for the program's lifetime.
     p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: as above.
+    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
+        p.__bindgen_anon_1.tot_len = pkt.tot_len;
+    }
     p.__bindgen_anon_3.ipv4_src = pkt.saddr;
     p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
     // SAFETY: valid skb and params pointers, correct size.
@@ -47,6 +78,11 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
             0,
         )
     };
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && pkt.df && !pkt.is_icmp_error() {
+        // SAFETY: the kernel writes the egress MTU over the length it
+        // was given (a union).
+        return TOO_BIG_BASE + unsafe { p.__bindgen_anon_1.mtu_result } as i32;
+    }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return TC_ACT_OK as i32;
     }

@@ -58,6 +58,9 @@ pub struct Ipv4Pkt {
     pub dport: u16,
     /// ICMP: the message type.
     pub icmp_type: u8,
+    /// Don't Fragment is set: a router must answer a packet too big for
+    /// its next hop with ICMP fragmentation needed, not fragment it.
+    pub df: bool,
 }
 
 /// What a frame is ([`parse`]'s result).
@@ -186,6 +189,7 @@ fn parse_v4(ctx: &TcContext, out: &mut Ipv4Pkt) -> Option<()> {
     let frag_field = u16::from_be_bytes([frag_hi, frag_lo]);
     let offset = frag_field & 0x1fff;
     let more = frag_field & 0x2000 != 0;
+    let df = frag_field & 0x4000 != 0;
     let frag = if offset != 0 {
         FRAG_LATER
     } else if more {
@@ -210,6 +214,7 @@ fn parse_v4(ctx: &TcContext, out: &mut Ipv4Pkt) -> Option<()> {
     pkt.tot_len = tot_len;
     pkt.id = u16::from_ne_bytes([id_hi, id_lo]);
     pkt.ihl_bytes = ihl_bytes as u16;
+    pkt.df = df;
     if frag == FRAG_LATER {
         return Some(());
     }

@@ -1,7 +1,8 @@
 //! What the node does with a packet arriving from outside it (on an
 //! uplink device, or decapsulated from the tunnel): refuse one that
-//! claims a local pod's address, reverse-NAT replies from backends on
-//! other nodes (and translate ICMP errors about those flows),
+//! claims a local pod's address or the node's own, reverse-NAT replies
+//! from backends on other nodes (and translate ICMP errors about those
+//! flows),
 //! load-balance new and established flows to service frontends
 //! (NodePorts, LB IPs, externalIPs, and ClusterIPs routed to the node),
 //! with the backend's ingress policy judged on the client's own address
@@ -19,13 +20,14 @@ use weir_common::{
 use crate::{
     conntrack, events, frag,
     hdr::{Ipv4Pkt, FRAG_FIRST},
-    icmp, lb, policy, reject, source, stats,
+    icmp, lb, nat, policy, reject, source, stats,
 };
 
 /// An IPv4 packet from outside the node.
 #[inline(always)]
 pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
-    if source::is_local_pod(&Addr::from_v4_raw(pkt.saddr)) {
+    let saddr = Addr::from_v4_raw(pkt.saddr);
+    if source::is_local_pod(&saddr) || claims_node_addr(&saddr) {
         return events::dropped(ctx, pkt, DropReason::SpoofedSource);
     }
     if pkt.later_fragment() && !frag::recover(pkt) {
@@ -36,10 +38,21 @@ pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
         frag::prepare(pkt);
     }
     let verdict = translate(ctx, pkt);
-    if first && verdict != TC_ACT_SHOT as i32 && verdict != TC_ACT_OK as i32 {
+    // A first fragment handed to the stack untranslated is none of ours;
+    // a translated one the stack is to fragment further is.
+    if first && verdict != TC_ACT_SHOT as i32 && (verdict != TC_ACT_OK as i32 || nat::translated(ctx)) {
         frag::commit();
     }
     verdict
+}
+
+/// Whether `saddr` is the node address masqueraded flows come from. No
+/// packet from outside carries it; the agent sets `accept_local` on the
+/// uplinks so that the stack forwards (and fragments) the masqueraded
+/// packets `fwd` hands it, and this keeps forged ones from using that.
+#[inline(always)]
+fn claims_node_addr(saddr: &Addr) -> bool {
+    conntrack::config().is_some_and(|c| c.node_addr != Addr::ZERO && c.node_addr == *saddr)
 }
 
 #[inline(always)]
@@ -54,7 +67,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     let Some(cfg) = conntrack::config() else { return TC_ACT_OK as i32 };
     let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
     if verdict != lb::NOT_HANDLED {
-        return lb::settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);
     }
     let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Outside);
     if verdict == lb::NEW_FLOW {
@@ -66,7 +79,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
         events::trace(ctx, pkt, &t);
         let verdict = lb::commit(ctx, pkt, cfg);
         stats::north_south(if lb::dropped(verdict).is_some() { NS_DROPPED } else { NS_NEW });
-        return lb::settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);
     }
     if let Some(reason) = lb::rejected(verdict) {
         stats::north_south(NS_REJECTED);
@@ -79,6 +92,6 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     if lb::dropped(verdict).is_some() {
         stats::north_south(NS_DROPPED);
     }
-    lb::settle(ctx, pkt, verdict)
+    lb::settle(ctx, pkt, verdict, reject::BACK_OUT)
 }
 

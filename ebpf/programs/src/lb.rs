@@ -32,7 +32,7 @@ use weir_logic::{
 use crate::{
     conntrack::{self, alive, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
     errors,
-    fwd::redirect_v4,
+    fwd::{redirect_v4, too_big},
     hdr::Ipv4Pkt,
     maps::{read, scratch, AFFINITY, BACKENDS, FRONTENDS, LB_TABLE, SOURCE_RANGES},
     nat::{dnat, mark_translated, snat},
@@ -89,9 +89,15 @@ pub fn dropped(verdict: i32) -> Option<DropReason> {
 }
 
 /// Turns a "drop with reason" code of the service path into the drop
-/// (counted and reported); any other verdict passes through.
+/// (counted and reported), and a packet too big for its egress into ICMP
+/// fragmentation needed sent `back` (`reject::BACK_*`); any other verdict
+/// passes through.
 #[inline(always)]
-pub fn settle(ctx: &TcContext, pkt: &Ipv4Pkt, verdict: i32) -> i32 {
+pub fn settle(ctx: &TcContext, pkt: &Ipv4Pkt, verdict: i32, back: u32) -> i32 {
+    if let Some(mtu) = too_big(verdict) {
+        crate::events::drop(ctx, pkt, DropReason::FragNeeded as u32);
+        return crate::reject::too_big(ctx, pkt, mtu, back);
+    }
     match dropped(verdict) {
         Some(reason) => crate::events::dropped(ctx, pkt, reason),
         None => verdict,
@@ -125,6 +131,7 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         return NOT_HANDLED;
     }
     let Some(s) = scratch() else { return NOT_HANDLED };
+    let orig = Untranslated::of(pkt);
     let (src, dst) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
     s.rkey = key(src, dst, pkt.sport, pkt.dport, pkt.proto, CT_SVC_REV);
     let Some(e) = conntrack::lookup(&s.rkey) else { return NOT_HANDLED };
@@ -162,7 +169,39 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if how == REVERSE_IN_PLACE {
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     }
-    redirect_v4(ctx, pkt)
+    forward_or_restore(ctx, pkt, &orig)
+}
+
+/// A packet's addresses and ports before translation.
+#[derive(Clone, Copy)]
+struct Untranslated {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+}
+
+impl Untranslated {
+    #[inline(always)]
+    fn of(pkt: &Ipv4Pkt) -> Self {
+        Self { saddr: pkt.saddr, daddr: pkt.daddr, sport: pkt.sport, dport: pkt.dport }
+    }
+}
+
+/// Forwards the translated packet; one too big for its egress with Don't
+/// Fragment set gets its translation undone (the answer quotes what the
+/// sender sent) and its too-big verdict returned, for [`settle`].
+#[inline(always)]
+fn forward_or_restore(ctx: &TcContext, pkt: &mut Ipv4Pkt, orig: &Untranslated) -> i32 {
+    let verdict = redirect_v4(ctx, pkt);
+    if too_big(verdict).is_some() {
+        if snat(ctx, pkt, orig.saddr, orig.sport).is_err() || dnat(ctx, pkt, orig.daddr, orig.dport).is_err() {
+            return reject_malformed();
+        }
+        // The answer is no translated packet.
+        crate::nat::take_translated(ctx);
+    }
+    verdict
 }
 
 /// [`reverse`]: forward the translated reply (from a pod or the network).
@@ -461,6 +500,7 @@ pub(crate) fn backend_matches(id: u32, entry: &CtEntry) -> bool {
 #[inline(never)]
 fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
     let Some(s) = scratch() else { return reject_malformed() };
+    let orig = Untranslated::of(pkt);
     let (to, to_port, from_port, flags) = (s.fwd.nat_addr.v4_raw(), s.fwd.nat_port, s.fwd.orig_port, s.fwd.flags);
     if dnat(ctx, pkt, to, to_port).is_err() {
         return reject_malformed();
@@ -470,7 +510,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
         return reject_malformed();
     }
     mark_translated(ctx);
-    redirect_v4(ctx, pkt)
+    forward_or_restore(ctx, pkt, &orig)
 }
 
 #[inline(always)]

@@ -78,6 +78,13 @@ pub fn mark_translated(ctx: &TcContext) {
     unsafe { (*ctx.skb.skb).mark |= weir_common::lb::MARK_TRANSLATED };
 }
 
+/// Whether the packet carries the mark.
+#[inline(always)]
+pub fn translated(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).mark & weir_common::lb::MARK_TRANSLATED != 0 }
+}
+
 /// Whether the packet carries the mark, clearing it.
 #[inline(always)]
 pub fn take_translated(ctx: &TcContext) -> bool {

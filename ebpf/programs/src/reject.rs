@@ -1,6 +1,9 @@
 //! Refusing a connection at once: TCP gets a RST, UDP (and anything else
 //! sent to a service IP, such as an ICMP echo) gets ICMP port
-//! unreachable. The packet is rewritten in place into the answer and
+//! unreachable. A packet with Don't Fragment set that is too big for the
+//! link its translation leaves by gets ICMP fragmentation needed, with
+//! that link's MTU (path-MTU discovery through a frontend). The packet is
+//! rewritten in place into the answer and
 //! delivered straight into the sending pod (`bpf_redirect_peer`), so the
 //! pod's own ingress policy never sees the answer to its own packet: a
 //! client under default-deny ingress still fails at once.
@@ -42,11 +45,31 @@ pub fn reject(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason, back: u32) -> 
     } else if pkt.is_icmp_error() || pkt.later_fragment() {
         Err(()) // never answer an error, nor a packet with no header
     } else {
-        icmp_port_unreachable(ctx, pkt)
+        icmp_unreachable(ctx, pkt, CODE_PORT_UNREACHABLE, 0)
     };
     if built.is_err() {
         return TC_ACT_SHOT as i32;
     }
+    send_back(ctx, back)
+}
+
+/// Answers a packet with Don't Fragment set that is too big for a link of
+/// `mtu` bytes with ICMP fragmentation needed (counted as
+/// `frag_needed`), from its destination, quoting it; the packet must be
+/// untranslated (the sender matches the quote to its socket). `back` as
+/// for [`reject`]; drops if no answer can be made.
+#[inline(never)]
+pub fn too_big(ctx: &TcContext, pkt: &Ipv4Pkt, mtu: u16, back: u32) -> i32 {
+    drop_reason(DropReason::FragNeeded);
+    if pkt.is_icmp_error() || pkt.later_fragment() || icmp_unreachable(ctx, pkt, CODE_FRAG_NEEDED, mtu).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    send_back(ctx, back)
+}
+
+/// Sends the answer built in place back where the packet came from.
+#[inline(always)]
+fn send_back(ctx: &TcContext, back: u32) -> i32 {
     // SAFETY: the context pointer is valid; plain helper call (from tc
     // ingress of the host-side veth: into its peer, the pod's eth0).
     unsafe {
@@ -124,17 +147,25 @@ fn tcp_rst(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
     ctx.store(IP_OFF + 20, &tcp, 0).map_err(|_| ())
 }
 
+const CODE_PORT_UNREACHABLE: u8 = 3;
+const CODE_FRAG_NEEDED: u8 = 4;
+
+/// ICMP destination unreachable with `code` (and, for fragmentation
+/// needed, the next hop's `mtu`), quoting the packet's IP header and the
+/// first 8 bytes of its L4 header.
 #[inline(never)]
-fn icmp_port_unreachable(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
+fn icmp_unreachable(ctx: &TcContext, pkt: &Ipv4Pkt, code: u8, mtu: u16) -> Result<(), ()> {
     if pkt.ihl_bytes != 20 {
         return Err(()); // the quoted header must be whole; options are rare
     }
-    // ICMP quotes the original IP header and the first 8 bytes of UDP.
     let quoted: [u8; 28] = ctx.load(IP_OFF).map_err(|_| ())?;
     let ip = ipv4_header(20 + 8 + 28, IPPROTO_ICMP, pkt.daddr, pkt.saddr);
     let mut icmp = [0u8; 36];
     icmp[0] = 3; // destination unreachable
-    icmp[1] = 3; // port unreachable
+    icmp[1] = code;
+    let m = mtu.to_be_bytes();
+    icmp[6] = m[0];
+    icmp[7] = m[1];
     let mut i = 0;
     while i < 28 {
         icmp[8 + i] = quoted[i];

@@ -42,6 +42,7 @@ impl NodeDevices {
                     let how = if o.iter().all(|o| *o == AttachOutcome::Created) { "attached" } else { "adopted" };
                     tracing::info!(ifname = %name, ifindex, "{how} node programs");
                     self.attached.insert(name.clone(), *ifindex);
+                    accept_local(name);
                 }
                 Err(error) => {
                     tracing::error!(ifname = %name, ifindex, error = %weir_datapath::error::chain(&error), kind = error.kind(), "node device");
@@ -74,6 +75,24 @@ impl NodeDevices {
     /// Attaches the tunnel programs to the VXLAN device.
     pub fn attach_tunnel(&mut self, name: &str, ifindex: u32) -> Result<(), weir_datapath::DatapathError> {
         self.dp.attach_tunnel(name, ifindex).map(|_| tracing::info!(ifname = %name, ifindex, "tunnel programs attached"))
+    }
+}
+
+/// Lets the stack take packets with a local source address from `name`
+/// (`net.ipv4.conf.<name>.accept_local`): a masqueraded packet from
+/// outside too big for the link its translation leaves by, without Don't
+/// Fragment, is handed to the stack to be fragmented, and it carries the
+/// node's own address as its source. `from_net` drops every packet from
+/// outside that really claims it (`spoofed_source`) before the stack sees
+/// it. Cilium sets the same on its own devices. Errors are logged.
+fn accept_local(name: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{name}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    match std::fs::write(&path, "1") {
+        Ok(()) => tracing::info!(ifname = %name, "set accept_local (masqueraded packets the stack must fragment)"),
+        Err(error) => tracing::error!(ifname = %name, %path, %error, "cannot set accept_local: masqueraded packets too big for their egress will be dropped"),
     }
 }
 

@@ -71,7 +71,7 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     let now = conntrack::now_ns();
     let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
     if verdict != lb::NOT_HANDLED {
-        return lb::settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
     }
     let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Pod);
     if verdict == lb::NEW_FLOW {
@@ -86,14 +86,14 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
         }
         events::trace(ctx, pkt, &t);
         let verdict = lb::commit(ctx, pkt, cfg);
-        return lb::settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
     }
     if let Some(reason) = lb::rejected(verdict) {
         events::drop(ctx, pkt, reason as u32);
         return reject::reject(ctx, pkt, reason, reject::BACK_TO_POD);
     }
     if verdict != lb::NOT_HANDLED {
-        return lb::settle(ctx, pkt, verdict);
+        return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
     }
     policy::from_pod(ctx, pkt, now)
 }
