@@ -93,6 +93,7 @@ fn a_values_file_reaches_the_agents_flags_and_the_monitoring_hooks() {
         "--xdp",
         "--non-masquerade-cidrs=100.64.0.0/10",
         "--masquerade-max-entries=262144",
+        "--masquerade-ports=40000-60999",
         "--lb-table-slots=8388608",
         "--ct-max-entries=1048576",
         "--ct-max-per-endpoint=65536",

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use weir_tests::{
     north_south::{drops, from_outside, landed, request_here, service, world, World, BACKEND_PORT, CLIENT, CLIENT2, LINES_PORT},
-    traffic::{tcp_request, tcp_request_from, tcp_server, udp_df_request_from, udp_request_from, Reply, DEFAULT_TIMEOUT},
+    traffic::{tcp_request, tcp_request_from, tcp_server, udp_df_request_from, udp_request_from, udp_server, Reply, DEFAULT_TIMEOUT},
 };
 
 fn external_traffic_policy_cluster_spreads_and_masquerades_to_the_node(mode: &str) {
@@ -363,6 +363,8 @@ fn the_xdp_fast_path_carries_established_flows_that_leave_by_the_uplink(mode: &s
     };
     let attached = |w: &World| w.c.nodes[0].node.ns().ip(&["-d", "link", "show", "eth0"]).contains("xdp");
     assert!(attached(&w), "the XDP program is on node 0's uplink");
+    let status = String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["status"]).stdout).to_string();
+    assert!(status.lines().any(|l| l.starts_with("eth0 ") && l.contains("xdp_from_net") && l.contains("yes")), "weir status lists it:\n{status}");
     let before = xdp(&w);
     let (names, seen) = from_outside(&w, CLIENT, node0, 30080, 24);
     assert_eq!(names, ["a", "b"], "both backends reached");
@@ -472,6 +474,72 @@ fn a_datagram_too_big_for_the_backends_link_gets_fragmentation_needed(mode: &str
     }
 }
 
+/// ICMP errors from outside about north-south flows are translated back
+/// to the backend: a client that closed its socket answers the backend's
+/// second datagram with ICMP port unreachable, sent to the NodePort the
+/// reply came from; weir turns it into an error about the backend's own
+/// packet (to the masqueraded address and port it talks to), and the
+/// backend's connected socket sees ECONNREFUSED. For a backend on this
+/// node and one on the other.
+fn icmp_errors_from_outside_reach_the_backend_translated(mode: &str) {
+    let w = world(mode, &[]);
+    let node0 = w.c.nodes[0].ip;
+    let local = w.c.nodes[0].pod("e-local", 40);
+    let remote = w.c.nodes[1].pod("e-remote", 41);
+    let (n0, n1) = (w.c.nodes[0].name().to_string(), w.c.nodes[1].name().to_string());
+    let mut y = service("err-local", "NodePort", "10.96.0.88", 30088, "", None, &[(local.ip, n0.as_str())], "UDP");
+    y += &service("err-remote", "NodePort", "10.96.0.89", 30089, "", None, &[(remote.ip, n1.as_str())], "UDP");
+    w.c.write("icmp-errors.yaml", &y);
+    w.c.wait_for("node 0 programs the NodePorts", || String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&format!("{node0}:30089")));
+    for (pod, port) in [(&local, 30088), (&remote, 30089)] {
+        // The backend answers twice on a socket connected to its peer,
+        // then waits for the error.
+        let backend = pod.ns().spawn(|| -> std::io::Result<std::io::Error> {
+            let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, BACKEND_PORT))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            let mut buf = [0u8; 64];
+            let (_, peer) = s.recv_from(&mut buf)?;
+            s.connect(peer)?;
+            s.send(format!("first {peer}").as_bytes())?;
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            s.send(b"second")?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+            Ok(s.recv(&mut buf).expect_err("no answer but an error"))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let r = udp_request_from(&w.c.outside, CLIENT, node0, port, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("{port}: {e}"));
+        let s = String::from_utf8_lossy(&r).to_string();
+        assert!(s.starts_with(&format!("first {node0}:")), "{port}: masqueraded: {s}");
+        // The client's socket is closed now: the second datagram draws
+        // ICMP port unreachable from the outside.
+        let err = backend.join().expect("backend thread").expect("backend socket");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{port}: the backend's socket saw the translated error: {err}");
+    }
+}
+
+/// `--masquerade-ports` bounds the ports masqueraded flows take: with a
+/// single port, a backend holds one masqueraded UDP flow from outside and
+/// the next is refused (`tuple_collision`) instead of reusing the tuple;
+/// the range overlaps the node's ephemeral ports, so the agent reserves
+/// it (`ip_local_reserved_ports`) for the node's own connections.
+fn masquerade_ports_bound_the_masqueraded_flows_and_are_reserved(mode: &str) {
+    let w = world(mode, &["--masquerade-ports", "40000-40000"]);
+    let node0 = w.c.nodes[0].ip;
+    let reserved = w.c.nodes[0].node.ns().exec(&["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"]);
+    assert!(reserved.split(',').any(|e| e.trim() == "40000"), "reserved for the node's own connections: {reserved:?}");
+    let one = w.c.nodes[0].pod("e-one", 42);
+    let _server = udp_server(one.ns(), BACKEND_PORT, Reply::Peer("one".into()));
+    let y = service("one-port", "NodePort", "10.96.0.90", 30090, "", None, &[(one.ip, w.c.nodes[0].name())], "UDP");
+    w.c.write("one-port.yaml", &y);
+    w.c.wait_for("node 0 programs the NodePort", || String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&format!("{node0}:30090")));
+    let r = udp_request_from(&w.c.outside, CLIENT, node0, 30090, b"1".to_vec(), DEFAULT_TIMEOUT).expect("the first flow");
+    assert_eq!(landed(&r).1, SocketAddr::from((node0, 40000)), "masqueraded on the only port");
+    let before = drops(&w.c, 0, "tuple_collision");
+    let err = udp_request_from(&w.c.outside, CLIENT2, node0, 30090, b"2".to_vec(), std::time::Duration::from_secs(1)).expect_err("no port left");
+    assert!(matches!(err.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock), "{err}");
+    assert!(drops(&w.c, 0, "tuple_collision") > before, "counted as tuple_collision");
+}
+
 fn nodeport_addresses_choose_the_node_addresses_that_serve(mode: &str) {
     let secondary = Ipv4Addr::new(192, 168, 0, 111);
     let served = |w: &World| String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&format!("{secondary}:30080"));
@@ -543,6 +611,8 @@ weir_tests::both_routing_modes!(
     the_xdp_fast_path_carries_established_flows_that_leave_by_the_uplink,
     hostile_or_fragmented_traffic_from_outside_is_handled_as_on_pod_links,
     a_datagram_too_big_for_the_backends_link_gets_fragmentation_needed,
+    icmp_errors_from_outside_reach_the_backend_translated,
+    masquerade_ports_bound_the_masqueraded_flows_and_are_reserved,
     nodeport_addresses_choose_the_node_addresses_that_serve,
     short_connections_reuse_the_masquerade_tuples_of_finished_ones,
 );

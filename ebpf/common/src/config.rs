@@ -1,7 +1,10 @@
 //! Runtime configuration the agent writes into `WEIR_CONFIG[0]`; the
 //! kernel reads it per packet, so changing it needs no reload.
 
-use crate::addr::Addr;
+use crate::{
+    addr::Addr,
+    masq::{PORT_MAX, PORT_MIN},
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +22,10 @@ pub struct DatapathConfig {
     /// refused (`ct_quota`) instead of evicting other pods' entries.
     /// 0: no limit.
     pub ct_max_per_endpoint: u32,
-    pub _pad: u32,
+    /// The source ports masqueraded flows take (service flows and pod
+    /// egress), host order; see [`DatapathConfig::masq_ports`].
+    pub masq_port_min: u16,
+    pub masq_port_max: u16,
     /// Source address used when a pod reaches itself through a service.
     pub hairpin_addr: Addr,
     /// The node address masqueraded service flows come from (the Node's
@@ -44,11 +50,26 @@ impl DatapathConfig {
         ct_udp_timeout_s: 60,
         allow_event_sample: 0,
         ct_max_per_endpoint: 32_768,
-        _pad: 0,
+        masq_port_min: PORT_MIN,
+        masq_port_max: PORT_MAX,
         hairpin_addr: Addr::from_v4_octets([169, 254, 42, 1]),
         node_addr: Addr::ZERO,
         netns_cookie: 0,
     };
+}
+
+impl DatapathConfig {
+    /// The masquerade port range; the default one when the range is unset
+    /// or empty (a configuration written before the range existed held
+    /// zeroes there).
+    #[inline(always)]
+    pub fn masq_ports(&self) -> (u16, u16) {
+        if self.masq_port_min == 0 || self.masq_port_max < self.masq_port_min {
+            (PORT_MIN, PORT_MAX)
+        } else {
+            (self.masq_port_min, self.masq_port_max)
+        }
+    }
 }
 
 impl Default for DatapathConfig {
@@ -58,5 +79,22 @@ impl Default for DatapathConfig {
 }
 
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 72);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_or_empty_port_range_is_the_default_one() {
+        let mut c = DatapathConfig::DEFAULT;
+        assert_eq!(c.masq_ports(), (PORT_MIN, PORT_MAX));
+        (c.masq_port_min, c.masq_port_max) = (0, 0);
+        assert_eq!(c.masq_ports(), (PORT_MIN, PORT_MAX));
+        (c.masq_port_min, c.masq_port_max) = (40_000, 39_999);
+        assert_eq!(c.masq_ports(), (PORT_MIN, PORT_MAX));
+        (c.masq_port_min, c.masq_port_max) = (40_000, 40_000);
+        assert_eq!(c.masq_ports(), (40_000, 40_000));
+    }
+}
 
 crate::user_pod!(DatapathConfig);

@@ -27,11 +27,16 @@ pub struct MasqDevice {
     pub _pad: u32,
 }
 
-/// The default source port range: above Linux's default ephemeral range
-/// (32768–60999), so the node's own connections never take a port a
-/// masqueraded flow holds, and outside the NodePort range.
+/// The default source port range (`--masquerade-ports`): above Linux's
+/// default ephemeral range (32768–60999), so the node's own connections
+/// never take a port a masqueraded flow holds, and outside the NodePort
+/// range. A range inside the ephemeral one is reserved by the agent
+/// (`net.ipv4.ip_local_reserved_ports`) for the same reason.
 pub const PORT_MIN: u16 = 61_000;
 pub const PORT_MAX: u16 = 65_535;
+/// The lowest port `--masquerade-ports` may take (the privileged ports
+/// stay the node's).
+pub const PORT_FLOOR: u16 = 1024;
 
 const _: () = assert!(core::mem::size_of::<MasqDevice>() == 24);
 

@@ -134,9 +134,11 @@ pub fn error_to_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
 }
 
 /// An ICMP error arriving from the network (the node's uplink): about a
-/// local pod's masqueraded flow (quoting node → remote) or a local
-/// client's service flow whose backend is on another node (quoting client
-/// → backend), it is translated and delivered; anything else goes up the
+/// local pod's masqueraded flow (quoting node → remote), a local client's
+/// service flow whose backend is on another node (quoting client →
+/// backend), or the reply of a flow opened from outside (quoting frontend
+/// → client: the client, or a router on its path, answers the backend's
+/// packet), it is translated and delivered; anything else goes up the
 /// stack and meets the pod's own to_pod checks.
 #[inline(never)]
 pub fn error_from_net(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
@@ -152,6 +154,10 @@ pub fn error_from_net(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
     }
     if service_entry(CT_SVC_REV, now) {
         let r = to_client(ctx, pkt);
+        return outcome(ctx, pkt, r, true);
+    }
+    if service_entry(CT_SVC_FWD, now) {
+        let r = to_backend(ctx, pkt);
         return outcome(ctx, pkt, r, true);
     }
     TC_ACT_OK as i32
@@ -289,7 +295,10 @@ fn to_client(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
 
 /// The error quotes VIP → client (the forward entry in
 /// `scratch().other`): make it quote backend → client (at the address
-/// and port the backend sees), addressed to the backend.
+/// and port the backend sees), addressed to the backend. For a
+/// masqueraded flow it also comes from the node address, as the flow's
+/// packets do (netfilter's NAT does the same; the tunnel accepts only
+/// node and pod sources).
 #[inline(never)]
 fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     let s = scratch().ok_or(())?;
@@ -307,8 +316,10 @@ fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, backend)?;
     inner_port(ctx, l4, icmp_csum, i.t.sport, fwd.nat_port)?;
     if fwd.flags & CT_F_MASQ != 0 {
-        let cfg = conntrack::config().ok_or(())?;
-        inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr, cfg.node_addr.v4_raw())?;
+        let node = conntrack::config().ok_or(())?.node_addr.v4_raw();
+        inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr, node)?;
+        outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, node)?;
+        pkt.saddr = node;
     }
     inner_port(ctx, l4 + 2, icmp_csum, i.t.dport, fwd.orig_port)
 }

@@ -19,7 +19,6 @@ use weir_common::{
     drop::DropReason,
     lb::{
         AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL},
-    masq::{PORT_MAX, PORT_MIN},
     stats::DpError,
 };
 use weir_logic::{
@@ -312,7 +311,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         s.fwd.flags |= CT_F_HAIRPIN;
     } else if masquerades(&svc, cfg, &s.backend.addr, origin) {
         s.fwd.flags |= CT_F_MASQ;
-        s.fwd.orig_port = masq_port().to_be();
+        s.fwd.orig_port = masq_port(cfg).to_be();
     }
     // Flows from outside are charged to no pod link: the quota bounds
     // what one pod can open.
@@ -334,13 +333,16 @@ fn in_source_ranges(svc_id: u32, client: u32) -> bool {
     SOURCE_RANGES.get(&k).is_some()
 }
 
-/// A port of the masquerade range (above the kernel's ephemeral ports, so
-/// the node's own connections never hold it), host order.
+/// A port of the masquerade range (which the node's own connections never
+/// take, see `weir_common::masq::PORT_MIN`), host order.
 #[inline(always)]
-fn masq_port() -> u16 {
+fn masq_port(cfg: &DatapathConfig) -> u16 {
+    let (min, max) = cfg.masq_ports();
     // SAFETY: plain helper call.
     let r = unsafe { bpf_get_prandom_u32() };
-    (PORT_MIN as u32 + r % (PORT_MAX as u32 - PORT_MIN as u32 + 1)) as u16
+    // `masq_ports` never returns an empty range; `checked_rem` keeps a
+    // panic path (which BPF cannot have) out of the program.
+    (min as u32 + r.checked_rem(max.saturating_sub(min) as u32 + 1).unwrap_or(0)) as u16
 }
 
 /// The reverse half of a live flow is gone (evicted): rebuild it from the
@@ -440,18 +442,17 @@ fn claim_rev(cfg: &DatapathConfig) -> u32 {
         && s.other.orig_port == s.rev.orig_port;
     // A TCP flow that has finished (both FINs, or a RST) leaves its tuple
     // to a new connection's SYN, as a TIME_WAIT socket does: without this
-    // a tuple space (the masquerade range is 4,536 ports per backend) is
+    // a tuple space (the masquerade range, 4,536 ports per backend by default) is
     // held for the closing timeout after every short connection.
     let finished = s.rkey.proto == PROTO_TCP && s.fwd.state == CT_STATE_SYN && (s.other.state == CT_STATE_CLOSING || s.other.state == CT_STATE_CLOSED);
     if same_flow || finished || !is_alive(&s.other, conntrack::now_ns()) {
         return if replace(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
     }
-    let _ = cfg;
     let masq = s.fwd.flags & CT_F_MASQ != 0;
     let mut i = 0;
     while i < REMAP_TRIES {
         let port = if masq {
-            masq_port()
+            masq_port(cfg)
         } else {
             // SAFETY: plain helper call.
             (1024 + unsafe { bpf_get_prandom_u32() } % (65536 - 1024)) as u16

@@ -203,11 +203,11 @@ pub fn ingress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
         return Ok(());
     }
     let Some(dev) = device(ctx) else { return Ok(()) };
-    // Only a port of the range can be a masqueraded flow's: everything
-    // else to the node (the tunnel's datagrams, its own flows) skips the
-    // table.
+    // Only an unprivileged port can be a masqueraded flow's (of this
+    // range, or of the range an earlier configuration had: a flow keeps
+    // its port across a reconfiguration); the table decides.
     let port = u16::from_be(pkt.dport);
-    if pkt.daddr != dev.addr.v4_raw() || port < dev.port_min || port > dev.port_max {
+    if pkt.daddr != dev.addr.v4_raw() || port < weir_common::masq::PORT_FLOOR {
         return Ok(());
     }
     let (Some(cfg), Some(s)) = (conntrack::config(), scratch()) else { return Ok(()) };

@@ -154,7 +154,7 @@ pub struct Args {
 
     /// Masquerade pod traffic leaving the cluster: a pod's packets to an
     /// address outside every pod CIDR and node address leave the uplink
-    /// with the node's address (eBPF SNAT, ports 61000-65535).
+    /// with the node's address (eBPF SNAT, on `--masquerade-ports`).
     /// `--masquerade=false` keeps pod addresses on the wire.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
@@ -190,6 +190,36 @@ pub struct Args {
     /// full table refuses new flows (drop reason masquerade_full).
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().snat_entries)]
     pub masquerade_max_entries: u32,
+
+    /// The source ports masqueraded flows take, `MIN-MAX` (service flows
+    /// masqueraded to the node address, and pod egress): each backend (or
+    /// remote address and port) can hold this many masqueraded UDP flows
+    /// per UDP timeout. A range overlapping the node's ephemeral ports
+    /// (`net.ipv4.ip_local_port_range`) is added to
+    /// `net.ipv4.ip_local_reserved_ports`, so the node's own connections
+    /// never take a port a masqueraded flow holds.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub masquerade_ports: PortRange,
+}
+
+/// An inclusive range of ports (`--masquerade-ports`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let (a, b) = s.trim().split_once('-').ok_or_else(|| format!("{s:?}: expected MIN-MAX, e.g. 61000-65535"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{s:?}: {p:?} is no port: {e}"));
+    let r = PortRange { min: port(a)?, max: port(b)? };
+    if r.min < weir_common::masq::PORT_FLOOR {
+        return Err(format!("{s:?}: ports below {} are the node's own", weir_common::masq::PORT_FLOOR));
+    }
+    if r.max < r.min {
+        return Err(format!("{s:?}: the range is empty"));
+    }
+    Ok(r)
 }
 
 fn parse_nodeport_addresses(s: &str) -> Result<weir_model::nodeport::NodePortAddresses, String> {
@@ -224,6 +254,8 @@ impl Args {
             ct_udp_timeout_s: self.ct_udp_timeout.max(1),
             allow_event_sample: self.policy_allow_events,
             ct_max_per_endpoint: self.ct_max_per_endpoint,
+            masq_port_min: self.masquerade_ports.min,
+            masq_port_max: self.masquerade_ports.max,
             ..weir_datapath::DatapathConfig::DEFAULT
         }
     }
@@ -245,6 +277,20 @@ impl From<BpfLogLevel> for weir_datapath::VerifierLog {
             BpfLogLevel::Debug => Self::Debug,
             BpfLogLevel::Verbose => Self::Verbose,
             BpfLogLevel::Stats => Self::Stats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masquerade_ports_are_an_unprivileged_non_empty_range() {
+        assert_eq!(parse_port_range("61000-65535"), Ok(PortRange { min: 61_000, max: 65_535 }));
+        assert_eq!(parse_port_range(" 40000 - 40000 "), Ok(PortRange { min: 40_000, max: 40_000 }));
+        for bad in ["61000", "1000-2000", "5000-4000", "a-b", "61000-70000", ""] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

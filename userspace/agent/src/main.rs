@@ -16,6 +16,7 @@ mod pod_addrs;
 mod pods;
 mod policy;
 mod reconcile;
+mod reserved_ports;
 mod routing;
 mod run;
 mod stale_sockets;

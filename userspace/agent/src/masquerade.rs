@@ -16,7 +16,7 @@ use std::{
 
 use weir_common::{
     addr::Addr,
-    masq::{MasqDevice, PORT_MAX, PORT_MIN},
+    masq::MasqDevice,
 };
 use weir_desired::policy::Prefix;
 use weir_model::node::NodeModel;
@@ -34,15 +34,15 @@ pub fn inside(nodes: &[&NodeModel], extra: &[Prefix]) -> BTreeSet<Prefix> {
 }
 
 /// How each uplink masquerades: from this node's InternalIP when the
-/// device holds it, else from the device's first IPv4 address. A device
-/// with no IPv4 address masquerades nothing.
-pub fn devices(uplinks: &[(String, u32)], internal_ips: &[IpAddr], addrs: &[(u32, IpAddr)]) -> BTreeMap<u32, MasqDevice> {
+/// device holds it, else from the device's first IPv4 address, on the
+/// ports `(min, max)`. A device with no IPv4 address masquerades nothing.
+pub fn devices(uplinks: &[(String, u32)], internal_ips: &[IpAddr], addrs: &[(u32, IpAddr)], ports: (u16, u16)) -> BTreeMap<u32, MasqDevice> {
     let mut out = BTreeMap::new();
     for (_, ifindex) in uplinks {
         let mine: Vec<IpAddr> = addrs.iter().filter(|(i, a)| i == ifindex && a.is_ipv4()).map(|(_, a)| *a).collect();
         let chosen = internal_ips.iter().find(|ip| mine.contains(ip)).or(mine.first());
         if let Some(a) = chosen {
-            out.insert(*ifindex, MasqDevice { addr: Addr::from(*a), port_min: PORT_MIN, port_max: PORT_MAX, _pad: 0 });
+            out.insert(*ifindex, MasqDevice { addr: Addr::from(*a), port_min: ports.0, port_max: ports.1, _pad: 0 });
         }
     }
     out
@@ -83,10 +83,10 @@ mod tests {
     fn a_device_masquerades_from_the_internal_ip_it_holds_else_its_first_ipv4() {
         let uplinks = [("eth0".to_string(), 2), ("eth1".to_string(), 3), ("eth2".to_string(), 4)];
         let addrs = [(2, ip("10.0.0.5")), (2, ip("192.168.0.11")), (3, ip("fd00::1")), (3, ip("172.20.0.9")), (4, ip("fd00::2"))];
-        let got = devices(&uplinks, &[ip("192.168.0.11")], &addrs);
+        let got = devices(&uplinks, &[ip("192.168.0.11")], &addrs, (40_000, 50_000));
         assert_eq!(got[&2].addr, Addr::from(ip("192.168.0.11")));
         assert_eq!(got[&3].addr, Addr::from(ip("172.20.0.9")));
         assert!(!got.contains_key(&4), "no IPv4 address, no masquerade");
-        assert_eq!((got[&2].port_min, got[&2].port_max), (PORT_MIN, PORT_MAX));
+        assert_eq!((got[&2].port_min, got[&2].port_max), (40_000, 50_000), "the configured ports");
     }
 }

@@ -26,6 +26,8 @@ use crate::{
 /// `--masquerade` and `--non-masquerade-cidrs`, with the maps they fill.
 pub struct MasqSettings {
     pub enabled: bool,
+    /// `--masquerade-ports` (min, max).
+    pub ports: (u16, u16),
     pub extra_inside: Vec<Prefix>,
     pub maps: MasqMaps,
 }
@@ -193,7 +195,7 @@ impl NodeNetwork {
         metrics: &Metrics,
     ) {
         let Some(m) = self.masq.as_mut() else { return };
-        let devices = if m.enabled { masquerade::devices(uplinks, ips, addrs) } else { BTreeMap::new() };
+        let devices = if m.enabled { masquerade::devices(uplinks, ips, addrs, m.ports) } else { BTreeMap::new() };
         let inside = masquerade::inside(nodes, &m.extra_inside);
         match m.maps.sync(&devices, &inside) {
             Ok(0) => {}

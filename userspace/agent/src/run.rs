@@ -50,6 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::error!(%error, addr = %args.healthz_bind_address, "cannot serve the node health check; going on without it");
     }
     let mut svc_health = crate::health::ServiceHealth::default();
+    crate::reserved_ports::ensure((args.masquerade_ports.min, args.masquerade_ports.max))?;
 
     let opts = LoadOptions {
         lb_table_slots: args.lb_table_slots,
@@ -105,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(tunnel_maps),
         Some(crate::node_net::MasqSettings {
             enabled: args.masquerade,
+            ports: (args.masquerade_ports.min, args.masquerade_ports.max),
             extra_inside: args.non_masquerade_cidrs.clone(),
             maps: weir_datapath::masq::MasqMaps::open(&layout).context("opening the masquerade maps")?,
         }),

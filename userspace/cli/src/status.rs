@@ -58,14 +58,15 @@ fn agent_health(addr: SocketAddr) -> &'static str {
 
 pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyhow::Result<()> {
     let maps = inventory::maps(layout)?;
-    let attachments = layout
-        .link_pins()?
-        .into_iter()
-        .map(|p| Attachment {
-            present: ifnames::name_of(p.ifindex).as_deref() == Some(p.ifname.as_str()),
-            ifname: p.ifname,
-            ifindex: p.ifindex,
-            hook: p.hook.as_str().to_string(),
+    let tc = layout.link_pins()?.into_iter().map(|p| (p.ifname, p.ifindex, p.hook.as_str()));
+    let xdp = weir_datapath::xdp::pinned_on(layout)?.into_iter().map(|(n, i)| (n, i, weir_datapath::xdp::XDP_PROGRAM));
+    let attachments = tc
+        .chain(xdp)
+        .map(|(ifname, ifindex, hook)| Attachment {
+            present: ifnames::name_of(ifindex).as_deref() == Some(ifname.as_str()),
+            ifname,
+            ifindex,
+            hook: hook.to_string(),
         })
         .collect();
     let links = LinkMap::open(layout)?

@@ -17,6 +17,26 @@ pub fn pin_path(layout: &PinLayout, ifname: &str, ifindex: u32) -> std::path::Pa
     layout.links_dir().join(format!("{ifname}@{ifindex}@xdp"))
 }
 
+/// The uplinks the fast path is pinned on, (ifname, ifindex), from the
+/// pins' names.
+pub fn pinned_on(layout: &PinLayout) -> Result<Vec<(String, u32)>, DatapathError> {
+    let dir = layout.links_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(DatapathError::Io { op: "listing", path: dir, source }),
+    };
+    let mut out: Vec<(String, u32)> = entries.flatten().filter_map(|e| parse_pin_name(e.file_name().to_str()?)).collect();
+    out.sort();
+    Ok(out)
+}
+
+fn parse_pin_name(name: &str) -> Option<(String, u32)> {
+    let (rest, hook) = name.rsplit_once('@')?;
+    let (ifname, ifindex) = rest.rsplit_once('@')?;
+    (hook == "xdp").then(|| Some((ifname.to_string(), ifindex.parse().ok()?)))?
+}
+
 pub(crate) fn attach_pinned(prog: &mut Xdp, layout: &PinLayout, ifname: &str, ifindex: u32) -> Result<AttachOutcome, DatapathError> {
     let name = XDP_PROGRAM;
     let pin = pin_path(layout, ifname, ifindex);
@@ -59,4 +79,17 @@ pub fn packets(layout: &PinLayout) -> Result<(u64, u64), DatapathError> {
     let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(crate::pinned::open(layout, name)?).map_err(|source| DatapathError::Map { name, source })?;
     let sum = |i: u32| -> Result<u64, DatapathError> { Ok(map.get(&i, 0).map_err(|source| DatapathError::Map { name, source })?.iter().sum()) };
     Ok((sum(0)?, sum(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_xdp_pins_name_the_fast_path() {
+        assert_eq!(parse_pin_name("eth0@2@xdp"), Some(("eth0".into(), 2)));
+        assert_eq!(parse_pin_name("eth0@2@from_net"), None);
+        assert_eq!(parse_pin_name("eth0@x@xdp"), None);
+        assert_eq!(parse_pin_name("cgroup-connect4"), None);
+    }
 }
