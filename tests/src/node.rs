@@ -104,10 +104,16 @@ impl Node {
     /// Runs `weir monitor -o json` for `secs` while `traffic` runs; returns
     /// the parsed lines.
     pub fn monitor_while(&self, secs: f64, traffic: impl FnOnce()) -> Vec<serde_json::Value> {
+        self.monitor_types_while(secs, &[], traffic)
+    }
+
+    /// [`Node::monitor_while`] with `--type` for each of `types`.
+    pub fn monitor_types_while(&self, secs: f64, types: &[&str], traffic: impl FnOnce()) -> Vec<serde_json::Value> {
         let child = std::process::Command::new("nsenter")
             .arg(format!("--net={}", self.ns().path().display()))
             .arg(bins::path("weir"))
             .args(["--bpffs", self.bpffs().to_str().expect("utf-8"), "monitor", "-o", "json", "--duration", &secs.to_string()])
+            .args(types.iter().flat_map(|t| ["--type", t]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

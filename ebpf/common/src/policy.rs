@@ -169,6 +169,15 @@ impl PolicyValue {
 pub const NAME_RULE: u32 = 1;
 pub const NAME_ENDPOINT: u32 = 2;
 pub const NAME_IDENTITY: u32 = 3;
+/// The NetworkPolicies (and weir's namespaced policies) that isolate an
+/// endpoint in one direction, comma-separated: what denies a flow no rule
+/// allows. Keyed by [`isolation_name_id`].
+pub const NAME_ISOLATION: u32 = 4;
+
+/// The id of an endpoint's [`NAME_ISOLATION`] entry for `dir`.
+pub const fn isolation_name_id(endpoint: u32, dir: u8) -> u32 {
+    (endpoint << 1) | (dir & 1) as u32
+}
 
 /// Key of `WEIR_NAMES`: a rule id, endpoint id or identity, by kind.
 #[repr(C)]

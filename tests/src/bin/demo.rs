@@ -163,17 +163,18 @@ fn main() {
     let reach = |p: &weir_tests::Pod| tcp_request(p.ns(), web0, 8080, b"hi".to_vec(), Duration::from_millis(700)).is_ok();
     c.wait_for("node 0 enforces the policy", || !reach(&intruder));
     check(reach(&client), "the client still reaches web-0");
-    println!("$ weir monitor -o json --duration 2    # on {n0}, while the intruder tries {web0}:8080 again");
-    let lines = c.nodes[0].node.monitor_while(2.0, || {
+    println!("$ weir monitor --type drop -o json --duration 2    # on {n0}, while the intruder tries {web0}:8080 again");
+    let lines = c.nodes[0].node.monitor_types_while(2.0, &["drop"], || {
         let _ = tcp_request(intruder.ns(), web0, 8080, b"hi".to_vec(), Duration::from_millis(700));
     });
-    for l in &lines {
+    let denials: Vec<_> = lines.iter().filter(|l| l["verdict"] == "deny").collect();
+    for l in &denials {
         println!("  {l}");
     }
-    let denied = lines.iter().any(|l| l["verdict"] == "deny" && l["src"] == intruder.ip.to_string() && l["dst"] == web0.to_string());
-    check(denied, "the denial is reported as it happens: the intruder's address, web-0, the reason");
+    let named = denials.iter().any(|l| l["src"] == intruder.ip.to_string() && l["dst"] == web0.to_string() && l["isolated_by"] == "demo/web-from-client");
+    check(named, "the denial is reported as it happens, naming the policy that isolates web-0");
     let (_, text) = weir(&c, 0, &["explain", &format!("{}:40000", intruder.ip), &format!("{web0}:8080/tcp")]);
-    check(text.contains("verdict  drop: denied by the ingress policy"), "weir explain, running the kernel's own decision code, says the ingress policy of web-0 drops it");
+    check(text.contains("isolated by demo/web-from-client") && text.contains("verdict  drop: denied by the ingress policy"), "weir explain, running the kernel's own decision code, says web-0's ingress drops it, isolated by that policy");
     let (_, text) = weir(&c, 0, &["explain", &format!("{}:40000", client.ip), &format!("{web0}:8080/tcp")]);
     check(text.contains("verdict") && !text.contains("verdict  drop"), "and lets the client through");
 

@@ -15,6 +15,8 @@ use weir_datapath::{
     PinLayout,
 };
 
+use weir_common::policy::{isolation_name_id, DIR_EGRESS, DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_ISOLATION, NAME_RULE};
+
 use crate::output::Format;
 
 #[derive(Debug, clap::Args)]
@@ -109,21 +111,29 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
         println!("nat      destination -> {a}:{port}");
     }
     if let Some(m) = x.masquerade {
-        println!("masq     source -> {m} (a port of 61000-65535)");
+        let (lo, hi) = maps.masq_ports();
+        println!("masq     source -> {m} (a port of {lo}-{hi})");
     }
+    // Names the agent wrote (rules, endpoints, identities, isolating
+    // policies); ids alone when there are none.
+    let names = crate::policy::Names::load(layout).unwrap_or_default();
+    let rule = |id: u32| names.get(NAME_RULE, id).map_or_else(|| format!("rule {id}"), |n| format!("rule {id} ({n})"));
+    let peer = |id: u32| names.get(NAME_IDENTITY, id).map_or_else(|| format!("identity {id}"), |n| format!("{n} (identity {id})"));
     for s in &x.policy {
+        let dir = if s.direction == "ingress" { DIR_INGRESS } else { DIR_EGRESS };
         let state = if s.from_node {
             "the node's own flow: always admitted".to_string()
         } else if !s.isolated {
             "not isolated".to_string()
         } else if s.allowed && s.rule == 0 {
-            format!("allowed by default (peer identity {}, matched {})", s.peer_identity, s.matched_identity)
+            format!("allowed by default (peer {}, matched {})", peer(s.peer_identity), s.matched_identity)
         } else if s.allowed {
-            format!("allowed by rule {} (peer identity {}, matched {})", s.rule, s.peer_identity, s.matched_identity)
+            format!("allowed by {} (peer {}, matched {})", rule(s.rule), peer(s.peer_identity), s.matched_identity)
         } else if s.rule != 0 {
-            format!("DENIED by rule {} (peer identity {}, matched {})", s.rule, s.peer_identity, s.matched_identity)
+            format!("DENIED by {} (peer {}, matched {})", rule(s.rule), peer(s.peer_identity), s.matched_identity)
         } else {
-            format!("DENIED (peer identity {})", s.peer_identity)
+            let by = names.get(NAME_ISOLATION, isolation_name_id(s.endpoint_id, dir)).map_or_else(String::new, |n| format!("isolated by {n}; "));
+            format!("DENIED ({by}no rule allows {})", peer(s.peer_identity))
         };
         let state = if s.flags & weir_common::policy::PV_AUDIT != 0 {
             let would = if s.flags & weir_common::policy::PV_AUDIT_DENY != 0 { "deny" } else { "allow" };
@@ -133,7 +143,8 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
         } else {
             state
         };
-        println!("policy   {} of {} (endpoint {}): {state}", s.direction, s.endpoint, s.endpoint_id);
+        let ep = names.get(NAME_ENDPOINT, s.endpoint_id).map_or_else(|| format!("endpoint {}", s.endpoint_id), str::to_string);
+        println!("policy   {} of {} ({ep}): {state}", s.direction, s.endpoint);
     }
     println!("verdict  {}: {}", x.verdict, x.reason);
     Ok(())

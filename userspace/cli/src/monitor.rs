@@ -15,7 +15,7 @@ use weir_common::{
     drop::DropReason,
     event::{DatapathEvent, ALLOW_HOST, ALLOW_RULE, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, VERDICT_DENY},
     maps::{MON_EVENTS, MON_LEASE},
-    policy::{DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE},
+    policy::{isolation_name_id, DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_ISOLATION, NAME_RULE},
 };
 use weir_datapath::{ct::monotonic_ns, explain::proto_name, pinned, PinLayout};
 
@@ -70,6 +70,9 @@ struct Line {
     peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<String>,
+    /// A denial no rule made: the policies isolating the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolated_by: Option<String>,
     /// A Log rule matched: its name.
     #[serde(skip_serializing_if = "Option::is_none")]
     logged_by: Option<String>,
@@ -100,6 +103,7 @@ fn line(e: &DatapathEvent, names: &Names) -> Option<Line> {
         peer_identity: None,
         peer: None,
         rule: None,
+        isolated_by: None,
         logged_by: None,
         audit: None,
         ifindex: e.ifindex,
@@ -124,6 +128,9 @@ fn line(e: &DatapathEvent, names: &Names) -> Option<Line> {
             l.peer = names.get(NAME_IDENTITY, e.peer_identity).map(str::to_string);
             let rule_name = |id: u32| names.get(NAME_RULE, id).map_or_else(|| format!("rule {id}"), str::to_string);
             l.rule = (e.rule != 0).then(|| rule_name(e.rule));
+            if deny && e.rule == 0 {
+                l.isolated_by = names.get(NAME_ISOLATION, isolation_name_id(e.endpoint, e.direction)).map(str::to_string);
+            }
             match Report::of(u32::from(e.flags), e.note_rule, names) {
                 Some(Report::Audit(what)) => l.audit = Some(what),
                 Some(Report::Log(rule)) => l.logged_by = Some(rule),
@@ -188,6 +195,9 @@ fn print(l: &Line, format: Format) {
     }
     if let Some(r) = &l.rule {
         s.push_str(&format!(" by {r}"));
+    }
+    if let Some(p) = &l.isolated_by {
+        s.push_str(&format!(" (isolated by {p}; no rule allows it)"));
     }
     if let Some(r) = &l.logged_by {
         s.push_str(&format!(" [logged by {r}]"));

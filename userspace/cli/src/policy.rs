@@ -17,6 +17,7 @@ use weir_desired::policy::PolicyEntry;
 
 use crate::output::{print_rows, print_table, Format};
 
+#[derive(Default)]
 pub(crate) struct Names(BTreeMap<NameKey, String>);
 
 impl Names {

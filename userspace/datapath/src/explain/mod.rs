@@ -238,6 +238,11 @@ impl Maps {
         (a != Addr::ZERO).then(|| IpAddr::from(a))
     }
 
+    /// The ports masqueraded flows take (`--masquerade-ports`).
+    pub fn masq_ports(&self) -> (u16, u16) {
+        self.config().masq_ports()
+    }
+
     fn ct_alive(&self, k: &CtKey, now: u64) -> Option<CtEntry> {
         self.ct.get(k, 0).ok().filter(|e| is_alive(e, now))
     }

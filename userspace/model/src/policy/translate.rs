@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use weir_common::policy::{IpInfo, NameKey, DIR_EGRESS, DIR_INGRESS, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_RULE};
+use weir_common::policy::{isolation_name_id, IpInfo, NameKey, DIR_EGRESS, DIR_INGRESS, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_ISOLATION, NAME_RULE};
 use weir_desired::policy::{EndpointSpec, PolicyState, Prefix};
 
 use super::{
@@ -79,8 +79,9 @@ pub fn identity_name(key: &LabelKey) -> String {
     }
 }
 
-/// Names for the CLI: every rule of `policies`, every local endpoint and
-/// every pod identity, by (kind, id).
+/// Names for the CLI: every rule of `policies`, every local endpoint (and
+/// the policies isolating it, per direction) and every pod identity, by
+/// (kind, id).
 pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &BTreeSet<Prefix>, node: Option<&str>) -> BTreeMap<NameKey, String> {
     let mut out: BTreeMap<NameKey, String> = policies
         .iter()
@@ -95,6 +96,16 @@ pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &BTre
         if is_local(pod, node) {
             if let Some(id) = ids.lookup_endpoint(&pod.namespace, &pod.name) {
                 out.insert(NameKey { kind: NAME_ENDPOINT, id }, format!("{}/{}", pod.namespace, pod.name));
+                for dir in [DIR_INGRESS, DIR_EGRESS] {
+                    let by: Vec<String> = policies
+                        .iter()
+                        .filter(|p| p.tier == Tier::Namespace && p.rules(dir).is_some() && p.selects(&pod.namespace, &key.namespace_labels, &pod.labels))
+                        .map(|p| format!("{}/{}", p.namespace, p.name))
+                        .collect();
+                    if !by.is_empty() {
+                        out.insert(NameKey { kind: NAME_ISOLATION, id: isolation_name_id(id, dir) }, by.join(", "));
+                    }
+                }
             }
         }
     }
@@ -310,6 +321,22 @@ mod tests {
         // 9000-9003 is one aligned block.
         assert_eq!(got, vec![(ID_ANY, 0, 0, 0, false), (cli_x, 6, 8080, 16, true), (cli_x, 17, 9000, 14, true)]);
         assert!(s.entries.keys().all(|e| e.endpoint == web.id && e.direction == weir_common::policy::DIR_INGRESS));
+    }
+
+    #[test]
+    fn the_policies_isolating_an_endpoint_are_named_per_direction() {
+        let p = policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: cli}}}]");
+        let q = policy("metadata: {name: q, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]");
+        let policies = [p, q];
+        let (ids, s) = run(&policies, &world());
+        let cidrs = BTreeSet::new();
+        let n = names(&policies, &world(), &ids, &cidrs, Some("n1"));
+        let ep = |ip: &str| s.endpoints[&ip.parse().unwrap()].id;
+        let get = |ip: &str, dir| n.get(&NameKey { kind: NAME_ISOLATION, id: isolation_name_id(ep(ip), dir) }).cloned();
+        assert_eq!(get("10.0.0.1", DIR_INGRESS).as_deref(), Some("x/p, x/q"), "both select web for ingress");
+        assert_eq!(get("10.0.0.2", DIR_INGRESS).as_deref(), Some("x/q"));
+        assert_eq!(get("10.0.0.1", DIR_EGRESS), None, "nothing isolates egress");
+        assert_eq!(get("10.0.1.2", DIR_INGRESS), None, "another namespace");
     }
 
     #[test]
