@@ -182,22 +182,25 @@ pub fn udp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeo
 
 /// [`udp_request`] from the source address `src` (one the namespace holds).
 pub fn udp_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
-    ns.run(move || {
-        let s = UdpSocket::bind((src, 0))?;
-        s.set_read_timeout(Some(timeout))?;
-        s.connect((dst, port))?;
-        s.send(&payload)?;
-        let mut buf = vec![0u8; 65536];
-        let n = s.recv(&mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
-    })
+    ns.run(move || exchange(&UdpSocket::bind((src, 0))?, dst, port, &payload, timeout))
+}
+
+/// Connects `s` to `dst:port`, sends `payload` and waits for one answer.
+fn exchange(s: &UdpSocket, dst: Ipv4Addr, port: u16, payload: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(timeout))?;
+    s.connect((dst, port))?;
+    s.send(payload)?;
+    let mut buf = vec![0u8; 65536];
+    let n = s.recv(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// One datagram with Don't Fragment set from `src` in `ns` to `dst:port`,
-/// sent whatever path MTU the namespace learnt before (`IP_PMTUDISC_PROBE`): the answer, or the error the socket reported (an
-/// ICMP fragmentation needed matched to it is `EMSGSIZE`), and the path
-/// MTU the socket knows afterwards (`IP_MTU`).
+/// sent whatever path MTU the namespace learnt before
+/// (`IP_PMTUDISC_PROBE`): the answer, or the error the socket reported
+/// (an ICMP fragmentation needed matched to it is `EMSGSIZE`), and the
+/// path MTU the socket knows afterwards (`IP_MTU`).
 pub fn udp_df_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> (io::Result<Vec<u8>>, Option<u32>) {
     ns.run(move || {
         let s = match UdpSocket::bind((src, 0)) {
@@ -212,15 +215,7 @@ pub fn udp_df_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, 
         if sockopt(libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE) != 0 {
             return (Err(io::Error::last_os_error()), None);
         }
-        let answer = (|| {
-            s.set_read_timeout(Some(timeout))?;
-            s.connect((dst, port))?;
-            s.send(&payload)?;
-            let mut buf = vec![0u8; 65536];
-            let n = s.recv(&mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        })();
+        let answer = exchange(&s, dst, port, &payload, timeout);
         let mut mtu: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: a valid socket, and an out value of the length given.
