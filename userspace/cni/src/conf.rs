@@ -63,17 +63,24 @@ impl Env {
         v.as_deref().ok_or(CniError::InvalidEnv { var, why: "not set".into() })
     }
 
-    /// Checks the variables ADD/CHECK need (and that they are sane).
-    pub fn require_attachment(&self) -> Result<(&str, &str, &str), CniError> {
+    /// Checks the container ID and interface name every operation on an
+    /// attachment needs: they become file and link names.
+    pub fn require_ids(&self) -> Result<(&str, &str), CniError> {
         let id = self.require("CNI_CONTAINERID")?;
-        let netns = self.require("CNI_NETNS")?;
         let ifname = self.require("CNI_IFNAME")?;
-        if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
+        if ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.contains('/') || ifname.contains(char::is_whitespace) || ifname.contains(':') {
             return Err(CniError::InvalidEnv { var: "CNI_IFNAME", why: format!("{ifname:?} is not a valid interface name") });
         }
-        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(CniError::InvalidEnv { var: "CNI_CONTAINERID", why: format!("{id:?} has characters outside [A-Za-z0-9._-]") });
+        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') || id.starts_with('.') {
+            return Err(CniError::InvalidEnv { var: "CNI_CONTAINERID", why: format!("{id:?} must be [A-Za-z0-9_.-] and not start with a dot") });
         }
+        Ok((id, ifname))
+    }
+
+    /// Checks the variables ADD/CHECK need (and that they are sane).
+    pub fn require_attachment(&self) -> Result<(&str, &str, &str), CniError> {
+        let (id, ifname) = self.require_ids()?;
+        let netns = self.require("CNI_NETNS")?;
         Ok((id, netns, ifname))
     }
 
@@ -95,10 +102,12 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub data_dir: PathBuf,
     pub prev_result: Option<Value>,
-    pub valid_attachments: Option<Vec<(String, String)>>,
+    /// `cni.dev/valid-attachments` as given; checked by [`NetConf::valid_attachments`].
+    pub valid_attachments_raw: Option<Value>,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/weir/cni";
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
 
 impl NetConf {
     /// Parses and checks a configuration. `needs_ipam` is false for VERSION.
@@ -140,12 +149,26 @@ impl NetConf {
             }
         }
         let data_dir = obj.get("dataDir").and_then(Value::as_str).map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
-        let valid_attachments = obj.get("cni.dev/valid-attachments").and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(|x| Some((x.get("containerID")?.as_str()?.to_string(), x.get("ifname")?.as_str()?.to_string())))
-                .collect()
-        });
-        Ok(Self { cni_version, name, ipam, mtu, data_dir, prev_result: obj.get("prevResult").cloned(), valid_attachments })
+        let valid_attachments_raw = obj.get(VALID_ATTACHMENTS).cloned();
+        Ok(Self { cni_version, name, ipam, mtu, data_dir, prev_result: obj.get("prevResult").cloned(), valid_attachments_raw })
+    }
+
+    /// GC's list of attachments to keep. Missing or malformed is an error:
+    /// read as "keep nothing" it would remove every attachment.
+    pub fn valid_attachments(&self) -> Result<Vec<(String, String)>, CniError> {
+        let bad = |why: String| CniError::InvalidConfig(format!("{VALID_ATTACHMENTS}: {why}"));
+        let list = self.valid_attachments_raw.as_ref().ok_or_else(|| bad("missing; GC removes nothing without it".into()))?;
+        let list = list.as_array().ok_or_else(|| bad(format!("{list} is not a list")))?;
+        list.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let field = |k: &str| x.get(k).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_string);
+                match (field("containerID"), field("ifname")) {
+                    (Some(id), Some(ifname)) => Ok((id, ifname)),
+                    _ => Err(bad(format!("entry {i} ({x}) needs containerID and ifname strings"))),
+                }
+            })
+            .collect()
     }
 
     pub fn ipam_type(&self) -> Result<&str, CniError> {
@@ -190,5 +213,25 @@ mod tests {
         });
         assert_eq!(e.require_attachment().map_err(|e| e.code()).err(), Some(4));
         assert_eq!(e.arg("K8S_POD_NAME"), Some("web-0"));
+        for (id, ifname) in [("../../etc/passwd", "eth0"), ("abc", "../x"), ("abc", ".."), (".hidden", "eth0")] {
+            let e = Env::from_vars(|k| match k {
+                "CNI_CONTAINERID" => Some(id.into()),
+                "CNI_IFNAME" => Some(ifname.into()),
+                _ => None,
+            });
+            assert_eq!(e.require_ids().map_err(|e| e.code()).err(), Some(4), "{id} {ifname}");
+        }
+    }
+
+    #[test]
+    fn gc_needs_a_well_formed_valid_attachments_list() {
+        let base = r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","ipam":{"type":"host-local"}"#;
+        let with = |extra: &str| conf(&format!("{base}{extra}}}")).expect("parses").valid_attachments().map_err(|e| e.code());
+        assert_eq!(with(""), Err(7), "missing");
+        assert_eq!(with(r#","cni.dev/valid-attachments":"all""#), Err(7), "not a list");
+        assert_eq!(with(r#","cni.dev/valid-attachments":[{"containerID":"a"}]"#), Err(7), "no ifname");
+        assert_eq!(with(r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":7}]"#), Err(7), "ifname not a string");
+        assert_eq!(with(r#","cni.dev/valid-attachments":[]"#), Ok(vec![]), "an empty list keeps nothing, as asked");
+        assert_eq!(with(r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]"#), Ok(vec![("a".into(), "eth0".into())]));
     }
 }

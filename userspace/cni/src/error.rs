@@ -22,6 +22,9 @@ pub enum CniError {
     /// An error reported by the delegated IPAM plugin, passed through.
     #[error("IPAM plugin {plugin} failed: {msg}")]
     Ipam { plugin: String, code: u32, msg: String, details: String },
+    /// A link, address, route or neighbour operation the kernel refused.
+    #[error(transparent)]
+    Netlink(#[from] crate::nl::NlError),
     #[error("{what}: {detail}")]
     Internal { what: String, detail: String },
 }
@@ -38,7 +41,7 @@ impl CniError {
             Self::InvalidConfig(_) => 7,
             Self::TryAgainLater(_) => 11,
             Self::Ipam { code, .. } => *code,
-            Self::Internal { .. } => 999,
+            Self::Netlink(_) | Self::Internal { .. } => 999,
         }
     }
 

@@ -63,15 +63,20 @@ fn delegated_args(env: &Env) -> String {
     args.join(";")
 }
 
-/// The version to talk to the IPAM plugin in.
-fn version_for(env: &Env, bin: &PathBuf, ours: &str) -> String {
+/// The CNI versions the IPAM plugin says it speaks (none when it does not
+/// answer VERSION).
+fn supported(env: &Env, bin: &PathBuf, ours: &str) -> Vec<String> {
     let query = serde_json::json!({ "cniVersion": ours }).to_string();
-    let supported: Vec<String> = run(env, bin, "VERSION", query.as_bytes())
+    run(env, bin, "VERSION", query.as_bytes())
         .ok()
         .and_then(|(_, out)| serde_json::from_slice::<Value>(&out).ok())
         .and_then(|v| v.get("supportedVersions").cloned())
         .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The version to talk to the IPAM plugin in.
+fn version_for(supported: &[String], ours: &str) -> String {
     if supported.iter().any(|v| v == ours) {
         ours.to_string()
     } else if supported.iter().any(|v| v == "1.0.0") {
@@ -81,11 +86,19 @@ fn version_for(env: &Env, bin: &PathBuf, ours: &str) -> String {
     }
 }
 
+/// Whether the IPAM plugin has GC (CNI 1.1.0). Debian bookworm's
+/// host-local (plugins 1.1.1) speaks up to 1.0.0 and has none; weir-cni's
+/// own records still release every lease it took, through DEL.
+pub fn has_gc(conf: &NetConf, env: &Env) -> Result<bool, CniError> {
+    let bin = find(env, conf.ipam_type()?)?;
+    Ok(supported(env, &bin, &conf.cni_version).iter().any(|v| v == "1.1.0") && conf.cni_version == "1.1.0")
+}
+
 /// Runs the IPAM plugin for `command`; returns its result (ADD) or Null.
 pub fn delegate(conf: &NetConf, env: &Env, command: &str, extra: Option<(&str, Value)>) -> Result<Value, CniError> {
     let plugin = conf.ipam_type()?.to_string();
     let bin = find(env, &plugin)?;
-    let version = version_for(env, &bin, &conf.cni_version);
+    let version = version_for(&supported(env, &bin, &conf.cni_version), &conf.cni_version);
     let mut stdin = serde_json::json!({
         "cniVersion": version,
         "name": conf.name,

@@ -1,25 +1,26 @@
 //! weir-cni: the CNI plugin (`"type": "weir-cni"`, CNI 1.0.0 and 1.1.0).
 //!
 //! Routed wiring, no bridge: a veth pair per attachment, the pod side named
-//! CNI_IFNAME with the pod IP as /32 and a default route via 169.254.1.1
-//! (onlink, static neighbour entry for the gateway), the host side named
-//! `weir` + 11 hex characters with a `<ip>/32` route. IPAM is delegated
-//! through the config's `ipam` section and CNI_PATH, as the reference
-//! plugins do. Every attachment is recorded (with the pod's namespace and
-//! name from CNI_ARGS) where the agent can read it.
+//! CNI_IFNAME with the pod IP as /32 (/128) and a default route via
+//! 169.254.1.1 (fe80::1), onlink, with a static neighbour entry for the
+//! gateway; the host side named `weir` + 11 hex characters with a
+//! `<ip>/32` (/128) route. Everything is made over netlink (`nl`, `wire`):
+//! the only process weir-cni starts is the IPAM plugin, delegated through
+//! the config's `ipam` section and CNI_PATH as the reference plugins do.
+//! Every attachment is recorded (with the pod's namespace and name from
+//! CNI_ARGS) under a per-attachment lock (`store`).
 
 pub mod conf;
 pub mod error;
 pub mod install;
 pub mod ipam;
-pub mod link;
 pub mod names;
+pub mod nl;
 pub mod ops;
 pub mod store;
+pub mod wire;
 
 pub use error::CniError;
 
 /// CNI versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
-/// The pod's default gateway (answered by the host veth via a static entry).
-pub const GATEWAY: &str = "169.254.1.1";

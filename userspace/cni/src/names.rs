@@ -7,11 +7,6 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("weir{:011x}", hash(container_id, ifname) & 0x0fff_ffff_ffff)
 }
 
-/// A temporary name for the pod-side peer before it moves into the pod.
-pub fn temp_peer_name(container_id: &str, ifname: &str) -> String {
-    format!("wtmp{:011x}", hash(container_id, ifname) & 0x0fff_ffff_ffff)
-}
-
 fn hash(container_id: &str, ifname: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
@@ -32,6 +27,5 @@ mod tests {
         assert!(n.starts_with("weir"));
         assert_eq!(n, host_veth_name("abc", "eth0"));
         assert_ne!(n, host_veth_name("abc", "eth1"));
-        assert_eq!(temp_peer_name("abc", "eth0").len(), 15);
     }
 }

@@ -1,176 +1,144 @@
-//! The CNI operations.
+//! The CNI operations. Links, addresses, routes and neighbours are made
+//! over netlink (`wire`); the only process weir-cni starts is the
+//! delegated IPAM plugin.
+
+use std::{net::IpAddr, path::PathBuf};
 
 use serde_json::{json, Value};
 
 use crate::{
-    conf::{Env, NetConf},
-    ipam, link,
-    names::{host_veth_name, temp_peer_name},
-    store::{self, Record},
-    CniError, GATEWAY, SUPPORTED_VERSIONS,
+    conf::{Env, NetConf, VALID_ATTACHMENTS},
+    ipam,
+    names::host_veth_name,
+    nl::Netlink,
+    store::{self, Held, Record, Wait},
+    wire::{self, host_prefix, Plan},
+    CniError, SUPPORTED_VERSIONS,
 };
-
-const GATEWAY6: &str = "fe80::1";
 
 pub fn version(requested: &str) -> Value {
     json!({ "cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
-/// IPs (without prefix length) from an IPAM result.
-fn ipam_ips(result: &Value) -> Vec<String> {
-    result
-        .get("ips")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i.get("address")?.as_str()?.split('/').next().map(str::to_string))
-                .collect()
+/// IPs (without prefix length) from an IPAM or a previous result.
+fn result_ips(result: &Value) -> Result<Vec<IpAddr>, CniError> {
+    let Some(list) = result.get("ips").and_then(Value::as_array) else { return Ok(Vec::new()) };
+    list.iter()
+        .map(|i| {
+            let a = i.get("address").and_then(Value::as_str).unwrap_or_default();
+            a.split('/').next().unwrap_or_default().parse().map_err(|_| CniError::internal("an address in a result is malformed", format!("{i}")))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
-/// ADD: veth pair, addresses, routes, neighbours, record. Anything half
-/// made is undone when a step fails.
+fn record(conf: &NetConf, env: &Env, id: &str, netns: &str, ifname: &str, host: &str, ips: &[IpAddr]) -> Record {
+    Record {
+        container_id: id.to_string(),
+        ifname: ifname.to_string(),
+        netns: netns.to_string(),
+        host_veth: host.to_string(),
+        ips: ips.iter().map(IpAddr::to_string).collect(),
+        pod_namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
+        pod_name: env.arg("K8S_POD_NAME").map(str::to_string),
+        network: conf.name.clone(),
+    }
+}
+
+/// ADD: record, lease, veth pair, addresses, routes, neighbours. Anything
+/// half made is undone when a step fails; if even that fails, the record
+/// stays for DEL or GC to finish.
 pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let (id, netns, ifname) = env.require_attachment()?;
     if !std::path::Path::new(netns).exists() {
         return Err(CniError::InvalidEnv { var: "CNI_NETNS", why: format!("{netns} does not exist") });
     }
     let host = host_veth_name(id, ifname);
-    if link::exists(&host) {
+    let nl = Netlink::open()?;
+    let held = store::take(&conf.data_dir, id, ifname, Wait::No)?
+        .ok_or_else(|| CniError::TryAgainLater(format!("another operation on {id}/{ifname} is in progress")))?;
+    if held.load().is_some() || wire::host_link_exists(&nl, &host)? {
         // A previous attachment with this ID is still there (a DEL in
         // flight, or one the runtime has yet to send): transient.
         return Err(CniError::TryAgainLater(format!("attachment {id}/{ifname} still exists ({host})")));
     }
-    let ipam_result = ipam::delegate(conf, env, "ADD", None)?;
-    let ips = ipam_ips(&ipam_result);
-    if ips.is_empty() {
-        let _ = ipam::delegate(conf, env, "DEL", None);
-        return Err(CniError::internal("the IPAM plugin returned no address", ipam_result.to_string()));
-    }
-    match wire(conf, env, id, netns, ifname, &host, &ips) {
-        Ok((host_mac, pod_mac)) => {
-            let v4 = ips.iter().any(|ip| !ip.contains(':'));
-            let v6 = ips.iter().any(|ip| ip.contains(':'));
-            let mut routes = Vec::new();
-            if v4 {
-                routes.push(json!({"dst": "0.0.0.0/0", "gw": GATEWAY}));
-            }
-            if v6 {
-                routes.push(json!({"dst": "::/0", "gw": GATEWAY6}));
-            }
-            Ok(json!({
-                "cniVersion": conf.cni_version,
-                "interfaces": [
-                    {"name": host, "mac": host_mac},
-                    {"name": ifname, "mac": pod_mac, "sandbox": netns},
-                ],
-                "ips": ips.iter().map(|ip| {
-                    let (plen, gw) = if ip.contains(':') { (128, GATEWAY6) } else { (32, GATEWAY) };
-                    json!({"address": format!("{ip}/{plen}"), "gateway": gw, "interface": 1})
-                }).collect::<Vec<_>>(),
-                "routes": routes,
-                "dns": ipam_result.get("dns").cloned().unwrap_or(json!({})),
-            }))
+    held.save(&record(conf, env, id, netns, ifname, &host, &[]))?;
+    let mut leased = false;
+    let made = (|| {
+        let ipam_result = ipam::delegate(conf, env, "ADD", None)?;
+        leased = true;
+        let ips = result_ips(&ipam_result)?;
+        if ips.is_empty() {
+            return Err(CniError::internal("the IPAM plugin returned no address", ipam_result.to_string()));
         }
+        held.save(&record(conf, env, id, netns, ifname, &host, &ips))?;
+        let plan = Plan { host: host.clone(), ifname: ifname.to_string(), netns: PathBuf::from(netns), mtu: conf.mtu, ips };
+        let wired = wire::wire(&nl, &plan)?;
+        Ok((plan, wired, ipam_result))
+    })();
+    match made {
+        Ok((plan, wired, ipam_result)) => Ok(add_result(conf, &plan, &wired, &ipam_result)),
         Err(e) => {
-            // Leave nothing half-made: the veth (its peer and routes go with
-            // it), the record, and the lease.
-            let _ = link::delete(&host);
-            let _ = link::ip(&["link", "del", "dev", &temp_peer_name(id, ifname)]);
-            let _ = store::remove(&conf.data_dir, id, ifname);
-            let _ = ipam::delegate(conf, env, "DEL", None);
+            let _ = wire::unwire(&nl, &host);
+            let released = !leased || ipam::delegate(conf, env, "DEL", None).is_ok();
+            if released {
+                let _ = held.forget();
+            }
             Err(e)
         }
     }
 }
 
-fn wire(conf: &NetConf, env: &Env, id: &str, netns: &str, ifname: &str, host: &str, ips: &[String]) -> Result<(String, String), CniError> {
-    let tmp = temp_peer_name(id, ifname);
-    let mut add = vec!["link", "add", host];
-    let mtu_s = conf.mtu.map(|m| m.to_string());
-    if let Some(m) = &mtu_s {
-        add.extend_from_slice(&["mtu", m]);
+fn add_result(conf: &NetConf, plan: &Plan, wired: &wire::Wired, ipam_result: &Value) -> Value {
+    let mut routes = Vec::new();
+    if plan.ips.iter().any(IpAddr::is_ipv4) {
+        routes.push(json!({"dst": "0.0.0.0/0", "gw": wire::GATEWAY4.to_string()}));
     }
-    add.extend_from_slice(&["type", "veth", "peer", "name", &tmp]);
-    if let Some(m) = &mtu_s {
-        add.extend_from_slice(&["mtu", m]);
+    if plan.ips.iter().any(IpAddr::is_ipv6) {
+        routes.push(json!({"dst": "::/0", "gw": wire::GATEWAY6.to_string()}));
     }
-    link::ip(&add)?;
-    link::ip(&["link", "set", "dev", &tmp, "netns", netns])?;
-    link::ip_in(netns, &["link", "set", "dev", &tmp, "name", ifname])?;
-    link::ip_in(netns, &["link", "set", "dev", ifname, "up"])?;
-    link::ip(&["link", "set", "dev", host, "up"])?;
-    let host_mac = link::mac(host)?;
-    let pod_mac = link::mac_in(netns, ifname)?;
-    for ip in ips {
-        let v6 = ip.contains(':');
-        let (cidr, gw) = if v6 { (format!("{ip}/128"), GATEWAY6) } else { (format!("{ip}/32"), GATEWAY) };
-        let fam = if v6 { "-6" } else { "-4" };
-        link::ip_in(netns, &[fam, "addr", "add", &cidr, "dev", ifname])?;
-        link::ip_in(netns, &[fam, "neigh", "replace", gw, "lladdr", &host_mac, "dev", ifname, "nud", "permanent"])?;
-        if !v6 {
-            link::ip_in(netns, &["-4", "route", "replace", gw, "dev", ifname, "scope", "link"])?;
-        }
-        link::ip_in(netns, &[fam, "route", "replace", "default", "via", gw, "dev", ifname, "onlink"])?;
-        link::ip(&[fam, "route", "replace", &cidr, "dev", host])?;
-        link::ip(&[fam, "neigh", "replace", ip, "lladdr", &pod_mac, "dev", host, "nud", "permanent"])?;
-    }
-    store::save(
-        &conf.data_dir,
-        &Record {
-            container_id: id.to_string(),
-            ifname: ifname.to_string(),
-            netns: netns.to_string(),
-            host_veth: host.to_string(),
-            ips: ips.to_vec(),
-            pod_namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
-            pod_name: env.arg("K8S_POD_NAME").map(str::to_string),
-            network: conf.name.clone(),
-        },
-    )?;
-    Ok((host_mac, pod_mac))
+    json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            {"name": plan.host, "mac": wired.host_mac},
+            {"name": plan.ifname, "mac": wired.pod_mac, "sandbox": plan.netns.display().to_string()},
+        ],
+        "ips": plan.ips.iter().map(|ip| {
+            json!({"address": format!("{ip}/{}", host_prefix(*ip)), "gateway": wire::gateway(*ip).to_string(), "interface": 1})
+        }).collect::<Vec<_>>(),
+        "routes": routes,
+        "dns": ipam_result.get("dns").cloned().unwrap_or(json!({})),
+    })
 }
 
-/// DEL: lease, veth (its routes go with it), record. Succeeds when things
-/// are already gone, as the spec requires.
+/// Releases one attachment: the lease (IPAM DEL), then the veth (its
+/// routes go with it) whether or not IPAM succeeded, then the record, but
+/// only once the lease is released, so that a later DEL or GC retries it.
+fn release(conf: &NetConf, env: &Env, nl: &Netlink, held: Held, host: &str) -> Result<(), CniError> {
+    let ipam = if conf.ipam.is_some() { ipam::delegate(conf, env, "DEL", None).map(|_| ()) } else { Ok(()) };
+    wire::unwire(nl, host)?;
+    ipam?;
+    held.forget()
+}
+
+/// DEL: succeeds when things are already gone, as the spec requires.
 pub fn del(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
-    let id = env.require("CNI_CONTAINERID")?;
-    let ifname = env.require("CNI_IFNAME")?;
-    if conf.ipam.is_some() {
-        ipam::delegate(conf, env, "DEL", None)?;
-    }
-    link::delete(&host_veth_name(id, ifname))?;
-    store::remove(&conf.data_dir, id, ifname)?;
+    let (id, ifname) = env.require_ids()?;
+    let nl = Netlink::open()?;
+    let held = store::take(&conf.data_dir, id, ifname, Wait::Yes)?
+        .ok_or_else(|| CniError::TryAgainLater(format!("attachment {id}/{ifname} is busy")))?;
+    let host = held.load().map_or_else(|| host_veth_name(id, ifname), |r| r.host_veth);
+    release(conf, env, &nl, held, &host)?;
     Ok(Value::Null)
 }
 
-/// CHECK: the attachment is as ADD left it.
+/// CHECK: the attachment is as ADD left it, compared by value.
 pub fn check(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let (id, netns, ifname) = env.require_attachment()?;
     let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::InvalidConfig("CHECK needs prevResult".into()))?;
-    let host = host_veth_name(id, ifname);
-    let fail = |what: String| Err(CniError::internal("CHECK failed", what));
-    if !link::exists(&host) {
-        return fail(format!("host veth {host} is missing"));
-    }
-    if !link::exists_in(netns, ifname) {
-        return fail(format!("{ifname} is missing in {netns}"));
-    }
-    let addrs = link::ip_in(netns, &["-o", "addr", "show", "dev", ifname])?;
-    let routes = link::ip(&["route", "show", "dev", &host])? + &link::ip(&["-6", "route", "show", "dev", &host])?;
-    for ip in ipam_ips(prev) {
-        let plen = if ip.contains(':') { 128 } else { 32 };
-        if !addrs.contains(&format!("{ip}/{plen}")) {
-            return fail(format!("{ip}/{plen} is not on {ifname}"));
-        }
-        if !routes.lines().any(|l| l.split_whitespace().next() == Some(ip.as_str())) {
-            return fail(format!("no host route {ip} dev {host}"));
-        }
-    }
-    let pod_routes = link::ip_in(netns, &["route", "show", "default"])?;
-    if !pod_routes.contains(GATEWAY) && ipam_ips(prev).iter().any(|ip| !ip.contains(':')) {
-        return fail(format!("no default route via {GATEWAY} in {netns}"));
+    let plan = Plan { host: host_veth_name(id, ifname), ifname: ifname.to_string(), netns: PathBuf::from(netns), mtu: conf.mtu, ips: result_ips(prev)? };
+    let wrong = wire::check(&Netlink::open()?, &plan)?;
+    if !wrong.is_empty() {
+        return Err(CniError::internal("CHECK failed", wrong.join("; ")));
     }
     if conf.ipam.is_some() {
         ipam::delegate(conf, env, "CHECK", Some(("prevResult", prev.clone())))?;
@@ -188,20 +156,30 @@ pub fn status(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     }
 }
 
-/// GC: removes attachments of this network missing from
-/// `cni.dev/valid-attachments`, then lets the IPAM plugin collect leases.
+/// GC: releases every attachment of this network that is not in
+/// `cni.dev/valid-attachments` (an ADD still in flight is left alone),
+/// then lets an IPAM plugin that has GC collect its own leases. One
+/// failure does not stop the sweep; the error lists every one.
 pub fn gc(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
-    let valid = conf.valid_attachments.clone().unwrap_or_default();
-    for r in store::all(&conf.data_dir, &conf.name) {
-        if valid.iter().any(|(id, ifname)| *id == r.container_id && *ifname == r.ifname) {
-            continue;
-        }
+    let valid = conf.valid_attachments()?;
+    let nl = Netlink::open()?;
+    let stale = store::take_stale(&conf.data_dir, &conf.name, |r| !valid.iter().any(|(id, ifname)| *id == r.container_id && *ifname == r.ifname))?;
+    let mut failed = Vec::new();
+    for (held, r) in stale {
         let env = Env { container_id: Some(r.container_id.clone()), ifname: Some(r.ifname.clone()), netns: None, ..env.clone() };
-        if conf.ipam.is_some() {
-            let _ = ipam::delegate(conf, &env, "DEL", None);
+        if let Err(e) = release(conf, &env, &nl, held, &r.host_veth) {
+            failed.push(format!("{}/{}: {e}", r.container_id, r.ifname));
         }
-        link::delete(&r.host_veth)?;
-        store::remove(&conf.data_dir, &r.container_id, &r.ifname)?;
     }
-    Ok(Value::Null)
+    if conf.ipam.is_some() && ipam::has_gc(conf, env)? {
+        let list = conf.valid_attachments_raw.clone().unwrap_or(Value::Null);
+        if let Err(e) = ipam::delegate(conf, env, "GC", Some((VALID_ATTACHMENTS, list))) {
+            failed.push(format!("IPAM GC: {e}"));
+        }
+    }
+    if failed.is_empty() {
+        Ok(Value::Null)
+    } else {
+        Err(CniError::internal(format!("GC could not release {} attachment(s)", failed.len()), failed.join("; ")))
+    }
 }
