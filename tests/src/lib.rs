@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bins;
 pub mod cluster;
 pub mod cmd;
+pub mod cni;
 pub mod hostile;
 pub mod containerd;
 pub mod kubeapi;

@@ -3,9 +3,7 @@
 //! containernetworking-plugins), one ADD then one DEL per round on the
 //! same pod namespace with a fresh container ID each time.
 //!
-//! Each invocation is timed from spawn to exit. The process count of one
-//! ADD is read from the kernel's fork counter (`processes` in /proc/stat)
-//! around a few extra ADDs, minus the one weir-cni itself.
+//! Each invocation is timed from spawn to exit.
 //!
 //! Usage: weir-cni-bench [--rounds N] [--cni PATH]   (default 200, the built weir-cni)
 //! Prints one line per operation: median, p99, min, max in µs.
@@ -26,14 +24,6 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-/// The kernel's count of forks since boot.
-fn forks() -> u64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("processes ")?.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 struct Bench {
@@ -87,23 +77,14 @@ fn main() {
     .to_string();
     let bench = Bench { cni, pod: NetNs::new("wcb"), conf };
     // weir-cni runs in the node namespace, as a runtime there runs it.
-    let (add, del, per_add) = node.ns().run(move || {
+    let (add, del) = node.ns().run(move || {
         let (mut add, mut del) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
         for i in 0..rounds {
             let id = names::unique(&format!("b{i}"));
             add.push(bench.call("ADD", &id));
             del.push(bench.call("DEL", &id));
         }
-        let mut spawned = Vec::new();
-        for i in 0..5 {
-            let id = names::unique(&format!("f{i}"));
-            let before = forks();
-            bench.call("ADD", &id);
-            spawned.push(forks() - before - 1);
-            bench.call("DEL", &id);
-        }
-        spawned.sort_unstable();
-        (add, del, spawned[spawned.len() / 2])
+        (add, del)
     });
     println!("weir-cni latency, {rounds} rounds (ADD then DEL, host-local IPAM, fresh container ID each round)");
     for (what, mut v) in [("ADD", add), ("DEL", del)] {
@@ -116,5 +97,4 @@ fn main() {
             v.last().copied().unwrap_or(0)
         );
     }
-    println!("processes started by one ADD (median of 5, other processes on the machine included): {per_add}");
 }

@@ -46,7 +46,14 @@ fn run(env: &Env, bin: &PathBuf, command: &str, stdin: &[u8]) -> Result<(bool, V
         .spawn()
         .map_err(|e| CniError::Io(format!("running {}: {e}", bin.display())))?;
     if let Some(mut i) = child.stdin.take() {
-        i.write_all(stdin).map_err(|e| CniError::Io(format!("writing to {}: {e}", bin.display())))?;
+        // A plugin may answer without reading its input (VERSION does): a
+        // closed pipe is not a failure, its exit status and output say.
+        match i.write_all(stdin) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(CniError::Io(format!("writing to {}: {e}", bin.display())));
+            }
+            _ => {}
+        }
     }
     let out = child.wait_with_output().map_err(|e| CniError::Io(format!("waiting for {}: {e}", bin.display())))?;
     Ok((out.status.success(), out.stdout))
