@@ -155,7 +155,10 @@ fn del_removes_the_veth_when_ipam_fails_and_reports_the_failure() {
 #[test]
 fn del_refuses_ids_that_would_escape_the_data_directory() {
     let e = Env::new();
-    let conf = e.conf("10.244.71.0/24");
+    // No IPAM section: weir-cni alone must refuse (host-local would refuse
+    // such IDs by itself, hiding weir-cni's own check).
+    let mut conf = e.conf("10.244.71.0/24");
+    conf.as_object_mut().expect("object").remove("ipam");
     // A file beside the data directory, where "../<name>" would lead.
     let parent = e.records.path().parent().expect("parent").to_path_buf();
     let victim = names::unique("victim");

@@ -28,8 +28,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 
-use crate::hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_TTL_OFF};
+use crate::{
+    debug::ip,
+    hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_TTL_OFF},
+};
 
 const AF_INET: u8 = 2;
 
@@ -51,6 +55,7 @@ pub fn too_big(verdict: i32) -> Option<u16> {
 #[inline(never)]
 pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if pkt.ttl <= 1 {
+        debug!(ctx, "fwd: {:i}: TTL runs out, up the stack", ip(pkt.daddr));
         return TC_ACT_OK as i32;
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
@@ -81,14 +86,18 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && pkt.df && !pkt.is_icmp_error() {
         // SAFETY: the kernel writes the egress MTU over the length it
         // was given (a union).
-        return TOO_BIG_BASE + unsafe { p.__bindgen_anon_1.mtu_result } as i32;
+        let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+        debug!(ctx, "fwd: {:i}: {} bytes with DF, over the egress MTU {}", ip(pkt.daddr), pkt.tot_len, mtu);
+        return TOO_BIG_BASE + mtu as i32;
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        debug!(ctx, "fwd: {:i}: no FIB answer (rc {}), up the stack", ip(pkt.daddr), rc);
         return TC_ACT_OK as i32;
     }
     if decrement_ttl(ctx, pkt).is_err() {
         return TC_ACT_OK as i32;
     }
+    debug!(ctx, "fwd: {:i}: redirect to ifindex {} (neighbour known: {})", ip(pkt.daddr), p.ifindex, (rc == BPF_FIB_LKUP_RET_SUCCESS as i64) as u8);
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // SAFETY: plain helper call; no neighbour params.
         return unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32;

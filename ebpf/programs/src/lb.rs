@@ -12,6 +12,7 @@
 //!   winner's backend.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_log_ebpf::{debug, trace};
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
@@ -30,6 +31,7 @@ use weir_logic::{
 
 use crate::{
     conntrack::{self, alive, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
+    debug::{ip, port},
     errors,
     fwd::{redirect_v4, too_big},
     hdr::Ipv4Pkt,
@@ -165,6 +167,12 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         return reject_malformed();
     }
     mark_translated(ctx);
+    debug!(
+        ctx,
+        "nat: reply {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
+        ip(orig.saddr), port(orig.sport), ip(orig.daddr), port(orig.dport),
+        ip(pkt.saddr), port(pkt.sport), ip(pkt.daddr), port(pkt.dport)
+    );
     if how == REVERSE_IN_PLACE {
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     }
@@ -251,8 +259,10 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
             s.frontend.proto = 0;
             if FRONTENDS.get_ptr(&s.frontend).is_some() {
                 s.svc_flags = 0; // only ClusterIPs mark their address
+                debug!(ctx, "lb: frontend miss {:i}:{} proto {}: the service IP has no such port (reject)", ip(pkt.daddr), port(pkt.dport), pkt.proto);
                 return reject_with(DropReason::UnknownServicePort);
             }
+            trace!(ctx, "lb: frontend miss {:i}:{} proto {}: no service", ip(pkt.daddr), port(pkt.dport), pkt.proto);
             return NOT_HANDLED;
         }
     };
@@ -278,6 +288,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
                 Some(_) => {}
                 None => rebuild_rev(e, vip, pkt.dport, pkt.sport),
             }
+            trace!(ctx, "lb: flow from {:i}:{} to service {} keeps backend {}", ip(pkt.saddr), port(pkt.sport), svc.id, s.fwd.backend_id);
             // `s.fwd` still holds the translation (only the state moved).
             return translate(ctx, pkt, cfg);
         }
@@ -287,15 +298,25 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if pkt.later_fragment() {
         return drop_with(DropReason::FragmentUnknown);
     }
-    match refuse_new(&svc, || in_source_ranges(svc.id, pkt.saddr)) {
-        Some(Refusal::Drop(reason)) => return drop_with(reason),
-        Some(Refusal::Reject(reason)) => return reject_with(reason),
-        None => {}
+    if let Some(refusal) = refuse_new(&svc, || in_source_ranges(svc.id, pkt.saddr)) {
+        let (verdict, reason) = match refusal {
+            Refusal::Drop(reason) => (drop_with(reason), reason),
+            Refusal::Reject(reason) => (reject_with(reason), reason),
+        };
+        debug!(ctx, "lb: service {} refuses a new flow from {:i}: drop reason {}", svc.id, ip(pkt.saddr), reason as u32);
+        return verdict;
     }
     let backend_id = select(&svc, pkt, now, &mut s.backend);
     if backend_id == NO_BACKEND {
+        debug!(ctx, "lb: frontend {:i}:{} proto {} matched service {}: no backend (reject)", ip(pkt.daddr), port(pkt.dport), pkt.proto, svc.id);
         return reject_with(DropReason::NoEndpoints);
     }
+    debug!(
+        ctx,
+        "lb: frontend {:i}:{} proto {} matched service {}: backend {} {:i}:{} chosen for {:i}:{}",
+        ip(pkt.daddr), port(pkt.dport), pkt.proto, svc.id, backend_id,
+        ip(s.backend.addr.v4_raw()), port(s.backend.port), ip(pkt.saddr), port(pkt.sport)
+    );
     let st = first(pkt.proto, pkt.tcp_flags);
     clear_entry(&mut s.fwd);
     s.fwd.expires_ns = weir_logic::ct::expiry(cfg, st.state, now);
@@ -511,6 +532,12 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
         return reject_malformed();
     }
     mark_translated(ctx);
+    debug!(
+        ctx,
+        "nat: service flow {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
+        ip(orig.saddr), port(orig.sport), ip(orig.daddr), port(orig.dport),
+        ip(pkt.saddr), port(pkt.sport), ip(pkt.daddr), port(pkt.dport)
+    );
     forward_or_restore(ctx, pkt, &orig)
 }
 

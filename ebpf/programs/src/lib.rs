@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod debug;
 pub mod egress;
 pub mod errors;
 pub mod events;

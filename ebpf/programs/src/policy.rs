@@ -20,6 +20,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use weir_common::{
     addr::Addr,
     ct::{CT_POLICY, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
@@ -36,6 +37,7 @@ use weir_logic::{
 
 use crate::{
     conntrack::{self, create, key, replace, touch, within_quota, Exists},
+    debug::ip,
     errors, events,
     hdr::Ipv4Pkt,
     maps::{read, scratch, ENDPOINTS, IPCACHE, POLICY},
@@ -148,6 +150,21 @@ fn judge(ctx: &TcContext, code: u32) -> bool {
     let mut d = decide(&KernelMaps, ep, direction, &Addr::from_v4_raw(peer), t.proto, port);
     if code >> 8 == ALLOW_HOST as u32 {
         d.allowed = true;
+    }
+    // Equal lengths: the verdict word is copied with a constant size.
+    let verdict = if d.allowed { "allow" } else { "deny " };
+    if direction == DIR_EGRESS {
+        debug!(
+            ctx,
+            "policy: egress of endpoint {} to {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
+            ep.id, ip(peer), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+        );
+    } else {
+        debug!(
+            ctx,
+            "policy: ingress of endpoint {} from {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
+            ep.id, ip(peer), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+        );
     }
     report(ctx, t, &d, ep.id, code)
 }

@@ -24,6 +24,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
+use aya_log_ebpf::debug;
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
@@ -34,6 +35,7 @@ use weir_logic::frontend::{refuse_new, Refusal};
 
 use crate::{
     conntrack,
+    debug::{ip, port},
     errors::drop_reason,
     lb,
     maps::{read, scratch, FRONTENDS, SOCK_REVNAT},
@@ -73,6 +75,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         // tc path; any other address is not a frontend.
         let marker = FrontendKey { addr: key.addr, port: 0, proto: 0, scope: SCOPE_INTERNAL };
         if FRONTENDS.get_ptr(&marker).is_some() {
+            debug!(ctx, "sock: frontend miss {:i}:{} proto {}: the service IP has no such port (refused)", ip(vip), port(vport), proto);
             drop_reason(DropReason::UnknownServicePort);
             return REFUSE;
         }
@@ -81,17 +84,25 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     // Source ranges restrict LB IPs for clients outside the node; the node
     // itself is allowed, as kube-proxy allows it.
     if let Some(Refusal::Drop(reason) | Refusal::Reject(reason)) = refuse_new(&svc, || true) {
+        debug!(ctx, "sock: service {} refuses the connection: drop reason {}", svc.id, reason as u32);
         drop_reason(reason);
         return REFUSE;
     }
     let Some(s) = scratch() else { return ALLOW };
     // SAFETY: plain helper call.
     let hash = unsafe { bpf_get_prandom_u32() };
-    if lb::select_backend(&svc, cfg.node_addr.v4_raw(), hash, conntrack::now_ns(), &mut s.backend) == 0 {
+    let backend_id = lb::select_backend(&svc, cfg.node_addr.v4_raw(), hash, conntrack::now_ns(), &mut s.backend);
+    if backend_id == 0 {
+        debug!(ctx, "sock: frontend {:i}:{} proto {} matched service {}: no backend (refused)", ip(vip), port(vport), proto, svc.id);
         drop_reason(DropReason::NoEndpoints);
         return REFUSE;
     }
     let (baddr, bport) = (s.backend.addr, s.backend.port);
+    debug!(
+        ctx,
+        "sock: frontend {:i}:{} proto {} matched service {}: socket pointed at backend {} {:i}:{}",
+        ip(vip), port(vport), proto, svc.id, backend_id, ip(baddr.v4_raw()), port(bport)
+    );
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rk = SockRevKey { cookie, addr: baddr, port: bport, proto, _pad0: 0, _pad1: 0 };

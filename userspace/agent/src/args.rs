@@ -129,7 +129,17 @@ pub struct Args {
     /// programs (the report is part of a load error): off, debug (the
     /// failing instructions and statistics), verbose (every instruction's
     /// state), stats.
-    #[arg(long, value_enum, default_value_t = BpfLogLevel::Debug)]
+    #[arg(long, value_enum, default_value_t = BpfVerifierLogLevel::Debug)]
+    pub bpf_verifier_log_level: BpfVerifierLogLevel,
+
+    /// The kernel programs' own debug logs (aya-log), forwarded to this
+    /// agent's log (target `weir::bpf`, naming the object): off, error,
+    /// warn, info, debug (each flow's decisions: frontend and backend,
+    /// policy verdict and key, NAT rewrites, redirect target), trace (also
+    /// per-packet misses). Fixed when the programs load; off (the default)
+    /// removes every log call, so packets pay nothing. For developers:
+    /// `weir monitor` is the structured interface.
+    #[arg(long, value_enum, default_value_t = BpfLogLevel::Off)]
     pub bpf_log_level: BpfLogLevel,
 
     /// How pods reach pods on other nodes. vxlan (default): encapsulated
@@ -261,22 +271,46 @@ impl Args {
     }
 }
 
-/// `--bpf-log-level`.
+/// `--bpf-verifier-log-level`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum BpfLogLevel {
+pub enum BpfVerifierLogLevel {
     Off,
     Debug,
     Verbose,
     Stats,
 }
 
-impl From<BpfLogLevel> for weir_datapath::VerifierLog {
+impl From<BpfVerifierLogLevel> for weir_datapath::VerifierLog {
+    fn from(l: BpfVerifierLogLevel) -> Self {
+        match l {
+            BpfVerifierLogLevel::Off => Self::Off,
+            BpfVerifierLogLevel::Debug => Self::Debug,
+            BpfVerifierLogLevel::Verbose => Self::Verbose,
+            BpfVerifierLogLevel::Stats => Self::Stats,
+        }
+    }
+}
+
+/// `--bpf-log-level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BpfLogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<BpfLogLevel> for weir_datapath::KernelLogLevel {
     fn from(l: BpfLogLevel) -> Self {
         match l {
             BpfLogLevel::Off => Self::Off,
+            BpfLogLevel::Error => Self::Error,
+            BpfLogLevel::Warn => Self::Warn,
+            BpfLogLevel::Info => Self::Info,
             BpfLogLevel::Debug => Self::Debug,
-            BpfLogLevel::Verbose => Self::Verbose,
-            BpfLogLevel::Stats => Self::Stats,
+            BpfLogLevel::Trace => Self::Trace,
         }
     }
 }
@@ -284,6 +318,19 @@ impl From<BpfLogLevel> for weir_datapath::VerifierLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn kernel_logs_are_off_unless_asked_and_the_verifier_keeps_its_own_flag() {
+        let a = Args::parse_from(["weir-agent"]);
+        assert_eq!(a.bpf_log_level, BpfLogLevel::Off);
+        assert_eq!(a.bpf_verifier_log_level, BpfVerifierLogLevel::Debug);
+        let a = Args::parse_from(["weir-agent", "--bpf-log-level", "trace", "--bpf-verifier-log-level", "verbose"]);
+        assert_eq!(a.bpf_log_level, BpfLogLevel::Trace);
+        assert_eq!(a.bpf_verifier_log_level, BpfVerifierLogLevel::Verbose);
+        // The verifier's levels are no kernel log levels.
+        assert!(Args::try_parse_from(["weir-agent", "--bpf-log-level", "verbose"]).is_err());
+    }
 
     #[test]
     fn masquerade_ports_are_an_unprivileged_non_empty_range() {

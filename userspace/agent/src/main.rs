@@ -3,6 +3,7 @@
 //! from cluster state read from Kubernetes or a directory of YAML files.
 
 mod args;
+mod bpf_log;
 mod devices;
 mod dp_metrics;
 mod events;
@@ -25,7 +26,7 @@ use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {
     let args = args::Args::parse();
-    init_tracing(args.log_format);
+    init_tracing(args.log_format, args.bpf_log_level != args::BpfLogLevel::Off);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -33,9 +34,17 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run::run(args))
 }
 
-fn init_tracing(format: args::LogFormat) {
+/// `kernel_logs`: `--bpf-log-level` is on, so the kernel's records
+/// (target `weir::bpf`, any level) are let through whatever `WEIR_LOG` says.
+fn init_tracing(format: args::LogFormat, kernel_logs: bool) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if kernel_logs {
+        match format!("{}=trace", bpf_log::TARGET).parse() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            Err(error) => eprintln!("weir-agent: cannot let kernel logs through the log filter: {error}"),
+        }
+    }
     match format {
         args::LogFormat::Text => fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
         args::LogFormat::Json => fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),

@@ -56,9 +56,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         lb_table_slots: args.lb_table_slots,
         ct_entries: args.ct_max_entries,
         snat_entries: args.masquerade_max_entries,
-        verifier_log: args.bpf_log_level.into(),
+        verifier_log: args.bpf_verifier_log_level.into(),
+        kernel_log: args.bpf_log_level.into(),
     };
     let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
+    let kernel_logs = !opts.kernel_log.is_off();
+    if kernel_logs {
+        tracing::info!(level = ?opts.kernel_log, target = crate::bpf_log::TARGET, "kernel debug logs on: every log call at this level runs per packet");
+        crate::bpf_log::spawn("pod", dp.kernel_log(crate::bpf_log::ToTracing::new("pod")).context("reading the pod object's kernel logs")?);
+    }
     let config_map = weir_datapath::config::ConfigMap::open(&layout).context("opening the datapath configuration")?;
     let mut cfg = args.datapath_config();
     // The node address an earlier agent wrote stays until this one reads
@@ -87,7 +93,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for ev in &existing {
         pods.apply(ev);
     }
-    let node_dp = weir_datapath::NodeDatapath::load(&layout, &opts).context("loading the node datapath")?;
+    let mut node_dp = weir_datapath::NodeDatapath::load(&layout, &opts).context("loading the node datapath")?;
+    if kernel_logs {
+        crate::bpf_log::spawn("node", node_dp.kernel_log(crate::bpf_log::ToTracing::new("node")).context("reading the node object's kernel logs")?);
+    }
     let _sock_dp = attach_socket_lb(&layout, &opts, args.cgroup_root.clone())?;
     // Connected UDP sockets the socket programs translated, swept when
     // their backends leave (only with the programs attached).
@@ -268,6 +277,9 @@ fn attach_socket_lb(
         return Ok(None);
     };
     let mut sock = weir_datapath::cgroup::SockDatapath::load(layout, opts).context("loading the socket object")?;
+    if !opts.kernel_log.is_off() {
+        crate::bpf_log::spawn("sock", sock.kernel_log(crate::bpf_log::ToTracing::new("sock")).context("reading the socket object's kernel logs")?);
+    }
     sock.attach(&root).with_context(|| format!("attaching the socket-level load balancer to {}", root.display()))?;
     tracing::info!(cgroup = %root.display(), "socket-level load balancing attached");
     Ok(Some(sock))

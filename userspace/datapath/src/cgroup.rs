@@ -39,6 +39,12 @@ impl SockDatapath {
         Ok(Self { ebpf, layout: layout.clone() })
     }
 
+    /// The reader of the object's kernel debug logs (see
+    /// [`crate::PodDatapath::kernel_log`]).
+    pub fn kernel_log<T: log::Log>(&mut self, sink: T) -> Result<aya_log::EbpfLogger<T>, DatapathError> {
+        crate::kernel_log::take(&mut self.ebpf, "sock", sink)
+    }
+
     /// Attaches every program to the cgroup at `root`.
     pub fn attach(&mut self, root: &Path) -> Result<(), DatapathError> {
         let cgroup = File::open(root).map_err(|source| DatapathError::Io { op: "opening", path: root.to_path_buf(), source })?;

@@ -11,6 +11,8 @@ pub enum DatapathError {
     Io { op: &'static str, path: PathBuf, #[source] source: std::io::Error },
     #[error("loading the {object} object: {source}")]
     Load { object: &'static str, #[source] source: aya::EbpfError },
+    #[error("reading the {object} object's kernel logs: {source}")]
+    KernelLog { object: &'static str, #[source] source: aya_log::Error },
     #[error("program {name} is missing from the {object} object")]
     MissingProgram { object: &'static str, name: &'static str },
     #[error("program {name}: {source}")]
@@ -50,6 +52,7 @@ impl DatapathError {
             Self::NoPins { .. } => "no_pins",
             Self::Io { .. } => "io",
             Self::Load { .. } => "load",
+            Self::KernelLog { .. } => "kernel_log",
             Self::MissingProgram { .. } => "missing_program",
             Self::Program { .. } => "program",
             Self::Attach { .. } => "attach",

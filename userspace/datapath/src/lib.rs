@@ -9,6 +9,7 @@ pub mod ct;
 pub mod error;
 pub mod explain;
 pub mod inventory;
+pub mod kernel_log;
 pub mod lb;
 pub mod links;
 pub mod loader;
@@ -25,6 +26,7 @@ pub mod tunnel;
 pub mod xdp;
 
 pub use error::DatapathError;
+pub use kernel_log::KernelLogLevel;
 pub use loader::{LoadOptions, NodeDatapath, PodDatapath, VerifierLog};
 pub use pins::PinLayout;
 pub use weir_common::config::DatapathConfig;

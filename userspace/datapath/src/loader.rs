@@ -16,6 +16,7 @@ use weir_common::{
 
 use crate::{
     attach::{attach_pinned, remove_pin, AttachOutcome, Hook},
+    kernel_log::{self, KernelLogLevel},
     objects::POD_OBJECT,
     pins::PinLayout,
     DatapathError,
@@ -34,15 +35,18 @@ pub struct LoadOptions {
     /// How much the kernel's verifier says when it loads the programs (its
     /// log ends up in a load error).
     pub verifier_log: VerifierLog,
+    /// The programs' own debug logs (aya-log), fixed at load time; off
+    /// removes every log call.
+    pub kernel_log: KernelLogLevel,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES, snat_entries: SNAT_MAX_ENTRIES, verifier_log: VerifierLog::default() }
+        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES, snat_entries: SNAT_MAX_ENTRIES, verifier_log: VerifierLog::default(), kernel_log: KernelLogLevel::Off }
     }
 }
 
-/// The verifier's log level (`--bpf-log-level`).
+/// The verifier's log level (`--bpf-verifier-log-level`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum VerifierLog {
     /// No log.
@@ -70,14 +74,16 @@ impl From<VerifierLog> for aya::VerifierLogLevel {
 /// Loads an object over the pinned maps, sizing the maps `opts` sizes
 /// (whichever object loads first creates and pins them).
 pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
-    EbpfLoader::new()
+    let level = opts.kernel_log.global();
+    let mut loader = EbpfLoader::new();
+    loader
         .verifier_log_level(opts.verifier_log.into())
         .default_map_pin_directory(layout.maps_dir())
         .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
         .map_max_entries(CT, opts.ct_entries.max(2))
-        .map_max_entries(SNAT, opts.snat_entries.max(2))
-        .load(bytes)
-        .map_err(|source| DatapathError::Load { object, source })
+        .map_max_entries(SNAT, opts.snat_entries.max(2));
+    kernel_log::configure(&mut loader, &level);
+    loader.load(bytes).map_err(|source| DatapathError::Load { object, source })
 }
 
 /// Loads the object's programs for `hooks` into the kernel.
@@ -124,6 +130,13 @@ impl PodDatapath {
 
     pub fn layout(&self) -> &PinLayout {
         &self.layout
+    }
+
+    /// The reader of the object's kernel debug logs, handing records to
+    /// `sink` (see [`kernel_log`]: keep it as long as the object). Only
+    /// for an object loaded with logs on.
+    pub fn kernel_log<T: log::Log>(&mut self, sink: T) -> Result<aya_log::EbpfLogger<T>, DatapathError> {
+        kernel_log::take(&mut self.ebpf, "pod", sink)
     }
 
     /// The program for `hook`, for attaching or for BPF_PROG_TEST_RUN.
@@ -223,6 +236,13 @@ impl NodeDatapath {
 
     pub fn layout(&self) -> &PinLayout {
         &self.layout
+    }
+
+    /// The reader of the object's kernel debug logs (see
+    /// [`PodDatapath::kernel_log`]). Keep it as long as the object: the
+    /// XDP program loads on first use, with the log ring buffer's descriptor.
+    pub fn kernel_log<T: log::Log>(&mut self, sink: T) -> Result<aya_log::EbpfLogger<T>, DatapathError> {
+        kernel_log::take(&mut self.ebpf, "node", sink)
     }
 
     /// Attaches the node programs to an uplink device.
