@@ -313,7 +313,7 @@ impl Drop for Container {
     }
 }
 
-/// The weir-cni record of a container's eth0, once ADD has written it.
+/// The weir-cni record of a container's eth0, once ADD has written its IPs.
 pub fn wait_record(c: &Container) -> serde_json::Value {
     wait_record_at(Path::new(RECORDS_DIR), c)
 }
@@ -324,8 +324,9 @@ fn wait_record_at(dir: &Path, c: &Container) -> serde_json::Value {
     let p = dir.join(format!("weir-{id}_eth0.json"));
     let start = Instant::now();
     loop {
-        if let Ok(b) = fs::read(&p) {
-            if let Ok(v) = serde_json::from_slice(&b) {
+        // ADD writes the record before IPAM answers, with no IP yet.
+        if let Some(v) = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+            if v["ips"].as_array().is_some_and(|a| !a.is_empty()) {
                 return v;
             }
         }

@@ -105,3 +105,35 @@ fn twenty_containers_created_and_deleted_leak_nothing() {
     assert!(!Path::new("/var/run/netns").read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("cni-")))), "no CNI netns left");
     let _ = cmd::output(&["true"]);
 }
+
+#[test]
+fn twenty_containers_started_and_deleted_at_once_leak_nothing() {
+    let _lock = global_cni_lock();
+    let node = Node::new();
+    let _cni = CniInstall::new(POD_CIDR);
+    let ctrd = Containerd::start(&node);
+    // 20 `ctr run --cni --rm` at once: 20 ADDs, then 20 DELs, all
+    // overlapping, through one weir-cni data directory and one host-local.
+    let runs: Vec<_> = (0..20).map(|i| ctrd.spawn(&format!("par{i}"), "ip addr show eth0 | grep -q 'inet 10.244.40.' && echo got-address")).collect();
+    let mut ips = Vec::new();
+    for c in &runs {
+        ips.push(ip_of(&wait_record(c)));
+    }
+    let start = std::time::Instant::now();
+    for c in runs {
+        while !c.output().contains("got-address") && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(c.output().contains("got-address"), "container {} got its address:\n{}", c.id(), c.output());
+        c.stop();
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 20, "20 distinct addresses");
+    assert!(weir_links(&node).is_empty(), "no links left: {:?}", weir_links(&node));
+    assert!(pod_routes(&node).is_empty(), "no routes left: {:?}", pod_routes(&node));
+    assert!(leases().is_empty(), "no leases left: {:?}", leases());
+    assert_eq!(records(), 0, "no records or locks left");
+    let containers = ctrd.ctr(&["containers", "ls", "-q"]);
+    assert!(containers.trim().is_empty(), "no containers left: {containers}");
+}
