@@ -1,5 +1,6 @@
 # The weir-agent image: the three binaries of `cargo build --release` on a
-# Debian base with the tools weir-cni drives (ip, nsenter).
+# Debian base. weir-cni and the agent talk netlink themselves: no iproute2
+# or util-linux is needed.
 #
 #   cargo xtask build            # or: cargo build --release
 #   docker build -t weir:dev .
@@ -9,7 +10,7 @@
 # 2.36, so the base is the same Debian release as the build machine.
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 util-linux ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY target/release/weir-agent target/release/weir-cni target/release/weir /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/weir-agent"]

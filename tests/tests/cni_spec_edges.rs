@@ -82,12 +82,18 @@ fn gc_without_a_well_formed_keep_list_removes_nothing() {
     e.assert_clean("after DEL");
 }
 
-#[test]
-fn gc_reclaims_the_lease_of_an_add_killed_half_way() {
+/// An environment whose IPAM plugin is host-local behind [`ScriptedIpam`].
+fn scripted(subnet: &str) -> (Env, ScriptedIpam, Value) {
     let mut e = Env::new();
     let ipam = ScriptedIpam::new();
     e.cni_path = ipam.dir().display().to_string();
-    let conf = ipam.conf(&e.conf("10.244.68.0/24"));
+    let conf = ipam.conf(&e.conf(subnet));
+    (e, ipam, conf)
+}
+
+#[test]
+fn gc_reclaims_the_lease_of_an_add_killed_half_way() {
+    let (e, ipam, conf) = scripted("10.244.68.0/24");
     let id = names::unique("ctr");
     ipam.kill_after_add(true);
     let (ok, _) = e.run("ADD", &id, &conf);
@@ -103,10 +109,7 @@ fn gc_reclaims_the_lease_of_an_add_killed_half_way() {
 
 #[test]
 fn gc_sweeps_past_a_failing_attachment_and_reports_it() {
-    let mut e = Env::new();
-    let ipam = ScriptedIpam::new();
-    e.cni_path = ipam.dir().display().to_string();
-    let conf = ipam.conf(&e.conf("10.244.69.0/24"));
+    let (e, ipam, conf) = scripted("10.244.69.0/24");
     let pod2 = NetNs::new("wcp");
     let (bad, good, keep) = (names::unique("ctr"), names::unique("ctr"), names::unique("ctr"));
     let pod3 = NetNs::new("wcp");
@@ -133,10 +136,7 @@ fn gc_sweeps_past_a_failing_attachment_and_reports_it() {
 
 #[test]
 fn del_removes_the_veth_when_ipam_fails_and_reports_the_failure() {
-    let mut e = Env::new();
-    let ipam = ScriptedIpam::new();
-    e.cni_path = ipam.dir().display().to_string();
-    let conf = ipam.conf(&e.conf("10.244.70.0/24"));
+    let (e, ipam, conf) = scripted("10.244.70.0/24");
     let id = names::unique("ctr");
     assert!(e.run("ADD", &id, &conf).0);
     ipam.fail_del_for(&[&id]);
