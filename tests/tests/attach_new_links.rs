@@ -56,3 +56,32 @@ fn a_deleted_pod_interface_loses_its_pins_and_counters() {
     // The other pod is untouched.
     assert!(agent.link_pins(&b.host_if, b.host_ifindex).iter().all(|p| p.exists()));
 }
+
+#[test]
+fn links_whose_events_the_kernel_dropped_still_get_the_programs() {
+    let node = Node::new();
+    // A receive buffer far too small for a burst of link events, and no
+    // periodic resync to hide a loss: only the overrun's re-list can
+    // attach what the lost events announced.
+    let agent = node.start_agent_with(&["--netlink-rcvbuf", "1024", "--resync-interval", "3600"]);
+    let names: Vec<String> = (0..100).map(|i| format!("weir{:011x}", 0xabc_0000 + i)).collect();
+    let batch: String = names.iter().enumerate().map(|(i, n)| format!("link add {n} type veth peer name wpeer{i}\nlink set {n} up\n")).collect();
+    let file = std::env::temp_dir().join(weir_tests::names::unique("weir-batch"));
+    std::fs::write(&file, batch).expect("batch file");
+    node.ns().ip(&["-batch", &file.display().to_string()]);
+    let _ = std::fs::remove_file(&file);
+    let pins: Vec<_> = names.iter().map(|n| agent.link_pins(n, node.ns().ifindex(n))).collect();
+    let start = std::time::Instant::now();
+    while pins.iter().flatten().any(|p| !p.exists()) && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let missing: Vec<_> = pins.iter().flatten().filter(|p| !p.exists()).collect();
+    assert!(missing.is_empty(), "{} of 200 program pins missing, e.g. {:?}:\n{}", missing.len(), missing.first(), agent.log_text());
+    let metrics = node.agent_http("/metrics");
+    let overruns: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_netlink_overruns_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(overruns >= 1.0, "the burst overran the socket (else this test proves nothing):\n{metrics}");
+}

@@ -33,6 +33,12 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub resync_interval: u64,
 
+    /// Receive buffer of the rtnetlink event socket, in bytes (the
+    /// kernel's default when unset). Events lost to a full buffer make the
+    /// agent list links and routes again.
+    #[arg(long)]
+    pub netlink_rcvbuf: Option<usize>,
+
     /// Slots in the service selection table (a pinned table keeps its size).
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().lb_table_slots)]
     pub lb_table_slots: u32,

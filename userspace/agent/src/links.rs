@@ -10,6 +10,7 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
     RouteNetlinkMessage,
 };
+use netlink_sys::AsyncSocket as _;
 use rtnetlink::{new_multicast_connection, Handle, MulticastGroup, RouteMessageBuilder};
 
 /// Something happened to an interface.
@@ -44,6 +45,9 @@ pub enum NetEvent {
     Route(RouteEvent),
     /// An address was added or removed somewhere on the node.
     Addr,
+    /// The kernel dropped events because the socket's receive buffer was
+    /// full (ENOBUFS): what this node has must be listed again.
+    Overrun,
 }
 
 type Messages = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>;
@@ -56,8 +60,10 @@ pub struct LinkWatcher {
 
 impl LinkWatcher {
     /// Subscribes to link, route and address events. Subscribe before
-    /// dumping, so that nothing created in between is missed.
-    pub fn subscribe() -> std::io::Result<Self> {
+    /// dumping, so that nothing created in between is missed. `rcvbuf`
+    /// sets the socket's receive buffer (the kernel's default when `None`);
+    /// events lost to a full buffer come back as [`NetEvent::Overrun`].
+    pub fn subscribe(rcvbuf: Option<usize>) -> std::io::Result<Self> {
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Ipv4Route,
@@ -65,7 +71,10 @@ impl LinkWatcher {
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv6Ifaddr,
         ];
-        let (conn, handle, messages) = new_multicast_connection(&groups)?;
+        let (mut conn, handle, messages) = new_multicast_connection(&groups)?;
+        if let Some(bytes) = rcvbuf {
+            conn.socket_mut().socket_mut().set_rx_buf_sz(bytes)?;
+        }
         tokio::spawn(conn);
         Ok(Self { handle, messages })
     }
@@ -114,6 +123,9 @@ impl LinkWatcher {
     pub async fn next(&mut self) -> Option<NetEvent> {
         loop {
             let (msg, _) = self.messages.next().await?;
+            if let NetlinkPayload::Overrun(_) = msg.payload {
+                return Some(NetEvent::Overrun);
+            }
             if let NetlinkPayload::InnerMessage(inner) = msg.payload {
                 match inner {
                     RouteNetlinkMessage::NewLink(m) => {

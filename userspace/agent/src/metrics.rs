@@ -39,6 +39,7 @@ pub struct Metrics {
     pub ct_collected: Counter,
     pub repairs: Counter,
     pub udp_sockets_destroyed: Counter,
+    pub netlink_overruns: Counter,
     pub policy_verdicts: Family<crate::events::VerdictLabels, Counter>,
     pub policy_reports: Family<crate::events::ReportLabels, Counter>,
     pub ready: AtomicBool,
@@ -60,6 +61,7 @@ impl Metrics {
         let ct_collected = Counter::default();
         let repairs = Counter::default();
         let udp_sockets_destroyed = Counter::default();
+        let netlink_overruns = Counter::default();
         let policy_verdicts = Family::<crate::events::VerdictLabels, Counter>::default();
         let policy_reports = Family::<crate::events::ReportLabels, Counter>::default();
         registry.register(
@@ -78,6 +80,11 @@ impl Metrics {
             "udp_sockets_destroyed",
             "Connected UDP sockets of the node's processes destroyed because their backend left its service",
             udp_sockets_destroyed.clone(),
+        );
+        registry.register(
+            "netlink_overruns",
+            "Times the kernel dropped link and route events (the receive buffer was full) and the agent listed links and routes again",
+            netlink_overruns.clone(),
         );
         registry.register(
             "policy_verdicts",
@@ -100,6 +107,7 @@ impl Metrics {
             ct_collected,
             repairs,
             udp_sockets_destroyed,
+            netlink_overruns,
             policy_verdicts,
             policy_reports,
             ready: AtomicBool::new(false),

@@ -44,7 +44,8 @@ impl PodInterfaces {
                     self.write_addrs(ifindex);
                 }
             }
-            NetEvent::Addr => {}
+            // An overrun is answered with dumps by the caller (`relist`).
+            NetEvent::Addr | NetEvent::Overrun => {}
         }
     }
 
@@ -129,6 +130,33 @@ impl PodInterfaces {
                     self.release(*ifindex, name);
                 }
             }
+        }
+    }
+
+    /// Takes dumps of the links and host routes as the whole truth, after
+    /// events were lost: links missing from the dump are gone, the present
+    /// ones are (re)applied, so no pod veth stays without its programs or
+    /// keeps the addresses of a link that no longer exists.
+    pub fn relist(&mut self, links: &[LinkEvent], routes: &[HostRoute]) {
+        let present: std::collections::HashSet<u32> = links
+            .iter()
+            .filter_map(|e| match e {
+                LinkEvent::Present { ifindex, .. } => Some(*ifindex),
+                LinkEvent::Gone { .. } => None,
+            })
+            .collect();
+        let known: Vec<(u32, String)> = self.pod_links.iter().chain(&self.attached).map(|(i, n)| (*i, n.clone())).collect();
+        for (ifindex, name) in known {
+            if !present.contains(&ifindex) {
+                self.apply(&LinkEvent::Gone { ifindex, name });
+            }
+        }
+        for ev in links {
+            self.note_link(ev);
+        }
+        self.routes(routes);
+        for ev in links {
+            self.apply(ev);
         }
     }
 

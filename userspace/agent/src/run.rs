@@ -80,7 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut snat_refused = 0u64;
     let link_addrs = weir_datapath::links::LinkAddrs::open(&layout).context("opening the pod link map")?;
     let mut pods = PodInterfaces::new(dp, link_addrs, metrics.clone());
-    let mut watcher = LinkWatcher::subscribe().context("subscribing to rtnetlink link and route events")?;
+    let mut watcher = LinkWatcher::subscribe(args.netlink_rcvbuf).context("subscribing to rtnetlink link and route events")?;
     let existing = watcher.dump().await.context("listing links")?;
     let routes = watcher.dump_routes().await.context("listing routes")?;
     pods.prune_missing(&existing);
@@ -203,6 +203,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         }
                     }
                 }
+                Some(NetEvent::Overrun) => {
+                    metrics.netlink_overruns.inc();
+                    match (watcher.dump().await, watcher.dump_routes().await) {
+                        (Ok(links), Ok(routes)) => {
+                            tracing::warn!(links = links.len(), "rtnetlink events were lost (receive buffer full): listed links and routes again");
+                            pods.relist(&links, &routes);
+                        }
+                        (Err(error), _) | (_, Err(error)) => {
+                            tracing::error!(%error, "rtnetlink events were lost and listing links and routes failed; the next resync lists them again");
+                        }
+                    }
+                }
                 Some(ev) => pods.apply_net(&ev),
                 None => anyhow::bail!("rtnetlink connection closed"),
             },
@@ -233,9 +245,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             _ = resync_tick.tick(), if synced => {
-                match watcher.dump_routes().await {
-                    Ok(routes) => pods.routes(&routes),
-                    Err(error) => tracing::warn!(%error, "listing routes for the pod link resync"),
+                // Links and routes as they are now: repairs whatever a lost
+                // event left behind.
+                match (watcher.dump().await, watcher.dump_routes().await) {
+                    (Ok(links), Ok(routes)) => pods.relist(&links, &routes),
+                    (Err(error), _) | (_, Err(error)) => tracing::warn!(%error, "listing links and routes for the pod link resync"),
                 }
                 let addrs = node_net.sync(&state, &watcher, &metrics).await;
                 reconciler.set_device_addrs(addrs);
