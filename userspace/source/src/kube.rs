@@ -59,6 +59,29 @@ pub fn spawn(tx: Sender) {
     });
 }
 
+/// What kube-proxy watches, and weir with it: Services not claimed by
+/// another proxy, and their EndpointSlices except those of headless
+/// Services (which have no ClusterIP to balance).
+pub const SERVICE_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
+pub const ENDPOINTSLICE_SELECTOR: &str = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
+
+/// The list/watch parameters of one kind: kube-proxy's label selectors,
+/// and lists served from the API server's watch cache
+/// (`resourceVersion=0`, ListSemantic::Any), as client-go's informers
+/// list, so that 4,000 agents relisting do not each cost a quorum read of
+/// etcd. The watch cache ignores `limit` at `resourceVersion=0` (and
+/// kube-rs drops the resourceVersion when a limit is set), so these lists
+/// are not paginated. Bookmarks stay on (kube's default).
+pub fn watch_config(kind: Kind) -> watcher::Config {
+    let mut c = watcher::Config::default().any_semantic();
+    c.page_size = None;
+    match kind {
+        Kind::Service => c.labels(SERVICE_SELECTOR),
+        Kind::EndpointSlice => c.labels(ENDPOINTSLICE_SELECTOR),
+        _ => c,
+    }
+}
+
 /// Starts one watcher per kind on `client`.
 pub fn run(client: Client, tx: Sender) {
     let tracker = Arc::new(SyncTracker { remaining: AtomicUsize::new(Kind::ALL.len()), sent: AtomicBool::new(false) });
@@ -95,7 +118,9 @@ async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: Sender, tr
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    // default_backoff: exponential (0.8 s to 30 s) with jitter, so that
+    // agents that lost the API server together do not come back together.
+    let mut stream = watcher(api, watch_config(kind)).default_backoff().boxed();
     let mut buffer: Option<Vec<Object>> = None;
     let mut warnings = Vec::new();
     let mut first_list = true;
@@ -302,5 +327,18 @@ mod tests {
         assert_eq!(state.policies().len(), 1, "and compiles");
         let s = script.lock().expect("script");
         assert!(s.service_lists >= 2, "the watcher relisted after the 410: {:?}", s.requests);
+        // kube-proxy's selectors, and lists from the watch cache.
+        let of = |path: &str| -> Vec<&String> { s.requests.iter().filter(|r| r.starts_with(&format!("{path}?"))).collect() };
+        let services = of("/api/v1/services");
+        assert!(!services.is_empty() && services.iter().all(|r| r.contains("labelSelector=%21service.kubernetes.io%2Fservice-proxy-name")), "{services:?}");
+        let slices = of("/apis/discovery.k8s.io/v1/endpointslices");
+        assert!(
+            !slices.is_empty() && slices.iter().all(|r| r.contains("labelSelector=%21service.kubernetes.io%2Fheadless%2C%21service.kubernetes.io%2Fservice-proxy-name")),
+            "{slices:?}"
+        );
+        let pods = of("/api/v1/pods");
+        assert!(pods.iter().all(|r| !r.contains("labelSelector")), "{pods:?}");
+        let lists: Vec<&&String> = pods.iter().chain(&services).filter(|r| !r.contains("watch=true")).collect();
+        assert!(!lists.is_empty() && lists.iter().all(|r| r.contains("resourceVersion=0")), "lists from the watch cache: {lists:?}");
     }
 }
