@@ -17,6 +17,9 @@ pub struct Agent {
     netns: PathBuf,
     source_dir: PathBuf,
     node_name: String,
+    /// `--source`: `dir:<source_dir>` unless set.
+    source: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -41,6 +44,27 @@ impl Agent {
             netns: node.ns().path(),
             source_dir: source_dir.to_path_buf(),
             node_name: node.ns().name().to_string(),
+            source: None,
+            env: Vec::new(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent on the Kubernetes source (`--source kube`) with
+    /// `kubeconfig`, without waiting for its first sync.
+    pub fn start_kube(node: &Node, kubeconfig: &std::path::Path, extra_args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.agent.log", node.ns().name()));
+        let mut agent = Self {
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log,
+            bpffs: node.bpffs().to_path_buf(),
+            netns: node.ns().path(),
+            source_dir: node.source_dir().to_path_buf(),
+            node_name: node.ns().name().to_string(),
+            source: Some("kube".into()),
+            env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
         };
         agent.spawn();
         agent
@@ -56,13 +80,14 @@ impl Agent {
             .arg(format!("--net={}", self.netns.display()))
             .arg(bins::path("weir-agent"))
             .arg("--source")
-            .arg(format!("dir:{}", self.source_dir.display()))
+            .arg(self.source.clone().unwrap_or_else(|| format!("dir:{}", self.source_dir.display())))
             .arg("--bpffs")
             .arg(&self.bpffs)
             .arg("--node-name")
             .arg(&self.node_name)
             .args(&self.extra_args)
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log)

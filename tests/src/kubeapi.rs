@@ -7,6 +7,10 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -42,6 +46,48 @@ pub fn objects_in(dir: &std::path::Path) -> Vec<Value> {
 
 /// Serves `objects` inside `ns`; returns the port on 127.0.0.1.
 pub fn serve(ns: &NetNs, objects: Vec<Value>) -> u16 {
+    serve_switchable(ns, objects).0
+}
+
+/// Whether the scripted API server answers. While down it answers every
+/// request with 503; the first watch of each kind after it comes back
+/// gets 410 Gone (its history was compacted during the outage), so the
+/// client relists, as a real API server makes it do after a long outage.
+#[derive(Clone, Default)]
+pub struct Switch {
+    down: Arc<AtomicBool>,
+    outages: Arc<AtomicU64>,
+    expired: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Switch {
+    pub fn set_down(&self, down: bool) {
+        if down && !self.down.swap(true, Ordering::SeqCst) {
+            self.outages.fetch_add(1, Ordering::SeqCst);
+        } else if !down {
+            self.down.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    /// Whether this watch is the first of its path since the last outage.
+    fn expire_once(&self, path: &str) -> bool {
+        let outages = self.outages.load(Ordering::SeqCst);
+        let mut e = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = e.entry(path.to_string()).or_insert(0);
+        let first = *seen < outages;
+        *seen = outages;
+        first
+    }
+}
+
+/// [`serve`], with a [`Switch`] to take the server down and back up.
+pub fn serve_switchable(ns: &NetNs, objects: Vec<Value>) -> (u16, Switch) {
+    let switch = Switch::default();
+    let sw = switch.clone();
     let mut responses: BTreeMap<String, String> = BTreeMap::new();
     for (path, kind, api) in KINDS {
         let items: Vec<Value> = objects.iter().filter(|o| o["kind"] == kind).cloned().collect();
@@ -64,13 +110,14 @@ pub fn serve(ns: &NetNs, objects: Vec<Value>) -> u16 {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let responses = responses.clone();
-            std::thread::spawn(move || respond(conn, &responses));
+            let sw = sw.clone();
+            std::thread::spawn(move || respond(conn, &responses, &sw));
         }
     });
-    prx.recv_timeout(Duration::from_secs(5)).expect("API server port")
+    (prx.recv_timeout(Duration::from_secs(5)).expect("API server port"), switch)
 }
 
-fn respond(mut conn: std::net::TcpStream, responses: &BTreeMap<String, String>) {
+fn respond(mut conn: std::net::TcpStream, responses: &BTreeMap<String, String>, switch: &Switch) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -82,9 +129,23 @@ fn respond(mut conn: std::net::TcpStream, responses: &BTreeMap<String, String>) 
     let req = String::from_utf8_lossy(&buf).to_string();
     let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
     let path = target.split('?').next().unwrap_or("");
+    if switch.is_down() {
+        let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"ServiceUnavailable","code":503}"#;
+        let _ = conn.write_all(format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+        return;
+    }
     if target.contains("watch=true") {
         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-        std::thread::sleep(Duration::from_secs(10));
+        if switch.expire_once(path) {
+            let ev = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version","reason":"Expired","code":410}}"#.to_string() + "\n";
+            let _ = conn.write_all(format!("{:x}\r\n{ev}\r\n0\r\n\r\n", ev.len()).as_bytes());
+            return;
+        }
+        // Open and quiet, until the server goes down.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) && !switch.is_down() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         return;
     }
     let reply = match responses.get(path) {

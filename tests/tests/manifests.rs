@@ -46,8 +46,10 @@ fn the_daemonset_runs_a_privileged_host_network_agent_on_every_node() {
     let agent = pod.containers.iter().find(|c| c.name == "agent").expect("agent container");
     assert_eq!(agent.security_context.as_ref().and_then(|s| s.privileged), Some(true));
     let probe = agent.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("readiness probe");
-    assert_eq!(probe.path.as_deref(), Some("/healthz"));
-    assert_eq!(probe.host.as_deref(), Some("127.0.0.1"), "the agent serves /healthz on the node's loopback");
+    assert_eq!(probe.path.as_deref(), Some("/readyz"));
+    assert_eq!(probe.host.as_deref(), Some("127.0.0.1"), "the agent serves its probes on the node's loopback");
+    let live = agent.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("liveness probe");
+    assert_eq!(live.path.as_deref(), Some("/livez"), "liveness does not depend on the API server");
     let args = agent.args.clone().unwrap_or_default();
     assert!(args.contains(&"--source=kube".to_string()) && args.contains(&"--bpffs=/sys/fs/bpf/weir".to_string()), "{args:?}");
     let mounts: BTreeSet<String> = agent.volume_mounts.iter().flatten().map(|m| m.mount_path.clone()).collect();

@@ -33,6 +33,16 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub resync_interval: u64,
 
+    /// Seconds without a turn of the agent's main loop after which
+    /// `/livez` fails (the kubelet then restarts the agent).
+    #[arg(long, default_value_t = 120)]
+    pub liveness_timeout: u64,
+
+    /// Seconds a watch of the Kubernetes API may keep failing before
+    /// `/readyz` turns false (it turns true again when the watch recovers).
+    #[arg(long, default_value_t = 60)]
+    pub ready_stale_after: u64,
+
     /// Receive buffer of the rtnetlink event socket, in bytes (the
     /// kernel's default when unset). Events lost to a full buffer make the
     /// agent list links and routes again.

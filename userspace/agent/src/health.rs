@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{Arc, Mutex},
 };
 
 use weir_model::health::HealthCheck;
@@ -44,7 +44,7 @@ pub async fn serve_node(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Res
     http::spawn(listener, move |path: String| {
         let m = metrics.clone();
         async move {
-            let ok = m.ready.load(Ordering::Acquire);
+            let ok = m.probes.is_synced();
             match path.as_str() {
                 "/healthz" | "/livez" => {
                     let now = unix_now();

@@ -15,6 +15,7 @@ mod metrics;
 mod node_net;
 mod pod_addrs;
 mod pods;
+mod probes;
 mod policy;
 mod reconcile;
 mod reserved_ports;

@@ -1,13 +1,8 @@
-//! `/metrics` (Prometheus text, prometheus-client) and `/healthz`, served
+//! `/metrics` (Prometheus text, prometheus-client) and the probes
+//! (`/livez`, `/readyz`, `/healthz`; see `probes`), served
 //! on `--metrics-addr` by the agent's small HTTP/1.1 responder (`http`).
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -42,7 +37,8 @@ pub struct Metrics {
     pub netlink_overruns: Counter,
     pub policy_verdicts: Family<crate::events::VerdictLabels, Counter>,
     pub policy_reports: Family<crate::events::ReportLabels, Counter>,
-    pub ready: AtomicBool,
+    /// Liveness and readiness (`/livez`, `/readyz`).
+    pub probes: crate::probes::Probes,
     pub datapath: Arc<crate::dp_metrics::DatapathCollector>,
 }
 
@@ -110,7 +106,7 @@ impl Metrics {
             netlink_overruns,
             policy_verdicts,
             policy_reports,
-            ready: AtomicBool::new(false),
+            probes: crate::probes::Probes::default(),
             datapath,
         })
     }
@@ -130,21 +126,29 @@ impl Metrics {
     }
 
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        self.probes.set_synced();
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the process exits.
+fn probe(r: Result<(), String>) -> Response {
+    match r {
+        Ok(()) => Response::new("200 OK", "text/plain", "ok\n"),
+        Err(why) => Response::new("503 Service Unavailable", "text/plain", format!("{why}\n")),
+    }
+}
+
+/// Serves `/metrics`, `/livez`, `/readyz` and `/healthz` (readiness) until
+/// the process exits.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = crate::http::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
+    tracing::info!(%addr, "serving /metrics, /livez, /readyz and /healthz");
     crate::http::spawn(listener, move |path: String| {
         let m = metrics.clone();
         async move {
             match path.as_str() {
                 "/metrics" => Response::new("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", m.encode()),
-                "/healthz" if m.ready.load(Ordering::Acquire) => Response::new("200 OK", "text/plain", "ok\n"),
-                "/healthz" => Response::new("503 Service Unavailable", "text/plain", "starting\n"),
+                "/livez" => probe(m.probes.liveness()),
+                "/readyz" | "/healthz" => probe(m.probes.readiness()),
                 _ => Response::new("404 Not Found", "text/plain", "not found\n"),
             }
         }

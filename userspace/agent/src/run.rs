@@ -138,10 +138,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut gc_tick = tokio::time::interval(Duration::from_secs(args.ct_gc_interval.max(1)));
     let mut resync_tick = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
     resync_tick.tick().await; // the first tick fires at once
+    metrics.probes.set_thresholds(Duration::from_secs(args.liveness_timeout.max(1)), Duration::from_secs(args.ready_stale_after));
+    // The main loop's heartbeat, for /livez.
+    let mut beat_tick = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(bpffs = %args.bpffs.display(), node = ?args.node_name, source = ?args.source, "weir-agent ready");
 
     loop {
         tokio::select! {
+            _ = beat_tick.tick() => metrics.probes.beat(),
             ev = rx.recv() => {
                 let Some(ev) = ev else { anyhow::bail!("the object source stopped") };
                 let mut next = Some(ev);
@@ -170,6 +174,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             metrics.set_ready();
                         }
                         SourceEvent::Synced => {}
+                        SourceEvent::WatchHealth { kind, failing } => {
+                            if failing {
+                                tracing::debug!(kind = kind.as_str(), "the watch failed; /readyz turns false if it lasts");
+                            } else {
+                                tracing::info!(kind = kind.as_str(), "the watch works again");
+                            }
+                            metrics.probes.watch_failing(kind.as_str(), failing);
+                        }
                     }
                     next = rx.try_recv().ok();
                 }

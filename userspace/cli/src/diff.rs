@@ -128,6 +128,8 @@ fn load(spec: &SourceSpec) -> anyhow::Result<(ClusterState, Vec<String>)> {
                     }
                 }
                 Ok(Some(SourceEvent::Synced)) => return Ok((state, warnings)),
+                // A failing watch retries; the deadline bounds the wait.
+                Ok(Some(SourceEvent::WatchHealth { .. })) => {}
                 Ok(None) => bail!("the {spec:?} source stopped before it had listed everything"),
                 Err(_) => bail!("the {spec:?} source did not list everything within {SYNC_TIMEOUT:?} (for kube: is the API server reachable with this kubeconfig?)"),
             }

@@ -124,8 +124,21 @@ where
     let mut buffer: Option<Vec<Object>> = None;
     let mut warnings = Vec::new();
     let mut first_list = true;
+    let mut failing = false;
     while let Some(ev) = stream.next().await {
         let at = Instant::now();
+        // Every error is reported (its time tells a resumed watch from a
+        // failing one); a success only when it ends a failure.
+        let now_failing = match &ev {
+            Err(error) => !(kind.is_crd() && not_served(error)),
+            Ok(_) => false,
+        };
+        if now_failing || failing {
+            failing = now_failing;
+            if tx.send(SourceEvent::WatchHealth { kind, failing }).await.is_err() {
+                return;
+            }
+        }
         let (changes, listed) = match ev {
             Ok(watcher::Event::Apply(o)) => match checked(wrap(o)) {
                 Ok(o) => (vec![Change::Upsert(o)], false),
@@ -312,6 +325,7 @@ mod tests {
                     }
                 }
                 SourceEvent::Synced => synced = true,
+                SourceEvent::WatchHealth { .. } => {}
             }
             let n = names(&state);
             if n.contains("b") {

@@ -21,6 +21,9 @@ pub enum SourceEvent {
     Changes { changes: Vec<Change>, warnings: Vec<Warning>, at: Instant },
     /// Everything that existed at start has been delivered.
     Synced,
+    /// A kind's watch failed (`failing: true`, on every error), or
+    /// delivered again after failing.
+    WatchHealth { kind: weir_model::Kind, failing: bool },
 }
 
 pub type Sender = mpsc::Sender<SourceEvent>;
