@@ -115,9 +115,18 @@ pub(super) fn err(field: impl Into<String>, message: impl Into<String>) -> Field
     FieldError { field: field.into(), message: message.into() }
 }
 
-/// Parses `a.b.c.d/n` (or IPv6) into a prefix; host bits must be zero, as
-/// the API server requires.
-pub fn parse_cidr(s: &str, field: &str) -> Result<Prefix, FieldError> {
+/// Parses a policy CIDR (NetworkPolicy `ipBlock`, a cluster policy's
+/// `networks`) as the API server accepts it and as Go's `net.ParseCIDR`
+/// reads it: host bits are allowed and cleared, so `10.1.2.3/16` is
+/// `10.1.0.0/16` (upstream's own e2e tests wrote such CIDRs). Every agent
+/// reads the same object the same way, and nothing the API server took is
+/// dropped.
+pub fn parse_policy_cidr(s: &str, field: &str) -> Result<Prefix, FieldError> {
+    let (_, p) = parse_prefix(s, field)?;
+    Ok(p)
+}
+
+fn parse_prefix(s: &str, field: &str) -> Result<(IpAddr, Prefix), FieldError> {
     let (a, l) = s.split_once('/').ok_or_else(|| err(field, format!("{s:?} is not a CIDR (like 10.0.0.0/8)")))?;
     let addr: IpAddr = a.parse().map_err(|_| err(field, format!("{s:?}: {a:?} is not an IP address")))?;
     let len: u8 = l.parse().map_err(|_| err(field, format!("{s:?}: {l:?} is not a prefix length")))?;
@@ -125,7 +134,13 @@ pub fn parse_cidr(s: &str, field: &str) -> Result<Prefix, FieldError> {
     if len > max {
         return Err(err(field, format!("{s:?}: prefix length {len} is over {max}")));
     }
-    let p = Prefix::new(addr, len);
+    Ok((addr, Prefix::new(addr, len)))
+}
+
+/// Parses `a.b.c.d/n` (or IPv6) into a prefix; host bits must be zero
+/// (node pod CIDRs, flags).
+pub fn parse_cidr(s: &str, field: &str) -> Result<Prefix, FieldError> {
+    let (addr, p) = parse_prefix(s, field)?;
     if p.addr != addr {
         return Err(err(field, format!("{s:?} has host bits set (did you mean {p}?)")));
     }
@@ -133,11 +148,11 @@ pub fn parse_cidr(s: &str, field: &str) -> Result<Prefix, FieldError> {
 }
 
 fn block(b: &IPBlock, field: &str) -> Result<Peer, FieldError> {
-    let cidr = parse_cidr(&b.cidr, &format!("{field}.cidr"))?;
+    let cidr = parse_policy_cidr(&b.cidr, &format!("{field}.cidr"))?;
     let mut except = Vec::new();
     for (i, e) in b.except.iter().flatten().enumerate() {
         let f = format!("{field}.except[{i}]");
-        let p = parse_cidr(e, &f)?;
+        let p = parse_policy_cidr(e, &f)?;
         if !cidr.contains(&p) || p == cidr {
             return Err(err(f, format!("{p} is not strictly inside {cidr}")));
         }

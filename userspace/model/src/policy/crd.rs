@@ -16,7 +16,7 @@
 use weir_crds::{Action as NsAction, ClusterAction, ClusterNetworkPolicy, ClusterRule, Mode, NamespacedRule, PortRange, Protocol, Tier as CrdTier, WeirNetworkPolicy};
 
 use super::{
-    compile::{err, parse_cidr, Action, CompiledPolicy, Peer, PolicyKind, PortRule, PortSel, Rule, Tier, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+    compile::{err, parse_policy_cidr, Action, CompiledPolicy, Peer, PolicyKind, PortRule, PortSel, Rule, Tier, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
     selector::Selector,
 };
 use crate::{validate::FieldError, Object};
@@ -77,7 +77,7 @@ fn peers(v: &[weir_crds::Peer], field: &str, cluster: bool) -> Result<Vec<Peer>,
                     return Err(err(format!("{f}.networks"), "at least one CIDR"));
                 }
                 for (j, n) in nets.iter().enumerate() {
-                    out.push(Peer::Block { cidr: parse_cidr(n, &format!("{f}.networks[{j}]"))?, except: Vec::new() });
+                    out.push(Peer::Block { cidr: parse_policy_cidr(n, &format!("{f}.networks[{j}]"))?, except: Vec::new() });
                 }
             }
             None => {
@@ -179,6 +179,7 @@ pub fn compile_namespaced(p: &WeirNetworkPolicy) -> Result<CompiledPolicy, Field
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_desired::policy::Prefix;
 
     fn cnp(yaml: &str) -> Result<CompiledPolicy, FieldError> {
         compile_cluster(&serde_yaml_ng::from_str(yaml).expect("parse"))
@@ -201,7 +202,7 @@ mod tests {
         for (extra, field) in [
             ("  priority: 1001\n", "spec.priority"),
             ("  priority: 1\n  tier: Baseline\n  ingress: [{name: p, action: Pass, peers: [{}]}]\n", "spec.ingress[0].action"),
-            ("  priority: 1\n  egress: [{name: p, action: Deny, peers: [{networks: [10.0.0.1/8]}]}]\n", "spec.egress[0].peers[0].networks[0]"),
+            ("  priority: 1\n  egress: [{name: p, action: Deny, peers: [{networks: [10.0.0.0/33]}]}]\n", "spec.egress[0].peers[0].networks[0]"),
             ("  priority: 1\n  egress: [{name: p, action: Deny, peers: [{pods: {}, networks: [10.0.0.0/8]}]}]\n", "spec.egress[0].peers[0]"),
             ("  priority: 1\n  ingress: [{name: p, action: Deny, peers: []}]\n", "spec.ingress[0].peers"),
             ("  priority: 1\n  ingress: [{name: p, action: Deny, peers: [{}], ports: [{port: 80, endPort: 79}]}]\n", "spec.ingress[0].ports[0].endPort"),
@@ -210,6 +211,11 @@ mod tests {
             let e = cnp(&format!("{base}{extra}")).expect_err(extra);
             assert_eq!(e.field, field, "{extra}: {}", e.message);
         }
+        // Host bits are no error: the API server accepts them, and the
+        // Deny is enforced on the network they name.
+        let p = cnp(&format!("{base}  priority: 1\n  egress: [{{name: p, action: Deny, peers: [{{networks: [10.0.0.1/8]}}]}}]\n")).expect("compiles");
+        let peers = p.egress.as_ref().and_then(|r| r[0].peers.clone()).expect("peers");
+        assert_eq!(peers, vec![Peer::Block { cidr: Prefix::new("10.0.0.0".parse().expect("ip"), 8), except: Vec::new() }]);
     }
 
     #[test]

@@ -356,6 +356,19 @@ mod tests {
     }
 
     #[test]
+    fn ip_blocks_with_host_bits_are_normalised_as_the_api_server_accepts_them() {
+        // The API server takes 10.0.7.9/16 (upstream e2e tests wrote such
+        // CIDRs); Go reads it as 10.0.0.0/16, and so must every agent.
+        let p = policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.7.9/16, except: [10.0.1.77/24]}}]");
+        let (ids, s) = run(&[p], &world());
+        let block = ids.lookup_cidr(&Prefix::new("10.0.0.0".parse().unwrap(), 16)).expect("compiled, masked");
+        let except = ids.lookup_cidr(&Prefix::new("10.0.1.0".parse().unwrap(), 24)).expect("except masked");
+        let peers: BTreeSet<u32> = s.entries.iter().filter(|(_, v)| v.allows()).map(|(e, _)| e.identity).collect();
+        assert_eq!(peers, [block].into());
+        assert_ne!(block, except);
+    }
+
+    #[test]
     fn policy_types_default_from_the_sections_present() {
         let p = policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  egress: [{}]");
         assert!(p.ingress.is_some() && p.egress.is_some(), "egress rules add Egress; Ingress is always there");
