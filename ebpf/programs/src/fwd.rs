@@ -28,10 +28,8 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use aya_log_ebpf::debug;
-
 use crate::{
-    debug::ip,
+    debug::{self, debug_on},
     hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_TTL_OFF},
 };
 
@@ -55,7 +53,9 @@ pub fn too_big(verdict: i32) -> Option<u16> {
 #[inline(never)]
 pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if pkt.ttl <= 1 {
-        debug!(ctx, "fwd: {:i}: TTL runs out, up the stack", ip(pkt.daddr));
+        if debug_on() {
+            debug::note_fwd(debug::FWD_TTL, 0);
+        }
         return TC_ACT_OK as i32;
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
@@ -87,23 +87,38 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
         // SAFETY: the kernel writes the egress MTU over the length it
         // was given (a union).
         let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
-        debug!(ctx, "fwd: {:i}: {} bytes with DF, over the egress MTU {}", ip(pkt.daddr), pkt.tot_len, mtu);
+        if debug_on() {
+            debug::note_fwd(debug::FWD_TOO_BIG, mtu as u32);
+        }
         return TOO_BIG_BASE + mtu as i32;
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        debug!(ctx, "fwd: {:i}: no FIB answer (rc {}), up the stack", ip(pkt.daddr), rc);
+        if debug_on() {
+            debug::note_fwd(debug::FWD_STACK, rc as u32);
+        }
         return TC_ACT_OK as i32;
     }
     if decrement_ttl(ctx, pkt).is_err() {
+        if debug_on() {
+            debug::note_fwd(debug::FWD_FAILED, 0);
+        }
         return TC_ACT_OK as i32;
     }
-    debug!(ctx, "fwd: {:i}: redirect to ifindex {} (neighbour known: {})", ip(pkt.daddr), p.ifindex, (rc == BPF_FIB_LKUP_RET_SUCCESS as i64) as u8);
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        if debug_on() {
+            debug::note_fwd(debug::FWD_REDIRECT_NEIGH, p.ifindex);
+        }
         // SAFETY: plain helper call; no neighbour params.
         return unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     }
     if ctx.store(0, &p.dmac, 0).is_err() || ctx.store(6, &p.smac, 0).is_err() {
+        if debug_on() {
+            debug::note_fwd(debug::FWD_FAILED, 0);
+        }
         return TC_ACT_OK as i32;
+    }
+    if debug_on() {
+        debug::note_fwd(debug::FWD_REDIRECT, p.ifindex);
     }
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(p.ifindex, 0) as i32 }

@@ -12,7 +12,6 @@
 //!   winner's backend.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcContext};
-use aya_log_ebpf::{debug, trace};
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
@@ -31,7 +30,7 @@ use weir_logic::{
 
 use crate::{
     conntrack::{self, alive, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
-    debug::{ip, port},
+    debug::{self, debug_on, ep, trace_on},
     errors,
     fwd::{redirect_v4, too_big},
     hdr::Ipv4Pkt,
@@ -167,12 +166,9 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         return reject_malformed();
     }
     mark_translated(ctx);
-    debug!(
-        ctx,
-        "nat: reply {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
-        ip(orig.saddr), port(orig.sport), ip(orig.daddr), port(orig.dport),
-        ip(pkt.saddr), port(pkt.sport), ip(pkt.daddr), port(pkt.dport)
-    );
+    if debug_on() {
+        debug::weir_log_nat_reply(ep(orig.saddr, orig.sport), ep(orig.daddr, orig.dport), ep(pkt.saddr, pkt.sport), ep(pkt.daddr, pkt.dport));
+    }
     if how == REVERSE_IN_PLACE {
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     }
@@ -201,6 +197,9 @@ impl Untranslated {
 #[inline(always)]
 fn forward_or_restore(ctx: &TcContext, pkt: &mut Ipv4Pkt, orig: &Untranslated) -> i32 {
     let verdict = redirect_v4(ctx, pkt);
+    if debug_on() {
+        debug::weir_log_fwd(pkt.daddr);
+    }
     if too_big(verdict).is_some() {
         if snat(ctx, pkt, orig.saddr, orig.sport).is_err() || dnat(ctx, pkt, orig.daddr, orig.dport).is_err() {
             return reject_malformed();
@@ -259,10 +258,14 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
             s.frontend.proto = 0;
             if FRONTENDS.get_ptr(&s.frontend).is_some() {
                 s.svc_flags = 0; // only ClusterIPs mark their address
-                debug!(ctx, "lb: frontend miss {:i}:{} proto {}: the service IP has no such port (reject)", ip(pkt.daddr), port(pkt.dport), pkt.proto);
+                if debug_on() {
+                    debug::weir_log_lb_unknown_port(ep(pkt.daddr, pkt.dport), pkt.proto as u32);
+                }
                 return reject_with(DropReason::UnknownServicePort);
             }
-            trace!(ctx, "lb: frontend miss {:i}:{} proto {}: no service", ip(pkt.daddr), port(pkt.dport), pkt.proto);
+            if trace_on() {
+                debug::weir_log_lb_miss(ep(pkt.daddr, pkt.dport), pkt.proto as u32);
+            }
             return NOT_HANDLED;
         }
     };
@@ -288,7 +291,9 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
                 Some(_) => {}
                 None => rebuild_rev(e, vip, pkt.dport, pkt.sport),
             }
-            trace!(ctx, "lb: flow from {:i}:{} to service {} keeps backend {}", ip(pkt.saddr), port(pkt.sport), svc.id, s.fwd.backend_id);
+            if trace_on() {
+                debug::weir_log_lb_keeps(ep(pkt.saddr, pkt.sport), svc.id, s.fwd.backend_id);
+            }
             // `s.fwd` still holds the translation (only the state moved).
             return translate(ctx, pkt, cfg);
         }
@@ -303,20 +308,22 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
             Refusal::Drop(reason) => (drop_with(reason), reason),
             Refusal::Reject(reason) => (reject_with(reason), reason),
         };
-        debug!(ctx, "lb: service {} refuses a new flow from {:i}: drop reason {}", svc.id, ip(pkt.saddr), reason as u32);
+        if debug_on() {
+            debug::weir_log_lb_refused(ep(pkt.saddr, pkt.sport), svc.id, reason as u32);
+        }
         return verdict;
     }
     let backend_id = select(&svc, pkt, now, &mut s.backend);
     if backend_id == NO_BACKEND {
-        debug!(ctx, "lb: frontend {:i}:{} proto {} matched service {}: no backend (reject)", ip(pkt.daddr), port(pkt.dport), pkt.proto, svc.id);
+        if debug_on() {
+            debug::weir_log_lb_no_backend(ep(pkt.daddr, pkt.dport), pkt.proto as u32, svc.id);
+        }
         return reject_with(DropReason::NoEndpoints);
     }
-    debug!(
-        ctx,
-        "lb: frontend {:i}:{} proto {} matched service {}: backend {} {:i}:{} chosen for {:i}:{}",
-        ip(pkt.daddr), port(pkt.dport), pkt.proto, svc.id, backend_id,
-        ip(s.backend.addr.v4_raw()), port(s.backend.port), ip(pkt.saddr), port(pkt.sport)
-    );
+    if debug_on() {
+        let chosen = ep(s.backend.addr.v4_raw(), s.backend.port);
+        debug::weir_log_lb_backend(ep(pkt.daddr, pkt.dport), ep(pkt.saddr, pkt.sport), chosen, svc.id, backend_id);
+    }
     let st = first(pkt.proto, pkt.tcp_flags);
     clear_entry(&mut s.fwd);
     s.fwd.expires_ns = weir_logic::ct::expiry(cfg, st.state, now);
@@ -532,12 +539,9 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
         return reject_malformed();
     }
     mark_translated(ctx);
-    debug!(
-        ctx,
-        "nat: service flow {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
-        ip(orig.saddr), port(orig.sport), ip(orig.daddr), port(orig.dport),
-        ip(pkt.saddr), port(pkt.sport), ip(pkt.daddr), port(pkt.dport)
-    );
+    if debug_on() {
+        debug::weir_log_nat_service(ep(orig.saddr, orig.sport), ep(orig.daddr, orig.dport), ep(pkt.saddr, pkt.sport), ep(pkt.daddr, pkt.dport));
+    }
     forward_or_restore(ctx, pkt, &orig)
 }
 

@@ -147,6 +147,12 @@ pub struct Scratch {
     /// The policy decision's inputs (see `policy::judge`).
     pub judge_tuple: crate::policy::Tuple,
     pub judge_ep: EndpointInfo,
+    /// Its decision, for the debug log (`debug::weir_log_policy`).
+    pub judge_decision: weir_logic::policy::Decision,
+    /// Where `fwd::redirect_v4` sent the last packet, for the debug log
+    /// (`debug::note_fwd`).
+    pub fwd_what: u32,
+    pub fwd_value: u32,
     /// The first fragment's key and ports, recorded once it passed.
     pub frag_key: FragKey,
     pub frag_val: FragValue,

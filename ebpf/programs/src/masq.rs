@@ -15,7 +15,6 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use aya_log_ebpf::debug;
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
@@ -29,7 +28,7 @@ use weir_logic::{
 };
 
 use crate::{
-    debug::{ip, port as host_port},
+    debug::{self, debug_on},
     conntrack::{self, clear_entry, now_ns},
     events,
     hdr::{Ipv4Pkt, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP},
@@ -119,11 +118,9 @@ pub fn egress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     if nat::snat(ctx, pkt, dev.addr.v4_raw(), port).is_err() {
         return events::dropped(ctx, pkt, DropReason::Malformed);
     }
-    debug!(
-        ctx,
-        "masq: {:i}:{} -> {:i}:{} leaves as {:i}:{}",
-        ip(from), host_port(from_port), ip(pkt.daddr), host_port(pkt.dport), ip(pkt.saddr), host_port(pkt.sport)
-    );
+    if debug_on() {
+        debug::weir_log_masq_out(debug::ep(from, from_port), debug::ep(pkt.daddr, pkt.dport), debug::ep(pkt.saddr, pkt.sport));
+    }
     ok
 }
 
@@ -224,6 +221,5 @@ pub fn ingress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     // SAFETY: map value pointer, valid for the program run.
     let (to, port) = unsafe { ((*e).nat_addr.v4_raw(), (*e).nat_port) };
     touch(&s.rkey, e, cfg, pkt, DIR_REPLY, now_ns());
-    debug!(ctx, "masq: reply from {:i}:{} restored to {:i}:{}", ip(pkt.saddr), host_port(pkt.sport), ip(to), host_port(port));
     nat::dnat(ctx, pkt, to, port)
 }

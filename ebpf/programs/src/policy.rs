@@ -20,7 +20,6 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use aya_log_ebpf::debug;
 use weir_common::{
     addr::Addr,
     ct::{CT_POLICY, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
@@ -37,7 +36,7 @@ use weir_logic::{
 
 use crate::{
     conntrack::{self, create, key, replace, touch, within_quota, Exists},
-    debug::ip,
+    debug::{self, debug_on},
     errors, events,
     hdr::Ipv4Pkt,
     maps::{read, scratch, ENDPOINTS, IPCACHE, POLICY},
@@ -114,7 +113,11 @@ pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
     if mode & CHECK_EGRESS != 0 {
         if let Some(ep) = src {
             s.judge_ep = ep;
-            if !judge(ctx, DIR_EGRESS as u32) {
+            let allowed = judge(ctx, DIR_EGRESS as u32);
+            if debug_on() {
+                debug::weir_log_policy(DIR_EGRESS as u32);
+            }
+            if !allowed {
                 return false;
             }
         }
@@ -123,7 +126,11 @@ pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
         if let Some(ep) = dst {
             s.judge_ep = ep;
             let host = if mode & FROM_HOST != 0 { (ALLOW_HOST as u32) << 8 } else { 0 };
-            if !judge(ctx, DIR_INGRESS as u32 | host) {
+            let allowed = judge(ctx, DIR_INGRESS as u32 | host);
+            if debug_on() {
+                debug::weir_log_policy(DIR_INGRESS as u32);
+            }
+            if !allowed {
                 return false;
             }
         }
@@ -151,20 +158,10 @@ fn judge(ctx: &TcContext, code: u32) -> bool {
     if code >> 8 == ALLOW_HOST as u32 {
         d.allowed = true;
     }
-    // Equal lengths: the verdict word is copied with a constant size.
-    let verdict = if d.allowed { "allow" } else { "deny " };
-    if direction == DIR_EGRESS {
-        debug!(
-            ctx,
-            "policy: egress of endpoint {} to {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
-            ep.id, ip(peer), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
-        );
-    } else {
-        debug!(
-            ctx,
-            "policy: ingress of endpoint {} from {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
-            ep.id, ip(peer), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
-        );
+    if debug_on() {
+        if let Some(s) = scratch() {
+            s.judge_decision = d;
+        }
     }
     report(ctx, t, &d, ep.id, code)
 }

@@ -24,7 +24,6 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use aya_log_ebpf::debug;
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
@@ -35,7 +34,7 @@ use weir_logic::frontend::{refuse_new, Refusal};
 
 use crate::{
     conntrack,
-    debug::{ip, port},
+    debug::{self, debug_on},
     errors::drop_reason,
     lb,
     maps::{read, scratch, FRONTENDS, SOCK_REVNAT},
@@ -75,7 +74,9 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         // tc path; any other address is not a frontend.
         let marker = FrontendKey { addr: key.addr, port: 0, proto: 0, scope: SCOPE_INTERNAL };
         if FRONTENDS.get_ptr(&marker).is_some() {
-            debug!(ctx, "sock: frontend miss {:i}:{} proto {}: the service IP has no such port (refused)", ip(vip), port(vport), proto);
+            if debug_on() {
+                debug::weir_log_sock_unknown_port(debug::ep(vip, vport), proto as u32);
+            }
             drop_reason(DropReason::UnknownServicePort);
             return REFUSE;
         }
@@ -84,7 +85,9 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     // Source ranges restrict LB IPs for clients outside the node; the node
     // itself is allowed, as kube-proxy allows it.
     if let Some(Refusal::Drop(reason) | Refusal::Reject(reason)) = refuse_new(&svc, || true) {
-        debug!(ctx, "sock: service {} refuses the connection: drop reason {}", svc.id, reason as u32);
+        if debug_on() {
+            debug::weir_log_sock_refused(svc.id, reason as u32);
+        }
         drop_reason(reason);
         return REFUSE;
     }
@@ -93,16 +96,16 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     let hash = unsafe { bpf_get_prandom_u32() };
     let backend_id = lb::select_backend(&svc, cfg.node_addr.v4_raw(), hash, conntrack::now_ns(), &mut s.backend);
     if backend_id == 0 {
-        debug!(ctx, "sock: frontend {:i}:{} proto {} matched service {}: no backend (refused)", ip(vip), port(vport), proto, svc.id);
+        if debug_on() {
+            debug::weir_log_sock_refused(svc.id, DropReason::NoEndpoints as u32);
+        }
         drop_reason(DropReason::NoEndpoints);
         return REFUSE;
     }
     let (baddr, bport) = (s.backend.addr, s.backend.port);
-    debug!(
-        ctx,
-        "sock: frontend {:i}:{} proto {} matched service {}: socket pointed at backend {} {:i}:{}",
-        ip(vip), port(vport), proto, svc.id, backend_id, ip(baddr.v4_raw()), port(bport)
-    );
+    if debug_on() {
+        debug::weir_log_sock_backend(debug::ep(vip, vport), debug::ep(baddr.v4_raw(), bport), svc.id, backend_id);
+    }
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rk = SockRevKey { cookie, addr: baddr, port: bport, proto, _pad0: 0, _pad1: 0 };

@@ -1,0 +1,285 @@
+//! Kernel debug logs (aya-log): the developer's printf at the decisions
+//! that explain a drop or a translation. `weir monitor` stays the
+//! structured interface; these lines are for reading along.
+//!
+//! Every record is written here, one function per line, so this file
+//! lists everything the kernel can say. The deciding modules call them
+//! behind [`debug_on`] or [`trace_on`]. Those read the `AYA_LOG_LEVEL`
+//! global aya-log-ebpf keeps in `.rodata`, which the agent sets at load
+//! time (`--bpf-log-level`, off by default). `.rodata` is frozen, so the
+//! verifier knows the level and removes each guarded call above it: with
+//! logs off the fast path runs none of this code.
+//!
+//! The functions are BPF *global* functions (`#[no_mangle] extern "C"`,
+//! scalar arguments, a scalar result), which the verifier checks once
+//! each, on their own, instead of once for every path that reaches a
+//! call: aya-log's formatting is long (and explores every buffer size it
+//! could reserve), and checked inline the pod programs went past the
+//! verifier's million instructions. Their stack frames are their own as
+//! well, so the deciding functions' frames (BPF's 512 bytes are shared by
+//! the whole call chain) stay as they were. A global function takes at
+//! most five arguments and no pointers here: an address and port travel
+//! packed in one ([`ep`]).
+//!
+//! Levels:
+//! - debug: the decisions of a flow: frontend matched and backend chosen
+//!   (or why none was), a frontend miss on a service IP, the policy
+//!   verdict and the key it matched, each NAT rewrite (service, reverse,
+//!   masquerade) and where the packet is forwarded;
+//! - trace: the per-packet rest: plain frontend misses (traffic to no
+//!   service) and established flows keeping their backend.
+//!
+//! Messages start with the concern (`lb:`, `policy:`, `nat:`, `masq:`,
+//! `fwd:`, `sock:`); the agent adds the object's name. Addresses are
+//! printed with `{:i}` from host-order values ([`ip`]), ports in host
+//! order ([`port`]).
+
+use aya_log_ebpf::{debug, trace};
+use weir_common::{
+    lb::{PROTO_TCP, PROTO_UDP},
+    policy::DIR_EGRESS,
+};
+
+use crate::maps::scratch;
+
+/// An IPv4 address in wire order as the host-order value `{:i}` prints.
+#[inline(always)]
+pub fn ip(raw: u32) -> u32 {
+    u32::from_be(raw)
+}
+
+/// A port in wire order, in host order.
+#[inline(always)]
+pub fn port(raw: u16) -> u16 {
+    u16::from_be(raw)
+}
+
+/// An address and port (both wire order) in one argument.
+#[inline(always)]
+pub fn ep(addr: u32, port: u16) -> u64 {
+    (addr as u64) << 16 | port as u64
+}
+
+/// [`ep`]'s address, for `{:i}`.
+#[inline(always)]
+fn ep_ip(ep: u64) -> u32 {
+    ip((ep >> 16) as u32)
+}
+
+/// [`ep`]'s port, host order.
+#[inline(always)]
+fn ep_port(ep: u64) -> u16 {
+    port(ep as u16)
+}
+
+/// Whether debug records are kept (known to the verifier: see above).
+#[inline(always)]
+pub fn debug_on() -> bool {
+    aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Debug)
+}
+
+/// Whether trace records are kept.
+#[inline(always)]
+pub fn trace_on() -> bool {
+    aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Trace)
+}
+
+// lb: frontends and backends. `dst` is the frontend, `client` the sender.
+
+/// A service IP on a port it does not serve: the packet is rejected.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_lb_unknown_port(dst: u64, proto: u32) -> u32 {
+    debug!(&(), "lb: frontend miss {:i}:{} proto {}: the service IP has no such port (reject)", ep_ip(dst), ep_port(dst), proto);
+    0
+}
+
+/// No frontend: not service traffic (every other packet from a pod).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_lb_miss(dst: u64, proto: u32) -> u32 {
+    trace!(&(), "lb: frontend miss {:i}:{} proto {}: no service", ep_ip(dst), ep_port(dst), proto);
+    0
+}
+
+/// An established flow keeps its backend.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_lb_keeps(client: u64, svc: u32, backend: u32) -> u32 {
+    trace!(&(), "lb: flow from {:i}:{} to service {} keeps backend {}", ep_ip(client), ep_port(client), svc, backend);
+    0
+}
+
+/// The service takes no new flow from this client (source ranges, ...).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_lb_refused(client: u64, svc: u32, reason: u32) -> u32 {
+    debug!(&(), "lb: service {} refuses a new flow from {:i}: drop reason {}", svc, ep_ip(client), reason);
+    0
+}
+
+/// The frontend matched but its service has no backend to choose.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_lb_no_backend(dst: u64, proto: u32, svc: u32) -> u32 {
+    debug!(&(), "lb: frontend {:i}:{} proto {} matched service {}: no backend (reject)", ep_ip(dst), ep_port(dst), proto, svc);
+    0
+}
+
+/// A new flow's frontend and the backend chosen for it.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_lb_backend(dst: u64, client: u64, backend: u64, svc: u32, id: u32) -> u32 {
+    debug!(
+        &(),
+        "lb: frontend {:i}:{} matched service {}: backend {} {:i}:{} chosen for {:i}:{}",
+        ep_ip(dst), ep_port(dst), svc, id, ep_ip(backend), ep_port(backend), ep_ip(client), ep_port(client)
+    );
+    0
+}
+
+// nat: rewrites of service flows, source and destination before and after.
+
+/// DNAT (and SNAT, when masqueraded) of a packet to a service.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_nat_service(src: u64, dst: u64, new_src: u64, new_dst: u64) -> u32 {
+    debug!(
+        &(),
+        "nat: service flow {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
+        ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src), ep_ip(new_dst), ep_port(new_dst)
+    );
+    0
+}
+
+/// Reverse NAT of a backend's reply.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_nat_reply(src: u64, dst: u64, new_src: u64, new_dst: u64) -> u32 {
+    debug!(
+        &(),
+        "nat: reply {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
+        ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src), ep_ip(new_dst), ep_port(new_dst)
+    );
+    0
+}
+
+// masq: pod egress leaving the cluster (its replies are not logged: the
+// call would deepen `masq::ingress`'s frame, which every packet from
+// outside runs).
+
+/// A pod's packet leaves with the node's address.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_masq_out(src: u64, dst: u64, new_src: u64) -> u32 {
+    debug!(
+        &(),
+        "masq: {:i}:{} -> {:i}:{} leaves as {:i}:{}",
+        ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src)
+    );
+    0
+}
+
+// policy.
+
+/// One end's verdict on a new flow and the key that decided it: what
+/// `policy::judge` left in scratch space (tuple, endpoint, decision).
+/// `direction`: `DIR_INGRESS` or `DIR_EGRESS`.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_policy(direction: u32) -> u32 {
+    let Some(s) = scratch() else { return 0 };
+    let (t, ep, d) = (&s.judge_tuple, &s.judge_ep, &s.judge_decision);
+    let port = if t.proto == PROTO_TCP || t.proto == PROTO_UDP { port(t.dport) } else { 0 };
+    // Equal lengths: the word is copied with a constant size.
+    let verdict = if d.allowed { "allow" } else { "deny " };
+    if direction == DIR_EGRESS as u32 {
+        debug!(
+            &(),
+            "policy: egress of endpoint {} to {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
+            ep.id, ip(t.daddr), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+        );
+    } else {
+        debug!(
+            &(),
+            "policy: ingress of endpoint {} from {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
+            ep.id, ip(t.saddr), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+        );
+    }
+    0
+}
+
+// fwd: where a translated packet goes. `fwd::redirect_v4` notes its
+// decision in scratch space ([`note_fwd`], a store: its frame is the
+// deepest of the pod programs' call chains, with no room for one more
+// call), and its caller logs it.
+
+/// The packet is redirected to `value` (the egress ifindex), neighbour known.
+pub const FWD_REDIRECT: u32 = 0;
+/// Redirected to `value`, the kernel resolving the neighbour.
+pub const FWD_REDIRECT_NEIGH: u32 = 1;
+/// Up the stack: no FIB answer (`value`: the lookup's return code).
+pub const FWD_STACK: u32 = 2;
+/// Too big for the egress with Don't Fragment (`value`: the MTU).
+pub const FWD_TOO_BIG: u32 = 3;
+/// Up the stack: the TTL runs out.
+pub const FWD_TTL: u32 = 4;
+/// Up the stack: rewriting the packet failed.
+pub const FWD_FAILED: u32 = 5;
+
+/// Notes `redirect_v4`'s decision for [`weir_log_fwd`].
+#[inline(always)]
+pub fn note_fwd(what: u32, value: u32) {
+    if let Some(s) = scratch() {
+        s.fwd_what = what;
+        s.fwd_value = value;
+    }
+}
+
+/// Where the packet to `daddr` (wire order) went, as [`note_fwd`] noted.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_fwd(daddr: u32) -> u32 {
+    let Some(s) = scratch() else { return 0 };
+    let (dst, value) = (ip(daddr), s.fwd_value);
+    match s.fwd_what {
+        FWD_REDIRECT => debug!(&(), "fwd: {:i}: redirect to ifindex {}", dst, value),
+        FWD_REDIRECT_NEIGH => debug!(&(), "fwd: {:i}: redirect to ifindex {} (neighbour resolved by the kernel)", dst, value),
+        FWD_STACK => debug!(&(), "fwd: {:i}: no FIB answer (rc {}), up the stack", dst, value),
+        FWD_TOO_BIG => debug!(&(), "fwd: {:i}: too big with DF for the egress MTU {}", dst, value),
+        FWD_TTL => debug!(&(), "fwd: {:i}: TTL runs out, up the stack", dst),
+        _ => debug!(&(), "fwd: {:i}: rewriting failed, up the stack", dst),
+    }
+    0
+}
+
+// sock: the socket-level load balancer (the node's own processes).
+
+/// A ClusterIP on a port it does not serve: connect fails.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_sock_unknown_port(dst: u64, proto: u32) -> u32 {
+    debug!(&(), "sock: frontend miss {:i}:{} proto {}: the service IP has no such port (refused)", ep_ip(dst), ep_port(dst), proto);
+    0
+}
+
+/// The service refuses the connection (drop reason `no_endpoints`: it
+/// has no backend).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_sock_refused(svc: u32, reason: u32) -> u32 {
+    debug!(&(), "sock: service {} refuses the connection: drop reason {}", svc, reason);
+    0
+}
+
+/// The socket is pointed at a backend.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_sock_backend(dst: u64, backend: u64, svc: u32, id: u32) -> u32 {
+    debug!(
+        &(),
+        "sock: frontend {:i}:{} matched service {}: socket pointed at backend {} {:i}:{}",
+        ep_ip(dst), ep_port(dst), svc, id, ep_ip(backend), ep_port(backend)
+    );
+    0
+}
