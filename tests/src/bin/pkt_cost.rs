@@ -9,15 +9,28 @@
 //! of many runs; the kernel's timing of a single run adds a few tens of ns
 //! to every case alike.
 //!
+//! `--bpf-log-level` loads the object with its kernel debug logs on at
+//! that level (see docs/architecture.md), as `weir-agent --bpf-log-level`
+//! does, and drains the log ring buffer after every run as the agent's
+//! reader would; the default, off, is the production object.
+//!
 //! ```text
-//! weir-pktcost [--quick] [--out target/bench/pkt_cost.json]
+//! weir-pktcost [--quick] [--bpf-log-level off|debug|trace] [--out target/bench/pkt_cost.json]
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    cell::RefCell,
+    net::{IpAddr, Ipv4Addr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya_log::EbpfLogger;
 use weir_common::policy::{IpInfo, PolicyValue, DIR_INGRESS, ID_ANY, ID_WORLD};
-use weir_datapath::{attach::Hook, lb::{spec::Protocol, Lb}, policy::PolicyMaps, PinLayout, PodDatapath};
+use weir_datapath::{attach::Hook, lb::{spec::Protocol, Lb}, policy::PolicyMaps, KernelLogLevel, LoadOptions, PinLayout, PodDatapath};
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 use weir_tests::{names, netns::NetNs, node::BpffsDir, services::cluster_ip, testrun};
 
@@ -47,6 +60,50 @@ fn ns_per_run(prog: &SchedClassifier, pkt: &[u8], repeat: u32, ifindex: u32) -> 
     r.duration.as_nanos() as u64
 }
 
+/// Counts the kernel's log records and drops them.
+#[derive(Clone, Default)]
+struct Count(Arc<AtomicU64>);
+
+impl log::Log for Count {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, _: &log::Record<'_>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn flush(&self) {}
+}
+
+/// Test runs, with the log ring buffer (when logs are on) drained after
+/// each, so that every run finds room for its records.
+struct Runner {
+    logs: Option<RefCell<EbpfLogger<Count>>>,
+    runs: std::cell::Cell<u64>,
+}
+
+impl Runner {
+    fn run(&self, prog: &SchedClassifier, pkt: &[u8], ifindex: u32) -> u64 {
+        let ns = ns_per_run(prog, pkt, 1, ifindex);
+        self.runs.set(self.runs.get() + 1);
+        if let Some(l) = &self.logs {
+            l.borrow_mut().flush();
+        }
+        ns
+    }
+}
+
+fn parse_level(s: &str) -> anyhow::Result<KernelLogLevel> {
+    Ok(match s {
+        "off" => KernelLogLevel::Off,
+        "error" => KernelLogLevel::Error,
+        "warn" => KernelLogLevel::Warn,
+        "info" => KernelLogLevel::Info,
+        "debug" => KernelLogLevel::Debug,
+        "trace" => KernelLogLevel::Trace,
+        other => anyhow::bail!("--bpf-log-level {other}: expected off, error, warn, info, debug or trace"),
+    })
+}
+
 fn summarize(case: &'static str, mut v: Vec<u64>) -> Case {
     v.sort_unstable();
     Case { case, median_ns: v[v.len() / 2], min_ns: v[0], max_ns: v[v.len() - 1] }
@@ -67,6 +124,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let out_path = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| "target/bench/pkt_cost.json".into());
+    let level = match args.iter().position(|a| a == "--bpf-log-level") {
+        Some(i) => parse_level(args.get(i + 1).map_or("", String::as_str))?,
+        None => KernelLogLevel::Off,
+    };
     weir_tests::privileged::require();
     let ns = NetNs::new("wpc");
     ns.sysctl("net.ipv4.ip_forward", "1");
@@ -74,9 +135,12 @@ fn main() -> anyhow::Result<()> {
     let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirpc")));
     let path = dir.path.clone();
     let (reps, runs, flows) = if quick { (3, 300, 300) } else { (9, 2_000, 2_000) };
-    let cases = ns.run(move || -> anyhow::Result<Vec<Case>> {
+    let records = Count::default();
+    let counted = records.clone();
+    let (cases, runs) = ns.run(move || -> anyhow::Result<(Vec<Case>, u64)> {
         let layout = PinLayout::new(&path);
-        let dp = PodDatapath::load(&layout)?;
+        let mut dp = PodDatapath::load_with(&layout, &LoadOptions { kernel_log: level, ..LoadOptions::default() })?;
+        let r = Runner { logs: if level.is_off() { None } else { Some(RefCell::new(dp.kernel_log(counted)?)) }, runs: Default::default() };
         own(&layout, client_if, CLIENT);
         own(&layout, backend_if, BACKEND);
         own(&layout, guarded_if, GUARDED);
@@ -98,7 +162,7 @@ fn main() -> anyhow::Result<()> {
             let mut v = Vec::new();
             for _ in 0..flows / reps.max(1) {
                 sport = sport.wrapping_add(1).max(10_000);
-                v.push(ns_per_run(from_pod, &testrun::tcp4((CLIENT, sport), (VIP, 80), true, b""), 1, client_if));
+                v.push(r.run(from_pod, &testrun::tcp4((CLIENT, sport), (VIP, 80), true, b""), client_if));
             }
             v.sort_unstable();
             new_flow.push(v[v.len() / 2]);
@@ -106,14 +170,14 @@ fn main() -> anyhow::Result<()> {
         out.push(summarize("new service flow (SYN to a VIP: select, policy, two entries, DNAT, redirect)", new_flow));
 
         // One established flow, both directions.
-        ns_per_run(from_pod, &testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""), 1, client_if);
+        r.run(from_pod, &testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""), client_if);
         let mut synack = testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, b"");
         synack[14 + 20 + 13] = 0x12;
-        ns_per_run(from_pod, &synack, 1, backend_if);
+        r.run(from_pod, &synack, backend_if);
         let data = testrun::tcp4((CLIENT, 9999), (VIP, 80), false, &[0x61; 64]);
         let reply = testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, &[0x62; 64]);
         let median = |prog: &SchedClassifier, pkt: &[u8], ifindex: u32| -> u64 {
-            let mut v: Vec<u64> = (0..runs).map(|_| ns_per_run(prog, pkt, 1, ifindex)).collect();
+            let mut v: Vec<u64> = (0..runs).map(|_| r.run(prog, pkt, ifindex)).collect();
             v.sort_unstable();
             v[v.len() / 2]
         };
@@ -121,14 +185,15 @@ fn main() -> anyhow::Result<()> {
         out.push(summarize("service reply (backend → client, reverse NAT)", (0..reps).map(|_| median(from_pod, &reply, backend_if)).collect()));
         let direct = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
         out.push(summarize("pod to pod, no policy (from_pod)", (0..reps).map(|_| median(from_pod, &direct, client_if)).collect()));
-        ns_per_run(from_pod, &testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), true, b""), 1, client_if);
+        r.run(from_pod, &testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), true, b""), client_if);
         let guarded = testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), false, &[0x64; 64]);
         out.push(summarize("pod to pod under a policy, tracked flow (from_pod)", (0..reps).map(|_| median(from_pod, &guarded, client_if)).collect()));
         let delivered = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
         out.push(summarize("delivered to a pod, no policy (to_pod)", (0..reps).map(|_| median(to_pod, &delivered, backend_if)).collect()));
-        Ok(out)
+        Ok((out, r.runs.get()))
     })?;
     drop(dir);
+    println!("kernel debug logs: {level:?}, {:.2} records per run", records.0.load(Ordering::Relaxed) as f64 / runs.max(1) as f64);
     println!("{:<80} {:>10} {:>10} {:>10}", "case", "median ns", "min", "max");
     for c in &cases {
         println!("{:<80} {:>10} {:>10} {:>10}", c.case, c.median_ns, c.min_ns, c.max_ns);
