@@ -1,8 +1,10 @@
 //! Kernel debug logs (`--bpf-log-level`): reads each object's aya-log
 //! ring buffer and re-emits its records as `tracing` events, target
-//! [`TARGET`], with the object's name (`object=pod|node|sock`) and the
-//! kernel module and line that logged. Set up only when the level is not
-//! off: then the programs hold no log call and nothing reads.
+//! [`TARGET`], at the record's level and with the object's name
+//! (`object=pod|node|sock`; the message starts with the concern that
+//! decided, `lb:`, `policy:`, `nat:`, `masq:`, `fwd:` or `sock:`). Set up
+//! only when the level is not off: then the programs hold no log call
+//! and nothing reads.
 
 use aya_log::EbpfLogger;
 use tokio::io::{unix::AsyncFd, Interest};
@@ -28,15 +30,13 @@ impl log::Log for ToTracing {
 
     fn log(&self, record: &log::Record<'_>) {
         let object = self.object;
-        let module = record.module_path().unwrap_or("?");
-        let line = record.line().unwrap_or(0);
         let msg = record.args();
         match record.level() {
-            log::Level::Error => tracing::error!(target: TARGET, object, module, line, "{msg}"),
-            log::Level::Warn => tracing::warn!(target: TARGET, object, module, line, "{msg}"),
-            log::Level::Info => tracing::info!(target: TARGET, object, module, line, "{msg}"),
-            log::Level::Debug => tracing::debug!(target: TARGET, object, module, line, "{msg}"),
-            log::Level::Trace => tracing::trace!(target: TARGET, object, module, line, "{msg}"),
+            log::Level::Error => tracing::error!(target: TARGET, %object, "{msg}"),
+            log::Level::Warn => tracing::warn!(target: TARGET, %object, "{msg}"),
+            log::Level::Info => tracing::info!(target: TARGET, %object, "{msg}"),
+            log::Level::Debug => tracing::debug!(target: TARGET, %object, "{msg}"),
+            log::Level::Trace => tracing::trace!(target: TARGET, %object, "{msg}"),
         }
     }
 
