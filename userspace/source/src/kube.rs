@@ -50,9 +50,19 @@ impl SyncTracker {
 }
 
 /// Connects with `kube::Config::infer` and starts the watchers.
+///
+/// The client's own retry layer is off: it retries a 503 or 429 up to 15
+/// times with delays growing to 1,000 s, so a watch would hang through an
+/// outage without a word and the agent would stay ready while blind. The
+/// watchers' jittered backoff (0.8 s to 30 s) retries instead, and every
+/// failure reaches the probes.
 pub fn spawn(tx: Sender) {
     tokio::spawn(async move {
-        match Client::try_default().await {
+        let client = kube::Config::infer().await.map_err(kube::Error::InferConfig).and_then(|mut config| {
+            config.default_retry = false;
+            Client::try_from(config)
+        });
+        match client {
             Ok(client) => run(client, tx),
             Err(error) => tracing::error!(%error, "cannot reach the Kubernetes API (kube::Config::infer)"),
         }
