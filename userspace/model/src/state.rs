@@ -55,6 +55,8 @@ enum Stored {
     Service(ServiceModel),
     Slice(SliceModel),
     Node(NodeModel),
+    /// A Pod's compact model; `None` for a pod that owns no address.
+    Pod(Option<Box<crate::policy::world::PodInfo>>),
     Other(Box<Object>),
 }
 
@@ -64,6 +66,7 @@ impl Stored {
             Object::Service(s) => Self::Service(ServiceModel::from_k8s(&s)),
             Object::EndpointSlice(s) => Self::Slice(SliceModel::from_k8s(&s)),
             Object::Node(n) => Self::Node(NodeModel::from_k8s(&n)),
+            Object::Pod(p) => Self::Pod(crate::policy::world::pod_info(&p).map(Box::new)),
             other => Self::Other(Box::new(other.slim())),
         }
     }
@@ -218,8 +221,8 @@ impl ClusterState {
         self.objects.get(&Kind::Service).map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }
 
-    /// The stored objects of a kind weir keeps whole (not Services or
-    /// EndpointSlices).
+    /// The stored objects of a kind weir keeps whole (not Services,
+    /// EndpointSlices, Nodes or Pods, which it keeps as compact models).
     pub fn objects_of(&self, kind: Kind) -> impl Iterator<Item = &Object> + '_ {
         self.objects.get(&kind).into_iter().flat_map(|m| m.values()).filter_map(|s| match s {
             Stored::Other(o) => Some(o.as_ref()),
@@ -229,7 +232,11 @@ impl ClusterState {
 
     /// The pods and namespaces policy reads.
     pub fn policy_world(&self) -> crate::policy::World {
-        crate::policy::World::from_objects(self.objects_of(Kind::Namespace).chain(self.objects_of(Kind::Pod)))
+        let pods = self.objects.get(&Kind::Pod).into_iter().flat_map(|m| m.values()).filter_map(|s| match s {
+            Stored::Pod(Some(p)) => Some(p.as_ref()),
+            _ => None,
+        });
+        crate::policy::World::from_parts(self.objects_of(Kind::Namespace), pods)
     }
 
     /// Every NetworkPolicy, WeirNetworkPolicy and ClusterNetworkPolicy,
@@ -267,5 +274,45 @@ impl ClusterState {
             Stored::Node(n) => Some(n),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status_extra: &str, labels: &str) -> Object {
+        let y = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: shop, labels: {{{labels}}}, resourceVersion: '7'}}\nspec: {{nodeName: n1, containers: [{{name: c, image: x, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{phase: Running, podIP: 10.244.1.5{status_extra}}}\n"
+        );
+        Object::Pod(serde_yaml_ng::from_str(&y).expect("pod"))
+    }
+
+    fn node(heartbeat: &str) -> Object {
+        let y = format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nspec: {{podCIDR: 10.244.1.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: 192.168.0.11}}], conditions: [{{type: Ready, status: 'True', lastHeartbeatTime: '{heartbeat}'}}]}}\n"
+        );
+        Object::Node(serde_yaml_ng::from_str(&y).expect("node"))
+    }
+
+    #[test]
+    fn a_node_heartbeat_is_no_work() {
+        let mut st = ClusterState::new();
+        assert!(!st.apply(Change::Upsert(node("2026-12-03T01:00:00Z"))).is_empty());
+        assert!(st.apply(Change::Upsert(node("2026-12-03T01:00:10Z"))).is_empty(), "a kubelet heartbeat changes nothing weir reads");
+    }
+
+    #[test]
+    fn a_pod_status_only_change_is_no_work_and_a_label_change_is() {
+        let mut st = ClusterState::new();
+        assert!(!st.apply(Change::Upsert(pod("", "app: web"))).is_empty(), "a new pod");
+        let status_only = pod(", conditions: [{type: Ready, status: 'True'}], containerStatuses: [{name: c, image: x, imageID: y, ready: true, restartCount: 3}]", "app: web");
+        assert!(st.apply(Change::Upsert(status_only)).is_empty(), "conditions and container statuses change nothing weir reads");
+        let relabelled = st.apply(Change::Upsert(pod("", "app: api")));
+        assert!(relabelled.policy && !relabelled.all, "a label change is policy work");
+        assert_eq!(st.policy_world().pods.len(), 1);
+        assert_eq!(st.policy_world().pods[0].labels.get("app").map(String::as_str), Some("api"));
+        assert!(!st.apply(Change::Delete(ObjectKey { kind: Kind::Pod, namespace: "shop".into(), name: "web-0".into() })).is_empty());
+        assert!(st.policy_world().pods.is_empty());
     }
 }

@@ -44,6 +44,13 @@ impl World {
         l
     }
 
+    /// Namespaces from their objects, pods from their compact models.
+    pub fn from_parts<'a>(namespaces: impl Iterator<Item = &'a Object>, pods: impl Iterator<Item = &'a PodInfo>) -> Self {
+        let mut w = Self::from_objects(namespaces);
+        w.pods.extend(pods.cloned());
+        w
+    }
+
     pub fn from_objects<'a>(objects: impl Iterator<Item = &'a Object>) -> Self {
         let mut w = World::default();
         for o in objects {
@@ -64,8 +71,11 @@ impl World {
     }
 }
 
-/// Pods that own an address: not host-network, not finished, with an IP.
-fn pod_info(p: &Pod) -> Option<PodInfo> {
+/// What weir keeps of a Pod (its compact model): namespace, name, labels,
+/// IPs, node and named container ports, for pods that own an address (not
+/// host-network, not finished, with an IP). A change to anything else
+/// (conditions, container statuses, annotations) is no change to weir.
+pub fn pod_info(p: &Pod) -> Option<PodInfo> {
     let spec = p.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return None;
