@@ -26,8 +26,8 @@
 //!   (or why none was), a frontend miss on a service IP, the policy
 //!   verdict and the key it matched, each NAT rewrite (service, reverse,
 //!   masquerade) and where the packet is forwarded;
-//! - trace: the per-packet rest: plain frontend misses (traffic to no
-//!   service) and established flows keeping their backend.
+//! - trace: plain frontend misses (traffic to no service: every other
+//!   packet a pod sends).
 //!
 //! Messages start with the concern (`lb:`, `policy:`, `nat:`, `masq:`,
 //! `fwd:`, `sock:`); the agent adds the object's name. Addresses are
@@ -102,14 +102,6 @@ pub extern "C" fn weir_log_lb_miss(dst: u64, proto: u32) -> u32 {
     0
 }
 
-/// An established flow keeps its backend.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn weir_log_lb_keeps(client: u64, svc: u32, backend: u32) -> u32 {
-    trace!(&(), "lb: flow from {:i}:{} to service {} keeps backend {}", ep_ip(client), ep_port(client), svc, backend);
-    0
-}
-
 /// The service takes no new flow from this client (source ranges, ...).
 #[no_mangle]
 #[inline(never)]
@@ -140,27 +132,28 @@ pub extern "C" fn weir_log_lb_backend(dst: u64, client: u64, backend: u64, svc: 
 
 // nat: rewrites of service flows, source and destination before and after.
 
-/// DNAT (and SNAT, when masqueraded) of a packet to a service.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn weir_log_nat_service(src: u64, dst: u64, new_src: u64, new_dst: u64) -> u32 {
-    debug!(
-        &(),
-        "nat: service flow {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
-        ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src), ep_ip(new_dst), ep_port(new_dst)
-    );
-    0
-}
+/// [`weir_log_nat`]: DNAT (and SNAT, when masqueraded) of a packet to a service.
+pub const NAT_SERVICE: u32 = 0;
+/// [`weir_log_nat`]: reverse NAT of a backend's reply.
+pub const NAT_REPLY: u32 = 1;
 
-/// Reverse NAT of a backend's reply.
+/// A service flow's packet rewritten, `kind` saying which way.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn weir_log_nat_reply(src: u64, dst: u64, new_src: u64, new_dst: u64) -> u32 {
-    debug!(
-        &(),
-        "nat: reply {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
-        ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src), ep_ip(new_dst), ep_port(new_dst)
-    );
+pub extern "C" fn weir_log_nat(kind: u32, src: u64, dst: u64, new_src: u64, new_dst: u64) -> u32 {
+    if kind == NAT_SERVICE {
+        debug!(
+            &(),
+            "nat: service flow {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
+            ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src), ep_ip(new_dst), ep_port(new_dst)
+        );
+    } else {
+        debug!(
+            &(),
+            "nat: reply {:i}:{} -> {:i}:{} rewritten to {:i}:{} -> {:i}:{}",
+            ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src), ep_ip(new_dst), ep_port(new_dst)
+        );
+    }
     0
 }
 

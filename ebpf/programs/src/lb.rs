@@ -166,13 +166,13 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
         return reject_malformed();
     }
     mark_translated(ctx);
-    if debug_on() {
-        debug::weir_log_nat_reply(ep(orig.saddr, orig.sport), ep(orig.daddr, orig.dport), ep(pkt.saddr, pkt.sport), ep(pkt.daddr, pkt.dport));
-    }
     if how == REVERSE_IN_PLACE {
+        if debug_on() {
+            log_nat(debug::NAT_REPLY, &orig, pkt);
+        }
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     }
-    forward_or_restore(ctx, pkt, &orig)
+    forward_or_restore(ctx, pkt, &orig, debug::NAT_REPLY)
 }
 
 /// A packet's addresses and ports before translation.
@@ -191,13 +191,23 @@ impl Untranslated {
     }
 }
 
+/// The debug log of a rewrite (`nat`: `debug::NAT_*`), `orig` before and
+/// `pkt` after.
+#[inline(always)]
+fn log_nat(nat: u32, orig: &Untranslated, pkt: &Ipv4Pkt) {
+    debug::weir_log_nat(nat, ep(orig.saddr, orig.sport), ep(orig.daddr, orig.dport), ep(pkt.saddr, pkt.sport), ep(pkt.daddr, pkt.dport));
+}
+
 /// Forwards the translated packet; one too big for its egress with Don't
 /// Fragment set gets its translation undone (the answer quotes what the
-/// sender sent) and its too-big verdict returned, for [`settle`].
+/// sender sent) and its too-big verdict returned, for [`settle`]. With
+/// debug logs on, logs the rewrite (`nat`: `debug::NAT_*`) and where the
+/// packet went, behind one guard (this runs for every translated packet).
 #[inline(always)]
-fn forward_or_restore(ctx: &TcContext, pkt: &mut Ipv4Pkt, orig: &Untranslated) -> i32 {
+fn forward_or_restore(ctx: &TcContext, pkt: &mut Ipv4Pkt, orig: &Untranslated, nat: u32) -> i32 {
     let verdict = redirect_v4(ctx, pkt);
     if debug_on() {
+        log_nat(nat, orig, pkt);
         debug::weir_log_fwd(pkt.daddr);
     }
     if too_big(verdict).is_some() {
@@ -290,9 +300,6 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
                 Some(_) if changed => sync_twin(&s.rkey, e),
                 Some(_) => {}
                 None => rebuild_rev(e, vip, pkt.dport, pkt.sport),
-            }
-            if trace_on() {
-                debug::weir_log_lb_keeps(ep(pkt.saddr, pkt.sport), svc.id, s.fwd.backend_id);
             }
             // `s.fwd` still holds the translation (only the state moved).
             return translate(ctx, pkt, cfg);
@@ -539,10 +546,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
         return reject_malformed();
     }
     mark_translated(ctx);
-    if debug_on() {
-        debug::weir_log_nat_service(ep(orig.saddr, orig.sport), ep(orig.daddr, orig.dport), ep(pkt.saddr, pkt.sport), ep(pkt.daddr, pkt.dport));
-    }
-    forward_or_restore(ctx, pkt, &orig)
+    forward_or_restore(ctx, pkt, &orig, debug::NAT_SERVICE)
 }
 
 #[inline(always)]
