@@ -106,6 +106,9 @@ fn a_values_file_reaches_the_agents_flags_and_the_monitoring_hooks() {
         "--metrics-addr=0.0.0.0:9100",
         "--healthz-bind-address=0.0.0.0:10257",
         "--policy-allow-events=10",
+        "--liveness-timeout=90",
+        "--ready-stale-after=30",
+        "--netlink-rcvbuf=4194304",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} missing from the agent's args: {args:?}");
     }
