@@ -137,7 +137,9 @@ impl Env {
 /// - `fail-del`: container IDs (one a line) whose DEL fails with code 11;
 /// - `kill-after-add`: when present, ADD kills its caller (weir-cni) with
 ///   SIGKILL right after host-local has taken the lease, as a node
-///   crashing half-way through ADD would.
+///   crashing half-way through ADD would;
+/// - `speaks-1.1`: when present, the plugin speaks CNI 1.1.0 and records
+///   every GC call's configuration in `gc-calls`.
 pub struct ScriptedIpam {
     dir: TempDir,
 }
@@ -158,6 +160,17 @@ impl ScriptedIpam {
 if [ "$CNI_COMMAND" = DEL ] && /bin/grep -qx "$CNI_CONTAINERID" {d}/fail-del 2>/dev/null; then
   echo '{{"cniVersion":"1.0.0","code":11,"msg":"lease store unavailable"}}'
   exit 1
+fi
+if [ -e {d}/speaks-1.1 ]; then
+  # A CNI 1.1 IPAM plugin: it has GC (recorded, not acted on), and hands
+  # everything else to host-local at 1.0.0 (same result shape).
+  case "$CNI_COMMAND" in
+    VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}'; exit 0;;
+    GC) /bin/cat >> {d}/gc-calls; echo >> {d}/gc-calls; exit 0;;
+  esac
+  out=$(/bin/sed 's/"cniVersion":"1.1.0"/"cniVersion":"1.0.0"/' | /usr/lib/cni/host-local); rc=$?
+  printf '%s' "$out" | /bin/sed 's/"cniVersion":"1.0.0"/"cniVersion":"1.1.0"/'
+  exit $rc
 fi
 out=$(/usr/lib/cni/host-local); rc=$?
 if [ "$CNI_COMMAND" = ADD ] && [ -e {d}/kill-after-add ]; then kill -9 $PPID; fi
@@ -186,6 +199,21 @@ exit $rc
         } else {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// Makes the plugin a CNI 1.1 one with GC.
+    pub fn speak_1_1(&self) {
+        std::fs::write(self.dir.path().join("speaks-1.1"), b"").expect("speaks-1.1");
+    }
+
+    /// The configurations GC was called with.
+    pub fn gc_calls(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("gc-calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("GC call JSON"))
+            .collect()
     }
 
     /// `conf` with its IPAM plugin swapped for this one.

@@ -108,6 +108,26 @@ fn gc_reclaims_the_lease_of_an_add_killed_half_way() {
 }
 
 #[test]
+fn gc_hands_the_keep_list_to_an_ipam_plugin_that_has_gc() {
+    let (e, ipam, conf) = scripted("10.244.73.0/24");
+    ipam.speak_1_1();
+    let (keep, stale) = (names::unique("ctr"), names::unique("ctr"));
+    let pod2 = NetNs::new("wcp");
+    assert!(e.run("ADD", &keep, &conf).0);
+    assert!(e.run_in("ADD", &stale, &pod2, &conf).0);
+    let valid = json!([{"containerID": keep, "ifname": "eth0"}]);
+    let (ok, err) = e.gc(&conf, Some(valid.clone()));
+    assert!(ok, "GC: {err}");
+    assert!(e.record_of(&stale).is_none() && e.record_of(&keep).is_some(), "weir-cni released the stale attachment itself");
+    let calls = ipam.gc_calls();
+    assert_eq!(calls.len(), 1, "the IPAM plugin's GC ran once: {calls:?}");
+    assert_eq!(calls[0]["cniVersion"], "1.1.0");
+    assert_eq!(calls[0]["cni.dev/valid-attachments"], valid, "with the runtime's keep-list");
+    assert!(e.run("DEL", &keep, &conf).0);
+    e.assert_clean("after GC and DEL");
+}
+
+#[test]
 fn gc_sweeps_past_a_failing_attachment_and_reports_it() {
     let (e, ipam, conf) = scripted("10.244.69.0/24");
     let pod2 = NetNs::new("wcp");
