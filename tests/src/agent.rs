@@ -35,36 +35,28 @@ impl Agent {
     /// Starts the agent reading `source_dir` (several nodes' agents read one
     /// directory, as every agent of a cluster watches one API server).
     pub fn start_reading(node: &Node, source_dir: &std::path::Path, extra_args: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.agent.log", node.ns().name()));
+        Self::launch(node, source_dir, None, Vec::new(), extra_args)
+    }
+
+    /// Starts the agent on the Kubernetes source (`--source kube`) with
+    /// `kubeconfig` (it is up once its process runs; its first sync waits
+    /// for the API server).
+    pub fn start_kube(node: &Node, kubeconfig: &std::path::Path, extra_args: &[&str]) -> Self {
+        let env = vec![("KUBECONFIG".into(), kubeconfig.display().to_string())];
+        Self::launch(node, node.source_dir(), Some("kube".into()), env, extra_args)
+    }
+
+    fn launch(node: &Node, source_dir: &std::path::Path, source: Option<String>, env: Vec<(String, String)>, extra_args: &[&str]) -> Self {
         let mut agent = Self {
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            log,
+            log: std::env::temp_dir().join(format!("{}.agent.log", node.ns().name())),
             bpffs: node.bpffs().to_path_buf(),
             netns: node.ns().path(),
             source_dir: source_dir.to_path_buf(),
             node_name: node.ns().name().to_string(),
-            source: None,
-            env: Vec::new(),
-        };
-        agent.spawn();
-        agent
-    }
-
-    /// Starts the agent on the Kubernetes source (`--source kube`) with
-    /// `kubeconfig`, without waiting for its first sync.
-    pub fn start_kube(node: &Node, kubeconfig: &std::path::Path, extra_args: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.agent.log", node.ns().name()));
-        let mut agent = Self {
-            child: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            log,
-            bpffs: node.bpffs().to_path_buf(),
-            netns: node.ns().path(),
-            source_dir: node.source_dir().to_path_buf(),
-            node_name: node.ns().name().to_string(),
-            source: Some("kube".into()),
-            env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+            source,
+            env,
         };
         agent.spawn();
         agent

@@ -138,12 +138,14 @@ where
     while let Some(ev) = stream.next().await {
         let at = Instant::now();
         // Every error is reported (its time tells a resumed watch from a
-        // failing one); a success only when it ends a failure.
+        // failing one); a success only when it ends a failure. `Init` is
+        // no success: the watcher yields it before the list it starts.
         let now_failing = match &ev {
-            Err(error) => !(kind.is_crd() && not_served(error)),
-            Ok(_) => false,
+            Err(error) => Some(!(kind.is_crd() && not_served(error))),
+            Ok(watcher::Event::Init) => None,
+            Ok(_) => Some(false),
         };
-        if now_failing || failing {
+        if let Some(now_failing) = now_failing.filter(|f| *f || failing) {
             failing = now_failing;
             if tx.send(SourceEvent::WatchHealth { kind, failing }).await.is_err() {
                 return;
