@@ -6,7 +6,6 @@
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use weir_tests::{
-    cmd,
     containerd::{global_cni_lock, wait_record, CniInstall, Containerd, LEASES_DIR, RECORDS_DIR},
     services::yaml_service,
     Node,
@@ -37,12 +36,45 @@ fn records() -> usize {
     std::fs::read_dir(RECORDS_DIR).map(|rd| rd.count()).unwrap_or(0)
 }
 
+/// A node with containerd and weir-cni installed, holding the host's CNI
+/// directories. Fields drop in order: containerd, the install, the node,
+/// the lock last.
+struct Setup {
+    ctrd: Containerd,
+    _cni: CniInstall,
+    node: Node,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let lock = global_cni_lock();
+        let node = Node::new();
+        let cni = CniInstall::new(POD_CIDR);
+        let ctrd = Containerd::start(&node);
+        Self { ctrd, _cni: cni, node, _lock: lock }
+    }
+
+    /// No link, route, lease, record, lock, container or CNI netns left.
+    fn assert_nothing_left(&self) {
+        let node = &self.node;
+        assert!(weir_links(node).is_empty(), "no links left: {:?}", weir_links(node));
+        assert!(pod_routes(node).is_empty(), "no routes left: {:?}", pod_routes(node));
+        assert!(leases().is_empty(), "no leases left: {:?}", leases());
+        assert_eq!(records(), 0, "no records or locks left");
+        let containers = self.ctrd.ctr(&["containers", "ls", "-q"]);
+        assert!(containers.trim().is_empty(), "no containers left: {containers}");
+        assert!(
+            !Path::new("/var/run/netns").read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("cni-")))),
+            "no CNI netns left"
+        );
+    }
+}
+
 #[test]
 fn a_container_gets_its_ip_and_routes_and_deleting_it_removes_veth_route_and_lease() {
-    let _lock = global_cni_lock();
-    let node = Node::new();
-    let _cni = CniInstall::new(POD_CIDR);
-    let ctrd = Containerd::start(&node);
+    let t = Setup::new();
+    let (node, ctrd) = (&t.node, &t.ctrd);
     let c = ctrd.spawn("c1", "ip addr show eth0; ip route; sleep 30");
     let rec = wait_record(&c);
     let ip = ip_of(&rec);
@@ -64,10 +96,8 @@ fn a_container_gets_its_ip_and_routes_and_deleting_it_removes_veth_route_and_lea
 
 #[test]
 fn containers_reach_each_other_and_a_clusterip_served_by_weir_agent() {
-    let _lock = global_cni_lock();
-    let node = Node::new();
-    let _cni = CniInstall::new(POD_CIDR);
-    let ctrd = Containerd::start(&node);
+    let t = Setup::new();
+    let (node, ctrd) = (&t.node, &t.ctrd);
     let mut agent = node.start_agent();
     let server = ctrd.spawn("srv", "while true; do echo hello-from-srv | nc -l -p 8080; done");
     let srv_ip: Ipv4Addr = ip_of(&wait_record(&server)).parse().expect("ip");
@@ -88,30 +118,19 @@ fn containers_reach_each_other_and_a_clusterip_served_by_weir_agent() {
 
 #[test]
 fn twenty_containers_created_and_deleted_leak_nothing() {
-    let _lock = global_cni_lock();
-    let node = Node::new();
-    let _cni = CniInstall::new(POD_CIDR);
-    let ctrd = Containerd::start(&node);
+    let t = Setup::new();
+    let ctrd = &t.ctrd;
     for i in 0..20 {
         let (ok, out) = ctrd.run_to_end(&format!("loop{i}"), "ip addr show eth0 | grep -q 'inet 10.244.40.'", T);
         assert!(ok, "container {i} got an address:\n{out}");
     }
-    assert!(weir_links(&node).is_empty(), "no links left: {:?}", weir_links(&node));
-    assert!(pod_routes(&node).is_empty(), "no routes left: {:?}", pod_routes(&node));
-    assert!(leases().is_empty(), "no leases left: {:?}", leases());
-    assert_eq!(records(), 0, "no records left");
-    let containers = ctrd.ctr(&["containers", "ls", "-q"]);
-    assert!(containers.trim().is_empty(), "no containers left: {containers}");
-    assert!(!Path::new("/var/run/netns").read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("cni-")))), "no CNI netns left");
-    let _ = cmd::output(&["true"]);
+    t.assert_nothing_left();
 }
 
 #[test]
 fn twenty_containers_started_and_deleted_at_once_leak_nothing() {
-    let _lock = global_cni_lock();
-    let node = Node::new();
-    let _cni = CniInstall::new(POD_CIDR);
-    let ctrd = Containerd::start(&node);
+    let t = Setup::new();
+    let ctrd = &t.ctrd;
     // 20 `ctr run --cni --rm` at once (20 overlapping ADDs through one
     // weir-cni data directory and one host-local), each printing its
     // address, then all 20 killed at once (20 overlapping DELs).
@@ -137,10 +156,5 @@ fn twenty_containers_started_and_deleted_at_once_leak_nothing() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 20, "20 distinct addresses: {ips:?}");
-    assert!(weir_links(&node).is_empty(), "no links left: {:?}", weir_links(&node));
-    assert!(pod_routes(&node).is_empty(), "no routes left: {:?}", pod_routes(&node));
-    assert!(leases().is_empty(), "no leases left: {:?}", leases());
-    assert_eq!(records(), 0, "no records or locks left");
-    let containers = ctrd.ctr(&["containers", "ls", "-q"]);
-    assert!(containers.trim().is_empty(), "no containers left: {containers}");
+    t.assert_nothing_left();
 }
