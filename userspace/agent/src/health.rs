@@ -17,6 +17,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use hyper::StatusCode;
 use weir_model::health::HealthCheck;
 
 use crate::{
@@ -25,7 +26,7 @@ use crate::{
 };
 
 fn json_response(ok: bool, body: String) -> Response {
-    let (status, body) = if ok { ("200 OK", body) } else { ("503 Service Unavailable", body) };
+    let (status, body) = if ok { (StatusCode::OK, body) } else { (StatusCode::SERVICE_UNAVAILABLE, body) };
     let mut r = Response::new(status, "application/json", body);
     r.headers.push(("X-Content-Type-Options", "nosniff".into()));
     r
@@ -51,7 +52,7 @@ pub async fn serve_node(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Res
                     let body = format!("{{\"lastUpdated\": \"{now}\",\"currentTime\": \"{now}\",\"nodeEligible\": {ok}}}\n");
                     json_response(ok, body)
                 }
-                _ => Response::new("404 Not Found", "text/plain", "not found\n"),
+                _ => Response::new(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
             }
         }
     });
@@ -114,7 +115,7 @@ impl ServiceHealth {
                 async move {
                     match c.lock() {
                         Ok(c) => answer(&c),
-                        Err(_) => Response::new("500 Internal Server Error", "text/plain", "poisoned\n"),
+                        Err(_) => Response::new(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "poisoned\n"),
                     }
                 }
             });

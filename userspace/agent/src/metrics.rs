@@ -1,6 +1,6 @@
 //! `/metrics` (Prometheus text, prometheus-client) and the probes
 //! (`/livez`, `/readyz`, `/healthz`; see `probes`), served
-//! on `--metrics-addr` by the agent's small HTTP/1.1 responder (`http`).
+//! on `--metrics-addr` by the agent's HTTP server (`http`, hyper).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -9,6 +9,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+use hyper::StatusCode;
 
 use crate::http::Response;
 
@@ -132,8 +134,8 @@ impl Metrics {
 
 fn probe(r: Result<(), String>) -> Response {
     match r {
-        Ok(()) => Response::new("200 OK", "text/plain", "ok\n"),
-        Err(why) => Response::new("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        Ok(()) => Response::new(StatusCode::OK, "text/plain", "ok\n"),
+        Err(why) => Response::new(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
     }
 }
 
@@ -146,10 +148,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
         let m = metrics.clone();
         async move {
             match path.as_str() {
-                "/metrics" => Response::new("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", m.encode()),
+                "/metrics" => Response::new(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", m.encode()),
                 "/livez" => probe(m.probes.liveness()),
                 "/readyz" | "/healthz" => probe(m.probes.readiness()),
-                _ => Response::new("404 Not Found", "text/plain", "not found\n"),
+                _ => Response::new(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
             }
         }
     });
