@@ -14,6 +14,7 @@ pub struct Agent {
     extra_args: Vec<String>,
     log: PathBuf,
     bpffs: PathBuf,
+    run_dir: PathBuf,
     netns: PathBuf,
     source_dir: PathBuf,
     node_name: String,
@@ -52,6 +53,7 @@ impl Agent {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log: std::env::temp_dir().join(format!("{}.agent.log", node.ns().name())),
             bpffs: node.bpffs().to_path_buf(),
+            run_dir: node.run_dir().to_path_buf(),
             netns: node.ns().path(),
             source_dir: source_dir.to_path_buf(),
             node_name: node.ns().name().to_string(),
@@ -75,6 +77,8 @@ impl Agent {
             .arg(self.source.clone().unwrap_or_else(|| format!("dir:{}", self.source_dir.display())))
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
             .arg("--node-name")
             .arg(&self.node_name)
             .args(&self.extra_args)

@@ -50,6 +50,8 @@ impl Env {
             "mtu": 1400,
             "dataDir": self.records.path(),
             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": self.leases.path()},
+            // No agent in these tests: pods start without one (fail open).
+            "agent": {"socket": self.node.agent_socket(), "failOpen": true},
         })
     }
 

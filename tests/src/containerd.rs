@@ -345,6 +345,27 @@ impl CniInstall {
         cmd::run(&[&agent, "--install-cni", "--pod-cidr", pod_cidr, "--cni-bin-dir", CNI_BIN_DIR, "--cni-conf-dir", CNI_CONF_DIR]);
         Self
     }
+
+    /// Installs for `node`'s agent (the conflist names its endpoint API
+    /// socket), and makes every container a Kubernetes pod: `ctr` passes
+    /// no CNI_ARGS, so a wrapper in front of weir-cni adds what the CRI
+    /// plugin adds for the kubelet, K8S_POD_NAMESPACE=`namespace` and
+    /// K8S_POD_NAME=<the container's ID>.
+    pub fn as_pods(pod_cidr: &str, node: &Node, namespace: &str) -> Self {
+        let agent = crate::bins::path("weir-agent").display().to_string();
+        let run_dir = node.run_dir().display().to_string();
+        cmd::run(&[&agent, "--install-cni", "--pod-cidr", pod_cidr, "--cni-bin-dir", CNI_BIN_DIR, "--cni-conf-dir", CNI_CONF_DIR, "--run-dir", &run_dir]);
+        let wrapper = format!(
+            "#!/bin/sh\n# ctr names a container's CNI attachment <ctr namespace>-<id>.\nexport CNI_ARGS=\"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME=${{CNI_CONTAINERID#weir-}}\"\nexec '{}' \"$@\"\n",
+            crate::bins::path("weir-cni").display()
+        );
+        let dst = Path::new(CNI_BIN_DIR).join("weir-cni");
+        let tmp = Path::new(CNI_BIN_DIR).join(".weir-cni.wrapper");
+        fs::write(&tmp, wrapper).expect("write the wrapper");
+        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        fs::rename(&tmp, &dst).expect("install the wrapper");
+        Self
+    }
 }
 
 impl Drop for CniInstall {

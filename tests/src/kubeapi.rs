@@ -86,12 +86,23 @@ impl Switch {
 
 /// [`serve`], with a [`Switch`] to take the server down and back up.
 pub fn serve_switchable(ns: &NetNs, objects: Vec<Value>) -> (u16, Switch) {
+    serve_inner(ns, objects, Vec::new())
+}
+
+/// [`serve`], plus `unlisted` objects that a GET by name finds but no list
+/// or watch has yet: objects created a moment ago.
+pub fn serve_with_unlisted(ns: &NetNs, objects: Vec<Value>, unlisted: Vec<Value>) -> u16 {
+    serve_inner(ns, objects, unlisted).0
+}
+
+fn serve_inner(ns: &NetNs, objects: Vec<Value>, unlisted: Vec<Value>) -> (u16, Switch) {
     let switch = Switch::default();
     let sw = switch.clone();
     let mut responses: BTreeMap<String, String> = BTreeMap::new();
     for (path, kind, api) in KINDS {
         let items: Vec<Value> = objects.iter().filter(|o| o["kind"] == kind).cloned().collect();
-        for o in &items {
+        let gettable = unlisted.iter().filter(|o| o["kind"] == kind);
+        for o in items.iter().chain(gettable) {
             if let Some(name) = o["metadata"]["name"].as_str() {
                 let item_path = match o["metadata"]["namespace"].as_str() {
                     Some(n) if kind != "Namespace" && kind != "Node" => path.replacen("/v1/", &format!("/v1/namespaces/{n}/"), 1) + "/" + name,

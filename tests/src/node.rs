@@ -15,6 +15,8 @@ pub struct Node {
     bpffs: BpffsDir,
     ns: NetNs,
     source_dir: tempdir::TempDir,
+    /// The agent's --run-dir (its endpoint API socket, registered pods).
+    run_dir: tempdir::TempDir,
 }
 
 impl Node {
@@ -26,7 +28,8 @@ impl Node {
         assert!(routes.trim().is_empty(), "node namespace must have no default route: {routes}");
         let bpffs = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirt")));
         let source_dir = tempdir::TempDir::new("weir-src");
-        Self { bpffs, ns, source_dir }
+        let run_dir = tempdir::TempDir::new("weir-run");
+        Self { bpffs, ns, source_dir, run_dir }
     }
 
     pub fn ns(&self) -> &NetNs {
@@ -36,6 +39,16 @@ impl Node {
     /// The agent's --bpffs directory for this node.
     pub fn bpffs(&self) -> &Path {
         &self.bpffs.path
+    }
+
+    /// The agent's --run-dir for this node.
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir.path()
+    }
+
+    /// The endpoint API socket the node's agent serves (weir-cni calls it).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir().join("agent.sock")
     }
 
     /// The agent's standalone source directory for this node.

@@ -73,6 +73,8 @@ fn main() {
         "mtu": 1450,
         "dataDir": records.path(),
         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.90.0/24"}]], "dataDir": leases.path()},
+        // The wiring alone: no agent runs here (registration: see docs/performance.md).
+        "agent": {"socket": node.agent_socket(), "failOpen": true},
     })
     .to_string();
     let bench = Bench { cni, pod: NetNs::new("wcb"), conf };

@@ -43,6 +43,13 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub ready_stale_after: u64,
 
+    /// The agent's run-time directory: the endpoint API's socket
+    /// (`agent.sock`, root only), which weir-cni calls on ADD, and the
+    /// pods it registered (`endpoints.json`). One per node; a tmpfs, as
+    /// the pods' veths do not outlive a reboot either.
+    #[arg(long, default_value = "/var/run/weir")]
+    pub run_dir: PathBuf,
+
     /// Receive buffer of the rtnetlink event socket, in bytes (the
     /// kernel's default when unset). Events lost to a full buffer make the
     /// agent list links and routes again.

@@ -6,6 +6,8 @@ mod args;
 mod bpf_log;
 mod devices;
 mod dp_metrics;
+mod endpoint_api;
+mod endpoints;
 mod events;
 mod health;
 mod http;

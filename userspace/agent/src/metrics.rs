@@ -37,6 +37,9 @@ pub struct Metrics {
     pub repairs: Counter,
     pub udp_sockets_destroyed: Counter,
     pub netlink_overruns: Counter,
+    /// Registrations by weir-cni, by answer (`programmed`, or the refusal's status).
+    pub registrations: Family<KindLabels, Counter>,
+    pub registered_pods: Gauge,
     pub policy_verdicts: Family<crate::events::VerdictLabels, Counter>,
     pub policy_reports: Family<crate::events::ReportLabels, Counter>,
     /// Liveness and readiness (`/livez`, `/readyz`).
@@ -60,6 +63,8 @@ impl Metrics {
         let repairs = Counter::default();
         let udp_sockets_destroyed = Counter::default();
         let netlink_overruns = Counter::default();
+        let registrations = Family::<KindLabels, Counter>::default();
+        let registered_pods = Gauge::default();
         let policy_verdicts = Family::<crate::events::VerdictLabels, Counter>::default();
         let policy_reports = Family::<crate::events::ReportLabels, Counter>::default();
         registry.register(
@@ -85,6 +90,12 @@ impl Metrics {
             netlink_overruns.clone(),
         );
         registry.register(
+            "endpoint_registrations",
+            "Pods weir-cni registered on ADD, by answer (kind=programmed, or the refusal: not_found, conflict, unavailable, error, bad_request)",
+            registrations.clone(),
+        );
+        registry.register("registered_pods", "Pod attachments registered by weir-cni and programmed", registered_pods.clone());
+        registry.register(
             "policy_verdicts",
             "Policy verdicts on new flows reported by the datapath (denials always, allows when sampled)",
             policy_verdicts.clone(),
@@ -106,6 +117,8 @@ impl Metrics {
             repairs,
             udp_sockets_destroyed,
             netlink_overruns,
+            registrations,
+            registered_pods,
             policy_verdicts,
             policy_reports,
             probes: crate::probes::Probes::default(),

@@ -160,6 +160,19 @@ impl PodInterfaces {
         }
     }
 
+    /// Whether the pod link `name` has its programs and routes to every
+    /// address of `addrs` (the sources its programs accept).
+    pub fn link_ready(&self, name: &str, addrs: &[std::net::IpAddr]) -> Result<(), String> {
+        let Some(ifindex) = self.attached.iter().find(|(_, n)| n.as_str() == name).map(|(i, _)| *i) else {
+            return Err(if self.pod_links.values().any(|n| n == name) { "the pod programs could not be attached (see the agent's log)".into() } else { "no such link on this node".into() });
+        };
+        let routed = self.addrs.of(ifindex);
+        match addrs.iter().find(|a| !routed.contains(a)) {
+            Some(a) => Err(format!("no host route to {a} through it")),
+            None => Ok(()),
+        }
+    }
+
     /// Releases pins of interfaces that vanished while no agent was running.
     pub fn prune_missing(&mut self, present: &[LinkEvent]) {
         let live: HashMap<u32, String> = present

@@ -110,6 +110,11 @@ impl PolicyReconciler {
         PolicyOutcome { map_writes: w.map_writes, errors: w.errors }
     }
 
+    /// The programmed endpoint entry of a local pod address: (endpoint id, identity).
+    pub fn endpoint(&self, ip: &std::net::IpAddr) -> Option<(u32, u32)> {
+        self.maps.current().endpoints.get(ip).map(|e| (e.id, e.identity))
+    }
+
     /// Entries per map, for gauges: (endpoints, ipcache, policy).
     pub fn entry_counts(&self) -> (usize, usize, usize) {
         let c = self.maps.current();

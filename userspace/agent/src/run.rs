@@ -19,6 +19,8 @@ use weir_model::{state::Affected, ClusterState, Warning};
 use weir_source::{self as source, SourceEvent};
 
 use crate::{
+    endpoint_api::ApiCall,
+    endpoints::Endpoints,
     links::NetEvent,
     args::Args,
     links::LinkWatcher,
@@ -49,6 +51,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Err(error) = crate::health::serve_node(args.healthz_bind_address, metrics.clone()).await {
         tracing::error!(%error, addr = %args.healthz_bind_address, "cannot serve the node health check; going on without it");
     }
+    let (api_tx, mut api_rx) = mpsc::channel(256);
+    let socket = args.run_dir.join(ENDPOINT_SOCKET);
+    crate::endpoint_api::serve(&socket, api_tx, metrics.clone()).await.context("serving the endpoint API weir-cni calls")?;
+    tracing::info!(socket = %socket.display(), "serving the endpoint API");
     let mut svc_health = crate::health::ServiceHealth::default();
     crate::reserved_ports::ensure((args.masquerade_ports.min, args.masquerade_ports.max))?;
 
@@ -129,9 +135,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone(), args.nodeport_addresses.clone(), args.masquerade_all);
     events::spawn(&layout, metrics.clone()).context("starting the event reader")?;
     let (tx, mut rx) = mpsc::channel(1024);
-    source::spawn(&args.source, tx).context("starting the object source")?;
+    let lookup = source::spawn(&args.source, tx).context("starting the object source")?;
 
     let mut state = ClusterState::new();
+    let (mut endpoints, mut fetch_rx) = Endpoints::load(args.run_dir.join("endpoints.json"), args.node_name.clone(), lookup);
+    endpoints.keep_links(&mut state, &link_names(&existing));
+    endpoints.restore(&mut state);
     let mut synced = false;
     let mut pending = Affected::default();
     let mut pending_since: Option<Instant> = None;
@@ -146,6 +155,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = beat_tick.tick() => metrics.probes.beat(),
+            Some(call) = api_rx.recv() => {
+                match call {
+                    ApiCall::Register { reg, reply } => endpoints.enqueue(reg, reply),
+                    ApiCall::Unregister { container_id, ifname, reply } => {
+                        pending.merge(endpoints.unregister(&mut state, &container_id, &ifname));
+                        let _ = reply.send(());
+                    }
+                }
+                settle_registrations(&mut endpoints, &mut state, synced, &mut pending, &mut reconciler, &mut pods, &watcher, &metrics).await;
+                metrics.registered_pods.set(endpoints.count() as i64);
+            }
+            Some(f) = fetch_rx.recv() => {
+                endpoints.fetched(f);
+                settle_registrations(&mut endpoints, &mut state, synced, &mut pending, &mut reconciler, &mut pods, &watcher, &metrics).await;
+            }
+            _ = tokio::time::sleep_until(endpoints.wakeup()), if endpoints.is_waiting() => {
+                settle_registrations(&mut endpoints, &mut state, synced, &mut pending, &mut reconciler, &mut pods, &watcher, &metrics).await;
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { anyhow::bail!("the object source stopped") };
                 let mut next = Some(ev);
@@ -185,6 +212,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     next = rx.try_recv().ok();
                 }
+                if endpoints.is_waiting() {
+                    // Programs whatever became ready with everything else pending.
+                    settle_registrations(&mut endpoints, &mut state, synced, &mut pending, &mut reconciler, &mut pods, &watcher, &metrics).await;
+                }
                 if synced && !pending.is_empty() {
                     if pending.nodes {
                         let addrs = node_net.sync(&state, &watcher, &metrics).await;
@@ -201,6 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
                 update_gauges(&metrics, &state, &mut reconciler);
+                metrics.registered_pods.set(endpoints.count() as i64);
             }
             ev = watcher.next() => match ev {
                 Some(NetEvent::Addr) if synced => {
@@ -220,6 +252,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     match (watcher.dump().await, watcher.dump_routes().await) {
                         (Ok(links), Ok(routes)) => {
                             tracing::warn!(links = links.len(), "rtnetlink events were lost (receive buffer full): listed links and routes again");
+                            pending.merge(endpoints.keep_links(&mut state, &link_names(&links)));
                             pods.relist(&links, &routes);
                         }
                         (Err(error), _) | (_, Err(error)) => {
@@ -227,7 +260,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         }
                     }
                 }
-                Some(ev) => pods.apply_net(&ev),
+                Some(ev) => {
+                    if let NetEvent::Link(crate::links::LinkEvent::Gone { name, .. }) = &ev {
+                        let a = endpoints.forget_link(&mut state, name);
+                        if synced && !a.is_empty() {
+                            let out = reconciler.apply(&state, &a);
+                            log_outcome("registered pod's link gone", &out, Duration::ZERO, &metrics);
+                        }
+                    }
+                    pods.apply_net(&ev);
+                }
                 None => anyhow::bail!("rtnetlink connection closed"),
             },
             _ = gc_tick.tick() => {
@@ -260,7 +302,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 // Links and routes as they are now: repairs whatever a lost
                 // event left behind.
                 match (watcher.dump().await, watcher.dump_routes().await) {
-                    (Ok(links), Ok(routes)) => pods.relist(&links, &routes),
+                    (Ok(links), Ok(routes)) => {
+                        pending.merge(endpoints.keep_links(&mut state, &link_names(&links)));
+                        pods.relist(&links, &routes);
+                    }
                     (Err(error), _) | (_, Err(error)) => tracing::warn!(%error, "listing links and routes for the pod link resync"),
                 }
                 let addrs = node_net.sync(&state, &watcher, &metrics).await;
@@ -282,6 +327,62 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// The endpoint API's socket in `--run-dir`.
+const ENDPOINT_SOCKET: &str = "agent.sock";
+
+fn link_names(links: &[crate::links::LinkEvent]) -> std::collections::BTreeSet<String> {
+    links
+        .iter()
+        .filter_map(|e| match e {
+            crate::links::LinkEvent::Present { name, .. } => Some(name.clone()),
+            crate::links::LinkEvent::Gone { .. } => None,
+        })
+        .collect()
+}
+
+/// Finishes the registrations that can be finished: those whose pod is
+/// known (and the agent synced) enter the state; the links are listed
+/// (so the new veth has its programs and its routed addresses, whatever
+/// events are still queued); everything pending is programmed at once;
+/// each is answered with what the datapath now holds.
+#[allow(clippy::too_many_arguments)]
+async fn settle_registrations(
+    endpoints: &mut Endpoints,
+    state: &mut ClusterState,
+    synced: bool,
+    pending: &mut Affected,
+    reconciler: &mut Reconciler,
+    pods: &mut PodInterfaces,
+    watcher: &LinkWatcher,
+    metrics: &Metrics,
+) {
+    let ready = endpoints.poll(state, synced);
+    if ready.is_empty() && (!synced || pending.is_empty()) {
+        return;
+    }
+    let start = Instant::now();
+    for r in &ready {
+        pending.merge(endpoints.commit(state, r));
+    }
+    if !ready.is_empty() {
+        match (watcher.dump().await, watcher.dump_routes().await) {
+            (Ok(links), Ok(routes)) => pods.relist(&links, &routes),
+            (Err(error), _) | (_, Err(error)) => tracing::error!(%error, "listing links and routes for registered pods"),
+        }
+    }
+    let out = reconciler.apply(state, &std::mem::take(pending));
+    log_outcome("registered pods programmed", &out, start.elapsed(), metrics);
+    metrics.programming_latency.observe(start.elapsed().as_secs_f64());
+    for r in ready {
+        let result = crate::endpoints::programmed(&r.reg, pods.link_ready(&r.reg.host_interface, &r.reg.addresses), |ip| reconciler.policy().endpoint(ip));
+        match &result {
+            Ok(p) => tracing::info!(pod = %format!("{}/{}", r.reg.namespace, r.reg.name), host_interface = %r.reg.host_interface, addresses = ?p.addresses.iter().map(|a| a.address).collect::<Vec<_>>(), took_us = start.elapsed().as_micros() as u64, "pod registered and programmed"),
+            Err(e) => tracing::error!(pod = %format!("{}/{}", r.reg.namespace, r.reg.name), reason = %e.message, "registered pod not programmed"),
+        }
+        r.answer(result);
     }
 }
 
@@ -417,8 +518,10 @@ async fn cni_install(args: &Args) -> anyhow::Result<()> {
         Some(m) => Some(m),
         None => derived_pod_mtu(args).await,
     };
-    let written = weir_cni::install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir, cidr, mtu)?;
-    tracing::info!(?written, ?mtu, "installed weir-cni");
+    let agent_socket = args.run_dir.join(ENDPOINT_SOCKET);
+    let to = weir_cni::install::Install { bin_dir: &args.cni_bin_dir, conf_dir: &args.cni_conf_dir, pod_cidr: cidr, mtu, agent_socket: &agent_socket };
+    let written = weir_cni::install::install(&plugin, &to)?;
+    tracing::info!(?written, ?mtu, agent_socket = %agent_socket.display(), "installed weir-cni");
     Ok(())
 }
 

@@ -104,6 +104,49 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// `cni.dev/valid-attachments` as given; checked by [`NetConf::valid_attachments`].
     pub valid_attachments_raw: Option<Value>,
+    pub agent: AgentConf,
+}
+
+/// The `agent` section: how ADD reaches the local agent, which programs a
+/// Kubernetes pod's identity and policy before ADD returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConf {
+    /// `socket` (default [`crate::agent::DEFAULT_SOCKET`]).
+    pub socket: PathBuf,
+    /// `timeoutSeconds` (default 10, 1-300): how long ADD waits for the
+    /// agent to program the pod.
+    pub timeout: std::time::Duration,
+    /// `failOpen` (default false): when the agent is down, slow or refuses,
+    /// ADD fails (the runtime retries) rather than start a pod that no
+    /// policy holds yet. `true` starts it anyway, with a warning.
+    pub fail_open: bool,
+}
+
+impl Default for AgentConf {
+    fn default() -> Self {
+        Self { socket: PathBuf::from(crate::agent::DEFAULT_SOCKET), timeout: std::time::Duration::from_secs(10), fail_open: false }
+    }
+}
+
+impl AgentConf {
+    fn parse(v: Option<&Value>) -> Result<Self, CniError> {
+        let mut c = Self::default();
+        let Some(v) = v else { return Ok(c) };
+        let bad = |why: String| CniError::InvalidConfig(format!("agent: {why}"));
+        let obj = v.as_object().ok_or_else(|| bad(format!("{v} is not an object")))?;
+        for (k, v) in obj {
+            match k.as_str() {
+                "socket" => c.socket = PathBuf::from(v.as_str().filter(|s| s.starts_with('/')).ok_or_else(|| bad(format!("socket {v} is not an absolute path")))?),
+                "timeoutSeconds" => {
+                    let t = v.as_u64().filter(|t| (1..=300).contains(t)).ok_or_else(|| bad(format!("timeoutSeconds {v} is not 1-300")))?;
+                    c.timeout = std::time::Duration::from_secs(t);
+                }
+                "failOpen" => c.fail_open = v.as_bool().ok_or_else(|| bad(format!("failOpen {v} is not a boolean")))?,
+                other => return Err(bad(format!("unknown field {other:?} (socket, timeoutSeconds, failOpen)"))),
+            }
+        }
+        Ok(c)
+    }
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/weir/cni";
@@ -150,7 +193,8 @@ impl NetConf {
         }
         let data_dir = obj.get("dataDir").and_then(Value::as_str).map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
         let valid_attachments_raw = obj.get(VALID_ATTACHMENTS).cloned();
-        Ok(Self { cni_version, name, ipam, mtu, data_dir, prev_result: obj.get("prevResult").cloned(), valid_attachments_raw })
+        let agent = AgentConf::parse(obj.get("agent"))?;
+        Ok(Self { cni_version, name, ipam, mtu, data_dir, prev_result: obj.get("prevResult").cloned(), valid_attachments_raw, agent })
     }
 
     /// GC's list of attachments to keep. Missing or malformed is an error:
@@ -198,6 +242,19 @@ mod tests {
         assert_eq!(conf(r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","mtu":9}"#).map_err(|e| e.code()).err(), Some(7));
         let ok = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","mtu":1400,"ipam":{"type":"host-local"}}"#).expect("ok");
         assert_eq!((ok.mtu, ok.ipam_type().ok()), (Some(1400), Some("host-local")));
+    }
+
+    #[test]
+    fn the_agent_section_defaults_to_fail_closed_and_rejects_what_it_does_not_know() {
+        let base = r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni""#;
+        let with = |extra: &str| conf(&format!("{base}{extra}}}"));
+        assert_eq!(with("").expect("ok").agent, AgentConf::default());
+        assert!(!AgentConf::default().fail_open, "fail closed by default");
+        let c = with(r#","agent":{"socket":"/run/w/a.sock","timeoutSeconds":3,"failOpen":true}"#).expect("ok").agent;
+        assert_eq!((c.socket, c.timeout.as_secs(), c.fail_open), (PathBuf::from("/run/w/a.sock"), 3, true));
+        for bad in [r#","agent":"x""#, r#","agent":{"socket":"rel.sock"}"#, r#","agent":{"timeoutSeconds":0}"#, r#","agent":{"failOpen":"yes"}"#, r#","agent":{"failopen":true}"#] {
+            assert_eq!(with(bad).map_err(|e| e.code()).err(), Some(7), "{bad}");
+        }
     }
 
     #[test]

@@ -25,12 +25,18 @@ pub enum CniError {
     /// A link, address, route or neighbour operation the kernel refused.
     #[error(transparent)]
     Netlink(#[from] crate::nl::NlError),
+    /// The agent answered a registration with a refusal.
+    #[error("the weir agent did not program the pod: {0}")]
+    AgentRefused(String),
+    /// STATUS: the plugin cannot serve ADD (the agent is down or not ready).
+    #[error("not ready: {0}")]
+    NotReady(String),
     #[error("{what}: {detail}")]
     Internal { what: String, detail: String },
 }
 
 impl CniError {
-    /// The spec's well-known error codes (1-7, 11); 100+ is plugin-specific.
+    /// The spec's well-known error codes (1-7, 11, 50); 100+ is plugin-specific.
     pub fn code(&self) -> u32 {
         match self {
             Self::IncompatibleVersion(_) => 1,
@@ -41,6 +47,8 @@ impl CniError {
             Self::InvalidConfig(_) => 7,
             Self::TryAgainLater(_) => 11,
             Self::Ipam { code, .. } => *code,
+            Self::NotReady(_) => 50,
+            Self::AgentRefused(_) => 100,
             Self::Netlink(_) | Self::Internal { .. } => 999,
         }
     }

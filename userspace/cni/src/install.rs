@@ -7,11 +7,14 @@ use crate::CniError;
 
 pub const CONFLIST_NAME: &str = "05-weir.conflist";
 
-/// The conflist weir installs: weir-cni with host-local IPAM for `pod_cidr`.
-pub fn conflist(pod_cidr: &str, mtu: Option<u32>) -> String {
+/// The conflist weir installs: weir-cni with host-local IPAM for
+/// `pod_cidr`, registering pods with the agent listening on `agent_socket`
+/// (fail closed).
+pub fn conflist(pod_cidr: &str, mtu: Option<u32>, agent_socket: &Path) -> String {
     let mut plugin = serde_json::json!({
         "type": "weir-cni",
         "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "dataDir": "/var/lib/cni/networks"},
+        "agent": {"socket": agent_socket.display().to_string()},
     });
     if let (Some(m), Some(o)) = (mtu, plugin.as_object_mut()) {
         o.insert("mtu".into(), m.into());
@@ -34,13 +37,23 @@ fn atomic_write(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), CniError> {
     std::fs::rename(&tmp, dst).map_err(|e| CniError::Io(format!("renaming to {}: {e}", dst.display())))
 }
 
+/// Where the conflist goes, and what it says.
+pub struct Install<'a> {
+    pub bin_dir: &'a Path,
+    pub conf_dir: &'a Path,
+    pub pod_cidr: &'a str,
+    pub mtu: Option<u32>,
+    pub agent_socket: &'a Path,
+}
+
 /// Copies `plugin_binary` to `<bin_dir>/weir-cni` and writes the conflist.
-pub fn install(plugin_binary: &Path, bin_dir: &Path, conf_dir: &Path, pod_cidr: &str, mtu: Option<u32>) -> Result<Vec<PathBuf>, CniError> {
+pub fn install(plugin_binary: &Path, to: &Install<'_>) -> Result<Vec<PathBuf>, CniError> {
+    let Install { bin_dir, conf_dir, pod_cidr, mtu, agent_socket } = *to;
     let bin = std::fs::read(plugin_binary).map_err(|e| CniError::Io(format!("reading {}: {e}", plugin_binary.display())))?;
     let bin_dst = bin_dir.join("weir-cni");
     atomic_write(&bin_dst, &bin, 0o755)?;
     let conf_dst = conf_dir.join(CONFLIST_NAME);
-    atomic_write(&conf_dst, conflist(pod_cidr, mtu).as_bytes(), 0o644)?;
+    atomic_write(&conf_dst, conflist(pod_cidr, mtu, agent_socket).as_bytes(), 0o644)?;
     Ok(vec![bin_dst, conf_dst])
 }
 

@@ -8,8 +8,12 @@
 //! the only process weir-cni starts is the IPAM plugin, delegated through
 //! the config's `ipam` section and CNI_PATH as the reference plugins do.
 //! Every attachment is recorded (with the pod's namespace and name from
-//! CNI_ARGS) under a per-attachment lock (`store`).
+//! CNI_ARGS) under a per-attachment lock (`store`). A Kubernetes pod
+//! (K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS) is registered with the
+//! local agent (`agent`) before ADD returns, so policy holds it from its
+//! first packet.
 
+pub mod agent;
 pub mod conf;
 pub mod error;
 pub mod install;

@@ -7,6 +7,7 @@ use std::{net::IpAddr, path::PathBuf};
 use serde_json::{json, Value};
 
 use crate::{
+    agent::{AgentClient, Registration},
     conf::{Env, NetConf, VALID_ATTACHMENTS},
     ipam,
     names::host_veth_name,
@@ -44,9 +45,10 @@ fn record(conf: &NetConf, env: &Env, id: &str, netns: &str, ifname: &str, host: 
     }
 }
 
-/// ADD: record, lease, veth pair, addresses, routes, neighbours. Anything
-/// half made is undone when a step fails; if even that fails, the record
-/// stays for DEL or GC to finish.
+/// ADD: record, lease, veth pair, addresses, routes, neighbours, then the
+/// agent programs the pod's identity and policy. Anything half made is
+/// undone when a step fails; if even that fails, the record stays for DEL
+/// or GC to finish.
 pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let (id, netns, ifname) = env.require_attachment()?;
     if !std::path::Path::new(netns).exists() {
@@ -73,6 +75,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
         held.save(&record(conf, env, id, netns, ifname, &host, &ips))?;
         let plan = Plan { host: host.clone(), ifname: ifname.to_string(), netns: PathBuf::from(netns), mtu: conf.mtu, ips };
         let wired = wire::wire(&nl, &plan)?;
+        register(conf, env, id, &plan)?;
         Ok((plan, wired, ipam_result))
     })();
     match made {
@@ -85,6 +88,46 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
             }
             Err(e)
         }
+    }
+}
+
+fn agent_client(conf: &NetConf) -> AgentClient<'_> {
+    AgentClient { socket: &conf.agent.socket, timeout: conf.agent.timeout }
+}
+
+/// Registers a Kubernetes pod (K8S_POD_NAMESPACE and K8S_POD_NAME in
+/// CNI_ARGS; a container that is no pod is selected by no policy) with the
+/// local agent, which answers once the pod's identity, policy and programs
+/// are in the datapath. Without that answer ADD fails (the runtime retries
+/// it), unless the configuration says `failOpen`.
+fn register(conf: &NetConf, env: &Env, id: &str, plan: &Plan) -> Result<(), CniError> {
+    let (Some(namespace), Some(name)) = (env.arg("K8S_POD_NAMESPACE"), env.arg("K8S_POD_NAME")) else { return Ok(()) };
+    let reg = Registration {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        container_id: id.to_string(),
+        ifname: plan.ifname.clone(),
+        host_interface: plan.host.clone(),
+        addresses: plan.ips.clone(),
+        // The agent answers (even if only to give up) before we stop waiting.
+        timeout_ms: conf.agent.timeout.as_millis().saturating_sub(500).max(500) as u64,
+    };
+    match agent_client(conf).register(&reg) {
+        Ok(_) => Ok(()),
+        Err(e) if conf.agent.fail_open => {
+            eprintln!("weir-cni: {e}; failOpen: starting pod {namespace}/{name} without its policy confirmed");
+            Ok(())
+        }
+        Err(e) if e.is_transient() => Err(CniError::TryAgainLater(format!("pod {namespace}/{name} is not started before its policy is programmed: {e}"))),
+        Err(e) => Err(CniError::AgentRefused(format!("pod {namespace}/{name}: {e}"))),
+    }
+}
+
+/// Tells the agent a pod's network is going away. Best effort: an agent
+/// that is down forgets the registration when it sees the veth gone.
+fn unregister(conf: &NetConf, r: Option<&Record>, id: &str, ifname: &str) {
+    if r.is_some_and(|r| r.pod_namespace.is_some() && r.pod_name.is_some()) {
+        let _ = agent_client(conf).unregister(id, ifname);
     }
 }
 
@@ -126,7 +169,9 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let nl = Netlink::open()?;
     let held = store::take(&conf.data_dir, id, ifname, Wait::Yes)?
         .ok_or_else(|| CniError::TryAgainLater(format!("attachment {id}/{ifname} is busy")))?;
-    let host = held.load().map_or_else(|| host_veth_name(id, ifname), |r| r.host_veth);
+    let rec = held.load();
+    unregister(conf, rec.as_ref(), id, ifname);
+    let host = rec.map_or_else(|| host_veth_name(id, ifname), |r| r.host_veth);
     release(conf, env, &nl, held, &host)?;
     Ok(Value::Null)
 }
@@ -146,14 +191,18 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     Ok(Value::Null)
 }
 
-/// STATUS: ready to serve ADD when the IPAM plugin can be found.
+/// STATUS: ready to serve ADD when the IPAM plugin can be found and the
+/// agent can program new pods (unless `failOpen`, which starts pods
+/// without it).
 pub fn status(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let plugin = conf.ipam_type()?;
-    if env.path.iter().any(|d| d.join(plugin).is_file()) {
-        Ok(Value::Null)
-    } else {
-        Err(CniError::Ipam { plugin: plugin.into(), code: 50, msg: format!("IPAM plugin {plugin} not found in CNI_PATH"), details: String::new() })
+    if !env.path.iter().any(|d| d.join(plugin).is_file()) {
+        return Err(CniError::Ipam { plugin: plugin.into(), code: 50, msg: format!("IPAM plugin {plugin} not found in CNI_PATH"), details: String::new() });
     }
+    if !conf.agent.fail_open {
+        agent_client(conf).status().map_err(|e| CniError::NotReady(e.to_string()))?;
+    }
+    Ok(Value::Null)
 }
 
 /// GC: releases every attachment of this network that is not in
@@ -167,6 +216,7 @@ pub fn gc(conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let mut failed = Vec::new();
     for (held, r) in stale {
         let env = Env { container_id: Some(r.container_id.clone()), ifname: Some(r.ifname.clone()), netns: None, ..env.clone() };
+        unregister(conf, Some(&r), &r.container_id, &r.ifname);
         if let Err(e) = release(conf, &env, &nl, held, &r.host_veth) {
             failed.push(format!("{}/{}: {e}", r.container_id, r.ifname));
         }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{node::NodeModel, service::ServiceModel, slice::SliceModel, Kind, Object, ObjectKey};
+use crate::{node::NodeModel, policy::world::PodInfo, service::ServiceModel, slice::SliceModel, Kind, Object, ObjectKey};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -55,7 +55,8 @@ enum Stored {
     Service(ServiceModel),
     Slice(SliceModel),
     Node(NodeModel),
-    /// A Pod's compact model; `None` for a pod that owns no address.
+    /// A Pod's compact model (its IPs may be empty: not yet known); `None`
+    /// for a pod that will never own an address (host network, finished).
     Pod(Option<Box<crate::policy::world::PodInfo>>),
     Other(Box<Object>),
 }
@@ -66,7 +67,7 @@ impl Stored {
             Object::Service(s) => Self::Service(ServiceModel::from_k8s(&s)),
             Object::EndpointSlice(s) => Self::Slice(SliceModel::from_k8s(&s)),
             Object::Node(n) => Self::Node(NodeModel::from_k8s(&n)),
-            Object::Pod(p) => Self::Pod(crate::policy::world::pod_info(&p).map(Box::new)),
+            Object::Pod(p) => Self::Pod(crate::policy::world::pod_model(&p).map(Box::new)),
             other => Self::Other(Box::new(other.slim())),
         }
     }
@@ -80,11 +81,25 @@ impl Stored {
     }
 }
 
+/// What the state knows of one pod.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PodLookup<'a> {
+    /// No such Pod has been delivered.
+    Unknown,
+    /// The Pod exists but never owns an address (host network, finished).
+    NoNetwork,
+    Known(&'a PodInfo),
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     objects: BTreeMap<Kind, BTreeMap<(String, String), Stored>>,
     /// (namespace, service) → slice names.
     slices_by_service: BTreeMap<ServiceKey, BTreeSet<String>>,
+    /// Pods this node's CNI wired (`register_local`), by (namespace,
+    /// name): the addresses it gave them, the node, and the pod's model
+    /// when it was registered.
+    local: BTreeMap<(String, String), PodInfo>,
 }
 
 impl ClusterState {
@@ -230,13 +245,56 @@ impl ClusterState {
         })
     }
 
-    /// The pods and namespaces policy reads.
+    /// What is known of the Pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> PodLookup<'_> {
+        match self.objects.get(&Kind::Pod).and_then(|m| m.get(&(namespace.to_string(), name.to_string()))) {
+            Some(Stored::Pod(Some(p))) => PodLookup::Known(p),
+            Some(_) => PodLookup::NoNetwork,
+            None => PodLookup::Unknown,
+        }
+    }
+
+    /// A pod this node's CNI has just wired, with the addresses it gave
+    /// it: policy holds it from its first packet, before (or without) the
+    /// source delivering its IPs. While registered, these addresses and
+    /// `info.node` are the pod's; its labels and ports come from the
+    /// delivered Pod, and from `info` when there is none (not delivered
+    /// yet, or deleted while its network still exists).
+    pub fn register_local(&mut self, info: PodInfo) -> Affected {
+        let key = (info.namespace.clone(), info.name.clone());
+        if self.local.get(&key) == Some(&info) {
+            return Affected::default();
+        }
+        self.local.insert(key, info);
+        Affected { policy: true, ..Affected::default() }
+    }
+
+    /// Forgets a registration (the CNI removed the pod's network).
+    pub fn unregister_local(&mut self, namespace: &str, name: &str) -> Affected {
+        match self.local.remove(&(namespace.to_string(), name.to_string())) {
+            Some(_) => Affected { policy: true, ..Affected::default() },
+            None => Affected::default(),
+        }
+    }
+
+    /// The registered pods.
+    pub fn local_pods(&self) -> impl Iterator<Item = &PodInfo> + '_ {
+        self.local.values()
+    }
+
+    /// The pods and namespaces policy reads: every pod with an address,
+    /// registered pods with the addresses their CNI gave them.
     pub fn policy_world(&self) -> crate::policy::World {
-        let pods = self.objects.get(&Kind::Pod).into_iter().flat_map(|m| m.values()).filter_map(|s| match s {
-            Stored::Pod(Some(p)) => Some(p.as_ref()),
+        let stored = self.objects.get(&Kind::Pod).into_iter().flat_map(|m| m.iter()).filter_map(|(k, s)| match s {
+            Stored::Pod(Some(p)) if !self.local.contains_key(k) && !p.ips.is_empty() => Some(p.as_ref().clone()),
             _ => None,
         });
-        crate::policy::World::from_parts(self.objects_of(Kind::Namespace), pods)
+        let local = self.local.values().map(|r| match self.pod(&r.namespace, &r.name) {
+            PodLookup::Known(p) => PodInfo { ips: r.ips.clone(), node: r.node.clone(), ..p.clone() },
+            _ => r.clone(),
+        });
+        let pods: Vec<PodInfo> = stored.chain(local).collect();
+        crate::policy::World::from_parts(self.objects_of(Kind::Namespace), pods.iter())
     }
 
     /// Every NetworkPolicy, WeirNetworkPolicy and ClusterNetworkPolicy,
@@ -314,5 +372,43 @@ mod tests {
         assert_eq!(st.policy_world().pods[0].labels.get("app").map(String::as_str), Some("api"));
         assert!(!st.apply(Change::Delete(ObjectKey { kind: Kind::Pod, namespace: "shop".into(), name: "web-0".into() })).is_empty());
         assert!(st.policy_world().pods.is_empty());
+    }
+
+    fn registered(ip: &str, labels: &[(&str, &str)]) -> PodInfo {
+        PodInfo {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ips: vec![ip.parse().expect("ip")],
+            node: Some("n1".into()),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn a_registered_pod_is_in_policy_with_its_cni_address_before_and_after_the_source_delivers_it() {
+        let mut st = ClusterState::new();
+        assert!(st.apply(Change::Upsert(pod("", "app: web"))).policy);
+        let pending = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, labels: {app: api}}\nspec: {nodeName: n1, containers: [{name: c, image: x}]}\nstatus: {phase: Pending}\n";
+        let pending = Object::Pod(serde_yaml_ng::from_str(pending).expect("pod"));
+        st.apply(Change::Upsert(pending));
+        assert!(matches!(st.pod("shop", "web-0"), PodLookup::Known(p) if p.ips.is_empty()), "an IP-less pod is known, with its labels");
+        assert!(st.policy_world().pods.is_empty(), "no address, nothing to police yet");
+        assert!(st.register_local(registered("10.244.1.9", &[("app", "stale")])).policy);
+        assert!(st.register_local(registered("10.244.1.9", &[("app", "stale")])).is_empty(), "the same registration again is no work");
+        let w = st.policy_world();
+        assert_eq!(w.pods.len(), 1);
+        assert_eq!(w.pods[0].ips, vec!["10.244.1.9".parse::<std::net::IpAddr>().expect("ip")], "the CNI's address");
+        assert_eq!(w.pods[0].labels.get("app").map(String::as_str), Some("api"), "the delivered Pod's labels win");
+        // The API server's (older) IP does not replace the registered one.
+        st.apply(Change::Upsert(pod("", "app: web")));
+        assert_eq!(st.policy_world().pods[0].ips[0].to_string(), "10.244.1.9");
+        // Deleted from the source while its network exists: the registration keeps it.
+        st.apply(Change::Delete(ObjectKey { kind: Kind::Pod, namespace: "shop".into(), name: "web-0".into() }));
+        let w = st.policy_world();
+        assert_eq!((w.pods.len(), w.pods[0].labels.get("app").map(String::as_str)), (1, Some("stale")));
+        assert!(st.unregister_local("shop", "web-0").policy);
+        assert!(st.policy_world().pods.is_empty());
+        assert!(st.unregister_local("shop", "web-0").is_empty());
     }
 }

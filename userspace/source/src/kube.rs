@@ -56,17 +56,23 @@ impl SyncTracker {
 /// outage without a word and the agent would stay ready while blind. The
 /// watchers' jittered backoff (0.8 s to 30 s) retries instead, and every
 /// failure reaches the probes.
-pub fn spawn(tx: Sender) {
+pub fn spawn(tx: Sender) -> super::PodLookup {
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let lookup = super::PodLookup::kube(cell.clone());
     tokio::spawn(async move {
         let client = kube::Config::infer().await.map_err(kube::Error::InferConfig).and_then(|mut config| {
             config.default_retry = false;
             Client::try_from(config)
         });
         match client {
-            Ok(client) => run(client, tx),
+            Ok(client) => {
+                let _ = cell.set(client.clone());
+                run(client, tx);
+            }
             Err(error) => tracing::error!(%error, "cannot reach the Kubernetes API (kube::Config::infer)"),
         }
     });
+    lookup
 }
 
 /// What kube-proxy watches, and weir with it: Services not claimed by

@@ -6,6 +6,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod lookup;
 pub mod spec;
 
 use std::time::Instant;
@@ -13,6 +14,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use weir_model::{Change, Warning};
 
+pub use lookup::{LookupError, PodLookup};
 pub use spec::SourceSpec;
 
 #[derive(Debug)]
@@ -38,13 +40,10 @@ pub enum SourceError {
 }
 
 /// Starts the source (on the current tokio runtime); it runs until the
-/// receiver is dropped.
-pub fn spawn(spec: &SourceSpec, tx: Sender) -> Result<(), SourceError> {
+/// receiver is dropped. Returns what reads single Pods from it.
+pub fn spawn(spec: &SourceSpec, tx: Sender) -> Result<PodLookup, SourceError> {
     match spec {
-        SourceSpec::Dir(dir) => dir::spawn(dir.clone(), tx),
-        SourceSpec::Kube => {
-            kube::spawn(tx);
-            Ok(())
-        }
+        SourceSpec::Dir(dir) => dir::spawn(dir.clone(), tx).map(|()| PodLookup::none()),
+        SourceSpec::Kube => Ok(kube::spawn(tx)),
     }
 }

@@ -76,20 +76,25 @@ impl World {
 /// host-network, not finished, with an IP). A change to anything else
 /// (conditions, container statuses, annotations) is no change to weir.
 pub fn pod_info(p: &Pod) -> Option<PodInfo> {
+    pod_model(p).filter(|m| !m.ips.is_empty())
+}
+
+/// The compact model of a pod that has, or will have, its own network
+/// (not host-network, not finished), with or without an address yet: a
+/// pod's labels are known before the API server has its IP, and the
+/// node's CNI can give the address first (`ClusterState::register_local`).
+pub fn pod_model(p: &Pod) -> Option<PodInfo> {
     let spec = p.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return None;
     }
-    let status = p.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
+    let status = p.status.as_ref();
+    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed")) {
         return None;
     }
-    let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|i| i.ip.parse().ok()).collect();
+    let mut ips: Vec<IpAddr> = status.iter().flat_map(|s| s.pod_ips.iter().flatten()).filter_map(|i| i.ip.parse().ok()).collect();
     if ips.is_empty() {
-        ips.extend(status.pod_ip.as_deref().and_then(|i| i.parse::<IpAddr>().ok()));
-    }
-    if ips.is_empty() {
-        return None;
+        ips.extend(status.and_then(|s| s.pod_ip.as_deref()).and_then(|i| i.parse::<IpAddr>().ok()));
     }
     let ports = spec
         .containers
