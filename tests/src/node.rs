@@ -95,7 +95,7 @@ impl Node {
             let addr = "127.0.0.1:9965".parse().expect("addr");
             let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).expect("connect to --metrics-addr");
             s.set_read_timeout(Some(std::time::Duration::from_secs(2))).expect("timeout");
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).expect("write");
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).expect("write");
             let mut out = String::new();
             s.read_to_string(&mut out).expect("read");
             out

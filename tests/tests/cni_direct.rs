@@ -161,6 +161,11 @@ fn the_agent_installs_and_uninstalls_the_plugin() {
     let out = weir_tests::cmd::output(&[&agent, "--install-cni", "--pod-cidr", "10.244.1.0/24", "--cni-bin-dir", &b, "--cni-conf-dir", &c, "--cni-mtu", "1450"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list: Value = serde_json::from_slice(&std::fs::read(conf.path().join("05-weir.conflist")).expect("conflist")).expect("json");
+    assert_eq!(list["plugins"][0]["agent"], serde_json::json!({"socket": "/var/run/weir/agent.sock"}), "the agent's endpoint API, fail closed");
+    let out = weir_tests::cmd::output(&[&agent, "--install-cni", "--pod-cidr", "10.244.1.0/24", "--cni-bin-dir", &b, "--cni-conf-dir", &c, "--cni-mtu", "1450", "--run-dir", "/run/w", "--cni-fail-open"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&std::fs::read(conf.path().join("05-weir.conflist")).expect("conflist")).expect("json");
+    assert_eq!(list["plugins"][0]["agent"], serde_json::json!({"socket": "/run/w/agent.sock", "failOpen": true}));
     assert_eq!(list["plugins"][0]["type"], "weir-cni");
     assert_eq!(list["plugins"][0]["mtu"], 1450);
     assert_eq!(list["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");

@@ -126,6 +126,7 @@ fn a_values_file_reaches_the_agents_flags_and_the_monitoring_hooks() {
     assert_eq!(cni_bin.path, "/home/kubernetes/bin");
     let init = pod.init_containers.iter().flatten().find(|c| c.name == "install-cni").expect("install-cni");
     assert!(init.args.iter().flatten().any(|a| a == "--routing=native"), "the CNI install knows the routing mode: {:?}", init.args);
+    assert!(init.args.iter().flatten().any(|a| a == "--cni-fail-open"), "cni.failOpen reaches the conflist: {:?}", init.args);
     let strategy = ds.spec.update_strategy.as_ref().and_then(|u| u.rolling_update.as_ref()).and_then(|r| r.max_unavailable.clone());
     assert_eq!(strategy, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("10%".into())));
     let cm: ConfigMap = typed(one(&docs, "ConfigMap"));

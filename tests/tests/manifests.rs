@@ -53,9 +53,14 @@ fn the_daemonset_runs_a_privileged_host_network_agent_on_every_node() {
     let args = agent.args.clone().unwrap_or_default();
     assert!(args.contains(&"--source=kube".to_string()) && args.contains(&"--bpffs=/sys/fs/bpf/weir".to_string()), "{args:?}");
     let mounts: BTreeSet<String> = agent.volume_mounts.iter().flatten().map(|m| m.mount_path.clone()).collect();
-    for m in ["/sys/fs/bpf", "/run/netns", "/host/opt/cni/bin", "/host/etc/cni/net.d"] {
+    for m in ["/sys/fs/bpf", "/run/netns", "/host/opt/cni/bin", "/host/etc/cni/net.d", "/var/run/weir"] {
         assert!(mounts.contains(m), "{m} not mounted: {mounts:?}");
     }
+    // weir-cni on the host calls the agent's endpoint API at the path the
+    // conflist names (the default --run-dir): the same host directory.
+    assert!(args.contains(&"--run-dir=/var/run/weir".to_string()), "{args:?}");
+    let run = pod.volumes.iter().flatten().find(|v| v.name == "run").and_then(|v| v.host_path.as_ref()).expect("run volume");
+    assert_eq!(run.path, "/var/run/weir");
     let bpffs = agent.volume_mounts.iter().flatten().find(|m| m.mount_path == "/sys/fs/bpf").expect("bpffs");
     assert_eq!(bpffs.mount_propagation.as_deref(), Some("Bidirectional"), "pins must reach the host's bpffs");
     let init = pod.init_containers.iter().flatten().find(|c| c.name == "install-cni").expect("install-cni init container");

@@ -88,6 +88,12 @@ pub struct Args {
     #[arg(long, default_value = "/opt/cni/bin")]
     pub cni_bin_dir: std::path::PathBuf,
 
+    /// `--install-cni`: write `"failOpen": true` into weir-cni's
+    /// configuration, so pods start when the agent cannot confirm their
+    /// policy (down, slow, or refusing). Off (fail closed) by default.
+    #[arg(long)]
+    pub cni_fail_open: bool,
+
     /// The host's CNI configuration directory.
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: std::path::PathBuf,

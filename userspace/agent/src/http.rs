@@ -134,7 +134,9 @@ where
                         Ok(to_hyper(handler(Request { method: parts.method, path, body }).await))
                     }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+                // half_close: a client that shuts its write side right after
+                // its request (simple probes, `nc`) still gets its answer.
+                let conn = hyper::server::conn::http1::Builder::new().half_close(true).serve_connection(TokioIo::new(io), svc);
                 let _ = tokio::time::timeout(limits.connection_lifetime, conn).await;
                 drop(permit);
             });
@@ -200,6 +202,25 @@ mod tests {
         let out = get(addr, "GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
         assert!(out.contains("path /second"), "{out}");
         assert!(start.elapsed() >= Duration::from_millis(300), "the second connection waited for the slot: {:?}", start.elapsed());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+        let l = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        // One slot, held by an idle connection: the next one's request and
+        // FIN are both queued before the server reads anything.
+        let limits = Limits { max_connections: 1, connection_lifetime: Duration::from_millis(300), max_body: 0 };
+        let task = serve(l, limits, |r: Request| async move { Response::text(StatusCode::OK, r.path) });
+        let _idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        s.shutdown().await.expect("half close");
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.expect("the server closes").expect("read");
+        assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("/healthz"), "{out}");
         task.abort();
     }
 

@@ -519,7 +519,7 @@ async fn cni_install(args: &Args) -> anyhow::Result<()> {
         None => derived_pod_mtu(args).await,
     };
     let agent_socket = args.run_dir.join(ENDPOINT_SOCKET);
-    let to = weir_cni::install::Install { bin_dir: &args.cni_bin_dir, conf_dir: &args.cni_conf_dir, pod_cidr: cidr, mtu, agent_socket: &agent_socket };
+    let to = weir_cni::install::Install { bin_dir: &args.cni_bin_dir, conf_dir: &args.cni_conf_dir, pod_cidr: cidr, mtu, agent_socket: &agent_socket, fail_open: args.cni_fail_open };
     let written = weir_cni::install::install(&plugin, &to)?;
     tracing::info!(?written, ?mtu, agent_socket = %agent_socket.display(), "installed weir-cni");
     Ok(())

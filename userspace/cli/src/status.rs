@@ -44,7 +44,7 @@ fn agent_health(addr: SocketAddr) -> &'static str {
     let ask = || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: weir\r\n\r\n")?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)

@@ -8,14 +8,19 @@ use crate::CniError;
 pub const CONFLIST_NAME: &str = "05-weir.conflist";
 
 /// The conflist weir installs: weir-cni with host-local IPAM for
-/// `pod_cidr`, registering pods with the agent listening on `agent_socket`
-/// (fail closed).
-pub fn conflist(pod_cidr: &str, mtu: Option<u32>, agent_socket: &Path) -> String {
+/// `pod_cidr`, registering pods with the agent listening on
+/// `to.agent_socket` (fail closed unless `to.fail_open`).
+pub fn conflist(to: &Install<'_>) -> String {
+    let mut agent = serde_json::json!({"socket": to.agent_socket.display().to_string()});
+    if to.fail_open {
+        agent["failOpen"] = true.into();
+    }
     let mut plugin = serde_json::json!({
         "type": "weir-cni",
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "dataDir": "/var/lib/cni/networks"},
-        "agent": {"socket": agent_socket.display().to_string()},
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": to.pod_cidr}]], "dataDir": "/var/lib/cni/networks"},
+        "agent": agent,
     });
+    let mtu = to.mtu;
     if let (Some(m), Some(o)) = (mtu, plugin.as_object_mut()) {
         o.insert("mtu".into(), m.into());
     }
@@ -44,16 +49,17 @@ pub struct Install<'a> {
     pub pod_cidr: &'a str,
     pub mtu: Option<u32>,
     pub agent_socket: &'a Path,
+    pub fail_open: bool,
 }
 
 /// Copies `plugin_binary` to `<bin_dir>/weir-cni` and writes the conflist.
 pub fn install(plugin_binary: &Path, to: &Install<'_>) -> Result<Vec<PathBuf>, CniError> {
-    let Install { bin_dir, conf_dir, pod_cidr, mtu, agent_socket } = *to;
+    let (bin_dir, conf_dir) = (to.bin_dir, to.conf_dir);
     let bin = std::fs::read(plugin_binary).map_err(|e| CniError::Io(format!("reading {}: {e}", plugin_binary.display())))?;
     let bin_dst = bin_dir.join("weir-cni");
     atomic_write(&bin_dst, &bin, 0o755)?;
     let conf_dst = conf_dir.join(CONFLIST_NAME);
-    atomic_write(&conf_dst, conflist(pod_cidr, mtu, agent_socket).as_bytes(), 0o644)?;
+    atomic_write(&conf_dst, conflist(to).as_bytes(), 0o644)?;
     Ok(vec![bin_dst, conf_dst])
 }
 
