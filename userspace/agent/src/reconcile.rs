@@ -113,10 +113,11 @@ impl Reconciler {
         } else {
             affected.services.clone()
         };
-        for key in keys {
-            let specs = translate_key(state, &key, &self.ctx);
-            self.program(&key, specs, &mut out);
-        }
+        let batch: Vec<(ServiceKey, Vec<ServiceSpec>)> = keys.into_iter().map(|k| {
+            let specs = translate_key(state, &k, &self.ctx);
+            (k, specs)
+        }).collect();
+        self.program_batch(batch, &mut out);
         if affected.policy {
             out.add_policy(self.policy.reconcile(state));
         }
@@ -130,12 +131,8 @@ impl Reconciler {
         let mut out = Outcome::default();
         let desired = translate_all(state, &self.ctx);
         let stale: Vec<ServiceKey> = self.programmed.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
-        for k in stale {
-            self.program(&k, Vec::new(), &mut out);
-        }
-        for (k, specs) in desired {
-            self.program(&k, specs, &mut out);
-        }
+        let batch = stale.into_iter().map(|k| (k, Vec::new())).chain(desired).collect();
+        self.program_batch(batch, &mut out);
         // Frontends in the maps that no service wants (left by an earlier agent).
         let wanted: BTreeSet<Frontend> = self.owners.keys().copied().collect();
         for f in self.lb.frontends() {
@@ -150,8 +147,69 @@ impl Reconciler {
                 }
             }
         }
+        // Backends no service lists any more (the non-ready ones of services
+        // deleted while no agent ran: adoption counts only table members).
+        match self.lb.prune_unreferenced() {
+            Ok(st) => {
+                out.map_writes += st.map_writes;
+                out.ct_purged += st.ct_purged;
+            }
+            Err(e) => out.errors.push(("unreferenced backends".into(), e)),
+        }
         out.add_policy(self.policy.reconcile(state));
         out
+    }
+
+    /// Programs a batch of services: first every frontend they give up,
+    /// then every upsert, so that a frontend one service releases in the
+    /// batch (a Service deleted, another created with its IP) is taken
+    /// by the other at once instead of at the next resync.
+    fn program_batch(&mut self, batch: Vec<(ServiceKey, Vec<ServiceSpec>)>, out: &mut Outcome) {
+        let mut touched = BTreeSet::new();
+        for (k, specs) in &batch {
+            if self.release(k, specs, out) {
+                touched.insert(k.clone());
+            }
+        }
+        for (k, specs) in batch {
+            if self.program(&k, specs, out) {
+                touched.insert(k);
+            }
+        }
+        out.services += touched.len();
+    }
+
+    /// Removes the frontends of `key` that `specs` no longer has; returns
+    /// whether it removed any. A frontend whose removal fails stays
+    /// programmed (and owned), for the next attempt.
+    fn release(&mut self, key: &ServiceKey, specs: &[ServiceSpec], out: &mut Outcome) -> bool {
+        let Some(old) = self.programmed.get(key) else { return false };
+        let wanted: BTreeSet<Frontend> = specs.iter().map(|s| s.frontend).collect();
+        let (keep, gone): (Vec<ServiceSpec>, Vec<ServiceSpec>) = old.iter().cloned().partition(|o| wanted.contains(&o.frontend));
+        if gone.is_empty() {
+            return false;
+        }
+        let mut kept = keep;
+        for o in gone {
+            match self.lb.remove(&o.frontend) {
+                Ok(s) => {
+                    out.map_writes += s.map_writes;
+                    out.ct_purged += s.ct_purged;
+                    out.members_dropped += s.members_dropped;
+                    self.owners.remove(&o.frontend);
+                }
+                Err(e) => {
+                    out.errors.push((o.frontend.to_string(), e));
+                    kept.push(o);
+                }
+            }
+        }
+        if kept.is_empty() {
+            self.programmed.remove(key);
+        } else {
+            self.programmed.insert(key.clone(), kept);
+        }
+        true
     }
 
     /// Repairs drift between the maps and what was programmed, then
@@ -173,7 +231,10 @@ impl Reconciler {
         out
     }
 
-    fn program(&mut self, key: &ServiceKey, mut specs: Vec<ServiceSpec>, out: &mut Outcome) {
+    /// Upserts the new and changed frontends of `key` (after [`Self::release`]
+    /// removed the vanished ones); returns whether anything changed.
+    fn program(&mut self, key: &ServiceKey, mut specs: Vec<ServiceSpec>, out: &mut Outcome) -> bool {
+        let released = self.release(key, &specs, out);
         let old = self.programmed.get(key).cloned().unwrap_or_default();
         // Frontend conflicts: the first owner keeps the frontend.
         specs.retain(|s| match self.owners.get(&s.frontend) {
@@ -184,12 +245,9 @@ impl Reconciler {
             _ => true,
         });
         if specs == old {
-            return;
+            return released;
         }
-        out.services += 1;
-        let new_frontends: BTreeSet<Frontend> = specs.iter().map(|s| s.frontend).collect();
         let mut kept = Vec::new();
-        // Upsert new and changed frontends first, then remove vanished ones.
         for spec in &specs {
             if old.iter().any(|o| o == spec) {
                 kept.push(spec.clone());
@@ -203,20 +261,14 @@ impl Reconciler {
                     self.owners.insert(spec.frontend, key.clone());
                     kept.push(spec.clone());
                 }
-                Err(e) => out.errors.push((spec.frontend.to_string(), e)),
-            }
-        }
-        for o in old.iter().filter(|o| !new_frontends.contains(&o.frontend)) {
-            match self.lb.remove(&o.frontend) {
-                Ok(s) => {
-                    out.map_writes += s.map_writes;
-                    out.ct_purged += s.ct_purged;
-                    out.members_dropped += s.members_dropped;
-                    self.owners.remove(&o.frontend);
-                }
                 Err(e) => {
-                    out.errors.push((o.frontend.to_string(), e));
-                    kept.push(o.clone());
+                    out.errors.push((spec.frontend.to_string(), e));
+                    // A failed upsert leaves the maps as they were: a
+                    // frontend that was programmed stays so, and ours, so a
+                    // later change retries it and a delete removes it.
+                    if let Some(o) = old.iter().find(|o| o.frontend == spec.frontend) {
+                        kept.push(o.clone());
+                    }
                 }
             }
         }
@@ -225,5 +277,6 @@ impl Reconciler {
         } else {
             self.programmed.insert(key.clone(), kept);
         }
+        true
     }
 }

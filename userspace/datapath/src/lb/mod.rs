@@ -138,6 +138,18 @@ fn marks_vip(flags: u32) -> bool {
     svc_kind(flags) == KIND_CLUSTER_IP
 }
 
+/// What a failed upsert gives back.
+#[derive(Default)]
+struct Undo {
+    created_backends: Vec<u32>,
+    /// Table slots allocated by this upsert.
+    slots: Option<(u32, u32)>,
+    /// Slots overwritten in place, with their previous backend.
+    table_restore: Vec<(u32, u32)>,
+    ranges: Vec<(u32, RangeKey)>,
+    vip: Option<Addr>,
+}
+
 impl Lb {
     /// Opens the pinned LB maps and adopts the services already programmed.
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
@@ -232,8 +244,51 @@ impl Lb {
         &mut self.ct
     }
 
-    /// Creates or updates one service port with all its endpoints.
+    /// Creates or updates one service port with all its endpoints. A
+    /// failure leaves the maps and this programmer as they were: the
+    /// backends it created, the table slots it took (or overwrote in
+    /// place), the source ranges it added and the VIP marker it set are
+    /// given back.
     pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<WriteStats, DatapathError> {
+        let mut undo = Undo::default();
+        let r = self.upsert_steps(spec, &mut undo);
+        if r.is_err() {
+            self.roll_back(undo);
+        }
+        r
+    }
+
+    fn roll_back(&mut self, undo: Undo) {
+        if !undo.table_restore.is_empty() {
+            if let Some(first) = undo.table_restore.iter().map(|(s, _)| *s).min() {
+                let last = undo.table_restore.iter().map(|(s, _)| *s).max().unwrap_or(first);
+                if let Ok(w) = self.table_map.window(first, last - first + 1) {
+                    for (slot, id) in &undo.table_restore {
+                        w.set(*slot, *id);
+                    }
+                }
+            }
+        }
+        if let Some((base, len)) = undo.slots {
+            self.slab.give_back(base, len);
+        }
+        for (id, r) in &undo.ranges {
+            let _ = self.source_ranges.remove(&lpm_range(*id, r));
+        }
+        if let Some(addr) = undo.vip {
+            let _ = self.release_vip(addr, &mut WriteStats::default());
+        }
+        for id in undo.created_backends {
+            let Some(ident) = self.ids.get(&id).copied() else { continue };
+            if self.backends.get(&ident).is_some_and(|(_, st)| st.refs == 0) {
+                self.backends.remove(&ident);
+                self.ids.remove(&id);
+                let _ = self.backends_map.remove(&id);
+            }
+        }
+    }
+
+    fn upsert_steps(&mut self, spec: &ServiceSpec, undo: &mut Undo) -> Result<WriteStats, DatapathError> {
         let key = frontend_key(&spec.frontend);
         let proto = spec.frontend.protocol.number();
         let mut stats = WriteStats::default();
@@ -244,7 +299,11 @@ impl Lb {
         for ep in &spec.endpoints {
             let ident = Ident { addr: ep.addr.into(), port: ep.port.to_be(), proto };
             let flags = backend_flags(ep);
-            members.insert(self.ensure_backend(ident, flags, &mut stats)?);
+            let (id, created) = self.ensure_backend(ident, flags, &mut stats)?;
+            if created {
+                undo.created_backends.push(id);
+            }
+            members.insert(id);
         }
         let (elig, fallback) = eligible(&spec.endpoints);
         let mut elig_idents: Vec<Ident> = elig
@@ -293,6 +352,7 @@ impl Lb {
                     used: self.slab.used(),
                     capacity: self.slab.capacity(),
                 })?;
+                undo.slots = Some((base, len));
                 (base, true)
             }
         };
@@ -301,8 +361,12 @@ impl Lb {
             let w = self.table_map.window(base, len)?;
             for (slot, id) in table.iter().enumerate() {
                 let slot = base + slot as u32;
-                if in_place && w.get(slot) == Some(*id) {
+                let was = w.get(slot);
+                if in_place && was == Some(*id) {
                     continue;
+                }
+                if in_place {
+                    undo.table_restore.push((slot, was.unwrap_or(0)));
                 }
                 w.set(slot, *id);
                 stats.map_writes += 1;
@@ -325,6 +389,7 @@ impl Lb {
             self.source_ranges.insert(&lpm_range(id, r), 1, 0).map_err(|source| {
                 update_error(SOURCE_RANGES, SOURCE_RANGES_MAX_ENTRIES, || format!("a source range of {}", spec.frontend), source)
             })?;
+            undo.ranges.push((id, *r));
             stats.map_writes += 1;
         }
         let mut flags = 0;
@@ -355,20 +420,24 @@ impl Lb {
             flags |= SVC_F_AFFINITY;
         }
         let service = Service { id, flags, backend_count: n, table_base: base, table_len: len, affinity_timeout_s };
+        let was_new = old.is_none();
+        // The address is marked a service IP before its first frontend
+        // exists, so nothing after the frontend's write can fail.
+        if was_new && marks_vip(flags) {
+            self.add_vip(key.addr, &mut stats)?;
+            undo.vip = Some(key.addr);
+        }
+        let old = self.services.get(&key);
         if old.map(|o| o.service) != Some(service) {
             self.frontends.insert(key, service, 0).map_err(|source| {
                 update_error(FRONTENDS, FRONTENDS_MAX_ENTRIES, || format!("service {}", spec.frontend), source)
             })?;
             stats.map_writes += 1;
         }
-        let was_new = old.is_none();
         let old_range = old.filter(|_| moved).map(|o| (o.service.table_base, o.service.table_len));
         let old_members = old.map(|o| o.members.clone()).unwrap_or_default();
         if let Some((b, l)) = old_range {
             self.slab.free(b, l);
-        }
-        if was_new && marks_vip(flags) {
-            self.add_vip(key.addr, &mut stats)?;
         }
         // Ranges the service lost, now that the frontend no longer needs them.
         for r in old_ranges.difference(&ranges) {
@@ -515,7 +584,8 @@ impl Lb {
         (self.services.len() + self.vips.len(), self.backends.len(), self.slab.used())
     }
 
-    fn ensure_backend(&mut self, ident: Ident, flags: u8, stats: &mut WriteStats) -> Result<u32, DatapathError> {
+    /// The backend's id, and whether this call created it.
+    fn ensure_backend(&mut self, ident: Ident, flags: u8, stats: &mut WriteStats) -> Result<(u32, bool), DatapathError> {
         let value = Backend { addr: ident.addr, port: ident.port, proto: ident.proto, flags };
         if let Some((id, st)) = self.backends.get_mut(&ident) {
             if st.value != value {
@@ -525,7 +595,7 @@ impl Lb {
                 st.value = value;
                 stats.map_writes += 1;
             }
-            return Ok(*id);
+            return Ok((*id, false));
         }
         let mut id = self.next_backend_id.max(1);
         while self.ids.contains_key(&id) {
@@ -538,7 +608,32 @@ impl Lb {
         stats.map_writes += 1;
         self.backends.insert(ident, (id, BackendState { value, refs: 0 }));
         self.ids.insert(id, ident);
-        Ok(id)
+        Ok((id, true))
+    }
+
+    /// Deletes the backends no service lists (and their flows). Adoption
+    /// counts only the backends in a service's selection table, so the
+    /// non-ready ones of a service deleted while no agent ran are left
+    /// over; a full sync, once every desired service is programmed, ends
+    /// with this.
+    pub fn prune_unreferenced(&mut self) -> Result<WriteStats, DatapathError> {
+        let mut stats = WriteStats::default();
+        let doomed: HashSet<u32> = self.backends.values().filter(|(_, st)| st.refs == 0).map(|(id, _)| *id).collect();
+        if doomed.is_empty() {
+            return Ok(stats);
+        }
+        for id in &doomed {
+            if let Some(ident) = self.ids.remove(id) {
+                self.backends.remove(&ident);
+            }
+            match self.backends_map.remove(id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { name: BACKENDS, source }),
+            }
+            stats.map_writes += 1;
+        }
+        stats.ct_purged += self.ct.purge(None, &doomed);
+        Ok(stats)
     }
 
     fn add_ref(&mut self, id: u32) {
@@ -567,15 +662,16 @@ impl Lb {
     }
 
     fn add_vip(&mut self, addr: Addr, stats: &mut WriteStats) -> Result<(), DatapathError> {
-        let count = self.vips.entry(addr).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            let marker = Service { flags: SVC_F_VIP_MARKER, ..Service::default() };
-            self.frontends.insert(marker_key(addr), marker, 0).map_err(|source| {
-                update_error(FRONTENDS, FRONTENDS_MAX_ENTRIES, || format!("service IP {addr}"), source)
-            })?;
-            stats.map_writes += 1;
+        if let Some(count) = self.vips.get_mut(&addr) {
+            *count += 1;
+            return Ok(());
         }
+        let marker = Service { flags: SVC_F_VIP_MARKER, ..Service::default() };
+        self.frontends.insert(marker_key(addr), marker, 0).map_err(|source| {
+            update_error(FRONTENDS, FRONTENDS_MAX_ENTRIES, || format!("service IP {addr}"), source)
+        })?;
+        self.vips.insert(addr, 1);
+        stats.map_writes += 1;
         Ok(())
     }
 

@@ -63,6 +63,14 @@ impl Slab {
         }
     }
 
+    /// Returns a range no frontend ever pointed at (a failed write): no
+    /// packet can be reading it, so it is reusable at once.
+    pub fn give_back(&mut self, base: u32, len: u32) {
+        if len > 0 {
+            self.insert_free(base, len);
+        }
+    }
+
     fn release_expired(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.quarantine.len() {
@@ -114,5 +122,13 @@ mod tests {
         assert_eq!(s.alloc(20), None, "quarantined ranges are not reused at once");
         s.release_expired(Instant::now() + GRACE);
         assert_eq!(s.alloc(30), Some(0), "neighbours coalesce");
+    }
+
+    #[test]
+    fn a_range_given_back_is_reusable_at_once() {
+        let mut s = Slab::new(30, &[]);
+        let a = s.alloc(20).expect("a");
+        s.give_back(a, 20);
+        assert_eq!((s.used(), s.alloc(30)), (0, Some(0)), "never published: no grace period");
     }
 }
