@@ -3,10 +3,14 @@
 //! containernetworking-plugins), one ADD then one DEL per round on the
 //! same pod namespace with a fresh container ID each time.
 //!
-//! Each invocation is timed from spawn to exit.
+//! Each invocation is timed from spawn to exit. Two configurations,
+//! interleaved round by round: the wiring alone (no agent on the node,
+//! `failOpen`), and with the node's agent, where ADD returns only once the
+//! agent has programmed the pod (a Pod under a default-deny policy):
+//! the time from ADD's start to the pod's first judged packet.
 //!
 //! Usage: weir-cni-bench [--rounds N] [--cni PATH]   (default 200, the built weir-cni)
-//! Prints one line per operation: median, p99, min, max in µs.
+//! Prints one line per operation and configuration: median, p99, min, max in µs.
 
 use std::{
     io::Write as _,
@@ -29,12 +33,11 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 struct Bench {
     cni: PathBuf,
     pod: NetNs,
-    conf: String,
 }
 
 impl Bench {
-    /// One weir-cni call; returns its wall time in µs.
-    fn call(&self, command: &str, id: &str) -> u64 {
+    /// One weir-cni call with configuration `conf`; returns its wall time in µs.
+    fn call(&self, conf: &str, command: &str, id: &str) -> u64 {
         let start = Instant::now();
         let mut child = Command::new(&self.cni)
             .env_clear()
@@ -49,7 +52,7 @@ impl Bench {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn weir-cni");
-        child.stdin.take().expect("stdin").write_all(self.conf.as_bytes()).expect("write stdin");
+        child.stdin.take().expect("stdin").write_all(conf.as_bytes()).expect("write stdin");
         let out = child.wait_with_output().expect("wait");
         let took = start.elapsed().as_micros() as u64;
         assert!(out.status.success(), "{command} failed: {}", String::from_utf8_lossy(&out.stdout));
@@ -66,30 +69,50 @@ fn main() {
 
     let node = Node::new();
     let (records, leases) = (TempDir::new("weir-rec"), TempDir::new("weir-lease"));
-    let conf = json!({
-        "cniVersion": "1.1.0",
-        "name": "benchnet",
-        "type": "weir-cni",
-        "mtu": 1450,
-        "dataDir": records.path(),
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.90.0/24"}]], "dataDir": leases.path()},
-        // The wiring alone: no agent runs here (registration: see docs/performance.md).
-        "agent": {"socket": node.agent_socket(), "failOpen": true},
-    })
-    .to_string();
-    let bench = Bench { cni, pod: NetNs::new("wcb"), conf };
+    let conf = |agent: serde_json::Value| {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "benchnet",
+            "type": "weir-cni",
+            "mtu": 1450,
+            "dataDir": records.path(),
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.90.0/24"}]], "dataDir": leases.path()},
+            "agent": agent,
+        })
+        .to_string()
+    };
+    // The wiring alone: nobody listens on the socket.
+    let alone = conf(json!({"socket": node.run_dir().join("none.sock"), "failOpen": true}));
+    // Registered with the node's agent, fail closed.
+    let registered = conf(json!({"socket": node.agent_socket()}));
+    node.write_source(
+        "bench.yaml",
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: bench, labels: {{app: p}}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: x}}]}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: bench}}\nspec: {{podSelector: {{}}, policyTypes: [Ingress, Egress]}}\n",
+            node.ns().name()
+        )
+        .as_bytes(),
+    );
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    let bench = Bench { cni, pod: NetNs::new("wcb") };
     // weir-cni runs in the node namespace, as a runtime there runs it.
-    let (add, del) = node.ns().run(move || {
-        let (mut add, mut del) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    let times = node.ns().run(move || {
+        let mut t: [Vec<u64>; 4] = Default::default();
         for i in 0..rounds {
-            let id = names::unique(&format!("b{i}"));
-            add.push(bench.call("ADD", &id));
-            del.push(bench.call("DEL", &id));
+            for (j, c) in [&alone, &registered].into_iter().enumerate() {
+                let id = names::unique(&format!("b{i}"));
+                t[2 * j].push(bench.call(c, "ADD", &id));
+                t[2 * j + 1].push(bench.call(c, "DEL", &id));
+            }
         }
-        (add, del)
+        t
     });
-    println!("weir-cni latency, {rounds} rounds (ADD then DEL, host-local IPAM, fresh container ID each round)");
-    for (what, mut v) in [("ADD", add), ("DEL", del)] {
+    drop(agent);
+    println!("weir-cni latency, {rounds} rounds (ADD then DEL, host-local IPAM, fresh container ID each round; the two configurations interleaved)");
+    let labels = ["ADD, wiring alone", "DEL, wiring alone", "ADD, registered with the agent", "DEL, registered with the agent"];
+    for (what, mut v) in labels.into_iter().zip(times) {
         v.sort_unstable();
         println!(
             "{what}: median {} µs, p99 {} µs, min {} µs, max {} µs",

@@ -212,10 +212,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     next = rx.try_recv().ok();
                 }
-                if endpoints.is_waiting() {
-                    // Programs whatever became ready with everything else pending.
-                    settle_registrations(&mut endpoints, &mut state, synced, &mut pending, &mut reconciler, &mut pods, &watcher, &metrics).await;
-                }
                 if synced && !pending.is_empty() {
                     if pending.nodes {
                         let addrs = node_net.sync(&state, &watcher, &metrics).await;
@@ -230,6 +226,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         metrics.programming_latency.observe(at.elapsed().as_secs_f64());
                         log_outcome("reconciled", &out, at.elapsed(), &metrics);
                     }
+                }
+                if endpoints.is_waiting() {
+                    // Registrations waiting for a pod this batch delivered.
+                    settle_registrations(&mut endpoints, &mut state, synced, &mut pending, &mut reconciler, &mut pods, &watcher, &metrics).await;
                 }
                 update_gauges(&metrics, &state, &mut reconciler);
                 metrics.registered_pods.set(endpoints.count() as i64);
@@ -360,18 +360,25 @@ async fn settle_registrations(
     metrics: &Metrics,
 ) {
     let ready = endpoints.poll(state, synced);
-    if ready.is_empty() && (!synced || pending.is_empty()) {
+    if !synced {
+        return;
+    }
+    if ready.is_empty() {
+        // An unregistration (or a link gone) may have left work.
+        if !pending.is_empty() {
+            let start = Instant::now();
+            let out = reconciler.apply(state, &std::mem::take(pending));
+            log_outcome("registrations changed", &out, start.elapsed(), metrics);
+        }
         return;
     }
     let start = Instant::now();
     for r in &ready {
         pending.merge(endpoints.commit(state, r));
     }
-    if !ready.is_empty() {
-        match (watcher.dump().await, watcher.dump_routes().await) {
-            (Ok(links), Ok(routes)) => pods.relist(&links, &routes),
-            (Err(error), _) | (_, Err(error)) => tracing::error!(%error, "listing links and routes for registered pods"),
-        }
+    match (watcher.dump().await, watcher.dump_routes().await) {
+        (Ok(links), Ok(routes)) => pods.relist(&links, &routes),
+        (Err(error), _) | (_, Err(error)) => tracing::error!(%error, "listing links and routes for registered pods"),
     }
     let out = reconciler.apply(state, &std::mem::take(pending));
     log_outcome("registered pods programmed", &out, start.elapsed(), metrics);
