@@ -9,7 +9,8 @@
 //! agent has programmed the pod (a Pod under a default-deny policy):
 //! the time from ADD's start to the pod's first judged packet.
 //!
-//! Usage: weir-cni-bench [--rounds N] [--cni PATH]   (default 200, the built weir-cni)
+//! Usage: weir-cni-bench [--rounds N] [--cni PATH] [--no-agent]   (default 200, the built weir-cni;
+//! --no-agent: the wiring alone on a node where no agent runs)
 //! Prints one line per operation and configuration: median, p99, min, max in µs.
 
 use std::{
@@ -94,14 +95,19 @@ fn main() {
         )
         .as_bytes(),
     );
-    let mut agent = node.start_agent();
-    agent.wait_synced();
+    let no_agent = args.iter().any(|a| a == "--no-agent");
+    let agent = (!no_agent).then(|| {
+        let mut a = node.start_agent();
+        a.wait_synced();
+        a
+    });
+    let configs: Vec<String> = if no_agent { vec![alone] } else { vec![alone, registered] };
     let bench = Bench { cni, pod: NetNs::new("wcb") };
     // weir-cni runs in the node namespace, as a runtime there runs it.
     let times = node.ns().run(move || {
         let mut t: [Vec<u64>; 4] = Default::default();
         for i in 0..rounds {
-            for (j, c) in [&alone, &registered].into_iter().enumerate() {
+            for (j, c) in configs.iter().enumerate() {
                 let id = names::unique(&format!("b{i}"));
                 t[2 * j].push(bench.call(c, "ADD", &id));
                 t[2 * j + 1].push(bench.call(c, "DEL", &id));
@@ -111,8 +117,12 @@ fn main() {
     });
     drop(agent);
     println!("weir-cni latency, {rounds} rounds (ADD then DEL, host-local IPAM, fresh container ID each round; the two configurations interleaved)");
-    let labels = ["ADD, wiring alone", "DEL, wiring alone", "ADD, registered with the agent", "DEL, registered with the agent"];
-    for (what, mut v) in labels.into_iter().zip(times) {
+    let labels = if no_agent {
+        ["ADD, wiring alone, no agent on the node", "DEL, wiring alone, no agent on the node", "", ""]
+    } else {
+        ["ADD, wiring alone", "DEL, wiring alone", "ADD, registered with the agent", "DEL, registered with the agent"]
+    };
+    for (what, mut v) in labels.into_iter().zip(times).filter(|(_, v)| !v.is_empty()) {
         v.sort_unstable();
         println!(
             "{what}: median {} µs, p99 {} µs, min {} µs, max {} µs",
