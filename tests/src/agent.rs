@@ -129,6 +129,11 @@ impl Agent {
         self.wait_log_count(needle, count, Duration::from_secs(20));
     }
 
+    /// [`Agent::wait_for_log`] with a timeout of the caller's (benchmarks).
+    pub fn wait_for_log_within(&mut self, needle: &str, count: usize, timeout: Duration) {
+        self.wait_log_count(needle, count, timeout);
+    }
+
     /// The pin paths of an interface's links.
     pub fn link_pins(&self, ifname: &str, ifindex: u32) -> [PathBuf; 2] {
         let links = self.bpffs.join("links");

@@ -7,6 +7,15 @@
 //! go to docs/performance.md.
 //!
 //! Usage: weir-cp-bench [SERVICES] [ENDPOINTS] [CHANGES]   (default 10000 10 200)
+//!        weir-cp-bench --cluster [NODES] [PODS] [CHANGES]  (default 4000 100000 20)
+//!
+//! `--cluster` writes a whole cluster (issue 18's shape): NODES Nodes (the
+//! first is the agent's), PODS Pods spread over them in 1,000 namespaces
+//! with 30 label sets, 10,000 Services × 10 endpoints, 1,000
+//! NetworkPolicies and 100 ClusterNetworkPolicies, then times each kind
+//! of change CHANGES times: one endpoint, one Pod label, one new Pod on
+//! this node, one Node heartbeat (should be no work at all), one
+//! NetworkPolicy edit.
 
 use std::{
     fmt::Write as _,
@@ -63,6 +72,11 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--cluster") {
+        let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20));
+        return;
+    }
     let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let services = args.first().copied().unwrap_or(10_000);
     let endpoints = args.get(1).copied().unwrap_or(10);
@@ -115,4 +129,173 @@ fn main() {
     let _ = shmem;
     println!("| agent RSS after the changes | {:.0} MiB |", rss_after as f64 / 1024.0);
     println!("| LB table slots (kernel BPF map memory, not agent RSS) | {slots} ({:.0} MiB) |", slots as f64 * 8.0 / 1048576.0);
+}
+
+/// The whole-cluster measurement (`--cluster`).
+mod cluster {
+    use std::{
+        fmt::Write as _,
+        net::Ipv4Addr,
+        time::{Duration, Instant},
+    };
+
+    use weir_tests::Node;
+
+    const NAMESPACES: u32 = 1000;
+    const LABEL_SETS: u32 = 30;
+    const SERVICES: u32 = 10_000;
+    const ENDPOINTS: u32 = 10;
+    const NETPOLS: u32 = 1000;
+    const CNPS: u32 = 100;
+
+    fn pod_ip(nodes: u32, p: u32) -> Ipv4Addr {
+        let (n, idx) = (p % nodes, p / nodes);
+        Ipv4Addr::new(10, 64 + (n >> 8) as u8, (n & 255) as u8, (idx % 250 + 2) as u8)
+    }
+
+    fn node_name(me: &str, n: u32) -> String {
+        if n == 0 { me.to_string() } else { format!("node-{n}") }
+    }
+
+    fn node_yaml(me: &str, n: u32, beat: u32) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {}, labels: {{topology.kubernetes.io/zone: z{}}}}}\nspec: {{podCIDR: 10.{}.{}.0/24}}\nstatus:\n  addresses: [{{type: InternalIP, address: 172.16.{}.{}}}]\n  conditions: [{{type: Ready, status: 'True', lastHeartbeatTime: '2026-12-03T00:{:02}:{:02}Z'}}]\n---\n",
+            node_name(me, n), n % 3, 64 + (n >> 8), n & 255, n >> 8, n & 255, beat / 60 % 60, beat % 60
+        )
+    }
+
+    fn pod_yaml(me: &str, nodes: u32, p: u32, label: u32, node: Option<u32>) -> String {
+        let ip = pod_ip(nodes, p);
+        let n = node.unwrap_or(p % nodes);
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{p}, namespace: ns-{}, labels: {{app: app{label}, tier: t{}}}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: x, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n---\n",
+            p % NAMESPACES, p % 3, node_name(me, n)
+        )
+    }
+
+    fn service_yaml(nodes: u32, pods: u32, i: u32, not_ready: Option<u32>) -> String {
+        let mut y = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: ns-{}}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-1, namespace: ns-{}, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n",
+            i % NAMESPACES, super::vip(i), i % NAMESPACES
+        );
+        for j in 0..ENDPOINTS {
+            let p = (i * ENDPOINTS + j) % pods;
+            let _ = writeln!(y, "- addresses: [{}]\n  conditions: {{ready: {}}}\n  nodeName: {}", pod_ip(nodes, p), not_ready != Some(j), format_args!("node-{}", p % nodes));
+        }
+        y.push_str("---\n");
+        y
+    }
+
+    fn netpol_yaml(k: u32, port: u32) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np-{k}, namespace: ns-{}}}\nspec:\n  podSelector: {{matchLabels: {{app: app{}}}}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: app{}}}}}}}, {{namespaceSelector: {{matchLabels: {{team: t{}}}}}}}]\n    ports: [{{port: {port}, protocol: TCP}}, {{port: http}}]\n---\n",
+            k % NAMESPACES, k % LABEL_SETS, (k + 1) % LABEL_SETS, k % 20
+        )
+    }
+
+    fn cnp_yaml(k: u32) -> String {
+        format!(
+            "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {{name: cnp-{k}}}\nspec:\n  priority: {k}\n  subject: {{namespaces: {{matchLabels: {{team: t{}}}}}}}\n  ingress:\n  - {{name: deny-{k}, action: Deny, peers: [{{pods: {{matchLabels: {{app: app{}}}}}, namespaces: {{}}}}]}}\n---\n",
+            k % 20, k % LABEL_SETS
+        )
+    }
+
+    fn write_chunks(node: &Node, prefix: &str, n: u32, per_file: u32, f: impl Fn(u32) -> String) {
+        let mut chunk = String::new();
+        for i in 0..n {
+            chunk.push_str(&f(i));
+            if (i + 1) % per_file == 0 || i + 1 == n {
+                node.write_source(&format!("{prefix}-{:06}.yaml", i / per_file), chunk.as_bytes());
+                chunk.clear();
+            }
+        }
+    }
+
+    /// Times `change` CHANGES times: the agent's own event → maps-written
+    /// latency from its "reconciled" lines; a change that logs none within
+    /// a second is counted as no work.
+    fn time(agent: &mut weir_tests::Agent, changes: u32, mut change: impl FnMut(u32)) -> (Vec<u64>, u32) {
+        let mut lat = Vec::new();
+        let mut no_work = 0;
+        for k in 0..changes {
+            let before = agent.log_text().matches("reconciled").count();
+            change(k);
+            let start = Instant::now();
+            loop {
+                let log = agent.log_text();
+                if log.matches("reconciled").count() > before {
+                    if let Some(us) = log.lines().filter(|l| l.contains("reconciled")).nth(before).and_then(super::took_us) {
+                        lat.push(us);
+                    }
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(1) {
+                    no_work += 1;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        lat.sort_unstable();
+        (lat, no_work)
+    }
+
+    pub fn run(nodes: u32, pods: u32, changes: u32) {
+        let node = Node::new();
+        let me = node.ns().name().to_string();
+        let gen = Instant::now();
+        let mut ns = String::new();
+        for k in 0..NAMESPACES {
+            let _ = write!(ns, "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{k}, labels: {{team: t{}}}}}\n---\n", k % 20);
+        }
+        node.write_source("namespaces.yaml", ns.as_bytes());
+        // Node 0 (this one) and pod 0 get files of their own: the changes edit them.
+        node.write_source("node-0.yaml", node_yaml(&me, 0, 0).as_bytes());
+        write_chunks(&node, "nodes", nodes - 1, 100, |i| node_yaml(&me, i + 1, 0));
+        node.write_source("pod-0.yaml", pod_yaml(&me, nodes, 0, 0, None).as_bytes());
+        write_chunks(&node, "pods", pods - 1, 100, |i| pod_yaml(&me, nodes, i + 1, (i + 1) % LABEL_SETS, None));
+        node.write_source("svc-0.yaml", service_yaml(nodes, pods, 0, None).as_bytes());
+        write_chunks(&node, "svcs", SERVICES - 1, 100, |i| service_yaml(nodes, pods, i + 1, None));
+        node.write_source("np-0.yaml", netpol_yaml(0, 80).as_bytes());
+        write_chunks(&node, "nps", NETPOLS - 1, 100, |i| netpol_yaml(i + 1, 80));
+        write_chunks(&node, "cnps", CNPS, 100, cnp_yaml);
+        let gen_took = gen.elapsed();
+
+        let slots = (SERVICES as u64 * weir_logic::maglev::table_size(ENDPOINTS) as u64 + 1024).max(1 << 20);
+        let slots_arg = slots.to_string();
+        let start = Instant::now();
+        let mut agent = node.start_agent_with(&["--lb-table-slots", &slots_arg, "--resync-interval", "3600"]);
+        agent.wait_for_log_within("initial sync", 1, Duration::from_secs(1800));
+        let cold = start.elapsed();
+        let log = agent.log_text();
+        let initial_us = log.lines().find(|l| l.contains("initial sync")).and_then(super::took_us).unwrap_or(0);
+        let pid = agent.pid().unwrap_or(0);
+        let rss_cold = super::rss_kib(pid);
+
+        let (ep, ep_none) = time(&mut agent, changes, |k| node.write_source("svc-0.yaml", service_yaml(nodes, pods, 0, Some(k % ENDPOINTS)).as_bytes()));
+        let (label, label_none) = time(&mut agent, changes, |k| node.write_source("pod-0.yaml", pod_yaml(&me, nodes, 0, (k + 1) % LABEL_SETS, None).as_bytes()));
+        let (newpod, newpod_none) = time(&mut agent, changes, |k| node.write_source(&format!("new-{k}.yaml"), pod_yaml(&me, nodes, pods + k * nodes, k % LABEL_SETS, Some(0)).as_bytes()));
+        let (beat, beat_none) = time(&mut agent, changes, |k| node.write_source("node-0.yaml", node_yaml(&me, 0, k + 1).as_bytes()));
+        let (np, np_none) = time(&mut agent, changes, |k| node.write_source("np-0.yaml", netpol_yaml(0, 81 + k).as_bytes()));
+        let rss_after = super::rss_kib(pid);
+
+        let ms = |v: &[u64], p: f64| super::percentile(v, p) as f64 / 1e3;
+        println!("| metric | value |");
+        println!("|---|---|");
+        println!("| cluster | {nodes} Nodes, {pods} Pods in {NAMESPACES} namespaces, {SERVICES} Services × {ENDPOINTS} endpoints, {NETPOLS} NetworkPolicies, {CNPS} ClusterNetworkPolicies |");
+        println!("| writing the YAML (not the agent) | {:.1} s |", gen_took.as_secs_f64());
+        println!("| cold: agent start → programmed (wall, incl. parsing) | {:.1} s |", cold.as_secs_f64());
+        println!("| cold: initial full sync (translate + map writes) | {:.1} s |", initial_us as f64 / 1e6);
+        println!("| agent RSS after cold sync | {:.0} MiB |", rss_cold as f64 / 1024.0);
+        println!("| agent RSS after the changes | {:.0} MiB |", rss_after as f64 / 1024.0);
+        for (what, v, none) in [
+            ("one endpoint", &ep, ep_none),
+            ("one Pod label", &label, label_none),
+            ("one new Pod on this node", &newpod, newpod_none),
+            ("one Node heartbeat", &beat, beat_none),
+            ("one NetworkPolicy edit", &np, np_none),
+        ] {
+            println!("| {what}: event → maps written, p50 / p99 ({} changes, {none} no work) | {:.2} / {:.2} ms |", v.len(), ms(v, 0.5), ms(v, 0.99));
+        }
+    }
 }
