@@ -212,15 +212,27 @@ mod cluster {
     }
 
     /// Times `change` CHANGES times: the agent's own event → maps-written
-    /// latency from its "reconciled" lines; a change that logs none within
-    /// a second is counted as no work.
-    fn time(agent: &mut weir_tests::Agent, changes: u32, mut change: impl FnMut(u32)) -> (Vec<u64>, u32) {
+    /// latency from its "reconciled" lines. Each change starts once the
+    /// agent is idle (no reconcile for 300 ms); a change expected to be no
+    /// work gets 2 s to show otherwise, one expected to work up to 120 s.
+    fn time(agent: &mut weir_tests::Agent, changes: u32, expect_work: bool, mut change: impl FnMut(u32)) -> (Vec<u64>, u32) {
         let mut lat = Vec::new();
         let mut no_work = 0;
         for k in 0..changes {
-            let before = agent.log_text().matches("reconciled").count();
+            // Idle: the reconcile count stable for 300 ms.
+            let mut seen = agent.log_text().matches("reconciled").count();
+            loop {
+                std::thread::sleep(Duration::from_millis(300));
+                let now = agent.log_text().matches("reconciled").count();
+                if now == seen {
+                    break;
+                }
+                seen = now;
+            }
+            let before = seen;
             change(k);
             let start = Instant::now();
+            let limit = if expect_work { Duration::from_secs(120) } else { Duration::from_secs(2) };
             loop {
                 let log = agent.log_text();
                 if log.matches("reconciled").count() > before {
@@ -229,7 +241,7 @@ mod cluster {
                     }
                     break;
                 }
-                if start.elapsed() > Duration::from_secs(1) {
+                if start.elapsed() > limit {
                     no_work += 1;
                     break;
                 }
@@ -272,11 +284,11 @@ mod cluster {
         let pid = agent.pid().unwrap_or(0);
         let rss_cold = super::rss_kib(pid);
 
-        let (ep, ep_none) = time(&mut agent, changes, |k| node.write_source("svc-0.yaml", service_yaml(nodes, pods, 0, Some(k % ENDPOINTS)).as_bytes()));
-        let (label, label_none) = time(&mut agent, changes, |k| node.write_source("pod-0.yaml", pod_yaml(&me, nodes, 0, (k + 1) % LABEL_SETS, None).as_bytes()));
-        let (newpod, newpod_none) = time(&mut agent, changes, |k| node.write_source(&format!("new-{k}.yaml"), pod_yaml(&me, nodes, pods + k * nodes, k % LABEL_SETS, Some(0)).as_bytes()));
-        let (beat, beat_none) = time(&mut agent, changes, |k| node.write_source("node-0.yaml", node_yaml(&me, 0, k + 1).as_bytes()));
-        let (np, np_none) = time(&mut agent, changes, |k| node.write_source("np-0.yaml", netpol_yaml(0, 81 + k).as_bytes()));
+        let (ep, ep_none) = time(&mut agent, changes, true, |k| node.write_source("svc-0.yaml", service_yaml(nodes, pods, 0, Some(k % ENDPOINTS)).as_bytes()));
+        let (label, label_none) = time(&mut agent, changes, true, |k| node.write_source("pod-0.yaml", pod_yaml(&me, nodes, 0, (k + 1) % LABEL_SETS, None).as_bytes()));
+        let (newpod, newpod_none) = time(&mut agent, changes, true, |k| node.write_source(&format!("new-{k}.yaml"), pod_yaml(&me, nodes, pods + k * nodes, k % LABEL_SETS, Some(0)).as_bytes()));
+        let (beat, beat_none) = time(&mut agent, changes, false, |k| node.write_source("node-0.yaml", node_yaml(&me, 0, k + 1).as_bytes()));
+        let (np, np_none) = time(&mut agent, changes, true, |k| node.write_source("np-0.yaml", netpol_yaml(0, 81 + k).as_bytes()));
         let rss_after = super::rss_kib(pid);
 
         let ms = |v: &[u64], p: f64| super::percentile(v, p) as f64 / 1e3;
