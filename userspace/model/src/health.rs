@@ -30,11 +30,10 @@ fn wants_health_check(svc: &ServiceModel) -> Option<u16> {
 /// one port is bad input: the first (by namespace/name) keeps it.
 pub fn health_checks(state: &ClusterState, node_name: Option<&str>) -> BTreeMap<u16, HealthCheck> {
     let mut out = BTreeMap::new();
-    for key in state.service_keys() {
-        let Some(svc) = state.service(&key) else { continue };
+    for (key, svc) in state.services() {
         let Some(port) = wants_health_check(svc) else { continue };
         let mut local = BTreeSet::new();
-        for slice in state.slices_for(&key) {
+        for slice in state.slices_for(key) {
             for e in &slice.endpoints {
                 let here = node_name.is_some() && e.node_name.as_deref() == node_name;
                 if here && e.ready.unwrap_or(true) {

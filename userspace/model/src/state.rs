@@ -231,6 +231,14 @@ impl ClusterState {
             .collect()
     }
 
+    /// Every service's model, by key, without copying the keys.
+    pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &ServiceModel)> + '_ {
+        self.objects.get(&Kind::Service).into_iter().flat_map(|m| m.iter()).filter_map(|(k, s)| match s {
+            Stored::Service(svc) => Some((k, svc)),
+            _ => None,
+        })
+    }
+
     /// Every service key.
     pub fn service_keys(&self) -> Vec<ServiceKey> {
         self.objects.get(&Kind::Service).map(|m| m.keys().cloned().collect()).unwrap_or_default()
