@@ -69,6 +69,9 @@ pub enum AgentError {
     Timeout(Duration),
     #[error("the weir agent refused ({status}): {message}")]
     Refused { status: u16, message: String },
+    /// The connection broke before an answer (the agent restarting).
+    #[error("the weir agent's connection broke before it answered: {0}")]
+    Interrupted(String),
     #[error("talking to the weir agent: {0}")]
     Protocol(String),
 }
@@ -77,7 +80,7 @@ impl AgentError {
     /// The agent is down or slow (try again), as opposed to refusing.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable { .. } | Self::Timeout(_) => true,
+            Self::Unreachable { .. } | Self::Timeout(_) | Self::Interrupted(_) => true,
             Self::Refused { status, .. } => *status == 503,
             Self::Protocol(_) => false,
         }
@@ -121,7 +124,7 @@ impl AgentClient<'_> {
                 let stream = tokio::net::UnixStream::connect(socket)
                     .await
                     .map_err(|source| AgentError::Unreachable { socket: socket.display().to_string(), source })?;
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Protocol(e.to_string()))?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Interrupted(e.to_string()))?;
                 tokio::spawn(conn);
                 let req = hyper::Request::builder()
                     .method(method)
@@ -130,9 +133,9 @@ impl AgentClient<'_> {
                     .header(hyper::header::CONTENT_TYPE, "application/json")
                     .body(Full::new(Bytes::from(body)))
                     .map_err(|e| AgentError::Protocol(e.to_string()))?;
-                let resp = sender.send_request(req).await.map_err(|e| AgentError::Protocol(e.to_string()))?;
+                let resp = sender.send_request(req).await.map_err(|e| AgentError::Interrupted(e.to_string()))?;
                 let status = resp.status();
-                let body = resp.into_body().collect().await.map_err(|e| AgentError::Protocol(e.to_string()))?.to_bytes();
+                let body = resp.into_body().collect().await.map_err(|e| AgentError::Interrupted(e.to_string()))?.to_bytes();
                 Ok((status, body))
             };
             tokio::time::timeout(self.timeout, call).await.map_err(|_| AgentError::Timeout(self.timeout))?
@@ -164,6 +167,28 @@ mod tests {
         assert!(j.contains("\"containerId\":\"abc\"") && j.contains("\"hostInterface\""), "{j}");
         assert_eq!(serde_json::from_str::<Registration>(&j).expect("back"), r);
         assert!(serde_json::from_str::<Registration>(&j.replace("\"ifname\"", "\"ifnam\"")).is_err());
+    }
+
+    #[test]
+    fn an_agent_that_drops_the_connection_mid_call_is_transient() {
+        let dir = std::env::temp_dir().join(format!("weir-agent-drop-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let socket = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        // Accepts, reads the request, and closes without an answer (an
+        // agent killed mid-registration).
+        let t = std::thread::spawn(move || {
+            use std::io::Read as _;
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+        });
+        let c = AgentClient { socket: &socket, timeout: Duration::from_secs(5) };
+        let e = c.status().expect_err("no answer");
+        assert!(matches!(e, AgentError::Interrupted(_)) && e.is_transient(), "{e}");
+        let _ = t.join();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
