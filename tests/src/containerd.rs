@@ -34,12 +34,18 @@ fn sh(script: &str) {
     cmd::run(&["sh", "-ec", script]);
 }
 
-/// An OCI image archive of busybox-static, built once per test process.
+/// An OCI image archive of busybox-static: built once into one cache
+/// file (`$TMPDIR/weir-busybox-image-v1.tar`, renamed into place), not a
+/// directory per test process. Bump the version when the recipe changes.
 pub fn image_tarball() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let w = std::env::temp_dir().join(names::unique("weir-img"));
-        let w = w.display();
+        let cached = std::env::temp_dir().join("weir-busybox-image-v1.tar");
+        if cached.is_file() {
+            return cached;
+        }
+        let work = std::env::temp_dir().join(names::unique("weir-img"));
+        let w = work.display();
         sh(&format!(
             r#"mkdir -p {w}/img/blobs/sha256 {w}/rootfs/bin
 cp /bin/busybox {w}/rootfs/bin/busybox
@@ -54,7 +60,10 @@ printf '{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.imag
 echo '{{"imageLayoutVersion":"1.0.0"}}' > {w}/img/oci-layout
 tar -C {w}/img -cf {w}/image.tar ."#
         ));
-        PathBuf::from(format!("{w}/image.tar"))
+        // Another test process may have built it meanwhile: either copy is good.
+        let _ = fs::rename(work.join("image.tar"), &cached);
+        let _ = fs::remove_dir_all(&work);
+        cached
     })
 }
 
