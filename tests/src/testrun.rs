@@ -270,3 +270,22 @@ pub fn parse_checked_icmp_error(p: &[u8]) -> (V4, Quoted) {
     };
     (outer, q)
 }
+
+/// Runs `f` in a fresh network namespace (no routes: a FIB lookup finds
+/// nothing) with the pod object loaded with `opts` into a fresh bpffs
+/// directory, which is removed afterwards. The setup every
+/// BPF_PROG_TEST_RUN test file shares.
+pub fn in_fresh_datapath<T: Send + 'static>(
+    opts: weir_datapath::LoadOptions,
+    f: impl FnOnce(&weir_datapath::PinLayout, weir_datapath::PodDatapath) -> T + Send + 'static,
+) -> T {
+    crate::privileged::require();
+    let ns = crate::netns::NetNs::new("wtr");
+    let dir = crate::node::BpffsDir::new(&format!("/sys/fs/bpf/{}", crate::names::unique("weirtr")));
+    let path = dir.path.clone();
+    ns.run(move || {
+        let layout = weir_datapath::PinLayout::new(&path);
+        let dp = weir_datapath::PodDatapath::load_with(&layout, &opts).expect("load pod object");
+        f(&layout, dp)
+    })
+}

@@ -12,14 +12,9 @@ use weir_datapath::{
     explain::{Entry, Maps, Packet},
     lb::{spec::Protocol, Lb},
     policy::PolicyMaps,
-    PinLayout, PodDatapath,
 };
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 use weir_tests::{
-    names,
-    netns::NetNs,
-    node::BpffsDir,
-    privileged,
     services::cluster_ip,
     testrun::{self, parse_checked_v4, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
 };
@@ -75,13 +70,8 @@ fn policy() -> PolicyState {
 
 #[test]
 fn explain_matches_the_kernel_on_random_flows() {
-    privileged::require();
-    let ns = NetNs::new("wxa");
-    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirxa")));
-    let path = dir.path.clone();
-    ns.run(move || {
-        let layout = PinLayout::new(&path);
-        let dp = PodDatapath::load(&layout).expect("load pod object");
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, dp| {
+        let layout = layout.clone();
         let mut lb = Lb::open(&layout).expect("lb");
         let web: Vec<(Ipv4Addr, u16)> = B.iter().map(|b| (*b, 8080)).collect();
         lb.upsert(&cluster_ip(VIP_WEB, 80, Protocol::Tcp, &web)).expect("web");

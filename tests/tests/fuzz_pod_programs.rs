@@ -16,12 +16,9 @@ use weir_common::{
     ct::{CT_POLICY, CT_SVC_FWD, CT_SVC_REV},
     policy::{IpInfo, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_WORLD},
 };
-use weir_datapath::{attach::Hook, ct::Conntrack, lb::{spec::Protocol, Lb}, policy::PolicyMaps, PinLayout, PodDatapath};
+use weir_datapath::{attach::Hook, ct::Conntrack, lb::{spec::Protocol, Lb}, policy::PolicyMaps};
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 use weir_tests::{
-    names,
-    netns::NetNs,
-    node::BpffsDir,
     privileged,
     services::cluster_ip,
     testrun::{self, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX},
@@ -266,12 +263,8 @@ fn random_and_mutated_packets_never_get_past_policy() {
     });
     let count: usize = std::env::var("WEIR_FUZZ_PACKETS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     eprintln!("fuzz seed {seed} ({count} packets); replay with WEIR_FUZZ_SEED={seed}");
-    let ns = NetNs::new("wfz");
-    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirfz")));
-    let path = dir.path.clone();
-    ns.run(move || {
-        let layout = PinLayout::new(&path);
-        let dp = PodDatapath::load(&layout).expect("load pod object");
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, dp| {
+        let layout = layout.clone();
         Lb::open(&layout).expect("lb").upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(V, PORT)])).expect("service");
         let mut s = PolicyState::default();
         s.endpoints.insert(IpAddr::V4(A), EndpointSpec { id: 1, identity: 501, ingress_isolated: true, egress_isolated: true });

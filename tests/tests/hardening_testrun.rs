@@ -26,10 +26,6 @@ use weir_datapath::{
 };
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 use weir_tests::{
-    names,
-    netns::NetNs,
-    node::BpffsDir,
-    privileged,
     services::{cluster_ip, endpoint},
     testrun::{self, parse_checked_icmp_error, parse_checked_v4, Quoted, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX},
 };
@@ -101,13 +97,8 @@ impl Fx {
 /// Runs `f` with the pod object loaded in a fresh namespace; the client
 /// owns lo.
 fn with(cfg: DatapathConfig, f: impl FnOnce(&mut Fx) + Send + 'static) {
-    privileged::require();
-    let ns = NetNs::new("wht");
-    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirht")));
-    let path = dir.path.clone();
-    ns.run(move || {
-        let layout = PinLayout::new(&path);
-        let mut dp = PodDatapath::load(&layout).expect("load pod object");
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, mut dp| {
+        let layout = layout.clone();
         dp.set_config(&cfg).expect("config");
         let lb = Lb::open(&layout).expect("lb");
         testrun::own_sources(&layout, TEST_RUN_IFINDEX, &[CLIENT.into()]);

@@ -8,21 +8,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use weir_common::maps::SOURCE_RANGES_MAX_ENTRIES;
 use weir_datapath::{
     lb::{dump, spec::Protocol, Lb},
-    LoadOptions, PinLayout, PodDatapath,
+    LoadOptions, PinLayout,
 };
 use weir_desired::policy::Prefix;
-use weir_tests::{names, netns::NetNs, node::BpffsDir, privileged, services::cluster_ip};
+use weir_tests::{services::cluster_ip, testrun};
 
 fn with_lb(slots: u32, f: impl FnOnce(&mut Lb, &PinLayout) + Send + 'static) {
-    privileged::require();
-    let ns = NetNs::new("wlk");
-    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirlk")));
-    let path = dir.path.clone();
-    ns.run(move || {
-        let layout = PinLayout::new(&path);
-        let _dp = PodDatapath::load_with(&layout, &LoadOptions { lb_table_slots: slots, ..LoadOptions::default() }).expect("load pod object");
-        let mut lb = Lb::open(&layout).expect("open lb maps");
-        f(&mut lb, &layout);
+    testrun::in_fresh_datapath(LoadOptions { lb_table_slots: slots, ..LoadOptions::default() }, move |layout, _dp| {
+        let mut lb = Lb::open(layout).expect("open lb maps");
+        f(&mut lb, layout);
     });
 }
 

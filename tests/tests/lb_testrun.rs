@@ -10,10 +10,6 @@ use std::net::Ipv4Addr;
 use weir_common::drop::DropReason;
 use weir_datapath::{attach::Hook, lb::spec::Protocol, lb::Lb, stats::read_drops, DatapathConfig, PinLayout, PodDatapath};
 use weir_tests::{
-    names,
-    netns::NetNs,
-    node::BpffsDir,
-    privileged,
     services::cluster_ip,
     testrun::{self, parse_checked_v4, TC_ACT_OK, TC_ACT_REDIRECT},
 };
@@ -28,13 +24,8 @@ fn with_datapath(f: impl FnOnce(&PodDatapath, &mut Lb, &PinLayout) + Send + 'sta
 
 /// Loads the pod object with `cfg` in a fresh namespace and bpffs directory.
 fn with_config(cfg: DatapathConfig, f: impl FnOnce(&PodDatapath, &mut Lb, &PinLayout) + Send + 'static) {
-    privileged::require();
-    let ns = NetNs::new("wlt");
-    let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirlt")));
-    let path = dir.path.clone();
-    ns.run(move || {
-        let layout = PinLayout::new(&path);
-        let mut dp = PodDatapath::load(&layout).expect("load pod object");
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, mut dp| {
+        let layout = layout.clone();
         dp.set_config(&cfg).expect("config");
         let mut lb = Lb::open(&layout).expect("open lb maps");
         let sources: Vec<std::net::IpAddr> =
