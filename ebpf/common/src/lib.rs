@@ -5,9 +5,10 @@
 //! [`aya::Pod`] so userspace can read and write the pinned maps.
 #![no_std]
 
-#[cfg(feature = "user")]
+#[cfg(any(test, feature = "user"))]
 extern crate std;
 
+pub mod abi;
 pub mod addr;
 pub mod config;
 pub mod ct;
