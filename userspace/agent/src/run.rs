@@ -65,6 +65,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         verifier_log: args.bpf_verifier_log_level.into(),
         kernel_log: args.bpf_log_level.into(),
     };
+    // Maps in an older layout or another size are rebuilt, their entries
+    // carried over, before anything loads over them; a map this build
+    // cannot convert stops the agent here with the datapath untouched.
+    let migration = weir_datapath::migrate::prepare(&layout, &opts).context("checking the pinned maps' layouts")?;
+    for m in &migration.rebuilt {
+        tracing::info!(
+            map = %m.name, from_version = m.from_version, to_version = m.to_version, from_entries = m.from_entries,
+            to_entries = m.to_entries, copied = m.copied, dropped = m.dropped, stateful = m.stateful, "migrated a pinned map"
+        );
+        if m.dropped > 0 {
+            tracing::warn!(map = %m.name, dropped = m.dropped, to_entries = m.to_entries, "entries did not fit the rebuilt map");
+        }
+    }
+    if !migration.rebuilt.is_empty() {
+        tracing::info!(links = migration.links_swapped, defunct = migration.links_defunct, "migration done: every pinned link runs the new programs");
+    }
     let mut dp = PodDatapath::load_with(&layout, &opts).context("loading the pod datapath")?;
     let kernel_logs = !opts.kernel_log.is_off();
     if kernel_logs {
@@ -104,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crate::bpf_log::spawn("node", node_dp.kernel_log(crate::bpf_log::ToTracing::new("node")).context("reading the node object's kernel logs")?);
     }
     let _sock_dp = attach_socket_lb(&layout, &opts, args.cgroup_root.clone())?;
+    weir_datapath::migrate::stamp(&layout, &opts, concat!("weir-agent ", env!("CARGO_PKG_VERSION"))).context("recording the maps' layout versions")?;
     // Connected UDP sockets the socket programs translated, swept when
     // their backends leave (only with the programs attached).
     let revnat = match &_sock_dp {

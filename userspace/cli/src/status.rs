@@ -38,6 +38,12 @@ struct Status {
     links: Vec<LinkAddrs>,
     conntrack: CtAccount,
     maps: Vec<MapFill>,
+    /// The agent that last adopted or migrated the datapath (from WEIR_ABI).
+    datapath_agent: Option<String>,
+    /// Each map's pinned layout version beside this build's.
+    layouts: Vec<weir_datapath::migrate::MapStatus>,
+    /// Maps a migration has staged and not yet committed.
+    migration_in_progress: Vec<String>,
 }
 
 fn agent_health(addr: SocketAddr) -> &'static str {
@@ -75,12 +81,30 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
         .map(|(ifindex, addrs)| LinkAddrs { ifindex, ifname: ifnames::name_of(ifindex), addrs })
         .collect();
     let conntrack = Conntrack::open(layout)?.account(monotonic_ns());
-    let st = Status { agent: agent_health(metrics_addr), attachments, links, conntrack, maps };
+    let (datapath_agent, layouts) = weir_datapath::migrate::status(layout)?;
+    let migration_in_progress = layouts.iter().filter(|l| l.staged).map(|l| l.name.clone()).collect();
+    let st = Status { agent: agent_health(metrics_addr), attachments, links, conntrack, maps, datapath_agent, layouts, migration_in_progress };
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
-    println!("agent: {} ({metrics_addr})\n", st.agent);
+    println!("agent: {} ({metrics_addr})", st.agent);
+    println!("datapath written by: {}", st.datapath_agent.as_deref().unwrap_or("unknown (no layout manifest)"));
+    let differ: Vec<String> = st
+        .layouts
+        .iter()
+        .filter(|l| l.pinned_version.is_some_and(|v| v != l.expected_version) || (l.pinned_version.is_none() && l.max_entries.is_some()))
+        .map(|l| format!("{} v{} (this weir: v{})", l.name, l.pinned_version.map_or("?".into(), |v| v.to_string()), l.expected_version))
+        .collect();
+    if differ.is_empty() {
+        println!("map layouts: every pinned map at this weir's layout versions");
+    } else {
+        println!("map layouts differing from this weir's: {}", differ.join(", "));
+    }
+    if !st.migration_in_progress.is_empty() {
+        println!("MIGRATION IN PROGRESS or interrupted (the next agent start finishes it): {}", st.migration_in_progress.join(", "));
+    }
+    println!();
     let rows: Vec<Vec<String>> = st
         .attachments
         .iter()
@@ -123,9 +147,13 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
                 Some(n) => (n.to_string(), format!("{:.1}%", n as f64 * 100.0 / f64::from(m.capacity.max(1)))),
                 None => ("-".into(), "-".into()),
             };
-            vec![m.name.to_string(), used, m.capacity.to_string(), pct]
+            let version = st.layouts.iter().find(|l| l.name == m.name).map_or("-".into(), |l| match l.pinned_version {
+                Some(v) => format!("v{v}"),
+                None => "?".into(),
+            });
+            vec![m.name.to_string(), version, used, m.capacity.to_string(), pct]
         })
         .collect();
-    print_table(&["MAP", "ENTRIES", "CAPACITY", "FILL"], &rows);
+    print_table(&["MAP", "LAYOUT", "ENTRIES", "CAPACITY", "FILL"], &rows);
     Ok(())
 }

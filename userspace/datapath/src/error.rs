@@ -29,6 +29,16 @@ pub enum DatapathError {
     MapFull { name: &'static str, capacity: u32, what: String },
     #[error("pod link {ifindex} has {count} routed addresses; at most {max} fit in WEIR_LINKS: the link keeps its previous addresses")]
     LinkAddrsFull { ifindex: u32, count: usize, max: usize },
+    #[error("parsing the {object} object: {source}")]
+    Parse { object: &'static str, #[source] source: aya_obj::ParseError },
+    #[error("map {name} of the embedded objects has no layout version in weir_common::abi::LAYOUTS")]
+    NoLayout { name: String },
+    #[error("pinned map {path}: {source}")]
+    PinnedMap { path: PathBuf, #[source] source: aya::maps::MapError },
+    #[error("{op} map {name}: {source}")]
+    Raw { op: &'static str, name: String, #[source] source: std::io::Error },
+    #[error("{}", refusals(.0))]
+    Refused(Vec<crate::migrate::inspect::Refusal>),
     #[error("WEIR_LB_TABLE has no free range of {needed} slots for {frontend} ({used} of {capacity} in use)")]
     LbTableFull { frontend: String, needed: u32, used: u32, capacity: u32 },
 }
@@ -62,6 +72,11 @@ impl DatapathError {
             Self::MapFull { .. } => "map_full",
             Self::LbTableFull { .. } => "lb_table_full",
             Self::LinkAddrsFull { .. } => "link_addrs_full",
+            Self::Parse { .. } => "parse",
+            Self::NoLayout { .. } => "no_layout",
+            Self::PinnedMap { .. } => "pinned_map",
+            Self::Raw { .. } => "raw",
+            Self::Refused(_) => "layout_refused",
         }
     }
 }
@@ -76,4 +91,8 @@ pub fn chain(err: &dyn std::error::Error) -> String {
         cur = e.source();
     }
     s
+}
+
+fn refusals(r: &[crate::migrate::inspect::Refusal]) -> String {
+    r.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }

@@ -15,6 +15,7 @@ pub mod links;
 pub mod loader;
 pub mod lpm;
 pub mod masq;
+pub mod migrate;
 pub mod mmap;
 pub mod objects;
 pub mod pinned;

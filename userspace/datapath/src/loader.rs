@@ -71,17 +71,30 @@ impl From<VerifierLog> for aya::VerifierLogLevel {
     }
 }
 
+/// The maps whose capacity the load options choose.
+pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 3] {
+    [(LB_TABLE, opts.lb_table_slots.max(1)), (CT, opts.ct_entries.max(2)), (SNAT, opts.snat_entries.max(2))]
+}
+
 /// Loads an object over the pinned maps, sizing the maps `opts` sizes
 /// (whichever object loads first creates and pins them).
+///
+/// A map staged by a migration (`<bpffs>/maps.next/<name>`, see
+/// [`crate::migrate`]) is used instead of the one in `maps/`.
 pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
     let level = opts.kernel_log.global();
+    let staged: Vec<(String, std::path::PathBuf)> = match std::fs::read_dir(layout.staging_dir()) {
+        Ok(entries) => entries.flatten().filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path()))).collect(),
+        Err(_) => Vec::new(),
+    };
     let mut loader = EbpfLoader::new();
-    loader
-        .verifier_log_level(opts.verifier_log.into())
-        .default_map_pin_directory(layout.maps_dir())
-        .map_max_entries(LB_TABLE, opts.lb_table_slots.max(1))
-        .map_max_entries(CT, opts.ct_entries.max(2))
-        .map_max_entries(SNAT, opts.snat_entries.max(2));
+    loader.verifier_log_level(opts.verifier_log.into()).default_map_pin_directory(layout.maps_dir());
+    for (name, size) in sized_maps(opts) {
+        loader.map_max_entries(name, size);
+    }
+    for (name, path) in &staged {
+        loader.map_pin_path(name.as_str(), path.as_path());
+    }
     kernel_log::configure(&mut loader, &level);
     loader.load(bytes).map_err(|source| DatapathError::Load { object, source })
 }

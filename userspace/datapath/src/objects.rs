@@ -9,3 +9,8 @@ pub static NODE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// The socket object: cgroup `connect4`, `sendmsg4`, `recvmsg4` and
 /// `getpeername4` (socket-level load balancing for the node's processes).
 pub static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock"));
+
+/// Every object, by name.
+pub fn all() -> [(&'static str, &'static [u8]); 3] {
+    [("pod", POD_OBJECT), ("node", NODE_OBJECT), ("sock", SOCK_OBJECT)]
+}

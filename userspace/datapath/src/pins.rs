@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! <bpffs>/maps/<MAP_NAME>                    every map, pinned by name
+//! <bpffs>/maps/WEIR_ABI                      each map's layout version (by map id)
+//! <bpffs>/maps.next/<MAP_NAME>               a rebuilt map during a migration
 //! <bpffs>/links/<ifname>@<ifindex>@<hook>    one TCX link per pod interface and hook
 //! ```
 //!
@@ -44,6 +46,12 @@ impl PinLayout {
 
     pub fn maps_dir(&self) -> PathBuf {
         self.root.join("maps")
+    }
+
+    /// Where a migration stages rebuilt maps until they replace the old
+    /// ones (see [`crate::migrate`]).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("maps.next")
     }
 
     pub fn links_dir(&self) -> PathBuf {

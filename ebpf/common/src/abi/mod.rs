@@ -32,32 +32,26 @@ use crate::{
     tunnel::TunnelEndpoint,
 };
 
-/// The manifest: map name (NUL-padded) → [`AbiRecord`] (hash), written by
-/// the agent. Its own layout never changes.
+/// The manifest: which layout each pinned map was created with, keyed by
+/// the kernel's map id (so a record belongs to the map itself, whatever
+/// its pin is called or renamed to), plus the agent that last wrote it
+/// (hash, written by the agent). Its own layout never changes.
 pub const ABI: &str = "WEIR_ABI";
-pub const ABI_MAX_ENTRIES: u32 = 256;
+pub const ABI_MAX_ENTRIES: u32 = 1024;
 
-/// Key of [`ABI`]: a map's pin name, NUL-padded.
+/// [`AbiKey::kind`] of a map's record.
+pub const ABI_KIND_MAP: u32 = 1;
+/// [`AbiKey::kind`] of the agent's record (id 0): `name` holds the
+/// version of the agent that last adopted or migrated the datapath.
+pub const ABI_KIND_AGENT: u32 = 2;
+
+/// Key of [`ABI`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AbiKey {
-    pub name: [u8; 32],
-}
-
-impl AbiKey {
-    /// The key for `name` (at most 32 bytes).
-    pub fn new(name: &str) -> Self {
-        let mut key = Self::default();
-        let n = name.len().min(32);
-        key.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        key
-    }
-
-    /// The name, up to its first NUL.
-    pub fn as_str(&self) -> Option<&str> {
-        let end = self.name.iter().position(|b| *b == 0).unwrap_or(32);
-        core::str::from_utf8(&self.name[..end]).ok()
-    }
+    pub kind: u32,
+    /// The kernel's map id ([`ABI_KIND_MAP`]), or 0.
+    pub id: u32,
 }
 
 /// Value of [`ABI`]: what a pinned map was created as.
@@ -71,11 +65,28 @@ pub struct AbiRecord {
     pub key_size: u32,
     pub value_size: u32,
     pub flags: u32,
-    pub _pad: u32,
+    pub max_entries: u32,
+    /// The map's pin name (or the agent's version), NUL-padded.
+    pub name: [u8; 32],
 }
 
-const _: () = assert!(size_of::<AbiKey>() == 32);
-const _: () = assert!(size_of::<AbiRecord>() == 24);
+impl AbiRecord {
+    /// Writes `s` into `name`, truncated to 32 bytes.
+    pub fn set_name(&mut self, s: &str) {
+        self.name = [0; 32];
+        let n = s.len().min(32);
+        self.name[..n].copy_from_slice(&s.as_bytes()[..n]);
+    }
+
+    /// `name` up to its first NUL.
+    pub fn name_str(&self) -> &str {
+        let end = self.name.iter().position(|b| *b == 0).unwrap_or(32);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
+const _: () = assert!(size_of::<AbiKey>() == 8);
+const _: () = assert!(size_of::<AbiRecord>() == 56);
 
 /// What the code of this build expects of one pinned map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

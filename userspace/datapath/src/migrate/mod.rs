@@ -1,0 +1,427 @@
+//! Upgrades across map layouts and sizes without losing a connection.
+//!
+//! Before the agent loads its objects, [`prepare`] compares every pinned
+//! map with what this build expects ([`inspect`]): the layout version its
+//! `WEIR_ABI` record names, and the kernel's type, sizes, flags and
+//! capacity. A map in an older layout, or with another capacity
+//! (`--ct-max-entries`, `--lb-table-slots`, ...), is rebuilt:
+//!
+//! 1. the new map is created and pinned beside the old one, under
+//!    `<bpffs>/maps.next/` (its record written at once, keyed by its id);
+//! 2. the three objects are loaded against the new maps (a staged pin
+//!    wins over `maps/`) and every other map as pinned;
+//! 3. every entry of the old map is converted ([`steps`]) and copied;
+//! 4. every pinned link (pod veths, node devices, XDP, cgroup) gets the
+//!    new program in one `BPF_LINK_UPDATE` each;
+//! 5. entries the old programs created meanwhile are copied (insert
+//!    only where absent: the new programs' own entries win);
+//! 6. each new pin is renamed over the old one (atomic on the bpffs), and
+//!    `maps.next/` is removed; the old map goes with its last reference.
+//!
+//! A kill at any point leaves the old maps (until their rename) and the
+//! staged ones; the next agent resumes: it keeps the staged maps that
+//! have the right shape, copies again where absent, swaps again, and
+//! commits. A map this build cannot convert is refused before anything
+//! is touched.
+
+pub mod inspect;
+pub mod manifest;
+pub mod raw;
+pub mod steps;
+
+use std::{
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    path::PathBuf,
+};
+
+use aya::{maps::MapData, programs::Program, Ebpf};
+
+use self::{
+    inspect::{Action, Expected, Refusal},
+    manifest::Manifest,
+    raw::Update,
+};
+use crate::{attach::Hook, loader::{load_object, LoadOptions}, objects, pins::PinLayout, DatapathError};
+
+/// The environment variable that stops a migration at a phase, for the
+/// kill-in-the-middle tests: `converted`, `swapped` or `committing`.
+pub const STALL_ENV: &str = "WEIR_MIGRATION_STALL";
+
+/// What a rebuild did to one map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub name: String,
+    pub from_version: u32,
+    pub to_version: u32,
+    pub from_entries: u32,
+    pub to_entries: u32,
+    /// Entries copied (both passes).
+    pub copied: u64,
+    /// Entries that did not fit the new map, or that no conversion keeps.
+    pub dropped: u64,
+    /// Whether the map's state was carried over (counters and ring
+    /// buffers start empty).
+    pub stateful: bool,
+}
+
+/// The outcome of [`prepare`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub rebuilt: Vec<Rebuilt>,
+    /// Pinned links whose program was replaced.
+    pub links_swapped: usize,
+    /// Pinned links whose interface is gone (left to the agent's pruning).
+    pub links_defunct: usize,
+}
+
+/// Checks every pinned map and rebuilds those in an older layout or with
+/// another capacity; refuses (touching nothing) a map it cannot convert.
+pub fn prepare(layout: &PinLayout, opts: &LoadOptions) -> Result<Report, DatapathError> {
+    let expected = inspect::expected(opts)?;
+    let manifest = Manifest::open(layout)?;
+    let staged = staged_names(layout)?;
+    let mut plan: Vec<(Expected, Action)> = Vec::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
+    for e in expected {
+        let pinned = inspect::pinned(layout, &e, manifest.as_ref())?;
+        match inspect::decide(&e, pinned.as_ref()) {
+            // A rebuild an earlier agent started is finished.
+            Ok(Action::Adopt) if staged.contains(&e.name) => plan.push((e.clone(), Action::Rebuild { from_version: e.layout.version })),
+            Ok(a) => plan.push((e, a)),
+            Err(r) => refusals.push(r),
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(DatapathError::Refused(refusals));
+    }
+    let rebuild: Vec<(Expected, u32)> = plan
+        .into_iter()
+        .filter_map(|(e, a)| match a {
+            Action::Rebuild { from_version } => Some((e, from_version)),
+            _ => None,
+        })
+        .collect();
+    if rebuild.is_empty() {
+        remove_staging(layout)?;
+        return Ok(Report::default());
+    }
+    run(layout, opts, &rebuild)
+}
+
+/// Records the layout of every pinned map that has no record yet (maps the
+/// load just created, or pinned before layout versions), drops the
+/// records of maps that are gone, and names this agent.
+pub fn stamp(layout: &PinLayout, opts: &LoadOptions, agent_version: &str) -> Result<(), DatapathError> {
+    let mut manifest = Manifest::open_or_create(layout)?;
+    let mut live = Vec::new();
+    for e in inspect::expected(opts)? {
+        let Some((id, shape)) = inspect::pinned_shape(&layout.map(&e.name))? else { continue };
+        live.push(id);
+        if manifest.record(id).is_none() {
+            manifest.set(id, &e.name, e.layout.version, &shape)?;
+        }
+    }
+    manifest.prune(&live)?;
+    manifest.set_agent(agent_version)
+}
+
+/// One map's layout as `weir status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MapStatus {
+    pub name: String,
+    /// The pinned map's recorded layout version (`None`: no record).
+    pub pinned_version: Option<u32>,
+    /// This build's version.
+    pub expected_version: u32,
+    pub max_entries: Option<u32>,
+    /// A rebuilt map waiting in `maps.next/` (a migration in progress, or
+    /// one a killed agent left for the next to finish).
+    pub staged: bool,
+}
+
+/// The datapath's layouts: the agent that last wrote the manifest, and
+/// every map.
+pub fn status(layout: &PinLayout) -> Result<(Option<String>, Vec<MapStatus>), DatapathError> {
+    layout.require_existing()?;
+    let manifest = Manifest::open(layout)?;
+    let staged = staged_names(layout)?;
+    let mut out = Vec::new();
+    for l in weir_common::abi::LAYOUTS {
+        let pinned = inspect::pinned_shape(&layout.map(l.name))?;
+        let pinned_version = pinned.and_then(|(id, _)| manifest.as_ref()?.record(id)).map(|(v, _)| v);
+        out.push(MapStatus {
+            name: l.name.into(),
+            pinned_version,
+            expected_version: l.version,
+            max_entries: pinned.map(|(_, s)| s.max_entries),
+            staged: staged.contains(&l.name.to_string()),
+        });
+    }
+    Ok((manifest.and_then(|m| m.agent()), out))
+}
+
+fn staged_names(layout: &PinLayout) -> Result<Vec<String>, DatapathError> {
+    let dir = layout.staging_dir();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => Ok(entries.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(DatapathError::Io { op: "listing", path: dir, source }),
+    }
+}
+
+fn remove_staging(layout: &PinLayout) -> Result<(), DatapathError> {
+    let dir = layout.staging_dir();
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatapathError::Io { op: "removing", path: dir, source }),
+    }
+}
+
+fn stall(phase: &str) {
+    if std::env::var(STALL_ENV).is_ok_and(|p| p == phase) {
+        tracing::warn!(phase, "migration stalled ({STALL_ENV})");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+fn raw_error<'a>(op: &'static str, name: &'a str) -> impl FnOnce(std::io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Raw { op, name: name.to_string(), source }
+}
+
+fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> Result<Report, DatapathError> {
+    layout.ensure_dirs()?;
+    let staging = layout.staging_dir();
+    std::fs::create_dir_all(&staging).map_err(|source| DatapathError::Io { op: "creating", path: staging.clone(), source })?;
+    let mut manifest = Manifest::open_or_create(layout)?;
+    let mut report = Report::default();
+
+    // 1. The new maps, beside the old ones.
+    for (e, from) in rebuild {
+        let path = staging.join(&e.name);
+        if let Some((id, shape)) = inspect::pinned_shape(&path)? {
+            if shape == e.shape {
+                if manifest.record(id).is_none() {
+                    manifest.set(id, &e.name, e.layout.version, &shape)?;
+                }
+                continue;
+            }
+            crate::attach::remove_pin(&path)?;
+        }
+        let s = e.shape;
+        let obj = aya_obj::Map::new_from_params(s.map_type, s.key_size, s.value_size, s.max_entries, s.flags);
+        let map = MapData::create(obj, &e.name, None).map_err(|source| DatapathError::PinnedMap { path: path.clone(), source })?;
+        map.pin(&path).map_err(|source| DatapathError::Pin { path: path.clone(), source })?;
+        let id = map.info().map_err(|source| DatapathError::PinnedMap { path: path.clone(), source })?.id();
+        manifest.set(id, &e.name, e.layout.version, &s)?;
+        tracing::info!(map = %e.name, from_version = from, to_version = e.layout.version, to = %s.max_entries, "rebuilding a pinned map beside the old one");
+    }
+
+    // 2. The objects, over the new maps.
+    let mut objs: Vec<(&'static str, Ebpf)> = Vec::new();
+    for (object, bytes) in objects::all() {
+        objs.push((object, load_object(layout, opts, bytes, object)?));
+    }
+
+    // 3. The entries.
+    let mut pairs: Vec<(OwnedFd, OwnedFd)> = Vec::new();
+    for (e, from) in rebuild {
+        let old = raw::obj_get(&layout.map(&e.name)).map_err(raw_error("opening", &e.name))?;
+        let new = raw::obj_get(&staging.join(&e.name)).map_err(raw_error("opening", &e.name))?;
+        let old_entries = inspect::pinned_shape(&layout.map(&e.name))?.map_or(0, |(_, s)| s.max_entries);
+        let mut r = Rebuilt {
+            name: e.name.clone(),
+            from_version: *from,
+            to_version: e.layout.version,
+            from_entries: old_entries,
+            to_entries: e.shape.max_entries,
+            copied: 0,
+            dropped: 0,
+            stateful: e.layout.stateful,
+        };
+        if e.layout.stateful {
+            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), old_entries, raw::NOEXIST)?;
+            r.copied += c;
+            r.dropped += d;
+        }
+        report.rebuilt.push(r);
+        pairs.push((old, new));
+    }
+    stall("converted");
+
+    // 4. Every pinned link onto the new programs.
+    swap_links(layout, &mut objs, &mut report)?;
+    stall("swapped");
+
+    // 5. What the old programs wrote since the first copy.
+    for ((e, from), ((old, new), r)) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())) {
+        if e.layout.stateful && !is_array(e.shape.map_type) {
+            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), r.from_entries, raw::NOEXIST)?;
+            r.copied += c;
+            r.dropped = r.dropped.max(d);
+        }
+    }
+
+    // 6. The new pins in place of the old.
+    for (i, (e, _)) in rebuild.iter().enumerate() {
+        let from = staging.join(&e.name);
+        let to = layout.map(&e.name);
+        std::fs::rename(&from, &to).map_err(|source| DatapathError::Io { op: "renaming", path: from.clone(), source })?;
+        if i == 0 {
+            stall("committing");
+        }
+    }
+    remove_staging(layout)?;
+    drop(pairs);
+    drop(objs);
+    let mut live = Vec::new();
+    for l in weir_common::abi::LAYOUTS {
+        if let Some((id, _)) = inspect::pinned_shape(&layout.map(l.name))? {
+            live.push(id);
+        }
+    }
+    manifest.prune(&live)?;
+    Ok(report)
+}
+
+fn is_array(map_type: u32) -> bool {
+    map_type == 2
+}
+
+/// Copies (and converts) every entry of `old` into `new`; returns
+/// (copied, dropped).
+fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, old_entries: u32, flags: u64) -> Result<(u64, u64), DatapathError> {
+    let to = e.layout.version;
+    let name = e.name.as_str();
+    let (mut copied, mut dropped) = (0u64, 0u64);
+    let key_size = e.shape.key_size.max(4) as usize;
+    // An older layout's sizes may differ: read with generous buffers.
+    let mut value = vec![0u8; 4096];
+    let old_shape = old_shape(old);
+    let (old_key, old_value) = old_shape.unwrap_or((key_size as u32, e.shape.value_size));
+    let mut put = |k: &[u8], v: &[u8], flags: u64| -> Result<(), DatapathError> {
+        let Some((k, v)) = steps::convert(name, from, to, k, v) else {
+            dropped += 1;
+            return Ok(());
+        };
+        match raw::update(new, &k, &v, flags).map_err(raw_error("writing", name))? {
+            Update::Written => copied += 1,
+            Update::Exists => {}
+            Update::Full => dropped += 1,
+        }
+        Ok(())
+    };
+    if is_array(e.shape.map_type) {
+        let n = old_entries.min(e.shape.max_entries);
+        let zero = vec![0u8; old_value as usize];
+        for i in 0..n {
+            let k = i.to_ne_bytes();
+            if raw::lookup(old, &k, &mut value[..old_value as usize]).map_err(raw_error("reading", name))? && value[..old_value as usize] != zero[..] {
+                put(&k, &value[..old_value as usize].to_vec(), raw::ANY)?;
+            }
+        }
+        return Ok((copied, dropped));
+    }
+    let mut key = vec![0u8; old_key as usize];
+    let mut next = vec![0u8; old_key as usize];
+    let mut first = true;
+    while raw::next_key(old, if first { None } else { Some(&key) }, &mut next).map_err(raw_error("listing", name))? {
+        first = false;
+        key.copy_from_slice(&next);
+        if raw::lookup(old, &key, &mut value[..old_value as usize]).map_err(raw_error("reading", name))? {
+            let v = value[..old_value as usize].to_vec();
+            put(&key.clone(), &v, flags)?;
+        }
+    }
+    Ok((copied, dropped))
+}
+
+/// The key and value sizes of the map behind `fd`.
+fn old_shape(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    let owned = fd.try_clone_to_owned().ok()?;
+    let data = MapData::from_fd(owned).ok()?;
+    let info = data.info().ok()?;
+    Some((info.key_size(), info.value_size()))
+}
+
+/// The object and program a link pin runs, from its name.
+fn program_of(pin: &str) -> Option<(&'static str, &'static str)> {
+    if let Some(prog) = pin.strip_prefix("cgroup-") {
+        return crate::cgroup::SOCK_PROGRAMS.into_iter().find(|p| *p == prog).map(|p| ("sock", p));
+    }
+    let (_, hook) = pin.rsplit_once('@')?;
+    if hook == "xdp" {
+        return Some(("node", crate::xdp::XDP_PROGRAM));
+    }
+    let hook = Hook::parse(hook)?;
+    let object = if Hook::POD.contains(&hook) { "pod" } else { "node" };
+    Some((object, hook.as_str()))
+}
+
+fn program_fd<'a>(objs: &'a mut [(&'static str, Ebpf)], object: &str, name: &'static str) -> Result<BorrowedFd<'a>, DatapathError> {
+    let ebpf = &mut objs.iter_mut().find(|(o, _)| *o == object).ok_or(DatapathError::MissingProgram { object: "?", name })?.1;
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { object: "?", name })?;
+    if prog.fd().is_err() {
+        let loaded = match prog {
+            Program::SchedClassifier(p) => p.load(),
+            Program::Xdp(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
+            _ => return Err(DatapathError::MissingProgram { object: "?", name }),
+        };
+        loaded.map_err(|source| DatapathError::Program { name, source })?;
+    }
+    let fd = prog.fd().map_err(|source| DatapathError::Program { name, source })?;
+    Ok(fd.as_fd())
+}
+
+fn swap_links(layout: &PinLayout, objs: &mut [(&'static str, Ebpf)], report: &mut Report) -> Result<(), DatapathError> {
+    let dir = layout.links_dir();
+    let mut pins: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(DatapathError::Io { op: "listing", path: dir, source }),
+    };
+    pins.sort();
+    for pin in pins {
+        let Some((object, name)) = pin.file_name().and_then(|n| n.to_str()).and_then(program_of) else { continue };
+        let link = match raw::obj_get(&pin) {
+            Ok(fd) => fd,
+            Err(error) => {
+                tracing::warn!(pin = %pin.display(), %error, "cannot open a pinned link; leaving it");
+                report.links_defunct += 1;
+                continue;
+            }
+        };
+        let prog = program_fd(objs, object, name)?;
+        match raw::link_update(link.as_fd(), prog) {
+            Ok(()) => report.links_swapped += 1,
+            Err(error) => {
+                tracing::warn!(pin = %pin.display(), %error, "a pinned link took no new program (its interface is gone?)");
+                report.links_defunct += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a rebuilt map waits until it replaces the old one.
+pub fn staged_path(layout: &PinLayout, name: &str) -> PathBuf {
+    layout.staging_dir().join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_name_their_program() {
+        assert_eq!(program_of("weir0123456789a@12@from_pod"), Some(("pod", "from_pod")));
+        assert_eq!(program_of("eth0@2@to_net"), Some(("node", "to_net")));
+        assert_eq!(program_of("eth0@2@xdp"), Some(("node", crate::xdp::XDP_PROGRAM)));
+        assert_eq!(program_of("cgroup-connect4"), Some(("sock", "connect4")));
+        assert_eq!(program_of("cgroup-connect4-new"), None);
+        assert_eq!(program_of("README"), None);
+    }
+}
