@@ -65,6 +65,43 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_log_count("weir-agent ready", self.ready_count() + 1, Duration::from_secs(20));
+    }
+
+    /// Starts the agent again (after [`Agent::stop_with`]) with other
+    /// arguments, and `env` added, without waiting for it to be ready (it
+    /// may stop early on purpose, or refuse to start).
+    pub fn launch_again(&mut self, extra_args: &[&str], env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "agent still running");
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.env.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
+        self.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.spawn_process();
+    }
+
+    /// Forgets the environment variable `key` for later starts.
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own; `None` if
+    /// it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Some(status);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn spawn_process(&mut self) {
         let log = File::options()
             .create(true)
             .append(true)
@@ -90,7 +127,6 @@ impl Agent {
             .spawn()
             .expect("spawning weir-agent");
         self.child = Some(child);
-        self.wait_log_count("weir-agent ready", self.ready_count() + 1, Duration::from_secs(20));
     }
 
     fn ready_count(&self) -> usize {

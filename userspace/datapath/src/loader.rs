@@ -79,7 +79,7 @@ pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 3] {
 /// Loads an object over the pinned maps, sizing the maps `opts` sizes
 /// (whichever object loads first creates and pins them).
 ///
-/// A map staged by a migration (`<bpffs>/maps.next/<name>`, see
+/// A map staged by a migration (`<bpffs>/maps-next/<name>`, see
 /// [`crate::migrate`]) is used instead of the one in `maps/`.
 pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
     let level = opts.kernel_log.global();

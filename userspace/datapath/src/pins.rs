@@ -3,7 +3,7 @@
 //! ```text
 //! <bpffs>/maps/<MAP_NAME>                    every map, pinned by name
 //! <bpffs>/maps/WEIR_ABI                      each map's layout version (by map id)
-//! <bpffs>/maps.next/<MAP_NAME>               a rebuilt map during a migration
+//! <bpffs>/maps-next/<MAP_NAME>               a rebuilt map during a migration
 //! <bpffs>/links/<ifname>@<ifindex>@<hook>    one TCX link per pod interface and hook
 //! ```
 //!
@@ -51,7 +51,7 @@ impl PinLayout {
     /// Where a migration stages rebuilt maps until they replace the old
     /// ones (see [`crate::migrate`]).
     pub fn staging_dir(&self) -> PathBuf {
-        self.root.join("maps.next")
+        self.root.join("maps-next")
     }
 
     pub fn links_dir(&self) -> PathBuf {

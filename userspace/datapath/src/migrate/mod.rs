@@ -7,16 +7,18 @@
 //! (`--ct-max-entries`, `--lb-table-slots`, ...), is rebuilt:
 //!
 //! 1. the new map is created and pinned beside the old one, under
-//!    `<bpffs>/maps.next/` (its record written at once, keyed by its id);
+//!    `<bpffs>/maps-next/` (its record written at once, keyed by its id);
 //! 2. the three objects are loaded against the new maps (a staged pin
 //!    wins over `maps/`) and every other map as pinned;
-//! 3. every entry of the old map is converted ([`steps`]) and copied;
+//! 3. every entry of the old map is converted ([`steps`]) and copied,
+//!    then copied once more right before the swap, overwriting (the old
+//!    programs still own the state until then);
 //! 4. every pinned link (pod veths, node devices, XDP, cgroup) gets the
 //!    new program in one `BPF_LINK_UPDATE` each;
 //! 5. entries the old programs created meanwhile are copied (insert
 //!    only where absent: the new programs' own entries win);
 //! 6. each new pin is renamed over the old one (atomic on the bpffs), and
-//!    `maps.next/` is removed; the old map goes with its last reference.
+//!    `maps-next/` is removed; the old map goes with its last reference.
 //!
 //! A kill at any point leaves the old maps (until their rename) and the
 //! staged ones; the next agent resumes: it keeps the staged maps that
@@ -55,7 +57,8 @@ pub struct Rebuilt {
     pub to_version: u32,
     pub from_entries: u32,
     pub to_entries: u32,
-    /// Entries copied (both passes).
+    /// Entries carried over (the first copy, and what the old programs
+    /// created after it).
     pub copied: u64,
     /// Entries that did not fit the new map, or that no conversion keeps.
     pub dropped: u64,
@@ -134,7 +137,7 @@ pub struct MapStatus {
     /// This build's version.
     pub expected_version: u32,
     pub max_entries: Option<u32>,
-    /// A rebuilt map waiting in `maps.next/` (a migration in progress, or
+    /// A rebuilt map waiting in `maps-next/` (a migration in progress, or
     /// one a killed agent left for the next to finish).
     pub staged: bool,
 }
@@ -198,14 +201,18 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     let mut manifest = Manifest::open_or_create(layout)?;
     let mut report = Report::default();
 
-    // 1. The new maps, beside the old ones.
-    for (e, from) in rebuild {
+    // 1. The new maps, beside the old ones. A staged map an earlier
+    // (killed) agent left may already be in use by the programs it
+    // swapped in: it is kept, and never overwritten from the old map.
+    let mut resumed = vec![false; rebuild.len()];
+    for (i, (e, from)) in rebuild.iter().enumerate() {
         let path = staging.join(&e.name);
         if let Some((id, shape)) = inspect::pinned_shape(&path)? {
             if shape == e.shape {
                 if manifest.record(id).is_none() {
                     manifest.set(id, &e.name, e.layout.version, &shape)?;
                 }
+                resumed[i] = true;
                 continue;
             }
             crate::attach::remove_pin(&path)?;
@@ -250,6 +257,17 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
         pairs.push((old, new));
     }
     stall("converted");
+    // Once more right before the swap, overwriting: until the new programs
+    // run, the old map is the truth (a flow that moved on, closed or was
+    // created during the first copy carries its latest state over).
+    for (i, ((e, from), ((old, new), r))) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())).enumerate() {
+        if e.layout.stateful && !is_array(e.shape.map_type) {
+            let flags = if resumed[i] { raw::NOEXIST } else { raw::ANY };
+            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), r.from_entries, flags)?;
+            r.copied = r.copied.max(c);
+            r.dropped = r.dropped.max(d);
+        }
+    }
 
     // 4. Every pinned link onto the new programs.
     swap_links(layout, &mut objs, &mut report)?;
@@ -258,9 +276,8 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     // 5. What the old programs wrote since the first copy.
     for ((e, from), ((old, new), r)) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())) {
         if e.layout.stateful && !is_array(e.shape.map_type) {
-            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), r.from_entries, raw::NOEXIST)?;
+            let (c, _) = copy(e, *from, old.as_fd(), new.as_fd(), r.from_entries, raw::NOEXIST)?;
             r.copied += c;
-            r.dropped = r.dropped.max(d);
         }
     }
 
