@@ -4,9 +4,10 @@
 //!
 //! - A restart with other map capacities (`--ct-max-entries`,
 //!   `--lb-table-slots`) rebuilds those maps beside the old ones, copies
-//!   every entry, swaps every pinned link and commits: no established
-//!   flow fails or changes backend, and new connections fail at most once
-//!   per link swap, inside it (the gap docs/architecture.md names).
+//!   every entry, swaps every pinned link and commits: no request fails
+//!   and every flow keeps its backend. (Before WEIR_CT_PREV, a connection
+//!   opened by an old program during the link swap lost its translation
+//!   about once in ten runs: "Connection reset by peer".)
 //! - The same killed (SIGKILL) in the middle, twice, then restarted: the
 //!   datapath ends in one consistent layout and nothing is lost.
 //! - A pinned map in a layout the agent cannot convert (the 8-byte policy
@@ -137,8 +138,7 @@ struct Traffic {
 struct Tally {
     rounds: u64,
     new_ok: u64,
-    /// Failures of the established flows (and of new connections outside
-    /// a migration's link swap).
+    /// Failures of the established flows.
     failures: Vec<String>,
     /// New connections that failed: (second of the day, UTC; error).
     new_failed: Vec<(f64, String)>,
@@ -220,51 +220,6 @@ fn now_utc() -> f64 {
     (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
 }
 
-/// Seconds since midnight of a log line's RFC 3339 timestamp.
-fn log_time(line: &str) -> Option<f64> {
-    let t = line.split_whitespace().next()?.split('T').nth(1)?.trim_end_matches('Z');
-    let mut it = t.split(':');
-    let (h, m, s): (f64, f64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
-    Some(h * 3600.0 + m * 60.0 + s)
-}
-
-/// Each migration's link swap, from the agent's log: from the first
-/// "rebuilding" line of a start to its "migration done" or "stalled".
-fn swap_windows(log: &str) -> Vec<(f64, f64)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for line in log.lines() {
-        if line.contains("rebuilding a pinned map") && start.is_none() {
-            start = log_time(line);
-        }
-        if line.contains("migration done") || line.contains("migration stalled") {
-            if let (Some(a), Some(b)) = (start.take(), log_time(line)) {
-                out.push((a, b));
-            }
-        }
-    }
-    out
-}
-
-/// The one gap a migration leaves (docs/architecture.md, "What a migration
-/// cannot hide"): a connection opened by an old program in the instant of
-/// the link swap may have its replies meet a new program before its
-/// entries are copied. Established flows never fail; a new connection may
-/// fail only inside a swap, at most once per swap.
-fn check_new_connections(tally: &Tally, log: &str) -> Vec<String> {
-    let windows = swap_windows(log);
-    let mut per_window = vec![0usize; windows.len()];
-    let mut bad = Vec::new();
-    for (at, what) in &tally.new_failed {
-        // A failure is seen at most one connect+read timeout after it happened.
-        match windows.iter().position(|(a, b)| *at >= *a && *at <= *b + 4.5) {
-            Some(i) if per_window[i] == 0 => per_window[i] += 1,
-            _ => bad.push(format!("{what} at {at:.3}, outside a link swap {windows:?} or a second one in it")),
-        }
-    }
-    bad
-}
-
 fn max_entries(pin: &Path) -> u32 {
     aya::maps::MapInfo::from_pin(pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display())).max_entries()
 }
@@ -302,10 +257,7 @@ fn weir_status(t: &Topo) -> serde_json::Value {
 fn assert_migrated(t: &Topo, agent: &Agent, tally: &Tally) {
     let log = agent.log_text();
     let mut failures = tally.failures.clone();
-    failures.extend(check_new_connections(tally, &log));
-    if !tally.new_failed.is_empty() {
-        eprintln!("new connections that failed inside a link swap: {:?}", tally.new_failed);
-    }
+    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
     if !failures.is_empty() {
         let stats = t.node.weir(&["stats"]);
         panic!("no request failed and no flow moved ({} rounds):\n{}\n{}\n{log}", tally.rounds, failures.join("\n"), String::from_utf8_lossy(&stats.stdout));

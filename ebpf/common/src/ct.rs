@@ -123,10 +123,13 @@ pub enum CtStat {
     /// Keys the agent (or `weir ct flush`) deleted. Written by userspace
     /// only, so it never races with the kernel's slots.
     AgentDeleted = 6,
+    /// Entries taken over from the map a migration replaces
+    /// (`maps::CT_PREV`); also counted in `Created`.
+    CarriedOver = 7,
 }
 
 impl CtStat {
-    pub const ALL: [CtStat; 7] = [
+    pub const ALL: [CtStat; 8] = [
         CtStat::Created,
         CtStat::Deleted,
         CtStat::InsertFailed,
@@ -134,6 +137,7 @@ impl CtStat {
         CtStat::HalfRebuilt,
         CtStat::PortRemapped,
         CtStat::AgentDeleted,
+        CtStat::CarriedOver,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -145,6 +149,7 @@ impl CtStat {
             Self::HalfRebuilt => "half_rebuilt",
             Self::PortRemapped => "port_remapped",
             Self::AgentDeleted => "agent_deleted",
+            Self::CarriedOver => "carried_over",
         }
     }
 }

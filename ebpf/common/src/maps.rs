@@ -34,6 +34,13 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 pub const CT: &str = "WEIR_CT";
 pub const CT_MAX_ENTRIES: u32 = 262_144;
 
+/// The conntrack map being replaced, during a migration that rebuilt
+/// [`CT`] in the same layout (a new capacity): the programs loaded for the
+/// migration see the old map here, and take over an entry they miss in
+/// [`CT`] (one the old programs created after the agent's copy). Outside
+/// a migration, an empty map of one entry.
+pub const CT_PREV: &str = "WEIR_CT_PREV";
+
 /// Runtime configuration: index 0 → DatapathConfig (array).
 pub const CONFIG: &str = "WEIR_CONFIG";
 

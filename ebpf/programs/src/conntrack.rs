@@ -22,7 +22,7 @@ use weir_logic::ct::{advance, expiry, is_alive, State};
 
 use crate::{
     errors,
-    maps::{CONFIG, CT, CT_OWNERS, CT_STATS},
+    maps::{CONFIG, CT, CT_OWNERS, CT_PREV, CT_STATS},
 };
 
 #[inline(always)]
@@ -82,6 +82,25 @@ pub fn key(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8, kind: u8
 
 #[inline(always)]
 pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
+    match CT.get_ptr_mut(k) {
+        Some(e) => Some(e),
+        None => carry_over(k),
+    }
+}
+
+/// An entry missing from `WEIR_CT` that the map a migration replaces
+/// still holds (see `weir_common::maps::CT_PREV`): it moves over, so a
+/// flow the old programs opened during the migration keeps its
+/// translation. Outside a migration the map is empty. (Inlined: a frame
+/// of its own would take the deepest call chains past the 512-byte stack.)
+#[inline(always)]
+fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
+    let old = CT_PREV.get_ptr(k)?;
+    // SAFETY: a map value pointer, valid for this program run.
+    if CT.insert(k, unsafe { &*old }, BPF_NOEXIST as u64).is_ok() {
+        stat(CtStat::Created);
+        stat(CtStat::CarriedOver);
+    }
     CT.get_ptr_mut(k)
 }
 
@@ -89,7 +108,7 @@ pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
 #[inline(always)]
 pub fn alive(k: &CtKey, now: u64) -> bool {
     // SAFETY: read-only access to a map value.
-    CT.get_ptr(k).is_some_and(|e| is_alive(unsafe { &*e }, now))
+    lookup(k).is_some_and(|e| is_alive(unsafe { &*e }, now))
 }
 
 #[inline(always)]

@@ -46,6 +46,9 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned
 #[map(name = "WEIR_CT")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
 
+/// See `weir_common::maps::CT_PREV`.
+#[map(name = "WEIR_CT_PREV")]
+pub static CT_PREV: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(1, 0);
 #[map(name = "WEIR_CT_STATS")]
 pub static CT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CT_STATS_MAX_ENTRIES, 0);
 

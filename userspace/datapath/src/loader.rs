@@ -82,6 +82,18 @@ pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 3] {
 /// A map staged by a migration (`<bpffs>/maps-next/<name>`, see
 /// [`crate::migrate`]) is used instead of the one in `maps/`.
 pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
+    load_object_with(layout, opts, bytes, object, &[])
+}
+
+/// [`load_object`], with some maps' pins chosen by the caller (name,
+/// absolute pin path).
+pub(crate) fn load_object_with(
+    layout: &PinLayout,
+    opts: &LoadOptions,
+    bytes: &[u8],
+    object: &'static str,
+    pins: &[(&'static str, std::path::PathBuf)],
+) -> Result<Ebpf, DatapathError> {
     let level = opts.kernel_log.global();
     let staged: Vec<(String, std::path::PathBuf)> = match std::fs::read_dir(layout.staging_dir()) {
         Ok(entries) => entries.flatten().filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path()))).collect(),
@@ -94,6 +106,9 @@ pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], 
     }
     for (name, path) in &staged {
         loader.map_pin_path(name.as_str(), path.as_path());
+    }
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
     }
     kernel_log::configure(&mut loader, &level);
     loader.load(bytes).map_err(|source| DatapathError::Load { object, source })

@@ -131,6 +131,7 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::LB_TABLE, 1, 4, 4, &["u32"], true),
     layout(maps::AFFINITY, 1, sz::<AffinityKey>(), sz::<AffinityValue>(), &["AffinityKey", "AffinityValue", "Addr"], true),
     layout(maps::CT, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::CT_PREV, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),
     layout(maps::CT_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::CT_OWNERS, 1, 4, 8, &["u32", "u64"], true),
     layout(maps::LINKS, 1, 4, sz::<LinkInfo>(), &["LinkInfo", "Addr"], true),

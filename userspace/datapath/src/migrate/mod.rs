@@ -43,7 +43,7 @@ use self::{
     manifest::Manifest,
     raw::Update,
 };
-use crate::{attach::Hook, loader::{load_object, LoadOptions}, objects, pins::PinLayout, DatapathError};
+use crate::{attach::Hook, loader::{load_object_with, LoadOptions}, objects, pins::PinLayout, DatapathError};
 
 /// The environment variable that stops a migration at a phase, for the
 /// kill-in-the-middle tests: `converted`, `swapped` or `committing`.
@@ -226,10 +226,18 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
         tracing::info!(map = %e.name, from_version = from, to_version = e.layout.version, to = %s.max_entries, "rebuilding a pinned map beside the old one");
     }
 
-    // 2. The objects, over the new maps.
+    // 2. The objects, over the new maps. A conntrack rebuilt in the same
+    // layout stays visible to them as WEIR_CT_PREV, so an entry the old
+    // programs create until the last link is swapped is taken over on its
+    // first miss.
+    let ct = weir_common::maps::CT;
+    let mut pins: Vec<(&'static str, PathBuf)> = Vec::new();
+    if rebuild.iter().any(|(e, from)| e.name == ct && *from == e.layout.version) {
+        pins.push((weir_common::maps::CT_PREV, layout.map(ct)));
+    }
     let mut objs: Vec<(&'static str, Ebpf)> = Vec::new();
     for (object, bytes) in objects::all() {
-        objs.push((object, load_object(layout, opts, bytes, object)?));
+        objs.push((object, load_object_with(layout, opts, bytes, object, &pins)?));
     }
 
     // 3. The entries.
