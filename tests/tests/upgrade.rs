@@ -12,8 +12,9 @@
 //!   datapath ends in one consistent layout and nothing is lost.
 //! - A pinned map in a layout the agent cannot convert (the 8-byte policy
 //!   value that agents pinned before the verdict-valued entries), or in a newer
-//!   layout (a downgrade), is refused with a message naming the map and
-//!   both layouts, and the running datapath is left exactly as it was.
+//!   layout (a downgrade), or a selection table shrunk below the slots in
+//!   use, is refused with a message naming the map and both layouts, and
+//!   the running datapath is left exactly as it was.
 
 use std::{
     collections::BTreeMap,
@@ -342,6 +343,24 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
     assert_migrated(&t, &agent, &tally);
 }
 
+/// Starts the agent with `args`, which must refuse the pins (its message
+/// containing every needle) and exit, leaving every pin, map and attached
+/// program as it was.
+fn expect_refusal(t: &Topo, agent: &mut Agent, args: &[&str], needles: &[&str]) {
+    let before = pinned_ids(t.node.bpffs());
+    let lines = agent.log_text().lines().count();
+    agent.launch_again(args, &[]);
+    let status = agent.wait_exit(Duration::from_secs(30)).expect("the agent stops by itself");
+    assert!(!status.success(), "it exits with an error");
+    let log: String = agent.log_text().lines().skip(lines).collect::<Vec<_>>().join("\n");
+    for n in needles {
+        assert!(log.contains(n), "the refusal says {n:?}:\n{log}");
+    }
+    assert!(log.contains("Nothing was changed"), "{log}");
+    assert_eq!(pinned_ids(t.node.bpffs()), before, "every pin, map and attached program is as it was");
+    assert!(!t.staging().exists(), "nothing staged");
+}
+
 #[test]
 fn maps_the_agent_cannot_convert_are_refused_and_the_datapath_left_as_it_was() {
     let t = Topo::new();
@@ -349,32 +368,22 @@ fn maps_the_agent_cannot_convert_are_refused_and_the_datapath_left_as_it_was() {
     agent.stop_with(libc::SIGTERM);
     let traffic = Traffic::start(&t);
 
+    // A selection table shrunk below the slots its services use.
+    expect_refusal(&t, &mut agent, &["--lb-table-slots", "512"], &["WEIR_LB_TABLE", "index", "keep it at"]);
+
     // WEIR_POLICY as the agents before the 16-byte policy value pinned it
     // (the verdict-valued entries of 94fc995 and later): 8-byte values.
     let policy = t.map_pin("WEIR_POLICY");
     std::fs::remove_file(&policy).expect("unpin WEIR_POLICY (the programs keep the map)");
     let old: aya::maps::LpmTrie<aya::maps::MapData, [u8; 12], u64> = aya::maps::LpmTrie::create(1024, 1).expect("an old-layout policy map");
     old.pin(&policy).expect("pin it");
-    let before = pinned_ids(t.node.bpffs());
-
-    let refused = |agent: &mut Agent, args: &[&str], needles: &[&str]| {
-        let lines = agent.log_text().lines().count();
-        agent.launch_again(args, &[]);
-        let status = agent.wait_exit(Duration::from_secs(20)).expect("the agent stops by itself");
-        assert!(!status.success(), "it exits with an error");
-        let log: String = agent.log_text().lines().skip(lines).collect::<Vec<_>>().join("\n");
-        for n in needles {
-            assert!(log.contains(n), "the refusal says {n:?}:\n{log}");
-        }
-        assert!(log.contains("Nothing was changed"), "{log}");
-        assert_eq!(pinned_ids(t.node.bpffs()), before, "every pin, map and attached program is as it was");
-        assert!(!t.staging().exists(), "nothing staged");
-    };
-    refused(&mut agent, &[], &["WEIR_POLICY", "unversioned (lpm_trie key 16 B value 8 B", "layout v1 (lpm_trie key 16 B value 16 B"]);
+    expect_refusal(&t, &mut agent, &[], &["WEIR_POLICY", "unversioned (lpm_trie key 16 B value 8 B", "layout v1 (lpm_trie key 16 B value 16 B"]);
     // With another size requested too: still refused before anything.
-    refused(&mut agent, &LARGE, &["WEIR_POLICY"]);
+    expect_refusal(&t, &mut agent, &LARGE, &["WEIR_POLICY"]);
 
     // A downgrade: conntrack recorded at a layout newer than this agent's.
+    // (The real policy map is unpinned now, so the agent would create a
+    // new one; the refusal comes first.)
     std::fs::remove_file(&policy).expect("unpin the old-layout map");
     let abi = t.map_pin("WEIR_ABI");
     let mut manifest: aya::maps::HashMap<aya::maps::MapData, weir_common::abi::AbiKey, weir_common::abi::AbiRecord> =
@@ -383,16 +392,7 @@ fn maps_the_agent_cannot_convert_are_refused_and_the_datapath_left_as_it_was() {
     let mut rec = manifest.get(&key, 0).expect("conntrack's record");
     rec.version = 2;
     manifest.insert(key, rec, 0).expect("record v2");
-    // The real policy map is gone from the pins now: re-pinning it is not
-    // possible, so the agent would create a new one; the refusal comes first.
-    let before_downgrade = pinned_ids(t.node.bpffs());
-    let lines = agent.log_text().lines().count();
-    agent.launch_again(&[], &[]);
-    let status = agent.wait_exit(Duration::from_secs(20)).expect("the agent stops by itself");
-    assert!(!status.success());
-    let log: String = agent.log_text().lines().skip(lines).collect::<Vec<_>>().join("\n");
-    assert!(log.contains("WEIR_CT") && log.contains("layout v2") && log.contains("layout v1") && log.contains("downgrade"), "{log}");
-    assert_eq!(pinned_ids(t.node.bpffs()), before_downgrade, "a refused downgrade touches nothing");
+    expect_refusal(&t, &mut agent, &[], &["WEIR_CT", "layout v2", "layout v1", "downgrade"]);
 
     let tally = traffic.finish();
     assert!(tally.failures.is_empty() && tally.new_failed.is_empty(), "traffic kept flowing on the pinned programs: {:?} {:?}", tally.failures, tally.new_failed);

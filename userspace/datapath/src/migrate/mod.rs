@@ -108,7 +108,44 @@ pub fn prepare(layout: &PinLayout, opts: &LoadOptions) -> Result<Report, Datapat
         remove_staging(layout)?;
         return Ok(Report::default());
     }
+    let refusals: Vec<Refusal> = rebuild.iter().filter_map(|(e, _)| shrink_refusal(layout, e).transpose()).collect::<Result<_, _>>()?;
+    if !refusals.is_empty() {
+        return Err(DatapathError::Refused(refusals));
+    }
     run(layout, opts, &rebuild)
+}
+
+/// An array cannot shrink below its last used index (the selection table's
+/// ranges belong to services): such a rebuild is refused, naming the size
+/// that fits. Hashes may shrink; what does not fit is counted as dropped.
+fn shrink_refusal(layout: &PinLayout, e: &Expected) -> Result<Option<Refusal>, DatapathError> {
+    let path = layout.map(&e.name);
+    let Some((_, old)) = inspect::pinned_shape(&path)? else { return Ok(None) };
+    if !is_array(e.shape.map_type) || old.max_entries <= e.shape.max_entries {
+        return Ok(None);
+    }
+    let fd = raw::obj_get(&path).map_err(raw_error("opening", &e.name))?;
+    let mut last_used = None;
+    if old.flags & raw::F_MMAPABLE != 0 {
+        let stride = (old.value_size as usize).div_ceil(8) * 8;
+        let all = raw::ArrayMapping::new(fd.as_fd(), old.max_entries, old.value_size, false).map_err(raw_error("mapping", &e.name))?;
+        let tail = &all.bytes()[e.shape.max_entries as usize * stride..old.max_entries as usize * stride];
+        last_used = tail.chunks(stride).rposition(|v| v.iter().any(|b| *b != 0)).map(|i| e.shape.max_entries + i as u32);
+    } else {
+        let mut value = vec![0u8; old.value_size as usize];
+        for i in (e.shape.max_entries..old.max_entries).rev() {
+            if raw::lookup(fd.as_fd(), &i.to_ne_bytes(), &mut value).map_err(raw_error("reading", &e.name))? && value.iter().any(|b| *b != 0) {
+                last_used = Some(i);
+                break;
+            }
+        }
+    }
+    Ok(last_used.map(|i| Refusal {
+        map: e.name.clone(),
+        pinned: format!("{} entries, index {i} in use", old.max_entries),
+        expected: format!("{} entries", e.shape.max_entries),
+        why: format!("shrinking would drop entries in use; keep it at {} or more", i + 1),
+    }))
 }
 
 /// Records the layout of every pinned map that has no record yet (maps the
@@ -323,9 +360,9 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, old_e
     let (mut copied, mut dropped) = (0u64, 0u64);
     let key_size = e.shape.key_size.max(4) as usize;
     // An older layout's sizes may differ: read with generous buffers.
-    let mut value = vec![0u8; 4096];
     let old_shape = old_shape(old);
     let (old_key, old_value) = old_shape.unwrap_or((key_size as u32, e.shape.value_size));
+    let mut value = vec![0u8; old_value as usize];
     let mut put = |k: &[u8], v: &[u8], flags: u64| -> Result<(), DatapathError> {
         let Some((k, v)) = steps::convert(name, from, to, k, v) else {
             dropped += 1;
@@ -338,6 +375,18 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, old_e
         }
         Ok(())
     };
+    if is_array(e.shape.map_type) && e.shape.flags & raw::F_MMAPABLE != 0 && from == to && old_value == e.shape.value_size {
+        // Same layout, memory-mappable (the selection table): one copy of
+        // the used bytes instead of a syscall per slot.
+        let stride = (old_value as usize).div_ceil(8) * 8;
+        let n = old_entries.min(e.shape.max_entries) as usize;
+        let src = raw::ArrayMapping::new(old, old_entries, old_value, false).map_err(raw_error("mapping", name))?;
+        let mut dst = raw::ArrayMapping::new(new, e.shape.max_entries, old_value, true).map_err(raw_error("mapping", name))?;
+        let bytes = n * stride;
+        dst.bytes_mut()[..bytes].copy_from_slice(&src.bytes()[..bytes]);
+        let used = src.bytes()[..bytes].chunks(stride).filter(|v| v.iter().any(|b| *b != 0)).count();
+        return Ok((used as u64, 0));
+    }
     if is_array(e.shape.map_type) {
         let n = old_entries.min(e.shape.max_entries);
         let zero = vec![0u8; old_value as usize];

@@ -134,3 +134,49 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel returned a new file descriptor that we now own.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
 }
+
+/// `BPF_F_MMAPABLE`: an array whose values can be mapped into memory.
+pub const F_MMAPABLE: u32 = 1 << 10;
+
+/// A whole memory-mappable BPF array, mapped while this lives.
+pub struct ArrayMapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl ArrayMapping {
+    /// Maps the array behind `fd`: `entries` values `round_up(value_size,
+    /// 8)` bytes apart.
+    pub fn new(fd: BorrowedFd<'_>, entries: u32, value_size: u32, writable: bool) -> io::Result<Self> {
+        let stride = (value_size as usize).div_ceil(8) * 8;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = (entries as usize * stride).div_ceil(page) * page;
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
+        // the length against the array.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes while `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; mapped writable by the caller's choice (a write
+        // to a read-only mapping faults, never corrupts).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.len) }
+    }
+}
+
+impl Drop for ArrayMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
