@@ -221,6 +221,23 @@ fn now_utc() -> f64 {
     (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
 }
 
+/// Deletes every TCP service flow's reverse entry from the conntrack map
+/// pinned at `pin`; returns how many.
+fn drop_reverse_entries(pin: &Path) -> usize {
+    use weir_common::ct::{CtEntry, CtKey, CT_SVC_REV};
+    let data = aya::maps::MapData::from_pin(pin).expect("staged conntrack");
+    let mut ct: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("conntrack map");
+    let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).filter(|k| k.kind == CT_SVC_REV && k.proto == 6).collect();
+    keys.iter().filter(|k| ct.remove(k).is_ok()).count()
+}
+
+/// `CtStat::CarriedOver`, summed over CPUs.
+fn carried_over(t: &Topo) -> u64 {
+    let data = aya::maps::MapData::from_pin(t.map_pin("WEIR_CT_STATS")).expect("WEIR_CT_STATS");
+    let stats: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("per-CPU array");
+    stats.get(&(weir_common::ct::CtStat::CarriedOver as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
 fn max_entries(pin: &Path) -> u32 {
     aya::maps::MapInfo::from_pin(pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display())).max_entries()
 }
@@ -320,7 +337,14 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
     let stalled = agent.log_text().matches("migration stalled").count();
     agent.launch_again(&LARGE, &[(STALL, "swapped")]);
     agent.wait_for_log("migration stalled", stalled + 1);
+    // The reverse halves of the service flows, gone from the new map (as
+    // if the old programs had created them after the copy): the backends'
+    // replies find them only in the old map, through WEIR_CT_PREV.
+    let carried = carried_over(&t);
+    let removed = drop_reverse_entries(&t.staging().join("WEIR_CT"));
+    assert!(removed >= 9, "the long-lived connections' reverse entries: {removed}");
     std::thread::sleep(Duration::from_millis(500));
+    assert!(carried_over(&t) >= carried + 9, "the new programs took the missing entries over from the old map");
     agent.stop_with(libc::SIGKILL);
     assert!(t.staging().join("WEIR_CT").exists(), "the kill left the rebuilt conntrack staged");
     assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 8192, "the old map is still pinned");

@@ -80,11 +80,25 @@ pub fn key(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8, kind: u8
     CtKey { saddr, daddr, sport, dport, proto, kind, _pad: 0 }
 }
 
+/// 1 in the programs the agent loads for a migration that rebuilds
+/// `WEIR_CT` in the same layout (`weir_datapath::migrate`), 0 otherwise: a
+/// load-time constant (.rodata), so the verifier removes [`carry_over`]
+/// from every other load and it costs nothing per packet.
+#[no_mangle]
+static WEIR_CT_PREV_ON: u8 = 0;
+
+#[inline(always)]
+fn ct_prev_on() -> bool {
+    // SAFETY: reading a constant the loader may have overridden.
+    unsafe { core::ptr::read_volatile(&WEIR_CT_PREV_ON) != 0 }
+}
+
 #[inline(always)]
 pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
     match CT.get_ptr_mut(k) {
         Some(e) => Some(e),
-        None => carry_over(k),
+        None if ct_prev_on() => carry_over(k),
+        None => None,
     }
 }
 

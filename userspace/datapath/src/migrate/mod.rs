@@ -269,12 +269,13 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     // first miss.
     let ct = weir_common::maps::CT;
     let mut pins: Vec<(&'static str, PathBuf)> = Vec::new();
-    if rebuild.iter().any(|(e, from)| e.name == ct && *from == e.layout.version) {
+    let ct_prev = rebuild.iter().any(|(e, from)| e.name == ct && *from == e.layout.version);
+    if ct_prev {
         pins.push((weir_common::maps::CT_PREV, layout.map(ct)));
     }
     let mut objs: Vec<(&'static str, Ebpf)> = Vec::new();
     for (object, bytes) in objects::all() {
-        objs.push((object, load_object_with(layout, opts, bytes, object, &pins)?));
+        objs.push((object, load_object_with(layout, opts, bytes, object, &pins, ct_prev)?));
     }
 
     // 3. The entries.
