@@ -254,6 +254,19 @@ pub fn tcp_connect(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> i
     })
 }
 
+/// One short connection from the calling thread's network namespace to a
+/// [`Reply::Name`] server: connect, send a byte, half-close, read the
+/// whole answer, which must not be empty.
+pub fn short_connection_here(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"x")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut v = Vec::new();
+    s.read_to_end(&mut v)?;
+    if v.is_empty() { Err(io::Error::other("empty reply")) } else { Ok(()) }
+}
+
 /// Sends one line on a [`Reply::NamePerLine`] connection and returns the answer.
 pub fn ask_name(s: &mut TcpStream) -> io::Result<String> {
     s.write_all(b"who\n")?;

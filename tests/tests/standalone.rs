@@ -148,16 +148,7 @@ fn restarts_lose_no_traffic() {
         t.client.ns().spawn(move || {
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
-                let addr = std::net::SocketAddr::from((VIP, 80));
-                let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
-                    use std::io::{Read as _, Write as _};
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    s.write_all(b"x")?;
-                    s.shutdown(std::net::Shutdown::Write)?;
-                    let mut v = Vec::new();
-                    s.read_to_end(&mut v)?;
-                    if v.is_empty() { Err(std::io::Error::other("empty reply")) } else { Ok(()) }
-                });
+                let r = weir_tests::traffic::short_connection_here(std::net::SocketAddr::from((VIP, 80)), Duration::from_secs(2));
                 match r {
                     Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failed.fetch_add(1, Ordering::Relaxed),

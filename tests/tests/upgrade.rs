@@ -188,16 +188,7 @@ impl Traffic {
                         other => tally.failures.push(format!("round {}: udp{i} (backend {want}): {other:?}", tally.rounds)),
                     }
                 }
-                let addr = std::net::SocketAddr::from((VIP_SHORT, 80));
-                let r = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
-                    use std::io::{Read as _, Write as _};
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    s.write_all(b"x")?;
-                    s.shutdown(std::net::Shutdown::Write)?;
-                    let mut v = Vec::new();
-                    s.read_to_end(&mut v)?;
-                    if v.is_empty() { Err(std::io::Error::other("empty reply")) } else { Ok(()) }
-                });
+                let r = weir_tests::traffic::short_connection_here(std::net::SocketAddr::from((VIP_SHORT, 80)), Duration::from_secs(2));
                 match r {
                     Ok(()) => tally.new_ok += 1,
                     Err(e) => tally.new_failed.push((now_utc(), format!("round {}: new connection: {e}", tally.rounds))),
@@ -300,6 +291,17 @@ fn assert_migrated(t: &Topo, agent: &Agent, tally: &Tally) {
     assert!(st["datapath_agent"].as_str().is_some_and(|a| a.starts_with("weir-agent ")), "{st}");
 }
 
+/// Restarts the agent with the LARGE sizes, lets the traffic run a second
+/// more, and checks the finished migration.
+fn restart_large_and_check(t: &Topo, agent: &mut Agent, traffic: Traffic) {
+    let synced = agent.log_text().matches("initial sync").count();
+    agent.restart_with(&LARGE);
+    agent.wait_for_log("initial sync", synced + 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = traffic.finish();
+    assert_migrated(t, agent, &tally);
+}
+
 #[test]
 fn new_map_sizes_are_migrated_under_traffic_without_losing_a_connection() {
     let t = Topo::new();
@@ -312,12 +314,7 @@ fn new_map_sizes_are_migrated_under_traffic_without_losing_a_connection() {
 
     agent.stop_with(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
-    let synced = agent.log_text().matches("initial sync").count();
-    agent.restart_with(&LARGE);
-    agent.wait_for_log("initial sync", synced + 1);
-    std::thread::sleep(Duration::from_secs(1));
-    let tally = traffic.finish();
-    assert_migrated(&t, &agent, &tally);
+    restart_large_and_check(&t, &mut agent, traffic);
     let after = pinned_ids(t.node.bpffs());
     assert_ne!(before["maps/WEIR_CT"], after["maps/WEIR_CT"], "a new conntrack map");
     assert_eq!(before["maps/WEIR_BACKENDS"], after["maps/WEIR_BACKENDS"], "maps of the same layout and size are adopted, not copied");
@@ -359,12 +356,7 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
     std::thread::sleep(Duration::from_millis(500));
 
     agent.unset_env(STALL);
-    let synced = agent.log_text().matches("initial sync").count();
-    agent.restart_with(&LARGE);
-    agent.wait_for_log("initial sync", synced + 1);
-    std::thread::sleep(Duration::from_secs(1));
-    let tally = traffic.finish();
-    assert_migrated(&t, &agent, &tally);
+    restart_large_and_check(&t, &mut agent, traffic);
 }
 
 /// Starts the agent with `args`, which must refuse the pins (its message
