@@ -394,7 +394,7 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, old_e
         for i in 0..n {
             let k = i.to_ne_bytes();
             if raw::lookup(old, &k, &mut value[..old_value as usize]).map_err(raw_error("reading", name))? && value[..old_value as usize] != zero[..] {
-                put(&k, &value[..old_value as usize].to_vec(), raw::ANY)?;
+                put(&k, &value[..old_value as usize], raw::ANY)?;
             }
         }
         return Ok((copied, dropped));
@@ -407,7 +407,7 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, old_e
         key.copy_from_slice(&next);
         if raw::lookup(old, &key, &mut value[..old_value as usize]).map_err(raw_error("reading", name))? {
             let v = value[..old_value as usize].to_vec();
-            put(&key.clone(), &v, flags)?;
+            put(&key, &v, flags)?;
         }
     }
     Ok((copied, dropped))
