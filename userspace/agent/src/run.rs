@@ -209,13 +209,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let addrs = node_net.sync(&state, &watcher, &metrics).await;
                             reconciler.set_device_addrs(addrs);
                             let out = reconciler.full_sync(&state);
-                            log_outcome("initial sync", &out, start.elapsed(), &metrics);
+                            let took = start.elapsed();
                             sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
                             svc_health.sync(weir_model::health::health_checks(&state, args.node_name.as_deref()), &metrics).await;
                             release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
                             metrics.set_ready();
+                            // Logged once ready: whoever waits for this line
+                            // finds /readyz true.
+                            log_outcome("initial sync", &out, took, &metrics);
                         }
                         SourceEvent::Synced => {}
                         SourceEvent::WatchHealth { kind, failing } => {
