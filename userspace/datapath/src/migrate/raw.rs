@@ -38,45 +38,36 @@ struct LinkUpdateAttr {
     old_prog_fd: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+/// Issues `cmd` with `attr`; returns the syscall's non-negative result.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, properly aligned bpf_attr prefix for `cmd`,
     // and its pointers point into buffers the caller keeps alive.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as libc::c_uint) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
+    }
+}
+
+/// A read that fills `out` for `key` (0: none); `Ok(false)` on ENOENT.
+fn read_elem(cmd: libc::c_long, map: BorrowedFd<'_>, key: u64, out: &mut [u8]) -> io::Result<bool> {
+    let mut attr = ElemAttr { map_fd: map.as_raw_fd() as u32, key, value_or_next: out.as_mut_ptr() as u64, ..Default::default() };
+    match bpf(cmd, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
 /// The key after `key` (the first key for `None`); `Ok(false)` at the end.
 pub fn next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.map_or(0, |k| k.as_ptr() as u64),
-        value_or_next: next.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
+    read_elem(BPF_MAP_GET_NEXT_KEY, map, key.map_or(0, |k| k.as_ptr() as u64), next)
 }
 
 /// Reads `key`'s value; `Ok(false)` when the key is gone.
 pub fn lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value_or_next: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
+    read_elem(BPF_MAP_LOOKUP_ELEM, map, key.as_ptr() as u64, value)
 }
 
 /// What an update did.
@@ -98,7 +89,7 @@ pub fn update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::
         ..Default::default()
     };
     match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
-        Ok(()) => Ok(Update::Written),
+        Ok(_) => Ok(Update::Written),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(Update::Exists),
         Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)) => Ok(Update::Full),
         Err(e) => Err(e),
@@ -108,7 +99,7 @@ pub fn update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::
 /// Replaces the program of a link (TCX, XDP or cgroup) atomically.
 pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = LinkUpdateAttr { link_fd: link.as_raw_fd() as u32, new_prog_fd: prog.as_raw_fd() as u32, ..Default::default() };
-    bpf(BPF_LINK_UPDATE, &mut attr)
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -126,11 +117,7 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
-    // SAFETY: as in `bpf`; `c` outlives the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &mut attr as *mut ObjGetAttr, std::mem::size_of::<ObjGetAttr>() as libc::c_uint) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let rc = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that we now own.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
 }
