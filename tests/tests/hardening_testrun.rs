@@ -584,7 +584,8 @@ fn the_collector_never_deletes_an_entry_revived_after_its_scan() {
         fx.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
         let q = testrun::udp4((CLIENT, 49000), (VIP, 53), b"q");
         fx.run(Hook::FromPod, fx.ns_lo, &q);
-        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // A 1 s timeout lives 1 to 2 s (entries keep whole seconds).
+        std::thread::sleep(std::time::Duration::from_millis(2100));
         let mut ct = fx.ct();
         let scan = ct.entries(); // both entries dead
         fx.run(Hook::FromPod, fx.ns_lo, &q); // the flow comes back meanwhile

@@ -10,6 +10,10 @@
 //!   about once in ten runs: "Connection reset by peer".)
 //! - The same killed (SIGKILL) in the middle, twice, then restarted: the
 //!   datapath ends in one consistent layout and nothing is lost.
+//! - Conntrack pinned in its previous layout (v1: 64-byte entries with a
+//!   nanosecond expiry), holding the established flows: the agent converts
+//!   every entry into the current layout and swaps the programs, and the
+//!   flows keep their backends and their translation.
 //! - A pinned map in a layout the agent cannot convert (the 8-byte policy
 //!   value that agents pinned before the verdict-valued entries), or in a newer
 //!   layout (a downgrade), or a selection table shrunk below the slots in
@@ -132,6 +136,8 @@ impl Topo {
 /// opens new connections until stopped.
 struct Traffic {
     stop: Arc<AtomicBool>,
+    /// Whether each round opens a new connection too.
+    opening: Arc<AtomicBool>,
     handle: JoinHandle<Tally>,
 }
 
@@ -165,6 +171,8 @@ impl Traffic {
         assert!(distinct.len() >= 2, "the long-lived connections spread over backends: {distinct:?}");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let opening = Arc::new(AtomicBool::new(true));
+        let opening2 = opening.clone();
         let handle = t.client.ns().spawn(move || {
             let mut tally = Tally::default();
             for (i, (_, n)) in tcp.iter().enumerate() {
@@ -188,16 +196,25 @@ impl Traffic {
                         other => tally.failures.push(format!("round {}: udp{i} (backend {want}): {other:?}", tally.rounds)),
                     }
                 }
-                let r = weir_tests::traffic::short_connection_here(std::net::SocketAddr::from((VIP_SHORT, 80)), Duration::from_secs(2));
-                match r {
-                    Ok(()) => tally.new_ok += 1,
-                    Err(e) => tally.new_failed.push((now_utc(), format!("round {}: new connection: {e}", tally.rounds))),
+                if opening2.load(Ordering::Relaxed) {
+                    let r = weir_tests::traffic::short_connection_here(std::net::SocketAddr::from((VIP_SHORT, 80)), Duration::from_secs(2));
+                    match r {
+                        Ok(()) => tally.new_ok += 1,
+                        Err(e) => tally.new_failed.push((now_utc(), format!("round {}: new connection: {e}", tally.rounds))),
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             tally
         });
-        Self { stop, handle }
+        Self { stop, opening, handle }
+    }
+
+    /// Stops or resumes opening new connections (the established flows
+    /// keep going); waits for a round in flight to finish.
+    fn open_new(&self, on: bool) {
+        self.opening.store(on, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     fn finish(self) -> Tally {
@@ -340,8 +357,13 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
     let carried = carried_over(&t);
     let removed = drop_reverse_entries(&t.staging().join("WEIR_CT"));
     assert!(removed >= 9, "the long-lived connections' reverse entries: {removed}");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(carried_over(&t) >= carried + 9, "the new programs took the missing entries over from the old map");
+    // The traffic's next round (which may take a while on 2 loaded cores).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while carried_over(&t) < carried + 9 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = carried_over(&t);
+    assert!(now >= carried + 9, "the new programs took the missing entries over from the old map: {carried} then {now}; {}", String::from_utf8_lossy(&t.node.weir(&["stats"]).stdout));
     agent.stop_with(libc::SIGKILL);
     assert!(t.staging().join("WEIR_CT").exists(), "the kill left the rebuilt conntrack staged");
     assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 8192, "the old map is still pinned");
@@ -357,6 +379,110 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
 
     agent.unset_env(STALL);
     restart_large_and_check(&t, &mut agent, traffic);
+}
+
+/// Replaces the conntrack map pinned as `name` by one in layout v1 holding
+/// the same entries, as an agent of that layout would have left it: 64-byte
+/// values (`ct_v1::CtEntryV1`, converted back from the current ones) and a
+/// v1 record. Returns how many entries it holds. The running programs keep
+/// the current map, unpinned: from here on, the only state the next agent
+/// can carry over is what it converts from v1.
+fn pin_as_v1(t: &Topo, name: &str) -> usize {
+    use weir_common::ct::{CtEntry, CtKey};
+    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest, steps::ct_v1};
+    let pin = t.map_pin(name);
+    let info = aya::maps::MapInfo::from_pin(&pin).expect("the current map");
+    let current: aya::maps::HashMap<_, CtKey, CtEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&pin).expect("open"))).expect("conntrack");
+    let entries: Vec<(CtKey, CtEntry)> = current.iter().filter_map(Result::ok).collect();
+    let shape = Shape { map_type: 9, key_size: ct_v1::KEY_SIZE, value_size: ct_v1::VALUE_SIZE, flags: info.map_flags(), max_entries: info.max_entries() };
+    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
+    let data = aya::maps::MapData::create(obj, name, None).expect("a v1 map");
+    let id = data.info().expect("info").id();
+    let mut old: aya::maps::HashMap<_, CtKey, ct_v1::CtEntryV1> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v1 map");
+    for (k, e) in &entries {
+        old.insert(k, ct_v1::to_v1(e), 0).expect("a v1 entry");
+    }
+    let layout = weir_datapath::PinLayout::new(t.node.bpffs());
+    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, name, 1, &shape).expect("the v1 record");
+    std::fs::remove_file(&pin).expect("unpin the current map (the programs keep it)");
+    old.pin(&pin).expect("pin the v1 map");
+    entries.len()
+}
+
+#[test]
+fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_connection() {
+    let t = Topo::new();
+    let mut agent = t.start(&[]);
+    let before = pinned_ids(t.node.bpffs());
+    let traffic = Traffic::start(&t);
+    std::thread::sleep(Duration::from_millis(500));
+    // The programs running now are this build's, over the map the next
+    // step unpins: a connection they opened from here until the migration
+    // would be in neither layout's pinned map, which no real upgrade
+    // does. So new connections pause while the old layout is staged (the
+    // established flows keep going); the old programs' late entries are
+    // covered below, where the new programs take them over from the v1 map.
+    traffic.open_new(false);
+    agent.stop_with(libc::SIGTERM);
+    let flows = pin_as_v1(&t, "WEIR_CT");
+    assert!(flows >= 2 * 13, "both entries of the 9 TCP and 4 UDP flows, at least: {flows}");
+    pin_as_v1(&t, "WEIR_SNAT");
+    let st = weir_status(&t);
+    let ct = st["layouts"].as_array().expect("layouts").iter().find(|l| l["name"] == "WEIR_CT").expect("WEIR_CT").clone();
+    assert_eq!((ct["pinned_version"].as_u64(), ct["expected_version"].as_u64()), (Some(1), Some(2)), "weir status sees the old layout: {ct}");
+    assert!(st["conntrack"].is_null(), "and does not read conntrack in a layout it does not know: {}", st["conntrack"]);
+
+    // Stalled with the new programs on every link over the converted maps:
+    // the reverse halves of the TCP flows, gone from the new map (as if the
+    // old programs had created them after the copy), are taken over from
+    // the v1 map and converted on the backends' next replies.
+    let stalled = agent.log_text().matches("migration stalled").count();
+    agent.launch_again(&[], &[(STALL, "swapped")]);
+    agent.wait_for_log("migration stalled", stalled + 1);
+    let carried = carried_over(&t);
+    let removed = drop_reverse_entries(&t.staging().join("WEIR_CT"));
+    assert!(removed >= 9, "the long-lived connections' reverse entries: {removed}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while carried_over(&t) < carried + 9 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(carried_over(&t) >= carried + 9, "the new programs took the missing entries over from the v1 map: {carried} then {}", carried_over(&t));
+    agent.stop_with(libc::SIGKILL);
+    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 64, "the kill left v1 pinned");
+
+    // The next start finishes the migration.
+    agent.unset_env(STALL);
+    let synced = agent.log_text().matches("initial sync").count();
+    agent.restart_with(&[]);
+    agent.wait_for_log("initial sync", synced + 1);
+    traffic.open_new(true);
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = traffic.finish();
+
+    let log = agent.log_text();
+    let mut failures = tally.failures.clone();
+    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
+    assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
+    assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
+    for map in ["WEIR_CT", "WEIR_SNAT"] {
+        let line = log.lines().filter(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).last().unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
+        assert!(line.contains("from_version=1") && line.contains("to_version=2") && line.contains("dropped=0"), "{line}");
+    }
+    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 56, "conntrack in the current layout");
+    assert!(!t.staging().exists(), "nothing is left staged");
+    let st = weir_status(&t);
+    assert_eq!(st["migration_in_progress"], serde_json::json!([]), "{st}");
+    for l in st["layouts"].as_array().expect("layouts") {
+        if !l["max_entries"].is_null() {
+            assert_eq!(l["pinned_version"], l["expected_version"], "every pinned map at this build's layout: {l}");
+        }
+    }
+    let after = pinned_ids(t.node.bpffs());
+    let pod_link = format!("links/{}@{}@from_pod", t.client.host_if, t.client.host_ifindex);
+    assert_ne!(before[&pod_link], after[&pod_link], "the client's link runs the new programs");
+    assert_eq!(before["maps/WEIR_BACKENDS"], after["maps/WEIR_BACKENDS"], "maps whose layout did not change are adopted");
+    assert!(t.intruder_is_denied(), "the policy still denies the intruder");
 }
 
 /// Starts the agent with `args`, which must refuse the pins (its message
@@ -406,9 +532,9 @@ fn maps_the_agent_cannot_convert_are_refused_and_the_datapath_left_as_it_was() {
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(aya::maps::MapData::from_pin(&abi).expect("WEIR_ABI"))).expect("manifest");
     let key = weir_common::abi::AbiKey { kind: weir_common::abi::ABI_KIND_MAP, id: map_id(&t.map_pin("WEIR_CT")) };
     let mut rec = manifest.get(&key, 0).expect("conntrack's record");
-    rec.version = 2;
-    manifest.insert(key, rec, 0).expect("record v2");
-    expect_refusal(&t, &mut agent, &[], &["WEIR_CT", "layout v2", "layout v1", "downgrade"]);
+    rec.version = 3;
+    manifest.insert(key, rec, 0).expect("record v3");
+    expect_refusal(&t, &mut agent, &[], &["WEIR_CT", "layout v3", "layout v2", "downgrade"]);
 
     let tally = traffic.finish();
     assert!(tally.failures.is_empty() && tally.new_failed.is_empty(), "traffic kept flowing on the pinned programs: {:?} {:?}", tally.failures, tally.new_failed);

@@ -71,18 +71,21 @@ pub const CT_F_STATE_BITS: u8 = CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_SEEN_REPLY
 pub const DIR_ORIG: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// Value of `WEIR_CT`.
-#[repr(C)]
+/// Value of `WEIR_CT` (8-aligned: the datapath copies it by words).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// CLOCK_MONOTONIC ns after which the entry is stale.
-    pub expires_ns: u64,
     /// Forward: the backend address. Reverse: the VIP.
     pub nat_addr: Addr,
     /// Reverse: the client's real address (differs from the reply's
     /// destination for hairpin and masqueraded flows). Forward: the
     /// client address.
     pub orig_addr: Addr,
+    /// The CLOCK_MONOTONIC second from which the entry is stale (see
+    /// `weir_logic::ct::expiry`). Seconds in 32 bits rather than
+    /// nanoseconds in 64 (layout v1) save 8 B in every entry, 16 B per
+    /// service flow, and wrap after 136 years of uptime.
+    pub expires_s: u32,
     pub backend_id: u32,
     pub svc_id: u32,
     /// Forward: the backend port. Reverse: the service port. Network order.
@@ -99,7 +102,19 @@ pub struct CtEntry {
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
+
+/// Nanoseconds per second (conntrack's expiry is kept in seconds).
+pub const NS_PER_S: u64 = 1_000_000_000;
+
+/// Values of the programs' `WEIR_CT_PREV_ON` constant: where conntrack
+/// takes over an entry it misses during a migration (see
+/// `maps::CT_PREV`).
+pub const CARRY_OVER_OFF: u8 = 0;
+/// From `maps::CT_PREV`, in the same layout.
+pub const CARRY_OVER_SAME: u8 = 1;
+/// From `maps::CT_PREV_V1`, converted from layout v1 (`crate::ct_v1`).
+pub const CARRY_OVER_V1: u8 = 2;
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 56 && core::mem::align_of::<CtEntry>() == 8);
 
 /// Conntrack counters (`WEIR_CT_STATS`, per-CPU array), indexed by this.
 /// `Created` and `Deleted` count every key that entered or left the table
@@ -124,7 +139,7 @@ pub enum CtStat {
     /// only, so it never races with the kernel's slots.
     AgentDeleted = 6,
     /// Entries taken over from the map a migration replaces
-    /// (`maps::CT_PREV`); also counted in `Created`.
+    /// (`maps::CT_PREV` or `maps::CT_PREV_V1`); also counted in `Created`.
     CarriedOver = 7,
 }
 

@@ -12,6 +12,7 @@ pub mod abi;
 pub mod addr;
 pub mod config;
 pub mod ct;
+pub mod ct_v1;
 pub mod drop;
 pub mod event;
 pub mod frag;

@@ -41,6 +41,10 @@ pub const CT_MAX_ENTRIES: u32 = 262_144;
 /// a migration, an empty map of one entry.
 pub const CT_PREV: &str = "WEIR_CT_PREV";
 
+/// The same as [`CT_PREV`], during a migration from conntrack's previous
+/// layout (`crate::ct_v1`): the programs convert what they take over.
+pub const CT_PREV_V1: &str = "WEIR_CT_PREV_V1";
+
 /// Runtime configuration: index 0 → DatapathConfig (array).
 pub const CONFIG: &str = "WEIR_CONFIG";
 

@@ -104,15 +104,32 @@ pub fn timeout_s(cfg: &DatapathConfig, state: u8) -> u32 {
     }
 }
 
-/// When an entry in `state`, touched at `now_ns`, goes stale.
+pub use weir_common::ct::NS_PER_S;
+
+/// The CLOCK_MONOTONIC second from which an entry in `state`, touched at
+/// `now_ns`, is stale: it lives at least its timeout, and less than one
+/// second more (entries keep whole seconds, `CtEntry::expires_s`).
 #[inline(always)]
-pub fn expiry(cfg: &DatapathConfig, state: u8, now_ns: u64) -> u64 {
-    now_ns + timeout_s(cfg, state) as u64 * 1_000_000_000
+pub fn expiry(cfg: &DatapathConfig, state: u8, now_ns: u64) -> u32 {
+    expiry_after(now_ns, timeout_s(cfg, state))
+}
+
+/// The CLOCK_MONOTONIC second from which something touched at `now_ns`
+/// with a lifetime of `timeout_s` is stale.
+#[inline(always)]
+pub fn expiry_after(now_ns: u64, timeout_s: u32) -> u32 {
+    ((now_ns / NS_PER_S).min(u32::MAX as u64) as u32).saturating_add(timeout_s).saturating_add(1)
 }
 
 #[inline(always)]
 pub fn is_alive(e: &CtEntry, now_ns: u64) -> bool {
-    now_ns < e.expires_ns
+    now_ns < e.expires_s as u64 * NS_PER_S
+}
+
+/// Seconds until `e` goes stale at `now_ns` (negative once it is).
+#[inline(always)]
+pub fn expires_in_s(e: &CtEntry, now_ns: u64) -> i64 {
+    e.expires_s as i64 - (now_ns / NS_PER_S) as i64
 }
 
 /// A TCP SYN without ACK: the first packet of a connection.
@@ -213,7 +230,20 @@ mod tests {
         assert_eq!(timeout_s(&cfg, CT_STATE_CLOSING), 10);
         assert_eq!(timeout_s(&cfg, CT_STATE_CLOSED), 10);
         assert_eq!(timeout_s(&cfg, CT_STATE_UDP), 60);
-        assert_eq!(expiry(&cfg, CT_STATE_UDP, 5), 5 + 60_000_000_000);
+        assert_eq!(expiry(&cfg, CT_STATE_UDP, 5), 61);
+    }
+
+    #[test]
+    fn an_entry_lives_at_least_its_timeout_and_less_than_a_second_more() {
+        for touched in [0, 1, NS_PER_S - 1, NS_PER_S, 7 * NS_PER_S + 123_456_789] {
+            let e = CtEntry { expires_s: expiry_after(touched, 2), ..CtEntry::default() };
+            assert!(is_alive(&e, touched + 2 * NS_PER_S - 1), "touched at {touched}");
+            assert!(!is_alive(&e, touched + 3 * NS_PER_S), "touched at {touched}");
+        }
+        let e = CtEntry { expires_s: expiry_after(10 * NS_PER_S + 5, 30), ..CtEntry::default() };
+        assert_eq!(expires_in_s(&e, 10 * NS_PER_S), 31);
+        assert_eq!(expires_in_s(&e, 50 * NS_PER_S), -9);
+        assert_eq!(expiry_after(u64::MAX, 30), u32::MAX, "saturates rather than wrapping");
     }
 }
 

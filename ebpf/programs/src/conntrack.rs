@@ -15,14 +15,15 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CT_F_STATE_BITS},
+    ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CARRY_OVER_SAME, CT_F_STATE_BITS},
+    ct_v1,
     drop::DropReason,
 };
 use weir_logic::ct::{advance, expiry, is_alive, State};
 
 use crate::{
     errors,
-    maps::{CONFIG, CT, CT_OWNERS, CT_PREV, CT_STATS},
+    maps::{scratch, CONFIG, CT, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_STATS},
 };
 
 #[inline(always)]
@@ -80,24 +81,27 @@ pub fn key(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8, kind: u8
     CtKey { saddr, daddr, sport, dport, proto, kind, _pad: 0 }
 }
 
-/// 1 in the programs the agent loads for a migration that rebuilds
-/// `WEIR_CT` in the same layout (`weir_datapath::migrate`), 0 otherwise: a
-/// load-time constant (.rodata), so the verifier removes [`carry_over`]
-/// from every other load and it costs nothing per packet.
+/// Where conntrack takes over an entry it misses, in the programs the
+/// agent loads for a migration that rebuilds `WEIR_CT`
+/// (`weir_datapath::migrate`): `CARRY_OVER_SAME` from `WEIR_CT_PREV` (the
+/// same layout, another capacity), `CARRY_OVER_V1` from `WEIR_CT_PREV_V1`
+/// (the previous layout), `CARRY_OVER_OFF` otherwise. A load-time
+/// constant (.rodata), so the verifier removes [`carry_over`] from every
+/// other load and it costs nothing per packet.
 #[no_mangle]
-static WEIR_CT_PREV_ON: u8 = 0;
+static WEIR_CT_PREV_ON: u8 = CARRY_OVER_OFF;
 
 #[inline(always)]
-fn ct_prev_on() -> bool {
+fn carry_from() -> u8 {
     // SAFETY: reading a constant the loader may have overridden.
-    unsafe { core::ptr::read_volatile(&WEIR_CT_PREV_ON) != 0 }
+    unsafe { core::ptr::read_volatile(&WEIR_CT_PREV_ON) }
 }
 
 #[inline(always)]
 pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
     match CT.get_ptr_mut(k) {
         Some(e) => Some(e),
-        None if ct_prev_on() => carry_over(k),
+        None if carry_from() != CARRY_OVER_OFF => carry_over(k),
         None => None,
     }
 }
@@ -105,13 +109,24 @@ pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
 /// An entry missing from `WEIR_CT` that the map a migration replaces
 /// still holds (see `weir_common::maps::CT_PREV`): it moves over, so a
 /// flow the old programs opened during the migration keeps its
-/// translation. Outside a migration the map is empty. (Inlined: a frame
-/// of its own would take the deepest call chains past the 512-byte stack.)
+/// translation. From the previous layout, it is converted by the same
+/// function as the agent's copy (`weir_common::ct_v1::to_v2`). Outside a
+/// migration the maps are empty. (Inlined: a frame of its own would take
+/// the deepest call chains past the 512-byte stack.)
 #[inline(always)]
 fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
-    let old = CT_PREV.get_ptr(k)?;
-    // SAFETY: a map value pointer, valid for this program run.
-    if CT.insert(k, unsafe { &*old }, BPF_NOEXIST as u64).is_ok() {
+    let inserted = if carry_from() == CARRY_OVER_SAME {
+        let old = CT_PREV.get_ptr(k)?;
+        // SAFETY: a map value pointer, valid for this program run.
+        CT.insert(k, unsafe { &*old }, BPF_NOEXIST as u64).is_ok()
+    } else {
+        let old = CT_PREV_V1.get_ptr(k)?;
+        let s = scratch()?;
+        // SAFETY: a map value pointer, valid for this program run.
+        ct_v1::write_v2(unsafe { &*old }, &mut s.carried);
+        CT.insert(k, &s.carried, BPF_NOEXIST as u64).is_ok()
+    };
+    if inserted {
         stat(CtStat::Created);
         stat(CtStat::CarriedOver);
     }
@@ -145,7 +160,7 @@ pub fn touch(e: *mut CtEntry, cfg: &DatapathConfig, proto: u8, tcp_flags: u8, di
     let next = advance(proto, cur, tcp_flags, dir);
     entry.state = next.state;
     entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
-    entry.expires_ns = expiry(cfg, next.state, now);
+    entry.expires_s = expiry(cfg, next.state, now);
     next != cur
 }
 
@@ -158,7 +173,7 @@ pub fn sync_twin(k: &CtKey, from: *const CtEntry) {
         let (t, f) = unsafe { (&mut *t, &*from) };
         t.state = f.state;
         t.flags = (t.flags & !CT_F_STATE_BITS) | (f.flags & CT_F_STATE_BITS);
-        t.expires_ns = f.expires_ns;
+        t.expires_s = f.expires_s;
     }
 }
 

@@ -333,7 +333,7 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     }
     let st = first(pkt.proto, pkt.tcp_flags);
     clear_entry(&mut s.fwd);
-    s.fwd.expires_ns = weir_logic::ct::expiry(cfg, st.state, now);
+    s.fwd.expires_s = weir_logic::ct::expiry(cfg, st.state, now);
     s.fwd.nat_addr = s.backend.addr;
     s.fwd.orig_addr = client;
     s.fwd.backend_id = backend_id;

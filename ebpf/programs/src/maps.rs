@@ -9,6 +9,7 @@ use weir_common::{
     addr::Addr,
     config::DatapathConfig,
     ct::{CtEntry, CtKey},
+    ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
     link::LinkInfo,
@@ -49,6 +50,10 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0
 /// See `weir_common::maps::CT_PREV`.
 #[map(name = "WEIR_CT_PREV")]
 pub static CT_PREV: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(1, 0);
+
+/// See `weir_common::maps::CT_PREV_V1`.
+#[map(name = "WEIR_CT_PREV_V1")]
+pub static CT_PREV_V1: LruHashMap<CtKey, CtEntryV1> = LruHashMap::pinned(1, 0);
 #[map(name = "WEIR_CT_STATS")]
 pub static CT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CT_STATS_MAX_ENTRIES, 0);
 
@@ -165,6 +170,9 @@ pub struct Scratch {
     pub icmp_inner: crate::icmp::Inner,
     /// The flags of the frontend `lb::forward` matched last.
     pub svc_flags: u32,
+    /// An entry conntrack takes over from the previous layout's map
+    /// (`conntrack::carry_over`), converted.
+    pub carried: CtEntry,
 }
 
 #[map(name = "WEIR_SCRATCH")]

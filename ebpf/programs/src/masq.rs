@@ -77,14 +77,14 @@ fn touch(k: &CtKey, e: *mut CtEntry, cfg: &DatapathConfig, pkt: &Ipv4Pkt, dir: u
     let next = advance(pkt.proto, cur, pkt.tcp_flags, dir);
     entry.state = next.state;
     entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
-    entry.expires_ns = expiry(cfg, next.state, now);
+    entry.expires_s = expiry(cfg, next.state, now);
     let Some(tk) = twin(k, entry) else { return };
     if let Some(t) = SNAT.get_ptr_mut(&tk) {
         // SAFETY: map value pointer, valid for the program run.
         let t = unsafe { &mut *t };
         t.state = entry.state;
         t.flags = entry.flags;
-        t.expires_ns = entry.expires_ns;
+        t.expires_s = entry.expires_s;
     }
 }
 
@@ -155,7 +155,7 @@ fn allocate(s: &mut crate::maps::Scratch, dev: &MasqDevice, cfg: &DatapathConfig
     s.fwd.orig_port = s.fkey.sport;
     s.fwd.state = first.state;
     s.fwd.flags = first.flags;
-    s.fwd.expires_ns = expiry(cfg, first.state, now);
+    s.fwd.expires_s = expiry(cfg, first.state, now);
     clear_entry(&mut s.rev);
     s.rev.nat_addr = s.fkey.saddr;
     s.rev.nat_port = s.fkey.sport;
@@ -163,7 +163,7 @@ fn allocate(s: &mut crate::maps::Scratch, dev: &MasqDevice, cfg: &DatapathConfig
     s.rev.orig_port = s.fkey.dport;
     s.rev.state = first.state;
     s.rev.flags = first.flags;
-    s.rev.expires_ns = s.fwd.expires_ns;
+    s.rev.expires_s = s.fwd.expires_s;
     let (lo, hi) = (dev.port_min as u32, dev.port_max as u32);
     let span = if hi >= lo { hi - lo + 1 } else { 1 };
     // SAFETY: plain helper call.

@@ -285,7 +285,7 @@ fn track(t: &Tuple, now: u64, owner: u32) -> bool {
     conntrack::clear_entry(&mut s.pentry);
     s.pentry.state = st.state;
     s.pentry.flags = st.flags;
-    s.pentry.expires_ns = expiry(cfg, st.state, now);
+    s.pentry.expires_s = expiry(cfg, st.state, now);
     s.pentry.owner = owner;
     s.pkey = key(Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr), t.sport, t.dport, t.proto, CT_POLICY);
     match create(&s.pkey, &s.pentry) {

@@ -67,7 +67,7 @@ struct Row {
     dport: u16,
     state: &'static str,
     /// Seconds until the entry goes stale (negative: stale, awaiting GC).
-    expires_in_s: f64,
+    expires_in_s: i64,
     /// Service entries: the translation (backend, or the service address on replies).
     nat: Option<String>,
     service_id: Option<u32>,
@@ -84,7 +84,7 @@ fn row(k: &CtKey, e: &CtEntry, now: u64) -> Row {
         dst: IpAddr::from(k.daddr),
         dport: u16::from_be(k.dport),
         state: state_name(e.state),
-        expires_in_s: (e.expires_ns as f64 - now as f64) / 1e9,
+        expires_in_s: weir_logic::ct::expires_in_s(e, now),
         nat: service.then(|| format!("{}:{}", IpAddr::from(e.nat_addr), u16::from_be(e.nat_port))),
         service_id: service.then_some(e.svc_id),
         backend_id: service.then_some(e.backend_id),
@@ -103,7 +103,7 @@ pub fn list(layout: &PinLayout, filter: &Filter, format: Format) -> anyhow::Resu
             format!("{}:{}", r.src, r.sport),
             format!("{}:{}", r.dst, r.dport),
             r.state.into(),
-            format!("{:.0}s", r.expires_in_s),
+            format!("{}s", r.expires_in_s),
             r.nat.clone().unwrap_or_else(|| "-".into()),
         ]
     })

@@ -36,7 +36,9 @@ struct Status {
     agent: &'static str,
     attachments: Vec<Attachment>,
     links: Vec<LinkAddrs>,
-    conntrack: CtAccount,
+    /// `null` while conntrack is pinned in another layout than this
+    /// build's (an upgrade under way): it is not read then.
+    conntrack: Option<CtAccount>,
     maps: Vec<MapFill>,
     /// The agent that last adopted or migrated the datapath (from WEIR_ABI).
     datapath_agent: Option<String>,
@@ -62,6 +64,11 @@ fn agent_health(addr: SocketAddr) -> &'static str {
     }
 }
 
+/// The pinned layout version of `map` when it differs from this build's.
+fn other_layout(layouts: &[weir_datapath::migrate::MapStatus], map: &str) -> Option<u32> {
+    layouts.iter().find(|l| l.name == map).and_then(|l| l.pinned_version.filter(|v| *v != l.expected_version))
+}
+
 pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyhow::Result<()> {
     let maps = inventory::maps(layout)?;
     let tc = layout.link_pins()?.into_iter().map(|p| (p.ifname, p.ifindex, p.hook.as_str()));
@@ -80,8 +87,8 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
         .into_iter()
         .map(|(ifindex, addrs)| LinkAddrs { ifindex, ifname: ifnames::name_of(ifindex), addrs })
         .collect();
-    let conntrack = Conntrack::open(layout)?.account(monotonic_ns());
     let (datapath_agent, layouts) = weir_datapath::migrate::status(layout)?;
+    let conntrack = if other_layout(&layouts, weir_common::maps::CT).is_some() { None } else { Some(Conntrack::open(layout)?.account(monotonic_ns())) };
     let migration_in_progress = layouts.iter().filter(|l| l.staged).map(|l| l.name.clone()).collect();
     let st = Status { agent: agent_health(metrics_addr), attachments, links, conntrack, maps, datapath_agent, layouts, migration_in_progress };
     if format == Format::Json {
@@ -122,21 +129,25 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
         .collect();
     print_table(&["POD LINK", "IFINDEX", "SOURCES ALLOWED"], &rows);
     println!();
-    let c = &st.conntrack;
-    println!(
-        "conntrack: {} entries ({} live) of {} ({:.1}%); evicted {}, insert failures {}, refused by quota {}, halves rebuilt {}, ports remapped {}",
-        c.entries,
-        c.live,
-        c.capacity,
-        c.entries as f64 * 100.0 / c.capacity.max(1) as f64,
-        c.evicted,
-        c.insert_failed,
-        c.quota_refused,
-        c.half_rebuilt,
-        c.port_remapped
-    );
-    if c.evicted > 0 {
-        println!("  the table filled up: raise --ct-max-entries, or lower --ct-max-per-endpoint");
+    if let Some(c) = &st.conntrack {
+        println!(
+            "conntrack: {} entries ({} live) of {} ({:.1}%); evicted {}, insert failures {}, refused by quota {}, halves rebuilt {}, ports remapped {}",
+            c.entries,
+            c.live,
+            c.capacity,
+            c.entries as f64 * 100.0 / c.capacity.max(1) as f64,
+            c.evicted,
+            c.insert_failed,
+            c.quota_refused,
+            c.half_rebuilt,
+            c.port_remapped
+        );
+        if c.evicted > 0 {
+            println!("  the table filled up: raise --ct-max-entries, or lower --ct-max-per-endpoint");
+        }
+    } else if let Some(v) = other_layout(&st.layouts, weir_common::maps::CT) {
+        let mine = weir_common::abi::layout_of(weir_common::maps::CT).map_or(0, |l| l.version);
+        println!("conntrack: pinned in layout v{v}, this weir reads v{mine}: not read (the next agent start migrates it)");
     }
     println!();
     let rows: Vec<Vec<String>> = st

@@ -1,21 +1,17 @@
 //! What is pinned: every map with its fill level against its capacity,
-//! read from the pins (for `weir status`).
+//! read from the pins (for `weir status`). Entries are counted by key
+//! alone, so a map in another layout than this build's (an upgrade under
+//! way) is counted without reading its values.
 
-use aya::maps::{
-    lpm_trie::LpmTrie, HashMap, MapData, MapInfo, PerCpuHashMap,
-};
+use std::os::fd::AsFd as _;
+
+use aya::maps::{HashMap, MapData, MapInfo, MapType};
 use weir_common::{
-    addr::Addr,
-    ct::{CtEntry, CtKey},
-    frag::{FragKey, FragValue},
-    link::LinkInfo,
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service},
+    lb::{FrontendKey, Service},
     maps::*,
-    policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue},
-    stats::{IfStats, IfStatsKey},
 };
 
-use crate::{pinned, pins::PinLayout, DatapathError};
+use crate::{migrate::raw, pinned, pins::PinLayout, DatapathError};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MapFill {
@@ -26,8 +22,17 @@ pub struct MapFill {
     pub capacity: u32,
 }
 
-fn count<I: Iterator<Item = Result<T, E>>, T, E>(it: I) -> u64 {
-    it.filter(Result::is_ok).count() as u64
+/// The keys of the hash or trie `name`, walked with get-next-key.
+fn count_keys(layout: &PinLayout, name: &'static str, key_size: u32) -> Result<u64, DatapathError> {
+    let raw_error = |source| DatapathError::Raw { op: "counting", name: name.to_string(), source };
+    let fd = raw::obj_get(&layout.map(name)).map_err(raw_error)?;
+    let (mut key, mut next) = (vec![0u8; key_size as usize], vec![0u8; key_size as usize]);
+    let mut n = 0u64;
+    while raw::next_key(fd.as_fd(), (n > 0).then_some(&key[..]), &mut next).map_err(raw_error)? {
+        key.copy_from_slice(&next);
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Every pinned map weir knows, in a stable order.
@@ -44,28 +49,14 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
     for name in names.into_iter().chain(node_names) {
         let info = MapInfo::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
         let capacity = info.max_entries();
-        let entries = match name {
-            n if n == IF_STATS => Some(count(pinned::typed::<PerCpuHashMap<MapData, IfStatsKey, IfStats>>(layout, n)?.keys())),
-            n if n == FRONTENDS => Some(count(pinned::typed::<HashMap<MapData, FrontendKey, Service>>(layout, n)?.keys())),
-            n if n == BACKENDS => Some(count(pinned::typed::<HashMap<MapData, u32, Backend>>(layout, n)?.keys())),
-            n if n == AFFINITY => Some(count(pinned::typed::<HashMap<MapData, AffinityKey, AffinityValue>>(layout, n)?.keys())),
-            n if n == CT || n == SNAT => Some(count(pinned::typed::<HashMap<MapData, CtKey, CtEntry>>(layout, n)?.keys())),
-            n if n == POD_ADDRS || n == NODES => Some(count(pinned::typed::<HashMap<MapData, Addr, u32>>(layout, n)?.keys())),
-            n if n == MASQ => Some(count(pinned::typed::<HashMap<MapData, u32, weir_common::masq::MasqDevice>>(layout, n)?.keys())),
-            n if n == NO_MASQ => Some(count(pinned::typed::<LpmTrie<MapData, Addr, u32>>(layout, n)?.keys())),
-            n if n == SOURCE_RANGES => Some(count(pinned::typed::<LpmTrie<MapData, weir_common::lb::SourceRangeKey, u32>>(layout, n)?.keys())),
-            n if n == TUNNEL => Some(count(pinned::typed::<LpmTrie<MapData, Addr, weir_common::tunnel::TunnelEndpoint>>(layout, n)?.keys())),
-            n if n == CT_OWNERS => Some(count(pinned::typed::<HashMap<MapData, u32, u64>>(layout, n)?.keys())),
-            n if n == LINKS => Some(count(pinned::typed::<HashMap<MapData, u32, LinkInfo>>(layout, n)?.keys())),
-            n if n == FRAGS => Some(count(pinned::typed::<HashMap<MapData, FragKey, FragValue>>(layout, n)?.keys())),
-            n if n == ENDPOINTS => Some(count(pinned::typed::<HashMap<MapData, Addr, EndpointInfo>>(layout, n)?.keys())),
-            n if n == IPCACHE => Some(count(pinned::typed::<LpmTrie<MapData, Addr, IpInfo>>(layout, n)?.keys())),
-            n if n == POLICY => Some(count(pinned::typed::<LpmTrie<MapData, PolicyKeyData, PolicyValue>>(layout, n)?.keys())),
-            n if n == LB_TABLE => {
-                let frontends = pinned::typed::<HashMap<MapData, FrontendKey, Service>>(layout, FRONTENDS)?;
-                Some(frontends.iter().filter_map(Result::ok).map(|(_, s)| u64::from(s.table_len)).sum())
-            }
-            _ => None,
+        let keyed = matches!(info.map_type(), Ok(MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash | MapType::LpmTrie));
+        let entries = if name == LB_TABLE {
+            let frontends = pinned::typed::<HashMap<MapData, FrontendKey, Service>>(layout, FRONTENDS)?;
+            Some(frontends.iter().filter_map(Result::ok).map(|(_, s)| u64::from(s.table_len)).sum())
+        } else if keyed {
+            Some(count_keys(layout, name, info.key_size())?)
+        } else {
+            None
         };
         out.push(MapFill { name, entries, capacity });
     }

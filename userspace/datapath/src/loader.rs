@@ -82,7 +82,7 @@ pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 3] {
 /// A map staged by a migration (`<bpffs>/maps-next/<name>`, see
 /// [`crate::migrate`]) is used instead of the one in `maps/`.
 pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
-    load_object_with(layout, opts, bytes, object, &[], false)
+    load_object_with(layout, opts, bytes, object, &[], weir_common::ct::CARRY_OVER_OFF)
 }
 
 /// The programs' switch for conntrack's fallback to `WEIR_CT_PREV` (see
@@ -90,14 +90,15 @@ pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], 
 const CT_PREV_ON: &str = "WEIR_CT_PREV_ON";
 
 /// [`load_object`], with some maps' pins chosen by the caller (name,
-/// absolute pin path).
+/// absolute pin path), and conntrack's carry-over during a migration
+/// (`weir_common::ct::CARRY_OVER_*`).
 pub(crate) fn load_object_with(
     layout: &PinLayout,
     opts: &LoadOptions,
     bytes: &[u8],
     object: &'static str,
     pins: &[(&'static str, std::path::PathBuf)],
-    ct_prev_on: bool,
+    carry_over: u8,
 ) -> Result<Ebpf, DatapathError> {
     let level = opts.kernel_log.global();
     let staged: Vec<(String, std::path::PathBuf)> = match std::fs::read_dir(layout.staging_dir()) {
@@ -115,10 +116,9 @@ pub(crate) fn load_object_with(
     for (name, path) in pins {
         loader.map_pin_path(name, path.as_path());
     }
-    let on = 1u8;
-    if ct_prev_on {
+    if carry_over != weir_common::ct::CARRY_OVER_OFF {
         // Not every object has conntrack (the socket object has none).
-        loader.override_global(CT_PREV_ON, &on, false);
+        loader.override_global(CT_PREV_ON, &carry_over, false);
     }
     kernel_log::configure(&mut loader, &level);
     loader.load(bytes).map_err(|source| DatapathError::Load { object, source })

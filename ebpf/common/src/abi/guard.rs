@@ -18,6 +18,7 @@ const SOURCES: &[&str] = &[
     include_str!("../addr.rs"),
     include_str!("../config.rs"),
     include_str!("../ct.rs"),
+    include_str!("../ct_v1.rs"),
     include_str!("../event.rs"),
     include_str!("../frag.rs"),
     include_str!("../lb.rs"),

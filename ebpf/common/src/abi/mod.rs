@@ -21,6 +21,7 @@ use crate::{
     addr::Addr,
     config::DatapathConfig,
     ct::{CtEntry, CtKey},
+    ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SockRevKey, SockRevValue, SourceRangeKey},
@@ -122,6 +123,12 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 }
 
 /// Every map the kernel objects pin, with its layout version.
+///
+/// Changes so far (their conversions are in the datapath crate's
+/// `migrate::steps`):
+/// - v2 of `WEIR_CT`, `WEIR_SNAT` and `WEIR_CT_PREV`: `CtEntry` keeps its
+///   expiry in whole seconds in 32 bits (56 B instead of 64); v1 stays
+///   readable as `WEIR_CT_PREV_V1` (`crate::ct_v1`).
 pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::IF_STATS, 1, sz::<IfStatsKey>(), sz::<IfStats>(), &["IfStatsKey", "IfStats"], false),
     layout(maps::DP_ERRORS, 1, 4, 8, &["u64"], false),
@@ -130,8 +137,9 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::BACKENDS, 1, 4, sz::<Backend>(), &["Backend", "Addr"], true),
     layout(maps::LB_TABLE, 1, 4, 4, &["u32"], true),
     layout(maps::AFFINITY, 1, sz::<AffinityKey>(), sz::<AffinityValue>(), &["AffinityKey", "AffinityValue", "Addr"], true),
-    layout(maps::CT, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
-    layout(maps::CT_PREV, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),
+    layout(maps::CT, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::CT_PREV, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),
+    layout(maps::CT_PREV_V1, 1, sz::<CtKey>(), sz::<CtEntryV1>(), &["CtKey", "CtEntryV1", "Addr"], false),
     layout(maps::CT_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::CT_OWNERS, 1, 4, 8, &["u32", "u64"], true),
     layout(maps::LINKS, 1, 4, sz::<LinkInfo>(), &["LinkInfo", "Addr"], true),
@@ -144,7 +152,7 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::XDP_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::SOCK_REVNAT, 1, sz::<SockRevKey>(), sz::<SockRevValue>(), &["SockRevKey", "SockRevValue", "Addr"], true),
     layout(maps::SOURCE_RANGES, 1, lpm::<SourceRangeKey>(), 4, &["SourceRangeKey", "Addr"], true),
-    layout(maps::SNAT, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::SNAT, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
     layout(maps::SNAT_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::FRAGS, 1, sz::<FragKey>(), sz::<FragValue>(), &["FragKey", "FragValue", "Addr"], true),
     layout(maps::CONFIG, 1, 4, sz::<DatapathConfig>(), &["DatapathConfig", "Addr"], true),

@@ -142,6 +142,13 @@ pub fn pinned(layout: &PinLayout, exp: &Expected, manifest: Option<&Manifest>) -
     Ok(Some(Pinned { id, shape, version: record.map(|(v, _)| v), record_mismatch }))
 }
 
+/// Whether a map pinned before layout versions has `exp`'s first layout:
+/// the same type and flags, and v1's sizes.
+fn is_v1(exp: &Expected, pinned: &Shape) -> bool {
+    let v1 = steps::v1_sizes(&exp.name).unwrap_or((exp.shape.key_size, exp.shape.value_size));
+    (pinned.map_type, pinned.flags, pinned.key_size, pinned.value_size) == (exp.shape.map_type, exp.shape.flags, v1.0, v1.1)
+}
+
 /// The action for one map, or why it is refused.
 pub fn decide(exp: &Expected, pinned: Option<&Pinned>) -> Result<Action, Refusal> {
     let Some(p) = pinned else { return Ok(Action::Create) };
@@ -161,9 +168,10 @@ pub fn decide(exp: &Expected, pinned: Option<&Pinned>) -> Result<Action, Refusal
     let same_kind = p.shape.kind() == exp.shape.kind();
     let have = match p.version {
         Some(v) => v,
-        // Pinned before layout versions: its layout is this build's first
-        // version when every size matches, and unknown otherwise.
-        None if same_kind && want == 1 => want,
+        // Pinned before layout versions: its layout is v1 when every size
+        // matches v1's (this build's while the map is at v1), and unknown
+        // otherwise.
+        None if is_v1(exp, &p.shape) => 1,
         None => return Err(refuse(None, "it was pinned by an agent from before layout versions, in a layout no conversion starts from".into())),
     };
     if have > want {
@@ -203,31 +211,48 @@ mod tests {
     fn same_layout_and_size_is_adopted_and_a_new_size_rebuilt() {
         let e = exp(CT, 1024);
         assert_eq!(decide(&e, None), Ok(Action::Create));
-        assert_eq!(decide(&e, Some(&pin(&e, Some(1), 1024))), Ok(Action::Adopt));
-        assert_eq!(decide(&e, Some(&pin(&e, Some(1), 4096))), Ok(Action::Rebuild { from_version: 1 }));
+        assert_eq!(decide(&e, Some(&pin(&e, Some(2), 1024))), Ok(Action::Adopt));
+        assert_eq!(decide(&e, Some(&pin(&e, Some(2), 4096))), Ok(Action::Rebuild { from_version: 2 }));
     }
 
     #[test]
-    fn unversioned_pins_are_v1_only_when_every_size_matches() {
-        let e = exp(CT, 1024);
+    fn unversioned_pins_are_v1_only_when_every_size_matches_v1() {
+        // A map still at v1: its own sizes.
+        let e = exp(weir_common::maps::FRONTENDS, 1024);
         assert_eq!(decide(&e, Some(&pin(&e, None, 1024))), Ok(Action::Adopt));
-        let mut old = pin(&e, None, 1024);
-        old.shape.value_size = 56;
-        let r = decide(&e, Some(&old)).expect_err("refused");
-        assert_eq!(r.map, CT);
-        assert!(r.pinned.contains("value 56 B") && r.expected.contains("value 64 B"), "{r}");
+        let mut odd = pin(&e, None, 1024);
+        odd.shape.value_size = 16;
+        let r = decide(&e, Some(&odd)).expect_err("refused");
+        assert_eq!(r.map, weir_common::maps::FRONTENDS);
+        assert!(r.pinned.contains("value 16 B") && r.expected.contains("value 24 B"), "{r}");
+        // Conntrack, at v2 now: v1's 64-byte values are converted, this
+        // build's own sizes or any other are not taken for v1.
+        let e = exp(CT, 1024);
+        let mut v1 = pin(&e, None, 1024);
+        v1.shape.value_size = 64;
+        assert_eq!(decide(&e, Some(&v1)), Ok(Action::Rebuild { from_version: 1 }));
+        let r = decide(&e, Some(&pin(&e, None, 1024))).expect_err("56-byte values were never unversioned");
+        assert!(r.pinned.contains("unversioned") && r.expected.contains("layout v2"), "{r}");
+    }
+
+    #[test]
+    fn an_older_layout_with_its_steps_is_rebuilt() {
+        let e = exp(CT, 1024);
+        let mut v1 = pin(&e, Some(1), 1024);
+        v1.shape.value_size = 64;
+        assert_eq!(decide(&e, Some(&v1)), Ok(Action::Rebuild { from_version: 1 }));
     }
 
     #[test]
     fn newer_layouts_and_missing_conversions_are_refused_naming_both_layouts() {
         let e = exp(CT, 1024);
-        let r = decide(&e, Some(&pin(&e, Some(2), 1024))).expect_err("a downgrade is refused");
-        assert!(r.to_string().contains("layout v2") && r.to_string().contains("layout v1") && r.why.contains("downgrade"), "{r}");
+        let r = decide(&e, Some(&pin(&e, Some(3), 1024))).expect_err("a downgrade is refused");
+        assert!(r.to_string().contains("layout v3") && r.to_string().contains("layout v2") && r.why.contains("downgrade"), "{r}");
         let mut newer = e.clone();
         let layout: &'static MapLayout = Box::leak(Box::new(MapLayout { version: 3, ..*e.layout }));
         newer.layout = layout;
-        let r = decide(&newer, Some(&pin(&e, Some(1), 1024))).expect_err("no conversion from v1 to v3");
-        assert!(r.why.contains("no conversion from v1 to v3"), "{r}");
+        let r = decide(&newer, Some(&pin(&e, Some(2), 1024))).expect_err("no conversion from v2 to v3");
+        assert!(r.why.contains("no conversion from v2 to v3"), "{r}");
     }
 
     #[test]
@@ -245,7 +270,7 @@ mod tests {
     #[test]
     fn a_record_the_kernel_contradicts_is_refused() {
         let e = exp(CT, 1024);
-        let mut p = pin(&e, Some(1), 1024);
+        let mut p = pin(&e, Some(2), 1024);
         p.record_mismatch = Some(Shape { value_size: 72, ..p.shape });
         assert!(decide(&e, Some(&p)).expect_err("refused").why.contains("contradicts"));
     }

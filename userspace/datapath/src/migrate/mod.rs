@@ -263,19 +263,15 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
         tracing::info!(map = %e.name, from_version = from, to_version = e.layout.version, to = %s.max_entries, "rebuilding a pinned map beside the old one");
     }
 
-    // 2. The objects, over the new maps. A conntrack rebuilt in the same
-    // layout stays visible to them as WEIR_CT_PREV, so an entry the old
-    // programs create until the last link is swapped is taken over on its
-    // first miss.
-    let ct = weir_common::maps::CT;
-    let mut pins: Vec<(&'static str, PathBuf)> = Vec::new();
-    let ct_prev = rebuild.iter().any(|(e, from)| e.name == ct && *from == e.layout.version);
-    if ct_prev {
-        pins.push((weir_common::maps::CT_PREV, layout.map(ct)));
-    }
+    // 2. The objects, over the new maps. The conntrack being replaced
+    // stays visible to them (as WEIR_CT_PREV in the same layout, as
+    // WEIR_CT_PREV_V1 in the previous one), so an entry the old programs
+    // create until the last link is swapped is taken over on its first
+    // miss.
+    let (carry_over, pins) = carry_over(layout, rebuild);
     let mut objs: Vec<(&'static str, Ebpf)> = Vec::new();
     for (object, bytes) in objects::all() {
-        objs.push((object, load_object_with(layout, opts, bytes, object, &pins, ct_prev)?));
+        objs.push((object, load_object_with(layout, opts, bytes, object, &pins, carry_over)?));
     }
 
     // 3. The entries.
@@ -347,6 +343,18 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     }
     manifest.prune(&live)?;
     Ok(report)
+}
+
+/// Where the migration's programs take over the conntrack entries they
+/// miss, and the pin that map is read from: the old conntrack, when it is
+/// rebuilt in this layout or converted from v1.
+fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> (u8, Vec<(&'static str, PathBuf)>) {
+    use weir_common::{ct::{CARRY_OVER_OFF, CARRY_OVER_SAME, CARRY_OVER_V1}, maps::{CT, CT_PREV, CT_PREV_V1}};
+    match rebuild.iter().find(|(e, _)| e.name == CT) {
+        Some((e, from)) if *from == e.layout.version => (CARRY_OVER_SAME, vec![(CT_PREV, layout.map(CT))]),
+        Some((_, 1)) => (CARRY_OVER_V1, vec![(CT_PREV_V1, layout.map(CT))]),
+        _ => (CARRY_OVER_OFF, Vec::new()),
+    }
 }
 
 fn is_array(map_type: u32) -> bool {
