@@ -39,6 +39,7 @@ fn status_lists_the_agent_attachments_and_map_fill() {
     let c = cluster();
     let st = json(&c.node, &["status"]);
     assert_eq!(st["agent"], "ready");
+    assert_eq!(st["agent_version"], concat!("weir-agent ", env!("CARGO_PKG_VERSION")), "the running agent's version, from its answer");
     let att = st["attachments"].as_array().expect("attachments");
     assert_eq!(att.len(), 18, "two programs on each of nine pods: {att:?}");
     assert!(att.iter().all(|a| a["present"] == true && a["ifname"].as_str().is_some_and(|n| n.starts_with("weir"))));
@@ -49,7 +50,9 @@ fn status_lists_the_agent_attachments_and_map_fill() {
     assert!(map("WEIR_CT")["capacity"].as_u64().is_some_and(|n| n > 0));
     let text = c.node.weir(&["status"]);
     assert!(text.status.success());
-    assert!(String::from_utf8_lossy(&text.stdout).contains("WEIR_FRONTENDS"));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("WEIR_FRONTENDS"));
+    assert!(text.contains(concat!("agent: ready, weir-agent ", env!("CARGO_PKG_VERSION"))), "{text}");
 }
 
 #[test]

@@ -77,10 +77,15 @@ impl Accept for UnixListener {
     }
 }
 
+/// The `Server` header of every answer: which agent runs (`weir status`
+/// shows it).
+pub const SERVER: &str = concat!("weir-agent/", env!("CARGO_PKG_VERSION"));
+
 fn to_hyper(r: Response) -> hyper::Response<Full<Bytes>> {
     let mut out = hyper::Response::new(Full::new(Bytes::from(r.body)));
     *out.status_mut() = r.status;
     let h = out.headers_mut();
+    h.insert(header::SERVER, header::HeaderValue::from_static(SERVER));
     if let Ok(v) = header::HeaderValue::from_str(r.content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }

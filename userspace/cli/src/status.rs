@@ -34,6 +34,8 @@ struct LinkAddrs {
 struct Status {
     /// "ready", "starting" or "not running" (nothing answers on the metrics address).
     agent: &'static str,
+    /// The running agent's version ("weir-agent 0.1.0"), from its answer.
+    agent_version: Option<String>,
     attachments: Vec<Attachment>,
     links: Vec<LinkAddrs>,
     /// `null` while conntrack is pinned in another layout than this
@@ -48,7 +50,8 @@ struct Status {
     migration_in_progress: Vec<String>,
 }
 
-fn agent_health(addr: SocketAddr) -> &'static str {
+/// The agent's state, and its version from the answer's `Server` header.
+fn agent_health(addr: SocketAddr) -> (&'static str, Option<String>) {
     let ask = || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -57,11 +60,14 @@ fn agent_health(addr: SocketAddr) -> &'static str {
         s.read_to_string(&mut out)?;
         Ok(out)
     };
-    match ask() {
-        Ok(r) if r.starts_with("HTTP/1.1 200") => "ready",
-        Ok(_) => "starting",
-        Err(_) => "not running",
-    }
+    let Ok(answer) = ask() else { return ("not running", None) };
+    let head = answer.split("\r\n\r\n").next().unwrap_or("");
+    let server = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("server"))
+        .map(|(_, v)| v.trim().replacen('/', " ", 1));
+    (if answer.starts_with("HTTP/1.1 200") { "ready" } else { "starting" }, server)
 }
 
 /// The pinned layout version of `map` when it differs from this build's.
@@ -90,12 +96,16 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
     let (datapath_agent, layouts) = weir_datapath::migrate::status(layout)?;
     let conntrack = if other_layout(&layouts, weir_common::maps::CT).is_some() { None } else { Some(Conntrack::open(layout)?.account(monotonic_ns())) };
     let migration_in_progress = layouts.iter().filter(|l| l.staged).map(|l| l.name.clone()).collect();
-    let st = Status { agent: agent_health(metrics_addr), attachments, links, conntrack, maps, datapath_agent, layouts, migration_in_progress };
+    let (agent, agent_version) = agent_health(metrics_addr);
+    let st = Status { agent, agent_version, attachments, links, conntrack, maps, datapath_agent, layouts, migration_in_progress };
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
-    println!("agent: {} ({metrics_addr})", st.agent);
+    match &st.agent_version {
+        Some(v) => println!("agent: {}, {v} ({metrics_addr})", st.agent),
+        None => println!("agent: {} ({metrics_addr})", st.agent),
+    }
     println!("datapath written by: {}", st.datapath_agent.as_deref().unwrap_or("unknown (no layout manifest)"));
     let differ: Vec<String> = st
         .layouts
