@@ -14,6 +14,9 @@
 //!   nanosecond expiry), holding the established flows: the agent converts
 //!   every entry into the current layout and swaps the programs, and the
 //!   flows keep their backends and their translation.
+//! - A masquerade the old programs opened after the copy (gone from the
+//!   rebuilt map while the migration is stalled after the swap) keeps its
+//!   port and its replies: the new programs take it over from the old map.
 //! - A pinned map in a layout the agent cannot convert (the 8-byte policy
 //!   value that agents pinned before the verdict-valued entries), or in a newer
 //!   layout (a downgrade), or a selection table shrunk below the slots in
@@ -483,6 +486,56 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     assert_ne!(before[&pod_link], after[&pod_link], "the client's link runs the new programs");
     assert_eq!(before["maps/WEIR_BACKENDS"], after["maps/WEIR_BACKENDS"], "maps whose layout did not change are adopted");
     assert!(t.intruder_is_denied(), "the policy still denies the intruder");
+}
+
+/// Deletes every entry of the masquerade map pinned at `pin`; returns how
+/// many.
+fn clear_snat(pin: &Path) -> usize {
+    use weir_common::ct::{CtEntry, CtKey};
+    let data = aya::maps::MapData::from_pin(pin).expect("staged masquerade map");
+    let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("hash");
+    let keys: Vec<CtKey> = m.keys().filter_map(Result::ok).collect();
+    keys.iter().filter(|k| m.remove(k).is_ok()).count()
+}
+
+/// `CtStat::CarriedOver` of `WEIR_SNAT_STATS`, summed over CPUs.
+fn snat_carried_over(bpffs: &Path) -> u64 {
+    let data = aya::maps::MapData::from_pin(bpffs.join("maps/WEIR_SNAT_STATS")).expect("WEIR_SNAT_STATS");
+    let stats: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("per-CPU array");
+    stats.get(&(weir_common::ct::CtStat::CarriedOver as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+#[test]
+fn a_masquerade_the_old_programs_opened_during_the_swap_keeps_its_port_and_replies() {
+    let mut c = weir_tests::cluster::Cluster::new(1, &["--routing", "native"]);
+    let a = c.nodes[0].pod("a", 10);
+    let _srv = tcp_server(&c.outside, 8080, Reply::NamePerLine("out".into()));
+    let mut conn = tcp_connect(a.ns(), c.outside_ip, 8080, DEFAULT_TIMEOUT).expect("a masqueraded connection to the outside");
+    assert_eq!(ask_name(&mut conn).expect("first answer"), "out");
+    let bpffs = c.nodes[0].node.bpffs().to_path_buf();
+    let staged = bpffs.join("maps-next/WEIR_SNAT");
+
+    // A new masquerade table size rebuilds WEIR_SNAT; stalled after the
+    // swap, the connection's masquerade is removed from the new map, as if
+    // the old programs had created it after the last copy.
+    let agent = c.nodes[0].agent();
+    agent.stop_with(libc::SIGTERM);
+    agent.launch_again(&["--routing", "native", "--masquerade-max-entries", "65536"], &[(STALL, "swapped")]);
+    agent.wait_for_log("migration stalled", 1);
+    let carried = snat_carried_over(&bpffs);
+    assert_eq!(clear_snat(&staged), 2, "the connection's out and in entries");
+    // Without the fallback the next segment leaves from a new port and the
+    // outside answers with a RST.
+    assert_eq!(ask_name(&mut conn).expect("the connection still answers"), "out");
+    assert!(snat_carried_over(&bpffs) >= carried + 2, "both entries taken over from the old map");
+    agent.stop_with(libc::SIGKILL);
+
+    agent.unset_env(STALL);
+    agent.restart_with(&["--routing", "native", "--masquerade-max-entries", "65536"]);
+    agent.wait_for_log("initial sync", 2);
+    assert_eq!(ask_name(&mut conn).expect("after the migration"), "out");
+    assert!(!staged.exists(), "committed");
+    assert_eq!(max_entries(&bpffs.join("maps/WEIR_SNAT")), 65536);
 }
 
 /// Starts the agent with `args`, which must refuse the pins (its message

@@ -106,13 +106,14 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 /// Nanoseconds per second (conntrack's expiry is kept in seconds).
 pub const NS_PER_S: u64 = 1_000_000_000;
 
-/// Values of the programs' `WEIR_CT_PREV_ON` constant: where conntrack
-/// takes over an entry it misses during a migration (see
-/// `maps::CT_PREV`).
+/// Values of the programs' `WEIR_CT_PREV_ON` and `WEIR_SNAT_PREV_ON`
+/// constants: where conntrack (masquerade) takes over an entry it misses
+/// during a migration (see `maps::CT_PREV`, `maps::SNAT_PREV`).
 pub const CARRY_OVER_OFF: u8 = 0;
-/// From `maps::CT_PREV`, in the same layout.
+/// From `maps::CT_PREV` (`maps::SNAT_PREV`), in the same layout.
 pub const CARRY_OVER_SAME: u8 = 1;
-/// From `maps::CT_PREV_V1`, converted from layout v1 (`crate::ct_v1`).
+/// From `maps::CT_PREV_V1` (`maps::SNAT_PREV_V1`), converted from layout
+/// v1 (`crate::ct_v1`).
 pub const CARRY_OVER_V1: u8 = 2;
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 56 && core::mem::align_of::<CtEntry>() == 8);
 

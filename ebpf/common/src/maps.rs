@@ -154,5 +154,11 @@ pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;
 pub const SNAT: &str = "WEIR_SNAT";
 pub const SNAT_MAX_ENTRIES: u32 = 131_072;
 
+/// [`SNAT`]'s counterparts of [`CT_PREV`] and [`CT_PREV_V1`]: during a
+/// migration that rebuilds it, the old map, from which the programs take
+/// over a masquerade they miss (converted from layout v1 for the second).
+pub const SNAT_PREV: &str = "WEIR_SNAT_PREV";
+pub const SNAT_PREV_V1: &str = "WEIR_SNAT_PREV_V1";
+
 /// Counters of [`SNAT`] (per-CPU array of u64), indexed by CtStat.
 pub const SNAT_STATS: &str = "WEIR_SNAT_STATS";

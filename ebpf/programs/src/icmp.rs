@@ -23,7 +23,7 @@ use crate::{
     events,
     fwd::redirect_v4,
     hdr::{Ipv4Pkt, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, PROTO_ICMP},
-    maps::{scratch, SNAT},
+    maps::scratch,
     policy::{self, Tuple},
 };
 
@@ -184,7 +184,7 @@ fn masqueraded(now: u64) -> bool {
     let Some(s) = scratch() else { return false };
     let i = s.icmp_inner;
     s.pkey = key(Addr::from_v4_raw(i.t.daddr), Addr::from_v4_raw(i.t.saddr), i.t.dport, i.t.sport, i.t.proto, CT_SNAT_IN);
-    let Some(e) = SNAT.get_ptr(&s.pkey) else { return false };
+    let Some(e) = crate::masq::lookup(&s.pkey) else { return false };
     conntrack::copy_entry(&mut s.other, e);
     is_alive(&s.other, now)
 }

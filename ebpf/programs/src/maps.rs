@@ -93,6 +93,14 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_
 #[map(name = "WEIR_SNAT")]
 pub static SNAT: HashMap<CtKey, CtEntry> = HashMap::pinned(SNAT_MAX_ENTRIES, 0);
 
+/// See `weir_common::maps::SNAT_PREV`.
+#[map(name = "WEIR_SNAT_PREV")]
+pub static SNAT_PREV: HashMap<CtKey, CtEntry> = HashMap::pinned(1, 0);
+
+/// See `weir_common::maps::SNAT_PREV_V1`.
+#[map(name = "WEIR_SNAT_PREV_V1")]
+pub static SNAT_PREV_V1: HashMap<CtKey, CtEntryV1> = HashMap::pinned(1, 0);
+
 #[map(name = "WEIR_SNAT_STATS")]
 pub static SNAT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CT_STATS_MAX_ENTRIES, 0);
 

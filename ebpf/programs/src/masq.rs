@@ -18,7 +18,8 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CT_F_STATE_BITS, CT_SNAT_IN, CT_SNAT_OUT, DIR_ORIG, DIR_REPLY},
+    ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CARRY_OVER_SAME, CT_F_STATE_BITS, CT_SNAT_IN, CT_SNAT_OUT, DIR_ORIG, DIR_REPLY},
+    ct_v1,
     drop::DropReason,
     masq::MasqDevice,
 };
@@ -32,7 +33,7 @@ use crate::{
     conntrack::{self, clear_entry, now_ns},
     events,
     hdr::{Ipv4Pkt, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP},
-    maps::{scratch, MASQ, NO_MASQ, SNAT, SNAT_STATS},
+    maps::{scratch, MASQ, NO_MASQ, SNAT, SNAT_PREV, SNAT_PREV_V1, SNAT_STATS},
     nat, source,
 };
 
@@ -45,6 +46,52 @@ fn stat(s: CtStat) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *p = (*p).wrapping_add(1) };
     }
+}
+
+/// Where a masquerade missing from `WEIR_SNAT` is taken over from, in the
+/// programs the agent loads for a migration that rebuilds it: as
+/// conntrack's `WEIR_CT_PREV_ON` (`CARRY_OVER_*`), from `WEIR_SNAT_PREV`
+/// or `WEIR_SNAT_PREV_V1`. A load-time constant: the verifier drops the
+/// fallback from every other load.
+#[no_mangle]
+static WEIR_SNAT_PREV_ON: u8 = CARRY_OVER_OFF;
+
+#[inline(always)]
+fn carry_from() -> u8 {
+    // SAFETY: reading a constant the loader may have overridden.
+    unsafe { core::ptr::read_volatile(&WEIR_SNAT_PREV_ON) }
+}
+
+/// The masquerade entry behind `k`; during a migration, one the old
+/// programs created after the agent's copy is taken over from the old map
+/// on first use, so a flow masqueraded then keeps its port and its replies.
+#[inline(always)]
+pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
+    match SNAT.get_ptr_mut(k) {
+        Some(e) => Some(e),
+        None if carry_from() != CARRY_OVER_OFF => carry_over(k),
+        None => None,
+    }
+}
+
+#[inline(always)]
+fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
+    let inserted = if carry_from() == CARRY_OVER_SAME {
+        // SAFETY: map value reference, valid for this program run.
+        let old = unsafe { SNAT_PREV.get(k) }?;
+        SNAT.insert(k, old, BPF_NOEXIST as u64).is_ok()
+    } else {
+        // SAFETY: as above.
+        let old = unsafe { SNAT_PREV_V1.get(k) }?;
+        let s = scratch()?;
+        ct_v1::write_v2(old, &mut s.carried);
+        SNAT.insert(k, &s.carried, BPF_NOEXIST as u64).is_ok()
+    };
+    if inserted {
+        stat(CtStat::Created);
+        stat(CtStat::CarriedOver);
+    }
+    SNAT.get_ptr_mut(k)
 }
 
 #[inline(always)]
@@ -79,7 +126,7 @@ fn touch(k: &CtKey, e: *mut CtEntry, cfg: &DatapathConfig, pkt: &Ipv4Pkt, dir: u
     entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
     entry.expires_s = expiry(cfg, next.state, now);
     let Some(tk) = twin(k, entry) else { return };
-    if let Some(t) = SNAT.get_ptr_mut(&tk) {
+    if let Some(t) = lookup(&tk) {
         // SAFETY: map value pointer, valid for the program run.
         let t = unsafe { &mut *t };
         t.state = entry.state;
@@ -128,15 +175,15 @@ pub fn egress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
 /// this device's address, and its in entry still points back at it.
 #[inline(always)]
 fn existing(k: &CtKey, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &Ipv4Pkt, now: u64) -> Option<u16> {
-    let e = SNAT.get_ptr_mut(k)?;
+    let e = lookup(k)?;
     // SAFETY: map value pointer, valid for the program run.
     let entry = unsafe { &*e };
     if entry.nat_addr != dev.addr {
         return None;
     }
     let tk = twin(k, entry)?;
-    // SAFETY: map value reference, read only.
-    let back = unsafe { SNAT.get(&tk) }?;
+    // SAFETY: map value pointer, valid for the program run; read only.
+    let back = unsafe { &*lookup(&tk)? };
     if back.nat_addr != k.saddr || back.nat_port != k.sport {
         return None;
     }
@@ -217,7 +264,7 @@ pub fn ingress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     }
     let (Some(cfg), Some(s)) = (conntrack::config(), scratch()) else { return Ok(()) };
     s.rkey = conntrack::key(Addr::from_v4_raw(pkt.saddr), dev.addr, pkt.sport, pkt.dport, pkt.proto, CT_SNAT_IN);
-    let Some(e) = SNAT.get_ptr_mut(&s.rkey) else { return Ok(()) };
+    let Some(e) = lookup(&s.rkey) else { return Ok(()) };
     // SAFETY: map value pointer, valid for the program run.
     let (to, port) = unsafe { ((*e).nat_addr.v4_raw(), (*e).nat_port) };
     touch(&s.rkey, e, cfg, pkt, DIR_REPLY, now_ns());

@@ -82,23 +82,20 @@ pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 3] {
 /// A map staged by a migration (`<bpffs>/maps-next/<name>`, see
 /// [`crate::migrate`]) is used instead of the one in `maps/`.
 pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], object: &'static str) -> Result<Ebpf, DatapathError> {
-    load_object_with(layout, opts, bytes, object, &[], weir_common::ct::CARRY_OVER_OFF)
+    load_object_with(layout, opts, bytes, object, &[], &[])
 }
 
-/// The programs' switch for conntrack's fallback to `WEIR_CT_PREV` (see
-/// [`crate::migrate`]).
-const CT_PREV_ON: &str = "WEIR_CT_PREV_ON";
-
 /// [`load_object`], with some maps' pins chosen by the caller (name,
-/// absolute pin path), and conntrack's carry-over during a migration
-/// (`weir_common::ct::CARRY_OVER_*`).
+/// absolute pin path), and some `u8` constants set (conntrack's and
+/// masquerade's carry-over during a migration, `WEIR_CT_PREV_ON` and
+/// `WEIR_SNAT_PREV_ON`; see [`crate::migrate`]).
 pub(crate) fn load_object_with(
     layout: &PinLayout,
     opts: &LoadOptions,
     bytes: &[u8],
     object: &'static str,
     pins: &[(&'static str, std::path::PathBuf)],
-    carry_over: u8,
+    constants: &[(&'static str, u8)],
 ) -> Result<Ebpf, DatapathError> {
     let level = opts.kernel_log.global();
     let staged: Vec<(String, std::path::PathBuf)> = match std::fs::read_dir(layout.staging_dir()) {
@@ -116,9 +113,9 @@ pub(crate) fn load_object_with(
     for (name, path) in pins {
         loader.map_pin_path(name, path.as_path());
     }
-    if carry_over != weir_common::ct::CARRY_OVER_OFF {
-        // Not every object has conntrack (the socket object has none).
-        loader.override_global(CT_PREV_ON, &carry_over, false);
+    for (name, value) in constants {
+        // Not every object has them (the socket object has no conntrack).
+        loader.override_global(name, value, false);
     }
     kernel_log::configure(&mut loader, &level);
     loader.load(bytes).map_err(|source| DatapathError::Load { object, source })

@@ -128,7 +128,7 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 /// `migrate::steps`):
 /// - v2 of `WEIR_CT`, `WEIR_SNAT` and `WEIR_CT_PREV`: `CtEntry` keeps its
 ///   expiry in whole seconds in 32 bits (56 B instead of 64); v1 stays
-///   readable as `WEIR_CT_PREV_V1` (`crate::ct_v1`).
+///   readable as `WEIR_CT_PREV_V1` and `WEIR_SNAT_PREV_V1` (`crate::ct_v1`).
 pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::IF_STATS, 1, sz::<IfStatsKey>(), sz::<IfStats>(), &["IfStatsKey", "IfStats"], false),
     layout(maps::DP_ERRORS, 1, 4, 8, &["u64"], false),
@@ -153,6 +153,8 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::SOCK_REVNAT, 1, sz::<SockRevKey>(), sz::<SockRevValue>(), &["SockRevKey", "SockRevValue", "Addr"], true),
     layout(maps::SOURCE_RANGES, 1, lpm::<SourceRangeKey>(), 4, &["SourceRangeKey", "Addr"], true),
     layout(maps::SNAT, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::SNAT_PREV, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),
+    layout(maps::SNAT_PREV_V1, 1, sz::<CtKey>(), sz::<CtEntryV1>(), &["CtKey", "CtEntryV1", "Addr"], false),
     layout(maps::SNAT_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::FRAGS, 1, sz::<FragKey>(), sz::<FragValue>(), &["FragKey", "FragValue", "Addr"], true),
     layout(maps::CONFIG, 1, 4, sz::<DatapathConfig>(), &["DatapathConfig", "Addr"], true),

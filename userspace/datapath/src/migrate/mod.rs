@@ -263,15 +263,15 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
         tracing::info!(map = %e.name, from_version = from, to_version = e.layout.version, to = %s.max_entries, "rebuilding a pinned map beside the old one");
     }
 
-    // 2. The objects, over the new maps. The conntrack being replaced
-    // stays visible to them (as WEIR_CT_PREV in the same layout, as
-    // WEIR_CT_PREV_V1 in the previous one), so an entry the old programs
-    // create until the last link is swapped is taken over on its first
-    // miss.
-    let (carry_over, pins) = carry_over(layout, rebuild);
+    // 2. The objects, over the new maps. The conntrack and masquerade
+    // maps being replaced stay visible to them (as WEIR_CT_PREV and
+    // WEIR_SNAT_PREV in the same layout, as ..._V1 in the previous one),
+    // so an entry the old programs create until the last link is swapped
+    // is taken over on its first miss.
+    let (constants, pins) = carry_over(layout, rebuild);
     let mut objs: Vec<(&'static str, Ebpf)> = Vec::new();
     for (object, bytes) in objects::all() {
-        objs.push((object, load_object_with(layout, opts, bytes, object, &pins, carry_over)?));
+        objs.push((object, load_object_with(layout, opts, bytes, object, &pins, &constants)?));
     }
 
     // 3. The entries.
@@ -345,16 +345,32 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     Ok(report)
 }
 
-/// Where the migration's programs take over the conntrack entries they
-/// miss, and the pin that map is read from: the old conntrack, when it is
-/// rebuilt in this layout or converted from v1.
-fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> (u8, Vec<(&'static str, PathBuf)>) {
-    use weir_common::{ct::{CARRY_OVER_OFF, CARRY_OVER_SAME, CARRY_OVER_V1}, maps::{CT, CT_PREV, CT_PREV_V1}};
-    match rebuild.iter().find(|(e, _)| e.name == CT) {
-        Some((e, from)) if *from == e.layout.version => (CARRY_OVER_SAME, vec![(CT_PREV, layout.map(CT))]),
-        Some((_, 1)) => (CARRY_OVER_V1, vec![(CT_PREV_V1, layout.map(CT))]),
-        _ => (CARRY_OVER_OFF, Vec::new()),
+/// Where the migration's programs take over the conntrack and masquerade
+/// entries they miss: the old map, when it is rebuilt in this layout or
+/// converted from v1. Returns the programs' constants and the pins of the
+/// maps they read the old entries from.
+type CarryOver = (Vec<(&'static str, u8)>, Vec<(&'static str, PathBuf)>);
+
+fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> CarryOver {
+    use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1}, maps};
+    // (map, its switch, its old map in the same layout, in v1)
+    const MAPS: [(&str, &str, &str, &str); 2] =
+        [(maps::CT, "WEIR_CT_PREV_ON", maps::CT_PREV, maps::CT_PREV_V1), (maps::SNAT, "WEIR_SNAT_PREV_ON", maps::SNAT_PREV, maps::SNAT_PREV_V1)];
+    let (mut constants, mut pins) = (Vec::new(), Vec::new());
+    for (map, switch, same, v1) in MAPS {
+        match rebuild.iter().find(|(e, _)| e.name == map) {
+            Some((e, from)) if *from == e.layout.version => {
+                constants.push((switch, CARRY_OVER_SAME));
+                pins.push((same, layout.map(map)));
+            }
+            Some((_, 1)) => {
+                constants.push((switch, CARRY_OVER_V1));
+                pins.push((v1, layout.map(map)));
+            }
+            _ => {}
+        }
     }
+    (constants, pins)
 }
 
 fn is_array(map_type: u32) -> bool {
