@@ -350,23 +350,10 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
     std::thread::sleep(Duration::from_millis(500));
     agent.stop_with(libc::SIGTERM);
 
-    // Killed with the new programs on every link, over maps still staged.
-    let stalled = agent.log_text().matches("migration stalled").count();
-    agent.launch_again(&LARGE, &[(STALL, "swapped")]);
-    agent.wait_for_log("migration stalled", stalled + 1);
-    // The reverse halves of the service flows, gone from the new map (as
-    // if the old programs had created them after the copy): the backends'
-    // replies find them only in the old map, through WEIR_CT_PREV.
-    let carried = carried_over(&t);
-    let removed = drop_reverse_entries(&t.staging().join("WEIR_CT"));
-    assert!(removed >= 9, "the long-lived connections' reverse entries: {removed}");
-    // The traffic's next round (which may take a while on 2 loaded cores).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while carried_over(&t) < carried + 9 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let now = carried_over(&t);
-    assert!(now >= carried + 9, "the new programs took the missing entries over from the old map: {carried} then {now}; {}", String::from_utf8_lossy(&t.node.weir(&["stats"]).stdout));
+    // Killed with the new programs on every link, over maps still staged;
+    // the reverse halves of the service flows the old programs created
+    // after the copy are found in the old map, through WEIR_CT_PREV.
+    stall_drop_and_carry_over(&t, &mut agent, &LARGE, "the old map");
     agent.stop_with(libc::SIGKILL);
     assert!(t.staging().join("WEIR_CT").exists(), "the kill left the rebuilt conntrack staged");
     assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 8192, "the old map is still pinned");
@@ -374,7 +361,7 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
 
     // Killed again after the first map was committed.
     agent.launch_again(&LARGE, &[(STALL, "committing")]);
-    agent.wait_for_log("migration stalled", stalled + 2);
+    agent.wait_for_log("migration stalled", 2);
     std::thread::sleep(Duration::from_millis(500));
     agent.stop_with(libc::SIGKILL);
     assert!(t.staging().exists(), "the second kill left part of the migration staged");
@@ -382,6 +369,26 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
 
     agent.unset_env(STALL);
     restart_large_and_check(&t, &mut agent, traffic);
+}
+
+/// Starts the agent with `args`, stalled after the swap, removes the TCP
+/// flows' reverse halves from the staged conntrack (as if the old programs
+/// had created them after the copy), and waits for the backends' next
+/// replies to take them over from the old map (`what`).
+fn stall_drop_and_carry_over(t: &Topo, agent: &mut Agent, args: &[&str], what: &str) {
+    let stalled = agent.log_text().matches("migration stalled").count();
+    agent.launch_again(args, &[(STALL, "swapped")]);
+    agent.wait_for_log("migration stalled", stalled + 1);
+    let carried = carried_over(t);
+    let removed = drop_reverse_entries(&t.staging().join("WEIR_CT"));
+    assert!(removed >= 9, "the long-lived connections' reverse entries: {removed}");
+    // The traffic's next round (which may take a while on 2 loaded cores).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while carried_over(t) < carried + 9 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = carried_over(t);
+    assert!(now >= carried + 9, "the new programs took the missing entries over from {what}: {carried} then {now}; {}", String::from_utf8_lossy(&t.node.weir(&["stats"]).stdout));
 }
 
 /// Replaces the conntrack map pinned as `name` by one in layout v1 holding
@@ -440,17 +447,7 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     // the reverse halves of the TCP flows, gone from the new map (as if the
     // old programs had created them after the copy), are taken over from
     // the v1 map and converted on the backends' next replies.
-    let stalled = agent.log_text().matches("migration stalled").count();
-    agent.launch_again(&[], &[(STALL, "swapped")]);
-    agent.wait_for_log("migration stalled", stalled + 1);
-    let carried = carried_over(&t);
-    let removed = drop_reverse_entries(&t.staging().join("WEIR_CT"));
-    assert!(removed >= 9, "the long-lived connections' reverse entries: {removed}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while carried_over(&t) < carried + 9 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(carried_over(&t) >= carried + 9, "the new programs took the missing entries over from the v1 map: {carried} then {}", carried_over(&t));
+    stall_drop_and_carry_over(&t, &mut agent, &[], "the v1 map");
     agent.stop_with(libc::SIGKILL);
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 64, "the kill left v1 pinned");
 

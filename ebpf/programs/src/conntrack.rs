@@ -15,15 +15,14 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CARRY_OVER_SAME, CT_F_STATE_BITS},
-    ct_v1,
+    ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CT_F_STATE_BITS},
     drop::DropReason,
 };
 use weir_logic::ct::{advance, expiry, is_alive, State};
 
 use crate::{
     errors,
-    maps::{scratch, CONFIG, CT, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_STATS},
+    maps::{CONFIG, CT, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_STATS},
 };
 
 #[inline(always)]
@@ -115,18 +114,9 @@ pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
 /// the deepest call chains past the 512-byte stack.)
 #[inline(always)]
 fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
-    let inserted = if carry_from() == CARRY_OVER_SAME {
-        let old = CT_PREV.get_ptr(k)?;
-        // SAFETY: a map value pointer, valid for this program run.
-        CT.insert(k, unsafe { &*old }, BPF_NOEXIST as u64).is_ok()
-    } else {
-        let old = CT_PREV_V1.get_ptr(k)?;
-        let s = scratch()?;
-        // SAFETY: a map value pointer, valid for this program run.
-        ct_v1::write_v2(unsafe { &*old }, &mut s.carried);
-        CT.insert(k, &s.carried, BPF_NOEXIST as u64).is_ok()
-    };
-    if inserted {
+    let same = |k: &CtKey| CT_PREV.get_ptr(k);
+    let v1 = |k: &CtKey| CT_PREV_V1.get_ptr(k);
+    if crate::carry::take_over(carry_from(), k, same, v1, |k, e| CT.insert(k, e, BPF_NOEXIST as u64).is_ok()) {
         stat(CtStat::Created);
         stat(CtStat::CarriedOver);
     }

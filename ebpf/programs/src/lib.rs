@@ -2,6 +2,7 @@
 //! The objects themselves (one per attach site) live in `src/bin/`.
 #![no_std]
 
+pub mod carry;
 pub mod conntrack;
 pub mod debug;
 pub mod egress;

@@ -18,8 +18,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CARRY_OVER_SAME, CT_F_STATE_BITS, CT_SNAT_IN, CT_SNAT_OUT, DIR_ORIG, DIR_REPLY},
-    ct_v1,
+    ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CT_F_STATE_BITS, CT_SNAT_IN, CT_SNAT_OUT, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
     masq::MasqDevice,
 };
@@ -76,18 +75,10 @@ pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
 
 #[inline(always)]
 fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
-    let inserted = if carry_from() == CARRY_OVER_SAME {
-        // SAFETY: map value reference, valid for this program run.
-        let old = unsafe { SNAT_PREV.get(k) }?;
-        SNAT.insert(k, old, BPF_NOEXIST as u64).is_ok()
-    } else {
-        // SAFETY: as above.
-        let old = unsafe { SNAT_PREV_V1.get(k) }?;
-        let s = scratch()?;
-        ct_v1::write_v2(old, &mut s.carried);
-        SNAT.insert(k, &s.carried, BPF_NOEXIST as u64).is_ok()
-    };
-    if inserted {
+    // SAFETY (both): map value references, valid for this program run.
+    let same = |k: &CtKey| unsafe { SNAT_PREV.get(k) }.map(|e| e as *const CtEntry);
+    let v1 = |k: &CtKey| unsafe { SNAT_PREV_V1.get(k) }.map(|e| e as *const weir_common::ct_v1::CtEntryV1);
+    if crate::carry::take_over(carry_from(), k, same, v1, |k, e| SNAT.insert(k, e, BPF_NOEXIST as u64).is_ok()) {
         stat(CtStat::Created);
         stat(CtStat::CarriedOver);
     }
