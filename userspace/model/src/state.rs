@@ -17,8 +17,11 @@ pub enum Change {
     Delete(ObjectKey),
     /// The complete set of objects of one kind (a relist): every object of
     /// that kind not in it is deleted. This is what keeps a watch gap from
-    /// losing a deletion.
-    Replace { kind: Kind, objects: Vec<Object> },
+    /// losing a deletion. `rejected` names the objects the list held but
+    /// that failed validation: each keeps its previous version, as it does
+    /// when a watch event brings the invalid edit (so agents that relisted
+    /// and agents that watched agree).
+    Replace { kind: Kind, objects: Vec<Object>, rejected: Vec<ObjectKey> },
 }
 
 /// A service, by namespace and name.
@@ -112,14 +115,13 @@ impl ClusterState {
         match change {
             Change::Upsert(o) => self.upsert(o),
             Change::Delete(k) => self.delete(&k),
-            Change::Replace { kind, objects } => {
+            Change::Replace { kind, objects, rejected } => {
                 let mut affected = Affected::default();
                 let keep: BTreeSet<(String, String)> = objects
                     .iter()
-                    .map(|o| {
-                        let k = o.key();
-                        (k.namespace, k.name)
-                    })
+                    .map(|o| o.key())
+                    .chain(rejected)
+                    .map(|k| (k.namespace, k.name))
                     .collect();
                 let stale: Vec<ObjectKey> = self
                     .objects
@@ -359,6 +361,17 @@ mod tests {
             "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nspec: {{podCIDR: 10.244.1.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: 192.168.0.11}}], conditions: [{{type: Ready, status: 'True', lastHeartbeatTime: '{heartbeat}'}}]}}\n"
         );
         Object::Node(serde_yaml_ng::from_str(&y).expect("node"))
+    }
+
+    #[test]
+    fn a_relist_keeps_the_previous_version_of_an_object_it_rejected_and_drops_what_it_lacks() {
+        let mut st = ClusterState::new();
+        st.apply(Change::Upsert(pod("", "app: web")));
+        let key = pod("", "app: web").key();
+        st.apply(Change::Replace { kind: Kind::Pod, objects: Vec::new(), rejected: vec![key.clone()] });
+        assert!(st.contains(&key), "an invalid edit seen in a relist keeps the previous version, as on a watch event");
+        st.apply(Change::Replace { kind: Kind::Pod, objects: Vec::new(), rejected: Vec::new() });
+        assert!(!st.contains(&key), "an object the relist lacks is deleted");
     }
 
     #[test]

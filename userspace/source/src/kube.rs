@@ -31,7 +31,7 @@ use kube::{
     Api, Client,
 };
 use weir_crds::{ClusterNetworkPolicy, WeirNetworkPolicy};
-use weir_model::{validate::validate, Change, Kind, Object, Warning};
+use weir_model::{validate::validate, Change, Kind, Object, ObjectKey, Warning};
 
 use super::{SourceEvent, Sender};
 
@@ -138,6 +138,9 @@ where
     // agents that lost the API server together do not come back together.
     let mut stream = watcher(api, watch_config(kind)).default_backoff().boxed();
     let mut buffer: Option<Vec<Object>> = None;
+    // Objects the (re)list held that failed validation: they keep their
+    // previous version.
+    let mut rejected: Vec<ObjectKey> = Vec::new();
     let mut warnings = Vec::new();
     let mut first_list = true;
     let mut failing = false;
@@ -168,17 +171,23 @@ where
             Ok(watcher::Event::Delete(o)) => (vec![Change::Delete(wrap(o).key())], false),
             Ok(watcher::Event::Init) => {
                 buffer = Some(Vec::new());
+                rejected.clear();
                 continue;
             }
             Ok(watcher::Event::InitApply(o)) => {
-                match checked(wrap(o)) {
+                let o = wrap(o);
+                let key = o.key();
+                match checked(o) {
                     Ok(o) => buffer.get_or_insert_with(Vec::new).push(o),
-                    Err(w) => warnings.push(w),
+                    Err(w) => {
+                        warnings.push(w);
+                        rejected.push(key);
+                    }
                 }
                 continue;
             }
             Ok(watcher::Event::InitDone) => {
-                (vec![Change::Replace { kind, objects: buffer.take().unwrap_or_default() }], true)
+                (vec![Change::Replace { kind, objects: buffer.take().unwrap_or_default(), rejected: std::mem::take(&mut rejected) }], true)
             }
             Err(error) if kind.is_crd() && not_served(&error) => {
                 if first_list {
@@ -208,7 +217,8 @@ where
 mod tests {
     //! The kube source against recorded API-server responses: a scripted
     //! HTTP server plays list, watch, a 410 Gone watch error (the watch
-    //! gap), and a relist in which an object has disappeared.
+    //! gap), and a relist in which an object has disappeared and another
+    //! was edited into something invalid.
 
     use std::{
         collections::BTreeSet,
@@ -263,7 +273,8 @@ mod tests {
                     let items = if s.service_lists == 1 {
                         vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]
                     } else {
-                        vec![service("a", "10.96.0.1")]
+                        // "b" is gone; "a" was edited to an invalid address.
+                        vec![service("a", "10.96.0.300")]
                     };
                     (Some(list("ServiceList", "v1", &format!("{}", s.service_lists * 10), &items)), false)
                 }
@@ -354,6 +365,8 @@ mod tests {
             }
         }
         assert_eq!(state.counts()[&Kind::Service], 1);
+        let a = state.service(&("default".to_string(), "a".to_string())).expect("a");
+        assert_eq!(a.cluster_ips, vec!["10.96.0.1".parse::<std::net::IpAddr>().expect("ip")], "the relist's invalid edit of a keeps its previous version");
         assert_eq!(state.counts()[&Kind::ClusterNetworkPolicy], 1, "the cluster policy was listed");
         assert_eq!(state.counts()[&Kind::WeirNetworkPolicy], 0, "a kind without its CRD counts as empty");
         assert_eq!(state.policies().len(), 1, "and compiles");
