@@ -2,7 +2,9 @@
 //! kernel with BPF_PROG_TEST_RUN (the kernel's own time for the run, no
 //! syscall in it): the first packet of a service flow, a packet of an
 //! established service flow, a service reply, pod-to-pod traffic with and
-//! without a policy, and a packet delivered to a pod. Routes and
+//! without a policy, the first packet of a flow the policy judges (with
+//! one rule, and with 10,000 more for other peers), and a packet delivered
+//! to a pod. Routes and
 //! neighbours exist for the pods, so the FIB lookup and redirect are paid
 //! as in real traffic. Every run is one packet (`repeat` would feed the
 //! program its own rewritten packet again), and each figure is the median
@@ -38,6 +40,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 6);
+/// Guarded like GUARDED, with 10,000 more rules (each for another peer).
+const GUARDED_BIG: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 7);
 
 #[derive(serde::Serialize)]
 struct Case {
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
     let ns = NetNs::new("wpc");
     ns.sysctl("net.ipv4.ip_forward", "1");
     let (client_if, backend_if, guarded_if) = (veth(&ns, "weirc", CLIENT), veth(&ns, "weirb", BACKEND), veth(&ns, "weirg", GUARDED));
+    let big_if = veth(&ns, "weirh", GUARDED_BIG);
     let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirpc")));
     let path = dir.path.clone();
     let (reps, runs, flows) = if quick { (3, 300, 300) } else { (9, 2_000, 2_000) };
@@ -144,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         own(&layout, client_if, CLIENT);
         own(&layout, backend_if, BACKEND);
         own(&layout, guarded_if, GUARDED);
+        own(&layout, big_if, GUARDED_BIG);
         let mut lb = Lb::open(&layout)?;
         lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)]))?;
         // GUARDED admits anyone on TCP 9000: its flows are judged and tracked.
@@ -151,23 +157,42 @@ fn main() -> anyhow::Result<()> {
         s.endpoints.insert(IpAddr::V4(GUARDED), EndpointSpec { id: 1, identity: 600, ingress_isolated: true, egress_isolated: false });
         s.ipcache.insert(Prefix::host(IpAddr::V4(GUARDED)), IpInfo { identity: 600, cidr_identity: ID_WORLD });
         s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_INGRESS, identity: ID_ANY, proto: 6, port: 9000, port_bits: 16 }, PolicyValue::allow(1));
+        // GUARDED_BIG the same, plus 10,000 rules for other peers.
+        s.endpoints.insert(IpAddr::V4(GUARDED_BIG), EndpointSpec { id: 2, identity: 601, ingress_isolated: true, egress_isolated: false });
+        s.ipcache.insert(Prefix::host(IpAddr::V4(GUARDED_BIG)), IpInfo { identity: 601, cidr_identity: ID_WORLD });
+        s.entries.insert(PolicyEntry { endpoint: 2, direction: DIR_INGRESS, identity: ID_ANY, proto: 6, port: 9000, port_bits: 16 }, PolicyValue::allow(1));
+        for i in 0..10_000u32 {
+            s.entries.insert(PolicyEntry { endpoint: 2, direction: DIR_INGRESS, identity: 10_000 + i, proto: 6, port: 9000, port_bits: 16 }, PolicyValue::allow(2));
+        }
         let w = PolicyMaps::open(&layout)?.transition(&s, &s, &s);
         anyhow::ensure!(w.errors.is_empty(), "policy: {:?}", w.errors);
         let (from_pod, to_pod) = (dp.program(Hook::FromPod)?, dp.program(Hook::ToPod)?);
 
         let mut out = Vec::new();
+        // First packets (SYNs from fresh source ports) to each destination,
+        // interleaved in `reps` slices: the median of each slice.
         let mut sport = 10_000u16;
-        let mut new_flow = Vec::new();
-        for _ in 0..reps {
-            let mut v = Vec::new();
-            for _ in 0..flows / reps.max(1) {
-                sport = sport.wrapping_add(1).max(10_000);
-                v.push(r.run(from_pod, &testrun::tcp4((CLIENT, sport), (VIP, 80), true, b""), client_if));
+        let mut first_packets = |dsts: &[(Ipv4Addr, u16)]| -> Vec<Vec<u64>> {
+            let mut medians = vec![Vec::new(); dsts.len()];
+            for _ in 0..reps {
+                for (i, dst) in dsts.iter().enumerate() {
+                    let mut v: Vec<u64> = (0..flows / reps.max(1))
+                        .map(|_| {
+                            sport = sport.wrapping_add(1).max(10_000);
+                            r.run(from_pod, &testrun::tcp4((CLIENT, sport), *dst, true, b""), client_if)
+                        })
+                        .collect();
+                    v.sort_unstable();
+                    medians[i].push(v[v.len() / 2]);
+                }
             }
-            v.sort_unstable();
-            new_flow.push(v[v.len() / 2]);
-        }
-        out.push(summarize("new service flow (SYN to a VIP: select, policy, two entries, DNAT, redirect)", new_flow));
+            medians
+        };
+        let [service, judged, judged_big]: [Vec<u64>; 3] =
+            first_packets(&[(VIP, 80), (GUARDED, 9000), (GUARDED_BIG, 9000)]).try_into().map_err(|_| anyhow::anyhow!("three cases"))?;
+        out.push(summarize("new service flow (SYN to a VIP: select, policy, two entries, DNAT, redirect)", service));
+        out.push(summarize("policy-judged first packet (SYN to a guarded pod), its 1 rule", judged));
+        out.push(summarize("policy-judged first packet, the pod has 10,001 rules", judged_big));
 
         // One established flow, both directions.
         r.run(from_pod, &testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""), client_if);
