@@ -442,6 +442,9 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     let ct = st["layouts"].as_array().expect("layouts").iter().find(|l| l["name"] == "WEIR_CT").expect("WEIR_CT").clone();
     assert_eq!((ct["pinned_version"].as_u64(), ct["expected_version"].as_u64()), (Some(1), Some(2)), "weir status sees the old layout: {ct}");
     assert!(st["conntrack"].is_null(), "and does not read conntrack in a layout it does not know: {}", st["conntrack"]);
+    let ct = t.node.weir(&["ct", "list"]);
+    let err = String::from_utf8_lossy(&ct.stderr);
+    assert!(!ct.status.success() && err.contains("WEIR_CT is pinned in layout v1 and this build reads v2"), "weir ct list refuses, naming both layouts: {err}");
 
     // Stalled with the new programs on every link over the converted maps:
     // the reverse halves of the TCP flows, gone from the new map (as if the

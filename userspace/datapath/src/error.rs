@@ -39,6 +39,11 @@ pub enum DatapathError {
     Raw { op: &'static str, name: String, #[source] source: std::io::Error },
     #[error("{}", refusals(.0))]
     Refused(Vec<crate::migrate::inspect::Refusal>),
+    #[error(
+        "{name} is pinned in layout v{pinned} and this build reads v{expected}, so it was not read (an upgrade in progress: the next \
+         agent start migrates it; or use the weir of the agent that wrote it)"
+    )]
+    OtherLayout { name: &'static str, pinned: u32, expected: u32 },
     #[error("WEIR_LB_TABLE has no free range of {needed} slots for {frontend} ({used} of {capacity} in use)")]
     LbTableFull { frontend: String, needed: u32, used: u32, capacity: u32 },
 }
@@ -77,6 +82,7 @@ impl DatapathError {
             Self::PinnedMap { .. } => "pinned_map",
             Self::Raw { .. } => "raw",
             Self::Refused(_) => "layout_refused",
+            Self::OtherLayout { .. } => "other_layout",
         }
     }
 }
