@@ -11,13 +11,16 @@
 //! of many runs; the kernel's timing of a single run adds a few tens of ns
 //! to every case alike.
 //!
+//! `--services N` programs N - 1 more ClusterIPs (one backend each) before
+//! measuring, so the figures can be read against the number of services.
+//!
 //! `--bpf-log-level` loads the object with its kernel debug logs on at
 //! that level (see docs/architecture.md), as `weir-agent --bpf-log-level`
 //! does, and drains the log ring buffer after every run as the agent's
 //! reader would; the default, off, is the production object.
 //!
 //! ```text
-//! weir-pktcost [--quick] [--bpf-log-level off|debug|trace] [--out target/bench/pkt_cost.json]
+//! weir-pktcost [--quick] [--services N] [--bpf-log-level off|debug|trace] [--out target/bench/pkt_cost.json]
 //! ```
 
 use std::{
@@ -128,6 +131,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let out_path = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| "target/bench/pkt_cost.json".into());
+    let services: u32 = match args.iter().position(|a| a == "--services") {
+        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).filter(|n| *n >= 1).ok_or_else(|| anyhow::anyhow!("--services takes a count ≥ 1"))?,
+        None => 1,
+    };
     let level = match args.iter().position(|a| a == "--bpf-log-level") {
         Some(i) => parse_level(args.get(i + 1).map_or("", String::as_str))?,
         None => KernelLogLevel::Off,
@@ -144,7 +151,10 @@ fn main() -> anyhow::Result<()> {
     let counted = records.clone();
     let (cases, runs) = ns.run(move || -> anyhow::Result<(Vec<Case>, u64)> {
         let layout = PinLayout::new(&path);
-        let mut dp = PodDatapath::load_with(&layout, &LoadOptions { kernel_log: level, ..LoadOptions::default() })?;
+        // Each extra service takes 101 slots (Maglev, one backend).
+        let defaults = LoadOptions::default();
+        let lb_table_slots = defaults.lb_table_slots.max((services.saturating_mul(101) + 1_100).next_power_of_two());
+        let mut dp = PodDatapath::load_with(&layout, &LoadOptions { kernel_log: level, lb_table_slots, ..defaults })?;
         let r = Runner { logs: if level.is_off() { None } else { Some(RefCell::new(dp.kernel_log(counted)?)) }, runs: Default::default() };
         own(&layout, client_if, CLIENT);
         own(&layout, backend_if, BACKEND);
@@ -152,6 +162,11 @@ fn main() -> anyhow::Result<()> {
         own(&layout, big_if, GUARDED_BIG);
         let mut lb = Lb::open(&layout)?;
         lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)]))?;
+        for i in 1..services {
+            let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
+            let backend = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + i);
+            lb.upsert(&cluster_ip(vip, 80, Protocol::Tcp, &[(backend, 8080)]))?;
+        }
         // GUARDED admits anyone on TCP 9000: its flows are judged and tracked.
         let mut s = PolicyState::default();
         s.endpoints.insert(IpAddr::V4(GUARDED), EndpointSpec { id: 1, identity: 600, ingress_isolated: true, egress_isolated: false });
@@ -218,7 +233,7 @@ fn main() -> anyhow::Result<()> {
         Ok((out, r.runs.get()))
     })?;
     drop(dir);
-    println!("kernel debug logs: {level:?}, {:.2} records per run", records.0.load(Ordering::Relaxed) as f64 / runs.max(1) as f64);
+    println!("services: {services}; kernel debug logs: {level:?}, {:.2} records per run", records.0.load(Ordering::Relaxed) as f64 / runs.max(1) as f64);
     println!("{:<80} {:>10} {:>10} {:>10}", "case", "median ns", "min", "max");
     for c in &cases {
         println!("{:<80} {:>10} {:>10} {:>10}", c.case, c.median_ns, c.min_ns, c.max_ns);
