@@ -45,8 +45,8 @@ use weir_tests::{
 const VIP_LONG: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP_SHORT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const VIP_UDP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
-const SMALL: [&str; 4] = ["--ct-max-entries", "8192", "--lb-table-slots", "65536"];
-const LARGE: [&str; 4] = ["--ct-max-entries", "16384", "--lb-table-slots", "131072"];
+const SMALL: [&str; 6] = ["--ct-max-entries", "8192", "--lb-table-slots", "65536", "--frontends-max-entries", "1024"];
+const LARGE: [&str; 6] = ["--ct-max-entries", "16384", "--lb-table-slots", "131072", "--frontends-max-entries", "131072"];
 const STALL: &str = weir_datapath::migrate::STALL_ENV;
 
 struct Topo {
@@ -294,8 +294,9 @@ fn assert_migrated(t: &Topo, agent: &Agent, tally: &Tally) {
     assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
     assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 16384, "conntrack was rebuilt at the new size");
     assert_eq!(max_entries(&t.map_pin("WEIR_LB_TABLE")), 131072, "the selection table grew");
+    assert_eq!(max_entries(&t.map_pin("WEIR_FRONTENDS")), 131072, "the frontends map grew");
     assert!(!t.staging().exists(), "nothing is left staged");
-    for map in ["WEIR_CT", "WEIR_LB_TABLE"] {
+    for map in ["WEIR_CT", "WEIR_LB_TABLE", "WEIR_FRONTENDS"] {
         assert!(log.lines().any(|l| l.contains("rebuilding a pinned map") && l.contains(&format!("map={map} "))), "{map} rebuilt:\n{log}");
     }
     assert!(log.contains("migrated a pinned map"), "{log}");

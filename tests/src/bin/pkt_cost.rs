@@ -154,7 +154,8 @@ fn main() -> anyhow::Result<()> {
         // Each extra service takes 101 slots (Maglev, one backend).
         let defaults = LoadOptions::default();
         let lb_table_slots = defaults.lb_table_slots.max((services.saturating_mul(101) + 1_100).next_power_of_two());
-        let mut dp = PodDatapath::load_with(&layout, &LoadOptions { kernel_log: level, lb_table_slots, ..defaults })?;
+        let frontends = defaults.frontends.max(2 * services + 16);
+        let mut dp = PodDatapath::load_with(&layout, &LoadOptions { kernel_log: level, lb_table_slots, frontends, ..defaults })?;
         let r = Runner { logs: if level.is_off() { None } else { Some(RefCell::new(dp.kernel_log(counted)?)) }, runs: Default::default() };
         own(&layout, client_if, CLIENT);
         own(&layout, backend_if, BACKEND);

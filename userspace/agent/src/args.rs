@@ -60,6 +60,16 @@ pub struct Args {
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().lb_table_slots)]
     pub lb_table_slots: u32,
 
+    /// Service frontends: one per service port and kind (ClusterIP,
+    /// NodePort, LB IP, externalIP), plus one per service address.
+    #[arg(long, default_value_t = weir_datapath::LoadOptions::default().frontends)]
+    pub frontends_max_entries: u32,
+
+    /// Service backends: one per distinct endpoint address, port and
+    /// protocol.
+    #[arg(long, default_value_t = weir_datapath::LoadOptions::default().backends)]
+    pub backends_max_entries: u32,
+
     /// Conntrack entries (two per service flow).
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct_entries)]
     pub ct_max_entries: u32,

@@ -60,6 +60,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let opts = LoadOptions {
         lb_table_slots: args.lb_table_slots,
+        frontends: args.frontends_max_entries,
+        backends: args.backends_max_entries,
         ct_entries: args.ct_max_entries,
         snat_entries: args.masquerade_max_entries,
         verifier_log: args.bpf_verifier_log_level.into(),

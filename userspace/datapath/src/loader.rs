@@ -10,7 +10,10 @@ use aya::{
 };
 use weir_common::{
     config::DatapathConfig,
-    maps::{CONFIG, CT, CT_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES, SNAT, SNAT_MAX_ENTRIES},
+    maps::{
+        BACKENDS, BACKENDS_MAX_ENTRIES, CONFIG, CT, CT_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES, SNAT,
+        SNAT_MAX_ENTRIES,
+    },
     stats::{Direction, IfStats, IfStatsKey},
 };
 
@@ -28,6 +31,13 @@ use crate::{
 pub struct LoadOptions {
     /// Slots in WEIR_LB_TABLE (each service takes a prime ≥ 100 × backends).
     pub lb_table_slots: u32,
+    /// Entries in WEIR_FRONTENDS: one per service port and frontend kind,
+    /// plus one per service address (the marker that rejects its other
+    /// ports).
+    pub frontends: u32,
+    /// Entries in WEIR_BACKENDS (one per distinct backend address, port
+    /// and protocol).
+    pub backends: u32,
     /// Entries in WEIR_CT (two per service flow).
     pub ct_entries: u32,
     /// Entries in WEIR_SNAT (two per masqueraded flow).
@@ -42,7 +52,15 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { lb_table_slots: LB_TABLE_MAX_ENTRIES, ct_entries: CT_MAX_ENTRIES, snat_entries: SNAT_MAX_ENTRIES, verifier_log: VerifierLog::default(), kernel_log: KernelLogLevel::Off }
+        Self {
+            lb_table_slots: LB_TABLE_MAX_ENTRIES,
+            frontends: FRONTENDS_MAX_ENTRIES,
+            backends: BACKENDS_MAX_ENTRIES,
+            ct_entries: CT_MAX_ENTRIES,
+            snat_entries: SNAT_MAX_ENTRIES,
+            verifier_log: VerifierLog::default(),
+            kernel_log: KernelLogLevel::Off,
+        }
     }
 }
 
@@ -72,8 +90,14 @@ impl From<VerifierLog> for aya::VerifierLogLevel {
 }
 
 /// The maps whose capacity the load options choose.
-pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 3] {
-    [(LB_TABLE, opts.lb_table_slots.max(1)), (CT, opts.ct_entries.max(2)), (SNAT, opts.snat_entries.max(2))]
+pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 5] {
+    [
+        (LB_TABLE, opts.lb_table_slots.max(1)),
+        (FRONTENDS, opts.frontends.max(2)),
+        (BACKENDS, opts.backends.max(1)),
+        (CT, opts.ct_entries.max(2)),
+        (SNAT, opts.snat_entries.max(2)),
+    ]
 }
 
 /// Loads an object over the pinned maps, sizing the maps `opts` sizes
