@@ -148,6 +148,37 @@ pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
     Server { stop, handle: Some(handle), served }
 }
 
+/// Counts the UDP datagrams sent to 0.0.0.0:`port` inside `ns` and
+/// answers none: the receiving end of a flood. Its receive buffer is
+/// 64 MiB (SO_RCVBUFFORCE), so a burst is counted rather than dropped at
+/// the socket.
+pub fn udp_sink(ns: &NetNs, port: u16) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop2, served2) = (stop.clone(), served.clone());
+    let handle = ns.spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("udp bind");
+        let size: libc::c_int = 64 << 20;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+        sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 2048];
+        while !stop2.load(Ordering::Relaxed) {
+            if sock.recv(&mut buf).is_ok() {
+                served2.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp sink did not start");
+    Server { stop, handle: Some(handle), served }
+}
+
 /// Connects from `ns` to `dst:port`, sends `payload`, half-closes and
 /// returns everything the server answered.
 pub fn tcp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {

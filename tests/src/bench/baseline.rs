@@ -1,5 +1,5 @@
 //! Generators for the rules kube-proxy itself would write for the same
-//! Services and EndpointSlices (ClusterIP, TCP).
+//! Services and EndpointSlices (ClusterIP, TCP or UDP).
 //!
 //! iptables mode: `KUBE-SERVICES` (jumped to from PREROUTING and OUTPUT)
 //! matches each cluster IP:port and jumps to `KUBE-SVC-*`, which picks an
@@ -27,12 +27,39 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-/// One ClusterIP TCP service port and its endpoints.
+/// A service port's protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// As iptables and nft spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
+    /// As a Service's `ports[].protocol` spells it.
+    pub fn k8s(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+/// One ClusterIP service port and its endpoints.
 #[derive(Clone, Debug)]
 pub struct Svc {
     pub name: String,
     pub vip: Ipv4Addr,
     pub port: u16,
+    pub proto: Proto,
     pub endpoints: Vec<(Ipv4Addr, u16)>,
     /// The service's NodePort, if it has one (TCP, eTP Cluster).
     pub node_port: Option<u16>,
@@ -47,16 +74,27 @@ fn h(s: &str) -> String {
     format!("{x:016X}")
 }
 
+/// The service port's name as kube-proxy hashes it into chain names.
+fn port_name(s: &Svc) -> String {
+    format!("{}:{}/{}", s.name, s.port, s.proto.as_str())
+}
+
 fn svc_chain(s: &Svc) -> String {
-    format!("KUBE-SVC-{}", h(&format!("{}:{}/tcp", s.name, s.port)))
+    format!("KUBE-SVC-{}", h(&port_name(s)))
 }
 
 fn ext_chain(s: &Svc) -> String {
-    format!("KUBE-EXT-{}", h(&format!("{}:{}/tcp", s.name, s.port)))
+    format!("KUBE-EXT-{}", h(&port_name(s)))
 }
 
 fn sep_chain(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
-    format!("KUBE-SEP-{}", h(&format!("{}:{}/tcp{}:{}", s.name, s.port, ep.0, ep.1)))
+    format!("KUBE-SEP-{}", h(&format!("{}{}:{}", port_name(s), ep.0, ep.1)))
+}
+
+/// A KUBE-SERVICES rule: the cluster IP and port jump to the service chain.
+fn services_rule(s: &Svc) -> String {
+    let p = s.proto.as_str();
+    format!("-A KUBE-SERVICES -d {}/32 -p {p} -m comment --comment \"{} cluster IP\" -m {p} --dport {} -j {}\n", s.vip, s.name, s.port, svc_chain(s))
 }
 
 /// The `nat` table as kube-proxy's iptables mode would restore it.
@@ -102,11 +140,7 @@ pub fn iptables_restore(services: &[Svc]) -> String {
 fn iptables_service_rules(services: &[Svc]) -> String {
     let mut o = String::new();
     for s in services {
-        let _ = writeln!(
-            o,
-            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j {}",
-            s.vip, s.name, s.port, svc_chain(s)
-        );
+        o.push_str(&services_rule(s));
     }
     for s in services {
         o.push_str(&iptables_chain_rules(s));
@@ -126,7 +160,8 @@ fn iptables_chain_rules(s: &Svc) -> String {
             let _ = writeln!(o, "-A {} -m comment --comment \"{} -> {}:{}\" -j {sep}", svc_chain(s), s.name, ep.0, ep.1);
         }
         let _ = writeln!(o, "-A {sep} -s {}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ", ep.0, s.name);
-        let _ = writeln!(o, "-A {sep} -p tcp -m comment --comment \"{}\" -m tcp -j DNAT --to-destination {}:{}", s.name, ep.0, ep.1);
+        let p = s.proto.as_str();
+        let _ = writeln!(o, "-A {sep} -p {p} -m comment --comment \"{}\" -m {p} -j DNAT --to-destination {}:{}", s.name, ep.0, ep.1);
     }
     o
 }
@@ -141,7 +176,7 @@ pub fn iptables_one_change(services: &[Svc], changed: &Svc) -> String {
         let _ = writeln!(o, ":{} - [0:0]", sep_chain(changed, ep));
     }
     for s in services {
-        let _ = writeln!(o, "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j {}", s.vip, s.name, s.port, svc_chain(s));
+        o.push_str(&services_rule(s));
     }
     o.push_str(&iptables_chain_rules(changed));
     o.push_str("COMMIT\n");
@@ -149,18 +184,18 @@ pub fn iptables_one_change(services: &[Svc], changed: &Svc) -> String {
 }
 
 fn nft_svc(s: &Svc) -> String {
-    format!("service-{}", h(&format!("{}:{}/tcp", s.name, s.port)))
+    format!("service-{}", h(&port_name(s)))
 }
 
 fn nft_ep(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
-    format!("endpoint-{}", h(&format!("{}:{}/tcp{}:{}", s.name, s.port, ep.0, ep.1)))
+    format!("endpoint-{}", h(&format!("{}{}:{}", port_name(s), ep.0, ep.1)))
 }
 
 fn nft_service_chains(s: &Svc, o: &mut String) {
     for ep in &s.endpoints {
         let _ = writeln!(o, "add chain ip kube-proxy {}", nft_ep(s, ep));
         let _ = writeln!(o, "add rule ip kube-proxy {} ip saddr {} jump mark-for-masquerade", nft_ep(s, ep), ep.0);
-        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto tcp dnat to {}:{}", nft_ep(s, ep), ep.0, ep.1);
+        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto {} dnat to {}:{}", nft_ep(s, ep), s.proto.as_str(), ep.0, ep.1);
     }
     let _ = writeln!(o, "add chain ip kube-proxy {}", nft_svc(s));
     let arms: Vec<String> = s.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_ep(s, ep))).collect();
@@ -183,7 +218,7 @@ pub fn nft_script(services: &[Svc]) -> String {
     );
     for s in services {
         nft_service_chains(s, &mut o);
-        let _ = writeln!(o, "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {} }}", s.vip, s.port, nft_svc(s));
+        let _ = writeln!(o, "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {} }}", s.vip, s.proto.as_str(), s.port, nft_svc(s));
     }
     o
 }
@@ -206,7 +241,7 @@ pub fn nft_script_with_node_ports(services: &[Svc], node_ips: &[Ipv4Addr]) -> St
     );
     let _ = writeln!(o, "add element ip kube-proxy nodeport-ips {{ {} }}", ips.join(", "));
     for s in services.iter().filter(|s| s.node_port.is_some()) {
-        let ext = format!("external-{}", h(&format!("{}:{}/tcp", s.name, s.port)));
+        let ext = format!("external-{}", h(&port_name(s)));
         let _ = writeln!(o, "add chain ip kube-proxy {ext}");
         let _ = writeln!(o, "add rule ip kube-proxy {ext} jump mark-for-masquerade");
         let _ = writeln!(o, "add rule ip kube-proxy {ext} goto {}", nft_svc(s));
@@ -224,7 +259,7 @@ pub fn nft_one_change(changed: &Svc) -> String {
         let _ = writeln!(o, "add chain ip kube-proxy {}", nft_ep(changed, ep));
         let _ = writeln!(o, "flush chain ip kube-proxy {}", nft_ep(changed, ep));
         let _ = writeln!(o, "add rule ip kube-proxy {} ip saddr {} jump mark-for-masquerade", nft_ep(changed, ep), ep.0);
-        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto tcp dnat to {}:{}", nft_ep(changed, ep), ep.0, ep.1);
+        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto {} dnat to {}:{}", nft_ep(changed, ep), changed.proto.as_str(), ep.0, ep.1);
     }
     let arms: Vec<String> = changed.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_ep(changed, ep))).collect();
     let _ = writeln!(o, "add rule ip kube-proxy {} numgen random mod {} vmap {{ {} }}", nft_svc(changed), changed.endpoints.len(), arms.join(", "));
@@ -242,7 +277,22 @@ mod tests {
             port: 80,
             endpoints: vec![(Ipv4Addr::new(10, 244, 0, 11), 8080), (Ipv4Addr::new(10, 244, 0, 12), 8080), (Ipv4Addr::new(10, 244, 0, 13), 8080)],
             node_port: None,
+            proto: Proto::Tcp,
         }
+    }
+
+    #[test]
+    fn a_udp_service_gets_udp_rules_and_its_own_chains() {
+        let udp = Svc { proto: Proto::Udp, ..svc() };
+        let r = iptables_restore(std::slice::from_ref(&udp));
+        assert!(r.contains("-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment \"default/web:http cluster IP\" -m udp --dport 80"));
+        assert_eq!(r.matches("-p udp -m comment --comment \"default/web:http\" -m udp -j DNAT").count(), 3);
+        assert!(!r.contains("tcp"), "{r}");
+        assert_ne!(svc_chain(&udp), svc_chain(&svc()), "TCP and UDP ports of one service have separate chains");
+        let n = nft_script(std::slice::from_ref(&udp));
+        assert!(n.contains("{ 10.96.0.10 . udp . 80 : goto service-"));
+        assert_eq!(n.matches("meta l4proto udp dnat to").count(), 3);
+        assert_eq!(nft_one_change(&udp).matches("meta l4proto udp dnat to").count(), 3);
     }
 
     #[test]

@@ -6,36 +6,47 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::stats::percentile;
 use crate::{netns::NetNs, traffic::tcp_connect};
 
+/// One measurement: a rate, and the latency of what it counted.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Latency {
     pub per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    #[serde(default)]
+    pub p999_us: f64,
     pub failures: u64,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summarize(mut lat: Vec<f64>, took: Duration, failures: u64) -> Latency {
+/// The rate and percentiles of `lat` (µs each), completed in `took`.
+pub fn summarize(mut lat: Vec<f64>, took: Duration, failures: u64) -> Latency {
     lat.sort_by(f64::total_cmp);
-    Latency { per_s: lat.len() as f64 / took.as_secs_f64(), p50_us: pct(&lat, 0.5), p99_us: pct(&lat, 0.99), failures }
+    Latency {
+        per_s: lat.len() as f64 / took.as_secs_f64(),
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        failures,
+    }
 }
 
 /// One connection per request, serially, for `dur`: new connections per
 /// second and request latency.
 pub fn short_connections(ns: &NetNs, dst: Ipv4Addr, port: u16, dur: Duration) -> Latency {
+    short_connections_to(ns, vec![SocketAddr::from((dst, port))], dur)
+}
+
+/// [`short_connections`], connection `k` to `dsts[k % len]`.
+pub fn short_connections_to(ns: &NetNs, dsts: Vec<SocketAddr>, dur: Duration) -> Latency {
     ns.run(move || {
-        let addr = SocketAddr::from((dst, port));
         let (mut lat, mut failures) = (Vec::new(), 0u64);
         let start = Instant::now();
+        let mut k = 0usize;
         while start.elapsed() < dur {
+            let addr = dsts[k % dsts.len()];
+            k += 1;
             let t = Instant::now();
             let ok = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -84,6 +95,13 @@ pub fn keepalive(ns: &NetNs, dst: Ipv4Addr, port: u16, n: usize) -> Latency {
         }
     }
     summarize(lat, start.elapsed(), failures)
+}
+
+/// iperf3 TCP throughput in Gbit/s (received), `secs` long, as a
+/// [`Latency`] whose rate is the throughput (no latencies).
+pub fn iperf_slice(ns: &NetNs, dst: Ipv4Addr, port: u16, secs: u32) -> Latency {
+    let gbps = iperf(ns, dst, port, secs);
+    Latency { per_s: gbps, failures: u64::from(gbps <= 0.0), ..Latency::default() }
 }
 
 /// iperf3 TCP throughput in Gbit/s (received), `secs` long.

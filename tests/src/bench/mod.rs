@@ -3,10 +3,14 @@
 //! topology, in the same run, interleaved.
 
 pub mod baseline;
+pub mod concurrent;
 pub mod measure;
 pub mod memory;
+pub mod paired;
 pub mod plot;
 pub mod policy;
 pub mod report;
+pub mod stats;
 pub mod topo;
+pub mod udp_flows;
 pub mod xnode;

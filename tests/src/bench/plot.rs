@@ -15,61 +15,95 @@ fn register_font() -> Result<(), String> {
         .map_err(|_| format!("{FONT}: not a usable font"))
 }
 
-/// One line per dataplane: `metric` against the number of services.
-fn line_plot(path: &Path, title: &str, y_label: &str, samples: &[Sample], metric: impl Fn(&Sample) -> f64) -> Result<(), String> {
+/// A dataplane's line: its name, colour and points.
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
+/// How a chart's y axis is drawn.
+#[derive(Clone, Copy, PartialEq)]
+enum YScale {
+    Linear,
+    /// For figures spanning orders of magnitude (programming times).
+    Log,
+}
+
+/// One line per dataplane: `metric` against the number of services, on a
+/// log-scale N axis.
+fn line_plot(path: &Path, title: &str, y_label: &str, y_scale: YScale, samples: &[Sample], metric: impl Fn(&Sample) -> f64) -> Result<(), String> {
     let m = medians(samples, metric);
-    let xs: Vec<usize> = {
+    let xs: Vec<f64> = {
         let mut v: Vec<usize> = m.keys().map(|(n, _)| *n).collect();
         v.sort_unstable();
         v.dedup();
-        v
+        v.into_iter().map(|n| n as f64).collect()
     };
-    let y_max = m.values().copied().fold(0.0f64, f64::max) * 1.15 + 1e-9;
+    let x_min = xs.first().copied().unwrap_or(1.0) / 2.0;
+    let x_max = xs.last().copied().unwrap_or(10.0) * 2.0;
+    let positive = m.values().copied().filter(|v| *v > 0.0);
+    let y_max = positive.clone().fold(0.0f64, f64::max) * 1.15 + 1e-9;
+    let y_min = positive.fold(f64::INFINITY, f64::min).min(y_max) / 2.0;
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let x_max = xs.len().max(1) as f64 - 0.5;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(80)
-        .build_cartesian_2d(-0.5f64..x_max, 0f64..y_max)
-        .map_err(|e| e.to_string())?;
-    let labels = xs.clone();
-    chart
-        .configure_mesh()
-        .x_labels(xs.len().max(1))
-        .x_label_formatter(&|x| labels.get(x.round().max(0.0) as usize).map_or(String::new(), |n| format!("{n}")))
-        .x_desc("services")
-        .y_desc(y_label)
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(|e| e.to_string())?;
-    for (dp, color) in [("weir", &BLUE), ("iptables", &RED), ("nftables", &GREEN)] {
-        let pts: Vec<(f64, f64)> =
-            xs.iter().enumerate().filter_map(|(i, n)| m.get(&(*n, dp)).map(|y| (i as f64, *y))).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
-            .map_err(|e| e.to_string())?
-            .label(dp)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
-        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 5, color.filled()))).map_err(|e| e.to_string())?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(44).y_label_area_size(90);
+    let series: Vec<Series> = [("weir", BLUE), ("iptables", RED), ("nftables", GREEN)]
+        .into_iter()
+        .map(|(dp, c)| (dp, c, xs.iter().filter_map(|n| m.get(&(*n as usize, dp)).filter(|y| **y > 0.0).map(|y| (*n, *y))).collect()))
+        .collect();
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart.map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("services (log scale)")
+                .y_desc(y_label)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| if y.abs() >= 100.0 { format!("{y:.0}") } else { format!("{y:.2}") })
+                .label_style(("sans-serif", 15))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (dp, color, pts) in &series {
+                let color = *color;
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
+                    .map_err(|e| e.to_string())?
+                    .label(*dp)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 5, color.filled()))).map_err(|e| e.to_string())?;
+            }
+            chart
+                .configure_series_labels()
+                .label_font(("sans-serif", 16))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }};
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    match y_scale {
+        YScale::Linear => draw!(builder.build_cartesian_2d((x_min..x_max).log_scale(), 0f64..y_max)),
+        YScale::Log => draw!(builder.build_cartesian_2d((x_min..x_max).log_scale(), (y_min..y_max).log_scale())),
+    }
     root.present().map_err(|e| e.to_string())
 }
 
-/// Writes conn_rate.png, latency_p99.png and programming.png into `dir`.
+/// Writes one chart per metric into `dir`.
 pub fn write(dir: &Path, samples: &[Sample]) -> Result<(), String> {
+    use YScale::{Linear, Log};
     register_font()?;
-    line_plot(&dir.join("conn_rate.png"), "New connections per second through the ClusterIP", "connections/s", samples, |s| s.short.per_s)?;
-    line_plot(&dir.join("latency_p99.png"), "Request latency p99 (one connection per request)", "µs", samples, |s| s.short.p99_us)?;
-    line_plot(&dir.join("programming.png"), "Programming all services", "ms", samples, |s| s.program.cold_ms)?;
-    line_plot(&dir.join("one_change.png"), "Programming one endpoint change", "ms", samples, |s| s.program.one_change_ms)
+    line_plot(&dir.join("udp_flows.png"), "New UDP flows per second through a ClusterIP", "flows/s", Linear, samples, |s| s.udp.vip_median(|l| l.per_s))?;
+    line_plot(&dir.join("conn_rate_concurrent.png"), "New TCP connections per second, 32 in flight", "connections/s", Linear, samples, |s| {
+        s.concurrent_short.vip_median(|l| l.per_s)
+    })?;
+    line_plot(&dir.join("latency_p999_concurrent.png"), "Short-connection latency p99.9, 32 in flight", "µs", Linear, samples, |s| {
+        s.concurrent_short.vip_median(|l| l.p999_us)
+    })?;
+    line_plot(&dir.join("keepalive_concurrent.png"), "Keep-alive requests per second, 32 connections", "requests/s", Linear, samples, |s| {
+        s.concurrent_keepalive.vip_median(|l| l.per_s)
+    })?;
+    line_plot(&dir.join("conn_rate.png"), "New connections per second, one at a time", "connections/s", Linear, samples, |s| s.short.vip_median(|l| l.per_s))?;
+    line_plot(&dir.join("latency_p99.png"), "Request latency p99 (one connection per request)", "µs", Linear, samples, |s| s.short.vip_median(|l| l.p99_us))?;
+    line_plot(&dir.join("throughput.png"), "iperf3 throughput through a ClusterIP", "Gbit/s", Linear, samples, |s| s.throughput.vip_median(|l| l.per_s))?;
+    line_plot(&dir.join("memory_per_flow.png"), "Kernel memory per tracked flow", "bytes", Linear, samples, |s| s.memory.bytes_per_flow)?;
+    line_plot(&dir.join("programming.png"), "Programming all services", "ms (log scale)", Log, samples, |s| s.program.cold_ms)?;
+    line_plot(&dir.join("one_change.png"), "Programming one endpoint change", "ms (log scale)", Log, samples, |s| s.program.one_change_ms)
 }

@@ -4,16 +4,19 @@
 
 use std::{
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use super::baseline::{self, Svc};
+use super::{
+    baseline::{self, Proto, Svc},
+    concurrent,
+};
 use crate::{
     agent::Agent,
     cmd,
-    traffic::{tcp_server, Reply, Server},
+    traffic::{udp_sink, Server},
     Node, Pod,
 };
 
@@ -42,6 +45,14 @@ pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 255, 1);
 pub const SHORT_PORT: u16 = 80;
 pub const KEEPALIVE_PORT: u16 = 90;
 pub const IPERF_PORT: u16 = 5201;
+/// The UDP target services, one per backend-facing flow spread: the UDP
+/// flood cycles over them (DNS-shaped: port 53 → the backends' sinks).
+pub const UDP_VIPS: [Ipv4Addr; 3] = [Ipv4Addr::new(10, 96, 254, 1), Ipv4Addr::new(10, 96, 254, 2), Ipv4Addr::new(10, 96, 254, 3)];
+pub const UDP_PORT: u16 = 53;
+/// Where each backend counts UDP datagrams.
+pub const UDP_SINK_PORT: u16 = 5300;
+/// Services that are not load: three TCP target ports and the UDP targets.
+pub const TARGETS: usize = 3 + UDP_VIPS.len();
 
 /// Programming times of one dataplane at one scale.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -53,16 +64,19 @@ pub struct ProgramTimes {
 pub struct BenchTopo {
     pub client: Pod,
     pub backends: Vec<Pod>,
-    _servers: Vec<Server>,
+    _servers: Vec<concurrent::Servers>,
+    /// Each backend's UDP sink, counting the datagrams it receives.
+    pub sinks: Vec<Server>,
     iperf: Option<Child>,
     pub agent: Option<Agent>,
     pub node: Node,
 }
 
-/// N services: N - 3 load services (three fake endpoints each), then the
-/// three target service ports, last (the worst place for a linear scan).
+/// N services: N − [`TARGETS`] load services (three fake endpoints each),
+/// then the target service ports, last (the worst place for a linear
+/// scan).
 pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
-    let load = n.saturating_sub(3);
+    let load = n.saturating_sub(TARGETS);
     let mut v: Vec<Svc> = (0..load)
         .map(|i| Svc {
             name: format!("load/svc-{i}:http"),
@@ -73,20 +87,30 @@ pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
                 (Ipv4Addr::new(10, 245, (k / 250 % 250) as u8, (k % 250 + 1) as u8), 8080)
             }).collect(),
             node_port: None,
+            proto: Proto::Tcp,
         })
         .collect();
     let eps = |p: u16| backends.iter().map(|b| (*b, p)).collect::<Vec<_>>();
-    v.push(Svc { name: "bench/target:short".into(), vip: TARGET_VIP, port: SHORT_PORT, endpoints: eps(8080), node_port: None });
-    v.push(Svc { name: "bench/target:keepalive".into(), vip: TARGET_VIP, port: KEEPALIVE_PORT, endpoints: eps(9000), node_port: None });
-    v.push(Svc { name: "bench/target:iperf".into(), vip: TARGET_VIP, port: IPERF_PORT, endpoints: vec![(backends[0], IPERF_PORT)], node_port: None });
+    let tcp = |name: &str, port: u16, endpoints| Svc { name: format!("bench/target:{name}"), vip: TARGET_VIP, port, endpoints, node_port: None, proto: Proto::Tcp };
+    for (i, vip) in UDP_VIPS.iter().enumerate() {
+        v.push(Svc { name: format!("bench/dns-{i}:dns"), vip: *vip, port: UDP_PORT, endpoints: eps(UDP_SINK_PORT), node_port: None, proto: Proto::Udp });
+    }
+    v.push(tcp("short", SHORT_PORT, eps(8080)));
+    v.push(tcp("keepalive", KEEPALIVE_PORT, eps(9000)));
+    v.push(tcp("iperf", IPERF_PORT, vec![(backends[0], IPERF_PORT)]));
     v
+}
+
+/// The UDP flood's destinations through the ClusterIPs.
+pub fn udp_vips() -> Vec<SocketAddrV4> {
+    UDP_VIPS.iter().map(|v| SocketAddrV4::new(*v, UDP_PORT)).collect()
 }
 
 /// Kubernetes YAML (Service + EndpointSlice) for weir's standalone source.
 pub fn yaml(s: &Svc, idx: usize) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{idx}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: p, port: {}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{idx}-1, namespace: bench, labels: {{kubernetes.io/service-name: s{idx}}}}}\naddressType: IPv4\nports: [{{name: p, port: {}}}]\nendpoints:\n",
-        s.vip, s.port, s.endpoints.first().map_or(0, |e| e.1)
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{idx}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: p, port: {}, protocol: {}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{idx}-1, namespace: bench, labels: {{kubernetes.io/service-name: s{idx}}}}}\naddressType: IPv4\nports: [{{name: p, port: {}, protocol: {}}}]\nendpoints:\n",
+        s.vip, s.port, s.proto.k8s(), s.endpoints.first().map_or(0, |e| e.1), s.proto.k8s()
     );
     for (a, _) in &s.endpoints {
         let _ = writeln!(y, "- addresses: [{a}]");
@@ -107,12 +131,12 @@ impl BenchTopo {
         // reuse, connect() ends up searching for a free port for
         // milliseconds, which would measure the port allocator.
         client.ns().sysctl("net.ipv4.tcp_tw_reuse", "1");
+        // Short connections at tens of thousands per second need more
+        // ports than the default range holds in TIME_WAIT.
+        client.ns().sysctl("net.ipv4.ip_local_port_range", "1024 65535");
         let backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
-        let mut servers = Vec::new();
-        for b in &backends {
-            servers.push(tcp_server(b.ns(), 8080, Reply::Name(b.name.clone())));
-            servers.push(tcp_server(b.ns(), 9000, Reply::NamePerLine(b.name.clone())));
-        }
+        let servers = backends.iter().map(|b| concurrent::serve(b.ns(), &b.name, 8080, 9000)).collect();
+        let sinks = backends.iter().map(|b| udp_sink(b.ns(), UDP_SINK_PORT)).collect();
         let iperf = Command::new("nsenter")
             .arg(format!("--net={}", backends[0].ns().path().display()))
             .args(["iperf3", "-s", "-p", "5201"])
@@ -121,56 +145,86 @@ impl BenchTopo {
             .spawn()
             .ok();
         std::thread::sleep(Duration::from_millis(200));
-        Self { client, backends, _servers: servers, iperf, agent: None, node }
+        Self { client, backends, _servers: servers, sinks, iperf, agent: None, node }
     }
 
     pub fn backend_ips(&self) -> Vec<Ipv4Addr> {
         self.backends.iter().map(|b| b.ip).collect()
     }
 
-    /// Programs `svcs` with `dp`; returns cold and one-change times.
-    pub fn program(&mut self, dp: Dataplane, svcs: &[Svc]) -> ProgramTimes {
+    /// The backends at `port`, pod to pod: the direct path's destinations,
+    /// the same servers a ClusterIP spreads over.
+    pub fn direct(&self, port: u16) -> Vec<std::net::SocketAddr> {
+        self.backends.iter().map(|b| std::net::SocketAddr::from((b.ip, port))).collect()
+    }
+
+    /// The UDP flood's destinations pod to pod: the backends' sinks.
+    pub fn udp_direct(&self) -> Vec<SocketAddrV4> {
+        self.backends.iter().map(|b| SocketAddrV4::new(b.ip, UDP_SINK_PORT)).collect()
+    }
+
+    /// Programs `svcs` with `dp`; returns cold and one-change times, or
+    /// `None` when the dataplane did not program them within `limit`.
+    pub fn program(&mut self, dp: Dataplane, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
         match dp {
-            Dataplane::Weir => self.program_weir(svcs),
-            Dataplane::Iptables => self.program_iptables(svcs),
-            Dataplane::Nftables => self.program_nft(svcs),
+            Dataplane::Weir => Some(self.program_weir(svcs, limit)),
+            Dataplane::Iptables => self.program_iptables(svcs, limit),
+            Dataplane::Nftables => self.program_nft(svcs, limit),
         }
     }
 
-    fn program_weir(&mut self, svcs: &[Svc]) -> ProgramTimes {
+    fn program_weir(&mut self, svcs: &[Svc], limit: Duration) -> ProgramTimes {
         // Load services in files of 100; the target services in a file of their own.
-        let (load, targets) = svcs.split_at(svcs.len() - 3);
+        let (load, targets) = svcs.split_at(svcs.len() - TARGETS);
         for (f, chunk) in load.chunks(100).enumerate() {
             let body: String = chunk.iter().enumerate().map(|(i, s)| yaml(s, f * 100 + i)).collect();
             self.node.write_source(&format!("load-{f:04}.yaml"), body.as_bytes());
         }
         let body: String = targets.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
         self.node.write_source("targets.yaml", body.as_bytes());
-        let slots = (svcs.len() as u64 * 307 + 4096).max(1 << 20).to_string();
-        let mut agent = self.node.start_agent_with(&["--lb-table-slots", &slots, "--resync-interval", "3600"]);
-        agent.wait_synced();
+        let n = svcs.len() as u64;
+        let slots = (n * 307 + 4096).max(1 << 20).to_string();
+        let frontends = (2 * n + 4096).max(u64::from(weir_common::maps::FRONTENDS_MAX_ENTRIES)).to_string();
+        let mut agent = self.node.start_agent_with(&[
+            "--lb-table-slots",
+            &slots,
+            "--frontends-max-entries",
+            &frontends,
+            "--resync-interval",
+            "3600",
+            // The client pod opens more flows than the default per-pod
+            // conntrack quota (32,768 entries) holds; the quota is a
+            // defence against one pod filling the table, not a cost.
+            "--ct-max-per-endpoint",
+            "0",
+        ]);
+        agent.wait_for_log_within("initial sync", 1, limit);
         for p in std::iter::once(&self.client).chain(&self.backends) {
             agent.wait_attached(&p.host_if, p.host_ifindex);
         }
         let log = agent.log_text();
         let cold_ms = log.lines().find(|l| l.contains("initial sync")).and_then(took_us).unwrap_or(0.0) / 1e3;
-        // One change: a target endpoint's readiness flips in its file.
+        // One change: an endpoint of the short-connection target leaves.
+        let short = targets.len() - 3;
         let mut changed = targets.to_vec();
-        changed[0].endpoints.pop();
+        changed[short].endpoints.pop();
         let before = log.matches("reconciled").count();
         let body: String = changed.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
         self.node.write_source("targets.yaml", body.as_bytes());
-        agent.wait_for_log("reconciled", before + 1);
+        agent.wait_for_log_within("reconciled", before + 1, limit);
         let one_change_ms = agent.log_text().lines().filter(|l| l.contains("reconciled")).nth(before).and_then(took_us).unwrap_or(0.0) / 1e3;
         // Restore the target set.
         let body: String = targets.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
         self.node.write_source("targets.yaml", body.as_bytes());
-        agent.wait_for_log("reconciled", before + 2);
+        agent.wait_for_log_within("reconciled", before + 2, limit);
         self.agent = Some(agent);
         ProgramTimes { cold_ms, one_change_ms }
     }
 
-    fn timed_stdin(&self, argv: &[&str], input: &str) -> f64 {
+    /// Runs `argv` in the node namespace with `input` on stdin; its time
+    /// in ms, or `None` if it had not finished within `limit` (it is
+    /// killed then).
+    fn timed_stdin(&self, argv: &[&str], input: &str, limit: Duration) -> Option<f64> {
         let net = format!("--net={}", self.node.ns().path().display());
         let mut c = Command::new("nsenter");
         c.arg(&net).args(argv).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -181,29 +235,38 @@ impl BenchTopo {
             let mut stdin = child.stdin.take().expect("stdin");
             stdin.write_all(input.as_bytes()).expect("write rules");
         }
-        let out = child.wait_with_output().expect("wait");
+        while child.try_wait().expect("wait").is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("    `{}` had not finished after {:.0} s: stopped", argv.join(" "), limit.as_secs_f64());
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let took = start.elapsed().as_secs_f64() * 1e3;
+        let out = child.wait_with_output().expect("wait");
         assert!(out.status.success(), "`{}` failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr));
-        took
+        Some(took)
     }
 
-    fn program_iptables(&mut self, svcs: &[Svc]) -> ProgramTimes {
-        let cold_ms = self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs));
+    fn program_iptables(&mut self, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
+        let cold_ms = self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs), limit)?;
         let mut changed = svcs[svcs.len() - 3].clone();
         changed.endpoints.pop();
-        let one_change_ms = self.timed_stdin(&["iptables-legacy-restore", "--noflush"], &baseline::iptables_one_change(svcs, &changed));
+        let one_change_ms = self.timed_stdin(&["iptables-legacy-restore", "--noflush"], &baseline::iptables_one_change(svcs, &changed), limit)?;
         // Back to the full target set (not timed).
-        self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs));
-        ProgramTimes { cold_ms, one_change_ms }
+        self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs), limit)?;
+        Some(ProgramTimes { cold_ms, one_change_ms })
     }
 
-    fn program_nft(&mut self, svcs: &[Svc]) -> ProgramTimes {
-        let cold_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_script(svcs));
+    fn program_nft(&mut self, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
+        let cold_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_script(svcs), limit)?;
         let mut changed = svcs[svcs.len() - 3].clone();
         changed.endpoints.pop();
-        let one_change_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&changed));
-        self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&svcs[svcs.len() - 3]));
-        ProgramTimes { cold_ms, one_change_ms }
+        let one_change_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&changed), limit)?;
+        self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&svcs[svcs.len() - 3]), limit)?;
+        Some(ProgramTimes { cold_ms, one_change_ms })
     }
 
     /// The agent's resident memory, if weir is the dataplane.

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use super::baseline::{self, Svc};
+use super::baseline::{self, Proto, Svc};
 use crate::{
     cluster::Cluster,
     traffic::{tcp_server, Reply, Server},
@@ -107,9 +107,9 @@ pub struct XnodeTopo {
 
 fn services(server: Ipv4Addr) -> Vec<Svc> {
     vec![
-        Svc { name: "bench/xnode:short".into(), vip: VIP, port: SHORT_PORT, endpoints: vec![(server, 8080)], node_port: Some(SHORT_NODE_PORT) },
-        Svc { name: "bench/xnode:keepalive".into(), vip: VIP, port: KEEPALIVE_PORT, endpoints: vec![(server, 9000)], node_port: Some(KEEPALIVE_NODE_PORT) },
-        Svc { name: "bench/xnode:iperf".into(), vip: VIP, port: IPERF_PORT, endpoints: vec![(server, 5201)], node_port: Some(IPERF_NODE_PORT) },
+        Svc { name: "bench/xnode:short".into(), vip: VIP, port: SHORT_PORT, endpoints: vec![(server, 8080)], node_port: Some(SHORT_NODE_PORT), proto: Proto::Tcp },
+        Svc { name: "bench/xnode:keepalive".into(), vip: VIP, port: KEEPALIVE_PORT, endpoints: vec![(server, 9000)], node_port: Some(KEEPALIVE_NODE_PORT), proto: Proto::Tcp },
+        Svc { name: "bench/xnode:iperf".into(), vip: VIP, port: IPERF_PORT, endpoints: vec![(server, 5201)], node_port: Some(IPERF_NODE_PORT), proto: Proto::Tcp },
     ]
 }
 
