@@ -138,10 +138,19 @@ impl Agent {
     }
 
     fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) {
+        if !self.log_count_within(needle, count, timeout) {
+            panic!("weir-agent did not log `{needle}` within {timeout:?}:\n{}", self.log_text());
+        }
+    }
+
+    /// Whether the log contains `needle` at least `count` times within
+    /// `timeout` (benchmarks: a dataplane that is too slow is reported,
+    /// not a panic). Panics if the agent exits meanwhile.
+    pub fn log_count_within(&mut self, needle: &str, count: usize, timeout: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if self.log_text().matches(needle).count() >= count {
-                return;
+                return true;
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -150,7 +159,7 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("weir-agent did not log `{needle}` within {timeout:?}:\n{}", self.log_text());
+        false
     }
 
     /// Waits until the agent has programmed its initial state (the source

@@ -38,12 +38,22 @@ pub struct Server {
     handle: Option<JoinHandle<()>>,
     /// Connections (TCP) or datagrams (UDP) served so far.
     pub served: Arc<AtomicU64>,
+    /// UDP sinks: when the last datagram arrived, in ns after [`epoch`]
+    /// (0: none yet).
+    pub last_ns: Arc<AtomicU64>,
 }
 
 impl Server {
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
+}
+
+/// The instant [`Server::last_ns`] counts from (the first use in this
+/// process).
+pub fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 impl Drop for Server {
@@ -80,7 +90,7 @@ pub fn tcp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
         }
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).expect("tcp server did not start");
-    Server { stop, handle: Some(handle), served }
+    Server { stop, handle: Some(handle), served, last_ns: Arc::new(AtomicU64::new(0)) }
 }
 
 /// Whether `listener` has a pending connection within `timeout_ms`.
@@ -145,7 +155,7 @@ pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
         }
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp server did not start");
-    Server { stop, handle: Some(handle), served }
+    Server { stop, handle: Some(handle), served, last_ns: Arc::new(AtomicU64::new(0)) }
 }
 
 /// Counts the UDP datagrams sent to 0.0.0.0:`port` inside `ns` and
@@ -155,8 +165,9 @@ pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
 pub fn udp_sink(ns: &NetNs, port: u16) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop2, served2) = (stop.clone(), served.clone());
+    let (stop2, served2, last2) = (stop.clone(), served.clone(), last.clone());
     let handle = ns.spawn(move || {
         use std::os::fd::AsRawFd as _;
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("udp bind");
@@ -169,14 +180,16 @@ pub fn udp_sink(ns: &NetNs, port: u16) -> Server {
         sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
         let _ = ready_tx.send(());
         let mut buf = [0u8; 2048];
+        let epoch = epoch();
         while !stop2.load(Ordering::Relaxed) {
             if sock.recv(&mut buf).is_ok() {
                 served2.fetch_add(1, Ordering::Relaxed);
+                last2.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
         }
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp sink did not start");
-    Server { stop, handle: Some(handle), served }
+    Server { stop, handle: Some(handle), served, last_ns: last }
 }
 
 /// Connects from `ns` to `dst:port`, sends `payload`, half-closes and

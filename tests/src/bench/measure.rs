@@ -18,6 +18,10 @@ pub struct Latency {
     #[serde(default)]
     pub p999_us: f64,
     pub failures: u64,
+    /// What the percentiles were taken over (requests, connections or
+    /// datagrams).
+    #[serde(default)]
+    pub samples: u64,
 }
 
 /// The rate and percentiles of `lat` (µs each), completed in `took`.
@@ -29,6 +33,7 @@ pub fn summarize(mut lat: Vec<f64>, took: Duration, failures: u64) -> Latency {
         p99_us: percentile(&lat, 0.99),
         p999_us: percentile(&lat, 0.999),
         failures,
+        samples: lat.len() as u64,
     }
 }
 

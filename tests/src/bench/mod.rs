@@ -3,6 +3,7 @@
 //! topology, in the same run, interleaved.
 
 pub mod baseline;
+pub mod cell;
 pub mod concurrent;
 pub mod measure;
 pub mod memory;

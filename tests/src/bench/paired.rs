@@ -72,13 +72,18 @@ pub fn ratio<'a>(runs: impl IntoIterator<Item = &'a Paired>, better: Better, f: 
     for p in runs {
         let valid: Vec<(f64, f64)> = p.vip.iter().zip(&p.direct).map(|(v, d)| (f(v), f(d))).collect();
         for chunk in valid.chunks(2) {
-            if chunk.iter().any(|(v, d)| *v <= 0.0 || *d <= 0.0) {
+            // No direct figure: nothing to compare with.
+            if chunk.iter().any(|(_, d)| *d <= 0.0) {
                 continue;
             }
             let (v, d) = chunk.iter().fold((0.0, 0.0), |(a, b), (v, d)| (a + v, b + d));
-            blocks.push(match better {
-                Better::Higher => (v, d),
-                Better::Lower => (d, v),
+            // A ClusterIP slice that measured nothing (every request
+            // failed) is a ratio of 0, not a gap.
+            let failed = chunk.iter().any(|(v, _)| *v <= 0.0);
+            blocks.push(match (better, failed) {
+                (_, true) => (0.0, 1.0),
+                (Better::Higher, false) => (v, d),
+                (Better::Lower, false) => (d, v),
             });
         }
     }
@@ -115,11 +120,20 @@ mod tests {
     fn ratios_pool_runs_and_point_the_same_way_for_rates_and_latencies() {
         let a = Paired { vip: vec![rate(90.0, 200.0)], direct: vec![rate(100.0, 100.0)] };
         let b = Paired { vip: vec![rate(45.0, 50.0)], direct: vec![rate(50.0, 25.0)] };
-        let c = Paired { vip: vec![rate(1.0, 1.0), rate(0.0, 0.0)], direct: vec![rate(10.0, 10.0), rate(10.0, 10.0)] };
+        let c = Paired { vip: vec![rate(1.0, 1.0)], direct: vec![rate(0.0, 10.0)] };
         let r = ratio([&a, &b, &c], Better::Higher, |l| l.per_s);
-        assert_eq!((r.median, r.pairs), (0.9, 2), "a block with a slice that has no rate is left out");
+        assert_eq!((r.median, r.pairs), (0.9, 2), "a block without a direct figure is left out");
         let l = ratio([&a, &b], Better::Lower, |l| l.p99_us);
         assert_eq!((l.median, l.pairs), (0.5, 2), "twice the direct latency is 0.5× direct");
+    }
+
+    #[test]
+    fn a_clusterip_slice_that_measured_nothing_is_a_ratio_of_zero() {
+        let failed = Paired { vip: vec![rate(0.0, 0.0), rate(0.0, 0.0), rate(0.0, 0.0)], direct: vec![rate(10.0, 5.0); 3] };
+        for better in [Better::Higher, Better::Lower] {
+            let r = ratio([&failed], better, |l| if matches!(better, Better::Higher) { l.per_s } else { l.p99_us });
+            assert_eq!((r.median, r.pairs), (0.0, 2));
+        }
     }
 
     #[test]

@@ -47,7 +47,11 @@ fn line_plot(path: &Path, title: &str, y_label: &str, y_scale: YScale, samples: 
     builder.caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(44).y_label_area_size(90);
     let series: Vec<Series> = [("weir", BLUE), ("iptables", RED), ("nftables", GREEN)]
         .into_iter()
-        .map(|(dp, c)| (dp, c, xs.iter().filter_map(|n| m.get(&(*n as usize, dp)).filter(|y| **y > 0.0).map(|y| (*n, *y))).collect()))
+        .map(|(dp, c)| {
+            // A log axis cannot show a zero; a linear one shows a failed cell as one.
+            let shown = |y: &&f64| y_scale == YScale::Linear || **y > 0.0;
+            (dp, c, xs.iter().filter_map(|n| m.get(&(*n as usize, dp)).filter(shown).map(|y| (*n, *y))).collect())
+        })
         .collect();
     macro_rules! draw {
         ($chart:expr) => {{

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use serde::Serialize;
 
 use super::{
+    cell::CONCURRENCY,
     measure::Latency,
     paired::{ratio, Better, Paired},
     stats::{median, Ratio},
@@ -28,17 +29,14 @@ pub struct Sample {
     /// Single-datagram UDP flows, each from a fresh source port; `per_s`
     /// is datagrams received per second, `failures` those lost.
     pub udp: Paired,
-    /// Short connections with [`CONCURRENCY`] in flight.
+    /// Short connections with `cell::CONCURRENCY` in flight.
     pub concurrent_short: Paired,
-    /// Keep-alive requests on [`CONCURRENCY`] connections at once.
+    /// Keep-alive requests on `cell::CONCURRENCY` connections at once.
     pub concurrent_keepalive: Paired,
     pub agent_rss_mib: Option<f64>,
     /// Kernel memory for held flows (see `memory`).
     pub memory: super::memory::FlowMemory,
 }
-
-/// Connections in flight in the concurrent TCP measurements.
-pub const CONCURRENCY: usize = 32;
 
 /// A cell the dataplane could not program within the run's limit.
 #[derive(Clone, Debug, Serialize)]
@@ -91,7 +89,9 @@ struct Figures {
     x_direct: Ratio,
     p50: f64,
     p99: f64,
-    p999: f64,
+    /// `None` when the median slice had fewer than 1,000 samples (a
+    /// p99.9 of fewer is the maximum).
+    p999: Option<f64>,
     p99_x_direct: Ratio,
     failures: u64,
 }
@@ -103,7 +103,7 @@ fn figures(runs: &[&Paired]) -> Figures {
         x_direct: ratio(runs.iter().copied(), Better::Higher, |l| l.per_s),
         p50: slice_median(runs, false, |l| l.p50_us),
         p99: slice_median(runs, false, |l| l.p99_us),
-        p999: slice_median(runs, false, |l| l.p999_us),
+        p999: (slice_median(runs, false, |l| l.samples as f64) >= 1000.0).then(|| slice_median(runs, false, |l| l.p999_us)),
         p99_x_direct: ratio(runs.iter().copied(), Better::Lower, |l| l.p99_us),
         failures: runs.iter().map(|p| p.vip_failures()).sum(),
     }
@@ -115,6 +115,10 @@ fn x(a: f64, b: f64) -> String {
     } else {
         "-".into()
     }
+}
+
+fn us(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
 }
 
 /// Every measurement's figures per cell.
@@ -133,8 +137,9 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
     let _ = writeln!(
         md,
         "Machine: {machine}. {reps} interleaved run(s) per cell; each measurement alternates slices through the ClusterIP and pod to pod. \
-         Rates and latencies are medians over the ClusterIP slices; \"× direct\" is the median of the per-pair ratios with its bootstrap 95 % interval \
-         (for latencies, direct / ClusterIP, so below 1 is worse either way).\n"
+         Rates and latencies are medians over the ClusterIP slices; \"× direct\" is the median ratio over blocks of two pairs (ClusterIP, direct, direct, ClusterIP) \
+         with its bootstrap 95 % interval (for latencies, direct / ClusterIP, so below 1 is worse either way; no interval under 5 blocks). \
+         p99.9 is shown where a slice holds at least 1,000 samples.\n"
     );
     for np in not_programmed {
         let _ = writeln!(md, "- {} did not program {} services within {:.0} s; that cell was not measured.", np.dataplane.as_str(), np.services, np.limit_s);
@@ -162,18 +167,18 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
         let Some(k) = ck.get(&(n, dp)) else { continue };
         let _ = writeln!(
             md,
-            "| {n} | {dp} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {n} | {dp} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} |",
             f.rate,
             x(f.rate, ipt),
             f.x_direct.show(),
             f.p50,
             f.p99,
-            f.p999,
+            us(f.p999),
             k.rate,
             k.x_direct.show(),
             k.p50,
             k.p99,
-            k.p999,
+            us(k.p999),
             k.p99_x_direct.show(),
             f.failures + k.failures
         );

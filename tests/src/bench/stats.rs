@@ -17,10 +17,15 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// The median of `v` (0 for none).
+/// The median of `v`: the middle value, or the mean of the two middle
+/// ones (0 for none).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    percentile(&v, 0.5)
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The median of a set of ratios and its bootstrap 95 % interval.
@@ -33,13 +38,19 @@ pub struct Ratio {
     pub pairs: usize,
 }
 
+/// Observations below which no interval is shown: a bootstrap of fewer
+/// says nothing.
+pub const MIN_FOR_INTERVAL: usize = 5;
+
 impl Ratio {
-    /// `0.97 (0.95–0.99)`, or `-` without pairs.
+    /// `0.97 (0.95–0.99)`; `0.97 (n=2)` with too few observations for an
+    /// interval; `-` without any.
     pub fn show(&self) -> String {
-        if self.pairs == 0 {
-            return "-".into();
+        match self.pairs {
+            0 => "-".into(),
+            n if n < MIN_FOR_INTERVAL => format!("{:.2} (n={n})", self.median),
+            _ => format!("{:.2} ({:.2}–{:.2})", self.median, self.lo, self.hi),
         }
-        format!("{:.2} ({:.2}–{:.2})", self.median, self.lo, self.hi)
     }
 }
 
@@ -106,6 +117,14 @@ mod tests {
         assert_eq!(ratio_of_pairs(&[(1.0, 0.0)]).pairs, 0);
         assert_eq!(ratio_of_pairs(&[(1.0, 0.0), (3.0, 2.0)]).median, 1.5);
         assert_eq!(Ratio::default().show(), "-");
+        assert_eq!(ratio_of_pairs(&[(1.0, 2.0), (2.0, 2.0)]).show(), "0.75 (n=2)");
+    }
+
+    #[test]
+    fn an_even_count_has_the_mean_of_its_middle_values_for_median() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![]), 0.0);
     }
 
     #[test]

@@ -49,8 +49,13 @@ pub const IPERF_PORT: u16 = 5201;
 /// flood cycles over them (DNS-shaped: port 53 → the backends' sinks).
 pub const UDP_VIPS: [Ipv4Addr; 3] = [Ipv4Addr::new(10, 96, 254, 1), Ipv4Addr::new(10, 96, 254, 2), Ipv4Addr::new(10, 96, 254, 3)];
 pub const UDP_PORT: u16 = 53;
-/// Where each backend counts UDP datagrams.
+/// Where each backend counts UDP datagrams that came through a ClusterIP.
 pub const UDP_SINK_PORT: u16 = 5300;
+/// Where each backend counts UDP datagrams sent to it pod to pod: another
+/// port than the ClusterIP's backends, so that a direct flow never has the
+/// translated tuple of a ClusterIP flow (the two sides use the same
+/// source ports).
+pub const UDP_DIRECT_PORT: u16 = 5301;
 /// Services that are not load: three TCP target ports and the UDP targets.
 pub const TARGETS: usize = 3 + UDP_VIPS.len();
 
@@ -65,7 +70,8 @@ pub struct BenchTopo {
     pub client: Pod,
     pub backends: Vec<Pod>,
     _servers: Vec<concurrent::Servers>,
-    /// Each backend's UDP sink, counting the datagrams it receives.
+    /// Each backend's UDP sinks (ClusterIP side, direct side, in backend
+    /// order), counting the datagrams they receive.
     pub sinks: Vec<Server>,
     iperf: Option<Child>,
     pub agent: Option<Agent>,
@@ -80,7 +86,7 @@ pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
     let mut v: Vec<Svc> = (0..load)
         .map(|i| Svc {
             name: format!("load/svc-{i}:http"),
-            vip: Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8),
+            vip: load_vip(i),
             port: 80,
             endpoints: (0..3u32).map(|j| {
                 let k = i as u32 * 3 + j;
@@ -99,6 +105,13 @@ pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
     v.push(tcp("keepalive", KEEPALIVE_PORT, eps(9000)));
     v.push(tcp("iperf", IPERF_PORT, vec![(backends[0], IPERF_PORT)]));
     v
+}
+
+/// Load service `i`'s cluster IP: 10.97.0.1 onwards, counted as a u32 so
+/// that 100,000 services get 100,000 addresses, none of them a target's
+/// (10.96.254.0/24, 10.96.255.0/24).
+pub fn load_vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + 1 + i as u32)
 }
 
 /// The UDP flood's destinations through the ClusterIPs.
@@ -136,7 +149,7 @@ impl BenchTopo {
         client.ns().sysctl("net.ipv4.ip_local_port_range", "1024 65535");
         let backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
         let servers = backends.iter().map(|b| concurrent::serve(b.ns(), &b.name, 8080, 9000)).collect();
-        let sinks = backends.iter().map(|b| udp_sink(b.ns(), UDP_SINK_PORT)).collect();
+        let sinks = backends.iter().flat_map(|b| [udp_sink(b.ns(), UDP_SINK_PORT), udp_sink(b.ns(), UDP_DIRECT_PORT)]).collect();
         let iperf = Command::new("nsenter")
             .arg(format!("--net={}", backends[0].ns().path().display()))
             .args(["iperf3", "-s", "-p", "5201"])
@@ -160,20 +173,20 @@ impl BenchTopo {
 
     /// The UDP flood's destinations pod to pod: the backends' sinks.
     pub fn udp_direct(&self) -> Vec<SocketAddrV4> {
-        self.backends.iter().map(|b| SocketAddrV4::new(b.ip, UDP_SINK_PORT)).collect()
+        self.backends.iter().map(|b| SocketAddrV4::new(b.ip, UDP_DIRECT_PORT)).collect()
     }
 
     /// Programs `svcs` with `dp`; returns cold and one-change times, or
     /// `None` when the dataplane did not program them within `limit`.
     pub fn program(&mut self, dp: Dataplane, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
         match dp {
-            Dataplane::Weir => Some(self.program_weir(svcs, limit)),
+            Dataplane::Weir => self.program_weir(svcs, limit),
             Dataplane::Iptables => self.program_iptables(svcs, limit),
             Dataplane::Nftables => self.program_nft(svcs, limit),
         }
     }
 
-    fn program_weir(&mut self, svcs: &[Svc], limit: Duration) -> ProgramTimes {
+    fn program_weir(&mut self, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
         // Load services in files of 100; the target services in a file of their own.
         let (load, targets) = svcs.split_at(svcs.len() - TARGETS);
         for (f, chunk) in load.chunks(100).enumerate() {
@@ -198,7 +211,10 @@ impl BenchTopo {
             "--ct-max-per-endpoint",
             "0",
         ]);
-        agent.wait_for_log_within("initial sync", 1, limit);
+        if !agent.log_count_within("initial sync", 1, limit) {
+            eprintln!("    weir-agent had not synced after {:.0} s: stopped", limit.as_secs_f64());
+            return None;
+        }
         for p in std::iter::once(&self.client).chain(&self.backends) {
             agent.wait_attached(&p.host_if, p.host_ifindex);
         }
@@ -211,14 +227,18 @@ impl BenchTopo {
         let before = log.matches("reconciled").count();
         let body: String = changed.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
         self.node.write_source("targets.yaml", body.as_bytes());
-        agent.wait_for_log_within("reconciled", before + 1, limit);
+        if !agent.log_count_within("reconciled", before + 1, limit) {
+            return None;
+        }
         let one_change_ms = agent.log_text().lines().filter(|l| l.contains("reconciled")).nth(before).and_then(took_us).unwrap_or(0.0) / 1e3;
         // Restore the target set.
         let body: String = targets.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
         self.node.write_source("targets.yaml", body.as_bytes());
-        agent.wait_for_log_within("reconciled", before + 2, limit);
+        if !agent.log_count_within("reconciled", before + 2, limit) {
+            return None;
+        }
         self.agent = Some(agent);
-        ProgramTimes { cold_ms, one_change_ms }
+        Some(ProgramTimes { cold_ms, one_change_ms })
     }
 
     /// Runs `argv` in the node namespace with `input` on stdin; its time
@@ -226,27 +246,40 @@ impl BenchTopo {
     /// killed then).
     fn timed_stdin(&self, argv: &[&str], input: &str, limit: Duration) -> Option<f64> {
         let net = format!("--net={}", self.node.ns().path().display());
+        let err_path = std::env::temp_dir().join(crate::names::unique("weir-bench-stderr"));
+        let err = std::fs::File::create(&err_path).expect("stderr file");
         let mut c = Command::new("nsenter");
-        c.arg(&net).args(argv).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        c.arg(&net).args(argv).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(err);
         let start = Instant::now();
         let mut child = c.spawn().expect("spawn");
-        {
+        // Written from a thread, so that a tool stuck before reading all
+        // its input is still stopped at the limit.
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || {
             use std::io::Write as _;
-            let mut stdin = child.stdin.take().expect("stdin");
-            stdin.write_all(input.as_bytes()).expect("write rules");
-        }
-        while child.try_wait().expect("wait").is_none() {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
             if start.elapsed() > limit {
                 let _ = child.kill();
                 let _ = child.wait();
-                eprintln!("    `{}` had not finished after {:.0} s: stopped", argv.join(" "), limit.as_secs_f64());
-                return None;
+                break None;
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
+        };
         let took = start.elapsed().as_secs_f64() * 1e3;
-        let out = child.wait_with_output().expect("wait");
-        assert!(out.status.success(), "`{}` failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr));
+        let _ = writer.join();
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
+        let Some(status) = status else {
+            eprintln!("    `{}` had not finished after {:.0} s: stopped", argv.join(" "), limit.as_secs_f64());
+            return None;
+        };
+        assert!(status.success(), "`{}` failed: {stderr}", argv.join(" "));
         Some(took)
     }
 

@@ -11,7 +11,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    sync::{atomic::Ordering, Arc},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -19,7 +19,10 @@ use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::measure::Latency;
-use crate::{netns::NetNs, traffic::Server};
+use crate::{
+    netns::NetNs,
+    traffic::{epoch, Server},
+};
 
 /// Bytes of payload per datagram (a small DNS query).
 const PAYLOAD: [u8; 32] = [0x42; 32];
@@ -28,49 +31,53 @@ const PAYLOAD: [u8; 32] = [0x42; 32];
 #[derive(Clone, Copy, Debug)]
 pub struct Sent {
     pub datagrams: u64,
+    /// `sendto` calls the kernel refused (counted as lost too).
+    pub errors: u64,
+    pub started: Instant,
     pub took: Duration,
 }
 
-/// Sends from `ns` (source `src`) one datagram per flow, cycling over
-/// `dsts`: flow `k` goes to `dsts[k % len]` from source port
-/// `first_sport + k / len`, for `per_dst` source ports or until `max` has
-/// passed, whichever comes first.
-pub fn send(ns: &NetNs, src: Ipv4Addr, dsts: Vec<SocketAddrV4>, first_sport: u16, per_dst: u16, max: Duration) -> std::io::Result<Sent> {
+/// Sends from `ns` (source `src`) one datagram per flow: flow `k` goes to
+/// `dsts[k % len]` from source port `first_sport + k`, for `flows` flows
+/// or until `max` has passed, whichever comes first. Every flow has a
+/// source port of its own, so no two flows share a tuple before or after
+/// a ClusterIP's translation.
+pub fn send(ns: &NetNs, src: Ipv4Addr, dsts: Vec<SocketAddrV4>, first_sport: u16, flows: u16, max: Duration) -> std::io::Result<Sent> {
+    assert!(u32::from(first_sport) + u32::from(flows) <= 65_536, "source ports past 65535");
     ns.run(move || {
         let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
         let addrs: Vec<SockAddr> = dsts.iter().map(|d| SockAddr::from(*d)).collect();
         let mut buf = Vec::with_capacity(64);
-        let total = u64::from(per_dst) * dsts.len() as u64;
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while sent < total {
-            let i = (sent % dsts.len() as u64) as usize;
-            let sport = first_sport.wrapping_add((sent / dsts.len() as u64) as u16);
+        let started = Instant::now();
+        let (mut sent, mut errors) = (0u64, 0u64);
+        for k in 0..flows {
+            let i = usize::from(k) % dsts.len();
             let d = dsts[i];
             buf.clear();
             PacketBuilder::ipv4(src.octets(), d.ip().octets(), 64)
-                .udp(sport, d.port())
+                .udp(first_sport + k, d.port())
                 .write(&mut buf, &PAYLOAD)
                 .map_err(std::io::Error::other)?;
-            // A full queue (ENOBUFS) is a loss, counted by the receivers.
-            let _ = sock.send_to(&buf, &addrs[i]);
+            if sock.send_to(&buf, &addrs[i]).is_err() {
+                errors += 1;
+            }
             sent += 1;
-            if sent.is_multiple_of(256) && start.elapsed() >= max {
+            if sent.is_multiple_of(256) && started.elapsed() >= max {
                 break;
             }
         }
-        Ok(Sent { datagrams: sent, took: start.elapsed() })
+        Ok(Sent { datagrams: sent, errors, started, took: started.elapsed() })
     })
 }
 
 /// Datagrams counted by `sinks` so far.
-pub fn received(sinks: &[Arc<std::sync::atomic::AtomicU64>]) -> u64 {
-    sinks.iter().map(|s| s.load(Ordering::Relaxed)).sum()
+fn received(sinks: &[&Server]) -> u64 {
+    sinks.iter().map(|s| s.served()).sum()
 }
 
 /// Waits until the sinks' count stops moving (the last datagrams still
 /// in flight), at most a second.
-fn settle(sinks: &[Arc<std::sync::atomic::AtomicU64>]) -> u64 {
+fn settle(sinks: &[&Server]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut last = received(sinks);
     let mut still = 0;
@@ -83,15 +90,24 @@ fn settle(sinks: &[Arc<std::sync::atomic::AtomicU64>]) -> u64 {
     last
 }
 
-/// One slice: flows sent to `dsts` from `ns`, counted by `sinks`. The
-/// rate is datagrams received per second of sending; failures are the
-/// datagrams sent and never counted.
-pub fn slice(ns: &NetNs, src: Ipv4Addr, dsts: Vec<SocketAddrV4>, first_sport: u16, per_dst: u16, max: Duration, sinks: &[&Server]) -> Latency {
-    let counters: Vec<_> = sinks.iter().map(|s| s.served.clone()).collect();
-    let before = settle(&counters);
-    let Ok(sent) = send(ns, src, dsts, first_sport, per_dst, max) else {
+/// One slice: `flows` flows sent to `dsts` from `ns`, counted by `sinks`.
+/// The rate is datagrams received per second, from the first send to the
+/// later of the last send and the last arrival (work the kernel deferred
+/// past the send loop is counted); failures are the datagrams sent and
+/// never counted.
+pub fn slice(ns: &NetNs, src: Ipv4Addr, dsts: Vec<SocketAddrV4>, first_sport: u16, flows: u16, max: Duration, sinks: &[&Server]) -> Latency {
+    let before = settle(sinks);
+    let Ok(sent) = send(ns, src, dsts, first_sport, flows, max) else {
         return Latency { failures: 1, ..Latency::default() };
     };
-    let got = settle(&counters).saturating_sub(before);
-    Latency { per_s: got as f64 / sent.took.as_secs_f64(), failures: sent.datagrams.saturating_sub(got), ..Latency::default() }
+    let got = settle(sinks).saturating_sub(before);
+    let start_ns = sent.started.saturating_duration_since(epoch()).as_nanos() as u64;
+    let last_ns = sinks.iter().map(|s| s.last_ns.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let span = sent.took.max(Duration::from_nanos(last_ns.saturating_sub(start_ns)));
+    Latency {
+        per_s: got as f64 / span.as_secs_f64(),
+        failures: sent.datagrams.saturating_sub(got).max(sent.errors),
+        samples: got,
+        ..Latency::default()
+    }
 }

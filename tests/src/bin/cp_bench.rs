@@ -94,9 +94,11 @@ fn main() {
     }
     let slots = (services as u64 * weir_logic::maglev::table_size(endpoints) as u64 + 1024).max(1 << 20);
     let slots_arg = slots.to_string();
+    // Two frontends per service: its port and the VIP's marker.
+    let frontends = (2 * u64::from(services) + 1024).max(u64::from(weir_common::maps::FRONTENDS_MAX_ENTRIES)).to_string();
     let start = Instant::now();
-    let mut agent = node.start_agent_with(&["--lb-table-slots", &slots_arg, "--resync-interval", "3600"]);
-    agent.wait_synced();
+    let mut agent = node.start_agent_with(&["--lb-table-slots", &slots_arg, "--frontends-max-entries", &frontends, "--resync-interval", "3600"]);
+    agent.wait_for_log_within("initial sync", 1, Duration::from_secs(300));
     let cold_wall = start.elapsed();
     let log = agent.log_text();
     let initial_us = log.lines().find(|l| l.contains("initial sync")).and_then(took_us).unwrap_or(0);

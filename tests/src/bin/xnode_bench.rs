@@ -17,7 +17,8 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration}
 use serde::Serialize;
 use weir_tests::bench::{
     measure::{iperf, keepalive, short_connections, Latency},
-    report::{machine, median},
+    report::machine,
+    stats::median,
     xnode::{Setup, XnodeTopo, IPERF_NODE_PORT, IPERF_PORT, KEEPALIVE_NODE_PORT, KEEPALIVE_PORT, SHORT_NODE_PORT, SHORT_PORT, VIP},
 };
 
