@@ -5,7 +5,10 @@
 //! through the ClusterIP with slices pod to pod. Writes
 //! target/bench/results.{json,md} and one PNG per metric.
 //!
-//! Usage: weir-bench [--quick]
+//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R]
+//!
+//! `--scales`, `--dataplanes` and `--reps` narrow a run (to look at one
+//! cell); the published figures come from a whole run.
 
 use std::{
     path::PathBuf,
@@ -26,7 +29,7 @@ const FLOWS: usize = 1000;
 
 /// A run: the service counts, repetitions and each cell's plan.
 struct Run {
-    scales: &'static [usize],
+    scales: Vec<usize>,
     reps: usize,
     cell: Plan,
     /// A dataplane that has not programmed a cell by then is stopped and
@@ -34,37 +37,58 @@ struct Run {
     program_limit: Duration,
 }
 
-const QUICK: Run = Run {
-    scales: &[10, 1000],
-    reps: 1,
-    cell: Plan {
-        pairs: 4,
-        slice: Duration::from_millis(300),
-        ka_requests: 500,
-        iperf_secs: 1,
-        udp_flows: 9000,
-        udp_max: Duration::from_secs(1),
-    },
-    program_limit: Duration::from_secs(60),
-};
+fn quick() -> Run {
+    Run {
+        scales: vec![10, 1000],
+        reps: 1,
+        cell: Plan {
+            pairs: 4,
+            slice: Duration::from_millis(300),
+            ka_requests: 500,
+            iperf_secs: 1,
+            udp_flows: 9000,
+            udp_max: Duration::from_secs(1),
+        },
+        program_limit: Duration::from_secs(60),
+    }
+}
 
-const FULL: Run = Run {
-    scales: &[10, 1000, 10_000, 100_000],
-    reps: 3,
-    cell: Plan {
-        pairs: 6,
-        slice: Duration::from_millis(500),
-        ka_requests: 1000,
-        iperf_secs: 1,
-        udp_flows: 10_000,
-        udp_max: Duration::from_secs(1),
-    },
-    program_limit: Duration::from_secs(300),
-};
+fn full() -> Run {
+    Run {
+        scales: vec![10, 1000, 10_000, 100_000],
+        reps: 3,
+        cell: Plan {
+            pairs: 6,
+            slice: Duration::from_millis(500),
+            ka_requests: 1000,
+            iperf_secs: 1,
+            udp_flows: 10_000,
+            udp_max: Duration::from_secs(1),
+        },
+        program_limit: Duration::from_secs(300),
+    }
+}
+
+/// The value after `--flag`, split at commas.
+fn list_arg(flag: &str) -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == flag)?;
+    Some(args.get(i + 1).map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default())
+}
 
 fn main() {
     let started = Instant::now();
-    let run = if std::env::args().any(|a| a == "--quick") { QUICK } else { FULL };
+    let mut run = if std::env::args().any(|a| a == "--quick") { quick() } else { full() };
+    if let Some(v) = list_arg("--scales") {
+        run.scales = v.iter().map(|n| n.parse().unwrap_or_else(|_| panic!("--scales: {n} is not a number"))).collect();
+    }
+    if let Some(v) = list_arg("--reps") {
+        run.reps = v.first().and_then(|r| r.parse().ok()).unwrap_or_else(|| panic!("--reps: {v:?} is not a number"));
+    }
+    let dataplanes: Vec<Dataplane> = match list_arg("--dataplanes") {
+        Some(v) => v.iter().map(|d| Dataplane::ALL.into_iter().find(|x| x.as_str() == d).unwrap_or_else(|| panic!("--dataplanes: no dataplane {d}"))).collect(),
+        None => Dataplane::ALL.to_vec(),
+    };
     assert!(run.cell.udp_ports_fit());
     let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(
         |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
@@ -73,8 +97,8 @@ fn main() {
     let mut samples = Vec::new();
     let mut not_programmed: Vec<NotProgrammed> = Vec::new();
     for rep in 0..run.reps {
-        for &n in run.scales {
-            for dp in Dataplane::ALL {
+        for &n in &run.scales {
+            for &dp in &dataplanes {
                 // A dataplane that could not program a smaller N in an
                 // earlier repetition is not tried again at this one or above.
                 if not_programmed.iter().any(|np| np.dataplane == dp && np.services <= n) {
