@@ -26,7 +26,7 @@ fn check(dp: Dataplane) {
     let name = dp.as_str();
     let mut t = BenchTopo::new();
     let svcs = services(10, &t.backend_ips());
-    t.program(dp, &svcs, Duration::from_secs(60)).unwrap_or_else(|| panic!("{name} did not program 10 services"));
+    t.program(dp, &svcs, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{name} did not program 10 services: {e}"));
     let before: Vec<u64> = t.sinks.iter().map(|s| s.served()).collect();
     let udp = cell::udp(&t, &PLAN);
     let got: Vec<u64> = t.sinks.iter().zip(&before).map(|(s, b)| s.served() - b).collect();

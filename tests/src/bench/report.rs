@@ -38,12 +38,13 @@ pub struct Sample {
     pub memory: super::memory::FlowMemory,
 }
 
-/// A cell the dataplane could not program within the run's limit.
+/// A cell the dataplane could not program (not within the run's limit,
+/// or its tool refused the rules).
 #[derive(Clone, Debug, Serialize)]
 pub struct NotProgrammed {
     pub dataplane: Dataplane,
     pub services: usize,
-    pub limit_s: f64,
+    pub why: String,
 }
 
 /// The machine a run measured: vCPUs, CPU model and kernel.
@@ -142,7 +143,7 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
          p99.9 is shown where a slice holds at least 1,000 samples.\n"
     );
     for np in not_programmed {
-        let _ = writeln!(md, "- {} did not program {} services within {:.0} s; that cell was not measured.", np.dataplane.as_str(), np.services, np.limit_s);
+        let _ = writeln!(md, "- {} did not program {} services: {}. That cell and larger ones were not measured.", np.dataplane.as_str(), np.services, np.why);
     }
     if !not_programmed.is_empty() {
         md.push('\n');

@@ -177,8 +177,9 @@ impl BenchTopo {
     }
 
     /// Programs `svcs` with `dp`; returns cold and one-change times, or
-    /// `None` when the dataplane did not program them within `limit`.
-    pub fn program(&mut self, dp: Dataplane, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
+    /// why the dataplane did not program them (not within `limit`, or the
+    /// tool refused them).
+    pub fn program(&mut self, dp: Dataplane, svcs: &[Svc], limit: Duration) -> Result<ProgramTimes, String> {
         match dp {
             Dataplane::Weir => self.program_weir(svcs, limit),
             Dataplane::Iptables => self.program_iptables(svcs, limit),
@@ -186,7 +187,7 @@ impl BenchTopo {
         }
     }
 
-    fn program_weir(&mut self, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
+    fn program_weir(&mut self, svcs: &[Svc], limit: Duration) -> Result<ProgramTimes, String> {
         // Load services in files of 100; the target services in a file of their own.
         let (load, targets) = svcs.split_at(svcs.len() - TARGETS);
         for (f, chunk) in load.chunks(100).enumerate() {
@@ -212,8 +213,7 @@ impl BenchTopo {
             "0",
         ]);
         if !agent.log_count_within("initial sync", 1, limit) {
-            eprintln!("    weir-agent had not synced after {:.0} s: stopped", limit.as_secs_f64());
-            return None;
+            return Err(format!("weir-agent had not synced after {:.0} s", limit.as_secs_f64()));
         }
         for p in std::iter::once(&self.client).chain(&self.backends) {
             agent.wait_attached(&p.host_if, p.host_ifindex);
@@ -228,23 +228,23 @@ impl BenchTopo {
         let body: String = changed.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
         self.node.write_source("targets.yaml", body.as_bytes());
         if !agent.log_count_within("reconciled", before + 1, limit) {
-            return None;
+            return Err(format!("weir-agent had not reconciled one change after {:.0} s", limit.as_secs_f64()));
         }
         let one_change_ms = agent.log_text().lines().filter(|l| l.contains("reconciled")).nth(before).and_then(took_us).unwrap_or(0.0) / 1e3;
         // Restore the target set.
         let body: String = targets.iter().enumerate().map(|(i, s)| yaml(s, 1_000_000 + i)).collect();
         self.node.write_source("targets.yaml", body.as_bytes());
         if !agent.log_count_within("reconciled", before + 2, limit) {
-            return None;
+            return Err(format!("weir-agent had not reconciled the restore after {:.0} s", limit.as_secs_f64()));
         }
         self.agent = Some(agent);
-        Some(ProgramTimes { cold_ms, one_change_ms })
+        Ok(ProgramTimes { cold_ms, one_change_ms })
     }
 
     /// Runs `argv` in the node namespace with `input` on stdin; its time
-    /// in ms, or `None` if it had not finished within `limit` (it is
-    /// killed then).
-    fn timed_stdin(&self, argv: &[&str], input: &str, limit: Duration) -> Option<f64> {
+    /// in ms, or why not: it had not finished within `limit` (it is killed
+    /// then) or it failed.
+    fn timed_stdin(&self, argv: &[&str], input: &str, limit: Duration) -> Result<f64, String> {
         let net = format!("--net={}", self.node.ns().path().display());
         let err_path = std::env::temp_dir().join(crate::names::unique("weir-bench-stderr"));
         let err = std::fs::File::create(&err_path).expect("stderr file");
@@ -276,30 +276,31 @@ impl BenchTopo {
         let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
         let _ = std::fs::remove_file(&err_path);
         let Some(status) = status else {
-            eprintln!("    `{}` had not finished after {:.0} s: stopped", argv.join(" "), limit.as_secs_f64());
-            return None;
+            return Err(format!("`{}` had not finished after {:.0} s", argv.join(" "), limit.as_secs_f64()));
         };
-        assert!(status.success(), "`{}` failed: {stderr}", argv.join(" "));
-        Some(took)
+        if !status.success() {
+            return Err(format!("`{}` failed ({status}): {}", argv.join(" "), stderr.trim()));
+        }
+        Ok(took)
     }
 
-    fn program_iptables(&mut self, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
+    fn program_iptables(&mut self, svcs: &[Svc], limit: Duration) -> Result<ProgramTimes, String> {
         let cold_ms = self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs), limit)?;
         let mut changed = svcs[svcs.len() - 3].clone();
         changed.endpoints.pop();
         let one_change_ms = self.timed_stdin(&["iptables-legacy-restore", "--noflush"], &baseline::iptables_one_change(svcs, &changed), limit)?;
         // Back to the full target set (not timed).
         self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs), limit)?;
-        Some(ProgramTimes { cold_ms, one_change_ms })
+        Ok(ProgramTimes { cold_ms, one_change_ms })
     }
 
-    fn program_nft(&mut self, svcs: &[Svc], limit: Duration) -> Option<ProgramTimes> {
+    fn program_nft(&mut self, svcs: &[Svc], limit: Duration) -> Result<ProgramTimes, String> {
         let cold_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_script(svcs), limit)?;
         let mut changed = svcs[svcs.len() - 3].clone();
         changed.endpoints.pop();
         let one_change_ms = self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&changed), limit)?;
         self.timed_stdin(&["nft", "-f", "-"], &baseline::nft_one_change(&svcs[svcs.len() - 3]), limit)?;
-        Some(ProgramTimes { cold_ms, one_change_ms })
+        Ok(ProgramTimes { cold_ms, one_change_ms })
     }
 
     /// The agent's resident memory, if weir is the dataplane.

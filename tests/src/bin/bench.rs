@@ -107,9 +107,13 @@ fn main() {
                 eprintln!("==> rep {rep} services {n} dataplane {}", dp.as_str());
                 let mut t = BenchTopo::new();
                 let svcs = services(n, &t.backend_ips());
-                let Some(program) = t.program(dp, &svcs, run.program_limit) else {
-                    not_programmed.push(NotProgrammed { dataplane: dp, services: n, limit_s: run.program_limit.as_secs_f64() });
-                    continue;
+                let program = match t.program(dp, &svcs, run.program_limit) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        eprintln!("    not programmed: {why}");
+                        not_programmed.push(NotProgrammed { dataplane: dp, services: n, why });
+                        continue;
+                    }
                 };
                 // Memory first: the floods below fill the tracking tables,
                 // and a full LRU table counts no new entries.
