@@ -56,6 +56,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::endpoint_api::serve(&socket, api_tx, metrics.clone()).await.context("serving the endpoint API weir-cni calls")?;
     tracing::info!(socket = %socket.display(), "serving the endpoint API");
     let mut svc_health = crate::health::ServiceHealth::default();
+    // The health checks the services want, followed change by change.
+    let mut health_checks = weir_model::health::HealthChecks::default();
     crate::reserved_ports::ensure((args.masquerade_ports.min, args.masquerade_ports.max))?;
 
     let opts = LoadOptions {
@@ -213,7 +215,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let out = reconciler.full_sync(&state);
                             let took = start.elapsed();
                             sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
-                            svc_health.sync(weir_model::health::health_checks(&state, args.node_name.as_deref()), &metrics).await;
+                            health_checks.rebuild(&state, args.node_name.as_deref());
+                            svc_health.sync(health_checks.by_port(), &metrics).await;
                             release_freed_memory();
                             pending = Affected::default();
                             pending_since = None;
@@ -239,11 +242,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         let addrs = node_net.sync(&state, &watcher, &metrics).await;
                         pending.all |= reconciler.set_device_addrs(addrs);
                     }
-                    let out = reconciler.apply(&state, &std::mem::take(&mut pending));
+                    let affected = std::mem::take(&mut pending);
+                    let out = reconciler.apply(&state, &affected);
                     if out.members_dropped > 0 {
                         sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
                     }
-                    svc_health.sync(weir_model::health::health_checks(&state, args.node_name.as_deref()), &metrics).await;
+                    health_checks.update(&state, &affected, args.node_name.as_deref());
+                    svc_health.sync(health_checks.by_port(), &metrics).await;
                     if let Some(at) = pending_since.take() {
                         metrics.programming_latency.observe(at.elapsed().as_secs_f64());
                         log_outcome("reconciled", &out, at.elapsed(), &metrics);
