@@ -122,6 +122,24 @@ fn us(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
 }
 
+/// A table's title and header row: the cell's columns (services,
+/// dataplane) and then `columns`, right-aligned.
+fn header(md: &mut String, title: &str, columns: &[&str]) {
+    let _ = writeln!(md, "\n### {title}\n");
+    let _ = writeln!(md, "| services | dataplane | {} |", columns.join(" | "));
+    let _ = writeln!(md, "|---:|---|{}", "---:|".repeat(columns.len()));
+}
+
+/// One row: the cell and its figures, in the header's order.
+fn row(md: &mut String, n: usize, dp: &str, cells: &[String]) {
+    let _ = writeln!(md, "| {n} | {dp} | {} |", cells.join(" | "));
+}
+
+/// Another dataplane's rate in the same cell (0 when it has none).
+fn rate_of(t: &BTreeMap<Cell, Figures>, n: usize, dp: &str) -> f64 {
+    t.get(&(n, dp)).map_or(0.0, |g| g.rate)
+}
+
 /// Every measurement's figures per cell.
 fn table(samples: &[Sample], pick: impl Fn(&Sample) -> &Paired) -> BTreeMap<Cell, Figures> {
     pooled(samples, pick).into_iter().map(|(k, runs)| (k, figures(&runs))).collect()
@@ -150,66 +168,64 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
     }
 
     let udp = table(samples, |s| &s.udp);
-    let _ = writeln!(md, "### New UDP flows per second (one datagram per flow, fresh source ports)\n");
-    let _ = writeln!(md, "| services | dataplane | received flows/s | × iptables | × nftables | direct flows/s | × direct | lost |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    header(&mut md, "New UDP flows per second (one datagram per flow, fresh source ports)", &["received flows/s", "× iptables", "× nftables", "direct flows/s", "× direct", "lost"]);
     for (&(n, dp), f) in &udp {
-        let other = |d: &str| udp.get(&(n, d)).map_or(0.0, |g| g.rate);
-        let _ = writeln!(md, "| {n} | {dp} | {:.0} | {} | {} | {:.0} | {} | {} |", f.rate, x(f.rate, other("iptables")), x(f.rate, other("nftables")), f.direct_rate, f.x_direct.show(), f.failures);
+        let cells = [format!("{:.0}", f.rate), x(f.rate, rate_of(&udp, n, "iptables")), x(f.rate, rate_of(&udp, n, "nftables")), format!("{:.0}", f.direct_rate), f.x_direct.show(), f.failures.to_string()];
+        row(&mut md, n, dp, &cells);
     }
 
     let cs = table(samples, |s| &s.concurrent_short);
     let ck = table(samples, |s| &s.concurrent_keepalive);
-    let _ = writeln!(md, "\n### TCP with {CONCURRENCY} requests in flight\n");
-    let _ = writeln!(md, "| services | dataplane | new conns/s | × iptables | × direct | p50 µs | p99 µs | p999 µs | keep-alive req/s | × direct | p50 µs | p99 µs | p999 µs | p99 × direct | failures |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    header(
+        &mut md,
+        &format!("TCP with {CONCURRENCY} requests in flight"),
+        &["new conns/s", "× iptables", "× direct", "p50 µs", "p99 µs", "p999 µs", "keep-alive req/s", "× direct", "p50 µs", "p99 µs", "p999 µs", "p99 × direct", "failures"],
+    );
     for (&(n, dp), f) in &cs {
-        let ipt = cs.get(&(n, "iptables")).map_or(0.0, |g| g.rate);
         let Some(k) = ck.get(&(n, dp)) else { continue };
-        let _ = writeln!(
-            md,
-            "| {n} | {dp} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} |",
-            f.rate,
-            x(f.rate, ipt),
+        let cells = [
+            format!("{:.0}", f.rate),
+            x(f.rate, rate_of(&cs, n, "iptables")),
             f.x_direct.show(),
-            f.p50,
-            f.p99,
+            format!("{:.0}", f.p50),
+            format!("{:.0}", f.p99),
             us(f.p999),
-            k.rate,
+            format!("{:.0}", k.rate),
             k.x_direct.show(),
-            k.p50,
-            k.p99,
+            format!("{:.0}", k.p50),
+            format!("{:.0}", k.p99),
             us(k.p999),
             k.p99_x_direct.show(),
-            f.failures + k.failures
-        );
+            (f.failures + k.failures).to_string(),
+        ];
+        row(&mut md, n, dp, &cells);
     }
 
     let short = table(samples, |s| &s.short);
     let ka = table(samples, |s| &s.keepalive);
     let tput = table(samples, |s| &s.throughput);
-    let _ = writeln!(md, "\n### One request at a time, and throughput\n");
-    let _ = writeln!(md, "| services | dataplane | new conns/s | × iptables | × direct | req p50 µs | req p99 µs | p99 × direct | keep-alive p50 µs | keep-alive p99 µs | keep-alive × direct | throughput Gbit/s | × direct | failures |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    header(
+        &mut md,
+        "One request at a time, and throughput",
+        &["new conns/s", "× iptables", "× direct", "req p50 µs", "req p99 µs", "p99 × direct", "keep-alive p50 µs", "keep-alive p99 µs", "keep-alive × direct", "throughput Gbit/s", "× direct", "failures"],
+    );
     for (&(n, dp), f) in &short {
-        let ipt = short.get(&(n, "iptables")).map_or(0.0, |g| g.rate);
         let (Some(k), Some(t)) = (ka.get(&(n, dp)), tput.get(&(n, dp))) else { continue };
-        let _ = writeln!(
-            md,
-            "| {n} | {dp} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {:.2} | {} | {} |",
-            f.rate,
-            x(f.rate, ipt),
+        let cells = [
+            format!("{:.0}", f.rate),
+            x(f.rate, rate_of(&short, n, "iptables")),
             f.x_direct.show(),
-            f.p50,
-            f.p99,
+            format!("{:.0}", f.p50),
+            format!("{:.0}", f.p99),
             f.p99_x_direct.show(),
-            k.p50,
-            k.p99,
+            format!("{:.0}", k.p50),
+            format!("{:.0}", k.p99),
             k.x_direct.show(),
-            t.rate,
+            format!("{:.2}", t.rate),
             t.x_direct.show(),
-            f.failures + k.failures
-        );
+            (f.failures + k.failures).to_string(),
+        ];
+        row(&mut md, n, dp, &cells);
     }
 
     let cold = medians(samples, |s| s.program.cold_ms);
@@ -237,4 +253,50 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
     }
     std::fs::write(dir.join("results.md"), &md)?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{memory::FlowMemory, topo::ProgramTimes};
+
+    fn paired(rate: f64) -> Paired {
+        let l = Latency { per_s: rate, p50_us: 100.0, p99_us: 200.0, p999_us: 300.0, failures: 0, samples: 2000 };
+        Paired { vip: vec![l; 6], direct: vec![Latency { per_s: rate * 1.1, ..l }; 6] }
+    }
+
+    fn sample(dp: Dataplane, services: usize, rate: f64) -> Sample {
+        Sample {
+            dataplane: dp,
+            services,
+            rep: 0,
+            program: ProgramTimes { cold_ms: 1.0, one_change_ms: 0.5 },
+            short: paired(rate),
+            keepalive: paired(rate),
+            throughput: paired(rate),
+            udp: paired(rate),
+            concurrent_short: paired(rate),
+            concurrent_keepalive: paired(rate),
+            agent_rss_mib: None,
+            memory: FlowMemory::default(),
+        }
+    }
+
+    #[test]
+    fn every_row_has_its_header_s_columns_and_the_ratios_compare_the_same_cell() {
+        let dir = std::env::temp_dir().join(crate::names::unique("weir-report"));
+        let samples = [sample(Dataplane::Weir, 10, 200.0), sample(Dataplane::Iptables, 10, 100.0), sample(Dataplane::Nftables, 10, 50.0)];
+        let md = write(&dir, &samples, &[], "test machine").expect("write");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut columns = 0;
+        for line in md.lines().filter(|l| l.starts_with('|')) {
+            let n = line.matches('|').count();
+            if line.starts_with("| services") {
+                columns = n;
+            }
+            assert_eq!(n, columns, "{line}");
+        }
+        let udp_weir = md.lines().find(|l| l.starts_with("| 10 | weir | 200 |")).expect("weir's UDP row");
+        assert!(udp_weir.contains("| 2.00 | 4.00 | 220 | 0.91 (n=3) | 0 |"), "{udp_weir}");
+    }
 }
