@@ -2,7 +2,8 @@
 //! kernel with BPF_PROG_TEST_RUN (the kernel's own time for the run, no
 //! syscall in it): the first packet of a service flow, a packet of an
 //! established service flow, a service reply, pod-to-pod traffic with and
-//! without a policy, the first packet of a flow the policy judges (with
+//! without a policy, the first datagram of a UDP service flow (the
+//! DNS-shaped new flow), the first packet of a flow the policy judges (with
 //! one rule, and with 10,000 more for other peers), and a packet delivered
 //! to a pod. Routes and
 //! neighbours exist for the pods, so the FIB lookup and redirect are paid
@@ -40,6 +41,8 @@ use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 use weir_tests::{names, netns::NetNs, node::BpffsDir, services::cluster_ip, testrun};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// A UDP ClusterIP (DNS-shaped: port 53), same backend.
+const UDP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 6);
@@ -163,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         own(&layout, big_if, GUARDED_BIG);
         let mut lb = Lb::open(&layout)?;
         lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)]))?;
+        lb.upsert(&cluster_ip(UDP_VIP, 53, Protocol::Udp, &[(BACKEND, 5353)]))?;
         for i in 1..services {
             let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
             let backend = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + i);
@@ -185,8 +189,9 @@ fn main() -> anyhow::Result<()> {
         let (from_pod, to_pod) = (dp.program(Hook::FromPod)?, dp.program(Hook::ToPod)?);
 
         let mut out = Vec::new();
-        // First packets (SYNs from fresh source ports) to each destination,
-        // interleaved in `reps` slices: the median of each slice.
+        // First packets (SYNs, or for port 53 single datagrams, from fresh
+        // source ports) to each destination, interleaved in `reps` slices:
+        // the median of each slice.
         let mut sport = 10_000u16;
         let mut first_packets = |dsts: &[(Ipv4Addr, u16)]| -> Vec<Vec<u64>> {
             let mut medians = vec![Vec::new(); dsts.len()];
@@ -195,7 +200,8 @@ fn main() -> anyhow::Result<()> {
                     let mut v: Vec<u64> = (0..flows / reps.max(1))
                         .map(|_| {
                             sport = sport.wrapping_add(1).max(10_000);
-                            r.run(from_pod, &testrun::tcp4((CLIENT, sport), *dst, true, b""), client_if)
+                            let pkt = if dst.1 == 53 { testrun::udp4((CLIENT, sport), *dst, &[0x65; 32]) } else { testrun::tcp4((CLIENT, sport), *dst, true, b"") };
+                            r.run(from_pod, &pkt, client_if)
                         })
                         .collect();
                     v.sort_unstable();
@@ -204,9 +210,10 @@ fn main() -> anyhow::Result<()> {
             }
             medians
         };
-        let [service, judged, judged_big]: [Vec<u64>; 3] =
-            first_packets(&[(VIP, 80), (GUARDED, 9000), (GUARDED_BIG, 9000)]).try_into().map_err(|_| anyhow::anyhow!("three cases"))?;
+        let [service, udp_service, judged, judged_big]: [Vec<u64>; 4] =
+            first_packets(&[(VIP, 80), (UDP_VIP, 53), (GUARDED, 9000), (GUARDED_BIG, 9000)]).try_into().map_err(|_| anyhow::anyhow!("four cases"))?;
         out.push(summarize("new service flow (SYN to a VIP: select, policy, two entries, DNAT, redirect)", service));
+        out.push(summarize("new UDP service flow (one datagram to a VIP from a fresh port)", udp_service));
         out.push(summarize("policy-judged first packet (SYN to a guarded pod), its 1 rule", judged));
         out.push(summarize("policy-judged first packet, the pod has 10,001 rules", judged_big));
 
