@@ -8,7 +8,7 @@ use weir_common::{
     addr::Addr,
     config::DatapathConfig,
     drop::DropReason,
-    lb::{Service, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_SOURCE_RANGES, SVC_F_SPLIT},
+    lb::{svc_kind, Service, KIND_CLUSTER_IP, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_SOURCE_RANGES, SVC_F_SPLIT},
 };
 
 /// Where a flow comes from, as the service path tells them apart.
@@ -31,6 +31,17 @@ pub enum Origin {
 #[inline(always)]
 pub fn external_entry(internal: &Service, origin: Origin) -> bool {
     origin == Origin::Outside && internal.flags & SVC_F_SPLIT != 0
+}
+
+/// Whether a packet to this frontend is never the reply of a service
+/// flow: a ClusterIP is a service's own address and never a client's, so
+/// the datapath skips the reply lookup for packets to it. The address of
+/// a NodePort, LoadBalancer or external IP frontend can also be a
+/// client's (the node's own, for a masqueraded flow), so packets to those
+/// are looked up as replies first.
+#[inline(always)]
+pub fn never_a_reply(svc: &Service) -> bool {
+    svc_kind(svc.flags) == KIND_CLUSTER_IP
 }
 
 /// Why a new flow is not let in.
@@ -83,6 +94,15 @@ mod tests {
 
     fn svc(flags: u32, backends: u32) -> Service {
         Service { flags, backend_count: backends, ..Service::default() }
+    }
+
+    #[test]
+    fn only_clusterips_skip_the_reply_lookup() {
+        use weir_common::lb::{KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, SVC_KIND_SHIFT};
+        assert!(never_a_reply(&svc(KIND_CLUSTER_IP << SVC_KIND_SHIFT, 1)));
+        for kind in [KIND_NODE_PORT, KIND_LOAD_BALANCER, KIND_EXTERNAL_IP] {
+            assert!(!never_a_reply(&svc(kind << SVC_KIND_SHIFT | SVC_F_SPLIT, 1)), "kind {kind}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use weir_common::{
     addr::Addr,
@@ -25,8 +25,21 @@ use crate::{
     maps::{CONFIG, CT, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_STATS},
 };
 
+/// CLOCK_MONOTONIC at the resolution of the kernel's tick (a few ms),
+/// which is all the datapath's clocks need: conntrack keeps its expiry in
+/// whole seconds, affinity and the monitor's lease their timeouts in
+/// seconds. Reading the clock source instead (`bpf_ktime_get_ns`: rdtsc,
+/// which a VM makes costly) took about 5 % of `from_pod`'s time under a
+/// flood of new UDP flows (perf, docs/performance.md).
 #[inline(always)]
 pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// CLOCK_MONOTONIC to the nanosecond, for the timestamps of events.
+#[inline(always)]
+pub fn precise_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_ns() }
 }

@@ -11,7 +11,7 @@ use weir_common::{
 use weir_logic::policy::Decision;
 
 use crate::{
-    conntrack::now_ns,
+    conntrack::{now_ns, precise_ns},
     hdr::Ipv4Pkt,
     maps::{scratch, EVENTS, MON_EVENTS, MON_LEASE},
     policy::Tuple,
@@ -33,12 +33,13 @@ fn ifindex(ctx: &TcContext) -> u32 {
 pub const TO_AGENT: u32 = 1 << 16;
 
 /// Starts an event for the flow `t` in scratch space (every field the
-/// kinds share); the caller fills in the rest.
+/// kinds share, the timestamp to the nanosecond); the caller fills in
+/// the rest.
 #[inline(always)]
-fn start(ctx: &TcContext, t: &Tuple, kind: u8, verdict: u8, now: u64) -> Option<&'static mut DatapathEvent> {
+fn start(ctx: &TcContext, t: &Tuple, kind: u8, verdict: u8) -> Option<&'static mut DatapathEvent> {
     let e = &mut scratch()?.event;
     *e = DatapathEvent::default();
-    e.ts_ns = now;
+    e.ts_ns = precise_ns();
     e.saddr = Addr::from_v4_raw(t.saddr);
     e.daddr = Addr::from_v4_raw(t.daddr);
     e.sport = t.sport;
@@ -57,7 +58,7 @@ fn start(ctx: &TcContext, t: &Tuple, kind: u8, verdict: u8, now: u64) -> Option<
 pub fn policy_verdict(ctx: &TcContext, t: &Tuple, d: &Decision, endpoint: u32, code: u32) {
     let now = now_ns();
     let verdict = if d.allowed { VERDICT_ALLOW } else { VERDICT_DENY };
-    let Some(e) = start(ctx, t, EVENT_POLICY_VERDICT, verdict, now) else { return };
+    let Some(e) = start(ctx, t, EVENT_POLICY_VERDICT, verdict) else { return };
     e.direction = (code & 0xff) as u8;
     e.endpoint = endpoint;
     e.peer_identity = d.peer_identity;
@@ -80,7 +81,7 @@ fn monitor_event(ctx: &TcContext, pkt: &Ipv4Pkt, kind: u8, verdict: u8) -> Optio
     if !monitoring(now) {
         return None;
     }
-    start(ctx, &Tuple::of(pkt), kind, verdict, now)
+    start(ctx, &Tuple::of(pkt), kind, verdict)
 }
 
 /// Reports a packet dropped or rejected for `reason` (monitor only; the
@@ -111,7 +112,7 @@ pub fn dropped_frame(ctx: &TcContext, reason: DropReason) -> i32 {
         if let Some(s) = scratch() {
             let e = &mut s.event;
             *e = DatapathEvent::default();
-            e.ts_ns = now;
+            e.ts_ns = precise_ns();
             if let Ok(eth) = ctx.load::<u16>(12) {
                 if u16::from_be(eth) == crate::hdr::ETH_P_IPV6 {
                     let (s, d) = crate::hdr::v6_addrs(ctx);

@@ -65,9 +65,11 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
         return TC_ACT_OK as i32;
     }
     let Some(cfg) = conntrack::config() else { return TC_ACT_OK as i32 };
-    let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
-    if verdict != lb::NOT_HANDLED {
-        return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);
+    if lb::frontend(pkt, Origin::Outside) != lb::FRONT_CLUSTER_IP {
+        let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
+        if verdict != lb::NOT_HANDLED {
+            return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);
+        }
     }
     let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Outside);
     if verdict == lb::NEW_FLOW {

@@ -23,7 +23,7 @@ use weir_common::{
 };
 use weir_logic::{
     ct::{backend_sees, first, is_alive, is_syn, reopens, source_translated, TCP_ACK, TCP_SYN},
-    frontend::{external_entry, masquerades, refuse_new, Origin, Refusal},
+    frontend::{external_entry, masquerades, never_a_reply, refuse_new, Origin, Refusal},
     hash::flow_hash,
     select::{affinity_valid, choose_slot, eligible, has_affinity},
 };
@@ -239,33 +239,54 @@ fn rebuild_fwd(rev: *const CtEntry, pkt: &Ipv4Pkt) {
     }
 }
 
+/// [`frontend`]: no frontend serves the packet's address, port and
+/// protocol.
+pub const FRONT_NONE: u32 = 0;
+/// [`frontend`]: a ClusterIP serves the packet. Its destination is a
+/// service address, which is never a client's, so the packet is never a
+/// reply of a service flow and [`reverse`] need not look it up.
+pub const FRONT_CLUSTER_IP: u32 = 1;
+/// [`frontend`]: another kind of frontend serves it (NodePort,
+/// LoadBalancer, external IP), whose address can also be a client's (the
+/// node's, for a masqueraded flow): a reply is looked for first.
+pub const FRONT_OTHER: u32 = 2;
+
+/// Looks up the frontend serving the packet (for a split frontend, the
+/// entry `origin` is served by) into scratch space for [`forward`], and
+/// says what kind it is (`FRONT_*`). The callers run it before
+/// [`reverse`], so that a packet to a ClusterIP, the common case, pays no
+/// conntrack lookup for a reply it cannot be.
+#[inline(never)]
+pub fn frontend(pkt: &Ipv4Pkt, origin: Origin) -> u32 {
+    let Some(s) = scratch() else { return FRONT_NONE };
+    s.front = FRONT_NONE;
+    s.frontend = FrontendKey { addr: Addr::from_v4_raw(pkt.daddr), port: pkt.dport, proto: pkt.proto, scope: SCOPE_INTERNAL };
+    let Some(svc) = read(FRONTENDS.get_ptr(&s.frontend)) else { return FRONT_NONE };
+    s.svc = svc;
+    // A split frontend (externalTrafficPolicy: Local) serves traffic from
+    // outside the node from its external entry.
+    if external_entry(&svc, origin) {
+        s.frontend.scope = SCOPE_EXTERNAL;
+        if let Some(ext) = read(FRONTENDS.get_ptr(&s.frontend)) {
+            s.svc = ext;
+        }
+    }
+    s.front = if never_a_reply(&s.svc) { FRONT_CLUSTER_IP } else { FRONT_OTHER };
+    s.front
+}
+
 /// A packet to a service frontend: pick (or recall) the backend and DNAT.
 /// Traffic to a service IP on a port it does not serve is rejected.
-/// `origin` (a pod, or outside the node) decides which entry of a
-/// split frontend serves it and whether a new flow is masqueraded.
+/// `origin` (a pod, or outside the node) decides whether a new flow is
+/// masqueraded. [`frontend`] has looked the packet's frontend up.
 #[inline(never)]
 pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64, origin: Origin) -> i32 {
     let Some(s) = scratch() else { return NOT_HANDLED };
     let (client, vip) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
-    s.frontend = FrontendKey { addr: vip, port: pkt.dport, proto: pkt.proto, scope: SCOPE_INTERNAL };
-    let found = read(FRONTENDS.get_ptr(&s.frontend));
-    // A split frontend (externalTrafficPolicy: Local) serves traffic from
-    // outside the node from its external entry.
-    let found = match found {
-        Some(svc) if external_entry(&svc, origin) => {
-            s.frontend.scope = SCOPE_EXTERNAL;
-            match read(FRONTENDS.get_ptr(&s.frontend)) {
-                Some(ext) => Some(ext),
-                None => Some(svc),
-            }
-        }
-        other => other,
-    };
-    let svc: Service = match found {
-        Some(svc) => svc,
-        None => {
-            s.frontend.port = 0;
-            s.frontend.proto = 0;
+    let svc: Service = match s.front {
+        FRONT_CLUSTER_IP | FRONT_OTHER => s.svc,
+        _ => {
+            s.frontend = FrontendKey { addr: vip, port: 0, proto: 0, scope: SCOPE_INTERNAL };
             if FRONTENDS.get_ptr(&s.frontend).is_some() {
                 s.svc_flags = 0; // only ClusterIPs mark their address
                 if debug_on() {

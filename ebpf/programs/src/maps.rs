@@ -178,6 +178,11 @@ pub struct Scratch {
     pub icmp_inner: crate::icmp::Inner,
     /// The flags of the frontend `lb::forward` matched last.
     pub svc_flags: u32,
+    /// The frontend `lb::frontend` found for the packet (valid when it
+    /// returned other than `lb::FRONT_NONE`), for `lb::forward`.
+    pub svc: Service,
+    /// What `lb::frontend` returned for the packet.
+    pub front: u32,
     /// An entry conntrack takes over from the previous layout's map
     /// (`conntrack::carry_over`), converted.
     pub carried: CtEntry,

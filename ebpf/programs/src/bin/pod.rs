@@ -5,7 +5,8 @@
 //! node does not route to its link, an unreadable header, an EtherType
 //! other than IPv4, IPv6 and ARP, IPv6 while the pod is under a policy);
 //! take back the ports of later fragments; translate ICMP errors of
-//! tracked flows; reverse-NAT replies of service flows; load-balance
+//! tracked flows; reverse-NAT replies of service flows (looked for unless
+//! the packet goes to a ClusterIP, which no reply does); load-balance
 //! packets to service frontends (DNAT + redirect); reject what a service
 //! cannot take; and judge new flows by network policy (egress of the
 //! sender, ingress of a local receiver). to_pod: count, drop what is not
@@ -69,9 +70,11 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
         return TC_ACT_SHOT as i32;
     };
     let now = conntrack::now_ns();
-    let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
-    if verdict != lb::NOT_HANDLED {
-        return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
+    if lb::frontend(pkt, Origin::Pod) != lb::FRONT_CLUSTER_IP {
+        let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
+        if verdict != lb::NOT_HANDLED {
+            return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
+        }
     }
     let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Pod);
     if verdict == lb::NEW_FLOW {
