@@ -25,13 +25,33 @@ use std::{
 
 use weir_tests::Node;
 
+/// Service `i`'s ClusterIP, counted up from 10.96.0.1 as a u32 (the
+/// service CIDR 10.96.0.0/12 holds a million). An earlier scheme wrapped
+/// at 64,000 services, so "100,000 services" programmed 64,000 and
+/// refused the rest as taken frontends.
 fn vip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i)
 }
 
+/// Endpoint `j` (< 16) of service `i`, counted up from 10.128.0.1
+/// (10.128.0.0/9: 100,000 services × 16 fit).
 fn ep(i: u32, j: u32) -> Ipv4Addr {
-    let n = i * 16 + j;
-    Ipv4Addr::new(10, 244, (n / 250 % 250) as u8, (n % 250 + 1) as u8)
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 1)) + i * 16 + j)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_service_and_endpoint_has_an_address_of_its_own_up_to_100000_services() {
+        let vips: BTreeSet<_> = (0..100_000).map(super::vip).collect();
+        assert_eq!(vips.len(), 100_000);
+        assert!(vips.iter().all(|v| v.octets()[0] == 10 && (96..112).contains(&v.octets()[1])), "inside 10.96.0.0/12");
+        let eps: BTreeSet<_> = (0..100_000).flat_map(|i| (0..16).map(move |j| super::ep(i, j))).collect();
+        assert_eq!(eps.len(), 1_600_000);
+        assert!(eps.iter().all(|e| e.octets()[0] == 10 && e.octets()[1] >= 128), "inside 10.128.0.0/9");
+    }
 }
 
 fn service_yaml(i: u32, endpoints: u32, not_ready: Option<u32>) -> String {
