@@ -116,12 +116,26 @@ fn main() {
     let slots_arg = slots.to_string();
     // Two frontends per service: its port and the VIP's marker.
     let frontends = (2 * u64::from(services) + 1024).max(u64::from(weir_common::maps::FRONTENDS_MAX_ENTRIES)).to_string();
+    // Every endpoint address is distinct: one backend each.
+    let backends = (u64::from(services) * u64::from(endpoints) + 1024).max(u64::from(weir_datapath::LoadOptions::default().backends)).to_string();
     let start = Instant::now();
-    let mut agent = node.start_agent_with(&["--lb-table-slots", &slots_arg, "--frontends-max-entries", &frontends, "--resync-interval", "3600"]);
+    let mut agent = node.start_agent_with(&[
+        "--lb-table-slots",
+        &slots_arg,
+        "--frontends-max-entries",
+        &frontends,
+        "--backends-max-entries",
+        &backends,
+        "--resync-interval",
+        "3600",
+    ]);
     agent.wait_for_log_within("initial sync", 1, Duration::from_secs(300));
     let cold_wall = start.elapsed();
     let log = agent.log_text();
-    let initial_us = log.lines().find(|l| l.contains("initial sync")).and_then(took_us).unwrap_or(0);
+    let sync_line = log.lines().find(|l| l.contains("initial sync")).unwrap_or_default();
+    // A figure from a sync that left services out would flatter weir.
+    assert!(sync_line.contains(" errors=0 "), "the initial sync failed for some services; nothing measured:\n{sync_line}");
+    let initial_us = took_us(sync_line).unwrap_or(0);
     let pid = agent.pid().unwrap_or(0);
     let rss_cold = rss_kib(pid);
     let (anon, shmem) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssShmem:"));
@@ -302,7 +316,9 @@ mod cluster {
         agent.wait_for_log_within("initial sync", 1, Duration::from_secs(1800));
         let cold = start.elapsed();
         let log = agent.log_text();
-        let initial_us = log.lines().find(|l| l.contains("initial sync")).and_then(super::took_us).unwrap_or(0);
+        let sync_line = log.lines().find(|l| l.contains("initial sync")).unwrap_or_default();
+        assert!(sync_line.contains(" errors=0 "), "the initial sync failed for some objects; nothing measured:\n{sync_line}");
+        let initial_us = super::took_us(sync_line).unwrap_or(0);
         let pid = agent.pid().unwrap_or(0);
         let rss_cold = super::rss_kib(pid);
 
