@@ -22,6 +22,11 @@ use weir_model::{
     ClusterState,
 };
 
+/// Services per window of a large batch whose new selection tables are
+/// built ahead on every core (at 10 endpoints, 1,009 slots each: about
+/// 8 MiB of tables held at once).
+const PREBUILD_WINDOW: usize = 2048;
+
 /// What one reconcile did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -171,10 +176,21 @@ impl Reconciler {
                 touched.insert(k.clone());
             }
         }
-        for (k, specs) in batch {
-            if self.program(&k, specs, out) {
-                touched.insert(k);
+        // A window at a time: its new Maglev tables built on every core
+        // first (`Lb::prebuild`), then programmed in order.
+        let mut batch = batch.into_iter();
+        loop {
+            let window: Vec<(ServiceKey, Vec<ServiceSpec>)> = batch.by_ref().take(PREBUILD_WINDOW).collect();
+            if window.is_empty() {
+                break;
             }
+            self.lb.prebuild(window.iter().flat_map(|(_, specs)| specs));
+            for (k, specs) in window {
+                if self.program(&k, specs, out) {
+                    touched.insert(k);
+                }
+            }
+            self.lb.clear_prebuilt();
         }
         out.services += touched.len();
     }
