@@ -161,21 +161,54 @@ fn policy_churn_never_lets_a_denied_flow_through() {
     assert_eq!(allowed_ok.load(Ordering::Relaxed), allowed_tries.load(Ordering::Relaxed), "a flow allowed before and after a change was refused during it");
 }
 
+/// The value of one /metrics series.
+fn gauge(c: &NetpolCluster, series: &str) -> Option<String> {
+    let m = c.node.agent_http("/metrics");
+    m.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().to_string()))
+}
+
 #[test]
-fn a_bad_policy_is_rejected_by_field_and_the_rest_keep_working() {
+fn a_policy_weir_cannot_compile_fails_closed_and_the_rest_keep_working() {
     let mut c = NetpolCluster::new();
     c.apply(&np("x", "deny", "podSelector: {}\npolicyTypes: [Ingress]"));
-    let bad = np("y", "bad", "podSelector: {}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.300.0/24");
+    // y/a's only ingress rule names a network that is not one: the rule is
+    // left out, and y/a stays isolated (before, the whole policy was
+    // dropped and y/a was open to everyone).
+    let bad = np("y", "bad", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.300.0/24");
     c.node.write_source("bad.yaml", bad.as_bytes());
     c.agent.wait_for_log("spec.ingress[0].from[0].ipBlock.cidr", 1);
     let log = c.agent.log_text();
-    assert!(log.contains("NetworkPolicy y/bad"), "the warning names the object:\n{log}");
-    assert!(!c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp), "the good policy still holds");
-    assert!(c.probe(p("x", "a"), p("y", "a"), 80, Proto::Tcp), "the bad one enforces nothing");
+    let line = log.lines().find(|l| l.contains("spec.ingress[0].from[0].ipBlock.cidr")).unwrap_or_default();
+    assert!(line.contains("NetworkPolicy y/bad") && line.contains("fail-closed"), "the warning names the object, the field and what weir did:\n{line}");
+    assert!(!c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "the good policy still holds");
+    assert!(!c.probe(p("x", "a"), p("y", "a"), 80, Proto::Tcp), "the bad one isolates y/a: it allows nothing it could not read");
+    assert!(c.probe(p("x", "a"), p("y", "b"), 80, Proto::Tcp), "y/b is not its subject");
+    assert_eq!(gauge(&c, "weir_policies_failed_closed{kind=\"NetworkPolicy\"}").as_deref(), Some("1"));
     let bad_port = np("y", "bad2", "podSelector: {}\ningress:\n- ports:\n  - port: 90\n    endPort: 80");
     c.node.write_source("bad2.yaml", bad_port.as_bytes());
     c.agent.wait_for_log("spec.ingress[0].ports[0].endPort", 1);
     assert!(c.agent.is_running());
+}
+
+#[test]
+fn a_cluster_deny_weir_cannot_compile_denies_every_peer_of_its_subject() {
+    let mut c = NetpolCluster::new();
+    // A Deny of y/a whose selector has an operator weir cannot read (the
+    // CRD schema refuses it now; an object stored before, or a file, still
+    // arrives): it denies every peer of x/a on the port it names.
+    c.apply(&cnp("no-ya", 10, "", "- {name: no-ya, action: Deny, peers: [{namespaces: {matchLabels: {ns: y}}, pods: {matchExpressions: [{key: pod, operator: Equals, values: [a]}]}}], ports: [{port: 80}]}"));
+    c.agent.wait_for_log("spec.ingress[0].peers[0].pods.matchExpressions[0].operator", 1);
+    for from in [p("y", "a"), p("y", "b"), p("z", "a")] {
+        assert!(!c.probe(from, p("x", "a"), 80, Proto::Tcp), "{from:?} -> x/a:80 is denied");
+    }
+    assert!(c.probe(p("y", "a"), p("x", "a"), 81, Proto::Tcp), "the port it names still bounds it");
+    assert!(c.probe(p("y", "a"), p("x", "b"), 80, Proto::Tcp), "and its subject");
+    assert_eq!(gauge(&c, "weir_policies_failed_closed{kind=\"ClusterNetworkPolicy\"}").as_deref(), Some("1"));
+    // Fixed, it denies exactly what it says, and the gauge clears.
+    c.apply(&cnp("no-ya", 10, "", "- {name: no-ya, action: Deny, peers: [{namespaces: {matchLabels: {ns: y}}, pods: {matchExpressions: [{key: pod, operator: In, values: [a]}]}}], ports: [{port: 80}]}"));
+    assert!(!c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp));
+    assert!(c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "y/b is no longer denied");
+    assert_eq!(gauge(&c, "weir_policies_failed_closed{kind=\"ClusterNetworkPolicy\"}").as_deref(), Some("0"));
 }
 
 #[test]

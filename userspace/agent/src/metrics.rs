@@ -33,6 +33,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<KindLabels, Counter>,
     pub objects: Family<KindLabels, Gauge>,
     pub input_warnings: Family<KindLabels, Counter>,
+    /// Policies with parts weir cannot compile, enforced fail-closed.
+    pub policies_failed_closed: Family<KindLabels, Gauge>,
     pub ct_collected: Counter,
     pub repairs: Counter,
     pub udp_sockets_destroyed: Counter,
@@ -59,6 +61,7 @@ impl Metrics {
         let reconcile_errors = Family::<KindLabels, Counter>::default();
         let objects = Family::<KindLabels, Gauge>::default();
         let input_warnings = Family::<KindLabels, Counter>::default();
+        let policies_failed_closed = Family::<KindLabels, Gauge>::default();
         let ct_collected = Counter::default();
         let repairs = Counter::default();
         let udp_sockets_destroyed = Counter::default();
@@ -77,6 +80,11 @@ impl Metrics {
         registry.register("reconcile_errors", "Reconcile errors by kind", reconcile_errors.clone());
         registry.register("objects", "Cluster objects known, by kind", objects.clone());
         registry.register("input_warnings", "Rejected input (bad files, objects, fields)", input_warnings.clone());
+        registry.register(
+            "policies_failed_closed",
+            "Policies with parts weir cannot compile, enforced fail-closed (Allow rules left out, Deny rules widened), by kind",
+            policies_failed_closed.clone(),
+        );
         registry.register("conntrack_collected", "Stale conntrack entries collected", ct_collected.clone());
         registry.register("drift_repairs", "Map entries repaired by full resync", repairs.clone());
         registry.register(
@@ -113,6 +121,7 @@ impl Metrics {
             reconcile_errors,
             objects,
             input_warnings,
+            policies_failed_closed,
             ct_collected,
             repairs,
             udp_sockets_destroyed,

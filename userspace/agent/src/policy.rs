@@ -13,7 +13,8 @@ use weir_model::{
         translate::{assign, is_local, label_key, names, translate},
         CompiledPolicy, Ids,
     },
-    ClusterState,
+    validate::FieldError,
+    ClusterState, Kind, ObjectKey,
 };
 
 /// What one policy reconcile did.
@@ -30,6 +31,8 @@ pub struct PolicyReconciler {
     /// The policies and CIDRs last programmed; `None` before the first
     /// reconcile (the maps then hold what an earlier agent programmed).
     last: Option<(Vec<CompiledPolicy>, BTreeSet<Prefix>)>,
+    /// The policies with parts that failed to compile (and fail closed).
+    failed: Vec<(ObjectKey, Vec<FieldError>)>,
 }
 
 fn cidrs_of(policies: &[CompiledPolicy]) -> BTreeSet<Prefix> {
@@ -39,7 +42,7 @@ fn cidrs_of(policies: &[CompiledPolicy]) -> BTreeSet<Prefix> {
 impl PolicyReconciler {
     #[allow(clippy::result_large_err)] // once, at start-up
     pub fn open(layout: &PinLayout, node: Option<String>) -> Result<Self, DatapathError> {
-        Ok(Self { maps: PolicyMaps::open(layout)?, ids: Ids::new(), node, last: None })
+        Ok(Self { maps: PolicyMaps::open(layout)?, ids: Ids::new(), node, last: None, failed: Vec::new() })
     }
 
     /// Reuses the ids an earlier agent left in the maps, so a restart
@@ -69,7 +72,9 @@ impl PolicyReconciler {
     pub fn reconcile(&mut self, state: &ClusterState) -> PolicyOutcome {
         let node = self.node.clone();
         let node = node.as_deref();
-        let policies = state.policies();
+        let compiled = state.compiled_policies();
+        self.report_failed(&compiled);
+        let policies: Vec<CompiledPolicy> = compiled.into_iter().map(|(_, c)| c.policy).collect();
         let world = state.policy_world();
         let new_cidrs = cidrs_of(&policies);
         if self.last.is_none() {
@@ -96,6 +101,25 @@ impl PolicyReconciler {
         let out = PolicyOutcome { map_writes: w.map_writes, errors: w.errors };
         self.last = Some((policies, new_cidrs));
         out
+    }
+
+    /// Logs the policies whose parts fail closed, when that set changes.
+    fn report_failed(&mut self, compiled: &[(ObjectKey, weir_model::policy::Compiled)]) {
+        let failed: Vec<(ObjectKey, Vec<FieldError>)> = compiled.iter().filter(|(_, c)| !c.errors.is_empty()).map(|(k, c)| (k.clone(), c.errors.clone())).collect();
+        if failed == self.failed {
+            return;
+        }
+        for (key, errors) in failed.iter().filter(|f| !self.failed.contains(f)) {
+            for e in errors {
+                tracing::warn!(object = %key, field = %e.field, "{}: enforced fail-closed (an Allow left out, a Deny widened; see docs/architecture.md)", e.message);
+            }
+        }
+        self.failed = failed;
+    }
+
+    /// Policies with parts that failed to compile, of `kind`.
+    pub fn failed_closed(&self, kind: Kind) -> usize {
+        self.failed.iter().filter(|(k, _)| k.kind == kind).count()
     }
 
     fn retain_ids(&mut self, world: &weir_model::policy::World, cidrs: &BTreeSet<Prefix>) {

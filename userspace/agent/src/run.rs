@@ -15,7 +15,7 @@ use weir_datapath::{
     lb::Lb,
     LoadOptions, PinLayout, PodDatapath,
 };
-use weir_model::{state::Affected, ClusterState, Warning};
+use weir_model::{state::Affected, ClusterState, Kind, Warning};
 use weir_source::{self as source, SourceEvent};
 
 use crate::{
@@ -521,6 +521,9 @@ fn update_gauges(metrics: &Metrics, state: &ClusterState, reconciler: &mut Recon
     metrics.set_map("WEIR_ENDPOINTS", eps as u64, u64::from(weir_common::maps::ENDPOINTS_MAX_ENTRIES));
     metrics.set_map("WEIR_IPCACHE", ipcache as u64, u64::from(weir_common::maps::IPCACHE_MAX_ENTRIES));
     metrics.set_map("WEIR_POLICY", entries as u64, u64::from(weir_common::maps::POLICY_MAX_ENTRIES));
+    for kind in [Kind::NetworkPolicy, Kind::WeirNetworkPolicy, Kind::ClusterNetworkPolicy] {
+        metrics.policies_failed_closed.get_or_create(&KindLabels { kind: kind.as_str().into() }).set(reconciler.policy().failed_closed(kind) as i64);
+    }
 }
 
 /// Returns memory freed after the initial load (parsing garbage) to the OS.

@@ -12,7 +12,8 @@
 //! server refuses a bad policy before weir sees it. `weir-crdgen` writes
 //! the YAML under manifests/crds/; a test fails when it is stale.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use std::collections::BTreeMap;
+
 use kube::{CustomResource, CustomResourceExt as _, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,55 @@ pub struct PortRange {
     pub end_port: Option<i32>,
 }
 
+// `metav1.LabelSelector`'s shape, with the checks the API server makes on a
+// built-in selector written into the schema (a CRD's copy of
+// `metav1.LabelSelector` gets none of them), so a selector weir could not
+// compile never reaches it. `operator` stays a string in Rust, so an object
+// stored before this schema still decodes (and fails closed in weir).
+
+/// A label selector: matchLabels and matchExpressions, all of which must
+/// hold; an empty selector `{}` selects everything.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels that must have exactly these values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_labels: Option<BTreeMap<String, String>>,
+    /// Terms that must all hold (at most 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub match_expressions: Option<Vec<SelectorRequirement>>,
+}
+
+/// A selector term: `key` `operator` `values`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist']").message("operator must be In, NotIn, Exists or DoesNotExist"),
+    validation = Rule::new("(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)").message("In and NotIn need at least one value; Exists and DoesNotExist take none")
+)]
+pub struct SelectorRequirement {
+    /// The label key.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// In, NotIn, Exists or DoesNotExist.
+    pub operator: String,
+    /// At least one for In and NotIn; none for Exists and DoesNotExist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+}
+
+impl From<&LabelSelector> for k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+    fn from(s: &LabelSelector) -> Self {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        Self {
+            match_labels: s.match_labels.clone(),
+            match_expressions: s.match_expressions.as_ref().map(|v| {
+                v.iter().map(|r| LabelSelectorRequirement { key: r.key.clone(), operator: r.operator.clone(), values: r.values.clone() }).collect()
+            }),
+        }
+    }
+}
+
 /// Who a policy applies to: pods matching `pods` in namespaces matching
 /// `namespaces` (an omitted selector matches everything).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -95,7 +145,10 @@ pub struct Subject {
 /// (CIDRs, which also match pod addresses), never both.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.networks) != (has(self.namespaces) || has(self.pods))").message("a peer selects pods (namespaces/pods) or networks, not both"))]
+#[x_kube(
+    validation = Rule::new("has(self.networks) != (has(self.namespaces) || has(self.pods))").message("a peer selects pods (namespaces/pods) or networks, not both"),
+    validation = Rule::new("!has(self.networks) || self.networks.all(n, isCIDR(n))").message("networks must be CIDRs, like 10.0.0.0/8 or fd00::/8")
+)]
 pub struct Peer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<LabelSelector>,
@@ -233,5 +286,82 @@ mod tests {
         assert_eq!(p.spec.mode, Mode::Enforce);
         assert_eq!(p.spec.ingress[0].action, ClusterAction::Deny);
         assert_eq!(p.spec.ingress[0].ports.as_ref().map(|v| v[1].end_port), Some(Some(2000)));
+    }
+
+    /// The CRD's object schema as the API server holds it.
+    fn schema(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> serde_json::Value {
+        let v = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema");
+        serde_json::to_value(v).expect("json")
+    }
+
+    /// What the API server's CEL says of `yaml` (empty: accepted).
+    fn cel_errors(schema: &serde_json::Value, yaml: &str) -> Vec<String> {
+        let obj: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
+        match kube_cel::validate(schema, &obj, None) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.into_vec().into_iter().map(|e| format!("{:?} {}: {}", e.kind, e.field_path, e.message)).collect(),
+        }
+    }
+
+    const CNP_HEAD: &str = "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: p}\nspec:\n  priority: 1\n  subject: {namespaces: {matchLabels: {team: db}}}\n";
+
+    #[test]
+    fn the_schemas_refuse_what_weir_cannot_compile() {
+        let cnp = schema(&ClusterNetworkPolicy::crd());
+        let ok = [
+            "  ingress: [{name: a, action: Deny, peers: [{networks: [10.0.0.0/8, 10.1.2.3/16, 'fd00::/8']}]}]\n",
+            "  ingress: [{name: a, action: Allow, peers: [{pods: {matchExpressions: [{key: app, operator: In, values: [a]}, {key: b, operator: Exists}]}}]}]\n",
+            "  ingress: [{name: a, action: Deny, peers: [{namespaces: {}}], ports: [{port: 80, endPort: 90}]}]\n",
+            "  tier: Baseline\n  egress: [{name: a, action: Deny, peers: [{namespaces: {}}]}]\n",
+        ];
+        for rules in ok {
+            let e = cel_errors(&cnp, &format!("{CNP_HEAD}{rules}"));
+            assert!(e.is_empty(), "{rules}: {e:?}");
+        }
+        let bad = [
+            ("  ingress: [{name: a, action: Deny, peers: [{networks: [10.0.0.0/33]}]}]\n", "networks must be CIDRs"),
+            ("  ingress: [{name: a, action: Deny, peers: [{networks: [bogus]}]}]\n", "networks must be CIDRs"),
+            ("  ingress: [{name: a, action: Deny, peers: [{pods: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}}]}]\n", "operator must be"),
+            ("  ingress: [{name: a, action: Deny, peers: [{pods: {matchExpressions: [{key: app, operator: In}]}}]}]\n", "need at least one value"),
+            ("  ingress: [{name: a, action: Deny, peers: [{namespaces: {matchExpressions: [{key: app, operator: Exists, values: [x]}]}}]}]\n", "need at least one value"),
+            ("  ingress: [{name: a, action: Deny, peers: [{pods: {}, networks: [10.0.0.0/8]}]}]\n", "not both"),
+            ("  ingress: [{name: a, action: Deny, peers: [{namespaces: {}}], ports: [{port: 90, endPort: 80}]}]\n", "endPort must not be below port"),
+        ];
+        for (rules, want) in bad {
+            let e = cel_errors(&cnp, &format!("{CNP_HEAD}{rules}"));
+            assert!(e.iter().any(|m| m.contains(want)), "{rules}: want {want:?}, got {e:?}");
+        }
+        let subject = CNP_HEAD.replace("{matchLabels: {team: db}}", "{matchExpressions: [{key: team, operator: in, values: [db]}]}");
+        assert!(!cel_errors(&cnp, &format!("{subject}  ingress: [{{name: a, action: Deny, peers: [{{namespaces: {{}}}}]}}]\n")).is_empty(), "a subject selector is checked too");
+        let wnp = schema(&WeirNetworkPolicy::crd());
+        let w = "apiVersion: policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: app, operator: NotIn}]}\n";
+        assert!(cel_errors(&wnp, w).iter().any(|m| m.contains("need at least one value")), "{:?}", cel_errors(&wnp, w));
+        assert!(cel_errors(&wnp, &w.replace("operator: NotIn", "operator: NotIn, values: [a]")).is_empty());
+    }
+
+    #[test]
+    fn every_cel_rule_is_within_the_cost_budget() {
+        fn walk(node: &serde_json::Value, found: &mut Vec<String>) {
+            if let Some(rules) = node.get("x-kubernetes-validations").and_then(|v| v.as_array()) {
+                let compiled = kube_cel::compile_schema(node);
+                for r in rules {
+                    let rule = r["rule"].as_str().expect("rule").to_string();
+                    let warnings = kube_cel::analyze_rule(&rule, &compiled, kube_cel::ScopeContext::CrdValidation);
+                    // (Its scope check does not know macro variables like `r` in `all(r, ...)`.)
+                    let fatal: Vec<_> = warnings.iter().filter(|w| matches!(w.kind, kube_cel::WarningKind::CostExceeded)).collect();
+                    assert!(fatal.is_empty(), "{rule}: {fatal:?}");
+                    found.push(rule);
+                }
+            }
+            match node {
+                serde_json::Value::Object(m) => m.values().for_each(|v| walk(v, found)),
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, found)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        walk(&schema(&ClusterNetworkPolicy::crd()), &mut found);
+        walk(&schema(&WeirNetworkPolicy::crd()), &mut found);
+        assert!(found.iter().any(|r| r.contains("isCIDR")) && found.iter().any(|r| r.contains("DoesNotExist")), "{found:?}");
     }
 }

@@ -308,13 +308,18 @@ impl ClusterState {
     }
 
     /// Every NetworkPolicy, WeirNetworkPolicy and ClusterNetworkPolicy,
-    /// compiled (objects are validated on load, so a stored policy
-    /// compiles; one that does not is skipped).
+    /// compiled; the parts of one that do not compile fail closed.
     pub fn policies(&self) -> Vec<crate::policy::CompiledPolicy> {
+        self.compiled_policies().into_iter().map(|(_, c)| c.policy).collect()
+    }
+
+    /// Every policy object compiled, with its key; a policy with errors is
+    /// compiled fail-closed (`policy::Compiled`), never left out.
+    pub fn compiled_policies(&self) -> Vec<(ObjectKey, crate::policy::Compiled)> {
         [Kind::ClusterNetworkPolicy, Kind::NetworkPolicy, Kind::WeirNetworkPolicy]
             .into_iter()
             .flat_map(|k| self.objects_of(k))
-            .filter_map(|o| crate::policy::compile_object(o)?.ok())
+            .filter_map(|o| Some((o.key(), crate::policy::compile_object(o)?)))
             .collect()
     }
 

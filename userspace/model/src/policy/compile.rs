@@ -7,6 +7,10 @@
 //! - a peer with only `podSelector` means pods of the policy's namespace;
 //!   `namespaceSelector` and `podSelector` in one peer must both match;
 //! - `protocol` defaults to TCP; `endPort` makes a range.
+//!
+//! A part weir cannot compile fails closed instead of taking the policy
+//! with it (see [`Compiled`]), so every agent enforces the same object
+//! the same way, whatever version it saw before.
 
 use std::net::IpAddr;
 
@@ -73,6 +77,70 @@ pub struct CompiledPolicy {
     /// tier: isolates its pods for ingress).
     pub ingress: Option<Vec<Rule>>,
     pub egress: Option<Vec<Rule>>,
+}
+
+/// A policy object compiled, with the parts that failed to compile.
+///
+/// A policy is never dropped for a bad part: dropping a Deny, or a policy
+/// that isolates its pods, would open what it closes. Instead a bad part
+/// fails closed:
+/// - a subject selector that does not parse selects everything in the
+///   policy's scope (its namespace, for the namespaced kinds);
+/// - an Allow or Log rule with an error is left out (it could only have
+///   allowed or reported more), and its direction stays isolated;
+/// - a Deny or Pass rule with an error becomes a Deny of every peer (if
+///   its peers failed) on every port (if its ports failed);
+/// - an unknown `policyTypes` value isolates both directions; a cluster
+///   policy's priority out of range is clamped into 0-1000.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    pub policy: CompiledPolicy,
+    /// Empty when every part compiled.
+    pub errors: Vec<FieldError>,
+}
+
+impl Compiled {
+    /// The policy, or the first part that failed (for tests and checks
+    /// that want the exact object).
+    pub fn strict(self) -> Result<CompiledPolicy, FieldError> {
+        match self.errors.into_iter().next() {
+            None => Ok(self.policy),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// A selector, or everything (with the error kept) when it does not parse.
+pub(super) fn selector_or_everything(r: Result<Selector, FieldError>, errors: &mut Vec<FieldError>) -> Selector {
+    r.unwrap_or_else(|e| {
+        errors.push(e);
+        Selector::everything()
+    })
+}
+
+/// A rule whose parts may have failed to compile, made fail-closed (see
+/// [`Compiled`]); `None`: the rule is left out.
+pub(super) fn rule_or_fail_closed(
+    name: Option<String>,
+    action: Action,
+    peers: Result<Option<Vec<Peer>>, FieldError>,
+    ports: Result<Option<Vec<PortRule>>, FieldError>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Rule> {
+    let failed = peers.is_err() || ports.is_err();
+    let peers = peers.unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    let ports = ports.unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    match action {
+        Action::Allow | Action::Log if failed => None,
+        Action::Deny | Action::Pass if failed => Some(Rule { name, action: Action::Deny, peers, ports }),
+        _ => Some(Rule { name, action, peers, ports }),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,56 +288,26 @@ fn port(p: &NetworkPolicyPort, field: &str) -> Result<PortRule, FieldError> {
     Ok(PortRule { proto, port: sel })
 }
 
-fn rule(peers: Option<&Vec<NetworkPolicyPeer>>, ports: Option<&Vec<NetworkPolicyPort>>, field: &str, peer_field: &str) -> Result<Rule, FieldError> {
+/// An allow rule; left out when any part fails (see [`Compiled`]).
+fn rule(peers: Option<&Vec<NetworkPolicyPeer>>, ports: Option<&Vec<NetworkPolicyPort>>, field: &str, peer_field: &str, errors: &mut Vec<FieldError>) -> Option<Rule> {
     let peers = match peers {
-        Some(v) if !v.is_empty() => {
-            Some(v.iter().enumerate().map(|(i, p)| peer(p, &format!("{field}.{peer_field}[{i}]"))).collect::<Result<Vec<_>, _>>()?)
-        }
-        _ => None,
+        Some(v) if !v.is_empty() => v.iter().enumerate().map(|(i, p)| peer(p, &format!("{field}.{peer_field}[{i}]"))).collect::<Result<Vec<_>, _>>().map(Some),
+        _ => Ok(None),
     };
     let ports = match ports {
-        Some(v) if !v.is_empty() => Some(v.iter().enumerate().map(|(i, p)| port(p, &format!("{field}.ports[{i}]"))).collect::<Result<Vec<_>, _>>()?),
-        _ => None,
+        Some(v) if !v.is_empty() => v.iter().enumerate().map(|(i, p)| port(p, &format!("{field}.ports[{i}]"))).collect::<Result<Vec<_>, _>>().map(Some),
+        _ => Ok(None),
     };
-    Ok(Rule { name: None, action: Action::Allow, peers, ports })
+    rule_or_fail_closed(None, Action::Allow, peers, ports, errors)
 }
 
-/// Compiles a NetworkPolicy; errors name the offending field.
-pub fn compile(np: &NetworkPolicy) -> Result<CompiledPolicy, FieldError> {
+/// Compiles a NetworkPolicy; errors name the offending field, and the
+/// parts they name fail closed.
+pub fn compile(np: &NetworkPolicy) -> Compiled {
     let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = np.metadata.name.clone().unwrap_or_default();
-    let Some(spec) = &np.spec else { return Err(err("spec", "missing")) };
-    let subject = match &spec.pod_selector {
-        Some(s) => Selector::from_k8s(s, "spec.podSelector")?,
-        None => Selector::everything(),
-    };
-    let (mut ingress_on, mut egress_on) = (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()));
-    if let Some(types) = &spec.policy_types {
-        ingress_on = false;
-        egress_on = false;
-        for (i, t) in types.iter().enumerate() {
-            match t.as_str() {
-                "Ingress" => ingress_on = true,
-                "Egress" => egress_on = true,
-                other => return Err(err(format!("spec.policyTypes[{i}]"), format!("unknown value {other:?} (Ingress or Egress)"))),
-            }
-        }
-    }
-    let ingress_rules = spec
-        .ingress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| rule(r.from.as_ref(), r.ports.as_ref(), &format!("spec.ingress[{i}]"), "from"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let egress_rules = spec
-        .egress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| rule(r.to.as_ref(), r.ports.as_ref(), &format!("spec.egress[{i}]"), "to"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(CompiledPolicy {
+    let mut errors = Vec::new();
+    let mut policy = CompiledPolicy {
         kind: PolicyKind::NetworkPolicy,
         namespace,
         name,
@@ -277,10 +315,47 @@ pub fn compile(np: &NetworkPolicy) -> Result<CompiledPolicy, FieldError> {
         priority: 0,
         audit: false,
         namespaces: None,
-        subject,
-        ingress: ingress_on.then_some(ingress_rules),
-        egress: egress_on.then_some(egress_rules),
-    })
+        subject: Selector::everything(),
+        ingress: Some(Vec::new()),
+        egress: Some(Vec::new()),
+    };
+    let Some(spec) = &np.spec else {
+        errors.push(err("spec", "missing"));
+        return Compiled { policy, errors };
+    };
+    if let Some(s) = &spec.pod_selector {
+        policy.subject = selector_or_everything(Selector::from_k8s(s, "spec.podSelector"), &mut errors);
+    }
+    let (mut ingress_on, mut egress_on) = (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()));
+    if let Some(types) = &spec.policy_types {
+        ingress_on = false;
+        egress_on = false;
+        let mut unknown = false;
+        for (i, t) in types.iter().enumerate() {
+            match t.as_str() {
+                "Ingress" => ingress_on = true,
+                "Egress" => egress_on = true,
+                other => {
+                    errors.push(err(format!("spec.policyTypes[{i}]"), format!("unknown value {other:?} (Ingress or Egress)")));
+                    unknown = true;
+                }
+            }
+        }
+        if unknown {
+            (ingress_on, egress_on) = (true, true);
+        }
+    }
+    let mut ingress_rules = Vec::new();
+    for (i, r) in spec.ingress.iter().flatten().enumerate() {
+        ingress_rules.extend(rule(r.from.as_ref(), r.ports.as_ref(), &format!("spec.ingress[{i}]"), "from", &mut errors));
+    }
+    let mut egress_rules = Vec::new();
+    for (i, r) in spec.egress.iter().flatten().enumerate() {
+        egress_rules.extend(rule(r.to.as_ref(), r.ports.as_ref(), &format!("spec.egress[{i}]"), "to", &mut errors));
+    }
+    policy.ingress = ingress_on.then_some(ingress_rules);
+    policy.egress = egress_on.then_some(egress_rules);
+    Compiled { policy, errors }
 }
 
 impl CompiledPolicy {

@@ -1,8 +1,9 @@
 //! weir's policy CRDs compiled into the same rules as NetworkPolicy.
 //!
 //! The API server enforces the CRD schemas (ranges, enums, CEL rules);
-//! objects from files skip it, so every check is made again here, with
-//! the field named.
+//! objects from files (and objects stored before a schema tightened) skip
+//! it, so every check is made again here, with the field named, and a
+//! part that fails fails closed ([`Compiled`]).
 //!
 //! - ClusterNetworkPolicy: `tier` Admin (above NetworkPolicy) or
 //!   Baseline (below it), `priority` 0–1000, `mode: Audit` evaluates and
@@ -16,13 +17,13 @@
 use weir_crds::{Action as NsAction, ClusterAction, ClusterNetworkPolicy, ClusterRule, Mode, NamespacedRule, PortRange, Protocol, Tier as CrdTier, WeirNetworkPolicy};
 
 use super::{
-    compile::{err, parse_policy_cidr, Action, CompiledPolicy, Peer, PolicyKind, PortRule, PortSel, Rule, Tier, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+    compile::{err, parse_policy_cidr, rule_or_fail_closed, selector_or_everything, Action, Compiled, CompiledPolicy, Peer, PolicyKind, PortRule, PortSel, Rule, Tier, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
     selector::Selector,
 };
 use crate::{validate::FieldError, Object};
 
 /// Compiles a policy object of any kind; `None` for other kinds.
-pub fn compile_object(o: &Object) -> Option<Result<CompiledPolicy, FieldError>> {
+pub fn compile_object(o: &Object) -> Option<Compiled> {
     match o {
         Object::NetworkPolicy(np) => Some(super::compile(np)),
         Object::ClusterNetworkPolicy(p) => Some(compile_cluster(p)),
@@ -31,8 +32,8 @@ pub fn compile_object(o: &Object) -> Option<Result<CompiledPolicy, FieldError>> 
     }
 }
 
-fn selector(s: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>, field: &str) -> Result<Selector, FieldError> {
-    s.map_or(Ok(Selector::everything()), |s| Selector::from_k8s(s, field))
+fn selector(s: Option<&weir_crds::LabelSelector>, field: &str) -> Result<Selector, FieldError> {
+    s.map_or(Ok(Selector::everything()), |s| Selector::from_k8s(&s.into(), field))
 }
 
 fn ports(v: Option<&Vec<PortRange>>, field: &str) -> Result<Option<Vec<PortRule>>, FieldError> {
@@ -62,8 +63,8 @@ fn ports(v: Option<&Vec<PortRange>>, field: &str) -> Result<Option<Vec<PortRule>
     Ok(Some(out))
 }
 
-/// `own_namespace`: what an omitted `namespaces` means (`None`: the
-/// policy's namespace, for namespaced policies).
+/// `cluster`: an omitted `namespaces` means every namespace (else the
+/// policy's own).
 fn peers(v: &[weir_crds::Peer], field: &str, cluster: bool) -> Result<Vec<Peer>, FieldError> {
     let mut out = Vec::new();
     for (i, p) in v.iter().enumerate() {
@@ -82,7 +83,7 @@ fn peers(v: &[weir_crds::Peer], field: &str, cluster: bool) -> Result<Vec<Peer>,
             }
             None => {
                 let namespaces = match &p.namespaces {
-                    Some(s) => Some(Selector::from_k8s(s, &format!("{f}.namespaces"))?),
+                    Some(s) => Some(selector(Some(s), &format!("{f}.namespaces"))?),
                     None if cluster => Some(Selector::everything()),
                     None => None,
                 };
@@ -93,76 +94,89 @@ fn peers(v: &[weir_crds::Peer], field: &str, cluster: bool) -> Result<Vec<Peer>,
     Ok(out)
 }
 
-fn cluster_rule(r: &ClusterRule, field: &str, tier: Tier) -> Result<Rule, FieldError> {
-    if r.name.is_empty() {
-        return Err(err(format!("{field}.name"), "every rule needs a name (verdict events report it)"));
+fn rule_name(name: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    if name.is_empty() {
+        errors.push(err(format!("{field}.name"), "every rule needs a name (verdict events report it)"));
     }
+    Some(name.to_string())
+}
+
+fn cluster_rule(r: &ClusterRule, field: &str, tier: Tier, errors: &mut Vec<FieldError>) -> Option<Rule> {
+    let name = rule_name(&r.name, field, errors);
     let action = match r.action {
         ClusterAction::Allow => Action::Allow,
         ClusterAction::Deny => Action::Deny,
         ClusterAction::Pass if tier == Tier::Baseline => {
-            return Err(err(format!("{field}.action"), "Pass is only meaningful in the Admin tier"));
+            // Fails closed: a Deny of the peers and ports it names.
+            errors.push(err(format!("{field}.action"), "Pass is only meaningful in the Admin tier"));
+            Action::Deny
         }
         ClusterAction::Pass => Action::Pass,
         ClusterAction::Log => Action::Log,
     };
-    if r.peers.is_empty() {
-        return Err(err(format!("{field}.peers"), "at least one peer (an empty namespaces selector `{}` selects every pod)"));
-    }
-    Ok(Rule {
-        name: Some(r.name.clone()),
-        action,
-        peers: Some(peers(&r.peers, &format!("{field}.peers"), true)?),
-        ports: ports(r.ports.as_ref(), &format!("{field}.ports"))?,
-    })
+    let peers = if r.peers.is_empty() {
+        Err(err(format!("{field}.peers"), "at least one peer (an empty namespaces selector `{}` selects every pod)"))
+    } else {
+        peers(&r.peers, &format!("{field}.peers"), true).map(Some)
+    };
+    rule_or_fail_closed(name, action, peers, ports(r.ports.as_ref(), &format!("{field}.ports")), errors)
 }
 
-pub fn compile_cluster(p: &ClusterNetworkPolicy) -> Result<CompiledPolicy, FieldError> {
+/// A direction's compiled rules; `Some` when the object has rules in it,
+/// even if every one was left out (the direction stays isolated).
+fn direction<R>(v: &[R], dir: &str, mut rule: impl FnMut(&R, &str) -> Option<Rule>) -> Option<Vec<Rule>> {
+    let out: Vec<Rule> = v.iter().enumerate().filter_map(|(i, r)| rule(r, &format!("spec.{dir}[{i}]"))).collect();
+    (!v.is_empty()).then_some(out)
+}
+
+/// Compiles a ClusterNetworkPolicy; bad parts fail closed (see [`Compiled`]).
+pub fn compile_cluster(p: &ClusterNetworkPolicy) -> Compiled {
     let s = &p.spec;
+    let mut errors = Vec::new();
     if !(0..=1000).contains(&s.priority) {
-        return Err(err("spec.priority", format!("{} is outside 0-1000", s.priority)));
+        errors.push(err("spec.priority", format!("{} is outside 0-1000", s.priority)));
     }
     let tier = match s.tier {
         CrdTier::Admin => Tier::Admin,
         CrdTier::Baseline => Tier::Baseline,
     };
-    let rules = |v: &[ClusterRule], dir: &str| -> Result<Option<Vec<Rule>>, FieldError> {
-        let out = v.iter().enumerate().map(|(i, r)| cluster_rule(r, &format!("spec.{dir}[{i}]"), tier)).collect::<Result<Vec<_>, _>>()?;
-        Ok((!out.is_empty()).then_some(out))
-    };
-    Ok(CompiledPolicy {
+    let namespaces = selector_or_everything(selector(s.subject.namespaces.as_ref(), "spec.subject.namespaces"), &mut errors);
+    let subject = selector_or_everything(selector(s.subject.pods.as_ref(), "spec.subject.pods"), &mut errors);
+    let ingress = direction(&s.ingress, "ingress", |r, f| cluster_rule(r, f, tier, &mut errors));
+    let egress = direction(&s.egress, "egress", |r, f| cluster_rule(r, f, tier, &mut errors));
+    let policy = CompiledPolicy {
         kind: PolicyKind::ClusterNetworkPolicy,
         namespace: String::new(),
         name: p.metadata.name.clone().unwrap_or_default(),
         tier,
-        priority: s.priority,
+        priority: s.priority.clamp(0, 1000),
         audit: s.mode == Mode::Audit,
-        namespaces: Some(selector(s.subject.namespaces.as_ref(), "spec.subject.namespaces")?),
-        subject: selector(s.subject.pods.as_ref(), "spec.subject.pods")?,
-        ingress: rules(&s.ingress, "ingress")?,
-        egress: rules(&s.egress, "egress")?,
-    })
+        namespaces: Some(namespaces),
+        subject,
+        ingress,
+        egress,
+    };
+    Compiled { policy, errors }
 }
 
-fn namespaced_rule(r: &NamespacedRule, field: &str) -> Result<Rule, FieldError> {
-    if r.name.is_empty() {
-        return Err(err(format!("{field}.name"), "every rule needs a name (verdict events report it)"));
-    }
+fn namespaced_rule(r: &NamespacedRule, field: &str, errors: &mut Vec<FieldError>) -> Option<Rule> {
+    let name = rule_name(&r.name, field, errors);
     let action = match r.action {
         NsAction::Allow => Action::Allow,
         NsAction::Deny => Action::Deny,
     };
-    let peers = if r.peers.is_empty() { None } else { Some(peers(&r.peers, &format!("{field}.peers"), false)?) };
-    Ok(Rule { name: Some(r.name.clone()), action, peers, ports: ports(r.ports.as_ref(), &format!("{field}.ports"))? })
+    let peers = if r.peers.is_empty() { Ok(None) } else { peers(&r.peers, &format!("{field}.peers"), false).map(Some) };
+    rule_or_fail_closed(name, action, peers, ports(r.ports.as_ref(), &format!("{field}.ports")), errors)
 }
 
-pub fn compile_namespaced(p: &WeirNetworkPolicy) -> Result<CompiledPolicy, FieldError> {
+/// Compiles a WeirNetworkPolicy; bad parts fail closed (see [`Compiled`]).
+pub fn compile_namespaced(p: &WeirNetworkPolicy) -> Compiled {
     let s = &p.spec;
-    let rules = |v: &[NamespacedRule], dir: &str| -> Result<Option<Vec<Rule>>, FieldError> {
-        let out = v.iter().enumerate().map(|(i, r)| namespaced_rule(r, &format!("spec.{dir}[{i}]"))).collect::<Result<Vec<_>, _>>()?;
-        Ok((!out.is_empty()).then_some(out))
-    };
-    Ok(CompiledPolicy {
+    let mut errors = Vec::new();
+    let subject = selector_or_everything(selector(Some(&s.pod_selector), "spec.podSelector"), &mut errors);
+    let ingress = direction(&s.ingress, "ingress", |r, f| namespaced_rule(r, f, &mut errors));
+    let egress = direction(&s.egress, "egress", |r, f| namespaced_rule(r, f, &mut errors));
+    let policy = CompiledPolicy {
         kind: PolicyKind::WeirNetworkPolicy,
         namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
         name: p.metadata.name.clone().unwrap_or_default(),
@@ -170,10 +184,11 @@ pub fn compile_namespaced(p: &WeirNetworkPolicy) -> Result<CompiledPolicy, Field
         priority: 0,
         audit: false,
         namespaces: None,
-        subject: Selector::from_k8s(&s.pod_selector, "spec.podSelector")?,
-        ingress: rules(&s.ingress, "ingress")?,
-        egress: rules(&s.egress, "egress")?,
-    })
+        subject,
+        ingress,
+        egress,
+    };
+    Compiled { policy, errors }
 }
 
 #[cfg(test)]
@@ -182,7 +197,7 @@ mod tests {
     use weir_desired::policy::Prefix;
 
     fn cnp(yaml: &str) -> Result<CompiledPolicy, FieldError> {
-        compile_cluster(&serde_yaml_ng::from_str(yaml).expect("parse"))
+        compile_cluster(&serde_yaml_ng::from_str(yaml).expect("parse")).strict()
     }
 
     #[test]
@@ -221,7 +236,7 @@ mod tests {
     #[test]
     fn a_namespaced_policy_keeps_its_namespace_for_peers() {
         let p: WeirNetworkPolicy = serde_yaml_ng::from_str("metadata: {name: w, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{name: no-b, action: Deny, peers: [{pods: {matchLabels: {pod: b}}}]}]\n").expect("parse");
-        let c = compile_namespaced(&p).expect("compiles");
+        let c = compile_namespaced(&p).strict().expect("compiles");
         assert_eq!((c.tier, c.namespace.as_str()), (Tier::Namespace, "x"));
         assert!(c.egress.is_none());
         match &c.ingress.as_ref().expect("ingress")[0].peers.as_ref().expect("peers")[0] {

@@ -354,7 +354,7 @@ mod tests {
                 let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("yaml");
                 let kind = Kind::from_kind(v["kind"].as_str().expect("kind")).expect("known kind");
                 let o = Object::from_value(kind, v).expect("decodes");
-                compile_object(&o).expect("a policy").expect("compiles")
+                compile_object(&o).expect("a policy").strict().expect("compiles")
             })
             .collect()
     }
@@ -498,5 +498,76 @@ mod tests {
         assert!(j.allowed("10.0.0.1", "10.0.0.2", 80), "x/a: allowed before the network rule");
         assert!(!j.allowed("10.0.1.1", "10.0.0.2", 80), "y/a: only the network rule matches");
         assert!(j.allowed("10.0.0.1", "10.0.0.2", 80) && !j.allowed("10.0.1.2", "10.0.0.2", 80), "y/b: the network rule");
+    }
+
+    /// Policies compiled as the agent compiles them: bad parts fail
+    /// closed; with the fields that failed.
+    fn compile_failing(docs: &[&str]) -> (Vec<CompiledPolicy>, Vec<String>) {
+        let mut fields = Vec::new();
+        let policies = docs
+            .iter()
+            .map(|y| {
+                let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("yaml");
+                let kind = Kind::from_kind(v["kind"].as_str().expect("kind")).expect("known kind");
+                let c = compile_object(&Object::from_value(kind, v).expect("decodes")).expect("a policy");
+                fields.extend(c.errors.into_iter().map(|e| e.field));
+                c.policy
+            })
+            .collect();
+        (policies, fields)
+    }
+
+    #[test]
+    fn a_cluster_deny_weir_cannot_compile_denies_more_never_less() {
+        // A bad network: the Deny covers every peer, on the ports it named.
+        let bad_net = cnp("deny", 1, "", "  - {name: no-a, action: Deny, peers: [{pods: {matchLabels: {app: a}}}, {networks: [10.0.0.0/33]}], ports: [{port: 80}]}\n");
+        let (p, fields) = compile_failing(&[&bad_net]);
+        assert_eq!(fields, ["spec.ingress[0].peers[1].networks[0]"]);
+        let j = Judge::new(&p);
+        assert!(!j.allowed("10.0.0.1", "10.0.0.2", 80) && !j.allowed("10.0.1.2", "10.0.0.2", 80), "every peer is denied on 80");
+        assert!(j.allowed("10.0.1.2", "10.0.0.2", 81), "the ports it named still bound it");
+        assert!(j.allowed("10.0.1.2", "10.0.1.1", 80), "and its subject");
+        // A selector the API server's CRD schema once let through.
+        let bad_sel = cnp("deny", 1, "", "  - {name: no-a, action: Deny, peers: [{pods: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}}]}\n");
+        let (p, fields) = compile_failing(&[&bad_sel, NP_ALLOW_A_TO_B]);
+        assert_eq!(fields, ["spec.ingress[0].peers[0].pods.matchExpressions[0].operator"]);
+        let j = Judge::new(&p);
+        assert!(!j.allowed("10.0.0.1", "10.0.0.2", 80), "the NetworkPolicy's allow is overridden: the Deny holds");
+        // A bad port range: every port of the peers it named.
+        let bad_port = cnp("deny", 1, "", "  - {name: no-a, action: Deny, peers: [{pods: {matchLabels: {app: a}}}], ports: [{port: 90, endPort: 80}]}\n");
+        let (p, _) = compile_failing(&[&bad_port]);
+        let j = Judge::new(&p);
+        assert!(!j.allowed("10.0.0.1", "10.0.0.2", 7) && !j.allowed("10.0.1.1", "10.0.0.2", 80), "a pods on every port");
+        assert!(j.allowed("10.0.1.2", "10.0.0.2", 80), "others are not its peers");
+        // A Pass with a bad peer denies rather than deferring.
+        let bad_pass = cnp("pass", 1, "", "  - {name: to-np, action: Pass, peers: [{networks: [bogus]}]}\n");
+        let (p, _) = compile_failing(&[&bad_pass, NP_ALLOW_A_TO_B]);
+        assert!(!Judge::new(&p).allowed("10.0.0.1", "10.0.0.2", 80));
+    }
+
+    #[test]
+    fn a_subject_weir_cannot_compile_widens_the_subject() {
+        let doc = "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: d}\nspec:\n  priority: 1\n  subject: {namespaces: {matchLabels: {ns: x}}, pods: {matchExpressions: [{key: app, operator: In}]}}\n  ingress:\n  - {name: no-y, action: Deny, peers: [{namespaces: {matchLabels: {ns: y}}}]}\n";
+        let (p, fields) = compile_failing(&[doc]);
+        assert_eq!(fields, ["spec.subject.pods.matchExpressions[0].values"]);
+        let j = Judge::new(&p);
+        assert!(!j.allowed("10.0.1.1", "10.0.0.1", 80) && !j.allowed("10.0.1.1", "10.0.0.2", 80), "every pod of the namespaces it names");
+        assert!(j.allowed("10.0.0.1", "10.0.1.2", 80), "not the namespaces it does not");
+    }
+
+    #[test]
+    fn an_allow_weir_cannot_compile_is_left_out_and_its_pods_stay_isolated() {
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.300.0/24}}]\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: [{port: 80}]\n";
+        let (p, fields) = compile_failing(&[np]);
+        assert_eq!(fields, ["spec.ingress[0].from[0].ipBlock.cidr"]);
+        let j = Judge::new(&p);
+        assert!(!j.allowed("10.0.1.2", "10.0.0.2", 80), "isolated: the bad rule allows nothing");
+        assert!(j.allowed("10.0.0.1", "10.0.0.2", 80) && !j.allowed("10.0.0.1", "10.0.0.2", 81), "the good rule still allows");
+        let wnp = "apiVersion: policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  egress: [{name: dns, action: Allow, peers: [{networks: [10.0.1.0/40]}]}]\n";
+        let (p, fields) = compile_failing(&[wnp]);
+        assert_eq!(fields, ["spec.egress[0].peers[0].networks[0]"]);
+        let j = Judge::new(&p);
+        assert!(!j.allowed("10.0.0.2", "10.0.1.1", 53), "its only rule left out, x/b stays isolated for egress");
+        assert!(j.allowed("10.0.0.1", "10.0.1.1", 53), "x/a is not its subject");
     }
 }

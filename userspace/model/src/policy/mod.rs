@@ -9,7 +9,7 @@ pub mod selector;
 pub mod translate;
 pub mod world;
 
-pub use compile::{compile, CompiledPolicy};
+pub use compile::{compile, Compiled, CompiledPolicy};
 pub use crd::compile_object;
 pub use ids::{Ids, RuleRef};
 pub use world::World;

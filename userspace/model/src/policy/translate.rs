@@ -274,7 +274,7 @@ mod tests {
 
     fn policy(yaml: &str) -> CompiledPolicy {
         let np: NetworkPolicy = serde_yaml_ng::from_str(yaml).unwrap();
-        compile(&np).unwrap()
+        compile(&np).strict().unwrap()
     }
 
     fn run(policies: &[CompiledPolicy], world: &World) -> (Ids, PolicyState) {
