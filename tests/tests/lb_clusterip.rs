@@ -192,9 +192,28 @@ fn removing_a_backend_moves_its_udp_flow() {
     let idx = t.backends.iter().position(|b| b.name == first).expect("known backend");
     let rest: Vec<(Ipv4Addr, u16)> = all.iter().copied().filter(|(a, _)| *a != t.backends[idx].ip).collect();
     let stats = t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &rest)).expect("upsert");
-    assert!(stats.ct_purged >= 2, "the flow's conntrack entries are purged: {stats:?}");
+    // A backend no service lists is deleted, and the kernel re-selects its
+    // flows by itself: no scan of the conntrack table.
+    assert_eq!(stats.ct_purged, 0, "no conntrack scan for a deleted backend: {stats:?}");
     let moved = udp_ask(&sock).expect("answer after removal");
     assert_ne!(moved, first, "the flow moved off the removed backend");
+}
+
+#[test]
+fn removing_a_backend_another_service_keeps_moves_its_udp_flow() {
+    let mut t = topo();
+    let all = t.ips(NAME_UDP, &[0, 1, 2]);
+    t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &all)).expect("upsert");
+    // Another service lists the same pods: they stay backends.
+    t.lb.upsert(&cluster_ip(Ipv4Addr::new(10, 96, 0, 99), 53, Protocol::Udp, &all)).expect("upsert other");
+    let sock = udp_connect(t.client.ns(), VIP, 53, DEFAULT_TIMEOUT).expect("udp socket");
+    let first = udp_ask(&sock).expect("first answer");
+    let idx = t.backends.iter().position(|b| b.name == first).expect("known backend");
+    let rest: Vec<(Ipv4Addr, u16)> = all.iter().copied().filter(|(a, _)| *a != t.backends[idx].ip).collect();
+    let stats = t.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &rest)).expect("upsert");
+    assert!(stats.ct_purged >= 2, "the kernel would follow a backend that still exists: its flows of this service are purged: {stats:?}");
+    let moved = udp_ask(&sock).expect("answer after removal");
+    assert_ne!(moved, first, "the flow moved off the backend this service dropped");
 }
 
 #[test]

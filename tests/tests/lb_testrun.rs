@@ -222,6 +222,31 @@ fn stale_conntrack_entries_are_collected() {
 }
 
 #[test]
+fn the_collector_takes_out_flows_whose_backend_is_gone() {
+    use weir_datapath::ct::{monotonic_ns, Conntrack};
+    with_config(DatapathConfig::DEFAULT, |dp, lb, layout| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        testrun::run(prog, &testrun::udp4((CLIENT, 41100), (VIP, 53), b"q")).expect("run");
+        let mut ct = Conntrack::open(layout).expect("ct");
+        assert_eq!(ct.entries().len(), 2);
+        let orphaned = |ct: &Conntrack, lb: &Lb| {
+            ct.entries().into_iter().filter(|(k, e)| k.kind == weir_common::ct::CT_SVC_FWD && !lb.backend_is(e.backend_id, &e.nat_addr, e.nat_port)).count()
+        };
+        assert_eq!(orphaned(&ct, lb), 0);
+        assert_eq!(ct.gc_with(monotonic_ns(), |_, e| !lb.backend_is(e.backend_id, &e.nat_addr, e.nat_port)).deleted, 0, "a live flow to a live backend stays");
+        // The backend leaves (moved to another port): no scan at the change...
+        let st = lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5354)])).expect("upsert");
+        assert_eq!(st.ct_purged, 0, "{st:?}");
+        assert_eq!(orphaned(&ct, lb), 1, "the forward entry names a backend that is gone");
+        // ...the next collection takes both entries out, though alive.
+        let out = ct.gc_with(monotonic_ns(), |_, e| !lb.backend_is(e.backend_id, &e.nat_addr, e.nat_port));
+        assert_eq!(out.deleted, 2, "{out:?}");
+        assert!(ct.entries().is_empty());
+    });
+}
+
+#[test]
 fn the_datapath_dump_is_stable_text() {
     with_datapath(|_, lb, layout| {
         let b = |last| (Ipv4Addr::new(10, 244, 0, last), 8080);

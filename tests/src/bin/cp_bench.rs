@@ -6,7 +6,7 @@
 //! event → maps-written latency), and agent RSS. No assertions: numbers
 //! go to docs/performance.md.
 //!
-//! Usage: weir-cp-bench [SERVICES] [ENDPOINTS] [CHANGES]   (default 10000 10 200)
+//! Usage: weir-cp-bench [SERVICES] [ENDPOINTS] [CHANGES] [--ct-entries N]   (default 10000 10 200)
 //!        weir-cp-bench --cluster [NODES] [PODS] [CHANGES]  (default 4000 100000 20)
 //!
 //! `--cluster` writes a whole cluster (issue 18's shape): NODES Nodes (the
@@ -16,6 +16,12 @@
 //! of change CHANGES times: one endpoint, one Pod label, one new Pod on
 //! this node, one Node heartbeat (should be no work at all), one
 //! NetworkPolicy edit.
+//!
+//! `--ct-entries N` fills the conntrack table with N live entries (N/2
+//! service flows to the programmed backends) after the cold sync, and each
+//! change then removes one endpoint of service 0 (and puts the previous
+//! one back), so the figure includes whatever a removed backend costs in
+//! conntrack.
 
 use std::{
     fmt::Write as _,
@@ -55,11 +61,16 @@ mod tests {
 }
 
 fn service_yaml(i: u32, endpoints: u32, not_ready: Option<u32>) -> String {
+    service_yaml_without(i, endpoints, not_ready, None)
+}
+
+/// `missing`: an endpoint left out of the slice.
+fn service_yaml_without(i: u32, endpoints: u32, not_ready: Option<u32>, missing: Option<u32>) -> String {
     let mut y = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n",
         vip(i)
     );
-    for j in 0..endpoints {
+    for j in (0..endpoints).filter(|j| missing != Some(*j)) {
         let ready = not_ready != Some(j);
         let _ = writeln!(y, "- addresses: [{}]\n  conditions: {{ready: {ready}}}", ep(i, j));
     }
@@ -97,7 +108,9 @@ fn main() {
         cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20));
         return;
     }
-    let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let ct_entries: u32 = argv.iter().position(|a| a == "--ct-entries").and_then(|i| argv.get(i + 1)?.parse().ok()).unwrap_or(0);
+    let args: Vec<u32> = argv.iter().enumerate().filter(|(i, _)| *i == 0 || argv[i - 1] != "--ct-entries").filter_map(|(_, a)| a.parse().ok()).collect();
     let services = args.first().copied().unwrap_or(10_000);
     let endpoints = args.get(1).copied().unwrap_or(10);
     let changes = args.get(2).copied().unwrap_or(200);
@@ -140,10 +153,14 @@ fn main() {
     let rss_cold = rss_kib(pid);
     let (anon, shmem) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssShmem:"));
 
+    if ct_entries > 0 {
+        fill_conntrack(&node, ct_entries);
+    }
     let mut lat = Vec::new();
     for k in 0..changes {
         let before = agent.log_text().matches("reconciled").count();
-        node.write_source("svc-0.yaml", service_yaml(0, endpoints, Some(k % endpoints)).as_bytes());
+        let yaml = if ct_entries > 0 { service_yaml_without(0, endpoints, None, Some(k % endpoints)) } else { service_yaml(0, endpoints, Some(k % endpoints)) };
+        node.write_source("svc-0.yaml", yaml.as_bytes());
         agent.wait_for_log("reconciled", before + 1);
         if let Some(us) = agent.log_text().lines().filter(|l| l.contains("reconciled")).nth(before).and_then(took_us) {
             lat.push(us);
@@ -155,6 +172,9 @@ fn main() {
     println!("| metric | value |");
     println!("|---|---|");
     println!("| services × endpoints | {services} × {endpoints} |");
+    if ct_entries > 0 {
+        println!("| conntrack entries present (each change removes an endpoint) | {ct_entries} |");
+    }
     println!("| cold: agent start → all services programmed (wall, incl. YAML parsing) | {:.0} ms |", cold_wall.as_secs_f64() * 1e3);
     println!("| cold: initial full sync (translate + map writes) | {:.0} ms |", initial_us as f64 / 1e3);
     println!("| one endpoint change, event → maps written, p50 | {:.2} ms |", percentile(&lat, 0.5) as f64 / 1e3);
@@ -165,6 +185,34 @@ fn main() {
     let _ = shmem;
     println!("| agent RSS after the changes | {:.0} MiB |", rss_after as f64 / 1024.0);
     println!("| LB table slots (kernel BPF map memory, not agent RSS) | {slots} ({:.0} MiB) |", slots as f64 * 8.0 / 1048576.0);
+}
+
+/// Writes `n` live conntrack entries: `n / 2` UDP service flows (forward
+/// and reverse), spread over the programmed backends, as if clients had
+/// opened them.
+fn fill_conntrack(node: &Node, n: u32) {
+    use weir_common::{
+        addr::Addr,
+        ct::{CtEntry, CtKey, CT_STATE_UDP, CT_SVC_FWD, CT_SVC_REV},
+        lb::Backend,
+    };
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    let backends = weir_datapath::pinned::hash::<u32, Backend>(&layout, "WEIR_BACKENDS").expect("backends");
+    let backends: Vec<(u32, Backend)> = backends.iter().filter_map(Result::ok).collect();
+    assert!(!backends.is_empty(), "no backends programmed");
+    let mut ct = weir_datapath::pinned::hash::<CtKey, CtEntry>(&layout, "WEIR_CT").expect("conntrack");
+    let expires_s = (weir_datapath::ct::monotonic_ns() / 1_000_000_000) as u32 + 3600;
+    for f in 0..n / 2 {
+        let (id, b) = backends[f as usize % backends.len()];
+        let client = Addr::from(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + f / 60_000));
+        let sport = (1024 + f % 60_000) as u16;
+        let vip = Addr::from(vip(0));
+        let fwd = CtKey { saddr: client, daddr: vip, sport: sport.to_be(), dport: 53u16.to_be(), proto: 17, kind: CT_SVC_FWD, _pad: 0 };
+        let rev = CtKey { saddr: b.addr, daddr: client, sport: b.port, dport: sport.to_be(), proto: 17, kind: CT_SVC_REV, _pad: 0 };
+        let e = |nat_addr: Addr, orig_addr: Addr, nat_port: u16, orig_port: u16| CtEntry { nat_addr, orig_addr, expires_s, backend_id: id, svc_id: 1, nat_port, orig_port, state: CT_STATE_UDP, ..CtEntry::default() };
+        ct.insert(fwd, e(b.addr, client, b.port, sport.to_be()), 0).expect("insert forward");
+        ct.insert(rev, e(vip, client, 53u16.to_be(), sport.to_be()), 0).expect("insert reverse");
+    }
 }
 
 /// The whole-cluster measurement (`--cluster`).

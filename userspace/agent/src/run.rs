@@ -300,7 +300,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 None => anyhow::bail!("rtnetlink connection closed"),
             },
             _ = gc_tick.tick() => {
-                let out = ct.gc(monotonic_ns());
+                // Flows whose backend is gone are taken out in the same
+                // scan (the kernel already re-selects them; see
+                // `Lb::drop_members`). Before the first sync the backends
+                // are only what the maps held: nothing is judged then.
+                let lb = reconciler.lb();
+                let out = ct.gc_with(monotonic_ns(), |_, e| synced && !lb.backend_is(e.backend_id, &e.nat_addr, e.nat_port));
                 metrics.ct_collected.inc_by(out.deleted as u64);
                 let before = metrics.datapath.ct_evicted();
                 metrics.datapath.set_ct(&out.account);

@@ -202,24 +202,53 @@ impl Conntrack {
     /// past their expiry at `now_ns` (checked again on the entry taken
     /// out). Rewrites the per-endpoint counts from what stays.
     pub fn gc(&mut self, now_ns: u64) -> GcOutcome {
+        self.gc_with(now_ns, |_, _| false)
+    }
+
+    /// [`Conntrack::gc`] that also deletes the service flows whose forward
+    /// entry `orphaned` says has lost its backend (the kernel no longer
+    /// follows them), with their twins, in the same scan. An entry the
+    /// kernel replaced meanwhile is put back.
+    pub fn gc_with(&mut self, now_ns: u64, orphaned: impl Fn(&CtKey, &CtEntry) -> bool) -> GcOutcome {
         let created_before = self.stat(CtStat::Created);
         let entries = self.entries();
-        self.collect_scanned(created_before, entries, now_ns)
+        self.collect_scanned(created_before, entries, now_ns, orphaned)
     }
 
     /// [`Conntrack::gc`] on a scan taken earlier: whatever happened to the
     /// table since, only entries that are still dead when taken out go.
     pub fn collect(&mut self, scan: Vec<(CtKey, CtEntry)>, now_ns: u64) -> GcOutcome {
         let created_before = self.stat(CtStat::Created);
-        self.collect_scanned(created_before, scan, now_ns)
+        self.collect_scanned(created_before, scan, now_ns, |_, _| false)
     }
 
-    fn collect_scanned(&mut self, created_before: u64, entries: Vec<(CtKey, CtEntry)>, now_ns: u64) -> GcOutcome {
+    fn collect_scanned(&mut self, created_before: u64, entries: Vec<(CtKey, CtEntry)>, now_ns: u64, orphaned: impl Fn(&CtKey, &CtEntry) -> bool) -> GcOutcome {
         let alive: HashSet<CtKey> = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).map(|(k, _)| *k).collect();
+        // Orphaned forward entries and their twins.
+        let mut orphans: HashSet<CtKey> = HashSet::new();
+        for (k, e) in entries.iter().filter(|(k, e)| k.kind == CT_SVC_FWD && orphaned(k, e)) {
+            orphans.insert(*k);
+            orphans.extend(twin_key(k, e, &self.cfg));
+        }
         let mut out = GcOutcome::default();
         let mut owners: StdHashMap<u32, u64> = StdHashMap::new();
         let mut live = 0u64;
         for (k, e) in &entries {
+            if orphans.contains(k) {
+                match self.take(k) {
+                    // Re-created for a live backend since the scan: keep it.
+                    Some(v) if k.kind == CT_SVC_FWD && !orphaned(k, &v) => {
+                        if self.map.insert(k, v, 1 /* BPF_NOEXIST */).is_ok() {
+                            out.restored += 1;
+                            live += 1;
+                            *owners.entry(v.owner).or_default() += 1;
+                        }
+                    }
+                    Some(_) => out.deleted += 1,
+                    None => {}
+                }
+                continue;
+            }
             let twin_alive = twin_key(k, e, &self.cfg).is_some_and(|t| alive.contains(&t));
             if alive.contains(k) || twin_alive {
                 live += 1;

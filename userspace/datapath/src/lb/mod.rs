@@ -527,13 +527,7 @@ impl Lb {
         }
         let dropped: HashSet<u32> = old_members.difference(&members).copied().collect();
         stats.members_dropped += dropped.len();
-        if !dropped.is_empty() {
-            stats.ct_purged += self.ct.purge(Some(id), &dropped);
-            self.purge_affinity(id, &dropped);
-            for b in dropped {
-                self.release_backend(b, &mut stats)?;
-            }
-        }
+        self.drop_members(id, dropped, &mut stats)?;
         if stats.map_writes > 0 {
             self.stamp(id);
         }
@@ -570,11 +564,7 @@ impl Lb {
             stats.map_writes += 1;
         }
         stats.members_dropped += old.members.len();
-        stats.ct_purged += self.ct.purge(Some(old.service.id), &old.members.iter().copied().collect());
-        self.purge_affinity(old.service.id, &old.members.iter().copied().collect());
-        for b in old.members {
-            self.release_backend(b, &mut stats)?;
-        }
+        self.drop_members(old.service.id, old.members.iter().copied().collect(), &mut stats)?;
         Ok(stats)
     }
 
@@ -707,8 +697,41 @@ impl Lb {
             }
             stats.map_writes += 1;
         }
-        stats.ct_purged += self.ct.purge(None, &doomed);
+        // Their flows need no scan: the kernel re-selects a flow whose
+        // backend is gone, and the collector takes the entries out.
         Ok(stats)
+    }
+
+    /// Releases backends service `svc_id` no longer lists. A backend that
+    /// goes with them needs no scan of conntrack: the kernel re-selects a
+    /// flow whose backend is gone or has another address
+    /// (`lb::backend_matches`), and the collector takes its entries out
+    /// ([`Lb::backend_is`]). Only a backend another service still lists
+    /// keeps flows the kernel would follow, so only those are purged, with
+    /// one scan for all of them. Affinity entries are purged for every
+    /// dropped backend (the kernel checks only that the id exists, and a
+    /// restarted agent may give a freed id to another backend); that map
+    /// holds only the clients of ClientIP services.
+    fn drop_members(&mut self, svc_id: u32, dropped: HashSet<u32>, stats: &mut WriteStats) -> Result<(), DatapathError> {
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        self.purge_affinity(svc_id, &dropped);
+        for b in &dropped {
+            self.release_backend(*b, stats)?;
+        }
+        let shared: HashSet<u32> = dropped.into_iter().filter(|b| self.ids.contains_key(b)).collect();
+        if !shared.is_empty() {
+            stats.ct_purged += self.ct.purge(Some(svc_id), &shared);
+        }
+        Ok(())
+    }
+
+    /// Whether backend `id` exists with this address and port (network
+    /// order): what the kernel checks before it follows an established
+    /// flow. Conntrack entries for which it is false are dead.
+    pub fn backend_is(&self, id: u32, addr: &Addr, port: u16) -> bool {
+        self.ids.get(&id).is_some_and(|i| i.addr == *addr && i.port == port)
     }
 
     fn add_ref(&mut self, id: u32) {
@@ -717,7 +740,8 @@ impl Lb {
         }
     }
 
-    /// Drops one reference; deletes the backend (and its flows) at zero.
+    /// Drops one reference; deletes the backend at zero (its flows stop at
+    /// once: see [`Lb::drop_members`]).
     fn release_backend(&mut self, id: u32, stats: &mut WriteStats) -> Result<(), DatapathError> {
         let Some(ident) = self.ids.get(&id).copied() else { return Ok(()) };
         let Some((_, st)) = self.backends.get_mut(&ident) else { return Ok(()) };
@@ -732,7 +756,6 @@ impl Lb {
             Err(source) => return Err(DatapathError::Map { name: BACKENDS, source }),
         }
         stats.map_writes += 1;
-        stats.ct_purged += self.ct.purge(None, &HashSet::from([id]));
         Ok(())
     }
 
