@@ -32,6 +32,7 @@ fn render(case: &Path) -> String {
     let ctx = NodeContext::from_state(&state, node_name.as_deref());
     let specs: Vec<_> = translate_all(&state, &ctx).into_values().flatten().collect();
     out.push_str(&weir_desired::dump::dump(&specs));
+    warnings.extend(state.policy_warnings());
     for w in warnings {
         out.push_str(&format!("warning: {w}\n"));
     }

@@ -247,6 +247,32 @@ fn the_collector_takes_out_flows_whose_backend_is_gone() {
 }
 
 #[test]
+fn the_collector_reads_the_whole_table_in_batches() {
+    use weir_common::ct::{CtEntry, CtKey, CT_SVC_FWD};
+    use weir_datapath::ct::Conntrack;
+    with_config(DatapathConfig::DEFAULT, |_, _, layout| {
+        let mut map = weir_datapath::pinned::hash::<CtKey, CtEntry>(layout, "WEIR_CT").expect("conntrack");
+        // Enough for several batches, and a table with many keys per bucket.
+        for i in 0..10_000u32 {
+            let k = CtKey { saddr: Ipv4Addr::from(0x0a00_0000 + i).into(), daddr: VIP.into(), sport: (i as u16).to_be(), dport: 53u16.to_be(), proto: 17, kind: CT_SVC_FWD, _pad: 0 };
+            map.insert(k, CtEntry { backend_id: i, ..CtEntry::default() }, 0).expect("insert");
+        }
+        let ct = Conntrack::open(layout).expect("ct");
+        let data = aya::maps::MapData::from_pin(layout.map("WEIR_CT")).expect("pinned conntrack");
+        let mut batched = weir_datapath::batch::lookup_all::<CtKey, CtEntry>(std::os::fd::AsFd::as_fd(data.fd())).expect("this kernel batches hash maps");
+        let mut one_by_one = ct.entries_one_by_one();
+        assert_eq!(batched.len(), 10_000);
+        let order = |v: &mut Vec<(CtKey, CtEntry)>| v.sort_by_key(|(_, e)| e.backend_id);
+        order(&mut batched);
+        order(&mut one_by_one);
+        assert!(batched == one_by_one, "the batch read returns every entry, each with its value");
+        let mut entries = ct.entries();
+        order(&mut entries);
+        assert!(entries == one_by_one);
+    });
+}
+
+#[test]
 fn the_datapath_dump_is_stable_text() {
     with_datapath(|_, lb, layout| {
         let b = |last| (Ipv4Addr::new(10, 244, 0, last), 8080);

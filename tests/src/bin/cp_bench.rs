@@ -153,8 +153,10 @@ fn main() {
     let rss_cold = rss_kib(pid);
     let (anon, shmem) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssShmem:"));
 
+    let mut scans = None;
     if ct_entries > 0 {
         fill_conntrack(&node, ct_entries);
+        scans = Some(time_conntrack_scans(&node));
     }
     let mut lat = Vec::new();
     for k in 0..changes {
@@ -174,6 +176,9 @@ fn main() {
     println!("| services × endpoints | {services} × {endpoints} |");
     if ct_entries > 0 {
         println!("| conntrack entries present (each change removes an endpoint) | {ct_entries} |");
+    }
+    if let Some((batched, one_by_one)) = scans {
+        println!("| one read of the whole conntrack table: in batches / one entry at a time (medians of 5) | {:.1} ms / {:.1} ms |", batched * 1e3, one_by_one * 1e3);
     }
     println!("| cold: agent start → all services programmed (wall, incl. YAML parsing) | {:.0} ms |", cold_wall.as_secs_f64() * 1e3);
     println!("| cold: initial full sync (translate + map writes) | {:.0} ms |", initial_us as f64 / 1e3);
@@ -213,6 +218,18 @@ fn fill_conntrack(node: &Node, n: u32) {
         ct.insert(fwd, e(b.addr, client, b.port, sport.to_be()), 0).expect("insert forward");
         ct.insert(rev, e(vip, client, 53u16.to_be(), sport.to_be()), 0).expect("insert reverse");
     }
+}
+
+/// Medians of five reads of the whole conntrack table, in seconds: in
+/// batches (what the collector does) and one entry at a time.
+fn time_conntrack_scans(node: &Node) -> (f64, f64) {
+    let ct = weir_datapath::ct::Conntrack::open(&weir_datapath::PinLayout::new(node.bpffs())).expect("conntrack");
+    let median = |f: &dyn Fn() -> usize| {
+        let mut v: Vec<f64> = (0..5).map(|_| { let t = Instant::now(); std::hint::black_box(f()); t.elapsed().as_secs_f64() }).collect();
+        v.sort_by(f64::total_cmp);
+        v[2]
+    };
+    (median(&|| ct.entries().len()), median(&|| ct.entries_one_by_one().len()))
 }
 
 /// The whole-cluster measurement (`--cluster`).

@@ -109,9 +109,9 @@ impl PolicyReconciler {
         if failed == self.failed {
             return;
         }
-        for (key, errors) in failed.iter().filter(|f| !self.failed.contains(f)) {
-            for e in errors {
-                tracing::warn!(object = %key, field = %e.field, "{}: enforced fail-closed (an Allow left out, a Deny widened; see docs/architecture.md)", e.message);
+        for (key, c) in compiled.iter().filter(|(k, c)| !c.errors.is_empty() && !self.failed.iter().any(|(fk, fe)| fk == k && *fe == c.errors)) {
+            for w in c.warnings(key) {
+                tracing::warn!(input = %w, "policy compiled fail-closed");
             }
         }
         self.failed = failed;

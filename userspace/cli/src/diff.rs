@@ -171,7 +171,8 @@ fn desired_policy(state: &ClusterState, node: Option<&str>) -> programmed::Polic
 /// Returns whether the maps match the desired state.
 pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<bool> {
     let spec: SourceSpec = args.source.parse()?;
-    let (state, warnings) = load(&spec)?;
+    let (state, mut warnings) = load(&spec)?;
+    warnings.extend(state.policy_warnings().iter().map(ToString::to_string));
     let node = args.node_name.as_deref();
     let mut ctx = NodeContext::with_nodeports(&state, node, &args.nodeport_addresses, &device_addrs(&args.devices)?);
     ctx.masquerade_all = args.masquerade_all;

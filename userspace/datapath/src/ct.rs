@@ -131,8 +131,14 @@ impl Conntrack {
         Ok(Self { map, raw, stats, owners, capacity: u64::from(capacity), cfg })
     }
 
-    /// Every entry (key, value).
+    /// Every entry (key, value), read in batches ([`crate::batch`]).
     pub fn entries(&self) -> Vec<(CtKey, CtEntry)> {
+        crate::batch::lookup_all(self.raw.fd().as_fd()).unwrap_or_else(|| self.entries_one_by_one())
+    }
+
+    /// Every entry, read with two syscalls each (kernels without batch
+    /// lookups; and the reference the batch read is tested against).
+    pub fn entries_one_by_one(&self) -> Vec<(CtKey, CtEntry)> {
         self.map.iter().filter_map(Result::ok).collect()
     }
 

@@ -3,6 +3,7 @@
 //! earlier agent), and typed reads and writes of the pinned maps.
 
 pub mod attach;
+pub mod batch;
 pub mod config;
 pub mod cgroup;
 pub mod ct;

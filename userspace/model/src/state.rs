@@ -313,6 +313,12 @@ impl ClusterState {
         self.compiled_policies().into_iter().map(|(_, c)| c.policy).collect()
     }
 
+    /// What the policies weir cannot fully compile enforce instead, as
+    /// warnings naming object and field.
+    pub fn policy_warnings(&self) -> Vec<crate::Warning> {
+        self.compiled_policies().iter().flat_map(|(k, c)| c.warnings(k)).collect()
+    }
+
     /// Every policy object compiled, with its key; a policy with errors is
     /// compiled fail-closed (`policy::Compiled`), never left out.
     pub fn compiled_policies(&self) -> Vec<(ObjectKey, crate::policy::Compiled)> {

@@ -100,6 +100,20 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// The errors as warnings on the object `key`, saying what weir
+    /// enforces instead.
+    pub fn warnings(&self, key: &crate::ObjectKey) -> Vec<crate::Warning> {
+        self.errors
+            .iter()
+            .map(|e| crate::Warning {
+                file: None,
+                object: Some(key.to_string()),
+                field: Some(e.field.clone()),
+                message: format!("{}; this part is enforced fail-closed (docs/policy.md)", e.message),
+            })
+            .collect()
+    }
+
     /// The policy, or the first part that failed (for tests and checks
     /// that want the exact object).
     pub fn strict(self) -> Result<CompiledPolicy, FieldError> {
