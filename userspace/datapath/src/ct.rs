@@ -242,13 +242,13 @@ impl Conntrack {
         for (k, e) in &entries {
             if orphans.contains(k) {
                 match self.take(k) {
-                    // Re-created for a live backend since the scan: keep it.
-                    Some(v) if k.kind == CT_SVC_FWD && !orphaned(k, &v) => {
-                        if self.map.insert(k, v, 1 /* BPF_NOEXIST */).is_ok() {
-                            out.restored += 1;
-                            live += 1;
-                            *owners.entry(v.owner).or_default() += 1;
-                        }
+                    // Re-created for a live backend since the scan: put it
+                    // back (unless the kernel already created the key again,
+                    // as in `delete_if_dead`).
+                    Some(v) if k.kind == CT_SVC_FWD && !orphaned(k, &v) && self.map.insert(k, v, 1 /* BPF_NOEXIST */).is_ok() => {
+                        out.restored += 1;
+                        live += 1;
+                        *owners.entry(v.owner).or_default() += 1;
                     }
                     Some(_) => out.deleted += 1,
                     None => {}
