@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use weir_common::policy::{
-    IpInfo, PolicyKeyData, PolicyValue, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, V4_PREFIX_BASE,
+    IpInfo, NameKey, PolicyKeyData, PolicyValue, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, V4_PREFIX_BASE,
 };
 
 /// An address prefix, in the address's own family (IPv4 /0../32).
@@ -105,6 +105,38 @@ pub struct PolicyState {
     pub ipcache: BTreeMap<Prefix, IpInfo>,
     /// Entry → the verdict of every cell it covers.
     pub entries: BTreeMap<PolicyEntry, PolicyValue>,
+}
+
+/// A change to part of the policy state: for each key, its new value, or
+/// `None` when it goes. Keys not named keep what they hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyDelta {
+    pub endpoints: BTreeMap<IpAddr, Option<EndpointSpec>>,
+    pub ipcache: BTreeMap<Prefix, Option<IpInfo>>,
+    pub entries: BTreeMap<PolicyEntry, Option<PolicyValue>>,
+    pub names: BTreeMap<NameKey, Option<String>>,
+}
+
+impl PolicyDelta {
+    /// Applies the delta to `state` and `names` (what the maps would hold).
+    pub fn apply_to(&self, state: &mut PolicyState, names: &mut BTreeMap<NameKey, String>) {
+        fn set<K: Ord + Copy, V: Clone>(m: &mut BTreeMap<K, V>, d: &BTreeMap<K, Option<V>>) {
+            for (k, v) in d {
+                match v {
+                    Some(v) => m.insert(*k, v.clone()),
+                    None => m.remove(k),
+                };
+            }
+        }
+        set(&mut state.endpoints, &self.endpoints);
+        set(&mut state.ipcache, &self.ipcache);
+        set(&mut state.entries, &self.entries);
+        set(names, &self.names);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.ipcache.is_empty() && self.entries.is_empty() && self.names.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub struct Ranked<'a> {
     pub rule: &'a Rule,
     pub id: u32,
     /// `None`: every peer.
-    pub peers: Option<BTreeSet<u32>>,
+    pub peers: Option<std::sync::Arc<BTreeSet<u32>>>,
     /// Evaluation order: tier, priority, namespace, policy name, index.
     pub order: (Tier, i32, String, String, usize),
 }
@@ -58,7 +58,7 @@ pub struct Endpoint<'a> {
     pub local: &'a PodInfo,
     /// The namespace tier selects it in this direction.
     pub isolated: bool,
-    pub pods: &'a BTreeMap<u32, PodIdentity<'a>>,
+    pub pods: &'a BTreeMap<u32, PodIdentity>,
 }
 
 /// A verdict over every (protocol, port): `base` for any protocol and for

@@ -150,6 +150,11 @@ impl Ids {
         self.endpoints.retain(|k, _| endpoints.contains(k));
     }
 
+    /// Forgets a local endpoint that is gone (its id is not handed out again).
+    pub fn forget_endpoint(&mut self, ns: &str, name: &str) {
+        self.endpoints.remove(&(ns.to_string(), name.to_string()));
+    }
+
     pub fn lookup_pod(&self, key: &LabelKey) -> Option<u32> {
         self.pods.get(key).copied()
     }

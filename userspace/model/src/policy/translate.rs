@@ -5,10 +5,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
-use weir_common::policy::{isolation_name_id, IpInfo, NameKey, DIR_EGRESS, DIR_INGRESS, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_ISOLATION, NAME_RULE};
-use weir_desired::policy::{EndpointSpec, PolicyState, Prefix};
+use weir_common::policy::{isolation_name_id, IpInfo, NameKey, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_WORLD, NAME_ENDPOINT, NAME_IDENTITY, NAME_ISOLATION, NAME_RULE};
+use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
 
 use super::{
     compile::{CompiledPolicy, Peer, PortRule, PortSel, Rule, Tier},
@@ -95,31 +96,72 @@ pub fn names(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &BTre
         }
         if is_local(pod, node) {
             if let Some(id) = ids.lookup_endpoint(&pod.namespace, &pod.name) {
-                out.insert(NameKey { kind: NAME_ENDPOINT, id }, format!("{}/{}", pod.namespace, pod.name));
-                for dir in [DIR_INGRESS, DIR_EGRESS] {
-                    let by: Vec<String> = policies
-                        .iter()
-                        .filter(|p| p.tier == Tier::Namespace && p.rules(dir).is_some() && p.selects(&pod.namespace, &key.namespace_labels, &pod.labels))
-                        .map(|p| format!("{}/{}", p.namespace, p.name))
-                        .collect();
-                    if !by.is_empty() {
-                        out.insert(NameKey { kind: NAME_ISOLATION, id: isolation_name_id(id, dir) }, by.join(", "));
-                    }
-                }
+                out.extend(endpoint_names(policies, pod, &key, id));
             }
         }
     }
     out
 }
 
-pub struct PodIdentity<'a> {
+/// The keys of every name a local endpoint can have.
+pub fn endpoint_name_keys(id: u32) -> [NameKey; 3] {
+    [
+        NameKey { kind: NAME_ENDPOINT, id },
+        NameKey { kind: NAME_ISOLATION, id: isolation_name_id(id, DIR_INGRESS) },
+        NameKey { kind: NAME_ISOLATION, id: isolation_name_id(id, DIR_EGRESS) },
+    ]
+}
+
+/// A local endpoint's names: `ns/pod`, and per direction the policies
+/// isolating it.
+pub fn endpoint_names(policies: &[CompiledPolicy], pod: &PodInfo, key: &LabelKey, id: u32) -> Vec<(NameKey, String)> {
+    let mut out = vec![(NameKey { kind: NAME_ENDPOINT, id }, format!("{}/{}", pod.namespace, pod.name))];
+    for dir in [DIR_INGRESS, DIR_EGRESS] {
+        let by: Vec<String> = policies
+            .iter()
+            .filter(|p| p.tier == Tier::Namespace && p.rules(dir).is_some() && p.selects(&pod.namespace, &key.namespace_labels, &pod.labels))
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        if !by.is_empty() {
+            out.push((NameKey { kind: NAME_ISOLATION, id: isolation_name_id(id, dir) }, by.join(", ")));
+        }
+    }
+    out
+}
+
+/// A pod identity: what it stands for, its CIDR identity, and the named
+/// ports its pods define (the union over them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
     pub key: LabelKey,
     pub cidr_id: Option<u32>,
-    pub ports: BTreeSet<&'a NamedPort>,
+    pub ports: BTreeSet<NamedPort>,
+}
+
+/// The peers of every rule, by rule id (`None`: every peer), shared.
+pub type Peers = BTreeMap<u32, Option<Arc<BTreeSet<u32>>>>;
+
+/// What a translation computed on the way that a later pod change can
+/// reuse (`pod_delta`): the pod identities and every rule's peers.
+#[derive(Clone, Debug, Default)]
+pub struct Translated {
+    pub pod_ids: BTreeMap<u32, PodIdentity>,
+    pub peers: Peers,
+}
+
+/// The ipcache entry of a pod address whose pod has identity `id`.
+pub fn pod_address(ids: &Ids, cidrs: &BTreeSet<Prefix>, ip: &IpAddr, id: u32) -> IpInfo {
+    let cidr_identity = longest_cidr(cidrs, ip).and_then(|p| ids.lookup_cidr(&p)).unwrap_or(ID_WORLD);
+    IpInfo { identity: id, cidr_identity }
 }
 
 /// Translates; everything it needs must have an id (see [`assign`]).
 pub fn translate(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &BTreeSet<Prefix>, node: Option<&str>) -> PolicyState {
+    translate_indexed(policies, world, ids, cidrs, node).0
+}
+
+/// [`translate`], also returning what it computed on the way.
+pub fn translate_indexed(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &BTreeSet<Prefix>, node: Option<&str>) -> (PolicyState, Translated) {
     let mut out = PolicyState::default();
     let cidr_ids: Vec<(Prefix, u32)> = cidrs.iter().filter_map(|c| Some((*c, ids.lookup_cidr(c)?))).collect();
     for (p, id) in &cidr_ids {
@@ -135,65 +177,96 @@ pub fn translate(policies: &[CompiledPolicy], world: &World, ids: &Ids, cidrs: &
         let key = label_key(world, pod, cidrs);
         let Some(id) = ids.lookup_pod(&key) else { continue };
         let cid = cidr_id(key.cidr);
-        pod_ids.entry(id).or_insert_with(|| PodIdentity { key, cidr_id: cid, ports: BTreeSet::new() }).ports.extend(pod.ports.iter());
+        let ident = pod_ids.entry(id).or_insert_with(|| PodIdentity { key, cidr_id: cid, ports: BTreeSet::new() });
+        for np in &pod.ports {
+            if !ident.ports.contains(np) {
+                ident.ports.insert(np.clone());
+            }
+        }
         for ip in &pod.ips {
             // Two pods claiming one address: the first keeps it.
             if seen_ips.insert(*ip) {
-                let cidr_identity = cidr_id(longest_cidr(cidrs, ip)).unwrap_or(ID_WORLD);
-                out.ipcache.insert(Prefix::host(*ip), IpInfo { identity: id, cidr_identity });
+                out.ipcache.insert(Prefix::host(*ip), pod_address(ids, cidrs, ip, id));
             }
         }
     }
 
-    let ranked = ranked_rules(policies, ids, &pod_ids, &cidr_ids);
+    let peers: Peers = policies
+        .iter()
+        .flat_map(|p| rule_refs(p).map(move |(_, _, rule, r)| (p, rule, r)))
+        .filter_map(|(p, rule, r)| Some((ids.lookup_rule(&r)?, peer_identities(rule, &p.namespace, &pod_ids, &cidr_ids).map(Arc::new))))
+        .collect();
+    let ranked = ranked_rules(policies, |_| true, ids, &peers);
     for pod in world.pods.iter().filter(|p| is_local(p, node)) {
         let key = label_key(world, pod, cidrs);
         let (Some(ep_id), Some(identity)) = (ids.lookup_endpoint(&pod.namespace, &pod.name), ids.lookup_pod(&key)) else {
             continue;
         };
-        let selected: Vec<bool> = policies.iter().map(|p| p.selects(&pod.namespace, &key.namespace_labels, &pod.labels)).collect();
-        let mut spec = EndpointSpec { id: ep_id, identity, ingress_isolated: false, egress_isolated: false };
-        for dir in [DIR_INGRESS, DIR_EGRESS] {
-            let rules: Vec<&Ranked> = ranked.iter().filter(|r| r.dir == dir && selected[r.policy]).collect();
-            // The namespace tier isolates like NetworkPolicy: a pod it
-            // selects in a direction is denied what it does not allow.
-            let isolated = policies.iter().zip(&selected).any(|(p, s)| *s && p.tier == Tier::Namespace && p.rules(dir).is_some());
-            if rules.is_empty() && !isolated {
-                continue;
-            }
-            if dir == DIR_INGRESS {
-                spec.ingress_isolated = true;
-            } else {
-                spec.egress_isolated = true;
-            }
-            let ctx = Endpoint { id: ep_id, dir, local: pod, isolated, pods: &pod_ids };
-            for (e, v) in ctx.entries(&rules) {
-                out.entries.insert(e, v);
-            }
-        }
+        let (spec, entries) = endpoint_state(policies, &ranked, pod, &key, (ep_id, identity), &pod_ids);
+        out.entries.extend(entries);
         for ip in &pod.ips {
             out.endpoints.entry(*ip).or_insert(spec);
         }
     }
-    out
+    (out, Translated { pod_ids, peers })
 }
 
-/// Every rule with an id, in evaluation order (tier, priority, policy,
-/// rule), with the identities its peers cover.
-fn ranked_rules<'a>(policies: &'a [CompiledPolicy], ids: &Ids, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Vec<Ranked<'a>> {
+/// The policies that select a pod (with identity key `key`).
+pub fn selecting(policies: &[CompiledPolicy], pod: &PodInfo, key: &LabelKey) -> Vec<bool> {
+    policies.iter().map(|p| p.selects(&pod.namespace, &key.namespace_labels, &pod.labels)).collect()
+}
+
+/// One local endpoint's spec and policy entries; `ranked` holds (at
+/// least) the rules of the policies that select it.
+pub fn endpoint_state(
+    policies: &[CompiledPolicy],
+    ranked: &[Ranked],
+    pod: &PodInfo,
+    key: &LabelKey,
+    (ep_id, identity): (u32, u32),
+    pod_ids: &BTreeMap<u32, PodIdentity>,
+) -> (EndpointSpec, Vec<(PolicyEntry, PolicyValue)>) {
+    let selected = selecting(policies, pod, key);
+    let mut spec = EndpointSpec { id: ep_id, identity, ingress_isolated: false, egress_isolated: false };
+    let mut entries = Vec::new();
+    for dir in [DIR_INGRESS, DIR_EGRESS] {
+        let rules: Vec<&Ranked> = ranked.iter().filter(|r| r.dir == dir && selected[r.policy]).collect();
+        // The namespace tier isolates like NetworkPolicy: a pod it
+        // selects in a direction is denied what it does not allow.
+        let isolated = policies.iter().zip(&selected).any(|(p, s)| *s && p.tier == Tier::Namespace && p.rules(dir).is_some());
+        if rules.is_empty() && !isolated {
+            continue;
+        }
+        if dir == DIR_INGRESS {
+            spec.ingress_isolated = true;
+        } else {
+            spec.egress_isolated = true;
+        }
+        let ctx = Endpoint { id: ep_id, dir, local: pod, isolated, pods: pod_ids };
+        entries.extend(ctx.entries(&rules));
+    }
+    (spec, entries)
+}
+
+/// Every rule with an id of the policies `which` admits (by index), in
+/// evaluation order (tier, priority, policy, rule), with the identities
+/// its peers cover (from `peers`).
+pub fn ranked_rules<'a>(policies: &'a [CompiledPolicy], which: impl Fn(usize) -> bool, ids: &Ids, peers: &Peers) -> Vec<Ranked<'a>> {
     let mut out: Vec<Ranked> = policies
         .iter()
         .enumerate()
+        .filter(|(i, _)| which(*i))
         .flat_map(|(i, p)| rule_refs(p).map(move |(dir, index, rule, r)| (i, p, dir, index, rule, r)))
         .filter_map(|(i, p, dir, index, rule, r)| {
+            let id = ids.lookup_rule(&r)?;
             Some(Ranked {
                 policy: i,
                 tier: p.tier,
                 audit: p.audit,
                 dir,
                 rule,
-                id: ids.lookup_rule(&r)?,
-                peers: peer_identities(rule, &p.namespace, pods, cidrs),
+                id,
+                peers: peers.get(&id).cloned().flatten(),
                 order: (p.tier, p.priority, p.namespace.clone(), p.name.clone(), index),
             })
         })

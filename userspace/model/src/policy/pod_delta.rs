@@ -1,0 +1,367 @@
+//! Pod changes translated alone. A pod that joins or leaves an identity
+//! that keeps other pods (and the same named ports) changes only its own
+//! addresses in the ipcache and, when it runs on this node, its own
+//! endpoint and entries: no rule's peers change, so no other endpoint's
+//! entries do. [`PodIndex`] keeps what the last full translation knew
+//! (every pod's identity, each identity's members, every rule's peers) and
+//! turns such changes into a [`PolicyDelta`]; anything else (an identity
+//! appearing or emptying, its named ports changing, two pods claiming one
+//! address) returns `None`, and the caller translates in full.
+//!
+//! The delta is exactly the difference between the full translation
+//! before and after the change (the tests below check it against
+//! [`translate`](super::translate::translate) on random changes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use weir_desired::policy::{PolicyDelta, PolicyEntry, PolicyState, Prefix};
+
+use super::{
+    compile::CompiledPolicy,
+    ids::Ids,
+    translate::{endpoint_name_keys, endpoint_names, endpoint_state, is_local, label_key, pod_address, ranked_rules, selecting, Translated},
+    world::{NamedPort, PodInfo, World},
+};
+
+/// A pod, by (namespace, name).
+pub type PodKey = (String, String);
+
+/// The pods of one identity and the named ports they define, counted.
+#[derive(Clone, Debug, Default)]
+struct Members {
+    count: usize,
+    ports: BTreeMap<NamedPort, usize>,
+}
+
+/// What the last full translation knew, updated by each pod delta.
+#[derive(Clone, Debug)]
+pub struct PodIndex {
+    node: Option<String>,
+    cidrs: BTreeSet<Prefix>,
+    /// Namespace labels (no pods).
+    namespaces: World,
+    /// Every pod with an address and its identity.
+    pods: BTreeMap<PodKey, (PodInfo, u32)>,
+    members: BTreeMap<u32, Members>,
+    /// Pods claiming each address.
+    claims: BTreeMap<IpAddr, usize>,
+    translated: Translated,
+}
+
+impl PodIndex {
+    /// Indexes the world a full translation (with these ids and CIDRs)
+    /// just produced `translated` from. `None` when the world names a pod
+    /// twice (nothing to index by).
+    pub fn build(world: &World, ids: &Ids, cidrs: &BTreeSet<Prefix>, node: Option<&str>, translated: Translated) -> Option<Self> {
+        let mut me = PodIndex {
+            node: node.map(str::to_string),
+            cidrs: cidrs.clone(),
+            namespaces: World { pods: Vec::new(), namespaces: world.namespaces.clone() },
+            pods: BTreeMap::new(),
+            members: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            translated,
+        };
+        for pod in &world.pods {
+            let id = ids.lookup_pod(&label_key(world, pod, cidrs))?;
+            me.join(pod, id);
+            if me.pods.insert((pod.namespace.clone(), pod.name.clone()), (pod.clone(), id)).is_some() {
+                return None;
+            }
+        }
+        Some(me)
+    }
+
+    fn join(&mut self, pod: &PodInfo, id: u32) {
+        let m = self.members.entry(id).or_default();
+        m.count += 1;
+        for np in &pod.ports {
+            *m.ports.entry(np.clone()).or_default() += 1;
+        }
+        for ip in &pod.ips {
+            *self.claims.entry(*ip).or_default() += 1;
+        }
+    }
+
+    /// Takes `pod` out of identity `id`; false when an address it held
+    /// was claimed by another pod too.
+    fn leave(&mut self, pod: &PodInfo, id: u32) -> bool {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.count = m.count.saturating_sub(1);
+            for np in &pod.ports {
+                if let Some(n) = m.ports.get_mut(np) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.ports.remove(np);
+                    }
+                }
+            }
+        }
+        let mut alone = true;
+        for ip in &pod.ips {
+            if let Some(n) = self.claims.get_mut(ip) {
+                alone &= *n == 1;
+                *n -= 1;
+                if *n == 0 {
+                    self.claims.remove(ip);
+                }
+            }
+        }
+        alone
+    }
+
+    /// The delta for `changes` (each pod's new model with an address, or
+    /// `None` when it has none any more), against `current` (what is
+    /// programmed); `None` when only a full translation can say. New
+    /// local pods get endpoint ids from `ids`. After `None` the index is
+    /// spent: build it again from the full translation.
+    pub fn apply(&mut self, changes: &[(PodKey, Option<PodInfo>)], policies: &[CompiledPolicy], ids: &mut Ids, current: &PolicyState) -> Option<PolicyDelta> {
+        // Membership first, so the checks see the batch as a whole.
+        let mut moved: Vec<(PodKey, Option<PodInfo>, Option<(PodInfo, u32)>)> = Vec::new();
+        let mut touched = BTreeSet::new();
+        for (key, new) in changes {
+            let old = self.pods.remove(key);
+            if old.as_ref().map(|(p, _)| p) == new.as_ref() {
+                if let Some(o) = old {
+                    self.pods.insert(key.clone(), o);
+                }
+                continue;
+            }
+            if let Some((o, id)) = &old {
+                if !self.leave(o, *id) {
+                    return None;
+                }
+                touched.insert(*id);
+            }
+            let joined = match new {
+                Some(n) => {
+                    let id = ids.lookup_pod(&label_key(&self.namespaces, n, &self.cidrs))?;
+                    self.join(n, id);
+                    if n.ips.iter().any(|ip| self.claims.get(ip) != Some(&1)) {
+                        return None;
+                    }
+                    touched.insert(id);
+                    self.pods.insert(key.clone(), (n.clone(), id));
+                    Some((n.clone(), id))
+                }
+                None => None,
+            };
+            moved.push((key.clone(), old.map(|(p, _)| p), joined));
+        }
+        // An identity that appears, empties or changes its named ports
+        // changes rules' peers and other endpoints' entries.
+        for id in &touched {
+            let m = self.members.get(id)?;
+            let known = self.translated.pod_ids.get(id)?;
+            if m.count == 0 || !m.ports.keys().eq(known.ports.iter()) {
+                return None;
+            }
+        }
+
+        let node = self.node.as_deref();
+        let mut d = PolicyDelta::default();
+        // What leaves, then what arrives (an address may pass between pods).
+        for (_, old, _) in &moved {
+            let Some(o) = old else { continue };
+            for ip in &o.ips {
+                d.ipcache.insert(Prefix::host(*ip), None);
+            }
+            if is_local(o, node) {
+                if let Some(ep) = ids.lookup_endpoint(&o.namespace, &o.name) {
+                    for ip in &o.ips {
+                        d.endpoints.insert(*ip, None);
+                    }
+                    for e in current.entries.range(endpoint_range(ep)) {
+                        d.entries.insert(*e.0, None);
+                    }
+                    for k in endpoint_name_keys(ep) {
+                        d.names.insert(k, None);
+                    }
+                }
+            }
+        }
+        for ((ns, name), old, joined) in &moved {
+            let Some((n, id)) = joined else {
+                if old.as_ref().is_some_and(|o| is_local(o, node)) {
+                    ids.forget_endpoint(ns, name);
+                }
+                continue;
+            };
+            for ip in &n.ips {
+                d.ipcache.insert(Prefix::host(*ip), Some(pod_address(ids, &self.cidrs, ip, *id)));
+            }
+            if !is_local(n, node) {
+                if old.as_ref().is_some_and(|o| is_local(o, node)) {
+                    ids.forget_endpoint(ns, name);
+                }
+                continue;
+            }
+            let ep = ids.endpoint(ns, name);
+            let key = label_key(&self.namespaces, n, &self.cidrs);
+            let selected = selecting(policies, n, &key);
+            let ranked = ranked_rules(policies, |i| selected[i], ids, &self.translated.peers);
+            let (spec, entries) = endpoint_state(policies, &ranked, n, &key, (ep, *id), &self.translated.pod_ids);
+            for ip in &n.ips {
+                d.endpoints.entry(*ip).or_insert(None).get_or_insert(spec);
+            }
+            for (e, v) in entries {
+                d.entries.insert(e, Some(v));
+            }
+            for (k, v) in endpoint_names(policies, n, &key, ep) {
+                d.names.insert(k, Some(v));
+            }
+        }
+        Some(d)
+    }
+
+}
+
+/// Every policy entry of endpoint `ep`.
+fn endpoint_range(ep: u32) -> std::ops::RangeInclusive<PolicyEntry> {
+    let lo = PolicyEntry { endpoint: ep, direction: 0, identity: 0, proto: 0, port: 0, port_bits: 0 };
+    let hi = PolicyEntry { endpoint: ep, direction: u8::MAX, identity: u32::MAX, proto: u8::MAX, port: u16::MAX, port_bits: u8::MAX };
+    lo..=hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        policy::{
+            compile_object,
+            translate::{assign, names, translate_indexed},
+        },
+        Kind, Object,
+    };
+    use proptest::prelude::*;
+    use weir_common::policy::NameKey;
+
+    const NS: [&str; 3] = ["x", "y", "z"];
+    const APPS: [&str; 4] = ["web", "cli", "db", "job"];
+
+    /// Policies that name pods, namespaces, networks and named ports, in
+    /// every tier.
+    const POLICIES: [&str; 5] = [
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: cli}}}, {namespaceSelector: {matchLabels: {team: b}}}]\n    ports: [{port: http}, {port: 9000, endPort: 9003, protocol: UDP}]\n",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress, namespace: y}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24, 10.0.0.0/24]}}]\n  - ports: [{port: http}]\n",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: all, namespace: z}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
+        "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: no-jobs}\nspec:\n  priority: 5\n  subject: {namespaces: {}, pods: {matchLabels: {app: db}}}\n  ingress:\n  - {name: no-job, action: Deny, peers: [{pods: {matchLabels: {app: job}}}], ports: [{port: 5432}]}\n",
+        "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: base}\nspec:\n  tier: Baseline\n  priority: 5\n  subject: {namespaces: {matchLabels: {team: b}}}\n  egress:\n  - {name: no-net, action: Deny, peers: [{networks: [10.0.2.0/24]}]}\n",
+    ];
+
+    fn policies() -> Vec<CompiledPolicy> {
+        POLICIES
+            .iter()
+            .map(|y| {
+                let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("yaml");
+                let kind = Kind::from_kind(v["kind"].as_str().expect("kind")).expect("known kind");
+                compile_object(&Object::from_value(kind, v).expect("decodes")).expect("a policy").strict().expect("compiles")
+            })
+            .collect()
+    }
+
+    /// Pod `i` of the generated world: namespace, app, node, address and
+    /// named port all follow from `i` and `variant`.
+    fn pod(i: usize, variant: usize) -> PodInfo {
+        let app = APPS[(i + variant) % APPS.len()];
+        let http = if app == "web" || variant % 3 == 0 { vec![NamedPort { name: "http".into(), proto: 6, port: 8080 }] } else { vec![] };
+        PodInfo {
+            namespace: NS[i % NS.len()].into(),
+            name: format!("p{i}"),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![format!("10.0.{}.{}", (i + variant) % 3, 10 + i).parse().expect("ip")],
+            node: Some(if (i + variant) % 2 == 0 { "n1" } else { "n2" }.into()),
+            ports: http,
+        }
+    }
+
+    fn world(pods: &BTreeMap<usize, PodInfo>) -> World {
+        World { pods: pods.values().cloned().collect(), namespaces: [("y".to_string(), [("team".to_string(), "b".to_string())].into())].into() }
+    }
+
+    fn full(policies: &[CompiledPolicy], w: &World, ids: &mut Ids, cidrs: &BTreeSet<Prefix>) -> (PolicyState, BTreeMap<NameKey, String>, Translated) {
+        assign(ids, policies, w, cidrs, Some("n1"));
+        let (s, t) = translate_indexed(policies, w, ids, cidrs, Some("n1"));
+        (s, names(policies, w, ids, cidrs, Some("n1")), t)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// After any sequence of pod changes, the programmed state built
+        /// from deltas equals the full translation of the new world, and
+        /// the common changes take the delta path.
+        #[test]
+        fn pod_deltas_equal_the_full_translation(steps in prop::collection::vec((0usize..24, 0usize..6, any::<bool>(), any::<bool>()), 1..40)) {
+            let policies = policies();
+            let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+            let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
+            let mut ids = Ids::new();
+            let (mut state, mut names_now, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
+            let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+            for (i, variant, present, portless) in steps {
+                let new = present.then(|| pod(i, variant)).map(|mut p| {
+                    if portless {
+                        p.ports.clear();
+                    }
+                    p
+                });
+                match &new {
+                    Some(p) => pods.insert(i, p.clone()),
+                    None => pods.remove(&i),
+                };
+                let key = (NS[i % NS.len()].to_string(), format!("p{i}"));
+                match index.apply(&[(key, new)], &policies, &mut ids, &state) {
+                    Some(d) => {
+                        d.apply_to(&mut state, &mut names_now);
+                        let mut check = ids.clone();
+                        let (want, want_names, _) = full(&policies, &world(&pods), &mut check, &cidrs);
+                        prop_assert_eq!(&state, &want);
+                        prop_assert_eq!(&names_now, &want_names);
+                    }
+                    None => {
+                        let (s, n, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
+                        (state, names_now) = (s, n);
+                        index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pod_joining_an_identity_with_members_is_a_delta_of_its_own_cells() {
+        let policies = policies();
+        let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+        let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
+        let mut ids = Ids::new();
+        let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
+        let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+        // p0 (x, web, n1) relabelled cli: x/cli has other members.
+        let mut moved = pod(0, 0);
+        moved.labels.insert("app".into(), "cli".into());
+        pods.insert(0, moved.clone());
+        let d = index.apply(&[(("x".into(), "p0".into()), Some(moved))], &policies, &mut ids, &state).expect("a delta");
+        assert_eq!(d.ipcache.len(), 1, "its one address");
+        assert!(d.entries.keys().all(|e| Some(e.endpoint) == ids.lookup_endpoint("x", "p0")), "only its own endpoint's entries");
+        assert!(!d.entries.is_empty(), "web's entries go");
+        // A label set nobody has: a new identity, every rule's peers may change.
+        let mut fresh = pod(3, 0);
+        fresh.labels.insert("tier".into(), "new".into());
+        assert!(index.apply(&[(("x".into(), "p3".into()), Some(fresh))], &policies, &mut ids, &state).is_none());
+    }
+
+    #[test]
+    fn an_address_two_pods_claim_needs_the_full_translation() {
+        let policies = policies();
+        let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+        let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
+        let mut ids = Ids::new();
+        let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
+        let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+        let mut thief = pod(12, 0);
+        thief.ips = pod(0, 0).ips;
+        assert!(index.apply(&[(("x".into(), "p12".into()), Some(thief))], &policies, &mut ids, &state).is_none());
+    }
+}
