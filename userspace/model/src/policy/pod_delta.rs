@@ -293,26 +293,31 @@ mod tests {
         /// from deltas equals the full translation of the new world, and
         /// the common changes take the delta path.
         #[test]
-        fn pod_deltas_equal_the_full_translation(steps in prop::collection::vec((0usize..24, 0usize..6, any::<bool>(), any::<bool>()), 1..40)) {
+        fn pod_deltas_equal_the_full_translation(steps in prop::collection::vec((0usize..24, 0usize..6, any::<bool>(), any::<bool>()), 1..40), batch in 1usize..4) {
             let policies = policies();
             let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
             let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
             let mut ids = Ids::new();
             let (mut state, mut names_now, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
             let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
-            for (i, variant, present, portless) in steps {
-                let new = present.then(|| pod(i, variant)).map(|mut p| {
-                    if portless {
-                        p.ports.clear();
-                    }
-                    p
-                });
-                match &new {
-                    Some(p) => pods.insert(i, p.clone()),
-                    None => pods.remove(&i),
-                };
-                let key = (NS[i % NS.len()].to_string(), format!("p{i}"));
-                match index.apply(&[(key, new)], &policies, &mut ids, &state) {
+            // Applied in batches, one change per pod (as the agent sees them).
+            for chunk in steps.chunks(batch) {
+                let mut changes: BTreeMap<PodKey, Option<PodInfo>> = BTreeMap::new();
+                for &(i, variant, present, portless) in chunk {
+                    let new = present.then(|| pod(i, variant)).map(|mut p| {
+                        if portless {
+                            p.ports.clear();
+                        }
+                        p
+                    });
+                    match &new {
+                        Some(p) => pods.insert(i, p.clone()),
+                        None => pods.remove(&i),
+                    };
+                    changes.insert((NS[i % NS.len()].to_string(), format!("p{i}")), new);
+                }
+                let changes: Vec<(PodKey, Option<PodInfo>)> = changes.into_iter().collect();
+                match index.apply(&changes, &policies, &mut ids, &state) {
                     Some(d) => {
                         d.apply_to(&mut state, &mut names_now);
                         let mut check = ids.clone();
