@@ -161,6 +161,72 @@ fn policy_churn_never_lets_a_denied_flow_through() {
     assert_eq!(allowed_ok.load(Ordering::Relaxed), allowed_tries.load(Ordering::Relaxed), "a flow allowed before and after a change was refused during it");
 }
 
+/// Writes `file` into the agent's source directory and waits for the
+/// reconcile it causes; returns that reconcile's log line.
+fn write_and_reconcile(c: &mut NetpolCluster, file: &str, yaml: &str) -> String {
+    let before = c.agent.log_text().matches("reconciled").count();
+    c.node.write_source(file, yaml.as_bytes());
+    c.agent.wait_for_log("reconciled", before + 1);
+    c.agent.log_text().lines().filter(|l| l.contains("reconciled")).nth(before).unwrap_or_default().to_string()
+}
+
+/// A Pod object of the matrix's shape (labels `pod: <label>`, the
+/// matrix's named ports).
+fn pod_yaml(ns: &str, name: &str, label: &str, node: &str, ip: Ipv4Addr) -> String {
+    let ports: String = weir_tests::netpol::PORTS
+        .iter()
+        .flat_map(|port| ["TCP", "UDP"].map(|proto| format!("    - name: serve-{port}-{}\n      containerPort: {port}\n      protocol: {proto}\n", proto.to_lowercase())))
+        .collect();
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    pod: {label}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: agnhost\n    ports:\n{ports}status:\n  phase: Running\n  podIP: {ip}\n---\n")
+}
+
+#[test]
+fn pod_changes_are_programmed_alone_and_enforced_at_once() {
+    let mut c = NetpolCluster::new();
+    // Pods on another node share every label set of y, so an identity
+    // keeps members when a pod leaves it: pod changes take the delta path.
+    let twins: String = ["a", "b", "c"].iter().enumerate().map(|(i, l)| pod_yaml("y", &format!("{l}-twin"), l, "elsewhere", Ipv4Addr::new(10, 244, 9, 10 + i as u8))).collect();
+    let twins = twins + &pod_yaml("x", "a-twin", "a", "elsewhere", Ipv4Addr::new(10, 244, 9, 20));
+    write_and_reconcile(&mut c, "twins.yaml", &twins);
+    c.apply(&np("x", "a-from-b", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector: {}\n    podSelector:\n      matchLabels: {pod: b}"));
+    assert!(c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "y/b is admitted");
+    assert!(!c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp), "y/a is not");
+
+    // y/a becomes a `pod: b`: admitted at once, by a delta.
+    let node = c.node.ns().name().to_string();
+    let base = weir_tests::netpol::base_objects(&node);
+    let ya = "  name: a\n  namespace: y\n  labels:\n    pod: a\n";
+    assert!(base.contains(ya));
+    let line = write_and_reconcile(&mut c, "base.yaml", &base.replace(ya, "  name: a\n  namespace: y\n  labels:\n    pod: b\n"));
+    assert!(line.contains("policy=\"delta\""), "a relabel into a populated identity is translated alone: {line}");
+    assert!(c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp), "y/a, now a b, is admitted");
+    assert!(c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "y/b still is");
+    assert!(!c.probe(p("y", "c"), p("x", "a"), 80, Proto::Tcp), "y/c still is not");
+    let line = write_and_reconcile(&mut c, "base.yaml", &base);
+    assert!(line.contains("policy=\"delta\""), "and back: {line}");
+    assert!(!c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp), "y/a, an a again, is refused at once");
+
+    // A new pod on this node, labelled like x/a: isolated like x/a from
+    // its first reconcile, by a delta of its own endpoint.
+    let ip = Ipv4Addr::new(10, 244, 1, 30);
+    let pod = c.node.pod("x-new", ip);
+    c.agent.wait_attached(&pod.host_if, pod.host_ifindex);
+    let _server = weir_tests::traffic::tcp_server(pod.ns(), 80, weir_tests::traffic::Reply::Name("x/new".into()));
+    let line = write_and_reconcile(&mut c, "new.yaml", &pod_yaml("x", "new", "a", &node, ip));
+    assert!(line.contains("policy=\"delta\""), "a new pod of a populated identity is translated alone: {line}");
+    assert!(probe_ip(c.pod(p("y", "b")), ip, 80, Proto::Tcp, "x/new"), "y/b reaches the new a");
+    assert!(!probe_ip(c.pod(p("y", "a")), ip, 80, Proto::Tcp, "x/new"), "y/a does not: the new pod is isolated like x/a");
+    assert!(!probe_ip(c.pod(p("z", "c")), ip, 80, Proto::Tcp, "x/new"), "nor does z/c");
+    let shown = c.node.weir(&["policy", "show", "x/new"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("x/a-from-b"), "the CLI names the new endpoint and what isolates it:\n{shown}");
+    // Gone again: its endpoint goes with it, by a delta.
+    let line = write_and_reconcile(&mut c, "new.yaml", "");
+    assert!(line.contains("policy=\"delta\""), "a pod leaving a populated identity is translated alone: {line}");
+    let gone = c.node.weir(&["policy", "show", "10.244.1.30"]);
+    assert!(!gone.status.success(), "its endpoint is gone: {}", String::from_utf8_lossy(&gone.stdout));
+}
+
 /// The value of one /metrics series.
 fn gauge(c: &NetpolCluster, series: &str) -> Option<String> {
     let m = c.node.agent_http("/metrics");

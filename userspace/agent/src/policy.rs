@@ -10,7 +10,8 @@ use weir_datapath::{policy::{PolicyMaps, PolicyWrites}, DatapathError, PinLayout
 use weir_desired::policy::Prefix;
 use weir_model::{
     policy::{
-        translate::{assign, is_local, label_key, names, translate},
+        pod_delta::{PodIndex, PodKey},
+        translate::{assign, is_local, label_key, names, translate, translate_indexed},
         CompiledPolicy, Ids,
     },
     validate::FieldError,
@@ -33,6 +34,22 @@ pub struct PolicyReconciler {
     last: Option<(Vec<CompiledPolicy>, BTreeSet<Prefix>)>,
     /// The policies with parts that failed to compile (and fail closed).
     failed: Vec<(ObjectKey, Vec<FieldError>)>,
+    /// What the last full reconcile knew, for translating pod changes
+    /// alone; `None` until then, and after a delta could not say.
+    index: Option<PodIndex>,
+}
+
+/// Pod changes in one batch above which the whole policy is translated
+/// again (a relist): one pass beats many deltas.
+const DELTA_MAX_PODS: usize = 1024;
+
+/// How one policy reconcile went, for the log and the tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyPath {
+    /// Everything translated again.
+    Full,
+    /// Only the changed pods.
+    Delta,
 }
 
 fn cidrs_of(policies: &[CompiledPolicy]) -> BTreeSet<Prefix> {
@@ -42,7 +59,7 @@ fn cidrs_of(policies: &[CompiledPolicy]) -> BTreeSet<Prefix> {
 impl PolicyReconciler {
     #[allow(clippy::result_large_err)] // once, at start-up
     pub fn open(layout: &PinLayout, node: Option<String>) -> Result<Self, DatapathError> {
-        Ok(Self { maps: PolicyMaps::open(layout)?, ids: Ids::new(), node, last: None, failed: Vec::new() })
+        Ok(Self { maps: PolicyMaps::open(layout)?, ids: Ids::new(), node, last: None, failed: Vec::new(), index: None })
     }
 
     /// Reuses the ids an earlier agent left in the maps, so a restart
@@ -88,19 +105,42 @@ impl PolicyReconciler {
         assign(&mut self.ids, &policies, &world, &new_cidrs, node);
         // Three translations in general (see weir_datapath::policy); one
         // when only pods or namespaces changed and the CIDR set is the same.
-        let new_rules = translate(&policies, &world, &self.ids, &union, node);
+        let (fin, translated) = translate_indexed(&policies, &world, &self.ids, &new_cidrs, node);
+        let new_rules = if union == new_cidrs { fin.clone() } else { translate(&policies, &world, &self.ids, &union, node) };
         let old_rules = if old_policies == policies { new_rules.clone() } else { translate(&old_policies, &world, &self.ids, &union, node) };
-        let fin = if union == new_cidrs { new_rules.clone() } else { translate(&policies, &world, &self.ids, &new_cidrs, node) };
         let names = names(&policies, &world, &self.ids, &new_cidrs, node);
         let mut w = PolicyWrites::default();
         self.maps.set_names(&names, &mut w);
         self.maps.transition_into(&old_rules, &new_rules, &fin, &mut w);
         self.maps.prune_names(&names, &mut w);
         self.retain_ids(&world, &new_cidrs);
+        self.index = PodIndex::build(&world, &self.ids, &new_cidrs, node, translated);
         tracing::debug!(endpoints = fin.endpoints.len(), entries = fin.entries.len(), ipcache = fin.ipcache.len(), writes = w.map_writes, "policy translated");
         let out = PolicyOutcome { map_writes: w.map_writes, errors: w.errors };
         self.last = Some((policies, new_cidrs));
         out
+    }
+
+    /// Programs the policy state of `state` after only `pods` changed:
+    /// their delta when it can be had (`pod_delta`), everything otherwise.
+    pub fn reconcile_pods(&mut self, state: &ClusterState, pods: &std::collections::BTreeSet<PodKey>) -> (PolicyOutcome, PolicyPath) {
+        if let (Some(index), Some((policies, _))) = (self.index.as_mut(), self.last.as_ref()) {
+            if pods.len() <= DELTA_MAX_PODS {
+                let changes: Vec<(PodKey, Option<weir_model::policy::world::PodInfo>)> = pods.iter().map(|k| (k.clone(), state.policy_pod(&k.0, &k.1))).collect();
+                if let Some(d) = index.apply(&changes, policies, &mut self.ids, self.maps.current()) {
+                    let mut w = PolicyWrites::default();
+                    self.maps.apply_delta(&d, &mut w);
+                    if !w.errors.is_empty() {
+                        // The next change translates in full, and retries.
+                        self.index = None;
+                    }
+                    tracing::debug!(pods = pods.len(), writes = w.map_writes, "policy delta");
+                    return (PolicyOutcome { map_writes: w.map_writes, errors: w.errors }, PolicyPath::Delta);
+                }
+            }
+        }
+        self.index = None;
+        (self.reconcile(state), PolicyPath::Full)
     }
 
     /// Logs the policies whose parts fail closed, when that set changes.

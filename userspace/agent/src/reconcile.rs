@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use weir_datapath::{lb::Lb, DatapathError};
 
-use crate::policy::{PolicyOutcome, PolicyReconciler};
+use crate::policy::{PolicyOutcome, PolicyPath, PolicyReconciler};
 use weir_desired::{Frontend, ServiceSpec};
 use weir_model::{
     state::{Affected, ServiceKey},
@@ -39,6 +39,8 @@ pub struct Outcome {
     pub repairs: usize,
     /// Policy map writes (endpoints, ipcache, entries).
     pub policy_writes: usize,
+    /// How policy was translated, if it was.
+    pub policy_path: Option<PolicyPath>,
     pub errors: Vec<(String, DatapathError)>,
 }
 
@@ -125,6 +127,11 @@ impl Reconciler {
         self.program_batch(batch, &mut out);
         if affected.policy {
             out.add_policy(self.policy.reconcile(state));
+            out.policy_path = Some(PolicyPath::Full);
+        } else if !affected.pods.is_empty() {
+            let (p, path) = self.policy.reconcile_pods(state, &affected.pods);
+            out.add_policy(p);
+            out.policy_path = Some(path);
         }
         out
     }
@@ -162,6 +169,7 @@ impl Reconciler {
             Err(e) => out.errors.push(("unreferenced backends".into(), e)),
         }
         out.add_policy(self.policy.reconcile(state));
+        out.policy_path = Some(PolicyPath::Full);
         out
     }
 

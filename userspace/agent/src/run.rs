@@ -512,6 +512,10 @@ fn log_outcome(what: &str, out: &Outcome, took: Duration, metrics: &Metrics) {
         writes = out.map_writes,
         ct_purged = out.ct_purged,
         policy_writes = out.policy_writes,
+        policy = out.policy_path.map(|p| match p {
+            crate::policy::PolicyPath::Full => "full",
+            crate::policy::PolicyPath::Delta => "delta",
+        }),
         repairs = out.repairs,
         errors = out.errors.len(),
         took_us = took.as_micros() as u64,

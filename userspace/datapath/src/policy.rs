@@ -25,7 +25,7 @@ use weir_common::{
     maps::{ENDPOINTS, ENDPOINTS_MAX_ENTRIES, IPCACHE, IPCACHE_MAX_ENTRIES, POLICY, POLICY_MAX_ENTRIES, NAMES, NAMES_MAX_ENTRIES},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue, RuleName, NameKey, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED, V4_PREFIX_BASE},
 };
-use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
+use weir_desired::policy::{EndpointSpec, PolicyDelta, PolicyEntry, PolicyState, Prefix};
 
 use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
 
@@ -139,6 +139,44 @@ impl PolicyMaps {
         self.remove_ipcache(&fin.ipcache, w);
         self.remove_entries(&fin.entries, w);
         self.remove_endpoints(&fin.endpoints, w);
+    }
+
+    /// Applies a delta of pod changes (`weir_model::policy::pod_delta`):
+    /// names, then new entries (most specific first), the ipcache and the
+    /// endpoints, then what goes: entries (broadest first), addresses and
+    /// endpoints, names last. A pod's new cells are in place before its
+    /// address or endpoint points at them, as in a transition.
+    pub fn apply_delta(&mut self, d: &PolicyDelta, w: &mut PolicyWrites) {
+        let names: BTreeMap<NameKey, String> = d.names.iter().filter_map(|(k, v)| Some((*k, v.clone()?))).collect();
+        self.set_names(&names, w);
+        self.put_entries(&puts(&d.entries), w);
+        self.put_ipcache(&puts(&d.ipcache), w);
+        self.put_endpoints(&puts(&d.endpoints), w);
+        let mut gone: Vec<PolicyEntry> = d.entries.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+        gone.sort_by_key(|e| e.key().0);
+        let policy = &mut self.policy;
+        remove_keys(&mut self.current.entries, gone, POLICY, |e| format!("{e:?}"), w, |e| {
+            let (len, data) = e.key();
+            policy.remove(&Key::new(len, data))
+        });
+        let ipcache = &mut self.ipcache;
+        let gone = d.ipcache.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k);
+        remove_keys(&mut self.current.ipcache, gone, IPCACHE, Prefix::to_string, w, |p| ipcache.remove(&Key::new(p.key_len(), Addr::from(p.addr))));
+        let endpoints = &mut self.endpoints;
+        let gone = d.endpoints.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k);
+        remove_keys(&mut self.current.endpoints, gone, ENDPOINTS, IpAddr::to_string, w, |ip| endpoints.remove(&Addr::from(*ip)));
+        for (k, _) in d.names.iter().filter(|(_, v)| v.is_none()) {
+            if !self.name_cache.contains_key(k) {
+                continue;
+            }
+            match self.names.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    self.name_cache.remove(k);
+                    w.map_writes += 1;
+                }
+                Err(source) => w.errors.push((format!("name {k:?}"), DatapathError::Map { name: NAMES, source })),
+            }
+        }
     }
 
     /// Rewrites anything in the maps that differs from what was programmed
@@ -260,6 +298,11 @@ fn put_changed<K: Ord + Copy, V: PartialEq + Copy>(
     }
 }
 
+/// The keys a delta gives values, with them.
+fn puts<K: Ord + Copy, V: Copy>(m: &BTreeMap<K, Option<V>>) -> BTreeMap<K, V> {
+    m.iter().filter_map(|(k, v)| Some((*k, (*v)?))).collect()
+}
+
 /// Deletes every key of `current` that `keep` lacks, in ascending
 /// `order`; a key already gone counts as deleted.
 fn remove_missing<K: Ord + Copy, V, W>(
@@ -269,11 +312,27 @@ fn remove_missing<K: Ord + Copy, V, W>(
     map: &'static str,
     describe: impl Fn(&K) -> String,
     w: &mut PolicyWrites,
-    mut remove: impl FnMut(&K) -> Result<(), aya::maps::MapError>,
+    remove: impl FnMut(&K) -> Result<(), aya::maps::MapError>,
 ) {
     let mut doomed: Vec<K> = current.keys().filter(|k| !keep.contains_key(k)).copied().collect();
     doomed.sort_by_key(|k| order(k));
+    remove_keys(current, doomed, map, describe, w, remove);
+}
+
+/// Deletes `doomed` (in its order) where `current` holds them; a key
+/// already gone from the map counts as deleted.
+fn remove_keys<K: Ord + Copy, V>(
+    current: &mut BTreeMap<K, V>,
+    doomed: impl IntoIterator<Item = K>,
+    map: &'static str,
+    describe: impl Fn(&K) -> String,
+    w: &mut PolicyWrites,
+    mut remove: impl FnMut(&K) -> Result<(), aya::maps::MapError>,
+) {
     for k in doomed {
+        if !current.contains_key(&k) {
+            continue;
+        }
         match remove(&k) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
                 current.remove(&k);

@@ -33,8 +33,11 @@ pub struct Affected {
     pub services: BTreeSet<ServiceKey>,
     /// Something every service's translation depends on changed (a Node).
     pub all: bool,
-    /// A Pod, Namespace or NetworkPolicy changed: policy needs translating.
+    /// A Namespace or a policy changed: all policy needs translating.
     pub policy: bool,
+    /// Pods whose model (or registration) changed: their policy needs
+    /// translating (`policy::pod_delta`).
+    pub pods: BTreeSet<(String, String)>,
     /// A Node's routing-relevant fields changed (pod CIDRs, addresses).
     pub nodes: bool,
 }
@@ -44,11 +47,12 @@ impl Affected {
         self.services.extend(other.services);
         self.all |= other.all;
         self.policy |= other.policy;
+        self.pods.extend(other.pods);
         self.nodes |= other.nodes;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && !self.all && !self.policy && !self.nodes
+        self.services.is_empty() && !self.all && !self.policy && self.pods.is_empty() && !self.nodes
     }
 }
 
@@ -161,7 +165,10 @@ impl ClusterState {
                 a.all = true;
                 a.nodes = true;
             }
-            Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy => a.policy = true,
+            Kind::Pod => {
+                a.pods.insert((key.namespace.clone(), key.name.clone()));
+            }
+            Kind::Namespace | Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy => a.policy = true,
         }
         a
     }
@@ -275,14 +282,15 @@ impl ClusterState {
         if self.local.get(&key) == Some(&info) {
             return Affected::default();
         }
-        self.local.insert(key, info);
-        Affected { policy: true, ..Affected::default() }
+        self.local.insert(key.clone(), info);
+        Affected { pods: [key].into(), ..Affected::default() }
     }
 
     /// Forgets a registration (the CNI removed the pod's network).
     pub fn unregister_local(&mut self, namespace: &str, name: &str) -> Affected {
-        match self.local.remove(&(namespace.to_string(), name.to_string())) {
-            Some(_) => Affected { policy: true, ..Affected::default() },
+        let key = (namespace.to_string(), name.to_string());
+        match self.local.remove(&key) {
+            Some(_) => Affected { pods: [key].into(), ..Affected::default() },
             None => Affected::default(),
         }
     }
@@ -299,12 +307,30 @@ impl ClusterState {
             Stored::Pod(Some(p)) if !self.local.contains_key(k) && !p.ips.is_empty() => Some(p.as_ref().clone()),
             _ => None,
         });
-        let local = self.local.values().map(|r| match self.pod(&r.namespace, &r.name) {
-            PodLookup::Known(p) => PodInfo { ips: r.ips.clone(), node: r.node.clone(), ..p.clone() },
-            _ => r.clone(),
-        });
+        let local = self.local.values().map(|r| self.registered_pod(r));
         let pods: Vec<PodInfo> = stored.chain(local).collect();
         crate::policy::World::from_parts(self.objects_of(Kind::Namespace), pods.iter())
+    }
+
+    /// A registered pod as policy sees it: the CNI's addresses and node,
+    /// the delivered Pod's labels and ports (the registration's until then).
+    fn registered_pod(&self, r: &PodInfo) -> PodInfo {
+        match self.pod(&r.namespace, &r.name) {
+            PodLookup::Known(p) => PodInfo { ips: r.ips.clone(), node: r.node.clone(), ..p.clone() },
+            _ => r.clone(),
+        }
+    }
+
+    /// One pod of [`ClusterState::policy_world`], if it is there.
+    pub fn policy_pod(&self, namespace: &str, name: &str) -> Option<PodInfo> {
+        let key = (namespace.to_string(), name.to_string());
+        match self.local.get(&key) {
+            Some(r) => Some(self.registered_pod(r)),
+            None => match self.pod(namespace, name) {
+                PodLookup::Known(p) if !p.ips.is_empty() => Some(p.clone()),
+                _ => None,
+            },
+        }
     }
 
     /// Every NetworkPolicy, WeirNetworkPolicy and ClusterNetworkPolicy,
@@ -399,7 +425,7 @@ mod tests {
         let status_only = pod(", conditions: [{type: Ready, status: 'True'}], containerStatuses: [{name: c, image: x, imageID: y, ready: true, restartCount: 3}]", "app: web");
         assert!(st.apply(Change::Upsert(status_only)).is_empty(), "conditions and container statuses change nothing weir reads");
         let relabelled = st.apply(Change::Upsert(pod("", "app: api")));
-        assert!(relabelled.policy && !relabelled.all, "a label change is policy work");
+        assert!(relabelled.pods.contains(&("shop".to_string(), "web-0".to_string())) && !relabelled.policy && !relabelled.all, "a label change is that pod's policy work");
         assert_eq!(st.policy_world().pods.len(), 1);
         assert_eq!(st.policy_world().pods[0].labels.get("app").map(String::as_str), Some("api"));
         assert!(!st.apply(Change::Delete(ObjectKey { kind: Kind::Pod, namespace: "shop".into(), name: "web-0".into() })).is_empty());
@@ -420,16 +446,18 @@ mod tests {
     #[test]
     fn a_registered_pod_is_in_policy_with_its_cni_address_before_and_after_the_source_delivers_it() {
         let mut st = ClusterState::new();
-        assert!(st.apply(Change::Upsert(pod("", "app: web"))).policy);
+        assert!(!st.apply(Change::Upsert(pod("", "app: web"))).pods.is_empty());
         let pending = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, labels: {app: api}}\nspec: {nodeName: n1, containers: [{name: c, image: x}]}\nstatus: {phase: Pending}\n";
         let pending = Object::Pod(serde_yaml_ng::from_str(pending).expect("pod"));
         st.apply(Change::Upsert(pending));
         assert!(matches!(st.pod("shop", "web-0"), PodLookup::Known(p) if p.ips.is_empty()), "an IP-less pod is known, with its labels");
         assert!(st.policy_world().pods.is_empty(), "no address, nothing to police yet");
-        assert!(st.register_local(registered("10.244.1.9", &[("app", "stale")])).policy);
+        assert_eq!(st.policy_pod("shop", "web-0"), None);
+        assert!(!st.register_local(registered("10.244.1.9", &[("app", "stale")])).pods.is_empty());
         assert!(st.register_local(registered("10.244.1.9", &[("app", "stale")])).is_empty(), "the same registration again is no work");
         let w = st.policy_world();
         assert_eq!(w.pods.len(), 1);
+        assert_eq!(st.policy_pod("shop", "web-0").as_ref(), w.pods.first(), "one pod of the world is the world's");
         assert_eq!(w.pods[0].ips, vec!["10.244.1.9".parse::<std::net::IpAddr>().expect("ip")], "the CNI's address");
         assert_eq!(w.pods[0].labels.get("app").map(String::as_str), Some("api"), "the delivered Pod's labels win");
         // The API server's (older) IP does not replace the registered one.
@@ -439,7 +467,7 @@ mod tests {
         st.apply(Change::Delete(ObjectKey { kind: Kind::Pod, namespace: "shop".into(), name: "web-0".into() }));
         let w = st.policy_world();
         assert_eq!((w.pods.len(), w.pods[0].labels.get("app").map(String::as_str)), (1, Some("stale")));
-        assert!(st.unregister_local("shop", "web-0").policy);
+        assert!(!st.unregister_local("shop", "web-0").pods.is_empty());
         assert!(st.policy_world().pods.is_empty());
         assert!(st.unregister_local("shop", "web-0").is_empty());
     }
