@@ -150,6 +150,12 @@ impl Ids {
         self.endpoints.retain(|k, _| endpoints.contains(k));
     }
 
+    /// Forgets a pod identity no pod has any more (its id is not handed
+    /// out again).
+    pub fn forget_pod(&mut self, key: &LabelKey) {
+        self.pods.remove(key);
+    }
+
     /// Forgets a local endpoint that is gone (its id is not handed out again).
     pub fn forget_endpoint(&mut self, ns: &str, name: &str) {
         self.endpoints.remove(&(ns.to_string(), name.to_string()));

@@ -1,26 +1,36 @@
 //! Pod changes translated alone. A pod that joins or leaves an identity
 //! that keeps other pods (and the same named ports) changes only its own
 //! addresses in the ipcache and, when it runs on this node, its own
-//! endpoint and entries: no rule's peers change, so no other endpoint's
-//! entries do. [`PodIndex`] keeps what the last full translation knew
-//! (every pod's identity, each identity's members, every rule's peers) and
-//! turns such changes into a [`PolicyDelta`]; anything else (an identity
-//! appearing or emptying, its named ports changing, two pods claiming one
-//! address) returns `None`, and the caller translates in full.
+//! endpoint and entries. An identity that appears, empties or changes its
+//! named ports also changes the peers of the rules that select it, so
+//! every endpoint on this node is evaluated again (never a pod elsewhere:
+//! the work is per node, not per cluster). [`PodIndex`] keeps what the
+//! last full translation knew (every pod's identity, each identity's
+//! members, every rule's peers) and turns changes into a [`PolicyDelta`];
+//! two pods claiming one address return `None`, and the caller translates
+//! in full.
 //!
 //! The delta is exactly the difference between the full translation
 //! before and after the change (the tests below check it against
 //! [`translate`](super::translate::translate) on random changes).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use weir_common::policy::{NameKey, NAME_IDENTITY};
 
 use weir_desired::policy::{PolicyDelta, PolicyEntry, PolicyState, Prefix};
 
 use super::{
     compile::CompiledPolicy,
-    ids::Ids,
-    translate::{endpoint_name_keys, endpoint_names, endpoint_state, is_local, label_key, pod_address, ranked_rules, selecting, Translated},
+    ids::{Ids, LabelKey},
+    translate::{
+        endpoint_name_keys, endpoint_names, endpoint_state, identity_name, is_local, label_key, peer_selects, pod_address, ranked_rules, rule_refs, selecting, PodIdentity,
+        Translated,
+    },
     world::{NamedPort, PodInfo, World},
 };
 
@@ -46,6 +56,8 @@ pub struct PodIndex {
     members: BTreeMap<u32, Members>,
     /// Pods claiming each address.
     claims: BTreeMap<IpAddr, usize>,
+    /// The pods on this node.
+    local: BTreeSet<PodKey>,
     translated: Translated,
 }
 
@@ -61,12 +73,17 @@ impl PodIndex {
             pods: BTreeMap::new(),
             members: BTreeMap::new(),
             claims: BTreeMap::new(),
+            local: BTreeSet::new(),
             translated,
         };
         for pod in &world.pods {
             let id = ids.lookup_pod(&label_key(world, pod, cidrs))?;
             me.join(pod, id);
-            if me.pods.insert((pod.namespace.clone(), pod.name.clone()), (pod.clone(), id)).is_some() {
+            let key = (pod.namespace.clone(), pod.name.clone());
+            if is_local(pod, node) {
+                me.local.insert(key.clone());
+            }
+            if me.pods.insert(key, (pod.clone(), id)).is_some() {
                 return None;
             }
         }
@@ -113,13 +130,14 @@ impl PodIndex {
 
     /// The delta for `changes` (each pod's new model with an address, or
     /// `None` when it has none any more), against `current` (what is
-    /// programmed); `None` when only a full translation can say. New
-    /// local pods get endpoint ids from `ids`. After `None` the index is
-    /// spent: build it again from the full translation.
+    /// programmed); `None` when only a full translation can say (two pods
+    /// claiming one address). New local pods get endpoint ids, and new
+    /// label sets identities, from `ids`. After `None` the index is spent:
+    /// build it again from the full translation.
     pub fn apply(&mut self, changes: &[(PodKey, Option<PodInfo>)], policies: &[CompiledPolicy], ids: &mut Ids, current: &PolicyState) -> Option<PolicyDelta> {
         // Membership first, so the checks see the batch as a whole.
         let mut moved: Vec<(PodKey, Option<PodInfo>, Option<(PodInfo, u32)>)> = Vec::new();
-        let mut touched = BTreeSet::new();
+        let mut touched: BTreeMap<u32, LabelKey> = BTreeMap::new();
         for (key, new) in changes {
             let old = self.pods.remove(key);
             if old.as_ref().map(|(p, _)| p) == new.as_ref() {
@@ -132,89 +150,152 @@ impl PodIndex {
                 if !self.leave(o, *id) {
                     return None;
                 }
-                touched.insert(*id);
+                touched.entry(*id).or_insert_with(|| label_key(&self.namespaces, o, &self.cidrs));
+                self.local.remove(key);
             }
             let joined = match new {
                 Some(n) => {
-                    let id = ids.lookup_pod(&label_key(&self.namespaces, n, &self.cidrs))?;
+                    let lk = label_key(&self.namespaces, n, &self.cidrs);
+                    let id = ids.pod(&lk);
                     self.join(n, id);
                     if n.ips.iter().any(|ip| self.claims.get(ip) != Some(&1)) {
                         return None;
                     }
-                    touched.insert(id);
+                    touched.entry(id).or_insert(lk);
                     self.pods.insert(key.clone(), (n.clone(), id));
+                    if is_local(n, self.node.as_deref()) {
+                        self.local.insert(key.clone());
+                    }
                     Some((n.clone(), id))
                 }
                 None => None,
             };
             moved.push((key.clone(), old.map(|(p, _)| p), joined));
         }
-        // An identity that appears, empties or changes its named ports
-        // changes rules' peers and other endpoints' entries.
-        for id in &touched {
-            let m = self.members.get(id)?;
-            let known = self.translated.pod_ids.get(id)?;
-            if m.count == 0 || !m.ports.keys().eq(known.ports.iter()) {
-                return None;
-            }
-        }
+
+        let mut d = PolicyDelta::default();
+        // Identities that appear, empty or change their named ports change
+        // rules' peers, and so every local endpoint's entries.
+        let changed = self.update_identities(&touched, policies, ids, &mut d);
 
         let node = self.node.as_deref();
-        let mut d = PolicyDelta::default();
         // What leaves, then what arrives (an address may pass between pods).
-        for (_, old, _) in &moved {
-            let Some(o) = old else { continue };
-            for ip in &o.ips {
-                d.ipcache.insert(Prefix::host(*ip), None);
+        let mut again: BTreeSet<PodKey> = if changed { self.local.clone() } else { BTreeSet::new() };
+        for ((ns, name), old, joined) in &moved {
+            if let Some(o) = old {
+                for ip in &o.ips {
+                    d.ipcache.insert(Prefix::host(*ip), None);
+                }
+                if is_local(o, node) {
+                    if let Some(ep) = ids.lookup_endpoint(&o.namespace, &o.name) {
+                        for ip in &o.ips {
+                            d.endpoints.insert(*ip, None);
+                        }
+                        for k in endpoint_name_keys(ep) {
+                            d.names.insert(k, None);
+                        }
+                    }
+                    if !self.local.contains(&(ns.clone(), name.clone())) {
+                        Self::drop_entries(ids.lookup_endpoint(ns, name), current, &mut d);
+                        ids.forget_endpoint(ns, name);
+                    }
+                }
             }
-            if is_local(o, node) {
-                if let Some(ep) = ids.lookup_endpoint(&o.namespace, &o.name) {
-                    for ip in &o.ips {
-                        d.endpoints.insert(*ip, None);
-                    }
-                    for e in current.entries.range(endpoint_range(ep)) {
-                        d.entries.insert(*e.0, None);
-                    }
-                    for k in endpoint_name_keys(ep) {
-                        d.names.insert(k, None);
-                    }
+            if joined.as_ref().is_some_and(|(n, _)| is_local(n, node)) {
+                again.insert((ns.clone(), name.clone()));
+            }
+        }
+        for (_, _, joined) in &moved {
+            if let Some((n, id)) = joined {
+                for ip in &n.ips {
+                    d.ipcache.insert(Prefix::host(*ip), Some(pod_address(ids, &self.cidrs, ip, *id)));
                 }
             }
         }
-        for ((ns, name), old, joined) in &moved {
-            let Some((n, id)) = joined else {
-                if old.as_ref().is_some_and(|o| is_local(o, node)) {
-                    ids.forget_endpoint(ns, name);
-                }
-                continue;
-            };
-            for ip in &n.ips {
-                d.ipcache.insert(Prefix::host(*ip), Some(pod_address(ids, &self.cidrs, ip, *id)));
-            }
-            if !is_local(n, node) {
-                if old.as_ref().is_some_and(|o| is_local(o, node)) {
-                    ids.forget_endpoint(ns, name);
-                }
-                continue;
-            }
-            let ep = ids.endpoint(ns, name);
-            let key = label_key(&self.namespaces, n, &self.cidrs);
-            let selected = selecting(policies, n, &key);
+        for key in &again {
+            let Some((pod, id)) = self.pods.get(key) else { continue };
+            let ep = ids.endpoint(&key.0, &key.1);
+            Self::drop_entries(Some(ep), current, &mut d);
+            let lk = label_key(&self.namespaces, pod, &self.cidrs);
+            let selected = selecting(policies, pod, &lk);
             let ranked = ranked_rules(policies, |i| selected[i], ids, &self.translated.peers);
-            let (spec, entries) = endpoint_state(policies, &ranked, n, &key, (ep, *id), &self.translated.pod_ids);
-            for ip in &n.ips {
+            let (spec, entries) = endpoint_state(policies, &ranked, pod, &lk, (ep, *id), &self.translated.pod_ids);
+            for ip in &pod.ips {
                 d.endpoints.entry(*ip).or_insert(None).get_or_insert(spec);
             }
             for (e, v) in entries {
                 d.entries.insert(e, Some(v));
             }
-            for (k, v) in endpoint_names(policies, n, &key, ep) {
+            for (k, v) in endpoint_names(policies, pod, &lk, ep) {
                 d.names.insert(k, Some(v));
             }
         }
         Some(d)
     }
 
+    /// Marks every programmed entry of endpoint `ep` to go (entries the
+    /// delta gives values later stay).
+    fn drop_entries(ep: Option<u32>, current: &PolicyState, d: &mut PolicyDelta) {
+        if let Some(ep) = ep {
+            for e in current.entries.range(endpoint_range(ep)) {
+                d.entries.insert(*e.0, None);
+            }
+        }
+    }
+
+    /// Brings the identities in `touched` (by id, with their keys) and
+    /// every rule's peers up to date with their members; returns whether
+    /// any identity appeared, emptied or changed its named ports.
+    fn update_identities(&mut self, touched: &BTreeMap<u32, LabelKey>, policies: &[CompiledPolicy], ids: &mut Ids, d: &mut PolicyDelta) -> bool {
+        let mut changed: Vec<(u32, bool)> = Vec::new();
+        for (id, key) in touched {
+            let Some(m) = self.members.get(id) else { continue };
+            let ports: BTreeSet<NamedPort> = m.ports.keys().cloned().collect();
+            match (m.count, self.translated.pod_ids.get_mut(id)) {
+                (0, known) => {
+                    self.members.remove(id);
+                    if known.is_some() {
+                        self.translated.pod_ids.remove(id);
+                        ids.forget_pod(key);
+                        d.names.insert(NameKey { kind: NAME_IDENTITY, id: *id }, None);
+                        changed.push((*id, false));
+                    }
+                }
+                (_, None) => {
+                    let cidr_id = key.cidr.and_then(|c| ids.lookup_cidr(&c));
+                    self.translated.pod_ids.insert(*id, PodIdentity { key: key.clone(), cidr_id, ports });
+                    d.names.insert(NameKey { kind: NAME_IDENTITY, id: *id }, Some(identity_name(key)));
+                    changed.push((*id, true));
+                }
+                (_, Some(known)) if known.ports != ports => {
+                    known.ports = ports;
+                    changed.push((*id, true));
+                }
+                _ => {}
+            }
+        }
+        if changed.is_empty() {
+            return false;
+        }
+        for p in policies {
+            for (_, _, rule, r) in rule_refs(p) {
+                let (Some(rid), Some(peers)) = (ids.lookup_rule(&r), rule.peers.as_ref()) else { continue };
+                let Some(Some(set)) = self.translated.peers.get_mut(&rid) else { continue };
+                for (id, present) in &changed {
+                    let wanted = *present && self.translated.pod_ids.get(id).is_some_and(|pi| peers.iter().any(|peer| peer_selects(peer, &p.namespace, &pi.key)));
+                    if wanted != set.contains(id) {
+                        let set = Arc::make_mut(set);
+                        if wanted {
+                            set.insert(*id);
+                        } else {
+                            set.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Every policy entry of endpoint `ep`.
@@ -339,22 +420,37 @@ mod tests {
     fn a_pod_joining_an_identity_with_members_is_a_delta_of_its_own_cells() {
         let policies = policies();
         let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
-        let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
+        let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
         let mut ids = Ids::new();
         let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
         let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
         // p0 (x, web, n1) relabelled cli: x/cli has other members.
         let mut moved = pod(0, 0);
         moved.labels.insert("app".into(), "cli".into());
-        pods.insert(0, moved.clone());
         let d = index.apply(&[(("x".into(), "p0".into()), Some(moved))], &policies, &mut ids, &state).expect("a delta");
         assert_eq!(d.ipcache.len(), 1, "its one address");
         assert!(d.entries.keys().all(|e| Some(e.endpoint) == ids.lookup_endpoint("x", "p0")), "only its own endpoint's entries");
         assert!(!d.entries.is_empty(), "web's entries go");
-        // A label set nobody has: a new identity, every rule's peers may change.
+    }
+
+    #[test]
+    fn a_new_label_set_is_a_new_identity_in_the_peers_that_select_it() {
+        let policies = policies();
+        let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+        let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
+        let mut ids = Ids::new();
+        let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
+        let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+        // p3 (x, job, on n2) becomes {app: cli, tier: new}: x/web's rule
+        // admits it, so x/web's endpoint on this node (p12) gets its cells.
         let mut fresh = pod(3, 0);
-        fresh.labels.insert("tier".into(), "new".into());
-        assert!(index.apply(&[(("x".into(), "p3".into()), Some(fresh))], &policies, &mut ids, &state).is_none());
+        fresh.labels = [("app".to_string(), "cli".to_string()), ("tier".to_string(), "new".to_string())].into();
+        let d = index.apply(&[(("x".into(), "p3".into()), Some(fresh))], &policies, &mut ids, &state).expect("a delta");
+        let id = d.ipcache.values().flatten().map(|i| i.identity).next().expect("its address");
+        assert!(!state.entries.keys().any(|e| e.identity == id), "a new identity");
+        assert_eq!(d.names.get(&NameKey { kind: NAME_IDENTITY, id }), Some(&Some("x {app=cli,tier=new} in 10.0.0.0/24".to_string())));
+        let web = ids.lookup_endpoint("x", "p12").expect("x/web on n1");
+        assert!(d.entries.iter().any(|(e, v)| e.endpoint == web && e.identity == id && v.is_some_and(|v| v.allows())), "x/web admits it");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn label_key(world: &World, pod: &PodInfo, cidrs: &BTreeSet<Prefix>) -> Labe
     }
 }
 
-fn rule_refs(p: &CompiledPolicy) -> impl Iterator<Item = (u8, usize, &Rule, RuleRef)> + '_ {
+pub(super) fn rule_refs(p: &CompiledPolicy) -> impl Iterator<Item = (u8, usize, &Rule, RuleRef)> + '_ {
     let r = move |dir: &'static str, i: usize, rule: &Rule| RuleRef {
         kind: p.kind,
         namespace: p.namespace.clone(),
@@ -275,22 +275,29 @@ pub fn ranked_rules<'a>(policies: &'a [CompiledPolicy], which: impl Fn(usize) ->
     out
 }
 
+/// Whether a pod peer of a policy in `policy_ns` selects the pod
+/// identity `key` (a network peer never does: it covers CIDR identities).
+pub fn peer_selects(peer: &Peer, policy_ns: &str, key: &LabelKey) -> bool {
+    match peer {
+        Peer::Pods { namespaces, pods } => {
+            let ns_ok = match namespaces {
+                None => key.namespace == policy_ns,
+                Some(ns) => ns.matches(&key.namespace_labels),
+            };
+            ns_ok && pods.matches(&key.labels)
+        }
+        Peer::Block { .. } => false,
+    }
+}
+
 /// The identities a rule's peers cover; `None` for every peer.
 fn peer_identities(rule: &Rule, policy_ns: &str, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Option<BTreeSet<u32>> {
     let peers = rule.peers.as_ref()?;
     let mut out = BTreeSet::new();
     for peer in peers {
         match peer {
-            Peer::Pods { namespaces, pods: sel } => {
-                for (id, p) in pods {
-                    let ns_ok = match namespaces {
-                        None => p.key.namespace == policy_ns,
-                        Some(ns) => ns.matches(&p.key.namespace_labels),
-                    };
-                    if ns_ok && sel.matches(&p.key.labels) {
-                        out.insert(*id);
-                    }
-                }
+            Peer::Pods { .. } => {
+                out.extend(pods.iter().filter(|(_, p)| peer_selects(peer, policy_ns, &p.key)).map(|(id, _)| *id));
             }
             Peer::Block { cidr, except } => {
                 for (p, id) in cidrs {
