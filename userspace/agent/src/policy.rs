@@ -89,6 +89,8 @@ impl PolicyReconciler {
     pub fn reconcile(&mut self, state: &ClusterState) -> PolicyOutcome {
         let node = self.node.clone();
         let node = node.as_deref();
+        // The old index goes first: two at once would double its memory.
+        self.index = None;
         let compiled = state.compiled_policies();
         self.report_failed(&compiled);
         let policies: Vec<CompiledPolicy> = compiled.into_iter().map(|(_, c)| c.policy).collect();

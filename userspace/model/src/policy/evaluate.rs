@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use weir_common::policy::{PolicyValue, DIR_EGRESS, ID_ANY, PV_AUDIT, PV_AUDIT_DENY, PV_LOG};
+use weir_common::policy::{PolicyValue, DIR_EGRESS, ID_ANY, ID_CIDR_FIRST, PV_AUDIT, PV_AUDIT_DENY, PV_LOG};
 use weir_desired::policy::PolicyEntry;
 use weir_logic::policy::port_blocks;
 
@@ -147,22 +147,35 @@ fn evaluate<'a>(matching: impl Iterator<Item = &'a Ranked<'a>>, isolated: bool, 
 impl Endpoint<'_> {
     /// The `WEIR_POLICY` entries for `rules` (this endpoint's, in order).
     pub fn entries(&self, rules: &[&Ranked]) -> Vec<(PolicyEntry, PolicyValue)> {
-        // Rules that match every peer, and per identity the rules naming it.
+        self.entries_of(rules, None)
+    }
+
+    /// The entries of the pod identities in `only` (all of them, with the
+    /// `ID_ANY` and CIDR entries, for `None`). A peer's cells depend only
+    /// on the rules, its own identity and its fallbacks, so one identity's
+    /// entries can be computed alone (`pod_delta`).
+    pub fn entries_of(&self, rules: &[&Ranked], only: Option<&BTreeSet<u32>>) -> Vec<(PolicyEntry, PolicyValue)> {
+        // Rules that match every peer, and per identity the rules naming it
+        // (with `only`: those identities, and the CIDR identities they fall
+        // back to).
         let any: Vec<usize> = (0..rules.len()).filter(|i| rules[*i].peers.is_none()).collect();
         let mut named: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, r) in rules.iter().enumerate() {
-            match &r.peers {
-                Some(set) => set.iter().for_each(|id| named.entry(*id).or_default().push(i)),
+            match (&r.peers, only) {
+                (Some(set), None) => set.iter().for_each(|id| named.entry(*id).or_default().push(i)),
+                (Some(set), Some(only)) => {
+                    only.iter().filter(|id| set.contains(id)).chain(set.range(ID_CIDR_FIRST..)).for_each(|id| named.entry(*id).or_default().push(i));
+                }
                 // An egress rule to any peer on a named port names the pod
                 // identities that define the port.
-                None if self.dir == DIR_EGRESS && has_named_port(r.rule) => {
-                    for (id, p) in self.pods {
+                (None, _) if self.dir == DIR_EGRESS && has_named_port(r.rule) => {
+                    for (id, p) in self.pods.iter().filter(|(id, _)| only.is_none_or(|o| o.contains(id))) {
                         if p.ports.iter().any(|np| rule_names_port(r.rule, &np.name, np.proto)) {
                             named.entry(*id).or_default();
                         }
                     }
                 }
-                None => {}
+                (None, _) => {}
             }
         }
         let function = |class: u32, extra: Option<u32>| -> Function {
@@ -178,9 +191,11 @@ impl Endpoint<'_> {
         };
         let any_fn = function(ID_ANY, None);
         let mut out = Vec::new();
-        self.emit(ID_ANY, &any_fn, None, &mut out);
+        if only.is_none() {
+            self.emit(ID_ANY, &any_fn, None, &mut out);
+        }
         let mut cidr_fns: BTreeMap<u32, Function> = BTreeMap::new();
-        for class in named.keys().copied().filter(|c| *c != ID_ANY) {
+        for class in named.keys().copied().filter(|c| *c != ID_ANY && only.is_none_or(|o| o.contains(c))) {
             let cidr = self.pods.get(&class).and_then(|p| p.cidr_id);
             let f = function(class, cidr);
             let fallback = match cidr {

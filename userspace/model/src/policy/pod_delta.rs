@@ -20,7 +20,7 @@ use std::{
     sync::Arc,
 };
 
-use weir_common::policy::{NameKey, NAME_IDENTITY};
+use weir_common::policy::{NameKey, DIR_EGRESS, DIR_INGRESS, NAME_IDENTITY};
 
 use weir_desired::policy::{PolicyDelta, PolicyEntry, PolicyState, Prefix};
 
@@ -44,6 +44,21 @@ struct Members {
     ports: BTreeMap<NamedPort, usize>,
 }
 
+/// What the index keeps of a pod (its labels only while it is on this
+/// node: 100,000 pods elsewhere cost their addresses and ports).
+#[derive(Clone, Debug)]
+struct Indexed {
+    id: u32,
+    ips: Vec<IpAddr>,
+    ports: Vec<NamedPort>,
+}
+
+impl Indexed {
+    fn new(pod: &PodInfo, id: u32) -> Self {
+        Indexed { id, ips: pod.ips.clone(), ports: pod.ports.clone() }
+    }
+}
+
 /// What the last full translation knew, updated by each pod delta.
 #[derive(Clone, Debug)]
 pub struct PodIndex {
@@ -51,13 +66,13 @@ pub struct PodIndex {
     cidrs: BTreeSet<Prefix>,
     /// Namespace labels (no pods).
     namespaces: World,
-    /// Every pod with an address and its identity.
-    pods: BTreeMap<PodKey, (PodInfo, u32)>,
+    /// Every pod with an address: what its leaving takes along.
+    pods: BTreeMap<PodKey, Indexed>,
     members: BTreeMap<u32, Members>,
     /// Pods claiming each address.
     claims: BTreeMap<IpAddr, usize>,
-    /// The pods on this node.
-    local: BTreeSet<PodKey>,
+    /// The pods on this node, whole.
+    local: BTreeMap<PodKey, PodInfo>,
     translated: Translated,
 }
 
@@ -73,24 +88,26 @@ impl PodIndex {
             pods: BTreeMap::new(),
             members: BTreeMap::new(),
             claims: BTreeMap::new(),
-            local: BTreeSet::new(),
+            local: BTreeMap::new(),
             translated,
         };
         for pod in &world.pods {
             let id = ids.lookup_pod(&label_key(world, pod, cidrs))?;
-            me.join(pod, id);
+            let entry = Indexed::new(pod, id);
+            me.join(&entry);
             let key = (pod.namespace.clone(), pod.name.clone());
             if is_local(pod, node) {
-                me.local.insert(key.clone());
+                me.local.insert(key.clone(), pod.clone());
             }
-            if me.pods.insert(key, (pod.clone(), id)).is_some() {
+            if me.pods.insert(key, entry).is_some() {
                 return None;
             }
         }
         Some(me)
     }
 
-    fn join(&mut self, pod: &PodInfo, id: u32) {
+    fn join(&mut self, pod: &Indexed) {
+        let id = pod.id;
         let m = self.members.entry(id).or_default();
         m.count += 1;
         for np in &pod.ports {
@@ -101,10 +118,10 @@ impl PodIndex {
         }
     }
 
-    /// Takes `pod` out of identity `id`; false when an address it held
+    /// Takes `pod` out of its identity; false when an address it held
     /// was claimed by another pod too.
-    fn leave(&mut self, pod: &PodInfo, id: u32) -> bool {
-        if let Some(m) = self.members.get_mut(&id) {
+    fn leave(&mut self, pod: &Indexed) -> bool {
+        if let Some(m) = self.members.get_mut(&pod.id) {
             m.count = m.count.saturating_sub(1);
             for np in &pod.ports {
                 if let Some(n) = m.ports.get_mut(np) {
@@ -136,58 +153,57 @@ impl PodIndex {
     /// build it again from the full translation.
     pub fn apply(&mut self, changes: &[(PodKey, Option<PodInfo>)], policies: &[CompiledPolicy], ids: &mut Ids, current: &PolicyState) -> Option<PolicyDelta> {
         // Membership first, so the checks see the batch as a whole.
-        let mut moved: Vec<(PodKey, Option<PodInfo>, Option<(PodInfo, u32)>)> = Vec::new();
+        // (key, old entry and whether it was on this node, new pod and id)
+        let mut moved: Vec<(PodKey, Option<(Indexed, bool)>, Option<(PodInfo, u32)>)> = Vec::new();
         let mut touched: BTreeMap<u32, LabelKey> = BTreeMap::new();
         for (key, new) in changes {
             let old = self.pods.remove(key);
-            if old.as_ref().map(|(p, _)| p) == new.as_ref() {
-                if let Some(o) = old {
-                    self.pods.insert(key.clone(), o);
-                }
-                continue;
-            }
-            if let Some((o, id)) = &old {
-                if !self.leave(o, *id) {
+            if let Some(o) = &old {
+                if !self.leave(o) {
                     return None;
                 }
-                touched.entry(*id).or_insert_with(|| label_key(&self.namespaces, o, &self.cidrs));
-                self.local.remove(key);
+                if let Some(known) = self.translated.pod_ids.get(&o.id) {
+                    touched.entry(o.id).or_insert_with(|| known.key.clone());
+                }
             }
+            let was_local = self.local.remove(key).is_some();
             let joined = match new {
                 Some(n) => {
                     let lk = label_key(&self.namespaces, n, &self.cidrs);
                     let id = ids.pod(&lk);
-                    self.join(n, id);
+                    let entry = Indexed::new(n, id);
+                    self.join(&entry);
                     if n.ips.iter().any(|ip| self.claims.get(ip) != Some(&1)) {
                         return None;
                     }
                     touched.entry(id).or_insert(lk);
-                    self.pods.insert(key.clone(), (n.clone(), id));
+                    self.pods.insert(key.clone(), entry);
                     if is_local(n, self.node.as_deref()) {
-                        self.local.insert(key.clone());
+                        self.local.insert(key.clone(), n.clone());
                     }
                     Some((n.clone(), id))
                 }
                 None => None,
             };
-            moved.push((key.clone(), old.map(|(p, _)| p), joined));
+            moved.push((key.clone(), old.map(|o| (o, was_local)), joined));
         }
 
         let mut d = PolicyDelta::default();
         // Identities that appear, empty or change their named ports change
         // rules' peers, and so every local endpoint's entries.
         let changed = self.update_identities(&touched, policies, ids, &mut d);
+        let changed = (!changed.is_empty()).then_some(changed);
 
         let node = self.node.as_deref();
         // What leaves, then what arrives (an address may pass between pods).
-        let mut again: BTreeSet<PodKey> = if changed { self.local.clone() } else { BTreeSet::new() };
+        let mut again: BTreeSet<PodKey> = BTreeSet::new();
         for ((ns, name), old, joined) in &moved {
-            if let Some(o) = old {
+            if let Some((o, was_local)) = old {
                 for ip in &o.ips {
                     d.ipcache.insert(Prefix::host(*ip), None);
                 }
-                if is_local(o, node) {
-                    if let Some(ep) = ids.lookup_endpoint(&o.namespace, &o.name) {
+                if *was_local {
+                    if let Some(ep) = ids.lookup_endpoint(ns, name) {
                         for ip in &o.ips {
                             d.endpoints.insert(*ip, None);
                         }
@@ -195,7 +211,7 @@ impl PodIndex {
                             d.names.insert(k, None);
                         }
                     }
-                    if !self.local.contains(&(ns.clone(), name.clone())) {
+                    if !self.local.contains_key(&(ns.clone(), name.clone())) {
                         Self::drop_entries(ids.lookup_endpoint(ns, name), current, &mut d);
                         ids.forget_endpoint(ns, name);
                     }
@@ -212,19 +228,39 @@ impl PodIndex {
                 }
             }
         }
-        for key in &again {
-            let Some((pod, id)) = self.pods.get(key) else { continue };
+        // The moved pods on this node: everything of theirs; every other
+        // endpoint here: the cells of the identities that changed.
+        let others: Vec<PodKey> = match &changed {
+            Some(_) => self.local.keys().filter(|k| !again.contains(*k)).cloned().collect(),
+            None => Vec::new(),
+        };
+        for (key, only) in again.iter().map(|k| (k, None)).chain(others.iter().map(|k| (k, changed.as_ref()))) {
+            let (Some(pod), Some(id)) = (self.local.get(key), self.pods.get(key).map(|e| e.id)) else { continue };
             let ep = ids.endpoint(&key.0, &key.1);
-            Self::drop_entries(Some(ep), current, &mut d);
+            match only {
+                None => Self::drop_entries(Some(ep), current, &mut d),
+                Some(only) => {
+                    for dir in [DIR_INGRESS, DIR_EGRESS] {
+                        for identity in only {
+                            for e in current.entries.range(cells_range(ep, dir, *identity)) {
+                                d.entries.insert(*e.0, None);
+                            }
+                        }
+                    }
+                }
+            }
             let lk = label_key(&self.namespaces, pod, &self.cidrs);
             let selected = selecting(policies, pod, &lk);
             let ranked = ranked_rules(policies, |i| selected[i], ids, &self.translated.peers);
-            let (spec, entries) = endpoint_state(policies, &ranked, pod, &lk, (ep, *id), &self.translated.pod_ids);
-            for ip in &pod.ips {
-                d.endpoints.entry(*ip).or_insert(None).get_or_insert(spec);
-            }
+            let (spec, entries) = endpoint_state(policies, &ranked, pod, &lk, (ep, id), &self.translated.pod_ids, only);
             for (e, v) in entries {
                 d.entries.insert(e, Some(v));
+            }
+            if only.is_some() {
+                continue;
+            }
+            for ip in &pod.ips {
+                d.endpoints.entry(*ip).or_insert(None).get_or_insert(spec);
             }
             for (k, v) in endpoint_names(policies, pod, &lk, ep) {
                 d.names.insert(k, Some(v));
@@ -244,9 +280,9 @@ impl PodIndex {
     }
 
     /// Brings the identities in `touched` (by id, with their keys) and
-    /// every rule's peers up to date with their members; returns whether
-    /// any identity appeared, emptied or changed its named ports.
-    fn update_identities(&mut self, touched: &BTreeMap<u32, LabelKey>, policies: &[CompiledPolicy], ids: &mut Ids, d: &mut PolicyDelta) -> bool {
+    /// every rule's peers up to date with their members; returns the
+    /// identities that appeared, emptied or changed their named ports.
+    fn update_identities(&mut self, touched: &BTreeMap<u32, LabelKey>, policies: &[CompiledPolicy], ids: &mut Ids, d: &mut PolicyDelta) -> BTreeSet<u32> {
         let mut changed: Vec<(u32, bool)> = Vec::new();
         for (id, key) in touched {
             let Some(m) = self.members.get(id) else { continue };
@@ -275,7 +311,7 @@ impl PodIndex {
             }
         }
         if changed.is_empty() {
-            return false;
+            return BTreeSet::new();
         }
         for p in policies {
             for (_, _, rule, r) in rule_refs(p) {
@@ -294,8 +330,15 @@ impl PodIndex {
                 }
             }
         }
-        true
+        changed.into_iter().map(|(id, _)| id).collect()
     }
+}
+
+/// The policy entries of endpoint `ep` for peer `identity` in `dir`.
+fn cells_range(ep: u32, dir: u8, identity: u32) -> std::ops::RangeInclusive<PolicyEntry> {
+    let lo = PolicyEntry { endpoint: ep, direction: dir, identity, proto: 0, port: 0, port_bits: 0 };
+    let hi = PolicyEntry { endpoint: ep, direction: dir, identity, proto: u8::MAX, port: u16::MAX, port_bits: u8::MAX };
+    lo..=hi
 }
 
 /// Every policy entry of endpoint `ep`.

@@ -202,7 +202,7 @@ pub fn translate_indexed(policies: &[CompiledPolicy], world: &World, ids: &Ids, 
         let (Some(ep_id), Some(identity)) = (ids.lookup_endpoint(&pod.namespace, &pod.name), ids.lookup_pod(&key)) else {
             continue;
         };
-        let (spec, entries) = endpoint_state(policies, &ranked, pod, &key, (ep_id, identity), &pod_ids);
+        let (spec, entries) = endpoint_state(policies, &ranked, pod, &key, (ep_id, identity), &pod_ids, None);
         out.entries.extend(entries);
         for ip in &pod.ips {
             out.endpoints.entry(*ip).or_insert(spec);
@@ -216,8 +216,9 @@ pub fn selecting(policies: &[CompiledPolicy], pod: &PodInfo, key: &LabelKey) -> 
     policies.iter().map(|p| p.selects(&pod.namespace, &key.namespace_labels, &pod.labels)).collect()
 }
 
-/// One local endpoint's spec and policy entries; `ranked` holds (at
-/// least) the rules of the policies that select it.
+/// One local endpoint's spec and policy entries (those of the pod
+/// identities in `only`, with `Some`); `ranked` holds (at least) the rules
+/// of the policies that select it.
 pub fn endpoint_state(
     policies: &[CompiledPolicy],
     ranked: &[Ranked],
@@ -225,6 +226,7 @@ pub fn endpoint_state(
     key: &LabelKey,
     (ep_id, identity): (u32, u32),
     pod_ids: &BTreeMap<u32, PodIdentity>,
+    only: Option<&BTreeSet<u32>>,
 ) -> (EndpointSpec, Vec<(PolicyEntry, PolicyValue)>) {
     let selected = selecting(policies, pod, key);
     let mut spec = EndpointSpec { id: ep_id, identity, ingress_isolated: false, egress_isolated: false };
@@ -243,7 +245,7 @@ pub fn endpoint_state(
             spec.egress_isolated = true;
         }
         let ctx = Endpoint { id: ep_id, dir, local: pod, isolated, pods: pod_ids };
-        entries.extend(ctx.entries(&rules));
+        entries.extend(ctx.entries_of(&rules, only));
     }
     (spec, entries)
 }
