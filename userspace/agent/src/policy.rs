@@ -116,7 +116,7 @@ impl PolicyReconciler {
         self.maps.transition_into(&old_rules, &new_rules, &fin, &mut w);
         self.maps.prune_names(&names, &mut w);
         self.retain_ids(&world, &new_cidrs);
-        self.index = PodIndex::build(&world, &self.ids, &new_cidrs, node, translated);
+        self.index = PodIndex::build(&world, &new_cidrs, node, translated);
         tracing::debug!(endpoints = fin.endpoints.len(), entries = fin.entries.len(), ipcache = fin.ipcache.len(), writes = w.map_writes, "policy translated");
         let out = PolicyOutcome { map_writes: w.map_writes, errors: w.errors };
         self.last = Some((policies, new_cidrs));

@@ -80,7 +80,7 @@ impl PodIndex {
     /// Indexes the world a full translation (with these ids and CIDRs)
     /// just produced `translated` from. `None` when the world names a pod
     /// twice (nothing to index by).
-    pub fn build(world: &World, ids: &Ids, cidrs: &BTreeSet<Prefix>, node: Option<&str>, translated: Translated) -> Option<Self> {
+    pub fn build(world: &World, cidrs: &BTreeSet<Prefix>, node: Option<&str>, translated: Translated) -> Option<Self> {
         let mut me = PodIndex {
             node: node.map(str::to_string),
             cidrs: cidrs.clone(),
@@ -91,8 +91,12 @@ impl PodIndex {
             local: BTreeMap::new(),
             translated,
         };
-        for pod in &world.pods {
-            let id = ids.lookup_pod(&label_key(world, pod, cidrs))?;
+        if me.translated.pods.len() != world.pods.len() {
+            return None;
+        }
+        let pod_identities = std::mem::take(&mut me.translated.pods);
+        for (pod, id) in world.pods.iter().zip(pod_identities) {
+            let id = id?;
             let entry = Indexed::new(pod, id);
             me.join(&entry);
             let key = (pod.namespace.clone(), pod.name.clone());
@@ -423,7 +427,7 @@ mod tests {
             let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
             let mut ids = Ids::new();
             let (mut state, mut names_now, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-            let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+            let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
             // Applied in batches, one change per pod (as the agent sees them).
             for chunk in steps.chunks(batch) {
                 let mut changes: BTreeMap<PodKey, Option<PodInfo>> = BTreeMap::new();
@@ -452,7 +456,7 @@ mod tests {
                     None => {
                         let (s, n, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
                         (state, names_now) = (s, n);
-                        index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+                        index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
                     }
                 }
             }
@@ -466,7 +470,7 @@ mod tests {
         let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
         let mut ids = Ids::new();
         let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-        let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+        let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
         // p0 (x, web, n1) relabelled cli: x/cli has other members.
         let mut moved = pod(0, 0);
         moved.labels.insert("app".into(), "cli".into());
@@ -483,7 +487,7 @@ mod tests {
         let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
         let mut ids = Ids::new();
         let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-        let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+        let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
         // p3 (x, job, on n2) becomes {app: cli, tier: new}: x/web's rule
         // admits it, so x/web's endpoint on this node (p12) gets its cells.
         let mut fresh = pod(3, 0);
@@ -503,7 +507,7 @@ mod tests {
         let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
         let mut ids = Ids::new();
         let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-        let mut index = PodIndex::build(&world(&pods), &ids, &cidrs, Some("n1"), t).expect("indexable");
+        let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
         let mut thief = pod(12, 0);
         thief.ips = pod(0, 0).ips;
         assert!(index.apply(&[(("x".into(), "p12".into()), Some(thief))], &policies, &mut ids, &state).is_none());

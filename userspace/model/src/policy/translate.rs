@@ -147,6 +147,8 @@ pub type Peers = BTreeMap<u32, Option<Arc<BTreeSet<u32>>>>;
 pub struct Translated {
     pub pod_ids: BTreeMap<u32, PodIdentity>,
     pub peers: Peers,
+    /// Each pod's identity, in the world's order.
+    pub pods: Vec<Option<u32>>,
 }
 
 /// The ipcache entry of a pod address whose pod has identity `id`.
@@ -173,9 +175,12 @@ pub fn translate_indexed(policies: &[CompiledPolicy], world: &World, ids: &Ids, 
     // the identity).
     let mut pod_ids: BTreeMap<u32, PodIdentity> = BTreeMap::new();
     let mut seen_ips = BTreeSet::new();
+    let mut pods = Vec::with_capacity(world.pods.len());
     for pod in &world.pods {
         let key = label_key(world, pod, cidrs);
-        let Some(id) = ids.lookup_pod(&key) else { continue };
+        let id = ids.lookup_pod(&key);
+        pods.push(id);
+        let Some(id) = id else { continue };
         let cid = cidr_id(key.cidr);
         let ident = pod_ids.entry(id).or_insert_with(|| PodIdentity { key, cidr_id: cid, ports: BTreeSet::new() });
         for np in &pod.ports {
@@ -208,7 +213,7 @@ pub fn translate_indexed(policies: &[CompiledPolicy], world: &World, ids: &Ids, 
             out.endpoints.entry(*ip).or_insert(spec);
         }
     }
-    (out, Translated { pod_ids, peers })
+    (out, Translated { pod_ids, peers, pods })
 }
 
 /// The policies that select a pod (with identity key `key`).
