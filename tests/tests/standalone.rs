@@ -201,6 +201,37 @@ fn full_resync_repairs_drift() {
     assert!(frontends.get(&key, 0).is_ok(), "the frontend came back");
 }
 
+/// The `took_us` of the `n`th (0-based) "reconciled" line of the log.
+fn reconcile_took_us(agent: &Agent, n: usize) -> u64 {
+    let log = agent.log_text();
+    let line = log.lines().filter(|l| l.contains("reconciled")).nth(n).unwrap_or_default().to_string();
+    line.split_whitespace().find_map(|w| w.strip_prefix("took_us=")).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no took_us in {line:?}"))
+}
+
+#[test]
+fn a_change_that_is_no_work_does_not_age_the_next_one() {
+    // The programming latency counts from the change that needed work: a
+    // Node heartbeat (no work) seconds earlier must not be counted in it.
+    let t = topo(1);
+    let node_yaml = |beat: u32| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{podCIDR: 10.244.0.0/24}}\nstatus:\n  addresses: [{{type: InternalIP, address: 192.168.77.1}}]\n  conditions: [{{type: Ready, status: 'True', lastHeartbeatTime: '2026-12-03T00:00:{beat:02}Z'}}]\n",
+            t.node.ns().name()
+        )
+    };
+    t.node.write_source("node.yaml", node_yaml(0).as_bytes());
+    t.node.write_source("svc.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &ready(&[Ipv4Addr::new(10, 244, 0, 11)])).as_bytes());
+    let mut agent = t.start(&[]);
+    let before = agent.log_text().matches("reconciled").count();
+    t.node.write_source("node.yaml", node_yaml(1).as_bytes());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.log_text().matches("reconciled").count(), before, "a heartbeat is no work");
+    t.node.write_source("svc.yaml", yaml_service("web", VIP, 81, "TCP", 8080, &ready(&[Ipv4Addr::new(10, 244, 0, 11)])).as_bytes());
+    agent.wait_for_log("reconciled", before + 1);
+    let took = reconcile_took_us(&agent, before);
+    assert!(took < 1_500_000, "the service change took {took} µs: the heartbeat 3 s earlier was counted");
+}
+
 fn http_get(node: &Node, path: &str) -> String {
     node.agent_http(path)
 }

@@ -202,10 +202,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     match ev {
                         SourceEvent::Changes { changes, warnings, at } => {
                             report_warnings(&metrics, &warnings);
+                            let mut work = false;
                             for c in changes {
-                                pending.merge(state.apply(c));
+                                let a = state.apply(c);
+                                work |= !a.is_empty();
+                                pending.merge(a);
                             }
-                            pending_since = Some(pending_since.map_or(at, |p| p.min(at)));
+                            // Only a change that is work starts the clock: a
+                            // heartbeat must not age the next real change.
+                            if work {
+                                pending_since = Some(pending_since.map_or(at, |p| p.min(at)));
+                            }
                         }
                         SourceEvent::Synced if !synced => {
                             synced = true;
