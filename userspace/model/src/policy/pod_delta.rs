@@ -20,7 +20,7 @@ use std::{
     sync::Arc,
 };
 
-use weir_common::policy::{NameKey, DIR_EGRESS, DIR_INGRESS, NAME_IDENTITY};
+use weir_common::policy::{NameKey, DIR_EGRESS, DIR_INGRESS, NAME_IDENTITY, NAME_RULE};
 
 use weir_desired::policy::{PolicyDelta, PolicyEntry, PolicyState, Prefix};
 
@@ -28,7 +28,7 @@ use super::{
     compile::CompiledPolicy,
     ids::{Ids, LabelKey},
     translate::{
-        endpoint_name_keys, endpoint_names, endpoint_state, identity_name, is_local, label_key, peer_selects, pod_address, ranked_rules, rule_refs, selecting, PodIdentity,
+        endpoint_name_keys, endpoint_names, endpoint_state, identity_name, is_local, label_key, peer_identities, peer_selects, pod_address, ranked_rules, rule_refs, selecting, PodIdentity,
         Translated,
     },
     world::{NamedPort, PodInfo, World},
@@ -239,38 +239,102 @@ impl PodIndex {
             None => Vec::new(),
         };
         for (key, only) in again.iter().map(|k| (k, None)).chain(others.iter().map(|k| (k, changed.as_ref()))) {
-            let (Some(pod), Some(id)) = (self.local.get(key), self.pods.get(key).map(|e| e.id)) else { continue };
-            let ep = ids.endpoint(&key.0, &key.1);
-            match only {
-                None => Self::drop_entries(Some(ep), current, &mut d),
-                Some(only) => {
-                    for dir in [DIR_INGRESS, DIR_EGRESS] {
-                        for identity in only {
-                            for e in current.entries.range(cells_range(ep, dir, *identity)) {
-                                d.entries.insert(*e.0, None);
-                            }
+            self.evaluate_endpoint(key, policies, ids, current, only, &mut d);
+        }
+        Some(d)
+    }
+
+    /// The delta for a change of policies alone (pods, namespaces and the
+    /// policy CIDR set as the index knows them): the rules of the policies
+    /// that changed get their peers, and the endpoints on this node that
+    /// the old or the new version of one selects are evaluated again.
+    /// `None` when the CIDR set changed (identities change with it).
+    pub fn apply_policies(&mut self, old: &[CompiledPolicy], new: &[CompiledPolicy], ids: &mut Ids, current: &PolicyState) -> Option<PolicyDelta> {
+        let cidrs: BTreeSet<Prefix> = new.iter().flat_map(CompiledPolicy::cidrs).collect();
+        if cidrs != self.cidrs {
+            return None;
+        }
+        let (was, is) = (by_id(old), by_id(new));
+        let changed: Vec<&CompiledPolicy> = was
+            .iter()
+            .filter(|(k, p)| is.get(*k) != Some(*p))
+            .map(|(_, p)| *p)
+            .chain(is.iter().filter(|(k, p)| was.get(*k) != Some(*p)).map(|(_, p)| *p))
+            .collect();
+        let mut d = PolicyDelta::default();
+        if changed.is_empty() {
+            return Some(d);
+        }
+        // Rules: the old ones' peers and names go, the new ones' come.
+        for p in old.iter().filter(|p| is.get(&(p.kind, p.namespace.as_str(), p.name.as_str())) != Some(p)) {
+            for (_, _, _, r) in rule_refs(p) {
+                if let Some(id) = ids.lookup_rule(&r) {
+                    self.translated.peers.remove(&id);
+                    d.names.insert(NameKey { kind: NAME_RULE, id }, None);
+                }
+            }
+        }
+        let cidr_ids: Vec<(Prefix, u32)> = self.cidrs.iter().filter_map(|c| Some((*c, ids.lookup_cidr(c)?))).collect();
+        for p in new.iter().filter(|p| was.get(&(p.kind, p.namespace.as_str(), p.name.as_str())) != Some(p)) {
+            for (_, _, rule, r) in rule_refs(p) {
+                let name = r.to_string();
+                let id = ids.rule(r);
+                self.translated.peers.insert(id, peer_identities(rule, &p.namespace, &self.translated.pod_ids, &cidr_ids).map(Arc::new));
+                d.names.insert(NameKey { kind: NAME_RULE, id }, Some(name));
+            }
+        }
+        // The endpoints here that a changed policy selects, before or after.
+        let again: Vec<PodKey> = self
+            .local
+            .iter()
+            .filter(|(_, pod)| {
+                let lk = label_key(&self.namespaces, pod, &self.cidrs);
+                changed.iter().any(|p| p.selects(&pod.namespace, &lk.namespace_labels, &pod.labels))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &again {
+            self.evaluate_endpoint(key, new, ids, current, None, &mut d);
+        }
+        Some(d)
+    }
+
+    /// Evaluates a local endpoint again into `d`: everything of it, or
+    /// with `only`, the cells of those pod identities.
+    fn evaluate_endpoint(&self, key: &PodKey, policies: &[CompiledPolicy], ids: &mut Ids, current: &PolicyState, only: Option<&BTreeSet<u32>>, d: &mut PolicyDelta) {
+        let (Some(pod), Some(id)) = (self.local.get(key), self.pods.get(key).map(|e| e.id)) else { return };
+        let ep = ids.endpoint(&key.0, &key.1);
+        match only {
+            None => Self::drop_entries(Some(ep), current, d),
+            Some(only) => {
+                for dir in [DIR_INGRESS, DIR_EGRESS] {
+                    for identity in only {
+                        for e in current.entries.range(cells_range(ep, dir, *identity)) {
+                            d.entries.insert(*e.0, None);
                         }
                     }
                 }
             }
-            let lk = label_key(&self.namespaces, pod, &self.cidrs);
-            let selected = selecting(policies, pod, &lk);
-            let ranked = ranked_rules(policies, |i| selected[i], ids, &self.translated.peers);
-            let (spec, entries) = endpoint_state(policies, &ranked, pod, &lk, (ep, id), &self.translated.pod_ids, only);
-            for (e, v) in entries {
-                d.entries.insert(e, Some(v));
-            }
-            if only.is_some() {
-                continue;
-            }
-            for ip in &pod.ips {
-                d.endpoints.entry(*ip).or_insert(None).get_or_insert(spec);
-            }
-            for (k, v) in endpoint_names(policies, pod, &lk, ep) {
-                d.names.insert(k, Some(v));
-            }
         }
-        Some(d)
+        let lk = label_key(&self.namespaces, pod, &self.cidrs);
+        let selected = selecting(policies, pod, &lk);
+        let ranked = ranked_rules(policies, |i| selected[i], ids, &self.translated.peers);
+        let (spec, entries) = endpoint_state(policies, &ranked, pod, &lk, (ep, id), &self.translated.pod_ids, only);
+        for (e, v) in entries {
+            d.entries.insert(e, Some(v));
+        }
+        if only.is_some() {
+            return;
+        }
+        for ip in &pod.ips {
+            d.endpoints.entry(*ip).or_insert(None).get_or_insert(spec);
+        }
+        for k in endpoint_name_keys(ep) {
+            d.names.entry(k).or_insert(None);
+        }
+        for (k, v) in endpoint_names(policies, pod, &lk, ep) {
+            d.names.insert(k, Some(v));
+        }
     }
 
     /// Marks every programmed entry of endpoint `ep` to go (entries the
@@ -338,6 +402,13 @@ impl PodIndex {
     }
 }
 
+/// A policy by what names it.
+type PolicyId<'a> = (super::compile::PolicyKind, &'a str, &'a str);
+
+fn by_id(ps: &[CompiledPolicy]) -> BTreeMap<PolicyId<'_>, &CompiledPolicy> {
+    ps.iter().map(|p| ((p.kind, p.namespace.as_str(), p.name.as_str()), p)).collect()
+}
+
 /// The policy entries of endpoint `ep` for peer `identity` in `dir`.
 fn cells_range(ep: u32, dir: u8, identity: u32) -> std::ops::RangeInclusive<PolicyEntry> {
     let lo = PolicyEntry { endpoint: ep, direction: dir, identity, proto: 0, port: 0, port_bits: 0 };
@@ -378,15 +449,23 @@ mod tests {
         "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: base}\nspec:\n  tier: Baseline\n  priority: 5\n  subject: {namespaces: {matchLabels: {team: b}}}\n  egress:\n  - {name: no-net, action: Deny, peers: [{networks: [10.0.2.0/24]}]}\n",
     ];
 
+    /// Another version of each of `POLICIES` (same name: an edit).
+    const EDITS: [&str; 5] = [
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: app, operator: In, values: [web, db]}]}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: job}}}]\n    ports: [{port: 80}, {port: http}]\n",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress, namespace: y}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24, 10.0.0.0/24]}}]\n    ports: [{port: 5432}]\n",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: all, namespace: z}\nspec:\n  podSelector: {matchLabels: {app: cli}}\n  policyTypes: [Ingress, Egress]\n",
+        "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: no-jobs}\nspec:\n  priority: 3\n  subject: {namespaces: {}, pods: {matchLabels: {app: web}}}\n  ingress:\n  - {name: cli-ok, action: Allow, peers: [{pods: {matchLabels: {app: cli}}}], ports: [{port: 5432}]}\n  - {name: no-job, action: Deny, peers: [{pods: {matchLabels: {app: job}}}]}\n",
+        "apiVersion: policy.weir.dev/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: base}\nspec:\n  tier: Baseline\n  priority: 5\n  subject: {namespaces: {}}\n  egress:\n  - {name: no-net, action: Deny, peers: [{networks: [10.0.2.0/24]}], ports: [{port: 53, protocol: UDP}]}\n",
+    ];
+
+    fn compiled(y: &str) -> CompiledPolicy {
+        let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("yaml");
+        let kind = Kind::from_kind(v["kind"].as_str().expect("kind")).expect("known kind");
+        compile_object(&Object::from_value(kind, v).expect("decodes")).expect("a policy").strict().expect("compiles")
+    }
+
     fn policies() -> Vec<CompiledPolicy> {
-        POLICIES
-            .iter()
-            .map(|y| {
-                let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("yaml");
-                let kind = Kind::from_kind(v["kind"].as_str().expect("kind")).expect("known kind");
-                compile_object(&Object::from_value(kind, v).expect("decodes")).expect("a policy").strict().expect("compiles")
-            })
-            .collect()
+        POLICIES.iter().map(|y| compiled(y)).collect()
     }
 
     /// Pod `i` of the generated world: namespace, app, node, address and
@@ -454,6 +533,58 @@ mod tests {
                         prop_assert_eq!(&names_now, &want_names);
                     }
                     None => {
+                        let (s, n, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
+                        (state, names_now) = (s, n);
+                        index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Policy edits, additions and removals, mixed with pod changes:
+        /// the deltas add up to the full translation of the new state.
+        #[test]
+        fn policy_deltas_equal_the_full_translation(steps in prop::collection::vec((0usize..5, 0usize..3, 0usize..24, 0usize..6, any::<bool>()), 1..30)) {
+            let mut slots: Vec<Option<CompiledPolicy>> = policies().into_iter().map(Some).collect();
+            let live = |slots: &[Option<CompiledPolicy>]| -> Vec<CompiledPolicy> { slots.iter().flatten().cloned().collect() };
+            let mut policies = live(&slots);
+            let mut cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+            let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
+            let mut ids = Ids::new();
+            let (mut state, mut names_now, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
+            let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+            for (slot, version, i, variant, pod_too) in steps {
+                let old = policies.clone();
+                slots[slot] = match version {
+                    0 => Some(compiled(POLICIES[slot])),
+                    1 => Some(compiled(EDITS[slot])),
+                    _ => None,
+                };
+                policies = live(&slots);
+                let mut delta = index.apply_policies(&old, &policies, &mut ids, &state);
+                if let (Some(d), true) = (&mut delta, pod_too) {
+                    // A pod changes in the same batch: its delta follows.
+                    d.apply_to(&mut state, &mut names_now);
+                    pods.insert(i, pod(i, variant));
+                    let key = (NS[i % NS.len()].to_string(), format!("p{i}"));
+                    delta = index.apply(&[(key, Some(pod(i, variant)))], &policies, &mut ids, &state);
+                } else if pod_too {
+                    pods.insert(i, pod(i, variant));
+                }
+                match delta {
+                    Some(d) => {
+                        d.apply_to(&mut state, &mut names_now);
+                        let mut check = ids.clone();
+                        let (want, want_names, _) = full(&policies, &world(&pods), &mut check, &cidrs);
+                        prop_assert_eq!(&state, &want);
+                        prop_assert_eq!(&names_now, &want_names);
+                    }
+                    None => {
+                        cidrs = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
                         let (s, n, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
                         (state, names_now) = (s, n);
                         index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");

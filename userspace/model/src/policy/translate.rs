@@ -298,7 +298,7 @@ pub fn peer_selects(peer: &Peer, policy_ns: &str, key: &LabelKey) -> bool {
 }
 
 /// The identities a rule's peers cover; `None` for every peer.
-fn peer_identities(rule: &Rule, policy_ns: &str, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Option<BTreeSet<u32>> {
+pub(super) fn peer_identities(rule: &Rule, policy_ns: &str, pods: &BTreeMap<u32, PodIdentity>, cidrs: &[(Prefix, u32)]) -> Option<BTreeSet<u32>> {
     let peers = rule.peers.as_ref()?;
     let mut out = BTreeSet::new();
     for peer in peers {
