@@ -191,6 +191,13 @@ fn pod_changes_are_programmed_alone_and_enforced_at_once() {
     c.apply(&np("x", "a-from-b", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector: {}\n    podSelector:\n      matchLabels: {pod: b}"));
     assert!(c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "y/b is admitted");
     assert!(!c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp), "y/a is not");
+    // A policy edit is a delta too: only 81 now, then back.
+    let only_81 = np("x", "a-from-b", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector: {}\n    podSelector:\n      matchLabels: {pod: b}\n  ports:\n  - port: 81");
+    let line = write_and_reconcile(&mut c, "policies.yaml", &only_81);
+    assert!(line.contains("policy=\"delta\""), "a policy edit is translated alone: {line}");
+    assert!(!c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp) && c.probe(p("y", "b"), p("x", "a"), 81, Proto::Tcp), "y/b: 81 only");
+    c.apply(&np("x", "a-from-b", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector: {}\n    podSelector:\n      matchLabels: {pod: b}"));
+    assert!(c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "y/b: every port again");
 
     // y/a becomes a `pod: b`: admitted at once, by a delta.
     let node = c.node.ns().name().to_string();

@@ -123,6 +123,39 @@ impl PolicyReconciler {
         out
     }
 
+    /// Programs the policy state of `state` after only policy objects
+    /// changed: the changed policies' delta when it can be had
+    /// (`PodIndex::apply_policies`), everything otherwise.
+    pub fn reconcile_policies(&mut self, state: &ClusterState) -> (PolicyOutcome, PolicyPath) {
+        if self.index.is_some() && self.last.is_some() {
+            let compiled = state.compiled_policies();
+            self.report_failed(&compiled);
+            let policies: Vec<CompiledPolicy> = compiled.into_iter().map(|(_, c)| c.policy).collect();
+            if let (Some(index), Some((old, cidrs))) = (self.index.as_mut(), self.last.as_ref()) {
+                if let Some(d) = index.apply_policies(old, &policies, &mut self.ids, self.maps.current()) {
+                    let cidrs = cidrs.clone();
+                    let out = self.apply_delta(&d, "policies");
+                    self.last = Some((policies, cidrs));
+                    return (out, PolicyPath::Delta);
+                }
+            }
+        }
+        self.index = None;
+        (self.reconcile(state), PolicyPath::Full)
+    }
+
+    /// Writes a delta; after a failed write the next change translates in
+    /// full (and so retries).
+    fn apply_delta(&mut self, d: &weir_desired::policy::PolicyDelta, what: &str) -> PolicyOutcome {
+        let mut w = PolicyWrites::default();
+        self.maps.apply_delta(d, &mut w);
+        if !w.errors.is_empty() {
+            self.index = None;
+        }
+        tracing::debug!(what, writes = w.map_writes, "policy delta");
+        PolicyOutcome { map_writes: w.map_writes, errors: w.errors }
+    }
+
     /// Programs the policy state of `state` after only `pods` changed:
     /// their delta when it can be had (`pod_delta`), everything otherwise.
     pub fn reconcile_pods(&mut self, state: &ClusterState, pods: &std::collections::BTreeSet<PodKey>) -> (PolicyOutcome, PolicyPath) {
@@ -130,14 +163,7 @@ impl PolicyReconciler {
             if pods.len() <= DELTA_MAX_PODS {
                 let changes: Vec<(PodKey, Option<weir_model::policy::world::PodInfo>)> = pods.iter().map(|k| (k.clone(), state.policy_pod(&k.0, &k.1))).collect();
                 if let Some(d) = index.apply(&changes, policies, &mut self.ids, self.maps.current()) {
-                    let mut w = PolicyWrites::default();
-                    self.maps.apply_delta(&d, &mut w);
-                    if !w.errors.is_empty() {
-                        // The next change translates in full, and retries.
-                        self.index = None;
-                    }
-                    tracing::debug!(pods = pods.len(), writes = w.map_writes, "policy delta");
-                    return (PolicyOutcome { map_writes: w.map_writes, errors: w.errors }, PolicyPath::Delta);
+                    return (self.apply_delta(&d, "pods"), PolicyPath::Delta);
                 }
             }
         }

@@ -128,10 +128,18 @@ impl Reconciler {
         if affected.policy {
             out.add_policy(self.policy.reconcile(state));
             out.policy_path = Some(PolicyPath::Full);
-        } else if !affected.pods.is_empty() {
-            let (p, path) = self.policy.reconcile_pods(state, &affected.pods);
-            out.add_policy(p);
-            out.policy_path = Some(path);
+        } else {
+            if affected.policies {
+                let (p, path) = self.policy.reconcile_policies(state);
+                out.add_policy(p);
+                out.policy_path = Some(path);
+            }
+            // A full translation above already took the pods in.
+            if !affected.pods.is_empty() && out.policy_path != Some(PolicyPath::Full) {
+                let (p, path) = self.policy.reconcile_pods(state, &affected.pods);
+                out.add_policy(p);
+                out.policy_path = Some(path);
+            }
         }
         out
     }

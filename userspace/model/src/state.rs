@@ -33,8 +33,11 @@ pub struct Affected {
     pub services: BTreeSet<ServiceKey>,
     /// Something every service's translation depends on changed (a Node).
     pub all: bool,
-    /// A Namespace or a policy changed: all policy needs translating.
+    /// A Namespace changed: all policy needs translating.
     pub policy: bool,
+    /// A NetworkPolicy, ClusterNetworkPolicy or WeirNetworkPolicy changed:
+    /// the changed policies need translating (`policy::pod_delta`).
+    pub policies: bool,
     /// Pods whose model (or registration) changed: their policy needs
     /// translating (`policy::pod_delta`).
     pub pods: BTreeSet<(String, String)>,
@@ -47,12 +50,13 @@ impl Affected {
         self.services.extend(other.services);
         self.all |= other.all;
         self.policy |= other.policy;
+        self.policies |= other.policies;
         self.pods.extend(other.pods);
         self.nodes |= other.nodes;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && !self.all && !self.policy && self.pods.is_empty() && !self.nodes
+        self.services.is_empty() && !self.all && !self.policy && !self.policies && self.pods.is_empty() && !self.nodes
     }
 }
 
@@ -168,7 +172,8 @@ impl ClusterState {
             Kind::Pod => {
                 a.pods.insert((key.namespace.clone(), key.name.clone()));
             }
-            Kind::Namespace | Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy => a.policy = true,
+            Kind::Namespace => a.policy = true,
+            Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy => a.policies = true,
         }
         a
     }
