@@ -349,6 +349,8 @@ mod cluster {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // In order, so a slow first change shows as such.
+        eprintln!("latencies in order (µs): {lat:?}");
         lat.sort_unstable();
         (lat, no_work)
     }
