@@ -59,6 +59,10 @@ impl Indexed {
     }
 }
 
+/// One pod of a batch: its key, its old entry (and whether it was on this
+/// node), its new model and identity.
+type Moved = (PodKey, Option<(Indexed, bool)>, Option<(PodInfo, u32)>);
+
 /// What the last full translation knew, updated by each pod delta.
 #[derive(Clone, Debug)]
 pub struct PodIndex {
@@ -157,8 +161,7 @@ impl PodIndex {
     /// build it again from the full translation.
     pub fn apply(&mut self, changes: &[(PodKey, Option<PodInfo>)], policies: &[CompiledPolicy], ids: &mut Ids, current: &PolicyState) -> Option<PolicyDelta> {
         // Membership first, so the checks see the batch as a whole.
-        // (key, old entry and whether it was on this node, new pod and id)
-        let mut moved: Vec<(PodKey, Option<(Indexed, bool)>, Option<(PodInfo, u32)>)> = Vec::new();
+        let mut moved: Vec<Moved> = Vec::new();
         let mut touched: BTreeMap<u32, LabelKey> = BTreeMap::new();
         for (key, new) in changes {
             let old = self.pods.remove(key);
@@ -433,7 +436,7 @@ mod tests {
         },
         Kind, Object,
     };
-    use proptest::prelude::*;
+    use proptest::{prelude::*, test_runner::TestCaseError};
     use weir_common::policy::NameKey;
 
     const NS: [&str; 3] = ["x", "y", "z"];
@@ -472,13 +475,13 @@ mod tests {
     /// named port all follow from `i` and `variant`.
     fn pod(i: usize, variant: usize) -> PodInfo {
         let app = APPS[(i + variant) % APPS.len()];
-        let http = if app == "web" || variant % 3 == 0 { vec![NamedPort { name: "http".into(), proto: 6, port: 8080 }] } else { vec![] };
+        let http = if app == "web" || variant.is_multiple_of(3) { vec![NamedPort { name: "http".into(), proto: 6, port: 8080 }] } else { vec![] };
         PodInfo {
             namespace: NS[i % NS.len()].into(),
             name: format!("p{i}"),
             labels: [("app".to_string(), app.to_string())].into(),
             ips: vec![format!("10.0.{}.{}", (i + variant) % 3, 10 + i).parse().expect("ip")],
-            node: Some(if (i + variant) % 2 == 0 { "n1" } else { "n2" }.into()),
+            node: Some(if (i + variant).is_multiple_of(2) { "n1" } else { "n2" }.into()),
             ports: http,
         }
     }
@@ -493,6 +496,46 @@ mod tests {
         (s, names(policies, w, ids, cidrs, Some("n1")), t)
     }
 
+    /// What the maps hold, moved by deltas, with the full translation as
+    /// the reference (and the fallback when there is no delta).
+    struct Programmed {
+        ids: Ids,
+        state: PolicyState,
+        names: BTreeMap<NameKey, String>,
+        index: PodIndex,
+    }
+
+    impl Programmed {
+        fn new(policies: &[CompiledPolicy], pods: &BTreeMap<usize, PodInfo>) -> Self {
+            let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+            let mut ids = Ids::new();
+            let (state, names, t) = full(policies, &world(pods), &mut ids, &cidrs);
+            let index = PodIndex::build(&world(pods), &cidrs, Some("n1"), t).expect("indexable");
+            Programmed { ids, state, names, index }
+        }
+
+        /// Applies `delta` and checks the result against the full
+        /// translation of `policies` and `pods`; translates in full without one.
+        fn settle(&mut self, delta: Option<PolicyDelta>, policies: &[CompiledPolicy], pods: &BTreeMap<usize, PodInfo>) -> Result<(), TestCaseError> {
+            let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
+            match delta {
+                Some(d) => {
+                    d.apply_to(&mut self.state, &mut self.names);
+                    let mut check = self.ids.clone();
+                    let (want, want_names, _) = full(policies, &world(pods), &mut check, &cidrs);
+                    prop_assert_eq!(&self.state, &want);
+                    prop_assert_eq!(&self.names, &want_names);
+                }
+                None => {
+                    let (s, n, t) = full(policies, &world(pods), &mut self.ids, &cidrs);
+                    (self.state, self.names) = (s, n);
+                    self.index = PodIndex::build(&world(pods), &cidrs, Some("n1"), t).expect("indexable");
+                }
+            }
+            Ok(())
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -502,11 +545,8 @@ mod tests {
         #[test]
         fn pod_deltas_equal_the_full_translation(steps in prop::collection::vec((0usize..24, 0usize..6, any::<bool>(), any::<bool>()), 1..40), batch in 1usize..4) {
             let policies = policies();
-            let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
             let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
-            let mut ids = Ids::new();
-            let (mut state, mut names_now, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-            let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+            let mut p = Programmed::new(&policies, &pods);
             // Applied in batches, one change per pod (as the agent sees them).
             for chunk in steps.chunks(batch) {
                 let mut changes: BTreeMap<PodKey, Option<PodInfo>> = BTreeMap::new();
@@ -524,20 +564,8 @@ mod tests {
                     changes.insert((NS[i % NS.len()].to_string(), format!("p{i}")), new);
                 }
                 let changes: Vec<(PodKey, Option<PodInfo>)> = changes.into_iter().collect();
-                match index.apply(&changes, &policies, &mut ids, &state) {
-                    Some(d) => {
-                        d.apply_to(&mut state, &mut names_now);
-                        let mut check = ids.clone();
-                        let (want, want_names, _) = full(&policies, &world(&pods), &mut check, &cidrs);
-                        prop_assert_eq!(&state, &want);
-                        prop_assert_eq!(&names_now, &want_names);
-                    }
-                    None => {
-                        let (s, n, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-                        (state, names_now) = (s, n);
-                        index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
-                    }
-                }
+                let delta = p.index.apply(&changes, &policies, &mut p.ids, &p.state);
+                p.settle(delta, &policies, &pods)?;
             }
         }
     }
@@ -552,11 +580,8 @@ mod tests {
             let mut slots: Vec<Option<CompiledPolicy>> = policies().into_iter().map(Some).collect();
             let live = |slots: &[Option<CompiledPolicy>]| -> Vec<CompiledPolicy> { slots.iter().flatten().cloned().collect() };
             let mut policies = live(&slots);
-            let mut cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
             let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
-            let mut ids = Ids::new();
-            let (mut state, mut names_now, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-            let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+            let mut p = Programmed::new(&policies, &pods);
             for (slot, version, i, variant, pod_too) in steps {
                 let old = policies.clone();
                 slots[slot] = match version {
@@ -565,43 +590,35 @@ mod tests {
                     _ => None,
                 };
                 policies = live(&slots);
-                let mut delta = index.apply_policies(&old, &policies, &mut ids, &state);
+                let mut delta = p.index.apply_policies(&old, &policies, &mut p.ids, &p.state);
                 if let (Some(d), true) = (&mut delta, pod_too) {
                     // A pod changes in the same batch: its delta follows.
-                    d.apply_to(&mut state, &mut names_now);
+                    d.apply_to(&mut p.state, &mut p.names);
                     pods.insert(i, pod(i, variant));
                     let key = (NS[i % NS.len()].to_string(), format!("p{i}"));
-                    delta = index.apply(&[(key, Some(pod(i, variant)))], &policies, &mut ids, &state);
+                    delta = p.index.apply(&[(key, Some(pod(i, variant)))], &policies, &mut p.ids, &p.state);
                 } else if pod_too {
                     pods.insert(i, pod(i, variant));
                 }
-                match delta {
-                    Some(d) => {
-                        d.apply_to(&mut state, &mut names_now);
-                        let mut check = ids.clone();
-                        let (want, want_names, _) = full(&policies, &world(&pods), &mut check, &cidrs);
-                        prop_assert_eq!(&state, &want);
-                        prop_assert_eq!(&names_now, &want_names);
-                    }
-                    None => {
-                        cidrs = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
-                        let (s, n, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-                        (state, names_now) = (s, n);
-                        index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
-                    }
-                }
+                p.settle(delta, &policies, &pods)?;
             }
         }
     }
 
-    #[test]
-    fn a_pod_joining_an_identity_with_members_is_a_delta_of_its_own_cells() {
+    /// The generated world, translated in full and indexed.
+    fn indexed() -> (Vec<CompiledPolicy>, Ids, PolicyState, PodIndex) {
         let policies = policies();
         let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
         let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
         let mut ids = Ids::new();
         let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-        let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+        let index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+        (policies, ids, state, index)
+    }
+
+    #[test]
+    fn a_pod_joining_an_identity_with_members_is_a_delta_of_its_own_cells() {
+        let (policies, mut ids, state, mut index) = indexed();
         // p0 (x, web, n1) relabelled cli: x/cli has other members.
         let mut moved = pod(0, 0);
         moved.labels.insert("app".into(), "cli".into());
@@ -613,12 +630,7 @@ mod tests {
 
     #[test]
     fn a_new_label_set_is_a_new_identity_in_the_peers_that_select_it() {
-        let policies = policies();
-        let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
-        let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
-        let mut ids = Ids::new();
-        let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-        let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+        let (policies, mut ids, state, mut index) = indexed();
         // p3 (x, job, on n2) becomes {app: cli, tier: new}: x/web's rule
         // admits it, so x/web's endpoint on this node (p12) gets its cells.
         let mut fresh = pod(3, 0);
@@ -633,12 +645,7 @@ mod tests {
 
     #[test]
     fn an_address_two_pods_claim_needs_the_full_translation() {
-        let policies = policies();
-        let cidrs: BTreeSet<Prefix> = policies.iter().flat_map(CompiledPolicy::cidrs).collect();
-        let pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
-        let mut ids = Ids::new();
-        let (state, _, t) = full(&policies, &world(&pods), &mut ids, &cidrs);
-        let mut index = PodIndex::build(&world(&pods), &cidrs, Some("n1"), t).expect("indexable");
+        let (policies, mut ids, state, mut index) = indexed();
         let mut thief = pod(12, 0);
         thief.ips = pod(0, 0).ips;
         assert!(index.apply(&[(("x".into(), "p12".into()), Some(thief))], &policies, &mut ids, &state).is_none());
