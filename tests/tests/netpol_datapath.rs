@@ -234,6 +234,42 @@ fn pod_changes_are_programmed_alone_and_enforced_at_once() {
     assert!(!gone.status.success(), "its endpoint is gone: {}", String::from_utf8_lossy(&gone.stdout));
 }
 
+/// A Namespace's labels decide both which pods a policy isolates (its
+/// subject) and which peers a rule admits: a relabel is translated as a
+/// delta of the namespace's pods, and enforced at once, both ways.
+#[test]
+fn a_namespace_relabel_is_programmed_alone_and_enforced_at_once() {
+    let mut c = NetpolCluster::new();
+    c.apply(&cnp("no-z", 10, "", "- {name: no-z, action: Deny, peers: [{namespaces: {matchLabels: {ns: z}}}]}"));
+    assert!(!c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp), "z/b is denied");
+    assert!(c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "y/b is not");
+    let node = c.node.ns().name().to_string();
+    let base = weir_tests::netpol::base_objects(&node);
+    let relabel = |objects: &str, ns: &str, to: &str| {
+        let from = format!("  name: {ns}\n  labels:\n    ns: {ns}\n");
+        assert!(objects.contains(&from));
+        objects.replace(&from, &format!("  name: {ns}\n  labels:\n    ns: {to}\n"))
+    };
+    // z is no longer `ns: z`: its pods leave the rule's peers.
+    let line = write_and_reconcile(&mut c, "base.yaml", &relabel(&base, "z", "q"));
+    assert!(line.contains("policy=\"delta\""), "a namespace relabel is translated alone: {line}");
+    assert!(c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp), "z/b, in a namespace the rule no longer names, is admitted at once");
+    // y becomes `ns: z`: its pods join them.
+    let line = write_and_reconcile(&mut c, "base.yaml", &relabel(&relabel(&base, "z", "q"), "y", "z"));
+    assert!(line.contains("policy=\"delta\""), "{line}");
+    assert!(!c.probe(p("y", "b"), p("x", "a"), 80, Proto::Tcp), "y/b, now in a `ns: z` namespace, is denied at once");
+    assert!(c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp), "z/b is still admitted");
+    // x is no longer `ns: x`: x/a leaves the policy's subject.
+    write_and_reconcile(&mut c, "base.yaml", &base);
+    assert!(!c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp), "back as they were: z/b is denied");
+    let line = write_and_reconcile(&mut c, "base.yaml", &relabel(&base, "x", "w"));
+    assert!(line.contains("policy=\"delta\""), "{line}");
+    assert!(c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp), "x/a is no longer the policy's subject: z/b is admitted");
+    let line = write_and_reconcile(&mut c, "base.yaml", &base);
+    assert!(line.contains("policy=\"delta\""), "{line}");
+    assert!(!c.probe(p("z", "b"), p("x", "a"), 80, Proto::Tcp), "and its subject again: z/b is denied");
+}
+
 /// The value of one /metrics series.
 fn gauge(c: &NetpolCluster, series: &str) -> Option<String> {
     let m = c.node.agent_http("/metrics");

@@ -15,7 +15,8 @@
 //! NetworkPolicies and 100 ClusterNetworkPolicies, then times each kind
 //! of change CHANGES times: one endpoint, one Pod label, one new Pod on
 //! this node, one Node heartbeat (should be no work at all), one
-//! NetworkPolicy edit.
+//! NetworkPolicy edit, one Namespace relabelled (its 100 pods change
+//! identity; policies select namespaces by those labels).
 //!
 //! `--ct-entries N` fills the conntrack table with N live entries (N/2
 //! service flows to the programmed backends) after the cold sync, and each
@@ -91,7 +92,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn took_us(line: &str) -> Option<u64> {
-    line.split_whitespace().find_map(|w| w.strip_prefix("took_us=")).and_then(|v| v.parse().ok())
+    field_us(line, "took_us=")
+}
+
+/// A numeric field (`name=`, with the `=`) of an agent log line.
+fn field_us(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|v| v.parse().ok())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -318,6 +324,8 @@ mod cluster {
     /// work gets 2 s to show otherwise, one expected to work up to 120 s.
     fn time(agent: &mut weir_tests::Agent, changes: u32, expect_work: bool, mut change: impl FnMut(u32)) -> (Vec<u64>, u32) {
         let mut lat = Vec::new();
+        // The reconcile's own part of each.
+        let mut work = Vec::new();
         let mut no_work = 0;
         for k in 0..changes {
             // Idle: the reconcile count stable for 300 ms.
@@ -337,8 +345,10 @@ mod cluster {
             loop {
                 let log = agent.log_text();
                 if log.matches("reconciled").count() > before {
-                    if let Some(us) = log.lines().filter(|l| l.contains("reconciled")).nth(before).and_then(super::took_us) {
+                    let line = log.lines().filter(|l| l.contains("reconciled")).nth(before).unwrap_or_default();
+                    if let Some(us) = super::took_us(line) {
                         lat.push(us);
+                        work.push(super::field_us(line, "work_us=").unwrap_or(0));
                     }
                     break;
                 }
@@ -351,6 +361,7 @@ mod cluster {
         }
         // In order, so a slow first change shows as such.
         eprintln!("latencies in order (µs): {lat:?}");
+        eprintln!("  of which the reconcile's own work (µs): {work:?}");
         lat.sort_unstable();
         (lat, no_work)
     }
@@ -359,11 +370,14 @@ mod cluster {
         let node = Node::new();
         let me = node.ns().name().to_string();
         let gen = Instant::now();
+        let namespace_yaml = |k: u32, team: u32| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{k}, labels: {{team: t{team}}}}}\n---\n");
         let mut ns = String::new();
-        for k in 0..NAMESPACES {
-            let _ = write!(ns, "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{k}, labels: {{team: t{}}}}}\n---\n", k % 20);
+        for k in 1..NAMESPACES {
+            ns.push_str(&namespace_yaml(k, k % 20));
         }
         node.write_source("namespaces.yaml", ns.as_bytes());
+        // Namespace 0 gets a file of its own: the relabels edit it.
+        node.write_source("namespace-0.yaml", namespace_yaml(0, 0).as_bytes());
         // Node 0 (this one) and pod 0 get files of their own: the changes edit them.
         node.write_source("node-0.yaml", node_yaml(&me, 0, 0).as_bytes());
         write_chunks(&node, "nodes", nodes - 1, 100, |i| node_yaml(&me, i + 1, 0));
@@ -394,6 +408,7 @@ mod cluster {
         let (newpod, newpod_none) = time(&mut agent, changes, true, |k| node.write_source(&format!("new-{k}.yaml"), pod_yaml(&me, nodes, pods + k * nodes, k % LABEL_SETS, Some(0)).as_bytes()));
         let (beat, beat_none) = time(&mut agent, changes, false, |k| node.write_source("node-0.yaml", node_yaml(&me, 0, k + 1).as_bytes()));
         let (np, np_none) = time(&mut agent, changes, true, |k| node.write_source("np-0.yaml", netpol_yaml(0, 81 + k).as_bytes()));
+        let (nsl, nsl_none) = time(&mut agent, changes, true, |k| node.write_source("namespace-0.yaml", namespace_yaml(0, (k + 1) % 20).as_bytes()));
         let rss_after = super::rss_kib(pid);
 
         let ms = |v: &[u64], p: f64| super::percentile(v, p) as f64 / 1e3;
@@ -411,6 +426,7 @@ mod cluster {
             ("one new Pod on this node", &newpod, newpod_none),
             ("one Node heartbeat", &beat, beat_none),
             ("one NetworkPolicy edit", &np, np_none),
+            ("one Namespace relabelled (100 pods)", &nsl, nsl_none),
         ] {
             println!("| {what}: event → maps written, p50 / p99 ({} changes, {none} no work) | {:.2} / {:.2} ms |", v.len(), ms(v, 0.5), ms(v, 0.99));
         }

@@ -39,8 +39,9 @@ pub struct PolicyReconciler {
     index: Option<PodIndex>,
 }
 
-/// Pod changes in one batch above which the whole policy is translated
-/// again (a relist): one pass beats many deltas.
+/// Pod changes in one batch (a relist, or a relabelled Namespace's pods)
+/// above which the whole policy is translated again: one pass beats many
+/// deltas.
 const DELTA_MAX_PODS: usize = 1024;
 
 /// How one policy reconcile went, for the log and the tests.
@@ -156,10 +157,15 @@ impl PolicyReconciler {
         PolicyOutcome { map_writes: w.map_writes, errors: w.errors }
     }
 
-    /// Programs the policy state of `state` after only `pods` changed:
-    /// their delta when it can be had (`pod_delta`), everything otherwise.
-    pub fn reconcile_pods(&mut self, state: &ClusterState, pods: &std::collections::BTreeSet<PodKey>) -> (PolicyOutcome, PolicyPath) {
+    /// Programs the policy state of `state` after only `pods` and the
+    /// Namespace objects `namespaces` changed: the delta of those pods and
+    /// of every pod in those namespaces when it can be had (`pod_delta`),
+    /// everything otherwise.
+    pub fn reconcile_pods(&mut self, state: &ClusterState, pods: &BTreeSet<PodKey>, namespaces: &BTreeSet<String>) -> (PolicyOutcome, PolicyPath) {
         if let (Some(index), Some((policies, _))) = (self.index.as_mut(), self.last.as_ref()) {
+            let relabelled: Vec<(String, Option<weir_model::policy::selector::Labels>)> = namespaces.iter().map(|ns| (ns.clone(), state.namespace_labels(ns))).collect();
+            let mut pods = pods.clone();
+            pods.extend(index.set_namespaces(&relabelled));
             if pods.len() <= DELTA_MAX_PODS {
                 let changes: Vec<(PodKey, Option<weir_model::policy::world::PodInfo>)> = pods.iter().map(|k| (k.clone(), state.policy_pod(&k.0, &k.1))).collect();
                 if let Some(d) = index.apply(&changes, policies, &mut self.ids, self.maps.current()) {

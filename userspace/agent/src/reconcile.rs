@@ -41,6 +41,9 @@ pub struct Outcome {
     pub policy_writes: usize,
     /// How policy was translated, if it was.
     pub policy_path: Option<PolicyPath>,
+    /// The reconcile's own time (translation and map writes), apart from
+    /// the time the change waited for it.
+    pub work: std::time::Duration,
     pub errors: Vec<(String, DatapathError)>,
 }
 
@@ -113,6 +116,7 @@ impl Reconciler {
 
     /// Re-translates the services `affected` names and programs the difference.
     pub fn apply(&mut self, state: &ClusterState, affected: &Affected) -> Outcome {
+        let start = std::time::Instant::now();
         let mut out = Outcome::default();
         let keys: BTreeSet<ServiceKey> = if affected.all {
             self.ctx = self.node_context(state);
@@ -125,22 +129,18 @@ impl Reconciler {
             (k, specs)
         }).collect();
         self.program_batch(batch, &mut out);
-        if affected.policy {
-            out.add_policy(self.policy.reconcile(state));
-            out.policy_path = Some(PolicyPath::Full);
-        } else {
-            if affected.policies {
-                let (p, path) = self.policy.reconcile_policies(state);
-                out.add_policy(p);
-                out.policy_path = Some(path);
-            }
-            // A full translation above already took the pods in.
-            if !affected.pods.is_empty() && out.policy_path != Some(PolicyPath::Full) {
-                let (p, path) = self.policy.reconcile_pods(state, &affected.pods);
-                out.add_policy(p);
-                out.policy_path = Some(path);
-            }
+        if affected.policies {
+            let (p, path) = self.policy.reconcile_policies(state);
+            out.add_policy(p);
+            out.policy_path = Some(path);
         }
+        // A full translation above already took the pods and namespaces in.
+        if (!affected.pods.is_empty() || !affected.namespaces.is_empty()) && out.policy_path != Some(PolicyPath::Full) {
+            let (p, path) = self.policy.reconcile_pods(state, &affected.pods, &affected.namespaces);
+            out.add_policy(p);
+            out.policy_path = Some(path);
+        }
+        out.work = start.elapsed();
         out
     }
 

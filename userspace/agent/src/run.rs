@@ -526,6 +526,7 @@ fn log_outcome(what: &str, out: &Outcome, took: Duration, metrics: &Metrics) {
         repairs = out.repairs,
         errors = out.errors.len(),
         took_us = took.as_micros() as u64,
+        work_us = out.work.as_micros() as u64,
         "{what}"
     );
 }

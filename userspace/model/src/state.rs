@@ -33,8 +33,9 @@ pub struct Affected {
     pub services: BTreeSet<ServiceKey>,
     /// Something every service's translation depends on changed (a Node).
     pub all: bool,
-    /// A Namespace changed: all policy needs translating.
-    pub policy: bool,
+    /// Namespaces whose object changed: the identities of their pods
+    /// follow their labels (`policy::pod_delta`).
+    pub namespaces: BTreeSet<String>,
     /// A NetworkPolicy, ClusterNetworkPolicy or WeirNetworkPolicy changed:
     /// the changed policies need translating (`policy::pod_delta`).
     pub policies: bool,
@@ -49,14 +50,14 @@ impl Affected {
     pub fn merge(&mut self, other: Affected) {
         self.services.extend(other.services);
         self.all |= other.all;
-        self.policy |= other.policy;
+        self.namespaces.extend(other.namespaces);
         self.policies |= other.policies;
         self.pods.extend(other.pods);
         self.nodes |= other.nodes;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && !self.all && !self.policy && !self.policies && self.pods.is_empty() && !self.nodes
+        self.services.is_empty() && !self.all && self.namespaces.is_empty() && !self.policies && self.pods.is_empty() && !self.nodes
     }
 }
 
@@ -172,7 +173,9 @@ impl ClusterState {
             Kind::Pod => {
                 a.pods.insert((key.namespace.clone(), key.name.clone()));
             }
-            Kind::Namespace => a.policy = true,
+            Kind::Namespace => {
+                a.namespaces.insert(key.name.clone());
+            }
             Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy => a.policies = true,
         }
         a
@@ -265,6 +268,18 @@ impl ClusterState {
             Stored::Other(o) => Some(o.as_ref()),
             _ => None,
         })
+    }
+
+    /// The labels of the Namespace object `name` (as stored, without the
+    /// name label the API server adds); `None` when it is not known.
+    pub fn namespace_labels(&self, name: &str) -> Option<crate::policy::selector::Labels> {
+        match self.objects.get(&Kind::Namespace).and_then(|m| m.get(&(String::new(), name.to_string()))) {
+            Some(Stored::Other(o)) => match o.as_ref() {
+                Object::Namespace(n) => Some(n.metadata.labels.clone().unwrap_or_default()),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// What is known of the Pod `namespace/name`.
@@ -424,13 +439,28 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_change_names_the_namespace_and_its_labels_are_read_back() {
+        let ns = |labels: &str| Object::Namespace(serde_yaml_ng::from_str(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{{labels}}}}}\n")).expect("namespace"));
+        let mut st = ClusterState::new();
+        assert_eq!(st.namespace_labels("shop"), None);
+        let a = st.apply(Change::Upsert(ns("team: a")));
+        assert_eq!(a.namespaces, BTreeSet::from(["shop".to_string()]));
+        assert!(a.pods.is_empty() && !a.policies && !a.all, "{a:?}");
+        assert_eq!(st.namespace_labels("shop"), Some([("team".to_string(), "a".to_string())].into()));
+        assert!(st.apply(Change::Upsert(ns("team: a"))).is_empty(), "the same object again: no work");
+        let gone = st.apply(Change::Delete(ObjectKey { kind: Kind::Namespace, namespace: String::new(), name: "shop".into() }));
+        assert_eq!(gone.namespaces, BTreeSet::from(["shop".to_string()]));
+        assert_eq!(st.namespace_labels("shop"), None);
+    }
+
+    #[test]
     fn a_pod_status_only_change_is_no_work_and_a_label_change_is() {
         let mut st = ClusterState::new();
         assert!(!st.apply(Change::Upsert(pod("", "app: web"))).is_empty(), "a new pod");
         let status_only = pod(", conditions: [{type: Ready, status: 'True'}], containerStatuses: [{name: c, image: x, imageID: y, ready: true, restartCount: 3}]", "app: web");
         assert!(st.apply(Change::Upsert(status_only)).is_empty(), "conditions and container statuses change nothing weir reads");
         let relabelled = st.apply(Change::Upsert(pod("", "app: api")));
-        assert!(relabelled.pods.contains(&("shop".to_string(), "web-0".to_string())) && !relabelled.policy && !relabelled.all, "a label change is that pod's policy work");
+        assert!(relabelled.pods.contains(&("shop".to_string(), "web-0".to_string())) && relabelled.namespaces.is_empty() && !relabelled.all, "a label change is that pod's policy work");
         assert_eq!(st.policy_world().pods.len(), 1);
         assert_eq!(st.policy_world().pods[0].labels.get("app").map(String::as_str), Some("api"));
         assert!(!st.apply(Change::Delete(ObjectKey { kind: Kind::Pod, namespace: "shop".into(), name: "web-0".into() })).is_empty());

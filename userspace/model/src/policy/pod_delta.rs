@@ -27,6 +27,7 @@ use weir_desired::policy::{PolicyDelta, PolicyEntry, PolicyState, Prefix};
 use super::{
     compile::CompiledPolicy,
     ids::{Ids, LabelKey},
+    selector::Labels,
     translate::{
         endpoint_name_keys, endpoint_names, endpoint_state, identity_name, is_local, label_key, peer_identities, peer_selects, pod_address, ranked_rules, rule_refs, selecting, PodIdentity,
         Translated,
@@ -245,6 +246,27 @@ impl PodIndex {
             self.evaluate_endpoint(key, policies, ids, current, only, &mut d);
         }
         Some(d)
+    }
+
+    /// Takes in namespaces' new labels (`None`: the Namespace object is
+    /// gone) and returns the indexed pods in the namespaces whose labels
+    /// changed: a pod's identity includes its namespace's labels, so each
+    /// of them is a pod change for [`PodIndex::apply`] (in the same call
+    /// as the batch's other pod changes).
+    pub fn set_namespaces(&mut self, changes: &[(String, Option<Labels>)]) -> Vec<PodKey> {
+        let mut pods = Vec::new();
+        for (ns, labels) in changes {
+            let old = match labels {
+                Some(l) => self.namespaces.namespaces.insert(ns.clone(), l.clone()),
+                None => self.namespaces.namespaces.remove(ns),
+            };
+            if old.unwrap_or_default() == labels.clone().unwrap_or_default() {
+                continue;
+            }
+            let from = (ns.clone(), String::new());
+            pods.extend(self.pods.range(from..).map(|(k, _)| k).take_while(|k| k.0 == *ns).cloned());
+        }
+        pods
     }
 
     /// The delta for a change of policies alone (pods, namespaces and the
@@ -486,8 +508,17 @@ mod tests {
         }
     }
 
+    /// The Namespace objects of the generated world: y is team b.
+    fn namespaces() -> BTreeMap<String, Labels> {
+        [("y".to_string(), [("team".to_string(), "b".to_string())].into())].into()
+    }
+
     fn world(pods: &BTreeMap<usize, PodInfo>) -> World {
-        World { pods: pods.values().cloned().collect(), namespaces: [("y".to_string(), [("team".to_string(), "b".to_string())].into())].into() }
+        world_in(pods, &namespaces())
+    }
+
+    fn world_in(pods: &BTreeMap<usize, PodInfo>, namespaces: &BTreeMap<String, Labels>) -> World {
+        World { pods: pods.values().cloned().collect(), namespaces: namespaces.clone() }
     }
 
     fn full(policies: &[CompiledPolicy], w: &World, ids: &mut Ids, cidrs: &BTreeSet<Prefix>) -> (PolicyState, BTreeMap<NameKey, String>, Translated) {
@@ -503,6 +534,8 @@ mod tests {
         state: PolicyState,
         names: BTreeMap<NameKey, String>,
         index: PodIndex,
+        /// The Namespace objects the reference translation sees.
+        namespaces: BTreeMap<String, Labels>,
     }
 
     impl Programmed {
@@ -511,7 +544,7 @@ mod tests {
             let mut ids = Ids::new();
             let (state, names, t) = full(policies, &world(pods), &mut ids, &cidrs);
             let index = PodIndex::build(&world(pods), &cidrs, Some("n1"), t).expect("indexable");
-            Programmed { ids, state, names, index }
+            Programmed { ids, state, names, index, namespaces: namespaces() }
         }
 
         /// Applies `delta` and checks the result against the full
@@ -522,14 +555,15 @@ mod tests {
                 Some(d) => {
                     d.apply_to(&mut self.state, &mut self.names);
                     let mut check = self.ids.clone();
-                    let (want, want_names, _) = full(policies, &world(pods), &mut check, &cidrs);
+                    let (want, want_names, _) = full(policies, &world_in(pods, &self.namespaces), &mut check, &cidrs);
                     prop_assert_eq!(&self.state, &want);
                     prop_assert_eq!(&self.names, &want_names);
                 }
                 None => {
-                    let (s, n, t) = full(policies, &world(pods), &mut self.ids, &cidrs);
+                    let w = world_in(pods, &self.namespaces);
+                    let (s, n, t) = full(policies, &w, &mut self.ids, &cidrs);
                     (self.state, self.names) = (s, n);
-                    self.index = PodIndex::build(&world(pods), &cidrs, Some("n1"), t).expect("indexable");
+                    self.index = PodIndex::build(&w, &cidrs, Some("n1"), t).expect("indexable");
                 }
             }
             Ok(())
@@ -605,6 +639,44 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Namespaces relabelled, created and deleted, with a pod change in
+        /// the same batch: each is a delta of the pods in them, and the
+        /// deltas add up to the full translation of the new world.
+        #[test]
+        fn namespace_deltas_equal_the_full_translation(steps in prop::collection::vec((0usize..3, 0usize..4, 0usize..24, 0usize..6, any::<bool>()), 1..30)) {
+            let policies = policies();
+            let mut pods: BTreeMap<usize, PodInfo> = (0..24).map(|i| (i, pod(i, 0))).collect();
+            let mut p = Programmed::new(&policies, &pods);
+            for (ns, labels, i, variant, pod_too) in steps {
+                let name = NS[ns].to_string();
+                let team = |t: &str| -> Labels { [("team".to_string(), t.to_string())].into() };
+                let labels = match labels {
+                    0 => None,
+                    1 => Some(team("b")),
+                    2 => Some(team("a")),
+                    _ => Some([("team".to_string(), "b".to_string()), ("tier".to_string(), "x".to_string())].into()),
+                };
+                match &labels {
+                    Some(l) => p.namespaces.insert(name.clone(), l.clone()),
+                    None => p.namespaces.remove(&name),
+                };
+                let mut keys: BTreeSet<PodKey> = p.index.set_namespaces(&[(name, labels)]).into_iter().collect();
+                if pod_too {
+                    pods.insert(i, pod(i, variant));
+                    keys.insert((NS[i % NS.len()].to_string(), format!("p{i}")));
+                }
+                let changes: Vec<(PodKey, Option<PodInfo>)> =
+                    keys.into_iter().map(|k| { let now = pods.values().find(|p| p.namespace == k.0 && p.name == k.1).cloned(); (k, now) }).collect();
+                let delta = p.index.apply(&changes, &policies, &mut p.ids, &p.state);
+                prop_assert!(delta.is_some(), "no address is claimed twice: always a delta");
+                p.settle(delta, &policies, &pods)?;
+            }
+        }
+    }
+
     /// The generated world, translated in full and indexed.
     fn indexed() -> (Vec<CompiledPolicy>, Ids, PolicyState, PodIndex) {
         let policies = policies();
@@ -641,6 +713,16 @@ mod tests {
         assert_eq!(d.names.get(&NameKey { kind: NAME_IDENTITY, id }), Some(&Some("x {app=cli,tier=new} in 10.0.0.0/24".to_string())));
         let web = ids.lookup_endpoint("x", "p12").expect("x/web on n1");
         assert!(d.entries.iter().any(|(e, v)| e.endpoint == web && e.identity == id && v.is_some_and(|v| v.allows())), "x/web admits it");
+    }
+
+    #[test]
+    fn a_namespace_relabel_changes_its_pods_and_no_others() {
+        let (_, _, _, mut index) = indexed();
+        let y: Vec<PodKey> = index.pods.keys().filter(|k| k.0 == "y").cloned().collect();
+        assert!(!y.is_empty());
+        assert_eq!(index.set_namespaces(&[("y".into(), Some([("team".to_string(), "a".to_string())].into()))]), y, "every pod of y, no other");
+        assert!(index.set_namespaces(&[("y".into(), Some([("team".to_string(), "a".to_string())].into()))]).is_empty(), "the same labels again: nothing");
+        assert!(index.set_namespaces(&[("x".into(), Some(Labels::new()))]).is_empty(), "an object with no labels where none was: nothing");
     }
 
     #[test]
