@@ -13,6 +13,7 @@ mod health;
 mod http;
 mod links;
 mod masquerade;
+mod memory;
 mod metrics;
 mod node_net;
 mod pod_addrs;
@@ -28,6 +29,7 @@ mod stale_sockets;
 use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {
+    memory::one_arena();
     let args = args::Args::parse();
     init_tracing(args.log_format, args.bpf_log_level != args::BpfLogLevel::Off);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -236,7 +236,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             // after the sync, on the first change, pays for
                             // consolidating it (20-40 ms at 100,000 services).
                             drop(out);
-                            release_freed_memory();
+                            crate::memory::release_freed();
                         }
                         SourceEvent::Synced => {}
                         SourceEvent::WatchHealth { kind, failing } => {
@@ -549,11 +549,6 @@ fn update_gauges(metrics: &Metrics, state: &ClusterState, reconciler: &mut Recon
     }
 }
 
-/// Returns memory freed after the initial load (parsing garbage) to the OS.
-fn release_freed_memory() {
-    // SAFETY: malloc_trim only walks glibc's own heap structures.
-    unsafe { libc::malloc_trim(0) };
-}
 
 /// `--install-cni` / `--uninstall-cni`: an init step, then exit.
 async fn cni_install(args: &Args) -> anyhow::Result<()> {
