@@ -259,7 +259,7 @@ impl Endpoints {
     pub fn commit(&mut self, state: &mut ClusterState, r: &Ready) -> Affected {
         let entry = Entry {
             registration: r.reg.clone(),
-            labels: r.info.labels.clone(),
+            labels: r.info.labels.as_ref().clone(),
             ports: r.info.ports.iter().map(|p| (p.name.clone(), p.proto, p.port)).collect(),
         };
         self.registered.insert((r.reg.container_id.clone(), r.reg.ifname.clone()), entry);
@@ -276,7 +276,7 @@ impl Endpoints {
         state.register_local(PodInfo {
             namespace: key.0.clone(),
             name: key.1.clone(),
-            labels: first.labels.clone(),
+            labels: weir_model::policy::interned::shared(first.labels.clone()),
             ips: ips.into_iter().collect(),
             node: self.node.clone(),
             ports: first.ports.iter().map(|(name, proto, port)| NamedPort { name: name.clone(), proto: *proto, port: *port }).collect(),

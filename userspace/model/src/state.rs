@@ -63,10 +63,12 @@ impl Affected {
 
 /// One stored object.
 #[derive(Clone, Debug, PartialEq)]
+/// Boxed: the map holds 200,000 of these, and a variant inline sizes
+/// every entry of its B-tree nodes to the largest.
 enum Stored {
-    Service(ServiceModel),
-    Slice(SliceModel),
-    Node(NodeModel),
+    Service(Box<ServiceModel>),
+    Slice(Box<SliceModel>),
+    Node(Box<NodeModel>),
     /// A Pod's compact model (its IPs may be empty: not yet known); `None`
     /// for a pod that will never own an address (host network, finished).
     Pod(Option<Box<crate::policy::world::PodInfo>>),
@@ -76,9 +78,9 @@ enum Stored {
 impl Stored {
     fn from_object(o: Object) -> Self {
         match o {
-            Object::Service(s) => Self::Service(ServiceModel::from_k8s(&s)),
-            Object::EndpointSlice(s) => Self::Slice(SliceModel::from_k8s(&s)),
-            Object::Node(n) => Self::Node(NodeModel::from_k8s(&n)),
+            Object::Service(s) => Self::Service(Box::new(ServiceModel::from_k8s(&s))),
+            Object::EndpointSlice(s) => Self::Slice(Box::new(SliceModel::from_k8s(&s))),
+            Object::Node(n) => Self::Node(Box::new(NodeModel::from_k8s(&n))),
             Object::Pod(p) => Self::Pod(crate::policy::world::pod_model(&p).map(Box::new)),
             other => Self::Other(Box::new(other.slim())),
         }
@@ -230,7 +232,7 @@ impl ClusterState {
 
     pub fn service(&self, key: &ServiceKey) -> Option<&ServiceModel> {
         match self.objects.get(&Kind::Service)?.get(key)? {
-            Stored::Service(s) => Some(s),
+            Stored::Service(s) => Some(&**s),
             _ => None,
         }
     }
@@ -242,7 +244,7 @@ impl ClusterState {
         names
             .iter()
             .filter_map(|n| match slices.get(&(key.0.clone(), n.clone())) {
-                Some(Stored::Slice(s)) => Some(s),
+                Some(Stored::Slice(s)) => Some(&**s),
                 _ => None,
             })
             .collect()
@@ -251,7 +253,7 @@ impl ClusterState {
     /// Every service's model, by key, without copying the keys.
     pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &ServiceModel)> + '_ {
         self.objects.get(&Kind::Service).into_iter().flat_map(|m| m.iter()).filter_map(|(k, s)| match s {
-            Stored::Service(svc) => Some((k, svc)),
+            Stored::Service(svc) => Some((k, &**svc)),
             _ => None,
         })
     }
@@ -388,7 +390,7 @@ impl ClusterState {
     /// The named node's model.
     pub fn node(&self, name: &str) -> Option<&NodeModel> {
         match self.objects.get(&Kind::Node)?.get(&(String::new(), name.to_string()))? {
-            Stored::Node(n) => Some(n),
+            Stored::Node(n) => Some(&**n),
             _ => None,
         }
     }
@@ -396,7 +398,7 @@ impl ClusterState {
     /// Every node's model.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeModel> + '_ {
         self.objects.get(&Kind::Node).into_iter().flat_map(|m| m.values()).filter_map(|s| match s {
-            Stored::Node(n) => Some(n),
+            Stored::Node(n) => Some(&**n),
             _ => None,
         })
     }
@@ -471,7 +473,7 @@ mod tests {
         PodInfo {
             namespace: "shop".into(),
             name: "web-0".into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: crate::policy::interned::shared(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ips: vec![ip.parse().expect("ip")],
             node: Some("n1".into()),
             ports: vec![],

@@ -348,7 +348,7 @@ mod tests {
         PodInfo {
             namespace: ns.into(),
             name: name.into(),
-            labels: [("app".to_string(), app.to_string())].into(),
+            labels: crate::policy::interned::shared([("app".to_string(), app.to_string())].into()),
             ips: vec![ip.parse().expect("ip")],
             node: None,
             ports: vec![NamedPort { name: "http".into(), proto: 6, port: 80 }],

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use weir_common::policy::{ID_CIDR_FIRST, ID_POD_FIRST};
 use weir_desired::policy::Prefix;
 
-use super::{compile::PolicyKind, selector::Labels};
+use super::{compile::PolicyKind, interned::SharedLabels};
 
 /// What a pod identity stands for: its namespace and labels, and the most
 /// specific policy CIDR holding the pod's address, so that every pod of an
@@ -18,8 +18,8 @@ use super::{compile::PolicyKind, selector::Labels};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LabelKey {
     pub namespace: String,
-    pub namespace_labels: Labels,
-    pub labels: Labels,
+    pub namespace_labels: SharedLabels,
+    pub labels: SharedLabels,
     pub cidr: Option<Prefix>,
 }
 

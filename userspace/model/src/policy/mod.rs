@@ -5,6 +5,7 @@ pub mod compile;
 pub mod crd;
 pub mod evaluate;
 pub mod ids;
+pub mod interned;
 pub mod pod_delta;
 pub mod selector;
 pub mod translate;

@@ -501,7 +501,7 @@ mod tests {
         PodInfo {
             namespace: NS[i % NS.len()].into(),
             name: format!("p{i}"),
-            labels: [("app".to_string(), app.to_string())].into(),
+            labels: crate::policy::interned::shared([("app".to_string(), app.to_string())].into()),
             ips: vec![format!("10.0.{}.{}", (i + variant) % 3, 10 + i).parse().expect("ip")],
             node: Some(if (i + variant).is_multiple_of(2) { "n1" } else { "n2" }.into()),
             ports: http,
@@ -693,7 +693,7 @@ mod tests {
         let (policies, mut ids, state, mut index) = indexed();
         // p0 (x, web, n1) relabelled cli: x/cli has other members.
         let mut moved = pod(0, 0);
-        moved.labels.insert("app".into(), "cli".into());
+        std::sync::Arc::make_mut(&mut moved.labels).insert("app".into(), "cli".into());
         let d = index.apply(&[(("x".into(), "p0".into()), Some(moved))], &policies, &mut ids, &state).expect("a delta");
         assert_eq!(d.ipcache.len(), 1, "its one address");
         assert!(d.entries.keys().all(|e| Some(e.endpoint) == ids.lookup_endpoint("x", "p0")), "only its own endpoint's entries");
@@ -706,7 +706,7 @@ mod tests {
         // p3 (x, job, on n2) becomes {app: cli, tier: new}: x/web's rule
         // admits it, so x/web's endpoint on this node (p12) gets its cells.
         let mut fresh = pod(3, 0);
-        fresh.labels = [("app".to_string(), "cli".to_string()), ("tier".to_string(), "new".to_string())].into();
+        fresh.labels = crate::policy::interned::shared([("app".to_string(), "cli".to_string()), ("tier".to_string(), "new".to_string())].into());
         let d = index.apply(&[(("x".into(), "p3".into()), Some(fresh))], &policies, &mut ids, &state).expect("a delta");
         let id = d.ipcache.values().flatten().map(|i| i.identity).next().expect("its address");
         assert!(!state.entries.keys().any(|e| e.identity == id), "a new identity");

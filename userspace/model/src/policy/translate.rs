@@ -352,7 +352,7 @@ mod tests {
         PodInfo {
             namespace: ns.into(),
             name: name.into(),
-            labels: [("app".to_string(), app.to_string())].into(),
+            labels: crate::policy::interned::shared([("app".to_string(), app.to_string())].into()),
             ips: vec![ip.parse().unwrap()],
             node: Some("n1".into()),
             ports: ports.iter().map(|(n, p, port)| NamedPort { name: n.to_string(), proto: *p, port: *port }).collect(),

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::selector::Labels;
+use super::{
+    interned::{shared, SharedLabels},
+    selector::Labels,
+};
 use crate::{Kind, Object};
 
 /// The label the API server puts on every namespace.
@@ -22,7 +25,8 @@ pub struct NamedPort {
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
-    pub labels: Labels,
+    /// Shared with every pod of the same labels (`interned`).
+    pub labels: SharedLabels,
     pub ips: Vec<IpAddr>,
     pub node: Option<String>,
     pub ports: Vec<NamedPort>,
@@ -38,10 +42,10 @@ pub struct World {
 impl World {
     /// The labels of namespace `ns` (with the name label the API server
     /// sets, also when the Namespace object is not known).
-    pub fn namespace_labels(&self, ns: &str) -> Labels {
+    pub fn namespace_labels(&self, ns: &str) -> SharedLabels {
         let mut l = self.namespaces.get(ns).cloned().unwrap_or_default();
         l.insert(NAMESPACE_NAME_LABEL.into(), ns.into());
-        l
+        shared(l)
     }
 
     /// Namespaces from their objects, pods from their compact models.
@@ -114,7 +118,7 @@ pub fn pod_model(p: &Pod) -> Option<PodInfo> {
     Some(PodInfo {
         namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
         name: p.metadata.name.clone().unwrap_or_default(),
-        labels: p.metadata.labels.clone().unwrap_or_default(),
+        labels: shared(p.metadata.labels.clone().unwrap_or_default()),
         ips,
         node: spec.node_name.clone(),
         ports,
