@@ -410,6 +410,7 @@ mod cluster {
         let (np, np_none) = time(&mut agent, changes, true, |k| node.write_source("np-0.yaml", netpol_yaml(0, 81 + k).as_bytes()));
         let (nsl, nsl_none) = time(&mut agent, changes, true, |k| node.write_source("namespace-0.yaml", namespace_yaml(0, (k + 1) % 20).as_bytes()));
         let rss_after = super::rss_kib(pid);
+        let (anon_after, shmem_after, file_after) = (super::status_kib(pid, "RssAnon:"), super::status_kib(pid, "RssShmem:"), super::status_kib(pid, "RssFile:"));
 
         let ms = |v: &[u64], p: f64| super::percentile(v, p) as f64 / 1e3;
         println!("| metric | value |");
@@ -420,6 +421,7 @@ mod cluster {
         println!("| cold: initial full sync (translate + map writes) | {:.1} s |", initial_us as f64 / 1e6);
         println!("| agent RSS after cold sync | {:.0} MiB |", rss_cold as f64 / 1024.0);
         println!("| agent RSS after the changes | {:.0} MiB |", rss_after as f64 / 1024.0);
+        println!("| of which heap and stacks (RssAnon) / mapped BPF maps and files (RssShmem + RssFile) | {:.0} / {:.0} MiB |", anon_after as f64 / 1024.0, (shmem_after + file_after) as f64 / 1024.0);
         for (what, v, none) in [
             ("one endpoint", &ep, ep_none),
             ("one Pod label", &label, label_none),

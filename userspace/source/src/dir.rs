@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -32,7 +33,8 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 #[derive(Default)]
 pub struct DirState {
     files: HashMap<PathBuf, BTreeSet<ObjectKey>>,
-    owner: HashMap<ObjectKey, PathBuf>,
+    /// The owning file's path, one shared copy per file.
+    owner: HashMap<ObjectKey, Arc<Path>>,
 }
 
 impl DirState {
@@ -46,6 +48,11 @@ impl DirState {
             warnings.extend(w);
         }
         (changes, warnings)
+    }
+
+    /// The shared copy of `path` its objects already point at, or a new one.
+    fn owner_path(&self, path: &Path) -> Arc<Path> {
+        self.files.get(path).and_then(|keys| keys.iter().find_map(|k| self.owner.get(k).filter(|p| &***p == path).cloned())).unwrap_or_else(|| Arc::from(path))
     }
 
     /// Re-reads one file and returns what changed.
@@ -87,9 +94,10 @@ impl DirState {
             },
         };
         let mut changes = Vec::new();
+        let shared_path: Arc<Path> = self.owner_path(path);
         let mut keys: BTreeSet<ObjectKey> = rejected_kept;
         for (k, o) in current {
-            if let Some(other) = self.owner.get(&k).filter(|p| p.as_path() != path) {
+            if let Some(other) = self.owner.get(&k).filter(|p| &***p != path) {
                 warnings.push(Warning {
                     file: Some(path.to_path_buf()),
                     object: Some(k.to_string()),
@@ -97,13 +105,13 @@ impl DirState {
                     message: format!("also defined in {}; this file's definition wins", other.display()),
                 });
             }
-            self.owner.insert(k.clone(), path.to_path_buf());
+            self.owner.insert(k.clone(), shared_path.clone());
             keys.insert(k);
             changes.push(Change::Upsert(o));
         }
         for k in previous.iter().filter(|k| !keys.contains(*k)) {
             // Only the owning file's removal deletes the object.
-            if self.owner.get(k).map(PathBuf::as_path) == Some(path) {
+            if self.owner.get(k).map(|p| &**p) == Some(path) {
                 self.owner.remove(k);
                 changes.push(Change::Delete(k.clone()));
             }
