@@ -114,6 +114,9 @@ pub struct ClusterState {
     /// name): the addresses it gave them, the node, and the pod's model
     /// when it was registered.
     local: BTreeMap<(String, String), PodInfo>,
+    /// Each policy object compiled once, when it arrives (a policy edit
+    /// among 1,100 policies compiled them all again, on every edit).
+    compiled: BTreeMap<Kind, BTreeMap<(String, String), crate::policy::Compiled>>,
 }
 
 impl ClusterState {
@@ -200,7 +203,19 @@ impl ClusterState {
             }
         }
         if let Some(s) = new_svc {
-            self.slices_by_service.entry(s).or_default().insert(key.name);
+            self.slices_by_service.entry(s).or_default().insert(key.name.clone());
+        }
+        if matches!(key.kind, Kind::NetworkPolicy | Kind::ClusterNetworkPolicy | Kind::WeirNetworkPolicy) {
+            let id = (key.namespace, key.name);
+            let compiled = match self.objects.get(&key.kind).and_then(|m| m.get(&id)) {
+                Some(Stored::Other(o)) => crate::policy::compile_object(o),
+                _ => None,
+            };
+            let cache = self.compiled.entry(key.kind).or_default();
+            match compiled {
+                Some(c) => cache.insert(id, c),
+                None => cache.remove(&id),
+            };
         }
         affected
     }
@@ -221,6 +236,9 @@ impl ClusterState {
         };
         if let Some(s) = old.slice_service() {
             self.unlink_slice(&s, &key.name);
+        }
+        if let Some(cache) = self.compiled.get_mut(&key.kind) {
+            cache.remove(&(key.namespace.clone(), key.name.clone()));
         }
         Self::touched(key.kind, key, &old)
     }
@@ -372,8 +390,7 @@ impl ClusterState {
     pub fn compiled_policies(&self) -> Vec<(ObjectKey, crate::policy::Compiled)> {
         [Kind::ClusterNetworkPolicy, Kind::NetworkPolicy, Kind::WeirNetworkPolicy]
             .into_iter()
-            .flat_map(|k| self.objects_of(k))
-            .filter_map(|o| Some((o.key(), crate::policy::compile_object(o)?)))
+            .flat_map(|kind| self.compiled.get(&kind).into_iter().flat_map(move |m| m.iter().map(move |((namespace, name), c)| (ObjectKey { kind, namespace: namespace.clone(), name: name.clone() }, c.clone()))))
             .collect()
     }
 
@@ -438,6 +455,27 @@ mod tests {
         let mut st = ClusterState::new();
         assert!(!st.apply(Change::Upsert(node("2026-12-03T01:00:00Z"))).is_empty());
         assert!(st.apply(Change::Upsert(node("2026-12-03T01:00:10Z"))).is_empty(), "a kubelet heartbeat changes nothing weir reads");
+    }
+
+    #[test]
+    fn policies_are_compiled_once_and_follow_every_edit_delete_and_relist() {
+        let np = |name: &str, port: u16| Object::from_value(Kind::NetworkPolicy, serde_yaml_ng::from_str(&format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  podSelector: {{}}\n  ingress: [{{ports: [{{port: {port}}}]}}]\n")).expect("yaml")).expect("decodes");
+        let mut st = ClusterState::new();
+        // What compiling every stored object says, as before the cache.
+        let fresh = |st: &ClusterState| -> Vec<(ObjectKey, crate::policy::Compiled)> {
+            [Kind::ClusterNetworkPolicy, Kind::NetworkPolicy, Kind::WeirNetworkPolicy].into_iter().flat_map(|k| st.objects_of(k)).filter_map(|o| Some((o.key(), crate::policy::compile_object(o)?))).collect()
+        };
+        st.apply(Change::Upsert(np("a", 80)));
+        st.apply(Change::Upsert(np("b", 81)));
+        assert_eq!(st.compiled_policies(), fresh(&st));
+        assert_eq!(st.compiled_policies().len(), 2);
+        st.apply(Change::Upsert(np("a", 90)));
+        assert_eq!(st.compiled_policies(), fresh(&st), "an edit is compiled again");
+        st.apply(Change::Delete(np("b", 81).key()));
+        assert_eq!(st.compiled_policies(), fresh(&st), "a delete leaves");
+        st.apply(Change::Replace { kind: Kind::NetworkPolicy, objects: vec![np("c", 82)], rejected: Vec::new() });
+        assert_eq!(st.compiled_policies(), fresh(&st), "a relist replaces");
+        assert_eq!(st.compiled_policies().len(), 1);
     }
 
     #[test]
