@@ -1,0 +1,84 @@
+//! The kube source follows the API server's watch streams, not only its
+//! lists: a Service created, changed and deleted after the initial sync
+//! reaches the datapath through ADDED, MODIFIED and DELETED events, and
+//! real connections to its ClusterIP show each step.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use weir_tests::{
+    kubeapi,
+    traffic::{tcp_request, tcp_server, Reply},
+    Agent, Node,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
+
+fn service() -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": VIP.to_string(), "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+}
+
+fn slice(backends: &[Ipv4Addr]) -> Value {
+    let endpoints: Vec<Value> = backends.iter().map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}})).collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints})
+}
+
+/// The backend names a few connections to the VIP reach (empty: the
+/// first one failed).
+fn reached(client: &weir_tests::Pod) -> Vec<String> {
+    let mut names: Vec<String> = (0..12)
+        .map_while(|_| tcp_request(client.ns(), VIP, 80, b"hi".to_vec(), Duration::from_secs(1)).ok())
+        .map(|r| String::from_utf8_lossy(&r).split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn wait_reached(client: &weir_tests::Pod, want: &[&str], agent: &Agent, what: &str) {
+    let start = Instant::now();
+    loop {
+        let got = reached(client);
+        if got == want {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{what}: the VIP reaches {got:?}, not {want:?}\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn services_created_changed_and_deleted_through_the_watch_reach_the_datapath() {
+    let node = Node::new();
+    let (a, b, client) = (node.pod("a", Ipv4Addr::new(10, 244, 1, 2)), node.pod("b", Ipv4Addr::new(10, 244, 1, 3)), node.pod("client", Ipv4Addr::new(10, 244, 1, 4)));
+    let _servers = [tcp_server(a.ns(), 8080, Reply::Name("a".into())), tcp_server(b.ns(), 8080, Reply::Name("b".into()))];
+    let objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})];
+    let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
+    let kubeconfig = kubeapi::Kubeconfig::new(port);
+    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &[]);
+    agent.wait_synced();
+    for p in [&a, &b, &client] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    assert!(reached(&client).is_empty(), "no service yet");
+
+    // Created after the lists: only the watch can tell the agent.
+    api.apply(service());
+    api.apply(slice(&[a.ip]));
+    wait_reached(&client, &["a"], &agent, "ADDED");
+    // The slice changes: both backends.
+    api.apply(slice(&[a.ip, b.ip]));
+    wait_reached(&client, &["a", "b"], &agent, "MODIFIED");
+    // Deleted: the ClusterIP goes.
+    api.delete(slice(&[]));
+    api.delete(service());
+    wait_reached(&client, &[], &agent, "DELETED");
+    let log = agent.log_text();
+    assert_eq!(log.matches("initial sync").count(), 1, "the changes came as watch events, not by relisting:\n{log}");
+}
