@@ -111,7 +111,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn main() {
     if std::env::args().any(|a| a == "--cluster") {
         let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20));
+        let kube = std::env::args().any(|a| a == "--kube");
+        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20), kube);
         return;
     }
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -366,7 +367,29 @@ mod cluster {
         (lat, no_work)
     }
 
-    pub fn run(nodes: u32, pods: u32, changes: u32) {
+    /// Where the agent reads the cluster: its source directory, or the
+    /// scripted API server (lists, then watch events).
+    enum Source<'a> {
+        Dir(&'a Node),
+        Kube(weir_tests::kubeapi::Live),
+    }
+
+    impl Source<'_> {
+        /// Creates or replaces the objects of `yaml` (the file `name` in a
+        /// directory; one watch event each from the API server).
+        fn put(&self, name: &str, yaml: &str) {
+            match self {
+                Source::Dir(node) => node.write_source(name, yaml.as_bytes()),
+                Source::Kube(live) => {
+                    for o in weir_tests::kubeapi::objects_of(yaml) {
+                        live.apply(o);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn run(nodes: u32, pods: u32, changes: u32, kube: bool) {
         let node = Node::new();
         let me = node.ns().name().to_string();
         let gen = Instant::now();
@@ -392,8 +415,23 @@ mod cluster {
 
         let slots = (SERVICES as u64 * weir_logic::maglev::table_size(ENDPOINTS) as u64 + 1024).max(1 << 20);
         let slots_arg = slots.to_string();
+        let args = ["--lb-table-slots", &slots_arg, "--resync-interval", "3600"];
+        // The same objects from the scripted API server: one list per kind
+        // (resourceVersion=0, unpaginated, as the kube source asks), then
+        // one watch per kind.
+        let served = kube.then(|| {
+            let (port, live) = weir_tests::kubeapi::serve_live(node.ns(), weir_tests::kubeapi::objects_in(node.source_dir()), Vec::new());
+            (weir_tests::kubeapi::Kubeconfig::new(port), live)
+        });
         let start = Instant::now();
-        let mut agent = node.start_agent_with(&["--lb-table-slots", &slots_arg, "--resync-interval", "3600"]);
+        let mut agent = match &served {
+            Some((kubeconfig, _)) => weir_tests::Agent::start_kube(&node, &kubeconfig.0, &args),
+            None => node.start_agent_with(&args),
+        };
+        let source = match &served {
+            Some((_, live)) => Source::Kube(live.clone()),
+            None => Source::Dir(&node),
+        };
         agent.wait_for_log_within("initial sync", 1, Duration::from_secs(1800));
         let cold = start.elapsed();
         let log = agent.log_text();
@@ -403,12 +441,20 @@ mod cluster {
         let pid = agent.pid().unwrap_or(0);
         let rss_cold = super::rss_kib(pid);
 
-        let (ep, ep_none) = time(&mut agent, changes, true, |k| node.write_source("svc-0.yaml", service_yaml(nodes, pods, 0, Some(k % ENDPOINTS)).as_bytes()));
-        let (label, label_none) = time(&mut agent, changes, true, |k| node.write_source("pod-0.yaml", pod_yaml(&me, nodes, 0, (k + 1) % LABEL_SETS, None).as_bytes()));
-        let (newpod, newpod_none) = time(&mut agent, changes, true, |k| node.write_source(&format!("new-{k}.yaml"), pod_yaml(&me, nodes, pods + k * nodes, k % LABEL_SETS, Some(0)).as_bytes()));
-        let (beat, beat_none) = time(&mut agent, changes, false, |k| node.write_source("node-0.yaml", node_yaml(&me, 0, k + 1).as_bytes()));
-        let (np, np_none) = time(&mut agent, changes, true, |k| node.write_source("np-0.yaml", netpol_yaml(0, 81 + k).as_bytes()));
-        let (nsl, nsl_none) = time(&mut agent, changes, true, |k| node.write_source("namespace-0.yaml", namespace_yaml(0, (k + 1) % 20).as_bytes()));
+        // An endpoint change edits the slice alone (the Service stays).
+        let slice_only = |k: u32| {
+            let y = service_yaml(nodes, pods, 0, Some(k % ENDPOINTS));
+            y.split_once("---\n").map_or(y.clone(), |(_, slice)| slice.to_string())
+        };
+        let (ep, ep_none) = time(&mut agent, changes, true, |k| match &source {
+            Source::Dir(_) => source.put("svc-0.yaml", &service_yaml(nodes, pods, 0, Some(k % ENDPOINTS))),
+            Source::Kube(_) => source.put("svc-0.yaml", &slice_only(k)),
+        });
+        let (label, label_none) = time(&mut agent, changes, true, |k| source.put("pod-0.yaml", &pod_yaml(&me, nodes, 0, (k + 1) % LABEL_SETS, None)));
+        let (newpod, newpod_none) = time(&mut agent, changes, true, |k| source.put(&format!("new-{k}.yaml"), &pod_yaml(&me, nodes, pods + k * nodes, k % LABEL_SETS, Some(0))));
+        let (beat, beat_none) = time(&mut agent, changes, false, |k| source.put("node-0.yaml", &node_yaml(&me, 0, k + 1)));
+        let (np, np_none) = time(&mut agent, changes, true, |k| source.put("np-0.yaml", &netpol_yaml(0, 81 + k)));
+        let (nsl, nsl_none) = time(&mut agent, changes, true, |k| source.put("namespace-0.yaml", &namespace_yaml(0, (k + 1) % 20)));
         let rss_after = super::rss_kib(pid);
         let (anon_after, shmem_after, file_after) = (super::status_kib(pid, "RssAnon:"), super::status_kib(pid, "RssShmem:"), super::status_kib(pid, "RssFile:"));
 
@@ -416,6 +462,7 @@ mod cluster {
         println!("| metric | value |");
         println!("|---|---|");
         println!("| cluster | {nodes} Nodes, {pods} Pods in {NAMESPACES} namespaces, {SERVICES} Services × {ENDPOINTS} endpoints, {NETPOLS} NetworkPolicies, {CNPS} ClusterNetworkPolicies |");
+        println!("| source | {} |", if kube { "kube (the scripted API server: lists, then watch events)" } else { "directory (standalone)" });
         println!("| writing the YAML (not the agent) | {:.1} s |", gen_took.as_secs_f64());
         println!("| cold: agent start → programmed (wall, incl. parsing) | {:.1} s |", cold.as_secs_f64());
         println!("| cold: initial full sync (translate + map writes) | {:.1} s |", initial_us as f64 / 1e6);
