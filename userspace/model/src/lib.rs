@@ -10,6 +10,7 @@ pub mod load;
 pub mod node;
 pub mod nodeport;
 pub mod object;
+pub mod pod_object;
 pub mod policy;
 pub mod service;
 pub mod slice;
@@ -19,5 +20,6 @@ pub mod validate;
 pub mod warning;
 
 pub use object::{Kind, Object, ObjectKey};
+pub use pod_object::PodObject;
 pub use state::{Change, ClusterState};
 pub use warning::Warning;

@@ -126,7 +126,7 @@ fn endpoint_slice(e: &EndpointSlice) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn pod(p: &k8s_openapi::api::core::v1::Pod) -> Result<(), FieldError> {
+fn pod(p: &crate::pod_object::PodObject) -> Result<(), FieldError> {
     if let Some(status) = &p.status {
         if let Some(ip_s) = status.pod_ip.as_deref() {
             ip("status.podIP", ip_s)?;

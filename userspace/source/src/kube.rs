@@ -22,7 +22,7 @@ use std::{
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod, Service},
+    core::v1::{Namespace, Node, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -31,7 +31,7 @@ use kube::{
     Api, Client,
 };
 use weir_crds::{ClusterNetworkPolicy, WeirNetworkPolicy};
-use weir_model::{validate::validate, Change, Kind, Object, ObjectKey, Warning};
+use weir_model::{validate::validate, Change, Kind, Object, ObjectKey, PodObject, Warning};
 
 use super::{SourceEvent, Sender};
 
@@ -101,11 +101,13 @@ pub fn watch_config(kind: Kind) -> watcher::Config {
 /// Starts one watcher per kind on `client`.
 pub fn run(client: Client, tx: Sender) {
     let tracker = Arc::new(SyncTracker { remaining: AtomicUsize::new(Kind::ALL.len()), sent: AtomicBool::new(false) });
-    tokio::spawn(watch(Api::<Service>::all(client.clone()), Kind::Service, Object::Service, tx.clone(), tracker.clone()));
+    tokio::spawn(watch(Api::<Service>::all(client.clone()), Kind::Service, |o| Object::Service(Box::new(o)), tx.clone(), tracker.clone()));
     tokio::spawn(watch(Api::<EndpointSlice>::all(client.clone()), Kind::EndpointSlice, Object::EndpointSlice, tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<Pod>::all(client.clone()), Kind::Pod, Object::Pod, tx.clone(), tracker.clone()));
+    // Pods in weir's slim type: a list of every Pod is parsed into it
+    // directly, never into the upstream type.
+    tokio::spawn(watch(Api::<PodObject>::all(client.clone()), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone(), tracker.clone()));
     tokio::spawn(watch(Api::<Namespace>::all(client.clone()), Kind::Namespace, Object::Namespace, tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<Node>::all(client.clone()), Kind::Node, Object::Node, tx.clone(), tracker.clone()));
+    tokio::spawn(watch(Api::<Node>::all(client.clone()), Kind::Node, |o| Object::Node(Box::new(o)), tx.clone(), tracker.clone()));
     tokio::spawn(watch(Api::<NetworkPolicy>::all(client.clone()), Kind::NetworkPolicy, Object::NetworkPolicy, tx.clone(), tracker.clone()));
     tokio::spawn(watch(Api::<ClusterNetworkPolicy>::all(client.clone()), Kind::ClusterNetworkPolicy, Object::ClusterNetworkPolicy, tx.clone(), tracker.clone()));
     tokio::spawn(watch(Api::<WeirNetworkPolicy>::all(client), Kind::WeirNetworkPolicy, Object::WeirNetworkPolicy, tx, tracker));

@@ -6,9 +6,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
-use weir_model::{validate::validate, Object};
+use weir_model::{validate::validate, Object, PodObject};
 
 /// Why a lookup failed (the caller retries until its deadline).
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +46,12 @@ impl PodLookup {
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Object>, LookupError> {
         let Some(cell) = &self.client else { return Ok(None) };
         let client = cell.get().ok_or(LookupError::NotConnected)?.clone();
-        let pod = Api::<Pod>::namespaced(client, namespace)
+        let pod = Api::<PodObject>::namespaced(client, namespace)
             .get_opt(name)
             .await
             .map_err(|source| LookupError::Api { namespace: namespace.into(), name: name.into(), source })?;
         let Some(pod) = pod else { return Ok(None) };
-        let o = Object::Pod(pod);
+        let o = Object::Pod(Box::new(pod));
         validate(&o).map_err(|e| LookupError::Invalid { object: o.key().to_string(), field: e.field, message: e.message })?;
         Ok(Some(o))
     }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::pod_object::PodObject as Pod;
 
 use super::{
     interned::{shared, SharedLabels},
