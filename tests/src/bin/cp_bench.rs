@@ -440,6 +440,9 @@ mod cluster {
         let initial_us = super::took_us(sync_line).unwrap_or(0);
         let pid = agent.pid().unwrap_or(0);
         let rss_cold = super::rss_kib(pid);
+        std::thread::sleep(Duration::from_millis(200));
+        let heap = agent.log_text().lines().find(|l| l.contains("heap after the initial sync")).map(str::to_string);
+        eprintln!("{}", heap.as_deref().unwrap_or("(no heap line)"));
 
         // An endpoint change edits the slice alone (the Service stays).
         let slice_only = |k: u32| {

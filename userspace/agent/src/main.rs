@@ -29,7 +29,7 @@ mod stale_sockets;
 use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {
-    memory::one_arena();
+    memory::configure();
     let args = args::Args::parse();
     init_tracing(args.log_format, args.bpf_log_level != args::BpfLogLevel::Off);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -237,6 +237,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             // consolidating it (20-40 ms at 100,000 services).
                             drop(out);
                             crate::memory::release_freed();
+                            let heap = crate::memory::usage();
+                            tracing::info!(in_use_kib = heap.in_use / 1024, free_held_kib = heap.free_held / 1024, mapped_kib = heap.mapped / 1024, "heap after the initial sync");
                         }
                         SourceEvent::Synced => {}
                         SourceEvent::WatchHealth { kind, failing } => {

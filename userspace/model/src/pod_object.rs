@@ -16,14 +16,36 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Deserializer};
 
+use crate::policy::interned::{shared, SharedLabels};
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(from = "RawPod")]
 pub struct PodObject {
-    #[serde(default, deserialize_with = "slim_meta")]
+    /// Name, namespace, resourceVersion and uid (labels: [`Self::labels`]).
     pub metadata: ObjectMeta,
-    #[serde(default)]
+    /// `metadata.labels`, shared with every Pod that has the same: taken
+    /// out of each Pod as soon as it is parsed, so a list of 100,000 Pods
+    /// holds a few dozen label maps, not 100,000.
+    pub labels: SharedLabels,
     pub spec: Option<PodSpec>,
-    #[serde(default)]
     pub status: Option<PodStatus>,
+}
+
+#[derive(Deserialize)]
+struct RawPod {
+    #[serde(default, deserialize_with = "slim_meta")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<PodSpec>,
+    #[serde(default)]
+    status: Option<PodStatus>,
+}
+
+impl From<RawPod> for PodObject {
+    fn from(mut raw: RawPod) -> Self {
+        let labels = shared(raw.metadata.labels.take().unwrap_or_default());
+        Self { metadata: raw.metadata, labels, spec: raw.spec, status: raw.status }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -144,10 +166,13 @@ status:
   containerStatuses: [{name: c, ready: true, restartCount: 0, image: nginx, imageID: x}]
 "#;
         let p: PodObject = serde_yaml_ng::from_str(y).expect("pod");
+        let twin: PodObject = serde_yaml_ng::from_str(&y.replace("web-0", "web-1")).expect("pod");
+        assert!(std::sync::Arc::ptr_eq(&p.labels, &twin.labels), "one label map for both");
         assert_eq!(p.metadata.name.as_deref(), Some("web-0"));
         assert_eq!(p.metadata.namespace.as_deref(), Some("shop"));
         assert_eq!(p.metadata.resource_version.as_deref(), Some("42"));
-        assert_eq!(p.metadata.labels, Some(BTreeMap::from([("app".to_string(), "web".to_string())])));
+        assert_eq!(*p.labels, BTreeMap::from([("app".to_string(), "web".to_string())]));
+        assert_eq!(p.metadata.labels, None, "the labels live in one place");
         assert_eq!((p.metadata.annotations.as_ref(), p.metadata.managed_fields.as_ref(), p.metadata.owner_references.as_ref()), (None, None, None));
         let spec = p.spec.expect("spec");
         assert_eq!(spec.node_name.as_deref(), Some("n1"));

@@ -123,7 +123,7 @@ pub fn pod_model(p: &Pod) -> Option<PodInfo> {
     Some(PodInfo {
         namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
         name: p.metadata.name.clone().unwrap_or_default(),
-        labels: shared(p.metadata.labels.clone().unwrap_or_default()),
+        labels: p.labels.clone(),
         ips,
         node: spec.node_name.clone(),
         ports,
