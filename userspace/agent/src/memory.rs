@@ -12,6 +12,13 @@
 /// when freed.
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 
+/// Free memory at the top of the heap kept for the next change rather
+/// than returned at each free. Fixing the mmap threshold also fixes this
+/// one at glibc's 128 KiB default, and then every change's temporary
+/// memory was returned and faulted back in on the next (a policy edit at
+/// 100,000 pods: 31 -> 22 ms p50). [`release_freed`] still returns all.
+const TRIM_THRESHOLD: i32 = 32 * 1024 * 1024;
+
 /// Limits glibc to one arena, and fixes its mmap threshold. Called first
 /// thing in `main`, before any thread exists (an arena, once a thread has
 /// one, stays).
@@ -30,6 +37,10 @@ pub fn configure() {
     // SAFETY: as above.
     if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
         eprintln!("weir-agent: glibc refused M_MMAP_THRESHOLD={MMAP_THRESHOLD}");
+    }
+    // SAFETY: as above.
+    if unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) } != 1 {
+        eprintln!("weir-agent: glibc refused M_TRIM_THRESHOLD={TRIM_THRESHOLD}");
     }
 }
 
