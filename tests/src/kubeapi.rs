@@ -116,6 +116,10 @@ struct Store {
     unlisted: BTreeMap<String, Value>,
     /// (resourceVersion, list path, the event's JSON line).
     history: Vec<(u64, &'static str, String)>,
+    /// Each whole list as last served, until its kind changes (a real API
+    /// server answers these from its watch cache, not by encoding
+    /// 100,000 objects afresh for every client).
+    encoded: BTreeMap<&'static str, std::sync::Arc<String>>,
 }
 
 struct Shared {
@@ -156,6 +160,7 @@ impl Live {
         s.rv += 1;
         let rv = s.rv;
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        s.encoded.remove(list);
         let objects = s.lists.entry(list).or_default();
         let ty = if delete {
             objects.remove(&item);
@@ -193,7 +198,7 @@ fn item_path(list: &str, obj: &Value) -> String {
 /// [`serve`], returning a [`Live`] handle to change the objects while
 /// clients watch, and with `unlisted` objects only a GET by name finds.
 pub fn serve_live(ns: &NetNs, objects: Vec<Value>, unlisted: Vec<Value>) -> (u16, Live) {
-    let mut store = Store { rv: 1, lists: BTreeMap::new(), unlisted: BTreeMap::new(), history: Vec::new() };
+    let mut store = Store { rv: 1, lists: BTreeMap::new(), unlisted: BTreeMap::new(), history: Vec::new(), encoded: BTreeMap::new() };
     for (i, (list, kind, _)) in KINDS.iter().enumerate() {
         let served = i < KINDS.len() - CRDS || objects.iter().any(|o| o["kind"] == *kind);
         if served {
@@ -210,6 +215,10 @@ pub fn serve_live(ns: &NetNs, objects: Vec<Value>, unlisted: Vec<Value>) -> (u16
         store.unlisted.insert(item_path(list, &o), o);
     }
     let live = Live { shared: Arc::new(Shared { store: Mutex::new(store), changed: Condvar::new() }), switch: Switch::default() };
+    // Encoded ahead, as a watch cache holds them.
+    for (list, _, _) in KINDS {
+        let _ = list_or_get(&live, list, list);
+    }
     let server = live.clone();
     let (ptx, prx) = std::sync::mpsc::channel();
     ns.spawn(move || {
@@ -260,23 +269,30 @@ fn respond(mut conn: std::net::TcpStream, server: &Live) {
         stream_watch(&mut conn, server, path, from);
         return;
     }
-    let reply = match list_or_get(server, path, &target) {
-        Some(body) => format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+    match list_or_get(server, path, &target) {
+        Some(body) => {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body.as_bytes()));
+        }
         None => {
             let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404}"#;
-            format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            let _ = conn.write_all(format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
         }
-    };
-    let _ = conn.write_all(reply.as_bytes());
+    }
 }
 
 /// A list (whole, or the page `limit` and `continue` ask for) or one
 /// object by its path.
-fn list_or_get(server: &Live, path: &str, target: &str) -> Option<String> {
-    let s = server.shared.lock();
+fn list_or_get(server: &Live, path: &str, target: &str) -> Option<std::sync::Arc<String>> {
+    let mut s = server.shared.lock();
+    let limit: Option<usize> = query(target, "limit").and_then(|v| v.parse().ok()).filter(|n| *n > 0);
+    if limit.is_none() {
+        if let Some(body) = s.encoded.get(path) {
+            return Some(body.clone());
+        }
+    }
     if let Some(objects) = s.lists.get(path) {
-        let (_, kind, api) = KINDS.iter().copied().find(|(l, _, _)| *l == path)?;
-        let limit: Option<usize> = query(target, "limit").and_then(|v| v.parse().ok()).filter(|n| *n > 0);
+        let (list, kind, api) = KINDS.iter().copied().find(|(l, _, _)| *l == path)?;
         // The continue token is the index of the page's first item.
         let first: usize = query(target, "continue").and_then(|v| v.parse().ok()).unwrap_or(0);
         let items: Vec<&Value> = objects.values().skip(first).take(limit.unwrap_or(usize::MAX)).collect();
@@ -286,9 +302,13 @@ fn list_or_get(server: &Live, path: &str, target: &str) -> Option<String> {
             meta["continue"] = Value::String(next.to_string());
             meta["remainingItemCount"] = Value::from(objects.len() - next);
         }
-        return Some(serde_json::json!({"apiVersion": api, "kind": format!("{kind}List"), "metadata": meta, "items": items}).to_string());
+        let body = std::sync::Arc::new(serde_json::json!({"apiVersion": api, "kind": format!("{kind}List"), "metadata": meta, "items": items}).to_string());
+        if limit.is_none() {
+            s.encoded.insert(list, body.clone());
+        }
+        return Some(body);
     }
-    s.lists.values().find_map(|l| l.get(path)).or_else(|| s.unlisted.get(path)).map(Value::to_string)
+    s.lists.values().find_map(|l| l.get(path)).or_else(|| s.unlisted.get(path)).map(|o| std::sync::Arc::new(o.to_string()))
 }
 
 /// Streams the events of the list at `path` after resourceVersion

@@ -443,6 +443,10 @@ mod cluster {
         std::thread::sleep(Duration::from_millis(200));
         let heap = agent.log_text().lines().find(|l| l.contains("heap after the initial sync")).map(str::to_string);
         eprintln!("{}", heap.as_deref().unwrap_or("(no heap line)"));
+        // Where the cold start went: the agent's own milestones.
+        for l in agent.log_text().lines().filter(|l| ["weir-agent ready", "listed", "initial sync", "loaded", "attached"].iter().any(|m| l.contains(m))).take(20) {
+            eprintln!("  {}", l.chars().take(200).collect::<String>());
+        }
 
         // An endpoint change edits the slice alone (the Service stays).
         let slice_only = |k: u32| {
