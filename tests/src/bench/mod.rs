@@ -4,6 +4,7 @@
 
 pub mod baseline;
 pub mod cell;
+pub mod cluster_gen;
 pub mod concurrent;
 pub mod measure;
 pub mod memory;

@@ -9,8 +9,11 @@
 //! agent has programmed the pod (a Pod under a default-deny policy):
 //! the time from ADD's start to the pod's first judged packet.
 //!
-//! Usage: weir-cni-bench [--rounds N] [--cni PATH] [--no-agent]   (default 200, the built weir-cni;
-//! --no-agent: the wiring alone on a node where no agent runs)
+//! Usage: weir-cni-bench [--rounds N] [--cni PATH] [--no-agent] [--cluster NODES PODS]
+//! (default 200, the built weir-cni; --no-agent: the wiring alone on a
+//! node where no agent runs; --cluster: the agent also holds issue 18's
+//! generated cluster, NODES Nodes and PODS Pods with their Services and
+//! policies, `weir_tests::bench::cluster_gen`)
 //! Prints one line per operation and configuration: median, p99, min, max in µs.
 
 use std::{
@@ -96,9 +99,18 @@ fn main() {
         .as_bytes(),
     );
     let no_agent = args.iter().any(|a| a == "--no-agent");
+    let cluster: Option<(u32, u32)> = args.iter().position(|a| a == "--cluster").map(|i| {
+        let n = |k: usize, d: u32| args.get(i + k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        (n(1, 4000), n(2, 100_000))
+    });
+    if let Some((nodes, pods)) = cluster {
+        weir_tests::bench::cluster_gen::write_cluster(&node, node.ns().name(), nodes, pods);
+    }
     let agent = (!no_agent).then(|| {
-        let mut a = node.start_agent();
-        a.wait_synced();
+        // Room for the cluster's services (a Maglev table each).
+        let slots = (u64::from(weir_tests::bench::cluster_gen::SERVICES) * u64::from(weir_logic::maglev::table_size(weir_tests::bench::cluster_gen::ENDPOINTS)) + 1024).max(1 << 22).to_string();
+        let mut a = node.start_agent_with(&["--lb-table-slots", &slots]);
+        a.wait_for_log_within("initial sync", 1, std::time::Duration::from_secs(600));
         a
     });
     let configs: Vec<String> = if no_agent { vec![alone] } else { vec![alone, registered] };
@@ -117,6 +129,9 @@ fn main() {
     });
     drop(agent);
     println!("weir-cni latency, {rounds} rounds (ADD then DEL, host-local IPAM, fresh container ID each round; the two configurations interleaved)");
+    if let Some((nodes, pods)) = cluster {
+        println!("the agent holds a cluster of {nodes} Nodes and {pods} Pods, with its Services and policies");
+    }
     let labels = if no_agent {
         ["ADD, wiring alone, no agent on the node", "DEL, wiring alone, no agent on the node", "", ""]
     } else {
