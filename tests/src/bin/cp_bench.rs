@@ -351,7 +351,7 @@ mod cluster {
         let pid = agent.pid().unwrap_or(0);
         let rss_cold = super::rss_kib(pid);
         std::thread::sleep(Duration::from_millis(200));
-        let heap = agent.log_text().lines().find(|l| l.contains("heap after the initial sync")).map(str::to_string);
+        let heap = agent.log_text().lines().find(|l| l.contains("heap once synced")).map(str::to_string);
         eprintln!("{}", heap.as_deref().unwrap_or("(no heap line)"));
         // Where the cold start went: the agent's own milestones.
         for l in agent.log_text().lines().filter(|l| ["weir-agent ready", "listed", "initial sync", "loaded", "attached"].iter().any(|m| l.contains(m))).take(20) {

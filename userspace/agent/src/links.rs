@@ -56,6 +56,10 @@ type Messages = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_
 pub struct LinkWatcher {
     handle: Handle,
     messages: Messages,
+    /// A second connection with strict checking on, so the kernel itself
+    /// filters a dump (by output interface): a node of a large cluster
+    /// holds a route per remote node, which a registration need not read.
+    filtered: Handle,
 }
 
 impl LinkWatcher {
@@ -76,7 +80,10 @@ impl LinkWatcher {
             conn.socket_mut().socket_mut().set_rx_buf_sz(bytes)?;
         }
         tokio::spawn(conn);
-        Ok(Self { handle, messages })
+        let (mut fconn, filtered, _) = rtnetlink::new_connection()?;
+        fconn.socket_mut().socket_mut().set_netlink_get_strict_chk(true)?;
+        tokio::spawn(fconn);
+        Ok(Self { handle, messages, filtered })
     }
 
     /// A handle for requests (route changes) on the same connection.
@@ -117,6 +124,27 @@ impl LinkWatcher {
         let v6: Vec<RouteMessage> =
             self.handle.route().get(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()).execute().try_collect().await?;
         Ok(v4.iter().chain(&v6).filter_map(host_route).collect())
+    }
+
+    /// The host routes through the interfaces `ifindexes` alone, in any
+    /// table: one dump per interface and family, filtered by the kernel.
+    pub async fn dump_routes_via(&self, ifindexes: &[u32]) -> Result<Vec<HostRoute>, rtnetlink::Error> {
+        let mut out = Vec::new();
+        for &ifindex in ifindexes {
+            for mut msg in [
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new().output_interface(ifindex).build(),
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new().output_interface(ifindex).build(),
+            ] {
+                // Zero is "any" to the kernel's dump filter: every table,
+                // protocol and type; the output interface alone filters.
+                msg.header.table = 0;
+                msg.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
+                msg.header.kind = RouteType::Unspec;
+                let routes: Vec<RouteMessage> = self.filtered.route().get(msg).execute().try_collect().await?;
+                out.extend(routes.iter().filter_map(host_route).filter(|r| r.ifindex == ifindex));
+            }
+        }
+        Ok(out)
     }
 
     /// The next event; `None` when the netlink connection is gone.

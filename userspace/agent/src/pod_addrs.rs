@@ -44,6 +44,20 @@ impl PodAddresses {
         links.into_iter().filter(|l| before.get(l) != after.get(l)).collect()
     }
 
+    /// Replaces the routes through `links` with a dump of those links
+    /// alone; returns the links that changed (a route the dump moved here
+    /// from another link changes that one too).
+    pub fn replace_for(&mut self, links: &[u32], dump: &[HostRoute]) -> Vec<u32> {
+        let before = self.by_link();
+        self.routes.retain(|_, i| !links.contains(i));
+        for r in dump.iter().filter(|r| links.contains(&r.ifindex)) {
+            self.routes.insert((r.table, r.addr), r.ifindex);
+        }
+        let after = self.by_link();
+        let changed: BTreeSet<u32> = before.keys().chain(after.keys()).copied().collect();
+        changed.into_iter().filter(|l| before.get(l) != after.get(l)).collect()
+    }
+
     /// Forgets every route through `ifindex` (the link is gone).
     pub fn forget_link(&mut self, ifindex: u32) {
         self.routes.retain(|_, i| *i != ifindex);
@@ -92,6 +106,20 @@ mod tests {
         assert_eq!(p.apply(&RouteEvent::Gone(r("10.0.0.2", 5))), Vec::<u32>::new(), "a stale delete changes nothing");
         assert_eq!(p.apply(&RouteEvent::Gone(r("10.0.0.2", 6))), vec![6]);
         assert!(p.of(6).is_empty());
+    }
+
+    #[test]
+    fn a_dump_of_some_links_replaces_theirs_alone() {
+        let mut p = PodAddresses::default();
+        p.apply(&RouteEvent::Present(r("10.0.0.2", 5)));
+        p.apply(&RouteEvent::Present(r("10.0.0.3", 6)));
+        p.apply(&RouteEvent::Present(r("10.0.0.9", 7)));
+        // Link 6 lost 10.0.0.3 and gained 10.0.0.4; 10.0.0.9 moved from 7 to 6.
+        assert_eq!(p.replace_for(&[6], &[r("10.0.0.4", 6), r("10.0.0.9", 6)]), vec![6, 7]);
+        assert_eq!(p.of(5).len(), 1, "link 5 is not in the dump and keeps its route");
+        assert_eq!(p.of(6), vec!["10.0.0.4".parse::<IpAddr>().expect("v4"), "10.0.0.9".parse().expect("v4")]);
+        assert!(p.of(7).is_empty());
+        assert_eq!(p.replace_for(&[6], &[r("10.0.0.4", 6), r("10.0.0.9", 6)]), Vec::<u32>::new(), "the same dump again changes nothing");
     }
 
     #[test]

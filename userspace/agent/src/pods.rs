@@ -138,6 +138,20 @@ impl PodInterfaces {
     /// ones are (re)applied, so no pod veth stays without its programs or
     /// keeps the addresses of a link that no longer exists.
     pub fn relist(&mut self, links: &[LinkEvent], routes: &[HostRoute]) {
+        self.relist_with(links, |me| me.routes(routes));
+    }
+
+    /// [`PodInterfaces::relist`] with the routes of `ifindexes` alone
+    /// (every other link keeps what its route events told).
+    pub fn relist_via(&mut self, links: &[LinkEvent], ifindexes: &[u32], routes: &[HostRoute]) {
+        self.relist_with(links, |me| {
+            for ifindex in me.addrs.replace_for(ifindexes, routes) {
+                me.write_addrs(ifindex);
+            }
+        });
+    }
+
+    fn relist_with(&mut self, links: &[LinkEvent], routes: impl FnOnce(&mut Self)) {
         let present: std::collections::HashSet<u32> = links
             .iter()
             .filter_map(|e| match e {
@@ -154,7 +168,7 @@ impl PodInterfaces {
         for ev in links {
             self.note_link(ev);
         }
-        self.routes(routes);
+        routes(self);
         for ev in links {
             self.apply(ev);
         }

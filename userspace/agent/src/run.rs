@@ -238,7 +238,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             drop(out);
                             crate::memory::release_freed();
                             let heap = crate::memory::usage();
-                            tracing::info!(in_use_kib = heap.in_use / 1024, free_held_kib = heap.free_held / 1024, mapped_kib = heap.mapped / 1024, "heap after the initial sync");
+                            tracing::info!(in_use_kib = heap.in_use / 1024, free_held_kib = heap.free_held / 1024, mapped_kib = heap.mapped / 1024, "heap once synced");
                         }
                         SourceEvent::Synced => {}
                         SourceEvent::WatchHealth { kind, failing } => {
@@ -423,9 +423,31 @@ async fn settle_registrations(
     for r in &ready {
         pending.merge(endpoints.commit(state, r));
     }
-    match (watcher.dump().await, watcher.dump_routes().await) {
-        (Ok(links), Ok(routes)) => pods.relist(&links, &routes),
-        (Err(error), _) | (_, Err(error)) => tracing::error!(%error, "listing links and routes for registered pods"),
+    // The links, and the routes through the registered pods' links alone
+    // (a node of a large cluster routes to every other node: 4,000
+    // routes the registration need not read).
+    match watcher.dump().await {
+        Ok(links) => {
+            let names: Vec<&str> = ready.iter().map(|r| r.reg.host_interface.as_str()).collect();
+            let ifindexes: Vec<u32> = links
+                .iter()
+                .filter_map(|l| match l {
+                    crate::links::LinkEvent::Present { ifindex, name } if names.contains(&name.as_str()) => Some(*ifindex),
+                    _ => None,
+                })
+                .collect();
+            match watcher.dump_routes_via(&ifindexes).await {
+                Ok(routes) => pods.relist_via(&links, &ifindexes, &routes),
+                Err(error) => {
+                    tracing::warn!(%error, "listing the registered pods' routes alone; listing every route");
+                    match watcher.dump_routes().await {
+                        Ok(routes) => pods.relist(&links, &routes),
+                        Err(error) => tracing::error!(%error, "listing routes for registered pods"),
+                    }
+                }
+            }
+        }
+        Err(error) => tracing::error!(%error, "listing links for registered pods"),
     }
     let out = reconciler.apply(state, &std::mem::take(pending));
     log_outcome("registered pods programmed", &out, start.elapsed(), metrics);
