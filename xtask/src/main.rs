@@ -105,10 +105,23 @@ fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
     let mut args: Vec<&str> = vec!["test", "--release", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     let (ok, summary) = sh::run_tests("cargo", &args, &[("WEIR_BIN_DIR", bin_dir.to_string_lossy().as_ref())])?;
-    // One closing line for the whole run, after cargo's per-binary lines.
+    // Each failure's panic again, then one closing line for the whole
+    // run: the end of a long log is what a reader sees first.
+    if !summary.failures.is_empty() {
+        println!("failed tests, the start of each panic:");
+        for (name, lines) in &summary.failures {
+            println!("  {name}");
+            for l in lines {
+                println!("    {l}");
+            }
+        }
+    }
     println!("summary: {} passed, {} failed, {} skipped", summary.passed, summary.failed, summary.ignored);
     if !ok || summary.failed > 0 {
-        anyhow::bail!("tests failed");
+        // Not an error from main: its backtrace (RUST_BACKTRACE in CI)
+        // would bury the lines above.
+        eprintln!("tests failed");
+        std::process::exit(1);
     }
     if summary.passed == 0 {
         anyhow::bail!("no test ran");
