@@ -68,8 +68,8 @@ fn a_service_whose_update_failed_is_removed_when_it_is_deleted() {
     let client = node.pod("client", Ipv4Addr::new(10, 244, 49, 4));
     let _s = tcp_server(b1.ns(), 8080, Reply::Name("b1".into()));
     node.write_source("svc.yaml", yaml_service("web", VIP, 80, "TCP", 8080, &[(b1.ip, true, true, false)]).as_bytes());
-    // 256 slots: one backend (101 slots) fits, three (307) do not.
-    let mut agent = node.start_agent_with(&["--lb-table-slots", "256"]);
+    // 256 slots, and no growth: one backend (101 slots) fits, three (307) do not.
+    let mut agent = node.start_agent_with(&["--lb-table-slots", "256", "--lb-table-max-slots", "256"]);
     agent.wait_synced();
     agent.wait_attached(&b1.host_if, b1.host_ifindex);
     agent.wait_attached(&client.host_if, client.host_ifindex);

@@ -19,9 +19,10 @@
 //!   port and its replies: the new programs take it over from the old map.
 //! - A pinned map in a layout the agent cannot convert (the 8-byte policy
 //!   value that agents pinned before the verdict-valued entries), or in a newer
-//!   layout (a downgrade), or a selection table shrunk below the slots in
-//!   use, is refused with a message naming the map and both layouts, and
-//!   the running datapath is left exactly as it was.
+//!   layout (a downgrade), is refused with a message naming the map and
+//!   both layouts, and the running datapath is left exactly as it was. A
+//!   smaller `--lb-table-slots` is no refusal: the selection table only
+//!   grows, and the pinned one is kept.
 
 use std::{
     collections::BTreeMap,
@@ -564,8 +565,14 @@ fn maps_the_agent_cannot_convert_are_refused_and_the_datapath_left_as_it_was() {
     agent.stop_with(libc::SIGTERM);
     let traffic = Traffic::start(&t);
 
-    // A selection table shrunk below the slots its services use.
-    expect_refusal(&t, &mut agent, &["--lb-table-slots", "512"], &["WEIR_LB_TABLE", "index", "keep it at"]);
+    // A smaller selection table asked for is no refusal: the table only
+    // grows (services may have grown it), so the pinned one is kept.
+    let table = map_id(&t.map_pin("WEIR_LB_TABLE"));
+    let kept = agent.log_text().matches("keeping the pinned selection table").count();
+    agent.launch_again(&["--lb-table-slots", "512"], &[]);
+    agent.wait_for_log("keeping the pinned selection table", kept + 1);
+    agent.stop_with(libc::SIGTERM);
+    assert_eq!(map_id(&t.map_pin("WEIR_LB_TABLE")), table, "the pinned selection table, not a smaller one");
 
     // WEIR_POLICY as the agents before the 16-byte policy value pinned it
     // (the verdict-valued entries of 94fc995 and later): 8-byte values.

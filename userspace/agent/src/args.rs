@@ -56,9 +56,18 @@ pub struct Args {
     #[arg(long)]
     pub netlink_rcvbuf: Option<usize>,
 
-    /// Slots in the service selection table (a pinned table keeps its size).
+    /// Initial slots in the service selection table (4 bytes each; a
+    /// service takes a prime of at least 100 slots per endpoint). The table
+    /// grows, without dropping a packet, when services need more, and
+    /// never shrinks: a larger pinned table keeps its size.
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().lb_table_slots)]
     pub lb_table_slots: u32,
+
+    /// The selection table grows up to this many slots (the default,
+    /// 2^28, is 1 GiB of kernel memory); past it, services that do not fit
+    /// are reported (`lb_table_full`) and keep their previous state.
+    #[arg(long, default_value_t = 1 << 28)]
+    pub lb_table_max_slots: u32,
 
     /// Service frontends: one per service port and kind (ClusterIP,
     /// NodePort, LB IP, externalIP), plus one per service address.

@@ -192,6 +192,11 @@ impl Reconciler {
                 touched.insert(k.clone());
             }
         }
+        // The selection table grows once for the whole batch, if it must.
+        let wanted = self.lb.slots_wanted(batch.iter().flat_map(|(_, specs)| specs));
+        if let Err(e) = self.lb.reserve(wanted) {
+            out.errors.push(("the selection table".into(), e));
+        }
         // A window at a time: its new Maglev tables built on every core
         // first (`Lb::prebuild`), then programmed in order.
         let mut batch = batch.into_iter();

@@ -69,6 +69,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         verifier_log: args.bpf_verifier_log_level.into(),
         kernel_log: args.bpf_log_level.into(),
     };
+    // The selection table grows at runtime and never shrinks: a larger
+    // pinned one keeps its size.
+    let opts = opts.keeping_pinned_table(&layout).context("reading the pinned selection table's size")?;
+    if opts.lb_table_slots > args.lb_table_slots {
+        tracing::info!(slots = opts.lb_table_slots, requested = args.lb_table_slots, "keeping the pinned selection table, which grew past --lb-table-slots");
+    }
     // Maps in an older layout or another size are rebuilt, their entries
     // carried over, before anything loads over them; a map this build
     // cannot convert stops the agent here with the datapath untouched.
@@ -151,7 +157,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     node_net.set_xdp(args.xdp);
 
     // Adopt what an earlier agent programmed; nothing is flushed.
-    let lb = Lb::open(&layout).context("opening the service maps")?;
+    let mut lb = Lb::open(&layout).context("opening the service maps")?;
+    lb.grow_with(opts, args.lb_table_max_slots.max(opts.lb_table_slots));
     let policy = PolicyReconciler::open(&layout, args.node_name.clone()).context("opening the policy maps")?;
     let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone(), args.nodeport_addresses.clone(), args.masquerade_all);
     events::spawn(&layout, metrics.clone()).context("starting the event reader")?;

@@ -46,6 +46,8 @@ pub enum DatapathError {
     OtherLayout { name: &'static str, pinned: u32, expected: u32 },
     #[error("WEIR_LB_TABLE has no free range of {needed} slots for {frontend} ({used} of {capacity} in use)")]
     LbTableFull { frontend: String, needed: u32, used: u32, capacity: u32 },
+    #[error("WEIR_LB_TABLE is full and could not grow from {from} to {to} slots: {source}")]
+    LbTableGrowth { from: u32, to: u32, #[source] source: Box<DatapathError> },
 }
 
 /// Maps an update error to [`DatapathError::MapFull`] when the kernel said
@@ -76,6 +78,7 @@ impl DatapathError {
             Self::Map { .. } => "map",
             Self::MapFull { .. } => "map_full",
             Self::LbTableFull { .. } => "lb_table_full",
+            Self::LbTableGrowth { .. } => "lb_table_growth",
             Self::LinkAddrsFull { .. } => "link_addrs_full",
             Self::Parse { .. } => "parse",
             Self::NoLayout { .. } => "no_layout",

@@ -89,6 +89,55 @@ impl From<VerifierLog> for aya::VerifierLogLevel {
     }
 }
 
+impl LoadOptions {
+    /// These options with the selection table at least as large as the
+    /// pinned one: the table grows at runtime as services need it (see
+    /// [`crate::lb::Lb::grow_with`]) and never shrinks, so
+    /// `--lb-table-slots` is its initial size.
+    pub fn keeping_pinned_table(mut self, layout: &PinLayout) -> Result<Self, DatapathError> {
+        if let Some((_, shape)) = crate::migrate::inspect::pinned_shape(&layout.map(LB_TABLE))? {
+            self.lb_table_slots = self.lb_table_slots.max(shape.max_entries);
+        }
+        Ok(self)
+    }
+}
+
+/// What an object was loaded over: a map the options size that is rebuilt
+/// at runtime (the selection table growing) leaves the object's programs
+/// on the old map, so it is loaded again before its next attach.
+#[derive(Clone, Debug)]
+struct LoadedOver {
+    opts: LoadOptions,
+    maps: Vec<Option<u32>>,
+}
+
+impl LoadedOver {
+    fn now(layout: &PinLayout, opts: &LoadOptions) -> Self {
+        Self { opts: *opts, maps: sized_map_ids(layout) }
+    }
+
+    /// The options to load the object again with, when a sized map was
+    /// rebuilt since it was loaded.
+    fn stale(&self, layout: &PinLayout, object: &'static str) -> Result<Option<LoadOptions>, DatapathError> {
+        if sized_map_ids(layout) == self.maps {
+            return Ok(None);
+        }
+        if !self.opts.kernel_log.is_off() {
+            tracing::warn!(object, "loading the object again over a rebuilt map: its kernel debug logs are no longer read");
+        }
+        tracing::info!(object, "a pinned map was rebuilt: loading the object again before attaching");
+        self.opts.keeping_pinned_table(layout).map(Some)
+    }
+}
+
+/// The ids of the pinned maps the load options size.
+fn sized_map_ids(layout: &PinLayout) -> Vec<Option<u32>> {
+    sized_maps(&LoadOptions::default())
+        .iter()
+        .map(|(name, _)| crate::migrate::inspect::pinned_shape(&layout.map(name)).ok().flatten().map(|(id, _)| id))
+        .collect()
+}
+
 /// The maps whose capacity the load options choose.
 pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 5] {
     [
@@ -160,6 +209,7 @@ fn load_programs(ebpf: &mut Ebpf, hooks: &[Hook], object: &'static str) -> Resul
 pub struct PodDatapath {
     ebpf: Ebpf,
     layout: PinLayout,
+    over: LoadedOver,
 }
 
 impl PodDatapath {
@@ -173,7 +223,15 @@ impl PodDatapath {
         layout.ensure_dirs()?;
         let mut ebpf = load_object(layout, opts, POD_OBJECT, "pod")?;
         load_programs(&mut ebpf, &Hook::POD, "pod")?;
-        Ok(Self { ebpf, layout: layout.clone() })
+        Ok(Self { ebpf, layout: layout.clone(), over: LoadedOver::now(layout, opts) })
+    }
+
+    /// Loads the object again when a map it uses was rebuilt since.
+    fn refresh(&mut self) -> Result<(), DatapathError> {
+        if let Some(opts) = self.over.stale(&self.layout, "pod")? {
+            *self = Self::load_with(&self.layout.clone(), &opts)?;
+        }
+        Ok(())
     }
 
     /// Writes the runtime configuration the kernel reads per packet.
@@ -219,6 +277,7 @@ impl PodDatapath {
 
     /// Attaches both pod programs to a host-side pod veth.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
+        self.refresh()?;
         let layout = self.layout.clone();
         let mut out = [AttachOutcome::Created; 2];
         for (i, hook) in Hook::POD.into_iter().enumerate() {
@@ -268,6 +327,7 @@ impl PodDatapath {
 pub struct NodeDatapath {
     ebpf: Ebpf,
     layout: PinLayout,
+    over: LoadedOver,
 }
 
 impl NodeDatapath {
@@ -277,7 +337,15 @@ impl NodeDatapath {
         layout.ensure_dirs()?;
         let mut ebpf = load_object(layout, opts, crate::objects::NODE_OBJECT, "node")?;
         load_programs(&mut ebpf, &Hook::NODE, "node")?;
-        Ok(Self { ebpf, layout: layout.clone() })
+        Ok(Self { ebpf, layout: layout.clone(), over: LoadedOver::now(layout, opts) })
+    }
+
+    /// Loads the object again when a map it uses was rebuilt since.
+    fn refresh(&mut self) -> Result<(), DatapathError> {
+        if let Some(opts) = self.over.stale(&self.layout, "node")? {
+            *self = Self::load(&self.layout.clone(), &opts)?;
+        }
+        Ok(())
     }
 
     /// The program for `hook`, for attaching or for BPF_PROG_TEST_RUN.
@@ -306,6 +374,7 @@ impl NodeDatapath {
 
     /// Attaches the node programs to an uplink device.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
+        self.refresh()?;
         let layout = self.layout.clone();
         let from = attach_pinned(self.program_mut(Hook::FromNet)?, &layout, ifname, ifindex, Hook::FromNet)?;
         let to = attach_pinned(self.program_mut(Hook::ToNet)?, &layout, ifname, ifindex, Hook::ToNet)?;
@@ -314,6 +383,7 @@ impl NodeDatapath {
 
     /// Attaches the tunnel programs to the VXLAN device.
     pub fn attach_tunnel(&mut self, ifname: &str, ifindex: u32) -> Result<[AttachOutcome; 2], DatapathError> {
+        self.refresh()?;
         let layout = self.layout.clone();
         let to = attach_pinned(self.program_mut(Hook::ToTunnel)?, &layout, ifname, ifindex, Hook::ToTunnel)?;
         let from = attach_pinned(self.program_mut(Hook::FromTunnel)?, &layout, ifname, ifindex, Hook::FromTunnel)?;
@@ -323,6 +393,7 @@ impl NodeDatapath {
     /// Attaches the XDP fast path to an uplink in native (driver) mode,
     /// loading it on first use.
     pub fn attach_xdp(&mut self, ifname: &str, ifindex: u32) -> Result<AttachOutcome, DatapathError> {
+        self.refresh()?;
         let name = crate::xdp::XDP_PROGRAM;
         let prog: &mut aya::programs::Xdp =
             self.ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { object: "node", name })?.try_into().map_err(|source| DatapathError::Program { name, source })?;

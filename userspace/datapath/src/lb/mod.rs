@@ -11,7 +11,10 @@
 //! adopts what the previous one programmed.
 
 pub mod dump;
+mod growth;
 pub mod slab;
+
+pub use growth::Grown;
 
 /// The desired-state types `Lb` consumes.
 pub use weir_desired::spec;
@@ -117,6 +120,9 @@ pub struct Lb {
     prebuilt: StdHashMap<(Vec<[u8; 19]>, u32), Vec<u32>>,
     /// Upserts that took a table from `prebuilt` since it was cleared.
     prebuilt_taken: usize,
+    layout: PinLayout,
+    /// Whether and how far the selection table may grow.
+    growth: Option<growth::Growth>,
 }
 
 /// The identities (sorted, distinct) of a spec's eligible endpoints.
@@ -238,6 +244,8 @@ impl Lb {
             next_backend_id,
             prebuilt: StdHashMap::new(),
             prebuilt_taken: 0,
+            layout: layout.clone(),
+            growth: None,
         })
     }
 
@@ -324,8 +332,23 @@ impl Lb {
     /// failure leaves the maps and this programmer as they were: the
     /// backends it created, the table slots it took (or overwrote in
     /// place), the source ranges it added and the VIP marker it set are
-    /// given back.
+    /// given back. A table that does not fit makes the selection table
+    /// grow, when [`Lb::grow_with`] allows it, and the upsert is tried
+    /// again over the larger table.
     pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<WriteStats, DatapathError> {
+        match self.upsert_once(spec) {
+            Err(full @ DatapathError::LbTableFull { .. }) => {
+                let DatapathError::LbTableFull { needed, .. } = full else { return Err(full) };
+                match self.grow_for(needed)? {
+                    Some(_) => self.upsert_once(spec),
+                    None => Err(full),
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn upsert_once(&mut self, spec: &ServiceSpec) -> Result<WriteStats, DatapathError> {
         let mut undo = Undo::default();
         let r = self.upsert_steps(spec, &mut undo);
         if r.is_err() {

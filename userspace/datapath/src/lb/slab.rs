@@ -43,6 +43,21 @@ impl Slab {
         self.capacity - self.free.iter().map(|r| r.1).sum::<u32>()
     }
 
+    /// Slots free for allocation now (ranges past their grace period).
+    pub fn free_now(&mut self) -> u32 {
+        self.release_expired(Instant::now());
+        self.free.iter().map(|r| r.1).sum()
+    }
+
+    /// Takes in the slots `[capacity, to)` of a table that grew to `to`.
+    pub fn grow(&mut self, to: u32) {
+        if to > self.capacity {
+            let (base, len) = (self.capacity, to - self.capacity);
+            self.capacity = to;
+            self.insert_free(base, len);
+        }
+    }
+
     /// Allocates `len` contiguous slots; `None` when no range is large enough.
     pub fn alloc(&mut self, len: u32) -> Option<u32> {
         self.release_expired(Instant::now());
@@ -122,6 +137,17 @@ mod tests {
         assert_eq!(s.alloc(20), None, "quarantined ranges are not reused at once");
         s.release_expired(Instant::now() + GRACE);
         assert_eq!(s.alloc(30), Some(0), "neighbours coalesce");
+    }
+
+    #[test]
+    fn a_grown_table_extends_its_last_free_range() {
+        let mut s = Slab::new(30, &[(0, 20)]);
+        assert_eq!(s.alloc(20), None);
+        s.grow(64);
+        assert_eq!((s.capacity(), s.used(), s.free_now()), (64, 20, 44));
+        assert_eq!(s.alloc(44), Some(20), "the old tail and the new slots are one range");
+        s.grow(32);
+        assert_eq!(s.capacity(), 64, "a table never shrinks");
     }
 
     #[test]
