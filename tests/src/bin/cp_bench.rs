@@ -112,7 +112,11 @@ fn main() {
     if std::env::args().any(|a| a == "--cluster") {
         let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
         let kube = std::env::args().any(|a| a == "--kube");
-        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20), kube);
+        // The agent starts with its default selection table, which grows
+        // during the initial sync (10,000 services × 10 endpoints need
+        // more than its 4,194,304 slots).
+        let grow = std::env::args().any(|a| a == "--default-table");
+        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20), kube, grow);
         return;
     }
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -316,7 +320,7 @@ mod cluster {
         }
     }
 
-    pub fn run(nodes: u32, pods: u32, changes: u32, kube: bool) {
+    pub fn run(nodes: u32, pods: u32, changes: u32, kube: bool, grow: bool) {
         let node = Node::new();
         let me = node.ns().name().to_string();
         let gen = Instant::now();
@@ -325,7 +329,8 @@ mod cluster {
 
         let slots = (SERVICES as u64 * weir_logic::maglev::table_size(ENDPOINTS) as u64 + 1024).max(1 << 20);
         let slots_arg = slots.to_string();
-        let args = ["--lb-table-slots", &slots_arg, "--resync-interval", "3600"];
+        let sized = ["--lb-table-slots", &slots_arg, "--resync-interval", "3600"];
+        let args: &[&str] = if grow { &sized[2..] } else { &sized };
         // The same objects from the scripted API server: one list per kind
         // (resourceVersion=0, unpaginated, as the kube source asks), then
         // one watch per kind.
@@ -335,8 +340,8 @@ mod cluster {
         });
         let start = Instant::now();
         let mut agent = match &served {
-            Some((kubeconfig, _)) => weir_tests::Agent::start_kube(&node, &kubeconfig.0, &args),
-            None => node.start_agent_with(&args),
+            Some((kubeconfig, _)) => weir_tests::Agent::start_kube(&node, &kubeconfig.0, args),
+            None => node.start_agent_with(args),
         };
         let source = match &served {
             Some((_, live)) => Source::Kube(live.clone()),
@@ -354,7 +359,7 @@ mod cluster {
         let heap = agent.log_text().lines().find(|l| l.contains("heap once synced")).map(str::to_string);
         eprintln!("{}", heap.as_deref().unwrap_or("(no heap line)"));
         // Where the cold start went: the agent's own milestones.
-        for l in agent.log_text().lines().filter(|l| ["weir-agent ready", "listed", "initial sync", "loaded", "attached"].iter().any(|m| l.contains(m))).take(20) {
+        for l in agent.log_text().lines().filter(|l| ["weir-agent ready", "listed", "initial sync", "loaded", "attached", "grew the selection table"].iter().any(|m| l.contains(m))).take(20) {
             eprintln!("  {}", l.chars().take(200).collect::<String>());
         }
 
