@@ -105,3 +105,38 @@ fn a_restart_releases_the_backends_of_services_deleted_while_no_agent_ran() {
     agent.wait_for_log("initial sync", 2);
     assert_eq!(backends_in_maps(&node, 0), 0, "the not-ready endpoint's backend goes with its service");
 }
+
+#[test]
+fn a_connection_to_a_terminating_endpoint_survives_an_agent_restart() {
+    let node = Node::new();
+    let b1 = node.pod("b1", Ipv4Addr::new(10, 244, 50, 2));
+    let b2 = node.pod("b2", Ipv4Addr::new(10, 244, 50, 3));
+    let client = node.pod("client", Ipv4Addr::new(10, 244, 50, 4));
+    let _s1 = tcp_server(b1.ns(), 9000, Reply::NamePerLine("b1".into()));
+    let _s2 = tcp_server(b2.ns(), 9000, Reply::NamePerLine("b2".into()));
+    node.write_source("svc.yaml", yaml_service("web", VIP, 80, "TCP", 9000, &[(b2.ip, true, true, false)]).as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    for p in [&b1, &b2, &client] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    let mut conn = weir_tests::traffic::tcp_connect(client.ns(), VIP, 80, T).expect("connect");
+    assert_eq!(weir_tests::traffic::ask_name(&mut conn).expect("b2"), "b2");
+
+    // b2 terminates (serving, not ready); b1 takes new connections.
+    let n = agent.log_text().matches("reconciled").count();
+    node.write_source("svc.yaml", yaml_service("web", VIP, 80, "TCP", 9000, &[(b1.ip, true, true, false), (b2.ip, false, true, true)]).as_bytes());
+    agent.wait_for_log("reconciled", n + 1);
+    assert_eq!(weir_tests::traffic::ask_name(&mut conn).expect("the connection to the terminating endpoint"), "b2");
+
+    // A restart adopts the terminating endpoint's backend (no selection
+    // table lists it) and the full sync gives it back to its service with
+    // the same id: the kernel keeps following the connection.
+    agent.stop_with(libc::SIGTERM);
+    agent.restart();
+    agent.wait_for_log("initial sync", 2);
+    assert_eq!(weir_tests::traffic::ask_name(&mut conn).expect("the connection survives the restart"), "b2");
+    assert_eq!(backends_in_maps(&node, 2), 2, "one backend per endpoint, none left over");
+    let mut fresh = weir_tests::traffic::tcp_connect(client.ns(), VIP, 80, T).expect("a new connection");
+    assert_eq!(weir_tests::traffic::ask_name(&mut fresh).expect("b1"), "b1", "new connections go to the ready endpoint");
+}

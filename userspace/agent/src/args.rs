@@ -74,8 +74,9 @@ pub struct Args {
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().frontends)]
     pub frontends_max_entries: u32,
 
-    /// Service backends: one per distinct endpoint address, port and
-    /// protocol.
+    /// Service backends: one per frontend and endpoint (each frontend has
+    /// its own, so a backend it drops dies with its flows at once; a
+    /// Service port with a ClusterIP and a NodePort has two frontends).
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().backends)]
     pub backends_max_entries: u32,
 

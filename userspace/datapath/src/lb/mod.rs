@@ -10,6 +10,7 @@
 //! State is rebuilt from the maps on [`Lb::open`], so a restarted agent
 //! adopts what the previous one programmed.
 
+mod backends;
 pub mod dump;
 mod growth;
 pub mod slab;
@@ -47,7 +48,24 @@ struct Ident {
     proto: u8,
 }
 
+/// A backend as the maps hold it: each frontend (service id) has its own
+/// backend ids, even for an endpoint another frontend lists too. So a
+/// backend a frontend drops is deleted, and the kernel stops following its
+/// flows and affinity entries at once (it checks that the id exists, with
+/// this address): nothing has to scan conntrack or affinity for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Owned {
+    /// The frontend's service id; 0 for a backend adopted from the maps
+    /// that no selection table lists (an orphan).
+    owner: u32,
+    ident: Ident,
+}
+
 impl Ident {
+    fn of(b: &Backend) -> Self {
+        Ident { addr: b.addr, port: b.port, proto: b.proto }
+    }
+
     fn bytes(&self) -> [u8; 19] {
         let mut b = [0u8; 19];
         b[..16].copy_from_slice(&self.addr.bytes);
@@ -108,8 +126,15 @@ pub struct Lb {
     times: HashMap<MapData, u32, u64>,
     ct: Conntrack,
     services: BTreeMap<FrontendKey, SvcState>,
-    backends: StdHashMap<Ident, (u32, BackendState)>,
-    ids: StdHashMap<u32, Ident>,
+    backends: StdHashMap<Owned, (u32, BackendState)>,
+    ids: StdHashMap<u32, Owned>,
+    /// Backends found in the maps at [`Lb::open`] that no selection table
+    /// lists (a service's non-ready endpoints, or those of a service
+    /// deleted while no agent ran): the first frontend that lists the
+    /// endpoint again takes the id over, so established flows to a
+    /// terminating endpoint keep their backend across a restart; the rest
+    /// go with [`Lb::prune_unreferenced`].
+    orphans: StdHashMap<Ident, Vec<(u32, Backend)>>,
     vips: BTreeMap<Addr, u32>,
     slab: Slab,
     next_svc_id: u32,
@@ -191,12 +216,10 @@ impl Lb {
         let ct = Conntrack::open(layout)?;
 
         let mut backends = StdHashMap::new();
-        let mut ids = StdHashMap::new();
+        let mut ids: StdHashMap<u32, Owned> = StdHashMap::new();
         let mut next_backend_id = 1;
-        for (id, b) in backends_map.iter().filter_map(Result::ok) {
-            let ident = Ident { addr: b.addr, port: b.port, proto: b.proto };
-            backends.insert(ident, (id, BackendState { value: b, refs: 0 }));
-            ids.insert(id, ident);
+        let values: StdHashMap<u32, Backend> = backends_map.iter().filter_map(Result::ok).collect();
+        for id in values.keys() {
             next_backend_id = next_backend_id.max(id.wrapping_add(1));
         }
         let mut services = BTreeMap::new();
@@ -212,13 +235,15 @@ impl Lb {
             let w = table_map.window(svc.table_base, svc.table_len)?;
             let members: BTreeSet<u32> = (0..svc.table_len)
                 .filter_map(|slot| w.get(svc.table_base + slot))
-                .filter(|id| ids.contains_key(id))
+                .filter(|id| values.contains_key(id))
                 .collect();
             let eligible: Vec<u32> = members.iter().copied().collect();
             for id in &members {
-                if let Some((_, st)) = ids.get(id).and_then(|i| backends.get_mut(i)) {
-                    st.refs += 1;
-                }
+                // The first table that lists an id owns it (agents before
+                // per-frontend backends shared one id between frontends;
+                // the others get their own on their next upsert).
+                let owned = *ids.entry(*id).or_insert_with(|| Owned { owner: svc.id, ident: Ident::of(&values[id]) });
+                backends.entry(owned).or_insert((*id, BackendState { value: values[id], refs: 0 })).1.refs += 1;
             }
             if marks_vip(svc.flags) {
                 *vips.entry(k.addr).or_insert(0) += 1;
@@ -226,7 +251,16 @@ impl Lb {
             let ranges = ranges_by_id.remove(&svc.id).unwrap_or_default();
             services.insert(k, SvcState { service: svc, members, eligible, ranges });
         }
+        let mut orphans: StdHashMap<Ident, Vec<(u32, Backend)>> = StdHashMap::new();
+        for (id, b) in &values {
+            if !ids.contains_key(id) {
+                let ident = Ident::of(b);
+                ids.insert(*id, Owned { owner: 0, ident });
+                orphans.entry(ident).or_default().push((*id, *b));
+            }
+        }
         let slab = Slab::new(table_map.len(), &used);
+        let affinity = backends::sweep_affinity(affinity, &values);
         Ok(Self {
             frontends,
             backends_map,
@@ -238,6 +272,7 @@ impl Lb {
             services,
             backends,
             ids,
+            orphans,
             vips,
             slab,
             next_svc_id,
@@ -316,7 +351,7 @@ impl Lb {
     pub fn lists(&self, addr: Addr, port: u16, proto: u8, backend: Addr, backend_port: u16) -> bool {
         let key = FrontendKey { addr, port, proto, scope: SCOPE_INTERNAL };
         let Some(s) = self.services.get(&key) else { return false };
-        s.members.iter().any(|id| self.ids.get(id).is_some_and(|i| i.addr == backend && i.port == backend_port))
+        s.members.iter().any(|id| self.ids.get(id).is_some_and(|o| o.ident.addr == backend && o.ident.port == backend_port))
     }
 
     pub fn table_usage(&self) -> (u32, u32) {
@@ -391,14 +426,23 @@ impl Lb {
         let key = frontend_key(&spec.frontend);
         let proto = spec.frontend.protocol.number();
         let mut stats = WriteStats::default();
+        // The frontend's service id: its backends are its own.
+        let id = match self.services.get(&key) {
+            Some(o) => o.service.id,
+            None => {
+                let id = self.next_svc_id;
+                self.next_svc_id = self.next_svc_id.wrapping_add(1).max(1);
+                id
+            }
+        };
 
         // 1. Backends for every endpoint, eligible or not (established flows
         //    to terminating endpoints keep their translation).
         let mut members = BTreeSet::new();
         for ep in &spec.endpoints {
-            let ident = Ident { addr: ep.addr.into(), port: ep.port.to_be(), proto };
+            let owned = Owned { owner: id, ident: Ident { addr: ep.addr.into(), port: ep.port.to_be(), proto } };
             let flags = backend_flags(ep);
-            let (id, created) = self.ensure_backend(ident, flags, &mut stats)?;
+            let (id, created) = self.ensure_backend(owned, flags, &mut stats)?;
             if created {
                 undo.created_backends.push(id);
             }
@@ -406,7 +450,7 @@ impl Lb {
         }
         let (_, fallback) = eligible(&spec.endpoints);
         let elig_idents = eligible_idents(spec);
-        let elig_ids: Vec<u32> = elig_idents.iter().filter_map(|i| self.backends.get(i).map(|(id, _)| *id)).collect();
+        let elig_ids: Vec<u32> = elig_idents.iter().filter_map(|i| self.backends.get(&Owned { owner: id, ident: *i }).map(|(id, _)| *id)).collect();
 
         // 2. The selection table.
         let old = self.services.get(&key);
@@ -473,14 +517,6 @@ impl Lb {
 
         // 3. Source ranges the service gains (before the frontend names
         //    them), then the frontend.
-        let id = match old {
-            Some(o) => o.service.id,
-            None => {
-                let id = self.next_svc_id;
-                self.next_svc_id = self.next_svc_id.wrapping_add(1).max(1);
-                id
-            }
-        };
         let ranges: BTreeSet<RangeKey> = spec.source_ranges.iter().map(range_key).collect();
         let old_ranges = old.map(|o| o.ranges.clone()).unwrap_or_default();
         for r in ranges.difference(&old_ranges) {
@@ -669,117 +705,7 @@ impl Lb {
 
     /// Entries this programmer holds: (frontends incl. VIP markers, backends, table slots).
     pub fn entry_counts(&self) -> (usize, usize, u32) {
-        (self.services.len() + self.vips.len(), self.backends.len(), self.slab.used())
-    }
-
-    /// The backend's id, and whether this call created it.
-    fn ensure_backend(&mut self, ident: Ident, flags: u8, stats: &mut WriteStats) -> Result<(u32, bool), DatapathError> {
-        let value = Backend { addr: ident.addr, port: ident.port, proto: ident.proto, flags };
-        if let Some((id, st)) = self.backends.get_mut(&ident) {
-            if st.value != value {
-                self.backends_map
-                    .insert(*id, value, 0)
-                    .map_err(|source| DatapathError::Map { name: BACKENDS, source })?;
-                st.value = value;
-                stats.map_writes += 1;
-            }
-            return Ok((*id, false));
-        }
-        let mut id = self.next_backend_id.max(1);
-        while self.ids.contains_key(&id) {
-            id = id.wrapping_add(1).max(1);
-        }
-        self.next_backend_id = id.wrapping_add(1).max(1);
-        self.backends_map.insert(id, value, 0).map_err(|source| {
-            update_error(BACKENDS, BACKENDS_MAX_ENTRIES, || format!("backend {}:{}", ident.addr, u16::from_be(ident.port)), source)
-        })?;
-        stats.map_writes += 1;
-        self.backends.insert(ident, (id, BackendState { value, refs: 0 }));
-        self.ids.insert(id, ident);
-        Ok((id, true))
-    }
-
-    /// Deletes the backends no service lists (and their flows). Adoption
-    /// counts only the backends in a service's selection table, so the
-    /// non-ready ones of a service deleted while no agent ran are left
-    /// over; a full sync, once every desired service is programmed, ends
-    /// with this.
-    pub fn prune_unreferenced(&mut self) -> Result<WriteStats, DatapathError> {
-        let mut stats = WriteStats::default();
-        let doomed: HashSet<u32> = self.backends.values().filter(|(_, st)| st.refs == 0).map(|(id, _)| *id).collect();
-        if doomed.is_empty() {
-            return Ok(stats);
-        }
-        for id in &doomed {
-            if let Some(ident) = self.ids.remove(id) {
-                self.backends.remove(&ident);
-            }
-            match self.backends_map.remove(id) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(DatapathError::Map { name: BACKENDS, source }),
-            }
-            stats.map_writes += 1;
-        }
-        // Their flows need no scan: the kernel re-selects a flow whose
-        // backend is gone, and the collector takes the entries out.
-        Ok(stats)
-    }
-
-    /// Releases backends service `svc_id` no longer lists. A backend that
-    /// goes with them needs no scan of conntrack: the kernel re-selects a
-    /// flow whose backend is gone or has another address
-    /// (`lb::backend_matches`), and the collector takes its entries out
-    /// ([`Lb::backend_is`]). Only a backend another service still lists
-    /// keeps flows the kernel would follow, so only those are purged, with
-    /// one scan for all of them. Affinity entries are purged for every
-    /// dropped backend (the kernel checks only that the id exists, and a
-    /// restarted agent may give a freed id to another backend); that map
-    /// holds only the clients of ClientIP services.
-    fn drop_members(&mut self, svc_id: u32, dropped: HashSet<u32>, stats: &mut WriteStats) -> Result<(), DatapathError> {
-        if dropped.is_empty() {
-            return Ok(());
-        }
-        self.purge_affinity(svc_id, &dropped);
-        for b in &dropped {
-            self.release_backend(*b, stats)?;
-        }
-        let shared: HashSet<u32> = dropped.into_iter().filter(|b| self.ids.contains_key(b)).collect();
-        if !shared.is_empty() {
-            stats.ct_purged += self.ct.purge(Some(svc_id), &shared);
-        }
-        Ok(())
-    }
-
-    /// Whether backend `id` exists with this address and port (network
-    /// order): what the kernel checks before it follows an established
-    /// flow. Conntrack entries for which it is false are dead.
-    pub fn backend_is(&self, id: u32, addr: &Addr, port: u16) -> bool {
-        self.ids.get(&id).is_some_and(|i| i.addr == *addr && i.port == port)
-    }
-
-    fn add_ref(&mut self, id: u32) {
-        if let Some((_, st)) = self.ids.get(&id).and_then(|i| self.backends.get_mut(i)) {
-            st.refs += 1;
-        }
-    }
-
-    /// Drops one reference; deletes the backend at zero (its flows stop at
-    /// once: see [`Lb::drop_members`]).
-    fn release_backend(&mut self, id: u32, stats: &mut WriteStats) -> Result<(), DatapathError> {
-        let Some(ident) = self.ids.get(&id).copied() else { return Ok(()) };
-        let Some((_, st)) = self.backends.get_mut(&ident) else { return Ok(()) };
-        st.refs = st.refs.saturating_sub(1);
-        if st.refs > 0 {
-            return Ok(());
-        }
-        self.backends.remove(&ident);
-        self.ids.remove(&id);
-        match self.backends_map.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => return Err(DatapathError::Map { name: BACKENDS, source }),
-        }
-        stats.map_writes += 1;
-        Ok(())
+        (self.services.len() + self.vips.len(), self.ids.len(), self.slab.used())
     }
 
     fn add_vip(&mut self, addr: Addr, stats: &mut WriteStats) -> Result<(), DatapathError> {
@@ -810,18 +736,6 @@ impl Lb {
         Ok(())
     }
 
-    fn purge_affinity(&mut self, svc_id: u32, backends: &HashSet<u32>) {
-        let doomed: Vec<AffinityKey> = self
-            .affinity
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| k.svc_id == svc_id && backends.contains(&v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        for k in doomed {
-            let _ = self.affinity.remove(&k);
-        }
-    }
 }
 
 /// The endpoint's conditions as backend flags, for the kernel's
