@@ -354,8 +354,10 @@ mod cluster {
         assert!(sync_line.contains(" errors=0 "), "the initial sync failed for some objects; nothing measured:\n{sync_line}");
         let initial_us = super::took_us(sync_line).unwrap_or(0);
         let pid = agent.pid().unwrap_or(0);
+        // Once the agent has returned the load's freed memory (the line
+        // right after the sync's).
+        agent.wait_for_log_within("heap once synced", 1, Duration::from_secs(30));
         let rss_cold = super::rss_kib(pid);
-        std::thread::sleep(Duration::from_millis(200));
         let heap = agent.log_text().lines().find(|l| l.contains("heap once synced")).map(str::to_string);
         eprintln!("{}", heap.as_deref().unwrap_or("(no heap line)"));
         // Where the cold start went: the agent's own milestones.
@@ -377,6 +379,9 @@ mod cluster {
         let (beat, beat_none) = time(&mut agent, changes, false, |k| source.put("node-0.yaml", &node_yaml(&me, 0, k + 1)));
         let (np, np_none) = time(&mut agent, changes, true, |k| source.put("np-0.yaml", &netpol_yaml(0, 81 + k)));
         let (nsl, nsl_none) = time(&mut agent, changes, true, |k| source.put("namespace-0.yaml", &namespace_yaml(0, (k + 1) % 20)));
+        // Steady state: the agent returns the changes' freed memory once
+        // idle (within its 1 s heartbeat).
+        std::thread::sleep(Duration::from_millis(1500));
         let rss_after = super::rss_kib(pid);
         let (anon_after, shmem_after, file_after) = (super::status_kib(pid, "RssAnon:"), super::status_kib(pid, "RssShmem:"), super::status_kib(pid, "RssFile:"));
 

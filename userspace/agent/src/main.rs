@@ -28,8 +28,11 @@ mod stale_sockets;
 
 use clap::Parser as _;
 
+/// mimalloc: see `memory`.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
-    memory::configure();
     let args = args::Args::parse();
     init_tracing(args.log_format, args.bpf_log_level != args::BpfLogLevel::Off);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -178,11 +178,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     metrics.probes.set_thresholds(Duration::from_secs(args.liveness_timeout.max(1)), Duration::from_secs(args.ready_stale_after));
     // The main loop's heartbeat, for /livez.
     let mut beat_tick = tokio::time::interval(Duration::from_secs(1));
+    // Whether work happened since the freed memory was last returned.
+    let mut heap_dirty = false;
     tracing::info!(bpffs = %args.bpffs.display(), node = ?args.node_name, source = ?args.source, "weir-agent ready");
 
     loop {
         tokio::select! {
-            _ = beat_tick.tick() => metrics.probes.beat(),
+            _ = beat_tick.tick() => {
+                metrics.probes.beat();
+                // The last changes' temporaries go back to the OS once the
+                // agent is idle, not at the allocator's next busy moment.
+                if heap_dirty && synced {
+                    crate::memory::release_freed();
+                    heap_dirty = false;
+                }
+            }
             Some(call) = api_rx.recv() => {
                 match call {
                     ApiCall::Register { reg, reply } => endpoints.enqueue(reg, reply),
@@ -203,6 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             ev = rx.recv() => {
                 let Some(ev) = ev else { anyhow::bail!("the object source stopped") };
+                heap_dirty = true;
                 let mut next = Some(ev);
                 // Batch everything already queued into one reconcile.
                 while let Some(ev) = next {
@@ -245,7 +256,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             drop(out);
                             crate::memory::release_freed();
                             let heap = crate::memory::usage();
-                            tracing::info!(in_use_kib = heap.in_use / 1024, free_held_kib = heap.free_held / 1024, mapped_kib = heap.mapped / 1024, "heap once synced");
+                            tracing::info!(committed_kib = heap.committed / 1024, peak_committed_kib = heap.peak_committed / 1024, "heap once synced");
                         }
                         SourceEvent::Synced => {}
                         SourceEvent::WatchHealth { kind, failing } => {
