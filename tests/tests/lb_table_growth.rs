@@ -88,6 +88,7 @@ fn services_past_the_tables_size_grow_it_without_breaking_a_connection() {
     let (new_id, slots) = map_info(&table_pin(&node));
     assert!(new_id != old_id && slots >= 1_111, "the pinned table was rebuilt larger: {slots} slots");
     assert_eq!(capacity_in_metrics(&node, u64::from(slots)), u64::from(slots), "/metrics reports the new capacity");
+    assert!(node.agent_http("/metrics").lines().any(|l| l == "weir_lb_table_growths_total 1"), "/metrics counts the growth:\n{}", node.agent_http("/metrics"));
     assert!(!node.bpffs().join("maps-next").exists(), "nothing is left staged");
 
     every_service_answers(&client, "after growing");

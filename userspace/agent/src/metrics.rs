@@ -39,6 +39,8 @@ pub struct Metrics {
     pub repairs: Counter,
     pub udp_sockets_destroyed: Counter,
     pub netlink_overruns: Counter,
+    /// Times the selection table grew (`lb::growth`).
+    pub lb_table_growths: Counter,
     /// Registrations by weir-cni, by answer (`programmed`, or the refusal's status).
     pub registrations: Family<KindLabels, Counter>,
     pub registered_pods: Gauge,
@@ -66,6 +68,7 @@ impl Metrics {
         let repairs = Counter::default();
         let udp_sockets_destroyed = Counter::default();
         let netlink_overruns = Counter::default();
+        let lb_table_growths = Counter::default();
         let registrations = Family::<KindLabels, Counter>::default();
         let registered_pods = Gauge::default();
         let policy_verdicts = Family::<crate::events::VerdictLabels, Counter>::default();
@@ -98,6 +101,11 @@ impl Metrics {
             netlink_overruns.clone(),
         );
         registry.register(
+            "lb_table_growths",
+            "Times the service selection table (WEIR_LB_TABLE) grew because services needed more slots; its size is weir_map_capacity{map=\"WEIR_LB_TABLE\"}",
+            lb_table_growths.clone(),
+        );
+        registry.register(
             "endpoint_registrations",
             "Pods weir-cni registered on ADD, by answer (kind=programmed, or the refusal: not_found, conflict, unavailable, error, bad_request)",
             registrations.clone(),
@@ -126,6 +134,7 @@ impl Metrics {
             repairs,
             udp_sockets_destroyed,
             netlink_overruns,
+            lb_table_growths,
             registrations,
             registered_pods,
             policy_verdicts,

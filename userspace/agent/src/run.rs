@@ -579,6 +579,11 @@ fn update_gauges(metrics: &Metrics, state: &ClusterState, reconciler: &mut Recon
     }
     let (frontends, backends, slots) = reconciler.lb().entry_counts();
     let (_, slot_capacity) = reconciler.lb().table_usage();
+    let growths = u64::from(reconciler.lb().table_growths());
+    let counted = metrics.lb_table_growths.get();
+    if growths > counted {
+        metrics.lb_table_growths.inc_by(growths - counted);
+    }
     metrics.set_map("WEIR_FRONTENDS", frontends as u64, u64::from(FRONTENDS_MAX_ENTRIES));
     metrics.set_map("WEIR_BACKENDS", backends as u64, u64::from(BACKENDS_MAX_ENTRIES));
     metrics.set_map("WEIR_LB_TABLE", u64::from(slots), u64::from(slot_capacity));
