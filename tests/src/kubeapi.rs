@@ -4,8 +4,11 @@
 //! single objects by name, and streams watches: objects changed through
 //! [`Live`] reach every open watch of their kind as ADDED, MODIFIED or
 //! DELETED events, each with its own resourceVersion, and a watch from
-//! an older resourceVersion gets what it missed first. It runs inside a
-//! namespace, on that namespace's loopback.
+//! an older resourceVersion gets what it missed first. A watch with
+//! `sendInitialEvents=true` (a streaming list, Kubernetes' WatchList)
+//! first gets every object as ADDED, then a BOOKMARK annotated
+//! `k8s.io/initial-events-end`. It records every request's target. It
+//! runs inside a namespace, on that namespace's loopback.
 
 use std::{
     collections::BTreeMap,
@@ -120,6 +123,8 @@ struct Store {
     /// server answers these from its watch cache, not by encoding
     /// 100,000 objects afresh for every client).
     encoded: BTreeMap<&'static str, std::sync::Arc<String>>,
+    /// Every request's target (path and query), in order.
+    requests: Vec<String>,
 }
 
 struct Shared {
@@ -151,6 +156,11 @@ impl Live {
     /// Deletes `obj` (matched by kind, namespace and name).
     pub fn delete(&self, obj: Value) -> u64 {
         self.change(obj, true)
+    }
+
+    /// Every request's target so far (path and query), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.lock().requests.clone()
     }
 
     fn change(&self, mut obj: Value, delete: bool) -> u64 {
@@ -198,7 +208,7 @@ fn item_path(list: &str, obj: &Value) -> String {
 /// [`serve`], returning a [`Live`] handle to change the objects while
 /// clients watch, and with `unlisted` objects only a GET by name finds.
 pub fn serve_live(ns: &NetNs, objects: Vec<Value>, unlisted: Vec<Value>) -> (u16, Live) {
-    let mut store = Store { rv: 1, lists: BTreeMap::new(), unlisted: BTreeMap::new(), history: Vec::new(), encoded: BTreeMap::new() };
+    let mut store = Store { rv: 1, lists: BTreeMap::new(), unlisted: BTreeMap::new(), history: Vec::new(), encoded: BTreeMap::new(), requests: Vec::new() };
     for (i, (list, kind, _)) in KINDS.iter().enumerate() {
         let served = i < KINDS.len() - CRDS || objects.iter().any(|o| o["kind"] == *kind);
         if served {
@@ -251,6 +261,7 @@ fn respond(mut conn: std::net::TcpStream, server: &Live) {
     let req = String::from_utf8_lossy(&buf).to_string();
     let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
     let path = target.split('?').next().unwrap_or("");
+    server.shared.lock().requests.push(target.clone());
     let switch = &server.switch;
     if switch.is_down() {
         let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"ServiceUnavailable","code":503}"#;
@@ -265,7 +276,13 @@ fn respond(mut conn: std::net::TcpStream, server: &Live) {
             let _ = conn.write_all(format!("{:x}\r\n{ev}\r\n0\r\n\r\n", ev.len()).as_bytes());
             return;
         }
-        let from: u64 = query(&target, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut from: u64 = query(&target, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if query(&target, "sendInitialEvents") == Some("true") {
+            match send_initial_events(&mut conn, server, path) {
+                Some(rv) => from = rv,
+                None => return,
+            }
+        }
         stream_watch(&mut conn, server, path, from);
         return;
     }
@@ -309,6 +326,29 @@ fn list_or_get(server: &Live, path: &str, target: &str) -> Option<std::sync::Arc
         return Some(body);
     }
     s.lists.values().find_map(|l| l.get(path)).or_else(|| s.unlisted.get(path)).map(|o| std::sync::Arc::new(o.to_string()))
+}
+
+/// A streaming list's start: every object of the list at `path` as an
+/// ADDED event, then the BOOKMARK that ends the initial events, at the
+/// store's resourceVersion, which it returns (`None`: the client left).
+fn send_initial_events(conn: &mut std::net::TcpStream, server: &Live, path: &str) -> Option<u64> {
+    let (_, kind, api) = KINDS.iter().copied().find(|(l, _, _)| *l == path)?;
+    let (lines, rv) = {
+        let s = server.shared.lock();
+        let lines: Vec<String> = s.lists.get(path).into_iter().flat_map(|l| l.values()).map(|o| serde_json::json!({"type": "ADDED", "object": o}).to_string() + "\n").collect();
+        (lines, s.rv)
+    };
+    let end = serde_json::json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}}).to_string() + "\n";
+    // Chunks written a thousand at a time: one syscall per object would
+    // make the server, not the agent, the slow part of a 100,000-Pod list.
+    for batch in lines.chunks(1000).chain(std::iter::once(std::slice::from_ref(&end))) {
+        let mut out = String::new();
+        for line in batch {
+            out.push_str(&format!("{:x}\r\n{line}\r\n", line.len()));
+        }
+        conn.write_all(out.as_bytes()).ok()?;
+    }
+    Some(rv)
 }
 
 /// Streams the events of the list at `path` after resourceVersion

@@ -82,3 +82,36 @@ fn services_created_changed_and_deleted_through_the_watch_reach_the_datapath() {
     let log = agent.log_text();
     assert_eq!(log.matches("initial sync").count(), 1, "the changes came as watch events, not by relisting:\n{log}");
 }
+
+/// `--kube-streaming-lists`: the initial state comes as watch events
+/// (`sendInitialEvents=true`, ended by the `k8s.io/initial-events-end`
+/// bookmark), never as a list; what it held is programmed, and later
+/// changes still come through the same watches.
+#[test]
+fn streaming_lists_read_the_initial_state_from_watch_events_without_a_list() {
+    let node = Node::new();
+    let (a, b, client) = (node.pod("a", Ipv4Addr::new(10, 244, 2, 2)), node.pod("b", Ipv4Addr::new(10, 244, 2, 3)), node.pod("client", Ipv4Addr::new(10, 244, 2, 4)));
+    let _servers = [tcp_server(a.ns(), 8080, Reply::Name("a".into())), tcp_server(b.ns(), 8080, Reply::Name("b".into()))];
+    let objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}), service(), slice(&[a.ip])];
+    let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
+    let kubeconfig = kubeapi::Kubeconfig::new(port);
+    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &["--kube-streaming-lists"]);
+    agent.wait_synced();
+    for p in [&a, &b, &client] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    wait_reached(&client, &["a"], &agent, "the initial state, streamed");
+    api.apply(slice(&[a.ip, b.ip]));
+    wait_reached(&client, &["a", "b"], &agent, "a change after the initial events");
+
+    let requests = api.requests();
+    let collections = ["/api/v1/services", "/api/v1/pods", "/api/v1/namespaces", "/api/v1/nodes", "/apis/discovery.k8s.io/v1/endpointslices", "/apis/networking.k8s.io/v1/networkpolicies"];
+    for c in collections {
+        let of: Vec<&String> = requests.iter().filter(|r| r.split('?').next() == Some(c)).collect();
+        assert!(!of.is_empty(), "{c} was watched: {requests:#?}");
+        assert!(of.iter().all(|r| r.contains("watch=true")), "{c} was never listed: {of:#?}");
+        assert!(of[0].contains("sendInitialEvents=true"), "{c}'s first watch asks for the initial events: {of:#?}");
+    }
+    let log = agent.log_text();
+    assert_eq!(log.matches("initial sync").count(), 1, "{log}");
+}

@@ -116,7 +116,9 @@ fn main() {
         // during the initial sync (10,000 services × 10 endpoints need
         // more than its 4,194,304 slots).
         let grow = std::env::args().any(|a| a == "--default-table");
-        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20), kube, grow);
+        // With --kube: the agent reads the initial state as streaming lists.
+        let streaming = std::env::args().any(|a| a == "--streaming");
+        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20), kube, grow, streaming);
         return;
     }
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -320,7 +322,7 @@ mod cluster {
         }
     }
 
-    pub fn run(nodes: u32, pods: u32, changes: u32, kube: bool, grow: bool) {
+    pub fn run(nodes: u32, pods: u32, changes: u32, kube: bool, grow: bool, streaming: bool) {
         let node = Node::new();
         let me = node.ns().name().to_string();
         let gen = Instant::now();
@@ -329,8 +331,13 @@ mod cluster {
 
         let slots = (SERVICES as u64 * weir_logic::maglev::table_size(ENDPOINTS) as u64 + 1024).max(1 << 20);
         let slots_arg = slots.to_string();
-        let sized = ["--lb-table-slots", &slots_arg, "--resync-interval", "3600"];
-        let args: &[&str] = if grow { &sized[2..] } else { &sized };
+        let sized = ["--lb-table-slots", &slots_arg, "--resync-interval", "3600", "--kube-streaming-lists"];
+        let args: &[&str] = match (grow, streaming) {
+            (false, false) => &sized[..4],
+            (true, false) => &sized[2..4],
+            (false, true) => &sized,
+            (true, true) => &sized[2..],
+        };
         // The same objects from the scripted API server: one list per kind
         // (resourceVersion=0, unpaginated, as the kube source asks), then
         // one watch per kind.
@@ -358,6 +365,7 @@ mod cluster {
         // right after the sync's).
         agent.wait_for_log_within("heap once synced", 1, Duration::from_secs(30));
         let rss_cold = super::rss_kib(pid);
+        let peak_cold = super::status_kib(pid, "VmHWM:");
         let heap = agent.log_text().lines().find(|l| l.contains("heap once synced")).map(str::to_string);
         eprintln!("{}", heap.as_deref().unwrap_or("(no heap line)"));
         // Where the cold start went: the agent's own milestones.
@@ -389,11 +397,15 @@ mod cluster {
         println!("| metric | value |");
         println!("|---|---|");
         println!("| cluster | {nodes} Nodes, {pods} Pods in {NAMESPACES} namespaces, {SERVICES} Services × {ENDPOINTS} endpoints, {NETPOLS} NetworkPolicies, {CNPS} ClusterNetworkPolicies |");
-        println!("| source | {} |", if kube { "kube (the scripted API server: lists, then watch events)" } else { "directory (standalone)" });
+        println!("| source | {} |", match (kube, streaming) {
+            (true, false) => "kube (the scripted API server: lists, then watch events)",
+            (true, true) => "kube, streaming lists (the initial state as watch events)",
+            _ => "directory (standalone)",
+        });
         println!("| writing the YAML (not the agent) | {:.1} s |", gen_took.as_secs_f64());
         println!("| cold: agent start → programmed (wall, incl. parsing) | {:.1} s |", cold.as_secs_f64());
         println!("| cold: initial full sync (translate + map writes) | {:.1} s |", initial_us as f64 / 1e6);
-        println!("| agent RSS after cold sync | {:.0} MiB |", rss_cold as f64 / 1024.0);
+        println!("| agent RSS after cold sync (peak during the load) | {:.0} MiB ({:.0} MiB) |", rss_cold as f64 / 1024.0, peak_cold as f64 / 1024.0);
         println!("| agent RSS after the changes | {:.0} MiB |", rss_after as f64 / 1024.0);
         println!("| of which heap and stacks (RssAnon) / mapped BPF maps and files (RssShmem + RssFile) | {:.0} / {:.0} MiB |", anon_after as f64 / 1024.0, (shmem_after + file_after) as f64 / 1024.0);
         for (what, v, none) in [

@@ -12,6 +12,13 @@ pub struct Args {
     #[arg(long, default_value = "kube")]
     pub source: SourceSpec,
 
+    /// With `--source kube`: read each kind's initial state as a stream of
+    /// watch events (`sendInitialEvents`, the API server's WatchList
+    /// feature) instead of one list, so no list body of 100,000 Pods is
+    /// ever held whole. Needs an API server with WatchList enabled.
+    #[arg(long)]
+    pub kube_streaming_lists: bool,
+
     /// bpffs directory that holds every pin (maps and links) of this agent.
     #[arg(long, default_value = "/sys/fs/bpf/weir")]
     pub bpffs: PathBuf,

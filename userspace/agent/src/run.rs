@@ -163,7 +163,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(lb, policy, args.node_name.clone(), args.nodeport_addresses.clone(), args.masquerade_all);
     events::spawn(&layout, metrics.clone()).context("starting the event reader")?;
     let (tx, mut rx) = mpsc::channel(1024);
-    let lookup = source::spawn(&args.source, tx).context("starting the object source")?;
+    let kube_opts = source::KubeOptions { streaming_lists: args.kube_streaming_lists };
+    let lookup = source::spawn_with(&args.source, tx, kube_opts).context("starting the object source")?;
 
     let mut state = ClusterState::new();
     let (mut endpoints, mut fetch_rx) = Endpoints::load(args.run_dir.join("endpoints.json"), args.node_name.clone(), lookup);

@@ -56,7 +56,7 @@ impl SyncTracker {
 /// outage without a word and the agent would stay ready while blind. The
 /// watchers' jittered backoff (0.8 s to 30 s) retries instead, and every
 /// failure reaches the probes.
-pub fn spawn(tx: Sender) -> super::PodLookup {
+pub fn spawn(tx: Sender, opts: super::KubeOptions) -> super::PodLookup {
     let cell = Arc::new(std::sync::OnceLock::new());
     let lookup = super::PodLookup::kube(cell.clone());
     tokio::spawn(async move {
@@ -67,7 +67,7 @@ pub fn spawn(tx: Sender) -> super::PodLookup {
         match client {
             Ok(client) => {
                 let _ = cell.set(client.clone());
-                run(client, tx);
+                run(client, tx, opts);
             }
             Err(error) => tracing::error!(%error, "cannot reach the Kubernetes API (kube::Config::infer)"),
         }
@@ -88,9 +88,14 @@ pub const ENDPOINTSLICE_SELECTOR: &str = "!service.kubernetes.io/headless,!servi
 /// etcd. The watch cache ignores `limit` at `resourceVersion=0` (and
 /// kube-rs drops the resourceVersion when a limit is set), so these lists
 /// are not paginated. Bookmarks stay on (kube's default).
-pub fn watch_config(kind: Kind) -> watcher::Config {
+pub fn watch_config(kind: Kind, opts: super::KubeOptions) -> watcher::Config {
     let mut c = watcher::Config::default().any_semantic();
     c.page_size = None;
+    if opts.streaming_lists {
+        // The initial state as watch events (`sendInitialEvents`), parsed
+        // one object at a time, instead of one list body read whole.
+        c = c.streaming_lists();
+    }
     match kind {
         Kind::Service => c.labels(SERVICE_SELECTOR),
         Kind::EndpointSlice => c.labels(ENDPOINTSLICE_SELECTOR),
@@ -99,18 +104,18 @@ pub fn watch_config(kind: Kind) -> watcher::Config {
 }
 
 /// Starts one watcher per kind on `client`.
-pub fn run(client: Client, tx: Sender) {
+pub fn run(client: Client, tx: Sender, opts: super::KubeOptions) {
     let tracker = Arc::new(SyncTracker { remaining: AtomicUsize::new(Kind::ALL.len()), sent: AtomicBool::new(false) });
-    tokio::spawn(watch(Api::<Service>::all(client.clone()), Kind::Service, |o| Object::Service(Box::new(o)), tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<EndpointSlice>::all(client.clone()), Kind::EndpointSlice, Object::EndpointSlice, tx.clone(), tracker.clone()));
+    tokio::spawn(watch(Api::<Service>::all(client.clone()), Kind::Service, |o| Object::Service(Box::new(o)), tx.clone(), tracker.clone(), opts));
+    tokio::spawn(watch(Api::<EndpointSlice>::all(client.clone()), Kind::EndpointSlice, Object::EndpointSlice, tx.clone(), tracker.clone(), opts));
     // Pods in weir's slim type: a list of every Pod is parsed into it
     // directly, never into the upstream type.
-    tokio::spawn(watch(Api::<PodObject>::all(client.clone()), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<Namespace>::all(client.clone()), Kind::Namespace, Object::Namespace, tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<Node>::all(client.clone()), Kind::Node, |o| Object::Node(Box::new(o)), tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<NetworkPolicy>::all(client.clone()), Kind::NetworkPolicy, Object::NetworkPolicy, tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<ClusterNetworkPolicy>::all(client.clone()), Kind::ClusterNetworkPolicy, Object::ClusterNetworkPolicy, tx.clone(), tracker.clone()));
-    tokio::spawn(watch(Api::<WeirNetworkPolicy>::all(client), Kind::WeirNetworkPolicy, Object::WeirNetworkPolicy, tx, tracker));
+    tokio::spawn(watch(Api::<PodObject>::all(client.clone()), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone(), tracker.clone(), opts));
+    tokio::spawn(watch(Api::<Namespace>::all(client.clone()), Kind::Namespace, Object::Namespace, tx.clone(), tracker.clone(), opts));
+    tokio::spawn(watch(Api::<Node>::all(client.clone()), Kind::Node, |o| Object::Node(Box::new(o)), tx.clone(), tracker.clone(), opts));
+    tokio::spawn(watch(Api::<NetworkPolicy>::all(client.clone()), Kind::NetworkPolicy, Object::NetworkPolicy, tx.clone(), tracker.clone(), opts));
+    tokio::spawn(watch(Api::<ClusterNetworkPolicy>::all(client.clone()), Kind::ClusterNetworkPolicy, Object::ClusterNetworkPolicy, tx.clone(), tracker.clone(), opts));
+    tokio::spawn(watch(Api::<WeirNetworkPolicy>::all(client), Kind::WeirNetworkPolicy, Object::WeirNetworkPolicy, tx, tracker, opts));
 }
 
 /// The API does not serve the kind at all (its CRD is not installed).
@@ -132,13 +137,13 @@ fn checked(o: Object) -> Result<Object, Warning> {
     }
 }
 
-async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: Sender, tracker: Arc<SyncTracker>)
+async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: Sender, tracker: Arc<SyncTracker>, opts: super::KubeOptions)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     // default_backoff: exponential (0.8 s to 30 s) with jitter, so that
     // agents that lost the API server together do not come back together.
-    let mut stream = watcher(api, watch_config(kind)).default_backoff().boxed();
+    let mut stream = watcher(api, watch_config(kind, opts)).default_backoff().boxed();
     let mut buffer: Option<Vec<Object>> = None;
     // Objects the (re)list held that failed validation: they keep their
     // previous version.
@@ -336,7 +341,7 @@ mod tests {
         let url: http::Uri = format!("http://{addr}").parse().expect("url");
         let client = Client::try_from(kube::Config::new(url)).expect("client");
         let (tx, mut rx) = mpsc::channel(64);
-        run(client, tx);
+        run(client, tx, Default::default());
 
         let mut state = ClusterState::new();
         let mut seen_b = false;

@@ -39,11 +39,26 @@ pub enum SourceError {
     Watch { path: std::path::PathBuf, #[source] source: notify::Error },
 }
 
+/// How the kube source reads the API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KubeOptions {
+    /// The initial state of each kind as a stream of watch events
+    /// (`sendInitialEvents`, Kubernetes' WatchList) instead of one list:
+    /// objects are parsed one at a time, never a whole list body at once.
+    /// The API server must support it (the WatchList feature).
+    pub streaming_lists: bool,
+}
+
 /// Starts the source (on the current tokio runtime); it runs until the
 /// receiver is dropped. Returns what reads single Pods from it.
 pub fn spawn(spec: &SourceSpec, tx: Sender) -> Result<PodLookup, SourceError> {
+    spawn_with(spec, tx, KubeOptions::default())
+}
+
+/// [`spawn`], with the kube source's options.
+pub fn spawn_with(spec: &SourceSpec, tx: Sender, opts: KubeOptions) -> Result<PodLookup, SourceError> {
     match spec {
         SourceSpec::Dir(dir) => dir::spawn(dir.clone(), tx).map(|()| PodLookup::none()),
-        SourceSpec::Kube => Ok(kube::spawn(tx)),
+        SourceSpec::Kube => Ok(kube::spawn(tx, opts)),
     }
 }
