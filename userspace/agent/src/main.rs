@@ -33,8 +33,12 @@ use clap::Parser as _;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    let thp = memory::no_huge_pages();
     let args = args::Args::parse();
     init_tracing(args.log_format, args.bpf_log_level != args::BpfLogLevel::Off);
+    if let Err(error) = thp {
+        tracing::warn!(%error, "cannot turn transparent huge pages off; the heap may hold more memory");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -11,10 +11,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{BuildHasher as _, RandomState},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use hashbrown::HashTable;
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
@@ -27,14 +30,42 @@ use super::{SourceError, SourceEvent, Sender};
 
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// A file's slot in [`DirState::paths`].
+type FileId = u32;
+
+/// An object no file owns: its owner dropped it while another file still
+/// lists it (that file's next read takes it over).
+const NO_OWNER: FileId = FileId::MAX;
+
+/// One object key that some file lists.
+struct Listed {
+    key: ObjectKey,
+    /// The file whose definition is in force (the last read that listed
+    /// it), or [`NO_OWNER`].
+    owner: FileId,
+    /// How many files list it.
+    listers: u32,
+}
+
 /// Which objects each file holds, and which file owns each object. Only
-/// keys are kept: the objects themselves live once, in the cluster state,
-/// which ignores upserts of unchanged objects.
+/// keys are kept (the objects themselves live once, in the cluster state,
+/// which ignores upserts of unchanged objects), and each key only once:
+/// at 130,000 objects a key map per direction cost 34 MB, more than the
+/// cluster state's pods.
 #[derive(Default)]
 pub struct DirState {
-    files: HashMap<PathBuf, BTreeSet<ObjectKey>>,
-    /// The owning file's path, one shared copy per file.
-    owner: HashMap<ObjectKey, Arc<Path>>,
+    /// Every listed key, once; `None` slots are free for reuse.
+    objects: Vec<Option<Listed>>,
+    free_objects: Vec<u32>,
+    /// `objects` by key.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// Each file's id and the objects it lists (sorted indexes into
+    /// `objects`).
+    files: HashMap<PathBuf, (FileId, Vec<u32>)>,
+    /// Each file id's path (for the messages); `None` slots are free.
+    paths: Vec<Option<Arc<Path>>>,
+    free_paths: Vec<FileId>,
 }
 
 impl DirState {
@@ -50,16 +81,68 @@ impl DirState {
         (changes, warnings)
     }
 
-    /// The shared copy of `path` its objects already point at, or a new one.
-    fn owner_path(&self, path: &Path) -> Arc<Path> {
-        self.files.get(path).and_then(|keys| keys.iter().find_map(|k| self.owner.get(k).filter(|p| &***p == path).cloned())).unwrap_or_else(|| Arc::from(path))
+    fn listed(&self, i: u32) -> Option<&Listed> {
+        self.objects.get(i as usize).and_then(Option::as_ref)
+    }
+
+    fn find(&self, key: &ObjectKey) -> Option<u32> {
+        self.index.find(self.hasher.hash_one(key), |&i| self.listed(i).is_some_and(|l| l.key == *key)).copied()
+    }
+
+    /// The slot of `key`, new (no owner, no listers) if no file lists it.
+    fn find_or_insert(&mut self, key: &ObjectKey) -> u32 {
+        if let Some(i) = self.find(key) {
+            return i;
+        }
+        let listed = Listed { key: key.clone(), owner: NO_OWNER, listers: 0 };
+        let i = match self.free_objects.pop() {
+            Some(i) => {
+                self.objects[i as usize] = Some(listed);
+                i
+            }
+            None => {
+                self.objects.push(Some(listed));
+                (self.objects.len() - 1) as u32
+            }
+        };
+        let (objects, hasher) = (&self.objects, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(key), i, |&j| objects.get(j as usize).and_then(Option::as_ref).map_or(0, |l| hasher.hash_one(&l.key)));
+        i
+    }
+
+    /// Frees the slot of a key no file lists any more.
+    fn forget(&mut self, i: u32) {
+        let Some(listed) = self.objects.get_mut(i as usize).and_then(Option::take) else { return };
+        if let Ok(entry) = self.index.find_entry(self.hasher.hash_one(&listed.key), |&j| j == i) {
+            entry.remove();
+        }
+        self.free_objects.push(i);
+    }
+
+    /// The id of `path`, new if no file there lists anything.
+    fn file_id(&mut self, path: &Path) -> FileId {
+        if let Some((id, _)) = self.files.get(path) {
+            return *id;
+        }
+        let shared = Some(Arc::from(path));
+        match self.free_paths.pop() {
+            Some(id) => {
+                self.paths[id as usize] = shared;
+                id
+            }
+            None => {
+                self.paths.push(shared);
+                (self.paths.len() - 1) as FileId
+            }
+        }
     }
 
     /// Re-reads one file and returns what changed.
     pub fn reload(&mut self, path: &Path) -> (Vec<Change>, Vec<Warning>) {
         let mut warnings = Vec::new();
-        let previous = self.files.get(path).cloned().unwrap_or_default();
-        let mut rejected_kept: BTreeSet<ObjectKey> = BTreeSet::new();
+        let previous: Vec<u32> = self.files.get(path).map(|(_, keys)| keys.clone()).unwrap_or_default();
+        let was_listed = |i: u32| previous.binary_search(&i).is_ok();
+        let mut rejected_kept: Vec<ObjectKey> = Vec::new();
         let current: BTreeMap<ObjectKey, Object> = match std::fs::read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => {
@@ -88,40 +171,64 @@ impl DirState {
                     }
                     // Objects that failed to validate keep their previous
                     // version: they stay listed, and no change is sent.
-                    rejected_kept = loaded.rejected.into_iter().filter(|k| previous.contains(k)).collect();
+                    rejected_kept = loaded.rejected.into_iter().filter(|k| self.find(k).is_some_and(was_listed)).collect();
                     m
                 }
             },
         };
+        let me = self.file_id(path);
         let mut changes = Vec::new();
-        let shared_path: Arc<Path> = self.owner_path(path);
-        let mut keys: BTreeSet<ObjectKey> = rejected_kept;
+        let mut keys: Vec<u32> = rejected_kept.iter().filter_map(|k| self.find(k)).collect();
         for (k, o) in current {
-            if let Some(other) = self.owner.get(&k).filter(|p| &***p != path) {
+            let i = self.find_or_insert(&k);
+            let listed = self.objects[i as usize].as_mut().expect("just found or inserted");
+            if listed.owner != me && listed.owner != NO_OWNER {
+                let other = self.paths.get(listed.owner as usize).and_then(Option::as_ref).map(|p| p.display().to_string()).unwrap_or_default();
                 warnings.push(Warning {
                     file: Some(path.to_path_buf()),
                     object: Some(k.to_string()),
                     field: None,
-                    message: format!("also defined in {}; this file's definition wins", other.display()),
+                    message: format!("also defined in {other}; this file's definition wins"),
                 });
             }
-            self.owner.insert(k.clone(), shared_path.clone());
-            keys.insert(k);
+            listed.owner = me;
+            if !was_listed(i) {
+                listed.listers += 1;
+            }
+            keys.push(i);
             changes.push(Change::Upsert(o));
         }
-        for k in previous.iter().filter(|k| !keys.contains(*k)) {
+        keys.sort_unstable();
+        keys.dedup();
+        for &i in previous.iter().filter(|i| keys.binary_search(i).is_err()) {
+            let Some(listed) = self.objects.get_mut(i as usize).and_then(Option::as_mut) else { continue };
+            listed.listers = listed.listers.saturating_sub(1);
             // Only the owning file's removal deletes the object.
-            if self.owner.get(k).map(|p| &**p) == Some(path) {
-                self.owner.remove(k);
-                changes.push(Change::Delete(k.clone()));
+            if listed.owner == me {
+                listed.owner = NO_OWNER;
+                changes.push(Change::Delete(listed.key.clone()));
+            }
+            if listed.listers == 0 {
+                self.forget(i);
             }
         }
         if keys.is_empty() {
             self.files.remove(path);
+            if let Some(slot) = self.paths.get_mut(me as usize).filter(|p| p.is_some()) {
+                *slot = None;
+                self.free_paths.push(me);
+            }
         } else {
-            self.files.insert(path.to_path_buf(), keys);
+            keys.shrink_to_fit();
+            self.files.insert(path.to_path_buf(), (me, keys));
         }
         (changes, warnings)
+    }
+
+    /// The keys `path` lists (for the tests).
+    #[cfg(test)]
+    fn keys_of(&self, path: &Path) -> Vec<ObjectKey> {
+        self.files.get(path).map(|(_, keys)| keys.iter().filter_map(|&i| self.listed(i)).map(|l| l.key.clone()).collect()).unwrap_or_default()
     }
 }
 
@@ -233,6 +340,57 @@ mod tests {
         std::fs::remove_file(&f).expect("rm");
         let (c, _) = st.reload(&f);
         assert_eq!(deletes(&c), ["web"], "{c:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_object_in_two_files_belongs_to_the_last_read_and_only_its_removal_deletes_it() {
+        let d = tmpdir();
+        let (a, b) = (d.join("a.yaml"), d.join("b.yaml"));
+        std::fs::write(&a, SVC).expect("write");
+        let mut st = DirState::default();
+        let (_, w) = st.reload(&a);
+        assert!(w.is_empty(), "{w:?}");
+        std::fs::write(&b, SVC.replace("10.96.0.10", "10.96.0.20")).expect("write");
+        let (c, w) = st.reload(&b);
+        assert_eq!(c.len(), 1, "b's definition is sent: {c:?}");
+        assert!(w.len() == 1 && w[0].message.contains("also defined in") && w[0].message.contains("a.yaml"), "{w:?}");
+        let deletes = |c: &[Change]| c.iter().filter(|c| matches!(c, Change::Delete(_))).count();
+        // a drops it: b owns it, nothing is deleted.
+        std::fs::write(&a, "").expect("write");
+        let (c, _) = st.reload(&a);
+        assert_eq!(deletes(&c), 0, "{c:?}");
+        assert!(st.keys_of(&a).is_empty());
+        // a lists it again (a takes it over), then b drops it: not deleted.
+        std::fs::write(&a, SVC).expect("write");
+        st.reload(&a);
+        std::fs::remove_file(&b).expect("rm");
+        let (c, _) = st.reload(&b);
+        assert_eq!(deletes(&c), 0, "a owns it: {c:?}");
+        // The owner's removal deletes it, and nothing of it is kept.
+        std::fs::remove_file(&a).expect("rm");
+        let (c, _) = st.reload(&a);
+        assert_eq!(deletes(&c), 1, "{c:?}");
+        assert!(st.files.is_empty() && st.index.is_empty(), "no key kept");
+        assert!(st.objects.iter().all(Option::is_none) && st.paths.iter().all(Option::is_none));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn each_key_is_kept_once_and_slots_are_reused() {
+        let d = tmpdir();
+        let f = d.join("a.yaml");
+        let mut st = DirState::default();
+        for round in 0..5 {
+            let svcs: Vec<String> = (0..20).map(|i| SVC.replace("name: web", &format!("name: web-{round}-{i}"))).collect();
+            std::fs::write(&f, svcs.join("---\n")).expect("write");
+            let (c, w) = st.reload(&f);
+            assert!(w.is_empty(), "{w:?}");
+            assert_eq!(c.iter().filter(|c| matches!(c, Change::Delete(_))).count(), if round == 0 { 0 } else { 20 });
+            assert_eq!(st.keys_of(&f).len(), 20);
+        }
+        assert_eq!(st.index.len(), 20);
+        assert!(st.objects.len() <= 40, "{} slots for 20 keys", st.objects.len());
         let _ = std::fs::remove_dir_all(&d);
     }
 
