@@ -58,6 +58,11 @@ fn cidrs_of(policies: &[CompiledPolicy]) -> BTreeSet<Prefix> {
 }
 
 impl PolicyReconciler {
+    /// See `Reconciler::pack`.
+    pub fn pack(&mut self) {
+        self.maps.pack();
+    }
+
     #[allow(clippy::result_large_err)] // once, at start-up
     pub fn open(layout: &PinLayout, node: Option<String>) -> Result<Self, DatapathError> {
         Ok(Self { maps: PolicyMaps::open(layout)?, ids: Ids::new(), node, last: None, failed: Vec::new(), index: None })

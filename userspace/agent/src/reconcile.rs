@@ -146,6 +146,14 @@ impl Reconciler {
 
     /// Makes the maps exactly the desired state of `state`, removing
     /// anything programmed (by this or an earlier agent) that is not desired.
+    /// Rebuilds the mirrors of what is programmed in bulk, once the
+    /// initial sync is in (`ClusterState::pack`).
+    pub fn pack(&mut self) {
+        self.programmed = std::mem::take(&mut self.programmed).into_iter().collect();
+        self.lb.pack();
+        self.policy.pack();
+    }
+
     pub fn full_sync(&mut self, state: &ClusterState) -> Outcome {
         self.ctx = self.node_context(state);
         let mut out = Outcome::default();

@@ -102,6 +102,11 @@ impl PolicyMaps {
         s
     }
 
+    /// Packs the mirror of what is programmed (`PolicyState::pack`).
+    pub fn pack(&mut self) {
+        self.current.pack();
+    }
+
     /// What this programmer last wrote (or adopted).
     pub fn current(&self) -> &PolicyState {
         &self.current

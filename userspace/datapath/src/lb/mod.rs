@@ -201,6 +201,13 @@ struct Undo {
 }
 
 impl Lb {
+    /// Rebuilds the services' mirror in bulk once the initial sync is in:
+    /// a B-tree filled by ascending inserts keeps its nodes half empty.
+    pub fn pack(&mut self) {
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
+        self.vips = std::mem::take(&mut self.vips).into_iter().collect();
+    }
+
     /// Opens the pinned LB maps and adopts the services already programmed.
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
         let frontends: HashMap<MapData, FrontendKey, Service> = pinned::hash(layout, FRONTENDS)?;

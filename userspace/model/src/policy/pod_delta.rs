@@ -50,13 +50,14 @@ struct Members {
 #[derive(Clone, Debug)]
 struct Indexed {
     id: u32,
-    ips: Vec<IpAddr>,
-    ports: Vec<NamedPort>,
+    /// Boxed slices, not vectors: 16 bytes less each, 100,000 times.
+    ips: Box<[IpAddr]>,
+    ports: Box<[NamedPort]>,
 }
 
 impl Indexed {
     fn new(pod: &PodInfo, id: u32) -> Self {
-        Indexed { id, ips: pod.ips.clone(), ports: pod.ports.clone() }
+        Indexed { id, ips: pod.ips.as_slice().into(), ports: pod.ports.as_slice().into() }
     }
 }
 
@@ -100,30 +101,45 @@ impl PodIndex {
             return None;
         }
         let pod_identities = std::mem::take(&mut me.translated.pods);
+        // The pods and claims are collected, sorted and built in bulk: a
+        // B-tree filled by ascending inserts leaves every node about half
+        // empty (8 MB more at 100,000 pods), one built from a sorted run
+        // fills them.
+        let mut pods: Vec<(PodKey, Indexed)> = Vec::with_capacity(world.pods.len());
+        let mut claims: Vec<IpAddr> = Vec::with_capacity(world.pods.len());
         for (pod, id) in world.pods.iter().zip(pod_identities) {
-            let id = id?;
-            let entry = Indexed::new(pod, id);
-            me.join(&entry);
+            let entry = Indexed::new(pod, id?);
+            me.join_identity(&entry);
+            claims.extend(entry.ips.iter());
             let key = (pod.namespace.clone(), pod.name.clone());
             if is_local(pod, node) {
                 me.local.insert(key.clone(), pod.clone());
             }
-            if me.pods.insert(key, entry).is_some() {
-                return None;
-            }
+            pods.push((key, entry));
         }
+        pods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if pods.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
+        me.pods = pods.into_iter().collect();
+        claims.sort_unstable();
+        me.claims = claims.chunk_by(|a, b| a == b).map(|run| (run[0], run.len())).collect();
         Some(me)
     }
 
     fn join(&mut self, pod: &Indexed) {
-        let id = pod.id;
-        let m = self.members.entry(id).or_default();
+        self.join_identity(pod);
+        for ip in &pod.ips {
+            *self.claims.entry(*ip).or_default() += 1;
+        }
+    }
+
+    /// [`Self::join`] without the address claims.
+    fn join_identity(&mut self, pod: &Indexed) {
+        let m = self.members.entry(pod.id).or_default();
         m.count += 1;
         for np in &pod.ports {
             *m.ports.entry(np.clone()).or_default() += 1;
-        }
-        for ip in &pod.ips {
-            *self.claims.entry(*ip).or_default() += 1;
         }
     }
 
