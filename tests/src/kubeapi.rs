@@ -125,6 +125,10 @@ struct Store {
     encoded: BTreeMap<&'static str, std::sync::Arc<String>>,
     /// Every request's target (path and query), in order.
     requests: Vec<String>,
+    /// Whether streaming lists are served (the WatchList feature); when
+    /// not, a watch asking for them is refused as a real API server with
+    /// the feature off refuses it (422 Invalid).
+    watch_list: bool,
 }
 
 struct Shared {
@@ -161,6 +165,12 @@ impl Live {
     /// Every request's target so far (path and query), in order.
     pub fn requests(&self) -> Vec<String> {
         self.shared.lock().requests.clone()
+    }
+
+    /// Serves streaming lists (the default) or refuses them, as an API
+    /// server with the WatchList feature off does.
+    pub fn set_watch_list(&self, on: bool) {
+        self.shared.lock().watch_list = on;
     }
 
     fn change(&self, mut obj: Value, delete: bool) -> u64 {
@@ -208,7 +218,7 @@ fn item_path(list: &str, obj: &Value) -> String {
 /// [`serve`], returning a [`Live`] handle to change the objects while
 /// clients watch, and with `unlisted` objects only a GET by name finds.
 pub fn serve_live(ns: &NetNs, objects: Vec<Value>, unlisted: Vec<Value>) -> (u16, Live) {
-    let mut store = Store { rv: 1, lists: BTreeMap::new(), unlisted: BTreeMap::new(), history: Vec::new(), encoded: BTreeMap::new(), requests: Vec::new() };
+    let mut store = Store { rv: 1, lists: BTreeMap::new(), unlisted: BTreeMap::new(), history: Vec::new(), encoded: BTreeMap::new(), requests: Vec::new(), watch_list: true };
     for (i, (list, kind, _)) in KINDS.iter().enumerate() {
         let served = i < KINDS.len() - CRDS || objects.iter().any(|o| o["kind"] == *kind);
         if served {
@@ -268,7 +278,16 @@ fn respond(mut conn: std::net::TcpStream, server: &Live) {
         let _ = conn.write_all(format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
         return;
     }
-    let served = server.shared.lock().lists.contains_key(path);
+    let (served, watch_list) = {
+        let s = server.shared.lock();
+        (s.lists.contains_key(path), s.watch_list)
+    };
+    if target.contains("watch=true") && served && !watch_list && query(&target, "sendInitialEvents") == Some("true") {
+        // What kube-apiserver answers with the WatchList feature gate off.
+        let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled","reason":"Invalid","details":{"group":"meta.k8s.io","kind":"ListOptions","causes":[{"reason":"FieldValueForbidden","message":"Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled","field":"sendInitialEvents"}]},"code":422}"#;
+        let _ = conn.write_all(format!("HTTP/1.1 422 Unprocessable Entity\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+        return;
+    }
     if target.contains("watch=true") && served {
         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
         if switch.expire_once(path) {

@@ -95,6 +95,7 @@ fn a_values_file_reaches_the_agents_flags_and_the_monitoring_hooks() {
         "--masquerade-max-entries=262144",
         "--masquerade-ports=40000-60999",
         "--lb-table-slots=8388608",
+        "--kube-streaming-lists=never",
         "--frontends-max-entries=262144",
         "--backends-max-entries=1048576",
         "--ct-max-entries=1048576",

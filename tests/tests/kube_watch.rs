@@ -83,10 +83,10 @@ fn services_created_changed_and_deleted_through_the_watch_reach_the_datapath() {
     assert_eq!(log.matches("initial sync").count(), 1, "the changes came as watch events, not by relisting:\n{log}");
 }
 
-/// `--kube-streaming-lists`: the initial state comes as watch events
-/// (`sendInitialEvents=true`, ended by the `k8s.io/initial-events-end`
-/// bookmark), never as a list; what it held is programmed, and later
-/// changes still come through the same watches.
+/// By default (`--kube-streaming-lists=auto`) the initial state comes as
+/// watch events (`sendInitialEvents=true`, ended by the
+/// `k8s.io/initial-events-end` bookmark), never as a list; what it held
+/// is programmed, and later changes still come through the same watches.
 #[test]
 fn streaming_lists_read_the_initial_state_from_watch_events_without_a_list() {
     let node = Node::new();
@@ -95,7 +95,7 @@ fn streaming_lists_read_the_initial_state_from_watch_events_without_a_list() {
     let objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}), service(), slice(&[a.ip])];
     let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
     let kubeconfig = kubeapi::Kubeconfig::new(port);
-    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &["--kube-streaming-lists"]);
+    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &[]);
     agent.wait_synced();
     for p in [&a, &b, &client] {
         agent.wait_attached(&p.host_if, p.host_ifindex);
@@ -114,4 +114,53 @@ fn streaming_lists_read_the_initial_state_from_watch_events_without_a_list() {
     }
     let log = agent.log_text();
     assert_eq!(log.matches("initial sync").count(), 1, "{log}");
+}
+
+/// An API server with the WatchList feature off refuses a streaming
+/// list (422 Invalid): by default the agent lists that kind instead, once,
+/// and syncs; with `--kube-streaming-lists=always` it keeps asking (and
+/// never syncs), with `never` it only lists.
+#[test]
+fn a_refused_streaming_list_falls_back_to_a_list() {
+    let node = Node::new();
+    let (a, client) = (node.pod("a", Ipv4Addr::new(10, 244, 2, 2)), node.pod("client", Ipv4Addr::new(10, 244, 2, 4)));
+    let _server = tcp_server(a.ns(), 8080, Reply::Name("a".into()));
+    let objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}), service(), slice(&[a.ip])];
+    let (port, api) = kubeapi::serve_live(node.ns(), objects.clone(), Vec::new());
+    api.set_watch_list(false);
+    let kubeconfig = kubeapi::Kubeconfig::new(port);
+    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &[]);
+    agent.wait_synced();
+    for p in [&a, &client] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    wait_reached(&client, &["a"], &agent, "the initial state, listed after the refusal");
+    let requests = api.requests();
+    let of = |c: &str| -> Vec<String> { requests.iter().filter(|r| r.split('?').next() == Some(c)).cloned().collect() };
+    let svcs = of("/api/v1/services");
+    assert!(svcs.first().is_some_and(|r| r.contains("sendInitialEvents=true")), "asked for a streaming list first: {svcs:#?}");
+    assert_eq!(svcs.iter().filter(|r| r.contains("sendInitialEvents=true")).count(), 1, "asked once: {svcs:#?}");
+    assert!(svcs.iter().any(|r| !r.contains("watch=true")), "then listed: {svcs:#?}");
+    let log = agent.log_text();
+    assert!(log.contains("refused a streaming list"), "{log}");
+    drop(agent);
+
+    // always: no fallback, so no sync while the server refuses.
+    let (port, api) = kubeapi::serve_live(node.ns(), objects.clone(), Vec::new());
+    api.set_watch_list(false);
+    let kubeconfig = kubeapi::Kubeconfig::new(port);
+    let agent = Agent::start_kube(&node, &kubeconfig.0, &["--kube-streaming-lists=always"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let log = agent.log_text();
+    assert!(!log.contains("initial sync"), "synced without the streaming lists it must use:\n{log}");
+    assert!(api.requests().iter().all(|r| r.contains("sendInitialEvents=true") || r.contains("/namespaces/")), "never listed: {:#?}", api.requests());
+    drop(agent);
+
+    // never: lists from the start, the refusal never met.
+    let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
+    api.set_watch_list(false);
+    let kubeconfig = kubeapi::Kubeconfig::new(port);
+    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &["--kube-streaming-lists=never"]);
+    agent.wait_synced();
+    assert!(api.requests().iter().all(|r| !r.contains("sendInitialEvents")), "{:#?}", api.requests());
 }

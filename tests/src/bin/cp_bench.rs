@@ -331,13 +331,13 @@ mod cluster {
 
         let slots = (SERVICES as u64 * weir_logic::maglev::table_size(ENDPOINTS) as u64 + 1024).max(1 << 20);
         let slots_arg = slots.to_string();
-        let sized = ["--lb-table-slots", &slots_arg, "--resync-interval", "3600", "--kube-streaming-lists"];
-        let args: &[&str] = match (grow, streaming) {
-            (false, false) => &sized[..4],
-            (true, false) => &sized[2..4],
-            (false, true) => &sized,
-            (true, true) => &sized[2..],
-        };
+        // The kube source lists unless --streaming (the agent's default,
+        // auto, would stream from this server).
+        let mut args: Vec<&str> = vec!["--resync-interval", "3600", if streaming { "--kube-streaming-lists=always" } else { "--kube-streaming-lists=never" }];
+        if !grow {
+            args.extend(["--lb-table-slots", &slots_arg]);
+        }
+        let args = &args[..];
         // The same objects from the scripted API server: one list per kind
         // (resourceVersion=0, unpaginated, as the kube source asks), then
         // one watch per kind.

@@ -15,9 +15,11 @@ pub struct Args {
     /// With `--source kube`: read each kind's initial state as a stream of
     /// watch events (`sendInitialEvents`, the API server's WatchList
     /// feature) instead of one list, so no list body of 100,000 Pods is
-    /// ever held whole. Needs an API server with WatchList enabled.
-    #[arg(long)]
-    pub kube_streaming_lists: bool,
+    /// ever held whole. `auto`: streaming lists, and lists for a kind
+    /// whose streaming watch the API server refuses (WatchList off);
+    /// `always` (the flag alone): streaming lists only; `never`: lists.
+    #[arg(long, default_value = "auto", num_args = 0..=1, default_missing_value = "always", value_name = "auto|always|never")]
+    pub kube_streaming_lists: weir_source::StreamingLists,
 
     /// bpffs directory that holds every pin (maps and links) of this agent.
     #[arg(long, default_value = "/sys/fs/bpf/weir")]

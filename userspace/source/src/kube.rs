@@ -33,7 +33,7 @@ use kube::{
 use weir_crds::{ClusterNetworkPolicy, WeirNetworkPolicy};
 use weir_model::{validate::validate, Change, Kind, Object, ObjectKey, PodObject, Warning};
 
-use super::{SourceEvent, Sender};
+use super::{SourceEvent, Sender, StreamingLists};
 
 /// Sends `Synced` once every kind has completed its first list.
 struct SyncTracker {
@@ -88,10 +88,10 @@ pub const ENDPOINTSLICE_SELECTOR: &str = "!service.kubernetes.io/headless,!servi
 /// etcd. The watch cache ignores `limit` at `resourceVersion=0` (and
 /// kube-rs drops the resourceVersion when a limit is set), so these lists
 /// are not paginated. Bookmarks stay on (kube's default).
-pub fn watch_config(kind: Kind, opts: super::KubeOptions) -> watcher::Config {
+pub fn watch_config(kind: Kind, streaming: bool) -> watcher::Config {
     let mut c = watcher::Config::default().any_semantic();
     c.page_size = None;
-    if opts.streaming_lists {
+    if streaming {
         // The initial state as watch events (`sendInitialEvents`), parsed
         // one object at a time, instead of one list body read whole.
         c = c.streaming_lists();
@@ -129,6 +129,19 @@ fn not_served(e: &watcher::Error) -> bool {
     }
 }
 
+/// The API server answered a request with a refusal that retrying will
+/// not change (a 4xx other than 404, 408, 410 and 429): for a streaming
+/// list, an API server whose WatchList feature is off (422 Invalid) or
+/// that predates it (it refuses `resourceVersionMatch` on a watch).
+fn refused(e: &watcher::Error) -> bool {
+    let code = match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return false,
+    };
+    (400..500).contains(&code) && ![404, 408, 410, 429].contains(&code)
+}
+
 /// Validates an object from the API; invalid ones become a warning.
 fn checked(o: Object) -> Result<Object, Warning> {
     match validate(&o) {
@@ -143,7 +156,9 @@ where
 {
     // default_backoff: exponential (0.8 s to 30 s) with jitter, so that
     // agents that lost the API server together do not come back together.
-    let mut stream = watcher(api, watch_config(kind, opts)).default_backoff().boxed();
+    let mut streaming = opts.streaming_lists != StreamingLists::Never;
+    let start = |streaming: bool| watcher(api.clone(), watch_config(kind, streaming)).default_backoff().boxed();
+    let mut stream = start(streaming);
     let mut buffer: Option<Vec<Object>> = None;
     // Objects the (re)list held that failed validation: they keep their
     // previous version.
@@ -202,6 +217,14 @@ where
                     first_list = false;
                     tracker.listed(&tx).await;
                 }
+                continue;
+            }
+            Err(error) if streaming && opts.streaming_lists == StreamingLists::Auto && refused(&error) => {
+                tracing::warn!(kind = kind.as_str(), %error, "the API server refused a streaming list (WatchList off?); listing instead");
+                streaming = false;
+                buffer = None;
+                rejected.clear();
+                stream = start(false);
                 continue;
             }
             Err(error) => {
@@ -341,7 +364,8 @@ mod tests {
         let url: http::Uri = format!("http://{addr}").parse().expect("url");
         let client = Client::try_from(kube::Config::new(url)).expect("client");
         let (tx, mut rx) = mpsc::channel(64);
-        run(client, tx, Default::default());
+        // Lists: the recorded responses are lists and plain watches.
+        run(client, tx, crate::KubeOptions { streaming_lists: StreamingLists::Never });
 
         let mut state = ClusterState::new();
         let mut seen_b = false;

@@ -42,11 +42,38 @@ pub enum SourceError {
 /// How the kube source reads the API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KubeOptions {
-    /// The initial state of each kind as a stream of watch events
-    /// (`sendInitialEvents`, Kubernetes' WatchList) instead of one list:
-    /// objects are parsed one at a time, never a whole list body at once.
-    /// The API server must support it (the WatchList feature).
-    pub streaming_lists: bool,
+    /// Whether the initial state of each kind comes as a stream of watch
+    /// events (`sendInitialEvents`, Kubernetes' WatchList) instead of one
+    /// list: objects are parsed one at a time, never a whole list body at
+    /// once.
+    pub streaming_lists: StreamingLists,
+}
+
+/// When the kube source asks for streaming lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamingLists {
+    /// Streaming lists, and lists for a kind whose streaming watch the API
+    /// server refuses (a 4xx answer: the WatchList feature is off, or the
+    /// server predates it), as client-go's reflector falls back.
+    #[default]
+    Auto,
+    /// Streaming lists only (a refusal is retried with backoff).
+    Always,
+    /// Lists only.
+    Never,
+}
+
+impl std::str::FromStr for StreamingLists {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "always" | "true" => Ok(Self::Always),
+            "never" | "false" => Ok(Self::Never),
+            other => Err(format!("{other:?}: expected auto, always or never")),
+        }
+    }
 }
 
 /// Starts the source (on the current tokio runtime); it runs until the
