@@ -246,8 +246,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             pending = Affected::default();
                             pending_since = None;
                             metrics.set_ready();
-                            // Logged once ready: whoever waits for this line
-                            // finds /readyz true.
+                            update_gauges(&metrics, &state, &mut reconciler);
+                            // Logged once ready and counted: whoever waits
+                            // for this line finds /readyz true and the maps'
+                            // gauges set (the end of the batch sets them
+                            // again, after the memory is packed and freed).
                             log_outcome("initial sync", &out, took, &metrics);
                             // Only once the load's last garbage is freed (the
                             // affected set above holds every service):
