@@ -265,6 +265,72 @@ fn ipv6_to_or_from_an_isolated_pod_is_dropped_and_other_ethertypes_from_pods_too
     });
 }
 
+/// `frame` (Ethernet + IPv6 + upper layer) with extension headers put
+/// between the fixed header and the upper layer: each (next-header kind,
+/// length in bytes), zero-filled but for its next header and length.
+fn with_ext_headers(frame: &[u8], headers: &[(u8, usize)]) -> Vec<u8> {
+    const IP6: usize = 14;
+    let upper = frame[IP6 + 6];
+    let mut ext = Vec::new();
+    for (i, &(kind, len)) in headers.iter().enumerate() {
+        let mut h = vec![0u8; len];
+        h[0] = headers.get(i + 1).map_or(upper, |n| n.0);
+        h[1] = match kind {
+            44 => 0,
+            51 => (len / 4 - 2) as u8,
+            _ => (len / 8 - 1) as u8,
+        };
+        ext.extend(h);
+    }
+    let mut out = frame[..IP6 + 40].to_vec();
+    if let Some(&(first, _)) = headers.first() {
+        out[IP6 + 6] = first;
+    }
+    let payload = u16::from_be_bytes([frame[IP6 + 4], frame[IP6 + 5]]) as usize + ext.len();
+    out[IP6 + 4..IP6 + 6].copy_from_slice(&(payload as u16).to_be_bytes());
+    out.extend(ext);
+    out.extend_from_slice(&frame[IP6 + 40..]);
+    out
+}
+
+#[test]
+fn ipv6_whose_extension_headers_cannot_be_walked_is_dropped_and_counted() {
+    with(DatapathConfig::DEFAULT, |fx| {
+        let (v6_a, v6_b): (Ipv6Addr, Ipv6Addr) = ("fd00::7".parse().expect("v6"), "fd00::8".parse().expect("v6"));
+        let a = fx.link("weirv6a", &[v6_a.into()]);
+        let udp = testrun::udp6((v6_a, 4000), (v6_b, 53), b"query");
+        let back = testrun::udp6((v6_b, 53), (v6_a, 4000), b"answer");
+        let (dst_opts, routing, hop_by_hop, fragment, ah) = (60u8, 43u8, 0u8, 44u8, 51u8);
+
+        let walkable = with_ext_headers(&udp, &[(hop_by_hop, 8), (dst_opts, 16), (routing, 24), (ah, 16), (fragment, 8)]);
+        assert_eq!(fx.run(Hook::FromPod, a, &walkable).verdict, TC_ACT_OK, "five headers, every kind, in order");
+        assert_eq!(fx.run(Hook::ToPod, a, &with_ext_headers(&back, &[(dst_opts, 8), (dst_opts, 8)])).verdict, TC_ACT_OK);
+
+        let nine = with_ext_headers(&udp, &[(dst_opts, 8); 9]);
+        assert_eq!(fx.run(Hook::FromPod, a, &nine).verdict, TC_ACT_SHOT, "nine headers: more than the walk follows");
+        assert_eq!(fx.run(Hook::ToPod, a, &with_ext_headers(&back, &[(routing, 8); 9])).verdict, TC_ACT_SHOT, "nor into a pod");
+        let misplaced = with_ext_headers(&udp, &[(dst_opts, 8), (hop_by_hop, 8)]);
+        assert_eq!(fx.run(Hook::FromPod, a, &misplaced).verdict, TC_ACT_SHOT, "hop-by-hop after the first header");
+        let two_frags = with_ext_headers(&udp, &[(fragment, 8), (fragment, 8)]);
+        assert_eq!(fx.run(Hook::FromPod, a, &two_frags).verdict, TC_ACT_SHOT, "two fragment headers");
+        let mut cut = with_ext_headers(&udp, &[(dst_opts, 8), (dst_opts, 8)]);
+        cut.truncate(14 + 40 + 8 + 4);
+        assert_eq!(fx.run(Hook::FromPod, a, &cut).verdict, TC_ACT_SHOT, "a header the packet ends inside of");
+        assert_eq!(fx.drops(DropReason::Ipv6HeaderChain), 5);
+
+        // A first fragment must hold the upper layer's header (RFC 7112);
+        // a later fragment holds none.
+        let mut first_without_udp = with_ext_headers(&udp, &[(fragment, 8)]);
+        first_without_udp.truncate(14 + 40 + 8 + 4);
+        assert_eq!(fx.run(Hook::FromPod, a, &first_without_udp).verdict, TC_ACT_SHOT, "a first fragment without its UDP header");
+        assert_eq!(fx.drops(DropReason::Malformed), 1);
+        let mut later = with_ext_headers(&udp, &[(fragment, 8)]);
+        later[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&(185u16 << 3).to_be_bytes());
+        later.truncate(14 + 40 + 8 + 4);
+        assert_eq!(fx.run(Hook::FromPod, a, &later).verdict, TC_ACT_OK, "a later fragment: data only");
+    });
+}
+
 // ----------------------------------------------------------- unreadable
 
 #[test]

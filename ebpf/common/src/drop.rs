@@ -59,10 +59,14 @@ pub enum DropReason {
     /// translation leaves by: answered with ICMP fragmentation needed
     /// (the link's MTU), quoting the sender's own packet.
     FragNeeded = 21,
+    /// An IPv6 packet whose extension-header chain cannot be walked to
+    /// its upper layer (too long, cut short, a misplaced hop-by-hop or a
+    /// second fragment header).
+    Ipv6HeaderChain = 22,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -84,6 +88,7 @@ impl DropReason {
         DropReason::NoLocalEndpoints,
         DropReason::NotInSourceRanges,
         DropReason::FragNeeded,
+        DropReason::Ipv6HeaderChain,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -109,6 +114,7 @@ impl DropReason {
             Self::NoLocalEndpoints => "no_local_endpoints",
             Self::NotInSourceRanges => "not_in_source_ranges",
             Self::FragNeeded => "frag_needed",
+            Self::Ipv6HeaderChain => "ipv6_header_chain",
         }
     }
 

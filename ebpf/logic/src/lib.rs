@@ -14,6 +14,7 @@ pub mod csum;
 pub mod ct;
 pub mod frontend;
 pub mod hash;
+pub mod ipv6;
 pub mod maglev;
 pub mod masq;
 pub mod policy;

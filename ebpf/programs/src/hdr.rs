@@ -5,6 +5,8 @@
 //! is ever passed.
 
 use aya_ebpf::programs::TcContext;
+use weir_common::drop::DropReason;
+use weir_logic::ipv6::{self, Upper};
 use weir_common::{
     addr::Addr,
     lb::{PROTO_TCP, PROTO_UDP},
@@ -132,6 +134,26 @@ pub fn v6_addrs(ctx: &TcContext) -> (Addr, Addr) {
     let d = ctx.load::<[u8; 16]>(IP_OFF + 24).unwrap_or([0; 16]);
     (Addr { bytes: s }, Addr { bytes: d })
 }
+
+/// An IPv6 packet's upper layer, its extension headers walked
+/// (`weir_logic::ipv6::walk`): `Err(Ipv6HeaderChain)` for a chain that
+/// cannot be walked, `Err(Malformed)` when the upper layer's first 8
+/// bytes (ports, ICMPv6 type) are not in the packet although no later
+/// fragment explains it (RFC 7112: the first fragment holds the whole
+/// header chain).
+#[inline(always)]
+pub fn v6_upper(ctx: &TcContext) -> Result<Upper, DropReason> {
+    let first = ctx.load::<u8>(IP_OFF + 6).map_err(|_| DropReason::Malformed)?;
+    let upper = ipv6::walk(first, |off| ctx.load::<[u8; 8]>(IP_OFF + off).ok()).map_err(|_| DropReason::Ipv6HeaderChain)?;
+    let later = upper.frag.is_some_and(|f| f.is_later());
+    if !later && matches!(upper.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMPV6) && ctx.load::<[u8; 8]>(IP_OFF + upper.off).is_err() {
+        return Err(DropReason::Malformed);
+    }
+    Ok(upper)
+}
+
+/// ICMPv6's protocol number.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Parses the frame at the start of the skb; an IPv4 packet is written
 /// to `pkt`. Returns a `FRAME_*` kind.

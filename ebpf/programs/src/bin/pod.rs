@@ -102,8 +102,9 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
 }
 
 /// IPv6 from a pod: dropped while the pod is under a policy (IPv6 policy
-/// is not enforced yet), and unless it comes from an address routed to
-/// the link or from link-local scope.
+/// is not enforced yet), unless it comes from an address routed to the
+/// link or from link-local scope, and when its extension headers cannot
+/// be walked to the upper layer.
 #[inline(never)]
 fn v6_from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
     if source::link_isolated(ifindex) {
@@ -112,6 +113,21 @@ fn v6_from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
     let (saddr, _) = hdr::v6_addrs(ctx);
     if !source::v6_link_scope(&saddr) && !source::owns(ifindex, &saddr) {
         return events::dropped_frame(ctx, DropReason::SpoofedSource);
+    }
+    if let Err(reason) = hdr::v6_upper(ctx) {
+        return events::dropped_frame(ctx, reason);
+    }
+    TC_ACT_OK as i32
+}
+
+/// IPv6 to a pod: as [`v6_from_pod`], without the source check.
+#[inline(never)]
+fn v6_to_pod(ctx: &TcContext, ifindex: u32) -> i32 {
+    if source::link_isolated(ifindex) {
+        return events::dropped_frame(ctx, DropReason::Ipv6Isolated);
+    }
+    if let Err(reason) = hdr::v6_upper(ctx) {
+        return events::dropped_frame(ctx, reason);
     }
     TC_ACT_OK as i32
 }
@@ -124,12 +140,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     let pkt = Ipv4Pkt::zero_in(&mut slot);
     match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {}
-        FRAME_V6 => {
-            if source::link_isolated(ifindex) {
-                return events::dropped_frame(&ctx, DropReason::Ipv6Isolated);
-            }
-            return TC_ACT_OK as i32;
-        }
+        FRAME_V6 => return v6_to_pod(&ctx, ifindex),
         FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
         FRAME_ARP => return TC_ACT_OK as i32,
         _ => {

@@ -1,0 +1,174 @@
+//! The IPv6 extension-header chain, walked to the upper-layer header in a
+//! bounded number of steps (RFC 8200 section 4). The kernel programs read
+//! the headers with `bpf_skb_load_bytes`; the tests read a byte slice.
+//! A chain that cannot be walked (longer than [`MAX_EXT_HEADERS`], cut
+//! short by the packet's end, a hop-by-hop header anywhere but first, two
+//! fragment headers) is reported, and the programs drop it: a packet
+//! whose upper layer the datapath cannot see is never passed.
+
+/// Next-header values of the extension headers walked.
+pub const NEXT_HOP_BY_HOP: u8 = 0;
+pub const NEXT_ROUTING: u8 = 43;
+pub const NEXT_FRAGMENT: u8 = 44;
+pub const NEXT_AH: u8 = 51;
+pub const NEXT_DEST_OPTS: u8 = 60;
+/// No upper-layer header follows (the walk ends here, with no ports).
+pub const NEXT_NONE: u8 = 59;
+
+/// The fixed header's length.
+pub const IPV6_HLEN: usize = 40;
+
+/// Extension headers a walkable chain holds at most. RFC 8200's order has
+/// six kinds (destination options twice); Linux itself caps the options
+/// headers it parses. Eight leaves room and bounds the verifier's work.
+pub const MAX_EXT_HEADERS: usize = 8;
+
+/// The fragment header's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// Offset of this fragment's data, in 8-byte units.
+    pub offset: u16,
+    /// More fragments follow.
+    pub more: bool,
+    /// Identification (network order as read).
+    pub id: u32,
+}
+
+impl Fragment {
+    /// A later fragment carries no upper-layer header.
+    pub fn is_later(&self) -> bool {
+        self.offset != 0
+    }
+}
+
+/// Where the chain ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upper {
+    /// The upper-layer protocol (TCP, UDP, ICMPv6, ESP, ...), or
+    /// [`NEXT_NONE`].
+    pub proto: u8,
+    /// Offset of the upper-layer header from the start of the IPv6 header.
+    pub off: usize,
+    /// The fragment header, when the chain holds one.
+    pub frag: Option<Fragment>,
+}
+
+/// Why a chain could not be walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwalkable {
+    /// More than [`MAX_EXT_HEADERS`] extension headers.
+    TooLong,
+    /// An extension header runs past the packet's end.
+    Truncated,
+    /// A hop-by-hop header after the fixed header's first (RFC 8200
+    /// allows it only there).
+    HopByHopNotFirst,
+    /// A second fragment header.
+    TwoFragmentHeaders,
+}
+
+/// Walks the chain that starts with the fixed header's next-header field
+/// `first`. `read(off)` gives the 8 bytes at `off` from the start of the
+/// IPv6 header (`None` past the packet's end): every extension header is
+/// at least 8 bytes long and keeps its next header and length in them.
+#[inline(always)]
+pub fn walk(first: u8, mut read: impl FnMut(usize) -> Option<[u8; 8]>) -> Result<Upper, Unwalkable> {
+    let (mut next, mut off, mut frag) = (first, IPV6_HLEN, None);
+    for i in 0..=MAX_EXT_HEADERS {
+        if !matches!(next, NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_FRAGMENT | NEXT_AH | NEXT_DEST_OPTS) {
+            return Ok(Upper { proto: next, off, frag });
+        }
+        if i == MAX_EXT_HEADERS {
+            return Err(Unwalkable::TooLong);
+        }
+        if next == NEXT_HOP_BY_HOP && i != 0 {
+            return Err(Unwalkable::HopByHopNotFirst);
+        }
+        let h = read(off).ok_or(Unwalkable::Truncated)?;
+        let len = match next {
+            NEXT_FRAGMENT => {
+                if frag.is_some() {
+                    return Err(Unwalkable::TwoFragmentHeaders);
+                }
+                let field = u16::from_be_bytes([h[2], h[3]]);
+                frag = Some(Fragment { offset: field >> 3, more: field & 1 != 0, id: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) });
+                8
+            }
+            NEXT_AH => (usize::from(h[1]) + 2) * 4,
+            _ => (usize::from(h[1]) + 1) * 8,
+        };
+        next = h[0];
+        off += len;
+    }
+    Err(Unwalkable::TooLong)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+
+    /// A fixed header (only its next header matters here) and `ext` as
+    /// (kind, next, length in bytes) with zero bodies, then 8 bytes of
+    /// upper layer.
+    fn packet(first: u8, ext: &[(u8, u8, usize)]) -> Vec<u8> {
+        let mut p = std::vec![0u8; IPV6_HLEN];
+        p[6] = first;
+        for &(kind, next, len) in ext {
+            let mut h = std::vec![0u8; len];
+            h[0] = next;
+            h[1] = match kind {
+                NEXT_AH => (len / 4 - 2) as u8,
+                NEXT_FRAGMENT => 0,
+                _ => (len / 8 - 1) as u8,
+            };
+            p.extend(h);
+        }
+        p.extend([0u8; 8]);
+        p
+    }
+
+    fn walk_bytes(p: &[u8]) -> Result<Upper, Unwalkable> {
+        walk(p[6], |off| p.get(off..off + 8).map(|s| s.try_into().expect("8 bytes")))
+    }
+
+    #[test]
+    fn a_chain_of_every_kind_is_walked_to_its_upper_layer() {
+        let p = packet(NEXT_HOP_BY_HOP, &[(NEXT_HOP_BY_HOP, NEXT_DEST_OPTS, 8), (NEXT_DEST_OPTS, NEXT_ROUTING, 24), (NEXT_ROUTING, NEXT_AH, 16), (NEXT_AH, NEXT_FRAGMENT, 24), (NEXT_FRAGMENT, UDP, 8)]);
+        let u = walk_bytes(&p).expect("walkable");
+        assert_eq!((u.proto, u.off), (UDP, IPV6_HLEN + 8 + 24 + 16 + 24 + 8));
+        assert_eq!(u.frag, Some(Fragment { offset: 0, more: false, id: 0 }));
+        assert_eq!(walk_bytes(&packet(TCP, &[])), Ok(Upper { proto: TCP, off: IPV6_HLEN, frag: None }));
+        assert_eq!(walk_bytes(&packet(NEXT_NONE, &[])).map(|u| u.proto), Ok(NEXT_NONE));
+    }
+
+    #[test]
+    fn a_fragment_header_gives_offset_more_and_id() {
+        let mut p = packet(NEXT_FRAGMENT, &[(NEXT_FRAGMENT, UDP, 8)]);
+        p[IPV6_HLEN + 2..IPV6_HLEN + 4].copy_from_slice(&((185u16 << 3) | 1).to_be_bytes());
+        p[IPV6_HLEN + 4..IPV6_HLEN + 8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        let f = walk_bytes(&p).expect("walkable").frag.expect("a fragment");
+        assert_eq!((f.offset, f.more, f.is_later()), (185, true, true));
+        assert_eq!(f.id, u32::from_ne_bytes([0xde, 0xad, 0xbe, 0xef]));
+    }
+
+    #[test]
+    fn chains_that_cannot_be_walked_say_why() {
+        let long: Vec<(u8, u8, usize)> = (0..=MAX_EXT_HEADERS).map(|i| (NEXT_DEST_OPTS, if i == MAX_EXT_HEADERS { UDP } else { NEXT_DEST_OPTS }, 8)).collect();
+        assert_eq!(walk_bytes(&packet(NEXT_DEST_OPTS, &long)), Err(Unwalkable::TooLong));
+        let most = &long[1..];
+        assert!(walk_bytes(&packet(NEXT_DEST_OPTS, most)).is_ok(), "{MAX_EXT_HEADERS} headers are walked");
+        // A header the packet ends inside of.
+        assert_eq!(walk_bytes(&packet(NEXT_DEST_OPTS, &[])[..IPV6_HLEN + 4]), Err(Unwalkable::Truncated));
+        assert_eq!(walk_bytes(&packet(NEXT_DEST_OPTS, &[(NEXT_DEST_OPTS, NEXT_HOP_BY_HOP, 8), (NEXT_HOP_BY_HOP, UDP, 8)])), Err(Unwalkable::HopByHopNotFirst));
+        assert_eq!(walk_bytes(&packet(NEXT_FRAGMENT, &[(NEXT_FRAGMENT, NEXT_FRAGMENT, 8), (NEXT_FRAGMENT, UDP, 8)])), Err(Unwalkable::TwoFragmentHeaders));
+        // A routing header that loops back on itself is still bounded.
+        let looping: Vec<(u8, u8, usize)> = (0..20).map(|_| (NEXT_ROUTING, NEXT_ROUTING, 8)).collect();
+        assert_eq!(walk_bytes(&packet(NEXT_ROUTING, &looping)), Err(Unwalkable::TooLong));
+    }
+}
