@@ -53,19 +53,28 @@ fn wait_reached(client: &weir_tests::Pod, want: &[&str], agent: &Agent, what: &s
     }
 }
 
+/// The scripted API server with `objects` (streaming lists served when
+/// `watch_list`), and an agent against it with `args`, synced and
+/// attached to `pods`. The kubeconfig lives as long as the agent needs it.
+fn agent_against(node: &Node, objects: Vec<Value>, watch_list: bool, args: &[&str], pods: &[&weir_tests::Pod]) -> (kubeapi::Live, kubeapi::Kubeconfig, Agent) {
+    let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
+    api.set_watch_list(watch_list);
+    let kubeconfig = kubeapi::Kubeconfig::new(port);
+    let mut agent = Agent::start_kube(node, &kubeconfig.0, args);
+    agent.wait_synced();
+    for p in pods {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    (api, kubeconfig, agent)
+}
+
 #[test]
 fn services_created_changed_and_deleted_through_the_watch_reach_the_datapath() {
     let node = Node::new();
     let (a, b, client) = (node.pod("a", Ipv4Addr::new(10, 244, 1, 2)), node.pod("b", Ipv4Addr::new(10, 244, 1, 3)), node.pod("client", Ipv4Addr::new(10, 244, 1, 4)));
     let _servers = [tcp_server(a.ns(), 8080, Reply::Name("a".into())), tcp_server(b.ns(), 8080, Reply::Name("b".into()))];
     let objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})];
-    let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
-    let kubeconfig = kubeapi::Kubeconfig::new(port);
-    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &[]);
-    agent.wait_synced();
-    for p in [&a, &b, &client] {
-        agent.wait_attached(&p.host_if, p.host_ifindex);
-    }
+    let (api, _kubeconfig, agent) = agent_against(&node, objects, true, &[], &[&a, &b, &client]);
     assert!(reached(&client).is_empty(), "no service yet");
 
     // Created after the lists: only the watch can tell the agent.
@@ -93,13 +102,7 @@ fn streaming_lists_read_the_initial_state_from_watch_events_without_a_list() {
     let (a, b, client) = (node.pod("a", Ipv4Addr::new(10, 244, 2, 2)), node.pod("b", Ipv4Addr::new(10, 244, 2, 3)), node.pod("client", Ipv4Addr::new(10, 244, 2, 4)));
     let _servers = [tcp_server(a.ns(), 8080, Reply::Name("a".into())), tcp_server(b.ns(), 8080, Reply::Name("b".into()))];
     let objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}), service(), slice(&[a.ip])];
-    let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
-    let kubeconfig = kubeapi::Kubeconfig::new(port);
-    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &[]);
-    agent.wait_synced();
-    for p in [&a, &b, &client] {
-        agent.wait_attached(&p.host_if, p.host_ifindex);
-    }
+    let (api, _kubeconfig, agent) = agent_against(&node, objects, true, &[], &[&a, &b, &client]);
     wait_reached(&client, &["a"], &agent, "the initial state, streamed");
     api.apply(slice(&[a.ip, b.ip]));
     wait_reached(&client, &["a", "b"], &agent, "a change after the initial events");
@@ -126,14 +129,7 @@ fn a_refused_streaming_list_falls_back_to_a_list() {
     let (a, client) = (node.pod("a", Ipv4Addr::new(10, 244, 2, 2)), node.pod("client", Ipv4Addr::new(10, 244, 2, 4)));
     let _server = tcp_server(a.ns(), 8080, Reply::Name("a".into()));
     let objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}), service(), slice(&[a.ip])];
-    let (port, api) = kubeapi::serve_live(node.ns(), objects.clone(), Vec::new());
-    api.set_watch_list(false);
-    let kubeconfig = kubeapi::Kubeconfig::new(port);
-    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &[]);
-    agent.wait_synced();
-    for p in [&a, &client] {
-        agent.wait_attached(&p.host_if, p.host_ifindex);
-    }
+    let (api, _kubeconfig, agent) = agent_against(&node, objects.clone(), false, &[], &[&a, &client]);
     wait_reached(&client, &["a"], &agent, "the initial state, listed after the refusal");
     let requests = api.requests();
     let of = |c: &str| -> Vec<String> { requests.iter().filter(|r| r.split('?').next() == Some(c)).cloned().collect() };
@@ -157,10 +153,6 @@ fn a_refused_streaming_list_falls_back_to_a_list() {
     drop(agent);
 
     // never: lists from the start, the refusal never met.
-    let (port, api) = kubeapi::serve_live(node.ns(), objects, Vec::new());
-    api.set_watch_list(false);
-    let kubeconfig = kubeapi::Kubeconfig::new(port);
-    let mut agent = Agent::start_kube(&node, &kubeconfig.0, &["--kube-streaming-lists=never"]);
-    agent.wait_synced();
+    let (api, _kubeconfig, _agent) = agent_against(&node, objects, false, &["--kube-streaming-lists=never"], &[]);
     assert!(api.requests().iter().all(|r| !r.contains("sendInitialEvents")), "{:#?}", api.requests());
 }
