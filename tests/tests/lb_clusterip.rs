@@ -37,7 +37,10 @@ fn topo() -> Topo {
     let node = Node::new();
     let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
     let backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
-    let agent = node.start_agent();
+    // The services are written straight into the maps, behind the agent's
+    // back: its conntrack collection would take their flows for orphans
+    // (their backends are none of the agent's) and delete them mid-flow.
+    let agent = node.start_agent_with(&["--ct-gc-interval", "3600"]);
     agent.wait_attached(&client.host_if, client.host_ifindex);
     let mut servers = Vec::new();
     for b in &backends {

@@ -173,7 +173,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut synced = false;
     let mut pending = Affected::default();
     let mut pending_since: Option<Instant> = None;
-    let mut gc_tick = tokio::time::interval(Duration::from_secs(args.ct_gc_interval.max(1)));
+    // The first collection comes one period after the start, not at once:
+    // before the first sync nothing is judged, and right after it a
+    // collection would only repeat what the sync just did.
+    let gc_every = Duration::from_secs(args.ct_gc_interval.max(1));
+    let mut gc_tick = tokio::time::interval_at(tokio::time::Instant::now() + gc_every, gc_every);
+    // The tables' gauges from the start, not from the first collection.
+    let acc = ct.account(monotonic_ns());
+    metrics.datapath.set_ct(&acc);
+    metrics.set_map("WEIR_CT", acc.entries, acc.capacity);
+    let acc = snat.account(monotonic_ns());
+    metrics.set_map("WEIR_SNAT", acc.entries, acc.capacity);
     let mut resync_tick = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
     resync_tick.tick().await; // the first tick fires at once
     metrics.probes.set_thresholds(Duration::from_secs(args.liveness_timeout.max(1)), Duration::from_secs(args.ready_stale_after));
