@@ -2,20 +2,33 @@
 //! suite: namespaces x, y and z (labelled `ns: <name>` and
 //! `kubernetes.io/metadata.name: <name>`), pods a, b and c in each
 //! (labelled `pod: <name>`), every pod serving TCP and UDP on ports 80
-//! and 81. A case applies policies through the agent's standalone source
-//! and probes every ordered pod pair, then compares the 9 × 9 result with
-//! the expected matrix.
+//! and 81. Every pod is dual-stack (an IPv4 and an IPv6 address, both in
+//! its `podIPs`). A case applies policies through the agent's standalone
+//! source and probes every ordered pod pair over each family in turn,
+//! then compares each 9 × 9 result with the expected matrix: the same
+//! policies must give the same reachability over IPv4 and over IPv6.
 
 use std::{
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
 use crate::{
-    traffic::{tcp_request, tcp_server, udp_request, udp_server, Reply, Server},
+    traffic::{tcp_server_at, udp_server_at, Reply, Server},
     Agent, Node, Pod,
 };
+
+/// An address family the matrix is probed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+}
 
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
@@ -62,6 +75,21 @@ pub fn ip_of(p: P) -> Ipv4Addr {
     let n = NAMESPACES.iter().position(|x| *x == p.ns).expect("namespace") as u8;
     let i = PODS.iter().position(|x| *x == p.pod).expect("pod") as u8;
     Ipv4Addr::new(10, 244, n + 1, 10 + i)
+}
+
+/// The IPv6 address of a pod: fd00:10:244:<ns index + 1>::<pod index + 0x10>.
+pub fn ip6_of(p: P) -> Ipv6Addr {
+    let n = NAMESPACES.iter().position(|x| *x == p.ns).expect("namespace") as u16;
+    let i = PODS.iter().position(|x| *x == p.pod).expect("pod") as u16;
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, n + 1, 0, 0, 0, 0x10 + i)
+}
+
+/// The pod's address in `family`.
+pub fn addr_of(p: P, family: Family) -> IpAddr {
+    match family {
+        Family::V4 => ip_of(p).into(),
+        Family::V6 => ip6_of(p).into(),
+    }
 }
 
 /// A 9 × 9 reachability matrix: `[from][to]`.
@@ -118,7 +146,7 @@ pub fn base_objects(node_name: &str) -> String {
                 let _ = write!(y, "    - name: serve-{port}-{}\n      containerPort: {port}\n      protocol: {}\n", proto.as_str().to_lowercase(), proto.as_str());
             }
         }
-        let _ = write!(y, "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n---\n", ip = ip_of(p));
+        let _ = write!(y, "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n  - ip: {ip6}\n---\n", ip = ip_of(p), ip6 = ip6_of(p));
     }
     y
 }
@@ -130,16 +158,24 @@ impl NetpolCluster {
 
     pub fn with_agent_args(args: &[&str]) -> Self {
         let node = Node::new();
-        let pods: Vec<(P, Pod)> = all().into_iter().map(|p| (p, node.pod(&format!("{}-{}", p.ns, p.pod), ip_of(p)))).collect();
+        let pods: Vec<(P, Pod)> = all()
+            .into_iter()
+            .map(|p| {
+                let mut pod = node.pod(&format!("{}-{}", p.ns, p.pod), ip_of(p));
+                pod.add_v6(&node, ip6_of(p));
+                (p, pod)
+            })
+            .collect();
         node.write_source("base.yaml", base_objects(node.ns().name()).as_bytes());
         let mut agent = node.start_agent_with(args);
         agent.wait_synced();
         let mut servers = Vec::new();
         for (p, pod) in &pods {
             agent.wait_attached(&pod.host_if, pod.host_ifindex);
+            // `::` serves both families.
             for port in PORTS {
-                servers.push(tcp_server(pod.ns(), port, Reply::Name(p.to_string())));
-                servers.push(udp_server(pod.ns(), port, Reply::Name(p.to_string())));
+                servers.push(tcp_server_at(pod.ns(), Ipv6Addr::UNSPECIFIED.into(), port, Reply::Name(p.to_string())));
+                servers.push(udp_server_at(pod.ns(), Ipv6Addr::UNSPECIFIED.into(), port, Reply::Name(p.to_string())));
             }
         }
         Self { node, pods, agent, _servers: servers }
@@ -160,13 +196,14 @@ impl NetpolCluster {
         self.agent.wait_for_log("reconciled", before + 1);
     }
 
-    /// Whether `from` reaches `to` on `port`/`proto`: the answer must name `to`.
+    /// Whether `from` reaches `to` on `port`/`proto` over IPv4: the answer
+    /// must name `to`.
     pub fn probe(&self, from: P, to: P, port: u16, proto: Proto) -> bool {
         probe_ip(self.pod(from), ip_of(to), port, proto, &to.to_string())
     }
 
-    /// Probes every ordered pair at once.
-    pub fn probe_all(&self, port: u16, proto: Proto) -> Matrix {
+    /// Probes every ordered pair at once, over `family`.
+    pub fn probe_all(&self, family: Family, port: u16, proto: Proto) -> Matrix {
         let pods = all();
         let handles: Vec<Vec<std::thread::JoinHandle<bool>>> = pods
             .iter()
@@ -174,7 +211,7 @@ impl NetpolCluster {
                 pods.iter()
                     .map(|to| {
                         let ns = self.pod(*from).ns().path();
-                        let (ip, want) = (ip_of(*to), to.to_string());
+                        let (ip, want) = (addr_of(*to, family), to.to_string());
                         std::thread::spawn(move || probe_in(&ns, ip, port, proto, &want))
                     })
                     .collect()
@@ -183,17 +220,19 @@ impl NetpolCluster {
         Matrix(handles.into_iter().map(|row| row.into_iter().map(|h| h.join().unwrap_or(false)).collect()).collect())
     }
 
-    /// Probes every pair and panics with both matrices when the result
-    /// differs from `want`.
+    /// Probes every pair over IPv4, then over IPv6, and panics with both
+    /// matrices when a result differs from `want`.
     pub fn check(&self, case: &str, port: u16, proto: Proto, want: &Matrix) {
-        let got = self.probe_all(port, proto);
-        if &got != want {
-            panic!(
-                "{case}: {proto:?}/{port} reachability differs\nexpected:\n{}\ngot:\n{}\nagent log:\n{}",
-                want.render(),
-                got.render(),
-                self.agent.log_text()
-            );
+        for family in Family::ALL {
+            let got = self.probe_all(family, port, proto);
+            if &got != want {
+                panic!(
+                    "{case}: {proto:?}/{port} over {family:?}: reachability differs\nexpected:\n{}\ngot:\n{}\nagent log:\n{}",
+                    want.render(),
+                    got.render(),
+                    self.agent.log_text()
+                );
+            }
         }
     }
 }
@@ -205,26 +244,29 @@ impl Default for NetpolCluster {
 }
 
 /// One probe from `pod` to `ip`.
-pub fn probe_ip(pod: &Pod, ip: Ipv4Addr, port: u16, proto: Proto, want: &str) -> bool {
-    let answer = match proto {
-        Proto::Tcp => tcp_request(pod.ns(), ip, port, Vec::new(), PROBE_TIMEOUT),
-        Proto::Udp => udp_request(pod.ns(), ip, port, b"?".to_vec(), PROBE_TIMEOUT),
-    };
-    answer.is_ok_and(|a| String::from_utf8_lossy(&a).starts_with(want))
+pub fn probe_ip(pod: &Pod, ip: impl Into<IpAddr>, port: u16, proto: Proto, want: &str) -> bool {
+    let (ip, want) = (ip.into(), want.to_string());
+    pod.ns().run(move || probe_here(ip, port, proto, &want))
 }
 
-fn probe_in(ns: &std::path::Path, ip: Ipv4Addr, port: u16, proto: Proto, want: &str) -> bool {
-    use std::{
-        io::Read as _,
-        net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
-    };
+fn probe_in(ns: &std::path::Path, ip: IpAddr, port: u16, proto: Proto, want: &str) -> bool {
     let Ok(file) = std::fs::File::open(ns) else { return false };
     if nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
         return false;
     }
+    probe_here(ip, port, proto, want)
+}
+
+/// One probe from the calling thread's namespace: the answer must start
+/// with `want`.
+fn probe_here(ip: IpAddr, port: u16, proto: Proto, want: &str) -> bool {
+    use std::{
+        io::Read as _,
+        net::{SocketAddr, TcpStream, UdpSocket},
+    };
     let answer: std::io::Result<Vec<u8>> = match proto {
         Proto::Tcp => (|| {
-            let mut s = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(ip, port)), PROBE_TIMEOUT)?;
+            let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, port), PROBE_TIMEOUT)?;
             s.set_read_timeout(Some(PROBE_TIMEOUT))?;
             s.shutdown(std::net::Shutdown::Write)?;
             let mut out = Vec::new();
@@ -232,7 +274,8 @@ fn probe_in(ns: &std::path::Path, ip: Ipv4Addr, port: u16, proto: Proto, want: &
             Ok(out)
         })(),
         Proto::Udp => (|| {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let any: IpAddr = if ip.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+            let s = UdpSocket::bind((any, 0))?;
             s.set_read_timeout(Some(PROBE_TIMEOUT))?;
             s.connect((ip, port))?;
             s.send(b"?")?;

@@ -67,12 +67,17 @@ impl Drop for Server {
 
 /// Starts a TCP server on 0.0.0.0:`port` inside `ns`. Returns once it listens.
 pub fn tcp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
+    tcp_server_at(ns, Ipv4Addr::UNSPECIFIED.into(), port, reply)
+}
+
+/// [`tcp_server`] bound to `addr` (`::` serves both families).
+pub fn tcp_server_at(ns: &NetNs, addr: std::net::IpAddr, port: u16, reply: Reply) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop2, served2) = (stop.clone(), served.clone());
     let handle = ns.spawn(move || {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("tcp bind");
+        let listener = TcpListener::bind((addr, port)).expect("tcp bind");
         let _ = ready_tx.send(());
         while !stop2.load(Ordering::Relaxed) {
             // Wait for a connection without busy polling; wake every 20 ms
@@ -134,12 +139,17 @@ fn serve_tcp(mut conn: TcpStream, reply: &Reply) -> io::Result<()> {
 
 /// Starts a UDP server on 0.0.0.0:`port` inside `ns`.
 pub fn udp_server(ns: &NetNs, port: u16, reply: Reply) -> Server {
+    udp_server_at(ns, Ipv4Addr::UNSPECIFIED.into(), port, reply)
+}
+
+/// [`udp_server`] bound to `addr` (`::` serves both families).
+pub fn udp_server_at(ns: &NetNs, addr: std::net::IpAddr, port: u16, reply: Reply) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop2, served2) = (stop.clone(), served.clone());
     let handle = ns.spawn(move || {
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("udp bind");
+        let sock = UdpSocket::bind((addr, port)).expect("udp bind");
         sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
         let _ = ready_tx.send(());
         let mut buf = [0u8; 65536];

@@ -89,24 +89,6 @@ fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
     panic!("timed out waiting: {what}");
 }
 
-/// Gives `pod` an IPv6 address wired as the design says: /128 on eth0, a
-/// default route via fe80::1 with a permanent neighbour for the host
-/// veth's MAC, and `<addr>/128 dev <host veth>` on the node.
-fn wire_v6(node: &Node, pod: &Pod, addr: Ipv6Addr) {
-    let host_mac = node.ns().mac(&pod.host_if);
-    let pod_mac = pod.ns().mac("eth0");
-    let a = addr.to_string();
-    for (ns, dev) in [(pod.ns(), "eth0"), (node.ns(), pod.host_if.as_str())] {
-        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0");
-        ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
-    }
-    pod.ns().ip(&["-6", "addr", "add", &format!("{a}/128"), "dev", "eth0", "nodad"]);
-    pod.ns().ip(&["-6", "neigh", "replace", "fe80::1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"]);
-    pod.ns().ip(&["-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
-    node.ns().ip(&["-6", "route", "add", &format!("{a}/128"), "dev", &pod.host_if]);
-    node.ns().ip(&["-6", "neigh", "replace", &a, "lladdr", &pod_mac, "dev", &pod.host_if, "nud", "permanent"]);
-}
-
 fn udp6_probe(from: &Pod, to: Ipv6Addr, port: u16) -> bool {
     from.ns().run(move || {
         let s = UdpSocket::bind("[::]:0").expect("bind v6");
@@ -121,11 +103,13 @@ fn udp6_probe(from: &Pod, to: Ipv6Addr, port: u16) -> bool {
 #[test]
 fn ipv6_does_not_get_around_a_network_policy() {
     let mut c = NetpolCluster::new();
-    c.node.ns().sysctl("net.ipv6.conf.all.forwarding", "1");
     let (xa, ya) = (P { ns: "x", pod: "a" }, P { ns: "y", pod: "a" });
+    // Addresses routed to the pods' links that their podIPs do not list.
     let (v6_xa, v6_ya): (Ipv6Addr, Ipv6Addr) = ("fd00::10".parse().expect("v6"), "fd00::20".parse().expect("v6"));
-    wire_v6(&c.node, c.pod(xa), v6_xa);
-    wire_v6(&c.node, c.pod(ya), v6_ya);
+    for (p, v6) in [(xa, v6_xa), (ya, v6_ya)] {
+        let pod = &mut c.pods.iter_mut().find(|(q, _)| *q == p).expect("pod").1;
+        pod.add_v6(&c.node, v6);
+    }
     let echo = c.pod(xa).ns().spawn(move || {
         let s = UdpSocket::bind("[::]:7001").expect("bind");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

@@ -313,22 +313,42 @@ fn ipv6_whose_extension_headers_cannot_be_walked_is_dropped_and_counted() {
         assert_eq!(fx.run(Hook::FromPod, a, &misplaced).verdict, TC_ACT_SHOT, "hop-by-hop after the first header");
         let two_frags = with_ext_headers(&udp, &[(fragment, 8), (fragment, 8)]);
         assert_eq!(fx.run(Hook::FromPod, a, &two_frags).verdict, TC_ACT_SHOT, "two fragment headers");
-        let mut cut = with_ext_headers(&udp, &[(dst_opts, 8), (dst_opts, 8)]);
-        cut.truncate(14 + 40 + 8 + 4);
+        let cut = cut6(with_ext_headers(&udp, &[(dst_opts, 8), (dst_opts, 8)]), 14 + 40 + 8 + 4);
         assert_eq!(fx.run(Hook::FromPod, a, &cut).verdict, TC_ACT_SHOT, "a header the packet ends inside of");
         assert_eq!(fx.drops(DropReason::Ipv6HeaderChain), 5);
 
         // A first fragment must hold the upper layer's header (RFC 7112);
-        // a later fragment holds none.
-        let mut first_without_udp = with_ext_headers(&udp, &[(fragment, 8)]);
-        first_without_udp.truncate(14 + 40 + 8 + 4);
+        // a later fragment holds none, and rides its first fragment's ports.
+        let first_without_udp = cut6(with_ext_headers(&udp, &[(fragment, 8)]), 14 + 40 + 8 + 4);
         assert_eq!(fx.run(Hook::FromPod, a, &first_without_udp).verdict, TC_ACT_SHOT, "a first fragment without its UDP header");
         assert_eq!(fx.drops(DropReason::Malformed), 1);
+        let mut first = with_ext_headers(&udp, &[(fragment, 8)]);
+        first[14 + 40 + 3] |= 1; // more fragments
+        first[14 + 40 + 4..14 + 40 + 8].copy_from_slice(&[0, 0, 0, 7]);
+        assert_eq!(fx.run(Hook::FromPod, a, &first).verdict, TC_ACT_OK, "a first fragment");
         let mut later = with_ext_headers(&udp, &[(fragment, 8)]);
         later[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&(185u16 << 3).to_be_bytes());
-        later.truncate(14 + 40 + 8 + 4);
-        assert_eq!(fx.run(Hook::FromPod, a, &later).verdict, TC_ACT_OK, "a later fragment: data only");
+        later[14 + 40 + 4..14 + 40 + 8].copy_from_slice(&[0, 0, 0, 7]);
+        let later = cut6(later, 14 + 40 + 8 + 4);
+        assert_eq!(fx.run(Hook::FromPod, a, &later).verdict, TC_ACT_OK, "its later fragment: data only");
+        let mut orphan = later.clone();
+        orphan[14 + 40 + 7] = 8;
+        assert_eq!(fx.run(Hook::FromPod, a, &orphan).verdict, TC_ACT_SHOT, "a later fragment of no datagram seen");
+        assert_eq!(fx.drops(DropReason::FragmentUnknown), 1);
+        // A payload length past the frame's end.
+        let mut long = udp.clone();
+        long[14 + 5] += 1;
+        assert_eq!(fx.run(Hook::FromPod, a, &long).verdict, TC_ACT_SHOT, "a payload length past the frame");
+        assert_eq!(fx.drops(DropReason::Malformed), 2);
     });
+}
+
+/// `frame` (Ethernet + IPv6) cut to `len` bytes, its payload length
+/// following.
+fn cut6(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    frame.truncate(len);
+    frame[14 + 4..14 + 6].copy_from_slice(&((len - 14 - 40) as u16).to_be_bytes());
+    frame
 }
 
 // ----------------------------------------------------------- unreadable

@@ -2,7 +2,8 @@
 //! reference and laid out like the upstream e2e suite (see
 //! `weir_tests::netpol`). Each case applies its policies through the
 //! agent's standalone source and probes all 81 ordered pod pairs over real
-//! TCP or UDP; the result must equal the expected matrix exactly.
+//! TCP or UDP, over IPv4 and then over IPv6 (every pod is dual-stack); each
+//! result must equal the expected matrix exactly.
 
 use weir_tests::netpol::{Matrix, NetpolCluster, Proto, P};
 
@@ -138,11 +139,11 @@ fn end_port_makes_a_range() {
 
 #[test]
 fn ip_block_with_except() {
-    // y's pods are 10.244.2.10-12; y/b is 10.244.2.11.
+    // y's pods are 10.244.2.10-12 and fd00:10:244:2::10-12; y/b is .11 and ::11.
     let p = np(
         "x",
         "block",
-        "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.2.0/24\n      except: [10.244.2.11/32]",
+        "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.244.2.0/24\n      except: [10.244.2.11/32]\n  - ipBlock:\n      cidr: fd00:10:244:2::/64\n      except: [fd00:10:244:2::11/128]",
     );
     case("ipBlock except", &p, &[(80, TCP, &|from, to| !is(to, "x/a") || (from.ns == "y" && from.pod != "b"))]);
 }
@@ -217,8 +218,8 @@ fn a_pod_selector_isolates_only_the_pods_it_selects() {
 
 #[test]
 fn egress_ip_block_with_except() {
-    // z's pods are 10.244.3.10-12; z/c is 10.244.3.12.
-    let p = np("x", "out-block", "podSelector:\n  matchLabels: {pod: a}\negress:\n- to:\n  - ipBlock:\n      cidr: 10.244.3.0/24\n      except: [10.244.3.12/32]\n  ports:\n  - port: 80");
+    // z's pods are 10.244.3.10-12 and fd00:10:244:3::10-12; z/c is .12 and ::12.
+    let p = np("x", "out-block", "podSelector:\n  matchLabels: {pod: a}\negress:\n- to:\n  - ipBlock:\n      cidr: 10.244.3.0/24\n      except: [10.244.3.12/32]\n  - ipBlock:\n      cidr: fd00:10:244:3::/64\n      except: [fd00:10:244:3::12/128]\n  ports:\n  - port: 80");
     // Without policyTypes the policy also isolates x/a for ingress.
     case("egress ipBlock except", &p, &[(80, TCP, &|from, to| (!is(from, "x/a") || (to.ns == "z" && to.pod != "c")) && !is(to, "x/a"))]);
 }

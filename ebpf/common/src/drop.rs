@@ -21,7 +21,10 @@ pub enum DropReason {
     PolicyDenied = 6,
     /// A pod sent from an address the node does not route to its link.
     SpoofedSource = 7,
-    /// IPv6 to or from a policy-isolated pod (IPv6 is not enforced yet).
+    /// IPv6 to or from a policy-isolated pod that no rule can judge:
+    /// link-scope traffic (link-local or multicast, other than neighbour
+    /// discovery and MLD), or an address routed to the pod's link that no
+    /// endpoint names (missing from its `podIPs`).
     Ipv6Isolated = 8,
     /// A frame from a pod that is neither IPv4, IPv6 nor ARP.
     UnsupportedEthertype = 9,
@@ -63,10 +66,15 @@ pub enum DropReason {
     /// its upper layer (too long, cut short, a misplaced hop-by-hop or a
     /// second fragment header).
     Ipv6HeaderChain = 22,
+    /// An ICMPv6 neighbour-discovery or MLD message that may not cross a
+    /// pod's link: a router advertisement, redirect or MLD query from the
+    /// pod (it is not the link's router), a hop limit other than RFC 4861's
+    /// 255 (MLD's 1), or a fragment (RFC 6980).
+    Ipv6LinkControl = 23,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -89,6 +97,7 @@ impl DropReason {
         DropReason::NotInSourceRanges,
         DropReason::FragNeeded,
         DropReason::Ipv6HeaderChain,
+        DropReason::Ipv6LinkControl,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -115,6 +124,7 @@ impl DropReason {
             Self::NotInSourceRanges => "not_in_source_ranges",
             Self::FragNeeded => "frag_needed",
             Self::Ipv6HeaderChain => "ipv6_header_chain",
+            Self::Ipv6LinkControl => "ipv6_link_control",
         }
     }
 

@@ -91,7 +91,13 @@ pub fn walk(first: u8, mut read: impl FnMut(usize) -> Option<[u8; 8]>) -> Result
                     return Err(Unwalkable::TwoFragmentHeaders);
                 }
                 let field = u16::from_be_bytes([h[2], h[3]]);
-                frag = Some(Fragment { offset: field >> 3, more: field & 1 != 0, id: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) });
+                let f = Fragment { offset: field >> 3, more: field & 1 != 0, id: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) };
+                if f.is_later() {
+                    // A later fragment holds no header after this one: its
+                    // next header names the fragmentable part's first.
+                    return Ok(Upper { proto: h[0], off: off + 8, frag: Some(f) });
+                }
+                frag = Some(f);
                 8
             }
             NEXT_AH => (usize::from(h[1]) + 2) * 4,
@@ -155,6 +161,18 @@ mod tests {
         let f = walk_bytes(&p).expect("walkable").frag.expect("a fragment");
         assert_eq!((f.offset, f.more, f.is_later()), (185, true, true));
         assert_eq!(f.id, u32::from_ne_bytes([0xde, 0xad, 0xbe, 0xef]));
+    }
+
+    #[test]
+    fn a_later_fragment_ends_the_walk_at_its_fragment_header() {
+        // What follows a later fragment's header is data, even when it
+        // would read as an extension header.
+        let mut p = packet(NEXT_FRAGMENT, &[(NEXT_FRAGMENT, NEXT_DEST_OPTS, 8)]);
+        p[IPV6_HLEN + 2..IPV6_HLEN + 4].copy_from_slice(&(8u16 << 3).to_be_bytes());
+        p.truncate(IPV6_HLEN + 8 + 4);
+        let u = walk_bytes(&p).expect("walkable");
+        assert_eq!((u.proto, u.off), (NEXT_DEST_OPTS, IPV6_HLEN + 8));
+        assert!(u.frag.is_some_and(|f| f.is_later()));
     }
 
     #[test]

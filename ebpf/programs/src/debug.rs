@@ -190,13 +190,13 @@ pub extern "C" fn weir_log_policy(direction: u32) -> u32 {
         debug!(
             &(),
             "policy: egress of endpoint {} to {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
-            ep.id, ip(t.daddr), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+            ep.id, ip(t.daddr.v4_raw()), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
         );
     } else {
         debug!(
             &(),
             "policy: ingress of endpoint {} from {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
-            ep.id, ip(t.saddr), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+            ep.id, ip(t.saddr.v4_raw()), d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
         );
     }
     0

@@ -4,7 +4,6 @@
 
 use aya_ebpf::programs::TcContext;
 use weir_common::{
-    addr::Addr,
     drop::DropReason,
     event::{DatapathEvent, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, VERDICT_ALLOW, VERDICT_DENY},
 };
@@ -40,8 +39,8 @@ fn start(ctx: &TcContext, t: &Tuple, kind: u8, verdict: u8) -> Option<&'static m
     let e = &mut scratch()?.event;
     *e = DatapathEvent::default();
     e.ts_ns = precise_ns();
-    e.saddr = Addr::from_v4_raw(t.saddr);
-    e.daddr = Addr::from_v4_raw(t.daddr);
+    e.saddr = t.saddr;
+    e.daddr = t.daddr;
     e.sport = t.sport;
     e.dport = t.dport;
     e.kind = kind;
@@ -93,6 +92,20 @@ pub fn drop(ctx: &TcContext, pkt: &Ipv4Pkt, reason: u32) {
     let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
 }
 
+/// Counts and reports a packet of the flow `t` (either family) dropped
+/// for `reason`; returns the verdict.
+#[inline(never)]
+pub fn dropped_flow(ctx: &TcContext, t: &Tuple, reason: DropReason) -> i32 {
+    crate::errors::drop_reason(reason);
+    if monitoring(now_ns()) {
+        if let Some(e) = start(ctx, t, EVENT_DROP, VERDICT_DENY) {
+            e.reason = reason as u32;
+            let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
+        }
+    }
+    aya_ebpf::bindings::TC_ACT_SHOT as i32
+}
+
 /// Counts and reports a packet dropped for `reason`; returns the verdict.
 #[inline(never)]
 pub fn dropped(ctx: &TcContext, pkt: &Ipv4Pkt, reason: DropReason) -> i32 {
@@ -130,11 +143,13 @@ pub fn dropped_frame(ctx: &TcContext, reason: DropReason) -> i32 {
     aya_ebpf::bindings::TC_ACT_SHOT as i32
 }
 
-/// Reports a new service flow and its translation (monitor only).
+/// Reports a new service flow and its translation, the backend
+/// `lb::forward` chose (monitor only).
 #[inline(never)]
-pub fn trace(ctx: &TcContext, pkt: &Ipv4Pkt, t: &Tuple) {
+pub fn trace(ctx: &TcContext, pkt: &Ipv4Pkt) {
     let Some(e) = monitor_event(ctx, pkt, EVENT_TRACE, VERDICT_ALLOW) else { return };
-    e.nat_addr = Addr::from_v4_raw(t.daddr);
-    e.nat_port = t.dport;
+    let Some(s) = scratch() else { return };
+    e.nat_addr = s.fwd.nat_addr;
+    e.nat_port = s.fwd.nat_port;
     let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
 }

@@ -127,6 +127,116 @@ impl Ipv4Pkt {
 
 const _: () = assert!(core::mem::size_of::<Ipv4Pkt>() % 8 == 0);
 
+/// A flow's tuple as the pods see it (after service DNAT), wire order,
+/// for either address family (IPv4 as `::ffff:a.b.c.d`).
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+}
+
+impl Tuple {
+    #[inline(always)]
+    pub fn of(pkt: &Ipv4Pkt) -> Self {
+        Tuple { saddr: Addr::from_v4_raw(pkt.saddr), daddr: Addr::from_v4_raw(pkt.daddr), sport: pkt.sport, dport: pkt.dport, proto: pkt.proto, tcp_flags: pkt.tcp_flags }
+    }
+}
+
+/// ICMPv6 message types the pod hooks tell apart.
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// A parsed IPv6 packet: its flow (ICMPv6 echo's identifier stands in
+/// for both ports, as ICMP's does) and what the pod hooks judge besides.
+#[derive(Clone, Copy)]
+pub struct Ipv6Pkt {
+    pub t: Tuple,
+    /// Offset of the upper-layer header in the frame.
+    pub l4_off: u16,
+    /// The end of the IPv6 payload in the frame.
+    pub end: u16,
+    pub hop_limit: u8,
+    /// ICMPv6: the message type.
+    pub icmp_type: u8,
+    /// `FRAG_NONE`, `FRAG_FIRST` or `FRAG_LATER`.
+    pub frag: u8,
+    /// The fragment header's identification (network order as read).
+    pub frag_id: u32,
+}
+
+impl Ipv6Pkt {
+    #[inline(always)]
+    pub fn later_fragment(&self) -> bool {
+        self.frag == FRAG_LATER
+    }
+
+    /// An ICMPv6 error (RFC 4443 types 1 to 4): it answers a packet of
+    /// some other flow.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        self.t.proto == PROTO_ICMPV6 && self.frag != FRAG_LATER && (ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM).contains(&self.icmp_type)
+    }
+}
+
+/// Parses the IPv6 packet of an IPv6 frame into `out`: its extension
+/// headers walked ([`v6_upper`]), its payload within the frame, and the
+/// upper layer's ports, flags or ICMPv6 type read.
+#[inline(always)]
+pub fn parse_v6(ctx: &TcContext, out: &mut Ipv6Pkt) -> Result<(), DropReason> {
+    let (upper, end) = v6_upper(ctx)?;
+    let (saddr, daddr) = v6_addrs(ctx);
+    let l4 = IP_OFF + upper.off;
+    out.t = Tuple { saddr, daddr, sport: 0, dport: 0, proto: upper.proto, tcp_flags: 0 };
+    out.l4_off = l4 as u16;
+    out.end = end as u16;
+    out.hop_limit = ctx.load::<u8>(IP_OFF + 7).map_err(|_| DropReason::Malformed)?;
+    out.icmp_type = 0;
+    out.frag = FRAG_NONE;
+    out.frag_id = 0;
+    if let Some(f) = upper.frag {
+        out.frag_id = f.id;
+        if f.is_later() {
+            out.frag = FRAG_LATER;
+            return Ok(());
+        }
+        if f.more {
+            out.frag = FRAG_FIRST;
+        }
+    }
+    let w: [u8; 8] = match upper.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => ctx.load(l4).map_err(|_| DropReason::Malformed)?,
+        _ => return Ok(()),
+    };
+    match upper.proto {
+        PROTO_TCP => {
+            out.t.sport = u16::from_ne_bytes([w[0], w[1]]);
+            out.t.dport = u16::from_ne_bytes([w[2], w[3]]);
+            out.t.tcp_flags = ctx.load::<u8>(l4 + 13).map_err(|_| DropReason::Malformed)?;
+        }
+        PROTO_UDP => {
+            out.t.sport = u16::from_ne_bytes([w[0], w[1]]);
+            out.t.dport = u16::from_ne_bytes([w[2], w[3]]);
+        }
+        _ => {
+            out.icmp_type = w[0];
+            if w[0] == ICMPV6_ECHO_REQUEST || w[0] == ICMPV6_ECHO_REPLY {
+                let id = u16::from_ne_bytes([w[4], w[5]]);
+                out.t.sport = id;
+                out.t.dport = id;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The IPv6 source and destination of the frame (for IPv6 frames).
 #[inline(always)]
 pub fn v6_addrs(ctx: &TcContext) -> (Addr, Addr) {
@@ -136,20 +246,27 @@ pub fn v6_addrs(ctx: &TcContext) -> (Addr, Addr) {
 }
 
 /// An IPv6 packet's upper layer, its extension headers walked
-/// (`weir_logic::ipv6::walk`): `Err(Ipv6HeaderChain)` for a chain that
-/// cannot be walked, `Err(Malformed)` when the upper layer's first 8
-/// bytes (ports, ICMPv6 type) are not in the packet although no later
-/// fragment explains it (RFC 7112: the first fragment holds the whole
-/// header chain).
+/// (`weir_logic::ipv6::walk`) within the payload the fixed header
+/// announces, and where that payload ends in the frame.
+/// `Err(Ipv6HeaderChain)` for a chain that cannot be walked,
+/// `Err(Malformed)` for a payload longer than the frame, or when the
+/// upper layer's first 8 bytes (ports, ICMPv6 type) are not in the packet
+/// although no later fragment explains it (RFC 7112: the first fragment
+/// holds the whole header chain).
 #[inline(always)]
-pub fn v6_upper(ctx: &TcContext) -> Result<Upper, DropReason> {
-    let first = ctx.load::<u8>(IP_OFF + 6).map_err(|_| DropReason::Malformed)?;
-    let upper = ipv6::walk(first, |off| ctx.load::<[u8; 8]>(IP_OFF + off).ok()).map_err(|_| DropReason::Ipv6HeaderChain)?;
-    let later = upper.frag.is_some_and(|f| f.is_later());
-    if !later && matches!(upper.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMPV6) && ctx.load::<[u8; 8]>(IP_OFF + upper.off).is_err() {
+pub fn v6_upper(ctx: &TcContext) -> Result<(Upper, usize), DropReason> {
+    let h: [u8; 8] = ctx.load(IP_OFF).map_err(|_| DropReason::Malformed)?;
+    let end = IP_OFF + ipv6::IPV6_HLEN + u16::from_be_bytes([h[4], h[5]]) as usize;
+    if h[0] >> 4 != 6 || end > ctx.len() as usize {
         return Err(DropReason::Malformed);
     }
-    Ok(upper)
+    let upper = ipv6::walk(h[6], |off| if IP_OFF + off + 8 <= end { ctx.load::<[u8; 8]>(IP_OFF + off).ok() } else { None })
+        .map_err(|_| DropReason::Ipv6HeaderChain)?;
+    let later = upper.frag.is_some_and(|f| f.is_later());
+    if !later && matches!(upper.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMPV6) && IP_OFF + upper.off + min_l4(upper.proto) > end {
+        return Err(DropReason::Malformed);
+    }
+    Ok((upper, end))
 }
 
 /// ICMPv6's protocol number.
@@ -186,7 +303,7 @@ pub fn parse(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> u8 {
 fn min_l4(proto: u8) -> usize {
     match proto {
         PROTO_TCP => 20,
-        PROTO_UDP | PROTO_ICMP => 8,
+        PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
         _ => 0,
     }
 }

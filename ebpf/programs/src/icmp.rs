@@ -68,7 +68,7 @@ fn parse_inner(ctx: &TcContext, pkt: &Ipv4Pkt) -> bool {
         (0, 0)
     };
     s.icmp_inner = Inner {
-        t: Tuple { saddr, daddr, sport, dport, proto, tcp_flags: 0 },
+        t: Tuple { saddr: Addr::from_v4_raw(saddr), daddr: Addr::from_v4_raw(daddr), sport, dport, proto, tcp_flags: 0 },
         ip_off: off as u32,
         l4_off: l4 as u32,
     };
@@ -125,7 +125,7 @@ pub fn error_to_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
     let Some(s) = scratch() else { return TC_ACT_OK as i32 };
     let i = s.icmp_inner;
     if i.t.proto == PROTO_TCP || i.t.proto == PROTO_UDP {
-        s.pkey = key(Addr::from_v4_raw(i.t.saddr), Addr::from_v4_raw(i.t.daddr), i.t.sport, i.t.dport, i.t.proto, CT_SVC_FWD);
+        s.pkey = key(i.t.saddr, i.t.daddr, i.t.sport, i.t.dport, i.t.proto, CT_SVC_FWD);
         if crate::nat::take_translated(ctx) && conntrack::alive(&s.pkey, now) {
             return TC_ACT_OK as i32;
         }
@@ -173,7 +173,7 @@ fn service_entry(kind: u8, now: u64) -> bool {
     if i.t.proto != PROTO_TCP && i.t.proto != PROTO_UDP {
         return false;
     }
-    s.pkey = key(Addr::from_v4_raw(i.t.daddr), Addr::from_v4_raw(i.t.saddr), i.t.dport, i.t.sport, i.t.proto, kind);
+    s.pkey = key(i.t.daddr, i.t.saddr, i.t.dport, i.t.sport, i.t.proto, kind);
     live(now)
 }
 
@@ -183,7 +183,7 @@ fn service_entry(kind: u8, now: u64) -> bool {
 fn masqueraded(now: u64) -> bool {
     let Some(s) = scratch() else { return false };
     let i = s.icmp_inner;
-    s.pkey = key(Addr::from_v4_raw(i.t.daddr), Addr::from_v4_raw(i.t.saddr), i.t.dport, i.t.sport, i.t.proto, CT_SNAT_IN);
+    s.pkey = key(i.t.daddr, i.t.saddr, i.t.dport, i.t.sport, i.t.proto, CT_SNAT_IN);
     let Some(e) = crate::masq::lookup(&s.pkey) else { return false };
     conntrack::copy_entry(&mut s.other, e);
     is_alive(&s.other, now)
@@ -200,7 +200,7 @@ fn to_masqueraded_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     pkt.daddr = pod;
     let icmp_csum = pkt.l4() + 2;
     let (ip, l4) = (i.ip_off as usize, i.l4_off as usize);
-    inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, pod)?;
+    inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr.v4_raw(), pod)?;
     // An echo's identifier is at +4; a port at +0.
     let port_off = if i.t.proto == PROTO_ICMP { l4 + 4 } else { l4 };
     inner_port(ctx, port_off, icmp_csum, i.t.sport, e.nat_port)
@@ -223,7 +223,7 @@ fn outcome(ctx: &TcContext, pkt: &Ipv4Pkt, rewritten: Result<(), ()>, redirect: 
 fn answers_quoted(pkt: &Ipv4Pkt, from_receiver: bool) -> bool {
     let Some(s) = scratch() else { return false };
     let t = s.icmp_inner.t;
-    pkt.daddr == t.saddr && (!from_receiver || pkt.saddr == t.daddr)
+    pkt.daddr == t.saddr.v4_raw() && (!from_receiver || pkt.saddr == t.daddr.v4_raw())
 }
 
 /// An error that answers nothing its ends did: dropped under a policy.
@@ -241,7 +241,7 @@ fn unrelated(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
 fn related_or_drop(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
     let Some(s) = scratch() else { return TC_ACT_OK as i32 };
     let t = s.icmp_inner.t;
-    if policy::error_enforced(pkt) && !policy::related(pkt.daddr, &t, now) {
+    if policy::error_enforced(pkt) && !policy::related(&Addr::from_v4_raw(pkt.daddr), &t, now) {
         return events::dropped(ctx, pkt, DropReason::IcmpUnrelated);
     }
     TC_ACT_OK as i32
@@ -274,21 +274,21 @@ fn to_client(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
     let (i, rev) = (s.icmp_inner, s.other);
     let vip = rev.nat_addr.v4_raw();
     let hairpin = source_translated(rev.flags);
-    if pkt.saddr == i.t.daddr {
+    if pkt.saddr == i.t.daddr.v4_raw() {
         outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, vip)?;
         pkt.saddr = vip;
     }
-    if hairpin && pkt.daddr == i.t.saddr {
+    if hairpin && pkt.daddr == i.t.saddr.v4_raw() {
         let client = rev.orig_addr.v4_raw();
         outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, client)?;
         pkt.daddr = client;
     }
     let icmp_csum = pkt.l4() + 2;
     let (ip, l4) = (i.ip_off as usize, i.l4_off as usize);
-    inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr, vip)?;
+    inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr.v4_raw(), vip)?;
     inner_port(ctx, l4 + 2, icmp_csum, i.t.dport, rev.nat_port)?;
     if hairpin {
-        inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, rev.orig_addr.v4_raw())?;
+        inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr.v4_raw(), rev.orig_addr.v4_raw())?;
     }
     inner_port(ctx, l4, icmp_csum, i.t.sport, rev.orig_port)
 }
@@ -307,17 +307,17 @@ fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
         return Ok(()); // the pod is both ends; nothing to hide
     }
     let backend = fwd.nat_addr.v4_raw();
-    if pkt.daddr == i.t.saddr {
+    if pkt.daddr == i.t.saddr.v4_raw() {
         outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, backend)?;
         pkt.daddr = backend;
     }
     let icmp_csum = pkt.l4() + 2;
     let (ip, l4) = (i.ip_off as usize, i.l4_off as usize);
-    inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr, backend)?;
+    inner_addr(ctx, ip + 12, ip + 10, icmp_csum, i.t.saddr.v4_raw(), backend)?;
     inner_port(ctx, l4, icmp_csum, i.t.sport, fwd.nat_port)?;
     if fwd.flags & CT_F_MASQ != 0 {
         let node = conntrack::config().ok_or(())?.node_addr.v4_raw();
-        inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr, node)?;
+        inner_addr(ctx, ip + 16, ip + 10, icmp_csum, i.t.daddr.v4_raw(), node)?;
         outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, node)?;
         pkt.saddr = node;
     }

@@ -73,12 +73,14 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     }
     let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Outside);
     if verdict == lb::NEW_FLOW {
-        let Some(t) = lb::new_flow_tuple(pkt) else { return TC_ACT_SHOT as i32 };
-        if !policy::allow_new(ctx, &t, policy::CHECK_INGRESS) {
+        if !lb::stage_new_flow(pkt) {
+            return TC_ACT_SHOT as i32;
+        }
+        if !policy::allow_staged(ctx, policy::CHECK_INGRESS) {
             stats::north_south(NS_DROPPED);
             return TC_ACT_SHOT as i32;
         }
-        events::trace(ctx, pkt, &t);
+        events::trace(ctx, pkt);
         let verdict = lb::commit(ctx, pkt, cfg);
         stats::north_south(if lb::dropped(verdict).is_some() { NS_DROPPED } else { NS_NEW });
         return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);

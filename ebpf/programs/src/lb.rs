@@ -415,12 +415,14 @@ fn rebuild_rev(fwd: *const CtEntry, vip: Addr, vport: u16, cport: u16) {
     }
 }
 
-/// The tuple a new flow prepared by [`forward`] will have once translated
-/// (client → backend), for the policy decision.
+/// Stages the tuple a new flow prepared by [`forward`] will have once
+/// translated (client → backend) for the policy decision
+/// (`policy::allow_staged`); false without scratch space.
 #[inline(always)]
-pub fn new_flow_tuple(pkt: &Ipv4Pkt) -> Option<Tuple> {
-    let s = scratch()?;
-    Some(Tuple { saddr: pkt.saddr, daddr: s.fwd.nat_addr.v4_raw(), sport: pkt.sport, dport: s.fwd.nat_port, proto: pkt.proto, tcp_flags: pkt.tcp_flags })
+pub fn stage_new_flow(pkt: &Ipv4Pkt) -> bool {
+    let Some(s) = scratch() else { return false };
+    s.judge_tuple = Tuple { saddr: Addr::from_v4_raw(pkt.saddr), daddr: s.fwd.nat_addr, sport: pkt.sport, dport: s.fwd.nat_port, proto: pkt.proto, tcp_flags: pkt.tcp_flags };
+    true
 }
 
 /// Creates the conntrack entries of the new flow [`forward`] prepared and

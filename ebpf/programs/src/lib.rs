@@ -17,6 +17,7 @@ pub mod lb;
 pub mod maps;
 pub mod masq;
 pub mod nat;
+pub mod pod_v6;
 pub mod policy;
 pub mod reject;
 pub mod sock_lb;

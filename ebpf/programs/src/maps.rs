@@ -176,6 +176,8 @@ pub struct Scratch {
     pub other: CtEntry,
     /// The header an ICMP error quotes.
     pub icmp_inner: crate::icmp::Inner,
+    /// The IPv6 packet the pod hooks judge (`pod_v6`).
+    pub v6: crate::hdr::Ipv6Pkt,
     /// The flags of the frontend `lb::forward` matched last.
     pub svc_flags: u32,
     /// The frontend `lb::frontend` found for the packet (valid when it

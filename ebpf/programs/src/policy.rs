@@ -49,23 +49,7 @@ pub const CHECK_INGRESS: u32 = 1 << 1;
 /// The flow comes from the local node itself.
 pub const FROM_HOST: u32 = 1 << 2;
 
-/// A flow's tuple as the pods see it (after service DNAT), wire order.
-#[derive(Clone, Copy)]
-pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub tcp_flags: u8,
-}
-
-impl Tuple {
-    #[inline(always)]
-    pub fn of(pkt: &Ipv4Pkt) -> Self {
-        Tuple { saddr: pkt.saddr, daddr: pkt.daddr, sport: pkt.sport, dport: pkt.dport, proto: pkt.proto, tcp_flags: pkt.tcp_flags }
-    }
-}
+pub use crate::hdr::Tuple;
 
 struct KernelMaps;
 
@@ -84,35 +68,53 @@ impl PolicyMaps for KernelMaps {
 }
 
 #[inline(always)]
-fn endpoint(raw: u32) -> Option<EndpointInfo> {
-    read(ENDPOINTS.get_ptr(&Addr::from_v4_raw(raw)))
+fn endpoint(a: &Addr) -> Option<EndpointInfo> {
+    read(ENDPOINTS.get_ptr(a))
+}
+
+/// Whether `a` is a local endpoint's address (under a policy or not).
+#[inline(always)]
+pub fn is_endpoint(a: &Addr) -> bool {
+    ENDPOINTS.get_ptr(a).is_some()
 }
 
 /// Whether either end of the tuple is a local endpoint under some policy.
 #[inline(always)]
 fn enforced(t: &Tuple) -> bool {
-    endpoint(t.saddr).is_some_and(|e| e.flags != 0) || endpoint(t.daddr).is_some_and(|e| e.flags != 0)
+    endpoint(&t.saddr).is_some_and(|e| e.flags != 0) || endpoint(&t.daddr).is_some_and(|e| e.flags != 0)
 }
 
 /// Judges a new flow for the checks in `mode`. Denials are counted and
 /// reported; the caller drops the packet.
-#[inline(never)]
+#[inline(always)]
 pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
-    let src = endpoint(t.saddr);
-    let dst = endpoint(t.daddr);
+    let Some(s) = scratch() else { return false };
+    s.judge_tuple = *t;
+    allow_staged(ctx, mode)
+}
+
+/// [`allow_new`] for the tuple already in `scratch().judge_tuple` (see
+/// `lb::stage_new_flow`): the caller's frame holds no copy of it.
+#[inline(never)]
+pub fn allow_staged(ctx: &TcContext, mode: u32) -> bool {
+    let Some(s) = scratch() else { return false };
+    // Map value pointers, not copies: an `Option<EndpointInfo>` kept across
+    // the calls below is split into registers LLVM may spill undefined.
+    let src = ENDPOINTS.get_ptr(&s.judge_tuple.saddr);
+    let dst = ENDPOINTS.get_ptr(&s.judge_tuple.daddr);
     // A pod may always reach itself (through its own service). Only its
     // own link can send such a flow: at to_pod, a packet claiming to come
     // from the pod itself came from somewhere else.
-    if let (Some(s), Some(d)) = (src, dst) {
-        if s.id == d.id && mode & CHECK_EGRESS != 0 {
+    if let (Some(a), Some(b)) = (src, dst) {
+        // SAFETY: map value pointers, valid for the program run; read only.
+        if unsafe { (*a).id == (*b).id } && mode & CHECK_EGRESS != 0 {
             return true;
         }
     }
-    let Some(s) = scratch() else { return false };
-    s.judge_tuple = *t;
     if mode & CHECK_EGRESS != 0 {
         if let Some(ep) = src {
-            s.judge_ep = ep;
+            // SAFETY: as above.
+            s.judge_ep = unsafe { *ep };
             let allowed = judge(ctx, DIR_EGRESS as u32);
             if debug_on() {
                 debug::weir_log_policy(DIR_EGRESS as u32);
@@ -124,7 +126,8 @@ pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
     }
     if mode & CHECK_INGRESS != 0 {
         if let Some(ep) = dst {
-            s.judge_ep = ep;
+            // SAFETY: as above.
+            s.judge_ep = unsafe { *ep };
             let host = if mode & FROM_HOST != 0 { (ALLOW_HOST as u32) << 8 } else { 0 };
             let allowed = judge(ctx, DIR_INGRESS as u32 | host);
             if debug_on() {
@@ -147,14 +150,16 @@ pub fn allow_new(ctx: &TcContext, t: &Tuple, mode: u32) -> bool {
 #[inline(never)]
 fn judge(ctx: &TcContext, code: u32) -> bool {
     let Some(s) = scratch() else { return false };
-    let (t, ep) = (s.judge_tuple, s.judge_ep);
-    let (t, ep) = (&t, &ep);
+    // The tuple is read in place (nothing below writes it): a copy would
+    // cost the frame 40 bytes of the call chain's 512.
+    let (t, ep) = (&s.judge_tuple, s.judge_ep);
+    let ep = &ep;
     let direction = (code & 0xff) as u8;
-    let peer = if direction == DIR_EGRESS { t.daddr } else { t.saddr };
+    let peer = if direction == DIR_EGRESS { &t.daddr } else { &t.saddr };
     // Rules name ports of TCP and UDP only; any other protocol is matched
     // by rules that name no port.
     let port = if t.proto == PROTO_TCP || t.proto == PROTO_UDP { u16::from_be(t.dport) } else { 0 };
-    let mut d = decide(&KernelMaps, ep, direction, &Addr::from_v4_raw(peer), t.proto, port);
+    let mut d = decide(&KernelMaps, ep, direction, peer, t.proto, port);
     if code >> 8 == ALLOW_HOST as u32 {
         d.allowed = true;
     }
@@ -206,7 +211,7 @@ fn report(ctx: &TcContext, t: &Tuple, d: &Decision, ep: u32, code: u32) -> bool 
 fn tracked(t: &Tuple, now: u64) -> bool {
     let Some(cfg) = conntrack::config() else { return false };
     let Some(s) = scratch() else { return false };
-    let (sa, da) = (Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr));
+    let (sa, da) = (t.saddr, t.daddr);
     let syn = t.proto == PROTO_TCP && is_syn(t.tcp_flags);
     s.pkey = key(sa, da, t.sport, t.dport, t.proto, CT_POLICY);
     if let Some(e) = conntrack::lookup(&s.pkey) {
@@ -240,7 +245,7 @@ fn tracked(t: &Tuple, now: u64) -> bool {
 #[inline(never)]
 fn service_flow(t: &Tuple, now: u64) -> bool {
     let Some(s) = scratch() else { return false };
-    let (sa, da) = (Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr));
+    let (sa, da) = (t.saddr, t.daddr);
     s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_SVC_REV);
     if conntrack::alive(&s.pkey, now) {
         return true;
@@ -253,12 +258,12 @@ fn service_flow(t: &Tuple, now: u64) -> bool {
 /// the packet that caused it) relates to a flow the policy allowed, in
 /// either direction. An error goes to the quoted packet's sender.
 #[inline(never)]
-pub fn related(to: u32, inner: &Tuple, now: u64) -> bool {
-    if to != inner.saddr {
+pub fn related(to: &Addr, inner: &Tuple, now: u64) -> bool {
+    if *to != inner.saddr {
         return false;
     }
     let Some(s) = scratch() else { return false };
-    let (sa, da) = (Addr::from_v4_raw(inner.saddr), Addr::from_v4_raw(inner.daddr));
+    let (sa, da) = (inner.saddr, inner.daddr);
     s.pkey = key(sa, da, inner.sport, inner.dport, inner.proto, CT_POLICY);
     if conntrack::alive(&s.pkey, now) {
         return true;
@@ -287,7 +292,7 @@ fn track(t: &Tuple, now: u64, owner: u32) -> bool {
     s.pentry.flags = st.flags;
     s.pentry.expires_s = expiry(cfg, st.state, now);
     s.pentry.owner = owner;
-    s.pkey = key(Addr::from_v4_raw(t.saddr), Addr::from_v4_raw(t.daddr), t.sport, t.dport, t.proto, CT_POLICY);
+    s.pkey = key(t.saddr, t.daddr, t.sport, t.dport, t.proto, CT_POLICY);
     match create(&s.pkey, &s.pentry) {
         Ok(()) => true,
         // A stale entry of the tuple (or another CPU's): take it over.
@@ -315,14 +320,19 @@ fn ifindex(ctx: &TcContext) -> u32 {
 /// under a policy is dropped.
 #[inline(never)]
 pub fn from_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
-    let t = Tuple::of(pkt);
-    if !enforced(&t) || tracked(&t, now) {
+    flow_from_pod(ctx, &Tuple::of(pkt), pkt.later_fragment(), now)
+}
+
+/// [`from_pod`] for a flow of either family; `later`: a later fragment.
+#[inline(always)]
+pub fn flow_from_pod(ctx: &TcContext, t: &Tuple, later: bool, now: u64) -> i32 {
+    if !enforced(t) || tracked(t, now) {
         return TC_ACT_OK as i32;
     }
-    if pkt.later_fragment() {
-        return events::dropped(ctx, pkt, DropReason::FragmentUnknown);
+    if later {
+        return events::dropped_flow(ctx, t, DropReason::FragmentUnknown);
     }
-    if !allow_new(ctx, &t, CHECK_EGRESS | CHECK_INGRESS) || !track(&t, now, ifindex(ctx)) {
+    if !allow_new(ctx, t, CHECK_EGRESS | CHECK_INGRESS) || !track(t, now, ifindex(ctx)) {
         return TC_ACT_SHOT as i32;
     }
     TC_ACT_OK as i32
@@ -341,21 +351,32 @@ pub fn other(ctx: &TcContext, pkt: &Ipv4Pkt, to_pod_side: bool) -> i32 {
 /// to_pod: the receiver's ingress, for flows no local from_pod judged.
 #[inline(never)]
 pub fn to_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
-    let t = Tuple::of(pkt);
+    flow_to_pod(ctx, &Tuple::of(pkt), pkt.later_fragment(), now)
+}
+
+/// [`to_pod`] for a flow of either family; `later`: a later fragment.
+#[inline(always)]
+pub fn flow_to_pod(ctx: &TcContext, t: &Tuple, later: bool, now: u64) -> i32 {
     let translated = crate::nat::take_translated(ctx);
-    if !endpoint(t.daddr).is_some_and(|e| e.flags != 0) || tracked(&t, now) || (translated && service_flow(&t, now)) {
+    if !endpoint(&t.daddr).is_some_and(|e| e.flags != 0) || tracked(t, now) || (translated && service_flow(t, now)) {
         return TC_ACT_OK as i32;
     }
-    if pkt.later_fragment() {
-        return events::dropped(ctx, pkt, DropReason::FragmentUnknown);
+    if later {
+        return events::dropped_flow(ctx, t, DropReason::FragmentUnknown);
     }
     // SAFETY: the context pointer is valid for the program's lifetime.
     let from_host = unsafe { (*ctx.skb.skb).ingress_ifindex } == 0;
     let mode = if from_host { CHECK_INGRESS | FROM_HOST } else { CHECK_INGRESS };
-    if !allow_new(ctx, &t, mode) || !track(&t, now, ifindex(ctx)) {
+    if !allow_new(ctx, t, mode) || !track(t, now, ifindex(ctx)) {
         return TC_ACT_SHOT as i32;
     }
     TC_ACT_OK as i32
+}
+
+/// Whether either end of `t` is a local endpoint under some policy.
+#[inline(always)]
+pub fn flow_enforced(t: &Tuple) -> bool {
+    enforced(t)
 }
 
 /// Whether either end of the ICMP error's outer tuple is under a policy.

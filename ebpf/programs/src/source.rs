@@ -1,8 +1,7 @@
 //! Source validation and what a pod link may carry. A pod may only send
 //! from the addresses the node routes to its link (`WEIR_LINKS`, filled by
-//! the agent from the node's host routes). IPv6 to or from a
-//! policy-isolated pod is dropped until IPv6 policy exists; IPv6 from a
-//! pod must come from its routed addresses or link-local scope.
+//! the agent from the node's host routes), of either family; IPv6 from a
+//! pod may also come from link-local scope (`pod_v6`).
 
 use weir_common::{addr::Addr, link::LinkInfo};
 

@@ -3,7 +3,7 @@
 //!
 //! from_pod: count; drop what a pod may not send (a source address the
 //! node does not route to its link, an unreadable header, an EtherType
-//! other than IPv4, IPv6 and ARP, IPv6 while the pod is under a policy);
+//! other than IPv4, IPv6 and ARP); IPv6 goes to `pod_v6`;
 //! take back the ports of later fragments; translate ICMP errors of
 //! tracked flows; reverse-NAT replies of service flows (looked for unless
 //! the packet goes to a ClusterIP, which no reply does); load-balance
@@ -21,7 +21,7 @@ use weir_logic::frontend::Origin;
 use weir_ebpf::{
     conntrack, events, frag,
     hdr::{self, Ipv4Pkt, FRAG_FIRST, FRAME_ARP, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
-    icmp, lb, policy, reject, source, stats,
+    icmp, lb, pod_v6, policy, reject, source, stats,
 };
 
 #[classifier]
@@ -32,7 +32,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     let pkt = Ipv4Pkt::zero_in(&mut slot);
     match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {}
-        FRAME_V6 => return v6_from_pod(&ctx, ifindex),
+        FRAME_V6 => return pod_v6::from_pod(&ctx, ifindex),
         FRAME_ARP => return TC_ACT_OK as i32,
         FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
         _ => return events::dropped_frame(&ctx, DropReason::UnsupportedEthertype),
@@ -81,13 +81,10 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
         // Policy sees the real backend: the client's egress and the
         // backend's ingress are judged on the translated tuple, before any
         // state exists.
-        let Some(t) = lb::new_flow_tuple(pkt) else {
-            return TC_ACT_SHOT as i32;
-        };
-        if !policy::allow_new(ctx, &t, policy::CHECK_EGRESS | policy::CHECK_INGRESS) {
+        if !lb::stage_new_flow(pkt) || !policy::allow_staged(ctx, policy::CHECK_EGRESS | policy::CHECK_INGRESS) {
             return TC_ACT_SHOT as i32;
         }
-        events::trace(ctx, pkt, &t);
+        events::trace(ctx, pkt);
         let verdict = lb::commit(ctx, pkt, cfg);
         return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
     }
@@ -101,37 +98,6 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     policy::from_pod(ctx, pkt, now)
 }
 
-/// IPv6 from a pod: dropped while the pod is under a policy (IPv6 policy
-/// is not enforced yet), unless it comes from an address routed to the
-/// link or from link-local scope, and when its extension headers cannot
-/// be walked to the upper layer.
-#[inline(never)]
-fn v6_from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
-    if source::link_isolated(ifindex) {
-        return events::dropped_frame(ctx, DropReason::Ipv6Isolated);
-    }
-    let (saddr, _) = hdr::v6_addrs(ctx);
-    if !source::v6_link_scope(&saddr) && !source::owns(ifindex, &saddr) {
-        return events::dropped_frame(ctx, DropReason::SpoofedSource);
-    }
-    if let Err(reason) = hdr::v6_upper(ctx) {
-        return events::dropped_frame(ctx, reason);
-    }
-    TC_ACT_OK as i32
-}
-
-/// IPv6 to a pod: as [`v6_from_pod`], without the source check.
-#[inline(never)]
-fn v6_to_pod(ctx: &TcContext, ifindex: u32) -> i32 {
-    if source::link_isolated(ifindex) {
-        return events::dropped_frame(ctx, DropReason::Ipv6Isolated);
-    }
-    if let Err(reason) = hdr::v6_upper(ctx) {
-        return events::dropped_frame(ctx, reason);
-    }
-    TC_ACT_OK as i32
-}
-
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex(&ctx);
@@ -140,7 +106,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     let pkt = Ipv4Pkt::zero_in(&mut slot);
     match hdr::parse(&ctx, pkt) {
         FRAME_V4 => {}
-        FRAME_V6 => return v6_to_pod(&ctx, ifindex),
+        FRAME_V6 => return pod_v6::to_pod(&ctx, ifindex),
         FRAME_MALFORMED => return events::dropped_frame(&ctx, DropReason::Malformed),
         FRAME_ARP => return TC_ACT_OK as i32,
         _ => {

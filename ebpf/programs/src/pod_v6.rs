@@ -1,0 +1,254 @@
+//! IPv6 at the pod hooks: the same rules as IPv4, on the same maps.
+//!
+//! - A pod sends from the addresses the node routes to its link, or from
+//!   link-local scope (`source`); a packet into a pod goes to one of its
+//!   addresses.
+//! - Neighbour discovery and MLD between the pod and its host veth pass
+//!   (as ARP does), but only as RFC 4861 and RFC 3810 allow them on the
+//!   link: hop limit 255 (MLD: 1), never fragmented (RFC 6980), and never
+//!   a router advertisement, redirect or MLD query from the pod.
+//! - Any other link-scope traffic (to the node's `fe80::` addresses, to
+//!   link multicast groups) passes for a pod under no policy and is
+//!   dropped for an isolated one: no rule can name a link-local peer. So
+//!   is traffic of an address routed to an isolated pod's link that no
+//!   endpoint names (missing from the pod's `podIPs`).
+//! - Every other flow is judged by network policy exactly as IPv4 is
+//!   (`policy::flow_from_pod`, `policy::flow_to_pod`), tracked in the
+//!   same conntrack table; ICMPv6 echo is a flow keyed by its identifier;
+//!   ICMPv6 errors must quote a flow the policy allowed; fragments ride
+//!   their first fragment's ports (`frag`).
+//!
+//! Services over IPv6 (DNAT, reverse NAT, rejects) are not translated
+//! here yet: an IPv6 service address is judged as any other peer.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use weir_common::{addr::Addr, drop::DropReason};
+use weir_logic::ipv6::{self, IPV6_HLEN};
+
+use crate::{
+    conntrack, events, frag,
+    hdr::{self, Ipv6Pkt, Tuple, FRAG_FIRST, FRAG_NONE, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PROTO_ICMPV6},
+    maps::scratch,
+    policy, source,
+};
+use weir_common::lb::{PROTO_TCP, PROTO_UDP};
+
+const MLD_QUERY: u8 = 130;
+const MLD_REPORT: u8 = 131;
+const MLD_DONE: u8 = 132;
+const MLD2_REPORT: u8 = 143;
+const ND_ROUTER_SOLICIT: u8 = 133;
+const ND_ROUTER_ADVERT: u8 = 134;
+const ND_NEIGHBOUR_SOLICIT: u8 = 135;
+const ND_NEIGHBOUR_ADVERT: u8 = 136;
+const ND_REDIRECT: u8 = 137;
+
+/// Not link control: judged as a flow.
+const CTL_NONE: u8 = 0;
+/// Link control the link may carry: passes.
+const CTL_PASS: u8 = 1;
+/// Link control the link may not carry: dropped.
+const CTL_FORBIDDEN: u8 = 2;
+
+/// Whether `p` is neighbour discovery or MLD, and whether the pod's link
+/// may carry it in this direction.
+#[inline(always)]
+fn link_control(p: &Ipv6Pkt, from_pod: bool) -> u8 {
+    if p.t.proto != PROTO_ICMPV6 || p.later_fragment() {
+        return CTL_NONE;
+    }
+    let ok = match p.icmp_type {
+        ND_ROUTER_SOLICIT | ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => p.hop_limit == 255,
+        // Only the node is the pod's router.
+        ND_ROUTER_ADVERT | ND_REDIRECT => !from_pod && p.hop_limit == 255,
+        MLD_REPORT | MLD_DONE | MLD2_REPORT => p.hop_limit == 1 && source::v6_link_scope(&p.t.saddr),
+        MLD_QUERY => !from_pod && p.hop_limit == 1 && source::v6_link_scope(&p.t.saddr),
+        _ => return CTL_NONE,
+    };
+    if ok && p.frag == FRAG_NONE {
+        CTL_PASS
+    } else {
+        CTL_FORBIDDEN
+    }
+}
+
+/// Link-local unicast, the unspecified address, or multicast: an address
+/// no pod owns and no route leaves the link with.
+#[inline(always)]
+fn link_scope(a: &Addr) -> bool {
+    source::v6_link_scope(a) || a.bytes[0] == 0xff
+}
+
+/// This CPU's IPv6 packet, parsed from the frame (in scratch space, and
+/// in a frame of its own: the policy path under the hooks needs the
+/// stack).
+#[inline(never)]
+fn parsed(ctx: &TcContext) -> Result<&'static mut Ipv6Pkt, DropReason> {
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    let p = &mut s.v6;
+    p.t = Tuple { saddr: Addr::ZERO, daddr: Addr::ZERO, sport: 0, dport: 0, proto: 0, tcp_flags: 0 };
+    hdr::parse_v6(ctx, p)?;
+    Ok(p)
+}
+
+/// IPv6 from a pod (tc ingress of its host veth).
+#[inline(never)]
+pub fn from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
+    let p = match parsed(ctx) {
+        Ok(p) => p,
+        Err(reason) => return events::dropped_frame(ctx, reason),
+    };
+    let link_src = source::v6_link_scope(&p.t.saddr);
+    if !link_src && !source::owns(ifindex, &p.t.saddr) {
+        return events::dropped_flow(ctx, &p.t, DropReason::SpoofedSource);
+    }
+    match link_control(p, true) {
+        CTL_PASS => return TC_ACT_OK as i32,
+        CTL_FORBIDDEN => return events::dropped_flow(ctx, &p.t, DropReason::Ipv6LinkControl),
+        _ => {}
+    }
+    if link_src || link_scope(&p.t.daddr) {
+        return link_local(ctx, &p.t, ifindex);
+    }
+    if unlisted_on_isolated(&p.t.saddr, ifindex) {
+        return events::dropped_flow(ctx, &p.t, DropReason::Ipv6Isolated);
+    }
+    if p.is_icmp_error() {
+        return error(ctx, p, true);
+    }
+    flow(ctx, p, false)
+}
+
+/// IPv6 to a pod (tc egress of its host veth).
+#[inline(never)]
+pub fn to_pod(ctx: &TcContext, ifindex: u32) -> i32 {
+    let p = match parsed(ctx) {
+        Ok(p) => p,
+        Err(reason) => return events::dropped_frame(ctx, reason),
+    };
+    match link_control(p, false) {
+        CTL_PASS => return TC_ACT_OK as i32,
+        CTL_FORBIDDEN => return events::dropped_flow(ctx, &p.t, DropReason::Ipv6LinkControl),
+        _ => {}
+    }
+    if !source::owns(ifindex, &p.t.daddr) {
+        if link_scope(&p.t.daddr) {
+            return link_local(ctx, &p.t, ifindex);
+        }
+        return events::dropped_flow(ctx, &p.t, DropReason::NotForPod);
+    }
+    if unlisted_on_isolated(&p.t.daddr, ifindex) {
+        return events::dropped_flow(ctx, &p.t, DropReason::Ipv6Isolated);
+    }
+    if p.is_icmp_error() {
+        return error(ctx, p, false);
+    }
+    flow(ctx, p, true)
+}
+
+/// Link-scope traffic other than link control: no rule names it, so an
+/// isolated pod neither sends nor receives it.
+#[inline(always)]
+fn link_local(ctx: &TcContext, t: &Tuple, ifindex: u32) -> i32 {
+    if source::link_isolated(ifindex) {
+        return events::dropped_flow(ctx, t, DropReason::Ipv6Isolated);
+    }
+    TC_ACT_OK as i32
+}
+
+/// An address the node routes to an isolated pod's link but no endpoint
+/// names (not in the pod's `podIPs`, or not delivered yet): its flows
+/// could not be judged, so none passes.
+#[inline(always)]
+fn unlisted_on_isolated(a: &Addr, ifindex: u32) -> bool {
+    !policy::is_endpoint(a) && source::link_isolated(ifindex)
+}
+
+/// A flow's packet, judged by policy; a later fragment takes its first
+/// fragment's ports, and a first fragment that passes records them.
+#[inline(always)]
+fn flow(ctx: &TcContext, p: &mut Ipv6Pkt, to_pod_side: bool) -> i32 {
+    let later = p.later_fragment();
+    if later && !frag::recover_flow(&mut p.t, p.frag_id) {
+        return events::dropped_flow(ctx, &p.t, DropReason::FragmentUnknown);
+    }
+    let first = p.frag == FRAG_FIRST;
+    if first {
+        frag::prepare_flow(&p.t, p.frag_id);
+    }
+    let now = conntrack::now_ns();
+    let verdict = if to_pod_side { policy::flow_to_pod(ctx, &p.t, later, now) } else { policy::flow_from_pod(ctx, &p.t, later, now) };
+    if first && verdict != TC_ACT_SHOT as i32 {
+        frag::commit();
+    }
+    verdict
+}
+
+/// An ICMPv6 error. It goes to the sender of the packet it quotes (and,
+/// from a pod, comes from that packet's receiver); under a policy it must
+/// quote a flow the policy allowed, in either direction, or it is
+/// dropped (`icmp_unrelated`), as for ICMP.
+#[inline(never)]
+fn error(ctx: &TcContext, p: &Ipv6Pkt, from_pod: bool) -> i32 {
+    if !parse_quoted(ctx, p) {
+        return events::dropped_flow(ctx, &p.t, DropReason::Malformed);
+    }
+    let Some(s) = scratch() else { return TC_ACT_SHOT as i32 };
+    let inner = s.icmp_inner.t;
+    let answers = p.t.daddr == inner.saddr && (!from_pod || p.t.saddr == inner.daddr);
+    if !policy::flow_enforced(&p.t) {
+        return TC_ACT_OK as i32;
+    }
+    if !answers || !policy::related(&p.t.daddr, &inner, conntrack::now_ns()) {
+        return events::dropped_flow(ctx, &p.t, DropReason::IcmpUnrelated);
+    }
+    TC_ACT_OK as i32
+}
+
+/// Reads the packet an ICMPv6 error quotes (its fixed header, its
+/// extension headers walked, and its ports or echo identifier) into
+/// `scratch().icmp_inner.t`; false when it cannot be read from the error.
+#[inline(never)]
+fn parse_quoted(ctx: &TcContext, p: &Ipv6Pkt) -> bool {
+    let Some(s) = scratch() else { return false };
+    let (ip, end) = (p.l4_off as usize + 8, p.end as usize);
+    if ip + IPV6_HLEN > end {
+        return false;
+    }
+    let (Ok(first), Ok(saddr), Ok(daddr)) = (ctx.load::<u8>(ip + 6), ctx.load::<[u8; 16]>(ip + 8), ctx.load::<[u8; 16]>(ip + 24)) else {
+        return false;
+    };
+    let Ok(upper) = ipv6::walk(first, |off| if ip + off + 8 <= end { ctx.load::<[u8; 8]>(ip + off).ok() } else { None }) else {
+        return false;
+    };
+    let l4 = ip + upper.off;
+    let mut t = Tuple { saddr: Addr { bytes: saddr }, daddr: Addr { bytes: daddr }, sport: 0, dport: 0, proto: upper.proto, tcp_flags: 0 };
+    if upper.frag.is_some_and(|f| f.is_later()) {
+        // No ports to match: related to nothing.
+        return false;
+    }
+    if upper.proto == PROTO_TCP || upper.proto == PROTO_UDP || upper.proto == PROTO_ICMPV6 {
+        if l4 + 8 > end {
+            return false;
+        }
+        let Ok(w) = ctx.load::<[u8; 8]>(l4) else { return false };
+        if upper.proto == PROTO_ICMPV6 {
+            // An error about an error does not exist (RFC 4443 2.4).
+            if w[0] != ICMPV6_ECHO_REQUEST && w[0] != ICMPV6_ECHO_REPLY {
+                return false;
+            }
+            t.sport = u16::from_ne_bytes([w[4], w[5]]);
+            t.dport = t.sport;
+        } else {
+            t.sport = u16::from_ne_bytes([w[0], w[1]]);
+            t.dport = u16::from_ne_bytes([w[2], w[3]]);
+        }
+    }
+    s.icmp_inner.t = t;
+    s.icmp_inner.ip_off = ip as u32;
+    s.icmp_inner.l4_off = l4 as u32;
+    true
+}
