@@ -45,7 +45,7 @@ fn status_lists_the_agent_attachments_and_map_fill() {
     assert!(att.iter().all(|a| a["present"] == true && a["ifname"].as_str().is_some_and(|n| n.starts_with("weir"))));
     let maps = st["maps"].as_array().expect("maps");
     let map = |name: &str| maps.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name} missing: {maps:?}")).clone();
-    assert_eq!(map("WEIR_ENDPOINTS")["entries"], 9);
+    assert_eq!(map("WEIR_ENDPOINTS")["entries"], 18, "one per address of nine dual-stack pods");
     assert!(map("WEIR_POLICY")["entries"].as_u64().is_some_and(|n| n >= 1));
     assert!(map("WEIR_CT")["capacity"].as_u64().is_some_and(|n| n > 0));
     let text = c.node.weir(&["status"]);

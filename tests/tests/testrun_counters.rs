@@ -14,7 +14,8 @@ fn load() -> (BpffsDir, PodDatapath) {
     let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirtr")));
     let layout = PinLayout::new(&dir.path);
     let dp = PodDatapath::load(&layout).expect("load pod object");
-    testrun::own_sources(&layout, TEST_RUN_IFINDEX, &[Ipv4Addr::new(10, 244, 0, 2).into(), Ipv4Addr::new(10, 244, 0, 3).into()]);
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6").into();
+    testrun::own_sources(&layout, TEST_RUN_IFINDEX, &[Ipv4Addr::new(10, 244, 0, 2).into(), Ipv4Addr::new(10, 244, 0, 3).into(), v6("fd00::2"), v6("fd00::3")]);
     (dir, dp)
 }
 

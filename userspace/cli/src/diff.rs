@@ -153,7 +153,12 @@ fn desired_policy(state: &ClusterState, node: Option<&str>) -> programmed::Polic
     let mut ids = Ids::new();
     assign(&mut ids, &policies, &world, &cidrs, node);
     let s = translate(&policies, &world, &ids, &cidrs, node);
-    let by_id: BTreeMap<u32, IpAddr> = s.endpoints.iter().map(|(ip, e)| (e.id, *ip)).collect();
+    // An endpoint is named by its lowest address (a dual-stack pod's IPv4
+    // one), as `programmed::policy` names it.
+    let mut by_id: BTreeMap<u32, IpAddr> = BTreeMap::new();
+    for (ip, e) in &s.endpoints {
+        by_id.entry(e.id).and_modify(|a| *a = (*a).min(*ip)).or_insert(*ip);
+    }
     let cidr_names: BTreeMap<u32, String> = cidrs.iter().filter_map(|c| Some((ids.lookup_cidr(c)?, format!("cidr {c}")))).collect();
     let lines = policy_lines(
         s.entries.iter(),

@@ -131,7 +131,9 @@ pub fn policy(layout: &PinLayout) -> Result<PolicyView, DatapathError> {
     let entries: Vec<(PolicyEntry, PolicyValue)> = trie.iter().filter_map(Result::ok).map(|(k, v)| (PolicyEntry::from_key(k.prefix_len(), &k.data()), v)).collect();
     let lines = policy_lines(
         entries.iter().map(|(e, v)| (e, v)),
-        |id| eps.iter().find(|(_, e)| e.id == id).map(|(a, _)| IpAddr::from(*a)),
+        // An endpoint is named by its lowest address (a dual-stack pod's
+        // IPv4 one): the same name whatever order the map iterates in.
+        |id| eps.iter().filter(|(_, e)| e.id == id).map(|(a, _)| IpAddr::from(*a)).min(),
         |id| match id {
             ID_ANY => "any".into(),
             id if id >= ID_CIDR_FIRST => format!("cidr {}", cidrs.get(&id).map_or("?", String::as_str)),
