@@ -1,8 +1,11 @@
 //! The pod programs against many thousands of random and mutated packets
 //! (BPF_PROG_TEST_RUN): truncated headers, IP options, fragments, bad
 //! lengths, ICMP errors quoting random tuples, random sources and
-//! EtherTypes, under a default-deny policy with one allowed flow:
-//! A → V:8080/TCP, directly or through VIP:80.
+//! EtherTypes, and the same over IPv6 (extension-header chains, fragment
+//! headers, payload lengths that lie, neighbour discovery and MLD with
+//! any hop limit, ICMPv6 errors), under a default-deny policy with one
+//! allowed flow: A → V:8080/TCP, directly or through VIP:80, and
+//! A6 → V6:8080/TCP between the same pods' IPv6 addresses.
 //!
 //! It asserts that the programs never forward a packet the policy denies,
 //! never return anything but a tc verdict, and leave no conntrack entry
@@ -10,7 +13,7 @@
 //! The seed is printed; `WEIR_FUZZ_SEED=<n>` replays a run and
 //! `WEIR_FUZZ_PACKETS=<n>` changes its length.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use weir_common::{
     ct::{CT_POLICY, CT_SVC_FWD, CT_SVC_REV},
@@ -27,6 +30,8 @@ use weir_tests::{
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const V: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
 const PORT: u16 = 8080;
 const UPLINK: u32 = 1;
 
@@ -70,8 +75,128 @@ fn port(r: &mut Rng) -> u16 {
     }
 }
 
+fn addr6(r: &mut Rng) -> Ipv6Addr {
+    match r.below(7) {
+        0 | 1 => A6,
+        2 => V6,
+        3 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, r.below(4) as u16),
+        4 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, r.pick(&[1, 2, 0x16, 0xfb])),
+        5 => Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, r.below(8) as u16),
+        _ => Ipv6Addr::from((u128::from(r.next()) << 64) | u128::from(r.next())),
+    }
+}
+
+/// An Ethernet + IPv6 frame around `payload`, whose first header is `next`.
+fn ip6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0];
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, hop]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A random IPv6 packet.
+fn packet6(r: &mut Rng) -> Vec<u8> {
+    let (src, dst) = (addr6(r), addr6(r));
+    let mut p = match r.below(8) {
+        0..=2 => {
+            let mut p = testrun::tcp6((src, port(r)), (dst, port(r)), r.chance(50), &vec![0x5a; r.below(64) as usize]);
+            let any = r.next() as u8;
+            p[14 + 40 + 13] = r.pick(&[0x02, 0x12, 0x10, 0x18, 0x11, 0x04, any]);
+            p
+        }
+        3 => testrun::udp6((src, port(r)), (dst, port(r)), &vec![0x33; r.below(200) as usize]),
+        4 => testrun::icmp6_echo(src, dst, r.next() as u16, 1),
+        5 => {
+            // Any ICMPv6 message (errors, neighbour discovery, MLD) with
+            // any hop limit, quoting a random TCP or UDP packet.
+            let about = if r.chance(50) {
+                testrun::tcp6((addr6(r), port(r)), (addr6(r), port(r)), r.chance(50), b"")
+            } else {
+                testrun::udp6((addr6(r), port(r)), (addr6(r), port(r)), b"q")
+            };
+            let any = r.next() as u8;
+            let ty = r.pick(&[1u8, 2, 3, 4, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 143, any]);
+            let mut m = vec![ty, r.below(8) as u8, 0, 0, 0, 0, 5, 0];
+            m.extend_from_slice(&about[14..]);
+            let any = r.next() as u8;
+            ip6(src, dst, 58, r.pick(&[255, 1, 64, any]), &m)
+        }
+        _ => {
+            // An extension-header chain before TCP or UDP: any kinds, any
+            // order, a fragment header with any offset, flag and id.
+            let inner = if r.chance(50) {
+                testrun::tcp6((src, port(r)), (dst, port(r)), true, b"")
+            } else {
+                testrun::udp6((src, port(r)), (dst, port(r)), &[0x44; 48])
+            };
+            let upper = inner[14 + 6];
+            let kinds: Vec<u8> = (0..r.below(10)).map(|_| r.pick(&[0u8, 43, 44, 51, 60])).collect();
+            let mut ext = Vec::new();
+            for (i, &kind) in kinds.iter().enumerate() {
+                let next = kinds.get(i + 1).copied().unwrap_or(upper);
+                let mut h = match kind {
+                    44 => {
+                        let off = if r.chance(50) { 0 } else { r.below(200) as u16 };
+                        let mut h = vec![0u8; 8];
+                        h[2..4].copy_from_slice(&((off << 3) | r.below(2) as u16).to_be_bytes());
+                        h[7] = r.below(4) as u8;
+                        h
+                    }
+                    51 => {
+                        let len = 4 * (3 + r.below(4) as usize);
+                        let mut h = vec![0u8; len];
+                        h[1] = (len / 4 - 2) as u8;
+                        h
+                    }
+                    _ => {
+                        let len = 8 * (1 + r.below(3) as usize);
+                        let mut h = vec![0u8; len];
+                        h[1] = (len / 8 - 1) as u8;
+                        h
+                    }
+                };
+                h[0] = next;
+                ext.extend(h);
+            }
+            let first = kinds.first().copied().unwrap_or(upper);
+            let mut payload = ext;
+            payload.extend_from_slice(&inner[14 + 40..]);
+            ip6(src, dst, first, 64, &payload)
+        }
+    };
+    // Mutations: a payload length that lies, any byte after the addresses,
+    // a cut (no shorter than the fixed header: test_run refuses less).
+    for _ in 0..r.below(3) {
+        match r.below(4) {
+            0 => {
+                let len = ((p.len() - 54) as u16).wrapping_add((r.below(41) as u16).wrapping_sub(20));
+                p[18..20].copy_from_slice(&len.to_be_bytes());
+            }
+            1 if p.len() > 54 => {
+                let i = 54 + r.below((p.len() - 54) as u64) as usize;
+                p[i] = r.next() as u8;
+            }
+            2 if p.len() > 54 => {
+                let n = 54 + r.below((p.len() - 54) as u64) as usize;
+                p.truncate(n);
+            }
+            _ => {
+                let any = r.next() as u8;
+                p[20] = r.pick(&[0u8, 6, 17, 43, 44, 51, 58, 59, 60, any]);
+            }
+        }
+    }
+    p
+}
+
 /// A random packet, then random mutations.
 fn packet(r: &mut Rng) -> Vec<u8> {
+    if r.chance(35) {
+        return packet6(r);
+    }
     let (src, dst) = (addr(r), addr(r));
     let mut p = match r.below(10) {
         0..=3 => {
@@ -160,6 +285,76 @@ fn packet(r: &mut Rng) -> Vec<u8> {
     p
 }
 
+/// An IPv6 packet as the oracle sees it, walked independently of the
+/// datapath: `None` when its header chain cannot be read.
+#[derive(Debug)]
+struct Seen6 {
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    proto: u8,
+    /// Any fragment header; a later fragment (offset > 0) has no ports.
+    fragment: bool,
+    later: bool,
+    sport: u16,
+    dport: u16,
+    icmp_type: Option<u8>,
+    /// ICMPv6 errors: the quoted packet.
+    quoted: Option<Box<Seen6>>,
+}
+
+fn seen6(p: &[u8]) -> Option<Seen6> {
+    if p.len() < 40 {
+        return None;
+    }
+    let end = (40 + usize::from(u16::from_be_bytes([p[4], p[5]]))).min(p.len());
+    let mut s = Seen6 {
+        src: Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).ok()?),
+        dst: Ipv6Addr::from(<[u8; 16]>::try_from(&p[24..40]).ok()?),
+        hop: p[7],
+        proto: p[6],
+        fragment: false,
+        later: false,
+        sport: 0,
+        dport: 0,
+        icmp_type: None,
+        quoted: None,
+    };
+    let mut off = 40;
+    for _ in 0..32 {
+        let len = match s.proto {
+            0 | 43 | 60 => 8 * (usize::from(*p.get(off + 1)?) + 1),
+            51 => 4 * (usize::from(*p.get(off + 1)?) + 2),
+            44 => {
+                let fo = u16::from_be_bytes([*p.get(off + 2)?, *p.get(off + 3)?]);
+                s.fragment = true;
+                s.later = fo >> 3 != 0;
+                8
+            }
+            _ => break,
+        };
+        if off + len > end {
+            return None;
+        }
+        s.proto = p[off];
+        off += len;
+        if s.later {
+            return Some(s);
+        }
+    }
+    if matches!(s.proto, 6 | 17) && off + 4 <= end {
+        s.sport = u16::from_be_bytes([p[off], p[off + 1]]);
+        s.dport = u16::from_be_bytes([p[off + 2], p[off + 3]]);
+    }
+    if s.proto == 58 && off + 8 <= end {
+        s.icmp_type = Some(p[off]);
+        if (1..=4).contains(&p[off]) {
+            s.quoted = seen6(&p[off + 8..end]).map(Box::new);
+        }
+    }
+    Some(s)
+}
+
 /// What a forwarded packet is, as far as the oracle cares.
 #[derive(Debug)]
 struct Seen {
@@ -173,11 +368,17 @@ struct Seen {
     dport: u16,
     /// ICMP errors: the quoted tuple (src, dst, proto, sport, dport).
     quoted: Option<(Ipv4Addr, Ipv4Addr, u8, u16, u16)>,
+    /// An IPv6 frame's packet (`None` for IPv6 the oracle cannot walk).
+    v6: Option<Seen6>,
 }
 
 fn seen(p: &[u8]) -> Seen {
     let ethertype = if p.len() >= 14 { u16::from_be_bytes([p[12], p[13]]) } else { 0 };
-    let mut s = Seen { ipv4: false, ethertype, src: Ipv4Addr::UNSPECIFIED, dst: Ipv4Addr::UNSPECIFIED, proto: 0, first: false, sport: 0, dport: 0, quoted: None };
+    let mut s = Seen { ipv4: false, ethertype, src: Ipv4Addr::UNSPECIFIED, dst: Ipv4Addr::UNSPECIFIED, proto: 0, first: false, sport: 0, dport: 0, quoted: None, v6: None };
+    if ethertype == 0x86dd {
+        s.v6 = seen6(p.get(14..).unwrap_or_default());
+        return s;
+    }
     if ethertype != 0x0800 || p.len() < 34 {
         return s;
     }
@@ -218,6 +419,43 @@ fn quoted_allowed(q: Option<(Ipv4Addr, Ipv4Addr, u8, u16, u16)>) -> bool {
     q.is_some_and(|(s, d, proto, sp, dp)| proto == 6 && (allowed_tcp((s, sp), (d, dp)) || allowed_tcp((d, dp), (s, sp))))
 }
 
+/// The allowed flow over IPv6: A6:any → V6:8080/TCP, or its replies.
+fn allowed_tcp6(s: &Seen6) -> bool {
+    s.proto == 6 && !s.later && ((s.src == A6 && s.dst == V6 && s.dport == PORT) || (s.src == V6 && s.sport == PORT && s.dst == A6))
+}
+
+fn link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Whether an IPv6 packet leaving `hook` on `link` may go.
+fn may_pass6(hook: Hook, link: &str, s: Option<&Seen6>) -> Result<(), String> {
+    let Some(s) = s else { return Err("an IPv6 packet whose header chain cannot be walked passed".into()) };
+    let from_pod = hook == Hook::FromPod;
+    // Neighbour discovery and MLD, as the link allows them.
+    let control = match s.icmp_type {
+        Some(133 | 135 | 136) => s.hop == 255,
+        Some(134 | 137) => !from_pod && s.hop == 255,
+        Some(131 | 132 | 143) => s.hop == 1 && link_local(s.src),
+        Some(130) => !from_pod && s.hop == 1 && link_local(s.src),
+        _ => false,
+    };
+    if s.proto == 58 && !s.fragment && control {
+        return Ok(());
+    }
+    let me = if link == "a" { A6 } else { V6 };
+    if from_pod && s.src == me && s.dst == me {
+        return Ok(());
+    }
+    let between = (s.src == A6 && s.dst == V6) || (s.src == V6 && s.dst == A6);
+    let quoted_ok = s.icmp_type.is_some_and(|t| (1..=4).contains(&t)) && s.quoted.as_deref().is_some_and(allowed_tcp6);
+    if allowed_tcp6(s) || (s.later && between) || quoted_ok {
+        Ok(())
+    } else {
+        Err("an IPv6 packet the policy denies was forwarded".into())
+    }
+}
+
 /// Whether a packet leaving `hook` on `link` with verdict `v` may go.
 fn may_pass(hook: Hook, link: &str, v: i32, out: &Seen) -> Result<(), String> {
     if v == TC_ACT_SHOT {
@@ -225,6 +463,9 @@ fn may_pass(hook: Hook, link: &str, v: i32, out: &Seen) -> Result<(), String> {
     }
     if out.ethertype == 0x0806 {
         return Ok(()); // ARP keeps working
+    }
+    if out.ethertype == 0x86dd {
+        return may_pass6(hook, link, out.v6.as_ref());
     }
     if !out.ipv4 {
         return Err(format!("a non-IPv4 frame (EtherType {:#06x}) passed an isolated pod's link", out.ethertype));
@@ -271,18 +512,22 @@ fn random_and_mutated_packets_never_get_past_policy() {
         s.endpoints.insert(IpAddr::V4(V), EndpointSpec { id: 2, identity: 502, ingress_isolated: true, egress_isolated: true });
         s.ipcache.insert(Prefix::host(IpAddr::V4(A)), IpInfo { identity: 501, cidr_identity: ID_WORLD });
         s.ipcache.insert(Prefix::host(IpAddr::V4(V)), IpInfo { identity: 502, cidr_identity: ID_WORLD });
+        s.endpoints.insert(IpAddr::V6(A6), EndpointSpec { id: 1, identity: 501, ingress_isolated: true, egress_isolated: true });
+        s.endpoints.insert(IpAddr::V6(V6), EndpointSpec { id: 2, identity: 502, ingress_isolated: true, egress_isolated: true });
+        s.ipcache.insert(Prefix::host(IpAddr::V6(A6)), IpInfo { identity: 501, cidr_identity: ID_WORLD });
+        s.ipcache.insert(Prefix::host(IpAddr::V6(V6)), IpInfo { identity: 502, cidr_identity: ID_WORLD });
         s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_EGRESS, identity: 502, proto: 6, port: PORT, port_bits: 16 }, PolicyValue::allow(1));
         s.entries.insert(PolicyEntry { endpoint: 2, direction: DIR_INGRESS, identity: 501, proto: 6, port: PORT, port_bits: 16 }, PolicyValue::allow(2));
         let w = PolicyMaps::open(&layout).expect("policy").transition(&s, &s, &s);
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         // A owns lo; V owns a veth.
-        testrun::own_sources(&layout, TEST_RUN_IFINDEX, &[A.into()]);
+        testrun::own_sources(&layout, TEST_RUN_IFINDEX, &[A.into(), A6.into()]);
         weir_tests::cmd::output(&["ip", "link", "add", "weirv", "type", "veth", "peer", "name", "weirvp"]);
         let c = std::ffi::CString::new("weirv").expect("name");
         // SAFETY: a valid C string.
         let v_link = unsafe { libc::if_nametoindex(c.as_ptr()) };
         assert_ne!(v_link, 0);
-        testrun::own_sources(&layout, v_link, &[V.into()]);
+        testrun::own_sources(&layout, v_link, &[V.into(), V6.into()]);
 
         let (from_pod, to_pod) = (dp.program(Hook::FromPod).expect("from_pod"), dp.program(Hook::ToPod).expect("to_pod"));
         let mut r = Rng(seed);
@@ -316,7 +561,7 @@ fn random_and_mutated_packets_never_get_past_policy() {
             let (a, v, vip) = (IpAddr::V4(A), IpAddr::V4(V), IpAddr::V4(VIP));
             let ok = k.proto == 6
                 && match k.kind {
-                    CT_POLICY => s == a && d == v && dp == PORT,
+                    CT_POLICY => ((s == a && d == v) || (s == IpAddr::V6(A6) && d == IpAddr::V6(V6))) && dp == PORT,
                     CT_SVC_FWD => (s == a || s == v) && d == vip && dp == 80 && IpAddr::from(e.nat_addr) == v,
                     CT_SVC_REV => s == v && sp == PORT && (d == a || d == hairpin),
                     _ => false,

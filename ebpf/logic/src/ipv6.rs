@@ -68,11 +68,13 @@ pub enum Unwalkable {
 }
 
 /// Walks the chain that starts with the fixed header's next-header field
-/// `first`. `read(off)` gives the 8 bytes at `off` from the start of the
-/// IPv6 header (`None` past the packet's end): every extension header is
-/// at least 8 bytes long and keeps its next header and length in them.
+/// `first`, in a packet of `len` bytes from the start of the IPv6 header.
+/// `read(off)` gives the 8 bytes at `off` (`None` past the packet's end):
+/// every extension header is at least 8 bytes long and keeps its next
+/// header and length in them; one whose length runs past `len` is
+/// [`Unwalkable::Truncated`].
 #[inline(always)]
-pub fn walk(first: u8, mut read: impl FnMut(usize) -> Option<[u8; 8]>) -> Result<Upper, Unwalkable> {
+pub fn walk(first: u8, len: usize, mut read: impl FnMut(usize) -> Option<[u8; 8]>) -> Result<Upper, Unwalkable> {
     let (mut next, mut off, mut frag) = (first, IPV6_HLEN, None);
     for i in 0..=MAX_EXT_HEADERS {
         if !matches!(next, NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_FRAGMENT | NEXT_AH | NEXT_DEST_OPTS) {
@@ -85,7 +87,7 @@ pub fn walk(first: u8, mut read: impl FnMut(usize) -> Option<[u8; 8]>) -> Result
             return Err(Unwalkable::HopByHopNotFirst);
         }
         let h = read(off).ok_or(Unwalkable::Truncated)?;
-        let len = match next {
+        let hlen = match next {
             NEXT_FRAGMENT => {
                 if frag.is_some() {
                     return Err(Unwalkable::TwoFragmentHeaders);
@@ -104,7 +106,10 @@ pub fn walk(first: u8, mut read: impl FnMut(usize) -> Option<[u8; 8]>) -> Result
             _ => (usize::from(h[1]) + 1) * 8,
         };
         next = h[0];
-        off += len;
+        off += hlen;
+        if off > len {
+            return Err(Unwalkable::Truncated);
+        }
     }
     Err(Unwalkable::TooLong)
 }
@@ -140,7 +145,7 @@ mod tests {
     }
 
     fn walk_bytes(p: &[u8]) -> Result<Upper, Unwalkable> {
-        walk(p[6], |off| p.get(off..off + 8).map(|s| s.try_into().expect("8 bytes")))
+        walk(p[6], p.len(), |off| p.get(off..off + 8).map(|s| s.try_into().expect("8 bytes")))
     }
 
     #[test]
@@ -181,8 +186,12 @@ mod tests {
         assert_eq!(walk_bytes(&packet(NEXT_DEST_OPTS, &long)), Err(Unwalkable::TooLong));
         let most = &long[1..];
         assert!(walk_bytes(&packet(NEXT_DEST_OPTS, most)).is_ok(), "{MAX_EXT_HEADERS} headers are walked");
-        // A header the packet ends inside of.
+        // A header the packet ends inside of, or whose length runs past
+        // the packet's end although its first 8 bytes are there.
         assert_eq!(walk_bytes(&packet(NEXT_DEST_OPTS, &[])[..IPV6_HLEN + 4]), Err(Unwalkable::Truncated));
+        let mut long_ah = packet(NEXT_AH, &[(NEXT_AH, 156, 16)]);
+        long_ah[IPV6_HLEN + 1] = 0x9c;
+        assert_eq!(walk_bytes(&long_ah), Err(Unwalkable::Truncated));
         assert_eq!(walk_bytes(&packet(NEXT_DEST_OPTS, &[(NEXT_DEST_OPTS, NEXT_HOP_BY_HOP, 8), (NEXT_HOP_BY_HOP, UDP, 8)])), Err(Unwalkable::HopByHopNotFirst));
         assert_eq!(walk_bytes(&packet(NEXT_FRAGMENT, &[(NEXT_FRAGMENT, NEXT_FRAGMENT, 8), (NEXT_FRAGMENT, UDP, 8)])), Err(Unwalkable::TwoFragmentHeaders));
         // A routing header that loops back on itself is still bounded.

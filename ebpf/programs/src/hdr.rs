@@ -260,7 +260,7 @@ pub fn v6_upper(ctx: &TcContext) -> Result<(Upper, usize), DropReason> {
     if h[0] >> 4 != 6 || end > ctx.len() as usize {
         return Err(DropReason::Malformed);
     }
-    let upper = ipv6::walk(h[6], |off| if IP_OFF + off + 8 <= end { ctx.load::<[u8; 8]>(IP_OFF + off).ok() } else { None })
+    let upper = ipv6::walk(h[6], end - IP_OFF, |off| if IP_OFF + off + 8 <= end { ctx.load::<[u8; 8]>(IP_OFF + off).ok() } else { None })
         .map_err(|_| DropReason::Ipv6HeaderChain)?;
     let later = upper.frag.is_some_and(|f| f.is_later());
     if !later && matches!(upper.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMPV6) && IP_OFF + upper.off + min_l4(upper.proto) > end {

@@ -221,7 +221,7 @@ fn parse_quoted(ctx: &TcContext, p: &Ipv6Pkt) -> bool {
     let (Ok(first), Ok(saddr), Ok(daddr)) = (ctx.load::<u8>(ip + 6), ctx.load::<[u8; 16]>(ip + 8), ctx.load::<[u8; 16]>(ip + 24)) else {
         return false;
     };
-    let Ok(upper) = ipv6::walk(first, |off| if ip + off + 8 <= end { ctx.load::<[u8; 8]>(ip + off).ok() } else { None }) else {
+    let Ok(upper) = ipv6::walk(first, end - ip, |off| if ip + off + 8 <= end { ctx.load::<[u8; 8]>(ip + off).ok() } else { None }) else {
         return false;
     };
     let l4 = ip + upper.off;
