@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 use weir_tests::{
-    netpol::{ip_of, NetpolCluster, Proto, P},
+    netpol::{ip6_of, ip_of, probe_ip, NetpolCluster, Proto, P},
     services::{ready, yaml_service},
     Node,
 };
@@ -135,6 +135,29 @@ fn ct_lists_and_flushes_with_filters() {
     let flushed = json(&c.node, &["ct", "flush", "--addr", &ya]);
     assert!(flushed["flushed"].as_u64().is_some_and(|n| n >= 1));
     assert!(json(&c.node, &["ct", "list", "--addr", &ya]).as_array().is_some_and(Vec::is_empty));
+}
+
+#[test]
+fn ipv6_flows_are_listed_and_explained_with_their_addresses_in_brackets() {
+    let c = cluster();
+    let (ya, xa, za) = (ip6_of(p("y", "a")), ip6_of(p("x", "a")), ip6_of(p("z", "a")));
+    assert!(probe_ip(c.pod(p("y", "a")), xa, 80, Proto::Tcp, "x/a"), "y/a reaches x/a over IPv6");
+    let entries = json(&c.node, &["ct", "list", "--kind", "policy", "--addr", &ya.to_string()]);
+    let entries = entries.as_array().expect("list");
+    // JSON keeps plain addresses; tables bracket them before a port.
+    assert!(entries.iter().any(|e| e["src"] == ya.to_string() && e["dst"] == xa.to_string() && e["dport"] == 80), "{entries:?}");
+    let table = c.node.weir(&["ct", "list", "--addr", &ya.to_string()]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(&format!("[{xa}]:80")), "{table}");
+    // explain takes [addr]:port and judges as the datapath did.
+    let ok = json(&c.node, &["explain", &format!("[{ya}]:40123"), &format!("[{xa}]:80/tcp")]);
+    assert_eq!(ok["verdict"], "forward", "{ok}");
+    let denied = json(&c.node, &["explain", &za.to_string(), &format!("[{xa}]:80/tcp")]);
+    assert_eq!(denied["verdict"], "drop", "{denied}");
+    assert!(!probe_ip(c.pod(p("z", "a")), xa, 80, Proto::Tcp, "x/a"), "and z/a does not reach it over IPv6");
+    let text = c.node.weir(&["explain", &za.to_string(), &format!("[{xa}]:80/tcp")]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("packet   [{za}]:40000 -> [{xa}]:80 tcp")), "{text}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use weir_datapath::{
     PinLayout,
 };
 
-use crate::output::{print_rows, AddrPort, Format};
+use crate::output::{addr_port, print_rows, AddrPort, Format};
 
 /// Filters shared by list and flush; every given one must match.
 #[derive(Debug, Default, clap::Args)]
@@ -85,7 +85,7 @@ fn row(k: &CtKey, e: &CtEntry, now: u64) -> Row {
         dport: u16::from_be(k.dport),
         state: state_name(e.state),
         expires_in_s: weir_logic::ct::expires_in_s(e, now),
-        nat: service.then(|| format!("{}:{}", IpAddr::from(e.nat_addr), u16::from_be(e.nat_port))),
+        nat: service.then(|| addr_port(e.nat_addr, u16::from_be(e.nat_port))),
         service_id: service.then_some(e.svc_id),
         backend_id: service.then_some(e.backend_id),
     }
@@ -100,8 +100,8 @@ pub fn list(layout: &PinLayout, filter: &Filter, format: Format) -> anyhow::Resu
         vec![
             r.kind.into(),
             r.protocol.into(),
-            format!("{}:{}", r.src, r.sport),
-            format!("{}:{}", r.dst, r.dport),
+            addr_port(r.src, r.sport),
+            addr_port(r.dst, r.dport),
             r.state.into(),
             format!("{}s", r.expires_in_s),
             r.nat.clone().unwrap_or_else(|| "-".into()),

@@ -17,7 +17,7 @@ use weir_datapath::{
 
 use weir_common::policy::{isolation_name_id, DIR_EGRESS, DIR_INGRESS, NAME_ENDPOINT, NAME_IDENTITY, NAME_ISOLATION, NAME_RULE};
 
-use crate::output::Format;
+use crate::output::{addr_port, Format};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -93,7 +93,7 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
         return Ok(());
     }
     println!("entry    {}", x.entry);
-    println!("packet   {}:{} -> {}:{} {}", p.src, p.sport, p.dst, p.dport, weir_datapath::explain::proto_name(p.proto));
+    println!("packet   {} -> {} {}", addr_port(p.src, p.sport), addr_port(p.dst, p.dport), weir_datapath::explain::proto_name(p.proto));
     if let Some(s) = &x.service {
         let entry = if s.entry == "external" { ", external entry (externalTrafficPolicy: Local)" } else { "" };
         println!("service  {} {} (id {}, endpoints: {}{entry}, {} eligible backends)", s.kind, s.frontend, s.service_id, s.endpoints, s.eligible_backends);
@@ -105,10 +105,10 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
             Why::Maglev { hash, slot, table_len } => format!("maglev: flow hash {hash:#010x} % {table_len} = slot {slot}"),
             Why::Random { candidates } => format!("random: the kernel draws one of {candidates} backends per flow"),
         };
-        println!("backend  {}:{} (id {}) — {why}", b.addr, b.port, b.backend_id);
+        println!("backend  {} (id {}) — {why}", addr_port(b.addr, b.port), b.backend_id);
     }
     if let Some((a, port)) = x.nat {
-        println!("nat      destination -> {a}:{port}");
+        println!("nat      destination -> {}", addr_port(a, port));
     }
     if let Some(m) = x.masquerade {
         let (lo, hi) = maps.masq_ports();

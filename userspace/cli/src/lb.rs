@@ -14,7 +14,7 @@ use weir_common::{
 };
 use weir_datapath::{explain::proto_name, lb::spec::Kind, pinned, PinLayout};
 
-use crate::output::{print_rows, Format};
+use crate::output::{addr_port, print_rows, Format};
 
 #[derive(Debug, Serialize)]
 struct ServiceRow {
@@ -82,7 +82,7 @@ pub fn services(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
     print_rows(format, &rows, &headers, |r| {
         vec![
             r.id.to_string(),
-            format!("{}:{}/{}", r.address, r.port, r.protocol),
+            format!("{}/{}", addr_port(r.address, r.port), r.protocol),
             r.kind.into(),
             r.serves.into(),
             r.endpoints.into(),
@@ -104,6 +104,6 @@ pub fn backends(layout: &PinLayout, format: Format) -> anyhow::Result<()> {
         .collect();
     rows.sort_by_key(|r| r.id);
     print_rows(format, &rows, &["ID", "BACKEND", "STATE"], |r| {
-        vec![r.id.to_string(), format!("{}:{}/{}", r.address, r.port, r.protocol), if r.terminating { "terminating".into() } else { "-".into() }]
+        vec![r.id.to_string(), format!("{}/{}", addr_port(r.address, r.port), r.protocol), if r.terminating { "terminating".into() } else { "-".into() }]
     })
 }

@@ -19,7 +19,7 @@ use weir_common::{
 };
 use weir_datapath::{ct::monotonic_ns, explain::proto_name, pinned, PinLayout};
 
-use crate::{output::{AddrPort, Format}, policy::{Names, Report}};
+use crate::{output::{addr_port, AddrPort, Format}, policy::{Names, Report}};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -144,7 +144,7 @@ fn line(e: &DatapathEvent, names: &Names) -> Option<Line> {
         }
         EVENT_TRACE => {
             l.kind = "trace";
-            l.translated = Some(format!("{}:{}", IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)));
+            l.translated = Some(addr_port(e.nat_addr, u16::from_be(e.nat_port)));
             l.reason = "new service flow".into();
         }
         _ => return None,
@@ -176,7 +176,7 @@ fn print(l: &Line, format: Format) {
         }
         return;
     }
-    let mut s = format!("{:>14.6} {:<7} {} {}:{} -> {}:{}", l.ts_ns as f64 / 1e9, l.kind.to_uppercase(), l.protocol, l.src, l.sport, l.dst, l.dport);
+    let mut s = format!("{:>14.6} {:<7} {} {} -> {}", l.ts_ns as f64 / 1e9, l.kind.to_uppercase(), l.protocol, addr_port(l.src, l.sport), addr_port(l.dst, l.dport));
     if let Some(t) = &l.translated {
         s.push_str(&format!(" => {t}"));
     }

@@ -6,6 +6,12 @@ pub enum Format {
     Json,
 }
 
+/// `addr:port`, an IPv6 address in brackets (`[fd00::1]:80`), so that the
+/// port never reads as part of the address.
+pub fn addr_port(addr: impl Into<std::net::IpAddr>, port: u16) -> String {
+    std::net::SocketAddr::new(addr.into(), port).to_string()
+}
+
 /// Prints rows as a left-aligned table with a header.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -55,5 +61,16 @@ impl AddrPort {
 
     pub fn is_empty(&self) -> bool {
         self.addr.is_none() && self.port.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_address_and_port_are_written_with_brackets() {
+        assert_eq!(addr_port("fd00::1".parse::<std::net::IpAddr>().expect("v6"), 80), "[fd00::1]:80");
+        assert_eq!(addr_port(std::net::Ipv4Addr::new(10, 96, 0, 10), 53), "10.96.0.10:53");
     }
 }
