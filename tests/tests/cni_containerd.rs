@@ -12,6 +12,7 @@ use weir_tests::{
 };
 
 const POD_CIDR: &str = "10.244.40.0/24";
+const POD_CIDR6: &str = "fd00:10:244:40::/64";
 const T: Duration = Duration::from_secs(20);
 
 fn ip_of(record: &serde_json::Value) -> String {
@@ -23,12 +24,14 @@ fn weir_links(node: &Node) -> Vec<String> {
 }
 
 fn pod_routes(node: &Node) -> Vec<String> {
-    node.ns().ip(&["route", "show"]).lines().filter(|l| l.starts_with("10.244.40.")).map(str::to_string).collect()
+    let v4 = node.ns().ip(&["route", "show"]);
+    let v6 = node.ns().ip(&["-6", "route", "show"]);
+    v4.lines().chain(v6.lines()).filter(|l| l.starts_with("10.244.40.") || l.starts_with("fd00:10:244:40:")).map(str::to_string).collect()
 }
 
 fn leases() -> Vec<String> {
     std::fs::read_dir(LEASES_DIR)
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("10.")).collect())
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("10.") || n.starts_with("fd00:")).collect())
         .unwrap_or_default()
 }
 
@@ -48,9 +51,14 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
+        Self::with_cidrs(POD_CIDR)
+    }
+
+    /// With `--pod-cidr cidrs` (one, or one per family comma-separated).
+    fn with_cidrs(cidrs: &str) -> Self {
         let lock = global_cni_lock();
         let node = Node::new();
-        let cni = CniInstall::new(POD_CIDR);
+        let cni = CniInstall::new(cidrs);
         let ctrd = Containerd::start(&node);
         Self { ctrd, _cni: cni, node, _lock: lock }
     }
@@ -114,6 +122,40 @@ fn containers_reach_each_other_and_a_clusterip_served_by_weir_agent() {
     let (ok, out) = ctrd.run_to_end("cli2", &format!("nc -w 3 {vip} 80 </dev/null"), T);
     assert!(ok && out.contains("hello-from-srv"), "container to ClusterIP:\n{out}");
     server.stop();
+}
+
+#[test]
+fn a_dual_stack_container_gets_both_addresses_and_reaches_another_over_both_families() {
+    let t = Setup::with_cidrs(&format!("{POD_CIDR},{POD_CIDR6}"));
+    let (node, ctrd) = (&t.node, &t.ctrd);
+    // The harness turns IPv6 off in its namespaces; a dual-stack node has it.
+    for k in ["all.disable_ipv6", "default.disable_ipv6"] {
+        node.ns().sysctl(&format!("net.ipv6.conf.{k}"), "0");
+    }
+    node.ns().sysctl("net.ipv6.conf.all.forwarding", "1");
+    let mut agent = node.start_agent();
+    let server = ctrd.spawn(&format!("srv46-{}", std::process::id()), "while true; do echo hello-from-srv | nc -l -p 8080; done");
+    let rec = wait_record(&server);
+    let ips: Vec<String> = rec["ips"].as_array().expect("ips").iter().filter_map(|i| i.as_str().map(str::to_string)).collect();
+    let (v4, v6) = (ips.iter().find(|i| i.starts_with("10.244.40.")), ips.iter().find(|i| i.starts_with("fd00:10:244:40:")));
+    let (Some(v4), Some(v6)) = (v4.cloned(), v6.cloned()) else { panic!("an address of each family: {rec}") };
+    let host = rec["hostVeth"].as_str().expect("veth").to_string();
+    agent.wait_attached(&host, node.ns().ifindex(&host));
+    let routes = pod_routes(node);
+    assert!(routes.iter().any(|r| r.starts_with(&format!("{v4} dev {host}"))) && routes.iter().any(|r| r.starts_with(&format!("{v6} dev {host}"))), "a host route per address: {routes:?}, {rec}, {}", server.output());
+
+    // busybox's nc listens on IPv4 only: IPv6 is an echo answered by the
+    // server's kernel.
+    let script = format!("ip -6 addr show eth0; ip -6 route; nc -w 3 {v4} 8080 </dev/null && ping -6 -c 1 -W 3 {v6}");
+    let (ok, out) = ctrd.run_to_end(&format!("cli46-{}", std::process::id()), &script, T);
+    assert!(ok, "{out}");
+    assert!(out.contains("/128 scope global"), "the client's IPv6 address as /128 on eth0:\n{out}");
+    assert!(out.contains("default via fe80::1 dev eth0"), "default route via fe80::1:\n{out}");
+    assert!(out.contains("hello-from-srv"), "container to container over IPv4:\n{out}");
+    assert!(out.contains("1 packets received"), "and over IPv6:\n{out}");
+    server.stop();
+    drop(agent);
+    t.assert_nothing_left();
 }
 
 #[test]

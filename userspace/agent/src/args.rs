@@ -108,8 +108,10 @@ pub struct Args {
     #[arg(long)]
     pub uninstall_cni: bool,
 
-    /// This node's pod CIDR, for the conflist's host-local IPAM range, or
-    /// `node` to read this node's spec.podCIDR from the API (needs --node-name).
+    /// This node's pod CIDR, for the conflist's host-local IPAM range; on a
+    /// dual-stack node one per family, comma-separated
+    /// (`10.244.1.0/24,fd00:10:244:1::/64`); or `node` to read this node's
+    /// spec.podCIDRs from the API (needs --node-name).
     #[arg(long)]
     pub pod_cidr: Option<String>,
 

@@ -626,20 +626,17 @@ async fn cni_install(args: &Args) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("weir-cni"),
     };
-    let cidr = match args.pod_cidr.as_deref().context("--install-cni needs --pod-cidr")? {
-        "node" => node_pod_cidr(args.node_name.as_deref().context("--pod-cidr node needs --node-name")?).await?,
+    let cidrs = match args.pod_cidr.as_deref().context("--install-cni needs --pod-cidr")? {
+        "node" => node_pod_cidrs(args.node_name.as_deref().context("--pod-cidr node needs --node-name")?).await?,
         c => c.to_string(),
     };
-    let cidr = cidr.as_str();
-    if cidr.parse::<ipnet_check::Cidr>().is_err() {
-        anyhow::bail!("--pod-cidr {cidr:?} is not a CIDR (like 10.244.1.0/24)");
-    }
+    let cidrs = ipnet_check::pod_cidrs(&cidrs)?;
     let mtu = match args.cni_mtu {
         Some(m) => Some(m),
         None => derived_pod_mtu(args).await,
     };
     let agent_socket = args.run_dir.join(ENDPOINT_SOCKET);
-    let to = weir_cni::install::Install { bin_dir: &args.cni_bin_dir, conf_dir: &args.cni_conf_dir, pod_cidr: cidr, mtu, agent_socket: &agent_socket, fail_open: args.cni_fail_open };
+    let to = weir_cni::install::Install { bin_dir: &args.cni_bin_dir, conf_dir: &args.cni_conf_dir, pod_cidrs: &cidrs, mtu, agent_socket: &agent_socket, fail_open: args.cni_fail_open };
     let written = weir_cni::install::install(&plugin, &to)?;
     tracing::info!(?written, ?mtu, agent_socket = %agent_socket.display(), "installed weir-cni");
     Ok(())
@@ -672,20 +669,28 @@ async fn derived_pod_mtu(args: &Args) -> Option<u32> {
     Some(mtu)
 }
 
-/// `--pod-cidr node`: this node's `spec.podCIDR`, from the API server
-/// (in a DaemonSet: the init container, with NODE_NAME from the downward API).
-async fn node_pod_cidr(name: &str) -> anyhow::Result<String> {
+/// `--pod-cidr node`: this node's `spec.podCIDRs` (both families in a
+/// dual-stack cluster, comma-separated) or `spec.podCIDR`, from the API
+/// server (in a DaemonSet: the init container, with NODE_NAME from the
+/// downward API).
+async fn node_pod_cidrs(name: &str) -> anyhow::Result<String> {
     use k8s_openapi::api::core::v1::Node;
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (kube::Config::infer)")?;
     let node = kube::Api::<Node>::all(client).get(name).await.with_context(|| format!("reading Node {name}"))?;
-    node.spec.and_then(|s| s.pod_cidr).with_context(|| {
-        format!("Node {name} has no spec.podCIDR: let the controller-manager allocate node CIDRs (--allocate-node-cidrs), or pass --pod-cidr <CIDR>")
-    })
+    let spec = node.spec.unwrap_or_default();
+    match (spec.pod_cidrs.filter(|c| !c.is_empty()), spec.pod_cidr) {
+        (Some(all), _) => Ok(all.join(",")),
+        (None, Some(one)) => Ok(one),
+        (None, None) => anyhow::bail!(
+            "Node {name} has no spec.podCIDR: let the controller-manager allocate node CIDRs (--allocate-node-cidrs), or pass --pod-cidr <CIDR>"
+        ),
+    }
 }
 
 /// A minimal CIDR check (address/prefix) for flags.
 mod ipnet_check {
-    pub struct Cidr;
+    /// A CIDR's family: true for IPv6.
+    pub struct Cidr(pub bool);
 
     impl std::str::FromStr for Cidr {
         type Err = ();
@@ -695,7 +700,40 @@ mod ipnet_check {
             let addr: std::net::IpAddr = addr.parse().map_err(|_| ())?;
             let len: u8 = len.parse().map_err(|_| ())?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
-            if len <= max { Ok(Cidr) } else { Err(()) }
+            if len <= max { Ok(Cidr(addr.is_ipv6())) } else { Err(()) }
+        }
+    }
+
+    /// `--pod-cidr`: one CIDR, or one per family separated by a comma (a
+    /// dual-stack node, as `spec.podCIDRs` lists them).
+    pub fn pod_cidrs(s: &str) -> anyhow::Result<Vec<String>> {
+        let list: Vec<String> = s.split(',').map(|c| c.trim().to_string()).collect();
+        let mut families = Vec::new();
+        for c in &list {
+            let Ok(Cidr(v6)) = c.parse::<Cidr>() else {
+                anyhow::bail!("--pod-cidr {c:?} is not a CIDR (like 10.244.1.0/24 or fd00:10:244:1::/64)");
+            };
+            if families.contains(&v6) {
+                anyhow::bail!("--pod-cidr {s:?} names two {} ranges: give one CIDR per address family", if v6 { "IPv6" } else { "IPv4" });
+            }
+            families.push(v6);
+        }
+        Ok(list)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn pod_cidrs_take_one_range_per_family() {
+            assert_eq!(pod_cidrs("10.244.1.0/24").expect("v4"), ["10.244.1.0/24"]);
+            assert_eq!(pod_cidrs("10.244.1.0/24, fd00:10:244:1::/64").expect("dual"), ["10.244.1.0/24", "fd00:10:244:1::/64"]);
+            assert_eq!(pod_cidrs("fd00:10:244:1::/64").expect("v6 only"), ["fd00:10:244:1::/64"]);
+            let two_v4 = pod_cidrs("10.244.1.0/24,10.244.2.0/24").expect_err("two IPv4 ranges");
+            assert!(two_v4.to_string().contains("two IPv4 ranges"), "{two_v4}");
+            let bad = pod_cidrs("10.244.1.0/24,fd00::/129").expect_err("a bad prefix");
+            assert!(bad.to_string().contains("\"fd00::/129\" is not a CIDR"), "{bad}");
         }
     }
 }

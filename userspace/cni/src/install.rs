@@ -8,16 +8,18 @@ use crate::CniError;
 pub const CONFLIST_NAME: &str = "05-weir.conflist";
 
 /// The conflist weir installs: weir-cni with host-local IPAM for
-/// `pod_cidr`, registering pods with the agent listening on
+/// `pod_cidrs` (one range set per CIDR: a dual-stack pod gets an address
+/// of each family), registering pods with the agent listening on
 /// `to.agent_socket` (fail closed unless `to.fail_open`).
 pub fn conflist(to: &Install<'_>) -> String {
     let mut agent = serde_json::json!({"socket": to.agent_socket.display().to_string()});
     if to.fail_open {
         agent["failOpen"] = true.into();
     }
+    let ranges: Vec<serde_json::Value> = to.pod_cidrs.iter().map(|c| serde_json::json!([{"subnet": c}])).collect();
     let mut plugin = serde_json::json!({
         "type": "weir-cni",
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": to.pod_cidr}]], "dataDir": "/var/lib/cni/networks"},
+        "ipam": {"type": "host-local", "ranges": ranges, "dataDir": "/var/lib/cni/networks"},
         "agent": agent,
     });
     let mtu = to.mtu;
@@ -46,7 +48,8 @@ fn atomic_write(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), CniError> {
 pub struct Install<'a> {
     pub bin_dir: &'a Path,
     pub conf_dir: &'a Path,
-    pub pod_cidr: &'a str,
+    /// One CIDR per address family.
+    pub pod_cidrs: &'a [String],
     pub mtu: Option<u32>,
     pub agent_socket: &'a Path,
     pub fail_open: bool,
@@ -73,4 +76,17 @@ pub fn uninstall(bin_dir: &Path, conf_dir: &Path) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dual_stack_conflist_has_one_range_set_per_family() {
+        let cidrs = ["10.244.1.0/24".to_string(), "fd00:10:244:1::/64".to_string()];
+        let to = Install { bin_dir: Path::new("/b"), conf_dir: Path::new("/c"), pod_cidrs: &cidrs, mtu: None, agent_socket: Path::new("/run/weir/agent.sock"), fail_open: false };
+        let v: serde_json::Value = serde_json::from_str(&conflist(&to)).expect("json");
+        assert_eq!(v["plugins"][0]["ipam"]["ranges"], serde_json::json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]]));
+    }
 }
