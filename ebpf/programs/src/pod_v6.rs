@@ -105,21 +105,13 @@ pub fn from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
     if !link_src && !source::owns(ifindex, &p.t.saddr) {
         return events::dropped_flow(ctx, &p.t, DropReason::SpoofedSource);
     }
-    match link_control(p, true) {
-        CTL_PASS => return TC_ACT_OK as i32,
-        CTL_FORBIDDEN => return events::dropped_flow(ctx, &p.t, DropReason::Ipv6LinkControl),
-        _ => {}
+    if let Some(verdict) = control(ctx, p, true) {
+        return verdict;
     }
     if link_src || link_scope(&p.t.daddr) {
         return link_local(ctx, &p.t, ifindex);
     }
-    if unlisted_on_isolated(&p.t.saddr, ifindex) {
-        return events::dropped_flow(ctx, &p.t, DropReason::Ipv6Isolated);
-    }
-    if p.is_icmp_error() {
-        return error(ctx, p, true);
-    }
-    flow(ctx, p, false)
+    judged(ctx, p, ifindex, false)
 }
 
 /// IPv6 to a pod (tc egress of its host veth).
@@ -129,10 +121,8 @@ pub fn to_pod(ctx: &TcContext, ifindex: u32) -> i32 {
         Ok(p) => p,
         Err(reason) => return events::dropped_frame(ctx, reason),
     };
-    match link_control(p, false) {
-        CTL_PASS => return TC_ACT_OK as i32,
-        CTL_FORBIDDEN => return events::dropped_flow(ctx, &p.t, DropReason::Ipv6LinkControl),
-        _ => {}
+    if let Some(verdict) = control(ctx, p, false) {
+        return verdict;
     }
     if !source::owns(ifindex, &p.t.daddr) {
         if link_scope(&p.t.daddr) {
@@ -140,13 +130,34 @@ pub fn to_pod(ctx: &TcContext, ifindex: u32) -> i32 {
         }
         return events::dropped_flow(ctx, &p.t, DropReason::NotForPod);
     }
-    if unlisted_on_isolated(&p.t.daddr, ifindex) {
+    judged(ctx, p, ifindex, true)
+}
+
+/// Neighbour discovery and MLD: the verdict, or `None` for any other
+/// packet.
+#[inline(always)]
+fn control(ctx: &TcContext, p: &Ipv6Pkt, from_pod: bool) -> Option<i32> {
+    match link_control(p, from_pod) {
+        CTL_PASS => Some(TC_ACT_OK as i32),
+        CTL_FORBIDDEN => Some(events::dropped_flow(ctx, &p.t, DropReason::Ipv6LinkControl)),
+        _ => None,
+    }
+}
+
+/// Either hook once the pod's own address (the source from the pod, the
+/// destination into it) is known to be routed to its link: an address no
+/// endpoint names is dropped on an isolated pod's link, and the packet is
+/// judged as an ICMPv6 error or as a flow.
+#[inline(always)]
+fn judged(ctx: &TcContext, p: &mut Ipv6Pkt, ifindex: u32, to_pod_side: bool) -> i32 {
+    let own = if to_pod_side { &p.t.daddr } else { &p.t.saddr };
+    if unlisted_on_isolated(own, ifindex) {
         return events::dropped_flow(ctx, &p.t, DropReason::Ipv6Isolated);
     }
     if p.is_icmp_error() {
-        return error(ctx, p, false);
+        return error(ctx, p, !to_pod_side);
     }
-    flow(ctx, p, true)
+    flow(ctx, p, to_pod_side)
 }
 
 /// Link-scope traffic other than link control: no rule names it, so an
