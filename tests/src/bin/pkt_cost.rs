@@ -5,7 +5,8 @@
 //! without a policy, the first datagram of a UDP service flow (the
 //! DNS-shaped new flow), the first packet of a flow the policy judges (with
 //! one rule, and with 10,000 more for other peers), and a packet delivered
-//! to a pod. Routes and
+//! to a pod; pod-to-pod cases also over IPv6 (the same policy, judged by
+//! the same code over 16-byte addresses). Routes and
 //! neighbours exist for the pods, so the FIB lookup and redirect are paid
 //! as in real traffic. Every run is one packet (`repeat` would feed the
 //! program its own rewritten packet again), and each figure is the median
@@ -26,7 +27,7 @@
 
 use std::{
     cell::RefCell,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -48,6 +49,10 @@ const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 6);
 /// Guarded like GUARDED, with 10,000 more rules (each for another peer).
 const GUARDED_BIG: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 7);
+/// The IPv6 addresses of CLIENT, BACKEND and GUARDED (dual-stack pods).
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5);
+const GUARDED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 6);
 
 #[derive(serde::Serialize)]
 struct Case {
@@ -160,9 +165,9 @@ fn main() -> anyhow::Result<()> {
         let frontends = defaults.frontends.max(2 * services + 16);
         let mut dp = PodDatapath::load_with(&layout, &LoadOptions { kernel_log: level, lb_table_slots, frontends, ..defaults })?;
         let r = Runner { logs: if level.is_off() { None } else { Some(RefCell::new(dp.kernel_log(counted)?)) }, runs: Default::default() };
-        own(&layout, client_if, CLIENT);
-        own(&layout, backend_if, BACKEND);
-        own(&layout, guarded_if, GUARDED);
+        testrun::own_sources(&layout, client_if, &[CLIENT.into(), CLIENT6.into()]);
+        testrun::own_sources(&layout, backend_if, &[BACKEND.into(), BACKEND6.into()]);
+        testrun::own_sources(&layout, guarded_if, &[GUARDED.into(), GUARDED6.into()]);
         own(&layout, big_if, GUARDED_BIG);
         let mut lb = Lb::open(&layout)?;
         lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)]))?;
@@ -176,6 +181,8 @@ fn main() -> anyhow::Result<()> {
         let mut s = PolicyState::default();
         s.endpoints.insert(IpAddr::V4(GUARDED), EndpointSpec { id: 1, identity: 600, ingress_isolated: true, egress_isolated: false });
         s.ipcache.insert(Prefix::host(IpAddr::V4(GUARDED)), IpInfo { identity: 600, cidr_identity: ID_WORLD });
+        s.endpoints.insert(IpAddr::V6(GUARDED6), EndpointSpec { id: 1, identity: 600, ingress_isolated: true, egress_isolated: false });
+        s.ipcache.insert(Prefix::host(IpAddr::V6(GUARDED6)), IpInfo { identity: 600, cidr_identity: ID_WORLD });
         s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_INGRESS, identity: ID_ANY, proto: 6, port: 9000, port_bits: 16 }, PolicyValue::allow(1));
         // GUARDED_BIG the same, plus 10,000 rules for other peers.
         s.endpoints.insert(IpAddr::V4(GUARDED_BIG), EndpointSpec { id: 2, identity: 601, ingress_isolated: true, egress_isolated: false });
@@ -193,14 +200,18 @@ fn main() -> anyhow::Result<()> {
         // source ports) to each destination, interleaved in `reps` slices:
         // the median of each slice.
         let mut sport = 10_000u16;
-        let mut first_packets = |dsts: &[(Ipv4Addr, u16)]| -> Vec<Vec<u64>> {
+        let mut first_packets = |dsts: &[(IpAddr, u16)]| -> Vec<Vec<u64>> {
             let mut medians = vec![Vec::new(); dsts.len()];
             for _ in 0..reps {
                 for (i, dst) in dsts.iter().enumerate() {
                     let mut v: Vec<u64> = (0..flows / reps.max(1))
                         .map(|_| {
                             sport = sport.wrapping_add(1).max(10_000);
-                            let pkt = if dst.1 == 53 { testrun::udp4((CLIENT, sport), *dst, &[0x65; 32]) } else { testrun::tcp4((CLIENT, sport), *dst, true, b"") };
+                            let pkt = match dst.0 {
+                                IpAddr::V4(a) if dst.1 == 53 => testrun::udp4((CLIENT, sport), (a, dst.1), &[0x65; 32]),
+                                IpAddr::V4(a) => testrun::tcp4((CLIENT, sport), (a, dst.1), true, b""),
+                                IpAddr::V6(a) => testrun::tcp6((CLIENT6, sport), (a, dst.1), true, b""),
+                            };
                             r.run(from_pod, &pkt, client_if)
                         })
                         .collect();
@@ -210,12 +221,13 @@ fn main() -> anyhow::Result<()> {
             }
             medians
         };
-        let [service, udp_service, judged, judged_big]: [Vec<u64>; 4] =
-            first_packets(&[(VIP, 80), (UDP_VIP, 53), (GUARDED, 9000), (GUARDED_BIG, 9000)]).try_into().map_err(|_| anyhow::anyhow!("four cases"))?;
+        let dsts = [(VIP.into(), 80), (UDP_VIP.into(), 53), (GUARDED.into(), 9000), (GUARDED_BIG.into(), 9000), (GUARDED6.into(), 9000)];
+        let [service, udp_service, judged, judged_big, judged6]: [Vec<u64>; 5] = first_packets(&dsts).try_into().map_err(|_| anyhow::anyhow!("five cases"))?;
         out.push(summarize("new service flow (SYN to a VIP: select, policy, two entries, DNAT, redirect)", service));
         out.push(summarize("new UDP service flow (one datagram to a VIP from a fresh port)", udp_service));
         out.push(summarize("policy-judged first packet (SYN to a guarded pod), its 1 rule", judged));
         out.push(summarize("policy-judged first packet, the pod has 10,001 rules", judged_big));
+        out.push(summarize("policy-judged first packet over IPv6 (SYN to the guarded pod's IPv6 address)", judged6));
 
         // One established flow, both directions.
         r.run(from_pod, &testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""), client_if);
@@ -236,6 +248,11 @@ fn main() -> anyhow::Result<()> {
         r.run(from_pod, &testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), true, b""), client_if);
         let guarded = testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), false, &[0x64; 64]);
         out.push(summarize("pod to pod under a policy, tracked flow (from_pod)", (0..reps).map(|_| median(from_pod, &guarded, client_if)).collect()));
+        let direct6 = testrun::udp6((CLIENT6, 5000), (BACKEND6, 53), &[0x63; 64]);
+        out.push(summarize("pod to pod over IPv6, no policy (from_pod)", (0..reps).map(|_| median(from_pod, &direct6, client_if)).collect()));
+        r.run(from_pod, &testrun::tcp6((CLIENT6, 7000), (GUARDED6, 9000), true, b""), client_if);
+        let guarded6 = testrun::tcp6((CLIENT6, 7000), (GUARDED6, 9000), false, &[0x64; 64]);
+        out.push(summarize("pod to pod over IPv6 under a policy, tracked flow (from_pod)", (0..reps).map(|_| median(from_pod, &guarded6, client_if)).collect()));
         let delivered = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
         out.push(summarize("delivered to a pod, no policy (to_pod)", (0..reps).map(|_| median(to_pod, &delivered, backend_if)).collect()));
         Ok((out, r.runs.get()))
