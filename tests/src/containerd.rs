@@ -255,6 +255,27 @@ impl Containerd {
     }
 }
 
+impl Containerd {
+    /// The mount points under this containerd's directory, deepest first,
+    /// in the mount namespace it runs in.
+    pub fn mounts_under_dir(&self) -> Vec<String> {
+        let table = match &self.mount {
+            Some(ns) => String::from_utf8_lossy(&cmd::output(&["nsenter", ns, "cat", "/proc/self/mounts"]).stdout).into_owned(),
+            None => fs::read_to_string("/proc/self/mounts").unwrap_or_default(),
+        };
+        let dir = format!("{}/", self.dir.display());
+        let mut under: Vec<String> = table.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|p| p.starts_with(&dir)).map(str::to_string).collect();
+        under.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        under.dedup();
+        under
+    }
+
+    /// This containerd's directory (root, state, socket, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -263,10 +284,14 @@ impl Drop for Containerd {
         if std::thread::panicking() {
             eprintln!("--- containerd log ---\n{}", self.log());
         }
-        let root = self.dir.join("root").display().to_string();
-        match &self.mount {
-            Some(m) => cmd::run_quiet(&["nsenter", m, "umount", "-R", "-l", &root]),
-            None => cmd::run_quiet(&["umount", "-R", "-l", &root]),
+        // Everything mounted under its directories: the snapshotter's root
+        // and any task rootfs still mounted under `state` (a container
+        // whose start failed keeps its rootfs mounted), deepest first.
+        for m in self.mounts_under_dir() {
+            match &self.mount {
+                Some(ns) => cmd::run_quiet(&["nsenter", ns, "umount", "-R", "-l", &m]),
+                None => cmd::run_quiet(&["umount", "-R", "-l", &m]),
+            }
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -159,6 +159,33 @@ fn a_dual_stack_container_gets_both_addresses_and_reaches_another_over_both_fami
 }
 
 #[test]
+fn a_container_whose_add_fails_leaves_nothing_behind() {
+    // A dual-stack conflist on a node with IPv6 off: weir-cni's ADD fails
+    // at the IPv6 host route, after the veth, the addresses and the
+    // IPv4 route exist.
+    let t = Setup::with_cidrs(&format!("{POD_CIDR},{POD_CIDR6}"));
+    let dir = t.ctrd.dir().to_path_buf();
+    let id = format!("fail-{}", std::process::id());
+    let (ok, out) = t.ctrd.run_to_end(&id, "true", T);
+    assert!(!ok, "the container must not start: {out}");
+    assert!(out.contains("weir-cni") && out.contains("fd00:10:244:40:"), "the error names the plugin and the address: {out}");
+    // What weir-cni made is gone already (ctr keeps the record of a
+    // container that failed to start, as a kubelet would until it removes
+    // the failed sandbox).
+    let node = &t.node;
+    assert!(weir_links(node).is_empty() && pod_routes(node).is_empty(), "no veth or route: {:?} {:?}", weir_links(node), pod_routes(node));
+    assert!(leases().is_empty() && records() == 0, "no lease or record: {:?}", leases());
+    // Its task never started and its rootfs is still mounted: the
+    // harness's teardown (containerd stopped, its directory removed)
+    // must take that mount too.
+    assert!(!t.ctrd.mounts_under_dir().is_empty(), "the failed task's rootfs is mounted");
+    drop(t);
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let left: Vec<&str> = table.lines().filter(|l| l.contains(&*dir.to_string_lossy())).collect();
+    assert!(left.is_empty(), "containerd's teardown leaves no mount behind: {left:?}");
+}
+
+#[test]
 fn twenty_containers_created_and_deleted_leak_nothing() {
     let t = Setup::new();
     let ctrd = &t.ctrd;
