@@ -58,7 +58,25 @@ impl DatapathConfig {
     };
 }
 
+/// The source address a pod reaching itself through an IPv6 service
+/// sees (the IPv6 counterpart of [`DatapathConfig::hairpin_addr`]):
+/// `100::a9fe:2a01`, in the discard-only prefix `100::/64` (RFC 6666),
+/// which no pod or node owns and every router discards. The pod's replies
+/// to it leave by its default route and are translated back at its host
+/// veth before any routing.
+pub const HAIRPIN_V6: Addr = Addr { bytes: [0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01] };
+
 impl DatapathConfig {
+    /// The hairpin source for a client of `client`'s family.
+    #[inline(always)]
+    pub fn hairpin_for(&self, client: &Addr) -> Addr {
+        if client.is_v4() {
+            self.hairpin_addr
+        } else {
+            HAIRPIN_V6
+        }
+    }
+
     /// The masquerade port range; the default one when the range is unset
     /// or empty (a configuration written before the range existed held
     /// zeroes there).

@@ -141,11 +141,13 @@ pub fn is_syn(tcp_flags: u8) -> bool {
 /// The source address a service flow's backend sees, and so the
 /// destination of its replies: the hairpin address when a pod reaches
 /// itself, the node address when the flow is masqueraded, else the
-/// client's own (`client`).
+/// client's own (`client`). The hairpin address is of the client's family
+/// (`DatapathConfig::hairpin_for`); a masqueraded flow is always of the
+/// node address's family (`frontend::masquerades`).
 #[inline(always)]
 pub fn backend_sees(flags: u8, cfg: &DatapathConfig, client: Addr) -> Addr {
     if flags & CT_F_HAIRPIN != 0 {
-        cfg.hairpin_addr
+        cfg.hairpin_for(&client)
     } else if flags & CT_F_MASQ != 0 {
         cfg.node_addr
     } else {
@@ -245,5 +247,18 @@ mod tests {
         assert_eq!(expires_in_s(&e, 50 * NS_PER_S), -9);
         assert_eq!(expiry_after(u64::MAX, 30), u32::MAX, "saturates rather than wrapping");
     }
-}
 
+    #[test]
+    fn a_hairpin_flow_is_answered_in_the_clients_family() {
+        let cfg = DatapathConfig::DEFAULT;
+        let v4 = Addr::from_v4_octets([10, 244, 0, 5]);
+        let mut b = [0u8; 16];
+        b[0] = 0xfd;
+        b[15] = 5;
+        let v6 = Addr { bytes: b };
+        assert_eq!(backend_sees(CT_F_HAIRPIN, &cfg, v4), cfg.hairpin_addr);
+        assert_eq!(backend_sees(CT_F_HAIRPIN, &cfg, v6), weir_common::config::HAIRPIN_V6);
+        assert!(!weir_common::config::HAIRPIN_V6.is_v4());
+        assert_eq!(backend_sees(0, &cfg, v6), v6);
+    }
+}

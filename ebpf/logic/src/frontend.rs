@@ -85,7 +85,9 @@ pub fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: 
         Origin::Outside => SVC_F_MASQ_REMOTE,
         Origin::Host => return false,
     };
-    svc.flags & want != 0 && cfg.node_addr != Addr::ZERO && *backend != cfg.node_addr
+    // The node address is of one family: a backend of the other is
+    // never masqueraded (it could not answer the node's address).
+    svc.flags & want != 0 && cfg.node_addr != Addr::ZERO && *backend != cfg.node_addr && backend.is_v4() == cfg.node_addr.is_v4()
 }
 
 #[cfg(test)]
@@ -137,5 +139,17 @@ mod tests {
         assert!(!masquerades(&svc(SVC_F_MASQ_REMOTE, 1), &cfg, &backend, Origin::Pod));
         let unknown = DatapathConfig { node_addr: Addr::ZERO, ..cfg };
         assert!(!masquerades(&both, &unknown, &backend, Origin::Outside));
+    }
+
+    #[test]
+    fn a_backend_of_the_other_family_than_the_node_address_is_never_masqueraded() {
+        let node = Addr::from_v4_raw(u32::from_ne_bytes([192, 168, 0, 1]));
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[15] = 5;
+        let cfg = DatapathConfig { node_addr: node, ..DatapathConfig::DEFAULT };
+        let both = svc(SVC_F_MASQ_LOCAL | SVC_F_MASQ_REMOTE, 1);
+        assert!(!masquerades(&both, &cfg, &Addr { bytes: v6 }, Origin::Outside));
+        assert!(!masquerades(&both, &cfg, &Addr { bytes: v6 }, Origin::Pod));
     }
 }

@@ -97,13 +97,20 @@ pub fn drop(ctx: &TcContext, pkt: &Ipv4Pkt, reason: u32) {
 #[inline(never)]
 pub fn dropped_flow(ctx: &TcContext, t: &Tuple, reason: DropReason) -> i32 {
     crate::errors::drop_reason(reason);
+    report_drop(ctx, t, reason as u32);
+    aya_ebpf::bindings::TC_ACT_SHOT as i32
+}
+
+/// Reports a packet of the flow `t` (either family) dropped or rejected
+/// for `reason` (monitor only; the caller counts it).
+#[inline(always)]
+pub fn report_drop(ctx: &TcContext, t: &Tuple, reason: u32) {
     if monitoring(now_ns()) {
         if let Some(e) = start(ctx, t, EVENT_DROP, VERDICT_DENY) {
-            e.reason = reason as u32;
+            e.reason = reason;
             let _ = MON_EVENTS.output::<DatapathEvent>(&*e, 0);
         }
     }
-    aya_ebpf::bindings::TC_ACT_SHOT as i32
 }
 
 /// Counts and reports a packet dropped for `reason`; returns the verdict.
@@ -148,6 +155,22 @@ pub fn dropped_frame(ctx: &TcContext, reason: DropReason) -> i32 {
 #[inline(never)]
 pub fn trace(ctx: &TcContext, pkt: &Ipv4Pkt) {
     let Some(e) = monitor_event(ctx, pkt, EVENT_TRACE, VERDICT_ALLOW) else { return };
+    trace_done(e);
+}
+
+/// [`trace`] for the flow `t` of either family.
+#[inline(never)]
+pub fn trace_flow(ctx: &TcContext, t: &Tuple) {
+    if !monitoring(now_ns()) {
+        return;
+    }
+    let Some(e) = start(ctx, t, EVENT_TRACE, VERDICT_ALLOW) else { return };
+    trace_done(e);
+}
+
+/// Adds the translation `lb::forward` chose to a trace event and sends it.
+#[inline(always)]
+fn trace_done(e: &mut DatapathEvent) {
     let Some(s) = scratch() else { return };
     e.nat_addr = s.fwd.nat_addr;
     e.nat_port = s.fwd.nat_port;

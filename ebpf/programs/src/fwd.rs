@@ -28,12 +28,15 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
+use weir_common::addr::Addr;
+
 use crate::{
     debug::{self, debug_on},
-    hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_TTL_OFF},
+    hdr::{Ipv4Pkt, Ipv6Pkt, IP6_HOP_LIMIT_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// [`redirect_v4`]'s answer for a packet with Don't Fragment set that is
 /// too big for its egress: this base plus the egress MTU.
@@ -92,10 +95,7 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
         }
         return TOO_BIG_BASE + mtu as i32;
     }
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        if debug_on() {
-            debug::note_fwd(debug::FWD_STACK, rc as u32);
-        }
+    if !routed(rc) {
         return TC_ACT_OK as i32;
     }
     if decrement_ttl(ctx, pkt).is_err() {
@@ -104,6 +104,81 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
         }
         return TC_ACT_OK as i32;
     }
+    deliver(ctx, p, rc)
+}
+
+/// IPv6 as [`redirect_v4`] forwards IPv4, the hop limit for the TTL. A
+/// packet too big for its egress goes up the stack, which answers with
+/// packet too big quoting the translated packet (translating that answer
+/// back through the service is not done yet).
+#[inline(never)]
+pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
+    if pkt.hop_limit <= 1 {
+        if debug_on() {
+            debug::note_fwd(debug::FWD_TTL, 0);
+        }
+        return TC_ACT_OK as i32;
+    }
+    let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    zero_params(&mut params);
+    // SAFETY: every byte was written; zero is valid for its integers and unions.
+    let p = unsafe { params.assume_init_mut() };
+    p.family = AF_INET6;
+    p.l4_protocol = pkt.t.proto;
+    p.sport = pkt.t.sport;
+    p.dport = pkt.t.dport;
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: as above.
+    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
+        p.__bindgen_anon_1.tot_len = pkt.end.wrapping_sub(IP_OFF as u16);
+    }
+    p.__bindgen_anon_3.ipv6_src = words(&pkt.t.saddr);
+    p.__bindgen_anon_4.ipv6_dst = words(&pkt.t.daddr);
+    // SAFETY: valid skb and params pointers, correct size.
+    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    if !routed(rc) {
+        return TC_ACT_OK as i32;
+    }
+    if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
+        if debug_on() {
+            debug::note_fwd(debug::FWD_FAILED, 0);
+        }
+        return TC_ACT_OK as i32;
+    }
+    deliver(ctx, p, rc)
+}
+
+/// An IPv6 address as the lookup takes it.
+#[inline(always)]
+fn words(a: &Addr) -> [u32; 4] {
+    let b = &a.bytes;
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// Whether the lookup found the egress (with or without its neighbour);
+/// otherwise the packet goes up the stack (noted for the debug log).
+#[inline(always)]
+fn routed(rc: i64) -> bool {
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        if debug_on() {
+            debug::note_fwd(debug::FWD_STACK, rc as u32);
+        }
+        return false;
+    }
+    true
+}
+
+/// Sends the packet to the egress the lookup found: with the neighbour's
+/// MAC written, or through the kernel's neighbour resolution when none is
+/// known yet.
+#[inline(always)]
+fn deliver(ctx: &TcContext, p: &bpf_fib_lookup, rc: i64) -> i32 {
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         if debug_on() {
             debug::note_fwd(debug::FWD_REDIRECT_NEIGH, p.ifindex);

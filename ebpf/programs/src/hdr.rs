@@ -27,6 +27,9 @@ pub const IP_TTL_OFF: usize = IP_OFF + 8;
 pub const IP_CSUM_OFF: usize = IP_OFF + 10;
 pub const IP_SADDR_OFF: usize = IP_OFF + 12;
 pub const IP_DADDR_OFF: usize = IP_OFF + 16;
+pub const IP6_HOP_LIMIT_OFF: usize = IP_OFF + 7;
+pub const IP6_SADDR_OFF: usize = IP_OFF + 8;
+pub const IP6_DADDR_OFF: usize = IP_OFF + 24;
 
 /// Not a fragment.
 pub const FRAG_NONE: u8 = 0;
@@ -197,7 +200,7 @@ pub fn parse_v6(ctx: &TcContext, out: &mut Ipv6Pkt) -> Result<(), DropReason> {
     out.t = Tuple { saddr, daddr, sport: 0, dport: 0, proto: upper.proto, tcp_flags: 0 };
     out.l4_off = l4 as u16;
     out.end = end as u16;
-    out.hop_limit = ctx.load::<u8>(IP_OFF + 7).map_err(|_| DropReason::Malformed)?;
+    out.hop_limit = ctx.load::<u8>(IP6_HOP_LIMIT_OFF).map_err(|_| DropReason::Malformed)?;
     out.icmp_type = 0;
     out.frag = FRAG_NONE;
     out.frag_id = 0;
@@ -240,8 +243,8 @@ pub fn parse_v6(ctx: &TcContext, out: &mut Ipv6Pkt) -> Result<(), DropReason> {
 /// The IPv6 source and destination of the frame (for IPv6 frames).
 #[inline(always)]
 pub fn v6_addrs(ctx: &TcContext) -> (Addr, Addr) {
-    let s = ctx.load::<[u8; 16]>(IP_OFF + 8).unwrap_or([0; 16]);
-    let d = ctx.load::<[u8; 16]>(IP_OFF + 24).unwrap_or([0; 16]);
+    let s = ctx.load::<[u8; 16]>(IP6_SADDR_OFF).unwrap_or([0; 16]);
+    let d = ctx.load::<[u8; 16]>(IP6_DADDR_OFF).unwrap_or([0; 16]);
     (Addr { bytes: s }, Addr { bytes: d })
 }
 

@@ -71,7 +71,10 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
             return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);
         }
     }
-    let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Outside);
+    let mut verdict = lb::forward(pkt, cfg, now);
+    if verdict == lb::OPEN {
+        verdict = lb::open(ctx, pkt, cfg, now, Origin::Outside);
+    }
     if verdict == lb::NEW_FLOW {
         if !lb::stage_new_flow(pkt) {
             return TC_ACT_SHOT as i32;
@@ -81,9 +84,15 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
             return TC_ACT_SHOT as i32;
         }
         events::trace(ctx, pkt);
-        let verdict = lb::commit(ctx, pkt, cfg);
+        let mut verdict = lb::commit(pkt, cfg);
+        if verdict == lb::TRANSLATE {
+            verdict = lb::translate(ctx, pkt, cfg);
+        }
         stats::north_south(if lb::dropped(verdict).is_some() { NS_DROPPED } else { NS_NEW });
         return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);
+    }
+    if verdict == lb::TRANSLATE {
+        verdict = lb::translate(ctx, pkt, cfg);
     }
     if let Some(reason) = lb::rejected(verdict) {
         stats::north_south(NS_REJECTED);

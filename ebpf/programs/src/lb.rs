@@ -1,6 +1,7 @@
 //! Service load balancing: frontend match, backend selection (conntrack,
 //! ClientIP affinity, Maglev or random), DNAT, and reverse NAT of replies.
 //! Selection logic is `weir_logic::select`, shared with `weir explain`.
+//! Written once for both address families, over `family::Packet`.
 //!
 //! A new flow's two entries are created with `BPF_NOEXIST`:
 //! - the reverse entry first: if its tuple (backend → client) is taken by
@@ -32,24 +33,34 @@ use crate::{
     conntrack::{self, alive, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
     debug::{self, debug_on, ep, trace_on},
     errors,
-    fwd::{redirect_v4, too_big},
-    hdr::Ipv4Pkt,
+    family::Packet,
+    fwd::too_big,
     maps::{read, scratch, AFFINITY, BACKENDS, FRONTENDS, LB_TABLE, SOURCE_RANGES},
-    nat::{dnat, mark_translated, snat},
+    nat::mark_translated,
     policy::Tuple,
 };
 
 /// Returned by [`reverse`] and [`forward`] when the packet is not theirs.
 pub const NOT_HANDLED: i32 = i32::MIN;
 
-/// Returned by [`forward`] for a new connection: the backend is chosen and
+/// Returned by [`forward`] for a packet of an existing flow, and by
+/// [`commit`]: the flow's translation is in scratch space; the caller
+/// runs [`translate`].
+pub const TRANSLATE: i32 = i32::MIN + 1001;
+
+/// Returned by [`forward`] for a packet that opens a new connection: the
+/// caller runs [`open`] (a call beside [`forward`], not under it, for the
+/// stack).
+pub const OPEN: i32 = i32::MIN + 1002;
+
+/// Returned by [`open`] for a new connection: the backend is chosen and
 /// the conntrack entries are prepared in scratch space, but nothing is
 /// written until the caller has asked the policy and called [`commit`].
-/// (Keeping the policy call out of `forward` keeps the BPF call chain
+/// (Keeping the policy call out of `open` keeps the BPF call chain
 /// within its 512-byte stack.)
 pub const NEW_FLOW: i32 = i32::MIN + 1000;
 
-/// [`forward`] and [`commit`] ask their caller to reject (answer) or drop
+/// [`forward`], [`open`] and [`commit`] ask their caller to reject (answer) or drop
 /// the packet with a reason. The caller runs `reject` at the top of the
 /// call chain, where its stack frame fits the 512-byte combined BPF limit.
 const REJECT_BASE: i32 = i32::MIN + 1;
@@ -93,21 +104,20 @@ pub fn dropped(verdict: i32) -> Option<DropReason> {
 /// fragmentation needed sent `back` (`reject::BACK_*`); any other verdict
 /// passes through.
 #[inline(always)]
-pub fn settle(ctx: &TcContext, pkt: &Ipv4Pkt, verdict: i32, back: u32) -> i32 {
+pub fn settle<P: Packet>(ctx: &TcContext, pkt: &P, verdict: i32, back: u32) -> i32 {
     if let Some(mtu) = too_big(verdict) {
-        crate::events::drop(ctx, pkt, DropReason::FragNeeded as u32);
-        return crate::reject::too_big(ctx, pkt, mtu, back);
+        return pkt.too_big(ctx, mtu, back);
     }
     match dropped(verdict) {
-        Some(reason) => crate::events::dropped(ctx, pkt, reason),
+        Some(reason) => pkt.dropped(ctx, reason),
         None => verdict,
     }
 }
 
 /// Whether `addr` is a service IP (any port).
 #[inline(never)]
-pub fn is_vip(addr: u32) -> bool {
-    let k = FrontendKey { addr: Addr::from_v4_raw(addr), port: 0, proto: 0, scope: SCOPE_INTERNAL };
+pub fn is_vip(addr: &Addr) -> bool {
+    let k = FrontendKey { addr: *addr, port: 0, proto: 0, scope: SCOPE_INTERNAL };
     FRONTENDS.get_ptr(&k).is_some()
 }
 
@@ -125,19 +135,17 @@ fn fwd_key_of(rev: &CtEntry, proto: u8) -> CtKey {
 /// source: only the backend's own link (or the node itself) can send from
 /// the backend's address.
 #[inline(never)]
-pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64, how: u32) -> i32 {
+pub fn reverse<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, now: u64, how: u32) -> i32 {
     // A SYN opens a connection; it is never a reply.
-    if pkt.proto == PROTO_TCP && is_syn(pkt.tcp_flags) {
+    if pkt.proto() == PROTO_TCP && is_syn(pkt.tcp_flags()) {
         return NOT_HANDLED;
     }
     let Some(s) = scratch() else { return NOT_HANDLED };
-    let orig = Untranslated::of(pkt);
-    let (src, dst) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
-    s.rkey = key(src, dst, pkt.sport, pkt.dport, pkt.proto, CT_SVC_REV);
+    s.rkey = key(P::wide(pkt.saddr()), P::wide(pkt.daddr()), pkt.sport(), pkt.dport(), pkt.proto(), CT_SVC_REV);
     let Some(e) = conntrack::lookup(&s.rkey) else { return NOT_HANDLED };
     // SAFETY: map value pointer; copied out before any other map call.
     copy_entry(&mut s.rev, e);
-    s.fkey = fwd_key_of(&s.rev, pkt.proto);
+    s.fkey = fwd_key_of(&s.rev, pkt.proto());
     let twin = conntrack::lookup(&s.fkey);
     // SAFETY: map value pointer, read only.
     let twin_alive = twin.is_some_and(|t| is_alive(unsafe { &*t }, now));
@@ -147,55 +155,67 @@ pub fn reverse(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     // A SYN-ACK over a finished flow answers a new handshake that did not
     // go through the service (a direct connection reusing the tuple): the
     // stale entry must not rewrite it. Only the backend can send this.
-    let synack = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
+    let synack = pkt.proto() == PROTO_TCP && pkt.tcp_flags() & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     if synack && (s.rev.state == CT_STATE_CLOSING || s.rev.state == CT_STATE_CLOSED) {
         remove(&s.rkey);
         return NOT_HANDLED;
     }
-    let changed = touch(e, cfg, pkt.proto, pkt.tcp_flags, DIR_REPLY, now);
+    let changed = touch(e, cfg, pkt.proto(), pkt.tcp_flags(), DIR_REPLY, now);
     match twin {
         Some(_) if changed => sync_twin(&s.fkey, e),
         Some(_) => {}
-        None => rebuild_fwd(e, pkt),
+        None => rebuild_fwd(e),
     }
-    if snat(ctx, pkt, s.rev.nat_addr.v4_raw(), s.rev.nat_port).is_err() {
+    keep_untranslated(pkt);
+    if pkt.snat(ctx, &s.rev.nat_addr, s.rev.nat_port).is_err() {
         return reject_malformed();
     }
-    let to = if source_translated(s.rev.flags) { s.rev.orig_addr.v4_raw() } else { pkt.daddr };
-    if dnat(ctx, pkt, to, s.rev.orig_port).is_err() {
+    // The reply goes to the client's own address (`orig_addr`): the backend
+    // answered what it saw (the hairpin or node address) when the flow's
+    // source was translated, and the client's address (a no-op) otherwise.
+    if pkt.dnat(ctx, &s.rev.orig_addr, s.rev.orig_port).is_err() {
         return reject_malformed();
     }
     mark_translated(ctx);
     if how == REVERSE_IN_PLACE {
         if debug_on() {
-            log_nat(debug::NAT_REPLY, &orig, pkt);
+            log_nat(debug::NAT_REPLY, pkt);
         }
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     }
-    forward_or_restore(ctx, pkt, &orig, debug::NAT_REPLY)
+    forward_or_restore(ctx, pkt, debug::NAT_REPLY)
 }
 
-/// A packet's addresses and ports before translation.
-#[derive(Clone, Copy)]
-struct Untranslated {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-}
-
-impl Untranslated {
-    #[inline(always)]
-    fn of(pkt: &Ipv4Pkt) -> Self {
-        Self { saddr: pkt.saddr, daddr: pkt.daddr, sport: pkt.sport, dport: pkt.dport }
+/// Keeps the packet's addresses and ports before translation in scratch
+/// space (`orig`), to undo it or log it.
+#[inline(always)]
+fn keep_untranslated<P: Packet>(pkt: &P) {
+    if let Some(s) = scratch() {
+        s.orig.saddr = P::wide(pkt.saddr());
+        s.orig.daddr = P::wide(pkt.daddr());
+        s.orig.sport = pkt.sport();
+        s.orig.dport = pkt.dport();
     }
 }
 
-/// The debug log of a rewrite (`nat`: `debug::NAT_*`), `orig` before and
-/// `pkt` after.
+/// A packet's address and port in one debug-log argument.
 #[inline(always)]
-fn log_nat(nat: u32, orig: &Untranslated, pkt: &Ipv4Pkt) {
-    debug::weir_log_nat(nat, ep(orig.saddr, orig.sport), ep(orig.daddr, orig.dport), ep(pkt.saddr, pkt.sport), ep(pkt.daddr, pkt.dport));
+fn ep_of<P: Packet>(a: P::A, port: u16) -> u64 {
+    ep(P::log_addr(a), port)
+}
+
+/// The debug log of a rewrite (`nat`: `debug::NAT_*`), from what
+/// [`keep_untranslated`] kept to `pkt`.
+#[inline(always)]
+fn log_nat<P: Packet>(nat: u32, pkt: &P) {
+    let Some(s) = scratch() else { return };
+    debug::weir_log_nat(
+        nat,
+        ep_of::<P>(P::narrow(&s.orig.saddr), s.orig.sport),
+        ep_of::<P>(P::narrow(&s.orig.daddr), s.orig.dport),
+        ep_of::<P>(pkt.saddr(), pkt.sport()),
+        ep_of::<P>(pkt.daddr(), pkt.dport()),
+    );
 }
 
 /// Forwards the translated packet; one too big for its egress with Don't
@@ -204,14 +224,15 @@ fn log_nat(nat: u32, orig: &Untranslated, pkt: &Ipv4Pkt) {
 /// debug logs on, logs the rewrite (`nat`: `debug::NAT_*`) and where the
 /// packet went, behind one guard (this runs for every translated packet).
 #[inline(always)]
-fn forward_or_restore(ctx: &TcContext, pkt: &mut Ipv4Pkt, orig: &Untranslated, nat: u32) -> i32 {
-    let verdict = redirect_v4(ctx, pkt);
+fn forward_or_restore<P: Packet>(ctx: &TcContext, pkt: &mut P, nat: u32) -> i32 {
+    let verdict = pkt.redirect(ctx);
     if debug_on() {
-        log_nat(nat, orig, pkt);
-        debug::weir_log_fwd(pkt.daddr);
+        log_nat(nat, pkt);
+        debug::weir_log_fwd(P::log_addr(pkt.daddr()));
     }
     if too_big(verdict).is_some() {
-        if snat(ctx, pkt, orig.saddr, orig.sport).is_err() || dnat(ctx, pkt, orig.daddr, orig.dport).is_err() {
+        let Some(s) = scratch() else { return reject_malformed() };
+        if pkt.snat(ctx, &s.orig.saddr, s.orig.sport).is_err() || pkt.dnat(ctx, &s.orig.daddr, s.orig.dport).is_err() {
             return reject_malformed();
         }
         // The answer is no translated packet.
@@ -226,14 +247,15 @@ pub const REVERSE_REDIRECT: u32 = 0;
 pub const REVERSE_IN_PLACE: u32 = 1;
 
 /// The forward half of a live flow is gone (evicted): rebuild it from
-/// the reverse half, so the client's next packet keeps its backend.
+/// the reverse half (met by the reply whose key is `scratch().rkey`), so
+/// the client's next packet keeps its backend.
 #[inline(never)]
-fn rebuild_fwd(rev: *const CtEntry, pkt: &Ipv4Pkt) {
+fn rebuild_fwd(rev: *const CtEntry) {
     let Some(s) = scratch() else { return };
     copy_entry(&mut s.fwd, rev);
-    s.fwd.nat_addr = Addr::from_v4_raw(pkt.saddr);
-    s.fwd.nat_port = pkt.sport;
-    s.fwd.orig_port = pkt.dport;
+    s.fwd.nat_addr = s.rkey.saddr;
+    s.fwd.nat_port = s.rkey.sport;
+    s.fwd.orig_port = s.rkey.dport;
     if create(&s.fkey, &s.fwd).is_ok() {
         stat(CtStat::HalfRebuilt);
     }
@@ -257,10 +279,10 @@ pub const FRONT_OTHER: u32 = 2;
 /// [`reverse`], so that a packet to a ClusterIP, the common case, pays no
 /// conntrack lookup for a reply it cannot be.
 #[inline(never)]
-pub fn frontend(pkt: &Ipv4Pkt, origin: Origin) -> u32 {
+pub fn frontend<P: Packet>(pkt: &P, origin: Origin) -> u32 {
     let Some(s) = scratch() else { return FRONT_NONE };
     s.front = FRONT_NONE;
-    s.frontend = FrontendKey { addr: Addr::from_v4_raw(pkt.daddr), port: pkt.dport, proto: pkt.proto, scope: SCOPE_INTERNAL };
+    s.frontend = FrontendKey { addr: P::wide(pkt.daddr()), port: pkt.dport(), proto: pkt.proto(), scope: SCOPE_INTERNAL };
     let Some(svc) = read(FRONTENDS.get_ptr(&s.frontend)) else { return FRONT_NONE };
     s.svc = svc;
     // A split frontend (externalTrafficPolicy: Local) serves traffic from
@@ -275,55 +297,55 @@ pub fn frontend(pkt: &Ipv4Pkt, origin: Origin) -> u32 {
     s.front
 }
 
-/// A packet to a service frontend: pick (or recall) the backend and DNAT.
-/// Traffic to a service IP on a port it does not serve is rejected.
-/// `origin` (a pod, or outside the node) decides whether a new flow is
-/// masqueraded. [`frontend`] has looked the packet's frontend up.
+/// A packet to a service frontend ([`frontend`] has looked it up): a
+/// packet of a live flow keeps its backend ([`TRANSLATE`]); one that
+/// opens a flow goes to [`open`] ([`OPEN`]). Traffic to a service IP on a
+/// port it does not serve is rejected.
 #[inline(never)]
-pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u64, origin: Origin) -> i32 {
+pub fn forward<P: Packet>(pkt: &P, cfg: &DatapathConfig, now: u64) -> i32 {
     let Some(s) = scratch() else { return NOT_HANDLED };
-    let (client, vip) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
     let svc: Service = match s.front {
         FRONT_CLUSTER_IP | FRONT_OTHER => s.svc,
         _ => {
-            s.frontend = FrontendKey { addr: vip, port: 0, proto: 0, scope: SCOPE_INTERNAL };
+            s.frontend = FrontendKey { addr: P::wide(pkt.daddr()), port: 0, proto: 0, scope: SCOPE_INTERNAL };
             if FRONTENDS.get_ptr(&s.frontend).is_some() {
                 s.svc_flags = 0; // only ClusterIPs mark their address
                 if debug_on() {
-                    debug::weir_log_lb_unknown_port(ep(pkt.daddr, pkt.dport), pkt.proto as u32);
+                    debug::weir_log_lb_unknown_port(ep_of::<P>(pkt.daddr(), pkt.dport()), pkt.proto() as u32);
                 }
                 return reject_with(DropReason::UnknownServicePort);
             }
             if trace_on() {
-                debug::weir_log_lb_miss(ep(pkt.daddr, pkt.dport), pkt.proto as u32);
+                debug::weir_log_lb_miss(ep_of::<P>(pkt.daddr(), pkt.dport()), pkt.proto() as u32);
             }
             return NOT_HANDLED;
         }
     };
     s.svc_flags = svc.flags;
-    s.fkey = key(client, vip, pkt.sport, pkt.dport, pkt.proto, CT_SVC_FWD);
+    // The client and the service address are read from the key from here on.
+    s.fkey = key(P::wide(pkt.saddr()), P::wide(pkt.daddr()), pkt.sport(), pkt.dport(), pkt.proto(), CT_SVC_FWD);
 
     // An existing flow keeps its backend while the backend exists, unless
     // a SYN reopens a finished flow.
     if let Some(e) = conntrack::lookup(&s.fkey) {
         copy_entry(&mut s.fwd, e);
-        s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
+        s.rkey = rev_key(&s.fwd, cfg, pkt.proto());
         let twin = conntrack::lookup(&s.rkey);
         // SAFETY: map value pointer, read only.
         let live = is_alive(&s.fwd, now) || twin.is_some_and(|t| is_alive(unsafe { &*t }, now));
         let reuse = live
             && s.fwd.svc_id == svc.id
             && backend_matches(s.fwd.backend_id, &s.fwd)
-            && !reopens(pkt.proto, s.fwd.state, pkt.tcp_flags);
+            && !reopens(pkt.proto(), s.fwd.state, pkt.tcp_flags());
         if reuse {
-            let changed = touch(e, cfg, pkt.proto, pkt.tcp_flags, DIR_ORIG, now);
+            let changed = touch(e, cfg, pkt.proto(), pkt.tcp_flags(), DIR_ORIG, now);
             match twin {
                 Some(_) if changed => sync_twin(&s.rkey, e),
                 Some(_) => {}
-                None => rebuild_rev(e, vip, pkt.dport, pkt.sport),
+                None => rebuild_rev(e),
             }
             // `s.fwd` still holds the translation (only the state moved).
-            return translate(ctx, pkt, cfg);
+            return TRANSLATE;
         }
     }
 
@@ -331,39 +353,51 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     if pkt.later_fragment() {
         return drop_with(DropReason::FragmentUnknown);
     }
-    if let Some(refusal) = refuse_new(&svc, || in_source_ranges(svc.id, pkt.saddr)) {
+    OPEN
+}
+
+/// A new connection to the frontend [`forward`] matched (it returned
+/// [`OPEN`]): refuse it as kube-proxy would, or choose its backend and
+/// prepare its conntrack entries in scratch space ([`NEW_FLOW`]).
+/// `origin` (a pod, or outside the node) decides whether it is
+/// masqueraded.
+#[inline(never)]
+pub fn open<P: Packet>(ctx: &TcContext, pkt: &P, cfg: &DatapathConfig, now: u64, origin: Origin) -> i32 {
+    let Some(s) = scratch() else { return NOT_HANDLED };
+    let svc = s.svc;
+    if let Some(refusal) = refuse_new(&svc, || in_source_ranges(svc.id, &s.fkey.saddr)) {
         let (verdict, reason) = match refusal {
             Refusal::Drop(reason) => (drop_with(reason), reason),
             Refusal::Reject(reason) => (reject_with(reason), reason),
         };
         if debug_on() {
-            debug::weir_log_lb_refused(ep(pkt.saddr, pkt.sport), svc.id, reason as u32);
+            debug::weir_log_lb_refused(ep_of::<P>(pkt.saddr(), pkt.sport()), svc.id, reason as u32);
         }
         return verdict;
     }
     let backend_id = select(&svc, pkt, now, &mut s.backend);
     if backend_id == NO_BACKEND {
         if debug_on() {
-            debug::weir_log_lb_no_backend(ep(pkt.daddr, pkt.dport), pkt.proto as u32, svc.id);
+            debug::weir_log_lb_no_backend(ep_of::<P>(pkt.daddr(), pkt.dport()), pkt.proto() as u32, svc.id);
         }
         return reject_with(DropReason::NoEndpoints);
     }
     if debug_on() {
-        let chosen = ep(s.backend.addr.v4_raw(), s.backend.port);
-        debug::weir_log_lb_backend(ep(pkt.daddr, pkt.dport), ep(pkt.saddr, pkt.sport), chosen, svc.id, backend_id);
+        let chosen = ep_of::<P>(P::narrow(&s.backend.addr), s.backend.port);
+        debug::weir_log_lb_backend(ep_of::<P>(pkt.daddr(), pkt.dport()), ep_of::<P>(pkt.saddr(), pkt.sport()), chosen, svc.id, backend_id);
     }
-    let st = first(pkt.proto, pkt.tcp_flags);
+    let st = first(pkt.proto(), pkt.tcp_flags());
     clear_entry(&mut s.fwd);
     s.fwd.expires_s = weir_logic::ct::expiry(cfg, st.state, now);
     s.fwd.nat_addr = s.backend.addr;
-    s.fwd.orig_addr = client;
+    s.fwd.orig_addr = s.fkey.saddr;
     s.fwd.backend_id = backend_id;
     s.fwd.svc_id = svc.id;
     s.fwd.nat_port = s.backend.port;
-    s.fwd.orig_port = pkt.sport;
+    s.fwd.orig_port = pkt.sport();
     s.fwd.state = st.state;
     s.fwd.flags = st.flags;
-    if s.backend.addr == client {
+    if s.backend.addr == s.fkey.saddr {
         s.fwd.flags |= CT_F_HAIRPIN;
     } else if masquerades(&svc, cfg, &s.backend.addr, origin) {
         s.fwd.flags |= CT_F_MASQ;
@@ -374,18 +408,18 @@ pub fn forward(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig, now: u6
     // SAFETY: the context pointer is valid for the program's lifetime.
     s.fwd.owner = if origin == Origin::Outside { 0 } else { unsafe { (*ctx.skb.skb).ifindex } };
     copy_entry(&mut s.rev, &s.fwd);
-    s.rev.nat_addr = vip;
-    s.rev.nat_port = pkt.dport;
-    s.rev.orig_port = pkt.sport;
-    s.rkey = rev_key(&s.fwd, cfg, pkt.proto);
+    s.rev.nat_addr = s.fkey.daddr;
+    s.rev.nat_port = pkt.dport();
+    s.rev.orig_port = pkt.sport();
+    s.rkey = rev_key(&s.fwd, cfg, pkt.proto());
     NEW_FLOW
 }
 
 /// Whether `client` is inside one of service `svc_id`'s source ranges.
 #[inline(never)]
-fn in_source_ranges(svc_id: u32, client: u32) -> bool {
-    // The service id (32 bits) and the whole v4-mapped address (128).
-    let k = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, SourceRangeKey { svc_id, addr: Addr::from_v4_raw(client) });
+fn in_source_ranges(svc_id: u32, client: &Addr) -> bool {
+    // The service id (32 bits) and the whole address (128; IPv4 mapped).
+    let k = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, SourceRangeKey { svc_id, addr: *client });
     SOURCE_RANGES.get(&k).is_some()
 }
 
@@ -402,14 +436,15 @@ fn masq_port(cfg: &DatapathConfig) -> u16 {
 }
 
 /// The reverse half of a live flow is gone (evicted): rebuild it from the
-/// forward half, so the backend's replies are still translated.
+/// forward half (met by the packet whose key is `scratch().fkey`), so the
+/// backend's replies are still translated.
 #[inline(never)]
-fn rebuild_rev(fwd: *const CtEntry, vip: Addr, vport: u16, cport: u16) {
+fn rebuild_rev(fwd: *const CtEntry) {
     let Some(s) = scratch() else { return };
     copy_entry(&mut s.rev, fwd);
-    s.rev.nat_addr = vip;
-    s.rev.nat_port = vport;
-    s.rev.orig_port = cport;
+    s.rev.nat_addr = s.fkey.daddr;
+    s.rev.nat_port = s.fkey.dport;
+    s.rev.orig_port = s.fkey.sport;
     if create(&s.rkey, &s.rev).is_ok() {
         stat(CtStat::HalfRebuilt);
     }
@@ -419,16 +454,17 @@ fn rebuild_rev(fwd: *const CtEntry, vip: Addr, vport: u16, cport: u16) {
 /// translated (client → backend) for the policy decision
 /// (`policy::allow_staged`); false without scratch space.
 #[inline(always)]
-pub fn stage_new_flow(pkt: &Ipv4Pkt) -> bool {
+pub fn stage_new_flow<P: Packet>(pkt: &P) -> bool {
     let Some(s) = scratch() else { return false };
-    s.judge_tuple = Tuple { saddr: Addr::from_v4_raw(pkt.saddr), daddr: s.fwd.nat_addr, sport: pkt.sport, dport: s.fwd.nat_port, proto: pkt.proto, tcp_flags: pkt.tcp_flags };
+    s.judge_tuple = Tuple { saddr: P::wide(pkt.saddr()), daddr: s.fwd.nat_addr, sport: pkt.sport(), dport: s.fwd.nat_port, proto: pkt.proto(), tcp_flags: pkt.tcp_flags() };
     true
 }
 
-/// Creates the conntrack entries of the new flow [`forward`] prepared and
-/// translates its first packet. Runs only once the policy allowed it.
+/// Creates the conntrack entries of the new flow [`forward`] prepared
+/// ([`TRANSLATE`] then translates its first packet). Runs only once the
+/// policy allowed it.
 #[inline(never)]
-pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
+pub fn commit<P: Packet>(pkt: &P, cfg: &DatapathConfig) -> i32 {
     let Some(s) = scratch() else { return drop_with(DropReason::CtFull) };
     if !within_quota(cfg, s.fwd.owner) {
         return drop_with(DropReason::CtQuota);
@@ -453,7 +489,7 @@ pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
             let now = conntrack::now_ns();
             let stale = !is_alive(&s.other, now)
                 || s.other.svc_id != s.fwd.svc_id
-                || reopens(pkt.proto, s.other.state, pkt.tcp_flags)
+                || reopens(pkt.proto(), s.other.state, pkt.tcp_flags())
                 || !backend_matches(s.other.backend_id, &s.other);
             if stale {
                 if replace(&s.fkey, &s.fwd).is_err() {
@@ -462,7 +498,7 @@ pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
                 }
             } else {
                 // The winner's flow stands: ours goes.
-                let theirs = rev_key(&s.other, cfg, pkt.proto);
+                let theirs = rev_key(&s.other, cfg, pkt.proto());
                 if theirs != s.rkey {
                     remove(&s.rkey);
                 }
@@ -470,7 +506,7 @@ pub fn commit(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
             }
         }
     }
-    translate(ctx, pkt, cfg)
+    TRANSLATE
 }
 
 const CLAIM_OK: u32 = 0;
@@ -555,21 +591,30 @@ pub(crate) fn backend_matches(id: u32, entry: &CtEntry) -> bool {
 }
 
 /// Applies the forward translation of the flow in `scratch().fwd` and
-/// forwards the packet.
+/// forwards the packet. The callers of [`forward`] and [`commit`] run it
+/// when they return [`TRANSLATE`] (not those two themselves: a call
+/// beside them, not under them, keeps the call chain within the BPF
+/// stack).
 #[inline(never)]
-fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt, cfg: &DatapathConfig) -> i32 {
+pub fn translate<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig) -> i32 {
     let Some(s) = scratch() else { return reject_malformed() };
-    let orig = Untranslated::of(pkt);
-    let (to, to_port, from_port, flags) = (s.fwd.nat_addr.v4_raw(), s.fwd.nat_port, s.fwd.orig_port, s.fwd.flags);
-    if dnat(ctx, pkt, to, to_port).is_err() {
+    keep_untranslated(pkt);
+    if pkt.dnat(ctx, &s.fwd.nat_addr, s.fwd.nat_port).is_err() {
         return reject_malformed();
     }
-    let from = if source_translated(flags) { backend_sees(flags, cfg, Addr::ZERO).v4_raw() } else { pkt.saddr };
-    if snat(ctx, pkt, from, from_port).is_err() {
+    // The client's own address, or what the backend sees instead.
+    let sees;
+    let from = if source_translated(s.fwd.flags) {
+        sees = backend_sees(s.fwd.flags, cfg, s.fwd.orig_addr);
+        &sees
+    } else {
+        &s.fwd.orig_addr
+    };
+    if pkt.snat(ctx, from, s.fwd.orig_port).is_err() {
         return reject_malformed();
     }
     mark_translated(ctx);
-    forward_or_restore(ctx, pkt, &orig, debug::NAT_SERVICE)
+    forward_or_restore(ctx, pkt, debug::NAT_SERVICE)
 }
 
 #[inline(always)]
@@ -585,19 +630,19 @@ const NO_BACKEND: u32 = 0;
 /// selection table. Writes the backend to `out` and returns its id, or
 /// [`NO_BACKEND`]. (BPF subprograms cannot return aggregates.)
 #[inline(always)]
-fn select(svc: &Service, pkt: &Ipv4Pkt, now: u64, out: &mut Backend) -> u32 {
-    let (client, vip) = (Addr::from_v4_raw(pkt.saddr), Addr::from_v4_raw(pkt.daddr));
-    let hash = flow_hash(&client, &vip, pkt.sport, pkt.dport, pkt.proto);
-    select_backend(svc, pkt.saddr, hash, now, out)
+fn select<P: Packet>(svc: &Service, pkt: &P, now: u64, out: &mut Backend) -> u32 {
+    let Some(s) = scratch() else { return NO_BACKEND };
+    // The client and the service address as [`forward`] keyed them.
+    let hash = flow_hash(&s.fkey.saddr, &s.fkey.daddr, pkt.sport(), pkt.dport(), pkt.proto());
+    select_backend(svc, &s.fkey.saddr, hash, now, out)
 }
 
-/// [`select`] for a client address (IPv4, network order) and a flow hash:
-/// also used by the socket-level path, which hashes nothing (no source
-/// port exists at connect time) and passes a random value.
+/// [`select`] for a client address and a flow hash: also used by the
+/// socket-level path, which hashes nothing (no source port exists at
+/// connect time) and passes a random value.
 #[inline(never)]
-pub fn select_backend(svc: &Service, client_v4: u32, hash: u32, now: u64, out: &mut Backend) -> u32 {
-    let client = Addr::from_v4_raw(client_v4);
-    let akey = AffinityKey { svc_id: svc.id, client };
+pub fn select_backend(svc: &Service, client: &Addr, hash: u32, now: u64, out: &mut Backend) -> u32 {
+    let akey = AffinityKey { svc_id: svc.id, client: *client };
     if has_affinity(svc) {
         if let Some(a) = AFFINITY.get_ptr_mut(&akey) {
             // SAFETY: map value pointer.

@@ -176,6 +176,9 @@ pub struct Scratch {
     pub other: CtEntry,
     /// The header an ICMP error quotes.
     pub icmp_inner: crate::icmp::Inner,
+    /// A packet's addresses and ports before `lb` translated it (to undo
+    /// the translation, or log it).
+    pub orig: crate::hdr::Tuple,
     /// The IPv6 packet the pod hooks judge (`pod_v6`).
     pub v6: crate::hdr::Ipv6Pkt,
     /// The flags of the frontend `lb::forward` matched last.

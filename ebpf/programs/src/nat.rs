@@ -5,14 +5,24 @@
 //! lives in the first fragment, which is rewritten for the whole). An
 //! ICMP echo's identifier stands in for both ports (as `hdr` parses it);
 //! its checksum covers no pseudo-header.
+//!
+//! IPv6 has no header checksum: an address rewrite updates the TCP or
+//! UDP checksum's pseudo-header by the difference of the two 16-byte
+//! addresses (`bpf_csum_diff`). A UDP checksum that comes out zero is
+//! written as 0xffff (BPF_F_MARK_MANGLED_0): over IPv6 a zero UDP
+//! checksum means none, which receivers drop.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_csum_diff,
     programs::TcContext,
 };
-use weir_common::lb::{PROTO_ICMP, PROTO_UDP};
+use weir_common::{
+    addr::Addr,
+    lb::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+};
 
-use crate::hdr::{Ipv4Pkt, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
+use crate::hdr::{Ipv4Pkt, Ipv6Pkt, IP6_DADDR_OFF, IP6_SADDR_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
 
 #[inline(always)]
 fn l4_flags(pkt: &Ipv4Pkt) -> u64 {
@@ -67,6 +77,73 @@ pub fn snat(ctx: &TcContext, pkt: &mut Ipv4Pkt, addr: u32, port: u16) -> Result<
     if pkt.proto == PROTO_ICMP {
         pkt.dport = port;
     }
+    Ok(())
+}
+
+/// Whether an IPv6 packet's TCP or UDP header (with its checksum) is in
+/// this packet.
+#[inline(always)]
+fn v6_l4_csum(p: &Ipv6Pkt) -> Option<usize> {
+    if p.later_fragment() {
+        return None;
+    }
+    match p.t.proto {
+        PROTO_TCP => Some(p.l4_off as usize + 16),
+        PROTO_UDP => Some(p.l4_off as usize + 6),
+        _ => None,
+    }
+}
+
+/// Rewrites the IPv6 source or destination address (a call of its own:
+/// the 16-byte addresses stay where they are, in scratch space).
+#[inline(never)]
+fn rewrite_addr6(ctx: &TcContext, p: &Ipv6Pkt, off: usize, old: &Addr, new: &Addr) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    if let Some(csum_off) = v6_l4_csum(p) {
+        // SAFETY: both pointers are to 16 readable bytes; the helper only
+        // reads them.
+        let diff = unsafe { bpf_csum_diff(old.bytes.as_ptr() as *mut u32, 16, new.bytes.as_ptr() as *mut u32, 16, 0) };
+        if diff < 0 {
+            return Err(());
+        }
+        let mangled = if p.t.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        ctx.l4_csum_replace(csum_off, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | mangled).map_err(|_| ())?;
+    }
+    ctx.store(off, &new.bytes, 0).map_err(|_| ())
+}
+
+/// Rewrites an IPv6 packet's TCP or UDP port (`port_off` 0 = source,
+/// 2 = destination).
+#[inline(always)]
+fn rewrite_port6(ctx: &TcContext, p: &Ipv6Pkt, port_off: usize, old: u16, new: u16) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    let Some(csum_off) = v6_l4_csum(p) else { return Ok(()) };
+    let mangled = if p.t.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, mangled | 2).map_err(|_| ())?;
+    ctx.store(p.l4_off as usize + port_off, &new, 0).map_err(|_| ())
+}
+
+/// [`dnat`] for IPv6 (TCP and UDP).
+#[inline(always)]
+pub fn dnat6(ctx: &TcContext, p: &mut Ipv6Pkt, addr: &Addr, port: u16) -> Result<(), ()> {
+    rewrite_addr6(ctx, p, IP6_DADDR_OFF, &p.t.daddr, addr)?;
+    rewrite_port6(ctx, p, 2, p.t.dport, port)?;
+    p.t.daddr = *addr;
+    p.t.dport = port;
+    Ok(())
+}
+
+/// [`snat`] for IPv6 (TCP and UDP).
+#[inline(always)]
+pub fn snat6(ctx: &TcContext, p: &mut Ipv6Pkt, addr: &Addr, port: u16) -> Result<(), ()> {
+    rewrite_addr6(ctx, p, IP6_SADDR_OFF, &p.t.saddr, addr)?;
+    rewrite_port6(ctx, p, 0, p.t.sport, port)?;
+    p.t.saddr = *addr;
+    p.t.sport = port;
     Ok(())
 }
 

@@ -18,8 +18,10 @@
 //!   ICMPv6 errors must quote a flow the policy allowed; fragments ride
 //!   their first fragment's ports (`frag`).
 //!
-//! Services over IPv6 (DNAT, reverse NAT, rejects) are not translated
-//! here yet: an IPv6 service address is judged as any other peer.
+//! A pod's TCP and UDP go through the service step first (`service`,
+//! shared with IPv4): replies of service flows are reverse-NATed, packets
+//! to an IPv6 frontend are load-balanced, and what a service cannot take
+//! is refused (a TCP RST or ICMPv6 port unreachable).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -29,7 +31,9 @@ use weir_common::{addr::Addr, drop::DropReason};
 use weir_logic::ipv6::{self, IPV6_HLEN};
 
 use crate::{
-    conntrack, events, frag,
+    conntrack, events,
+    family::Packet,
+    frag, lb, service,
     hdr::{self, Ipv6Pkt, Tuple, FRAG_FIRST, FRAG_NONE, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PROTO_ICMPV6},
     maps::scratch,
     policy, source,
@@ -191,11 +195,27 @@ fn flow(ctx: &TcContext, p: &mut Ipv6Pkt, to_pod_side: bool) -> i32 {
         frag::prepare_flow(&p.t, p.frag_id);
     }
     let now = conntrack::now_ns();
-    let verdict = if to_pod_side { policy::flow_to_pod(ctx, &p.t, later, now) } else { policy::flow_from_pod(ctx, &p.t, later, now) };
+    let verdict = if to_pod_side { policy::flow_to_pod(ctx, &p.t, later, now) } else { sent(ctx, p, later, now) };
     if first && verdict != TC_ACT_SHOT as i32 {
         frag::commit();
     }
     verdict
+}
+
+/// A flow's packet from the pod: the service step, then (for a packet
+/// that is no service's) the pod's policy.
+#[inline(always)]
+fn sent(ctx: &TcContext, p: &mut Ipv6Pkt, later: bool, now: u64) -> i32 {
+    if p.is_tcp_udp() {
+        let Some(cfg) = conntrack::config() else { return TC_ACT_SHOT as i32 };
+        let verdict = service::from_pod(ctx, p, cfg, now);
+        if verdict != lb::NOT_HANDLED {
+            return verdict;
+        }
+    } else if let Some(verdict) = service::unsupported_to_vip(ctx, p) {
+        return verdict;
+    }
+    policy::flow_from_pod(ctx, &p.t, later, now)
 }
 
 /// An ICMPv6 error. It goes to the sender of the packet it quotes (and,

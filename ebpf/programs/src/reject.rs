@@ -7,6 +7,10 @@
 //! delivered straight into the sending pod (`bpf_redirect_peer`), so the
 //! pod's own ingress policy never sees the answer to its own packet: a
 //! client under default-deny ingress still fails at once.
+//!
+//! IPv6 is answered the same way ([`reject6`]): a TCP RST, or ICMPv6
+//! destination unreachable (port unreachable) quoting the packet's fixed
+//! header and the first 8 bytes of its upper layer.
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
@@ -22,12 +26,15 @@ use weir_logic::{
     ct::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
+use weir_common::addr::Addr;
+
 use crate::{
     errors::drop_reason,
-    hdr::{Ipv4Pkt, ETH_HLEN, IP_OFF},
+    hdr::{Ipv4Pkt, Ipv6Pkt, ETH_HLEN, IP_OFF, PROTO_ICMPV6},
 };
 
 const IPPROTO_ICMP: u8 = 1;
+const IPV6_HLEN: usize = 40;
 
 /// [`reject`]: answer into the pod behind the host veth the packet came
 /// from (past the pod's own ingress hook).
@@ -109,28 +116,9 @@ fn tcp_rst(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
     if pkt.tcp_flags & TCP_RST != 0 {
         return Err(()); // never answer a RST
     }
-    let seq = u32::from_be(ctx.load::<u32>(pkt.l4() + 4).map_err(|_| ())?);
-    let ack = u32::from_be(ctx.load::<u32>(pkt.l4() + 8).map_err(|_| ())?);
-    let doff = ((ctx.load::<u8>(pkt.l4() + 12).map_err(|_| ())? >> 4) as u32) * 4;
-    let payload = (pkt.tot_len as u32).saturating_sub(pkt.ihl_bytes as u32 + doff);
-    let (rst_seq, rst_ack, flags) = if pkt.tcp_flags & TCP_ACK != 0 {
-        (ack, 0u32, TCP_RST)
-    } else {
-        let mut a = seq.wrapping_add(payload);
-        if pkt.tcp_flags & TCP_SYN != 0 {
-            a = a.wrapping_add(1);
-        }
-        if pkt.tcp_flags & TCP_FIN != 0 {
-            a = a.wrapping_add(1);
-        }
-        (0u32, a, TCP_RST | TCP_ACK)
-    };
+    let l4_len = (pkt.tot_len as u32).saturating_sub(pkt.ihl_bytes as u32);
+    let mut tcp = rst_for(ctx, pkt.l4(), l4_len, pkt.tcp_flags, pkt.sport, pkt.dport)?;
     let ip = ipv4_header(40, PROTO_TCP, pkt.daddr, pkt.saddr);
-    let (sp, dp) = (pkt.dport.to_ne_bytes(), pkt.sport.to_ne_bytes());
-    let (sq, ak) = (rst_seq.to_be_bytes(), rst_ack.to_be_bytes());
-    let mut tcp = [
-        sp[0], sp[1], dp[0], dp[1], sq[0], sq[1], sq[2], sq[3], ak[0], ak[1], ak[2], ak[3], 0x50, flags, 0, 0, 0, 0, 0, 0,
-    ];
     // Pseudo-header: saddr, daddr, zero, proto, TCP length.
     let pseudo = [ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]];
     let mut sum = add_words(0, &pseudo);
@@ -145,6 +133,32 @@ fn tcp_rst(ctx: &TcContext, pkt: &Ipv4Pkt) -> Result<(), ()> {
     swap_macs(ctx)?;
     ctx.store(IP_OFF, &ip, 0).map_err(|_| ())?;
     ctx.store(IP_OFF + 20, &tcp, 0).map_err(|_| ())
+}
+
+/// The TCP header (checksum zero) of the RST that answers a segment with
+/// `flags`, whose header is at `l4` with `l4_len` bytes of TCP header and
+/// data (RFC 793's reset generation).
+#[inline(always)]
+fn rst_for(ctx: &TcContext, l4: usize, l4_len: u32, flags: u8, sport: u16, dport: u16) -> Result<[u8; 20], ()> {
+    let seq = u32::from_be(ctx.load::<u32>(l4 + 4).map_err(|_| ())?);
+    let ack = u32::from_be(ctx.load::<u32>(l4 + 8).map_err(|_| ())?);
+    let doff = ((ctx.load::<u8>(l4 + 12).map_err(|_| ())? >> 4) as u32) * 4;
+    let payload = l4_len.saturating_sub(doff);
+    let (rst_seq, rst_ack, out_flags) = if flags & TCP_ACK != 0 {
+        (ack, 0u32, TCP_RST)
+    } else {
+        let mut a = seq.wrapping_add(payload);
+        if flags & TCP_SYN != 0 {
+            a = a.wrapping_add(1);
+        }
+        if flags & TCP_FIN != 0 {
+            a = a.wrapping_add(1);
+        }
+        (0u32, a, TCP_RST | TCP_ACK)
+    };
+    let (sp, dp) = (dport.to_ne_bytes(), sport.to_ne_bytes());
+    let (sq, ak) = (rst_seq.to_be_bytes(), rst_ack.to_be_bytes());
+    Ok([sp[0], sp[1], dp[0], dp[1], sq[0], sq[1], sq[2], sq[3], ak[0], ak[1], ak[2], ak[3], 0x50, out_flags, 0, 0, 0, 0, 0, 0])
 }
 
 const CODE_PORT_UNREACHABLE: u8 = 3;
@@ -181,4 +195,90 @@ fn icmp_unreachable(ctx: &TcContext, pkt: &Ipv4Pkt, code: u8, mtu: u16) -> Resul
     swap_macs(ctx)?;
     ctx.store(IP_OFF, &ip, 0).map_err(|_| ())?;
     ctx.store(IP_OFF + 20, &icmp, 0).map_err(|_| ())
+}
+
+/// [`reject`] for IPv6.
+#[inline(never)]
+pub fn reject6(ctx: &TcContext, p: &Ipv6Pkt, reason: DropReason, back: u32) -> i32 {
+    drop_reason(reason);
+    let built = if p.t.proto == PROTO_TCP {
+        tcp_rst6(ctx, p)
+    } else if p.later_fragment() || (p.t.proto == PROTO_ICMPV6 && p.icmp_type < 128) {
+        Err(()) // never answer an error (RFC 4443 2.4), nor a packet with no header
+    } else {
+        icmp6_unreachable(ctx, p)
+    };
+    if built.is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    send_back(ctx, back)
+}
+
+/// Writes an IPv6 fixed header (hop limit 64) from `saddr` to `daddr`
+/// at the frame's IP offset.
+#[inline(always)]
+fn store_ipv6_header(ctx: &TcContext, payload_len: u16, next: u8, saddr: &Addr, daddr: &Addr) -> Result<(), ()> {
+    let len = payload_len.to_be_bytes();
+    let first: [u8; 8] = [0x60, 0, 0, 0, len[0], len[1], next, 64];
+    ctx.store(IP_OFF, &first, 0).map_err(|_| ())?;
+    ctx.store(IP_OFF + 8, &saddr.bytes, 0).map_err(|_| ())?;
+    ctx.store(IP_OFF + 24, &daddr.bytes, 0).map_err(|_| ())
+}
+
+/// The sum of an IPv6 pseudo-header (the addresses, and the upper layer's
+/// length and protocol).
+#[inline(always)]
+fn pseudo6(saddr: &Addr, daddr: &Addr, upper_len: u32, next: u8) -> u32 {
+    add_words(add_words(0, &saddr.bytes), &daddr.bytes) + upper_len + next as u32
+}
+
+#[inline(never)]
+fn tcp_rst6(ctx: &TcContext, p: &Ipv6Pkt) -> Result<(), ()> {
+    if p.t.tcp_flags & TCP_RST != 0 {
+        return Err(()); // never answer a RST
+    }
+    let l4 = p.l4_off as usize;
+    let l4_len = (p.end as u32).saturating_sub(l4 as u32);
+    let mut tcp = rst_for(ctx, l4, l4_len, p.t.tcp_flags, p.t.sport, p.t.dport)?;
+    let c = finish(add_words(pseudo6(&p.t.daddr, &p.t.saddr, 20, PROTO_TCP), &tcp)).to_be_bytes();
+    tcp[16] = c[0];
+    tcp[17] = c[1];
+    // SAFETY: valid skb pointer; plain helper call.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + IPV6_HLEN + 20) as u32, 0) } != 0 {
+        return Err(());
+    }
+    swap_macs(ctx)?;
+    store_ipv6_header(ctx, 20, PROTO_TCP, &p.t.daddr, &p.t.saddr)?;
+    ctx.store(IP_OFF + IPV6_HLEN, &tcp, 0).map_err(|_| ())
+}
+
+/// ICMPv6 destination unreachable, port unreachable.
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PORT_UNREACHABLE: u8 = 4;
+/// What an ICMPv6 answer quotes: the fixed header and 8 bytes.
+const QUOTE6: usize = IPV6_HLEN + 8;
+
+/// ICMPv6 port unreachable from the packet's destination, quoting its
+/// fixed header and the first 8 bytes of its upper layer (a packet with
+/// extension headers is not answered).
+#[inline(never)]
+fn icmp6_unreachable(ctx: &TcContext, p: &Ipv6Pkt) -> Result<(), ()> {
+    if p.l4_off as usize != IP_OFF + IPV6_HLEN {
+        return Err(());
+    }
+    let quoted: [u8; QUOTE6] = ctx.load(IP_OFF).map_err(|_| ())?;
+    let len = (8 + QUOTE6) as u32;
+    let mut head: [u8; 8] = [ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACHABLE, 0, 0, 0, 0, 0, 0];
+    let c = finish(add_words(add_words(pseudo6(&p.t.daddr, &p.t.saddr, len, PROTO_ICMPV6), &head), &quoted)).to_be_bytes();
+    head[2] = c[0];
+    head[3] = c[1];
+    // SAFETY: valid skb pointer; plain helper call.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + IPV6_HLEN) as u32 + len, 0) } != 0 {
+        return Err(());
+    }
+    swap_macs(ctx)?;
+    // The quote first: it is the start of the packet being overwritten.
+    ctx.store(IP_OFF + IPV6_HLEN + 8, &quoted, 0).map_err(|_| ())?;
+    store_ipv6_header(ctx, len as u16, PROTO_ICMPV6, &p.t.daddr, &p.t.saddr)?;
+    ctx.store(IP_OFF + IPV6_HLEN, &head, 0).map_err(|_| ())
 }

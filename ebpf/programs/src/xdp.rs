@@ -210,8 +210,11 @@ fn forward(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
     if fwd.svc_id != svc.id || !lb::backend_matches(fwd.backend_id, fwd) {
         return false;
     }
-    let rkey = key(fwd.nat_addr, backend_sees(fwd.flags, cfg, fwd.orig_addr), fwd.nat_port, fwd.orig_port, f.proto, CT_SVC_REV);
-    rw.saddr = if source_translated(fwd.flags) { backend_sees(fwd.flags, cfg, Addr::ZERO).v4_raw() } else { f.src.v4_raw() };
+    // The fast path is IPv4's: the flow's client (`orig_addr`, the
+    // packet's source) is an IPv4 address.
+    let sees = backend_sees(fwd.flags, cfg, fwd.orig_addr);
+    let rkey = key(fwd.nat_addr, sees, fwd.nat_port, fwd.orig_port, f.proto, CT_SVC_REV);
+    rw.saddr = sees.v4_raw();
     rw.daddr = fwd.nat_addr.v4_raw();
     rw.sport = fwd.orig_port;
     rw.dport = fwd.nat_port;

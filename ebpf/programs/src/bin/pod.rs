@@ -17,11 +17,10 @@
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
 use weir_common::{addr::Addr, drop::DropReason, stats::Direction};
-use weir_logic::frontend::Origin;
 use weir_ebpf::{
     conntrack, events, frag,
     hdr::{self, Ipv4Pkt, FRAG_FIRST, FRAME_ARP, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
-    icmp, lb, pod_v6, policy, reject, source, stats,
+    icmp, lb, pod_v6, policy, service, source, stats,
 };
 
 #[classifier]
@@ -60,9 +59,8 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
         return icmp::error_from_pod(ctx, pkt, conntrack::now_ns());
     }
     if !pkt.is_tcp_udp() {
-        if lb::is_vip(pkt.daddr) {
-            events::drop(ctx, pkt, DropReason::UnsupportedProtoToVip as u32);
-            return reject::reject(ctx, pkt, DropReason::UnsupportedProtoToVip, reject::BACK_TO_POD);
+        if let Some(verdict) = service::unsupported_to_vip(ctx, pkt) {
+            return verdict;
         }
         return policy::other(ctx, pkt, false);
     }
@@ -70,30 +68,9 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
         return TC_ACT_SHOT as i32;
     };
     let now = conntrack::now_ns();
-    if lb::frontend(pkt, Origin::Pod) != lb::FRONT_CLUSTER_IP {
-        let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
-        if verdict != lb::NOT_HANDLED {
-            return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
-        }
-    }
-    let verdict = lb::forward(ctx, pkt, cfg, now, Origin::Pod);
-    if verdict == lb::NEW_FLOW {
-        // Policy sees the real backend: the client's egress and the
-        // backend's ingress are judged on the translated tuple, before any
-        // state exists.
-        if !lb::stage_new_flow(pkt) || !policy::allow_staged(ctx, policy::CHECK_EGRESS | policy::CHECK_INGRESS) {
-            return TC_ACT_SHOT as i32;
-        }
-        events::trace(ctx, pkt);
-        let verdict = lb::commit(ctx, pkt, cfg);
-        return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
-    }
-    if let Some(reason) = lb::rejected(verdict) {
-        events::drop(ctx, pkt, reason as u32);
-        return reject::reject(ctx, pkt, reason, reject::BACK_TO_POD);
-    }
+    let verdict = service::from_pod(ctx, pkt, cfg, now);
     if verdict != lb::NOT_HANDLED {
-        return lb::settle(ctx, pkt, verdict, reject::BACK_TO_POD);
+        return verdict;
     }
     policy::from_pod(ctx, pkt, now)
 }
