@@ -5,11 +5,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use weir_datapath::lb::spec::{Endpoint, Frontend, Kind, Masquerade, Protocol, Selection, ServiceSpec};
 
 /// A Maglev ClusterIP service with ready endpoints.
-pub fn cluster_ip(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(Ipv4Addr, u16)]) -> ServiceSpec {
+/// (Either family: the frontend and its backends are of one.)
+pub fn cluster_ip<A: Into<IpAddr> + Copy>(vip: A, port: u16, protocol: Protocol, backends: &[(A, u16)]) -> ServiceSpec {
     ServiceSpec {
         origin: String::new(),
-        frontend: Frontend::new(IpAddr::V4(vip), port, protocol),
-        endpoints: backends.iter().map(|(a, p)| Endpoint::ready(IpAddr::V4(*a), *p)).collect(),
+        frontend: Frontend::new(vip.into(), port, protocol),
+        endpoints: backends.iter().map(|(a, p)| Endpoint::ready((*a).into(), *p)).collect(),
         selection: Selection::Maglev,
         affinity_timeout_s: None,
         local_only: false,
@@ -22,8 +23,8 @@ pub fn cluster_ip(vip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(Ipv
 }
 
 /// An endpoint with explicit conditions.
-pub fn endpoint(addr: Ipv4Addr, port: u16, ready: bool, serving: bool, terminating: bool) -> Endpoint {
-    Endpoint { addr: IpAddr::V4(addr), port, ready, serving, terminating }
+pub fn endpoint(addr: impl Into<IpAddr>, port: u16, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+    Endpoint { addr: addr.into(), port, ready, serving, terminating }
 }
 
 /// A Service and its EndpointSlice as YAML, the way a cluster would hold

@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -204,21 +204,32 @@ pub fn udp_sink(ns: &NetNs, port: u16) -> Server {
 
 /// Connects from `ns` to `dst:port`, sends `payload`, half-closes and
 /// returns everything the server answered.
-pub fn tcp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
-    tcp_request_from(ns, Ipv4Addr::UNSPECIFIED, dst, port, payload, timeout)
+pub fn tcp_request(ns: &NetNs, dst: impl Into<IpAddr>, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    let dst = dst.into();
+    tcp_request_from(ns, unspecified(&dst), dst, port, payload, timeout)
+}
+
+/// The unspecified address of `a`'s family (bind to any).
+pub fn unspecified(a: &IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
 }
 
 /// [`tcp_request`] from the source address `src` (one the namespace holds).
-pub fn tcp_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+pub fn tcp_request_from(ns: &NetNs, src: impl Into<IpAddr>, dst: impl Into<IpAddr>, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    let (src, dst) = (src.into(), dst.into());
     ns.run(move || tcp_request_here(src, dst, port, &payload, timeout))
 }
 
 /// [`tcp_request_from`] on the calling thread, in whatever namespace the
 /// thread is in (for loops that run inside a namespace's thread).
-pub fn tcp_request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
-    sock.connect_timeout(&SocketAddr::V4(SocketAddrV4::new(dst, port)).into(), timeout)?;
+pub fn tcp_request_here(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, port: u16, payload: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    let dst = SocketAddr::new(dst.into(), port);
+    let sock = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.bind(&SocketAddr::new(src.into(), 0).into())?;
+    sock.connect_timeout(&dst.into(), timeout)?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -230,17 +241,19 @@ pub fn tcp_request_here(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8],
 }
 
 /// Sends one datagram from `ns` to `dst:port` and waits for one answer.
-pub fn udp_request(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
-    udp_request_from(ns, Ipv4Addr::UNSPECIFIED, dst, port, payload, timeout)
+pub fn udp_request(ns: &NetNs, dst: impl Into<IpAddr>, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    let dst = dst.into();
+    udp_request_from(ns, unspecified(&dst), dst, port, payload, timeout)
 }
 
 /// [`udp_request`] from the source address `src` (one the namespace holds).
-pub fn udp_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+pub fn udp_request_from(ns: &NetNs, src: impl Into<IpAddr>, dst: impl Into<IpAddr>, port: u16, payload: Vec<u8>, timeout: Duration) -> io::Result<Vec<u8>> {
+    let (src, dst) = (src.into(), dst.into());
     ns.run(move || exchange(&UdpSocket::bind((src, 0))?, dst, port, &payload, timeout))
 }
 
 /// Connects `s` to `dst:port`, sends `payload` and waits for one answer.
-fn exchange(s: &UdpSocket, dst: Ipv4Addr, port: u16, payload: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+fn exchange(s: &UdpSocket, dst: IpAddr, port: u16, payload: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
     s.set_read_timeout(Some(timeout))?;
     s.connect((dst, port))?;
     s.send(payload)?;
@@ -269,7 +282,7 @@ pub fn udp_df_request_from(ns: &NetNs, src: Ipv4Addr, dst: Ipv4Addr, port: u16, 
         if sockopt(libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE) != 0 {
             return (Err(io::Error::last_os_error()), None);
         }
-        let answer = exchange(&s, dst, port, &payload, timeout);
+        let answer = exchange(&s, IpAddr::V4(dst), port, &payload, timeout);
         let mut mtu: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: a valid socket, and an out value of the length given.
@@ -299,9 +312,10 @@ pub fn udp_exchange(ns: &NetNs, dst: Ipv4Addr, port: u16, payload: Vec<u8>, coun
 
 /// Connects from `ns` and returns the stream; it stays in `ns` and can be
 /// used from any thread.
-pub fn tcp_connect(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+pub fn tcp_connect(ns: &NetNs, dst: impl Into<IpAddr>, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let dst = dst.into();
     ns.run(move || {
-        let s = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(dst, port)), timeout)?;
+        let s = TcpStream::connect_timeout(&SocketAddr::new(dst, port), timeout)?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
         Ok(s)
@@ -337,16 +351,17 @@ pub fn ask_name(s: &mut TcpStream) -> io::Result<String> {
 }
 
 /// One TCP request to a [`Reply::Name`] server; returns the server's name.
-pub fn tcp_name(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<String> {
+pub fn tcp_name(ns: &NetNs, dst: impl Into<IpAddr>, port: u16, timeout: Duration) -> io::Result<String> {
     let r = tcp_request(ns, dst, port, b"hello".to_vec(), timeout)?;
     Ok(String::from_utf8_lossy(&r).split_whitespace().next().unwrap_or_default().to_string())
 }
 
 /// One UDP request from a fresh unconnected socket (a new flow each time);
 /// returns the answer and the address it came from.
-pub fn udp_name_from(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<(String, SocketAddr)> {
+pub fn udp_name_from(ns: &NetNs, dst: impl Into<IpAddr>, port: u16, timeout: Duration) -> io::Result<(String, SocketAddr)> {
+    let dst = dst.into();
     ns.run(move || {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let s = UdpSocket::bind((unspecified(&dst), 0))?;
         s.set_read_timeout(Some(timeout))?;
         s.send_to(b"who", (dst, port))?;
         let mut buf = [0u8; 1500];
@@ -356,9 +371,10 @@ pub fn udp_name_from(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) ->
 }
 
 /// A connected UDP socket in `ns` (one flow), usable from any thread.
-pub fn udp_connect(ns: &NetNs, dst: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<UdpSocket> {
+pub fn udp_connect(ns: &NetNs, dst: impl Into<IpAddr>, port: u16, timeout: Duration) -> io::Result<UdpSocket> {
+    let dst = dst.into();
     ns.run(move || {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let s = UdpSocket::bind((unspecified(&dst), 0))?;
         s.set_read_timeout(Some(timeout))?;
         s.connect((dst, port))?;
         Ok(s)
