@@ -136,6 +136,82 @@ pub fn icmp6_echo(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
 }
 
 
+/// An Ethernet + IPv6 frame: `next` and `hop` in the fixed header, then
+/// `payload` (extension headers and upper layer as given, checksums as
+/// given).
+pub fn ip6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(54 + payload.len());
+    f.extend_from_slice(&SERVER_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, hop]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The sum of an IPv6 pseudo-header: `src`, `dst` (16 bytes each), the
+/// upper layer's length and protocol.
+pub fn pseudo6_sum(src: &[u8], dst: &[u8], len: usize, proto: u8) -> u32 {
+    sum16(src) + sum16(dst) + (len as u32 >> 16) + (len as u32 & 0xffff) + u32::from(proto)
+}
+
+/// Whether `l4` (a whole TCP segment, UDP datagram or ICMPv6 message)
+/// carries a valid checksum between `src` and `dst`.
+pub fn v6_checksum_ok(src: &[u8], dst: &[u8], proto: u8, l4: &[u8]) -> bool {
+    fold(pseudo6_sum(src, dst, l4.len(), proto) + sum16(l4)) == 0xffff
+}
+
+/// Fields of an Ethernet + IPv6 packet, its extension headers walked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop: u8,
+    /// The upper layer's protocol.
+    pub proto: u8,
+    /// Where the upper layer starts in the frame.
+    pub l4_off: usize,
+    pub sport: u16,
+    pub dport: u16,
+    /// The upper layer (to the end of the payload).
+    pub l4: Vec<u8>,
+}
+
+/// Parses an Ethernet + IPv6 packet (hop-by-hop, routing and destination
+/// options headers walked) and checks its TCP, UDP or ICMPv6 checksum;
+/// over IPv6 a UDP checksum is never zero.
+pub fn parse_checked_v6(p: &[u8]) -> V6 {
+    assert!(p.len() >= 54, "short packet: {p:02x?}");
+    assert_eq!(&p[12..14], &[0x86, 0xdd], "not IPv6");
+    let ip = &p[14..54];
+    assert_eq!(ip[0] >> 4, 6, "not version 6");
+    let end = 54 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    assert!(end <= p.len(), "payload length past the frame");
+    let (mut next, mut off) = (ip[6], 54);
+    while matches!(next, 0 | 43 | 60) {
+        next = p[off];
+        off += (usize::from(p[off + 1]) + 1) * 8;
+    }
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes"));
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes"));
+    let l4 = &p[off..end];
+    let (sport, dport) = match next {
+        6 | 17 => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        _ => (0, 0),
+    };
+    if matches!(next, 6 | 17 | 58) {
+        assert!(v6_checksum_ok(&ip[8..24], &ip[24..40], next, l4), "bad checksum (proto {next}): {l4:02x?}");
+    }
+    if next == 17 {
+        assert_ne!(&l4[6..8], &[0, 0], "a zero UDP checksum over IPv6");
+    }
+    V6 { src, dst, hop: ip[7], proto: next, l4_off: off, sport, dport, l4: l4.to_vec() }
+}
+
 /// One's-complement sum of 16-bit big-endian words.
 fn sum16(data: &[u8]) -> u32 {
     let mut s = 0u32;

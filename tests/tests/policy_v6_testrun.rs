@@ -16,7 +16,7 @@ use weir_common::{
 };
 use weir_datapath::{attach::Hook, policy::PolicyMaps, stats::read_drops, PinLayout, PodDatapath};
 use weir_desired::policy::{EndpointSpec, PolicyEntry, PolicyState, Prefix};
-use weir_tests::testrun::{self, CLIENT_MAC, SERVER_MAC, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX};
+use weir_tests::testrun::{self, ip6, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX};
 
 const ISO: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const OPEN: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 6);
@@ -80,23 +80,6 @@ fn with(f: impl FnOnce(&mut Fx) + Send + 'static) {
         let mut fx = Fx { dp, layout, open };
         f(&mut fx);
     });
-}
-
-/// An Ethernet + IPv6 frame: `next` and `hop` in the fixed header, then
-/// `payload` (extension headers and upper layer as given; checksums are
-/// left zero: the pod hooks do not check them).
-fn ip6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(54 + payload.len());
-    f.extend_from_slice(&SERVER_MAC);
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&0x86ddu16.to_be_bytes());
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
-    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[next, hop]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(payload);
-    f
 }
 
 /// An ICMPv6 message of `ty` with a 4-byte body after the checksum and

@@ -1,0 +1,254 @@
+//! BPF_PROG_TEST_RUN on crafted IPv6 packets through the service path:
+//! DNAT and reverse NAT bytes and checksums for TCP and UDP (a UDP
+//! checksum never left zero), extension headers, fragments, hairpin, and
+//! the RST / ICMPv6 answers of a service that cannot take a connection.
+//!
+//! Each test runs in its own network namespace with no routes, so the
+//! program's FIB lookup finds nothing and the verdict is TC_ACT_OK.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use weir_common::{config::HAIRPIN_V6, drop::DropReason};
+use weir_datapath::{attach::Hook, lb::spec::Protocol, lb::Lb, stats::read_drops, DatapathConfig, PinLayout, PodDatapath};
+use weir_tests::{
+    services::cluster_ip,
+    testrun::{self, ip6, parse_checked_v6, v6_checksum_ok, TC_ACT_OK, TC_ACT_REDIRECT},
+};
+
+const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 2);
+const BACKEND: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 5);
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
+const DEST_OPTS: u8 = 60;
+const FRAGMENT: u8 = 44;
+
+fn with_datapath(f: impl FnOnce(&PodDatapath, &mut Lb, &PinLayout) + Send + 'static) {
+    with_config(DatapathConfig::DEFAULT, f);
+}
+
+fn with_config(cfg: DatapathConfig, f: impl FnOnce(&PodDatapath, &mut Lb, &PinLayout) + Send + 'static) {
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, mut dp| {
+        let layout = layout.clone();
+        dp.set_config(&cfg).expect("config");
+        let mut lb = Lb::open(&layout).expect("open lb maps");
+        testrun::own_sources(&layout, testrun::TEST_RUN_IFINDEX, &[CLIENT.into(), BACKEND.into()]);
+        f(&dp, &mut lb, &layout);
+    });
+}
+
+fn drops(layout: &PinLayout, reason: DropReason) -> u64 {
+    read_drops(layout).expect("drops").into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| n)
+}
+
+fn addr(v: &[u8]) -> Ipv6Addr {
+    Ipv6Addr::from(<[u8; 16]>::try_from(v).expect("16 bytes"))
+}
+
+#[test]
+fn tcp_is_dnated_to_the_backend_and_the_reply_comes_back_from_the_vip() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+
+        let run = testrun::run(prog, &testrun::tcp6((CLIENT, 40000), (VIP, 80), true, b"")).expect("run");
+        assert_eq!(run.verdict, TC_ACT_OK);
+        let out = parse_checked_v6(&run.packet);
+        assert_eq!((out.src, out.sport), (CLIENT, 40000), "source untouched");
+        assert_eq!((out.dst, out.dport), (BACKEND, 8080), "DNAT to the backend");
+        assert_eq!(out.hop, 64, "not forwarded (no route here): the hop limit is the sender's");
+
+        let data = testrun::tcp6((CLIENT, 40000), (VIP, 80), false, b"GET / HTTP/1.1\r\n\r\n");
+        let out = parse_checked_v6(&testrun::run(prog, &data).expect("run").packet);
+        assert_eq!((out.dst, out.dport), (BACKEND, 8080), "the flow keeps its backend");
+        assert_eq!(&out.l4[20..], b"GET / HTTP/1.1\r\n\r\n", "payload untouched");
+
+        let reply = testrun::tcp6((BACKEND, 8080), (CLIENT, 40000), false, b"HTTP/1.1 200 OK\r\n\r\n");
+        let run = testrun::run(prog, &reply).expect("run");
+        assert_eq!(run.verdict, TC_ACT_OK);
+        let out = parse_checked_v6(&run.packet);
+        assert_eq!((out.src, out.sport), (VIP, 80), "reverse NAT restores the VIP");
+        assert_eq!((out.dst, out.dport), (CLIENT, 40000));
+    });
+}
+
+#[test]
+fn udp_is_dnated_and_reverse_nated_with_valid_checksums() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let out = parse_checked_v6(&testrun::run(prog, &testrun::udp6((CLIENT, 41000), (VIP, 53), b"query")).expect("run").packet);
+        assert_eq!((out.src, out.sport, out.dst, out.dport), (CLIENT, 41000, BACKEND, 5353));
+        assert_eq!(&out.l4[8..], b"query", "payload untouched");
+        let out = parse_checked_v6(&testrun::run(prog, &testrun::udp6((BACKEND, 5353), (CLIENT, 41000), b"answer")).expect("run").packet);
+        assert_eq!((out.src, out.sport, out.dst, out.dport), (VIP, 53, CLIENT, 41000));
+    });
+}
+
+/// A UDP datagram from `src` to the VIP whose checksum, once DNATed to
+/// `BACKEND:5353`, sums to zero: its last two payload bytes are chosen so.
+fn udp_summing_to_zero_after_dnat(sport: u16) -> Vec<u8> {
+    let mut payload = [0x42u8, 0x43, 0, 0];
+    let probe = testrun::udp6((CLIENT, sport), (BACKEND, 5353), &payload);
+    let l4 = &probe[54..];
+    let mut words = testrun::pseudo6_sum(&probe[22..38], &probe[38..54], l4.len(), UDP);
+    for (i, c) in l4.chunks(2).enumerate() {
+        if i != 3 {
+            // Leave the checksum field out.
+            words += (u32::from(c[0]) << 8) | u32::from(c[1]);
+        }
+    }
+    while words > 0xffff {
+        words = (words & 0xffff) + (words >> 16);
+    }
+    // With the last word w the sum folds to 0xffff: a computed checksum of 0.
+    let w = (0xffff - words) as u16;
+    payload[2..4].copy_from_slice(&w.to_be_bytes());
+    testrun::udp6((CLIENT, sport), (VIP, 53), &payload)
+}
+
+#[test]
+fn a_udp_checksum_that_comes_out_zero_is_written_as_all_ones() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let q = udp_summing_to_zero_after_dnat(41010);
+        assert_ne!(&q[54 + 6..54 + 8], &[0, 0], "the client's own checksum is not zero");
+        let run = testrun::run(prog, &q).expect("run");
+        assert_eq!(&run.packet[54 + 6..54 + 8], &[0xff, 0xff], "zero is written as 0xffff over IPv6 (RFC 8200 8.1)");
+        let out = parse_checked_v6(&run.packet);
+        assert_eq!((out.dst, out.dport), (BACKEND, 5353));
+    });
+}
+
+#[test]
+fn a_pod_reaching_itself_is_answered_through_the_hairpin_address() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(CLIENT, 8080)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let out = parse_checked_v6(&testrun::run(prog, &testrun::tcp6((CLIENT, 40100), (VIP, 80), true, b"")).expect("run").packet);
+        let hairpin = Ipv6Addr::from(HAIRPIN_V6.bytes);
+        assert_eq!(hairpin, "100::a9fe:2a01".parse::<Ipv6Addr>().expect("address"));
+        assert_eq!((out.src, out.dst, out.dport), (hairpin, CLIENT, 8080), "the pod sees its own connection come from the hairpin address");
+        let hairpin_port = out.sport;
+        let reply = testrun::tcp6((CLIENT, 8080), (hairpin, hairpin_port), false, b"");
+        let out = parse_checked_v6(&testrun::run(prog, &reply).expect("run").packet);
+        assert_eq!((out.src, out.sport, out.dst, out.dport), (VIP, 80, CLIENT, 40100), "its answer comes back from the VIP");
+    });
+}
+
+#[test]
+fn a_segment_with_extension_headers_is_translated_behind_them() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let plain = testrun::tcp6((CLIENT, 40200), (VIP, 80), true, b"");
+        // A destination options header (PadN) between the fixed header and TCP.
+        let mut payload = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
+        payload.extend_from_slice(&plain[54..]);
+        let pkt = ip6(CLIENT, VIP, DEST_OPTS, 64, &payload);
+        let out = parse_checked_v6(&testrun::run(prog, &pkt).expect("run").packet);
+        assert_eq!(out.l4_off, 54 + 8, "the options header is kept");
+        assert_eq!((out.proto, out.dst, out.dport), (TCP, BACKEND, 8080));
+    });
+}
+
+/// Fragment `id` of a datagram: a fragment header, then `data` at
+/// `offset` bytes into the fragmentable part.
+fn fragment(src: Ipv6Addr, dst: Ipv6Addr, id: u32, offset: usize, more: bool, data: &[u8]) -> Vec<u8> {
+    let word = (offset as u16) | u16::from(more);
+    let mut p = vec![UDP, 0];
+    p.extend_from_slice(&word.to_be_bytes());
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(data);
+    ip6(src, dst, FRAGMENT, 64, &p)
+}
+
+#[test]
+fn both_fragments_of_a_datagram_are_translated_and_it_reassembles_with_a_valid_checksum() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let whole = testrun::udp6((CLIENT, 41020), (VIP, 53), &[0x5a; 64]);
+        let udp = &whole[54..];
+        let (first, later) = (fragment(CLIENT, VIP, 7, 0, true, &udp[..32]), fragment(CLIENT, VIP, 7, 32, false, &udp[32..]));
+        let a = testrun::run(prog, &first).expect("run");
+        let b = testrun::run(prog, &later).expect("run");
+        assert_eq!((a.verdict, b.verdict), (TC_ACT_OK, TC_ACT_OK));
+        for f in [&a.packet, &b.packet] {
+            assert_eq!((addr(&f[22..38]), addr(&f[38..54])), (CLIENT, BACKEND), "each fragment goes to the backend");
+        }
+        let mut datagram = a.packet[62..].to_vec();
+        datagram.extend_from_slice(&b.packet[62..]);
+        assert_eq!(u16::from_be_bytes([datagram[2], datagram[3]]), 5353, "the first fragment carries the port");
+        assert!(v6_checksum_ok(&CLIENT.octets(), &BACKEND.octets(), UDP, &datagram), "the reassembled datagram's checksum holds");
+    });
+}
+
+#[test]
+fn a_backend_of_the_other_family_than_the_node_address_is_not_masqueraded() {
+    let cfg = DatapathConfig { node_addr: weir_common::addr::Addr::from(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1))), ..DatapathConfig::DEFAULT };
+    with_config(cfg, |dp, lb, _| {
+        let mut spec = cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)]);
+        spec.masquerade.from_pods = true;
+        lb.upsert(&spec).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let out = parse_checked_v6(&testrun::run(prog, &testrun::tcp6((CLIENT, 40300), (VIP, 80), true, b"")).expect("run").packet);
+        assert_eq!((out.src, out.sport), (CLIENT, 40300), "an IPv6 flow keeps its source: the node address is IPv4");
+        assert_eq!(out.dst, BACKEND);
+    });
+}
+
+#[test]
+fn a_service_without_endpoints_answers_tcp_with_a_rst() {
+    with_datapath(|dp, lb, layout| {
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let run = testrun::run(prog, &testrun::tcp6((CLIENT, 40001), (VIP, 80), true, b"")).expect("run");
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "the RST goes back out to the client");
+        assert_eq!(run.packet.len(), 14 + 40 + 20);
+        assert_eq!(&run.packet[0..6], &testrun::CLIENT_MAC, "addressed to the client's MAC");
+        let out = parse_checked_v6(&run.packet);
+        assert_eq!((out.src, out.sport, out.dst, out.dport), (VIP, 80, CLIENT, 40001));
+        assert_eq!(out.l4[13], 0x14, "RST|ACK");
+        let ack = u32::from_be_bytes([out.l4[8], out.l4[9], out.l4[10], out.l4[11]]);
+        assert_eq!(ack, 1001, "acknowledges the SYN (seq 1000 + 1)");
+        assert_eq!(drops(layout, DropReason::NoEndpoints), 1);
+    });
+}
+
+#[test]
+fn a_service_without_endpoints_answers_udp_with_icmpv6_port_unreachable() {
+    with_datapath(|dp, lb, layout| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let q = testrun::udp6((CLIENT, 41002), (VIP, 53), b"");
+        let run = testrun::run(prog, &q).expect("run");
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        let out = parse_checked_v6(&run.packet);
+        assert_eq!((out.src, out.dst, out.proto), (VIP, CLIENT, ICMPV6));
+        assert_eq!((out.l4[0], out.l4[1]), (1, 4), "destination unreachable, port unreachable");
+        assert_eq!(&out.l4[8..], &q[14..62], "quotes the original IPv6 header and UDP header");
+        assert_eq!(drops(layout, DropReason::NoEndpoints), 1);
+    });
+}
+
+#[test]
+fn a_vip_dialled_on_a_port_or_protocol_it_does_not_serve_is_refused() {
+    with_datapath(|dp, lb, layout| {
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let run = testrun::run(prog, &testrun::tcp6((CLIENT, 40002), (VIP, 81), true, b"")).expect("run");
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        assert_eq!(parse_checked_v6(&run.packet).l4[13], 0x14, "RST|ACK");
+        assert_eq!(drops(layout, DropReason::UnknownServicePort), 1);
+
+        let run = testrun::run(prog, &testrun::icmp6_echo(CLIENT, VIP, 9, 1)).expect("run");
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "an echo to the VIP is answered");
+        let out = parse_checked_v6(&run.packet);
+        assert_eq!((out.src, out.dst, out.proto, out.l4[0], out.l4[1]), (VIP, CLIENT, ICMPV6, 1, 4));
+        assert_eq!(drops(layout, DropReason::UnsupportedProtoToVip), 1);
+    });
+}
