@@ -1,0 +1,91 @@
+//! A dual-stack Service through the whole agent: a Service with
+//! `ipFamilyPolicy: RequireDualStack`, a ClusterIP of each family and an
+//! EndpointSlice of each `addressType`, read from YAML in standalone mode,
+//! is reached from a dual-stack pod over IPv4 and over IPv6, by TCP and
+//! UDP, every backend taking connections of both families and every reply
+//! coming from the ClusterIP of the client's family. The CLI lists both
+//! frontends.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use weir_tests::{
+    traffic::{tcp_connect, tcp_name, tcp_server_at, udp_name_from, udp_server_at, Reply},
+    Node, Pod,
+};
+
+const T: Duration = Duration::from_millis(1500);
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 70, 10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0x70, 0x10);
+
+fn pod(node: &Node, name: &str, last: u8) -> Pod {
+    let mut p = node.pod(name, Ipv4Addr::new(10, 244, 70, last));
+    p.add_v6(node, Ipv6Addr::new(0xfd00, 0x10, 0x244, 0x70, 0, 0, 0, last as u16));
+    p
+}
+
+/// The Service and its two EndpointSlices, as a cluster holds them.
+fn dual_stack_service(backends: &[&Pod]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: both, namespace: default}}\nspec:\n  \
+         ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {VIP4}\n  clusterIPs: [{VIP4}, \"{VIP6}\"]\n  \
+         ports: [{{name: web, port: 80, targetPort: 8080, protocol: TCP}}, {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]\n"
+    );
+    for (family, addrs) in [
+        ("IPv4", backends.iter().map(|b| b.ip.to_string()).collect::<Vec<_>>()),
+        ("IPv6", backends.iter().map(|b| format!("\"{}\"", b.ip6.expect("dual-stack pod"))).collect()),
+    ] {
+        y.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: both-{f}, namespace: default, labels: {{kubernetes.io/service-name: both}}}}\n\
+             addressType: {family}\nports: [{{name: web, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n",
+            f = family.to_lowercase()
+        ));
+        for a in addrs {
+            y.push_str(&format!("- addresses: [{a}]\n  conditions: {{ready: true}}\n"));
+        }
+    }
+    y
+}
+
+#[test]
+fn a_dual_stack_service_is_reached_over_both_families_by_tcp_and_udp() {
+    let node = Node::new();
+    let client = pod(&node, "client", 2);
+    let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
+    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+    let _servers: Vec<_> = backends
+        .iter()
+        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::Name(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
+        .collect();
+    node.write_source("both.yaml", dual_stack_service(&[&backends[0], &backends[1]]).as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    for p in [&client, &backends[0], &backends[1]] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    let log = agent.log_text();
+    assert!(!log.contains("rejected input") && !log.contains("WARN") && !log.contains("ERROR"), "the Service is taken whole:\n{log}");
+
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let mut tcp = BTreeSet::new();
+        let mut udp = BTreeSet::new();
+        for _ in 0..30 {
+            tcp.insert(tcp_name(client.ns(), vip, 80, T).unwrap_or_else(|e| panic!("TCP to {vip}: {e}")));
+            let (name, from) = udp_name_from(client.ns(), vip, 53, T).unwrap_or_else(|e| panic!("UDP to {vip}: {e}"));
+            assert_eq!(from, SocketAddr::new(vip, 53), "the UDP answer comes from the ClusterIP the client asked");
+            udp.insert(name);
+        }
+        let all: BTreeSet<String> = ["b1", "b2"].map(String::from).into();
+        assert_eq!((&tcp, &udp), (&all, &all), "every backend answers over {vip}");
+        let s = tcp_connect(client.ns(), vip, 80, T).expect("connect");
+        assert_eq!(s.peer_addr().expect("peer"), SocketAddr::new(vip, 80), "the TCP peer is the ClusterIP");
+    }
+
+    let out = node.weir(&["service", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("{VIP4}:80")) && text.contains(&format!("[{VIP6}]:80")), "both frontends are listed:\n{text}");
+}
