@@ -89,3 +89,29 @@ fn a_dual_stack_service_is_reached_over_both_families_by_tcp_and_udp() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains(&format!("{VIP4}:80")) && text.contains(&format!("[{VIP6}]:80")), "both frontends are listed:\n{text}");
 }
+
+#[test]
+fn an_endpoint_in_the_nodes_own_network_namespace_answers_over_ipv6() {
+    let node = Node::new();
+    let client = pod(&node, "client", 2);
+    // The node's own IPv6 address, where a host-network pod listens.
+    let host: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0x70, 0, 0, 0, 1);
+    node.ns().ip(&["-6", "addr", "add", &format!("{host}/128"), "dev", "lo", "nodad"]);
+    let _server = tcp_server_at(node.ns(), Ipv6Addr::UNSPECIFIED.into(), 9090, Reply::Name("node".into()));
+    let vip: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0x70, 0x20);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: hostnet, namespace: default}}\nspec:\n  ipFamilies: [IPv6]\n  clusterIP: \"{vip}\"\n  \
+         ports: [{{name: web, port: 80, targetPort: 9090, protocol: TCP}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnet-1, namespace: default, labels: {{kubernetes.io/service-name: hostnet}}}}\n\
+         addressType: IPv6\nports: [{{name: web, port: 9090, protocol: TCP}}]\nendpoints:\n- addresses: [\"{host}\"]\n  conditions: {{ready: true}}\n"
+    );
+    node.write_source("hostnet.yaml", yaml.as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    agent.wait_attached(&client.host_if, client.host_ifindex);
+    for _ in 0..5 {
+        assert_eq!(tcp_name(client.ns(), vip, 80, T).expect("through the ClusterIP to the node"), "node");
+    }
+    let s = tcp_connect(client.ns(), vip, 80, T).expect("connect");
+    assert_eq!(s.peer_addr().expect("peer"), SocketAddr::new(vip.into(), 80), "the node's reply is reverse-NATed on its way into the pod");
+}

@@ -195,11 +195,23 @@ fn flow(ctx: &TcContext, p: &mut Ipv6Pkt, to_pod_side: bool) -> i32 {
         frag::prepare_flow(&p.t, p.frag_id);
     }
     let now = conntrack::now_ns();
-    let verdict = if to_pod_side { policy::flow_to_pod(ctx, &p.t, later, now) } else { sent(ctx, p, later, now) };
+    let verdict = if to_pod_side { received(ctx, p, later, now) } else { sent(ctx, p, later, now) };
     if first && verdict != TC_ACT_SHOT as i32 {
         frag::commit();
     }
     verdict
+}
+
+/// A flow's packet into the pod: a reply of a host-network backend is
+/// reverse-NATed first (`service::to_pod`), then the pod's policy.
+#[inline(always)]
+fn received(ctx: &TcContext, p: &mut Ipv6Pkt, later: bool, now: u64) -> i32 {
+    if p.is_tcp_udp() {
+        if let Some(verdict) = service::to_pod(ctx, p, now) {
+            return verdict;
+        }
+    }
+    policy::flow_to_pod(ctx, &p.t, later, now)
 }
 
 /// A flow's packet from the pod: the service step, then (for a packet

@@ -3,7 +3,9 @@
 //! frontend (a new flow is judged by policy on its translated tuple, the
 //! client's egress and the backend's ingress, before any state exists),
 //! and the refusal of what a service cannot take. What is not a service
-//! packet is left to the policy path ([`lb::NOT_HANDLED`]).
+//! packet is left to the policy path ([`lb::NOT_HANDLED`]). And, towards a
+//! pod, the reverse NAT of replies its from_pod never saw (backends in
+//! the node's own network namespace).
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use weir_common::{config::DatapathConfig, drop::DropReason};
@@ -52,4 +54,25 @@ pub fn unsupported_to_vip<P: Packet>(ctx: &TcContext, pkt: &P) -> Option<i32> {
         return Some(pkt.refuse(ctx, DropReason::UnsupportedProtoToVip, BACK_TO_POD));
     }
     None
+}
+
+/// A TCP or UDP packet on its way into a pod: a reply from a backend in
+/// the node's own network namespace (host-network endpoints, sent by the
+/// node's stack: no from_pod saw it) is reverse-NATed in place. `Some`
+/// verdict when it must be dropped.
+#[inline(always)]
+pub fn to_pod<P: Packet>(ctx: &TcContext, pkt: &mut P, now: u64) -> Option<i32> {
+    if !from_host(ctx) {
+        return None;
+    }
+    let cfg = crate::conntrack::config()?;
+    let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_IN_PLACE);
+    lb::dropped(verdict).map(|reason| pkt.dropped(ctx, reason))
+}
+
+/// The node's own stack sent the packet (no ingress device).
+#[inline(always)]
+fn from_host(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
 }

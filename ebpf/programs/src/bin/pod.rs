@@ -108,15 +108,8 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     let verdict = if pkt.is_icmp_error() {
         icmp::error_to_pod(&ctx, pkt, now)
     } else if pkt.is_tcp_udp() {
-        // A reply from a backend in the node's own network namespace
-        // (host-network endpoints) is reverse-NATed here: no from_pod saw it.
-        if from_host(&ctx) {
-            if let Some(cfg) = conntrack::config() {
-                let v = lb::reverse(&ctx, pkt, cfg, now, lb::REVERSE_IN_PLACE);
-                if let Some(reason) = lb::dropped(v) {
-                    return events::dropped(&ctx, pkt, reason);
-                }
-            }
+        if let Some(verdict) = service::to_pod(&ctx, pkt, now) {
+            return verdict;
         }
         policy::to_pod(&ctx, pkt, now)
     } else {
@@ -126,13 +119,6 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         frag::commit();
     }
     verdict
-}
-
-/// The node's own stack sent the packet (no ingress device).
-#[inline(always)]
-fn from_host(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is valid for the program's lifetime.
-    unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
 }
 
 #[inline(always)]
