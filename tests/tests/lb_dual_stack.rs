@@ -115,3 +115,53 @@ fn an_endpoint_in_the_nodes_own_network_namespace_answers_over_ipv6() {
     let s = tcp_connect(client.ns(), vip, 80, T).expect("connect");
     assert_eq!(s.peer_addr().expect("peer"), SocketAddr::new(vip.into(), 80), "the node's reply is reverse-NATed on its way into the pod");
 }
+
+#[test]
+fn the_nodes_own_ipv6_sockets_reach_the_service_through_the_socket_programs() {
+    let node = Node::new();
+    let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
+    // The node's own addresses (its sockets' sources).
+    node.ns().ip(&["-6", "addr", "add", "fd00:10:0:70::1/128", "dev", "lo", "nodad"]);
+    node.ns().ip(&["addr", "add", "10.0.70.1/32", "dev", "lo"]);
+    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+    let _servers: Vec<_> = backends
+        .iter()
+        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::Name(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
+        .collect();
+    node.write_source("both.yaml", dual_stack_service(&[&backends[0], &backends[1]]).as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    let host = node.ns();
+    // An IPv6 socket to the IPv6 ClusterIP, and one to the IPv4 ClusterIP
+    // as a v4-mapped address: pointed at a backend at connect, the
+    // frontend still its peer.
+    let mapped = IpAddr::V6(VIP4.to_ipv6_mapped());
+    for vip in [IpAddr::V6(VIP6), mapped] {
+        let mut names = BTreeSet::new();
+        for i in 0..40 {
+            if names.len() == 2 && i >= 8 {
+                break;
+            }
+            let (peer, name) = host
+                .run(move || {
+                    use std::io::{Read as _, Write as _};
+                    let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::new(vip, 80), T)?;
+                    s.set_read_timeout(Some(T))?;
+                    let peer = s.peer_addr()?;
+                    s.write_all(b"hi")?;
+                    s.shutdown(std::net::Shutdown::Write)?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out)?;
+                    Ok::<_, std::io::Error>((peer, out.split_whitespace().next().unwrap_or_default().to_string()))
+                })
+                .unwrap_or_else(|e| panic!("the node's TCP to {vip}: {e}"));
+            assert_eq!(peer, SocketAddr::new(vip, 80), "getpeername names the frontend");
+            names.insert(name);
+        }
+        assert_eq!(names, ["b1", "b2"].map(String::from).into(), "the node reaches both backends of {vip}");
+        // Unconnected UDP: the answer seems to come from the frontend.
+        let (name, from) = udp_name_from(host, vip, 53, T).unwrap_or_else(|e| panic!("the node's UDP to {vip}: {e}"));
+        assert!(name == "b1" || name == "b2", "{name}");
+        assert_eq!(from, SocketAddr::new(vip, 53), "recvmsg names the frontend");
+    }
+}

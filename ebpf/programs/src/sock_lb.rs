@@ -17,6 +17,12 @@
 //! take the connection refuses it at once (the syscall fails with EPERM;
 //! a cgroup program has no other way to say no), counted under the same
 //! drop reasons as the tc path.
+//!
+//! IPv6 sockets take the same path (`connect6`, `sendmsg6`, `recvmsg6`,
+//! `getpeername6`): the address is read and written as IPv6. A v4-mapped
+//! address (`::ffff:a.b.c.d`, an IPv6 socket reaching an IPv4 service) is
+//! how the maps hold IPv4 already: it matches the IPv4 frontend and is
+//! pointed at the IPv4 backend, v4-mapped.
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
@@ -56,19 +62,46 @@ fn ours(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, &mut bpf_sock
     Some((cfg, unsafe { &mut *ctx.sock_addr }))
 }
 
+/// The socket address of an IPv4 (`V6` false) or IPv6 program.
+#[inline(always)]
+fn user_addr<const V6: bool>(sa: &bpf_sock_addr) -> Addr {
+    if !V6 {
+        return Addr::from_v4_raw(sa.user_ip4);
+    }
+    let w = sa.user_ip6;
+    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    Addr { bytes: [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]] }
+}
+
+/// Writes the socket address of an IPv4 or IPv6 program.
+#[inline(always)]
+fn set_user_addr<const V6: bool>(sa: &mut bpf_sock_addr, a: &Addr) {
+    if !V6 {
+        sa.user_ip4 = a.v4_raw();
+        return;
+    }
+    let b = &a.bytes;
+    sa.user_ip6[0] = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    sa.user_ip6[1] = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+    sa.user_ip6[2] = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+    sa.user_ip6[3] = u32::from_ne_bytes([b[12], b[13], b[14], b[15]]);
+}
+
 #[inline(always)]
 fn proto(ctx: &SockAddrContext) -> u8 {
     // SAFETY: the context pointer is valid for the program run.
     unsafe { (*ctx.sock_addr).protocol as u8 }
 }
 
-/// connect4 and sendmsg4: points the socket at a backend of the frontend
-/// it asks for.
+/// connect4/6 and sendmsg4/6: points the socket at a backend of the
+/// frontend it asks for.
 #[inline(always)]
-pub fn translate(ctx: &SockAddrContext) -> i32 {
+pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let Some((cfg, sa)) = ours(ctx) else { return ALLOW };
-    let (vip, vport, proto) = (sa.user_ip4, sa.user_port as u16, proto(ctx));
-    let key = FrontendKey { addr: Addr::from_v4_raw(vip), port: vport, proto, scope: SCOPE_INTERNAL };
+    let (vport, proto) = (sa.user_port as u16, proto(ctx));
+    let key = FrontendKey { addr: user_addr::<V6>(sa), port: vport, proto, scope: SCOPE_INTERNAL };
+    // The debug logs print IPv4 (an IPv6 address as its last four bytes).
+    let vip = key.addr.v4_raw();
     let Some(svc) = read(FRONTENDS.get_ptr(&key)) else {
         // A ClusterIP on a port it does not serve is refused, as on the
         // tc path; any other address is not a frontend.
@@ -111,21 +144,21 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     let rk = SockRevKey { cookie, addr: baddr, port: bport, proto, _pad0: 0, _pad1: 0 };
     let rv = SockRevValue { addr: key.addr, port: vport, _pad: 0 };
     let _ = SOCK_REVNAT.insert(&rk, &rv, BPF_ANY as u64);
-    sa.user_ip4 = baddr.v4_raw();
+    set_user_addr::<V6>(sa, &baddr);
     sa.user_port = u32::from(bport);
     ALLOW
 }
 
-/// recvmsg4 and getpeername4: reports the frontend a translated socket
-/// asked for instead of its backend.
+/// recvmsg4/6 and getpeername4/6: reports the frontend a translated
+/// socket asked for instead of its backend.
 #[inline(always)]
-pub fn restore(ctx: &SockAddrContext) -> i32 {
+pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let Some((_, sa)) = ours(ctx) else { return ALLOW };
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rk = SockRevKey { cookie, addr: Addr::from_v4_raw(sa.user_ip4), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };
+    let rk = SockRevKey { cookie, addr: user_addr::<V6>(sa), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };
     if let Some(v) = read(SOCK_REVNAT.get_ptr(&rk)) {
-        sa.user_ip4 = v.addr.v4_raw();
+        set_user_addr::<V6>(sa, &v.addr);
         sa.user_port = u32::from(v.port);
     }
     ALLOW

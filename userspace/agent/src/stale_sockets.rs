@@ -2,7 +2,9 @@
 //! programs pointed at a backend their frontend no longer lists: they are
 //! destroyed, so they never keep sending to a backend that left. The
 //! application's next call fails with ECONNABORTED, and its reconnect goes
-//! through connect4 again, to a live backend. (TCP needs none of this: a
+//! through connect4 (or connect6) again, to a live backend. IPv4 and IPv6
+//! sockets alike (an IPv6 socket's v4-mapped peer is an IPv4 backend, as
+//! the maps hold it). (TCP needs none of this: a
 //! connection to a gone backend is reset or times out by itself.)
 //!
 //! Destroying goes through sock_diag's SOCK_DESTROY (what `ss -K` uses),
@@ -12,11 +14,11 @@
 //! namespace are seen: sock_diag is per namespace, like the programs'
 //! netns check.
 
-use std::{io, net::IpAddr};
+use std::io;
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, IPPROTO_UDP},
+    constants::{AF_INET, AF_INET6, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagDestroy, SockDiagMessage,
 };
@@ -26,6 +28,8 @@ use weir_common::addr::Addr;
 /// A connected UDP socket: its identity, its cookie and its peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connected {
+    /// `AF_INET` or `AF_INET6`: the socket's own family.
+    pub family: u8,
     pub id: SocketId,
     pub cookie: u64,
     pub peer: Addr,
@@ -90,14 +94,22 @@ fn send<T: netlink_packet_core::NetlinkSerializable>(s: &Socket, flags: u16, pay
     Ok(())
 }
 
-fn request(id: SocketId) -> InetRequest {
-    InetRequest { family: AF_INET, protocol: IPPROTO_UDP, extensions: ExtensionFlags::empty(), states: StateFlags::ESTABLISHED, socket_id: id }
+fn request(family: u8, id: SocketId) -> InetRequest {
+    InetRequest { family, protocol: IPPROTO_UDP, extensions: ExtensionFlags::empty(), states: StateFlags::ESTABLISHED, socket_id: id }
 }
 
-/// Every connected IPv4 UDP socket of this network namespace.
-pub fn connected_udp4() -> Result<Vec<Connected>, SweepError> {
+/// Every connected UDP socket of this network namespace, IPv4 and IPv6.
+pub fn connected_udp() -> Result<Vec<Connected>, SweepError> {
+    let mut out = connected_udp_of(AF_INET)?;
+    out.extend(connected_udp_of(AF_INET6)?);
+    Ok(out)
+}
+
+/// Every connected UDP socket of `family` of this network namespace.
+fn connected_udp_of(family: u8) -> Result<Vec<Connected>, SweepError> {
     let s = socket()?;
-    send(&s, NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(request(SocketId::new_v4())))?;
+    let any = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
+    send(&s, NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(request(family, any)))?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -110,11 +122,11 @@ pub fn connected_udp4() -> Result<Vec<Connected>, SweepError> {
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = r.header.socket_id;
-                    if let IpAddr::V4(peer) = id.destination_address {
-                        let c = id.cookie;
-                        let cookie = u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])) | u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]])) << 32;
-                        out.push(Connected { cookie, peer: Addr::from(IpAddr::V4(peer)), peer_port: id.destination_port.to_be(), id });
-                    }
+                    let c = id.cookie;
+                    let cookie = u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])) | u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]])) << 32;
+                    // A v4-mapped peer is the IPv4 address as the maps hold it.
+                    let peer = Addr::from(id.destination_address);
+                    out.push(Connected { family, cookie, peer, peer_port: id.destination_port.to_be(), id });
                 }
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) => {
@@ -132,9 +144,9 @@ pub fn connected_udp4() -> Result<Vec<Connected>, SweepError> {
 
 /// Destroys one socket (its whole identity, cookie included, so only that
 /// very socket goes).
-pub fn destroy(id: &SocketId) -> Result<(), SweepError> {
+pub fn destroy(family: u8, id: &SocketId) -> Result<(), SweepError> {
     let s = socket()?;
-    send(&s, NLM_F_REQUEST | NLM_F_ACK, SockDiagDestroy::new(SockDiagMessage::InetRequest(request(id.clone()))))?;
+    send(&s, NLM_F_REQUEST | NLM_F_ACK, SockDiagDestroy::new(SockDiagMessage::InetRequest(request(family, id.clone()))))?;
     let mut buf = vec![0u8; 4096];
     let n = s.recv(&mut &mut buf[..], 0).map_err(|source| SweepError::Netlink { op: "receive", source })?;
     let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..n])
@@ -158,11 +170,11 @@ pub fn sweep(
     asked: impl Fn(u64, Addr, u16) -> Option<(Addr, u16)>,
     lists: impl Fn(Addr, u16, Addr, u16) -> bool,
 ) -> Result<Sweep, SweepError> {
-    let sockets = connected_udp4()?;
+    let sockets = connected_udp()?;
     let doomed = stale(&sockets, asked, lists);
     let mut out = Sweep { checked: sockets.len(), destroyed: 0 };
     for s in doomed {
-        destroy(&s.id)?;
+        destroy(s.family, &s.id)?;
         tracing::info!(peer = %std::net::IpAddr::from(s.peer), port = u16::from_be(s.peer_port), cookie = s.cookie, "destroyed a connected UDP socket whose backend left its service");
         out.destroyed += 1;
     }
@@ -172,9 +184,10 @@ pub fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn sock(cookie: u64, peer: [u8; 4], port: u16) -> Connected {
-        Connected { id: SocketId::new_v4(), cookie, peer: Addr::from(IpAddr::from(peer)), peer_port: port.to_be() }
+        Connected { family: AF_INET, id: SocketId::new_v4(), cookie, peer: Addr::from(IpAddr::from(peer)), peer_port: port.to_be() }
     }
 
     #[test]
@@ -190,5 +203,11 @@ mod tests {
         let lists = |f: Addr, _, b: Addr, _| f == vip && b == Addr::from(IpAddr::from(kept));
         let doomed: Vec<u64> = stale(&sockets, asked, lists).iter().map(|s| s.cookie).collect();
         assert_eq!(doomed, [2]);
+    }
+
+    #[test]
+    fn an_ipv6_sockets_v4_mapped_peer_is_the_ipv4_backend() {
+        let v4 = std::net::Ipv4Addr::new(10, 244, 0, 5);
+        assert_eq!(Addr::from(IpAddr::V6(v4.to_ipv6_mapped())), Addr::from(IpAddr::V4(v4)));
     }
 }

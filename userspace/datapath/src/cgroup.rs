@@ -19,8 +19,8 @@ use aya::{
 
 use crate::{loader::{load_object, LoadOptions}, objects::SOCK_OBJECT, pins::PinLayout, DatapathError};
 
-/// The socket object's programs.
-pub const SOCK_PROGRAMS: [&str; 4] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
+/// The socket object's programs, for IPv4 and IPv6 sockets.
+pub const SOCK_PROGRAMS: [&str; 8] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4", "connect6", "sendmsg6", "recvmsg6", "getpeername6"];
 
 /// The loaded socket object.
 pub struct SockDatapath {

@@ -7,7 +7,8 @@ pub static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 pub static NODE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node"));
 
 /// The socket object: cgroup `connect4`, `sendmsg4`, `recvmsg4` and
-/// `getpeername4` (socket-level load balancing for the node's processes).
+/// `getpeername4`, and their IPv6 twins (socket-level load balancing for
+/// the node's processes).
 pub static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock"));
 
 /// Every object, by name.

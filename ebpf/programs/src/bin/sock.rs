@@ -8,22 +8,42 @@ use weir_ebpf::sock_lb;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate(&ctx)
+    sock_lb::translate::<false>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate(&ctx)
+    sock_lb::translate::<false>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::restore(&ctx)
+    sock_lb::restore::<false>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    sock_lb::restore(&ctx)
+    sock_lb::restore::<false>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate::<true>(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate::<true>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::restore::<true>(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_lb::restore::<true>(&ctx)
 }
 
 #[cfg(not(test))]
