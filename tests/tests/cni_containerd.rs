@@ -133,7 +133,7 @@ fn a_dual_stack_container_gets_both_addresses_and_reaches_another_over_both_fami
         node.ns().sysctl(&format!("net.ipv6.conf.{k}"), "0");
     }
     node.ns().sysctl("net.ipv6.conf.all.forwarding", "1");
-    let mut agent = node.start_agent();
+    let agent = node.start_agent();
     let server = ctrd.spawn(&format!("srv46-{}", std::process::id()), "while true; do echo hello-from-srv | nc -l -p 8080; done");
     let rec = wait_record(&server);
     let ips: Vec<String> = rec["ips"].as_array().expect("ips").iter().filter_map(|i| i.as_str().map(str::to_string)).collect();

@@ -88,6 +88,15 @@ fn a_dual_stack_service_is_reached_over_both_families_by_tcp_and_udp() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains(&format!("{VIP4}:80")) && text.contains(&format!("[{VIP6}]:80")), "both frontends are listed:\n{text}");
+    // explain follows an IPv6 flow through the IPv6 frontend to a backend.
+    let client6 = client.ip6.expect("dual-stack client");
+    let out = node.weir(&["explain", &format!("[{client6}]:40123"), &format!("[{VIP6}]:80/tcp"), "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(e["verdict"], "forward", "{e}");
+    assert_eq!(e["service"]["frontend"], format!("[{VIP6}]:80/tcp"), "{e}");
+    let b6: Vec<String> = backends.iter().map(|b| b.ip6.expect("dual-stack").to_string()).collect();
+    assert!(e["backend"]["addr"].as_str().is_some_and(|a| b6.iter().any(|b| b == a)), "an IPv6 backend: {e}");
 }
 
 #[test]
@@ -163,5 +172,63 @@ fn the_nodes_own_ipv6_sockets_reach_the_service_through_the_socket_programs() {
         let (name, from) = udp_name_from(host, vip, 53, T).unwrap_or_else(|e| panic!("the node's UDP to {vip}: {e}"));
         assert!(name == "b1" || name == "b2", "{name}");
         assert_eq!(from, SocketAddr::new(vip, 53), "recvmsg names the frontend");
+    }
+}
+
+#[test]
+fn the_nodes_connected_ipv6_udp_socket_whose_backend_leaves_is_destroyed() {
+    use std::net::UdpSocket;
+    let node = Node::new();
+    let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
+    node.ns().ip(&["-6", "addr", "add", "fd00:10:0:70::1/128", "dev", "lo", "nodad"]);
+    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+    let _servers: Vec<_> = backends.iter().map(|b| udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))).collect();
+    node.write_source("both.yaml", dual_stack_service(&[&backends[0], &backends[1]]).as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    let host = node.ns();
+    let connect = || {
+        host.run(move || {
+            let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
+            s.set_read_timeout(Some(T))?;
+            s.connect((VIP6, 53))?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .expect("a connected IPv6 UDP socket")
+    };
+    let ask = |s: &UdpSocket| -> std::io::Result<String> {
+        s.send(b"q")?;
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let (mut on_1, mut on_2) = (None, None);
+    for _ in 0..40 {
+        let s = connect();
+        match ask(&s).expect("ask").as_str() {
+            "b1" if on_1.is_none() => on_1 = Some(s),
+            "b2" if on_2.is_none() => on_2 = Some(s),
+            _ => {}
+        }
+        if on_1.is_some() && on_2.is_some() {
+            break;
+        }
+    }
+    let (on_1, on_2) = (on_1.expect("a socket on b1"), on_2.expect("a socket on b2"));
+    // b1 leaves the service; its pod still answers.
+    node.write_source("both.yaml", dual_stack_service(&[&backends[1]]).as_bytes());
+    let start = std::time::Instant::now();
+    let err = loop {
+        match ask(&on_1) {
+            Ok(name) => assert_eq!(name, "b1", "the socket is connected to b1"),
+            Err(e) => break e,
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the IPv6 socket on the gone backend was never destroyed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(matches!(err.raw_os_error(), Some(libc::EDESTADDRREQ | libc::ECONNABORTED)), "destroyed: {err}");
+    assert_eq!(ask(&on_2).expect("the socket on the backend that stays"), "b2");
+    for _ in 0..6 {
+        assert_eq!(ask(&connect()).expect("a reconnect"), "b2", "a new socket reaches the backend left");
     }
 }

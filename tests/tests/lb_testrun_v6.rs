@@ -252,3 +252,38 @@ fn a_vip_dialled_on_a_port_or_protocol_it_does_not_serve_is_refused() {
         assert_eq!(drops(layout, DropReason::UnsupportedProtoToVip), 1);
     });
 }
+
+#[test]
+fn a_packet_too_big_for_the_backends_link_is_answered_with_packet_too_big_from_the_vip() {
+    with_datapath(|dp, lb, layout| {
+        // The backend behind a link of MTU 1280 (smaller than the
+        // client's packets).
+        for k in ["all.disable_ipv6", "default.disable_ipv6"] {
+            weir_tests::cmd::output(&["sysctl", "-qw", &format!("net.ipv6.conf.{k}=0")]);
+        }
+        weir_tests::cmd::output(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        weir_tests::cmd::output(&["ip", "link", "add", "wtrb", "mtu", "1280", "type", "veth", "peer", "name", "wtrbp", "mtu", "1280"]);
+        for l in ["wtrb", "wtrbp"] {
+            weir_tests::cmd::output(&["ip", "link", "set", l, "up"]);
+        }
+        weir_tests::cmd::output(&["ip", "-6", "route", "add", &format!("{BACKEND}/128"), "dev", "wtrb"]);
+        weir_tests::cmd::output(&["ip", "-6", "neigh", "replace", &BACKEND.to_string(), "lladdr", "02:00:00:00:00:09", "dev", "wtrb", "nud", "permanent"]);
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+
+        let small = testrun::run(prog, &testrun::udp6((CLIENT, 41030), (VIP, 53), &[1; 100])).expect("run");
+        assert_eq!(small.verdict, TC_ACT_REDIRECT, "a packet that fits is redirected to the backend's link");
+        let out = parse_checked_v6(&small.packet);
+        assert_eq!((out.dst, out.dport, out.hop), (BACKEND, 5353, 63), "translated, the hop limit decremented");
+
+        let big = testrun::udp6((CLIENT, 41031), (VIP, 53), &[2; 1400]);
+        let run = testrun::run(prog, &big).expect("run");
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "the answer goes back to the client");
+        let out = parse_checked_v6(&run.packet);
+        assert_eq!((out.src, out.dst, out.proto), (VIP, CLIENT, ICMPV6), "from the VIP the client asked");
+        assert_eq!((out.l4[0], out.l4[1]), (2, 0), "packet too big");
+        assert_eq!(u32::from_be_bytes([out.l4[4], out.l4[5], out.l4[6], out.l4[7]]), 1280, "the egress MTU");
+        assert_eq!(&out.l4[8..], &big[14..62], "quotes the client's own, untranslated packet");
+        assert_eq!(drops(layout, DropReason::FragNeeded), 1);
+    });
+}

@@ -55,11 +55,14 @@ impl Addr {
         unsafe { core::mem::transmute::<[u32; 4], Addr>(words) }
     }
 
+    /// Whether the address is IPv4 (v4-mapped). Two word compares: twelve
+    /// byte compares cost BPF frames registers and stack.
     #[inline(always)]
     pub const fn is_v4(&self) -> bool {
         let b = &self.bytes;
-        b[0] == 0 && b[1] == 0 && b[2] == 0 && b[3] == 0 && b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0
-            && b[8] == 0 && b[9] == 0 && b[10] == 0xff && b[11] == 0xff
+        let head = u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let mark = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        head == 0 && mark == u32::from_ne_bytes([0, 0, 0xff, 0xff])
     }
 
     /// The IPv4 address as it sits in a packet (a u32 in network order in memory).

@@ -205,9 +205,9 @@ impl Packet for Ipv6Pkt {
         reject::reject6(ctx, self, reason, back)
     }
     #[inline(always)]
-    fn too_big(&self, ctx: &TcContext, _mtu: u16, _back: u32) -> i32 {
-        // `fwd::redirect_v6` leaves a packet too big to the stack.
-        events::dropped_flow(ctx, &self.t, DropReason::FragNeeded)
+    fn too_big(&self, ctx: &TcContext, mtu: u16, back: u32) -> i32 {
+        events::report_drop(ctx, &self.t, DropReason::FragNeeded as u32);
+        reject::too_big6(ctx, self, mtu, back)
     }
     #[inline(always)]
     fn trace(&self, ctx: &TcContext) {

@@ -107,10 +107,10 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     deliver(ctx, p, rc)
 }
 
-/// IPv6 as [`redirect_v4`] forwards IPv4, the hop limit for the TTL. A
-/// packet too big for its egress goes up the stack, which answers with
-/// packet too big quoting the translated packet (translating that answer
-/// back through the service is not done yet).
+/// IPv6 as [`redirect_v4`] forwards IPv4, the hop limit for the TTL. IPv6
+/// is never fragmented on the way: a packet too big for its egress (other
+/// than an ICMPv6 error) is handed back ([`too_big`]) to be answered with
+/// packet too big, as an IPv4 one with Don't Fragment set.
 #[inline(never)]
 pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
     if pkt.hop_limit <= 1 {
@@ -137,6 +137,14 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
     p.__bindgen_anon_4.ipv6_dst = words(&pkt.t.daddr);
     // SAFETY: valid skb and params pointers, correct size.
     let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && !pkt.is_icmp_error() {
+        // SAFETY: as in `redirect_v4`.
+        let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+        if debug_on() {
+            debug::note_fwd(debug::FWD_TOO_BIG, mtu as u32);
+        }
+        return TOO_BIG_BASE + mtu as i32;
+    }
     if !routed(rc) {
         return TC_ACT_OK as i32;
     }

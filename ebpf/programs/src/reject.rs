@@ -10,11 +10,12 @@
 //!
 //! IPv6 is answered the same way ([`reject6`]): a TCP RST, or ICMPv6
 //! destination unreachable (port unreachable) quoting the packet's fixed
-//! header and the first 8 bytes of its upper layer.
+//! header and the first 8 bytes of its upper layer; a packet too big,
+//! with ICMPv6 packet too big ([`too_big6`]).
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
+    helpers::generated::{bpf_csum_diff, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
     programs::TcContext,
 };
 use weir_common::{
@@ -206,12 +207,29 @@ pub fn reject6(ctx: &TcContext, p: &Ipv6Pkt, reason: DropReason, back: u32) -> i
     } else if p.later_fragment() || (p.t.proto == PROTO_ICMPV6 && p.icmp_type < 128) {
         Err(()) // never answer an error (RFC 4443 2.4), nor a packet with no header
     } else {
-        icmp6_unreachable(ctx, p)
+        icmp6_answer(ctx, p, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACHABLE, 0)
     };
     if built.is_err() {
         return TC_ACT_SHOT as i32;
     }
     send_back(ctx, back)
+}
+
+/// [`too_big`] for IPv6: ICMPv6 packet too big with the egress `mtu`.
+#[inline(never)]
+pub fn too_big6(ctx: &TcContext, p: &Ipv6Pkt, mtu: u16, back: u32) -> i32 {
+    drop_reason(DropReason::FragNeeded);
+    if p.later_fragment() || p.is_icmp_error() || icmp6_answer(ctx, p, ICMPV6_PACKET_TOO_BIG, 0, mtu as u32).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    send_back(ctx, back)
+}
+
+/// A 32-bit one's-complement sum folded to 16 bits.
+#[inline(always)]
+fn fold16(x: u32) -> u16 {
+    let s = (x & 0xffff) + (x >> 16);
+    ((s & 0xffff) + (s >> 16)) as u16
 }
 
 /// Writes an IPv6 fixed header (hop limit 64) from `saddr` to `daddr`
@@ -252,24 +270,37 @@ fn tcp_rst6(ctx: &TcContext, p: &Ipv6Pkt) -> Result<(), ()> {
     ctx.store(IP_OFF + IPV6_HLEN, &tcp, 0).map_err(|_| ())
 }
 
-/// ICMPv6 destination unreachable, port unreachable.
+/// ICMPv6 destination unreachable (port unreachable), and packet too big.
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PORT_UNREACHABLE: u8 = 4;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// What an ICMPv6 answer quotes: the fixed header and 8 bytes.
 const QUOTE6: usize = IPV6_HLEN + 8;
 
-/// ICMPv6 port unreachable from the packet's destination, quoting its
+/// An ICMPv6 error of type `ty` and `code` (its 32-bit field: `value`,
+/// the MTU of packet too big) from the packet's destination, quoting its
 /// fixed header and the first 8 bytes of its upper layer (a packet with
 /// extension headers is not answered).
 #[inline(never)]
-fn icmp6_unreachable(ctx: &TcContext, p: &Ipv6Pkt) -> Result<(), ()> {
+fn icmp6_answer(ctx: &TcContext, p: &Ipv6Pkt, ty: u8, code: u8, value: u32) -> Result<(), ()> {
     if p.l4_off as usize != IP_OFF + IPV6_HLEN {
         return Err(());
     }
     let quoted: [u8; QUOTE6] = ctx.load(IP_OFF).map_err(|_| ())?;
+    // The quote's sum by the kernel (`csum_partial`: native-order words,
+    // whose folded sum is the byte swap of the network-order one): an
+    // unrolled sum of 48 bytes costs this frame more stack than the call
+    // chain has.
+    // SAFETY: QUOTE6 readable bytes; the helper only reads them.
+    let q = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, quoted.as_ptr() as *mut u32, QUOTE6 as u32, 0) };
+    if q < 0 {
+        return Err(());
+    }
+    let q = u32::from(fold16(q as u32).swap_bytes());
     let len = (8 + QUOTE6) as u32;
-    let mut head: [u8; 8] = [ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACHABLE, 0, 0, 0, 0, 0, 0];
-    let c = finish(add_words(add_words(pseudo6(&p.t.daddr, &p.t.saddr, len, PROTO_ICMPV6), &head), &quoted)).to_be_bytes();
+    let v = value.to_be_bytes();
+    let mut head: [u8; 8] = [ty, code, 0, 0, v[0], v[1], v[2], v[3]];
+    let c = finish(add_words(pseudo6(&p.t.daddr, &p.t.saddr, len, PROTO_ICMPV6), &head) + q).to_be_bytes();
     head[2] = c[0];
     head[3] = c[1];
     // SAFETY: valid skb pointer; plain helper call.

@@ -25,7 +25,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CT_STATE_SYN, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
+    ct::{CtEntry, CtKey, CT_F_HAIRPIN, CT_STATE_SYN, CT_SVC_FWD, CT_SVC_REV, DIR_ORIG, DIR_REPLY},
     lb::{FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL},
 };
 use weir_logic::{
@@ -210,9 +210,15 @@ fn forward(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
     if fwd.svc_id != svc.id || !lb::backend_matches(fwd.backend_id, fwd) {
         return false;
     }
-    // The fast path is IPv4's: the flow's client (`orig_addr`, the
-    // packet's source) is an IPv4 address.
-    let sees = backend_sees(fwd.flags, cfg, fwd.orig_addr);
+    // A hairpin flow (a node reaching its own host-network endpoint
+    // through another node's frontend) is left to tc: rare, and choosing
+    // its hairpin source by family costs this frame more stack than XDP
+    // has beside its caller.
+    let flags = fwd.flags;
+    if flags & CT_F_HAIRPIN != 0 {
+        return false;
+    }
+    let sees = backend_sees(flags, cfg, fwd.orig_addr);
     let rkey = key(fwd.nat_addr, sees, fwd.nat_port, fwd.orig_port, f.proto, CT_SVC_REV);
     rw.saddr = sees.v4_raw();
     rw.daddr = fwd.nat_addr.v4_raw();

@@ -6,7 +6,8 @@
 //! DNS-shaped new flow), the first packet of a flow the policy judges (with
 //! one rule, and with 10,000 more for other peers), and a packet delivered
 //! to a pod; pod-to-pod cases also over IPv6 (the same policy, judged by
-//! the same code over 16-byte addresses). Routes and
+//! the same code over 16-byte addresses), and the service cases over an
+//! IPv6 ClusterIP (the same service path over `Ipv6Pkt`). Routes and
 //! neighbours exist for the pods, so the FIB lookup and redirect are paid
 //! as in real traffic. Every run is one packet (`repeat` would feed the
 //! program its own rewritten packet again), and each figure is the median
@@ -53,6 +54,9 @@ const GUARDED_BIG: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 7);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5);
 const GUARDED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 6);
+/// IPv6 ClusterIPs, TCP 80 and UDP 53, to BACKEND6.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+const UDP_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x11);
 
 #[derive(serde::Serialize)]
 struct Case {
@@ -124,7 +128,7 @@ fn summarize(case: &'static str, mut v: Vec<u64>) -> Case {
     Case { case, median_ns: v[v.len() / 2], min_ns: v[0], max_ns: v[v.len() - 1] }
 }
 
-fn veth(ns: &NetNs, name: &str, addr: Ipv4Addr) -> u32 {
+fn veth(ns: &NetNs, name: &str, addr: Ipv4Addr, addr6: Option<Ipv6Addr>) -> u32 {
     let peer = format!("{name}p");
     ns.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
     ns.ip(&["link", "set", name, "up"]);
@@ -132,6 +136,11 @@ fn veth(ns: &NetNs, name: &str, addr: Ipv4Addr) -> u32 {
     let a = addr.to_string();
     ns.ip(&["route", "add", &format!("{a}/32"), "dev", name]);
     ns.ip(&["neigh", "replace", &a, "lladdr", "02:00:00:00:00:09", "dev", name, "nud", "permanent"]);
+    if let Some(a6) = addr6 {
+        let a = a6.to_string();
+        ns.ip(&["-6", "route", "add", &format!("{a}/128"), "dev", name]);
+        ns.ip(&["-6", "neigh", "replace", &a, "lladdr", "02:00:00:00:00:09", "dev", name, "nud", "permanent"]);
+    }
     ns.ifindex(name)
 }
 
@@ -150,8 +159,13 @@ fn main() -> anyhow::Result<()> {
     weir_tests::privileged::require();
     let ns = NetNs::new("wpc");
     ns.sysctl("net.ipv4.ip_forward", "1");
-    let (client_if, backend_if, guarded_if) = (veth(&ns, "weirc", CLIENT), veth(&ns, "weirb", BACKEND), veth(&ns, "weirg", GUARDED));
-    let big_if = veth(&ns, "weirh", GUARDED_BIG);
+    for k in ["all.disable_ipv6", "default.disable_ipv6"] {
+        ns.sysctl(&format!("net.ipv6.conf.{k}"), "0");
+    }
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let (client_if, backend_if, guarded_if) =
+        (veth(&ns, "weirc", CLIENT, Some(CLIENT6)), veth(&ns, "weirb", BACKEND, Some(BACKEND6)), veth(&ns, "weirg", GUARDED, Some(GUARDED6)));
+    let big_if = veth(&ns, "weirh", GUARDED_BIG, None);
     let dir = BpffsDir::new(&format!("/sys/fs/bpf/{}", names::unique("weirpc")));
     let path = dir.path.clone();
     let (reps, runs, flows) = if quick { (3, 300, 300) } else { (9, 2_000, 2_000) };
@@ -172,6 +186,8 @@ fn main() -> anyhow::Result<()> {
         let mut lb = Lb::open(&layout)?;
         lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)]))?;
         lb.upsert(&cluster_ip(UDP_VIP, 53, Protocol::Udp, &[(BACKEND, 5353)]))?;
+        lb.upsert(&cluster_ip(VIP6, 80, Protocol::Tcp, &[(BACKEND6, 8080)]))?;
+        lb.upsert(&cluster_ip(UDP_VIP6, 53, Protocol::Udp, &[(BACKEND6, 5353)]))?;
         for i in 1..services {
             let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
             let backend = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + i);
@@ -210,6 +226,7 @@ fn main() -> anyhow::Result<()> {
                             let pkt = match dst.0 {
                                 IpAddr::V4(a) if dst.1 == 53 => testrun::udp4((CLIENT, sport), (a, dst.1), &[0x65; 32]),
                                 IpAddr::V4(a) => testrun::tcp4((CLIENT, sport), (a, dst.1), true, b""),
+                                IpAddr::V6(a) if dst.1 == 53 => testrun::udp6((CLIENT6, sport), (a, dst.1), &[0x65; 32]),
                                 IpAddr::V6(a) => testrun::tcp6((CLIENT6, sport), (a, dst.1), true, b""),
                             };
                             r.run(from_pod, &pkt, client_if)
@@ -221,13 +238,24 @@ fn main() -> anyhow::Result<()> {
             }
             medians
         };
-        let dsts = [(VIP.into(), 80), (UDP_VIP.into(), 53), (GUARDED.into(), 9000), (GUARDED_BIG.into(), 9000), (GUARDED6.into(), 9000)];
-        let [service, udp_service, judged, judged_big, judged6]: [Vec<u64>; 5] = first_packets(&dsts).try_into().map_err(|_| anyhow::anyhow!("five cases"))?;
+        let dsts = [
+            (VIP.into(), 80),
+            (UDP_VIP.into(), 53),
+            (GUARDED.into(), 9000),
+            (GUARDED_BIG.into(), 9000),
+            (GUARDED6.into(), 9000),
+            (VIP6.into(), 80),
+            (UDP_VIP6.into(), 53),
+        ];
+        let [service, udp_service, judged, judged_big, judged6, service6, udp_service6]: [Vec<u64>; 7] =
+            first_packets(&dsts).try_into().map_err(|_| anyhow::anyhow!("seven cases"))?;
         out.push(summarize("new service flow (SYN to a VIP: select, policy, two entries, DNAT, redirect)", service));
         out.push(summarize("new UDP service flow (one datagram to a VIP from a fresh port)", udp_service));
         out.push(summarize("policy-judged first packet (SYN to a guarded pod), its 1 rule", judged));
         out.push(summarize("policy-judged first packet, the pod has 10,001 rules", judged_big));
         out.push(summarize("policy-judged first packet over IPv6 (SYN to the guarded pod's IPv6 address)", judged6));
+        out.push(summarize("new service flow over IPv6 (SYN to an IPv6 VIP)", service6));
+        out.push(summarize("new UDP service flow over IPv6 (one datagram to an IPv6 VIP from a fresh port)", udp_service6));
 
         // One established flow, both directions.
         r.run(from_pod, &testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""), client_if);
@@ -243,6 +271,15 @@ fn main() -> anyhow::Result<()> {
         };
         out.push(summarize("established service flow (client → VIP)", (0..reps).map(|_| median(from_pod, &data, client_if)).collect()));
         out.push(summarize("service reply (backend → client, reverse NAT)", (0..reps).map(|_| median(from_pod, &reply, backend_if)).collect()));
+        // The same over IPv6.
+        r.run(from_pod, &testrun::tcp6((CLIENT6, 9999), (VIP6, 80), true, b""), client_if);
+        let mut synack6 = testrun::tcp6((BACKEND6, 8080), (CLIENT6, 9999), false, b"");
+        synack6[14 + 40 + 13] = 0x12;
+        r.run(from_pod, &synack6, backend_if);
+        let data6 = testrun::tcp6((CLIENT6, 9999), (VIP6, 80), false, &[0x61; 64]);
+        let reply6 = testrun::tcp6((BACKEND6, 8080), (CLIENT6, 9999), false, &[0x62; 64]);
+        out.push(summarize("established service flow over IPv6 (client → VIP)", (0..reps).map(|_| median(from_pod, &data6, client_if)).collect()));
+        out.push(summarize("service reply over IPv6 (backend → client, reverse NAT)", (0..reps).map(|_| median(from_pod, &reply6, backend_if)).collect()));
         let direct = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
         out.push(summarize("pod to pod, no policy (from_pod)", (0..reps).map(|_| median(from_pod, &direct, client_if)).collect()));
         r.run(from_pod, &testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), true, b""), client_if);

@@ -33,7 +33,8 @@ pub(super) enum Frontend {
 
 pub(super) fn describe(svc: &Service, p: &Packet, external: bool) -> ServiceMatch {
     ServiceMatch {
-        frontend: format!("{}:{}/{}", p.dst, p.dport, proto_name(p.proto)),
+        // As frontends are written everywhere: `[fd00::1]:80/tcp` for IPv6.
+        frontend: format!("{}/{}", std::net::SocketAddr::new(p.dst, p.dport), proto_name(p.proto)),
         service_id: svc.id,
         kind: Kind::from_number(svc_kind(svc.flags)).as_str(),
         entry: if external { "external" } else { "internal" },
