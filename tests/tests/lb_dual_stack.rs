@@ -13,7 +13,7 @@ use std::{
 };
 
 use weir_tests::{
-    traffic::{tcp_connect, tcp_name, tcp_server_at, udp_name_from, udp_server_at, Reply},
+    traffic::{tcp_connect, tcp_name, tcp_server_at, udp_name_from, udp_server_at, Reply, Server},
     Node, Pod,
 };
 
@@ -25,6 +25,16 @@ fn pod(node: &Node, name: &str, last: u8) -> Pod {
     let mut p = node.pod(name, Ipv4Addr::new(10, 244, 70, last));
     p.add_v6(node, Ipv6Addr::new(0xfd00, 0x10, 0x244, 0x70, 0, 0, 0, last as u16));
     p
+}
+
+/// Each backend's name on TCP 8080 and UDP 5353, over both families
+/// (bound to `::`).
+fn serve(backends: &[Pod]) -> Vec<Server> {
+    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+    backends
+        .iter()
+        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::Name(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
+        .collect()
 }
 
 /// The Service and its two EndpointSlices, as a cluster holds them.
@@ -55,11 +65,7 @@ fn a_dual_stack_service_is_reached_over_both_families_by_tcp_and_udp() {
     let node = Node::new();
     let client = pod(&node, "client", 2);
     let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
-    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
-    let _servers: Vec<_> = backends
-        .iter()
-        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::Name(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
-        .collect();
+    let _servers = serve(&backends);
     node.write_source("both.yaml", dual_stack_service(&[&backends[0], &backends[1]]).as_bytes());
     let mut agent = node.start_agent();
     agent.wait_synced();
@@ -132,11 +138,7 @@ fn the_nodes_own_ipv6_sockets_reach_the_service_through_the_socket_programs() {
     // The node's own addresses (its sockets' sources).
     node.ns().ip(&["-6", "addr", "add", "fd00:10:0:70::1/128", "dev", "lo", "nodad"]);
     node.ns().ip(&["addr", "add", "10.0.70.1/32", "dev", "lo"]);
-    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
-    let _servers: Vec<_> = backends
-        .iter()
-        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::Name(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
-        .collect();
+    let _servers = serve(&backends);
     node.write_source("both.yaml", dual_stack_service(&[&backends[0], &backends[1]]).as_bytes());
     let mut agent = node.start_agent();
     agent.wait_synced();
@@ -181,8 +183,7 @@ fn the_nodes_connected_ipv6_udp_socket_whose_backend_leaves_is_destroyed() {
     let node = Node::new();
     let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
     node.ns().ip(&["-6", "addr", "add", "fd00:10:0:70::1/128", "dev", "lo", "nodad"]);
-    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
-    let _servers: Vec<_> = backends.iter().map(|b| udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))).collect();
+    let _servers = serve(&backends);
     node.write_source("both.yaml", dual_stack_service(&[&backends[0], &backends[1]]).as_bytes());
     let mut agent = node.start_agent();
     agent.wait_synced();

@@ -55,54 +55,22 @@ pub fn too_big(verdict: i32) -> Option<u16> {
 
 #[inline(never)]
 pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
-    if pkt.ttl <= 1 {
-        if debug_on() {
-            debug::note_fwd(debug::FWD_TTL, 0);
-        }
+    if !hops_left(pkt.ttl) {
         return TC_ACT_OK as i32;
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
-    zero_params(&mut params);
-    // SAFETY: every byte was written; zero is valid for its integers and unions.
-    let p = unsafe { params.assume_init_mut() };
-    p.family = AF_INET;
-    p.l4_protocol = pkt.proto;
-    p.sport = pkt.sport;
-    p.dport = pkt.dport;
-    // SAFETY: the context pointer is valid for the program's lifetime.
-    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: as above.
-    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
-        p.__bindgen_anon_1.tot_len = pkt.tot_len;
-    }
+    let p = prepare(ctx, &mut params, AF_INET, pkt.proto, pkt.sport, pkt.dport, pkt.tot_len);
     p.__bindgen_anon_3.ipv4_src = pkt.saddr;
     p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
-    // SAFETY: valid skb and params pointers, correct size.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = lookup(ctx, p);
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && pkt.df && !pkt.is_icmp_error() {
-        // SAFETY: the kernel writes the egress MTU over the length it
-        // was given (a union).
-        let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
-        if debug_on() {
-            debug::note_fwd(debug::FWD_TOO_BIG, mtu as u32);
-        }
-        return TOO_BIG_BASE + mtu as i32;
+        return too_big_for(p);
     }
     if !routed(rc) {
         return TC_ACT_OK as i32;
     }
     if decrement_ttl(ctx, pkt).is_err() {
-        if debug_on() {
-            debug::note_fwd(debug::FWD_FAILED, 0);
-        }
-        return TC_ACT_OK as i32;
+        return failed();
     }
     deliver(ctx, p, rc)
 }
@@ -113,48 +81,96 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
 /// packet too big, as an IPv4 one with Don't Fragment set.
 #[inline(never)]
 pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
-    if pkt.hop_limit <= 1 {
-        if debug_on() {
-            debug::note_fwd(debug::FWD_TTL, 0);
-        }
+    if !hops_left(pkt.hop_limit) {
         return TC_ACT_OK as i32;
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
-    zero_params(&mut params);
-    // SAFETY: every byte was written; zero is valid for its integers and unions.
-    let p = unsafe { params.assume_init_mut() };
-    p.family = AF_INET6;
-    p.l4_protocol = pkt.t.proto;
-    p.sport = pkt.t.sport;
-    p.dport = pkt.t.dport;
-    // SAFETY: the context pointer is valid for the program's lifetime.
-    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: as above.
-    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
-        p.__bindgen_anon_1.tot_len = pkt.end.wrapping_sub(IP_OFF as u16);
-    }
+    let p = prepare(ctx, &mut params, AF_INET6, pkt.t.proto, pkt.t.sport, pkt.t.dport, pkt.end.wrapping_sub(IP_OFF as u16));
     p.__bindgen_anon_3.ipv6_src = words(&pkt.t.saddr);
     p.__bindgen_anon_4.ipv6_dst = words(&pkt.t.daddr);
-    // SAFETY: valid skb and params pointers, correct size.
-    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = lookup(ctx, p);
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && !pkt.is_icmp_error() {
-        // SAFETY: as in `redirect_v4`.
-        let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
-        if debug_on() {
-            debug::note_fwd(debug::FWD_TOO_BIG, mtu as u32);
-        }
-        return TOO_BIG_BASE + mtu as i32;
+        return too_big_for(p);
     }
     if !routed(rc) {
         return TC_ACT_OK as i32;
     }
     if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
-        if debug_on() {
-            debug::note_fwd(debug::FWD_FAILED, 0);
-        }
-        return TC_ACT_OK as i32;
+        return failed();
     }
     deliver(ctx, p, rc)
+}
+
+/// Whether a packet with `hops` left (TTL or hop limit) may be forwarded
+/// here; one that would run out goes up the stack, which answers time
+/// exceeded.
+#[inline(always)]
+fn hops_left(hops: u8) -> bool {
+    if hops <= 1 {
+        if debug_on() {
+            debug::note_fwd(debug::FWD_TTL, 0);
+        }
+        return false;
+    }
+    true
+}
+
+/// The lookup's parameters every family shares (the caller adds the
+/// addresses), zeroed first. `len`: the packet's IP length (IPv4 total
+/// length, IPv6 header and payload), given unless it is a GSO
+/// super-packet (see the module's documentation).
+#[inline(always)]
+fn prepare<'a>(
+    ctx: &TcContext,
+    params: &'a mut core::mem::MaybeUninit<bpf_fib_lookup>,
+    family: u8,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    len: u16,
+) -> &'a mut bpf_fib_lookup {
+    zero_params(params);
+    // SAFETY: every byte was written; zero is valid for its integers and unions.
+    let p = unsafe { params.assume_init_mut() };
+    p.family = family;
+    p.l4_protocol = proto;
+    p.sport = sport;
+    p.dport = dport;
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: as above.
+    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
+        p.__bindgen_anon_1.tot_len = len;
+    }
+    p
+}
+
+/// `bpf_fib_lookup` on the prepared parameters.
+#[inline(always)]
+fn lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: valid skb and params pointers, correct size.
+    unsafe { fib_lookup(ctx.skb.skb as *mut _, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) }
+}
+
+/// The too-big verdict for the egress MTU the lookup found.
+#[inline(always)]
+fn too_big_for(p: &bpf_fib_lookup) -> i32 {
+    // SAFETY: the kernel writes the egress MTU over the length it was
+    // given (a union).
+    let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+    if debug_on() {
+        debug::note_fwd(debug::FWD_TOO_BIG, mtu as u32);
+    }
+    TOO_BIG_BASE + mtu as i32
+}
+
+/// A rewrite failed: the packet goes up the stack.
+#[inline(always)]
+fn failed() -> i32 {
+    if debug_on() {
+        debug::note_fwd(debug::FWD_FAILED, 0);
+    }
+    TC_ACT_OK as i32
 }
 
 /// An IPv6 address as the lookup takes it.
@@ -195,10 +211,7 @@ fn deliver(ctx: &TcContext, p: &bpf_fib_lookup, rc: i64) -> i32 {
         return unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     }
     if ctx.store(0, &p.dmac, 0).is_err() || ctx.store(6, &p.smac, 0).is_err() {
-        if debug_on() {
-            debug::note_fwd(debug::FWD_FAILED, 0);
-        }
-        return TC_ACT_OK as i32;
+        return failed();
     }
     if debug_on() {
         debug::note_fwd(debug::FWD_REDIRECT, p.ifindex);
