@@ -212,6 +212,14 @@ pub fn parse_checked_v6(p: &[u8]) -> V6 {
     V6 { src, dst, hop: ip[7], proto: next, l4_off: off, sport, dport, l4: l4.to_vec() }
 }
 
+/// Asserts that the TCP header `tcp` is the RST|ACK that refuses the SYN
+/// [`tcp4`]/[`tcp6`] build (sequence 1000): it acknowledges 1001.
+pub fn assert_refuses_the_syn(tcp: &[u8]) {
+    assert_eq!(tcp[13], 0x14, "RST|ACK");
+    let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    assert_eq!(ack, 1001, "acknowledges the SYN (seq 1000 + 1)");
+}
+
 /// One's-complement sum of 16-bit big-endian words.
 fn sum16(data: &[u8]) -> u32 {
     let mut s = 0u32;

@@ -106,10 +106,7 @@ fn a_service_without_endpoints_answers_tcp_with_a_rst() {
         assert_eq!(&run.packet[0..6], &testrun::CLIENT_MAC, "addressed to the client's MAC");
         let out = parse_checked_v4(&run.packet);
         assert_eq!((out.src, out.sport, out.dst, out.dport), (VIP, 80, CLIENT, 40001));
-        let flags = out.l4[13];
-        assert_eq!(flags, 0x14, "RST|ACK");
-        let ack = u32::from_be_bytes([out.l4[8], out.l4[9], out.l4[10], out.l4[11]]);
-        assert_eq!(ack, 1001, "acknowledges the SYN (seq 1000 + 1)");
+        testrun::assert_refuses_the_syn(&out.l4);
         assert_eq!(drops(layout, DropReason::NoEndpoints), 1);
     });
 }
