@@ -327,11 +327,23 @@ pub fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// The tuple an ICMP error quotes.
+/// An ICMPv6 error (`ty`/`code`, e.g. 2/0 packet too big with the MTU
+/// in `rest`) from `src` to `dst` quoting the whole IPv6 packet of the
+/// Ethernet frame `about`, with a valid checksum.
+pub fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, rest: u32, about: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![ty, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(&about[14..]);
+    let c = !fold(pseudo6_sum(&src.octets(), &dst.octets(), icmp.len(), 58) + sum16(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ip6(src, dst, 58, 64, &icmp)
+}
+
+/// The tuple an ICMP or ICMPv6 error quotes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quoted {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct Quoted<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
@@ -351,6 +363,29 @@ pub fn parse_checked_icmp_error(p: &[u8]) -> (V4, Quoted) {
         proto: inner[9],
         sport: u16::from_be_bytes([inner[ihl], inner[ihl + 1]]),
         dport: u16::from_be_bytes([inner[ihl + 2], inner[ihl + 3]]),
+    };
+    (outer, q)
+}
+
+/// Parses an Ethernet + IPv6 ICMPv6 error, checking the ICMPv6 checksum
+/// (over the outer pseudo-header and the quote), and the packet it
+/// quotes (its extension headers walked).
+pub fn parse_checked_icmp6_error(p: &[u8]) -> (V6, Quoted<Ipv6Addr>) {
+    let outer = parse_checked_v6(p);
+    assert_eq!(outer.proto, 58, "not ICMPv6");
+    assert!(matches!(outer.l4[0], 1..=4), "not an ICMPv6 error: type {}", outer.l4[0]);
+    let inner = &outer.l4[8..];
+    let (mut next, mut off) = (inner[6], 40);
+    while matches!(next, 0 | 43 | 60) {
+        next = inner[off];
+        off += (usize::from(inner[off + 1]) + 1) * 8;
+    }
+    let q = Quoted {
+        src: Ipv6Addr::from(<[u8; 16]>::try_from(&inner[8..24]).expect("16 bytes")),
+        dst: Ipv6Addr::from(<[u8; 16]>::try_from(&inner[24..40]).expect("16 bytes")),
+        proto: next,
+        sport: u16::from_be_bytes([inner[off], inner[off + 1]]),
+        dport: u16::from_be_bytes([inner[off + 2], inner[off + 3]]),
     };
     (outer, q)
 }

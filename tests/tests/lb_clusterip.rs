@@ -46,6 +46,7 @@ over_both_families!(
     client_ip_affinity_pins_a_client_to_one_backend,
     terminating_endpoints_follow_kube_proxy_rules,
     a_service_without_endpoints_refuses_at_once,
+    a_udp_backend_with_no_listener_refuses_through_the_vip,
     removing_a_backend_moves_its_udp_flow,
     removing_a_backend_another_service_keeps_moves_its_udp_flow,
     client_ip_affinity_moves_off_a_backend_its_service_dropped_that_another_keeps,
@@ -252,6 +253,20 @@ fn a_service_without_endpoints_refuses_at_once(f: Family) {
     // A port the VIP does not serve is refused too.
     let err = tcp_connect(t.client.ns(), vip, 8443, Duration::from_secs(3)).expect_err("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let _ = &t.node;
+}
+
+/// The backend's kernel answers with port unreachable; the client's
+/// socket, connected to the VIP, hears it only if the error comes back
+/// translated: from the VIP, quoting the client's own packet.
+fn a_udp_backend_with_no_listener_refuses_through_the_vip(f: Family) {
+    let mut t = topo(f);
+    let vip = t.vip;
+    let closed = t.ips(5999, &[0]);
+    t.lb.upsert(&cluster_ip(vip, 54, Protocol::Udp, &closed)).expect("upsert");
+    let sock = udp_connect(t.client.ns(), vip, 54, Duration::from_secs(3)).expect("udp socket");
+    let err = udp_ask(&sock).expect_err("nothing listens on the backend's port");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     let _ = &t.node;
 }
 

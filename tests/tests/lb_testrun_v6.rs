@@ -1,7 +1,8 @@
 //! BPF_PROG_TEST_RUN on crafted IPv6 packets through the service path:
 //! DNAT and reverse NAT bytes and checksums for TCP and UDP (a UDP
 //! checksum never left zero), extension headers, fragments, hairpin, and
-//! the RST / ICMPv6 answers of a service that cannot take a connection.
+//! the RST / ICMPv6 answers of a service that cannot take a connection,
+//! and ICMPv6 errors about service flows, translated like their flow.
 //!
 //! Each test runs in its own network namespace with no routes, so the
 //! program's FIB lookup finds nothing and the verdict is TC_ACT_OK.
@@ -12,7 +13,7 @@ use weir_common::{config::HAIRPIN_V6, drop::DropReason};
 use weir_datapath::{attach::Hook, lb::spec::Protocol, lb::Lb, stats::read_drops, DatapathConfig, PinLayout, PodDatapath};
 use weir_tests::{
     services::cluster_ip,
-    testrun::{self, ip6, parse_checked_v6, v6_checksum_ok, TC_ACT_OK, TC_ACT_REDIRECT},
+    testrun::{self, ip6, parse_checked_icmp6_error, parse_checked_v6, v6_checksum_ok, Quoted, TC_ACT_OK, TC_ACT_REDIRECT},
 };
 
 const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
@@ -283,5 +284,83 @@ fn a_packet_too_big_for_the_backends_link_is_answered_with_packet_too_big_from_t
         assert_eq!(u32::from_be_bytes([out.l4[4], out.l4[5], out.l4[6], out.l4[7]]), 1280, "the egress MTU");
         assert_eq!(&out.l4[8..], &big[14..62], "quotes the client's own, untranslated packet");
         assert_eq!(drops(layout, DropReason::FragNeeded), 1);
+    });
+}
+
+// ------------------------------------------------------------ ICMPv6 errors
+
+/// A router on the client's path (the node).
+const ROUTER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0x70, 0, 0, 0, 1);
+
+#[test]
+fn icmpv6_errors_of_service_flows_are_translated_like_their_flow() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let (from_pod, to_pod) = (dp.program(Hook::FromPod).expect("from_pod"), dp.program(Hook::ToPod).expect("to_pod"));
+        let q = testrun::udp6((CLIENT, 43000), (VIP, 53), b"query");
+        let dnat = testrun::run(from_pod, &q).expect("run").packet; // CLIENT:43000 → BACKEND:5353
+
+        // The backend's kernel answers with port unreachable.
+        let err = testrun::icmp6_error(BACKEND, CLIENT, 1, 4, 0, &dnat);
+        let run = testrun::run(from_pod, &err).expect("run");
+        assert_eq!(run.verdict, TC_ACT_OK, "forwarded (no route here)");
+        let (outer, quoted) = parse_checked_icmp6_error(&run.packet);
+        assert_eq!((outer.src, outer.dst), (VIP, CLIENT), "the error comes from the service");
+        assert_eq!(quoted, Quoted { src: CLIENT, dst: VIP, proto: UDP, sport: 43000, dport: 53 }, "about the client's own packet");
+        assert_eq!(&outer.l4[8 + 48..], b"query", "the quoted payload is untouched");
+
+        // A router on the path (the node) says packet too big.
+        let too_big = testrun::icmp6_error(ROUTER, CLIENT, 2, 0, 1280, &dnat);
+        let run = testrun::run(to_pod, &too_big).expect("run");
+        assert_eq!(run.verdict, TC_ACT_OK);
+        let (outer, quoted) = parse_checked_icmp6_error(&run.packet);
+        assert_eq!((outer.src, outer.dst), (ROUTER, CLIENT), "a router's error keeps the router as source");
+        assert_eq!((quoted.src, quoted.sport, quoted.dst, quoted.dport), (CLIENT, 43000, VIP, 53));
+        assert_eq!(u32::from_be_bytes([outer.l4[4], outer.l4[5], outer.l4[6], outer.l4[7]]), 1280, "the MTU is kept");
+
+        // The client's kernel refuses a reply (its socket closed).
+        let reply = testrun::udp6((VIP, 53), (CLIENT, 43000), b"late");
+        let err = testrun::icmp6_error(CLIENT, VIP, 1, 4, 0, &reply);
+        let run = testrun::run(from_pod, &err).expect("run");
+        assert_eq!(run.verdict, TC_ACT_OK);
+        let (outer, quoted) = parse_checked_icmp6_error(&run.packet);
+        assert_eq!((outer.src, outer.dst), (CLIENT, BACKEND), "the backend hears about its own packet");
+        assert_eq!(quoted, Quoted { src: BACKEND, dst: CLIENT, proto: UDP, sport: 5353, dport: 43000 });
+    });
+}
+
+#[test]
+fn an_icmpv6_error_quoting_extension_headers_is_translated_behind_them() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let plain = testrun::tcp6((CLIENT, 40300), (VIP, 80), true, b"");
+        let mut payload = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
+        payload.extend_from_slice(&plain[54..]);
+        let dnat = testrun::run(prog, &ip6(CLIENT, VIP, DEST_OPTS, 64, &payload)).expect("run").packet;
+        assert_eq!(parse_checked_v6(&dnat).dst, BACKEND);
+
+        // The backend answers with parameter problem (unrecognised option).
+        let err = testrun::icmp6_error(BACKEND, CLIENT, 4, 2, 42, &dnat);
+        let run = testrun::run(prog, &err).expect("run");
+        let (outer, quoted) = parse_checked_icmp6_error(&run.packet);
+        assert_eq!((outer.src, outer.dst), (VIP, CLIENT));
+        assert_eq!(quoted, Quoted { src: CLIENT, dst: VIP, proto: TCP, sport: 40300, dport: 80 });
+        assert_eq!(outer.l4[8 + 40], TCP, "the options header is quoted as it was");
+    });
+}
+
+#[test]
+fn an_icmpv6_error_from_a_backend_that_no_flow_explains_is_not_translated() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        // The backend forges an error about a flow the client never opened.
+        let never = testrun::udp6((CLIENT, 43999), (BACKEND, 5353), b"never sent");
+        let err = testrun::icmp6_error(BACKEND, CLIENT, 1, 4, 0, &never);
+        let run = testrun::run(prog, &err).expect("run");
+        let (outer, quoted) = parse_checked_icmp6_error(&run.packet);
+        assert_eq!((outer.src, outer.dst), (BACKEND, CLIENT), "no flow: nothing to hide");
+        assert_eq!((quoted.dst, quoted.dport), (BACKEND, 5353));
     });
 }

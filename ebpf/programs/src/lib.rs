@@ -20,6 +20,7 @@ pub mod masq;
 pub mod nat;
 pub mod pod_v6;
 pub mod policy;
+pub mod quoted;
 pub mod reject;
 pub mod service;
 pub mod sock_lb;

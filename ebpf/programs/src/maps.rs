@@ -175,7 +175,7 @@ pub struct Scratch {
     /// A conntrack entry read back (races, collisions, ICMP errors).
     pub other: CtEntry,
     /// The header an ICMP error quotes.
-    pub icmp_inner: crate::icmp::Inner,
+    pub icmp_inner: crate::quoted::Inner,
     /// A packet's addresses and ports before `lb` translated it (to undo
     /// the translation, or log it).
     pub orig: crate::hdr::Tuple,

@@ -22,7 +22,7 @@ use weir_common::{
     lb::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
 };
 
-use crate::hdr::{Ipv4Pkt, Ipv6Pkt, IP6_DADDR_OFF, IP6_SADDR_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
+use crate::hdr::{Ipv4Pkt, Ipv6Pkt, PROTO_ICMPV6, IP6_DADDR_OFF, IP6_SADDR_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
 
 #[inline(always)]
 fn l4_flags(pkt: &Ipv4Pkt) -> u64 {
@@ -80,8 +80,8 @@ pub fn snat(ctx: &TcContext, pkt: &mut Ipv4Pkt, addr: u32, port: u16) -> Result<
     Ok(())
 }
 
-/// Whether an IPv6 packet's TCP or UDP header (with its checksum) is in
-/// this packet.
+/// Where an IPv6 packet's checksum over the pseudo-header is, when its
+/// upper-layer header is in this packet: TCP, UDP or ICMPv6.
 #[inline(always)]
 fn v6_l4_csum(p: &Ipv6Pkt) -> Option<usize> {
     if p.later_fragment() {
@@ -90,26 +90,35 @@ fn v6_l4_csum(p: &Ipv6Pkt) -> Option<usize> {
     match p.t.proto {
         PROTO_TCP => Some(p.l4_off as usize + 16),
         PROTO_UDP => Some(p.l4_off as usize + 6),
+        PROTO_ICMPV6 => Some(p.l4_off as usize + 2),
         _ => None,
     }
 }
 
-/// Rewrites the IPv6 source or destination address (a call of its own:
-/// the 16-byte addresses stay where they are, in scratch space).
+/// The checksum difference of replacing 16-byte address `old` by `new`.
+#[inline(always)]
+pub fn addr6_diff(old: &Addr, new: &Addr) -> Result<u64, ()> {
+    // SAFETY: both pointers are to 16 readable bytes; the helper only
+    // reads them.
+    let diff = unsafe { bpf_csum_diff(old.bytes.as_ptr() as *mut u32, 16, new.bytes.as_ptr() as *mut u32, 16, 0) };
+    if diff < 0 {
+        return Err(());
+    }
+    Ok(diff as u64)
+}
+
+/// Rewrites the IPv6 source or destination address, and the checksum
+/// whose pseudo-header holds it (a call of its own: the 16-byte
+/// addresses stay where they are, in scratch space).
 #[inline(never)]
-fn rewrite_addr6(ctx: &TcContext, p: &Ipv6Pkt, off: usize, old: &Addr, new: &Addr) -> Result<(), ()> {
+pub fn rewrite_addr6(ctx: &TcContext, p: &Ipv6Pkt, off: usize, old: &Addr, new: &Addr) -> Result<(), ()> {
     if old == new {
         return Ok(());
     }
     if let Some(csum_off) = v6_l4_csum(p) {
-        // SAFETY: both pointers are to 16 readable bytes; the helper only
-        // reads them.
-        let diff = unsafe { bpf_csum_diff(old.bytes.as_ptr() as *mut u32, 16, new.bytes.as_ptr() as *mut u32, 16, 0) };
-        if diff < 0 {
-            return Err(());
-        }
+        let diff = addr6_diff(old, new)?;
         let mangled = if p.t.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-        ctx.l4_csum_replace(csum_off, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | mangled).map_err(|_| ())?;
+        ctx.l4_csum_replace(csum_off, 0, diff, BPF_F_PSEUDO_HDR as u64 | mangled).map_err(|_| ())?;
     }
     ctx.store(off, &new.bytes, 0).map_err(|_| ())
 }
@@ -119,6 +128,9 @@ fn rewrite_addr6(ctx: &TcContext, p: &Ipv6Pkt, off: usize, old: &Addr, new: &Add
 #[inline(always)]
 fn rewrite_port6(ctx: &TcContext, p: &Ipv6Pkt, port_off: usize, old: u16, new: u16) -> Result<(), ()> {
     if old == new {
+        return Ok(());
+    }
+    if p.t.proto != PROTO_TCP && p.t.proto != PROTO_UDP {
         return Ok(());
     }
     let Some(csum_off) = v6_l4_csum(p) else { return Ok(()) };

@@ -15,8 +15,11 @@
 //! - Every other flow is judged by network policy exactly as IPv4 is
 //!   (`policy::flow_from_pod`, `policy::flow_to_pod`), tracked in the
 //!   same conntrack table; ICMPv6 echo is a flow keyed by its identifier;
-//!   ICMPv6 errors must quote a flow the policy allowed; fragments ride
-//!   their first fragment's ports (`frag`).
+//!   fragments ride their first fragment's ports (`frag`).
+//! - ICMPv6 errors go through `icmp`, as ICMP errors do: an error about a
+//!   service flow is translated like its flow (so that packet too big
+//!   and port unreachable reach a client through an IPv6 VIP), and under
+//!   a policy any other error must quote a flow the policy allowed.
 //!
 //! A pod's TCP and UDP go through the service step first (`service`,
 //! shared with IPv4): replies of service flows are reverse-NATed, packets
@@ -28,17 +31,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{addr::Addr, drop::DropReason};
-use weir_logic::ipv6::{self, IPV6_HLEN};
 
 use crate::{
     conntrack, events,
     family::Packet,
-    frag, lb, service,
-    hdr::{self, Ipv6Pkt, Tuple, FRAG_FIRST, FRAG_NONE, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PROTO_ICMPV6},
+    frag, icmp, lb, service,
+    hdr::{self, Ipv6Pkt, Tuple, FRAG_FIRST, FRAG_NONE, PROTO_ICMPV6},
     maps::scratch,
     policy, source,
 };
-use weir_common::lb::{PROTO_TCP, PROTO_UDP};
 
 const MLD_QUERY: u8 = 130;
 const MLD_REPORT: u8 = 131;
@@ -159,7 +160,8 @@ fn judged(ctx: &TcContext, p: &mut Ipv6Pkt, ifindex: u32, to_pod_side: bool) -> 
         return events::dropped_flow(ctx, &p.t, DropReason::Ipv6Isolated);
     }
     if p.is_icmp_error() {
-        return error(ctx, p, !to_pod_side);
+        let now = conntrack::now_ns();
+        return if to_pod_side { icmp::error_to_pod(ctx, p, now) } else { icmp::error_from_pod(ctx, p, now) };
     }
     flow(ctx, p, to_pod_side)
 }
@@ -228,70 +230,4 @@ fn sent(ctx: &TcContext, p: &mut Ipv6Pkt, later: bool, now: u64) -> i32 {
         return verdict;
     }
     policy::flow_from_pod(ctx, &p.t, later, now)
-}
-
-/// An ICMPv6 error. It goes to the sender of the packet it quotes (and,
-/// from a pod, comes from that packet's receiver); under a policy it must
-/// quote a flow the policy allowed, in either direction, or it is
-/// dropped (`icmp_unrelated`), as for ICMP.
-#[inline(never)]
-fn error(ctx: &TcContext, p: &Ipv6Pkt, from_pod: bool) -> i32 {
-    if !parse_quoted(ctx, p) {
-        return events::dropped_flow(ctx, &p.t, DropReason::Malformed);
-    }
-    let Some(s) = scratch() else { return TC_ACT_SHOT as i32 };
-    let inner = s.icmp_inner.t;
-    let answers = p.t.daddr == inner.saddr && (!from_pod || p.t.saddr == inner.daddr);
-    if !policy::flow_enforced(&p.t) {
-        return TC_ACT_OK as i32;
-    }
-    if !answers || !policy::related(&p.t.daddr, &inner, conntrack::now_ns()) {
-        return events::dropped_flow(ctx, &p.t, DropReason::IcmpUnrelated);
-    }
-    TC_ACT_OK as i32
-}
-
-/// Reads the packet an ICMPv6 error quotes (its fixed header, its
-/// extension headers walked, and its ports or echo identifier) into
-/// `scratch().icmp_inner.t`; false when it cannot be read from the error.
-#[inline(never)]
-fn parse_quoted(ctx: &TcContext, p: &Ipv6Pkt) -> bool {
-    let Some(s) = scratch() else { return false };
-    let (ip, end) = (p.l4_off as usize + 8, p.end as usize);
-    if ip + IPV6_HLEN > end {
-        return false;
-    }
-    let (Ok(first), Ok(saddr), Ok(daddr)) = (ctx.load::<u8>(ip + 6), ctx.load::<[u8; 16]>(ip + 8), ctx.load::<[u8; 16]>(ip + 24)) else {
-        return false;
-    };
-    let Ok(upper) = ipv6::walk(first, end - ip, |off| if ip + off + 8 <= end { ctx.load::<[u8; 8]>(ip + off).ok() } else { None }) else {
-        return false;
-    };
-    let l4 = ip + upper.off;
-    let mut t = Tuple { saddr: Addr { bytes: saddr }, daddr: Addr { bytes: daddr }, sport: 0, dport: 0, proto: upper.proto, tcp_flags: 0 };
-    if upper.frag.is_some_and(|f| f.is_later()) {
-        // No ports to match: related to nothing.
-        return false;
-    }
-    if upper.proto == PROTO_TCP || upper.proto == PROTO_UDP || upper.proto == PROTO_ICMPV6 {
-        if l4 + 8 > end {
-            return false;
-        }
-        let Ok(w) = ctx.load::<[u8; 8]>(l4) else { return false };
-        if upper.proto == PROTO_ICMPV6 {
-            // An error about an error does not exist (RFC 4443 2.4).
-            if w[0] != ICMPV6_ECHO_REQUEST && w[0] != ICMPV6_ECHO_REPLY {
-                return false;
-            }
-            t.sport = u16::from_ne_bytes([w[4], w[5]]);
-            t.dport = t.sport;
-        } else {
-            t.sport = u16::from_ne_bytes([w[0], w[1]]);
-            t.dport = u16::from_ne_bytes([w[2], w[3]]);
-        }
-    }
-    s.icmp_inner.t = t;
-    s.icmp_inner.ip_off = ip as u32;
-    s.icmp_inner.l4_off = l4 as u32;
-    true
 }
