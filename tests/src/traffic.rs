@@ -168,11 +168,12 @@ pub fn udp_server_at(ns: &NetNs, addr: std::net::IpAddr, port: u16, reply: Reply
     Server { stop, handle: Some(handle), served, last_ns: Arc::new(AtomicU64::new(0)) }
 }
 
-/// Counts the UDP datagrams sent to 0.0.0.0:`port` inside `ns` and
-/// answers none: the receiving end of a flood. Its receive buffer is
-/// 64 MiB (SO_RCVBUFFORCE), so a burst is counted rather than dropped at
-/// the socket.
-pub fn udp_sink(ns: &NetNs, port: u16) -> Server {
+/// Counts the UDP datagrams sent to `addr`:`port` inside `ns` (`addr`
+/// unspecified: any address of its family) and answers none: the
+/// receiving end of a flood. Its receive buffer is 64 MiB
+/// (SO_RCVBUFFORCE), so a burst is counted rather than dropped at the
+/// socket.
+pub fn udp_sink(ns: &NetNs, addr: IpAddr, port: u16) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let last = Arc::new(AtomicU64::new(0));
@@ -180,7 +181,7 @@ pub fn udp_sink(ns: &NetNs, port: u16) -> Server {
     let (stop2, served2, last2) = (stop.clone(), served.clone(), last.clone());
     let handle = ns.spawn(move || {
         use std::os::fd::AsRawFd as _;
-        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("udp bind");
+        let sock = UdpSocket::bind((addr, port)).expect("udp bind");
         let size: libc::c_int = 64 << 20;
         // SAFETY: a valid socket and a c_int option value of the right size.
         let rc = unsafe {

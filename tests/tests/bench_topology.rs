@@ -8,9 +8,12 @@
 
 use std::time::Duration;
 
-use weir_tests::bench::{
-    cell::{self, Plan},
-    topo::{services, BenchTopo, Dataplane},
+use weir_tests::{
+    bench::{
+        cell::{self, Plan},
+        topo::{services, BenchTopo, Dataplane},
+    },
+    netpol::Family,
 };
 
 const PLAN: Plan = Plan {
@@ -22,9 +25,9 @@ const PLAN: Plan = Plan {
     udp_max: Duration::from_secs(5),
 };
 
-fn check(dp: Dataplane) {
-    let name = dp.as_str();
-    let mut t = BenchTopo::new();
+fn check(dp: Dataplane, family: Family) {
+    let name = format!("{} over {family:?}", dp.as_str());
+    let mut t = BenchTopo::new(family);
     let svcs = services(10, &t.backend_ips());
     t.program(dp, &svcs, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{name} did not program 10 services: {e}"));
     let before: Vec<u64> = t.sinks.iter().map(|s| s.served()).collect();
@@ -62,6 +65,15 @@ fn check(dp: Dataplane) {
 #[test]
 fn every_dataplane_carries_the_benchmark_traffic() {
     for dp in Dataplane::ALL {
-        check(dp);
+        check(dp, Family::V4);
+    }
+}
+
+/// The same over IPv6: dual-stack pods, IPv6 services, ip6tables rules
+/// and the `ip6 kube-proxy` table.
+#[test]
+fn every_dataplane_carries_the_benchmark_traffic_over_ipv6() {
+    for dp in Dataplane::ALL {
+        check(dp, Family::V6);
     }
 }

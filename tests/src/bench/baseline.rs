@@ -22,10 +22,16 @@
 //! in nat postrouting. Those masquerade rules are written only when a
 //! NodePort exists, so the ClusterIP-only figures keep their rule set.
 //!
+//! IPv6 services get the same rules in kube-proxy's IPv6 proxier: the
+//! `nat` table restored with ip6tables-restore (`/128` matches, DNAT to
+//! `[addr]:port`), and table `ip6 kube-proxy` keyed by `ipv6_addr`. A
+//! rule set is of one family: every service in it has its cluster IP and
+//! endpoints of that family (as each of kube-proxy's proxiers sees them).
+//!
 //! Left out: external IPs, load balancers, firewall and reject chains for
 //! services without endpoints.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::IpAddr};
 
 /// A service port's protocol.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,16 +59,38 @@ impl Proto {
     }
 }
 
-/// One ClusterIP service port and its endpoints.
+/// One ClusterIP service port and its endpoints (of the cluster IP's
+/// family).
 #[derive(Clone, Debug)]
 pub struct Svc {
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub proto: Proto,
-    pub endpoints: Vec<(Ipv4Addr, u16)>,
+    pub endpoints: Vec<(IpAddr, u16)>,
     /// The service's NodePort, if it has one (TCP, eTP Cluster).
     pub node_port: Option<u16>,
+}
+
+/// What differs between the two families' rules.
+struct Family {
+    /// The nft table family (`ip`, `ip6`), also the nft address match.
+    nft: &'static str,
+    nft_addr: &'static str,
+    host_len: u8,
+}
+
+/// The family of a rule set: that of its services' cluster IPs.
+fn family(services: &[Svc]) -> Family {
+    match services.first().map(|s| s.vip) {
+        Some(IpAddr::V6(_)) => Family { nft: "ip6", nft_addr: "ipv6_addr", host_len: 128 },
+        _ => Family { nft: "ip", nft_addr: "ipv4_addr", host_len: 32 },
+    }
+}
+
+/// `addr:port` as DNAT targets are written (`[addr]:port` for IPv6).
+fn target(ep: &(IpAddr, u16)) -> String {
+    std::net::SocketAddr::from(*ep).to_string()
 }
 
 fn h(s: &str) -> String {
@@ -87,14 +115,15 @@ fn ext_chain(s: &Svc) -> String {
     format!("KUBE-EXT-{}", h(&port_name(s)))
 }
 
-fn sep_chain(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
+fn sep_chain(s: &Svc, ep: &(IpAddr, u16)) -> String {
     format!("KUBE-SEP-{}", h(&format!("{}{}:{}", port_name(s), ep.0, ep.1)))
 }
 
 /// A KUBE-SERVICES rule: the cluster IP and port jump to the service chain.
 fn services_rule(s: &Svc) -> String {
     let p = s.proto.as_str();
-    format!("-A KUBE-SERVICES -d {}/32 -p {p} -m comment --comment \"{} cluster IP\" -m {p} --dport {} -j {}\n", s.vip, s.name, s.port, svc_chain(s))
+    let len = family(std::slice::from_ref(s)).host_len;
+    format!("-A KUBE-SERVICES -d {}/{len} -p {p} -m comment --comment \"{} cluster IP\" -m {p} --dport {} -j {}\n", s.vip, s.name, s.port, svc_chain(s))
 }
 
 /// The `nat` table as kube-proxy's iptables mode would restore it.
@@ -155,13 +184,14 @@ fn iptables_chain_rules(s: &Svc) -> String {
         let sep = sep_chain(s, ep);
         if i + 1 < n {
             let p = 1.0 / (n - i) as f64;
-            let _ = writeln!(o, "-A {} -m comment --comment \"{} -> {}:{}\" -m statistic --mode random --probability {p:.11} -j {sep}", svc_chain(s), s.name, ep.0, ep.1);
+            let _ = writeln!(o, "-A {} -m comment --comment \"{} -> {}\" -m statistic --mode random --probability {p:.11} -j {sep}", svc_chain(s), s.name, target(ep));
         } else {
-            let _ = writeln!(o, "-A {} -m comment --comment \"{} -> {}:{}\" -j {sep}", svc_chain(s), s.name, ep.0, ep.1);
+            let _ = writeln!(o, "-A {} -m comment --comment \"{} -> {}\" -j {sep}", svc_chain(s), s.name, target(ep));
         }
-        let _ = writeln!(o, "-A {sep} -s {}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ", ep.0, s.name);
+        let len = family(std::slice::from_ref(s)).host_len;
+        let _ = writeln!(o, "-A {sep} -s {}/{len} -m comment --comment \"{}\" -j KUBE-MARK-MASQ", ep.0, s.name);
         let p = s.proto.as_str();
-        let _ = writeln!(o, "-A {sep} -p {p} -m comment --comment \"{}\" -m {p} -j DNAT --to-destination {}:{}", s.name, ep.0, ep.1);
+        let _ = writeln!(o, "-A {sep} -p {p} -m comment --comment \"{}\" -m {p} -j DNAT --to-destination {}", s.name, target(ep));
     }
     o
 }
@@ -187,47 +217,62 @@ fn nft_svc(s: &Svc) -> String {
     format!("service-{}", h(&port_name(s)))
 }
 
-fn nft_ep(s: &Svc, ep: &(Ipv4Addr, u16)) -> String {
+fn nft_ep(s: &Svc, ep: &(IpAddr, u16)) -> String {
     format!("endpoint-{}", h(&format!("{}{}:{}", port_name(s), ep.0, ep.1)))
 }
 
-fn nft_service_chains(s: &Svc, o: &mut String) {
-    for ep in &s.endpoints {
-        let _ = writeln!(o, "add chain ip kube-proxy {}", nft_ep(s, ep));
-        let _ = writeln!(o, "add rule ip kube-proxy {} ip saddr {} jump mark-for-masquerade", nft_ep(s, ep), ep.0);
-        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto {} dnat to {}:{}", nft_ep(s, ep), s.proto.as_str(), ep.0, ep.1);
-    }
-    let _ = writeln!(o, "add chain ip kube-proxy {}", nft_svc(s));
-    let arms: Vec<String> = s.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_ep(s, ep))).collect();
-    let _ = writeln!(o, "add rule ip kube-proxy {} numgen random mod {} vmap {{ {} }}", nft_svc(s), s.endpoints.len(), arms.join(", "));
+/// One endpoint's chain: hairpin traffic marked, then DNAT.
+fn nft_endpoint_rules(s: &Svc, ep: &(IpAddr, u16), o: &mut String) {
+    let f = family(std::slice::from_ref(s)).nft;
+    let _ = writeln!(o, "add rule {f} kube-proxy {} {f} saddr {} jump mark-for-masquerade", nft_ep(s, ep), ep.0);
+    let _ = writeln!(o, "add rule {f} kube-proxy {} meta l4proto {} dnat to {}", nft_ep(s, ep), s.proto.as_str(), target(ep));
 }
 
-/// The `ip kube-proxy` table as kube-proxy's nftables mode would write it.
+/// The service chain: an endpoint chosen at random.
+fn nft_pick_rule(s: &Svc, o: &mut String) {
+    let f = family(std::slice::from_ref(s)).nft;
+    let arms: Vec<String> = s.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_ep(s, ep))).collect();
+    let _ = writeln!(o, "add rule {f} kube-proxy {} numgen random mod {} vmap {{ {} }}", nft_svc(s), s.endpoints.len(), arms.join(", "));
+}
+
+fn nft_service_chains(s: &Svc, o: &mut String) {
+    let f = family(std::slice::from_ref(s)).nft;
+    for ep in &s.endpoints {
+        let _ = writeln!(o, "add chain {f} kube-proxy {}", nft_ep(s, ep));
+        nft_endpoint_rules(s, ep, o);
+    }
+    let _ = writeln!(o, "add chain {f} kube-proxy {}", nft_svc(s));
+    nft_pick_rule(s, o);
+}
+
+/// The `ip kube-proxy` (or `ip6 kube-proxy`) table as kube-proxy's
+/// nftables mode would write it.
 pub fn nft_script(services: &[Svc]) -> String {
-    let mut o = String::from(
-        "add table ip kube-proxy\n\
-         add chain ip kube-proxy mark-for-masquerade\n\
-         add rule ip kube-proxy mark-for-masquerade meta mark set meta mark or 0x4000\n\
-         add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\n\
-         add chain ip kube-proxy services\n\
-         add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n\
-         add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }\n\
-         add rule ip kube-proxy nat-prerouting jump services\n\
-         add chain ip kube-proxy nat-output { type nat hook output priority -100 ; policy accept ; }\n\
-         add rule ip kube-proxy nat-output jump services\n",
+    let Family { nft: f, nft_addr, .. } = family(services);
+    let mut o = format!(
+        "add table {f} kube-proxy\n\
+         add chain {f} kube-proxy mark-for-masquerade\n\
+         add rule {f} kube-proxy mark-for-masquerade meta mark set meta mark or 0x4000\n\
+         add map {f} kube-proxy service-ips {{ type {nft_addr} . inet_proto . inet_service : verdict ; }}\n\
+         add chain {f} kube-proxy services\n\
+         add rule {f} kube-proxy services {f} daddr . meta l4proto . th dport vmap @service-ips\n\
+         add chain {f} kube-proxy nat-prerouting {{ type nat hook prerouting priority -100 ; policy accept ; }}\n\
+         add rule {f} kube-proxy nat-prerouting jump services\n\
+         add chain {f} kube-proxy nat-output {{ type nat hook output priority -100 ; policy accept ; }}\n\
+         add rule {f} kube-proxy nat-output jump services\n",
     );
     for s in services {
         nft_service_chains(s, &mut o);
-        let _ = writeln!(o, "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {} }}", s.vip, s.proto.as_str(), s.port, nft_svc(s));
+        let _ = writeln!(o, "add element {f} kube-proxy service-ips {{ {} . {} . {} : goto {} }}", s.vip, s.proto.as_str(), s.port, nft_svc(s));
     }
     o
 }
 
 /// [`nft_script`] plus the NodePorts of `services` on `node_ips`, with
 /// the masquerade kube-proxy's nftables mode adds for them.
-pub fn nft_script_with_node_ports(services: &[Svc], node_ips: &[Ipv4Addr]) -> String {
+pub fn nft_script_with_node_ports(services: &[Svc], node_ips: &[std::net::Ipv4Addr]) -> String {
     let mut o = nft_script(services);
-    let ips: Vec<String> = node_ips.iter().map(Ipv4Addr::to_string).collect();
+    let ips: Vec<String> = node_ips.iter().map(std::net::Ipv4Addr::to_string).collect();
     o.push_str(
         "add chain ip kube-proxy masquerading\n\
          add rule ip kube-proxy masquerading meta mark & 0x4000 == 0 return\n\
@@ -253,16 +298,15 @@ pub fn nft_script_with_node_ports(services: &[Svc], node_ips: &[Ipv4Addr]) -> St
 /// What kube-proxy's nftables mode sends when one service's endpoints
 /// changed: the service chain rewritten, new endpoint chains added.
 pub fn nft_one_change(changed: &Svc) -> String {
+    let f = family(std::slice::from_ref(changed)).nft;
     let mut o = String::new();
-    let _ = writeln!(o, "flush chain ip kube-proxy {}", nft_svc(changed));
+    let _ = writeln!(o, "flush chain {f} kube-proxy {}", nft_svc(changed));
     for ep in &changed.endpoints {
-        let _ = writeln!(o, "add chain ip kube-proxy {}", nft_ep(changed, ep));
-        let _ = writeln!(o, "flush chain ip kube-proxy {}", nft_ep(changed, ep));
-        let _ = writeln!(o, "add rule ip kube-proxy {} ip saddr {} jump mark-for-masquerade", nft_ep(changed, ep), ep.0);
-        let _ = writeln!(o, "add rule ip kube-proxy {} meta l4proto {} dnat to {}:{}", nft_ep(changed, ep), changed.proto.as_str(), ep.0, ep.1);
+        let _ = writeln!(o, "add chain {f} kube-proxy {}", nft_ep(changed, ep));
+        let _ = writeln!(o, "flush chain {f} kube-proxy {}", nft_ep(changed, ep));
+        nft_endpoint_rules(changed, ep, &mut o);
     }
-    let arms: Vec<String> = changed.endpoints.iter().enumerate().map(|(i, ep)| format!("{i} : goto {}", nft_ep(changed, ep))).collect();
-    let _ = writeln!(o, "add rule ip kube-proxy {} numgen random mod {} vmap {{ {} }}", nft_svc(changed), changed.endpoints.len(), arms.join(", "));
+    nft_pick_rule(changed, &mut o);
     o
 }
 
@@ -270,15 +314,43 @@ pub fn nft_one_change(changed: &Svc) -> String {
 mod tests {
     use super::*;
 
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     fn svc() -> Svc {
         Svc {
             name: "default/web:http".into(),
-            vip: Ipv4Addr::new(10, 96, 0, 10),
+            vip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
-            endpoints: vec![(Ipv4Addr::new(10, 244, 0, 11), 8080), (Ipv4Addr::new(10, 244, 0, 12), 8080), (Ipv4Addr::new(10, 244, 0, 13), 8080)],
+            endpoints: (11..=13).map(|i| (Ipv4Addr::new(10, 244, 0, i).into(), 8080)).collect(),
             node_port: None,
             proto: Proto::Tcp,
         }
+    }
+
+    fn svc6() -> Svc {
+        Svc {
+            vip: "fd00:10:96::10".parse::<Ipv6Addr>().expect("v6").into(),
+            endpoints: (11..=13).map(|i| (Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, i).into(), 8080)).collect(),
+            ..svc()
+        }
+    }
+
+    #[test]
+    fn ipv6_services_get_the_ipv6_proxiers_rules() {
+        let r = iptables_restore(&[svc6()]);
+        assert!(r.contains("-A KUBE-SERVICES -d fd00:10:96::10/128 -p tcp"), "{r}");
+        assert!(r.contains("-s fd00:10:244::b/128 -m comment"), "{r}");
+        assert!(r.contains("-j DNAT --to-destination [fd00:10:244::b]:8080"), "{r}");
+        assert!(!r.contains("/32"), "{r}");
+        let n = nft_script(&[svc6()]);
+        assert!(n.starts_with("add table ip6 kube-proxy\n"), "{n}");
+        assert!(n.contains("type ipv6_addr . inet_proto . inet_service : verdict"));
+        assert!(n.contains("services ip6 daddr . meta l4proto . th dport vmap @service-ips"));
+        assert!(n.contains("ip6 saddr fd00:10:244::b jump mark-for-masquerade"));
+        assert!(n.contains("dnat to [fd00:10:244::b]:8080"));
+        assert!(n.contains("add element ip6 kube-proxy service-ips { fd00:10:96::10 . tcp . 80 : goto service-"));
+        assert!(!n.contains(" ip kube-proxy"), "{n}");
+        assert!(nft_one_change(&svc6()).starts_with("flush chain ip6 kube-proxy service-"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{
     concurrent,
     measure::{iperf_slice, keepalive, short_connections, short_connections_to},
     paired::Paired,
-    topo::{udp_vips, BenchTopo, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT, TARGET_VIP},
+    topo::{BenchTopo, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT},
     udp_flows,
 };
 
@@ -58,15 +58,15 @@ pub struct Measured {
 /// Runs every measurement on `t`.
 pub fn measure(t: &BenchTopo, plan: &Plan) -> Measured {
     assert!(plan.udp_ports_fit(), "{plan:?}: UDP source ports past 65535");
-    let ns = t.client.ns();
-    let b0 = t.backends[0].ip;
-    let short = Paired::run(plan.pairs, |_| short_connections(ns, TARGET_VIP, SHORT_PORT, plan.slice), |_| short_connections_to(ns, t.direct(8080), plan.slice));
-    let keepalive = Paired::run(plan.pairs, |_| keepalive(ns, TARGET_VIP, KEEPALIVE_PORT, plan.ka_requests), |_| keepalive(ns, b0, 9000, plan.ka_requests));
-    let throughput = Paired::run(plan.pairs.div_ceil(2), |_| iperf_slice(ns, TARGET_VIP, IPERF_PORT, plan.iperf_secs), |_| iperf_slice(ns, b0, 5201, plan.iperf_secs));
+    let (ns, vip) = (t.client.ns(), t.target_vip());
+    let b0 = t.backend_ips()[0];
+    let short = Paired::run(plan.pairs, |_| short_connections(ns, vip, SHORT_PORT, plan.slice), |_| short_connections_to(ns, t.direct(8080), plan.slice));
+    let keepalive = Paired::run(plan.pairs, |_| keepalive(ns, vip, KEEPALIVE_PORT, plan.ka_requests), |_| keepalive(ns, b0, 9000, plan.ka_requests));
+    let throughput = Paired::run(plan.pairs.div_ceil(2), |_| iperf_slice(ns, vip, IPERF_PORT, plan.iperf_secs), |_| iperf_slice(ns, b0, 5201, plan.iperf_secs));
     let concurrent_short = concurrent_short(t, plan);
     let concurrent_keepalive = Paired::run(
         plan.pairs,
-        |_| concurrent::keepalive(ns, vec![SocketAddr::from((TARGET_VIP, KEEPALIVE_PORT))], CONCURRENCY, plan.slice),
+        |_| concurrent::keepalive(ns, vec![SocketAddr::from((vip, KEEPALIVE_PORT))], CONCURRENCY, plan.slice),
         |_| concurrent::keepalive(ns, t.direct(9000), CONCURRENCY, plan.slice),
     );
     let udp = udp(t, plan);
@@ -78,7 +78,7 @@ pub fn concurrent_short(t: &BenchTopo, plan: &Plan) -> Paired {
     let ns = t.client.ns();
     Paired::run(
         plan.pairs,
-        |_| concurrent::short_connections(ns, vec![SocketAddr::from((TARGET_VIP, SHORT_PORT))], CONCURRENCY, plan.slice),
+        |_| concurrent::short_connections(ns, vec![SocketAddr::from((t.target_vip(), SHORT_PORT))], CONCURRENCY, plan.slice),
         |_| concurrent::short_connections(ns, t.direct(8080), CONCURRENCY, plan.slice),
     )
 }
@@ -92,7 +92,7 @@ pub fn udp(t: &BenchTopo, plan: &Plan) -> Paired {
     let ports = |i: usize| FIRST_SPORT + (i as u16) * plan.udp_flows;
     Paired::run(
         plan.pairs,
-        |i| udp_flows::slice(ns, t.client.ip, udp_vips(), ports(i), plan.udp_flows, plan.udp_max, &sinks),
-        |i| udp_flows::slice(ns, t.client.ip, t.udp_direct(), ports(i), plan.udp_flows, plan.udp_max, &sinks),
+        |i| udp_flows::slice(ns, t.client_ip(), t.udp_vips(), ports(i), plan.udp_flows, plan.udp_max, &sinks),
+        |i| udp_flows::slice(ns, t.client_ip(), t.udp_direct(), ports(i), plan.udp_flows, plan.udp_max, &sinks),
     )
 }

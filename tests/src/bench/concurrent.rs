@@ -9,7 +9,7 @@
 //! protocol the serial measurements speak too.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -47,15 +47,16 @@ impl Drop for Servers {
 }
 
 /// Serves short connections on `short_port` and keep-alive lines on
-/// `keepalive_port`, inside `ns`, answering as `name`.
-pub fn serve(ns: &NetNs, name: &str, short_port: u16, keepalive_port: u16) -> Servers {
+/// `keepalive_port`, at `addr` (unspecified: any address of its family)
+/// inside `ns`, answering as `name`.
+pub fn serve(ns: &NetNs, name: &str, addr: IpAddr, short_port: u16, keepalive_port: u16) -> Servers {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let name = name.to_string();
     let handle = ns.spawn(move || {
         runtime().block_on(async move {
-            let short = TcpListener::bind((Ipv4Addr::UNSPECIFIED, short_port)).await.expect("bind short");
-            let keep = TcpListener::bind((Ipv4Addr::UNSPECIFIED, keepalive_port)).await.expect("bind keepalive");
+            let short = TcpListener::bind((addr, short_port)).await.expect("bind short");
+            let keep = TcpListener::bind((addr, keepalive_port)).await.expect("bind keepalive");
             let _ = ready_tx.send(());
             let n1 = name.clone();
             tokio::spawn(async move {

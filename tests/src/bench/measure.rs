@@ -2,7 +2,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -39,7 +39,7 @@ pub fn summarize(mut lat: Vec<f64>, took: Duration, failures: u64) -> Latency {
 
 /// One connection per request, serially, for `dur`: new connections per
 /// second and request latency.
-pub fn short_connections(ns: &NetNs, dst: Ipv4Addr, port: u16, dur: Duration) -> Latency {
+pub fn short_connections(ns: &NetNs, dst: IpAddr, port: u16, dur: Duration) -> Latency {
     short_connections_to(ns, vec![SocketAddr::from((dst, port))], dur)
 }
 
@@ -71,7 +71,7 @@ pub fn short_connections_to(ns: &NetNs, dsts: Vec<SocketAddr>, dur: Duration) ->
 }
 
 /// Request/response on one kept-alive connection, `n` times.
-pub fn keepalive(ns: &NetNs, dst: Ipv4Addr, port: u16, n: usize) -> Latency {
+pub fn keepalive(ns: &NetNs, dst: IpAddr, port: u16, n: usize) -> Latency {
     let Ok(mut s) = tcp_connect(ns, dst, port, Duration::from_secs(2)) else {
         return Latency { failures: n as u64, ..Latency::default() };
     };
@@ -104,13 +104,13 @@ pub fn keepalive(ns: &NetNs, dst: Ipv4Addr, port: u16, n: usize) -> Latency {
 
 /// iperf3 TCP throughput in Gbit/s (received), `secs` long, as a
 /// [`Latency`] whose rate is the throughput (no latencies).
-pub fn iperf_slice(ns: &NetNs, dst: Ipv4Addr, port: u16, secs: u32) -> Latency {
+pub fn iperf_slice(ns: &NetNs, dst: IpAddr, port: u16, secs: u32) -> Latency {
     let gbps = iperf(ns, dst, port, secs);
     Latency { per_s: gbps, failures: u64::from(gbps <= 0.0), ..Latency::default() }
 }
 
 /// iperf3 TCP throughput in Gbit/s (received), `secs` long.
-pub fn iperf(ns: &NetNs, dst: Ipv4Addr, port: u16, secs: u32) -> f64 {
+pub fn iperf(ns: &NetNs, dst: IpAddr, port: u16, secs: u32) -> f64 {
     let net = format!("--net={}", ns.path().display());
     let (d, p, t) = (dst.to_string(), port.to_string(), secs.to_string());
     let out = crate::cmd::output(&["nsenter", &net, "iperf3", "-c", &d, "-p", &p, "-t", &t, "-J"]);

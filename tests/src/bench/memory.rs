@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::Path,
     time::Duration,
 };
@@ -27,7 +27,7 @@ pub struct FlowMemory {
 
 /// Opens `n` connections from `ns` to `dst:port` and exchanges one line
 /// on each, so every flow is established in both directions.
-pub fn hold(ns: &NetNs, dst: Ipv4Addr, port: u16, n: usize) -> Vec<TcpStream> {
+pub fn hold(ns: &NetNs, dst: IpAddr, port: u16, n: usize) -> Vec<TcpStream> {
     ns.run(move || {
         let mut held = Vec::with_capacity(n);
         for _ in 0..n {

@@ -255,6 +255,38 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
     Ok(md)
 }
 
+/// IPv6 beside IPv4: the ClusterIP figures of the same cells measured
+/// over both families in one run (cells interleaved), and their ratio
+/// (IPv6 / IPv4: below 1 is slower for rates, above 1 for latency).
+pub fn families(v4: &[Sample], v6: &[Sample]) -> String {
+    let metrics: [(&str, fn(&Sample) -> &Paired, bool); 5] = [
+        ("new UDP flows/s", |s| &s.udp, false),
+        ("TCP new conns/s ×32", |s| &s.concurrent_short, false),
+        ("keep-alive req/s ×32", |s| &s.concurrent_keepalive, false),
+        ("serial conns/s", |s| &s.short, false),
+        ("throughput Gbit/s", |s| &s.throughput, true),
+    ];
+    let mut md = String::from("\n### IPv6 beside IPv4 (through the ClusterIP; IPv6 / IPv4 in brackets)\n\n| services | dataplane |");
+    for (name, _, _) in &metrics {
+        let _ = write!(md, " {name} IPv4 | IPv6 |");
+    }
+    let _ = writeln!(md, "\n|---:|---|{}", "---:|---:|".repeat(metrics.len()));
+    let tables: Vec<(BTreeMap<Cell, Figures>, BTreeMap<Cell, Figures>)> = metrics.iter().map(|(_, pick, _)| (table(v4, pick), table(v6, pick))).collect();
+    for (&(n, dp), _) in &tables[0].0 {
+        if !tables[0].1.contains_key(&(n, dp)) {
+            continue;
+        }
+        let _ = write!(md, "| {n} | {dp} |");
+        for ((t4, t6), (_, _, gbit)) in tables.iter().zip(&metrics) {
+            let (a, b) = (rate_of(t4, n, dp), rate_of(t6, n, dp));
+            let show = |v: f64| if *gbit { format!("{v:.2}") } else { format!("{v:.0}") };
+            let _ = write!(md, " {} | {} ({}) |", show(a), show(b), x(b, a));
+        }
+        md.push('\n');
+    }
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +330,19 @@ mod tests {
         }
         let udp_weir = md.lines().find(|l| l.starts_with("| 10 | weir | 200 |")).expect("weir's UDP row");
         assert!(udp_weir.contains("| 2.00 | 4.00 | 220 | 0.91 (n=3) | 0 |"), "{udp_weir}");
+    }
+
+    #[test]
+    fn the_family_table_puts_each_cells_ipv6_figure_beside_its_ipv4_one() {
+        let v4 = [sample(Dataplane::Weir, 10, 200.0), sample(Dataplane::Iptables, 10, 100.0)];
+        let v6 = [sample(Dataplane::Weir, 10, 150.0), sample(Dataplane::Iptables, 10, 100.0)];
+        let md = families(&v4, &v6);
+        let weir = md.lines().find(|l| l.starts_with("| 10 | weir |")).expect("weir's row");
+        assert!(weir.starts_with("| 10 | weir | 200 | 150 (0.75) | 200 | 150 (0.75) |"), "{weir}");
+        assert!(weir.ends_with("| 200.00 | 150.00 (0.75) |"), "{weir}");
+        let ipt = md.lines().find(|l| l.starts_with("| 10 | iptables |")).expect("iptables' row");
+        assert!(ipt.contains("| 100 | 100 (1.00) |"), "{ipt}");
+        let header = md.lines().find(|l| l.starts_with("| services")).expect("header");
+        assert_eq!(header.matches('|').count(), weir.matches('|').count());
     }
 }

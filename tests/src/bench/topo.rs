@@ -1,10 +1,12 @@
 //! One benchmark topology: a node namespace, a client pod and three
 //! backend pods (TCP servers, an iperf3 server), and N services, served by
-//! one of the three dataplanes.
+//! one of the three dataplanes, over one address family (for IPv6 the
+//! pods are dual-stack, and the services, their endpoints and the
+//! baselines' rules IPv6).
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -16,7 +18,8 @@ use super::{
 use crate::{
     agent::Agent,
     cmd,
-    traffic::{udp_sink, Server},
+    netpol::Family,
+    traffic::{udp_sink, unspecified, Server},
     Node, Pod,
 };
 
@@ -42,12 +45,18 @@ impl Dataplane {
 
 /// The target services' address; load services live elsewhere.
 pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 255, 1);
+pub const TARGET_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0xff, 1);
 pub const SHORT_PORT: u16 = 80;
 pub const KEEPALIVE_PORT: u16 = 90;
 pub const IPERF_PORT: u16 = 5201;
 /// The UDP target services, one per backend-facing flow spread: the UDP
 /// flood cycles over them (DNS-shaped: port 53 → the backends' sinks).
 pub const UDP_VIPS: [Ipv4Addr; 3] = [Ipv4Addr::new(10, 96, 254, 1), Ipv4Addr::new(10, 96, 254, 2), Ipv4Addr::new(10, 96, 254, 3)];
+pub const UDP_VIPS6: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0xfe, 1),
+    Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0xfe, 2),
+    Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0xfe, 3),
+];
 pub const UDP_PORT: u16 = 53;
 /// Where each backend counts UDP datagrams that came through a ClusterIP.
 pub const UDP_SINK_PORT: u16 = 5300;
@@ -67,6 +76,7 @@ pub struct ProgramTimes {
 }
 
 pub struct BenchTopo {
+    pub family: Family,
     pub client: Pod,
     pub backends: Vec<Pod>,
     _servers: Vec<concurrent::Servers>,
@@ -81,25 +91,25 @@ pub struct BenchTopo {
 /// N services: N − [`TARGETS`] load services (three fake endpoints each),
 /// then the target service ports, last (the worst place for a linear
 /// scan).
-pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
+/// The services are of the backends' family.
+pub fn services(n: usize, backends: &[IpAddr]) -> Vec<Svc> {
+    let family = if backends.first().is_some_and(IpAddr::is_ipv6) { Family::V6 } else { Family::V4 };
     let load = n.saturating_sub(TARGETS);
     let mut v: Vec<Svc> = (0..load)
         .map(|i| Svc {
             name: format!("load/svc-{i}:http"),
-            vip: load_vip(i),
+            vip: load_vip(family, i),
             port: 80,
-            endpoints: (0..3u32).map(|j| {
-                let k = i as u32 * 3 + j;
-                (Ipv4Addr::new(10, 245, (k / 250 % 250) as u8, (k % 250 + 1) as u8), 8080)
-            }).collect(),
+            endpoints: (0..3u32).map(|j| (load_endpoint(family, i as u32 * 3 + j), 8080)).collect(),
             node_port: None,
             proto: Proto::Tcp,
         })
         .collect();
     let eps = |p: u16| backends.iter().map(|b| (*b, p)).collect::<Vec<_>>();
-    let tcp = |name: &str, port: u16, endpoints| Svc { name: format!("bench/target:{name}"), vip: TARGET_VIP, port, endpoints, node_port: None, proto: Proto::Tcp };
-    for (i, vip) in UDP_VIPS.iter().enumerate() {
-        v.push(Svc { name: format!("bench/dns-{i}:dns"), vip: *vip, port: UDP_PORT, endpoints: eps(UDP_SINK_PORT), node_port: None, proto: Proto::Udp });
+    let target = target_vip(family);
+    let tcp = |name: &str, port: u16, endpoints| Svc { name: format!("bench/target:{name}"), vip: target, port, endpoints, node_port: None, proto: Proto::Tcp };
+    for (i, vip) in udp_vip_addrs(family).into_iter().enumerate() {
+        v.push(Svc { name: format!("bench/dns-{i}:dns"), vip, port: UDP_PORT, endpoints: eps(UDP_SINK_PORT), node_port: None, proto: Proto::Udp });
     }
     v.push(tcp("short", SHORT_PORT, eps(8080)));
     v.push(tcp("keepalive", KEEPALIVE_PORT, eps(9000)));
@@ -109,21 +119,48 @@ pub fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
 
 /// Load service `i`'s cluster IP: 10.97.0.1 onwards, counted as a u32 so
 /// that 100,000 services get 100,000 addresses, none of them a target's
-/// (10.96.254.0/24, 10.96.255.0/24).
-pub fn load_vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + 1 + i as u32)
+/// (10.96.254.0/24, 10.96.255.0/24); over IPv6, fd00:10:97::1 onwards.
+pub fn load_vip(family: Family, i: usize) -> IpAddr {
+    match family {
+        Family::V4 => Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + 1 + i as u32).into(),
+        Family::V6 => Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x10, 0x97, 0, 0, 0, 0, 0)) + 1 + i as u128).into(),
+    }
 }
 
-/// The UDP flood's destinations through the ClusterIPs.
-pub fn udp_vips() -> Vec<SocketAddrV4> {
-    UDP_VIPS.iter().map(|v| SocketAddrV4::new(*v, UDP_PORT)).collect()
+/// Load endpoint `k` (no pod answers there: load services are never dialled).
+fn load_endpoint(family: Family, k: u32) -> IpAddr {
+    match family {
+        Family::V4 => Ipv4Addr::new(10, 245, (k / 250 % 250) as u8, (k % 250 + 1) as u8).into(),
+        Family::V6 => Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x10, 0x245, 0, 0, 0, 0, 0)) + 1 + u128::from(k)).into(),
+    }
+}
+
+/// The target services' cluster IP.
+pub fn target_vip(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => TARGET_VIP.into(),
+        Family::V6 => TARGET_VIP6.into(),
+    }
+}
+
+/// The UDP target services' cluster IPs.
+pub fn udp_vip_addrs(family: Family) -> [IpAddr; 3] {
+    match family {
+        Family::V4 => UDP_VIPS.map(IpAddr::from),
+        Family::V6 => UDP_VIPS6.map(IpAddr::from),
+    }
+}
+
+/// A pod's IPv6 address beside its IPv4 10.244.0.`last`.
+fn pod_v6(last: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, u16::from(last))
 }
 
 /// Kubernetes YAML (Service + EndpointSlice) for weir's standalone source.
 pub fn yaml(s: &Svc, idx: usize) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{idx}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: p, port: {}, protocol: {}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{idx}-1, namespace: bench, labels: {{kubernetes.io/service-name: s{idx}}}}}\naddressType: IPv4\nports: [{{name: p, port: {}, protocol: {}}}]\nendpoints:\n",
-        s.vip, s.port, s.proto.k8s(), s.endpoints.first().map_or(0, |e| e.1), s.proto.k8s()
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{idx}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: p, port: {}, protocol: {}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{idx}-1, namespace: bench, labels: {{kubernetes.io/service-name: s{idx}}}}}\naddressType: {}\nports: [{{name: p, port: {}, protocol: {}}}]\nendpoints:\n",
+        s.vip, s.port, s.proto.k8s(), if s.vip.is_ipv6() { "IPv6" } else { "IPv4" }, s.endpoints.first().map_or(0, |e| e.1), s.proto.k8s()
     );
     for (a, _) in &s.endpoints {
         let _ = writeln!(y, "- addresses: [{a}]");
@@ -137,9 +174,9 @@ fn took_us(line: &str) -> Option<f64> {
 }
 
 impl BenchTopo {
-    pub fn new() -> Self {
+    pub fn new(family: Family) -> Self {
         let node = Node::new();
-        let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
+        let mut client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
         // Short connections leave the client's ports in TIME_WAIT; without
         // reuse, connect() ends up searching for a free port for
         // milliseconds, which would measure the port allocator.
@@ -147,33 +184,62 @@ impl BenchTopo {
         // Short connections at tens of thousands per second need more
         // ports than the default range holds in TIME_WAIT.
         client.ns().sysctl("net.ipv4.ip_local_port_range", "1024 65535");
-        let backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
-        let servers = backends.iter().map(|b| concurrent::serve(b.ns(), &b.name, 8080, 9000)).collect();
-        let sinks = backends.iter().flat_map(|b| [udp_sink(b.ns(), UDP_SINK_PORT), udp_sink(b.ns(), UDP_DIRECT_PORT)]).collect();
+        let mut backends: Vec<Pod> = (1..=3).map(|i| node.pod(&format!("b{i}"), Ipv4Addr::new(10, 244, 0, 10 + i))).collect();
+        if family == Family::V6 {
+            client.add_v6(&node, pod_v6(2));
+            for (i, b) in backends.iter_mut().enumerate() {
+                b.add_v6(&node, pod_v6(11 + i as u8));
+            }
+        }
+        let any = unspecified(&target_vip(family));
+        let servers = backends.iter().map(|b| concurrent::serve(b.ns(), &b.name, any, 8080, 9000)).collect();
+        let sinks = backends.iter().flat_map(|b| [udp_sink(b.ns(), any, UDP_SINK_PORT), udp_sink(b.ns(), any, UDP_DIRECT_PORT)]).collect();
         let iperf = Command::new("nsenter")
             .arg(format!("--net={}", backends[0].ns().path().display()))
-            .args(["iperf3", "-s", "-p", "5201"])
+            .args(["iperf3", "-s", "-p", "5201", "-B", &any.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .ok();
         std::thread::sleep(Duration::from_millis(200));
-        Self { client, backends, _servers: servers, sinks, iperf, agent: None, node }
+        Self { family, client, backends, _servers: servers, sinks, iperf, agent: None, node }
     }
 
-    pub fn backend_ips(&self) -> Vec<Ipv4Addr> {
-        self.backends.iter().map(|b| b.ip).collect()
+    /// A pod's address of the topology's family.
+    fn addr_of(&self, p: &Pod) -> IpAddr {
+        match (self.family, p.ip6) {
+            (Family::V6, Some(a)) => a.into(),
+            _ => p.ip.into(),
+        }
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        self.addr_of(&self.client)
+    }
+
+    pub fn backend_ips(&self) -> Vec<IpAddr> {
+        self.backends.iter().map(|b| self.addr_of(b)).collect()
+    }
+
+    /// The target services' cluster IP.
+    pub fn target_vip(&self) -> IpAddr {
+        target_vip(self.family)
     }
 
     /// The backends at `port`, pod to pod: the direct path's destinations,
     /// the same servers a ClusterIP spreads over.
-    pub fn direct(&self, port: u16) -> Vec<std::net::SocketAddr> {
-        self.backends.iter().map(|b| std::net::SocketAddr::from((b.ip, port))).collect()
+    pub fn direct(&self, port: u16) -> Vec<SocketAddr> {
+        self.backend_ips().into_iter().map(|b| SocketAddr::from((b, port))).collect()
+    }
+
+    /// The UDP flood's destinations through the ClusterIPs.
+    pub fn udp_vips(&self) -> Vec<SocketAddr> {
+        udp_vip_addrs(self.family).iter().map(|v| SocketAddr::from((*v, UDP_PORT))).collect()
     }
 
     /// The UDP flood's destinations pod to pod: the backends' sinks.
-    pub fn udp_direct(&self) -> Vec<SocketAddrV4> {
-        self.backends.iter().map(|b| SocketAddrV4::new(b.ip, UDP_DIRECT_PORT)).collect()
+    pub fn udp_direct(&self) -> Vec<SocketAddr> {
+        self.direct(UDP_DIRECT_PORT)
     }
 
     /// Programs `svcs` with `dp`; returns cold and one-change times, or
@@ -285,12 +351,16 @@ impl BenchTopo {
     }
 
     fn program_iptables(&mut self, svcs: &[Svc], limit: Duration) -> Result<ProgramTimes, String> {
-        let cold_ms = self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs), limit)?;
+        let restore = match self.family {
+            Family::V4 => "iptables-legacy-restore",
+            Family::V6 => "ip6tables-legacy-restore",
+        };
+        let cold_ms = self.timed_stdin(&[restore], &baseline::iptables_restore(svcs), limit)?;
         let mut changed = svcs[svcs.len() - 3].clone();
         changed.endpoints.pop();
-        let one_change_ms = self.timed_stdin(&["iptables-legacy-restore", "--noflush"], &baseline::iptables_one_change(svcs, &changed), limit)?;
+        let one_change_ms = self.timed_stdin(&[restore, "--noflush"], &baseline::iptables_one_change(svcs, &changed), limit)?;
         // Back to the full target set (not timed).
-        self.timed_stdin(&["iptables-legacy-restore"], &baseline::iptables_restore(svcs), limit)?;
+        self.timed_stdin(&[restore], &baseline::iptables_restore(svcs), limit)?;
         Ok(ProgramTimes { cold_ms, one_change_ms })
     }
 
@@ -312,11 +382,6 @@ impl BenchTopo {
     }
 }
 
-impl Default for BenchTopo {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 impl Drop for BenchTopo {
     fn drop(&mut self) {

@@ -3,14 +3,14 @@
 //! this topology, as fast as one core allows; the backends count what
 //! arrives (`traffic::udp_sink`).
 //!
-//! The datagrams are written whole (IPv4 + UDP, checksums right) to a raw
-//! socket, so the sender pays one `sendto` per flow and no socket setup:
+//! The datagrams are written whole (IPv4 or IPv6 + UDP, checksums right)
+//! to a raw socket, so the sender pays one `sendto` per flow and no socket setup:
 //! the work left is the kernel's, and the veth hands each packet to the
 //! node's datapath on the sender's own CPU, so the send rate is bounded by
 //! the dataplane's cost per new flow.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -42,11 +42,15 @@ pub struct Sent {
 /// or until `max` has passed, whichever comes first. Every flow has a
 /// source port of its own, so no two flows share a tuple before or after
 /// a ClusterIP's translation.
-pub fn send(ns: &NetNs, src: Ipv4Addr, dsts: Vec<SocketAddrV4>, first_sport: u16, flows: u16, max: Duration) -> std::io::Result<Sent> {
+pub fn send(ns: &NetNs, src: IpAddr, dsts: Vec<SocketAddr>, first_sport: u16, flows: u16, max: Duration) -> std::io::Result<Sent> {
     assert!(u32::from(first_sport) + u32::from(flows) <= 65_536, "source ports past 65535");
     ns.run(move || {
-        let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
-        let addrs: Vec<SockAddr> = dsts.iter().map(|d| SockAddr::from(*d)).collect();
+        // IPPROTO_RAW: the header is ours (IP_HDRINCL, and for IPv6 its
+        // equivalent, which the kernel implies for IPPROTO_RAW).
+        let domain = if src.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+        let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+        // The port of a raw socket's destination is the protocol's: none.
+        let addrs: Vec<SockAddr> = dsts.iter().map(|d| SockAddr::from(SocketAddr::new(d.ip(), 0))).collect();
         let mut buf = Vec::with_capacity(64);
         let started = Instant::now();
         let (mut sent, mut errors) = (0u64, 0u64);
@@ -54,10 +58,12 @@ pub fn send(ns: &NetNs, src: Ipv4Addr, dsts: Vec<SocketAddrV4>, first_sport: u16
             let i = usize::from(k) % dsts.len();
             let d = dsts[i];
             buf.clear();
-            PacketBuilder::ipv4(src.octets(), d.ip().octets(), 64)
-                .udp(first_sport + k, d.port())
-                .write(&mut buf, &PAYLOAD)
-                .map_err(std::io::Error::other)?;
+            let ip = match (src, d.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+                (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+                _ => return Err(std::io::Error::other(format!("{src} and {d} are of two families"))),
+            };
+            ip.udp(first_sport + k, d.port()).write(&mut buf, &PAYLOAD).map_err(std::io::Error::other)?;
             if sock.send_to(&buf, &addrs[i]).is_err() {
                 errors += 1;
             }
@@ -95,7 +101,7 @@ fn settle(sinks: &[&Server]) -> u64 {
 /// later of the last send and the last arrival (work the kernel deferred
 /// past the send loop is counted); failures are the datagrams sent and
 /// never counted.
-pub fn slice(ns: &NetNs, src: Ipv4Addr, dsts: Vec<SocketAddrV4>, first_sport: u16, flows: u16, max: Duration, sinks: &[&Server]) -> Latency {
+pub fn slice(ns: &NetNs, src: IpAddr, dsts: Vec<SocketAddr>, first_sport: u16, flows: u16, max: Duration, sinks: &[&Server]) -> Latency {
     let before = settle(sinks);
     let Ok(sent) = send(ns, src, dsts, first_sport, flows, max) else {
         return Latency { failures: 1, ..Latency::default() };

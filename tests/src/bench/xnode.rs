@@ -106,16 +106,17 @@ pub struct XnodeTopo {
 }
 
 fn services(server: Ipv4Addr) -> Vec<Svc> {
+    let (vip, server) = (VIP.into(), server.into());
     vec![
-        Svc { name: "bench/xnode:short".into(), vip: VIP, port: SHORT_PORT, endpoints: vec![(server, 8080)], node_port: Some(SHORT_NODE_PORT), proto: Proto::Tcp },
-        Svc { name: "bench/xnode:keepalive".into(), vip: VIP, port: KEEPALIVE_PORT, endpoints: vec![(server, 9000)], node_port: Some(KEEPALIVE_NODE_PORT), proto: Proto::Tcp },
-        Svc { name: "bench/xnode:iperf".into(), vip: VIP, port: IPERF_PORT, endpoints: vec![(server, 5201)], node_port: Some(IPERF_NODE_PORT), proto: Proto::Tcp },
+        Svc { name: "bench/xnode:short".into(), vip, port: SHORT_PORT, endpoints: vec![(server, 8080)], node_port: Some(SHORT_NODE_PORT), proto: Proto::Tcp },
+        Svc { name: "bench/xnode:keepalive".into(), vip, port: KEEPALIVE_PORT, endpoints: vec![(server, 9000)], node_port: Some(KEEPALIVE_NODE_PORT), proto: Proto::Tcp },
+        Svc { name: "bench/xnode:iperf".into(), vip, port: IPERF_PORT, endpoints: vec![(server, 5201)], node_port: Some(IPERF_NODE_PORT), proto: Proto::Tcp },
     ]
 }
 
 /// A NodePort Service and its EndpointSlice, for weir.
 fn node_port_yaml(s: &Svc, idx: usize) -> String {
-    let (ep, tport) = s.endpoints.first().copied().unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+    let (ep, tport) = s.endpoints.first().copied().unwrap_or((Ipv4Addr::UNSPECIFIED.into(), 0));
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: x{idx}, namespace: bench}}\nspec:\n  type: NodePort\n  clusterIP: {}\n  ports: [{{name: p, port: {}, nodePort: {}}}]\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: x{idx}-1, namespace: bench, labels: {{kubernetes.io/service-name: x{idx}}}}}\n\

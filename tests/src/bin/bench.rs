@@ -5,10 +5,15 @@
 //! through the ClusterIP with slices pod to pod. Writes
 //! target/bench/results.{json,md} and one PNG per metric.
 //!
-//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R]
+//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6]
 //!
 //! `--scales`, `--dataplanes` and `--reps` narrow a run (to look at one
-//! cell); the published figures come from a whole run.
+//! cell); the published figures come from a whole run. `--families`
+//! (default `ipv4`) measures each cell over each family in turn: the
+//! IPv6 cells run on dual-stack pods with IPv6 services and the
+//! baselines' IPv6 rules (ip6tables, `ip6 kube-proxy`), and their report
+//! goes to `ipv6/` under the output directory, with a table of both
+//! families side by side in the IPv4 report.
 
 use std::{
     path::PathBuf,
@@ -21,8 +26,9 @@ use weir_tests::bench::{
     paired::Paired,
     plot,
     report::{self, machine, NotProgrammed, Sample},
-    topo::{services, BenchTopo, Dataplane, KEEPALIVE_PORT, TARGET_VIP},
+    topo::{services, BenchTopo, Dataplane, KEEPALIVE_PORT},
 };
+use weir_tests::netpol::Family;
 
 /// Connections held open for the memory measurement.
 const FLOWS: usize = 1000;
@@ -69,6 +75,14 @@ fn full() -> Run {
     }
 }
 
+/// A family as `--families` and the output directory name it.
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
+
 /// The value after `--flag`, split at commas.
 fn list_arg(flag: &str) -> Option<Vec<String>> {
     let args: Vec<String> = std::env::args().collect();
@@ -89,29 +103,38 @@ fn main() {
         Some(v) => v.iter().map(|d| Dataplane::ALL.into_iter().find(|x| x.as_str() == d).unwrap_or_else(|| panic!("--dataplanes: no dataplane {d}"))).collect(),
         None => Dataplane::ALL.to_vec(),
     };
+    let families: Vec<Family> = match list_arg("--families") {
+        Some(v) => v
+            .iter()
+            .map(|f| Family::ALL.into_iter().find(|x| family_name(*x) == f).unwrap_or_else(|| panic!("--families: no family {f} (ipv4, ipv6)")))
+            .collect(),
+        None => vec![Family::V4],
+    };
     assert!(run.cell.udp_ports_fit());
     let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(
         |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
         PathBuf::from,
     );
-    let mut samples = Vec::new();
-    let mut not_programmed: Vec<NotProgrammed> = Vec::new();
+    // Per family (in `families`' order): its samples and the cells not programmed.
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); families.len()];
+    let mut not_programmed: Vec<Vec<NotProgrammed>> = vec![Vec::new(); families.len()];
     for rep in 0..run.reps {
         for &n in &run.scales {
+            for (fi, &family) in families.iter().enumerate() {
             for &dp in &dataplanes {
                 // A dataplane that could not program a smaller N in an
                 // earlier repetition is not tried again at this one or above.
-                if not_programmed.iter().any(|np| np.dataplane == dp && np.services <= n) {
+                if not_programmed[fi].iter().any(|np| np.dataplane == dp && np.services <= n) {
                     continue;
                 }
-                eprintln!("==> rep {rep} services {n} dataplane {}", dp.as_str());
-                let mut t = BenchTopo::new();
+                eprintln!("==> rep {rep} services {n} {family:?} dataplane {}", dp.as_str());
+                let mut t = BenchTopo::new(family);
                 let svcs = services(n, &t.backend_ips());
                 let program = match t.program(dp, &svcs, run.program_limit) {
                     Ok(p) => p,
                     Err(why) => {
                         eprintln!("    not programmed: {why}");
-                        not_programmed.push(NotProgrammed { dataplane: dp, services: n, why });
+                        not_programmed[fi].push(NotProgrammed { dataplane: dp, services: n, why });
                         continue;
                     }
                 };
@@ -119,7 +142,7 @@ fn main() {
                 // and a full LRU table counts no new entries.
                 let is_weir = dp == Dataplane::Weir;
                 let before = memory::tracked(is_weir, t.node.bpffs(), t.node.ns());
-                let held = memory::hold(t.client.ns(), TARGET_VIP, KEEPALIVE_PORT, FLOWS);
+                let held = memory::hold(t.client.ns(), t.target_vip(), KEEPALIVE_PORT, FLOWS);
                 let memory = memory::measure(before, memory::tracked(is_weir, t.node.bpffs(), t.node.ns()), held.len());
                 drop(held);
                 let m = cell::measure(&t, &run.cell);
@@ -147,25 +170,39 @@ fn main() {
                     "    program {:.1} ms, change {:.2} ms; memory {:.0} B/flow, maps {:.1} MiB",
                     s.program.cold_ms, s.program.one_change_ms, s.memory.bytes_per_flow, s.memory.bpf_maps_mib
                 );
-                samples.push(s);
+                samples[fi].push(s);
+            }
             }
         }
     }
     let took = started.elapsed().as_secs_f64();
     let ct_max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
-    let header = format!("{}; nf_conntrack_max {}; the run took {:.0} s", machine(), ct_max.trim(), took);
-    match report::write(&out_dir, &samples, &not_programmed, &header) {
-        Ok(md) => {
-            println!("{md}");
-            if let Err(e) = plot::write(&out_dir, &samples) {
-                eprintln!("plots: {e}");
+    let both = families.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(" and ");
+    for (fi, family) in families.iter().enumerate() {
+        let header = format!("{}; nf_conntrack_max {}; {family:?} (of {both}); the run took {:.0} s", machine(), ct_max.trim(), took);
+        let dir = if fi == 0 { out_dir.clone() } else { out_dir.join(family_name(*family)) };
+        match report::write(&dir, &samples[fi], &not_programmed[fi], &header) {
+            Ok(mut md) => {
+                let v4 = families.iter().position(|f| *f == Family::V4);
+                let v6 = families.iter().position(|f| *f == Family::V6);
+                if let (0, Some(a), Some(b)) = (fi, v4, v6) {
+                    md.push_str(&report::families(&samples[a], &samples[b]));
+                    if let Err(e) = std::fs::write(dir.join("results.md"), &md) {
+                        eprintln!("writing results to {}: {e}", dir.display());
+                        std::process::exit(1);
+                    }
+                }
+                println!("{md}");
+                if let Err(e) = plot::write(&dir, &samples[fi]) {
+                    eprintln!("plots: {e}");
+                    std::process::exit(1);
+                }
+                println!("written to {} (results.json, results.md, *.png); the run took {took:.0} s", dir.display());
+            }
+            Err(e) => {
+                eprintln!("writing results to {}: {e}", dir.display());
                 std::process::exit(1);
             }
-            println!("written to {} (results.json, results.md, *.png); the run took {took:.0} s", out_dir.display());
-        }
-        Err(e) => {
-            eprintln!("writing results to {}: {e}", out_dir.display());
-            std::process::exit(1);
         }
     }
 }

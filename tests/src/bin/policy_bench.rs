@@ -68,7 +68,7 @@ fn main() {
                 current = rules;
             }
             let program_ms = took_ms(&agent.log_text());
-            let short = short_connections(client.ns(), SERVER_IP, SERVER_PORT, dur);
+            let short = short_connections(client.ns(), SERVER_IP.into(), SERVER_PORT, dur);
             eprintln!("rep {rep} rules {rules}: {:.0} conn/s, p50 {:.0} µs, p99 {:.0} µs, {} failures, programmed in {program_ms:.1} ms", short.per_s, short.p50_us, short.p99_us, short.failures);
             samples.push(Sample { rules, rep, program_ms, short });
         }

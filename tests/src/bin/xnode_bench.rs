@@ -108,7 +108,7 @@ impl Path {
 }
 
 fn measure(ns: &weir_tests::netns::NetNs, dst: std::net::Ipv4Addr, ports: (u16, u16, u16), dur: Duration, ka: usize, secs: u32) -> Path {
-    Path { short: short_connections(ns, dst, ports.0, dur), keepalive: keepalive(ns, dst, ports.1, ka), throughput_gbps: iperf(ns, dst, ports.2, secs) }
+    Path { short: short_connections(ns, dst.into(), ports.0, dur), keepalive: keepalive(ns, dst.into(), ports.1, ka), throughput_gbps: iperf(ns, dst.into(), ports.2, secs) }
 }
 
 fn main() {
