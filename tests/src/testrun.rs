@@ -36,6 +36,19 @@ const SKB_IFINDEX_OFF: usize = 40;
 /// Offset of `ingress_ifindex` in `struct __sk_buff`.
 const SKB_INGRESS_IFINDEX_OFF: usize = 36;
 
+/// A pod link for BPF_PROG_TEST_RUN in the caller's namespace: a veth
+/// `name` whose routed addresses (`WEIR_LINKS`) are `addrs`; its ifindex.
+pub fn pod_link(layout: &weir_datapath::PinLayout, name: &str, addrs: &[std::net::IpAddr]) -> u32 {
+    let peer = format!("{name}p");
+    crate::cmd::output(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: a valid C string; the call only reads it.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(ifindex, 0, "veth {name} was not created");
+    own_sources(layout, ifindex, addrs);
+    ifindex
+}
+
 /// Runs `prog` once on `packet` as if it arrived on `ifindex` (a device of
 /// the caller's namespace).
 pub fn run_on(prog: &SchedClassifier, packet: &[u8], ifindex: u32) -> Result<Run, ProgramError> {

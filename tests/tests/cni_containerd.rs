@@ -1,13 +1,18 @@
 //! weir-cni under a real containerd: `ctr run --cni` containers get their
 //! network from weir-cni (installed by `weir-agent --install-cni`), reach
-//! each other and a ClusterIP that weir-agent load-balances, and leave
-//! nothing behind when they are deleted.
+//! each other and a ClusterIP that weir-agent load-balances (a
+//! dual-stack container, a dual-stack Service over both families), and
+//! leave nothing behind when they are deleted.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
 
 use weir_tests::{
     containerd::{global_cni_lock, wait_record, CniInstall, Containerd, LEASES_DIR, RECORDS_DIR},
-    services::yaml_service,
+    services::{yaml_dual_stack_service, yaml_service},
     Node,
 };
 
@@ -125,7 +130,7 @@ fn containers_reach_each_other_and_a_clusterip_served_by_weir_agent() {
 }
 
 #[test]
-fn a_dual_stack_container_gets_both_addresses_and_reaches_another_over_both_families() {
+fn a_dual_stack_container_gets_both_addresses_and_reaches_another_and_a_dual_stack_service_over_both_families() {
     let t = Setup::with_cidrs(&format!("{POD_CIDR},{POD_CIDR6}"));
     let (node, ctrd) = (&t.node, &t.ctrd);
     // The harness turns IPv6 off in its namespaces; a dual-stack node has it.
@@ -133,7 +138,7 @@ fn a_dual_stack_container_gets_both_addresses_and_reaches_another_over_both_fami
         node.ns().sysctl(&format!("net.ipv6.conf.{k}"), "0");
     }
     node.ns().sysctl("net.ipv6.conf.all.forwarding", "1");
-    let agent = node.start_agent();
+    let mut agent = node.start_agent();
     let server = ctrd.spawn(&format!("srv46-{}", std::process::id()), "while true; do echo hello-from-srv | nc -l -p 8080; done");
     let rec = wait_record(&server);
     let ips: Vec<String> = rec["ips"].as_array().expect("ips").iter().filter_map(|i| i.as_str().map(str::to_string)).collect();
@@ -153,6 +158,19 @@ fn a_dual_stack_container_gets_both_addresses_and_reaches_another_over_both_fami
     assert!(out.contains("default via fe80::1 dev eth0"), "default route via fe80::1:\n{out}");
     assert!(out.contains("hello-from-srv"), "container to container over IPv4:\n{out}");
     assert!(out.contains("1 packets received"), "and over IPv6:\n{out}");
+
+    // A dual-stack Service in front of the server, reached over both
+    // families from another dual-stack container.
+    let (vip4, vip6) = (Ipv4Addr::new(10, 96, 40, 46), Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0x40, 0x46));
+    let (srv4, srv6) = (v4.parse().expect("v4"), v6.parse().expect("v6"));
+    let before = agent.log_text().matches("reconciled").count();
+    node.write_source("srv46.yaml", yaml_dual_stack_service("srv46", vip4, vip6, &[("web", 80, 8080, "TCP")], &[(srv4, srv6)]).as_bytes());
+    agent.wait_for_log("reconciled", before + 1);
+    let script = format!("nc -w 3 {vip4} 80 </dev/null && echo via-v4 && nc -w 3 {vip6} 80 </dev/null && echo via-v6");
+    let (ok, out) = ctrd.run_to_end(&format!("svc46-{}", std::process::id()), &script, T);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("hello-from-srv").count(), 2, "the server answers through the ClusterIP of each family:\n{out}");
+    assert!(out.contains("via-v4") && out.contains("via-v6"), "{out}");
     server.stop();
     drop(agent);
     t.assert_nothing_left();

@@ -3,7 +3,7 @@
 //! real `from_pod` program (BPF_PROG_TEST_RUN) on the same maps; verdict
 //! and translation must agree every time.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use weir_common::policy::{IpInfo, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD};
 use weir_datapath::{
@@ -132,5 +132,59 @@ fn explain_matches_the_kernel_on_random_flows() {
             assert!(seen.get(v).copied().unwrap_or(0) >= 10, "too few {v} cases to mean anything: {seen:?}");
         }
         eprintln!("explain agreed with the kernel on 400 flows: {seen:?}");
+    });
+}
+
+/// `pod_v6`'s link rules, which come before the service and the policy:
+/// link-scope traffic passes for a pod under no policy and is dropped for
+/// an isolated one, and so is an address routed to an isolated pod's link
+/// that no endpoint names. Explain and the kernel agree on each, on each
+/// link; a link-local source names no link, and explain says the verdict
+/// depends on it, which the kernel bears out on both links.
+#[test]
+fn explain_matches_the_kernel_on_ipv6_link_scope_traffic() {
+    const ISO: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 2);
+    const UNLISTED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0x99);
+    const OPEN: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 3);
+    const REMOTE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0x50);
+    let node_ll: Ipv6Addr = "fe80::1".parse().expect("v6");
+    let pod_ll: Ipv6Addr = "fe80::5".parse().expect("v6");
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("v6");
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, dp| {
+        let layout = layout.clone();
+        let mut s = PolicyState::default();
+        s.endpoints.insert(IpAddr::V6(ISO), EndpointSpec { id: 1, identity: 401, ingress_isolated: true, egress_isolated: true });
+        s.endpoints.insert(IpAddr::V6(OPEN), EndpointSpec { id: 2, identity: 402, ingress_isolated: false, egress_isolated: false });
+        let w = PolicyMaps::open(&layout).expect("policy maps").transition(&s, &s, &s);
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        let iso_link = testrun::pod_link(&layout, "wxiso", &[ISO.into(), UNLISTED.into()]);
+        let open_link = testrun::pod_link(&layout, "wxopen", &[OPEN.into()]);
+        let maps = Maps::open(&layout).expect("explain maps");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let cases: [(Ipv6Addr, Ipv6Addr, &str, &[(u32, i32)]); 6] = [
+            (ISO, node_ll, "drop", &[(iso_link, TC_ACT_SHOT)]),
+            (ISO, all_nodes, "drop", &[(iso_link, TC_ACT_SHOT)]),
+            (OPEN, node_ll, "pass", &[(open_link, TC_ACT_OK)]),
+            (OPEN, all_nodes, "pass", &[(open_link, TC_ACT_OK)]),
+            (UNLISTED, REMOTE, "drop", &[(iso_link, TC_ACT_SHOT)]),
+            (pod_ll, node_ll, "depends", &[(iso_link, TC_ACT_SHOT), (open_link, TC_ACT_OK)]),
+        ];
+        for (src, dst, want, runs) in cases {
+            let p = Packet { src: IpAddr::V6(src), sport: 5000, dst: IpAddr::V6(dst), dport: 53, proto: 17 };
+            let x = maps.explain(&p, &Entry::Pod, monotonic_ns()).expect("explain");
+            assert_eq!(x.verdict, want, "{src} -> {dst}: {x:?}");
+            assert!(x.reason.contains("ipv6_isolated") || want == "pass", "{src} -> {dst}: the drop reason is named: {}", x.reason);
+            for &(link, verdict) in runs {
+                let run = testrun::run_on(prog, &testrun::udp6((src, 5000), (dst, 53), b"q"), link).expect("test_run");
+                assert_eq!(run.verdict, verdict, "{src} -> {dst} on link {link}: explain said {x:?}");
+            }
+        }
+        // A listed address of the isolated pod to a global peer is judged
+        // by policy (denied: no rule allows it), not by the link rules.
+        let p = Packet { src: IpAddr::V6(ISO), sport: 5000, dst: IpAddr::V6(REMOTE), dport: 53, proto: 17 };
+        let x = maps.explain(&p, &Entry::Pod, monotonic_ns()).expect("explain");
+        assert_eq!(x.verdict, "drop", "{x:?}");
+        assert!(!x.policy.is_empty() && !x.reason.contains("ipv6_isolated"), "{x:?}");
+        assert_eq!(testrun::run_on(prog, &testrun::udp6((ISO, 5000), (REMOTE, 53), b"q"), iso_link).expect("run").verdict, TC_ACT_SHOT);
     });
 }

@@ -64,14 +64,7 @@ impl Fx {
     /// in the test's namespace: this thread's, which `ip` inherits; this
     /// kernel has no dummy devices).
     fn link(&self, name: &str, addrs: &[IpAddr]) -> u32 {
-        let peer = format!("{name}p");
-        weir_tests::cmd::output(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
-        let c = std::ffi::CString::new(name).expect("name");
-        // SAFETY: a valid C string; the call only reads it.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert_ne!(ifindex, 0, "veth {name} was not created");
-        testrun::own_sources(&self.layout, ifindex, addrs);
-        ifindex
+        testrun::pod_link(&self.layout, name, addrs)
     }
 
     fn drops(&self, reason: DropReason) -> u64 {

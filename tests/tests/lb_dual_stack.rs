@@ -13,6 +13,7 @@ use std::{
 };
 
 use weir_tests::{
+    services::yaml_dual_stack_service,
     traffic::{tcp_connect, tcp_name, tcp_server_at, udp_name_from, udp_server_at, Reply, Server},
     Node, Pod,
 };
@@ -39,25 +40,8 @@ fn serve(backends: &[Pod]) -> Vec<Server> {
 
 /// The Service and its two EndpointSlices, as a cluster holds them.
 fn dual_stack_service(backends: &[&Pod]) -> String {
-    let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: both, namespace: default}}\nspec:\n  \
-         ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {VIP4}\n  clusterIPs: [{VIP4}, \"{VIP6}\"]\n  \
-         ports: [{{name: web, port: 80, targetPort: 8080, protocol: TCP}}, {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]\n"
-    );
-    for (family, addrs) in [
-        ("IPv4", backends.iter().map(|b| b.ip.to_string()).collect::<Vec<_>>()),
-        ("IPv6", backends.iter().map(|b| format!("\"{}\"", b.ip6.expect("dual-stack pod"))).collect()),
-    ] {
-        y.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: both-{f}, namespace: default, labels: {{kubernetes.io/service-name: both}}}}\n\
-             addressType: {family}\nports: [{{name: web, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n",
-            f = family.to_lowercase()
-        ));
-        for a in addrs {
-            y.push_str(&format!("- addresses: [{a}]\n  conditions: {{ready: true}}\n"));
-        }
-    }
-    y
+    let pairs: Vec<(Ipv4Addr, Ipv6Addr)> = backends.iter().map(|b| (b.ip, b.ip6.expect("dual-stack pod"))).collect();
+    yaml_dual_stack_service("both", VIP4, VIP6, &[("web", 80, 8080, "TCP"), ("dns", 53, 5353, "UDP")], &pairs)
 }
 
 #[test]

@@ -35,6 +35,19 @@ impl LinkInfo {
         }
         false
     }
+
+    /// Whether `f` holds for any of the link's addresses.
+    #[inline(always)]
+    pub fn any_addr(&self, f: impl Fn(&Addr) -> bool) -> bool {
+        let mut i = 0;
+        while i < LINK_ADDRS_MAX {
+            if (i as u32) < self.count && f(&self.addrs[i]) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<LinkInfo>() == 136);

@@ -6,6 +6,26 @@
 //! fragment headers) is reported, and the programs drop it: a packet
 //! whose upper layer the datapath cannot see is never passed.
 
+use weir_common::addr::Addr;
+
+/// IPv6 source addresses a pod may use without owning them: the
+/// unspecified address (duplicate address detection) and link-local
+/// scope (neighbour discovery), which never leave the link.
+#[inline(always)]
+pub fn link_scope_source(a: &Addr) -> bool {
+    let b = &a.bytes;
+    (b[0] == 0xfe && b[1] & 0xc0 == 0x80) || *a == Addr::ZERO
+}
+
+/// Link-local unicast, the unspecified address, or multicast: an address
+/// no pod owns and no route leaves the link with. No policy rule can name
+/// such a peer, so an isolated pod neither sends nor receives its traffic
+/// (neighbour discovery and MLD aside).
+#[inline(always)]
+pub fn link_scope(a: &Addr) -> bool {
+    link_scope_source(a) || a.bytes[0] == 0xff
+}
+
 /// Next-header values of the extension headers walked.
 pub const NEXT_HOP_BY_HOP: u8 = 0;
 pub const NEXT_ROUTING: u8 = 43;

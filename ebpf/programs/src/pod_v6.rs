@@ -31,6 +31,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{addr::Addr, drop::DropReason};
+use weir_logic::ipv6::{link_scope, link_scope_source};
 
 use crate::{
     conntrack, events,
@@ -69,8 +70,8 @@ fn link_control(p: &Ipv6Pkt, from_pod: bool) -> u8 {
         ND_ROUTER_SOLICIT | ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => p.hop_limit == 255,
         // Only the node is the pod's router.
         ND_ROUTER_ADVERT | ND_REDIRECT => !from_pod && p.hop_limit == 255,
-        MLD_REPORT | MLD_DONE | MLD2_REPORT => p.hop_limit == 1 && source::v6_link_scope(&p.t.saddr),
-        MLD_QUERY => !from_pod && p.hop_limit == 1 && source::v6_link_scope(&p.t.saddr),
+        MLD_REPORT | MLD_DONE | MLD2_REPORT => p.hop_limit == 1 && link_scope_source(&p.t.saddr),
+        MLD_QUERY => !from_pod && p.hop_limit == 1 && link_scope_source(&p.t.saddr),
         _ => return CTL_NONE,
     };
     if ok && p.frag == FRAG_NONE {
@@ -78,13 +79,6 @@ fn link_control(p: &Ipv6Pkt, from_pod: bool) -> u8 {
     } else {
         CTL_FORBIDDEN
     }
-}
-
-/// Link-local unicast, the unspecified address, or multicast: an address
-/// no pod owns and no route leaves the link with.
-#[inline(always)]
-fn link_scope(a: &Addr) -> bool {
-    source::v6_link_scope(a) || a.bytes[0] == 0xff
 }
 
 /// This CPU's IPv6 packet, parsed from the frame (in scratch space, and
@@ -106,7 +100,7 @@ pub fn from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
         Ok(p) => p,
         Err(reason) => return events::dropped_frame(ctx, reason),
     };
-    let link_src = source::v6_link_scope(&p.t.saddr);
+    let link_src = link_scope_source(&p.t.saddr);
     if !link_src && !source::owns(ifindex, &p.t.saddr) {
         return events::dropped_flow(ctx, &p.t, DropReason::SpoofedSource);
     }

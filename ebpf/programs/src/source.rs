@@ -1,7 +1,8 @@
 //! Source validation and what a pod link may carry. A pod may only send
 //! from the addresses the node routes to its link (`WEIR_LINKS`, filled by
 //! the agent from the node's host routes), of either family; IPv6 from a
-//! pod may also come from link-local scope (`pod_v6`).
+//! pod may also come from link-local scope (`pod_v6`,
+//! `weir_logic::ipv6::link_scope_source`).
 
 use weir_common::{addr::Addr, link::LinkInfo};
 
@@ -34,24 +35,6 @@ pub fn is_local_pod(addr: &Addr) -> bool {
 #[inline(never)]
 pub fn link_isolated(ifindex: u32) -> bool {
     let Some(l) = link(ifindex) else { return false };
-    let mut i = 0;
-    while i < weir_common::link::LINK_ADDRS_MAX {
-        if (i as u32) < l.count {
-            // SAFETY: map value reference, read only.
-            if unsafe { ENDPOINTS.get(&l.addrs[i]) }.is_some_and(|e| e.flags != 0) {
-                return true;
-            }
-        }
-        i += 1;
-    }
-    false
-}
-
-/// IPv6 source addresses a pod may use without owning them: the
-/// unspecified address (duplicate address detection) and link-local
-/// scope (neighbour discovery), which never leave the link.
-#[inline(always)]
-pub fn v6_link_scope(a: &Addr) -> bool {
-    let b = &a.bytes;
-    (b[0] == 0xfe && b[1] & 0xc0 == 0x80) || *a == Addr::ZERO
+    // SAFETY: map value reference, read only.
+    l.any_addr(|a| unsafe { ENDPOINTS.get(a) }.is_some_and(|e| e.flags != 0))
 }

@@ -29,7 +29,7 @@ use weir_common::{
     maps::{AFFINITY, BACKENDS, CONFIG, CT, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POD_ADDRS, POLICY, SOURCE_RANGES},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue},
 };
-use weir_logic::{ct::is_alive, frontend::Origin};
+use weir_logic::{ct::is_alive, frontend::Origin, ipv6};
 
 use crate::{mmap::MmapU32Array, pinned, pins::PinLayout, DatapathError};
 
@@ -135,7 +135,9 @@ pub struct Explanation {
     /// Where the packet entered, in words.
     pub entry: String,
     /// "forward", "drop", "reject" or "pass" (not weir's: the node's
-    /// stack decides).
+    /// stack decides); "depends" for IPv6 link-scope traffic from a
+    /// link-local source, whose verdict is the sending link's (isolated or
+    /// not), which the address does not name.
     pub verdict: &'static str,
     /// Why, in words.
     pub reason: String,
@@ -148,7 +150,7 @@ pub struct Explanation {
     pub masquerade: Option<IpAddr>,
     /// The pod link (host-side ifindex) whose routed addresses include the
     /// source, for a packet from a pod; `None` there: no pod link owns it,
-    /// and from_pod drops it.
+    /// and from_pod drops it (an IPv6 link-local source aside).
     pub link: Option<u32>,
     /// The flow is already allowed by the policy's conntrack.
     pub policy_conntrack: bool,
@@ -258,10 +260,16 @@ impl Maps {
         match entry {
             Entry::Pod => {
                 // Source validation: only the link the node routes the
-                // source to may send from it.
+                // source to may send from it (IPv6 link scope aside).
                 x.link = self.links.iter().filter_map(Result::ok).find(|(_, l)| l.owns(&src)).map(|(i, _)| i);
-                if x.link.is_none() {
+                let link_src = p.src.is_ipv6() && ipv6::link_scope_source(&src);
+                if x.link.is_none() && !link_src {
                     return Ok(x.end("drop", format!("no pod link owns the source {}: a spoofed source is dropped", p.src)));
+                }
+                if p.src.is_ipv6() {
+                    if let Some((verdict, why)) = self.v6_link_rules(x.link, p, src, dst, link_src) {
+                        return Ok(x.end(verdict, why));
+                    }
                 }
             }
             Entry::Device(d) => {
@@ -301,6 +309,33 @@ impl Maps {
             }
         }
         Ok(x)
+    }
+
+    /// `pod_v6`'s rules before the service and the policy: link-scope
+    /// traffic (a link-local source, a link-local or multicast
+    /// destination) passes for a pod under no policy and is dropped for an
+    /// isolated one, and so is an address routed to an isolated pod's link
+    /// that no endpoint names. The verdict and why, or `None` when they
+    /// let the packet on.
+    fn v6_link_rules(&self, link: Option<u32>, p: &Packet, src: Addr, dst: Addr, link_src: bool) -> Option<(&'static str, String)> {
+        let isolated = link.map(|i| self.link_isolated(i));
+        if link_src || ipv6::link_scope(&dst) {
+            let what = if link_src { format!("the link-local source {}", p.src) } else { format!("the link-scope destination {}", p.dst) };
+            return Some(match isolated {
+                Some(true) => ("drop", format!("{what}: no rule can name a link-scope peer, so a pod under a policy neither sends nor receives it (ipv6_isolated)")),
+                Some(false) => ("pass", format!("{what}: link-scope traffic passes for a pod under no policy")),
+                None => ("depends", format!("{what} names no pod link: it passes from a pod under no policy and is dropped from one under a policy (ipv6_isolated)")),
+            });
+        }
+        if isolated == Some(true) && self.endpoints.get(&src, 0).is_err() {
+            return Some(("drop", format!("{} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (ipv6_isolated)", p.src)));
+        }
+        None
+    }
+
+    /// Whether any address of the pod link `ifindex` is under a policy.
+    fn link_isolated(&self, ifindex: u32) -> bool {
+        self.links.get(&ifindex, 0).is_ok_and(|l| l.any_addr(|a| self.endpoints.get(a, 0).is_ok_and(|e| e.flags != 0)))
     }
 
     /// The reverse entry of a service flow this packet replies to (a TCP
