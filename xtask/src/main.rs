@@ -44,6 +44,11 @@ enum Task {
         /// A few minutes: fewer scales, one run, shorter measurements.
         #[arg(long)]
         quick: bool,
+        /// Measure the ClusterIP cells over IPv6 too, each beside its IPv4
+        /// twin (weir-bench --families ipv4,ipv6; the IPv6 report goes to
+        /// target/bench/ipv6/).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Regenerate the CRD YAML under manifests/crds/ from the Rust types.
     Codegen,
@@ -64,13 +69,16 @@ fn main() -> anyhow::Result<()> {
             build()?;
             test(&root, &args)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, ipv6 } => {
             setup::run()?;
             build()?;
             for bin in ["weir-pktcost", "weir-bench", "weir-policy-bench", "weir-xnode-bench"] {
                 let mut args = vec!["run", "--release", "--quiet", "-p", "weir-tests", "--bin", bin, "--"];
                 if quick {
                     args.push("--quick");
+                }
+                if ipv6 && bin == "weir-bench" {
+                    args.extend(["--families", "ipv4,ipv6"]);
                 }
                 sh::run("cargo", &args)?;
             }
