@@ -5,7 +5,9 @@
 //! headers, payload lengths that lie, neighbour discovery and MLD with
 //! any hop limit, ICMPv6 errors), under a default-deny policy with one
 //! allowed flow: A → V:8080/TCP, directly or through VIP:80, and
-//! A6 → V6:8080/TCP between the same pods' IPv6 addresses.
+//! A6 → V6:8080/TCP between the same pods' IPv6 addresses, directly or
+//! through VIP6:80 (so ICMPv6 errors quoting a service flow are
+//! translated, and forged ones tried).
 //!
 //! It asserts that the programs never forward a packet the policy denies,
 //! never return anything but a tc verdict, and leave no conntrack entry
@@ -32,6 +34,10 @@ const V: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+/// The source V6 sees when it reaches itself through VIP6
+/// (`weir_common::config::HAIRPIN_V6`).
+const HAIRPIN6: Ipv6Addr = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0xa9fe, 0x2a01);
 const PORT: u16 = 8080;
 const UPLINK: u32 = 1;
 
@@ -76,9 +82,10 @@ fn port(r: &mut Rng) -> u16 {
 }
 
 fn addr6(r: &mut Rng) -> Ipv6Addr {
-    match r.below(7) {
+    match r.below(8) {
         0 | 1 => A6,
         2 => V6,
+        6 => VIP6,
         3 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, r.below(4) as u16),
         4 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, r.pick(&[1, 2, 0x16, 0xfb])),
         5 => Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, r.below(8) as u16),
@@ -419,17 +426,25 @@ fn quoted_allowed(q: Option<(Ipv4Addr, Ipv4Addr, u8, u16, u16)>) -> bool {
     q.is_some_and(|(s, d, proto, sp, dp)| proto == 6 && (allowed_tcp((s, sp), (d, dp)) || allowed_tcp((d, dp), (s, sp))))
 }
 
-/// The allowed flow over IPv6: A6:any → V6:8080/TCP, or its replies.
+/// The allowed flow over IPv6, seen from either end: A6:any ↔ V6:8080
+/// over TCP (or A6 ↔ VIP6:80 before translation).
 fn allowed_tcp6(s: &Seen6) -> bool {
-    s.proto == 6 && !s.later && ((s.src == A6 && s.dst == V6 && s.dport == PORT) || (s.src == V6 && s.sport == PORT && s.dst == A6))
+    let allowed = |a: (Ipv6Addr, u16), v: (Ipv6Addr, u16)| a.0 == A6 && (v == (V6, PORT) || v == (VIP6, 80));
+    s.proto == 6 && !s.later && (allowed((s.src, s.sport), (s.dst, s.dport)) || allowed((s.dst, s.dport), (s.src, s.sport)))
 }
 
 fn link_local(a: Ipv6Addr) -> bool {
     a.segments()[0] & 0xffc0 == 0xfe80
 }
 
-/// Whether an IPv6 packet leaving `hook` on `link` may go.
-fn may_pass6(hook: Hook, link: &str, s: Option<&Seen6>) -> Result<(), String> {
+/// The tuple an ICMPv6 error quotes, if the packet is one.
+fn quote6(s: &Seen) -> Option<(Ipv6Addr, Ipv6Addr, u16, u16)> {
+    let q = s.v6.as_ref()?.quoted.as_deref()?;
+    Some((q.src, q.dst, q.sport, q.dport))
+}
+
+/// Whether an IPv6 packet leaving `hook` on `link` with verdict `v` may go.
+fn may_pass6(hook: Hook, link: &str, v: i32, s: Option<&Seen6>) -> Result<(), String> {
     let Some(s) = s else { return Err("an IPv6 packet whose header chain cannot be walked passed".into()) };
     let from_pod = hook == Hook::FromPod;
     // Neighbour discovery and MLD, as the link allows them.
@@ -444,10 +459,20 @@ fn may_pass6(hook: Hook, link: &str, s: Option<&Seen6>) -> Result<(), String> {
         return Ok(());
     }
     let me = if link == "a" { A6 } else { V6 };
-    if from_pod && s.src == me && s.dst == me {
+    // Rejects and answers (RST, ICMPv6 unreachable, packet too big) go
+    // back into the pod itself.
+    if from_pod && v == TC_ACT_REDIRECT && s.dst == me {
         return Ok(());
     }
-    let between = (s.src == A6 && s.dst == V6) || (s.src == V6 && s.dst == A6);
+    // A pod may always reach itself, also through its own service
+    // (hairpin: from HAIRPIN6).
+    let mine = |a: Ipv6Addr| a == me || a == HAIRPIN6 || (link == "v" && a == VIP6);
+    if from_pod && mine(s.src) && mine(s.dst) {
+        return Ok(());
+    }
+    let a_end = |x: Ipv6Addr| x == A6;
+    let v_end = |x: Ipv6Addr| x == V6 || x == VIP6;
+    let between = (a_end(s.src) && v_end(s.dst)) || (v_end(s.src) && a_end(s.dst));
     let quoted_ok = s.icmp_type.is_some_and(|t| (1..=4).contains(&t)) && s.quoted.as_deref().is_some_and(allowed_tcp6);
     if allowed_tcp6(s) || (s.later && between) || quoted_ok {
         Ok(())
@@ -465,7 +490,7 @@ fn may_pass(hook: Hook, link: &str, v: i32, out: &Seen) -> Result<(), String> {
         return Ok(()); // ARP keeps working
     }
     if out.ethertype == 0x86dd {
-        return may_pass6(hook, link, out.v6.as_ref());
+        return may_pass6(hook, link, v, out.v6.as_ref());
     }
     if !out.ipv4 {
         return Err(format!("a non-IPv4 frame (EtherType {:#06x}) passed an isolated pod's link", out.ethertype));
@@ -506,7 +531,9 @@ fn random_and_mutated_packets_never_get_past_policy() {
     eprintln!("fuzz seed {seed} ({count} packets); replay with WEIR_FUZZ_SEED={seed}");
     testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, dp| {
         let layout = layout.clone();
-        Lb::open(&layout).expect("lb").upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(V, PORT)])).expect("service");
+        let mut lb = Lb::open(&layout).expect("lb");
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(V, PORT)])).expect("service");
+        lb.upsert(&cluster_ip(VIP6, 80, Protocol::Tcp, &[(V6, PORT)])).expect("IPv6 service");
         let mut s = PolicyState::default();
         s.endpoints.insert(IpAddr::V4(A), EndpointSpec { id: 1, identity: 501, ingress_isolated: true, egress_isolated: true });
         s.endpoints.insert(IpAddr::V4(V), EndpointSpec { id: 2, identity: 502, ingress_isolated: true, egress_isolated: true });
@@ -532,6 +559,7 @@ fn random_and_mutated_packets_never_get_past_policy() {
         let (from_pod, to_pod) = (dp.program(Hook::FromPod).expect("from_pod"), dp.program(Hook::ToPod).expect("to_pod"));
         let mut r = Rng(seed);
         let mut verdicts = std::collections::BTreeMap::<(&str, i32), usize>::new();
+        let mut errors6_translated = 0usize;
         for i in 0..count {
             let p = packet(&mut r);
             let (hook, link, prog, ifindex, ingress) = match r.below(3) {
@@ -548,27 +576,35 @@ fn random_and_mutated_packets_never_get_past_policy() {
             );
             *verdicts.entry((link, run.verdict)).or_default() += 1;
             let out = seen(&run.packet);
+            if quote6(&seen(&p)) != quote6(&out) && run.verdict != TC_ACT_SHOT {
+                errors6_translated += 1;
+            }
             if let Err(why) = may_pass(hook, link, run.verdict, &out) {
                 panic!("seed {seed}, packet {i} ({hook:?} on {link}, verdict {}): {why}\n in:  {p:02x?}\n out: {out:?}", run.verdict);
             }
         }
         // Nothing tracked but the allowed flow (and V reaching itself
         // through its service): no entry another packet could ride.
-        let hairpin = IpAddr::V4(Ipv4Addr::new(169, 254, 42, 1));
+        let family = [
+            (IpAddr::V4(A), IpAddr::V4(V), IpAddr::V4(VIP), IpAddr::V4(Ipv4Addr::new(169, 254, 42, 1))),
+            (IpAddr::V6(A6), IpAddr::V6(V6), IpAddr::V6(VIP6), IpAddr::V6(HAIRPIN6)),
+        ];
         for (k, e) in Conntrack::open(&layout).expect("ct").entries() {
             let (s, d) = (IpAddr::from(k.saddr), IpAddr::from(k.daddr));
             let (sp, dp) = (u16::from_be(k.sport), u16::from_be(k.dport));
-            let (a, v, vip) = (IpAddr::V4(A), IpAddr::V4(V), IpAddr::V4(VIP));
             let ok = k.proto == 6
-                && match k.kind {
-                    CT_POLICY => ((s == a && d == v) || (s == IpAddr::V6(A6) && d == IpAddr::V6(V6))) && dp == PORT,
+                && family.iter().any(|&(a, v, vip, hairpin)| match k.kind {
+                    CT_POLICY => s == a && d == v && dp == PORT,
                     CT_SVC_FWD => (s == a || s == v) && d == vip && dp == 80 && IpAddr::from(e.nat_addr) == v,
                     CT_SVC_REV => s == v && sp == PORT && (d == a || d == hairpin),
                     _ => false,
-                };
+                });
             assert!(ok, "seed {seed}: a conntrack entry outside the allowed flow: {s}:{sp} -> {d}:{dp}/{} kind {} {e:?}", k.proto, k.kind);
         }
-        eprintln!("fuzz seed {seed}: {count} packets, verdicts (link, verdict) → count: {verdicts:?}");
+        eprintln!("fuzz seed {seed}: {count} packets, verdicts (link, verdict) → count: {verdicts:?}; ICMPv6 errors translated: {errors6_translated}");
+        if count >= 100_000 {
+            assert!(errors6_translated > 0, "seed {seed}: no ICMPv6 error about a service flow was translated: the run did not reach that code");
+        }
     });
 }
 
