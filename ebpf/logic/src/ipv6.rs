@@ -144,6 +144,23 @@ mod tests {
     const TCP: u8 = 6;
     const UDP: u8 = 17;
 
+    fn a(s: &str) -> Addr {
+        Addr { bytes: s.parse::<std::net::Ipv6Addr>().expect("IPv6 address").octets() }
+    }
+
+    #[test]
+    fn link_scope_is_link_local_unicast_the_unspecified_address_or_multicast() {
+        for s in ["fe80::1", "febf:ffff::1", "::"] {
+            assert!(link_scope_source(&a(s)) && link_scope(&a(s)), "{s}");
+        }
+        for s in ["ff02::1", "ff05::2"] {
+            assert!(!link_scope_source(&a(s)) && link_scope(&a(s)), "{s}: a destination, never a source");
+        }
+        for s in ["fec0::1", "fd00:10:244::2", "2001:db8::1", "::1"] {
+            assert!(!link_scope(&a(s)), "{s}");
+        }
+    }
+
     /// A fixed header (only its next header matters here) and `ext` as
     /// (kind, next, length in bytes) with zero bodies, then 8 bytes of
     /// upper layer.
