@@ -140,16 +140,21 @@ fn a_pod_reaching_itself_is_answered_through_the_hairpin_address() {
     });
 }
 
+/// A SYN from CLIENT:`sport` to VIP:80 with a destination options header
+/// (PadN) between the fixed header and TCP.
+fn syn_behind_dest_opts(sport: u16) -> Vec<u8> {
+    let plain = testrun::tcp6((CLIENT, sport), (VIP, 80), true, b"");
+    let mut payload = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
+    payload.extend_from_slice(&plain[54..]);
+    ip6(CLIENT, VIP, DEST_OPTS, 64, &payload)
+}
+
 #[test]
 fn a_segment_with_extension_headers_is_translated_behind_them() {
     with_datapath(|dp, lb, _| {
         lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
-        let plain = testrun::tcp6((CLIENT, 40200), (VIP, 80), true, b"");
-        // A destination options header (PadN) between the fixed header and TCP.
-        let mut payload = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
-        payload.extend_from_slice(&plain[54..]);
-        let pkt = ip6(CLIENT, VIP, DEST_OPTS, 64, &payload);
+        let pkt = syn_behind_dest_opts(40200);
         let out = parse_checked_v6(&testrun::run(prog, &pkt).expect("run").packet);
         assert_eq!(out.l4_off, 54 + 8, "the options header is kept");
         assert_eq!((out.proto, out.dst, out.dport), (TCP, BACKEND, 8080));
@@ -334,10 +339,7 @@ fn an_icmpv6_error_quoting_extension_headers_is_translated_behind_them() {
     with_datapath(|dp, lb, _| {
         lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
-        let plain = testrun::tcp6((CLIENT, 40300), (VIP, 80), true, b"");
-        let mut payload = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
-        payload.extend_from_slice(&plain[54..]);
-        let dnat = testrun::run(prog, &ip6(CLIENT, VIP, DEST_OPTS, 64, &payload)).expect("run").packet;
+        let dnat = testrun::run(prog, &syn_behind_dest_opts(40300)).expect("run").packet;
         assert_eq!(parse_checked_v6(&dnat).dst, BACKEND);
 
         // The backend answers with parameter problem (unrecognised option).
