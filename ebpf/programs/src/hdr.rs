@@ -189,18 +189,31 @@ impl Ipv6Pkt {
     }
 }
 
+/// The IPv6 fixed header, read whole.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ip6Fixed {
+    /// Version, traffic class, flow label, payload length, next header,
+    /// hop limit.
+    head: [u8; 8],
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
 /// Parses the IPv6 packet of an IPv6 frame into `out`: its extension
 /// headers walked ([`v6_upper`]), its payload within the frame, and the
-/// upper layer's ports, flags or ICMPv6 type read.
+/// upper layer's ports, flags or ICMPv6 type read. As for IPv4, each
+/// header is read with one `bpf_skb_load_bytes`: the fixed header whole,
+/// then the upper layer's first bytes (16 for TCP: ports and flags).
 #[inline(always)]
 pub fn parse_v6(ctx: &TcContext, out: &mut Ipv6Pkt) -> Result<(), DropReason> {
-    let (upper, end) = v6_upper(ctx)?;
-    let (saddr, daddr) = v6_addrs(ctx);
+    let h: Ip6Fixed = ctx.load(IP_OFF).map_err(|_| DropReason::Malformed)?;
+    let (upper, end) = v6_upper_of(ctx, h.head)?;
     let l4 = IP_OFF + upper.off;
-    out.t = Tuple { saddr, daddr, sport: 0, dport: 0, proto: upper.proto, tcp_flags: 0 };
+    out.t = Tuple { saddr: Addr { bytes: h.saddr }, daddr: Addr { bytes: h.daddr }, sport: 0, dport: 0, proto: upper.proto, tcp_flags: 0 };
     out.l4_off = l4 as u16;
     out.end = end as u16;
-    out.hop_limit = ctx.load::<u8>(IP6_HOP_LIMIT_OFF).map_err(|_| DropReason::Malformed)?;
+    out.hop_limit = h.head[7];
     out.icmp_type = 0;
     out.frag = FRAG_NONE;
     out.frag_id = 0;
@@ -214,16 +227,19 @@ pub fn parse_v6(ctx: &TcContext, out: &mut Ipv6Pkt) -> Result<(), DropReason> {
             out.frag = FRAG_FIRST;
         }
     }
+    if upper.proto == PROTO_TCP {
+        // `v6_upper` saw the whole 20-byte header in the packet.
+        let w: [u8; 16] = ctx.load(l4).map_err(|_| DropReason::Malformed)?;
+        out.t.sport = u16::from_ne_bytes([w[0], w[1]]);
+        out.t.dport = u16::from_ne_bytes([w[2], w[3]]);
+        out.t.tcp_flags = w[13];
+        return Ok(());
+    }
     let w: [u8; 8] = match upper.proto {
-        PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => ctx.load(l4).map_err(|_| DropReason::Malformed)?,
+        PROTO_UDP | PROTO_ICMPV6 => ctx.load(l4).map_err(|_| DropReason::Malformed)?,
         _ => return Ok(()),
     };
     match upper.proto {
-        PROTO_TCP => {
-            out.t.sport = u16::from_ne_bytes([w[0], w[1]]);
-            out.t.dport = u16::from_ne_bytes([w[2], w[3]]);
-            out.t.tcp_flags = ctx.load::<u8>(l4 + 13).map_err(|_| DropReason::Malformed)?;
-        }
         PROTO_UDP => {
             out.t.sport = u16::from_ne_bytes([w[0], w[1]]);
             out.t.dport = u16::from_ne_bytes([w[2], w[3]]);
@@ -259,6 +275,12 @@ pub fn v6_addrs(ctx: &TcContext) -> (Addr, Addr) {
 #[inline(always)]
 pub fn v6_upper(ctx: &TcContext) -> Result<(Upper, usize), DropReason> {
     let h: [u8; 8] = ctx.load(IP_OFF).map_err(|_| DropReason::Malformed)?;
+    v6_upper_of(ctx, h)
+}
+
+/// [`v6_upper`] of the fixed header's first 8 bytes `h`, already read.
+#[inline(always)]
+fn v6_upper_of(ctx: &TcContext, h: [u8; 8]) -> Result<(Upper, usize), DropReason> {
     let end = IP_OFF + ipv6::IPV6_HLEN + u16::from_be_bytes([h[4], h[5]]) as usize;
     if h[0] >> 4 != 6 || end > ctx.len() as usize {
         return Err(DropReason::Malformed);

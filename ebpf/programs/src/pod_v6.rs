@@ -84,13 +84,21 @@ fn link_control(p: &Ipv6Pkt, from_pod: bool) -> u8 {
 /// This CPU's IPv6 packet, parsed from the frame (in scratch space, and
 /// in a frame of its own: the policy path under the hooks needs the
 /// stack).
-#[inline(never)]
+#[inline(always)]
 fn parsed(ctx: &TcContext) -> Result<&'static mut Ipv6Pkt, DropReason> {
+    parse_into_scratch(ctx)?;
+    Ok(&mut scratch().ok_or(DropReason::Malformed)?.v6)
+}
+
+/// [`parsed`]'s work, returning only the verdict (a reference returned
+/// with it would come back through the caller's stack, which the
+/// verifier refuses).
+#[inline(never)]
+fn parse_into_scratch(ctx: &TcContext) -> Result<(), DropReason> {
     let s = scratch().ok_or(DropReason::Malformed)?;
     let p = &mut s.v6;
     p.t = Tuple { saddr: Addr::ZERO, daddr: Addr::ZERO, sport: 0, dport: 0, proto: 0, tcp_flags: 0 };
-    hdr::parse_v6(ctx, p)?;
-    Ok(p)
+    hdr::parse_v6(ctx, p)
 }
 
 /// IPv6 from a pod (tc ingress of its host veth).
