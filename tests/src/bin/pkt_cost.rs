@@ -257,29 +257,37 @@ fn main() -> anyhow::Result<()> {
         out.push(summarize("new service flow over IPv6 (SYN to an IPv6 VIP)", service6));
         out.push(summarize("new UDP service flow over IPv6 (one datagram to an IPv6 VIP from a fresh port)", udp_service6));
 
-        // One established flow, both directions.
-        r.run(from_pod, &testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""), client_if);
-        let mut synack = testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, b"");
-        synack[14 + 20 + 13] = 0x12;
-        r.run(from_pod, &synack, backend_if);
-        let data = testrun::tcp4((CLIENT, 9999), (VIP, 80), false, &[0x61; 64]);
-        let reply = testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, &[0x62; 64]);
         let median = |prog: &SchedClassifier, pkt: &[u8], ifindex: u32| -> u64 {
             let mut v: Vec<u64> = (0..runs).map(|_| r.run(prog, pkt, ifindex)).collect();
             v.sort_unstable();
             v[v.len() / 2]
         };
-        out.push(summarize("established service flow (client → VIP)", (0..reps).map(|_| median(from_pod, &data, client_if)).collect()));
-        out.push(summarize("service reply (backend → client, reverse NAT)", (0..reps).map(|_| median(from_pod, &reply, backend_if)).collect()));
-        // The same over IPv6.
-        r.run(from_pod, &testrun::tcp6((CLIENT6, 9999), (VIP6, 80), true, b""), client_if);
-        let mut synack6 = testrun::tcp6((BACKEND6, 8080), (CLIENT6, 9999), false, b"");
-        synack6[14 + 40 + 13] = 0x12;
-        r.run(from_pod, &synack6, backend_if);
-        let data6 = testrun::tcp6((CLIENT6, 9999), (VIP6, 80), false, &[0x61; 64]);
-        let reply6 = testrun::tcp6((BACKEND6, 8080), (CLIENT6, 9999), false, &[0x62; 64]);
-        out.push(summarize("established service flow over IPv6 (client → VIP)", (0..reps).map(|_| median(from_pod, &data6, client_if)).collect()));
-        out.push(summarize("service reply over IPv6 (backend → client, reverse NAT)", (0..reps).map(|_| median(from_pod, &reply6, backend_if)).collect()));
+        // One established flow, both directions: `open` and `answer` (a
+        // segment without payload, made a SYN-ACK here) open it, then its
+        // `data` and `reply` packets are timed.
+        let established = |open: Vec<u8>, mut answer: Vec<u8>, data: Vec<u8>, reply: Vec<u8>| -> (Vec<u64>, Vec<u64>) {
+            r.run(from_pod, &open, client_if);
+            let flags = answer.len() - 20 + 13;
+            answer[flags] = 0x12;
+            r.run(from_pod, &answer, backend_if);
+            ((0..reps).map(|_| median(from_pod, &data, client_if)).collect(), (0..reps).map(|_| median(from_pod, &reply, backend_if)).collect())
+        };
+        let (data, reply) = established(
+            testrun::tcp4((CLIENT, 9999), (VIP, 80), true, b""),
+            testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, b""),
+            testrun::tcp4((CLIENT, 9999), (VIP, 80), false, &[0x61; 64]),
+            testrun::tcp4((BACKEND, 8080), (CLIENT, 9999), false, &[0x62; 64]),
+        );
+        out.push(summarize("established service flow (client → VIP)", data));
+        out.push(summarize("service reply (backend → client, reverse NAT)", reply));
+        let (data6, reply6) = established(
+            testrun::tcp6((CLIENT6, 9999), (VIP6, 80), true, b""),
+            testrun::tcp6((BACKEND6, 8080), (CLIENT6, 9999), false, b""),
+            testrun::tcp6((CLIENT6, 9999), (VIP6, 80), false, &[0x61; 64]),
+            testrun::tcp6((BACKEND6, 8080), (CLIENT6, 9999), false, &[0x62; 64]),
+        );
+        out.push(summarize("established service flow over IPv6 (client → VIP)", data6));
+        out.push(summarize("service reply over IPv6 (backend → client, reverse NAT)", reply6));
         let direct = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
         out.push(summarize("pod to pod, no policy (from_pod)", (0..reps).map(|_| median(from_pod, &direct, client_if)).collect()));
         r.run(from_pod, &testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), true, b""), client_if);
