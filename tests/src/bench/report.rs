@@ -255,11 +255,15 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
     Ok(md)
 }
 
+/// A column of [`families`]: its name, the measurement, and whether it is
+/// a throughput (Gbit/s, two decimals).
+type FamilyMetric = (&'static str, fn(&Sample) -> &Paired, bool);
+
 /// IPv6 beside IPv4: the ClusterIP figures of the same cells measured
 /// over both families in one run (cells interleaved), and their ratio
 /// (IPv6 / IPv4: below 1 is slower for rates, above 1 for latency).
 pub fn families(v4: &[Sample], v6: &[Sample]) -> String {
-    let metrics: [(&str, fn(&Sample) -> &Paired, bool); 5] = [
+    let metrics: [FamilyMetric; 5] = [
         ("new UDP flows/s", |s| &s.udp, false),
         ("TCP new conns/s ×32", |s| &s.concurrent_short, false),
         ("keep-alive req/s ×32", |s| &s.concurrent_keepalive, false),
@@ -272,7 +276,7 @@ pub fn families(v4: &[Sample], v6: &[Sample]) -> String {
     }
     let _ = writeln!(md, "\n|---:|---|{}", "---:|---:|".repeat(metrics.len()));
     let tables: Vec<(BTreeMap<Cell, Figures>, BTreeMap<Cell, Figures>)> = metrics.iter().map(|(_, pick, _)| (table(v4, pick), table(v6, pick))).collect();
-    for (&(n, dp), _) in &tables[0].0 {
+    for &(n, dp) in tables[0].0.keys() {
         if !tables[0].1.contains_key(&(n, dp)) {
             continue;
         }
