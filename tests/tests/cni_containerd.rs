@@ -166,10 +166,15 @@ fn a_dual_stack_container_gets_both_addresses_and_reaches_another_and_a_dual_sta
     let before = agent.log_text().matches("reconciled").count();
     node.write_source("srv46.yaml", yaml_dual_stack_service("srv46", vip4, vip6, &[("web", 80, 8080, "TCP")], &[(srv4, srv6)]).as_bytes());
     agent.wait_for_log("reconciled", before + 1);
-    let script = format!("nc -w 3 {vip4} 80 </dev/null && echo via-v4 && nc -w 3 {vip6} 80 </dev/null && echo via-v6");
+    // The server is one `nc -l` at a time, restarted after each
+    // connection: a connection in that gap is refused, so each family
+    // gets a few tries.
+    let tries = |vip: String, tag: &str| format!("for i in 1 2 3 4 5; do nc -w 3 {vip} 80 </dev/null && echo {tag} && break; sleep 1; done");
+    let script = format!("{}; {}", tries(vip4.to_string(), "via-v4"), tries(vip6.to_string(), "via-v6"));
     let (ok, out) = ctrd.run_to_end(&format!("svc46-{}", std::process::id()), &script, T);
     assert!(ok, "{out}");
     assert_eq!(out.matches("hello-from-srv").count(), 2, "the server answers through the ClusterIP of each family:\n{out}");
+    assert!(out.find("via-v4") < out.find("via-v6"), "{out}");
     assert!(out.contains("via-v4") && out.contains("via-v6"), "{out}");
     server.stop();
     drop(agent);
