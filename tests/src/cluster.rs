@@ -8,8 +8,14 @@
 //!
 //! Node `i` (0-based) is `192.168.0.(11 + i)` with pod CIDR
 //! `10.244.(i + 1).0/24`; the outside namespace is `192.168.0.200`.
+//! [`Cluster::enable_ipv6`] adds IPv6 to the fabric: node `i` is also
+//! `fd00:192:168::(11 + i)` (its Node object names both InternalIPs), the
+//! outside `fd00:192:168::200`, all on one /64.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use crate::{agent::Agent, netns::NetNs, node::tempdir::TempDir, node::Node, pod::Pod};
 
@@ -23,6 +29,8 @@ pub struct ClusterNode {
     pub node: Node,
     pub index: usize,
     pub ip: Ipv4Addr,
+    /// The uplink's IPv6 address, once [`Cluster::enable_ipv6`] gave it one.
+    pub ip6: Option<Ipv6Addr>,
     /// The MTU pods of this node get (a tunnel's overhead off the uplink).
     pub pod_mtu: Option<u32>,
 }
@@ -60,10 +68,12 @@ impl ClusterNode {
         self.agent.as_mut().expect("the node's agent runs")
     }
 
-    /// The Node object, as YAML.
+    /// The Node object, as YAML (with an IPv6 InternalIP once the fabric
+    /// has IPv6).
     pub fn object(&self) -> String {
+        let v6 = self.ip6.map(|a| format!("  - {{type: InternalIP, address: \"{a}\"}}\n")).unwrap_or_default();
         format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\nspec:\n  podCIDR: {cidr}\n  podCIDRs: [{cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {ip}}}\n  - {{type: Hostname, address: {name}}}\n---\n",
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\nspec:\n  podCIDR: {cidr}\n  podCIDRs: [{cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {ip}}}\n{v6}  - {{type: Hostname, address: {name}}}\n---\n",
             name = self.name(),
             cidr = self.pod_cidr(),
             ip = self.ip
@@ -148,8 +158,37 @@ impl Cluster {
         let node = Node::new();
         let ip = Ipv4Addr::new(192, 168, 0, 11 + index as u8);
         plug(&self.fabric, node.ns(), &format!("fn{index}"), ip);
-        self.nodes.push(ClusterNode { agent: None, node, index, ip, pod_mtu: self.pod_mtu });
+        self.nodes.push(ClusterNode { agent: None, node, index, ip, ip6: None, pod_mtu: self.pod_mtu });
         index
+    }
+
+    /// The outside namespace's IPv6 address on the fabric.
+    pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0, 0, 0, 0, 0x200);
+
+    /// Adds IPv6 to the fabric (see the module's documentation): every
+    /// node's uplink and the outside get their address (no duplicate
+    /// address detection: the fabric is the test's own), the nodes
+    /// forward IPv6, and each Node object is rewritten with its IPv6
+    /// InternalIP, which the agents pick up as any Node change.
+    pub fn enable_ipv6(&mut self) {
+        let ready = |ns: &NetNs, dev: &str| {
+            for conf in ["all", "default", dev] {
+                ns.sysctl(&format!("net.ipv6.conf.{conf}.disable_ipv6"), "0");
+                ns.sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0");
+            }
+        };
+        ready(&self.fabric, BRIDGE);
+        ready(&self.outside, "eth0");
+        self.outside.ip(&["-6", "addr", "add", &format!("{}/64", Self::OUTSIDE_IP6), "dev", "eth0", "nodad"]);
+        for i in 0..self.nodes.len() {
+            let ip6 = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0, 0, 0, 0, 0x11 + i as u16);
+            let ns = self.nodes[i].node.ns();
+            ready(ns, "eth0");
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+            ns.ip(&["-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+            self.nodes[i].ip6 = Some(ip6);
+            self.write_node_object(i);
+        }
     }
 
     /// Makes the fabric behave like a wire for XDP on the nodes' uplinks:

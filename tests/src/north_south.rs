@@ -29,18 +29,27 @@ pub fn landed(reply: &[u8]) -> (String, SocketAddr) {
 /// node name). `extra` goes under `spec:`; `lb_ip` into the status.
 #[allow(clippy::too_many_arguments)]
 pub fn service(name: &str, ty: &str, cluster_ip: &str, node_port: u16, extra: &str, lb_ip: Option<&str>, endpoints: &[(Ipv4Addr, &str)], proto: &str) -> String {
+    let endpoints: Vec<(IpAddr, &str)> = endpoints.iter().map(|(a, n)| (IpAddr::V4(*a), *n)).collect();
+    service_at(name, ty, cluster_ip, node_port, extra, lb_ip, &endpoints, proto)
+}
+
+/// [`service`] of either family: the ClusterIP's (addresses are quoted,
+/// so IPv6 ones read as YAML strings).
+#[allow(clippy::too_many_arguments)]
+pub fn service_at(name: &str, ty: &str, cluster_ip: &str, node_port: u16, extra: &str, lb_ip: Option<&str>, endpoints: &[(IpAddr, &str)], proto: &str) -> String {
+    let family = if cluster_ip.contains(':') { "IPv6" } else { "IPv4" };
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: {ty}\n  clusterIP: {cluster_ip}\n  ports: [{{port: 80, targetPort: {BACKEND_PORT}, nodePort: {node_port}, protocol: {proto}}}]\n{extra}"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: {ty}\n  clusterIP: \"{cluster_ip}\"\n  ipFamilies: [{family}]\n  ports: [{{port: 80, targetPort: {BACKEND_PORT}, nodePort: {node_port}, protocol: {proto}}}]\n{extra}"
     );
     if let Some(ip) = lb_ip {
-        y += &format!("status:\n  loadBalancer: {{ingress: [{{ip: {ip}}}]}}\n");
+        y += &format!("status:\n  loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}\n");
     }
     y += &format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: {BACKEND_PORT}, protocol: {proto}}}]\n"
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: {family}\nports: [{{port: {BACKEND_PORT}, protocol: {proto}}}]\n"
     );
     y += if endpoints.is_empty() { "endpoints: []\n" } else { "endpoints:\n" };
     for (a, node) in endpoints {
-        y += &format!("- addresses: [{a}]\n  nodeName: {node}\n");
+        y += &format!("- addresses: [\"{a}\"]\n  nodeName: {node}\n");
     }
     y + "---\n"
 }

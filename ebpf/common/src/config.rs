@@ -28,14 +28,18 @@ pub struct DatapathConfig {
     pub masq_port_max: u16,
     /// Source address used when a pod reaches itself through a service.
     pub hairpin_addr: Addr,
-    /// The node address masqueraded service flows come from (the Node's
-    /// InternalIP); unset (zero): service flows are never masqueraded.
+    /// The node's IPv4 address masqueraded service flows come from (the
+    /// Node's IPv4 InternalIP); unset (zero): IPv4 service flows are never
+    /// masqueraded. See [`DatapathConfig::node_addr_for`].
     pub node_addr: Addr,
     /// The cookie of the node's network namespace: the socket-level
     /// programs act only on sockets of that namespace (several agents on
     /// one kernel, each in its own node namespace, share the cgroup
     /// hierarchy). 0: they act nowhere.
     pub netns_cookie: u64,
+    /// [`DatapathConfig::node_addr`]'s IPv6 counterpart (the Node's IPv6
+    /// InternalIP). Layout v2 of `WEIR_CONFIG` added it.
+    pub node_addr6: Addr,
 }
 
 impl DatapathConfig {
@@ -55,6 +59,7 @@ impl DatapathConfig {
         hairpin_addr: Addr::from_v4_octets([169, 254, 42, 1]),
         node_addr: Addr::ZERO,
         netns_cookie: 0,
+        node_addr6: Addr::ZERO,
     };
 }
 
@@ -67,6 +72,24 @@ impl DatapathConfig {
 pub const HAIRPIN_V6: Addr = Addr { bytes: [0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01] };
 
 impl DatapathConfig {
+    /// The node address of `a`'s family (zero while unknown): the source
+    /// of that family's masqueraded flows.
+    #[inline(always)]
+    pub fn node_addr_for(&self, a: &Addr) -> Addr {
+        if a.is_v4() {
+            self.node_addr
+        } else {
+            self.node_addr6
+        }
+    }
+
+    /// Whether `a` is one of the node's addresses masqueraded flows come
+    /// from.
+    #[inline(always)]
+    pub fn is_node_addr(&self, a: &Addr) -> bool {
+        *a != Addr::ZERO && self.node_addr_for(a) == *a
+    }
+
     /// The hairpin source for a client of `client`'s family.
     #[inline(always)]
     pub fn hairpin_for(&self, client: &Addr) -> Addr {
@@ -96,7 +119,7 @@ impl Default for DatapathConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 88);
 
 #[cfg(test)]
 mod tests {

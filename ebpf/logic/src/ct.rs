@@ -141,15 +141,15 @@ pub fn is_syn(tcp_flags: u8) -> bool {
 /// The source address a service flow's backend sees, and so the
 /// destination of its replies: the hairpin address when a pod reaches
 /// itself, the node address when the flow is masqueraded, else the
-/// client's own (`client`). The hairpin address is of the client's family
-/// (`DatapathConfig::hairpin_for`); a masqueraded flow is always of the
-/// node address's family (`frontend::masquerades`).
+/// client's own (`client`). The hairpin and node addresses are of the
+/// client's family (`DatapathConfig::hairpin_for`, `node_addr_for`): a
+/// flow never changes family.
 #[inline(always)]
 pub fn backend_sees(flags: u8, cfg: &DatapathConfig, client: Addr) -> Addr {
     if flags & CT_F_HAIRPIN != 0 {
         cfg.hairpin_for(&client)
     } else if flags & CT_F_MASQ != 0 {
-        cfg.node_addr
+        cfg.node_addr_for(&client)
     } else {
         client
     }

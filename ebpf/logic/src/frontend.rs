@@ -85,9 +85,10 @@ pub fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: 
         Origin::Outside => SVC_F_MASQ_REMOTE,
         Origin::Host => return false,
     };
-    // The node address is of one family: a backend of the other is
-    // never masqueraded (it could not answer the node's address).
-    svc.flags & want != 0 && cfg.node_addr != Addr::ZERO && *backend != cfg.node_addr && backend.is_v4() == cfg.node_addr.is_v4()
+    // A flow is masqueraded to the node address of its backend's family
+    // (a backend could not answer the other), once that one is known.
+    let node = cfg.node_addr_for(backend);
+    svc.flags & want != 0 && node != Addr::ZERO && *backend != node
 }
 
 #[cfg(test)]
@@ -142,14 +143,27 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_of_the_other_family_than_the_node_address_is_never_masqueraded() {
+    fn a_flow_is_masqueraded_to_the_node_address_of_its_backends_family_once_known() {
         let node = Addr::from_v4_raw(u32::from_ne_bytes([192, 168, 0, 1]));
-        let mut v6 = [0u8; 16];
-        v6[0] = 0xfd;
-        v6[15] = 5;
-        let cfg = DatapathConfig { node_addr: node, ..DatapathConfig::DEFAULT };
+        let v6 = |last: u8| {
+            let mut b = [0u8; 16];
+            b[0] = 0xfd;
+            b[15] = last;
+            Addr { bytes: b }
+        };
+        let (backend6, node6) = (v6(5), v6(1));
         let both = svc(SVC_F_MASQ_LOCAL | SVC_F_MASQ_REMOTE, 1);
-        assert!(!masquerades(&both, &cfg, &Addr { bytes: v6 }, Origin::Outside));
-        assert!(!masquerades(&both, &cfg, &Addr { bytes: v6 }, Origin::Pod));
+        // Only the IPv4 address known: IPv6 flows keep their source.
+        let v4_only = DatapathConfig { node_addr: node, ..DatapathConfig::DEFAULT };
+        assert!(!masquerades(&both, &v4_only, &backend6, Origin::Outside));
+        assert!(!masquerades(&both, &v4_only, &backend6, Origin::Pod));
+        // Both known: each family's own.
+        let dual = DatapathConfig { node_addr6: node6, ..v4_only };
+        assert!(masquerades(&both, &dual, &backend6, Origin::Outside));
+        assert!(masquerades(&both, &dual, &backend6, Origin::Pod));
+        assert_eq!(dual.node_addr_for(&backend6), node6);
+        assert!(!masquerades(&both, &dual, &node6, Origin::Outside), "a host-network IPv6 backend on this node");
+        assert!(masquerades(&both, &dual, &Addr::from_v4_raw(u32::from_ne_bytes([10, 244, 1, 5])), Origin::Outside));
+        assert!(dual.is_node_addr(&node6) && dual.is_node_addr(&node) && !dual.is_node_addr(&backend6) && !dual.is_node_addr(&Addr::ZERO));
     }
 }

@@ -16,9 +16,29 @@ use weir_common::{
 
 use crate::{
     events, fwd,
-    hdr::{Ipv4Pkt, Ipv6Pkt},
+    hdr::{self, Ipv4Pkt, Ipv6Pkt, Tuple},
+    maps::scratch,
     nat, reject,
 };
+
+/// This CPU's IPv6 packet, parsed from the frame (in scratch space, and
+/// in a frame of its own: the paths under the hooks need the stack).
+#[inline(always)]
+pub fn v6_packet(ctx: &TcContext) -> Result<&'static mut Ipv6Pkt, DropReason> {
+    parse_into_scratch(ctx)?;
+    Ok(&mut scratch().ok_or(DropReason::Malformed)?.v6)
+}
+
+/// [`v6_packet`]'s work, returning only the verdict (a reference returned
+/// with it would come back through the caller's stack, which the
+/// verifier refuses).
+#[inline(never)]
+fn parse_into_scratch(ctx: &TcContext) -> Result<(), DropReason> {
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    let p = &mut s.v6;
+    p.t = Tuple { saddr: Addr::ZERO, daddr: Addr::ZERO, sport: 0, dport: 0, proto: 0, tcp_flags: 0 };
+    hdr::parse_v6(ctx, p)
+}
 
 /// A parsed packet the service path can translate and forward.
 pub trait Packet {

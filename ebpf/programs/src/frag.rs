@@ -9,9 +9,49 @@ use aya_ebpf::bindings::BPF_ANY;
 use weir_common::frag::FragKey;
 
 use crate::{
-    hdr::{Ipv4Pkt, Tuple},
+    hdr::{Ipv4Pkt, Ipv6Pkt, Tuple, FRAG_FIRST},
     maps::{scratch, FRAGS},
 };
+
+/// A packet of either family as fragments concern it.
+pub trait Fragment {
+    /// The first fragment of a datagram.
+    fn first_fragment(&self) -> bool;
+    /// A later fragment: takes the datagram's ports ([`recover`]).
+    fn recover_ports(&mut self) -> bool;
+    /// A first fragment: remembers its ports ([`prepare`]).
+    fn prepare_ports(&self);
+}
+
+impl Fragment for Ipv4Pkt {
+    #[inline(always)]
+    fn first_fragment(&self) -> bool {
+        self.frag == FRAG_FIRST
+    }
+    #[inline(always)]
+    fn recover_ports(&mut self) -> bool {
+        recover(self)
+    }
+    #[inline(always)]
+    fn prepare_ports(&self) {
+        prepare(self)
+    }
+}
+
+impl Fragment for Ipv6Pkt {
+    #[inline(always)]
+    fn first_fragment(&self) -> bool {
+        self.frag == FRAG_FIRST
+    }
+    #[inline(always)]
+    fn recover_ports(&mut self) -> bool {
+        recover_flow(&mut self.t, self.frag_id)
+    }
+    #[inline(always)]
+    fn prepare_ports(&self) {
+        prepare_flow(&self.t, self.frag_id)
+    }
+}
 
 /// A later fragment: fills in the datagram's ports; false when the first
 /// fragment is unknown (drop it).

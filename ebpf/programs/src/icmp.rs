@@ -21,8 +21,7 @@ use weir_logic::ct::{is_alive, source_translated};
 
 use crate::{
     conntrack::{self, key},
-    family::Packet,
-    hdr::{Ipv4Pkt, PROTO_ICMP},
+    hdr::{PROTO_ICMP, PROTO_ICMPV6},
     maps::scratch,
     policy,
     quoted::{set_quoted_port, Quoting},
@@ -94,7 +93,7 @@ pub fn error_to_pod<P: Quoting>(ctx: &TcContext, pkt: &mut P, now: u64) -> i32 {
 /// packet), it is translated and delivered; anything else goes up the
 /// stack and meets the pod's own to_pod checks.
 #[inline(never)]
-pub fn error_from_net(ctx: &TcContext, pkt: &mut Ipv4Pkt, now: u64) -> i32 {
+pub fn error_from_net<P: Quoting>(ctx: &TcContext, pkt: &mut P, now: u64) -> i32 {
     if !pkt.read_quoted(ctx) {
         return pkt.dropped(ctx, DropReason::Malformed);
     }
@@ -145,14 +144,14 @@ fn masqueraded(now: u64) -> bool {
 /// The error quotes node:port → remote (the in entry in `scratch().other`):
 /// make it quote the pod's own address and port, addressed to the pod.
 #[inline(never)]
-fn to_masqueraded_pod(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
+fn to_masqueraded_pod<P: Quoting>(ctx: &TcContext, pkt: &mut P) -> Result<(), ()> {
     let s = scratch().ok_or(())?;
     let (i, e) = (&s.icmp_inner, &s.other);
     pkt.set_error_addr(ctx, true, &e.nat_addr)?;
     pkt.set_quoted_addr(ctx, false, &e.nat_addr)?;
     // An echo's identifier is at +4; a port at +0.
     let l4 = i.l4_off as usize;
-    let port_off = if i.t.proto == PROTO_ICMP { l4 + 4 } else { l4 };
+    let port_off = if i.t.proto == PROTO_ICMP || i.t.proto == PROTO_ICMPV6 { l4 + 4 } else { l4 };
     set_quoted_port(ctx, pkt, port_off, i.t.sport, e.nat_port)
 }
 
@@ -257,8 +256,8 @@ fn to_backend<P: Quoting>(ctx: &TcContext, pkt: &mut P) -> Result<(), ()> {
     pkt.set_quoted_addr(ctx, false, &fwd.nat_addr)?;
     set_quoted_port(ctx, pkt, l4, i.t.sport, fwd.nat_port)?;
     if fwd.flags & CT_F_MASQ != 0 {
-        // Masquerade keeps to the node address's family (`masquerades`).
-        let node = &conntrack::config().ok_or(())?.node_addr;
+        // Masquerade keeps to the flow's family (`masquerades`).
+        let node = &conntrack::config().ok_or(())?.node_addr_for(&i.t.daddr);
         pkt.set_quoted_addr(ctx, true, node)?;
         pkt.set_error_addr(ctx, false, node)?;
     }

@@ -1,5 +1,6 @@
 //! What the node does with a packet arriving from outside it (on an
-//! uplink device, or decapsulated from the tunnel): refuse one that
+//! uplink device, or decapsulated from the tunnel), IPv4 or IPv6 (the
+//! tunnel carries IPv4 only): refuse one that
 //! claims a local pod's address or the node's own, reverse-NAT replies
 //! from backends on other nodes (and translate ICMP errors about those
 //! flows),
@@ -18,24 +19,37 @@ use weir_common::{
 };
 
 use crate::{
-    conntrack, events, frag,
-    hdr::{Ipv4Pkt, FRAG_FIRST},
-    icmp, lb, nat, policy, reject, source, stats,
+    conntrack, events,
+    family,
+    frag::{self, Fragment},
+    icmp, lb, nat, policy,
+    quoted::Quoting,
+    reject, source, stats,
 };
 
-/// An IPv4 packet from outside the node.
-#[inline(always)]
-pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
-    let saddr = Addr::from_v4_raw(pkt.saddr);
-    if source::is_local_pod(&saddr) || claims_node_addr(&saddr) {
-        return events::dropped(ctx, pkt, DropReason::SpoofedSource);
+/// An IPv6 packet from outside the node (one whose header chain cannot
+/// be walked is dropped and counted, as on a pod's link).
+#[inline(never)]
+pub fn from_outside_v6(ctx: &TcContext) -> i32 {
+    match family::v6_packet(ctx) {
+        Ok(p) => from_outside(ctx, p),
+        Err(reason) => events::dropped_frame(ctx, reason),
     }
-    if pkt.later_fragment() && !frag::recover(pkt) {
+}
+
+/// A packet from outside the node.
+#[inline(always)]
+pub fn from_outside<P: Quoting + Fragment>(ctx: &TcContext, pkt: &mut P) -> i32 {
+    let saddr = P::wide(pkt.saddr());
+    if source::is_local_pod(&saddr) || claims_node_addr(&saddr) {
+        return pkt.dropped(ctx, DropReason::SpoofedSource);
+    }
+    if pkt.later_fragment() && !pkt.recover_ports() {
         return TC_ACT_OK as i32; // not a flow of ours: the stack reassembles or drops it
     }
-    let first = pkt.frag == FRAG_FIRST;
+    let first = pkt.first_fragment();
     if first {
-        frag::prepare(pkt);
+        pkt.prepare_ports();
     }
     let verdict = translate(ctx, pkt);
     // A first fragment handed to the stack untranslated is none of ours;
@@ -52,13 +66,13 @@ pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
 /// packets `fwd` hands it, and this keeps forged ones from using that.
 #[inline(always)]
 fn claims_node_addr(saddr: &Addr) -> bool {
-    conntrack::config().is_some_and(|c| c.node_addr != Addr::ZERO && c.node_addr == *saddr)
+    conntrack::config().is_some_and(|c| c.is_node_addr(saddr))
 }
 
 #[inline(always)]
-fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
+fn translate<P: Quoting>(ctx: &TcContext, pkt: &mut P) -> i32 {
     let now = conntrack::now_ns();
-    if pkt.is_icmp_error() {
+    if pkt.is_error() {
         return icmp::error_from_net(ctx, pkt, now);
     }
     if !pkt.is_tcp_udp() {
@@ -83,7 +97,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
             stats::north_south(NS_DROPPED);
             return TC_ACT_SHOT as i32;
         }
-        events::trace(ctx, pkt);
+        pkt.trace(ctx);
         let mut verdict = lb::commit(pkt, cfg);
         if verdict == lb::TRANSLATE {
             verdict = lb::translate(ctx, pkt, cfg);
@@ -96,8 +110,7 @@ fn translate(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
     }
     if let Some(reason) = lb::rejected(verdict) {
         stats::north_south(NS_REJECTED);
-        events::drop(ctx, pkt, reason as u32);
-        return reject::reject(ctx, pkt, reason, reject::BACK_OUT);
+        return pkt.refuse(ctx, reason, reject::BACK_OUT);
     }
     if verdict == lb::NOT_HANDLED {
         return TC_ACT_OK as i32;

@@ -35,10 +35,10 @@ use weir_logic::ipv6::{link_scope, link_scope_source};
 
 use crate::{
     conntrack, events,
-    family::Packet,
-    frag, icmp, lb, service,
-    hdr::{self, Ipv6Pkt, Tuple, FRAG_FIRST, FRAG_NONE, PROTO_ICMPV6},
-    maps::scratch,
+    family::{self, Packet},
+    frag::{self, Fragment},
+    icmp, lb, service,
+    hdr::{Ipv6Pkt, Tuple, FRAG_NONE, PROTO_ICMPV6},
     policy, source,
 };
 
@@ -81,30 +81,10 @@ fn link_control(p: &Ipv6Pkt, from_pod: bool) -> u8 {
     }
 }
 
-/// This CPU's IPv6 packet, parsed from the frame (in scratch space, and
-/// in a frame of its own: the policy path under the hooks needs the
-/// stack).
-#[inline(always)]
-fn parsed(ctx: &TcContext) -> Result<&'static mut Ipv6Pkt, DropReason> {
-    parse_into_scratch(ctx)?;
-    Ok(&mut scratch().ok_or(DropReason::Malformed)?.v6)
-}
-
-/// [`parsed`]'s work, returning only the verdict (a reference returned
-/// with it would come back through the caller's stack, which the
-/// verifier refuses).
-#[inline(never)]
-fn parse_into_scratch(ctx: &TcContext) -> Result<(), DropReason> {
-    let s = scratch().ok_or(DropReason::Malformed)?;
-    let p = &mut s.v6;
-    p.t = Tuple { saddr: Addr::ZERO, daddr: Addr::ZERO, sport: 0, dport: 0, proto: 0, tcp_flags: 0 };
-    hdr::parse_v6(ctx, p)
-}
-
 /// IPv6 from a pod (tc ingress of its host veth).
 #[inline(never)]
 pub fn from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
-    let p = match parsed(ctx) {
+    let p = match family::v6_packet(ctx) {
         Ok(p) => p,
         Err(reason) => return events::dropped_frame(ctx, reason),
     };
@@ -124,7 +104,7 @@ pub fn from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
 /// IPv6 to a pod (tc egress of its host veth).
 #[inline(never)]
 pub fn to_pod(ctx: &TcContext, ifindex: u32) -> i32 {
-    let p = match parsed(ctx) {
+    let p = match family::v6_packet(ctx) {
         Ok(p) => p,
         Err(reason) => return events::dropped_frame(ctx, reason),
     };
@@ -191,12 +171,12 @@ fn unlisted_on_isolated(a: &Addr, ifindex: u32) -> bool {
 #[inline(always)]
 fn flow(ctx: &TcContext, p: &mut Ipv6Pkt, to_pod_side: bool) -> i32 {
     let later = p.later_fragment();
-    if later && !frag::recover_flow(&mut p.t, p.frag_id) {
+    if later && !p.recover_ports() {
         return events::dropped_flow(ctx, &p.t, DropReason::FragmentUnknown);
     }
-    let first = p.frag == FRAG_FIRST;
+    let first = p.first_fragment();
     if first {
-        frag::prepare_flow(&p.t, p.frag_id);
+        p.prepare_ports();
     }
     let now = conntrack::now_ns();
     let verdict = if to_pod_side { received(ctx, p, later, now) } else { sent(ctx, p, later, now) };

@@ -37,6 +37,9 @@ pub struct Inner {
 
 /// An ICMP error of either family, as `icmp` translates it.
 pub trait Quoting: Packet {
+    /// An ICMP error (not a later fragment): it answers a packet of some
+    /// other flow.
+    fn is_error(&self) -> bool;
     /// Reads the quoted header into `scratch().icmp_inner`; false when it
     /// cannot be read whole (the IP header, its extension headers, and 8
     /// bytes of L4, within the packet), or quotes what no error may (an
@@ -141,6 +144,11 @@ fn read_quoted_v6(ctx: &TcContext, p: &Ipv6Pkt) -> bool {
 
 impl Quoting for Ipv4Pkt {
     #[inline(always)]
+    fn is_error(&self) -> bool {
+        self.is_icmp_error()
+    }
+
+    #[inline(always)]
     fn read_quoted(&self, ctx: &TcContext) -> bool {
         read_quoted_v4(ctx, self)
     }
@@ -194,6 +202,11 @@ impl Quoting for Ipv4Pkt {
 }
 
 impl Quoting for Ipv6Pkt {
+    #[inline(always)]
+    fn is_error(&self) -> bool {
+        self.is_icmp_error()
+    }
+
     #[inline(always)]
     fn read_quoted(&self, ctx: &TcContext) -> bool {
         read_quoted_v6(ctx, self)

@@ -106,20 +106,27 @@ impl NodeNetwork {
         uplink_addrs
     }
 
-    /// Writes the node address service flows are masqueraded to: the
-    /// Node's IPv4 InternalIP. Without one the address written before
-    /// (by this or an earlier agent) stays, so established flows keep it.
+    /// Writes the node addresses service flows are masqueraded to: the
+    /// Node's InternalIP of each family. Without one of a family the
+    /// address written before (by this or an earlier agent) stays, so
+    /// established flows keep it.
     fn sync_node_addr(&mut self, state: &ClusterState, metrics: &Metrics) {
         let Some(c) = self.config.as_mut() else { return };
-        let Some(ip) = self.node.as_deref().and_then(|n| state.node(n)).and_then(|n| n.internal_ip(true)) else { return };
-        let want = weir_common::addr::Addr::from(ip);
-        if c.cfg.node_addr == want {
+        let Some(node) = self.node.as_deref().and_then(|n| state.node(n)) else { return };
+        let mut cfg = c.cfg;
+        let (v4, v6) = (node.internal_ip(true), node.internal_ip(false));
+        if let Some(ip) = v4 {
+            cfg.node_addr = weir_common::addr::Addr::from(ip);
+        }
+        if let Some(ip) = v6 {
+            cfg.node_addr6 = weir_common::addr::Addr::from(ip);
+        }
+        if cfg == c.cfg {
             return;
         }
-        let cfg = DatapathConfig { node_addr: want, ..c.cfg };
         match c.map.set(&cfg) {
             Ok(()) => {
-                tracing::info!(node_addr = %ip, "service flows are masqueraded to the node address");
+                tracing::info!(ipv4 = ?v4, ipv6 = ?v6, "service flows are masqueraded to the node's addresses");
                 c.cfg = cfg;
             }
             Err(e) => {

@@ -103,6 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // the Node: established masqueraded flows are translated with it.
     if let Some(old) = config_map.get() {
         cfg.node_addr = old.node_addr;
+        cfg.node_addr6 = old.node_addr6;
     }
     // The socket-level programs act only on this namespace's sockets.
     cfg.netns_cookie = netns_cookie().context("reading this network namespace's cookie")?;

@@ -83,7 +83,12 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
     let maps = Maps::open(layout)?;
     let (src, dst) = match args.addrs.as_slice() {
         [src, dst] => (src.clone(), dst.clone()),
-        [dst] if entry == Entry::Host => (maps.node_addr().map_or_else(|| "0.0.0.0".into(), |a| a.to_string()), dst.clone()),
+        [dst] if entry == Entry::Host => {
+            // The node's address of the destination's family.
+            let family_of = parse("0.0.0.0", dst)?.dst;
+            let unspecified = if family_of.is_ipv4() { "0.0.0.0" } else { "::" };
+            (maps.node_addr(family_of).map_or_else(|| unspecified.into(), |a| a.to_string()), dst.clone())
+        }
         _ => bail!("give a source and a destination (only --from-host may leave out the source)"),
     };
     let p = parse(&src, &dst)?;

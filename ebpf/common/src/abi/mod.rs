@@ -129,6 +129,8 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 /// - v2 of `WEIR_CT`, `WEIR_SNAT` and `WEIR_CT_PREV`: `CtEntry` keeps its
 ///   expiry in whole seconds in 32 bits (56 B instead of 64); v1 stays
 ///   readable as `WEIR_CT_PREV_V1` and `WEIR_SNAT_PREV_V1` (`crate::ct_v1`).
+/// - v2 of `WEIR_CONFIG`: `DatapathConfig::node_addr6` appended (88 B
+///   instead of 72).
 pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::IF_STATS, 1, sz::<IfStatsKey>(), sz::<IfStats>(), &["IfStatsKey", "IfStats"], false),
     layout(maps::DP_ERRORS, 1, 4, 8, &["u64"], false),
@@ -157,7 +159,7 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::SNAT_PREV_V1, 1, sz::<CtKey>(), sz::<CtEntryV1>(), &["CtKey", "CtEntryV1", "Addr"], false),
     layout(maps::SNAT_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::FRAGS, 1, sz::<FragKey>(), sz::<FragValue>(), &["FragKey", "FragValue", "Addr"], true),
-    layout(maps::CONFIG, 1, 4, sz::<DatapathConfig>(), &["DatapathConfig", "Addr"], true),
+    layout(maps::CONFIG, 2, 4, sz::<DatapathConfig>(), &["DatapathConfig", "Addr"], true),
     layout(maps::ENDPOINTS, 1, sz::<Addr>(), sz::<EndpointInfo>(), &["EndpointInfo", "Addr"], true),
     layout(maps::IPCACHE, 1, lpm::<IpcacheKeyData>(), sz::<IpInfo>(), &["IpInfo", "Addr"], true),
     layout(maps::POLICY, 1, lpm::<PolicyKeyData>(), sz::<PolicyValue>(), &["PolicyKeyData", "PolicyValue"], true),

@@ -17,7 +17,9 @@
 //! node and carries that node's own addresses. to_tunnel sets the outer
 //! destination: the node holding the destination's pod CIDR. to_net
 //! masquerades pod egress leaving the cluster; from_net first restores
-//! the pod's address on its replies.
+//! the pod's address on its replies. from_net and to_net take IPv6 as
+//! IPv4 (north-south over IPv6), but masquerade pod egress of IPv4 only;
+//! the tunnel carries IPv4 only.
 #![no_std]
 #![no_main]
 
@@ -29,7 +31,7 @@ use aya_ebpf::{
 use weir_common::drop::DropReason;
 use weir_ebpf::{
     events,
-    hdr::{self, Ipv4Pkt, FRAME_MALFORMED, FRAME_V4},
+    hdr::{self, Ipv4Pkt, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
     egress, ingress, masq, tunnel,
 };
 
@@ -38,33 +40,61 @@ pub fn xdp_from_net(ctx: XdpContext) -> u32 {
     weir_ebpf::xdp::fast_path(&ctx)
 }
 
+/// What `from_net_v4` and `to_net_v4` return for an IPv6 frame (no TC
+/// verdict is negative).
+const FRAME_IS_V6: i32 = -1;
+
 #[classifier]
 pub fn from_net(ctx: TcContext) -> i32 {
+    // IPv6 is handled outside IPv4's frame: the deepest IPv6 call chain
+    // has no room for the parsed IPv4 packet's slot.
+    match from_net_v4(&ctx) {
+        FRAME_IS_V6 => ingress::from_outside_v6(&ctx),
+        verdict => verdict,
+    }
+}
+
+#[inline(never)]
+fn from_net_v4(ctx: &TcContext) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = Ipv4Pkt::zero_in(&mut slot);
-    match hdr::parse(&ctx, pkt) {
+    match hdr::parse(ctx, pkt) {
         FRAME_V4 => {
-            if masq::ingress(&ctx, pkt).is_err() {
-                return events::dropped(&ctx, pkt, DropReason::Malformed);
+            if masq::ingress(ctx, pkt).is_err() {
+                return events::dropped(ctx, pkt, DropReason::Malformed);
             }
-            ingress::from_outside(&ctx, pkt)
+            ingress::from_outside(ctx, pkt)
         }
-        FRAME_MALFORMED => events::dropped_frame(&ctx, DropReason::Malformed),
+        FRAME_V6 => FRAME_IS_V6,
+        FRAME_MALFORMED => events::dropped_frame(ctx, DropReason::Malformed),
         _ => TC_ACT_OK as i32,
     }
 }
 
 #[classifier]
 pub fn to_net(ctx: TcContext) -> i32 {
+    match to_net_v4(&ctx) {
+        FRAME_IS_V6 if from_host(&ctx) => match egress::host_reply_v6(&ctx) {
+            Ok(()) => TC_ACT_OK as i32,
+            Err(()) => events::dropped_frame(&ctx, DropReason::Malformed),
+        },
+        FRAME_IS_V6 => TC_ACT_OK as i32,
+        verdict => verdict,
+    }
+}
+
+#[inline(never)]
+fn to_net_v4(ctx: &TcContext) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = Ipv4Pkt::zero_in(&mut slot);
-    match hdr::parse(&ctx, pkt) {
+    match hdr::parse(ctx, pkt) {
         FRAME_V4 => {
-            if from_host(&ctx) && egress::host_reply(&ctx, pkt).is_err() {
-                return events::dropped(&ctx, pkt, DropReason::Malformed);
+            if from_host(ctx) && egress::host_reply(ctx, pkt).is_err() {
+                return events::dropped(ctx, pkt, DropReason::Malformed);
             }
-            masq::egress(&ctx, pkt)
+            masq::egress(ctx, pkt)
         }
+        FRAME_V6 => FRAME_IS_V6,
         _ => TC_ACT_OK as i32,
     }
 }

@@ -14,23 +14,30 @@
 //! Steps so far:
 //! - `WEIR_CT`, `WEIR_SNAT` v1 → v2: the expiry in whole seconds
 //!   ([`ct_v1`]).
+//! - `WEIR_CONFIG` v1 → v2: the node's IPv6 address appended
+//!   ([`config_v1`]).
 
+pub mod config_v1;
 pub mod ct_v1;
 
-use weir_common::maps::{CT, CT_PREV, SNAT};
+use weir_common::maps::{CONFIG, CT, CT_PREV, SNAT};
 
 /// Converts one entry from `from` to `from + 1`.
 pub type Step = fn(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
 
 /// (map, from version, step).
-const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (SNAT, 1, ct_v1::step)];
+const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step)];
 
 /// The key and value sizes at layout v1 of the maps whose sizes have
 /// changed since: a map pinned before layout versions (it has no record)
 /// is taken for v1 when its sizes are these, or this build's while it is
 /// at v1.
-const V1_SIZES: &[(&str, u32, u32)] =
-    &[(CT, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE), (CT_PREV, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE), (SNAT, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE)];
+const V1_SIZES: &[(&str, u32, u32)] = &[
+    (CT, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE),
+    (CT_PREV, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE),
+    (SNAT, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE),
+    (CONFIG, config_v1::KEY_SIZE, config_v1::VALUE_SIZE),
+];
 
 /// `name`'s key and value sizes at layout v1, when they differ from this
 /// build's.
