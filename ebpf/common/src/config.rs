@@ -75,11 +75,11 @@ impl DatapathConfig {
     /// The node address of `a`'s family (zero while unknown): the source
     /// of that family's masqueraded flows.
     #[inline(always)]
-    pub fn node_addr_for(&self, a: &Addr) -> Addr {
+    pub fn node_addr_for(&self, a: &Addr) -> &Addr {
         if a.is_v4() {
-            self.node_addr
+            &self.node_addr
         } else {
-            self.node_addr6
+            &self.node_addr6
         }
     }
 
@@ -87,7 +87,7 @@ impl DatapathConfig {
     /// from.
     #[inline(always)]
     pub fn is_node_addr(&self, a: &Addr) -> bool {
-        *a != Addr::ZERO && self.node_addr_for(a) == *a
+        *a != Addr::ZERO && self.node_addr_for(a) == a
     }
 
     /// The hairpin source for a client of `client`'s family.

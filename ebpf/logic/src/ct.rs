@@ -146,10 +146,26 @@ pub fn is_syn(tcp_flags: u8) -> bool {
 /// flow never changes family.
 #[inline(always)]
 pub fn backend_sees(flags: u8, cfg: &DatapathConfig, client: Addr) -> Addr {
+    backend_sees_in(flags, cfg, client, client.is_v4())
+}
+
+/// [`backend_sees`] for a client whose family the caller knows (`v4`):
+/// the XDP fast path carries IPv4 only, and a constant family spares its
+/// frame the choice.
+#[inline(always)]
+pub fn backend_sees_in(flags: u8, cfg: &DatapathConfig, client: Addr, v4: bool) -> Addr {
     if flags & CT_F_HAIRPIN != 0 {
-        cfg.hairpin_for(&client)
+        if v4 {
+            cfg.hairpin_addr
+        } else {
+            weir_common::config::HAIRPIN_V6
+        }
     } else if flags & CT_F_MASQ != 0 {
-        cfg.node_addr_for(&client)
+        if v4 {
+            cfg.node_addr
+        } else {
+            cfg.node_addr6
+        }
     } else {
         client
     }

@@ -88,7 +88,7 @@ pub fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: 
     // A flow is masqueraded to the node address of its backend's family
     // (a backend could not answer the other), once that one is known.
     let node = cfg.node_addr_for(backend);
-    svc.flags & want != 0 && node != Addr::ZERO && *backend != node
+    svc.flags & want != 0 && *node != Addr::ZERO && backend != node
 }
 
 #[cfg(test)]
@@ -161,7 +161,7 @@ mod tests {
         let dual = DatapathConfig { node_addr6: node6, ..v4_only };
         assert!(masquerades(&both, &dual, &backend6, Origin::Outside));
         assert!(masquerades(&both, &dual, &backend6, Origin::Pod));
-        assert_eq!(dual.node_addr_for(&backend6), node6);
+        assert_eq!(*dual.node_addr_for(&backend6), node6);
         assert!(!masquerades(&both, &dual, &node6, Origin::Outside), "a host-network IPv6 backend on this node");
         assert!(masquerades(&both, &dual, &Addr::from_v4_raw(u32::from_ne_bytes([10, 244, 1, 5])), Origin::Outside));
         assert!(dual.is_node_addr(&node6) && dual.is_node_addr(&node) && !dual.is_node_addr(&backend6) && !dual.is_node_addr(&Addr::ZERO));

@@ -44,6 +44,8 @@ fn parse_into_scratch(ctx: &TcContext) -> Result<(), DropReason> {
 pub trait Packet {
     /// An address as the packet carries it.
     type A: Copy + PartialEq;
+    /// IPv4 (else IPv6): a choice by family the compiler can drop.
+    const V4: bool;
 
     fn saddr(&self) -> Self::A;
     fn daddr(&self) -> Self::A;
@@ -87,6 +89,7 @@ pub trait Packet {
 
 impl Packet for Ipv4Pkt {
     type A = u32;
+    const V4: bool = true;
 
     #[inline(always)]
     fn saddr(&self) -> u32 {
@@ -162,6 +165,7 @@ impl Packet for Ipv4Pkt {
 
 impl Packet for Ipv6Pkt {
     type A = Addr;
+    const V4: bool = false;
 
     #[inline(always)]
     fn saddr(&self) -> Addr {

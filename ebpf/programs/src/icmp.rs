@@ -257,7 +257,7 @@ fn to_backend<P: Quoting>(ctx: &TcContext, pkt: &mut P) -> Result<(), ()> {
     set_quoted_port(ctx, pkt, l4, i.t.sport, fwd.nat_port)?;
     if fwd.flags & CT_F_MASQ != 0 {
         // Masquerade keeps to the flow's family (`masquerades`).
-        let node = &conntrack::config().ok_or(())?.node_addr_for(&i.t.daddr);
+        let node = conntrack::config().ok_or(())?.node_addr_for(&i.t.daddr);
         pkt.set_quoted_addr(ctx, true, node)?;
         pkt.set_error_addr(ctx, false, node)?;
     }

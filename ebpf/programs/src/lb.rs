@@ -23,7 +23,7 @@ use weir_common::{
     stats::DpError,
 };
 use weir_logic::{
-    ct::{backend_sees, first, is_alive, is_syn, reopens, source_translated, TCP_ACK, TCP_SYN},
+    ct::{backend_sees_in, first, is_alive, is_syn, reopens, source_translated, TCP_ACK, TCP_SYN},
     frontend::{external_entry, masquerades, never_a_reply, refuse_new, Origin, Refusal},
     hash::flow_hash,
     select::{affinity_valid, choose_slot, eligible, has_affinity},
@@ -329,7 +329,7 @@ pub fn forward<P: Packet>(pkt: &P, cfg: &DatapathConfig, now: u64) -> i32 {
     // a SYN reopens a finished flow.
     if let Some(e) = conntrack::lookup(&s.fkey) {
         copy_entry(&mut s.fwd, e);
-        s.rkey = rev_key(&s.fwd, cfg, pkt.proto());
+        s.rkey = rev_key::<P>(&s.fwd, cfg, pkt.proto());
         let twin = conntrack::lookup(&s.rkey);
         // SAFETY: map value pointer, read only.
         let live = is_alive(&s.fwd, now) || twin.is_some_and(|t| is_alive(unsafe { &*t }, now));
@@ -411,7 +411,7 @@ pub fn open<P: Packet>(ctx: &TcContext, pkt: &P, cfg: &DatapathConfig, now: u64,
     s.rev.nat_addr = s.fkey.daddr;
     s.rev.nat_port = pkt.dport();
     s.rev.orig_port = pkt.sport();
-    s.rkey = rev_key(&s.fwd, cfg, pkt.proto());
+    s.rkey = rev_key::<P>(&s.fwd, cfg, pkt.proto());
     NEW_FLOW
 }
 
@@ -498,7 +498,7 @@ pub fn commit<P: Packet>(pkt: &P, cfg: &DatapathConfig) -> i32 {
                 }
             } else {
                 // The winner's flow stands: ours goes.
-                let theirs = rev_key(&s.other, cfg, pkt.proto());
+                let theirs = rev_key::<P>(&s.other, cfg, pkt.proto());
                 if theirs != s.rkey {
                     remove(&s.rkey);
                 }
@@ -577,8 +577,8 @@ fn ct_full() -> i32 {
 /// The reverse-entry key of a forward entry: backend → client (or → the
 /// hairpin address), at the client port the backend sees.
 #[inline(always)]
-fn rev_key(fwd: &CtEntry, cfg: &DatapathConfig, proto: u8) -> CtKey {
-    key(fwd.nat_addr, backend_sees(fwd.flags, cfg, fwd.orig_addr), fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
+fn rev_key<P: Packet>(fwd: &CtEntry, cfg: &DatapathConfig, proto: u8) -> CtKey {
+    key(fwd.nat_addr, backend_sees_in(fwd.flags, cfg, fwd.orig_addr, P::V4), fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
 }
 
 /// Whether backend `id` still exists with the entry's address and port.
@@ -605,7 +605,7 @@ pub fn translate<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig) 
     // The client's own address, or what the backend sees instead.
     let sees;
     let from = if source_translated(s.fwd.flags) {
-        sees = backend_sees(s.fwd.flags, cfg, s.fwd.orig_addr);
+        sees = backend_sees_in(s.fwd.flags, cfg, s.fwd.orig_addr, P::V4);
         &sees
     } else {
         &s.fwd.orig_addr

@@ -127,7 +127,7 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let Some(s) = scratch() else { return ALLOW };
     // SAFETY: plain helper call.
     let hash = unsafe { bpf_get_prandom_u32() };
-    let backend_id = lb::select_backend(&svc, &cfg.node_addr_for(&key.addr), hash, conntrack::now_ns(), &mut s.backend);
+    let backend_id = lb::select_backend(&svc, cfg.node_addr_for(&key.addr), hash, conntrack::now_ns(), &mut s.backend);
     if backend_id == 0 {
         if debug_on() {
             debug::weir_log_sock_refused(svc.id, DropReason::NoEndpoints as u32);

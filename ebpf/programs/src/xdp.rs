@@ -30,7 +30,7 @@ use weir_common::{
 };
 use weir_logic::{
     csum::{replace16, replace32},
-    ct::{backend_sees, is_alive, source_translated, TCP_SYN},
+    ct::{backend_sees_in, is_alive, source_translated, TCP_SYN},
     frontend::{external_entry, Origin},
 };
 
@@ -218,7 +218,7 @@ fn forward(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
     if flags & CT_F_HAIRPIN != 0 {
         return false;
     }
-    let sees = backend_sees(flags, cfg, fwd.orig_addr);
+    let sees = backend_sees_in(flags, cfg, fwd.orig_addr, true);
     let rkey = key(fwd.nat_addr, sees, fwd.nat_port, fwd.orig_port, f.proto, CT_SVC_REV);
     rw.saddr = sees.v4_raw();
     rw.daddr = fwd.nat_addr.v4_raw();

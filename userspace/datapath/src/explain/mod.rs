@@ -237,7 +237,7 @@ impl Maps {
     /// to (the Node's InternalIP of that family), once the agent has set
     /// it.
     pub fn node_addr(&self, family_of: IpAddr) -> Option<IpAddr> {
-        let a = self.config().node_addr_for(&Addr::from(family_of));
+        let a = *self.config().node_addr_for(&Addr::from(family_of));
         (a != Addr::ZERO).then(|| IpAddr::from(a))
     }
 
@@ -369,7 +369,7 @@ impl Maps {
         };
         x.service = Some(service::describe(&svc, p, external));
         let etp = if external { " (externalTrafficPolicy: Local, traffic from outside: this node's endpoints only, the client's address kept)" } else { "" };
-        let client = if origin == Origin::Host { self.config().node_addr_for(&src) } else { src };
+        let client = if origin == Origin::Host { *self.config().node_addr_for(&src) } else { src };
         // The socket programs keep no conntrack: each connect() chooses.
         if let Some(existing) = self.existing_flow(&svc, p, client, dst, now).filter(|_| origin != Origin::Host) {
             x.nat = Some((existing.addr, existing.port));
@@ -390,7 +390,7 @@ impl Maps {
         };
         x.nat = (origin != Origin::Host).then_some((choice.addr, choice.port));
         if weir_logic::frontend::masquerades(&svc, &self.config(), &Addr::from(choice.addr), origin) {
-            x.masquerade = Some(IpAddr::from(self.config().node_addr_for(&Addr::from(choice.addr))));
+            x.masquerade = Some(IpAddr::from(*self.config().node_addr_for(&Addr::from(choice.addr))));
         }
         x.backend = Some(choice);
         Ok(Step::Translated)
