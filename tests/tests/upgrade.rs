@@ -422,6 +422,34 @@ fn pin_as_v1(t: &Topo, name: &str) -> usize {
     entries.len()
 }
 
+/// Replaces the datapath configuration pinned as `WEIR_CONFIG` by one in
+/// layout v1 (72 bytes: no IPv6 node address), holding the current
+/// configuration's first 72 bytes, with a v1 record. Returns the current
+/// configuration.
+fn pin_config_as_v1(t: &Topo) -> weir_common::config::DatapathConfig {
+    use weir_common::config::DatapathConfig;
+    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest, steps::config_v1};
+    const V1: usize = config_v1::VALUE_SIZE as usize;
+    let pin = t.map_pin("WEIR_CONFIG");
+    let info = aya::maps::MapInfo::from_pin(&pin).expect("the current map");
+    let current: aya::maps::Array<_, DatapathConfig> = aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(&pin).expect("open"))).expect("config");
+    let cfg = current.get(&0, 0).expect("the configuration");
+    let shape = Shape { map_type: 2, key_size: config_v1::KEY_SIZE, value_size: config_v1::VALUE_SIZE, flags: info.map_flags(), max_entries: info.max_entries() };
+    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
+    let data = aya::maps::MapData::create(obj, "WEIR_CONFIG", None).expect("a v1 map");
+    let id = data.info().expect("info").id();
+    let mut old: aya::maps::Array<_, [u8; V1]> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("v1 map");
+    // SAFETY: DatapathConfig is repr(C) plain data with no implicit
+    // padding; its first 72 bytes are v1's layout.
+    let bytes: [u8; V1] = unsafe { core::ptr::read_unaligned((&cfg as *const DatapathConfig).cast::<[u8; V1]>()) };
+    old.set(0, bytes, 0).expect("the v1 configuration");
+    let layout = weir_datapath::PinLayout::new(t.node.bpffs());
+    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CONFIG", 1, &shape).expect("the v1 record");
+    std::fs::remove_file(&pin).expect("unpin the current map (the programs keep it)");
+    old.pin(&pin).expect("pin the v1 map");
+    cfg
+}
+
 #[test]
 fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_connection() {
     let t = Topo::new();
@@ -440,6 +468,7 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     let flows = pin_as_v1(&t, "WEIR_CT");
     assert!(flows >= 2 * 13, "both entries of the 9 TCP and 4 UDP flows, at least: {flows}");
     pin_as_v1(&t, "WEIR_SNAT");
+    let cfg = pin_config_as_v1(&t);
     let st = weir_status(&t);
     let ct = st["layouts"].as_array().expect("layouts").iter().find(|l| l["name"] == "WEIR_CT").expect("WEIR_CT").clone();
     assert_eq!((ct["pinned_version"].as_u64(), ct["expected_version"].as_u64()), (Some(1), Some(2)), "weir status sees the old layout: {ct}");
@@ -470,11 +499,16 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
     assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
     assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
-    for map in ["WEIR_CT", "WEIR_SNAT"] {
+    for map in ["WEIR_CT", "WEIR_SNAT", "WEIR_CONFIG"] {
         let line = log.lines().filter(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).last().unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
         assert!(line.contains("from_version=1") && line.contains("to_version=2") && line.contains("dropped=0"), "{line}");
     }
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 56, "conntrack in the current layout");
+    let now: aya::maps::Array<_, weir_common::config::DatapathConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(t.map_pin("WEIR_CONFIG")).expect("open"))).expect("the configuration in layout v2");
+    let now = now.get(&0, 0).expect("the configuration");
+    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CONFIG")).expect("WEIR_CONFIG").value_size(), 88, "the configuration in the current layout");
+    assert_eq!((now.node_addr, now.masq_port_min, now.ct_udp_timeout_s), (cfg.node_addr, cfg.masq_port_min, cfg.ct_udp_timeout_s), "the v1 configuration carried over");
     assert!(!t.staging().exists(), "nothing is left staged");
     let st = weir_status(&t);
     assert_eq!(st["migration_in_progress"], serde_json::json!([]), "{st}");
