@@ -164,3 +164,58 @@ fn hostile_or_fragmented_ipv6_from_outside_is_handled_as_ipv4_is() {
     // The real clients are unaffected.
     assert_eq!(tcp_from(&w, CLIENT, w.node0, 30080).0, "a");
 }
+
+/// ICMPv6 errors from outside about north-south flows reach the backend
+/// translated: a client that closed its socket answers the backend's
+/// second datagram with port unreachable, sent to the NodePort the reply
+/// came from; weir turns it into an error about the backend's own packet
+/// (to the node address it talks to, masqueraded), and the backend's
+/// connected socket sees ECONNREFUSED.
+#[test]
+fn icmpv6_errors_from_outside_reach_the_backend_translated() {
+    let w = world();
+    let backend = w.pod.ns().spawn(|| -> std::io::Result<std::io::Error> {
+        let s = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 5353))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = [0u8; 64];
+        let (_, peer) = s.recv_from(&mut buf)?;
+        s.connect(peer)?;
+        s.send(format!("first {peer}").as_bytes())?;
+        std::thread::sleep(Duration::from_millis(500));
+        s.send(b"second")?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(s.recv(&mut buf).expect_err("no answer but an error"))
+    });
+    let n0 = w.c.nodes[0].name().to_string();
+    let a = [(IpAddr::V6(w.pod.ip6.expect("dual-stack pod")), n0.as_str())];
+    let y = service_at("errors", "NodePort", &addr(SERVICES, 0x88).to_string(), 30088, "", None, &a, "UDP").replace(&format!("{BACKEND_PORT}"), "5353");
+    w.c.write("errors.yaml", &y);
+    let want = format!("[{}]:30088", w.node0);
+    w.c.wait_for("node 0 programs the NodePort", || String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want));
+    let r = udp_request_from(&w.c.outside, CLIENT, w.node0, 30088, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("the first answer");
+    let s = String::from_utf8_lossy(&r).to_string();
+    assert!(s.starts_with(&format!("first [{}]:", w.node0)), "masqueraded to the node's IPv6 address: {s}");
+    // The client's socket is closed now: the second datagram draws ICMPv6
+    // port unreachable from the outside.
+    let err = backend.join().expect("backend thread").expect("backend socket");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the backend's socket saw the translated error: {err}");
+}
+
+/// A host-network endpoint (the node's own IPv6 address) of an IPv6
+/// NodePort: the flow is DNATed and delivered to the node's stack, the
+/// client's address kept (never masqueraded to the node itself), and the
+/// node's replies leave the uplink from the NodePort (`to_net`).
+#[test]
+fn a_host_network_endpoint_answers_an_ipv6_node_port_from_the_frontend() {
+    let w = world();
+    let _host = tcp_server_at(w.c.nodes[0].node.ns(), IpAddr::V6(Ipv6Addr::UNSPECIFIED), BACKEND_PORT, Reply::Peer("host".into()));
+    let n0 = w.c.nodes[0].name().to_string();
+    let y = service_at("host", "NodePort", &addr(SERVICES, 0x89).to_string(), 30089, "", None, &[(IpAddr::V6(w.node0), n0.as_str())], "TCP");
+    w.c.write("host.yaml", &y);
+    let want = format!("[{}]:30089", w.node0);
+    w.c.wait_for("node 0 programs the NodePort", || String::from_utf8_lossy(&w.c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want));
+    for _ in 0..3 {
+        let (name, peer) = tcp_from(&w, CLIENT, w.node0, 30089);
+        assert_eq!((name.as_str(), peer.ip()), ("host", IpAddr::V6(CLIENT)), "the node's own server, the client's address");
+    }
+}
