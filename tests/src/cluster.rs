@@ -9,7 +9,8 @@
 //! Node `i` (0-based) is `192.168.0.(11 + i)` with pod CIDR
 //! `10.244.(i + 1).0/24`; the outside namespace is `192.168.0.200`.
 //! [`Cluster::enable_ipv6`] adds IPv6 to the fabric: node `i` is also
-//! `fd00:192:168::(11 + i)` (its Node object names both InternalIPs), the
+//! `fd00:192:168::(11 + i)` (its Node object names both InternalIPs, and
+//! the pod CIDR `fd00:10:244:(i + 1)::/64` beside the IPv4 one), the
 //! outside `fd00:192:168::200`, all on one /64.
 
 use std::{
@@ -50,6 +51,25 @@ impl ClusterNode {
         format!("10.244.{}.0/24", self.index + 1)
     }
 
+    /// The i-th pod address of this node's IPv6 pod CIDR.
+    pub fn pod_ip6(&self, host: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x10, 0x244, self.index as u16 + 1, 0, 0, 0, host as u16)
+    }
+
+    /// This node's IPv6 pod CIDR (in its Node object once the fabric has
+    /// IPv6).
+    pub fn pod_cidr6(&self) -> String {
+        format!("fd00:10:244:{:x}::/64", self.index + 1)
+    }
+
+    /// Wires dual-stack pod `host` of this node's CIDRs (the fabric must
+    /// have IPv6: [`Cluster::enable_ipv6`]).
+    pub fn pod_dual(&self, name: &str, host: u8) -> Pod {
+        let mut pod = self.pod(name, host);
+        pod.add_v6(&self.node, self.pod_ip6(host));
+        pod
+    }
+
     /// Wires pod `host` of this node's CIDR.
     pub fn pod(&self, name: &str, host: u8) -> Pod {
         let pod = self.node.pod(name, self.pod_ip(host));
@@ -68,12 +88,16 @@ impl ClusterNode {
         self.agent.as_mut().expect("the node's agent runs")
     }
 
-    /// The Node object, as YAML (with an IPv6 InternalIP once the fabric
-    /// has IPv6).
+    /// The Node object, as YAML (with an IPv6 InternalIP and pod CIDR
+    /// once the fabric has IPv6).
     pub fn object(&self) -> String {
         let v6 = self.ip6.map(|a| format!("  - {{type: InternalIP, address: \"{a}\"}}\n")).unwrap_or_default();
+        let cidrs = match self.ip6 {
+            Some(_) => format!("{}, \"{}\"", self.pod_cidr(), self.pod_cidr6()),
+            None => self.pod_cidr(),
+        };
         format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\nspec:\n  podCIDR: {cidr}\n  podCIDRs: [{cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {ip}}}\n{v6}  - {{type: Hostname, address: {name}}}\n---\n",
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\nspec:\n  podCIDR: {cidr}\n  podCIDRs: [{cidrs}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {ip}}}\n{v6}  - {{type: Hostname, address: {name}}}\n---\n",
             name = self.name(),
             cidr = self.pod_cidr(),
             ip = self.ip
