@@ -332,6 +332,11 @@ pub fn pod_object(namespace: &str, name: &str, app: &str, node: &str, ip: Ipv4Ad
     )
 }
 
+/// [`pod_object`] of a dual-stack pod: `podIPs` names both addresses.
+pub fn pod_object_dual(namespace: &str, name: &str, app: &str, node: &str, ip: Ipv4Addr, ip6: Ipv6Addr) -> String {
+    pod_object(namespace, name, app, node, ip).replace(&format!("podIPs: [{{ip: {ip}}}]"), &format!("podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]"))
+}
+
 /// Plugs `ns` into the fabric bridge: `eth0` in `ns` with `ip/24`, its
 /// peer `port` on the bridge.
 fn plug(fabric: &NetNs, ns: &NetNs, port: &str, ip: Ipv4Addr) {

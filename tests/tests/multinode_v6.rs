@@ -92,3 +92,35 @@ fn an_ipv6_node_port_reaches_a_backend_on_another_node_masqueraded() {
         assert_eq!((landed(&r).0.as_str(), landed(&r).1.ip()), ("b", IpAddr::V6(node0)), "masqueraded to node 0's IPv6 address, so that the replies return through it");
     }
 }
+
+/// NetworkPolicy across nodes over IPv6: identities cover both addresses
+/// of a pod (`podIPs`), so the server's node admits the client's IPv6
+/// traffic and refuses the intruder's, directly and through an IPv6
+/// ClusterIP (DNAT on the client's node, judged on the server's).
+#[test]
+fn network_policy_selects_pods_on_other_nodes_over_ipv6() {
+    use std::time::Duration;
+    use weir_tests::cluster::{namespace_object, pod_object_dual};
+    let c = cluster();
+    let (client, intruder, server) = (c.nodes[0].pod_dual("client", 10), c.nodes[0].pod_dual("intruder", 11), c.nodes[1].pod_dual("server", 20));
+    let _s = servers(&server, "server", weir_tests::north_south::BACKEND_PORT);
+    let mut objects = namespace_object("app");
+    for (p, node) in [(&client, 0), (&intruder, 0), (&server, 1)] {
+        objects += &pod_object_dual("app", &p.name, &p.name, c.nodes[node].name(), p.ip, p.ip6.expect("dual-stack"));
+    }
+    let vip: Ipv6Addr = "fd00:10:96::63".parse().expect("VIP");
+    let n1 = c.nodes[1].name().to_string();
+    let server6 = server.ip6.expect("dual-stack");
+    objects += &service_at("server", "ClusterIP", &vip.to_string(), 0, "", None, &[(IpAddr::V6(server6), n1.as_str())], "TCP").replace(", nodePort: 0", "").replace("namespace: default", "namespace: app");
+    objects += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-from-client, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n---\n";
+    c.write("app.yaml", &objects);
+    let port = weir_tests::north_south::BACKEND_PORT;
+    let reach = |from: &weir_tests::Pod, to: Ipv6Addr, port: u16| tcp_request(from.ns(), to, port, b"hi".to_vec(), Duration::from_millis(700)).is_ok();
+    // The objects reach each agent at its own pace: wait until node 1
+    // knows both the policy and the client's identity.
+    c.wait_for("the server's node enforces the policy over IPv6", || !reach(&intruder, server6, port) && reach(&client, server6, port));
+    assert!(reach(&client, server6, port), "the client on node 0 is admitted by the server's ingress on node 1");
+    assert!(reach(&client, vip, 80), "and through the IPv6 ClusterIP");
+    assert!(!reach(&intruder, server6, port), "the intruder is refused");
+    assert!(!reach(&intruder, vip, 80), "also through the IPv6 ClusterIP");
+}
