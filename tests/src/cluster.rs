@@ -208,6 +208,10 @@ impl Cluster {
             let ip6 = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0, 0, 0, 0, 0x11 + i as u16);
             let ns = self.nodes[i].node.ns();
             ready(ns, "eth0");
+            // The agent's VXLAN device, when it made one already.
+            if ns.ip(&["-o", "link", "show"]).contains("vx-weir") {
+                ready(ns, "vx-weir");
+            }
             ns.sysctl("net.ipv6.conf.all.forwarding", "1");
             ns.ip(&["-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
             self.nodes[i].ip6 = Some(ip6);

@@ -180,16 +180,19 @@ pub fn read_line(s: &mut TcpStream) -> io::Result<String> {
 }
 
 /// A VXLAN datagram's payload (RFC 7348 header, VNI `vni`) carrying an
-/// Ethernet frame to `inner_mac` with an IPv4/UDP packet `src:sport` →
-/// `dst:dport`, as a pod would forge it to inject traffic into another
-/// node's tunnel.
-pub fn vxlan_payload(vni: u32, inner_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+/// Ethernet frame to `inner_mac` with a UDP packet `src:sport` →
+/// `dst:dport` (IPv4 or IPv6, both of one family), as a pod would forge
+/// it to inject traffic into another node's tunnel.
+pub fn vxlan_payload(vni: u32, inner_mac: [u8; 6], src: impl Into<std::net::IpAddr>, dst: impl Into<std::net::IpAddr>, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    use std::net::IpAddr;
     let mut f = vec![0x08, 0, 0, 0];
     f.extend_from_slice(&(vni << 8).to_be_bytes());
-    PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x99], inner_mac)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .udp(sport, dport)
-        .write(&mut f, data)
-        .expect("writing to a Vec");
+    let eth = PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x99], inner_mac);
+    let ip = match (src.into(), dst.into()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        (s, d) => panic!("{s} and {d} are of two families"),
+    };
+    ip.udp(sport, dport).write(&mut f, data).expect("writing to a Vec");
     f
 }

@@ -1,6 +1,6 @@
 //! What the node does with a packet arriving from outside it (on an
-//! uplink device, or decapsulated from the tunnel), IPv4 or IPv6 (the
-//! tunnel carries IPv4 only): refuse one that
+//! uplink device, or decapsulated from the tunnel), IPv4 or IPv6: refuse
+//! one that
 //! claims a local pod's address or the node's own, reverse-NAT replies
 //! from backends on other nodes (and translate ICMP errors about those
 //! flows),
@@ -24,7 +24,7 @@ use crate::{
     frag::{self, Fragment},
     icmp, lb, nat, policy,
     quoted::Quoting,
-    reject, source, stats,
+    reject, source, stats, tunnel,
 };
 
 /// An IPv6 packet from outside the node (one whose header chain cannot
@@ -35,6 +35,21 @@ pub fn from_outside_v6(ctx: &TcContext) -> i32 {
         Ok(p) => from_outside(ctx, p),
         Err(reason) => events::dropped_frame(ctx, reason),
     }
+}
+
+/// An IPv6 packet decapsulated from the tunnel: from a node, carrying
+/// one of that node's addresses or pods (`tunnel::from_peer`), then as
+/// any packet from outside.
+#[inline(never)]
+pub fn from_tunnel_v6(ctx: &TcContext) -> i32 {
+    let p = match family::v6_packet(ctx) {
+        Ok(p) => p,
+        Err(reason) => return events::dropped_frame(ctx, reason),
+    };
+    if !tunnel::from_peer(ctx, &p.t.saddr) {
+        return events::dropped_flow(ctx, &p.t, DropReason::TunnelSpoofed);
+    }
+    from_outside(ctx, p)
 }
 
 /// A packet from outside the node.

@@ -2,9 +2,17 @@
 //! destination of a packet for another node's pods, and the checks on
 //! encapsulated traffic arriving (its outer source must be a node, its
 //! inner source one of that node's pods or the node itself).
+//!
+//! Inner packets are IPv4 or IPv6. The outer address is the one the
+//! agent wrote for the pod CIDR (`WEIR_TUNNEL`): the node's IPv4
+//! InternalIP when it has one, for the CIDRs of both families, so IPv6
+//! pod traffic crosses an IPv4 underlay with IPv4's overhead; a node with
+//! only an IPv6 InternalIP is reached over IPv6. A node's addresses share
+//! one id in `WEIR_NODES`, so a node's IPv6 address is a valid inner
+//! source of its IPv4 tunnel (its own and its masqueraded traffic).
 
 use aya_ebpf::{
-    bindings::bpf_tunnel_key,
+    bindings::{bpf_tunnel_key, BPF_F_TUNINFO_IPV6},
     helpers::generated::{bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -37,38 +45,72 @@ fn zeroed_key(k: &mut core::mem::MaybeUninit<bpf_tunnel_key>) -> &mut bpf_tunnel
 }
 
 /// Sets the outer destination of a packet to the node holding `daddr`
-/// (wire order) and the inner MACs; false when no node holds `daddr`.
+/// (of either family) and the inner MACs; false when no node holds
+/// `daddr`.
 #[inline(never)]
-pub fn encapsulate(ctx: &TcContext, daddr: u32) -> bool {
-    let Some(node) = node_of(&Addr::from_v4_raw(daddr)) else { return false };
+pub fn encapsulate(ctx: &TcContext, daddr: &Addr) -> bool {
+    let Some(node) = node_of(daddr) else { return false };
     let mut slot = core::mem::MaybeUninit::uninit();
     let key = zeroed_key(&mut slot);
     key.tunnel_id = TUNNEL_VNI;
     key.tunnel_ttl = 64;
-    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(node.v4_raw());
+    let flags = if node.is_v4() {
+        key.__bindgen_anon_1.remote_ipv4 = u32::from_be(node.v4_raw());
+        0
+    } else {
+        // The helper copies the IPv6 address as it is: wire order.
+        key.__bindgen_anon_1.remote_ipv6 = words(&node);
+        BPF_F_TUNINFO_IPV6 as u64
+    };
     // SAFETY: valid skb and key pointers, the key's size.
-    let rc = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
+    let rc = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, key, core::mem::size_of::<bpf_tunnel_key>() as u32, flags) };
     rc == 0 && ctx.store(0, &TUNNEL_MACS, 0).is_ok()
 }
 
-/// Whether encapsulated traffic with inner source `saddr` (wire order)
-/// may come in: the outer source is a node, and the inner source is that
-/// node or one of its pods.
+/// An IPv6 address as the tunnel key's four words (wire order).
+#[inline(always)]
+fn words(a: &Addr) -> [u32; 4] {
+    let b = &a.bytes;
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// Whether encapsulated traffic with inner source `inner` (of either
+/// family) may come in: the outer source is a node, and the inner source
+/// is one of that node's addresses or pods.
 #[inline(never)]
-pub fn from_peer(ctx: &TcContext, saddr: u32) -> bool {
+pub fn from_peer(ctx: &TcContext, inner: &Addr) -> bool {
     let mut slot = core::mem::MaybeUninit::uninit();
     let key = zeroed_key(&mut slot);
+    let size = core::mem::size_of::<bpf_tunnel_key>() as u32;
     // SAFETY: valid skb and key pointers, the key's size.
-    let rc = unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
-    // SAFETY: the helper filled the IPv4 member (flags 0).
-    let remote = Addr::from_v4_raw(unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be());
-    if rc != 0 || key.tunnel_id != TUNNEL_VNI {
+    let remote = if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, key, size, 0) } == 0 {
+        // SAFETY: the helper filled the IPv4 member (flags 0).
+        Addr::from_v4_raw(unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be())
+    // SAFETY: as above; an IPv6 outer header needs the flag.
+    } else if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, key, size, BPF_F_TUNINFO_IPV6 as u64) } == 0 {
+        // SAFETY: the helper filled the IPv6 member (wire order).
+        let w = unsafe { key.__bindgen_anon_1.remote_ipv6 };
+        let mut a = Addr::ZERO;
+        let mut i = 0;
+        while i < 4 {
+            let b = w[i].to_ne_bytes();
+            a.bytes[i * 4..i * 4 + 4].copy_from_slice(&b);
+            i += 1;
+        }
+        a
+    } else {
+        return false;
+    };
+    if key.tunnel_id != TUNNEL_VNI {
         return false;
     }
-    // SAFETY: map value reference, read only.
-    if unsafe { NODES.get(&remote) }.is_none() {
-        return false;
-    }
-    let inner = Addr::from_v4_raw(saddr);
-    inner == remote || node_of(&inner).is_some_and(|n| n == remote)
+    // SAFETY: map value references, read only.
+    let Some(id) = (unsafe { NODES.get(&remote) }).copied() else { return false };
+    // SAFETY: as above.
+    *inner == remote || unsafe { NODES.get(inner) }.is_some_and(|n| *n == id) || node_of(inner).is_some_and(|n| n == remote)
 }

@@ -157,7 +157,7 @@ impl NodeNetwork {
             return uplink_addrs;
         }
         if self.routing == Routing::Vxlan {
-            let cidrs: BTreeMap<_, _> = routing::remote_cidrs(&nodes, self.node.as_deref()).into_iter().collect();
+            let cidrs: BTreeMap<_, _> = routing::tunnel_endpoints(&nodes, self.node.as_deref()).into_iter().collect();
             // The device comes with the first remote node: a lone node
             // (or one that knows no other yet) has nothing to tunnel. One
             // left by an earlier agent is adopted (its routes cleaned).
@@ -170,8 +170,7 @@ impl NodeNetwork {
             };
             self.ensure_tunnel(pod_mtu(mtu, Routing::Vxlan), metrics).await;
             if let Some(maps) = self.tunnel_maps.as_mut() {
-                let peers: Vec<_> = nodes.iter().filter(|n| Some(n.name.as_str()) != self.node.as_deref()).flat_map(|n| n.internal_ips.iter().copied()).collect();
-                if let Err(e) = maps.sync(&cidrs, &peers) {
+                if let Err(e) = maps.sync(&cidrs, &routing::peer_ids(&nodes, self.node.as_deref())) {
                     tracing::error!(error = %weir_datapath::error::chain(&e), kind = e.kind(), "tunnel maps");
                     metrics.reconcile_errors.get_or_create(&KindLabels { kind: e.kind().into() }).inc();
                 }

@@ -59,13 +59,43 @@ pub fn remote_cidrs<'a>(nodes: &[&'a NodeModel], self_name: Option<&str>) -> Vec
     out
 }
 
-/// The routes this node needs: via each node's InternalIP, or through
-/// `tunnel` when given. Pure.
-pub fn desired(nodes: &[&NodeModel], self_name: Option<&str>, tunnel: Option<u32>) -> BTreeSet<NodeRoute> {
-    remote_cidrs(nodes, self_name)
-        .into_iter()
-        .map(|(dst, ip)| NodeRoute { dst, next: tunnel.map_or(Next::Via(ip), Next::Dev) })
+/// Every other node's pod CIDRs, of both families, with the address the
+/// tunnel reaches that node at: its IPv4 InternalIP when it has one (an
+/// IPv6 pod CIDR crosses the IPv4 underlay too, with IPv4's overhead,
+/// which the pods' MTU already leaves), else its IPv6 one. Pure.
+pub fn tunnel_endpoints(nodes: &[&NodeModel], self_name: Option<&str>) -> Vec<(Prefix, IpAddr)> {
+    let mut out = Vec::new();
+    for n in nodes {
+        if Some(n.name.as_str()) == self_name {
+            continue;
+        }
+        let Some(ip) = n.internal_ip(true).or_else(|| n.internal_ip(false)) else { continue };
+        out.extend(n.pod_cidrs.iter().map(|c| (*c, ip)));
+    }
+    out.sort();
+    out
+}
+
+/// Every other node's InternalIPs, each with the node's id (1-based, in
+/// the order of `nodes`): a node's addresses share one, so the tunnel
+/// knows them for one node's (`WEIR_NODES`). Pure.
+pub fn peer_ids(nodes: &[&NodeModel], self_name: Option<&str>) -> Vec<(IpAddr, u32)> {
+    nodes
+        .iter()
+        .filter(|n| Some(n.name.as_str()) != self_name)
+        .enumerate()
+        .flat_map(|(i, n)| n.internal_ips.iter().map(move |ip| (*ip, i as u32 + 1)))
         .collect()
+}
+
+/// The routes this node needs: via each node's InternalIP of the CIDR's
+/// family, or through `tunnel` when given (every CIDR of a node the
+/// tunnel reaches). Pure.
+pub fn desired(nodes: &[&NodeModel], self_name: Option<&str>, tunnel: Option<u32>) -> BTreeSet<NodeRoute> {
+    match tunnel {
+        Some(dev) => tunnel_endpoints(nodes, self_name).into_iter().map(|(dst, _)| NodeRoute { dst, next: Next::Dev(dev) }).collect(),
+        None => remote_cidrs(nodes, self_name).into_iter().map(|(dst, ip)| NodeRoute { dst, next: Next::Via(ip) }).collect(),
+    }
 }
 
 /// Errors programming routes.
@@ -229,6 +259,21 @@ mod tests {
         assert_eq!(dsts, ["10.244.2.0/24 via 192.168.0.12", "10.244.3.0/24 via 192.168.0.13"]);
         let t: Vec<String> = desired(&[&a, &b, &c], Some("a"), Some(9)).iter().map(ToString::to_string).collect();
         assert_eq!(t, ["10.244.2.0/24 dev #9", "10.244.3.0/24 dev #9"]);
+    }
+
+    #[test]
+    fn the_tunnel_reaches_every_cidr_of_a_node_at_its_ipv4_address_when_it_has_one() {
+        let mut b = node("b", "10.244.2.0/24", "192.168.0.12");
+        b.pod_cidrs.push(Prefix::new("fd00:10:244:2::".parse().expect("addr"), 64));
+        b.internal_ips.push("fd00::12".parse().expect("ip"));
+        let mut c = node("c", "fd00:10:244:3::/64", "fd00::13");
+        c.name = "c".into();
+        let e: Vec<String> = tunnel_endpoints(&[&b, &c], Some("a")).iter().map(|(p, ip)| format!("{p} {ip}")).collect();
+        assert_eq!(e, ["10.244.2.0/24 192.168.0.12", "fd00:10:244:2::/64 192.168.0.12", "fd00:10:244:3::/64 fd00::13"]);
+        let t: Vec<String> = desired(&[&b, &c], Some("a"), Some(9)).iter().map(ToString::to_string).collect();
+        assert_eq!(t, ["10.244.2.0/24 dev #9", "fd00:10:244:2::/64 dev #9", "fd00:10:244:3::/64 dev #9"], "the tunnel carries both families");
+        let ids = peer_ids(&[&b, &c], Some("a"));
+        assert_eq!(ids, [("192.168.0.12".parse().unwrap(), 1), ("fd00::12".parse().unwrap(), 1), ("fd00::13".parse().unwrap(), 2)], "one id per node");
     }
 
     #[test]

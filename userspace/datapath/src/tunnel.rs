@@ -34,13 +34,15 @@ impl TunnelMaps {
         })
     }
 
-    /// Makes the maps hold exactly `cidrs` (pod CIDR → node) and `nodes`.
-    pub fn sync(&mut self, cidrs: &BTreeMap<Prefix, IpAddr>, nodes: &[IpAddr]) -> Result<usize, DatapathError> {
+    /// Makes the maps hold exactly `cidrs` (pod CIDR → the node's tunnel
+    /// address) and `nodes` (each node address → its node's id: a node's
+    /// addresses share one).
+    pub fn sync(&mut self, cidrs: &BTreeMap<Prefix, IpAddr>, nodes: &[(IpAddr, u32)]) -> Result<usize, DatapathError> {
         let mut writes = 0;
-        for n in nodes {
+        for (n, id) in nodes {
             let a = Addr::from(*n);
-            if self.nodes.get(&a, 0).is_err() {
-                self.nodes.insert(a, 1, 0).map_err(|source| update_error(NODES, NODES_MAX_ENTRIES, || format!("node {n}"), source))?;
+            if self.nodes.get(&a, 0).ok() != Some(*id) {
+                self.nodes.insert(a, *id, 0).map_err(|source| update_error(NODES, NODES_MAX_ENTRIES, || format!("node {n}"), source))?;
                 writes += 1;
             }
         }
@@ -61,7 +63,7 @@ impl TunnelMaps {
                 writes += 1;
             }
         }
-        let keep: Vec<Addr> = nodes.iter().map(|n| Addr::from(*n)).collect();
+        let keep: Vec<Addr> = nodes.iter().map(|(n, _)| Addr::from(*n)).collect();
         let stale: Vec<Addr> = self.nodes.keys().filter_map(Result::ok).filter(|a| !keep.contains(a)).collect();
         for a in stale {
             let _ = self.nodes.remove(&a);

@@ -15,11 +15,11 @@
 //! packets from outside that claim the address of one of this node's
 //! pods; from_tunnel first checks that encapsulated traffic comes from a
 //! node and carries that node's own addresses. to_tunnel sets the outer
-//! destination: the node holding the destination's pod CIDR. to_net
+//! destination: the node holding the destination's pod CIDR. The tunnel
+//! carries IPv4 and IPv6 pod traffic (`weir_ebpf::tunnel`). to_net
 //! masquerades pod egress leaving the cluster; from_net first restores
 //! the pod's address on its replies. from_net and to_net take IPv6 as
-//! IPv4 (north-south over IPv6), but masquerade pod egress of IPv4 only;
-//! the tunnel carries IPv4 only.
+//! IPv4 (north-south over IPv6), but masquerade pod egress of IPv4 only.
 #![no_std]
 #![no_main]
 
@@ -28,7 +28,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use weir_common::drop::DropReason;
+use weir_common::{addr::Addr, drop::DropReason};
 use weir_ebpf::{
     events,
     hdr::{self, Ipv4Pkt, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
@@ -106,13 +106,15 @@ fn from_host(ctx: &TcContext) -> bool {
     unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
 }
 
-/// The IPv4 packet on the tunnel device; anything else is dropped (the
-/// tunnel carries only IPv4 pod traffic), with its verdict as `Err`.
+/// The IPv4 packet on the tunnel device; an IPv6 one is `Err(FRAME_IS_V6)`
+/// and anything else is dropped (the tunnel carries only pod traffic),
+/// with its verdict as `Err`.
 #[inline(always)]
 fn tunnel_packet<'a>(ctx: &TcContext, slot: &'a mut core::mem::MaybeUninit<Ipv4Pkt>) -> Result<&'a mut Ipv4Pkt, i32> {
     let pkt = Ipv4Pkt::zero_in(slot);
     match hdr::parse(ctx, pkt) {
         FRAME_V4 => Ok(pkt),
+        FRAME_V6 => Err(FRAME_IS_V6),
         FRAME_MALFORMED => Err(events::dropped_frame(ctx, DropReason::Malformed)),
         _ => Err(events::dropped_frame(ctx, DropReason::UnsupportedEthertype)),
     }
@@ -120,26 +122,35 @@ fn tunnel_packet<'a>(ctx: &TcContext, slot: &'a mut core::mem::MaybeUninit<Ipv4P
 
 #[classifier]
 pub fn from_tunnel(ctx: TcContext) -> i32 {
+    match from_tunnel_v4(&ctx) {
+        FRAME_IS_V6 => ingress::from_tunnel_v6(&ctx),
+        verdict => verdict,
+    }
+}
+
+#[inline(never)]
+fn from_tunnel_v4(ctx: &TcContext) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
-    let pkt = match tunnel_packet(&ctx, &mut slot) {
+    let pkt = match tunnel_packet(ctx, &mut slot) {
         Ok(p) => p,
         Err(verdict) => return verdict,
     };
-    if !tunnel::from_peer(&ctx, pkt.saddr) {
-        return events::dropped(&ctx, pkt, DropReason::TunnelSpoofed);
+    if !tunnel::from_peer(ctx, &Addr::from_v4_raw(pkt.saddr)) {
+        return events::dropped(ctx, pkt, DropReason::TunnelSpoofed);
     }
-    ingress::from_outside(&ctx, pkt)
+    ingress::from_outside(ctx, pkt)
 }
 
 #[classifier]
 pub fn to_tunnel(ctx: TcContext) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
-    let pkt = match tunnel_packet(&ctx, &mut slot) {
-        Ok(p) => p,
+    let daddr = match tunnel_packet(&ctx, &mut slot) {
+        Ok(p) => Addr::from_v4_raw(p.daddr),
+        Err(FRAME_IS_V6) => hdr::v6_addrs(&ctx).1,
         Err(verdict) => return verdict,
     };
-    if !tunnel::encapsulate(&ctx, pkt.daddr) {
-        return events::dropped(&ctx, pkt, DropReason::NoTunnelEndpoint);
+    if !tunnel::encapsulate(&ctx, &daddr) {
+        return events::dropped_frame(&ctx, DropReason::NoTunnelEndpoint);
     }
     TC_ACT_OK as i32
 }
