@@ -180,7 +180,46 @@ fn a_pod_cannot_inject_encapsulated_ipv6_as_another_pod(mode: &str) {
     }
 }
 
+fn ping(ns: &weir_tests::netns::NetNs, dst: Ipv6Addr) -> bool {
+    let net = format!("--net={}", ns.path().display());
+    std::process::Command::new("nsenter")
+        .args([net.as_str(), "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", &dst.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// IPv6 pod egress out of the cluster is masqueraded as IPv4's is: the
+/// outside (an address on the fabric, outside every pod CIDR and node
+/// address) sees each pod's traffic from its node's IPv6 address and a
+/// port of the masquerade range, and the replies (and ICMPv6 echo's) are
+/// restored to the pod. The outside has no route to the pods' IPv6 CIDRs:
+/// an unmasqueraded reply would be lost.
+fn ipv6_pod_egress_leaves_from_its_nodes_address_and_gets_the_replies(mode: &str) {
+    let c = cluster(mode);
+    let (a, b) = (c.nodes[0].pod_dual("a", 10), c.nodes[1].pod_dual("b", 20));
+    let _out = [tcp_server_at(&c.outside, any(), 8080, Reply::Peer("out".into())), udp_server_at(&c.outside, any(), 5353, Reply::Peer("out".into()))];
+    let ports = weir_common::masq::PORT_MIN..=weir_common::masq::PORT_MAX;
+    let outside = Cluster::OUTSIDE_IP6;
+    for (pod, node) in [(&a, &c.nodes[0]), (&b, &c.nodes[1])] {
+        let node6 = IpAddr::V6(node.ip6.expect("IPv6"));
+        for i in 0..3 {
+            let r = tcp_request(pod.ns(), outside, 8080, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("TCP {i} from {} out: {e}", pod.name));
+            let (_, peer) = landed(&r);
+            assert_eq!(peer.ip(), node6, "the outside saw node {}'s IPv6 address", node.index);
+            assert!(ports.contains(&peer.port()), "from a masquerade port: {peer}");
+            let r = udp_request(pod.ns(), outside, 5353, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("UDP {i} from {} out: {e}", pod.name));
+            assert_eq!(landed(&r).1.ip(), node6);
+        }
+        assert!(ping(pod.ns(), outside), "ICMPv6 echo from {} is masqueraded and its reply restored", pod.name);
+    }
+    // Between the pods, over IPv6, nothing is masqueraded.
+    let _b = tcp_server_at(b.ns(), any(), 8080, Reply::Peer("b".into()));
+    let r = tcp_request(a.ns(), b.ip6.expect("dual-stack"), 8080, b"hi".to_vec(), DEFAULT_TIMEOUT).expect("pod to pod");
+    assert_eq!(landed(&r).1.ip(), IpAddr::V6(a.ip6.expect("dual-stack")), "inside the cluster the pod keeps its address");
+}
+
 weir_tests::both_routing_modes!(
+    ipv6_pod_egress_leaves_from_its_nodes_address_and_gets_the_replies,
     ipv6_pod_traffic_crosses_the_fabric_as_the_mode_says,
     a_pod_cannot_inject_encapsulated_ipv6_as_another_pod,
     pods_reach_pods_on_other_nodes_over_ipv6_with_their_own_address,

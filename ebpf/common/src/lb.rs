@@ -17,6 +17,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const MARK_TRANSLATED: u32 = 0x0000_0200;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
+/// ICMPv6's protocol number.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Key of `WEIR_FRONTENDS`. A key with port 0 and proto 0 marks an
 /// address as a service IP (see [`SVC_F_VIP_MARKER`]): traffic to a port

@@ -14,8 +14,9 @@
 
 use crate::addr::Addr;
 
-/// Value of `WEIR_MASQ` (uplink ifindex → how it masquerades). A device
-/// without an entry translates nothing.
+/// Value of `WEIR_MASQ` (uplink → how it masquerades one family, keyed by
+/// [`device_key`]). A device without an entry for a family translates
+/// nothing of that family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MasqDevice {
@@ -39,5 +40,20 @@ pub const PORT_MAX: u16 = 65_535;
 pub const PORT_FLOOR: u16 = 1024;
 
 const _: () = assert!(core::mem::size_of::<MasqDevice>() == 24);
+
+/// The bit of a `WEIR_MASQ` key that says IPv6 (an ifindex never reaches
+/// it).
+pub const KEY_V6: u32 = 1 << 31;
+
+/// The `WEIR_MASQ` key of device `ifindex`'s masquerade of IPv4 (`v4`)
+/// or IPv6 pod egress.
+#[inline(always)]
+pub const fn device_key(ifindex: u32, v4: bool) -> u32 {
+    if v4 {
+        ifindex
+    } else {
+        ifindex | KEY_V6
+    }
+}
 
 crate::user_pod!(MasqDevice);

@@ -4,17 +4,17 @@
 
 use weir_common::{
     ct::{CtEntry, CtKey, CT_SNAT_IN, CT_SNAT_OUT},
-    lb::PROTO_ICMP,
+    lb::{PROTO_ICMP, PROTO_ICMPV6},
 };
 
 /// The key of the other half of the masqueraded flow `key` → `e`.
 ///
 /// Out (pod → remote, `e` holds the node address and port) gives in
-/// (remote → node). For an ICMP echo both "ports" are the identifier, so
-/// the reply's are the translated one.
+/// (remote → node). For an ICMP or ICMPv6 echo both "ports" are the
+/// identifier, so the reply's are the translated one.
 #[inline(always)]
 pub fn twin(key: &CtKey, e: &CtEntry) -> Option<CtKey> {
-    let icmp = key.proto == PROTO_ICMP;
+    let icmp = key.proto == PROTO_ICMP || key.proto == PROTO_ICMPV6;
     match key.kind {
         CT_SNAT_OUT => Some(CtKey {
             saddr: key.daddr,
@@ -68,11 +68,13 @@ mod tests {
 
     #[test]
     fn an_echo_reply_carries_the_translated_identifier_in_both_ports() {
-        let (k, e) = out(PROTO_ICMP, 7u16.to_be(), 7u16.to_be());
-        let inn = twin(&k, &e).unwrap();
-        assert_eq!((inn.sport, inn.dport), (e.nat_port, e.nat_port));
-        let back = CtEntry { nat_addr: k.saddr, nat_port: k.sport, ..CtEntry::default() };
-        assert_eq!(twin(&inn, &back), Some(k));
+        for proto in [PROTO_ICMP, PROTO_ICMPV6] {
+            let (k, e) = out(proto, 7u16.to_be(), 7u16.to_be());
+            let inn = twin(&k, &e).unwrap();
+            assert_eq!((inn.sport, inn.dport), (e.nat_port, e.nat_port), "protocol {proto}");
+            let back = CtEntry { nat_addr: k.saddr, nat_port: k.sport, ..CtEntry::default() };
+            assert_eq!(twin(&inn, &back), Some(k));
+        }
     }
 
     #[test]

@@ -1,20 +1,38 @@
-//! What the node does with its own packets leaving an uplink: a reply of
-//! a backend in the node's network namespace (a host-network endpoint of
-//! a NodePort, LB IP or externalIP flow that came in on a device) leaves
-//! from the frontend it was sent to, over either family.
+//! What the node does with packets leaving an uplink: a reply of a
+//! backend in the node's network namespace (a host-network endpoint of a
+//! NodePort, LB IP or externalIP flow that came in on a device) leaves
+//! from the frontend it was sent to, over either family; pod egress is
+//! masqueraded (`masq`).
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use weir_common::drop::DropReason;
 
-use crate::{conntrack, family::{self, Packet}, lb};
+use crate::{conntrack, events, family::{self, Packet}, hdr::Ipv6Pkt, lb, masq};
 
-/// [`host_reply`] for the node's IPv6 packet; one that cannot be parsed
-/// is the node's own and left alone (`Ok`).
+/// An IPv6 packet leaving an uplink (`from_host`: the node's own stack
+/// sent it): a host-network backend's reply is reverse-NATed, pod egress
+/// masqueraded. One that cannot be parsed passes: the stack built it.
 #[inline(never)]
-pub fn host_reply_v6(ctx: &TcContext) -> Result<(), ()> {
+pub fn to_net_v6(ctx: &TcContext, from_host: bool) -> i32 {
     match family::v6_packet(ctx) {
-        Ok(p) => host_reply(ctx, p),
-        Err(_) => Ok(()),
+        Ok(p) => v6_out(ctx, p, from_host),
+        Err(_) => TC_ACT_OK as i32,
     }
+}
+
+/// [`to_net_v6`]'s work, in a frame beside the parse's.
+#[inline(never)]
+fn v6_out(ctx: &TcContext, p: &mut Ipv6Pkt, from_host: bool) -> i32 {
+    if from_host && host_reply(ctx, p).is_err() {
+        return events::dropped_flow(ctx, &p.t, DropReason::Malformed);
+    }
+    masquerade_v6(ctx, p)
+}
+
+/// Pod egress over IPv6, in a frame beside the reverse-NAT's.
+#[inline(never)]
+fn masquerade_v6(ctx: &TcContext, p: &mut Ipv6Pkt) -> i32 {
+    masq::egress(ctx, p)
 }
 
 /// Reverse-NATs a host-network backend's reply in place. `Err` when the

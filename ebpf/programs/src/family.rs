@@ -61,6 +61,8 @@ pub trait Packet {
     fn dport(&self) -> u16;
     fn proto(&self) -> u8;
     fn tcp_flags(&self) -> u8;
+    /// ICMP or ICMPv6: the message type.
+    fn icmp_type(&self) -> u8;
     fn later_fragment(&self) -> bool;
 
     #[inline(always)]
@@ -126,6 +128,10 @@ impl Packet for Ipv4Pkt {
     #[inline(always)]
     fn tcp_flags(&self) -> u8 {
         self.tcp_flags
+    }
+    #[inline(always)]
+    fn icmp_type(&self) -> u8 {
+        self.icmp_type
     }
     #[inline(always)]
     fn later_fragment(&self) -> bool {
@@ -202,6 +208,10 @@ impl Packet for Ipv6Pkt {
     #[inline(always)]
     fn tcp_flags(&self) -> u8 {
         self.t.tcp_flags
+    }
+    #[inline(always)]
+    fn icmp_type(&self) -> u8 {
+        self.icmp_type
     }
     #[inline(always)]
     fn later_fragment(&self) -> bool {

@@ -294,8 +294,7 @@ fn v6_upper_of(ctx: &TcContext, h: [u8; 8]) -> Result<(Upper, usize), DropReason
     Ok((upper, end))
 }
 
-/// ICMPv6's protocol number.
-pub const PROTO_ICMPV6: u8 = 58;
+pub use weir_common::lb::PROTO_ICMPV6;
 
 /// Parses the frame at the start of the skb; an IPv4 packet is written
 /// to `pkt`. Returns a `FRAME_*` kind.

@@ -22,7 +22,7 @@ use crate::{
     conntrack, events,
     family,
     frag::{self, Fragment},
-    icmp, lb, nat, policy,
+    icmp, lb, masq, nat, policy,
     quoted::Quoting,
     reject, source, stats, tunnel,
 };
@@ -31,10 +31,14 @@ use crate::{
 /// be walked is dropped and counted, as on a pod's link).
 #[inline(never)]
 pub fn from_outside_v6(ctx: &TcContext) -> i32 {
-    match family::v6_packet(ctx) {
-        Ok(p) => from_outside(ctx, p),
-        Err(reason) => events::dropped_frame(ctx, reason),
+    let p = match family::v6_packet(ctx) {
+        Ok(p) => p,
+        Err(reason) => return events::dropped_frame(ctx, reason),
+    };
+    if masq::ingress(ctx, p).is_err() {
+        return events::dropped_flow(ctx, &p.t, DropReason::Malformed);
     }
+    from_outside(ctx, p)
 }
 
 /// An IPv6 packet decapsulated from the tunnel: from a node, carrying

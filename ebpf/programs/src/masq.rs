@@ -1,8 +1,10 @@
 //! Masquerade of pod egress (see `weir_common::masq`): a pod's TCP, UDP or
-//! ICMP echo leaving an uplink towards an address outside the cluster
-//! (`WEIR_NO_MASQ` holds what is inside) leaves from the device's address
-//! and a port of its range; replies arriving on the device are restored to
-//! the pod's address and port before the stack routes them to the pod.
+//! ICMP echo (ICMPv6 echo) leaving an uplink towards an address outside
+//! the cluster (`WEIR_NO_MASQ` holds what is inside) leaves from the
+//! device's address of its family and a port of its range; replies
+//! arriving on the device are restored to the pod's address and port
+//! before the stack routes them to the pod. Written once for IPv4 and
+//! IPv6 (`family::Packet`).
 //!
 //! Ports are allocated per remote (address, port, protocol): a random
 //! start and a bounded number of tries, each an insert of the in key with
@@ -16,11 +18,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{
-    addr::Addr,
     config::DatapathConfig,
     ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CT_F_STATE_BITS, CT_SNAT_IN, CT_SNAT_OUT, DIR_ORIG, DIR_REPLY},
     drop::DropReason,
-    masq::MasqDevice,
+    masq::{device_key, MasqDevice},
 };
 use weir_logic::{
     ct::{advance, expiry, State},
@@ -30,10 +31,10 @@ use weir_logic::{
 use crate::{
     debug::{self, debug_on},
     conntrack::{self, clear_entry, now_ns},
-    events,
-    hdr::{Ipv4Pkt, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP},
+    family::Packet,
+    hdr::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6},
     maps::{scratch, MASQ, NO_MASQ, SNAT, SNAT_PREV, SNAT_PREV_V1, SNAT_STATS},
-    nat, source,
+    source,
 };
 
 /// Ports tried before a new flow is refused (`masquerade_ports_exhausted`).
@@ -85,34 +86,36 @@ fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
     SNAT.get_ptr_mut(k)
 }
 
+/// How this device masquerades the family of `P`.
 #[inline(always)]
-fn device(ctx: &TcContext) -> Option<&'static MasqDevice> {
+fn device<P: Packet>(ctx: &TcContext) -> Option<&'static MasqDevice> {
     // SAFETY: the context pointer is valid for the program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: map value reference, valid for the program run; read only.
-    unsafe { MASQ.get(&ifindex) }
+    unsafe { MASQ.get(&device_key(ifindex, P::V4)) }
 }
 
 /// Whether `pkt` is of a kind masquerade translates, as sent by the pod
 /// (`reply` false) or as its reply arrives.
 #[inline(always)]
-fn translatable(pkt: &Ipv4Pkt, reply: bool) -> bool {
+fn translatable<P: Packet>(pkt: &P, reply: bool) -> bool {
     if pkt.later_fragment() {
         return false;
     }
-    if pkt.proto == PROTO_ICMP {
-        return pkt.icmp_type == if reply { ICMP_ECHO_REPLY } else { ICMP_ECHO_REQUEST };
+    let (proto, request, answer) = if P::V4 { (PROTO_ICMP, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY) } else { (PROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY) };
+    if pkt.proto() == proto {
+        return pkt.icmp_type() == if reply { answer } else { request };
     }
     pkt.is_tcp_udp()
 }
 
 /// Advances the entry's state for one packet and copies it to its twin.
 #[inline(always)]
-fn touch(k: &CtKey, e: *mut CtEntry, cfg: &DatapathConfig, pkt: &Ipv4Pkt, dir: u8, now: u64) {
+fn touch<P: Packet>(k: &CtKey, e: *mut CtEntry, cfg: &DatapathConfig, pkt: &P, dir: u8, now: u64) {
     // SAFETY: `e` points into the SNAT map for this program run.
     let entry = unsafe { &mut *e };
     let cur = State { state: entry.state, flags: entry.flags & CT_F_STATE_BITS };
-    let next = advance(pkt.proto, cur, pkt.tcp_flags, dir);
+    let next = advance(pkt.proto(), cur, pkt.tcp_flags(), dir);
     entry.state = next.state;
     entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
     entry.expires_s = expiry(cfg, next.state, now);
@@ -128,36 +131,36 @@ fn touch(k: &CtKey, e: *mut CtEntry, cfg: &DatapathConfig, pkt: &Ipv4Pkt, dir: u
 
 /// tc egress of an uplink: masquerades a pod's packet leaving the cluster.
 #[inline(always)]
-pub fn egress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
+pub fn egress<P: Packet>(ctx: &TcContext, pkt: &mut P) -> i32 {
     let ok = TC_ACT_OK as i32;
     if !translatable(pkt, false) {
         return ok;
     }
-    let Some(dev) = device(ctx) else { return ok };
-    let src = Addr::from_v4_raw(pkt.saddr);
+    let Some(dev) = device::<P>(ctx) else { return ok };
+    let src = P::wide(pkt.saddr());
     if !source::is_local_pod(&src) {
         return ok;
     }
-    let dst = Addr::from_v4_raw(pkt.daddr);
+    let dst = P::wide(pkt.daddr());
     if NO_MASQ.get(&Key::new(128, dst)).is_some() {
         return ok;
     }
     let (Some(cfg), Some(s)) = (conntrack::config(), scratch()) else { return ok };
     let now = now_ns();
-    s.fkey = conntrack::key(src, dst, pkt.sport, pkt.dport, pkt.proto, CT_SNAT_OUT);
+    s.fkey = conntrack::key(src, dst, pkt.sport(), pkt.dport(), pkt.proto(), CT_SNAT_OUT);
     let port = match existing(&s.fkey, dev, cfg, pkt, now) {
         Some(port) => port,
         None => match allocate(s, dev, cfg, pkt, now) {
             Ok(port) => port,
-            Err(reason) => return events::dropped(ctx, pkt, reason),
+            Err(reason) => return pkt.dropped(ctx, reason),
         },
     };
-    let (from, from_port) = (pkt.saddr, pkt.sport);
-    if nat::snat(ctx, pkt, dev.addr.v4_raw(), port).is_err() {
-        return events::dropped(ctx, pkt, DropReason::Malformed);
+    let (from, from_port) = (pkt.saddr(), pkt.sport());
+    if pkt.snat(ctx, &dev.addr, port).is_err() {
+        return pkt.dropped(ctx, DropReason::Malformed);
     }
     if debug_on() {
-        debug::weir_log_masq_out(debug::ep(from, from_port), debug::ep(pkt.daddr, pkt.dport), debug::ep(pkt.saddr, pkt.sport));
+        debug::weir_log_masq_out(debug::ep(P::log_addr(from), from_port), debug::ep(P::log_addr(pkt.daddr()), pkt.dport()), debug::ep(P::log_addr(pkt.saddr()), pkt.sport()));
     }
     ok
 }
@@ -165,7 +168,7 @@ pub fn egress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> i32 {
 /// The port of the flow's live mapping: its out entry exists, leaves from
 /// this device's address, and its in entry still points back at it.
 #[inline(always)]
-fn existing(k: &CtKey, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &Ipv4Pkt, now: u64) -> Option<u16> {
+fn existing<P: Packet>(k: &CtKey, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &P, now: u64) -> Option<u16> {
     let e = lookup(k)?;
     // SAFETY: map value pointer, valid for the program run.
     let entry = unsafe { &*e };
@@ -185,8 +188,8 @@ fn existing(k: &CtKey, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &Ipv4Pkt, no
 
 /// Creates the flow's two entries on a free port; returns it (wire order).
 #[inline(always)]
-fn allocate(s: &mut crate::maps::Scratch, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &Ipv4Pkt, now: u64) -> Result<u16, DropReason> {
-    let first = advance(pkt.proto, State { state: 0, flags: 0 }, pkt.tcp_flags, DIR_ORIG);
+fn allocate<P: Packet>(s: &mut crate::maps::Scratch, dev: &MasqDevice, cfg: &DatapathConfig, pkt: &P, now: u64) -> Result<u16, DropReason> {
+    let first = advance(pkt.proto(), State { state: 0, flags: 0 }, pkt.tcp_flags(), DIR_ORIG);
     clear_entry(&mut s.fwd);
     s.fwd.nat_addr = dev.addr;
     s.fwd.orig_addr = s.fkey.saddr;
@@ -241,23 +244,24 @@ fn allocate(s: &mut crate::maps::Scratch, dev: &MasqDevice, cfg: &DatapathConfig
 /// address and port on a reply to a masqueraded flow. Anything else is
 /// left as it is.
 #[inline(never)]
-pub fn ingress(ctx: &TcContext, pkt: &mut Ipv4Pkt) -> Result<(), ()> {
+pub fn ingress<P: Packet>(ctx: &TcContext, pkt: &mut P) -> Result<(), ()> {
     if !translatable(pkt, true) {
         return Ok(());
     }
-    let Some(dev) = device(ctx) else { return Ok(()) };
+    let Some(dev) = device::<P>(ctx) else { return Ok(()) };
     // Only an unprivileged port can be a masqueraded flow's (of this
     // range, or of the range an earlier configuration had: a flow keeps
     // its port across a reconfiguration); the table decides.
-    let port = u16::from_be(pkt.dport);
-    if pkt.daddr != dev.addr.v4_raw() || port < weir_common::masq::PORT_FLOOR {
+    let port = u16::from_be(pkt.dport());
+    if pkt.daddr() != P::narrow(&dev.addr) || port < weir_common::masq::PORT_FLOOR {
         return Ok(());
     }
     let (Some(cfg), Some(s)) = (conntrack::config(), scratch()) else { return Ok(()) };
-    s.rkey = conntrack::key(Addr::from_v4_raw(pkt.saddr), dev.addr, pkt.sport, pkt.dport, pkt.proto, CT_SNAT_IN);
+    s.rkey = conntrack::key(P::wide(pkt.saddr()), dev.addr, pkt.sport(), pkt.dport(), pkt.proto(), CT_SNAT_IN);
     let Some(e) = lookup(&s.rkey) else { return Ok(()) };
-    // SAFETY: map value pointer, valid for the program run.
-    let (to, port) = unsafe { ((*e).nat_addr.v4_raw(), (*e).nat_port) };
     touch(&s.rkey, e, cfg, pkt, DIR_REPLY, now_ns());
-    nat::dnat(ctx, pkt, to, port)
+    // SAFETY: map value pointer, valid for the program run; copied out
+    // before the rewrite (the pod's address and port).
+    let (to, port) = unsafe { ((*e).nat_addr, (*e).nat_port) };
+    pkt.dnat(ctx, &to, port)
 }

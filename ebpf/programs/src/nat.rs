@@ -22,7 +22,7 @@ use weir_common::{
     lb::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
 };
 
-use crate::hdr::{Ipv4Pkt, Ipv6Pkt, PROTO_ICMPV6, IP6_DADDR_OFF, IP6_SADDR_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
+use crate::hdr::{Ipv4Pkt, Ipv6Pkt, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PROTO_ICMPV6, IP6_DADDR_OFF, IP6_SADDR_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
 
 #[inline(always)]
 fn l4_flags(pkt: &Ipv4Pkt) -> u64 {
@@ -124,38 +124,47 @@ pub fn rewrite_addr6(ctx: &TcContext, p: &Ipv6Pkt, off: usize, old: &Addr, new: 
 }
 
 /// Rewrites an IPv6 packet's TCP or UDP port (`port_off` 0 = source,
-/// 2 = destination).
+/// 2 = destination), or an ICMPv6 echo's identifier (which stands in for
+/// both).
 #[inline(always)]
 fn rewrite_port6(ctx: &TcContext, p: &Ipv6Pkt, port_off: usize, old: u16, new: u16) -> Result<(), ()> {
     if old == new {
         return Ok(());
     }
-    if p.t.proto != PROTO_TCP && p.t.proto != PROTO_UDP {
+    let echo = p.t.proto == PROTO_ICMPV6 && (p.icmp_type == ICMPV6_ECHO_REQUEST || p.icmp_type == ICMPV6_ECHO_REPLY);
+    if p.t.proto != PROTO_TCP && p.t.proto != PROTO_UDP && !echo {
         return Ok(());
     }
     let Some(csum_off) = v6_l4_csum(p) else { return Ok(()) };
     let mangled = if p.t.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     ctx.l4_csum_replace(csum_off, old as u64, new as u64, mangled | 2).map_err(|_| ())?;
-    ctx.store(p.l4_off as usize + port_off, &new, 0).map_err(|_| ())
+    let field = if echo { 4 } else { port_off };
+    ctx.store(p.l4_off as usize + field, &new, 0).map_err(|_| ())
 }
 
-/// [`dnat`] for IPv6 (TCP and UDP).
+/// [`dnat`] for IPv6 (TCP, UDP and ICMPv6 echo).
 #[inline(always)]
 pub fn dnat6(ctx: &TcContext, p: &mut Ipv6Pkt, addr: &Addr, port: u16) -> Result<(), ()> {
     rewrite_addr6(ctx, p, IP6_DADDR_OFF, &p.t.daddr, addr)?;
     rewrite_port6(ctx, p, 2, p.t.dport, port)?;
     p.t.daddr = *addr;
     p.t.dport = port;
+    if p.t.proto == PROTO_ICMPV6 {
+        p.t.sport = port;
+    }
     Ok(())
 }
 
-/// [`snat`] for IPv6 (TCP and UDP).
+/// [`snat`] for IPv6 (TCP, UDP and ICMPv6 echo).
 #[inline(always)]
 pub fn snat6(ctx: &TcContext, p: &mut Ipv6Pkt, addr: &Addr, port: u16) -> Result<(), ()> {
     rewrite_addr6(ctx, p, IP6_SADDR_OFF, &p.t.saddr, addr)?;
     rewrite_port6(ctx, p, 0, p.t.sport, port)?;
     p.t.saddr = *addr;
     p.t.sport = port;
+    if p.t.proto == PROTO_ICMPV6 {
+        p.t.dport = port;
+    }
     Ok(())
 }
 

@@ -7,7 +7,9 @@
 //! the tunnel's outer sources must see the pod as itself; a pod's raw
 //! VXLAN towards a node is then judged by its own address and refused),
 //! link-local 169.254.0.0/16 (ip-masq-agent's default, and weir's hairpin
-//! address), and `--non-masquerade-cidrs` (ip-masq-agent's meaning).
+//! address) and fe80::/10, and `--non-masquerade-cidrs` (ip-masq-agent's
+//! meaning). Both families: IPv6 pod egress is masqueraded to the
+//! device's IPv6 address as IPv4's is to its IPv4 one.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +18,7 @@ use std::{
 
 use weir_common::{
     addr::Addr,
-    masq::MasqDevice,
+    masq::{device_key, MasqDevice},
 };
 use weir_desired::policy::Prefix;
 use weir_model::node::NodeModel;
@@ -25,24 +27,33 @@ use weir_model::node::NodeModel;
 pub fn inside(nodes: &[&NodeModel], extra: &[Prefix]) -> BTreeSet<Prefix> {
     let mut out: BTreeSet<Prefix> = extra.iter().copied().collect();
     out.insert(Prefix::new(IpAddr::from([169, 254, 0, 0]), 16));
+    out.insert(Prefix::new(IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, 0]), 10));
     for n in nodes {
         out.extend(n.pod_cidrs.iter().copied());
         out.extend(n.addresses.iter().chain(&n.internal_ips).map(|a| Prefix::host(*a)));
     }
-    out.retain(|p| p.addr.is_ipv4());
     out
 }
 
-/// How each uplink masquerades: from this node's InternalIP when the
-/// device holds it, else from the device's first IPv4 address, on the
-/// ports `(min, max)`. A device with no IPv4 address masquerades nothing.
+/// How each uplink masquerades each family (keyed by
+/// `weir_common::masq::device_key`): from this node's InternalIP of the
+/// family when the device holds it, else from the device's first address
+/// of the family (link-local IPv6 addresses aside: they do not leave the
+/// link), on the ports `(min, max)`. A device with no address of a family
+/// masquerades nothing of it.
 pub fn devices(uplinks: &[(String, u32)], internal_ips: &[IpAddr], addrs: &[(u32, IpAddr)], ports: (u16, u16)) -> BTreeMap<u32, MasqDevice> {
     let mut out = BTreeMap::new();
     for (_, ifindex) in uplinks {
-        let mine: Vec<IpAddr> = addrs.iter().filter(|(i, a)| i == ifindex && a.is_ipv4()).map(|(_, a)| *a).collect();
-        let chosen = internal_ips.iter().find(|ip| mine.contains(ip)).or(mine.first());
-        if let Some(a) = chosen {
-            out.insert(*ifindex, MasqDevice { addr: Addr::from(*a), port_min: ports.0, port_max: ports.1, _pad: 0 });
+        for v4 in [true, false] {
+            let usable = |a: &IpAddr| match a {
+                IpAddr::V4(_) => v4,
+                IpAddr::V6(a) => !v4 && !a.is_unicast_link_local(),
+            };
+            let mine: Vec<IpAddr> = addrs.iter().filter(|(i, a)| i == ifindex && usable(a)).map(|(_, a)| *a).collect();
+            let chosen = internal_ips.iter().find(|ip| mine.contains(ip)).or(mine.first());
+            if let Some(a) = chosen {
+                out.insert(device_key(*ifindex, v4), MasqDevice { addr: Addr::from(*a), port_min: ports.0, port_max: ports.1, _pad: 0 });
+            }
         }
     }
     out
@@ -75,7 +86,7 @@ mod tests {
         for p in ["10.244.1.0/24", "10.244.2.0/24", "192.168.0.11/32", "192.168.0.12/32", "169.254.0.0/16", "172.16.0.0/12"] {
             assert!(got.iter().any(|g| g.to_string() == p), "{p} missing from {got:?}");
         }
-        assert_eq!(got.len(), 6);
+        assert_eq!(got.len(), 7, "and fe80::/10");
         assert!(!got.iter().any(|g| g.contains_addr(&ip("192.168.0.100"))), "the rest of the node subnet is outside");
     }
 
@@ -86,7 +97,22 @@ mod tests {
         let got = devices(&uplinks, &[ip("192.168.0.11")], &addrs, (40_000, 50_000));
         assert_eq!(got[&2].addr, Addr::from(ip("192.168.0.11")));
         assert_eq!(got[&3].addr, Addr::from(ip("172.20.0.9")));
-        assert!(!got.contains_key(&4), "no IPv4 address, no masquerade");
+        assert!(!got.contains_key(&4), "no IPv4 address, no IPv4 masquerade");
         assert_eq!((got[&2].port_min, got[&2].port_max), (40_000, 50_000), "the configured ports");
+    }
+
+    #[test]
+    fn each_family_masquerades_from_an_address_of_its_own_never_a_link_local_one() {
+        let uplinks = [("eth0".to_string(), 2), ("eth1".to_string(), 3)];
+        let addrs = [(2, ip("192.168.0.11")), (2, ip("fe80::1")), (2, ip("fd00::9")), (2, ip("fd00::11")), (3, ip("fe80::2")), (3, ip("10.0.0.1"))];
+        let got = devices(&uplinks, &[ip("192.168.0.11"), ip("fd00::11")], &addrs, (40_000, 50_000));
+        assert_eq!(got[&device_key(2, true)].addr, Addr::from(ip("192.168.0.11")));
+        assert_eq!(got[&device_key(2, false)].addr, Addr::from(ip("fd00::11")), "the IPv6 InternalIP the device holds");
+        assert_eq!(got[&device_key(3, true)].addr, Addr::from(ip("10.0.0.1")));
+        assert!(!got.contains_key(&device_key(3, false)), "a link-local address is no masquerade source");
+        let inside = inside(&[&node("a", "fd00:10:244:1::/64", "fd00::11")], &[]);
+        for p in ["fd00:10:244:1::/64", "fd00::11/128", "fe80::/10"] {
+            assert!(inside.iter().any(|g| g.to_string() == p), "{p} missing from {inside:?}");
+        }
     }
 }

@@ -74,11 +74,7 @@ fn from_net_v4(ctx: &TcContext) -> i32 {
 #[classifier]
 pub fn to_net(ctx: TcContext) -> i32 {
     match to_net_v4(&ctx) {
-        FRAME_IS_V6 if from_host(&ctx) => match egress::host_reply_v6(&ctx) {
-            Ok(()) => TC_ACT_OK as i32,
-            Err(()) => events::dropped_frame(&ctx, DropReason::Malformed),
-        },
-        FRAME_IS_V6 => TC_ACT_OK as i32,
+        FRAME_IS_V6 => egress::to_net_v6(&ctx, from_host(&ctx)),
         verdict => verdict,
     }
 }
