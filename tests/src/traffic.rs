@@ -49,6 +49,16 @@ impl Server {
     }
 }
 
+/// Whether two pings (`ping`, either family) from `ns` to `dst` are
+/// answered.
+pub fn ping(ns: &NetNs, dst: impl Into<IpAddr>) -> bool {
+    let net = format!("--net={}", ns.path().display());
+    std::process::Command::new("nsenter")
+        .args([net.as_str(), "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", &dst.into().to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// The instant [`Server::last_ns`] counts from (the first use in this
 /// process).
 pub fn epoch() -> std::time::Instant {

@@ -10,7 +10,7 @@ use std::{
 
 use weir_tests::{
     cluster::Cluster,
-    traffic::{tcp_request, tcp_server, udp_request, udp_server, Reply, DEFAULT_TIMEOUT},
+    traffic::{ping, tcp_request, tcp_server, udp_request, udp_server, Reply, DEFAULT_TIMEOUT},
 };
 
 /// The peer a `Reply::Peer` server saw: "<name> <addr>:<port>".
@@ -24,14 +24,6 @@ fn drops(c: &Cluster, node: usize, reason: &str) -> u64 {
     assert!(out.status.success(), "weir stats: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats json");
     v["drops"][reason].as_u64().unwrap_or(0)
-}
-
-fn ping(ns: &weir_tests::netns::NetNs, dst: Ipv4Addr) -> bool {
-    let net = format!("--net={}", ns.path().display());
-    std::process::Command::new("nsenter")
-        .args([net.as_str(), "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", &dst.to_string()])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn pods_reach_the_outside_from_their_nodes_address_and_get_the_replies(mode: &str) {

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use weir_tests::{
     cluster::Cluster,
     north_south::{landed, service_at},
-    traffic::{tcp_request, tcp_request_from, tcp_server_at, udp_request, udp_server_at, Reply, Server, DEFAULT_TIMEOUT},
+    traffic::{ping, tcp_request, tcp_request_from, tcp_server_at, udp_request, udp_server_at, Reply, Server, DEFAULT_TIMEOUT},
 };
 
 fn any() -> IpAddr {
@@ -178,14 +178,6 @@ fn a_pod_cannot_inject_encapsulated_ipv6_as_another_pod(mode: &str) {
     if mode == "vxlan" {
         assert!(drops(&c, 1, "tunnel_spoofed") >= before + 5, "node 1 refused every injected frame as tunnel_spoofed");
     }
-}
-
-fn ping(ns: &weir_tests::netns::NetNs, dst: Ipv6Addr) -> bool {
-    let net = format!("--net={}", ns.path().display());
-    std::process::Command::new("nsenter")
-        .args([net.as_str(), "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", &dst.to_string()])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// IPv6 pod egress out of the cluster is masqueraded as IPv4's is: the

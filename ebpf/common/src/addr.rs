@@ -38,6 +38,26 @@ impl PartialEq for Addr {
 impl Addr {
     pub const ZERO: Addr = Addr { bytes: [0; 16] };
 
+    /// The 16 bytes as four words in memory order (wire order), as the
+    /// kernel's FIB lookup and tunnel key take an IPv6 address.
+    #[inline(always)]
+    pub const fn words(&self) -> [u32; 4] {
+        let b = &self.bytes;
+        [
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+            u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+        ]
+    }
+
+    /// [`Addr::words`]'s inverse.
+    #[inline(always)]
+    pub const fn from_words(w: [u32; 4]) -> Addr {
+        let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+        Addr { bytes: [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]] }
+    }
+
     /// From an IPv4 address as the 4 bytes found on the wire.
     #[inline(always)]
     pub const fn from_v4_octets(o: [u8; 4]) -> Self {

@@ -28,7 +28,6 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use weir_common::addr::Addr;
 
 use crate::{
     debug::{self, debug_on},
@@ -86,8 +85,8 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     let p = prepare(ctx, &mut params, AF_INET6, pkt.t.proto, pkt.t.sport, pkt.t.dport, pkt.end.wrapping_sub(IP_OFF as u16));
-    p.__bindgen_anon_3.ipv6_src = words(&pkt.t.saddr);
-    p.__bindgen_anon_4.ipv6_dst = words(&pkt.t.daddr);
+    p.__bindgen_anon_3.ipv6_src = pkt.t.saddr.words();
+    p.__bindgen_anon_4.ipv6_dst = pkt.t.daddr.words();
     let rc = lookup(ctx, p);
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && !pkt.is_icmp_error() {
         return too_big_for(p);
@@ -171,18 +170,6 @@ fn failed() -> i32 {
         debug::note_fwd(debug::FWD_FAILED, 0);
     }
     TC_ACT_OK as i32
-}
-
-/// An IPv6 address as the lookup takes it.
-#[inline(always)]
-fn words(a: &Addr) -> [u32; 4] {
-    let b = &a.bytes;
-    [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    ]
 }
 
 /// Whether the lookup found the egress (with or without its neighbour);

@@ -59,24 +59,12 @@ pub fn encapsulate(ctx: &TcContext, daddr: &Addr) -> bool {
         0
     } else {
         // The helper copies the IPv6 address as it is: wire order.
-        key.__bindgen_anon_1.remote_ipv6 = words(&node);
+        key.__bindgen_anon_1.remote_ipv6 = node.words();
         BPF_F_TUNINFO_IPV6 as u64
     };
     // SAFETY: valid skb and key pointers, the key's size.
     let rc = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, key, core::mem::size_of::<bpf_tunnel_key>() as u32, flags) };
     rc == 0 && ctx.store(0, &TUNNEL_MACS, 0).is_ok()
-}
-
-/// An IPv6 address as the tunnel key's four words (wire order).
-#[inline(always)]
-fn words(a: &Addr) -> [u32; 4] {
-    let b = &a.bytes;
-    [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    ]
 }
 
 /// Whether encapsulated traffic with inner source `inner` (of either
@@ -94,15 +82,7 @@ pub fn from_peer(ctx: &TcContext, inner: &Addr) -> bool {
     // SAFETY: as above; an IPv6 outer header needs the flag.
     } else if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, key, size, BPF_F_TUNINFO_IPV6 as u64) } == 0 {
         // SAFETY: the helper filled the IPv6 member (wire order).
-        let w = unsafe { key.__bindgen_anon_1.remote_ipv6 };
-        let mut a = Addr::ZERO;
-        let mut i = 0;
-        while i < 4 {
-            let b = w[i].to_ne_bytes();
-            a.bytes[i * 4..i * 4 + 4].copy_from_slice(&b);
-            i += 1;
-        }
-        a
+        Addr::from_words(unsafe { key.__bindgen_anon_1.remote_ipv6 })
     } else {
         return false;
     };
