@@ -43,11 +43,17 @@ pub struct NodeAddrConfig {
 pub const TUNNEL_DEV: &str = "vx-weir";
 /// What VXLAN adds to a packet: outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// What VXLAN over an IPv6 underlay adds: the outer header is 20 bytes
+/// longer.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// The MTU pods get over an uplink of `uplink_mtu`: all of it with native
-/// routing, less the encapsulation with VXLAN.
-pub fn pod_mtu(uplink_mtu: u32, routing: Routing) -> u32 {
+/// routing, less the encapsulation with VXLAN (more of it when some node
+/// is reached over IPv6, `v6_underlay`: a node without an IPv4
+/// InternalIP, see `routing::tunnel_endpoints`).
+pub fn pod_mtu(uplink_mtu: u32, routing: Routing, v6_underlay: bool) -> u32 {
     match routing {
+        Routing::Vxlan if v6_underlay => uplink_mtu.saturating_sub(VXLAN6_OVERHEAD),
         Routing::Vxlan => uplink_mtu.saturating_sub(VXLAN_OVERHEAD),
         Routing::Native | Routing::None => uplink_mtu,
     }
@@ -168,7 +174,8 @@ impl NodeNetwork {
                 Some((_, i)) => watcher.link_mtu(*i).await.unwrap_or(1500),
                 None => 1500,
             };
-            self.ensure_tunnel(pod_mtu(mtu, Routing::Vxlan), metrics).await;
+            let v6_underlay = cidrs.values().any(|ip| ip.is_ipv6());
+            self.ensure_tunnel(pod_mtu(mtu, Routing::Vxlan, v6_underlay), metrics).await;
             if let Some(maps) = self.tunnel_maps.as_mut() {
                 if let Err(e) = maps.sync(&cidrs, &routing::peer_ids(&nodes, self.node.as_deref())) {
                     tracing::error!(error = %weir_datapath::error::chain(&e), kind = e.kind(), "tunnel maps");
@@ -265,9 +272,10 @@ mod tests {
 
     #[test]
     fn pods_get_the_uplink_mtu_less_what_the_mode_adds() {
-        assert_eq!(pod_mtu(1500, Routing::Vxlan), 1450);
-        assert_eq!(pod_mtu(9000, Routing::Vxlan), 8950);
-        assert_eq!(pod_mtu(1500, Routing::Native), 1500);
-        assert_eq!(pod_mtu(1500, Routing::None), 1500);
+        assert_eq!(pod_mtu(1500, Routing::Vxlan, false), 1450);
+        assert_eq!(pod_mtu(9000, Routing::Vxlan, false), 8950);
+        assert_eq!(pod_mtu(1500, Routing::Vxlan, true), 1430, "an IPv6 outer header is 20 bytes longer");
+        assert_eq!(pod_mtu(1500, Routing::Native, true), 1500);
+        assert_eq!(pod_mtu(1500, Routing::None, false), 1500);
     }
 }

@@ -634,7 +634,9 @@ async fn cni_install(args: &Args) -> anyhow::Result<()> {
     let cidrs = ipnet_check::pod_cidrs(&cidrs)?;
     let mtu = match args.cni_mtu {
         Some(m) => Some(m),
-        None => derived_pod_mtu(args).await,
+        // An IPv6-only cluster's nodes have IPv6 InternalIPs only: its
+        // tunnel runs over IPv6.
+        None => derived_pod_mtu(args, cidrs.iter().all(|c| c.contains(':'))).await,
     };
     let agent_socket = args.run_dir.join(ENDPOINT_SOCKET);
     let to = weir_cni::install::Install { bin_dir: &args.cni_bin_dir, conf_dir: &args.cni_conf_dir, pod_cidrs: &cidrs, mtu, agent_socket: &agent_socket, fail_open: args.cni_fail_open };
@@ -645,9 +647,9 @@ async fn cni_install(args: &Args) -> anyhow::Result<()> {
 
 /// The pod MTU for the conflist when `--cni-mtu` is not given: the
 /// uplink's (the first of `--devices`, else the default route's device)
-/// less what `--routing` adds. `None` (the plugin's default) when no
-/// uplink is found, with a warning.
-async fn derived_pod_mtu(args: &Args) -> Option<u32> {
+/// less what `--routing` adds (over an IPv6 underlay with `v6_underlay`).
+/// `None` (the plugin's default) when no uplink is found, with a warning.
+async fn derived_pod_mtu(args: &Args, v6_underlay: bool) -> Option<u32> {
     let (conn, handle, _) = match rtnetlink::new_connection() {
         Ok(c) => c,
         Err(error) => {
@@ -665,7 +667,7 @@ async fn derived_pod_mtu(args: &Args) -> Option<u32> {
         return None;
     };
     let uplink = crate::links::link_mtu(&handle, ifindex).await?;
-    let mtu = crate::node_net::pod_mtu(uplink, args.routing);
+    let mtu = crate::node_net::pod_mtu(uplink, args.routing, v6_underlay);
     tracing::info!(ifindex, uplink_mtu = uplink, pod_mtu = mtu, routing = ?args.routing, "derived the pod MTU");
     Some(mtu)
 }
