@@ -183,8 +183,9 @@ fn a_pod_cannot_inject_encapsulated_ipv6_as_another_pod(mode: &str) {
 /// IPv6 pod egress out of the cluster is masqueraded as IPv4's is: the
 /// outside (an address on the fabric, outside every pod CIDR and node
 /// address) sees each pod's traffic from its node's IPv6 address and a
-/// port of the masquerade range, and the replies (and ICMPv6 echo's) are
-/// restored to the pod. The outside has no route to the pods' IPv6 CIDRs:
+/// port of the masquerade range, and the replies (ICMPv6 echo's, and an
+/// ICMPv6 error about the flow) are restored to the pod. The outside
+/// has no route to the pods' IPv6 CIDRs:
 /// an unmasqueraded reply would be lost.
 fn ipv6_pod_egress_leaves_from_its_nodes_address_and_gets_the_replies(mode: &str) {
     let c = cluster(mode);
@@ -203,6 +204,10 @@ fn ipv6_pod_egress_leaves_from_its_nodes_address_and_gets_the_replies(mode: &str
             assert_eq!(landed(&r).1.ip(), node6);
         }
         assert!(ping(pod.ns(), outside), "ICMPv6 echo from {} is masqueraded and its reply restored", pod.name);
+        // A port nobody serves: the outside's port unreachable, about the
+        // masqueraded packet, reaches the pod about its own.
+        let err = udp_request(pod.ns(), outside, 5999, b"hi".to_vec(), DEFAULT_TIMEOUT).expect_err("no listener outside");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{}'s socket saw the translated ICMPv6 error: {err}", pod.name);
     }
     // Between the pods, over IPv6, nothing is masqueraded.
     let _b = tcp_server_at(b.ns(), any(), 8080, Reply::Peer("b".into()));
