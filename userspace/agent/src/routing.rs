@@ -273,7 +273,7 @@ mod tests {
         let t: Vec<String> = desired(&[&b, &c], Some("a"), Some(9)).iter().map(ToString::to_string).collect();
         assert_eq!(t, ["10.244.2.0/24 dev #9", "fd00:10:244:2::/64 dev #9", "fd00:10:244:3::/64 dev #9"], "the tunnel carries both families");
         let ids = peer_ids(&[&b, &c], Some("a"));
-        assert_eq!(ids, [("192.168.0.12".parse().unwrap(), 1), ("fd00::12".parse().unwrap(), 1), ("fd00::13".parse().unwrap(), 2)], "one id per node");
+        assert_eq!(ids, [("192.168.0.12".parse().expect("ip"), 1), ("fd00::12".parse().expect("ip"), 1), ("fd00::13".parse().expect("ip"), 2)], "one id per node");
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod tests {
             masq_port_min: 40_000,
             node_addr: Addr::from(std::net::Ipv4Addr::new(192, 168, 0, 11)),
             netns_cookie: 0x1234_5678_9abc_def0,
-            node_addr6: Addr::from("fd00::1".parse::<std::net::IpAddr>().unwrap()),
+            node_addr6: Addr::from("fd00::1".parse::<std::net::IpAddr>().expect("an address")),
             ..DatapathConfig::DEFAULT
         };
         // SAFETY: DatapathConfig is repr(C) plain data without implicit
