@@ -19,7 +19,10 @@
 //! well, so the deciding functions' frames (BPF's 512 bytes are shared by
 //! the whole call chain) stay as they were. A global function takes at
 //! most five arguments and no pointers here: an address and port travel
-//! packed in one ([`ep`]).
+//! packed in one ([`ep`]). An IPv6 address does not fit: [`ep6`] keeps it
+//! in a scratch slot (one per address of the record) and packs the slot,
+//! flagged IPv6, with the port; each record has an IPv6 format beside its
+//! IPv4 one and prints `[addr]:port`, as the CLI does.
 //!
 //! Levels:
 //! - debug: the decisions of a flow: frontend matched and backend chosen
@@ -36,6 +39,7 @@
 
 use aya_log_ebpf::{debug, trace};
 use weir_common::{
+    addr::Addr,
     lb::{PROTO_TCP, PROTO_UDP},
     policy::DIR_EGRESS,
 };
@@ -60,10 +64,53 @@ pub fn ep(addr: u32, port: u16) -> u64 {
     (addr as u64) << 16 | port as u64
 }
 
+/// Bit 63 of an endpoint argument: an IPv6 address, in the scratch slot
+/// bits 16..18 name ([`ep6`]).
+const EP_V6: u64 = 1 << 63;
+
+/// An IPv6 address and port (wire order) in one argument: the address
+/// goes to scratch slot `slot` (0 to 3, a different one for each address
+/// of a record), the argument names the slot.
+#[inline(always)]
+pub fn ep6(slot: u32, addr: &Addr, port: u16) -> u64 {
+    let slot = slot & 3;
+    if let Some(s) = scratch() {
+        s.log_addrs[slot as usize] = *addr;
+    }
+    EP_V6 | (slot as u64) << 16 | port as u64
+}
+
+/// An address of either family (IPv4-mapped or IPv6) and port in one
+/// argument ([`ep`] or [`ep6`]).
+#[inline(always)]
+pub fn ep_addr(slot: u32, addr: &Addr, port: u16) -> u64 {
+    if addr.is_v4() {
+        ep(addr.v4_raw(), port)
+    } else {
+        ep6(slot, addr, port)
+    }
+}
+
+/// Whether a record's endpoint argument is IPv6 (the record is printed in
+/// its IPv6 format: the addresses of one record share a family).
+#[inline(always)]
+fn v6(ep: u64) -> bool {
+    ep & EP_V6 != 0
+}
+
 /// [`ep`]'s address, for `{:i}`.
 #[inline(always)]
 fn ep_ip(ep: u64) -> u32 {
     ip((ep >> 16) as u32)
+}
+
+/// [`ep6`]'s address, for `{:i}`.
+#[inline(always)]
+fn ep_ip6(ep: u64) -> [u8; 16] {
+    match scratch() {
+        Some(s) => s.log_addrs[((ep >> 16) & 3) as usize].bytes,
+        None => [0; 16],
+    }
 }
 
 /// [`ep`]'s port, host order.
@@ -90,7 +137,11 @@ pub fn trace_on() -> bool {
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_lb_unknown_port(dst: u64, proto: u32) -> u32 {
-    debug!(&(), "lb: frontend miss {:i}:{} proto {}: the service IP has no such port (reject)", ep_ip(dst), ep_port(dst), proto);
+    if v6(dst) {
+        debug!(&(), "lb: frontend miss [{:i}]:{} proto {}: the service IP has no such port (reject)", ep_ip6(dst), ep_port(dst), proto);
+    } else {
+        debug!(&(), "lb: frontend miss {:i}:{} proto {}: the service IP has no such port (reject)", ep_ip(dst), ep_port(dst), proto);
+    }
     0
 }
 
@@ -98,7 +149,11 @@ pub extern "C" fn weir_log_lb_unknown_port(dst: u64, proto: u32) -> u32 {
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_lb_miss(dst: u64, proto: u32) -> u32 {
-    trace!(&(), "lb: frontend miss {:i}:{} proto {}: no service", ep_ip(dst), ep_port(dst), proto);
+    if v6(dst) {
+        trace!(&(), "lb: frontend miss [{:i}]:{} proto {}: no service", ep_ip6(dst), ep_port(dst), proto);
+    } else {
+        trace!(&(), "lb: frontend miss {:i}:{} proto {}: no service", ep_ip(dst), ep_port(dst), proto);
+    }
     0
 }
 
@@ -106,7 +161,11 @@ pub extern "C" fn weir_log_lb_miss(dst: u64, proto: u32) -> u32 {
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_lb_refused(client: u64, svc: u32, reason: u32) -> u32 {
-    debug!(&(), "lb: service {} refuses a new flow from {:i}: drop reason {}", svc, ep_ip(client), reason);
+    if v6(client) {
+        debug!(&(), "lb: service {} refuses a new flow from {:i}: drop reason {}", svc, ep_ip6(client), reason);
+    } else {
+        debug!(&(), "lb: service {} refuses a new flow from {:i}: drop reason {}", svc, ep_ip(client), reason);
+    }
     0
 }
 
@@ -114,7 +173,11 @@ pub extern "C" fn weir_log_lb_refused(client: u64, svc: u32, reason: u32) -> u32
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_lb_no_backend(dst: u64, proto: u32, svc: u32) -> u32 {
-    debug!(&(), "lb: frontend {:i}:{} proto {} matched service {}: no backend (reject)", ep_ip(dst), ep_port(dst), proto, svc);
+    if v6(dst) {
+        debug!(&(), "lb: frontend [{:i}]:{} proto {} matched service {}: no backend (reject)", ep_ip6(dst), ep_port(dst), proto, svc);
+    } else {
+        debug!(&(), "lb: frontend {:i}:{} proto {} matched service {}: no backend (reject)", ep_ip(dst), ep_port(dst), proto, svc);
+    }
     0
 }
 
@@ -122,11 +185,19 @@ pub extern "C" fn weir_log_lb_no_backend(dst: u64, proto: u32, svc: u32) -> u32 
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_lb_backend(dst: u64, client: u64, backend: u64, svc: u32, id: u32) -> u32 {
-    debug!(
-        &(),
-        "lb: frontend {:i}:{} matched service {}: backend {} {:i}:{} chosen for {:i}:{}",
-        ep_ip(dst), ep_port(dst), svc, id, ep_ip(backend), ep_port(backend), ep_ip(client), ep_port(client)
-    );
+    if v6(dst) {
+        debug!(
+            &(),
+            "lb: frontend [{:i}]:{} matched service {}: backend {} [{:i}]:{} chosen for [{:i}]:{}",
+            ep_ip6(dst), ep_port(dst), svc, id, ep_ip6(backend), ep_port(backend), ep_ip6(client), ep_port(client)
+        );
+    } else {
+        debug!(
+            &(),
+            "lb: frontend {:i}:{} matched service {}: backend {} {:i}:{} chosen for {:i}:{}",
+            ep_ip(dst), ep_port(dst), svc, id, ep_ip(backend), ep_port(backend), ep_ip(client), ep_port(client)
+        );
+    }
     0
 }
 
@@ -137,7 +208,9 @@ pub const NAT_SERVICE: u32 = 0;
 /// [`weir_log_nat`]: reverse NAT of a backend's reply.
 pub const NAT_REPLY: u32 = 1;
 
-/// A service flow's packet rewritten, `kind` saying which way.
+/// A service flow's packet rewritten, `kind` saying which way (IPv4;
+/// IPv6: [`weir_log_nat6`], chosen by the caller so that neither
+/// family's chains carry the other's frame).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_nat(kind: u32, src: u64, dst: u64, new_src: u64, new_dst: u64) -> u32 {
@@ -157,6 +230,26 @@ pub extern "C" fn weir_log_nat(kind: u32, src: u64, dst: u64, new_src: u64, new_
     0
 }
 
+/// [`weir_log_nat`] for IPv6 ([`ep6`] arguments).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn weir_log_nat6(kind: u32, src: u64, dst: u64, new_src: u64, new_dst: u64) -> u32 {
+    if kind == NAT_SERVICE {
+        debug!(
+            &(),
+            "nat: service flow [{:i}]:{} -> [{:i}]:{} rewritten to [{:i}]:{} -> [{:i}]:{}",
+            ep_ip6(src), ep_port(src), ep_ip6(dst), ep_port(dst), ep_ip6(new_src), ep_port(new_src), ep_ip6(new_dst), ep_port(new_dst)
+        );
+    } else {
+        debug!(
+            &(),
+            "nat: reply [{:i}]:{} -> [{:i}]:{} rewritten to [{:i}]:{} -> [{:i}]:{}",
+            ep_ip6(src), ep_port(src), ep_ip6(dst), ep_port(dst), ep_ip6(new_src), ep_port(new_src), ep_ip6(new_dst), ep_port(new_dst)
+        );
+    }
+    0
+}
+
 // masq: pod egress leaving the cluster (its replies are not logged: the
 // call would deepen `masq::ingress`'s frame, which every packet from
 // outside runs).
@@ -165,11 +258,19 @@ pub extern "C" fn weir_log_nat(kind: u32, src: u64, dst: u64, new_src: u64, new_
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_masq_out(src: u64, dst: u64, new_src: u64) -> u32 {
-    debug!(
-        &(),
-        "masq: {:i}:{} -> {:i}:{} leaves as {:i}:{}",
-        ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src)
-    );
+    if v6(src) {
+        debug!(
+            &(),
+            "masq: [{:i}]:{} -> [{:i}]:{} leaves as [{:i}]:{}",
+            ep_ip6(src), ep_port(src), ep_ip6(dst), ep_port(dst), ep_ip6(new_src), ep_port(new_src)
+        );
+    } else {
+        debug!(
+            &(),
+            "masq: {:i}:{} -> {:i}:{} leaves as {:i}:{}",
+            ep_ip(src), ep_port(src), ep_ip(dst), ep_port(dst), ep_ip(new_src), ep_port(new_src)
+        );
+    }
     0
 }
 
@@ -186,7 +287,24 @@ pub extern "C" fn weir_log_policy(direction: u32) -> u32 {
     let port = if t.proto == PROTO_TCP || t.proto == PROTO_UDP { port(t.dport) } else { 0 };
     // Equal lengths: the word is copied with a constant size.
     let verdict = if d.allowed { "allow" } else { "deny " };
-    if direction == DIR_EGRESS as u32 {
+    let egress = direction == DIR_EGRESS as u32;
+    let peer = if egress { &t.daddr } else { &t.saddr };
+    if !peer.is_v4() {
+        let peer = peer.bytes;
+        if egress {
+            debug!(
+                &(),
+                "policy: egress of endpoint {} to {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
+                ep.id, peer, d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+            );
+        } else {
+            debug!(
+                &(),
+                "policy: ingress of endpoint {} from {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
+                ep.id, peer, d.peer_identity, t.proto, port, verdict, d.matched_identity, d.rule
+            );
+        }
+    } else if egress {
         debug!(
             &(),
             "policy: egress of endpoint {} to {:i} (identity {}) proto {} port {}: {} by key (identity {}, rule {})",
@@ -229,12 +347,26 @@ pub fn note_fwd(what: u32, value: u32) {
     }
 }
 
-/// Where the packet to `daddr` (wire order) went, as [`note_fwd`] noted.
+/// Where the packet to `dst` (an endpoint argument, port 0) went, as
+/// [`note_fwd`] noted.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn weir_log_fwd(daddr: u32) -> u32 {
+pub extern "C" fn weir_log_fwd(dst: u64) -> u32 {
     let Some(s) = scratch() else { return 0 };
-    let (dst, value) = (ip(daddr), s.fwd_value);
+    let value = s.fwd_value;
+    if v6(dst) {
+        let dst = ep_ip6(dst);
+        match s.fwd_what {
+            FWD_REDIRECT => debug!(&(), "fwd: {:i}: redirect to ifindex {}", dst, value),
+            FWD_REDIRECT_NEIGH => debug!(&(), "fwd: {:i}: redirect to ifindex {} (neighbour resolved by the kernel)", dst, value),
+            FWD_STACK => debug!(&(), "fwd: {:i}: no FIB answer (rc {}), up the stack", dst, value),
+            FWD_TOO_BIG => debug!(&(), "fwd: {:i}: too big for the egress MTU {}", dst, value),
+            FWD_TTL => debug!(&(), "fwd: {:i}: hop limit runs out, up the stack", dst),
+            _ => debug!(&(), "fwd: {:i}: rewriting failed, up the stack", dst),
+        }
+        return 0;
+    }
+    let dst = ep_ip(dst);
     match s.fwd_what {
         FWD_REDIRECT => debug!(&(), "fwd: {:i}: redirect to ifindex {}", dst, value),
         FWD_REDIRECT_NEIGH => debug!(&(), "fwd: {:i}: redirect to ifindex {} (neighbour resolved by the kernel)", dst, value),
@@ -252,7 +384,11 @@ pub extern "C" fn weir_log_fwd(daddr: u32) -> u32 {
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_sock_unknown_port(dst: u64, proto: u32) -> u32 {
-    debug!(&(), "sock: frontend miss {:i}:{} proto {}: the service IP has no such port (refused)", ep_ip(dst), ep_port(dst), proto);
+    if v6(dst) {
+        debug!(&(), "sock: frontend miss [{:i}]:{} proto {}: the service IP has no such port (refused)", ep_ip6(dst), ep_port(dst), proto);
+    } else {
+        debug!(&(), "sock: frontend miss {:i}:{} proto {}: the service IP has no such port (refused)", ep_ip(dst), ep_port(dst), proto);
+    }
     0
 }
 
@@ -269,10 +405,18 @@ pub extern "C" fn weir_log_sock_refused(svc: u32, reason: u32) -> u32 {
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn weir_log_sock_backend(dst: u64, backend: u64, svc: u32, id: u32) -> u32 {
-    debug!(
-        &(),
-        "sock: frontend {:i}:{} matched service {}: socket pointed at backend {} {:i}:{}",
-        ep_ip(dst), ep_port(dst), svc, id, ep_ip(backend), ep_port(backend)
-    );
+    if v6(dst) {
+        debug!(
+            &(),
+            "sock: frontend [{:i}]:{} matched service {}: socket pointed at backend {} [{:i}]:{}",
+            ep_ip6(dst), ep_port(dst), svc, id, ep_ip6(backend), ep_port(backend)
+        );
+    } else {
+        debug!(
+            &(),
+            "sock: frontend {:i}:{} matched service {}: socket pointed at backend {} {:i}:{}",
+            ep_ip(dst), ep_port(dst), svc, id, ep_ip(backend), ep_port(backend)
+        );
+    }
     0
 }

@@ -15,7 +15,7 @@ use weir_common::{
 };
 
 use crate::{
-    events, fwd,
+    debug, events, fwd,
     hdr::{self, Ipv4Pkt, Ipv6Pkt, Tuple},
     maps::scratch,
     nat, reject,
@@ -54,9 +54,9 @@ pub trait Packet {
     /// A map's address as the packet carries it (of the packet's family:
     /// frontends, backends and conntrack never mix families in a flow).
     fn narrow(a: &Addr) -> Self::A;
-    /// `a` for the kernel debug log, which prints IPv4 addresses (an IPv6
-    /// address shows as its last four bytes).
-    fn log_addr(a: Self::A) -> u32;
+    /// `a` and `port` as one argument of a kernel debug record (`debug::ep`
+    /// or `debug::ep6`); `slot` is the address's place in the record.
+    fn log_ep(slot: u32, a: Self::A, port: u16) -> u64;
     fn sport(&self) -> u16;
     fn dport(&self) -> u16;
     fn proto(&self) -> u8;
@@ -110,8 +110,8 @@ impl Packet for Ipv4Pkt {
         a.v4_raw()
     }
     #[inline(always)]
-    fn log_addr(a: u32) -> u32 {
-        a
+    fn log_ep(_slot: u32, a: u32, port: u16) -> u64 {
+        debug::ep(a, port)
     }
     #[inline(always)]
     fn sport(&self) -> u16 {
@@ -190,8 +190,8 @@ impl Packet for Ipv6Pkt {
         *a
     }
     #[inline(always)]
-    fn log_addr(a: Addr) -> u32 {
-        u32::from_ne_bytes([a.bytes[12], a.bytes[13], a.bytes[14], a.bytes[15]])
+    fn log_ep(slot: u32, a: Addr, port: u16) -> u64 {
+        debug::ep6(slot, &a, port)
     }
     #[inline(always)]
     fn sport(&self) -> u16 {

@@ -31,7 +31,7 @@ use weir_logic::{
 
 use crate::{
     conntrack::{self, alive, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
-    debug::{self, debug_on, ep, trace_on},
+    debug::{self, debug_on, trace_on},
     errors,
     family::Packet,
     fwd::too_big,
@@ -200,8 +200,8 @@ fn keep_untranslated<P: Packet>(pkt: &P) {
 
 /// A packet's address and port in one debug-log argument.
 #[inline(always)]
-fn ep_of<P: Packet>(a: P::A, port: u16) -> u64 {
-    ep(P::log_addr(a), port)
+fn ep_of<P: Packet>(slot: u32, a: P::A, port: u16) -> u64 {
+    P::log_ep(slot, a, port)
 }
 
 /// The debug log of a rewrite (`nat`: `debug::NAT_*`), from what
@@ -209,13 +209,13 @@ fn ep_of<P: Packet>(a: P::A, port: u16) -> u64 {
 #[inline(always)]
 fn log_nat<P: Packet>(nat: u32, pkt: &P) {
     let Some(s) = scratch() else { return };
-    debug::weir_log_nat(
-        nat,
-        ep_of::<P>(P::narrow(&s.orig.saddr), s.orig.sport),
-        ep_of::<P>(P::narrow(&s.orig.daddr), s.orig.dport),
-        ep_of::<P>(pkt.saddr(), pkt.sport()),
-        ep_of::<P>(pkt.daddr(), pkt.dport()),
-    );
+    let (src, dst) = (ep_of::<P>(0, P::narrow(&s.orig.saddr), s.orig.sport), ep_of::<P>(1, P::narrow(&s.orig.daddr), s.orig.dport));
+    let (new_src, new_dst) = (ep_of::<P>(2, pkt.saddr(), pkt.sport()), ep_of::<P>(3, pkt.daddr(), pkt.dport()));
+    if P::V4 {
+        debug::weir_log_nat(nat, src, dst, new_src, new_dst);
+    } else {
+        debug::weir_log_nat6(nat, src, dst, new_src, new_dst);
+    }
 }
 
 /// Forwards the translated packet; one too big for its egress with Don't
@@ -228,7 +228,7 @@ fn forward_or_restore<P: Packet>(ctx: &TcContext, pkt: &mut P, nat: u32) -> i32 
     let verdict = pkt.redirect(ctx);
     if debug_on() {
         log_nat(nat, pkt);
-        debug::weir_log_fwd(P::log_addr(pkt.daddr()));
+        debug::weir_log_fwd(ep_of::<P>(0, pkt.daddr(), 0));
     }
     if too_big(verdict).is_some() {
         let Some(s) = scratch() else { return reject_malformed() };
@@ -311,12 +311,12 @@ pub fn forward<P: Packet>(pkt: &P, cfg: &DatapathConfig, now: u64) -> i32 {
             if FRONTENDS.get_ptr(&s.frontend).is_some() {
                 s.svc_flags = 0; // only ClusterIPs mark their address
                 if debug_on() {
-                    debug::weir_log_lb_unknown_port(ep_of::<P>(pkt.daddr(), pkt.dport()), pkt.proto() as u32);
+                    debug::weir_log_lb_unknown_port(ep_of::<P>(0, pkt.daddr(), pkt.dport()), pkt.proto() as u32);
                 }
                 return reject_with(DropReason::UnknownServicePort);
             }
             if trace_on() {
-                debug::weir_log_lb_miss(ep_of::<P>(pkt.daddr(), pkt.dport()), pkt.proto() as u32);
+                debug::weir_log_lb_miss(ep_of::<P>(0, pkt.daddr(), pkt.dport()), pkt.proto() as u32);
             }
             return NOT_HANDLED;
         }
@@ -371,20 +371,20 @@ pub fn open<P: Packet>(ctx: &TcContext, pkt: &P, cfg: &DatapathConfig, now: u64,
             Refusal::Reject(reason) => (reject_with(reason), reason),
         };
         if debug_on() {
-            debug::weir_log_lb_refused(ep_of::<P>(pkt.saddr(), pkt.sport()), svc.id, reason as u32);
+            debug::weir_log_lb_refused(ep_of::<P>(0, pkt.saddr(), pkt.sport()), svc.id, reason as u32);
         }
         return verdict;
     }
     let backend_id = select(&svc, pkt, now, &mut s.backend);
     if backend_id == NO_BACKEND {
         if debug_on() {
-            debug::weir_log_lb_no_backend(ep_of::<P>(pkt.daddr(), pkt.dport()), pkt.proto() as u32, svc.id);
+            debug::weir_log_lb_no_backend(ep_of::<P>(0, pkt.daddr(), pkt.dport()), pkt.proto() as u32, svc.id);
         }
         return reject_with(DropReason::NoEndpoints);
     }
     if debug_on() {
-        let chosen = ep_of::<P>(P::narrow(&s.backend.addr), s.backend.port);
-        debug::weir_log_lb_backend(ep_of::<P>(pkt.daddr(), pkt.dport()), ep_of::<P>(pkt.saddr(), pkt.sport()), chosen, svc.id, backend_id);
+        let chosen = ep_of::<P>(2, P::narrow(&s.backend.addr), s.backend.port);
+        debug::weir_log_lb_backend(ep_of::<P>(0, pkt.daddr(), pkt.dport()), ep_of::<P>(1, pkt.saddr(), pkt.sport()), chosen, svc.id, backend_id);
     }
     let st = first(pkt.proto(), pkt.tcp_flags());
     clear_entry(&mut s.fwd);

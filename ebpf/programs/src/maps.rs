@@ -169,6 +169,9 @@ pub struct Scratch {
     /// (`debug::note_fwd`).
     pub fwd_what: u32,
     pub fwd_value: u32,
+    /// The IPv6 addresses of the debug record being written, one slot per
+    /// address it prints (`debug::ep6`).
+    pub log_addrs: [Addr; 4],
     /// The first fragment's key and ports, recorded once it passed.
     pub frag_key: FragKey,
     pub frag_val: FragValue,

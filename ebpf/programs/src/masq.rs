@@ -160,7 +160,7 @@ pub fn egress<P: Packet>(ctx: &TcContext, pkt: &mut P) -> i32 {
         return pkt.dropped(ctx, DropReason::Malformed);
     }
     if debug_on() {
-        debug::weir_log_masq_out(debug::ep(P::log_addr(from), from_port), debug::ep(P::log_addr(pkt.daddr()), pkt.dport()), debug::ep(P::log_addr(pkt.saddr()), pkt.sport()));
+        debug::weir_log_masq_out(P::log_ep(0, from, from_port), P::log_ep(1, pkt.daddr(), pkt.dport()), P::log_ep(2, pkt.saddr(), pkt.sport()));
     }
     ok
 }

@@ -100,15 +100,13 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let Some((cfg, sa)) = ours(ctx) else { return ALLOW };
     let (vport, proto) = (sa.user_port as u16, proto(ctx));
     let key = FrontendKey { addr: user_addr::<V6>(sa), port: vport, proto, scope: SCOPE_INTERNAL };
-    // The debug logs print IPv4 (an IPv6 address as its last four bytes).
-    let vip = key.addr.v4_raw();
     let Some(svc) = read(FRONTENDS.get_ptr(&key)) else {
         // A ClusterIP on a port it does not serve is refused, as on the
         // tc path; any other address is not a frontend.
         let marker = FrontendKey { addr: key.addr, port: 0, proto: 0, scope: SCOPE_INTERNAL };
         if FRONTENDS.get_ptr(&marker).is_some() {
             if debug_on() {
-                debug::weir_log_sock_unknown_port(debug::ep(vip, vport), proto as u32);
+                debug::weir_log_sock_unknown_port(debug::ep_addr(0, &key.addr, vport), proto as u32);
             }
             drop_reason(DropReason::UnknownServicePort);
             return REFUSE;
@@ -137,7 +135,7 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     }
     let (baddr, bport) = (s.backend.addr, s.backend.port);
     if debug_on() {
-        debug::weir_log_sock_backend(debug::ep(vip, vport), debug::ep(baddr.v4_raw(), bport), svc.id, backend_id);
+        debug::weir_log_sock_backend(debug::ep_addr(0, &key.addr, vport), debug::ep_addr(1, &baddr, bport), svc.id, backend_id);
     }
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
