@@ -25,7 +25,13 @@ fn any() -> IpAddr {
 
 /// Two nodes with IPv6, each agent routing the other's IPv6 pod CIDR.
 fn cluster(mode: &str) -> Cluster {
-    let mut c = Cluster::new(2, &["--routing", mode]);
+    cluster_with(mode, &[])
+}
+
+/// [`cluster`], the agents given `extra` arguments too.
+fn cluster_with(mode: &str, extra: &[&str]) -> Cluster {
+    let args: Vec<&str> = ["--routing", mode].iter().chain(extra).copied().collect();
+    let mut c = Cluster::new(2, &args);
     c.enable_ipv6();
     for (i, j) in [(0, 1), (1, 0)] {
         let want = match mode {
@@ -91,6 +97,43 @@ fn an_ipv6_node_port_reaches_a_backend_on_another_node_masqueraded(mode: &str) {
     for i in 0..4 {
         let r = tcp_request_from(&c.outside, Cluster::OUTSIDE_IP6, node0, 30062, b"hi".to_vec(), DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("try {i}: {e}"));
         assert_eq!((landed(&r).0.as_str(), landed(&r).1.ip()), ("b", IpAddr::V6(node0)), "masqueraded to node 0's IPv6 address, so that the replies return through it");
+    }
+}
+
+/// `--xdp` over IPv6: an established flow from outside to a NodePort
+/// whose backend is on the other node is translated by the XDP fast path
+/// in native routing (it leaves by the uplink it came in on), both ways;
+/// under VXLAN the client's packets leave by the tunnel, so tc carries
+/// them. Every line of the long flows is answered either way. Before, XDP
+/// passed every IPv6 frame to tc and its counters stayed still.
+fn the_xdp_fast_path_carries_established_ipv6_flows_that_leave_by_the_uplink(mode: &str) {
+    let mut c = cluster_with(mode, &["--xdp"]);
+    c.fabric_like_a_wire();
+    let b = c.nodes[1].pod_dual("b", 20);
+    let _s = tcp_server_at(b.ns(), any(), weir_tests::north_south::BACKEND_PORT, Reply::NamePerLine("b".into()));
+    let n1 = c.nodes[1].name().to_string();
+    let eps = [(IpAddr::V6(b.ip6.expect("dual-stack")), n1.as_str())];
+    c.write("lines.yaml", &service_at("lines", "NodePort", "fd00:10:96::63", 30063, "", None, &eps, "TCP"));
+    let node0 = c.nodes[0].ip6.expect("IPv6");
+    let want = format!("[{node0}]:30063");
+    c.wait_for("node 0 programs the NodePort", || String::from_utf8_lossy(&c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want));
+    let xdp = |c: &Cluster| -> (u64, u64) {
+        let m = c.nodes[0].node.agent_http("/metrics");
+        let get = |d: &str| m.lines().find_map(|l| l.strip_prefix(&format!("weir_xdp_packets_total{{direction=\"{d}\"}} "))).and_then(|v| v.trim().parse().ok());
+        (get("forward").unwrap_or_else(|| panic!("no XDP counter:\n{m}")), get("reply").unwrap_or(0))
+    };
+    let before = xdp(&c);
+    for i in 0..3 {
+        let asked = b"q\n".repeat(5_000);
+        let answers = tcp_request_from(&c.outside, Cluster::OUTSIDE_IP6, node0, 30063, asked, DEFAULT_TIMEOUT).unwrap_or_else(|e| panic!("long flow {i} to the remote backend: {e}"));
+        assert_eq!(answers.iter().filter(|&&ch| ch == b'\n').count(), 5_000, "every line answered");
+        assert!(answers.starts_with(b"b\n"), "the remote backend answered");
+    }
+    let after = xdp(&c);
+    if mode == "native" {
+        assert!(after.0 > before.0 && after.1 > before.1, "native routing: XDP translated IPv6 both ways ({before:?} -> {after:?})");
+    } else {
+        assert_eq!(after.0, before.0, "vxlan: packets to remote backends go through the tunnel, tc carries them");
     }
 }
 
@@ -223,4 +266,5 @@ weir_tests::both_routing_modes!(
     an_ipv6_clusterip_with_a_remote_backend_answers_from_its_vip_and_keeps_the_client_address,
     an_ipv6_node_port_reaches_a_backend_on_another_node_masqueraded,
     network_policy_selects_pods_on_other_nodes_over_ipv6,
+    the_xdp_fast_path_carries_established_ipv6_flows_that_leave_by_the_uplink,
 );

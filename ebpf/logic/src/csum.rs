@@ -45,9 +45,52 @@ pub fn replace32(sum: u16, old: u32, new: u32) -> u16 {
     replace16(sum, (old >> 16) as u16, (new >> 16) as u16)
 }
 
+/// RFC 1624 update of `sum` (as stored) by a 32-bit one's-complement
+/// difference, as `bpf_csum_diff` returns it for a field replaced (the
+/// old bytes complemented plus the new, as stored: an IPv6 address in one
+/// helper call instead of eight [`replace16`]s).
+#[inline(always)]
+pub fn apply_diff(sum: u16, diff: u32) -> u16 {
+    let mut s = u64::from(!sum) + u64::from(diff);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `bpf_csum_diff(from, 16, to, 16, 0)` returns: the 32-bit
+    /// one's-complement sum of the complemented old words and the new ones.
+    fn kernel_diff(old: [u32; 4], new: [u32; 4]) -> u32 {
+        let mut s: u64 = 0;
+        for w in old.iter().map(|w| !w).chain(new) {
+            s += u64::from(w);
+        }
+        while s >> 32 != 0 {
+            s = (s & 0xffff_ffff) + (s >> 32);
+        }
+        s as u32
+    }
+
+    #[test]
+    fn a_csum_diff_updates_as_the_word_by_word_replacement_does() {
+        let cases: [([u32; 4], [u32; 4], u16); 4] = [
+            ([0x20010db8, 0, 0, 1], [0xfd000010, 0x0244, 0, 5], 0x1234),
+            ([0xffffffff; 4], [0; 4], 0),
+            ([0; 4], [0xffffffff; 4], 0xffff),
+            ([0x00fd0000, 0x10009600, 0, 0x10000000], [0x00fd0000, 0x10004402, 0x01, 0x05000000], 0xbeef),
+        ];
+        for (old, new, sum) in cases {
+            let mut want = sum;
+            for i in 0..4 {
+                want = replace32(want, old[i], new[i]);
+            }
+            assert_eq!(apply_diff(sum, kernel_diff(old, new)), want, "{old:x?} -> {new:x?} on {sum:#x}");
+        }
+    }
 
     #[test]
     fn incremental_updates_match_a_full_recompute() {

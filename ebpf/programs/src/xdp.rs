@@ -1,4 +1,4 @@
-//! The XDP fast path on the uplinks (`--xdp`): a packet of an
+//! The XDP fast path on the uplinks (`--xdp`), IPv4 and IPv6: a packet of an
 //! established service flow whose translated packet leaves by the device
 //! it came in on — to a backend on another node under native routing, or
 //! that backend's reply on its way back to the outside client — is
@@ -12,9 +12,14 @@
 //! counted there), every TCP SYN (a new flow or a reopened tuple) and
 //! whatever comes before the backend's answer, flows tc is rebuilding (a
 //! half evicted), a backend that went away,
-//! fragments, IP options, ICMP, a TTL about to run out, destinations on
-//! other devices (local pods, the tunnel), and any source that claims one
-//! of this node's pods (tc drops and counts it).
+//! fragments, IP options (IPv6: any extension header), ICMP, a TTL (hop
+//! limit) about to run out, destinations on other devices (local pods,
+//! the tunnel), and any source that claims one of this node's pods (tc
+//! drops and counts it).
+//!
+//! Each family parses in a frame of its own ([`v4`], [`v6`]); the lookups
+//! ([`reply`], [`forward`]) are written once, generic over the frame's
+//! address type ([`FrameAddr`]: `u32` or `Addr`).
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
@@ -29,7 +34,7 @@ use weir_common::{
     lb::{FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL},
 };
 use weir_logic::{
-    csum::{replace16, replace32},
+    csum::{apply_diff, replace16, replace32},
     ct::{backend_sees_in, is_alive, source_translated, TCP_SYN},
     frontend::{external_entry, Origin},
 };
@@ -38,14 +43,19 @@ use crate::{
     conntrack::{self, key, lookup, sync_twin, touch},
     lb,
     maps::{read, FRONTENDS, XDP_STATS},
+    nat::addr6_diff,
     source,
 };
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const IP_HLEN: usize = 20;
 const L4: usize = ETH_HLEN + IP_HLEN;
+const IP6_HLEN: usize = 40;
+const L4_V6: usize = ETH_HLEN + IP6_HLEN;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// `WEIR_XDP_STATS` slots.
 pub const XDP_FORWARDED: u32 = 0;
@@ -63,6 +73,16 @@ struct Ipv4Hdr {
     csum: u16,
     saddr: u32,
     daddr: u32,
+}
+
+#[repr(C)]
+struct Ipv6Hdr {
+    vtc_flow: u32,
+    payload_len: u16,
+    next_hdr: u8,
+    hop_limit: u8,
+    saddr: Addr,
+    daddr: Addr,
 }
 
 /// A pointer to `T` at `off`, when the packet holds it.
@@ -86,44 +106,76 @@ struct Flow {
     ingress: u32,
 }
 
-/// The rewrite of one packet: addresses and ports (network order).
-struct Rewrite {
-    saddr: u32,
-    daddr: u32,
+/// The rewrite of one packet: addresses (of the packet's family) and
+/// ports, network order.
+struct Rewrite<A> {
+    saddr: A,
+    daddr: A,
     sport: u16,
     dport: u16,
 }
 
-#[inline(always)]
-pub fn fast_path(ctx: &XdpContext) -> u32 {
-    match try_fast_path(ctx) {
-        Some(action) => action,
-        None => xdp_action::XDP_PASS,
+/// An address as a frame of one family carries it: the IPv4 rewrite
+/// stays 4 bytes an address, which keeps the IPv4 chain's frames as they
+/// were before IPv6 came to XDP.
+trait FrameAddr: Copy {
+    /// IPv4 (else IPv6).
+    const V4: bool;
+    /// A map's address (of this family: a flow never mixes families).
+    fn narrow(a: &Addr) -> Self;
+    /// Sets the FIB lookup's family, source and destination.
+    fn fib(p: &mut bpf_fib_lookup, src: Self, dst: Self);
+}
+
+impl FrameAddr for u32 {
+    const V4: bool = true;
+    #[inline(always)]
+    fn narrow(a: &Addr) -> u32 {
+        a.v4_raw()
+    }
+    #[inline(always)]
+    fn fib(p: &mut bpf_fib_lookup, src: u32, dst: u32) {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = src;
+        p.__bindgen_anon_4.ipv4_dst = dst;
+    }
+}
+
+impl FrameAddr for Addr {
+    const V4: bool = false;
+    #[inline(always)]
+    fn narrow(a: &Addr) -> Addr {
+        *a
+    }
+    #[inline(always)]
+    fn fib(p: &mut bpf_fib_lookup, src: Addr, dst: Addr) {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = src.words();
+        p.__bindgen_anon_4.ipv6_dst = dst.words();
     }
 }
 
 #[inline(always)]
-fn try_fast_path(ctx: &XdpContext) -> Option<u32> {
-    let proto_at: *mut u16 = at(ctx, 12)?;
+pub fn fast_path(ctx: &XdpContext) -> u32 {
+    let Some(proto_at) = at::<u16>(ctx, 12) else { return xdp_action::XDP_PASS };
     // SAFETY: bounds checked by `at`.
-    if u16::from_be(unsafe { *proto_at }) != ETH_P_IP {
-        return None;
-    }
-    let ip: *mut Ipv4Hdr = at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by `at`; XDP owns the frame.
-    let ip = unsafe { &mut *ip };
-    // IP options, fragments and dying TTLs are tc's.
-    if ip.vihl != 0x45 || u16::from_be(ip.frag) & 0x3fff != 0 || ip.ttl <= 1 {
-        return None;
-    }
-    let proto = ip.proto;
-    let ports: *mut [u16; 2] = at(ctx, L4)?;
-    // SAFETY: bounds checked by `at`.
-    let (sport, dport) = unsafe { ((*ports)[0], (*ports)[1]) };
-    let tcp_flags = match proto {
+    let action = match u16::from_be(unsafe { *proto_at }) {
+        ETH_P_IP => v4(ctx),
+        ETH_P_IPV6 => v6(ctx),
+        _ => None,
+    };
+    action.unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// The TCP flags of a packet whose L4 header starts at `l4`, or `None`
+/// for a packet tc takes: a SYN, a protocol other than TCP and UDP, or a
+/// header cut short.
+#[inline(always)]
+fn l4_flags(ctx: &XdpContext, proto: u8, l4: usize) -> Option<u8> {
+    match proto {
         PROTO_TCP => {
-            let flags: *mut u8 = at(ctx, L4 + 13)?;
-            let _whole: *mut [u8; 20] = at(ctx, L4)?;
+            let flags: *mut u8 = at(ctx, l4 + 13)?;
+            let _whole: *mut [u8; 20] = at(ctx, l4)?;
             // SAFETY: bounds checked by `at`.
             let f = unsafe { *flags };
             // A SYN opens a flow, or reopens a finished tuple: tc's. Every
@@ -133,14 +185,37 @@ fn try_fast_path(ctx: &XdpContext) -> Option<u32> {
             if f & TCP_SYN != 0 {
                 return None;
             }
-            f
+            Some(f)
         }
         PROTO_UDP => {
-            let _whole: *mut [u8; 8] = at(ctx, L4)?;
-            0
+            let _whole: *mut [u8; 8] = at(ctx, l4)?;
+            Some(0)
         }
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+/// The source and destination ports of the L4 header at `l4`.
+#[inline(always)]
+fn ports(ctx: &XdpContext, l4: usize) -> Option<(u16, u16)> {
+    let ports: *mut [u16; 2] = at(ctx, l4)?;
+    // SAFETY: bounds checked by `at`.
+    Some(unsafe { ((*ports)[0], (*ports)[1]) })
+}
+
+/// An IPv4 frame.
+#[inline(never)]
+fn v4(ctx: &XdpContext) -> Option<u32> {
+    let ip: *mut Ipv4Hdr = at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `at`; XDP owns the frame.
+    let ip = unsafe { &mut *ip };
+    // IP options, fragments and dying TTLs are tc's.
+    if ip.vihl != 0x45 || u16::from_be(ip.frag) & 0x3fff != 0 || ip.ttl <= 1 {
+        return None;
+    }
+    let proto = ip.proto;
+    let (sport, dport) = ports(ctx, L4)?;
+    let tcp_flags = l4_flags(ctx, proto, L4)?;
     let src = Addr::from_v4_raw(ip.saddr);
     if source::is_local_pod(&src) {
         return None;
@@ -148,10 +223,38 @@ fn try_fast_path(ctx: &XdpContext) -> Option<u32> {
     let f = Flow { src, dst: Addr::from_v4_raw(ip.daddr), sport, dport, proto, tcp_flags, ingress: ctx.ingress_ifindex() as u32 };
     let mut rw = Rewrite { saddr: 0, daddr: 0, sport: 0, dport: 0 };
     if reply(ctx, &f, &mut rw) {
-        return Some(apply(ctx, ip, proto, &rw, XDP_REPLIED));
+        return Some(apply_v4(ctx, ip, proto, &rw, XDP_REPLIED));
     }
     if forward(ctx, &f, &mut rw) {
-        return Some(apply(ctx, ip, proto, &rw, XDP_FORWARDED));
+        return Some(apply_v4(ctx, ip, proto, &rw, XDP_FORWARDED));
+    }
+    None
+}
+
+/// An IPv6 frame. Only a header followed directly by TCP or UDP is
+/// taken: extension headers (fragments above all) are tc's, which walks
+/// them.
+#[inline(never)]
+fn v6(ctx: &XdpContext) -> Option<u32> {
+    let ip: *mut Ipv6Hdr = at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `at`; XDP owns the frame.
+    let ip = unsafe { &mut *ip };
+    if ip.hop_limit <= 1 {
+        return None;
+    }
+    let proto = ip.next_hdr;
+    let (sport, dport) = ports(ctx, L4_V6)?;
+    let tcp_flags = l4_flags(ctx, proto, L4_V6)?;
+    if source::is_local_pod(&ip.saddr) {
+        return None;
+    }
+    let f = Flow { src: ip.saddr, dst: ip.daddr, sport, dport, proto, tcp_flags, ingress: ctx.ingress_ifindex() as u32 };
+    let mut rw = Rewrite { saddr: Addr::ZERO, daddr: Addr::ZERO, sport: 0, dport: 0 };
+    if reply(ctx, &f, &mut rw) {
+        return Some(apply_v6(ctx, ip, proto, &rw, XDP_REPLIED));
+    }
+    if forward(ctx, &f, &mut rw) {
+        return Some(apply_v6(ctx, ip, proto, &rw, XDP_FORWARDED));
     }
     None
 }
@@ -167,7 +270,7 @@ fn steady(e: &CtEntry, proto: u8, now: u64) -> bool {
 /// A backend's reply to a client outside the node: the translation
 /// `lb::reverse` applies, if it leaves by the ingress device.
 #[inline(never)]
-fn reply(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
+fn reply<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> bool {
     let (Some(cfg), now) = (conntrack::config(), conntrack::now_ns()) else { return false };
     let rkey = key(f.src, f.dst, f.sport, f.dport, f.proto, CT_SVC_REV);
     let Some(e) = lookup(&rkey) else { return false };
@@ -177,8 +280,8 @@ fn reply(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
         return false;
     }
     let fkey = key(rev.orig_addr, rev.nat_addr, rev.orig_port, rev.nat_port, f.proto, CT_SVC_FWD);
-    rw.saddr = rev.nat_addr.v4_raw();
-    rw.daddr = if source_translated(rev.flags) { rev.orig_addr.v4_raw() } else { f.dst.v4_raw() };
+    rw.saddr = A::narrow(&rev.nat_addr);
+    rw.daddr = A::narrow(if source_translated(rev.flags) { &rev.orig_addr } else { &f.dst });
     rw.sport = rev.nat_port;
     rw.dport = rev.orig_port;
     take(ctx, f, rw, e, &fkey, DIR_REPLY, cfg, now)
@@ -188,7 +291,7 @@ fn reply(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
 /// translation `lb::forward` keeps for it, if it leaves by the ingress
 /// device.
 #[inline(never)]
-fn forward(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
+fn forward<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> bool {
     let (Some(cfg), now) = (conntrack::config(), conntrack::now_ns()) else { return false };
     let fkey = key(f.src, f.dst, f.sport, f.dport, f.proto, CT_SVC_FWD);
     let Some(e) = lookup(&fkey) else { return false };
@@ -218,10 +321,10 @@ fn forward(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
     if flags & CT_F_HAIRPIN != 0 {
         return false;
     }
-    let sees = backend_sees_in(flags, cfg, fwd.orig_addr, true);
+    let sees = backend_sees_in(flags, cfg, fwd.orig_addr, A::V4);
     let rkey = key(fwd.nat_addr, sees, fwd.nat_port, fwd.orig_port, f.proto, CT_SVC_REV);
-    rw.saddr = sees.v4_raw();
-    rw.daddr = fwd.nat_addr.v4_raw();
+    rw.saddr = A::narrow(&sees);
+    rw.daddr = A::narrow(&fwd.nat_addr);
     rw.sport = fwd.orig_port;
     rw.dport = fwd.nat_port;
     take(ctx, f, rw, e, &rkey, DIR_ORIG, cfg, now)
@@ -233,7 +336,7 @@ fn forward(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite) -> bool {
 /// advances and the twin follows, as on tc.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn take(ctx: &XdpContext, f: &Flow, rw: &Rewrite, e: *mut CtEntry, twin: &CtKey, dir: u8, cfg: &DatapathConfig, now: u64) -> bool {
+fn take<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &Rewrite<A>, e: *mut CtEntry, twin: &CtKey, dir: u8, cfg: &DatapathConfig, now: u64) -> bool {
     if lookup(twin).is_none() || !leaves_by(ctx, rw, f) {
         return false;
     }
@@ -246,19 +349,17 @@ fn take(ctx: &XdpContext, f: &Flow, rw: &Rewrite, e: *mut CtEntry, twin: &CtKey,
 /// Whether the translated packet's route leaves by `ingress` with a
 /// resolved neighbour; the MACs to use are written into the frame.
 #[inline(always)]
-fn leaves_by(ctx: &XdpContext, rw: &Rewrite, f: &Flow) -> bool {
+fn leaves_by<A: FrameAddr>(ctx: &XdpContext, rw: &Rewrite<A>, f: &Flow) -> bool {
     let (proto, ingress) = (f.proto, f.ingress);
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     crate::fwd::zero_params(&mut params);
     // SAFETY: every byte was written; zero is valid for its integers and unions.
     let p = unsafe { params.assume_init_mut() };
-    p.family = AF_INET;
     p.l4_protocol = proto;
     p.sport = rw.sport;
     p.dport = rw.dport;
     p.ifindex = ingress;
-    p.__bindgen_anon_3.ipv4_src = rw.saddr;
-    p.__bindgen_anon_4.ipv4_dst = rw.daddr;
+    A::fib(p, rw.saddr, rw.daddr);
     // SAFETY: valid context and params pointers, correct size.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || p.ifindex != ingress {
@@ -272,40 +373,83 @@ fn leaves_by(ctx: &XdpContext, rw: &Rewrite, f: &Flow) -> bool {
     true
 }
 
-/// Rewrites addresses and ports with their checksums, decrements the TTL,
-/// counts, and sends the frame back out.
+/// The ports and L4 checksum of the frame's TCP or UDP header at `l4`.
 #[inline(always)]
-fn apply(ctx: &XdpContext, ip: &mut Ipv4Hdr, proto: u8, rw: &Rewrite, slot: u32) -> u32 {
-    let csum_off = if proto == PROTO_TCP { L4 + 16 } else { L4 + 6 };
-    let (Some(ports), Some(l4sum)) = (at::<[u16; 2]>(ctx, L4), at::<u16>(ctx, csum_off)) else { return xdp_action::XDP_PASS };
-    // SAFETY: bounds checked by `at`.
-    let (ports, l4sum) = unsafe { (&mut *ports, &mut *l4sum) };
+fn l4_fields(ctx: &XdpContext, proto: u8, l4: usize) -> Option<(&'static mut [u16; 2], &'static mut u16)> {
+    let csum_off = if proto == PROTO_TCP { l4 + 16 } else { l4 + 6 };
+    let (ports, sum) = (at::<[u16; 2]>(ctx, l4)?, at::<u16>(ctx, csum_off)?);
+    // SAFETY: bounds checked by `at`; valid for the program run.
+    Some(unsafe { (&mut *ports, &mut *sum) })
+}
+
+/// The L4 checksum as sent: a computed UDP checksum of zero goes out as
+/// all ones (zero means "none"; IPv4 only, where `had_none` keeps it).
+#[inline(always)]
+fn l4_sum_out(proto: u8, had_none: bool, sum: u16) -> u16 {
+    match (had_none, proto == PROTO_UDP && sum == 0) {
+        (true, _) => 0,
+        (false, true) => 0xffff,
+        (false, false) => sum,
+    }
+}
+
+/// Counts the packet in `slot` and sends the frame back out.
+#[inline(always)]
+fn sent(slot: u32) -> u32 {
+    if let Some(c) = XDP_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *c = (*c).wrapping_add(1) };
+    }
+    xdp_action::XDP_TX
+}
+
+/// Rewrites an IPv4 frame's addresses and ports with their checksums,
+/// decrements the TTL, counts, and sends the frame back out.
+#[inline(always)]
+fn apply_v4(ctx: &XdpContext, ip: &mut Ipv4Hdr, proto: u8, rw: &Rewrite<u32>, slot: u32) -> u32 {
+    let Some((ports, l4sum)) = l4_fields(ctx, proto, L4) else { return xdp_action::XDP_PASS };
+    let (saddr, daddr) = (rw.saddr, rw.daddr);
     let mut ipsum = ip.csum;
     let mut sum = *l4sum;
     let udp_without_sum = proto == PROTO_UDP && sum == 0;
-    ipsum = replace32(ipsum, ip.saddr, rw.saddr);
-    ipsum = replace32(ipsum, ip.daddr, rw.daddr);
-    sum = replace32(sum, ip.saddr, rw.saddr);
-    sum = replace32(sum, ip.daddr, rw.daddr);
+    ipsum = replace32(ipsum, ip.saddr, saddr);
+    ipsum = replace32(ipsum, ip.daddr, daddr);
+    sum = replace32(sum, ip.saddr, saddr);
+    sum = replace32(sum, ip.daddr, daddr);
     sum = replace16(sum, ports[0], rw.sport);
     sum = replace16(sum, ports[1], rw.dport);
     let old_ttl = u16::from_ne_bytes([ip.ttl, ip.proto]);
     let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);
     ip.csum = replace16(ipsum, old_ttl, new_ttl);
     ip.ttl -= 1;
+    ip.saddr = saddr;
+    ip.daddr = daddr;
+    ports[0] = rw.sport;
+    ports[1] = rw.dport;
+    *l4sum = l4_sum_out(proto, udp_without_sum, sum);
+    sent(slot)
+}
+
+/// Rewrites an IPv6 frame's addresses and ports with the L4 checksum
+/// (its pseudo-header covers the addresses; IPv6 has no header checksum),
+/// decrements the hop limit, counts, and sends the frame back out. A UDP
+/// datagram without a checksum (not allowed over IPv6) is left to tc.
+#[inline(always)]
+fn apply_v6(ctx: &XdpContext, ip: &mut Ipv6Hdr, proto: u8, rw: &Rewrite<Addr>, slot: u32) -> u32 {
+    let Some((ports, l4sum)) = l4_fields(ctx, proto, L4_V6) else { return xdp_action::XDP_PASS };
+    let mut sum = *l4sum;
+    if proto == PROTO_UDP && sum == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let (Ok(ds), Ok(dd)) = (addr6_diff(&ip.saddr, &rw.saddr), addr6_diff(&ip.daddr, &rw.daddr)) else { return xdp_action::XDP_PASS };
+    sum = apply_diff(apply_diff(sum, ds as u32), dd as u32);
+    sum = replace16(sum, ports[0], rw.sport);
+    sum = replace16(sum, ports[1], rw.dport);
+    ip.hop_limit -= 1;
     ip.saddr = rw.saddr;
     ip.daddr = rw.daddr;
     ports[0] = rw.sport;
     ports[1] = rw.dport;
-    *l4sum = match (udp_without_sum, proto == PROTO_UDP && sum == 0) {
-        (true, _) => 0,
-        // A computed UDP checksum of zero is sent as all ones.
-        (false, true) => 0xffff,
-        (false, false) => sum,
-    };
-    if let Some(c) = XDP_STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *c = (*c).wrapping_add(1) };
-    }
-    xdp_action::XDP_TX
+    *l4sum = l4_sum_out(proto, false, sum);
+    sent(slot)
 }
