@@ -223,6 +223,42 @@ fn a_pod_cannot_inject_encapsulated_ipv6_as_another_pod(mode: &str) {
     }
 }
 
+/// Under VXLAN, a real peer's tunnel (outer source: node 0's IPv4
+/// InternalIP) carries IPv6 only from node 0's own addresses and pod
+/// CIDRs: an inner source that is the receiving node's pod or its IPv6
+/// address is refused as `tunnel_spoofed`, while node 0's own IPv6
+/// address (the same node id in `WEIR_NODES` as its IPv4 one) passes.
+#[test]
+fn a_peers_tunnel_carries_ipv6_only_from_that_peers_own_addresses() {
+    use weir_common::tunnel::{TUNNEL_MAC, TUNNEL_VNI};
+    use weir_tests::hostile::vxlan_payload;
+    let c = cluster("vxlan");
+    let victim = c.nodes[1].pod_dual("victim", 20);
+    let victim6 = victim.ip6.expect("dual-stack");
+    let srv = udp_server_at(victim.ns(), any(), 5353, Reply::Name("victim".into()));
+    let (node0_6, node1_6) = (c.nodes[0].ip6.expect("IPv6"), c.nodes[1].ip6.expect("IPv6"));
+    let node1 = c.nodes[1].ip;
+    let send = |src: Ipv6Addr| {
+        let frame = vxlan_payload(TUNNEL_VNI, TUNNEL_MAC, src, victim6, 40_000, 5353, b"tunnelled");
+        c.nodes[0].node.ns().run(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            for _ in 0..5 {
+                s.send_to(&frame, (node1, 8472)).expect("send");
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    for forged in [c.nodes[1].pod_ip6(99), node1_6] {
+        let (served, before) = (srv.served(), drops(&c, 1, "tunnel_spoofed"));
+        send(forged);
+        assert_eq!(srv.served(), served, "nothing node 0 tunnelled from [{forged}] reached the victim");
+        assert!(drops(&c, 1, "tunnel_spoofed") >= before + 5, "node 1 refused every frame from [{forged}] as tunnel_spoofed");
+    }
+    let served = srv.served();
+    send(node0_6);
+    assert!(srv.served() > served, "node 0's own IPv6 address passes through its IPv4 tunnel");
+}
+
 /// IPv6 pod egress out of the cluster is masqueraded as IPv4's is: the
 /// outside (an address on the fabric, outside every pod CIDR and node
 /// address) sees each pod's traffic from its node's IPv6 address and a
