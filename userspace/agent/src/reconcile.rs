@@ -206,7 +206,9 @@ impl Reconciler {
             out.errors.push(("the selection table".into(), e));
         }
         // A window at a time: its new Maglev tables built on every core
-        // first (`Lb::prebuild`), then programmed in order.
+        // first (`Lb::prebuild`), then programmed in order, the selection
+        // table mapped in large spans meanwhile (`Lb::bulk`).
+        self.lb.bulk(true);
         let mut batch = batch.into_iter();
         loop {
             let window: Vec<(ServiceKey, Vec<ServiceSpec>)> = batch.by_ref().take(PREBUILD_WINDOW).collect();
@@ -221,6 +223,7 @@ impl Reconciler {
             }
             self.lb.clear_prebuilt();
         }
+        self.lb.bulk(false);
         out.services += touched.len();
     }
 

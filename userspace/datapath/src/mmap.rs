@@ -5,10 +5,19 @@
 //! while they are used: the kernel maps a BPF array's pages in at mmap
 //! time, so a permanent mapping of a large table would show up as agent
 //! RSS although the memory belongs to the map.
+//!
+//! A bulk write (a cold sync programs services into consecutive slots)
+//! maps ahead instead ([`MmapU32Array::map_ahead`]): one mapping of a few
+//! MiB serves the windows that fall inside it, so 100,000 services cost
+//! about a hundred mmap/munmap pairs instead of 100,000 (each munmap also
+//! flushes the other CPUs' TLBs). The mapping goes when bulk mode ends.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, PoisonError,
+    },
 };
 
 use aya::maps::MapData;
@@ -25,6 +34,32 @@ pub struct MmapU32Array {
     page: usize,
     name: &'static str,
     path: std::path::PathBuf,
+    /// Slots to map ahead of a window in bulk mode (0: off).
+    ahead: AtomicU32,
+    /// The mapping bulk mode keeps for the next windows.
+    held: Mutex<Option<Arc<Mapping>>>,
+}
+
+/// One mmap of a page-aligned range of the array; unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len_bytes: usize,
+    /// Slot index at `ptr`, and the first slot past the mapping.
+    base_slot: u32,
+    end_slot: u32,
+}
+
+// SAFETY: the pointer is to shared memory that stays mapped until the
+// Mapping drops, and every slot is accessed with atomics only.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `MmapU32Array::map_range` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len_bytes) };
+    }
 }
 
 impl MmapU32Array {
@@ -41,7 +76,7 @@ impl MmapU32Array {
         }
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        Ok(Self { entries: info.max_entries(), map, page, name, path })
+        Ok(Self { entries: info.max_entries(), map, page, name, path, ahead: AtomicU32::new(0), held: Mutex::new(None) })
     }
 
     pub fn len(&self) -> u32 {
@@ -52,10 +87,36 @@ impl MmapU32Array {
         self.entries == 0
     }
 
+    /// Bulk mode: from now on a window that the last mapping does not
+    /// cover maps `slots` slots from its start (or more, if it is
+    /// longer), kept for the windows after it. `0` ends bulk mode and
+    /// lets the kept mapping go (once no window uses it).
+    pub fn map_ahead(&self, slots: u32) {
+        self.ahead.store(slots, Ordering::Relaxed);
+        if slots == 0 {
+            *self.held.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+
     /// Maps slots `[start, start + len)` (clamped to the table).
     pub fn window(&self, start: u32, len: u32) -> Result<Window, DatapathError> {
         let end = start.saturating_add(len).min(self.entries);
         let start = start.min(end);
+        let ahead = self.ahead.load(Ordering::Relaxed);
+        if ahead == 0 {
+            return Ok(Window { map: Arc::new(self.map_range(start, end)?), start, end });
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = held.as_ref().filter(|m| m.base_slot <= start && end <= m.end_slot) {
+            return Ok(Window { map: Arc::clone(m), start, end });
+        }
+        let m = Arc::new(self.map_range(start, end.max(start.saturating_add(ahead).min(self.entries)))?);
+        *held = Some(Arc::clone(&m));
+        Ok(Window { map: m, start, end })
+    }
+
+    /// One mapping of the pages holding slots `[start, end)`.
+    fn map_range(&self, start: u32, end: u32) -> Result<Mapping, DatapathError> {
         let first_byte = start as usize * ELEM_STRIDE_BYTES;
         let offset = first_byte / self.page * self.page;
         let end_byte = (end as usize * ELEM_STRIDE_BYTES).max(offset + 1);
@@ -77,7 +138,9 @@ impl MmapU32Array {
             return Err(DatapathError::Io { op: "mmap", path: self.path.clone(), source: std::io::Error::last_os_error() });
         }
         let _ = self.name;
-        Ok(Window { ptr: ptr.cast(), len_bytes, base_slot: (offset / ELEM_STRIDE_BYTES) as u32, start, end })
+        let base_slot = (offset / ELEM_STRIDE_BYTES) as u32;
+        let end_slot = ((offset + len_bytes) / ELEM_STRIDE_BYTES).min(self.entries as usize) as u32;
+        Ok(Mapping { ptr: ptr.cast(), len_bytes, base_slot, end_slot })
     }
 }
 
@@ -85,10 +148,7 @@ impl MmapU32Array {
 /// read and written with one aligned 32-bit atomic access, so the kernel
 /// always sees either the old or the new value.
 pub struct Window {
-    ptr: *mut u8,
-    len_bytes: usize,
-    /// Slot index at `ptr`.
-    base_slot: u32,
+    map: Arc<Mapping>,
     start: u32,
     end: u32,
 }
@@ -98,10 +158,10 @@ impl Window {
         if i < self.start || i >= self.end {
             return None;
         }
-        let off = (i - self.base_slot) as usize * ELEM_STRIDE_BYTES;
-        // SAFETY: in bounds of the mapping (checked above), 8-byte aligned,
-        // and only accessed atomically.
-        Some(unsafe { &*self.ptr.add(off).cast::<AtomicU32>() })
+        let off = (i - self.map.base_slot) as usize * ELEM_STRIDE_BYTES;
+        // SAFETY: in bounds of the mapping (the window lies inside it),
+        // 8-byte aligned, and only accessed atomically.
+        Some(unsafe { &*self.map.ptr.add(off).cast::<AtomicU32>() })
     }
 
     pub fn get(&self, i: u32) -> Option<u32> {
@@ -114,9 +174,4 @@ impl Window {
     }
 }
 
-impl Drop for Window {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `window` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len_bytes) };
-    }
-}
+

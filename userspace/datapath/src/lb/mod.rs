@@ -163,6 +163,10 @@ fn eligible_idents(spec: &ServiceSpec) -> Vec<Ident> {
 /// Fewer new tables than this are built in place, one by one.
 const PREBUILD_MIN: usize = 64;
 
+/// Slots of the selection table mapped at once in bulk mode ([`Lb::bulk`]):
+/// 8 MiB, about a thousand services of ten endpoints.
+const BULK_MAP_SLOTS: u32 = 1 << 20;
+
 fn frontend_key(f: &Frontend) -> FrontendKey {
     FrontendKey { addr: f.addr.into(), port: f.port.to_be(), proto: f.protocol.number(), scope: f.scope.number() }
 }
@@ -332,6 +336,14 @@ impl Lb {
                 self.prebuilt.insert(job.clone(), table);
             }
         }
+    }
+
+    /// Bulk mode for a batch of upserts (a cold sync): the selection
+    /// table is mapped [`BULK_MAP_SLOTS`] slots at a time instead of once
+    /// per service (`MmapU32Array::map_ahead`). Off again when the batch
+    /// ends, so the agent keeps no mapping of the table between batches.
+    pub fn bulk(&self, on: bool) {
+        self.table_map.map_ahead(if on { BULK_MAP_SLOTS } else { 0 });
     }
 
     /// Drops the tables [`Lb::prebuild`] built that no upsert took.
