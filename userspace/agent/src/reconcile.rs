@@ -11,7 +11,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use weir_datapath::{lb::Lb, DatapathError};
+use weir_datapath::{
+    lb::{build_tables, build_threads, Lb},
+    DatapathError,
+};
 
 use crate::policy::{PolicyOutcome, PolicyPath, PolicyReconciler};
 use weir_desired::{Frontend, ServiceSpec};
@@ -205,24 +208,45 @@ impl Reconciler {
         if let Err(e) = self.lb.reserve(wanted) {
             out.errors.push(("the selection table".into(), e));
         }
-        // A window at a time: its new Maglev tables built on every core
-        // first (`Lb::prebuild`), then programmed in order, the selection
-        // table mapped in large spans meanwhile (`Lb::bulk`).
+        // A window at a time, programmed in order, its new Maglev tables
+        // built ahead (`Lb::prebuild_jobs`, `build_tables`): the first
+        // window's on every core, each next one's on the other cores while
+        // this thread programs the window before it. The selection table
+        // is mapped in large spans meanwhile (`Lb::bulk`).
         self.lb.bulk(true);
-        let mut batch = batch.into_iter();
+        let mut windows: Vec<Vec<(ServiceKey, Vec<ServiceSpec>)>> = Vec::new();
+        let mut rest = batch.into_iter();
         loop {
-            let window: Vec<(ServiceKey, Vec<ServiceSpec>)> = batch.by_ref().take(PREBUILD_WINDOW).collect();
+            let window: Vec<(ServiceKey, Vec<ServiceSpec>)> = rest.by_ref().take(PREBUILD_WINDOW).collect();
             if window.is_empty() {
                 break;
             }
-            self.lb.prebuild(window.iter().flat_map(|(_, specs)| specs));
-            for (k, specs) in window {
-                if self.program(&k, specs, out) {
-                    touched.insert(k);
-                }
-            }
-            self.lb.clear_prebuilt();
+            windows.push(window);
         }
+        let jobs = |lb: &Lb, w: &[(ServiceKey, Vec<ServiceSpec>)]| lb.prebuild_jobs(w.iter().flat_map(|(_, specs)| specs));
+        let all = build_threads();
+        let beside = all.saturating_sub(1).max(1);
+        std::thread::scope(|scope| {
+            let mut ahead = windows.first().map(|w| build_tables(jobs(&self.lb, w), all));
+            let mut windows = windows.into_iter().peekable();
+            while let Some(window) = windows.next() {
+                if let Some(built) = ahead.take() {
+                    self.lb.take_prebuilt(built);
+                }
+                let next = windows.peek().map(|w| {
+                    let j = jobs(&self.lb, w);
+                    scope.spawn(move || build_tables(j, beside))
+                });
+                for (k, specs) in window {
+                    if self.program(&k, specs, out) {
+                        touched.insert(k);
+                    }
+                }
+                self.lb.clear_prebuilt();
+                // A builder that failed leaves its tables to be built in place.
+                ahead = next.and_then(|h| h.join().ok());
+            }
+        });
         self.lb.bulk(false);
         out.services += touched.len();
     }

@@ -142,7 +142,7 @@ pub struct Lb {
     /// Maglev tables built ahead for frontends not programmed yet (see
     /// [`Lb::prebuild`]), by the eligible backends' identities and the
     /// table size.
-    prebuilt: StdHashMap<(Vec<[u8; 19]>, u32), Vec<u32>>,
+    prebuilt: StdHashMap<PrebuildJob, Vec<u32>>,
     /// Upserts that took a table from `prebuilt` since it was cleared.
     prebuilt_taken: usize,
     layout: PinLayout,
@@ -162,6 +162,42 @@ fn eligible_idents(spec: &ServiceSpec) -> Vec<Ident> {
 
 /// Fewer new tables than this are built in place, one by one.
 const PREBUILD_MIN: usize = 64;
+
+/// A Maglev table to build ahead: the eligible backends' identities
+/// (sorted) and the table size.
+pub type PrebuildJob = (Vec<[u8; 19]>, u32);
+
+/// The threads [`build_tables`] may use: every core, up to 8.
+pub fn build_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(8)
+}
+
+/// Builds the tables of `jobs` on up to `threads` threads: a pure
+/// function of the jobs, so it may run beside the upserts of another
+/// window. Fewer than [`PREBUILD_MIN`] jobs build nothing (each is built
+/// in place, as it is needed). A thread that failed leaves its share to
+/// be built in place too.
+pub fn build_tables(jobs: Vec<PrebuildJob>, threads: usize) -> Vec<(PrebuildJob, Vec<u32>)> {
+    if jobs.len() < PREBUILD_MIN {
+        return Vec::new();
+    }
+    let build = |(ids, m): &PrebuildJob| {
+        let refs: Vec<&[u8]> = ids.iter().map(|b| b.as_slice()).collect();
+        maglev::build_stable(&refs, *m, None)
+    };
+    let chunk = jobs.len().div_ceil(threads.max(1));
+    let built: Vec<Option<Vec<Vec<u32>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(build).collect::<Vec<_>>())).collect();
+        handles.into_iter().map(|h| h.join().ok()).collect()
+    });
+    let mut out = Vec::with_capacity(jobs.len());
+    for (jobs, tables) in jobs.chunks(chunk).zip(built) {
+        for (job, table) in jobs.iter().zip(tables.into_iter().flatten()) {
+            out.push((job.clone(), table));
+        }
+    }
+    out
+}
 
 /// Slots of the selection table mapped at once in bulk mode ([`Lb::bulk`]):
 /// 8 MiB, about a thousand services of ten endpoints.
@@ -303,10 +339,18 @@ impl Lb {
     /// core the fill was 2.2 s of a 100,000 services × 10 endpoints sync.
     /// [`Lb::clear_prebuilt`] drops what no upsert took; callers prebuild
     /// a window of a large batch at a time, so the tables held at once
-    /// stay small.
+    /// stay small. The same in steps, to build one window's tables while
+    /// another's are programmed: [`Lb::prebuild_jobs`], [`build_tables`]
+    /// (on any thread), [`Lb::take_prebuilt`].
     pub fn prebuild<'a>(&mut self, specs: impl IntoIterator<Item = &'a ServiceSpec>) {
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(8);
-        let jobs: Vec<(Vec<[u8; 19]>, u32)> = specs
+        let jobs = self.prebuild_jobs(specs);
+        self.take_prebuilt(build_tables(jobs, build_threads()));
+    }
+
+    /// The tables upserting `specs` will need that [`Lb::prebuild`] can
+    /// build ahead: those of frontends not programmed yet, each once.
+    pub fn prebuild_jobs<'a>(&self, specs: impl IntoIterator<Item = &'a ServiceSpec>) -> Vec<PrebuildJob> {
+        specs
             .into_iter()
             .filter(|s| s.selection != Selection::Random && !self.services.contains_key(&frontend_key(&s.frontend)))
             .filter_map(|s| {
@@ -314,28 +358,14 @@ impl Lb {
                 let m = maglev::resize(0, idents.len() as u32);
                 (!idents.is_empty()).then(|| (idents.iter().map(Ident::bytes).collect(), m))
             })
-            .filter(|job| !self.prebuilt.contains_key(job))
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .collect();
-        if threads < 2 || jobs.len() < PREBUILD_MIN {
-            return;
-        }
-        let build = |(ids, m): &(Vec<[u8; 19]>, u32)| {
-            let refs: Vec<&[u8]> = ids.iter().map(|b| b.as_slice()).collect();
-            maglev::build_stable(&refs, *m, None)
-        };
-        let chunk = jobs.len().div_ceil(threads);
-        let built: Vec<Option<Vec<Vec<u32>>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(build).collect::<Vec<_>>())).collect();
-            handles.into_iter().map(|h| h.join().ok()).collect()
-        });
-        // A chunk whose thread failed is simply built in place later.
-        for (jobs, tables) in jobs.chunks(chunk).zip(built) {
-            for (job, table) in jobs.iter().zip(tables.into_iter().flatten()) {
-                self.prebuilt.insert(job.clone(), table);
-            }
-        }
+            .collect()
+    }
+
+    /// Keeps tables [`build_tables`] built for the upserts that follow.
+    pub fn take_prebuilt(&mut self, built: Vec<(PrebuildJob, Vec<u32>)>) {
+        self.prebuilt.extend(built);
     }
 
     /// Bulk mode for a batch of upserts (a cold sync): the selection
