@@ -104,19 +104,27 @@ fn an_ipv6_node_port_reaches_a_backend_on_another_node_masqueraded(mode: &str) {
 /// whose backend is on the other node is translated by the XDP fast path
 /// in native routing (it leaves by the uplink it came in on), both ways;
 /// under VXLAN the client's packets leave by the tunnel, so tc carries
-/// them. Every line of the long flows is answered either way. Before, XDP
-/// passed every IPv6 frame to tc and its counters stayed still.
+/// them. Every line of the long flows is answered either way, and so is
+/// every datagram of a long UDP flow (the fast path's UDP checksum over
+/// the IPv6 pseudo-header: a wrong one would be dropped by the receiver).
+/// Before, XDP passed every IPv6 frame to tc and its counters stayed
+/// still.
 fn the_xdp_fast_path_carries_established_ipv6_flows_that_leave_by_the_uplink(mode: &str) {
     let mut c = cluster_with(mode, &["--xdp"]);
     c.fabric_like_a_wire();
     let b = c.nodes[1].pod_dual("b", 20);
-    let _s = tcp_server_at(b.ns(), any(), weir_tests::north_south::BACKEND_PORT, Reply::NamePerLine("b".into()));
+    let port = weir_tests::north_south::BACKEND_PORT;
+    let _s = [tcp_server_at(b.ns(), any(), port, Reply::NamePerLine("b".into())), udp_server_at(b.ns(), any(), port, Reply::Name("b".into()))];
     let n1 = c.nodes[1].name().to_string();
     let eps = [(IpAddr::V6(b.ip6.expect("dual-stack")), n1.as_str())];
     c.write("lines.yaml", &service_at("lines", "NodePort", "fd00:10:96::63", 30063, "", None, &eps, "TCP"));
+    c.write("dgrams.yaml", &service_at("dgrams", "NodePort", "fd00:10:96::64", 30064, "", None, &eps, "UDP"));
     let node0 = c.nodes[0].ip6.expect("IPv6");
-    let want = format!("[{node0}]:30063");
-    c.wait_for("node 0 programs the NodePort", || String::from_utf8_lossy(&c.nodes[0].node.weir(&["service", "list"]).stdout).contains(&want));
+    let want = [format!("[{node0}]:30063"), format!("[{node0}]:30064")];
+    c.wait_for("node 0 programs the NodePorts", || {
+        let list = String::from_utf8_lossy(&c.nodes[0].node.weir(&["service", "list"]).stdout).to_string();
+        want.iter().all(|w| list.contains(w))
+    });
     let xdp = |c: &Cluster| -> (u64, u64) {
         let m = c.nodes[0].node.agent_http("/metrics");
         let get = |d: &str| m.lines().find_map(|l| l.strip_prefix(&format!("weir_xdp_packets_total{{direction=\"{d}\"}} "))).and_then(|v| v.trim().parse().ok());
@@ -134,6 +142,16 @@ fn the_xdp_fast_path_carries_established_ipv6_flows_that_leave_by_the_uplink(mod
         assert!(after.0 > before.0 && after.1 > before.1, "native routing: XDP translated IPv6 both ways ({before:?} -> {after:?})");
     } else {
         assert_eq!(after.0, before.0, "vxlan: packets to remote backends go through the tunnel, tc carries them");
+    }
+    // One UDP flow, 200 datagrams each answered: after the first (tc's),
+    // both directions can take the fast path.
+    let sock = weir_tests::traffic::udp_connect(&c.outside, node0, 30064, DEFAULT_TIMEOUT).expect("a UDP socket");
+    for i in 0..200 {
+        assert_eq!(weir_tests::traffic::udp_ask(&sock).unwrap_or_else(|e| panic!("datagram {i}: {e}")), "b", "datagram {i} answered by the remote backend");
+    }
+    let udp = xdp(&c);
+    if mode == "native" {
+        assert!(udp.0 >= after.0 + 150 && udp.1 >= after.1 + 150, "native routing: XDP carried the UDP flow both ways ({after:?} -> {udp:?})");
     }
 }
 
