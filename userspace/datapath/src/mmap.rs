@@ -98,6 +98,11 @@ impl MmapU32Array {
         }
     }
 
+    /// The slots bulk mode maps ahead (0: off).
+    pub fn ahead(&self) -> u32 {
+        self.ahead.load(Ordering::Relaxed)
+    }
+
     /// Maps slots `[start, start + len)` (clamped to the table).
     pub fn window(&self, start: u32, len: u32) -> Result<Window, DatapathError> {
         let end = start.saturating_add(len).min(self.entries);

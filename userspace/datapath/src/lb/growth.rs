@@ -114,6 +114,8 @@ impl Lb {
         let report = migrate::prepare(&self.layout, &opts).map_err(fail)?;
         let table = MmapU32Array::open(&self.layout, LB_TABLE).map_err(fail)?;
         let now = table.len();
+        // A batch in bulk mode (`Lb::bulk`) stays in it on the new table.
+        table.map_ahead(self.table_map.ahead());
         self.table_map = table;
         self.slab.grow(now);
         g.opts.lb_table_slots = now;
