@@ -26,12 +26,15 @@ fn v6_out(ctx: &TcContext, p: &mut Ipv6Pkt, from_host: bool) -> i32 {
     if from_host && host_reply(ctx, p).is_err() {
         return events::dropped_flow(ctx, &p.t, DropReason::Malformed);
     }
-    masquerade_v6(ctx, p)
+    masquerade(ctx, p)
 }
 
-/// Pod egress over IPv6, in a frame beside the reverse-NAT's.
+/// Pod egress leaving the node (`masq::egress`), in a frame beside the
+/// reverse NAT's rather than under it: `to_net`'s chain (the parse, the
+/// host reply's reverse NAT and its FIB lookup) stays far from BPF's 512
+/// bytes, for both families.
 #[inline(never)]
-fn masquerade_v6(ctx: &TcContext, p: &mut Ipv6Pkt) -> i32 {
+pub fn masquerade<P: Packet>(ctx: &TcContext, p: &mut P) -> i32 {
     masq::egress(ctx, p)
 }
 

@@ -19,7 +19,8 @@
 //! carries IPv4 and IPv6 pod traffic (`weir_ebpf::tunnel`). to_net
 //! masquerades pod egress leaving the cluster; from_net first restores
 //! the pod's address on its replies. from_net and to_net take IPv6 as
-//! IPv4 (north-south over IPv6), but masquerade pod egress of IPv4 only.
+//! IPv4 (north-south, pod egress masqueraded), each family's work in a
+//! frame of its own.
 #![no_std]
 #![no_main]
 
@@ -88,7 +89,7 @@ fn to_net_v4(ctx: &TcContext) -> i32 {
             if from_host(ctx) && egress::host_reply(ctx, pkt).is_err() {
                 return events::dropped(ctx, pkt, DropReason::Malformed);
             }
-            masq::egress(ctx, pkt)
+            egress::masquerade(ctx, pkt)
         }
         FRAME_V6 => FRAME_IS_V6,
         _ => TC_ACT_OK as i32,
