@@ -30,9 +30,18 @@ pub const LB_TABLE_MAX_ENTRIES: u32 = 4 * 1024 * 1024;
 pub const AFFINITY: &str = "WEIR_AFFINITY";
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 
-/// Conntrack: CtKey → CtEntry (LRU hash).
+/// Conntrack of IPv6 flows: CtKey → CtEntry (LRU hash). Before layout
+/// v3 it held IPv4 flows too; a migration moves those to [`CT4`].
 pub const CT: &str = "WEIR_CT";
+pub const CT6_MAX_ENTRIES: u32 = 65_536;
+
+/// Conntrack of IPv4 flows: CtKey4 → CtEntry4 (LRU hash; see `crate::ct`).
+pub const CT4: &str = "WEIR_CT4";
 pub const CT_MAX_ENTRIES: u32 = 262_144;
+
+/// [`CT4`] being replaced by one of another capacity, during a migration
+/// (as [`CT_PREV`] for [`CT`]).
+pub const CT4_PREV: &str = "WEIR_CT4_PREV";
 
 /// The conntrack map being replaced, during a migration that rebuilt
 /// [`CT`] in the same layout (a new capacity): the programs loaded for the

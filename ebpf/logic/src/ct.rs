@@ -123,7 +123,14 @@ pub fn expiry_after(now_ns: u64, timeout_s: u32) -> u32 {
 
 #[inline(always)]
 pub fn is_alive(e: &CtEntry, now_ns: u64) -> bool {
-    now_ns < e.expires_s as u64 * NS_PER_S
+    alive_until(e.expires_s, now_ns)
+}
+
+/// Whether an entry stale from the second `expires_s` is alive at
+/// `now_ns` ([`is_alive`] for the expiry alone: `CtTail`, `CtEntry4`).
+#[inline(always)]
+pub fn alive_until(expires_s: u32, now_ns: u64) -> bool {
+    now_ns < expires_s as u64 * NS_PER_S
 }
 
 /// Seconds until `e` goes stale at `now_ns` (negative once it is).

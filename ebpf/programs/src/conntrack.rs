@@ -8,6 +8,8 @@
 //! (the agent counts its own deletes in the same slots), so userspace
 //! reads the LRU's evictions as `created - deleted - entries`.
 
+use core::marker::PhantomData;
+
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
@@ -15,14 +17,14 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CARRY_OVER_OFF, CT_F_STATE_BITS},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_WIDE, CT_F_STATE_BITS, TAIL, TAIL4},
     drop::DropReason,
 };
-use weir_logic::ct::{advance, expiry, is_alive, State};
+use weir_logic::ct::{advance, alive_until, expiry, State};
 
 use crate::{
     errors,
-    maps::{CONFIG, CT, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_STATS},
+    maps::{scratch, CONFIG, CT, CT4, CT4_PREV, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_STATS},
 };
 
 /// CLOCK_MONOTONIC at the resolution of the kernel's tick (a few ms),
@@ -93,6 +95,146 @@ pub fn key(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8, kind: u8
     CtKey { saddr, daddr, sport, dport, proto, kind, _pad: 0 }
 }
 
+/// An address family's conntrack table, chosen by the compiler: IPv4
+/// (`u32`, the word as on the wire) in `WEIR_CT4`, IPv6 (`Addr`) in
+/// `WEIR_CT` (`family::Packet::A`, `xdp::FrameAddr`). Code above the
+/// tables passes wide keys and entries; an IPv4 one is narrowed here,
+/// in per-CPU scratch space (see `weir_common::ct`).
+pub trait Family: Copy {
+    const V4: bool;
+    /// The address of this family at `p` (in an entry of its table).
+    ///
+    /// # Safety
+    /// `p` points at such an address, valid for reads.
+    unsafe fn read_at(p: *const u8) -> Self;
+    /// As the wide types hold it.
+    fn wide(self) -> Addr;
+}
+
+impl Family for u32 {
+    const V4: bool = true;
+    #[inline(always)]
+    unsafe fn read_at(p: *const u8) -> u32 {
+        // SAFETY: the caller's.
+        unsafe { *(p as *const u32) }
+    }
+    #[inline(always)]
+    fn wide(self) -> Addr {
+        Addr::from_v4_raw(self)
+    }
+}
+
+impl Family for Addr {
+    const V4: bool = false;
+    #[inline(always)]
+    unsafe fn read_at(p: *const u8) -> Addr {
+        // SAFETY: the caller's.
+        unsafe { *(p as *const Addr) }
+    }
+    #[inline(always)]
+    fn wide(self) -> Addr {
+        self
+    }
+}
+
+/// A conntrack entry in its family's table: a map value pointer, valid
+/// for the program run.
+#[repr(transparent)]
+pub struct Ct<F> {
+    p: *mut u8,
+    f: PhantomData<F>,
+}
+
+impl<F> Clone for Ct<F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F> Copy for Ct<F> {}
+
+impl<F: Family> Ct<F> {
+    #[inline(always)]
+    fn new(p: *mut u8) -> Self {
+        Self { p, f: PhantomData }
+    }
+
+    /// The fields after the addresses, updated in place.
+    #[inline(always)]
+    pub fn tail(self) -> &'static mut CtTail {
+        let off = if F::V4 { TAIL4 } else { TAIL };
+        // SAFETY: a map value of the family's entry type, whose bytes from
+        // `off` are a CtTail (asserted in weir_common::ct).
+        unsafe { &mut *(self.p.add(off) as *mut CtTail) }
+    }
+
+    /// The entry, widened, into `out`.
+    #[inline(always)]
+    pub fn read(self, out: &mut CtEntry) {
+        if F::V4 {
+            widen_into(out, self.p as *const CtEntry4);
+        } else {
+            copy_entry(out, self.p as *const CtEntry);
+        }
+    }
+
+    /// Forward: the backend. Reverse: the VIP (`CtEntry::nat_addr`), in
+    /// the family's own type.
+    #[inline(always)]
+    pub fn nat(self) -> F {
+        // SAFETY: the first field of either entry type.
+        unsafe { F::read_at(self.p) }
+    }
+
+    /// `CtEntry::orig_addr`, in the family's own type.
+    #[inline(always)]
+    pub fn orig(self) -> F {
+        let off = if F::V4 { core::mem::offset_of!(CtEntry4, orig_addr) } else { core::mem::offset_of!(CtEntry, orig_addr) };
+        // SAFETY: the second field of either entry type.
+        unsafe { F::read_at(self.p.add(off)) }
+    }
+
+    #[inline(always)]
+    pub fn alive(self, now: u64) -> bool {
+        alive_until(self.tail().expires_s, now)
+    }
+}
+
+/// The three 8-byte words of a [`CtTail`] from `src` to `dst` (see
+/// [`copy_entry`]).
+#[inline(always)]
+fn copy_tail(dst: *mut u8, src: *const u8) {
+    let (d, s) = (dst as *mut u64, src as *const u64);
+    let mut i = 0;
+    while i < core::mem::size_of::<CtTail>() / 8 {
+        // SAFETY: both point at an 8-aligned CtTail inside an entry.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
+}
+
+/// An IPv4 entry of `WEIR_CT4`, widened (`CtEntry4::widen`, by words).
+#[inline(always)]
+pub fn widen_into(dst: &mut CtEntry, src: *const CtEntry4) {
+    // SAFETY: a whole CtEntry4.
+    let (nat, orig) = unsafe { ((*src).nat_addr, (*src).orig_addr) };
+    dst.nat_addr = Addr::from_v4_raw(nat);
+    dst.orig_addr = Addr::from_v4_raw(orig);
+    // SAFETY: within both entries (weir_common::ct asserts the offsets).
+    copy_tail(unsafe { (dst as *mut CtEntry as *mut u8).add(TAIL) }, unsafe { (src as *const u8).add(TAIL4) });
+}
+
+/// An IPv4 flow's entry as `WEIR_CT4` holds it (`CtEntry4::narrow`, by words).
+#[inline(always)]
+pub fn narrow_into(dst: &mut CtEntry4, src: *const CtEntry) {
+    // SAFETY: a whole CtEntry.
+    let (nat, orig) = unsafe { ((*src).nat_addr.v4_raw(), (*src).orig_addr.v4_raw()) };
+    dst.nat_addr = nat;
+    dst.orig_addr = orig;
+    // SAFETY: as in `widen_into`.
+    copy_tail(unsafe { (dst as *mut CtEntry4 as *mut u8).add(TAIL4) }, unsafe { (src as *const u8).add(TAIL) });
+}
+
 /// Where conntrack takes over an entry it misses, in the programs the
 /// agent loads for a migration that rebuilds `WEIR_CT`
 /// (`weir_datapath::migrate`): `CARRY_OVER_SAME` from `WEIR_CT_PREV` (the
@@ -103,6 +245,12 @@ pub fn key(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8, kind: u8
 #[no_mangle]
 static WEIR_CT_PREV_ON: u8 = CARRY_OVER_OFF;
 
+/// The same for `WEIR_CT4`: `CARRY_OVER_SAME` from `WEIR_CT4_PREV` (a new
+/// capacity), `CARRY_OVER_WIDE` from the one-table conntrack a migration
+/// splits (where `WEIR_CT_PREV_ON` says), `CARRY_OVER_OFF` otherwise.
+#[no_mangle]
+static WEIR_CT4_PREV_ON: u8 = CARRY_OVER_OFF;
+
 #[inline(always)]
 fn carry_from() -> u8 {
     // SAFETY: reading a constant the loader may have overridden.
@@ -110,12 +258,36 @@ fn carry_from() -> u8 {
 }
 
 #[inline(always)]
-pub fn lookup(k: &CtKey) -> Option<*mut CtEntry> {
-    match CT.get_ptr_mut(k) {
+fn carry4_from() -> u8 {
+    // SAFETY: as in `carry_from`.
+    unsafe { core::ptr::read_volatile(&WEIR_CT4_PREV_ON) }
+}
+
+/// `k` narrowed into scratch space, for `WEIR_CT4`.
+#[inline(always)]
+fn key4(k: &CtKey) -> Option<&'static mut CtKey4> {
+    let s = scratch()?;
+    s.key4 = k.narrow();
+    Some(&mut s.key4)
+}
+
+#[inline(always)]
+pub fn lookup<F: Family>(k: &CtKey) -> Option<Ct<F>> {
+    if F::V4 {
+        let k4 = key4(k)?;
+        let e = match CT4.get_ptr_mut(k4) {
+            Some(e) => Some(e),
+            None if carry4_from() != CARRY_OVER_OFF => carry_over4(k),
+            None => None,
+        };
+        return e.map(|e| Ct::new(e as *mut u8));
+    }
+    let e = match CT.get_ptr_mut(k) {
         Some(e) => Some(e),
         None if carry_from() != CARRY_OVER_OFF => carry_over(k),
         None => None,
-    }
+    };
+    e.map(|e| Ct::new(e as *mut u8))
 }
 
 /// An entry missing from `WEIR_CT` that the map a migration replaces
@@ -136,11 +308,66 @@ fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
     CT.get_ptr_mut(k)
 }
 
+/// [`carry_over`] for `WEIR_CT4` (its key narrowed in `scratch().key4`):
+/// from `WEIR_CT4_PREV`, or from the one-table map a migration splits
+/// (narrowed).
+#[inline(always)]
+fn carry_over4(k: &CtKey) -> Option<*mut CtEntry4> {
+    let s = scratch()?;
+    let taken = if carry4_from() == CARRY_OVER_WIDE {
+        let same = |k: &CtKey| CT_PREV.get_ptr(k);
+        let v1 = |k: &CtKey| CT_PREV_V1.get_ptr(k);
+        crate::carry::take_over(carry_from(), k, same, v1, |_, e| {
+            narrow_into(&mut s.entry4, e);
+            CT4.insert(&s.key4, &s.entry4, BPF_NOEXIST as u64).is_ok()
+        })
+    } else {
+        // SAFETY: a map value pointer, valid for this program run.
+        CT4_PREV.get_ptr(&s.key4).is_some_and(|old| CT4.insert(&s.key4, unsafe { &*old }, BPF_NOEXIST as u64).is_ok())
+    };
+    if taken {
+        stat(CtStat::Created);
+        stat(CtStat::CarriedOver);
+    }
+    CT4.get_ptr_mut(&s.key4)
+}
+
 /// Whether the entry behind `k` exists and is alive at `now`.
 #[inline(always)]
-pub fn alive(k: &CtKey, now: u64) -> bool {
-    // SAFETY: read-only access to a map value.
-    lookup(k).is_some_and(|e| is_alive(unsafe { &*e }, now))
+pub fn alive<F: Family>(k: &CtKey, now: u64) -> bool {
+    lookup::<F>(k).is_some_and(|e| e.alive(now))
+}
+
+/// [`alive`] for a key of either family (paths not written per family:
+/// policy, ICMP errors).
+#[inline(always)]
+pub fn alive_any(k: &CtKey, now: u64) -> bool {
+    if k.is_v4() {
+        alive::<u32>(k, now)
+    } else {
+        alive::<Addr>(k, now)
+    }
+}
+
+/// The state of the entry behind a key of either family (see [`alive_any`]).
+#[inline(always)]
+pub fn tail_any(k: &CtKey) -> Option<&'static mut CtTail> {
+    if k.is_v4() {
+        lookup::<u32>(k).map(|e| e.tail())
+    } else {
+        lookup::<Addr>(k).map(|e| e.tail())
+    }
+}
+
+/// Copies the entry behind a key of either family into `out`, widened;
+/// false if there is none.
+#[inline(always)]
+pub fn read_any(k: &CtKey, out: &mut CtEntry) -> bool {
+    if k.is_v4() {
+        lookup::<u32>(k).map(|e| e.read(out)).is_some()
+    } else {
+        lookup::<Addr>(k).map(|e| e.read(out)).is_some()
+    }
 }
 
 #[inline(always)]
@@ -155,10 +382,9 @@ pub fn stat(s: CtStat) {
 /// pushes its expiry. Returns whether the state (or its bits) changed, so
 /// the caller copies it to the flow's other entry.
 #[inline(always)]
-pub fn touch(e: *mut CtEntry, cfg: &DatapathConfig, proto: u8, tcp_flags: u8, dir: u8, now: u64) -> bool {
-    // SAFETY: `e` points into the CT map; the kernel writes entries only
-    // here and at creation, userspace only deletes.
-    let entry = unsafe { &mut *e };
+pub fn touch(entry: &mut CtTail, cfg: &DatapathConfig, proto: u8, tcp_flags: u8, dir: u8, now: u64) -> bool {
+    // The kernel writes entries only here and at creation, userspace only
+    // deletes.
     let cur = State { state: entry.state, flags: entry.flags & CT_F_STATE_BITS };
     let next = advance(proto, cur, tcp_flags, dir);
     entry.state = next.state;
@@ -170,13 +396,19 @@ pub fn touch(e: *mut CtEntry, cfg: &DatapathConfig, proto: u8, tcp_flags: u8, di
 /// Copies the state of `from` to the entry behind `k` (the flow's other
 /// half), if it exists.
 #[inline(always)]
-pub fn sync_twin(k: &CtKey, from: *const CtEntry) {
-    if let Some(t) = CT.get_ptr_mut(k) {
-        // SAFETY: map value pointers, valid for the program run.
-        let (t, f) = unsafe { (&mut *t, &*from) };
-        t.state = f.state;
-        t.flags = (t.flags & !CT_F_STATE_BITS) | (f.flags & CT_F_STATE_BITS);
-        t.expires_s = f.expires_s;
+pub fn sync_twin<F: Family>(k: &CtKey, from: &CtTail) {
+    let t = if F::V4 {
+        let Some(k4) = key4(k) else { return };
+        // SAFETY: a map value pointer, valid for the program run.
+        CT4.get_ptr_mut(k4).map(|e| unsafe { &mut *((e as *mut u8).add(TAIL4) as *mut CtTail) })
+    } else {
+        // SAFETY: as above.
+        CT.get_ptr_mut(k).map(|e| unsafe { &mut *((e as *mut u8).add(TAIL) as *mut CtTail) })
+    };
+    if let Some(t) = t {
+        t.state = from.state;
+        t.flags = (t.flags & !CT_F_STATE_BITS) | (from.flags & CT_F_STATE_BITS);
+        t.expires_s = from.expires_s;
     }
 }
 
@@ -216,8 +448,8 @@ fn charge(owner: u32) {
 /// Inserts a new key. `Err` when the key exists (the caller decides) or
 /// the table refused it (counted).
 #[inline(always)]
-pub fn create(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
-    match CT.insert(k, e, BPF_NOEXIST as u64) {
+pub fn create<F: Family>(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
+    match insert::<F>(k, e, BPF_NOEXIST as u64) {
         Ok(()) => {
             stat(CtStat::Created);
             charge(e.owner);
@@ -229,6 +461,28 @@ pub fn create(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
             Err(Exists::No)
         }
     }
+}
+
+/// [`create`] for a key of either family (see [`alive_any`]).
+#[inline(always)]
+pub fn create_any(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
+    if k.is_v4() {
+        create::<u32>(k, e)
+    } else {
+        create::<Addr>(k, e)
+    }
+}
+
+/// Writes `k` → `e` into the family's table, narrowed for `WEIR_CT4`.
+#[inline(always)]
+fn insert<F: Family>(k: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i64> {
+    if F::V4 {
+        let s = scratch().ok_or(-12i64)?;
+        s.key4 = k.narrow();
+        narrow_into(&mut s.entry4, e);
+        return CT4.insert(&s.key4, &s.entry4, flags).map_err(|rc| rc as i64);
+    }
+    CT.insert(k, e, flags).map_err(|rc| rc as i64)
 }
 
 /// Why [`create`] did not insert.
@@ -243,17 +497,28 @@ pub enum Exists {
 /// Overwrites an existing key (a stale entry of the same tuple); creates
 /// it if it vanished meanwhile.
 #[inline(always)]
-pub fn replace(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
-    if CT.insert(k, e, BPF_EXIST as u64).is_ok() {
+pub fn replace<F: Family>(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
+    if insert::<F>(k, e, BPF_EXIST as u64).is_ok() {
         return Ok(());
     }
-    create(k, e)
+    create::<F>(k, e)
+}
+
+/// [`replace`] for a key of either family (see [`alive_any`]).
+#[inline(always)]
+pub fn replace_any(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
+    if k.is_v4() {
+        replace::<u32>(k, e)
+    } else {
+        replace::<Addr>(k, e)
+    }
 }
 
 /// Deletes a key the kernel decided is stale.
 #[inline(always)]
-pub fn remove(k: &CtKey) {
-    if CT.remove(k).is_ok() {
+pub fn remove<F: Family>(k: &CtKey) {
+    let removed = if F::V4 { key4(k).is_some_and(|k4| CT4.remove(k4).is_ok()) } else { CT.remove(k).is_ok() };
+    if removed {
         stat(CtStat::Deleted);
     }
 }

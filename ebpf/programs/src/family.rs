@@ -43,7 +43,7 @@ fn parse_into_scratch(ctx: &TcContext) -> Result<(), DropReason> {
 /// A parsed packet the service path can translate and forward.
 pub trait Packet {
     /// An address as the packet carries it.
-    type A: Copy + PartialEq;
+    type A: Copy + PartialEq + crate::conntrack::Family;
     /// IPv4 (else IPv6): a choice by family the compiler can drop.
     const V4: bool;
 

@@ -78,7 +78,7 @@ pub fn error_to_pod<P: Quoting>(ctx: &TcContext, pkt: &mut P, now: u64) -> i32 {
     let t = &s.icmp_inner.t;
     if t.proto == PROTO_TCP || t.proto == PROTO_UDP {
         s.pkey = key(t.saddr, t.daddr, t.sport, t.dport, t.proto, CT_SVC_FWD);
-        if crate::nat::take_translated(ctx) && conntrack::alive(&s.pkey, now) {
+        if crate::nat::take_translated(ctx) && conntrack::alive_any(&s.pkey, now) {
             return TC_ACT_OK as i32;
         }
     }
@@ -207,9 +207,7 @@ fn translated<P: Quoting>(ctx: &TcContext, pkt: &P) -> i32 {
 #[inline(always)]
 fn live(now: u64) -> bool {
     let Some(s) = scratch() else { return false };
-    let Some(e) = conntrack::lookup(&s.pkey) else { return false };
-    conntrack::copy_entry(&mut s.other, e);
-    is_alive(&s.other, now)
+    conntrack::read_any(&s.pkey, &mut s.other) && is_alive(&s.other, now)
 }
 
 /// The error quotes client → backend (the reverse entry in

@@ -30,7 +30,7 @@ use weir_logic::{
 };
 
 use crate::{
-    conntrack::{self, alive, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Exists},
+    conntrack::{self, clear_entry, copy_entry, create, key, remove, replace, stat, sync_twin, touch, within_quota, Ct, Exists, Family},
     debug::{self, debug_on, trace_on},
     errors,
     family::Packet,
@@ -142,13 +142,11 @@ pub fn reverse<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, no
     }
     let Some(s) = scratch() else { return NOT_HANDLED };
     s.rkey = key(P::wide(pkt.saddr()), P::wide(pkt.daddr()), pkt.sport(), pkt.dport(), pkt.proto(), CT_SVC_REV);
-    let Some(e) = conntrack::lookup(&s.rkey) else { return NOT_HANDLED };
-    // SAFETY: map value pointer; copied out before any other map call.
-    copy_entry(&mut s.rev, e);
+    let Some(e) = conntrack::lookup::<P::A>(&s.rkey) else { return NOT_HANDLED };
+    e.read(&mut s.rev);
     s.fkey = fwd_key_of(&s.rev, pkt.proto());
-    let twin = conntrack::lookup(&s.fkey);
-    // SAFETY: map value pointer, read only.
-    let twin_alive = twin.is_some_and(|t| is_alive(unsafe { &*t }, now));
+    let twin = conntrack::lookup::<P::A>(&s.fkey);
+    let twin_alive = twin.is_some_and(|t| t.alive(now));
     if !is_alive(&s.rev, now) && !twin_alive {
         return NOT_HANDLED;
     }
@@ -157,12 +155,12 @@ pub fn reverse<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, no
     // stale entry must not rewrite it. Only the backend can send this.
     let synack = pkt.proto() == PROTO_TCP && pkt.tcp_flags() & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     if synack && (s.rev.state == CT_STATE_CLOSING || s.rev.state == CT_STATE_CLOSED) {
-        remove(&s.rkey);
+        remove::<P::A>(&s.rkey);
         return NOT_HANDLED;
     }
-    let changed = touch(e, cfg, pkt.proto(), pkt.tcp_flags(), DIR_REPLY, now);
+    let changed = touch(e.tail(), cfg, pkt.proto(), pkt.tcp_flags(), DIR_REPLY, now);
     match twin {
-        Some(_) if changed => sync_twin(&s.fkey, e),
+        Some(_) if changed => sync_twin::<P::A>(&s.fkey, e.tail()),
         Some(_) => {}
         None => rebuild_fwd(e),
     }
@@ -250,13 +248,13 @@ pub const REVERSE_IN_PLACE: u32 = 1;
 /// the reverse half (met by the reply whose key is `scratch().rkey`), so
 /// the client's next packet keeps its backend.
 #[inline(never)]
-fn rebuild_fwd(rev: *const CtEntry) {
+fn rebuild_fwd<F: Family>(rev: Ct<F>) {
     let Some(s) = scratch() else { return };
-    copy_entry(&mut s.fwd, rev);
+    rev.read(&mut s.fwd);
     s.fwd.nat_addr = s.rkey.saddr;
     s.fwd.nat_port = s.rkey.sport;
     s.fwd.orig_port = s.rkey.dport;
-    if create(&s.fkey, &s.fwd).is_ok() {
+    if create::<F>(&s.fkey, &s.fwd).is_ok() {
         stat(CtStat::HalfRebuilt);
     }
 }
@@ -327,20 +325,19 @@ pub fn forward<P: Packet>(pkt: &P, cfg: &DatapathConfig, now: u64) -> i32 {
 
     // An existing flow keeps its backend while the backend exists, unless
     // a SYN reopens a finished flow.
-    if let Some(e) = conntrack::lookup(&s.fkey) {
-        copy_entry(&mut s.fwd, e);
+    if let Some(e) = conntrack::lookup::<P::A>(&s.fkey) {
+        e.read(&mut s.fwd);
         s.rkey = rev_key::<P>(&s.fwd, cfg, pkt.proto());
-        let twin = conntrack::lookup(&s.rkey);
-        // SAFETY: map value pointer, read only.
-        let live = is_alive(&s.fwd, now) || twin.is_some_and(|t| is_alive(unsafe { &*t }, now));
+        let twin = conntrack::lookup::<P::A>(&s.rkey);
+        let live = is_alive(&s.fwd, now) || twin.is_some_and(|t| t.alive(now));
         let reuse = live
             && s.fwd.svc_id == svc.id
-            && backend_matches(s.fwd.backend_id, &s.fwd)
+            && backend_matches(s.fwd.backend_id, &s.fwd.nat_addr, s.fwd.nat_port)
             && !reopens(pkt.proto(), s.fwd.state, pkt.tcp_flags());
         if reuse {
-            let changed = touch(e, cfg, pkt.proto(), pkt.tcp_flags(), DIR_ORIG, now);
+            let changed = touch(e.tail(), cfg, pkt.proto(), pkt.tcp_flags(), DIR_ORIG, now);
             match twin {
-                Some(_) if changed => sync_twin(&s.rkey, e),
+                Some(_) if changed => sync_twin::<P::A>(&s.rkey, e.tail()),
                 Some(_) => {}
                 None => rebuild_rev(e),
             }
@@ -439,13 +436,13 @@ fn masq_port(cfg: &DatapathConfig) -> u16 {
 /// forward half (met by the packet whose key is `scratch().fkey`), so the
 /// backend's replies are still translated.
 #[inline(never)]
-fn rebuild_rev(fwd: *const CtEntry) {
+fn rebuild_rev<F: Family>(fwd: Ct<F>) {
     let Some(s) = scratch() else { return };
-    copy_entry(&mut s.rev, fwd);
+    fwd.read(&mut s.rev);
     s.rev.nat_addr = s.fkey.daddr;
     s.rev.nat_port = s.fkey.dport;
     s.rev.orig_port = s.fkey.sport;
-    if create(&s.rkey, &s.rev).is_ok() {
+    if create::<F>(&s.rkey, &s.rev).is_ok() {
         stat(CtStat::HalfRebuilt);
     }
 }
@@ -470,37 +467,37 @@ pub fn commit<P: Packet>(pkt: &P, cfg: &DatapathConfig) -> i32 {
         return drop_with(DropReason::CtQuota);
     }
     // Reverse first: a reply must never arrive before its translation exists.
-    match claim_rev(cfg) {
+    match claim_rev::<P::A>(cfg) {
         CLAIM_OK => {}
         CLAIM_FULL => return ct_full(),
         _ => return drop_with(DropReason::TupleCollision),
     }
-    match create(&s.fkey, &s.fwd) {
+    match create::<P::A>(&s.fkey, &s.fwd) {
         Ok(()) => {}
         Err(Exists::No) => {
-            remove(&s.rkey);
+            remove::<P::A>(&s.rkey);
             return ct_full();
         }
         Err(Exists::Yes) => {
             // Another CPU created this flow first, or a stale entry of the
             // same tuple is in the way.
-            let Some(e) = conntrack::lookup(&s.fkey) else { return ct_full() };
-            copy_entry(&mut s.other, e);
+            let Some(e) = conntrack::lookup::<P::A>(&s.fkey) else { return ct_full() };
+            e.read(&mut s.other);
             let now = conntrack::now_ns();
             let stale = !is_alive(&s.other, now)
                 || s.other.svc_id != s.fwd.svc_id
                 || reopens(pkt.proto(), s.other.state, pkt.tcp_flags())
-                || !backend_matches(s.other.backend_id, &s.other);
+                || !backend_matches(s.other.backend_id, &s.other.nat_addr, s.other.nat_port);
             if stale {
-                if replace(&s.fkey, &s.fwd).is_err() {
-                    remove(&s.rkey);
+                if replace::<P::A>(&s.fkey, &s.fwd).is_err() {
+                    remove::<P::A>(&s.rkey);
                     return ct_full();
                 }
             } else {
                 // The winner's flow stands: ours goes.
                 let theirs = rev_key::<P>(&s.other, cfg, pkt.proto());
                 if theirs != s.rkey {
-                    remove(&s.rkey);
+                    remove::<P::A>(&s.rkey);
                 }
                 copy_entry(&mut s.fwd, &s.other);
             }
@@ -521,15 +518,15 @@ const REMAP_TRIES: u32 = 8;
 /// a live entry of another flow is a collision, resolved by remapping the
 /// client's source port.
 #[inline(never)]
-fn claim_rev(cfg: &DatapathConfig) -> u32 {
+fn claim_rev<F: Family>(cfg: &DatapathConfig) -> u32 {
     let Some(s) = scratch() else { return CLAIM_FULL };
-    match create(&s.rkey, &s.rev) {
+    match create::<F>(&s.rkey, &s.rev) {
         Ok(()) => return CLAIM_OK,
         Err(Exists::No) => return CLAIM_FULL,
         Err(Exists::Yes) => {}
     }
-    let Some(e) = conntrack::lookup(&s.rkey) else { return CLAIM_FULL };
-    copy_entry(&mut s.other, e);
+    let Some(e) = conntrack::lookup::<F>(&s.rkey) else { return CLAIM_FULL };
+    e.read(&mut s.other);
     let same_flow = s.other.orig_addr == s.rev.orig_addr
         && s.other.nat_addr == s.rev.nat_addr
         && s.other.nat_port == s.rev.nat_port
@@ -540,7 +537,7 @@ fn claim_rev(cfg: &DatapathConfig) -> u32 {
     // held for the closing timeout after every short connection.
     let finished = s.rkey.proto == PROTO_TCP && s.fwd.state == CT_STATE_SYN && (s.other.state == CT_STATE_CLOSING || s.other.state == CT_STATE_CLOSED);
     if same_flow || finished || !is_alive(&s.other, conntrack::now_ns()) {
-        return if replace(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
+        return if replace::<F>(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
     }
     let masq = s.fwd.flags & CT_F_MASQ != 0;
     let mut i = 0;
@@ -552,7 +549,7 @@ fn claim_rev(cfg: &DatapathConfig) -> u32 {
             (1024 + unsafe { bpf_get_prandom_u32() } % (65536 - 1024)) as u16
         };
         s.rkey.dport = port.to_be();
-        match create(&s.rkey, &s.rev) {
+        match create::<F>(&s.rkey, &s.rev) {
             Ok(()) => {
                 s.fwd.orig_port = s.rkey.dport;
                 s.fwd.flags |= CT_F_REMAPPED;
@@ -581,11 +578,12 @@ fn rev_key<P: Packet>(fwd: &CtEntry, cfg: &DatapathConfig, proto: u8) -> CtKey {
     key(fwd.nat_addr, backend_sees_in(fwd.flags, cfg, fwd.orig_addr, P::V4), fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
 }
 
-/// Whether backend `id` still exists with the entry's address and port.
+/// Whether backend `id` still exists with the address and port a flow's
+/// forward entry holds.
 #[inline(always)]
-pub(crate) fn backend_matches(id: u32, entry: &CtEntry) -> bool {
+pub(crate) fn backend_matches(id: u32, addr: &Addr, port: u16) -> bool {
     match read(BACKENDS.get_ptr(&id)) {
-        Some(b) => b.addr == entry.nat_addr && b.port == entry.nat_port,
+        Some(b) => b.addr == *addr && b.port == port,
         None => false,
     }
 }
@@ -670,9 +668,3 @@ pub fn select_backend(svc: &Service, client: &Addr, hash: u32, now: u64, out: &m
     id
 }
 
-/// Whether the flow's two ends are known to conntrack at `now` (used by
-/// the policy path for packets arriving at a pod).
-#[inline(always)]
-pub fn flow_alive(k: &CtKey, now: u64) -> bool {
-    alive(k, now)
-}

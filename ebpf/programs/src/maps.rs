@@ -8,7 +8,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4},
     ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
@@ -44,8 +44,17 @@ pub static LB_TABLE: Array<u32> = Array::pinned(LB_TABLE_MAX_ENTRIES, aya_ebpf::
 #[map(name = "WEIR_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
 
+/// IPv6 flows (see `weir_common::ct`).
 #[map(name = "WEIR_CT")]
-pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT6_MAX_ENTRIES, 0);
+
+/// IPv4 flows (see `weir_common::ct`).
+#[map(name = "WEIR_CT4")]
+pub static CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+
+/// See `weir_common::maps::CT4_PREV`.
+#[map(name = "WEIR_CT4_PREV")]
+pub static CT4_PREV: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(1, 0);
 
 /// See `weir_common::maps::CT_PREV`.
 #[map(name = "WEIR_CT_PREV")]
@@ -194,6 +203,10 @@ pub struct Scratch {
     /// An entry conntrack takes over from the previous layout's map
     /// (`conntrack::carry_over`), converted.
     pub carried: CtEntry,
+    /// An IPv4 key and entry on their way into `WEIR_CT4`, narrowed
+    /// (`conntrack`).
+    pub key4: CtKey4,
+    pub entry4: CtEntry4,
 }
 
 #[map(name = "WEIR_SCRATCH")]

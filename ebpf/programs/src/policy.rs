@@ -30,12 +30,12 @@ use weir_common::{
     stats::DpError,
 };
 use weir_logic::{
-    ct::{expiry, first, is_alive, is_syn, reopens},
+    ct::{alive_until, expiry, first, is_syn, reopens},
     policy::{decide, Decision, PolicyMaps},
 };
 
 use crate::{
-    conntrack::{self, create, key, replace, touch, within_quota, Exists},
+    conntrack::{self, create_any, key, replace_any, touch, within_quota, Exists},
     debug::{self, debug_on},
     errors, events,
     hdr::Ipv4Pkt,
@@ -214,10 +214,8 @@ fn tracked(t: &Tuple, now: u64) -> bool {
     let (sa, da) = (t.saddr, t.daddr);
     let syn = t.proto == PROTO_TCP && is_syn(t.tcp_flags);
     s.pkey = key(sa, da, t.sport, t.dport, t.proto, CT_POLICY);
-    if let Some(e) = conntrack::lookup(&s.pkey) {
-        // SAFETY: map value pointer, read only.
-        let entry = unsafe { &*e };
-        if is_alive(entry, now) && !reopens(t.proto, entry.state, t.tcp_flags) {
+    if let Some(e) = conntrack::tail_any(&s.pkey) {
+        if alive_until(e.expires_s, now) && !reopens(t.proto, e.state, t.tcp_flags) {
             touch(e, cfg, t.proto, t.tcp_flags, DIR_ORIG, now);
             return true;
         }
@@ -226,9 +224,8 @@ fn tracked(t: &Tuple, now: u64) -> bool {
         return false;
     }
     s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_POLICY);
-    if let Some(e) = conntrack::lookup(&s.pkey) {
-        // SAFETY: map value pointer, read only.
-        if is_alive(unsafe { &*e }, now) {
+    if let Some(e) = conntrack::tail_any(&s.pkey) {
+        if alive_until(e.expires_s, now) {
             touch(e, cfg, t.proto, t.tcp_flags, DIR_REPLY, now);
             return true;
         }
@@ -247,11 +244,11 @@ fn service_flow(t: &Tuple, now: u64) -> bool {
     let Some(s) = scratch() else { return false };
     let (sa, da) = (t.saddr, t.daddr);
     s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_SVC_REV);
-    if conntrack::alive(&s.pkey, now) {
+    if conntrack::alive_any(&s.pkey, now) {
         return true;
     }
     s.pkey = key(da, sa, t.dport, t.sport, t.proto, CT_SVC_FWD);
-    conntrack::alive(&s.pkey, now)
+    conntrack::alive_any(&s.pkey, now)
 }
 
 /// Whether an ICMP error to `to` quoting the flow `inner` (the tuple of
@@ -265,11 +262,11 @@ pub fn related(to: &Addr, inner: &Tuple, now: u64) -> bool {
     let Some(s) = scratch() else { return false };
     let (sa, da) = (inner.saddr, inner.daddr);
     s.pkey = key(sa, da, inner.sport, inner.dport, inner.proto, CT_POLICY);
-    if conntrack::alive(&s.pkey, now) {
+    if conntrack::alive_any(&s.pkey, now) {
         return true;
     }
     s.pkey = key(da, sa, inner.dport, inner.sport, inner.proto, CT_POLICY);
-    conntrack::alive(&s.pkey, now)
+    conntrack::alive_any(&s.pkey, now)
 }
 
 /// Records an allowed flow so the rest of it, and its replies, pass.
@@ -293,10 +290,10 @@ fn track(t: &Tuple, now: u64, owner: u32) -> bool {
     s.pentry.expires_s = expiry(cfg, st.state, now);
     s.pentry.owner = owner;
     s.pkey = key(t.saddr, t.daddr, t.sport, t.dport, t.proto, CT_POLICY);
-    match create(&s.pkey, &s.pentry) {
+    match create_any(&s.pkey, &s.pentry) {
         Ok(()) => true,
         // A stale entry of the tuple (or another CPU's): take it over.
-        Err(Exists::Yes) => replace(&s.pkey, &s.pentry).is_ok() || fail_full(),
+        Err(Exists::Yes) => replace_any(&s.pkey, &s.pentry).is_ok() || fail_full(),
         Err(Exists::No) => fail_full(),
     }
 }

@@ -40,9 +40,9 @@ use weir_logic::{
 };
 
 use crate::{
-    conntrack::{self, key, lookup, sync_twin, touch},
+    conntrack::{self, key, lookup, sync_twin, touch, Ct, Family},
     lb,
-    maps::{read, FRONTENDS, XDP_STATS},
+    maps::{read, scratch, FRONTENDS, XDP_STATS},
     nat::addr6_diff,
     source,
 };
@@ -118,9 +118,7 @@ struct Rewrite<A> {
 /// An address as a frame of one family carries it: the IPv4 rewrite
 /// stays 4 bytes an address, which keeps the IPv4 chain's frames as they
 /// were before IPv6 came to XDP.
-trait FrameAddr: Copy {
-    /// IPv4 (else IPv6).
-    const V4: bool;
+trait FrameAddr: Family {
     /// A map's address (of this family: a flow never mixes families).
     fn narrow(a: &Addr) -> Self;
     /// Sets the FIB lookup's family, source and destination.
@@ -128,7 +126,6 @@ trait FrameAddr: Copy {
 }
 
 impl FrameAddr for u32 {
-    const V4: bool = true;
     #[inline(always)]
     fn narrow(a: &Addr) -> u32 {
         a.v4_raw()
@@ -142,7 +139,6 @@ impl FrameAddr for u32 {
 }
 
 impl FrameAddr for Addr {
-    const V4: bool = false;
     #[inline(always)]
     fn narrow(a: &Addr) -> Addr {
         *a
@@ -273,9 +269,10 @@ fn steady(e: &CtEntry, proto: u8, now: u64) -> bool {
 fn reply<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> bool {
     let (Some(cfg), now) = (conntrack::config(), conntrack::now_ns()) else { return false };
     let rkey = key(f.src, f.dst, f.sport, f.dport, f.proto, CT_SVC_REV);
-    let Some(e) = lookup(&rkey) else { return false };
-    // SAFETY: map value pointer, valid for the program run.
-    let rev = unsafe { &*e };
+    let (Some(e), Some(s)) = (lookup::<A>(&rkey), scratch()) else { return false };
+    // Read widened from scratch space (copies on the stack would not fit).
+    e.read(&mut s.other);
+    let rev = &s.other;
     if !steady(rev, f.proto, now) {
         return false;
     }
@@ -294,9 +291,10 @@ fn reply<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> bool 
 fn forward<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> bool {
     let (Some(cfg), now) = (conntrack::config(), conntrack::now_ns()) else { return false };
     let fkey = key(f.src, f.dst, f.sport, f.dport, f.proto, CT_SVC_FWD);
-    let Some(e) = lookup(&fkey) else { return false };
-    // SAFETY: map value pointer, valid for the program run.
-    let fwd = unsafe { &*e };
+    let (Some(e), Some(s)) = (lookup::<A>(&fkey), scratch()) else { return false };
+    // As in `reply`.
+    e.read(&mut s.other);
+    let fwd = &s.other;
     // Only flows opened from outside (charged to no pod link).
     if fwd.owner != 0 || !steady(fwd, f.proto, now) {
         return false;
@@ -310,7 +308,7 @@ fn forward<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> boo
             svc = ext;
         }
     }
-    if fwd.svc_id != svc.id || !lb::backend_matches(fwd.backend_id, fwd) {
+    if fwd.svc_id != svc.id || !lb::backend_matches(fwd.backend_id, &fwd.nat_addr, fwd.nat_port) {
         return false;
     }
     // A hairpin flow (a node reaching its own host-network endpoint
@@ -336,12 +334,12 @@ fn forward<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> boo
 /// advances and the twin follows, as on tc.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn take<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &Rewrite<A>, e: *mut CtEntry, twin: &CtKey, dir: u8, cfg: &DatapathConfig, now: u64) -> bool {
-    if lookup(twin).is_none() || !leaves_by(ctx, rw, f) {
+fn take<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &Rewrite<A>, e: Ct<A>, twin: &CtKey, dir: u8, cfg: &DatapathConfig, now: u64) -> bool {
+    if lookup::<A>(twin).is_none() || !leaves_by(ctx, rw, f) {
         return false;
     }
-    if touch(e, cfg, f.proto, f.tcp_flags, dir, now) {
-        sync_twin(twin, e);
+    if touch(e.tail(), cfg, f.proto, f.tcp_flags, dir, now) {
+        sync_twin::<A>(twin, e.tail());
     }
     true
 }

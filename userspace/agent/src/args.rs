@@ -89,9 +89,14 @@ pub struct Args {
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().backends)]
     pub backends_max_entries: u32,
 
-    /// Conntrack entries (two per service flow).
+    /// IPv4 conntrack entries (two per service flow; 112 B each).
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct_entries)]
     pub ct_max_entries: u32,
+
+    /// IPv6 conntrack entries (two per service flow; 160 B each). A table
+    /// of its own, as IPv4's entries are smaller.
+    #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct6_entries)]
+    pub ct6_max_entries: u32,
 
     /// Conntrack entries one pod may hold (its flows, and flows opened
     /// towards it from outside the node); its new flows beyond that are

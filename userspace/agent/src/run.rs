@@ -65,6 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         frontends: args.frontends_max_entries,
         backends: args.backends_max_entries,
         ct_entries: args.ct_max_entries,
+        ct6_entries: args.ct6_max_entries,
         snat_entries: args.masquerade_max_entries,
         verifier_log: args.bpf_verifier_log_level.into(),
         kernel_log: args.bpf_log_level.into(),

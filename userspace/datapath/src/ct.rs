@@ -5,6 +5,10 @@
 //! kernel uses. The masquerade table (`WEIR_SNAT`) has the same types and
 //! is collected by the same code ([`Table::SNAT`]).
 //!
+//! Conntrack is two maps, one per address family (`WEIR_CT4` for IPv4,
+//! `WEIR_CT` for IPv6, see `weir_common::ct`); [`CtMaps`] reads and
+//! writes both by the wide key, so everything above it sees one table.
+//!
 //! Deleting never races with the kernel: an entry is taken out with
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns what was really there,
 //! and put back (`BPF_NOEXIST`) if the kernel revived or replaced it after
@@ -18,8 +22,8 @@ use std::{
 use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use weir_common::{
     config::DatapathConfig,
-    ct::{CtEntry, CtKey, CtStat, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
-    maps::{CONFIG, CT, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
+    maps::{CONFIG, CT, CT4, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS},
 };
 use weir_logic::ct::is_alive;
 
@@ -58,14 +62,133 @@ pub fn twin_key(key: &CtKey, e: &CtEntry, cfg: &DatapathConfig) -> Option<CtKey>
 /// per-endpoint counts (conntrack only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
+    /// The map of IPv6 flows, or of both families (`map4` None).
     pub map: &'static str,
+    /// The map of IPv4 flows, if they have their own.
+    pub map4: Option<&'static str>,
     pub stats: &'static str,
     pub owners: Option<&'static str>,
 }
 
 impl Table {
-    pub const CT: Table = Table { map: CT, stats: CT_STATS, owners: Some(CT_OWNERS) };
-    pub const SNAT: Table = Table { map: SNAT, stats: SNAT_STATS, owners: None };
+    pub const CT: Table = Table { map: CT, map4: Some(CT4), stats: CT_STATS, owners: Some(CT_OWNERS) };
+    pub const SNAT: Table = Table { map: SNAT, map4: None, stats: SNAT_STATS, owners: None };
+}
+
+/// A table's maps, read and written by the wide key: an IPv4 key goes to
+/// the IPv4 map (narrowed) when there is one.
+pub struct CtMaps {
+    wide: HashMap<MapData, CtKey, CtEntry>,
+    raw: MapData,
+    v4: Option<(HashMap<MapData, CtKey4, CtEntry4>, MapData)>,
+    capacity: u64,
+}
+
+impl CtMaps {
+    /// Conntrack's two maps.
+    pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
+        Self::open_table(layout, Table::CT)
+    }
+
+    pub fn open_table(layout: &PinLayout, t: Table) -> Result<Self, DatapathError> {
+        layout.require_existing()?;
+        let (wide, raw, mut capacity) = open_map(layout, t.map)?;
+        let v4 = match t.map4 {
+            Some(name) => {
+                let (map, raw, n) = open_map(layout, name)?;
+                capacity += n;
+                Some((map, raw))
+            }
+            None => None,
+        };
+        Ok(Self { wide, raw, v4, capacity })
+    }
+
+    fn four(&self, k: &CtKey) -> Option<&(HashMap<MapData, CtKey4, CtEntry4>, MapData)> {
+        self.v4.as_ref().filter(|_| k.is_v4())
+    }
+
+    pub fn get(&self, k: &CtKey) -> Option<CtEntry> {
+        match self.four(k) {
+            Some((m, _)) => m.get(&k.narrow(), 0).ok().map(|e| e.widen()),
+            None => self.wide.get(k, 0).ok(),
+        }
+    }
+
+    /// Inserts `k` unless it exists (`BPF_NOEXIST`); whether it did.
+    pub fn insert_new(&mut self, k: &CtKey, e: &CtEntry) -> bool {
+        match self.v4.as_mut().filter(|_| k.is_v4()) {
+            Some((m, _)) => m.insert(k.narrow(), CtEntry4::narrow(e), 1 /* BPF_NOEXIST */).is_ok(),
+            None => self.wide.insert(k, e, 1 /* BPF_NOEXIST */).is_ok(),
+        }
+    }
+
+    pub fn remove(&mut self, k: &CtKey) -> bool {
+        match self.v4.as_mut().filter(|_| k.is_v4()) {
+            Some((m, _)) => m.remove(&k.narrow()).is_ok(),
+            None => self.wide.remove(k).is_ok(),
+        }
+    }
+
+    /// Takes `k` out atomically; returns what was there.
+    pub fn take(&self, k: &CtKey) -> Option<CtEntry> {
+        match self.four(k) {
+            Some((_, raw)) => lookup_and_delete::<CtKey4, CtEntry4>(raw, &k.narrow()).map(|e| e.widen()),
+            None => lookup_and_delete::<CtKey, CtEntry>(&self.raw, k),
+        }
+    }
+
+    /// Every entry (key, value), widened, read in batches ([`crate::batch`]).
+    pub fn entries(&self) -> Vec<(CtKey, CtEntry)> {
+        let mut out: Vec<(CtKey, CtEntry)> = crate::batch::lookup_all(self.raw.fd().as_fd()).unwrap_or_else(|| self.wide.iter().filter_map(Result::ok).collect());
+        if let Some((m, raw)) = &self.v4 {
+            let four: Vec<(CtKey4, CtEntry4)> = crate::batch::lookup_all(raw.fd().as_fd()).unwrap_or_else(|| m.iter().filter_map(Result::ok).collect());
+            out.extend(four.iter().map(|(k, e)| (k.widen(), e.widen())));
+        }
+        out
+    }
+
+    /// Every entry, read with two syscalls each (kernels without batch
+    /// lookups; and the reference the batch read is tested against).
+    pub fn entries_one_by_one(&self) -> Vec<(CtKey, CtEntry)> {
+        let mut out: Vec<(CtKey, CtEntry)> = self.wide.iter().filter_map(Result::ok).collect();
+        if let Some((m, _)) = &self.v4 {
+            out.extend(m.iter().filter_map(Result::ok).map(|(k, e)| (k.widen(), e.widen())));
+        }
+        out
+    }
+
+    /// Entries both maps hold at most.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+fn open_map<K: aya::Pod, V: aya::Pod>(layout: &PinLayout, name: &'static str) -> Result<(HashMap<MapData, K, V>, MapData, u64), DatapathError> {
+    let map = pinned::hash(layout, name)?;
+    let raw = MapData::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
+    let capacity = MapInfo::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?.max_entries();
+    Ok((map, raw, u64::from(capacity)))
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`: takes `k` out of `map`, returning
+/// what was really there.
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod + Default>(map: &MapData, k: &K) -> Option<V> {
+    let mut value = V::default();
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Attr { map_fd: map.fd().as_fd().as_raw_fd() as u32, _pad: 0, key: k as *const K as u64, value: &mut value as *mut V as u64, flags: 0 };
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    // SAFETY: the attribute points at a key and a value buffer of the
+    // map's sizes (the callers' types are the map's), both alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr, std::mem::size_of::<Attr>()) };
+    (rc == 0).then_some(value)
 }
 
 /// The table's fill level and what happened to it, from the pinned
@@ -99,8 +222,7 @@ pub struct GcOutcome {
 
 /// The pinned conntrack map and its counters.
 pub struct Conntrack {
-    map: HashMap<MapData, CtKey, CtEntry>,
-    raw: MapData,
+    maps: CtMaps,
     stats: PerCpuArray<MapData, u64>,
     owners: Option<HashMap<MapData, u32, u64>>,
     capacity: u64,
@@ -114,10 +236,8 @@ impl Conntrack {
     }
 
     pub fn open_table(layout: &PinLayout, t: Table) -> Result<Self, DatapathError> {
-        let map = pinned::hash(layout, t.map)?;
-        layout.require_existing()?;
-        let raw = MapData::from_pin(layout.map(t.map)).map_err(|source| DatapathError::Map { name: t.map, source })?;
-        let capacity = MapInfo::from_pin(layout.map(t.map)).map_err(|source| DatapathError::Map { name: t.map, source })?.max_entries();
+        let maps = CtMaps::open_table(layout, t)?;
+        let capacity = maps.capacity();
         let stats = pinned::typed::<PerCpuArray<MapData, u64>>(layout, t.stats)?;
         let owners = match t.owners {
             Some(name) => Some(pinned::hash(layout, name)?),
@@ -128,18 +248,18 @@ impl Conntrack {
             Ok(c) if c.ct_udp_timeout_s != 0 => c,
             _ => DatapathConfig::DEFAULT,
         };
-        Ok(Self { map, raw, stats, owners, capacity: u64::from(capacity), cfg })
+        Ok(Self { maps, stats, owners, capacity, cfg })
     }
 
     /// Every entry (key, value), read in batches ([`crate::batch`]).
     pub fn entries(&self) -> Vec<(CtKey, CtEntry)> {
-        crate::batch::lookup_all(self.raw.fd().as_fd()).unwrap_or_else(|| self.entries_one_by_one())
+        self.maps.entries()
     }
 
     /// Every entry, read with two syscalls each (kernels without batch
     /// lookups; and the reference the batch read is tested against).
     pub fn entries_one_by_one(&self) -> Vec<(CtKey, CtEntry)> {
-        self.map.iter().filter_map(Result::ok).collect()
+        self.maps.entries_one_by_one()
     }
 
     fn stat(&self, s: CtStat) -> u64 {
@@ -166,38 +286,18 @@ impl Conntrack {
 
     /// Takes `k` out atomically; returns what was there.
     fn take(&self, k: &CtKey) -> Option<CtEntry> {
-        let mut value = CtEntry::default();
-        #[repr(C)]
-        struct Attr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let attr = Attr {
-            map_fd: self.raw.fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: k as *const CtKey as u64,
-            value: &mut value as *mut CtEntry as u64,
-            flags: 0,
-        };
-        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-        // SAFETY: the attribute points at a key and a value buffer of the
-        // map's sizes, both alive for the call.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr, std::mem::size_of::<Attr>()) };
-        (rc == 0).then_some(value)
+        self.maps.take(k)
     }
 
     /// Deletes `k` unless its entry is alive at `now_ns` (or its twin is).
     /// Returns whether it was deleted.
     fn delete_if_dead(&mut self, k: &CtKey, now_ns: u64) -> (bool, bool) {
         let Some(v) = self.take(k) else { return (false, false) };
-        let twin_alive = twin_key(k, &v, &self.cfg).and_then(|t| self.map.get(&t, 0).ok()).is_some_and(|t| is_alive(&t, now_ns));
+        let twin_alive = twin_key(k, &v, &self.cfg).and_then(|t| self.maps.get(&t)).is_some_and(|t| is_alive(&t, now_ns));
         if is_alive(&v, now_ns) || twin_alive {
             // Revived meanwhile: put it back, unless the kernel already
             // created the key again.
-            if self.map.insert(k, v, 1 /* BPF_NOEXIST */).is_ok() {
+            if self.maps.insert_new(k, &v) {
                 return (false, true);
             }
         }
@@ -245,7 +345,7 @@ impl Conntrack {
                     // Re-created for a live backend since the scan: put it
                     // back (unless the kernel already created the key again,
                     // as in `delete_if_dead`).
-                    Some(v) if k.kind == CT_SVC_FWD && !orphaned(k, &v) && self.map.insert(k, v, 1 /* BPF_NOEXIST */).is_ok() => {
+                    Some(v) if k.kind == CT_SVC_FWD && !orphaned(k, &v) && self.maps.insert_new(k, &v) => {
                         out.restored += 1;
                         live += 1;
                         *owners.entry(v.owner).or_default() += 1;
@@ -327,7 +427,7 @@ impl Conntrack {
     /// Deletes matching entries; returns how many.
     pub fn flush(&mut self, mut pred: impl FnMut(&CtKey, &CtEntry) -> bool) -> usize {
         let doomed: Vec<CtKey> = self.entries().into_iter().filter(|(k, e)| pred(k, e)).map(|(k, _)| k).collect();
-        let n = doomed.iter().filter(|k| self.map.remove(k).is_ok()).count();
+        let n = doomed.iter().filter(|k| self.maps.remove(k)).count();
         self.count_deleted(n as u64);
         n
     }

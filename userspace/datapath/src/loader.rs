@@ -11,7 +11,7 @@ use aya::{
 use weir_common::{
     config::DatapathConfig,
     maps::{
-        BACKENDS, BACKENDS_MAX_ENTRIES, CONFIG, CT, CT_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES, SNAT,
+        BACKENDS, BACKENDS_MAX_ENTRIES, CONFIG, CT, CT4, CT6_MAX_ENTRIES, CT_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES, SNAT,
         SNAT_MAX_ENTRIES,
     },
     stats::{Direction, IfStats, IfStatsKey},
@@ -38,8 +38,10 @@ pub struct LoadOptions {
     /// Entries in WEIR_BACKENDS (one per distinct backend address, port
     /// and protocol).
     pub backends: u32,
-    /// Entries in WEIR_CT (two per service flow).
+    /// Entries in WEIR_CT4, IPv4 conntrack (two per service flow).
     pub ct_entries: u32,
+    /// Entries in WEIR_CT, IPv6 conntrack (two per service flow).
+    pub ct6_entries: u32,
     /// Entries in WEIR_SNAT (two per masqueraded flow).
     pub snat_entries: u32,
     /// How much the kernel's verifier says when it loads the programs (its
@@ -57,6 +59,7 @@ impl Default for LoadOptions {
             frontends: FRONTENDS_MAX_ENTRIES,
             backends: BACKENDS_MAX_ENTRIES,
             ct_entries: CT_MAX_ENTRIES,
+            ct6_entries: CT6_MAX_ENTRIES,
             snat_entries: SNAT_MAX_ENTRIES,
             verifier_log: VerifierLog::default(),
             kernel_log: KernelLogLevel::Off,
@@ -139,12 +142,13 @@ fn sized_map_ids(layout: &PinLayout) -> Vec<Option<u32>> {
 }
 
 /// The maps whose capacity the load options choose.
-pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 5] {
+pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 6] {
     [
         (LB_TABLE, opts.lb_table_slots.max(1)),
         (FRONTENDS, opts.frontends.max(2)),
         (BACKENDS, opts.backends.max(1)),
-        (CT, opts.ct_entries.max(2)),
+        (CT4, opts.ct_entries.max(2)),
+        (CT, opts.ct6_entries.max(2)),
         (SNAT, opts.snat_entries.max(2)),
     ]
 }
@@ -160,8 +164,8 @@ pub(crate) fn load_object(layout: &PinLayout, opts: &LoadOptions, bytes: &[u8], 
 
 /// [`load_object`], with some maps' pins chosen by the caller (name,
 /// absolute pin path), and some `u8` constants set (conntrack's and
-/// masquerade's carry-over during a migration, `WEIR_CT_PREV_ON` and
-/// `WEIR_SNAT_PREV_ON`; see [`crate::migrate`]).
+/// masquerade's carry-over during a migration, `WEIR_CT_PREV_ON`,
+/// `WEIR_CT4_PREV_ON` and `WEIR_SNAT_PREV_ON`; see [`crate::migrate`]).
 pub(crate) fn load_object_with(
     layout: &PinLayout,
     opts: &LoadOptions,

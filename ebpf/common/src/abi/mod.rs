@@ -20,7 +20,7 @@ use core::mem::size_of;
 use crate::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtKey},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4},
     ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
@@ -131,6 +131,8 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 ///   readable as `WEIR_CT_PREV_V1` and `WEIR_SNAT_PREV_V1` (`crate::ct_v1`).
 /// - v2 of `WEIR_CONFIG`: `DatapathConfig::node_addr6` appended (88 B
 ///   instead of 72).
+/// - v3 of `WEIR_CT`: IPv6 flows only (the bytes as in v2); IPv4 flows
+///   are in `WEIR_CT4` (v1), with 4-byte addresses.
 pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::IF_STATS, 1, sz::<IfStatsKey>(), sz::<IfStats>(), &["IfStatsKey", "IfStats"], false),
     layout(maps::DP_ERRORS, 1, 4, 8, &["u64"], false),
@@ -139,7 +141,9 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::BACKENDS, 1, 4, sz::<Backend>(), &["Backend", "Addr"], true),
     layout(maps::LB_TABLE, 1, 4, 4, &["u32"], true),
     layout(maps::AFFINITY, 1, sz::<AffinityKey>(), sz::<AffinityValue>(), &["AffinityKey", "AffinityValue", "Addr"], true),
-    layout(maps::CT, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::CT, 3, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::CT4, 1, sz::<CtKey4>(), sz::<CtEntry4>(), &["CtKey4", "CtEntry4"], true),
+    layout(maps::CT4_PREV, 1, sz::<CtKey4>(), sz::<CtEntry4>(), &["CtKey4", "CtEntry4"], false),
     layout(maps::CT_PREV, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),
     layout(maps::CT_PREV_V1, 1, sz::<CtKey>(), sz::<CtEntryV1>(), &["CtKey", "CtEntryV1", "Addr"], false),
     layout(maps::CT_STATS, 1, 4, 8, &["u64"], false),

@@ -26,7 +26,7 @@ use weir_common::{
     ct::{CtEntry, CtKey, CT_SVC_FWD, CT_SVC_REV},
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP},
     link::LinkInfo,
-    maps::{AFFINITY, BACKENDS, CONFIG, CT, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POD_ADDRS, POLICY, SOURCE_RANGES},
+    maps::{AFFINITY, BACKENDS, CONFIG, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POD_ADDRS, POLICY, SOURCE_RANGES},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue},
 };
 use weir_logic::{ct::is_alive, frontend::Origin, ipv6};
@@ -186,7 +186,7 @@ pub struct Maps {
     backends: HashMap<MapData, u32, Backend>,
     table: MmapU32Array,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    ct: HashMap<MapData, CtKey, CtEntry>,
+    ct: crate::ct::CtMaps,
     config: Array<MapData, DatapathConfig>,
     endpoints: HashMap<MapData, Addr, EndpointInfo>,
     ipcache: LpmTrie<MapData, Addr, IpInfo>,
@@ -215,7 +215,7 @@ impl Maps {
             backends: pinned::hash(layout, BACKENDS)?,
             table: MmapU32Array::open(layout, LB_TABLE)?,
             affinity: hash(layout, AFFINITY)?,
-            ct: hash(layout, CT)?,
+            ct: crate::ct::CtMaps::open(layout)?,
             config: pinned::array(layout, CONFIG)?,
             endpoints: pinned::hash(layout, ENDPOINTS)?,
             ipcache: lpm(layout, IPCACHE)?,
@@ -247,7 +247,7 @@ impl Maps {
     }
 
     fn ct_alive(&self, k: &CtKey, now: u64) -> Option<CtEntry> {
-        self.ct.get(k, 0).ok().filter(|e| is_alive(e, now))
+        self.ct.get(k).filter(|e| is_alive(e, now))
     }
 
     fn backend(&self, id: u32) -> Option<Backend> {
@@ -348,7 +348,7 @@ impl Maps {
         if p.proto == PROTO_TCP {
             return None;
         }
-        let e = self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV), 0).ok()?;
+        let e = self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV))?;
         let twin = ct_key(e.orig_addr, e.nat_addr, u16::from_be(e.orig_port), u16::from_be(e.nat_port), p.proto, CT_SVC_FWD);
         (is_alive(&e, now) || self.ct_alive(&twin, now).is_some()).then(|| (IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)))
     }

@@ -274,7 +274,10 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
         objs.push((object, load_object_with(layout, opts, bytes, object, &pins, &constants)?));
     }
 
-    // 3. The entries.
+    // 3. The entries. Conntrack rebuilt from before layout v3 sends its
+    // IPv4 flows to WEIR_CT4 (pinned by the load above).
+    let split = split_target(layout, rebuild)?;
+    let split = split.as_ref().map(|fd| fd.as_fd());
     let mut pairs: Vec<(OwnedFd, OwnedFd)> = Vec::new();
     for (e, from) in rebuild {
         let old = raw::obj_get(&layout.map(&e.name)).map_err(raw_error("opening", &e.name))?;
@@ -291,7 +294,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
             stateful: e.layout.stateful,
         };
         if e.layout.stateful {
-            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), old_entries, raw::NOEXIST)?;
+            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split_of(e, *from, split), old_entries, raw::NOEXIST)?;
             r.copied += c;
             r.dropped += d;
         }
@@ -305,7 +308,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     for (i, ((e, from), ((old, new), r))) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())).enumerate() {
         if e.layout.stateful && !is_array(e.shape.map_type) {
             let flags = if resumed[i] { raw::NOEXIST } else { raw::ANY };
-            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), r.from_entries, flags)?;
+            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split_of(e, *from, split), r.from_entries, flags)?;
             r.copied = r.copied.max(c);
             r.dropped = r.dropped.max(d);
         }
@@ -318,7 +321,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     // 5. What the old programs wrote since the first copy.
     for ((e, from), ((old, new), r)) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())) {
         if e.layout.stateful && !is_array(e.shape.map_type) {
-            let (c, _) = copy(e, *from, old.as_fd(), new.as_fd(), r.from_entries, raw::NOEXIST)?;
+            let (c, _) = copy(e, *from, old.as_fd(), new.as_fd(), split_of(e, *from, split), r.from_entries, raw::NOEXIST)?;
             r.copied += c;
         }
     }
@@ -352,25 +355,64 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
 type CarryOver = (Vec<(&'static str, u8)>, Vec<(&'static str, PathBuf)>);
 
 fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> CarryOver {
-    use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1}, maps};
-    // (map, its switch, its old map in the same layout, in v1)
-    const MAPS: [(&str, &str, &str, &str); 2] =
-        [(maps::CT, "WEIR_CT_PREV_ON", maps::CT_PREV, maps::CT_PREV_V1), (maps::SNAT, "WEIR_SNAT_PREV_ON", maps::SNAT_PREV, maps::SNAT_PREV_V1)];
+    use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_WIDE}, maps};
+    // (map, its switch, its old map in the same bytes, in v1)
+    const MAPS: [(&str, &str, &str, Option<&str>); 3] = [
+        (maps::CT, "WEIR_CT_PREV_ON", maps::CT_PREV, Some(maps::CT_PREV_V1)),
+        (maps::CT4, "WEIR_CT4_PREV_ON", maps::CT4_PREV, None),
+        (maps::SNAT, "WEIR_SNAT_PREV_ON", maps::SNAT_PREV, Some(maps::SNAT_PREV_V1)),
+    ];
     let (mut constants, mut pins) = (Vec::new(), Vec::new());
     for (map, switch, same, v1) in MAPS {
         match rebuild.iter().find(|(e, _)| e.name == map) {
-            Some((e, from)) if *from == e.layout.version => {
+            Some((e, from)) if *from == e.layout.version || same_bytes(map, *from) => {
                 constants.push((switch, CARRY_OVER_SAME));
                 pins.push((same, layout.map(map)));
             }
             Some((_, 1)) => {
-                constants.push((switch, CARRY_OVER_V1));
-                pins.push((v1, layout.map(map)));
+                if let Some(v1) = v1 {
+                    constants.push((switch, CARRY_OVER_V1));
+                    pins.push((v1, layout.map(map)));
+                }
             }
             _ => {}
         }
     }
+    // IPv4 flows the old programs open in the one-table conntrack until
+    // the swap are found there by the IPv4 path, where the conntrack
+    // switch above points.
+    if rebuild.iter().any(|(e, from)| splits(e, *from)) {
+        constants.push(("WEIR_CT4_PREV_ON", CARRY_OVER_WIDE));
+    }
     (constants, pins)
+}
+
+/// Whether `map` at layout `from` has the bytes of this build's layout
+/// (`WEIR_CT` v2 and v3 differ in what they hold, not in their bytes).
+fn same_bytes(map: &str, from: u32) -> bool {
+    map == weir_common::maps::CT && from == 2
+}
+
+/// Whether rebuilding `e` from layout `from` splits conntrack by family
+/// (its IPv4 flows go to `WEIR_CT4`).
+fn splits(e: &Expected, from: u32) -> bool {
+    e.name == weir_common::maps::CT && from < 3
+}
+
+/// `WEIR_CT4`, opened for the split, when conntrack is rebuilt from
+/// before it (staged if a migration rebuilds it too, else as pinned).
+fn split_target(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> Result<Option<OwnedFd>, DatapathError> {
+    if !rebuild.iter().any(|(e, from)| splits(e, *from)) {
+        return Ok(None);
+    }
+    let name = weir_common::maps::CT4;
+    let staged = staged_path(layout, name);
+    let path = if staged.exists() { staged } else { layout.map(name) };
+    raw::obj_get(&path).map(Some).map_err(raw_error("opening", name))
+}
+
+fn split_of<'a>(e: &Expected, from: u32, split: Option<BorrowedFd<'a>>) -> Option<BorrowedFd<'a>> {
+    split.filter(|_| splits(e, from))
 }
 
 fn is_array(map_type: u32) -> bool {
@@ -378,8 +420,9 @@ fn is_array(map_type: u32) -> bool {
 }
 
 /// Copies (and converts) every entry of `old` into `new`; returns
-/// (copied, dropped).
-fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, old_entries: u32, flags: u64) -> Result<(u64, u64), DatapathError> {
+/// (copied, dropped). With `split`, an IPv4 conntrack entry goes there
+/// instead, narrowed (`steps::ct_v2`).
+fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split: Option<BorrowedFd<'_>>, old_entries: u32, flags: u64) -> Result<(u64, u64), DatapathError> {
     let to = e.layout.version;
     let name = e.name.as_str();
     let (mut copied, mut dropped) = (0u64, 0u64);
@@ -389,6 +432,19 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, old_e
     let (old_key, old_value) = old_shape.unwrap_or((key_size as u32, e.shape.value_size));
     let mut value = vec![0u8; old_value as usize];
     let mut put = |k: &[u8], v: &[u8], flags: u64| -> Result<(), DatapathError> {
+        if let Some(four) = split.filter(|_| steps::ct_v2::is_v4_key(k)) {
+            let narrowed = steps::convert(name, from, 2, k, v).and_then(|(k, v)| steps::ct_v2::narrow(&k, &v));
+            let Some((k, v)) = narrowed else {
+                dropped += 1;
+                return Ok(());
+            };
+            match raw::update(four, &k, &v, flags).map_err(raw_error("writing", weir_common::maps::CT4))? {
+                Update::Written => copied += 1,
+                Update::Exists => {}
+                Update::Full => dropped += 1,
+            }
+            return Ok(());
+        }
         let Some((k, v)) = steps::convert(name, from, to, k, v) else {
             dropped += 1;
             return Ok(());

@@ -16,9 +16,11 @@
 //!   ([`ct_v1`]).
 //! - `WEIR_CONFIG` v1 → v2: the node's IPv6 address appended
 //!   ([`config_v1`]).
+//! - `WEIR_CT` v2 → v3: IPv4 flows move to `WEIR_CT4` ([`ct_v2`]).
 
 pub mod config_v1;
 pub mod ct_v1;
+pub mod ct_v2;
 
 use weir_common::maps::{CONFIG, CT, CT_PREV, SNAT};
 
@@ -26,7 +28,7 @@ use weir_common::maps::{CONFIG, CT, CT_PREV, SNAT};
 pub type Step = fn(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
 
 /// (map, from version, step).
-const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step)];
+const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step)];
 
 /// The key and value sizes at layout v1 of the maps whose sizes have
 /// changed since: a map pinned before layout versions (it has no record)
@@ -79,7 +81,9 @@ mod tests {
     fn the_same_version_converts_to_itself_and_a_chain_runs_every_step() {
         assert_eq!(convert(CT, 2, 2, b"k", b"v"), Some((b"k".to_vec(), b"v".to_vec())));
         assert_eq!(convert(CT, 1, 2, b"k", b"v"), None, "not a v1 entry");
-        assert_eq!(convert(CT, 1, 3, &[0; 40], &[0; 64]), None, "no step from v2 yet");
+        assert_eq!(convert(CT, 1, 4, &[0; 40], &[0; 64]), None, "no step from v3 yet");
+        let (k, v) = convert(CT, 1, 3, &[1; 40], &[0; 64]).expect("an IPv6 v1 entry, through v2");
+        assert_eq!((k.len(), v.len()), (40, 56));
         let (k, v) = convert(SNAT, 1, 2, &[1; 40], &[0; 64]).expect("a v1 entry");
         assert_eq!((k.len(), v.len()), (40, 56));
     }
