@@ -48,7 +48,7 @@ fn parse(key: &[u8], value: &[u8]) -> Option<(CtKey, CtEntry)> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use weir_common::{addr::Addr, ct::{CT_F_MASQ, CT_STATE_ESTABLISHED, CT_SVC_FWD}};
 
@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_entry_stays_and_an_ipv4_one_moves_narrowed_with_every_field() {
-        let (k6, e6) = flow(Addr::from(Ipv6Addr::LOCALHOST), Addr::from("fd00::5".parse::<Ipv6Addr>().unwrap()));
+        let (k6, e6) = flow(Addr::from(IpAddr::V6(Ipv6Addr::LOCALHOST)), Addr::from(IpAddr::V6("fd00::5".parse::<Ipv6Addr>().unwrap())));
         assert_eq!(step(bytes(&k6), bytes(&e6)), Some((bytes(&k6).to_vec(), bytes(&e6).to_vec())));
         assert_eq!(narrow(bytes(&k6), bytes(&e6)), None);
         assert!(!is_v4_key(bytes(&k6)));
