@@ -10,10 +10,12 @@
 //!   about once in ten runs: "Connection reset by peer".)
 //! - The same killed (SIGKILL) in the middle, twice, then restarted: the
 //!   datapath ends in one consistent layout and nothing is lost.
-//! - Conntrack pinned in its previous layout (v1: 64-byte entries with a
-//!   nanosecond expiry), holding the established flows: the agent converts
-//!   every entry into the current layout and swaps the programs, and the
-//!   flows keep their backends and their translation.
+//! - Conntrack pinned in an earlier layout, one table for both families
+//!   (v1: 64-byte entries with a nanosecond expiry; v2: 56-byte ones),
+//!   holding the established flows: the agent converts every entry into
+//!   the current layout, moving the IPv4 flows to their own table
+//!   (WEIR_CT4, 4-byte addresses), and swaps the programs; the flows keep
+//!   their backends and their translation.
 //! - A masquerade the old programs opened after the copy (gone from the
 //!   rebuilt map while the migration is stalled after the swap) keeps its
 //!   port and its replies: the new programs take it over from the old map.
@@ -233,13 +235,13 @@ fn now_utc() -> f64 {
     (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
 }
 
-/// Deletes every TCP service flow's reverse entry from the conntrack map
-/// pinned at `pin`; returns how many.
+/// Deletes every TCP service flow's reverse entry from the IPv4 conntrack
+/// map pinned at `pin`; returns how many.
 fn drop_reverse_entries(pin: &Path) -> usize {
-    use weir_common::ct::{CtEntry, CtKey, CT_SVC_REV};
-    let data = aya::maps::MapData::from_pin(pin).expect("staged conntrack");
-    let mut ct: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("conntrack map");
-    let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).filter(|k| k.kind == CT_SVC_REV && k.proto == 6).collect();
+    use weir_common::ct::{CtEntry4, CtKey4, CT_SVC_REV};
+    let data = aya::maps::MapData::from_pin(pin).expect("IPv4 conntrack");
+    let mut ct: aya::maps::HashMap<_, CtKey4, CtEntry4> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("conntrack map");
+    let keys: Vec<CtKey4> = ct.keys().filter_map(Result::ok).filter(|k| k.kind == CT_SVC_REV && k.proto == 6).collect();
     keys.iter().filter(|k| ct.remove(k).is_ok()).count()
 }
 
@@ -293,11 +295,11 @@ fn assert_migrated(t: &Topo, agent: &Agent, tally: &Tally) {
         panic!("no request failed and no flow moved ({} rounds):\n{}\n{}\n{log}", tally.rounds, failures.join("\n"), String::from_utf8_lossy(&stats.stdout));
     }
     assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
-    assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 16384, "conntrack was rebuilt at the new size");
+    assert_eq!(max_entries(&t.map_pin("WEIR_CT4")), 16384, "conntrack (IPv4) was rebuilt at the new size");
     assert_eq!(max_entries(&t.map_pin("WEIR_LB_TABLE")), 131072, "the selection table grew");
     assert_eq!(max_entries(&t.map_pin("WEIR_FRONTENDS")), 131072, "the frontends map grew");
     assert!(!t.staging().exists(), "nothing is left staged");
-    for map in ["WEIR_CT", "WEIR_LB_TABLE", "WEIR_FRONTENDS"] {
+    for map in ["WEIR_CT4", "WEIR_LB_TABLE", "WEIR_FRONTENDS"] {
         assert!(log.lines().any(|l| l.contains("rebuilding a pinned map") && l.contains(&format!("map={map} "))), "{map} rebuilt:\n{log}");
     }
     assert!(log.contains("migrated a pinned map"), "{log}");
@@ -329,7 +331,7 @@ fn new_map_sizes_are_migrated_under_traffic_without_losing_a_connection() {
     let t = Topo::new();
     let mut agent = t.start(&SMALL);
     assert!(t.intruder_is_denied(), "the policy is in force");
-    assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 8192);
+    assert_eq!(max_entries(&t.map_pin("WEIR_CT4")), 8192);
     let before = pinned_ids(t.node.bpffs());
     let traffic = Traffic::start(&t);
     std::thread::sleep(Duration::from_millis(500));
@@ -338,7 +340,8 @@ fn new_map_sizes_are_migrated_under_traffic_without_losing_a_connection() {
     std::thread::sleep(Duration::from_millis(300));
     restart_large_and_check(&t, &mut agent, traffic);
     let after = pinned_ids(t.node.bpffs());
-    assert_ne!(before["maps/WEIR_CT"], after["maps/WEIR_CT"], "a new conntrack map");
+    assert_ne!(before["maps/WEIR_CT4"], after["maps/WEIR_CT4"], "a new conntrack map");
+    assert_eq!(before["maps/WEIR_CT"], after["maps/WEIR_CT"], "IPv6 conntrack, of the same size, is adopted");
     assert_eq!(before["maps/WEIR_BACKENDS"], after["maps/WEIR_BACKENDS"], "maps of the same layout and size are adopted, not copied");
     let pod_link = format!("links/{}@{}@from_pod", t.client.host_if, t.client.host_ifindex);
     assert_ne!(before[&pod_link], after[&pod_link], "the client's link runs new programs");
@@ -354,11 +357,11 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
 
     // Killed with the new programs on every link, over maps still staged;
     // the reverse halves of the service flows the old programs created
-    // after the copy are found in the old map, through WEIR_CT_PREV.
-    stall_drop_and_carry_over(&t, &mut agent, &LARGE, "the old map");
+    // after the copy are found in the old map, through WEIR_CT4_PREV.
+    stall_drop_and_carry_over(&t, &mut agent, &LARGE, &t.staging().join("WEIR_CT4"), "the old map");
     agent.stop_with(libc::SIGKILL);
-    assert!(t.staging().join("WEIR_CT").exists(), "the kill left the rebuilt conntrack staged");
-    assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 8192, "the old map is still pinned");
+    assert!(t.staging().join("WEIR_CT4").exists(), "the kill left the rebuilt conntrack staged");
+    assert_eq!(max_entries(&t.map_pin("WEIR_CT4")), 8192, "the old map is still pinned");
     std::thread::sleep(Duration::from_millis(500));
 
     // Killed again after the first map was committed.
@@ -374,15 +377,16 @@ fn a_migration_killed_twice_in_the_middle_finishes_on_the_next_start() {
 }
 
 /// Starts the agent with `args`, stalled after the swap, removes the TCP
-/// flows' reverse halves from the staged conntrack (as if the old programs
+/// flows' reverse halves from the new IPv4 conntrack the programs use now
+/// (`ct4`: staged when rebuilt, pinned when new; as if the old programs
 /// had created them after the copy), and waits for the backends' next
 /// replies to take them over from the old map (`what`).
-fn stall_drop_and_carry_over(t: &Topo, agent: &mut Agent, args: &[&str], what: &str) {
+fn stall_drop_and_carry_over(t: &Topo, agent: &mut Agent, args: &[&str], ct4: &Path, what: &str) {
     let stalled = agent.log_text().matches("migration stalled").count();
     agent.launch_again(args, &[(STALL, "swapped")]);
     agent.wait_for_log("migration stalled", stalled + 1);
     let carried = carried_over(t);
-    let removed = drop_reverse_entries(&t.staging().join("WEIR_CT"));
+    let removed = drop_reverse_entries(ct4);
     assert!(removed >= 9, "the long-lived connections' reverse entries: {removed}");
     // The traffic's next round (which may take a while on 2 loaded cores).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -420,6 +424,63 @@ fn pin_as_v1(t: &Topo, name: &str) -> usize {
     std::fs::remove_file(&pin).expect("unpin the current map (the programs keep it)");
     old.pin(&pin).expect("pin the v1 map");
     entries.len()
+}
+
+/// Replaces conntrack by the one table for both families that an agent
+/// of layout `version` (1 or 2) kept as `WEIR_CT`, holding the entries of
+/// both of today's maps (v1's values converted back), with its record;
+/// `WEIR_CT4` is unpinned (that agent had none). Returns how many entries
+/// it holds. As in [`pin_as_v1`], the running programs keep today's maps.
+fn pin_one_table(t: &Topo, version: u32) -> usize {
+    use weir_common::ct::{CtEntry, CtKey};
+    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest, steps::ct_v1};
+    let layout = weir_datapath::PinLayout::new(t.node.bpffs());
+    let entries = weir_datapath::ct::Conntrack::open(&layout).expect("conntrack").entries();
+    let (pin, pin4) = (t.map_pin("WEIR_CT"), t.map_pin("WEIR_CT4"));
+    let info = aya::maps::MapInfo::from_pin(&pin4).expect("the IPv4 map");
+    let value_size = if version == 1 { ct_v1::VALUE_SIZE } else { core::mem::size_of::<CtEntry>() as u32 };
+    let shape = Shape { map_type: 9, key_size: ct_v1::KEY_SIZE, value_size, flags: info.map_flags(), max_entries: info.max_entries() };
+    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
+    let data = aya::maps::MapData::create(obj, "WEIR_CT", None).expect("a one-table map");
+    let id = data.info().expect("info").id();
+    let map = aya::maps::Map::LruHashMap(data);
+    if version == 1 {
+        let mut old: aya::maps::HashMap<_, CtKey, ct_v1::CtEntryV1> = aya::maps::HashMap::try_from(map).expect("v1 map");
+        for (k, e) in &entries {
+            old.insert(k, ct_v1::to_v1(e), 0).expect("a v1 entry");
+        }
+        swap_pin(&pin, &pin4, |p| old.pin(p).expect("pin the v1 map"));
+    } else {
+        let mut old: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map).expect("v2 map");
+        for (k, e) in &entries {
+            old.insert(k, e, 0).expect("a v2 entry");
+        }
+        swap_pin(&pin, &pin4, |p| old.pin(p).expect("pin the v2 map"));
+    }
+    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CT", version, &shape).expect("the old record");
+    entries.len()
+}
+
+/// Unpins today's conntrack maps (the programs keep them) and pins the
+/// old one in their place.
+fn swap_pin(pin: &Path, pin4: &Path, pin_old: impl FnOnce(&Path)) {
+    std::fs::remove_file(pin).expect("unpin the IPv6 map");
+    std::fs::remove_file(pin4).expect("unpin the IPv4 map");
+    pin_old(pin);
+}
+
+/// The IPv4 flows' entries, all in WEIR_CT4 and none in WEIR_CT.
+fn assert_split(t: &Topo, at_least: usize) {
+    use weir_common::ct::{CtEntry, CtEntry4, CtKey, CtKey4};
+    let four: aya::maps::HashMap<_, CtKey4, CtEntry4> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(t.map_pin("WEIR_CT4")).expect("WEIR_CT4"))).expect("IPv4 conntrack");
+    let six: aya::maps::HashMap<_, CtKey, CtEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT"))).expect("IPv6 conntrack");
+    let n4 = four.keys().filter_map(Result::ok).count();
+    let v4_in_six = six.keys().filter_map(Result::ok).filter(|k| k.is_v4()).count();
+    assert!(n4 >= at_least, "the IPv4 flows are in WEIR_CT4: {n4} entries, at least {at_least} expected");
+    assert_eq!(v4_in_six, 0, "no IPv4 entry is left in WEIR_CT");
+    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT4")).expect("WEIR_CT4").value_size(), 32, "IPv4 entries of 32 bytes");
 }
 
 /// Replaces the datapath configuration pinned as `WEIR_CONFIG` by one in
@@ -465,23 +526,24 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     // covered below, where the new programs take them over from the v1 map.
     traffic.open_new(false);
     agent.stop_with(libc::SIGTERM);
-    let flows = pin_as_v1(&t, "WEIR_CT");
+    let flows = pin_one_table(&t, 1);
     assert!(flows >= 2 * 13, "both entries of the 9 TCP and 4 UDP flows, at least: {flows}");
     pin_as_v1(&t, "WEIR_SNAT");
     let cfg = pin_config_as_v1(&t);
     let st = weir_status(&t);
     let ct = st["layouts"].as_array().expect("layouts").iter().find(|l| l["name"] == "WEIR_CT").expect("WEIR_CT").clone();
-    assert_eq!((ct["pinned_version"].as_u64(), ct["expected_version"].as_u64()), (Some(1), Some(2)), "weir status sees the old layout: {ct}");
+    assert_eq!((ct["pinned_version"].as_u64(), ct["expected_version"].as_u64()), (Some(1), Some(3)), "weir status sees the old layout: {ct}");
     assert!(st["conntrack"].is_null(), "and does not read conntrack in a layout it does not know: {}", st["conntrack"]);
     let ct = t.node.weir(&["ct", "list"]);
     let err = String::from_utf8_lossy(&ct.stderr);
-    assert!(!ct.status.success() && err.contains("WEIR_CT is pinned in layout v1 and this build reads v2"), "weir ct list refuses, naming both layouts: {err}");
+    assert!(!ct.status.success() && err.contains("WEIR_CT is pinned in layout v1 and this build reads v3"), "weir ct list refuses, naming both layouts: {err}");
 
     // Stalled with the new programs on every link over the converted maps:
     // the reverse halves of the TCP flows, gone from the new map (as if the
     // old programs had created them after the copy), are taken over from
-    // the v1 map and converted on the backends' next replies.
-    stall_drop_and_carry_over(&t, &mut agent, &[], "the v1 map");
+    // the v1 map and converted (and narrowed: WEIR_CT4 is new, so pinned
+    // at once) on the backends' next replies.
+    stall_drop_and_carry_over(&t, &mut agent, &[], &t.map_pin("WEIR_CT4"), "the v1 map");
     agent.stop_with(libc::SIGKILL);
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 64, "the kill left v1 pinned");
 
@@ -499,11 +561,12 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
     assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
     assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
-    for map in ["WEIR_CT", "WEIR_SNAT", "WEIR_CONFIG"] {
+    for (map, to) in [("WEIR_CT", 3), ("WEIR_SNAT", 2), ("WEIR_CONFIG", 2)] {
         let line = log.lines().filter(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).last().unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
-        assert!(line.contains("from_version=1") && line.contains("to_version=2") && line.contains("dropped=0"), "{line}");
+        assert!(line.contains("from_version=1") && line.contains(&format!("to_version={to}")) && line.contains("dropped=0"), "{line}");
     }
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 56, "conntrack in the current layout");
+    assert_split(&t, 2 * 13);
     let now: aya::maps::Array<_, weir_common::config::DatapathConfig> =
         aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(t.map_pin("WEIR_CONFIG")).expect("open"))).expect("the configuration in layout v2");
     let now = now.get(&0, 0).expect("the configuration");
@@ -521,6 +584,53 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     let pod_link = format!("links/{}@{}@from_pod", t.client.host_if, t.client.host_ifindex);
     assert_ne!(before[&pod_link], after[&pod_link], "the client's link runs the new programs");
     assert_eq!(before["maps/WEIR_BACKENDS"], after["maps/WEIR_BACKENDS"], "maps whose layout did not change are adopted");
+    assert!(t.intruder_is_denied(), "the policy still denies the intruder");
+}
+
+#[test]
+fn conntrack_in_one_table_is_split_by_family_under_traffic_without_losing_a_connection() {
+    let t = Topo::new();
+    let mut agent = t.start(&[]);
+    let traffic = Traffic::start(&t);
+    std::thread::sleep(Duration::from_millis(500));
+    // New connections pause while the old layout is staged, as in the v1
+    // test above (the programs running now are this build's).
+    traffic.open_new(false);
+    agent.stop_with(libc::SIGTERM);
+    let flows = pin_one_table(&t, 2);
+    assert!(flows >= 2 * 13, "both entries of the 9 TCP and 4 UDP flows, at least: {flows}");
+
+    // Stalled with the new programs on every link: the TCP flows' reverse
+    // halves, gone from WEIR_CT4, are taken over from the one-table map
+    // (WEIR_CT_PREV, narrowed) on the backends' next replies.
+    stall_drop_and_carry_over(&t, &mut agent, &[], &t.map_pin("WEIR_CT4"), "the one-table map");
+    agent.stop_with(libc::SIGKILL);
+    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").max_entries(), 262_144, "the kill left the one-table map pinned");
+
+    agent.unset_env(STALL);
+    let synced = agent.log_text().matches("initial sync").count();
+    agent.restart_with(&[]);
+    agent.wait_for_log("initial sync", synced + 1);
+    traffic.open_new(true);
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = traffic.finish();
+
+    let log = agent.log_text();
+    let mut failures = tally.failures.clone();
+    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
+    assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
+    assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
+    let line = log.lines().filter(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).last().unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
+    assert!(line.contains("from_version=2") && line.contains("to_version=3") && line.contains("dropped=0"), "{line}");
+    assert_split(&t, 2 * 13);
+    assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 65_536, "IPv6 conntrack at its own size");
+    assert!(!t.staging().exists(), "nothing is left staged");
+    let st = weir_status(&t);
+    for l in st["layouts"].as_array().expect("layouts") {
+        if !l["max_entries"].is_null() {
+            assert_eq!(l["pinned_version"], l["expected_version"], "every pinned map at this build's layout: {l}");
+        }
+    }
     assert!(t.intruder_is_denied(), "the policy still denies the intruder");
 }
 
@@ -627,9 +737,9 @@ fn maps_the_agent_cannot_convert_are_refused_and_the_datapath_left_as_it_was() {
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(aya::maps::MapData::from_pin(&abi).expect("WEIR_ABI"))).expect("manifest");
     let key = weir_common::abi::AbiKey { kind: weir_common::abi::ABI_KIND_MAP, id: map_id(&t.map_pin("WEIR_CT")) };
     let mut rec = manifest.get(&key, 0).expect("conntrack's record");
-    rec.version = 3;
-    manifest.insert(key, rec, 0).expect("record v3");
-    expect_refusal(&t, &mut agent, &[], &["WEIR_CT", "layout v3", "layout v2", "downgrade"]);
+    rec.version = 4;
+    manifest.insert(key, rec, 0).expect("record v4");
+    expect_refusal(&t, &mut agent, &[], &["WEIR_CT", "layout v4", "layout v3", "downgrade"]);
 
     let tally = traffic.finish();
     assert!(tally.failures.is_empty() && tally.new_failed.is_empty(), "traffic kept flowing on the pinned programs: {:?} {:?}", tally.failures, tally.new_failed);

@@ -15,7 +15,7 @@ use crate::{cmd, netns::NetNs};
 pub struct FlowMemory {
     /// Connections held open through the ClusterIP while measuring.
     pub flows: usize,
-    /// Tracking entries the dataplane holds (WEIR_CT entries for weir,
+    /// Tracking entries the dataplane holds (WEIR_CT4 and WEIR_CT entries for weir,
     /// nf_conntrack entries in the node namespace for the baselines).
     pub entries: u64,
     /// Kernel memory per flow for that tracking, bytes.
@@ -61,8 +61,14 @@ pub fn tracked(dataplane_is_weir: bool, bpffs: &Path, node: &NetNs) -> (u64, f64
     if dataplane_is_weir {
         let maps = bpffs.join("maps");
         let layout = weir_datapath::PinLayout::new(bpffs);
-        let entries = weir_datapath::ct::Conntrack::open(&layout).map_or(0, |c| c.entries().len() as u64);
-        let per_entry = map_memory(&maps.join("WEIR_CT")).map_or(0.0, |(mem, max)| mem / max.max(1.0));
+        let all = weir_datapath::ct::Conntrack::open(&layout).map(|c| c.entries()).unwrap_or_default();
+        let v4 = all.iter().filter(|(k, _)| k.is_v4()).count() as f64;
+        let entries = all.len() as u64;
+        // Each family's entries cost what its own map charges per entry
+        // (WEIR_CT4 for IPv4, WEIR_CT for IPv6).
+        let per = |map: &str| map_memory(&maps.join(map)).map_or(0.0, |(mem, max)| mem / max.max(1.0));
+        let bytes = v4 * per("WEIR_CT4") + (entries as f64 - v4) * per("WEIR_CT");
+        let per_entry = if entries > 0 { bytes / entries as f64 } else { per("WEIR_CT4") };
         let total: f64 = std::fs::read_dir(&maps)
             .map(|d| d.filter_map(Result::ok).filter_map(|e| map_memory(&e.path())).map(|(m, _)| m).sum())
             .unwrap_or(0.0);

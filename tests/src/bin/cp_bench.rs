@@ -218,7 +218,7 @@ fn fill_conntrack(node: &Node, n: u32) {
     let backends = weir_datapath::pinned::hash::<u32, Backend>(&layout, "WEIR_BACKENDS").expect("backends");
     let backends: Vec<(u32, Backend)> = backends.iter().filter_map(Result::ok).collect();
     assert!(!backends.is_empty(), "no backends programmed");
-    let mut ct = weir_datapath::pinned::hash::<CtKey, CtEntry>(&layout, "WEIR_CT").expect("conntrack");
+    let mut ct = weir_datapath::ct::CtMaps::open(&layout).expect("conntrack");
     let expires_s = (weir_datapath::ct::monotonic_ns() / 1_000_000_000) as u32 + 3600;
     for f in 0..n / 2 {
         let (id, b) = backends[f as usize % backends.len()];
@@ -228,8 +228,8 @@ fn fill_conntrack(node: &Node, n: u32) {
         let fwd = CtKey { saddr: client, daddr: vip, sport: sport.to_be(), dport: 53u16.to_be(), proto: 17, kind: CT_SVC_FWD, _pad: 0 };
         let rev = CtKey { saddr: b.addr, daddr: client, sport: b.port, dport: sport.to_be(), proto: 17, kind: CT_SVC_REV, _pad: 0 };
         let e = |nat_addr: Addr, orig_addr: Addr, nat_port: u16, orig_port: u16| CtEntry { nat_addr, orig_addr, expires_s, backend_id: id, svc_id: 1, nat_port, orig_port, state: CT_STATE_UDP, ..CtEntry::default() };
-        ct.insert(fwd, e(b.addr, client, b.port, sport.to_be()), 0).expect("insert forward");
-        ct.insert(rev, e(vip, client, 53u16.to_be(), sport.to_be()), 0).expect("insert reverse");
+        assert!(ct.insert_new(&fwd, &e(b.addr, client, b.port, sport.to_be())), "insert forward");
+        assert!(ct.insert_new(&rev, &e(vip, client, 53u16.to_be(), sport.to_be())), "insert reverse");
     }
 }
 
