@@ -150,6 +150,12 @@ impl Metrics {
         self.map_capacity.get_or_create(&l).set(capacity as i64);
     }
 
+    /// The fill of each conntrack table (one per family).
+    pub fn set_conntrack_maps(&self, a: &weir_datapath::ct::CtAccount) {
+        self.set_map(weir_common::maps::CT4, a.entries_v4, a.capacity_v4);
+        self.set_map(weir_common::maps::CT, a.entries.saturating_sub(a.entries_v4), a.capacity.saturating_sub(a.capacity_v4));
+    }
+
     pub fn encode(&self) -> String {
         let mut s = String::new();
         if encode(&mut s, &self.registry).is_err() {

@@ -183,7 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The tables' gauges from the start, not from the first collection.
     let acc = ct.account(monotonic_ns());
     metrics.datapath.set_ct(&acc);
-    metrics.set_map("WEIR_CT", acc.entries, acc.capacity);
+    metrics.set_conntrack_maps(&acc);
     let acc = snat.account(monotonic_ns());
     metrics.set_map("WEIR_SNAT", acc.entries, acc.capacity);
     let mut resync_tick = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
@@ -362,7 +362,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 metrics.ct_collected.inc_by(out.deleted as u64);
                 let before = metrics.datapath.ct_evicted();
                 metrics.datapath.set_ct(&out.account);
-                metrics.set_map("WEIR_CT", out.account.entries, out.account.capacity);
+                metrics.set_conntrack_maps(&out.account);
                 if out.account.evicted > before {
                     tracing::warn!(
                         evicted = out.account.evicted - before,

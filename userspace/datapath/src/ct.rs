@@ -82,6 +82,7 @@ pub struct CtMaps {
     raw: MapData,
     v4: Option<(HashMap<MapData, CtKey4, CtEntry4>, MapData)>,
     capacity: u64,
+    capacity_v4: u64,
 }
 
 impl CtMaps {
@@ -93,15 +94,15 @@ impl CtMaps {
     pub fn open_table(layout: &PinLayout, t: Table) -> Result<Self, DatapathError> {
         layout.require_existing()?;
         let (wide, raw, mut capacity) = open_map(layout, t.map)?;
-        let v4 = match t.map4 {
+        let (v4, capacity_v4) = match t.map4 {
             Some(name) => {
                 let (map, raw, n) = open_map(layout, name)?;
                 capacity += n;
-                Some((map, raw))
+                (Some((map, raw)), n)
             }
-            None => None,
+            None => (None, 0),
         };
-        Ok(Self { wide, raw, v4, capacity })
+        Ok(Self { wide, raw, v4, capacity, capacity_v4 })
     }
 
     fn four(&self, k: &CtKey) -> Option<&(HashMap<MapData, CtKey4, CtEntry4>, MapData)> {
@@ -162,6 +163,11 @@ impl CtMaps {
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
+
+    /// Entries the IPv4 map holds at most (0 without one).
+    pub fn capacity_v4(&self) -> u64 {
+        self.capacity_v4
+    }
 }
 
 fn open_map<K: aya::Pod, V: aya::Pod>(layout: &PinLayout, name: &'static str) -> Result<(HashMap<MapData, K, V>, MapData, u64), DatapathError> {
@@ -199,6 +205,10 @@ pub struct CtAccount {
     /// Entries whose flow is alive.
     pub live: u64,
     pub capacity: u64,
+    /// Of `entries` and `capacity`: the IPv4 table's (`WEIR_CT4`; the
+    /// rest are `WEIR_CT`'s). Each table fills on its own.
+    pub entries_v4: u64,
+    pub capacity_v4: u64,
     pub created: u64,
     pub deleted: u64,
     /// Keys the LRU dropped to make room: `created - deleted - entries`
@@ -337,6 +347,7 @@ impl Conntrack {
             orphans.extend(twin_key(k, e, &self.cfg));
         }
         let mut out = GcOutcome::default();
+        let mut deleted_v4 = 0u64;
         let mut owners: StdHashMap<u32, u64> = StdHashMap::new();
         let mut live = 0u64;
         for (k, e) in &entries {
@@ -350,7 +361,10 @@ impl Conntrack {
                         live += 1;
                         *owners.entry(v.owner).or_default() += 1;
                     }
-                    Some(_) => out.deleted += 1,
+                    Some(_) => {
+                        out.deleted += 1;
+                        deleted_v4 += u64::from(k.is_v4());
+                    }
                     None => {}
                 }
                 continue;
@@ -362,7 +376,10 @@ impl Conntrack {
                 continue;
             }
             match self.delete_if_dead(k, now_ns) {
-                (true, _) => out.deleted += 1,
+                (true, _) => {
+                    out.deleted += 1;
+                    deleted_v4 += u64::from(k.is_v4());
+                }
                 (false, true) => {
                     out.restored += 1;
                     live += 1;
@@ -374,7 +391,8 @@ impl Conntrack {
         self.count_deleted(out.deleted as u64);
         self.write_owners(&owners);
         let remaining = (entries.len() - out.deleted) as u64;
-        out.account = self.account_with(created_before, remaining, live);
+        let v4 = entries.iter().filter(|(k, _)| k.is_v4()).count() as u64 - deleted_v4;
+        out.account = self.account_with(created_before, remaining, live, v4);
         out
     }
 
@@ -391,12 +409,14 @@ impl Conntrack {
         }
     }
 
-    fn account_with(&self, created: u64, entries: u64, live: u64) -> CtAccount {
+    fn account_with(&self, created: u64, entries: u64, live: u64, entries_v4: u64) -> CtAccount {
         let deleted = self.stat(CtStat::Deleted) + self.stat(CtStat::AgentDeleted);
         CtAccount {
             entries,
             live,
             capacity: self.capacity,
+            entries_v4,
+            capacity_v4: self.maps.capacity_v4(),
             created,
             deleted,
             evicted: created.saturating_sub(deleted).saturating_sub(entries),
@@ -412,7 +432,8 @@ impl Conntrack {
         let created = self.stat(CtStat::Created);
         let entries = self.entries();
         let live = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).count() as u64;
-        self.account_with(created, entries.len() as u64, live)
+        let v4 = entries.iter().filter(|(k, _)| k.is_v4()).count() as u64;
+        self.account_with(created, entries.len() as u64, live, v4)
     }
 
     /// Deletes the flows of `(svc_id, backend_id)` pairs; `svc_id` None
