@@ -99,6 +99,7 @@ fn a_values_file_reaches_the_agents_flags_and_the_monitoring_hooks() {
         "--frontends-max-entries=262144",
         "--backends-max-entries=1048576",
         "--ct-max-entries=1048576",
+        "--ct6-max-entries=131072",
         "--ct-max-per-endpoint=65536",
         "--ct-gc-interval=5",
         "--ct-tcp-established-timeout=7200",
