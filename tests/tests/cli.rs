@@ -47,7 +47,8 @@ fn status_lists_the_agent_attachments_and_map_fill() {
     let map = |name: &str| maps.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name} missing: {maps:?}")).clone();
     assert_eq!(map("WEIR_ENDPOINTS")["entries"], 18, "one per address of nine dual-stack pods");
     assert!(map("WEIR_POLICY")["entries"].as_u64().is_some_and(|n| n >= 1));
-    assert!(map("WEIR_CT")["capacity"].as_u64().is_some_and(|n| n > 0));
+    assert_eq!(map("WEIR_CT4")["capacity"], 262_144, "IPv4 conntrack, a table of its own");
+    assert_eq!(map("WEIR_CT")["capacity"], 65_536, "IPv6 conntrack");
     let text = c.node.weir(&["status"]);
     assert!(text.status.success());
     let text = String::from_utf8_lossy(&text.stdout);

@@ -336,6 +336,37 @@ fn ipv6_whose_extension_headers_cannot_be_walked_is_dropped_and_counted() {
     });
 }
 
+/// IPv4 lives in the maps as IPv4-mapped IPv6 (`::ffff:a.b.c.d`), so an
+/// IPv6 packet naming such an address could pass for an IPv4 flow: match
+/// an IPv4 ClusterIP's frontend, or an IPv4 flow's conntrack entry. No
+/// such address travels in an IPv6 header (RFC 4291 2.5.5.2): dropped.
+#[test]
+fn ipv6_naming_an_ipv4_mapped_address_is_dropped_never_taken_for_ipv4() {
+    with(DatapathConfig::DEFAULT, |fx| {
+        fx.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let v6: Ipv6Addr = "fd00::7".parse().expect("v6");
+        let a = fx.link("weirv6map", &[v6.into()]);
+        let control = testrun::udp6((v6, 4000), ("fd00::8".parse().expect("v6"), 53), b"q");
+        assert_eq!(fx.run(Hook::FromPod, a, &control).verdict, TC_ACT_OK, "IPv6 to an IPv6 address");
+
+        let to_mapped_vip = testrun::udp6((v6, 4000), (VIP.to_ipv6_mapped(), 53), b"q");
+        let run = fx.run(Hook::FromPod, a, &to_mapped_vip);
+        assert_eq!(run.verdict, TC_ACT_SHOT, "not load-balanced to the IPv4 ClusterIP's backend");
+        assert!(fx.ct().entries().is_empty(), "no flow in either conntrack table: {:?}", fx.ct().entries());
+        let from_mapped = testrun::udp6((CLIENT.to_ipv6_mapped(), 4000), (v6, 53), b"q");
+        assert_eq!(fx.run(Hook::ToPod, a, &from_mapped).verdict, TC_ACT_SHOT, "nor into a pod from one");
+        assert_eq!(fx.drops(DropReason::Malformed), 2);
+        // Quoted in an ICMPv6 error, such a tuple names no flow either:
+        // an IPv4 flow's, to the ClusterIP's backend, is live.
+        let v4 = fx.run(Hook::FromPod, fx.ns_lo, &testrun::udp4((CLIENT, 4000), (VIP, 53), b"q"));
+        assert_eq!(v4.verdict, TC_ACT_OK, "an IPv4 flow through the ClusterIP");
+        let quoted = testrun::udp6((CLIENT.to_ipv6_mapped(), 4000), (BACKEND.to_ipv6_mapped(), 5353), b"q");
+        let err = testrun::icmp6_error("fd00::1".parse().expect("v6"), v6, 1, 4, 0, &quoted);
+        assert_eq!(fx.run(Hook::ToPod, a, &err).verdict, TC_ACT_SHOT, "an ICMPv6 error quoting the IPv4 flow's tuple, mapped");
+        assert_eq!(fx.drops(DropReason::Malformed), 3);
+    });
+}
+
 /// `frame` (Ethernet + IPv6) cut to `len` bytes, its payload length
 /// following.
 fn cut6(mut frame: Vec<u8>, len: usize) -> Vec<u8> {

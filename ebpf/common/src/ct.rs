@@ -132,11 +132,12 @@ pub struct CtKey4 {
 const _: () = assert!(core::mem::size_of::<CtKey4>() == 16);
 
 impl CtKey {
-    /// Whether the key belongs to `WEIR_CT4` (an IPv4 flow: IPv4 and
-    /// IPv6 never mix in one flow's key).
+    /// Whether the key belongs to `WEIR_CT4`: an IPv4 flow's, both
+    /// addresses IPv4 (the datapath drops IPv6 naming an IPv4-mapped
+    /// address, so no IPv6 flow's key has one).
     #[inline(always)]
     pub const fn is_v4(&self) -> bool {
-        self.saddr.is_v4()
+        self.saddr.is_v4() && self.daddr.is_v4()
     }
 
     /// The key as `WEIR_CT4` holds it (for an IPv4 key, see [`CtKey::is_v4`]).
@@ -174,10 +175,11 @@ pub const CARRY_OVER_SAME: u8 = 1;
 /// From `maps::CT_PREV_V1` (`maps::SNAT_PREV_V1`), converted from layout
 /// v1 (`crate::ct_v1`).
 pub const CARRY_OVER_V1: u8 = 2;
-/// `WEIR_CT4_PREV_ON` only: from the IPv4 entries of the one-table
-/// conntrack a migration splits (`WEIR_CT` before layout v3), read where
-/// `WEIR_CT_PREV_ON` says (`maps::CT_PREV` or `maps::CT_PREV_V1`) and
-/// narrowed.
+/// `WEIR_CT4_PREV_ON` only: from `maps::CT4_PREV` (when `WEIR_CT4` is
+/// rebuilt too: a migration resumed with another size), then from the
+/// IPv4 entries of the one-table conntrack a migration splits (`WEIR_CT`
+/// before layout v3), read where `WEIR_CT_PREV_ON` says (`maps::CT_PREV`
+/// or `maps::CT_PREV_V1`) and narrowed.
 pub const CARRY_OVER_WIDE: u8 = 3;
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 56 && core::mem::align_of::<CtEntry>() == 8);
 

@@ -246,8 +246,9 @@ pub fn narrow_into(dst: &mut CtEntry4, src: *const CtEntry) {
 static WEIR_CT_PREV_ON: u8 = CARRY_OVER_OFF;
 
 /// The same for `WEIR_CT4`: `CARRY_OVER_SAME` from `WEIR_CT4_PREV` (a new
-/// capacity), `CARRY_OVER_WIDE` from the one-table conntrack a migration
-/// splits (where `WEIR_CT_PREV_ON` says), `CARRY_OVER_OFF` otherwise.
+/// capacity), `CARRY_OVER_WIDE` from it and then from the one-table
+/// conntrack a migration splits (where `WEIR_CT_PREV_ON` says),
+/// `CARRY_OVER_OFF` otherwise.
 #[no_mangle]
 static WEIR_CT4_PREV_ON: u8 = CARRY_OVER_OFF;
 
@@ -309,22 +310,22 @@ fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
 }
 
 /// [`carry_over`] for `WEIR_CT4` (its key narrowed in `scratch().key4`):
-/// from `WEIR_CT4_PREV`, or from the one-table map a migration splits
-/// (narrowed).
+/// from `WEIR_CT4_PREV` (a `WEIR_CT4` being rebuilt; an empty map
+/// otherwise), then, when a migration splits the one-table map, from that
+/// map (narrowed).
 #[inline(always)]
 fn carry_over4(k: &CtKey) -> Option<*mut CtEntry4> {
     let s = scratch()?;
-    let taken = if carry4_from() == CARRY_OVER_WIDE {
+    // SAFETY: a map value pointer, valid for this program run.
+    let mut taken = CT4_PREV.get_ptr(&s.key4).is_some_and(|old| CT4.insert(&s.key4, unsafe { &*old }, BPF_NOEXIST as u64).is_ok());
+    if !taken && carry4_from() == CARRY_OVER_WIDE {
         let same = |k: &CtKey| CT_PREV.get_ptr(k);
         let v1 = |k: &CtKey| CT_PREV_V1.get_ptr(k);
-        crate::carry::take_over(carry_from(), k, same, v1, |_, e| {
+        taken = crate::carry::take_over(carry_from(), k, same, v1, |_, e| {
             narrow_into(&mut s.entry4, e);
             CT4.insert(&s.key4, &s.entry4, BPF_NOEXIST as u64).is_ok()
-        })
-    } else {
-        // SAFETY: a map value pointer, valid for this program run.
-        CT4_PREV.get_ptr(&s.key4).is_some_and(|old| CT4.insert(&s.key4, unsafe { &*old }, BPF_NOEXIST as u64).is_ok())
-    };
+        });
+    }
     if taken {
         stat(CtStat::Created);
         stat(CtStat::CarriedOver);

@@ -211,6 +211,12 @@ pub fn parse_v6(ctx: &TcContext, out: &mut Ipv6Pkt) -> Result<(), DropReason> {
     let (upper, end) = v6_upper_of(ctx, h.head)?;
     let l4 = IP_OFF + upper.off;
     out.t = Tuple { saddr: Addr { bytes: h.saddr }, daddr: Addr { bytes: h.daddr }, sport: 0, dport: 0, proto: upper.proto, tcp_flags: 0 };
+    // No IPv4-mapped address travels in an IPv6 header (RFC 4291
+    // 2.5.5.2), and the maps hold IPv4 in that form: one on the wire
+    // could pass for an IPv4 frontend or flow.
+    if out.t.saddr.is_v4() || out.t.daddr.is_v4() {
+        return Err(DropReason::Malformed);
+    }
     out.l4_off = l4 as u16;
     out.end = end as u16;
     out.hop_limit = h.head[7];

@@ -366,9 +366,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if out.account.evicted > before {
                     tracing::warn!(
                         evicted = out.account.evicted - before,
-                        entries = out.account.entries,
-                        capacity = out.account.capacity,
-                        "conntrack table full: the LRU evicted entries (raise --ct-max-entries, or lower --ct-max-per-endpoint)"
+                        ipv4_entries = out.account.entries_v4,
+                        ipv4_capacity = out.account.capacity_v4,
+                        ipv6_entries = out.account.entries.saturating_sub(out.account.entries_v4),
+                        ipv6_capacity = out.account.capacity.saturating_sub(out.account.capacity_v4),
+                        "conntrack table full: the LRU evicted entries (raise --ct-max-entries for IPv4 or --ct6-max-entries for IPv6, or lower --ct-max-per-endpoint)"
                     );
                 }
                 let out = snat.gc(monotonic_ns());

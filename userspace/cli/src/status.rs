@@ -140,12 +140,18 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
     print_table(&["POD LINK", "IFINDEX", "SOURCES ALLOWED"], &rows);
     println!();
     if let Some(c) = &st.conntrack {
+        let (v6, cap6) = (c.entries.saturating_sub(c.entries_v4), c.capacity.saturating_sub(c.capacity_v4));
+        let pct = |n: u64, of: u64| n as f64 * 100.0 / of.max(1) as f64;
         println!(
-            "conntrack: {} entries ({} live) of {} ({:.1}%); evicted {}, insert failures {}, refused by quota {}, halves rebuilt {}, ports remapped {}",
+            "conntrack: {} entries ({} live); IPv4 {} of {} ({:.1}%), IPv6 {} of {} ({:.1}%); evicted {}, insert failures {}, refused by quota {}, halves rebuilt {}, ports remapped {}",
             c.entries,
             c.live,
-            c.capacity,
-            c.entries as f64 * 100.0 / c.capacity.max(1) as f64,
+            c.entries_v4,
+            c.capacity_v4,
+            pct(c.entries_v4, c.capacity_v4),
+            v6,
+            cap6,
+            pct(v6, cap6),
             c.evicted,
             c.insert_failed,
             c.quota_refused,
@@ -153,7 +159,7 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
             c.port_remapped
         );
         if c.evicted > 0 {
-            println!("  the table filled up: raise --ct-max-entries, or lower --ct-max-per-endpoint");
+            println!("  the table filled up: raise --ct-max-entries (IPv4) or --ct6-max-entries (IPv6), or lower --ct-max-per-endpoint");
         }
     } else if let Some(v) = other_layout(&st.layouts, weir_common::maps::CT) {
         let mine = weir_common::abi::layout_of(weir_common::maps::CT).map_or(0, |l| l.version);

@@ -363,7 +363,7 @@ impl Conntrack {
                     }
                     Some(_) => {
                         out.deleted += 1;
-                        deleted_v4 += u64::from(k.is_v4());
+                        deleted_v4 += u64::from(k.is_v4() && self.maps.capacity_v4() > 0);
                     }
                     None => {}
                 }
@@ -378,7 +378,7 @@ impl Conntrack {
             match self.delete_if_dead(k, now_ns) {
                 (true, _) => {
                     out.deleted += 1;
-                    deleted_v4 += u64::from(k.is_v4());
+                    deleted_v4 += u64::from(k.is_v4() && self.maps.capacity_v4() > 0);
                 }
                 (false, true) => {
                     out.restored += 1;
@@ -391,7 +391,7 @@ impl Conntrack {
         self.count_deleted(out.deleted as u64);
         self.write_owners(&owners);
         let remaining = (entries.len() - out.deleted) as u64;
-        let v4 = entries.iter().filter(|(k, _)| k.is_v4()).count() as u64 - deleted_v4;
+        let v4 = self.v4_count(&entries).saturating_sub(deleted_v4);
         out.account = self.account_with(created_before, remaining, live, v4);
         out
     }
@@ -407,6 +407,14 @@ impl Conntrack {
                 let _ = map.insert(o, n, 0);
             }
         }
+    }
+
+    /// How many of `entries` the IPv4 map holds (none without one).
+    fn v4_count(&self, entries: &[(CtKey, CtEntry)]) -> u64 {
+        if self.maps.capacity_v4() == 0 {
+            return 0;
+        }
+        entries.iter().filter(|(k, _)| k.is_v4()).count() as u64
     }
 
     fn account_with(&self, created: u64, entries: u64, live: u64, entries_v4: u64) -> CtAccount {
@@ -432,7 +440,7 @@ impl Conntrack {
         let created = self.stat(CtStat::Created);
         let entries = self.entries();
         let live = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).count() as u64;
-        let v4 = entries.iter().filter(|(k, _)| k.is_v4()).count() as u64;
+        let v4 = self.v4_count(&entries);
         self.account_with(created, entries.len() as u64, live, v4)
     }
 

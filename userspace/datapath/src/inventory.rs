@@ -39,7 +39,7 @@ fn count_keys(layout: &PinLayout, name: &'static str, key_size: u32) -> Result<u
 pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
     layout.require_existing()?;
     let names = [
-        IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
+        IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT4, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
         FRAGS, EVENTS, SOURCE_RANGES,
     ];
     // The node object's maps: pinned once an agent loaded it.

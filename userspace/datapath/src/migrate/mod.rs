@@ -380,8 +380,10 @@ fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> CarryOver {
     }
     // IPv4 flows the old programs open in the one-table conntrack until
     // the swap are found there by the IPv4 path, where the conntrack
-    // switch above points.
+    // switch above points (after WEIR_CT4_PREV, when WEIR_CT4 is rebuilt
+    // too: its pin above stays, its switch is this one).
     if rebuild.iter().any(|(e, from)| splits(e, *from)) {
+        constants.retain(|(switch, _)| *switch != "WEIR_CT4_PREV_ON");
         constants.push(("WEIR_CT4_PREV_ON", CARRY_OVER_WIDE));
     }
     (constants, pins)
@@ -569,6 +571,41 @@ pub fn staged_path(layout: &PinLayout, name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exp(name: &str) -> Expected {
+        let layout = weir_common::abi::layout_of(name).expect("layout");
+        let shape = inspect::Shape { map_type: 9, key_size: layout.key_size, value_size: layout.value_size, flags: 0, max_entries: 1024 };
+        Expected { name: name.into(), shape, layout }
+    }
+
+    #[test]
+    fn each_rebuild_carries_over_from_its_old_map_with_one_switch_per_table() {
+        use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_WIDE}, maps};
+        let layout = PinLayout::new(std::path::Path::new("/sys/fs/bpf/weir-test"));
+        let switch = |c: &[(&str, u8)], name: &str| -> Vec<u8> { c.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect() };
+        let pinned = |p: &[(&str, PathBuf)], name: &str| p.iter().find(|(n, _)| *n == name).map(|(_, path)| path.clone());
+        // A new IPv4 size: WEIR_CT4_PREV, nothing wide.
+        let (c, p) = carry_over(&layout, &[(exp(maps::CT4), 1)]);
+        assert_eq!((switch(&c, "WEIR_CT4_PREV_ON"), switch(&c, "WEIR_CT_PREV_ON")), (vec![CARRY_OVER_SAME], vec![]));
+        assert_eq!(pinned(&p, maps::CT4_PREV), Some(layout.map(maps::CT4)));
+        // The split of v2: the IPv6 path from the old map in the same
+        // bytes, the IPv4 path from it too, narrowed.
+        let (c, p) = carry_over(&layout, &[(exp(maps::CT), 2)]);
+        assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_SAME], vec![CARRY_OVER_WIDE]));
+        assert_eq!(pinned(&p, maps::CT_PREV), Some(layout.map(maps::CT)));
+        // From v1: converted on the way.
+        let (c, p) = carry_over(&layout, &[(exp(maps::CT), 1)]);
+        assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_V1], vec![CARRY_OVER_WIDE]));
+        assert_eq!(pinned(&p, maps::CT_PREV_V1), Some(layout.map(maps::CT)));
+        // A split resumed with a new IPv4 size: one switch for WEIR_CT4
+        // (WIDE reads WEIR_CT4_PREV first), both old maps pinned.
+        let (c, p) = carry_over(&layout, &[(exp(maps::CT), 2), (exp(maps::CT4), 1)]);
+        assert_eq!(switch(&c, "WEIR_CT4_PREV_ON"), vec![CARRY_OVER_WIDE]);
+        assert!(pinned(&p, maps::CT4_PREV).is_some() && pinned(&p, maps::CT_PREV).is_some());
+        // A new IPv6 size only: nothing for IPv4.
+        let (c, _) = carry_over(&layout, &[(exp(maps::CT), 3)]);
+        assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_SAME], vec![]));
+    }
 
     #[test]
     fn link_pins_name_their_program() {
