@@ -39,14 +39,16 @@ fn count_keys(layout: &PinLayout, name: &'static str, key_size: u32) -> Result<u
 pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
     layout.require_existing()?;
     let names = [
-        IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT4, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
+        IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
         FRAGS, EVENTS, SOURCE_RANGES,
     ];
-    // The node object's maps: pinned once an agent loaded it.
-    let node_names = [POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT];
-    let node_names = node_names.into_iter().filter(|n| layout.map(n).exists());
+    // Maps that may not be pinned yet: IPv4 conntrack (WEIR_CT4) while
+    // an older agent's one-table conntrack waits for its migration, and
+    // the node object's maps until an agent loaded it.
+    let optional = [CT4, POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT];
+    let optional = optional.into_iter().filter(|n| layout.map(n).exists());
     let mut out = Vec::new();
-    for name in names.into_iter().chain(node_names) {
+    for name in names.into_iter().chain(optional) {
         let info = MapInfo::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
         let capacity = info.max_entries();
         let keyed = matches!(info.map_type(), Ok(MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash | MapType::LpmTrie));
