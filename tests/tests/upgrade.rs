@@ -562,7 +562,7 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
     assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
     for (map, to) in [("WEIR_CT", 3), ("WEIR_SNAT", 2), ("WEIR_CONFIG", 2)] {
-        let line = log.lines().filter(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).last().unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
+        let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
         assert!(line.contains("from_version=1") && line.contains(&format!("to_version={to}")) && line.contains("dropped=0"), "{line}");
     }
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 56, "conntrack in the current layout");
@@ -620,7 +620,7 @@ fn conntrack_in_one_table_is_split_by_family_under_traffic_without_losing_a_conn
     failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
     assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
     assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
-    let line = log.lines().filter(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).last().unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
+    let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
     assert!(line.contains("from_version=2") && line.contains("to_version=3") && line.contains("dropped=0"), "{line}");
     assert_split(&t, 2 * 13);
     assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 65_536, "IPv6 conntrack at its own size");

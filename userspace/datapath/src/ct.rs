@@ -75,12 +75,15 @@ impl Table {
     pub const SNAT: Table = Table { map: SNAT, map4: None, stats: SNAT_STATS, owners: None };
 }
 
+/// The IPv4 map, typed and raw.
+type Narrow = (HashMap<MapData, CtKey4, CtEntry4>, MapData);
+
 /// A table's maps, read and written by the wide key: an IPv4 key goes to
 /// the IPv4 map (narrowed) when there is one.
 pub struct CtMaps {
     wide: HashMap<MapData, CtKey, CtEntry>,
     raw: MapData,
-    v4: Option<(HashMap<MapData, CtKey4, CtEntry4>, MapData)>,
+    v4: Option<Narrow>,
     capacity: u64,
     capacity_v4: u64,
 }
@@ -105,7 +108,7 @@ impl CtMaps {
         Ok(Self { wide, raw, v4, capacity, capacity_v4 })
     }
 
-    fn four(&self, k: &CtKey) -> Option<&(HashMap<MapData, CtKey4, CtEntry4>, MapData)> {
+    fn four(&self, k: &CtKey) -> Option<&Narrow> {
         self.v4.as_ref().filter(|_| k.is_v4())
     }
 
@@ -170,7 +173,10 @@ impl CtMaps {
     }
 }
 
-fn open_map<K: aya::Pod, V: aya::Pod>(layout: &PinLayout, name: &'static str) -> Result<(HashMap<MapData, K, V>, MapData, u64), DatapathError> {
+/// A pinned hash, typed and raw, and its capacity.
+type Opened<K, V> = (HashMap<MapData, K, V>, MapData, u64);
+
+fn open_map<K: aya::Pod, V: aya::Pod>(layout: &PinLayout, name: &'static str) -> Result<Opened<K, V>, DatapathError> {
     let map = pinned::hash(layout, name)?;
     let raw = MapData::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?;
     let capacity = MapInfo::from_pin(layout.map(name)).map_err(|source| DatapathError::Map { name, source })?.max_entries();

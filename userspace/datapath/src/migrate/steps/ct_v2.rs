@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_entry_stays_and_an_ipv4_one_moves_narrowed_with_every_field() {
-        let (k6, e6) = flow(Addr::from(IpAddr::V6(Ipv6Addr::LOCALHOST)), Addr::from(IpAddr::V6("fd00::5".parse::<Ipv6Addr>().unwrap())));
+        let (k6, e6) = flow(Addr::from(IpAddr::V6(Ipv6Addr::LOCALHOST)), Addr::from(IpAddr::V6("fd00::5".parse::<Ipv6Addr>().expect("an address"))));
         assert_eq!(step(bytes(&k6), bytes(&e6)), Some((bytes(&k6).to_vec(), bytes(&e6).to_vec())));
         assert_eq!(narrow(bytes(&k6), bytes(&e6)), None);
         assert!(!is_v4_key(bytes(&k6)));
