@@ -548,19 +548,7 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 64, "the kill left v1 pinned");
 
     // The next start finishes the migration.
-    agent.unset_env(STALL);
-    let synced = agent.log_text().matches("initial sync").count();
-    agent.restart_with(&[]);
-    agent.wait_for_log("initial sync", synced + 1);
-    traffic.open_new(true);
-    std::thread::sleep(Duration::from_secs(1));
-    let tally = traffic.finish();
-
-    let log = agent.log_text();
-    let mut failures = tally.failures.clone();
-    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
-    assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
-    assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
+    let log = finish_under_traffic(&mut agent, traffic);
     for (map, to) in [("WEIR_CT", 3), ("WEIR_SNAT", 2), ("WEIR_CONFIG", 2)] {
         let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
         assert!(line.contains("from_version=1") && line.contains(&format!("to_version={to}")) && line.contains("dropped=0"), "{line}");
@@ -607,19 +595,7 @@ fn conntrack_in_one_table_is_split_by_family_under_traffic_without_losing_a_conn
     agent.stop_with(libc::SIGKILL);
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").max_entries(), 262_144, "the kill left the one-table map pinned");
 
-    agent.unset_env(STALL);
-    let synced = agent.log_text().matches("initial sync").count();
-    agent.restart_with(&[]);
-    agent.wait_for_log("initial sync", synced + 1);
-    traffic.open_new(true);
-    std::thread::sleep(Duration::from_secs(1));
-    let tally = traffic.finish();
-
-    let log = agent.log_text();
-    let mut failures = tally.failures.clone();
-    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
-    assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
-    assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
+    let log = finish_under_traffic(&mut agent, traffic);
     let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
     assert!(line.contains("from_version=2") && line.contains("to_version=3") && line.contains("dropped=0"), "{line}");
     assert_split(&t, 2 * 13);
@@ -632,6 +608,25 @@ fn conntrack_in_one_table_is_split_by_family_under_traffic_without_losing_a_conn
         }
     }
     assert!(t.intruder_is_denied(), "the policy still denies the intruder");
+}
+
+/// Starts the agent again without the stall, lets new connections open
+/// again, and checks that no request failed and no flow moved while the
+/// migration finished. Returns the agent's log.
+fn finish_under_traffic(agent: &mut Agent, traffic: Traffic) -> String {
+    agent.unset_env(STALL);
+    let synced = agent.log_text().matches("initial sync").count();
+    agent.restart_with(&[]);
+    agent.wait_for_log("initial sync", synced + 1);
+    traffic.open_new(true);
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = traffic.finish();
+    let log = agent.log_text();
+    let mut failures = tally.failures.clone();
+    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
+    assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
+    assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
+    log
 }
 
 /// Deletes every entry of the masquerade map pinned at `pin`; returns how
