@@ -173,7 +173,8 @@ fn explain_matches_the_kernel_on_ipv6_link_scope_traffic() {
             let p = Packet { src: IpAddr::V6(src), sport: 5000, dst: IpAddr::V6(dst), dport: 53, proto: 17 };
             let x = maps.explain(&p, &Entry::Pod, monotonic_ns()).expect("explain");
             assert_eq!(x.verdict, want, "{src} -> {dst}: {x:?}");
-            assert!(x.reason.contains("ipv6_isolated") || want == "pass", "{src} -> {dst}: the drop reason is named: {}", x.reason);
+            let named = if src == UNLISTED { "unlisted_address" } else { "ipv6_isolated" };
+            assert!(x.reason.contains(named) || want == "pass", "{src} -> {dst}: the drop reason is named: {}", x.reason);
             for &(link, verdict) in runs {
                 let run = testrun::run_on(prog, &testrun::udp6((src, 5000), (dst, 53), b"q"), link).expect("test_run");
                 assert_eq!(run.verdict, verdict, "{src} -> {dst} on link {link}: explain said {x:?}");
@@ -186,5 +187,34 @@ fn explain_matches_the_kernel_on_ipv6_link_scope_traffic() {
         assert_eq!(x.verdict, "drop", "{x:?}");
         assert!(!x.policy.is_empty() && !x.reason.contains("ipv6_isolated"), "{x:?}");
         assert_eq!(testrun::run_on(prog, &testrun::udp6((ISO, 5000), (REMOTE, 53), b"q"), iso_link).expect("run").verdict, TC_ACT_SHOT);
+    });
+}
+
+/// An IPv4 address routed to an isolated pod's link that no endpoint
+/// names is dropped before the service and the policy (`unlisted_address`);
+/// the pod's listed address is judged by its policy. Explain and the
+/// kernel agree on both.
+#[test]
+fn explain_matches_the_kernel_on_an_unlisted_address_of_an_isolated_pod() {
+    const UNLISTED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 99);
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, dp| {
+        let layout = layout.clone();
+        let mut s = PolicyState::default();
+        s.endpoints.insert(IpAddr::V4(C1), EndpointSpec { id: 1, identity: 401, ingress_isolated: false, egress_isolated: true });
+        s.ipcache.insert(Prefix::host(IpAddr::V4(STRANGER)), IpInfo { identity: ID_WORLD, cidr_identity: ID_WORLD });
+        s.entries.insert(PolicyEntry { endpoint: 1, direction: DIR_EGRESS, identity: ID_ANY, proto: 17, port: 53, port_bits: 16 }, PolicyValue::allow(1));
+        let w = PolicyMaps::open(&layout).expect("policy maps").transition(&s, &s, &s);
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        let link = testrun::pod_link(&layout, "wxiso4", &[C1.into(), UNLISTED.into()]);
+        let maps = Maps::open(&layout).expect("explain maps");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        for (src, want, named) in [(UNLISTED, "drop", "unlisted_address"), (C1, "forward", "")] {
+            let p = Packet { src: IpAddr::V4(src), sport: 5000, dst: IpAddr::V4(STRANGER), dport: 53, proto: 17 };
+            let x = maps.explain(&p, &Entry::Pod, monotonic_ns()).expect("explain");
+            assert_eq!(x.verdict, want, "{src}: {x:?}");
+            assert!(x.reason.contains(named), "{src}: the drop reason is named: {}", x.reason);
+            let verdict = if want == "drop" { TC_ACT_SHOT } else { TC_ACT_OK };
+            assert_eq!(testrun::run_on(prog, &testrun::udp4((src, 5000), (STRANGER, 53), b"q"), link).expect("run").verdict, verdict, "{src}: explain said {x:?}");
+        }
     });
 }

@@ -170,6 +170,44 @@ fn a_packet_into_a_pod_must_be_addressed_to_it() {
     });
 }
 
+/// An address the node routes to a pod's link that the pod's `podIPs` do
+/// not list (a second address from IPAM, or a pod object not delivered
+/// yet) names no endpoint, so no rule could judge its flows: on an
+/// isolated pod's link none passes, either way, whether to a peer, to a
+/// service or as an echo. On a link under no policy such an address
+/// keeps working.
+#[test]
+fn an_address_no_endpoint_names_carries_nothing_on_an_isolated_pods_link() {
+    const UNLISTED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 99);
+    const OPEN_UNLISTED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 98);
+    with(DatapathConfig::DEFAULT, |fx| {
+        let mut s = PolicyState::default();
+        s.endpoints.insert(IpAddr::V4(CLIENT), EndpointSpec { id: 1, identity: 401, ingress_isolated: true, egress_isolated: true });
+        fx.policy(&s);
+        testrun::own_sources(&fx.layout, fx.ns_lo, &[CLIENT.into(), UNLISTED.into()]);
+        fx.lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let cases = [
+            (Hook::FromPod, testrun::udp4((UNLISTED, 4000), (EVIL, 53), b"q"), "a flow from it"),
+            (Hook::FromPod, testrun::udp4((UNLISTED, 4001), (VIP, 53), b"q"), "a service flow from it"),
+            (Hook::FromPod, testrun::icmp4_echo(UNLISTED, EVIL, 7, 1), "an echo from it"),
+            (Hook::ToPod, testrun::tcp4((EVIL, 40000), (UNLISTED, 80), true, b""), "a connection to it"),
+            (Hook::ToPod, testrun::udp4((EVIL, 53), (UNLISTED, 4000), b"a"), "a datagram to it"),
+        ];
+        for (hook, pkt, what) in &cases {
+            assert_eq!(fx.run(*hook, fx.ns_lo, pkt).verdict, TC_ACT_SHOT, "{what}");
+        }
+        assert_eq!(fx.drops(DropReason::UnlistedAddress), cases.len() as u64);
+        assert!(fx.ct().entries().is_empty(), "no flow was tracked");
+
+        let open = fx.link("weiropen", &[BACKEND.into(), OPEN_UNLISTED.into()]);
+        let from_open = testrun::udp4((OPEN_UNLISTED, 4000), (EVIL, 53), b"q");
+        assert_eq!(fx.run(Hook::FromPod, open, &from_open).verdict, TC_ACT_OK, "an unlisted address of a pod under no policy");
+        let to_open = testrun::udp4((EVIL, 53), (OPEN_UNLISTED, 4000), b"a");
+        assert_eq!(fx.run(Hook::ToPod, open, &to_open).verdict, TC_ACT_OK, "and into it");
+        assert_eq!(fx.drops(DropReason::UnlistedAddress), cases.len() as u64);
+    });
+}
+
 // ------------------------------------------------------ policy conntrack
 
 /// V (endpoint 1) admits nothing; A (endpoint 2) admits anyone on 5555.
@@ -239,7 +277,7 @@ fn ipv6_to_or_from_an_isolated_pod_is_dropped_and_other_ethertypes_from_pods_too
         assert_eq!(fx.run(Hook::FromPod, fx.ns_lo, &from_iso).verdict, TC_ACT_SHOT, "from an isolated pod");
         let to_iso = testrun::udp6((v6_open, 4000), (v6_iso, 53), b"q");
         assert_eq!(fx.run(Hook::ToPod, fx.ns_lo, &to_iso).verdict, TC_ACT_SHOT, "to an isolated pod");
-        assert_eq!(fx.drops(DropReason::Ipv6Isolated), 2);
+        assert_eq!(fx.drops(DropReason::UnlistedAddress), 2, "its podIPs list no IPv6 address");
 
         assert_eq!(fx.run(Hook::FromPod, open, &to_iso).verdict, TC_ACT_OK, "an open pod sends from its own IPv6 address");
         assert_eq!(fx.run(Hook::ToPod, open, &from_iso).verdict, TC_ACT_OK, "and receives");

@@ -173,7 +173,7 @@ fn link_local_scope_does_not_get_around_isolation() {
         testrun::own_sources(&fx.layout, TEST_RUN_IFINDEX, &[ISO.into(), unlisted.into()]);
         assert_eq!(fx.from_iso(&udp((unlisted, 5000), (REMOTE, 53))), TC_ACT_SHOT, "from an unlisted address");
         assert_eq!(fx.to_iso(&tcp((REMOTE, 40000), (unlisted, 80), true)), TC_ACT_SHOT, "to it");
-        assert_eq!(fx.drops(DropReason::Ipv6Isolated), 6);
+        assert_eq!(fx.drops(DropReason::UnlistedAddress), 2);
         // And a packet for an address the pod does not hold at all.
         assert_eq!(fx.to_iso(&tcp((REMOTE, 40000), (OPEN, 80), true)), TC_ACT_SHOT);
         assert_eq!(fx.drops(DropReason::NotForPod), 1);

@@ -21,10 +21,9 @@ pub enum DropReason {
     PolicyDenied = 6,
     /// A pod sent from an address the node does not route to its link.
     SpoofedSource = 7,
-    /// IPv6 to or from a policy-isolated pod that no rule can judge:
-    /// link-scope traffic (link-local or multicast, other than neighbour
-    /// discovery and MLD), or an address routed to the pod's link that no
-    /// endpoint names (missing from its `podIPs`).
+    /// IPv6 link-scope traffic (link-local or multicast, other than
+    /// neighbour discovery and MLD) to or from a policy-isolated pod: no
+    /// rule can name a link-scope peer.
     Ipv6Isolated = 8,
     /// A frame from a pod that is neither IPv4, IPv6 nor ARP.
     UnsupportedEthertype = 9,
@@ -71,10 +70,15 @@ pub enum DropReason {
     /// pod (it is not the link's router), a hop limit other than RFC 4861's
     /// 255 (MLD's 1), or a fragment (RFC 6980).
     Ipv6LinkControl = 23,
+    /// A packet, of either family, from or to an address the node routes
+    /// to a policy-isolated pod's link but no endpoint names (missing from
+    /// the pod's `podIPs`, or not delivered yet): no rule could judge its
+    /// flow.
+    UnlistedAddress = 24,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::NoEndpoints,
         DropReason::UnknownServicePort,
         DropReason::UnsupportedProtoToVip,
@@ -98,6 +102,7 @@ impl DropReason {
         DropReason::FragNeeded,
         DropReason::Ipv6HeaderChain,
         DropReason::Ipv6LinkControl,
+        DropReason::UnlistedAddress,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -125,6 +130,7 @@ impl DropReason {
             Self::FragNeeded => "frag_needed",
             Self::Ipv6HeaderChain => "ipv6_header_chain",
             Self::Ipv6LinkControl => "ipv6_link_control",
+            Self::UnlistedAddress => "unlisted_address",
         }
     }
 

@@ -9,9 +9,10 @@
 //!   a router advertisement, redirect or MLD query from the pod.
 //! - Any other link-scope traffic (to the node's `fe80::` addresses, to
 //!   link multicast groups) passes for a pod under no policy and is
-//!   dropped for an isolated one: no rule can name a link-local peer. So
-//!   is traffic of an address routed to an isolated pod's link that no
-//!   endpoint names (missing from the pod's `podIPs`).
+//!   dropped for an isolated one: no rule can name a link-local peer.
+//!   Traffic of an address routed to an isolated pod's link that no
+//!   endpoint names (missing from the pod's `podIPs`) is dropped too, as
+//!   for IPv4 (`source::unlisted_on_isolated`).
 //! - Every other flow is judged by network policy exactly as IPv4 is
 //!   (`policy::flow_from_pod`, `policy::flow_to_pod`), tracked in the
 //!   same conntrack table; ICMPv6 echo is a flow keyed by its identifier;
@@ -30,7 +31,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use weir_common::{addr::Addr, drop::DropReason};
+use weir_common::drop::DropReason;
 use weir_logic::ipv6::{link_scope, link_scope_source};
 
 use crate::{
@@ -138,8 +139,8 @@ fn control(ctx: &TcContext, p: &Ipv6Pkt, from_pod: bool) -> Option<i32> {
 #[inline(always)]
 fn judged(ctx: &TcContext, p: &mut Ipv6Pkt, ifindex: u32, to_pod_side: bool) -> i32 {
     let own = if to_pod_side { &p.t.daddr } else { &p.t.saddr };
-    if unlisted_on_isolated(own, ifindex) {
-        return events::dropped_flow(ctx, &p.t, DropReason::Ipv6Isolated);
+    if source::unlisted_on_isolated(own, ifindex) {
+        return events::dropped_flow(ctx, &p.t, DropReason::UnlistedAddress);
     }
     if p.is_icmp_error() {
         let now = conntrack::now_ns();
@@ -156,14 +157,6 @@ fn link_local(ctx: &TcContext, t: &Tuple, ifindex: u32) -> i32 {
         return events::dropped_flow(ctx, t, DropReason::Ipv6Isolated);
     }
     TC_ACT_OK as i32
-}
-
-/// An address the node routes to an isolated pod's link but no endpoint
-/// names (not in the pod's `podIPs`, or not delivered yet): its flows
-/// could not be judged, so none passes.
-#[inline(always)]
-fn unlisted_on_isolated(a: &Addr, ifindex: u32) -> bool {
-    !policy::is_endpoint(a) && source::link_isolated(ifindex)
 }
 
 /// A flow's packet, judged by policy; a later fragment takes its first

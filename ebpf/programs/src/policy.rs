@@ -72,12 +72,6 @@ fn endpoint(a: &Addr) -> Option<EndpointInfo> {
     read(ENDPOINTS.get_ptr(a))
 }
 
-/// Whether `a` is a local endpoint's address (under a policy or not).
-#[inline(always)]
-pub fn is_endpoint(a: &Addr) -> bool {
-    ENDPOINTS.get_ptr(a).is_some()
-}
-
 /// Whether either end of the tuple is a local endpoint under some policy.
 #[inline(always)]
 fn enforced(t: &Tuple) -> bool {

@@ -268,9 +268,12 @@ impl Maps {
                     return Ok(x.end("drop", format!("no pod link owns the source {}: a spoofed source is dropped", p.src)));
                 }
                 if p.src.is_ipv6() {
-                    if let Some((verdict, why)) = self.v6_link_rules(x.link, p, src, dst, link_src) {
+                    if let Some((verdict, why)) = self.v6_link_rules(x.link, p, dst, link_src) {
                         return Ok(x.end(verdict, why));
                     }
+                }
+                if x.link.is_some_and(|i| self.link_isolated(i)) && self.endpoints.get(&src, 0).is_err() {
+                    return Ok(x.end("drop", format!("{} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (unlisted_address)", p.src)));
                 }
             }
             Entry::Device(d) => {
@@ -318,10 +321,9 @@ impl Maps {
     /// `pod_v6`'s rules before the service and the policy: link-scope
     /// traffic (a link-local source, a link-local or multicast
     /// destination) passes for a pod under no policy and is dropped for an
-    /// isolated one, and so is an address routed to an isolated pod's link
-    /// that no endpoint names. The verdict and why, or `None` when they
-    /// let the packet on.
-    fn v6_link_rules(&self, link: Option<u32>, p: &Packet, src: Addr, dst: Addr, link_src: bool) -> Option<(&'static str, String)> {
+    /// isolated one. The verdict and why, or `None` when they let the
+    /// packet on.
+    fn v6_link_rules(&self, link: Option<u32>, p: &Packet, dst: Addr, link_src: bool) -> Option<(&'static str, String)> {
         let isolated = link.map(|i| self.link_isolated(i));
         if link_src || ipv6::link_scope(&dst) {
             let what = if link_src { format!("the link-local source {}", p.src) } else { format!("the link-scope destination {}", p.dst) };
@@ -330,9 +332,6 @@ impl Maps {
                 Some(false) => ("pass", format!("{what}: link-scope traffic passes for a pod under no policy")),
                 None => ("depends", format!("{what} names no pod link: it passes from a pod under no policy and is dropped from one under a policy (ipv6_isolated)")),
             });
-        }
-        if isolated == Some(true) && self.endpoints.get(&src, 0).is_err() {
-            return Some(("drop", format!("{} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (ipv6_isolated)", p.src)));
         }
         None
     }
