@@ -174,8 +174,8 @@ fn a_packet_into_a_pod_must_be_addressed_to_it() {
 /// not list (a second address from IPAM, or a pod object not delivered
 /// yet) names no endpoint, so no rule could judge its flows: on an
 /// isolated pod's link none passes, either way, whether to a peer, to a
-/// service or as an echo. On a link under no policy such an address
-/// keeps working.
+/// service, as an echo or as an ICMP error. On a link under no policy
+/// such an address keeps working.
 #[test]
 fn an_address_no_endpoint_names_carries_nothing_on_an_isolated_pods_link() {
     const UNLISTED: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 99);
@@ -192,6 +192,8 @@ fn an_address_no_endpoint_names_carries_nothing_on_an_isolated_pods_link() {
             (Hook::FromPod, testrun::icmp4_echo(UNLISTED, EVIL, 7, 1), "an echo from it"),
             (Hook::ToPod, testrun::tcp4((EVIL, 40000), (UNLISTED, 80), true, b""), "a connection to it"),
             (Hook::ToPod, testrun::udp4((EVIL, 53), (UNLISTED, 4000), b"a"), "a datagram to it"),
+            (Hook::FromPod, testrun::icmp4_error(UNLISTED, EVIL, 3, 3, 0, &testrun::udp4((EVIL, 53), (UNLISTED, 4000), b"a")), "an ICMP error from it"),
+            (Hook::ToPod, testrun::icmp4_error(EVIL, UNLISTED, 3, 3, 0, &testrun::udp4((UNLISTED, 4000), (EVIL, 53), b"q")), "an ICMP error to it"),
         ];
         for (hook, pkt, what) in &cases {
             assert_eq!(fx.run(*hook, fx.ns_lo, pkt).verdict, TC_ACT_SHOT, "{what}");

@@ -36,6 +36,9 @@ use crate::{
 ///   end is under a policy.
 #[inline(never)]
 pub fn error_from_pod<P: Quoting>(ctx: &TcContext, pkt: &mut P, now: u64) -> i32 {
+    if policy::unlisted_addr(ctx, &P::wide(pkt.saddr())) {
+        return pkt.dropped(ctx, DropReason::UnlistedAddress);
+    }
     if !pkt.read_quoted(ctx) {
         return pkt.dropped(ctx, DropReason::Malformed);
     }
@@ -60,6 +63,9 @@ pub fn error_from_pod<P: Quoting>(ctx: &TcContext, pkt: &mut P, now: u64) -> i32
 /// exceeded), or already translated by [`error_from_pod`].
 #[inline(never)]
 pub fn error_to_pod<P: Quoting>(ctx: &TcContext, pkt: &mut P, now: u64) -> i32 {
+    if policy::unlisted_addr(ctx, &P::wide(pkt.daddr())) {
+        return pkt.dropped(ctx, DropReason::UnlistedAddress);
+    }
     if !pkt.read_quoted(ctx) {
         return pkt.dropped(ctx, DropReason::Malformed);
     }

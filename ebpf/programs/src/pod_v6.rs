@@ -12,7 +12,7 @@
 //!   dropped for an isolated one: no rule can name a link-local peer.
 //!   Traffic of an address routed to an isolated pod's link that no
 //!   endpoint names (missing from the pod's `podIPs`) is dropped too, as
-//!   for IPv4 (`source::unlisted_on_isolated`).
+//!   for IPv4 (`policy`, `icmp`).
 //! - Every other flow is judged by network policy exactly as IPv4 is
 //!   (`policy::flow_from_pod`, `policy::flow_to_pod`), tracked in the
 //!   same conntrack table; ICMPv6 echo is a flow keyed by its identifier;
@@ -99,7 +99,7 @@ pub fn from_pod(ctx: &TcContext, ifindex: u32) -> i32 {
     if link_src || link_scope(&p.t.daddr) {
         return link_local(ctx, &p.t, ifindex);
     }
-    judged(ctx, p, ifindex, false)
+    judged(ctx, p, false)
 }
 
 /// IPv6 to a pod (tc egress of its host veth).
@@ -118,7 +118,7 @@ pub fn to_pod(ctx: &TcContext, ifindex: u32) -> i32 {
         }
         return events::dropped_flow(ctx, &p.t, DropReason::NotForPod);
     }
-    judged(ctx, p, ifindex, true)
+    judged(ctx, p, true)
 }
 
 /// Neighbour discovery and MLD: the verdict, or `None` for any other
@@ -133,15 +133,11 @@ fn control(ctx: &TcContext, p: &Ipv6Pkt, from_pod: bool) -> Option<i32> {
 }
 
 /// Either hook once the pod's own address (the source from the pod, the
-/// destination into it) is known to be routed to its link: an address no
-/// endpoint names is dropped on an isolated pod's link, and the packet is
-/// judged as an ICMPv6 error or as a flow.
+/// destination into it) is known to be routed to its link: the packet is
+/// judged as an ICMPv6 error or as a flow (where an address no endpoint
+/// names is dropped on an isolated pod's link, as for IPv4).
 #[inline(always)]
-fn judged(ctx: &TcContext, p: &mut Ipv6Pkt, ifindex: u32, to_pod_side: bool) -> i32 {
-    let own = if to_pod_side { &p.t.daddr } else { &p.t.saddr };
-    if source::unlisted_on_isolated(own, ifindex) {
-        return events::dropped_flow(ctx, &p.t, DropReason::UnlistedAddress);
-    }
+fn judged(ctx: &TcContext, p: &mut Ipv6Pkt, to_pod_side: bool) -> i32 {
     if p.is_icmp_error() {
         let now = conntrack::now_ns();
         return if to_pod_side { icmp::error_to_pod(ctx, p, now) } else { icmp::error_from_pod(ctx, p, now) };

@@ -40,6 +40,7 @@ use crate::{
     errors, events,
     hdr::Ipv4Pkt,
     maps::{read, scratch, ENDPOINTS, IPCACHE, POLICY},
+    source,
 };
 
 /// Judge the sender's egress.
@@ -78,6 +79,43 @@ fn enforced(t: &Tuple) -> bool {
     endpoint(&t.saddr).is_some_and(|e| e.flags != 0) || endpoint(&t.daddr).is_some_and(|e| e.flags != 0)
 }
 
+/// Whether the endpoint behind a `WEIR_ENDPOINTS` lookup is under a policy.
+#[inline(always)]
+fn isolated(ep: Option<*const EndpointInfo>) -> bool {
+    // SAFETY: map value pointer, valid for the program run; read only.
+    ep.is_some_and(|e| unsafe { (*e).flags } != 0)
+}
+
+/// Whether the pod's own address, whose lookup `own` found no endpoint,
+/// is routed to a link under a policy: no rule could judge its flows
+/// (on the lookup the caller makes anyway, so that a listed address
+/// costs nothing more).
+#[inline(always)]
+fn unlisted(ctx: &TcContext, own: Option<*const EndpointInfo>) -> bool {
+    own.is_none() && source::link_isolated(ifindex(ctx))
+}
+
+/// [`unlisted`] for the pod's own address `a`, not looked up yet (ICMP
+/// errors at the pod's hooks).
+#[inline(always)]
+pub fn unlisted_addr(ctx: &TcContext, a: &Addr) -> bool {
+    unlisted(ctx, ENDPOINTS.get_ptr(a))
+}
+
+/// Whether the pod's own address (`t`'s source from the pod, its
+/// destination into it) is an endpoint under a policy; `None`, with the
+/// packet counted and reported as dropped, when it is [`unlisted`]. (Not
+/// inlined: the drop report stays out of the pod hooks' frames.)
+#[inline(never)]
+fn own_isolated(ctx: &TcContext, t: &Tuple, to_pod_side: bool) -> Option<bool> {
+    let ep = ENDPOINTS.get_ptr(if to_pod_side { &t.daddr } else { &t.saddr });
+    if unlisted(ctx, ep) {
+        events::dropped_flow(ctx, t, DropReason::UnlistedAddress);
+        return None;
+    }
+    Some(isolated(ep))
+}
+
 /// Judges a new flow for the checks in `mode`. Denials are counted and
 /// reported; the caller drops the packet.
 #[inline(always)]
@@ -96,6 +134,11 @@ pub fn allow_staged(ctx: &TcContext, mode: u32) -> bool {
     // the calls below is split into registers LLVM may spill undefined.
     let src = ENDPOINTS.get_ptr(&s.judge_tuple.saddr);
     let dst = ENDPOINTS.get_ptr(&s.judge_tuple.daddr);
+    // The sender is the pod on this link (egress is judged at from_pod).
+    if mode & CHECK_EGRESS != 0 && unlisted(ctx, src) {
+        events::dropped_flow(ctx, &s.judge_tuple, DropReason::UnlistedAddress);
+        return false;
+    }
     // A pod may always reach itself (through its own service). Only its
     // own link can send such a flow: at to_pod, a packet claiming to come
     // from the pod itself came from somewhere else.
@@ -317,7 +360,8 @@ pub fn from_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
 /// [`from_pod`] for a flow of either family; `later`: a later fragment.
 #[inline(always)]
 pub fn flow_from_pod(ctx: &TcContext, t: &Tuple, later: bool, now: u64) -> i32 {
-    if !enforced(t) || tracked(t, now) {
+    let Some(own_isolated) = own_isolated(ctx, t, false) else { return TC_ACT_SHOT as i32 };
+    if !(own_isolated || isolated(ENDPOINTS.get_ptr(&t.daddr))) || tracked(t, now) {
         return TC_ACT_OK as i32;
     }
     if later {
@@ -349,7 +393,8 @@ pub fn to_pod(ctx: &TcContext, pkt: &Ipv4Pkt, now: u64) -> i32 {
 #[inline(always)]
 pub fn flow_to_pod(ctx: &TcContext, t: &Tuple, later: bool, now: u64) -> i32 {
     let translated = crate::nat::take_translated(ctx);
-    if !endpoint(&t.daddr).is_some_and(|e| e.flags != 0) || tracked(t, now) || (translated && service_flow(t, now)) {
+    let Some(own_isolated) = own_isolated(ctx, t, true) else { return TC_ACT_SHOT as i32 };
+    if !own_isolated || tracked(t, now) || (translated && service_flow(t, now)) {
         return TC_ACT_OK as i32;
     }
     if later {

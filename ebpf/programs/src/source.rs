@@ -2,9 +2,7 @@
 //! from the addresses the node routes to its link (`WEIR_LINKS`, filled by
 //! the agent from the node's host routes), of either family; IPv6 from a
 //! pod may also come from link-local scope (`pod_v6`,
-//! `weir_logic::ipv6::link_scope_source`). An address routed to a
-//! policy-isolated pod's link that no endpoint names carries nothing
-//! (`unlisted_on_isolated`).
+//! `weir_logic::ipv6::link_scope_source`).
 
 use weir_common::{addr::Addr, link::LinkInfo};
 
@@ -41,11 +39,3 @@ pub fn link_isolated(ifindex: u32) -> bool {
     l.any_addr(|a| unsafe { ENDPOINTS.get(a) }.is_some_and(|e| e.flags != 0))
 }
 
-/// Whether `a`, an address the node routes to the pod link `ifindex`, is
-/// one no endpoint names (not in the pod's `podIPs`, or not delivered
-/// yet) while the link is under a policy: its flows could not be judged,
-/// so none passes. One lookup for a listed address, the common case.
-#[inline(never)]
-pub fn unlisted_on_isolated(a: &Addr, ifindex: u32) -> bool {
-    ENDPOINTS.get_ptr(a).is_none() && link_isolated(ifindex)
-}

@@ -193,8 +193,16 @@ fn main() -> anyhow::Result<()> {
             let backend = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + i);
             lb.upsert(&cluster_ip(vip, 80, Protocol::Tcp, &[(backend, 8080)]))?;
         }
-        // GUARDED admits anyone on TCP 9000: its flows are judged and tracked.
+        // Every local pod is an endpoint, as the agent writes them; the
+        // client and the backend are under no policy.
         let mut s = PolicyState::default();
+        for (id, identity, addrs) in [(3, 602, [IpAddr::V4(CLIENT), IpAddr::V6(CLIENT6)]), (4, 603, [IpAddr::V4(BACKEND), IpAddr::V6(BACKEND6)])] {
+            for a in addrs {
+                s.endpoints.insert(a, EndpointSpec { id, identity, ingress_isolated: false, egress_isolated: false });
+                s.ipcache.insert(Prefix::host(a), IpInfo { identity, cidr_identity: ID_WORLD });
+            }
+        }
+        // GUARDED admits anyone on TCP 9000: its flows are judged and tracked.
         s.endpoints.insert(IpAddr::V4(GUARDED), EndpointSpec { id: 1, identity: 600, ingress_isolated: true, egress_isolated: false });
         s.ipcache.insert(Prefix::host(IpAddr::V4(GUARDED)), IpInfo { identity: 600, cidr_identity: ID_WORLD });
         s.endpoints.insert(IpAddr::V6(GUARDED6), EndpointSpec { id: 1, identity: 600, ingress_isolated: true, egress_isolated: false });

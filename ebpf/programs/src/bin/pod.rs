@@ -3,16 +3,15 @@
 //!
 //! from_pod: count; drop what a pod may not send (a source address the
 //! node does not route to its link, an unreadable header, an EtherType
-//! other than IPv4, IPv6 and ARP, an address no endpoint names on an
-//! isolated pod's link); IPv6 goes to `pod_v6`;
+//! other than IPv4, IPv6 and ARP); IPv6 goes to `pod_v6`;
 //! take back the ports of later fragments; translate ICMP errors of
 //! tracked flows; reverse-NAT replies of service flows (looked for unless
 //! the packet goes to a ClusterIP, which no reply does); load-balance
 //! packets to service frontends (DNAT + redirect); reject what a service
 //! cannot take; and judge new flows by network policy (egress of the
-//! sender, ingress of a local receiver). to_pod: count, drop what is not
-//! addressed to the pod (or is addressed to one no endpoint names on an
-//! isolated pod's link), and judge the pod's ingress for flows no local
+//! sender, ingress of a local receiver; on an isolated pod's link, an
+//! address no endpoint names carries nothing, `policy::unlisted`). to_pod: count, drop what is not
+//! addressed to the pod, and judge the pod's ingress for flows no local
 //! from_pod judged (and ICMP errors towards it).
 #![no_std]
 #![no_main]
@@ -40,9 +39,6 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     }
     if !source::owns(ifindex, &Addr::from_v4_raw(pkt.saddr)) {
         return events::dropped(&ctx, pkt, DropReason::SpoofedSource);
-    }
-    if source::unlisted_on_isolated(&Addr::from_v4_raw(pkt.saddr), ifindex) {
-        return events::dropped(&ctx, pkt, DropReason::UnlistedAddress);
     }
     if pkt.later_fragment() && !frag::recover(pkt) {
         return events::dropped(&ctx, pkt, DropReason::FragmentUnknown);
@@ -101,9 +97,6 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     }
     if !source::owns(ifindex, &Addr::from_v4_raw(pkt.daddr)) {
         return events::dropped(&ctx, pkt, DropReason::NotForPod);
-    }
-    if source::unlisted_on_isolated(&Addr::from_v4_raw(pkt.daddr), ifindex) {
-        return events::dropped(&ctx, pkt, DropReason::UnlistedAddress);
     }
     if pkt.later_fragment() && !frag::recover(pkt) {
         return events::dropped(&ctx, pkt, DropReason::FragmentUnknown);

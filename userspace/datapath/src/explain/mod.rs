@@ -272,9 +272,6 @@ impl Maps {
                         return Ok(x.end(verdict, why));
                     }
                 }
-                if x.link.is_some_and(|i| self.link_isolated(i)) && self.endpoints.get(&src, 0).is_err() {
-                    return Ok(x.end("drop", format!("{} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (unlisted_address)", p.src)));
-                }
             }
             Entry::Device(d) => {
                 if self.pod_addrs.get(&src, 0).is_ok() {
@@ -293,10 +290,18 @@ impl Maps {
                 return Ok(x.end("forward", format!("reply of a service flow: source rewritten to the service address {}", nat.0)));
             }
         }
+        // Where policy would look the sender's endpoint up (a new service
+        // flow's egress check, or the policy of any other flow): an
+        // address no endpoint names on an isolated pod's link goes no
+        // further.
+        let unlisted = *entry == Entry::Pod && x.link.is_some_and(|i| self.link_isolated(i)) && self.endpoints.get(&src, 0).is_err();
         match self.service_step(&mut x, p, entry, now_ns)? {
             Step::Done => return Ok(x),
             Step::NotAService if *entry == Entry::Host => {
                 return Ok(x.end("pass", format!("{}:{} is not a service frontend: the socket is left alone and the node's routing decides", p.dst, p.dport)));
+            }
+            _ if unlisted => {
+                return Ok(x.end("drop", format!("{} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (unlisted_address)", p.src)));
             }
             Step::NotAService if self.policy_tracked(src, dst, p, now_ns) => {
                 x.policy_conntrack = true;
