@@ -235,13 +235,17 @@ fn now_utc() -> f64 {
     (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
 }
 
-/// Deletes every TCP service flow's reverse entry from the IPv4 conntrack
-/// map pinned at `pin`; returns how many.
+/// Deletes the reverse entry of every long-lived TCP connection (through
+/// `VIP_LONG`) from the IPv4 conntrack map pinned at `pin`; returns how
+/// many.
 fn drop_reverse_entries(pin: &Path) -> usize {
     use weir_common::ct::{CtEntry4, CtKey4, CT_SVC_REV};
     let data = aya::maps::MapData::from_pin(pin).expect("IPv4 conntrack");
     let mut ct: aya::maps::HashMap<_, CtKey4, CtEntry4> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("conntrack map");
-    let keys: Vec<CtKey4> = ct.keys().filter_map(Result::ok).filter(|k| k.kind == CT_SVC_REV && k.proto == 6).collect();
+    // Only the long-lived connections' (a short connection the new
+    // programs opened has no older half to be carried over from).
+    let long_lived = |k: &CtKey4| ct.get(k, 0).is_ok_and(|e| Ipv4Addr::from(e.nat_addr.to_ne_bytes()) == VIP_LONG);
+    let keys: Vec<CtKey4> = ct.keys().filter_map(Result::ok).filter(|k| k.kind == CT_SVC_REV && k.proto == 6 && long_lived(k)).collect();
     keys.iter().filter(|k| ct.remove(k).is_ok()).count()
 }
 
