@@ -119,6 +119,10 @@ impl Agent {
             .arg("--node-name")
             .arg(&self.node_name)
             .args(&self.extra_args)
+            // Several agents share the host's cgroup hierarchy here, so
+            // each translates only its own node's sockets unless a test
+            // gives it a cgroup of its own and asks for more.
+            .args(if self.extra_args.iter().any(|a| a.starts_with("--socket-lb-namespaces")) { &[][..] } else { &["--socket-lb-namespaces=node"][..] })
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

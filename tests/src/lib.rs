@@ -22,6 +22,7 @@ pub mod netpol;
 pub mod north_south;
 pub mod node;
 pub mod pod;
+pub mod pod_cgroup;
 pub mod privileged;
 pub mod services;
 pub mod stats;

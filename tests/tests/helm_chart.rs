@@ -94,6 +94,7 @@ fn a_values_file_reaches_the_agents_flags_and_the_monitoring_hooks() {
         "--non-masquerade-cidrs=100.64.0.0/10",
         "--masquerade-max-entries=262144",
         "--masquerade-ports=40000-60999",
+        "--socket-lb-namespaces=node",
         "--lb-table-slots=8388608",
         "--kube-streaming-lists=never",
         "--frontends-max-entries=262144",

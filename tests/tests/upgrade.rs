@@ -553,16 +553,16 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
 
     // The next start finishes the migration.
     let log = finish_under_traffic(&mut agent, traffic);
-    for (map, to) in [("WEIR_CT", 3), ("WEIR_SNAT", 2), ("WEIR_CONFIG", 2)] {
+    for (map, to) in [("WEIR_CT", 3), ("WEIR_SNAT", 2), ("WEIR_CONFIG", 3)] {
         let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
         assert!(line.contains("from_version=1") && line.contains(&format!("to_version={to}")) && line.contains("dropped=0"), "{line}");
     }
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 56, "conntrack in the current layout");
     assert_split(&t, 2 * 13);
     let now: aya::maps::Array<_, weir_common::config::DatapathConfig> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(t.map_pin("WEIR_CONFIG")).expect("open"))).expect("the configuration in layout v2");
+        aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(t.map_pin("WEIR_CONFIG")).expect("open"))).expect("the configuration in the current layout");
     let now = now.get(&0, 0).expect("the configuration");
-    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CONFIG")).expect("WEIR_CONFIG").value_size(), 88, "the configuration in the current layout");
+    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CONFIG")).expect("WEIR_CONFIG").value_size(), 96, "the configuration in the current layout");
     assert_eq!((now.node_addr, now.masq_port_min, now.ct_udp_timeout_s), (cfg.node_addr, cfg.masq_port_min, cfg.ct_udp_timeout_s), "the v1 configuration carried over");
     assert!(!t.staging().exists(), "nothing is left staged");
     let st = weir_status(&t);

@@ -40,7 +40,23 @@ pub struct DatapathConfig {
     /// [`DatapathConfig::node_addr`]'s IPv6 counterpart (the Node's IPv6
     /// InternalIP). Layout v2 of `WEIR_CONFIG` added it.
     pub node_addr6: Addr,
+    /// Which sockets the socket-level programs translate:
+    /// [`SOCK_SCOPE_NODE`] (the node's own namespace only) or
+    /// [`SOCK_SCOPE_ALL`] (every namespace under the cgroup they are
+    /// attached to: the node's and its pods'). Layout v3 of `WEIR_CONFIG`
+    /// added it.
+    pub sock_scope: u32,
+    pub _pad0: u32,
 }
+
+/// [`DatapathConfig::sock_scope`]: only sockets of the node's own network
+/// namespace (several agents share one cgroup hierarchy, or a service
+/// mesh wants pods' connections to reach it untranslated).
+pub const SOCK_SCOPE_NODE: u32 = 0;
+/// [`DatapathConfig::sock_scope`]: every socket under the cgroup the
+/// programs are attached to; a pod's connection is pointed at its backend
+/// at connect, where the tc path would only translate its addresses.
+pub const SOCK_SCOPE_ALL: u32 = 1;
 
 impl DatapathConfig {
     /// Defaults close to Cilium's and the kernel's conntrack: SYN 60 s,
@@ -60,6 +76,8 @@ impl DatapathConfig {
         node_addr: Addr::ZERO,
         netns_cookie: 0,
         node_addr6: Addr::ZERO,
+        sock_scope: SOCK_SCOPE_NODE,
+        _pad0: 0,
     };
 }
 
@@ -119,7 +137,7 @@ impl Default for DatapathConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 88);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 96);
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use weir_common::{
     addr::Addr,
     config::DatapathConfig,
     drop::DropReason,
-    lb::{svc_kind, Service, KIND_CLUSTER_IP, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_SOURCE_RANGES, SVC_F_SPLIT},
+    lb::{svc_kind, Service, KIND_CLUSTER_IP, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_SOURCE_RANGES, SVC_F_SPLIT},
 };
 
 /// Where a flow comes from, as the service path tells them apart.
@@ -91,6 +91,19 @@ pub fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: 
     svc.flags & want != 0 && *node != Addr::ZERO && backend != node
 }
 
+/// Whether a pod's socket asking for `svc` is pointed at a backend at
+/// connect (socket scope `all`), instead of leaving its packets to the tc
+/// path: only where the tc path would do nothing but translate the
+/// destination. A service that can refuse the flow (no endpoints, source
+/// ranges), keeps ClientIP affinity (keyed by the pod's address, which a
+/// socket has not chosen yet at connect), or masquerades a pod's flows is
+/// left to the tc path, which answers, judges and translates them as it
+/// always has.
+#[inline(always)]
+pub fn pod_socket_translates(svc: &Service) -> bool {
+    svc.backend_count != 0 && svc.flags & (SVC_F_SOURCE_RANGES | SVC_F_AFFINITY | SVC_F_MASQ_LOCAL) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +138,16 @@ mod tests {
         assert_eq!(refuse_new(&svc(SVC_F_SOURCE_RANGES, 2), || true), None);
         // Ranges are not asked for a service without them.
         assert_eq!(refuse_new(&svc(0, 2), || panic!("asked")), None);
+    }
+
+    #[test]
+    fn pod_sockets_are_translated_only_where_the_tc_path_would_only_translate() {
+        assert!(pod_socket_translates(&svc(0, 2)));
+        assert!(pod_socket_translates(&svc(SVC_F_MASQ_REMOTE | SVC_F_SPLIT | SVC_F_LOCAL_ONLY, 1)), "outside traffic's masquerade is not a pod's");
+        assert!(!pod_socket_translates(&svc(0, 0)), "no endpoints: the tc path rejects");
+        assert!(!pod_socket_translates(&svc(SVC_F_SOURCE_RANGES, 2)), "source ranges: the tc path judges the pod's address");
+        assert!(!pod_socket_translates(&svc(SVC_F_AFFINITY, 2)), "affinity is keyed by the pod's address");
+        assert!(!pod_socket_translates(&svc(SVC_F_MASQ_LOCAL, 2)), "masqueraded pod flows");
     }
 
     #[test]

@@ -6,10 +6,21 @@
 //! getpeername report the frontend again, so a UDP reply seems to come
 //! from the frontend and a connected socket's peer is the frontend.
 //!
-//! Only sockets of the node's own network namespace are touched (the
-//! netns cookie in `WEIR_CONFIG`): several agents on one kernel, each in
-//! its own node namespace, share the cgroup hierarchy their programs are
-//! attached to.
+//! Which sockets are touched is the configuration's `sock_scope`:
+//! - `SOCK_SCOPE_NODE`: the node's own network namespace only (the netns
+//!   cookie in `WEIR_CONFIG`): several agents on one kernel, each in its
+//!   own node namespace, share the cgroup hierarchy their programs are
+//!   attached to; or a service mesh wants pods' connections untranslated.
+//! - `SOCK_SCOPE_ALL`: the pods' sockets too (every namespace under the
+//!   cgroup the programs are attached to). A pod's TCP connection or
+//!   unconnected UDP datagram to a frontend is pointed at a backend where
+//!   the tc path would do nothing but translate it
+//!   (`frontend::pod_socket_translates`), so its packets travel as pod
+//!   to pod ones and pay no per-packet NAT; policy judges them at the pod
+//!   hooks as it judges any flow to the backend. Everything else from a
+//!   pod (refusals, source ranges, affinity, masqueraded frontends,
+//!   connected UDP sockets, which no sweep would repoint when their
+//!   backend leaves) is left untouched for the tc path.
 //!
 //! The backend is chosen as the tc path chooses it (`lb::select_backend`,
 //! Maglev table or random, ClientIP affinity keyed by the node address),
@@ -32,11 +43,11 @@ use aya_ebpf::{
 };
 use weir_common::{
     addr::Addr,
-    config::DatapathConfig,
+    config::{DatapathConfig, SOCK_SCOPE_ALL},
     drop::DropReason,
-    lb::{FrontendKey, SockRevKey, SockRevValue, SCOPE_INTERNAL},
+    lb::{FrontendKey, SockRevKey, SockRevValue, PROTO_UDP, SCOPE_INTERNAL},
 };
-use weir_logic::frontend::{refuse_new, Refusal};
+use weir_logic::frontend::{pod_socket_translates, refuse_new, Refusal};
 
 use crate::{
     conntrack,
@@ -49,17 +60,33 @@ use crate::{
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
-/// The configuration and the socket address, when the socket belongs to
-/// this node's network namespace (else the programs leave it alone).
+/// Whose socket a program runs for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The node's own network namespace.
+    Node,
+    /// Another namespace under the cgroup: a pod's (scope `all` only).
+    Pod,
+}
+
+/// The configuration, the socket address and whose socket it is, when
+/// the socket is in the programs' scope (else they leave it alone).
 #[inline(always)]
-fn ours(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, &mut bpf_sock_addr)> {
+fn ours(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, &mut bpf_sock_addr, Owner)> {
     let cfg = conntrack::config()?;
-    // SAFETY: plain helper call on the program's own context.
-    if cfg.netns_cookie == 0 || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.netns_cookie {
+    if cfg.netns_cookie == 0 {
         return None;
     }
+    // SAFETY: plain helper call on the program's own context.
+    let owner = if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.netns_cookie {
+        Owner::Node
+    } else if cfg.sock_scope == SOCK_SCOPE_ALL {
+        Owner::Pod
+    } else {
+        return None;
+    };
     // SAFETY: the context pointer is valid for the program run.
-    Some((cfg, unsafe { &mut *ctx.sock_addr }))
+    Some((cfg, unsafe { &mut *ctx.sock_addr }, owner))
 }
 
 /// The socket address of an IPv4 (`V6` false) or IPv6 program.
@@ -93,18 +120,25 @@ fn proto(ctx: &SockAddrContext) -> u8 {
     unsafe { (*ctx.sock_addr).protocol as u8 }
 }
 
-/// connect4/6 and sendmsg4/6: points the socket at a backend of the
-/// frontend it asks for.
+/// connect4/6 (`CONNECT`) and sendmsg4/6: points the socket at a backend
+/// of the frontend it asks for.
 #[inline(always)]
-pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
-    let Some((cfg, sa)) = ours(ctx) else { return ALLOW };
+pub fn translate<const V6: bool, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
+    let Some((cfg, sa, owner)) = ours(ctx) else { return ALLOW };
     let (vport, proto) = (sa.user_port as u16, proto(ctx));
+    // A pod's connected UDP socket keeps its backend for its lifetime, and
+    // only the node's own are swept when a backend leaves: its datagrams
+    // stay with the tc path, which translates each against the live table.
+    if owner == Owner::Pod && CONNECT && proto == PROTO_UDP {
+        return ALLOW;
+    }
     let key = FrontendKey { addr: user_addr::<V6>(sa), port: vport, proto, scope: SCOPE_INTERNAL };
     let Some(svc) = read(FRONTENDS.get_ptr(&key)) else {
         // A ClusterIP on a port it does not serve is refused, as on the
-        // tc path; any other address is not a frontend.
+        // tc path (which answers a pod's packet itself); any other address
+        // is not a frontend.
         let marker = FrontendKey { addr: key.addr, port: 0, proto: 0, scope: SCOPE_INTERNAL };
-        if FRONTENDS.get_ptr(&marker).is_some() {
+        if owner == Owner::Node && FRONTENDS.get_ptr(&marker).is_some() {
             if debug_on() {
                 debug::weir_log_sock_unknown_port(debug::ep_addr(0, &key.addr, vport), proto as u32);
             }
@@ -113,6 +147,9 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
         }
         return ALLOW;
     };
+    if owner == Owner::Pod && !pod_socket_translates(&svc) {
+        return ALLOW;
+    }
     // Source ranges restrict LB IPs for clients outside the node; the node
     // itself is allowed, as kube-proxy allows it.
     if let Some(Refusal::Drop(reason) | Refusal::Reject(reason)) = refuse_new(&svc, || true) {
@@ -127,6 +164,9 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let hash = unsafe { bpf_get_prandom_u32() };
     let backend_id = lb::select_backend(&svc, cfg.node_addr_for(&key.addr), hash, conntrack::now_ns(), &mut s.backend);
     if backend_id == 0 {
+        if owner == Owner::Pod {
+            return ALLOW;
+        }
         if debug_on() {
             debug::weir_log_sock_refused(svc.id, DropReason::NoEndpoints as u32);
         }
@@ -151,7 +191,7 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
 /// socket asked for instead of its backend.
 #[inline(always)]
 pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
-    let Some((_, sa)) = ours(ctx) else { return ALLOW };
+    let Some((_, sa, _)) = ours(ctx) else { return ALLOW };
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rk = SockRevKey { cookie, addr: user_addr::<V6>(sa), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };

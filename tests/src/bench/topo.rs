@@ -85,6 +85,9 @@ pub struct BenchTopo {
     pub sinks: Vec<Server>,
     iperf: Option<Child>,
     pub agent: Option<Agent>,
+    /// More flags for weir's agent (the benchmark's socket-level load
+    /// balancing scope and cgroup).
+    pub weir_args: Vec<String>,
     pub node: Node,
 }
 
@@ -202,7 +205,7 @@ impl BenchTopo {
             .spawn()
             .ok();
         std::thread::sleep(Duration::from_millis(200));
-        Self { family, client, backends, _servers: servers, sinks, iperf, agent: None, node }
+        Self { family, client, backends, _servers: servers, sinks, iperf, agent: None, weir_args: Vec::new(), node }
     }
 
     /// A pod's address of the topology's family.
@@ -265,7 +268,7 @@ impl BenchTopo {
         let n = svcs.len() as u64;
         let slots = (n * 307 + 4096).max(1 << 20).to_string();
         let frontends = (2 * n + 4096).max(u64::from(weir_common::maps::FRONTENDS_MAX_ENTRIES)).to_string();
-        let mut agent = self.node.start_agent_with(&[
+        let mut args = vec![
             "--lb-table-slots",
             &slots,
             "--frontends-max-entries",
@@ -277,7 +280,9 @@ impl BenchTopo {
             // defence against one pod filling the table, not a cost.
             "--ct-max-per-endpoint",
             "0",
-        ]);
+        ];
+        args.extend(self.weir_args.iter().map(String::as_str));
+        let mut agent = self.node.start_agent_with(&args);
         if !agent.log_count_within("initial sync", 1, limit) {
             return Err(format!("weir-agent had not synced after {:.0} s", limit.as_secs_f64()));
         }

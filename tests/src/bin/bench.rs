@@ -5,7 +5,7 @@
 //! through the ClusterIP with slices pod to pod. Writes
 //! target/bench/results.{json,md} and one PNG per metric.
 //!
-//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6]
+//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6] [--weir-socket-lb all|node]
 //!
 //! `--scales`, `--dataplanes` and `--reps` narrow a run (to look at one
 //! cell); the published figures come from a whole run. `--families`
@@ -13,7 +13,9 @@
 //! IPv6 cells run on dual-stack pods with IPv6 services and the
 //! baselines' IPv6 rules (ip6tables, `ip6 kube-proxy`), and their report
 //! goes to `ipv6/` under the output directory, with a table of both
-//! families side by side in the IPv4 report.
+//! families side by side in the IPv4 report. `--weir-socket-lb` (default
+//! `all`, the agent's default) says whether weir's agent translates the
+//! client pod's sockets at connect; `node` measures weir's tc path.
 
 use std::{
     path::PathBuf,
@@ -111,6 +113,17 @@ fn main() {
         None => vec![Family::V4],
     };
     assert!(run.cell.udp_ports_fit());
+    // weir as deployed: pods' sockets are translated at connect
+    // (`--socket-lb-namespaces all`, the agent's default), so the client
+    // pod's ClusterIP connections carry no per-packet NAT. `--weir-socket-lb
+    // node` measures the tc path instead (as a service mesh deployment
+    // runs it). The UDP flood uses a raw socket: always the tc path.
+    let sock_lb = list_arg("--weir-socket-lb").and_then(|v| v.first().cloned()).unwrap_or_else(|| "all".into());
+    let sock_cgroup = match sock_lb.as_str() {
+        "all" => Some(weir_tests::pod_cgroup::TestCgroup::new()),
+        "node" => None,
+        other => panic!("--weir-socket-lb: {other} is neither all nor node"),
+    };
     let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(
         |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
         PathBuf::from,
@@ -129,6 +142,9 @@ fn main() {
                 }
                 eprintln!("==> rep {rep} services {n} {family:?} dataplane {}", dp.as_str());
                 let mut t = BenchTopo::new(family);
+                if let Some(cg) = &sock_cgroup {
+                    t.weir_args = cg.agent_args();
+                }
                 let svcs = services(n, &t.backend_ips());
                 let program = match t.program(dp, &svcs, run.program_limit) {
                     Ok(p) => p,
@@ -145,7 +161,17 @@ fn main() {
                 let held = memory::hold(t.client.ns(), t.target_vip(), KEEPALIVE_PORT, FLOWS);
                 let memory = memory::measure(before, memory::tracked(is_weir, t.node.bpffs(), t.node.ns()), held.len());
                 drop(held);
+                // The traffic below comes from a process in the cgroup the
+                // agent's socket programs serve, as a pod's would; the
+                // memory above is the tc path's (a connection translated at
+                // connect holds no conntrack entry).
+                if let Some(cg) = sock_cgroup.as_ref().filter(|_| is_weir) {
+                    cg.enter().unwrap_or_else(|e| panic!("entering {}: {e}", cg.path().display()));
+                }
                 let m = cell::measure(&t, &run.cell);
+                if let Some(cg) = &sock_cgroup {
+                    cg.leave().unwrap_or_else(|e| panic!("leaving {}: {e}", cg.path().display()));
+                }
                 let s = Sample {
                     dataplane: dp,
                     services: n,
@@ -179,7 +205,12 @@ fn main() {
     let ct_max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
     let both = families.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(" and ");
     for (fi, family) in families.iter().enumerate() {
-        let header = format!("{}; nf_conntrack_max {}; {family:?} (of {both}); the run took {:.0} s", machine(), ct_max.trim(), took);
+        let header = format!(
+            "{}; nf_conntrack_max {}; {family:?} (of {both}); weir's socket-level load balancing for pods: {sock_lb}; the run took {:.0} s",
+            machine(),
+            ct_max.trim(),
+            took
+        );
         let dir = if fi == 0 { out_dir.clone() } else { out_dir.join(family_name(*family)) };
         match report::write(&dir, &samples[fi], &not_programmed[fi], &header) {
             Ok(mut md) => {

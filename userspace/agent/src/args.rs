@@ -247,12 +247,26 @@ pub struct Args {
 
     /// The cgroup v2 hierarchy the socket-level load balancer attaches to
     /// (the node's processes reaching ClusterIPs, NodePorts, LB IPs and
-    /// externalIPs): a cgroup2 mount, or a directory whose `unified` child
+    /// externalIPs): a cgroup2 mount, a directory whose `unified` child
     /// is one (a host's /sys/fs/cgroup mounted into the container, on a
-    /// hybrid layout). Default: `/sys/fs/cgroup` or
+    /// hybrid layout), or one cgroup inside a cgroup2 mount (only its
+    /// processes are served). Default: `/sys/fs/cgroup` or
     /// `/sys/fs/cgroup/unified`, whichever is cgroup2.
     #[arg(long)]
     pub cgroup_root: Option<std::path::PathBuf>,
+
+    /// Whose sockets the socket-level load balancer translates: `all`
+    /// (the node's processes and every pod under `--cgroup-root`: a pod's
+    /// connection to a ClusterIP goes straight to a backend, with no
+    /// per-packet NAT) or `node` (the node's own network namespace only,
+    /// as Cilium's `socketLB.hostNamespaceOnly`: for a service mesh that
+    /// must see pods' connections to the ClusterIP, or for several agents
+    /// sharing one cgroup hierarchy). A pod's flow the socket path cannot
+    /// fully serve (no endpoints, source ranges, ClientIP affinity, a
+    /// masquerading frontend, a connected UDP socket) stays with the tc
+    /// path either way.
+    #[arg(long, value_enum, default_value_t = SocketLbNamespaces::All)]
+    pub socket_lb_namespaces: SocketLbNamespaces,
 
     /// Which node addresses serve NodePorts: `primary` (the Node's
     /// InternalIP of each family), or comma-separated CIDRs selecting
@@ -331,9 +345,20 @@ impl Args {
             ct_max_per_endpoint: self.ct_max_per_endpoint,
             masq_port_min: self.masquerade_ports.min,
             masq_port_max: self.masquerade_ports.max,
+            sock_scope: match self.socket_lb_namespaces {
+                SocketLbNamespaces::Node => weir_common::config::SOCK_SCOPE_NODE,
+                SocketLbNamespaces::All => weir_common::config::SOCK_SCOPE_ALL,
+            },
             ..weir_datapath::DatapathConfig::DEFAULT
         }
     }
+}
+
+/// `--socket-lb-namespaces`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketLbNamespaces {
+    Node,
+    All,
 }
 
 /// `--bpf-verifier-log-level`.

@@ -102,10 +102,14 @@ pub fn default_cgroup_root() -> Option<PathBuf> {
 
 /// `path` if it is a cgroup2 mount, else its `unified` child if that is
 /// one (a host's /sys/fs/cgroup mounted into the agent's container, on a
-/// unified or a hybrid layout alike).
+/// unified or a hybrid layout alike), else `path` if it is a cgroup inside
+/// a cgroup2 mount (the programs then serve only the processes under it).
 pub fn resolve_cgroup_root(path: &Path) -> Option<PathBuf> {
     let mounts = cgroup2_mounts();
-    [path.to_path_buf(), path.join("unified")].into_iter().find(|p| mounts.contains(p))
+    [path.to_path_buf(), path.join("unified")]
+        .into_iter()
+        .find(|p| mounts.contains(p))
+        .or_else(|| (mounts.iter().any(|m| path.starts_with(m)) && path.join("cgroup.procs").is_file()).then(|| path.to_path_buf()))
 }
 
 /// `WEIR_SOCK_REVNAT`, read: the frontend a socket the programs pointed

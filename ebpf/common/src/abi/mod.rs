@@ -131,6 +131,8 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 ///   readable as `WEIR_CT_PREV_V1` and `WEIR_SNAT_PREV_V1` (`crate::ct_v1`).
 /// - v2 of `WEIR_CONFIG`: `DatapathConfig::node_addr6` appended (88 B
 ///   instead of 72).
+/// - v3 of `WEIR_CONFIG`: `DatapathConfig::sock_scope` appended (96 B
+///   instead of 88).
 /// - v3 of `WEIR_CT`: IPv6 flows only (the bytes as in v2); IPv4 flows
 ///   are in `WEIR_CT4` (v1), with 4-byte addresses.
 pub const LAYOUTS: &[MapLayout] = &[
@@ -163,7 +165,7 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::SNAT_PREV_V1, 1, sz::<CtKey>(), sz::<CtEntryV1>(), &["CtKey", "CtEntryV1", "Addr"], false),
     layout(maps::SNAT_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::FRAGS, 1, sz::<FragKey>(), sz::<FragValue>(), &["FragKey", "FragValue", "Addr"], true),
-    layout(maps::CONFIG, 2, 4, sz::<DatapathConfig>(), &["DatapathConfig", "Addr"], true),
+    layout(maps::CONFIG, 3, 4, sz::<DatapathConfig>(), &["DatapathConfig", "Addr"], true),
     layout(maps::ENDPOINTS, 1, sz::<Addr>(), sz::<EndpointInfo>(), &["EndpointInfo", "Addr"], true),
     layout(maps::IPCACHE, 1, lpm::<IpcacheKeyData>(), sz::<IpInfo>(), &["IpInfo", "Addr"], true),
     layout(maps::POLICY, 1, lpm::<PolicyKeyData>(), sz::<PolicyValue>(), &["PolicyKeyData", "PolicyValue"], true),

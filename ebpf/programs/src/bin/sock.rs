@@ -1,5 +1,6 @@
 //! The socket object: cgroup sock_addr programs on the cgroup hierarchy
-//! (`--cgroup-root`), for the node's own processes (see `sock_lb`).
+//! (`--cgroup-root`), for the node's own processes and, with
+//! `--socket-lb-namespaces all`, its pods' (see `sock_lb`).
 #![no_std]
 #![no_main]
 
@@ -8,12 +9,12 @@ use weir_ebpf::sock_lb;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<false>(&ctx)
+    sock_lb::translate::<false, true>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<false>(&ctx)
+    sock_lb::translate::<false, false>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -28,12 +29,12 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<true>(&ctx)
+    sock_lb::translate::<true, true>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<true>(&ctx)
+    sock_lb::translate::<true, false>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg6)]

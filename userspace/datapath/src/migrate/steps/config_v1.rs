@@ -10,7 +10,7 @@ use weir_common::{addr::Addr, config::DatapathConfig};
 pub const KEY_SIZE: u32 = 4;
 pub const VALUE_SIZE: u32 = 72;
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == VALUE_SIZE as usize + core::mem::size_of::<Addr>());
+const _: () = assert!(super::config_v2::VALUE_SIZE == VALUE_SIZE + core::mem::size_of::<Addr>() as u32);
 const _: () = assert!(core::mem::offset_of!(DatapathConfig, node_addr6) == VALUE_SIZE as usize);
 
 /// The step: the key as it is, the value with an unset `node_addr6`
@@ -44,7 +44,8 @@ mod tests {
         let bytes = unsafe { core::slice::from_raw_parts((&cfg as *const DatapathConfig).cast::<u8>(), core::mem::size_of::<DatapathConfig>()) };
         let (k, v) = step(&0u32.to_ne_bytes(), &bytes[..VALUE_SIZE as usize]).expect("a v1 entry");
         assert_eq!(k, 0u32.to_ne_bytes());
-        assert_eq!(v.len(), core::mem::size_of::<DatapathConfig>());
+        assert_eq!(v.len(), super::super::config_v2::VALUE_SIZE as usize);
+        let (_, v) = super::super::config_v2::step(&k, &v).expect("a v2 entry");
         // SAFETY: `v` holds exactly size_of::<DatapathConfig>() bytes; every
         // bit pattern is a valid DatapathConfig (integers and byte arrays).
         let got = unsafe { core::ptr::read_unaligned(v.as_ptr().cast::<DatapathConfig>()) };

@@ -17,8 +17,11 @@
 //! - `WEIR_CONFIG` v1 → v2: the node's IPv6 address appended
 //!   ([`config_v1`]).
 //! - `WEIR_CT` v2 → v3: IPv4 flows move to `WEIR_CT4` ([`ct_v2`]).
+//! - `WEIR_CONFIG` v2 → v3: the socket programs' scope appended
+//!   ([`config_v2`]).
 
 pub mod config_v1;
+pub mod config_v2;
 pub mod ct_v1;
 pub mod ct_v2;
 
@@ -28,7 +31,7 @@ use weir_common::maps::{CONFIG, CT, CT_PREV, SNAT};
 pub type Step = fn(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
 
 /// (map, from version, step).
-const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step)];
+const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step), (CONFIG, 2, config_v2::step)];
 
 /// The key and value sizes at layout v1 of the maps whose sizes have
 /// changed since: a map pinned before layout versions (it has no record)

@@ -1,0 +1,185 @@
+//! Socket-level load balancing for pods (`--socket-lb-namespaces=all`):
+//! a pod's TCP connection or unconnected UDP datagram to a ClusterIP is
+//! pointed at a backend at connect, so its packets travel as pod-to-pod
+//! ones; what the socket path cannot fully serve stays with the tc path;
+//! policy judges the translated flow by its backend; and with `node`
+//! the pods' sockets are left alone.
+//!
+//! The agent attaches its socket programs to a cgroup of the test's own
+//! (`TestCgroup`), and the pods' sockets are opened by `weir-pod-socket`
+//! processes in it: other tests' agents, sharing the host's hierarchy,
+//! translate only their own node's sockets.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use weir_common::addr::Addr;
+use weir_datapath::{cgroup::SockRevNat, PinLayout};
+use weir_tests::{
+    netpol::{ip6_of, ip_of, NetpolCluster, P},
+    pod_cgroup::{Probe, SockMode, TestCgroup},
+    services::{ready, yaml_dual_stack_service, yaml_service},
+};
+
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x30);
+const XA: P = P { ns: "x", pod: "a" };
+const XB: P = P { ns: "x", pod: "b" };
+const YA: P = P { ns: "y", pod: "a" };
+const YB: P = P { ns: "y", pod: "b" };
+const YC: P = P { ns: "y", pod: "c" };
+
+fn cluster(cg: &TestCgroup) -> NetpolCluster {
+    let args = cg.agent_args();
+    NetpolCluster::with_agent_args(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// A dual-stack service `web` on port 80 (TCP and UDP) with `backends`.
+fn web(c: &NetpolCluster, backends: &[P]) {
+    let b: Vec<(Ipv4Addr, Ipv6Addr)> = backends.iter().map(|p| (ip_of(*p), ip6_of(*p))).collect();
+    let y = yaml_dual_stack_service("web", VIP4, VIP6, &[("t", 80, 80, "TCP"), ("u", 80, 80, "UDP")], &b);
+    write_and_wait(c, "web.yaml", &y);
+}
+
+fn write_and_wait(c: &NetpolCluster, name: &str, yaml: &str) {
+    let before = c.agent.log_text().matches("reconciled").count();
+    c.node.write_source(name, yaml.as_bytes());
+    let start = std::time::Instant::now();
+    while c.agent.log_text().matches("reconciled").count() <= before {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "the agent did not reconcile {name}:\n{}", c.agent.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn addr_of(p: P, v6: bool) -> IpAddr {
+    if v6 { ip6_of(p).into() } else { ip_of(p).into() }
+}
+
+fn pod_named(name: &str) -> P {
+    [XA, XB, YA, YB, YC].into_iter().find(|p| p.to_string() == name).unwrap_or_else(|| panic!("no pod answers {name:?}"))
+}
+
+/// The frontend the socket programs recorded for `probe`'s socket and the
+/// backend that answered it, if they translated it.
+fn translated(c: &NetpolCluster, probe: &Probe, mode: SockMode, v6: bool) -> Option<SocketAddr> {
+    let (reply, _) = probe.result.as_ref().ok()?;
+    let backend = addr_of(pod_named(reply), v6);
+    let revnat = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("the socket reverse-translation map");
+    let (a, port) = revnat.frontend_of(probe.cookie, Addr::from(backend), 80u16.to_be(), mode.proto())?;
+    Some(SocketAddr::new(IpAddr::from(a), u16::from_be(port)))
+}
+
+/// Whether any backend of `web` holds a reverse translation for the socket.
+fn any_translation(c: &NetpolCluster, probe: &Probe, mode: SockMode, v6: bool) -> bool {
+    let revnat = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("the socket reverse-translation map");
+    [XA, XB, YA, YB, YC].into_iter().any(|p| revnat.frontend_of(probe.cookie, Addr::from(addr_of(p, v6)), 80u16.to_be(), mode.proto()).is_some())
+}
+
+#[test]
+fn a_pods_connection_to_a_clusterip_is_pointed_at_a_backend_at_connect() {
+    let cg = TestCgroup::new();
+    let mut c = cluster(&cg);
+    web(&c, &[XA, XB]);
+    for v6 in [false, true] {
+        let vip = SocketAddr::new(if v6 { IpAddr::from(VIP6) } else { IpAddr::from(VIP4) }, 80);
+        let mut seen = std::collections::BTreeSet::new();
+        for mode in [SockMode::Tcp, SockMode::Udp] {
+            for _ in 0..8 {
+                let p = cg.probe(c.pod(YA), mode, vip.ip(), 80);
+                let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("{mode:?} to {vip}: {e:?}\n{}", c.agent.log_text()));
+                assert!(reply == "x/a" || reply == "x/b", "{mode:?} to {vip}: a backend answers: {reply}");
+                assert_eq!(peer, vip, "{mode:?}: the socket's peer (getpeername, or the reply's source) is the frontend");
+                assert_eq!(translated(&c, &p, mode, v6), Some(vip), "{mode:?} to {vip}: the socket programs pointed the socket at {reply}");
+                seen.insert(reply);
+            }
+        }
+        assert_eq!(seen.len(), 2, "both backends are chosen: {seen:?}");
+
+        // A connected UDP socket keeps its backend for its lifetime, and
+        // only the node's own are swept when one leaves: the tc path
+        // translates its datagrams.
+        let p = cg.probe(c.pod(YA), SockMode::UdpConnected, vip.ip(), 80);
+        let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("connected UDP to {vip}: {e:?}"));
+        assert!((reply == "x/a" || reply == "x/b") && peer == vip, "connected UDP via the tc path: {reply} from {peer}");
+        assert!(!any_translation(&c, &p, SockMode::UdpConnected, v6), "a pod's connected UDP socket is not translated at connect");
+    }
+
+    // With `node`, the pods' sockets are the tc path's again.
+    let mut args = cg.agent_args();
+    args[0] = "--socket-lb-namespaces=node".into();
+    c.agent.restart_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for mode in [SockMode::Tcp, SockMode::Udp] {
+        let p = cg.probe(c.pod(YA), mode, VIP4, 80);
+        let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("{mode:?} with scope node: {e:?}"));
+        assert!((reply == "x/a" || reply == "x/b") && peer == SocketAddr::new(VIP4.into(), 80), "{mode:?} with scope node: {reply} from {peer}");
+        assert!(!any_translation(&c, &p, mode, false), "{mode:?}: with scope node a pod's socket is not translated");
+    }
+}
+
+#[test]
+fn policy_judges_a_socket_translated_connection_by_its_backend() {
+    let cg = TestCgroup::new();
+    let mut c = cluster(&cg);
+    web(&c, &[XA]);
+    let np = |ns: &str, name: &str, spec: &str| {
+        let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+        format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}---\n")
+    };
+    c.apply(
+        &(np("x", "a-from-yb", "podSelector:\n  matchLabels: {pod: a}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels: {ns: y}\n    podSelector:\n      matchLabels: {pod: b}")
+            + &np("y", "c-to-z", "podSelector:\n  matchLabels: {pod: c}\npolicyTypes: [Egress]\negress:\n- to:\n  - namespaceSelector:\n      matchLabels: {ns: z}")),
+    );
+    for v6 in [false, true] {
+        let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
+        for mode in [SockMode::Tcp, SockMode::Udp] {
+            let p = cg.probe(c.pod(YB), mode, vip, 80);
+            assert_eq!(p.result.as_ref().map(|r| r.0.as_str()), Ok("x/a"), "{mode:?} {vip}: y/b is admitted by x/a's ingress");
+            assert!(translated(&c, &p, mode, v6).is_some(), "{mode:?} {vip}: y/b's socket was translated");
+            // The attack: the socket is pointed at x/a at connect, and its
+            // packets reach x/a's link as pod-to-pod ones; x/a's ingress
+            // policy still refuses y/a, and y/c's egress (z only) still
+            // refuses x/a.
+            for from in [YA, YC] {
+                let p = cg.probe(c.pod(from), mode, vip, 80);
+                assert!(p.result.is_err(), "{mode:?} {vip}: {from} must not reach x/a through the ClusterIP: {:?}", p.result);
+                let revnat = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("revnat");
+                assert!(
+                    revnat.frontend_of(p.cookie, Addr::from(addr_of(XA, v6)), 80u16.to_be(), mode.proto()).is_some(),
+                    "{mode:?} {vip}: {from}'s socket was translated, and policy denied it all the same"
+                );
+            }
+        }
+    }
+    let out = c.node.weir(&["stats", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("weir stats -o json");
+    assert!(v["drops"]["policy_denied"].as_u64().unwrap_or(0) > 0, "the denials are counted: {}", v["drops"]);
+}
+
+#[test]
+fn a_pods_flow_the_socket_path_cannot_serve_is_left_to_the_tc_path() {
+    let cg = TestCgroup::new();
+    let c = cluster(&cg);
+    let empty = Ipv4Addr::new(10, 96, 0, 31);
+    let sticky = Ipv4Addr::new(10, 96, 0, 32);
+    let affinity = yaml_service("sticky", sticky, 80, "TCP", 80, &ready(&[ip_of(XA), ip_of(XB)])).replacen("spec:\n", "spec:\n  sessionAffinity: ClientIP\n", 1);
+    write_and_wait(&c, "svc.yaml", &(yaml_service("empty", empty, 80, "TCP", 80, &[]) + "---\n" + &affinity));
+
+    // No endpoints: the tc path answers with a RST, as kube-proxy does
+    // (the socket path could only fail the connect with EPERM).
+    let p = cg.probe(c.pod(YA), SockMode::Tcp, empty, 80);
+    assert_eq!(p.result.as_ref().err().and_then(|e| e.1), Some(libc::ECONNREFUSED), "no endpoints: connection refused, not EPERM: {:?}", p.result);
+    // A port the ClusterIP does not serve: refused by the tc path too.
+    let p = cg.probe(c.pod(YA), SockMode::Tcp, empty, 81);
+    assert_ne!(p.result.as_ref().err().and_then(|e| e.1), Some(libc::EPERM), "an unknown port is the tc path's to refuse: {:?}", p.result);
+    assert!(p.result.is_err(), "an unknown port is refused: {:?}", p.result);
+
+    // ClientIP affinity is keyed by the pod's address, which a socket has
+    // not chosen at connect: the tc path keeps the client on one backend.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let p = cg.probe(c.pod(YA), SockMode::Tcp, sticky, 80);
+        let (reply, _) = p.result.clone().unwrap_or_else(|e| panic!("affinity service: {e:?}"));
+        assert!(!any_translation(&c, &p, SockMode::Tcp, false), "an affinity service's connection is not translated at connect");
+        seen.insert(reply);
+    }
+    assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
+}
