@@ -1,9 +1,10 @@
 //! Socket-level load balancing for pods (`--socket-lb-namespaces=all`):
-//! a pod's TCP connection or unconnected UDP datagram to a ClusterIP is
-//! pointed at a backend at connect, so its packets travel as pod-to-pod
-//! ones; what the socket path cannot fully serve stays with the tc path;
-//! policy judges the translated flow by its backend; and with `node`
-//! the pods' sockets are left alone.
+//! a pod's TCP connection to a ClusterIP is pointed at a backend at
+//! connect, so its packets travel as pod-to-pod ones; a pod's UDP, and
+//! what the socket path cannot fully serve, stays with the tc path;
+//! policy judges the translated flow by its backend; a pod churning
+//! sockets cannot evict the node's reverse entries; and with `node` the
+//! pods' sockets are left alone.
 //!
 //! The agent attaches its socket programs to a cgroup of the test's own
 //! (`TestCgroup`), and the pods' sockets are opened by `weir-pod-socket`
@@ -63,14 +64,14 @@ fn pod_named(name: &str) -> P {
 fn translated(c: &NetpolCluster, probe: &Probe, mode: SockMode, v6: bool) -> Option<SocketAddr> {
     let (reply, _) = probe.result.as_ref().ok()?;
     let backend = addr_of(pod_named(reply), v6);
-    let revnat = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("the socket reverse-translation map");
+    let revnat = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("the pods' socket reverse-translation map");
     let (a, port) = revnat.frontend_of(probe.cookie, Addr::from(backend), 80u16.to_be(), mode.proto())?;
     Some(SocketAddr::new(IpAddr::from(a), u16::from_be(port)))
 }
 
 /// Whether any backend of `web` holds a reverse translation for the socket.
 fn any_translation(c: &NetpolCluster, probe: &Probe, mode: SockMode, v6: bool) -> bool {
-    let revnat = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("the socket reverse-translation map");
+    let revnat = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("the pods' socket reverse-translation map");
     [XA, XB, YA, YB, YC].into_iter().any(|p| revnat.frontend_of(probe.cookie, Addr::from(addr_of(p, v6)), 80u16.to_be(), mode.proto()).is_some())
 }
 
@@ -82,32 +83,36 @@ fn a_pods_connection_to_a_clusterip_is_pointed_at_a_backend_at_connect() {
     for v6 in [false, true] {
         let vip = SocketAddr::new(if v6 { IpAddr::from(VIP6) } else { IpAddr::from(VIP4) }, 80);
         let mut seen = std::collections::BTreeSet::new();
-        for mode in [SockMode::Tcp, SockMode::Udp] {
-            for _ in 0..8 {
-                let p = cg.probe(c.pod(YA), mode, vip.ip(), 80);
-                let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("{mode:?} to {vip}: {e:?}\n{}", c.agent.log_text()));
-                assert!(reply == "x/a" || reply == "x/b", "{mode:?} to {vip}: a backend answers: {reply}");
-                assert_eq!(peer, vip, "{mode:?}: the socket's peer (getpeername, or the reply's source) is the frontend");
-                assert_eq!(translated(&c, &p, mode, v6), Some(vip), "{mode:?} to {vip}: the socket programs pointed the socket at {reply}");
-                seen.insert(reply);
-            }
+        for _ in 0..12 {
+            let p = cg.probe(c.pod(YA), SockMode::Tcp, vip.ip(), 80);
+            let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("TCP to {vip}: {e:?}\n{}", c.agent.log_text()));
+            assert!(reply == "x/a" || reply == "x/b", "TCP to {vip}: a backend answers: {reply}");
+            assert_eq!(peer, vip, "getpeername names the frontend");
+            assert_eq!(translated(&c, &p, SockMode::Tcp, v6), Some(vip), "TCP to {vip}: the socket programs pointed the socket at {reply}");
+            seen.insert(reply);
         }
         assert_eq!(seen.len(), 2, "both backends are chosen: {seen:?}");
 
-        // A connected UDP socket keeps its backend for its lifetime, and
-        // only the node's own are swept when one leaves: the tc path
-        // translates its datagrams.
-        let p = cg.probe(c.pod(YA), SockMode::UdpConnected, vip.ip(), 80);
-        let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("connected UDP to {vip}: {e:?}"));
-        assert!((reply == "x/a" || reply == "x/b") && peer == vip, "connected UDP via the tc path: {reply} from {peer}");
-        assert!(!any_translation(&c, &p, SockMode::UdpConnected, v6), "a pod's connected UDP socket is not translated at connect");
+        // UDP, unconnected or connected, stays with the tc path: the reply
+        // still comes from the frontend, and no entry is made.
+        for mode in [SockMode::Udp, SockMode::UdpConnected] {
+            let p = cg.probe(c.pod(YA), mode, vip.ip(), 80);
+            let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("{mode:?} to {vip}: {e:?}"));
+            assert!((reply == "x/a" || reply == "x/b") && peer == vip, "{mode:?} via the tc path: {reply} from {peer}");
+            assert!(!any_translation(&c, &p, mode, v6), "{mode:?}: a pod's UDP socket is not translated");
+        }
     }
+
+    // The node's own reverse entries live apart: a pod's connections
+    // filling the pods' table leave them alone.
+    let node_table = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("the node's table");
+    assert_eq!(node_table.count(), 0, "the pods' connections made no entry in the node's table");
 
     // With `node`, the pods' sockets are the tc path's again.
     let mut args = cg.agent_args();
     args[0] = "--socket-lb-namespaces=node".into();
     c.agent.restart_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    for mode in [SockMode::Tcp, SockMode::Udp] {
+    for mode in [SockMode::Tcp] {
         let p = cg.probe(c.pod(YA), mode, VIP4, 80);
         let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("{mode:?} with scope node: {e:?}"));
         assert!((reply == "x/a" || reply == "x/b") && peer == SocketAddr::new(VIP4.into(), 80), "{mode:?} with scope node: {reply} from {peer}");
@@ -131,9 +136,10 @@ fn policy_judges_a_socket_translated_connection_by_its_backend() {
     for v6 in [false, true] {
         let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
         for mode in [SockMode::Tcp, SockMode::Udp] {
+            let tcp = mode == SockMode::Tcp;
             let p = cg.probe(c.pod(YB), mode, vip, 80);
             assert_eq!(p.result.as_ref().map(|r| r.0.as_str()), Ok("x/a"), "{mode:?} {vip}: y/b is admitted by x/a's ingress");
-            assert!(translated(&c, &p, mode, v6).is_some(), "{mode:?} {vip}: y/b's socket was translated");
+            assert_eq!(translated(&c, &p, mode, v6).is_some(), tcp, "{mode:?} {vip}: y/b's socket was translated (TCP only)");
             // The attack: the socket is pointed at x/a at connect, and its
             // packets reach x/a's link as pod-to-pod ones; x/a's ingress
             // policy still refuses y/a, and y/c's egress (z only) still
@@ -141,10 +147,11 @@ fn policy_judges_a_socket_translated_connection_by_its_backend() {
             for from in [YA, YC] {
                 let p = cg.probe(c.pod(from), mode, vip, 80);
                 assert!(p.result.is_err(), "{mode:?} {vip}: {from} must not reach x/a through the ClusterIP: {:?}", p.result);
-                let revnat = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("revnat");
-                assert!(
+                let revnat = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("revnat");
+                assert_eq!(
                     revnat.frontend_of(p.cookie, Addr::from(addr_of(XA, v6)), 80u16.to_be(), mode.proto()).is_some(),
-                    "{mode:?} {vip}: {from}'s socket was translated, and policy denied it all the same"
+                    tcp,
+                    "{mode:?} {vip}: {from}'s socket was translated (TCP), and policy denied it all the same"
                 );
             }
         }

@@ -144,6 +144,13 @@ pub const NO_MASQ_MAX_ENTRIES: u32 = 16_384;
 pub const SOCK_REVNAT: &str = "WEIR_SOCK_REVNAT";
 pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
 
+/// [`SOCK_REVNAT`] for pods' sockets (`--socket-lb-namespaces all`): a
+/// table of their own, so that a pod churning connections evicts only
+/// pods' entries, never the node's (whose UDP replies and stale-socket
+/// sweep depend on theirs).
+pub const SOCK_REVNAT_POD: &str = "WEIR_SOCK_REVNAT_POD";
+pub const SOCK_REVNAT_POD_MAX_ENTRIES: u32 = 65_536;
+
 /// North-south flows by frontend kind and verdict (per-CPU array of u64,
 /// see `stats::NS_VERDICTS`).
 pub const NS_FLOWS: &str = "WEIR_NS_FLOWS";

@@ -91,10 +91,10 @@ pub fn masquerades(svc: &Service, cfg: &DatapathConfig, backend: &Addr, origin: 
     svc.flags & want != 0 && *node != Addr::ZERO && backend != node
 }
 
-/// Whether a pod's socket asking for `svc` is pointed at a backend at
-/// connect (socket scope `all`), instead of leaving its packets to the tc
-/// path: only where the tc path would do nothing but translate the
-/// destination. A service that can refuse the flow (no endpoints, source
+/// Whether a pod's TCP socket asking for `svc` is pointed at a backend at
+/// connect (socket scope `all`; a pod's UDP always stays with the tc
+/// path), instead of leaving its packets to the tc path: only where the
+/// tc path would do nothing but translate the destination. A service that can refuse the flow (no endpoints, source
 /// ranges), keeps ClientIP affinity (keyed by the pod's address, which a
 /// socket has not chosen yet at connect), or masquerades a pod's flows is
 /// left to the tc path, which answers, judges and translates them as it

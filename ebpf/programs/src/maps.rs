@@ -96,6 +96,9 @@ pub static XDP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(XDP_STATS_MAX_ENTRI
 #[map(name = "WEIR_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
 
+#[map(name = "WEIR_SOCK_REVNAT_POD")]
+pub static SOCK_REVNAT_POD: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REVNAT_POD_MAX_ENTRIES, 0);
+
 #[map(name = "WEIR_SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX_ENTRIES, 0);
 

@@ -12,15 +12,17 @@
 //!   own node namespace, share the cgroup hierarchy their programs are
 //!   attached to; or a service mesh wants pods' connections untranslated.
 //! - `SOCK_SCOPE_ALL`: the pods' sockets too (every namespace under the
-//!   cgroup the programs are attached to). A pod's TCP connection or
-//!   unconnected UDP datagram to a frontend is pointed at a backend where
-//!   the tc path would do nothing but translate it
-//!   (`frontend::pod_socket_translates`), so its packets travel as pod
-//!   to pod ones and pay no per-packet NAT; policy judges them at the pod
-//!   hooks as it judges any flow to the backend. Everything else from a
-//!   pod (refusals, source ranges, affinity, masqueraded frontends,
-//!   connected UDP sockets, which no sweep would repoint when their
-//!   backend leaves) is left untouched for the tc path.
+//!   cgroup the programs are attached to). A pod's TCP connection to a
+//!   frontend is pointed at a backend where the tc path would do nothing
+//!   but translate it (`frontend::pod_socket_translates`), so its packets
+//!   travel as pod to pod ones and pay no per-packet NAT; policy judges
+//!   them at the pod hooks as it judges any flow to the backend. Its
+//!   reverse entry goes to `WEIR_SOCK_REVNAT_POD`, so a pod churning
+//!   sockets evicts only pods' entries. Everything else from a pod
+//!   (refusals, source ranges, affinity, masqueraded frontends, and UDP:
+//!   a reply's source would depend on an entry a hostile pod could evict,
+//!   and no sweep repoints a pod's connected socket when its backend
+//!   leaves) is left untouched for the tc path.
 //!
 //! The backend is chosen as the tc path chooses it (`lb::select_backend`,
 //! Maglev table or random, ClientIP affinity keyed by the node address),
@@ -37,6 +39,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
+    maps::LruHashMap,
     helpers::{bpf_get_prandom_u32, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie}},
     programs::SockAddrContext,
     EbpfContext as _,
@@ -45,7 +48,7 @@ use weir_common::{
     addr::Addr,
     config::{DatapathConfig, SOCK_SCOPE_ALL},
     drop::DropReason,
-    lb::{FrontendKey, SockRevKey, SockRevValue, PROTO_UDP, SCOPE_INTERNAL},
+    lb::{FrontendKey, SockRevKey, SockRevValue, PROTO_TCP, SCOPE_INTERNAL},
 };
 use weir_logic::frontend::{pod_socket_translates, refuse_new, Refusal};
 
@@ -54,7 +57,7 @@ use crate::{
     debug::{self, debug_on},
     errors::drop_reason,
     lb,
-    maps::{read, scratch, FRONTENDS, SOCK_REVNAT},
+    maps::{read, scratch, FRONTENDS, SOCK_REVNAT, SOCK_REVNAT_POD},
 };
 
 const ALLOW: i32 = 1;
@@ -120,16 +123,23 @@ fn proto(ctx: &SockAddrContext) -> u8 {
     unsafe { (*ctx.sock_addr).protocol as u8 }
 }
 
-/// connect4/6 (`CONNECT`) and sendmsg4/6: points the socket at a backend
-/// of the frontend it asks for.
+/// The reverse-translation table of `owner`'s sockets.
 #[inline(always)]
-pub fn translate<const V6: bool, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
+fn revnat(owner: Owner) -> &'static LruHashMap<SockRevKey, SockRevValue> {
+    match owner {
+        Owner::Node => &SOCK_REVNAT,
+        Owner::Pod => &SOCK_REVNAT_POD,
+    }
+}
+
+/// connect4/6 and sendmsg4/6: points the socket at a backend of the
+/// frontend it asks for.
+#[inline(always)]
+pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let Some((cfg, sa, owner)) = ours(ctx) else { return ALLOW };
     let (vport, proto) = (sa.user_port as u16, proto(ctx));
-    // A pod's connected UDP socket keeps its backend for its lifetime, and
-    // only the node's own are swept when a backend leaves: its datagrams
-    // stay with the tc path, which translates each against the live table.
-    if owner == Owner::Pod && CONNECT && proto == PROTO_UDP {
+    // A pod's UDP stays with the tc path (see the module's notes).
+    if owner == Owner::Pod && proto != PROTO_TCP {
         return ALLOW;
     }
     let key = FrontendKey { addr: user_addr::<V6>(sa), port: vport, proto, scope: SCOPE_INTERNAL };
@@ -181,7 +191,7 @@ pub fn translate<const V6: bool, const CONNECT: bool>(ctx: &SockAddrContext) -> 
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rk = SockRevKey { cookie, addr: baddr, port: bport, proto, _pad0: 0, _pad1: 0 };
     let rv = SockRevValue { addr: key.addr, port: vport, _pad: 0 };
-    let _ = SOCK_REVNAT.insert(&rk, &rv, BPF_ANY as u64);
+    let _ = revnat(owner).insert(&rk, &rv, BPF_ANY as u64);
     set_user_addr::<V6>(sa, &baddr);
     sa.user_port = u32::from(bport);
     ALLOW
@@ -191,11 +201,11 @@ pub fn translate<const V6: bool, const CONNECT: bool>(ctx: &SockAddrContext) -> 
 /// socket asked for instead of its backend.
 #[inline(always)]
 pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
-    let Some((_, sa, _)) = ours(ctx) else { return ALLOW };
+    let Some((_, sa, owner)) = ours(ctx) else { return ALLOW };
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rk = SockRevKey { cookie, addr: user_addr::<V6>(sa), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };
-    if let Some(v) = read(SOCK_REVNAT.get_ptr(&rk)) {
+    if let Some(v) = read(revnat(owner).get_ptr(&rk)) {
         set_user_addr::<V6>(sa, &v.addr);
         sa.user_port = u32::from(v.port);
     }

@@ -112,8 +112,8 @@ pub fn resolve_cgroup_root(path: &Path) -> Option<PathBuf> {
         .or_else(|| (mounts.iter().any(|m| path.starts_with(m)) && path.join("cgroup.procs").is_file()).then(|| path.to_path_buf()))
 }
 
-/// `WEIR_SOCK_REVNAT`, read: the frontend a socket the programs pointed
-/// at a backend asked for.
+/// `WEIR_SOCK_REVNAT` (or `WEIR_SOCK_REVNAT_POD`), read: the frontend a
+/// socket the programs pointed at a backend asked for.
 pub struct SockRevNat {
     map: aya::maps::HashMap<aya::maps::MapData, weir_common::lb::SockRevKey, weir_common::lb::SockRevValue>,
 }
@@ -121,6 +121,16 @@ pub struct SockRevNat {
 impl SockRevNat {
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
         Ok(Self { map: crate::pinned::hash(layout, weir_common::maps::SOCK_REVNAT)? })
+    }
+
+    /// How many sockets the table holds entries for.
+    pub fn count(&self) -> usize {
+        self.map.keys().filter_map(Result::ok).count()
+    }
+
+    /// The pods' table (`WEIR_SOCK_REVNAT_POD`), of the same layout.
+    pub fn open_pods(layout: &PinLayout) -> Result<Self, DatapathError> {
+        Ok(Self { map: crate::pinned::hash(layout, weir_common::maps::SOCK_REVNAT_POD)? })
     }
 
     /// The frontend (address, port in network order) that socket `cookie`

@@ -159,6 +159,7 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::NS_FLOWS, 1, 4, 8, &["u64"], false),
     layout(maps::XDP_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::SOCK_REVNAT, 1, sz::<SockRevKey>(), sz::<SockRevValue>(), &["SockRevKey", "SockRevValue", "Addr"], true),
+    layout(maps::SOCK_REVNAT_POD, 1, sz::<SockRevKey>(), sz::<SockRevValue>(), &["SockRevKey", "SockRevValue", "Addr"], true),
     layout(maps::SOURCE_RANGES, 1, lpm::<SourceRangeKey>(), 4, &["SourceRangeKey", "Addr"], true),
     layout(maps::SNAT, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
     layout(maps::SNAT_PREV, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),

@@ -9,12 +9,12 @@ use weir_ebpf::sock_lb;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<false, true>(&ctx)
+    sock_lb::translate::<false>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<false, false>(&ctx)
+    sock_lb::translate::<false>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -29,12 +29,12 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<true, true>(&ctx)
+    sock_lb::translate::<true>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock_lb::translate::<true, false>(&ctx)
+    sock_lb::translate::<true>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
