@@ -103,6 +103,18 @@ fn a_pods_connection_to_a_clusterip_is_pointed_at_a_backend_at_connect() {
         }
     }
 
+    // `weir explain` says what a pod's connect() meets, not only a raw packet.
+    let explain = |proto: &str| -> serde_json::Value {
+        let out = c.node.weir(&["explain", &format!("{}:40123", ip_of(YA)), &format!("{VIP4}:80/{proto}"), "-o", "json"]);
+        assert!(out.status.success(), "weir explain: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("weir explain -o json")
+    };
+    let tcp = explain("tcp");
+    assert_eq!(tcp["at_connect"], serde_json::json!(true), "explain names the socket path for a pod's TCP: {tcp}");
+    assert!(tcp["reason"].as_str().is_some_and(|r| r.contains("connect()")), "and says so: {tcp}");
+    let udp = explain("udp");
+    assert_eq!(udp["at_connect"], serde_json::json!(false), "a pod's UDP stays with the tc path: {udp}");
+
     // The node's own reverse entries live apart: a pod's connections
     // filling the pods' table leave them alone.
     let node_table = SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("the node's table");
@@ -116,6 +128,9 @@ fn a_pods_connection_to_a_clusterip_is_pointed_at_a_backend_at_connect() {
     let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("TCP with scope node: {e:?}"));
     assert!((reply == "x/a" || reply == "x/b") && peer == SocketAddr::new(VIP4.into(), 80), "TCP with scope node: {reply} from {peer}");
     assert!(!any_translation(&c, &p, SockMode::Tcp, false), "with scope node a pod's TCP socket is not translated");
+    let out = c.node.weir(&["explain", &format!("{}:40123", ip_of(YA)), &format!("{VIP4}:80/tcp"), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("weir explain -o json");
+    assert_eq!(v["at_connect"], serde_json::json!(false), "with scope node explain shows the tc path only: {v}");
 }
 
 #[test]

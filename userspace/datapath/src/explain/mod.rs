@@ -154,6 +154,12 @@ pub struct Explanation {
     pub link: Option<u32>,
     /// The flow is already allowed by the policy's conntrack.
     pub policy_conntrack: bool,
+    /// A pod's TCP socket asking for this frontend is pointed at the
+    /// backend at `connect()` (socket-level load balancing,
+    /// `--socket-lb-namespaces all`): its own packets travel untranslated,
+    /// pod to pod, and meet the same policy; the translation shown is
+    /// what a raw packet meets.
+    pub at_connect: bool,
     pub policy: Vec<PolicyStep>,
 }
 
@@ -169,6 +175,7 @@ impl Explanation {
             masquerade: None,
             link: None,
             policy_conntrack: false,
+            at_connect: false,
             policy: Vec::new(),
         }
     }
@@ -393,6 +400,10 @@ impl Maps {
             return Ok(Step::Done);
         };
         x.nat = (origin != Origin::Host).then_some((choice.addr, choice.port));
+        x.at_connect = origin == Origin::Pod
+            && p.proto == PROTO_TCP
+            && self.config().sock_scope == weir_common::config::SOCK_SCOPE_ALL
+            && weir_logic::frontend::pod_socket_translates(&svc);
         if weir_logic::frontend::masquerades(&svc, &self.config(), &Addr::from(choice.addr), origin) {
             x.masquerade = Some(IpAddr::from(*self.config().node_addr_for(&Addr::from(choice.addr))));
         }
@@ -406,6 +417,9 @@ impl Maps {
             (Some(m), _) => format!(", masqueraded: the backend sees {m} (a port of 61000-65535)"),
             (None, Entry::Host) => ": connect() goes straight to the backend (no packet is translated); getpeername() and UDP replies report the frontend".into(),
             (None, Entry::Device(_)) if x.backend.is_some() => format!(", not masqueraded: the backend sees the client's address {}", p.src),
+            (None, Entry::Pod) if x.at_connect => {
+                ": a pod's TCP connect() to it is pointed at the backend by the socket programs, so its packets travel untranslated, pod to pod (a raw packet is translated as shown)".into()
+            }
             (None, _) => String::new(),
         };
         match (&x.backend, isolated) {
