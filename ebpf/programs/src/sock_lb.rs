@@ -202,6 +202,10 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
 #[inline(always)]
 pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let Some((_, sa, owner)) = ours(ctx) else { return ALLOW };
+    // A pod's UDP socket is never translated: its receives need no lookup.
+    if owner == Owner::Pod && proto(ctx) != PROTO_TCP {
+        return ALLOW;
+    }
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rk = SockRevKey { cookie, addr: user_addr::<V6>(sa), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };
