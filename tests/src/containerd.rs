@@ -278,6 +278,20 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Tasks still there (a container whose CNI ADD failed keeps its
+        // task created but never started: a `runc init` waiting in its
+        // cgroup) are removed while containerd runs, or they outlive it.
+        if self.child.is_some() {
+            let argv = self.ctr_argv();
+            let mut ls: Vec<&str> = argv.iter().map(String::as_str).collect();
+            ls.extend(["task", "ls", "-q"]);
+            let out = cmd::output(&ls);
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let mut rm: Vec<&str> = argv.iter().map(String::as_str).collect();
+                rm.extend(["task", "rm", "-f", id]);
+                cmd::run_quiet(&rm);
+            }
+        }
         if let Some(mut c) = self.child.take() {
             cmd::stop_child(&mut c, libc::SIGTERM, Duration::from_secs(5));
         }
@@ -294,6 +308,11 @@ impl Drop for Containerd {
             }
         }
         let _ = fs::remove_dir_all(&self.dir);
+        // The namespace's parent cgroup, once no containerd uses it (a
+        // cgroup with children refuses the removal).
+        if let Some(root) = weir_datapath::cgroup::default_cgroup_root() {
+            let _ = fs::remove_dir(root.join("weir"));
+        }
     }
 }
 

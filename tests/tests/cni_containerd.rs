@@ -207,7 +207,12 @@ fn a_container_whose_add_fails_leaves_nothing_behind() {
     // harness's teardown (containerd stopped, its directory removed)
     // must take that mount too.
     assert!(!t.ctrd.mounts_under_dir().is_empty(), "the failed task's rootfs is mounted");
+    let cgroup = weir_datapath::cgroup::default_cgroup_root().map(|r| r.join("weir").join(&id));
     drop(t);
+    // Nor a process: the task's `runc init` and its cgroup go with it.
+    if let Some(cg) = cgroup {
+        assert!(!cg.exists(), "the failed task's cgroup {} is gone with its process", cg.display());
+    }
     let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let left: Vec<&str> = table.lines().filter(|l| l.contains(&*dir.to_string_lossy())).collect();
     assert!(left.is_empty(), "containerd's teardown leaves no mount behind: {left:?}");
