@@ -166,14 +166,25 @@ fn a_4000_byte_udp_datagram_through_a_clusterip_arrives_whole_both_ways() {
 #[test]
 fn path_mtu_discovery_works_through_a_vip() {
     let s = svc(&[]);
-    // The backend's link is narrower than what the client's TCP (MSS
-    // from the backend's 1500-byte eth0) will send.
+    // The backend's link is 1200 bytes at both ends, but the backend
+    // advertises the MSS of a 1500-byte link, so the client's TCP sends
+    // segments the node must refuse with frag-needed. Narrowing only
+    // the node's end would drop the backend's own lone full-size
+    // segments at that veth, silently (a stall, not PMTU discovery).
     s.node.ns().ip(&["link", "set", &s.backend.host_if, "mtu", "1200"]);
+    s.backend.ns().ip(&["link", "set", "eth0", "mtu", "1200"]);
+    s.backend.ns().ip(&["route", "replace", "default", "via", weir_tests::pod::GATEWAY, "dev", "eth0", "onlink", "advmss", "1460"]);
     // Real 1500-byte segments (GSO super-packets are forwardable to any
     // MTU; the kernel segments them where it must).
     s.client.ns().exec(&["ethtool", "-K", "eth0", "tso", "off", "gso", "off"]);
     let mut stream = connect(s.client.ns(), VIP, 80, DEFAULT_TIMEOUT).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    // One message that the backend echoes as one full-size segment.
+    let one = vec![7u8; 1400];
+    stream.write_all(&one).expect("write one message");
+    let mut back_one = vec![0u8; one.len()];
+    stream.read_exact(&mut back_one).expect("one 1400-byte message echoed");
+    assert_eq!(back_one, one);
     let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
     let mut w = stream.try_clone().expect("clone");
     let sent = data.clone();
