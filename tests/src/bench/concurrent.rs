@@ -113,28 +113,32 @@ struct Tally {
 }
 
 /// `conns` clients at once, each opening a connection per request for
-/// `dur`: connections per second and their latency. Client `i` talks to
-/// `dsts[i % len]` (pod to pod, the backends a ClusterIP would spread
-/// over, so both paths load the same servers).
+/// `dur`: connections per second and their latency. Each connection goes
+/// to one of `dsts` drawn at random (pod to pod: the backends a ClusterIP
+/// would spread over, drawn the way its random choice spreads them, so
+/// both paths load the same servers alike).
 pub fn short_connections(ns: &NetNs, dsts: Vec<SocketAddr>, conns: usize, dur: Duration) -> Latency {
     ns.run(move || runtime().block_on(fan_out(conns, dur, dsts, short_client)))
 }
 
 /// `conns` kept-alive connections at once, each sending a request as soon
 /// as the last one is answered, for `dur`: requests per second and their
-/// latency. Connection `i` goes to `dsts[i % len]`.
+/// latency. Each connection goes to one of `dsts` drawn at random, as in
+/// [`short_connections`].
 pub fn keepalive(ns: &NetNs, dsts: Vec<SocketAddr>, conns: usize, dur: Duration) -> Latency {
     ns.run(move || runtime().block_on(fan_out(conns, dur, dsts, keepalive_client)))
 }
 
 async fn fan_out<F, Fut>(conns: usize, dur: Duration, dsts: Vec<SocketAddr>, client: F) -> Latency
 where
-    F: Fn(SocketAddr, Instant) -> Fut,
+    F: Fn(Pick, Instant) -> Fut,
     Fut: std::future::Future<Output = Tally> + Send + 'static,
 {
     let start = Instant::now();
     let deadline = start + dur;
-    let tasks: Vec<_> = (0..conns).map(|i| tokio::spawn(client(dsts[i % dsts.len()], deadline))).collect();
+    let dsts = std::sync::Arc::new(dsts);
+    let mut seeds = fastrand::Rng::new();
+    let tasks: Vec<_> = (0..conns).map(|_| tokio::spawn(client(Pick { dsts: dsts.clone(), rng: fastrand::Rng::with_seed(seeds.u64(..)) }, deadline))).collect();
     let mut all = Tally::default();
     for t in tasks {
         match t.await {
@@ -148,10 +152,23 @@ where
     summarize(all.lat_us, start.elapsed(), all.failures)
 }
 
-async fn short_client(addr: SocketAddr, deadline: Instant) -> Tally {
+/// Where a client's next connection goes.
+struct Pick {
+    dsts: std::sync::Arc<Vec<SocketAddr>>,
+    rng: fastrand::Rng,
+}
+
+impl Pick {
+    fn next(&mut self) -> SocketAddr {
+        self.dsts[self.rng.usize(..self.dsts.len())]
+    }
+}
+
+async fn short_client(mut pick: Pick, deadline: Instant) -> Tally {
     let mut t = Tally::default();
     while Instant::now() < deadline {
         let begin = Instant::now();
+        let addr = pick.next();
         let one = async {
             let mut s = TcpStream::connect(addr).await?;
             s.write_all(b"x").await?;
@@ -168,9 +185,9 @@ async fn short_client(addr: SocketAddr, deadline: Instant) -> Tally {
     t
 }
 
-async fn keepalive_client(addr: SocketAddr, deadline: Instant) -> Tally {
+async fn keepalive_client(mut pick: Pick, deadline: Instant) -> Tally {
     let mut t = Tally::default();
-    let Ok(Ok(mut s)) = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await else {
+    let Ok(Ok(mut s)) = tokio::time::timeout(TIMEOUT, TcpStream::connect(pick.next())).await else {
         t.failures += 1;
         return t;
     };
