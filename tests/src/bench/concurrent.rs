@@ -19,7 +19,10 @@ use tokio::{
     sync::oneshot,
 };
 
-use super::measure::{summarize, Latency};
+use super::{
+    cpu,
+    measure::{summarize, Latency},
+};
 use crate::netns::NetNs;
 
 /// How long a client waits for a connection or an answer.
@@ -54,6 +57,7 @@ pub fn serve(ns: &NetNs, name: &str, addr: IpAddr, short_port: u16, keepalive_po
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let name = name.to_string();
     let handle = ns.spawn(move || {
+        let _cpu = cpu::servers();
         runtime().block_on(async move {
             let short = TcpListener::bind((addr, short_port)).await.expect("bind short");
             let keep = TcpListener::bind((addr, keepalive_port)).await.expect("bind keepalive");
@@ -118,7 +122,10 @@ struct Tally {
 /// would spread over, drawn the way its random choice spreads them, so
 /// both paths load the same servers alike).
 pub fn short_connections(ns: &NetNs, dsts: Vec<SocketAddr>, conns: usize, dur: Duration) -> Latency {
-    ns.run(move || runtime().block_on(fan_out(conns, dur, dsts, short_client)))
+    ns.run(move || {
+        let _cpu = cpu::load_generator();
+        runtime().block_on(fan_out(conns, dur, dsts, short_client))
+    })
 }
 
 /// `conns` kept-alive connections at once, each sending a request as soon
@@ -126,7 +133,10 @@ pub fn short_connections(ns: &NetNs, dsts: Vec<SocketAddr>, conns: usize, dur: D
 /// latency. Each connection goes to one of `dsts` drawn at random, as in
 /// [`short_connections`].
 pub fn keepalive(ns: &NetNs, dsts: Vec<SocketAddr>, conns: usize, dur: Duration) -> Latency {
-    ns.run(move || runtime().block_on(fan_out(conns, dur, dsts, keepalive_client)))
+    ns.run(move || {
+        let _cpu = cpu::load_generator();
+        runtime().block_on(fan_out(conns, dur, dsts, keepalive_client))
+    })
 }
 
 async fn fan_out<F, Fut>(conns: usize, dur: Duration, dsts: Vec<SocketAddr>, client: F) -> Latency

@@ -46,6 +46,7 @@ pub fn short_connections(ns: &NetNs, dst: IpAddr, port: u16, dur: Duration) -> L
 /// [`short_connections`], connection `k` to `dsts[k % len]`.
 pub fn short_connections_to(ns: &NetNs, dsts: Vec<SocketAddr>, dur: Duration) -> Latency {
     ns.run(move || {
+        let _cpu = super::cpu::load_generator();
         let (mut lat, mut failures) = (Vec::new(), 0u64);
         let start = Instant::now();
         let mut k = 0usize;
@@ -76,6 +77,7 @@ pub fn keepalive(ns: &NetNs, dst: IpAddr, port: u16, n: usize) -> Latency {
         return Latency { failures: n as u64, ..Latency::default() };
     };
     let _ = s.set_nodelay(true);
+    let _cpu = super::cpu::load_generator();
     let (mut lat, mut failures) = (Vec::with_capacity(n), 0u64);
     let start = Instant::now();
     let mut buf = [0u8; 64];

@@ -6,6 +6,7 @@ pub mod baseline;
 pub mod cell;
 pub mod cluster_gen;
 pub mod concurrent;
+pub mod cpu;
 pub mod measure;
 pub mod memory;
 pub mod paired;
