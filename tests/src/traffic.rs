@@ -182,7 +182,7 @@ pub fn udp_server_at(ns: &NetNs, addr: std::net::IpAddr, port: u16, reply: Reply
 /// unspecified: any address of its family) and answers none: the
 /// receiving end of a flood. Its receive buffer is 64 MiB
 /// (SO_RCVBUFFORCE), so a burst is counted rather than dropped at the
-/// socket.
+/// socket. It runs on the benchmark servers' CPU (`bench::cpu`).
 pub fn udp_sink(ns: &NetNs, addr: IpAddr, port: u16) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
@@ -191,6 +191,7 @@ pub fn udp_sink(ns: &NetNs, addr: IpAddr, port: u16) -> Server {
     let (stop2, served2, last2) = (stop.clone(), served.clone(), last.clone());
     let handle = ns.spawn(move || {
         use std::os::fd::AsRawFd as _;
+        let _cpu = crate::bench::cpu::servers();
         let sock = UdpSocket::bind((addr, port)).expect("udp bind");
         let size: libc::c_int = 64 << 20;
         // SAFETY: a valid socket and a c_int option value of the right size.

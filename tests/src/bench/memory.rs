@@ -15,8 +15,7 @@ use crate::{cmd, netns::NetNs};
 pub struct FlowMemory {
     /// Connections held open through the ClusterIP while measuring.
     pub flows: usize,
-    /// Tracking entries the dataplane holds (WEIR_CT4 and WEIR_CT entries for weir,
-    /// nf_conntrack entries in the node namespace for the baselines).
+    /// Tracking entries the dataplane holds for them (see [`Tracked`]).
     pub entries: u64,
     /// Kernel memory per flow for that tracking, bytes.
     pub bytes_per_flow: f64,
@@ -55,39 +54,51 @@ fn map_memory(pin: &Path) -> Option<(f64, f64)> {
     Some((mem, max))
 }
 
-/// What one dataplane tracks right now: (entries, kernel bytes per entry,
-/// BPF map MiB).
-pub fn tracked(dataplane_is_weir: bool, bpffs: &Path, node: &NetNs) -> (u64, f64, f64) {
+/// What one dataplane tracks right now.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tracked {
+    /// Tracking entries: for weir, conntrack entries (`WEIR_CT4`,
+    /// `WEIR_CT`) and pods' socket reverse entries (`WEIR_SOCK_REVNAT_POD`,
+    /// what a connection translated at connect holds instead); for the
+    /// baselines, nf_conntrack entries in the node namespace.
+    pub entries: u64,
+    /// The kernel memory those entries take, bytes.
+    pub bytes: f64,
+    /// weir only: all its BPF maps, MiB.
+    pub maps_mib: f64,
+}
+
+/// What one dataplane tracks right now.
+pub fn tracked(dataplane_is_weir: bool, bpffs: &Path, node: &NetNs) -> Tracked {
     if dataplane_is_weir {
         let maps = bpffs.join("maps");
         let layout = weir_datapath::PinLayout::new(bpffs);
         let all = weir_datapath::ct::Conntrack::open(&layout).map(|c| c.entries()).unwrap_or_default();
         let v4 = all.iter().filter(|(k, _)| k.is_v4()).count() as f64;
-        let entries = all.len() as u64;
-        // Each family's entries cost what its own map charges per entry
-        // (WEIR_CT4 for IPv4, WEIR_CT for IPv6).
+        let v6 = all.len() as f64 - v4;
+        let sockets = weir_datapath::cgroup::SockRevNat::open_pods(&layout).map(|m| m.count()).unwrap_or(0) as f64;
+        // Each entry costs what its own map charges per entry (WEIR_CT4
+        // for IPv4 flows, WEIR_CT for IPv6, the pods' socket table).
         let per = |map: &str| map_memory(&maps.join(map)).map_or(0.0, |(mem, max)| mem / max.max(1.0));
-        let bytes = v4 * per("WEIR_CT4") + (entries as f64 - v4) * per("WEIR_CT");
-        let per_entry = if entries > 0 { bytes / entries as f64 } else { per("WEIR_CT4") };
+        let bytes = v4 * per("WEIR_CT4") + v6 * per("WEIR_CT") + sockets * per(weir_common::maps::SOCK_REVNAT_POD);
         let total: f64 = std::fs::read_dir(&maps)
             .map(|d| d.filter_map(Result::ok).filter_map(|e| map_memory(&e.path())).map(|(m, _)| m).sum())
             .unwrap_or(0.0);
-        (entries, per_entry, total / (1024.0 * 1024.0))
+        Tracked { entries: (v4 + v6 + sockets) as u64, bytes, maps_mib: total / (1024.0 * 1024.0) }
     } else {
         let entries: u64 = node.exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]).trim().parse().unwrap_or(0);
-        (entries, conntrack_objsize().unwrap_or(0.0), 0.0)
+        Tracked { entries, bytes: entries as f64 * conntrack_objsize().unwrap_or(0.0), maps_mib: 0.0 }
     }
 }
 
 /// Memory for `flows` held flows, from what was tracked before and after
 /// opening them (earlier measurements leave closing entries behind).
-pub fn measure(before: (u64, f64, f64), after: (u64, f64, f64), flows: usize) -> FlowMemory {
-    let entries = after.0.saturating_sub(before.0);
+pub fn measure(before: Tracked, after: Tracked, flows: usize) -> FlowMemory {
     FlowMemory {
         flows,
-        entries,
-        bytes_per_flow: if flows > 0 { entries as f64 * after.1 / flows as f64 } else { 0.0 },
-        bpf_maps_mib: after.2,
+        entries: after.entries.saturating_sub(before.entries),
+        bytes_per_flow: if flows > 0 { (after.bytes - before.bytes).max(0.0) / flows as f64 } else { 0.0 },
+        bpf_maps_mib: after.maps_mib,
     }
 }
 

@@ -34,8 +34,11 @@ pub struct Sample {
     /// Keep-alive requests on `cell::CONCURRENCY` connections at once.
     pub concurrent_keepalive: Paired,
     pub agent_rss_mib: Option<f64>,
-    /// Kernel memory for held flows (see `memory`).
+    /// Kernel memory for held flows (see `memory`), on the tc path.
     pub memory: super::memory::FlowMemory,
+    /// weir with pods' sockets served: the same flows translated at
+    /// connect.
+    pub memory_at_connect: Option<super::memory::FlowMemory>,
 }
 
 /// A cell the dataplane could not program (not within the run's limit,
@@ -242,14 +245,16 @@ pub fn write(dir: &Path, samples: &[Sample], not_programmed: &[NotProgrammed], m
     let per_flow = medians(samples, |s| s.memory.bytes_per_flow);
     let entries = medians(samples, |s| s.memory.entries as f64);
     let maps = medians(samples, |s| s.memory.bpf_maps_mib);
+    let at_connect = medians(samples, |s| s.memory_at_connect.map_or(-1.0, |m| m.bytes_per_flow));
     let flows = samples.first().map_or(0, |s| s.memory.flows);
     let _ = writeln!(md, "\n### Memory with {flows} connections held open through the ClusterIP\n");
-    let _ = writeln!(md, "| services | dataplane | tracking entries | kernel bytes per flow | agent RSS MiB | BPF maps MiB (preallocated) |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "| services | dataplane | tracking entries | kernel bytes per flow | translated at connect, bytes per flow | agent RSS MiB | BPF maps MiB (preallocated) |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|");
     for &(n, dp) in cold.keys() {
         let k = (n, dp);
         let opt = |v: f64| if v > 0.0 { format!("{v:.1}") } else { "-".into() };
-        let _ = writeln!(md, "| {n} | {dp} | {:.0} | {:.0} | {} | {} |", entries[&k], per_flow[&k], opt(rss[&k]), opt(maps[&k]));
+        let sock = if at_connect[&k] >= 0.0 { format!("{:.0}", at_connect[&k]) } else { "-".into() };
+        let _ = writeln!(md, "| {n} | {dp} | {:.0} | {:.0} | {sock} | {} | {} |", entries[&k], per_flow[&k], opt(rss[&k]), opt(maps[&k]));
     }
     std::fs::write(dir.join("results.md"), &md)?;
     Ok(md)
@@ -315,6 +320,7 @@ mod tests {
             concurrent_keepalive: paired(rate),
             agent_rss_mib: None,
             memory: FlowMemory::default(),
+            memory_at_connect: None,
         }
     }
 

@@ -45,6 +45,7 @@ pub struct Sent {
 pub fn send(ns: &NetNs, src: IpAddr, dsts: Vec<SocketAddr>, first_sport: u16, flows: u16, max: Duration) -> std::io::Result<Sent> {
     assert!(u32::from(first_sport) + u32::from(flows) <= 65_536, "source ports past 65535");
     ns.run(move || {
+        let _cpu = super::cpu::load_generator();
         // IPPROTO_RAW: the header is ours (IP_HDRINCL, and for IPv6 its
         // equivalent, which the kernel implies for IPPROTO_RAW).
         let domain = if src.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };

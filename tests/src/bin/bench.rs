@@ -163,10 +163,15 @@ fn main() {
                 drop(held);
                 // The traffic below comes from a process in the cgroup the
                 // agent's socket programs serve, as a pod's would; the
-                // memory above is the tc path's (a connection translated at
-                // connect holds no conntrack entry).
+                // memory above is the tc path's. A connection translated at
+                // connect holds a socket reverse entry instead of conntrack
+                // entries: measured again from inside.
+                let mut memory_at_connect = None;
                 if let Some(cg) = sock_cgroup.as_ref().filter(|_| is_weir) {
                     cg.enter().unwrap_or_else(|e| panic!("entering {}: {e}", cg.path().display()));
+                    let before = memory::tracked(true, t.node.bpffs(), t.node.ns());
+                    let held = memory::hold(t.client.ns(), t.target_vip(), KEEPALIVE_PORT, FLOWS);
+                    memory_at_connect = Some(memory::measure(before, memory::tracked(true, t.node.bpffs(), t.node.ns()), held.len()));
                 }
                 let m = cell::measure(&t, &run.cell);
                 if let Some(cg) = &sock_cgroup {
@@ -185,6 +190,7 @@ fn main() {
                     concurrent_keepalive: m.concurrent_keepalive,
                     agent_rss_mib: t.agent_rss_mib(),
                     memory,
+                    memory_at_connect,
                 };
                 let rate = |p: &Paired| (p.vip_median(|l| l.per_s), p.direct_median(|l| l.per_s));
                 let (u, ud) = rate(&s.udp);
@@ -192,8 +198,9 @@ fn main() {
                 let (k, kd) = rate(&s.concurrent_keepalive);
                 let (sh, shd) = rate(&s.short);
                 eprintln!("    udp {u:.0} flows/s (direct {ud:.0}); tcp x{CONCURRENCY}: {c:.0} conn/s (direct {cd:.0}), {k:.0} req/s (direct {kd:.0}); serial {sh:.0} conn/s (direct {shd:.0})");
+                let at_connect = s.memory_at_connect.map(|m| format!(" ({:.0} B/flow translated at connect)", m.bytes_per_flow)).unwrap_or_default();
                 eprintln!(
-                    "    program {:.1} ms, change {:.2} ms; memory {:.0} B/flow, maps {:.1} MiB",
+                    "    program {:.1} ms, change {:.2} ms; memory {:.0} B/flow{at_connect}, maps {:.1} MiB",
                     s.program.cold_ms, s.program.one_change_ms, s.memory.bytes_per_flow, s.memory.bpf_maps_mib
                 );
                 samples[fi].push(s);
