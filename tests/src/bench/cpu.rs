@@ -35,20 +35,18 @@ pub fn servers() -> Pinned {
     pin(SERVERS)
 }
 
-/// Pins the calling thread to `cpu` when the machine has a CPU for each
-/// role; else (one CPU) leaves it, and so does a failure.
+/// Pins the calling thread to `cpu` when it may run there and on another
+/// CPU too; else (one CPU, or `cpu` not among its CPUs) leaves it, and so
+/// does a failure.
 fn pin(cpu: usize) -> Pinned {
-    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-    if cpus <= SERVERS {
-        return Pinned { before: None };
-    }
     // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills
-    // it, CPU_SET writes inside it for a cpu below CPU_SETSIZE, and
-    // sched_setaffinity reads it; each call gets the set's own size.
+    // it, CPU_ISSET and CPU_SET read and write inside it for a cpu below
+    // CPU_SETSIZE, and sched_setaffinity reads it; each call gets the
+    // set's own size.
     unsafe {
         let size = std::mem::size_of::<libc::cpu_set_t>();
         let mut before: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size, &mut before) != 0 {
+        if libc::sched_getaffinity(0, size, &mut before) != 0 || !libc::CPU_ISSET(cpu, &before) || libc::CPU_COUNT(&before) < 2 {
             return Pinned { before: None };
         }
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -57,5 +55,36 @@ fn pin(cpu: usize) -> Pinned {
             return Pinned { before: None };
         }
         Pinned { before: Some(before) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CPUs the calling thread may run on.
+    fn affinity() -> Vec<usize> {
+        // SAFETY: a zeroed cpu_set_t filled by sched_getaffinity, of its own
+        // size, and CPU_ISSET reads inside it below CPU_SETSIZE.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        }
+    }
+
+    #[test]
+    fn a_pinned_thread_runs_on_its_cpu_and_gets_its_placement_back() {
+        std::thread::spawn(|| {
+            let before = affinity();
+            for (pin, cpu) in [(super::load_generator as fn() -> super::Pinned, super::LOAD_GENERATOR), (super::servers, super::SERVERS)] {
+                {
+                    let _p = pin();
+                    let want = if before.len() >= 2 && before.contains(&cpu) { vec![cpu] } else { before.clone() };
+                    assert_eq!(affinity(), want, "pinned for CPU {cpu}");
+                }
+                assert_eq!(affinity(), before, "restored after CPU {cpu}");
+            }
+        })
+        .join()
+        .expect("the pinning thread");
     }
 }
