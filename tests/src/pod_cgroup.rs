@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{bins, cmd, pod::Pod};
+use crate::{bins, cmd, netns::NetNs};
 
 /// How the probe's socket talks to its destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,18 +101,71 @@ impl TestCgroup {
         vec!["--socket-lb-namespaces=all".into(), "--cgroup-root".into(), self.path.display().to_string()]
     }
 
-    /// One socket of `pod`, opened by a process in this cgroup, sends one
-    /// request to `ip`:`port`.
-    pub fn probe(&self, pod: &Pod, mode: SockMode, ip: impl Into<IpAddr>, port: u16) -> Probe {
+    fn probe_argv(&self, ns: &NetNs, mode: SockMode, ip: IpAddr, port: u16) -> Vec<String> {
         let bin = bins::path("weir-pod-socket");
-        let out = cmd::run(&[
-            bin.to_str().expect("utf-8 path"),
-            self.path.to_str().expect("utf-8 path"),
-            pod.ns().path().to_str().expect("utf-8 path"),
-            mode.arg(),
-            &ip.into().to_string(),
-            &port.to_string(),
-        ]);
+        [bin.as_path(), &self.path, &ns.path()]
+            .iter()
+            .map(|p| p.to_str().expect("utf-8 path").to_string())
+            .chain([mode.arg().to_string(), ip.to_string(), port.to_string()])
+            .collect()
+    }
+
+    /// One socket in `ns` (a pod's or the node's), opened by a process in
+    /// this cgroup, sends one request to `ip`:`port`; the socket is closed when this returns.
+    pub fn probe(&self, ns: &NetNs, mode: SockMode, ip: impl Into<IpAddr>, port: u16) -> Probe {
+        let argv = self.probe_argv(ns, mode, ip.into(), port);
+        let out = cmd::run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+        Probe::parse(&out)
+    }
+
+    /// As [`TestCgroup::probe`], but the socket stays open until the
+    /// returned [`Held`] drops (or is released).
+    pub fn probe_held(&self, ns: &NetNs, mode: SockMode, ip: impl Into<IpAddr>, port: u16) -> Held {
+        let argv = self.probe_argv(ns, mode, ip.into(), port);
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .arg("hold")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap_or_else(|e| panic!("reading {argv:?}: {e}"));
+        let probe = Probe::parse(&line);
+        Held { probe, child: Some(child) }
+    }
+}
+
+/// A probe whose socket is still open.
+pub struct Held {
+    pub probe: Probe,
+    child: Option<std::process::Child>,
+}
+
+impl Held {
+    /// Closes the socket (the probe process exits) and returns what it saw.
+    pub fn release(mut self) -> Probe {
+        self.close();
+        self.probe.clone()
+    }
+
+    fn close(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Probe {
+    fn parse(out: &str) -> Probe {
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("weir-pod-socket printed {out:?}: {e}"));
         let cookie = v["cookie"].as_u64().expect("a cookie");
         let result = match v["error"].as_str() {

@@ -2,9 +2,10 @@
 //! a pod's TCP connection to a ClusterIP is pointed at a backend at
 //! connect, so its packets travel as pod-to-pod ones; a pod's UDP, and
 //! what the socket path cannot fully serve, stays with the tc path;
-//! policy judges the translated flow by its backend; a pod churning
-//! sockets cannot evict the node's reverse entries; and with `node` the
-//! pods' sockets are left alone.
+//! policy judges the translated flow by its backend; a socket's reverse
+//! entry lives as long as the socket; a pod churning sockets cannot evict
+//! the node's reverse entries; and with `node` the pods' sockets are left
+//! alone.
 //!
 //! The agent attaches its socket programs to a cgroup of the test's own
 //! (`TestCgroup`), and the pods' sockets are opened by `weir-pod-socket`
@@ -84,11 +85,15 @@ fn a_pods_connection_to_a_clusterip_is_pointed_at_a_backend_at_connect() {
         let vip = SocketAddr::new(if v6 { IpAddr::from(VIP6) } else { IpAddr::from(VIP4) }, 80);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..12 {
-            let p = cg.probe(c.pod(YA), SockMode::Tcp, vip.ip(), 80);
+            let held = cg.probe_held(c.pod(YA).ns(), SockMode::Tcp, vip.ip(), 80);
+            let p = &held.probe;
             let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("TCP to {vip}: {e:?}\n{}", c.agent.log_text()));
             assert!(reply == "x/a" || reply == "x/b", "TCP to {vip}: a backend answers: {reply}");
             assert_eq!(peer, vip, "getpeername names the frontend");
-            assert_eq!(translated(&c, &p, SockMode::Tcp, v6), Some(vip), "TCP to {vip}: the socket programs pointed the socket at {reply}");
+            assert_eq!(translated(&c, p, SockMode::Tcp, v6), Some(vip), "TCP to {vip}: the socket programs pointed the socket at {reply}");
+            // The entry lives as long as the socket.
+            let p = held.release();
+            assert_eq!(translated(&c, &p, SockMode::Tcp, v6), None, "TCP to {vip}: the released socket's reverse entry is deleted");
             seen.insert(reply);
         }
         assert_eq!(seen.len(), 2, "both backends are chosen: {seen:?}");
@@ -96,12 +101,17 @@ fn a_pods_connection_to_a_clusterip_is_pointed_at_a_backend_at_connect() {
         // UDP, unconnected or connected, stays with the tc path: the reply
         // still comes from the frontend, and no entry is made.
         for mode in [SockMode::Udp, SockMode::UdpConnected] {
-            let p = cg.probe(c.pod(YA), mode, vip.ip(), 80);
+            let held = cg.probe_held(c.pod(YA).ns(), mode, vip.ip(), 80);
+            let p = &held.probe;
             let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("{mode:?} to {vip}: {e:?}"));
             assert!((reply == "x/a" || reply == "x/b") && peer == vip, "{mode:?} via the tc path: {reply} from {peer}");
-            assert!(!any_translation(&c, &p, mode, v6), "{mode:?}: a pod's UDP socket is not translated");
+            assert!(!any_translation(&c, p, mode, v6), "{mode:?}: a pod's UDP socket is not translated");
         }
     }
+    // Every socket is closed: the pods' table holds nothing, so sockets
+    // churned by pods never fill it (and never evict a live one's entry).
+    let pods_table = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("the pods' table");
+    assert_eq!(pods_table.count(), 0, "24 connections made and closed leave no entry behind");
 
     // `weir explain` says what a pod's connect() meets, not only a raw packet.
     let explain = |proto: &str| -> serde_json::Value {
@@ -124,13 +134,40 @@ fn a_pods_connection_to_a_clusterip_is_pointed_at_a_backend_at_connect() {
     let mut args = cg.agent_args();
     args[0] = "--socket-lb-namespaces=node".into();
     c.agent.restart_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let p = cg.probe(c.pod(YA), SockMode::Tcp, VIP4, 80);
+    let held = cg.probe_held(c.pod(YA).ns(), SockMode::Tcp, VIP4, 80);
+    let p = &held.probe;
     let (reply, peer) = p.result.clone().unwrap_or_else(|e| panic!("TCP with scope node: {e:?}"));
     assert!((reply == "x/a" || reply == "x/b") && peer == SocketAddr::new(VIP4.into(), 80), "TCP with scope node: {reply} from {peer}");
-    assert!(!any_translation(&c, &p, SockMode::Tcp, false), "with scope node a pod's TCP socket is not translated");
+    assert!(!any_translation(&c, p, SockMode::Tcp, false), "with scope node a pod's TCP socket is not translated");
+    drop(held);
     let out = c.node.weir(&["explain", &format!("{}:40123", ip_of(YA)), &format!("{VIP4}:80/tcp"), "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("weir explain -o json");
     assert_eq!(v["at_connect"], serde_json::json!(false), "with scope node explain shows the tc path only: {v}");
+}
+
+#[test]
+fn a_nodes_socket_keeps_its_reverse_entry_until_it_is_released() {
+    let cg = TestCgroup::new();
+    let c = cluster(&cg);
+    web(&c, &[XA]);
+    // The node's own address, for its processes to reach pods from.
+    c.node.ns().ip(&["addr", "add", "192.168.100.1/32", "dev", "lo"]);
+    c.node.ns().ip(&["addr", "add", "fd00:100::1/128", "dev", "lo", "nodad"]);
+    let node_table = || SockRevNat::open(&PinLayout::new(c.node.bpffs())).expect("the node's table");
+    for v6 in [false, true] {
+        let vip = SocketAddr::new(if v6 { IpAddr::from(VIP6) } else { IpAddr::from(VIP4) }, 80);
+        // The node's TCP and connected UDP sockets are translated at connect.
+        for mode in [SockMode::Tcp, SockMode::UdpConnected] {
+            let held = cg.probe_held(c.node.ns(), mode, vip.ip(), 80);
+            let (reply, peer) = held.probe.result.clone().unwrap_or_else(|e| panic!("{mode:?} from the node to {vip}: {e:?}\n{}", c.agent.log_text()));
+            assert_eq!((reply.as_str(), peer), ("x/a", vip), "{mode:?} from the node to {vip}");
+            let entry = |p: &Probe| node_table().frontend_of(p.cookie, Addr::from(addr_of(XA, v6)), 80u16.to_be(), mode.proto());
+            assert_eq!(entry(&held.probe), Some((Addr::from(vip.ip()), 80u16.to_be())), "{mode:?} {vip}: the live socket's entry names its frontend");
+            let p = held.release();
+            assert_eq!(entry(&p), None, "{mode:?} {vip}: the released socket's entry is deleted");
+        }
+    }
+    assert_eq!(node_table().count(), 0, "no released socket leaves an entry behind");
 }
 
 #[test]
@@ -150,15 +187,18 @@ fn policy_judges_a_socket_translated_connection_by_its_backend() {
         let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
         for mode in [SockMode::Tcp, SockMode::Udp] {
             let tcp = mode == SockMode::Tcp;
-            let p = cg.probe(c.pod(YB), mode, vip, 80);
+            let held = cg.probe_held(c.pod(YB).ns(), mode, vip, 80);
+            let p = &held.probe;
             assert_eq!(p.result.as_ref().map(|r| r.0.as_str()), Ok("x/a"), "{mode:?} {vip}: y/b is admitted by x/a's ingress");
-            assert_eq!(translated(&c, &p, mode, v6).is_some(), tcp, "{mode:?} {vip}: y/b's socket was translated (TCP only)");
+            assert_eq!(translated(&c, p, mode, v6).is_some(), tcp, "{mode:?} {vip}: y/b's socket was translated (TCP only)");
+            drop(held);
             // The attack: the socket is pointed at x/a at connect, and its
             // packets reach x/a's link as pod-to-pod ones; x/a's ingress
             // policy still refuses y/a, and y/c's egress (z only) still
             // refuses x/a.
             for from in [YA, YC] {
-                let p = cg.probe(c.pod(from), mode, vip, 80);
+                let held = cg.probe_held(c.pod(from).ns(), mode, vip, 80);
+                let p = &held.probe;
                 assert!(p.result.is_err(), "{mode:?} {vip}: {from} must not reach x/a through the ClusterIP: {:?}", p.result);
                 let revnat = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("revnat");
                 assert_eq!(
@@ -185,10 +225,10 @@ fn a_pods_flow_the_socket_path_cannot_serve_is_left_to_the_tc_path() {
 
     // No endpoints: the tc path answers with a RST, as kube-proxy does
     // (the socket path could only fail the connect with EPERM).
-    let p = cg.probe(c.pod(YA), SockMode::Tcp, empty, 80);
+    let p = cg.probe(c.pod(YA).ns(), SockMode::Tcp, empty, 80);
     assert_eq!(p.result.as_ref().err().and_then(|e| e.1), Some(libc::ECONNREFUSED), "no endpoints: connection refused, not EPERM: {:?}", p.result);
     // A port the ClusterIP does not serve: refused by the tc path too.
-    let p = cg.probe(c.pod(YA), SockMode::Tcp, empty, 81);
+    let p = cg.probe(c.pod(YA).ns(), SockMode::Tcp, empty, 81);
     assert_ne!(p.result.as_ref().err().and_then(|e| e.1), Some(libc::EPERM), "an unknown port is the tc path's to refuse: {:?}", p.result);
     assert!(p.result.is_err(), "an unknown port is refused: {:?}", p.result);
 
@@ -196,9 +236,10 @@ fn a_pods_flow_the_socket_path_cannot_serve_is_left_to_the_tc_path() {
     // not chosen at connect: the tc path keeps the client on one backend.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..10 {
-        let p = cg.probe(c.pod(YA), SockMode::Tcp, sticky, 80);
+        let held = cg.probe_held(c.pod(YA).ns(), SockMode::Tcp, sticky, 80);
+        let p = &held.probe;
         let (reply, _) = p.result.clone().unwrap_or_else(|e| panic!("affinity service: {e:?}"));
-        assert!(!any_translation(&c, &p, SockMode::Tcp, false), "an affinity service's connection is not translated at connect");
+        assert!(!any_translation(&c, p, SockMode::Tcp, false), "an affinity service's connection is not translated at connect");
         seen.insert(reply);
     }
     assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");

@@ -36,13 +36,23 @@
 //! address (`::ffff:a.b.c.d`, an IPv6 socket reaching an IPv4 service) is
 //! how the maps hold IPv4 already: it matches the IPv4 frontend and is
 //! pointed at the IPv4 backend, v4-mapped.
+//!
+//! A socket's reverse entry lives as long as the socket: `sock_release`
+//! deletes it when the socket is released, so the tables hold the live
+//! translated sockets only. Short connections then never fill them (no
+//! insert pays for an LRU eviction), and a long-lived connection keeps its
+//! entry however many sockets others churn. An unconnected UDP socket of
+//! the node has one entry per frontend it sent to, keyed by backends it
+//! no longer names at release: those are left to the LRU.
+
+use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
     maps::LruHashMap,
     helpers::{bpf_get_prandom_u32, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie}},
-    programs::SockAddrContext,
-    EbpfContext as _,
+    programs::{SockAddrContext, SockContext},
+    EbpfContext,
 };
 use weir_common::{
     addr::Addr,
@@ -72,10 +82,10 @@ enum Owner {
     Pod,
 }
 
-/// The configuration, the socket address and whose socket it is, when
-/// the socket is in the programs' scope (else they leave it alone).
+/// The configuration and whose socket it is, when the socket is in the
+/// programs' scope (else they leave it alone).
 #[inline(always)]
-fn ours(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, &mut bpf_sock_addr, Owner)> {
+fn scope(ctx: &impl EbpfContext) -> Option<(&'static DatapathConfig, Owner)> {
     let cfg = conntrack::config()?;
     if cfg.netns_cookie == 0 {
         return None;
@@ -88,6 +98,14 @@ fn ours(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, &mut bpf_sock
     } else {
         return None;
     };
+    Some((cfg, owner))
+}
+
+/// The configuration, the socket address and whose socket it is, when
+/// the socket is in the programs' scope (else they leave it alone).
+#[inline(always)]
+fn ours(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, &mut bpf_sock_addr, Owner)> {
+    let (cfg, owner) = scope(ctx)?;
     // SAFETY: the context pointer is valid for the program run.
     Some((cfg, unsafe { &mut *ctx.sock_addr }, owner))
 }
@@ -98,7 +116,12 @@ fn user_addr<const V6: bool>(sa: &bpf_sock_addr) -> Addr {
     if !V6 {
         return Addr::from_v4_raw(sa.user_ip4);
     }
-    let w = sa.user_ip6;
+    addr6(sa.user_ip6)
+}
+
+/// An IPv6 address as the context holds it: four words in network order.
+#[inline(always)]
+fn addr6(w: [u32; 4]) -> Addr {
     let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
     Addr { bytes: [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]] }
 }
@@ -213,5 +236,37 @@ pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
         set_user_addr::<V6>(sa, &v.addr);
         sa.user_port = u32::from(v.port);
     }
+    ALLOW
+}
+
+/// `AF_INET`, as `bpf_sock.family` holds it.
+const AF_INET: u32 = 2;
+
+/// sock_release: deletes the reverse entry of a socket the programs
+/// translated, keyed as `translate` made it: the socket's cookie and the
+/// backend it is connected to. A socket never translated (or no longer
+/// connected) has none, and the delete finds nothing.
+#[inline(always)]
+pub fn forget(ctx: &SockContext) -> i32 {
+    let Some((_, owner)) = scope(ctx) else { return ALLOW };
+    // SAFETY: the context pointer is valid for the program run.
+    let sk = unsafe { &*ctx.sock };
+    let proto = sk.protocol as u8;
+    // A pod's UDP socket is never translated.
+    if owner == Owner::Pod && proto != PROTO_TCP {
+        return ALLOW;
+    }
+    let port = sk.dst_port;
+    if port == 0 {
+        return ALLOW;
+    }
+    // Both addresses are read, each at its own offset: the verifier takes
+    // no context read through a pointer chosen by the family.
+    // SAFETY: reads of the program's own context fields.
+    let (v4, v6) = unsafe { (read_volatile(&sk.dst_ip4), read_volatile(&sk.dst_ip6)) };
+    let addr = if sk.family == AF_INET { Addr::from_v4_raw(v4) } else { addr6(v6) };
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = revnat(owner).remove(&SockRevKey { cookie, addr, port, proto, _pad0: 0, _pad1: 0 });
     ALLOW
 }

@@ -8,7 +8,10 @@
 //! sends one request to `<ip>:<port>` and prints one JSON line: the
 //! socket's cookie, the reply's first word, the peer (TCP and connected
 //! UDP: getpeername; unconnected UDP: the reply's source), or the error
-//! and its errno.
+//! and its errno. With a last argument `hold` it then keeps the socket
+//! open until its standard input closes, so that a test can look at what
+//! the programs hold for a live socket, and at what is left once it is
+//! released.
 
 use std::{
     io::{Read as _, Write as _},
@@ -38,12 +41,14 @@ fn first_word(b: &[u8]) -> String {
     String::from_utf8_lossy(b).split_whitespace().next().unwrap_or_default().to_string()
 }
 
-/// (cookie, reply, peer); the cookie is reported even when the exchange fails.
-fn exchange(mode: &str, dst: SocketAddr, c: &mut u64) -> std::io::Result<(String, SocketAddr)> {
+/// (cookie, reply, peer); the cookie is reported even when the exchange
+/// fails, and `held` keeps the socket open (a second descriptor of it).
+fn exchange(mode: &str, dst: SocketAddr, c: &mut u64, held: &mut Option<socket2::Socket>) -> std::io::Result<(String, SocketAddr)> {
     match mode {
         "tcp" => {
             let s = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, None)?;
             *c = cookie(&s)?;
+            *held = Some(s.try_clone()?);
             s.connect_timeout(&dst.into(), TIMEOUT)?;
             let mut s: TcpStream = s.into();
             s.set_read_timeout(Some(TIMEOUT))?;
@@ -57,6 +62,7 @@ fn exchange(mode: &str, dst: SocketAddr, c: &mut u64) -> std::io::Result<(String
         "udp" | "udp-connected" => {
             let s = UdpSocket::bind((unspecified(&dst.ip()), 0))?;
             *c = cookie(&s)?;
+            *held = Some(s.try_clone()?.into());
             s.set_read_timeout(Some(TIMEOUT))?;
             let mut buf = [0u8; 1500];
             if mode == "udp" {
@@ -76,19 +82,29 @@ fn exchange(mode: &str, dst: SocketAddr, c: &mut u64) -> std::io::Result<(String
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, cgroup, netns, mode, ip, port] = args.as_slice() else {
-        anyhow::bail!("usage: weir-pod-socket <cgroup dir> <netns path> tcp|udp|udp-connected <ip> <port>");
+    let (args, hold) = match args.split_last() {
+        Some((last, rest)) if last == "hold" => (rest, true),
+        _ => (args.as_slice(), false),
+    };
+    let [_, cgroup, netns, mode, ip, port] = args else {
+        anyhow::bail!("usage: weir-pod-socket <cgroup dir> <netns path> tcp|udp|udp-connected <ip> <port> [hold]");
     };
     // Before any other thread exists: the whole process moves.
     std::fs::write(std::path::Path::new(cgroup).join("cgroup.procs"), "0")?;
     let ns = std::fs::File::open(netns)?;
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
     let dst = SocketAddr::new(ip.parse()?, port.parse()?);
-    let mut c = 0;
-    let out = match exchange(mode, dst, &mut c) {
+    let (mut c, mut held) = (0, None);
+    let out = match exchange(mode, dst, &mut c, &mut held) {
         Ok((reply, peer)) => serde_json::json!({"cookie": c, "reply": reply, "peer": peer.to_string()}),
         Err(e) => serde_json::json!({"cookie": c, "error": e.to_string(), "errno": e.raw_os_error()}),
     };
     println!("{out}");
+    if hold {
+        std::io::stdout().flush()?;
+        // Until the test closes our standard input.
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+    }
+    drop(held);
     Ok(())
 }

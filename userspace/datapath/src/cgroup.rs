@@ -13,14 +13,17 @@
 use std::{fs::File, path::{Path, PathBuf}};
 
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    programs::{links::FdLink, CgroupAttachMode, Program},
     Ebpf,
 };
 
 use crate::{loader::{load_object, LoadOptions}, objects::SOCK_OBJECT, pins::PinLayout, DatapathError};
 
-/// The socket object's programs, for IPv4 and IPv6 sockets.
-pub const SOCK_PROGRAMS: [&str; 8] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4", "connect6", "sendmsg6", "recvmsg6", "getpeername6"];
+/// The socket object's programs: the sock_addr ones for IPv4 and IPv6
+/// sockets, and `sock_release`, which deletes a released socket's reverse
+/// entry.
+pub const SOCK_PROGRAMS: [&str; 9] =
+    ["connect4", "sendmsg4", "recvmsg4", "getpeername4", "connect6", "sendmsg6", "recvmsg6", "getpeername6", "sock_release"];
 
 /// The loaded socket object.
 pub struct SockDatapath {
@@ -34,7 +37,7 @@ impl SockDatapath {
         layout.ensure_dirs()?;
         let mut ebpf = load_object(layout, opts, SOCK_OBJECT, "sock")?;
         for name in SOCK_PROGRAMS {
-            program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+            load(&mut ebpf, name)?;
         }
         Ok(Self { ebpf, layout: layout.clone() })
     }
@@ -49,16 +52,8 @@ impl SockDatapath {
     pub fn attach(&mut self, root: &Path) -> Result<(), DatapathError> {
         let cgroup = File::open(root).map_err(|source| DatapathError::Io { op: "opening", path: root.to_path_buf(), source })?;
         for name in SOCK_PROGRAMS {
-            let prog = program(&mut self.ebpf, name)?;
-            // A cgroup bpf_link takes no attach flags (the kernel rejects
-            // any with EINVAL) and always joins the cgroup's program list as
-            // multi-attach does; `Single` is aya's "no flags".
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| DatapathError::Attach { name, ifname: root.display().to_string(), source })?;
-            let link = prog.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
-            let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link { path: pin_path(&self.layout, name), source })?;
             let pin = pin_path(&self.layout, name);
+            let fd_link = attach_one(&mut self.ebpf, name, &cgroup, root, &pin)?;
             // (bpffs refuses names with a dot.)
             let fresh = self.layout.links_dir().join(format!("cgroup-{name}-new"));
             crate::attach::remove_pin(&fresh)?;
@@ -70,11 +65,41 @@ impl SockDatapath {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, DatapathError> {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::MissingProgram { object: "sock", name })?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, DatapathError> {
+    ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { object: "sock", name })
+}
+
+/// Loads program `name` of the socket object (sock_addr or sock).
+fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), DatapathError> {
+    let loaded = match program(ebpf, name)? {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSock(p) => p.load(),
+        _ => return Err(DatapathError::MissingProgram { object: "sock", name }),
+    };
+    loaded.map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Attaches program `name` to `cgroup` (the directory `root`) through a
+/// bpf_link, returned unpinned (its pin will be `pin`).
+fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File, root: &Path, pin: &Path) -> Result<FdLink, DatapathError> {
+    let attach_error = |source| DatapathError::Attach { name, ifname: root.display().to_string(), source };
+    let link_error = |source| DatapathError::Link { path: pin.to_path_buf(), source };
+    // A cgroup bpf_link takes no attach flags (the kernel rejects any with
+    // EINVAL) and always joins the cgroup's program list as multi-attach
+    // does; `Single` is aya's "no flags".
+    match program(ebpf, name)? {
+        Program::CgroupSockAddr(p) => {
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(attach_error)?;
+            let link = p.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
+            FdLink::try_from(link).map_err(link_error)
+        }
+        Program::CgroupSock(p) => {
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(attach_error)?;
+            let link = p.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
+            FdLink::try_from(link).map_err(link_error)
+        }
+        _ => Err(DatapathError::MissingProgram { object: "sock", name }),
+    }
 }
 
 /// Where the link of program `name` is pinned.

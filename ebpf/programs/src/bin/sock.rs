@@ -1,10 +1,14 @@
 //! The socket object: cgroup sock_addr programs on the cgroup hierarchy
 //! (`--cgroup-root`), for the node's own processes and, with
-//! `--socket-lb-namespaces all`, its pods' (see `sock_lb`).
+//! `--socket-lb-namespaces all`, its pods' (see `sock_lb`), and the
+//! cgroup sock program that forgets a released socket's reverse entry.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
 use weir_ebpf::sock_lb;
 
 #[cgroup_sock_addr(connect4)]
@@ -45,6 +49,11 @@ pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     sock_lb::restore::<true>(&ctx)
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    sock_lb::forget(&ctx)
 }
 
 #[cfg(not(test))]
