@@ -57,6 +57,64 @@ fn a_deleted_pod_interface_loses_its_pins_and_counters() {
     assert!(agent.link_pins(&b.host_if, b.host_ifindex).iter().all(|p| p.exists()));
 }
 
+/// The agent's lines logged at ERROR level.
+fn errors(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains(" ERROR ")).collect()
+}
+
+/// Waits up to 5 s for every pin in `pins` to be gone; whether they are.
+fn wait_gone(pins: &[std::path::PathBuf]) -> bool {
+    let start = std::time::Instant::now();
+    while pins.iter().any(|p| p.exists()) && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    pins.iter().all(|p| !p.exists())
+}
+
+#[test]
+fn a_pod_interface_that_never_carried_traffic_is_released_without_an_error() {
+    // Its counters were never created (the datapath creates an
+    // interface's counters with its first packet), so there is nothing
+    // to delete: the release is still a success, not an ERROR on every
+    // pod deleted before it sent anything.
+    let node = Node::new();
+    let mut agent = node.start_agent();
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 3, 2));
+    agent.wait_attached(&a.host_if, a.host_ifindex);
+    let (a_if, a_idx) = (a.host_if.clone(), a.host_ifindex);
+    drop(a);
+    assert!(wait_gone(&agent.link_pins(&a_if, a_idx)), "pins of a deleted interface are removed:\n{}", agent.log_text());
+    agent.wait_for_log("pod interface gone, released", 1);
+    let log = agent.log_text();
+    assert!(errors(&log).is_empty(), "releasing an interface without counters logged errors:\n{log}");
+}
+
+#[test]
+fn every_interface_that_vanished_while_the_agent_was_down_is_pruned_at_its_start() {
+    let node = Node::new();
+    let mut agent = node.start_agent();
+    let pods: Vec<_> = (0..3).map(|i| node.pod(&format!("p{i}"), Ipv4Addr::new(10, 244, 4, 2 + i))).collect();
+    for p in &pods {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    let pins: Vec<_> = pods.iter().flat_map(|p| agent.link_pins(&p.host_if, p.host_ifindex)).collect();
+    let names: Vec<String> = pods.iter().map(|p| p.host_if.clone()).collect();
+    // An agent stopped leaves its programs attached and pinned; the pods
+    // are deleted while no agent runs, so only the next start can see
+    // their pins are stale. None of them carried traffic.
+    agent.stop_with(libc::SIGTERM);
+    drop(pods);
+    let start = std::time::Instant::now();
+    while node.ns().links_with_prefix("weir").iter().any(|l| names.contains(l)) && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    agent.restart();
+    agent.wait_for_log("weir-agent ready", 2);
+    assert!(wait_gone(&pins), "all three vanished interfaces lose their pins at start:\n{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(errors(&log).is_empty() && !log.contains("pruning stale pins"), "pruning logged errors:\n{log}");
+}
+
 #[test]
 fn links_whose_events_the_kernel_dropped_still_get_the_programs() {
     let node = Node::new();

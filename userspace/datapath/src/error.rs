@@ -61,6 +61,27 @@ pub(crate) fn update_error(name: &'static str, capacity: u32, what: impl FnOnce(
     DatapathError::Map { name, source }
 }
 
+/// Whether a map operation failed because the key was not there. aya
+/// reports a lookup's miss as [`aya::maps::MapError::KeyNotFound`] but a
+/// delete's as the syscall's ENOENT, so both are checked.
+pub(crate) fn is_missing(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// A delete's result, with "the key was not there" counted as done: the
+/// entry is gone either way (the datapath may never have created it, as
+/// with an interface's counters before its first packet).
+pub(crate) fn deleted(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(e) if is_missing(&e) => Ok(()),
+        r => r,
+    }
+}
+
 impl DatapathError {
     /// A short, stable label for metrics and logs.
     pub fn kind(&self) -> &'static str {
@@ -104,4 +125,29 @@ pub fn chain(err: &dyn std::error::Error) -> String {
 
 fn refusals(r: &[crate::migrate::inspect::Refusal]) -> String {
     r.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::{maps::MapError, sys::SyscallError};
+
+    use super::deleted;
+
+    fn syscall(errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError { call: "bpf_map_delete_elem", io_error: std::io::Error::from_raw_os_error(errno) })
+    }
+
+    #[test]
+    fn a_delete_of_a_key_that_is_not_there_is_done() {
+        // What aya 0.14 returns for a delete that finds nothing.
+        assert!(deleted(Err(syscall(libc::ENOENT))).is_ok());
+        assert!(deleted(Err(MapError::KeyNotFound)).is_ok());
+        assert!(deleted(Ok(())).is_ok());
+    }
+
+    #[test]
+    fn a_delete_the_kernel_refused_is_still_an_error() {
+        assert!(matches!(deleted(Err(syscall(libc::EPERM))), Err(MapError::SyscallError(_))));
+        assert!(deleted(Err(syscall(libc::EINVAL))).is_err());
+    }
 }

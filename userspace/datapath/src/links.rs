@@ -14,7 +14,7 @@ use weir_common::{
     maps::{LINKS, LINKS_MAX_ENTRIES, POD_ADDRS, POD_ADDRS_MAX_ENTRIES},
 };
 
-use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
+use crate::{error::{is_missing, update_error}, pinned, pins::PinLayout, DatapathError};
 
 /// The pinned link maps.
 pub struct LinkAddrs {
@@ -24,14 +24,6 @@ pub struct LinkAddrs {
 
 fn addrs_of(info: &LinkInfo) -> Vec<Addr> {
     info.addrs[..(info.count as usize).min(LINK_ADDRS_MAX)].to_vec()
-}
-
-fn is_missing(e: &aya::maps::MapError) -> bool {
-    match e {
-        aya::maps::MapError::KeyNotFound => true,
-        aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
 }
 
 impl LinkAddrs {

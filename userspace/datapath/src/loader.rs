@@ -303,8 +303,8 @@ impl PodDatapath {
             PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name: IF_STATS, source })?;
         for dir in [Direction::FromPod, Direction::ToPod] {
             let key = IfStatsKey { ifindex, direction: dir as u32 };
-            match stats.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            match crate::error::deleted(stats.remove(&key)) {
+                Ok(()) => {}
                 Err(source) => return Err(DatapathError::Map { name: IF_STATS, source }),
             }
         }

@@ -174,8 +174,8 @@ impl PolicyMaps {
             if !self.name_cache.contains_key(k) {
                 continue;
             }
-            match self.names.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+            match crate::error::deleted(self.names.remove(k)) {
+                Ok(()) => {
                     self.name_cache.remove(k);
                     w.map_writes += 1;
                 }
@@ -220,8 +220,8 @@ impl PolicyMaps {
     pub fn prune_names(&mut self, keep: &BTreeMap<NameKey, String>, w: &mut PolicyWrites) {
         let doomed: Vec<NameKey> = self.name_cache.keys().filter(|k| !keep.contains_key(k)).copied().collect();
         for k in doomed {
-            match self.names.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+            match crate::error::deleted(self.names.remove(&k)) {
+                Ok(()) => {
                     self.name_cache.remove(&k);
                     w.map_writes += 1;
                 }
@@ -338,8 +338,8 @@ fn remove_keys<K: Ord + Copy, V>(
         if !current.contains_key(&k) {
             continue;
         }
-        match remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+        match crate::error::deleted(remove(&k)) {
+            Ok(()) => {
                 current.remove(&k);
                 w.map_writes += 1;
             }

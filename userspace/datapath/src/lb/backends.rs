@@ -72,8 +72,8 @@ impl Lb {
                     self.backends.remove(&owned);
                 }
             }
-            match self.backends_map.remove(id) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            match crate::error::deleted(self.backends_map.remove(id)) {
+                Ok(()) => {}
                 Err(source) => return Err(DatapathError::Map { name: BACKENDS, source }),
             }
             stats.map_writes += 1;
@@ -128,8 +128,8 @@ impl Lb {
         }
         self.backends.remove(&owned);
         self.ids.remove(&id);
-        match self.backends_map.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        match crate::error::deleted(self.backends_map.remove(&id)) {
+            Ok(()) => {}
             Err(source) => return Err(DatapathError::Map { name: BACKENDS, source }),
         }
         stats.map_writes += 1;

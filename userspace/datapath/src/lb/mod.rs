@@ -657,8 +657,8 @@ impl Lb {
         let key = frontend_key(frontend);
         let mut stats = WriteStats::default();
         let Some(old) = self.services.remove(&key) else { return Ok(stats) };
-        match self.frontends.remove(&key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        match crate::error::deleted(self.frontends.remove(&key)) {
+            Ok(()) => {}
             Err(source) => return Err(DatapathError::Map { name: FRONTENDS, source }),
         }
         let _ = self.times.remove(&old.service.id);
@@ -776,8 +776,8 @@ impl Lb {
         *count = count.saturating_sub(1);
         if *count == 0 {
             self.vips.remove(&addr);
-            match self.frontends.remove(&marker_key(addr)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            match crate::error::deleted(self.frontends.remove(&marker_key(addr))) {
+                Ok(()) => {}
                 Err(source) => return Err(DatapathError::Map { name: FRONTENDS, source }),
             }
             stats.map_writes += 1;

@@ -82,8 +82,8 @@ impl Manifest {
     pub fn prune(&mut self, live: &[u32]) -> Result<(), DatapathError> {
         for (id, _, _) in self.maps() {
             if !live.contains(&id) {
-                match self.map.remove(&AbiKey { kind: ABI_KIND_MAP, id }) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                match crate::error::deleted(self.map.remove(&AbiKey { kind: ABI_KIND_MAP, id })) {
+                    Ok(()) => {}
                     Err(source) => return Err(DatapathError::Map { name: ABI, source }),
                 }
             }
