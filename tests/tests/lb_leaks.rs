@@ -66,3 +66,36 @@ fn a_write_that_fails_after_taking_slots_gives_them_back_and_an_update_in_place_
         lb.upsert(&b).expect("B now fits");
     });
 }
+
+#[test]
+fn a_service_whose_entries_vanished_behind_the_agents_back_is_still_removed() {
+    use weir_common::lb::{Backend, FrontendKey, Service};
+    with_lb(1024, |lb, layout| {
+        let vip = Ipv4Addr::new(10, 96, 9, 1);
+        let a = cluster_ip(vip, 80, Protocol::Tcp, &backends(2));
+        lb.upsert(&a).expect("A");
+        // Its frontend, its VIP marker and its backends deleted by someone
+        // else (bpftool, a `weir` command): the kernel answers the agent's
+        // deletes with ENOENT, and the entries are gone either way.
+        let mut frontends: aya::maps::HashMap<aya::maps::MapData, FrontendKey, Service> =
+            weir_datapath::pinned::hash(layout, "WEIR_FRONTENDS").expect("frontends");
+        let keys: Vec<FrontendKey> = frontends.keys().map(|k| k.expect("key")).collect();
+        assert_eq!(keys.len(), 2, "A's frontend and its VIP marker");
+        for k in &keys {
+            frontends.remove(k).expect("delete behind the agent's back");
+        }
+        let mut backends_map: aya::maps::HashMap<aya::maps::MapData, u32, Backend> =
+            weir_datapath::pinned::hash(layout, "WEIR_BACKENDS").expect("backends");
+        let ids: Vec<u32> = backends_map.keys().map(|k| k.expect("key")).collect();
+        assert_eq!(ids.len(), 2);
+        for id in &ids {
+            backends_map.remove(id).expect("delete behind the agent's back");
+        }
+        lb.remove(&a.frontend).expect("removing entries that are already gone is done, not an error");
+        // (Its selection-table slots wait out their grace period.)
+        let (services, backend_ids, _) = lb.entry_counts();
+        assert_eq!((services, backend_ids), (0, 0), "nothing of A is left in the agent's books");
+        lb.upsert(&a).expect("A again");
+        assert_eq!(frontends.keys().count(), 2, "and it is programmed afresh");
+    });
+}
