@@ -41,11 +41,17 @@ const SKB_INGRESS_IFINDEX_OFF: usize = 36;
 pub fn pod_link(layout: &weir_datapath::PinLayout, name: &str, addrs: &[std::net::IpAddr]) -> u32 {
     let peer = format!("{name}p");
     crate::cmd::output(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
+    let ifindex = ifindex_of(name);
+    own_sources(layout, ifindex, addrs);
+    ifindex
+}
+
+/// The ifindex of link `name` in the caller's namespace (this thread's).
+pub fn ifindex_of(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("name");
     // SAFETY: a valid C string; the call only reads it.
     let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(ifindex, 0, "veth {name} was not created");
-    own_sources(layout, ifindex, addrs);
+    assert_ne!(ifindex, 0, "no link {name}");
     ifindex
 }
 

@@ -114,7 +114,11 @@ fn explain_matches_the_kernel_on_random_flows() {
                     assert!(out.proto == 1 || out.l4[13] & 0x04 != 0, "an ICMP error or a RST: {ctx}");
                 }
                 "forward" => {
-                    assert_eq!(run.verdict, TC_ACT_OK, "{ctx}");
+                    // Translated to a pod of this node: redirected to its
+                    // link; otherwise up the stack (no route here).
+                    let want = if x.egress_link.is_some() { TC_ACT_REDIRECT } else { TC_ACT_OK };
+                    *seen.entry(if x.egress_link.is_some() { "forward to a local pod's link" } else { "forward up the stack" }).or_default() += 1;
+                    assert_eq!(run.verdict, want, "{ctx}");
                     let out = parse_checked_v4(&run.packet);
                     let want = x.nat.map_or((IpAddr::V4(dst), dport), |(a, port)| (a, port));
                     assert_eq!((IpAddr::V4(out.dst), out.dport), want, "{ctx}");
@@ -128,7 +132,7 @@ fn explain_matches_the_kernel_on_random_flows() {
                 other => panic!("unknown verdict {other}: {ctx}"),
             }
         }
-        for v in ["drop", "reject", "forward"] {
+        for v in ["drop", "reject", "forward", "forward to a local pod's link", "forward up the stack"] {
             assert!(seen.get(v).copied().unwrap_or(0) >= 10, "too few {v} cases to mean anything: {seen:?}");
         }
         eprintln!("explain agreed with the kernel on 400 flows: {seen:?}");

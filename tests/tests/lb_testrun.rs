@@ -2,8 +2,12 @@
 //! reverse NAT bytes and checksums for TCP and UDP, and the RST / ICMP
 //! answers of a service that cannot take a connection.
 //!
-//! Each test runs in its own network namespace with no routes, so the
-//! program's FIB lookup finds nothing and the verdict is TC_ACT_OK.
+//! Each test runs in its own network namespace with no routes. The pods'
+//! addresses are routed to lo as far as weir knows (`WEIR_POD_ADDRS`, as
+//! the agent mirrors a node's host routes), so a packet to one is
+//! redirected to lo (TC_ACT_REDIRECT: a pod of this node); for any other
+//! address the program's FIB lookup finds nothing and the verdict is
+//! TC_ACT_OK.
 
 use std::net::Ipv4Addr;
 
@@ -47,7 +51,7 @@ fn tcp_is_dnated_to_the_backend_and_the_reply_comes_back_from_the_vip() {
 
         let syn = testrun::tcp4((CLIENT, 40000), (VIP, 80), true, b"");
         let run = testrun::run(prog, &syn).expect("run");
-        assert_eq!(run.verdict, TC_ACT_OK);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "to the backend's link");
         let out = parse_checked_v4(&run.packet);
         assert_eq!((out.src, out.sport), (CLIENT, 40000), "source untouched");
         assert_eq!((out.dst, out.dport), (BACKEND, 8080), "DNAT to the backend");
@@ -58,7 +62,7 @@ fn tcp_is_dnated_to_the_backend_and_the_reply_comes_back_from_the_vip() {
 
         let reply = testrun::tcp4((BACKEND, 8080), (CLIENT, 40000), false, b"HTTP/1.1 200 OK\r\n\r\n");
         let run = testrun::run(prog, &reply).expect("run");
-        assert_eq!(run.verdict, TC_ACT_OK);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "to the client's link");
         let out = parse_checked_v4(&run.packet);
         assert_eq!((out.src, out.sport), (VIP, 80), "reverse NAT restores the VIP");
         assert_eq!((out.dst, out.dport), (CLIENT, 40000));
@@ -318,5 +322,23 @@ fn maglev_and_random_selection_both_spread_new_flows() {
             assert_eq!(seen.len(), 3, "{selection:?} uses every backend: {seen:?}");
             assert!(seen.values().all(|n| *n >= 10), "{selection:?} spreads flows: {seen:?}");
         }
+    });
+}
+
+#[test]
+fn a_pod_address_whose_link_is_gone_is_left_to_the_fib() {
+    // The agent has not yet removed the address of a link that was just
+    // deleted: the packet must not be redirected into the void. With no
+    // route here, the FIB lookup sends it up the stack, untouched but for
+    // its translation.
+    with_datapath(|dp, lb, layout| {
+        testrun::own_sources(layout, 4242, &[BACKEND.into()]);
+        lb.upsert(&cluster_ip(VIP, 80, Protocol::Tcp, &[(BACKEND, 8080)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let run = testrun::run(prog, &testrun::tcp4((CLIENT, 40100), (VIP, 80), true, b"")).expect("run");
+        assert_eq!(run.verdict, TC_ACT_OK, "up the stack, not redirected to ifindex 4242");
+        let out = parse_checked_v4(&run.packet);
+        assert_eq!((out.dst, out.dport), (BACKEND, 8080), "translated");
+        assert_eq!(run.packet[22], 64, "not forwarded here: the TTL is the sender's");
     });
 }

@@ -4,8 +4,12 @@
 //! the RST / ICMPv6 answers of a service that cannot take a connection,
 //! and ICMPv6 errors about service flows, translated like their flow.
 //!
-//! Each test runs in its own network namespace with no routes, so the
-//! program's FIB lookup finds nothing and the verdict is TC_ACT_OK.
+//! Each test runs in its own network namespace with no routes. The pods'
+//! addresses are routed to lo as far as weir knows (`WEIR_POD_ADDRS`, as
+//! the agent mirrors a node's host routes), so a packet to one is
+//! redirected to lo (TC_ACT_REDIRECT: a pod of this node); for any other
+//! address the program's FIB lookup finds nothing and the verdict is
+//! TC_ACT_OK.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -55,11 +59,11 @@ fn tcp_is_dnated_to_the_backend_and_the_reply_comes_back_from_the_vip() {
         let prog = dp.program(Hook::FromPod).expect("from_pod");
 
         let run = testrun::run(prog, &testrun::tcp6((CLIENT, 40000), (VIP, 80), true, b"")).expect("run");
-        assert_eq!(run.verdict, TC_ACT_OK);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "to the backend's link");
         let out = parse_checked_v6(&run.packet);
         assert_eq!((out.src, out.sport), (CLIENT, 40000), "source untouched");
         assert_eq!((out.dst, out.dport), (BACKEND, 8080), "DNAT to the backend");
-        assert_eq!(out.hop, 64, "not forwarded (no route here): the hop limit is the sender's");
+        assert_eq!(out.hop, 63, "forwarded: the hop limit decremented");
 
         let data = testrun::tcp6((CLIENT, 40000), (VIP, 80), false, b"GET / HTTP/1.1\r\n\r\n");
         let out = parse_checked_v6(&testrun::run(prog, &data).expect("run").packet);
@@ -68,7 +72,7 @@ fn tcp_is_dnated_to_the_backend_and_the_reply_comes_back_from_the_vip() {
 
         let reply = testrun::tcp6((BACKEND, 8080), (CLIENT, 40000), false, b"HTTP/1.1 200 OK\r\n\r\n");
         let run = testrun::run(prog, &reply).expect("run");
-        assert_eq!(run.verdict, TC_ACT_OK);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "to the client's link");
         let out = parse_checked_v6(&run.packet);
         assert_eq!((out.src, out.sport), (VIP, 80), "reverse NAT restores the VIP");
         assert_eq!((out.dst, out.dport), (CLIENT, 40000));
@@ -182,7 +186,7 @@ fn both_fragments_of_a_datagram_are_translated_and_it_reassembles_with_a_valid_c
         let (first, later) = (fragment(CLIENT, VIP, 7, 0, true, &udp[..32]), fragment(CLIENT, VIP, 7, 32, false, &udp[32..]));
         let a = testrun::run(prog, &first).expect("run");
         let b = testrun::run(prog, &later).expect("run");
-        assert_eq!((a.verdict, b.verdict), (TC_ACT_OK, TC_ACT_OK));
+        assert_eq!((a.verdict, b.verdict), (TC_ACT_REDIRECT, TC_ACT_REDIRECT), "both to the backend's link");
         for f in [&a.packet, &b.packet] {
             assert_eq!((addr(&f[22..38]), addr(&f[38..54])), (CLIENT, BACKEND), "each fragment goes to the backend");
         }
@@ -259,7 +263,19 @@ fn a_vip_dialled_on_a_port_or_protocol_it_does_not_serve_is_refused() {
 
 #[test]
 fn a_packet_too_big_for_the_backends_link_is_answered_with_packet_too_big_from_the_vip() {
-    with_datapath(|dp, lb, layout| {
+    too_big_for_the_backends_link(true);
+}
+
+#[test]
+fn a_packet_too_big_for_the_route_to_a_remote_backend_is_answered_with_packet_too_big_from_the_vip() {
+    too_big_for_the_backends_link(false);
+}
+
+/// A backend behind a link of MTU 1280: a pod of this node on that link
+/// (`local`: its address in `WEIR_POD_ADDRS`, so the link's MTU is
+/// checked), or an address the node routes there (the FIB lookup's MTU).
+fn too_big_for_the_backends_link(local: bool) {
+    with_datapath(move |dp, lb, layout| {
         // The backend behind a link of MTU 1280 (smaller than the
         // client's packets).
         for k in ["all.disable_ipv6", "default.disable_ipv6"] {
@@ -272,6 +288,11 @@ fn a_packet_too_big_for_the_backends_link_is_answered_with_packet_too_big_from_t
         }
         weir_tests::cmd::output(&["ip", "-6", "route", "add", &format!("{BACKEND}/128"), "dev", "wtrb"]);
         weir_tests::cmd::output(&["ip", "-6", "neigh", "replace", &BACKEND.to_string(), "lladdr", "02:00:00:00:00:09", "dev", "wtrb", "nud", "permanent"]);
+        // The client alone on lo; the backend on wtrb, or on no pod link.
+        testrun::own_sources(layout, testrun::TEST_RUN_IFINDEX, &[CLIENT.into()]);
+        if local {
+            testrun::own_sources(layout, testrun::ifindex_of("wtrb"), &[BACKEND.into()]);
+        }
         lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
 
@@ -308,7 +329,7 @@ fn icmpv6_errors_of_service_flows_are_translated_like_their_flow() {
         // The backend's kernel answers with port unreachable.
         let err = testrun::icmp6_error(BACKEND, CLIENT, 1, 4, 0, &dnat);
         let run = testrun::run(from_pod, &err).expect("run");
-        assert_eq!(run.verdict, TC_ACT_OK, "forwarded (no route here)");
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "forwarded to the client's link");
         let (outer, quoted) = parse_checked_icmp6_error(&run.packet);
         assert_eq!((outer.src, outer.dst), (VIP, CLIENT), "the error comes from the service");
         assert_eq!(quoted, Quoted { src: CLIENT, dst: VIP, proto: UDP, sport: 43000, dport: 53 }, "about the client's own packet");
@@ -327,7 +348,7 @@ fn icmpv6_errors_of_service_flows_are_translated_like_their_flow() {
         let reply = testrun::udp6((VIP, 53), (CLIENT, 43000), b"late");
         let err = testrun::icmp6_error(CLIENT, VIP, 1, 4, 0, &reply);
         let run = testrun::run(from_pod, &err).expect("run");
-        assert_eq!(run.verdict, TC_ACT_OK);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "forwarded to the backend's link");
         let (outer, quoted) = parse_checked_icmp6_error(&run.packet);
         assert_eq!((outer.src, outer.dst), (CLIENT, BACKEND), "the backend hears about its own packet");
         assert_eq!(quoted, Quoted { src: BACKEND, dst: CLIENT, proto: UDP, sport: 5353, dport: 43000 });

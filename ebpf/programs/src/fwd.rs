@@ -4,6 +4,17 @@
 //! program still runs, so the pod's ingress policy sees the packet. When
 //! the lookup cannot answer, the packet goes up the stack as usual.
 //!
+//! A destination that is a pod of this node skips the FIB lookup: the
+//! node's host route to it is in `WEIR_POD_ADDRS` (the agent mirrors the
+//! host routes of the pod links there), so the packet is redirected to
+//! that link with the kernel resolving the neighbour (`bpf_redirect_neigh`
+//! given the pod's address as the next hop), after the link's MTU is
+//! checked (`bpf_check_mtu`, with the same answers as the lookup's). A
+//! link that no longer exists (an entry the agent has not removed yet)
+//! fails that check, and the packet takes the FIB lookup. The route lookup
+//! is the larger part of the forwarding's cost, and an IPv6 route lookup
+//! costs about twice an IPv4 one (docs/performance.md).
+//!
 //! As the kernel's forwarding does, a redirected packet's TTL is
 //! decremented, and a packet whose TTL would run out goes up the stack,
 //! which answers with ICMP time exceeded. The lookup is given the
@@ -24,14 +35,19 @@
 //!   agent sets `accept_local` there; see `ingress`).
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    bindings::{
+        bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
+    },
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
+use weir_common::addr::Addr;
 
 use crate::{
     debug::{self, debug_on},
     hdr::{Ipv4Pkt, Ipv6Pkt, IP6_HOP_LIMIT_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF},
+    maps::POD_ADDRS,
 };
 
 const AF_INET: u8 = 2;
@@ -56,6 +72,20 @@ pub fn too_big(verdict: i32) -> Option<u16> {
 pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if !hops_left(pkt.ttl) {
         return TC_ACT_OK as i32;
+    }
+    if let Some(ifindex) = local_pod(&Addr::from_v4_raw(pkt.daddr)) {
+        match fits(ctx, ifindex) {
+            Fits::Yes => {
+                if decrement_ttl(ctx, pkt).is_err() {
+                    return failed();
+                }
+                let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: pkt.daddr } };
+                return to_local_pod(ifindex, &mut nh);
+            }
+            Fits::TooBig(mtu) if pkt.df && !pkt.is_icmp_error() => return too_big_mtu(mtu),
+            Fits::TooBig(_) => return TC_ACT_OK as i32,
+            Fits::NoLink => {}
+        }
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     let p = prepare(ctx, &mut params, AF_INET, pkt.proto, pkt.sport, pkt.dport, pkt.tot_len);
@@ -82,6 +112,20 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
 pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
     if !hops_left(pkt.hop_limit) {
         return TC_ACT_OK as i32;
+    }
+    if let Some(ifindex) = local_pod(&pkt.t.daddr) {
+        match fits(ctx, ifindex) {
+            Fits::Yes => {
+                if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
+                    return failed();
+                }
+                let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: pkt.t.daddr.words() } };
+                return to_local_pod(ifindex, &mut nh);
+            }
+            Fits::TooBig(mtu) if !pkt.is_icmp_error() => return too_big_mtu(mtu),
+            Fits::TooBig(_) => return TC_ACT_OK as i32,
+            Fits::NoLink => {}
+        }
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     let p = prepare(ctx, &mut params, AF_INET6, pkt.t.proto, pkt.t.sport, pkt.t.dport, pkt.end.wrapping_sub(IP_OFF as u16));
@@ -156,11 +200,58 @@ fn lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> i64 {
 fn too_big_for(p: &bpf_fib_lookup) -> i32 {
     // SAFETY: the kernel writes the egress MTU over the length it was
     // given (a union).
-    let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+    too_big_mtu(unsafe { p.__bindgen_anon_1.mtu_result })
+}
+
+/// The too-big verdict for an egress MTU.
+#[inline(always)]
+fn too_big_mtu(mtu: u16) -> i32 {
     if debug_on() {
         debug::note_fwd(debug::FWD_TOO_BIG, mtu as u32);
     }
     TOO_BIG_BASE + mtu as i32
+}
+
+/// The link of a pod of this node that `daddr` is routed to.
+#[inline(always)]
+fn local_pod(daddr: &Addr) -> Option<u32> {
+    // SAFETY: map value reference, read once.
+    unsafe { POD_ADDRS.get(daddr) }.copied()
+}
+
+/// Whether a packet fits the link `ifindex`.
+enum Fits {
+    Yes,
+    /// Too big for its MTU.
+    TooBig(u16),
+    /// No such link (any more).
+    NoLink,
+}
+
+/// Checks the packet against the MTU of link `ifindex`, as the FIB
+/// lookup does when given the packet's length (a GSO super-packet fits:
+/// its segments do).
+#[inline(always)]
+fn fits(ctx: &TcContext, ifindex: u32) -> Fits {
+    let mut mtu: u32 = 0;
+    // SAFETY: valid skb pointer; `mtu` is ours (0: measure the skb).
+    let rc = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, ifindex, &mut mtu, 0, 0) };
+    match rc {
+        0 => Fits::Yes,
+        r if r == BPF_MTU_CHK_RET_FRAG_NEEDED as i64 => Fits::TooBig(mtu.min(u16::MAX as u32) as u16),
+        _ => Fits::NoLink,
+    }
+}
+
+/// Redirects to the egress of a local pod's link, the kernel resolving
+/// the neighbour `nh` (the pod's own address).
+#[inline(always)]
+fn to_local_pod(ifindex: u32, nh: &mut bpf_redir_neigh) -> i32 {
+    if debug_on() {
+        debug::note_fwd(debug::FWD_LOCAL, ifindex);
+    }
+    // SAFETY: plain helper call; `nh` is a valid neighbour parameter block.
+    unsafe { bpf_redirect_neigh(ifindex, nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
 }
 
 /// A rewrite failed: the packet goes up the stack.

@@ -115,6 +115,9 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
     if let Some((a, port)) = x.nat {
         println!("nat      destination -> {}", addr_port(a, port));
     }
+    if let Some(l) = x.egress_link {
+        println!("egress   the link of a pod of this node (ifindex {l}), no FIB lookup");
+    }
     if let Some(m) = x.masquerade {
         let (lo, hi) = maps.masq_ports();
         println!("masq     source -> {m} (a port of {lo}-{hi})");

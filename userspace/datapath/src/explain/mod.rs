@@ -152,6 +152,11 @@ pub struct Explanation {
     /// source, for a packet from a pod; `None` there: no pod link owns it,
     /// and from_pod drops it (an IPv6 link-local source aside).
     pub link: Option<u32>,
+    /// A translated packet forwarded to a pod of this node: that pod's link
+    /// (host-side ifindex), where the kernel redirects it without a FIB
+    /// lookup (`WEIR_POD_ADDRS`, as `fwd` reads it). `None` for a
+    /// translated packet: the node's FIB decides.
+    pub egress_link: Option<u32>,
     /// The flow is already allowed by the policy's conntrack.
     pub policy_conntrack: bool,
     /// A pod's TCP socket asking for this frontend is pointed at the
@@ -174,6 +179,7 @@ impl Explanation {
             nat: None,
             masquerade: None,
             link: None,
+            egress_link: None,
             policy_conntrack: false,
             at_connect: false,
             policy: Vec::new(),
@@ -263,6 +269,19 @@ impl Maps {
 
     /// Explains `p` entering at `entry`, at monotonic time `now_ns`.
     pub fn explain(&self, p: &Packet, entry: &Entry, now_ns: u64) -> Result<Explanation, DatapathError> {
+        let mut x = self.decide(p, entry, now_ns)?;
+        if x.verdict != "forward" {
+            x.egress_link = None;
+        }
+        Ok(x)
+    }
+
+    /// The link of a pod of this node that `addr` is routed to.
+    fn local_link(&self, addr: IpAddr) -> Option<u32> {
+        self.pod_addrs.get(&Addr::from(addr), 0).ok()
+    }
+
+    fn decide(&self, p: &Packet, entry: &Entry, now_ns: u64) -> Result<Explanation, DatapathError> {
         let (src, dst) = (Addr::from(p.src), Addr::from(p.dst));
         let mut x = Explanation::new(entry);
         match entry {
@@ -292,8 +311,9 @@ impl Maps {
         }
         // The socket programs see no replies: only the packet paths do.
         if *entry != Entry::Host {
-            if let Some(nat) = self.reply_of_service_flow(p, src, dst, now_ns) {
+            if let Some((nat, client)) = self.reply_of_service_flow(p, src, dst, now_ns) {
                 x.nat = Some(nat);
+                x.egress_link = self.local_link(client);
                 return Ok(x.end("forward", format!("reply of a service flow: source rewritten to the service address {}", nat.0)));
             }
         }
@@ -354,14 +374,15 @@ impl Maps {
     }
 
     /// The reverse entry of a service flow this packet replies to (a TCP
-    /// SYN is never a reply), with the address and port it is rewritten to.
-    fn reply_of_service_flow(&self, p: &Packet, src: Addr, dst: Addr, now: u64) -> Option<(IpAddr, u16)> {
+    /// SYN is never a reply), with the address and port its source is
+    /// rewritten to, and the client it goes to.
+    fn reply_of_service_flow(&self, p: &Packet, src: Addr, dst: Addr, now: u64) -> Option<((IpAddr, u16), IpAddr)> {
         if p.proto == PROTO_TCP {
             return None;
         }
         let e = self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV))?;
         let twin = ct_key(e.orig_addr, e.nat_addr, u16::from_be(e.orig_port), u16::from_be(e.nat_port), p.proto, CT_SVC_FWD);
-        (is_alive(&e, now) || self.ct_alive(&twin, now).is_some()).then(|| (IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)))
+        (is_alive(&e, now) || self.ct_alive(&twin, now).is_some()).then(|| ((IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)), IpAddr::from(e.orig_addr)))
     }
 
     /// The service half: frontend, refusal or backend, masquerade.
@@ -384,6 +405,7 @@ impl Maps {
         // The socket programs keep no conntrack: each connect() chooses.
         if let Some(existing) = self.existing_flow(&svc, p, client, dst, now).filter(|_| origin != Origin::Host) {
             x.nat = Some((existing.addr, existing.port));
+            x.egress_link = self.local_link(existing.addr);
             x.backend = Some(existing);
             x.reason = "an existing service flow keeps its backend (conntrack)".into();
             return Ok(Step::Done);
@@ -400,6 +422,7 @@ impl Maps {
             return Ok(Step::Done);
         };
         x.nat = (origin != Origin::Host).then_some((choice.addr, choice.port));
+        x.egress_link = x.nat.and_then(|(a, _)| self.local_link(a));
         x.at_connect = origin == Origin::Pod
             && p.proto == PROTO_TCP
             && self.config().sock_scope == weir_common::config::SOCK_SCOPE_ALL
