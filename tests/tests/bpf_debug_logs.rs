@@ -105,8 +105,10 @@ fn debug_logs_every_decision_of_a_service_connection_naming_the_object() {
     assert!(t.agent.log_text().contains("kernel debug logs on"), "the agent says the logs are on:\n{}", t.agent.log_text());
     t.connect();
     let (c, b) = (CLIENT.to_string(), BACKEND.to_string());
-    let to_backend = format!("redirect to ifindex {}", t.backend.host_ifindex);
-    let to_client = format!("redirect to ifindex {}", t.client.host_ifindex);
+    // Both are pods of this node: redirected to their own link without a
+    // FIB lookup (`fwd::local_pod`), to the right one.
+    let to_backend = format!("redirect to ifindex {}, a pod of this node", t.backend.host_ifindex);
+    let to_client = format!("redirect to ifindex {}, a pod of this node", t.client.host_ifindex);
     let lines = [
         // Frontend matched, backend chosen.
         wait_line(&t, &["lb: frontend 10.96.0.10:80 matched service", &format!("{b}:{PORT} chosen for {c}:")]),
@@ -131,8 +133,10 @@ fn an_ipv6_connection_logs_whole_ipv6_addresses() {
     let t = topo(&["--bpf-log-level", "debug"]);
     t.connect_to(VIP6.into());
     let (c, b, v) = (CLIENT6.to_string(), BACKEND6.to_string(), format!("[{VIP6}]:80"));
-    let to_backend = format!("redirect to ifindex {}", t.backend.host_ifindex);
-    let to_client = format!("redirect to ifindex {}", t.client.host_ifindex);
+    // Both are pods of this node: redirected to their own link without a
+    // FIB lookup (`fwd::local_pod`), to the right one.
+    let to_backend = format!("redirect to ifindex {}, a pod of this node", t.backend.host_ifindex);
+    let to_client = format!("redirect to ifindex {}, a pod of this node", t.client.host_ifindex);
     let lines = [
         wait_line(&t, &[&format!("lb: frontend {v} matched service"), &format!("[{b}]:{PORT} chosen for [{c}]:")]),
         wait_line(&t, &["policy: ingress of endpoint", &format!("from {c} "), &format!("port {PORT}: allow by key (identity")]),
