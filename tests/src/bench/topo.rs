@@ -79,7 +79,7 @@ pub struct BenchTopo {
     pub family: Family,
     pub client: Pod,
     pub backends: Vec<Pod>,
-    _servers: Vec<concurrent::Servers>,
+    _servers: concurrent::Servers,
     /// Each backend's UDP sinks (ClusterIP side, direct side, in backend
     /// order), counting the datagrams they receive.
     pub sinks: Vec<Server>,
@@ -195,7 +195,7 @@ impl BenchTopo {
             }
         }
         let any = unspecified(&target_vip(family));
-        let servers = backends.iter().map(|b| concurrent::serve(b.ns(), &b.name, any, 8080, 9000)).collect();
+        let servers = concurrent::serve(&backends.iter().map(|b| (b.ns(), b.name.as_str())).collect::<Vec<_>>(), any, 8080, 9000);
         let sinks = backends.iter().flat_map(|b| [udp_sink(b.ns(), any, UDP_SINK_PORT), udp_sink(b.ns(), any, UDP_DIRECT_PORT)]).collect();
         let iperf = Command::new("nsenter")
             .arg(format!("--net={}", backends[0].ns().path().display()))
