@@ -38,9 +38,6 @@ pub struct Server {
     handle: Option<JoinHandle<()>>,
     /// Connections (TCP) or datagrams (UDP) served so far.
     pub served: Arc<AtomicU64>,
-    /// UDP sinks: when the last datagram arrived, in ns after [`epoch`]
-    /// (0: none yet).
-    pub last_ns: Arc<AtomicU64>,
 }
 
 impl Server {
@@ -59,8 +56,8 @@ pub fn ping(ns: &NetNs, dst: impl Into<IpAddr>) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The instant [`Server::last_ns`] counts from (the first use in this
-/// process).
+/// The instant the benchmark's UDP sinks stamp arrivals from (the first
+/// use in this process).
 pub fn epoch() -> std::time::Instant {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
@@ -105,7 +102,7 @@ pub fn tcp_server_at(ns: &NetNs, addr: std::net::IpAddr, port: u16, reply: Reply
         }
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).expect("tcp server did not start");
-    Server { stop, handle: Some(handle), served, last_ns: Arc::new(AtomicU64::new(0)) }
+    Server { stop, handle: Some(handle), served }
 }
 
 /// Whether `listener` has a pending connection within `timeout_ms`.
@@ -175,43 +172,7 @@ pub fn udp_server_at(ns: &NetNs, addr: std::net::IpAddr, port: u16, reply: Reply
         }
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp server did not start");
-    Server { stop, handle: Some(handle), served, last_ns: Arc::new(AtomicU64::new(0)) }
-}
-
-/// Counts the UDP datagrams sent to `addr`:`port` inside `ns` (`addr`
-/// unspecified: any address of its family) and answers none: the
-/// receiving end of a flood. Its receive buffer is 64 MiB
-/// (SO_RCVBUFFORCE), so a burst is counted rather than dropped at the
-/// socket. It runs on the benchmark servers' CPU (`bench::cpu`).
-pub fn udp_sink(ns: &NetNs, addr: IpAddr, port: u16) -> Server {
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(AtomicU64::new(0));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop2, served2, last2) = (stop.clone(), served.clone(), last.clone());
-    let handle = ns.spawn(move || {
-        use std::os::fd::AsRawFd as _;
-        let _cpu = crate::bench::cpu::servers();
-        let sock = UdpSocket::bind((addr, port)).expect("udp bind");
-        let size: libc::c_int = 64 << 20;
-        // SAFETY: a valid socket and a c_int option value of the right size.
-        let rc = unsafe {
-            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
-        };
-        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
-        sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
-        let _ = ready_tx.send(());
-        let mut buf = [0u8; 2048];
-        let epoch = epoch();
-        while !stop2.load(Ordering::Relaxed) {
-            if sock.recv(&mut buf).is_ok() {
-                served2.fetch_add(1, Ordering::Relaxed);
-                last2.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }
-        }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp sink did not start");
-    Server { stop, handle: Some(handle), served, last_ns: last }
+    Server { stop, handle: Some(handle), served }
 }
 
 /// Connects from `ns` to `dst:port`, sends `payload`, half-closes and

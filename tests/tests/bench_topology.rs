@@ -6,13 +6,18 @@
 //! connections and requests are answered. A bench whose traffic silently
 //! fails would report a dataplane's failure as its speed.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, UdpSocket},
+    time::{Duration, Instant},
+};
 
 use weir_tests::{
     bench::{
         cell::{self, Plan},
         topo::{services, BenchTopo, Dataplane},
+        udp_sinks::UdpSinks,
     },
+    netns::NetNs,
     netpol::Family,
 };
 
@@ -76,4 +81,44 @@ fn every_dataplane_carries_the_benchmark_traffic_over_ipv6() {
     for dp in Dataplane::ALL {
         check(dp, Family::V6);
     }
+}
+
+/// The flood's sinks count each datagram at the socket it was sent to,
+/// whether their thread waits in poll(2) (idle) or reads without sleeping
+/// (while a measurement holds `busy`).
+#[test]
+fn the_udp_sinks_count_every_datagram_at_its_own_socket_idle_and_busy() {
+    weir_tests::privileged::require();
+    let ns = NetNs::new("wsink");
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let sinks = UdpSinks::start(&[(&ns, lo, 5301), (&ns, lo, 5302)]);
+    let send = |port: u16, n: usize| {
+        ns.run(move || {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("client socket");
+            for _ in 0..n {
+                s.send_to(b"x", ("127.0.0.1", port)).expect("send");
+            }
+        })
+    };
+    let counts_reach = |want: [u64; 2]| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let got: Vec<u64> = sinks.iter().map(|c| c.served()).collect();
+            if got == want || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    send(5301, 3);
+    assert_eq!(counts_reach([3, 0]), [3, 0], "idle: the datagrams wake the thread and are counted at their socket");
+    let idle_last = sinks.last_ns();
+    assert!(idle_last > 0, "the last arrival is stamped");
+    {
+        let _busy = sinks.busy();
+        send(5302, 5);
+        assert_eq!(counts_reach([3, 5]), [3, 5], "busy: counted without the thread sleeping");
+    }
+    assert!(sinks.last_ns() > idle_last, "the later arrival is stamped later");
+    assert_eq!(sinks.received(), 8);
 }

@@ -88,11 +88,10 @@ pub fn concurrent_short(t: &BenchTopo, plan: &Plan) -> Paired {
 /// `FIRST_SPORT + i * udp_flows`.
 pub fn udp(t: &BenchTopo, plan: &Plan) -> Paired {
     let ns = t.client.ns();
-    let sinks: Vec<_> = t.sinks.iter().collect();
     let ports = |i: usize| FIRST_SPORT + (i as u16) * plan.udp_flows;
     Paired::run(
         plan.pairs,
-        |i| udp_flows::slice(ns, t.client_ip(), t.udp_vips(), ports(i), plan.udp_flows, plan.udp_max, &sinks),
-        |i| udp_flows::slice(ns, t.client_ip(), t.udp_direct(), ports(i), plan.udp_flows, plan.udp_max, &sinks),
+        |i| udp_flows::slice(ns, t.client_ip(), t.udp_vips(), ports(i), plan.udp_flows, plan.udp_max, &t.sinks),
+        |i| udp_flows::slice(ns, t.client_ip(), t.udp_direct(), ports(i), plan.udp_flows, plan.udp_max, &t.sinks),
     )
 }

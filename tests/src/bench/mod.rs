@@ -16,4 +16,5 @@ pub mod report;
 pub mod stats;
 pub mod topo;
 pub mod udp_flows;
+pub mod udp_sinks;
 pub mod xnode;

@@ -14,12 +14,13 @@ use std::{
 use super::{
     baseline::{self, Proto, Svc},
     concurrent,
+    udp_sinks::UdpSinks,
 };
 use crate::{
     agent::Agent,
     cmd,
     netpol::Family,
-    traffic::{udp_sink, unspecified, Server},
+    traffic::unspecified,
     Node, Pod,
 };
 
@@ -82,7 +83,7 @@ pub struct BenchTopo {
     _servers: concurrent::Servers,
     /// Each backend's UDP sinks (ClusterIP side, direct side, in backend
     /// order), counting the datagrams they receive.
-    pub sinks: Vec<Server>,
+    pub sinks: UdpSinks,
     iperf: Option<Child>,
     pub agent: Option<Agent>,
     /// More flags for weir's agent (the benchmark's socket-level load
@@ -196,7 +197,7 @@ impl BenchTopo {
         }
         let any = unspecified(&target_vip(family));
         let servers = concurrent::serve(&backends.iter().map(|b| (b.ns(), b.name.as_str())).collect::<Vec<_>>(), any, 8080, 9000);
-        let sinks = backends.iter().flat_map(|b| [udp_sink(b.ns(), any, UDP_SINK_PORT), udp_sink(b.ns(), any, UDP_DIRECT_PORT)]).collect();
+        let sinks = UdpSinks::start(&backends.iter().flat_map(|b| [(b.ns(), any, UDP_SINK_PORT), (b.ns(), any, UDP_DIRECT_PORT)]).collect::<Vec<_>>());
         let iperf = Command::new("nsenter")
             .arg(format!("--net={}", backends[0].ns().path().display()))
             .args(["iperf3", "-s", "-p", "5201", "-B", &any.to_string()])

@@ -1,7 +1,8 @@
 //! New UDP flows per second: the DNS-shaped workload. One pod sends
 //! single-datagram flows, each from a source port it has not used yet in
 //! this topology, as fast as one core allows; the backends count what
-//! arrives (`traffic::udp_sink`).
+//! arrives (`bench::udp_sinks`, reading without sleeping while a slice
+//! runs, so that no datagram's sender pays to wake its reader).
 //!
 //! The datagrams are written whole (IPv4 or IPv6 + UDP, checksums right)
 //! to a raw socket, so the sender pays one `sendto` per flow and no socket setup:
@@ -11,18 +12,14 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::measure::Latency;
-use crate::{
-    netns::NetNs,
-    traffic::{epoch, Server},
-};
+use super::{measure::Latency, udp_sinks::UdpSinks};
+use crate::{netns::NetNs, traffic::epoch};
 
 /// Bytes of payload per datagram (a small DNS query).
 const PAYLOAD: [u8; 32] = [0x42; 32];
@@ -77,11 +74,6 @@ pub fn send(ns: &NetNs, src: IpAddr, dsts: Vec<SocketAddr>, first_sport: u16, fl
     })
 }
 
-/// Datagrams counted by `sinks` so far.
-fn received(sinks: &[&Server]) -> u64 {
-    sinks.iter().map(|s| s.served()).sum()
-}
-
 /// How long the sinks' count must stand still before a slice takes it as
 /// final, when datagrams are still missing: a sink thread can wait that
 /// long for its core (another test's threads, on 2 cores).
@@ -110,15 +102,16 @@ fn settle(count: impl Fn() -> u64, expected: u64) -> u64 {
 /// later of the last send and the last arrival (work the kernel deferred
 /// past the send loop is counted); failures are the datagrams sent and
 /// never counted.
-pub fn slice(ns: &NetNs, src: IpAddr, dsts: Vec<SocketAddr>, first_sport: u16, flows: u16, max: Duration, sinks: &[&Server]) -> Latency {
+pub fn slice(ns: &NetNs, src: IpAddr, dsts: Vec<SocketAddr>, first_sport: u16, flows: u16, max: Duration, sinks: &UdpSinks) -> Latency {
+    let _busy = sinks.busy();
     // Nothing is expected before the send: the count stands still first.
-    let before = settle(|| received(sinks), u64::MAX);
+    let before = settle(|| sinks.received(), u64::MAX);
     let Ok(sent) = send(ns, src, dsts, first_sport, flows, max) else {
         return Latency { failures: 1, ..Latency::default() };
     };
-    let got = settle(|| received(sinks), before + sent.datagrams).saturating_sub(before);
+    let got = settle(|| sinks.received(), before + sent.datagrams).saturating_sub(before);
     let start_ns = sent.started.saturating_duration_since(epoch()).as_nanos() as u64;
-    let last_ns = sinks.iter().map(|s| s.last_ns.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let last_ns = sinks.last_ns();
     let span = sent.took.max(Duration::from_nanos(last_ns.saturating_sub(start_ns)));
     Latency {
         per_s: got as f64 / span.as_secs_f64(),
