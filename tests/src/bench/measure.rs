@@ -10,7 +10,7 @@ use super::stats::percentile;
 use crate::{netns::NetNs, traffic::tcp_connect};
 
 /// One measurement: a rate, and the latency of what it counted.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     pub per_s: f64,
     pub p50_us: f64,

@@ -11,7 +11,7 @@ use std::{
 
 use crate::{cmd, netns::NetNs};
 
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct FlowMemory {
     /// Connections held open through the ClusterIP while measuring.
     pub flows: usize,

@@ -2,7 +2,7 @@
 //! (the direct path), alternating, so that "× direct" compares two halves
 //! measured moments apart rather than two runs seconds apart.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     measure::Latency,
@@ -10,7 +10,7 @@ use super::{
 };
 
 /// Slices of one metric, `vip[i]` and `direct[i]` measured back to back.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Paired {
     pub vip: Vec<Latency>,
     pub direct: Vec<Latency>,

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::report::{medians, Sample};
+use std::collections::BTreeMap;
+
+use super::report::{medians, vip_medians, Sample};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
@@ -26,10 +28,9 @@ enum YScale {
     Log,
 }
 
-/// One line per dataplane: `metric` against the number of services, on a
-/// log-scale N axis.
-fn line_plot(path: &Path, title: &str, y_label: &str, y_scale: YScale, samples: &[Sample], metric: impl Fn(&Sample) -> f64) -> Result<(), String> {
-    let m = medians(samples, metric);
+/// One line per dataplane: a figure per cell (services, dataplane)
+/// against the number of services, on a log-scale N axis.
+fn line_plot(path: &Path, title: &str, y_label: &str, y_scale: YScale, m: BTreeMap<(usize, &'static str), f64>) -> Result<(), String> {
     let xs: Vec<f64> = {
         let mut v: Vec<usize> = m.keys().map(|(n, _)| *n).collect();
         v.sort_unstable();
@@ -90,24 +91,24 @@ fn line_plot(path: &Path, title: &str, y_label: &str, y_scale: YScale, samples: 
     root.present().map_err(|e| e.to_string())
 }
 
-/// Writes one chart per metric into `dir`.
+/// Writes one chart per metric into `dir`. A measurement's point is the
+/// median over every ClusterIP slice of the cell's repetitions, the
+/// figure results.md prints; programming and memory, one figure per
+/// repetition, are the median of those.
 pub fn write(dir: &Path, samples: &[Sample]) -> Result<(), String> {
     use YScale::{Linear, Log};
     register_font()?;
-    line_plot(&dir.join("udp_flows.png"), "New UDP flows per second through a ClusterIP", "flows/s", Linear, samples, |s| s.udp.vip_median(|l| l.per_s))?;
-    line_plot(&dir.join("conn_rate_concurrent.png"), "New TCP connections per second, 32 in flight", "connections/s", Linear, samples, |s| {
-        s.concurrent_short.vip_median(|l| l.per_s)
-    })?;
-    line_plot(&dir.join("latency_p999_concurrent.png"), "Short-connection latency p99.9, 32 in flight", "µs", Linear, samples, |s| {
-        s.concurrent_short.vip_median(|l| l.p999_us)
-    })?;
-    line_plot(&dir.join("keepalive_concurrent.png"), "Keep-alive requests per second, 32 connections", "requests/s", Linear, samples, |s| {
-        s.concurrent_keepalive.vip_median(|l| l.per_s)
-    })?;
-    line_plot(&dir.join("conn_rate.png"), "New connections per second, one at a time", "connections/s", Linear, samples, |s| s.short.vip_median(|l| l.per_s))?;
-    line_plot(&dir.join("latency_p99.png"), "Request latency p99 (one connection per request)", "µs", Linear, samples, |s| s.short.vip_median(|l| l.p99_us))?;
-    line_plot(&dir.join("throughput.png"), "iperf3 throughput through a ClusterIP", "Gbit/s", Linear, samples, |s| s.throughput.vip_median(|l| l.per_s))?;
-    line_plot(&dir.join("memory_per_flow.png"), "Kernel memory per tracked flow", "bytes", Linear, samples, |s| s.memory.bytes_per_flow)?;
-    line_plot(&dir.join("programming.png"), "Programming all services", "ms (log scale)", Log, samples, |s| s.program.cold_ms)?;
-    line_plot(&dir.join("one_change.png"), "Programming one endpoint change", "ms (log scale)", Log, samples, |s| s.program.one_change_ms)
+    let plot = |file: &str, title: &str, y_label: &str, y_scale: YScale, m| line_plot(&dir.join(file), title, y_label, y_scale, m);
+    plot("udp_flows.png", "New UDP flows per second through a ClusterIP", "flows/s", Linear, vip_medians(samples, |s| &s.udp, |l| l.per_s))?;
+    let short = |f: fn(&super::measure::Latency) -> f64| vip_medians(samples, |s| &s.concurrent_short, f);
+    plot("conn_rate_concurrent.png", "New TCP connections per second, 32 in flight", "connections/s", Linear, short(|l| l.per_s))?;
+    plot("latency_p999_concurrent.png", "Short-connection latency p99.9, 32 in flight", "µs", Linear, short(|l| l.p999_us))?;
+    let keepalive = vip_medians(samples, |s| &s.concurrent_keepalive, |l| l.per_s);
+    plot("keepalive_concurrent.png", "Keep-alive requests per second, 32 connections", "requests/s", Linear, keepalive)?;
+    plot("conn_rate.png", "New connections per second, one at a time", "connections/s", Linear, vip_medians(samples, |s| &s.short, |l| l.per_s))?;
+    plot("latency_p99.png", "Request latency p99 (one connection per request)", "µs", Linear, vip_medians(samples, |s| &s.short, |l| l.p99_us))?;
+    plot("throughput.png", "iperf3 throughput through a ClusterIP", "Gbit/s", Linear, vip_medians(samples, |s| &s.throughput, |l| l.per_s))?;
+    plot("memory_per_flow.png", "Kernel memory per tracked flow", "bytes", Linear, medians(samples, |s| s.memory.bytes_per_flow))?;
+    plot("programming.png", "Programming all services", "ms (log scale)", Log, medians(samples, |s| s.program.cold_ms))?;
+    plot("one_change.png", "Programming one endpoint change", "ms (log scale)", Log, medians(samples, |s| s.program.one_change_ms))
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     cell::CONCURRENCY,
@@ -13,7 +13,7 @@ use super::{
     topo::{Dataplane, ProgramTimes},
 };
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
     pub dataplane: Dataplane,
     pub services: usize,
@@ -43,7 +43,7 @@ pub struct Sample {
 
 /// A cell the dataplane could not program (not within the run's limit,
 /// or its tool refused the rules).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NotProgrammed {
     pub dataplane: Dataplane,
     pub services: usize,
@@ -79,6 +79,12 @@ fn pooled<'a>(samples: &'a [Sample], pick: impl Fn(&Sample) -> &Paired) -> BTree
         m.entry((s.services, s.dataplane.as_str())).or_default().push(pick(s));
     }
     m
+}
+
+/// Per cell, the median of a metric over every ClusterIP slice of every
+/// repetition: the figure the tables print, and the plots draw.
+pub fn vip_medians(samples: &[Sample], pick: impl Fn(&Sample) -> &Paired, f: impl Fn(&Latency) -> f64) -> BTreeMap<Cell, f64> {
+    pooled(samples, pick).into_iter().map(|(k, runs)| (k, slice_median(&runs, false, &f))).collect()
 }
 
 /// The VIP or direct slices' median of a metric, over every repetition.
@@ -340,6 +346,37 @@ mod tests {
         }
         let udp_weir = md.lines().find(|l| l.starts_with("| 10 | weir | 200 |")).expect("weir's UDP row");
         assert!(udp_weir.contains("| 2.00 | 4.00 | 220 | 0.91 (n=3) | 0 |"), "{udp_weir}");
+    }
+
+    #[test]
+    fn the_plots_draw_the_tables_pooled_median_not_a_median_of_medians() {
+        // Two repetitions whose slices are 10, 10, 10 and 40, 40 (a slow
+        // first rep against a fast second): the pooled median is 10, the
+        // median of the two runs' medians 25.
+        let rep = |rates: &[f64]| Paired { vip: rates.iter().map(|r| Latency { per_s: *r, ..Latency::default() }).collect(), direct: vec![] };
+        let mut a = sample(Dataplane::Weir, 10, 0.0);
+        let mut b = a.clone();
+        (a.udp, b.udp) = (rep(&[10.0, 10.0, 10.0]), rep(&[40.0, 40.0]));
+        let m = vip_medians(&[a, b], |s| &s.udp, |l| l.per_s);
+        assert_eq!(m.get(&(10, "weir")), Some(&10.0));
+    }
+
+    #[test]
+    fn results_json_reads_back_into_the_same_report() {
+        let dir = std::env::temp_dir().join(crate::names::unique("weir-report"));
+        let samples = [sample(Dataplane::Weir, 10, 200.0), sample(Dataplane::Iptables, 1000, 100.0)];
+        let not = [NotProgrammed { dataplane: Dataplane::Nftables, services: 1000, why: "slow".into() }];
+        let md = write(&dir, &samples, &not, "test machine").expect("write");
+        #[derive(Deserialize)]
+        struct Back {
+            machine: String,
+            samples: Vec<Sample>,
+            not_programmed: Vec<NotProgrammed>,
+        }
+        let back: Back = serde_json::from_slice(&std::fs::read(dir.join("results.json")).expect("results.json")).expect("parse");
+        let again = write(&dir, &back.samples, &back.not_programmed, &back.machine).expect("write again");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(again, md);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{
     Node, Pod,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dataplane {
     Weir,
@@ -70,7 +70,7 @@ pub const UDP_DIRECT_PORT: u16 = 5301;
 pub const TARGETS: usize = 3 + UDP_VIPS.len();
 
 /// Programming times of one dataplane at one scale.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProgramTimes {
     pub cold_ms: f64,
     pub one_change_ms: f64,

@@ -6,6 +6,7 @@
 //! target/bench/results.{json,md} and one PNG per metric.
 //!
 //! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6] [--weir-socket-lb all|node]
+//!        weir-bench --replot DIR
 //!
 //! `--scales`, `--dataplanes` and `--reps` narrow a run (to look at one
 //! cell); the published figures come from a whole run. `--families`
@@ -16,6 +17,8 @@
 //! families side by side in the IPv4 report. `--weir-socket-lb` (default
 //! `all`, the agent's default) says whether weir's agent translates the
 //! client pod's sockets at connect; `node` measures weir's tc path.
+//! `--replot DIR` writes a finished run's results.md and plots again from
+//! its results.json, as the code now draws them.
 
 use std::{
     path::PathBuf,
@@ -93,6 +96,10 @@ fn list_arg(flag: &str) -> Option<Vec<String>> {
 }
 
 fn main() {
+    if let Some(dir) = list_arg("--replot") {
+        replot(PathBuf::from(dir.join(",")));
+        return;
+    }
     let started = Instant::now();
     let mut run = if std::env::args().any(|a| a == "--quick") { quick() } else { full() };
     if let Some(v) = list_arg("--scales") {
@@ -211,36 +218,80 @@ fn main() {
     let took = started.elapsed().as_secs_f64();
     let ct_max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
     let both = families.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(" and ");
-    for (fi, family) in families.iter().enumerate() {
-        let header = format!(
-            "{}; nf_conntrack_max {}; {family:?} (of {both}); weir's socket-level load balancing for pods: {sock_lb}; the run took {:.0} s",
-            machine(),
-            ct_max.trim(),
-            took
-        );
-        let dir = if fi == 0 { out_dir.clone() } else { out_dir.join(family_name(*family)) };
-        match report::write(&dir, &samples[fi], &not_programmed[fi], &header) {
-            Ok(mut md) => {
-                let v4 = families.iter().position(|f| *f == Family::V4);
-                let v6 = families.iter().position(|f| *f == Family::V6);
-                if let (0, Some(a), Some(b)) = (fi, v4, v6) {
-                    md.push_str(&report::families(&samples[a], &samples[b]));
-                    if let Err(e) = std::fs::write(dir.join("results.md"), &md) {
-                        eprintln!("writing results to {}: {e}", dir.display());
-                        std::process::exit(1);
-                    }
-                }
-                println!("{md}");
-                if let Err(e) = plot::write(&dir, &samples[fi]) {
-                    eprintln!("plots: {e}");
-                    std::process::exit(1);
-                }
-                println!("written to {} (results.json, results.md, *.png); the run took {took:.0} s", dir.display());
-            }
-            Err(e) => {
-                eprintln!("writing results to {}: {e}", dir.display());
-                std::process::exit(1);
-            }
+    let written: Vec<Written> = families
+        .iter()
+        .zip(samples)
+        .zip(not_programmed)
+        .enumerate()
+        .map(|(fi, ((family, samples), not_programmed))| Written {
+            dir: if fi == 0 { out_dir.clone() } else { out_dir.join(family_name(*family)) },
+            machine: format!(
+                "{}; nf_conntrack_max {}; {family:?} (of {both}); weir's socket-level load balancing for pods: {sock_lb}; the run took {:.0} s",
+                machine(),
+                ct_max.trim(),
+                took
+            ),
+            samples,
+            not_programmed,
+        })
+        .collect();
+    let v4 = families.iter().position(|f| *f == Family::V4);
+    let v6 = families.iter().position(|f| *f == Family::V6);
+    publish(&written, v4.zip(v6));
+    println!("the run took {took:.0} s");
+}
+
+/// One family's results, as results.json holds them (`report::write`).
+#[derive(serde::Deserialize)]
+struct Written {
+    #[serde(skip)]
+    dir: PathBuf,
+    /// The run's header line: machine, family, duration.
+    machine: String,
+    samples: Vec<Sample>,
+    not_programmed: Vec<NotProgrammed>,
+}
+
+/// Writes each family's results.json, results.md and plots into its
+/// directory; `both` (the IPv4 and IPv6 entries of `written`) adds the
+/// table of the two families side by side to the IPv4 report. Exits on
+/// an error.
+fn publish(written: &[Written], both: Option<(usize, usize)>) {
+    let fail = |dir: &std::path::Path, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("writing results to {}: {e}", dir.display());
+        std::process::exit(1);
+    };
+    for (i, w) in written.iter().enumerate() {
+        let mut md = report::write(&w.dir, &w.samples, &w.not_programmed, &w.machine).unwrap_or_else(|e| fail(&w.dir, &e));
+        if let Some((a, b)) = both.filter(|(a, _)| *a == i) {
+            md.push_str(&report::families(&written[a].samples, &written[b].samples));
+            std::fs::write(w.dir.join("results.md"), &md).unwrap_or_else(|e| fail(&w.dir, &e));
         }
+        println!("{md}");
+        plot::write(&w.dir, &w.samples).unwrap_or_else(|e| fail(&w.dir, &format!("plots: {e}")));
+        println!("written to {} (results.json, results.md, *.png)", w.dir.display());
     }
+}
+
+/// `--replot DIR`: the tables and plots again from DIR's results.json
+/// (and DIR/ipv6's, from a run over both families), as the code now
+/// draws them, without measuring anything.
+fn replot(dir: PathBuf) {
+    let read = |dir: PathBuf| -> Option<Written> {
+        let path = dir.join("results.json");
+        let text = std::fs::read(&path).ok()?;
+        let w: Written = serde_json::from_slice(&text).unwrap_or_else(|e| {
+            eprintln!("--replot: {}: {e}", path.display());
+            std::process::exit(1);
+        });
+        Some(Written { dir, ..w })
+    };
+    let Some(first) = read(dir.clone()) else {
+        eprintln!("--replot: no results.json in {}", dir.display());
+        std::process::exit(1);
+    };
+    let mut written = vec![first];
+    written.extend(read(dir.join(family_name(Family::V6))));
+    let both = (written.len() == 2).then_some((0, 1));
+    publish(&written, both);
 }
