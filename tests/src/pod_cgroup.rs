@@ -17,7 +17,11 @@ use crate::{bins, cmd, netns::NetNs};
 /// How the probe's socket talks to its destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SockMode {
+    /// TCP, connecting without blocking and then polling (std's
+    /// `connect_timeout`).
     Tcp,
+    /// TCP with a blocking `connect(2)`.
+    TcpBlocking,
     /// An unconnected UDP socket: `sendto`, and the reply's source.
     Udp,
     /// A connected UDP socket.
@@ -28,6 +32,7 @@ impl SockMode {
     fn arg(self) -> &'static str {
         match self {
             SockMode::Tcp => "tcp",
+            SockMode::TcpBlocking => "tcp-blocking",
             SockMode::Udp => "udp",
             SockMode::UdpConnected => "udp-connected",
         }
@@ -36,7 +41,7 @@ impl SockMode {
     /// The IP protocol number.
     pub fn proto(self) -> u8 {
         match self {
-            SockMode::Tcp => 6,
+            SockMode::Tcp | SockMode::TcpBlocking => 6,
             SockMode::Udp | SockMode::UdpConnected => 17,
         }
     }

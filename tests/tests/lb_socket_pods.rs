@@ -244,3 +244,35 @@ fn a_pods_flow_the_socket_path_cannot_serve_is_left_to_the_tc_path() {
     }
     assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
 }
+
+/// A connection the backend refuses leaves no reverse entry behind, how
+/// ever the pod connected: without blocking (the socket keeps its
+/// destination until released) or with a blocking `connect(2)`, after
+/// which the kernel has already cleared the socket's destination port,
+/// so `sock_release` alone could not name the entry. Each refused socket
+/// is checked while still open and once released.
+#[test]
+fn a_refused_connection_leaves_no_reverse_entry_behind() {
+    let cg = TestCgroup::new();
+    let c = cluster(&cg);
+    let (v4, v6) = (Ipv4Addr::new(10, 96, 0, 33), Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x33));
+    // x/a serves ports 80 and 81 only: 82 answers a SYN with a RST.
+    let y = yaml_dual_stack_service("closed", v4, v6, &[("t", 80, 82, "TCP")], &[(ip_of(XA), ip6_of(XA))]);
+    write_and_wait(&c, "closed.yaml", &y);
+    web(&c, &[XA]);
+    let table = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("the pods' socket reverse-translation map");
+    for (vip, web_vip, v6) in [(IpAddr::from(v4), IpAddr::from(VIP4), false), (IpAddr::from(v6), IpAddr::from(VIP6), true)] {
+        // The pod's connections are translated at connect here.
+        let held = cg.probe_held(c.pod(YA).ns(), SockMode::TcpBlocking, web_vip, 80);
+        assert_eq!(translated(&c, &held.probe, SockMode::TcpBlocking, v6), Some(SocketAddr::new(web_vip, 80)), "a blocking connect to {web_vip} is translated: {:?}", held.probe.result);
+        held.release();
+        for mode in [SockMode::Tcp, SockMode::TcpBlocking] {
+            let held = cg.probe_held(c.pod(YA).ns(), mode, vip, 80);
+            let errno = held.probe.result.as_ref().err().and_then(|e| e.1);
+            assert_eq!(errno, Some(libc::ECONNREFUSED), "{mode:?} to {vip}: the backend refuses: {:?}", held.probe.result);
+            assert_eq!(table.count(), 0, "{mode:?} to {vip}: the refused socket, still open, holds no reverse entry");
+            held.release();
+            assert_eq!(table.count(), 0, "{mode:?} to {vip}: nor once released");
+        }
+    }
+}

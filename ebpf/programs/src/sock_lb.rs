@@ -38,8 +38,9 @@
 //! pointed at the IPv4 backend, v4-mapped.
 //!
 //! A socket's reverse entry lives as long as the socket: `sock_release`
-//! deletes it when the socket is released, so the tables hold the live
-//! translated sockets only. Short connections then never fill them (no
+//! deletes it when the socket is released, and a translated TCP socket's
+//! as soon as its connect fails (`tcp_state`), so the tables hold the
+//! live translated sockets only. Short connections then never fill them (no
 //! insert pays for an LRU eviction), and a long-lived connection keeps its
 //! entry however many sockets others churn. An unconnected UDP socket of
 //! the node has one entry per frontend it sent to, keyed by backends it
@@ -48,10 +49,10 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_ANY},
+    bindings::{bpf_sock_addr, BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT},
     maps::LruHashMap,
     helpers::{bpf_get_prandom_u32, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie}},
-    programs::{SockAddrContext, SockContext},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use weir_common::{
@@ -269,4 +270,48 @@ pub fn forget(ctx: &SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = revnat(owner).remove(&SockRevKey { cookie, addr, port, proto, _pad0: 0, _pad1: 0 });
     ALLOW
+}
+
+/// sock_ops, for TCP sockets under the cgroup: a translated socket whose
+/// connect fails loses its reverse entry at once. When a socket the
+/// programs translated connects (`TCP_CONNECT_CB`: its SYN is about to
+/// leave), it asks to be told of its state changes. If its connection
+/// goes from SYN_SENT to CLOSE (refused, timed out, reset), the entry is
+/// deleted while the socket still names its backend: a blocking
+/// `connect(2)` that fails has the destination port cleared before the
+/// call returns, so `sock_release` could not name the entry. On any other
+/// change (it connected) the socket stops asking, and its entry lives
+/// until the socket is released. Sockets never translated ask for
+/// nothing.
+#[inline(always)]
+pub fn tcp_state(ctx: &SockOpsContext) -> u32 {
+    let op = ctx.op();
+    let connect = op == BPF_SOCK_OPS_TCP_CONNECT_CB;
+    if op == BPF_SOCK_OPS_STATE_CB && (ctx.arg(0) != BPF_TCP_SYN_SENT || ctx.arg(1) != BPF_TCP_CLOSE) {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        return 1;
+    }
+    if !connect && op != BPF_SOCK_OPS_STATE_CB {
+        return 1;
+    }
+    let Some((_, owner)) = scope(ctx) else { return 1 };
+    // Both addresses are read, each at its own offset (as in `forget`).
+    // SAFETY: reads of the program's own context fields.
+    let (ops, v4, v6) = unsafe { (&*ctx.ops, read_volatile(&(*ctx.ops).remote_ip4), read_volatile(&(*ctx.ops).remote_ip6)) };
+    let addr = if ops.family == AF_INET { Addr::from_v4_raw(v4) } else { addr6(v6) };
+    // The port as the kernel stores it, in the upper half of the field.
+    let port = (ops.remote_port >> 16) as u16;
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevKey { cookie, addr, port, proto: PROTO_TCP, _pad0: 0, _pad1: 0 };
+    let table = revnat(owner);
+    if connect {
+        // SAFETY: a map value reference, only tested for presence.
+        if unsafe { table.get(&key) }.is_some() {
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        }
+    } else {
+        let _ = table.remove(&key);
+    }
+    1
 }

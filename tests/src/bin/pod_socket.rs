@@ -3,7 +3,7 @@
 //! socket programs act on sockets by the cgroup of the process that
 //! opens them, and a test thread cannot leave the test process's cgroup.
 //!
-//! `weir-pod-socket <cgroup dir> <netns path> tcp|udp|udp-connected <ip> <port>`
+//! `weir-pod-socket <cgroup dir> <netns path> tcp|tcp-blocking|udp|udp-connected <ip> <port>`
 //! joins the cgroup, enters the network namespace, opens one socket,
 //! sends one request to `<ip>:<port>` and prints one JSON line: the
 //! socket's cookie, the reply's first word, the peer (TCP and connected
@@ -45,11 +45,20 @@ fn first_word(b: &[u8]) -> String {
 /// fails, and `held` keeps the socket open (a second descriptor of it).
 fn exchange(mode: &str, dst: SocketAddr, c: &mut u64, held: &mut Option<socket2::Socket>) -> std::io::Result<(String, SocketAddr)> {
     match mode {
-        "tcp" => {
+        "tcp" | "tcp-blocking" => {
             let s = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, None)?;
             *c = cookie(&s)?;
             *held = Some(s.try_clone()?);
-            s.connect_timeout(&dst.into(), TIMEOUT)?;
+            if mode == "tcp" {
+                // Non-blocking, then poll(2) (std's way).
+                s.connect_timeout(&dst.into(), TIMEOUT)?;
+            } else {
+                // A plain blocking connect(2), bounded by SO_SNDTIMEO: on
+                // failure the kernel disconnects the socket before the
+                // call returns.
+                s.set_write_timeout(Some(TIMEOUT))?;
+                s.connect(&dst.into())?;
+            }
             let mut s: TcpStream = s.into();
             s.set_read_timeout(Some(TIMEOUT))?;
             let peer = s.peer_addr()?;
@@ -87,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         _ => (args.as_slice(), false),
     };
     let [_, cgroup, netns, mode, ip, port] = args else {
-        anyhow::bail!("usage: weir-pod-socket <cgroup dir> <netns path> tcp|udp|udp-connected <ip> <port> [hold]");
+        anyhow::bail!("usage: weir-pod-socket <cgroup dir> <netns path> tcp|tcp-blocking|udp|udp-connected <ip> <port> [hold]");
     };
     // Before any other thread exists: the whole process moves.
     std::fs::write(std::path::Path::new(cgroup).join("cgroup.procs"), "0")?;

@@ -20,10 +20,11 @@ use aya::{
 use crate::{loader::{load_object, LoadOptions}, objects::SOCK_OBJECT, pins::PinLayout, DatapathError};
 
 /// The socket object's programs: the sock_addr ones for IPv4 and IPv6
-/// sockets, and `sock_release`, which deletes a released socket's reverse
-/// entry.
-pub const SOCK_PROGRAMS: [&str; 9] =
-    ["connect4", "sendmsg4", "recvmsg4", "getpeername4", "connect6", "sendmsg6", "recvmsg6", "getpeername6", "sock_release"];
+/// sockets, `sock_release`, which deletes a released socket's reverse
+/// entry, and `tcp_state` (sock_ops), which deletes a translated TCP
+/// socket's once its connect fails.
+pub const SOCK_PROGRAMS: [&str; 10] =
+    ["connect4", "sendmsg4", "recvmsg4", "getpeername4", "connect6", "sendmsg6", "recvmsg6", "getpeername6", "sock_release", "tcp_state"];
 
 /// The loaded socket object.
 pub struct SockDatapath {
@@ -74,6 +75,7 @@ fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), DatapathError> {
     let loaded = match program(ebpf, name)? {
         Program::CgroupSockAddr(p) => p.load(),
         Program::CgroupSock(p) => p.load(),
+        Program::SockOps(p) => p.load(),
         _ => return Err(DatapathError::MissingProgram { object: "sock", name }),
     };
     loaded.map_err(|source| DatapathError::Program { name, source })
@@ -94,6 +96,11 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File, root: &Path, p
             FdLink::try_from(link).map_err(link_error)
         }
         Program::CgroupSock(p) => {
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(attach_error)?;
+            let link = p.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
+            FdLink::try_from(link).map_err(link_error)
+        }
+        Program::SockOps(p) => {
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(attach_error)?;
             let link = p.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
             FdLink::try_from(link).map_err(link_error)

@@ -526,6 +526,7 @@ fn program_fd<'a>(objs: &'a mut [(&'static str, Ebpf)], object: &str, name: &'st
             Program::Xdp(p) => p.load(),
             Program::CgroupSockAddr(p) => p.load(),
             Program::CgroupSock(p) => p.load(),
+            Program::SockOps(p) => p.load(),
             _ => return Err(DatapathError::MissingProgram { object: "?", name }),
         };
         loaded.map_err(|source| DatapathError::Program { name, source })?;
@@ -615,6 +616,7 @@ mod tests {
         assert_eq!(program_of("eth0@2@xdp"), Some(("node", crate::xdp::XDP_PROGRAM)));
         assert_eq!(program_of("cgroup-connect4"), Some(("sock", "connect4")));
         assert_eq!(program_of("cgroup-sock_release"), Some(("sock", "sock_release")));
+        assert_eq!(program_of("cgroup-tcp_state"), Some(("sock", "tcp_state")));
         assert_eq!(program_of("cgroup-connect4-new"), None);
         assert_eq!(program_of("README"), None);
     }
