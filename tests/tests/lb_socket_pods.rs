@@ -250,22 +250,30 @@ fn a_pods_flow_the_socket_path_cannot_serve_is_left_to_the_tc_path() {
 /// destination until released) or with a blocking `connect(2)`, after
 /// which the kernel has already cleared the socket's destination port,
 /// so `sock_release` alone could not name the entry. Each refused socket
-/// is checked while still open and once released.
+/// is checked while still open and once released, over IPv4, IPv6 and an
+/// IPv6 socket asking for the IPv4 frontend (v4-mapped).
 #[test]
 fn a_refused_connection_leaves_no_reverse_entry_behind() {
     let cg = TestCgroup::new();
     let c = cluster(&cg);
     let (v4, v6) = (Ipv4Addr::new(10, 96, 0, 33), Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x33));
-    // x/a serves ports 80 and 81 only: 82 answers a SYN with a RST.
-    let y = yaml_dual_stack_service("closed", v4, v6, &[("t", 80, 82, "TCP")], &[(ip_of(XA), ip6_of(XA))]);
+    // x/a serves ports 80 and 81 only: port 80 of the service goes to 82,
+    // where a SYN is answered with a RST; port 81 goes to 80, served.
+    let y = yaml_dual_stack_service("closed", v4, v6, &[("t", 80, 82, "TCP"), ("s", 81, 80, "TCP")], &[(ip_of(XA), ip6_of(XA))]);
     write_and_wait(&c, "closed.yaml", &y);
-    web(&c, &[XA]);
     let table = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("the pods' socket reverse-translation map");
-    for (vip, web_vip, v6) in [(IpAddr::from(v4), IpAddr::from(VIP4), false), (IpAddr::from(v6), IpAddr::from(VIP6), true)] {
-        // The pod's connections are translated at connect here.
-        let held = cg.probe_held(c.pod(YA).ns(), SockMode::TcpBlocking, web_vip, 80);
-        assert_eq!(translated(&c, &held.probe, SockMode::TcpBlocking, v6), Some(SocketAddr::new(web_vip, 80)), "a blocking connect to {web_vip} is translated: {:?}", held.probe.result);
+    let mapped = IpAddr::from(v4.to_ipv6_mapped());
+    for (vip, v6) in [(IpAddr::from(v4), false), (IpAddr::from(v6), true), (mapped, false)] {
+        // The service's sockets are translated at connect: a blocking
+        // connect to its served port holds an entry naming the frontend.
+        let held = cg.probe_held(c.pod(YA).ns(), SockMode::TcpBlocking, vip, 81);
+        if vip != mapped {
+            assert_eq!(translated(&c, &held.probe, SockMode::TcpBlocking, v6), Some(SocketAddr::new(vip, 81)), "{vip}:81 is translated at connect: {:?}", held.probe.result);
+        } else {
+            assert!(held.probe.result.is_ok() && table.count() == 1, "{vip}:81 is translated at connect: {:?}, {} entries", held.probe.result, table.count());
+        }
         held.release();
+        assert_eq!(table.count(), 0, "{vip}:81: the released socket's entry is gone");
         for mode in [SockMode::Tcp, SockMode::TcpBlocking] {
             let held = cg.probe_held(c.pod(YA).ns(), mode, vip, 80);
             let errno = held.probe.result.as_ref().err().and_then(|e| e.1);

@@ -49,7 +49,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT},
+    bindings::{bpf_sock_addr, BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT},
     maps::LruHashMap,
     helpers::{bpf_get_prandom_u32, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie}},
     programs::{SockAddrContext, SockContext, SockOpsContext},
@@ -275,23 +275,27 @@ pub fn forget(ctx: &SockContext) -> i32 {
 /// sock_ops, for TCP sockets under the cgroup: a translated socket whose
 /// connect fails loses its reverse entry at once. When a socket the
 /// programs translated connects (`TCP_CONNECT_CB`: its SYN is about to
-/// leave), it asks to be told of its state changes. If its connection
-/// goes from SYN_SENT to CLOSE (refused, timed out, reset), the entry is
-/// deleted while the socket still names its backend: a blocking
-/// `connect(2)` that fails has the destination port cleared before the
-/// call returns, so `sock_release` could not name the entry. On any other
-/// change (it connected) the socket stops asking, and its entry lives
-/// until the socket is released. Sockets never translated ask for
+/// leave), it asks to be told of its state changes (the flag is added to
+/// the socket's others, and never cleared: another sock_ops program on
+/// the hierarchy may have asked too). If its connection goes from
+/// SYN_SENT (or SYN_RECV, a simultaneous open) to CLOSE (refused, timed
+/// out, reset), the entry is deleted while the socket still names its
+/// backend: a blocking `connect(2)` that fails has the destination port
+/// cleared before the call returns, so `sock_release` could not name the
+/// entry. Every other change is ignored, and a connected socket's entry
+/// lives until the socket is released. Sockets never translated ask for
 /// nothing.
+///
+/// A connect that fails before its SYN (no free source port, no route)
+/// never reaches `TCP_CONNECT_CB`: its entry is still left to the LRU.
 #[inline(always)]
 pub fn tcp_state(ctx: &SockOpsContext) -> u32 {
     let op = ctx.op();
     let connect = op == BPF_SOCK_OPS_TCP_CONNECT_CB;
-    if op == BPF_SOCK_OPS_STATE_CB && (ctx.arg(0) != BPF_TCP_SYN_SENT || ctx.arg(1) != BPF_TCP_CLOSE) {
-        let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-        return 1;
-    }
-    if !connect && op != BPF_SOCK_OPS_STATE_CB {
+    let failed = op == BPF_SOCK_OPS_STATE_CB
+        && ctx.arg(1) == BPF_TCP_CLOSE
+        && (ctx.arg(0) == BPF_TCP_SYN_SENT || ctx.arg(0) == BPF_TCP_SYN_RECV);
+    if !connect && !failed {
         return 1;
     }
     let Some((_, owner)) = scope(ctx) else { return 1 };
@@ -299,8 +303,9 @@ pub fn tcp_state(ctx: &SockOpsContext) -> u32 {
     // SAFETY: reads of the program's own context fields.
     let (ops, v4, v6) = unsafe { (&*ctx.ops, read_volatile(&(*ctx.ops).remote_ip4), read_volatile(&(*ctx.ops).remote_ip6)) };
     let addr = if ops.family == AF_INET { Addr::from_v4_raw(v4) } else { addr6(v6) };
-    // The port as the kernel stores it, in the upper half of the field.
-    let port = (ops.remote_port >> 16) as u16;
+    // The port in network order, which the kernel puts in the upper half
+    // of the field on a little-endian machine.
+    let port = if cfg!(target_endian = "little") { (ops.remote_port >> 16) as u16 } else { ops.remote_port as u16 };
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockRevKey { cookie, addr, port, proto: PROTO_TCP, _pad0: 0, _pad1: 0 };

@@ -91,9 +91,9 @@ pub fn send(ns: &NetNs, src: IpAddr, dsts: Vec<SocketAddr>, first_sport: u16, fl
             // names, iovecs and buffers (`addrs`, `iovs`, `packets`) outlive
             // the call; the kernel writes only each header's `msg_len`.
             let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr().add(next), n as libc::c_uint, 0) };
-            // A datagram the kernel refuses ends the call: it returns how
-            // many went before it, or -1 if it was the first, which is
-            // counted and skipped.
+            // A datagram the kernel refuses ends the call, which returns
+            // how many went before it; the next call starts with it, and
+            // returns -1: it is counted and skipped.
             match usize::try_from(rc) {
                 Ok(sent) if sent > 0 => next += sent,
                 _ => {

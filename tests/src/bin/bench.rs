@@ -97,7 +97,12 @@ fn list_arg(flag: &str) -> Option<Vec<String>> {
 
 fn main() {
     if let Some(dir) = list_arg("--replot") {
-        replot(PathBuf::from(dir.join(",")));
+        let dir = dir.join(",");
+        if dir.is_empty() {
+            eprintln!("--replot: which run's directory?");
+            std::process::exit(2);
+        }
+        replot(PathBuf::from(dir));
         return;
     }
     let started = Instant::now();
@@ -112,13 +117,17 @@ fn main() {
         Some(v) => v.iter().map(|d| Dataplane::ALL.into_iter().find(|x| x.as_str() == d).unwrap_or_else(|| panic!("--dataplanes: no dataplane {d}"))).collect(),
         None => Dataplane::ALL.to_vec(),
     };
-    let families: Vec<Family> = match list_arg("--families") {
+    let mut families: Vec<Family> = match list_arg("--families") {
         Some(v) => v
             .iter()
             .map(|f| Family::ALL.into_iter().find(|x| family_name(*x) == f).unwrap_or_else(|| panic!("--families: no family {f} (ipv4, ipv6)")))
             .collect(),
         None => vec![Family::V4],
     };
+    // IPv4 first: its report goes to the output directory itself, with
+    // the table of both families, and IPv6's under it (`--replot` reads
+    // them back so).
+    families.sort_by_key(|f| *f != Family::V4);
     assert!(run.cell.udp_ports_fit());
     // weir as deployed: pods' sockets are translated at connect
     // (`--socket-lb-namespaces all`, the agent's default), so the client
@@ -279,7 +288,14 @@ fn publish(written: &[Written], both: Option<(usize, usize)>) {
 fn replot(dir: PathBuf) {
     let read = |dir: PathBuf| -> Option<Written> {
         let path = dir.join("results.json");
-        let text = std::fs::read(&path).ok()?;
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                eprintln!("--replot: {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        };
         let w: Written = serde_json::from_slice(&text).unwrap_or_else(|e| {
             eprintln!("--replot: {}: {e}", path.display());
             std::process::exit(1);
