@@ -7,6 +7,7 @@ pub mod cell;
 pub mod cluster_gen;
 pub mod concurrent;
 pub mod cpu;
+pub mod interrupt;
 pub mod measure;
 pub mod memory;
 pub mod paired;

@@ -23,6 +23,9 @@ impl Paired {
     pub fn run(pairs: usize, mut vip: impl FnMut(usize) -> Latency, mut direct: impl FnMut(usize) -> Latency) -> Self {
         let mut p = Paired::default();
         for i in 0..pairs {
+            // A run stopped by a signal unwinds between slices, so the
+            // topology it measures is removed (`bench::interrupt`).
+            super::interrupt::check();
             let (v, d) = if i % 2 == 0 {
                 let v = vip(i);
                 (v, direct(i))

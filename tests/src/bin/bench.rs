@@ -7,6 +7,7 @@
 //!
 //! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6] [--weir-socket-lb all|node]
 //!        weir-bench --replot DIR
+//! (`weir-bench --help` says the same; an unknown argument is refused.)
 //!
 //! `--scales`, `--dataplanes` and `--reps` narrow a run (to look at one
 //! cell); the published figures come from a whole run. `--families`
@@ -27,7 +28,7 @@ use std::{
 
 use weir_tests::bench::{
     cell::{self, Plan, CONCURRENCY},
-    memory,
+    interrupt, memory,
     paired::Paired,
     plot,
     report::{self, machine, NotProgrammed, Sample},
@@ -88,58 +89,106 @@ fn family_name(f: Family) -> &'static str {
     }
 }
 
-/// The value after `--flag`, split at commas.
-fn list_arg(flag: &str) -> Option<Vec<String>> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == flag)?;
-    Some(args.get(i + 1).map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default())
+fn parse_dataplane(s: &str) -> Result<Dataplane, String> {
+    Dataplane::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| format!("no dataplane {s} (weir, iptables, nftables)"))
+}
+
+fn parse_family(s: &str) -> Result<Family, String> {
+    Family::ALL.into_iter().find(|f| family_name(*f) == s).ok_or_else(|| format!("no family {s} (ipv4, ipv6)"))
+}
+
+/// Whose sockets weir's agent translates at connect (its
+/// `--socket-lb-namespaces`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SocketLb {
+    /// Every pod's, as deployed by default.
+    All,
+    /// The node's only: the client pod's connections take the tc path.
+    Node,
+}
+
+/// weir against kube-proxy-style iptables and nftables rules, on the same
+/// topology, interleaved. Writes results.{json,md} and one PNG per metric
+/// to $WEIR_BENCH_OUT (default target/bench). Ctrl-C stops the run after
+/// the slice under way and removes its namespaces, agents and pins.
+#[derive(clap::Parser, Debug)]
+#[command(name = "weir-bench")]
+struct Args {
+    /// A few minutes: two scales, one repetition, shorter measurements.
+    #[arg(long)]
+    quick: bool,
+    /// Service counts to measure (default 10,1000,10000,100000; --quick:
+    /// 10,1000).
+    #[arg(long, value_delimiter = ',')]
+    scales: Option<Vec<usize>>,
+    /// Dataplanes to measure (default all three).
+    #[arg(long, value_delimiter = ',', value_parser = parse_dataplane)]
+    dataplanes: Option<Vec<Dataplane>>,
+    /// Repetitions of every cell (default 3; --quick: 1).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Families to measure each cell over, in turn; IPv6's report goes to
+    /// ipv6/ under the output directory.
+    #[arg(long, value_delimiter = ',', value_parser = parse_family, default_value = "ipv4")]
+    families: Vec<Family>,
+    /// `node` measures weir's tc path for the client pod's TCP.
+    #[arg(long, value_enum, default_value = "all")]
+    weir_socket_lb: SocketLb,
+    /// Write a finished run's results.md and plots again from DIR's
+    /// results.json (and DIR/ipv6's), measuring nothing.
+    #[arg(long, value_name = "DIR", exclusive = true)]
+    replot: Option<PathBuf>,
 }
 
 fn main() {
-    if let Some(dir) = list_arg("--replot") {
-        let dir = dir.join(",");
-        if dir.is_empty() {
-            eprintln!("--replot: which run's directory?");
-            std::process::exit(2);
-        }
-        replot(PathBuf::from(dir));
+    let args = <Args as clap::Parser>::parse();
+    if let Some(dir) = args.replot {
+        replot(dir);
         return;
     }
+    if let Err(e) = interrupt::install() {
+        eprintln!("weir-bench: routing SIGINT and SIGTERM: {e}");
+        std::process::exit(1);
+    }
+    // A run a signal stopped unwinds out of `measure` (every topology
+    // dropped and removed on the way) and exits as a shell expects.
+    match std::panic::catch_unwind(|| measure(args)) {
+        Ok(()) => {}
+        Err(payload) if payload.is::<interrupt::Interrupted>() => {
+            eprintln!("weir-bench: interrupted; nothing written");
+            std::process::exit(130);
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+fn measure(args: Args) {
     let started = Instant::now();
-    let mut run = if std::env::args().any(|a| a == "--quick") { quick() } else { full() };
-    if let Some(v) = list_arg("--scales") {
-        run.scales = v.iter().map(|n| n.parse().unwrap_or_else(|_| panic!("--scales: {n} is not a number"))).collect();
+    let mut run = if args.quick { quick() } else { full() };
+    if let Some(scales) = args.scales {
+        run.scales = scales;
     }
-    if let Some(v) = list_arg("--reps") {
-        run.reps = v.first().and_then(|r| r.parse().ok()).unwrap_or_else(|| panic!("--reps: {v:?} is not a number"));
+    if let Some(reps) = args.reps {
+        run.reps = reps;
     }
-    let dataplanes: Vec<Dataplane> = match list_arg("--dataplanes") {
-        Some(v) => v.iter().map(|d| Dataplane::ALL.into_iter().find(|x| x.as_str() == d).unwrap_or_else(|| panic!("--dataplanes: no dataplane {d}"))).collect(),
-        None => Dataplane::ALL.to_vec(),
-    };
-    let mut families: Vec<Family> = match list_arg("--families") {
-        Some(v) => v
-            .iter()
-            .map(|f| Family::ALL.into_iter().find(|x| family_name(*x) == f).unwrap_or_else(|| panic!("--families: no family {f} (ipv4, ipv6)")))
-            .collect(),
-        None => vec![Family::V4],
-    };
+    let dataplanes = args.dataplanes.unwrap_or_else(|| Dataplane::ALL.to_vec());
+    let mut families = args.families;
     // IPv4 first: its report goes to the output directory itself, with
     // the table of both families, and IPv6's under it (`--replot` reads
     // them back so).
     families.sort_by_key(|f| *f != Family::V4);
+    families.dedup();
     assert!(run.cell.udp_ports_fit());
     // weir as deployed: pods' sockets are translated at connect
     // (`--socket-lb-namespaces all`, the agent's default), so the client
     // pod's ClusterIP connections carry no per-packet NAT. `--weir-socket-lb
     // node` measures the tc path instead (as a service mesh deployment
     // runs it). The UDP flood uses a raw socket: always the tc path.
-    let sock_lb = list_arg("--weir-socket-lb").and_then(|v| v.first().cloned()).unwrap_or_else(|| "all".into());
-    let sock_cgroup = match sock_lb.as_str() {
-        "all" => Some(weir_tests::pod_cgroup::TestCgroup::new()),
-        "node" => None,
-        other => panic!("--weir-socket-lb: {other} is neither all nor node"),
+    let sock_lb = match args.weir_socket_lb {
+        SocketLb::All => "all",
+        SocketLb::Node => "node",
     };
+    let sock_cgroup = (args.weir_socket_lb == SocketLb::All).then(weir_tests::pod_cgroup::TestCgroup::new);
     let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(
         |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
         PathBuf::from,
@@ -156,6 +205,7 @@ fn main() {
                 if not_programmed[fi].iter().any(|np| np.dataplane == dp && np.services <= n) {
                     continue;
                 }
+                interrupt::check();
                 eprintln!("==> rep {rep} services {n} {family:?} dataplane {}", dp.as_str());
                 let mut t = BenchTopo::new(family);
                 if let Some(cg) = &sock_cgroup {
