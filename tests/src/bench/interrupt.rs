@@ -49,7 +49,24 @@ pub fn check() {
     }
 }
 
-/// Whether [`check`] will unwind.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+/// Runs a benchmark binary's `measure` with SIGINT and SIGTERM routed to
+/// [`check`]: a run they stop unwinds out of `measure` (every topology
+/// dropped and removed on the way), and the process then exits with
+/// status 130, as a shell expects of an interrupted command. `bin` names
+/// the binary in its messages.
+pub fn run<T>(bin: &str, measure: impl FnOnce() -> T) -> T {
+    if let Err(e) = install() {
+        eprintln!("{bin}: routing SIGINT and SIGTERM: {e}");
+        std::process::exit(1);
+    }
+    // AssertUnwindSafe: nothing `measure` touched is used after an unwind;
+    // the process exits.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(measure)) {
+        Ok(v) => v,
+        Err(payload) if payload.is::<Interrupted>() => {
+            eprintln!("{bin}: interrupted; nothing written");
+            std::process::exit(130);
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
 }

@@ -146,20 +146,7 @@ fn main() {
         replot(dir);
         return;
     }
-    if let Err(e) = interrupt::install() {
-        eprintln!("weir-bench: routing SIGINT and SIGTERM: {e}");
-        std::process::exit(1);
-    }
-    // A run a signal stopped unwinds out of `measure` (every topology
-    // dropped and removed on the way) and exits as a shell expects.
-    match std::panic::catch_unwind(|| measure(args)) {
-        Ok(()) => {}
-        Err(payload) if payload.is::<interrupt::Interrupted>() => {
-            eprintln!("weir-bench: interrupted; nothing written");
-            std::process::exit(130);
-        }
-        Err(payload) => std::panic::resume_unwind(payload),
-    }
+    interrupt::run("weir-bench", || measure(args));
 }
 
 fn measure(args: Args) {

@@ -25,6 +25,8 @@
 //! ```text
 //! weir-pktcost [--quick] [--services N] [--bpf-log-level off|debug|trace] [--out target/bench/pkt_cost.json]
 //! ```
+//! (`--help` says more.) Ctrl-C stops the run and removes its namespace
+//! and pins.
 
 use std::{
     cell::RefCell,
@@ -102,6 +104,9 @@ struct Runner {
 
 impl Runner {
     fn run(&self, prog: &SchedClassifier, pkt: &[u8], ifindex: u32) -> u64 {
+        // Between runs: a signal stops the measurement here (unwinding,
+        // so the namespace and pins are removed).
+        weir_tests::bench::interrupt::check();
         let ns = ns_per_run(prog, pkt, 1, ifindex);
         self.runs.set(self.runs.get() + 1);
         if let Some(l) = &self.logs {
@@ -119,7 +124,7 @@ fn parse_level(s: &str) -> anyhow::Result<KernelLogLevel> {
         "info" => KernelLogLevel::Info,
         "debug" => KernelLogLevel::Debug,
         "trace" => KernelLogLevel::Trace,
-        other => anyhow::bail!("--bpf-log-level {other}: expected off, error, warn, info, debug or trace"),
+        other => anyhow::bail!("{other}: expected off, error, warn, info, debug or trace"),
     })
 }
 
@@ -144,18 +149,34 @@ fn veth(ns: &NetNs, name: &str, addr: Ipv4Addr, addr6: Option<Ipv6Addr>) -> u32 
     ns.ifindex(name)
 }
 
+/// What one packet costs the pod programs, measured in the kernel with
+/// BPF_PROG_TEST_RUN on the real objects and live maps.
+#[derive(clap::Parser, Debug)]
+#[command(name = "weir-pktcost")]
+struct Args {
+    /// Fewer runs per figure.
+    #[arg(long)]
+    quick: bool,
+    /// Services programmed before measuring (N - 1 more ClusterIPs, one
+    /// backend each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    services: u32,
+    /// Load the object with its kernel debug logs on at this level (off,
+    /// error, warn, info, debug, trace) and drain them after every run.
+    #[arg(long, default_value = "off", value_parser = parse_level)]
+    bpf_log_level: KernelLogLevel,
+    /// Where the figures go (JSON).
+    #[arg(long, default_value = "target/bench/pkt_cost.json")]
+    out: String,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let out_path = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| "target/bench/pkt_cost.json".into());
-    let services: u32 = match args.iter().position(|a| a == "--services") {
-        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).filter(|n| *n >= 1).ok_or_else(|| anyhow::anyhow!("--services takes a count ≥ 1"))?,
-        None => 1,
-    };
-    let level = match args.iter().position(|a| a == "--bpf-log-level") {
-        Some(i) => parse_level(args.get(i + 1).map_or("", String::as_str))?,
-        None => KernelLogLevel::Off,
-    };
+    let args = <Args as clap::Parser>::parse();
+    weir_tests::bench::interrupt::run("weir-pktcost", || measure(args))
+}
+
+fn measure(args: Args) -> anyhow::Result<()> {
+    let Args { quick, services, bpf_log_level: level, out: out_path } = args;
     weir_tests::privileged::require();
     let ns = NetNs::new("wpc");
     ns.sysctl("net.ipv4.ip_forward", "1");

@@ -2,12 +2,14 @@
 //! 100 and 10,000 NetworkPolicy rules select, on one agent, interleaved.
 //! Writes target/bench/policy.{json,md}.
 //!
-//! Usage: weir-policy-bench [--quick]
+//! Usage: weir-policy-bench [--quick] (`--help` says more). Ctrl-C stops
+//! the run and removes its node, pods and agent.
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use weir_tests::{
     bench::{
+        interrupt,
         measure::{short_connections, Latency},
         policy::{pods, policies, CLIENT_IP, SERVER_IP, SERVER_PORT},
     },
@@ -37,8 +39,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// New-connection rate to a pod that 0, 100 and 10,000 NetworkPolicy
+/// rules select, on one agent, interleaved. Writes policy.{json,md} to
+/// $WEIR_BENCH_OUT (default target/bench).
+#[derive(clap::Parser, Debug)]
+#[command(name = "weir-policy-bench")]
+struct Args {
+    /// One repetition of shorter slices.
+    #[arg(long)]
+    quick: bool,
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args = <Args as clap::Parser>::parse();
+    interrupt::run("weir-policy-bench", || measure(args.quick));
+}
+
+fn measure(quick: bool) {
     let (reps, dur) = if quick { (1, Duration::from_millis(1500)) } else { (3, Duration::from_secs(3)) };
     let scales = [0usize, 100, 10_000];
     let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"), PathBuf::from);
@@ -61,6 +78,7 @@ fn main() {
     let mut current = 0usize;
     for rep in 0..reps {
         for &rules in &scales {
+            interrupt::check();
             if rules != current {
                 let before = agent.log_text().matches("reconciled").count();
                 node.write_source("policies.yaml", policies(rules).as_bytes());

@@ -10,12 +10,14 @@
 //! The XDP pair (weir tc against weir tc + `--xdp`, on a fabric made to
 //! behave like a wire) measures the NodePort path only.
 //!
-//! Usage: weir-xnode-bench [--quick] [--xdp-only]
+//! Usage: weir-xnode-bench [--quick] [--xdp-only] (`--help` says more).
+//! Ctrl-C stops the run and removes its nodes and agents.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
 
 use serde::Serialize;
 use weir_tests::bench::{
+    interrupt,
     measure::{iperf, keepalive, short_connections, Latency},
     report::machine,
     stats::median,
@@ -108,18 +110,39 @@ impl Path {
 }
 
 fn measure(ns: &weir_tests::netns::NetNs, dst: std::net::Ipv4Addr, ports: (u16, u16, u16), dur: Duration, ka: usize, secs: u32) -> Path {
+    interrupt::check();
     Path { short: short_connections(ns, dst.into(), ports.0, dur), keepalive: keepalive(ns, dst.into(), ports.1, ka), throughput_gbps: iperf(ns, dst.into(), ports.2, secs) }
 }
 
+/// Cross-node traffic with weir in each routing mode against the kernel's
+/// own routing and VXLAN, and the XDP pair. Writes xnode.{json,md} to
+/// $WEIR_BENCH_OUT (default target/bench).
+#[derive(clap::Parser, Debug)]
+#[command(name = "weir-xnode-bench")]
+struct Args {
+    /// One repetition of shorter measurements.
+    #[arg(long)]
+    quick: bool,
+    /// The XDP pair only (weir tc against weir tc + `--xdp`, NodePort).
+    #[arg(long)]
+    xdp_only: bool,
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let setups: Vec<Setup> = if std::env::args().any(|a| a == "--xdp-only") { vec![Setup::WeirWire, Setup::WeirXdp] } else { Setup::ALL.to_vec() };
+    let args = <Args as clap::Parser>::parse();
+    interrupt::run("weir-xnode-bench", || run(&args));
+}
+
+fn run(args: &Args) {
+    let quick = args.quick;
+    let setups: Vec<Setup> = if args.xdp_only { vec![Setup::WeirWire, Setup::WeirXdp] } else { Setup::ALL.to_vec() };
     let (reps, dur, ka, secs): (usize, Duration, usize, u32) =
         if quick { (1, Duration::from_millis(1500), 1000, 1) } else { (3, Duration::from_secs(3), 3000, 3) };
     let out_dir = std::env::var("WEIR_BENCH_OUT").map_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"), PathBuf::from);
     let mut samples = Vec::new();
     for rep in 0..reps {
         for &setup in &setups {
+            interrupt::check();
             eprintln!("==> rep {rep} {}", setup.as_str());
             let t = XnodeTopo::new(setup);
             // The XDP pair is about the NodePort path only.
