@@ -9,7 +9,7 @@
 //! agent has programmed the pod (a Pod under a default-deny policy):
 //! the time from ADD's start to the pod's first judged packet.
 //!
-//! Usage: weir-cni-bench [--rounds N] [--cni PATH] [--no-agent] [--cluster NODES PODS]
+//! Usage: weir-cni-bench [--rounds N] [--cni PATH] [--no-agent] [--cluster [NODES [PODS]]] (`--help`)
 //! (default 200, the built weir-cni; --no-agent: the wiring alone on a
 //! node where no agent runs; --cluster: the agent also holds issue 18's
 //! generated cluster, NODES Nodes and PODS Pods with their Services and
@@ -64,12 +64,30 @@ impl Bench {
     }
 }
 
+/// weir-cni ADD and DEL latency, with and without the node's agent.
+#[derive(clap::Parser, Debug)]
+#[command(name = "weir-cni-bench")]
+struct Args {
+    /// ADD and DEL rounds per configuration.
+    #[arg(long, default_value_t = 200)]
+    rounds: usize,
+    /// The plugin binary (default: the built weir-cni).
+    #[arg(long)]
+    cni: Option<PathBuf>,
+    /// The wiring alone, on a node where no agent runs.
+    #[arg(long)]
+    no_agent: bool,
+    /// The agent also holds issue 18's generated cluster: NODES Nodes and
+    /// PODS Pods with their Services and policies.
+    #[arg(long, num_args = 0..=2, value_names = ["NODES", "PODS"], conflicts_with = "no_agent")]
+    cluster: Option<Vec<u32>>,
+}
+
 fn main() {
+    let args = <Args as clap::Parser>::parse();
     weir_tests::privileged::require();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let rounds: usize = flag("--rounds").and_then(|r| r.parse().ok()).unwrap_or(200);
-    let cni = flag("--cni").map_or_else(|| bins::path("weir-cni"), PathBuf::from);
+    let rounds = args.rounds;
+    let cni = args.cni.clone().unwrap_or_else(|| bins::path("weir-cni"));
 
     let node = Node::new();
     let (records, leases) = (TempDir::new("weir-rec"), TempDir::new("weir-lease"));
@@ -98,11 +116,8 @@ fn main() {
         )
         .as_bytes(),
     );
-    let no_agent = args.iter().any(|a| a == "--no-agent");
-    let cluster: Option<(u32, u32)> = args.iter().position(|a| a == "--cluster").map(|i| {
-        let n = |k: usize, d: u32| args.get(i + k).and_then(|v| v.parse().ok()).unwrap_or(d);
-        (n(1, 4000), n(2, 100_000))
-    });
+    let no_agent = args.no_agent;
+    let cluster: Option<(u32, u32)> = args.cluster.as_ref().map(|v| (v.first().copied().unwrap_or(4000), v.get(1).copied().unwrap_or(100_000)));
     if let Some((nodes, pods)) = cluster {
         weir_tests::bench::cluster_gen::write_cluster(&node, node.ns().name(), nodes, pods);
     }

@@ -7,7 +7,8 @@
 //! go to docs/performance.md.
 //!
 //! Usage: weir-cp-bench [SERVICES] [ENDPOINTS] [CHANGES] [--ct-entries N]   (default 10000 10 200)
-//!        weir-cp-bench --cluster [NODES] [PODS] [CHANGES]  (default 4000 100000 20)
+//!        weir-cp-bench --cluster [--kube [--streaming]] [--default-table] [NODES] [PODS] [CHANGES]  (default 4000 100000 20)
+//! (`--help` says more; an unknown argument is refused.)
 //!
 //! `--cluster` writes a whole cluster (issue 18's shape): NODES Nodes (the
 //! first is the agent's), PODS Pods spread over them in 1,000 namespaces
@@ -108,22 +109,45 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The real agent, in standalone mode, programming N services × E
+/// endpoints from YAML (or, with --cluster, a whole generated cluster):
+/// cold programming, one change's latency, RSS.
+#[derive(clap::Parser, Debug)]
+#[command(name = "weir-cp-bench")]
+struct Args {
+    /// SERVICES ENDPOINTS CHANGES (default 10000 10 200); with --cluster:
+    /// NODES PODS CHANGES (default 4000 100000 20).
+    #[arg(num_args = 0..=3, value_name = "COUNT")]
+    counts: Vec<u32>,
+    /// A whole cluster (issue 18's shape) instead of services alone.
+    #[arg(long)]
+    cluster: bool,
+    /// With --cluster: the agent reads the cluster from a scripted API
+    /// server (the kube source) instead of YAML files.
+    #[arg(long, requires = "cluster")]
+    kube: bool,
+    /// With --cluster: the agent starts with its default selection table,
+    /// which grows during the initial sync (10,000 services × 10
+    /// endpoints need more than its 4,194,304 slots).
+    #[arg(long, requires = "cluster")]
+    default_table: bool,
+    /// With --kube: the agent reads the initial state as streaming lists.
+    #[arg(long, requires = "kube")]
+    streaming: bool,
+    /// Fill the conntrack table with N live entries after the cold sync;
+    /// each change then removes one endpoint of service 0.
+    #[arg(long, default_value_t = 0, conflicts_with = "cluster")]
+    ct_entries: u32,
+}
+
 fn main() {
-    if std::env::args().any(|a| a == "--cluster") {
-        let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-        let kube = std::env::args().any(|a| a == "--kube");
-        // The agent starts with its default selection table, which grows
-        // during the initial sync (10,000 services × 10 endpoints need
-        // more than its 4,194,304 slots).
-        let grow = std::env::args().any(|a| a == "--default-table");
-        // With --kube: the agent reads the initial state as streaming lists.
-        let streaming = std::env::args().any(|a| a == "--streaming");
-        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20), kube, grow, streaming);
+    let a = <Args as clap::Parser>::parse();
+    let args = a.counts;
+    if a.cluster {
+        cluster::run(args.first().copied().unwrap_or(4000), args.get(1).copied().unwrap_or(100_000), args.get(2).copied().unwrap_or(20), a.kube, a.default_table, a.streaming);
         return;
     }
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let ct_entries: u32 = argv.iter().position(|a| a == "--ct-entries").and_then(|i| argv.get(i + 1)?.parse().ok()).unwrap_or(0);
-    let args: Vec<u32> = argv.iter().enumerate().filter(|(i, _)| *i == 0 || argv[i - 1] != "--ct-entries").filter_map(|(_, a)| a.parse().ok()).collect();
+    let ct_entries = a.ct_entries;
     let services = args.first().copied().unwrap_or(10_000);
     let endpoints = args.get(1).copied().unwrap_or(10);
     let changes = args.get(2).copied().unwrap_or(200);
