@@ -264,7 +264,9 @@ impl Drop for Agent {
         if let Some(mut child) = self.child.take() {
             crate::cmd::stop_child(&mut child, libc::SIGTERM, Duration::from_secs(3));
         }
-        if std::thread::panicking() {
+        // A failing test shows the agent's log; a benchmark run stopped by
+        // Ctrl-C unwinds too (`bench::interrupt`) and has nothing to show.
+        if std::thread::panicking() && !crate::bench::interrupt::interrupted() {
             eprintln!("--- weir-agent log ({}) ---\n{}", self.log.display(), self.log_text());
         }
         let _ = std::fs::remove_file(&self.log);

@@ -83,6 +83,8 @@ pub struct NodeMounts {
 const MOUNT_NS_DIR: &str = "/run/weir-test-mntns";
 
 impl NodeMounts {
+    // Not `Default`: making one creates directories and mounts.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         crate::privileged::require();
         let dir = std::env::temp_dir().join(names::unique("weir-node-cni"));

@@ -96,13 +96,13 @@ fn a_container_gets_its_ip_and_routes_and_deleting_it_removes_veth_route_and_lea
     let out = c.output();
     assert!(out.contains(&format!("inet {ip}/32")), "the pod IP as /32 on eth0:\n{out}");
     assert!(out.contains("default via 169.254.1.1 dev eth0 onlink"), "default route via 169.254.1.1:\n{out}");
-    assert!(weir_links(&node).contains(&host), "host veth {host} exists");
-    assert!(pod_routes(&node).iter().any(|r| r.starts_with(&format!("{ip} dev {host}"))), "{:?}", pod_routes(&node));
+    assert!(weir_links(node).contains(&host), "host veth {host} exists");
+    assert!(pod_routes(node).iter().any(|r| r.starts_with(&format!("{ip} dev {host}"))), "{:?}", pod_routes(node));
     assert!(leases().contains(&ip), "host-local leased {ip}: {:?}", leases());
 
     c.stop();
-    assert!(weir_links(&node).is_empty(), "veth removed: {:?}", weir_links(&node));
-    assert!(pod_routes(&node).is_empty(), "route removed: {:?}", pod_routes(&node));
+    assert!(weir_links(node).is_empty(), "veth removed: {:?}", weir_links(node));
+    assert!(pod_routes(node).is_empty(), "route removed: {:?}", pod_routes(node));
     assert!(!leases().contains(&ip), "lease released: {:?}", leases());
     assert_eq!(records(), 0, "record removed");
 }

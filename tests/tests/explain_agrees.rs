@@ -165,7 +165,8 @@ fn explain_matches_the_kernel_on_ipv6_link_scope_traffic() {
         let open_link = testrun::pod_link(&layout, "wxopen", &[OPEN.into()]);
         let maps = Maps::open(&layout).expect("explain maps");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
-        let cases: [(Ipv6Addr, Ipv6Addr, &str, &[(u32, i32)]); 6] = [
+        type Case<'a> = (Ipv6Addr, Ipv6Addr, &'a str, &'a [(u32, i32)]);
+        let cases: [Case; 6] = [
             (ISO, node_ll, "drop", &[(iso_link, TC_ACT_SHOT)]),
             (ISO, all_nodes, "drop", &[(iso_link, TC_ACT_SHOT)]),
             (OPEN, node_ll, "pass", &[(open_link, TC_ACT_OK)]),

@@ -19,7 +19,10 @@ fn is(p: P, s: &str) -> bool {
 
 /// Runs one case: applies `policies`, then checks each (port, protocol,
 /// expectation).
-fn case(name: &str, policies: &str, checks: &[(u16, Proto, &dyn Fn(P, P) -> bool)]) {
+/// A port, a protocol, and what a packet from one pod to another should see.
+type Check<'a> = (u16, Proto, &'a dyn Fn(P, P) -> bool);
+
+fn case(name: &str, policies: &str, checks: &[Check]) {
     let mut c = NetpolCluster::new();
     c.apply(policies);
     for (port, proto, f) in checks {

@@ -43,7 +43,7 @@ impl Fx {
         testrun::run_from(self.dp.program(hook).expect("program"), pkt, ifindex, ingress).expect("test_run").verdict
     }
 
-    fn from_iso(&self, pkt: &[u8]) -> i32 {
+    fn sent_by_iso(&self, pkt: &[u8]) -> i32 {
         self.run(Hook::FromPod, TEST_RUN_IFINDEX, pkt)
     }
 
@@ -107,16 +107,16 @@ fn quoted(frame: &[u8]) -> &[u8] {
 fn tcp_and_udp_over_ipv6_are_judged_by_the_pods_rules_and_replies_pass() {
     with(|fx| {
         assert_eq!(fx.to_iso(&tcp((REMOTE, 40000), (ISO, 80), true)), TC_ACT_OK, "ingress TCP 80 is allowed");
-        assert_eq!(fx.from_iso(&tcp((ISO, 80), (REMOTE, 40000), false)), TC_ACT_OK, "its reply passes");
+        assert_eq!(fx.sent_by_iso(&tcp((ISO, 80), (REMOTE, 40000), false)), TC_ACT_OK, "its reply passes");
         assert_eq!(fx.to_iso(&tcp((REMOTE, 40000), (ISO, 80), false)), TC_ACT_OK, "and the rest of the flow");
         assert_eq!(fx.to_iso(&tcp((REMOTE, 40001), (ISO, 22), true)), TC_ACT_SHOT, "ingress TCP 22 is not");
         assert_eq!(fx.to_iso(&udp((REMOTE, 40001), (ISO, 80))), TC_ACT_SHOT, "nor UDP 80");
-        assert_eq!(fx.from_iso(&udp((ISO, 5000), (REMOTE, 53))), TC_ACT_OK, "egress UDP 53 is allowed");
+        assert_eq!(fx.sent_by_iso(&udp((ISO, 5000), (REMOTE, 53))), TC_ACT_OK, "egress UDP 53 is allowed");
         assert_eq!(fx.to_iso(&udp((REMOTE, 53), (ISO, 5000))), TC_ACT_OK, "its answer passes");
-        assert_eq!(fx.from_iso(&tcp((ISO, 5001), (REMOTE, 443), true)), TC_ACT_SHOT, "egress TCP 443 is not allowed");
+        assert_eq!(fx.sent_by_iso(&tcp((ISO, 5001), (REMOTE, 443), true)), TC_ACT_SHOT, "egress TCP 443 is not allowed");
         assert_eq!(fx.drops(DropReason::PolicyDenied), 3);
         // Echo is a flow keyed by its identifier, allowed by no rule here.
-        assert_eq!(fx.from_iso(&testrun::icmp6_echo(ISO, REMOTE, 7, 1)), TC_ACT_SHOT, "echo out of an isolated pod");
+        assert_eq!(fx.sent_by_iso(&testrun::icmp6_echo(ISO, REMOTE, 7, 1)), TC_ACT_SHOT, "echo out of an isolated pod");
         assert_eq!(fx.to_iso(&testrun::icmp6_echo(REMOTE, ISO, 7, 1)), TC_ACT_SHOT, "echo into it");
         assert_eq!(fx.drops(DropReason::PolicyDenied), 5);
         // The pod under no policy is not judged.
@@ -129,27 +129,27 @@ fn tcp_and_udp_over_ipv6_are_judged_by_the_pods_rules_and_replies_pass() {
 fn neighbour_discovery_passes_only_as_the_link_allows_it() {
     with(|fx| {
         let ns = icmp6(ISO_LL, NODE_LL, 255, 135, &NODE_LL.octets());
-        assert_eq!(fx.from_iso(&ns), TC_ACT_OK, "a neighbour solicitation from an isolated pod");
+        assert_eq!(fx.sent_by_iso(&ns), TC_ACT_OK, "a neighbour solicitation from an isolated pod");
         let na = icmp6(NODE_LL, ISO_LL, 255, 136, &NODE_LL.octets());
         assert_eq!(fx.to_iso(&na), TC_ACT_OK, "the node's advertisement back");
         let rs = icmp6(ISO_LL, "ff02::2".parse().expect("v6"), 255, 133, &[]);
-        assert_eq!(fx.from_iso(&rs), TC_ACT_OK, "a router solicitation");
+        assert_eq!(fx.sent_by_iso(&rs), TC_ACT_OK, "a router solicitation");
         let report = icmp6(ISO_LL, "ff02::16".parse().expect("v6"), 1, 143, &[]);
-        assert_eq!(fx.from_iso(&report), TC_ACT_OK, "an MLDv2 report");
+        assert_eq!(fx.sent_by_iso(&report), TC_ACT_OK, "an MLDv2 report");
 
         let ra = icmp6(ISO_LL, "ff02::1".parse().expect("v6"), 255, 134, &[0; 8]);
-        assert_eq!(fx.from_iso(&ra), TC_ACT_SHOT, "a router advertisement from a pod");
+        assert_eq!(fx.sent_by_iso(&ra), TC_ACT_SHOT, "a router advertisement from a pod");
         assert_eq!(fx.run(Hook::FromPod, fx.open, &ra), TC_ACT_SHOT, "from any pod");
         let redirect = icmp6(ISO_LL, NODE_LL, 255, 137, &[0; 32]);
-        assert_eq!(fx.from_iso(&redirect), TC_ACT_SHOT, "a redirect from a pod");
+        assert_eq!(fx.sent_by_iso(&redirect), TC_ACT_SHOT, "a redirect from a pod");
         let query = icmp6(ISO_LL, "ff02::1".parse().expect("v6"), 1, 130, &[0; 20]);
-        assert_eq!(fx.from_iso(&query), TC_ACT_SHOT, "an MLD query from a pod");
+        assert_eq!(fx.sent_by_iso(&query), TC_ACT_SHOT, "an MLD query from a pod");
         let routed_ns = icmp6(ISO, NODE_LL, 64, 135, &NODE_LL.octets());
-        assert_eq!(fx.from_iso(&routed_ns), TC_ACT_SHOT, "a solicitation whose hop limit is not 255 (it crossed a router)");
+        assert_eq!(fx.sent_by_iso(&routed_ns), TC_ACT_SHOT, "a solicitation whose hop limit is not 255 (it crossed a router)");
         let mut frag_ns = vec![ICMPV6, 0, 0, 1, 0, 0, 0, 9];
         frag_ns.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
         frag_ns.extend_from_slice(&NODE_LL.octets());
-        assert_eq!(fx.from_iso(&ip6(ISO_LL, NODE_LL, FRAGMENT, 255, &frag_ns)), TC_ACT_SHOT, "a fragmented solicitation (RFC 6980)");
+        assert_eq!(fx.sent_by_iso(&ip6(ISO_LL, NODE_LL, FRAGMENT, 255, &frag_ns)), TC_ACT_SHOT, "a fragmented solicitation (RFC 6980)");
         assert_eq!(fx.drops(DropReason::Ipv6LinkControl), 6);
     });
 }
@@ -159,9 +159,9 @@ fn link_local_scope_does_not_get_around_isolation() {
     with(|fx| {
         // TCP and UDP to the node's link-local address, from the pod's own
         // link-local address or its routed one: no rule can name them.
-        assert_eq!(fx.from_iso(&tcp((ISO_LL, 5000), (NODE_LL, 22), true)), TC_ACT_SHOT, "from link-local scope");
-        assert_eq!(fx.from_iso(&udp((ISO, 5000), (NODE_LL, 53))), TC_ACT_SHOT, "to link-local scope, on a port egress allows");
-        assert_eq!(fx.from_iso(&udp((ISO, 5000), ("ff02::fb".parse().expect("v6"), 5353))), TC_ACT_SHOT, "to a link multicast group");
+        assert_eq!(fx.sent_by_iso(&tcp((ISO_LL, 5000), (NODE_LL, 22), true)), TC_ACT_SHOT, "from link-local scope");
+        assert_eq!(fx.sent_by_iso(&udp((ISO, 5000), (NODE_LL, 53))), TC_ACT_SHOT, "to link-local scope, on a port egress allows");
+        assert_eq!(fx.sent_by_iso(&udp((ISO, 5000), ("ff02::fb".parse().expect("v6"), 5353))), TC_ACT_SHOT, "to a link multicast group");
         assert_eq!(fx.to_iso(&tcp((NODE_LL, 5000), (ISO_LL, 80), true)), TC_ACT_SHOT, "into it, to its link-local address");
         assert_eq!(fx.drops(DropReason::Ipv6Isolated), 4);
         // A pod under no policy keeps its link-local traffic.
@@ -171,7 +171,7 @@ fn link_local_scope_does_not_get_around_isolation() {
         // names (not in its podIPs) is not judged: it is dropped.
         let unlisted: Ipv6Addr = "fd00::99".parse().expect("v6");
         testrun::own_sources(&fx.layout, TEST_RUN_IFINDEX, &[ISO.into(), unlisted.into()]);
-        assert_eq!(fx.from_iso(&udp((unlisted, 5000), (REMOTE, 53))), TC_ACT_SHOT, "from an unlisted address");
+        assert_eq!(fx.sent_by_iso(&udp((unlisted, 5000), (REMOTE, 53))), TC_ACT_SHOT, "from an unlisted address");
         assert_eq!(fx.to_iso(&tcp((REMOTE, 40000), (unlisted, 80), true)), TC_ACT_SHOT, "to it");
         assert_eq!(fx.drops(DropReason::UnlistedAddress), 2);
         // And a packet for an address the pod does not hold at all.
@@ -186,7 +186,7 @@ fn icmpv6_errors_must_quote_a_flow_the_policy_allowed() {
         // The pod's DNS query is allowed and tracked: a router's packet too
         // big about it reaches the pod (path-MTU discovery works).
         let query = udp((ISO, 5000), (REMOTE, 53));
-        assert_eq!(fx.from_iso(&query), TC_ACT_OK);
+        assert_eq!(fx.sent_by_iso(&query), TC_ACT_OK);
         let router: Ipv6Addr = "fd00:ffff::1".parse().expect("v6");
         let ptb = |about: &[u8]| {
             let mut m = vec![2, 0, 0, 0];
@@ -207,10 +207,10 @@ fn icmpv6_errors_must_quote_a_flow_the_policy_allowed() {
         assert_eq!(fx.to_iso(&syn), TC_ACT_OK);
         let mut unreach = vec![1, 4, 0, 0, 0, 0, 0, 0];
         unreach.extend_from_slice(quoted(&syn));
-        assert_eq!(fx.from_iso(&ip6(ISO, REMOTE, ICMPV6, 64, &unreach)), TC_ACT_OK, "an error about a flow the pod admitted");
+        assert_eq!(fx.sent_by_iso(&ip6(ISO, REMOTE, ICMPV6, 64, &unreach)), TC_ACT_OK, "an error about a flow the pod admitted");
         let mut forged = vec![1, 4, 0, 0, 0, 0, 0, 0];
         forged.extend_from_slice(quoted(&tcp((REMOTE, 40001), (ISO, 22), true)));
-        assert_eq!(fx.from_iso(&ip6(ISO, REMOTE, ICMPV6, 64, &forged)), TC_ACT_SHOT, "one about a flow it never admitted");
+        assert_eq!(fx.sent_by_iso(&ip6(ISO, REMOTE, ICMPV6, 64, &forged)), TC_ACT_SHOT, "one about a flow it never admitted");
         // A quoted packet cut inside its header is malformed.
         let mut cut = vec![2, 0, 0, 0, 0, 0, 5, 0];
         cut.extend_from_slice(&quoted(&query)[..30]);
@@ -238,8 +238,8 @@ fn fragments_ride_their_first_fragments_verdict() {
             }
             ip6(src, dst, FRAGMENT, 64, &p)
         };
-        assert_eq!(fx.from_iso(&frag(ISO, REMOTE, 5000, 53, 1, false)), TC_ACT_OK, "an allowed first fragment");
-        assert_eq!(fx.from_iso(&frag(ISO, REMOTE, 0, 0, 1, true)), TC_ACT_OK, "its later fragment");
+        assert_eq!(fx.sent_by_iso(&frag(ISO, REMOTE, 5000, 53, 1, false)), TC_ACT_OK, "an allowed first fragment");
+        assert_eq!(fx.sent_by_iso(&frag(ISO, REMOTE, 0, 0, 1, true)), TC_ACT_OK, "its later fragment");
         assert_eq!(fx.to_iso(&frag(REMOTE, ISO, 5000, 80, 2, false)), TC_ACT_SHOT, "a denied first fragment");
         assert_eq!(fx.to_iso(&frag(REMOTE, ISO, 0, 0, 2, true)), TC_ACT_SHOT, "its later fragment");
         assert_eq!(fx.to_iso(&frag(REMOTE, ISO, 0, 0, 3, true)), TC_ACT_SHOT, "a later fragment of nothing seen");

@@ -390,8 +390,8 @@ mod tests {
     #[test]
     fn node_ports_jump_from_the_last_services_rule_and_masquerade() {
         let np = Svc { node_port: Some(30080), ..svc() };
-        let r = iptables_restore(&[np.clone()]);
-        let last_services = r.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last().unwrap_or_default();
+        let r = iptables_restore(std::slice::from_ref(&np));
+        let last_services = r.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap_or_default();
         assert!(last_services.contains("--dst-type LOCAL -j KUBE-NODEPORTS"), "{last_services}");
         assert!(r.contains("--dport 30080 -j KUBE-EXT-"));
         assert!(r.contains("-j MASQUERADE --random-fully"));

@@ -53,9 +53,11 @@ fn exchange(mode: &str, dst: SocketAddr, c: &mut u64, held: &mut Option<socket2:
                 // Non-blocking, then poll(2) (std's way).
                 s.connect_timeout(&dst.into(), TIMEOUT)?;
             } else {
-                // A plain blocking connect(2), bounded by SO_SNDTIMEO: on
-                // failure the kernel disconnects the socket before the
-                // call returns.
+                // A plain blocking connect(2), bounded by SO_SNDTIMEO. A
+                // refused one returns after the kernel has disconnected
+                // the socket (its destination port cleared); one that
+                // times out returns EINPROGRESS with the socket still in
+                // SYN_SENT.
                 s.set_write_timeout(Some(TIMEOUT))?;
                 s.connect(&dst.into())?;
             }

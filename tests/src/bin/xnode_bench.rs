@@ -59,7 +59,8 @@ fn stats(samples: &[Sample], setup: Setup, path: fn(&Sample) -> &Path, f: fn(&Pa
 
 fn report(samples: &[Sample], machine: &str, reps: usize) -> String {
     let mut o = format!("# Cross-node benchmark\n\nMachine: {machine}. {reps} reps, setups interleaved in each rep. Median (min–max over reps); ratio = weir / baseline of the same mode (throughput and connections: higher is better; latency: lower is better). Baselines: kernel routing of the mode plus kube-proxy's iptables (`ipt`) or nftables (`nft`) rules.\n\n");
-    let paths: [(&str, fn(&Sample) -> &Path); 3] = [
+    type PathOf = fn(&Sample) -> &Path;
+    let paths: [(&str, PathOf); 3] = [
         ("pod → pod", |s| &s.pod_to_pod),
         ("pod → ClusterIP (remote backend)", |s| &s.pod_to_clusterip),
         ("outside → NodePort (remote backend, masqueraded)", |s| &s.outside_to_nodeport),

@@ -73,6 +73,9 @@ impl NodeDevices {
     }
 
     /// Attaches the tunnel programs to the VXLAN device.
+    // The datapath's error carries aya's (large) errors by value, as every
+    // weir-datapath call returns it; this runs once per tunnel device.
+    #[allow(clippy::result_large_err)]
     pub fn attach_tunnel(&mut self, name: &str, ifindex: u32) -> Result<(), weir_datapath::DatapathError> {
         self.dp.attach_tunnel(name, ifindex).map(|_| tracing::info!(ifname = %name, ifindex, "tunnel programs attached"))
     }

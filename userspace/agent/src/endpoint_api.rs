@@ -193,7 +193,8 @@ mod tests {
     #[test]
     fn a_registration_is_checked_field_by_field() {
         assert_eq!(check(&reg()), Ok(()));
-        let cases: [(&str, fn(&mut Registration)); 6] = [
+        type Spoil = fn(&mut Registration);
+        let cases: [(&str, Spoil); 6] = [
             ("namespace", |r| r.namespace = "Shop/../x".into()),
             ("name", |r| r.name = String::new()),
             ("containerId", |r| r.container_id = "../etc".into()),

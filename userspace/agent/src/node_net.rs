@@ -72,18 +72,23 @@ pub struct NodeNetwork {
     config: Option<NodeAddrConfig>,
 }
 
+/// What [`NodeNetwork::new`] is built from, besides the netlink handle
+/// and the node programs.
+pub struct NodeNetworkSpec {
+    pub routing: Routing,
+    /// This node's name (None: no Node object to route by).
+    pub node: Option<String>,
+    pub tunnel_port: u16,
+    /// `--devices`: the uplinks to attach to (empty: detected).
+    pub explicit_devices: Vec<String>,
+    pub tunnel_maps: Option<TunnelMaps>,
+    pub masq: Option<MasqSettings>,
+    pub config: Option<NodeAddrConfig>,
+}
+
 impl NodeNetwork {
-    pub fn new(
-        routing: Routing,
-        node: Option<String>,
-        tunnel_port: u16,
-        handle: Handle,
-        dp: NodeDatapath,
-        explicit_devices: Vec<String>,
-        tunnel_maps: Option<TunnelMaps>,
-        masq: Option<MasqSettings>,
-        config: Option<NodeAddrConfig>,
-    ) -> Self {
+    pub fn new(spec: NodeNetworkSpec, handle: Handle, dp: NodeDatapath) -> Self {
+        let NodeNetworkSpec { routing, node, tunnel_port, explicit_devices, tunnel_maps, masq, config } = spec;
         Self {
             routing,
             node,

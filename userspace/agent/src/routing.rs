@@ -43,7 +43,7 @@ impl std::fmt::Display for NodeRoute {
 
 /// Every other node's pod CIDRs with its InternalIP of the same family
 /// (a CIDR with no such address is left out). Pure.
-pub fn remote_cidrs<'a>(nodes: &[&'a NodeModel], self_name: Option<&str>) -> Vec<(Prefix, IpAddr)> {
+pub fn remote_cidrs(nodes: &[&NodeModel], self_name: Option<&str>) -> Vec<(Prefix, IpAddr)> {
     let mut out = Vec::new();
     for n in nodes {
         if Some(n.name.as_str()) == self_name {

@@ -140,22 +140,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let tunnel_maps = weir_datapath::tunnel::TunnelMaps::open(&layout).context("opening the tunnel maps")?;
-    let mut node_net = crate::node_net::NodeNetwork::new(
-        args.routing,
-        args.node_name.clone(),
-        args.tunnel_port,
-        watcher.handle(),
-        node_dp,
-        args.devices.clone(),
-        Some(tunnel_maps),
-        Some(crate::node_net::MasqSettings {
+    let spec = crate::node_net::NodeNetworkSpec {
+        routing: args.routing,
+        node: args.node_name.clone(),
+        tunnel_port: args.tunnel_port,
+        explicit_devices: args.devices.clone(),
+        tunnel_maps: Some(tunnel_maps),
+        masq: Some(crate::node_net::MasqSettings {
             enabled: args.masquerade,
             ports: (args.masquerade_ports.min, args.masquerade_ports.max),
             extra_inside: args.non_masquerade_cidrs.clone(),
             maps: weir_datapath::masq::MasqMaps::open(&layout).context("opening the masquerade maps")?,
         }),
-        Some(crate::node_net::NodeAddrConfig { map: config_map, cfg }),
-    );
+        config: Some(crate::node_net::NodeAddrConfig { map: config_map, cfg }),
+    };
+    let mut node_net = crate::node_net::NodeNetwork::new(spec, watcher.handle(), node_dp);
     node_net.set_xdp(args.xdp);
 
     // Adopt what an earlier agent programmed; nothing is flushed.

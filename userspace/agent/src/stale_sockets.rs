@@ -61,11 +61,11 @@ pub enum SweepError {
 /// connected to a backend that frontend no longer lists. `asked(cookie,
 /// peer, port)` reads the entry; `lists(frontend, port, backend, port)`
 /// asks the programmed services.
-pub fn stale<'a>(
-    sockets: &'a [Connected],
+pub fn stale(
+    sockets: &[Connected],
     asked: impl Fn(u64, Addr, u16) -> Option<(Addr, u16)>,
     lists: impl Fn(Addr, u16, Addr, u16) -> bool,
-) -> Vec<&'a Connected> {
+) -> Vec<&Connected> {
     sockets
         .iter()
         .filter(|s| match asked(s.cookie, s.peer, s.peer_port) {
