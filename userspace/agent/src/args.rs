@@ -101,9 +101,12 @@ pub struct Args {
     /// Conntrack entries one pod may hold (its flows, and flows opened
     /// towards it from outside the node); its new flows beyond that are
     /// refused (drop reason ct_quota) instead of evicting other pods'
-    /// entries. 0: no limit.
-    #[arg(long, default_value_t = weir_datapath::DatapathConfig::DEFAULT.ct_max_per_endpoint)]
-    pub ct_max_per_endpoint: u32,
+    /// entries. 0: no limit. Default: 1/8 of --ct-max-entries, and at
+    /// least 32,768 (a pod opening more than about 270 UDP flows/s, such as
+    /// a busy client of the cluster DNS, needs more: raise the table or
+    /// this).
+    #[arg(long)]
+    pub ct_max_per_endpoint: Option<u32>,
 
     /// Install the CNI plugin (binary + 05-weir.conflist) and exit.
     #[arg(long, requires = "pod_cidr", conflicts_with = "uninstall_cni")]
@@ -342,7 +345,7 @@ impl Args {
             ct_closed_timeout_s: self.ct_tcp_closed_timeout.max(1),
             ct_udp_timeout_s: self.ct_udp_timeout.max(1),
             allow_event_sample: self.policy_allow_events,
-            ct_max_per_endpoint: self.ct_max_per_endpoint,
+            ct_max_per_endpoint: self.ct_max_per_endpoint.unwrap_or_else(|| per_endpoint_share(self.ct_max_entries)),
             masq_port_min: self.masquerade_ports.min,
             masq_port_max: self.masquerade_ports.max,
             sock_scope: match self.socket_lb_namespaces {
@@ -352,6 +355,13 @@ impl Args {
             ..weir_datapath::DatapathConfig::DEFAULT
         }
     }
+}
+
+/// The default `--ct-max-per-endpoint` for a table of `ct_max_entries`:
+/// an eighth of it, so that raising the table raises every pod's share
+/// with it, and never less than the default table's eighth.
+pub fn per_endpoint_share(ct_max_entries: u32) -> u32 {
+    (ct_max_entries / 8).max(weir_datapath::DatapathConfig::DEFAULT.ct_max_per_endpoint)
 }
 
 /// `--socket-lb-namespaces`.
@@ -420,6 +430,16 @@ mod tests {
         assert_eq!(a.bpf_verifier_log_level, BpfVerifierLogLevel::Verbose);
         // The verifier's levels are no kernel log levels.
         assert!(Args::try_parse_from(["weir-agent", "--bpf-log-level", "verbose"]).is_err());
+    }
+
+    #[test]
+    fn a_pods_conntrack_share_grows_with_the_table_unless_set() {
+        let quota = |args: &[&str]| Args::parse_from([&["weir-agent"], args].concat()).datapath_config().ct_max_per_endpoint;
+        assert_eq!(quota(&[]), 32_768, "an eighth of the default 262,144");
+        assert_eq!(quota(&["--ct-max-entries", "1048576"]), 131_072, "an eighth of a larger table");
+        assert_eq!(quota(&["--ct-max-entries", "8192"]), 32_768, "never below the default's eighth");
+        assert_eq!(quota(&["--ct-max-entries", "1048576", "--ct-max-per-endpoint", "1000"]), 1000, "a quota given is kept");
+        assert_eq!(quota(&["--ct-max-per-endpoint", "0"]), 0, "0 still means no limit");
     }
 
     #[test]
