@@ -101,10 +101,10 @@ pub struct Args {
     /// Conntrack entries one pod may hold (its flows, and flows opened
     /// towards it from outside the node); its new flows beyond that are
     /// refused (drop reason ct_quota) instead of evicting other pods'
-    /// entries. 0: no limit. Default: 1/8 of --ct-max-entries, and at
-    /// least 32,768 (a pod opening more than about 270 UDP flows/s, such as
-    /// a busy client of the cluster DNS, needs more: raise the table or
-    /// this).
+    /// entries. 0: no limit. Default: 1/8 of --ct-max-entries, at most
+    /// half of --ct6-max-entries (one count covers both families), at
+    /// least 32,768 (about 230-270 new UDP service flows/s per pod; a busy
+    /// client of the cluster DNS may need more: raise both tables, or this).
     #[arg(long)]
     pub ct_max_per_endpoint: Option<u32>,
 
@@ -345,7 +345,7 @@ impl Args {
             ct_closed_timeout_s: self.ct_tcp_closed_timeout.max(1),
             ct_udp_timeout_s: self.ct_udp_timeout.max(1),
             allow_event_sample: self.policy_allow_events,
-            ct_max_per_endpoint: self.ct_max_per_endpoint.unwrap_or_else(|| per_endpoint_share(self.ct_max_entries)),
+            ct_max_per_endpoint: self.ct_max_per_endpoint.unwrap_or_else(|| per_endpoint_share(self.ct_max_entries, self.ct6_max_entries)),
             masq_port_min: self.masquerade_ports.min,
             masq_port_max: self.masquerade_ports.max,
             sock_scope: match self.socket_lb_namespaces {
@@ -357,11 +357,14 @@ impl Args {
     }
 }
 
-/// The default `--ct-max-per-endpoint` for a table of `ct_max_entries`:
-/// an eighth of it, so that raising the table raises every pod's share
-/// with it, and never less than the default table's eighth.
-pub fn per_endpoint_share(ct_max_entries: u32) -> u32 {
-    (ct_max_entries / 8).max(weir_datapath::DatapathConfig::DEFAULT.ct_max_per_endpoint)
+/// The default `--ct-max-per-endpoint` for IPv4 and IPv6 conntrack tables
+/// of `ct4` and `ct6` entries: an eighth of the IPv4 table, so that
+/// raising the tables raises every pod's share with them; at most half of
+/// the IPv6 table, since one count (`WEIR_CT_OWNERS`) covers a pod's
+/// entries of both families; and never less than the default tables'
+/// share (32,768).
+pub fn per_endpoint_share(ct4: u32, ct6: u32) -> u32 {
+    (ct4 / 8).min(ct6 / 2).max(weir_datapath::DatapathConfig::DEFAULT.ct_max_per_endpoint)
 }
 
 /// `--socket-lb-namespaces`.
@@ -435,10 +438,13 @@ mod tests {
     #[test]
     fn a_pods_conntrack_share_grows_with_the_table_unless_set() {
         let quota = |args: &[&str]| Args::parse_from([&["weir-agent"], args].concat()).datapath_config().ct_max_per_endpoint;
-        assert_eq!(quota(&[]), 32_768, "an eighth of the default 262,144");
-        assert_eq!(quota(&["--ct-max-entries", "1048576"]), 131_072, "an eighth of a larger table");
-        assert_eq!(quota(&["--ct-max-entries", "8192"]), 32_768, "never below the default's eighth");
-        assert_eq!(quota(&["--ct-max-entries", "1048576", "--ct-max-per-endpoint", "1000"]), 1000, "a quota given is kept");
+        assert_eq!(quota(&[]), 32_768, "an eighth of the default 262,144, half the default IPv6 65,536");
+        let both = ["--ct-max-entries", "1048576", "--ct6-max-entries", "524288"];
+        assert_eq!(quota(&both), 131_072, "an eighth of a larger IPv4 table");
+        assert_eq!(quota(&["--ct-max-entries", "1048576", "--ct6-max-entries", "131072"]), 65_536, "at most half the IPv6 table");
+        assert_eq!(quota(&["--ct-max-entries", "1048576"]), 32_768, "a larger IPv4 table alone: the IPv6 table bounds the share");
+        assert_eq!(quota(&["--ct-max-entries", "8192"]), 32_768, "never below the default's share");
+        assert_eq!(quota(&[&both[..], &["--ct-max-per-endpoint", "1000"]].concat()), 1000, "a quota given is kept");
         assert_eq!(quota(&["--ct-max-per-endpoint", "0"]), 0, "0 still means no limit");
     }
 
