@@ -186,4 +186,14 @@ const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 20);
 
-crate::user_pod!(FrontendKey, Service, Backend, AffinityKey, AffinityValue, SourceRangeKey, SockRevKey, SockRevValue);
+/// Value of `WEIR_LB_IDS`: the ids an agent start resumes from. Every
+/// id handed out is below its mark (until a counter wraps past
+/// `u32::MAX`, where the agent skips the ids still in use).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbIds {
+    pub next_svc_id: u32,
+    pub next_backend_id: u32,
+}
+
+crate::user_pod!(FrontendKey, Service, Backend, AffinityKey, AffinityValue, SourceRangeKey, SockRevKey, SockRevValue, LbIds);

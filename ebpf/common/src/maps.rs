@@ -96,6 +96,19 @@ pub const MON_LEASE: &str = "WEIR_MON_LEASE";
 pub const SVC_TIMES: &str = "WEIR_SVC_TIMES";
 pub const SVC_TIMES_MAX_ENTRIES: u32 = 65_536;
 
+/// Service id → the frontend it names (`lb::FrontendKey`; hash, not
+/// preallocated, sized with [`FRONTENDS`]), for IPv6 frontends: what a
+/// conntrack entry that keeps only the service id will need to find the
+/// address its replies come from. An id names one frontend for its whole
+/// life (see [`LB_IDS`]). Written by the agent beside [`FRONTENDS`].
+pub const SVC_ADDRS: &str = "WEIR_SVC_ADDRS";
+
+/// Where the agent's id counters may resume (array of one `lb::LbIds`):
+/// every service and backend id ever handed out is below these marks, so
+/// an agent start never hands out again an id a flow's entry may still
+/// name. Written by the agent only, a block of ids ahead.
+pub const LB_IDS: &str = "WEIR_LB_IDS";
+
 /// Pod links: host-side veth ifindex → the addresses routed to it (hash).
 pub const LINKS: &str = "WEIR_LINKS";
 pub const LINKS_MAX_ENTRIES: u32 = 16_384;

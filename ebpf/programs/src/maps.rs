@@ -15,7 +15,7 @@ use weir_common::{
     link::LinkInfo,
     masq::MasqDevice,
     tunnel::TunnelEndpoint,
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SockRevKey, SockRevValue, SourceRangeKey},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, LbIds, Service, SockRevKey, SockRevValue, SourceRangeKey},
     maps::*,
     policy::{EndpointInfo, IpInfo, IpcacheKeyData, PolicyKeyData, PolicyValue, RuleName, NameKey},
     stats::{IfStats, IfStatsKey},
@@ -139,6 +139,15 @@ pub static NAMES: HashMap<NameKey, RuleName> = HashMap::pinned(NAMES_MAX_ENTRIES
 /// Written by the agent and read by the CLI only (see [`NAMES`]).
 #[map(name = "WEIR_SVC_TIMES")]
 pub static SVC_TIMES: HashMap<u32, u64> = HashMap::pinned(SVC_TIMES_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Written by the agent beside [`FRONTENDS`]; read by no program yet
+/// (see `weir_common::maps::SVC_ADDRS`).
+#[map(name = "WEIR_SVC_ADDRS")]
+pub static SVC_ADDRS: HashMap<u32, FrontendKey> = HashMap::pinned(FRONTENDS_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Written and read by the agent only (see [`NAMES`]).
+#[map(name = "WEIR_LB_IDS")]
+pub static LB_IDS: Array<LbIds> = Array::pinned(1, 0);
 
 #[map(name = "WEIR_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

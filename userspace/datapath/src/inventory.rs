@@ -45,7 +45,7 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
     // Maps that may not be pinned yet: IPv4 conntrack (WEIR_CT4) while
     // an older agent's one-table conntrack waits for its migration, and
     // the node object's maps until an agent loaded it.
-    let optional = [CT4, POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT];
+    let optional = [CT4, POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT, SVC_ADDRS, LB_IDS];
     let optional = optional.into_iter().filter(|n| layout.map(n).exists());
     let mut out = Vec::new();
     for name in names.into_iter().chain(optional) {

@@ -46,6 +46,7 @@ impl Lb {
         while self.ids.contains_key(&id) {
             id = id.wrapping_add(1).max(1);
         }
+        self.marks.backend(id)?;
         self.next_backend_id = id.wrapping_add(1).max(1);
         self.backends_map.insert(id, value, 0).map_err(|source| {
             update_error(BACKENDS, BACKENDS_MAX_ENTRIES, || format!("backend {}:{}", ident.addr, u16::from_be(ident.port)), source)

@@ -13,7 +13,9 @@
 mod backends;
 pub mod dump;
 mod growth;
+mod ids;
 pub mod slab;
+mod svc_addrs;
 
 pub use growth::Grown;
 
@@ -30,12 +32,13 @@ use weir_common::{
         KIND_CLUSTER_IP, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ_LOCAL, SVC_F_MASQ_REMOTE, SVC_F_RANDOM, SVC_F_SPLIT,
         SVC_F_SOURCE_RANGES, SVC_F_TERMINATING_FALLBACK, SVC_F_VIP_MARKER, SVC_KIND_SHIFT,
     },
-    maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SOURCE_RANGES, SOURCE_RANGES_MAX_ENTRIES, SVC_TIMES},
+    maps::{AFFINITY, BACKENDS, BACKENDS_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, LB_TABLE, SOURCE_RANGES, SOURCE_RANGES_MAX_ENTRIES, SVC_ADDRS, SVC_TIMES},
 };
 use weir_logic::maglev;
 
 use crate::{ct::Conntrack, error::update_error, mmap::MmapU32Array, pinned, pins::PinLayout, DatapathError};
 use self::{
+    ids::IdMarks,
     slab::Slab,
     spec::{eligible, Frontend, Protocol, Scope, Selection, ServiceSpec},
 };
@@ -124,6 +127,10 @@ pub struct Lb {
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Service id → when it was last programmed (unix seconds).
     times: HashMap<MapData, u32, u64>,
+    /// Service id → its IPv6 frontend (see [`svc_addrs`]).
+    svc_addrs: HashMap<MapData, u32, FrontendKey>,
+    /// Where the id counters may resume (see [`ids`]).
+    marks: IdMarks,
     ct: Conntrack,
     services: BTreeMap<FrontendKey, SvcState>,
     backends: StdHashMap<Owned, (u32, BackendState)>,
@@ -238,6 +245,8 @@ struct Undo {
     table_restore: Vec<(u32, u32)>,
     ranges: Vec<(u32, RangeKey)>,
     vip: Option<Addr>,
+    /// The service id this upsert named in `WEIR_SVC_ADDRS`.
+    named: Option<u32>,
 }
 
 impl Lb {
@@ -260,11 +269,13 @@ impl Lb {
             ranges_by_id.entry(k.data().svc_id).or_default().insert((k.prefix_len(), k.data().addr.bytes));
         }
         let times = pinned::hash(layout, SVC_TIMES)?;
+        let svc_addrs = pinned::hash(layout, SVC_ADDRS)?;
+        let marks = IdMarks::open(layout)?;
         let ct = Conntrack::open(layout)?;
 
         let mut backends = StdHashMap::new();
         let mut ids: StdHashMap<u32, Owned> = StdHashMap::new();
-        let mut next_backend_id = 1;
+        let mut next_backend_id = marks.marks().next_backend_id.max(1);
         let values: StdHashMap<u32, Backend> = backends_map.iter().filter_map(Result::ok).collect();
         for id in values.keys() {
             next_backend_id = next_backend_id.max(id.wrapping_add(1));
@@ -272,7 +283,7 @@ impl Lb {
         let mut services = BTreeMap::new();
         let mut vips = BTreeMap::new();
         let mut used = Vec::new();
-        let mut next_svc_id = 1;
+        let mut next_svc_id = marks.marks().next_svc_id.max(1);
         for (k, svc) in frontends.iter().filter_map(Result::ok) {
             if svc.flags & SVC_F_VIP_MARKER != 0 {
                 continue;
@@ -308,13 +319,15 @@ impl Lb {
         }
         let slab = Slab::new(table_map.len(), &used);
         let affinity = backends::sweep_affinity(affinity, &values);
-        Ok(Self {
+        let mut lb = Self {
             frontends,
             backends_map,
             table_map,
             affinity,
             source_ranges,
             times,
+            svc_addrs,
+            marks,
             ct,
             services,
             backends,
@@ -328,7 +341,10 @@ impl Lb {
             prebuilt_taken: 0,
             layout: layout.clone(),
             growth: None,
-        })
+        };
+        // Names the IPv6 frontends an agent before `WEIR_SVC_ADDRS` programmed.
+        lb.repair_names()?;
+        Ok(lb)
     }
 
     /// Builds, on every core, the Maglev tables that upserting `specs`
@@ -461,6 +477,9 @@ impl Lb {
         if let Some(addr) = undo.vip {
             let _ = self.release_vip(addr, &mut WriteStats::default());
         }
+        if let Some(id) = undo.named {
+            self.unname_frontend(id);
+        }
         for id in undo.created_backends {
             let Some(ident) = self.ids.get(&id).copied() else { continue };
             if self.backends.get(&ident).is_some_and(|(_, st)| st.refs == 0) {
@@ -480,6 +499,7 @@ impl Lb {
             Some(o) => o.service.id,
             None => {
                 let id = self.next_svc_id;
+                self.marks.svc(id)?;
                 self.next_svc_id = self.next_svc_id.wrapping_add(1).max(1);
                 id
             }
@@ -610,6 +630,11 @@ impl Lb {
             self.add_vip(key.addr, &mut stats)?;
             undo.vip = Some(key.addr);
         }
+        // Its id names it before the frontend exists (an IPv6 frontend).
+        if was_new && self.name_frontend(id, &key)? {
+            undo.named = Some(id);
+            stats.map_writes += 1;
+        }
         let old = self.services.get(&key);
         if old.map(|o| o.service) != Some(service) {
             self.frontends.insert(key, service, 0).map_err(|source| {
@@ -662,6 +687,10 @@ impl Lb {
             Err(source) => return Err(DatapathError::Map { name: FRONTENDS, source }),
         }
         let _ = self.times.remove(&old.service.id);
+        if svc_addrs::named(&key) {
+            self.unname_frontend(old.service.id);
+            stats.map_writes += 1;
+        }
         stats.map_writes += 1;
         self.slab.free(old.service.table_base, old.service.table_len);
         if marks_vip(old.service.flags) {
@@ -749,6 +778,7 @@ impl Lb {
             let _ = self.frontends.remove(k);
             repairs += 1;
         }
+        repairs += self.repair_names()?;
         Ok(repairs)
     }
 
