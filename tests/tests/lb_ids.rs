@@ -3,7 +3,8 @@
 //! IPv6 frontend is named by its id (`WEIR_SVC_ADDRS`) from before the
 //! frontend exists until after it is gone. Both are what a conntrack entry
 //! that keeps only ids needs: an id in a flow's entry names one address
-//! for the entry's whole life.
+//! for the entry's whole life. And every service has its programming time
+//! (`WEIR_SVC_TIMES`, by id) however many services there are.
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -13,10 +14,13 @@ use std::{
 use aya::maps::{Array, HashMap, MapData};
 use weir_common::{
     lb::{Backend, FrontendKey, LbIds, Service},
-    maps::{BACKENDS, FRONTENDS, LB_IDS, SVC_ADDRS},
+    maps::{BACKENDS, FRONTENDS, LB_IDS, SVC_ADDRS, SVC_TIMES},
 };
 use weir_datapath::{
-    lb::{spec::Protocol, Lb},
+    lb::{
+        spec::{Protocol, Selection},
+        Lb,
+    },
     pinned, LoadOptions, PinLayout,
 };
 use weir_tests::{services::cluster_ip, testrun};
@@ -128,5 +132,25 @@ fn a_failed_write_of_an_ipv6_frontend_leaves_no_name_behind() {
         let e = lb.upsert(&cluster_ip(vip6, 54, Protocol::Udp, &[(be6, 5354)])).expect_err("no room for a second frontend");
         assert!(e.to_string().contains("WEIR_FRONTENDS"), "{e}");
         assert_eq!(name_list(layout), before, "the failed write's name is taken back");
+    });
+}
+
+#[test]
+fn every_service_has_its_programming_time_past_65536_services() {
+    // 65,600 services (and their VIP markers) fit the frontends; the
+    // times map used to stop at 65,536 whatever the frontends' capacity.
+    const SERVICES: u32 = 65_600;
+    let opts = LoadOptions { frontends: 2 * SERVICES + 16, lb_table_slots: SERVICES + 16, ..LoadOptions::default() };
+    testrun::in_fresh_datapath(opts, |layout, _dp| {
+        let mut lb = Lb::open(layout).expect("open lb maps");
+        for i in 0..SERVICES {
+            let vip = Ipv4Addr::from(0x0a60_0000 + i);
+            let mut spec = cluster_ip(vip, 80, Protocol::Tcp, &[(Ipv4Addr::new(10, 244, 9, 1), 8080)]);
+            spec.selection = Selection::Random;
+            lb.upsert(&spec).unwrap_or_else(|e| panic!("service {i}: {e}"));
+        }
+        let times: HashMap<MapData, u32, u64> = pinned::hash(layout, SVC_TIMES).expect("times");
+        let stamped = times.keys().filter_map(Result::ok).count();
+        assert_eq!(stamped, SERVICES as usize, "every service's programming time is recorded");
     });
 }

@@ -92,9 +92,10 @@ pub const MON_EVENTS_BYTES: u32 = 1 << 20;
 pub const MON_LEASE: &str = "WEIR_MON_LEASE";
 
 /// Service id → when the agent last programmed it, unix seconds (hash,
-/// not preallocated; written by the agent, read by `weir diff`).
+/// not preallocated, sized with [`FRONTENDS`]: every service has a
+/// frontend entry, so it never fills; written by the agent, read by
+/// `weir diff`).
 pub const SVC_TIMES: &str = "WEIR_SVC_TIMES";
-pub const SVC_TIMES_MAX_ENTRIES: u32 = 65_536;
 
 /// Service id → the frontend it names (`lb::FrontendKey`; hash, not
 /// preallocated, sized with [`FRONTENDS`]), for IPv6 frontends: what a

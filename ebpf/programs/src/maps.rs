@@ -138,7 +138,7 @@ pub static NAMES: HashMap<NameKey, RuleName> = HashMap::pinned(NAMES_MAX_ENTRIES
 
 /// Written by the agent and read by the CLI only (see [`NAMES`]).
 #[map(name = "WEIR_SVC_TIMES")]
-pub static SVC_TIMES: HashMap<u32, u64> = HashMap::pinned(SVC_TIMES_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+pub static SVC_TIMES: HashMap<u32, u64> = HashMap::pinned(FRONTENDS_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Written by the agent beside [`FRONTENDS`]; read by no program yet
 /// (see `weir_common::maps::SVC_ADDRS`).
