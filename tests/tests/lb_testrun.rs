@@ -206,6 +206,31 @@ fn tcp_flows_move_through_states_with_their_own_timeouts() {
 }
 
 #[test]
+fn a_udp_exchange_keeps_the_udp_timeout_and_a_flow_still_talking_after_its_reply_gets_the_stream_one() {
+    use weir_common::ct::{CT_STATE_UDP, CT_STATE_UDP_STREAM};
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let q = testrun::udp4((CLIENT, 41200), (VIP, 53), b"query");
+        testrun::run(prog, &q).expect("query");
+        testrun::run(prog, &testrun::udp4((BACKEND, 5353), (CLIENT, 41200), b"answer")).expect("answer");
+        let s = ct_states(lb);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_UDP && (29..=31).contains(ttl)), "a query and its answer: 30 s from the answer: {s:?}");
+        // Within two seconds of the answer (a parallel A/AAAA pair), more
+        // packets leave the expiry where the answer put it.
+        testrun::run(prog, &q).expect("a second query");
+        let s = ct_states(lb);
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_UDP && *ttl <= 31), "{s:?}");
+        // Still talking two seconds after the answer: a stream, 120 s.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        testrun::run(prog, &q).expect("still talking");
+        let s = ct_states(lb);
+        assert!(s.iter().all(|(_, st, ttl)| *st == CT_STATE_UDP_STREAM && (118..=121).contains(ttl)), "a stream, 120 s, both entries: {s:?}");
+    });
+}
+
+#[test]
 fn stale_conntrack_entries_are_collected() {
     use weir_datapath::ct::{monotonic_ns, Conntrack};
     with_config(DatapathConfig { ct_udp_timeout_s: 1, ..DatapathConfig::DEFAULT }, |dp, lb, layout| {

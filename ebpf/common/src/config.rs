@@ -46,7 +46,12 @@ pub struct DatapathConfig {
     /// attached to: the node's and its pods'). Layout v3 of `WEIR_CONFIG`
     /// added it.
     pub sock_scope: u32,
-    pub _pad0: u32,
+    /// The timeout of a UDP flow that is a stream (`CT_STATE_UDP_STREAM`:
+    /// still sending two seconds or more after its first reply), seconds,
+    /// as nf_conntrack's `udp_timeout_stream`. 0: no stream state, every
+    /// UDP flow keeps `ct_udp_timeout_s` (what layout v3's programs did:
+    /// the field was its padding, always zero).
+    pub ct_udp_stream_timeout_s: u32,
 }
 
 /// [`DatapathConfig::sock_scope`]: only sockets of the node's own network
@@ -60,14 +65,15 @@ pub const SOCK_SCOPE_ALL: u32 = 1;
 
 impl DatapathConfig {
     /// Defaults close to Cilium's and the kernel's conntrack: SYN 60 s,
-    /// established 6 h, closing 10 s, closed 10 s, UDP 60 s. Hairpin source
-    /// 169.254.42.1, as Cilium uses.
+    /// established 6 h, closing 10 s, closed 10 s; UDP as nf_conntrack
+    /// (what kube-proxy's users have): 30 s, and 120 s for a stream.
+    /// Hairpin source 169.254.42.1, as Cilium uses.
     pub const DEFAULT: DatapathConfig = DatapathConfig {
         ct_syn_timeout_s: 60,
         ct_established_timeout_s: 21_600,
         ct_closing_timeout_s: 10,
         ct_closed_timeout_s: 10,
-        ct_udp_timeout_s: 60,
+        ct_udp_timeout_s: 30,
         allow_event_sample: 0,
         ct_max_per_endpoint: 32_768,
         masq_port_min: PORT_MIN,
@@ -77,7 +83,7 @@ impl DatapathConfig {
         netns_cookie: 0,
         node_addr6: Addr::ZERO,
         sock_scope: SOCK_SCOPE_NODE,
-        _pad0: 0,
+        ct_udp_stream_timeout_s: 120,
     };
 }
 

@@ -58,7 +58,13 @@ pub const CT_STATE_ESTABLISHED: u8 = 2;
 pub const CT_STATE_CLOSING: u8 = 3;
 /// Reset.
 pub const CT_STATE_CLOSED: u8 = 4;
+/// A UDP flow (or another protocol's without states: ICMP echo).
 pub const CT_STATE_UDP: u8 = 5;
+/// A UDP flow still sending two seconds or more after its first reply
+/// (nf_conntrack's "stream"), with its own, longer timeout
+/// (`DatapathConfig::ct_udp_stream_timeout_s`); a one-shot exchange such
+/// as a DNS query stays [`CT_STATE_UDP`].
+pub const CT_STATE_UDP_STREAM: u8 = 6;
 
 /// The flow is a pod reaching itself through its service.
 pub const CT_F_HAIRPIN: u8 = 1 << 0;

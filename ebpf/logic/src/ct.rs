@@ -17,9 +17,9 @@ use weir_common::{
     config::DatapathConfig,
     ct::{
         CtEntry, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_SEEN_REPLY, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
-        CT_STATE_SYN, CT_STATE_UDP, DIR_REPLY,
+        CT_STATE_SYN, CT_STATE_UDP, CT_STATE_UDP_STREAM, DIR_REPLY,
     },
-    lb::PROTO_TCP,
+    lb::{PROTO_TCP, PROTO_UDP},
 };
 use weir_common::{addr::Addr, ct::{CT_F_HAIRPIN, CT_F_MASQ}};
 
@@ -45,7 +45,9 @@ pub fn advance(proto: u8, cur: State, tcp_flags: u8, dir: u8) -> State {
     let reply = dir == DIR_REPLY;
     let seen = if reply { cur.flags | CT_F_SEEN_REPLY } else { cur.flags };
     if proto != PROTO_TCP {
-        return State { state: CT_STATE_UDP, flags: seen };
+        // A stream stays one ([`touched`] makes it).
+        let state = if cur.state == CT_STATE_UDP_STREAM { CT_STATE_UDP_STREAM } else { CT_STATE_UDP };
+        return State { state, flags: seen };
     }
     let s = cur.state;
     if tcp_flags == 0 {
@@ -78,6 +80,37 @@ pub fn advance(proto: u8, cur: State, tcp_flags: u8, dir: u8) -> State {
     State { state, flags }
 }
 
+/// How long after its first reply a UDP flow that still sends is a
+/// stream (nf_conntrack's 2 s), seconds.
+pub const UDP_STREAM_AFTER_S: u32 = 2;
+
+/// The state and expiry of an entry after one packet travelling in `dir`
+/// at `now_ns`: [`advance`], then the UDP rule of nf_conntrack (what
+/// kube-proxy's users have). A UDP flow lives `ct_udp_timeout_s` after
+/// its last packet until its first reply; a packet after that reply
+/// makes it a stream ([`CT_STATE_UDP_STREAM`], `ct_udp_stream_timeout_s`)
+/// once [`UDP_STREAM_AFTER_S`] have passed since the reply, and before
+/// then leaves the expiry where the reply put it, so that the expiry
+/// still tells when the reply came. A DNS query and its answer are done
+/// `ct_udp_timeout_s` after the answer; a flow that keeps talking gets
+/// the stream's timeout. With `ct_udp_stream_timeout_s` 0 every UDP flow
+/// keeps `ct_udp_timeout_s` after its last packet.
+#[inline(always)]
+pub fn touched(cfg: &DatapathConfig, proto: u8, cur: State, expires_s: u32, tcp_flags: u8, dir: u8, now_ns: u64) -> (State, u32) {
+    let next = advance(proto, cur, tcp_flags, dir);
+    let replied = cur.flags & CT_F_SEEN_REPLY != 0;
+    if proto == PROTO_UDP && cfg.ct_udp_stream_timeout_s != 0 && next.state == CT_STATE_UDP && replied {
+        let replied_at = expires_s.saturating_sub(cfg.ct_udp_timeout_s.saturating_add(1));
+        let now_s = (now_ns / NS_PER_S).min(u32::MAX as u64) as u32;
+        if now_s < replied_at.saturating_add(UDP_STREAM_AFTER_S) {
+            return (next, expires_s);
+        }
+        let stream = State { state: CT_STATE_UDP_STREAM, flags: next.flags };
+        return (stream, expiry(cfg, stream.state, now_ns));
+    }
+    (next, expiry(cfg, next.state, now_ns))
+}
+
 /// The state of a new flow after its first packet (from the opener).
 #[inline(always)]
 pub fn first(proto: u8, tcp_flags: u8) -> State {
@@ -100,6 +133,7 @@ pub fn timeout_s(cfg: &DatapathConfig, state: u8) -> u32 {
         CT_STATE_ESTABLISHED => cfg.ct_established_timeout_s,
         CT_STATE_CLOSING => cfg.ct_closing_timeout_s,
         CT_STATE_CLOSED => cfg.ct_closed_timeout_s,
+        CT_STATE_UDP_STREAM if cfg.ct_udp_stream_timeout_s != 0 => cfg.ct_udp_stream_timeout_s,
         _ => cfg.ct_udp_timeout_s,
     }
 }
@@ -254,8 +288,52 @@ mod tests {
         assert_eq!(timeout_s(&cfg, CT_STATE_ESTABLISHED), 21_600);
         assert_eq!(timeout_s(&cfg, CT_STATE_CLOSING), 10);
         assert_eq!(timeout_s(&cfg, CT_STATE_CLOSED), 10);
-        assert_eq!(timeout_s(&cfg, CT_STATE_UDP), 60);
-        assert_eq!(expiry(&cfg, CT_STATE_UDP, 5), 61);
+        assert_eq!(timeout_s(&cfg, CT_STATE_UDP), 30, "nf_conntrack's udp_timeout");
+        assert_eq!(timeout_s(&cfg, CT_STATE_UDP_STREAM), 120, "nf_conntrack's udp_timeout_stream");
+        assert_eq!(expiry(&cfg, CT_STATE_UDP, 5), 31);
+        let off = DatapathConfig { ct_udp_stream_timeout_s: 0, ..cfg };
+        assert_eq!(timeout_s(&off, CT_STATE_UDP_STREAM), 30, "no stream timeout: the UDP one");
+    }
+
+    /// One UDP packet at second `t` over the entry `(state, expires_s)`.
+    fn udp_at(cfg: &DatapathConfig, cur: (State, u32), dir: u8, t: u64) -> (State, u32) {
+        touched(cfg, PROTO_UDP, cur.0, cur.1, 0, dir, t * NS_PER_S + 300_000_000)
+    }
+
+    #[test]
+    fn a_dns_exchange_is_done_its_timeout_after_the_answer() {
+        let cfg = DatapathConfig::DEFAULT;
+        let q = (first(PROTO_UDP, 0), expiry(&cfg, CT_STATE_UDP, 100 * NS_PER_S));
+        // A retry before the answer pushes the expiry, as any unanswered packet.
+        let q = udp_at(&cfg, q, DIR_ORIG, 101);
+        assert_eq!(q, (State { state: CT_STATE_UDP, flags: 0 }, 132));
+        let a = udp_at(&cfg, q, DIR_REPLY, 101);
+        assert_eq!(a, (State { state: CT_STATE_UDP, flags: CT_F_SEEN_REPLY }, 132), "the answer: 30 s from it");
+        // The second answer of a parallel A/AAAA pair, within 2 s: no push.
+        assert_eq!(udp_at(&cfg, a, DIR_REPLY, 102), a);
+        assert_eq!(udp_at(&cfg, a, DIR_ORIG, 102), a);
+    }
+
+    #[test]
+    fn a_udp_flow_still_talking_two_seconds_after_its_reply_is_a_stream() {
+        let cfg = DatapathConfig::DEFAULT;
+        let a = (State { state: CT_STATE_UDP, flags: CT_F_SEEN_REPLY }, expiry(&cfg, CT_STATE_UDP, 101 * NS_PER_S));
+        for dir in [DIR_ORIG, DIR_REPLY] {
+            let (s, exp) = udp_at(&cfg, a, dir, 103);
+            assert_eq!(s, State { state: CT_STATE_UDP_STREAM, flags: CT_F_SEEN_REPLY });
+            assert_eq!(exp, 103 + 120 + 1);
+            assert_eq!(udp_at(&cfg, (s, exp), dir, 200), (s, 200 + 121), "a stream stays one, pushed by every packet");
+        }
+        // Without a reply no packet makes a stream, however late.
+        let q = (first(PROTO_UDP, 0), expiry(&cfg, CT_STATE_UDP, 100 * NS_PER_S));
+        assert_eq!(udp_at(&cfg, q, DIR_ORIG, 125), (State { state: CT_STATE_UDP, flags: 0 }, 156));
+        // Nor for another protocol without states (ICMP echo).
+        let (s, _) = touched(&cfg, 1, a.0, a.1, 0, DIR_ORIG, 103 * NS_PER_S);
+        assert_eq!(s.state, CT_STATE_UDP);
+        // Nor with the stream timeout off: every packet pushes the expiry.
+        let off = DatapathConfig { ct_udp_stream_timeout_s: 0, ..cfg };
+        assert_eq!(udp_at(&off, a, DIR_ORIG, 102), (a.0, 102 + 31));
+        assert_eq!(udp_at(&off, a, DIR_ORIG, 110).0.state, CT_STATE_UDP);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use weir_common::{
     ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_WIDE, CT_F_STATE_BITS, TAIL, TAIL4},
     drop::DropReason,
 };
-use weir_logic::ct::{advance, alive_until, expiry, State};
+use weir_logic::ct::{alive_until, touched, State};
 
 use crate::{
     errors,
@@ -387,10 +387,10 @@ pub fn touch(entry: &mut CtTail, cfg: &DatapathConfig, proto: u8, tcp_flags: u8,
     // The kernel writes entries only here and at creation, userspace only
     // deletes.
     let cur = State { state: entry.state, flags: entry.flags & CT_F_STATE_BITS };
-    let next = advance(proto, cur, tcp_flags, dir);
+    let (next, expires_s) = touched(cfg, proto, cur, entry.expires_s, tcp_flags, dir, now);
     entry.state = next.state;
     entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
-    entry.expires_s = expiry(cfg, next.state, now);
+    entry.expires_s = expires_s;
     next != cur
 }
 

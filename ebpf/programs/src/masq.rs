@@ -24,7 +24,7 @@ use weir_common::{
     masq::{device_key, MasqDevice},
 };
 use weir_logic::{
-    ct::{advance, expiry, State},
+    ct::{advance, expiry, touched, State},
     masq::twin,
 };
 
@@ -115,10 +115,10 @@ fn touch<P: Packet>(k: &CtKey, e: *mut CtEntry, cfg: &DatapathConfig, pkt: &P, d
     // SAFETY: `e` points into the SNAT map for this program run.
     let entry = unsafe { &mut *e };
     let cur = State { state: entry.state, flags: entry.flags & CT_F_STATE_BITS };
-    let next = advance(pkt.proto(), cur, pkt.tcp_flags(), dir);
+    let (next, expires_s) = touched(cfg, pkt.proto(), cur, entry.expires_s, pkt.tcp_flags(), dir, now);
     entry.state = next.state;
     entry.flags = (entry.flags & !CT_F_STATE_BITS) | next.flags;
-    entry.expires_s = expiry(cfg, next.state, now);
+    entry.expires_s = expires_s;
     let Some(tk) = twin(k, entry) else { return };
     if let Some(t) = lookup(&tk) {
         // SAFETY: map value pointer, valid for the program run.

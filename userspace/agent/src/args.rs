@@ -167,9 +167,16 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub ct_tcp_closed_timeout: u32,
 
-    /// Conntrack timeout of UDP flows, seconds.
-    #[arg(long, default_value_t = 60)]
+    /// Conntrack timeout of UDP flows, seconds: after the last packet
+    /// until a reply, then after the reply (nf_conntrack's udp_timeout).
+    #[arg(long, default_value_t = 30)]
     pub ct_udp_timeout: u32,
+
+    /// Conntrack timeout of UDP flows still sending two seconds or more
+    /// after their reply ("streams"), seconds (nf_conntrack's
+    /// udp_timeout_stream); 0: none, every UDP flow keeps --ct-udp-timeout.
+    #[arg(long, default_value_t = 120)]
+    pub ct_udp_stream_timeout: u32,
 
     /// How often stale conntrack entries are collected, seconds.
     #[arg(long, default_value_t = 10)]
@@ -344,6 +351,7 @@ impl Args {
             ct_closing_timeout_s: self.ct_tcp_closing_timeout.max(1),
             ct_closed_timeout_s: self.ct_tcp_closed_timeout.max(1),
             ct_udp_timeout_s: self.ct_udp_timeout.max(1),
+            ct_udp_stream_timeout_s: self.ct_udp_stream_timeout,
             allow_event_sample: self.policy_allow_events,
             ct_max_per_endpoint: self.ct_max_per_endpoint.unwrap_or_else(|| per_endpoint_share(self.ct_max_entries, self.ct6_max_entries)),
             masq_port_min: self.masquerade_ports.min,

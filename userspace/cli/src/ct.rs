@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use weir_common::ct::{CtEntry, CtKey, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CT_STATE_UDP};
+use weir_common::ct::{CtEntry, CtKey, CT_POLICY, CT_SVC_FWD, CT_SVC_REV, CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CT_STATE_UDP, CT_STATE_UDP_STREAM};
 use weir_datapath::{
     ct::{monotonic_ns, Conntrack},
     explain::proto_name,
@@ -53,6 +53,7 @@ fn state_name(s: u8) -> &'static str {
         CT_STATE_CLOSING => "closing",
         CT_STATE_CLOSED => "closed",
         CT_STATE_UDP => "udp",
+        CT_STATE_UDP_STREAM => "udp-stream",
         _ => "unknown",
     }
 }

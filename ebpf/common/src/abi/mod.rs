@@ -135,6 +135,10 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 ///   instead of 88).
 /// - v3 of `WEIR_CT`: IPv6 flows only (the bytes as in v2); IPv4 flows
 ///   are in `WEIR_CT4` (v1), with 4-byte addresses.
+/// - `WEIR_CONFIG` v3's last 4 bytes, padding until 2026-12-06, are
+///   `ct_udp_stream_timeout_s`, whose 0 (what the padding always held)
+///   means no UDP stream state, what the programs did before: no version
+///   bump, the lock refreshed.
 pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::IF_STATS, 1, sz::<IfStatsKey>(), sz::<IfStats>(), &["IfStatsKey", "IfStats"], false),
     layout(maps::DP_ERRORS, 1, 4, 8, &["u64"], false),

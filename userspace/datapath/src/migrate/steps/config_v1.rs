@@ -49,7 +49,7 @@ mod tests {
         // SAFETY: `v` holds exactly size_of::<DatapathConfig>() bytes; every
         // bit pattern is a valid DatapathConfig (integers and byte arrays).
         let got = unsafe { core::ptr::read_unaligned(v.as_ptr().cast::<DatapathConfig>()) };
-        assert_eq!(got, DatapathConfig { node_addr6: Addr::ZERO, ..cfg });
+        assert_eq!(got, DatapathConfig { node_addr6: Addr::ZERO, ct_udp_stream_timeout_s: 0, ..cfg }, "through v2: no UDP stream state, as v1's programs");
     }
 
     #[test]

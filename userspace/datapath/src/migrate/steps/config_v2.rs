@@ -1,9 +1,10 @@
 //! The datapath configuration from layout v2 to v3 (`WEIR_CONFIG`): v3
-//! appends `DatapathConfig::sock_scope` (and 4 bytes of padding). Every
-//! v2 byte keeps its place and meaning; the new field starts at
-//! `SOCK_SCOPE_NODE`, what the v2 programs did (the socket programs
-//! translate the node's own sockets only) until the agent writes its
-//! `--socket-lb-namespaces`.
+//! appends `DatapathConfig::sock_scope` and 4 bytes that were padding
+//! (now `ct_udp_stream_timeout_s`, whose 0 means no stream state: what
+//! the v2 programs did). Every v2 byte keeps its place and meaning; the
+//! new field starts at `SOCK_SCOPE_NODE`, what the v2 programs did (the
+//! socket programs translate the node's own sockets only) until the agent
+//! writes its `--socket-lb-namespaces`.
 
 use weir_common::config::{DatapathConfig, SOCK_SCOPE_NODE};
 
@@ -51,7 +52,7 @@ mod tests {
         // SAFETY: `v` holds exactly size_of::<DatapathConfig>() bytes; every
         // bit pattern is a valid DatapathConfig (integers and byte arrays).
         let got = unsafe { core::ptr::read_unaligned(v.as_ptr().cast::<DatapathConfig>()) };
-        assert_eq!(got, DatapathConfig { sock_scope: SOCK_SCOPE_NODE, ..cfg });
+        assert_eq!(got, DatapathConfig { sock_scope: SOCK_SCOPE_NODE, ct_udp_stream_timeout_s: 0, ..cfg }, "no UDP stream state, as v2's programs");
     }
 
     #[test]
