@@ -85,6 +85,30 @@ fn an_id_freed_before_a_restart_is_never_handed_out_again() {
 }
 
 #[test]
+fn ids_an_agent_from_before_the_marks_handed_out_are_covered_at_the_next_start() {
+    testrun::in_fresh_datapath(LoadOptions { lb_table_slots: 4096, ..LoadOptions::default() }, |layout, _dp| {
+        let (vip_a, vip_b, vip_c) = (Ipv4Addr::new(10, 96, 9, 1), Ipv4Addr::new(10, 96, 9, 2), Ipv4Addr::new(10, 96, 9, 3));
+        let be = |i| [(Ipv4Addr::new(10, 244, 9, i), 8080)];
+        let mut lb = Lb::open(layout).expect("open lb maps");
+        lb.upsert(&cluster_ip(vip_a, 80, Protocol::Tcp, &be(1))).expect("A");
+        lb.upsert(&cluster_ip(vip_b, 80, Protocol::Tcp, &be(2))).expect("B");
+        let b_id = svc_id(layout, vip_b, 80);
+        drop(lb);
+        // An agent from before WEIR_LB_IDS left no marks.
+        let mut marks: Array<MapData, LbIds> = pinned::array(layout, LB_IDS).expect("lb ids");
+        marks.set(0, LbIds::default(), 0).expect("clear the marks");
+        // This agent starts, and B goes before it hands out any id.
+        let mut lb = Lb::open(layout).expect("the upgraded agent");
+        lb.remove(&cluster_ip(vip_b, 80, Protocol::Tcp, &be(2)).frontend).expect("remove B");
+        drop(lb);
+        let mut lb = Lb::open(layout).expect("restart");
+        lb.upsert(&cluster_ip(vip_c, 80, Protocol::Tcp, &be(3))).expect("C");
+        let c_id = svc_id(layout, vip_c, 80);
+        assert!(c_id > b_id, "C got service id {c_id}; B's {b_id} was handed out by the older agent and must not come back");
+    });
+}
+
+#[test]
 fn an_ipv6_frontend_is_named_by_its_id_until_it_is_removed_and_repairs_restore_the_names() {
     testrun::in_fresh_datapath(LoadOptions { lb_table_slots: 4096, ..LoadOptions::default() }, |layout, _dp| {
         let vip6 = "fd00:10:96::1".parse::<Ipv6Addr>().expect("vip");

@@ -188,7 +188,8 @@ const _: () = assert!(core::mem::size_of::<SockRevValue>() == 20);
 
 /// Value of `WEIR_LB_IDS`: the ids an agent start resumes from. Every
 /// id handed out is below its mark (until a counter wraps past
-/// `u32::MAX`, where the agent skips the ids still in use).
+/// `u32::MAX`, four billion ids on: then backend ids skip the ids still
+/// in use, and service ids start again from 1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LbIds {

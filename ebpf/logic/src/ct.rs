@@ -81,12 +81,16 @@ pub fn advance(proto: u8, cur: State, tcp_flags: u8, dir: u8) -> State {
 }
 
 /// How long after its first reply a UDP flow that still sends is a
-/// stream (nf_conntrack's 2 s), seconds.
+/// stream, seconds. nf_conntrack counts its 2 s from the flow's first
+/// packet, which an entry does not keep; from the reply, a flow whose
+/// answer took longer than that becomes a stream a little later. Entries
+/// keep whole seconds, so this is 1 to 3 s.
 pub const UDP_STREAM_AFTER_S: u32 = 2;
 
 /// The state and expiry of an entry after one packet travelling in `dir`
-/// at `now_ns`: [`advance`], then the UDP rule of nf_conntrack (what
-/// kube-proxy's users have). A UDP flow lives `ct_udp_timeout_s` after
+/// at `now_ns`: [`advance`], then nf_conntrack's UDP timeouts (what
+/// kube-proxy's users have; its stream rule approximated, see
+/// [`UDP_STREAM_AFTER_S`]). A UDP flow lives `ct_udp_timeout_s` after
 /// its last packet until its first reply; a packet after that reply
 /// makes it a stream ([`CT_STATE_UDP_STREAM`], `ct_udp_stream_timeout_s`)
 /// once [`UDP_STREAM_AFTER_S`] have passed since the reply, and before
@@ -97,6 +101,10 @@ pub const UDP_STREAM_AFTER_S: u32 = 2;
 /// keeps `ct_udp_timeout_s` after its last packet.
 #[inline(always)]
 pub fn touched(cfg: &DatapathConfig, proto: u8, cur: State, expires_s: u32, tcp_flags: u8, dir: u8, now_ns: u64) -> (State, u32) {
+    // An expired UDP entry a packet meets before the collector took it out
+    // (masquerade touches without checking) starts afresh, unanswered, as
+    // a new nf_conntrack entry would: not a stream from a reply long gone.
+    let cur = if proto == PROTO_UDP && !alive_until(expires_s, now_ns) { State { state: 0, flags: 0 } } else { cur };
     let next = advance(proto, cur, tcp_flags, dir);
     let replied = cur.flags & CT_F_SEEN_REPLY != 0;
     if proto == PROTO_UDP && cfg.ct_udp_stream_timeout_s != 0 && next.state == CT_STATE_UDP && replied {
@@ -330,6 +338,9 @@ mod tests {
         // Nor for another protocol without states (ICMP echo).
         let (s, _) = touched(&cfg, 1, a.0, a.1, 0, DIR_ORIG, 103 * NS_PER_S);
         assert_eq!(s.state, CT_STATE_UDP);
+        // An expired answered entry a packet meets starts afresh: not a stream.
+        let (s, exp) = udp_at(&cfg, a, DIR_ORIG, 140);
+        assert_eq!((s, exp), (State { state: CT_STATE_UDP, flags: 0 }, 171), "a new, unanswered flow");
         // Nor with the stream timeout off: every packet pushes the expiry.
         let off = DatapathConfig { ct_udp_stream_timeout_s: 0, ..cfg };
         assert_eq!(udp_at(&off, a, DIR_ORIG, 102), (a.0, 102 + 31));

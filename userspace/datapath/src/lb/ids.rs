@@ -36,6 +36,17 @@ impl IdMarks {
         self.marks
     }
 
+    /// Makes the marks cover the ids the maps already hold (an agent from
+    /// before the marks left them at zero): ids below `next_svc_id` and
+    /// `next_backend_id` are taken.
+    pub(super) fn cover(&mut self, next_svc_id: u32, next_backend_id: u32) -> Result<(), DatapathError> {
+        let marks = LbIds { next_svc_id: next_svc_id.max(self.marks.next_svc_id), next_backend_id: next_backend_id.max(self.marks.next_backend_id) };
+        if marks == self.marks {
+            return Ok(());
+        }
+        self.write(marks)
+    }
+
     /// Records that service id `id` is handed out, before anything names it.
     pub(super) fn svc(&mut self, id: u32) -> Result<(), DatapathError> {
         if id < self.marks.next_svc_id {

@@ -317,6 +317,8 @@ impl Lb {
                 orphans.entry(ident).or_default().push((*id, *b));
             }
         }
+        let mut marks = marks;
+        marks.cover(next_svc_id, next_backend_id)?;
         let slab = Slab::new(table_map.len(), &used);
         let affinity = backends::sweep_affinity(affinity, &values);
         let mut lb = Self {
@@ -762,6 +764,8 @@ impl Lb {
                 }
             }
         }
+        // Names before the frontends they name.
+        repairs += self.repair_names()?;
         let actual: StdHashMap<FrontendKey, Service> = self.frontends.iter().filter_map(Result::ok).collect();
         let mut wanted: Vec<(FrontendKey, Service)> = self.services.iter().map(|(k, s)| (*k, s.service)).collect();
         wanted.extend(self.vips.keys().map(|a| (marker_key(*a), Service { flags: SVC_F_VIP_MARKER, ..Service::default() })));
@@ -778,7 +782,6 @@ impl Lb {
             let _ = self.frontends.remove(k);
             repairs += 1;
         }
-        repairs += self.repair_names()?;
         Ok(repairs)
     }
 
