@@ -27,7 +27,7 @@
 
 use std::{
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -47,9 +47,59 @@ fn ep(i: u32, j: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 1)) + i * 16 + j)
 }
 
+/// Service `i`'s IPv6 ClusterIP, counted up from fd00:10:96::1.
+fn vip6(i: u32) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from("fd00:10:96::1".parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::UNSPECIFIED)) + u128::from(i))
+}
+
+/// Endpoint `j` (< 16) of service `i` over IPv6, counted up from fd00:10:128::1.
+fn ep6(i: u32, j: u32) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from("fd00:10:128::1".parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::UNSPECIFIED)) + u128::from(i) * 16 + u128::from(j))
+}
+
+/// The address family of the generated services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn vip(self, i: u32) -> IpAddr {
+        match self {
+            Family::V4 => vip(i).into(),
+            Family::V6 => vip6(i).into(),
+        }
+    }
+
+    fn ep(self, i: u32, j: u32) -> IpAddr {
+        match self {
+            Family::V4 => ep(i, j).into(),
+            Family::V6 => ep6(i, j).into(),
+        }
+    }
+
+    fn address_type(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    #[test]
+    fn every_ipv6_service_and_endpoint_has_an_address_of_its_own_up_to_100000_services() {
+        let vips: BTreeSet<_> = (0..100_000).map(super::vip6).collect();
+        assert_eq!(vips.len(), 100_000);
+        assert_eq!(super::vip6(0).to_string(), "fd00:10:96::1");
+        let eps: BTreeSet<_> = (0..100_000).flat_map(|i| (0..16).map(move |j| super::ep6(i, j))).collect();
+        assert_eq!(eps.len(), 1_600_000);
+        assert!(eps.iter().all(|e| e.segments()[..3] == [0xfd00, 0x10, 0x128]), "inside fd00:10:128::/48");
+    }
 
     #[test]
     fn every_service_and_endpoint_has_an_address_of_its_own_up_to_100000_services() {
@@ -62,19 +112,20 @@ mod tests {
     }
 }
 
-fn service_yaml(i: u32, endpoints: u32, not_ready: Option<u32>) -> String {
-    service_yaml_without(i, endpoints, not_ready, None)
+fn service_yaml(f: Family, i: u32, endpoints: u32, not_ready: Option<u32>) -> String {
+    service_yaml_without(f, i, endpoints, not_ready, None)
 }
 
 /// `missing`: an endpoint left out of the slice.
-fn service_yaml_without(i: u32, endpoints: u32, not_ready: Option<u32>, missing: Option<u32>) -> String {
+fn service_yaml_without(f: Family, i: u32, endpoints: u32, not_ready: Option<u32>, missing: Option<u32>) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n",
-        vip(i)
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  clusterIP: \"{}\"\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: {}\nports: [{{name: http, port: 8080}}]\nendpoints:\n",
+        f.vip(i),
+        f.address_type()
     );
     for j in (0..endpoints).filter(|j| missing != Some(*j)) {
         let ready = not_ready != Some(j);
-        let _ = writeln!(y, "- addresses: [{}]\n  conditions: {{ready: {ready}}}", ep(i, j));
+        let _ = writeln!(y, "- addresses: [\"{}\"]\n  conditions: {{ready: {ready}}}", f.ep(i, j));
     }
     y.push_str("---\n");
     y
@@ -138,6 +189,10 @@ struct Args {
     /// each change then removes one endpoint of service 0.
     #[arg(long, default_value_t = 0, conflicts_with = "cluster")]
     ct_entries: u32,
+    /// IPv6 services and endpoints (each IPv6 frontend is also named in
+    /// `WEIR_SVC_ADDRS`).
+    #[arg(long, conflicts_with_all = ["cluster", "ct_entries"])]
+    ipv6: bool,
 }
 
 fn main() {
@@ -148,15 +203,16 @@ fn main() {
         return;
     }
     let ct_entries = a.ct_entries;
+    let f = if a.ipv6 { Family::V6 } else { Family::V4 };
     let services = args.first().copied().unwrap_or(10_000);
     let endpoints = args.get(1).copied().unwrap_or(10);
     let changes = args.get(2).copied().unwrap_or(200);
     let node = Node::new();
     // Services 1.. live in files of 100; service 0 has a file of its own, which the change loop edits.
-    node.write_source("svc-0.yaml", service_yaml(0, endpoints, None).as_bytes());
+    node.write_source("svc-0.yaml", service_yaml(f, 0, endpoints, None).as_bytes());
     let mut chunk = String::new();
     for i in 1..services {
-        chunk.push_str(&service_yaml(i, endpoints, None));
+        chunk.push_str(&service_yaml(f, i, endpoints, None));
         if i % 100 == 0 || i == services - 1 {
             node.write_source(&format!("svc-{i:05}.yaml"), chunk.as_bytes());
             chunk.clear();
@@ -198,7 +254,7 @@ fn main() {
     let mut lat = Vec::new();
     for k in 0..changes {
         let before = agent.log_text().matches("reconciled").count();
-        let yaml = if ct_entries > 0 { service_yaml_without(0, endpoints, None, Some(k % endpoints)) } else { service_yaml(0, endpoints, Some(k % endpoints)) };
+        let yaml = if ct_entries > 0 { service_yaml_without(f, 0, endpoints, None, Some(k % endpoints)) } else { service_yaml(f, 0, endpoints, Some(k % endpoints)) };
         node.write_source("svc-0.yaml", yaml.as_bytes());
         agent.wait_for_log("reconciled", before + 1);
         if let Some(us) = agent.log_text().lines().filter(|l| l.contains("reconciled")).nth(before).and_then(took_us) {
@@ -210,7 +266,7 @@ fn main() {
     let rss_after = rss_kib(pid);
     println!("| metric | value |");
     println!("|---|---|");
-    println!("| services × endpoints | {services} × {endpoints} |");
+    println!("| services × endpoints | {services} × {endpoints} ({}) |", f.address_type());
     if ct_entries > 0 {
         println!("| conntrack entries present (each change removes an endpoint) | {ct_entries} |");
     }
