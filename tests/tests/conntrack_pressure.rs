@@ -75,6 +75,20 @@ fn one_pod_spraying_new_tuples_cannot_evict_another_pods_connection() {
     let refused = v["drops"]["ct_quota"].as_u64().unwrap_or(0);
     assert!(refused > 400_000, "the sprayer's flows beyond its quota were refused, not admitted: {refused}");
     assert!(metric(&node, "weir_conntrack_events_total{event=\"quota_refused\"}") > 0, "and /metrics says so");
+
+    // The pod at its share is named before anyone reads drop counters.
+    let out = node.weir(&["status", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let share = &v["conntrack"]["share"];
+    let limit = share["limit"].as_u64().unwrap_or(0);
+    assert_eq!(limit, 32_768, "the default share: {share}");
+    assert_eq!(share["fullest_link"].as_u64(), Some(u64::from(sprayer.host_ifindex)), "the sprayer's link is the fullest: {share}");
+    assert!(share["fullest_entries"].as_u64().unwrap_or(0) * 10 >= limit * 9, "and it is at its share: {share}");
+    let text = node.weir(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("the fullest pod link, {}", sprayer.host_if)) && text.contains("that pod is at its share"), "{text}");
+    assert_eq!(metric(&node, "weir_conntrack_pod_share_limit"), 32_768);
+    assert!(metric(&node, "weir_conntrack_pod_share_fullest") * 10 >= 32_768 * 9, "/metrics shows the fullest pod near its share");
 }
 
 #[test]

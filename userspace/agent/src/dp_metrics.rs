@@ -139,6 +139,22 @@ impl Collector for DatapathCollector {
         ConstGauge::new(self.ct_live.load(Ordering::Relaxed) as i64).encode(m.encode_family(&StateLabels { state: "live".into() })?)?;
         let cap = ConstGauge::new(self.ct_capacity.load(Ordering::Relaxed) as i64);
         cap.encode(encoder.encode_descriptor("conntrack_capacity", "Conntrack table capacity", None, cap.metric_type())?)?;
+        if let Ok(share) = weir_datapath::ct::ShareUse::read(&self.layout) {
+            let limit = ConstGauge::new(share.limit as i64);
+            limit.encode(encoder.encode_descriptor(
+                "conntrack_pod_share_limit",
+                "Conntrack entries one pod may hold (--ct-max-per-endpoint; 0: no limit); its new flows beyond it are refused (ct_quota)",
+                None,
+                limit.metric_type(),
+            )?)?;
+            let fullest = ConstGauge::new(share.fullest_entries as i64);
+            fullest.encode(encoder.encode_descriptor(
+                "conntrack_pod_share_fullest",
+                "Conntrack entries held by the pod that holds the most (alert as it nears conntrack_pod_share_limit)",
+                None,
+                fullest.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }

@@ -161,6 +161,20 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
         if c.evicted > 0 {
             println!("  the table filled up: raise --ct-max-entries (IPv4) or --ct6-max-entries (IPv6), or lower --ct-max-per-endpoint");
         }
+        let s = &c.share;
+        if s.limit > 0 && s.fullest_link != 0 {
+            let name = ifnames::name_of(s.fullest_link).unwrap_or_else(|| "?".into());
+            println!(
+                "  per-pod share: {} entries; the fullest pod link, {name} ({}), holds {} ({:.1}%)",
+                s.limit,
+                s.fullest_link,
+                s.fullest_entries,
+                pct(s.fullest_entries, s.limit)
+            );
+            if s.fullest_entries * 10 >= s.limit * 9 {
+                println!("  that pod is at its share: its new flows are refused (ct_quota); raise --ct-max-per-endpoint, or both tables (the default share grows with them)");
+            }
+        }
     } else if let Some(v) = other_layout(&st.layouts, weir_common::maps::CT) {
         let mine = weir_common::abi::layout_of(weir_common::maps::CT).map_or(0, |l| l.version);
         println!("conntrack: pinned in layout v{v}, this weir reads v{mine}: not read (the next agent start migrates it)");

@@ -224,6 +224,46 @@ pub struct CtAccount {
     pub quota_refused: u64,
     pub half_rebuilt: u64,
     pub port_remapped: u64,
+    /// How full the pods' shares are ([`ShareUse`]).
+    pub share: ShareUse,
+}
+
+/// The per-pod conntrack shares (`--ct-max-per-endpoint`): what one pod
+/// link may hold, and the link holding the most, by the counts the
+/// kernel's quota reads (it adds as it creates; the collector rewrites
+/// them from its scans). A pod at its share has its new flows refused
+/// (`ct_quota`): this is what shows it coming.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShareUse {
+    /// Entries one pod link may hold; 0: no limit.
+    pub limit: u64,
+    /// The pod link (ifindex) holding the most entries; 0: none holds any.
+    pub fullest_link: u32,
+    /// How many it holds.
+    pub fullest_entries: u64,
+}
+
+impl ShareUse {
+    /// From the per-link counts and the limit.
+    pub fn of(counts: impl IntoIterator<Item = (u32, u64)>, limit: u32) -> Self {
+        let (fullest_link, fullest_entries) = counts.into_iter().filter(|(l, _)| *l != 0).max_by_key(|(l, n)| (*n, std::cmp::Reverse(*l))).unwrap_or((0, 0));
+        Self { limit: u64::from(limit), fullest_link, fullest_entries }
+    }
+
+    /// Read from the pinned maps (`WEIR_CT_OWNERS`, `WEIR_CONFIG`).
+    pub fn read(layout: &PinLayout) -> Result<Self, DatapathError> {
+        let owners: HashMap<MapData, u32, u64> = pinned::hash(layout, CT_OWNERS)?;
+        Ok(Self::of(owners.iter().filter_map(Result::ok), config_of(layout)?.ct_max_per_endpoint))
+    }
+}
+
+/// The datapath configuration the agent wrote (the defaults before it did).
+fn config_of(layout: &PinLayout) -> Result<DatapathConfig, DatapathError> {
+    let cfg_map = pinned::array::<DatapathConfig>(layout, CONFIG)?;
+    Ok(match cfg_map.get(&0, 0) {
+        Ok(c) if c.ct_udp_timeout_s != 0 => c,
+        _ => DatapathConfig::DEFAULT,
+    })
 }
 
 /// What one collection did.
@@ -243,6 +283,7 @@ pub struct Conntrack {
     owners: Option<HashMap<MapData, u32, u64>>,
     capacity: u64,
     cfg: DatapathConfig,
+    layout: PinLayout,
 }
 
 impl Conntrack {
@@ -259,12 +300,8 @@ impl Conntrack {
             Some(name) => Some(pinned::hash(layout, name)?),
             None => None,
         };
-        let cfg_map = pinned::array::<DatapathConfig>(layout, CONFIG)?;
-        let cfg = match cfg_map.get(&0, 0) {
-            Ok(c) if c.ct_udp_timeout_s != 0 => c,
-            _ => DatapathConfig::DEFAULT,
-        };
-        Ok(Self { maps, stats, owners, capacity, cfg })
+        let cfg = config_of(layout)?;
+        Ok(Self { maps, stats, owners, capacity, cfg, layout: layout.clone() })
     }
 
     /// Every entry (key, value), read in batches ([`crate::batch`]).
@@ -438,6 +475,11 @@ impl Conntrack {
             quota_refused: self.stat(CtStat::QuotaRefused),
             half_rebuilt: self.stat(CtStat::HalfRebuilt),
             port_remapped: self.stat(CtStat::PortRemapped),
+            // The limit as the agent wrote it now (this handle may predate it).
+            share: match &self.owners {
+                Some(o) => ShareUse::of(o.iter().filter_map(Result::ok), config_of(&self.layout).map_or(self.cfg.ct_max_per_endpoint, |c| c.ct_max_per_endpoint)),
+                None => ShareUse::default(),
+            },
         }
     }
 
@@ -465,5 +507,17 @@ impl Conntrack {
         let n = doomed.iter().filter(|k| self.maps.remove(k)).count();
         self.count_deleted(n as u64);
         n
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::ShareUse;
+
+    #[test]
+    fn the_fullest_pod_link_is_the_one_holding_the_most_and_flows_from_outside_are_nobodys() {
+        assert_eq!(ShareUse::of([], 32_768), ShareUse { limit: 32_768, fullest_link: 0, fullest_entries: 0 });
+        let s = ShareUse::of([(7, 10), (0, 90_000), (12, 31_000), (9, 31_000)], 32_768);
+        assert_eq!(s, ShareUse { limit: 32_768, fullest_link: 9, fullest_entries: 31_000 }, "link 0 (outside) is no pod; a tie names the lower link");
     }
 }
