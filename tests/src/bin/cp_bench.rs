@@ -6,7 +6,7 @@
 //! event → maps-written latency), and agent RSS. No assertions: numbers
 //! go to docs/performance.md.
 //!
-//! Usage: weir-cp-bench [SERVICES] [ENDPOINTS] [CHANGES] [--ct-entries N]   (default 10000 10 200)
+//! Usage: weir-cp-bench [--ipv6] [SERVICES] [ENDPOINTS] [CHANGES] [--ct-entries N]   (default 10000 10 200)
 //!        weir-cp-bench --cluster [--kube [--streaming]] [--default-table] [NODES] [PODS] [CHANGES]  (default 4000 100000 20)
 //! (`--help` says more; an unknown argument is refused.)
 //!

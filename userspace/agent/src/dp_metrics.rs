@@ -150,7 +150,7 @@ impl Collector for DatapathCollector {
             let fullest = ConstGauge::new(share.fullest_entries as i64);
             fullest.encode(encoder.encode_descriptor(
                 "conntrack_pod_share_fullest",
-                "Conntrack entries held by the pod that holds the most (alert as it nears conntrack_pod_share_limit)",
+                "Conntrack entries held by the pod that holds the most (alert as it nears conntrack_pod_share_limit; weir status names the pod)",
                 None,
                 fullest.metric_type(),
             )?)?;

@@ -172,7 +172,7 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
                 pct(s.fullest_entries, s.limit)
             );
             if s.fullest_entries * 10 >= s.limit * 9 {
-                println!("  that pod is at its share: its new flows are refused (ct_quota); raise --ct-max-per-endpoint, or both tables (the default share grows with them)");
+                println!("  that pod is nearing or at its share: beyond it its new flows are refused (ct_quota); raise --ct-max-per-endpoint, or both tables (the default share grows with them)");
             }
         }
     } else if let Some(v) = other_layout(&st.layouts, weir_common::maps::CT) {

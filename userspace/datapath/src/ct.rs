@@ -435,7 +435,10 @@ impl Conntrack {
         self.write_owners(&owners);
         let remaining = (entries.len() - out.deleted) as u64;
         let v4 = self.v4_count(&entries).saturating_sub(deleted_v4);
-        out.account = self.account_with(created_before, remaining, live, v4);
+        // The counts just written (the agent's handle follows its own
+        // configuration, written before it opened conntrack).
+        let share = if self.owners.is_some() { ShareUse::of(owners, self.cfg.ct_max_per_endpoint) } else { ShareUse::default() };
+        out.account = self.account_with(created_before, remaining, live, v4, share);
         out
     }
 
@@ -460,7 +463,7 @@ impl Conntrack {
         entries.iter().filter(|(k, _)| k.is_v4()).count() as u64
     }
 
-    fn account_with(&self, created: u64, entries: u64, live: u64, entries_v4: u64) -> CtAccount {
+    fn account_with(&self, created: u64, entries: u64, live: u64, entries_v4: u64, share: ShareUse) -> CtAccount {
         let deleted = self.stat(CtStat::Deleted) + self.stat(CtStat::AgentDeleted);
         CtAccount {
             entries,
@@ -475,11 +478,7 @@ impl Conntrack {
             quota_refused: self.stat(CtStat::QuotaRefused),
             half_rebuilt: self.stat(CtStat::HalfRebuilt),
             port_remapped: self.stat(CtStat::PortRemapped),
-            // The limit as the agent wrote it now (this handle may predate it).
-            share: match &self.owners {
-                Some(o) => ShareUse::of(o.iter().filter_map(Result::ok), config_of(&self.layout).map_or(self.cfg.ct_max_per_endpoint, |c| c.ct_max_per_endpoint)),
-                None => ShareUse::default(),
-            },
+            share,
         }
     }
 
@@ -489,7 +488,13 @@ impl Conntrack {
         let entries = self.entries();
         let live = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).count() as u64;
         let v4 = self.v4_count(&entries);
-        self.account_with(created, entries.len() as u64, live, v4)
+        // The counts the kernel reads, and the limit as written now (a
+        // reader's handle may predate the agent's configuration).
+        let share = match &self.owners {
+            Some(o) => ShareUse::of(o.iter().filter_map(Result::ok), config_of(&self.layout).map_or(self.cfg.ct_max_per_endpoint, |c| c.ct_max_per_endpoint)),
+            None => ShareUse::default(),
+        };
+        self.account_with(created, entries.len() as u64, live, v4, share)
     }
 
     /// Deletes the flows of `(svc_id, backend_id)` pairs; `svc_id` None
