@@ -137,24 +137,19 @@ impl Collector for DatapathCollector {
         let mut m = encoder.encode_descriptor("conntrack_entries", "Conntrack entries at the last collection, all and live", None, MetricType::Gauge)?;
         ConstGauge::new(self.ct_entries.load(Ordering::Relaxed) as i64).encode(m.encode_family(&StateLabels { state: "all".into() })?)?;
         ConstGauge::new(self.ct_live.load(Ordering::Relaxed) as i64).encode(m.encode_family(&StateLabels { state: "live".into() })?)?;
-        let cap = ConstGauge::new(self.ct_capacity.load(Ordering::Relaxed) as i64);
-        cap.encode(encoder.encode_descriptor("conntrack_capacity", "Conntrack table capacity", None, cap.metric_type())?)?;
+        gauge(&mut encoder, "conntrack_capacity", "Conntrack table capacity", self.ct_capacity.load(Ordering::Relaxed))?;
         if let Ok(share) = weir_datapath::ct::ShareUse::read(&self.layout) {
-            let limit = ConstGauge::new(share.limit as i64);
-            limit.encode(encoder.encode_descriptor(
-                "conntrack_pod_share_limit",
-                "Conntrack entries one pod may hold (--ct-max-per-endpoint; 0: no limit); its new flows beyond it are refused (ct_quota)",
-                None,
-                limit.metric_type(),
-            )?)?;
-            let fullest = ConstGauge::new(share.fullest_entries as i64);
-            fullest.encode(encoder.encode_descriptor(
-                "conntrack_pod_share_fullest",
-                "Conntrack entries held by the pod that holds the most (alert as it nears conntrack_pod_share_limit; weir status names the pod)",
-                None,
-                fullest.metric_type(),
-            )?)?;
+            let limit_help = "Conntrack entries one pod may hold (--ct-max-per-endpoint; 0: no limit); its new flows beyond it are refused (ct_quota)";
+            gauge(&mut encoder, "conntrack_pod_share_limit", limit_help, share.limit)?;
+            let fullest_help = "Conntrack entries held by the pod that holds the most (alert as it nears conntrack_pod_share_limit; weir status names the pod)";
+            gauge(&mut encoder, "conntrack_pod_share_fullest", fullest_help, share.fullest_entries)?;
         }
         Ok(())
     }
+}
+
+/// One unlabelled gauge.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
