@@ -11,14 +11,18 @@
 //! allowed has one `CT_POLICY` entry keyed by the tuple of its opener.
 //!
 //! Each address family has a table of its own, as Cilium keeps CT4 and
-//! CT6: IPv6 flows in `WEIR_CT` ([`CtKey`] → [`CtEntry`], 16-byte
-//! addresses), IPv4 flows in `WEIR_CT4` ([`CtKey4`] → [`CtEntry4`], the
-//! same fields with 4-byte addresses: 16 + 32 B instead of 40 + 56, so an
-//! entry costs the kernel 112 B instead of 160). Code above the tables
-//! works on the wide types; an IPv4 key and entry are narrowed on their
-//! way in and widened on their way out ([`CtKey::narrow`],
-//! [`CtEntry4::widen`]). The fields after the addresses ([`CtTail`]) are
-//! laid out alike in both, so state updates need no conversion.
+//! CT6: IPv4 flows in `WEIR_CT4` ([`CtKey4`] → [`CtEntry4`], 4-byte
+//! addresses: 16 + 32 B, so an entry costs the kernel 112 B), IPv6 flows
+//! in `WEIR_CT` ([`CtKey`] → [`CtTail`], layout v4: no address in the
+//! value, 40 + 24 B, 128 B an entry) but for the reverse entries of
+//! masqueraded flows, which keep both addresses in `WEIR_CT6_MASQ`
+//! ([`CtKey`] → [`CtEntry`], 160 B). Where an IPv6 entry's addresses come
+//! from instead is `weir_logic::ct6`. Code above the tables works on the
+//! wide types; an entry is narrowed on its way in and widened on its way
+//! out ([`CtKey::narrow`], [`CtEntry4::widen`], [`CtTail::of`],
+//! `weir_logic::ct6::widen`). The fields after the addresses ([`CtTail`])
+//! are laid out alike in every table, so state updates need no
+//! conversion.
 
 use crate::addr::Addr;
 
@@ -184,9 +188,14 @@ pub const CARRY_OVER_V1: u8 = 2;
 /// `WEIR_CT4_PREV_ON` only: from `maps::CT4_PREV` (when `WEIR_CT4` is
 /// rebuilt too: a migration resumed with another size), then from the
 /// IPv4 entries of the one-table conntrack a migration splits (`WEIR_CT`
-/// before layout v3), read where `WEIR_CT_PREV_ON` says (`maps::CT_PREV`
-/// or `maps::CT_PREV_V1`) and narrowed.
+/// before layout v3), read where `WEIR_CT_PREV_ON` says
+/// (`maps::CT_PREV_V3` or `maps::CT_PREV_V1`) and narrowed.
 pub const CARRY_OVER_WIDE: u8 = 3;
+/// `WEIR_CT_PREV_ON` only: from `maps::CT_PREV_V3`, a `WEIR_CT` of
+/// layout v2 or v3 (`CtEntry` values, 16-byte addresses), each entry
+/// narrowed to a [`CtTail`] or kept whole in `WEIR_CT6_MASQ`
+/// (`weir_logic::ct6::keeps_addrs`).
+pub const CARRY_OVER_V3: u8 = 4;
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 56 && core::mem::align_of::<CtEntry>() == 8);
 
 /// Value of `WEIR_CT4`: a [`CtEntry`] of an IPv4 flow, each address the
@@ -225,6 +234,25 @@ pub struct CtTail {
     pub flags: u8,
     pub _pad: u16,
     pub owner: u32,
+}
+
+impl CtTail {
+    /// The fields of `e` after its addresses: an IPv6 entry as `WEIR_CT`
+    /// holds it (layout v4).
+    #[inline(always)]
+    pub const fn of(e: &CtEntry) -> CtTail {
+        CtTail {
+            expires_s: e.expires_s,
+            backend_id: e.backend_id,
+            svc_id: e.svc_id,
+            nat_port: e.nat_port,
+            orig_port: e.orig_port,
+            state: e.state,
+            flags: e.flags,
+            _pad: 0,
+            owner: e.owner,
+        }
+    }
 }
 
 /// Where [`CtTail`] starts in a [`CtEntry`] and in a [`CtEntry4`].
@@ -342,4 +370,4 @@ impl CtStat {
     }
 }
 
-crate::user_pod!(CtKey, CtEntry, CtKey4, CtEntry4);
+crate::user_pod!(CtKey, CtEntry, CtKey4, CtEntry4, CtTail);

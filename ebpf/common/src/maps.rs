@@ -30,10 +30,19 @@ pub const LB_TABLE_MAX_ENTRIES: u32 = 4 * 1024 * 1024;
 pub const AFFINITY: &str = "WEIR_AFFINITY";
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 
-/// Conntrack of IPv6 flows: CtKey → CtEntry (LRU hash). Before layout
-/// v3 it held IPv4 flows too; a migration moves those to [`CT4`].
+/// Conntrack of IPv6 flows: CtKey → CtTail (LRU hash; see `crate::ct`).
+/// Before layout v3 it held IPv4 flows too, a migration moves those to
+/// [`CT4`]; before layout v4 its values were whole `CtEntry`s, a
+/// migration narrows them and moves the masqueraded flows' reverse
+/// entries to [`CT6_MASQ`].
 pub const CT: &str = "WEIR_CT";
 pub const CT6_MAX_ENTRIES: u32 = 65_536;
+
+/// The reverse entries of masqueraded IPv6 flows, which keep both
+/// addresses: CtKey → CtEntry (LRU hash; `weir_logic::ct6`). Counted
+/// with [`CT`] in `WEIR_CT_STATS`.
+pub const CT6_MASQ: &str = "WEIR_CT6_MASQ";
+pub const CT6_MASQ_MAX_ENTRIES: u32 = 16_384;
 
 /// Conntrack of IPv4 flows: CtKey4 → CtEntry4 (LRU hash; see `crate::ct`).
 pub const CT4: &str = "WEIR_CT4";
@@ -50,9 +59,14 @@ pub const CT4_PREV: &str = "WEIR_CT4_PREV";
 /// a migration, an empty map of one entry.
 pub const CT_PREV: &str = "WEIR_CT_PREV";
 
-/// The same as [`CT_PREV`], during a migration from conntrack's previous
+/// The same as [`CT_PREV`], during a migration from conntrack's first
 /// layout (`crate::ct_v1`): the programs convert what they take over.
 pub const CT_PREV_V1: &str = "WEIR_CT_PREV_V1";
+
+/// The same as [`CT_PREV`], during a migration from layout v2 or v3
+/// (whole `CtEntry` values): the programs narrow what they take over
+/// (`crate::ct::CARRY_OVER_V3`).
+pub const CT_PREV_V3: &str = "WEIR_CT_PREV_V3";
 
 /// Runtime configuration: index 0 → DatapathConfig (array).
 pub const CONFIG: &str = "WEIR_CONFIG";

@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod counters;
 pub mod csum;
 pub mod ct;
+pub mod ct6;
 pub mod frontend;
 pub mod hash;
 pub mod ipv6;

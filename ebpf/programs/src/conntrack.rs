@@ -17,14 +17,17 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_WIDE, CT_F_STATE_BITS, TAIL, TAIL4},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_V3, CARRY_OVER_WIDE, CT_F_STATE_BITS, CT_SVC_REV, TAIL, TAIL4},
     drop::DropReason,
 };
-use weir_logic::ct::{alive_until, touched, State};
+use weir_logic::{
+    ct::{alive_until, touched, State},
+    ct6::{self, Nat},
+};
 
 use crate::{
     errors,
-    maps::{scratch, CONFIG, CT, CT4, CT4_PREV, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_STATS},
+    maps::{scratch, BACKENDS, CONFIG, CT, CT4, CT4_PREV, CT6_MASQ, CT_OWNERS, CT_PREV, CT_PREV_V1, CT_PREV_V3, CT_STATS, SVC_ADDRS},
 };
 
 /// CLOCK_MONOTONIC at the resolution of the kernel's tick (a few ms),
@@ -97,51 +100,28 @@ pub fn key(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8, kind: u8
 
 /// An address family's conntrack table, chosen by the compiler: IPv4
 /// (`u32`, the word as on the wire) in `WEIR_CT4`, IPv6 (`Addr`) in
-/// `WEIR_CT` (`family::Packet::A`, `xdp::FrameAddr`). Code above the
-/// tables passes wide keys and entries; an IPv4 one is narrowed here,
-/// in per-CPU scratch space (see `weir_common::ct`).
+/// `WEIR_CT` and `WEIR_CT6_MASQ` (`family::Packet::A`,
+/// `xdp::FrameAddr`). Code above the tables passes wide keys and
+/// entries; they are narrowed here, in per-CPU scratch space, and
+/// widened on the way out (see `weir_common::ct`, `weir_logic::ct6`).
 pub trait Family: Copy {
     const V4: bool;
-    /// The address of this family at `p` (in an entry of its table).
-    ///
-    /// # Safety
-    /// `p` points at such an address, valid for reads.
-    unsafe fn read_at(p: *const u8) -> Self;
-    /// As the wide types hold it.
-    fn wide(self) -> Addr;
 }
 
 impl Family for u32 {
     const V4: bool = true;
-    #[inline(always)]
-    unsafe fn read_at(p: *const u8) -> u32 {
-        // SAFETY: the caller's.
-        unsafe { *(p as *const u32) }
-    }
-    #[inline(always)]
-    fn wide(self) -> Addr {
-        Addr::from_v4_raw(self)
-    }
 }
 
 impl Family for Addr {
     const V4: bool = false;
-    #[inline(always)]
-    unsafe fn read_at(p: *const u8) -> Addr {
-        // SAFETY: the caller's.
-        unsafe { *(p as *const Addr) }
-    }
-    #[inline(always)]
-    fn wide(self) -> Addr {
-        self
-    }
 }
 
 /// A conntrack entry in its family's table: a map value pointer, valid
-/// for the program run.
-#[repr(transparent)]
+/// for the program run, and for IPv6 whether it is a whole entry
+/// (`WEIR_CT6_MASQ`) or a `CtTail` (`WEIR_CT`).
 pub struct Ct<F> {
     p: *mut u8,
+    whole: bool,
     f: PhantomData<F>,
 }
 
@@ -155,43 +135,40 @@ impl<F> Copy for Ct<F> {}
 
 impl<F: Family> Ct<F> {
     #[inline(always)]
-    fn new(p: *mut u8) -> Self {
-        Self { p, f: PhantomData }
+    fn new(p: *mut u8, whole: bool) -> Self {
+        Self { p, whole, f: PhantomData }
     }
 
     /// The fields after the addresses, updated in place.
     #[inline(always)]
     pub fn tail(self) -> &'static mut CtTail {
-        let off = if F::V4 { TAIL4 } else { TAIL };
-        // SAFETY: a map value of the family's entry type, whose bytes from
+        let off = if F::V4 {
+            TAIL4
+        } else if self.whole {
+            TAIL
+        } else {
+            0
+        };
+        // SAFETY: a map value of the table's entry type, whose bytes from
         // `off` are a CtTail (asserted in weir_common::ct).
         unsafe { &mut *(self.p.add(off) as *mut CtTail) }
     }
 
-    /// The entry, widened, into `out`.
+    /// The entry behind `k` (the key it was looked up by), widened, into
+    /// `out`. False when an IPv6 entry names a backend or service id that
+    /// is gone, so that the address it left out is unknown (`out` holds
+    /// the zero address for it): the flow is over.
     #[inline(always)]
-    pub fn read(self, out: &mut CtEntry) {
+    pub fn read(self, k: &CtKey, out: &mut CtEntry) -> bool {
         if F::V4 {
             widen_into(out, self.p as *const CtEntry4);
-        } else {
-            copy_entry(out, self.p as *const CtEntry);
+            return true;
         }
-    }
-
-    /// Forward: the backend. Reverse: the VIP (`CtEntry::nat_addr`), in
-    /// the family's own type.
-    #[inline(always)]
-    pub fn nat(self) -> F {
-        // SAFETY: the first field of either entry type.
-        unsafe { F::read_at(self.p) }
-    }
-
-    /// `CtEntry::orig_addr`, in the family's own type.
-    #[inline(always)]
-    pub fn orig(self) -> F {
-        let off = if F::V4 { core::mem::offset_of!(CtEntry4, orig_addr) } else { core::mem::offset_of!(CtEntry, orig_addr) };
-        // SAFETY: the second field of either entry type.
-        unsafe { F::read_at(self.p.add(off)) }
+        if self.whole {
+            copy_entry(out, self.p as *const CtEntry);
+            return true;
+        }
+        widen6_into(out, k, self.p as *const CtTail)
     }
 
     #[inline(always)]
@@ -224,6 +201,26 @@ pub fn widen_into(dst: &mut CtEntry, src: *const CtEntry4) {
     copy_tail(unsafe { (dst as *mut CtEntry as *mut u8).add(TAIL) }, unsafe { (src as *const u8).add(TAIL4) });
 }
 
+/// An IPv6 entry of `WEIR_CT` (`k` → `t`), widened
+/// (`weir_logic::ct6::widen`, in place): the address it left out read
+/// from the id it names. False if that id is gone.
+#[inline(always)]
+fn widen6_into(dst: &mut CtEntry, k: &CtKey, t: *const CtTail) -> bool {
+    // SAFETY: a whole CtTail, a map value valid for the program run.
+    let tail = unsafe { &*t };
+    let nat = match ct6::nat_of(k.kind, tail) {
+        // SAFETY: map value pointers, valid for the program run.
+        Nat::Backend(id) => BACKENDS.get_ptr(&id).map(|b| unsafe { (*b).addr }),
+        Nat::Service(id) => SVC_ADDRS.get_ptr(&id).map(|f| unsafe { (*f).addr }),
+        Nat::None => Some(Addr::ZERO),
+    };
+    dst.nat_addr = nat.unwrap_or(Addr::ZERO);
+    dst.orig_addr = ct6::orig_addr(k, tail.flags);
+    // SAFETY: within the entry (weir_common::ct asserts the offsets).
+    copy_tail(unsafe { (dst as *mut CtEntry as *mut u8).add(TAIL) }, t as *const u8);
+    nat.is_some()
+}
+
 /// An IPv4 flow's entry as `WEIR_CT4` holds it (`CtEntry4::narrow`, by words).
 #[inline(always)]
 pub fn narrow_into(dst: &mut CtEntry4, src: *const CtEntry) {
@@ -238,8 +235,9 @@ pub fn narrow_into(dst: &mut CtEntry4, src: *const CtEntry) {
 /// Where conntrack takes over an entry it misses, in the programs the
 /// agent loads for a migration that rebuilds `WEIR_CT`
 /// (`weir_datapath::migrate`): `CARRY_OVER_SAME` from `WEIR_CT_PREV` (the
-/// same layout, another capacity), `CARRY_OVER_V1` from `WEIR_CT_PREV_V1`
-/// (the previous layout), `CARRY_OVER_OFF` otherwise. A load-time
+/// same layout, another capacity), `CARRY_OVER_V3` from `WEIR_CT_PREV_V3`
+/// (layouts v2 and v3), `CARRY_OVER_V1` from `WEIR_CT_PREV_V1` (layout
+/// v1), `CARRY_OVER_OFF` otherwise. A load-time
 /// constant (.rodata), so the verifier removes [`carry_over`] from every
 /// other load and it costs nothing per packet.
 #[no_mangle]
@@ -281,32 +279,73 @@ pub fn lookup<F: Family>(k: &CtKey) -> Option<Ct<F>> {
             None if carry4_from() != CARRY_OVER_OFF => carry_over4(k),
             None => None,
         };
-        return e.map(|e| Ct::new(e as *mut u8));
+        return e.map(|e| Ct::new(e as *mut u8, false));
     }
-    let e = match CT.get_ptr_mut(k) {
-        Some(e) => Some(e),
-        None if carry_from() != CARRY_OVER_OFF => carry_over(k),
-        None => None,
-    };
-    e.map(|e| Ct::new(e as *mut u8))
+    if let Some(e) = found6(k) {
+        return Some(e);
+    }
+    if carry_from() != CARRY_OVER_OFF {
+        return carry_over(k);
+    }
+    None
+}
+
+/// An IPv6 key's entry in `WEIR_CT`, or in `WEIR_CT6_MASQ` if it may be
+/// there (`weir_logic::ct6::may_keep_addrs`).
+#[inline(always)]
+fn found6<F: Family>(k: &CtKey) -> Option<Ct<F>> {
+    if let Some(e) = CT.get_ptr_mut(k) {
+        return Some(Ct::new(e as *mut u8, false));
+    }
+    if may_keep_addrs(k) {
+        return CT6_MASQ.get_ptr_mut(k).map(|e| Ct::new(e as *mut u8, true));
+    }
+    None
+}
+
+/// Whether `k` may be in `WEIR_CT6_MASQ`: a reverse key addressed to the
+/// node's IPv6 address.
+#[inline(always)]
+fn may_keep_addrs(k: &CtKey) -> bool {
+    k.kind == CT_SVC_REV && config().is_some_and(|c| ct6::may_keep_addrs(k, &c.node_addr6))
 }
 
 /// An entry missing from `WEIR_CT` that the map a migration replaces
 /// still holds (see `weir_common::maps::CT_PREV`): it moves over, so a
 /// flow the old programs opened during the migration keeps its
-/// translation. From the previous layout, it is converted by the same
-/// function as the agent's copy (`weir_common::ct_v1::to_v2`). Outside a
+/// translation. From an older layout, it is converted by the same
+/// functions as the agent's copy (`weir_common::ct_v1::to_v2`, then
+/// narrowed or kept whole by `weir_logic::ct6::keeps_addrs`). Outside a
 /// migration the maps are empty. (Inlined: a frame of its own would take
 /// the deepest call chains past the 512-byte stack.)
 #[inline(always)]
-fn carry_over(k: &CtKey) -> Option<*mut CtEntry> {
-    let same = |k: &CtKey| CT_PREV.get_ptr(k);
-    let v1 = |k: &CtKey| CT_PREV_V1.get_ptr(k);
-    if crate::carry::take_over(carry_from(), k, same, v1, |k, e| CT.insert(k, e, BPF_NOEXIST as u64).is_ok()) {
+fn carry_over<F: Family>(k: &CtKey) -> Option<Ct<F>> {
+    let taken = if carry_from() == CARRY_OVER_SAME {
+        // SAFETY: a map value pointer, valid for this program run.
+        CT_PREV.get_ptr(k).is_some_and(|old| CT.insert(k, unsafe { &*old }, BPF_NOEXIST as u64).is_ok())
+    } else {
+        take_over_whole(k, |k, e| insert::<Addr>(k, e, BPF_NOEXIST as u64).is_ok())
+    };
+    if taken {
         stat(CtStat::Created);
         stat(CtStat::CarriedOver);
     }
-    CT.get_ptr_mut(k)
+    found6(k)
+}
+
+/// Takes over `k`'s entry from a `WEIR_CT` of layout v3 or older (whole
+/// `CtEntry`s: `WEIR_CT_PREV_V3`, or `WEIR_CT_PREV_V1` converted), where
+/// `WEIR_CT_PREV_ON` says; `insert` writes it.
+#[inline(always)]
+fn take_over_whole(k: &CtKey, insert: impl FnOnce(&CtKey, &CtEntry) -> bool) -> bool {
+    let mode = match carry_from() {
+        CARRY_OVER_V3 => CARRY_OVER_SAME,
+        CARRY_OVER_V1 => CARRY_OVER_V1,
+        _ => return false,
+    };
+    let same = |k: &CtKey| CT_PREV_V3.get_ptr(k);
+    let v1 = |k: &CtKey| CT_PREV_V1.get_ptr(k);
+    crate::carry::take_over(mode, k, same, v1, insert)
 }
 
 /// [`carry_over`] for `WEIR_CT4` (its key narrowed in `scratch().key4`):
@@ -319,9 +358,7 @@ fn carry_over4(k: &CtKey) -> Option<*mut CtEntry4> {
     // SAFETY: a map value pointer, valid for this program run.
     let mut taken = CT4_PREV.get_ptr(&s.key4).is_some_and(|old| CT4.insert(&s.key4, unsafe { &*old }, BPF_NOEXIST as u64).is_ok());
     if !taken && carry4_from() == CARRY_OVER_WIDE {
-        let same = |k: &CtKey| CT_PREV.get_ptr(k);
-        let v1 = |k: &CtKey| CT_PREV_V1.get_ptr(k);
-        taken = crate::carry::take_over(carry_from(), k, same, v1, |_, e| {
+        taken = take_over_whole(k, |_, e| {
             narrow_into(&mut s.entry4, e);
             CT4.insert(&s.key4, &s.entry4, BPF_NOEXIST as u64).is_ok()
         });
@@ -361,13 +398,14 @@ pub fn tail_any(k: &CtKey) -> Option<&'static mut CtTail> {
 }
 
 /// Copies the entry behind a key of either family into `out`, widened;
-/// false if there is none.
+/// false if there is none (or it names an id that is gone, see
+/// [`Ct::read`]).
 #[inline(always)]
 pub fn read_any(k: &CtKey, out: &mut CtEntry) -> bool {
     if k.is_v4() {
-        lookup::<u32>(k).map(|e| e.read(out)).is_some()
+        lookup::<u32>(k).is_some_and(|e| e.read(k, out))
     } else {
-        lookup::<Addr>(k).map(|e| e.read(out)).is_some()
+        lookup::<Addr>(k).is_some_and(|e| e.read(k, out))
     }
 }
 
@@ -403,8 +441,7 @@ pub fn sync_twin<F: Family>(k: &CtKey, from: &CtTail) {
         // SAFETY: a map value pointer, valid for the program run.
         CT4.get_ptr_mut(k4).map(|e| unsafe { &mut *((e as *mut u8).add(TAIL4) as *mut CtTail) })
     } else {
-        // SAFETY: as above.
-        CT.get_ptr_mut(k).map(|e| unsafe { &mut *((e as *mut u8).add(TAIL) as *mut CtTail) })
+        found6::<Addr>(k).map(|e| e.tail())
     };
     if let Some(t) = t {
         t.state = from.state;
@@ -483,7 +520,13 @@ fn insert<F: Family>(k: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i64> {
         narrow_into(&mut s.entry4, e);
         return CT4.insert(&s.key4, &s.entry4, flags).map_err(|rc| rc as i64);
     }
-    CT.insert(k, e, flags).map_err(|rc| rc as i64)
+    if ct6::keeps_addrs(k.kind, e.flags) {
+        return CT6_MASQ.insert(k, e, flags).map_err(|rc| rc as i64);
+    }
+    let s = scratch().ok_or(-12i64)?;
+    // SAFETY: the tail of a whole CtEntry, into a whole CtTail.
+    copy_tail(&mut s.tail as *mut CtTail as *mut u8, unsafe { (e as *const CtEntry as *const u8).add(TAIL) });
+    CT.insert(k, &s.tail, flags).map_err(|rc| rc as i64)
 }
 
 /// Why [`create`] did not insert.
@@ -518,7 +561,11 @@ pub fn replace_any(k: &CtKey, e: &CtEntry) -> Result<(), Exists> {
 /// Deletes a key the kernel decided is stale.
 #[inline(always)]
 pub fn remove<F: Family>(k: &CtKey) {
-    let removed = if F::V4 { key4(k).is_some_and(|k4| CT4.remove(k4).is_ok()) } else { CT.remove(k).is_ok() };
+    let removed = if F::V4 {
+        key4(k).is_some_and(|k4| CT4.remove(k4).is_ok())
+    } else {
+        CT.remove(k).is_ok() || (may_keep_addrs(k) && CT6_MASQ.remove(k).is_ok())
+    };
     if removed {
         stat(CtStat::Deleted);
     }

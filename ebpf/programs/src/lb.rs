@@ -143,7 +143,10 @@ pub fn reverse<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, no
     let Some(s) = scratch() else { return NOT_HANDLED };
     s.rkey = key(P::wide(pkt.saddr()), P::wide(pkt.daddr()), pkt.sport(), pkt.dport(), pkt.proto(), CT_SVC_REV);
     let Some(e) = conntrack::lookup::<P::A>(&s.rkey) else { return NOT_HANDLED };
-    e.read(&mut s.rev);
+    // An IPv6 entry whose service is gone cannot restore its address.
+    if !e.read(&s.rkey, &mut s.rev) {
+        return NOT_HANDLED;
+    }
     s.fkey = fwd_key_of(&s.rev, pkt.proto());
     let twin = conntrack::lookup::<P::A>(&s.fkey);
     let twin_alive = twin.is_some_and(|t| t.alive(now));
@@ -250,7 +253,7 @@ pub const REVERSE_IN_PLACE: u32 = 1;
 #[inline(never)]
 fn rebuild_fwd<F: Family>(rev: Ct<F>) {
     let Some(s) = scratch() else { return };
-    rev.read(&mut s.fwd);
+    rev.read(&s.rkey, &mut s.fwd);
     s.fwd.nat_addr = s.rkey.saddr;
     s.fwd.nat_port = s.rkey.sport;
     s.fwd.orig_port = s.rkey.dport;
@@ -326,7 +329,9 @@ pub fn forward<P: Packet>(pkt: &P, cfg: &DatapathConfig, now: u64) -> i32 {
     // An existing flow keeps its backend while the backend exists, unless
     // a SYN reopens a finished flow.
     if let Some(e) = conntrack::lookup::<P::A>(&s.fkey) {
-        e.read(&mut s.fwd);
+        // A backend that is gone reads as the zero address, which
+        // `backend_matches` refuses.
+        e.read(&s.fkey, &mut s.fwd);
         s.rkey = rev_key::<P>(&s.fwd, cfg, pkt.proto());
         let twin = conntrack::lookup::<P::A>(&s.rkey);
         let live = is_alive(&s.fwd, now) || twin.is_some_and(|t| t.alive(now));
@@ -438,7 +443,7 @@ fn masq_port(cfg: &DatapathConfig) -> u16 {
 #[inline(never)]
 fn rebuild_rev<F: Family>(fwd: Ct<F>) {
     let Some(s) = scratch() else { return };
-    fwd.read(&mut s.rev);
+    fwd.read(&s.fkey, &mut s.rev);
     s.rev.nat_addr = s.fkey.daddr;
     s.rev.nat_port = s.fkey.dport;
     s.rev.orig_port = s.fkey.sport;
@@ -482,7 +487,7 @@ pub fn commit<P: Packet>(pkt: &P, cfg: &DatapathConfig) -> i32 {
             // Another CPU created this flow first, or a stale entry of the
             // same tuple is in the way.
             let Some(e) = conntrack::lookup::<P::A>(&s.fkey) else { return ct_full() };
-            e.read(&mut s.other);
+            e.read(&s.fkey, &mut s.other);
             let now = conntrack::now_ns();
             let stale = !is_alive(&s.other, now)
                 || s.other.svc_id != s.fwd.svc_id
@@ -526,7 +531,8 @@ fn claim_rev<F: Family>(cfg: &DatapathConfig) -> u32 {
         Err(Exists::Yes) => {}
     }
     let Some(e) = conntrack::lookup::<F>(&s.rkey) else { return CLAIM_FULL };
-    e.read(&mut s.other);
+    // One whose service is gone is no flow's any more: stale.
+    let known = e.read(&s.rkey, &mut s.other);
     let same_flow = s.other.orig_addr == s.rev.orig_addr
         && s.other.nat_addr == s.rev.nat_addr
         && s.other.nat_port == s.rev.nat_port
@@ -536,7 +542,7 @@ fn claim_rev<F: Family>(cfg: &DatapathConfig) -> u32 {
     // a tuple space (the masquerade range, 4,536 ports per backend by default) is
     // held for the closing timeout after every short connection.
     let finished = s.rkey.proto == PROTO_TCP && s.fwd.state == CT_STATE_SYN && (s.other.state == CT_STATE_CLOSING || s.other.state == CT_STATE_CLOSED);
-    if same_flow || finished || !is_alive(&s.other, conntrack::now_ns()) {
+    if same_flow || finished || !known || !is_alive(&s.other, conntrack::now_ns()) {
         return if replace::<F>(&s.rkey, &s.rev).is_ok() { CLAIM_OK } else { CLAIM_FULL };
     }
     let masq = s.fwd.flags & CT_F_MASQ != 0;

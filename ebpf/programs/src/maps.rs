@@ -8,7 +8,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtTail},
     ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
@@ -44,9 +44,14 @@ pub static LB_TABLE: Array<u32> = Array::pinned(LB_TABLE_MAX_ENTRIES, aya_ebpf::
 #[map(name = "WEIR_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
 
-/// IPv6 flows (see `weir_common::ct`).
+/// IPv6 flows, without their addresses (see `weir_common::ct`).
 #[map(name = "WEIR_CT")]
-pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT6_MAX_ENTRIES, 0);
+pub static CT: LruHashMap<CtKey, CtTail> = LruHashMap::pinned(CT6_MAX_ENTRIES, 0);
+
+/// The reverse entries of masqueraded IPv6 flows, whole (see
+/// `weir_common::maps::CT6_MASQ`).
+#[map(name = "WEIR_CT6_MASQ")]
+pub static CT6_MASQ: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT6_MASQ_MAX_ENTRIES, 0);
 
 /// IPv4 flows (see `weir_common::ct`).
 #[map(name = "WEIR_CT4")]
@@ -58,7 +63,11 @@ pub static CT4_PREV: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(1, 0);
 
 /// See `weir_common::maps::CT_PREV`.
 #[map(name = "WEIR_CT_PREV")]
-pub static CT_PREV: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(1, 0);
+pub static CT_PREV: LruHashMap<CtKey, CtTail> = LruHashMap::pinned(1, 0);
+
+/// See `weir_common::maps::CT_PREV_V3`.
+#[map(name = "WEIR_CT_PREV_V3")]
+pub static CT_PREV_V3: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(1, 0);
 
 /// See `weir_common::maps::CT_PREV_V1`.
 #[map(name = "WEIR_CT_PREV_V1")]
@@ -219,6 +228,8 @@ pub struct Scratch {
     /// (`conntrack`).
     pub key4: CtKey4,
     pub entry4: CtEntry4,
+    /// An IPv6 entry on its way into `WEIR_CT`, narrowed (`conntrack`).
+    pub tail: CtTail,
 }
 
 #[map(name = "WEIR_SCRATCH")]

@@ -271,7 +271,9 @@ fn reply<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> bool 
     let rkey = key(f.src, f.dst, f.sport, f.dport, f.proto, CT_SVC_REV);
     let (Some(e), Some(s)) = (lookup::<A>(&rkey), scratch()) else { return false };
     // Read widened from scratch space (copies on the stack would not fit).
-    e.read(&mut s.other);
+    if !e.read(&rkey, &mut s.other) {
+        return false;
+    }
     let rev = &s.other;
     if !steady(rev, f.proto, now) {
         return false;
@@ -293,7 +295,7 @@ fn forward<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> boo
     let fkey = key(f.src, f.dst, f.sport, f.dport, f.proto, CT_SVC_FWD);
     let (Some(e), Some(s)) = (lookup::<A>(&fkey), scratch()) else { return false };
     // As in `reply`.
-    e.read(&mut s.other);
+    e.read(&fkey, &mut s.other);
     let fwd = &s.other;
     // Only flows opened from outside (charged to no pod link).
     if fwd.owner != 0 || !steady(fwd, f.proto, now) {

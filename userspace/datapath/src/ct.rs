@@ -5,9 +5,11 @@
 //! kernel uses. The masquerade table (`WEIR_SNAT`) has the same types and
 //! is collected by the same code ([`Table::SNAT`]).
 //!
-//! Conntrack is two maps, one per address family (`WEIR_CT4` for IPv4,
-//! `WEIR_CT` for IPv6, see `weir_common::ct`); [`CtMaps`] reads and
-//! writes both by the wide key, so everything above it sees one table.
+//! Conntrack is a map per address family (`WEIR_CT4` for IPv4, `WEIR_CT`
+//! for IPv6, whose values keep no address, and `WEIR_CT6_MASQ` for the
+//! IPv6 entries that must: see `weir_common::ct`, `weir_logic::ct6`);
+//! [`CtMaps`] reads and writes them all by the wide key and entry, so
+//! everything above it sees one table.
 //!
 //! Deleting never races with the kernel: an entry is taken out with
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns what was really there,
@@ -21,11 +23,16 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use weir_common::{
+    addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
-    maps::{CONFIG, CT, CT4, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CtTail, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
+    lb::{Backend, FrontendKey},
+    maps::{BACKENDS, CONFIG, CT, CT4, CT6_MASQ, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS, SVC_ADDRS},
 };
-use weir_logic::ct::is_alive;
+use weir_logic::{
+    ct::is_alive,
+    ct6::{self, Nat},
+};
 
 use crate::{pinned, pins::PinLayout, DatapathError};
 
@@ -58,12 +65,15 @@ pub fn twin_key(key: &CtKey, e: &CtEntry, cfg: &DatapathConfig) -> Option<CtKey>
     }
 }
 
-/// Which of the two tables of flows: their map, its counters and the
+/// Which of the two tables of flows: their maps, its counters and the
 /// per-endpoint counts (conntrack only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
-    /// The map of IPv6 flows, or of both families (`map4` None).
+    /// The map of whole entries: of IPv6 flows that keep their addresses
+    /// (`tails` Some), or of every flow of both families (`map4` None).
     pub map: &'static str,
+    /// The map of IPv6 flows without their addresses, if there is one.
+    pub tails: Option<&'static str>,
     /// The map of IPv4 flows, if they have their own.
     pub map4: Option<&'static str>,
     pub stats: &'static str,
@@ -71,18 +81,56 @@ pub struct Table {
 }
 
 impl Table {
-    pub const CT: Table = Table { map: CT, map4: Some(CT4), stats: CT_STATS, owners: Some(CT_OWNERS) };
-    pub const SNAT: Table = Table { map: SNAT, map4: None, stats: SNAT_STATS, owners: None };
+    pub const CT: Table = Table { map: CT6_MASQ, tails: Some(CT), map4: Some(CT4), stats: CT_STATS, owners: Some(CT_OWNERS) };
+    pub const SNAT: Table = Table { map: SNAT, tails: None, map4: None, stats: SNAT_STATS, owners: None };
 }
 
 /// The IPv4 map, typed and raw.
 type Narrow = (HashMap<MapData, CtKey4, CtEntry4>, MapData);
 
-/// A table's maps, read and written by the wide key: an IPv4 key goes to
-/// the IPv4 map (narrowed) when there is one.
+/// The IPv6 map of `CtTail`s, typed and raw, and the maps that name what
+/// its entries left out (`weir_logic::ct6`): `None` where an agent
+/// from before them left none.
+struct Tails {
+    map: HashMap<MapData, CtKey, CtTail>,
+    raw: MapData,
+    backends: Option<HashMap<MapData, u32, Backend>>,
+    svc_addrs: Option<HashMap<MapData, u32, FrontendKey>>,
+}
+
+impl Tails {
+    /// The address `t` (of key `k`) left out: the zero address if the id
+    /// it names is gone.
+    fn nat(&self, k: &CtKey, t: &CtTail) -> Addr {
+        let found = match ct6::nat_of(k.kind, t) {
+            Nat::Backend(id) => self.backends.as_ref().and_then(|m| m.get(&id, 0).ok()).map(|b| b.addr),
+            Nat::Service(id) => self.svc_addrs.as_ref().and_then(|m| m.get(&id, 0).ok()).map(|f| f.addr),
+            Nat::None => None,
+        };
+        found.unwrap_or(Addr::ZERO)
+    }
+
+    fn widen(&self, k: &CtKey, t: &CtTail) -> CtEntry {
+        ct6::widen(k, t, self.nat(k, t))
+    }
+
+    /// [`Tails::widen`] for a whole scan: each id is looked up once.
+    fn widen_all(&self, entries: Vec<(CtKey, CtTail)>) -> impl Iterator<Item = (CtKey, CtEntry)> + '_ {
+        let mut seen: StdHashMap<Nat, Addr> = StdHashMap::new();
+        entries.into_iter().map(move |(k, t)| {
+            let nat = *seen.entry(ct6::nat_of(k.kind, &t)).or_insert_with(|| self.nat(&k, &t));
+            (k, ct6::widen(&k, &t, nat))
+        })
+    }
+}
+
+/// A table's maps, read and written by the wide key and entry: an IPv4
+/// key goes to the IPv4 map (narrowed) when there is one, an IPv6 entry
+/// to the map of tails unless it keeps its addresses.
 pub struct CtMaps {
     wide: HashMap<MapData, CtKey, CtEntry>,
     raw: MapData,
+    tails: Option<Tails>,
     v4: Option<Narrow>,
     capacity: u64,
     capacity_v4: u64,
@@ -97,6 +145,16 @@ impl CtMaps {
     pub fn open_table(layout: &PinLayout, t: Table) -> Result<Self, DatapathError> {
         layout.require_existing()?;
         let (wide, raw, mut capacity) = open_map(layout, t.map)?;
+        let tails = match t.tails {
+            Some(name) => {
+                let (map, raw, n) = open_map(layout, name)?;
+                capacity += n;
+                let backends = pinned::hash(layout, BACKENDS).ok();
+                let svc_addrs = layout.map(SVC_ADDRS).exists().then(|| pinned::hash(layout, SVC_ADDRS)).transpose()?;
+                Some(Tails { map, raw, backends, svc_addrs })
+            }
+            None => None,
+        };
         let (v4, capacity_v4) = match t.map4 {
             Some(name) => {
                 let (map, raw, n) = open_map(layout, name)?;
@@ -105,7 +163,7 @@ impl CtMaps {
             }
             None => (None, 0),
         };
-        Ok(Self { wide, raw, v4, capacity, capacity_v4 })
+        Ok(Self { wide, raw, tails, v4, capacity, capacity_v4 })
     }
 
     fn four(&self, k: &CtKey) -> Option<&Narrow> {
@@ -113,38 +171,56 @@ impl CtMaps {
     }
 
     pub fn get(&self, k: &CtKey) -> Option<CtEntry> {
-        match self.four(k) {
-            Some((m, _)) => m.get(&k.narrow(), 0).ok().map(|e| e.widen()),
-            None => self.wide.get(k, 0).ok(),
+        if let Some((m, _)) = self.four(k) {
+            return m.get(&k.narrow(), 0).ok().map(|e| e.widen());
         }
+        if let Some(t) = &self.tails {
+            if let Ok(tail) = t.map.get(k, 0) {
+                return Some(t.widen(k, &tail));
+            }
+        }
+        self.wide.get(k, 0).ok()
     }
 
     /// Inserts `k` unless it exists (`BPF_NOEXIST`); whether it did.
     pub fn insert_new(&mut self, k: &CtKey, e: &CtEntry) -> bool {
-        match self.v4.as_mut().filter(|_| k.is_v4()) {
-            Some((m, _)) => m.insert(k.narrow(), CtEntry4::narrow(e), 1 /* BPF_NOEXIST */).is_ok(),
-            None => self.wide.insert(k, e, 1 /* BPF_NOEXIST */).is_ok(),
+        const NOEXIST: u64 = 1;
+        if let Some((m, _)) = self.v4.as_mut().filter(|_| k.is_v4()) {
+            return m.insert(k.narrow(), CtEntry4::narrow(e), NOEXIST).is_ok();
+        }
+        match self.tails.as_mut().filter(|_| !ct6::keeps_addrs(k.kind, e.flags)) {
+            Some(t) => t.map.insert(k, CtTail::of(e), NOEXIST).is_ok(),
+            None => self.wide.insert(k, e, NOEXIST).is_ok(),
         }
     }
 
     pub fn remove(&mut self, k: &CtKey) -> bool {
-        match self.v4.as_mut().filter(|_| k.is_v4()) {
-            Some((m, _)) => m.remove(&k.narrow()).is_ok(),
-            None => self.wide.remove(k).is_ok(),
+        if let Some((m, _)) = self.v4.as_mut().filter(|_| k.is_v4()) {
+            return m.remove(&k.narrow()).is_ok();
         }
+        self.tails.as_mut().is_some_and(|t| t.map.remove(k).is_ok()) || self.wide.remove(k).is_ok()
     }
 
     /// Takes `k` out atomically; returns what was there.
     pub fn take(&self, k: &CtKey) -> Option<CtEntry> {
-        match self.four(k) {
-            Some((_, raw)) => lookup_and_delete::<CtKey4, CtEntry4>(raw, &k.narrow()).map(|e| e.widen()),
-            None => lookup_and_delete::<CtKey, CtEntry>(&self.raw, k),
+        if let Some((_, raw)) = self.four(k) {
+            return lookup_and_delete::<CtKey4, CtEntry4>(raw, &k.narrow()).map(|e| e.widen());
         }
+        if let Some(t) = &self.tails {
+            if let Some(tail) = lookup_and_delete::<CtKey, CtTail>(&t.raw, k) {
+                return Some(t.widen(k, &tail));
+            }
+        }
+        lookup_and_delete::<CtKey, CtEntry>(&self.raw, k)
     }
 
     /// Every entry (key, value), widened, read in batches ([`crate::batch`]).
     pub fn entries(&self) -> Vec<(CtKey, CtEntry)> {
         let mut out: Vec<(CtKey, CtEntry)> = crate::batch::lookup_all(self.raw.fd().as_fd()).unwrap_or_else(|| self.wide.iter().filter_map(Result::ok).collect());
+        if let Some(t) = &self.tails {
+            let tails: Vec<(CtKey, CtTail)> = crate::batch::lookup_all(t.raw.fd().as_fd()).unwrap_or_else(|| t.map.iter().filter_map(Result::ok).collect());
+            out.extend(t.widen_all(tails));
+        }
         if let Some((m, raw)) = &self.v4 {
             let four: Vec<(CtKey4, CtEntry4)> = crate::batch::lookup_all(raw.fd().as_fd()).unwrap_or_else(|| m.iter().filter_map(Result::ok).collect());
             out.extend(four.iter().map(|(k, e)| (k.widen(), e.widen())));
@@ -156,6 +232,9 @@ impl CtMaps {
     /// lookups; and the reference the batch read is tested against).
     pub fn entries_one_by_one(&self) -> Vec<(CtKey, CtEntry)> {
         let mut out: Vec<(CtKey, CtEntry)> = self.wide.iter().filter_map(Result::ok).collect();
+        if let Some(t) = &self.tails {
+            out.extend(t.map.iter().filter_map(Result::ok).map(|(k, tail)| (k, t.widen(&k, &tail))));
+        }
         if let Some((m, _)) = &self.v4 {
             out.extend(m.iter().filter_map(Result::ok).map(|(k, e)| (k.widen(), e.widen())));
         }

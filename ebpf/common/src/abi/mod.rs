@@ -20,7 +20,7 @@ use core::mem::size_of;
 use crate::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtTail},
     ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
@@ -135,6 +135,10 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 ///   instead of 88).
 /// - v3 of `WEIR_CT`: IPv6 flows only (the bytes as in v2); IPv4 flows
 ///   are in `WEIR_CT4` (v1), with 4-byte addresses.
+/// - v4 of `WEIR_CT` (v3 of `WEIR_CT_PREV`): IPv6 values are `CtTail`s,
+///   no address (24 B instead of 56; `weir_logic::ct6`); the reverse
+///   entries of masqueraded flows keep both in `WEIR_CT6_MASQ` (v1). v2
+///   and v3 stay readable as `WEIR_CT_PREV_V3`.
 /// - `WEIR_CONFIG` v3's last 4 bytes, padding until 2026-12-06, are
 ///   `ct_udp_stream_timeout_s`, whose 0 (what the padding always held)
 ///   means no UDP stream state, what the programs did before: no version
@@ -147,10 +151,12 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::BACKENDS, 1, 4, sz::<Backend>(), &["Backend", "Addr"], true),
     layout(maps::LB_TABLE, 1, 4, 4, &["u32"], true),
     layout(maps::AFFINITY, 1, sz::<AffinityKey>(), sz::<AffinityValue>(), &["AffinityKey", "AffinityValue", "Addr"], true),
-    layout(maps::CT, 3, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::CT, 4, sz::<CtKey>(), sz::<CtTail>(), &["CtKey", "CtTail", "Addr"], true),
+    layout(maps::CT6_MASQ, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
     layout(maps::CT4, 1, sz::<CtKey4>(), sz::<CtEntry4>(), &["CtKey4", "CtEntry4"], true),
     layout(maps::CT4_PREV, 1, sz::<CtKey4>(), sz::<CtEntry4>(), &["CtKey4", "CtEntry4"], false),
-    layout(maps::CT_PREV, 2, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),
+    layout(maps::CT_PREV, 3, sz::<CtKey>(), sz::<CtTail>(), &["CtKey", "CtTail", "Addr"], false),
+    layout(maps::CT_PREV_V3, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], false),
     layout(maps::CT_PREV_V1, 1, sz::<CtKey>(), sz::<CtEntryV1>(), &["CtKey", "CtEntryV1", "Addr"], false),
     layout(maps::CT_STATS, 1, 4, 8, &["u64"], false),
     layout(maps::CT_OWNERS, 1, 4, 8, &["u32", "u64"], true),

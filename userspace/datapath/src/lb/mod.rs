@@ -18,6 +18,7 @@ pub mod slab;
 mod svc_addrs;
 
 pub use growth::Grown;
+pub(crate) use svc_addrs::name_ipv6_frontends;
 
 /// The desired-state types `Lb` consumes.
 pub use weir_desired::spec;

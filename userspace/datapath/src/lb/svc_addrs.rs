@@ -1,24 +1,39 @@
 //! `WEIR_SVC_ADDRS`: service id → the frontend it names, for IPv6
 //! frontends. Written before the frontend (so no flow can name an id
 //! whose frontend it cannot find), removed after it, repaired with it.
-//! It is what a conntrack entry keeping only the service id will need to
-//! restore the address its replies come from (docs/performance.md, "What
-//! 256 B per IPv6 flow would take"); an IPv4 entry keeps its 4-byte
-//! addresses, so IPv4 frontends have no entry here.
+//! It is what an IPv6 conntrack entry, which keeps only the service id,
+//! restores the address its replies come from with (`weir_logic::ct6`);
+//! an IPv4 entry keeps its 4-byte addresses, so IPv4 frontends have no
+//! entry here.
 
 use std::collections::HashMap as StdHashMap;
 
+use aya::maps::{HashMap, MapData};
 use weir_common::{
-    lb::FrontendKey,
-    maps::{FRONTENDS_MAX_ENTRIES, SVC_ADDRS},
+    lb::{FrontendKey, Service},
+    maps::{FRONTENDS, FRONTENDS_MAX_ENTRIES, SVC_ADDRS},
 };
 
 use super::{frontend_of, Lb};
-use crate::{error::update_error, DatapathError};
+use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
 
 /// Whether frontend `k` has its entry in `WEIR_SVC_ADDRS`.
 pub(super) fn named(k: &FrontendKey) -> bool {
     !k.addr.is_v4()
+}
+
+/// Names every IPv6 frontend pinned in `WEIR_FRONTENDS`, before any
+/// agent runs: what a migration to conntrack layout v4 does before its
+/// programs run, when the agent it follows may not have named them.
+/// Returns how many it wrote.
+pub(crate) fn name_ipv6_frontends(layout: &PinLayout) -> Result<usize, DatapathError> {
+    let frontends: HashMap<MapData, FrontendKey, Service> = pinned::hash(layout, FRONTENDS)?;
+    let mut names: HashMap<MapData, u32, FrontendKey> = pinned::hash(layout, SVC_ADDRS)?;
+    let wanted: Vec<(FrontendKey, u32)> = frontends.iter().filter_map(Result::ok).filter(|(k, _)| named(k)).map(|(k, s)| (k, s.id)).collect();
+    for (k, id) in &wanted {
+        names.insert(id, k, 0).map_err(|source| update_error(SVC_ADDRS, FRONTENDS_MAX_ENTRIES, || format!("service id {id}"), source))?;
+    }
+    Ok(wanted.len())
 }
 
 impl Lb {

@@ -211,8 +211,12 @@ mod tests {
     fn same_layout_and_size_is_adopted_and_a_new_size_rebuilt() {
         let e = exp(CT, 1024);
         assert_eq!(decide(&e, None), Ok(Action::Create));
-        assert_eq!(decide(&e, Some(&pin(&e, Some(3), 1024))), Ok(Action::Adopt));
-        assert_eq!(decide(&e, Some(&pin(&e, Some(3), 4096))), Ok(Action::Rebuild { from_version: 3 }));
+        assert_eq!(decide(&e, Some(&pin(&e, Some(4), 1024))), Ok(Action::Adopt));
+        assert_eq!(decide(&e, Some(&pin(&e, Some(4), 4096))), Ok(Action::Rebuild { from_version: 4 }));
+        // v3, whole IPv6 entries: rebuilt (narrowed) at any size.
+        let mut v3 = pin(&e, Some(3), 1024);
+        v3.shape.value_size = 56;
+        assert_eq!(decide(&e, Some(&v3)), Ok(Action::Rebuild { from_version: 3 }));
         // v2, the one table of both families: rebuilt (split) at any size.
         assert_eq!(decide(&e, Some(&pin(&e, Some(2), 1024))), Ok(Action::Rebuild { from_version: 2 }));
     }
@@ -227,14 +231,14 @@ mod tests {
         let r = decide(&e, Some(&odd)).expect_err("refused");
         assert_eq!(r.map, weir_common::maps::FRONTENDS);
         assert!(r.pinned.contains("value 16 B") && r.expected.contains("value 24 B"), "{r}");
-        // Conntrack, at v3 now: v1's 64-byte values are converted, this
+        // Conntrack, at v4 now: v1's 64-byte values are converted, this
         // build's own sizes or any other are not taken for v1.
         let e = exp(CT, 1024);
         let mut v1 = pin(&e, None, 1024);
         v1.shape.value_size = 64;
         assert_eq!(decide(&e, Some(&v1)), Ok(Action::Rebuild { from_version: 1 }));
-        let r = decide(&e, Some(&pin(&e, None, 1024))).expect_err("56-byte values were never unversioned");
-        assert!(r.pinned.contains("unversioned") && r.expected.contains("layout v3"), "{r}");
+        let r = decide(&e, Some(&pin(&e, None, 1024))).expect_err("24-byte values were never unversioned");
+        assert!(r.pinned.contains("unversioned") && r.expected.contains("layout v4"), "{r}");
     }
 
     #[test]
@@ -248,13 +252,13 @@ mod tests {
     #[test]
     fn newer_layouts_and_missing_conversions_are_refused_naming_both_layouts() {
         let e = exp(CT, 1024);
-        let r = decide(&e, Some(&pin(&e, Some(4), 1024))).expect_err("a downgrade is refused");
-        assert!(r.to_string().contains("layout v4") && r.to_string().contains("layout v3") && r.why.contains("downgrade"), "{r}");
+        let r = decide(&e, Some(&pin(&e, Some(5), 1024))).expect_err("a downgrade is refused");
+        assert!(r.to_string().contains("layout v5") && r.to_string().contains("layout v4") && r.why.contains("downgrade"), "{r}");
         let mut newer = e.clone();
-        let layout: &'static MapLayout = Box::leak(Box::new(MapLayout { version: 4, ..*e.layout }));
+        let layout: &'static MapLayout = Box::leak(Box::new(MapLayout { version: 5, ..*e.layout }));
         newer.layout = layout;
-        let r = decide(&newer, Some(&pin(&e, Some(3), 1024))).expect_err("no conversion from v3 to v4");
-        assert!(r.why.contains("no conversion from v3 to v4"), "{r}");
+        let r = decide(&newer, Some(&pin(&e, Some(4), 1024))).expect_err("no conversion from v4 to v5");
+        assert!(r.why.contains("no conversion from v4 to v5"), "{r}");
     }
 
     #[test]

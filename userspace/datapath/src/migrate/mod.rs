@@ -275,9 +275,16 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     }
 
     // 3. The entries. Conntrack rebuilt from before layout v3 sends its
-    // IPv4 flows to WEIR_CT4 (pinned by the load above).
-    let split = split_target(layout, rebuild)?;
-    let split = split.as_ref().map(|fd| fd.as_fd());
+    // IPv4 flows to WEIR_CT4, from before v4 its IPv6 entries that keep
+    // their addresses to WEIR_CT6_MASQ (both pinned by the load above).
+    let (four, aside) = split_targets(layout, rebuild)?;
+    let split = Split { four: four.as_ref().map(|fd| fd.as_fd()), aside: aside.as_ref().map(|fd| fd.as_fd()) };
+    // A v4 conntrack entry names its service by id: every IPv6 frontend
+    // an agent from before WEIR_SVC_ADDRS left must be named before the
+    // new programs run.
+    if rebuild.iter().any(|(e, from)| sets_aside(e, *from)) {
+        crate::lb::name_ipv6_frontends(layout)?;
+    }
     let mut pairs: Vec<(OwnedFd, OwnedFd)> = Vec::new();
     for (e, from) in rebuild {
         let old = raw::obj_get(&layout.map(&e.name)).map_err(raw_error("opening", &e.name))?;
@@ -294,7 +301,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
             stateful: e.layout.stateful,
         };
         if e.layout.stateful {
-            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split_of(e, *from, split), old_entries, raw::NOEXIST)?;
+            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), old_entries, raw::NOEXIST)?;
             r.copied += c;
             r.dropped += d;
         }
@@ -308,7 +315,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     for (i, ((e, from), ((old, new), r))) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())).enumerate() {
         if e.layout.stateful && !is_array(e.shape.map_type) {
             let flags = if resumed[i] { raw::NOEXIST } else { raw::ANY };
-            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split_of(e, *from, split), r.from_entries, flags)?;
+            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), r.from_entries, flags)?;
             r.copied = r.copied.max(c);
             r.dropped = r.dropped.max(d);
         }
@@ -321,7 +328,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     // 5. What the old programs wrote since the first copy.
     for ((e, from), ((old, new), r)) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())) {
         if e.layout.stateful && !is_array(e.shape.map_type) {
-            let (c, _) = copy(e, *from, old.as_fd(), new.as_fd(), split_of(e, *from, split), r.from_entries, raw::NOEXIST)?;
+            let (c, _) = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), r.from_entries, raw::NOEXIST)?;
             r.copied += c;
         }
     }
@@ -355,7 +362,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
 type CarryOver = (Vec<(&'static str, u8)>, Vec<(&'static str, PathBuf)>);
 
 fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> CarryOver {
-    use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_WIDE}, maps};
+    use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_V3, CARRY_OVER_WIDE}, maps};
     // (map, its switch, its old map in the same bytes, in v1)
     const MAPS: [(&str, &str, &str, Option<&str>); 3] = [
         (maps::CT, "WEIR_CT_PREV_ON", maps::CT_PREV, Some(maps::CT_PREV_V1)),
@@ -365,9 +372,14 @@ fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> CarryOver {
     let (mut constants, mut pins) = (Vec::new(), Vec::new());
     for (map, switch, same, v1) in MAPS {
         match rebuild.iter().find(|(e, _)| e.name == map) {
-            Some((e, from)) if *from == e.layout.version || same_bytes(map, *from) => {
+            Some((e, from)) if *from == e.layout.version => {
                 constants.push((switch, CARRY_OVER_SAME));
                 pins.push((same, layout.map(map)));
+            }
+            // Whole entries (v2, v3), narrowed as they are taken over.
+            Some((_, 2 | 3)) if map == maps::CT => {
+                constants.push((switch, CARRY_OVER_V3));
+                pins.push((maps::CT_PREV_V3, layout.map(map)));
             }
             Some((_, 1)) => {
                 if let Some(v1) = v1 {
@@ -389,32 +401,44 @@ fn carry_over(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> CarryOver {
     (constants, pins)
 }
 
-/// Whether `map` at layout `from` has the bytes of this build's layout
-/// (`WEIR_CT` v2 and v3 differ in what they hold, not in their bytes).
-fn same_bytes(map: &str, from: u32) -> bool {
-    map == weir_common::maps::CT && from == 2
-}
-
 /// Whether rebuilding `e` from layout `from` splits conntrack by family
 /// (its IPv4 flows go to `WEIR_CT4`).
 fn splits(e: &Expected, from: u32) -> bool {
     e.name == weir_common::maps::CT && from < 3
 }
 
-/// `WEIR_CT4`, opened for the split, when conntrack is rebuilt from
-/// before it (staged if a migration rebuilds it too, else as pinned).
-fn split_target(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> Result<Option<OwnedFd>, DatapathError> {
-    if !rebuild.iter().any(|(e, from)| splits(e, *from)) {
-        return Ok(None);
-    }
-    let name = weir_common::maps::CT4;
-    let staged = staged_path(layout, name);
-    let path = if staged.exists() { staged } else { layout.map(name) };
-    raw::obj_get(&path).map(Some).map_err(raw_error("opening", name))
+/// Whether rebuilding `e` from layout `from` sets conntrack's IPv6
+/// entries that keep their addresses aside (to `WEIR_CT6_MASQ`).
+fn sets_aside(e: &Expected, from: u32) -> bool {
+    e.name == weir_common::maps::CT && from < 4
 }
 
-fn split_of<'a>(e: &Expected, from: u32, split: Option<BorrowedFd<'a>>) -> Option<BorrowedFd<'a>> {
-    split.filter(|_| splits(e, from))
+/// `WEIR_CT4` and `WEIR_CT6_MASQ`, opened for the split, when conntrack
+/// is rebuilt from before them (staged if a migration rebuilds them too,
+/// else as pinned).
+fn split_targets(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> Result<(Option<OwnedFd>, Option<OwnedFd>), DatapathError> {
+    let open = |name: &'static str| {
+        let staged = staged_path(layout, name);
+        let path = if staged.exists() { staged } else { layout.map(name) };
+        raw::obj_get(&path).map_err(raw_error("opening", name))
+    };
+    let four = if rebuild.iter().any(|(e, from)| splits(e, *from)) { Some(open(weir_common::maps::CT4)?) } else { None };
+    let aside = if rebuild.iter().any(|(e, from)| sets_aside(e, *from)) { Some(open(weir_common::maps::CT6_MASQ)?) } else { None };
+    Ok((four, aside))
+}
+
+/// Where conntrack's entries go that a rebuild takes out of `WEIR_CT`.
+#[derive(Clone, Copy)]
+struct Split<'a> {
+    four: Option<BorrowedFd<'a>>,
+    aside: Option<BorrowedFd<'a>>,
+}
+
+impl<'a> Split<'a> {
+    /// The targets that apply to rebuilding `e` from `from`.
+    fn of(self, e: &Expected, from: u32) -> Split<'a> {
+        Split { four: self.four.filter(|_| splits(e, from)), aside: self.aside.filter(|_| sets_aside(e, from)) }
+    }
 }
 
 fn is_array(map_type: u32) -> bool {
@@ -422,9 +446,10 @@ fn is_array(map_type: u32) -> bool {
 }
 
 /// Copies (and converts) every entry of `old` into `new`; returns
-/// (copied, dropped). With `split`, an IPv4 conntrack entry goes there
-/// instead, narrowed (`steps::ct_v2`).
-fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split: Option<BorrowedFd<'_>>, old_entries: u32, flags: u64) -> Result<(u64, u64), DatapathError> {
+/// (copied, dropped). With `split`, an IPv4 conntrack entry goes to
+/// `WEIR_CT4` instead, narrowed (`steps::ct_v2`), and an IPv6 one that
+/// keeps its addresses to `WEIR_CT6_MASQ` (`steps::ct_v3`).
+fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split: Split<'_>, old_entries: u32, flags: u64) -> Result<(u64, u64), DatapathError> {
     let to = e.layout.version;
     let name = e.name.as_str();
     let (mut copied, mut dropped) = (0u64, 0u64);
@@ -434,13 +459,19 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split
     let (old_key, old_value) = old_shape.unwrap_or((key_size as u32, e.shape.value_size));
     let mut value = vec![0u8; old_value as usize];
     let mut put = |k: &[u8], v: &[u8], flags: u64| -> Result<(), DatapathError> {
-        if let Some(four) = split.filter(|_| steps::ct_v2::is_v4_key(k)) {
-            let narrowed = steps::convert(name, from, 2, k, v).and_then(|(k, v)| steps::ct_v2::narrow(&k, &v));
-            let Some((k, v)) = narrowed else {
+        let elsewhere = if let Some(four) = split.four.filter(|_| steps::ct_v2::is_v4_key(k)) {
+            Some((four, weir_common::maps::CT4, steps::convert(name, from, 2, k, v).and_then(|(k, v)| steps::ct_v2::narrow(&k, &v))))
+        } else if let Some(aside) = split.aside {
+            steps::convert(name, from, 3, k, v).and_then(|(k, v)| steps::ct_v3::aside(&k, &v)).map(|kv| (aside, weir_common::maps::CT6_MASQ, Some(kv)))
+        } else {
+            None
+        };
+        if let Some((fd, target, converted)) = elsewhere {
+            let Some((k, v)) = converted else {
                 dropped += 1;
                 return Ok(());
             };
-            match raw::update(four, &k, &v, flags).map_err(raw_error("writing", weir_common::maps::CT4))? {
+            match raw::update(fd, &k, &v, flags).map_err(raw_error("writing", target))? {
                 Update::Written => copied += 1,
                 Update::Exists => {}
                 Update::Full => dropped += 1,
@@ -582,7 +613,7 @@ mod tests {
 
     #[test]
     fn each_rebuild_carries_over_from_its_old_map_with_one_switch_per_table() {
-        use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_WIDE}, maps};
+        use weir_common::{ct::{CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_V3, CARRY_OVER_WIDE}, maps};
         let layout = PinLayout::new(std::path::Path::new("/sys/fs/bpf/weir-test"));
         let switch = |c: &[(&str, u8)], name: &str| -> Vec<u8> { c.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect() };
         let pinned = |p: &[(&str, PathBuf)], name: &str| p.iter().find(|(n, _)| *n == name).map(|(_, path)| path.clone());
@@ -590,11 +621,15 @@ mod tests {
         let (c, p) = carry_over(&layout, &[(exp(maps::CT4), 1)]);
         assert_eq!((switch(&c, "WEIR_CT4_PREV_ON"), switch(&c, "WEIR_CT_PREV_ON")), (vec![CARRY_OVER_SAME], vec![]));
         assert_eq!(pinned(&p, maps::CT4_PREV), Some(layout.map(maps::CT4)));
-        // The split of v2: the IPv6 path from the old map in the same
-        // bytes, the IPv4 path from it too, narrowed.
+        // The split of v2: the IPv6 path from the old map's whole
+        // entries, narrowed, the IPv4 path from it too.
         let (c, p) = carry_over(&layout, &[(exp(maps::CT), 2)]);
-        assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_SAME], vec![CARRY_OVER_WIDE]));
-        assert_eq!(pinned(&p, maps::CT_PREV), Some(layout.map(maps::CT)));
+        assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_V3], vec![CARRY_OVER_WIDE]));
+        assert_eq!(pinned(&p, maps::CT_PREV_V3), Some(layout.map(maps::CT)));
+        // v3 (IPv6 only, whole entries): narrowed, nothing for IPv4.
+        let (c, p) = carry_over(&layout, &[(exp(maps::CT), 3)]);
+        assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_V3], vec![]));
+        assert_eq!(pinned(&p, maps::CT_PREV_V3), Some(layout.map(maps::CT)));
         // From v1: converted on the way.
         let (c, p) = carry_over(&layout, &[(exp(maps::CT), 1)]);
         assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_V1], vec![CARRY_OVER_WIDE]));
@@ -603,9 +638,9 @@ mod tests {
         // (WIDE reads WEIR_CT4_PREV first), both old maps pinned.
         let (c, p) = carry_over(&layout, &[(exp(maps::CT), 2), (exp(maps::CT4), 1)]);
         assert_eq!(switch(&c, "WEIR_CT4_PREV_ON"), vec![CARRY_OVER_WIDE]);
-        assert!(pinned(&p, maps::CT4_PREV).is_some() && pinned(&p, maps::CT_PREV).is_some());
+        assert!(pinned(&p, maps::CT4_PREV).is_some() && pinned(&p, maps::CT_PREV_V3).is_some());
         // A new IPv6 size only: nothing for IPv4.
-        let (c, _) = carry_over(&layout, &[(exp(maps::CT), 3)]);
+        let (c, _) = carry_over(&layout, &[(exp(maps::CT), 4)]);
         assert_eq!((switch(&c, "WEIR_CT_PREV_ON"), switch(&c, "WEIR_CT4_PREV_ON")), (vec![CARRY_OVER_SAME], vec![]));
     }
 

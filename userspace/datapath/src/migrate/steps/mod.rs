@@ -19,11 +19,14 @@
 //! - `WEIR_CT` v2 → v3: IPv4 flows move to `WEIR_CT4` ([`ct_v2`]).
 //! - `WEIR_CONFIG` v2 → v3: the socket programs' scope appended
 //!   ([`config_v2`]).
+//! - `WEIR_CT` v3 → v4: IPv6 values keep no address, but masqueraded
+//!   flows' reverse entries, which move to `WEIR_CT6_MASQ` ([`ct_v3`]).
 
 pub mod config_v1;
 pub mod config_v2;
 pub mod ct_v1;
 pub mod ct_v2;
+pub mod ct_v3;
 
 use weir_common::maps::{CONFIG, CT, CT_PREV, SNAT};
 
@@ -31,7 +34,7 @@ use weir_common::maps::{CONFIG, CT, CT_PREV, SNAT};
 pub type Step = fn(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
 
 /// (map, from version, step).
-const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step), (CONFIG, 2, config_v2::step)];
+const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (CT, 3, ct_v3::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step), (CONFIG, 2, config_v2::step)];
 
 /// The key and value sizes at layout v1 of the maps whose sizes have
 /// changed since: a map pinned before layout versions (it has no record)
@@ -84,7 +87,9 @@ mod tests {
     fn the_same_version_converts_to_itself_and_a_chain_runs_every_step() {
         assert_eq!(convert(CT, 2, 2, b"k", b"v"), Some((b"k".to_vec(), b"v".to_vec())));
         assert_eq!(convert(CT, 1, 2, b"k", b"v"), None, "not a v1 entry");
-        assert_eq!(convert(CT, 1, 4, &[0; 40], &[0; 64]), None, "no step from v3 yet");
+        assert_eq!(convert(CT, 1, 5, &[0; 40], &[0; 64]), None, "no step from v4 yet");
+        let (k, v) = convert(CT, 1, 4, &[1; 40], &[0; 64]).expect("an IPv6 v1 entry, through v2 and v3");
+        assert_eq!((k.len(), v.len()), (40, 24));
         let (k, v) = convert(CT, 1, 3, &[1; 40], &[0; 64]).expect("an IPv6 v1 entry, through v2");
         assert_eq!((k.len(), v.len()), (40, 56));
         let (k, v) = convert(SNAT, 1, 2, &[1; 40], &[0; 64]).expect("a v1 entry");
