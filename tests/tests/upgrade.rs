@@ -470,15 +470,16 @@ fn pin_one_table(t: &Topo, version: u32) -> usize {
 fn swap_pin(pin: &Path, pin4: &Path, pin_old: impl FnOnce(&Path)) {
     std::fs::remove_file(pin).expect("unpin the IPv6 map");
     std::fs::remove_file(pin4).expect("unpin the IPv4 map");
+    std::fs::remove_file(pin.with_file_name("WEIR_CT6_MASQ")).expect("unpin the masqueraded IPv6 entries' map");
     pin_old(pin);
 }
 
 /// The IPv4 flows' entries, all in WEIR_CT4 and none in WEIR_CT.
 fn assert_split(t: &Topo, at_least: usize) {
-    use weir_common::ct::{CtEntry, CtEntry4, CtKey, CtKey4};
+    use weir_common::ct::{CtEntry4, CtKey, CtKey4, CtTail};
     let four: aya::maps::HashMap<_, CtKey4, CtEntry4> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(t.map_pin("WEIR_CT4")).expect("WEIR_CT4"))).expect("IPv4 conntrack");
-    let six: aya::maps::HashMap<_, CtKey, CtEntry> =
+    let six: aya::maps::HashMap<_, CtKey, CtTail> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT"))).expect("IPv6 conntrack");
     let n4 = four.keys().filter_map(Result::ok).count();
     let v4_in_six = six.keys().filter_map(Result::ok).filter(|k| k.is_v4()).count();
@@ -536,11 +537,11 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
     let cfg = pin_config_as_v1(&t);
     let st = weir_status(&t);
     let ct = st["layouts"].as_array().expect("layouts").iter().find(|l| l["name"] == "WEIR_CT").expect("WEIR_CT").clone();
-    assert_eq!((ct["pinned_version"].as_u64(), ct["expected_version"].as_u64()), (Some(1), Some(3)), "weir status sees the old layout: {ct}");
+    assert_eq!((ct["pinned_version"].as_u64(), ct["expected_version"].as_u64()), (Some(1), Some(4)), "weir status sees the old layout: {ct}");
     assert!(st["conntrack"].is_null(), "and does not read conntrack in a layout it does not know: {}", st["conntrack"]);
     let ct = t.node.weir(&["ct", "list"]);
     let err = String::from_utf8_lossy(&ct.stderr);
-    assert!(!ct.status.success() && err.contains("WEIR_CT is pinned in layout v1 and this build reads v3"), "weir ct list refuses, naming both layouts: {err}");
+    assert!(!ct.status.success() && err.contains("WEIR_CT is pinned in layout v1 and this build reads v4"), "weir ct list refuses, naming both layouts: {err}");
 
     // Stalled with the new programs on every link over the converted maps:
     // the reverse halves of the TCP flows, gone from the new map (as if the
@@ -553,11 +554,11 @@ fn conntrack_in_the_previous_layout_is_converted_under_traffic_without_losing_a_
 
     // The next start finishes the migration.
     let log = finish_under_traffic(&mut agent, traffic);
-    for (map, to) in [("WEIR_CT", 3), ("WEIR_SNAT", 2), ("WEIR_CONFIG", 3)] {
+    for (map, to) in [("WEIR_CT", 4), ("WEIR_SNAT", 2), ("WEIR_CONFIG", 3)] {
         let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains(&format!("map={map} "))).unwrap_or_else(|| panic!("{map} migrated:\n{log}"));
         assert!(line.contains("from_version=1") && line.contains(&format!("to_version={to}")) && line.contains("dropped=0"), "{line}");
     }
-    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 56, "conntrack in the current layout");
+    assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").value_size(), 24, "conntrack in the current layout");
     assert_split(&t, 2 * 13);
     let now: aya::maps::Array<_, weir_common::config::DatapathConfig> =
         aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(t.map_pin("WEIR_CONFIG")).expect("open"))).expect("the configuration in the current layout");
@@ -594,14 +595,14 @@ fn conntrack_in_one_table_is_split_by_family_under_traffic_without_losing_a_conn
 
     // Stalled with the new programs on every link: the TCP flows' reverse
     // halves, gone from WEIR_CT4, are taken over from the one-table map
-    // (WEIR_CT_PREV, narrowed) on the backends' next replies.
+    // (WEIR_CT_PREV_V3, narrowed) on the backends' next replies.
     stall_drop_and_carry_over(&t, &mut agent, &[], &t.map_pin("WEIR_CT4"), "the one-table map");
     agent.stop_with(libc::SIGKILL);
     assert_eq!(aya::maps::MapInfo::from_pin(t.map_pin("WEIR_CT")).expect("WEIR_CT").max_entries(), 262_144, "the kill left the one-table map pinned");
 
     let log = finish_under_traffic(&mut agent, traffic);
     let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
-    assert!(line.contains("from_version=2") && line.contains("to_version=3") && line.contains("dropped=0"), "{line}");
+    assert!(line.contains("from_version=2") && line.contains("to_version=4") && line.contains("dropped=0"), "{line}");
     assert_split(&t, 2 * 13);
     assert_eq!(max_entries(&t.map_pin("WEIR_CT")), 65_536, "IPv6 conntrack at its own size");
     assert!(!t.staging().exists(), "nothing is left staged");

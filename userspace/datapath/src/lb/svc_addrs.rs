@@ -14,7 +14,7 @@ use weir_common::{
     maps::{FRONTENDS, FRONTENDS_MAX_ENTRIES, SVC_ADDRS},
 };
 
-use super::{frontend_of, Lb};
+use super::{frontend_of, marker_key, Lb};
 use crate::{error::update_error, pinned, pins::PinLayout, DatapathError};
 
 /// Whether frontend `k` has its entry in `WEIR_SVC_ADDRS`.
@@ -22,14 +22,15 @@ pub(super) fn named(k: &FrontendKey) -> bool {
     !k.addr.is_v4()
 }
 
-/// Names every IPv6 frontend pinned in `WEIR_FRONTENDS`, before any
+/// Names every IPv6 frontend pinned in `WEIR_FRONTENDS` (not the
+/// entries that mark a ClusterIP's address), before any
 /// agent runs: what a migration to conntrack layout v4 does before its
 /// programs run, when the agent it follows may not have named them.
 /// Returns how many it wrote.
 pub(crate) fn name_ipv6_frontends(layout: &PinLayout) -> Result<usize, DatapathError> {
     let frontends: HashMap<MapData, FrontendKey, Service> = pinned::hash(layout, FRONTENDS)?;
     let mut names: HashMap<MapData, u32, FrontendKey> = pinned::hash(layout, SVC_ADDRS)?;
-    let wanted: Vec<(FrontendKey, u32)> = frontends.iter().filter_map(Result::ok).filter(|(k, _)| named(k)).map(|(k, s)| (k, s.id)).collect();
+    let wanted: Vec<(FrontendKey, u32)> = frontends.iter().filter_map(Result::ok).filter(|(k, _)| named(k) && *k != marker_key(k.addr)).map(|(k, s)| (k, s.id)).collect();
     for (k, id) in &wanted {
         names.insert(id, k, 0).map_err(|source| update_error(SVC_ADDRS, FRONTENDS_MAX_ENTRIES, || format!("service id {id}"), source))?;
     }

@@ -1,0 +1,273 @@
+//! IPv6 conntrack pinned in layout v3 (whole `CtEntry` values, 56 B, both
+//! addresses in each), holding established flows through an IPv6
+//! ClusterIP, by an agent that named no frontend in `WEIR_SVC_ADDRS`:
+//! the agent names them, narrows every entry to its `CtTail` (24 B, ids
+//! only) and sets the masqueraded flows' reverse entries aside whole in
+//! `WEIR_CT6_MASQ`, then swaps the programs. Every flow keeps its backend
+//! and its translation, including the reverse halves the old programs
+//! wrote after the copy, which the new programs take over from the v3
+//! map (`WEIR_CT_PREV_V3`) and narrow.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use weir_common::{
+    addr::Addr,
+    ct::{CtEntry, CtKey, CtStat, CtTail, CT_F_MASQ, CT_STATE_ESTABLISHED, CT_SVC_REV},
+    lb::FrontendKey,
+};
+use weir_tests::{
+    services::yaml_dual_stack_service,
+    traffic::{ask_name, tcp_connect, tcp_name, tcp_server_at, udp_ask, udp_connect, udp_server_at, Reply, Server, DEFAULT_TIMEOUT},
+    Node, Pod,
+};
+
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 71, 10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0x71, 0x10);
+const STALL: &str = weir_datapath::migrate::STALL_ENV;
+const TCP_FLOWS: usize = 6;
+const UDP_FLOWS: usize = 3;
+
+fn pod(node: &Node, name: &str, last: u8) -> Pod {
+    let mut p = node.pod(name, Ipv4Addr::new(10, 244, 71, last));
+    p.add_v6(node, Ipv6Addr::new(0xfd00, 0x10, 0x244, 0x71, 0, 0, 0, last as u16));
+    p
+}
+
+fn pin(node: &Node, name: &str) -> PathBuf {
+    node.bpffs().join("maps").join(name)
+}
+
+fn lru<K: aya::Pod, V: aya::Pod>(path: &std::path::Path) -> aya::maps::HashMap<aya::maps::MapData, K, V> {
+    let data = aya::maps::MapData::from_pin(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("an LRU hash of these types")
+}
+
+fn carried_over(node: &Node) -> u64 {
+    let data = aya::maps::MapData::from_pin(pin(node, "WEIR_CT_STATS")).expect("WEIR_CT_STATS");
+    let stats: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("per-CPU array");
+    stats.get(&(CtStat::CarriedOver as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// A masqueraded flow's reverse entry, as an agent of layout v3 kept it
+/// (backend → the node's address and a masquerade port).
+fn masq_entry(backend: Ipv6Addr, node6: Addr) -> (CtKey, CtEntry) {
+    let client = Addr::from(IpAddr::V6(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, 7)));
+    let k = CtKey { saddr: Addr::from(IpAddr::V6(backend)), daddr: node6, sport: 8080u16.to_be(), dport: 33001u16.to_be(), proto: 6, kind: CT_SVC_REV, _pad: 0 };
+    let e = CtEntry {
+        nat_addr: Addr::from(IpAddr::V6(VIP6)),
+        orig_addr: client,
+        expires_s: u32::MAX,
+        backend_id: 1,
+        svc_id: 1,
+        nat_port: 80u16.to_be(),
+        orig_port: 41000u16.to_be(),
+        state: CT_STATE_ESTABLISHED,
+        flags: CT_F_MASQ,
+        _pad: 0,
+        owner: 0,
+    };
+    (k, e)
+}
+
+/// Replaces IPv6 conntrack by the table an agent of layout v3 kept as
+/// `WEIR_CT` (whole entries), holding today's IPv6 entries widened plus
+/// `extra`, with its v3 record; `WEIR_CT6_MASQ` is unpinned (that agent
+/// had none). The running programs keep today's maps. Returns how many
+/// entries it holds.
+fn pin_as_v3(node: &Node, extra: (CtKey, CtEntry)) -> usize {
+    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest};
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    let mut entries: Vec<(CtKey, CtEntry)> = weir_datapath::ct::Conntrack::open(&layout).expect("conntrack").entries().into_iter().filter(|(k, _)| !k.is_v4()).collect();
+    entries.push(extra);
+    let path = pin(node, "WEIR_CT");
+    let info = aya::maps::MapInfo::from_pin(&path).expect("the IPv6 map");
+    let shape = Shape { map_type: 9, key_size: 40, value_size: core::mem::size_of::<CtEntry>() as u32, flags: info.map_flags(), max_entries: info.max_entries() };
+    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
+    let data = aya::maps::MapData::create(obj, "WEIR_CT", None).expect("a v3 map");
+    let id = data.info().expect("info").id();
+    let mut old: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v3 map");
+    for (k, e) in &entries {
+        old.insert(k, e, 0).expect("a v3 entry");
+    }
+    std::fs::remove_file(&path).expect("unpin the IPv6 map (the programs keep it)");
+    std::fs::remove_file(pin(node, "WEIR_CT6_MASQ")).expect("unpin the masqueraded entries' map");
+    old.pin(&path).expect("pin the v3 map");
+    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CT", 3, &shape).expect("the v3 record");
+    entries.len()
+}
+
+/// How many names `WEIR_SVC_ADDRS` holds.
+fn names(node: &Node) -> usize {
+    let data = aya::maps::MapData::from_pin(pin(node, "WEIR_SVC_ADDRS")).expect("WEIR_SVC_ADDRS");
+    let names: aya::maps::HashMap<_, u32, FrontendKey> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("names");
+    names.keys().filter_map(Result::ok).count()
+}
+
+/// Empties `WEIR_SVC_ADDRS`, as an agent from before it left it; returns
+/// how many names there were.
+fn unname_frontends(node: &Node) -> usize {
+    let data = aya::maps::MapData::from_pin(pin(node, "WEIR_SVC_ADDRS")).expect("WEIR_SVC_ADDRS");
+    let mut names: aya::maps::HashMap<_, u32, FrontendKey> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("names");
+    let ids: Vec<u32> = names.keys().filter_map(Result::ok).collect();
+    ids.iter().filter(|id| names.remove(id).is_ok()).count()
+}
+
+struct Flows {
+    tcp: Vec<(TcpStream, String)>,
+    udp: Vec<(UdpSocket, String)>,
+}
+
+impl Flows {
+    fn open(client: &Pod) -> Self {
+        let tcp: Vec<(TcpStream, String)> = (0..TCP_FLOWS)
+            .map(|_| {
+                let mut s = tcp_connect(client.ns(), VIP6, 80, DEFAULT_TIMEOUT).expect("an IPv6 connection through the VIP");
+                let name = ask_name(&mut s).expect("first answer");
+                (s, name)
+            })
+            .collect();
+        let udp: Vec<(UdpSocket, String)> = (0..UDP_FLOWS)
+            .map(|_| {
+                let s = udp_connect(client.ns(), VIP6, 53, DEFAULT_TIMEOUT).expect("an IPv6 UDP flow");
+                let name = udp_ask(&s).expect("first UDP answer");
+                (s, name)
+            })
+            .collect();
+        Self { tcp, udp }
+    }
+
+    /// Asks every flow once: the failures (an error, or another backend).
+    fn round(&mut self, what: &str) -> Vec<String> {
+        let mut failed = Vec::new();
+        for (i, (s, want)) in self.tcp.iter_mut().enumerate() {
+            match ask_name(s) {
+                Ok(got) if &got == want => {}
+                other => failed.push(format!("{what}: tcp{i} (backend {want}): {other:?}")),
+            }
+        }
+        for (i, (s, want)) in self.udp.iter().enumerate() {
+            match udp_ask(s) {
+                Ok(got) if &got == want => {}
+                other => failed.push(format!("{what}: udp{i} (backend {want}): {other:?}")),
+            }
+        }
+        failed
+    }
+}
+
+#[test]
+fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() {
+    let node = Node::new();
+    let client = pod(&node, "client", 2);
+    let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
+    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+    let _servers: Vec<Server> = backends
+        .iter()
+        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::NamePerLine(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
+        .collect();
+    let pairs: Vec<(Ipv4Addr, Ipv6Addr)> = backends.iter().map(|b| (b.ip, b.ip6.expect("dual-stack pod"))).collect();
+    node.write_source("svc.yaml", yaml_dual_stack_service("both", VIP4, VIP6, &[("web", 80, 8080, "TCP"), ("dns", 53, 5353, "UDP")], &pairs).as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    for p in [&client, &backends[0], &backends[1]] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    let mut flows = Flows::open(&client);
+    let distinct: std::collections::BTreeSet<&String> = flows.tcp.iter().map(|(_, n)| n).collect();
+    assert!(distinct.len() == 2, "the connections spread over both backends: {distinct:?}");
+    let cfg_map: aya::maps::Array<_, weir_common::config::DatapathConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(pin(&node, "WEIR_CONFIG")).expect("WEIR_CONFIG"))).expect("config");
+    let node6 = cfg_map.get(&0, 0).expect("the configuration").node_addr6;
+    let masq = masq_entry(pairs[0].1, node6);
+
+    // An agent of layout v3, from before WEIR_SVC_ADDRS, left this.
+    agent.stop_with(libc::SIGTERM);
+    let held = pin_as_v3(&node, masq);
+    assert!(held > 2 * (TCP_FLOWS + UDP_FLOWS), "both entries of every flow, and the masqueraded one: {held}");
+    assert_eq!(unname_frontends(&node), 2, "the IPv6 frontends (TCP and UDP) had names");
+
+    // Stalled after the swap: the new programs run over the narrowed map.
+    agent.launch_again(&[], &[(STALL, "swapped")]);
+    agent.wait_for_log("migration stalled", 1);
+    assert_eq!(names(&node), 2, "the migration named both IPv6 frontends before the new programs ran");
+    let staged = node.bpffs().join("maps-next").join("WEIR_CT");
+    assert_eq!(aya::maps::MapInfo::from_pin(&staged).expect("the staged map").value_size(), 24, "IPv6 entries narrowed to 24 bytes");
+    agent.stop_with(libc::SIGKILL);
+
+    // The next start resumes: swaps again and commits.
+    restart(&mut agent);
+    let failed = flows.round("after the migration");
+    assert!(failed.is_empty(), "every flow kept its backend and its translation:\n{}\n{}", failed.join("\n"), agent.log_text());
+    let log = agent.log_text();
+    let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
+    assert!(line.contains("from_version=3") && line.contains("to_version=4") && line.contains("dropped=0"), "{line}");
+
+    let tails: aya::maps::HashMap<_, CtKey, CtTail> = lru(&pin(&node, "WEIR_CT"));
+    let in_tails: Vec<CtKey> = tails.keys().filter_map(Result::ok).collect();
+    assert!(in_tails.len() >= 2 * (TCP_FLOWS + UDP_FLOWS), "every flow's entries, narrowed: {}", in_tails.len());
+    assert!(!in_tails.contains(&masq.0), "the masqueraded reverse entry is not narrowed");
+    let whole: aya::maps::HashMap<_, CtKey, CtEntry> = lru(&pin(&node, "WEIR_CT6_MASQ"));
+    assert_eq!(whole.get(&masq.0, 0).ok(), Some(masq.1), "the masqueraded reverse entry moved aside whole, every field kept");
+    assert!(tcp_name(client.ns(), VIP6, 80, DEFAULT_TIMEOUT).is_ok(), "new IPv6 connections open");
+    assert!(!node.bpffs().join("maps-next").exists(), "nothing is left staged");
+}
+
+#[test]
+fn reverse_halves_the_old_programs_wrote_after_the_copy_are_taken_over_from_the_v3_map() {
+    let node = Node::new();
+    let client = pod(&node, "client", 2);
+    let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
+    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+    let _servers: Vec<Server> = backends
+        .iter()
+        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::NamePerLine(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
+        .collect();
+    let pairs: Vec<(Ipv4Addr, Ipv6Addr)> = backends.iter().map(|b| (b.ip, b.ip6.expect("dual-stack pod"))).collect();
+    node.write_source("svc.yaml", yaml_dual_stack_service("both", VIP4, VIP6, &[("web", 80, 8080, "TCP"), ("dns", 53, 5353, "UDP")], &pairs).as_bytes());
+    let mut agent = node.start_agent();
+    agent.wait_synced();
+    for p in [&client, &backends[0], &backends[1]] {
+        agent.wait_attached(&p.host_if, p.host_ifindex);
+    }
+    let mut flows = Flows::open(&client);
+    let masq = masq_entry(pairs[0].1, Addr::ZERO);
+    agent.stop_with(libc::SIGTERM);
+    pin_as_v3(&node, masq);
+
+    agent.launch_again(&[], &[(STALL, "swapped")]);
+    agent.wait_for_log("migration stalled", 1);
+    // The TCP flows' reverse halves, gone from the narrowed map (as if the
+    // old programs had created them after the copy).
+    let staged = node.bpffs().join("maps-next").join("WEIR_CT");
+    let mut tails: aya::maps::HashMap<_, CtKey, CtTail> = lru(&staged);
+    let rev: Vec<CtKey> = tails.keys().filter_map(Result::ok).filter(|k| k.kind == CT_SVC_REV && k.proto == 6).collect();
+    let removed = rev.iter().filter(|k| tails.remove(k).is_ok()).count();
+    assert!(removed >= TCP_FLOWS, "the connections' reverse entries: {removed}");
+    let before = carried_over(&node);
+    let failed = flows.round("stalled after the swap");
+    assert!(failed.is_empty(), "the new programs translated every reply:\n{}", failed.join("\n"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while carried_over(&node) < before + TCP_FLOWS as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = carried_over(&node);
+    assert!(now >= before + TCP_FLOWS as u64, "the reverse halves were taken over from the v3 map: {before} then {now}");
+    let back = rev.iter().filter(|k| tails.get(k, 0).is_ok()).count();
+    assert_eq!(back, removed, "each narrowed into the new map");
+    agent.stop_with(libc::SIGKILL);
+    restart(&mut agent);
+    let failed = flows.round("after the migration");
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// Starts the agent again without the stall, and waits for its sync.
+fn restart(agent: &mut weir_tests::Agent) {
+    agent.unset_env(STALL);
+    let synced = agent.log_text().matches("initial sync").count();
+    agent.restart_with(&[]);
+    agent.wait_for_log("initial sync", synced + 1);
+}
