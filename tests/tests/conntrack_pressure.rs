@@ -117,7 +117,8 @@ fn a_full_conntrack_table_is_reported_not_silent() {
     assert!(v["conntrack"]["evicted"].as_u64().unwrap_or(0) > 10_000, "weir status shows them: {}", v["conntrack"]);
     assert_eq!(v["conntrack"]["capacity_v4"].as_u64(), Some(4096), "the IPv4 table, the one that filled");
     assert!(v["conntrack"]["entries_v4"].as_u64().is_some_and(|n| n > 3_000), "and it is full: {}", v["conntrack"]);
-    assert_eq!(v["conntrack"]["capacity"].as_u64(), Some(4096 + 65_536), "both tables");
+    assert_eq!(v["conntrack"]["capacity"].as_u64(), Some(4096 + 65_536 + 16_384), "every table: IPv4, IPv6, IPv6 masqueraded replies");
+    assert_eq!(v["conntrack"]["capacity_masq6"].as_u64(), Some(16_384), "the masqueraded IPv6 replies' table, on its own: {}", v["conntrack"]);
     let text = node.weir(&["status"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("the table filled up"), "{}", String::from_utf8_lossy(&text.stdout));
     agent.wait_for_log("conntrack table full", 1);

@@ -150,10 +150,12 @@ impl Metrics {
         self.map_capacity.get_or_create(&l).set(capacity as i64);
     }
 
-    /// The fill of each conntrack table (one per family).
+    /// The fill of each conntrack table (one per family, and the IPv6
+    /// masqueraded flows' reverse entries).
     pub fn set_conntrack_maps(&self, a: &weir_datapath::ct::CtAccount) {
         self.set_map(weir_common::maps::CT4, a.entries_v4, a.capacity_v4);
-        self.set_map(weir_common::maps::CT, a.entries.saturating_sub(a.entries_v4), a.capacity.saturating_sub(a.capacity_v4));
+        self.set_map(weir_common::maps::CT6_MASQ, a.entries_masq6, a.capacity_masq6);
+        self.set_map(weir_common::maps::CT, a.entries.saturating_sub(a.entries_v4 + a.entries_masq6), a.capacity.saturating_sub(a.capacity_v4 + a.capacity_masq6));
     }
 
     pub fn encode(&self) -> String {

@@ -367,8 +367,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         evicted = out.account.evicted - before,
                         ipv4_entries = out.account.entries_v4,
                         ipv4_capacity = out.account.capacity_v4,
-                        ipv6_entries = out.account.entries.saturating_sub(out.account.entries_v4),
-                        ipv6_capacity = out.account.capacity.saturating_sub(out.account.capacity_v4),
+                        ipv6_entries = out.account.entries.saturating_sub(out.account.entries_v4 + out.account.entries_masq6),
+                        ipv6_capacity = out.account.capacity.saturating_sub(out.account.capacity_v4 + out.account.capacity_masq6),
+                        ipv6_masqueraded_entries = out.account.entries_masq6,
+                        ipv6_masqueraded_capacity = out.account.capacity_masq6,
                         "conntrack table full: the LRU evicted entries (raise --ct-max-entries for IPv4 or --ct6-max-entries for IPv6, or lower --ct-max-per-endpoint)"
                     );
                 }

@@ -140,10 +140,10 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
     print_table(&["POD LINK", "IFINDEX", "SOURCES ALLOWED"], &rows);
     println!();
     if let Some(c) = &st.conntrack {
-        let (v6, cap6) = (c.entries.saturating_sub(c.entries_v4), c.capacity.saturating_sub(c.capacity_v4));
+        let (v6, cap6) = (c.entries.saturating_sub(c.entries_v4 + c.entries_masq6), c.capacity.saturating_sub(c.capacity_v4 + c.capacity_masq6));
         let pct = |n: u64, of: u64| n as f64 * 100.0 / of.max(1) as f64;
         println!(
-            "conntrack: {} entries ({} live); IPv4 {} of {} ({:.1}%), IPv6 {} of {} ({:.1}%); evicted {}, insert failures {}, refused by quota {}, halves rebuilt {}, ports remapped {}",
+            "conntrack: {} entries ({} live); IPv4 {} of {} ({:.1}%), IPv6 {} of {} ({:.1}%), IPv6 masqueraded replies {} of {} ({:.1}%); evicted {}, insert failures {}, refused by quota {}, halves rebuilt {}, ports remapped {}",
             c.entries,
             c.live,
             c.entries_v4,
@@ -152,6 +152,9 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
             v6,
             cap6,
             pct(v6, cap6),
+            c.entries_masq6,
+            c.capacity_masq6,
+            pct(c.entries_masq6, c.capacity_masq6),
             c.evicted,
             c.insert_failed,
             c.quota_refused,

@@ -134,6 +134,8 @@ pub struct CtMaps {
     v4: Option<Narrow>,
     capacity: u64,
     capacity_v4: u64,
+    /// The whole entries' map's, when IPv6 tails have their own map.
+    capacity_aside: u64,
 }
 
 impl CtMaps {
@@ -145,6 +147,7 @@ impl CtMaps {
     pub fn open_table(layout: &PinLayout, t: Table) -> Result<Self, DatapathError> {
         layout.require_existing()?;
         let (wide, raw, mut capacity) = open_map(layout, t.map)?;
+        let capacity_aside = if t.tails.is_some() { capacity } else { 0 };
         let tails = match t.tails {
             Some(name) => {
                 let (map, raw, n) = open_map(layout, name)?;
@@ -163,7 +166,7 @@ impl CtMaps {
             }
             None => (None, 0),
         };
-        Ok(Self { wide, raw, tails, v4, capacity, capacity_v4 })
+        Ok(Self { wide, raw, tails, v4, capacity, capacity_v4, capacity_aside })
     }
 
     fn four(&self, k: &CtKey) -> Option<&Narrow> {
@@ -250,6 +253,17 @@ impl CtMaps {
     pub fn capacity_v4(&self) -> u64 {
         self.capacity_v4
     }
+
+    /// Entries `WEIR_CT6_MASQ` holds at most (0 for a table without it).
+    pub fn capacity_aside(&self) -> u64 {
+        self.capacity_aside
+    }
+
+    /// Whether `k` → `e` is an entry of `WEIR_CT6_MASQ`: the rule every
+    /// writer follows (`weir_logic::ct6::keeps_addrs`).
+    pub fn is_aside(&self, k: &CtKey, e: &CtEntry) -> bool {
+        self.capacity_aside > 0 && !k.is_v4() && ct6::keeps_addrs(k.kind, e.flags)
+    }
 }
 
 /// A pinned hash, typed and raw, and its capacity.
@@ -294,6 +308,10 @@ pub struct CtAccount {
     /// rest are `WEIR_CT`'s). Each table fills on its own.
     pub entries_v4: u64,
     pub capacity_v4: u64,
+    /// Of `entries` and `capacity`: `WEIR_CT6_MASQ`'s (the reverse
+    /// entries of masqueraded IPv6 flows, which fills on its own too).
+    pub entries_masq6: u64,
+    pub capacity_masq6: u64,
     pub created: u64,
     pub deleted: u64,
     /// Keys the LRU dropped to make room: `created - deleted - entries`
@@ -470,6 +488,7 @@ impl Conntrack {
         }
         let mut out = GcOutcome::default();
         let mut deleted_v4 = 0u64;
+        let mut deleted_aside = 0u64;
         let mut owners: StdHashMap<u32, u64> = StdHashMap::new();
         let mut live = 0u64;
         for (k, e) in &entries {
@@ -486,6 +505,7 @@ impl Conntrack {
                     Some(_) => {
                         out.deleted += 1;
                         deleted_v4 += u64::from(k.is_v4() && self.maps.capacity_v4() > 0);
+                        deleted_aside += u64::from(self.maps.is_aside(k, e));
                     }
                     None => {}
                 }
@@ -501,6 +521,7 @@ impl Conntrack {
                 (true, _) => {
                     out.deleted += 1;
                     deleted_v4 += u64::from(k.is_v4() && self.maps.capacity_v4() > 0);
+                    deleted_aside += u64::from(self.maps.is_aside(k, e));
                 }
                 (false, true) => {
                     out.restored += 1;
@@ -514,10 +535,11 @@ impl Conntrack {
         self.write_owners(&owners);
         let remaining = (entries.len() - out.deleted) as u64;
         let v4 = self.v4_count(&entries).saturating_sub(deleted_v4);
+        let aside = self.aside_count(&entries).saturating_sub(deleted_aside);
         // The counts just written (the agent's handle follows its own
         // configuration, written before it opened conntrack).
         let share = if self.owners.is_some() { ShareUse::of(owners, self.cfg.ct_max_per_endpoint) } else { ShareUse::default() };
-        out.account = self.account_with(created_before, remaining, live, v4, share);
+        out.account = self.account_with(created_before, remaining, live, (v4, aside), share);
         out
     }
 
@@ -542,7 +564,14 @@ impl Conntrack {
         entries.iter().filter(|(k, _)| k.is_v4()).count() as u64
     }
 
-    fn account_with(&self, created: u64, entries: u64, live: u64, entries_v4: u64, share: ShareUse) -> CtAccount {
+    /// How many of `entries` `WEIR_CT6_MASQ` holds.
+    fn aside_count(&self, entries: &[(CtKey, CtEntry)]) -> u64 {
+        entries.iter().filter(|(k, e)| self.maps.is_aside(k, e)).count() as u64
+    }
+
+    /// `(entries_v4, entries_masq6)`: of `entries`, the IPv4 map's and
+    /// `WEIR_CT6_MASQ`'s.
+    fn account_with(&self, created: u64, entries: u64, live: u64, (entries_v4, entries_masq6): (u64, u64), share: ShareUse) -> CtAccount {
         let deleted = self.stat(CtStat::Deleted) + self.stat(CtStat::AgentDeleted);
         CtAccount {
             entries,
@@ -550,6 +579,8 @@ impl Conntrack {
             capacity: self.capacity,
             entries_v4,
             capacity_v4: self.maps.capacity_v4(),
+            entries_masq6,
+            capacity_masq6: self.maps.capacity_aside(),
             created,
             deleted,
             evicted: created.saturating_sub(deleted).saturating_sub(entries),
@@ -566,7 +597,7 @@ impl Conntrack {
         let created = self.stat(CtStat::Created);
         let entries = self.entries();
         let live = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).count() as u64;
-        let v4 = self.v4_count(&entries);
+        let v4 = (self.v4_count(&entries), self.aside_count(&entries));
         // The counts the kernel reads, and the limit as written now (a
         // reader's handle may predate the agent's configuration).
         let share = match &self.owners {

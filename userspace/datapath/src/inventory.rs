@@ -42,10 +42,11 @@ pub fn maps(layout: &PinLayout) -> Result<Vec<MapFill>, DatapathError> {
         IF_STATS, DP_ERRORS, DROPS, FRONTENDS, BACKENDS, LB_TABLE, AFFINITY, CT, CT_STATS, CT_OWNERS, CONFIG, ENDPOINTS, IPCACHE, POLICY, LINKS,
         FRAGS, EVENTS, SOURCE_RANGES,
     ];
-    // Maps that may not be pinned yet: IPv4 conntrack (WEIR_CT4) while
-    // an older agent's one-table conntrack waits for its migration, and
-    // the node object's maps until an agent loaded it.
-    let optional = [CT4, POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT, SVC_ADDRS, LB_IDS];
+    // Maps that may not be pinned yet: IPv4 conntrack (WEIR_CT4) and the
+    // IPv6 masqueraded entries (WEIR_CT6_MASQ) while an older agent's
+    // conntrack waits for its migration, and the node object's maps
+    // until an agent loaded it.
+    let optional = [CT4, CT6_MASQ, POD_ADDRS, TUNNEL, NODES, MASQ, NO_MASQ, SNAT, SVC_ADDRS, LB_IDS];
     let optional = optional.into_iter().filter(|n| layout.map(n).exists());
     let mut out = Vec::new();
     for name in names.into_iter().chain(optional) {
