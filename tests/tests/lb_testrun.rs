@@ -274,17 +274,19 @@ fn the_collector_takes_out_flows_whose_backend_is_gone() {
 
 #[test]
 fn the_collector_reads_the_whole_table_in_batches() {
-    use weir_common::ct::{CtEntry, CtEntry4, CtKey, CtKey4, CT_SVC_FWD};
+    use weir_common::ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtTail, CT_SVC_FWD};
     use weir_datapath::ct::{Conntrack, CtMaps};
     with_config(DatapathConfig::DEFAULT, |_, _, layout| {
         let mut maps = CtMaps::open(layout).expect("conntrack");
         // Enough for several batches, and a table with many keys per
-        // bucket; IPv4 flows in WEIR_CT4, IPv6 ones in WEIR_CT.
+        // bucket; IPv4 flows in WEIR_CT4, IPv6 ones in WEIR_CT (ids only:
+        // with no backend behind their ids, their backend address reads
+        // as the zero address).
         for i in 0..10_000u32 {
             let saddr = if i % 4 == 0 { std::net::IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | i as u128)) } else { Ipv4Addr::from(0x0a00_0000 + i).into() };
             let daddr = if i % 4 == 0 { std::net::IpAddr::from(std::net::Ipv6Addr::from(0xfd00_0096_u128 << 96 | 10)) } else { VIP.into() };
             let k = CtKey { saddr: saddr.into(), daddr: daddr.into(), sport: (i as u16).to_be(), dport: 53u16.to_be(), proto: 17, kind: CT_SVC_FWD, _pad: 0 };
-            let nat_addr = if i % 4 == 0 { k.daddr } else { Ipv4Addr::new(10, 244, 0, 5).into() };
+            let nat_addr = if i % 4 == 0 { weir_common::addr::Addr::ZERO } else { Ipv4Addr::new(10, 244, 0, 5).into() };
             assert!(maps.insert_new(&k, &CtEntry { backend_id: i, nat_addr, orig_addr: k.saddr, ..CtEntry::default() }), "insert {i}");
         }
         let ct = Conntrack::open(layout).expect("ct");
@@ -292,9 +294,11 @@ fn the_collector_reads_the_whole_table_in_batches() {
         let batched4 = weir_datapath::batch::lookup_all::<CtKey4, CtEntry4>(std::os::fd::AsFd::as_fd(four.fd())).expect("this kernel batches hash maps");
         assert_eq!(batched4.len(), 7_500, "the IPv4 flows, in their own map");
         let six = aya::maps::MapData::from_pin(layout.map("WEIR_CT")).expect("pinned IPv6 conntrack");
-        let batched6 = weir_datapath::batch::lookup_all::<CtKey, CtEntry>(std::os::fd::AsFd::as_fd(six.fd())).expect("batches");
+        assert!(weir_datapath::batch::lookup_all::<CtKey, CtEntry>(std::os::fd::AsFd::as_fd(six.fd())).is_none(), "a batch read of other types than the map's is refused");
+        let batched6 = weir_datapath::batch::lookup_all::<CtKey, CtTail>(std::os::fd::AsFd::as_fd(six.fd())).expect("batches");
         assert_eq!(batched6.len(), 2_500, "the IPv6 flows");
-        let mut batched: Vec<(CtKey, CtEntry)> = batched6.into_iter().chain(batched4.iter().map(|(k, e)| (k.widen(), e.widen()))).collect();
+        let six_wide = batched6.iter().map(|(k, t)| (*k, weir_logic::ct6::widen(k, t, weir_common::addr::Addr::ZERO)));
+        let mut batched: Vec<(CtKey, CtEntry)> = six_wide.chain(batched4.iter().map(|(k, e)| (k.widen(), e.widen()))).collect();
         let mut one_by_one = ct.entries_one_by_one();
         assert_eq!(one_by_one.len(), 10_000);
         let order = |v: &mut Vec<(CtKey, CtEntry)>| v.sort_by_key(|(_, e)| e.backend_id);

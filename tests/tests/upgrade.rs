@@ -737,9 +737,9 @@ fn maps_the_agent_cannot_convert_are_refused_and_the_datapath_left_as_it_was() {
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(aya::maps::MapData::from_pin(&abi).expect("WEIR_ABI"))).expect("manifest");
     let key = weir_common::abi::AbiKey { kind: weir_common::abi::ABI_KIND_MAP, id: map_id(&t.map_pin("WEIR_CT")) };
     let mut rec = manifest.get(&key, 0).expect("conntrack's record");
-    rec.version = 4;
-    manifest.insert(key, rec, 0).expect("record v4");
-    expect_refusal(&t, &mut agent, &[], &["WEIR_CT", "layout v4", "layout v3", "downgrade"]);
+    rec.version = 5;
+    manifest.insert(key, rec, 0).expect("record v5");
+    expect_refusal(&t, &mut agent, &[], &["WEIR_CT", "layout v5", "layout v4", "downgrade"]);
 
     let tally = traffic.finish();
     assert!(tally.failures.is_empty() && tally.new_failed.is_empty(), "traffic kept flowing on the pinned programs: {:?} {:?}", tally.failures, tally.new_failed);

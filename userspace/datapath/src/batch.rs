@@ -33,10 +33,17 @@ fn zeroed<T: aya::Pod>(n: usize) -> Vec<T> {
 }
 
 /// Every (key, value) of the hash map behind `fd`, read in batches, or
-/// `None` when the kernel cannot batch this map (read it another way).
+/// `None` when the kernel cannot batch this map, or its key and value
+/// are not `K` and `V` (read it another way).
 /// Entries the kernel adds or removes meanwhile may or may not be seen,
 /// as with any walk of a live map.
 pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> Option<Vec<(K, V)>> {
+    // The kernel writes the map's own sizes: buffers of other types would
+    // be read as garbage, or overrun.
+    let info = aya::maps::MapData::from_fd(fd.try_clone_to_owned().ok()?).ok()?.info().ok()?;
+    if (info.key_size() as usize, info.value_size() as usize) != (std::mem::size_of::<K>(), std::mem::size_of::<V>()) {
+        return None;
+    }
     let mut out = Vec::new();
     let mut chunk = CHUNK;
     // The kernel's cursor: a bucket index (u32) for hash maps; 8 bytes of room.

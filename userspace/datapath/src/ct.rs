@@ -146,18 +146,20 @@ impl CtMaps {
 
     pub fn open_table(layout: &PinLayout, t: Table) -> Result<Self, DatapathError> {
         layout.require_existing()?;
-        let (wide, raw, mut capacity) = open_map(layout, t.map)?;
-        let capacity_aside = if t.tails.is_some() { capacity } else { 0 };
-        let tails = match t.tails {
+        // The IPv6 map first: a map in another layout is named as such
+        // before one its layout added is missed.
+        let (tails, tails_capacity) = match t.tails {
             Some(name) => {
                 let (map, raw, n) = open_map(layout, name)?;
-                capacity += n;
                 let backends = pinned::hash(layout, BACKENDS).ok();
                 let svc_addrs = layout.map(SVC_ADDRS).exists().then(|| pinned::hash(layout, SVC_ADDRS)).transpose()?;
-                Some(Tails { map, raw, backends, svc_addrs })
+                (Some(Tails { map, raw, backends, svc_addrs }), n)
             }
-            None => None,
+            None => (None, 0),
         };
+        let (wide, raw, mut capacity) = open_map(layout, t.map)?;
+        let capacity_aside = if tails.is_some() { capacity } else { 0 };
+        capacity += tails_capacity;
         let (v4, capacity_v4) = match t.map4 {
             Some(name) => {
                 let (map, raw, n) = open_map(layout, name)?;
