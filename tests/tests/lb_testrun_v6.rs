@@ -92,6 +92,28 @@ fn udp_is_dnated_and_reverse_nated_with_valid_checksums() {
     });
 }
 
+#[test]
+fn the_collector_takes_out_both_halves_of_a_flow_whose_backend_is_gone() {
+    use weir_datapath::ct::{monotonic_ns, Conntrack};
+    with_datapath(|dp, lb, layout| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        testrun::run(prog, &testrun::udp6((CLIENT, 41100), (VIP, 53), b"q")).expect("run");
+        let mut ct = Conntrack::open(layout).expect("ct");
+        assert_eq!(ct.entries().len(), 2);
+        // The backend leaves (moved to another port): its id, and so the
+        // address an IPv6 forward entry reads through it, is gone.
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5354)])).expect("upsert");
+        let fwd = ct.entries().into_iter().find(|(k, _)| k.kind == weir_common::ct::CT_SVC_FWD).expect("the forward entry");
+        assert_eq!(fwd.1.nat_addr, weir_common::addr::Addr::ZERO, "the gone backend's address reads as the zero address");
+        // The next collection takes both entries out, though alive: the
+        // reverse one too, found as the reverse entry whose twin it is.
+        let out = ct.gc_with(monotonic_ns(), |_, e| !lb.backend_is(e.backend_id, &e.nat_addr, e.nat_port));
+        assert_eq!(out.deleted, 2, "{out:?}");
+        assert!(ct.entries().is_empty());
+    });
+}
+
 /// A UDP datagram from `src` to the VIP whose checksum, once DNATed to
 /// `BACKEND:5353`, sums to zero: its last two payload bytes are chosen so.
 fn udp_summing_to_zero_after_dnat(sport: u16) -> Vec<u8> {

@@ -40,9 +40,23 @@ pub const CT6_MAX_ENTRIES: u32 = 65_536;
 
 /// The reverse entries of masqueraded IPv6 flows, which keep both
 /// addresses: CtKey → CtEntry (LRU hash; `weir_logic::ct6`). Counted
-/// with [`CT`] in `WEIR_CT_STATS`.
+/// with [`CT`] in `WEIR_CT_STATS`; sized with it, a quarter of its
+/// entries ([`ct6_masq_entries`]). A migration that resizes it has no
+/// kernel carry-over (as `WEIR_AFFINITY`): an entry the old programs
+/// write between the last copy and the swap is copied right after the
+/// swap, and a reply met in between is not translated.
 pub const CT6_MASQ: &str = "WEIR_CT6_MASQ";
-pub const CT6_MASQ_MAX_ENTRIES: u32 = 16_384;
+pub const CT6_MASQ_MAX_ENTRIES: u32 = ct6_masq_entries(CT6_MAX_ENTRIES);
+
+/// [`CT6_MASQ`]'s capacity beside an IPv6 conntrack of `ct6_entries`.
+pub const fn ct6_masq_entries(ct6_entries: u32) -> u32 {
+    let n = ct6_entries / 4;
+    if n < 2 {
+        2
+    } else {
+        n
+    }
+}
 
 /// Conntrack of IPv4 flows: CtKey4 → CtEntry4 (LRU hash; see `crate::ct`).
 pub const CT4: &str = "WEIR_CT4";

@@ -58,7 +58,7 @@ fn map_memory(pin: &Path) -> Option<(f64, f64)> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Tracked {
     /// Tracking entries: for weir, conntrack entries (`WEIR_CT4`,
-    /// `WEIR_CT`) and pods' socket reverse entries (`WEIR_SOCK_REVNAT_POD`,
+    /// `WEIR_CT`, `WEIR_CT6_MASQ`) and pods' socket reverse entries (`WEIR_SOCK_REVNAT_POD`,
     /// what a connection translated at connect holds instead); for the
     /// baselines, nf_conntrack entries in the node namespace.
     pub entries: u64,
@@ -75,16 +75,18 @@ pub fn tracked(dataplane_is_weir: bool, bpffs: &Path, node: &NetNs) -> Tracked {
         let layout = weir_datapath::PinLayout::new(bpffs);
         let all = weir_datapath::ct::Conntrack::open(&layout).map(|c| c.entries()).unwrap_or_default();
         let v4 = all.iter().filter(|(k, _)| k.is_v4()).count() as f64;
-        let v6 = all.len() as f64 - v4;
+        let whole6 = all.iter().filter(|(k, e)| !k.is_v4() && weir_logic::ct6::keeps_addrs(k.kind, e.flags)).count() as f64;
+        let v6 = all.len() as f64 - v4 - whole6;
         let sockets = weir_datapath::cgroup::SockRevNat::open_pods(&layout).map(|m| m.count()).unwrap_or(0) as f64;
         // Each entry costs what its own map charges per entry (WEIR_CT4
-        // for IPv4 flows, WEIR_CT for IPv6, the pods' socket table).
+        // for IPv4 flows, WEIR_CT for IPv6, WEIR_CT6_MASQ for masqueraded
+        // IPv6 replies, the pods' socket table).
         let per = |map: &str| map_memory(&maps.join(map)).map_or(0.0, |(mem, max)| mem / max.max(1.0));
-        let bytes = v4 * per("WEIR_CT4") + v6 * per("WEIR_CT") + sockets * per(weir_common::maps::SOCK_REVNAT_POD);
+        let bytes = v4 * per("WEIR_CT4") + v6 * per("WEIR_CT") + whole6 * per(weir_common::maps::CT6_MASQ) + sockets * per(weir_common::maps::SOCK_REVNAT_POD);
         let total: f64 = std::fs::read_dir(&maps)
             .map(|d| d.filter_map(Result::ok).filter_map(|e| map_memory(&e.path())).map(|(m, _)| m).sum())
             .unwrap_or(0.0);
-        Tracked { entries: (v4 + v6 + sockets) as u64, bytes, maps_mib: total / (1024.0 * 1024.0) }
+        Tracked { entries: (v4 + v6 + whole6 + sockets) as u64, bytes, maps_mib: total / (1024.0 * 1024.0) }
     } else {
         let entries: u64 = node.exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]).trim().parse().unwrap_or(0);
         Tracked { entries, bytes: entries as f64 * conntrack_objsize().unwrap_or(0.0), maps_mib: 0.0 }

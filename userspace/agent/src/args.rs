@@ -93,8 +93,9 @@ pub struct Args {
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct_entries)]
     pub ct_max_entries: u32,
 
-    /// IPv6 conntrack entries (two per service flow; 160 B each). A table
-    /// of its own, as IPv4's entries are smaller.
+    /// IPv6 conntrack entries (two per service flow; 128 B each). A table
+    /// of its own, as IPv4's entries are smaller; the masqueraded flows'
+    /// reply entries (160 B each, WEIR_CT6_MASQ) get a quarter as many.
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct6_entries)]
     pub ct6_max_entries: u32,
 

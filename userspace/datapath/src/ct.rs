@@ -482,12 +482,18 @@ impl Conntrack {
 
     fn collect_scanned(&mut self, created_before: u64, entries: Vec<(CtKey, CtEntry)>, now_ns: u64, orphaned: impl Fn(&CtKey, &CtEntry) -> bool) -> GcOutcome {
         let alive: HashSet<CtKey> = entries.iter().filter(|(_, e)| is_alive(e, now_ns)).map(|(k, _)| *k).collect();
-        // Orphaned forward entries and their twins.
+        // Orphaned forward entries and their twins. An IPv6 forward entry
+        // whose backend is gone has lost the backend's address with it,
+        // so its reverse twin is also found from the other side: the
+        // reverse entry whose own twin is an orphan.
         let mut orphans: HashSet<CtKey> = HashSet::new();
         for (k, e) in entries.iter().filter(|(k, e)| k.kind == CT_SVC_FWD && orphaned(k, e)) {
             orphans.insert(*k);
             orphans.extend(twin_key(k, e, &self.cfg));
         }
+        let reverse_twins: Vec<CtKey> =
+            entries.iter().filter(|(k, e)| k.kind == CT_SVC_REV && twin_key(k, e, &self.cfg).is_some_and(|t| t.kind == CT_SVC_FWD && orphans.contains(&t))).map(|(k, _)| *k).collect();
+        orphans.extend(reverse_twins);
         let mut out = GcOutcome::default();
         let mut deleted_v4 = 0u64;
         let mut deleted_aside = 0u64;

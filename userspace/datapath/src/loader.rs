@@ -11,7 +11,7 @@ use aya::{
 use weir_common::{
     config::DatapathConfig,
     maps::{
-        BACKENDS, BACKENDS_MAX_ENTRIES, CONFIG, CT, CT4, CT6_MAX_ENTRIES, CT_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES, SNAT, SVC_ADDRS, SVC_TIMES,
+        BACKENDS, BACKENDS_MAX_ENTRIES, CONFIG, CT, CT4, CT6_MASQ, CT6_MAX_ENTRIES, CT_MAX_ENTRIES, FRONTENDS, FRONTENDS_MAX_ENTRIES, IF_STATS, LB_TABLE, LB_TABLE_MAX_ENTRIES, SNAT, SVC_ADDRS, SVC_TIMES,
         SNAT_MAX_ENTRIES,
     },
     stats::{Direction, IfStats, IfStatsKey},
@@ -142,7 +142,7 @@ fn sized_map_ids(layout: &PinLayout) -> Vec<Option<u32>> {
 }
 
 /// The maps whose capacity the load options choose.
-pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 8] {
+pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 9] {
     [
         (LB_TABLE, opts.lb_table_slots.max(1)),
         (FRONTENDS, opts.frontends.max(2)),
@@ -151,6 +151,7 @@ pub(crate) fn sized_maps(opts: &LoadOptions) -> [(&'static str, u32); 8] {
         (BACKENDS, opts.backends.max(1)),
         (CT4, opts.ct_entries.max(2)),
         (CT, opts.ct6_entries.max(2)),
+        (CT6_MASQ, weir_common::maps::ct6_masq_entries(opts.ct6_entries)),
         (SNAT, opts.snat_entries.max(2)),
     ]
 }
