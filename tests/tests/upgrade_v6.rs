@@ -159,30 +159,47 @@ impl Flows {
     }
 }
 
+/// A node with a client and two dual-stack backends behind a dual-stack
+/// ClusterIP (TCP 80, UDP 53), its agent running.
+struct Topo {
+    node: Node,
+    client: Pod,
+    backends: [Pod; 2],
+    _servers: Vec<Server>,
+    agent: weir_tests::Agent,
+}
+
+impl Topo {
+    fn new() -> Self {
+        let node = Node::new();
+        let client = pod(&node, "client", 2);
+        let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
+        let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+        let _servers: Vec<Server> = backends
+            .iter()
+            .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::NamePerLine(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
+            .collect();
+        let pairs: Vec<(Ipv4Addr, Ipv6Addr)> = backends.iter().map(|b| (b.ip, b.ip6.expect("dual-stack pod"))).collect();
+        node.write_source("svc.yaml", yaml_dual_stack_service("both", VIP4, VIP6, &[("web", 80, 8080, "TCP"), ("dns", 53, 5353, "UDP")], &pairs).as_bytes());
+        let mut agent = node.start_agent();
+        agent.wait_synced();
+        for p in [&client, &backends[0], &backends[1]] {
+            agent.wait_attached(&p.host_if, p.host_ifindex);
+        }
+        Self { node, client, backends, _servers, agent }
+    }
+}
+
 #[test]
 fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() {
-    let node = Node::new();
-    let client = pod(&node, "client", 2);
-    let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
-    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
-    let _servers: Vec<Server> = backends
-        .iter()
-        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::NamePerLine(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
-        .collect();
-    let pairs: Vec<(Ipv4Addr, Ipv6Addr)> = backends.iter().map(|b| (b.ip, b.ip6.expect("dual-stack pod"))).collect();
-    node.write_source("svc.yaml", yaml_dual_stack_service("both", VIP4, VIP6, &[("web", 80, 8080, "TCP"), ("dns", 53, 5353, "UDP")], &pairs).as_bytes());
-    let mut agent = node.start_agent();
-    agent.wait_synced();
-    for p in [&client, &backends[0], &backends[1]] {
-        agent.wait_attached(&p.host_if, p.host_ifindex);
-    }
+    let Topo { node, client, backends, _servers, mut agent } = Topo::new();
     let mut flows = Flows::open(&client);
     let distinct: std::collections::BTreeSet<&String> = flows.tcp.iter().map(|(_, n)| n).collect();
     assert!(distinct.len() == 2, "the connections spread over both backends: {distinct:?}");
     let cfg_map: aya::maps::Array<_, weir_common::config::DatapathConfig> =
         aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(pin(&node, "WEIR_CONFIG")).expect("WEIR_CONFIG"))).expect("config");
     let node6 = cfg_map.get(&0, 0).expect("the configuration").node_addr6;
-    let masq = masq_entry(pairs[0].1, node6);
+    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), node6);
 
     // An agent of layout v3, from before WEIR_SVC_ADDRS, left this.
     agent.stop_with(libc::SIGTERM);
@@ -218,23 +235,9 @@ fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() 
 
 #[test]
 fn reverse_halves_the_old_programs_wrote_after_the_copy_are_taken_over_from_the_v3_map() {
-    let node = Node::new();
-    let client = pod(&node, "client", 2);
-    let backends = [pod(&node, "b1", 11), pod(&node, "b2", 12)];
-    let any: IpAddr = Ipv6Addr::UNSPECIFIED.into();
-    let _servers: Vec<Server> = backends
-        .iter()
-        .flat_map(|b| [tcp_server_at(b.ns(), any, 8080, Reply::NamePerLine(b.name.clone())), udp_server_at(b.ns(), any, 5353, Reply::Name(b.name.clone()))])
-        .collect();
-    let pairs: Vec<(Ipv4Addr, Ipv6Addr)> = backends.iter().map(|b| (b.ip, b.ip6.expect("dual-stack pod"))).collect();
-    node.write_source("svc.yaml", yaml_dual_stack_service("both", VIP4, VIP6, &[("web", 80, 8080, "TCP"), ("dns", 53, 5353, "UDP")], &pairs).as_bytes());
-    let mut agent = node.start_agent();
-    agent.wait_synced();
-    for p in [&client, &backends[0], &backends[1]] {
-        agent.wait_attached(&p.host_if, p.host_ifindex);
-    }
+    let Topo { node, client, backends, _servers, mut agent } = Topo::new();
     let mut flows = Flows::open(&client);
-    let masq = masq_entry(pairs[0].1, Addr::ZERO);
+    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), Addr::ZERO);
     agent.stop_with(libc::SIGTERM);
     pin_as_v3(&node, masq);
 
