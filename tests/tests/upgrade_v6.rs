@@ -7,6 +7,10 @@
 //! and its translation, including the reverse halves the old programs
 //! wrote after the copy, which the new programs take over from the v3
 //! map (`WEIR_CT_PREV_V3`) and narrow.
+//!
+//! `WEIR_CT6_MASQ` pinned in its layout v1 (`CtKey` → `CtEntry`, both
+//! addresses) is rebuilt in v2 (keyed without the node's address, the
+//! client's the only address kept) with every field of its entries.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream, UdpSocket},
@@ -16,7 +20,7 @@ use std::{
 
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CtKey, CtStat, CtTail, CT_F_MASQ, CT_STATE_ESTABLISHED, CT_SVC_REV},
+    ct::{CtEntry, CtKey, CtMasq6, CtMasqKey6, CtStat, CtTail, CT_F_MASQ, CT_STATE_ESTABLISHED, CT_SVC_REV},
     lb::FrontendKey,
 };
 use weir_tests::{
@@ -53,8 +57,9 @@ fn carried_over(node: &Node) -> u64 {
 }
 
 /// A masqueraded flow's reverse entry, as an agent of layout v3 kept it
-/// (backend → the node's address and a masquerade port).
-fn masq_entry(backend: Ipv6Addr, node6: Addr) -> (CtKey, CtEntry) {
+/// (backend → the node's address and a masquerade port), of the service
+/// `svc_id`.
+fn masq_entry(backend: Ipv6Addr, node6: Addr, svc_id: u32) -> (CtKey, CtEntry) {
     let client = Addr::from(IpAddr::V6(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, 7)));
     let k = CtKey { saddr: Addr::from(IpAddr::V6(backend)), daddr: node6, sport: 8080u16.to_be(), dport: 33001u16.to_be(), proto: 6, kind: CT_SVC_REV, _pad: 0 };
     let e = CtEntry {
@@ -62,7 +67,7 @@ fn masq_entry(backend: Ipv6Addr, node6: Addr) -> (CtKey, CtEntry) {
         orig_addr: client,
         expires_s: u32::MAX,
         backend_id: 1,
-        svc_id: 1,
+        svc_id,
         nat_port: 80u16.to_be(),
         orig_port: 41000u16.to_be(),
         state: CT_STATE_ESTABLISHED,
@@ -98,6 +103,21 @@ fn pin_as_v3(node: &Node, extra: (CtKey, CtEntry)) -> usize {
     old.pin(&path).expect("pin the v3 map");
     Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CT", 3, &shape).expect("the v3 record");
     entries.len()
+}
+
+/// The node's IPv6 address, as the agent configured the programs.
+fn node6(node: &Node) -> Addr {
+    let cfg_map: aya::maps::Array<_, weir_common::config::DatapathConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(pin(node, "WEIR_CONFIG")).expect("WEIR_CONFIG"))).expect("config");
+    cfg_map.get(&0, 0).expect("the configuration").node_addr6
+}
+
+/// The id `WEIR_SVC_ADDRS` names the IPv6 ClusterIP's TCP frontend by.
+fn vip6_tcp_id(node: &Node) -> u32 {
+    let data = aya::maps::MapData::from_pin(pin(node, "WEIR_SVC_ADDRS")).expect("WEIR_SVC_ADDRS");
+    let names: aya::maps::HashMap<_, u32, FrontendKey> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("names");
+    let vip = Addr::from(IpAddr::V6(VIP6));
+    names.iter().filter_map(Result::ok).find(|(_, f)| f.addr == vip && f.port == 80u16.to_be() && f.proto == 6).map(|(id, _)| id).expect("the IPv6 TCP frontend is named")
 }
 
 /// How many names `WEIR_SVC_ADDRS` holds.
@@ -196,10 +216,7 @@ fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() 
     let mut flows = Flows::open(&client);
     let distinct: std::collections::BTreeSet<&String> = flows.tcp.iter().map(|(_, n)| n).collect();
     assert!(distinct.len() == 2, "the connections spread over both backends: {distinct:?}");
-    let cfg_map: aya::maps::Array<_, weir_common::config::DatapathConfig> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(pin(&node, "WEIR_CONFIG")).expect("WEIR_CONFIG"))).expect("config");
-    let node6 = cfg_map.get(&0, 0).expect("the configuration").node_addr6;
-    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), node6);
+    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), node6(&node), vip6_tcp_id(&node));
 
     // An agent of layout v3, from before WEIR_SVC_ADDRS, left this.
     agent.stop_with(libc::SIGTERM);
@@ -227,8 +244,9 @@ fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() 
     let in_tails: Vec<CtKey> = tails.keys().filter_map(Result::ok).collect();
     assert!(in_tails.len() >= 2 * (TCP_FLOWS + UDP_FLOWS), "every flow's entries, narrowed: {}", in_tails.len());
     assert!(!in_tails.contains(&masq.0), "the masqueraded reverse entry is not narrowed");
-    let whole: aya::maps::HashMap<_, CtKey, CtEntry> = lru(&pin(&node, "WEIR_CT6_MASQ"));
-    assert_eq!(whole.get(&masq.0, 0).ok(), Some(masq.1), "the masqueraded reverse entry moved aside whole, every field kept");
+    let aside: aya::maps::HashMap<_, CtMasqKey6, CtMasq6> = lru(&pin(&node, "WEIR_CT6_MASQ"));
+    assert_eq!(aside.get(&masq.0.masq6(), 0).ok(), Some(CtMasq6::of(&masq.1)), "the masqueraded reverse entry moved aside with the client's address");
+    assert_eq!(widened(&node, &masq.0), Some(masq.1), "and reads back whole, every field kept");
     assert!(tcp_name(client.ns(), VIP6, 80, DEFAULT_TIMEOUT).is_ok(), "new IPv6 connections open");
     assert!(!node.bpffs().join("maps-next").exists(), "nothing is left staged");
 }
@@ -237,7 +255,7 @@ fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() 
 fn reverse_halves_the_old_programs_wrote_after_the_copy_are_taken_over_from_the_v3_map() {
     let Topo { node, client, backends, _servers, mut agent } = Topo::new();
     let mut flows = Flows::open(&client);
-    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), Addr::ZERO);
+    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), node6(&node), 1);
     agent.stop_with(libc::SIGTERM);
     pin_as_v3(&node, masq);
 
@@ -265,6 +283,69 @@ fn reverse_halves_the_old_programs_wrote_after_the_copy_are_taken_over_from_the_
     restart(&mut agent);
     let failed = flows.round("after the migration");
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The entry conntrack reads for `k`, widened (`weir_datapath::ct`).
+fn widened(node: &Node, k: &CtKey) -> Option<CtEntry> {
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    weir_datapath::ct::Conntrack::open(&layout).expect("conntrack").entries().into_iter().find(|(key, _)| key == k).map(|(_, e)| e)
+}
+
+/// Replaces `WEIR_CT6_MASQ` by the map an agent of its layout v1 kept
+/// (`CtKey` → `CtEntry`, both addresses), holding `entries`, with its v1
+/// record. The running programs keep today's map.
+fn pin_masq_as_v1(node: &Node, entries: &[(CtKey, CtEntry)]) {
+    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest};
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    let path = pin(node, "WEIR_CT6_MASQ");
+    let info = aya::maps::MapInfo::from_pin(&path).expect("WEIR_CT6_MASQ");
+    let shape = Shape { map_type: 9, key_size: 40, value_size: core::mem::size_of::<CtEntry>() as u32, flags: info.map_flags(), max_entries: info.max_entries() };
+    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
+    let data = aya::maps::MapData::create(obj, "WEIR_CT6_MASQ", None).expect("a v1 map");
+    let id = data.info().expect("info").id();
+    let mut old: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v1 map");
+    for (k, e) in entries {
+        old.insert(k, e, 0).expect("a v1 entry");
+    }
+    std::fs::remove_file(&path).expect("unpin WEIR_CT6_MASQ (the programs keep it)");
+    old.pin(&path).expect("pin the v1 map");
+    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CT6_MASQ", 1, &shape).expect("the v1 record");
+}
+
+#[test]
+fn masqueraded_ipv6_replies_of_layout_v1_are_rebuilt_without_the_nodes_address_every_field_kept() {
+    let Topo { node, client, backends, _servers, mut agent } = Topo::new();
+    let mut flows = Flows::open(&client);
+    let (node6, svc) = (node6(&node), vip6_tcp_id(&node));
+    let held: Vec<(CtKey, CtEntry)> = backends
+        .iter()
+        .map(|b| masq_entry(b.ip6.expect("dual-stack pod"), node6, svc))
+        .chain([{
+            // A UDP flow's, another masquerade port.
+            let (mut k, mut e) = masq_entry(backends[1].ip6.expect("dual-stack pod"), node6, svc);
+            (k.proto, k.dport, e.state) = (17, 33002u16.to_be(), weir_common::ct::CT_STATE_UDP);
+            (k, e)
+        }])
+        .collect();
+
+    // An agent of WEIR_CT6_MASQ v1 left this.
+    agent.stop_with(libc::SIGTERM);
+    pin_masq_as_v1(&node, &held);
+    restart(&mut agent);
+    let log = agent.log_text();
+    let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT6_MASQ ")).unwrap_or_else(|| panic!("WEIR_CT6_MASQ migrated:\n{log}"));
+    assert!(line.contains("from_version=1") && line.contains("to_version=2") && line.contains("dropped=0"), "{line}");
+    let info = aya::maps::MapInfo::from_pin(pin(&node, "WEIR_CT6_MASQ")).expect("the rebuilt map");
+    assert_eq!((info.key_size(), info.value_size()), (24, 40), "64 B of key and value instead of 96");
+
+    let aside: aya::maps::HashMap<_, CtMasqKey6, CtMasq6> = lru(&pin(&node, "WEIR_CT6_MASQ"));
+    for (k, e) in &held {
+        assert_eq!(aside.get(&k.masq6(), 0).ok(), Some(CtMasq6::of(e)), "{k:?}");
+        assert_eq!(widened(&node, k).as_ref(), Some(e), "read back whole, the service's address by its id: {k:?}");
+    }
+    let failed = flows.round("after the migration");
+    assert!(failed.is_empty(), "the pods' flows went on:\n{}", failed.join("\n"));
+    assert!(!node.bpffs().join("maps-next").exists(), "nothing is left staged");
 }
 
 /// Starts the agent again without the stall, and waits for its sync.

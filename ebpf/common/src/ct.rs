@@ -15,8 +15,8 @@
 //! addresses: 16 + 32 B, so an entry costs the kernel 112 B), IPv6 flows
 //! in `WEIR_CT` ([`CtKey`] → [`CtTail`], layout v4: no address in the
 //! value, 40 + 24 B, 128 B an entry) but for the reverse entries of
-//! masqueraded flows, which keep both addresses in `WEIR_CT6_MASQ`
-//! ([`CtKey`] → [`CtEntry`], 160 B). Where an IPv6 entry's addresses come
+//! masqueraded flows, which keep the client's address in `WEIR_CT6_MASQ`
+//! ([`CtMasqKey6`] → [`CtMasq6`], 24 + 40 B, 128 B an entry). Where an IPv6 entry's addresses come
 //! from instead is `weir_logic::ct6`. Code above the tables works on the
 //! wide types; an entry is narrowed on its way in and widened on its way
 //! out ([`CtKey::narrow`], [`CtEntry4::widen`], [`CtTail::of`],
@@ -193,7 +193,7 @@ pub const CARRY_OVER_V1: u8 = 2;
 pub const CARRY_OVER_WIDE: u8 = 3;
 /// `WEIR_CT_PREV_ON` only: from `maps::CT_PREV_V3`, a `WEIR_CT` of
 /// layout v2 or v3 (`CtEntry` values, 16-byte addresses), each entry
-/// narrowed to a [`CtTail`] or kept whole in `WEIR_CT6_MASQ`
+/// narrowed to a [`CtTail`] or set aside in `WEIR_CT6_MASQ`
 /// (`weir_logic::ct6::keeps_addrs`).
 pub const CARRY_OVER_V3: u8 = 4;
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 56 && core::mem::align_of::<CtEntry>() == 8);
@@ -252,6 +252,67 @@ impl CtTail {
             _pad: 0,
             owner: e.owner,
         }
+    }
+}
+
+/// Key of `WEIR_CT6_MASQ` (layout v2): the reverse key of a masqueraded
+/// IPv6 flow (backend → node, at a port of the masquerade range) without
+/// its destination, which is always the node's IPv6 address
+/// (`DatapathConfig::node_addr6`, `weir_logic::ct6::may_keep_addrs`).
+/// 24 B instead of [`CtKey`]'s 40.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtMasqKey6 {
+    /// The backend.
+    pub saddr: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// The masquerade port. Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<CtMasqKey6>() == 24);
+
+impl CtKey {
+    /// The key as `WEIR_CT6_MASQ` holds it (for a reverse key addressed to
+    /// the node, see `weir_logic::ct6::may_keep_addrs`).
+    #[inline(always)]
+    pub const fn masq6(&self) -> CtMasqKey6 {
+        CtMasqKey6 { saddr: self.saddr, sport: self.sport, dport: self.dport, proto: self.proto, _pad: [0; 3] }
+    }
+}
+
+impl CtMasqKey6 {
+    /// [`CtKey::masq6`]'s inverse, `node6` being the node's IPv6 address.
+    #[inline(always)]
+    pub const fn widen(&self, node6: Addr) -> CtKey {
+        CtKey { saddr: self.saddr, daddr: node6, sport: self.sport, dport: self.dport, proto: self.proto, kind: CT_SVC_REV, _pad: 0 }
+    }
+}
+
+/// Value of `WEIR_CT6_MASQ` (layout v2): a masqueraded IPv6 flow's reverse
+/// entry keeps the one address that neither its key nor an id names, the
+/// client's; the service address is `WEIR_SVC_ADDRS[svc_id]` as for any
+/// reverse entry (`weir_logic::ct6::widen_masq`). 40 B instead of
+/// [`CtEntry`]'s 56; the [`CtTail`] first, so state updates find it where
+/// they find a `WEIR_CT` value's.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtMasq6 {
+    pub tail: CtTail,
+    /// The client's address (a [`CtEntry`]'s `orig_addr`).
+    pub client: Addr,
+}
+
+const _: () = assert!(core::mem::size_of::<CtMasq6>() == 40 && core::mem::offset_of!(CtMasq6, tail) == 0);
+
+impl CtMasq6 {
+    /// `e` as `WEIR_CT6_MASQ` holds it.
+    #[inline(always)]
+    pub const fn of(e: &CtEntry) -> CtMasq6 {
+        CtMasq6 { tail: CtTail::of(e), client: e.orig_addr }
     }
 }
 
@@ -370,4 +431,4 @@ impl CtStat {
     }
 }
 
-crate::user_pod!(CtKey, CtEntry, CtKey4, CtEntry4, CtTail);
+crate::user_pod!(CtKey, CtEntry, CtKey4, CtEntry4, CtTail, CtMasqKey6, CtMasq6);

@@ -16,16 +16,18 @@
 //!   it); its client is its key's destination, or its key's source for a
 //!   hairpin flow (the backend is the client).
 //! - A masqueraded flow's reverse key names the node's address where the
-//!   client's would be: that entry keeps both addresses, in its own table
-//!   (`WEIR_CT6_MASQ`, [`keeps_addrs`]).
+//!   client's would be: that entry keeps the client's address, in its own
+//!   table (`WEIR_CT6_MASQ`, [`keeps_addrs`]), keyed without the node's
+//!   address, which every such key has ([`may_keep_addrs`]): 24 B of key
+//!   and 40 of value, so that flow too stays within 256 B ([`widen_masq`]).
 //! - Policy entries use no address.
 
 use weir_common::{
     addr::Addr,
-    ct::{CtEntry, CtKey, CtTail, CT_F_HAIRPIN, CT_F_MASQ, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CtKey, CtMasq6, CtTail, CT_F_HAIRPIN, CT_F_MASQ, CT_SVC_FWD, CT_SVC_REV},
 };
 
-/// Whether an IPv6 entry of `kind` with `flags` keeps its addresses
+/// Whether an IPv6 entry of `kind` with `flags` keeps the client's address
 /// (`WEIR_CT6_MASQ`) instead of being a `CtTail` in `WEIR_CT`: the
 /// reverse entry of a masqueraded flow. A rule of the entry alone, so a
 /// migration can apply it to an old table with no other state.
@@ -114,6 +116,15 @@ pub fn widen(k: &CtKey, t: &CtTail, nat: Addr) -> CtEntry {
     }
 }
 
+/// The `WEIR_CT6_MASQ` entry `k` → `m` as the wide types hold it: the
+/// service's address `svc` ([`nat_of`] names it, as for any reverse
+/// entry; the zero address if that id is gone), the client's from the
+/// entry.
+#[inline(always)]
+pub fn widen_masq(k: &CtKey, m: &CtMasq6, svc: Addr) -> CtEntry {
+    CtEntry { orig_addr: m.client, ..widen(k, &m.tail, svc) }
+}
+
 #[cfg(test)]
 mod tests {
     use weir_common::ct::{CT_POLICY, CT_STATE_ESTABLISHED};
@@ -168,9 +179,13 @@ mod tests {
             assert!(!keeps_addrs(key.kind, entry.flags));
             assert_eq!(widen(&key, &CtTail::of(&entry), nat), entry, "{key:?}");
         }
-        // A masqueraded reply names the node: it keeps its addresses.
+        // A masqueraded reply names the node: it keeps the client's
+        // address, keyed without the node's.
         assert!(keeps_addrs(CT_SVC_REV, CT_F_MASQ));
-        assert!(may_keep_addrs(&k(CT_SVC_REV, b, n), &n));
+        let (key, entry) = (k(CT_SVC_REV, b, n), e(v, c, CT_F_MASQ));
+        assert!(may_keep_addrs(&key, &n));
+        assert_eq!(key.masq6().widen(n), key);
+        assert_eq!(widen_masq(&key, &CtMasq6::of(&entry), v), entry);
         assert!(!may_keep_addrs(&k(CT_SVC_REV, b, c), &n), "a reply to a pod is in WEIR_CT");
         assert!(!may_keep_addrs(&k(CT_SVC_FWD, c, n), &n), "forward entries never keep addresses");
     }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_V3, CARRY_OVER_WIDE, CT_F_STATE_BITS, CT_SVC_REV, TAIL, TAIL4},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_V3, CARRY_OVER_WIDE, CT_F_STATE_BITS, CT_SVC_REV, TAIL, TAIL4},
     drop::DropReason,
 };
 use weir_logic::{
@@ -117,11 +117,11 @@ impl Family for Addr {
 }
 
 /// A conntrack entry in its family's table: a map value pointer, valid
-/// for the program run, and for IPv6 whether it is a whole entry
+/// for the program run, and for IPv6 whether it is a `CtMasq6`
 /// (`WEIR_CT6_MASQ`) or a `CtTail` (`WEIR_CT`).
 pub struct Ct<F> {
     p: *mut u8,
-    whole: bool,
+    masq: bool,
     f: PhantomData<F>,
 }
 
@@ -135,20 +135,15 @@ impl<F> Copy for Ct<F> {}
 
 impl<F: Family> Ct<F> {
     #[inline(always)]
-    fn new(p: *mut u8, whole: bool) -> Self {
-        Self { p, whole, f: PhantomData }
+    fn new(p: *mut u8, masq: bool) -> Self {
+        Self { p, masq, f: PhantomData }
     }
 
     /// The fields after the addresses, updated in place.
     #[inline(always)]
     pub fn tail(self) -> &'static mut CtTail {
-        let off = if F::V4 {
-            TAIL4
-        } else if self.whole {
-            TAIL
-        } else {
-            0
-        };
+        // Both IPv6 tables' values start with their CtTail.
+        let off = if F::V4 { TAIL4 } else { 0 };
         // SAFETY: a map value of the table's entry type, whose bytes from
         // `off` are a CtTail (asserted in weir_common::ct).
         unsafe { &mut *(self.p.add(off) as *mut CtTail) }
@@ -164,11 +159,12 @@ impl<F: Family> Ct<F> {
             widen_into(out, self.p as *const CtEntry4);
             return true;
         }
-        if self.whole {
-            copy_entry(out, self.p as *const CtEntry);
-            return true;
+        let known = widen6_into(out, k, self.p as *const CtTail);
+        if self.masq {
+            // SAFETY: a whole CtMasq6 (`weir_logic::ct6::widen_masq`).
+            out.orig_addr = unsafe { (*(self.p as *const CtMasq6)).client };
         }
-        widen6_into(out, k, self.p as *const CtTail)
+        known
     }
 
     #[inline(always)]
@@ -298,9 +294,30 @@ fn found6<F: Family>(k: &CtKey) -> Option<Ct<F>> {
         return Some(Ct::new(e as *mut u8, false));
     }
     if may_keep_addrs(k) {
-        return CT6_MASQ.get_ptr_mut(k).map(|e| Ct::new(e as *mut u8, true));
+        let mk = masq_key(k)?;
+        return CT6_MASQ.get_ptr_mut(mk).map(|e| Ct::new(e as *mut u8, true));
     }
     None
+}
+
+/// `k` as `WEIR_CT6_MASQ` keys it (`CtKey::masq6`), in scratch space.
+#[inline(always)]
+fn masq_key(k: &CtKey) -> Option<&'static mut CtMasqKey6> {
+    let s = scratch()?;
+    masq_key_into(&mut s.masq_key, k);
+    Some(&mut s.masq_key)
+}
+
+/// `CtKey::masq6` field by field, in place: a whole key built on the
+/// stack would take the deepest call chains (a migration's carry-over)
+/// past the 512-byte stack.
+#[inline(always)]
+fn masq_key_into(dst: &mut CtMasqKey6, k: &CtKey) {
+    dst.saddr = k.saddr;
+    dst.sport = k.sport;
+    dst.dport = k.dport;
+    dst.proto = k.proto;
+    dst._pad = [0; 3];
 }
 
 /// Whether `k` may be in `WEIR_CT6_MASQ`: a reverse key addressed to the
@@ -315,7 +332,7 @@ fn may_keep_addrs(k: &CtKey) -> bool {
 /// flow the old programs opened during the migration keeps its
 /// translation. From an older layout, it is converted by the same
 /// functions as the agent's copy (`weir_common::ct_v1::to_v2`, then
-/// narrowed or kept whole by `weir_logic::ct6::keeps_addrs`). Outside a
+/// narrowed or set aside by `weir_logic::ct6::keeps_addrs`). Outside a
 /// migration the maps are empty. (Inlined: a frame of its own would take
 /// the deepest call chains past the 512-byte stack.)
 #[inline(always)]
@@ -520,10 +537,20 @@ fn insert<F: Family>(k: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i64> {
         narrow_into(&mut s.entry4, e);
         return CT4.insert(&s.key4, &s.entry4, flags).map_err(|rc| rc as i64);
     }
-    if ct6::keeps_addrs(k.kind, e.flags) {
-        return CT6_MASQ.insert(k, e, flags).map_err(|rc| rc as i64);
-    }
     let s = scratch().ok_or(-12i64)?;
+    if ct6::keeps_addrs(k.kind, e.flags) {
+        // Keyed without the node's address: a key naming another (none
+        // the datapath writes) could never be found.
+        if !may_keep_addrs(k) {
+            return Err(-22); // -EINVAL
+        }
+        // `CtMasq6::of`, in place (see `masq_key_into`).
+        masq_key_into(&mut s.masq_key, k);
+        // SAFETY: the tail of a whole CtEntry, into a whole CtTail.
+        copy_tail(&mut s.masq.tail as *mut CtTail as *mut u8, unsafe { (e as *const CtEntry as *const u8).add(TAIL) });
+        s.masq.client = e.orig_addr;
+        return CT6_MASQ.insert(&s.masq_key, &s.masq, flags).map_err(|rc| rc as i64);
+    }
     // SAFETY: the tail of a whole CtEntry, into a whole CtTail.
     copy_tail(&mut s.tail as *mut CtTail as *mut u8, unsafe { (e as *const CtEntry as *const u8).add(TAIL) });
     CT.insert(k, &s.tail, flags).map_err(|rc| rc as i64)
@@ -564,7 +591,7 @@ pub fn remove<F: Family>(k: &CtKey) {
     let removed = if F::V4 {
         key4(k).is_some_and(|k4| CT4.remove(k4).is_ok())
     } else {
-        CT.remove(k).is_ok() || (may_keep_addrs(k) && CT6_MASQ.remove(k).is_ok())
+        CT.remove(k).is_ok() || (may_keep_addrs(k) && masq_key(k).is_some_and(|mk| CT6_MASQ.remove(mk).is_ok()))
     };
     if removed {
         stat(CtStat::Deleted);

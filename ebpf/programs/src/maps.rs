@@ -8,7 +8,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtTail},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtTail},
     ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
@@ -48,10 +48,10 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned
 #[map(name = "WEIR_CT")]
 pub static CT: LruHashMap<CtKey, CtTail> = LruHashMap::pinned(CT6_MAX_ENTRIES, 0);
 
-/// The reverse entries of masqueraded IPv6 flows, whole (see
-/// `weir_common::maps::CT6_MASQ`).
+/// The reverse entries of masqueraded IPv6 flows, keyed without the
+/// node's address, with the client's (see `weir_common::maps::CT6_MASQ`).
 #[map(name = "WEIR_CT6_MASQ")]
-pub static CT6_MASQ: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT6_MASQ_MAX_ENTRIES, 0);
+pub static CT6_MASQ: LruHashMap<CtMasqKey6, CtMasq6> = LruHashMap::pinned(CT6_MASQ_MAX_ENTRIES, 0);
 
 /// IPv4 flows (see `weir_common::ct`).
 #[map(name = "WEIR_CT4")]
@@ -230,6 +230,10 @@ pub struct Scratch {
     pub entry4: CtEntry4,
     /// An IPv6 entry on its way into `WEIR_CT`, narrowed (`conntrack`).
     pub tail: CtTail,
+    /// A masqueraded IPv6 flow's reverse key, and its entry on the way in,
+    /// as `WEIR_CT6_MASQ` holds them (`conntrack`).
+    pub masq_key: CtMasqKey6,
+    pub masq: CtMasq6,
 }
 
 #[map(name = "WEIR_SCRATCH")]

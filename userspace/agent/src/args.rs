@@ -95,7 +95,7 @@ pub struct Args {
 
     /// IPv6 conntrack entries (two per service flow; 128 B each). A table
     /// of its own, as IPv4's entries are smaller; the masqueraded flows'
-    /// reply entries (160 B each, WEIR_CT6_MASQ) get a quarter as many.
+    /// reply entries (128 B each, WEIR_CT6_MASQ) get a quarter as many.
     #[arg(long, default_value_t = weir_datapath::LoadOptions::default().ct6_entries)]
     pub ct6_max_entries: u32,
 

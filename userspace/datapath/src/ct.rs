@@ -25,7 +25,7 @@ use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtStat, CtTail, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtStat, CtTail, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
     lb::{Backend, FrontendKey},
     maps::{BACKENDS, CONFIG, CT, CT4, CT6_MASQ, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS, SVC_ADDRS},
 };
@@ -69,8 +69,9 @@ pub fn twin_key(key: &CtKey, e: &CtEntry, cfg: &DatapathConfig) -> Option<CtKey>
 /// per-endpoint counts (conntrack only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
-    /// The map of whole entries: of IPv6 flows that keep their addresses
-    /// (`tails` Some), or of every flow of both families (`map4` None).
+    /// With `tails`, the map of the IPv6 entries that keep the client's
+    /// address (`WEIR_CT6_MASQ`); without, the map of every flow's whole
+    /// entry (`WEIR_SNAT`).
     pub map: &'static str,
     /// The map of IPv6 flows without their addresses, if there is one.
     pub tails: Option<&'static str>,
@@ -88,14 +89,32 @@ impl Table {
 /// The IPv4 map, typed and raw.
 type Narrow = (HashMap<MapData, CtKey4, CtEntry4>, MapData);
 
-/// The IPv6 map of `CtTail`s, typed and raw, and the maps that name what
-/// its entries left out (`weir_logic::ct6`): `None` where an agent
-/// from before them left none.
+/// The IPv6 map of `CtTail`s, typed and raw, the map of the entries that
+/// keep the client's address, and the maps that name what their entries
+/// left out (`weir_logic::ct6`): `None` where an agent from before them
+/// left none.
 struct Tails {
     map: HashMap<MapData, CtKey, CtTail>,
     raw: MapData,
+    masq: Masq6,
     backends: Option<HashMap<MapData, u32, Backend>>,
     svc_addrs: Option<HashMap<MapData, u32, FrontendKey>>,
+}
+
+/// `WEIR_CT6_MASQ`, typed and raw, and the node's IPv6 address, which its
+/// keys leave out.
+struct Masq6 {
+    map: HashMap<MapData, CtMasqKey6, CtMasq6>,
+    raw: MapData,
+    node6: Addr,
+}
+
+impl Masq6 {
+    /// `k` as this map keys it, if it may be here
+    /// (`weir_logic::ct6::may_keep_addrs`).
+    fn key(&self, k: &CtKey) -> Option<CtMasqKey6> {
+        ct6::may_keep_addrs(k, &self.node6).then(|| k.masq6())
+    }
 }
 
 impl Tails {
@@ -114,6 +133,19 @@ impl Tails {
         ct6::widen(k, t, self.nat(k, t))
     }
 
+    /// A `WEIR_CT6_MASQ` entry (`k` being its wide key), widened.
+    fn widen_masq(&self, k: &CtKey, m: &CtMasq6) -> CtEntry {
+        ct6::widen_masq(k, m, self.nat(k, &m.tail))
+    }
+
+    /// Every `WEIR_CT6_MASQ` entry of a scan, widened.
+    fn widen_masq_all(&self, entries: Vec<(CtMasqKey6, CtMasq6)>) -> impl Iterator<Item = (CtKey, CtEntry)> + '_ {
+        entries.into_iter().map(|(mk, m)| {
+            let k = mk.widen(self.masq.node6);
+            (k, self.widen_masq(&k, &m))
+        })
+    }
+
     /// [`Tails::widen`] for a whole scan: each id is looked up once.
     fn widen_all(&self, entries: Vec<(CtKey, CtTail)>) -> impl Iterator<Item = (CtKey, CtEntry)> + '_ {
         let mut seen: StdHashMap<Nat, Addr> = StdHashMap::new();
@@ -128,8 +160,8 @@ impl Tails {
 /// key goes to the IPv4 map (narrowed) when there is one, an IPv6 entry
 /// to the map of tails unless it keeps its addresses.
 pub struct CtMaps {
-    wide: HashMap<MapData, CtKey, CtEntry>,
-    raw: MapData,
+    /// Every flow's whole entry (a table without `tails`).
+    wide: Option<(HashMap<MapData, CtKey, CtEntry>, MapData)>,
     tails: Option<Tails>,
     v4: Option<Narrow>,
     capacity: u64,
@@ -148,18 +180,20 @@ impl CtMaps {
         layout.require_existing()?;
         // The IPv6 map first: a map in another layout is named as such
         // before one its layout added is missed.
-        let (tails, tails_capacity) = match t.tails {
+        let (tails, mut capacity, capacity_aside, wide) = match t.tails {
             Some(name) => {
                 let (map, raw, n) = open_map(layout, name)?;
+                let (masq, masq_raw, aside) = open_map(layout, t.map)?;
+                let masq = Masq6 { map: masq, raw: masq_raw, node6: config_of(layout)?.node_addr6 };
                 let backends = pinned::hash(layout, BACKENDS).ok();
                 let svc_addrs = layout.map(SVC_ADDRS).exists().then(|| pinned::hash(layout, SVC_ADDRS)).transpose()?;
-                (Some(Tails { map, raw, backends, svc_addrs }), n)
+                (Some(Tails { map, raw, masq, backends, svc_addrs }), n + aside, aside, None)
             }
-            None => (None, 0),
+            None => {
+                let (map, raw, n) = open_map(layout, t.map)?;
+                (None, n, 0, Some((map, raw)))
+            }
         };
-        let (wide, raw, mut capacity) = open_map(layout, t.map)?;
-        let capacity_aside = if tails.is_some() { capacity } else { 0 };
-        capacity += tails_capacity;
         let (v4, capacity_v4) = match t.map4 {
             Some(name) => {
                 let (map, raw, n) = open_map(layout, name)?;
@@ -168,7 +202,7 @@ impl CtMaps {
             }
             None => (None, 0),
         };
-        Ok(Self { wide, raw, tails, v4, capacity, capacity_v4, capacity_aside })
+        Ok(Self { wide, tails, v4, capacity, capacity_v4, capacity_aside })
     }
 
     fn four(&self, k: &CtKey) -> Option<&Narrow> {
@@ -183,8 +217,10 @@ impl CtMaps {
             if let Ok(tail) = t.map.get(k, 0) {
                 return Some(t.widen(k, &tail));
             }
+            let m = t.masq.map.get(&t.masq.key(k)?, 0).ok()?;
+            return Some(t.widen_masq(k, &m));
         }
-        self.wide.get(k, 0).ok()
+        self.wide.as_ref()?.0.get(k, 0).ok()
     }
 
     /// Inserts `k` unless it exists (`BPF_NOEXIST`); whether it did.
@@ -193,17 +229,30 @@ impl CtMaps {
         if let Some((m, _)) = self.v4.as_mut().filter(|_| k.is_v4()) {
             return m.insert(k.narrow(), CtEntry4::narrow(e), NOEXIST).is_ok();
         }
-        match self.tails.as_mut().filter(|_| !ct6::keeps_addrs(k.kind, e.flags)) {
-            Some(t) => t.map.insert(k, CtTail::of(e), NOEXIST).is_ok(),
-            None => self.wide.insert(k, e, NOEXIST).is_ok(),
+        if let Some(t) = self.tails.as_mut() {
+            if !ct6::keeps_addrs(k.kind, e.flags) {
+                return t.map.insert(k, CtTail::of(e), NOEXIST).is_ok();
+            }
+            // Keyed without the node's address: one naming another could
+            // never be found.
+            let Some(mk) = t.masq.key(k) else { return false };
+            return t.masq.map.insert(mk, CtMasq6::of(e), NOEXIST).is_ok();
         }
+        self.wide.as_mut().is_some_and(|(m, _)| m.insert(k, e, NOEXIST).is_ok())
     }
 
     pub fn remove(&mut self, k: &CtKey) -> bool {
         if let Some((m, _)) = self.v4.as_mut().filter(|_| k.is_v4()) {
             return m.remove(&k.narrow()).is_ok();
         }
-        self.tails.as_mut().is_some_and(|t| t.map.remove(k).is_ok()) || self.wide.remove(k).is_ok()
+        if let Some(t) = self.tails.as_mut() {
+            if t.map.remove(k).is_ok() {
+                return true;
+            }
+            let Some(mk) = t.masq.key(k) else { return false };
+            return t.masq.map.remove(&mk).is_ok();
+        }
+        self.wide.as_mut().is_some_and(|(m, _)| m.remove(k).is_ok())
     }
 
     /// Takes `k` out atomically; returns what was there.
@@ -215,16 +264,23 @@ impl CtMaps {
             if let Some(tail) = lookup_and_delete::<CtKey, CtTail>(&t.raw, k) {
                 return Some(t.widen(k, &tail));
             }
+            let m = lookup_and_delete::<CtMasqKey6, CtMasq6>(&t.masq.raw, &t.masq.key(k)?)?;
+            return Some(t.widen_masq(k, &m));
         }
-        lookup_and_delete::<CtKey, CtEntry>(&self.raw, k)
+        lookup_and_delete::<CtKey, CtEntry>(&self.wide.as_ref()?.1, k)
     }
 
     /// Every entry (key, value), widened, read in batches ([`crate::batch`]).
     pub fn entries(&self) -> Vec<(CtKey, CtEntry)> {
-        let mut out: Vec<(CtKey, CtEntry)> = crate::batch::lookup_all(self.raw.fd().as_fd()).unwrap_or_else(|| self.wide.iter().filter_map(Result::ok).collect());
+        let mut out: Vec<(CtKey, CtEntry)> = match &self.wide {
+            Some((m, raw)) => crate::batch::lookup_all(raw.fd().as_fd()).unwrap_or_else(|| m.iter().filter_map(Result::ok).collect()),
+            None => Vec::new(),
+        };
         if let Some(t) = &self.tails {
             let tails: Vec<(CtKey, CtTail)> = crate::batch::lookup_all(t.raw.fd().as_fd()).unwrap_or_else(|| t.map.iter().filter_map(Result::ok).collect());
             out.extend(t.widen_all(tails));
+            let masq: Vec<(CtMasqKey6, CtMasq6)> = crate::batch::lookup_all(t.masq.raw.fd().as_fd()).unwrap_or_else(|| t.masq.map.iter().filter_map(Result::ok).collect());
+            out.extend(t.widen_masq_all(masq));
         }
         if let Some((m, raw)) = &self.v4 {
             let four: Vec<(CtKey4, CtEntry4)> = crate::batch::lookup_all(raw.fd().as_fd()).unwrap_or_else(|| m.iter().filter_map(Result::ok).collect());
@@ -236,9 +292,10 @@ impl CtMaps {
     /// Every entry, read with two syscalls each (kernels without batch
     /// lookups; and the reference the batch read is tested against).
     pub fn entries_one_by_one(&self) -> Vec<(CtKey, CtEntry)> {
-        let mut out: Vec<(CtKey, CtEntry)> = self.wide.iter().filter_map(Result::ok).collect();
+        let mut out: Vec<(CtKey, CtEntry)> = self.wide.iter().flat_map(|(m, _)| m.iter().filter_map(Result::ok)).collect();
         if let Some(t) = &self.tails {
             out.extend(t.map.iter().filter_map(Result::ok).map(|(k, tail)| (k, t.widen(&k, &tail))));
+            out.extend(t.widen_masq_all(t.masq.map.iter().filter_map(Result::ok).collect()));
         }
         if let Some((m, _)) = &self.v4 {
             out.extend(m.iter().filter_map(Result::ok).map(|(k, e)| (k.widen(), e.widen())));

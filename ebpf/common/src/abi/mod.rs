@@ -20,7 +20,7 @@ use core::mem::size_of;
 use crate::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtTail},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtTail},
     ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
@@ -139,6 +139,9 @@ const fn layout(name: &'static str, version: u32, key_size: u32, value_size: u32
 ///   no address (24 B instead of 56; `weir_logic::ct6`); the reverse
 ///   entries of masqueraded flows keep both in `WEIR_CT6_MASQ` (v1). v2
 ///   and v3 stay readable as `WEIR_CT_PREV_V3`.
+/// - v2 of `WEIR_CT6_MASQ`: `CtMasqKey6` → `CtMasq6`, the key without the
+///   node's address and the value with the client's only (24 + 40 B
+///   instead of 40 + 56).
 /// - `WEIR_CONFIG` v3's last 4 bytes, padding until 2026-12-06, are
 ///   `ct_udp_stream_timeout_s`, whose 0 (what the padding always held)
 ///   means no UDP stream state, what the programs did before: no version
@@ -152,7 +155,7 @@ pub const LAYOUTS: &[MapLayout] = &[
     layout(maps::LB_TABLE, 1, 4, 4, &["u32"], true),
     layout(maps::AFFINITY, 1, sz::<AffinityKey>(), sz::<AffinityValue>(), &["AffinityKey", "AffinityValue", "Addr"], true),
     layout(maps::CT, 4, sz::<CtKey>(), sz::<CtTail>(), &["CtKey", "CtTail", "Addr"], true),
-    layout(maps::CT6_MASQ, 1, sz::<CtKey>(), sz::<CtEntry>(), &["CtKey", "CtEntry", "Addr"], true),
+    layout(maps::CT6_MASQ, 2, sz::<CtMasqKey6>(), sz::<CtMasq6>(), &["CtMasqKey6", "CtMasq6", "CtTail", "Addr"], true),
     layout(maps::CT4, 1, sz::<CtKey4>(), sz::<CtEntry4>(), &["CtKey4", "CtEntry4"], true),
     layout(maps::CT4_PREV, 1, sz::<CtKey4>(), sz::<CtEntry4>(), &["CtKey4", "CtEntry4"], false),
     layout(maps::CT_PREV, 3, sz::<CtKey>(), sz::<CtTail>(), &["CtKey", "CtTail", "Addr"], false),

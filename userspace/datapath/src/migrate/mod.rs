@@ -273,6 +273,10 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     for (object, bytes) in objects::all() {
         objs.push((object, load_object_with(layout, opts, bytes, object, &pins, &constants)?));
     }
+    // The maps the load just created (ones this layout added) are in this
+    // build's layout: recorded now, so that an agent resuming a migration
+    // killed from here on does not take them for maps of unknown layout.
+    record_created(layout, opts, &mut manifest)?;
 
     // 3. The entries. Conntrack rebuilt from before layout v3 sends its
     // IPv4 flows to WEIR_CT4, from before v4 its IPv6 entries that keep
@@ -353,6 +357,19 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     }
     manifest.prune(&live)?;
     Ok(report)
+}
+
+/// Records every pinned map that has no record in this build's layout: the
+/// maps a load created (`prepare` refused or rebuilt every other map
+/// without one, or found it in this build's layout).
+fn record_created(layout: &PinLayout, opts: &LoadOptions, manifest: &mut Manifest) -> Result<(), DatapathError> {
+    for e in inspect::expected(opts)? {
+        let Some((id, shape)) = inspect::pinned_shape(&layout.map(&e.name))? else { continue };
+        if manifest.record(id).is_none() {
+            manifest.set(id, &e.name, e.layout.version, &shape)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the migration's programs take over the conntrack and masquerade
@@ -462,7 +479,10 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split
         let elsewhere = if let Some(four) = split.four.filter(|_| steps::ct_v2::is_v4_key(k)) {
             Some((four, weir_common::maps::CT4, steps::convert(name, from, 2, k, v).and_then(|(k, v)| steps::ct_v2::narrow(&k, &v))))
         } else if let Some(aside) = split.aside {
-            steps::convert(name, from, 3, k, v).and_then(|(k, v)| steps::ct_v3::aside(&k, &v)).map(|kv| (aside, weir_common::maps::CT6_MASQ, Some(kv)))
+            // In WEIR_CT6_MASQ's v1 bytes, then in its layout.
+            let masq = weir_common::maps::CT6_MASQ;
+            let to_masq = weir_common::abi::layout_of(masq).map_or(1, |l| l.version);
+            steps::convert(name, from, 3, k, v).and_then(|(k, v)| steps::ct_v3::aside(&k, &v)).map(|(k, v)| (aside, masq, steps::convert(masq, 1, to_masq, &k, &v)))
         } else {
             None
         };

@@ -1,8 +1,8 @@
 //! Conntrack from layout v3 to v4 (`WEIR_CT`, IPv6 flows): each value
 //! loses both addresses and becomes a `CtTail` (56 B to 24 B), but for
 //! the reverse entries of masqueraded flows, which keep them and move to
-//! `WEIR_CT6_MASQ` whole ([`aside`]; the migration writes them there, see
-//! `migrate::copy`). The rule is `weir_logic::ct6::keeps_addrs`, the
+//! `WEIR_CT6_MASQ` ([`aside`]; the migration converts them to that map's
+//! layout and writes them there, see `migrate::copy`). The rule is `weir_logic::ct6::keeps_addrs`, the
 //! one the kernel's carry-over and its inserts apply.
 
 use weir_common::ct::CtTail;
@@ -18,8 +18,9 @@ pub fn step(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     (!keeps_addrs(k.kind, e.flags)).then(|| (key.to_vec(), bytes(&CtTail::of(&e)).to_vec()))
 }
 
-/// A v3 entry that keeps its addresses, as `WEIR_CT6_MASQ` holds it (v3's
-/// bytes); `None` for anything else.
+/// A v3 entry that keeps its addresses, as `WEIR_CT6_MASQ` held it in its
+/// v1 (v3's bytes; [`super::ct6_masq_v1`] takes it on); `None` for
+/// anything else.
 pub fn aside(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let (k, e) = parse(key, value)?;
     keeps_addrs(k.kind, e.flags).then(|| (key.to_vec(), value.to_vec()))

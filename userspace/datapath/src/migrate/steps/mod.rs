@@ -21,20 +21,23 @@
 //!   ([`config_v2`]).
 //! - `WEIR_CT` v3 → v4: IPv6 values keep no address, but masqueraded
 //!   flows' reverse entries, which move to `WEIR_CT6_MASQ` ([`ct_v3`]).
+//! - `WEIR_CT6_MASQ` v1 → v2: keyed without the node's address, the
+//!   client's the only address kept ([`ct6_masq_v1`]).
 
 pub mod config_v1;
 pub mod config_v2;
+pub mod ct6_masq_v1;
 pub mod ct_v1;
 pub mod ct_v2;
 pub mod ct_v3;
 
-use weir_common::maps::{CONFIG, CT, CT_PREV, SNAT};
+use weir_common::maps::{CONFIG, CT, CT6_MASQ, CT_PREV, SNAT};
 
 /// Converts one entry from `from` to `from + 1`.
 pub type Step = fn(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
 
 /// (map, from version, step).
-const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (CT, 3, ct_v3::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step), (CONFIG, 2, config_v2::step)];
+const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (CT, 3, ct_v3::step), (CT6_MASQ, 1, ct6_masq_v1::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step), (CONFIG, 2, config_v2::step)];
 
 /// The key and value sizes at layout v1 of the maps whose sizes have
 /// changed since: a map pinned before layout versions (it has no record)
@@ -44,6 +47,7 @@ const V1_SIZES: &[(&str, u32, u32)] = &[
     (CT, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE),
     (CT_PREV, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE),
     (SNAT, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE),
+    (CT6_MASQ, ct6_masq_v1::KEY_SIZE, ct6_masq_v1::VALUE_SIZE),
     (CONFIG, config_v1::KEY_SIZE, config_v1::VALUE_SIZE),
 ];
 
