@@ -59,6 +59,10 @@ const GUARDED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 6);
 /// IPv6 ClusterIPs, TCP 80 and UDP 53, to BACKEND6.
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 const UDP_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x11);
+/// An IPv6 ClusterIP, TCP 80 to BACKEND6, that masquerades pods' flows
+/// to the node's IPv6 address NODE6 (`WEIR_CT6_MASQ`).
+const MASQ_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x12);
+const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 1);
 
 #[derive(serde::Serialize)]
 struct Case {
@@ -199,6 +203,9 @@ fn measure(args: Args) -> anyhow::Result<()> {
         let lb_table_slots = defaults.lb_table_slots.max((services.saturating_mul(101) + 1_100).next_power_of_two());
         let frontends = defaults.frontends.max(2 * services + 16);
         let mut dp = PodDatapath::load_with(&layout, &LoadOptions { kernel_log: level, lb_table_slots, frontends, ..defaults })?;
+        // The node's IPv6 address, for MASQ_VIP6's flows (the rest of the
+        // defaults, as the programs read an unwritten configuration).
+        dp.set_config(&weir_common::config::DatapathConfig { node_addr6: IpAddr::V6(NODE6).into(), ..weir_common::config::DatapathConfig::DEFAULT })?;
         let r = Runner { logs: if level.is_off() { None } else { Some(RefCell::new(dp.kernel_log(counted)?)) }, runs: Default::default() };
         testrun::own_sources(&layout, client_if, &[CLIENT.into(), CLIENT6.into()]);
         testrun::own_sources(&layout, backend_if, &[BACKEND.into(), BACKEND6.into()]);
@@ -209,6 +216,9 @@ fn measure(args: Args) -> anyhow::Result<()> {
         lb.upsert(&cluster_ip(UDP_VIP, 53, Protocol::Udp, &[(BACKEND, 5353)]))?;
         lb.upsert(&cluster_ip(VIP6, 80, Protocol::Tcp, &[(BACKEND6, 8080)]))?;
         lb.upsert(&cluster_ip(UDP_VIP6, 53, Protocol::Udp, &[(BACKEND6, 5353)]))?;
+        let mut masq6 = cluster_ip(MASQ_VIP6, 80, Protocol::Tcp, &[(BACKEND6, 8080)]);
+        masq6.masquerade.from_pods = true;
+        lb.upsert(&masq6)?;
         for i in 1..services {
             let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
             let backend = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + i);
@@ -317,6 +327,22 @@ fn measure(args: Args) -> anyhow::Result<()> {
         );
         out.push(summarize("established service flow over IPv6 (client → VIP)", data6));
         out.push(summarize("service reply over IPv6 (backend → client, reverse NAT)", reply6));
+        // A masqueraded flow: the backend answers the node's address at the
+        // port the SYN was given.
+        let syn = testrun::tcp6((CLIENT6, 9998), (MASQ_VIP6, 80), true, b"");
+        let sent = testrun::parse_checked_v6(&testrun::run_on(from_pod, &syn, client_if)?.packet);
+        anyhow::ensure!(sent.src == NODE6, "MASQ_VIP6's flow is masqueraded: {}", sent.src);
+        let back = testrun::tcp6((BACKEND6, 8080), (NODE6, sent.sport), false, &[0x62; 64]);
+        let (masq_data6, masq_reply6) = established(
+            syn,
+            testrun::tcp6((BACKEND6, 8080), (NODE6, sent.sport), false, b""),
+            testrun::tcp6((CLIENT6, 9998), (MASQ_VIP6, 80), false, &[0x61; 64]),
+            back.clone(),
+        );
+        let replied = testrun::parse_checked_v6(&testrun::run_on(from_pod, &back, backend_if)?.packet);
+        anyhow::ensure!((replied.src, replied.dst) == (MASQ_VIP6, CLIENT6), "the reply was translated back: {} → {}", replied.src, replied.dst);
+        out.push(summarize("established masqueraded flow over IPv6 (client → VIP)", masq_data6));
+        out.push(summarize("masqueraded service reply over IPv6 (backend → node, WEIR_CT6_MASQ)", masq_reply6));
         let direct = testrun::udp4((CLIENT, 5000), (BACKEND, 53), &[0x63; 64]);
         out.push(summarize("pod to pod, no policy (from_pod)", (0..reps).map(|_| median(from_pod, &direct, client_if)).collect()));
         r.run(from_pod, &testrun::tcp4((CLIENT, 7000), (GUARDED, 9000), true, b""), client_if);
