@@ -114,6 +114,22 @@ fn the_collector_takes_out_both_halves_of_a_flow_whose_backend_is_gone() {
     });
 }
 
+#[test]
+fn a_flow_whose_backend_left_picks_a_live_one_on_its_next_packet() {
+    with_datapath(|dp, lb, _| {
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let q = testrun::udp6((CLIENT, 41200), (VIP, 53), b"q");
+        let first = parse_checked_v6(&testrun::run(prog, &q).expect("run").packet);
+        assert_eq!((first.dst, first.dport), (BACKEND, 5353));
+        // The backend moves to another port: a new id; the flow's entry
+        // names the old one, whose address is gone with it.
+        lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5354)])).expect("upsert");
+        let next = parse_checked_v6(&testrun::run(prog, &q).expect("run").packet);
+        assert_eq!((next.dst, next.dport), (BACKEND, 5354), "the flow's next datagram goes to the live backend");
+    });
+}
+
 /// A UDP datagram from `src` to the VIP whose checksum, once DNATed to
 /// `BACKEND:5353`, sums to zero: its last two payload bytes are chosen so.
 fn udp_summing_to_zero_after_dnat(sport: u16) -> Vec<u8> {
