@@ -329,13 +329,15 @@ pub fn forward<P: Packet>(pkt: &P, cfg: &DatapathConfig, now: u64) -> i32 {
     // An existing flow keeps its backend while the backend exists, unless
     // a SYN reopens a finished flow.
     if let Some(e) = conntrack::lookup::<P::A>(&s.fkey) {
-        let known = e.read(&s.fkey, &mut s.fwd);
+        // A backend that is gone reads as the zero address, which
+        // `backend_matches` refuses.
+        e.read(&s.fkey, &mut s.fwd);
         s.rkey = rev_key::<P>(&s.fwd, cfg, pkt.proto());
         let twin = conntrack::lookup::<P::A>(&s.rkey);
         let live = is_alive(&s.fwd, now) || twin.is_some_and(|t| t.alive(now));
         let reuse = live
             && s.fwd.svc_id == svc.id
-            && backend_still::<P::A>(known, &s.fwd)
+            && backend_matches(s.fwd.backend_id, &s.fwd.nat_addr, s.fwd.nat_port)
             && !reopens(pkt.proto(), s.fwd.state, pkt.tcp_flags());
         if reuse {
             let changed = touch(e.tail(), cfg, pkt.proto(), pkt.tcp_flags(), DIR_ORIG, now);
@@ -485,12 +487,12 @@ pub fn commit<P: Packet>(pkt: &P, cfg: &DatapathConfig) -> i32 {
             // Another CPU created this flow first, or a stale entry of the
             // same tuple is in the way.
             let Some(e) = conntrack::lookup::<P::A>(&s.fkey) else { return ct_full() };
-            let known = e.read(&s.fkey, &mut s.other);
+            e.read(&s.fkey, &mut s.other);
             let now = conntrack::now_ns();
             let stale = !is_alive(&s.other, now)
                 || s.other.svc_id != s.fwd.svc_id
                 || reopens(pkt.proto(), s.other.state, pkt.tcp_flags())
-                || !backend_still::<P::A>(known, &s.other);
+                || !backend_matches(s.other.backend_id, &s.other.nat_addr, s.other.nat_port);
             if stale {
                 if replace::<P::A>(&s.fkey, &s.fwd).is_err() {
                     remove::<P::A>(&s.rkey);
@@ -580,21 +582,6 @@ fn ct_full() -> i32 {
 #[inline(always)]
 fn rev_key<P: Packet>(fwd: &CtEntry, cfg: &DatapathConfig, proto: u8) -> CtKey {
     key(fwd.nat_addr, backend_sees_in(fwd.flags, cfg, fwd.orig_addr, P::V4), fwd.nat_port, fwd.orig_port, proto, CT_SVC_REV)
-}
-
-/// Whether the backend of the forward entry read into `fwd` (`known`:
-/// what `Ct::read` returned) still exists with the address and port the
-/// entry holds. An IPv6 entry's address was read from `WEIR_BACKENDS` by
-/// its id (`known` false when the id is gone), and an id names one
-/// address and port for its whole life (`WEIR_LB_IDS`): that read is the
-/// answer. An IPv4 entry holds its own address: [`backend_matches`].
-#[inline(always)]
-pub(crate) fn backend_still<F: Family>(known: bool, fwd: &CtEntry) -> bool {
-    if F::V4 {
-        backend_matches(fwd.backend_id, &fwd.nat_addr, fwd.nat_port)
-    } else {
-        known
-    }
 }
 
 /// Whether backend `id` still exists with the address and port a flow's

@@ -295,7 +295,7 @@ fn forward<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> boo
     let fkey = key(f.src, f.dst, f.sport, f.dport, f.proto, CT_SVC_FWD);
     let (Some(e), Some(s)) = (lookup::<A>(&fkey), scratch()) else { return false };
     // As in `reply`.
-    let known = e.read(&fkey, &mut s.other);
+    e.read(&fkey, &mut s.other);
     let fwd = &s.other;
     // Only flows opened from outside (charged to no pod link).
     if fwd.owner != 0 || !steady(fwd, f.proto, now) {
@@ -310,7 +310,7 @@ fn forward<A: FrameAddr>(ctx: &XdpContext, f: &Flow, rw: &mut Rewrite<A>) -> boo
             svc = ext;
         }
     }
-    if fwd.svc_id != svc.id || !lb::backend_still::<A>(known, fwd) {
+    if fwd.svc_id != svc.id || !lb::backend_matches(fwd.backend_id, &fwd.nat_addr, fwd.nat_port) {
         return false;
     }
     // A hairpin flow (a node reaching its own host-network endpoint
