@@ -78,30 +78,37 @@ fn masq_entry(backend: Ipv6Addr, node6: Addr, svc_id: u32) -> (CtKey, CtEntry) {
     (k, e)
 }
 
+/// Replaces the pinned LRU hash `name` by the one an older agent kept:
+/// `K` → `V`, holding `entries`, recorded at layout `version`. The running
+/// programs keep today's map.
+fn pin_old<K: aya::Pod, V: aya::Pod>(node: &Node, name: &str, version: u32, entries: &[(K, V)]) {
+    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest};
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    let path = pin(node, name);
+    let info = aya::maps::MapInfo::from_pin(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let shape = Shape { map_type: 9, key_size: core::mem::size_of::<K>() as u32, value_size: core::mem::size_of::<V>() as u32, flags: info.map_flags(), max_entries: info.max_entries() };
+    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
+    let data = aya::maps::MapData::create(obj, name, None).expect("an older layout's map");
+    let id = data.info().expect("info").id();
+    let mut old: aya::maps::HashMap<_, K, V> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("an LRU hash of these types");
+    for (k, v) in entries {
+        old.insert(k, v, 0).expect("an older layout's entry");
+    }
+    std::fs::remove_file(&path).unwrap_or_else(|e| panic!("unpin {name} (the programs keep it): {e}"));
+    old.pin(&path).expect("pin the older map");
+    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, name, version, &shape).expect("the older record");
+}
+
 /// Replaces IPv6 conntrack by the table an agent of layout v3 kept as
 /// `WEIR_CT` (whole entries), holding today's IPv6 entries widened plus
 /// `extra`, with its v3 record; `WEIR_CT6_MASQ` is unpinned (that agent
-/// had none). The running programs keep today's maps. Returns how many
-/// entries it holds.
+/// had none). Returns how many entries it holds.
 fn pin_as_v3(node: &Node, extra: (CtKey, CtEntry)) -> usize {
-    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest};
     let layout = weir_datapath::PinLayout::new(node.bpffs());
     let mut entries: Vec<(CtKey, CtEntry)> = weir_datapath::ct::Conntrack::open(&layout).expect("conntrack").entries().into_iter().filter(|(k, _)| !k.is_v4()).collect();
     entries.push(extra);
-    let path = pin(node, "WEIR_CT");
-    let info = aya::maps::MapInfo::from_pin(&path).expect("the IPv6 map");
-    let shape = Shape { map_type: 9, key_size: 40, value_size: core::mem::size_of::<CtEntry>() as u32, flags: info.map_flags(), max_entries: info.max_entries() };
-    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
-    let data = aya::maps::MapData::create(obj, "WEIR_CT", None).expect("a v3 map");
-    let id = data.info().expect("info").id();
-    let mut old: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v3 map");
-    for (k, e) in &entries {
-        old.insert(k, e, 0).expect("a v3 entry");
-    }
-    std::fs::remove_file(&path).expect("unpin the IPv6 map (the programs keep it)");
+    pin_old(node, "WEIR_CT", 3, &entries);
     std::fs::remove_file(pin(node, "WEIR_CT6_MASQ")).expect("unpin the masqueraded entries' map");
-    old.pin(&path).expect("pin the v3 map");
-    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CT", 3, &shape).expect("the v3 record");
     entries.len()
 }
 
@@ -293,23 +300,9 @@ fn widened(node: &Node, k: &CtKey) -> Option<CtEntry> {
 
 /// Replaces `WEIR_CT6_MASQ` by the map an agent of its layout v1 kept
 /// (`CtKey` → `CtEntry`, both addresses), holding `entries`, with its v1
-/// record. The running programs keep today's map.
+/// record.
 fn pin_masq_as_v1(node: &Node, entries: &[(CtKey, CtEntry)]) {
-    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest};
-    let layout = weir_datapath::PinLayout::new(node.bpffs());
-    let path = pin(node, "WEIR_CT6_MASQ");
-    let info = aya::maps::MapInfo::from_pin(&path).expect("WEIR_CT6_MASQ");
-    let shape = Shape { map_type: 9, key_size: 40, value_size: core::mem::size_of::<CtEntry>() as u32, flags: info.map_flags(), max_entries: info.max_entries() };
-    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
-    let data = aya::maps::MapData::create(obj, "WEIR_CT6_MASQ", None).expect("a v1 map");
-    let id = data.info().expect("info").id();
-    let mut old: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v1 map");
-    for (k, e) in entries {
-        old.insert(k, e, 0).expect("a v1 entry");
-    }
-    std::fs::remove_file(&path).expect("unpin WEIR_CT6_MASQ (the programs keep it)");
-    old.pin(&path).expect("pin the v1 map");
-    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CT6_MASQ", 1, &shape).expect("the v1 record");
+    pin_old(node, "WEIR_CT6_MASQ", 1, entries);
 }
 
 #[test]

@@ -36,36 +36,17 @@ pub fn step(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
-
     use weir_common::{
         addr::Addr,
-        ct::{CT_F_MASQ, CT_STATE_ESTABLISHED, CT_SVC_FWD, CT_SVC_REV},
+        ct::{CT_F_MASQ, CT_SVC_FWD, CT_SVC_REV},
     };
     use weir_logic::ct6::widen_masq;
 
-    use super::*;
+    use super::{super::fixtures::{addr6 as a, flow}, *};
 
-    fn a(s: &str) -> Addr {
-        Addr::from(std::net::IpAddr::V6(s.parse::<Ipv6Addr>().expect("an address")))
-    }
-
+    /// A masqueraded flow's reverse entry (backend → the node) of `kind`.
     fn masq_reply(node: Addr, kind: u8, flags: u8) -> (CtKey, CtEntry) {
-        let k = CtKey { saddr: a("fd00::5"), daddr: node, sport: 8080u16.to_be(), dport: 33001u16.to_be(), proto: 17, kind, _pad: 0 };
-        let e = CtEntry {
-            nat_addr: a("fd00:96::10"),
-            orig_addr: a("2001:db8::7"),
-            expires_s: 77,
-            backend_id: 7,
-            svc_id: 3,
-            nat_port: 53u16.to_be(),
-            orig_port: 41000u16.to_be(),
-            state: CT_STATE_ESTABLISHED,
-            flags,
-            _pad: 0,
-            owner: 0,
-        };
-        (k, e)
+        flow(kind, a("fd00::5"), node, a("fd00:96::10"), a("2001:db8::7"), flags)
     }
 
     #[test]

@@ -50,26 +50,12 @@ pub(super) fn parse(key: &[u8], value: &[u8]) -> Option<(CtKey, CtEntry)> {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    use weir_common::{addr::Addr, ct::{CT_F_MASQ, CT_STATE_ESTABLISHED, CT_SVC_FWD}};
+    use weir_common::{addr::Addr, ct::{CT_F_MASQ, CT_SVC_FWD}};
 
     use super::*;
 
     fn flow(a: Addr, b: Addr) -> (CtKey, CtEntry) {
-        let k = CtKey { saddr: a, daddr: b, sport: 40000u16.to_be(), dport: 80u16.to_be(), proto: 6, kind: CT_SVC_FWD, _pad: 0 };
-        let e = CtEntry {
-            nat_addr: b,
-            orig_addr: a,
-            expires_s: 77,
-            backend_id: 7,
-            svc_id: 3,
-            nat_port: 8080u16.to_be(),
-            orig_port: 40000u16.to_be(),
-            state: CT_STATE_ESTABLISHED,
-            flags: CT_F_MASQ,
-            _pad: 0,
-            owner: 12,
-        };
-        (k, e)
+        super::super::fixtures::flow(CT_SVC_FWD, a, b, b, a, CT_F_MASQ)
     }
 
     #[test]

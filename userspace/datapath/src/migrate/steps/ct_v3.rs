@@ -28,37 +28,10 @@ pub fn aside(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
-
-    use weir_common::{
-        addr::Addr,
-        ct::{CtEntry, CtKey, CT_F_MASQ, CT_STATE_ESTABLISHED, CT_SVC_FWD, CT_SVC_REV},
-    };
+    use weir_common::ct::{CT_F_MASQ, CT_SVC_FWD, CT_SVC_REV};
     use weir_logic::ct6::widen;
 
-    use super::*;
-
-    fn a(s: &str) -> Addr {
-        Addr::from(std::net::IpAddr::V6(s.parse::<Ipv6Addr>().expect("an address")))
-    }
-
-    fn flow(kind: u8, s: Addr, d: Addr, nat: Addr, orig: Addr, flags: u8) -> (CtKey, CtEntry) {
-        let k = CtKey { saddr: s, daddr: d, sport: 8080u16.to_be(), dport: 40000u16.to_be(), proto: 6, kind, _pad: 0 };
-        let e = CtEntry {
-            nat_addr: nat,
-            orig_addr: orig,
-            expires_s: 77,
-            backend_id: 7,
-            svc_id: 3,
-            nat_port: 80u16.to_be(),
-            orig_port: 40000u16.to_be(),
-            state: CT_STATE_ESTABLISHED,
-            flags,
-            _pad: 0,
-            owner: 12,
-        };
-        (k, e)
-    }
+    use super::{super::fixtures::{addr6 as a, flow}, *};
 
     #[test]
     fn an_entry_loses_its_addresses_and_widens_back_with_every_field() {

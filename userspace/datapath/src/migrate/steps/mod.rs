@@ -30,6 +30,8 @@ pub mod ct6_masq_v1;
 pub mod ct_v1;
 pub mod ct_v2;
 pub mod ct_v3;
+#[cfg(test)]
+mod fixtures;
 
 use weir_common::maps::{CONFIG, CT, CT6_MASQ, CT_PREV, SNAT};
 
