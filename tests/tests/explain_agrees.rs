@@ -223,3 +223,37 @@ fn explain_matches_the_kernel_on_an_unlisted_address_of_an_isolated_pod() {
         }
     });
 }
+
+/// A reply whose flow's service is gone (its frontend removed, its
+/// conntrack entries not yet collected) names a service id with no
+/// address: the kernel leaves the reply untranslated, and explain says
+/// so instead of rewriting its source to an unknown address.
+#[test]
+fn explain_matches_the_kernel_on_a_reply_whose_service_is_gone() {
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 2);
+    const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 10);
+    testrun::in_fresh_datapath(weir_datapath::LoadOptions::default(), move |layout, dp| {
+        let layout = layout.clone();
+        let client_link = testrun::pod_link(&layout, "wxgc", &[CLIENT6.into()]);
+        let backend_link = testrun::pod_link(&layout, "wxgb", &[BACKEND6.into()]);
+        let mut lb = Lb::open(&layout).expect("lb");
+        let svc = cluster_ip(VIP6, 53, Protocol::Udp, &[(BACKEND6, 5353)]);
+        lb.upsert(&svc).expect("upsert");
+        let prog = dp.program(Hook::FromPod).expect("from_pod");
+        let maps = Maps::open(&layout).expect("explain maps");
+        let sent = testrun::run_on(prog, &testrun::udp6((CLIENT6, 41000), (VIP6, 53), b"q"), client_link).expect("run");
+        assert_eq!(testrun::parse_checked_v6(&sent.packet).dst, BACKEND6);
+        let reply = Packet { src: IpAddr::V6(BACKEND6), sport: 5353, dst: IpAddr::V6(CLIENT6), dport: 41000, proto: 17 };
+        let x = maps.explain(&reply, &Entry::Pod, monotonic_ns()).expect("explain");
+        assert_eq!(x.nat, Some((IpAddr::V6(VIP6), 53)), "while the service exists, its reply is translated: {x:?}");
+
+        lb.remove(&svc.frontend).expect("remove");
+        let x = maps.explain(&reply, &Entry::Pod, monotonic_ns()).expect("explain");
+        let run = testrun::run_on(prog, &testrun::udp6((BACKEND6, 5353), (CLIENT6, 41000), b"a"), backend_link).expect("run");
+        let out = testrun::parse_checked_v6(&run.packet);
+        assert_eq!((out.src, out.sport), (BACKEND6, 5353), "the kernel leaves the reply untranslated");
+        assert_eq!(x.nat, None, "and explain says so: {x:?}");
+        assert!(!x.reason.contains("reply of a service flow"), "{}", x.reason);
+    });
+}

@@ -116,6 +116,16 @@ pub fn widen(k: &CtKey, t: &CtTail, nat: Addr) -> CtEntry {
     }
 }
 
+/// Whether the widened entry `k` → `e` names a backend or service id that
+/// is gone: an IPv6 service entry whose address [`widen`] could not read
+/// (no backend or service has the zero address). The kernel treats such
+/// an entry as no flow (`Ct::read` returns false); readers that say what
+/// the kernel does (`weir explain`, `weir ct`) follow.
+#[inline(always)]
+pub fn names_gone_id(k: &CtKey, e: &CtEntry) -> bool {
+    !k.is_v4() && matches!(k.kind, CT_SVC_FWD | CT_SVC_REV) && e.nat_addr == Addr::ZERO
+}
+
 /// The `WEIR_CT6_MASQ` entry `k` → `m` as the wide types hold it: the
 /// service's address `svc` ([`nat_of`] names it, as for any reverse
 /// entry; the zero address if that id is gone), the client's from the
@@ -196,8 +206,12 @@ mod tests {
         assert_eq!(nat_of(CT_POLICY, &CtTail::default()), Nat::None);
         let w = widen(&p, &CtTail::of(&e(Addr::ZERO, Addr::ZERO, 0)), a(5));
         assert_eq!((w.nat_addr, w.orig_addr), (Addr::ZERO, Addr::ZERO));
-        let r = widen(&k(CT_SVC_REV, a(3), a(1)), &CtTail::of(&e(a(2), a(1), 0)), Addr::ZERO);
+        let rk = k(CT_SVC_REV, a(3), a(1));
+        let r = widen(&rk, &CtTail::of(&e(a(2), a(1), 0)), Addr::ZERO);
         assert_eq!(r.nat_addr, Addr::ZERO, "the caller treats it as no entry");
+        assert!(names_gone_id(&rk, &r));
+        assert!(!names_gone_id(&rk, &widen(&rk, &CtTail::of(&e(a(2), a(1), 0)), a(2))), "an entry whose id is there");
+        assert!(!names_gone_id(&p, &w), "a policy entry names no id");
         assert_eq!(nat_of(CT_SVC_FWD, &CtTail { backend_id: 42, ..CtTail::default() }), Nat::Backend(42));
         assert_eq!(nat_of(CT_SVC_REV, &CtTail { svc_id: 5, ..CtTail::default() }), Nat::Service(5));
     }

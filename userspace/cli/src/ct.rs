@@ -71,12 +71,17 @@ struct Row {
     expires_in_s: i64,
     /// Service entries: the translation (backend, or the service address on replies).
     nat: Option<String>,
+    /// The backend (forward) or service (reverse) id the entry names is
+    /// gone, with the address it stood for: the kernel treats the entry
+    /// as no flow, and the collector removes it.
+    id_gone: bool,
     service_id: Option<u32>,
     backend_id: Option<u32>,
 }
 
 fn row(k: &CtKey, e: &CtEntry, now: u64) -> Row {
     let service = k.kind != CT_POLICY;
+    let id_gone = weir_logic::ct6::names_gone_id(k, e);
     Row {
         kind: kind_name(k.kind),
         protocol: proto_name(k.proto),
@@ -86,7 +91,8 @@ fn row(k: &CtKey, e: &CtEntry, now: u64) -> Row {
         dport: u16::from_be(k.dport),
         state: state_name(e.state),
         expires_in_s: weir_logic::ct::expires_in_s(e, now),
-        nat: service.then(|| addr_port(e.nat_addr, u16::from_be(e.nat_port))),
+        nat: (service && !id_gone).then(|| addr_port(e.nat_addr, u16::from_be(e.nat_port))),
+        id_gone,
         service_id: service.then_some(e.svc_id),
         backend_id: service.then_some(e.backend_id),
     }
@@ -105,7 +111,12 @@ pub fn list(layout: &PinLayout, filter: &Filter, format: Format) -> anyhow::Resu
             addr_port(r.dst, r.dport),
             r.state.into(),
             format!("{}s", r.expires_in_s),
-            r.nat.clone().unwrap_or_else(|| "-".into()),
+            match (&r.nat, r.id_gone) {
+                (_, true) if r.kind == kind_name(CT_SVC_FWD) => format!("backend {} gone", r.backend_id.unwrap_or(0)),
+                (_, true) => format!("service {} gone", r.service_id.unwrap_or(0)),
+                (Some(nat), false) => nat.clone(),
+                (None, false) => "-".into(),
+            },
         ]
     })
 }

@@ -223,6 +223,14 @@ impl CtMaps {
         self.wide.as_ref()?.0.get(k, 0).ok()
     }
 
+    /// The entry behind `k` as the kernel reads it (`Ct::read`): `None`
+    /// also for an entry that names a backend or service id that is gone
+    /// (`weir_logic::ct6::names_gone_id`), which the kernel treats as no
+    /// flow. [`CtMaps::get`] returns such an entry (the collector deletes it).
+    pub fn read(&self, k: &CtKey) -> Option<CtEntry> {
+        self.get(k).filter(|e| !ct6::names_gone_id(k, e))
+    }
+
     /// Inserts `k` unless it exists (`BPF_NOEXIST`); whether it did.
     pub fn insert_new(&mut self, k: &CtKey, e: &CtEntry) -> bool {
         const NOEXIST: u64 = 1;

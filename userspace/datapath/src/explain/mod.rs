@@ -380,7 +380,9 @@ impl Maps {
         if p.proto == PROTO_TCP {
             return None;
         }
-        let e = self.ct.get(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV))?;
+        // An entry whose service id is gone is no flow to the kernel: the
+        // reply goes on untranslated.
+        let e = self.ct.read(&ct_key(src, dst, p.sport, p.dport, p.proto, CT_SVC_REV))?;
         let twin = ct_key(e.orig_addr, e.nat_addr, u16::from_be(e.orig_port), u16::from_be(e.nat_port), p.proto, CT_SVC_FWD);
         (is_alive(&e, now) || self.ct_alive(&twin, now).is_some()).then(|| ((IpAddr::from(e.nat_addr), u16::from_be(e.nat_port)), IpAddr::from(e.orig_addr)))
     }

@@ -97,7 +97,7 @@ impl Maps {
     /// keeps it (unless a SYN reopens a finished flow).
     pub(super) fn existing_flow(&self, svc: &Service, p: &Packet, client: Addr, vip: Addr, now: u64) -> Option<BackendChoice> {
         let cfg = self.config();
-        let e = self.ct.get(&ct_key(client, vip, p.sport, p.dport, p.proto, CT_SVC_FWD))?;
+        let e = self.ct.read(&ct_key(client, vip, p.sport, p.dport, p.proto, CT_SVC_FWD))?;
         let dst = weir_logic::ct::backend_sees(e.flags, &cfg, client);
         let rkey = CtKey { saddr: e.nat_addr, daddr: dst, sport: e.nat_port, dport: e.orig_port, proto: p.proto, kind: CT_SVC_REV, _pad: 0 };
         let live = is_alive(&e, now) || self.ct_alive(&rkey, now).is_some();
