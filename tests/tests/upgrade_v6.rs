@@ -79,9 +79,9 @@ fn masq_entry(backend: Ipv6Addr, node6: Addr, svc_id: u32) -> (CtKey, CtEntry) {
 }
 
 /// Replaces the pinned LRU hash `name` by the one an older agent kept:
-/// `K` → `V`, holding `entries`, recorded at layout `version`. The running
-/// programs keep today's map.
-fn pin_old<K: aya::Pod, V: aya::Pod>(node: &Node, name: &str, version: u32, entries: &[(K, V)]) {
+/// `K` → `V`, holding `entries`, recorded at layout `version` (`None`: no
+/// record). The running programs keep today's map.
+fn pin_old<K: aya::Pod, V: aya::Pod>(node: &Node, name: &str, version: Option<u32>, entries: &[(K, V)]) {
     use weir_datapath::migrate::{inspect::Shape, manifest::Manifest};
     let layout = weir_datapath::PinLayout::new(node.bpffs());
     let path = pin(node, name);
@@ -96,7 +96,9 @@ fn pin_old<K: aya::Pod, V: aya::Pod>(node: &Node, name: &str, version: u32, entr
     }
     std::fs::remove_file(&path).unwrap_or_else(|e| panic!("unpin {name} (the programs keep it): {e}"));
     old.pin(&path).expect("pin the older map");
-    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, name, version, &shape).expect("the older record");
+    if let Some(version) = version {
+        Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, name, version, &shape).expect("the older record");
+    }
 }
 
 /// Replaces IPv6 conntrack by the table an agent of layout v3 kept as
@@ -107,7 +109,7 @@ fn pin_as_v3(node: &Node, extra: (CtKey, CtEntry)) -> usize {
     let layout = weir_datapath::PinLayout::new(node.bpffs());
     let mut entries: Vec<(CtKey, CtEntry)> = weir_datapath::ct::Conntrack::open(&layout).expect("conntrack").entries().into_iter().filter(|(k, _)| !k.is_v4()).collect();
     entries.push(extra);
-    pin_old(node, "WEIR_CT", 3, &entries);
+    pin_old(node, "WEIR_CT", Some(3), &entries);
     std::fs::remove_file(pin(node, "WEIR_CT6_MASQ")).expect("unpin the masqueraded entries' map");
     entries.len()
 }
@@ -302,7 +304,7 @@ fn widened(node: &Node, k: &CtKey) -> Option<CtEntry> {
 /// (`CtKey` → `CtEntry`, both addresses), holding `entries`, with its v1
 /// record.
 fn pin_masq_as_v1(node: &Node, entries: &[(CtKey, CtEntry)]) {
-    pin_old(node, "WEIR_CT6_MASQ", 1, entries);
+    pin_old(node, "WEIR_CT6_MASQ", Some(1), entries);
 }
 
 #[test]
@@ -321,9 +323,13 @@ fn masqueraded_ipv6_replies_of_layout_v1_are_rebuilt_without_the_nodes_address_e
         }])
         .collect();
 
-    // An agent of WEIR_CT6_MASQ v1 left this.
+    // An agent of WEIR_CT6_MASQ v1 left this: `weir status` names the
+    // layout that differs (and reads no conntrack through it).
     agent.stop_with(libc::SIGTERM);
     pin_masq_as_v1(&node, &held);
+    let st = node.weir(&["status"]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success() && text.contains("WEIR_CT6_MASQ v1 (this weir: v2)"), "{text}{}", String::from_utf8_lossy(&st.stderr));
     restart(&mut agent);
     let log = agent.log_text();
     let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT6_MASQ ")).unwrap_or_else(|| panic!("WEIR_CT6_MASQ migrated:\n{log}"));
@@ -339,6 +345,31 @@ fn masqueraded_ipv6_replies_of_layout_v1_are_rebuilt_without_the_nodes_address_e
     let failed = flows.round("after the migration");
     assert!(failed.is_empty(), "the pods' flows went on:\n{}", failed.join("\n"));
     assert!(!node.bpffs().join("maps-next").exists(), "nothing is left staged");
+}
+
+/// A `WEIR_CT6_MASQ` of v1 without a record (as the load of a v3 → v4
+/// migration killed before its end left it) is taken for v1 by its sizes
+/// and rebuilt; killed after the copy, the next start finishes. The live
+/// pin is the old map until the rename: it must not be recorded in the
+/// new layout meanwhile (the next start would refuse it as corrupt).
+#[test]
+fn an_unrecorded_masqueraded_map_of_v1_whose_rebuild_was_killed_is_finished_on_the_next_start() {
+    let Topo { node, client, backends, _servers, mut agent } = Topo::new();
+    let mut flows = Flows::open(&client);
+    let held = [masq_entry(backends[0].ip6.expect("dual-stack pod"), node6(&node), vip6_tcp_id(&node))];
+    agent.stop_with(libc::SIGTERM);
+    pin_old(&node, "WEIR_CT6_MASQ", None, &held);
+
+    agent.launch_again(&[], &[(STALL, "converted")]);
+    agent.wait_for_log("migration stalled", 1);
+    agent.stop_with(libc::SIGKILL);
+    restart(&mut agent);
+    let log = agent.log_text();
+    let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT6_MASQ ")).unwrap_or_else(|| panic!("WEIR_CT6_MASQ migrated:\n{log}"));
+    assert!(line.contains("to_version=2") && line.contains("dropped=0"), "{line}");
+    assert_eq!(widened(&node, &held[0].0), Some(held[0].1), "the entry, rebuilt, reads back whole");
+    let failed = flows.round("after the migration");
+    assert!(failed.is_empty(), "the pods' flows went on:\n{}", failed.join("\n"));
 }
 
 /// Starts the agent again without the stall, and waits for its sync.

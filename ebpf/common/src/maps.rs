@@ -38,8 +38,9 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 pub const CT: &str = "WEIR_CT";
 pub const CT6_MAX_ENTRIES: u32 = 65_536;
 
-/// The reverse entries of masqueraded IPv6 flows, which keep both
-/// addresses: CtKey → CtEntry (LRU hash; `weir_logic::ct6`). Counted
+/// The reverse entries of masqueraded IPv6 flows, keyed without the
+/// node's address and keeping the client's: `CtMasqKey6` → `CtMasq6`
+/// (LRU hash, layout v2; `weir_logic::ct6`). Counted
 /// with [`CT`] in `WEIR_CT_STATS`; sized with it, a quarter of its
 /// entries ([`ct6_masq_entries`]). A migration that resizes it has no
 /// kernel carry-over (as `WEIR_AFFINITY`): an entry the old programs

@@ -94,7 +94,11 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
         .map(|(ifindex, addrs)| LinkAddrs { ifindex, ifname: ifnames::name_of(ifindex), addrs })
         .collect();
     let (datapath_agent, layouts) = weir_datapath::migrate::status(layout)?;
-    let conntrack = if other_layout(&layouts, weir_common::maps::CT).is_some() { None } else { Some(Conntrack::open(layout)?.account(monotonic_ns())) };
+    // Conntrack is read through both IPv6 maps' layouts: either in
+    // another (an older agent's datapath, or a migration under way) is not
+    // read.
+    let other = [weir_common::maps::CT, weir_common::maps::CT6_MASQ].iter().any(|m| other_layout(&layouts, m).is_some());
+    let conntrack = if other { None } else { Some(Conntrack::open(layout)?.account(monotonic_ns())) };
     let migration_in_progress = layouts.iter().filter(|l| l.staged).map(|l| l.name.clone()).collect();
     let (agent, agent_version) = agent_health(metrics_addr);
     let st = Status { agent, agent_version, attachments, links, conntrack, maps, datapath_agent, layouts, migration_in_progress };

@@ -276,7 +276,7 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     // The maps the load just created (ones this layout added) are in this
     // build's layout: recorded now, so that an agent resuming a migration
     // killed from here on does not take them for maps of unknown layout.
-    record_created(layout, opts, &mut manifest)?;
+    record_created(layout, opts, rebuild, &mut manifest)?;
 
     // 3. The entries. Conntrack rebuilt from before layout v3 sends its
     // IPv4 flows to WEIR_CT4, from before v4 its IPv6 entries that keep
@@ -359,13 +359,19 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     Ok(report)
 }
 
-/// Records every pinned map that has no record in this build's layout: the
-/// maps a load created (`prepare` refused or rebuilt every other map
-/// without one, or found it in this build's layout).
-fn record_created(layout: &PinLayout, opts: &LoadOptions, manifest: &mut Manifest) -> Result<(), DatapathError> {
+/// Records, in this build's layout, every pinned map the load created: a
+/// map with no record, in this build's shape, that is not being rebuilt
+/// (the live pin of a map being rebuilt is the old map until the rename,
+/// and an old map may have no record: one pinned before layout versions,
+/// or one a killed migration's load created; recorded in this layout, it
+/// would be refused as corrupt by the next start).
+fn record_created(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)], manifest: &mut Manifest) -> Result<(), DatapathError> {
     for e in inspect::expected(opts)? {
+        if rebuild.iter().any(|(r, _)| r.name == e.name) {
+            continue;
+        }
         let Some((id, shape)) = inspect::pinned_shape(&layout.map(&e.name))? else { continue };
-        if manifest.record(id).is_none() {
+        if shape == e.shape && manifest.record(id).is_none() {
             manifest.set(id, &e.name, e.layout.version, &shape)?;
         }
     }
