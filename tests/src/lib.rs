@@ -33,3 +33,11 @@ pub mod xdp_pass;
 pub use agent::Agent;
 pub use node::Node;
 pub use pod::Pod;
+
+/// The time of day in UTC as the agent's log writes it (`HH:MM:SS.ffffff`),
+/// so what a test saw can be placed among the agent's log lines.
+pub fn utc_clock() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!("{:02}:{:02}:{:02}.{:06}", s / 3600, s / 60 % 60, s % 60, d.subsec_micros())
+}

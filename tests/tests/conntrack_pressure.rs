@@ -123,3 +123,70 @@ fn a_full_conntrack_table_is_reported_not_silent() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("the table filled up"), "{}", String::from_utf8_lossy(&text.stdout));
     agent.wait_for_log("conntrack table full", 1);
 }
+
+/// Conntrack counter `stat`, summed over CPUs.
+fn ct_stat(node: &Node, stat: weir_common::ct::CtStat) -> u64 {
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    let stats = weir_datapath::stats::read_ct_stats(&layout).expect("WEIR_CT_STATS");
+    stats.into_iter().find(|(s, _)| *s == stat).map_or(0, |(_, n)| n)
+}
+
+/// Waits until a collection has made the per-pod counts fresh
+/// (`OWNER_COUNTS_FRESH_UNTIL` is ahead of the clock).
+fn wait_counts_fresh(node: &Node) {
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    let owners: aya::maps::HashMap<aya::maps::MapData, u32, u64> = weir_datapath::pinned::hash(&layout, "WEIR_CT_OWNERS").expect("WEIR_CT_OWNERS");
+    let start = Instant::now();
+    while owners.get(&weir_common::ct::OWNER_COUNTS_FRESH_UNTIL, 0).unwrap_or(0) <= weir_datapath::ct::monotonic_ns() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no collection made the counts fresh");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Opens `n` short connections to `WEB` one after another from `client`;
+/// returns how many got their answer within `timeout`.
+fn short_connections(client: &weir_tests::Pod, n: usize, timeout: Duration) -> usize {
+    (0..n).filter(|_| weir_tests::traffic::tcp_name(client.ns(), WEB, 80, timeout).is_ok()).count()
+}
+
+#[test]
+fn a_pods_new_flows_are_not_refused_on_counts_no_agent_keeps() {
+    // A pod's count only grows between collections: what expires is
+    // subtracted by the next one. With no agent running, an honest pod's
+    // count would climb to its share and its new flows be refused until
+    // an agent came back; a restarted agent recounts at once.
+    let node = Node::new();
+    let client = node.pod("client", Ipv4Addr::new(10, 244, 0, 2));
+    let server = node.pod("server", Ipv4Addr::new(10, 244, 0, 3));
+    let _srv = weir_tests::traffic::tcp_server(server.ns(), 8080, weir_tests::traffic::Reply::Name("server".into()));
+    node.write_source("web.yaml", yaml_service("web", WEB, 80, "TCP", 8080, &ready(&[server.ip])).as_bytes());
+    // 64 entries: 32 connections (two entries each), gone a second after
+    // they close; counts hold three collections (3 s).
+    let quota = ["--ct-max-per-endpoint", "64", "--ct-tcp-closing-timeout", "1", "--ct-tcp-closed-timeout", "1"];
+    let mut agent = node.start_agent_with(&[&quota[..], &["--ct-gc-interval", "1"]].concat());
+    agent.wait_synced();
+    agent.wait_attached(&client.host_if, client.host_ifindex);
+    agent.wait_attached(&server.host_if, server.host_ifindex);
+    assert_eq!(short_connections(&client, 10, Duration::from_secs(3)), 10, "the pod connects while the agent runs");
+
+    // No agent: once the counts are stale, 100 connections (200 entries,
+    // three times the share) all go through.
+    agent.stop_with(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(3_500));
+    let refused_before = ct_stat(&node, weir_common::ct::CtStat::QuotaRefused);
+    assert_eq!(short_connections(&client, 100, Duration::from_secs(3)), 100, "no new flow is refused on a count no agent keeps");
+    assert_eq!(ct_stat(&node, weir_common::ct::CtStat::QuotaRefused), refused_before, "none was refused");
+    assert!(ct_stat(&node, weir_common::ct::CtStat::QuotaLifted) > 0, "and the lifted quota is counted");
+
+    // An agent again (collecting every 10 s): it recounts at once, and the
+    // share holds again: 32 connections, then refusals.
+    std::thread::sleep(Duration::from_secs(2)); // the closed entries expire
+    agent.restart_with(&quota);
+    agent.wait_synced();
+    wait_counts_fresh(&node);
+    let lifted = ct_stat(&node, weir_common::ct::CtStat::QuotaLifted);
+    let ok = short_connections(&client, 40, Duration::from_millis(300));
+    assert!((24..=32).contains(&ok), "the recounted pod had its share, then was refused: {ok} of 40 connected");
+    assert!(ct_stat(&node, weir_common::ct::CtStat::QuotaRefused) > refused_before, "refused by the quota");
+    assert_eq!(ct_stat(&node, weir_common::ct::CtStat::QuotaLifted), lifted, "the fresh counts were not lifted");
+}

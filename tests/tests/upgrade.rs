@@ -154,7 +154,7 @@ struct Tally {
     /// Failures of the established flows.
     failures: Vec<String>,
     /// New connections that failed: (second of the day, UTC; error).
-    new_failed: Vec<(f64, String)>,
+    new_failed: Vec<(String, String)>,
     /// Backend of every established flow, as first answered.
     backends: BTreeMap<String, String>,
 }
@@ -206,7 +206,7 @@ impl Traffic {
                     let r = weir_tests::traffic::short_connection_here(std::net::SocketAddr::from((VIP_SHORT, 80)), Duration::from_secs(2));
                     match r {
                         Ok(()) => tally.new_ok += 1,
-                        Err(e) => tally.new_failed.push((now_utc(), format!("round {}: new connection: {e}", tally.rounds))),
+                        Err(e) => tally.new_failed.push((weir_tests::utc_clock(), format!("round {}: new connection: {e}", tally.rounds))),
                     }
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -227,12 +227,6 @@ impl Traffic {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("traffic thread")
     }
-}
-
-/// Seconds since midnight, UTC.
-fn now_utc() -> f64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
 }
 
 /// Deletes the reverse entry of every long-lived TCP connection (through
@@ -293,7 +287,7 @@ fn weir_status(t: &Topo) -> serde_json::Value {
 fn assert_migrated(t: &Topo, agent: &Agent, tally: &Tally) {
     let log = agent.log_text();
     let mut failures = tally.failures.clone();
-    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
+    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at} UTC")));
     if !failures.is_empty() {
         let stats = t.node.weir(&["stats"]);
         panic!("no request failed and no flow moved ({} rounds):\n{}\n{}\n{log}", tally.rounds, failures.join("\n"), String::from_utf8_lossy(&stats.stdout));
@@ -628,7 +622,7 @@ fn finish_under_traffic(agent: &mut Agent, traffic: Traffic) -> String {
     let tally = traffic.finish();
     let log = agent.log_text();
     let mut failures = tally.failures.clone();
-    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at:.3} s (UTC, of the day)")));
+    failures.extend(tally.new_failed.iter().map(|(at, what)| format!("{what} at {at} UTC")));
     assert!(failures.is_empty(), "no request failed and no flow moved ({} rounds):\n{}\n{log}", tally.rounds, failures.join("\n"));
     assert!(tally.rounds > 20 && tally.new_ok > 20, "traffic ran all along: {tally:?}");
     log

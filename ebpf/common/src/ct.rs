@@ -378,6 +378,17 @@ impl CtEntry4 {
     }
 }
 
+/// The key of `WEIR_CT_OWNERS` that holds no count but the
+/// CLOCK_MONOTONIC nanosecond until which the counts are fresh: the
+/// collector writes it after rewriting them (its time plus three
+/// `--ct-gc-interval`s). A count only grows between collections (what
+/// expires or is evicted is subtracted only by the next one), so with no
+/// collector past that moment (no agent running) it says more than the
+/// pod holds: the kernel then admits the pod's new flows rather than
+/// refuse them on it (`CtStat::QuotaLifted`). Owner 0 is no pod link
+/// (flows from outside the node are nobody's), so the key is free.
+pub const OWNER_COUNTS_FRESH_UNTIL: u32 = 0;
+
 /// Conntrack counters (`WEIR_CT_STATS`, per-CPU array), indexed by this.
 /// `Created` and `Deleted` count every key that entered or left the table
 /// by an insert or a delete (kernel and agent), so
@@ -403,10 +414,13 @@ pub enum CtStat {
     /// Entries taken over from the map a migration replaces
     /// (`maps::CT_PREV` or `maps::CT_PREV_V1`); also counted in `Created`.
     CarriedOver = 7,
+    /// New flows of a pod at its share admitted because its count was
+    /// stale ([`OWNER_COUNTS_FRESH_UNTIL`] passed: no agent collecting).
+    QuotaLifted = 8,
 }
 
 impl CtStat {
-    pub const ALL: [CtStat; 8] = [
+    pub const ALL: [CtStat; 9] = [
         CtStat::Created,
         CtStat::Deleted,
         CtStat::InsertFailed,
@@ -415,6 +429,7 @@ impl CtStat {
         CtStat::PortRemapped,
         CtStat::AgentDeleted,
         CtStat::CarriedOver,
+        CtStat::QuotaLifted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -427,6 +442,7 @@ impl CtStat {
             Self::PortRemapped => "port_remapped",
             Self::AgentDeleted => "agent_deleted",
             Self::CarriedOver => "carried_over",
+            Self::QuotaLifted => "quota_lifted",
         }
     }
 }

@@ -158,7 +158,8 @@ pub const CT_STATS_MAX_ENTRIES: u32 = 16;
 
 /// Conntrack entries charged to each pod link: ifindex → count (hash).
 /// The kernel adds as it creates; the agent's collector rewrites the
-/// counts from its scan.
+/// counts from its scan, and writes until when they hold under
+/// [`crate::ct::OWNER_COUNTS_FRESH_UNTIL`] (no link has ifindex 0).
 pub const CT_OWNERS: &str = "WEIR_CT_OWNERS";
 pub const CT_OWNERS_MAX_ENTRIES: u32 = 16_384;
 

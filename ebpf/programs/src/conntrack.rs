@@ -17,7 +17,7 @@ use aya_ebpf::{
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_V3, CARRY_OVER_WIDE, CT_F_STATE_BITS, CT_SVC_REV, TAIL, TAIL4},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtStat, CtTail, CARRY_OVER_OFF, CARRY_OVER_SAME, CARRY_OVER_V1, CARRY_OVER_V3, CARRY_OVER_WIDE, CT_F_STATE_BITS, CT_SVC_REV, OWNER_COUNTS_FRESH_UNTIL, TAIL, TAIL4},
     drop::DropReason,
 };
 use weir_logic::{
@@ -476,6 +476,14 @@ pub fn within_quota(cfg: &DatapathConfig, owner: u32) -> bool {
     // SAFETY: map value reference, read only.
     let used = unsafe { CT_OWNERS.get(&owner) }.copied().unwrap_or(0);
     if used < cfg.ct_max_per_endpoint as u64 {
+        return true;
+    }
+    // A count no collector has rewritten lately says more than the pod
+    // holds: the pod is not refused on it (see `OWNER_COUNTS_FRESH_UNTIL`).
+    // SAFETY: map value reference, read only.
+    let fresh_until = unsafe { CT_OWNERS.get(&OWNER_COUNTS_FRESH_UNTIL) }.copied().unwrap_or(0);
+    if now_ns() > fresh_until {
+        stat(CtStat::QuotaLifted);
         return true;
     }
     stat(CtStat::QuotaRefused);

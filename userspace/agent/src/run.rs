@@ -174,11 +174,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut synced = false;
     let mut pending = Affected::default();
     let mut pending_since: Option<Instant> = None;
-    // The first collection comes one period after the start, not at once:
-    // before the first sync nothing is judged, and right after it a
-    // collection would only repeat what the sync just did.
+    // The first collection comes right after the initial sync (the tick is
+    // reset there), not at the start: before the sync no backend is
+    // judged. It must not wait a period: the per-pod counts the kernel's
+    // quota reads only grow while no agent rewrites them, so a restarted
+    // agent recounts at once.
     let gc_every = Duration::from_secs(args.ct_gc_interval.max(1));
     let mut gc_tick = tokio::time::interval_at(tokio::time::Instant::now() + gc_every, gc_every);
+    ct.set_collection_interval(gc_every);
     // The tables' gauges from the start, not from the first collection.
     let acc = ct.account(monotonic_ns());
     metrics.datapath.set_ct(&acc);
@@ -252,6 +255,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let out = reconciler.full_sync(&state);
                             let took = start.elapsed();
                             sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
+                            gc_tick.reset_immediately();
                             health_checks.rebuild(&state, args.node_name.as_deref());
                             svc_health.sync(health_checks.by_port(), &metrics).await;
                             pending = Affected::default();

@@ -25,7 +25,7 @@ use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use weir_common::{
     addr::Addr,
     config::DatapathConfig,
-    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtStat, CtTail, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV},
+    ct::{CtEntry, CtEntry4, CtKey, CtKey4, CtMasq6, CtMasqKey6, CtStat, CtTail, CT_SNAT_IN, CT_SNAT_OUT, CT_SVC_FWD, CT_SVC_REV, NS_PER_S, OWNER_COUNTS_FRESH_UNTIL},
     lb::{Backend, FrontendKey},
     maps::{BACKENDS, CONFIG, CT, CT4, CT6_MASQ, CT_OWNERS, CT_STATS, SNAT, SNAT_STATS, SVC_ADDRS},
 };
@@ -440,11 +440,19 @@ pub struct GcOutcome {
     pub account: CtAccount,
 }
 
+/// For how many collection periods the per-pod counts a collection
+/// writes hold: one late collection (a busy agent, a restart) keeps the
+/// quota; no agent at all lifts it.
+const COUNTS_HOLD_COLLECTIONS: u64 = 3;
+
 /// The pinned conntrack map and its counters.
 pub struct Conntrack {
     maps: CtMaps,
     stats: PerCpuArray<MapData, u64>,
     owners: Option<HashMap<MapData, u32, u64>>,
+    /// How long after a collection its counts hold (see
+    /// [`Conntrack::set_collection_interval`]).
+    counts_hold_ns: u64,
     capacity: u64,
     cfg: DatapathConfig,
     layout: PinLayout,
@@ -465,7 +473,17 @@ impl Conntrack {
             None => None,
         };
         let cfg = config_of(layout)?;
-        Ok(Self { maps, stats, owners, capacity, cfg, layout: layout.clone() })
+        let counts_hold_ns = COUNTS_HOLD_COLLECTIONS * 10 * NS_PER_S;
+        Ok(Self { maps, stats, owners, counts_hold_ns, capacity, cfg, layout: layout.clone() })
+    }
+
+    /// How often the caller collects: the per-pod counts a collection
+    /// writes are fresh for three such periods, after which the kernel no
+    /// longer refuses a pod's new flows on them
+    /// ([`weir_common::ct::OWNER_COUNTS_FRESH_UNTIL`]). Ten seconds until
+    /// set.
+    pub fn set_collection_interval(&mut self, every: std::time::Duration) {
+        self.counts_hold_ns = COUNTS_HOLD_COLLECTIONS.saturating_mul(u64::try_from(every.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// Every entry (key, value), read in batches ([`crate::batch`]).
@@ -605,7 +623,7 @@ impl Conntrack {
             }
         }
         self.count_deleted(out.deleted as u64);
-        self.write_owners(&owners);
+        self.write_owners(&owners, now_ns);
         let remaining = (entries.len() - out.deleted) as u64;
         let v4 = self.v4_count(&entries).saturating_sub(deleted_v4);
         let aside = self.aside_count(&entries).saturating_sub(deleted_aside);
@@ -616,17 +634,20 @@ impl Conntrack {
         out
     }
 
-    fn write_owners(&mut self, owners: &StdHashMap<u32, u64>) {
+    /// Rewrites the per-pod counts from a scan taken at `now_ns`, then
+    /// says until when they hold.
+    fn write_owners(&mut self, owners: &StdHashMap<u32, u64>, now_ns: u64) {
         let Some(map) = self.owners.as_mut() else { return };
-        let stale: Vec<u32> = map.keys().filter_map(Result::ok).filter(|o| !owners.contains_key(o)).collect();
+        let stale: Vec<u32> = map.keys().filter_map(Result::ok).filter(|o| *o != OWNER_COUNTS_FRESH_UNTIL && !owners.contains_key(o)).collect();
         for o in stale {
             let _ = map.remove(&o);
         }
         for (o, n) in owners {
-            if *o != 0 {
+            if *o != OWNER_COUNTS_FRESH_UNTIL {
                 let _ = map.insert(o, n, 0);
             }
         }
+        let _ = map.insert(OWNER_COUNTS_FRESH_UNTIL, now_ns.saturating_add(self.counts_hold_ns), 0);
     }
 
     /// How many of `entries` the IPv4 map holds (none without one).
