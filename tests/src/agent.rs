@@ -21,6 +21,9 @@ pub struct Agent {
     /// `--source`: `dir:<source_dir>` unless set.
     source: Option<String>,
     env: Vec<(String, String)>,
+    /// Where the log stood when the running process started (the log is
+    /// appended across restarts).
+    run_log_start: usize,
 }
 
 impl Agent {
@@ -59,6 +62,7 @@ impl Agent {
             node_name: node.ns().name().to_string(),
             source,
             env,
+            run_log_start: 0,
         };
         agent.spawn();
         agent
@@ -102,6 +106,7 @@ impl Agent {
     }
 
     fn spawn_process(&mut self) {
+        self.run_log_start = self.log_text().len();
         let log = File::options()
             .create(true)
             .append(true)
@@ -168,9 +173,10 @@ impl Agent {
 
     /// Waits until the agent has programmed its initial state (the source
     /// delivered everything and the first full sync ran).
+    /// After a restart, that of the running process.
     pub fn wait_synced(&mut self) {
-        let n = self.log_text().matches("initial sync").count();
-        self.wait_log_count("initial sync", n.max(1), Duration::from_secs(20));
+        let before = self.log_text().get(..self.run_log_start).map_or(0, |l| l.matches("initial sync").count());
+        self.wait_log_count("initial sync", before + 1, Duration::from_secs(20));
     }
 
     /// Waits until the log contains `needle` at least `count` times.

@@ -177,6 +177,9 @@ fn a_pods_new_flows_are_not_refused_on_counts_no_agent_keeps() {
     assert_eq!(short_connections(&client, 100, Duration::from_secs(3)), 100, "no new flow is refused on a count no agent keeps");
     assert_eq!(ct_stat(&node, weir_common::ct::CtStat::QuotaRefused), refused_before, "none was refused");
     assert!(ct_stat(&node, weir_common::ct::CtStat::QuotaLifted) > 0, "and the lifted quota is counted");
+    let text = node.weir(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("admitted past a pod's stale count"), "weir status says the share was not enforced:\n{text}");
 
     // An agent again (collecting every 10 s): it recounts at once, and the
     // share holds again: 32 connections, then refusals.

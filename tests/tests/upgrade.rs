@@ -153,7 +153,7 @@ struct Tally {
     new_ok: u64,
     /// Failures of the established flows.
     failures: Vec<String>,
-    /// New connections that failed: (second of the day, UTC; error).
+    /// New connections that failed: (time of day, UTC, as the agent logs it; error).
     new_failed: Vec<(String, String)>,
     /// Backend of every established flow, as first answered.
     backends: BTreeMap<String, String>,

@@ -119,7 +119,7 @@ impl Collector for DatapathCollector {
         if let Ok(events) = stats::read_ct_stats(&self.layout) {
             let mut m = encoder.encode_descriptor(
                 "conntrack_events",
-                "Conntrack table events: keys created and deleted, failed inserts, quota refusals, rebuilt halves, remapped ports",
+                "Conntrack table events: keys created and deleted, failed inserts, quota refusals, rebuilt halves, remapped ports, carried-over entries, flows admitted past a stale per-pod count (quota_lifted: no agent collecting)",
                 None,
                 MetricType::Counter,
             )?;
@@ -139,7 +139,7 @@ impl Collector for DatapathCollector {
         ConstGauge::new(self.ct_live.load(Ordering::Relaxed) as i64).encode(m.encode_family(&StateLabels { state: "live".into() })?)?;
         gauge(&mut encoder, "conntrack_capacity", "Conntrack table capacity", self.ct_capacity.load(Ordering::Relaxed))?;
         if let Ok(share) = weir_datapath::ct::ShareUse::read(&self.layout) {
-            let limit_help = "Conntrack entries one pod may hold (--ct-max-per-endpoint; 0: no limit); its new flows beyond it are refused (ct_quota)";
+            let limit_help = "Conntrack entries one pod may hold (--ct-max-per-endpoint; 0: no limit); its new flows beyond it are refused (ct_quota) while an agent keeps the counts fresh";
             gauge(&mut encoder, "conntrack_pod_share_limit", limit_help, share.limit)?;
             let fullest_help = "Conntrack entries held by the pod that holds the most (alert as it nears conntrack_pod_share_limit; weir status names the pod)";
             gauge(&mut encoder, "conntrack_pod_share_fullest", fullest_help, share.fullest_entries)?;

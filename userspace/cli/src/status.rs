@@ -168,6 +168,9 @@ pub fn run(layout: &PinLayout, metrics_addr: SocketAddr, format: Format) -> anyh
         if c.evicted > 0 {
             println!("  the table filled up: raise --ct-max-entries (IPv4) or --ct6-max-entries (IPv6), or lower --ct-max-per-endpoint");
         }
+        if c.quota_lifted > 0 {
+            println!("  {} new flows were admitted past a pod's stale count: no agent collected for three --ct-gc-intervals, so the per-pod share was not enforced", c.quota_lifted);
+        }
         let s = &c.share;
         if s.limit > 0 && s.fullest_link != 0 {
             let name = ifnames::name_of(s.fullest_link).unwrap_or_else(|| "?".into());

@@ -386,6 +386,9 @@ pub struct CtAccount {
     pub evicted: u64,
     pub insert_failed: u64,
     pub quota_refused: u64,
+    /// New flows admitted past a pod's stale count (no collection for
+    /// three periods: the share was not enforced).
+    pub quota_lifted: u64,
     pub half_rebuilt: u64,
     pub port_remapped: u64,
     /// How full the pods' shares are ([`ShareUse`]).
@@ -623,7 +626,7 @@ impl Conntrack {
             }
         }
         self.count_deleted(out.deleted as u64);
-        self.write_owners(&owners, now_ns);
+        self.write_owners(&owners);
         let remaining = (entries.len() - out.deleted) as u64;
         let v4 = self.v4_count(&entries).saturating_sub(deleted_v4);
         let aside = self.aside_count(&entries).saturating_sub(deleted_aside);
@@ -634,9 +637,9 @@ impl Conntrack {
         out
     }
 
-    /// Rewrites the per-pod counts from a scan taken at `now_ns`, then
-    /// says until when they hold.
-    fn write_owners(&mut self, owners: &StdHashMap<u32, u64>, now_ns: u64) {
+    /// Rewrites the per-pod counts from a scan, then says until when they
+    /// hold (from now: the scan's own time does not eat into it).
+    fn write_owners(&mut self, owners: &StdHashMap<u32, u64>) {
         let Some(map) = self.owners.as_mut() else { return };
         let stale: Vec<u32> = map.keys().filter_map(Result::ok).filter(|o| *o != OWNER_COUNTS_FRESH_UNTIL && !owners.contains_key(o)).collect();
         for o in stale {
@@ -647,7 +650,7 @@ impl Conntrack {
                 let _ = map.insert(o, n, 0);
             }
         }
-        let _ = map.insert(OWNER_COUNTS_FRESH_UNTIL, now_ns.saturating_add(self.counts_hold_ns), 0);
+        let _ = map.insert(OWNER_COUNTS_FRESH_UNTIL, monotonic_ns().saturating_add(self.counts_hold_ns), 0);
     }
 
     /// How many of `entries` the IPv4 map holds (none without one).
@@ -680,6 +683,7 @@ impl Conntrack {
             evicted: created.saturating_sub(deleted).saturating_sub(entries),
             insert_failed: self.stat(CtStat::InsertFailed),
             quota_refused: self.stat(CtStat::QuotaRefused),
+            quota_lifted: self.stat(CtStat::QuotaLifted),
             half_rebuilt: self.stat(CtStat::HalfRebuilt),
             port_remapped: self.stat(CtStat::PortRemapped),
             share,
