@@ -6,7 +6,8 @@
 //! `WEIR_CT6_MASQ`, then swaps the programs. Every flow keeps its backend
 //! and its translation, including the reverse halves the old programs
 //! wrote after the copy, which the new programs take over from the v3
-//! map (`WEIR_CT_PREV_V3`) and narrow.
+//! map (`WEIR_CT_PREV_V3`) and narrow. Entries whose ids an older agent
+//! reused are renamed by their addresses, so each flow keeps its backend.
 //!
 //! `WEIR_CT6_MASQ` pinned in its layout v1 (`CtKey` → `CtEntry`, both
 //! addresses) is rebuilt in v2 (keyed without the node's address, the
@@ -56,17 +57,18 @@ fn carried_over(node: &Node) -> u64 {
     stats.get(&(CtStat::CarriedOver as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
-/// A masqueraded flow's reverse entry, as an agent of layout v3 kept it
-/// (backend → the node's address and a masquerade port), of the service
-/// `svc_id`.
-fn masq_entry(backend: Ipv6Addr, node6: Addr, svc_id: u32) -> (CtKey, CtEntry) {
+/// A masqueraded TCP flow's reverse entry, as an agent of layout v3 kept
+/// it (backend → the node's address and a masquerade port), of the
+/// service `svc_id` and the backend `backend_id` (the backend's port
+/// 8080, the service's 80).
+fn masq_entry(backend: Ipv6Addr, node6: Addr, svc_id: u32, backend_id: u32) -> (CtKey, CtEntry) {
     let client = Addr::from(IpAddr::V6(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, 7)));
     let k = CtKey { saddr: Addr::from(IpAddr::V6(backend)), daddr: node6, sport: 8080u16.to_be(), dport: 33001u16.to_be(), proto: 6, kind: CT_SVC_REV, _pad: 0 };
     let e = CtEntry {
         nat_addr: Addr::from(IpAddr::V6(VIP6)),
         orig_addr: client,
         expires_s: u32::MAX,
-        backend_id: 1,
+        backend_id,
         svc_id,
         nat_port: 80u16.to_be(),
         orig_port: 41000u16.to_be(),
@@ -123,10 +125,24 @@ fn node6(node: &Node) -> Addr {
 
 /// The id `WEIR_SVC_ADDRS` names the IPv6 ClusterIP's TCP frontend by.
 fn vip6_tcp_id(node: &Node) -> u32 {
+    vip6_id(node, 80, 6)
+}
+
+/// The id `WEIR_SVC_ADDRS` names the IPv6 ClusterIP's frontend on
+/// `port` and `proto` by.
+fn vip6_id(node: &Node, port: u16, proto: u8) -> u32 {
     let data = aya::maps::MapData::from_pin(pin(node, "WEIR_SVC_ADDRS")).expect("WEIR_SVC_ADDRS");
     let names: aya::maps::HashMap<_, u32, FrontendKey> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("names");
     let vip = Addr::from(IpAddr::V6(VIP6));
-    names.iter().filter_map(Result::ok).find(|(_, f)| f.addr == vip && f.port == 80u16.to_be() && f.proto == 6).map(|(id, _)| id).expect("the IPv6 TCP frontend is named")
+    names.iter().filter_map(Result::ok).find(|(_, f)| f.addr == vip && f.port == port.to_be() && f.proto == proto).map(|(id, _)| id).expect("the IPv6 frontend is named")
+}
+
+/// The id `WEIR_BACKENDS` names `addr`, `port` by.
+fn backend_id(node: &Node, addr: Ipv6Addr, port: u16) -> u32 {
+    let data = aya::maps::MapData::from_pin(pin(node, "WEIR_BACKENDS")).expect("WEIR_BACKENDS");
+    let backends: aya::maps::HashMap<_, u32, weir_common::lb::Backend> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("backends");
+    let want = Addr::from(IpAddr::V6(addr));
+    backends.iter().filter_map(Result::ok).find(|(_, b)| b.addr == want && b.port == port.to_be()).map(|(id, _)| id).expect("the backend has an id")
 }
 
 /// How many names `WEIR_SVC_ADDRS` holds.
@@ -225,7 +241,8 @@ fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() 
     let mut flows = Flows::open(&client);
     let distinct: std::collections::BTreeSet<&String> = flows.tcp.iter().map(|(_, n)| n).collect();
     assert!(distinct.len() == 2, "the connections spread over both backends: {distinct:?}");
-    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), node6(&node), vip6_tcp_id(&node));
+    let b1 = backends[0].ip6.expect("dual-stack pod");
+    let masq = masq_entry(b1, node6(&node), vip6_tcp_id(&node), backend_id(&node, b1, 8080));
 
     // An agent of layout v3, from before WEIR_SVC_ADDRS, left this.
     agent.stop_with(libc::SIGTERM);
@@ -247,7 +264,7 @@ fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() 
     assert!(failed.is_empty(), "every flow kept its backend and its translation:\n{}\n{}", failed.join("\n"), agent.log_text());
     let log = agent.log_text();
     let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
-    assert!(line.contains("from_version=3") && line.contains("to_version=4") && line.contains("dropped=0"), "{line}");
+    assert!(line.contains("from_version=3") && line.contains("to_version=4") && line.contains("dropped=0") && line.contains("renamed=0"), "every id named the entry's addresses: {line}");
 
     let tails: aya::maps::HashMap<_, CtKey, CtTail> = lru(&pin(&node, "WEIR_CT"));
     let in_tails: Vec<CtKey> = tails.keys().filter_map(Result::ok).collect();
@@ -264,7 +281,8 @@ fn ipv6_conntrack_of_layout_v3_is_narrowed_to_ids_without_losing_a_connection() 
 fn reverse_halves_the_old_programs_wrote_after_the_copy_are_taken_over_from_the_v3_map() {
     let Topo { node, client, backends, _servers, mut agent } = Topo::new();
     let mut flows = Flows::open(&client);
-    let masq = masq_entry(backends[0].ip6.expect("dual-stack pod"), node6(&node), 1);
+    let b1 = backends[0].ip6.expect("dual-stack pod");
+    let masq = masq_entry(b1, node6(&node), vip6_tcp_id(&node), backend_id(&node, b1, 8080));
     agent.stop_with(libc::SIGTERM);
     pin_as_v3(&node, masq);
 
@@ -312,13 +330,14 @@ fn masqueraded_ipv6_replies_of_layout_v1_are_rebuilt_without_the_nodes_address_e
     let Topo { node, client, backends, _servers, mut agent } = Topo::new();
     let mut flows = Flows::open(&client);
     let (node6, svc) = (node6(&node), vip6_tcp_id(&node));
-    let held: Vec<(CtKey, CtEntry)> = backends
-        .iter()
-        .map(|b| masq_entry(b.ip6.expect("dual-stack pod"), node6, svc))
+    let b = |i: usize| backends[i].ip6.expect("dual-stack pod");
+    let held: Vec<(CtKey, CtEntry)> = (0..2)
+        .map(|i| masq_entry(b(i), node6, svc, backend_id(&node, b(i), 8080)))
         .chain([{
-            // A UDP flow's, another masquerade port.
-            let (mut k, mut e) = masq_entry(backends[1].ip6.expect("dual-stack pod"), node6, svc);
-            (k.proto, k.dport, e.state) = (17, 33002u16.to_be(), weir_common::ct::CT_STATE_UDP);
+            // A UDP flow's (port 53 to the backends' 5353), another
+            // masquerade port.
+            let (mut k, mut e) = masq_entry(b(1), node6, vip6_id(&node, 53, 17), backend_id(&node, b(1), 5353));
+            (k.proto, k.sport, k.dport, e.nat_port, e.state) = (17, 5353u16.to_be(), 33002u16.to_be(), 53u16.to_be(), weir_common::ct::CT_STATE_UDP);
             (k, e)
         }])
         .collect();
@@ -333,7 +352,7 @@ fn masqueraded_ipv6_replies_of_layout_v1_are_rebuilt_without_the_nodes_address_e
     restart(&mut agent);
     let log = agent.log_text();
     let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT6_MASQ ")).unwrap_or_else(|| panic!("WEIR_CT6_MASQ migrated:\n{log}"));
-    assert!(line.contains("from_version=1") && line.contains("to_version=2") && line.contains("dropped=0"), "{line}");
+    assert!(line.contains("from_version=1") && line.contains("to_version=2") && line.contains("dropped=0") && line.contains("renamed=0"), "{line}");
     let info = aya::maps::MapInfo::from_pin(pin(&node, "WEIR_CT6_MASQ")).expect("the rebuilt map");
     assert_eq!((info.key_size(), info.value_size()), (24, 40), "64 B of key and value instead of 96");
 
@@ -356,7 +375,8 @@ fn masqueraded_ipv6_replies_of_layout_v1_are_rebuilt_without_the_nodes_address_e
 fn an_unrecorded_masqueraded_map_of_v1_whose_rebuild_was_killed_is_finished_on_the_next_start() {
     let Topo { node, client, backends, _servers, mut agent } = Topo::new();
     let mut flows = Flows::open(&client);
-    let held = [masq_entry(backends[0].ip6.expect("dual-stack pod"), node6(&node), vip6_tcp_id(&node))];
+    let b1 = backends[0].ip6.expect("dual-stack pod");
+    let held = [masq_entry(b1, node6(&node), vip6_tcp_id(&node), backend_id(&node, b1, 8080))];
     agent.stop_with(libc::SIGTERM);
     pin_old(&node, "WEIR_CT6_MASQ", None, &held);
 
@@ -370,6 +390,51 @@ fn an_unrecorded_masqueraded_map_of_v1_whose_rebuild_was_killed_is_finished_on_t
     assert_eq!(widened(&node, &held[0].0), Some(held[0].1), "the entry, rebuilt, reads back whole");
     let failed = flows.round("after the migration");
     assert!(failed.is_empty(), "the pods' flows went on:\n{}", failed.join("\n"));
+}
+
+/// An agent from before `WEIR_LB_IDS` handed ids out afresh at every
+/// start, so an IPv6 entry of layout v3 older than its last start can
+/// carry ids that now name another backend (or frontend: the unit tests
+/// of `migrate::ids`). The migration renames each such entry by the
+/// addresses it still holds: narrowed as they were, the flows would
+/// widen to the other backend.
+#[test]
+fn ipv6_entries_whose_ids_an_older_agent_reused_are_renamed_by_their_addresses() {
+    let Topo { node, client, backends, _servers, mut agent } = Topo::new();
+    let mut flows = Flows::open(&client);
+    let b = |i: usize| backends[i].ip6.expect("dual-stack pod");
+    // Each backend's id is the other backend's on the same port.
+    let other_backend: std::collections::HashMap<u32, u32> = [8080, 5353]
+        .into_iter()
+        .flat_map(|p| {
+            let (x, y) = (backend_id(&node, b(0), p), backend_id(&node, b(1), p));
+            [(x, y), (y, x)]
+        })
+        .collect();
+    agent.stop_with(libc::SIGTERM);
+    let layout = weir_datapath::PinLayout::new(node.bpffs());
+    let right: Vec<(CtKey, CtEntry)> = weir_datapath::ct::Conntrack::open(&layout).expect("conntrack").entries().into_iter().filter(|(k, _)| !k.is_v4()).collect();
+    assert!(right.len() >= 2 * (TCP_FLOWS + UDP_FLOWS), "both entries of every flow: {}", right.len());
+    let reused: Vec<(CtKey, CtEntry)> = right
+        .iter()
+        .map(|(k, e)| {
+            let mut e = *e;
+            e.backend_id = other_backend.get(&e.backend_id).copied().unwrap_or_else(|| panic!("a backend of the service: {e:?}"));
+            (*k, e)
+        })
+        .collect();
+    pin_old(&node, "WEIR_CT", Some(3), &reused);
+    std::fs::remove_file(pin(&node, "WEIR_CT6_MASQ")).expect("unpin the masqueraded entries' map");
+
+    restart(&mut agent);
+    let log = agent.log_text();
+    let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
+    assert!(line.contains("from_version=3") && line.contains("dropped=0") && line.contains(&format!("renamed={}", right.len())), "every entry renamed: {line}");
+    for (k, e) in &right {
+        assert_eq!(widened(&node, k).as_ref(), Some(e), "named by its own backend again: {k:?}");
+    }
+    let failed = flows.round("after the migration");
+    assert!(failed.is_empty(), "every flow kept its backend:\n{}", failed.join("\n"));
 }
 
 /// Starts the agent again without the stall, and waits for its sync.

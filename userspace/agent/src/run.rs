@@ -83,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for m in &migration.rebuilt {
         tracing::info!(
             map = %m.name, from_version = m.from_version, to_version = m.to_version, from_entries = m.from_entries,
-            to_entries = m.to_entries, copied = m.copied, dropped = m.dropped, stateful = m.stateful, "migrated a pinned map"
+            to_entries = m.to_entries, copied = m.copied, dropped = m.dropped, renamed = m.renamed, stateful = m.stateful, "migrated a pinned map"
         );
         if m.dropped > 0 {
             tracing::warn!(map = %m.name, dropped = m.dropped, to_entries = m.to_entries, "entries did not fit the rebuilt map");

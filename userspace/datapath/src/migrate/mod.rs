@@ -12,7 +12,9 @@
 //!    wins over `maps/`) and every other map as pinned;
 //! 3. every entry of the old map is converted ([`steps`]) and copied,
 //!    then copied once more right before the swap, overwriting (the old
-//!    programs still own the state until then);
+//!    programs still own the state until then); an IPv6 conntrack entry
+//!    leaving a layout that kept both addresses is first renamed by them
+//!    ([`ids`]);
 //! 4. every pinned link (pod veths, node devices, XDP, cgroup) gets the
 //!    new program in one `BPF_LINK_UPDATE` each;
 //! 5. entries the old programs created meanwhile are copied (insert
@@ -26,6 +28,7 @@
 //! commits. A map this build cannot convert is refused before anything
 //! is touched.
 
+pub mod ids;
 pub mod inspect;
 pub mod manifest;
 pub mod raw;
@@ -39,6 +42,7 @@ use std::{
 use aya::{maps::MapData, programs::Program, Ebpf};
 
 use self::{
+    ids::IdView,
     inspect::{Action, Expected, Refusal},
     manifest::Manifest,
     raw::Update,
@@ -62,6 +66,11 @@ pub struct Rebuilt {
     pub copied: u64,
     /// Entries that did not fit the new map, or that no conversion keeps.
     pub dropped: u64,
+    /// IPv6 entries whose ids named other backends or frontends than
+    /// their addresses (an agent from before `WEIR_LB_IDS` reused ids),
+    /// renamed by the addresses as they left a layout that kept them
+    /// ([`ids`]).
+    pub renamed: u64,
     /// Whether the map's state was carried over (counters and ring
     /// buffers start empty).
     pub stateful: bool,
@@ -282,13 +291,20 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     // IPv4 flows to WEIR_CT4, from before v4 its IPv6 entries that keep
     // their addresses to WEIR_CT6_MASQ (both pinned by the load above).
     let (four, aside) = split_targets(layout, rebuild)?;
-    let split = Split { four: four.as_ref().map(|fd| fd.as_fd()), aside: aside.as_ref().map(|fd| fd.as_fd()) };
     // A v4 conntrack entry names its service by id: every IPv6 frontend
     // an agent from before WEIR_SVC_ADDRS left must be named before the
     // new programs run.
     if rebuild.iter().any(|(e, from)| sets_aside(e, *from)) {
         crate::lb::name_ipv6_frontends(layout)?;
     }
+    // The ids as the older agent left them (the new agent adopts them),
+    // for the entries that leave a layout that kept both addresses. Without
+    // them the entries keep the ids they carry, as before this check.
+    let ids = match rebuild.iter().any(|(e, from)| renames_ids(e, *from)) {
+        true => IdView::read(layout).inspect_err(|error| tracing::warn!(error = %crate::error::chain(error), "reading the backends' and frontends' ids: IPv6 conntrack entries keep the ids they carry")).ok(),
+        false => None,
+    };
+    let split = Split { four: four.as_ref().map(|fd| fd.as_fd()), aside: aside.as_ref().map(|fd| fd.as_fd()), ids: ids.as_ref() };
     let mut pairs: Vec<(OwnedFd, OwnedFd)> = Vec::new();
     for (e, from) in rebuild {
         let old = raw::obj_get(&layout.map(&e.name)).map_err(raw_error("opening", &e.name))?;
@@ -302,12 +318,14 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
             to_entries: e.shape.max_entries,
             copied: 0,
             dropped: 0,
+            renamed: 0,
             stateful: e.layout.stateful,
         };
         if e.layout.stateful {
-            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), old_entries, raw::NOEXIST)?;
-            r.copied += c;
-            r.dropped += d;
+            let c = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), old_entries, raw::NOEXIST)?;
+            r.copied += c.copied;
+            r.dropped += c.dropped;
+            r.renamed += c.renamed;
         }
         report.rebuilt.push(r);
         pairs.push((old, new));
@@ -319,9 +337,10 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     for (i, ((e, from), ((old, new), r))) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())).enumerate() {
         if e.layout.stateful && !is_array(e.shape.map_type) {
             let flags = if resumed[i] { raw::NOEXIST } else { raw::ANY };
-            let (c, d) = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), r.from_entries, flags)?;
-            r.copied = r.copied.max(c);
-            r.dropped = r.dropped.max(d);
+            let c = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), r.from_entries, flags)?;
+            r.copied = r.copied.max(c.copied);
+            r.dropped = r.dropped.max(c.dropped);
+            r.renamed = r.renamed.max(c.renamed);
         }
     }
 
@@ -332,8 +351,9 @@ fn run(layout: &PinLayout, opts: &LoadOptions, rebuild: &[(Expected, u32)]) -> R
     // 5. What the old programs wrote since the first copy.
     for ((e, from), ((old, new), r)) in rebuild.iter().zip(pairs.iter().zip(report.rebuilt.iter_mut())) {
         if e.layout.stateful && !is_array(e.shape.map_type) {
-            let (c, _) = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), r.from_entries, raw::NOEXIST)?;
-            r.copied += c;
+            let c = copy(e, *from, old.as_fd(), new.as_fd(), split.of(e, *from), r.from_entries, raw::NOEXIST)?;
+            r.copied += c.copied;
+            r.renamed += c.renamed;
         }
     }
 
@@ -450,17 +470,20 @@ fn split_targets(layout: &PinLayout, rebuild: &[(Expected, u32)]) -> Result<(Opt
     Ok((four, aside))
 }
 
-/// Where conntrack's entries go that a rebuild takes out of `WEIR_CT`.
+/// Where conntrack's entries go that a rebuild takes out of `WEIR_CT`,
+/// and the ids IPv6 entries are renamed by as they leave a layout that
+/// kept both addresses ([`ids`]).
 #[derive(Clone, Copy)]
 struct Split<'a> {
     four: Option<BorrowedFd<'a>>,
     aside: Option<BorrowedFd<'a>>,
+    ids: Option<&'a IdView>,
 }
 
 impl<'a> Split<'a> {
-    /// The targets that apply to rebuilding `e` from `from`.
+    /// The targets (and renaming) that apply to rebuilding `e` from `from`.
     fn of(self, e: &Expected, from: u32) -> Split<'a> {
-        Split { four: self.four.filter(|_| splits(e, from)), aside: self.aside.filter(|_| sets_aside(e, from)) }
+        Split { four: self.four.filter(|_| splits(e, from)), aside: self.aside.filter(|_| sets_aside(e, from)), ids: self.ids.filter(|_| renames_ids(e, from)) }
     }
 }
 
@@ -472,16 +495,16 @@ fn is_array(map_type: u32) -> bool {
 /// (copied, dropped). With `split`, an IPv4 conntrack entry goes to
 /// `WEIR_CT4` instead, narrowed (`steps::ct_v2`), and an IPv6 one that
 /// keeps its addresses to `WEIR_CT6_MASQ` (`steps::ct_v3`).
-fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split: Split<'_>, old_entries: u32, flags: u64) -> Result<(u64, u64), DatapathError> {
+fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split: Split<'_>, old_entries: u32, flags: u64) -> Result<Copied, DatapathError> {
     let to = e.layout.version;
     let name = e.name.as_str();
-    let (mut copied, mut dropped) = (0u64, 0u64);
+    let (mut copied, mut dropped, mut renamed) = (0u64, 0u64, 0u64);
     let key_size = e.shape.key_size.max(4) as usize;
     // An older layout's sizes may differ: read with generous buffers.
     let old_shape = old_shape(old);
     let (old_key, old_value) = old_shape.unwrap_or((key_size as u32, e.shape.value_size));
     let mut value = vec![0u8; old_value as usize];
-    let mut put = |k: &[u8], v: &[u8], flags: u64| -> Result<(), DatapathError> {
+    let mut put = |k: &[u8], v: &[u8], from: u32, flags: u64| -> Result<bool, DatapathError> {
         let elsewhere = if let Some(four) = split.four.filter(|_| steps::ct_v2::is_v4_key(k)) {
             Some((four, weir_common::maps::CT4, steps::convert(name, from, 2, k, v).and_then(|(k, v)| steps::ct_v2::narrow(&k, &v))))
         } else if let Some(aside) = split.aside {
@@ -495,25 +518,26 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split
         if let Some((fd, target, converted)) = elsewhere {
             let Some((k, v)) = converted else {
                 dropped += 1;
-                return Ok(());
+                return Ok(false);
             };
-            match raw::update(fd, &k, &v, flags).map_err(raw_error("writing", target))? {
-                Update::Written => copied += 1,
-                Update::Exists => {}
-                Update::Full => dropped += 1,
-            }
-            return Ok(());
+            return Ok(tally(raw::update(fd, &k, &v, flags).map_err(raw_error("writing", target))?, &mut copied, &mut dropped));
         }
         let Some((k, v)) = steps::convert(name, from, to, k, v) else {
             dropped += 1;
-            return Ok(());
+            return Ok(false);
         };
-        match raw::update(new, &k, &v, flags).map_err(raw_error("writing", name))? {
-            Update::Written => copied += 1,
-            Update::Exists => {}
-            Update::Full => dropped += 1,
+        Ok(tally(raw::update(new, &k, &v, flags).map_err(raw_error("writing", name))?, &mut copied, &mut dropped))
+    };
+    // Entries of a layout that kept both addresses are renamed by them
+    // first ([`ids`]), then converted from the layout they were read in.
+    let ids = split.ids;
+    let mut put = |k: &[u8], v: &[u8], flags: u64| -> Result<(), DatapathError> {
+        if let Some((k, v, at, changed)) = ids.and_then(|view| rename_entry(view, name, from, k, v)) {
+            let written = put(&k, &v, at, flags)?;
+            renamed += u64::from(changed && written);
+            return Ok(());
         }
-        Ok(())
+        put(k, v, from, flags).map(|_| ())
     };
     if is_array(e.shape.map_type) && e.shape.flags & raw::F_MMAPABLE != 0 && from == to && old_value == e.shape.value_size {
         // Same layout, memory-mappable (the selection table): one copy of
@@ -525,7 +549,7 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split
         let bytes = n * stride;
         dst.bytes_mut()[..bytes].copy_from_slice(&src.bytes()[..bytes]);
         let used = src.bytes()[..bytes].chunks(stride).filter(|v| v.iter().any(|b| *b != 0)).count();
-        return Ok((used as u64, 0));
+        return Ok(Copied { copied: used as u64, ..Copied::default() });
     }
     if is_array(e.shape.map_type) {
         let n = old_entries.min(e.shape.max_entries);
@@ -536,7 +560,7 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split
                 put(&k, &value[..old_value as usize], raw::ANY)?;
             }
         }
-        return Ok((copied, dropped));
+        return Ok(Copied { copied, dropped, renamed });
     }
     let mut key = vec![0u8; old_key as usize];
     let mut next = vec![0u8; old_key as usize];
@@ -549,7 +573,49 @@ fn copy(e: &Expected, from: u32, old: BorrowedFd<'_>, new: BorrowedFd<'_>, split
             put(&key, &v, flags)?;
         }
     }
-    Ok((copied, dropped))
+    Ok(Copied { copied, dropped, renamed })
+}
+
+/// Counts one write: whether it wrote.
+fn tally(u: Update, copied: &mut u64, dropped: &mut u64) -> bool {
+    match u {
+        Update::Written => *copied += 1,
+        Update::Exists => {}
+        Update::Full => *dropped += 1,
+    }
+    u == Update::Written
+}
+
+/// What one pass of [`copy`] did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Copied {
+    copied: u64,
+    dropped: u64,
+    /// Entries whose ids were renamed by their addresses ([`ids`]).
+    renamed: u64,
+}
+
+/// Whether rebuilding `e` from layout `from` takes IPv6 service entries
+/// out of a layout that kept both addresses: their ids are checked
+/// against them ([`ids`]).
+fn renames_ids(e: &Expected, from: u32) -> bool {
+    use weir_common::maps::{CT, CT6_MASQ};
+    (e.name == CT && from < 4) || (e.name == CT6_MASQ && from < 2)
+}
+
+/// An entry of `name` at layout `from`, renamed by `view`: its key and
+/// value, the layout they are in (conntrack's v3, whose bytes
+/// `WEIR_CT6_MASQ` v1 shares), and whether an id changed. `None` for an
+/// entry that is not IPv6 conntrack's (it goes on as it was).
+fn rename_entry(view: &IdView, name: &str, from: u32, k: &[u8], v: &[u8]) -> Option<(Vec<u8>, Vec<u8>, u32, bool)> {
+    let at = if name == weir_common::maps::CT { 3 } else { from };
+    if steps::ct_v2::is_v4_key(k) {
+        return None;
+    }
+    let (k, v) = steps::convert(name, from, at, k, v)?;
+    let (key, mut entry) = steps::ct_v2::parse(&k, &v)?;
+    let changed = view.rename(&key, &mut entry);
+    Some((k, steps::ct_v1::bytes(&entry).to_vec(), at, changed))
 }
 
 /// The key and value sizes of the map behind `fd`.

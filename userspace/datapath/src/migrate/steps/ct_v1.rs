@@ -27,7 +27,7 @@ pub fn step(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 }
 
 /// The bytes of a plain-data value with no implicit padding.
-pub(super) fn bytes<T: aya::Pod>(v: &T) -> &[u8] {
+pub(crate) fn bytes<T: aya::Pod>(v: &T) -> &[u8] {
     // SAFETY: used for conntrack keys and entries only, which are repr(C) with
     // every padding byte an explicit field, so every byte is initialised.
     unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>()) }

@@ -37,7 +37,7 @@ fn key_of(key: &[u8]) -> CtKey {
     unsafe { core::ptr::read_unaligned(key.as_ptr().cast::<CtKey>()) }
 }
 
-pub(super) fn parse(key: &[u8], value: &[u8]) -> Option<(CtKey, CtEntry)> {
+pub(crate) fn parse(key: &[u8], value: &[u8]) -> Option<(CtKey, CtEntry)> {
     if key.len() != core::mem::size_of::<CtKey>() || value.len() != core::mem::size_of::<CtEntry>() {
         return None;
     }

@@ -31,7 +31,7 @@ pub mod ct_v1;
 pub mod ct_v2;
 pub mod ct_v3;
 #[cfg(test)]
-mod fixtures;
+pub(super) mod fixtures;
 
 use weir_common::maps::{CONFIG, CT, CT6_MASQ, CT_PREV, SNAT};
 
