@@ -429,7 +429,7 @@ fn ipv6_entries_whose_ids_an_older_agent_reused_are_renamed_by_their_addresses()
     restart(&mut agent);
     let log = agent.log_text();
     let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_CT ")).unwrap_or_else(|| panic!("WEIR_CT migrated:\n{log}"));
-    assert!(line.contains("from_version=3") && line.contains("dropped=0") && line.contains(&format!("renamed={}", right.len())), "every entry renamed: {line}");
+    assert!(line.contains("from_version=3") && line.contains("dropped=0") && line.contains(&format!("renamed={} ", right.len())), "every entry renamed: {line}");
     for (k, e) in &right {
         assert_eq!(widened(&node, k).as_ref(), Some(e), "named by its own backend again: {k:?}");
     }
