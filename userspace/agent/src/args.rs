@@ -102,9 +102,10 @@ pub struct Args {
     /// Conntrack entries one pod may hold (its flows, and flows opened
     /// towards it from outside the node); its new flows beyond that are
     /// refused (drop reason ct_quota) instead of evicting other pods'
-    /// entries. 0: no limit. Default: 1/8 of --ct-max-entries, at most
+    /// entries, while an agent keeps the counts fresh (with no agent for
+    /// three --ct-gc-intervals the share is not enforced). 0: no limit. Default: 1/8 of --ct-max-entries, at most
     /// half of --ct6-max-entries (one count covers both families), at
-    /// least 32,768 (about 230-270 new UDP service flows/s per pod; a busy
+    /// least 32,768 (about 400-530 new UDP service flows/s per pod; a busy
     /// client of the cluster DNS may need more: raise both tables, or this).
     #[arg(long)]
     pub ct_max_per_endpoint: Option<u32>,
