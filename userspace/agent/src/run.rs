@@ -174,11 +174,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut synced = false;
     let mut pending = Affected::default();
     let mut pending_since: Option<Instant> = None;
-    // The first collection comes right after the initial sync (the tick is
-    // reset there), not at the start: before the sync no backend is
-    // judged. It must not wait a period: the per-pod counts the kernel's
-    // quota reads only grow while no agent rewrites them, so a restarted
-    // agent recounts at once.
+    // The first collection comes one period after the start: right after
+    // the sync it would judge flows by backends the sync just wrote. The
+    // per-pod counts are rewritten at once after the sync, though (see
+    // there).
     let gc_every = Duration::from_secs(args.ct_gc_interval.max(1));
     let mut gc_tick = tokio::time::interval_at(tokio::time::Instant::now() + gc_every, gc_every);
     ct.set_collection_interval(gc_every);
@@ -255,7 +254,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             let out = reconciler.full_sync(&state);
                             let took = start.elapsed();
                             sweep_udp_sockets(revnat.as_ref(), &mut reconciler, &metrics);
-                            gc_tick.reset_immediately();
+                            // The per-pod counts the kernel's quota reads only
+                            // grow while no agent rewrites them: a restarted
+                            // agent recounts at once (and takes out what
+                            // expired); flows of backends that left are judged
+                            // at the first collection, as ever.
+                            let recount = ct.gc(monotonic_ns());
+                            metrics.ct_collected.inc_by(recount.deleted as u64);
+                            metrics.datapath.set_ct(&recount.account);
+                            metrics.set_conntrack_maps(&recount.account);
                             health_checks.rebuild(&state, args.node_name.as_deref());
                             svc_health.sync(health_checks.by_port(), &metrics).await;
                             pending = Affected::default();
