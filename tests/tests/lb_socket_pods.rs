@@ -245,15 +245,20 @@ fn a_pods_flow_the_socket_path_cannot_serve_is_left_to_the_tc_path() {
     assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
 }
 
-/// A connection the backend refuses leaves no reverse entry behind, how
-/// ever the pod connected: without blocking (the socket keeps its
+/// A connection that fails leaves no reverse entry behind once its socket
+/// is released, however the pod connected and wherever the connect
+/// failed: refused by the backend, without blocking (the socket keeps its
 /// destination until released) or with a blocking `connect(2)`, after
-/// which the kernel has already cleared the socket's destination port,
-/// so `sock_release` alone could not name the entry. Each refused socket
-/// is checked while still open and once released, over IPv4, IPv6 and an
-/// IPv6 socket asking for the IPv4 frontend (v4-mapped).
+/// which the kernel has already cleared the socket's destination port;
+/// and before any SYN left (no route), where the socket never had one.
+/// While the socket is open it holds its one entry, keyed by its cookie
+/// alone, which is how `sock_release` names it whatever became of the
+/// connect. Over IPv4, IPv6 and an IPv6 socket asking for the IPv4
+/// frontend (v4-mapped). (Until 2026-12-07 a sock_ops program deleted a
+/// refused connect's entry, and a connect failing before its SYN left
+/// one behind for good: the last assertion failed.)
 #[test]
-fn a_refused_connection_leaves_no_reverse_entry_behind() {
+fn a_failed_connection_leaves_no_reverse_entry_behind() {
     let cg = TestCgroup::new();
     let c = cluster(&cg);
     let (v4, v6) = (Ipv4Addr::new(10, 96, 0, 33), Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x33));
@@ -263,7 +268,8 @@ fn a_refused_connection_leaves_no_reverse_entry_behind() {
     write_and_wait(&c, "closed.yaml", &y);
     let table = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("the pods' socket reverse-translation map");
     let mapped = IpAddr::from(v4.to_ipv6_mapped());
-    for (vip, v6) in [(IpAddr::from(v4), false), (IpAddr::from(v6), true), (mapped, false)] {
+    let vips = [(IpAddr::from(v4), false), (IpAddr::from(v6), true), (mapped, false)];
+    for (vip, v6) in vips {
         // The service's sockets are translated at connect: a blocking
         // connect to its served port holds an entry naming the frontend.
         let held = cg.probe_held(c.pod(YA).ns(), SockMode::TcpBlocking, vip, 81);
@@ -278,9 +284,96 @@ fn a_refused_connection_leaves_no_reverse_entry_behind() {
             let held = cg.probe_held(c.pod(YA).ns(), mode, vip, 80);
             let errno = held.probe.result.as_ref().err().and_then(|e| e.1);
             assert_eq!(errno, Some(libc::ECONNREFUSED), "{mode:?} to {vip}: the backend refuses: {:?}", held.probe.result);
-            assert_eq!(table.count(), 0, "{mode:?} to {vip}: the refused socket, still open, holds no reverse entry");
+            assert_eq!(table.count(), 1, "{mode:?} to {vip}: the refused socket, still open, holds its one entry");
             held.release();
-            assert_eq!(table.count(), 0, "{mode:?} to {vip}: nor once released");
+            assert_eq!(table.count(), 0, "{mode:?} to {vip}: none once released");
         }
     }
+    // No route out of the pod: the connect fails before its SYN, after
+    // connect4 pointed it at x/a.
+    c.pod(YA).ns().ip(&["route", "flush", "table", "main"]);
+    c.pod(YA).ns().ip(&["-6", "route", "flush", "table", "main"]);
+    for (vip, _) in vips {
+        for mode in [SockMode::Tcp, SockMode::TcpBlocking] {
+            let held = cg.probe_held(c.pod(YA).ns(), mode, vip, 81);
+            let errno = held.probe.result.as_ref().err().and_then(|e| e.1);
+            assert_eq!(errno, Some(libc::ENETUNREACH), "{mode:?} to {vip} with no route: {:?}", held.probe.result);
+            assert_eq!(table.count(), 1, "{mode:?} to {vip}: the unrouted socket, still open, holds its one entry");
+            held.release();
+            assert_eq!(table.count(), 0, "{mode:?} to {vip}: none once released");
+        }
+    }
+}
+
+/// An agent up to 2026-12-06 kept the socket reverse tables in layout v1
+/// (every entry keyed by the socket's cookie and its backend) and attached
+/// a sock_ops program, `tcp_state`, whose link this build has no program
+/// for. The next agent converts the tables (a TCP socket's entry keyed by
+/// its cookie alone, its backend in the value), so a connection
+/// translated before the upgrade still names its frontend and its entry
+/// goes with its socket; and it removes the retired link, which otherwise
+/// kept its program attached (and, here, an old `connect4` with it).
+#[test]
+fn an_upgrade_converts_the_socket_tables_and_detaches_the_retired_program() {
+    let cg = TestCgroup::new();
+    let mut c = cluster(&cg);
+    web(&c, &[XA]);
+    let held = cg.probe_held(c.pod(YA).ns(), SockMode::Tcp, VIP4, 80);
+    assert_eq!(translated(&c, &held.probe, SockMode::Tcp, false), Some(SocketAddr::new(VIP4.into(), 80)), "translated at connect: {:?}", held.probe.result);
+    let before = programs_on(cg.path());
+    c.agent.stop_with(libc::SIGTERM);
+    let layout = PinLayout::new(c.node.bpffs());
+    assert_eq!(pin_pod_table_as_v1(&c), 1, "the live socket's entry, in layout v1");
+    // A link pinned under the retired program's name, as an older agent
+    // left `tcp_state`'s: here the running connect4's link, pinned twice.
+    let links = c.node.bpffs().join("links");
+    let retired = links.join("cgroup-tcp_state");
+    weir_tests::cmd::run(&["bpftool", "link", "pin", "pinned", &links.join("cgroup-connect4").display().to_string(), &retired.display().to_string()]);
+    c.agent.restart();
+    c.agent.wait_synced();
+    assert!(c.agent.log_text().contains("WEIR_SOCK_REVNAT_POD"), "the pods' table is migrated:\n{}", c.agent.log_text());
+    assert_eq!(translated(&c, &held.probe, SockMode::Tcp, false), Some(SocketAddr::new(VIP4.into(), 80)), "the connection still names its frontend after the upgrade");
+    assert!(!retired.exists(), "the retired program's link is removed");
+    assert_eq!(programs_on(cg.path()), before, "the same programs on the cgroup, the old connect4 gone with the retired link");
+    held.release();
+    assert_eq!(SockRevNat::open_pods(&layout).expect("the pods' table").count(), 0, "the converted entry goes with its socket");
+}
+
+/// The BPF programs attached to the cgroup at `path` (their names).
+fn programs_on(path: &std::path::Path) -> Vec<String> {
+    let out = weir_tests::cmd::run(&["bpftool", "-j", "cgroup", "show", &path.display().to_string()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool cgroup show: {e}: {out}"));
+    let mut names: Vec<String> = v.as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(str::to_string)).collect();
+    names.sort();
+    names
+}
+
+/// Replaces the pods' socket reverse table by one in layout v1 holding
+/// the same entries as a v1 agent keyed them (cookie and backend; the
+/// value the frontend only), with a v1 record, as an older agent left it.
+/// The running programs keep the current table. Returns how many entries
+/// it holds.
+fn pin_pod_table_as_v1(c: &NetpolCluster) -> usize {
+    use weir_common::lb::{SockRevKey, SockRevValue};
+    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest, steps::sock_revnat_v1};
+    let name = weir_common::maps::SOCK_REVNAT_POD;
+    let pin = c.node.bpffs().join("maps").join(name);
+    let info = aya::maps::MapInfo::from_pin(&pin).expect("the current table");
+    let current: aya::maps::HashMap<_, SockRevKey, SockRevValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&pin).expect("open"))).expect("the table");
+    let entries: Vec<(SockRevKey, SockRevValue)> = current.iter().filter_map(Result::ok).collect();
+    let shape = Shape { map_type: 9, key_size: sock_revnat_v1::KEY_SIZE, value_size: sock_revnat_v1::VALUE_SIZE, flags: info.map_flags(), max_entries: info.max_entries() };
+    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
+    let data = aya::maps::MapData::create(obj, name, None).expect("a v1 table");
+    let id = data.info().expect("info").id();
+    let mut old: aya::maps::HashMap<_, SockRevKey, sock_revnat_v1::SockRevValueV1> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v1 table");
+    for (k, v) in &entries {
+        let k1 = SockRevKey { addr: v.backend, port: v.backend_port, ..*k };
+        old.insert(k1, sock_revnat_v1::SockRevValueV1 { addr: v.addr, port: v.port, _pad: 0 }, 0).expect("a v1 entry");
+    }
+    Manifest::open_or_create(&PinLayout::new(c.node.bpffs())).expect("WEIR_ABI").set(id, name, 1, &shape).expect("the v1 record");
+    std::fs::remove_file(&pin).expect("unpin the current table (the programs keep it)");
+    old.pin(&pin).expect("pin the v1 table");
+    entries.len()
 }

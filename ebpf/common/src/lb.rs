@@ -98,7 +98,12 @@ pub struct SourceRangeKey {
 }
 
 /// Key of `WEIR_SOCK_REVNAT`: a socket the socket-level programs pointed
-/// at a backend, and that backend.
+/// at a backend. A TCP socket has one entry, keyed by its cookie alone
+/// (`addr` and `port` zero: a connect that fails clears the socket's
+/// destination before `sock_release` could read it, so the release names
+/// the entry by the cookie); a node's UDP socket one per backend it sends
+/// to (an unconnected one may send to several frontends). Build it with
+/// [`SockRevKey::of`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockRevKey {
@@ -112,8 +117,22 @@ pub struct SockRevKey {
     pub _pad1: u32,
 }
 
+impl SockRevKey {
+    /// The key of socket `cookie`'s entry for `backend:port` (network
+    /// order) over `proto`.
+    #[inline(always)]
+    pub fn of(cookie: u64, proto: u8, backend: Addr, port: u16) -> Self {
+        if proto == PROTO_TCP {
+            return SockRevKey { cookie, addr: Addr::ZERO, port: 0, proto, _pad0: 0, _pad1: 0 };
+        }
+        SockRevKey { cookie, addr: backend, port, proto, _pad0: 0, _pad1: 0 }
+    }
+}
+
 /// Value of `WEIR_SOCK_REVNAT`: the frontend the socket asked for, which
-/// recvmsg and getpeername report instead of the backend.
+/// recvmsg and getpeername report instead of the backend, and the backend
+/// it was pointed at (a TCP key names none, and a socket whose connect
+/// failed may connect again, elsewhere).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockRevValue {
@@ -121,6 +140,20 @@ pub struct SockRevValue {
     /// Network byte order.
     pub port: u16,
     pub _pad: u16,
+    pub backend: Addr,
+    /// Network byte order.
+    pub backend_port: u16,
+    pub _pad1: u16,
+}
+
+impl SockRevValue {
+    /// The frontend (address, port) to report for a socket whose peer is
+    /// `peer:port`: the entry's, if the socket is still connected to (or
+    /// receiving from) the backend the entry was made for.
+    #[inline(always)]
+    pub fn frontend_for(&self, peer: &Addr, port: u16) -> Option<(Addr, u16)> {
+        (self.backend == *peer && self.backend_port == port).then_some((self.addr, self.port))
+    }
 }
 
 /// Value of `WEIR_FRONTENDS`: one service port.
@@ -184,7 +217,7 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
-const _: () = assert!(core::mem::size_of::<SockRevValue>() == 20);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 40);
 
 /// Value of `WEIR_LB_IDS`: the ids an agent start resumes from. Every
 /// id handed out is below its mark (until a counter wraps past

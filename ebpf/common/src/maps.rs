@@ -183,8 +183,9 @@ pub const MASQ_MAX_ENTRIES: u32 = 64;
 pub const NO_MASQ: &str = "WEIR_NO_MASQ";
 pub const NO_MASQ_MAX_ENTRIES: u32 = 16_384;
 
-/// Sockets the socket-level programs translated: (socket cookie, backend)
-/// → the frontend it stands for (LRU).
+/// Sockets the socket-level programs translated: the socket's cookie (and,
+/// for UDP, the backend) → the frontend it stands for and the backend
+/// (LRU; `lb::SockRevKey`).
 pub const SOCK_REVNAT: &str = "WEIR_SOCK_REVNAT";
 pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
 

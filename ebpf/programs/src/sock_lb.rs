@@ -38,21 +38,24 @@
 //! pointed at the IPv4 backend, v4-mapped.
 //!
 //! A socket's reverse entry lives as long as the socket: `sock_release`
-//! deletes it when the socket is released, and a translated TCP socket's
-//! as soon as its connect fails (`tcp_state`), so the tables hold the
-//! live translated sockets only. Short connections then never fill them (no
-//! insert pays for an LRU eviction), and a long-lived connection keeps its
-//! entry however many sockets others churn. An unconnected UDP socket of
-//! the node has one entry per frontend it sent to, keyed by backends it
-//! no longer names at release: those are left to the LRU.
+//! deletes it when the socket is released, so the tables hold the live
+//! translated sockets only. A TCP socket's entry is keyed by its cookie
+//! alone (`SockRevKey::of`): a connect that fails (refused, timed out, or
+//! before its SYN, for want of a route or a port) clears the socket's
+//! destination, and the release still names the entry. Short connections
+//! then never fill the tables (no insert pays for an LRU eviction), and a
+//! long-lived connection keeps its entry however many sockets others
+//! churn. An unconnected UDP socket of the node has one entry per
+//! frontend it sent to, keyed by backends it no longer names at release:
+//! those are left to the LRU.
 
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT},
+    bindings::{bpf_sock_addr, BPF_ANY},
     maps::LruHashMap,
     helpers::{bpf_get_prandom_u32, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie}},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    programs::{SockAddrContext, SockContext},
     EbpfContext,
 };
 use weir_common::{
@@ -213,8 +216,8 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rk = SockRevKey { cookie, addr: baddr, port: bport, proto, _pad0: 0, _pad1: 0 };
-    let rv = SockRevValue { addr: key.addr, port: vport, _pad: 0 };
+    let rk = SockRevKey::of(cookie, proto, baddr, bport);
+    let rv = SockRevValue { addr: key.addr, port: vport, _pad: 0, backend: baddr, backend_port: bport, _pad1: 0 };
     let _ = revnat(owner).insert(&rk, &rv, BPF_ANY as u64);
     set_user_addr::<V6>(sa, &baddr);
     sa.user_port = u32::from(bport);
@@ -232,10 +235,11 @@ pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rk = SockRevKey { cookie, addr: user_addr::<V6>(sa), port: sa.user_port as u16, proto: proto(ctx), _pad0: 0, _pad1: 0 };
-    if let Some(v) = read(revnat(owner).get_ptr(&rk)) {
-        set_user_addr::<V6>(sa, &v.addr);
-        sa.user_port = u32::from(v.port);
+    let (peer, port) = (user_addr::<V6>(sa), sa.user_port as u16);
+    let Some(v) = read(revnat(owner).get_ptr(&SockRevKey::of(cookie, proto(ctx), peer, port))) else { return ALLOW };
+    if let Some((addr, port)) = v.frontend_for(&peer, port) {
+        set_user_addr::<V6>(sa, &addr);
+        sa.user_port = u32::from(port);
     }
     ALLOW
 }
@@ -244,9 +248,11 @@ pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
 const AF_INET: u32 = 2;
 
 /// sock_release: deletes the reverse entry of a socket the programs
-/// translated, keyed as `translate` made it: the socket's cookie and the
-/// backend it is connected to. A socket never translated (or no longer
-/// connected) has none, and the delete finds nothing.
+/// translated, keyed as `translate` made it: a TCP socket's by its cookie
+/// (whether its connect succeeded or not), a UDP socket's by its cookie
+/// and the backend it is connected to. A socket never translated (or a
+/// UDP socket no longer connected) has none, and the delete finds
+/// nothing.
 #[inline(always)]
 pub fn forget(ctx: &SockContext) -> i32 {
     let Some((_, owner)) = scope(ctx) else { return ALLOW };
@@ -258,7 +264,7 @@ pub fn forget(ctx: &SockContext) -> i32 {
         return ALLOW;
     }
     let port = sk.dst_port;
-    if port == 0 {
+    if proto != PROTO_TCP && port == 0 {
         return ALLOW;
     }
     // Both addresses are read, each at its own offset: the verifier takes
@@ -268,55 +274,6 @@ pub fn forget(ctx: &SockContext) -> i32 {
     let addr = if sk.family == AF_INET { Addr::from_v4_raw(v4) } else { addr6(v6) };
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = revnat(owner).remove(&SockRevKey { cookie, addr, port, proto, _pad0: 0, _pad1: 0 });
+    let _ = revnat(owner).remove(&SockRevKey::of(cookie, proto, addr, port));
     ALLOW
-}
-
-/// sock_ops, for TCP sockets under the cgroup: a translated socket whose
-/// connect fails loses its reverse entry at once. When a socket the
-/// programs translated connects (`TCP_CONNECT_CB`: its SYN is about to
-/// leave), it asks to be told of its state changes (the flag is added to
-/// the socket's others, and never cleared: another sock_ops program on
-/// the hierarchy may have asked too). If its connection goes from
-/// SYN_SENT (or SYN_RECV, a simultaneous open) to CLOSE (refused, timed
-/// out, reset), the entry is deleted while the socket still names its
-/// backend: a blocking `connect(2)` that fails has the destination port
-/// cleared before the call returns, so `sock_release` could not name the
-/// entry. Every other change is ignored, and a connected socket's entry
-/// lives until the socket is released. Sockets never translated ask for
-/// nothing.
-///
-/// A connect that fails before its SYN (no free source port, no route)
-/// never reaches `TCP_CONNECT_CB`: its entry is still left to the LRU.
-#[inline(always)]
-pub fn tcp_state(ctx: &SockOpsContext) -> u32 {
-    let op = ctx.op();
-    let connect = op == BPF_SOCK_OPS_TCP_CONNECT_CB;
-    let failed = op == BPF_SOCK_OPS_STATE_CB
-        && ctx.arg(1) == BPF_TCP_CLOSE
-        && (ctx.arg(0) == BPF_TCP_SYN_SENT || ctx.arg(0) == BPF_TCP_SYN_RECV);
-    if !connect && !failed {
-        return 1;
-    }
-    let Some((_, owner)) = scope(ctx) else { return 1 };
-    // Both addresses are read, each at its own offset (as in `forget`).
-    // SAFETY: reads of the program's own context fields.
-    let (ops, v4, v6) = unsafe { (&*ctx.ops, read_volatile(&(*ctx.ops).remote_ip4), read_volatile(&(*ctx.ops).remote_ip6)) };
-    let addr = if ops.family == AF_INET { Addr::from_v4_raw(v4) } else { addr6(v6) };
-    // The port in network order, which the kernel puts in the upper half
-    // of the field on a little-endian machine.
-    let port = if cfg!(target_endian = "little") { (ops.remote_port >> 16) as u16 } else { ops.remote_port as u16 };
-    // SAFETY: plain helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevKey { cookie, addr, port, proto: PROTO_TCP, _pad0: 0, _pad1: 0 };
-    let table = revnat(owner);
-    if connect {
-        // SAFETY: a map value reference, only tested for presence.
-        if unsafe { table.get(&key) }.is_some() {
-            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-        }
-    } else {
-        let _ = table.remove(&key);
-    }
-    1
 }

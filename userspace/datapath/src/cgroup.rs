@@ -6,7 +6,9 @@
 //!
 //! A restarted or upgraded agent attaches its new programs first, then
 //! replaces the old pin with the new link (a rename on the bpffs), which
-//! detaches the old program: at every moment at least one runs. Two
+//! detaches the old program: at every moment at least one runs. Links of
+//! programs an older agent had and this build has not
+//! ([`RETIRED_PROGRAMS`]) are removed last. Two
 //! running at once is harmless: the second sees a backend address, which
 //! is no frontend.
 
@@ -20,11 +22,16 @@ use aya::{
 use crate::{loader::{load_object, LoadOptions}, objects::SOCK_OBJECT, pins::PinLayout, DatapathError};
 
 /// The socket object's programs: the sock_addr ones for IPv4 and IPv6
-/// sockets, `sock_release`, which deletes a released socket's reverse
-/// entry, and `tcp_state` (sock_ops), which deletes a translated TCP
-/// socket's once its connect fails.
-pub const SOCK_PROGRAMS: [&str; 10] =
-    ["connect4", "sendmsg4", "recvmsg4", "getpeername4", "connect6", "sendmsg6", "recvmsg6", "getpeername6", "sock_release", "tcp_state"];
+/// sockets, and `sock_release`, which deletes a released socket's reverse
+/// entry.
+pub const SOCK_PROGRAMS: [&str; 9] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4", "connect6", "sendmsg6", "recvmsg6", "getpeername6", "sock_release"];
+
+/// Programs older agents attached that this one has not: their links are
+/// removed once this build's programs are attached. `tcp_state` (sock_ops,
+/// 2026-12-06) deleted a TCP socket's reverse entry when its connect
+/// failed; a TCP entry is now keyed by the socket's cookie alone, which
+/// `sock_release` names whatever became of the connect.
+pub const RETIRED_PROGRAMS: [&str; 1] = ["tcp_state"];
 
 /// The loaded socket object.
 pub struct SockDatapath {
@@ -61,6 +68,10 @@ impl SockDatapath {
             fd_link.pin(&fresh).map_err(|source| DatapathError::Pin { path: fresh.clone(), source })?;
             // The rename drops the old link's last reference: its program detaches.
             std::fs::rename(&fresh, &pin).map_err(|source| DatapathError::Io { op: "renaming", path: fresh.clone(), source })?;
+        }
+        // Removing the last reference to a retired program's link detaches it.
+        for name in RETIRED_PROGRAMS {
+            crate::attach::remove_pin(&pin_path(&self.layout, name))?;
         }
         Ok(())
     }
@@ -167,9 +178,15 @@ impl SockRevNat {
 
     /// The frontend (address, port in network order) that socket `cookie`
     /// asked for before it was pointed at `backend:port` (network order),
-    /// if the programs translated it.
+    /// if the programs translated it: what getpeername reports.
     pub fn frontend_of(&self, cookie: u64, backend: weir_common::addr::Addr, port: u16, proto: u8) -> Option<(weir_common::addr::Addr, u16)> {
-        let k = weir_common::lb::SockRevKey { cookie, addr: backend, port, proto, _pad0: 0, _pad1: 0 };
-        self.map.get(&k, 0).ok().map(|v| (v.addr, v.port))
+        self.entry(cookie, backend, port, proto)?.frontend_for(&backend, port)
+    }
+
+    /// Socket `cookie`'s entry as the programs look it up for a peer
+    /// `backend:port` over `proto` (a TCP socket's by its cookie alone,
+    /// whichever backend it names).
+    pub fn entry(&self, cookie: u64, backend: weir_common::addr::Addr, port: u16, proto: u8) -> Option<weir_common::lb::SockRevValue> {
+        self.map.get(&weir_common::lb::SockRevKey::of(cookie, proto, backend, port), 0).ok()
     }
 }

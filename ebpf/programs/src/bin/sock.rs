@@ -1,15 +1,13 @@
 //! The socket object: cgroup sock_addr programs on the cgroup hierarchy
 //! (`--cgroup-root`), for the node's own processes and, with
-//! `--socket-lb-namespaces all`, its pods' (see `sock_lb`), the cgroup
-//! sock program that forgets a released socket's reverse entry, and the
-//! sock_ops program that forgets a translated TCP socket's once its
-//! connect fails.
+//! `--socket-lb-namespaces all`, its pods' (see `sock_lb`), and the cgroup
+//! sock program that forgets a released socket's reverse entry.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
 use weir_ebpf::sock_lb;
 
@@ -56,11 +54,6 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     sock_lb::forget(&ctx)
-}
-
-#[sock_ops]
-pub fn tcp_state(ctx: SockOpsContext) -> u32 {
-    sock_lb::tcp_state(&ctx)
 }
 
 #[cfg(not(test))]

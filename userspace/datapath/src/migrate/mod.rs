@@ -743,7 +743,7 @@ mod tests {
         assert_eq!(program_of("eth0@2@xdp"), Some(("node", crate::xdp::XDP_PROGRAM)));
         assert_eq!(program_of("cgroup-connect4"), Some(("sock", "connect4")));
         assert_eq!(program_of("cgroup-sock_release"), Some(("sock", "sock_release")));
-        assert_eq!(program_of("cgroup-tcp_state"), Some(("sock", "tcp_state")));
+        assert_eq!(program_of("cgroup-tcp_state"), None, "retired: its link is removed at attach, not given a new program");
         assert_eq!(program_of("cgroup-connect4-new"), None);
         assert_eq!(program_of("README"), None);
     }

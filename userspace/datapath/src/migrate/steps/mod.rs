@@ -23,6 +23,9 @@
 //!   flows' reverse entries, which move to `WEIR_CT6_MASQ` ([`ct_v3`]).
 //! - `WEIR_CT6_MASQ` v1 → v2: keyed without the node's address, the
 //!   client's the only address kept ([`ct6_masq_v1`]).
+//! - `WEIR_SOCK_REVNAT`, `WEIR_SOCK_REVNAT_POD` v1 → v2: a TCP socket's
+//!   entry keyed by its cookie alone, the backend in the value
+//!   ([`sock_revnat_v1`]).
 
 pub mod config_v1;
 pub mod config_v2;
@@ -30,16 +33,27 @@ pub mod ct6_masq_v1;
 pub mod ct_v1;
 pub mod ct_v2;
 pub mod ct_v3;
+pub mod sock_revnat_v1;
 #[cfg(test)]
 pub(super) mod fixtures;
 
-use weir_common::maps::{CONFIG, CT, CT6_MASQ, CT_PREV, SNAT};
+use weir_common::maps::{CONFIG, CT, CT6_MASQ, CT_PREV, SNAT, SOCK_REVNAT, SOCK_REVNAT_POD};
 
 /// Converts one entry from `from` to `from + 1`.
 pub type Step = fn(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
 
 /// (map, from version, step).
-const STEPS: &[(&str, u32, Step)] = &[(CT, 1, ct_v1::step), (CT, 2, ct_v2::step), (CT, 3, ct_v3::step), (CT6_MASQ, 1, ct6_masq_v1::step), (SNAT, 1, ct_v1::step), (CONFIG, 1, config_v1::step), (CONFIG, 2, config_v2::step)];
+const STEPS: &[(&str, u32, Step)] = &[
+    (CT, 1, ct_v1::step),
+    (CT, 2, ct_v2::step),
+    (CT, 3, ct_v3::step),
+    (CT6_MASQ, 1, ct6_masq_v1::step),
+    (SNAT, 1, ct_v1::step),
+    (CONFIG, 1, config_v1::step),
+    (CONFIG, 2, config_v2::step),
+    (SOCK_REVNAT, 1, sock_revnat_v1::step),
+    (SOCK_REVNAT_POD, 1, sock_revnat_v1::step),
+];
 
 /// The key and value sizes at layout v1 of the maps whose sizes have
 /// changed since: a map pinned before layout versions (it has no record)
@@ -51,6 +65,8 @@ const V1_SIZES: &[(&str, u32, u32)] = &[
     (SNAT, ct_v1::KEY_SIZE, ct_v1::VALUE_SIZE),
     (CT6_MASQ, ct6_masq_v1::KEY_SIZE, ct6_masq_v1::VALUE_SIZE),
     (CONFIG, config_v1::KEY_SIZE, config_v1::VALUE_SIZE),
+    (SOCK_REVNAT, sock_revnat_v1::KEY_SIZE, sock_revnat_v1::VALUE_SIZE),
+    (SOCK_REVNAT_POD, sock_revnat_v1::KEY_SIZE, sock_revnat_v1::VALUE_SIZE),
 ];
 
 /// `name`'s key and value sizes at layout v1, when they differ from this
