@@ -210,16 +210,24 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
         drop_reason(DropReason::NoEndpoints);
         return REFUSE;
     }
-    let (baddr, bport) = (s.backend.addr, s.backend.port);
+    let bport = s.backend.port;
     if debug_on() {
-        debug::weir_log_sock_backend(debug::ep_addr(0, &key.addr, vport), debug::ep_addr(1, &baddr, bport), svc.id, backend_id);
+        debug::weir_log_sock_backend(debug::ep_addr(0, &key.addr, vport), debug::ep_addr(1, &s.backend.addr, bport), svc.id, backend_id);
     }
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rk = SockRevKey::of(cookie, proto, baddr, bport);
-    let rv = SockRevValue { addr: key.addr, port: vport, _pad: 0, backend: baddr, backend_port: bport, _pad1: 0 };
-    let _ = revnat(owner).insert(&rk, &rv, BPF_ANY as u64);
-    set_user_addr::<V6>(sa, &baddr);
+    // Built in the scratch space, field by field: a 40-byte value (or a
+    // copy of the backend's address) on the stack does not fit connect6's
+    // frame beside `lb::select_backend`'s.
+    s.sock_key = SockRevKey::of(cookie, proto, s.backend.addr, bport);
+    s.sock_val.addr = key.addr;
+    s.sock_val.port = vport;
+    s.sock_val._pad = 0;
+    s.sock_val.backend = s.backend.addr;
+    s.sock_val.backend_port = bport;
+    s.sock_val._pad1 = 0;
+    let _ = revnat(owner).insert(&s.sock_key, &s.sock_val, BPF_ANY as u64);
+    set_user_addr::<V6>(sa, &s.backend.addr);
     sa.user_port = u32::from(bport);
     ALLOW
 }
