@@ -254,9 +254,10 @@ fn a_pods_flow_the_socket_path_cannot_serve_is_left_to_the_tc_path() {
 /// While the socket is open it holds its one entry, keyed by its cookie
 /// alone, which is how `sock_release` names it whatever became of the
 /// connect. Over IPv4, IPv6 and an IPv6 socket asking for the IPv4
-/// frontend (v4-mapped). (Until 2026-12-07 a sock_ops program deleted a
-/// refused connect's entry, and a connect failing before its SYN left
-/// one behind for good: the last assertion failed.)
+/// frontend (v4-mapped). (Before layout v2 of the socket tables, a
+/// sock_ops program deleted a refused connect's entry, and a connect
+/// failing before its SYN left one behind for good: the last assertion
+/// failed.)
 #[test]
 fn a_failed_connection_leaves_no_reverse_entry_behind() {
     let cg = TestCgroup::new();
@@ -305,7 +306,7 @@ fn a_failed_connection_leaves_no_reverse_entry_behind() {
     }
 }
 
-/// An agent up to 2026-12-06 kept the socket reverse tables in layout v1
+/// An agent before this one kept the socket reverse tables in layout v1
 /// (every entry keyed by the socket's cookie and its backend) and attached
 /// a sock_ops program, `tcp_state`, whose link this build has no program
 /// for. The next agent converts the tables (a TCP socket's entry keyed by
