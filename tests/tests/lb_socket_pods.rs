@@ -332,9 +332,17 @@ fn an_upgrade_converts_the_socket_tables_and_detaches_the_retired_program() {
     weir_tests::cmd::run(&["bpftool", "link", "pin", "pinned", &links.join("cgroup-connect4").display().to_string(), &retired.display().to_string()]);
     c.agent.restart();
     c.agent.wait_synced();
-    assert!(c.agent.log_text().contains("WEIR_SOCK_REVNAT_POD"), "the pods' table is migrated:\n{}", c.agent.log_text());
+    let log = c.agent.log_text();
+    let line = log.lines().rfind(|l| l.contains("migrated a pinned map") && l.contains("map=WEIR_SOCK_REVNAT_POD ")).unwrap_or_else(|| panic!("the pods' table migrated:\n{log}"));
+    assert!(line.contains("from_version=1") && line.contains("to_version=2") && line.contains("copied=1") && line.contains("dropped=0"), "{line}");
     assert_eq!(translated(&c, &held.probe, SockMode::Tcp, false), Some(SocketAddr::new(VIP4.into(), 80)), "the connection still names its frontend after the upgrade");
     assert!(!retired.exists(), "the retired program's link is removed");
+    // A link whose last reference went is detached a moment later (its
+    // release is deferred).
+    let start = std::time::Instant::now();
+    while programs_on(cg.path()) != before && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(programs_on(cg.path()), before, "the same programs on the cgroup, the old connect4 gone with the retired link");
     held.release();
     assert_eq!(SockRevNat::open_pods(&layout).expect("the pods' table").count(), 0, "the converted entry goes with its socket");

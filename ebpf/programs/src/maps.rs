@@ -234,10 +234,6 @@ pub struct Scratch {
     /// as `WEIR_CT6_MASQ` holds them (`conntrack`).
     pub masq_key: CtMasqKey6,
     pub masq: CtMasq6,
-    /// A translated socket's reverse entry on its way into
-    /// `WEIR_SOCK_REVNAT(_POD)` (`sock_lb::translate`).
-    pub sock_key: SockRevKey,
-    pub sock_val: SockRevValue,
 }
 
 #[map(name = "WEIR_SCRATCH")]

@@ -62,7 +62,7 @@ use weir_common::{
     addr::Addr,
     config::{DatapathConfig, SOCK_SCOPE_ALL},
     drop::DropReason,
-    lb::{FrontendKey, SockRevKey, SockRevValue, PROTO_TCP, SCOPE_INTERNAL},
+    lb::{Backend, FrontendKey, SockRevKey, SockRevValue, PROTO_TCP, SCOPE_INTERNAL},
 };
 use weir_logic::frontend::{pod_socket_translates, refuse_new, Refusal};
 
@@ -71,7 +71,7 @@ use crate::{
     debug::{self, debug_on},
     errors::drop_reason,
     lb,
-    maps::{read, scratch, FRONTENDS, SOCK_REVNAT, SOCK_REVNAT_POD},
+    maps::{read, FRONTENDS, SOCK_REVNAT, SOCK_REVNAT_POD},
 };
 
 const ALLOW: i32 = 1;
@@ -196,10 +196,13 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
         drop_reason(reason);
         return REFUSE;
     }
-    let Some(s) = scratch() else { return ALLOW };
+    // On the stack, not in the per-CPU scratch space: a process-context
+    // program can be preempted, and another connect on this CPU would
+    // overwrite it.
+    let mut backend = Backend::default();
     // SAFETY: plain helper call.
     let hash = unsafe { bpf_get_prandom_u32() };
-    let backend_id = lb::select_backend(&svc, cfg.node_addr_for(&key.addr), hash, conntrack::now_ns(), &mut s.backend);
+    let backend_id = lb::select_backend(&svc, cfg.node_addr_for(&key.addr), hash, conntrack::now_ns(), &mut backend);
     if backend_id == 0 {
         if owner == Owner::Pod {
             return ALLOW;
@@ -210,26 +213,25 @@ pub fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
         drop_reason(DropReason::NoEndpoints);
         return REFUSE;
     }
-    let bport = s.backend.port;
     if debug_on() {
-        debug::weir_log_sock_backend(debug::ep_addr(0, &key.addr, vport), debug::ep_addr(1, &s.backend.addr, bport), svc.id, backend_id);
+        debug::weir_log_sock_backend(debug::ep_addr(0, &key.addr, vport), debug::ep_addr(1, &backend.addr, backend.port), svc.id, backend_id);
     }
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Built in the scratch space, field by field: a 40-byte value (or a
-    // copy of the backend's address) on the stack does not fit connect6's
-    // frame beside `lb::select_backend`'s.
-    s.sock_key = SockRevKey::of(cookie, proto, s.backend.addr, bport);
-    s.sock_val.addr = key.addr;
-    s.sock_val.port = vport;
-    s.sock_val._pad = 0;
-    s.sock_val.backend = s.backend.addr;
-    s.sock_val.backend_port = bport;
-    s.sock_val._pad1 = 0;
-    let _ = revnat(owner).insert(&s.sock_key, &s.sock_val, BPF_ANY as u64);
-    set_user_addr::<V6>(sa, &s.backend.addr);
-    sa.user_port = u32::from(bport);
+    record(owner, cookie, proto, &key, &backend);
+    set_user_addr::<V6>(sa, &backend.addr);
+    sa.user_port = u32::from(backend.port);
     ALLOW
+}
+
+/// Writes the reverse entry of a socket `translate` pointed at `backend`
+/// for `frontend`. Out of line: its key and value (72 bytes) would not
+/// fit connect6's frame beside `lb::select_backend`'s.
+#[inline(never)]
+fn record(owner: Owner, cookie: u64, proto: u8, frontend: &FrontendKey, backend: &Backend) {
+    let rk = SockRevKey::of(cookie, proto, backend.addr, backend.port);
+    let rv = SockRevValue { addr: frontend.addr, port: frontend.port, _pad: 0, backend: backend.addr, backend_port: backend.port, _pad1: 0 };
+    let _ = revnat(owner).insert(&rk, &rv, BPF_ANY as u64);
 }
 
 /// recvmsg4/6 and getpeername4/6: reports the frontend a translated

@@ -529,6 +529,7 @@ fn attach_socket_lb(
     };
     let Some(root) = found else {
         tracing::warn!(cgroup_root = ?root, "no cgroup v2 hierarchy found: the node's own processes cannot reach services (pass --cgroup-root)");
+        weir_datapath::cgroup::remove_retired(layout).context("removing the links of retired socket programs")?;
         return Ok(None);
     };
     let mut sock = weir_datapath::cgroup::SockDatapath::load(layout, opts).context("loading the socket object")?;

@@ -69,12 +69,20 @@ impl SockDatapath {
             // The rename drops the old link's last reference: its program detaches.
             std::fs::rename(&fresh, &pin).map_err(|source| DatapathError::Io { op: "renaming", path: fresh.clone(), source })?;
         }
-        // Removing the last reference to a retired program's link detaches it.
-        for name in RETIRED_PROGRAMS {
-            crate::attach::remove_pin(&pin_path(&self.layout, name))?;
-        }
-        Ok(())
+        remove_retired(&self.layout)
     }
+}
+
+/// Removes the links of [`RETIRED_PROGRAMS`] an older agent pinned:
+/// removing a link's last reference detaches its program (and frees the
+/// maps it held). [`SockDatapath::attach`] does it once this build's
+/// programs are attached; an agent that attaches none (no cgroup v2
+/// hierarchy) calls it itself.
+pub fn remove_retired(layout: &PinLayout) -> Result<(), DatapathError> {
+    for name in RETIRED_PROGRAMS {
+        crate::attach::remove_pin(&pin_path(layout, name))?;
+    }
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, DatapathError> {

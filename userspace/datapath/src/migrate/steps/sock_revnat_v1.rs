@@ -5,6 +5,14 @@
 //! backend in the value (`weir_common::lb::SockRevKey::of`), so that
 //! `sock_release` names the entry of a socket whose connect failed. A UDP
 //! entry keeps its key; its value gains the backend its key names.
+//!
+//! v1 could hold two entries for one TCP socket (a connect that failed
+//! before its SYN left its entry, and the socket connected again); both
+//! convert to the same key, and the copy keeps one of them. If it keeps
+//! the stale one, the live connection's getpeername reports its backend
+//! (the value's backend is not its peer), as for a socket never
+//! translated. Entries v1 left behind for released sockets are carried
+//! over too, and left to the LRU as before.
 
 use weir_common::{
     addr::Addr,
