@@ -270,6 +270,18 @@ fn a_failed_connection_leaves_no_reverse_entry_behind() {
     let table = SockRevNat::open_pods(&PinLayout::new(c.node.bpffs())).expect("the pods' socket reverse-translation map");
     let mapped = IpAddr::from(v4.to_ipv6_mapped());
     let vips = [(IpAddr::from(v4), false), (IpAddr::from(v6), true), (mapped, false)];
+    // Without blocking and blocking, a connect to `vip`:`port` fails with
+    // `errno`; the open socket holds its one entry, the released none.
+    let fails_and_forgets = |vip: IpAddr, port: u16, errno: i32| {
+        for mode in [SockMode::Tcp, SockMode::TcpBlocking] {
+            let held = cg.probe_held(c.pod(YA).ns(), mode, vip, port);
+            let got = held.probe.result.as_ref().err().and_then(|e| e.1);
+            assert_eq!(got, Some(errno), "{mode:?} to {vip}:{port}: {:?}", held.probe.result);
+            assert_eq!(table.count(), 1, "{mode:?} to {vip}:{port}: the failed socket, still open, holds its one entry");
+            held.release();
+            assert_eq!(table.count(), 0, "{mode:?} to {vip}:{port}: none once released");
+        }
+    };
     for (vip, v6) in vips {
         // The service's sockets are translated at connect: a blocking
         // connect to its served port holds an entry naming the frontend.
@@ -281,28 +293,14 @@ fn a_failed_connection_leaves_no_reverse_entry_behind() {
         }
         held.release();
         assert_eq!(table.count(), 0, "{vip}:81: the released socket's entry is gone");
-        for mode in [SockMode::Tcp, SockMode::TcpBlocking] {
-            let held = cg.probe_held(c.pod(YA).ns(), mode, vip, 80);
-            let errno = held.probe.result.as_ref().err().and_then(|e| e.1);
-            assert_eq!(errno, Some(libc::ECONNREFUSED), "{mode:?} to {vip}: the backend refuses: {:?}", held.probe.result);
-            assert_eq!(table.count(), 1, "{mode:?} to {vip}: the refused socket, still open, holds its one entry");
-            held.release();
-            assert_eq!(table.count(), 0, "{mode:?} to {vip}: none once released");
-        }
+        fails_and_forgets(vip, 80, libc::ECONNREFUSED);
     }
     // No route out of the pod: the connect fails before its SYN, after
     // connect4 pointed it at x/a.
     c.pod(YA).ns().ip(&["route", "flush", "table", "main"]);
     c.pod(YA).ns().ip(&["-6", "route", "flush", "table", "main"]);
     for (vip, _) in vips {
-        for mode in [SockMode::Tcp, SockMode::TcpBlocking] {
-            let held = cg.probe_held(c.pod(YA).ns(), mode, vip, 81);
-            let errno = held.probe.result.as_ref().err().and_then(|e| e.1);
-            assert_eq!(errno, Some(libc::ENETUNREACH), "{mode:?} to {vip} with no route: {:?}", held.probe.result);
-            assert_eq!(table.count(), 1, "{mode:?} to {vip}: the unrouted socket, still open, holds its one entry");
-            held.release();
-            assert_eq!(table.count(), 0, "{mode:?} to {vip}: none once released");
-        }
+        fails_and_forgets(vip, 81, libc::ENETUNREACH);
     }
 }
 
