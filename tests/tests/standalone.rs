@@ -167,16 +167,30 @@ fn restarts_lose_no_traffic() {
         })
     };
     let pause = || std::thread::sleep(Duration::from_millis(700));
+    // The long connection sends a byte in every phase: each must reach the
+    // backend it started with (the server counts them), and the servers
+    // close a connection idle for 10 s, which slow restarts can exceed.
+    use std::io::{Read as _, Write as _};
+    let mut sent = 0usize;
+    let mut nudge = |long: &mut std::net::TcpStream| {
+        long.write_all(b".").expect("write on the established connection");
+        sent += 1;
+    };
     pause();
+    nudge(&mut long);
     agent.stop_with(libc::SIGTERM);
     pause();
+    nudge(&mut long);
     agent.restart();
     agent.wait_synced();
+    nudge(&mut long);
     pause();
     agent.stop_with(libc::SIGKILL);
     pause();
+    nudge(&mut long);
     agent.restart();
     agent.wait_synced();
+    nudge(&mut long);
     pause();
     stop.store(true, Ordering::Relaxed);
     looper.join().expect("client loop");
@@ -184,13 +198,13 @@ fn restarts_lose_no_traffic() {
     let failed = failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     assert!(ok > 50, "the client kept connecting: {ok} connections");
     assert!(failed.is_empty(), "zero failed connections across SIGTERM, SIGKILL and restarts ({ok} succeeded), failed:\n{}", failed.join("\n"));
-    // The long-lived connection survived too.
-    use std::io::{Read as _, Write as _};
+    // The long-lived connection survived too, every byte at one backend.
     long.write_all(b"still here").expect("write on the established connection");
     long.shutdown(std::net::Shutdown::Write).expect("half-close");
     let mut reply = String::new();
     long.read_to_string(&mut reply).expect("the established connection still answers");
-    assert!(reply.starts_with('b'), "{reply}");
+    let total = sent + "still here".len();
+    assert!(reply.starts_with('b') && reply.trim_end().ends_with(&format!(" {total}")), "one backend got all {total} bytes: {reply}");
     assert!(agent.log_text().contains("adopted pod programs"));
 }
 
