@@ -20,6 +20,7 @@ pub mod names;
 pub mod netns;
 pub mod netpol;
 pub mod north_south;
+pub mod old_layout;
 pub mod node;
 pub mod pod;
 pub mod pod_cgroup;

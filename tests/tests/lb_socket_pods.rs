@@ -362,25 +362,18 @@ fn programs_on(path: &std::path::Path) -> Vec<String> {
 /// it holds.
 fn pin_pod_table_as_v1(c: &NetpolCluster) -> usize {
     use weir_common::lb::{SockRevKey, SockRevValue};
-    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest, steps::sock_revnat_v1};
+    use weir_datapath::migrate::steps::sock_revnat_v1::SockRevValueV1;
     let name = weir_common::maps::SOCK_REVNAT_POD;
-    let pin = c.node.bpffs().join("maps").join(name);
-    let info = aya::maps::MapInfo::from_pin(&pin).expect("the current table");
+    let layout = PinLayout::new(c.node.bpffs());
+    let pin = layout.map(name);
     let current: aya::maps::HashMap<_, SockRevKey, SockRevValue> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&pin).expect("open"))).expect("the table");
     let entries: Vec<(SockRevKey, SockRevValue)> = current.iter().filter_map(Result::ok).collect();
-    let shape = Shape { map_type: 9, key_size: sock_revnat_v1::KEY_SIZE, value_size: sock_revnat_v1::VALUE_SIZE, flags: info.map_flags(), max_entries: info.max_entries() };
-    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
-    let data = aya::maps::MapData::create(obj, name, None).expect("a v1 table");
-    let id = data.info().expect("info").id();
-    let mut old: aya::maps::HashMap<_, SockRevKey, sock_revnat_v1::SockRevValueV1> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v1 table");
-    for (k, v) in &entries {
-        let k1 = SockRevKey { addr: v.backend, port: v.backend_port, ..*k };
-        old.insert(k1, sock_revnat_v1::SockRevValueV1 { addr: v.addr, port: v.port, _pad: 0 }, 0).expect("a v1 entry");
-    }
-    Manifest::open_or_create(&PinLayout::new(c.node.bpffs())).expect("WEIR_ABI").set(id, name, 1, &shape).expect("the v1 record");
-    std::fs::remove_file(&pin).expect("unpin the current table (the programs keep it)");
-    old.pin(&pin).expect("pin the v1 table");
+    weir_tests::old_layout::pin_lru::<SockRevKey, SockRevValueV1>(&layout, name, 1, &pin, &[&pin], |old| {
+        for (k, v) in &entries {
+            let k1 = SockRevKey { addr: v.backend, port: v.backend_port, ..*k };
+            old.insert(k1, SockRevValueV1 { addr: v.addr, port: v.port, _pad: 0 }, 0).expect("a v1 entry");
+        }
+    });
     entries.len()
 }

@@ -40,6 +40,7 @@ use std::{
 };
 
 use weir_tests::{
+    old_layout,
     services::{ready, yaml_service},
     traffic::{ask_name, tcp_connect, tcp_name, tcp_server, udp_ask, udp_connect, udp_server, Reply, Server, DEFAULT_TIMEOUT},
     Agent, Node, Pod,
@@ -403,69 +404,47 @@ fn stall_drop_and_carry_over(t: &Topo, agent: &mut Agent, args: &[&str], ct4: &P
 /// can carry over is what it converts from v1.
 fn pin_as_v1(t: &Topo, name: &str) -> usize {
     use weir_common::ct::{CtEntry, CtKey};
-    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest, steps::ct_v1};
+    use weir_datapath::migrate::steps::ct_v1;
     let pin = t.map_pin(name);
-    let info = aya::maps::MapInfo::from_pin(&pin).expect("the current map");
     let current: aya::maps::HashMap<_, CtKey, CtEntry> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&pin).expect("open"))).expect("conntrack");
     let entries: Vec<(CtKey, CtEntry)> = current.iter().filter_map(Result::ok).collect();
-    let shape = Shape { map_type: 9, key_size: ct_v1::KEY_SIZE, value_size: ct_v1::VALUE_SIZE, flags: info.map_flags(), max_entries: info.max_entries() };
-    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
-    let data = aya::maps::MapData::create(obj, name, None).expect("a v1 map");
-    let id = data.info().expect("info").id();
-    let mut old: aya::maps::HashMap<_, CtKey, ct_v1::CtEntryV1> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("v1 map");
-    for (k, e) in &entries {
-        old.insert(k, ct_v1::to_v1(e), 0).expect("a v1 entry");
-    }
     let layout = weir_datapath::PinLayout::new(t.node.bpffs());
-    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, name, 1, &shape).expect("the v1 record");
-    std::fs::remove_file(&pin).expect("unpin the current map (the programs keep it)");
-    old.pin(&pin).expect("pin the v1 map");
+    old_layout::pin_lru::<CtKey, ct_v1::CtEntryV1>(&layout, name, 1, &pin, &[&pin], |old| {
+        for (k, e) in &entries {
+            old.insert(k, ct_v1::to_v1(e), 0).expect("a v1 entry");
+        }
+    });
     entries.len()
 }
 
 /// Replaces conntrack by the one table for both families that an agent
 /// of layout `version` (1 or 2) kept as `WEIR_CT`, holding the entries of
 /// both of today's maps (v1's values converted back), with its record;
-/// `WEIR_CT4` is unpinned (that agent had none). Returns how many entries
-/// it holds. As in [`pin_as_v1`], the running programs keep today's maps.
+/// today's maps are unpinned (that agent had only this one). Returns how
+/// many entries it holds. As in [`pin_as_v1`], the running programs keep
+/// today's maps.
 fn pin_one_table(t: &Topo, version: u32) -> usize {
     use weir_common::ct::{CtEntry, CtKey};
-    use weir_datapath::migrate::{inspect::Shape, manifest::Manifest, steps::ct_v1};
+    use weir_datapath::migrate::steps::ct_v1;
     let layout = weir_datapath::PinLayout::new(t.node.bpffs());
     let entries = weir_datapath::ct::Conntrack::open(&layout).expect("conntrack").entries();
-    let (pin, pin4) = (t.map_pin("WEIR_CT"), t.map_pin("WEIR_CT4"));
-    let info = aya::maps::MapInfo::from_pin(&pin4).expect("the IPv4 map");
-    let value_size = if version == 1 { ct_v1::VALUE_SIZE } else { core::mem::size_of::<CtEntry>() as u32 };
-    let shape = Shape { map_type: 9, key_size: ct_v1::KEY_SIZE, value_size, flags: info.map_flags(), max_entries: info.max_entries() };
-    let obj = aya_obj::Map::new_from_params(shape.map_type, shape.key_size, shape.value_size, shape.max_entries, shape.flags);
-    let data = aya::maps::MapData::create(obj, "WEIR_CT", None).expect("a one-table map");
-    let id = data.info().expect("info").id();
-    let map = aya::maps::Map::LruHashMap(data);
+    let (pin, pin4, masq) = (t.map_pin("WEIR_CT"), t.map_pin("WEIR_CT4"), t.map_pin("WEIR_CT6_MASQ"));
+    let replaced: [&Path; 3] = [&pin, &pin4, &masq];
     if version == 1 {
-        let mut old: aya::maps::HashMap<_, CtKey, ct_v1::CtEntryV1> = aya::maps::HashMap::try_from(map).expect("v1 map");
-        for (k, e) in &entries {
-            old.insert(k, ct_v1::to_v1(e), 0).expect("a v1 entry");
-        }
-        swap_pin(&pin, &pin4, |p| old.pin(p).expect("pin the v1 map"));
+        old_layout::pin_lru::<CtKey, ct_v1::CtEntryV1>(&layout, "WEIR_CT", 1, &pin4, &replaced, |old| {
+            for (k, e) in &entries {
+                old.insert(k, ct_v1::to_v1(e), 0).expect("a v1 entry");
+            }
+        });
     } else {
-        let mut old: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map).expect("v2 map");
-        for (k, e) in &entries {
-            old.insert(k, e, 0).expect("a v2 entry");
-        }
-        swap_pin(&pin, &pin4, |p| old.pin(p).expect("pin the v2 map"));
+        old_layout::pin_lru::<CtKey, CtEntry>(&layout, "WEIR_CT", version, &pin4, &replaced, |old| {
+            for (k, e) in &entries {
+                old.insert(k, e, 0).expect("a v2 entry");
+            }
+        });
     }
-    Manifest::open_or_create(&layout).expect("WEIR_ABI").set(id, "WEIR_CT", version, &shape).expect("the old record");
     entries.len()
-}
-
-/// Unpins today's conntrack maps (the programs keep them) and pins the
-/// old one in their place.
-fn swap_pin(pin: &Path, pin4: &Path, pin_old: impl FnOnce(&Path)) {
-    std::fs::remove_file(pin).expect("unpin the IPv6 map");
-    std::fs::remove_file(pin4).expect("unpin the IPv4 map");
-    std::fs::remove_file(pin.with_file_name("WEIR_CT6_MASQ")).expect("unpin the masqueraded IPv6 entries' map");
-    pin_old(pin);
 }
 
 /// The IPv4 flows' entries, all in WEIR_CT4 and none in WEIR_CT.
