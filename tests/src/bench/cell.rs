@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use super::{
+    bpf_time::{self, BpfTime},
     concurrent,
     measure::{iperf_slice, keepalive, short_connections, short_connections_to},
     paired::Paired,
@@ -81,6 +82,24 @@ pub fn concurrent_short(t: &BenchTopo, plan: &Plan) -> Paired {
         |_| concurrent::short_connections(ns, vec![SocketAddr::from((t.target_vip(), SHORT_PORT))], CONCURRENCY, plan.slice),
         |_| concurrent::short_connections(ns, t.direct(8080), CONCURRENCY, plan.slice),
     )
+}
+
+/// The 32-in-flight workloads again, with BPF statistics on
+/// ([`bpf_time`]): (workload, unit, BPF time) for short connections and
+/// keep-alive requests.
+pub fn bpf_time(t: &BenchTopo, plan: &Plan) -> Result<Vec<(&'static str, &'static str, BpfTime)>, aya::sys::SyscallError> {
+    let (ns, vip) = (t.client.ns(), t.target_vip());
+    let short = bpf_time::paired(
+        plan.pairs,
+        || concurrent::short_connections(ns, vec![SocketAddr::from((vip, SHORT_PORT))], CONCURRENCY, plan.slice),
+        || concurrent::short_connections(ns, t.direct(8080), CONCURRENCY, plan.slice),
+    )?;
+    let keepalive = bpf_time::paired(
+        plan.pairs,
+        || concurrent::keepalive(ns, vec![SocketAddr::from((vip, KEEPALIVE_PORT))], CONCURRENCY, plan.slice),
+        || concurrent::keepalive(ns, t.direct(9000), CONCURRENCY, plan.slice),
+    )?;
+    Ok(vec![("short connections, 32 in flight", "connection", short), ("keep-alive, 32 in flight", "request", keepalive)])
 }
 
 /// New UDP flows: the ClusterIP slices to the UDP VIPs, the direct ones to

@@ -3,6 +3,7 @@
 //! topology, in the same run, interleaved.
 
 pub mod baseline;
+pub mod bpf_time;
 pub mod cell;
 pub mod cluster_gen;
 pub mod concurrent;

@@ -5,7 +5,7 @@
 //! through the ClusterIP with slices pod to pod. Writes
 //! target/bench/results.{json,md} and one PNG per metric.
 //!
-//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6] [--weir-socket-lb all|node]
+//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6] [--weir-socket-lb all|node] [--bpf-stats]
 //!        weir-bench --replot DIR
 //! (`weir-bench --help` says the same; an unknown argument is refused.)
 //!
@@ -18,6 +18,11 @@
 //! families side by side in the IPv4 report. `--weir-socket-lb` (default
 //! `all`, the agent's default) says whether weir's agent translates the
 //! client pod's sockets at connect; `node` measures weir's tc path.
+//! `--bpf-stats` measures the 32-in-flight workloads once more in every
+//! weir cell, with the kernel's BPF statistics on, and writes each
+//! program's runs and time per connection and per request, through the
+//! ClusterIP and pod to pod, to bpf_time.md (the published figures are
+//! measured before, with statistics off).
 //! `--replot DIR` writes a finished run's results.md and plots again from
 //! its results.json, as the code now draws them.
 
@@ -27,6 +32,7 @@ use std::{
 };
 
 use weir_tests::bench::{
+    bpf_time::{self, BpfTime},
     cell::{self, Plan, CONCURRENCY},
     interrupt, memory,
     paired::Paired,
@@ -134,6 +140,11 @@ struct Args {
     /// `node` measures weir's tc path for the client pod's TCP.
     #[arg(long, value_enum, default_value = "all")]
     weir_socket_lb: SocketLb,
+    /// After each weir cell's measurements, the 32-in-flight workloads
+    /// again with BPF statistics on: each program's time per connection
+    /// and per request, ClusterIP against direct, to bpf_time.md.
+    #[arg(long)]
+    bpf_stats: bool,
     /// Write a finished run's results.md and plots again from DIR's
     /// results.json (and DIR/ipv6's), measuring nothing.
     #[arg(long, value_name = "DIR", exclusive = true)]
@@ -183,6 +194,8 @@ fn measure(args: Args) {
     // Per family (in `families`' order): its samples and the cells not programmed.
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); families.len()];
     let mut not_programmed: Vec<Vec<NotProgrammed>> = vec![Vec::new(); families.len()];
+    // `--bpf-stats`: per (family, services, workload), pooled over the repetitions.
+    let mut bpf: std::collections::BTreeMap<(usize, usize, &str), (&str, BpfTime)> = Default::default();
     for rep in 0..run.reps {
         for &n in &run.scales {
             for (fi, &family) in families.iter().enumerate() {
@@ -227,6 +240,14 @@ fn measure(args: Args) {
                     memory_at_connect = Some(memory::measure(before, memory::tracked(true, t.node.bpffs(), t.node.ns()), held.len()));
                 }
                 let m = cell::measure(&t, &run.cell);
+                if args.bpf_stats && is_weir {
+                    // A panic unwinds through the topology's cleanup.
+                    let workloads = cell::bpf_time(&t, &run.cell).unwrap_or_else(|e| panic!("--bpf-stats: turning BPF statistics on: {e}"));
+                    for (workload, unit, time) in workloads {
+                        eprintln!("    BPF ns per {unit} ({workload}): ClusterIP {:.0}, direct {:.0}", time.vip.total_per_unit(), time.direct.total_per_unit());
+                        bpf.entry((fi, n, workload)).or_insert_with(|| (unit, BpfTime::default())).1.pool(&time);
+                    }
+                }
                 if let Some(cg) = &sock_cgroup {
                     cg.leave().unwrap_or_else(|e| panic!("leaving {}: {e}", cg.path().display()));
                 }
@@ -281,6 +302,16 @@ fn measure(args: Args) {
             not_programmed,
         })
         .collect();
+    for (fi, w) in written.iter().enumerate() {
+        let cells: Vec<(usize, &str, &str, BpfTime)> =
+            bpf.iter().filter(|((f, _, _), _)| *f == fi).map(|((_, n, workload), (unit, t))| (*n, *workload, *unit, t.clone())).collect();
+        if !cells.is_empty() {
+            let md = format!("{}\n\nBPF run time per connection or request of each program (kernel statistics, `--bpf-stats`), pooled over the repetitions.\n\n{}", w.machine, bpf_time::table(&cells));
+            let _ = std::fs::create_dir_all(&w.dir);
+            std::fs::write(w.dir.join("bpf_time.md"), &md).unwrap_or_else(|e| panic!("writing {}: {e}", w.dir.join("bpf_time.md").display()));
+            println!("{md}");
+        }
+    }
     let v4 = families.iter().position(|f| *f == Family::V4);
     let v6 = families.iter().position(|f| *f == Family::V6);
     publish(&written, v4.zip(v6));
