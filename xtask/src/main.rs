@@ -49,6 +49,11 @@ enum Task {
         /// target/bench/ipv6/).
         #[arg(long)]
         ipv6: bool,
+        /// For weir, each BPF program's time per connection and per
+        /// request, through the ClusterIP and pod to pod (weir-bench
+        /// --bpf-stats; writes target/bench/bpf_time.md).
+        #[arg(long)]
+        bpf_stats: bool,
     },
     /// Regenerate the CRD YAML under manifests/crds/ from the Rust types.
     Codegen,
@@ -69,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             build()?;
             test(&root, &args)
         }
-        Task::Bench { quick, ipv6 } => {
+        Task::Bench { quick, ipv6, bpf_stats } => {
             setup::run()?;
             build()?;
             for bin in ["weir-pktcost", "weir-bench", "weir-policy-bench", "weir-xnode-bench"] {
@@ -79,6 +84,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if ipv6 && bin == "weir-bench" {
                     args.extend(["--families", "ipv4,ipv6"]);
+                }
+                if bpf_stats && bin == "weir-bench" {
+                    args.push("--bpf-stats");
                 }
                 sh::run("cargo", &args)?;
             }
