@@ -51,7 +51,8 @@ enum Task {
         ipv6: bool,
         /// For weir, each BPF program's time per connection and per
         /// request, through the ClusterIP and pod to pod (weir-bench
-        /// --bpf-stats; writes target/bench/bpf_time.md).
+        /// --bpf-stats; writes target/bench/bpf_time.md, and ipv6/bpf_time.md
+        /// with --ipv6).
         #[arg(long)]
         bpf_stats: bool,
     },

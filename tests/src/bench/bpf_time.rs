@@ -13,16 +13,25 @@ use aya::sys::{enable_stats, Stats, SyscallError};
 
 use super::{measure::Latency, paired::Paired};
 
-/// Every loaded program's id, name, runs and run time (ns).
-struct Snapshot(BTreeMap<u32, (String, u64, u64)>);
+/// Every loaded program's id, name, runs and run time (ns), and whether
+/// any program could not be read (unloaded between listing and reading).
+struct Snapshot {
+    programs: BTreeMap<u32, (String, u64, u64)>,
+    missed: bool,
+}
 
 fn snapshot() -> Snapshot {
-    let programs = aya::programs::loaded_programs().filter_map(Result::ok);
-    Snapshot(
-        programs
-            .map(|p| (p.id(), (p.name_as_str().unwrap_or("?").to_string(), p.run_count(), p.run_time().as_nanos() as u64)))
-            .collect(),
-    )
+    let mut s = Snapshot { programs: BTreeMap::new(), missed: false };
+    for p in aya::programs::loaded_programs() {
+        match p {
+            Ok(p) => {
+                s.programs.insert(p.id(), (p.name_as_str().unwrap_or("?").to_string(), p.run_count(), p.run_time().as_nanos() as u64));
+            }
+            Err(_) => s.missed = true,
+        }
+    }
+    assert!(!s.programs.is_empty(), "--bpf-stats: no BPF program could be read (are we root?)");
+    s
 }
 
 /// Runs and run time (ns) by program name over a set of slices, and the
@@ -34,12 +43,19 @@ pub struct Side {
 }
 
 impl Side {
-    /// Adds what ran between `before` and `after` (a program loaded in
-    /// between counts from zero) over `units` units.
+    /// Adds what ran between `before` and `after` over `units` units. A
+    /// program absent from `before` counts from zero if it was loaded in
+    /// between (ids only grow); if `before` missed it, it is left out
+    /// rather than charged its whole history.
     fn add(&mut self, before: &Snapshot, after: &Snapshot, units: u64) {
         self.units += units;
-        for (id, (name, runs, ns)) in &after.0 {
-            let (r0, n0) = before.0.get(id).map_or((0, 0), |(_, r, n)| (*r, *n));
+        let newest = before.programs.keys().next_back().copied().unwrap_or(0);
+        for (id, (name, runs, ns)) in &after.programs {
+            let (r0, n0) = match before.programs.get(id) {
+                Some((_, r, n)) => (*r, *n),
+                None if *id > newest || !before.missed => (0, 0),
+                None => continue,
+            };
             if *runs > r0 {
                 let e = self.programs.entry(name.clone()).or_default();
                 e.0 += runs - r0;
@@ -108,7 +124,8 @@ pub fn paired(pairs: usize, mut vip: impl FnMut() -> Latency, mut direct: impl F
 }
 
 /// A Markdown table of `cells` (services, workload name, unit, time): per
-/// program, runs and ns per unit on each side and the difference.
+/// program, runs and ns per unit on each side and the difference (of the
+/// rounded figures shown, so the columns agree).
 pub fn table(cells: &[(usize, &str, &str, BpfTime)]) -> String {
     let mut md = String::from(
         "| services | workload | program | ClusterIP runs/unit | ClusterIP ns/unit | direct runs/unit | direct ns/unit | ClusterIP − direct ns/unit |\n\
@@ -120,17 +137,24 @@ pub fn table(cells: &[(usize, &str, &str, BpfTime)]) -> String {
         names.dedup();
         for name in names {
             let ((vr, vn), (dr, dn)) = (t.vip.per_unit(name), t.direct.per_unit(name));
-            md.push_str(&format!("| {n} | {workload} (per {unit}) | {name} | {vr:.2} | {vn:.0} | {dr:.2} | {dn:.0} | {:+.0} |\n", vn - dn));
+            md.push_str(&format!("| {n} | {workload} (per {unit}) | {name} | {vr:.2} | {vn:.0} | {dr:.2} | {dn:.0} | {} |\n", difference(vn, dn)));
         }
         let (vt, dt) = (t.vip.total_per_unit(), t.direct.total_per_unit());
         md.push_str(&format!(
-            "| {n} | {workload} (per {unit}) | **all** ({} and {} {unit}s) | | {vt:.0} | | {dt:.0} | {:+.0} |\n",
+            "| {n} | {workload} (per {unit}) | **every program that ran** ({} and {} {unit}s) | | {vt:.0} | | {dt:.0} | {} |\n",
             t.vip.units,
             t.direct.units,
-            vt - dt
+            difference(vt, dt)
         ));
     }
     md
+}
+
+/// `a − b` of the two figures as shown (rounded to whole ns), signed;
+/// `0` rather than `-0`.
+fn difference(a: f64, b: f64) -> String {
+    let d = a.round() - b.round();
+    if d == 0.0 { "0".into() } else { format!("{d:+.0}") }
 }
 
 #[cfg(test)]
@@ -138,7 +162,7 @@ mod tests {
     use super::*;
 
     fn snap(v: &[(u32, &str, u64, u64)]) -> Snapshot {
-        Snapshot(v.iter().map(|(id, n, r, t)| (*id, (n.to_string(), *r, *t))).collect())
+        Snapshot { programs: v.iter().map(|(id, n, r, t)| (*id, (n.to_string(), *r, *t))).collect(), missed: false }
     }
 
     #[test]
@@ -155,6 +179,17 @@ mod tests {
     }
 
     #[test]
+    fn a_program_the_first_snapshot_missed_is_left_out_not_charged_its_history() {
+        let mut s = Side::default();
+        let before = Snapshot { missed: true, ..snap(&[(1, "connect4", 10, 1000), (5, "from_pod", 5, 500)]) };
+        let after = snap(&[(1, "connect4", 20, 2000), (3, "missed", 900, 90_000), (5, "from_pod", 6, 600), (7, "new", 1, 10)]);
+        s.add(&before, &after, 10);
+        assert!(!s.programs.contains_key("missed"), "{s:?}");
+        assert_eq!(s.per_unit("new"), (0.1, 1.0), "loaded after the first snapshot");
+        assert_eq!(s.per_unit("connect4"), (1.0, 100.0));
+    }
+
+    #[test]
     fn pooled_repetitions_add_up_and_the_table_shows_the_difference() {
         let mut a = BpfTime::default();
         a.vip.add(&snap(&[]), &snap(&[(1, "connect4", 10, 8000)]), 10);
@@ -165,5 +200,6 @@ mod tests {
         assert_eq!(pooled.vip.per_unit("connect4"), (1.0, 800.0));
         let md = table(&[(10, "short", "connection", pooled)]);
         assert!(md.contains("| 10 | short (per connection) | connect4 | 1.00 | 800 | 1.00 | 200 | +600 |"), "{md}");
+        assert_eq!((difference(1964.4, 1968.6), difference(10.4, 9.6), difference(5.0, 9.0)), ("-5".into(), "0".into(), "-4".into()));
     }
 }

@@ -162,6 +162,11 @@ fn main() {
 
 fn measure(args: Args) {
     let started = Instant::now();
+    // `--bpf-stats` holds statistics on only for its own slices; a host
+    // that has them on all the time charges them to every figure.
+    if std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1") {
+        eprintln!("weir-bench: kernel.bpf_stats_enabled is 1: every BPF program pays for its statistics in this run's figures");
+    }
     let mut run = if args.quick { quick() } else { full() };
     if let Some(scales) = args.scales {
         run.scales = scales;
