@@ -196,6 +196,10 @@ fn monitor_streams_drops_verdicts_and_traces_with_or_without_the_agent() {
     assert_eq!(deny["reason"], "policy_denied");
     let allow = find(&|l| l["kind"] == "verdict" && l["verdict"] == "allow" && l["reason"] == "rule", "allow verdict by a rule");
     assert_eq!(allow["rule"], "x/a-from-y ingress[0]");
+    // No policy selects y/b's egress: allowed as it stands, and still
+    // reported, with the peer's identity, while a monitor watches.
+    let open = find(&|l| l["kind"] == "verdict" && l["verdict"] == "allow" && l["reason"] == "not_isolated" && l["endpoint"] == "y/b", "allow verdict of y/b");
+    assert_eq!((open["direction"].as_str(), open["peer"].as_str(), open["dst"].as_str()), (Some("egress"), Some("x {pod=a}"), Some(xa.as_str())));
     let trace = find(&|l| l["kind"] == "trace", "trace");
     assert_eq!((trace["dst"].as_str(), trace["translated"].as_str()), (Some(VIP.to_string().as_str()), Some(format!("{xa}:80").as_str())));
     let drop = find(&|l| l["kind"] == "drop", "drop");

@@ -350,13 +350,15 @@ fn denials_are_counted_in_metrics() {
     assert!(c.probe(p("y", "a"), p("x", "a"), 80, Proto::Tcp));
     let want_deny = "weir_policy_verdicts_total{direction=\"ingress\",verdict=\"deny\",reason=\"policy_denied\"} 3";
     let want_allow = "weir_policy_verdicts_total{direction=\"ingress\",verdict=\"allow\",reason=\"rule\"} 1";
+    // The senders' egress, which no policy selects: sampled allows too.
+    let want_open = "weir_policy_verdicts_total{direction=\"egress\",verdict=\"allow\",reason=\"not_isolated\"} ";
     let start = Instant::now();
     loop {
         let m = c.node.agent_http("/metrics");
-        if m.contains(want_deny) && m.contains(want_allow) {
+        if m.contains(want_deny) && m.contains(want_allow) && m.contains(want_open) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "missing `{want_deny}` or `{want_allow}` in:\n{m}");
+        assert!(start.elapsed() < Duration::from_secs(5), "missing `{want_deny}`, `{want_allow}` or `{want_open}` in:\n{m}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -149,7 +149,7 @@ pub fn allow_staged(ctx: &TcContext, mode: u32) -> bool {
         }
     }
     if mode & CHECK_EGRESS != 0 {
-        if let Some(ep) = src {
+        if let Some(ep) = src.filter(|ep| must_judge(*ep, DIR_EGRESS)) {
             // SAFETY: as above.
             s.judge_ep = unsafe { *ep };
             let allowed = judge(ctx, DIR_EGRESS as u32);
@@ -162,7 +162,7 @@ pub fn allow_staged(ctx: &TcContext, mode: u32) -> bool {
         }
     }
     if mode & CHECK_INGRESS != 0 {
-        if let Some(ep) = dst {
+        if let Some(ep) = dst.filter(|ep| must_judge(*ep, DIR_INGRESS)) {
             // SAFETY: as above.
             s.judge_ep = unsafe { *ep };
             let host = if mode & FROM_HOST != 0 { (ALLOW_HOST as u32) << 8 } else { 0 };
@@ -176,6 +176,24 @@ pub fn allow_staged(ctx: &TcContext, mode: u32) -> bool {
         }
     }
     true
+}
+
+/// Whether endpoint `ep`'s verdict in `direction` needs [`judge`]. An
+/// endpoint no policy selects in that direction is allowed whatever the
+/// peer, with no rule and so no log or audit flag (`decide` returns before
+/// any `WEIR_POLICY` lookup); only its report would show more: the peer's
+/// identity, an ipcache LPM lookup. So it is judged only when an allow
+/// can be reported (sampled to the agent, or a monitor watching) or the
+/// debug log would record it; otherwise the allow is taken as it stands,
+/// and a new flow between two such pods pays neither lookup.
+#[inline(always)]
+fn must_judge(ep: *const EndpointInfo, direction: u8) -> bool {
+    // SAFETY: a map value pointer, valid for the program run; read only.
+    let isolated = unsafe { (*ep).isolated(direction) };
+    isolated
+        || debug_on()
+        || conntrack::config().is_none_or(|c| c.allow_event_sample != 0)
+        || events::monitoring(conntrack::now_ns())
 }
 
 /// One end's decision, for the tuple and endpoint `allow_new` left in
