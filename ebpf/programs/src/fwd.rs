@@ -2,10 +2,7 @@
 //! egress of the destination's interface, skipping the node's IP stack
 //! (routing, netfilter, rp_filter). The destination veth's tc egress
 //! program still runs, so the pod's ingress policy sees the packet. When
-//! the lookup cannot answer, the packet goes up the stack as usual. A
-//! packet between pods that no NAT touched takes the same way when its
-//! destination is a pod of this node ([`between_pods_v4`]), and goes up
-//! the stack otherwise.
+//! the lookup cannot answer, the packet goes up the stack as usual.
 //!
 //! A destination that is a pod of this node skips the FIB lookup: the
 //! node's host route to it is in `WEIR_POD_ADDRS` (the agent mirrors the
@@ -56,9 +53,6 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// An IPv4 header's length without options.
-const IPV4_NO_OPTIONS: u16 = 20;
-
 /// [`redirect_v4`]'s answer for a packet with Don't Fragment set that is
 /// too big for its egress: this base plus the egress MTU.
 const TOO_BIG_BASE: i32 = i32::MIN + 2000;
@@ -79,11 +73,19 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if !hops_left(pkt.ttl) {
         return TC_ACT_OK as i32;
     }
-    match local_v4(ctx, pkt) {
-        Local::Sent(verdict) => return verdict,
-        Local::TooBig(mtu) if pkt.df && !pkt.is_icmp_error() => return too_big_mtu(mtu),
-        Local::TooBig(_) => return TC_ACT_OK as i32,
-        Local::Elsewhere => {}
+    if let Some(ifindex) = local_pod(&Addr::from_v4_raw(pkt.daddr)) {
+        match fits(ctx, ifindex) {
+            Fits::Yes => {
+                if decrement_ttl(ctx, pkt).is_err() {
+                    return failed();
+                }
+                let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: pkt.daddr } };
+                return to_local_pod(ifindex, &mut nh);
+            }
+            Fits::TooBig(mtu) if pkt.df && !pkt.is_icmp_error() => return too_big_mtu(mtu),
+            Fits::TooBig(_) => return TC_ACT_OK as i32,
+            Fits::NoLink => {}
+        }
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     let p = prepare(ctx, &mut params, AF_INET, pkt.proto, pkt.sport, pkt.dport, pkt.tot_len);
@@ -111,11 +113,19 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
     if !hops_left(pkt.hop_limit) {
         return TC_ACT_OK as i32;
     }
-    match local_v6(ctx, pkt) {
-        Local::Sent(verdict) => return verdict,
-        Local::TooBig(mtu) if !pkt.is_icmp_error() => return too_big_mtu(mtu),
-        Local::TooBig(_) => return TC_ACT_OK as i32,
-        Local::Elsewhere => {}
+    if let Some(ifindex) = local_pod(&pkt.t.daddr) {
+        match fits(ctx, ifindex) {
+            Fits::Yes => {
+                if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
+                    return failed();
+                }
+                let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: pkt.t.daddr.words() } };
+                return to_local_pod(ifindex, &mut nh);
+            }
+            Fits::TooBig(mtu) if !pkt.is_icmp_error() => return too_big_mtu(mtu),
+            Fits::TooBig(_) => return TC_ACT_OK as i32,
+            Fits::NoLink => {}
+        }
     }
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     let p = prepare(ctx, &mut params, AF_INET6, pkt.t.proto, pkt.t.sport, pkt.t.dport, pkt.end.wrapping_sub(IP_OFF as u16));
@@ -132,86 +142,6 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
         return failed();
     }
     deliver(ctx, p, rc)
-}
-
-/// An IPv4 packet from one pod to another, untranslated, that the policy
-/// passed: to a pod of this node, redirected to its link as
-/// [`redirect_v4`] redirects a translated packet, skipping the node's IP
-/// stack (its routing, forwarding and netfilter hooks; the receiving
-/// link's tc egress program still runs). Anything else goes up the stack
-/// as before, which routes it and answers what it must: another node's
-/// pod or the node itself, a packet out of hops (time exceeded) or too big
-/// for the pod's link (fragmentation needed, quoting the packet as its
-/// sender sent it), and a packet with IP options, whose handling (source
-/// routes, router alerts) is the stack's.
-#[inline(never)]
-pub fn between_pods_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
-    if pkt.ihl_bytes != IPV4_NO_OPTIONS || !hops_left(pkt.ttl) {
-        return TC_ACT_OK as i32;
-    }
-    match local_v4(ctx, pkt) {
-        Local::Sent(verdict) => verdict,
-        Local::TooBig(_) | Local::Elsewhere => TC_ACT_OK as i32,
-    }
-}
-
-/// IPv6 as [`between_pods_v4`] takes IPv4 (extension headers, walked by
-/// the parser, go as any other packet does).
-#[inline(never)]
-pub fn between_pods_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
-    if !hops_left(pkt.hop_limit) {
-        return TC_ACT_OK as i32;
-    }
-    match local_v6(ctx, pkt) {
-        Local::Sent(verdict) => verdict,
-        Local::TooBig(_) | Local::Elsewhere => TC_ACT_OK as i32,
-    }
-}
-
-/// What the way to a local pod's link did with a packet.
-enum Local {
-    /// Redirected (or a rewrite failed: up the stack); the verdict.
-    Sent(i32),
-    /// Too big for the link's MTU; nothing done.
-    TooBig(u16),
-    /// Not a local pod's address, or its link is gone; nothing done.
-    Elsewhere,
-}
-
-/// An IPv4 packet with hops left to a local pod's link: the TTL
-/// decremented and the packet redirected, the kernel resolving the pod's
-/// address as the neighbour.
-#[inline(always)]
-fn local_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> Local {
-    let Some(ifindex) = local_pod(&Addr::from_v4_raw(pkt.daddr)) else { return Local::Elsewhere };
-    match fits(ctx, ifindex) {
-        Fits::Yes => {
-            if decrement_ttl(ctx, pkt).is_err() {
-                return Local::Sent(failed());
-            }
-            let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: pkt.daddr } };
-            Local::Sent(to_local_pod(ifindex, &mut nh))
-        }
-        Fits::TooBig(mtu) => Local::TooBig(mtu),
-        Fits::NoLink => Local::Elsewhere,
-    }
-}
-
-/// IPv6 as [`local_v4`], the hop limit for the TTL.
-#[inline(always)]
-fn local_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> Local {
-    let Some(ifindex) = local_pod(&pkt.t.daddr) else { return Local::Elsewhere };
-    match fits(ctx, ifindex) {
-        Fits::Yes => {
-            if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
-                return Local::Sent(failed());
-            }
-            let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: pkt.t.daddr.words() } };
-            Local::Sent(to_local_pod(ifindex, &mut nh))
-        }
-        Fits::TooBig(mtu) => Local::TooBig(mtu),
-        Fits::NoLink => Local::Elsewhere,
-    }
 }
 
 /// Whether a packet with `hops` left (TTL or hop limit) may be forwarded

@@ -35,7 +35,7 @@ use weir_common::drop::DropReason;
 use weir_logic::ipv6::{link_scope, link_scope_source};
 
 use crate::{
-    conntrack, events, fwd,
+    conntrack, events,
     family::{self, Packet},
     frag::{self, Fragment},
     icmp, lb, service,
@@ -200,11 +200,5 @@ fn sent(ctx: &TcContext, p: &mut Ipv6Pkt, later: bool, now: u64) -> i32 {
     } else if let Some(verdict) = service::unsupported_to_vip(ctx, p) {
         return verdict;
     }
-    let verdict = policy::flow_from_pod(ctx, &p.t, later, now);
-    // Passed by the policy, to another pod: straight to its link when it
-    // is this node's.
-    if verdict != TC_ACT_OK as i32 {
-        return verdict;
-    }
-    fwd::between_pods_v6(ctx, p)
+    policy::flow_from_pod(ctx, &p.t, later, now)
 }

@@ -10,8 +10,7 @@
 //! packets to service frontends (DNAT + redirect); reject what a service
 //! cannot take; and judge new flows by network policy (egress of the
 //! sender, ingress of a local receiver; on an isolated pod's link, an
-//! address no endpoint names carries nothing, `policy::unlisted`); send
-//! what passes to a local pod straight to its link (`fwd`). to_pod: count, drop what is not
+//! address no endpoint names carries nothing, `policy::unlisted`). to_pod: count, drop what is not
 //! addressed to the pod, and judge the pod's ingress for flows no local
 //! from_pod judged (and ICMP errors towards it).
 #![no_std]
@@ -20,7 +19,7 @@
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
 use weir_common::{addr::Addr, drop::DropReason, stats::Direction};
 use weir_ebpf::{
-    conntrack, events, frag, fwd,
+    conntrack, events, frag,
     hdr::{self, Ipv4Pkt, FRAG_FIRST, FRAME_ARP, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
     icmp, lb, pod_v6, policy, service, source, stats,
 };
@@ -60,28 +59,21 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     if pkt.is_icmp_error() {
         return icmp::error_from_pod(ctx, pkt, conntrack::now_ns());
     }
-    let verdict = if !pkt.is_tcp_udp() {
+    if !pkt.is_tcp_udp() {
         if let Some(verdict) = service::unsupported_to_vip(ctx, pkt) {
             return verdict;
         }
-        policy::other(ctx, pkt, false)
-    } else {
-        let Some(cfg) = conntrack::config() else {
-            return TC_ACT_SHOT as i32;
-        };
-        let now = conntrack::now_ns();
-        let verdict = service::from_pod(ctx, pkt, cfg, now);
-        if verdict != lb::NOT_HANDLED {
-            return verdict;
-        }
-        policy::from_pod(ctx, pkt, now)
+        return policy::other(ctx, pkt, false);
+    }
+    let Some(cfg) = conntrack::config() else {
+        return TC_ACT_SHOT as i32;
     };
-    // Passed by the policy, to another pod: straight to its link when it
-    // is this node's.
-    if verdict != TC_ACT_OK as i32 {
+    let now = conntrack::now_ns();
+    let verdict = service::from_pod(ctx, pkt, cfg, now);
+    if verdict != lb::NOT_HANDLED {
         return verdict;
     }
-    fwd::between_pods_v4(ctx, pkt)
+    policy::from_pod(ctx, pkt, now)
 }
 
 #[classifier]
