@@ -271,15 +271,8 @@ impl Cluster {
     }
 
     /// Waits until `f` holds (10 s at most).
-    pub fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_secs(10) {
-            if f() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("timed out waiting for: {what}");
+    pub fn wait_for(&self, what: &str, f: impl FnMut() -> bool) {
+        crate::wait::until(what, f)
     }
 }
 

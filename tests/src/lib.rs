@@ -29,6 +29,7 @@ pub mod services;
 pub mod stats;
 pub mod testrun;
 pub mod traffic;
+pub mod wait;
 pub mod xdp_pass;
 
 pub use agent::Agent;

@@ -69,24 +69,13 @@ fn a_pod_sends_only_from_the_addresses_the_node_routes_to_it() {
     // The node routes the extra address to a's link (a pod wired by hand):
     // the agent follows the route over netlink.
     node.ns().ip(&["route", "add", "10.244.0.99/32", "dev", &a.host_if]);
-    wait_for(|| agent.link_addrs(a.host_ifindex).contains(&IpAddr::V4(extra)), "the agent learns the route");
+    weir_tests::wait::until("the agent learns the route", || agent.link_addrs(a.host_ifindex).contains(&IpAddr::V4(extra)));
     assert!(udp_from(a.ns(), extra, c.ip, 5353, b"routed".to_vec(), DEFAULT_TIMEOUT).is_ok(), "a routed address may send");
     node.ns().ip(&["route", "del", "10.244.0.99/32", "dev", &a.host_if]);
-    wait_for(|| !agent.link_addrs(a.host_ifindex).contains(&IpAddr::V4(extra)), "the agent forgets the route");
+    weir_tests::wait::until("the agent forgets the route", || !agent.link_addrs(a.host_ifindex).contains(&IpAddr::V4(extra)));
     let nc = srv_c.served();
     let _ = udp_from(a.ns(), extra, c.ip, 5353, b"unrouted".to_vec(), Duration::from_millis(300));
     assert!(!served_after(&srv_c, nc), "an unrouted address may not");
-}
-
-fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting: {what}");
 }
 
 fn udp6_probe(from: &Pod, to: Ipv6Addr, port: u16) -> bool {
@@ -118,8 +107,8 @@ fn ipv6_does_not_get_around_a_network_policy() {
             let _ = s.send_to(&buf[..n], from);
         }
     });
-    wait_for(|| c.agent.link_addrs(c.pod(ya).host_ifindex).contains(&IpAddr::V6(v6_ya)), "the agent learns y/a's IPv6 route");
-    wait_for(|| c.agent.link_addrs(c.pod(xa).host_ifindex).contains(&IpAddr::V6(v6_xa)), "the agent learns x/a's IPv6 route");
+    weir_tests::wait::until("the agent learns y/a's IPv6 route", || c.agent.link_addrs(c.pod(ya).host_ifindex).contains(&IpAddr::V6(v6_ya)));
+    weir_tests::wait::until("the agent learns x/a's IPv6 route", || c.agent.link_addrs(c.pod(xa).host_ifindex).contains(&IpAddr::V6(v6_xa)));
     // The first datagram may meet a loaded machine: three tries.
     assert!((0..3).any(|_| udp6_probe(c.pod(ya), v6_xa, 7001)), "IPv6 between pods no policy isolates");
     c.apply(DENY_INGRESS_X);
