@@ -209,6 +209,17 @@ fn an_address_no_endpoint_names_carries_nothing_on_an_isolated_pods_link() {
         let to_open = testrun::udp4((EVIL, 53), (OPEN_UNLISTED, 4000), b"a");
         assert_eq!(fx.run(Hook::ToPod, open, &to_open).verdict, TC_ACT_OK, "and into it");
         assert_eq!(fx.drops(DropReason::UnlistedAddress), cases.len() as u64);
+
+        // From another pod of this node, a packet goes straight into the
+        // receiver (`fwd::into_pod`), whose to_pod never sees it: the
+        // sender's link drops it instead, sent directly or through a
+        // service whose backend the address is.
+        fx.lb.upsert(&cluster_ip(VIP2, 53, Protocol::Udp, &[(UNLISTED, 5353)])).expect("upsert");
+        let direct = testrun::udp4((BACKEND, 4000), (UNLISTED, 53), b"q");
+        assert_eq!(fx.run(Hook::FromPod, open, &direct).verdict, TC_ACT_SHOT, "a datagram to it from a pod of this node");
+        let via_service = testrun::udp4((BACKEND, 4001), (VIP2, 53), b"q");
+        assert_eq!(fx.run(Hook::FromPod, open, &via_service).verdict, TC_ACT_SHOT, "a service flow to it from a pod of this node");
+        assert_eq!(fx.drops(DropReason::UnlistedAddress), cases.len() as u64 + 2);
     });
 }
 
@@ -283,8 +294,13 @@ fn ipv6_to_or_from_an_isolated_pod_is_dropped_and_other_ethertypes_from_pods_too
         assert_eq!(fx.run(Hook::ToPod, fx.ns_lo, &to_iso).verdict, TC_ACT_SHOT, "to an isolated pod");
         assert_eq!(fx.drops(DropReason::UnlistedAddress), 2, "its podIPs list no IPv6 address");
 
-        assert_eq!(fx.run(Hook::FromPod, open, &to_iso).verdict, TC_ACT_OK, "an open pod sends from its own IPv6 address");
+        let to_remote = testrun::udp6((v6_open, 4000), ("fd00::50".parse().expect("v6"), 53), b"q");
+        assert_eq!(fx.run(Hook::FromPod, open, &to_remote).verdict, TC_ACT_OK, "an open pod sends from its own IPv6 address");
         assert_eq!(fx.run(Hook::ToPod, open, &from_iso).verdict, TC_ACT_OK, "and receives");
+        // Straight into a pod of this node (`fwd::into_pod`): the sender's
+        // link drops what the receiver's to_pod would.
+        assert_eq!(fx.run(Hook::FromPod, open, &to_iso).verdict, TC_ACT_SHOT, "to the isolated pod's unlisted address, from a pod of this node");
+        assert_eq!(fx.drops(DropReason::UnlistedAddress), 3);
         let ll = testrun::icmp6_echo("fe80::1".parse().expect("v6"), "ff02::1".parse().expect("v6"), 1, 1);
         assert_eq!(fx.run(Hook::FromPod, open, &ll).verdict, TC_ACT_OK, "link-local scope");
         let spoofed = testrun::udp6(("fd00::99".parse().expect("v6"), 4000), (v6_iso, 53), b"q");

@@ -31,7 +31,9 @@ fn counted(dp: &PodDatapath, dir: Direction) -> (u64, u64) {
 #[test]
 fn from_pod_passes_a_udp_packet_unchanged_and_counts_it() {
     let (_dir, dp) = load();
-    let pkt = testrun::udp4((Ipv4Addr::new(10, 244, 0, 2), 40000), (Ipv4Addr::new(10, 244, 0, 3), 53), b"hello");
+    // To another node's pod: a pod of this node would be delivered into
+    // (`fwd::into_pod`; `local_delivery` tests that).
+    let pkt = testrun::udp4((Ipv4Addr::new(10, 244, 0, 2), 40000), (Ipv4Addr::new(10, 244, 1, 3), 53), b"hello");
     let run = testrun::run(dp.program(Hook::FromPod).expect("program"), &pkt).expect("test_run");
     assert_eq!(run.verdict, testrun::TC_ACT_OK);
     assert_eq!(run.packet, pkt, "packet must be unchanged");

@@ -19,6 +19,17 @@ pub struct LinkInfo {
     pub _pad: u32,
 }
 
+/// Value of `WEIR_LINK_MACS`, keyed by a pod link's host-side ifindex
+/// (u32): the Ethernet header of frames the node sends the pod over it,
+/// destination (the pod's `eth0`) then source (the host side), as it
+/// appears on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkMacs {
+    pub pod: [u8; 6],
+    pub node: [u8; 6],
+}
+
 impl LinkInfo {
     /// Whether `a` is one of the link's addresses.
     #[inline(always)]

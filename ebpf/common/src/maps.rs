@@ -143,6 +143,16 @@ pub const LB_IDS: &str = "WEIR_LB_IDS";
 pub const LINKS: &str = "WEIR_LINKS";
 pub const LINKS_MAX_ENTRIES: u32 = 16_384;
 
+/// Pod links: host-side veth ifindex → the Ethernet header of frames to
+/// the pod (`link::LinkMacs`; LRU hash, sized as [`LINKS`]). Written by
+/// the kernel only: a pod link's to_pod learns it from a frame the node's
+/// stack addressed (one sent there by `fwd::into_pod` for the purpose),
+/// and `into_pod` writes it into the frames it delivers straight into the
+/// pod. An entry of a link that is gone is never met again (the kernel
+/// does not hand out a link's index again until its counter wraps) and
+/// ages out.
+pub const LINK_MACS: &str = "WEIR_LINK_MACS";
+
 /// Local pod addresses: address → the pod link (ifindex) routed to it
 /// (hash; the same facts as [`LINKS`], keyed the other way).
 pub const POD_ADDRS: &str = "WEIR_POD_ADDRS";

@@ -339,6 +339,9 @@ pub const FWD_TTL: u32 = 4;
 pub const FWD_FAILED: u32 = 5;
 /// Redirected to `value`, the link of a pod of this node (no FIB lookup).
 pub const FWD_LOCAL: u32 = 6;
+/// Delivered into the pod behind link `value` (its peer), from another
+/// pod's link.
+pub const FWD_PEER: u32 = 7;
 
 /// Notes `redirect_v4`'s decision for [`weir_log_fwd`].
 #[inline(always)]
@@ -362,6 +365,7 @@ pub extern "C" fn weir_log_fwd(dst: u64) -> u32 {
             FWD_REDIRECT => debug!(&(), "fwd: {:i}: redirect to ifindex {}", dst, value),
             FWD_REDIRECT_NEIGH => debug!(&(), "fwd: {:i}: redirect to ifindex {} (neighbour resolved by the kernel)", dst, value),
             FWD_LOCAL => debug!(&(), "fwd: {:i}: redirect to ifindex {}, a pod of this node", dst, value),
+            FWD_PEER => debug!(&(), "fwd: {:i}: into the pod behind ifindex {}", dst, value),
             FWD_STACK => debug!(&(), "fwd: {:i}: no FIB answer (rc {}), up the stack", dst, value),
             FWD_TOO_BIG => debug!(&(), "fwd: {:i}: too big for the egress MTU {}", dst, value),
             FWD_TTL => debug!(&(), "fwd: {:i}: hop limit runs out, up the stack", dst),
@@ -374,6 +378,7 @@ pub extern "C" fn weir_log_fwd(dst: u64) -> u32 {
         FWD_REDIRECT => debug!(&(), "fwd: {:i}: redirect to ifindex {}", dst, value),
         FWD_REDIRECT_NEIGH => debug!(&(), "fwd: {:i}: redirect to ifindex {} (neighbour resolved by the kernel)", dst, value),
         FWD_LOCAL => debug!(&(), "fwd: {:i}: redirect to ifindex {}, a pod of this node", dst, value),
+        FWD_PEER => debug!(&(), "fwd: {:i}: into the pod behind ifindex {}", dst, value),
         FWD_STACK => debug!(&(), "fwd: {:i}: no FIB answer (rc {}), up the stack", dst, value),
         FWD_TOO_BIG => debug!(&(), "fwd: {:i}: too big with DF for the egress MTU {}", dst, value),
         FWD_TTL => debug!(&(), "fwd: {:i}: TTL runs out, up the stack", dst),

@@ -75,8 +75,9 @@ pub trait Packet {
     fn dnat(&mut self, ctx: &TcContext, a: &Addr, port: u16) -> Result<(), ()>;
     /// Source NAT: saddr:sport → `a`:`port` (as for [`Packet::dnat`]).
     fn snat(&mut self, ctx: &TcContext, a: &Addr, port: u16) -> Result<(), ()>;
-    /// Forwards the translated packet (`fwd`).
-    fn redirect(&self, ctx: &TcContext) -> i32;
+    /// Forwards the translated packet (`fwd`); `from_pod`: the caller
+    /// runs at a pod link's from_pod (`fwd::into_pod` may apply).
+    fn redirect(&self, ctx: &TcContext, from_pod: bool) -> i32;
     /// Counts and reports the packet dropped for `reason`.
     fn dropped(&self, ctx: &TcContext, reason: DropReason) -> i32;
     /// Reports the packet refused for `reason` and answers its sender
@@ -146,8 +147,8 @@ impl Packet for Ipv4Pkt {
         nat::snat(ctx, self, a.v4_raw(), port)
     }
     #[inline(always)]
-    fn redirect(&self, ctx: &TcContext) -> i32 {
-        fwd::redirect_v4(ctx, self)
+    fn redirect(&self, ctx: &TcContext, from_pod: bool) -> i32 {
+        fwd::redirect_v4(ctx, self, from_pod)
     }
     #[inline(always)]
     fn dropped(&self, ctx: &TcContext, reason: DropReason) -> i32 {
@@ -226,8 +227,8 @@ impl Packet for Ipv6Pkt {
         nat::snat6(ctx, self, a, port)
     }
     #[inline(always)]
-    fn redirect(&self, ctx: &TcContext) -> i32 {
-        fwd::redirect_v6(ctx, self)
+    fn redirect(&self, ctx: &TcContext, from_pod: bool) -> i32 {
+        fwd::redirect_v6(ctx, self, from_pod)
     }
     #[inline(always)]
     fn dropped(&self, ctx: &TcContext, reason: DropReason) -> i32 {

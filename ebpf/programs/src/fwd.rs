@@ -39,19 +39,27 @@ use aya_ebpf::{
         bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
     },
-    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use weir_common::addr::Addr;
+use weir_common::{addr::Addr, drop::DropReason, lb::MARK_LEARN_MACS, link::LinkMacs, stats::Direction};
 
 use crate::{
     debug::{self, debug_on},
-    hdr::{Ipv4Pkt, Ipv6Pkt, IP6_HOP_LIMIT_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF},
-    maps::POD_ADDRS,
+    events,
+    hdr::{Ipv4Pkt, Ipv6Pkt, FRAG_NONE, IP6_HOP_LIMIT_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF},
+    maps::{LINK_MACS, POD_ADDRS},
+    policy, stats,
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+
+/// An IPv4 header's length without options.
+const IPV4_NO_OPTIONS: u16 = 20;
+/// Where an IPv6 packet's upper-layer header starts when it has no
+/// extension headers.
+const IPV6_PLAIN_L4_OFF: u16 = IP_OFF as u16 + 40;
 
 /// [`redirect_v4`]'s answer for a packet with Don't Fragment set that is
 /// too big for its egress: this base plus the egress MTU.
@@ -69,7 +77,7 @@ pub fn too_big(verdict: i32) -> Option<u16> {
 }
 
 #[inline(never)]
-pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
+pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt, from_pod: bool) -> i32 {
     if !hops_left(pkt.ttl) {
         return TC_ACT_OK as i32;
     }
@@ -78,6 +86,13 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
             Fits::Yes => {
                 if decrement_ttl(ctx, pkt).is_err() {
                     return failed();
+                }
+                if from_pod && pkt.frag == FRAG_NONE {
+                    match into_pod(ctx, ifindex, &Addr::from_v4_raw(pkt.daddr)) {
+                        UNLISTED => return events::dropped(ctx, pkt, DropReason::UnlistedAddress),
+                        UNKNOWN_MACS => {}
+                        verdict => return verdict,
+                    }
                 }
                 let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: pkt.daddr } };
                 return to_local_pod(ifindex, &mut nh);
@@ -109,7 +124,7 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
 /// than an ICMPv6 error) is handed back ([`too_big`]) to be answered with
 /// packet too big, as an IPv4 one with Don't Fragment set.
 #[inline(never)]
-pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
+pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt, from_pod: bool) -> i32 {
     if !hops_left(pkt.hop_limit) {
         return TC_ACT_OK as i32;
     }
@@ -118,6 +133,13 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
             Fits::Yes => {
                 if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
                     return failed();
+                }
+                if from_pod && pkt.frag == FRAG_NONE {
+                    match into_pod(ctx, ifindex, &pkt.t.daddr) {
+                        UNLISTED => return events::dropped_flow(ctx, &pkt.t, DropReason::UnlistedAddress),
+                        UNKNOWN_MACS => {}
+                        verdict => return verdict,
+                    }
                 }
                 let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: pkt.t.daddr.words() } };
                 return to_local_pod(ifindex, &mut nh);
@@ -252,6 +274,143 @@ fn to_local_pod(ifindex: u32, nh: &mut bpf_redir_neigh) -> i32 {
     }
     // SAFETY: plain helper call; `nh` is a valid neighbour parameter block.
     unsafe { bpf_redirect_neigh(ifindex, nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
+}
+
+/// An untranslated TCP or UDP packet from a pod that its from_pod's policy
+/// passed, to another pod of this node: delivered straight into it
+/// ([`into_pod`]), skipping the node's routing, forwarding and netfilter
+/// hooks as a translated packet does. Anything else goes up the stack as
+/// before, which routes it and answers what it must: another node's pod
+/// or the node itself; a fragment (to_pod tracks a first fragment's ports
+/// for the later ones); a packet out of hops (time exceeded) or too big
+/// for the receiver's link (fragmentation needed); a packet with IP
+/// options, whose handling (source routes, router alerts) is the stack's.
+#[inline(never)]
+pub fn between_pods_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
+    if pkt.ihl_bytes != IPV4_NO_OPTIONS || pkt.frag != FRAG_NONE || !hops_left(pkt.ttl) {
+        return TC_ACT_OK as i32;
+    }
+    let daddr = Addr::from_v4_raw(pkt.daddr);
+    let Some(ifindex) = local_pod(&daddr) else { return TC_ACT_OK as i32 };
+    if !matches!(fits(ctx, ifindex), Fits::Yes) {
+        return TC_ACT_OK as i32;
+    }
+    if decrement_ttl(ctx, pkt).is_err() {
+        return failed();
+    }
+    match into_pod(ctx, ifindex, &daddr) {
+        UNLISTED => events::dropped(ctx, pkt, DropReason::UnlistedAddress),
+        UNKNOWN_MACS => {
+            let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: pkt.daddr } };
+            to_local_pod(ifindex, &mut nh)
+        }
+        verdict => verdict,
+    }
+}
+
+/// IPv6 as [`between_pods_v4`] takes IPv4: a packet with extension
+/// headers goes up the stack, as an IPv4 one with options does.
+#[inline(never)]
+pub fn between_pods_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
+    if pkt.l4_off != IPV6_PLAIN_L4_OFF || pkt.frag != FRAG_NONE || !hops_left(pkt.hop_limit) {
+        return TC_ACT_OK as i32;
+    }
+    let Some(ifindex) = local_pod(&pkt.t.daddr) else { return TC_ACT_OK as i32 };
+    if !matches!(fits(ctx, ifindex), Fits::Yes) {
+        return TC_ACT_OK as i32;
+    }
+    if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
+        return failed();
+    }
+    match into_pod(ctx, ifindex, &pkt.t.daddr) {
+        UNLISTED => events::dropped_flow(ctx, &pkt.t, DropReason::UnlistedAddress),
+        UNKNOWN_MACS => {
+            let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: pkt.t.daddr.words() } };
+            to_local_pod(ifindex, &mut nh)
+        }
+        verdict => verdict,
+    }
+}
+
+/// [`into_pod`]'s answer for a receiver's address that no endpoint names
+/// on a link under a policy (`policy::unlisted_at`): the caller drops the
+/// packet, as to_pod would.
+const UNLISTED: i32 = i32::MIN + 1000;
+/// [`into_pod`]'s answer while the link's frame header is unknown: the
+/// caller redirects the packet to the link (`to_local_pod`), marked.
+const UNKNOWN_MACS: i32 = i32::MIN + 1001;
+
+/// A whole TCP or UDP packet (no fragment, no ICMP error) from a pod's
+/// link (its tc ingress) to another pod of this node, translated or
+/// passed by the policy: delivered straight into the receiving pod
+/// (`bpf_redirect_peer` to the link's peer), skipping the link's xmit, the
+/// backlog queue and a softirq pass, and the receiver's to_pod with them.
+/// This does what to_pod and the link do for such a packet:
+/// - counts it to the receiver's link (`ToPod`);
+/// - drops it when its destination is an address no endpoint names on a
+///   link under a policy (the caller reports it);
+/// - writes the frame header the node's stack gives frames to this pod
+///   (`WEIR_LINK_MACS`: the pod's address as the destination, the host
+///   side's as the source);
+/// - clears the packet's mark (the veth crossing would: nothing of the
+///   node's may reach the pod).
+///
+/// The address is the link's (`WEIR_POD_ADDRS`, which to_pod checks too).
+/// The policy needs nothing more: the sender's from_pod judged a new flow
+/// for both ends and refreshed a tracked one (to_pod would find it
+/// tracked, or the service flow's). ICMP errors and fragments take the
+/// link's egress: to_pod judges errors, and tracks a first fragment's
+/// ports for the later ones.
+///
+/// While the link's frame header is not known ([`UNKNOWN_MACS`]), the
+/// caller sends the packet to the link's egress through the node's
+/// neighbour output (as `redirect_v4` sends other translated packets),
+/// marked for the link's to_pod to learn the header from
+/// ([`learn_link_macs`]).
+#[inline(never)]
+fn into_pod(ctx: &TcContext, ifindex: u32, daddr: &Addr) -> i32 {
+    if policy::unlisted_at(ifindex, daddr) {
+        return UNLISTED;
+    }
+    let Some(macs) = LINK_MACS.get_ptr(&ifindex) else {
+        // SAFETY: the context pointer is valid for the program's lifetime;
+        // tc programs may write the mark.
+        unsafe { (*ctx.skb.skb).mark |= MARK_LEARN_MACS };
+        return UNKNOWN_MACS;
+    };
+    // SAFETY: a map value pointer, valid for the program run; the helper
+    // reads it in place (no copy on this frame, the deepest of from_pod's).
+    if ctx.store(0, unsafe { &*macs }, 0).is_err() {
+        return failed();
+    }
+    stats::count(ifindex, Direction::ToPod, ctx.len());
+    // SAFETY: as above.
+    unsafe { (*ctx.skb.skb).mark = 0 };
+    if debug_on() {
+        debug::note_fwd(debug::FWD_PEER, ifindex);
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+}
+
+/// At a pod link's to_pod (`ifindex`): a frame [`into_pod`] marked for
+/// the purpose carries the header the node's stack gives frames to this
+/// pod; it is kept for the packets `into_pod` delivers straight into the
+/// pod, and the mark bit cleared. Any other frame costs a read of the
+/// mark.
+#[inline(always)]
+pub fn learn_link_macs(ctx: &TcContext, ifindex: u32) {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & MARK_LEARN_MACS == 0 {
+        return;
+    }
+    // SAFETY: as above; tc programs may write the mark.
+    unsafe { (*ctx.skb.skb).mark = mark & !MARK_LEARN_MACS };
+    if let Ok(macs) = ctx.load::<LinkMacs>(0) {
+        // A full LRU map evicts; an error leaves the next packet to learn.
+        let _ = LINK_MACS.insert(&ifindex, &macs, 0);
+    }
 }
 
 /// A rewrite failed: the packet goes up the stack.

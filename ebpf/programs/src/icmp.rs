@@ -205,7 +205,8 @@ fn related_or_drop<P: Quoting>(ctx: &TcContext, pkt: &P, now: u64) -> i32 {
 #[inline(always)]
 fn translated<P: Quoting>(ctx: &TcContext, pkt: &P) -> i32 {
     crate::nat::mark_translated(ctx);
-    pkt.redirect(ctx)
+    // Through the receiver's to_pod, which judges errors towards a pod.
+    pkt.redirect(ctx, false)
 }
 
 /// Whether the entry behind `scratch().pkey` is alive; copies it to

@@ -119,13 +119,13 @@ fn translate<P: Quoting>(ctx: &TcContext, pkt: &mut P) -> i32 {
         pkt.trace(ctx);
         let mut verdict = lb::commit(pkt, cfg);
         if verdict == lb::TRANSLATE {
-            verdict = lb::translate(ctx, pkt, cfg);
+            verdict = lb::translate(ctx, pkt, cfg, Origin::Outside);
         }
         stats::north_south(if lb::dropped(verdict).is_some() { NS_DROPPED } else { NS_NEW });
         return lb::settle(ctx, pkt, verdict, reject::BACK_OUT);
     }
     if verdict == lb::TRANSLATE {
-        verdict = lb::translate(ctx, pkt, cfg);
+        verdict = lb::translate(ctx, pkt, cfg, Origin::Outside);
     }
     if let Some(reason) = lb::rejected(verdict) {
         stats::north_south(NS_REJECTED);

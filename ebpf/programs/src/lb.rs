@@ -129,7 +129,8 @@ fn fwd_key_of(rev: &CtEntry, proto: u8) -> CtKey {
 
 /// A reply from a backend: restore the service address as the source
 /// (and the client's own port and, for hairpin flows, address as the
-/// destination), then forward it (`REVERSE_REDIRECT`) or let it go on
+/// destination), then forward it (`REVERSE_REDIRECT`, or
+/// `REVERSE_FROM_POD` at a pod link's from_pod) or let it go on
 /// where it is (`REVERSE_IN_PLACE`: at to_pod, for replies of backends
 /// in the node's own network namespace). The caller has validated the
 /// source: only the backend's own link (or the node itself) can send from
@@ -184,7 +185,7 @@ pub fn reverse<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, no
         }
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     }
-    forward_or_restore(ctx, pkt, debug::NAT_REPLY)
+    forward_or_restore(ctx, pkt, debug::NAT_REPLY, how == REVERSE_FROM_POD)
 }
 
 /// Keeps the packet's addresses and ports before translation in scratch
@@ -225,8 +226,8 @@ fn log_nat<P: Packet>(nat: u32, pkt: &P) {
 /// debug logs on, logs the rewrite (`nat`: `debug::NAT_*`) and where the
 /// packet went, behind one guard (this runs for every translated packet).
 #[inline(always)]
-fn forward_or_restore<P: Packet>(ctx: &TcContext, pkt: &mut P, nat: u32) -> i32 {
-    let verdict = pkt.redirect(ctx);
+fn forward_or_restore<P: Packet>(ctx: &TcContext, pkt: &mut P, nat: u32, from_pod: bool) -> i32 {
+    let verdict = pkt.redirect(ctx, from_pod);
     if debug_on() {
         log_nat(nat, pkt);
         debug::weir_log_fwd(ep_of::<P>(0, pkt.daddr(), 0));
@@ -242,8 +243,11 @@ fn forward_or_restore<P: Packet>(ctx: &TcContext, pkt: &mut P, nat: u32) -> i32 
     verdict
 }
 
-/// [`reverse`]: forward the translated reply (from a pod or the network).
+/// [`reverse`]: forward the translated reply (from the network).
 pub const REVERSE_REDIRECT: u32 = 0;
+/// [`reverse`]: forward the translated reply from a pod's link (to a pod
+/// of this node, straight into it: `fwd::into_pod`).
+pub const REVERSE_FROM_POD: u32 = 2;
 /// [`reverse`]: translate in place (a reply already on its way to the pod).
 pub const REVERSE_IN_PLACE: u32 = 1;
 
@@ -600,7 +604,7 @@ pub(crate) fn backend_matches(id: u32, addr: &Addr, port: u16) -> bool {
 /// beside them, not under them, keeps the call chain within the BPF
 /// stack).
 #[inline(never)]
-pub fn translate<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig) -> i32 {
+pub fn translate<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, origin: Origin) -> i32 {
     let Some(s) = scratch() else { return reject_malformed() };
     keep_untranslated(pkt);
     if pkt.dnat(ctx, &s.fwd.nat_addr, s.fwd.nat_port).is_err() {
@@ -618,7 +622,7 @@ pub fn translate<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig) 
         return reject_malformed();
     }
     mark_translated(ctx);
-    forward_or_restore(ctx, pkt, debug::NAT_SERVICE)
+    forward_or_restore(ctx, pkt, debug::NAT_SERVICE, origin == Origin::Pod)
 }
 
 #[inline(always)]

@@ -12,7 +12,7 @@ use weir_common::{
     ct_v1::CtEntryV1,
     event::DatapathEvent,
     frag::{FragKey, FragValue},
-    link::LinkInfo,
+    link::{LinkInfo, LinkMacs},
     masq::MasqDevice,
     tunnel::TunnelEndpoint,
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, LbIds, Service, SockRevKey, SockRevValue, SourceRangeKey},
@@ -80,6 +80,9 @@ pub static CT_OWNERS: HashMap<u32, u64> = HashMap::pinned(CT_OWNERS_MAX_ENTRIES,
 
 #[map(name = "WEIR_LINKS")]
 pub static LINKS: HashMap<u32, LinkInfo> = HashMap::pinned(LINKS_MAX_ENTRIES, 0);
+
+#[map(name = "WEIR_LINK_MACS")]
+pub static LINK_MACS: LruHashMap<u32, LinkMacs> = LruHashMap::pinned(LINKS_MAX_ENTRIES, 0);
 
 #[map(name = "WEIR_POD_ADDRS")]
 pub static POD_ADDRS: HashMap<Addr, u32> = HashMap::pinned(POD_ADDRS_MAX_ENTRIES, 0);

@@ -37,6 +37,7 @@ use weir_logic::ipv6::{link_scope, link_scope_source};
 use crate::{
     conntrack, events,
     family::{self, Packet},
+    fwd,
     frag::{self, Fragment},
     icmp, lb, service,
     hdr::{Ipv6Pkt, Tuple, FRAG_NONE, PROTO_ICMPV6},
@@ -200,5 +201,11 @@ fn sent(ctx: &TcContext, p: &mut Ipv6Pkt, later: bool, now: u64) -> i32 {
     } else if let Some(verdict) = service::unsupported_to_vip(ctx, p) {
         return verdict;
     }
-    policy::flow_from_pod(ctx, &p.t, later, now)
+    let verdict = policy::flow_from_pod(ctx, &p.t, later, now);
+    // Passed by the policy, to another pod: straight into it when it is
+    // this node's.
+    if verdict != TC_ACT_OK as i32 || !p.is_tcp_udp() {
+        return verdict;
+    }
+    fwd::between_pods_v6(ctx, p)
 }

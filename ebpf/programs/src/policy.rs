@@ -95,6 +95,14 @@ fn unlisted(ctx: &TcContext, own: Option<*const EndpointInfo>) -> bool {
     own.is_none() && source::link_isolated(ifindex(ctx))
 }
 
+/// [`unlisted`] for address `a` of the pod on link `ifindex`, looked up
+/// here (at the sender's link, for a packet delivered straight into the
+/// receiver: `fwd::into_pod`).
+#[inline(always)]
+pub fn unlisted_at(ifindex: u32, a: &Addr) -> bool {
+    ENDPOINTS.get_ptr(a).is_none() && source::link_isolated(ifindex)
+}
+
 /// [`unlisted`] for the pod's own address `a`, not looked up yet (ICMP
 /// errors at the pod's hooks).
 #[inline(always)]

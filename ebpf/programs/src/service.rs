@@ -18,7 +18,7 @@ use crate::{family::Packet, lb, policy, reject::BACK_TO_POD};
 #[inline(always)]
 pub fn from_pod<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, now: u64) -> i32 {
     if lb::frontend(pkt, Origin::Pod) != lb::FRONT_CLUSTER_IP {
-        let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_REDIRECT);
+        let verdict = lb::reverse(ctx, pkt, cfg, now, lb::REVERSE_FROM_POD);
         if verdict != lb::NOT_HANDLED {
             return lb::settle(ctx, pkt, verdict, BACK_TO_POD);
         }
@@ -35,7 +35,7 @@ pub fn from_pod<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, n
         verdict = lb::commit(pkt, cfg);
     }
     if verdict == lb::TRANSLATE {
-        verdict = lb::translate(ctx, pkt, cfg);
+        verdict = lb::translate(ctx, pkt, cfg, Origin::Pod);
     }
     if let Some(reason) = lb::rejected(verdict) {
         return pkt.refuse(ctx, reason, BACK_TO_POD);

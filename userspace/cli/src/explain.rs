@@ -115,8 +115,10 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
     if let Some((a, port)) = x.nat {
         println!("nat      destination -> {}", addr_port(a, port));
     }
-    if let Some(l) = x.egress_link {
-        println!("egress   the link of a pod of this node (ifindex {l}), no FIB lookup");
+    match x.egress_link {
+        Some(l) if x.into_pod => println!("egress   straight into the pod behind link {l}, a pod of this node (its to_pod does not run), no FIB lookup"),
+        Some(l) => println!("egress   the link of a pod of this node (ifindex {l}), no FIB lookup"),
+        None => {}
     }
     if let Some(m) = x.masquerade {
         let (lo, hi) = maps.masq_ports();

@@ -10,16 +10,19 @@
 //! packets to service frontends (DNAT + redirect); reject what a service
 //! cannot take; and judge new flows by network policy (egress of the
 //! sender, ingress of a local receiver; on an isolated pod's link, an
-//! address no endpoint names carries nothing, `policy::unlisted`). to_pod: count, drop what is not
+//! address no endpoint names carries nothing, `policy::unlisted`); deliver
+//! what passes to a local pod straight into it (`fwd::into_pod`, which
+//! does to_pod's part). to_pod: count, drop what is not
 //! addressed to the pod, and judge the pod's ingress for flows no local
-//! from_pod judged (and ICMP errors towards it).
+//! from_pod judged (and ICMP errors towards it); learn the link's frame
+//! header when from_pod asks (`fwd::learn_link_macs`).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{bindings::{TC_ACT_OK, TC_ACT_SHOT}, macros::classifier, programs::TcContext};
 use weir_common::{addr::Addr, drop::DropReason, stats::Direction};
 use weir_ebpf::{
-    conntrack, events, frag,
+    conntrack, events, frag, fwd,
     hdr::{self, Ipv4Pkt, FRAG_FIRST, FRAME_ARP, FRAME_MALFORMED, FRAME_V4, FRAME_V6},
     icmp, lb, pod_v6, policy, service, source, stats,
 };
@@ -73,13 +76,20 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     if verdict != lb::NOT_HANDLED {
         return verdict;
     }
-    policy::from_pod(ctx, pkt, now)
+    // Passed by the policy, to another pod: straight into it when it is
+    // this node's.
+    let verdict = policy::from_pod(ctx, pkt, now);
+    if verdict != TC_ACT_OK as i32 {
+        return verdict;
+    }
+    fwd::between_pods_v4(ctx, pkt)
 }
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex(&ctx);
     stats::count(ifindex, Direction::ToPod, ctx.len());
+    fwd::learn_link_macs(&ctx, ifindex);
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = Ipv4Pkt::zero_in(&mut slot);
     match hdr::parse(&ctx, pkt) {

@@ -24,7 +24,7 @@ use weir_common::{
     addr::Addr,
     config::DatapathConfig,
     ct::{CtEntry, CtKey, CT_SVC_FWD, CT_SVC_REV},
-    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP},
+    lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP, PROTO_UDP},
     link::LinkInfo,
     maps::{AFFINITY, BACKENDS, CONFIG, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POD_ADDRS, POLICY, SOURCE_RANGES},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue},
@@ -152,11 +152,20 @@ pub struct Explanation {
     /// source, for a packet from a pod; `None` there: no pod link owns it,
     /// and from_pod drops it (an IPv6 link-local source aside).
     pub link: Option<u32>,
-    /// A translated packet forwarded to a pod of this node: that pod's link
+    /// A packet forwarded to a pod of this node: that pod's link
     /// (host-side ifindex), where the kernel redirects it without a FIB
-    /// lookup (`WEIR_POD_ADDRS`, as `fwd` reads it). `None` for a
-    /// translated packet: the node's FIB decides.
+    /// lookup (`WEIR_POD_ADDRS`, as `fwd` reads it): a translated packet,
+    /// and a TCP or UDP one a pod sends another. `None`: the node's FIB
+    /// (or its stack) decides.
     pub egress_link: Option<u32>,
+    /// A TCP or UDP packet from a pod to the pod behind `egress_link` is
+    /// delivered straight into it (`fwd::into_pod`), that link's to_pod
+    /// not running; when whole (no fragment), with hops left, no IPv4
+    /// options or IPv6 extension headers, and fitting the link.
+    pub into_pod: bool,
+    /// The address `egress_link` was found for (the receiving pod's).
+    #[serde(skip)]
+    receiver: Option<IpAddr>,
     /// The flow is already allowed by the policy's conntrack.
     pub policy_conntrack: bool,
     /// A pod's TCP socket asking for this frontend is pointed at the
@@ -180,6 +189,8 @@ impl Explanation {
             masquerade: None,
             link: None,
             egress_link: None,
+            into_pod: false,
+            receiver: None,
             policy_conntrack: false,
             at_connect: false,
             policy: Vec::new(),
@@ -272,8 +283,32 @@ impl Maps {
         let mut x = self.decide(p, entry, now_ns)?;
         if x.verdict != "forward" {
             x.egress_link = None;
+            return Ok(x);
+        }
+        if *entry != Entry::Pod || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
+            return Ok(x);
+        }
+        // Between pods of this node, untranslated: to the receiver's link
+        // as a translated packet goes.
+        if x.nat.is_none() && x.masquerade.is_none() {
+            self.to_local(&mut x, p.dst);
+        }
+        let Some(link) = x.egress_link else { return Ok(x) };
+        x.into_pod = true;
+        // `into_pod` does the receiver's to_pod part: an address no
+        // endpoint names on an isolated pod's link receives nothing.
+        if let Some(r) = x.receiver.filter(|r| self.link_isolated(link) && self.endpoints.get(&Addr::from(*r), 0).is_err()) {
+            x.egress_link = None;
+            x.into_pod = false;
+            return Ok(x.end("drop", format!("{r} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (unlisted_address)")));
         }
         Ok(x)
+    }
+
+    /// `x` goes to `receiver`: to its link, when it is a pod of this node.
+    fn to_local(&self, x: &mut Explanation, receiver: IpAddr) {
+        x.egress_link = self.local_link(receiver);
+        x.receiver = Some(receiver);
     }
 
     /// The link of a pod of this node that `addr` is routed to.
@@ -313,7 +348,7 @@ impl Maps {
         if *entry != Entry::Host {
             if let Some((nat, client)) = self.reply_of_service_flow(p, src, dst, now_ns) {
                 x.nat = Some(nat);
-                x.egress_link = self.local_link(client);
+                self.to_local(&mut x, client);
                 return Ok(x.end("forward", format!("reply of a service flow: source rewritten to the service address {}", nat.0)));
             }
         }
@@ -407,7 +442,7 @@ impl Maps {
         // The socket programs keep no conntrack: each connect() chooses.
         if let Some(existing) = self.existing_flow(&svc, p, client, dst, now).filter(|_| origin != Origin::Host) {
             x.nat = Some((existing.addr, existing.port));
-            x.egress_link = self.local_link(existing.addr);
+            self.to_local(x, existing.addr);
             x.backend = Some(existing);
             x.reason = "an existing service flow keeps its backend (conntrack)".into();
             return Ok(Step::Done);
@@ -424,7 +459,9 @@ impl Maps {
             return Ok(Step::Done);
         };
         x.nat = (origin != Origin::Host).then_some((choice.addr, choice.port));
-        x.egress_link = x.nat.and_then(|(a, _)| self.local_link(a));
+        if let Some((a, _)) = x.nat {
+            self.to_local(x, a);
+        }
         x.at_connect = origin == Origin::Pod
             && p.proto == PROTO_TCP
             && self.config().sock_scope == weir_common::config::SOCK_SCOPE_ALL
