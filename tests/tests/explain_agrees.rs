@@ -5,7 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use weir_common::policy::{IpInfo, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD};
+use weir_common::{
+    link::LinkMacs,
+    maps::LINK_MACS,
+    policy::{IpInfo, PolicyValue, DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_WORLD},
+};
 use weir_datapath::{
     attach::Hook,
     ct::monotonic_ns,
@@ -25,6 +29,9 @@ const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
 const C1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+/// The frame header learned for the test link (`WEIR_LINK_MACS`).
+const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 const B: [Ipv4Addr; 3] = [Ipv4Addr::new(10, 244, 0, 10), Ipv4Addr::new(10, 244, 0, 11), Ipv4Addr::new(10, 244, 0, 12)];
 
 /// Deterministic xorshift, so a failure reproduces.
@@ -81,6 +88,11 @@ fn explain_matches_the_kernel_on_random_flows() {
         let w = PolicyMaps::open(&layout).expect("policy maps").transition(&s, &s, &s);
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         testrun::own_sources(&layout, testrun::TEST_RUN_IFINDEX, &[C1.into(), C2.into(), STRANGER.into(), B[1].into()]);
+        // B[1]'s link has its frame header learned: what goes to it from
+        // a pod is delivered straight into it, with that header.
+        let mut macs: aya::maps::HashMap<_, u32, LinkMacs> = weir_datapath::pinned::hash(&layout, LINK_MACS).expect("link macs");
+        let learned_s = (monotonic_ns() / 1_000_000_000) as u32 - 1;
+        macs.insert(testrun::TEST_RUN_IFINDEX, LinkMacs { pod: POD_MAC, node: NODE_MAC, learned_s }, 0).expect("seed the link's header");
         let maps = Maps::open(&layout).expect("explain maps");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
 
@@ -119,6 +131,11 @@ fn explain_matches_the_kernel_on_random_flows() {
                     let want = if x.egress_link.is_some() { TC_ACT_REDIRECT } else { TC_ACT_OK };
                     *seen.entry(if x.egress_link.is_some() { "forward to a local pod's link" } else { "forward up the stack" }).or_default() += 1;
                     assert_eq!(run.verdict, want, "{ctx}");
+                    // Straight into the pod: with the link's learned header.
+                    if x.into_pod {
+                        *seen.entry("forward straight into a local pod").or_default() += 1;
+                        assert_eq!((&run.packet[..6], &run.packet[6..12]), (&POD_MAC[..], &NODE_MAC[..]), "{ctx}");
+                    }
                     let out = parse_checked_v4(&run.packet);
                     let want = x.nat.map_or((IpAddr::V4(dst), dport), |(a, port)| (a, port));
                     assert_eq!((IpAddr::V4(out.dst), out.dport), want, "{ctx}");
@@ -132,7 +149,7 @@ fn explain_matches_the_kernel_on_random_flows() {
                 other => panic!("unknown verdict {other}: {ctx}"),
             }
         }
-        for v in ["drop", "reject", "forward", "forward to a local pod's link", "forward up the stack"] {
+        for v in ["drop", "reject", "forward", "forward to a local pod's link", "forward straight into a local pod", "forward up the stack"] {
             assert!(seen.get(v).copied().unwrap_or(0) >= 10, "too few {v} cases to mean anything: {seen:?}");
         }
         eprintln!("explain agreed with the kernel on 400 flows: {seen:?}");

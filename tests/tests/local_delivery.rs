@@ -25,6 +25,7 @@ use weir_tests::{
     hostile::udp_with_ttl,
     netns::NetNs,
     services::cluster_ip,
+    stats::counters,
     traffic::{tcp_request, tcp_server, udp_request, udp_server, Reply, DEFAULT_TIMEOUT},
     wait, Agent, Node, Pod,
 };
@@ -70,7 +71,7 @@ fn nft(ns: &NetNs, cmds: &[&str]) {
 }
 
 /// The packet counts of the chain's counters, in rule order.
-fn counters(ns: &NetNs, family: &str, table: &str, chain: &str) -> Vec<u64> {
+fn nft_counters(ns: &NetNs, family: &str, table: &str, chain: &str) -> Vec<u64> {
     let out = ns.exec(&["nft", "list", "chain", family, table, chain]);
     let words: Vec<&str> = out.split_whitespace().collect();
     let counts: Vec<u64> = words.windows(2).filter(|w| w[0] == "packets").map(|w| w[1].parse().unwrap_or_else(|_| panic!("a packet count in:\n{out}"))).collect();
@@ -80,7 +81,7 @@ fn counters(ns: &NetNs, family: &str, table: &str, chain: &str) -> Vec<u64> {
 
 /// The packets the node's forward hook counted.
 fn forwarded(node: &Node) -> u64 {
-    counters(node.ns(), "inet", "weirtest", "counted")[0]
+    nft_counters(node.ns(), "inet", "weirtest", "counted")[0]
 }
 
 /// Packets the node transmitted on its side of pod link `ifname`.
@@ -112,7 +113,8 @@ fn traffic_between_pods_of_one_node_goes_straight_into_the_receiver() {
     let p = pair();
     let (b_mac, b_host_mac) = (p.b.ns().mac("eth0"), p.node.ns().mac(&p.b.host_if));
     watch_frames(&p.b, &b_mac, &b_host_mac);
-    let tx0 = link_tx(&p.node, &p.b.host_if);
+    let (tx0, a_tx0) = (link_tx(&p.node, &p.b.host_if), link_tx(&p.node, &p.a.host_if));
+    let b0 = counters(&p.node, &p.b.host_if);
     let payload = b"between pods".to_vec();
     const N: u64 = 20;
     for _ in 0..N {
@@ -125,7 +127,11 @@ fn traffic_between_pods_of_one_node_goes_straight_into_the_receiver() {
     assert_eq!(forwarded(&p.node), 0, "every packet both ways, direct or through the service, skipped the node's forwarding");
     let tx = link_tx(&p.node, &p.b.host_if) - tx0;
     assert!(tx <= 1, "the node's side of b's link transmitted {tx} packets: only the one that teaches its to_pod the frame header");
-    let seen = counters(p.b.ns(), "netdev", "weirtest", "seen");
+    let a_tx = link_tx(&p.node, &p.a.host_if) - a_tx0;
+    assert!(a_tx <= 1, "the node's side of a's link transmitted {a_tx} packets (replies, direct and from the service, go straight into a too)");
+    let seen = nft_counters(p.b.ns(), "netdev", "weirtest", "seen");
+    let to_b = counters(&p.node, &p.b.host_if).delta(&b0).to_pod_packets;
+    assert!(to_b >= seen[0], "weir counts what it delivers to b's link ({to_b} packets) as to_pod, as the link's to_pod would: b received {} TCP and UDP frames", seen[0]);
     // Per round: a TCP connection direct and one through the service (at
     // least SYN, ACK with data, FIN, ACK each), and two datagrams.
     assert!(seen[0] >= N * 10, "b received {} TCP and UDP frames", seen[0]);
@@ -200,6 +206,6 @@ fn ipv6_between_pods_of_one_node_goes_straight_into_the_receiver() {
     assert_eq!(forwarded(&p.node), 0, "every IPv6 packet both ways skipped the node's forwarding");
     let tx = link_tx(&p.node, &p.b.host_if) - tx0;
     assert_eq!(tx, 0, "nor went out of the node's side of b's link (its frame header was learned by then)");
-    assert_eq!(counters(p.b.ns(), "netdev", "weirtest", "seen")[1..], [0, 0, 0], "b's frames had its MAC, the host side's and no mark");
+    assert_eq!(nft_counters(p.b.ns(), "netdev", "weirtest", "seen")[1..], [0, 0, 0], "b's frames had its MAC, the host side's and no mark");
     drop(echo);
 }

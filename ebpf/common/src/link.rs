@@ -22,12 +22,27 @@ pub struct LinkInfo {
 /// Value of `WEIR_LINK_MACS`, keyed by a pod link's host-side ifindex
 /// (u32): the Ethernet header of frames the node sends the pod over it,
 /// destination (the pod's `eth0`) then source (the host side), as it
-/// appears on the wire.
+/// appears on the wire, and when it was learned.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkMacs {
     pub pod: [u8; 6],
     pub node: [u8; 6],
+    /// CLOCK_MONOTONIC (coarse) seconds when the link's to_pod learned it.
+    pub learned_s: u32,
+}
+
+/// How long a learned `LinkMacs` is used before a packet takes the
+/// node's neighbour output again to learn it afresh (a pod's new MAC, a
+/// neighbour entry the node corrected).
+pub const LINK_MACS_FRESH_S: u32 = 30;
+
+impl LinkMacs {
+    /// Whether the header learned at `learned_s` may be used at `now_s`.
+    #[inline(always)]
+    pub fn fresh(&self, now_s: u32) -> bool {
+        now_s.wrapping_sub(self.learned_s) < LINK_MACS_FRESH_S
+    }
 }
 
 impl LinkInfo {
@@ -63,4 +78,4 @@ impl LinkInfo {
 
 const _: () = assert!(core::mem::size_of::<LinkInfo>() == 136);
 
-crate::user_pod!(LinkInfo);
+crate::user_pod!(LinkInfo, LinkMacs);

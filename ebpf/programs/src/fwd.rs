@@ -2,7 +2,10 @@
 //! egress of the destination's interface, skipping the node's IP stack
 //! (routing, netfilter, rp_filter). The destination veth's tc egress
 //! program still runs, so the pod's ingress policy sees the packet. When
-//! the lookup cannot answer, the packet goes up the stack as usual.
+//! the lookup cannot answer, the packet goes up the stack as usual. A
+//! whole TCP or UDP packet from a pod to another pod of this node goes
+//! straight into that pod instead ([`into_pod`], which does the receiving
+//! link's to_pod part), translated or not ([`between_pods_v4`]).
 //!
 //! A destination that is a pod of this node skips the FIB lookup: the
 //! node's host route to it is in `WEIR_POD_ADDRS` (the agent mirrors the
@@ -37,7 +40,7 @@
 use aya_ebpf::{
     bindings::{
         bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
@@ -90,7 +93,7 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt, from_pod: bool) -> i32 {
                 if from_pod && pkt.frag == FRAG_NONE {
                     match into_pod(ctx, ifindex, &Addr::from_v4_raw(pkt.daddr)) {
                         UNLISTED => return events::dropped(ctx, pkt, DropReason::UnlistedAddress),
-                        UNKNOWN_MACS => {}
+                        UNKNOWN_MACS | VLAN_TAGGED => {}
                         verdict => return verdict,
                     }
                 }
@@ -137,7 +140,7 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt, from_pod: bool) -> i32 {
                 if from_pod && pkt.frag == FRAG_NONE {
                     match into_pod(ctx, ifindex, &pkt.t.daddr) {
                         UNLISTED => return events::dropped_flow(ctx, &pkt.t, DropReason::UnlistedAddress),
-                        UNKNOWN_MACS => {}
+                        UNKNOWN_MACS | VLAN_TAGGED => {}
                         verdict => return verdict,
                     }
                 }
@@ -300,6 +303,7 @@ pub fn between_pods_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     }
     match into_pod(ctx, ifindex, &daddr) {
         UNLISTED => events::dropped(ctx, pkt, DropReason::UnlistedAddress),
+        VLAN_TAGGED => undo_ttl(ctx, pkt),
         UNKNOWN_MACS => {
             let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: pkt.daddr } };
             to_local_pod(ifindex, &mut nh)
@@ -324,6 +328,12 @@ pub fn between_pods_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
     }
     match into_pod(ctx, ifindex, &pkt.t.daddr) {
         UNLISTED => events::dropped_flow(ctx, &pkt.t, DropReason::UnlistedAddress),
+        VLAN_TAGGED => {
+            if ctx.store(IP6_HOP_LIMIT_OFF, &pkt.hop_limit, 0).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+            TC_ACT_OK as i32
+        }
         UNKNOWN_MACS => {
             let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: pkt.t.daddr.words() } };
             to_local_pod(ifindex, &mut nh)
@@ -336,9 +346,13 @@ pub fn between_pods_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
 /// on a link under a policy (`policy::unlisted_at`): the caller drops the
 /// packet, as to_pod would.
 const UNLISTED: i32 = i32::MIN + 1000;
-/// [`into_pod`]'s answer while the link's frame header is unknown: the
-/// caller redirects the packet to the link (`to_local_pod`), marked.
+/// [`into_pod`]'s answer while the link's frame header is unknown (or
+/// older than `LINK_MACS_FRESH_S`): the caller redirects the packet to
+/// the link (`to_local_pod`), marked.
 const UNKNOWN_MACS: i32 = i32::MIN + 1001;
+/// [`into_pod`]'s answer for a VLAN-tagged frame: the caller leaves it to
+/// the way it took before (the stack, or the link's egress).
+const VLAN_TAGGED: i32 = i32::MIN + 1002;
 
 /// A whole TCP or UDP packet (no fragment, no ICMP error) from a pod's
 /// link (its tc ingress) to another pod of this node, translated or
@@ -362,7 +376,9 @@ const UNKNOWN_MACS: i32 = i32::MIN + 1001;
 /// link's egress: to_pod judges errors, and tracks a first fragment's
 /// ports for the later ones.
 ///
-/// While the link's frame header is not known ([`UNKNOWN_MACS`]), the
+/// A frame with an offloaded VLAN tag is left to its old way
+/// ([`VLAN_TAGGED`]). While the link's frame header is not known, or was
+/// learned `LINK_MACS_FRESH_S` or more seconds ago ([`UNKNOWN_MACS`]), the
 /// caller sends the packet to the link's egress through the node's
 /// neighbour output (as `redirect_v4` sends other translated packets),
 /// marked for the link's to_pod to learn the header from
@@ -372,15 +388,25 @@ fn into_pod(ctx: &TcContext, ifindex: u32, daddr: &Addr) -> i32 {
     if policy::unlisted_at(ifindex, daddr) {
         return UNLISTED;
     }
-    let Some(macs) = LINK_MACS.get_ptr(&ifindex) else {
+    // A frame with a VLAN tag held beside it (offloaded by the pod's
+    // veth): no VLAN is the node's to carry into a pod; it takes the way
+    // it took before (the stack drops an untranslated one).
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return VLAN_TAGGED;
+    }
+    let now_s = (crate::conntrack::now_ns() / 1_000_000_000) as u32;
+    // SAFETY: a map value pointer, valid for the program run; read only.
+    let Some(macs) = LINK_MACS.get_ptr(&ifindex).filter(|m| unsafe { (**m).fresh(now_s) }) else {
         // SAFETY: the context pointer is valid for the program's lifetime;
         // tc programs may write the mark.
         unsafe { (*ctx.skb.skb).mark |= MARK_LEARN_MACS };
         return UNKNOWN_MACS;
     };
     // SAFETY: a map value pointer, valid for the program run; the helper
-    // reads it in place (no copy on this frame, the deepest of from_pod's).
-    if ctx.store(0, unsafe { &*macs }, 0).is_err() {
+    // reads its first 12 bytes (the header) in place (no copy on this
+    // frame, the deepest of from_pod's).
+    if ctx.store(0, unsafe { &*(macs as *const [u8; 12]) }, 0).is_err() {
         return failed();
     }
     stats::count(ifindex, Direction::ToPod, ctx.len());
@@ -407,10 +433,26 @@ pub fn learn_link_macs(ctx: &TcContext, ifindex: u32) {
     }
     // SAFETY: as above; tc programs may write the mark.
     unsafe { (*ctx.skb.skb).mark = mark & !MARK_LEARN_MACS };
-    if let Ok(macs) = ctx.load::<LinkMacs>(0) {
+    if let Ok(header) = ctx.load::<[u8; 12]>(0) {
+        let mut macs = LinkMacs { learned_s: (crate::conntrack::now_ns() / 1_000_000_000) as u32, ..LinkMacs::default() };
+        macs.pod.copy_from_slice(&header[..6]);
+        macs.node.copy_from_slice(&header[6..]);
         // A full LRU map evicts; an error leaves the next packet to learn.
         let _ = LINK_MACS.insert(&ifindex, &macs, 0);
     }
+}
+
+/// Restores the TTL [`decrement_ttl`] took, for a packet that goes up the
+/// stack after all (which decrements it when it forwards); the packet is
+/// dropped if that fails.
+#[inline(always)]
+fn undo_ttl(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
+    let now = u16::from_ne_bytes([pkt.ttl.wrapping_sub(1), pkt.proto]);
+    let was = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
+    if ctx.l3_csum_replace(IP_CSUM_OFF, now as u64, was as u64, 2).is_err() || ctx.store(IP_TTL_OFF, &was, 0).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    TC_ACT_OK as i32
 }
 
 /// A rewrite failed: the packet goes up the stack.

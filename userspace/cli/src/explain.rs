@@ -115,8 +115,10 @@ pub fn run(layout: &PinLayout, args: &Args, format: Format) -> anyhow::Result<()
     if let Some((a, port)) = x.nat {
         println!("nat      destination -> {}", addr_port(a, port));
     }
+    let tcp_udp_from_pod = entry == Entry::Pod && (p.proto == 6 || p.proto == 17);
     match x.egress_link {
         Some(l) if x.into_pod => println!("egress   straight into the pod behind link {l}, a pod of this node (its to_pod does not run), no FIB lookup"),
+        Some(l) if tcp_udp_from_pod => println!("egress   the link of a pod of this node (ifindex {l}), no FIB lookup: through its to_pod, which learns the link's frame header; later packets go straight into the pod"),
         Some(l) => println!("egress   the link of a pod of this node (ifindex {l}), no FIB lookup"),
         None => {}
     }

@@ -3,15 +3,16 @@
 //! the kernel accepts from a pod link, and the addresses a packet from
 //! outside the node may never claim. Written in an order where a lookup
 //! meets the old or the new owner of an address, never nothing while it
-//! stays on its link.
+//! stays on its link. A link that goes loses its learned frame header
+//! (`WEIR_LINK_MACS`, the kernel's) too.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::{HashMap, MapData};
 use weir_common::{
     addr::Addr,
-    link::{LinkInfo, LINK_ADDRS_MAX},
-    maps::{LINKS, LINKS_MAX_ENTRIES, POD_ADDRS, POD_ADDRS_MAX_ENTRIES},
+    link::{LinkInfo, LinkMacs, LINK_ADDRS_MAX},
+    maps::{LINKS, LINKS_MAX_ENTRIES, LINK_MACS, POD_ADDRS, POD_ADDRS_MAX_ENTRIES},
 };
 
 use crate::{error::{is_missing, update_error}, pinned, pins::PinLayout, DatapathError};
@@ -20,6 +21,7 @@ use crate::{error::{is_missing, update_error}, pinned, pins::PinLayout, Datapath
 pub struct LinkAddrs {
     map: HashMap<MapData, u32, LinkInfo>,
     by_addr: HashMap<MapData, Addr, u32>,
+    macs: HashMap<MapData, u32, LinkMacs>,
 }
 
 fn addrs_of(info: &LinkInfo) -> Vec<Addr> {
@@ -28,7 +30,7 @@ fn addrs_of(info: &LinkInfo) -> Vec<Addr> {
 
 impl LinkAddrs {
     pub fn open(layout: &PinLayout) -> Result<Self, DatapathError> {
-        Ok(Self { map: pinned::hash(layout, LINKS)?, by_addr: pinned::hash(layout, POD_ADDRS)? })
+        Ok(Self { map: pinned::hash(layout, LINKS)?, by_addr: pinned::hash(layout, POD_ADDRS)?, macs: pinned::hash(layout, LINK_MACS)? })
     }
 
     /// Forgets the addresses `old` of `ifindex` that are not in `keep`
@@ -85,6 +87,11 @@ impl LinkAddrs {
             Ok(()) => {}
             Err(e) if is_missing(&e) => {}
             Err(source) => return Err(DatapathError::Map { name: LINKS, source }),
+        }
+        match self.macs.remove(&ifindex) {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(source) => return Err(DatapathError::Map { name: LINK_MACS, source }),
         }
         self.drop_addrs(ifindex, &old.map(|o| addrs_of(&o)).unwrap_or_default(), &[])
     }

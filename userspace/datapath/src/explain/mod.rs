@@ -25,8 +25,8 @@ use weir_common::{
     config::DatapathConfig,
     ct::{CtEntry, CtKey, CT_SVC_FWD, CT_SVC_REV},
     lb::{AffinityKey, AffinityValue, Backend, FrontendKey, Service, SourceRangeKey, PROTO_TCP, PROTO_UDP},
-    link::LinkInfo,
-    maps::{AFFINITY, BACKENDS, CONFIG, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, POD_ADDRS, POLICY, SOURCE_RANGES},
+    link::{LinkInfo, LinkMacs},
+    maps::{AFFINITY, BACKENDS, CONFIG, ENDPOINTS, FRONTENDS, IPCACHE, LB_TABLE, LINKS, LINK_MACS, POD_ADDRS, POLICY, SOURCE_RANGES},
     policy::{EndpointInfo, IpInfo, PolicyKeyData, PolicyValue},
 };
 use weir_logic::{ct::is_alive, frontend::Origin, ipv6};
@@ -161,7 +161,12 @@ pub struct Explanation {
     /// A TCP or UDP packet from a pod to the pod behind `egress_link` is
     /// delivered straight into it (`fwd::into_pod`), that link's to_pod
     /// not running; when whole (no fragment), with hops left, no IPv4
-    /// options or IPv6 extension headers, and fitting the link.
+    /// options or IPv6 extension headers, and fitting the link, and once
+    /// the link's frame header is learned and fresh (`WEIR_LINK_MACS`;
+    /// until then such a packet takes the link's egress, where to_pod
+    /// learns it). A translated packet goes in with IPv4 options or IPv6
+    /// extension headers too; an untranslated one with them goes up the
+    /// stack.
     pub into_pod: bool,
     /// The address `egress_link` was found for (the receiving pod's).
     #[serde(skip)]
@@ -217,6 +222,7 @@ pub struct Maps {
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
     links: HashMap<MapData, u32, LinkInfo>,
     pod_addrs: HashMap<MapData, Addr, u32>,
+    link_macs: HashMap<MapData, u32, LinkMacs>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
 }
 
@@ -246,6 +252,7 @@ impl Maps {
             policy: lpm(layout, POLICY)?,
             links: pinned::hash(layout, LINKS)?,
             pod_addrs: hash(layout, POD_ADDRS)?,
+            link_macs: hash(layout, LINK_MACS)?,
             source_ranges: lpm(layout, SOURCE_RANGES)?,
         })
     }
@@ -285,6 +292,19 @@ impl Maps {
             x.egress_link = None;
             return Ok(x);
         }
+        // Untranslated: the packet's own destination receives it.
+        if x.receiver.is_none() && x.nat.is_none() && x.masquerade.is_none() {
+            x.receiver = Some(p.dst);
+        }
+        // The receiver's part (its to_pod's, or `into_pod`'s for it): an
+        // address no endpoint names on an isolated pod's link receives
+        // nothing, whatever the protocol.
+        if let Some(r) = x.receiver {
+            if self.local_link(r).is_some_and(|l| self.link_isolated(l)) && self.endpoints.get(&Addr::from(r), 0).is_err() {
+                x.egress_link = None;
+                return Ok(x.end("drop", format!("{r} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (unlisted_address)")));
+            }
+        }
         if *entry != Entry::Pod || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
             return Ok(x);
         }
@@ -293,15 +313,10 @@ impl Maps {
         if x.nat.is_none() && x.masquerade.is_none() {
             self.to_local(&mut x, p.dst);
         }
-        let Some(link) = x.egress_link else { return Ok(x) };
-        x.into_pod = true;
-        // `into_pod` does the receiver's to_pod part: an address no
-        // endpoint names on an isolated pod's link receives nothing.
-        if let Some(r) = x.receiver.filter(|r| self.link_isolated(link) && self.endpoints.get(&Addr::from(*r), 0).is_err()) {
-            x.egress_link = None;
-            x.into_pod = false;
-            return Ok(x.end("drop", format!("{r} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (unlisted_address)")));
-        }
+        // Straight into the pod once its link's frame header is learned
+        // (and fresh); before, through the link's egress, to learn it.
+        let now_s = (now_ns / 1_000_000_000) as u32;
+        x.into_pod = x.egress_link.is_some_and(|l| self.link_macs.get(&l, 0).is_ok_and(|m| m.fresh(now_s)));
         Ok(x)
     }
 
