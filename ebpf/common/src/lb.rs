@@ -17,8 +17,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const MARK_TRANSLATED: u32 = 0x0000_0200;
 /// skb mark bit `fwd::into_pod` sets on a packet it sends to a pod's link
 /// through the node's neighbour output because the link's frame header is
-/// not known yet (`WEIR_LINK_MACS`): that link's to_pod learns it from the
-/// frame and clears the bit. Scrubbed at namespace crossings as
+/// not known yet, or is due to be learned again (`WEIR_LINK_MACS`): that
+/// link's to_pod learns it from the frame and clears the bit. Scrubbed at namespace crossings as
 /// [`MARK_TRANSLATED`] is.
 pub const MARK_LEARN_MACS: u32 = 0x0000_0400;
 pub const PROTO_UDP: u8 = 17;

@@ -32,9 +32,11 @@ pub struct LinkMacs {
     pub learned_s: u32,
 }
 
-/// How long a learned `LinkMacs` is used before a packet takes the
-/// node's neighbour output again to learn it afresh (a pod's new MAC, a
-/// neighbour entry the node corrected).
+/// How old a learned `LinkMacs` may be before the next TCP SYN to the
+/// link takes the node's neighbour output to learn it afresh (a
+/// neighbour entry the node corrected, for a pod's new MAC). Other
+/// packets use it whatever its age: one of them taking the slow way would
+/// be overtaken by its flow's next packets.
 pub const LINK_MACS_FRESH_S: u32 = 30;
 
 impl LinkMacs {

@@ -148,9 +148,9 @@ pub const LINKS_MAX_ENTRIES: u32 = 16_384;
 /// the kernel only: a pod link's to_pod learns it from a frame the node's
 /// stack addressed (one sent there by `fwd::into_pod` for the purpose),
 /// and `into_pod` writes it into the frames it delivers straight into the
-/// pod. An entry is used for `link::LINK_MACS_FRESH_S` seconds, then a
-/// packet takes the neighbour output again and the link's to_pod learns
-/// it afresh (a pod's new MAC, a corrected neighbour entry). The agent
+/// pod. Once an entry is `link::LINK_MACS_FRESH_S` seconds old, the next
+/// TCP SYN to the link takes the neighbour output again and the link's
+/// to_pod learns it afresh (a corrected neighbour entry). The agent
 /// deletes a link's entry when the link goes (a link index can come back,
 /// moved in from another namespace or asked for).
 pub const LINK_MACS: &str = "WEIR_LINK_MACS";

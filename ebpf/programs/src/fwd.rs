@@ -45,7 +45,14 @@ use aya_ebpf::{
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use weir_common::{addr::Addr, drop::DropReason, lb::MARK_LEARN_MACS, link::LinkMacs, stats::Direction};
+use weir_common::{
+    addr::Addr,
+    drop::DropReason,
+    lb::{MARK_LEARN_MACS, PROTO_TCP},
+    link::LinkMacs,
+    stats::Direction,
+};
+use weir_logic::ct::is_syn;
 
 use crate::{
     debug::{self, debug_on},
@@ -91,7 +98,7 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt, from_pod: bool) -> i32 {
                     return failed();
                 }
                 if from_pod && pkt.frag == FRAG_NONE {
-                    match into_pod(ctx, ifindex, &Addr::from_v4_raw(pkt.daddr)) {
+                    match into_pod(ctx, ifindex, &Addr::from_v4_raw(pkt.daddr), opens(pkt.proto, pkt.tcp_flags)) {
                         UNLISTED => return events::dropped(ctx, pkt, DropReason::UnlistedAddress),
                         UNKNOWN_MACS | VLAN_TAGGED => {}
                         verdict => return verdict,
@@ -138,7 +145,7 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt, from_pod: bool) -> i32 {
                     return failed();
                 }
                 if from_pod && pkt.frag == FRAG_NONE {
-                    match into_pod(ctx, ifindex, &pkt.t.daddr) {
+                    match into_pod(ctx, ifindex, &pkt.t.daddr, opens(pkt.t.proto, pkt.t.tcp_flags)) {
                         UNLISTED => return events::dropped_flow(ctx, &pkt.t, DropReason::UnlistedAddress),
                         UNKNOWN_MACS | VLAN_TAGGED => {}
                         verdict => return verdict,
@@ -301,7 +308,7 @@ pub fn between_pods_v4(ctx: &TcContext, pkt: &Ipv4Pkt) -> i32 {
     if decrement_ttl(ctx, pkt).is_err() {
         return failed();
     }
-    match into_pod(ctx, ifindex, &daddr) {
+    match into_pod(ctx, ifindex, &daddr, opens(pkt.proto, pkt.tcp_flags)) {
         UNLISTED => events::dropped(ctx, pkt, DropReason::UnlistedAddress),
         VLAN_TAGGED => undo_ttl(ctx, pkt),
         UNKNOWN_MACS => {
@@ -326,7 +333,7 @@ pub fn between_pods_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
     if ctx.store(IP6_HOP_LIMIT_OFF, &(pkt.hop_limit - 1), 0).is_err() {
         return failed();
     }
-    match into_pod(ctx, ifindex, &pkt.t.daddr) {
+    match into_pod(ctx, ifindex, &pkt.t.daddr, opens(pkt.t.proto, pkt.t.tcp_flags)) {
         UNLISTED => events::dropped_flow(ctx, &pkt.t, DropReason::UnlistedAddress),
         VLAN_TAGGED => {
             if ctx.store(IP6_HOP_LIMIT_OFF, &pkt.hop_limit, 0).is_err() {
@@ -377,14 +384,14 @@ const VLAN_TAGGED: i32 = i32::MIN + 1002;
 /// ports for the later ones.
 ///
 /// A frame with an offloaded VLAN tag is left to its old way
-/// ([`VLAN_TAGGED`]). While the link's frame header is not known, or was
-/// learned `LINK_MACS_FRESH_S` or more seconds ago ([`UNKNOWN_MACS`]), the
-/// caller sends the packet to the link's egress through the node's
+/// ([`VLAN_TAGGED`]). While the link's frame header is not known, or for
+/// a TCP SYN (`opens`) once it is `LINK_MACS_FRESH_S` seconds old
+/// ([`UNKNOWN_MACS`]), the caller sends the packet to the link's egress through the node's
 /// neighbour output (as `redirect_v4` sends other translated packets),
 /// marked for the link's to_pod to learn the header from
 /// ([`learn_link_macs`]).
 #[inline(never)]
-fn into_pod(ctx: &TcContext, ifindex: u32, daddr: &Addr) -> i32 {
+fn into_pod(ctx: &TcContext, ifindex: u32, daddr: &Addr, opens: bool) -> i32 {
     if policy::unlisted_at(ifindex, daddr) {
         return UNLISTED;
     }
@@ -396,8 +403,12 @@ fn into_pod(ctx: &TcContext, ifindex: u32, daddr: &Addr) -> i32 {
         return VLAN_TAGGED;
     }
     let now_s = (crate::conntrack::now_ns() / 1_000_000_000) as u32;
+    // A stale header is learned again only on a packet that opens a
+    // connection (nothing of its flow is in flight to be overtaken by the
+    // packets after it, which go straight in while it takes the link's
+    // egress); until then it is used as it is.
     // SAFETY: a map value pointer, valid for the program run; read only.
-    let Some(macs) = LINK_MACS.get_ptr(&ifindex).filter(|m| unsafe { (**m).fresh(now_s) }) else {
+    let Some(macs) = LINK_MACS.get_ptr(&ifindex).filter(|m| !opens || unsafe { (**m).fresh(now_s) }) else {
         // SAFETY: the context pointer is valid for the program's lifetime;
         // tc programs may write the mark.
         unsafe { (*ctx.skb.skb).mark |= MARK_LEARN_MACS };
@@ -407,7 +418,8 @@ fn into_pod(ctx: &TcContext, ifindex: u32, daddr: &Addr) -> i32 {
     // reads its first 12 bytes (the header) in place (no copy on this
     // frame, the deepest of from_pod's).
     if ctx.store(0, unsafe { &*(macs as *const [u8; 12]) }, 0).is_err() {
-        return failed();
+        // The caller's way to the link's egress, which needs no header.
+        return UNKNOWN_MACS;
     }
     stats::count(ifindex, Direction::ToPod, ctx.len());
     // SAFETY: as above.
@@ -440,6 +452,12 @@ pub fn learn_link_macs(ctx: &TcContext, ifindex: u32) {
         // A full LRU map evicts; an error leaves the next packet to learn.
         let _ = LINK_MACS.insert(&ifindex, &macs, 0);
     }
+}
+
+/// Whether a packet opens a TCP connection (a SYN without ACK).
+#[inline(always)]
+fn opens(proto: u8, tcp_flags: u8) -> bool {
+    proto == PROTO_TCP && is_syn(tcp_flags)
 }
 
 /// Restores the TTL [`decrement_ttl`] took, for a packet that goes up the

@@ -88,12 +88,12 @@ impl LinkAddrs {
             Err(e) if is_missing(&e) => {}
             Err(source) => return Err(DatapathError::Map { name: LINKS, source }),
         }
+        self.drop_addrs(ifindex, &old.map(|o| addrs_of(&o)).unwrap_or_default(), &[])?;
         match self.macs.remove(&ifindex) {
-            Ok(()) => {}
-            Err(e) if is_missing(&e) => {}
-            Err(source) => return Err(DatapathError::Map { name: LINK_MACS, source }),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(source) => Err(DatapathError::Map { name: LINK_MACS, source }),
         }
-        self.drop_addrs(ifindex, &old.map(|o| addrs_of(&o)).unwrap_or_default(), &[])
     }
 
     /// Every link and its addresses.

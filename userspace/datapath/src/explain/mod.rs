@@ -162,11 +162,12 @@ pub struct Explanation {
     /// delivered straight into it (`fwd::into_pod`), that link's to_pod
     /// not running; when whole (no fragment), with hops left, no IPv4
     /// options or IPv6 extension headers, and fitting the link, and once
-    /// the link's frame header is learned and fresh (`WEIR_LINK_MACS`;
-    /// until then such a packet takes the link's egress, where to_pod
-    /// learns it). A translated packet goes in with IPv4 options or IPv6
-    /// extension headers too; an untranslated one with them goes up the
-    /// stack.
+    /// the link's frame header is learned (`WEIR_LINK_MACS`; until then
+    /// such a packet takes the link's egress, where to_pod learns it, and
+    /// so does a TCP SYN once the header is `LINK_MACS_FRESH_S` old), and
+    /// without an offloaded VLAN tag. A translated packet goes in with
+    /// IPv4 options or IPv6 extension headers too; an untranslated one
+    /// with them goes up the stack.
     pub into_pod: bool,
     /// The address `egress_link` was found for (the receiving pod's).
     #[serde(skip)]
@@ -288,7 +289,7 @@ impl Maps {
     /// Explains `p` entering at `entry`, at monotonic time `now_ns`.
     pub fn explain(&self, p: &Packet, entry: &Entry, now_ns: u64) -> Result<Explanation, DatapathError> {
         let mut x = self.decide(p, entry, now_ns)?;
-        if x.verdict != "forward" {
+        if x.verdict != "forward" && x.verdict != "pass" {
             x.egress_link = None;
             return Ok(x);
         }
@@ -305,7 +306,7 @@ impl Maps {
                 return Ok(x.end("drop", format!("{r} is routed to an isolated pod's link but no endpoint names it (not in its podIPs): its flows cannot be judged (unlisted_address)")));
             }
         }
-        if *entry != Entry::Pod || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
+        if x.verdict != "forward" || *entry != Entry::Pod || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
             return Ok(x);
         }
         // Between pods of this node, untranslated: to the receiver's link
@@ -313,10 +314,12 @@ impl Maps {
         if x.nat.is_none() && x.masquerade.is_none() {
             self.to_local(&mut x, p.dst);
         }
-        // Straight into the pod once its link's frame header is learned
-        // (and fresh); before, through the link's egress, to learn it.
+        // Straight into the pod once its link's frame header is learned;
+        // before, through the link's egress, to learn it. A TCP packet is
+        // explained as a connection's SYN, which learns a header that is
+        // no longer fresh again.
         let now_s = (now_ns / 1_000_000_000) as u32;
-        x.into_pod = x.egress_link.is_some_and(|l| self.link_macs.get(&l, 0).is_ok_and(|m| m.fresh(now_s)));
+        x.into_pod = x.egress_link.is_some_and(|l| self.link_macs.get(&l, 0).is_ok_and(|m| p.proto != PROTO_TCP || m.fresh(now_s)));
         Ok(x)
     }
 
