@@ -95,11 +95,13 @@ fn policy_drops(d: &Dp) -> u64 {
 fn an_allowed_flow_passes_and_its_replies_ride_conntrack() {
     let d = setup(DatapathConfig::DEFAULT);
     let syn = testrun::tcp4((CLIENT, 40000), (SERVER, 80), true, b"");
-    assert_eq!(run(&d, Hook::FromPod, &syn), testrun::TC_ACT_OK, "client egress and server ingress both allow");
+    // Both are pods of this node: what passes goes to the server's link
+    // (into the pod, `fwd::into_pod`), redirected.
+    assert_eq!(run(&d, Hook::FromPod, &syn), testrun::TC_ACT_REDIRECT, "client egress and server ingress both allow");
     // The server's reply: the server is not egress-isolated, the client is
     // ingress-open; the reply passes either way, and the flow is tracked.
     let reply = testrun::tcp4((SERVER, 80), (CLIENT, 40000), false, b"");
-    assert_eq!(run(&d, Hook::FromPod, &reply), testrun::TC_ACT_OK);
+    assert_eq!(run(&d, Hook::FromPod, &reply), testrun::TC_ACT_REDIRECT);
     assert!(events(&d).is_empty(), "allows are not reported by default");
     assert_eq!(policy_drops(&d), 0);
 }
@@ -142,7 +144,7 @@ fn port_ranges_cover_exactly_their_ports() {
 fn sampled_allows_are_reported_with_the_rule() {
     let d = setup(DatapathConfig { allow_event_sample: 1, ..DatapathConfig::DEFAULT });
     let syn = testrun::tcp4((CLIENT, 40003), (SERVER, 80), true, b"");
-    assert_eq!(run(&d, Hook::FromPod, &syn), testrun::TC_ACT_OK);
+    assert_eq!(run(&d, Hook::FromPod, &syn), testrun::TC_ACT_REDIRECT, "to a pod of this node");
     let ev = events(&d);
     // Both ends judged: the client's egress (rule 9), the server's ingress (rule 7).
     let got: Vec<(u8, u8, u32, u32)> = ev.iter().map(|e| (e.direction, e.verdict, e.rule, e.reason)).collect();

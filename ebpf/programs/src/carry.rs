@@ -23,14 +23,20 @@ pub fn take_over(
     v1: impl FnOnce(&CtKey) -> Option<*const CtEntryV1>,
     insert: impl FnOnce(&CtKey, &CtEntry) -> bool,
 ) -> bool {
-    if from == CARRY_OVER_SAME {
+    // One call of `insert`, which is then inlined: called in two places,
+    // it would be a frame of its own on the deepest call chains.
+    let entry: *const CtEntry = if from == CARRY_OVER_SAME {
         let Some(old) = same(k) else { return false };
-        // SAFETY: a map value pointer, valid for this program run.
-        return insert(k, unsafe { &*old });
-    }
-    let (Some(old), Some(s)) = (v1(k), scratch()) else { return false };
-    // SAFETY: as above. The converted entry goes through per-CPU scratch:
-    // on the stack it would not fit the deepest call chains.
-    ct_v1::write_v2(unsafe { &*old }, &mut s.carried);
-    insert(k, &s.carried)
+        old
+    } else {
+        let (Some(old), Some(s)) = (v1(k), scratch()) else { return false };
+        // SAFETY: a map value pointer, valid for this program run. The
+        // converted entry goes through per-CPU scratch: on the stack it
+        // would not fit the deepest call chains.
+        ct_v1::write_v2(unsafe { &*old }, &mut s.carried);
+        &s.carried
+    };
+    // SAFETY: a map value pointer (the old map's or scratch's), valid for
+    // this program run.
+    insert(k, unsafe { &*entry })
 }

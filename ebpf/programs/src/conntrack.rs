@@ -252,6 +252,36 @@ fn carry_from() -> u8 {
     unsafe { core::ptr::read_volatile(&WEIR_CT_PREV_ON) }
 }
 
+/// Whether these programs were loaded for a migration that rebuilds
+/// conntrack (a constant to the verifier, as [`carry_from`]): they leave
+/// out `fwd::into_pod`, whose paths beside the carry-over's would take
+/// the verifier past its budget; pods' packets take the link's egress for
+/// the migration's while. Read by `fwd::into_pod`'s callers' callers
+/// (`lb`, the pod object, `pod_v6`): a volatile read in the `fwd`
+/// functions that take the context would keep LLVM from passing them the
+/// socket buffer instead (argument promotion), and from_pod's frame, on
+/// the deepest chains of calls, would hold the context.
+#[inline(always)]
+pub fn migrating() -> bool {
+    carry_from() != CARRY_OVER_OFF || carry4_from() != CARRY_OVER_OFF || snat_carry_from() != CARRY_OVER_OFF
+}
+
+/// Where a masquerade missing from `WEIR_SNAT` is taken over from, in the
+/// programs the agent loads for a migration that rebuilds it: as
+/// `WEIR_CT_PREV_ON` (`CARRY_OVER_*`), from `WEIR_SNAT_PREV` or
+/// `WEIR_SNAT_PREV_V1`. A load-time constant: the verifier drops the
+/// fallback from every other load. Kept here, beside conntrack's, for
+/// [`migrating`]; `masq` reads it.
+#[no_mangle]
+static WEIR_SNAT_PREV_ON: u8 = CARRY_OVER_OFF;
+
+/// The value of `WEIR_SNAT_PREV_ON`.
+#[inline(always)]
+pub fn snat_carry_from() -> u8 {
+    // SAFETY: reading a constant the loader may have overridden.
+    unsafe { core::ptr::read_volatile(&WEIR_SNAT_PREV_ON) }
+}
+
 #[inline(always)]
 fn carry4_from() -> u8 {
     // SAFETY: as in `carry_from`.
@@ -341,7 +371,7 @@ fn carry_over<F: Family>(k: &CtKey) -> Option<Ct<F>> {
         // SAFETY: a map value pointer, valid for this program run.
         CT_PREV.get_ptr(k).is_some_and(|old| CT.insert(k, unsafe { &*old }, BPF_NOEXIST as u64).is_ok())
     } else {
-        take_over_whole(k, |k, e| insert::<Addr>(k, e, BPF_NOEXIST as u64).is_ok())
+        take_over_whole(k, #[inline(always)] |k, e| insert::<Addr>(k, e, BPF_NOEXIST as u64).is_ok())
     };
     if taken {
         stat(CtStat::Created);

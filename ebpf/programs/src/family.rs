@@ -76,7 +76,8 @@ pub trait Packet {
     /// Source NAT: saddr:sport → `a`:`port` (as for [`Packet::dnat`]).
     fn snat(&mut self, ctx: &TcContext, a: &Addr, port: u16) -> Result<(), ()>;
     /// Forwards the translated packet (`fwd`); `from_pod`: the caller
-    /// runs at a pod link's from_pod (`fwd::into_pod` may apply).
+    /// runs at a pod link's from_pod (`fwd::into_pod` may apply, and
+    /// its verdict be `fwd::unlisted`: the caller reports the drop).
     fn redirect(&self, ctx: &TcContext, from_pod: bool) -> i32;
     /// Counts and reports the packet dropped for `reason`.
     fn dropped(&self, ctx: &TcContext, reason: DropReason) -> i32;

@@ -99,7 +99,7 @@ pub fn redirect_v4(ctx: &TcContext, pkt: &Ipv4Pkt, from_pod: bool) -> i32 {
                 }
                 if from_pod && pkt.frag == FRAG_NONE {
                     match into_pod(ctx, ifindex, &Addr::from_v4_raw(pkt.daddr), opens(pkt.proto, pkt.tcp_flags)) {
-                        UNLISTED => return events::dropped(ctx, pkt, DropReason::UnlistedAddress),
+                        UNLISTED => return UNLISTED,
                         UNKNOWN_MACS | VLAN_TAGGED => {}
                         verdict => return verdict,
                     }
@@ -146,7 +146,7 @@ pub fn redirect_v6(ctx: &TcContext, pkt: &Ipv6Pkt, from_pod: bool) -> i32 {
                 }
                 if from_pod && pkt.frag == FRAG_NONE {
                     match into_pod(ctx, ifindex, &pkt.t.daddr, opens(pkt.t.proto, pkt.t.tcp_flags)) {
-                        UNLISTED => return events::dropped_flow(ctx, &pkt.t, DropReason::UnlistedAddress),
+                        UNLISTED => return UNLISTED,
                         UNKNOWN_MACS | VLAN_TAGGED => {}
                         verdict => return verdict,
                     }
@@ -351,8 +351,19 @@ pub fn between_pods_v6(ctx: &TcContext, pkt: &Ipv6Pkt) -> i32 {
 
 /// [`into_pod`]'s answer for a receiver's address that no endpoint names
 /// on a link under a policy (`policy::unlisted_at`): the caller drops the
-/// packet, as to_pod would.
+/// packet, as to_pod would. [`redirect_v4`] and [`redirect_v6`] hand it
+/// back to theirs ([`unlisted`]), which reports the drop: a report from
+/// here would be a frame below `redirect_v6`, at the bottom of the
+/// deepest chain of calls (`pod_v6::from_pod`, `lb::reverse`).
 const UNLISTED: i32 = i32::MIN + 1000;
+
+/// Whether [`redirect_v4`]'s or [`redirect_v6`]'s verdict is to drop the
+/// packet: its receiver's address is unlisted (see [`UNLISTED`]); the
+/// caller reports it (`DropReason::UnlistedAddress`) and drops it.
+#[inline(always)]
+pub fn unlisted(verdict: i32) -> bool {
+    verdict == UNLISTED
+}
 /// [`into_pod`]'s answer while the link's frame header is unknown (or
 /// older than `LINK_MACS_FRESH_S`): the caller redirects the packet to
 /// the link (`to_local_pod`), marked.
@@ -390,7 +401,11 @@ const VLAN_TAGGED: i32 = i32::MIN + 1002;
 /// neighbour output (as `redirect_v4` sends other translated packets),
 /// marked for the link's to_pod to learn the header from
 /// ([`learn_link_macs`]).
-#[inline(never)]
+///
+/// Inlined: a frame of its own, below `redirect_v6` below `lb::reverse`
+/// below `pod_v6::from_pod`, would take that chain of calls past the
+/// verifier's 512 bytes of stack.
+#[inline(always)]
 fn into_pod(ctx: &TcContext, ifindex: u32, daddr: &Addr, opens: bool) -> i32 {
     if policy::unlisted_at(ifindex, daddr) {
         return UNLISTED;

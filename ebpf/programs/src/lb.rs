@@ -185,7 +185,7 @@ pub fn reverse<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, no
         }
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     }
-    forward_or_restore(ctx, pkt, debug::NAT_REPLY, how == REVERSE_FROM_POD)
+    forward_or_restore(ctx, pkt, debug::NAT_REPLY, how == REVERSE_FROM_POD && !crate::conntrack::migrating())
 }
 
 /// Keeps the packet's addresses and ports before translation in scratch
@@ -231,6 +231,9 @@ fn forward_or_restore<P: Packet>(ctx: &TcContext, pkt: &mut P, nat: u32, from_po
     if debug_on() {
         log_nat(nat, pkt);
         debug::weir_log_fwd(ep_of::<P>(0, pkt.daddr(), 0));
+    }
+    if crate::fwd::unlisted(verdict) {
+        return pkt.dropped(ctx, DropReason::UnlistedAddress);
     }
     if too_big(verdict).is_some() {
         let Some(s) = scratch() else { return reject_malformed() };
@@ -622,7 +625,7 @@ pub fn translate<P: Packet>(ctx: &TcContext, pkt: &mut P, cfg: &DatapathConfig, 
         return reject_malformed();
     }
     mark_translated(ctx);
-    forward_or_restore(ctx, pkt, debug::NAT_SERVICE, origin == Origin::Pod)
+    forward_or_restore(ctx, pkt, debug::NAT_SERVICE, origin == Origin::Pod && !crate::conntrack::migrating())
 }
 
 #[inline(always)]

@@ -48,18 +48,11 @@ fn stat(s: CtStat) {
     }
 }
 
-/// Where a masquerade missing from `WEIR_SNAT` is taken over from, in the
-/// programs the agent loads for a migration that rebuilds it: as
-/// conntrack's `WEIR_CT_PREV_ON` (`CARRY_OVER_*`), from `WEIR_SNAT_PREV`
-/// or `WEIR_SNAT_PREV_V1`. A load-time constant: the verifier drops the
-/// fallback from every other load.
-#[no_mangle]
-static WEIR_SNAT_PREV_ON: u8 = CARRY_OVER_OFF;
-
+/// Where a masquerade missing from `WEIR_SNAT` is taken over from
+/// (`conntrack::snat_carry_from`, the constant `WEIR_SNAT_PREV_ON`).
 #[inline(always)]
 fn carry_from() -> u8 {
-    // SAFETY: reading a constant the loader may have overridden.
-    unsafe { core::ptr::read_volatile(&WEIR_SNAT_PREV_ON) }
+    conntrack::snat_carry_from()
 }
 
 /// The masquerade entry behind `k`; during a migration, one the old

@@ -204,7 +204,7 @@ fn sent(ctx: &TcContext, p: &mut Ipv6Pkt, later: bool, now: u64) -> i32 {
     let verdict = policy::flow_from_pod(ctx, &p.t, later, now);
     // Passed by the policy, to another pod: straight into it when it is
     // this node's.
-    if verdict != TC_ACT_OK as i32 || !p.is_tcp_udp() {
+    if verdict != TC_ACT_OK as i32 || !p.is_tcp_udp() || conntrack::migrating() {
         return verdict;
     }
     fwd::between_pods_v6(ctx, p)

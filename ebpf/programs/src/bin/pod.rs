@@ -79,7 +79,7 @@ fn v4_from_pod(ctx: &TcContext, pkt: &mut hdr::Ipv4Pkt) -> i32 {
     // Passed by the policy, to another pod: straight into it when it is
     // this node's.
     let verdict = policy::from_pod(ctx, pkt, now);
-    if verdict != TC_ACT_OK as i32 {
+    if verdict != TC_ACT_OK as i32 || conntrack::migrating() {
         return verdict;
     }
     fwd::between_pods_v4(ctx, pkt)
