@@ -95,8 +95,9 @@ fn policy_drops(d: &Dp) -> u64 {
 fn an_allowed_flow_passes_and_its_replies_ride_conntrack() {
     let d = setup(DatapathConfig::DEFAULT);
     let syn = testrun::tcp4((CLIENT, 40000), (SERVER, 80), true, b"");
-    // Both are pods of this node: what passes goes to the server's link
-    // (into the pod, `fwd::into_pod`), redirected.
+    // Both are pods of this node: what passes is redirected to the
+    // server's link (`fwd::between_pods_v4`; with no frame header learned
+    // here, to its egress, `bpf_redirect_neigh`, not yet into the pod).
     assert_eq!(run(&d, Hook::FromPod, &syn), testrun::TC_ACT_REDIRECT, "client egress and server ingress both allow");
     // The server's reply: the server is not egress-isolated, the client is
     // ingress-open; the reply passes either way, and the flow is tracked.

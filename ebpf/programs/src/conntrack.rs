@@ -253,10 +253,12 @@ fn carry_from() -> u8 {
 }
 
 /// Whether these programs were loaded for a migration that rebuilds
-/// conntrack (a constant to the verifier, as [`carry_from`]): they leave
-/// out `fwd::into_pod`, whose paths beside the carry-over's would take
-/// the verifier past its budget; pods' packets take the link's egress for
-/// the migration's while. Read by `fwd::into_pod`'s callers' callers
+/// conntrack or the masquerade table (a constant to the verifier, as
+/// [`carry_from`]): they leave out `fwd::into_pod`, whose paths beside
+/// the carry-over's would take the verifier past its budget; for the
+/// migration's while, packets between local pods take their old way (a
+/// translated one to the link's egress, an untranslated one up the
+/// node's stack). Read by `fwd::into_pod`'s callers' callers
 /// (`lb`, the pod object, `pod_v6`): a volatile read in the `fwd`
 /// functions that take the context would keep LLVM from passing them the
 /// socket buffer instead (argument promotion), and from_pod's frame, on
