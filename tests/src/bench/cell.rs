@@ -9,6 +9,7 @@ use super::{
     concurrent,
     measure::{iperf_slice, keepalive, short_connections, short_connections_to},
     paired::Paired,
+    perf_profile,
     topo::{BenchTopo, IPERF_PORT, KEEPALIVE_PORT, SHORT_PORT},
     udp_flows,
 };
@@ -100,6 +101,18 @@ pub fn bpf_time(t: &BenchTopo, plan: &Plan) -> Result<Vec<(&'static str, &'stati
         || concurrent::keepalive(ns, t.direct(9000), CONCURRENCY, plan.slice),
     )?;
     Ok(vec![("short connections, 32 in flight", "connection", short), ("keep-alive, 32 in flight", "request", keepalive)])
+}
+
+/// Short connections with 32 in flight again, each side under `perf
+/// record` ([`perf_profile`]), `2 * plan.pairs` pairs, the data in `dir`.
+pub fn perf_profile(t: &BenchTopo, plan: &Plan, dir: &std::path::Path) -> std::io::Result<perf_profile::Profile> {
+    let (ns, vip) = (t.client.ns(), t.target_vip());
+    perf_profile::paired(
+        dir,
+        2 * plan.pairs,
+        || concurrent::short_connections(ns, vec![SocketAddr::from((vip, SHORT_PORT))], CONCURRENCY, plan.slice),
+        || concurrent::short_connections(ns, t.direct(8080), CONCURRENCY, plan.slice),
+    )
 }
 
 /// New UDP flows: the ClusterIP slices to the UDP VIPs, the direct ones to

@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod measure;
 pub mod memory;
 pub mod paired;
+pub mod perf_profile;
 pub mod plot;
 pub mod policy;
 pub mod report;

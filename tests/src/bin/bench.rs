@@ -5,7 +5,7 @@
 //! through the ClusterIP with slices pod to pod. Writes
 //! target/bench/results.{json,md} and one PNG per metric.
 //!
-//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6] [--weir-socket-lb all|node] [--bpf-stats]
+//! Usage: weir-bench [--quick] [--scales N,N,...] [--dataplanes weir,iptables,nftables] [--reps R] [--families ipv4,ipv6] [--weir-socket-lb all|node] [--bpf-stats] [--perf]
 //!        weir-bench --replot DIR
 //! (`weir-bench --help` says the same; an unknown argument is refused.)
 //!
@@ -36,6 +36,7 @@ use weir_tests::bench::{
     cell::{self, Plan, CONCURRENCY},
     interrupt, memory,
     paired::Paired,
+    perf_profile,
     plot,
     report::{self, machine, NotProgrammed, Sample},
     topo::{services, BenchTopo, Dataplane, KEEPALIVE_PORT},
@@ -145,6 +146,12 @@ struct Args {
     /// and per request, ClusterIP against direct, to bpf_time.md.
     #[arg(long)]
     bpf_stats: bool,
+    /// After each weir cell's measurements, the short connections with 32
+    /// in flight again under `perf record -a`, ClusterIP and pod to pod
+    /// apart: each CPU's time per connection by symbol, to perf.md (the
+    /// data under perf/).
+    #[arg(long)]
+    perf: bool,
     /// Write a finished run's results.md and plots again from DIR's
     /// results.json (and DIR/ipv6's), measuring nothing.
     #[arg(long, value_name = "DIR", exclusive = true)]
@@ -201,6 +208,8 @@ fn measure(args: Args) {
     let mut not_programmed: Vec<Vec<NotProgrammed>> = vec![Vec::new(); families.len()];
     // `--bpf-stats`: per (family, services, workload), pooled over the repetitions.
     let mut bpf: std::collections::BTreeMap<(usize, usize, &str), (&str, BpfTime)> = Default::default();
+    // `--perf`: per (family, services), pooled over the repetitions.
+    let mut perf: std::collections::BTreeMap<(usize, usize), perf_profile::Profile> = Default::default();
     for rep in 0..run.reps {
         for &n in &run.scales {
             for (fi, &family) in families.iter().enumerate() {
@@ -252,6 +261,11 @@ fn measure(args: Args) {
                         eprintln!("    BPF ns per {unit} ({workload}): ClusterIP {:.0}, direct {:.0}", time.vip.total_per_unit(), time.direct.total_per_unit());
                         bpf.entry((fi, n, workload)).or_insert_with(|| (unit, BpfTime::default())).1.pool(&time);
                     }
+                }
+                if args.perf && is_weir {
+                    let dir = perf_profile::cell_dir(&out_dir, n, rep).join(family_name(family));
+                    let p = cell::perf_profile(&t, &run.cell, &dir).unwrap_or_else(|e| panic!("--perf: {}: {e}", dir.display()));
+                    perf.entry((fi, n)).or_default().pool(&p);
                 }
                 if let Some(cg) = &sock_cgroup {
                     cg.leave().unwrap_or_else(|e| panic!("leaving {}: {e}", cg.path().display()));
@@ -314,6 +328,19 @@ fn measure(args: Args) {
             let md = format!("{}\n\nBPF run time per connection or request of each program (kernel statistics, `--bpf-stats`), pooled over the repetitions.\n\n{}", w.machine, bpf_time::table(&cells));
             let _ = std::fs::create_dir_all(&w.dir);
             std::fs::write(w.dir.join("bpf_time.md"), &md).unwrap_or_else(|e| panic!("writing {}: {e}", w.dir.join("bpf_time.md").display()));
+            println!("{md}");
+        }
+    }
+    for (fi, w) in written.iter().enumerate() {
+        let cells: Vec<(usize, perf_profile::Profile)> = perf.iter().filter(|((f, _), _)| *f == fi).map(|((_, n), p)| (*n, p.clone())).collect();
+        if !cells.is_empty() {
+            let md = format!(
+                "{}\n\nCPU time per connection (short connections, 32 in flight; `perf record -a`, `--perf`), by CPU and symbol, pooled over the repetitions. CPU 0 runs the load generator, CPU 1 the servers.\n{}",
+                w.machine,
+                perf_profile::table(&cells, 40)
+            );
+            let _ = std::fs::create_dir_all(&w.dir);
+            std::fs::write(w.dir.join("perf.md"), &md).unwrap_or_else(|e| panic!("writing {}: {e}", w.dir.join("perf.md").display()));
             println!("{md}");
         }
     }
