@@ -270,8 +270,9 @@ fn main() {
     if ct_entries > 0 {
         println!("| conntrack entries present (each change removes an endpoint) | {ct_entries} |");
     }
-    if let Some((batched, one_by_one)) = scans {
+    if let Some((batched, one_by_one, collection)) = scans {
         println!("| one read of the whole conntrack table: in batches / one entry at a time (medians of 5) | {:.1} ms / {:.1} ms |", batched * 1e3, one_by_one * 1e3);
+        println!("| one collection of the whole table, every entry live (the collector's scan and its sets; median of 5) | {:.1} ms |", collection * 1e3);
     }
     println!("| cold: agent start → all services programmed (wall, incl. YAML parsing) | {:.0} ms |", cold_wall.as_secs_f64() * 1e3);
     println!("| cold: initial full sync (translate + map writes) | {:.0} ms |", initial_us as f64 / 1e3);
@@ -314,15 +315,24 @@ fn fill_conntrack(node: &Node, n: u32) {
 }
 
 /// Medians of five reads of the whole conntrack table, in seconds: in
-/// batches (what the collector does) and one entry at a time.
-fn time_conntrack_scans(node: &Node) -> (f64, f64) {
-    let ct = weir_datapath::ct::Conntrack::open(&weir_datapath::PinLayout::new(node.bpffs())).expect("conntrack");
-    let median = |f: &dyn Fn() -> usize| {
+/// batches (what the collector does) and one entry at a time; and of five
+/// whole collections (`Conntrack::gc`: the batched read, the liveness and
+/// twin checks, the per-pod counts), which delete nothing here (every
+/// entry is live) and run on the agent's one loop in the agent.
+fn time_conntrack_scans(node: &Node) -> (f64, f64, f64) {
+    let mut ct = weir_datapath::ct::Conntrack::open(&weir_datapath::PinLayout::new(node.bpffs())).expect("conntrack");
+    let median = |f: &mut dyn FnMut() -> usize| {
         let mut v: Vec<f64> = (0..5).map(|_| { let t = Instant::now(); std::hint::black_box(f()); t.elapsed().as_secs_f64() }).collect();
         v.sort_by(f64::total_cmp);
         v[2]
     };
-    (median(&|| ct.entries().len()), median(&|| ct.entries_one_by_one().len()))
+    let (batched, one_by_one) = (median(&mut || ct.entries().len()), median(&mut || ct.entries_one_by_one().len()));
+    let collection = median(&mut || {
+        let out = ct.gc(weir_datapath::ct::monotonic_ns());
+        assert_eq!(out.deleted, 0, "every entry is live: the collection deletes none");
+        out.account.entries as usize
+    });
+    (batched, one_by_one, collection)
 }
 
 /// The whole-cluster measurement (`--cluster`).
