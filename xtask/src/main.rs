@@ -55,6 +55,12 @@ enum Task {
         /// with --ipv6).
         #[arg(long)]
         bpf_stats: bool,
+        /// For weir, each CPU's time per connection by symbol, through the
+        /// ClusterIP and pod to pod, under `perf record -a` (weir-bench
+        /// --perf; needs perf, Debian's linux-perf; writes
+        /// target/bench/perf.md).
+        #[arg(long)]
+        perf: bool,
     },
     /// Regenerate the CRD YAML under manifests/crds/ from the Rust types.
     Codegen,
@@ -75,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             build()?;
             test(&root, &args)
         }
-        Task::Bench { quick, ipv6, bpf_stats } => {
+        Task::Bench { quick, ipv6, bpf_stats, perf } => {
             setup::run()?;
             build()?;
             for bin in ["weir-pktcost", "weir-bench", "weir-policy-bench", "weir-xnode-bench"] {
@@ -88,6 +94,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if bpf_stats && bin == "weir-bench" {
                     args.push("--bpf-stats");
+                }
+                if perf && bin == "weir-bench" {
+                    args.push("--perf");
                 }
                 sh::run("cargo", &args)?;
             }

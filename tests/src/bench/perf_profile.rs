@@ -50,7 +50,8 @@ impl Recorder {
             .arg("-o")
             .arg(out)
             .stdout(Stdio::null())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| if e.kind() == io::ErrorKind::NotFound { io::Error::other("perf is not installed (Debian's linux-perf)") } else { e })?;
         // perf opens the control FIFO for reading first; until it does,
         // a non-blocking open for writing fails (ENXIO).
         let deadline = Instant::now() + Duration::from_secs(10);
