@@ -58,7 +58,7 @@ enum Task {
         /// For weir, each CPU's time per connection by symbol, through the
         /// ClusterIP and pod to pod, under `perf record -a` (weir-bench
         /// --perf; needs perf, Debian's linux-perf; writes
-        /// target/bench/perf.md).
+        /// target/bench/perf.md, and ipv6/perf.md with --ipv6).
         #[arg(long)]
         perf: bool,
     },

@@ -110,6 +110,7 @@ pub fn perf_profile(t: &BenchTopo, plan: &Plan, dir: &std::path::Path) -> std::i
     perf_profile::paired(
         dir,
         2 * plan.pairs,
+        t.agent_pid(),
         || concurrent::short_connections(ns, vec![SocketAddr::from((vip, SHORT_PORT))], CONCURRENCY, plan.slice),
         || concurrent::short_connections(ns, t.direct(8080), CONCURRENCY, plan.slice),
     )

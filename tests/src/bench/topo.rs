@@ -380,8 +380,13 @@ impl BenchTopo {
     }
 
     /// The agent's resident memory, if weir is the dataplane.
+    /// The node agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref()?.pid()
+    }
+
     pub fn agent_rss_mib(&self) -> Option<f64> {
-        let pid = self.agent.as_ref()?.pid()?;
+        let pid = self.agent_pid()?;
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kib: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
