@@ -249,45 +249,48 @@ fn stale_conntrack_entries_are_collected() {
 
 #[test]
 fn the_collector_keeps_a_dead_half_of_a_flow_while_its_twin_lives() {
-    use weir_common::ct::{CtEntry, CT_SVC_FWD};
+    use weir_common::ct::{CtEntry, CtKey, CT_SVC_FWD};
     use weir_datapath::ct::{monotonic_ns, Conntrack, CtMaps};
     with_config(DatapathConfig::DEFAULT, |dp, lb, layout| {
         lb.upsert(&cluster_ip(VIP, 53, Protocol::Udp, &[(BACKEND, 5353)])).expect("upsert");
         let prog = dp.program(Hook::FromPod).expect("from_pod");
-        testrun::run(prog, &testrun::udp4((CLIENT, 41100), (VIP, 53), b"q")).expect("a flow");
-        testrun::run(prog, &testrun::udp4((CLIENT, 41101), (VIP, 53), b"q")).expect("another flow");
+        for port in 41100..41104 {
+            testrun::run(prog, &testrun::udp4((CLIENT, port), (VIP, 53), b"q")).expect("a flow");
+        }
         let mut ct = Conntrack::open(layout).expect("ct");
         let mut maps = CtMaps::open(layout).expect("conntrack maps");
-        let entries = ct.entries();
-        assert_eq!(entries.len(), 4, "two flows, two entries each");
-        // Expires one entry: its expiry long past (the clock's second 1).
-        let mut expire = |pick: &dyn Fn(&(weir_common::ct::CtKey, CtEntry)) -> bool| {
-            let (k, e) = *entries.iter().find(|x| pick(x)).expect("the entry");
-            assert!(maps.remove(&k) && maps.insert_new(&k, &CtEntry { expires_s: 1, ..e }), "rewriting {k:?}");
+        assert_eq!(ct.entries().len(), 8, "four flows, two entries each");
+        // The client's port of either half of a flow.
+        let port = |(k, e): &(CtKey, CtEntry)| if k.kind == CT_SVC_FWD { u16::from_be(k.sport) } else { u16::from_be(e.orig_port) };
+        // Rewrites the entries `pick` takes with their expiry long past
+        // (the clock's second 1).
+        let mut expire = |ct: &Conntrack, pick: &dyn Fn(&(CtKey, CtEntry)) -> bool| {
+            for (k, e) in ct.entries().into_iter().filter(|x| pick(x)) {
+                assert!(maps.remove(&k) && maps.insert_new(&k, &CtEntry { expires_s: 1, ..e }), "rewriting {k:?}");
+            }
         };
-        let port = |(k, e): &(weir_common::ct::CtKey, CtEntry)| if k.kind == CT_SVC_FWD { u16::from_be(k.sport) } else { u16::from_be(e.orig_port) };
-        // The first flow's forward half dead, its reverse half alive; the
-        // second flow's both halves dead.
-        expire(&|x| x.0.kind == CT_SVC_FWD && port(x) == 41100);
-        expire(&|x| x.0.kind == CT_SVC_FWD && port(x) == 41101);
-        expire(&|x| x.0.kind != CT_SVC_FWD && port(x) == 41101);
+        // One dead half among seven live entries (the collector looks up
+        // only what the dead half asks about): its twin lives, both stay.
+        expire(&ct, &|x| x.0.kind == CT_SVC_FWD && port(x) == 41100);
+        let out = ct.gc(monotonic_ns());
+        assert_eq!(out.deleted, 0, "a flow with a live half stays whole: {out:?}");
+        // Seen alive from the scan: not taken out and put back (which the
+        // check on each entry taken out would also do, one syscall each).
+        assert_eq!(out.restored, 0, "the scan saw the live twin: {out:?}");
+        // A second flow dead on both sides: three dead among five live
+        // (the collector looks up in every live key). Only that flow goes.
+        expire(&ct, &|x| port(x) == 41101);
         let out = ct.gc(monotonic_ns());
         assert_eq!(out.deleted, 2, "only the flow dead on both sides goes: {out:?}");
+        assert_eq!(out.restored, 0, "the scan saw the first flow's live twin: {out:?}");
         let left = ct.entries();
-        assert_eq!(left.len(), 2, "{left:?}");
-        assert!(left.iter().all(|x| port(x) == 41100), "the flow with a live half keeps both: {left:?}");
-        // Its reverse half dies too: both go.
-        expire_left(&mut maps, &left);
-        assert_eq!(ct.gc(monotonic_ns()).deleted, 2, "a flow dead on both sides is collected");
+        assert_eq!(left.len(), 6, "{left:?}");
+        assert!(left.iter().all(|x| port(x) != 41101), "{left:?}");
+        // Everything dead (no live key to look up): everything goes.
+        expire(&ct, &|_| true);
+        assert_eq!(ct.gc(monotonic_ns()).deleted, 6, "flows dead on both sides are collected");
         assert!(ct.entries().is_empty());
     });
-}
-
-/// Rewrites every entry of `entries` with its expiry long past.
-fn expire_left(maps: &mut weir_datapath::ct::CtMaps, entries: &[(weir_common::ct::CtKey, weir_common::ct::CtEntry)]) {
-    for (k, e) in entries {
-        assert!(maps.remove(k) && maps.insert_new(k, &weir_common::ct::CtEntry { expires_s: 1, ..*e }), "rewriting {k:?}");
-    }
 }
 
 #[test]
