@@ -269,8 +269,9 @@ fn the_collector_keeps_a_dead_half_of_a_flow_while_its_twin_lives() {
                 assert!(maps.remove(&k) && maps.insert_new(&k, &CtEntry { expires_s: 1, ..e }), "rewriting {k:?}");
             }
         };
-        // One dead half among seven live entries (the collector looks up
-        // only what the dead half asks about): its twin lives, both stay.
+        // One dead half among seven live entries (the collector's set
+        // holds only the live keys the dead half asks about): its twin
+        // lives, both stay.
         expire(&ct, &|x| x.0.kind == CT_SVC_FWD && port(x) == 41100);
         let out = ct.gc(monotonic_ns());
         assert_eq!(out.deleted, 0, "a flow with a live half stays whole: {out:?}");

@@ -3,11 +3,14 @@
 //! pairs of slices as [`Paired::run`] makes them, each side under its own
 //! system-wide `perf record` that is enabled only during that side's
 //! slices (`-D -1 --control fifo:...`), sampling every CPU on a fixed
-//! period (`cpu-clock`). The samples are summed per CPU and symbol (the
-//! node agent's threads apart) and charged to the side's completed
-//! connections, so the table says, per CPU, what a connection costs in
-//! every kernel, BPF and user function, through the ClusterIP and pod to
-//! pod, each difference with the samples' counting noise beside it.
+//! period (`cpu-clock`). Each sample is put in the slice it was taken in
+//! (perf stamps it with the monotonic clock, and each slice's window is
+//! kept), summed per CPU and symbol (the node agent's process apart) per
+//! block of two pairs, and charged to the block's completed connections.
+//! So the table says, per CPU, what a connection costs in every kernel,
+//! BPF and user function, through the ClusterIP and pod to pod, each
+//! difference with its standard error over the blocks beside it: the
+//! machine's slice-to-slice noise as well as the samples' counting noise.
 //!
 //! The load generator runs on CPU 0 and the servers on CPU 1
 //! (`bench::cpu`): the busier CPU bounds the connection rate, and a
@@ -17,13 +20,18 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     io::{self, BufRead as _, BufReader, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    os::{fd::AsFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use nix::{sys::signal::Signal, sys::stat::Mode, unistd::Pid};
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::{signal::Signal, stat::Mode},
+    time::{clock_gettime, ClockId},
+    unistd::Pid,
+};
 
 use super::{measure::Latency, paired::Paired};
 
@@ -62,7 +70,7 @@ impl Recorder {
             nix::unistd::mkfifo(p, Mode::from_bits_truncate(0o600)).map_err(io::Error::from)?;
         }
         let child = Command::new("perf")
-            .args(["record", "-a", "-q", "-e", "cpu-clock", "-F", &FREQ.to_string(), "-D", "-1", "--control"])
+            .args(["record", "-a", "-q", "-e", "cpu-clock", "-F", &FREQ.to_string(), "-k", "CLOCK_MONOTONIC", "-D", "-1", "--control"])
             .arg(format!("fifo:{},{}", ctl_path.display(), ack_path.display()))
             .arg("-o")
             .arg(out)
@@ -94,20 +102,32 @@ impl Recorder {
         Ok(Self { child, ctl, ack: BufReader::new(ack) })
     }
 
-    /// Sends `cmd` and waits for perf's acknowledgement (while perf has
-    /// not opened its end, a read finds no writer and returns nothing:
-    /// tried again for up to 10 s while perf runs).
+    /// Sends `cmd` and waits up to 10 s for perf's acknowledgement (while
+    /// perf has not opened its end, a read finds no writer and returns
+    /// nothing, and is tried again).
     fn command(&mut self, cmd: &str) -> io::Result<()> {
         self.ctl.write_all(format!("{cmd}\n").as_bytes())?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut line = String::new();
-        while self.ack.read_line(&mut line)? == 0 {
-            if self.child.0.try_wait()?.is_some() || Instant::now() > deadline {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.child.0.try_wait()?.is_some() {
                 return Err(io::Error::other(format!("perf record did not acknowledge {cmd}")));
             }
+            if self.ack.buffer().is_empty() {
+                let wait = PollTimeout::try_from(left.min(Duration::from_millis(100))).unwrap_or(PollTimeout::ZERO);
+                match poll(&mut [PollFd::new(self.ack.get_ref().as_fd(), PollFlags::POLLIN)], wait) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(_) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if self.ack.read_line(&mut line)? > 0 {
+                return Ok(());
+            }
+            // No writer yet: poll reports the hang-up at once.
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(())
     }
 
     /// Stops perf (SIGINT: it writes its file and exits).
@@ -123,122 +143,185 @@ impl Recorder {
     }
 }
 
-/// Where a sample was taken: its CPU, whether in one of the agent's
-/// threads, and its symbol.
+/// Where a sample was taken: its CPU, whether in the agent's process, and
+/// its symbol (`[k] name` in the kernel, `[.] name` in user space).
 pub type Site = (u32, bool, String);
 
-/// Samples by [`Site`] for one side, and the connections its slices
-/// completed.
+/// Samples by [`Site`] over one block of a side's slices (two consecutive
+/// pairs, as [`super::paired::ratio`] blocks them), and the connections
+/// those slices completed.
 #[derive(Clone, Debug, Default)]
-pub struct Side {
+pub struct Block {
     pub units: u64,
     pub samples: BTreeMap<Site, u64>,
 }
 
+/// One side's blocks, in the order they ran.
+#[derive(Clone, Debug, Default)]
+pub struct Side {
+    pub blocks: Vec<Block>,
+}
+
+/// When one slice's recorder was on (`CLOCK_MONOTONIC` seconds, perf's
+/// sample clock here), and the connections the slice completed.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    start: f64,
+    end: f64,
+    units: u64,
+}
+
 impl Side {
-    /// µs of CPU per unit over the sites `pick` takes, and its standard
-    /// error (sample counts are Poisson: √n samples).
-    pub fn us_per_unit(&self, pick: impl Fn(&Site) -> bool) -> Us {
-        let n: u64 = self.samples.iter().filter(|(k, _)| pick(k)).map(|(_, n)| n).sum();
-        let per = 1e6 / f64::from(FREQ) / self.units.max(1) as f64;
-        (n as f64 * per, (n as f64).sqrt() * per)
+    /// Sums `samples` into the blocks of `windows` (slice `i` in block
+    /// `i / 2`); returns the side and how many samples fell in no window.
+    fn of(samples: impl IntoIterator<Item = (f64, Site)>, windows: &[Window]) -> (Self, u64) {
+        let mut blocks = vec![Block::default(); windows.len().div_ceil(2)];
+        for (i, w) in windows.iter().enumerate() {
+            blocks[i / 2].units += w.units;
+        }
+        let mut outside = 0;
+        for (t, site) in samples {
+            // The last window that started at or before the sample.
+            let i = windows.partition_point(|w| w.start <= t);
+            match i.checked_sub(1).filter(|&i| t <= windows[i].end) {
+                Some(i) => *blocks[i / 2].samples.entry(site).or_default() += 1,
+                None => outside += 1,
+            }
+        }
+        (Self { blocks }, outside)
     }
 
-    fn pool(&mut self, other: &Side) {
-        self.units += other.units;
-        for (k, n) in &other.samples {
-            *self.samples.entry(k.clone()).or_default() += n;
-        }
+    /// Per block, the samples `count` takes and the block's connections.
+    fn counts(&self, count: &impl Fn(&Block) -> u64) -> Vec<(u64, u64)> {
+        self.blocks.iter().map(|b| (count(b), b.units)).collect()
     }
 }
 
-/// Both sides of one cell.
+/// µs of CPU per connection of `n` samples over `units` connections.
+fn us(n: u64, units: u64) -> f64 {
+    n as f64 * 1e6 / f64::from(FREQ) / units.max(1) as f64
+}
+
+/// Both sides of one cell, their blocks paired (block `b` of each side ran
+/// in the same four slices' stretch of time).
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
     pub vip: Side,
     pub direct: Side,
+    /// Samples in no slice (perf's own start, switched on and off once
+    /// before the slices), left out.
+    pub outside: u64,
+}
+
+/// A time per connection through the ClusterIP, pod to pod, their
+/// difference and its standard error (µs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Compared {
+    pub vip: f64,
+    pub direct: f64,
+    pub diff: f64,
+    /// Over blocks: the spread of the blocks' own differences over
+    /// √blocks, so it holds the machine's slice-to-slice noise as well as
+    /// the samples' counting noise. None under two blocks.
+    pub se: Option<f64>,
 }
 
 impl Profile {
     pub fn pool(&mut self, other: &Profile) {
-        self.vip.pool(&other.vip);
-        self.direct.pool(&other.direct);
+        self.vip.blocks.extend(other.vip.blocks.iter().cloned());
+        self.direct.blocks.extend(other.direct.blocks.iter().cloned());
+        self.outside += other.outside;
+    }
+
+    /// The sites `count` takes (it sums a block's samples), compared: the
+    /// times pooled over every block, and the standard error of their
+    /// difference from the blocks' own differences.
+    pub fn compare(&self, count: impl Fn(&Block) -> u64) -> Compared {
+        let (v, d) = (self.vip.counts(&count), self.direct.counts(&count));
+        let pooled = |c: &[(u64, u64)]| us(c.iter().map(|x| x.0).sum(), c.iter().map(|x| x.1).sum());
+        let (vip, direct) = (pooled(&v), pooled(&d));
+        let diffs: Vec<f64> = v.iter().zip(&d).map(|(a, b)| us(a.0, a.1) - us(b.0, b.1)).collect();
+        let n = diffs.len() as f64;
+        let se = (diffs.len() >= 2).then(|| {
+            let mean = diffs.iter().sum::<f64>() / n;
+            (diffs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
+        });
+        Compared { vip, direct, diff: vip - direct, se }
     }
 }
 
-/// The thread ids of process `pid` (its tasks under /proc).
-fn threads(pid: u32) -> std::collections::HashSet<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+/// The monotonic clock, in seconds: perf stamps its samples with it
+/// (`-k CLOCK_MONOTONIC`).
+fn now() -> io::Result<f64> {
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).map_err(io::Error::from)?;
+    Ok(t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
+}
+
+/// How long each recorder is switched on before the slices: perf reads
+/// the kernel's symbols when it is first switched on, on the CPUs being
+/// measured, so that happens before the first slice and is left out.
+const WARM_UP: Duration = Duration::from_millis(500);
+
+/// One slice under `r`: switched on, `f`, switched off, its window kept.
+/// A failure to switch perf on or off ends the run at once (a panic,
+/// which unwinds through the recorders and kills them).
+fn recorded(r: &mut Recorder, f: &mut dyn FnMut() -> Latency, windows: &mut Vec<Window>) -> Latency {
+    let start = now().unwrap_or_else(|e| panic!("--perf: reading the clock: {e}"));
+    r.command("enable").unwrap_or_else(|e| panic!("--perf: {e}"));
+    let l = f();
+    r.command("disable").unwrap_or_else(|e| panic!("--perf: {e}"));
+    let end = now().unwrap_or_else(|e| panic!("--perf: reading the clock: {e}"));
+    windows.push(Window { start, end, units: l.samples });
+    l
 }
 
 /// `pairs` pairs of slices, each side recorded into `dir`/{vip,direct}.data;
-/// the samples in threads of process `agent` (the node's agent) are told
-/// apart. A failure to switch perf on or off ends the run at once (a
-/// panic, which unwinds through the recorders and kills them).
+/// the samples of process `agent` (the node's agent) are told apart.
 pub fn paired(dir: &Path, pairs: usize, agent: Option<u32>, mut vip: impl FnMut() -> Latency, mut direct: impl FnMut() -> Latency) -> io::Result<Profile> {
     std::fs::create_dir_all(dir)?;
     let (vip_data, direct_data) = (dir.join("vip.data"), dir.join("direct.data"));
-    let mut agent_threads = agent.map(threads).unwrap_or_default();
     let mut rv = Recorder::start(&vip_data)?;
     let mut rd = Recorder::start(&direct_data)?;
-    let mut units = (0u64, 0u64);
-    let recorded = |r: &mut Recorder, f: &mut dyn FnMut() -> Latency| -> Latency {
-        r.command("enable").unwrap_or_else(|e| panic!("--perf: {e}"));
-        let l = f();
-        r.command("disable").unwrap_or_else(|e| panic!("--perf: {e}"));
-        l
-    };
-    Paired::run(
-        pairs,
-        |_| {
-            let l = recorded(&mut rv, &mut vip);
-            units.0 += l.samples;
-            l
-        },
-        |_| {
-            let l = recorded(&mut rd, &mut direct);
-            units.1 += l.samples;
-            l
-        },
-    );
+    for r in [&mut rv, &mut rd] {
+        r.command("enable")?;
+        std::thread::sleep(WARM_UP);
+        r.command("disable")?;
+    }
+    let (mut wv, mut wd) = (Vec::new(), Vec::new());
+    Paired::run(pairs, |_| recorded(&mut rv, &mut vip, &mut wv), |_| recorded(&mut rd, &mut direct, &mut wd));
     rv.finish()?;
     rd.finish()?;
-    agent_threads.extend(agent.map(threads).unwrap_or_default());
-    Ok(Profile {
-        vip: Side { units: units.0, samples: report(&vip_data, &agent_threads)? },
-        direct: Side { units: units.1, samples: report(&direct_data, &agent_threads)? },
-    })
+    let (vip, ov) = Side::of(script(&vip_data, agent)?, &wv);
+    let (direct, od) = Side::of(script(&direct_data, agent)?, &wd);
+    Ok(Profile { vip, direct, outside: ov + od })
 }
 
-/// Samples by [`Site`] in a perf data file (`perf report`), those of
-/// `agent`'s threads told apart.
-fn report(data: &Path, agent: &std::collections::HashSet<u32>) -> io::Result<BTreeMap<Site, u64>> {
-    let out = Command::new("perf")
-        .args(["report", "--stdio", "-q", "--sort", "cpu,pid,sym", "-F", "sample,cpu,pid,sym", "-i"])
-        .arg(data)
-        .stderr(Stdio::null())
-        .output()?;
+/// Every sample in a perf data file (`perf script`): its time and [`Site`],
+/// the agent's process told apart.
+fn script(data: &Path, agent: Option<u32>) -> io::Result<Vec<(f64, Site)>> {
+    let out = Command::new("perf").args(["script", "-F", "pid,tid,cpu,time,ip,sym", "-i"]).arg(data).stderr(Stdio::null()).output()?;
     if !out.status.success() {
-        return Err(io::Error::other(format!("perf report -i {}: {}", data.display(), out.status)));
+        return Err(io::Error::other(format!("perf script -i {}: {}", data.display(), out.status)));
     }
-    Ok(parse_report(&String::from_utf8_lossy(&out.stdout), agent))
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| parse_sample(l, agent)).collect())
 }
 
-/// Parses `perf report -F sample,cpu,pid,sym` lines:
-/// `  1234  001  4242:weir-bench  [k] name` (the thread id, then its
-/// command, which may hold spaces; the symbol starts at its kind, `[k]`,
-/// `[.]`, `[g]`).
-fn parse_report(text: &str, agent: &std::collections::HashSet<u32>) -> BTreeMap<Site, u64> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(n), Some(cpu), Some(task)) = (it.next().and_then(|s| s.parse::<u64>().ok()), it.next().and_then(|s| s.parse::<u32>().ok()), it.next()) else { continue };
-        let Some(tid) = task.split(':').next().and_then(|t| t.parse::<u32>().ok()) else { continue };
-        let rest: Vec<&str> = it.collect();
-        let Some(kind) = rest.iter().position(|t| t.len() == 3 && t.starts_with('[') && t.ends_with(']')) else { continue };
-        *m.entry((cpu, agent.contains(&tid), rest[kind..].join(" "))).or_default() += n;
-    }
-    m
+/// The lowest kernel address on x86-64 (the canonical upper half).
+const KERNEL_SPACE: u64 = 0xffff_8000_0000_0000;
+
+/// Parses a `perf script -F pid,tid,cpu,time,ip,sym` line:
+/// `32290/32724 [000]  3584.143782:  ffffffffc001c0e4 bpf_prog_..._from_pod`
+/// (no symbol: `[unknown]`).
+fn parse_sample(line: &str, agent: Option<u32>) -> Option<(f64, Site)> {
+    let mut it = line.split_whitespace();
+    let pid: u32 = it.next()?.split('/').next()?.parse().ok()?;
+    let cpu: u32 = it.next()?.strip_prefix('[')?.strip_suffix(']')?.parse().ok()?;
+    let time: f64 = it.next()?.strip_suffix(':')?.parse().ok()?;
+    let ip = u64::from_str_radix(it.next()?, 16).ok()?;
+    let sym: Vec<&str> = it.collect();
+    let sym = if sym.is_empty() { "[unknown]".to_string() } else { sym.join(" ") };
+    let space = if ip >= KERNEL_SPACE { "[k]" } else { "[.]" };
+    Some((time, (cpu, agent == Some(pid), format!("{space} {sym}"))))
 }
 
 /// Symbols perf charges an idle CPU to (the halt or poll of an idle loop).
@@ -270,54 +353,48 @@ fn kind(site: &Site) -> &'static str {
 
 const KINDS: [&str; 4] = ["everything else", "BPF programs' own instructions", "the agent (any of its threads)", "idle"];
 
-/// A time per connection and its standard error, µs.
-type Us = (f64, f64);
-
-/// `a − b` and its standard error.
-fn diff((a, ea): Us, (b, eb): Us) -> Us {
-    (a - b, (ea * ea + eb * eb).sqrt())
+/// `x ± se`, or `x ± –` without a standard error.
+fn pm(c: &Compared, digits: usize) -> String {
+    match c.se {
+        Some(e) => format!("{:+.*} ± {e:.*}", digits, c.diff, digits),
+        None => format!("{:+.*} ± –", digits, c.diff),
+    }
 }
 
 /// A Markdown report of `cells` (services, profile): per CPU, µs per
 /// connection on each side by kind (busy, the agent, BPF programs, idle),
 /// then the `top` symbols (the agent's left out: it is listed whole
 /// above) whose time per connection differs most between the sides, each
-/// difference with its standard error (the samples' counting noise only).
+/// difference with its standard error over the blocks.
 pub fn table(cells: &[(usize, Profile)], top: usize) -> String {
     let mut md = String::new();
     for (n, p) in cells {
+        let units = |s: &Side| s.blocks.iter().map(|b| b.units).sum::<u64>();
         md.push_str(&format!(
-            "\n#### {n} services: {} connections through the ClusterIP, {} pod to pod\n\n| CPU | µs per connection | ClusterIP | direct | ClusterIP − direct (± s.e.) |\n|---|---|---:|---:|---:|\n",
-            p.vip.units, p.direct.units
+            "\n#### {n} services: {} connections through the ClusterIP, {} pod to pod, {} blocks\n\n{} samples outside the slices (perf's own start) left out.\n\n| CPU | µs per connection | ClusterIP | direct | ClusterIP − direct (± s.e.) |\n|---|---|---:|---:|---:|\n",
+            units(&p.vip),
+            units(&p.direct),
+            p.vip.blocks.len(),
+            p.outside
         ));
-        let cpus: std::collections::BTreeSet<u32> = p.vip.samples.keys().chain(p.direct.samples.keys()).map(|(c, _, _)| *c).collect();
+        let sites = || p.vip.blocks.iter().chain(&p.direct.blocks).flat_map(|b| b.samples.keys());
+        let cpus: std::collections::BTreeSet<u32> = sites().map(|(c, _, _)| *c).collect();
+        let sum = |b: &Block, pick: &dyn Fn(&Site) -> bool| b.samples.iter().filter(|(k, _)| pick(k)).map(|(_, n)| n).sum::<u64>();
         for &c in &cpus {
-            let busy = |s: &Side| s.us_per_unit(|k| k.0 == c && kind(k) != "idle");
-            let (v, d) = (busy(&p.vip), busy(&p.direct));
-            let (x, e) = diff(v, d);
-            md.push_str(&format!("| {c} | busy | {:.2} | {:.2} | {x:+.2} ± {e:.2} |\n", v.0, d.0));
+            let busy = p.compare(|b| sum(b, &|k| k.0 == c && kind(k) != "idle"));
+            md.push_str(&format!("| {c} | busy | {:.2} | {:.2} | {} |\n", busy.vip, busy.direct, pm(&busy, 2)));
             for k in KINDS {
-                let of = |s: &Side| s.us_per_unit(|x| x.0 == c && kind(x) == k);
-                let (v, d) = (of(&p.vip), of(&p.direct));
-                let (x, e) = diff(v, d);
-                md.push_str(&format!("| {c} | {k} | {:.2} | {:.2} | {x:+.2} ± {e:.2} |\n", v.0, d.0));
+                let of = p.compare(|b| sum(b, &|x| x.0 == c && kind(x) == k));
+                md.push_str(&format!("| {c} | {k} | {:.2} | {:.2} | {} |\n", of.vip, of.direct, pm(&of, 2)));
             }
         }
         // By CPU and symbol (the agent's and idle time apart).
-        let syms: std::collections::BTreeSet<(u32, &String)> =
-            p.vip.samples.keys().chain(p.direct.samples.keys()).filter(|k| !matches!(kind(k), "idle" | "the agent (any of its threads)")).map(|(c, _, sym)| (*c, sym)).collect();
-        let mut rows: Vec<((u32, &String), Us, Us)> = syms
-            .into_iter()
-            .map(|(c, sym)| {
-                let of = |s: &Side| s.us_per_unit(|k| k.0 == c && !k.1 && &k.2 == sym);
-                ((c, sym), of(&p.vip), of(&p.direct))
-            })
-            .collect();
-        rows.sort_by(|a, b| (b.1 .0 - b.2 .0).abs().total_cmp(&(a.1 .0 - a.2 .0).abs()));
+        let syms: std::collections::BTreeSet<&Site> = sites().filter(|k| !matches!(kind(k), "idle" | "the agent (any of its threads)")).collect();
+        let mut rows: Vec<(&Site, Compared)> = syms.into_iter().map(|site| (site, p.compare(|b| b.samples.get(site).copied().unwrap_or(0)))).collect();
+        rows.sort_by(|a, b| b.1.diff.abs().total_cmp(&a.1.diff.abs()));
         md.push_str(&format!("\n| CPU | symbol (the {top} that differ most) | ClusterIP µs/conn | direct µs/conn | ClusterIP − direct (± s.e.) |\n|---|---|---:|---:|---:|\n"));
-        for ((c, sym), v, d) in rows.into_iter().take(top) {
-            let (x, e) = diff(v, d);
-            md.push_str(&format!("| {c} | `{}` | {:.3} | {:.3} | {x:+.3} ± {e:.3} |\n", sym.replace('|', "\\|"), v.0, d.0));
+        for ((c, _, sym), x) in rows.into_iter().take(top) {
+            md.push_str(&format!("| {c} | `{}` | {:.3} | {:.3} | {} |\n", sym.replace('|', "\\|"), x.vip, x.direct, pm(&x, 3)));
         }
     }
     md
@@ -333,28 +410,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_report_line_gives_its_samples_cpu_thread_and_symbol() {
-        let agent = [42].into_iter().collect();
-        let m = parse_report(
-            "   120  000  7:weir-bench  [k] htab_lru_map_update_elem\n     3  001  8:tokio worker  [.] tokio::runtime::task::raw::poll\n\n# comment\n     7  001  42:tokio-runtime-w  [k] bpf_prog_6deef7357e7b4530_connect4\n     2  001  9:x  [.] [unknown]\n",
-            &agent,
+    fn a_script_line_gives_its_time_cpu_process_and_symbol() {
+        let agent = Some(42);
+        let parse = |l| parse_sample(l, agent);
+        assert_eq!(parse("    7/7 [000]  3584.143782:  ffffffff81d75181 htab_lru_map_update_elem"), Some((3584.143782, (0, false, "[k] htab_lru_map_update_elem".into()))));
+        assert_eq!(
+            parse("   42/4711 [001]  3584.2:  ffffffffc001c0e4 bpf_prog_6deef7357e7b4530_connect4"),
+            Some((3584.2, (1, true, "[k] bpf_prog_6deef7357e7b4530_connect4".into()))),
+            "any thread of the agent's process"
         );
-        assert_eq!(m.get(&(0, false, "[k] htab_lru_map_update_elem".into())), Some(&120));
-        assert_eq!(m.get(&(1, false, "[.] tokio::runtime::task::raw::poll".into())), Some(&3), "a command with a space");
-        assert_eq!(m.get(&(1, true, "[k] bpf_prog_6deef7357e7b4530_connect4".into())), Some(&7), "the agent's thread, by its id");
-        assert_eq!(m.get(&(1, false, "[.] [unknown]".into())), Some(&2));
-        assert_eq!(m.len(), 4);
+        assert_eq!(parse("    8/9 [001]  1.5:      7f90d0567f36 epoll_wait"), Some((1.5, (1, false, "[.] epoll_wait".into()))), "user space");
+        assert_eq!(parse("    8/9 [001]  1.5:      7f90d0567f36"), Some((1.5, (1, false, "[.] [unknown]".into()))), "no symbol");
+        assert_eq!(parse("    8/9 [001]  1.5:      7f90d0567f36 std::sync::Once::call once"), Some((1.5, (1, false, "[.] std::sync::Once::call once".into()))));
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("# comment"), None);
+    }
+
+    fn site(cpu: u32, sym: &str) -> Site {
+        (cpu, false, format!("[k] {sym}"))
     }
 
     #[test]
-    fn time_is_charged_per_connection_and_told_apart_by_kind() {
-        let mut s = Side { units: 4, ..Default::default() };
-        s.samples.insert((0, false, "[k] f".into()), 2 * u64::from(FREQ));
-        s.samples.insert((1, false, "[k] f".into()), u64::from(FREQ));
-        let (us, err) = s.us_per_unit(|k| k.0 == 0);
-        assert!((us - 500_000.0).abs() < 1e-6, "2 s of CPU 0 over 4 connections");
-        assert!((err - 500_000.0 / (2.0 * f64::from(FREQ)).sqrt()).abs() < 1e-6, "√n samples of counting noise");
-        assert!((s.us_per_unit(|k| k.0 == 1).0 - 250_000.0).abs() < 1e-6, "another CPU's time is its own");
+    fn samples_go_to_the_block_of_the_slice_they_were_taken_in() {
+        let w = |start, end, units| Window { start, end, units };
+        // Four slices, two blocks; a gap between slices (the other side's).
+        let windows = [w(10.0, 10.5, 100), w(11.0, 11.5, 100), w(12.0, 12.5, 300), w(13.0, 13.5, 100)];
+        let samples = [(10.2, site(0, "f")), (11.5, site(0, "f")), (12.1, site(1, "g")), (13.4, site(0, "f")), (9.0, site(0, "f")), (10.7, site(0, "f")), (14.0, site(0, "f"))];
+        let (side, outside) = Side::of(samples, &windows);
+        assert_eq!(outside, 3, "before the first slice, between two, after the last");
+        assert_eq!(side.blocks.len(), 2);
+        assert_eq!((side.blocks[0].units, side.blocks[1].units), (200, 400));
+        assert_eq!(side.blocks[0].samples.get(&site(0, "f")), Some(&2), "a slice's end is in it");
+        assert_eq!(side.blocks[1].samples.get(&site(0, "f")), Some(&1));
+        assert_eq!(side.blocks[1].samples.get(&site(1, "g")), Some(&1));
+    }
+
+    #[test]
+    fn a_difference_is_pooled_and_its_error_is_the_spread_of_the_blocks() {
+        let block = |units, n| Block { units, samples: [(site(0, "f"), n)].into_iter().collect() };
+        let hz = u64::from(FREQ);
+        // ClusterIP: 1 s of CPU over 1,000 connections in each block (1,000
+        // µs each); direct: 0.5 s, then 1 s, over 1,000 (500 and 1,000 µs).
+        let p = Profile {
+            vip: Side { blocks: vec![block(1000, hz), block(1000, hz)] },
+            direct: Side { blocks: vec![block(1000, hz / 2), block(1000, hz)] },
+            outside: 0,
+        };
+        let c = p.compare(|b| b.samples.get(&site(0, "f")).copied().unwrap_or(0));
+        assert!((c.vip - 1000.0).abs() < 0.01, "{c:?}");
+        assert!((c.direct - 750.0).abs() < 1.0, "pooled over both blocks: {c:?}");
+        assert!((c.diff - 250.0).abs() < 1.0, "{c:?}");
+        // The blocks' differences are 500 and 0: sd 353.6, over √2.
+        assert!((c.se.unwrap_or(0.0) - 250.0).abs() < 1.0, "the spread of the blocks' differences over √blocks: {c:?}");
+        let one = Profile { vip: Side { blocks: vec![block(1000, hz)] }, direct: Side { blocks: vec![block(1000, hz)] }, outside: 0 };
+        assert_eq!(one.compare(|b| b.samples.values().sum()).se, None, "no error from one block");
+        assert!(pm(&one.compare(|b| b.samples.values().sum()), 2).ends_with("± –"));
+    }
+
+    #[test]
+    fn sites_are_told_apart_by_kind() {
         assert_eq!(kind(&(0, false, "[k] pv_native_safe_halt".into())), "idle");
         assert_eq!(kind(&(0, false, "[k] acpi_safe_halt".into())), "idle");
         assert_eq!(kind(&(0, true, "[k] htab_map_hash".into())), "the agent (any of its threads)");

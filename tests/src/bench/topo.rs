@@ -379,12 +379,12 @@ impl BenchTopo {
         Ok(ProgramTimes { cold_ms, one_change_ms })
     }
 
-    /// The agent's resident memory, if weir is the dataplane.
     /// The node agent's process id, while it runs.
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref()?.pid()
     }
 
+    /// The agent's resident memory, if weir is the dataplane.
     pub fn agent_rss_mib(&self) -> Option<f64> {
         let pid = self.agent_pid()?;
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
