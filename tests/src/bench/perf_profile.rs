@@ -125,7 +125,8 @@ impl Recorder {
             if self.ack.read_line(&mut line)? > 0 {
                 return Ok(());
             }
-            // No writer yet: poll reports the hang-up at once.
+            // The writer closed its end (perf exiting): checked above
+            // after a pause rather than in a hot loop.
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -192,10 +193,13 @@ impl Side {
     }
 
     /// Per block, the samples `count` takes and the block's connections.
-    fn counts(&self, count: &impl Fn(&Block) -> u64) -> Vec<(u64, u64)> {
+    fn counts(&self, count: &impl Fn(&Block) -> u64) -> Vec<Count> {
         self.blocks.iter().map(|b| (count(b), b.units)).collect()
     }
 }
+
+/// A block's samples of some sites, and its connections.
+type Count = (u64, u64);
 
 /// µs of CPU per connection of `n` samples over `units` connections.
 fn us(n: u64, units: u64) -> f64 {
@@ -234,11 +238,15 @@ impl Profile {
     }
 
     /// The sites `count` takes (it sums a block's samples), compared: the
-    /// times pooled over every block, and the standard error of their
-    /// difference from the blocks' own differences.
+    /// times pooled over every block (all samples over all connections),
+    /// and as their difference's standard error that of the mean of the
+    /// blocks' own differences (the same to the extent that blocks
+    /// complete about as many connections each, as slices of equal
+    /// length do). A block in which either side completed no connection
+    /// has no time per connection and is left out of both.
     pub fn compare(&self, count: impl Fn(&Block) -> u64) -> Compared {
-        let (v, d) = (self.vip.counts(&count), self.direct.counts(&count));
-        let pooled = |c: &[(u64, u64)]| us(c.iter().map(|x| x.0).sum(), c.iter().map(|x| x.1).sum());
+        let (v, d): (Vec<Count>, Vec<Count>) = self.vip.counts(&count).into_iter().zip(self.direct.counts(&count)).filter(|(a, b)| a.1 > 0 && b.1 > 0).unzip();
+        let pooled = |c: &[Count]| us(c.iter().map(|x| x.0).sum(), c.iter().map(|x| x.1).sum());
         let (vip, direct) = (pooled(&v), pooled(&d));
         let diffs: Vec<f64> = v.iter().zip(&d).map(|(a, b)| us(a.0, a.1) - us(b.0, b.1)).collect();
         let n = diffs.len() as f64;
@@ -303,7 +311,15 @@ fn script(data: &Path, agent: Option<u32>) -> io::Result<Vec<(f64, Site)>> {
     if !out.status.success() {
         return Err(io::Error::other(format!("perf script -i {}: {}", data.display(), out.status)));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| parse_sample(l, agent)).collect())
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let samples: Vec<(f64, Site)> = lines.iter().filter_map(|l| parse_sample(l, agent)).collect();
+    // Every line is a sample in the fields asked for; lines this cannot
+    // read mean perf changed its format, and the table would be wrong.
+    if samples.len() < lines.len() {
+        return Err(io::Error::other(format!("perf script -i {}: {} of {} lines not read as samples", data.display(), lines.len() - samples.len(), lines.len())));
+    }
+    Ok(samples)
 }
 
 /// The lowest kernel address on x86-64 (the canonical upper half).
@@ -462,6 +478,13 @@ mod tests {
         assert!((c.diff - 250.0).abs() < 1.0, "{c:?}");
         // The blocks' differences are 500 and 0: sd 353.6, over √2.
         assert!((c.se.unwrap_or(0.0) - 250.0).abs() < 1.0, "the spread of the blocks' differences over √blocks: {c:?}");
+        let empty = Profile {
+            vip: Side { blocks: vec![block(1000, hz), block(0, 0)] },
+            direct: Side { blocks: vec![block(1000, hz / 2), block(1000, hz)] },
+            outside: 0,
+        };
+        let c = empty.compare(|b| b.samples.values().sum());
+        assert!((c.diff - 500.0).abs() < 1.0 && c.se.is_none(), "a block with no ClusterIP connection is left out: {c:?}");
         let one = Profile { vip: Side { blocks: vec![block(1000, hz)] }, direct: Side { blocks: vec![block(1000, hz)] }, outside: 0 };
         assert_eq!(one.compare(|b| b.samples.values().sum()).se, None, "no error from one block");
         assert!(pm(&one.compare(|b| b.samples.values().sum()), 2).ends_with("± –"));
