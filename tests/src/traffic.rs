@@ -117,7 +117,12 @@ fn serve_tcp(mut conn: TcpStream, reply: &Reply) -> io::Result<()> {
     let peer = conn.peer_addr()?;
     let _ = conn.set_nodelay(true);
     conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // An idle connection is closed after a while, so a test that leaves
+    // one open does not keep its thread; a long-lived one (`NamePerLine`)
+    // may sit idle across an agent's restarts and a migration, which take
+    // more than 10 s on a slow machine.
+    let idle = if matches!(reply, Reply::NamePerLine(_)) { Duration::from_secs(300) } else { Duration::from_secs(10) };
+    conn.set_read_timeout(Some(idle))?;
     let mut buf = [0u8; 16 * 1024];
     let mut total = 0usize;
     loop {
